@@ -1,0 +1,120 @@
+"""The console adapter: the same core, in a terminal. Used by `imagebot imagine` and `imagebot console`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from bot import commands
+from bot.app import Core
+from bot.errors import UserError
+from bot.jobs import JobFailure, JobResult, Progress
+from bot.request import Requester
+
+BAR = 30
+
+
+class ConsoleView:
+    """Draws a progress bar on stderr, writes images to files, prints the summary on stdout."""
+
+    def __init__(self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None) -> None:
+        self.out = out
+        self.out_is_file = out_is_file
+        self.err = err or sys.stderr
+        self.stdout = stdout or sys.stdout
+        self.written: list[Path] = []
+        self.exit_code = 0
+
+    async def progress(self, progress: Progress) -> None:
+        filled = int(BAR * progress.fraction)
+        where = (f"queued #{progress.queue_position}" if progress.state == "queued"
+                 else f"rendering {progress.done}/{progress.count}" if progress.count > 1 else "rendering")
+        preview = " (preview received)" if progress.preview else ""
+        self.err.write(f"\r[{'#' * filled}{'-' * (BAR - filled)}] {progress.elapsed:5.1f} s of ~"
+                       f"{progress.expected:.0f} s  {where}{preview}   ")
+        self.err.flush()
+
+    async def deliver(self, result: JobResult) -> None:
+        self.err.write("\n")
+        for index, image in enumerate(result.images):
+            path = self._path(index, image.filename, image.format)
+            await asyncio.to_thread(_write, path, image.data)
+            self.written.append(path)
+        files = ", ".join(str(p) for p in self.written)
+        self.stdout.write(f"Wrote {files}\n{result.summary()}\n")
+        self.stdout.flush()
+
+    async def failed(self, failure: JobFailure) -> None:
+        self.err.write(f"\n{failure.summary()}\n")
+        self.err.flush()
+        self.exit_code = 1
+
+    def _path(self, index: int, filename: str, fmt: str) -> Path:
+        if self.out_is_file:
+            if index == 0:
+                return self.out
+            return self.out.with_name(f"{self.out.stem}-{index + 1}{self.out.suffix}")
+        return self.out / filename.replace("image-", f"image-{index + 1}-")
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+async def imagine(core: Core, text: str, who: Requester, out: Path, *, out_is_file: bool,
+                  err: TextIO | None = None) -> int:
+    """One job: exit 0 on success, 1 on a provider failure, 2 on invalid input or a quota refusal."""
+    view = ConsoleView(out, out_is_file=out_is_file, err=err)
+    try:
+        request = core.parse(text)
+        job = await core.runner.prepare(request, who)
+    except UserError as exc:
+        view.err.write(f"{exc}\n")
+        return 2
+    outcome = await core.runner.execute(job, view)
+    return 0 if isinstance(outcome, JobResult) else view.exit_code or 1
+
+
+async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> str | None:
+    """One console line, as the Slack command would take it. Returns text to print, if any."""
+    line = line.strip()
+    if not line:
+        return None
+    command, _, rest = line.partition(" ") if line.startswith("/") else ("/imagine", "", line)
+    try:
+        if command == "/imagine":
+            await imagine(core, rest, who, out_dir, out_is_file=False)
+            return None
+        if command == "/imagine-usage":
+            reply = await commands.usage(core, who, rest)
+            chart = out_dir / "usage.png"
+            if reply.chart:
+                await asyncio.to_thread(_write, chart, reply.chart)
+            return reply.text + (f"\nChart: {chart}" if reply.chart else "")
+        if command == "/imagine-quota":
+            return (await commands.my_quota(core, who)).text
+        if command == "/imagine-admin":
+            return (await commands.admin(core, who, rest, platform_admin=True)).text
+    except UserError as exc:
+        return str(exc)
+    return f"unknown command {command}; use /imagine, /imagine-usage, /imagine-quota, /imagine-admin or quit"
+
+
+async def loop(core: Core, who: Requester, out_dir: Path) -> None:
+    """Read lines until EOF or `quit`."""
+    offline = " (offline image server)" if core.runner.offline else ""
+    print(f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; "
+          f"/imagine-usage, /imagine-quota, quit. Images go to {out_dir}/")
+    while True:
+        try:
+            line = await asyncio.to_thread(input, "imagine> ")
+        except EOFError:
+            return
+        if line.strip() in ("quit", "exit", "/quit"):
+            return
+        text = await handle_line(core, line, who, out_dir)
+        if text:
+            print(text)

@@ -1,0 +1,96 @@
+"""The core, assembled from settings: ledger, price table, renderer (online or offline), job runner."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import UserError
+from .images import ImageInput, load_image
+from .jobs import JobRunner
+from .ledger import Ledger
+from .offline_server import OfflineImageServer
+from .pricing import PriceTable, load_prices
+from .render import Renderer
+from .request import Defaults, ImageRequest, parse_request
+
+log = logging.getLogger("imagebot.app")
+
+
+@dataclass
+class Core:
+    """Everything the adapters share. Build with `Core.start(settings)`; close with `close()`."""
+
+    settings: Settings
+    prices: PriceTable
+    ledger: Ledger
+    renderer: Renderer
+    runner: JobRunner
+    offline_server: OfflineImageServer | None = None
+
+    @classmethod
+    async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
+        """Open the database, start the offline server if there is no API key, build the runner."""
+        prices = load_prices(settings.prices_path)
+        if settings.model not in prices.models:
+            from .errors import ConfigError
+            raise ConfigError(f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
+                              f"({', '.join(sorted(prices.models))})")
+        ledger = await asyncio.to_thread(
+            Ledger, settings.db_path, settings.quotas, settings.timezone, settings.store_prompts)
+        base_url = settings.openai_base_url
+        api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
+        if settings.offline:
+            if offline_server is None:
+                offline_server = OfflineImageServer(latency=settings.offline_latency, faults=settings.offline_faults)
+                await offline_server.start()
+            base_url = offline_server.base_url
+            log.info("offline image server", extra={"base_url": base_url})
+        renderer = Renderer(base_url=base_url, api_key=api_key, timeout=settings.api_timeout,
+                            max_retries=settings.api_retries)
+        runner = JobRunner(ledger=ledger, renderer=renderer, prices=prices, max_in_flight=settings.max_in_flight,
+                           progress_interval=settings.progress_interval, partial_images=settings.partial_images,
+                           offline_latency=settings.offline_latency if settings.offline else None)
+        return cls(settings, prices, ledger, renderer, runner, offline_server)
+
+    async def close(self) -> None:
+        await self.renderer.close()
+        if self.offline_server is not None:
+            await self.offline_server.stop()
+        await asyncio.to_thread(self.ledger.close)
+
+    @property
+    def defaults(self) -> Defaults:
+        s = self.settings
+        return Defaults(size=s.default_size, quality=s.default_quality, model=s.model)
+
+    def parse(self, text: str, references: Sequence[ImageInput] = (), mask: ImageInput | None = None) -> ImageRequest:
+        """`/imagine` text (plus decoded images) -> a validated request. Raises UserError."""
+        return parse_request(text, prices=self.prices, defaults=self.defaults, references=references, mask=mask)
+
+    def is_admin(self, user: str, platform_admin: bool = False) -> bool:
+        return platform_admin or user in self.settings.admins
+
+
+def is_mask_name(name: str) -> bool:
+    """An attached PNG whose file name contains `mask` is the mask (SPEC §2)."""
+    return "mask" in name.lower() and name.lower().endswith(".png")
+
+
+async def decode_attachments(files: Sequence[tuple[str, bytes]],
+                             base: ImageInput | None = None) -> tuple[list[ImageInput], ImageInput | None]:
+    """Decode attachments (name, bytes) off the loop; split out the mask; put `base` first."""
+    references: list[ImageInput] = [base] if base is not None else []
+    mask: ImageInput | None = None
+    for name, data in files:
+        image = await asyncio.to_thread(load_image, name, data)
+        if is_mask_name(name):
+            if mask is not None:
+                raise UserError(f"two masks attached ({mask.name}, {name}); attach one PNG whose name contains 'mask'")
+            mask = image
+        else:
+            references.append(image)
+    return references, mask

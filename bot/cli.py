@@ -1,0 +1,223 @@
+"""`imagebot` command line: run, console, imagine, offline-server, report, quota, manifests."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import logs, quota, report
+from .config import ConfigError, Settings
+from .errors import UserError
+from .request import Requester
+
+IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.load()
+    except ConfigError as exc:
+        print(f"imagebot: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _split_imagine(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
+    """Pull the CLI's own options out; everything else is `/imagine` text (prompt and flags)."""
+    options: dict[str, str] = {}
+    rest: list[str] = []
+    items = iter(argv)
+    for arg in items:
+        name, eq, value = arg.partition("=")
+        if name in IMAGINE_OPTIONS:
+            if not eq:
+                value = next(items, "")
+            if not value:
+                raise UserError(f"{name} needs a value")
+            options[name[2:]] = value
+        else:
+            rest.append(arg)
+    return " ".join(rest), options
+
+
+async def _with_core(settings: Settings, body):  # type: ignore[no-untyped-def]
+    from .app import Core
+
+    core = await Core.start(settings)
+    try:
+        return await body(core)
+    finally:
+        await core.close()
+
+
+def cmd_imagine(argv: Sequence[str]) -> int:
+    from adapters import console
+
+    if not argv or argv[0] in ("-h", "--help"):
+        print('usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
+              "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE")
+        return 0
+    try:
+        text, options = _split_imagine(argv)
+    except UserError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    who = Requester("cli", options.get("workspace", "local"), options.get("channel", "cli"), options.get("user", "cli"))
+    out = Path(options.get("out", "imagebot-image.jpg"))
+    return asyncio.run(_with_core(settings, lambda core: console.imagine(core, text, who, out, out_is_file=True)))
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from adapters import console
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+    who = Requester("console", "local", args.channel, args.user)
+    asyncio.run(_with_core(settings, lambda core: console.loop(core, who, Path(args.out or settings.out_dir))))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from adapters import service
+
+    settings = _settings()
+    logs.setup(settings.log_level, settings.secrets())
+    return asyncio.run(service.run(settings))
+
+
+def cmd_offline_server(args: argparse.Namespace) -> int:
+    from .offline_server import main_forever
+
+    settings = _settings()
+    logs.setup(settings.log_level, settings.secrets())
+    main_forever(args.host, args.port, settings.offline_latency if args.latency is None else args.latency,
+                 settings.offline_faults)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    async def body(core):  # type: ignore[no-untyped-def]
+        built = await report.build(core.ledger, channel=args.channel, user=args.user, days=args.days)
+        print(built.text())
+        if args.csv:
+            rows = await report.export_csv(core.ledger, args.csv, channel=args.channel, user=args.user, days=args.days)
+            print(f"Wrote {rows} ledger rows to {args.csv}")
+        if args.chart:
+            Path(args.chart).write_bytes(await asyncio.to_thread(report.chart_png, built))
+            print(f"Wrote chart to {args.chart}")
+        return 0
+
+    return _ledger_only(body)
+
+
+def _ledger_only(body) -> int:  # type: ignore[no-untyped-def]
+    """Run `body(core)` with a core whose renderer is never used (no offline server started)."""
+    from .app import Core
+
+    settings = _settings()
+
+    async def main() -> int:
+        from .ledger import Ledger
+        from .pricing import load_prices
+
+        ledger = await asyncio.to_thread(Ledger, settings.db_path, settings.quotas, settings.timezone)
+        try:
+            return int(await body(Core(settings, load_prices(settings.prices_path), ledger, None, None)))  # type: ignore[arg-type]
+        finally:
+            await asyncio.to_thread(ledger.close)
+
+    return asyncio.run(main())
+
+
+def cmd_quota(args: argparse.Namespace) -> int:
+    async def body(core):  # type: ignore[no-untyped-def]
+        if args.action == "show":
+            who = Requester("cli", args.workspace or "local", args.channel or "cli", args.user or "cli")
+            lines = await core.ledger.quota_lines(who)
+            if not lines:
+                print("no limits apply")
+            for line in lines:
+                print(f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}")
+            return 0
+        targets = [(s, getattr(args, s)) for s in ("user", "channel", "workspace") if getattr(args, s)]
+        if len(targets) != 1:
+            print("quota set needs exactly one of --user ID, --channel ID, --workspace ID", file=sys.stderr)
+            return 2
+        try:
+            values = quota.parse_limits(args.limits)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        await core.ledger.set_limits(targets[0][0], targets[0][1], values)
+        print(f"limits for {targets[0][0]} {targets[0][1]}: {json.dumps(values)}")
+        return 0
+
+    return _ledger_only(body)
+
+
+def cmd_slack_manifest(args: argparse.Namespace) -> int:
+    from adapters.manifests import slack_manifest
+
+    print(json.dumps(slack_manifest(socket_mode=not args.http, request_url=args.url), indent=2))
+    return 0
+
+
+def cmd_discord_invite(args: argparse.Namespace) -> int:
+    from adapters.manifests import discord_invite_url
+
+    print(discord_invite_url(args.client_id))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["imagine"]:
+        raise SystemExit(cmd_imagine(argv[1:]))
+    parser = argparse.ArgumentParser(prog="imagebot", description="Slack/Discord bot for gpt-image-2 with quotas "
+                                     "and a cost ledger. Configure with environment variables (see README).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="start every adapter whose tokens are set").set_defaults(fn=cmd_run)
+    p = sub.add_parser("console", help="a local prompt loop on the same core")
+    p.add_argument("--out", help="folder for images (default IMAGEBOT_OUT_DIR or ./out)")
+    p.add_argument("--user", default="console")
+    p.add_argument("--channel", default="console")
+    p.set_defaults(fn=cmd_console)
+    sub.add_parser("imagine", help='one job: imagebot imagine "<prompt>" [flags] --out FILE')
+    p = sub.add_parser("offline-server", help="run the offline OpenAI-compatible image server alone")
+    p.add_argument("--port", type=int, default=8089)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--latency", type=float, default=None)
+    p.set_defaults(fn=cmd_offline_server)
+    p = sub.add_parser("report", help="usage report from the ledger")
+    p.add_argument("--channel")
+    p.add_argument("--user")
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--csv", help="also export the ledger rows to this CSV file")
+    p.add_argument("--chart", help="also write the PNG chart to this file")
+    p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("quota", help="show or set quota limits")
+    p.add_argument("action", choices=["show", "set"])
+    p.add_argument("--user")
+    p.add_argument("--channel")
+    p.add_argument("--workspace")
+    p.add_argument("limits", nargs="*", help="daily_usd=N daily_images=N monthly_usd=N monthly_images=N "
+                                              "(N, unlimited or default)")
+    p.set_defaults(fn=cmd_quota)
+    p = sub.add_parser("slack-manifest", help="print a Slack app manifest")
+    p.add_argument("--http", action="store_true", help="HTTP mode instead of Socket Mode")
+    p.add_argument("--url", default="https://YOUR-HOST/slack/events", help="public URL of /slack/events (HTTP mode)")
+    p.set_defaults(fn=cmd_slack_manifest)
+    p = sub.add_parser("discord-invite", help="print the OAuth2 URL to add the bot to a server")
+    p.add_argument("client_id", nargs="?", default="YOUR_APPLICATION_ID")
+    p.set_defaults(fn=cmd_discord_invite)
+    args = parser.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

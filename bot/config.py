@@ -1,0 +1,262 @@
+"""Settings from the environment and a `.env` file (SPEC §7), validated once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dotenv import dotenv_values
+
+from .errors import ConfigError, UserError
+from .pricing import MICRO
+from .sizes import parse_size
+
+QUALITIES = ("low", "medium", "high", "auto")
+
+
+class Secret:
+    """A string that never shows itself in repr, str, logs or errors."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class QuotaDefaults:
+    """Default limits; None means unlimited. USD limits are micro-dollars."""
+
+    user_daily_micros: int | None = None
+    user_daily_images: int | None = None
+    user_monthly_micros: int | None = None
+    user_monthly_images: int | None = None
+    channel_monthly_micros: int | None = None
+    workspace_monthly_micros: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot reads from its environment. Secrets are `Secret`s."""
+
+    openai_api_key: Secret | None = None
+    openai_base_url: str | None = None
+    model: str = "gpt-image-2"
+    offline: bool = True
+    offline_latency: float = 3.0
+    offline_faults: str = ""
+    slack_bot_token: Secret | None = None
+    slack_signing_secret: Secret | None = None
+    slack_app_token: Secret | None = None
+    slack_api_url: str = "https://slack.com/api/"
+    discord_token: Secret | None = None
+    discord_guild_ids: tuple[int, ...] = ()
+    discord_api_url: str = "https://discord.com/api/v10"
+    db_path: Path = Path("./data/imagebot.sqlite3")
+    http_host: str = "0.0.0.0"
+    http_port: int = 3000
+    admins: frozenset[str] = frozenset()
+    quotas: QuotaDefaults = field(default_factory=QuotaDefaults)
+    timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
+    api_timeout: float = 360.0
+    api_retries: int = 2
+    max_in_flight: int = 8
+    progress_interval: float = 3.0
+    partial_images: int = 2
+    default_size: str = "auto"
+    default_quality: str = "auto"
+    store_prompts: bool = True
+    prices_path: str | None = None
+    out_dir: Path = Path("./out")
+    shutdown_grace: float = 30.0
+    log_level: str = "INFO"
+
+    @property
+    def slack_enabled(self) -> bool:
+        return self.slack_bot_token is not None
+
+    @property
+    def slack_socket_mode(self) -> bool:
+        return self.slack_app_token is not None
+
+    @property
+    def discord_enabled(self) -> bool:
+        return self.discord_token is not None
+
+    def secrets(self) -> list[str]:
+        """Every configured secret value, for log scrubbing and tests."""
+        found = (self.openai_api_key, self.slack_bot_token, self.slack_signing_secret,
+                 self.slack_app_token, self.discord_token)
+        return [s.reveal() for s in found if s is not None and s.reveal()]
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
+        """Read settings from `environ` (default os.environ) over a `.env` file; raise ConfigError if bad."""
+        merged: dict[str, str] = {}
+        if env_file and Path(env_file).is_file():
+            merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        merged.update(os.environ if environ is None else environ)
+        return _parse(_Env(merged))
+
+
+class _Env:
+    """Typed readers over the raw mapping; every error names the variable and the valid range."""
+
+    def __init__(self, raw: Mapping[str, str]) -> None:
+        self.raw = raw
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.raw.get(name, "").strip()
+        return value if value else default
+
+    def secret(self, name: str) -> Secret | None:
+        value = self.str(name)
+        return Secret(value) if value else None
+
+    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+        text = self.str(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            raise ConfigError(f"{name}={text!r} is not a number (seconds, e.g. {default:g})") from None
+        if not value >= minimum or value != value or value == float("inf"):
+            raise ConfigError(f"{name}={text!r} must be a number >= {minimum:g}")
+        return value
+
+    def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
+        text = self.str(name)
+        if text is None:
+            return default
+        if not text.lstrip("-").isdigit():
+            raise ConfigError(f"{name}={text!r} is not a whole number ({minimum}-{maximum})")
+        value = int(text)
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{name}={value} is out of range ({minimum}-{maximum})")
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        text = self.str(name)
+        if text is None:
+            return default
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={text!r} must be 1 or 0 (true/false)")
+
+    def usd(self, name: str) -> int | None:
+        text = self.str(name)
+        if text is None:
+            return None
+        try:
+            value = Decimal(text.lstrip("$"))
+        except InvalidOperation:
+            raise ConfigError(f"{name}={text!r} is not a USD amount (e.g. 5 or 12.50; unset for unlimited)") from None
+        if not value.is_finite() or value < 0:
+            raise ConfigError(f"{name}={text!r} must be a USD amount >= 0 (unset for unlimited)")
+        return int(value * MICRO)
+
+    def count(self, name: str) -> int | None:
+        return None if self.str(name) is None else self.integer(name, 0)
+
+    def url(self, name: str, default: str) -> str:
+        value = self.str(name, default) or default
+        if not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL")
+        return value
+
+
+def _parse(env: _Env) -> Settings:
+    api_key = env.secret("OPENAI_API_KEY")
+    offline = env.flag("IMAGEBOT_OFFLINE", False) or api_key is None
+    slack_bot, slack_secret, slack_app = (env.secret(n) for n in
+                                         ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"))
+    if slack_bot and not slack_app and not slack_secret:
+        raise ConfigError("Slack HTTP mode (SLACK_BOT_TOKEN without SLACK_APP_TOKEN) needs SLACK_SIGNING_SECRET")
+    if (slack_app or slack_secret) and not slack_bot:
+        raise ConfigError("SLACK_APP_TOKEN / SLACK_SIGNING_SECRET are set but SLACK_BOT_TOKEN is not")
+    if slack_app and not slack_app.reveal().startswith("xapp-"):
+        raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp- (Socket Mode)")
+    guild_text = env.str("DISCORD_GUILD_IDS", "") or ""
+    guilds: list[int] = []
+    for part in guild_text.replace(" ", ",").split(","):
+        if part:
+            if not part.isdigit():
+                raise ConfigError(f"DISCORD_GUILD_IDS has {part!r}, which is not a numeric guild id")
+            guilds.append(int(part))
+    tz_name = env.str("IMAGEBOT_TIMEZONE", "UTC") or "UTC"
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"IMAGEBOT_TIMEZONE={tz_name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
+    quality = (env.str("IMAGEBOT_QUALITY", "auto") or "auto").lower()
+    if quality not in QUALITIES:
+        raise ConfigError(f"IMAGEBOT_QUALITY={quality!r} must be one of {', '.join(QUALITIES)}")
+    size = env.str("IMAGEBOT_SIZE", "auto") or "auto"
+    try:
+        parse_size(size)
+    except UserError as exc:
+        raise ConfigError(f"IMAGEBOT_SIZE: {exc}") from None
+    base_url = env.str("OPENAI_BASE_URL")
+    if base_url is not None:
+        base_url = env.url("OPENAI_BASE_URL", base_url)
+    return Settings(
+        openai_api_key=api_key,
+        openai_base_url=base_url,
+        model=env.str("IMAGEBOT_MODEL", "gpt-image-2") or "gpt-image-2",
+        offline=offline,
+        offline_latency=env.number("IMAGEBOT_OFFLINE_LATENCY", 3.0),
+        offline_faults=env.str("IMAGEBOT_OFFLINE_FAULTS", "") or "",
+        slack_bot_token=slack_bot,
+        slack_signing_secret=slack_secret,
+        slack_app_token=slack_app,
+        slack_api_url=env.url("SLACK_API_URL", "https://slack.com/api/"),
+        discord_token=env.secret("DISCORD_TOKEN"),
+        discord_guild_ids=tuple(guilds),
+        discord_api_url=env.url("DISCORD_API_URL", "https://discord.com/api/v10").rstrip("/"),
+        db_path=Path(env.str("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
+        http_host=env.str("IMAGEBOT_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
+        http_port=env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535),
+        admins=frozenset(a.strip() for a in (env.str("IMAGEBOT_ADMINS", "") or "").split(",") if a.strip()),
+        quotas=QuotaDefaults(
+            user_daily_micros=env.usd("IMAGEBOT_USER_DAILY_USD"),
+            user_daily_images=env.count("IMAGEBOT_USER_DAILY_IMAGES"),
+            user_monthly_micros=env.usd("IMAGEBOT_USER_MONTHLY_USD"),
+            user_monthly_images=env.count("IMAGEBOT_USER_MONTHLY_IMAGES"),
+            channel_monthly_micros=env.usd("IMAGEBOT_CHANNEL_MONTHLY_USD"),
+            workspace_monthly_micros=env.usd("IMAGEBOT_WORKSPACE_MONTHLY_USD"),
+        ),
+        timezone=tz,
+        api_timeout=env.number("IMAGEBOT_API_TIMEOUT", 360.0, minimum=0.001),
+        api_retries=env.integer("IMAGEBOT_API_RETRIES", 2, minimum=0, maximum=10),
+        max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
+        progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
+        partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),
+        default_size=size,
+        default_quality=quality,
+        store_prompts=env.flag("IMAGEBOT_STORE_PROMPTS", True),
+        prices_path=env.str("IMAGEBOT_PRICES"),
+        out_dir=Path(env.str("IMAGEBOT_OUT_DIR", "./out") or "./out"),
+        shutdown_grace=env.number("IMAGEBOT_SHUTDOWN_GRACE", 30.0),
+        log_level=(env.str("IMAGEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+    )

@@ -1,0 +1,117 @@
+"""Reference images and masks: decode safely with Pillow, and re-encode to fit upload limits."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .errors import UserError
+
+MAX_REFERENCES = 5
+MAX_FILE_BYTES = 50 * 1024 * 1024
+# Pillow's decompression-bomb guard: above this many pixels we refuse to decode.
+MAX_DECODE_PIXELS = 64_000_000
+ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInput:
+    """A decoded, validated input image (reference or mask)."""
+
+    name: str
+    data: bytes
+    width: int
+    height: int
+    format: str  # png | jpeg | webp
+    has_alpha: bool
+
+    @property
+    def mime(self) -> str:
+        return f"image/{self.format}"
+
+    def __repr__(self) -> str:
+        return f"ImageInput({self.name!r}, {self.width}x{self.height} {self.format}, {len(self.data)} bytes)"
+
+
+def load_image(name: str, data: bytes) -> ImageInput:
+    """Decode `data` with the bomb guard on; raise UserError naming the rule if it is not acceptable.
+
+    CPU work: call it through `asyncio.to_thread` from async code.
+    """
+    if len(data) > MAX_FILE_BYTES:
+        raise UserError(f"{name} is {len(data) / 1e6:.1f} MB; each image must be at most 50 MB")
+    if not data:
+        raise UserError(f"{name} is empty; attach a PNG, JPEG or WebP image")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = ACCEPTED_FORMATS.get(img.format or "")
+                if fmt is None:
+                    raise UserError(
+                        f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP"
+                    )
+                if img.width * img.height > MAX_DECODE_PIXELS:
+                    raise UserError(
+                        f"{name} is {img.width}x{img.height}, over the {MAX_DECODE_PIXELS:,}-pixel decode limit"
+                    )
+                img.load()
+                has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+                return ImageInput(name, data, img.width, img.height, fmt, has_alpha)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise UserError(f"{name} is a decompression bomb (too many pixels); images must be under 64 MP") from None
+        except UserError:
+            raise
+        except Exception:
+            raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
+
+
+def check_mask(mask: ImageInput, first: ImageInput) -> None:
+    """A mask must be a PNG with an alpha channel, the same size as the first image."""
+    if mask.format != "png":
+        raise UserError(f"mask {mask.name} is {mask.format.upper()}; the mask must be a PNG with an alpha channel")
+    if not mask.has_alpha:
+        raise UserError(f"mask {mask.name} has no alpha channel; transparent pixels mark where to edit")
+    if (mask.width, mask.height) != (first.width, first.height):
+        raise UserError(
+            f"mask {mask.name} is {mask.width}x{mask.height} but the first image is "
+            f"{first.width}x{first.height}; they must be the same size"
+        )
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """Width and height of encoded image bytes (reads the header only)."""
+    with Image.open(io.BytesIO(data)) as img:
+        return img.width, img.height
+
+
+def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
+    """Re-encode `data` until it is at most `limit` bytes.
+
+    Returns (bytes, format, note); the note says what was done, or is None if nothing was needed.
+    Tries JPEG at falling quality, then halves the scale. CPU work: run in a thread.
+    """
+    if len(data) <= limit:
+        with Image.open(io.BytesIO(data)) as img:
+            return data, ACCEPTED_FORMATS.get(img.format or "", "png"), None
+    with Image.open(io.BytesIO(data)) as img:
+        original = img.convert("RGB")
+    scale = 1.0
+    while True:
+        frame = original if scale == 1.0 else original.resize(
+            (max(16, int(original.width * scale)), max(16, int(original.height * scale))), Image.Resampling.LANCZOS
+        )
+        for quality in (90, 80, 70, 60, 50, 40):
+            out = io.BytesIO()
+            frame.save(out, "JPEG", quality=quality, optimize=True)
+            if out.tell() <= limit:
+                note = (f"re-encoded as JPEG quality {quality}" +
+                        (f" at {frame.width}x{frame.height}" if scale < 1.0 else "") +
+                        f" to fit the {limit / 1024 / 1024:.0f} MiB upload limit")
+                return out.getvalue(), "jpeg", note
+        scale /= 2
+        if original.width * scale < 16:
+            raise ValueError("image cannot be made small enough")

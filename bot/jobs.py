@@ -1,0 +1,380 @@
+"""One job's lifecycle: validate -> reserve -> render (with progress) -> settle -> deliver.
+
+Adapters implement `JobView` (three callbacks) and call `JobRunner.prepare` then `execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .errors import ProviderError, UserError
+from .ledger import Ledger, Reservation
+from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
+from .render import Renderer, RenderResult
+from .request import ImageRequest, Requester
+
+log = logging.getLogger("imagebot.jobs")
+
+# Typical render seconds at 1 MP by quality; larger sizes scale by pixels^0.45 (4K high ~ 4.7 min).
+BASE_SECONDS = {"low": 25.0, "medium": 60.0, "high": 110.0, "auto": 90.0}
+
+
+def expected_seconds(request: ImageRequest, offline_latency: float | None) -> float:
+    """What to tell the user to expect, before any render has finished."""
+    if offline_latency is not None:
+        return max(offline_latency, 0.1)
+    megapixels = (request.size.pixels or 1024 * 1024) / (1024 * 1024)
+    return BASE_SECONDS.get(request.quality, 90.0) * max(1.0, megapixels) ** 0.45
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A snapshot of a running job, sent to the adapter at a steady cadence."""
+
+    job_id: str
+    request: ImageRequest
+    state: str  # queued | rendering
+    elapsed: float
+    expected: float
+    queue_position: int | None
+    done: int
+    count: int
+    preview: bytes | None
+    offline: bool
+
+    @property
+    def fraction(self) -> float:
+        """0..1, capped below 1 until the image arrives."""
+        if self.state == "queued":
+            return 0.0
+        return min(0.95, (self.done + min(1.0, self.elapsed / self.expected)) / self.count) if self.expected else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """One delivered image."""
+
+    data: bytes
+    width: int
+    height: int
+    format: str
+    cost_micros: int
+    request_ids: tuple[str, ...]
+    elapsed: float
+
+    @property
+    def filename(self) -> str:
+        return f"image-{self.width}x{self.height}.{'jpg' if self.format == 'jpeg' else self.format}"
+
+
+@dataclass(frozen=True, slots=True)
+class JobResult:
+    """What a finished job produced: at least one image, maybe some failures."""
+
+    job_id: str
+    request: ImageRequest
+    requester: Requester
+    images: tuple[Image, ...]
+    failures: tuple[str, ...]
+    total_micros: int
+    elapsed: float
+    quota_left: str
+    offline: bool
+
+    def summary(self) -> str:
+        """Plain text, platform-neutral: size, quality, format, cost, time, quota, request ids."""
+        first = self.images[0]
+        ids = ", ".join(i for img in self.images for i in img.request_ids) or "none"
+        parts = [f"{first.width}x{first.height} {self.request.quality} {self.request.format}",
+                 f"{len(self.images)} image{'s' if len(self.images) != 1 else ''}" if self.request.count > 1 else "",
+                 format_usd(self.total_micros), f"{self.elapsed:.1f} s", self.quota_left, f"request id {ids}"]
+        text = " · ".join(p for p in parts if p)
+        extra = list(self.request.notes) + [f"failed: {f}" for f in self.failures]
+        if self.offline:
+            extra.append("offline image server (no OpenAI key set)")
+        return text + "".join(f"\n{note}" for note in extra)
+
+
+@dataclass(frozen=True, slots=True)
+class JobFailure:
+    """A job that made no image: why, the request ids, and what it cost (usually nothing)."""
+
+    job_id: str
+    request: ImageRequest
+    requester: Requester
+    message: str
+    request_ids: tuple[str, ...]
+    charged_micros: int
+    cancelled: bool
+    offline: bool
+
+    def summary(self) -> str:
+        ids = f" (request id {', '.join(self.request_ids)})" if self.request_ids else ""
+        head = "Cancelled" if self.cancelled else "Failed"
+        money = (f"Charged {format_usd(self.charged_micros)}: the API may have billed an attempt that gave no image."
+                 if self.charged_micros else "Nothing was charged.")
+        return f"{head}: {self.message}{ids}. {money}" + (" (offline image server)" if self.offline else "")
+
+
+class JobView(Protocol):
+    """What an adapter shows for one job."""
+
+    async def progress(self, progress: Progress) -> None: ...
+
+    async def deliver(self, result: JobResult) -> None: ...
+
+    async def failed(self, failure: JobFailure) -> None: ...
+
+
+@dataclass
+class Job:
+    """A validated, reserved job, ready to execute."""
+
+    id: str
+    request: ImageRequest
+    requester: Requester
+    reservation: Reservation
+    created: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[JobResult | JobFailure] | None = None
+
+
+class Gate:
+    """A FIFO limit on API calls in flight that can tell a waiter its place in the queue."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def position(self, waiter: asyncio.Future[None] | None) -> int | None:
+        if waiter is None or waiter.done():
+            return None
+        try:
+            return self._waiters.index(waiter) + 1
+        except ValueError:
+            return None
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, on_wait: Callable[[asyncio.Future[None]], None]) -> AsyncIterator[None]:
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+        else:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            on_wait(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._release()  # granted just as we were cancelled
+                else:
+                    self._waiters.remove(waiter)
+                raise
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self.active -= 1
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.active += 1
+                waiter.set_result(None)
+                break
+
+
+@dataclass
+class _State:
+    """Mutable progress of one job, read by its ticker."""
+
+    started: float
+    waiters: list[asyncio.Future[None] | None]
+    rendering: int = 0
+    done: int = 0
+    preview: bytes | None = None
+
+
+class JobRunner:
+    """Runs jobs for every adapter; owns the in-flight limit and the table of cancellable jobs."""
+
+    def __init__(self, *, ledger: Ledger, renderer: Renderer, prices: PriceTable, max_in_flight: int = 8,
+                 progress_interval: float = 3.0, partial_images: int = 0, offline_latency: float | None = None) -> None:
+        self.ledger = ledger
+        self.renderer = renderer
+        self.prices = prices
+        self.gate = Gate(max_in_flight)
+        self.progress_interval = progress_interval
+        self.partial_images = partial_images
+        self.offline_latency = offline_latency
+        self.jobs: dict[str, Job] = {}
+        self.accepting = True
+
+    @property
+    def offline(self) -> bool:
+        return self.offline_latency is not None
+
+    def estimate(self, request: ImageRequest) -> int:
+        """Worst-case micro-dollars for ONE image of `request` (the reservation per image)."""
+        return estimate_micros(self.prices.model(request.model), size=request.size, quality=request.quality,
+                               prompt=request.prompt, references=len(request.references),
+                               partials=self.partial_images)
+
+    async def prepare(self, request: ImageRequest, requester: Requester) -> Job:
+        """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded)."""
+        if not self.accepting:
+            raise UserError("the bot is restarting and not taking new jobs; try again in a minute")
+        reservation = await self.ledger.reserve(requester, request, self.estimate(request))
+        job = Job(reservation.job_id, request, requester, reservation)
+        self.jobs[job.id] = job
+        log.info("job reserved", extra={"job_id": job.id, "platform": requester.platform,
+                                        "channel": requester.channel, "user": requester.user,
+                                        "reserved_micros": reservation.total_micros})
+        return job
+
+    def cancel(self, job_id: str, user: str) -> bool:
+        """Cancel a running job if `user` asked for it. False if not theirs or already finished."""
+        job = self.jobs.get(job_id)
+        if job is None or job.requester.user != user or job.task is None or job.task.done():
+            return False
+        job.task.cancel()
+        return True
+
+    async def execute(self, job: Job, view: JobView) -> JobResult | JobFailure:
+        """Render every image of the job, settle each, and hand the outcome to `view`."""
+        job.task = asyncio.current_task()  # type: ignore[assignment]
+        state = _State(started=time.monotonic(), waiters=[None] * job.request.count)
+        ticker = asyncio.create_task(self._tick(job, view, state))
+        try:
+            outcomes = await asyncio.gather(
+                *(self._one(job, seq, row, state) for seq, row in enumerate(job.reservation.row_ids)),
+                return_exceptions=True)
+        except asyncio.CancelledError:
+            ticker.cancel()
+            charged = await asyncio.shield(self._charged(job))
+            failure = JobFailure(job.id, job.request, job.requester, "cancelled by the requester", (), charged,
+                                 True, self.offline)
+            await self._safe(view.failed(failure))
+            self.jobs.pop(job.id, None)
+            return failure
+        finally:
+            ticker.cancel()
+        self.jobs.pop(job.id, None)
+        elapsed = time.monotonic() - state.started
+        images = [o for o in outcomes if isinstance(o, Image)]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:
+            if not isinstance(error, UserError | ProviderError):
+                log.error("job %s image failed unexpectedly", job.id, exc_info=error)
+        if images:
+            result = JobResult(job.id, job.request, job.requester, tuple(images), tuple(str(e) for e in errors),
+                               sum(i.cost_micros for i in images) + await self._charged_failed(job, errors),
+                               elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
+            await self._safe(view.deliver(result))
+            return result
+        first = errors[0]
+        ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
+        message = str(first) if not isinstance(first, ProviderError) else first.args[0]
+        failure = JobFailure(job.id, job.request, job.requester, message, ids, await self._charged(job),
+                             False, self.offline)
+        await self._safe(view.failed(failure))
+        return failure
+
+    async def _charged(self, job: Job) -> int:
+        rows = await self.ledger.query(
+            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE id IN ({','.join('?' * len(job.reservation.row_ids))})",
+            list(job.reservation.row_ids))
+        return int(rows[0][0])
+
+    async def _charged_failed(self, job: Job, errors: list[BaseException]) -> int:
+        if not errors:
+            return 0
+        rows = await self.ledger.query(
+            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE status != 'succeeded' AND id IN "
+            f"({','.join('?' * len(job.reservation.row_ids))})", list(job.reservation.row_ids))
+        return int(rows[0][0])
+
+    async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
+        each = job.reservation.each_micros
+        prices = self.prices.model(job.request.model)
+
+        def waiting(waiter: asyncio.Future[None]) -> None:
+            state.waiters[seq] = waiter
+
+        async def preview(data: bytes, index: int) -> None:
+            state.preview = data
+
+        async with self.gate.slot(waiting):
+            state.waiters[seq] = None
+            await self.ledger.start(row_id)
+            state.rendering += 1
+            try:
+                result: RenderResult = await self.renderer.render(
+                    job.request, partials=self.partial_images, on_preview=preview,
+                    client_request_id=f"imagebot-{job.id}-{seq}")
+            except asyncio.CancelledError:
+                # The request may already be with the provider: charge the estimate, never free.
+                await asyncio.shield(self.ledger.close_row(
+                    row_id, status="cancelled", actual_micros=each,
+                    error="cancelled during the API call; charged at its estimate as possibly billed"))
+                raise
+            except ProviderError as exc:
+                status, charge = ("possibly_billed", each) if exc.possibly_billed else ("failed", 0)
+                await self.ledger.close_row(row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
+                                            attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc))
+                raise
+            except UserError as exc:
+                await self.ledger.close_row(row_id, status="failed", actual_micros=0,
+                                            request_ids=getattr(exc, "request_ids", ()), error=str(exc),
+                                            latency_ms=_ms(state.started))
+                raise
+            except BaseException as exc:
+                await self.ledger.close_row(row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
+                raise
+            finally:
+                state.rendering -= 1
+            cost = cost_micros(prices, result.usage) + result.lost_attempts * each
+            await self.ledger.close_row(row_id, status="succeeded", actual_micros=cost, usage=result.usage,
+                                        request_ids=result.request_ids, attempts=result.attempts,
+                                        latency_ms=int(result.elapsed * 1000))
+            state.done += 1
+            return Image(result.data, result.width, result.height, result.format, cost, result.request_ids,
+                         result.elapsed)
+
+    async def _tick(self, job: Job, view: JobView, state: _State) -> None:
+        expected = expected_seconds(job.request, self.offline_latency)
+        while True:
+            positions = [p for p in (self.gate.position(w) for w in state.waiters) if p is not None]
+            queued = not state.rendering and not state.done and bool(positions)
+            preview, state.preview = state.preview, None
+            await self._safe(view.progress(Progress(
+                job.id, job.request, "queued" if queued else "rendering", time.monotonic() - state.started,
+                expected, min(positions) if positions else None, state.done, job.request.count, preview,
+                self.offline)))
+            await asyncio.sleep(self.progress_interval)
+
+    @staticmethod
+    async def _safe(awaitable: object) -> None:
+        """An adapter's display failing must never fail (or double-charge) a job."""
+        try:
+            await awaitable  # type: ignore[misc]
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("adapter callback failed")
+
+
+def _ms(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)

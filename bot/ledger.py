@@ -1,0 +1,299 @@
+"""The cost ledger: one row per image call, from reservation to settlement (SPEC §5).
+
+Row statuses: reserved -> running -> succeeded | failed | cancelled | possibly_billed | interrupted.
+Every write that moves money also moves the quota counters, in the same transaction.
+All database work runs on one worker thread per Ledger, so the event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from . import quota
+from .config import QuotaDefaults
+from .pricing import Usage
+from .request import ImageRequest, Requester
+from .store import connect, immediate
+
+T = TypeVar("T")
+OPEN = ("reserved", "running")
+HEARTBEAT_STALE = timedelta(minutes=2)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """The ledger rows reserved for one job, one per image."""
+
+    job_id: str
+    row_ids: tuple[int, ...]
+    each_micros: int
+
+    @property
+    def total_micros(self) -> int:
+        return self.each_micros * len(self.row_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Interrupted:
+    """A job a dead process left open, now closed; the owning adapter tells the user."""
+
+    job_id: str
+    platform: str
+    channel: str
+    user: str
+    context: dict[str, Any]
+    charged_micros: int
+    images: int
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaLine:
+    label: str
+    used: str
+    limit: str
+    left: str
+    resets: datetime
+
+
+@dataclass
+class Ledger:
+    """Async façade over the ledger tables, safe for many processes on one file."""
+
+    path: Path | str
+    defaults: QuotaDefaults = field(default_factory=QuotaDefaults)
+    timezone: Any = UTC
+    store_prompts: bool = True
+    clock: Callable[[], datetime] = utcnow
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
+        self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
+        self.instance_id = uuid.uuid4().hex
+        self._sync(self._register)
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _sync(self, fn: Callable[[], T]) -> T:
+        return self._pool.submit(fn).result()
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def close(self) -> None:
+        def _close() -> None:
+            self.db.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
+            self.db.conn.close()
+        try:
+            self._sync(_close)
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def _register(self) -> None:
+        now = _iso(self.clock())
+        self.db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?)",
+                        [self.instance_id, socket.gethostname(), os.getpid(), now, now])
+
+    async def heartbeat(self) -> None:
+        """Mark this process alive; other processes use it to tell a crash from a busy peer."""
+        now = _iso(self.clock())
+        await self._run(lambda: self.db.execute(
+            "UPDATE instances SET heartbeat_at=? WHERE id=?", [now, self.instance_id]))
+
+    # -- reservation ----------------------------------------------------------------------
+
+    def reserve_sync(self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None) -> Reservation:
+        """Check every limit and reserve `count` x `each_micros` in one BEGIN IMMEDIATE transaction."""
+        job_id = job_id or uuid.uuid4().hex[:16]
+        now = self.clock()
+        periods = quota.Periods.at(now, self.timezone)
+        count = request.count
+        what = (f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}")
+        with immediate(self.db):
+            limits = quota.effective_limits(self.db, self.defaults, who)
+            quota.enforce(quota.checks(self.db, limits, who, periods), micros=each_micros * count,
+                          images=count, now=now.astimezone(self.timezone), what=what)
+            stamp = _iso(now)
+            prompt = request.prompt if self.store_prompts else None
+            ids = []
+            for seq in range(count):
+                cursor = self.db.execute(
+                    "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
+                    "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
+                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?)",
+                    [job_id, seq, who.platform, who.workspace, who.channel, who.user, request.model,
+                     str(request.size), request.quality, request.format, prompt, each_micros,
+                     self.instance_id, periods.day, periods.month, stamp, stamp])
+                ids.append(int(cursor.lastrowid or 0))
+            quota.bump(self.db, who, periods.day, periods.month, micros=each_micros * count, images=count)
+        return Reservation(job_id, tuple(ids), each_micros)
+
+    async def reserve(self, who: Requester, request: ImageRequest, each_micros: int,
+                      job_id: str | None = None) -> Reservation:
+        return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id))
+
+    async def start(self, row_id: int) -> None:
+        """An API call for this row is about to be made: from now on a crash may have cost money."""
+        stamp = _iso(self.clock())
+        await self._run(lambda: self.db.execute(
+            "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'", [stamp, row_id]))
+
+    async def set_context(self, job_id: str, context: dict[str, Any]) -> None:
+        """Where the adapter shows this job (thread, message), so a restart can tell the user."""
+        text = json.dumps(context)
+        await self._run(lambda: self.db.execute("UPDATE ledger SET context=? WHERE job_id=?", [text, job_id]))
+
+    # -- settlement -----------------------------------------------------------------------
+
+    def close_row_sync(
+        self,
+        row_id: int,
+        *,
+        status: str,
+        actual_micros: int,
+        usage: Usage | None = None,
+        request_ids: tuple[str, ...] = (),
+        attempts: int = 0,
+        latency_ms: int | None = None,
+        error: str | None = None,
+        only_if_open: bool = True,
+    ) -> bool:
+        """Settle or release one row and move the counters by the difference. False if already closed."""
+        with immediate(self.db):
+            row = self.db.execute(
+                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform FROM ledger WHERE id=?",
+                [row_id]).fetchone()
+            if row is None or (only_if_open and row[0] not in OPEN):
+                return False
+            _, reserved, workspace, channel, user, day, month, platform = row
+            stamp = _iso(self.clock())
+            usage = usage or Usage()
+            self.db.execute(
+                "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
+                "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=? WHERE id=?",
+                [status, actual_micros, usage.text_tokens, usage.image_tokens, usage.output_tokens,
+                 json.dumps(list(request_ids)), attempts, latency_ms, error, stamp, stamp, row_id])
+            image_delta = 0 if status == "succeeded" else -1
+            quota.bump(self.db, Requester(platform, workspace, channel, user), day, month,
+                       micros=actual_micros - int(reserved), images=image_delta)
+        return True
+
+    async def close_row(self, row_id: int, **kwargs: Any) -> bool:
+        return await self._run(lambda: self.close_row_sync(row_id, **kwargs))
+
+    # -- crash recovery -------------------------------------------------------------------
+
+    def recover_sync(self) -> list[Interrupted]:
+        """Close rows whose owner process is gone: release untouched reservations, and charge
+        the estimate where an API call had started (it may have been billed)."""
+        host, pid = socket.gethostname(), os.getpid()
+        stale_before = _iso(self.clock() - HEARTBEAT_STALE)
+        dead: set[str] = set()
+        for inst_id, inst_host, inst_pid, heartbeat in self.db.execute(
+                "SELECT id, host, pid, heartbeat_at FROM instances WHERE id != ?", [self.instance_id]).fetchall():
+            same_host = inst_host == host
+            if (same_host and (inst_pid == pid or not _alive(inst_pid))) or heartbeat < stale_before:
+                dead.add(inst_id)
+        live = {r[0] for r in self.db.execute("SELECT id FROM instances").fetchall()} - dead
+        rows = self.db.execute(
+            "SELECT id, job_id, status, reserved_micros, owner, platform, channel, user, context FROM ledger "
+            "WHERE status IN ('reserved', 'running')").fetchall()
+        jobs: dict[str, dict[str, Any]] = {}
+        for row_id, job_id, status, reserved, owner, platform, channel, user, context in rows:
+            if owner in live:
+                continue
+            charged = int(reserved) if status == "running" else 0
+            note = ("interrupted by a restart during the API call; charged at its estimate as possibly billed"
+                    if charged else "interrupted by a restart before the API call; nothing charged")
+            if not self.close_row_sync(row_id, status="interrupted", actual_micros=charged, error=note):
+                continue
+            job = jobs.setdefault(job_id, {"platform": platform, "channel": channel, "user": user,
+                                           "context": json.loads(context) if context else {},
+                                           "charged": 0, "images": 0})
+            job["charged"] += charged
+            job["images"] += 1
+        if dead:
+            self.db.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", list(dead))
+        return [Interrupted(job_id, j["platform"], j["channel"], j["user"], j["context"], j["charged"], j["images"])
+                for job_id, j in jobs.items()]
+
+    async def recover(self) -> list[Interrupted]:
+        return await self._run(self.recover_sync)
+
+    # -- reading --------------------------------------------------------------------------
+
+    def quota_lines_sync(self, who: Requester) -> list[QuotaLine]:
+        now = self.clock()
+        periods = quota.Periods.at(now, self.timezone)
+        limits = quota.effective_limits(self.db, self.defaults, who)
+        return [QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
+                for c in quota.checks(self.db, limits, who, periods)]
+
+    async def quota_lines(self, who: Requester) -> list[QuotaLine]:
+        return await self._run(lambda: self.quota_lines_sync(who))
+
+    async def quota_left_text(self, who: Requester) -> str:
+        """One short line: what is left of the tightest limits, for summaries."""
+        lines = await self.quota_lines(who)
+        if not lines:
+            return "no quota limits"
+        return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
+
+    def set_limits_sync(self, scope: str, key: str, values: dict[str, int | None]) -> None:
+        if scope not in ("user", "channel", "workspace"):
+            raise ValueError(scope)
+        stamp = _iso(self.clock())
+        with immediate(self.db):
+            self.db.execute("INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)", [scope, key, stamp])
+            for column, value in values.items():
+                if column not in quota.LIMIT_FIELDS.values():
+                    raise ValueError(column)
+                self.db.execute(f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
+                                [value, stamp, scope, key])
+
+    async def set_limits(self, scope: str, key: str, values: dict[str, int | None]) -> None:
+        await self._run(lambda: self.set_limits_sync(scope, key, values))
+
+    def seen_sync(self, key: str) -> bool:
+        """Remember a platform event id; True if it was already seen (so: do nothing)."""
+        now = self.clock()
+        with immediate(self.db):
+            cursor = self.db.execute("INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", [key, _iso(now)])
+            self.db.execute("DELETE FROM seen_events WHERE at < ?", [_iso(now - timedelta(days=1))])
+        return cursor.rowcount == 0
+
+    async def seen(self, key: str) -> bool:
+        return await self._run(lambda: self.seen_sync(key))
+
+    async def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        """A read-only query on the worker thread (reports)."""
+        return await self._run(lambda: self.db.execute(sql, params or []).fetchall())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
