@@ -1,10 +1,118 @@
-"""`imagebot run`: the core plus every adapter whose tokens are set, an HTTP server, and shutdown."""
+"""`imagebot run`: the core, every adapter whose tokens are set, one HTTP server, graceful shutdown.
+
+The HTTP server (IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT) carries /healthz and /metrics, and Slack's
+/slack/events in HTTP mode.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import signal
 import sys
+from typing import Any, Protocol
 
+from aiohttp import web
+
+from bot import metrics
+from bot.app import Core
 from bot.config import Settings
+from bot.ledger import Interrupted
+
+log = logging.getLogger("imagebot.service")
+HEARTBEAT_SECONDS = 30
+
+
+class Adapter(Protocol):
+    connected: bool
+
+    async def start(self, web_app: web.Application | None) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def tell_interrupted(self, job: Interrupted) -> None: ...
+
+
+def build_adapters(core: Core) -> dict[str, Any]:
+    """The adapters whose tokens are set, by platform name."""
+    adapters: dict[str, Any] = {}
+    if core.settings.slack_enabled:
+        from .slack import SlackAdapter
+
+        adapters["slack"] = SlackAdapter(core)
+    if core.settings.discord_enabled:
+        from .discord import DiscordAdapter
+
+        adapters["discord"] = DiscordAdapter(core)
+    return adapters
+
+
+def web_app(core: Core, adapters: dict[str, Any]) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+
+    async def healthz(_: web.Request) -> web.Response:
+        checks: dict[str, Any] = {}
+        try:
+            await core.ledger.query("SELECT 1")
+            checks["database"] = "ok"
+        except Exception as exc:  # the point of a health check is to say so, not to raise
+            checks["database"] = f"error: {type(exc).__name__}"
+        for name, adapter in adapters.items():
+            checks[name] = "ok" if adapter.connected else "disconnected"
+        healthy = all(v == "ok" for v in checks.values())
+        return web.json_response({"ok": healthy, "checks": checks}, status=200 if healthy else 503)
+
+    async def metrics_view(_: web.Request) -> web.Response:
+        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics_view)
+    if "slack" in adapters:
+        app.router.add_routes(adapters["slack"].routes())
+    return app
+
+
+async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
+                ready: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up."""
+    settings = core.settings
+    runner = web.AppRunner(web_app(core, adapters), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.http_host, settings.http_port)
+    await site.start()
+    log.info("http server listening", extra={"host": settings.http_host, "port": settings.http_port})
+    try:
+        for adapter in adapters.values():
+            await adapter.start(runner.app)
+        for job in await core.ledger.recover():
+            adapter = adapters.get(job.platform)
+            log.warning("interrupted job settled", extra={"job_id": job.job_id, "platform": job.platform,
+                                                          "charged_micros": job.charged_micros})
+            if adapter is not None:
+                try:
+                    await adapter.tell_interrupted(job)
+                except Exception:
+                    log.exception("could not tell the user about an interrupted job")
+        heartbeat = asyncio.create_task(_heartbeat(core))
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        heartbeat.cancel()
+        log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
+        await core.runner.shutdown(settings.shutdown_grace)
+    finally:
+        for adapter in adapters.values():
+            with contextlib.suppress(Exception):
+                await adapter.close()
+        await runner.cleanup()
+
+
+async def _heartbeat(core: Core) -> None:
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        with contextlib.suppress(Exception):
+            await core.ledger.heartbeat()
 
 
 async def run(settings: Settings) -> int:
@@ -14,4 +122,14 @@ async def run(settings: Settings) -> int:
               'Try it locally meanwhile: imagebot imagine "a poster for our launch" --out poster.jpg, '
               "or imagebot console.", file=sys.stderr)
         return 0
-    raise NotImplementedError
+    core = await Core.start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await serve(core, build_adapters(core), stop)
+    finally:
+        await core.close()
+    return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -147,7 +148,7 @@ class _Env:
         text = self.str(name)
         if text is None:
             return default
-        if not text.lstrip("-").isdigit():
+        if not re.fullmatch(r"-?[0-9]+", text):
             raise ConfigError(f"{name}={text!r} is not a whole number ({minimum}-{maximum})")
         value = int(text)
         if not minimum <= value <= maximum:
@@ -201,13 +202,13 @@ def _parse(env: _Env) -> Settings:
     guilds: list[int] = []
     for part in guild_text.replace(" ", ",").split(","):
         if part:
-            if not part.isdigit():
+            if not (part.isascii() and part.isdigit()):
                 raise ConfigError(f"DISCORD_GUILD_IDS has {part!r}, which is not a numeric guild id")
             guilds.append(int(part))
     tz_name = env.str("IMAGEBOT_TIMEZONE", "UTC") or "UTC"
     try:
         tz = ZoneInfo(tz_name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(f"IMAGEBOT_TIMEZONE={tz_name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
     quality = (env.str("IMAGEBOT_QUALITY", "auto") or "auto").lower()
     if quality not in QUALITIES:

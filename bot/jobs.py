@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from . import metrics
 from .errors import ProviderError, UserError
 from .ledger import Ledger, Reservation
 from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
@@ -141,6 +142,8 @@ class Job:
     request: ImageRequest
     requester: Requester
     reservation: Reservation
+    partials: int = 0
+    stop_reason: str = "cancelled"  # or "interrupted" when shutdown stops it
     created: float = field(default_factory=time.monotonic)
     task: asyncio.Task[JobResult | JobFailure] | None = None
 
@@ -221,28 +224,60 @@ class JobRunner:
         self.offline_latency = offline_latency
         self.jobs: dict[str, Job] = {}
         self.accepting = True
+        metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
+        metrics.QUEUED.set_function(lambda: self.gate.queued)
 
     @property
     def offline(self) -> bool:
         return self.offline_latency is not None
 
-    def estimate(self, request: ImageRequest) -> int:
+    def estimate(self, request: ImageRequest, partials: int = 0) -> int:
         """Worst-case micro-dollars for ONE image of `request` (the reservation per image)."""
         return estimate_micros(self.prices.model(request.model), size=request.size, quality=request.quality,
-                               prompt=request.prompt, references=len(request.references),
-                               partials=self.partial_images)
+                               prompt=request.prompt, references=len(request.references), partials=partials)
 
-    async def prepare(self, request: ImageRequest, requester: Requester) -> Job:
-        """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded)."""
+    async def prepare(self, request: ImageRequest, requester: Requester, *, previews: bool = False) -> Job:
+        """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded).
+
+        `previews`: the adapter can show partial images, so stream them (each costs ~100 output tokens).
+        """
         if not self.accepting:
             raise UserError("the bot is restarting and not taking new jobs; try again in a minute")
-        reservation = await self.ledger.reserve(requester, request, self.estimate(request))
-        job = Job(reservation.job_id, request, requester, reservation)
+        partials = self.partial_images if previews else 0
+        reservation = await self.ledger.reserve(requester, request, self.estimate(request, partials))
+        job = Job(reservation.job_id, request, requester, reservation, partials)
         self.jobs[job.id] = job
         log.info("job reserved", extra={"job_id": job.id, "platform": requester.platform,
                                         "channel": requester.channel, "user": requester.user,
                                         "reserved_micros": reservation.total_micros})
         return job
+
+    async def abandon(self, job: Job, reason: str) -> None:
+        """Release a prepared job that will never execute (e.g. its progress message could not be posted)."""
+        for row in job.reservation.row_ids:
+            await self._close(job, row, status="cancelled", actual_micros=0, error=reason)
+        self.jobs.pop(job.id, None)
+
+    def first_progress(self, job: Job) -> Progress:
+        """What to show before the job's first tick: queued if every slot is taken."""
+        queued = self.gate.active >= self.gate.limit
+        return Progress(job.id, job.request, "queued" if queued else "rendering", 0.0,
+                        expected_seconds(job.request, self.offline_latency),
+                        self.gate.queued + 1 if queued else None, 0, job.request.count, None, self.offline)
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking jobs, let running ones finish for `grace` seconds, then interrupt the rest."""
+        self.accepting = False
+        tasks = [job.task for job in self.jobs.values() if job.task is not None and not job.task.done()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
+        for job in list(self.jobs.values()):
+            if job.task is not None and not job.task.done():
+                job.stop_reason = "interrupted"
+                job.task.cancel()
+        leftover = [job.task for job in self.jobs.values() if job.task is not None]
+        if leftover:
+            await asyncio.wait(leftover, timeout=10)
 
     def cancel(self, job_id: str, user: str) -> bool:
         """Cancel a running job if `user` asked for it. False if not theirs or already finished."""
@@ -263,9 +298,13 @@ class JobRunner:
                 return_exceptions=True)
         except asyncio.CancelledError:
             ticker.cancel()
+            for row in job.reservation.row_ids:  # still queued: never reached the API, release in full
+                await asyncio.shield(self._close(job, row, status=job.stop_reason, actual_micros=0,
+                                                           error=f"{job.stop_reason} while queued"))
             charged = await asyncio.shield(self._charged(job))
-            failure = JobFailure(job.id, job.request, job.requester, "cancelled by the requester", (), charged,
-                                 True, self.offline)
+            reason = ("cancelled by the requester" if job.stop_reason == "cancelled"
+                      else "interrupted because the bot is shutting down; run it again in a minute")
+            failure = JobFailure(job.id, job.request, job.requester, reason, (), charged, True, self.offline)
             await self._safe(view.failed(failure))
             self.jobs.pop(job.id, None)
             return failure
@@ -306,6 +345,12 @@ class JobRunner:
             f"({','.join('?' * len(job.reservation.row_ids))})", list(job.reservation.row_ids))
         return int(rows[0][0])
 
+    async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
+        """Close a ledger row and count it in the metrics."""
+        if await self.ledger.close_row(row_id, **kwargs):
+            metrics.JOBS.labels(job.requester.platform, kwargs["status"]).inc()
+            metrics.SPEND.labels(job.requester.platform).inc(int(kwargs["actual_micros"]) / 1_000_000)  # type: ignore[call-overload]
+
     async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
         each = job.reservation.each_micros
         prices = self.prices.model(job.request.model)
@@ -322,34 +367,35 @@ class JobRunner:
             state.rendering += 1
             try:
                 result: RenderResult = await self.renderer.render(
-                    job.request, partials=self.partial_images, on_preview=preview,
+                    job.request, partials=job.partials, on_preview=preview,
                     client_request_id=f"imagebot-{job.id}-{seq}")
             except asyncio.CancelledError:
                 # The request may already be with the provider: charge the estimate, never free.
-                await asyncio.shield(self.ledger.close_row(
-                    row_id, status="cancelled", actual_micros=each,
-                    error="cancelled during the API call; charged at its estimate as possibly billed"))
+                await asyncio.shield(self._close(
+                    job, row_id, status=job.stop_reason, actual_micros=each,
+                    error=f"{job.stop_reason} during the API call; charged at its estimate as possibly billed"))
                 raise
             except ProviderError as exc:
                 status, charge = ("possibly_billed", each) if exc.possibly_billed else ("failed", 0)
-                await self.ledger.close_row(row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
+                await self._close(job, row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
                                             attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc))
                 raise
             except UserError as exc:
-                await self.ledger.close_row(row_id, status="failed", actual_micros=0,
+                await self._close(job, row_id, status="failed", actual_micros=0,
                                             request_ids=getattr(exc, "request_ids", ()), error=str(exc),
                                             latency_ms=_ms(state.started))
                 raise
             except BaseException as exc:
-                await self.ledger.close_row(row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
+                await self._close(job, row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
                 raise
             finally:
                 state.rendering -= 1
             cost = cost_micros(prices, result.usage) + result.lost_attempts * each
-            await self.ledger.close_row(row_id, status="succeeded", actual_micros=cost, usage=result.usage,
+            await self._close(job, row_id, status="succeeded", actual_micros=cost, usage=result.usage,
                                         request_ids=result.request_ids, attempts=result.attempts,
                                         latency_ms=int(result.elapsed * 1000))
             state.done += 1
+            metrics.RENDER_SECONDS.observe(result.elapsed)
             return Image(result.data, result.width, result.height, result.format, cost, result.request_ids,
                          result.elapsed)
 

@@ -85,8 +85,15 @@ def _model(name: str, raw: dict) -> ModelPrices:
     rates = {k: Decimal(v) / MICRO for k, v in raw.get("per_million_tokens", {}).items()}
     per_image = {q: {s: Decimal(p) for s, p in sizes.items()} for q, sizes in raw.get("per_image", {}).items()}
     flat = raw.get("flat_usd_per_image")
-    if flat is None and (set(per_image) != set(QUALITIES) or "image_output" not in rates):
-        raise ConfigError(f"price table: model {name} needs per_image for low/medium/high and image_output")
+    if flat is None and (
+        set(per_image) != set(QUALITIES)
+        or "image_output" not in rates
+        or any(f"{w}x{h}" not in per_image[q] for q in QUALITIES for w, h in TABLE_SIZES)
+    ):
+        raise ConfigError(
+            f"model {name} needs per_image for low/medium/high at 1024x1024, 1024x1536 and 1536x1024, "
+            "and per_million_tokens.image_output"
+        )
     zero = Decimal(0)
     return ModelPrices(
         name=name,
@@ -118,9 +125,10 @@ def load_prices(path: str | None = None) -> PriceTable:
             text = Path(path).read_text(encoding="utf-8")
         else:
             text = resources.files("bot").joinpath("data/prices.json").read_text(encoding="utf-8")
-        raw = json.loads(text)
+        # Decimal, not float: a price of 0.04 must cost 40,000 micro-dollars, not 40,001.
+        raw = json.loads(text, parse_float=Decimal)
         return PriceTable({name: _model(name, m) for name, m in raw["models"].items()})
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, ConfigError) as exc:
         raise ConfigError(f"price table {path or 'bot/data/prices.json'} cannot be read: {exc}") from exc
 
 

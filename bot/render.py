@@ -20,6 +20,7 @@ from typing import Any
 import httpx2
 import openai
 
+from . import metrics
 from .errors import ModerationRefused, ProviderError, UserError
 from .images import image_size
 from .pricing import Usage
@@ -75,9 +76,14 @@ class _RecordingTransport(httpx2.AsyncHTTPTransport):
             response = await super().handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout):
             attempt.delivered = False
+            metrics.ATTEMPTS.labels("connect_error").inc()
+            raise
+        except httpx2.TimeoutException:
+            metrics.ATTEMPTS.labels("timeout").inc()
             raise
         attempt.status = response.status_code
         attempt.request_id = response.headers.get("x-request-id")
+        metrics.ATTEMPTS.labels(f"{response.status_code // 100}xx").inc()
         log.info("api attempt", extra={"request_id": attempt.request_id, "status": attempt.status})
         return response
 

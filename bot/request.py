@@ -106,7 +106,7 @@ _EXAMPLES = {
 
 
 def _int(name: str, value: str, low: int, high: int) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):
         raise UserError(f"--{name} {value!r} is not a whole number; use {low}-{high}")
     number = int(value)
     if not low <= number <= high:
@@ -179,5 +179,7 @@ def with_images(
     if len(references) > MAX_REFERENCES:
         raise UserError(f"{len(references)} images given; at most {MAX_REFERENCES} in all (the base image plus references)")
     if mask is not None:
+        if not references:
+            raise UserError("a mask needs an image to edit; attach or reply to one")
         check_mask(mask, references[0])
     return replace(request, references=tuple(references), mask=mask)

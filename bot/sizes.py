@@ -84,7 +84,7 @@ def is_valid(width: int, height: int) -> bool:
 def parse_ratio(text: str) -> tuple[int, int]:
     """Parse `W:H` into two positive integers."""
     parts = text.strip().split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+    if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
         raise UserError(f"--ar {text!r} is not an aspect ratio; use W:H with whole numbers, e.g. 16:9")
     w, h = int(parts[0]), int(parts[1])
     if w == 0 or h == 0:
@@ -126,7 +126,7 @@ def parse_size(text: str, ratio: str | None = None) -> Size:
     if value in PRESETS:
         return Size(*PRESETS[value])
     w_text, sep, h_text = value.partition("x")
-    if not sep or not w_text.isdigit() or not h_text.isdigit():
+    if not sep or not (w_text + h_text).isascii() or not w_text.isdigit() or not h_text.isdigit():
         raise UserError(f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k")
     width, height = int(w_text), int(h_text)
     problem = size_problem(width, height)

@@ -1,0 +1,399 @@
+"""The Slack adapter: bolt listeners that parse, hand to the core, and render (SPEC §2, Slack).
+
+Everything that is not Slack-specific (parsing, quotas, the API call, the ledger) is the core's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.app.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import commands
+from bot.app import Core, decode_attachments
+from bot.errors import UserError
+from bot.images import MAX_FILE_BYTES, ImageInput, load_image
+from bot.jobs import JobFailure, JobResult, Progress
+from bot.ledger import Interrupted
+from bot.pricing import format_usd
+from bot.request import Requester
+
+log = logging.getLogger("imagebot.slack")
+
+CANCEL_ACTION = "imagebot_cancel"
+BAR = 20
+# Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
+UPDATES_PER_MINUTE = 45
+
+
+def escape(text: str) -> str:
+    """Slack's own escaping for mrkdwn: no <!channel>, <@user> or links can be smuggled in."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def clip(text: str, limit: int = 280) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class UpdateBudget:
+    """A token bucket shared by every progress message of the workspace."""
+
+    def __init__(self, per_minute: float = UPDATES_PER_MINUTE, burst: int = 10) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = float(burst)
+        self.tokens = float(burst)
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def progress_blocks(progress: Progress, who: Requester, job_id: str) -> list[dict[str, Any]]:
+    """The live progress message: prompt, settings, a bar, time, queue position, Cancel."""
+    request = progress.request
+    filled = int(BAR * progress.fraction)
+    bar = "█" * filled + "░" * (BAR - filled)
+    if progress.state == "queued":
+        status = f"queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
+    else:
+        status = f"{bar} {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
+        if progress.count > 1:
+            status += f" · {progress.done}/{progress.count} done"
+    offline = " · offline image server" if progress.offline else ""
+    return [
+        {"type": "section", "text": {"type": "plain_text", "text": clip(request.prompt), "emoji": True}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text":
+            f"<@{who.user}> · {request.describe()}{' · edit' if request.is_edit else ''}"
+            f"{f' · x{request.count}' if request.count > 1 else ''}{offline}"}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": status}]},
+        {"type": "actions", "elements": [{"type": "button", "action_id": CANCEL_ACTION, "style": "danger",
+                                          "text": {"type": "plain_text", "text": "Cancel"}, "value": job_id}]},
+    ]
+
+
+def done_blocks(text: str) -> list[dict[str, Any]]:
+    return [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+
+
+@dataclass
+class SlackJobView:
+    """Shows one job in Slack: a progress message, then the image uploaded into its thread."""
+
+    adapter: SlackAdapter
+    channel: str
+    ts: str
+    who: Requester
+    job_id: str
+    thread_ts: str | None = None  # for edits, the thread the progress message lives in
+
+    @property
+    def thread(self) -> str:
+        return self.thread_ts or self.ts
+
+    async def progress(self, progress: Progress) -> None:
+        if not self.adapter.budget.take():
+            return  # over the workspace's chat.update budget: skip this tick, the next one catches up
+        await self.adapter.client.chat_update(
+            channel=self.channel, ts=self.ts, text=f"Rendering: {clip(progress.request.prompt, 100)}",
+            blocks=progress_blocks(progress, self.who, self.job_id))
+
+    async def deliver(self, result: JobResult) -> None:
+        summary = escape(result.summary())
+        uploads = [{"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
+                   for image in result.images]
+        await self.adapter.client.files_upload_v2(
+            channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
+            initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
+        first = result.images[0]
+        await self.adapter.client.chat_update(
+            channel=self.channel, ts=self.ts, text="Done",
+            blocks=done_blocks(f"Done: {first.width}x{first.height} {result.request.quality} · "
+                               f"{format_usd(result.total_micros)} · {result.elapsed:.0f} s · image in the thread"))
+
+    async def failed(self, failure: JobFailure) -> None:
+        text = escape(failure.summary())
+        await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread,
+                                                   text=f"<@{self.who.user}> {text}")
+        await self.adapter.client.chat_update(channel=self.channel, ts=self.ts, text=text,
+                                              blocks=done_blocks(clip(text, 2900)))
+
+
+class SlackAdapter:
+    """Registers bolt listeners; runs in HTTP mode (a route on our aiohttp app) or Socket Mode."""
+
+    def __init__(self, core: Core) -> None:
+        settings = core.settings
+        assert settings.slack_bot_token is not None
+        self.core = core
+        self.token = settings.slack_bot_token.reveal()
+        self.client = AsyncWebClient(token=self.token, base_url=settings.slack_api_url,
+                                     retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
+        self.app = AsyncApp(
+            client=self.client,
+            signing_secret=settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None,
+            request_verification_enabled=not settings.slack_socket_mode,
+            process_before_response=False,
+        )
+        self.budget = UpdateBudget()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.bot_user_id: str | None = None
+        self.bot_id: str | None = None
+        self.file_hosts = {"files.slack.com", urlsplit(settings.slack_api_url).netloc}
+        self.socket_handler: Any = None
+        self.http: aiohttp.ClientSession | None = None
+        self._register()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, web_app: web.Application | None) -> None:
+        """Learn who we are (auth.test), then listen: Socket Mode if an app token is set, else HTTP."""
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        auth = await self.client.auth_test()
+        self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+        settings = self.core.settings
+        if settings.slack_app_token is not None:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self.socket_handler = AsyncSocketModeHandler(self.app, app_token=settings.slack_app_token.reveal())
+            await self.socket_handler.connect_async()
+            log.info("slack socket mode connected")
+        elif web_app is not None:
+            log.info("slack http mode at /slack/events")
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post("/slack/events", self._http_events)]
+
+    async def _http_events(self, request: web.Request) -> web.Response:
+        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+        return await to_aiohttp_response(bolt_response)
+
+    async def close(self) -> None:
+        if self.socket_handler is not None:
+            await self.socket_handler.close_async()
+        if self.http is not None:
+            await self.http.close()
+
+    @property
+    def connected(self) -> bool:
+        if self.socket_handler is not None:
+            client = self.socket_handler.client
+            return not getattr(client, "closed", False)
+        return self.bot_user_id is not None
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        """Work done after the ack; kept so shutdown can wait for it."""
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        app = self.app
+
+        @app.command("/imagine")
+        async def imagine(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            self.spawn(self._imagine(command, respond))
+
+        @app.command("/imagine-usage")
+        async def usage(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            self.spawn(self._reply(command, respond, lambda who: commands.usage(self.core, who, command.get("text", ""))))
+
+        @app.command("/imagine-quota")
+        async def my_quota(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            self.spawn(self._reply(command, respond, lambda who: commands.my_quota(self.core, who)))
+
+        @app.command("/imagine-admin")
+        async def admin(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+
+            async def run(who: Requester) -> commands.Reply:
+                platform_admin = await self._is_workspace_admin(who.user)
+                return await commands.admin(self.core, who, command.get("text", ""), platform_admin=platform_admin)
+
+            self.spawn(self._reply(command, respond, run))
+
+        @app.action(CANCEL_ACTION)
+        async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+            await ack()
+            user = body["user"]["id"]
+            channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+            if not self.core.runner.cancel(action.get("value", ""), user):
+                await self.client.chat_postEphemeral(
+                    channel=channel, user=user,
+                    text="Only the person who started this job can cancel it, and only while it runs.")
+
+        @app.event("message")
+        async def message(event: dict[str, Any], body: dict[str, Any]) -> None:
+            if event.get("thread_ts") and self._from_a_person(event):
+                self.spawn(self._on_message(event, body, mention=False))
+
+        @app.event("app_mention")
+        async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
+            if self._from_a_person(event):
+                self.spawn(self._on_message(event, body, mention=True))
+
+    def _from_a_person(self, event: dict[str, Any]) -> bool:
+        """Skip bots (ourselves included) and edits/deletes; keep plain messages and file shares."""
+        return not event.get("bot_id") and event.get("subtype") in (None, "file_share", "thread_broadcast") \
+            and event.get("user") != self.bot_user_id
+
+    @staticmethod
+    def _who(payload: dict[str, Any]) -> Requester:
+        return Requester("slack", payload.get("team_id") or payload.get("team") or "",
+                         payload.get("channel_id") or payload.get("channel") or "",
+                         payload.get("user_id") or payload.get("user") or "")
+
+    async def _reply(self, command: dict[str, Any], respond: Any, make: Any) -> None:
+        who = self._who(command)
+        try:
+            reply: commands.Reply = await make(who)
+        except UserError as exc:
+            await respond(text=str(exc), response_type="ephemeral")
+            return
+        if reply.chart and not reply.private:
+            await self.client.files_upload_v2(channel=who.channel, file=reply.chart, filename="usage.png",
+                                              title="Daily spend", initial_comment=escape(reply.text),
+                                              request_file_info=False)
+        elif reply.chart:
+            await respond(text=escape(reply.text), response_type="ephemeral")
+        else:
+            await respond(text=escape(reply.text), response_type="ephemeral" if reply.private else "in_channel")
+
+    async def _is_workspace_admin(self, user: str) -> bool:
+        try:
+            info = await self.client.users_info(user=user)
+        except SlackApiError:
+            return False
+        person = info.get("user") or {}
+        return bool(person.get("is_admin") or person.get("is_owner"))
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def _imagine(self, command: dict[str, Any], respond: Any) -> None:
+        who = self._who(command)
+        try:
+            request = self.core.parse(command.get("text", ""))
+        except UserError as exc:
+            await respond(text=f"{exc}", response_type="ephemeral")
+            return
+        await self._run(who, request, respond=respond)
+
+    async def _run(self, who: Requester, request: Any, *, respond: Any = None, thread_ts: str | None = None) -> None:
+        """Reserve, post the progress message, execute. Errors before the job starts go only to the requester."""
+        try:
+            job = await self.core.runner.prepare(request, who)
+        except UserError as exc:
+            await self._tell_privately(who, str(exc), respond, thread_ts)
+            return
+        try:
+            posted = await self.client.chat_postMessage(
+                channel=who.channel, thread_ts=thread_ts, text=f"Queued: {clip(request.prompt, 100)}",
+                blocks=progress_blocks(self.core.runner.first_progress(job), who, job.id))
+        except SlackApiError as exc:
+            await self.core.runner.abandon(job, f"progress message failed: {exc.response.get('error')}")
+            await self._tell_privately(who, "I could not post in this channel "
+                                       f"({exc.response.get('error')}); invite me with /invite and try again. "
+                                       "Nothing was charged.", respond, thread_ts)
+            return
+        ts = posted["ts"]
+        await self.core.ledger.set_context(job.id, {"channel": who.channel, "thread_ts": thread_ts or ts})
+        await self.core.runner.execute(job, SlackJobView(self, who.channel, ts, who, job.id, thread_ts))
+
+    async def _tell_privately(self, who: Requester, text: str, respond: Any, thread_ts: str | None) -> None:
+        if respond is not None:
+            await respond(text=text, response_type="ephemeral")
+        else:
+            await self.client.chat_postEphemeral(channel=who.channel, user=who.user, text=text, thread_ts=thread_ts)
+
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any], *, mention: bool) -> None:
+        """A thread reply under one of our images is an edit; a mention with images is a fusion."""
+        channel, ts = event.get("channel", ""), event.get("ts", "")
+        # `message` and `app_mention` both arrive for one message, and Slack retries: one job per message.
+        if await self.core.ledger.seen(f"slack:{channel}:{ts}"):
+            return
+        who = Requester("slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", ""))
+        text = event.get("text") or ""
+        if self.bot_user_id:
+            text = text.replace(f"<@{self.bot_user_id}>", "").strip()
+        thread_ts = event.get("thread_ts")
+        image_files = [f for f in event.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
+        try:
+            base = await self._thread_base(channel, thread_ts) if thread_ts else None
+            if base is None and not (mention and image_files):
+                if mention and not thread_ts and text:
+                    await self._run(who, self.core.parse(text), thread_ts=ts)
+                return  # not about our images
+            files = [(f.get("name") or "image", await self.download(f)) for f in image_files]
+            references, mask = await decode_attachments(files, base=base)
+            request = self.core.parse(text, references, mask)
+        except UserError as exc:
+            await self._tell_privately(who, str(exc), None, thread_ts)
+            return
+        await self._run(who, request, thread_ts=thread_ts or ts)
+
+    async def _thread_base(self, channel: str, thread_ts: str) -> ImageInput | None:
+        """The bot's latest image in the thread, or None if the thread has none."""
+        replies = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
+        for message in reversed(replies.get("messages") or []):
+            mine = message.get("bot_id") == self.bot_id or message.get("user") == self.bot_user_id
+            images = [f for f in message.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
+            if mine and images:
+                data = await self.download(images[0])
+                return await asyncio.to_thread(load_image, images[0].get("name") or "base.png", data)
+        return None
+
+    async def download(self, file: dict[str, Any]) -> bytes:
+        """Fetch a private file with the bot token, only from Slack's own file host, at most 50 MB."""
+        url = file.get("url_private_download") or file.get("url_private") or ""
+        parts = urlsplit(url)
+        if parts.scheme not in ("https", "http") or parts.netloc not in self.file_hosts:
+            raise UserError(f"{file.get('name', 'a file')} is not hosted by Slack; attach the image to the message")
+        assert self.http is not None
+        async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"},
+                                 allow_redirects=False) as response:
+            if response.status != 200 or response.content_type.startswith("text/html"):
+                raise UserError(f"could not download {file.get('name', 'a file')} from Slack "
+                                f"(HTTP {response.status}); the bot needs the files:read scope")
+            if (response.content_length or 0) > MAX_FILE_BYTES:
+                raise UserError(f"{file.get('name', 'a file')} is over 50 MB; each image must be at most 50 MB")
+            chunks, size = [], 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:
+                    raise UserError(f"{file.get('name', 'a file')} is over 50 MB; each image must be at most 50 MB")
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    # -- crash recovery -------------------------------------------------------------------
+
+    async def tell_interrupted(self, job: Interrupted) -> None:
+        channel = job.context.get("channel") or job.channel
+        thread = job.context.get("thread_ts")
+        money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have "
+                 "been billed" if job.charged_micros else "nothing was charged")
+        await self.client.chat_postMessage(
+            channel=channel, thread_ts=thread,
+            text=f"<@{job.user}> this job was interrupted by a restart before it finished; {money}. "
+                 "Run /imagine again to retry.")

@@ -1,0 +1,87 @@
+"""Run the real bot (core + adapters + HTTP server) in-process against loopback fakes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from adapters.service import build_adapters, serve
+from bot.app import Core
+from bot.config import Settings
+from bot.offline_server import OfflineImageServer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningBot:
+    def __init__(self, core: Core, adapters: dict[str, Any], port: int, server: OfflineImageServer) -> None:
+        self.core = core
+        self.adapters = adapters
+        self.port = port
+        self.server = server  # the offline image server: `.calls`, `.push_faults`, `.latency`
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def events_url(self) -> str:
+        return f"{self.url}/slack/events"
+
+    async def ledger(self, where: str = "1=1", params: list[Any] | None = None) -> list[dict[str, Any]]:
+        rows = await self.core.ledger.query(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)
+        columns = [c[1] for c in await self.core.ledger.query("PRAGMA table_info(ledger)")]
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    async def settled(self, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+        """Wait until `count` ledger rows are closed (not reserved/running); return all rows."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            rows = await self.ledger()
+            closed = [r for r in rows if r["status"] not in ("reserved", "running")]
+            if len(closed) >= count and len(closed) == len(rows):
+                return rows
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"ledger not settled: {rows}")
+            await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running_bot(tmp_path: Path, env: dict[str, str], *, latency: float = 0.2) -> AsyncIterator[RunningBot]:
+    """Start core + adapters + HTTP server with `env` (SPEC §7 names) over test defaults."""
+    port = free_port()
+    base = {
+        "IMAGEBOT_DB": str(tmp_path / "imagebot.sqlite3"),
+        "IMAGEBOT_OFFLINE": "1",
+        "IMAGEBOT_HTTP_HOST": "127.0.0.1",
+        "IMAGEBOT_HTTP_PORT": str(port),
+        "IMAGEBOT_PROGRESS_INTERVAL": "0.1",
+        "IMAGEBOT_API_TIMEOUT": "5",
+        "IMAGEBOT_SHUTDOWN_GRACE": "2",
+    }
+    base.update(env)
+    settings = Settings.load(environ=base, env_file=None)
+    server = OfflineImageServer(latency=latency)
+    await server.start()
+    core = await Core.start(settings, offline_server=server)
+    adapters = build_adapters(core)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(core, adapters, stop, ready))
+    waiter = asyncio.create_task(ready.wait())
+    await asyncio.wait([task, waiter], timeout=20, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        task.result()
+    try:
+        yield RunningBot(core, adapters, port, server)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await core.close()

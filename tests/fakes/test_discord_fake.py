@@ -1,0 +1,339 @@
+"""The fake Discord against a real discord.py Client and CommandTree."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+from PIL import Image
+
+from tests.fakes.discord import FakeDiscord, point_discord_at, reset_discord_endpoints, use_gateway_from_api
+
+
+def png_bytes(size: tuple[int, int] = (8, 6)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class Harness:
+    """A started fake plus a connected discord.py client with a command tree."""
+
+    def __init__(self, fake: FakeDiscord, intents: discord.Intents | None = None) -> None:
+        self.fake = fake
+        self.client = discord.Client(intents=intents or discord.Intents.default(), guild_ready_timeout=0.05)
+        self.tree = app_commands.CommandTree(self.client)
+        self.task: asyncio.Task[None] | None = None
+
+    async def connect(self) -> None:
+        point_discord_at(self.fake.api_url)
+        await self.client.login(self.fake.token)
+        await use_gateway_from_api(self.client)
+        self.task = asyncio.create_task(self.client.connect(reconnect=False))
+        await self.fake.wait_ready()
+        await asyncio.wait_for(self.client.wait_until_ready(), 5)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
+
+
+@pytest.fixture
+async def make_harness() -> AsyncIterator[Callable[..., asyncio.Future[Harness]]]:
+    made: list[Harness] = []
+
+    async def make(intents: discord.Intents | None = None, **fake_kwargs: object) -> Harness:
+        fake = FakeDiscord(**fake_kwargs)  # type: ignore[arg-type]
+        await fake.start()
+        h = Harness(fake, intents)
+        made.append(h)
+        return h
+
+    yield make  # type: ignore[misc]
+    for h in made:
+        await h.close()
+        await h.fake.stop()
+    reset_discord_endpoints()
+    for h in made:
+        assert not h.fake.errors, h.fake.errors
+
+
+async def test_points_rest_and_gateway_at_the_fake(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    fake, client = h.fake, h.client
+    assert fake.calls_matching("GET", "/users/@me")
+    assert fake.calls_matching("GET", "/gateway/bot")
+    assert client.user is not None and client.user.id == fake.bot_user_id
+    assert client.application_id == fake.application_id
+    guild = client.get_guild(fake.guild_id)
+    assert guild is not None and guild.me is not None
+    assert isinstance(client.get_channel(fake.channel_id), discord.TextChannel)
+    assert guild.filesize_limit == 10 * 1024 * 1024
+    assert all(c.headers.get("Authorization") == f"Bot {fake.token}" for c in fake.calls)
+
+
+async def test_slash_command_defer_edit_and_followup_with_file(make_harness) -> None:
+    h = await make_harness()
+    image = png_bytes()
+    seen: dict[str, object] = {}
+    done = asyncio.Event()
+
+    @h.tree.command(name="ping", description="Ping with an image")
+    async def ping(interaction: discord.Interaction, text: str, picture: discord.Attachment) -> None:
+        seen["text"] = text
+        seen["picture"] = await picture.read()
+        seen["size"] = (picture.width, picture.height, picture.content_type)
+        await interaction.response.defer(thinking=True)
+        await interaction.edit_original_response(content="working")
+        seen["followup"] = await interaction.followup.send(
+            content="done", file=discord.File(io.BytesIO(image), "x.png"), wait=True
+        )
+        done.set()
+
+    await h.connect()
+    fake = h.fake
+    h.tree.copy_global_to(guild=discord.Object(fake.guild_id))
+    synced = await h.tree.sync(guild=discord.Object(fake.guild_id))
+    assert [c.name for c in synced] == ["ping"]
+    put = fake.calls_matching("PUT", rf"/applications/{fake.application_id}/guilds/{fake.guild_id}/commands")
+    assert put and put[0].json[0]["options"][1]["type"] == 11
+    assert fake.registered_commands[0]["guild_id"] == str(fake.guild_id)
+
+    upload = fake.add_attachment(filename="in.png", data=png_bytes((5, 4)), content_type="image/png")
+    ix = await fake.send_interaction(
+        name="ping", options=[{"name": "text", "type": 3, "value": "hello"}], attachments={"picture": upload}
+    )
+    app, tok = fake.application_id, ix["token"]
+    followups = await fake.wait_for("POST", rf"/webhooks/{app}/{tok}")
+    await asyncio.wait_for(done.wait(), 5)
+
+    [cb] = fake.calls_matching("POST", rf"/interactions/{ix['id']}/{tok}/callback")
+    assert cb.json["type"] == 5
+    assert cb.query.get("with_response") in ("1", "true")
+    [patch] = fake.calls_matching("PATCH", rf"/webhooks/{app}/{tok}/messages/@original")
+    assert patch.json["content"] == "working" and patch.status == 200
+    [post] = followups
+    assert post.json["content"] == "done"
+    assert post.files == [("files[0]", "x.png", image)]
+    assert seen["text"] == "hello"
+    assert seen["size"] == (5, 4, "image/png")
+    assert seen["picture"] == png_bytes((5, 4))
+
+    # The original ("working") and the follow-up with its attachment are in the channel.
+    msgs = fake.messages[fake.channel_id]
+    assert [m["content"] for m in msgs] == ["working", "done"]
+    followup = seen["followup"]
+    assert isinstance(followup, discord.WebhookMessage)
+    assert followup.attachments[0].filename == "x.png"
+    assert await followup.attachments[0].read() == image
+    async with aiohttp.ClientSession() as s, s.get(msgs[1]["attachments"][0]["url"]) as resp:
+        assert resp.status == 200 and await resp.read() == image
+
+
+async def test_first_followup_after_thinking_replaces_the_loading_message(make_harness) -> None:
+    h = await make_harness()
+
+    @h.tree.command(name="slow", description="x")
+    async def slow(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        await interaction.followup.send("first")
+        await interaction.followup.send("second")
+
+    await h.connect()
+    fake = h.fake
+    ix = await fake.send_interaction(name="slow")
+    await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{ix['token']}", count=2)
+    msgs = fake.messages[fake.channel_id]
+    assert [m["content"] for m in msgs] == ["first", "second"]
+    assert msgs[0]["flags"] & 64 and not msgs[1]["flags"] & 64  # the defer's ephemeral flag carries over
+
+
+async def test_message_create_reaches_on_message(make_harness) -> None:
+    h = await make_harness()
+    got: asyncio.Queue[discord.Message] = asyncio.Queue()
+
+    @h.client.event
+    async def on_message(message: discord.Message) -> None:
+        if message.author != h.client.user:
+            await got.put(message)
+
+    await h.connect()
+    fake = h.fake
+    pic = fake.add_attachment(filename="a.png", data=png_bytes(), content_type="image/png")
+    await fake.send_message(content="make it blue", mentions_bot=True, attachments=[pic])
+    msg = await asyncio.wait_for(got.get(), 5)
+    assert h.client.user is not None and h.client.user.mentioned_in(msg)
+    assert msg.content == f"<@{fake.bot_user_id}> make it blue"
+    assert msg.attachments[0].url == pic["url"] and await msg.attachments[0].read() == png_bytes()
+    assert isinstance(msg.author, discord.Member) and msg.guild is not None
+
+    # Without the message-content intent Discord blanks messages that do not mention the bot.
+    await fake.send_message(content="just chatting")
+    assert (await asyncio.wait_for(got.get(), 5)).content == ""
+
+    # A reply to the bot's message with the mention left on.
+    bot_msg = await h.client.get_channel(fake.channel_id).send("here is your image")  # type: ignore[union-attr]
+    await fake.send_message(
+        content="again please", referenced_message=fake.message(bot_msg.id), mentions_bot=True
+    )
+    reply = await asyncio.wait_for(got.get(), 5)
+    assert reply.content == "again please"
+    assert reply.reference is not None and reply.reference.message_id == bot_msg.id
+    assert isinstance(reply.reference.resolved, discord.Message)
+
+
+async def test_upload_over_the_guild_limit_is_413(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    fake = h.fake
+    channel = h.client.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    assert channel.guild.filesize_limit == 10 * 1024 * 1024
+    big = discord.File(io.BytesIO(b"\0" * (10 * 1024 * 1024 + 1)), "big.png")
+    with pytest.raises(discord.HTTPException) as err:
+        await channel.send(file=big)
+    assert err.value.status == 413 and err.value.code == 40005
+    sent = await channel.send(file=discord.File(io.BytesIO(png_bytes()), "ok.png"))
+    assert sent.attachments[0].size == len(png_bytes())
+
+
+async def test_premium_tier_sets_filesize_limit_and_override(make_harness) -> None:
+    h = await make_harness(premium_tier=2, filesize_limit_override=1000)
+    await h.connect()
+    guild = h.client.get_guild(h.fake.guild_id)
+    assert guild is not None and guild.premium_tier == 2
+    assert guild.filesize_limit == 50 * 1024 * 1024
+    channel = guild.get_channel(h.fake.channel_id)
+    with pytest.raises(discord.HTTPException) as err:
+        await channel.send(file=discord.File(io.BytesIO(b"x" * 1001), "f.bin"))  # type: ignore[union-attr]
+    assert err.value.status == 413
+
+
+async def test_expired_interaction_token_is_401_50027(make_harness) -> None:
+    h = await make_harness()
+    expired = asyncio.Event()
+    outcome: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    @h.tree.command(name="late", description="x")
+    async def late(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        await expired.wait()
+        try:
+            await interaction.edit_original_response(content="too late")
+        except Exception as e:  # handed to the test to inspect
+            outcome.set_result(e)
+            return
+        outcome.set_result(None)
+
+    await h.connect()
+    fake = h.fake
+    await fake.send_interaction(name="late")
+    await fake.wait_for("POST", r"/interactions/\d+/[^/]+/callback")
+    fake.expire_interaction_tokens()
+    expired.set()
+    exc = await asyncio.wait_for(outcome, 5)
+    assert type(exc) is discord.HTTPException  # not NotFound / Forbidden
+    assert exc.status == 401 and exc.code == 50027
+
+
+async def test_late_ack_and_components_and_modals(make_harness) -> None:
+    h = await make_harness(ack_deadline=0.2)
+    clicked: asyncio.Queue[str] = asyncio.Queue()
+
+    class Ask(discord.ui.Modal, title="Describe"):
+        prompt: discord.ui.TextInput[Ask] = discord.ui.TextInput(label="Prompt")
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            await interaction.response.send_message(f"got {self.prompt.value}")
+            await clicked.put("modal")
+
+    class Buttons(discord.ui.View):
+        @discord.ui.button(label="Again", custom_id="again")
+        async def again(self, interaction: discord.Interaction, button: discord.ui.Button[Buttons]) -> None:
+            await interaction.response.send_modal(Ask())
+            await clicked.put("button")
+
+    @h.tree.command(name="menu", description="x")
+    async def menu(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("pick", view=Buttons())
+        await clicked.put("menu")
+
+    @h.tree.command(name="sleepy", description="x")
+    async def sleepy(interaction: discord.Interaction) -> None:
+        await asyncio.sleep(0.3)
+        try:
+            await interaction.response.defer()
+        except discord.NotFound as e:
+            await clicked.put(f"late {e.code}")
+
+    await h.connect()
+    fake = h.fake
+    await fake.send_interaction(name="sleepy")
+    assert await asyncio.wait_for(clicked.get(), 5) == "late 10062"
+
+    await fake.send_interaction(name="menu")
+    # wait for the bot, not just the fake: discord.py registers the view after reading the answer
+    assert await asyncio.wait_for(clicked.get(), 5) == "menu"
+    pick = fake.messages[fake.channel_id][-1]
+    assert pick["content"] == "pick" and pick["components"][0]["components"][0]["custom_id"] == "again"
+    await fake.send_interaction(type=3, custom_id="again", component_type=2, target_message=pick)
+    assert await asyncio.wait_for(clicked.get(), 5) == "button"
+    assert fake.modals[-1]["title"] == "Describe"
+    await fake.send_interaction(type=5, modal_values={"Prompt": "a red fox"}, target_message=pick)
+    assert await asyncio.wait_for(clicked.get(), 5) == "modal"
+    assert fake.messages[fake.channel_id][-1]["content"] == "got a red fox"
+
+
+async def test_unknown_routes_are_recorded_404(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    with pytest.raises(discord.NotFound):
+        await h.client.http.request(discord.http.Route("GET", "/nope/{x}", x=1))
+    assert h.fake.calls_matching("GET", "/nope/1")[0].status == 404
+
+
+async def test_fetches_edits_and_message_context_menu(make_harness) -> None:
+    h = await make_harness()
+    got: asyncio.Queue[discord.Message] = asyncio.Queue()
+
+    @h.tree.context_menu(name="Vary")
+    async def vary(interaction: discord.Interaction, message: discord.Message) -> None:
+        await interaction.response.send_message(f"varying {message.id}", ephemeral=True)
+        await got.put(message)
+
+    await h.connect()
+    fake, client = h.fake, h.client
+    await h.tree.sync()
+    assert fake.registered_commands[0]["type"] == 3 and "guild_id" not in fake.registered_commands[0]
+
+    channel = await client.fetch_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel) and channel.name == "general"
+    guild = await client.fetch_guild(fake.guild_id)
+    assert guild.premium_tier == 0 and guild.owner_id == fake.owner_id
+
+    sent = await channel.send("v1", file=discord.File(io.BytesIO(png_bytes()), "a.png"))
+    edited = await sent.edit(content="v2")  # keeps the attachment
+    assert edited.content == "v2" and [a.filename for a in edited.attachments] == ["a.png"]
+    edited = await edited.edit(attachments=[discord.File(io.BytesIO(png_bytes((3, 3))), "b.png")])
+    assert [a.filename for a in edited.attachments] == ["b.png"]
+    fetched = await channel.fetch_message(sent.id)
+    assert fetched.content == "v2" and fetched.attachments[0].width == 3
+    await fetched.add_reaction("⏳")
+    assert fake.message(sent.id)["reactions"][0]["emoji"]["name"] == "⏳"  # type: ignore[index]
+
+    ix = await fake.send_interaction(name="Vary", command_type=3, target_message=fake.message(sent.id))
+    target = await asyncio.wait_for(got.get(), 5)
+    assert target.id == sent.id and target.attachments[0].filename == "b.png"
+    [cb] = await fake.wait_for("POST", rf"/interactions/{ix['id']}/[^/]+/callback")
+    assert cb.json["type"] == 4 and cb.json["data"]["flags"] == 64
+    reply = fake.messages[fake.channel_id][-1]
+    assert reply["flags"] & 64 and reply["type"] == 23
+    with pytest.raises(discord.NotFound):
+        await channel.fetch_message(int(reply["id"]))  # ephemeral messages are not fetchable

@@ -1,0 +1,338 @@
+"""The Slack fake against the real slack_sdk and slack_bolt: if these pass, the fake speaks Slack."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from slack_bolt.async_app import AsyncApp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.web.async_client import AsyncWebClient
+
+from tests.fakes.slack import FakeSlack
+
+PNG = (
+    b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (64).to_bytes(4, "big") + (32).to_bytes(4, "big") + b"rest"
+)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSlack]:
+    async with FakeSlack() as f:
+        yield f
+
+
+@pytest.fixture
+def client(fake: FakeSlack) -> AsyncWebClient:
+    return AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+
+
+def _bolt_app(fake: FakeSlack) -> AsyncApp:
+    return AsyncApp(
+        signing_secret=fake.signing_secret,
+        client=AsyncWebClient(token=fake.bot_token, base_url=fake.api_url),
+    )
+
+
+async def _serve(app: AsyncApp) -> tuple[web.AppRunner, str]:
+    """Serve a bolt app on loopback the way `app.start()` would, but on a free port."""
+    runner = web.AppRunner(app.web_app(path="/slack/events"), handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/slack/events"
+
+
+# ---------------------------------------------------------------- Web API via AsyncWebClient
+
+
+async def test_auth_test_and_token_errors(fake: FakeSlack, client: AsyncWebClient) -> None:
+    res = await client.auth_test()
+    assert (res["user_id"], res["bot_id"], res["team_id"]) == ("UBOT", "BBOT", "T0001")
+    assert res.headers["X-OAuth-Scopes"]
+
+    with pytest.raises(SlackApiError) as bad:
+        await AsyncWebClient(token="xoxb-wrong", base_url=fake.api_url).auth_test()
+    assert bad.value.response["error"] == "invalid_auth"
+    with pytest.raises(SlackApiError) as missing:
+        await AsyncWebClient(base_url=fake.api_url).auth_test()
+    assert missing.value.response["error"] == "not_authed"
+    with pytest.raises(SlackApiError) as wrong_kind:
+        await AsyncWebClient(token=fake.app_token, base_url=fake.api_url).auth_test()
+    assert wrong_kind.value.response["error"] == "not_allowed_token_type"
+    assert fake.calls_to("auth.test")[0].headers["Authorization"] == "Bearer xoxb-test-token"
+
+
+async def test_post_update_thread_and_replies(fake: FakeSlack, client: AsyncWebClient) -> None:
+    parent = await client.chat_postMessage(channel="C1", text="Rendering a cat...")
+    ts = parent["ts"]
+    assert parent["message"]["bot_id"] == "BBOT"
+    # chat.postMessage goes out as JSON, not form.
+    assert fake.calls_to("chat.postMessage")[0].headers["Content-Type"].startswith("application/json")
+
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": "50%"}}]
+    updated = await client.chat_update(channel="C1", ts=ts, text="Half way", blocks=blocks)
+    assert updated["message"]["text"] == "Half way"
+    assert fake.messages["C1"][0]["blocks"] == blocks
+    with pytest.raises(SlackApiError) as unknown:
+        await client.chat_update(channel="C1", ts="1.000001", text="x")
+    assert unknown.value.response["error"] == "message_not_found"
+
+    reply = await client.chat_postMessage(channel="C1", thread_ts=ts, text="done")
+    replies = await client.conversations_replies(channel="C1", ts=ts)
+    assert [m["ts"] for m in replies["messages"]] == [ts, reply["ts"]]
+    assert replies["messages"][0]["reply_count"] == 1
+    assert replies["messages"][1]["thread_ts"] == ts
+
+    eph = await client.chat_postEphemeral(channel="C1", user="U1", text="only you")
+    assert eph["message_ts"] and fake.ephemerals[-1]["user"] == "U1"
+
+    await client.chat_delete(channel="C1", ts=reply["ts"])
+    assert [m["ts"] for m in fake.messages["C1"]] == [ts]
+
+
+async def test_files_upload_v2_lands_in_thread_and_downloads(fake: FakeSlack, client: AsyncWebClient) -> None:
+    parent = await client.chat_postMessage(channel="C1", text="job 1")
+    res = await client.files_upload_v2(
+        channel="C1", thread_ts=parent["ts"], file=PNG, filename="x.png", initial_comment="here you go"
+    )
+    assert res["file"]["name"] == "x.png"
+
+    [up] = fake.uploaded
+    assert (up.bytes, up.name, up.channel_id, up.thread_ts, up.initial_comment) == (
+        PNG,
+        "x.png",
+        "C1",
+        parent["ts"],
+        "here you go",
+    )
+    # The upload POST carries the raw bytes and no token.
+    [upload] = fake.calls_to("upload")
+    assert upload.args["size"] == len(PNG) and "Authorization" not in upload.headers
+
+    replies = await client.conversations_replies(channel="C1", ts=parent["ts"])
+    file_msg = replies["messages"][1]
+    assert file_msg["text"] == "here you go" and file_msg["user"] == "UBOT"
+    [f] = file_msg["files"]
+    assert (f["id"], f["mimetype"], f["original_w"]) == (up.id, "image/png", 64)
+
+    info = await client.files_info(file=up.id)
+    assert info["file"]["shares"]["public"]["C1"][0]["ts"] == file_msg["ts"]
+
+    url = f["url_private_download"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers={"Authorization": f"Bearer {fake.bot_token}"}) as r:
+            assert r.status == 200 and await r.read() == PNG
+        async with http.get(url, allow_redirects=False) as r:
+            assert r.status == 302 and "/signin" in r.headers["Location"]
+        # Following the redirect "succeeds" with Slack's HTML sign-in page: check the content type.
+        async with http.get(url, headers={"Authorization": "Bearer xoxb-wrong"}) as r:
+            assert r.status == 200 and r.content_type == "text/html"
+        fake.unauthorized_download = "forbidden"
+        async with http.get(url) as r:
+            assert r.status == 403
+    downloads = fake.calls_to("file_download")
+    assert [d.status for d in downloads] == [200, 302, 302, 403]
+    assert downloads[0].headers["Authorization"] == "Bearer xoxb-test-token"
+    assert "Authorization" not in downloads[1].headers
+
+
+async def test_added_file_users_info_and_rate_limit(fake: FakeSlack, client: AsyncWebClient) -> None:
+    shared = fake.add_file(name="in.png", data=PNG, mimetype="image/png", filetype="png")
+    async with aiohttp.ClientSession() as http:
+        async with http.get(
+            shared["url_private"], headers={"Authorization": f"Bearer {fake.bot_token}"}
+        ) as r:
+            assert await r.read() == PNG
+
+    fake.admins.add("U9")
+    assert (await client.users_info(user="U9"))["user"]["is_admin"] is True
+    assert (await client.users_info(user="U1"))["user"]["is_admin"] is False
+
+    fake.fail_next["chat.update"] = {"status": 429, "retry_after": 7}
+    with pytest.raises(SlackApiError) as limited:
+        await client.chat_update(channel="C1", ts="1.1", text="x")
+    assert limited.value.response.status_code == 429
+    assert limited.value.response["error"] == "ratelimited"
+    assert limited.value.response.headers["Retry-After"] == "7"
+
+    fake.fail_next["chat.postMessage"] = {"status": 429, "retry_after": 0}
+    retrying = AsyncWebClient(
+        token=fake.bot_token,
+        base_url=fake.api_url,
+        retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=1)],
+    )
+    assert (await retrying.chat_postMessage(channel="C1", text="second try"))["ok"]
+    assert [c.status for c in fake.calls_to("chat.postMessage")] == [429, 200]
+
+    fake.fail_next["chat.postMessage"] = {"error": "channel_not_found"}
+    with pytest.raises(SlackApiError) as gone:
+        await client.chat_postMessage(channel="C1", text="x")
+    assert gone.value.response.status_code == 200 and gone.value.response["error"] == "channel_not_found"
+
+
+# ---------------------------------------------------------------- bolt over HTTP
+
+
+async def test_bolt_http_slash_command_events_and_actions(fake: FakeSlack, client: AsyncWebClient) -> None:
+    app = _bolt_app(fake)
+    seen: dict[str, Any] = {}
+    got = {k: asyncio.Event() for k in ("command", "event", "action")}
+
+    @app.command("/imagine")
+    async def imagine(ack: Any, command: dict[str, Any], respond: Any) -> None:
+        await ack()
+        seen["command"] = command
+        await respond("queued")
+        got["command"].set()
+
+    @app.event("message")
+    async def message(event: dict[str, Any], body: dict[str, Any]) -> None:
+        seen["event"], seen["event_id"] = event, body["event_id"]
+        got["event"].set()
+
+    @app.action("regenerate")
+    async def regenerate(ack: Any, body: dict[str, Any]) -> None:
+        await ack()
+        seen["action"] = body
+        got["action"].set()
+
+    runner, url = await _serve(app)
+    try:
+        status, body, ack_seconds = await fake.send_slash_command(url, text="a red fox")
+        assert status == 200 and ack_seconds < 3
+        await asyncio.wait_for(got["command"].wait(), 5)
+        assert seen["command"]["text"] == "a red fox" and seen["command"]["user_id"] == "U1"
+        await fake.wait_for("response_url")
+        assert fake.ephemerals[-1]["text"] == "queued" and fake.ephemerals[-1]["source"] == "response_url"
+
+        assert (await fake.send_slash_command(url, text="x", bad_signature=True))[0] == 401
+        stale = int(time.time()) - 6 * 60
+        assert (await fake.send_slash_command(url, text="x", timestamp=stale))[0] == 401
+
+        event = fake.message_event(text="make it bigger", thread_ts=None)
+        status, _ = await fake.send_event(
+            url, event, event_id="Ev123", retry_num=1, retry_reason="http_timeout"
+        )
+        assert status == 200
+        await asyncio.wait_for(got["event"].wait(), 5)
+        assert seen["event_id"] == "Ev123" and seen["event"]["text"] == "make it bigger"
+
+        button = {
+            "type": "button",
+            "action_id": "regenerate",
+            "value": "job-7",
+            "text": {"type": "plain_text", "text": "Again"},
+        }
+        posted = await client.chat_postMessage(
+            channel="C1", text="done", blocks=[{"type": "actions", "block_id": "b1", "elements": [button]}]
+        )
+        status, _ = await fake.send_block_action(
+            url, action_id="regenerate", value="job-7", message_ts=posted["ts"]
+        )
+        assert status == 200
+        await asyncio.wait_for(got["action"].wait(), 5)
+        action = seen["action"]["actions"][0]
+        assert (action["value"], action["block_id"]) == ("job-7", "b1")
+        assert seen["action"]["container"]["message_ts"] == posted["ts"]
+    finally:
+        await runner.cleanup()
+
+
+def test_message_event_shapes() -> None:
+    fake = FakeSlack()
+    plain = fake.message_event(text="hi", channel="C1")
+    mention = fake.message_event(text="draw", mention=True, ts=plain["ts"])
+    assert mention["type"] == "app_mention" and mention["text"] == "<@UBOT> draw"
+    assert mention["ts"] == plain["ts"] and len(fake.messages["C1"]) == 1
+    with_file = fake.message_event(text="edit this", files=[{"id": "F1"}], thread_ts=plain["ts"])
+    assert with_file["subtype"] == "file_share" and with_file["thread_ts"] == plain["ts"]
+    assert with_file["parent_user_id"] == "U1"
+
+
+# ---------------------------------------------------------------- bolt over Socket Mode
+
+
+async def test_socket_mode_slash_command(fake: FakeSlack) -> None:
+    app = _bolt_app(fake)
+    texts: list[str] = []
+
+    events: list[str] = []
+    actions: list[str] = []
+
+    @app.command("/imagine")
+    async def imagine(ack: Any, command: dict[str, Any]) -> None:
+        await ack()
+        texts.append(command["text"])
+
+    @app.event("message")
+    async def message(body: dict[str, Any]) -> None:
+        events.append(body["event_id"])
+
+    @app.action("regenerate")
+    async def regenerate(ack: Any, action: dict[str, Any]) -> None:
+        await ack()
+        actions.append(action["value"])
+
+    # The socket client asks apps.connections.open through app.client, so its base_url is the fake's.
+    handler = AsyncSocketModeHandler(app, app_token=fake.app_token)
+    await handler.connect_async()
+    try:
+        [opened] = await fake.wait_for("apps.connections.open")
+        assert opened.headers["Authorization"] == f"Bearer {fake.app_token}"
+        await fake.wait_for("socket_connect")
+
+        payload = fake.slash_command_payload(text="a blue whale")
+        ack = await fake.socket_send("slash_commands", payload, timeout=5)
+        assert set(ack) == {"envelope_id"}
+        assert ack["envelope_id"] == fake.socket_acks[-1]["envelope_id"]
+        assert texts == ["a blue whale"]
+
+        event = fake.message_event(text="hello over the socket")
+        await fake.socket_send("events_api", fake.event_envelope(event, event_id="EvS1"), timeout=5)
+        clicks = await fake.socket_send(
+            "interactive",
+            fake.block_action_payload(action_id="regenerate", value="job-9", message_ts="1.000001"),
+            timeout=5,
+        )
+        assert "envelope_id" in clicks
+        assert events == ["EvS1"] and actions == ["job-9"]
+
+        # Slack's periodic "disconnect" makes the client fetch a new URL and reconnect.
+        await fake.socket_disconnect()
+        await fake.wait_for("apps.connections.open", 2, timeout=5)
+        await fake.wait_for("socket_connect", 2, timeout=5)
+        await fake.socket_send("slash_commands", fake.slash_command_payload(text="again"), timeout=5)
+        assert texts[-1] == "again"
+    finally:
+        await handler.close_async()
+
+
+async def test_share_delay_and_response_url_limits(fake: FakeSlack, client: AsyncWebClient) -> None:
+    fake.share_delay = 0.2
+    res = await client.files_upload_v2(channel="C2", file=b"data", filename="a.txt")
+    # Like Slack, the upload is complete before its message exists and its shares are filled in.
+    assert res["file"]["shares"] == {} and "C2" not in fake.messages
+    await asyncio.sleep(0.4)
+    assert fake.messages["C2"][0]["files"][0]["id"] == res["file"]["id"]
+
+    url = fake.response_url(channel_id="C1", user_id="U1")
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for i in range(6):
+            async with http.post(url, json={"text": f"update {i}"}) as r:
+                statuses.append(r.status)
+        async with http.post(
+            fake.response_url(channel_id="C1"), json={"response_type": "in_channel", "text": "hi"}
+        ):
+            pass
+    assert statuses == [200] * 5 + [404]
+    assert len(fake.ephemerals) == 5 and fake.messages["C1"][-1]["text"] == "hi"
