@@ -51,8 +51,8 @@ MODERATION_MESSAGE = (
     "contact us at help.openai.com and include the request ID {request_id}."
 )
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
-_FAULT_RE = re.compile(r"^(500|502|503|429(?::\d+)?|hang|drop|moderation|garbage)\*?$")
-_SIZE_RE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_FAULT_RE = re.compile(r"^(500|502|503|429(?::[0-9]+)?|hang|drop|moderation|garbage)\*?$")
+_SIZE_RE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 _REQUEST_ID_KEY = web.RequestKey("imagebot_request_id", str)
 
 

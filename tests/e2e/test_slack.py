@@ -206,3 +206,16 @@ async def test_admin_command_refused_to_members_and_allowed_to_workspace_admins(
                                    user_id="U9")
     await slack.wait_for("response_url", 2)
     assert any("Limits for user U3 set" in str(e) for e in slack.ephemerals)
+
+
+async def test_socket_mode_receives_a_slash_command_and_delivers(slack: FakeSlack, tmp_path: Path) -> None:
+    env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token, "SLACK_API_URL": slack.api_url}
+    async with running_bot(tmp_path, env) as bot:
+        ack = await slack.socket_send("slash_commands",
+                                      slack.slash_command_payload(text="socket cat --size 1024x1024 --quality low"))
+        assert "envelope_id" in ack
+        await slack.wait_for("files.completeUploadExternal")
+        rows = await bot.settled(1)
+        assert Image.open(io.BytesIO(slack.uploaded[0].bytes)).size == (1024, 1024)
+        assert rows[0]["status"] == "succeeded"
+        assert slack.calls_to("apps.connections.open")[0].headers["Authorization"] == f"Bearer {slack.app_token}"

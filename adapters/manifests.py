@@ -1,0 +1,50 @@
+"""Install helpers: the Slack app manifest and the Discord invite URL, with exactly what the bot needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SLACK_COMMANDS = [
+    ("/imagine", "Make an image with gpt-image-2", "<prompt> [--size 2k] [--quality high] [--count 2]"),
+    ("/imagine-usage", "This channel's image usage and spend", "[--days N]"),
+    ("/imagine-quota", "Your remaining image quota", ""),
+    ("/imagine-admin", "Admin: set quotas, see all spend", "quota <@user|#channel|workspace> <limits> | report --all"),
+]
+SLACK_BOT_SCOPES = [
+    "commands",          # slash commands
+    "chat:write",        # progress messages, summaries, ephemeral errors
+    "files:write",       # upload images into threads (files_upload_v2)
+    "files:read",        # download images users attach to edit replies
+    "channels:history",  # thread replies in public channels (reply-to-edit)
+    "groups:history",    # thread replies in private channels
+    "app_mentions:read",  # @imagebot with images attached (fusion)
+    "users:read",        # users.info: is the caller a workspace admin?
+]
+SLACK_EVENTS = ["app_mention", "message.channels", "message.groups"]
+
+
+def slack_manifest(*, socket_mode: bool = True, request_url: str = "https://YOUR-HOST/slack/events") -> dict[str, Any]:
+    """A Slack app manifest (paste into api.slack.com/apps -> Create New App -> From a manifest)."""
+    commands: list[dict[str, Any]] = []
+    for name, description, hint in SLACK_COMMANDS:
+        command: dict[str, Any] = {"command": name, "description": description, "should_escape": False}
+        if hint:
+            command["usage_hint"] = hint
+        if not socket_mode:
+            command["url"] = request_url
+        commands.append(command)
+    events: dict[str, Any] = {"bot_events": SLACK_EVENTS}
+    interactivity: dict[str, Any] = {"is_enabled": True}
+    if not socket_mode:
+        events["request_url"] = request_url
+        interactivity["request_url"] = request_url
+    return {
+        "display_information": {"name": "imagebot", "description": "Make and edit images with gpt-image-2",
+                                "background_color": "#2c3e50"},
+        "features": {"bot_user": {"display_name": "imagebot", "always_online": True},
+                     "slash_commands": commands},
+        "oauth_config": {"scopes": {"bot": SLACK_BOT_SCOPES}},
+        "settings": {"event_subscriptions": events, "interactivity": interactivity,
+                     "org_deploy_enabled": False, "socket_mode_enabled": socket_mode,
+                     "token_rotation_enabled": False},
+    }

@@ -1,0 +1,467 @@
+"""The ledger and its quota counters, on real SQLite files (SPEC §5).
+
+The central invariant: every quota counter equals a direct SQL sum over the ledger rows it
+is fed by (an open row counts its reserved amount, a closed row its actual amount; an image
+counts while its row is open or succeeded).
+"""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+import sqlite_utils
+
+from bot import quota, store
+from bot.config import QuotaDefaults, Settings
+from bot.errors import QuotaExceeded, UserError
+from bot.ledger import Ledger
+from bot.request import ImageRequest, Requester
+from bot.sizes import parse_size
+
+BERLIN = ZoneInfo("Europe/Berlin")
+# 23:30 in Berlin (CEST, UTC+2) on 15 April 2026: the quota day ends in 30 minutes.
+LATE_EVENING = datetime(2026, 4, 15, 21, 30, tzinfo=UTC)
+ALICE = Requester("slack", "W1", "C1", "U1")
+BOB = Requester("slack", "W1", "C1", "U2")
+CAROL = Requester("slack", "W1", "C2", "U3")  # same workspace, other channel
+DAVE = Requester("discord", "W2", "C3", "U4")  # another workspace
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def request(count: int = 1, prompt: str = "a red fox") -> ImageRequest:
+    return ImageRequest(prompt=prompt, size=parse_size("1024x1024"), quality="low", count=count)
+
+
+@pytest.fixture
+def open_ledger(tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
+    """Open ledgers on tmp_path/ledger.sqlite3 (or another name); all are closed afterwards."""
+    opened: list[Ledger] = []
+
+    def make(name: str = "ledger.sqlite3", **kwargs: Any) -> Ledger:
+        ledger = Ledger(tmp_path / name, **kwargs)
+        opened.append(ledger)
+        return ledger
+
+    yield make
+    for ledger in opened:
+        ledger.close()
+
+
+# --- the invariant ----------------------------------------------------------------------------
+
+OPEN_SQL = "status IN ('reserved', 'running')"
+SPEND_SQL = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
+IMAGES_SQL = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
+
+
+def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+    """What every counter must hold, summed straight from the ledger rows."""
+    parts = [f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
+             f"{IMAGES_SQL} AS images FROM ledger"
+             for scope, key, period in (("user_day", "user", "day"), ("user_month", "user", "month"),
+                                        ("channel_month", "channel", "month"),
+                                        ("workspace_month", "workspace", "month"))]
+    sql = (f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) "
+           "GROUP BY scope, key, period")
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute(sql).fetchall()
+    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
+
+
+def stored_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT scope, key, period, micros, images FROM counters").fetchall()
+    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
+
+
+def assert_counters_match(path: Path) -> None:
+    assert stored_counters(path) == sql_counters(path)
+
+
+def ledger_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)]
+
+
+# --- reserve, settle, release -----------------------------------------------------------------
+
+
+async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_ledger: Callable[..., Ledger]) -> None:
+    clock = Clock(LATE_EVENING)
+    ledger = open_ledger(clock=clock, timezone=BERLIN)
+    path = tmp_path / "ledger.sqlite3"
+
+    reservation = await ledger.reserve(ALICE, request(count=3), 50_000)
+    assert reservation.total_micros == 150_000 and len(reservation.row_ids) == 3
+    rows = ledger_rows(path)
+    assert [r["status"] for r in rows] == ["reserved"] * 3
+    assert {r["day"] for r in rows} == {"2026-04-15"} and {r["month"] for r in rows} == {"2026-04"}
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (150_000, 3)
+    assert stored_counters(path)[("channel_month", "C1", "2026-04")] == (150_000, 3)
+    assert stored_counters(path)[("workspace_month", "W1", "2026-04")] == (150_000, 3)
+    assert_counters_match(path)
+
+    first, second, third = reservation.row_ids
+    await ledger.start(first)
+    assert ledger_rows(path, "id=?", (first,))[0]["status"] == "running"
+    # Settle to the real cost: the counter drops by the unused part of the estimate.
+    assert await ledger.close_row(first, status="succeeded", actual_micros=41_000, request_ids=("req_1",), attempts=1)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (141_000, 3)
+    # Release on failure: the whole estimate and the image come back.
+    assert await ledger.close_row(second, status="failed", actual_micros=0, attempts=3)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (91_000, 2)
+    # A timed-out attempt is kept at its estimate, never free; it made no image.
+    assert await ledger.close_row(third, status="possibly_billed", actual_micros=50_000)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (91_000, 1)
+    assert_counters_match(path)
+
+    # Closing twice changes nothing.
+    assert not await ledger.close_row(first, status="failed", actual_micros=0)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (91_000, 1)
+    row = ledger_rows(path, "id=?", (first,))[0]
+    assert (row["status"], row["actual_micros"], row["request_ids"], row["attempts"]) == (
+        "succeeded", 41_000, '["req_1"]', 1)
+    assert row["finished_at"] is not None
+
+
+async def test_counters_equal_sql_sums_after_random_operations(
+    tmp_path: Path, open_ledger: Callable[..., Ledger]
+) -> None:
+    """A seeded random walk over reserve / start / settle / release / limit changes / time,
+    checking after every step that the counters equal the SQL sums and that each reservation
+    was granted exactly when the SQL sums (not the counters) say it fits."""
+    for seed in (1, 2, 3):
+        await _random_walk(tmp_path, open_ledger, seed)
+
+
+async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed: int) -> None:
+    rng = random.Random(seed)
+    name = f"walk-{seed}.sqlite3"
+    path = tmp_path / name
+    clock = Clock(datetime(2026, 3, 27, 20, 0, tzinfo=UTC))  # crosses DST (29 March) and a month end
+    defaults = QuotaDefaults(user_daily_micros=150_000, user_daily_images=6, user_monthly_micros=900_000,
+                             user_monthly_images=30, channel_monthly_micros=1_500_000,
+                             workspace_monthly_micros=2_500_000)
+    ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults)
+    people = [ALICE, BOB, CAROL, DAVE]
+    overrides: dict[tuple[str, str], dict[str, int | None]] = {}
+    granted = refused = closed = 0
+
+    def effective(scope: str, key: str, column: str, default: int | None) -> int | None:
+        value = overrides.get((scope, key), {}).get(column)
+        if value is None:
+            return default
+        return None if value == quota.UNLIMITED else value
+
+    def fits(who: Requester, micros: int, images: int) -> bool:
+        local = clock.now.astimezone(BERLIN)
+        day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
+        with sqlite3.connect(path) as conn:
+            def used(where: str, *params: str) -> tuple[int, int]:
+                row = conn.execute(f"SELECT coalesce(sum({SPEND_SQL}), 0), coalesce(sum({IMAGES_SQL}), 0) "
+                                   f"FROM ledger WHERE {where}", params).fetchone()
+                return int(row[0]), int(row[1])
+
+            user_day = used("user=? AND day=?", who.user, day)
+            user_month = used("user=? AND month=?", who.user, month)
+            channel = used("channel=? AND month=?", who.channel, month)
+            workspace = used("workspace=? AND month=?", who.workspace, month)
+        checks = [
+            (user_day[0], micros, effective("user", who.user, "daily_micros", defaults.user_daily_micros)),
+            (user_day[1], images, effective("user", who.user, "daily_images", defaults.user_daily_images)),
+            (user_month[0], micros, effective("user", who.user, "monthly_micros", defaults.user_monthly_micros)),
+            (user_month[1], images, effective("user", who.user, "monthly_images", defaults.user_monthly_images)),
+            (channel[0], micros, effective("channel", who.channel, "monthly_micros",
+                                           defaults.channel_monthly_micros)),
+            (workspace[0], micros, effective("workspace", who.workspace, "monthly_micros",
+                                             defaults.workspace_monthly_micros)),
+        ]
+        return all(limit is None or used_ + need <= limit for used_, need, limit in checks)
+
+    for _ in range(250):
+        op = rng.choices(["reserve", "start", "close", "reclose", "time", "limits"], [40, 10, 30, 4, 10, 6])[0]
+        open_rows = [r["id"] for r in ledger_rows(path, OPEN_SQL)]
+        if op == "reserve":
+            who = rng.choice(people)
+            count = rng.randint(1, 4)
+            each = rng.randint(1_000, 60_000)
+            expected = fits(who, each * count, count)
+            before = len(ledger_rows(path))
+            try:
+                reservation = await ledger.reserve(who, request(count), each)
+            except QuotaExceeded as exc:
+                assert not expected, f"refused although the SQL sums say it fits: {exc}"
+                assert len(ledger_rows(path)) == before
+                assert "resets" in str(exc) and "left" in str(exc)
+                refused += 1
+            else:
+                assert expected, "granted although the SQL sums say it does not fit"
+                assert len(reservation.row_ids) == count
+                granted += 1
+        elif op == "start" and open_rows:
+            await ledger.start(rng.choice(open_rows))
+        elif op == "close" and open_rows:
+            row = ledger_rows(path, "id=?", (rng.choice(open_rows),))[0]
+            reserved = row["reserved_micros"]
+            status, actual = rng.choice([
+                ("succeeded", rng.randint(0, reserved)), ("failed", 0), ("cancelled", reserved),
+                ("cancelled", 0), ("possibly_billed", reserved)])
+            assert await ledger.close_row(row["id"], status=status, actual_micros=actual)
+            closed += 1
+        elif op == "reclose":
+            done = ledger_rows(path, f"NOT ({OPEN_SQL})")
+            if done:
+                before_counters = stored_counters(path)
+                assert not await ledger.close_row(rng.choice(done)["id"], status="failed", actual_micros=0)
+                assert stored_counters(path) == before_counters
+        elif op == "time":
+            clock.advance(hours=rng.uniform(0, 30))
+        elif op == "limits":
+            scope, key = rng.choice([("user", "U1"), ("user", "U2"), ("channel", "C1"), ("workspace", "W1")])
+            column = rng.choice(["daily_micros", "monthly_micros"] if scope == "user" else ["monthly_micros"])
+            value = rng.choice([None, quota.UNLIMITED, rng.randint(0, 400_000)])
+            await ledger.set_limits(scope, key, {column: value})
+            overrides.setdefault((scope, key), {})[column] = value
+        assert_counters_match(path)
+    # The walk must have exercised both outcomes and several periods.
+    assert granted > 10 and refused > 5 and closed > 10, (granted, refused, closed)
+    days = {r["day"] for r in ledger_rows(path)}
+    months = {r["month"] for r in ledger_rows(path)}
+    assert len(days) > 3 and len(months) == 2
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+DAY_RESETS = "resets 2026-04-16 00:00 CEST (in 30 min)"
+MONTH_RESETS = "resets 2026-05-01 00:00 CEST (in 15 d 0 h)"
+
+
+@pytest.mark.parametrize(
+    ("default", "first", "second", "label", "left", "resets"),
+    [
+        ({"user_daily_micros": 100_000}, (ALICE, 1, 60_000), (ALICE, 1, 60_000), "your daily spend",
+         "$0.0400 is left", DAY_RESETS),
+        ({"user_daily_images": 3}, (ALICE, 2, 1_000), (ALICE, 2, 1_000), "your daily images",
+         "1 image is left", DAY_RESETS),
+        ({"user_monthly_micros": 200_000}, (ALICE, 3, 50_000), (ALICE, 2, 50_000), "your monthly spend",
+         "$0.0500 is left", MONTH_RESETS),
+        ({"user_monthly_images": 4}, (ALICE, 4, 1_000), (ALICE, 1, 1_000), "your monthly images",
+         "0 images is left", MONTH_RESETS),
+        ({"channel_monthly_micros": 100_000}, (ALICE, 1, 70_000), (BOB, 1, 40_000), "this channel's monthly spend",
+         "$0.0300 is left", MONTH_RESETS),
+        ({"workspace_monthly_micros": 100_000}, (ALICE, 1, 70_000), (CAROL, 1, 40_000),
+         "this workspace's monthly spend", "$0.0300 is left", MONTH_RESETS),
+    ],
+)
+async def test_each_limit_refuses_naming_itself_what_is_left_and_when_it_resets(
+    tmp_path: Path, open_ledger: Callable[..., Ledger], default: dict[str, int],
+    first: tuple[Requester, int, int], second: tuple[Requester, int, int], label: str, left: str, resets: str,
+) -> None:
+    settings = Settings.load(environ={"IMAGEBOT_TIMEZONE": "Europe/Berlin"}, env_file=None)
+    ledger = open_ledger(clock=Clock(LATE_EVENING), timezone=settings.timezone, defaults=QuotaDefaults(**default))
+    path = tmp_path / "ledger.sqlite3"
+    who, count, each = first
+    await ledger.reserve(who, request(count), each)
+    rows_before, counters_before = ledger_rows(path), stored_counters(path)
+
+    who, count, each = second
+    with pytest.raises(QuotaExceeded) as refusal:
+        await ledger.reserve(who, request(count), each)
+    message = str(refusal.value)
+    assert f"{label} limit is" in message, message
+    assert left in message, message
+    assert resets in message, message
+    assert isinstance(refusal.value, UserError)
+    # A refusal reserves nothing.
+    assert ledger_rows(path) == rows_before
+    assert stored_counters(path) == counters_before
+    # DAVE is in another workspace and channel: only his own user limits apply to him.
+    if label.startswith("this"):
+        await ledger.reserve(DAVE, request(1), each)
+
+
+async def test_the_day_boundary_follows_the_configured_time_zone(open_ledger: Callable[..., Ledger]) -> None:
+    defaults = QuotaDefaults(user_daily_images=1)
+    berlin_clock, utc_clock = Clock(LATE_EVENING), Clock(LATE_EVENING)
+    berlin = open_ledger("berlin.sqlite3", clock=berlin_clock, timezone=BERLIN, defaults=defaults)
+    utc = open_ledger("utc.sqlite3", clock=utc_clock, defaults=defaults)  # the default zone is UTC
+    await berlin.reserve(ALICE, request(), 1_000)
+    await utc.reserve(ALICE, request(), 1_000)
+
+    berlin_clock.advance(minutes=29)  # 23:59 in Berlin
+    with pytest.raises(QuotaExceeded, match=r"resets 2026-04-16 00:00 CEST \(in 1 min\)"):
+        await berlin.reserve(ALICE, request(), 1_000)
+    berlin_clock.advance(minutes=1)  # midnight in Berlin, 22:00 UTC: a new quota day there
+    await berlin.reserve(ALICE, request(), 1_000)
+
+    utc_clock.advance(minutes=30)  # 22:00 UTC: still 15 April in UTC
+    with pytest.raises(QuotaExceeded, match=r"resets 2026-04-16 00:00 UTC \(in 2 h 0 min\)"):
+        await utc.reserve(ALICE, request(), 1_000)
+    utc_clock.advance(hours=2)
+    await utc.reserve(ALICE, request(), 1_000)
+
+    lines = await berlin.quota_lines(ALICE)
+    assert [(line.label, line.used, line.limit, line.left) for line in lines] == [
+        ("your daily images", "1 image", "1 image", "0 images")]
+    assert lines[0].resets == datetime(2026, 4, 17, tzinfo=BERLIN)
+
+
+# --- overrides --------------------------------------------------------------------------------
+
+
+async def test_overrides_in_the_database_beat_the_defaults(
+    tmp_path: Path, open_ledger: Callable[..., Ledger]
+) -> None:
+    defaults = QuotaDefaults(user_daily_micros=500_000, user_monthly_images=2)
+    ledger = open_ledger(clock=Clock(LATE_EVENING), defaults=defaults)
+    values = quota.parse_limits(["daily_usd=1", "monthly_images=unlimited"])
+    assert values == {"daily_micros": 1_000_000, "monthly_images": quota.UNLIMITED}
+    await ledger.set_limits("user", "U1", values)
+
+    # U1: four images at $0.20 = $0.80, over the $0.50 default and the 2-image default, under the override.
+    await ledger.reserve(ALICE, request(4), 200_000)
+    lines = {line.label: line for line in await ledger.quota_lines(ALICE)}
+    assert set(lines) == {"your daily spend"}  # monthly images lifted
+    assert (lines["your daily spend"].limit, lines["your daily spend"].left) == ("$1.0000", "$0.2000")
+    with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$1\.0000 and \$0\.2000 is left"):
+        await ledger.reserve(ALICE, request(2), 200_000)
+
+    # U2 still has the defaults.
+    with pytest.raises(QuotaExceeded, match="your monthly images limit is 2 images"):
+        await ledger.reserve(BOB, request(3), 1_000)
+    with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$0\.5000"):
+        await ledger.reserve(BOB, request(1), 600_000)
+
+    # `default` goes back to the configured default.
+    await ledger.set_limits("user", "U1", quota.parse_limits(["daily_usd=default", "monthly_images=default"]))
+    with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$0\.5000 and \$0\.0000 is left"):
+        await ledger.reserve(ALICE, request(1), 1_000)
+
+    # A channel override applies to everyone in the channel, and nowhere else.
+    await ledger.set_limits("channel", "C2", quota.parse_limits(["monthly_usd=0.01"]))
+    with pytest.raises(QuotaExceeded, match=r"this channel's monthly spend limit is \$0\.0100"):
+        await ledger.reserve(CAROL, request(1), 20_000)
+    await ledger.reserve(DAVE, request(1), 20_000)
+    # A workspace override, set to unlimited, lifts nothing that is not limited; set to 0, refuses all.
+    await ledger.set_limits("workspace", "W2", quota.parse_limits(["monthly_usd=0"]))
+    with pytest.raises(QuotaExceeded, match="this workspace's monthly spend limit is"):
+        await ledger.reserve(DAVE, request(1), 1)
+    assert_counters_match(tmp_path / "ledger.sqlite3")
+
+    # Overrides live in the file: a second process (here: a second Ledger) sees them.
+    other = open_ledger(clock=Clock(LATE_EVENING), defaults=defaults)
+    assert {line.label for line in await other.quota_lines(ALICE)} == {"your daily spend", "your monthly images"}
+    with pytest.raises(ValueError):
+        await ledger.set_limits("planet", "earth", {"daily_micros": 1})
+
+
+@pytest.mark.parametrize("bad", [["daily_usd"], ["weekly_usd=5"], ["daily_usd=-1"], ["daily_images=1.5"],
+                                 ["monthly_usd=lots"], []])
+def test_parse_limits_rejects_nonsense_naming_the_rule(bad: list[str]) -> None:
+    with pytest.raises(UserError):
+        quota.parse_limits(bad)
+
+
+# --- seen events ------------------------------------------------------------------------------
+
+
+async def test_seen_dedupes_event_ids_and_survives_reopening(tmp_path: Path) -> None:
+    clock = Clock(LATE_EVENING)
+    ledger = Ledger(tmp_path / "ledger.sqlite3", clock=clock)
+    try:
+        assert await ledger.seen("slack:Ev1") is False
+        assert await ledger.seen("slack:Ev1") is True
+        assert await ledger.seen("slack:Ev2") is False
+    finally:
+        ledger.close()
+
+    reopened = Ledger(tmp_path / "ledger.sqlite3", clock=clock)
+    try:
+        assert await reopened.seen("slack:Ev1") is True
+        assert await reopened.seen("slack:Ev2") is True
+        assert await reopened.seen("discord:Ev1") is False
+        # Remembered for a day, then pruned.
+        clock.advance(days=2)
+        assert await reopened.seen("slack:Ev3") is False
+        assert await reopened.seen("slack:Ev1") is False
+    finally:
+        reopened.close()
+
+
+# --- the file: WAL, busy timeout, schema versions, migration ------------------------------------
+
+
+def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dir" / "bot.sqlite3"
+    db = store.connect(path)
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS >= 5_000
+        assert store.schema_version(db) == store.SCHEMA_VERSION == 2
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    finally:
+        db.conn.close()
+    again = store.connect(path)  # idempotent: no second migration
+    try:
+        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+    finally:
+        again.conn.close()
+
+
+async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_v2(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path, isolation_level=None)
+    old = sqlite_utils.Database(conn)
+    store.migrate(old, target=1)
+    assert store.schema_version(old) == 1
+    assert "seen_events" not in old.table_names() and "context" not in old["ledger"].columns_dict
+    old.execute(
+        "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
+        "status, reserved_micros, actual_micros, attempts, day, month, created_at) VALUES "
+        "('job1', 0, 'slack', 'W1', 'C1', 'U1', 'gpt-image-2', '1024x1024', 'low', 'png', 'succeeded', "
+        "6000, 5000, 1, '2026-04-15', '2026-04', '2026-04-15T10:00:00.000+00:00')")
+    old.execute("INSERT INTO counters VALUES ('user_day', 'U1', '2026-04-15', 5000, 1)")
+    old.execute("INSERT INTO limits (scope, key, daily_images) VALUES ('user', 'U1', 7)")
+    conn.close()
+
+    db = store.connect(path)
+    try:
+        assert store.schema_version(db) == 2
+        assert "context" in db["ledger"].columns_dict and "seen_events" in db.table_names()
+        rows = db.execute("SELECT job_id, status, reserved_micros, actual_micros FROM ledger").fetchall()
+        assert rows == [("job1", "succeeded", 6000, 5000)]
+        assert db.execute("SELECT daily_images FROM limits").fetchall() == [(7,)]
+    finally:
+        db.conn.close()
+
+    # And the migrated file works as a ledger: old counters and limits count.
+    ledger = Ledger(path, clock=Clock(datetime(2026, 4, 15, 12, tzinfo=UTC)))
+    try:
+        lines = {line.label: line for line in await ledger.quota_lines(ALICE)}
+        assert (lines["your daily images"].used, lines["your daily images"].limit) == ("1 image", "7 images")
+        assert await ledger.seen("e1") is False
+        reservation = await ledger.reserve(ALICE, request(), 6_000)
+        await ledger.set_context(reservation.job_id, {"thread": "T1"})
+        assert ledger_rows(path, "job_id=?", (reservation.job_id,))[0]["context"] == '{"thread": "T1"}'
+    finally:
+        ledger.close()
