@@ -363,12 +363,15 @@ class JobRunner:
 
         async with self.gate.slot(waiting):
             state.waiters[seq] = None
-            await self.ledger.start(row_id)
+            marked = self.ledger.start(row_id)
             state.rendering += 1
             try:
-                result: RenderResult = await self.renderer.render(
-                    job.request, partials=job.partials, on_preview=preview,
-                    client_request_id=f"imagebot-{job.id}-{seq}")
+                try:
+                    result: RenderResult = await self.renderer.render(
+                        job.request, partials=job.partials, on_preview=preview,
+                        client_request_id=f"imagebot-{job.id}-{seq}")
+                finally:
+                    await asyncio.shield(marked)  # settle only after the row is marked running
             except asyncio.CancelledError:
                 # The request may already be with the provider: charge the estimate, never free.
                 await asyncio.shield(self._close(

@@ -151,10 +151,14 @@ class Ledger:
                       job_id: str | None = None) -> Reservation:
         return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id))
 
-    async def start(self, row_id: int) -> None:
-        """An API call for this row is about to be made: from now on a crash may have cost money."""
+    def start(self, row_id: int) -> asyncio.Future[Any]:
+        """An API call for this row is about to be made: from now on a crash may have cost money.
+
+        The write is queued on the database thread at once (so it precedes the request in that
+        queue); the caller awaits the returned future later, keeping the write off the request path.
+        """
         stamp = _iso(self.clock())
-        await self._run(lambda: self.db.execute(
+        return asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.db.execute(
             "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'", [stamp, row_id]))
 
     async def set_context(self, job_id: str, context: dict[str, Any]) -> None:

@@ -201,13 +201,15 @@ class Renderer:
     ) -> tuple[str, Usage]:
         params = self._params(request, partials, client_request_id)
         images = self.client.images
-        call = images.edit if request.is_edit else images.generate
         if not partials:
-            response = await call(**params)
+            # Read the body on the loop, but parse a 4K answer (tens of MB of JSON) on a thread.
+            raw_images = images.with_raw_response
+            raw = await (raw_images.edit if request.is_edit else raw_images.generate)(**params)
+            response = await asyncio.to_thread(raw.parse)
             if not isinstance(response, openai.types.ImagesResponse) or not response.data or not response.data[0].b64_json:
                 raise ValueError("no image in the response")
             return response.data[0].b64_json, _usage(response.usage)
-        stream = await call(**params)
+        stream = await (images.edit if request.is_edit else images.generate)(**params)
         try:
             async for event in stream:
                 kind = getattr(event, "type", "")

@@ -103,13 +103,17 @@ def _valid_sizes() -> tuple[tuple[int, int], ...]:
 def nearest_size(ratio: tuple[int, int], tier: str) -> Size:
     """The valid size closest to `ratio` whose pixel count is closest to the tier's budget."""
     target_ratio = math.log(ratio[0] / ratio[1])
-    budget = TIER_PIXELS[tier]
+    # The budget, or less where the shape cannot have that many pixels (3:1 tops out at 3840x1280).
+    budget = min(TIER_PIXELS[tier], MAX_PIXELS, MAX_EDGE * MAX_EDGE / math.exp(abs(target_ratio)))
 
     def score(wh: tuple[int, int]) -> tuple[float, float]:
         w, h = wh
         return (round(abs(math.log(w / h) - target_ratio), 3), abs(math.log(w * h / budget)))
 
-    w, h = min(_valid_sizes(), key=score)
+    # Stay within 20% of the budget: a ratio closer by a fraction of a percent is not worth
+    # twice the pixels (and the price) of the tier the user asked for.
+    near = [wh for wh in _valid_sizes() if abs(math.log(wh[0] * wh[1] / budget)) <= math.log(1.2)]
+    w, h = min(near or _valid_sizes(), key=score)
     return Size(w, h)
 
 

@@ -198,7 +198,7 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
         ]
         return all(limit is None or used_ + need <= limit for used_, need, limit in checks)
 
-    for _ in range(250):
+    for _ in range(200):
         op = rng.choices(["reserve", "start", "close", "reclose", "time", "limits"], [40, 10, 30, 4, 10, 6])[0]
         open_rows = [r["id"] for r in ledger_rows(path, OPEN_SQL)]
         if op == "reserve":

@@ -1,0 +1,19 @@
+# One image that runs `imagebot run`. Configure with an env file (see README).
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    IMAGEBOT_DB=/data/imagebot.sqlite3 IMAGEBOT_HTTP_HOST=0.0.0.0 IMAGEBOT_HTTP_PORT=3000
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bot ./bot
+COPY adapters ./adapters
+RUN pip install --no-cache-dir . \
+    && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin imagebot \
+    && mkdir -p /data && chown imagebot /data
+
+USER imagebot
+VOLUME ["/data"]
+EXPOSE 3000
+HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:3000/healthz').status != 200)"
+ENTRYPOINT ["imagebot", "run"]

@@ -1,0 +1,685 @@
+"""The Discord adapter: app commands and replies that parse, hand to the core, and render (SPEC §2, Discord).
+
+Everything that is not Discord-specific (parsing, quotas, the API call, the ledger) is the core's. What is
+Discord's: deferring within 3 s, editing the interaction's response for progress, the 15-minute life of an
+interaction token (after it, the job carries on in a channel message that replies to the original), and the
+guild's upload limit (images over it are re-encoded with the core's `fit_under`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import aiohttp
+import discord
+import yarl
+from aiohttp import web
+from discord import app_commands
+from discord.gateway import DiscordWebSocket
+from discord.utils import MISSING
+
+from bot import commands
+from bot.app import Core, decode_attachments
+from bot.errors import UserError
+from bot.images import MAX_FILE_BYTES, ImageInput, fit_under, image_size, load_image
+from bot.jobs import JobFailure, JobResult, Progress
+from bot.ledger import Interrupted
+from bot.pricing import format_usd
+from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
+from bot.sizes import KNOWN_SIZES
+
+log = logging.getLogger("imagebot.discord")
+
+MAX_CONTENT = 2000  # Discord's message length limit
+BAR = 20
+NO_PINGS = discord.AllowedMentions.none()
+SIZE_SUGGESTIONS = ("auto", "1k", "2k", "4k", *(f"{w}x{h}" for w, h in KNOWN_SIZES))
+CANCEL_PREFIX = "imagebot:cancel:"
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+UPLOAD_ATTEMPTS = 4
+# Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
+# 10008 unknown message (the original response was deleted), 40005 request entity too large.
+TOKEN_GONE_CODES = (50027, 10015, 10008)
+
+
+def escape(text: str) -> str:
+    """Discord markdown escaped, so a prompt cannot format, spoil or quote its way into the message."""
+    return discord.utils.escape_markdown(text)
+
+
+def clip(text: str, limit: int = MAX_CONTENT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quote(prompt: str, limit: int = 300) -> str:
+    """The prompt as a block quote, escaped and clipped."""
+    return "\n".join("> " + line for line in escape(clip(prompt, limit)).splitlines() or [""])
+
+
+def pings(user: str) -> discord.AllowedMentions:
+    """Ping the requester and nobody else (no @everyone, roles or other users from the prompt)."""
+    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(user))],
+                                   replied_user=False)
+
+
+def token_gone(exc: discord.HTTPException) -> bool:
+    """The interaction token can no longer be used: past 15 minutes, or its message is gone."""
+    return exc.status == 401 or exc.code in TOKEN_GONE_CODES
+
+
+def too_large(exc: discord.HTTPException) -> bool:
+    return exc.status == 413 or exc.code == 40005
+
+
+def imagine_text(prompt: str, **options: object) -> str:
+    """Typed `/imagine` options -> the core's `/imagine` text, so there is one grammar (in the core)."""
+    flags = "".join(f" --{name} {value}" for name, value in options.items() if value is not None)
+    return prompt + flags
+
+
+def progress_text(progress: Progress) -> str:
+    """The live progress message: settings, prompt, a bar, elapsed/expected time, queue position."""
+    request = progress.request
+    if progress.state == "queued":
+        status = f"Queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
+    else:
+        filled = int(BAR * progress.fraction)
+        status = f"`{'█' * filled}{'░' * (BAR - filled)}` {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
+        if progress.count > 1:
+            status += f" · {progress.done}/{progress.count} done"
+    head = (f"**{'Editing' if request.is_edit else 'Rendering'}** · {request.describe()}"
+            f"{f' · x{request.count}' if request.count > 1 else ''}"
+            f"{' · offline image server' if progress.offline else ''}")
+    return clip(f"{head}\n{quote(request.prompt)}\n{status}")
+
+
+def cancel_view(job_id: str) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(CancelButton(job_id))
+    return view
+
+
+def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+    """(data, filename) pairs -> uploads each at most `budget` bytes, plus notes on what was re-encoded.
+
+    CPU work: run in a thread.
+    """
+    uploads: list[tuple[str, bytes]] = []
+    notes: list[str] = []
+    for data, filename in images:
+        fitted, fmt, note = fit_under(data, budget)
+        if note is None:
+            uploads.append((filename, data))
+            continue
+        width, height = image_size(fitted)
+        uploads.append((f"image-{width}x{height}.{'jpg' if fmt == 'jpeg' else fmt}", fitted))
+        notes.append(f"{filename} {note}")
+    return uploads, notes
+
+
+class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)"):
+    """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger,
+                                           custom_id=CANCEL_PREFIX + job_id))
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
+                             match: re.Match[str], /) -> CancelButton:
+        return cls(match["job"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await cast(_Client, interaction.client).adapter.cancel(interaction, self.job_id)
+
+
+class EditModal(discord.ui.Modal, title="Edit image"):
+    """Asks for the edit instruction of the "Edit image" message command."""
+
+    instruction: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
+        label="Instruction", style=discord.TextStyle.paragraph, max_length=4000,
+        placeholder="make the sky stormy --quality high")
+
+    def __init__(self, adapter: DiscordAdapter, target: discord.Message, image: discord.Attachment) -> None:
+        super().__init__(timeout=600)
+        self.adapter = adapter
+        self.target = target
+        self.image = image
+
+    async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter.edit_from_menu(interaction, self.target, self.image, self.instruction.value)
+
+
+class _Client(discord.Client):
+    """discord.py's client, pointed at DISCORD_API_URL's gateway, forwarding messages to the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        super().__init__(intents=discord.Intents.default(), allowed_mentions=NO_PINGS)
+        self.adapter = adapter
+        self.tree = app_commands.CommandTree(self)
+
+    async def setup_hook(self) -> None:
+        # Client.connect dials a built-in gateway address; ask the configured REST base for the real one.
+        _shards, url, _limits = await self.http.get_bot_gateway()
+        DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
+        self.add_dynamic_items(CancelButton)
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_message(message)
+
+
+class DiscordJobView:
+    """Shows one job: edits the interaction's original response (or, once the interaction token is past its
+    life, a channel message replying to the original), then puts the image there."""
+
+    def __init__(self, adapter: DiscordAdapter, who: Requester, *, interaction: discord.Interaction[Any] | None,
+                 born: float, anchor: int | None, upload_limit: int) -> None:
+        self.adapter = adapter
+        self.who = who
+        self.interaction = interaction
+        self.born = born  # monotonic time the interaction arrived: its token lives 15 minutes from then
+        self.anchor = anchor  # the message replies go to: the original response, or the user's message
+        self.upload_limit = upload_limit
+        self.channel = adapter.client.get_partial_messageable(int(who.channel), guild_id=int(who.workspace))
+        self.job_id = ""
+        self.expired = interaction is None
+        self.progress_message: discord.Message | None = None
+        self._pending: asyncio.Task[None] | None = None
+        self._last_edit = float("-inf")
+        self._last_preview = float("-inf")
+        self._preview: bytes | None = None
+
+    # -- where to show it -----------------------------------------------------------------
+
+    @property
+    def token_alive(self) -> bool:
+        return (self.interaction is not None and not self.expired
+                and time.monotonic() - self.born < self.adapter.token_lifetime)
+
+    @property
+    def reference(self) -> discord.MessageReference | None:
+        if self.anchor is None:
+            return None
+        return discord.MessageReference(message_id=self.anchor, channel_id=int(self.who.channel),
+                                        guild_id=int(self.who.workspace), fail_if_not_exists=False)
+
+    def context(self) -> dict[str, Any]:
+        """What a restart needs to tell the user (SPEC §5): the channel and the message to reply to."""
+        return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
+
+    async def _via_interaction(self, edit: Callable[[discord.Interaction[Any]], Awaitable[Any]]) -> bool:
+        """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone."""
+        if not self.token_alive:
+            return False
+        assert self.interaction is not None
+        try:
+            await edit(self.interaction)
+            return True
+        except discord.HTTPException as exc:
+            if not token_gone(exc):
+                raise
+            log.info("interaction token gone; continuing in the channel",
+                     extra={"job_id": self.job_id, "status": exc.status, "code": exc.code})
+            self.expired = True
+            return False
+
+    # -- progress -------------------------------------------------------------------------
+
+    async def open(self, first: Progress) -> None:
+        """Without an interaction, post the progress message now (raises if we cannot post here)."""
+        if self.interaction is None:
+            self.progress_message = await self.channel.send(
+                progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
+                allowed_mentions=NO_PINGS)
+            self._last_edit = time.monotonic()
+
+    async def progress(self, progress: Progress) -> None:
+        if progress.preview is not None:
+            self._preview = progress.preview
+        now = time.monotonic()
+        if (self._pending is not None and not self._pending.done()) or now - self._last_edit < self.adapter.edit_interval:
+            return  # Discord rate-limits edits: skip this tick, the next one catches up
+        preview = None
+        if self._preview is not None and now - self._last_preview >= self.adapter.preview_interval:
+            preview, self._preview, self._last_preview = self._preview, None, now
+        self._last_edit = now
+        # Its own task: the core cancels its ticker when the image arrives, which must not cut an edit in half.
+        self._pending = asyncio.create_task(self._show_progress(progress_text(progress), progress, preview))
+
+    async def _show_progress(self, content: str, progress: Progress, preview: bytes | None) -> None:
+        ext = "jpg" if progress.request.format == "jpeg" else progress.request.format
+        attachments: list[discord.File] = MISSING
+        if preview is not None and len(preview) <= self.upload_limit:
+            attachments = [discord.File(io.BytesIO(preview), f"preview.{ext}")]
+        try:
+            if await self._via_interaction(lambda ix: ix.edit_original_response(
+                    content=content, attachments=attachments, view=cancel_view(self.job_id),
+                    allowed_mentions=NO_PINGS)):
+                return
+            if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
+                attachments = [discord.File(io.BytesIO(preview or b""), f"preview.{ext}")]
+            if self.progress_message is None:
+                self.progress_message = await self.channel.send(
+                    content, files=attachments, view=cancel_view(self.job_id), reference=self.reference,
+                    allowed_mentions=NO_PINGS)
+            else:
+                await self.progress_message.edit(content=content, attachments=attachments,
+                                                 view=cancel_view(self.job_id), allowed_mentions=NO_PINGS)
+        except discord.HTTPException as exc:
+            log.warning("progress update failed", extra={"job_id": self.job_id, "status": exc.status,
+                                                         "code": exc.code})
+        except Exception:
+            log.exception("progress update failed")
+
+    async def _drain(self) -> None:
+        """Let an edit in flight land first, so it cannot overwrite the result."""
+        if self._pending is not None:
+            with contextlib.suppress(Exception):
+                await self._pending
+
+    # -- the outcome ----------------------------------------------------------------------
+
+    async def _final(self, content: str, uploads: list[tuple[str, bytes]]) -> None:
+        """Replace the progress with `content` and `uploads`: in the original response while its token lives,
+        else as a new channel message replying to the original (which pings the requester)."""
+
+        def files() -> list[discord.File]:  # a File is read once: fresh ones for every attempt
+            return [discord.File(io.BytesIO(data), name) for name, data in uploads]
+
+        if await self._via_interaction(lambda ix: ix.edit_original_response(
+                content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS)):
+            return
+        await self.channel.send(clip(f"<@{self.who.user}> {content}"), files=files(), reference=self.reference,
+                                allowed_mentions=pings(self.who.user))
+        if self.progress_message is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await self.progress_message.delete()
+            self.progress_message = None
+
+    async def deliver(self, result: JobResult) -> None:
+        await self._drain()
+        images = [(image.data, image.filename) for image in result.images]
+        budget = self.upload_limit // len(images)
+        problem = ""
+        for _ in range(UPLOAD_ATTEMPTS):
+            if max(len(data) for data, _name in images) > budget:
+                uploads, notes = await asyncio.to_thread(fit_images, images, budget)
+            else:
+                uploads, notes = [(name, data) for data, name in images], []
+            content = "\n".join([quote(result.request.prompt), escape(result.summary())] + [escape(n) for n in notes])
+            try:
+                await self._final(content, uploads)
+                return
+            except discord.HTTPException as exc:
+                if not too_large(exc):
+                    problem = f"Discord refused the upload (HTTP {exc.status}, code {exc.code}: {exc.text})"
+                    break
+                # Discord's limit is lower than it told us: re-encode smaller and try again.
+                budget = max(len(data) for _name, data in uploads) // 2
+                problem = f"Discord refused the upload as too large even at {budget * 2 / 1024:.0f} KiB"
+                log.warning("upload too large, re-encoding smaller",
+                            extra={"job_id": self.job_id, "budget": budget})
+        # Paid for but not shown: never silently. Say so, with the request ids and what it cost.
+        await self._final(f"{quote(result.request.prompt)}\nThe image was made but could not be posted: "
+                          f"{escape(problem)}.\n{escape(result.summary())}", [])
+
+    async def failed(self, failure: JobFailure) -> None:
+        await self._drain()
+        await self._final(f"{quote(failure.request.prompt)}\n{escape(failure.summary())}", [])
+
+
+class DiscordAdapter:
+    """Registers app commands and a message listener on a discord.py client; thin: the core decides."""
+
+    def __init__(self, core: Core) -> None:
+        settings = core.settings
+        assert settings.discord_token is not None
+        self.core = core
+        self.token = settings.discord_token.reveal()
+        self.client = _Client(self)
+        self.tree = self.client.tree
+        self.http: aiohttp.ClientSession | None = None
+        self.task: asyncio.Task[None] | None = None
+        # Knobs tests (and operators) can turn.
+        self.token_lifetime = 14 * 60.0  # interaction tokens die at 15 min; switch to the channel before
+        self.edit_interval = 2.5  # at least this many seconds between progress edits of one job
+        self.preview_interval = 6.0  # at least this many seconds between preview uploads of one job
+        self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
+        self._register()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self, web_app: web.Application | None) -> None:
+        """Point discord.py at DISCORD_API_URL, log in, sync commands, connect to the gateway in the background."""
+        settings = self.core.settings
+        discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        await self.client.login(self.token)
+        await self._sync_commands(settings.discord_guild_ids)
+        self.task = asyncio.create_task(self._connect())
+
+    async def _sync_commands(self, guild_ids: Sequence[int]) -> None:
+        """Per guild when DISCORD_GUILD_IDS is set (instant), else globally (can take an hour to show)."""
+        try:
+            if guild_ids:
+                for guild_id in guild_ids:
+                    guild = discord.Object(guild_id)
+                    self.tree.copy_global_to(guild=guild)
+                    await self.tree.sync(guild=guild)
+            else:
+                await self.tree.sync()
+        except discord.HTTPException:
+            log.exception("discord command sync failed; commands may be missing or stale")
+
+    async def _connect(self) -> None:
+        try:
+            await self.client.connect(reconnect=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("discord gateway connection ended")
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 5)
+        if self.http is not None:
+            await self.http.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.client.is_ready() and not self.client.is_closed()
+
+    # -- commands -------------------------------------------------------------------------
+
+    def _register(self) -> None:
+        tree = self.tree
+        quality_choices = [app_commands.Choice(name=q, value=q) for q in QUALITIES]
+        format_choices = [app_commands.Choice(name=f, value=f) for f in FORMATS]
+
+        async def size_autocomplete(interaction: discord.Interaction[Any], current: str
+                                    ) -> list[app_commands.Choice[str]]:
+            typed = current.strip().lower()
+            found = [s for s in SIZE_SUGGESTIONS if s.startswith(typed) or typed in s]
+            if typed and typed not in found:
+                found.insert(0, typed)  # free text is allowed; the core validates it
+            return [app_commands.Choice(name=s, value=s) for s in found[:25]]
+
+        @tree.command(name="imagine", description="Make an image with gpt-image-2 (attach references to edit)")
+        @app_commands.describe(
+            prompt="What to draw (flags like --ar 16:9 work here too)", size="auto, 1k, 2k, 4k or WxH",
+            quality="Render quality", format="Output format", compression="0-100, jpeg/webp only",
+            count="How many images (1-4)", ref1="Reference image (makes it an edit)", ref2="Reference image",
+            ref3="Reference image", ref4="Reference image", ref5="Reference image",
+            mask="PNG with alpha, the size of ref1: transparent pixels mark where to edit")
+        @app_commands.choices(quality=quality_choices, format=format_choices)
+        @app_commands.autocomplete(size=size_autocomplete)
+        @app_commands.guild_only()
+        async def imagine(interaction: discord.Interaction[Any], prompt: str, size: str | None = None,
+                          quality: str | None = None, format: str | None = None,
+                          compression: app_commands.Range[int, 0, 100] | None = None,
+                          count: app_commands.Range[int, 1, 4] | None = None,
+                          ref1: discord.Attachment | None = None, ref2: discord.Attachment | None = None,
+                          ref3: discord.Attachment | None = None, ref4: discord.Attachment | None = None,
+                          ref5: discord.Attachment | None = None, mask: discord.Attachment | None = None) -> None:
+            born = time.monotonic()
+            await interaction.response.defer(thinking=True)
+            size = "".join(size.split()) if size else None  # "1536 x 1024" must not spill into the prompt
+            text = imagine_text(prompt, size=size or None, quality=quality, format=format,
+                                compression=compression, count=count)
+            refs = [a for a in (ref1, ref2, ref3, ref4, ref5) if a is not None]
+            await self._imagine(interaction, born, text, refs, mask)
+
+        @tree.context_menu(name="Edit image")
+        @app_commands.guild_only()
+        async def edit_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
+            image = next((a for a in message.attachments if is_image(a)), None)
+            if image is None:
+                await interaction.response.send_message(
+                    "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image.",
+                    ephemeral=True)
+                return
+            await interaction.response.send_modal(EditModal(self, message, image))
+
+        @tree.command(name="imagine-usage", description="This channel's image usage and spend, with a chart")
+        @app_commands.describe(days="How many days back (default 30)")
+        @app_commands.guild_only()
+        async def usage(interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30) -> None:
+            await interaction.response.defer(thinking=True)
+            await self._reply(interaction, lambda who: commands.usage(self.core, who, f"--days {days}"))
+
+        @tree.command(name="imagine-quota", description="Your remaining image quota (only you see it)")
+        @app_commands.guild_only()
+        async def my_quota(interaction: discord.Interaction[Any]) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            await self._reply(interaction, lambda who: commands.my_quota(self.core, who))
+
+        admin = app_commands.Group(name="imagine-admin", description="Admin: set quotas, see all spend",
+                                   default_permissions=discord.Permissions(manage_guild=True), guild_only=True)
+
+        @admin.command(name="quota", description="Set limits for a user, a channel, or (neither) the server")
+        @app_commands.describe(limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N "
+                                      "(N, unlimited or default)",
+                               user="The user to limit", channel="The channel to limit")
+        async def admin_quota(interaction: discord.Interaction[Any], limits: str, user: discord.User | None = None,
+                              channel: discord.abc.GuildChannel | None = None) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            target = f"<@{user.id}>" if user else f"<#{channel.id}>" if channel else "workspace"
+            await self._admin(interaction, f"quota {target} {limits}")
+
+        @admin.command(name="report", description="Usage and spend across the whole server")
+        @app_commands.describe(days="How many days back (default 30)")
+        async def admin_report(interaction: discord.Interaction[Any],
+                               days: app_commands.Range[int, 1, 366] = 30) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            await self._admin(interaction, f"report --all --days {days}")
+
+        tree.add_command(admin)
+
+    @staticmethod
+    def _who(interaction: discord.Interaction[Any]) -> Requester:
+        return Requester("discord", str(interaction.guild_id or ""), str(interaction.channel_id or ""),
+                         str(interaction.user.id))
+
+    def _limit(self, interaction: discord.Interaction[Any] | None, guild_id: int | None) -> int:
+        """The upload limit: our override, else what the interaction says, else the guild's boost tier."""
+        if self.upload_limit is not None:
+            return self.upload_limit
+        if interaction is not None and getattr(interaction, "filesize_limit", None):
+            return int(interaction.filesize_limit)
+        guild = self.client.get_guild(guild_id) if guild_id else None
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+
+    async def _reply(self, interaction: discord.Interaction[Any],
+                     make: Callable[[Requester], Awaitable[commands.Reply]]) -> None:
+        try:
+            reply = await make(self._who(interaction))
+        except UserError as exc:
+            await self._tell_privately(interaction, str(exc))
+            return
+        file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
+        await interaction.followup.send(clip(escape(reply.text)), file=file, ephemeral=reply.private,
+                                        allowed_mentions=NO_PINGS)
+
+    async def _admin(self, interaction: discord.Interaction[Any], args: str) -> None:
+        # Default permissions hide the command, but a server can override them: check again here.
+        platform_admin = bool(interaction.permissions.manage_guild)
+        await self._reply(interaction, lambda who: commands.admin(self.core, who, args,
+                                                                  platform_admin=platform_admin))
+
+    async def _tell_privately(self, interaction: discord.Interaction[Any], text: str) -> None:
+        """Only the requester sees `text`. After a public "thinking" defer the first follow-up would replace the
+        loading message in public, whatever its flags: so end that message first, then follow up ephemerally."""
+        if not interaction.response.is_done():
+            await interaction.response.send_message(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+            return
+        try:
+            original = await interaction.original_response()
+            if not original.flags.ephemeral:
+                await interaction.edit_original_response(content="…")  # ends the loading state
+                await interaction.delete_original_response()
+        except discord.HTTPException:
+            log.warning("could not clear the deferred response", exc_info=True)
+        await interaction.followup.send(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    async def _imagine(self, interaction: discord.Interaction[Any], born: float, text: str,
+                       refs: Sequence[discord.Attachment], mask: discord.Attachment | None) -> None:
+        """`/imagine` after the defer: download and decode attachments, parse, run."""
+        who = self._who(interaction)
+        try:
+            references = [await self._decode(a) for a in refs]
+            decoded_mask = await self._decode(mask) if mask is not None else None
+            request = self.core.parse(text, references, decoded_mask)
+        except UserError as exc:
+            await self._tell_privately(interaction, str(exc))
+            return
+        await self._run_interaction(interaction, born, who, request)
+
+    async def edit_from_menu(self, interaction: discord.Interaction[Any], target: discord.Message,
+                             image: discord.Attachment, instruction: str) -> None:
+        """The "Edit image" modal was submitted: edit the target message's image with the instruction."""
+        born = time.monotonic()
+        await interaction.response.defer(thinking=True)
+        try:
+            base = await self._decode(image)
+            request = self.core.parse(instruction, [base])
+        except UserError as exc:
+            await self._tell_privately(interaction, str(exc))
+            return
+        await self._run_interaction(interaction, born, self._who(interaction), request)
+
+    async def _run_interaction(self, interaction: discord.Interaction[Any], born: float, who: Requester,
+                               request: ImageRequest) -> None:
+        original = None
+        with contextlib.suppress(discord.HTTPException):
+            original = (await interaction.original_response()).id
+        view = DiscordJobView(self, who, interaction=interaction, born=born, anchor=original,
+                              upload_limit=self._limit(interaction, interaction.guild_id))
+        await self._run(who, request, view, lambda text: self._tell_privately(interaction, text))
+
+    async def _run(self, who: Requester, request: ImageRequest, view: DiscordJobView,
+                   tell: Callable[[str], Awaitable[Any]]) -> None:
+        """Reserve, open the progress display, execute. Errors before the job starts go only to the requester."""
+        runner = self.core.runner
+        try:
+            job = await runner.prepare(request, who, previews=True)
+        except UserError as exc:
+            await tell(str(exc))
+            return
+        view.job_id = job.id
+        try:
+            await view.open(runner.first_progress(job))
+        except discord.HTTPException as exc:
+            await runner.abandon(job, f"progress message failed: HTTP {exc.status} code {exc.code}")
+            log.warning("could not post the progress message", extra={"channel": who.channel,
+                                                                       "status": exc.status})
+            with contextlib.suppress(discord.HTTPException):
+                await tell("I could not post in this channel (I need View Channel, Send Messages and Attach "
+                           "Files). Nothing was charged.")
+            return
+        await self.core.ledger.set_context(job.id, view.context())
+        await runner.execute(job, view)
+
+    async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
+        """The Cancel button: only the requester may press it."""
+        if self.core.runner.cancel(job_id, str(interaction.user.id)):
+            await interaction.response.defer()  # the job's own message turns into "Cancelled"
+            return
+        await interaction.response.send_message(
+            "Only the requester can cancel this job, and only while it runs.", ephemeral=True)
+
+    # -- reply-to-edit --------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        """A reply (with the mention on) to one of our image messages is an edit of that image."""
+        me = self.client.user
+        if me is None or message.author.bot or message.guild is None or message.reference is None:
+            return
+        # Without the message-content intent Discord sends the text only if we are mentioned.
+        if not any(user.id == me.id for user in message.mentions) or message.reference.message_id is None:
+            return
+        target = message.reference.resolved
+        if not isinstance(target, discord.Message):
+            try:
+                target = await message.channel.fetch_message(message.reference.message_id)
+            except discord.HTTPException:
+                return
+        image = next((a for a in target.attachments if is_image(a)), None)
+        if target.author.id != me.id or image is None:
+            return  # not about our images
+        if await self.core.ledger.seen(f"discord:{message.id}"):
+            return
+        who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
+        text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+
+        async def tell(reply: str) -> None:
+            await message.reply(clip(reply), mention_author=False, allowed_mentions=NO_PINGS)
+
+        try:
+            base = await self._decode(image)
+            files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
+            references, mask = await decode_attachments(files, base=base)
+            request = self.core.parse(text, references, mask)
+        except UserError as exc:
+            await tell(str(exc))
+            return
+        view = DiscordJobView(self, who, interaction=None, born=time.monotonic(), anchor=message.id,
+                              upload_limit=self._limit(None, message.guild.id))
+        await self._run(who, request, view, tell)
+
+    async def _decode(self, attachment: discord.Attachment) -> ImageInput:
+        data = await self.download(attachment)
+        return await asyncio.to_thread(load_image, attachment.filename, data)
+
+    async def download(self, attachment: discord.Attachment) -> bytes:
+        """Fetch an attachment from its (signed) URL, reading at most 50 MB."""
+        too_big = UserError(f"{attachment.filename} is over 50 MB; each image must be at most 50 MB")
+        if attachment.size > MAX_FILE_BYTES:
+            raise too_big
+        assert self.http is not None
+        try:
+            async with self.http.get(attachment.url) as response:
+                if response.status != 200:
+                    raise UserError(f"could not download {attachment.filename} from Discord (HTTP "
+                                    f"{response.status}); attach it again")
+                chunks, size = [], 0
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    size += len(chunk)
+                    if size > MAX_FILE_BYTES:
+                        raise too_big
+                    chunks.append(chunk)
+        except aiohttp.ClientError as exc:
+            raise UserError(f"could not download {attachment.filename} from Discord ({type(exc).__name__}); "
+                            "try again") from None
+        return b"".join(chunks)
+
+    # -- crash recovery -------------------------------------------------------------------
+
+    async def tell_interrupted(self, job: Interrupted) -> None:
+        channel_id = int(job.context.get("channel_id") or job.channel)
+        message_id = job.context.get("message_id")
+        reference = (discord.MessageReference(message_id=int(message_id), channel_id=channel_id,
+                                              fail_if_not_exists=False) if message_id else None)
+        money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have "
+                 "been billed" if job.charged_micros else "nothing was charged")
+        await self.client.get_partial_messageable(channel_id).send(
+            f"<@{job.user}> this job was interrupted by a restart before it finished; {money}. "
+            "Run /imagine again to retry.", reference=reference if reference else MISSING,
+            allowed_mentions=pings(job.user))
+
+
+def is_image(attachment: discord.Attachment) -> bool:
+    kind = (attachment.content_type or "").split(";")[0]
+    return kind in ("image/png", "image/jpeg", "image/webp") or \
+        attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))

@@ -1,0 +1,104 @@
+"""K concurrent jobs through the core against the offline server at a fixed latency.
+
+For 1024x1024 jpeg and 3840x2160 png: jobs/s, end-to-end time / server latency (the floor),
+event-loop lag p50/p99 and peak RSS. Each scenario runs in its own process so peaks are its own.
+Last line: JSON with ratio_1k, ratio_4k, loop_lag_p99_ms, peak_rss_mb (+ per-scenario detail).
+Targets: ratio <= 1.03 at 4K; loop lag p99 <= 20 ms with 50 concurrent 4K jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import LoopLag, offline_server_process, peak_rss_mb, percentile  # noqa: E402
+
+SCENARIOS = {"1k": ("1024x1024", "jpeg", 2.0), "4k": ("3840x2160", "png", 8.0)}
+
+
+class NullView:
+    async def progress(self, progress: object) -> None:
+        pass
+
+    async def deliver(self, result: object) -> None:
+        pass
+
+    async def failed(self, failure: object) -> None:
+        print("FAILED", getattr(failure, "message", failure), file=sys.stderr)
+
+
+async def scenario(name: str, jobs: int) -> dict[str, float]:
+    from bot.app import Core
+    from bot.config import Settings
+    from bot.request import Requester
+
+    size, fmt, latency = SCENARIOS[name]
+    with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
+        settings = Settings.load(environ={
+            "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url, "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
+            "IMAGEBOT_MAX_IN_FLIGHT": str(jobs), "IMAGEBOT_PROGRESS_INTERVAL": "1", "IMAGEBOT_API_TIMEOUT": "120",
+        }, env_file=None)
+        core = await Core.start(settings)
+        try:
+            # One warm-up job so connection setup and the server's first render are not measured.
+            warm = await core.runner.prepare(core.parse(f"benchmark --size {size} --format {fmt} --quality low"), Requester("b", "w", "c", "u"))
+            await core.runner.execute(warm, NullView())
+            durations: list[float] = []
+
+            async def one(i: int) -> None:
+                job = await core.runner.prepare(core.parse(f"benchmark --size {size} --format {fmt} --quality low"),
+                                                Requester("bench", "w", f"c{i % 4}", f"u{i}"))
+                start = time.perf_counter()
+                await core.runner.execute(job, NullView())
+                durations.append(time.perf_counter() - start)
+
+            with LoopLag() as lag:
+                wall = time.perf_counter()
+                await asyncio.gather(*(one(i) for i in range(jobs)))
+                wall = time.perf_counter() - wall
+        finally:
+            await core.close()
+    return {
+        "jobs": jobs, "latency_s": latency, "jobs_per_s": round(jobs / wall, 2),
+        "ratio_mean": round(sum(durations) / len(durations) / latency, 4),
+        "ratio_max": round(max(durations) / latency, 4),
+        "loop_lag_p50_ms": round(percentile(lag.samples, 50), 2),
+        "loop_lag_p99_ms": round(percentile(lag.samples, 99), 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=50)
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS))
+    args = parser.parse_args()
+    if args.scenario:
+        print(json.dumps(asyncio.run(scenario(args.scenario, args.jobs))))
+        return
+    results = {}
+    for name in SCENARIOS:
+        out = subprocess.run([sys.executable, __file__, "--scenario", name, "--jobs", str(args.jobs)],
+                             capture_output=True, text=True, check=True, env=os.environ.copy())
+        results[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{name}: {results[name]}")
+    print(json.dumps({
+        "ratio_1k": results["1k"]["ratio_mean"], "ratio_4k": results["4k"]["ratio_mean"],
+        "loop_lag_p99_ms": results["4k"]["loop_lag_p99_ms"],
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
+        "jobs_per_s_1k": results["1k"]["jobs_per_s"], "jobs_per_s_4k": results["4k"]["jobs_per_s"],
+        "loop_lag_p50_ms": results["4k"]["loop_lag_p50_ms"], "detail": results,
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,357 @@
+"""Money through the real JobRunner: reserve, render against the offline server, settle (SPEC §4-5).
+
+Everything is real: the SQLite file, the OpenAI SDK, HTTP on loopback, the offline image
+server. Only the adapter is a small recording view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import math
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot.app import Core
+from bot.config import Settings
+from bot.errors import QuotaExceeded
+from bot.jobs import JobFailure, JobResult, Progress
+from bot.pricing import Usage, cost_micros, format_usd
+from bot.request import Requester
+
+ALICE = Requester("slack", "W1", "C1", "U1")
+BOB = Requester("slack", "W1", "C1", "U2")
+
+
+class RecordingView:
+    """The adapter side of a job: records every callback."""
+
+    def __init__(self) -> None:
+        self.ticks: list[Progress] = []
+        self.delivered: list[JobResult] = []
+        self.failures: list[JobFailure] = []
+
+    async def progress(self, progress: Progress) -> None:
+        self.ticks.append(progress)
+
+    async def deliver(self, result: JobResult) -> None:
+        self.delivered.append(result)
+
+    async def failed(self, failure: JobFailure) -> None:
+        self.failures.append(failure)
+
+
+MakeCore = Callable[..., Awaitable[Core]]
+
+
+@pytest.fixture
+async def make_core(tmp_path: Path) -> AsyncIterator[MakeCore]:
+    cores: list[Core] = []
+
+    async def make(**env: str) -> Core:
+        environ = {
+            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
+            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+            "IMAGEBOT_API_TIMEOUT": "1",
+            **env,
+        }
+        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        cores.append(core)
+        return core
+
+    yield make
+    for core in cores:
+        await core.close()
+
+
+def rows(core: Core, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    with sqlite3.connect(core.settings.db_path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)]
+
+
+def counters(core: Core) -> dict[tuple[str, str], tuple[int, int]]:
+    with sqlite3.connect(core.settings.db_path) as conn:
+        found = conn.execute("SELECT scope, key, micros, images FROM counters").fetchall()
+    return {(s, k): (m, n) for s, k, m, n in found}
+
+
+def assert_counters_match_ledger(core: Core) -> None:
+    """Every counter equals the SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
+    expected: dict[tuple[str, str], tuple[int, int]] = {}
+    for row in rows(core):
+        is_open = row["status"] in ("reserved", "running")
+        micros = row["reserved_micros"] if is_open else row["actual_micros"]
+        images = 1 if is_open or row["status"] == "succeeded" else 0
+        for key in (("user_day", row["user"]), ("user_month", row["user"]), ("channel_month", row["channel"]),
+                    ("workspace_month", row["workspace"])):
+            old = expected.get(key, (0, 0))
+            expected[key] = (old[0] + micros, old[1] + images)
+    assert {k: v for k, v in counters(core).items() if v != (0, 0)} == {
+        k: v for k, v in expected.items() if v != (0, 0)}
+
+
+def expected_usage(core: Core, call_index: int) -> Usage:
+    """What the offline server billed for one of its calls, from what it recorded about the call."""
+    call = core.offline_server.calls[call_index]  # type: ignore[union-attr]
+    prices = core.prices.model(call.model or "gpt-image-2")
+    size = "1024x1024" if call.size in (None, "auto") else call.size  # `auto` renders the 1K square
+    width, height = (int(n) for n in size.split("x"))
+    quality = "medium" if call.quality in (None, "auto") else call.quality  # what `auto` renders as
+    output = prices.image_output_tokens(width, height, quality) + call.partial_images * prices.partial_image_output_tokens
+    return Usage(text_tokens=math.ceil(len(call.prompt or "") / 4), output_tokens=output)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.01)
+
+
+# --- success: settle to the real usage --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("flags", "size", "previews"), [
+    ("--size 1536x1024 --quality low --format png", (1536, 1024), True),
+    ("--quality auto", (1024, 1024), True),
+    ("--size 1024x1536 --quality medium --format webp", (1024, 1536), False),
+])
+async def test_settles_to_the_usage_the_server_reported(
+    make_core: MakeCore, flags: str, size: tuple[int, int], previews: bool
+) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_LATENCY="0.3")
+    view = RecordingView()
+    request = core.parse(f"a red fox in the snow {flags}")
+    job = await core.runner.prepare(request, ALICE, previews=previews)
+    partials = core.settings.partial_images if previews else 0
+    reserved = core.runner.estimate(request, partials)
+    [row] = rows(core)
+    assert (row["status"], row["reserved_micros"], row["actual_micros"]) == ("reserved", reserved, 0)
+    assert_counters_match_ledger(core)
+
+    outcome = await core.runner.execute(job, view)
+
+    assert isinstance(outcome, JobResult) and view.delivered == [outcome] and view.failures == []
+    [call] = core.offline_server.calls  # type: ignore[union-attr]
+    assert call.status == 200 and call.stream == previews and call.partial_images == partials
+    assert core.settings.partial_images == 2
+    usage = expected_usage(core, 0)
+    actual = cost_micros(core.prices.model("gpt-image-2"), usage)
+    [row] = rows(core)
+    assert row["status"] == "succeeded"
+    assert (row["text_tokens"], row["image_tokens"], row["output_tokens"]) == (
+        usage.text_tokens, usage.image_tokens, usage.output_tokens)
+    assert row["actual_micros"] == actual <= reserved == row["reserved_micros"]
+    assert json.loads(row["request_ids"]) == [call.request_id] and row["attempts"] == 1
+    assert row["latency_ms"] >= 300 and row["finished_at"]
+    # What the user is told matches the ledger.
+    image = outcome.images[0]
+    assert (image.width, image.height) == size and Image.open(io.BytesIO(image.data)).size == size
+    assert image.cost_micros == outcome.total_micros == actual
+    summary = outcome.summary()
+    assert format_usd(actual) in summary and call.request_id in summary and "offline" in summary
+    assert view.ticks and all(p.job_id == job.id for p in view.ticks)
+    assert any(p.preview for p in view.ticks) == previews, "streamed partial images reach the view"
+    assert_counters_match_ledger(core)
+    assert core.runner.jobs == {}
+
+
+async def test_count_3_reserves_three_rows_and_settles_three(make_core: MakeCore) -> None:
+    core = await make_core()
+    view = RecordingView()
+    request = core.parse("three foxes --count 3 --quality low --size 1024x1024")
+    job = await core.runner.prepare(request, ALICE)
+    reserved = rows(core)
+    assert len(reserved) == 3 and {r["job_id"] for r in reserved} == {job.id}
+    assert [r["seq"] for r in reserved] == [0, 1, 2] and {r["status"] for r in reserved} == {"reserved"}
+    assert job.reservation.total_micros == 3 * core.runner.estimate(request)
+
+    outcome = await core.runner.execute(job, view)
+
+    assert isinstance(outcome, JobResult) and len(outcome.images) == 3
+    settled = rows(core)
+    assert [r["status"] for r in settled] == ["succeeded"] * 3
+    calls = core.offline_server.calls  # type: ignore[union-attr]
+    assert len(calls) == 3 and len({c.request_id for c in calls}) == 3
+    assert sorted(json.loads(r["request_ids"])[0] for r in settled) == sorted(c.request_id for c in calls)
+    each = cost_micros(core.prices.model("gpt-image-2"), expected_usage(core, 0))
+    assert [r["actual_micros"] for r in settled] == [each] * 3
+    assert outcome.total_micros == 3 * each
+    assert all(r["actual_micros"] <= r["reserved_micros"] for r in settled)
+    assert counters(core)[("user_day", "U1")] == (3 * each, 3)
+    assert_counters_match_ledger(core)
+
+
+# --- failures: release, or charge the estimate when it may have been billed ---------------------
+
+
+async def test_500_always_releases_the_reservation_and_keeps_every_request_id(make_core: MakeCore) -> None:
+    core = await make_core()
+    core.offline_server.push_faults("500*")  # type: ignore[union-attr]
+    view = RecordingView()
+    job = await core.runner.prepare(core.parse("a red fox --quality low"), ALICE)
+
+    outcome = await core.runner.execute(job, view)
+
+    assert isinstance(outcome, JobFailure) and view.failures == [outcome] and view.delivered == []
+    calls = core.offline_server.calls  # type: ignore[union-attr]
+    ids = [c.request_id for c in calls]
+    assert len(calls) == 3 and {c.status for c in calls} == {500}  # the first try and 2 retries
+    [row] = rows(core)
+    assert (row["status"], row["actual_micros"], row["attempts"]) == ("failed", 0, 3)
+    assert json.loads(row["request_ids"]) == ids
+    assert "HTTP 500" in row["error"]
+    assert outcome.charged_micros == 0 and not outcome.cancelled
+    assert list(outcome.request_ids) == ids
+    assert "Nothing was charged" in outcome.summary() and ids[-1] in outcome.summary()
+    assert counters(core)[("user_day", "U1")] == (0, 0)
+    assert_counters_match_ledger(core)
+
+
+async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_API_TIMEOUT="0.3", IMAGEBOT_API_RETRIES="0")
+    core.offline_server.push_faults("hang")  # type: ignore[union-attr]
+    view = RecordingView()
+    request = core.parse("a red fox --quality high --size 1024x1024")
+    job = await core.runner.prepare(request, ALICE)
+    estimate = core.runner.estimate(request)
+
+    outcome = await core.runner.execute(job, view)
+
+    assert isinstance(outcome, JobFailure) and view.failures == [outcome]
+    assert len(core.offline_server.calls) == 1  # type: ignore[union-attr]
+    [row] = rows(core)
+    assert (row["status"], row["actual_micros"], row["reserved_micros"]) == ("possibly_billed", estimate, estimate)
+    assert "did not answer within 0.3 s" in row["error"]
+    assert outcome.charged_micros == estimate
+    assert f"Charged {format_usd(estimate)}" in outcome.summary()
+    assert counters(core)[("user_day", "U1")] == (estimate, 0)  # money kept, no image counted
+    assert_counters_match_ledger(core)
+
+
+async def test_a_moderation_refusal_costs_nothing_and_says_why(make_core: MakeCore) -> None:
+    core = await make_core()
+    core.offline_server.push_faults("moderation")  # type: ignore[union-attr]
+    view = RecordingView()
+    job = await core.runner.prepare(core.parse("something the safety system refuses --quality low"), ALICE)
+
+    outcome = await core.runner.execute(job, view)
+
+    assert isinstance(outcome, JobFailure) and view.failures == [outcome]
+    [call] = core.offline_server.calls  # type: ignore[union-attr]  # a 400 is never retried
+    assert call.status == 400
+    [row] = rows(core)
+    assert (row["status"], row["actual_micros"]) == ("failed", 0)
+    assert json.loads(row["request_ids"]) == [call.request_id]
+    assert "safety system" in outcome.message and "safety system" in outcome.summary()
+    assert call.request_id in outcome.summary() and "Nothing was charged" in outcome.summary()
+    assert outcome.charged_micros == 0
+    assert counters(core)[("user_day", "U1")] == (0, 0)
+    assert_counters_match_ledger(core)
+
+
+# --- quota refusals spend nothing ---------------------------------------------------------------
+
+
+async def test_a_quota_refusal_in_prepare_makes_no_api_call(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_USER_DAILY_USD="0.10")
+    server = core.offline_server
+    assert server is not None
+    first = await core.runner.execute(await core.runner.prepare(core.parse("one fox --quality low"), ALICE),
+                                      RecordingView())
+    assert isinstance(first, JobResult)
+    calls, ledger = len(server.calls), rows(core)
+    assert calls == 1
+
+    with pytest.raises(QuotaExceeded, match=r"your daily images limit is 1 image and 0 images is left"):
+        await core.runner.prepare(core.parse("another fox --quality low"), ALICE)
+    with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$0\.1000"):
+        await core.runner.prepare(core.parse("an expensive fox --quality high"), BOB)
+
+    assert len(server.calls) == calls and rows(core) == ledger
+    assert core.runner.jobs == {}
+
+
+# --- cancel and the in-flight limit -------------------------------------------------------------
+
+
+async def test_cancelling_a_running_job_leaves_nothing_open(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_LATENCY="10")
+    server = core.offline_server
+    assert server is not None
+    view = RecordingView()
+    job = await core.runner.prepare(core.parse("a slow fox --quality low"), ALICE)
+    task = asyncio.create_task(core.runner.execute(job, view))
+    await wait_for(lambda: len(server.calls) == 1 and rows(core)[0]["status"] == "running")
+    assert core.runner.cancel(job.id, "someone-else") is False  # only the requester may cancel
+
+    task.cancel()
+    # Whether execute() re-raises or returns its JobFailure, the view must have been told.
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+
+    [failure] = view.failures
+    assert failure.cancelled and view.delivered == []
+    [row] = rows(core)
+    assert row["status"] not in ("reserved", "running")
+    # The request had reached the provider: it is kept at its estimate, never recorded as free.
+    assert (row["status"], row["actual_micros"]) == ("cancelled", row["reserved_micros"])
+    assert failure.charged_micros == row["reserved_micros"]
+    assert job.id not in core.runner.jobs
+    assert_counters_match_ledger(core)
+
+
+async def test_the_in_flight_limit_queues_the_second_job(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_MAX_IN_FLIGHT="1", IMAGEBOT_OFFLINE_LATENCY="0.4")
+    first_view, second_view = RecordingView(), RecordingView()
+    first = await core.runner.prepare(core.parse("first fox --quality low"), ALICE)
+    second = await core.runner.prepare(core.parse("second fox --quality low"), BOB)
+
+    outcomes = await asyncio.gather(core.runner.execute(first, first_view),
+                                    core.runner.execute(second, second_view))
+
+    assert all(isinstance(o, JobResult) for o in outcomes)
+    queued = [p for p in second_view.ticks if p.state == "queued"]
+    assert queued, [(p.state, p.queue_position) for p in second_view.ticks]
+    assert {p.queue_position for p in queued} == {1}
+    assert all(p.fraction == 0.0 for p in queued)
+    assert [p.state for p in first_view.ticks if p.state == "queued"] == []
+    assert second_view.ticks[-1].state == "rendering"
+    assert {r["status"] for r in rows(core)} == {"succeeded"}
+    assert_counters_match_ledger(core)
+
+
+async def test_cancelling_a_queued_job_releases_it_in_full(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_MAX_IN_FLIGHT="1", IMAGEBOT_OFFLINE_LATENCY="10")
+    server = core.offline_server
+    assert server is not None
+    running_view, queued_view = RecordingView(), RecordingView()
+    running = await core.runner.prepare(core.parse("first fox --quality low"), ALICE)
+    queued = await core.runner.prepare(core.parse("second fox --quality low"), BOB)
+    running_task = asyncio.create_task(core.runner.execute(running, running_view))
+    queued_task = asyncio.create_task(core.runner.execute(queued, queued_view))
+    await wait_for(lambda: any(p.state == "queued" for p in queued_view.ticks) and len(server.calls) == 1)
+
+    assert core.runner.cancel(queued.id, "U2")
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(queued_task, 5)
+    [failure] = queued_view.failures
+    assert failure.cancelled and failure.charged_micros == 0
+    [row] = rows(core, "job_id=?", (queued.id,))
+    assert (row["status"], row["actual_micros"]) == ("cancelled", 0)  # it never reached the API
+    assert len(server.calls) == 1
+
+    running_task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(running_task, 5)
+    assert rows(core, "status IN ('reserved', 'running')") == []
+    assert_counters_match_ledger(core)

@@ -1,0 +1,173 @@
+"""`imagebot` on the command line, as a user runs it: real processes, real files, the offline server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from bot.pricing import format_usd
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT = 60
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+def environment(db: Path, **extra: str) -> dict[str, str]:
+    """The parent's environment minus anything that would configure the bot, plus the test's settings."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("IMAGEBOT_", "OPENAI_", "SLACK_", "DISCORD_"))}
+    env.update({"IMAGEBOT_OFFLINE": "1", "IMAGEBOT_OFFLINE_LATENCY": "0.2", "IMAGEBOT_DB": str(db),
+                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), **extra})
+    return env
+
+
+def start(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], env=dict(env), cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(process: subprocess.Popen[str]) -> Run:
+    stdout, stderr = process.communicate(timeout=TIMEOUT)
+    return Run(process.returncode, stdout, stderr)
+
+
+def imagebot(args: list[str], env: Mapping[str, str], cwd: Path) -> Run:
+    return finish(start(args, env, cwd))
+
+
+def ledger(db: Path, sql: str = "SELECT * FROM ledger ORDER BY id") -> list[sqlite3.Row]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name='ledger'").fetchone():
+            return []
+        return list(conn.execute(sql))
+
+
+def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None:
+    db, out = tmp_path / "bot.sqlite3", tmp_path / "fox.png"
+    run = imagebot(["imagine", "a red fox", "--size", "1536x1024", "--format", "png", "--out", str(out)],
+                   environment(db), tmp_path)
+
+    assert run.code == 0, run.stderr
+    with Image.open(out) as image:
+        image.load()
+        assert (image.format, image.size) == ("PNG", (1536, 1024))
+    [row] = ledger(db)
+    assert (row["status"], row["platform"], row["size"], row["format"]) == ("succeeded", "cli", "1536x1024", "png")
+    [request_id] = json.loads(row["request_ids"])
+    assert re.fullmatch(r"req_[0-9a-f]{32}", request_id)
+    assert "1536x1024" in run.stdout
+    assert format_usd(row["actual_micros"]) in run.stdout and "$" in run.stdout
+    assert request_id in run.stdout
+    assert "offline" in run.stdout
+    assert str(out) in run.stdout
+
+
+def test_an_invalid_size_names_the_rule_and_spends_nothing(tmp_path: Path) -> None:
+    db, out = tmp_path / "bot.sqlite3", tmp_path / "wide.png"
+    run = imagebot(["imagine", "a red fox", "--size", "4000x1000", "--out", str(out)], environment(db), tmp_path)
+
+    assert run.code == 2
+    assert "4000 is over the 3840 limit" in run.stderr
+    assert run.stdout.strip() == ""
+    assert not out.exists()
+    assert ledger(db) == []
+
+
+@pytest.fixture(scope="module")
+def quota_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], list[Run], Run]:
+    """Three images for u1 (run at once: three processes on one file), then a fourth over the limit."""
+    home = tmp_path_factory.mktemp("quota")
+    db = home / "bot.sqlite3"
+    env = environment(db, IMAGEBOT_USER_DAILY_IMAGES="3")
+    runs = [finish(p) for p in [start(["imagine", f"fox number {n}", "--quality", "low", "--user", "u1", "--out",
+                                       str(home / f"fox{n}.jpg")], env, home) for n in range(3)]]
+    fourth = imagebot(["imagine", "one fox too many", "--user", "u1", "--out", str(home / "fox4.jpg")], env, home)
+    return db, env, runs, fourth
+
+
+def test_the_daily_image_quota_refuses_the_fourth_image(
+    quota_run: tuple[Path, dict[str, str], list[Run], Run],
+) -> None:
+    db, _, runs, fourth = quota_run
+    assert [r.code for r in runs] == [0, 0, 0], [r.stderr for r in runs]
+    assert fourth.code != 0
+    assert "daily images" in fourth.stderr and "3 images" in fourth.stderr and "resets" in fourth.stderr
+    assert not (db.parent / "fox4.jpg").exists()
+    rows = ledger(db)
+    assert len(rows) == 3 and {r["user"] for r in rows} == {"u1"} and {r["status"] for r in rows} == {"succeeded"}
+
+
+def test_report_prints_the_sql_total_and_exports_the_rows(
+    quota_run: tuple[Path, dict[str, str], list[Run], Run], tmp_path: Path,
+) -> None:
+    db, env, _, _ = quota_run
+    out = tmp_path / "usage.csv"
+    run = imagebot(["report", "--csv", str(out), "--days", "30"], env, tmp_path)
+
+    assert run.code == 0, run.stderr
+    [(total, count, images)] = ledger(
+        db, "SELECT sum(actual_micros), count(*), sum(status='succeeded') FROM ledger")
+    assert total > 0
+    match = re.search(r"(\d+) images, (\$\d+\.\d{4}) spent", run.stdout)
+    assert match, run.stdout
+    assert (int(match[1]), match[2]) == (images, format_usd(total))
+    assert f"Wrote {count} ledger rows" in run.stdout
+    with out.open(newline="", encoding="utf-8") as handle:
+        exported = list(csv.DictReader(handle))
+    assert len(exported) == count
+    assert sum(int(r["actual_micros"]) for r in exported) == total
+    assert sorted(int(r["id"]) for r in exported) == [r["id"] for r in ledger(db)]
+
+
+def _set_then_show(quota_run: tuple[Path, dict[str, str], list[Run], Run], cwd: Path, set_args: list[str]) -> None:
+    db, env, _, _ = quota_run
+    before = imagebot(["quota", "show", "--user", "u1"], env, cwd)
+    assert before.code == 0, before.stderr
+    assert re.search(r"your daily images: 3 images used of [35] images, [02] images left, "
+                     r"resets \d{4}-\d\d-\d\d 00:00 UTC", before.stdout), before.stdout
+
+    set_run = imagebot(set_args, env, cwd)
+    assert set_run.code == 0, set_run.stderr
+    assert "u1" in set_run.stdout and "daily_images" in set_run.stdout
+
+    after = imagebot(["quota", "show", "--user", "u1"], env, cwd)
+    assert after.code == 0, after.stderr
+    assert "your daily images: 3 images used of 5 images, 2 images left" in after.stdout, after.stdout
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='u1'").fetchone() == (5,)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "bot/cli.py: the quota parser's positional `limits` (nargs='*') is matched, empty, before --user, "
+    "so argparse rejects `daily_images=5` after it as an unrecognized argument"))
+def test_quota_set_then_show(quota_run: tuple[Path, dict[str, str], list[Run], Run], tmp_path: Path) -> None:
+    _set_then_show(quota_run, tmp_path, ["quota", "set", "--user", "u1", "daily_images=5"])
+
+
+def test_quota_set_with_the_limits_first_then_show(
+    quota_run: tuple[Path, dict[str, str], list[Run], Run], tmp_path: Path,
+) -> None:
+    _set_then_show(quota_run, tmp_path, ["quota", "set", "daily_images=5", "--user", "u1"])
+    _, env, _, _ = quota_run
+    bad = imagebot(["quota", "set", "daily_images=lots", "--user", "u1"], env, tmp_path)
+    assert bad.code == 2 and "daily_images" in bad.stderr
