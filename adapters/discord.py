@@ -47,6 +47,7 @@ UPLOAD_ATTEMPTS = 4
 # Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
 # 10008 unknown message (the original response was deleted), 40005 request entity too large.
 TOKEN_GONE_CODES = (50027, 10015, 10008)
+Deferred = discord.InteractionCallbackResponse[Any] | None  # what defer() answers: the original's message id
 
 
 def escape(text: str) -> str:
@@ -205,9 +206,10 @@ class DiscordJobView:
                 and time.monotonic() - self.born < self.adapter.token_lifetime)
 
     @property
-    def reference(self) -> discord.MessageReference | None:
+    def reference(self) -> discord.MessageReference:
+        """A reply to the anchor that still posts if the anchor was deleted (MISSING: no anchor)."""
         if self.anchor is None:
-            return None
+            return MISSING
         return discord.MessageReference(message_id=self.anchor, channel_id=int(self.who.channel),
                                         guild_id=int(self.who.workspace), fail_if_not_exists=False)
 
@@ -274,6 +276,9 @@ class DiscordJobView:
                 await self.progress_message.edit(content=content, attachments=attachments,
                                                  view=cancel_view(self.job_id), allowed_mentions=NO_PINGS)
         except discord.HTTPException as exc:
+            if preview is not None and too_large(exc):
+                # Discord's real limit is below what it told us: remember, so the image is fitted up front.
+                self.upload_limit = min(self.upload_limit, len(preview) - 1)
             log.warning("progress update failed", extra={"job_id": self.job_id, "status": exc.status,
                                                          "code": exc.code})
         except Exception:
@@ -432,12 +437,12 @@ class DiscordAdapter:
                           ref3: discord.Attachment | None = None, ref4: discord.Attachment | None = None,
                           ref5: discord.Attachment | None = None, mask: discord.Attachment | None = None) -> None:
             born = time.monotonic()
-            await interaction.response.defer(thinking=True)
+            deferred = await interaction.response.defer(thinking=True)
             size = "".join(size.split()) if size else None  # "1536 x 1024" must not spill into the prompt
             text = imagine_text(prompt, size=size or None, quality=quality, format=format,
                                 compression=compression, count=count)
             refs = [a for a in (ref1, ref2, ref3, ref4, ref5) if a is not None]
-            await self._imagine(interaction, born, text, refs, mask)
+            await self._imagine(interaction, born, deferred, text, refs, mask)
 
         @tree.context_menu(name="Edit image")
         @app_commands.guild_only()
@@ -533,7 +538,7 @@ class DiscordAdapter:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def _imagine(self, interaction: discord.Interaction[Any], born: float, text: str,
+    async def _imagine(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, text: str,
                        refs: Sequence[discord.Attachment], mask: discord.Attachment | None) -> None:
         """`/imagine` after the defer: download and decode attachments, parse, run."""
         who = self._who(interaction)
@@ -544,26 +549,27 @@ class DiscordAdapter:
         except UserError as exc:
             await self._tell_privately(interaction, str(exc))
             return
-        await self._run_interaction(interaction, born, who, request)
+        await self._run_interaction(interaction, born, deferred, who, request)
 
     async def edit_from_menu(self, interaction: discord.Interaction[Any], target: discord.Message,
                              image: discord.Attachment, instruction: str) -> None:
         """The "Edit image" modal was submitted: edit the target message's image with the instruction."""
         born = time.monotonic()
-        await interaction.response.defer(thinking=True)
+        deferred = await interaction.response.defer(thinking=True)
         try:
             base = await self._decode(image)
             request = self.core.parse(instruction, [base])
         except UserError as exc:
             await self._tell_privately(interaction, str(exc))
             return
-        await self._run_interaction(interaction, born, self._who(interaction), request)
+        await self._run_interaction(interaction, born, deferred, self._who(interaction), request)
 
-    async def _run_interaction(self, interaction: discord.Interaction[Any], born: float, who: Requester,
-                               request: ImageRequest) -> None:
-        original = None
-        with contextlib.suppress(discord.HTTPException):
-            original = (await interaction.original_response()).id
+    async def _run_interaction(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred,
+                               who: Requester, request: ImageRequest) -> None:
+        original = deferred.message_id if deferred is not None else None
+        if original is None:  # the callback answer did not say: ask
+            with contextlib.suppress(discord.HTTPException):
+                original = (await interaction.original_response()).id
         view = DiscordJobView(self, who, interaction=interaction, born=born, anchor=original,
                               upload_limit=self._limit(interaction, interaction.guild_id))
         await self._run(who, request, view, lambda text: self._tell_privately(interaction, text))

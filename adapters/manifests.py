@@ -48,3 +48,25 @@ def slack_manifest(*, socket_mode: bool = True, request_url: str = "https://YOUR
                      "org_deploy_enabled": False, "socket_mode_enabled": socket_mode,
                      "token_rotation_enabled": False},
     }
+
+
+# Discord: exactly the permissions the bot uses, as bits of the OAuth2 `permissions` integer.
+DISCORD_PERMISSIONS = {
+    "View Channel": 1 << 10,              # see the channels it is used in
+    "Send Messages": 1 << 11,             # progress, images, replies (token past 15 min, reply-to-edit)
+    "Embed Links": 1 << 14,               # link previews in its messages
+    "Attach Files": 1 << 15,              # the images, previews and usage charts
+    "Read Message History": 1 << 16,      # reply to messages and fetch the image a reply points at
+    "Send Messages in Threads": 1 << 38,  # the same inside threads
+}
+DISCORD_SCOPES = ("bot", "applications.commands")
+
+
+def discord_invite_url(client_id: str) -> str:
+    """The OAuth2 URL that adds the bot to a server with its slash commands and only the permissions it uses."""
+    from urllib.parse import quote, urlencode
+
+    permissions = sum(DISCORD_PERMISSIONS.values())
+    query = urlencode({"client_id": client_id, "permissions": permissions, "scope": " ".join(DISCORD_SCOPES)},
+                      quote_via=quote)
+    return f"https://discord.com/oauth2/authorize?{query}"

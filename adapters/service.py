@@ -95,10 +95,14 @@ async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
                 except Exception:
                     log.exception("could not tell the user about an interrupted job")
         heartbeat = asyncio.create_task(_heartbeat(core))
+        probe = metrics.LoopLagProbe()
+        metrics.LOOP_LAG_P99.set_function(probe.p99)
+        lag_task = asyncio.create_task(probe.run())
         if ready is not None:
             ready.set()
         await stop.wait()
         heartbeat.cancel()
+        lag_task.cancel()
         log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
         await core.runner.shutdown(settings.shutdown_grace)
     finally:

@@ -55,6 +55,11 @@ class UpdateBudget:
         self.tokens = float(burst)
         self.stamp = time.monotonic()
 
+    async def wait(self) -> None:
+        """Wait for a token: for updates that must land (the done line), unlike progress ticks."""
+        while not self.take():
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
     def take(self) -> bool:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
@@ -122,17 +127,25 @@ class SlackJobView:
             channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
             initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
         first = result.images[0]
-        await self.adapter.client.chat_update(
-            channel=self.channel, ts=self.ts, text="Done",
-            blocks=done_blocks(f"Done: {first.width}x{first.height} {result.request.quality} · "
-                               f"{format_usd(result.total_micros)} · {result.elapsed:.0f} s · image in the thread"))
+        self._finish(f"Done: {first.width}x{first.height} {result.request.quality} · "
+                     f"{format_usd(result.total_micros)} · {result.elapsed:.0f} s · image in the thread")
 
     async def failed(self, failure: JobFailure) -> None:
         text = escape(failure.summary())
         await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread,
                                                    text=f"<@{self.who.user}> {text}")
-        await self.adapter.client.chat_update(channel=self.channel, ts=self.ts, text=text,
-                                              blocks=done_blocks(clip(text, 2900)))
+        self._finish(clip(text, 2900))
+
+    def _finish(self, text: str) -> None:
+        """Turn the progress message into its final line, within the chat.update budget.
+
+        Runs as its own task: the user already has the image (or the error) in the thread.
+        """
+        async def update() -> None:
+            await self.adapter.budget.wait()
+            await self.adapter.client.chat_update(channel=self.channel, ts=self.ts, text=text,
+                                                  blocks=done_blocks(text))
+        self.adapter.spawn(update())
 
 
 class SlackAdapter:
@@ -143,13 +156,17 @@ class SlackAdapter:
         assert settings.slack_bot_token is not None
         self.core = core
         self.token = settings.slack_bot_token.reveal()
-        self.client = AsyncWebClient(token=self.token, base_url=settings.slack_api_url,
+        # One pooled session for every Web API call (slack_sdk otherwise opens a session per call).
+        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+        self.client = AsyncWebClient(token=self.token, base_url=settings.slack_api_url, session=self.http,
                                      retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
         self.app = AsyncApp(
             client=self.client,
             signing_secret=settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None,
             request_verification_enabled=not settings.slack_socket_mode,
-            process_before_response=False,
+            # Listeners ack and hand the work to a task at once, so bolt can answer as soon as they return
+            # (without it bolt polls for the ack every 10 ms).
+            process_before_response=True,
         )
         self.budget = UpdateBudget()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -157,14 +174,12 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.file_hosts = {"files.slack.com", urlsplit(settings.slack_api_url).netloc}
         self.socket_handler: Any = None
-        self.http: aiohttp.ClientSession | None = None
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self, web_app: web.Application | None) -> None:
         """Learn who we are (auth.test), then listen: Socket Mode if an app token is set, else HTTP."""
-        self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
         auth = await self.client.auth_test()
         self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
         settings = self.core.settings
@@ -187,8 +202,7 @@ class SlackAdapter:
     async def close(self) -> None:
         if self.socket_handler is not None:
             await self.socket_handler.close_async()
-        if self.http is not None:
-            await self.http.close()
+        await self.http.close()
 
     @property
     def connected(self) -> bool:
@@ -370,7 +384,6 @@ class SlackAdapter:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or parts.netloc not in self.file_hosts:
             raise UserError(f"{file.get('name', 'a file')} is not hosted by Slack; attach the image to the message")
-        assert self.http is not None
         async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"},
                                  allow_redirects=False) as response:
             if response.status != 200 or response.content_type.startswith("text/html"):

@@ -15,12 +15,17 @@ class QuotaExceeded(UserError):
     """A limit would be crossed; the message names the limit, what is left and when it resets."""
 
 
-class ModerationRefused(UserError):
-    """The provider refused the prompt or image on content grounds."""
+class ApiRejected(UserError):
+    """The provider refused the request as invalid (HTTP 400): the user can change it. Not billed."""
 
-    def __init__(self, message: str, request_ids: tuple[str, ...] = ()) -> None:
+    def __init__(self, message: str, request_ids: tuple[str, ...] = (), attempts: int = 1) -> None:
         super().__init__(message)
         self.request_ids = request_ids
+        self.attempts = attempts
+
+
+class ModerationRefused(ApiRejected):
+    """The provider refused the prompt or image on content grounds."""
 
 
 class ProviderError(ImagebotError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import metrics
-from .errors import ProviderError, UserError
+from .errors import ApiRejected, ProviderError, UserError
 from .ledger import Ledger, Reservation
 from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
 from .render import Renderer, RenderResult
@@ -383,10 +383,9 @@ class JobRunner:
                 await self._close(job, row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
                                             attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc))
                 raise
-            except UserError as exc:
-                await self._close(job, row_id, status="failed", actual_micros=0,
-                                            request_ids=getattr(exc, "request_ids", ()), error=str(exc),
-                                            latency_ms=_ms(state.started))
+            except ApiRejected as exc:
+                await self._close(job, row_id, status="failed", actual_micros=0, request_ids=exc.request_ids,
+                                  attempts=exc.attempts, error=str(exc), latency_ms=_ms(state.started))
                 raise
             except BaseException as exc:
                 await self._close(job, row_id, status="failed", actual_micros=0, error=repr(exc)[:500])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
@@ -19,3 +22,35 @@ ATTEMPTS = Counter("imagebot_api_attempts_total", "HTTP attempts to the image AP
 def exposition() -> bytes:
     """The text format Prometheus scrapes."""
     return generate_latest(REGISTRY)
+
+
+class LoopLagProbe:
+    """Measures how late a short sleep wakes up: how long the event loop was blocked.
+
+    Feeds a histogram, and keeps recent samples so /metrics can show an exact recent p99.
+    """
+
+    def __init__(self, interval: float = 0.01, keep: int = 20_000) -> None:
+        self.interval = interval
+        self.samples: deque[float] = deque(maxlen=keep)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start = loop.time()
+            await asyncio.sleep(self.interval)
+            lag = max(0.0, loop.time() - start - self.interval)
+            self.samples.append(lag)
+            LOOP_LAG.observe(lag)
+
+    def p99(self) -> float:
+        if not self.samples:
+            return 0.0
+        ordered = sorted(self.samples)
+        return ordered[int(0.99 * (len(ordered) - 1))]
+
+
+LOOP_LAG = Histogram("imagebot_event_loop_lag_seconds", "How late the event loop ran a 10 ms timer",
+                     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY)
+LOOP_LAG_P99 = Gauge("imagebot_event_loop_lag_p99_seconds", "p99 of recent event-loop lag samples",
+                     registry=REGISTRY)

@@ -121,7 +121,7 @@ _COUNTERS_SQL = ("SELECT scope, key, period, micros, images FROM counters WHERE 
 
 def _used_all(db: sqlite_utils.Database, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(micros, images) of the four counters a requester's limits read, in one primary-key query."""
-    found = db.conn.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
+    found = db.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 
@@ -176,7 +176,7 @@ def bump(db: sqlite_utils.Database, who: Requester, day: str, month: str, *, mic
     params: list[object] = []
     for scope, key, period in counter_keys(who, day, month):
         params += (scope, key, period, micros, images)
-    db.conn.execute(_BUMP_SQL, params)
+    db.execute(_BUMP_SQL, params)
 
 
 _BUMP_SQL = ("INSERT INTO counters (scope, key, period, micros, images) VALUES "

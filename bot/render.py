@@ -21,7 +21,7 @@ import httpx2
 import openai
 
 from . import metrics
-from .errors import ModerationRefused, ProviderError, UserError
+from .errors import ApiRejected, ModerationRefused, ProviderError
 from .images import image_size
 from .pricing import Usage
 from .request import ImageRequest
@@ -173,7 +173,7 @@ class Renderer:
                     if stream_try == self.max_retries:
                         raise ProviderError(
                             f"the image stream broke before the image arrived, {len(attempts)} attempts",
-                            _ids(attempts), possibly_billed=True, attempts=len(attempts),
+                            _ids(attempts) or (client_request_id,), possibly_billed=True, attempts=len(attempts),
                         ) from None
                     log.warning("stream broke; retrying", extra={"request_ids": _ids(attempts)})
             for attempt in reversed(attempts):
@@ -182,7 +182,7 @@ class Renderer:
                     break
             data, width, height = await asyncio.to_thread(_decode, b64)
         except openai.APIError as exc:
-            raise _translate(exc, attempts, self.timeout) from None
+            raise _translate(exc, attempts, self.timeout, client_request_id) from None
         except (ValueError, TypeError) as exc:  # an answer we cannot read: it may still have been billed
             raise ProviderError(
                 f"the image API sent an answer that is not an image ({type(exc).__name__})",
@@ -230,8 +230,9 @@ def _ids(attempts: list[Attempt]) -> tuple[str, ...]:
     return tuple(a.request_id for a in attempts if a.request_id)
 
 
-def _translate(exc: openai.APIError, attempts: list[Attempt], timeout: float) -> Exception:
-    ids = _ids(attempts)
+def _translate(exc: openai.APIError, attempts: list[Attempt], timeout: float, client_id: str = "") -> Exception:
+    # With no answer there is no x-request-id; our X-Client-Request-Id still identifies the call.
+    ids = _ids(attempts) or ((client_id,) if client_id else ())
     n = len(attempts)
     billed = any(a.possibly_billed for a in attempts)
     tries = f"after {n} attempt{'s' if n != 1 else ''}"
@@ -249,10 +250,10 @@ def _translate(exc: openai.APIError, attempts: list[Attempt], timeout: float) ->
             return ModerationRefused(
                 "the image API's safety system refused this request; rephrase the prompt or change the image"
                 + (f" (request id {', '.join(ids)})" if ids else ""),
-                ids,
+                ids, n,
             )
-        return UserError(f"the image API rejected the request: {message}"
-                         + (f" (request id {', '.join(ids)})" if ids else ""))
+        return ApiRejected(f"the image API rejected the request: {message}"
+                           + (f" (request id {', '.join(ids)})" if ids else ""), ids, n)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ProviderError("the image API refused the bot's credentials; an admin should check OPENAI_API_KEY",
                              ids, attempts=n)

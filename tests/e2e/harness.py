@@ -41,7 +41,7 @@ class RunningBot:
         columns = [c[1] for c in await self.core.ledger.query("PRAGMA table_info(ledger)")]
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
-    async def settled(self, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:
+    async def settled(self, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """Wait until `count` ledger rows are closed (not reserved/running); return all rows."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:

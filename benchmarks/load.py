@@ -1,0 +1,217 @@
+"""Load: `imagebot run` (a real subprocess) against loopback fakes with a fixed render latency.
+
+Scenarios, each with a floor measured in the same run against the same fakes:
+  slack   N concurrent /imagine through Slack's HTTP path (signed slash commands); floor = a plain
+          script doing the same SDK call plus files_upload_v2.
+  discord N concurrent /imagine interactions through the Discord fake (when the adapter is there);
+          floor = the same SDK call plus a channel file upload with discord.py's HTTP client.
+  4k      M concurrent 3840x2160 png jobs through the Slack path.
+Prints ack p50/p99/max, end-to-end / floor ratio, the bot's event-loop lag p99 (its /metrics) and
+peak RSS (VmHWM of the bot process), and the RSS budget (2.5 x image bytes in flight + 150 MB).
+Last line: JSON with ack_p99_ms, ratio, loop_lag_p99_ms, peak_rss_mb, rss_budget_mb.
+Targets: ack p99 <= 100 ms, ratio <= 1.05, loop lag p99 <= 20 ms, peak RSS <= budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import free_port, offline_server_process, percentile  # noqa: E402
+from tests.fakes.slack import FakeSlack  # noqa: E402
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Bot:
+    """`imagebot run` as a subprocess."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env, "IMAGEBOT_HTTP_HOST": "127.0.0.1", "IMAGEBOT_HTTP_PORT": str(self.port),
+                    "IMAGEBOT_LOG_LEVEL": "WARNING"}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> Bot:
+        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=self.env, cwd=ROOT,
+                                     stdout=subprocess.DEVNULL, stderr=open(self.env["BENCH_LOG"], "wb"))
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientError:
+                    pass
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"bot exited: see {self.env['BENCH_LOG']}")
+                await asyncio.sleep(0.1)
+        raise RuntimeError("bot did not become healthy")
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(60)
+
+    async def metric(self, name: str) -> float:
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
+            text = await response.text()
+        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        return float(match[1]) if match else 0.0
+
+
+async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -> tuple[list[float], list[float]]:
+    """n signed slash commands at once; returns (ack seconds, end-to-end seconds) per job."""
+    sent: dict[str, float] = {}
+    acks: list[float] = []
+    events_url = f"{bot.url}/slack/events"
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        # Open n keep-alive connections first (invalid commands: refused privately, no cost), so the
+        # acks below measure the bot, not this process setting up 200 TCP connections.
+        async def warm(i: int) -> None:
+            payload = fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")
+            body = urllib.parse.urlencode(payload).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **fake.sign(body)}
+            async with session.post(events_url, data=body, headers=headers) as response:
+                await response.read()
+
+        await asyncio.gather(*(warm(i) for i in range(n)))
+        await asyncio.sleep(1)
+
+        async def one(i: int) -> None:
+            # One prompt for all (the offline server renders it once); the user id tells jobs apart.
+            payload = fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}",
+                                                 user_id=f"U{tag}{i}")
+            body = urllib.parse.urlencode(payload).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **fake.sign(body)}
+            sent[f"U{tag}{i}"] = time.monotonic()
+            start = time.perf_counter()
+            async with session.post(events_url, data=body, headers=headers) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            acks.append(time.perf_counter() - start)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + 600
+    while len(done) < n and time.monotonic() < deadline:
+        for call in fake.calls_to("files.completeUploadExternal"):
+            match = re.match(r"<@(U\w+)>", call.args.get("initial_comment", ""))
+            if match and match[1] in sent and match[1] not in done:
+                done[match[1]] = call.at
+        await asyncio.sleep(0.05)
+    if len(done) < n:
+        raise RuntimeError(f"only {len(done)} of {n} uploads arrived")
+    return acks, [done[k] - sent[k] for k in done]
+
+
+async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
+    """The same work done by a plain script: one SDK call, then files_upload_v2, n at once."""
+    import base64
+
+    import openai
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    api = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=600)
+    slack = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+    durations: list[float] = []
+
+    async def one(i: int) -> None:
+        start = time.monotonic()
+        response = await api.images.generate(model="gpt-image-2", prompt="load test", size=size,  # type: ignore[arg-type]
+                                             quality="low", output_format=fmt)  # type: ignore[arg-type]
+        data = base64.b64decode(response.data[0].b64_json or "")  # type: ignore[index]
+        await slack.files_upload_v2(channel=f"C{i % 8}", file=data, filename=f"floor.{fmt}",
+                                    initial_comment="floor", thread_ts=None)
+        durations.append(time.monotonic() - start)
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    await api.close()
+    return durations
+
+
+def summarise(name: str, acks: list[float], e2e: list[float], floor: list[float]) -> dict[str, float]:
+    result = {
+        "jobs": len(e2e),
+        "ack_p50_ms": round(percentile(acks, 50) * 1000, 1) if acks else 0.0,
+        "ack_p99_ms": round(percentile(acks, 99) * 1000, 1) if acks else 0.0,
+        "ack_max_ms": round(max(acks) * 1000, 1) if acks else 0.0,
+        "e2e_mean_s": round(sum(e2e) / len(e2e), 3),
+        "floor_mean_s": round(sum(floor) / len(floor), 3),
+        "ratio": round((sum(e2e) / len(e2e)) / (sum(floor) / len(floor)), 4),
+    }
+    print(f"{name}: {result}", flush=True)
+    return result
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, offline_server_process(args.latency) as base_url:
+        fake = FakeSlack()
+        await fake.start()
+        env = {"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
+               "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
+               "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k)),
+               "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": f"{tmp}/bot.log"}
+        try:
+            async with Bot(env) as bot:
+                # Warm the server's render cache and every connection pool once.
+                await slack_burst(fake, bot, 1, "--size 1024x1024 --quality low", "warm")
+                acks, e2e = await slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", "s")
+                floor = await slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg")
+                results["slack"] = summarise("slack", acks, e2e, floor)
+                acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
+                                                "--size 3840x2160 --format png --quality low", "k")
+                floor4 = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
+                results["4k"] = summarise("4k", acks4, e2e4, floor4)
+                png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
+                jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
+                results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)
+                results["peak_rss_mb"] = round(vm_hwm_mb(bot.proc.pid), 1)  # type: ignore[union-attr]
+                in_flight = max(args.jobs * jpeg_bytes, args.jobs_4k * png_bytes)
+                results["image_bytes_in_flight_mb"] = round(in_flight / 1e6, 1)
+                results["rss_budget_mb"] = round(2.5 * in_flight / 1e6 + 150, 1)
+        finally:
+            await fake.stop()
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--jobs-4k", type=int, default=50)
+    parser.add_argument("--latency", type=float, default=5.0)
+    results = asyncio.run(main(parser.parse_args()))
+    scenarios = [results[k] for k in ("slack", "discord", "4k") if k in results]
+    print(json.dumps({
+        "ack_p50_ms": max(s["ack_p50_ms"] for s in scenarios),
+        "ack_p99_ms": max(s["ack_p99_ms"] for s in scenarios),
+        "ack_max_ms": max(s["ack_max_ms"] for s in scenarios),
+        "ratio": max(s["ratio"] for s in scenarios),
+        "loop_lag_p99_ms": results["loop_lag_p99_ms"],
+        "peak_rss_mb": results["peak_rss_mb"],
+        "rss_budget_mb": results["rss_budget_mb"],
+        "detail": results,
+    }))

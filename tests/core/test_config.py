@@ -1,0 +1,229 @@
+"""Settings from the environment and `.env` (SPEC §7): the defaults, what overrides what, and
+one-line errors that name the variable and never show a secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.config import Secret, Settings
+from bot.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Distinctive values, so a leak anywhere is easy to spot.
+SECRETS = {
+    "OPENAI_API_KEY": "sk-test-OPENAI-LEAK-c0ffee",
+    "SLACK_BOT_TOKEN": "xoxb-test-SLACK-BOT-LEAK-f00d",
+    "SLACK_SIGNING_SECRET": "test-SIGNING-LEAK-beef",
+    "SLACK_APP_TOKEN": "xapp-test-SLACK-APP-LEAK-cafe",
+    "DISCORD_TOKEN": "test-DISCORD-LEAK-d00d",
+}
+
+
+def load(env_file: str | Path | None = None, **environ: str) -> Settings:
+    return Settings.load(environ=environ, env_file=env_file)
+
+
+def config_error(**environ: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load(**environ)
+    message = str(caught.value)
+    assert "\n" not in message, "a configuration error is one line"
+    return message
+
+
+# --- defaults -------------------------------------------------------------------------------
+
+
+def test_defaults_are_the_specs() -> None:
+    settings = load()
+    assert settings.slack_api_url == "https://slack.com/api/"
+    assert settings.discord_api_url == "https://discord.com/api/v10"
+    assert settings.db_path == Path("./data/imagebot.sqlite3")
+    assert settings.http_port == 3000
+    assert settings.api_timeout == 360
+    assert settings.api_retries == 2
+    assert settings.timezone == ZoneInfo("UTC")
+    assert settings.model == "gpt-image-2"
+    assert settings.openai_base_url is None
+
+
+def test_quotas_are_unlimited_by_default() -> None:
+    quotas = load().quotas
+    assert (quotas.user_daily_micros, quotas.user_daily_images) == (None, None)
+    assert (quotas.user_monthly_micros, quotas.user_monthly_images) == (None, None)
+    assert (quotas.channel_monthly_micros, quotas.workspace_monthly_micros) == (None, None)
+
+
+def test_no_chat_platform_is_enabled_without_its_token() -> None:
+    settings = load()
+    assert not settings.slack_enabled
+    assert not settings.discord_enabled
+
+
+def test_offline_without_an_openai_api_key() -> None:
+    assert load().offline
+    assert load(IMAGEBOT_OFFLINE="0").offline
+
+
+def test_online_with_an_openai_api_key() -> None:
+    assert not load(OPENAI_API_KEY="sk-test").offline
+
+
+def test_imagebot_offline_1_forces_offline_even_with_a_key() -> None:
+    assert load(OPENAI_API_KEY="sk-test", IMAGEBOT_OFFLINE="1").offline
+
+
+# --- reading values -------------------------------------------------------------------------
+
+
+def test_values_are_read_and_typed() -> None:
+    settings = load(
+        OPENAI_BASE_URL="https://gateway.example/v1",
+        IMAGEBOT_DB="/srv/imagebot/ledger.sqlite3",
+        IMAGEBOT_HTTP_PORT="8080",
+        IMAGEBOT_TIMEZONE="Europe/Berlin",
+        IMAGEBOT_API_TIMEOUT="600",
+        IMAGEBOT_API_RETRIES="0",
+        IMAGEBOT_USER_DAILY_USD="2.50",
+        IMAGEBOT_USER_DAILY_IMAGES="10",
+        IMAGEBOT_CHANNEL_MONTHLY_USD="$40",
+        IMAGEBOT_ADMINS="U1, U2",
+        DISCORD_GUILD_IDS="123, 456",
+    )
+    assert settings.openai_base_url == "https://gateway.example/v1"
+    assert settings.db_path == Path("/srv/imagebot/ledger.sqlite3")
+    assert settings.http_port == 8080
+    assert settings.timezone == ZoneInfo("Europe/Berlin")
+    assert (settings.api_timeout, settings.api_retries) == (600, 0)
+    assert settings.quotas.user_daily_micros == 2_500_000
+    assert settings.quotas.user_daily_images == 10
+    assert settings.quotas.channel_monthly_micros == 40_000_000
+    assert settings.admins == {"U1", "U2"}
+    assert settings.discord_guild_ids == (123, 456)
+
+
+def test_slack_socket_mode_when_the_app_token_is_set() -> None:
+    settings = load(SLACK_BOT_TOKEN="xoxb-1", SLACK_APP_TOKEN="xapp-1")
+    assert settings.slack_enabled and settings.slack_socket_mode
+
+
+def test_slack_http_mode_when_the_app_token_is_not_set() -> None:
+    settings = load(SLACK_BOT_TOKEN="xoxb-1", SLACK_SIGNING_SECRET="shh")
+    assert settings.slack_enabled and not settings.slack_socket_mode
+
+
+def test_the_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "OPENAI_API_KEY=sk-from-file\nIMAGEBOT_HTTP_PORT=4000\nIMAGEBOT_TIMEZONE=Asia/Tokyo\n", encoding="utf-8"
+    )
+    settings = load(env_file, IMAGEBOT_HTTP_PORT="5000")
+    assert settings.openai_api_key == Secret("sk-from-file")
+    assert not settings.offline
+    assert settings.timezone == ZoneInfo("Asia/Tokyo")
+    assert settings.http_port == 5000
+
+
+def test_dot_env_in_the_working_directory_is_read_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / ".env").write_text("IMAGEBOT_API_RETRIES=5\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert Settings.load(environ={}).api_retries == 5
+
+
+# --- errors: one line, naming the variable --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, ["SLACK_SIGNING_SECRET", "HTTP mode"]),
+        ({"IMAGEBOT_API_TIMEOUT": "abc"}, ["IMAGEBOT_API_TIMEOUT", "not a number"]),
+        ({"IMAGEBOT_API_TIMEOUT": "-5"}, ["IMAGEBOT_API_TIMEOUT", ">= 0.001"]),
+        ({"IMAGEBOT_API_RETRIES": "many"}, ["IMAGEBOT_API_RETRIES", "0-10"]),
+        ({"IMAGEBOT_USER_DAILY_USD": "-1"}, ["IMAGEBOT_USER_DAILY_USD", ">= 0"]),
+        ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "-0.01"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", ">= 0"]),
+        ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots"}, ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "not a USD amount"]),
+        ({"IMAGEBOT_USER_MONTHLY_IMAGES": "-3"}, ["IMAGEBOT_USER_MONTHLY_IMAGES", "out of range"]),
+        ({"IMAGEBOT_TIMEZONE": "Mars/Olympus_Mons"}, ["IMAGEBOT_TIMEZONE", "IANA time zone"]),
+        ({"IMAGEBOT_TIMEZONE": "America"}, ["IMAGEBOT_TIMEZONE", "IANA time zone"]),
+        ({"IMAGEBOT_HTTP_PORT": "http"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),
+        ({"IMAGEBOT_HTTP_PORT": "70000"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),
+        ({"IMAGEBOT_HTTP_PORT": "-1"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),
+        ({"IMAGEBOT_HTTP_PORT": "--5"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),
+        ({"IMAGEBOT_HTTP_PORT": "²"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),
+        ({"DISCORD_GUILD_IDS": "123,abc"}, ["DISCORD_GUILD_IDS", "'abc'"]),
+        ({"OPENAI_BASE_URL": "gateway.example/v1"}, ["OPENAI_BASE_URL", "http://"]),
+        ({"IMAGEBOT_SIZE": "4000x4000"}, ["IMAGEBOT_SIZE", "3840"]),
+        ({"IMAGEBOT_QUALITY": "ultra"}, ["IMAGEBOT_QUALITY", "low, medium, high, auto"]),
+    ],
+)
+def test_a_bad_setting_is_a_one_line_error_naming_the_variable(environ: dict[str, str], names: list[str]) -> None:
+    message = config_error(**environ)
+    for name in names:
+        assert name in message
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    settings = load(**SECRETS)
+    for text in (repr(settings), str(settings)):
+        for value in SECRETS.values():
+            assert value not in text
+    assert sorted(settings.secrets()) == sorted(SECRETS.values())  # still usable, for the API and log scrubbing
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"IMAGEBOT_API_TIMEOUT": "abc"},
+        {"IMAGEBOT_HTTP_PORT": "70000"},
+        {"IMAGEBOT_TIMEZONE": "Nowhere/Land"},
+        {"IMAGEBOT_USER_DAILY_USD": "-1"},
+        {"SLACK_APP_TOKEN": "not-an-xapp-token-LEAK"},
+        {"SLACK_APP_TOKEN": "", "SLACK_SIGNING_SECRET": ""},
+        {"SLACK_BOT_TOKEN": ""},
+    ],
+)
+def test_secrets_never_show_in_an_error(environ: dict[str, str]) -> None:
+    values = {**SECRETS, **environ}
+    with pytest.raises(ConfigError) as caught:
+        load(**values)
+    for name in SECRETS:
+        if values[name]:
+            assert values[name] not in str(caught.value)
+    assert "LEAK" not in str(caught.value)
+
+
+def test_a_secret_hides_itself() -> None:
+    secret = Secret("sk-hidden-LEAK")
+    assert "LEAK" not in repr(secret) and "LEAK" not in str(secret) and "LEAK" not in f"{secret}"
+    assert secret.reveal() == "sk-hidden-LEAK"
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def test_imagebot_run_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
+    prefixes = ("OPENAI_", "SLACK_", "DISCORD_", "IMAGEBOT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and "TOKEN" not in k and "SECRET" not in k}
+    env["IMAGEBOT_API_TIMEOUT"] = "abc"
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "IMAGEBOT_API_TIMEOUT" in lines[0]
+    assert "Traceback" not in result.stderr
