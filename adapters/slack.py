@@ -116,7 +116,7 @@ class SlackJobView:
         if not self.adapter.budget.take():
             return  # over the workspace's chat.update budget: skip this tick, the next one catches up
         await self.adapter.client.chat_update(
-            channel=self.channel, ts=self.ts, text=f"Rendering: {clip(progress.request.prompt, 100)}",
+            channel=self.channel, ts=self.ts, text=f"Rendering: {escape(clip(progress.request.prompt, 100))}",
             blocks=progress_blocks(progress, self.who, self.job_id))
 
     async def deliver(self, result: JobResult) -> None:
@@ -323,7 +323,7 @@ class SlackAdapter:
             return
         try:
             posted = await self.client.chat_postMessage(
-                channel=who.channel, thread_ts=thread_ts, text=f"Queued: {clip(request.prompt, 100)}",
+                channel=who.channel, thread_ts=thread_ts, text=f"Queued: {escape(clip(request.prompt, 100))}",
                 blocks=progress_blocks(self.core.runner.first_progress(job), who, job.id))
         except SlackApiError as exc:
             await self.core.runner.abandon(job, f"progress message failed: {exc.response.get('error')}")

@@ -124,16 +124,16 @@ class _Env:
     def __init__(self, raw: Mapping[str, str]) -> None:
         self.raw = raw
 
-    def str(self, name: str, default: str | None = None) -> str | None:
+    def text(self, name: str, default: str | None = None) -> str | None:
         value = self.raw.get(name, "").strip()
         return value if value else default
 
     def secret(self, name: str) -> Secret | None:
-        value = self.str(name)
+        value = self.text(name)
         return Secret(value) if value else None
 
     def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
-        text = self.str(name)
+        text = self.text(name)
         if text is None:
             return default
         try:
@@ -145,7 +145,7 @@ class _Env:
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
-        text = self.str(name)
+        text = self.text(name)
         if text is None:
             return default
         if not re.fullmatch(r"-?[0-9]+", text):
@@ -156,7 +156,7 @@ class _Env:
         return value
 
     def flag(self, name: str, default: bool) -> bool:
-        text = self.str(name)
+        text = self.text(name)
         if text is None:
             return default
         if text.lower() in ("1", "true", "yes", "on"):
@@ -166,7 +166,7 @@ class _Env:
         raise ConfigError(f"{name}={text!r} must be 1 or 0 (true/false)")
 
     def usd(self, name: str) -> int | None:
-        text = self.str(name)
+        text = self.text(name)
         if text is None:
             return None
         try:
@@ -178,10 +178,10 @@ class _Env:
         return int(value * MICRO)
 
     def count(self, name: str) -> int | None:
-        return None if self.str(name) is None else self.integer(name, 0)
+        return None if self.text(name) is None else self.integer(name, 0)
 
     def url(self, name: str, default: str) -> str:
-        value = self.str(name, default) or default
+        value = self.text(name, default) or default
         if not value.startswith(("http://", "https://")):
             raise ConfigError(f"{name}={value!r} must be an http:// or https:// URL")
         return value
@@ -198,36 +198,36 @@ def _parse(env: _Env) -> Settings:
         raise ConfigError("SLACK_APP_TOKEN / SLACK_SIGNING_SECRET are set but SLACK_BOT_TOKEN is not")
     if slack_app and not slack_app.reveal().startswith("xapp-"):
         raise ConfigError("SLACK_APP_TOKEN must be an app-level token starting with xapp- (Socket Mode)")
-    guild_text = env.str("DISCORD_GUILD_IDS", "") or ""
+    guild_text = env.text("DISCORD_GUILD_IDS", "") or ""
     guilds: list[int] = []
     for part in guild_text.replace(" ", ",").split(","):
         if part:
             if not (part.isascii() and part.isdigit()):
                 raise ConfigError(f"DISCORD_GUILD_IDS has {part!r}, which is not a numeric guild id")
             guilds.append(int(part))
-    tz_name = env.str("IMAGEBOT_TIMEZONE", "UTC") or "UTC"
+    tz_name = env.text("IMAGEBOT_TIMEZONE", "UTC") or "UTC"
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise ConfigError(f"IMAGEBOT_TIMEZONE={tz_name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
-    quality = (env.str("IMAGEBOT_QUALITY", "auto") or "auto").lower()
+    quality = (env.text("IMAGEBOT_QUALITY", "auto") or "auto").lower()
     if quality not in QUALITIES:
         raise ConfigError(f"IMAGEBOT_QUALITY={quality!r} must be one of {', '.join(QUALITIES)}")
-    size = env.str("IMAGEBOT_SIZE", "auto") or "auto"
+    size = env.text("IMAGEBOT_SIZE", "auto") or "auto"
     try:
         parse_size(size)
     except UserError as exc:
         raise ConfigError(f"IMAGEBOT_SIZE: {exc}") from None
-    base_url = env.str("OPENAI_BASE_URL")
+    base_url = env.text("OPENAI_BASE_URL")
     if base_url is not None:
         base_url = env.url("OPENAI_BASE_URL", base_url)
     return Settings(
         openai_api_key=api_key,
         openai_base_url=base_url,
-        model=env.str("IMAGEBOT_MODEL", "gpt-image-2") or "gpt-image-2",
+        model=env.text("IMAGEBOT_MODEL", "gpt-image-2") or "gpt-image-2",
         offline=offline,
         offline_latency=env.number("IMAGEBOT_OFFLINE_LATENCY", 3.0),
-        offline_faults=env.str("IMAGEBOT_OFFLINE_FAULTS", "") or "",
+        offline_faults=env.text("IMAGEBOT_OFFLINE_FAULTS", "") or "",
         slack_bot_token=slack_bot,
         slack_signing_secret=slack_secret,
         slack_app_token=slack_app,
@@ -235,10 +235,10 @@ def _parse(env: _Env) -> Settings:
         discord_token=env.secret("DISCORD_TOKEN"),
         discord_guild_ids=tuple(guilds),
         discord_api_url=env.url("DISCORD_API_URL", "https://discord.com/api/v10").rstrip("/"),
-        db_path=Path(env.str("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
-        http_host=env.str("IMAGEBOT_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
+        db_path=Path(env.text("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
+        http_host=env.text("IMAGEBOT_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
         http_port=env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535),
-        admins=frozenset(a.strip() for a in (env.str("IMAGEBOT_ADMINS", "") or "").split(",") if a.strip()),
+        admins=frozenset(a.strip() for a in (env.text("IMAGEBOT_ADMINS", "") or "").split(",") if a.strip()),
         quotas=QuotaDefaults(
             user_daily_micros=env.usd("IMAGEBOT_USER_DAILY_USD"),
             user_daily_images=env.count("IMAGEBOT_USER_DAILY_IMAGES"),
@@ -256,8 +256,8 @@ def _parse(env: _Env) -> Settings:
         default_size=size,
         default_quality=quality,
         store_prompts=env.flag("IMAGEBOT_STORE_PROMPTS", True),
-        prices_path=env.str("IMAGEBOT_PRICES"),
-        out_dir=Path(env.str("IMAGEBOT_OUT_DIR", "./out") or "./out"),
+        prices_path=env.text("IMAGEBOT_PRICES"),
+        out_dir=Path(env.text("IMAGEBOT_OUT_DIR", "./out") or "./out"),
         shutdown_grace=env.number("IMAGEBOT_SHUTDOWN_GRACE", 30.0),
-        log_level=(env.str("IMAGEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_level=(env.text("IMAGEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
     )

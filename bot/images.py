@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 
 from PIL import Image
@@ -11,9 +10,9 @@ from PIL import Image
 from .errors import UserError
 
 MAX_REFERENCES = 5
-MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_BYTES = 50_000_000
 # Pillow's decompression-bomb guard: above this many pixels we refuse to decode.
-MAX_DECODE_PIXELS = 64_000_000
+MAX_DECODE_PIXELS = 36_000_000
 ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
 
 
@@ -45,28 +44,26 @@ def load_image(name: str, data: bytes) -> ImageInput:
         raise UserError(f"{name} is {len(data) / 1e6:.1f} MB; each image must be at most 50 MB")
     if not data:
         raise UserError(f"{name} is empty; attach a PNG, JPEG or WebP image")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = ACCEPTED_FORMATS.get(img.format or "")
-                if fmt is None:
-                    raise UserError(
-                        f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP"
-                    )
-                if img.width * img.height > MAX_DECODE_PIXELS:
-                    raise UserError(
-                        f"{name} is {img.width}x{img.height}, over the {MAX_DECODE_PIXELS:,}-pixel decode limit"
-                    )
-                img.load()
-                has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-                return ImageInput(name, data, img.width, img.height, fmt, has_alpha)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise UserError(f"{name} is a decompression bomb (too many pixels); images must be under 64 MP") from None
-        except UserError:
-            raise
-        except Exception:
-            raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
+    try:
+        # The pixel check below runs on the header, before any pixel is decoded; Pillow's own
+        # guard (DecompressionBombError) catches the truly absurd ones already at open.
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = ACCEPTED_FORMATS.get(img.format or "")
+            if fmt is None:
+                raise UserError(f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP")
+            if img.width * img.height > MAX_DECODE_PIXELS:
+                raise UserError(f"{name} is {img.width}x{img.height}, a decompression bomb by our rules: "
+                                f"images must be under {MAX_DECODE_PIXELS // 1_000_000} MP")
+            img.load()
+            has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+            return ImageInput(name, data, img.width, img.height, fmt, has_alpha)
+    except Image.DecompressionBombError:
+        raise UserError(f"{name} is a decompression bomb (too many pixels); images must be under "
+                        f"{MAX_DECODE_PIXELS // 1_000_000} MP") from None
+    except UserError:
+        raise
+    except Exception:
+        raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
 
 
 def check_mask(mask: ImageInput, first: ImageInput) -> None:
