@@ -191,6 +191,7 @@ class DiscordJobView:
         self.upload_limit = upload_limit
         self.channel = adapter.client.get_partial_messageable(int(who.channel), guild_id=int(who.workspace))
         self.job_id = ""
+        self.prompt = ""
         self.expired = interaction is None
         self.progress_message: discord.Message | None = None
         self._pending: asyncio.Task[None] | None = None
@@ -219,9 +220,16 @@ class DiscordJobView:
 
     async def _via_interaction(self, edit: Callable[[discord.Interaction[Any]], Awaitable[Any]]) -> bool:
         """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone."""
-        if not self.token_alive:
+        if self.interaction is None or self.expired:
             return False
-        assert self.interaction is not None
+        if not self.token_alive:  # about to expire: say where the job went while we still can
+            self.expired = True
+            with contextlib.suppress(discord.HTTPException):
+                await self.interaction.edit_original_response(
+                    content=f"{quote(self.prompt)}\nStill working. Discord stops edits of this message after 15 "
+                            "minutes, so progress and the image continue in a reply to it.",
+                    allowed_mentions=NO_PINGS)
+            return False
         try:
             await edit(self.interaction)
             return True
@@ -302,7 +310,7 @@ class DiscordJobView:
         if await self._via_interaction(lambda ix: ix.edit_original_response(
                 content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS)):
             return
-        await self.channel.send(clip(f"<@{self.who.user}> {content}"), files=files(), reference=self.reference,
+        await self.channel.send(clip(f"<@{self.who.user}>\n{content}"), files=files(), reference=self.reference,
                                 allowed_mentions=pings(self.who.user))
         if self.progress_message is not None:
             with contextlib.suppress(discord.HTTPException):
@@ -310,18 +318,19 @@ class DiscordJobView:
             self.progress_message = None
 
     async def deliver(self, result: JobResult) -> None:
+        """Upload the images with the summary, fitted under the upload limit; never fail a paid image silently."""
         await self._drain()
         images = [(image.data, image.filename) for image in result.images]
-        budget = self.upload_limit // len(images)
-        problem = ""
+        budget = self.upload_limit // len(images)  # per image, so the whole message fits too
+        problem = "no attempt was made"
         for _ in range(UPLOAD_ATTEMPTS):
-            if max(len(data) for data, _name in images) > budget:
-                uploads, notes = await asyncio.to_thread(fit_images, images, budget)
-            else:
-                uploads, notes = [(name, data) for data, name in images], []
-            content = "\n".join([quote(result.request.prompt), escape(result.summary())] + [escape(n) for n in notes])
             try:
-                await self._final(content, uploads)
+                if max(len(data) for data, _name in images) > budget:
+                    uploads, notes = await asyncio.to_thread(fit_images, images, budget)
+                else:
+                    uploads, notes = [(name, data) for data, name in images], []
+                await self._final("\n".join([quote(result.request.prompt), escape(result.summary()),
+                                             *(escape(note) for note in notes)]), uploads)
                 return
             except discord.HTTPException as exc:
                 if not too_large(exc):
@@ -329,12 +338,20 @@ class DiscordJobView:
                     break
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
-                problem = f"Discord refused the upload as too large even at {budget * 2 / 1024:.0f} KiB"
-                log.warning("upload too large, re-encoding smaller",
-                            extra={"job_id": self.job_id, "budget": budget})
-        # Paid for but not shown: never silently. Say so, with the request ids and what it cost.
-        await self._final(f"{quote(result.request.prompt)}\nThe image was made but could not be posted: "
-                          f"{escape(problem)}.\n{escape(result.summary())}", [])
+                problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
+                log.warning("upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget})
+            except Exception as exc:  # e.g. a network error, or an image that cannot be made small enough
+                log.exception("image upload failed", extra={"job_id": self.job_id})
+                problem = f"{type(exc).__name__}: {exc}"
+                break
+        # Paid for but not shown: say so, with the request ids and what it cost.
+        try:
+            await self._final(f"{quote(result.request.prompt)}\nThe image was made but could not be posted: "
+                              f"{escape(problem)}.\n{escape(result.summary())}", [])
+        except Exception:
+            log.exception("could not tell the requester that their image could not be posted",
+                          extra={"job_id": self.job_id, "request_ids": [i for img in result.images
+                                                                        for i in img.request_ids]})
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
@@ -543,7 +560,7 @@ class DiscordAdapter:
         """`/imagine` after the defer: download and decode attachments, parse, run."""
         who = self._who(interaction)
         try:
-            references = [await self._decode(a) for a in refs]
+            references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
             decoded_mask = await self._decode(mask) if mask is not None else None
             request = self.core.parse(text, references, decoded_mask)
         except UserError as exc:
@@ -583,7 +600,7 @@ class DiscordAdapter:
         except UserError as exc:
             await tell(str(exc))
             return
-        view.job_id = job.id
+        view.job_id, view.prompt = job.id, request.prompt
         try:
             await view.open(runner.first_progress(job))
         except discord.HTTPException as exc:
@@ -621,9 +638,9 @@ class DiscordAdapter:
                 target = await message.channel.fetch_message(message.reference.message_id)
             except discord.HTTPException:
                 return
-        image = next((a for a in target.attachments if is_image(a)), None)
+        image = next((a for a in target.attachments if is_image(a) and a.filename.startswith("image-")), None)
         if target.author.id != me.id or image is None:
-            return  # not about our images
+            return  # not about an image we made (a usage chart is not one)
         if await self.core.ledger.seen(f"discord:{message.id}"):
             return
         who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))

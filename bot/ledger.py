@@ -23,6 +23,7 @@ import sqlite_utils
 
 from . import quota
 from .config import QuotaDefaults
+from .errors import UserError
 from .pricing import Usage
 from .request import ImageRequest, Requester
 from .store import connect, immediate
@@ -30,8 +31,8 @@ from .store import connect, immediate
 T = TypeVar("T")
 OPEN = ("reserved", "running")
 HEARTBEAT_STALE = timedelta(minutes=2)
-WAL_AUTOCHECKPOINT_PAGES = 1000
-WAL_SIZE_LIMIT = 64 * 1024 * 1024
+WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
+WAL_SIZE_LIMIT = 32 * 1024 * 1024
 
 
 def utcnow() -> datetime:
@@ -90,9 +91,9 @@ class Ledger:
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
         self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
-        # A job writes ~13 WAL pages; at SQLite's default (a checkpoint every 1000 pages) one commit in
-        # ~150 pays for a checkpoint's two fsyncs, a third of all ledger time. Checkpoint every ~4 MB
-        # instead (the WAL file is reused, and cut back to the limit after a checkpoint).
+        # A reserve+settle writes ~13 WAL pages; at SQLite's default (a checkpoint every 1000 pages) one
+        # commit in ~150 pays for a checkpoint's fsyncs, about a third of all ledger time. Checkpoint
+        # every 4000 pages instead; the WAL file is reused, and cut back to the limit after a checkpoint.
         self._sync(lambda: (self.db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"),
                             self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")))
         self.instance_id = uuid.uuid4().hex
@@ -272,6 +273,9 @@ class Ledger:
     def set_limits_sync(self, scope: str, key: str, values: dict[str, int | None]) -> None:
         if scope not in ("user", "channel", "workspace"):
             raise ValueError(scope)
+        if scope != "user" and any(column != "monthly_micros" for column in values):
+            # Only users have daily and image limits; stored for a channel they would be silently ignored.
+            raise UserError(f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)")
         stamp = _iso(self.clock())
         with immediate(self.db):
             self.db.execute("INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)", [scope, key, stamp])

@@ -52,7 +52,7 @@ MODERATION_MESSAGE = (
     "contact us at help.openai.com and include the request ID {request_id}."
 )
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
-_FAULT_RE = re.compile(r"^(500|502|503|429(?::[0-9]+)?|hang|drop|moderation|garbage)\*?$")
+_FAULT_RE = re.compile(r"^(ok|500|502|503|429(?::[0-9]+)?|hang|drop|moderation|garbage)\*?$")
 _SIZE_RE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 _REQUEST_ID_KEY = web.RequestKey("imagebot_request_id", str)
 
@@ -149,7 +149,7 @@ class _Body:
 def parse_faults(spec: str | Iterable[str]) -> list[str]:
     """Split and check a fault queue such as `"500,500,429:2,hang,drop,moderation"`.
 
-    Tokens are `500`, `502`, `503`, `429:N` (Retry-After N seconds; bare `429` sends no
+    Tokens are `ok` (a normal answer: a spacer in the queue), `500`, `502`, `503`, `429:N` (Retry-After N seconds; bare `429` sends no
     Retry-After), `hang`, `drop`, `moderation` and `garbage`; a trailing `*` makes a token
     permanent (never consumed). Raises ConfigError naming the bad token.
     """
@@ -161,8 +161,8 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
             continue
         if not _FAULT_RE.match(token):
             raise ConfigError(
-                f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use 500, 502, 503, 429:N, "
-                "hang, drop, moderation or garbage, optionally ending in * (always)"
+                f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 500, 502, 503, "
+                "429:N, hang, drop, moderation or garbage, optionally ending in * (always)"
             )
         tokens.append(token)
     return tokens
@@ -791,6 +791,8 @@ class OfflineImageServer:
         body = await self._read_body(request, endpoint)
         self._fill_record(record, body)
         fault = self._next_fault()
+        if fault == "ok":
+            fault = None
         record.fault = fault
         if fault is not None and fault != "drop":
             return await self._fault_response(request, record, fault)

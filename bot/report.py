@@ -91,7 +91,8 @@ async def build(ledger: Ledger, *, channel: str | None = None, user: str | None 
 
 def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
     """Daily spend bars with image counts on top, as PNG bytes. CPU work: run in a thread."""
-    days = [(report.since + timedelta(days=i + 1)).strftime("%Y-%m-%d") for i in range(report.days)]
+    # From the (partial) day `since` falls on to today: every day the figures sum over gets its bar.
+    days = [(report.since + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(report.days + 1)]
     by_day = {d: (m, n) for d, m, n in report.daily}
     values = [by_day.get(d, (0, 0)) for d in days]
     top = max([m for m, _ in values] + [1])

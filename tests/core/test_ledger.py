@@ -7,6 +7,7 @@ counts while its row is open or succeeded).
 
 from __future__ import annotations
 
+import io
 import random
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -17,11 +18,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlite_utils
+from PIL import Image
 
 from bot import quota, store
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
 from bot.ledger import Ledger
+from bot.pricing import format_usd
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
 
@@ -465,3 +468,134 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_v2(tmp_path: Path)
         assert ledger_rows(path, "job_id=?", (reservation.job_id,))[0]["context"] == '{"thread": "T1"}'
     finally:
         ledger.close()
+
+
+def test_a_failed_transaction_keeps_its_error_and_never_keeps_the_write_lock(tmp_path: Path) -> None:
+    path = tmp_path / "tx.sqlite3"
+    db = store.connect(path)
+    other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+    try:
+        db.execute("PRAGMA foreign_keys = ON")
+        db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        db.execute("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
+        db.execute("CREATE TABLE guarded (x INTEGER)")
+        db.execute("CREATE TRIGGER no_guarded BEFORE INSERT ON guarded BEGIN SELECT RAISE(ROLLBACK, 'nope'); END")
+
+        # The statement's error already rolled the transaction back: that error is what the caller sees.
+        with pytest.raises(sqlite3.IntegrityError, match="nope"), store.immediate(db):
+            db.execute("INSERT INTO guarded VALUES (1)")
+        assert not db.conn.in_transaction
+
+        # COMMIT itself fails (a deferred constraint): the transaction is rolled back, not left open.
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"), store.immediate(db):
+            db.execute("INSERT INTO child VALUES (42)")
+        assert not db.conn.in_transaction
+        assert db.execute("SELECT count(*) FROM child").fetchone() == (0,)
+        other.execute("BEGIN IMMEDIATE")  # another process can write at once
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+        db.conn.close()
+
+
+async def test_channel_and_workspace_overrides_only_take_a_monthly_spend_limit(
+    open_ledger: Callable[..., Ledger],
+) -> None:
+    ledger = open_ledger(clock=Clock(LATE_EVENING))
+    for scope, key in (("channel", "C1"), ("workspace", "W1")):
+        for limits in (["daily_usd=5"], ["monthly_images=10"], ["monthly_usd=5", "daily_images=3"]):
+            with pytest.raises(UserError, match="only a monthly spend limit; use monthly_usd"):
+                await ledger.set_limits(scope, key, quota.parse_limits(limits))
+        await ledger.set_limits(scope, key, quota.parse_limits(["monthly_usd=5"]))
+    assert {line.label for line in await ledger.quota_lines(ALICE)} == {
+        "this channel's monthly spend", "this workspace's monthly spend"}
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+REPORT_NOW = datetime(2026, 4, 30, 12, 0, tzinfo=UTC)  # 30 days back: 31 March, 12:00 UTC
+
+
+async def _report_ledger(tmp_path: Path) -> Ledger:
+    clock = Clock(REPORT_NOW)
+    ledger = Ledger(tmp_path / "report.sqlite3", clock=clock)
+    plan = [  # when, who, size, quality, status, actual, latency
+        (datetime(2026, 3, 31, 6, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "succeeded", 90_000, 1000),  # too old
+        (datetime(2026, 3, 31, 18, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "succeeded", 40_000, 2000),
+        (datetime(2026, 4, 10, 9, 0, tzinfo=UTC), BOB, "1536x1024", "high", "succeeded", 50_000, 8000),
+        (datetime(2026, 4, 10, 9, 5, tzinfo=UTC), BOB, "1536x1024", "high", "possibly_billed", 60_000, None),
+        (datetime(2026, 4, 10, 9, 9, tzinfo=UTC), CAROL, "1024x1024", "medium", "failed", 0, 500),
+        (datetime(2026, 4, 30, 9, 0, tzinfo=UTC), CAROL, "1024x1024", "medium", "succeeded", 45_000, 4000),
+        (datetime(2026, 4, 30, 11, 0, tzinfo=UTC), DAVE, "1024x1024", "low", "interrupted", 0, None),
+        (datetime(2026, 4, 30, 11, 30, tzinfo=UTC), ALICE, "1024x1024", "low", "reserved", 0, None),  # open
+    ]
+    for when, who, size, quality, status, actual, latency in plan:
+        clock.now = when
+        req = ImageRequest(prompt="p", size=parse_size(size), quality=quality)
+        reservation = await ledger.reserve(who, req, 100_000)
+        if status != "reserved":
+            await ledger.close_row(reservation.row_ids[0], status=status, actual_micros=actual, latency_ms=latency)
+    clock.now = REPORT_NOW
+    return ledger
+
+
+def _direct(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+@pytest.mark.parametrize("channel", [None, "C1"])
+async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(tmp_path: Path, channel: str | None) -> None:
+    from bot import report
+
+    ledger = await _report_ledger(tmp_path)
+    try:
+        built = await report.build(ledger, channel=channel, days=30, now=REPORT_NOW)
+    finally:
+        ledger.close()
+    path = tmp_path / "report.sqlite3"
+    where, params = "created_at >= ?", ["2026-03-31T12:00:00.000+00:00"]
+    if channel:
+        where, params = where + " AND channel = ?", [*params, channel]
+    [(images, spend, failures)] = _direct(path, (
+        "SELECT count(*) FILTER (WHERE status='succeeded'), total(actual_micros), "
+        "count(*) FILTER (WHERE status IN ('failed','possibly_billed','interrupted','cancelled')) "
+        f"FROM ledger WHERE {where}"), *params)
+    assert (built.images, built.spend_micros, built.failures) == (images, int(spend), failures)
+    assert built.spend_micros == (40_000 + 50_000 + 60_000 + 45_000 if not channel else 40_000 + 50_000 + 60_000)
+    users = _direct(path, f"SELECT user, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) FROM ledger "
+                          f"WHERE {where} GROUP BY user", *params)
+    assert sorted(built.top_users) == sorted((u, n, int(m)) for u, n, m in users)
+    by = _direct(path, f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
+                       f"FROM ledger WHERE {where} GROUP BY size, quality", *params)
+    assert sorted(built.by_size_quality) == sorted((s, q, n, int(m)) for s, q, n, m in by)
+    latencies = sorted(r[0] for r in _direct(
+        path, f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded'", *params))
+    middle = len(latencies) // 2
+    median = latencies[middle] if len(latencies) % 2 else (latencies[middle - 1] + latencies[middle]) / 2
+    assert built.median_render_s == median / 1000
+    daily = _direct(path, f"SELECT substr(created_at, 1, 10), total(actual_micros) FROM ledger WHERE {where} "
+                          "GROUP BY 1", *params)
+    assert {d: m for d, m, _ in built.daily} == {d: int(m) for d, m in daily}
+    assert sum(m for _, m, _ in built.daily) == built.spend_micros
+    assert format_usd(built.spend_micros) in built.text()
+
+
+async def test_the_chart_has_a_bar_for_every_day_the_total_counts(tmp_path: Path) -> None:
+    from bot import report
+
+    ledger = await _report_ledger(tmp_path)
+    try:
+        built = await report.build(ledger, days=30, now=REPORT_NOW)
+    finally:
+        ledger.close()
+    days_with_spend = [d for d, m, _ in built.daily if m]
+    assert days_with_spend == ["2026-03-31", "2026-04-10", "2026-04-30"]  # the first day is a partial one
+    chart = Image.open(io.BytesIO(report.chart_png(built)))
+    assert chart.format == "PNG"
+    row = [chart.getpixel((x, chart.height - 42)) for x in range(chart.width)]
+    bars = sum(1 for x in range(1, len(row)) if row[x] == BAR_BLUE and row[x - 1] != BAR_BLUE)
+    assert bars == len(days_with_spend)
+
+
+BAR_BLUE = (0x4A, 0x7B, 0xD0)
