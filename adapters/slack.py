@@ -56,14 +56,20 @@ class UpdateBudget:
         self.stamp = time.monotonic()
 
     async def wait(self) -> None:
-        """Wait for a token: for updates that must land (the done line), unlike progress ticks."""
-        while not self.take():
-            await asyncio.sleep((1 - self.tokens) / self.rate)
+        """Take a token even if that means waiting for it: for updates that must land (the done line)."""
+        self._refill()
+        self.tokens -= 1  # may go into debt; later callers wait behind us
+        if self.tokens < 0:
+            await asyncio.sleep(-self.tokens / self.rate)
 
-    def take(self) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
+
+    def take(self) -> bool:
+        """Take a token if one is there now: for progress ticks, which can be skipped."""
+        self._refill()
         if self.tokens >= 1:
             self.tokens -= 1
             return True
@@ -252,7 +258,7 @@ class SlackAdapter:
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
             await ack()
             user = body["user"]["id"]
-            channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
             if not self.core.runner.cancel(action.get("value", ""), user):
                 await self.client.chat_postEphemeral(
                     channel=channel, user=user,

@@ -108,7 +108,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             rows = await report.export_csv(core.ledger, args.csv, channel=args.channel, user=args.user, days=args.days)
             print(f"Wrote {rows} ledger rows to {args.csv}")
         if args.chart:
-            Path(args.chart).write_bytes(await asyncio.to_thread(report.chart_png, built))
+            chart = await asyncio.to_thread(report.chart_png, built)
+            await asyncio.to_thread(Path(args.chart).write_bytes, chart)
             print(f"Wrote chart to {args.chart}")
         return 0
 

@@ -11,11 +11,11 @@ drive every error path.
 from __future__ import annotations
 
 import asyncio
-import functools
 import base64
 import colorsys
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json

@@ -6,6 +6,7 @@ needs nothing more (matplotlib would add ~40 MB and a second of import time for 
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from dataclasses import dataclass
@@ -134,8 +135,12 @@ async def export_csv(ledger: Ledger, path: str, *, channel: str | None = None, u
                "format", "status", "reserved_micros", "actual_micros", "text_tokens", "image_tokens",
                "output_tokens", "request_ids", "attempts", "latency_ms", "error", "created_at", "finished_at"]
     rows = await ledger.query(f"SELECT {', '.join(columns)} FROM ledger WHERE {where} ORDER BY id", params)
+    await asyncio.to_thread(_write_csv, path, columns, rows)
+    return len(rows)
+
+
+def _write_csv(path: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         writer.writerows(rows)
-    return len(rows)

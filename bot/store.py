@@ -19,7 +19,7 @@ SCHEMA_VERSION = 2
 
 def _v1(db: sqlite_utils.Database) -> None:
     """The first schema: the ledger, limits overrides, counters for quota periods, live instances."""
-    db["ledger"].create({
+    db.table("ledger").create({
         "id": int, "job_id": str, "seq": int, "platform": str, "workspace": str, "channel": str, "user": str,
         "model": str, "size": str, "quality": str, "format": str, "prompt": str, "status": str,
         "reserved_micros": int, "actual_micros": int, "text_tokens": int, "image_tokens": int,
@@ -27,24 +27,24 @@ def _v1(db: sqlite_utils.Database) -> None:
         "owner": str, "day": str, "month": str, "created_at": str, "updated_at": str, "finished_at": str,
     }, pk="id", not_null={"job_id", "status", "reserved_micros", "actual_micros"},
         defaults={"actual_micros": 0, "attempts": 0})
-    db["ledger"].create_index(["job_id"])
-    db["ledger"].create_index(["status"])
-    db["ledger"].create_index(["channel", "created_at"])
-    db["ledger"].create_index(["user", "created_at"])
-    db["limits"].create({
+    db.table("ledger").create_index(["job_id"])
+    db.table("ledger").create_index(["status"])
+    db.table("ledger").create_index(["channel", "created_at"])
+    db.table("ledger").create_index(["user", "created_at"])
+    db.table("limits").create({
         "scope": str, "key": str, "daily_micros": int, "daily_images": int,
         "monthly_micros": int, "monthly_images": int, "updated_at": str,
     }, pk=("scope", "key"))
-    db["counters"].create({"scope": str, "key": str, "period": str, "micros": int, "images": int},
+    db.table("counters").create({"scope": str, "key": str, "period": str, "micros": int, "images": int},
                           pk=("scope", "key", "period"), not_null={"micros", "images"})
-    db["instances"].create({"id": str, "host": str, "pid": int, "started_at": str, "heartbeat_at": str}, pk="id")
+    db.table("instances").create({"id": str, "host": str, "pid": int, "started_at": str, "heartbeat_at": str}, pk="id")
 
 
 def _v2(db: sqlite_utils.Database) -> None:
     """Adapter context on jobs (where to tell the user after a crash) and seen platform events."""
-    db["ledger"].add_column("context", str)
-    db["seen_events"].create({"key": str, "at": str}, pk="key")
-    db["seen_events"].create_index(["at"])
+    db.table("ledger").add_column("context", str)
+    db.table("seen_events").create({"key": str, "at": str}, pk="key")
+    db.table("seen_events").create_index(["at"])
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
