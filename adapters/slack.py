@@ -221,8 +221,13 @@ class SlackAdapter:
         """Work done after the ack; kept so shutdown can wait for it."""
         task = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._finished)
         return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("slack task failed", exc_info=task.exception())
 
     # -- listeners ------------------------------------------------------------------------
 
@@ -293,9 +298,13 @@ class SlackAdapter:
             await respond(text=str(exc), response_type="ephemeral")
             return
         if reply.chart and not reply.private:
-            await self.client.files_upload_v2(channel=who.channel, file=reply.chart, filename="usage.png",
-                                              title="Daily spend", initial_comment=escape(reply.text),
-                                              request_file_info=False)
+            try:
+                await self.client.files_upload_v2(channel=who.channel, file=reply.chart, filename="usage.png",
+                                                  title="Daily spend", initial_comment=escape(reply.text),
+                                                  request_file_info=False)
+            except SlackApiError as exc:
+                await respond(text=f"{escape(reply.text)}\n(I could not post the chart here: "
+                                   f"{exc.response.get('error')}; invite me with /invite)", response_type="ephemeral")
         elif reply.chart:
             await respond(text=escape(reply.text), response_type="ephemeral")
         else:

@@ -182,11 +182,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 acks, e2e = await slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", "s")
                 floor = await slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg")
                 results["slack"] = summarise("slack", acks, e2e, floor)
-                acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
-                                                "--size 3840x2160 --format png --quality low", "k")
-                floor4 = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
-                results["4k"] = summarise("4k", acks4, e2e4, floor4)
-                png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
+                png_bytes = 0
+                if args.jobs_4k:
+                    acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
+                                                    "--size 3840x2160 --format png --quality low", "k")
+                    floor4 = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
+                    results["4k"] = summarise("4k", acks4, e2e4, floor4)
+                    png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
                 results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)
                 results["peak_rss_mb"] = round(vm_hwm_mb(bot.proc.pid), 1)  # type: ignore[union-attr]

@@ -99,7 +99,7 @@ class JobResult:
         text = " · ".join(p for p in parts if p)
         extra = list(self.request.notes) + [f"failed: {f}" for f in self.failures]
         if self.offline:
-            extra.append("offline image server (no OpenAI key set)")
+            extra.append("made by the offline image server, not OpenAI")
         return text + "".join(f"\n{note}" for note in extra)
 
 

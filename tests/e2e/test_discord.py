@@ -235,9 +235,11 @@ async def test_admin_commands_are_hidden_refused_to_members_and_allowed_to_manag
     [refused] = await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{ix['token']}")
     assert "Only admins" in content(refused)
     assert fake.message(int(fake.messages[fake.channel_id][-1]["id"]))["flags"] & EPHEMERAL  # type: ignore[index]
+    other = fake.user_id + 1
+    quota[0]["options"].append({"name": "user", "type": 6, "value": str(other)})
     ix = await fake.send_interaction(name="imagine-admin", options=quota, permissions=str(MANAGE_GUILD))
     [allowed] = await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{ix['token']}")
-    assert f"Limits for workspace {fake.guild_id} set" in content(allowed)
+    assert f"Limits for user {other} set: daily_images=2" in content(allowed)
 
 
 async def test_everyone_in_a_prompt_pings_nobody(discord: Any) -> None:

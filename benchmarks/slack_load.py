@@ -1,0 +1,26 @@
+"""Slack load only: 200 concurrent /imagine through the real HTTP path (see load.py for the method).
+
+Last line: JSON with ack_p50_ms, ack_p99_ms, ack_max_ms, ratio. Targets: ack p99 <= 100 ms, ratio <= 1.05.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.load import main  # noqa: E402
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--latency", type=float, default=5.0)
+    args = parser.parse_args()
+    args.jobs_4k = 0
+    args.only = "slack"
+    slack = asyncio.run(main(args))["slack"]
+    print(json.dumps({k: slack[k] for k in ("ack_p50_ms", "ack_p99_ms", "ack_max_ms", "ratio")}))
