@@ -1,0 +1,140 @@
+"""Our API client (bot.render.Renderer) against the offline server on loopback, fault by fault."""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from PIL import Image
+
+from bot.errors import ApiRejected, ModerationRefused, ProviderError
+from bot.images import load_image
+from bot.offline_server import OfflineImageServer
+from bot.pricing import load_prices
+from bot.render import Renderer
+from bot.request import parse_request
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[OfflineImageServer]:
+    srv = OfflineImageServer(latency=0.05)
+    await srv.start()
+    yield srv
+    await srv.stop()
+
+
+@pytest.fixture
+async def renderer(server: OfflineImageServer) -> AsyncIterator[Renderer]:
+    r = Renderer(base_url=server.base_url, api_key="test", timeout=0.8, max_retries=2)
+    yield r
+    await r.close()
+
+
+def request(text: str = "a fox --size 1536x1024 --quality low", **kwargs):  # type: ignore[no-untyped-def]
+    return parse_request(text, prices=load_prices(), **kwargs)
+
+
+async def test_success_returns_the_image_its_size_usage_and_request_id(renderer: Renderer,
+                                                                        server: OfflineImageServer) -> None:
+    result = await renderer.render(request(), client_request_id="job-1")
+    assert Image.open(io.BytesIO(result.data)).size == (1536, 1024) == (result.width, result.height)
+    assert result.usage.output_tokens > 0 and result.attempts == 1 and result.lost_attempts == 0
+    assert result.request_ids == (server.calls[0].request_id,)
+
+
+async def test_a_500_is_retried_and_both_request_ids_are_kept(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("500")
+    result = await renderer.render(request())
+    assert result.attempts == 2 and result.request_ids == tuple(c.request_id for c in server.calls)
+
+
+async def test_5xx_always_gives_up_after_two_retries_with_every_request_id(
+        renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("502*")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request())
+    assert caught.value.attempts == 3 and len(caught.value.request_ids) == 3 and not caught.value.possibly_billed
+    assert "HTTP 502" in str(caught.value) and caught.value.request_ids[0] in str(caught.value)
+
+
+async def test_429_waits_for_retry_after(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("429:1")
+    started = time.monotonic()
+    result = await renderer.render(request())
+    assert result.attempts == 2
+    assert time.monotonic() - started >= 0.9  # the SDK slept the Retry-After second before retrying
+
+
+async def test_a_4xx_is_never_retried(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("moderation")
+    with pytest.raises(ModerationRefused) as caught:
+        await renderer.render(request())
+    assert len(server.calls) == 1 and caught.value.request_ids == (server.calls[0].request_id,)
+    assert "safety system" in str(caught.value)
+
+
+async def test_a_hang_times_out_and_may_have_been_billed(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("hang*")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), client_request_id="imagebot-job-0")
+    assert caught.value.possibly_billed and caught.value.attempts == 3
+    assert caught.value.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
+
+
+async def test_a_hang_then_success_counts_the_lost_attempt(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("hang")
+    result = await renderer.render(request())
+    assert result.attempts == 2 and result.lost_attempts == 1
+
+
+async def test_previews_arrive_while_streaming(renderer: Renderer) -> None:
+    previews: list[tuple[int, tuple[int, int]]] = []
+
+    async def on_preview(data: bytes, index: int) -> None:
+        previews.append((index, Image.open(io.BytesIO(data)).size))
+
+    result = await renderer.render(request(), partials=2, on_preview=on_preview)
+    assert [i for i, _ in previews] == [0, 1] and result.width == 1536
+
+
+async def test_a_dropped_stream_is_retried_by_us(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("drop")
+    result = await renderer.render(request(), partials=1)
+    assert result.attempts == 2 and result.lost_attempts == 1
+
+
+async def test_a_stream_that_always_drops_is_possibly_billed(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("drop*")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), partials=1)
+    assert caught.value.possibly_billed and "stream broke" in str(caught.value)
+
+
+async def test_a_garbage_answer_is_possibly_billed(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("garbage")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request())
+    assert caught.value.possibly_billed and len(server.calls) == 1
+
+
+async def test_an_edit_sends_references_and_mask(renderer: Renderer, server: OfflineImageServer) -> None:
+    def png(mode: str) -> bytes:
+        out = io.BytesIO()
+        Image.new(mode, (1024, 1024), "white").save(out, "PNG")
+        return out.getvalue()
+
+    base, ref = load_image("base.png", png("RGB")), load_image("ref.png", png("RGB"))
+    mask = load_image("mask.png", png("RGBA"))
+    result = await renderer.render(request("make it blue --quality low", references=[base, ref], mask=mask))
+    call = server.calls[-1]
+    assert call.endpoint == "edits" and call.images == 2 and call.mask and result.usage.image_tokens > 0
+
+
+async def test_an_invalid_request_the_api_rejects_is_a_user_error(renderer: Renderer) -> None:
+    bad = request()
+    object.__setattr__(bad, "model", "dall-e-9")
+    with pytest.raises(ApiRejected) as caught:
+        await renderer.render(bad)
+    assert "rejected the request" in str(caught.value)
