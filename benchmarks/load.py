@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import free_port, offline_server_process, percentile  # noqa: E402
+from tests.fakes.discord import FakeDiscord  # noqa: E402
 from tests.fakes.slack import FakeSlack  # noqa: E402
 
 
@@ -152,6 +153,65 @@ async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: st
     return durations
 
 
+async def discord_burst(fake: FakeDiscord, n: int) -> tuple[list[float], list[float]]:
+    """n /imagine interactions at once over the gateway; (ack seconds, end-to-end seconds) per job."""
+    sent: dict[str, float] = {}
+    options = [{"name": "prompt", "type": 3, "value": "load test"},
+               {"name": "size", "type": 3, "value": "1024x1024"}, {"name": "quality", "type": 3, "value": "low"}]
+
+    async def one(i: int) -> None:
+        start = time.monotonic()
+        ix = await fake.send_interaction(name="imagine", options=options, user_id=10_000 + i)
+        sent[ix["token"]] = start
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    acks: dict[str, float] = {}
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + 600
+    while len(done) < n and time.monotonic() < deadline:
+        for call in fake.calls:
+            parts = call.path.split("/")
+            if call.method == "POST" and call.path.endswith("/callback") and parts[3] in sent:
+                acks.setdefault(parts[3], call.at)
+            elif call.method == "PATCH" and call.files and len(parts) > 3 and parts[3] in sent:
+                content = str((call.json or {}).get("content", "")) if isinstance(call.json, dict) else ""
+                if "request id" in content:
+                    done.setdefault(parts[3], call.at)
+        await asyncio.sleep(0.05)
+    if len(done) < n:
+        raise RuntimeError(f"only {len(done)} of {n} Discord images arrived")
+    return [acks[t] - sent[t] for t in acks], [done[t] - sent[t] for t in done]
+
+
+async def discord_floor(fake: FakeDiscord, base_url: str, n: int) -> list[float]:
+    """A plain script: the same streamed SDK call (2 previews), then a multipart file post to the channel."""
+    import base64
+
+    import openai
+
+    api = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=600)
+    durations: list[float] = []
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as session:
+        async def one(i: int) -> None:
+            start = time.monotonic()
+            stream = await api.images.generate(model="gpt-image-2", prompt="load test", size="1024x1024",
+                                               quality="low", output_format="jpeg", stream=True, partial_images=2)
+            b64 = ""
+            async for event in stream:
+                if event.type.endswith("completed"):
+                    b64 = event.b64_json
+            form = aiohttp.FormData()
+            form.add_field("payload_json", json.dumps({"content": "floor"}), content_type="application/json")
+            form.add_field("files[0]", base64.b64decode(b64), filename="floor.jpg", content_type="image/jpeg")
+            async with session.post(f"{fake.api_url}/channels/{fake.channel_id}/messages", data=form) as response:
+                await response.read()
+            durations.append(time.monotonic() - start)
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    await api.close()
+    return durations
+
+
 def summarise(name: str, acks: list[float], e2e: list[float], floor: list[float]) -> dict[str, float]:
     result = {
         "jobs": len(e2e),
@@ -171,7 +231,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, offline_server_process(args.latency) as base_url:
         fake = FakeSlack()
         await fake.start()
-        env = {"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
+        discord = FakeDiscord(premium_tier=3)
+        await discord.start()
+        env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url,"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
                "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k)),
                "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": f"{tmp}/bot.log"}
@@ -182,6 +244,13 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 acks, e2e = await slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", "s")
                 floor = await slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg")
                 results["slack"] = summarise("slack", acks, e2e, floor)
+                if args.jobs_discord:
+                    await discord.wait_ready()
+                    await discord.wait_for("PUT", rf"/applications/{discord.application_id}/commands")
+                    await discord_burst(discord, 1)  # warm-up
+                    acks_d, e2e_d = await discord_burst(discord, args.jobs_discord)
+                    floor_d = await discord_floor(discord, base_url, args.jobs_discord)
+                    results["discord"] = summarise("discord", acks_d, e2e_d, floor_d)
                 png_bytes = 0
                 if args.jobs_4k:
                     acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
@@ -197,6 +266,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["rss_budget_mb"] = round(2.5 * in_flight / 1e6 + 150, 1)
         finally:
             await fake.stop()
+            await discord.stop()
     return results
 
 
@@ -204,6 +274,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--jobs-4k", type=int, default=50)
+    parser.add_argument("--jobs-discord", type=int, default=200)
     parser.add_argument("--latency", type=float, default=5.0)
     results = asyncio.run(main(parser.parse_args()))
     scenarios = [results[k] for k in ("slack", "discord", "4k") if k in results]

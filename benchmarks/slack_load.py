@@ -21,6 +21,6 @@ if __name__ == "__main__":
     parser.add_argument("--latency", type=float, default=5.0)
     args = parser.parse_args()
     args.jobs_4k = 0
-    args.only = "slack"
+    args.jobs_discord = 0
     slack = asyncio.run(main(args))["slack"]
     print(json.dumps({k: slack[k] for k in ("ack_p50_ms", "ack_p99_ms", "ack_max_ms", "ratio")}))
