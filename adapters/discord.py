@@ -32,6 +32,7 @@ from bot.images import MAX_FILE_BYTES, ImageInput, fit_under, image_size, load_i
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
+from bot.ratelimit import TokenBucket
 from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.sizes import KNOWN_SIZES
 
@@ -257,6 +258,8 @@ class DiscordJobView:
         now = time.monotonic()
         if (self._pending is not None and not self._pending.done()) or now - self._last_edit < self.adapter.edit_interval:
             return  # Discord rate-limits edits: skip this tick, the next one catches up
+        if not self.adapter.edits.take():
+            return  # over the bot-wide progress budget (many jobs at once): skip, as above
         preview = None
         if self._preview is not None and now - self._last_preview >= self.adapter.preview_interval:
             preview, self._preview, self._last_preview = self._preview, None, now
@@ -373,6 +376,9 @@ class DiscordAdapter:
         # Knobs tests (and operators) can turn.
         self.token_lifetime = 14 * 60.0  # interaction tokens die at 15 min; switch to the channel before
         self.edit_interval = 2.5  # at least this many seconds between progress edits of one job
+        # Progress edits across all jobs: well under Discord's 50 requests/s per bot, so that
+        # a burst of jobs spends its requests (and our CPU) on images, not on progress bars.
+        self.edits = TokenBucket(per_second=20, burst=40)
         self.preview_interval = 6.0  # at least this many seconds between preview uploads of one job
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
         self._register()

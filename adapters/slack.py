@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +26,7 @@ from bot.images import MAX_FILE_BYTES, ImageInput, load_image
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
+from bot.ratelimit import TokenBucket
 from bot.request import Requester
 
 log = logging.getLogger("imagebot.slack")
@@ -44,36 +44,6 @@ def escape(text: str) -> str:
 
 def clip(text: str, limit: int = 280) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-class UpdateBudget:
-    """A token bucket shared by every progress message of the workspace."""
-
-    def __init__(self, per_minute: float = UPDATES_PER_MINUTE, burst: int = 10) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    async def wait(self) -> None:
-        """Take a token even if that means waiting for it: for updates that must land (the done line)."""
-        self._refill()
-        self.tokens -= 1  # may go into debt; later callers wait behind us
-        if self.tokens < 0:
-            await asyncio.sleep(-self.tokens / self.rate)
-
-    def _refill(self) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def take(self) -> bool:
-        """Take a token if one is there now: for progress ticks, which can be skipped."""
-        self._refill()
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
 
 
 def progress_blocks(progress: Progress, who: Requester, job_id: str) -> list[dict[str, Any]]:
@@ -174,7 +144,7 @@ class SlackAdapter:
             # (without it bolt polls for the ack every 10 ms).
             process_before_response=True,
         )
-        self.budget = UpdateBudget()
+        self.budget = TokenBucket(per_second=UPDATES_PER_MINUTE / 60, burst=10)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None

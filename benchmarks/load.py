@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -83,38 +82,18 @@ class Bot:
 
 
 async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -> tuple[list[float], list[float]]:
-    """n signed slash commands at once; returns (ack seconds, end-to-end seconds) per job."""
-    sent: dict[str, float] = {}
-    acks: list[float] = []
-    events_url = f"{bot.url}/slack/events"
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        # Open n keep-alive connections first (invalid commands: refused privately, no cost), so the
-        # acks below measure the bot, not this process setting up 200 TCP connections.
-        async def warm(i: int) -> None:
-            payload = fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")
-            body = urllib.parse.urlencode(payload).encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded", **fake.sign(body)}
-            async with session.post(events_url, data=body, headers=headers) as response:
-                await response.read()
-
-        await asyncio.gather(*(warm(i) for i in range(n)))
-        await asyncio.sleep(1)
-
-        async def one(i: int) -> None:
-            # One prompt for all (the offline server renders it once); the user id tells jobs apart.
-            payload = fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}",
-                                                 user_id=f"U{tag}{i}")
-            body = urllib.parse.urlencode(payload).encode()
-            headers = {"Content-Type": "application/x-www-form-urlencoded", **fake.sign(body)}
-            sent[f"U{tag}{i}"] = time.monotonic()
-            start = time.perf_counter()
-            async with session.post(events_url, data=body, headers=headers) as response:
-                await response.read()
-                assert response.status == 200, response.status
-            acks.append(time.perf_counter() - start)
-
-        await asyncio.gather(*(one(i) for i in range(n)))
+    """n signed slash commands at once, from a sender process; (ack seconds, end-to-end seconds) per job."""
+    users = [f"U{tag}{i}" for i in range(n)]
+    # One prompt for all (the offline server renders it once); the user id tells jobs apart.
+    payloads = [fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}", user_id=user)
+                for i, user in enumerate(users)]
+    job = {"url": f"{bot.url}/slack/events", "secret": fake.signing_secret, "payloads": payloads,
+           "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_sender.py"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(json.dumps(job).encode())
+    report = json.loads(out)
+    sent = dict(zip(users, report["sent"], strict=True))
     done: dict[str, float] = {}
     deadline = time.monotonic() + 600
     while len(done) < n and time.monotonic() < deadline:
@@ -125,7 +104,7 @@ async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -
         await asyncio.sleep(0.05)
     if len(done) < n:
         raise RuntimeError(f"only {len(done)} of {n} uploads arrived")
-    return acks, [done[k] - sent[k] for k in done]
+    return report["acks"], [done[k] - sent[k] for k in done]
 
 
 async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
@@ -236,7 +215,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url,"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
                "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k)),
-               "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": f"{tmp}/bot.log"}
+               "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log")}
         try:
             async with Bot(env) as bot:
                 # Warm the server's render cache and every connection pool once.
