@@ -1,0 +1,58 @@
+"""Every fault the offline server offers, through the Discord adapter (which streams previews): the user is
+told with a request id, the ledger ends correct, nothing stays running, the progress never stays stuck."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot.pricing import Usage, cost_micros, load_prices
+from tests.e2e.test_discord import content, discord_bot, imagine, original_edits, until
+
+
+@pytest.fixture
+async def discord(tmp_path: Path) -> AsyncIterator[Any]:
+    async with discord_bot(tmp_path, IMAGEBOT_API_TIMEOUT="0.6") as running:
+        running[1].server.latency = 0.05
+        yield running
+
+
+# fault -> (final status, charge, attempts, words the user sees). A stream that breaks after it started is
+# retried by us (the SDK does not); every attempt that may have been billed without an image is charged.
+MATRIX = {
+    "500": ("succeeded", "usage", 2, "request id req_"),
+    "500*": ("failed", "zero", 3, "HTTP 500"),
+    "429:1": ("succeeded", "usage", 2, "request id req_"),
+    "hang": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "hang*": ("possibly_billed", "estimate", 3, "did not answer"),
+    "drop": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "drop*": ("possibly_billed", "estimate", 3, "stream broke"),
+    "moderation": ("failed", "zero", 1, "safety system"),
+    "garbage": ("possibly_billed", "estimate", 1, "not an image"),
+}
+
+
+@pytest.mark.parametrize("fault", list(MATRIX))
+async def test_fault(fault: str, discord: Any) -> None:
+    fake, bot = discord
+    status, charge, attempts, words = MATRIX[fault]
+    bot.server.push_faults(fault)
+    ix = await imagine(fake, f"fault {fault}", size="1024x1024", quality="low")
+    [row] = await bot.settled(1, timeout=30)
+    assert (row["status"], row["attempts"]) == (status, attempts)
+    usage = cost_micros(load_prices().model("gpt-image-2"), Usage(
+        text_tokens=row["text_tokens"] or 0, image_tokens=row["image_tokens"] or 0,
+        output_tokens=row["output_tokens"] or 0)) if row["output_tokens"] else 0
+    expected = {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"],
+                "zero": 0}[charge]
+    assert row["actual_micros"] == expected
+    ids = json.loads(row["request_ids"])
+    final = await until(fake, lambda c: c in original_edits(fake, ix) and ids[-1] in content(c), within=15)
+    assert words in content(final)
+    assert final.json["components"] == []  # no Cancel button left: the progress is over
+    assert ("Nothing was charged" in content(final)) == (status != "succeeded" and charge == "zero")
+    assert not [r for r in await bot.ledger() if r["status"] in ("reserved", "running")]
