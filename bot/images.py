@@ -107,8 +107,13 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
             if out.tell() <= limit:
                 note = (f"re-encoded as JPEG quality {quality}" +
                         (f" at {frame.width}x{frame.height}" if scale < 1.0 else "") +
-                        f" to fit the {limit / 1024 / 1024:.0f} MiB upload limit")
+                        f" to fit the {_size_text(limit)} upload limit")
                 return out.getvalue(), "jpeg", note
         scale /= 2
         if original.width * scale < 16:
             raise ValueError("image cannot be made small enough")
+
+
+def _size_text(size: int) -> str:
+    """1048576 -> '1 MiB', 250000 -> '244 KiB'."""
+    return f"{size / 1048576:.3g} MiB" if size >= 1048576 else f"{size / 1024:.0f} KiB"
