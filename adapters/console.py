@@ -14,6 +14,7 @@ from bot.jobs import JobFailure, JobResult, Progress
 from bot.request import Requester
 
 BAR = 30
+TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
 
 
 class ConsoleView:
@@ -68,6 +69,7 @@ async def imagine(core: Core, text: str, who: Requester, out: Path, *, out_is_fi
                   err: TextIO | None = None) -> int:
     """One job: exit 0 on success, 1 on a provider failure, 2 on invalid input or a quota refusal."""
     view = ConsoleView(out, out_is_file=out_is_file, err=err)
+    core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
     try:
         request = core.parse(text)
         job = await core.runner.prepare(request, who)

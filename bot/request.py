@@ -163,7 +163,7 @@ def parse_request(
         check_mask(mask, references[0])
     notes: list[str] = []
     if size.experimental:
-        notes.append(f"{size} is above 2560x1440, which the API marks as experimental")
+        notes.append(f"{size} is over 2560x1440 in pixels (3.69 MP), which the API marks as experimental")
     if _TRANSPARENT.search(prompt):
         notes.append("gpt-image-2 cannot make transparent backgrounds; the background will be opaque")
     return ImageRequest(
