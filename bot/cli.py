@@ -216,7 +216,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("discord-invite", help="print the OAuth2 URL to add the bot to a server")
     p.add_argument("client_id", nargs="?", default="YOUR_APPLICATION_ID")
     p.set_defaults(fn=cmd_discord_invite)
-    args = parser.parse_args(argv)
+    # Limits may come before or after --user/--channel (`quota set --user U1 daily_images=5`):
+    # argparse would match the empty positional list early, so leftovers are gathered here.
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "quota":
+        args.limits = [*args.limits, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.fn(args))
 
 
