@@ -13,6 +13,8 @@ from adapters.service import build_adapters, serve
 from bot.app import Core
 from bot.config import Settings
 from bot.offline_server import OfflineImageServer
+from bot.pricing import Usage, cost_micros, load_prices
+from tests.fakes.slack import FakeSlack
 
 
 def free_port() -> int:
@@ -85,3 +87,19 @@ async def running_bot(tmp_path: Path, env: dict[str, str], *, latency: float = 0
         stop.set()
         await asyncio.wait_for(task, 30)
         await core.close()
+
+
+def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
+    """The SPEC §7 names that point the bot at a fake Slack in HTTP mode."""
+    return {"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
+            "SLACK_API_URL": fake.api_url, **extra}
+
+
+def expected_charge(row: dict[str, Any], charge: str) -> int:
+    """What a fault-matrix row should have cost: `usage` (its tokens), `estimate` (its reservation, as possibly
+    billed), `usage+estimate` (an image plus one lost attempt) or `zero`."""
+    usage = cost_micros(load_prices().model(row["model"]), Usage(
+        text_tokens=row["text_tokens"] or 0, image_tokens=row["image_tokens"] or 0,
+        output_tokens=row["output_tokens"] or 0)) if row["output_tokens"] else 0
+    return {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"],
+            "zero": 0}[charge]

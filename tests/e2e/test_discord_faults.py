@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bot.pricing import Usage, cost_micros, load_prices
+from tests.e2e.harness import expected_charge
 from tests.e2e.test_discord import content, discord_bot, imagine, original_edits, until
 
 
@@ -44,11 +44,7 @@ async def test_fault(fault: str, discord: Any) -> None:
     ix = await imagine(fake, f"fault {fault}", size="1024x1024", quality="low")
     [row] = await bot.settled(1, timeout=30)
     assert (row["status"], row["attempts"]) == (status, attempts)
-    usage = cost_micros(load_prices().model("gpt-image-2"), Usage(
-        text_tokens=row["text_tokens"] or 0, image_tokens=row["image_tokens"] or 0,
-        output_tokens=row["output_tokens"] or 0)) if row["output_tokens"] else 0
-    expected = {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"],
-                "zero": 0}[charge]
+    expected = expected_charge(row, charge)
     assert row["actual_micros"] == expected
     ids = json.loads(row["request_ids"])
     final = await until(fake, lambda c: c in original_edits(fake, ix) and ids[-1] in content(c), within=15)

@@ -5,33 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
-from tests.e2e.harness import RunningBot, running_bot
+from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
-    return {"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
-            "SLACK_API_URL": fake.api_url, **extra}
-
-
-@pytest.fixture
-async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
-    async with running_bot(tmp_path, slack_env(slack)) as running:
-        yield running
 
 
 def png(width: int, height: int, *, alpha: bool = False, color: str = "red") -> bytes:

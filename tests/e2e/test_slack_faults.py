@@ -4,31 +4,11 @@ id), the ledger ends correct, nothing stays running, and the progress message ne
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from bot.pricing import cost_micros, load_prices
-from tests.e2e.harness import RunningBot, running_bot
+from tests.e2e.harness import RunningBot, expected_charge
 from tests.fakes.slack import FakeSlack
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
-    env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": slack.signing_secret,
-           "SLACK_API_URL": slack.api_url, "IMAGEBOT_API_TIMEOUT": "0.6"}
-    async with running_bot(tmp_path, env, latency=0.05) as running:
-        yield running
-
 
 # fault -> (final status, charge: "usage" | "estimate" | "usage+estimate" | "zero", attempts, words the user sees)
 MATRIX = {
@@ -54,13 +34,7 @@ async def test_fault(fault: str, slack: FakeSlack, bot: RunningBot) -> None:
     [row] = await bot.settled(1, timeout=30)
     assert row["status"] == status
     assert row["attempts"] == attempts
-    usage_cost = 0
-    if row["output_tokens"]:
-        from bot.pricing import Usage
-        usage_cost = cost_micros(load_prices().model("gpt-image-2"), Usage(
-            text_tokens=row["text_tokens"], image_tokens=row["image_tokens"], output_tokens=row["output_tokens"]))
-    expected = {"usage": usage_cost, "estimate": row["reserved_micros"],
-                "usage+estimate": usage_cost + row["reserved_micros"], "zero": 0}[charge]
+    expected = expected_charge(row, charge)
     assert row["actual_micros"] == expected
     assert row["request_ids"] not in (None, "[]")
     # What the user sees: the image with its summary, or a failure in the thread; both name a request id.

@@ -5,30 +5,11 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 from PIL import Image
 
-from tests.e2e.harness import RunningBot, running_bot
+from tests.e2e.harness import RunningBot
 from tests.fakes.slack import FakeSlack
-
-
-@pytest.fixture
-async def slack() -> AsyncIterator[FakeSlack]:
-    fake = FakeSlack()
-    await fake.start()
-    yield fake
-    await fake.stop()
-
-
-@pytest.fixture
-async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
-    env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": slack.signing_secret,
-           "SLACK_API_URL": slack.api_url}
-    async with running_bot(tmp_path, env, latency=0.05) as running:
-        yield running
 
 
 def png(width: int, height: int, mode: str = "RGB") -> bytes:
