@@ -28,7 +28,7 @@ from discord.utils import MISSING
 from bot import commands
 from bot.app import Core, decode_attachments
 from bot.errors import UserError
-from bot.images import MAX_FILE_BYTES, ImageInput, fit_under, image_size, load_image
+from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
@@ -673,25 +673,17 @@ class DiscordAdapter:
 
     async def download(self, attachment: discord.Attachment) -> bytes:
         """Fetch an attachment from its (signed) URL, reading at most 50 MB."""
-        too_big = UserError(f"{attachment.filename} is over 50 MB; each image must be at most 50 MB")
-        if attachment.size > MAX_FILE_BYTES:
-            raise too_big
         assert self.http is not None
         try:
             async with self.http.get(attachment.url) as response:
                 if response.status != 200:
                     raise UserError(f"could not download {attachment.filename} from Discord (HTTP "
                                     f"{response.status}); attach it again")
-                chunks, size = [], 0
-                async for chunk in response.content.iter_chunked(1 << 16):
-                    size += len(chunk)
-                    if size > MAX_FILE_BYTES:
-                        raise too_big
-                    chunks.append(chunk)
+                return await read_capped(response.content.iter_chunked(1 << 16), attachment.filename,
+                                         attachment.size)
         except aiohttp.ClientError as exc:
             raise UserError(f"could not download {attachment.filename} from Discord ({type(exc).__name__}); "
                             "try again") from None
-        return b"".join(chunks)
 
     # -- crash recovery -------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ from bot.config import Settings
 from bot.ledger import Interrupted
 
 log = logging.getLogger("imagebot.service")
-HEARTBEAT_SECONDS = 30
 
 
 class Adapter(Protocol):
@@ -94,14 +93,12 @@ async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
                     await adapter.tell_interrupted(job)
                 except Exception:
                     log.exception("could not tell the user about an interrupted job")
-        heartbeat = asyncio.create_task(_heartbeat(core))
         probe = metrics.LoopLagProbe()
         metrics.LOOP_LAG_P99.set_function(probe.p99)
         lag_task = asyncio.create_task(probe.run())
         if ready is not None:
             ready.set()
         await stop.wait()
-        heartbeat.cancel()
         lag_task.cancel()
         log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
         await core.runner.shutdown(settings.shutdown_grace)
@@ -110,13 +107,6 @@ async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
             with contextlib.suppress(Exception):
                 await adapter.close()
         await runner.cleanup()
-
-
-async def _heartbeat(core: Core) -> None:
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        with contextlib.suppress(Exception):
-            await core.ledger.heartbeat()
 
 
 async def run(settings: Settings) -> int:

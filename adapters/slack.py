@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot import commands
 from bot.app import Core, decode_attachments
 from bot.errors import UserError
-from bot.images import MAX_FILE_BYTES, ImageInput, load_image
+from bot.images import ImageInput, load_image, read_capped
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
@@ -374,15 +374,8 @@ class SlackAdapter:
             if response.status != 200 or response.content_type.startswith("text/html"):
                 raise UserError(f"could not download {file.get('name', 'a file')} from Slack "
                                 f"(HTTP {response.status}); the bot needs the files:read scope")
-            if (response.content_length or 0) > MAX_FILE_BYTES:
-                raise UserError(f"{file.get('name', 'a file')} is over 50 MB; each image must be at most 50 MB")
-            chunks, size = [], 0
-            async for chunk in response.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > MAX_FILE_BYTES:
-                    raise UserError(f"{file.get('name', 'a file')} is over 50 MB; each image must be at most 50 MB")
-                chunks.append(chunk)
-        return b"".join(chunks)
+            return await read_capped(response.content.iter_chunked(1 << 16), file.get("name", "a file"),
+                                     response.content_length)
 
     # -- crash recovery -------------------------------------------------------------------
 

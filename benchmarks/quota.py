@@ -98,8 +98,12 @@ def _worker(path: str, worker: int, jobs: int, barrier: Any, results: Any) -> No
         stats["other_errors"] += 1
         stats["examples"].append(repr(exc))
     finally:
-        if ledger is not None:
-            ledger.close()
+        try:
+            if ledger is not None:
+                ledger.close()
+        except Exception as exc:  # noqa: BLE001 - the parent must always get the figures
+            stats["lock_errors" if isinstance(exc, sqlite3.OperationalError) else "other_errors"] += 1
+            stats["examples"].append(repr(exc))
         results.put(stats)
 
 

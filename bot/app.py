@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Settings
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .images import ImageInput, load_image
 from .jobs import JobRunner
 from .ledger import Ledger
@@ -18,6 +18,7 @@ from .render import Renderer
 from .request import Defaults, ImageRequest, parse_request
 
 log = logging.getLogger("imagebot.app")
+HEARTBEAT_SECONDS = 30
 
 
 @dataclass
@@ -30,13 +31,13 @@ class Core:
     renderer: Renderer
     runner: JobRunner
     offline_server: OfflineImageServer | None = None
+    heartbeat: asyncio.Task[None] | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
         """Open the database, start the offline server if there is no API key, build the runner."""
         prices = load_prices(settings.prices_path)
         if settings.model not in prices.models:
-            from .errors import ConfigError
             raise ConfigError(f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
                               f"({', '.join(sorted(prices.models))})")
         ledger = await asyncio.to_thread(
@@ -54,9 +55,13 @@ class Core:
         runner = JobRunner(ledger=ledger, renderer=renderer, prices=prices, max_in_flight=settings.max_in_flight,
                            progress_interval=settings.progress_interval, partial_images=settings.partial_images,
                            offline_latency=settings.offline_latency if settings.offline else None)
-        return cls(settings, prices, ledger, renderer, runner, offline_server)
+        core = cls(settings, prices, ledger, renderer, runner, offline_server)
+        core.heartbeat = asyncio.create_task(_heartbeat(ledger))
+        return core
 
     async def close(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
         await self.renderer.close()
         if self.offline_server is not None:
             await self.offline_server.stop()
@@ -73,6 +78,17 @@ class Core:
 
     def is_admin(self, user: str, platform_admin: bool = False) -> bool:
         return platform_admin or user in self.settings.admins
+
+
+async def _heartbeat(ledger: Ledger) -> None:
+    """Tell other processes on the same database that this one is alive (every command, not just `run`:
+    a 4K render in `imagebot imagine` outlasts the 2-minute staleness window)."""
+    while True:
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+        try:
+            await ledger.heartbeat()
+        except Exception:
+            log.warning("heartbeat failed", exc_info=True)
 
 
 def is_mask_name(name: str) -> bool:

@@ -154,7 +154,11 @@ def cmd_quota(args: argparse.Namespace) -> int:
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
-        await core.ledger.set_limits(targets[0][0], targets[0][1], values)
+        try:
+            await core.ledger.set_limits(targets[0][0], targets[0][1], values)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
         print(f"limits for {targets[0][0]} {targets[0][1]}: {json.dumps(values)}")
         return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from PIL import Image
@@ -33,6 +34,23 @@ class ImageInput:
 
     def __repr__(self) -> str:
         return f"ImageInput({self.name!r}, {self.width}x{self.height} {self.format}, {len(self.data)} bytes)"
+
+
+def too_large(name: str) -> UserError:
+    return UserError(f"{name} is over 50 MB; each image must be at most 50 MB")
+
+
+async def read_capped(chunks: AsyncIterator[bytes], name: str, declared: int | None = None) -> bytes:
+    """Read an attachment's bytes, refusing (and stopping) as soon as it passes the 50 MB cap."""
+    if declared is not None and declared > MAX_FILE_BYTES:
+        raise too_large(name)
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_FILE_BYTES:
+            raise too_large(name)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def load_image(name: str, data: bytes) -> ImageInput:

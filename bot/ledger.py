@@ -144,7 +144,7 @@ class Ledger:
             prompt = request.prompt if self.store_prompts else None
             ids = []
             for seq in range(count):
-                cursor = self.db.execute(
+                cursor = self.db.conn.execute(  # inside the transaction: straight to sqlite3
                     "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
                     "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
                     "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?)",
@@ -191,22 +191,27 @@ class Ledger:
     ) -> bool:
         """Settle or release one row and move the counters by the difference. False if already closed."""
         with immediate(self.db):
-            row = self.db.execute(
-                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform FROM ledger WHERE id=?",
-                [row_id]).fetchone()
+            row = self.db.conn.execute(
+                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, actual_micros "
+                "FROM ledger WHERE id=?", [row_id]).fetchone()
             if row is None or (only_if_open and row[0] not in OPEN):
                 return False
-            _, reserved, workspace, channel, user, day, month, platform = row
+            old_status, reserved, workspace, channel, user, day, month, platform, old_actual = row
+            # What the row counts for now: its reservation while open, else its actual cost (and its
+            # image only if it succeeded). Re-closing a closed row moves the counters from there.
+            if old_status in OPEN:
+                old_micros, old_images = int(reserved), 1
+            else:
+                old_micros, old_images = int(old_actual), int(old_status == "succeeded")
             stamp = _iso(self.clock())
             usage = usage or Usage()
-            self.db.execute(
+            self.db.conn.execute(
                 "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
                 "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=? WHERE id=?",
                 [status, actual_micros, usage.text_tokens, usage.image_tokens, usage.output_tokens,
                  json.dumps(list(request_ids)), attempts, latency_ms, error, stamp, stamp, row_id])
-            image_delta = 0 if status == "succeeded" else -1
             quota.bump(self.db, Requester(platform, workspace, channel, user), day, month,
-                       micros=actual_micros - int(reserved), images=image_delta)
+                       micros=actual_micros - old_micros, images=int(status == "succeeded") - old_images)
         return True
 
     async def close_row(self, row_id: int, **kwargs: Any) -> bool:

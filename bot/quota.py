@@ -7,8 +7,9 @@ transaction, so a check is a handful of primary-key reads however long the ledge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import sqlite_utils
@@ -32,12 +33,16 @@ class Periods:
 
     @classmethod
     def at(cls, now: datetime, tz: ZoneInfo) -> Periods:
-        local = now.astimezone(tz)
-        tomorrow = datetime.combine(local.date() + timedelta(days=1), time(), tz)
-        first = local.date().replace(day=1)
-        next_month = (first + timedelta(days=32)).replace(day=1)
-        return cls(local.strftime("%Y-%m-%d"), local.strftime("%Y-%m"), tomorrow,
-                   datetime.combine(next_month, time(), tz))
+        return _periods(now.astimezone(tz).date(), tz)
+
+
+@lru_cache(maxsize=64)
+def _periods(local: date, tz: ZoneInfo) -> Periods:
+    """The periods of one local date (cached: every reservation asks, and the answer is the same all day)."""
+    tomorrow = datetime.combine(local + timedelta(days=1), time(), tz)
+    next_month = (local.replace(day=1) + timedelta(days=32)).replace(day=1)
+    day = local.isoformat()
+    return Periods(day, day[:7], tomorrow, datetime.combine(next_month, time(), tz))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +90,7 @@ def _pick(override: int | None, default: int | None) -> int | None:
 
 def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Requester) -> Limits:
     """Defaults from config, overridden per user, channel and workspace by rows in `limits`."""
-    rows = {(r[0], r[1]): r for r in db.execute(
+    rows = {(r[0], r[1]): r for r in db.conn.execute(
         "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits "
         "WHERE (scope='user' AND key=?) OR (scope='channel' AND key=?) OR (scope='workspace' AND key=?)",
         [who.user, who.channel, who.workspace]).fetchall()}
@@ -121,7 +126,7 @@ _COUNTERS_SQL = ("SELECT scope, key, period, micros, images FROM counters WHERE 
 
 def _used_all(db: sqlite_utils.Database, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(micros, images) of the four counters a requester's limits read, in one primary-key query."""
-    found = db.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
+    found = db.conn.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 

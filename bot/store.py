@@ -86,13 +86,14 @@ def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> None:
 @contextmanager
 def immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`)."""
-    db.execute("BEGIN IMMEDIATE")
+    conn = db.conn  # straight to sqlite3: this is the hot path of every reservation and settlement
+    conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
-        db.execute("COMMIT")
+        conn.execute("COMMIT")
     except BaseException:
         # SQLite may already have rolled back (disk full, I/O error, RAISE(ROLLBACK)): a second ROLLBACK
         # would hide the real error. And a failed COMMIT must not keep the write lock for good.
-        if db.conn.in_transaction:
-            db.execute("ROLLBACK")
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise

@@ -146,6 +146,16 @@ async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_led
         "succeeded", 41_000, '["req_1"]', 1)
     assert row["finished_at"] is not None
 
+    # A deliberate correction of a closed row (only_if_open=False) moves the counters from its
+    # current actual amount, not from its long-gone reservation.
+    assert await ledger.close_row(first, status="succeeded", actual_micros=45_000, only_if_open=False)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (95_000, 1)
+    assert await ledger.close_row(third, status="failed", actual_micros=0, only_if_open=False)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (45_000, 1)
+    assert await ledger.close_row(second, status="succeeded", actual_micros=10_000, only_if_open=False)
+    assert stored_counters(path)[("user_day", "U1", "2026-04-15")] == (55_000, 2)
+    assert_counters_match(path)
+
 
 async def test_counters_equal_sql_sums_after_random_operations(
     tmp_path: Path, open_ledger: Callable[..., Ledger]

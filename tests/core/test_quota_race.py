@@ -28,7 +28,7 @@ EACH = 53_000  # one medium 1024x1024 image
 FITS = 37
 PROCESSES = 4
 ATTEMPTS = 50
-TIMEOUT = 60
+TIMEOUT = 30
 
 
 def request(count: int = 1) -> ImageRequest:
