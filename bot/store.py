@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -47,7 +47,20 @@ def _v2(db: sqlite_utils.Database) -> None:
     db.table("seen_events").create_index(["at"])
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2}
+def _v3(db: sqlite_utils.Database) -> None:
+    """Fewer pages written per job: counters as a WITHOUT ROWID table (one b-tree, not two), and an
+    index of open rows only (recovery's query) instead of one over every row's status."""
+    conn = db.conn
+    conn.execute("CREATE TABLE counters_v3 (scope TEXT NOT NULL, key TEXT NOT NULL, period TEXT NOT NULL, "
+                 "micros INTEGER NOT NULL, images INTEGER NOT NULL, PRIMARY KEY (scope, key, period)) WITHOUT ROWID")
+    conn.execute("INSERT INTO counters_v3 SELECT scope, key, period, micros, images FROM counters")
+    conn.execute("DROP TABLE counters")
+    conn.execute("ALTER TABLE counters_v3 RENAME TO counters")
+    conn.execute("DROP INDEX IF EXISTS idx_ledger_status")
+    conn.execute("CREATE INDEX idx_ledger_open ON ledger (status) WHERE status IN ('reserved', 'running')")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:

@@ -430,8 +430,8 @@ def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_pa
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS >= 5_000
-        assert store.schema_version(db) == store.SCHEMA_VERSION == 2
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert store.schema_version(db) == store.SCHEMA_VERSION == 3
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
     finally:
         db.conn.close()
     again = store.connect(path)  # idempotent: no second migration
@@ -441,7 +441,7 @@ def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_pa
         again.conn.close()
 
 
-async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_v2(tmp_path: Path) -> None:
+async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     conn = sqlite3.connect(path, isolation_level=None)
     old = sqlite_utils.Database(conn)
@@ -459,8 +459,9 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_v2(tmp_path: Path)
 
     db = store.connect(path)
     try:
-        assert store.schema_version(db) == 2
+        assert store.schema_version(db) == store.SCHEMA_VERSION
         assert "context" in db["ledger"].columns_dict and "seen_events" in db.table_names()
+        assert db.execute("SELECT * FROM counters").fetchall() == [("user_day", "U1", "2026-04-15", 5000, 1)]
         rows = db.execute("SELECT job_id, status, reserved_micros, actual_micros FROM ledger").fetchall()
         assert rows == [("job1", "succeeded", 6000, 5000)]
         assert db.execute("SELECT daily_images FROM limits").fetchall() == [(7,)]
