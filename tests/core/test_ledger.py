@@ -436,7 +436,7 @@ def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_pa
         db.conn.close()
     again = store.connect(path)  # idempotent: no second migration
     try:
-        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
     finally:
         again.conn.close()
 
