@@ -29,6 +29,9 @@ from .request import ImageRequest
 log = logging.getLogger("imagebot.render")
 
 PreviewCallback = Callable[[bytes, int], Awaitable[None]]
+# Answers above this are parsed on a thread (a 4K image is tens of MB of JSON); below it the thread
+# hop costs more than the parse.
+INLINE_PARSE_BYTES = 1 << 20
 
 
 @dataclass
@@ -205,7 +208,8 @@ class Renderer:
             # Read the body on the loop, but parse a 4K answer (tens of MB of JSON) on a thread.
             raw_images = images.with_raw_response
             raw = await (raw_images.edit if request.is_edit else raw_images.generate)(**params)
-            response = await asyncio.to_thread(raw.parse)
+            big = len(raw.http_response.content) > INLINE_PARSE_BYTES
+            response = await asyncio.to_thread(raw.parse) if big else raw.parse()
             if not isinstance(response, openai.types.ImagesResponse) or not response.data or not response.data[0].b64_json:
                 raise ValueError("no image in the response")
             return response.data[0].b64_json, _usage(response.usage)
