@@ -378,7 +378,7 @@ class DiscordAdapter:
         self.edit_interval = 2.5  # at least this many seconds between progress edits of one job
         # Progress edits across all jobs: well under Discord's 50 requests/s per bot, so that
         # a burst of jobs spends its requests (and our CPU) on images, not on progress bars.
-        self.edits = TokenBucket(per_second=20, burst=40)
+        self.edits = TokenBucket(per_second=10, burst=20)
         self.preview_interval = 6.0  # at least this many seconds between preview uploads of one job
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
         self._register()

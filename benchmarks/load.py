@@ -214,7 +214,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await discord.start()
         env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url,"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
                "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
-               "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k)),
+               "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k, args.jobs_discord)),
                "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log")}
         try:
             async with Bot(env) as bot:

@@ -348,6 +348,11 @@ class JobRunner:
     async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
         """Close a ledger row and count it in the metrics."""
         if await self.ledger.close_row(row_id, **kwargs):
+            who = job.requester
+            log.info("image settled", extra={
+                "job_id": job.id, "row_id": row_id, "platform": who.platform, "workspace": who.workspace,
+                "channel": who.channel, "user": who.user, "status": kwargs["status"],
+                "actual_micros": kwargs["actual_micros"], "request_ids": ",".join(kwargs.get("request_ids", ()))})  # type: ignore[arg-type]
             metrics.JOBS.labels(job.requester.platform, kwargs["status"]).inc()
             metrics.SPEND.labels(job.requester.platform).inc(int(kwargs["actual_micros"]) / 1_000_000)  # type: ignore[call-overload]
 

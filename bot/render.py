@@ -87,7 +87,8 @@ class _RecordingTransport(httpx2.AsyncHTTPTransport):
         attempt.status = response.status_code
         attempt.request_id = response.headers.get("x-request-id")
         metrics.ATTEMPTS.labels(f"{response.status_code // 100}xx").inc()
-        log.info("api attempt", extra={"request_id": attempt.request_id, "status": attempt.status})
+        log.info("api attempt", extra={"request_id": attempt.request_id, "status": attempt.status,
+                                       "client_request_id": request.headers.get("x-client-request-id")})
         return response
 
 
