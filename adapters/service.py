@@ -115,6 +115,20 @@ async def run(settings: Settings) -> int:
               "or SLACK_SIGNING_SECRET for HTTP mode) and/or DISCORD_TOKEN.\n"
               'Try it locally meanwhile: imagebot imagine "a poster for our launch" --out poster.jpg, '
               "or imagebot console.", file=sys.stderr)
+        if not sys.stdin.isatty():
+            return 0
+        # At a terminal, the console adapter is the chat platform: same core, same commands
+        # (and JSON log lines would only get in the way of the prompt).
+        from bot.request import Requester
+
+        logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
+        from . import console
+
+        core = await Core.start(settings)
+        try:
+            await console.loop(core, Requester("console", "local", "console", "console"), settings.out_dir)
+        finally:
+            await core.close()
         return 0
     core = await Core.start(settings)
     stop = asyncio.Event()
