@@ -300,7 +300,7 @@ class JobRunner:
             ticker.cancel()
             for row in job.reservation.row_ids:  # still queued: never reached the API, release in full
                 await asyncio.shield(self._close(job, row, status=job.stop_reason, actual_micros=0,
-                                                           error=f"{job.stop_reason} while queued"))
+                                                 error=f"{job.stop_reason} while queued"))
             charged = await asyncio.shield(self._charged(job))
             reason = ("cancelled by the requester" if job.stop_reason == "cancelled"
                       else "interrupted because the bot is shutting down; run it again in a minute")
@@ -319,7 +319,7 @@ class JobRunner:
                 log.error("job %s image failed unexpectedly", job.id, exc_info=error)
         if images:
             result = JobResult(job.id, job.request, job.requester, tuple(images), tuple(str(e) for e in errors),
-                               sum(i.cost_micros for i in images) + await self._charged_failed(job, errors),
+                               await self._charged(job),
                                elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
             await self._safe(view.deliver(result))
             return result
@@ -332,17 +332,10 @@ class JobRunner:
         return failure
 
     async def _charged(self, job: Job) -> int:
+        """What the job's rows were charged, as settled: images plus attempts that may have been billed."""
+        ids = job.reservation.row_ids
         rows = await self.ledger.query(
-            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE id IN ({','.join('?' * len(job.reservation.row_ids))})",
-            list(job.reservation.row_ids))
-        return int(rows[0][0])
-
-    async def _charged_failed(self, job: Job, errors: list[BaseException]) -> int:
-        if not errors:
-            return 0
-        rows = await self.ledger.query(
-            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE status != 'succeeded' AND id IN "
-            f"({','.join('?' * len(job.reservation.row_ids))})", list(job.reservation.row_ids))
+            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE id IN ({','.join('?' * len(ids))})", list(ids))
         return int(rows[0][0])
 
     async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
