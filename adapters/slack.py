@@ -156,8 +156,12 @@ class SlackAdapter:
 
     async def start(self, web_app: web.Application | None) -> None:
         """Learn who we are (auth.test), then listen: Socket Mode if an app token is set, else HTTP."""
-        auth = await self.client.auth_test()
-        self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+        try:
+            auth = await self.client.auth_test()
+            self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+        except Exception as exc:  # keep serving: /healthz says so, and bolt retries auth on each request
+            log.error("slack auth.test failed; check SLACK_BOT_TOKEN and SLACK_API_URL",
+                      extra={"error": type(exc).__name__})
         settings = self.core.settings
         if settings.slack_app_token is not None:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -356,7 +360,8 @@ class SlackAdapter:
         """The bot's latest image in the thread, or None if the thread has none."""
         replies = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
         for message in reversed(replies.get("messages") or []):
-            mine = message.get("bot_id") == self.bot_id or message.get("user") == self.bot_user_id
+            mine = ((self.bot_id is not None and message.get("bot_id") == self.bot_id)
+                    or (self.bot_user_id is not None and message.get("user") == self.bot_user_id))
             images = [f for f in message.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
             if mine and images:
                 data = await self.download(images[0])
