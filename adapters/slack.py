@@ -99,9 +99,18 @@ class SlackJobView:
         summary = escape(result.summary())
         uploads = [{"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
                    for image in result.images]
-        await self.adapter.client.files_upload_v2(
-            channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
-            initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
+        try:
+            await self.adapter.client.files_upload_v2(
+                channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
+                initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
+        except SlackApiError as exc:
+            # Paid for but not shown: never silently. Say so where we still can, with the request ids.
+            error = exc.response.get("error") if exc.response is not None else type(exc).__name__
+            text = (f"<@{self.who.user}> the image was made but Slack refused the upload ({error}; the bot needs "
+                    f"files:write). {summary}")
+            await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread, text=text)
+            self._finish(clip(text, 2900))
+            return
         first = result.images[0]
         self._finish(f"Done: {first.width}x{first.height} {result.request.quality} · "
                      f"{format_usd(result.total_micros)} · {result.elapsed:.0f} s · image in the thread")

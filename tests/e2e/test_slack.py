@@ -198,3 +198,13 @@ async def test_socket_mode_receives_a_slash_command_and_delivers(slack: FakeSlac
         assert Image.open(io.BytesIO(slack.uploaded[0].bytes)).size == (1024, 1024)
         assert rows[0]["status"] == "succeeded"
         assert slack.calls_to("apps.connections.open")[0].headers["Authorization"] == f"Bearer {slack.app_token}"
+
+
+async def test_a_refused_upload_is_reported_with_cost_and_request_id(slack: FakeSlack, bot: RunningBot) -> None:
+    slack.fail_next["files.completeUploadExternal"] = {"error": "not_in_channel"}
+    await slack.send_slash_command(bot.events_url, text="paid for --quality low")
+    [row] = await bot.settled(1)
+    posts = await slack.wait_for("chat.postMessage", 2)
+    told = posts[-1].args["text"]
+    assert "refused the upload (not_in_channel" in told and "request id req_" in told and "$" in told
+    assert row["status"] == "succeeded" and row["actual_micros"] > 0  # the provider billed it: the ledger says so
