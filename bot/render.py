@@ -187,7 +187,7 @@ class Renderer:
             data, width, height = await asyncio.to_thread(_decode, b64)
         except openai.APIError as exc:
             raise _translate(exc, attempts, self.timeout, client_request_id) from None
-        except (ValueError, TypeError) as exc:  # an answer we cannot read: it may still have been billed
+        except (ValueError, TypeError, OSError) as exc:  # unreadable JSON, base64 or image: it may still be billed
             raise ProviderError(
                 f"the image API sent an answer that is not an image ({type(exc).__name__})",
                 _ids(attempts), possibly_billed=True, attempts=len(attempts),
