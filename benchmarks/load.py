@@ -108,28 +108,17 @@ async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -
 
 
 async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
-    """The same work done by a plain script: one SDK call, then files_upload_v2, n at once."""
-    import base64
+    """The same work done by a plain script in its own process: one SDK call, then files_upload_v2."""
+    job = {"base_url": base_url, "slack_url": fake.api_url, "token": fake.bot_token, "n": n, "size": size,
+           "format": fmt}
+    return await _floor(job)
 
-    import openai
-    from slack_sdk.web.async_client import AsyncWebClient
 
-    api = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=600)
-    slack = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
-    durations: list[float] = []
-
-    async def one(i: int) -> None:
-        start = time.monotonic()
-        response = await api.images.generate(model="gpt-image-2", prompt="load test", size=size,  # type: ignore[arg-type]
-                                             quality="low", output_format=fmt)  # type: ignore[arg-type]
-        data = base64.b64decode(response.data[0].b64_json or "")  # type: ignore[index]
-        await slack.files_upload_v2(channel=f"C{i % 8}", file=data, filename=f"floor.{fmt}",
-                                    initial_comment="floor", thread_ts=None)
-        durations.append(time.monotonic() - start)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-    await api.close()
-    return durations
+async def _floor(job: dict[str, Any]) -> list[float]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_floor.py"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(json.dumps(job).encode())
+    return list(json.loads(out))
 
 
 async def discord_burst(fake: FakeDiscord, n: int) -> tuple[list[float], list[float]]:
@@ -163,32 +152,10 @@ async def discord_burst(fake: FakeDiscord, n: int) -> tuple[list[float], list[fl
 
 
 async def discord_floor(fake: FakeDiscord, base_url: str, n: int) -> list[float]:
-    """A plain script: the same streamed SDK call (2 previews), then a multipart file post to the channel."""
-    import base64
-
-    import openai
-
-    api = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=600)
-    durations: list[float] = []
-    async with aiohttp.ClientSession(headers={"Authorization": f"Bot {fake.token}"}) as session:
-        async def one(i: int) -> None:
-            start = time.monotonic()
-            stream = await api.images.generate(model="gpt-image-2", prompt="load test", size="1024x1024",
-                                               quality="low", output_format="jpeg", stream=True, partial_images=2)
-            b64 = ""
-            async for event in stream:
-                if event.type.endswith("completed"):
-                    b64 = event.b64_json
-            form = aiohttp.FormData()
-            form.add_field("payload_json", json.dumps({"content": "floor"}), content_type="application/json")
-            form.add_field("files[0]", base64.b64decode(b64), filename="floor.jpg", content_type="image/jpeg")
-            async with session.post(f"{fake.api_url}/channels/{fake.channel_id}/messages", data=form) as response:
-                await response.read()
-            durations.append(time.monotonic() - start)
-
-        await asyncio.gather(*(one(i) for i in range(n)))
-    await api.close()
-    return durations
+    """A plain script in its own process: the same streamed SDK call (2 previews), then a multipart post."""
+    job = {"base_url": base_url, "slack_url": "", "token": "", "n": n, "size": "1024x1024", "format": "jpeg",
+           "discord_token": fake.token, "discord_channel_url": f"{fake.api_url}/channels/{fake.channel_id}/messages"}
+    return await _floor(job)
 
 
 def summarise(name: str, acks: list[float], e2e: list[float], floor: list[float]) -> dict[str, float]:
