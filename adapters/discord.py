@@ -427,6 +427,10 @@ class DiscordAdapter:
     def connected(self) -> bool:
         return self.client.is_ready() and not self.client.is_closed()
 
+    def routes(self) -> list[web.RouteDef]:
+        """Discord talks over its gateway: no HTTP routes of ours."""
+        return []
+
     # -- commands -------------------------------------------------------------------------
 
     def _register(self) -> None:

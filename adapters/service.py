@@ -24,7 +24,12 @@ log = logging.getLogger("imagebot.service")
 
 
 class Adapter(Protocol):
-    connected: bool
+    """What `imagebot run` needs of a chat adapter."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def routes(self) -> list[web.RouteDef]: ...
 
     async def start(self, web_app: web.Application | None) -> None: ...
 
@@ -33,9 +38,9 @@ class Adapter(Protocol):
     async def tell_interrupted(self, job: Interrupted) -> None: ...
 
 
-def build_adapters(core: Core) -> dict[str, Any]:
+def build_adapters(core: Core) -> dict[str, Adapter]:
     """The adapters whose tokens are set, by platform name."""
-    adapters: dict[str, Any] = {}
+    adapters: dict[str, Adapter] = {}
     if core.settings.slack_enabled:
         from .slack import SlackAdapter
 
@@ -47,7 +52,7 @@ def build_adapters(core: Core) -> dict[str, Any]:
     return adapters
 
 
-def web_app(core: Core, adapters: dict[str, Any]) -> web.Application:
+def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
 
     async def healthz(_: web.Request) -> web.Response:
@@ -67,12 +72,12 @@ def web_app(core: Core, adapters: dict[str, Any]) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
-    if "slack" in adapters:
-        app.router.add_routes(adapters["slack"].routes())
+    for adapter in adapters.values():  # Slack's /slack/events in HTTP mode
+        app.router.add_routes(adapter.routes())
     return app
 
 
-async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
+async def serve(core: Core, adapters: dict[str, Adapter], stop: asyncio.Event,
                 ready: asyncio.Event | None = None) -> None:
     """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up."""
     settings = core.settings
@@ -85,12 +90,12 @@ async def serve(core: Core, adapters: dict[str, Any], stop: asyncio.Event,
         for adapter in adapters.values():
             await adapter.start(runner.app)
         for job in await core.ledger.recover():
-            adapter = adapters.get(job.platform)
+            owner = adapters.get(job.platform)
             log.warning("interrupted job settled", extra={"job_id": job.job_id, "platform": job.platform,
                                                           "charged_micros": job.charged_micros})
-            if adapter is not None:
+            if owner is not None:
                 try:
-                    await adapter.tell_interrupted(job)
+                    await owner.tell_interrupted(job)
                 except Exception:
                     log.exception("could not tell the user about an interrupted job")
         probe = metrics.LoopLagProbe()

@@ -182,6 +182,7 @@ class SlackAdapter:
             log.info("slack http mode at /slack/events")
 
     def routes(self) -> list[web.RouteDef]:
+        """Slack's HTTP mode posts events, commands and actions here (Socket Mode never does)."""
         return [web.post("/slack/events", self._http_events)]
 
     async def _http_events(self, request: web.Request) -> web.Response:

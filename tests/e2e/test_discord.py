@@ -62,7 +62,7 @@ async def imagine(fake: FakeDiscord, prompt: str, *, attachments: dict[str, dict
     return await fake.send_interaction(name="imagine", options=typed, attachments=attachments)
 
 
-async def until(fake: FakeDiscord, found: Callable[[RestCall], bool], within: float = 10) -> RestCall:
+async def until(fake: FakeDiscord, found: Callable[[RestCall], bool], within: float = 30) -> RestCall:
     """The first recorded call for which `found` is true, waiting for it."""
     async with asyncio.timeout(within):
         while True:
