@@ -77,6 +77,11 @@ def content(call: RestCall) -> str:
     return str(body.get("content") or "").replace("\\", "")  # without markdown escapes
 
 
+def final_result(call: RestCall) -> bool:
+    """The image with its summary, not a progress update carrying a preview: only the result names a request id."""
+    return bool(call.files) and "request id" in content(call)
+
+
 def original_edits(fake: FakeDiscord, ix: dict[str, Any]) -> list[RestCall]:
     return fake.calls_matching("PATCH", rf"/webhooks/{fake.application_id}/{ix['token']}/messages/@original")
 
@@ -127,7 +132,7 @@ async def test_edit_with_two_references_and_a_mask(discord: Any) -> None:
     assert call.prompt == "put the style on the photo"
     assert row["status"] == "succeeded"
     assert len(fake.cdn_requests) == 3 and all(r.status == 200 and r.query.get("hm") for r in fake.cdn_requests)
-    final = await until(fake, lambda c: c in original_edits(fake, ix) and bool(c.files))
+    final = await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     assert "Editing" in content(original_edits(fake, ix)[0]) and decoded(final).size == (1024, 1024)
 
 
@@ -165,7 +170,7 @@ async def test_past_the_interaction_token_the_job_finishes_in_the_channel(tmp_pa
         if expiry == "token rejected":
             fake.expire_interaction_tokens()
         channel = rf"/channels/{fake.channel_id}/messages"
-        final = await until(fake, lambda c: c.method == "POST" and c.path == channel and bool(c.files))
+        final = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
         assert final.status == 200 and str(final.json["message_reference"]["message_id"]) == original["id"]
         assert f"<@{fake.user_id}>" in content(final) and final.json["allowed_mentions"]["parse"] == []
         assert decoded(final).size == (1024, 1024)
@@ -180,7 +185,7 @@ async def test_past_the_interaction_token_the_job_finishes_in_the_channel(tmp_pa
 async def test_reply_to_an_image_edits_it(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "a red square", size="1024x1024", quality="low", format="png")
-    await until(fake, lambda c: c in original_edits(fake, ix) and bool(c.files))
+    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     image_message = fake.messages[fake.channel_id][0]
 
@@ -190,7 +195,7 @@ async def test_reply_to_an_image_edits_it(discord: Any) -> None:
     reply = await fake.send_message(content="make it blue --quality low", referenced_message=image_message,
                                     mentions_bot=True, attachments=[ref])
     channel = rf"/channels/{fake.channel_id}/messages"
-    final = await until(fake, lambda c: c.method == "POST" and c.path == channel and bool(c.files))
+    final = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
     rows = await bot.settled(2)
     edit = bot.server.calls[-1]
     assert len(bot.server.calls) == 2
@@ -245,7 +250,7 @@ async def test_admin_commands_are_hidden_refused_to_members_and_allowed_to_manag
 async def test_everyone_in_a_prompt_pings_nobody(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "hello @everyone and <@&123> **loud**", quality="low")
-    await until(fake, lambda c: c in original_edits(fake, ix) and bool(c.files))
+    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     echoed = [c for c in fake.calls if "@everyone" in content(c)]
     assert len(echoed) >= 2 and all(c.json["allowed_mentions"]["parse"] == [] for c in echoed)
@@ -281,7 +286,7 @@ async def test_edit_image_message_command_asks_for_the_instruction(discord: Any)
     await fake.wait_for("POST", r"/interactions/\d+/[^/]+/callback")
     assert fake.modals[-1]["title"] == "Edit image"
     submit = await fake.send_interaction(type=5, modal_values={"Instruction": "give it a hat --quality low"})
-    final = await until(fake, lambda c: c in original_edits(fake, submit) and bool(c.files))
+    final = await until(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
     [row] = await bot.settled(1)
     call = bot.server.calls[-1]
     assert call.endpoint == "edits" and call.images == 1 and call.prompt == "give it a hat"
@@ -291,7 +296,7 @@ async def test_edit_image_message_command_asks_for_the_instruction(discord: Any)
 async def test_usage_report_with_chart_quota_privately_and_size_suggestions(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "one", quality="low")
-    await until(fake, lambda c: c in original_edits(fake, ix) and bool(c.files))
+    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     usage = await fake.send_interaction(name="imagine-usage", options=[{"name": "days", "type": 4, "value": 7}])
     [report] = await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{usage['token']}")
