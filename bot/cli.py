@@ -6,12 +6,13 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import logs, quota, report
 from .config import ConfigError, Settings
 from .errors import UserError
+from .ledger import Ledger
 from .request import Requester
 
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
@@ -101,11 +102,11 @@ def cmd_offline_server(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    async def body(core):  # type: ignore[no-untyped-def]
-        built = await report.build(core.ledger, channel=args.channel, user=args.user, days=args.days)
+    async def body(ledger: Ledger) -> int:
+        built = await report.build(ledger, channel=args.channel, user=args.user, days=args.days)
         print(built.text())
         if args.csv:
-            rows = await report.export_csv(core.ledger, args.csv, channel=args.channel, user=args.user, days=args.days)
+            rows = await report.export_csv(ledger, args.csv, channel=args.channel, user=args.user, days=args.days)
             print(f"Wrote {rows} ledger rows to {args.csv}")
         if args.chart:
             chart = await asyncio.to_thread(report.chart_png, built)
@@ -116,19 +117,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     return _ledger_only(body)
 
 
-def _ledger_only(body) -> int:  # type: ignore[no-untyped-def]
-    """Run `body(core)` with a core whose renderer is never used (no offline server started)."""
-    from .app import Core
-
+def _ledger_only(body: Callable[[Ledger], Awaitable[int]]) -> int:
+    """Run `body(ledger)`: report and quota commands need the database, not the renderer."""
     settings = _settings()
 
     async def main() -> int:
-        from .ledger import Ledger
-        from .pricing import load_prices
-
         ledger = await asyncio.to_thread(Ledger, settings.db_path, settings.quotas, settings.timezone)
         try:
-            return int(await body(Core(settings, load_prices(settings.prices_path), ledger, None, None)))  # type: ignore[arg-type]
+            return await body(ledger)
         finally:
             await asyncio.to_thread(ledger.close)
 
@@ -136,10 +132,10 @@ def _ledger_only(body) -> int:  # type: ignore[no-untyped-def]
 
 
 def cmd_quota(args: argparse.Namespace) -> int:
-    async def body(core):  # type: ignore[no-untyped-def]
+    async def body(ledger: Ledger) -> int:
         if args.action == "show":
             who = Requester("cli", args.workspace or "local", args.channel or "cli", args.user or "cli")
-            lines = await core.ledger.quota_lines(who)
+            lines = await ledger.quota_lines(who)
             if not lines:
                 print("no limits apply")
             for line in lines:
@@ -155,7 +151,7 @@ def cmd_quota(args: argparse.Namespace) -> int:
             print(exc, file=sys.stderr)
             return 2
         try:
-            await core.ledger.set_limits(targets[0][0], targets[0][1], values)
+            await ledger.set_limits(targets[0][0], targets[0][1], values)
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
