@@ -319,7 +319,7 @@ class JobRunner:
                 log.error("job %s image failed unexpectedly", job.id, exc_info=error)
         if images:
             result = JobResult(job.id, job.request, job.requester, tuple(images), tuple(str(e) for e in errors),
-                               await self._charged(job),
+                               sum(i.cost_micros for i in images) + self._billed_failures(job, errors),
                                elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
             await self._safe(view.deliver(result))
             return result
@@ -337,6 +337,11 @@ class JobRunner:
         rows = await self.ledger.query(
             f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE id IN ({','.join('?' * len(ids))})", list(ids))
         return int(rows[0][0])
+
+    @staticmethod
+    def _billed_failures(job: Job, errors: list[BaseException]) -> int:
+        """What the failed images of a partly successful job were charged (as `_one` settled them)."""
+        return sum(failure_charge(e, job.reservation.each_micros) for e in errors)
 
     async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
         """Close a ledger row and count it in the metrics."""
@@ -377,7 +382,7 @@ class JobRunner:
                     error=f"{job.stop_reason} during the API call; charged at its estimate as possibly billed"))
                 raise
             except ProviderError as exc:
-                status, charge = ("possibly_billed", each) if exc.possibly_billed else ("failed", 0)
+                status, charge = "possibly_billed" if exc.possibly_billed else "failed", failure_charge(exc, each)
                 await self._close(job, row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
                                             attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc))
                 raise
@@ -420,6 +425,11 @@ class JobRunner:
             raise
         except Exception:
             log.exception("adapter callback failed")
+
+
+def failure_charge(error: BaseException, estimate: int) -> int:
+    """A failed image costs its estimate when the provider may have billed it, else nothing."""
+    return estimate if isinstance(error, ProviderError) and error.possibly_billed else 0
 
 
 def _ms(started: float) -> int:
