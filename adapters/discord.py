@@ -164,7 +164,9 @@ class _Client(discord.Client):
     """discord.py's client, pointed at DISCORD_API_URL's gateway, forwarding messages to the adapter."""
 
     def __init__(self, adapter: DiscordAdapter) -> None:
-        super().__init__(intents=discord.Intents.default(), allowed_mentions=NO_PINGS)
+        # No message cache: replies carry the message they answer, and a cache of our own progress messages
+        # would only be kept up to date (parsed, then collected) on every edit.
+        super().__init__(intents=discord.Intents.default(), allowed_mentions=NO_PINGS, max_messages=None)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
@@ -464,7 +466,8 @@ class DiscordAdapter:
                           ref3: discord.Attachment | None = None, ref4: discord.Attachment | None = None,
                           ref5: discord.Attachment | None = None, mask: discord.Attachment | None = None) -> None:
             born = time.monotonic()
-            deferred = await interaction.response.defer(thinking=True)
+            async with self.core.runner.acks.acking():
+                deferred = await interaction.response.defer(thinking=True)
             size = "".join(size.split()) if size else None  # "1536 x 1024" must not spill into the prompt
             text = imagine_text(prompt, size=size or None, quality=quality, format=format,
                                 compression=compression, count=count)
@@ -582,7 +585,8 @@ class DiscordAdapter:
                              image: discord.Attachment, instruction: str) -> None:
         """The "Edit image" modal was submitted: edit the target message's image with the instruction."""
         born = time.monotonic()
-        deferred = await interaction.response.defer(thinking=True)
+        async with self.core.runner.acks.acking():
+            deferred = await interaction.response.defer(thinking=True)
         try:
             base = await self._decode(image)
             request = self.core.parse(instruction, [base])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -141,8 +142,18 @@ async def run(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+
+    async def settle_heap() -> None:
+        await ready.wait()
+        # Everything made so far (modules, the SDKs' models, caches) lives as long as the process: keep it
+        # out of the collector's full passes, which otherwise stall the loop ~100 ms at a time under load.
+        gc.freeze()
+
+    freezer = asyncio.create_task(settle_heap())
     try:
-        await serve(core, build_adapters(core), stop)
+        await serve(core, build_adapters(core), stop, ready)
     finally:
+        freezer.cancel()
         await core.close()
     return 0

@@ -186,8 +186,9 @@ class SlackAdapter:
         return [web.post("/slack/events", self._http_events)]
 
     async def _http_events(self, request: web.Request) -> web.Response:
-        bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
-        return await to_aiohttp_response(bolt_response)
+        async with self.core.runner.acks.acking():  # bolt's answer is the ack: jobs start after it
+            bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
+            return await to_aiohttp_response(bolt_response)
 
     async def close(self) -> None:
         if self.socket_handler is not None:

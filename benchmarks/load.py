@@ -6,7 +6,11 @@ Scenarios, each with a floor measured in the same run against the same fakes:
   discord N concurrent /imagine interactions through the Discord fake (when the adapter is there);
           floor = the same SDK call plus a channel file upload with discord.py's HTTP client.
   4k      M concurrent 3840x2160 png jobs through the Slack path.
-Prints ack p50/p99/max, end-to-end / floor ratio, the bot's event-loop lag p99 (its /metrics) and
+Acks have a floor too, measured first (benchmarks/_ack_floor.py): the platform library alone, acking and
+doing nothing else, driven by the same burst. Slack requests come from benchmarks/_sender.py, which
+writes pre-signed requests on open connections; Discord interactions are written back to back by the
+fake's gateway and timed from the moment each frame is on the socket to its callback's arrival.
+Prints ack p50/p99/max (and p99 over the ack floor), end-to-end / floor ratio, the bot's event-loop lag p99 (its /metrics) and
 peak RSS (VmHWM of the bot process), and the RSS budget (2.5 x image bytes in flight + 150 MB).
 Last line: JSON with ack_p99_ms, ratio, loop_lag_p99_ms, peak_rss_mb, rss_budget_mb.
 Targets: ack p99 <= 100 ms, ratio <= 1.05, loop lag p99 <= 20 ms, peak RSS <= budget.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -23,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +93,7 @@ async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -
     # One prompt for all (the offline server renders it once); the user id tells jobs apart.
     payloads = [fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}", user_id=user)
                 for i, user in enumerate(users)]
-    job = {"url": f"{bot.url}/slack/events", "secret": fake.signing_secret, "payloads": payloads,
-           "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")}
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_sender.py"),
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    out, _ = await proc.communicate(json.dumps(job).encode())
-    report = json.loads(out)
+    report = await send_slash_commands(fake, f"{bot.url}/slack/events", payloads)
     sent = dict(zip(users, report["sent"], strict=True))
     done: dict[str, float] = {}
     deadline = time.monotonic() + 600
@@ -105,6 +106,47 @@ async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -
     if len(done) < n:
         raise RuntimeError(f"only {len(done)} of {n} uploads arrived")
     return report["acks"], [done[k] - sent[k] for k in done]
+
+
+async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str, str]]) -> dict[str, Any]:
+    """Signed slash commands, all at once, from the sender process: {"sent": [...], "acks": [...]}."""
+    job = {"url": url, "secret": fake.signing_secret, "payloads": payloads,
+           "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")}
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_sender.py"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate(json.dumps(job).encode())
+    return dict(json.loads(out))
+
+
+@contextlib.asynccontextmanager
+async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
+    """The platform library alone, acking and nothing else, in its own process (benchmarks/_ack_floor.py)."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_ack_floor.py"),
+                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(json.dumps(spec).encode() + b"\n")
+    await asyncio.wait_for(proc.stdout.readline(), 60)  # "ready"
+    try:
+        yield
+    finally:
+        proc.stdin.close()
+        await asyncio.wait_for(proc.wait(), 30)
+
+
+async def slack_ack_floor(fake: FakeSlack, n: int) -> list[float]:
+    port = free_port()
+    spec = {"mode": "slack", "port": port, "secret": fake.signing_secret, "token": fake.bot_token,
+            "slack_url": fake.api_url}
+    payloads = [fake.slash_command_payload(text="load test", channel_id=f"C{i % 8}", user_id=f"Ufloor{i}")
+                for i in range(n)]
+    async with ack_floor(spec):
+        return list((await send_slash_commands(fake, f"http://127.0.0.1:{port}/slack/events", payloads))["acks"])
+
+
+async def discord_ack_floor(fake: FakeDiscord, n: int) -> list[float]:
+    async with ack_floor({"mode": "discord", "api_url": fake.api_url, "token": fake.token}):
+        acks, _ = await discord_burst(fake, n, wait_for_images=False)
+    return acks
 
 
 async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
@@ -121,22 +163,18 @@ async def _floor(job: dict[str, Any]) -> list[float]:
     return list(json.loads(out))
 
 
-async def discord_burst(fake: FakeDiscord, n: int) -> tuple[list[float], list[float]]:
+async def discord_burst(fake: FakeDiscord, n: int, *, wait_for_images: bool = True) -> tuple[list[float], list[float]]:
     """n /imagine interactions at once over the gateway; (ack seconds, end-to-end seconds) per job."""
-    sent: dict[str, float] = {}
     options = [{"name": "prompt", "type": 3, "value": "load test"},
                {"name": "size", "type": 3, "value": "1024x1024"}, {"name": "quality", "type": 3, "value": "low"}]
-
-    async def one(i: int) -> None:
-        start = time.monotonic()
-        ix = await fake.send_interaction(name="imagine", options=options, user_id=10_000 + i)
-        sent[ix["token"]] = start
-
-    await asyncio.gather(*(one(i) for i in range(n)))
+    # Built first, then written back to back: each is timed from the moment its frame is on the socket.
+    burst = await fake.send_interactions([{"name": "imagine", "options": options, "user_id": 10_000 + i}
+                                          for i in range(n)])
+    sent = {ix["token"]: at for ix, at in burst}
     acks: dict[str, float] = {}
     done: dict[str, float] = {}
     deadline = time.monotonic() + 600
-    while len(done) < n and time.monotonic() < deadline:
+    while (len(done) if wait_for_images else len(acks)) < n and time.monotonic() < deadline:
         for call in fake.calls:
             parts = call.path.split("/")
             if call.method == "POST" and call.path.endswith("/callback") and parts[3] in sent:
@@ -146,7 +184,7 @@ async def discord_burst(fake: FakeDiscord, n: int) -> tuple[list[float], list[fl
                 if "request id" in content:
                     done.setdefault(parts[3], call.at)
         await asyncio.sleep(0.05)
-    if len(done) < n:
+    if len(done) < n and wait_for_images:
         raise RuntimeError(f"only {len(done)} of {n} Discord images arrived")
     return [acks[t] - sent[t] for t in acks], [done[t] - sent[t] for t in done]
 
@@ -158,12 +196,23 @@ async def discord_floor(fake: FakeDiscord, base_url: str, n: int) -> list[float]
     return await _floor(job)
 
 
-def summarise(name: str, acks: list[float], e2e: list[float], floor: list[float]) -> dict[str, float]:
+async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:  # noqa: ASYNC109
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def summarise(name: str, acks: list[float], e2e: list[float], floor: list[float],
+              ack_floor: list[float]) -> dict[str, float]:
     result = {
         "jobs": len(e2e),
         "ack_p50_ms": round(percentile(acks, 50) * 1000, 1) if acks else 0.0,
         "ack_p99_ms": round(percentile(acks, 99) * 1000, 1) if acks else 0.0,
         "ack_max_ms": round(max(acks) * 1000, 1) if acks else 0.0,
+        "ack_floor_p99_ms": round(percentile(ack_floor, 99) * 1000, 1),
+        "ack_p99_over_floor": round(percentile(acks, 99) / percentile(ack_floor, 99), 3),
         "e2e_mean_s": round(sum(e2e) / len(e2e), 3),
         "floor_mean_s": round(sum(floor) / len(floor), 3),
         "ratio": round((sum(e2e) / len(e2e)) / (sum(floor) / len(floor)), 4),
@@ -179,30 +228,34 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await fake.start()
         discord = FakeDiscord(premium_tier=3)
         await discord.start()
-        env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url,"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
-               "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
+        env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url, "SLACK_BOT_TOKEN": fake.bot_token,
+               "SLACK_SIGNING_SECRET": fake.signing_secret, "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k, args.jobs_discord)),
                "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log")}
         try:
+            # The libraries alone first, before the bot connects (the fake gateway sends to every client).
+            ack_floor_s = await slack_ack_floor(fake, args.jobs)
+            ack_floor_d = await discord_ack_floor(discord, args.jobs_discord) if args.jobs_discord else []
+            await until(lambda: discord.identified_sessions == 0, "the floor client to leave the gateway")
             async with Bot(env) as bot:
                 # Warm the server's render cache and every connection pool once.
                 await slack_burst(fake, bot, 1, "--size 1024x1024 --quality low", "warm")
                 acks, e2e = await slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", "s")
                 floor = await slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg")
-                results["slack"] = summarise("slack", acks, e2e, floor)
+                results["slack"] = summarise("slack", acks, e2e, floor, ack_floor_s)
                 if args.jobs_discord:
-                    await discord.wait_ready()
+                    await until(lambda: discord.identified_sessions == 1, "the bot's gateway session")
                     await discord.wait_for("PUT", rf"/applications/{discord.application_id}/commands")
                     await discord_burst(discord, 1)  # warm-up
                     acks_d, e2e_d = await discord_burst(discord, args.jobs_discord)
                     floor_d = await discord_floor(discord, base_url, args.jobs_discord)
-                    results["discord"] = summarise("discord", acks_d, e2e_d, floor_d)
+                    results["discord"] = summarise("discord", acks_d, e2e_d, floor_d, ack_floor_d)
                 png_bytes = 0
                 if args.jobs_4k:
                     acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
                                                     "--size 3840x2160 --format png --quality low", "k")
                     floor4 = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
-                    results["4k"] = summarise("4k", acks4, e2e4, floor4)
+                    results["4k"] = summarise("4k", acks4, e2e4, floor4, ack_floor_s)
                     png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
                 results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)

@@ -199,6 +199,50 @@ class Gate:
                 break
 
 
+class AcksFirst:
+    """Acknowledging a command comes before starting anyone's job.
+
+    A platform drops a command that is not acknowledged within 3 s, while a job's own work can wait a
+    few milliseconds. So in a burst of commands, jobs start once every command in it has been
+    acknowledged and none has arrived for `quiet` seconds, or after `patience` seconds at most.
+    """
+
+    def __init__(self, quiet: float = 0.005, patience: float = 0.5) -> None:
+        self.quiet = quiet
+        self.patience = patience
+        self.pending = 0
+        self._last = float("-inf")
+        self._calm = asyncio.Event()
+        self._calm.set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    @contextlib.asynccontextmanager
+    async def acking(self) -> AsyncIterator[None]:
+        """Around an adapter's ack (or the whole request whose answer is the ack)."""
+        self.pending += 1
+        self._last = time.monotonic()
+        if self._watcher is None or self._watcher.done():
+            self._calm.clear()
+            self._watcher = asyncio.create_task(self._watch())
+        try:
+            yield
+        finally:
+            self.pending -= 1
+            self._last = time.monotonic()
+
+    async def calm(self) -> None:
+        """Return once no command is waiting for its ack."""
+        await self._calm.wait()
+
+    async def _watch(self) -> None:
+        give_up = time.monotonic() + self.patience
+        while time.monotonic() < give_up:
+            if self.pending == 0 and time.monotonic() - self._last >= self.quiet:
+                break
+            await asyncio.sleep(self.quiet)
+        self._calm.set()
+
+
 @dataclass
 class _State:
     """Mutable progress of one job, read by its ticker."""
@@ -224,6 +268,7 @@ class JobRunner:
         self.offline_latency = offline_latency
         self.jobs: dict[str, Job] = {}
         self.accepting = True
+        self.acks = AcksFirst()
         metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
         metrics.QUEUED.set_function(lambda: self.gate.queued)
 
@@ -241,6 +286,7 @@ class JobRunner:
 
         `previews`: the adapter can show partial images, so stream them (each costs ~100 output tokens).
         """
+        await self.acks.calm()
         if not self.accepting:
             raise UserError("the bot is restarting and not taking new jobs; try again in a minute")
         partials = self.partial_images if previews else 0

@@ -407,6 +407,11 @@ class FakeDiscord:
         async with asyncio.timeout(timeout):
             await self._ready.wait()
 
+    @property
+    def identified_sessions(self) -> int:
+        """How many gateway clients are connected and identified now."""
+        return sum(1 for session in self._sessions if session.identified)
+
     def message(self, message_id: int) -> dict | None:
         """The stored message with this id, in any channel."""
         for msgs in self.messages.values():
@@ -499,7 +504,44 @@ class FakeDiscord:
         name to an attachment from :meth:`add_attachment` (an option of type 11).
         ``permissions`` defaults to the member's ``permissions`` (see :meth:`add_member`) or "0".
         """
+        spec = dict(name=name, options=options, user_id=user_id, channel_id=channel_id, attachments=attachments,
+                    permissions=permissions, type=type, command_type=command_type, target_message=target_message,
+                    custom_id=custom_id, component_type=component_type, modal_values=modal_values, values=values,
+                    guild_command=guild_command, locale=locale)
+        return (await self.send_interactions([spec]))[0][0]
+
+    async def send_interactions(self, specs: list[dict]) -> list[tuple[dict, float]]:
+        """A burst: build every interaction first (keyword arguments of :meth:`send_interaction`), then
+        write them back to back; returns each payload with the moment its frame was written."""
         await self.wait_ready()
+        payloads = [self._build_interaction(**spec) for spec in specs]
+        sent: list[tuple[dict, float]] = []
+        for payload in payloads:
+            self._by_token[payload["token"]].dispatched_at = time.monotonic()
+            await self._dispatch("INTERACTION_CREATE", payload)
+            sent.append((payload, time.monotonic()))
+        return sent
+
+    def _build_interaction(
+        self,
+        *,
+        name: str = "",
+        options: list[dict] | None = None,
+        user_id: int | None = None,
+        channel_id: int | None = None,
+        attachments: dict[str, dict] | None = None,
+        permissions: str | None = None,
+        type: int = 2,
+        command_type: int = 1,
+        target_message: dict | None = None,
+        custom_id: str | None = None,
+        component_type: int | None = None,
+        modal_values: dict[str, str] | None = None,
+        values: list[str] | None = None,
+        guild_command: bool | None = None,
+        locale: str = "en-US",
+    ) -> dict:
+        """The INTERACTION_CREATE payload for :meth:`send_interaction`, registered but not yet sent."""
         user_id = user_id or self.user_id
         channel_id = channel_id or self.channel_id
         member = dict(self._ensure_member(user_id))
@@ -564,7 +606,6 @@ class FakeDiscord:
         )
         self._interactions[interaction_id] = ix
         self._by_token[token] = ix
-        await self._dispatch("INTERACTION_CREATE", payload)
         return payload
 
     async def send_message(
