@@ -270,17 +270,16 @@ class DiscordJobView:
         self._pending = asyncio.create_task(self._show_progress(progress_text(progress), progress, preview))
 
     async def _show_progress(self, content: str, progress: Progress, preview: bytes | None) -> None:
-        ext = "jpg" if progress.request.format == "jpeg" else progress.request.format
         attachments: list[discord.File] = MISSING
         if preview is not None and len(preview) <= self.upload_limit:
-            attachments = [discord.File(io.BytesIO(preview), f"preview.{ext}")]
+            attachments = [discord.File(io.BytesIO(preview), "preview.jpg")]
         try:
             if await self._via_interaction(lambda ix: ix.edit_original_response(
                     content=content, attachments=attachments, view=cancel_view(self.job_id),
                     allowed_mentions=NO_PINGS)):
                 return
             if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
-                attachments = [discord.File(io.BytesIO(preview or b""), f"preview.{ext}")]
+                attachments = [discord.File(io.BytesIO(preview or b""), "preview.jpg")]
             if self.progress_message is None:
                 self.progress_message = await self.channel.send(
                     content, files=attachments, view=cancel_view(self.job_id), reference=self.reference,

@@ -132,6 +132,27 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
             raise ValueError("image cannot be made small enough")
 
 
+PREVIEW_SIDE = 512
+
+
+def preview_jpeg(data: bytes, side: int = PREVIEW_SIDE) -> bytes:
+    """A partial image as a small JPEG (longest side `side`) for a progress message.
+
+    A preview is a hint of what is coming: full-size partials (megabytes at 4K) would cost an upload each
+    and slow the result behind them. JPEG partials decode straight at a fraction of their size (draft mode).
+    CPU work: run in a thread.
+    """
+    with Image.open(io.BytesIO(data)) as img:
+        if img.width * img.height > MAX_DECODE_PIXELS:
+            raise ValueError("partial image too large to decode")
+        img.draft("RGB", (side, side))
+        frame = img.convert("RGB")
+    frame.thumbnail((side, side), Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    frame.save(out, "JPEG", quality=75)
+    return out.getvalue()
+
+
 def _size_text(size: int) -> str:
     """1048576 -> '1 MiB', 250000 -> '244 KiB'."""
     return f"{size / 1048576:.3g} MiB" if size >= 1048576 else f"{size / 1024:.0f} KiB"

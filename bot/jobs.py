@@ -16,6 +16,7 @@ from typing import Protocol
 
 from . import metrics
 from .errors import ApiRejected, ProviderError, UserError
+from .images import preview_jpeg
 from .ledger import Ledger, Reservation
 from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
 from .render import Renderer, RenderResult
@@ -47,7 +48,7 @@ class Progress:
     queue_position: int | None
     done: int
     count: int
-    preview: bytes | None
+    preview: bytes | None  # the latest partial image as a small JPEG (images.preview_jpeg), if a new one came
     offline: bool
 
     @property
@@ -408,7 +409,10 @@ class JobRunner:
             state.waiters[seq] = waiter
 
         async def preview(data: bytes, index: int) -> None:
-            state.preview = data
+            try:
+                state.preview = await asyncio.to_thread(preview_jpeg, data)
+            except (OSError, ValueError):  # a preview is a nicety: an unreadable one is skipped
+                log.warning("unreadable partial image skipped", extra={"job_id": job.id})
 
         async with self.gate.slot(waiting):
             state.waiters[seq] = None

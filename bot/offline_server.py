@@ -312,6 +312,18 @@ def _render_generation(params: _Params) -> tuple[Image.Image, str]:
     return image, _b64(_encode(image, params.output_format, params.compression))
 
 
+def _partial(final: Image.Image, params: _Params, index: int) -> str:
+    if not params.images:  # like the final: the same parameters give the same partials
+        return _generation_partial(replace(params, stream=False), index)
+    return _render_partial(final, params, index)
+
+
+@functools.lru_cache(maxsize=16)
+def _generation_partial(params: _Params, index: int) -> str:
+    final, _ = _render_generation(replace(params, partial_images=0))
+    return _render_partial(final, params, index)
+
+
 def _render_partial(final: Image.Image, params: _Params, index: int) -> str:
     """A blurred stand-in for partial image `index`: sharper the later it comes, always the final size."""
     factor = 2 ** (params.partial_images - index + 2)
@@ -905,7 +917,7 @@ class OfflineImageServer:
             await response.prepare(request)
             sent = 0
             for index in range(params.partial_images):
-                partial = await asyncio.to_thread(_render_partial, final, params, index)
+                partial = await asyncio.to_thread(_partial, final, params, index)
                 await self._sleep_until(started + latency * (index + 1) / steps)
                 event = {
                     "type": f"{params.event_prefix}.partial_image",

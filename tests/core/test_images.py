@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import UserError
-from bot.images import MAX_DECODE_PIXELS, MAX_FILE_BYTES, fit_under, image_size, load_image
+from bot.images import MAX_DECODE_PIXELS, MAX_FILE_BYTES, fit_under, image_size, load_image, preview_jpeg
 
 MIB = 1024 * 1024
 
@@ -148,3 +148,12 @@ def test_fit_under_shrinks_a_noisy_2048_png_under_1_mib(noisy_png: bytes) -> Non
 def test_fit_under_leaves_a_small_image_alone() -> None:
     data = encode("PNG")
     assert fit_under(data, MIB) == (data, "png", None)
+
+
+@pytest.mark.parametrize(("size", "fmt"), [((3840, 2160), "PNG"), ((1024, 1536), "JPEG"), ((300, 200), "WEBP")])
+def test_a_preview_is_a_small_jpeg_of_the_same_shape(size: tuple[int, int], fmt: str) -> None:
+    out = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(out, fmt)
+    with Image.open(io.BytesIO(preview_jpeg(out.getvalue()))) as preview:
+        assert preview.format == "JPEG" and max(preview.size) == min(512, max(size))
+        assert abs(preview.width / preview.height - size[0] / size[1]) < 0.01

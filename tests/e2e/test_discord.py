@@ -140,7 +140,7 @@ async def test_oversize_image_is_re_encoded_before_upload_and_again_on_413(tmp_p
     # The interaction says 60 kB (and so does the upload check); the guild's boost tier says 10 MiB.
     async with discord_bot(tmp_path, fake_kwargs={"filesize_limit_override": 60_000}) as (fake, bot):
         ix = await imagine(fake, "a detailed map", size="1024x1024", quality="low", format="png")
-        final = await until(fake, lambda c: c in original_edits(fake, ix) and bool(c.files) and c.status == 200)
+        final = await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200)
         assert "re-encoded as JPEG" in content(final)
         assert decoded(final).format == "JPEG" and len(final.files[0][2]) <= 60_000
         await bot.settled(1)
@@ -149,7 +149,7 @@ async def test_oversize_image_is_re_encoded_before_upload_and_again_on_413(tmp_p
         await fake.send_message(content="now at night --format png --quality low", mentions_bot=True,
                                 referenced_message=fake.messages[fake.channel_id][0])
         channel = rf"/channels/{fake.channel_id}/messages"
-        posted = await until(fake, lambda c: c.method == "POST" and c.path == channel and bool(c.files)
+        posted = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c)
                              and c.status == 200)
         # Discord said 413 (to a preview, or to the image): the image was fitted under what it refused.
         assert any(c.status == 413 for c in fake.calls if c.path.startswith(channel))
