@@ -83,7 +83,7 @@ class Bot:
     async def metric(self, name: str) -> float:
         async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
             text = await response.text()
-        match = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match[1]) if match else 0.0
 
 
@@ -236,6 +236,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             # The libraries alone first, before the bot connects (the fake gateway sends to every client).
             ack_floor_s = await slack_ack_floor(fake, args.jobs)
             ack_floor_d = await discord_ack_floor(discord, args.jobs_discord) if args.jobs_discord else []
+            ack_floor_4k = await slack_ack_floor(fake, args.jobs_4k) if args.jobs_4k else []
             await until(lambda: discord.identified_sessions == 0, "the floor client to leave the gateway")
             async with Bot(env) as bot:
                 # Warm the server's render cache and every connection pool once.
@@ -255,12 +256,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                     acks4, e2e4 = await slack_burst(fake, bot, args.jobs_4k,
                                                     "--size 3840x2160 --format png --quality low", "k")
                     floor4 = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
-                    results["4k"] = summarise("4k", acks4, e2e4, floor4, ack_floor_s)
+                    results["4k"] = summarise("4k", acks4, e2e4, floor4, ack_floor_4k)
                     png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
                 results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)
+                samples = await bot.metric("imagebot_event_loop_lag_seconds_count")
+                late = samples - await bot.metric('imagebot_event_loop_lag_seconds_bucket{le="0.02"}')
+                results["loop_lag_over_20ms_share"] = round(late / samples, 4) if samples else 0.0
                 results["peak_rss_mb"] = round(vm_hwm_mb(bot.proc.pid), 1)  # type: ignore[union-attr]
-                in_flight = max(args.jobs * jpeg_bytes, args.jobs_4k * png_bytes)
+                in_flight = max(max(args.jobs, args.jobs_discord) * jpeg_bytes, args.jobs_4k * png_bytes)
                 results["image_bytes_in_flight_mb"] = round(in_flight / 1e6, 1)
                 results["rss_budget_mb"] = round(2.5 * in_flight / 1e6 + 150, 1)
         finally:
