@@ -86,7 +86,8 @@ async def sdk_floor(base_url: str, size: str, fmt: str, jobs: int, latency: floa
     """The same calls made with the bare SDK (no ledger, no job layer): what the server alone costs."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=120)
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=120,
+                                http_client=openai.DefaultAioHttpClient())  # the backend the bot uses
     durations: list[float] = []
 
     async def one() -> None:
