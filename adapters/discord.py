@@ -624,7 +624,7 @@ class DiscordAdapter:
                 await tell("I could not post in this channel (I need View Channel, Send Messages and Attach "
                            "Files). Nothing was charged.")
             return
-        await self.core.ledger.set_context(job.id, view.context())
+        self.core.ledger.set_context(job.id, view.context())
         await runner.execute(job, view)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:

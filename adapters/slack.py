@@ -332,7 +332,7 @@ class SlackAdapter:
                                        "Nothing was charged.", respond, thread_ts)
             return
         ts = posted["ts"]
-        await self.core.ledger.set_context(job.id, {"channel": who.channel, "thread_ts": thread_ts or ts})
+        self.core.ledger.set_context(job.id, {"channel": who.channel, "thread_ts": thread_ts or ts})
         await self.core.runner.execute(job, SlackJobView(self, who.channel, ts, who, job.id, thread_ts))
 
     async def _tell_privately(self, who: Requester, text: str, respond: Any, thread_ts: str | None) -> None:

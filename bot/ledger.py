@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import socket
 import uuid
@@ -28,6 +29,7 @@ from .pricing import Usage
 from .request import ImageRequest, Requester
 from .store import connect, immediate
 
+log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
 OPEN = ("reserved", "running")
 HEARTBEAT_STALE = timedelta(minutes=2)
@@ -76,6 +78,11 @@ class QuotaLine:
     limit: str
     left: str
     resets: datetime
+
+
+def _log_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("ledger write failed", exc_info=future.exception())
 
 
 @dataclass
@@ -169,10 +176,17 @@ class Ledger:
         return asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.db.execute(
             "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'", [stamp, row_id]))
 
-    async def set_context(self, job_id: str, context: dict[str, Any]) -> None:
-        """Where the adapter shows this job (thread, message), so a restart can tell the user."""
+    def set_context(self, job_id: str, context: dict[str, Any]) -> asyncio.Future[Any]:
+        """Where the adapter shows this job (thread, message), so a restart can tell the user.
+
+        Like `start`, queued on the database thread at once, ahead of the job's own writes; callers need
+        not wait for it before the API call (a failure is logged).
+        """
         text = json.dumps(context)
-        await self._run(lambda: self.db.execute("UPDATE ledger SET context=? WHERE job_id=?", [text, job_id]))
+        future = asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.db.execute(
+            "UPDATE ledger SET context=? WHERE job_id=?", [text, job_id]))
+        future.add_done_callback(_log_failure)
+        return future
 
     # -- settlement -----------------------------------------------------------------------
 
