@@ -78,6 +78,10 @@ except ImportError:  # an SDK without it: httpx's own transport
     _HttpClient = openai.DefaultAsyncHttpxClient
 
 
+# aiohttp's errors for a request that never left: no connection could be made (or none in time).
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
+
+
 class _RecordingTransport(_Transport):
     """Records every attempt (request id, status, whether it was delivered) for the current render."""
 
@@ -89,9 +93,10 @@ class _RecordingTransport(_Transport):
         try:
             response = await super().handle_async_request(request)
         except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
-            if isinstance(exc.__cause__, aiohttp.ServerDisconnectedError):
-                # aiohttp files "the server hung up before answering" under connect errors, but the
-                # request was sent: it may have been billed.
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, _NOT_SENT):
+                # The aiohttp backend files every broken connection under "connect" errors, even one that
+                # broke after the request went out (the server hung up, a reset): that may have been billed.
                 metrics.ATTEMPTS.labels("disconnected").inc()
                 raise
             attempt.delivered = False
