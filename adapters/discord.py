@@ -166,7 +166,12 @@ class _Client(discord.Client):
     def __init__(self, adapter: DiscordAdapter) -> None:
         # No message cache: replies carry the message they answer, and a cache of our own progress messages
         # would only be kept up to date (parsed, then collected) on every edit.
-        super().__init__(intents=discord.Intents.default(), allowed_mentions=NO_PINGS, max_messages=None)
+        # Only the events the bot uses: guilds (and their channels) and guild messages (replies that edit an
+        # image). Typing, reactions, voice and the rest would be parsed and dropped, one event per keystroke.
+        intents = discord.Intents.none()
+        intents.guilds = True
+        intents.guild_messages = True
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, max_messages=None)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
