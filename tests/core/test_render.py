@@ -141,6 +141,17 @@ async def test_an_invalid_request_the_api_rejects_is_a_user_error(renderer: Rend
     assert "rejected the request" in str(caught.value)
 
 
+async def failure_against(port: int) -> ProviderError:
+    """What rendering against 127.0.0.1:`port` raises (one retry)."""
+    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=2, max_retries=1)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await renderer.render(request())
+    finally:
+        await renderer.close()
+    return caught.value
+
+
 async def test_a_server_that_hangs_up_after_the_request_may_have_billed_it() -> None:
     """Read the whole request, then close without answering: the call went out, so it may have cost money."""
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -148,15 +159,11 @@ async def test_a_server_that_hangs_up_after_the_request_may_have_billed_it() -> 
         writer.close()
 
     listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
-    port = listener.sockets[0].getsockname()[1]
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=2, max_retries=1)
     try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
+        failure = await failure_against(listener.sockets[0].getsockname()[1])
     finally:
-        await renderer.close()
         listener.close()
-    assert caught.value.possibly_billed and caught.value.attempts == 2
+    assert failure.possibly_billed and failure.attempts == 2
 
 
 async def test_a_refused_connection_never_reached_the_api() -> None:
@@ -164,10 +171,5 @@ async def test_a_refused_connection_never_reached_the_api() -> None:
     port = listener.sockets[0].getsockname()[1]
     listener.close()
     await listener.wait_closed()  # nothing listens there now
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=2, max_retries=1)
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
-    assert not caught.value.possibly_billed and caught.value.attempts == 2
+    failure = await failure_against(port)
+    assert not failure.possibly_billed and failure.attempts == 2

@@ -475,43 +475,13 @@ class FakeDiscord:
 
     # ----------------------------------------------------------------- driving the bot
 
-    async def send_interaction(
-        self,
-        *,
-        name: str = "",
-        options: list[dict] | None = None,
-        user_id: int | None = None,
-        channel_id: int | None = None,
-        attachments: dict[str, dict] | None = None,
-        permissions: str | None = None,
-        type: int = 2,
-        command_type: int = 1,
-        target_message: dict | None = None,
-        custom_id: str | None = None,
-        component_type: int | None = None,
-        modal_values: dict[str, str] | None = None,
-        values: list[str] | None = None,
-        guild_command: bool | None = None,
-        locale: str = "en-US",
-    ) -> dict:
-        """Dispatch INTERACTION_CREATE and return the interaction (with ``id`` and ``token``).
-
-        type 2: application command (``command_type`` 1 slash, 3 message menu with
-        ``target_message``); type 3: component on ``target_message`` (``custom_id``,
-        ``component_type``, ``values``); type 4: autocomplete; type 5: modal submit
-        (``custom_id`` defaults to the last modal the bot opened; ``modal_values`` maps
-        text-input custom ids or labels to values). ``attachments`` maps an option
-        name to an attachment from :meth:`add_attachment` (an option of type 11).
-        ``permissions`` defaults to the member's ``permissions`` (see :meth:`add_member`) or "0".
-        """
-        spec = dict(name=name, options=options, user_id=user_id, channel_id=channel_id, attachments=attachments,
-                    permissions=permissions, type=type, command_type=command_type, target_message=target_message,
-                    custom_id=custom_id, component_type=component_type, modal_values=modal_values, values=values,
-                    guild_command=guild_command, locale=locale)
+    async def send_interaction(self, **spec: Any) -> dict:
+        """Dispatch INTERACTION_CREATE and return the interaction (with ``id`` and ``token``); keyword
+        arguments as for :meth:`_build_interaction`."""
         return (await self.send_interactions([spec]))[0][0]
 
     async def send_interactions(self, specs: list[dict]) -> list[tuple[dict, float]]:
-        """A burst: build every interaction first (keyword arguments of :meth:`send_interaction`), then
+        """A burst: build every interaction first (keyword arguments of :meth:`_build_interaction`), then
         write them back to back; returns each payload with the moment its frame was written."""
         await self.wait_ready()
         payloads = [self._build_interaction(**spec) for spec in specs]
@@ -541,7 +511,16 @@ class FakeDiscord:
         guild_command: bool | None = None,
         locale: str = "en-US",
     ) -> dict:
-        """The INTERACTION_CREATE payload for :meth:`send_interaction`, registered but not yet sent."""
+        """The INTERACTION_CREATE payload (with ``id`` and ``token``), registered but not yet sent.
+
+        type 2: application command (``command_type`` 1 slash, 3 message menu with
+        ``target_message``); type 3: component on ``target_message`` (``custom_id``,
+        ``component_type``, ``values``); type 4: autocomplete; type 5: modal submit
+        (``custom_id`` defaults to the last modal the bot opened; ``modal_values`` maps
+        text-input custom ids or labels to values). ``attachments`` maps an option
+        name to an attachment from :meth:`add_attachment` (an option of type 11).
+        ``permissions`` defaults to the member's ``permissions`` (see :meth:`add_member`) or "0".
+        """
         user_id = user_id or self.user_id
         channel_id = channel_id or self.channel_id
         member = dict(self._ensure_member(user_id))
