@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +220,16 @@ def summarise(acks: list[float], e2e: list[float], floor: list[float], ack_floor
     }
 
 
+async def measure(name: str, burst: Callable[[int], Awaitable[tuple[list[float], list[float]]]],
+                  floor: Callable[[], Awaitable[list[float]]], ack_floors: list[list[float]]) -> dict[str, Any]:
+    """One scenario: per round, the bot's burst (acks, end-to-end) then the floor's; medians over rounds."""
+    rounds = []
+    for r, ack_floor_round in enumerate(ack_floors):
+        acks, e2e = await burst(r)
+        rounds.append(summarise(acks, e2e, await floor(), ack_floor_round))
+    return combine(name, rounds)
+
+
 def combine(name: str, rounds: list[dict[str, float]]) -> dict[str, Any]:
     """Each figure's median over the rounds (this machine's run-to-run noise is about +-5%), with ranges."""
     def median(key: str) -> float:
@@ -253,31 +263,22 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             async with Bot(env) as bot:
                 # Warm the server's render cache and every connection pool once.
                 await slack_burst(fake, bot, 1, "--size 1024x1024 --quality low", "warm")
-                rounds = []
-                for r in range(args.rounds):
-                    acks, e2e = await slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", f"s{r}x")
-                    floor = await slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg")
-                    rounds.append(summarise(acks, e2e, floor, ack_floor_s[r]))
-                results["slack"] = combine("slack", rounds)
+                results["slack"] = await measure(
+                    "slack", lambda r: slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", f"s{r}x"),
+                    lambda: slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg"), ack_floor_s)
                 if args.jobs_discord:
                     await until(lambda: discord.identified_sessions == 1, "the bot's gateway session")
                     await discord.wait_for("PUT", rf"/applications/{discord.application_id}/commands")
                     await discord_burst(discord, 1)  # warm-up
-                    rounds = []
-                    for r in range(args.rounds):
-                        acks, e2e = await discord_burst(discord, args.jobs_discord)
-                        floor = await discord_floor(discord, base_url, args.jobs_discord)
-                        rounds.append(summarise(acks, e2e, floor, ack_floor_d[r]))
-                    results["discord"] = combine("discord", rounds)
+                    results["discord"] = await measure(
+                        "discord", lambda r: discord_burst(discord, args.jobs_discord),
+                        lambda: discord_floor(discord, base_url, args.jobs_discord), ack_floor_d)
                 png_bytes = 0
                 if args.jobs_4k:
-                    rounds = []
-                    for r in range(args.rounds):
-                        acks, e2e = await slack_burst(fake, bot, args.jobs_4k,
-                                                      "--size 3840x2160 --format png --quality low", f"k{r}x")
-                        floor = await slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png")
-                        rounds.append(summarise(acks, e2e, floor, ack_floor_4k[r]))
-                    results["4k"] = combine("4k", rounds)
+                    results["4k"] = await measure(
+                        "4k", lambda r: slack_burst(fake, bot, args.jobs_4k, "--size 3840x2160 --format png --quality low",
+                                                    f"k{r}x"),
+                        lambda: slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png"), ack_floor_4k)
                     png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
                 results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)
