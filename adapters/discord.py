@@ -34,6 +34,7 @@ from bot.ledger import Interrupted
 from bot.pricing import format_usd
 from bot.ratelimit import TokenBucket
 from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
+from bot.request import clip as clip_to
 from bot.sizes import KNOWN_SIZES
 
 log = logging.getLogger("imagebot.discord")
@@ -57,7 +58,8 @@ def escape(text: str) -> str:
 
 
 def clip(text: str, limit: int = MAX_CONTENT) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    """Within Discord's message length."""
+    return clip_to(text, limit)
 
 
 def quote(prompt: str, limit: int = 300) -> str:

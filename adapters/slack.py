@@ -27,12 +27,13 @@ from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
 from bot.ratelimit import TokenBucket
-from bot.request import Requester
+from bot.request import Requester, clip
 
 log = logging.getLogger("imagebot.slack")
 
 CANCEL_ACTION = "imagebot_cancel"
 BAR = 20
+PROMPT_SHOWN = 280  # characters of the prompt in a progress message
 # Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
 UPDATES_PER_MINUTE = 45
 
@@ -40,10 +41,6 @@ UPDATES_PER_MINUTE = 45
 def escape(text: str) -> str:
     """Slack's own escaping for mrkdwn: no <!channel>, <@user> or links can be smuggled in."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def clip(text: str, limit: int = 280) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def progress_blocks(progress: Progress, who: Requester, job_id: str) -> list[dict[str, Any]]:
@@ -59,7 +56,7 @@ def progress_blocks(progress: Progress, who: Requester, job_id: str) -> list[dic
             status += f" · {progress.done}/{progress.count} done"
     offline = " · offline image server" if progress.offline else ""
     return [
-        {"type": "section", "text": {"type": "plain_text", "text": clip(request.prompt), "emoji": True}},
+        {"type": "section", "text": {"type": "plain_text", "text": clip(request.prompt, PROMPT_SHOWN), "emoji": True}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text":
             f"<@{who.user}> · {request.describe()}{' · edit' if request.is_edit else ''}"
             f"{f' · x{request.count}' if request.count > 1 else ''}{offline}"}]},

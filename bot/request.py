@@ -68,6 +68,11 @@ class Defaults:
     model: str = "gpt-image-2"
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters, with an ellipsis when cut (for showing prompts and replies)."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def split_flags(text: str) -> tuple[str, dict[str, str]]:
     """Separate recognised flags from the prompt; the prompt keeps everything else verbatim."""
     flags: dict[str, str] = {}
