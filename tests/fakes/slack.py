@@ -496,14 +496,19 @@ class FakeSlack:
         self._store(channel, msg)
         return {"channel": channel, "ts": msg["ts"], "message": dict(msg)}
 
-    def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+    def _own_message(self, args: dict[str, Any], refusal: str) -> tuple[str, str, dict[str, Any]]:
+        """(channel, ts, message) for a call on one of the bot's own messages; Slack's errors otherwise."""
         channel = self._resolve_channel(args)
         ts = args.get("ts")
         msg = self._find(channel, ts) if ts else None
         if msg is None:
             raise _ApiError("message_not_found")
         if msg.get("bot_id") != self.bot_id and msg.get("user") != self.bot_user_id:
-            raise _ApiError("cant_update_message")
+            raise _ApiError(refusal)
+        return channel, str(ts), msg
+
+    def _m_chat_update(self, args: dict[str, Any]) -> dict[str, Any]:
+        channel, ts, msg = self._own_message(args, "cant_update_message")
         if "text" in args and args["text"] is not None:
             msg["text"] = args["text"]
         blocks = _jsonish(args.get("blocks"))
@@ -538,13 +543,7 @@ class FakeSlack:
         return {"message_ts": ts}
 
     def _m_chat_delete(self, args: dict[str, Any]) -> dict[str, Any]:
-        channel = self._resolve_channel(args)
-        ts = args.get("ts")
-        msg = self._find(channel, ts) if ts else None
-        if msg is None:
-            raise _ApiError("message_not_found")
-        if msg.get("bot_id") != self.bot_id and msg.get("user") != self.bot_user_id:
-            raise _ApiError("cant_delete_message")
+        channel, ts, msg = self._own_message(args, "cant_delete_message")
         self.messages[channel].remove(msg)
         return {"channel": channel, "ts": ts}
 
