@@ -95,6 +95,25 @@ def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
             "SLACK_API_URL": fake.api_url, **extra}
 
 
+# Every fault the offline server offers -> (final status, charge: "usage" | "estimate" | "usage+estimate" |
+# "zero", attempts, words the user sees). A stream that breaks after it started is retried by us (the SDK does
+# not); every attempt that may have been billed without an image is charged. The words for "drop*" depend on
+# whether the adapter streams (Discord, for previews) or not (Slack): see each adapter's fault test.
+FAULT_MATRIX = {
+    "500": ("succeeded", "usage", 2, "request id req_"),
+    "500*": ("failed", "zero", 3, "HTTP 500"),
+    "503*": ("failed", "zero", 3, "HTTP 503"),
+    "429:1": ("succeeded", "usage", 2, "request id req_"),
+    "429:1*": ("failed", "zero", 3, "rate limiting"),
+    "hang": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "hang*": ("possibly_billed", "estimate", 3, "did not answer"),
+    "drop": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "drop*": ("possibly_billed", "estimate", 3, "connection"),
+    "moderation": ("failed", "zero", 1, "safety system"),
+    "garbage": ("possibly_billed", "estimate", 1, "not an image"),
+}
+
+
 def expected_charge(row: dict[str, Any], charge: str) -> int:
     """What a fault-matrix row should have cost: `usage` (its tokens), `estimate` (its reservation, as possibly
     billed), `usage+estimate` (an image plus one lost attempt) or `zero`."""
