@@ -238,6 +238,36 @@ async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core
     assert_counters_match_ledger(core)
 
 
+@pytest.mark.parametrize("hangs_up", [True, False])
+async def test_a_broken_connection_is_charged_only_if_the_request_went_out(
+        make_core: MakeCore, hangs_up: bool) -> None:
+    """The server reads the request and hangs up (it may have billed it), or nothing listens (it cannot have)."""
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    listener = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    if not hangs_up:
+        listener.close()
+        await listener.wait_closed()
+    try:
+        core = await make_core(IMAGEBOT_OFFLINE="0", OPENAI_API_KEY="sk-test", IMAGEBOT_API_RETRIES="0",
+                               OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
+        request = core.parse("a red fox --quality low --size 1024x1024")
+        job = await core.runner.prepare(request, ALICE)
+        outcome = await core.runner.execute(job, RecordingView())
+    finally:
+        listener.close()
+    estimate = core.runner.estimate(request)
+    charged = estimate if hangs_up else 0
+    assert isinstance(outcome, JobFailure) and outcome.charged_micros == charged
+    [row] = rows(core)
+    assert (row["status"], row["actual_micros"]) == ("possibly_billed" if hangs_up else "failed", charged)
+    assert counters(core)[("user_day", "U1")] == (charged, 0)
+    assert_counters_match_ledger(core)
+
+
 async def test_a_moderation_refusal_costs_nothing_and_says_why(make_core: MakeCore) -> None:
     core = await make_core()
     core.offline_server.push_faults("moderation")  # type: ignore[union-attr]
