@@ -89,6 +89,8 @@ class Settings:
     out_dir: Path = Path("./out")
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
+    metrics_token: Secret | None = None
+    lease_seconds: float = 60.0
 
     @property
     def slack_enabled(self) -> bool:
@@ -105,7 +107,7 @@ class Settings:
     def secrets(self) -> list[str]:
         """Every configured secret value, for log scrubbing and tests."""
         found = (self.openai_api_key, self.slack_bot_token, self.slack_signing_secret,
-                 self.slack_app_token, self.discord_token)
+                 self.slack_app_token, self.discord_token, self.metrics_token)
         return [s.reveal() for s in found if s is not None and s.reveal()]
 
     @classmethod
@@ -132,7 +134,7 @@ class _Env:
         value = self.text(name)
         return Secret(value) if value else None
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0) -> float:
+    def number(self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None) -> float:
         text = self.text(name)
         if text is None:
             return default
@@ -142,6 +144,8 @@ class _Env:
             raise ConfigError(f"{name}={text!r} is not a number (seconds, e.g. {default:g})") from None
         if not value >= minimum or value != value or value == float("inf"):
             raise ConfigError(f"{name}={text!r} must be a number >= {minimum:g}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{name}={text!r} is out of range ({minimum:g}-{maximum:g})")
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
@@ -249,7 +253,7 @@ def _parse(env: _Env) -> Settings:
         ),
         timezone=tz,
         api_timeout=env.number("IMAGEBOT_API_TIMEOUT", 360.0, minimum=0.001),
-        api_retries=env.integer("IMAGEBOT_API_RETRIES", 2, minimum=0, maximum=10),
+        api_retries=env.integer("IMAGEBOT_API_RETRIES", 2, minimum=0, maximum=2),
         max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
         progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
         partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),
@@ -260,4 +264,7 @@ def _parse(env: _Env) -> Settings:
         out_dir=Path(env.text("IMAGEBOT_OUT_DIR", "./out") or "./out"),
         shutdown_grace=env.number("IMAGEBOT_SHUTDOWN_GRACE", 30.0),
         log_level=(env.text("IMAGEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+        metrics_token=env.secret("IMAGEBOT_METRICS_TOKEN"),
+        # How long a process's hold on its running jobs lasts without a heartbeat (SPEC §5: at most 60 s).
+        lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),
     )

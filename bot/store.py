@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -60,7 +60,16 @@ def _v3(db: sqlite_utils.Database) -> None:
     conn.execute("CREATE INDEX idx_ledger_open ON ledger (status) WHERE status IN ('reserved', 'running')")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(db: sqlite_utils.Database) -> None:
+    """Leases: a process holds its running jobs until `expires_at` (renewed by its heartbeat), so any process
+    can recover a dead one's jobs whatever its host name or pid; and the notice owed to an interrupted job's
+    user, which the process that serves that platform sends."""
+    db.table("instances").add_column("expires_at", str)
+    db.conn.execute("UPDATE instances SET expires_at = heartbeat_at")
+    db.table("ledger").add_column("notice", str)  # pending -> sent, for jobs closed as interrupted
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:

@@ -430,13 +430,13 @@ def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_pa
     try:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS >= 5_000
-        assert store.schema_version(db) == store.SCHEMA_VERSION == 3
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+        assert store.schema_version(db) == store.SCHEMA_VERSION
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, store.SCHEMA_VERSION + 1))
     finally:
         db.conn.close()
     again = store.connect(path)  # idempotent: no second migration
     try:
-        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2, 3]
+        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, store.SCHEMA_VERSION + 1))
     finally:
         again.conn.close()
 
