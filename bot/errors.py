@@ -15,20 +15,46 @@ class QuotaExceeded(UserError):
     """A limit would be crossed; the message names the limit, what is left and when it resets."""
 
 
-class ApiRejected(UserError):
-    """The provider refused the request as invalid (HTTP 400): the user can change it. Not billed."""
+class _Attempted:
+    """What an error of the image API carries: every attempt's request id, how many attempts were made and
+    how many of them may have been billed without giving an image. `str()` names the request ids once."""
 
-    def __init__(self, message: str, request_ids: tuple[str, ...] = (), attempts: int = 1) -> None:
+    request_ids: tuple[str, ...]
+    attempts: int
+    billed_attempts: int
+
+    @property
+    def possibly_billed(self) -> bool:
+        return self.billed_attempts > 0
+
+    @property
+    def message(self) -> str:
+        """The text without the request ids."""
+        return str(self.args[0]) if self.args else ""  # type: ignore[attr-defined]
+
+    def __str__(self) -> str:
+        if self.request_ids:
+            return f"{self.message} (request id {', '.join(self.request_ids)})"
+        return self.message
+
+
+class ApiRejected(_Attempted, UserError):
+    """The provider refused the request as invalid (HTTP 400): the user can change it. That attempt is not
+    billed; earlier attempts of the same image (a timeout, then the refusal) may have been."""
+
+    def __init__(self, message: str, request_ids: tuple[str, ...] = (), attempts: int = 1, *,
+                 billed_attempts: int = 0) -> None:
         super().__init__(message)
         self.request_ids = request_ids
         self.attempts = attempts
+        self.billed_attempts = billed_attempts
 
 
 class ModerationRefused(ApiRejected):
     """The provider refused the prompt or image on content grounds."""
 
 
-class ProviderError(ImagebotError):
+class ProviderError(_Attempted, ImagebotError):
     """The image provider failed in a way the user cannot fix (5xx, timeouts, broken streams)."""
 
     def __init__(
@@ -36,19 +62,13 @@ class ProviderError(ImagebotError):
         message: str,
         request_ids: tuple[str, ...] = (),
         *,
-        possibly_billed: bool = False,
+        billed_attempts: int = 0,
         attempts: int = 1,
     ) -> None:
         super().__init__(message)
         self.request_ids = request_ids
-        self.possibly_billed = possibly_billed
+        self.billed_attempts = billed_attempts
         self.attempts = attempts
-
-    def __str__(self) -> str:
-        base = super().__str__()
-        if self.request_ids:
-            return f"{base} (request id {', '.join(self.request_ids)})"
-        return base
 
 
 class ConfigError(ImagebotError):

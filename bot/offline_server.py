@@ -52,7 +52,7 @@ MODERATION_MESSAGE = (
     "contact us at help.openai.com and include the request ID {request_id}."
 )
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
-_FAULT_RE = re.compile(r"^(ok|500|502|503|429(?::[0-9]+)?|hang|drop|moderation|garbage)\*?$")
+_FAULT_RE = re.compile(r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|hang|drop|moderation|garbage)\*?$")
 _SIZE_RE = re.compile(r"^([0-9]{1,5})x([0-9]{1,5})$")
 _REQUEST_ID_KEY = web.RequestKey("imagebot_request_id", str)
 
@@ -150,7 +150,8 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
     """Split and check a fault queue such as `"500,500,429:2,hang,drop,moderation"`.
 
     Tokens are `ok` (a normal answer: a spacer in the queue), `500`, `502`, `503`, `429:N` (Retry-After N seconds; bare `429` sends no
-    Retry-After), `hang`, `drop`, `moderation` and `garbage`; a trailing `*` makes a token
+    Retry-After), `408` (request timeout), `400` and `409` (client errors that, like a careless gateway, also say
+    `x-should-retry: true`), `hang`, `drop`, `moderation` and `garbage`; a trailing `*` makes a token
     permanent (never consumed). Raises ConfigError naming the bad token.
     """
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -161,7 +162,7 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
             continue
         if not _FAULT_RE.match(token):
             raise ConfigError(
-                f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 500, 502, 503, "
+                f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 400, 408, 409, 500, 502, 503, "
                 "429:N, hang, drop, moderation or garbage, optionally ending in * (always)"
             )
         tokens.append(token)
@@ -830,6 +831,12 @@ class OfflineImageServer:
                 f"(Please include the request ID {request_id} in your message.)",
                 type_="server_error",
             )
+        if fault == "408":
+            raise _ApiError(408, "Request timed out.", type_="timeout")
+        if fault in ("400", "409"):
+            # A client error is never retried, whatever a gateway's headers say (SPEC §4).
+            raise _ApiError(int(fault), "The request could not be processed in its current state.",
+                            type_="invalid_request_error", headers={"x-should-retry": "true"})
         if fault.startswith("429"):
             _, _, seconds = fault.partition(":")
             raise _ApiError(

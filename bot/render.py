@@ -1,9 +1,12 @@
 """The API call: AsyncOpenAI against OpenAI, a gateway, or the offline server (SPEC §4).
 
-The SDK retries 5xx, 429 (honouring Retry-After) and timeouts itself. The one case it misses is a
-stream that breaks after it started; that is retried here, within the same retry budget.
+One retry budget per image: the SDK makes exactly one HTTP attempt per call (`max_retries=0`) and this
+module retries, so every attempt counts, a stream that breaks after it started included. Retried: 5xx,
+429 and 408 (honouring Retry-After), timeouts and broken connections; never another 4xx, whatever its
+headers say (the SDK alone would also retry 409 and anything marked `x-should-retry: true`).
 A recording transport sees every HTTP attempt, so each request id is kept and every attempt that
-may have been billed without giving us an image is counted.
+may have been billed without giving us an image is counted. Before a retry that follows such an
+attempt the caller is asked (`before_retry`), so it can extend the reservation or refuse.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import email.utils
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,7 +27,7 @@ import httpx2
 import openai
 
 from . import metrics
-from .errors import ApiRejected, ModerationRefused, ProviderError
+from .errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
 from .images import image_size
 from .pricing import Usage
 from .request import ImageRequest
@@ -30,6 +35,12 @@ from .request import ImageRequest
 log = logging.getLogger("imagebot.render")
 
 PreviewCallback = Callable[[bytes, int], Awaitable[None]]
+# Called before a retry that follows an attempt that may have been billed; raises QuotaExceeded to refuse it.
+BeforeRetry = Callable[[], Awaitable[None]]
+RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
+BACKOFF_SECONDS = 0.5  # the first retry's wait (doubling, at most MAX_BACKOFF_SECONDS), as the SDK's own
+MAX_BACKOFF_SECONDS = 8.0
+MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is not waited for: the usual backoff applies
 # Answers above this are parsed on a thread (a 4K image is tens of MB of JSON); below it the thread
 # hop costs more than the parse.
 INLINE_PARSE_BYTES = 1 << 20
@@ -142,15 +153,17 @@ def _decode(b64: str) -> tuple[bytes, int, int]:
 class Renderer:
     """Makes one image per call. Owns the AsyncOpenAI client and its HTTP pool."""
 
-    def __init__(self, *, base_url: str | None, api_key: str, timeout: float, max_retries: int) -> None:
+    def __init__(self, *, base_url: str | None, api_key: str, timeout: float, max_retries: int,
+                 backoff: float = BACKOFF_SECONDS) -> None:
         self.timeout = timeout
-        self.max_retries = max_retries
+        self.max_retries = max_retries  # retries per image, on top of its first attempt
+        self.backoff = backoff
         transport = _RecordingTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
             timeout=timeout,
-            max_retries=max_retries,
+            max_retries=0,  # every retry is ours, counted against the one budget
             http_client=_HttpClient(transport=transport),
         )
 
@@ -184,41 +197,54 @@ class Renderer:
         partials: int = 0,
         on_preview: PreviewCallback | None = None,
         client_request_id: str = "",
+        before_retry: BeforeRetry | None = None,
+        attempts: list[Attempt] | None = None,
     ) -> RenderResult:
-        """Make one image. Raises UserError (fixable by the user) or ProviderError (with request ids)."""
-        attempts: list[Attempt] = []
+        """Make one image in at most 1 + `max_retries` HTTP attempts.
+
+        Raises UserError (fixable by the user) or ProviderError (with request ids and the attempts that may
+        have been billed). `attempts`, if given, is filled as attempts are made, so a caller that cancels
+        the render can still tell which of them may have cost money.
+        """
+        attempts = [] if attempts is None else attempts
         token = _ATTEMPTS.set(attempts)
         started = time.monotonic()
         try:
-            for stream_try in range(self.max_retries + 1):
+            for retry in range(self.max_retries + 1):
                 try:
                     b64, usage = await self._call(request, partials, on_preview, client_request_id)
                     break
-                except _StreamBroken:
-                    if stream_try == self.max_retries:
-                        raise ProviderError(
-                            f"the image stream broke before the image arrived, {len(attempts)} attempts",
-                            _ids(attempts) or (client_request_id,), possibly_billed=True, attempts=len(attempts),
-                        ) from None
-                    log.warning("stream broke; retrying", extra={"request_ids": _ids(attempts)})
+                except (openai.APIError, _StreamBroken) as exc:
+                    if retry == self.max_retries or not _retryable(exc):
+                        raise _translate(exc, attempts, self.timeout, client_request_id) from None
+                    failure = exc
+                if attempts and attempts[-1].possibly_billed and before_retry is not None:
+                    try:
+                        await before_retry()
+                    except QuotaExceeded as refused:
+                        raise _translate(failure, attempts, self.timeout, client_request_id,
+                                         not_retried=str(refused)) from None
+                delay = _delay(failure, retry, self.backoff)
+                log.warning("api attempt failed; retrying", extra={
+                    "request_ids": ",".join(_ids(attempts)), "error": type(failure).__name__,
+                    "retry_in_s": round(delay, 2), "client_request_id": client_request_id})
+                await asyncio.sleep(delay)
             for attempt in reversed(attempts):
                 if attempt.status == 200:
                     attempt.completed = True
                     break
             data, width, height = await asyncio.to_thread(_decode, b64)
-        except openai.APIError as exc:
-            raise _translate(exc, attempts, self.timeout, client_request_id) from None
         except (ValueError, TypeError, OSError) as exc:  # unreadable JSON, base64 or image: it may still be billed
             raise ProviderError(
                 f"the image API sent an answer that is not an image ({type(exc).__name__})",
-                _ids(attempts), possibly_billed=True, attempts=len(attempts),
+                _ids(attempts), billed_attempts=_billed(attempts), attempts=len(attempts),
             ) from None
         finally:
             _ATTEMPTS.reset(token)
         return RenderResult(
             data=data, width=width, height=height, format=request.format, usage=usage,
             request_ids=_ids(attempts), attempts=len(attempts),
-            lost_attempts=sum(a.possibly_billed for a in attempts), elapsed=time.monotonic() - started,
+            lost_attempts=_billed(attempts), elapsed=time.monotonic() - started,
         )
 
     async def _call(
@@ -256,37 +282,85 @@ def _ids(attempts: list[Attempt]) -> tuple[str, ...]:
     return tuple(a.request_id for a in attempts if a.request_id)
 
 
-def _translate(exc: openai.APIError, attempts: list[Attempt], timeout: float, client_id: str = "") -> Exception:
+def _billed(attempts: list[Attempt]) -> int:
+    return sum(a.possibly_billed for a in attempts)
+
+
+def _retryable(exc: Exception) -> bool:
+    """5xx, 429, 408, timeouts and broken connections (a broken stream too); never another 4xx."""
+    if isinstance(exc, _StreamBroken | openai.APIConnectionError):  # APITimeoutError is one of these
+        return True
+    if isinstance(exc, openai.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code in RETRY_STATUSES
+    return False
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds the server asked us to wait (retry-after-ms, or Retry-After as seconds or an HTTP date)."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if "retry-after-ms" in headers:
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            moment = email.utils.parsedate_to_datetime(value)
+            return moment.timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _delay(exc: Exception, retry: int, backoff: float) -> float:
+    """How long to wait before retry number `retry + 1`: Retry-After if sane, else exponential with jitter."""
+    asked = _retry_after(exc)
+    if asked is not None and 0 <= asked <= MAX_RETRY_AFTER_SECONDS:
+        return asked
+    return min(backoff * 2**retry, MAX_BACKOFF_SECONDS) * (1 - 0.25 * random.random())
+
+
+def _translate(exc: Exception, attempts: list[Attempt], timeout: float, client_id: str = "",
+               not_retried: str | None = None) -> Exception:
+    """The last failure of a render as the error the job reports, with every attempt's request id."""
     # With no answer there is no x-request-id; our X-Client-Request-Id still identifies the call.
     ids = _ids(attempts) or ((client_id,) if client_id else ())
     n = len(attempts)
-    billed = any(a.possibly_billed for a in attempts)
+    billed = _billed(attempts)
     tries = f"after {n} attempt{'s' if n != 1 else ''}"
+    if not_retried is not None:
+        tries += f"; not retried, because another attempt could be billed too and {not_retried}"
+    if isinstance(exc, _StreamBroken):
+        return ProviderError(f"the image stream broke before the image arrived, {tries}", ids,
+                             billed_attempts=billed, attempts=n)
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(f"the image API did not answer within {timeout:g} s, {tries}", ids,
-                             possibly_billed=billed, attempts=n)
+                             billed_attempts=billed, attempts=n)
     if isinstance(exc, openai.APIConnectionError):
         return ProviderError(f"the connection to the image API failed, {tries}", ids,
-                             possibly_billed=billed, attempts=n)
+                             billed_attempts=billed, attempts=n)
     if isinstance(exc, openai.BadRequestError):
         body = exc.body if isinstance(exc.body, dict) else {}
         code = body.get("code") or (body.get("error") or {}).get("code") if isinstance(body, dict) else None
         message = str(body.get("message") or exc.message)[:300]
         if code == "moderation_blocked" or "safety" in message.lower():
             return ModerationRefused(
-                "the image API's safety system refused this request; rephrase the prompt or change the image"
-                + (f" (request id {', '.join(ids)})" if ids else ""),
-                ids, n,
-            )
-        return ApiRejected(f"the image API rejected the request: {message}"
-                           + (f" (request id {', '.join(ids)})" if ids else ""), ids, n)
+                "the image API's safety system refused this request; rephrase the prompt or change the image",
+                ids, n, billed_attempts=billed)
+        return ApiRejected(f"the image API rejected the request: {message}", ids, n, billed_attempts=billed)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ProviderError("the image API refused the bot's credentials; an admin should check OPENAI_API_KEY",
-                             ids, attempts=n)
+                             ids, billed_attempts=billed, attempts=n)
     if isinstance(exc, openai.RateLimitError):
         return ProviderError(f"the image API is rate limiting us (HTTP 429), {tries}; try again in a minute",
-                             ids, attempts=n)
+                             ids, billed_attempts=billed, attempts=n)
     if isinstance(exc, openai.APIStatusError):
-        return ProviderError(f"the image API failed (HTTP {exc.status_code}), {tries}", ids, attempts=n)
+        return ProviderError(f"the image API failed (HTTP {exc.status_code}), {tries}", ids,
+                             billed_attempts=billed, attempts=n)
+    # An answer we could not read (an error event mid-stream, a malformed body): it may have been billed.
     return ProviderError(f"the image API sent an answer we could not read, {tries}", ids,
-                         possibly_billed=True, attempts=n)
+                         billed_attempts=max(billed, 1), attempts=n)

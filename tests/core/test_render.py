@@ -173,3 +173,71 @@ async def test_a_refused_connection_never_reached_the_api() -> None:
     await listener.wait_closed()  # nothing listens there now
     failure = await failure_against(port)
     assert not failure.possibly_billed and failure.attempts == 2
+
+
+# --- one retry budget per image (issue [1/6] item 3) ------------------------------------------
+
+
+async def test_a_stream_that_breaks_between_5xx_never_exceeds_one_plus_retries_attempts(
+        renderer: Renderer, server: OfflineImageServer) -> None:
+    """The SDK's own retries and our stream re-try share one budget: 3 HTTP attempts in all, not 9."""
+    server.push_faults("500,500,drop,500,500,drop,500,500,ok")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), partials=1)
+    assert len(server.calls) == 3 == caught.value.attempts
+    assert caught.value.possibly_billed and caught.value.billed_attempts == 1  # the broken stream
+
+
+@pytest.mark.parametrize("fault", ["409", "400"])
+async def test_a_client_error_is_not_retried_even_when_it_says_x_should_retry(
+        renderer: Renderer, server: OfflineImageServer, fault: str) -> None:
+    server.push_faults(fault)
+    with pytest.raises(ApiRejected if fault == "400" else ProviderError) as caught:
+        await renderer.render(request())
+    assert len(server.calls) == 1 and f"HTTP {fault}" in str(caught.value) or fault == "400"
+
+
+async def test_a_408_is_retried(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("408")
+    result = await renderer.render(request())
+    assert result.attempts == 2 == len(server.calls) and result.lost_attempts == 0
+
+
+@pytest.mark.parametrize("fault", ["500*", "hang*", "drop*", "429:0*", "408*"])
+async def test_no_retries_means_one_attempt(server: OfflineImageServer, fault: str) -> None:
+    server.push_faults(fault)
+    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=0.5, max_retries=0)
+    try:
+        with pytest.raises(ProviderError):
+            await renderer.render(request(), partials=1 if fault.startswith("drop") else 0)
+    finally:
+        await renderer.close()
+    assert len(server.calls) == 1
+
+
+async def test_each_attempt_that_may_have_been_billed_asks_before_the_retry(
+        renderer: Renderer, server: OfflineImageServer) -> None:
+    """Before a retry that follows a possibly-billed attempt, the caller is asked (it extends the reservation);
+    a retry after a plain 5xx needs no question, since that attempt cost nothing."""
+    asked: list[int] = []
+
+    async def before_retry() -> None:
+        asked.append(len(server.calls))
+
+    server.push_faults("hang,500,ok")
+    result = await renderer.render(request(), before_retry=before_retry)
+    assert asked == [1] and result.attempts == 3 and result.lost_attempts == 1
+
+
+async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed(
+        renderer: Renderer, server: OfflineImageServer) -> None:
+    from bot.errors import QuotaExceeded
+
+    async def before_retry() -> None:
+        raise QuotaExceeded("Quota: your daily spend limit is $0.0100 and $0.0010 is left.")
+
+    server.push_faults("hang*")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), before_retry=before_retry)
+    assert len(server.calls) == 1 and caught.value.billed_attempts == 1
+    assert "not retried" in str(caught.value) and "daily spend limit" in str(caught.value)
