@@ -90,15 +90,11 @@ async def serve(core: Core, adapters: dict[str, Adapter], stop: asyncio.Event,
     try:
         for adapter in adapters.values():
             await adapter.start(runner.app)
-        for job in await core.ledger.recover():
-            owner = adapters.get(job.platform)
-            log.warning("interrupted job settled", extra={"job_id": job.job_id, "platform": job.platform,
-                                                          "charged_micros": job.charged_micros})
-            if owner is not None:
-                try:
-                    await owner.tell_interrupted(job)
-                except Exception:
-                    log.exception("could not tell the user about an interrupted job")
+        async def tell(job: Interrupted) -> None:
+            await adapters[job.platform].tell_interrupted(job)
+
+        core.platforms, core.notify = frozenset(adapters), tell
+        await core.sweep()  # and again every few seconds, for as long as we run
         probe = metrics.LoopLagProbe()
         metrics.LOOP_LAG_P99.set_function(probe.p99)
         lag_task = asyncio.create_task(probe.run())

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from .config import Settings
 from .errors import ConfigError, UserError
 from .images import ImageInput, load_image
 from .jobs import JobRunner
-from .ledger import Ledger
+from .ledger import Interrupted, Ledger
 from .offline_server import OfflineImageServer
 from .pricing import PriceTable, load_prices
 from .render import Renderer
 from .request import Defaults, ImageRequest, parse_request
 
 log = logging.getLogger("imagebot.app")
-HEARTBEAT_SECONDS = 30
+RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
+MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
+Notify = Callable[[Interrupted], Awaitable[None]]
 
 
 @dataclass
@@ -32,6 +35,9 @@ class Core:
     runner: JobRunner
     offline_server: OfflineImageServer | None = None
     heartbeat: asyncio.Task[None] | None = None
+    # Who tells the users of interrupted jobs: the platforms this process serves, and how (set by the service).
+    platforms: Collection[str] = field(default_factory=frozenset)
+    notify: Notify | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
@@ -40,8 +46,12 @@ class Core:
         if settings.model not in prices.models:
             raise ConfigError(f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
                               f"({', '.join(sorted(prices.models))})")
+        if settings.api_timeout < RECOMMENDED_TIMEOUT:
+            log.warning("IMAGEBOT_API_TIMEOUT is below 360 s: 2K/4K high renders take 3-5 minutes and will time "
+                        "out (charged as possibly billed)", extra={"api_timeout_s": settings.api_timeout})
         ledger = await asyncio.to_thread(
-            Ledger, settings.db_path, settings.quotas, settings.timezone, settings.store_prompts)
+            lambda: Ledger(settings.db_path, settings.quotas, settings.timezone, settings.store_prompts,
+                           lease=timedelta(seconds=settings.lease_seconds)))
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
@@ -56,8 +66,33 @@ class Core:
                            progress_interval=settings.progress_interval, partial_images=settings.partial_images,
                            offline_latency=settings.offline_latency if settings.offline else None)
         core = cls(settings, prices, ledger, renderer, runner, offline_server)
-        core.heartbeat = asyncio.create_task(_heartbeat(ledger))
+        core.heartbeat = asyncio.create_task(core._keep_lease())
         return core
+
+    async def sweep(self) -> None:
+        """Recover the jobs of processes whose lease expired, then tell the users this process can reach."""
+        for job in await self.ledger.recover():
+            log.warning("interrupted job settled", extra={"job_id": job.job_id, "platform": job.platform,
+                                                          "charged_micros": job.charged_micros})
+        if self.notify is None:
+            return
+        for job in await self.ledger.claim_notices(self.platforms):
+            try:
+                await self.notify(job)
+            except Exception:
+                log.exception("could not tell the user about an interrupted job", extra={"job_id": job.job_id})
+
+    async def _keep_lease(self) -> None:
+        """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
+        render in `imagebot imagine` outlasts a lease)."""
+        interval = min(MAX_SWEEP_SECONDS, self.ledger.lease.total_seconds() / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.ledger.heartbeat()
+                await self.sweep()
+            except Exception:
+                log.warning("lease renewal or recovery failed", exc_info=True)
 
     async def close(self) -> None:
         if self.heartbeat is not None:
@@ -78,17 +113,6 @@ class Core:
 
     def is_admin(self, user: str, platform_admin: bool = False) -> bool:
         return platform_admin or user in self.settings.admins
-
-
-async def _heartbeat(ledger: Ledger) -> None:
-    """Tell other processes on the same database that this one is alive (every command, not just `run`:
-    a 4K render in `imagebot imagine` outlasts the 2-minute staleness window)."""
-    while True:
-        await asyncio.sleep(HEARTBEAT_SECONDS)
-        try:
-            await ledger.heartbeat()
-        except Exception:
-            log.warning("heartbeat failed", exc_info=True)
 
 
 def is_mask_name(name: str) -> bool:

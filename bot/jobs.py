@@ -19,7 +19,7 @@ from .errors import ApiRejected, ProviderError, UserError
 from .images import preview_jpeg
 from .ledger import Ledger, Reservation
 from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
-from .render import Renderer, RenderResult
+from .render import Attempt, Renderer, RenderResult
 from .request import ImageRequest, Requester
 
 log = logging.getLogger("imagebot.jobs")
@@ -120,8 +120,13 @@ class JobFailure:
     def summary(self) -> str:
         ids = f" (request id {', '.join(self.request_ids)})" if self.request_ids else ""
         head = "Cancelled" if self.cancelled else "Failed"
-        money = (f"Charged {format_usd(self.charged_micros)}: the API may have billed an attempt that gave no image."
-                 if self.charged_micros else "Nothing was charged.")
+        if not self.charged_micros:
+            money = "Nothing was charged."
+        elif self.cancelled:
+            money = (f"Charged {format_usd(self.charged_micros)}: its API call had already started, and the API "
+                     "may bill a call even when its answer is never read.")
+        else:
+            money = f"Charged {format_usd(self.charged_micros)}: the API may have billed attempts that gave no image."
         return f"{head}: {self.message}{ids}. {money}" + (" (offline image server)" if self.offline else "")
 
 
@@ -147,6 +152,34 @@ class Job:
     stop_reason: str = "cancelled"  # or "interrupted" when shutdown stops it
     created: float = field(default_factory=time.monotonic)
     task: asyncio.Task[JobResult | JobFailure] | None = None
+    images: list[asyncio.Task[Image]] = field(default_factory=list)  # one per image, while it executes
+
+    def stop(self, reason: str) -> bool:
+        """Stop the images that are not finished (finished ones are kept and delivered). False if none was left."""
+        unfinished = [task for task in self.images if not task.done()]
+        if self.images and not unfinished:
+            return False
+        self.stop_reason = reason
+        for task in unfinished:
+            task.cancel()
+        if not self.images and self.task is not None:  # not executing yet: stop it as a whole
+            self.task.cancel()
+        return True
+
+
+class Stopped(Exception):
+    """An image stopped by a cancel or a shutdown, settled: `charged` if its API call may have been billed."""
+
+    def __init__(self, reason: str, charged: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.charged = charged
+
+    def __str__(self) -> str:
+        verb = "cancelled by the requester" if self.reason == "cancelled" else "interrupted by a shutdown"
+        if self.charged:
+            return (f"1 image {verb} during its API call, charged {format_usd(self.charged)} as possibly billed")
+        return f"1 image {verb} before its API call, nothing charged"
 
 
 class Gate:
@@ -320,75 +353,72 @@ class JobRunner:
             await asyncio.wait(tasks, timeout=grace)
         for job in list(self.jobs.values()):
             if job.task is not None and not job.task.done():
-                job.stop_reason = "interrupted"
-                job.task.cancel()
+                job.stop("interrupted")  # what finished is still delivered
         leftover = [job.task for job in self.jobs.values() if job.task is not None]
         if leftover:
             await asyncio.wait(leftover, timeout=10)
 
     def cancel(self, job_id: str, user: str) -> bool:
-        """Cancel a running job if `user` asked for it. False if not theirs or already finished."""
+        """Cancel a running job's unfinished images if `user` asked for it; its finished images are still
+        delivered. False if not theirs or already finished."""
         job = self.jobs.get(job_id)
         if job is None or job.requester.user != user or job.task is None or job.task.done():
             return False
-        job.task.cancel()
-        return True
+        return job.stop("cancelled")
 
     async def execute(self, job: Job, view: JobView) -> JobResult | JobFailure:
-        """Render every image of the job, settle each, and hand the outcome to `view`."""
+        """Render every image of the job, settle each, and hand the outcome to `view`.
+
+        A cancel or a shutdown stops only the unfinished images: what finished is delivered (and charged).
+        """
         job.task = asyncio.current_task()  # type: ignore[assignment]
         state = _State(started=time.monotonic(), waiters=[None] * job.request.count)
         ticker = asyncio.create_task(self._tick(job, view, state))
+        job.images = [asyncio.create_task(self._one(job, seq, row, state))
+                      for seq, row in enumerate(job.reservation.row_ids)]
+        outer_cancel = False
         try:
-            outcomes = await asyncio.gather(
-                *(self._one(job, seq, row, state) for seq, row in enumerate(job.reservation.row_ids)),
-                return_exceptions=True)
-        except asyncio.CancelledError:
-            ticker.cancel()
-            for row in job.reservation.row_ids:  # still queued: never reached the API, release in full
-                await asyncio.shield(self._close(job, row, status=job.stop_reason, actual_micros=0,
-                                                 error=f"{job.stop_reason} while queued"))
-            charged = await asyncio.shield(self._charged(job))
-            reason = ("cancelled by the requester" if job.stop_reason == "cancelled"
-                      else "interrupted because the bot is shutting down; run it again in a minute")
-            failure = JobFailure(job.id, job.request, job.requester, reason, (), charged, True, self.offline)
-            await self._safe(view.failed(failure))
-            self.jobs.pop(job.id, None)
-            return failure
+            outcomes: list[Image | BaseException] = await asyncio.gather(*job.images, return_exceptions=True)
+        except asyncio.CancelledError:  # the job's own task was cancelled: stop the images, keep what finished
+            outer_cancel = True
+            job.stop(job.stop_reason)
+            outcomes = await asyncio.shield(asyncio.gather(*job.images, return_exceptions=True))
         finally:
             ticker.cancel()
-        self.jobs.pop(job.id, None)
+        try:
+            return await self._finish(job, view, state, outcomes)
+        finally:
+            self.jobs.pop(job.id, None)
+            if outer_cancel:
+                raise asyncio.CancelledError
+
+    async def _finish(self, job: Job, view: JobView, state: _State,
+                      outcomes: list[Image | BaseException]) -> JobResult | JobFailure:
         elapsed = time.monotonic() - state.started
         images = [o for o in outcomes if isinstance(o, Image)]
         errors = [o for o in outcomes if isinstance(o, BaseException)]
         for error in errors:
-            if not isinstance(error, UserError | ProviderError):
+            if not isinstance(error, UserError | ProviderError | Stopped):
                 log.error("job %s image failed unexpectedly", job.id, exc_info=error)
+        charged = sum(i.cost_micros for i in images) + sum(
+            failure_charge(e, job.reservation.each_micros) for e in errors)
+        stopped = [e for e in errors if isinstance(e, Stopped)]
         if images:
             result = JobResult(job.id, job.request, job.requester, tuple(images), tuple(str(e) for e in errors),
-                               sum(i.cost_micros for i in images) + self._billed_failures(job, errors),
-                               elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
+                               charged, elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
             await self._safe(view.deliver(result))
             return result
-        first = errors[0]
-        ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
-        message = str(first) if not isinstance(first, ProviderError) else first.args[0]
-        failure = JobFailure(job.id, job.request, job.requester, message, ids, await self._charged(job),
-                             False, self.offline)
+        if stopped and len(stopped) == len(errors):
+            reason = ("cancelled by the requester" if job.stop_reason == "cancelled"
+                      else "interrupted because the bot is shutting down; run it again in a minute")
+            failure = JobFailure(job.id, job.request, job.requester, reason, (), charged, True, self.offline)
+        else:
+            first = next(e for e in errors if not isinstance(e, Stopped))
+            ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
+            message = first.message if isinstance(first, ProviderError | ApiRejected) else str(first)
+            failure = JobFailure(job.id, job.request, job.requester, message, ids, charged, False, self.offline)
         await self._safe(view.failed(failure))
         return failure
-
-    async def _charged(self, job: Job) -> int:
-        """What the job's rows were charged, as settled: images plus attempts that may have been billed."""
-        ids = job.reservation.row_ids
-        rows = await self.ledger.query(
-            f"SELECT coalesce(sum(actual_micros), 0) FROM ledger WHERE id IN ({','.join('?' * len(ids))})", list(ids))
-        return int(rows[0][0])
-
-    @staticmethod
-    def _billed_failures(job: Job, errors: list[BaseException]) -> int:
-        """What the failed images of a partly successful job were charged (as `_one` settled them)."""
-        return sum(failure_charge(e, job.reservation.each_micros) for e in errors)
 
     async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
         """Close a ledger row and count it in the metrics."""
@@ -402,8 +432,11 @@ class JobRunner:
             metrics.SPEND.labels(job.requester.platform).inc(int(kwargs["actual_micros"]) / 1_000_000)  # type: ignore[call-overload]
 
     async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
+        """One image: wait for a slot, render (extending the reservation before each retry that follows an
+        attempt that may have been billed), settle. Raises Stopped if cancelled, settled by the same rules."""
         each = job.reservation.each_micros
         prices = self.prices.model(job.request.model)
+        attempts: list[Attempt] = []
 
         def waiting(waiter: asyncio.Future[None]) -> None:
             state.waiters[seq] = waiter
@@ -414,45 +447,58 @@ class JobRunner:
             except (OSError, ValueError):  # a preview is a nicety: an unreadable one is skipped
                 log.warning("unreadable partial image skipped", extra={"job_id": job.id})
 
-        async with self.gate.slot(waiting):
-            state.waiters[seq] = None
-            marked = self.ledger.start(row_id)
-            state.rendering += 1
-            try:
+        async def before_retry() -> None:
+            await self.ledger.extend(row_id, each)
+
+        try:
+            async with self.gate.slot(waiting):
+                state.waiters[seq] = None
+                marked = self.ledger.start(row_id)
+                state.rendering += 1
                 try:
-                    result: RenderResult = await self.renderer.render(
-                        job.request, partials=job.partials, on_preview=preview,
-                        client_request_id=f"imagebot-{job.id}-{seq}")
+                    try:
+                        result: RenderResult = await self.renderer.render(
+                            job.request, partials=job.partials, on_preview=preview,
+                            client_request_id=f"imagebot-{job.id}-{seq}", before_retry=before_retry,
+                            attempts=attempts)
+                    finally:
+                        await asyncio.shield(marked)  # settle only after the row is marked running
+                except asyncio.CancelledError:
+                    raise
+                except (ProviderError, ApiRejected) as exc:
+                    charge = failure_charge(exc, each)
+                    await self._close(job, row_id, status="possibly_billed" if charge else "failed",
+                                      actual_micros=charge, request_ids=exc.request_ids, attempts=exc.attempts,
+                                      latency_ms=_ms(state.started), error=str(exc))
+                    raise
+                except BaseException as exc:
+                    await self._close(job, row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
+                    raise
                 finally:
-                    await asyncio.shield(marked)  # settle only after the row is marked running
-            except asyncio.CancelledError:
-                # The request may already be with the provider: charge the estimate, never free.
-                await asyncio.shield(self._close(
-                    job, row_id, status=job.stop_reason, actual_micros=each,
-                    error=f"{job.stop_reason} during the API call; charged at its estimate as possibly billed"))
-                raise
-            except ProviderError as exc:
-                status, charge = "possibly_billed" if exc.possibly_billed else "failed", failure_charge(exc, each)
-                await self._close(job, row_id, status=status, actual_micros=charge, request_ids=exc.request_ids,
-                                            attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc))
-                raise
-            except ApiRejected as exc:
-                await self._close(job, row_id, status="failed", actual_micros=0, request_ids=exc.request_ids,
-                                  attempts=exc.attempts, error=str(exc), latency_ms=_ms(state.started))
-                raise
-            except BaseException as exc:
-                await self._close(job, row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
-                raise
-            finally:
-                state.rendering -= 1
-            cost = cost_micros(prices, result.usage) + result.lost_attempts * each
-            await self._close(job, row_id, status="succeeded", actual_micros=cost, usage=result.usage,
-                                        request_ids=result.request_ids, attempts=result.attempts,
-                                        latency_ms=int(result.elapsed * 1000))
-            state.done += 1
-            metrics.RENDER_SECONDS.observe(result.elapsed)
-            return Image(result.data, result.width, result.height, result.format, cost, result.request_ids,
-                         result.elapsed)
+                    state.rendering -= 1
+        except asyncio.CancelledError:
+            # Every attempt that may have reached the provider is charged at the estimate, the one in flight
+            # included: never recorded as free. An image still queued never called the API: released.
+            billed = sum(a.possibly_billed for a in attempts)
+            charge = billed * each
+            note = (f"{job.stop_reason} during the API call; {billed} attempt(s) charged at the estimate as "
+                    "possibly billed" if billed else f"{job.stop_reason} before the API call; nothing charged")
+            await asyncio.shield(self._close(
+                job, row_id, status=job.stop_reason, actual_micros=charge, attempts=len(attempts),
+                request_ids=tuple(a.request_id for a in attempts if a.request_id), error=note))
+            raise Stopped(job.stop_reason, charge) from None
+        cost = cost_micros(prices, result.usage) + result.lost_attempts * each
+        settle = asyncio.ensure_future(self._close(
+            job, row_id, status="succeeded", actual_micros=cost, usage=result.usage,
+            request_ids=result.request_ids, attempts=result.attempts, latency_ms=int(result.elapsed * 1000)))
+        try:
+            await asyncio.shield(settle)
+        except asyncio.CancelledError:
+            await settle  # the image is finished and paid for: a cancel now still delivers it
+        state.done += 1
+        metrics.RENDER_SECONDS.observe(result.elapsed)
+        return Image(result.data, result.width, result.height, result.format, cost, result.request_ids,
+                     result.elapsed)
 
     async def _tick(self, job: Job, view: JobView, state: _State) -> None:
         expected = expected_seconds(job.request, self.offline_latency)
@@ -478,8 +524,10 @@ class JobRunner:
 
 
 def failure_charge(error: BaseException, estimate: int) -> int:
-    """A failed image costs its estimate when the provider may have billed it, else nothing."""
-    return estimate if isinstance(error, ProviderError) and error.possibly_billed else 0
+    """A failed image costs its estimate once for every attempt the provider may have billed, else nothing."""
+    if isinstance(error, Stopped):
+        return error.charged
+    return estimate * getattr(error, "billed_attempts", 0)
 
 
 def _ms(started: float) -> int:

@@ -3,6 +3,10 @@
 Row statuses: reserved -> running -> succeeded | failed | cancelled | possibly_billed | interrupted.
 Every write that moves money also moves the quota counters, in the same transaction.
 All database work runs on one worker thread per Ledger, so the event loop never waits on SQLite.
+
+Each process holds a lease on the rows it reserved: its `instances` row expires `lease` seconds after
+its last heartbeat. Any process recovers the open rows of an expired lease (SPEC §5), whatever host
+name or pid it had: a container that comes back under a new name, or never comes back, frees its money.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,7 +36,7 @@ from .store import connect, immediate
 log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
 OPEN = ("reserved", "running")
-HEARTBEAT_STALE = timedelta(minutes=2)
+LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
 
@@ -94,6 +98,7 @@ class Ledger:
     timezone: Any = UTC
     store_prompts: bool = True
     clock: Callable[[], datetime] = utcnow
+    lease: timedelta = LEASE
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
@@ -124,15 +129,24 @@ class Ledger:
             self._pool.shutdown(wait=True)
 
     def _register(self) -> None:
-        now = _iso(self.clock())
-        self.db.execute("INSERT INTO instances VALUES (?, ?, ?, ?, ?)",
-                        [self.instance_id, socket.gethostname(), os.getpid(), now, now])
+        now = self.clock()
+        self.db.execute("INSERT INTO instances (id, host, pid, started_at, heartbeat_at, expires_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?)", [self.instance_id, socket.gethostname(), os.getpid(),
+                                                      _iso(now), _iso(now), _iso(now + self.lease)])
+
+    def heartbeat_sync(self) -> None:
+        """Renew this process's lease on its jobs (host and pid are only for people reading the table)."""
+        now = self.clock()
+        cursor = self.db.execute("UPDATE instances SET heartbeat_at=?, expires_at=? WHERE id=?",
+                                 [_iso(now), _iso(now + self.lease), self.instance_id])
+        if cursor.rowcount == 0:
+            # Another process found our lease expired (we were stalled past it) and recovered our jobs;
+            # those rows are closed for good, but the jobs we start from now on are ours again.
+            log.error("this process's lease had expired and its open jobs were recovered by another")
+            self._register()
 
     async def heartbeat(self) -> None:
-        """Mark this process alive; other processes use it to tell a crash from a busy peer."""
-        now = _iso(self.clock())
-        await self._run(lambda: self.db.execute(
-            "UPDATE instances SET heartbeat_at=? WHERE id=?", [now, self.instance_id]))
+        await self._run(self.heartbeat_sync)
 
     # -- reservation ----------------------------------------------------------------------
 
@@ -165,6 +179,30 @@ class Ledger:
     async def reserve(self, who: Requester, request: ImageRequest, each_micros: int,
                       job_id: str | None = None) -> Reservation:
         return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id))
+
+    def extend_sync(self, row_id: int, micros: int) -> None:
+        """Reserve `micros` more for an open row (a retry after an attempt that may have been billed), in one
+        transaction that checks every limit of the row's requester. Raises QuotaExceeded if they cannot take
+        it; nothing changes then."""
+        now = self.clock()
+        with immediate(self.db):
+            row = self.db.conn.execute(
+                "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=?",
+                [row_id]).fetchone()
+            if row is None or row[0] not in OPEN:
+                raise UserError("this image is no longer running")
+            who = Requester(row[1], row[2], row[3], row[4])
+            limits = quota.effective_limits(self.db, self.defaults, who)
+            # The periods the row counts in (a job that started before midnight still belongs to that day).
+            periods = quota.Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
+            quota.enforce(quota.checks(self.db, limits, who, periods), micros=micros, images=0,
+                          now=now.astimezone(self.timezone), what="another attempt")
+            self.db.conn.execute("UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
+                                 [micros, _iso(now), row_id])
+            quota.bump(self.db, who, row[5], row[6], micros=micros, images=0)
+
+    async def extend(self, row_id: int, micros: int) -> None:
+        await self._run(lambda: self.extend_sync(row_id, micros))
 
     def start(self, row_id: int) -> asyncio.Future[Any]:
         """An API call for this row is about to be made: from now on a crash may have cost money.
@@ -202,6 +240,7 @@ class Ledger:
         latency_ms: int | None = None,
         error: str | None = None,
         only_if_open: bool = True,
+        notice: str | None = None,
     ) -> bool:
         """Settle or release one row and move the counters by the difference. False if already closed."""
         with immediate(self.db):
@@ -221,9 +260,10 @@ class Ledger:
             usage = usage or Usage()
             self.db.conn.execute(
                 "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
-                "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=? WHERE id=?",
+                "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=?, notice=? "
+                "WHERE id=?",
                 [status, actual_micros, usage.text_tokens, usage.image_tokens, usage.output_tokens,
-                 json.dumps(list(request_ids)), attempts, latency_ms, error, stamp, stamp, row_id])
+                 json.dumps(list(request_ids)), attempts, latency_ms, error, stamp, stamp, notice, row_id])
             quota.bump(self.db, Requester(platform, workspace, channel, user), day, month,
                        micros=actual_micros - old_micros, images=int(status == "succeeded") - old_images)
         return True
@@ -234,41 +274,62 @@ class Ledger:
     # -- crash recovery -------------------------------------------------------------------
 
     def recover_sync(self) -> list[Interrupted]:
-        """Close rows whose owner process is gone: release untouched reservations, and charge
-        the estimate where an API call had started (it may have been billed)."""
-        host, pid = socket.gethostname(), os.getpid()
-        stale_before = _iso(self.clock() - HEARTBEAT_STALE)
-        dead: set[str] = set()
-        for inst_id, inst_host, inst_pid, heartbeat in self.db.execute(
-                "SELECT id, host, pid, heartbeat_at FROM instances WHERE id != ?", [self.instance_id]).fetchall():
-            same_host = inst_host == host
-            if (same_host and (inst_pid == pid or not _alive(inst_pid))) or heartbeat < stale_before:
-                dead.add(inst_id)
-        live = {r[0] for r in self.db.execute("SELECT id FROM instances").fetchall()} - dead
-        rows = self.db.execute(
-            "SELECT id, job_id, status, reserved_micros, owner, platform, channel, user, context FROM ledger "
-            "WHERE status IN ('reserved', 'running')").fetchall()
-        jobs: dict[str, dict[str, Any]] = {}
-        for row_id, job_id, status, reserved, owner, platform, channel, user, context in rows:
-            if owner in live:
-                continue
+        """Close the open rows of every process whose lease expired (or that left no lease at all).
+
+        A row whose API call had started is charged its reservation (the estimate of every attempt that may
+        have been billed); one still waiting is released. Each closed row owes its user a notice, sent by a
+        process that serves its platform (`claim_notices`). Returns the jobs closed here, for the logs.
+        """
+        now = _iso(self.clock())
+        with immediate(self.db):
+            dead = [r[0] for r in self.db.conn.execute(
+                "SELECT id FROM instances WHERE expires_at < ? AND id != ?", [now, self.instance_id])]
+            if dead:
+                self.db.conn.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", dead)
+            rows = self.db.conn.execute(
+                "SELECT id, job_id, status, reserved_micros, platform, channel, user, context FROM ledger "
+                "WHERE status IN ('reserved', 'running') AND (owner IS NULL OR owner NOT IN "
+                "(SELECT id FROM instances))").fetchall()
+        jobs: dict[str, Interrupted] = {}
+        for row_id, job_id, status, reserved, platform, channel, user, context in rows:
             charged = int(reserved) if status == "running" else 0
-            note = ("interrupted by a restart during the API call; charged at its estimate as possibly billed"
-                    if charged else "interrupted by a restart before the API call; nothing charged")
-            if not self.close_row_sync(row_id, status="interrupted", actual_micros=charged, error=note):
-                continue
-            job = jobs.setdefault(job_id, {"platform": platform, "channel": channel, "user": user,
-                                           "context": json.loads(context) if context else {},
-                                           "charged": 0, "images": 0})
-            job["charged"] += charged
-            job["images"] += 1
-        if dead:
-            self.db.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", list(dead))
-        return [Interrupted(job_id, j["platform"], j["channel"], j["user"], j["context"], j["charged"], j["images"])
-                for job_id, j in jobs.items()]
+            note = ("interrupted: the process running it stopped during the API call; charged at its "
+                    "estimate as possibly billed" if charged else
+                    "interrupted: the process running it stopped before the API call; nothing charged")
+            if not self.close_row_sync(row_id, status="interrupted", actual_micros=charged, error=note,
+                                       notice="pending"):
+                continue  # its owner settled it meanwhile
+            old = jobs.get(job_id)
+            jobs[job_id] = Interrupted(job_id, platform, channel, user, json.loads(context) if context else {},
+                                       charged + (old.charged_micros if old else 0),
+                                       1 + (old.images if old else 0))
+        return list(jobs.values())
 
     async def recover(self) -> list[Interrupted]:
         return await self._run(self.recover_sync)
+
+    def claim_notices_sync(self, platforms: Collection[str]) -> list[Interrupted]:
+        """Interrupted jobs on `platforms` whose users have not been told yet; claimed (marked sent) here,
+        so that of several processes exactly one tells each user."""
+        if not platforms:
+            return []
+        marks = ",".join("?" * len(platforms))
+        with immediate(self.db):
+            rows = self.db.conn.execute(
+                f"SELECT job_id, platform, channel, user, context, sum(actual_micros), count(*) FROM ledger "
+                f"WHERE notice = 'pending' AND platform IN ({marks}) GROUP BY job_id ORDER BY min(id)",
+                list(platforms)).fetchall()
+            if rows:
+                jobs = [r[0] for r in rows]
+                self.db.conn.execute(
+                    f"UPDATE ledger SET notice = 'sent' WHERE notice = 'pending' AND job_id IN "
+                    f"({','.join('?' * len(jobs))})", jobs)
+        return [Interrupted(job_id, platform, channel, user, json.loads(context) if context else {},
+                            int(charged), int(images))
+                for job_id, platform, channel, user, context, charged, images in rows]
+
+    async def claim_notices(self, platforms: Collection[str]) -> list[Interrupted]:
+        return await self._run(lambda: self.claim_notices_sync(platforms))
 
     # -- reading --------------------------------------------------------------------------
 
@@ -323,11 +384,3 @@ class Ledger:
         return await self._run(lambda: self.db.execute(sql, params or []).fetchall())
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

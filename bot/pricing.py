@@ -19,8 +19,6 @@ from .sizes import Size
 MICRO = 1_000_000
 QUALITIES = ("low", "medium", "high")
 TABLE_SIZES = ((1024, 1024), (1024, 1536), (1536, 1024))
-# `auto` never renders above the square 1K preset; it is priced as that.
-AUTO_RENDER = (1024, 1024)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +54,7 @@ class ModelPrices:
     partial_image_output_tokens: int
     reference_image_max_tokens: int
     flat_per_image: Decimal | None = None
+    auto_sizes: tuple[tuple[int, int], ...] = TABLE_SIZES  # what `size=auto` may render (the data file says)
 
     def output_tokens_per_pixel(self, quality: str) -> Decimal:
         """The highest output-token rate per pixel among the table's sizes for `quality`."""
@@ -106,7 +105,13 @@ def _model(name: str, raw: dict) -> ModelPrices:
         partial_image_output_tokens=int(raw.get("partial_image_output_tokens", 100)),
         reference_image_max_tokens=int(raw.get("reference_image_max_tokens", 6240)),
         flat_per_image=Decimal(flat) if flat is not None else None,
+        auto_sizes=tuple(_size(s) for s in raw.get("auto_sizes", ())) or TABLE_SIZES,
     )
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = str(text).partition("x")
+    return int(width), int(height)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +137,9 @@ def load_prices(path: str | None = None) -> PriceTable:
         raise ConfigError(f"price table {path or 'bot/data/prices.json'} cannot be read: {exc}") from exc
 
 
-def rendered_size(size: Size) -> tuple[int, int]:
-    """The pixel size used for pricing: the size itself, or the 1K square for `auto`."""
-    return AUTO_RENDER if size.is_auto else (size.width, size.height)
+def rendered_sizes(prices: ModelPrices, size: Size) -> tuple[tuple[int, int], ...]:
+    """The pixel sizes the API may render: the size itself, or for `auto` every size the table lists for it."""
+    return prices.auto_sizes if size.is_auto else ((size.width, size.height),)
 
 
 def priced_quality(quality: str) -> str:
@@ -164,8 +169,9 @@ def estimate_micros(
     """Worst-case cost of ONE image call, in micro-dollars; used for the reservation."""
     if prices.flat_per_image is not None:
         return to_micros(prices.flat_per_image)
-    w, h = rendered_size(size)
-    out = prices.image_output_tokens(w, h, priced_quality(quality)) + partials * prices.partial_image_output_tokens
+    quality = priced_quality(quality)
+    out = max(prices.image_output_tokens(w, h, quality) for w, h in rendered_sizes(prices, size))
+    out += partials * prices.partial_image_output_tokens
     usd = (
         prompt_token_bound(prompt) * prices.text_input
         + references * prices.reference_image_max_tokens * prices.image_input

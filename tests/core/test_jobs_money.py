@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from bot import quota
 from bot.app import Core
 from bot.config import Settings
 from bot.errors import QuotaExceeded
@@ -79,21 +80,28 @@ def rows(core: Core, where: str = "1", params: tuple[Any, ...] = ()) -> list[dic
         return [dict(r) for r in conn.execute(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)]
 
 
-def counters(core: Core) -> dict[tuple[str, str], tuple[int, int]]:
+def counters(core: Core) -> dict[tuple[str, str, str], tuple[int, int]]:
     with sqlite3.connect(core.settings.db_path) as conn:
-        found = conn.execute("SELECT scope, key, micros, images FROM counters").fetchall()
-    return {(s, k): (m, n) for s, k, m, n in found}
+        found = conn.execute("SELECT scope, key, period, micros, images FROM counters").fetchall()
+    return {(s, k, p): (m, n) for s, k, p, m, n in found}
+
+
+def user_day(core: Core, who: Requester = ALICE) -> tuple[int, int]:
+    """(micros, images) of `who`'s counter for today."""
+    periods = quota.Periods.at(core.ledger.clock(), core.ledger.timezone)
+    key = quota.counter_keys(who, periods.day, periods.month)[0]
+    return counters(core).get(key, (0, 0))
 
 
 def assert_counters_match_ledger(core: Core) -> None:
     """Every counter equals the SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
-    expected: dict[tuple[str, str], tuple[int, int]] = {}
+    expected: dict[tuple[str, str, str], tuple[int, int]] = {}
     for row in rows(core):
         is_open = row["status"] in ("reserved", "running")
         micros = row["reserved_micros"] if is_open else row["actual_micros"]
         images = 1 if is_open or row["status"] == "succeeded" else 0
-        for key in (("user_day", row["user"]), ("user_month", row["user"]), ("channel_month", row["channel"]),
-                    ("workspace_month", row["workspace"])):
+        who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
+        for key in quota.counter_keys(who, row["day"], row["month"]):
             old = expected.get(key, (0, 0))
             expected[key] = (old[0] + micros, old[1] + images)
     assert {k: v for k, v in counters(core).items() if v != (0, 0)} == {
@@ -187,7 +195,7 @@ async def test_count_3_reserves_three_rows_and_settles_three(make_core: MakeCore
     assert [r["actual_micros"] for r in settled] == [each] * 3
     assert outcome.total_micros == 3 * each
     assert all(r["actual_micros"] <= r["reserved_micros"] for r in settled)
-    assert counters(core)[("user_day", "U1")] == (3 * each, 3)
+    assert user_day(core) == (3 * each, 3)
     assert_counters_match_ledger(core)
 
 
@@ -213,7 +221,7 @@ async def test_500_always_releases_the_reservation_and_keeps_every_request_id(ma
     assert outcome.charged_micros == 0 and not outcome.cancelled
     assert list(outcome.request_ids) == ids
     assert "Nothing was charged" in outcome.summary() and ids[-1] in outcome.summary()
-    assert counters(core)[("user_day", "U1")] == (0, 0)
+    assert user_day(core) == (0, 0)
     assert_counters_match_ledger(core)
 
 
@@ -234,7 +242,7 @@ async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core
     assert "did not answer within 0.3 s" in row["error"]
     assert outcome.charged_micros == estimate
     assert f"Charged {format_usd(estimate)}" in outcome.summary()
-    assert counters(core)[("user_day", "U1")] == (estimate, 0)  # money kept, no image counted
+    assert user_day(core) == (estimate, 0)  # money kept, no image counted
     assert_counters_match_ledger(core)
 
 
@@ -264,7 +272,7 @@ async def test_a_broken_connection_is_charged_only_if_the_request_went_out(
     assert isinstance(outcome, JobFailure) and outcome.charged_micros == charged
     [row] = rows(core)
     assert (row["status"], row["actual_micros"]) == ("possibly_billed" if hangs_up else "failed", charged)
-    assert counters(core)[("user_day", "U1")] == (charged, 0)
+    assert user_day(core) == (charged, 0)
     assert_counters_match_ledger(core)
 
 
@@ -285,7 +293,7 @@ async def test_a_moderation_refusal_costs_nothing_and_says_why(make_core: MakeCo
     assert "safety system" in outcome.message and "safety system" in outcome.summary()
     assert call.request_id in outcome.summary() and "Nothing was charged" in outcome.summary()
     assert outcome.charged_micros == 0
-    assert counters(core)[("user_day", "U1")] == (0, 0)
+    assert user_day(core) == (0, 0)
     assert_counters_match_ledger(core)
 
 
