@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from bot.config import QuotaDefaults
 from bot.jobs import JobFailure, JobResult
-from bot.pricing import cost_micros, format_usd
+from bot.ledger import Interrupted, Ledger
+from bot.pricing import cost_micros, format_usd, load_prices
+from bot.request import parse_request
 from tests.core.test_jobs_money import (
     ALICE,
     MakeCore,
@@ -148,5 +154,66 @@ async def test_shutdown_past_the_grace_still_delivers_the_finished_images(make_c
     statuses = sorted(r["status"] for r in rows(core))
     assert statuses == ["interrupted", "succeeded", "succeeded", "succeeded"]
     assert "interrupted by a shutdown" in outcome.summary()
+    assert rows(core, "status IN ('reserved', 'running')") == []
+    assert_counters_match_ledger(core)
+
+
+# --- item 6: leases, so a dead process's reservations never stay stuck ------------------------------
+
+
+def crash(ledger: Ledger) -> None:
+    """Stop using `ledger` the way a killed process would: no goodbye, no last heartbeat."""
+    ledger._pool.submit(ledger.db.conn.close).result()
+    ledger._pool.shutdown()
+
+
+async def test_a_process_that_comes_back_under_a_new_host_name_recovers_the_old_ones_jobs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bot.sqlite3"
+    now = datetime.now(UTC)
+    monkeypatch.setattr(socket, "gethostname", lambda: "imagebot-7f9c")
+    old = Ledger(path, clock=lambda: now)
+    running = await old.reserve(ALICE, parse_request(CHEAP, prices=load_prices()), 211_000)
+    await old.start(running.row_ids[0])
+    crash(old)
+
+    monkeypatch.setattr(socket, "gethostname", lambda: "imagebot-0b31")  # the container, recreated
+    later = now
+    new = Ledger(path, clock=lambda: later)
+    try:
+        assert new.recover_sync() == [], "the old lease has not expired yet: it may still be running"
+        later = now + new.lease + timedelta(seconds=1)
+        [job] = new.recover_sync()
+        assert (job.job_id, job.charged_micros, job.images) == (running.job_id, 211_000, 1)
+        [row] = await new.query("SELECT status, actual_micros, notice FROM ledger")
+        assert row == ("interrupted", 211_000, "pending")  # its API call had started: never free
+        [notice] = new.claim_notices_sync({"slack"})
+        assert notice.job_id == running.job_id and new.claim_notices_sync({"slack"}) == []
+        used = await new.query("SELECT sum(micros) FROM counters WHERE scope='user_day'")
+        assert used == [(211_000,)]
+    finally:
+        new.close()
+
+
+async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
+        make_core: MakeCore, tmp_path: Path) -> None:
+    core = await make_core(IMAGEBOT_LEASE_SECONDS="1")
+    told: list[Interrupted] = []
+
+    async def tell(job: Interrupted) -> None:
+        told.append(job)
+
+    core.platforms, core.notify = frozenset({"slack"}), tell
+    other = Ledger(core.settings.db_path, lease=timedelta(seconds=1))
+    reservation = await other.reserve(ALICE, core.parse(CHEAP), 6_000)
+    await other.set_context(reservation.job_id, {"channel": "C1", "thread_ts": "1.2"})
+    await other.start(reservation.row_ids[0])
+    crash(other)
+
+    await wait_for(lambda: bool(told), timeout=10)
+
+    [job] = told
+    assert (job.job_id, job.charged_micros, job.context) == (reservation.job_id, 6_000, {"channel": "C1",
+                                                                                         "thread_ts": "1.2"})
     assert rows(core, "status IN ('reserved', 'running')") == []
     assert_counters_match_ledger(core)
