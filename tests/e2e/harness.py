@@ -96,8 +96,9 @@ def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
 
 
 # Every fault the offline server offers -> (final status, charge: "usage" | "estimate" | "usage+estimate" |
-# "zero", attempts, words the user sees). A stream that breaks after it started is retried by us (the SDK does
-# not); every attempt that may have been billed without an image is charged. The words for "drop*" depend on
+# "zero", attempts, words the user sees). One budget covers every HTTP attempt, a broken stream's re-try
+# included; every attempt that may have been billed without an image is charged at the estimate, and the
+# reservation is extended by one estimate before each retry that follows one. The words for "drop*" depend on
 # whether the adapter streams (Discord, for previews) or not (Slack): see each adapter's fault test.
 FAULT_MATRIX = {
     "500": ("succeeded", "usage", 2, "request id req_"),
@@ -111,14 +112,17 @@ FAULT_MATRIX = {
     "drop*": ("possibly_billed", "estimate", 3, "connection"),
     "moderation": ("failed", "zero", 1, "safety system"),
     "garbage": ("possibly_billed", "estimate", 1, "not an image"),
+    "408": ("succeeded", "usage", 2, "request id req_"),
+    "409": ("failed", "zero", 1, "HTTP 409"),
 }
 
 
 def expected_charge(row: dict[str, Any], charge: str) -> int:
-    """What a fault-matrix row should have cost: `usage` (its tokens), `estimate` (its reservation, as possibly
-    billed), `usage+estimate` (an image plus one lost attempt) or `zero`."""
+    """What a fault-matrix row should have cost: `usage` (its tokens), `estimate` (every attempt possibly billed:
+    its whole reservation, extended before each retry), `usage+estimate` (an image plus one lost attempt: the
+    reservation was extended once, to two estimates) or `zero`."""
     usage = cost_micros(load_prices().model(row["model"]), Usage(
         text_tokens=row["text_tokens"] or 0, image_tokens=row["image_tokens"] or 0,
         output_tokens=row["output_tokens"] or 0)) if row["output_tokens"] else 0
-    return {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"],
+    return {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"] // 2,
             "zero": 0}[charge]
