@@ -216,7 +216,9 @@ class Gate:
                 if waiter.done() and not waiter.cancelled():
                     self._release()  # granted just as we were cancelled
                 else:
-                    self._waiters.remove(waiter)
+                    # A release may have dropped our cancelled waiter from the queue already.
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
                 raise
         try:
             yield
@@ -385,6 +387,11 @@ class JobRunner:
             outcomes = await asyncio.shield(asyncio.gather(*job.images, return_exceptions=True))
         finally:
             ticker.cancel()
+        for seq, outcome in enumerate(outcomes):
+            if isinstance(outcome, asyncio.CancelledError):  # stopped before it ever ran: nothing was called
+                await asyncio.shield(self._close(job, job.reservation.row_ids[seq], status=job.stop_reason,
+                                                 actual_micros=0, error=f"{job.stop_reason} before the API call"))
+                outcomes[seq] = Stopped(job.stop_reason, 0)
         try:
             return await self._finish(job, view, state, outcomes)
         finally:

@@ -75,6 +75,7 @@ class CallRecord:
     fault: str | None = None
     # 0 until a status line is sent; stays 0 for `hang` and for clients that gave up first.
     status: int = 0
+    client_request_id: str | None = None  # the caller's X-Client-Request-Id: which image this attempt was for
 
 
 class _ApiError(Exception):
@@ -717,7 +718,8 @@ class OfflineImageServer:
     async def _handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         request_id = _new_request_id()
         request[_REQUEST_ID_KEY] = request_id
-        record = CallRecord(endpoint=endpoint, request_id=request_id)
+        record = CallRecord(endpoint=endpoint, request_id=request_id,
+                            client_request_id=request.headers.get("X-Client-Request-Id"))
         self.calls.append(record)
         task = asyncio.current_task()
         if task is not None:

@@ -27,7 +27,6 @@ from tests.core.test_jobs_money import (
     RecordingView,
     assert_counters_match_ledger,
     expected_usage,
-    make_core,  # noqa: F401  (the fixture)
     rows,
     user_day,
     wait_for,

@@ -1,0 +1,188 @@
+"""The money and retry promises as properties (issue [1/6]), over random fault queues, counts, cancels and
+limits, with several users in two tenants running jobs at once through the real JobRunner, the real SQLite
+ledger and the offline image server on loopback.
+
+After every run: HTTP attempts per image <= 1 + retries; charged <= reserved for every row and every counter
+<= its limit (also sampled while the jobs run); counters equal the sums over the ledger; no row left open;
+every finished image delivered; every attempt that may have been billed charged at the estimate.
+
+CI runs a few dozen examples (well under a minute). To run longer:
+    IMAGEBOT_PROPERTY_EXAMPLES=500 .venv/bin/python -m pytest tests/core/test_money_properties.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot import quota
+from bot.app import Core
+from bot.config import QuotaDefaults, Settings
+from bot.errors import QuotaExceeded
+from bot.jobs import JobFailure, JobResult
+from bot.pricing import Usage, cost_micros
+from bot.request import ImageRequest, Requester
+from tests.core.test_jobs_money import RecordingView
+
+EXAMPLES = int(os.environ.get("IMAGEBOT_PROPERTY_EXAMPLES", "25"))
+RETRIES = 2
+FAULTS = ["500", "429:0", "408", "409", "400", "hang", "drop", "moderation", "garbage", "ok"]
+USERS = [Requester("slack", "T1", "C1", "U1"), Requester("slack", "T1", "C2", "U2"),
+         Requester("discord", "G2", "C3", "U1")]  # the same user id in another tenant is another user
+# Limits in micro-dollars: a low 1024x1024 image is reserved at ~6,000 and a medium one at ~53,000.
+USD_LIMITS = st.one_of(st.none(), st.integers(min_value=5_000, max_value=200_000))
+
+
+@dataclass(frozen=True)
+class Plan:
+    who: int  # index into USERS
+    count: int
+    quality: str
+    previews: bool
+    cancel_after: float | None  # seconds after the job starts, or never
+
+
+plans = st.builds(Plan, who=st.integers(0, len(USERS) - 1), count=st.integers(1, 4),
+                  quality=st.sampled_from(["low", "medium"]), previews=st.booleans(),
+                  cancel_after=st.one_of(st.none(), st.floats(0.0, 0.6)))
+limits = st.builds(QuotaDefaults, user_daily_micros=USD_LIMITS,
+                   user_daily_images=st.one_of(st.none(), st.integers(1, 6)),
+                   channel_monthly_micros=USD_LIMITS, workspace_monthly_micros=USD_LIMITS)
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
+
+
+def _counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+    with sqlite3.connect(path) as conn:
+        return {(s, k, p): (m, n) for s, k, p, m, n in conn.execute(
+            "SELECT scope, key, period, micros, images FROM counters")}
+
+
+def _limit(defaults: QuotaDefaults, scope: str) -> tuple[int | None, int | None]:
+    """(micros, images) limits of a counter scope."""
+    return {"user_day": (defaults.user_daily_micros, defaults.user_daily_images),
+            "user_month": (defaults.user_monthly_micros, defaults.user_monthly_images),
+            "channel_month": (defaults.channel_monthly_micros, None),
+            "workspace_month": (defaults.workspace_monthly_micros, None)}[scope]
+
+
+def check_moment(path: Path, defaults: QuotaDefaults) -> None:
+    """charged <= reserved for every row, and every counter within its limit, right now."""
+    for row in _rows(path):
+        assert row["actual_micros"] <= row["reserved_micros"], row
+    for (scope, _key, _period), (micros, images) in _counters(path).items():
+        max_micros, max_images = _limit(defaults, scope)
+        assert max_micros is None or micros <= max_micros, (scope, micros, max_micros)
+        assert max_images is None or images <= max_images, (scope, images, max_images)
+
+
+async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults,
+                      in_flight: int) -> None:
+    environ = {"IMAGEBOT_DB": str(tmp / "bot.sqlite3"), "IMAGEBOT_OFFLINE": "1",
+               "IMAGEBOT_OFFLINE_LATENCY": "0.02", "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+               "IMAGEBOT_API_TIMEOUT": "0.25", "IMAGEBOT_API_RETRIES": str(RETRIES),
+               "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight), "IMAGEBOT_PARTIAL_IMAGES": "1"}
+    core = await Core.start(Settings.load(environ=environ, env_file=None))
+    path = core.settings.db_path
+    try:
+        core.ledger.defaults = defaults
+        core.renderer.backoff = 0.005
+        server = core.offline_server
+        assert server is not None
+        server.push_faults(faults)
+        prepared: list[tuple[Plan, ImageRequest, Any, RecordingView]] = []
+        for plan in plan_list:
+            request = core.parse(f"a fox --size 1024x1024 --quality {plan.quality} --count {plan.count}")
+            try:
+                job = await core.runner.prepare(request, USERS[plan.who], previews=plan.previews)
+            except QuotaExceeded:
+                continue
+            prepared.append((plan, request, job, RecordingView()))
+            check_moment(path, defaults)
+
+        async def run(plan: Plan, job: Any, view: RecordingView) -> JobResult | JobFailure:
+            task = asyncio.ensure_future(core.runner.execute(job, view))
+            if plan.cancel_after is not None:
+                await asyncio.sleep(plan.cancel_after)
+                core.runner.cancel(job.id, job.requester.user)
+            return await task
+
+        async def sample() -> None:
+            while True:
+                await asyncio.to_thread(check_moment, path, defaults)
+                await asyncio.sleep(0.03)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(run(plan, job, view) for plan, _request, job, view in prepared)), 60)
+        finally:
+            sampler.cancel()
+        check_moment(path, defaults)
+
+        rows = _rows(path)
+        calls = Counter(c.client_request_id for c in server.calls)
+        assert max(calls.values(), default=0) <= 1 + RETRIES, calls
+        assert [r for r in rows if r["status"] in ("reserved", "running")] == []
+        # Counters are the ledger's sums (closed rows count what they were charged).
+        expected: Counter[tuple[str, str, str]] = Counter()
+        expected_images: Counter[tuple[str, str, str]] = Counter()
+        for row in rows:
+            who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
+            for key in quota.counter_keys(who, row["day"], row["month"]):
+                expected[key] += row["actual_micros"]
+                expected_images[key] += row["status"] == "succeeded"
+        assert {k: v for k, v in _counters(path).items() if v != (0, 0)} == {
+            k: (expected[k], expected_images[k]) for k in expected if (expected[k], expected_images[k]) != (0, 0)}
+        prices = core.prices.model("gpt-image-2")
+        for (_plan, request, job, view), outcome in zip(prepared, outcomes, strict=True):
+            each = core.runner.estimate(request, job.partials)
+            job_rows = [r for r in rows if r["job_id"] == job.id]
+            succeeded = [r for r in job_rows if r["status"] == "succeeded"]
+            # Every finished image is delivered, once, with the job's outcome.
+            delivered = [len(r.images) for r in view.delivered]
+            assert delivered == ([len(succeeded)] if succeeded else []), (delivered, job_rows)
+            assert len(view.delivered) + len(view.failures) == 1
+            told = outcome.total_micros if isinstance(outcome, JobResult) else outcome.charged_micros
+            assert told == sum(r["actual_micros"] for r in job_rows)
+            for row in job_rows:
+                mine = [c for c in server.calls if c.client_request_id == f"imagebot-{job.id}-{row['seq']}"]
+                # An attempt may have been billed unless the server answered it with an error status.
+                billed = sum(1 for c in mine if c.status in (0, 200))
+                if row["status"] == "succeeded":
+                    usage = Usage(text_tokens=row["text_tokens"], image_tokens=row["image_tokens"],
+                                  output_tokens=row["output_tokens"])
+                    assert row["actual_micros"] == cost_micros(prices, usage) + (billed - 1) * each, (row, mine)
+                    assert row["actual_micros"] <= row["reserved_micros"]
+                elif row["status"] in ("cancelled", "interrupted"):
+                    # The attempt in flight is charged even if it had not reached the server yet.
+                    assert billed * each <= row["actual_micros"] <= row["reserved_micros"], (row, mine)
+                else:
+                    assert row["actual_micros"] == billed * each <= row["reserved_micros"], (row, mine)
+    finally:
+        await core.close()
+
+
+@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 25,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(plan_list=st.lists(plans, min_size=1, max_size=5), faults=st.lists(st.sampled_from(FAULTS), max_size=14),
+       defaults=limits, in_flight=st.integers(1, 4))
+def test_money_and_retry_invariants_hold_under_random_faults_cancels_and_limits(
+        plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int) -> None:
+    random.seed(0)  # the backoff's jitter
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(run_example(Path(tmp), plan_list, faults, defaults, in_flight))
