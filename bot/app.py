@@ -16,7 +16,7 @@ from .ledger import Interrupted, Ledger
 from .offline_server import OfflineImageServer
 from .pricing import PriceTable, load_prices
 from .render import Renderer
-from .request import Defaults, ImageRequest, parse_request
+from .request import Defaults, ImageRequest, Requester, parse_request
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
@@ -111,8 +111,19 @@ class Core:
         """`/imagine` text (plus decoded images) -> a validated request. Raises UserError."""
         return parse_request(text, prices=self.prices, defaults=self.defaults, references=references, mask=mask)
 
-    def is_admin(self, user: str, platform_admin: bool = False) -> bool:
-        return platform_admin or user in self.settings.admins
+    def is_operator(self, who: Requester) -> bool:
+        """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
+        platform; `slack:U1` / `discord:42` only on that platform."""
+        admins = self.settings.admins
+        return who.user in admins or f"{who.platform}:{who.user}" in admins
+
+    def is_admin(self, who: Requester | str, platform_admin: bool = False) -> bool:
+        """May use /imagine-admin at all: an operator, or a tenant admin (the adapter's `platform_admin`: Slack
+        workspace admin/owner, Discord Manage Server). What each may do is bot/commands.py's rule. Given a bare
+        user id (no platform), only bare IMAGEBOT_ADMINS entries can match."""
+        if isinstance(who, str):
+            return platform_admin or who in self.settings.admins
+        return platform_admin or self.is_operator(who)
 
 
 def is_mask_name(name: str) -> bool:

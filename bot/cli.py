@@ -1,4 +1,13 @@
-"""`imagebot` command line: run, console, imagine, offline-server, report, quota, manifests."""
+"""`imagebot` command line: run, console, imagine, offline-server, report, quota, manifests.
+
+`quota` and `report` mirror the library: limits, counters and reports belong to a tenant (bot/quota.py),
+named `--tenant PLATFORM:WORKSPACE` (`slack:T123`, `discord:456`, `cli:local`). With `--user`/`--channel` it
+is that tenant's user or channel; `quota set|show --tenant X` alone is the tenant's own limit. The CLI is
+the operators' tool (it has the database): it may set any tenant's limits, and `report` without a tenant
+covers every tenant. Without `--tenant` the tenant is taken from the ledger where that is unambiguous (the
+only tenant that id, or `--workspace`, was ever seen in; or the only tenant there is); otherwise the
+command stops with a one-line error asking for `--tenant`.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +22,7 @@ from . import logs, quota, report
 from .config import ConfigError, Settings
 from .errors import UserError
 from .ledger import Ledger
+from .quota import Tenant
 from .request import Requester
 
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
@@ -101,12 +111,59 @@ def cmd_offline_server(args: argparse.Namespace) -> int:
     return 0
 
 
+_NAME_IT = "add --tenant PLATFORM:WORKSPACE (e.g. --tenant slack:T123, --tenant discord:456, --tenant cli:local)"
+
+
+async def _seen(ledger: Ledger, where: str = "1", params: Sequence[str] = ()) -> list[Tenant]:
+    """The tenants whose ledger rows match `where`, in a stable order."""
+    rows = await ledger.query(f"SELECT DISTINCT platform, workspace FROM ledger WHERE {where} ORDER BY 1, 2",
+                              list(params))
+    return [Tenant(p or "", w or "") for p, w in rows]
+
+
+async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Tenant | None:
+    """The tenant `--tenant` names, or the one the ledger makes unambiguous (see the module docstring), or
+    None when nothing at all is named (`report`: every tenant). UserError (one line) when it is ambiguous."""
+    workspace = getattr(args, "workspace", None)
+    if args.tenant:
+        tenant = Tenant.parse(args.tenant)
+        if workspace and workspace != tenant.workspace:
+            raise UserError(f"{command}: --workspace {workspace} is not the workspace of --tenant {tenant}; "
+                            "give --tenant alone")
+        return tenant
+    named = [(column, getattr(args, column)) for column in ("workspace", "user", "channel")
+             if getattr(args, column, None)]
+    if not named:
+        return None
+    what = " ".join(f"--{column} {value}" for column, value in named)
+    found = await _seen(ledger, " AND ".join(f"{column} = ?" for column, _ in named), [v for _, v in named])
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise UserError(f"{command}: {what} is in {len(found)} tenants ({', '.join(map(str, found))}); {_NAME_IT}")
+    everyone = await _seen(ledger)
+    if workspace and len({t.platform for t in everyone}) == 1:
+        return Tenant(everyone[0].platform, workspace)  # as the schema-5 migration decides, too
+    if not workspace and len(everyone) == 1:
+        return everyone[0]
+    if command == "report":
+        return None  # nothing to mix up: the report is simply empty
+    raise UserError(f"{command}: {what} is not in the ledger's {len(everyone)} tenants, so its tenant is "
+                    f"unknown; {_NAME_IT}")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     async def body(ledger: Ledger) -> int:
-        built = await report.build(ledger, channel=args.channel, user=args.user, days=args.days)
+        try:
+            tenant = await _tenant(ledger, args, "report")
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        built = await report.build(ledger, tenant=tenant, channel=args.channel, user=args.user, days=args.days)
         print(built.text())
         if args.csv:
-            rows = await report.export_csv(ledger, args.csv, channel=args.channel, user=args.user, days=args.days)
+            rows = await report.export_csv(ledger, args.csv, tenant=tenant, channel=args.channel, user=args.user,
+                                           days=args.days)
             print(f"Wrote {rows} ledger rows to {args.csv}")
         if args.chart:
             chart = await asyncio.to_thread(report.chart_png, built)
@@ -133,32 +190,43 @@ def _ledger_only(body: Callable[[Ledger], Awaitable[int]]) -> int:
 
 def cmd_quota(args: argparse.Namespace) -> int:
     async def body(ledger: Ledger) -> int:
-        if args.action == "show":
-            who = Requester("cli", args.workspace or "local", args.channel or "cli", args.user or "cli")
-            lines = await ledger.quota_lines(who)
-            if not lines:
-                print("no limits apply")
-            for line in lines:
-                print(f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}")
-            return 0
-        targets = [(s, getattr(args, s)) for s in ("user", "channel", "workspace") if getattr(args, s)]
-        if len(targets) != 1:
-            print("quota set needs exactly one of --user ID, --channel ID, --workspace ID", file=sys.stderr)
-            return 2
+        command = f"quota {args.action}"
         try:
-            values = quota.parse_limits(args.limits)
+            if args.user and args.channel and args.action == "set":
+                raise UserError(f"{command}: give one of --user ID or --channel ID (with --tenant), not both")
+            if args.action == "set":
+                values = quota.parse_limits(args.limits)  # a bad limit is reported before the tenant is looked up
+            elif args.limits:
+                raise UserError(f"{command} takes no limits ({' '.join(args.limits)}); use quota set")
+            tenant = await _tenant(ledger, args, command)
+            if tenant is None:
+                raise UserError(f"{command} needs a target: --tenant PLATFORM:WORKSPACE for the tenant's own limit, "
+                                "with --user ID or --channel ID for one of its users or channels")
+            if args.action == "show":
+                return await _show(ledger, args, tenant)
+            scope, key = (("user", args.user) if args.user else ("channel", args.channel) if args.channel
+                          else ("workspace", tenant.workspace))
+            await ledger.set_limits(scope, key, values, tenant=tenant)
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
-        try:
-            await ledger.set_limits(targets[0][0], targets[0][1], values)
-        except UserError as exc:
-            print(exc, file=sys.stderr)
-            return 2
-        print(f"limits for {targets[0][0]} {targets[0][1]}: {json.dumps(values)}")
+        print(f"limits for {scope} {key} in {tenant}: {json.dumps(values)}")
         return 0
 
     return _ledger_only(body)
+
+
+async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int:
+    """The limits that apply to what is named: the tenant's own, plus the user's or the channel's."""
+    who = Requester(tenant.platform, tenant.workspace, args.channel or "", args.user or "")
+    wanted = {"workspace_month"} | ({"user_day", "user_month"} if args.user else set()) | (
+        {"channel_month"} if args.channel else set())
+    lines = [line for line in await ledger.quota_lines(who) if quota.LABELS.get(line.label) in wanted]
+    if not lines:
+        print("no limits apply")
+    for line in lines:
+        print(f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}")
+    return 0
 
 
 def cmd_slack_manifest(args: argparse.Namespace) -> int:
@@ -194,18 +262,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--latency", type=float, default=None)
     p.set_defaults(fn=cmd_offline_server)
-    p = sub.add_parser("report", help="usage report from the ledger")
+    p = sub.add_parser("report", help="usage report from the ledger (every tenant, or --tenant's)")
+    p.add_argument("--tenant", help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 (default: every tenant, "
+                                    "or the only one --channel/--user is in)")
     p.add_argument("--channel")
     p.add_argument("--user")
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--csv", help="also export the ledger rows to this CSV file")
     p.add_argument("--chart", help="also write the PNG chart to this file")
     p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("quota", help="show or set quota limits")
+    p = sub.add_parser("quota", help="show or set quota limits of a tenant, or of its users and channels")
     p.add_argument("action", choices=["show", "set"])
+    p.add_argument("--tenant", help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456; alone: the tenant's own "
+                                    "limit (default: the only tenant the id is in)")
     p.add_argument("--user")
     p.add_argument("--channel")
-    p.add_argument("--workspace")
+    p.add_argument("--workspace", help="a workspace id; names the tenant where that is unambiguous")
     p.add_argument("limits", nargs="*", help="daily_usd=N daily_images=N monthly_usd=N monthly_images=N "
                                               "(N, unlimited or default)")
     p.set_defaults(fn=cmd_quota)

@@ -1,4 +1,14 @@
-"""The non-image commands every adapter offers: usage reports, quota, admin (SPEC §2, §6)."""
+"""The non-image commands every adapter offers: usage reports, quota, admin (SPEC §2, §6).
+
+Who may do what (SPEC §2), always inside the caller's tenant (its Slack workspace or Discord guild):
+- operators (IMAGEBOT_ADMINS, `Core.is_operator`): users, channels and the tenant's own limit;
+  `report --all` covers every tenant;
+- tenant admins (the adapter passes `platform_admin=True` for Slack workspace admins/owners and Discord
+  members with Manage Server): the tenant's users and channels, never the tenant's own limit (so no tenant
+  lifts the cap the operators set, or the IMAGEBOT_WORKSPACE_MONTHLY_USD default); `report --all` covers
+  their tenant only.
+Other tenants are the CLI's business (`imagebot quota set --tenant slack:T123 ...`).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +19,19 @@ from dataclasses import dataclass
 from . import quota, report
 from .app import Core
 from .errors import UserError
+from .pricing import format_usd
 from .request import Requester
 
 MAX_DAYS = 366
-# <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123|name>, or a bare id.
-_TARGET = re.compile(r"^<(?P<kind>[@#])!?(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
+# <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123>, <#C123|name>.
+_MENTION = re.compile(r"^<(?P<kind>@!?|#)(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
+_ROLE = re.compile(r"^<@&\d+>$")  # Discord role
+_GROUP = re.compile(r"^<!subteam\^[A-Za-z0-9]+(?:\|[^>]*)?>$")  # Slack user group
+_EVERYONE = re.compile(r"^(?:<!(?:here|channel|everyone)(?:\|[^>]*)?>|@(?:here|channel|everyone))$", re.IGNORECASE)
+_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
+_SLACK_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,}$")
+_DISCORD_ID = re.compile(r"^[0-9]{1,20}$")
+_PER = "limits are per user, channel or workspace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +57,7 @@ def parse_days(args: str) -> int:
 async def usage(core: Core, who: Requester, args: str) -> Reply:
     """`/imagine-usage [--days N]`: the channel's report with its chart, posted to the channel."""
     days = parse_days(args)
-    built = await report.build(core.ledger, channel=who.channel, days=days)
+    built = await report.build(core.ledger, tenant=quota.Tenant.of(who), channel=who.channel, days=days)
     chart = await asyncio.to_thread(report.chart_png, built)
     return Reply(built.text(), private=False, chart=chart)
 
@@ -54,31 +72,99 @@ async def my_quota(core: Core, who: Requester) -> Reply:
         f"(resets {line.resets.strftime('%Y-%m-%d %H:%M %Z')})" for line in lines))
 
 
+def _platform_name(who: Requester) -> str:
+    return {"slack": "Slack", "discord": "Discord"}.get(who.platform, "the")
+
+
+def _place(who: Requester) -> str:
+    return "server" if who.platform == "discord" else "workspace"
+
+
 def parse_target(text: str, who: Requester) -> tuple[str, str]:
-    """`<@U1>` -> ("user", "U1"); `<#C1>` -> ("channel", "C1"); `workspace` -> ("workspace", id)."""
+    """The target of `/imagine-admin quota`: `<@U1>`, `<@U1|bob>`, `<@!1>` -> ("user", id); `<#C1>`,
+    `<#C1|general>` -> ("channel", id); `workspace`/`guild`/`server` -> ("workspace", the caller's).
+
+    A bare id: on Slack `U…`/`W…` is a user, `C…`/`G…` a channel; on Discord a number is a user. Roles, user
+    groups, @here and plain `@name` text are refused with what to do instead. The id is one inside the
+    caller's tenant: the caller (commands.admin) keys it there.
+    """
+    text = text.strip()
     if text.lower() in ("workspace", "guild", "server"):
         return "workspace", who.workspace
-    match = _TARGET.match(text)
+    match = _MENTION.match(text)
     if match:
-        return ("user" if match["kind"] == "@" else "channel"), match["id"]
+        return ("channel" if match["kind"] == "#" else "user"), match["id"]
+    if _ROLE.match(text):
+        raise UserError(f"{text} is a role; {_PER}: name one person (@user) or a channel (#channel), "
+                        f"or use 'workspace'")
+    if _GROUP.match(text):
+        raise UserError(f"{text} is a user group; {_PER}: name one person (@user) or a channel (#channel)")
+    if _EVERYONE.match(text):
+        raise UserError(f"{text} means everyone here; {_PER}: for everyone use 'workspace', for this channel "
+                        f"#channel")
+    app = _platform_name(who)
+    example_user, example_channel = (("123456789012345678", "123456789012345678") if who.platform == "discord"
+                                     else ("U012ABCDEF", "C012ABCDEF"))
+    if text.startswith("@"):
+        raise UserError(f"{text!r} is plain text, not a mention: pick the person from {app}'s autocomplete so "
+                        f"a mention is sent (or give their user id, e.g. {example_user})")
+    if text.startswith("#"):
+        raise UserError(f"{text!r} is plain text, not a channel mention: pick the channel from {app}'s "
+                        f"autocomplete (or give its id, e.g. {example_channel})")
+    slack_user, slack_channel, discord_id = (bool(_SLACK_USER.match(text)), bool(_SLACK_CHANNEL.match(text)),
+                                             bool(_DISCORD_ID.match(text)))
+    if who.platform == "slack":
+        if slack_user or slack_channel:
+            return ("user" if slack_user else "channel"), text
+        if discord_id:
+            raise UserError(f"{text!r} is not a Slack id: Slack user ids start with U or W, channel ids with C "
+                            f"or G; or pick the person from Slack's autocomplete")
+    elif who.platform == "discord":
+        if discord_id:
+            return "user", text
+        if slack_user or slack_channel:
+            raise UserError(f"{text!r} is not a Discord id: Discord ids are numbers; or pick the person from "
+                            f"Discord's autocomplete")
+    elif slack_user or discord_id or slack_channel:  # console, CLI: either kind of id
+        return ("channel" if slack_channel else "user"), text
     raise UserError(f"{text!r} is not a target; use @user, #channel or 'workspace'")
 
 
+def _shown(values: dict[str, int | None]) -> str:
+    names = {column: name for name, column in quota.LIMIT_FIELDS.items()}
+    parts = []
+    for column, value in values.items():
+        name = names.get(column, column)
+        if value == quota.UNLIMITED:
+            parts.append(f"{name}=unlimited")
+        elif value is None:
+            parts.append(f"{name}=default")
+        else:
+            parts.append(f"{name}={value if name.endswith('images') else format_usd(value)}")
+    return ", ".join(parts)
+
+
 async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) -> Reply:
-    """`/imagine-admin quota <@user|#channel|workspace> <limits>` and `/imagine-admin report --all`."""
-    if not core.is_admin(who.user, platform_admin):
+    """`/imagine-admin quota <@user|#channel|workspace> <limits>` and `/imagine-admin report --all`, in the
+    caller's tenant; see the module docstring for who may do which."""
+    operator = core.is_operator(who)
+    if not operator and not platform_admin:
         return Reply("Only admins can use /imagine-admin (IMAGEBOT_ADMINS, or workspace/server admins).")
+    tenant = quota.Tenant.of(who)
     words = args.split()
     if words[:1] == ["quota"] and len(words) >= 3:
         scope, key = parse_target(words[1], who)
+        if scope == "workspace" and not operator:
+            place = _place(who)
+            return Reply(f"Only operators (IMAGEBOT_ADMINS) can set this {place}'s own limit; as a {place} admin "
+                         f"you set limits for its users (@user) and channels (#channel). Its limit stays the "
+                         f"operators' (IMAGEBOT_WORKSPACE_MONTHLY_USD unless they set one).")
         values = quota.parse_limits(words[2:])
-        await core.ledger.set_limits(scope, key, values)
-        shown = ", ".join(f"{k}={'unlimited' if v == quota.UNLIMITED else ('default' if v is None else v)}"
-                          for k, v in values.items())
-        return Reply(f"Limits for {scope} {key} set: {shown}.")
+        await core.ledger.set_limits(scope, key, values, tenant=tenant)
+        return Reply(f"Limits for {scope} {key} set: {_shown(values)} (in {tenant}).")
     if words[:1] == ["report"]:
         days = parse_days(" ".join(w for w in words[1:] if w != "--all"))
-        built = await report.build(core.ledger, days=days)
+        built = await report.build(core.ledger, tenant=None if operator else tenant, days=days)
         chart = await asyncio.to_thread(report.chart_png, built)
         return Reply(built.text(), private=True, chart=chart)
     raise UserError("usage: /imagine-admin quota <@user|#channel|workspace> daily_usd=N daily_images=N "

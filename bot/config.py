@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -17,6 +17,46 @@ from .pricing import MICRO
 from .sizes import parse_size
 
 QUALITIES = ("low", "medium", "high", "auto")
+# Bounds of every limit, from the environment or an admin command: far above any real budget, far below
+# what SQLite's 64-bit integers hold (a $1e20 limit used to crash the first reservation).
+MAX_LIMIT_USD = 1_000_000
+MAX_LIMIT_IMAGES = 1_000_000
+USD_RANGE = f"USD 0 to {MAX_LIMIT_USD:,}"
+IMAGES_RANGE = f"0 to {MAX_LIMIT_IMAGES:,} images"
+# Platforms an IMAGEBOT_ADMINS entry may name (`slack:U123`); a bare id is an operator on every platform.
+PLATFORMS = ("slack", "discord", "console", "cli")
+
+
+def usd_micros(text: str) -> int:
+    """The one parser of a USD amount for limits (config and admin commands alike): `5`, `12.50`, `$3` ->
+    micro-dollars, rounded DOWN to a whole micro-dollar, so a limit never allows more than it says.
+
+    Raises ValueError with a one-line reason that states the range; callers add the name.
+    """
+    try:
+        value = Decimal(text.strip().lstrip("$"))
+    except InvalidOperation:
+        raise ValueError(f"is not a USD amount (e.g. 5 or 12.50): use {USD_RANGE}") from None
+    if not value.is_finite() or not 0 <= value <= MAX_LIMIT_USD:
+        raise ValueError(f"is out of range: use {USD_RANGE}")
+    return int((value * MICRO).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def parse_admins(text: str) -> frozenset[str]:
+    """IMAGEBOT_ADMINS: comma-separated ids, each bare (`U123`: an operator on any platform) or naming its
+    platform (`slack:U123`, `discord:456`). Platform prefixes are kept lower-case; ConfigError if unreadable."""
+    found: set[str] = set()
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        platform, sep, ident = entry.rpartition(":") if ":" in entry else ("", "", entry)
+        platform = platform.strip().lower()
+        ident = ident.strip()
+        if sep and (platform not in PLATFORMS or not ident):
+            raise ConfigError(f"IMAGEBOT_ADMINS has {entry!r}; use user ids, bare (any platform) or as "
+                              f"slack:ID or discord:ID")
+        found.add(f"{platform}:{ident}" if sep else ident)
+    return frozenset(found)
 
 
 class Secret:
@@ -174,15 +214,18 @@ class _Env:
         if text is None:
             return None
         try:
-            value = Decimal(text.lstrip("$"))
-        except InvalidOperation:
-            raise ConfigError(f"{name}={text!r} is not a USD amount (e.g. 5 or 12.50; unset for unlimited)") from None
-        if not value.is_finite() or value < 0:
-            raise ConfigError(f"{name}={text!r} must be a USD amount >= 0 (unset for unlimited)")
-        return int(value * MICRO)
+            return usd_micros(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={text!r} {exc} (unset for unlimited)") from None
 
     def count(self, name: str) -> int | None:
-        return None if self.text(name) is None else self.integer(name, 0)
+        text = self.text(name)
+        if text is None:
+            return None
+        if not re.fullmatch(r"[0-9]+", text) or int(text) > MAX_LIMIT_IMAGES:
+            raise ConfigError(f"{name}={text!r} is out of range: use a whole number, {IMAGES_RANGE} "
+                              "(unset for unlimited)")
+        return int(text)
 
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default) or default
@@ -242,7 +285,7 @@ def _parse(env: _Env) -> Settings:
         db_path=Path(env.text("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
         http_host=env.text("IMAGEBOT_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
         http_port=env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535),
-        admins=frozenset(a.strip() for a in (env.text("IMAGEBOT_ADMINS", "") or "").split(",") if a.strip()),
+        admins=parse_admins(env.text("IMAGEBOT_ADMINS", "") or ""),
         quotas=QuotaDefaults(
             user_daily_micros=env.usd("IMAGEBOT_USER_DAILY_USD"),
             user_daily_images=env.count("IMAGEBOT_USER_DAILY_IMAGES"),

@@ -350,23 +350,28 @@ class Ledger:
             return "no quota limits"
         return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
 
-    def set_limits_sync(self, scope: str, key: str, values: dict[str, int | None]) -> None:
+    def set_limits_sync(self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant) -> None:
+        """Override limits of user `key`, channel `key` or (scope 'workspace', `key` = its workspace id) the
+        tenant itself, in `tenant` only. Who may do which is the caller's rule (bot/commands.py)."""
         if scope not in ("user", "channel", "workspace"):
             raise ValueError(scope)
+        if scope == "workspace" and key != tenant.workspace:
+            raise ValueError(f"a workspace limit is its tenant's own: {key!r} is not {tenant}")
         if scope != "user" and any(column != "monthly_micros" for column in values):
             # Only users have daily and image limits; stored for a channel they would be silently ignored.
             raise UserError(f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)")
+        quota.check_limit_values(values)
+        row_key = quota.limit_key(scope, tenant, key)
         stamp = _iso(self.clock())
         with immediate(self.db):
-            self.db.execute("INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)", [scope, key, stamp])
+            self.db.execute("INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)",
+                            [scope, row_key, stamp])
             for column, value in values.items():
-                if column not in quota.LIMIT_FIELDS.values():
-                    raise ValueError(column)
                 self.db.execute(f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
-                                [value, stamp, scope, key])
+                                [value, stamp, scope, row_key])
 
-    async def set_limits(self, scope: str, key: str, values: dict[str, int | None]) -> None:
-        await self._run(lambda: self.set_limits_sync(scope, key, values))
+    async def set_limits(self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant) -> None:
+        await self._run(lambda: self.set_limits_sync(scope, key, values, tenant=tenant))
 
     def seen_sync(self, key: str) -> bool:
         """Remember a platform event id; True if it was already seen (so: do nothing)."""

@@ -1,7 +1,22 @@
-"""Limits and the spend counters they are checked against (SPEC §5).
+"""Limits and the spend counters they are checked against (SPEC §5), each scoped to its tenant (§2).
 
 Counters hold reserved-plus-settled spend per period, kept in step with the ledger inside the same
 transaction, so a check is a handful of primary-key reads however long the ledger grows.
+
+Tenancy. A tenant is one Slack workspace (team id) or one Discord guild (guild id), together with the
+platform: `Requester.platform` + `Requester.workspace`. Console and CLI jobs are tenants of their own
+(`console:local`, `cli:local`, `cli:<--workspace>`). Every limit override and every counter is keyed
+inside its tenant, so nothing set or spent in one tenant is seen in another:
+
+    what                 limits (scope, key)          counters (scope, key)
+    the tenant itself    workspace, slack:T1          workspace_month, slack:T1
+    a user               user,      slack:T1:U1       user_day / user_month, slack:T1:U1
+    a channel            channel,   slack:T1:C1       channel_month, slack:T1:C1
+
+(`discord:123:456` for Discord.) Each part is escaped (`%` -> `%25`, then `:` -> `%3A`) so a free-text
+console/CLI id holding a colon cannot pose as another tenant's key; Slack and Discord ids never need it.
+Schema 5 (`bot/store.py`, `_v5`) moved older files from bare ids to these keys. The scoping happens
+inside `effective_limits`, `checks`, `counter_keys` and `bump`, from `who.platform` and `who.workspace`.
 """
 
 from __future__ import annotations
@@ -14,12 +29,57 @@ from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
-from .config import QuotaDefaults
+# usd_micros is the one USD parser (limits and config defaults alike); it lives in config, which cannot import
+# this module (this module imports QuotaDefaults from there).
+from .config import IMAGES_RANGE, MAX_LIMIT_IMAGES, MAX_LIMIT_USD, PLATFORMS, QuotaDefaults, usd_micros
 from .errors import QuotaExceeded, UserError
-from .pricing import format_usd
+from .pricing import MICRO, format_usd
 from .request import Requester
 
 UNLIMITED = -1  # an override that lifts a default limit
+
+
+def _part(text: str) -> str:
+    """One part of a key, escaped so that ':' only ever separates parts."""
+    return text.replace("%", "%25").replace(":", "%3A")
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """One Slack workspace or Discord guild (or console/CLI workspace): the scope of limits and counters."""
+
+    platform: str
+    workspace: str
+
+    @classmethod
+    def of(cls, who: Requester) -> Tenant:
+        return cls(who.platform, who.workspace)
+
+    @classmethod
+    def parse(cls, text: str) -> Tenant:
+        """`slack:T123`, `discord:456`, `cli:local` -> a Tenant; UserError naming the form otherwise."""
+        platform, sep, workspace = text.strip().partition(":")
+        if not sep or platform.lower() not in PLATFORMS or not workspace:
+            raise UserError(f"{text!r} is not a tenant; use PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 "
+                            f"(platforms: {', '.join(PLATFORMS)})")
+        return cls(platform.lower(), workspace)
+
+    @property
+    def key(self) -> str:
+        """The tenant's own key in `limits` and `counters`; also how it is shown."""
+        return f"{_part(self.platform)}:{_part(self.workspace)}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+def limit_key(scope: str, tenant: Tenant, ident: str) -> str:
+    """The `limits.key` of a user, a channel, or (scope 'workspace') the tenant itself."""
+    if scope == "workspace":
+        return tenant.key
+    if scope in ("user", "channel"):
+        return f"{tenant.key}:{_part(ident)}"
+    raise ValueError(scope)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,15 +149,18 @@ def _pick(override: int | None, default: int | None) -> int | None:
 
 
 def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Requester) -> Limits:
-    """Defaults from config, overridden per user, channel and workspace by rows in `limits`."""
+    """Defaults from config, overridden by the rows in `limits` of `who`'s user, channel and tenant
+    (all three in `who`'s own tenant)."""
+    tenant = Tenant.of(who)
+    user_key, channel_key = limit_key("user", tenant, who.user), limit_key("channel", tenant, who.channel)
     rows = {(r[0], r[1]): r for r in db.conn.execute(
         "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits "
         "WHERE (scope='user' AND key=?) OR (scope='channel' AND key=?) OR (scope='workspace' AND key=?)",
-        [who.user, who.channel, who.workspace]).fetchall()}
+        [user_key, channel_key, tenant.key]).fetchall()}
     none = (None,) * 6
-    user = rows.get(("user", who.user), none)
-    channel = rows.get(("channel", who.channel), none)
-    workspace = rows.get(("workspace", who.workspace), none)
+    user = rows.get(("user", user_key), none)
+    channel = rows.get(("channel", channel_key), none)
+    workspace = rows.get(("workspace", tenant.key), none)
     return Limits(
         user_daily_micros=_pick(user[2], defaults.user_daily_micros),
         user_daily_images=_pick(user[3], defaults.user_daily_images),
@@ -109,9 +172,11 @@ def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Re
 
 
 def counter_keys(who: Requester, day: str, month: str) -> list[tuple[str, str, str]]:
-    """(scope, key, period) of every counter a ledger row feeds."""
-    return [("user_day", who.user, day), ("user_month", who.user, month),
-            ("channel_month", who.channel, month), ("workspace_month", who.workspace, month)]
+    """(scope, key, period) of every counter a ledger row feeds, keyed inside `who`'s tenant."""
+    tenant = Tenant.of(who)
+    user = limit_key("user", tenant, who.user)
+    return [("user_day", user, day), ("user_month", user, month),
+            ("channel_month", limit_key("channel", tenant, who.channel), month), ("workspace_month", tenant.key, month)]
 
 
 def _used(db: sqlite_utils.Database, scope: str, key: str, period: str) -> tuple[int, int]:
@@ -130,23 +195,31 @@ def _used_all(db: sqlite_utils.Database, keys: list[tuple[str, str, str]]) -> di
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 
+# The label of each check -> the scope of the counter it reads (the CLI shows a tenant's or a channel's lines).
+LABELS = {"your daily spend": "user_day", "your daily images": "user_day", "your monthly spend": "user_month",
+          "your monthly images": "user_month", "this channel's monthly spend": "channel_month",
+          "this workspace's monthly spend": "workspace_month"}
+
+
 def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: Periods) -> list[Check]:
-    """Every limit that applies to `who`, with its current use. Unlimited ones are left out."""
+    """Every limit that applies to `who`, with its current use in `who`'s tenant. Unlimited ones are left out."""
+    keys = counter_keys(who, periods.day, periods.month)
+    user, channel, workspace = keys[0][1], keys[2][1], keys[3][1]
     spec = [
-        ("your daily spend", "user_day", who.user, periods.day, limits.user_daily_micros, False, periods.day_resets),
-        ("your daily images", "user_day", who.user, periods.day, limits.user_daily_images, True, periods.day_resets),
-        ("your monthly spend", "user_month", who.user, periods.month, limits.user_monthly_micros, False,
+        ("your daily spend", "user_day", user, periods.day, limits.user_daily_micros, False, periods.day_resets),
+        ("your daily images", "user_day", user, periods.day, limits.user_daily_images, True, periods.day_resets),
+        ("your monthly spend", "user_month", user, periods.month, limits.user_monthly_micros, False,
          periods.month_resets),
-        ("your monthly images", "user_month", who.user, periods.month, limits.user_monthly_images, True,
+        ("your monthly images", "user_month", user, periods.month, limits.user_monthly_images, True,
          periods.month_resets),
-        ("this channel's monthly spend", "channel_month", who.channel, periods.month,
+        ("this channel's monthly spend", "channel_month", channel, periods.month,
          limits.channel_monthly_micros, False, periods.month_resets),
-        ("this workspace's monthly spend", "workspace_month", who.workspace, periods.month,
+        ("this workspace's monthly spend", "workspace_month", workspace, periods.month,
          limits.workspace_monthly_micros, False, periods.month_resets),
     ]
     if all(entry[4] is None for entry in spec):
         return []
-    used = _used_all(db, counter_keys(who, periods.day, periods.month))
+    used = _used_all(db, keys)
     out = []
     for label, scope, key, period, limit, is_images, resets in spec:
         if limit is None:
@@ -190,10 +263,22 @@ _BUMP_SQL = ("INSERT INTO counters (scope, key, period, micros, images) VALUES "
              "images = images + excluded.images")
 
 
+def check_limit_values(values: dict[str, int | None]) -> None:
+    """ValueError unless every column is a `limits` column and every value None, UNLIMITED or within the bounds
+    (the library's guard for callers that skip `parse_limits`: SQLite cannot store an unbounded int)."""
+    for column, value in values.items():
+        if column not in LIMIT_FIELDS.values():
+            raise ValueError(column)
+        top = MAX_LIMIT_IMAGES if column.endswith("images") else MAX_LIMIT_USD * MICRO
+        if value is not None and value != UNLIMITED and not 0 <= value <= top:
+            raise ValueError(f"{column}={value} is out of range (0-{top})")
+
+
 def parse_limits(args: list[str]) -> dict[str, int | None]:
     """`daily_usd=5 monthly_images=100 monthly_usd=none` -> column values for `limits`.
 
-    `none`/`unlimited` lifts a default; `default` goes back to it.
+    `none`/`unlimited` lifts a default; `default` goes back to it. USD 0 to 1,000,000 (rounded down to a
+    micro-dollar, by `usd_micros`), images 0 to 1,000,000: the same bounds as the defaults in config.
     """
     out: dict[str, int | None] = {}
     for arg in args:
@@ -208,19 +293,21 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
             out[column] = UNLIMITED
         elif value == "default":
             out[column] = None
-        else:
+        elif name.endswith("images"):
             try:
                 number = Decimal(value)
             except InvalidOperation:
                 raise UserError(f"{name}={value!r} is not a number; use e.g. {name}=5") from None
-            if number < 0 or not number.is_finite():
-                raise UserError(f"{name}={value} must be 0 or more")
-            if name.endswith("images"):
-                if number != number.to_integral_value():
-                    raise UserError(f"{name}={value} must be a whole number of images")
-                out[column] = int(number)
-            else:
-                out[column] = int(number * 1_000_000)
+            if not number.is_finite() or not 0 <= number <= MAX_LIMIT_IMAGES:
+                raise UserError(f"{name}={value} is out of range: use {IMAGES_RANGE}, 'unlimited' or 'default'")
+            if number != number.to_integral_value():
+                raise UserError(f"{name}={value} must be a whole number of images")
+            out[column] = int(number)
+        else:
+            try:
+                out[column] = usd_micros(value)
+            except ValueError as exc:
+                raise UserError(f"{name}={value} {exc}, 'unlimited' or 'default'") from None
     if not out:
         raise UserError("give at least one limit, e.g. daily_usd=5 monthly_images=200")
     return out

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .ledger import Ledger
 from .pricing import format_usd
+from .quota import Tenant
 
 FAILED = ("failed", "possibly_billed", "interrupted", "cancelled")
 
@@ -26,13 +27,13 @@ FAILED = ("failed", "possibly_billed", "interrupted", "cancelled")
 class Report:
     """A usage report as data. Money in micro-dollars."""
 
-    scope: str  # "channel C123", "all channels"
+    scope: str  # "channel C123 of slack:T1", "all channels of slack:T1", "all tenants"
     days: int
     since: datetime
     images: int
     spend_micros: int
     failures: int
-    top_users: list[tuple[str, int, int]]  # user, images, micros
+    top_users: list[tuple[str, int, int]]  # user (across tenants: "slack:T1:U1"), images, micros
     by_size_quality: list[tuple[str, str, int, int]]  # size, quality, images, micros
     median_render_s: float | None
     daily: list[tuple[str, int, int]]  # day (UTC date), micros, images
@@ -51,8 +52,11 @@ class Report:
         return "\n".join(lines)
 
 
-def _where(channel: str | None, user: str | None, since: datetime) -> tuple[str, list[Any]]:
+def _where(tenant: Tenant | None, channel: str | None, user: str | None, since: datetime) -> tuple[str, list[Any]]:
     clauses, params = ["created_at >= ?"], [since.isoformat(timespec="milliseconds")]
+    if tenant:
+        clauses.append("platform = ? AND workspace = ?")
+        params += [tenant.platform, tenant.workspace]
     if channel:
         clauses.append("channel = ?")
         params.append(channel)
@@ -62,28 +66,37 @@ def _where(channel: str | None, user: str | None, since: datetime) -> tuple[str,
     return " AND ".join(clauses), params
 
 
-async def build(ledger: Ledger, *, channel: str | None = None, user: str | None = None, days: int = 30,
-                now: datetime | None = None) -> Report:
-    """Every figure is a direct SQL sum over the ledger for the period."""
+def _scope(tenant: Tenant | None, channel: str | None, user: str | None) -> str:
+    where = f"of {tenant}" if tenant else "(all tenants)"
+    if channel and user:
+        return f"user {user} in channel {channel} {where}"
+    if channel or user:
+        return f"channel {channel} {where}" if channel else f"user {user} {where}"
+    return f"all channels of {tenant}" if tenant else "all tenants"
+
+
+async def build(ledger: Ledger, *, tenant: Tenant | None = None, channel: str | None = None,
+                user: str | None = None, days: int = 30, now: datetime | None = None) -> Report:
+    """Every figure is a direct SQL sum over the ledger for the period, in `tenant` (None: every tenant,
+    for operators; users are then named with their tenant, as `slack:T1:U1`). A channel or user id is one of
+    `tenant`'s; without a tenant it matches that id in every tenant."""
     now = now or datetime.now(UTC)
     since = (now - timedelta(days=days)).astimezone(UTC)
-    where, params = _where(channel, user, since)
+    where, params = _where(tenant, channel, user, since)
     q = ledger.query
     images, spend, failures = (await q(
         f"SELECT coalesce(sum(status='succeeded'), 0), coalesce(sum(actual_micros), 0), "
         f"coalesce(sum(status IN {FAILED}), 0) FROM ledger WHERE {where}", params))[0]
-    top = await q(f"SELECT user, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
-                  "GROUP BY user ORDER BY sum(actual_micros) DESC, user LIMIT 5", params)
+    who = "user" if tenant else "platform || ':' || workspace || ':' || user"
+    top = await q(f"SELECT {who}, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
+                  "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5", params)
     by = await q(f"SELECT size, quality, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
                  "GROUP BY size, quality ORDER BY sum(actual_micros) DESC", params)
     latencies = [r[0] for r in await q(
         f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded' AND latency_ms IS NOT NULL", params)]
     daily = await q(f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(status='succeeded') FROM ledger "
                     f"WHERE {where} GROUP BY 1 ORDER BY 1", params)
-    scope = f"channel {channel}" if channel else (f"user {user}" if user else "all channels")
-    if channel and user:
-        scope = f"user {user} in channel {channel}"
-    return Report(scope, days, since, int(images), int(spend), int(failures),
+    return Report(_scope(tenant, channel, user), days, since, int(images), int(spend), int(failures),
                   [(u, int(n), int(m)) for u, n, m in top],
                   [(s, ql, int(n), int(m)) for s, ql, n, m in by],
                   median(latencies) / 1000 if latencies else None,
@@ -126,11 +139,11 @@ def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
     return out.getvalue()
 
 
-async def export_csv(ledger: Ledger, path: str, *, channel: str | None = None, user: str | None = None,
-                     days: int = 30) -> int:
-    """Write the ledger rows of the period to `path`; returns the row count."""
+async def export_csv(ledger: Ledger, path: str, *, tenant: Tenant | None = None, channel: str | None = None,
+                     user: str | None = None, days: int = 30) -> int:
+    """Write the ledger rows of the period (in `tenant`, or every tenant) to `path`; returns the row count."""
     since = datetime.now(UTC) - timedelta(days=days)
-    where, params = _where(channel, user, since)
+    where, params = _where(tenant, channel, user, since)
     columns = ["id", "job_id", "seq", "platform", "workspace", "channel", "user", "model", "size", "quality",
                "format", "status", "reserved_micros", "actual_micros", "text_tokens", "image_tokens",
                "output_tokens", "request_ids", "attempts", "latency_ms", "error", "created_at", "finished_at"]

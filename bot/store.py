@@ -6,6 +6,7 @@ run inside `BEGIN IMMEDIATE` so that only one writer decides at a time.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import sqlite_utils
 
+log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -69,7 +71,77 @@ def _v4(db: sqlite_utils.Database) -> None:
     db.table("ledger").add_column("notice", str)  # pending -> sent, for jobs closed as interrupted
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5_part(text: str | None) -> str:
+    """One part of a tenant-scoped key, escaped as bot/quota.py does (frozen here, as migrations are)."""
+    return (text or "").replace("%", "%25").replace(":", "%3A")
+
+
+def _v5_sql_part(column: str) -> str:
+    return f"replace(replace(coalesce({column}, ''), '%', '%25'), ':', '%3A')"
+
+
+def _v5(db: sqlite_utils.Database) -> None:
+    """Tenancy: limits and counters keyed inside their tenant (`slack:T1`, `slack:T1:U1`, `slack:T1:C1`; see
+    bot/quota.py) instead of by bare ids that every Slack workspace and Discord guild shared.
+
+    Counters are rebuilt from the ledger under the new keys, periods from each row's day/month columns: an
+    open row (reserved, running) counts its reserved_micros and 1 image, a closed row its actual_micros and
+    1 image only if it succeeded (the invariant the old counters kept, so nothing is lost).
+
+    A limits row gets its tenant(s) from the ledger's platform + workspace columns: a user or channel gets a
+    row in every tenant where the ledger has seen that id in that role, a workspace limit one per platform
+    the ledger has seen that workspace id on. An id the ledger never saw: a user or channel goes to the only
+    tenant if the ledger has exactly one; a workspace keeps its id on the only platform if every tenant in
+    the ledger is on one platform. Anything else is dropped, with a warning naming the row and its values,
+    because guessing would apply a limit (or a lifted limit) to a stranger's tenant.
+    """
+    conn = db.conn
+    tenant = f"{_v5_sql_part('platform')} || ':' || {_v5_sql_part('workspace')}"
+    spend = "CASE WHEN status IN ('reserved', 'running') THEN reserved_micros ELSE coalesce(actual_micros, 0) END"
+    images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
+    conn.execute("DELETE FROM counters")
+    for scope, key, period in (("user_day", f"{tenant} || ':' || {_v5_sql_part('user')}", "day"),
+                               ("user_month", f"{tenant} || ':' || {_v5_sql_part('user')}", "month"),
+                               ("channel_month", f"{tenant} || ':' || {_v5_sql_part('channel')}", "month"),
+                               ("workspace_month", tenant, "month")):
+        conn.execute(f"INSERT INTO counters (scope, key, period, micros, images) "
+                     f"SELECT '{scope}', {key}, {period}, sum({spend}), sum({images}) FROM ledger "
+                     f"WHERE {period} IS NOT NULL GROUP BY 2, 3 HAVING sum({spend}) != 0 OR sum({images}) != 0")
+
+    tenants = [(p or "", w or "") for p, w in conn.execute("SELECT DISTINCT platform, workspace FROM ledger")]
+    platforms = {p for p, _ in tenants}
+    old = conn.execute("SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at "
+                       "FROM limits").fetchall()
+    conn.execute("DELETE FROM limits")
+    kept = 0
+    for scope, key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at in old:
+        column = {"user": "user", "channel": "channel", "workspace": "workspace"}.get(scope)
+        seen = [(p or "", w or "") for p, w in conn.execute(
+            f"SELECT DISTINCT platform, workspace FROM ledger WHERE {column} = ?", [key])] if column else []
+        if not seen and scope in ("user", "channel") and len(tenants) == 1:
+            seen = tenants
+        elif not seen and scope == "workspace" and len(platforms) == 1:
+            seen = [(next(iter(platforms)), key)]
+        if not seen:
+            log.warning("schema 5: dropped the %s limit of %r (daily_micros=%s daily_images=%s monthly_micros=%s "
+                        "monthly_images=%s): the ledger never saw it in one tenant it could belong to; set it "
+                        "again with its tenant (imagebot quota set --tenant PLATFORM:WORKSPACE ...)",
+                        scope, key, daily_micros, daily_images, monthly_micros, monthly_images)
+            continue
+        for platform, workspace in seen:
+            new_key = f"{_v5_part(platform)}:{_v5_part(workspace)}"
+            if scope != "workspace":
+                new_key += f":{_v5_part(key)}"
+            conn.execute("INSERT OR REPLACE INTO limits (scope, key, daily_micros, daily_images, monthly_micros, "
+                         "monthly_images, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         [scope, new_key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at])
+            kept += 1
+    if old:
+        log.info("schema 5: %d limits rows moved to %d tenant-scoped rows; counters rebuilt from the ledger",
+                 len(old), kept)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:

@@ -139,6 +139,25 @@ def test_dot_env_in_the_working_directory_is_read_by_default(
     assert Settings.load(environ={}).api_retries == 1
 
 
+def test_the_biggest_limits_are_accepted() -> None:
+    quotas = load(IMAGEBOT_USER_DAILY_USD="1000000", IMAGEBOT_USER_DAILY_IMAGES="1000000").quotas
+    assert (quotas.user_daily_micros, quotas.user_daily_images) == (1_000_000_000_000, 1_000_000)
+
+
+@pytest.mark.parametrize(("text", "admins"), [
+    ("U1, slack:U2 ,discord:345", {"U1", "slack:U2", "discord:345"}),
+    ("SLACK:U2", {"slack:U2"}),
+    (" , ", set()),
+])
+def test_imagebot_admins_takes_bare_and_platform_qualified_ids(text: str, admins: set[str]) -> None:
+    assert load(IMAGEBOT_ADMINS=text).admins == admins
+
+
+@pytest.mark.parametrize("text", ["teams:U1", "slack:", ":U1", "slack:U1:extra", "U1,discord:"])
+def test_imagebot_admins_refuses_what_it_cannot_read(text: str) -> None:
+    assert "IMAGEBOT_ADMINS" in config_error(IMAGEBOT_ADMINS=text)
+
+
 # --- errors: one line, naming the variable --------------------------------------------------
 
 
@@ -151,10 +170,21 @@ def test_dot_env_in_the_working_directory_is_read_by_default(
         ({"IMAGEBOT_API_RETRIES": "many"}, ["IMAGEBOT_API_RETRIES", "0-2"]),
         ({"IMAGEBOT_API_RETRIES": "3"}, ["IMAGEBOT_API_RETRIES", "0-2"]),
         ({"IMAGEBOT_LEASE_SECONDS": "61"}, ["IMAGEBOT_LEASE_SECONDS", "1-60"]),
-        ({"IMAGEBOT_USER_DAILY_USD": "-1"}, ["IMAGEBOT_USER_DAILY_USD", ">= 0"]),
-        ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "-0.01"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", ">= 0"]),
+        ({"IMAGEBOT_USER_DAILY_USD": "-1"}, ["IMAGEBOT_USER_DAILY_USD", "USD 0 to 1,000,000"]),
+        ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "-0.01"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", "USD 0 to 1,000,000"]),
         ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots"}, ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "not a USD amount"]),
         ({"IMAGEBOT_USER_MONTHLY_IMAGES": "-3"}, ["IMAGEBOT_USER_MONTHLY_IMAGES", "out of range"]),
+        # Limits are bounded (a huge one used to crash the first reservation with an OverflowError).
+        ({"IMAGEBOT_USER_DAILY_USD": "1e20"}, ["IMAGEBOT_USER_DAILY_USD", "out of range", "USD 0 to 1,000,000"]),
+        ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "1000000.01"},
+         ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "USD 0 to 1,000,000"]),
+        ({"IMAGEBOT_USER_MONTHLY_USD": "Infinity"}, ["IMAGEBOT_USER_MONTHLY_USD", "USD 0 to 1,000,000"]),
+        ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "NaN"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", "USD 0 to 1,000,000"]),
+        ({"IMAGEBOT_USER_DAILY_IMAGES": "1000001"}, ["IMAGEBOT_USER_DAILY_IMAGES", "out of range", "0 to 1,000,000"]),
+        ({"IMAGEBOT_USER_MONTHLY_IMAGES": "99999999999999999999999"},
+         ["IMAGEBOT_USER_MONTHLY_IMAGES", "0 to 1,000,000"]),
+        ({"IMAGEBOT_ADMINS": "teams:U1"}, ["IMAGEBOT_ADMINS", "'teams:U1'", "slack:ID or discord:ID"]),
+        ({"IMAGEBOT_ADMINS": "U1,slack:"}, ["IMAGEBOT_ADMINS", "'slack:'"]),
         ({"IMAGEBOT_TIMEZONE": "Mars/Olympus_Mons"}, ["IMAGEBOT_TIMEZONE", "IANA time zone"]),
         ({"IMAGEBOT_TIMEZONE": "America"}, ["IMAGEBOT_TIMEZONE", "IANA time zone"]),
         ({"IMAGEBOT_HTTP_PORT": "http"}, ["IMAGEBOT_HTTP_PORT", "0-65535"]),

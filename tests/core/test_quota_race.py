@@ -11,7 +11,8 @@ import multiprocessing
 import os
 import signal
 import sqlite3
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ FITS = 37
 PROCESSES = 4
 ATTEMPTS = 50
 TIMEOUT = 30
+LEASE = timedelta(seconds=3)  # short, so the test waits for an expiry in seconds
 
 
 def request(count: int = 1) -> ImageRequest:
@@ -42,10 +44,12 @@ def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
     """Every counter as a direct SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
     spend = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
     images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
+    tenant = "platform || ':' || workspace"  # tenant-scoped keys (bot/quota.py); test ids have no ':' to escape
     parts = [f"SELECT '{scope}', {key}, {period}, {spend}, {images} FROM ledger"
-             for scope, key, period in (("user_day", "user", "day"), ("user_month", "user", "month"),
-                                        ("channel_month", "channel", "month"),
-                                        ("workspace_month", "workspace", "month"))]
+             for scope, key, period in (("user_day", f"{tenant} || ':' || user", "day"),
+                                        ("user_month", f"{tenant} || ':' || user", "month"),
+                                        ("channel_month", f"{tenant} || ':' || channel", "month"),
+                                        ("workspace_month", tenant, "month"))]
     with sqlite3.connect(path) as conn:
         rows = conn.execute(f"SELECT * FROM ({' UNION ALL '.join(parts)})").fetchall()
     sums: dict[tuple[str, str, str], tuple[int, int]] = {}
@@ -102,7 +106,7 @@ def _crashing_worker(path: str, ready: Any) -> None:
     """Reserve some rows, start API calls on some, finish one job, then wait to be killed."""
 
     async def main() -> None:
-        ledger = Ledger(path)
+        ledger = Ledger(path, lease=LEASE)
         waiting = await ledger.reserve(ALICE, request(2), 10_000, job_id="job-waiting")
         running = await ledger.reserve(BOB, request(3), 20_000, job_id="job-running")
         await ledger.set_context("job-running", {"channel": "C2", "thread_ts": "1714000000.000100"})
@@ -113,7 +117,9 @@ def _crashing_worker(path: str, ready: Any) -> None:
         await ledger.close_row(done.row_ids[0], status="succeeded", actual_micros=25_000)
         ready.put({"pid": os.getpid(), "instance": ledger.instance_id, "waiting": list(waiting.row_ids),
                    "running": list(running.row_ids), "done": list(done.row_ids)})
-        await asyncio.sleep(3600)
+        while True:  # alive until killed: its lease runs LEASE past its last heartbeat
+            await asyncio.sleep(LEASE.total_seconds() / 6)
+            await ledger.heartbeat()
 
     asyncio.run(main())
 
@@ -122,11 +128,12 @@ def _live_peer(path: str, ready: Any, stop: Any) -> None:
     """A healthy process with a job in flight: recovery elsewhere must leave it alone."""
 
     async def main() -> None:
-        ledger = Ledger(path)
+        ledger = Ledger(path, lease=LEASE)
         peer = await ledger.reserve(ALICE, request(1), 40_000, job_id="job-peer")
         await ledger.start(peer.row_ids[0])
         ready.put({"pid": os.getpid(), "rows": list(peer.row_ids)})
-        await asyncio.to_thread(stop.wait, TIMEOUT)
+        while not await asyncio.to_thread(stop.wait, LEASE.total_seconds() / 4):
+            await ledger.heartbeat()  # alive: its lease never expires
         ledger.close()
 
     asyncio.run(main())
@@ -165,7 +172,8 @@ def test_four_processes_never_grant_more_than_the_limit_fits(tmp_path: Path) -> 
     assert len({r["owner"] for r in granted}) >= 2, "the processes did not actually race"
     counters = stored_counters(path)
     assert counters == sql_counters(path)
-    assert [v for (scope, *_), v in counters.items() if scope == "user_day"] == [(FITS * EACH, FITS)]
+    assert [(k, v) for (scope, k, _), v in counters.items() if scope == "user_day"] == [
+        ("slack:W1:U1", (FITS * EACH, FITS))]
 
 
 def test_kill_9_then_recovery_releases_reservations_and_charges_started_calls(tmp_path: Path) -> None:
@@ -191,6 +199,9 @@ def test_kill_9_then_recovery_releases_reservations_and_charges_started_calls(tm
 
         ledger = Ledger(path, clock=lambda: datetime.now(UTC))
         try:
+            # Nothing is recovered while the dead process's lease runs; once it expired, its jobs are.
+            assert ledger.recover_sync() == []
+            time.sleep(LEASE.total_seconds() * 1.5)
             interrupted = sorted(ledger.recover_sync(), key=lambda i: i.job_id)
             after = {r["id"]: r for r in rows(path)}
             again = ledger.recover_sync()

@@ -146,18 +146,93 @@ def test_quota_set_then_show(quota_run: tuple[Path, dict[str, str], list[Run], R
     assert re.search(r"your daily images: 3 images used of 3 images, 0 images left, "
                      r"resets \d{4}-\d\d-\d\d 00:00 UTC", before.stdout), before.stdout
 
+    # No --tenant: u1 is only ever seen in one tenant (`imagebot imagine` runs as cli:local), so that is it.
     set_run = imagebot(["quota", "set", "--user", "u1", "daily_images=5"], env, tmp_path)
     assert set_run.code == 0, set_run.stderr
-    assert "u1" in set_run.stdout and "daily_images" in set_run.stdout
+    assert "u1" in set_run.stdout and "daily_images" in set_run.stdout and "cli:local" in set_run.stdout
 
     after = imagebot(["quota", "show", "--user", "u1"], env, tmp_path)
     assert after.code == 0, after.stderr
     assert "your daily images: 3 images used of 5 images, 2 images left" in after.stdout, after.stdout
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='u1'").fetchone() == (5,)
+        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'").fetchone() == (5,)
 
     # The limits may also come first; a bad value names the limit and changes nothing.
     bad = imagebot(["quota", "set", "daily_images=lots", "--user", "u1"], env, tmp_path)
     assert bad.code == 2 and "daily_images" in bad.stderr
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='u1'").fetchone() == (5,)
+        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'").fetchone() == (5,)
+
+
+@pytest.fixture(scope="module")
+def two_tenants(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The same user id u1 in two tenants (workspaces `local` and `lab` of the `cli` platform)."""
+    home = tmp_path_factory.mktemp("tenants")
+    db = home / "bot.sqlite3"
+    env = environment(db)
+    runs = [finish(p) for p in [
+        start(["imagine", "fox", "--quality", "low", "--user", "u1", "--out", str(home / "a.jpg")], env, home),
+        start(["imagine", "fox", "--quality", "low", "--user", "u1", "--workspace", "lab", "--channel", "c9",
+               "--count", "2", "--out", str(home / "b.jpg")], env, home)]]
+    assert [r.code for r in runs] == [0, 0], [r.stderr for r in runs]
+    return db, env
+
+
+def test_quota_names_its_tenant_and_refuses_to_guess_between_two(
+    two_tenants: tuple[Path, dict[str, str]], tmp_path: Path,
+) -> None:
+    db, env = two_tenants
+    for args, missing in [
+        (["quota", "set", "--user", "u1", "daily_images=5"], "--tenant"),      # u1 is in two tenants
+        (["quota", "show", "--user", "u1"], "--tenant"),
+        (["quota", "set", "--user", "u404", "daily_images=5"], "--tenant"),    # never seen, two tenants
+        (["quota", "set", "daily_images=5"], "--tenant"),                     # no target at all
+        (["quota", "show"], "--tenant"),
+        (["report", "--user", "u1"], "--tenant"),
+        (["quota", "set", "--tenant", "lab", "monthly_usd=5"], "PLATFORM:WORKSPACE"),
+        (["quota", "set", "--tenant", "cli:lab", "--workspace", "local", "monthly_usd=5"], "--workspace"),
+    ]:
+        run = imagebot(args, env, tmp_path)
+        assert run.code == 2, (args, run.stdout, run.stderr)
+        assert len(run.stderr.strip().splitlines()) == 1 and missing in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM limits").fetchone() == (0,)
+
+    # Named, it works, for one tenant only.
+    done = imagebot(["quota", "set", "--tenant", "cli:lab", "--user", "u1", "daily_images=1"], env, tmp_path)
+    assert done.code == 0, done.stderr
+    lab = imagebot(["quota", "show", "--tenant", "cli:lab", "--user", "u1"], env, tmp_path)
+    assert "your daily images: 2 images used of 1 image, 0 images left" in lab.stdout, lab.stdout
+    local = imagebot(["quota", "show", "--tenant", "cli:local", "--user", "u1"], env, tmp_path)
+    assert local.code == 0 and "no limits apply" in local.stdout, local.stdout
+
+    # --tenant alone is the tenant's own limit (the CLI is the operator's tool: it may set it).
+    own = imagebot(["quota", "set", "--tenant", "cli:lab", "monthly_usd=7"], env, tmp_path)
+    assert own.code == 0, own.stderr
+    # --workspace is still understood where it names one tenant.
+    same = imagebot(["quota", "show", "--workspace", "lab"], env, tmp_path)
+    assert same.code == 0, same.stderr
+    assert re.search(r"this workspace's monthly spend: \$\d+\.\d{4} used of \$7\.0000", same.stdout), same.stdout
+    assert "your " not in same.stdout
+    with sqlite3.connect(db) as conn:
+        assert set(conn.execute("SELECT scope, key, daily_images, monthly_micros FROM limits")) == {
+            ("user", "cli:lab:u1", 1, None), ("workspace", "cli:lab", None, 7_000_000)}
+
+
+def test_report_of_one_tenant_and_of_all(two_tenants: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    db, env = two_tenants
+    out = tmp_path / "lab.csv"
+    lab = imagebot(["report", "--tenant", "cli:lab", "--user", "u1", "--csv", str(out)], env, tmp_path)
+    assert lab.code == 0, lab.stderr
+    [(total,)] = ledger(db, "SELECT sum(actual_micros) FROM ledger WHERE workspace='lab'")
+    assert f"2 images, {format_usd(total)} spent" in lab.stdout and "cli:lab" in lab.stdout, lab.stdout
+    with out.open(newline="", encoding="utf-8") as handle:
+        assert {(r["workspace"], r["user"]) for r in csv.DictReader(handle)} == {("lab", "u1")}
+    # A channel only one tenant has needs no --tenant.
+    channel = imagebot(["report", "--channel", "c9"], env, tmp_path)
+    assert channel.code == 0 and "2 images" in channel.stdout and "cli:lab" in channel.stdout, channel.stdout
+    everything = imagebot(["report"], env, tmp_path)
+    [(all_total,)] = ledger(db, "SELECT sum(actual_micros) FROM ledger")
+    assert f"3 images, {format_usd(all_total)} spent" in everything.stdout, everything.stdout
+    assert "all tenants" in everything.stdout and "cli:lab:u1" in everything.stdout
