@@ -10,6 +10,10 @@ SLACK_COMMANDS = [
     ("/imagine-quota", "Your remaining image quota", ""),
     ("/imagine-admin", "Admin: set quotas, see all spend", "quota <@user|#channel|workspace> <limits> | report --all"),
 ]
+# Commands whose text names users and channels: Slack sends them escaped, as <@U123|bob> and <#C123|general>,
+# ids the bot can act on (unescaped it sends a plain "@bob", which names nobody for certain). /imagine is left
+# unescaped on purpose: its text is the prompt, verbatim, and "@bob" should reach the image model as typed.
+SLACK_ESCAPED_COMMANDS = frozenset({"/imagine-admin"})
 SLACK_BOT_SCOPES = [
     "commands",          # slash commands
     "chat:write",        # progress messages, summaries, ephemeral errors
@@ -27,7 +31,8 @@ def slack_manifest(*, socket_mode: bool = True, request_url: str = "https://YOUR
     """A Slack app manifest (paste into api.slack.com/apps -> Create New App -> From a manifest)."""
     commands: list[dict[str, Any]] = []
     for name, description, hint in SLACK_COMMANDS:
-        command: dict[str, Any] = {"command": name, "description": description, "should_escape": False}
+        command: dict[str, Any] = {"command": name, "description": description,
+                                   "should_escape": name in SLACK_ESCAPED_COMMANDS}
         if hint:
             command["usage_hint"] = hint
         if not socket_mode:

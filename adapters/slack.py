@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +37,7 @@ BAR = 20
 PROMPT_SHOWN = 280  # characters of the prompt in a progress message
 # Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
 UPDATES_PER_MINUTE = 45
+DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
 def escape(text: str) -> str:
@@ -70,6 +72,28 @@ def done_blocks(text: str) -> list[dict[str, Any]]:
     return [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
 
 
+def trusted_file_url(url: str, api_url: str) -> bool:
+    """May the bot token go to `url`? Only over https to Slack's file host, or to the Web API's own host with
+    the API's own scheme: plain http only when SLACK_API_URL itself is http:// (a loopback fake)."""
+    parts, api = urlsplit(url), urlsplit(api_url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme)
+        api_port = api.port or DEFAULT_PORTS.get(api.scheme)
+    except ValueError:  # a port that is not a number
+        return False
+    if parts.username is not None or parts.password is not None or port is None:
+        return False
+    return (parts.scheme, parts.hostname, port) in {("https", "files.slack.com", 443),
+                                                    (api.scheme, api.hostname, api_port)}
+
+
+def why_not(exc: Exception) -> str:
+    """A Web API failure in a few words: Slack's error code, or the kind of connection trouble."""
+    if isinstance(exc, SlackApiError) and exc.response is not None:
+        return str(exc.response.get("error"))
+    return type(exc).__name__
+
+
 @dataclass
 class SlackJobView:
     """Shows one job in Slack: a progress message, then the image uploaded into its thread."""
@@ -100,12 +124,14 @@ class SlackJobView:
             await self.adapter.client.files_upload_v2(
                 channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
                 initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
-        except SlackApiError as exc:
-            # Paid for but not shown: never silently. Say so where we still can, with the request ids.
-            error = exc.response.get("error") if exc.response is not None else type(exc).__name__
-            text = (f"<@{self.who.user}> the image was made but Slack refused the upload ({error}; the bot needs "
-                    f"files:write). {summary}")
-            await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread, text=text)
+        except Exception as exc:
+            # Paid for but not shown (Slack refused, or the connection broke): never silently. Say so where
+            # we still can, with the cost and request ids (in the summary).
+            why = (f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)"
+                   if isinstance(exc, SlackApiError) else f"the upload to Slack failed ({why_not(exc)})")
+            log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
+            text = f"<@{self.who.user}> the image was made and charged, but it could not be posted: {why}. {summary}"
+            await self._say(text)
             self._finish(clip(text, 2900))
             return
         first = result.images[0]
@@ -114,9 +140,15 @@ class SlackJobView:
 
     async def failed(self, failure: JobFailure) -> None:
         text = escape(failure.summary())
-        await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread,
-                                                   text=f"<@{self.who.user}> {text}")
+        await self._say(f"<@{self.who.user}> {text}")
         self._finish(clip(text, 2900))
+
+    async def _say(self, text: str) -> None:
+        """Post in the job's thread; if Slack cannot take it, the final progress line still says it."""
+        try:
+            await self.adapter.client.chat_postMessage(channel=self.channel, thread_ts=self.thread, text=text)
+        except Exception as exc:
+            log.warning("slack thread message failed", extra={"job_id": self.job_id, "error": why_not(exc)})
 
     def _finish(self, text: str) -> None:
         """Turn the progress message into its final line, within the chat.update budget.
@@ -142,19 +174,22 @@ class SlackAdapter:
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
         self.client = AsyncWebClient(token=self.token, base_url=settings.slack_api_url, session=self.http,
                                      retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
+        # Signature verification stays on: bolt skips it only for Socket Mode envelopes (its
+        # RequestVerification._can_skip checks req.mode == "socket_mode"), and in Socket Mode there is no
+        # HTTP route at all (see routes()), so nothing unsigned ever reaches a listener. "" rather than None:
+        # bolt would otherwise read SLACK_SIGNING_SECRET from os.environ behind the settings' back.
         self.app = AsyncApp(
             client=self.client,
-            signing_secret=settings.slack_signing_secret.reveal() if settings.slack_signing_secret else None,
-            request_verification_enabled=not settings.slack_socket_mode,
+            signing_secret=settings.slack_signing_secret.reveal() if settings.slack_signing_secret else "",
             # Listeners ack and hand the work to a task at once, so bolt can answer as soon as they return
-            # (without it bolt polls for the ack every 10 ms).
+            # (without it bolt polls for the ack every 10 ms). So no listener may await Slack before returning.
             process_before_response=True,
         )
         self.budget = TokenBucket(per_second=UPDATES_PER_MINUTE / 60, burst=10)
         self.tasks: set[asyncio.Task[Any]] = set()
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
-        self.file_hosts = {"files.slack.com", urlsplit(settings.slack_api_url).netloc}
+        self.mention: re.Pattern[str] | None = None  # <@BOT_USER_ID> (or <@BOT_USER_ID|name>), once known
         self.socket_handler: Any = None
         self._register()
 
@@ -165,6 +200,8 @@ class SlackAdapter:
         try:
             auth = await self.client.auth_test()
             self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+            if self.bot_user_id:
+                self.mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>")
         except Exception as exc:  # keep serving: /healthz says so, and bolt retries auth on each request
             log.error("slack auth.test failed; check SLACK_BOT_TOKEN and SLACK_API_URL",
                       extra={"error": type(exc).__name__})
@@ -179,7 +216,10 @@ class SlackAdapter:
             log.info("slack http mode at /slack/events")
 
     def routes(self) -> list[web.RouteDef]:
-        """Slack's HTTP mode posts events, commands and actions here (Socket Mode never does)."""
+        """Slack's HTTP mode posts events, commands and actions here. In Socket Mode nothing is served: the
+        app has no signing secret to check, so the route could only be open to anyone (SPEC §7)."""
+        if self.core.settings.slack_socket_mode:
+            return []
         return [web.post("/slack/events", self._http_events)]
 
     async def _http_events(self, request: web.Request) -> web.Response:
@@ -244,22 +284,32 @@ class SlackAdapter:
         @app.action(CANCEL_ACTION)
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
             await ack()
-            user = body["user"]["id"]
-            channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
-            if not self.core.runner.cancel(action.get("value", ""), user):
-                await self.client.chat_postEphemeral(
-                    channel=channel, user=user,
-                    text="Only the person who started this job can cancel it, and only while it runs.")
+            self.spawn(self._cancel(body, action))
 
+        # A mention arrives twice, as `message` and as `app_mention`; whichever comes first makes the job.
         @app.event("message")
         async def message(event: dict[str, Any], body: dict[str, Any]) -> None:
-            if event.get("thread_ts") and self._from_a_person(event):
-                self.spawn(self._on_message(event, body, mention=False))
+            self._on_event(event, body)
 
         @app.event("app_mention")
         async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
-            if self._from_a_person(event):
-                self.spawn(self._on_message(event, body, mention=True))
+            self._on_event(event, body)
+
+    async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
+        user = body["user"]["id"]
+        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+        if not self.core.runner.cancel(action.get("value", ""), user):
+            await self.client.chat_postEphemeral(
+                channel=channel, user=user,
+                text="Only the person who started this job can cancel it, and only while it runs.")
+
+    def _on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""
+        if self._mentions_me(event) and self._from_a_person(event):
+            self.spawn(self._on_message(event, body))
+
+    def _mentions_me(self, event: dict[str, Any]) -> bool:
+        return self.mention is not None and self.mention.search(event.get("text") or "") is not None
 
     def _from_a_person(self, event: dict[str, Any]) -> bool:
         """Skip bots (ourselves included) and edits/deletes; keep plain messages and file shares."""
@@ -322,10 +372,11 @@ class SlackAdapter:
             posted = await self.client.chat_postMessage(
                 channel=who.channel, thread_ts=thread_ts, text=f"Queued: {escape(clip(request.prompt, 100))}",
                 blocks=progress_blocks(self.core.runner.first_progress(job), who, job.id))
-        except SlackApiError as exc:
-            await self.core.runner.abandon(job, f"progress message failed: {exc.response.get('error')}")
-            await self._tell_privately(who, "I could not post in this channel "
-                                       f"({exc.response.get('error')}); invite me with /invite and try again. "
+        except Exception as exc:  # refused, timed out or disconnected: without a message there is no job
+            await self.core.runner.abandon(job, f"progress message failed: {why_not(exc)}")
+            hint = ("invite me with /invite and try again" if isinstance(exc, SlackApiError)
+                    else "Slack did not answer; try again")
+            await self._tell_privately(who, f"I could not post in this channel ({why_not(exc)}); {hint}. "
                                        "Nothing was charged.", respond, thread_ts)
             return
         ts = posted["ts"]
@@ -333,34 +384,41 @@ class SlackAdapter:
         await self.core.runner.execute(job, SlackJobView(self, who.channel, ts, who, job.id, thread_ts))
 
     async def _tell_privately(self, who: Requester, text: str, respond: Any, thread_ts: str | None) -> None:
-        if respond is not None:
-            await respond(text=text, response_type="ephemeral")
-        else:
-            await self.client.chat_postEphemeral(channel=who.channel, user=who.user, text=text, thread_ts=thread_ts)
+        """An ephemeral reply, where Slack still takes one (a failure here is logged, not raised)."""
+        try:
+            if respond is not None:
+                await respond(text=text, response_type="ephemeral")
+            else:
+                await self.client.chat_postEphemeral(channel=who.channel, user=who.user, text=text,
+                                                     thread_ts=thread_ts)
+        except Exception as exc:
+            log.warning("slack private reply failed", extra={"user": who.user, "error": why_not(exc)})
 
-    async def _on_message(self, event: dict[str, Any], body: dict[str, Any], *, mention: bool) -> None:
-        """A thread reply under one of our images is an edit; a mention with images is a fusion."""
+    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+        """A message that mentions the bot (SPEC §2): in the thread of one of our images, an edit of the latest;
+        elsewhere a fusion of its images, or without images a new image. Answers in the message's thread."""
         channel, ts = event.get("channel", ""), event.get("ts", "")
-        # `message` and `app_mention` both arrive for one message, and Slack retries: one job per message.
+        # Keyed by the message, not the event: its `message` and `app_mention` twins and Slack's retries
+        # (X-Slack-Retry-Num) all carry the same channel and ts, so exactly one of them makes the job.
         if await self.core.ledger.seen(f"slack:{channel}:{ts}"):
             return
         who = Requester("slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", ""))
-        text = event.get("text") or ""
-        if self.bot_user_id:
-            text = text.replace(f"<@{self.bot_user_id}>", "").strip()
+        assert self.mention is not None  # _mentions_me() let it through
+        text = self.mention.sub("", event.get("text") or "").strip()
         thread_ts = event.get("thread_ts")
         image_files = [f for f in event.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
         try:
             base = await self._thread_base(channel, thread_ts) if thread_ts else None
-            if base is None and not (mention and image_files):
-                if mention and not thread_ts and text:
-                    await self._run(who, self.core.parse(text), thread_ts=ts)
-                return  # not about our images
             files = [(f.get("name") or "image", await self.download(f)) for f in image_files]
             references, mask = await decode_attachments(files, base=base)
             request = self.core.parse(text, references, mask)
         except UserError as exc:
             await self._tell_privately(who, str(exc), None, thread_ts)
+            return
+        except Exception as exc:  # Slack did not answer (thread or file): nothing is reserved yet
+            log.warning("slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True)
+            await self._tell_privately(who, f"I could not read this message from Slack ({why_not(exc)}); "
+                                       "try again. Nothing was charged.", None, thread_ts)
             return
         await self._run(who, request, thread_ts=thread_ts or ts)
 
@@ -379,9 +437,9 @@ class SlackAdapter:
     async def download(self, file: dict[str, Any]) -> bytes:
         """Fetch a private file with the bot token, only from Slack's own file host, at most 50 MB."""
         url = file.get("url_private_download") or file.get("url_private") or ""
-        parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or parts.netloc not in self.file_hosts:
-            raise UserError(f"{file.get('name', 'a file')} is not hosted by Slack; attach the image to the message")
+        if not trusted_file_url(url, self.core.settings.slack_api_url):
+            raise UserError(f"{file.get('name', 'a file')} is not hosted by Slack (the bot fetches files only over "
+                            "https from Slack's file host); attach the image to the message")
         async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"},
                                  allow_redirects=False) as response:
             if response.status != 200 or response.content_type.startswith("text/html"):

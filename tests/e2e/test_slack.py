@@ -93,12 +93,14 @@ async def _first_image_thread(slack: FakeSlack, bot: RunningBot) -> str:
     return slack.uploaded[0].thread_ts
 
 
-async def test_reply_in_thread_edits_the_latest_image_with_a_reference_and_a_mask(
+async def test_mention_in_thread_edits_the_latest_image_with_a_reference_and_a_mask(
         slack: FakeSlack, bot: RunningBot) -> None:
     thread = await _first_image_thread(slack, bot)
     ref = slack.add_file(name="style.png", data=png(512, 512, color="blue"), mimetype="image/png", filetype="png")
     mask = slack.add_file(name="my-mask.png", data=png(1024, 1024, alpha=True), mimetype="image/png", filetype="png")
-    event = slack.message_event(text="make it blue --quality low", thread_ts=thread, files=[ref, mask])
+    # Only a reply that mentions the bot is an edit (SPEC §2); here its `message` (file_share) event.
+    event = slack.message_event(text=f"<@{slack.bot_user_id}> make it blue --quality low", thread_ts=thread,
+                                files=[ref, mask])
     status, _ = await slack.send_event(bot.events_url, event)
     assert status == 200
     await slack.wait_for("files.completeUploadExternal", 2)
@@ -123,7 +125,7 @@ async def test_mention_with_images_is_a_fusion(slack: FakeSlack, bot: RunningBot
 
 async def test_duplicate_and_retried_events_start_one_job(slack: FakeSlack, bot: RunningBot) -> None:
     thread = await _first_image_thread(slack, bot)
-    event = slack.message_event(text="now green --quality low", thread_ts=thread)
+    event = slack.message_event(text=f"<@{slack.bot_user_id}> now green --quality low", thread_ts=thread)
     await slack.send_event(bot.events_url, event, event_id="Ev1")
     await slack.send_event(bot.events_url, event, event_id="Ev1", retry_num=1, retry_reason="http_timeout")
     twin = slack.message_event(text="now green --quality low", thread_ts=thread, ts=event["ts"], mention=True)
@@ -137,7 +139,8 @@ async def test_foreign_file_host_is_never_fetched_and_token_never_sent(slack: Fa
     thread = await _first_image_thread(slack, bot)
     evil = {"id": "F666", "name": "x.png", "mimetype": "image/png", "filetype": "png",
             "url_private_download": "http://127.0.0.2:9/steal.png", "url_private": "http://127.0.0.2:9/steal.png"}
-    await slack.send_event(bot.events_url, slack.message_event(text="edit", thread_ts=thread, files=[evil]))
+    await slack.send_event(bot.events_url, slack.message_event(text="edit", thread_ts=thread, files=[evil],
+                                                               mention=True))
     await slack.wait_for("chat.postEphemeral")
     assert "not hosted by Slack" in slack.calls_to("chat.postEphemeral")[-1].args["text"]
     assert len(bot.server.calls) == 1

@@ -36,7 +36,8 @@ async def _image_thread(slack: FakeSlack, bot: RunningBot) -> str:
 
 async def _reply_with(slack: FakeSlack, bot: RunningBot, files: list[dict], text: str = "edit it") -> str:
     thread = await _image_thread(slack, bot)
-    await slack.send_event(bot.events_url, slack.message_event(text=text, thread_ts=thread, files=files))
+    await slack.send_event(bot.events_url, slack.message_event(text=text, thread_ts=thread, files=files,
+                                                               mention=True))
     [ephemeral] = await slack.wait_for("chat.postEphemeral")
     assert len(bot.server.calls) == 1  # only the base image: the hostile reply called no API
     rows = await bot.ledger()

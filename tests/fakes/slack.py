@@ -47,6 +47,9 @@ class RecordedCall:
     headers: dict[str, str]
     at: float
     status: int = 200
+    # For a method in `hold_until_answered`: "answered" if it was released because every request the fake
+    # sent to the bot had been answered, "timeout" if `hold_timeout` ran out first.
+    held: str = ""
 
 
 @dataclass
@@ -159,7 +162,13 @@ class FakeSlack:
         self.response_posts: list[dict[str, Any]] = []
         self.admins: set[str] = set()
         self.owners: set[str] = set()
+        # method -> how its next call(s) fail: {"error": ..., "status": ..., "retry_after": ..., "times": N},
+        # or {"drop": True}: close the connection without an answer (the client sees a broken connection).
         self.fail_next: dict[str, dict[str, Any]] = {}
+        # Web API methods answered only once every request the fake sent to the bot (a command, an event, a
+        # click) has been answered: a bot that calls one of them before its ack is seen waiting (ordering tests).
+        self.hold_until_answered: set[str] = set()
+        self.hold_timeout: float = 5.0
         self.files: dict[str, dict[str, Any]] = {}
         self.channel_names: dict[str, str] = {}
         self.socket_acks: list[dict[str, Any]] = []
@@ -182,6 +191,7 @@ class FakeSlack:
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._to_bot = 0  # requests sent to the bot over HTTP and not answered yet
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -391,6 +401,26 @@ class FakeSlack:
             self.fail_next[method] = {**fail, "times": times - 1}
         return fail
 
+    def _dropped(
+        self, request: web.Request, method: str, args: dict[str, Any], headers: dict[str, str], at: float
+    ) -> web.Response:
+        """Close the connection without an answer (recorded with status 0)."""
+        self._record(method, args, headers, at, 0)
+        if request.transport is not None:
+            request.transport.close()
+        return web.Response(status=500)  # never written: the connection is gone
+
+    async def _hold(self, method: str) -> str:
+        """Wait until every request sent to the bot has been answered; "answered", or "timeout"."""
+        if method not in self.hold_until_answered:
+            return ""
+        deadline = time.monotonic() + self.hold_timeout
+        while self._to_bot:
+            if time.monotonic() >= deadline:
+                return "timeout"
+            await asyncio.sleep(0.005)
+        return "answered"
+
     @staticmethod
     def _failure_response(fail: dict[str, Any]) -> web.Response:
         status = int(fail.get("status", 200))
@@ -438,10 +468,13 @@ class FakeSlack:
         method = request.match_info["method"]
         args = await self._read_args(request)
         headers = _headers(request)
+        held = await self._hold(method)
         fail = self._take_failure(method)
+        if fail is not None and fail.get("drop"):
+            return self._dropped(request, method, args, headers, at)
         if fail is not None:
             resp = self._failure_response(fail)
-            self._record(method, args, headers, at, resp.status)
+            self._record(method, args, headers, at, resp.status).held = held
             return resp
         error = self._check_auth(method, args, headers)
         if error is not None:
@@ -455,7 +488,7 @@ class FakeSlack:
                     body = {"ok": True, **handler(self, args)}
                 except _ApiError as e:
                     body = {"ok": False, "error": e.error, **e.extra}
-        self._record(method, args, headers, at, 200)
+        self._record(method, args, headers, at, 200).held = held
         # Slack answers ok:false with HTTP 200; only rate limits use a non-200 status.
         return web.json_response(
             body,
@@ -802,6 +835,8 @@ class FakeSlack:
             data = await request.read()
         args: dict[str, Any] = {"file_id": file_id, "size": len(data), **request.query}
         fail = self._take_failure("upload")
+        if fail is not None and fail.get("drop"):
+            return self._dropped(request, "upload", args, headers, at)
         if fail is not None:
             status = int(fail.get("status", 500))
             self._record("upload", args, headers, at, status)
@@ -1127,9 +1162,13 @@ class FakeSlack:
         if bad_signature:
             headers["X-Slack-Signature"] = "v0=" + "0" * 64
         start = time.monotonic()
-        async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
-            text = await resp.text()
-            return resp.status, text, time.monotonic() - start
+        self._to_bot += 1
+        try:
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as resp:
+                text = await resp.text()
+                return resp.status, text, time.monotonic() - start
+        finally:
+            self._to_bot -= 1
 
     async def send_slash_command(
         self,

@@ -336,3 +336,49 @@ async def test_share_delay_and_response_url_limits(fake: FakeSlack, client: Asyn
             pass
     assert statuses == [200] * 5 + [404]
     assert len(fake.ephemerals) == 5 and fake.messages["C1"][-1]["text"] == "hi"
+
+
+# ---------------------------------------------------------------- faults and ordering knobs
+
+
+async def test_dropped_connections(fake: FakeSlack) -> None:
+    client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url, retry_handlers=[])
+    fake.fail_next["chat.postMessage"] = {"drop": True}
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await client.chat_postMessage(channel="C1", text="lost")
+    assert fake.calls_to("chat.postMessage")[-1].status == 0 and "C1" not in fake.messages
+    fake.fail_next["upload"] = {"drop": True}
+    with pytest.raises(aiohttp.ServerDisconnectedError):
+        await client.files_upload_v2(channel="C1", file=b"data", filename="a.txt")
+    assert fake.calls_to("upload")[-1].status == 0 and not fake.uploaded
+    assert (await client.chat_postMessage(channel="C1", text="kept"))["ok"]  # one drop per entry
+
+
+async def test_hold_until_answered_shows_work_done_before_the_ack(fake: FakeSlack) -> None:
+    """A held method is answered only after the fake's request to the bot was: a listener that calls it
+    before returning (process_before_response) holds its own ack until the hold times out."""
+    app = AsyncApp(signing_secret=fake.signing_secret, process_before_response=True,
+                   client=AsyncWebClient(token=fake.bot_token, base_url=fake.api_url))
+    tasks: set[asyncio.Task[Any]] = set()
+
+    @app.action("before")
+    async def before(ack: Any, client: AsyncWebClient) -> None:
+        await ack()
+        await client.chat_postEphemeral(channel="C1", user="U1", text="before the answer")
+
+    @app.action("after")
+    async def after(ack: Any, client: AsyncWebClient) -> None:
+        await ack()
+        tasks.add(asyncio.create_task(client.chat_postEphemeral(channel="C1", user="U1", text="after it")))
+
+    fake.hold_until_answered.add("chat.postEphemeral")
+    fake.hold_timeout = 0.5
+    runner, url = await _serve(app)
+    try:
+        assert (await fake.send_block_action(url, action_id="before", value="v", message_ts="1.000001"))[0] == 200
+        assert (await fake.send_block_action(url, action_id="after", value="v", message_ts="1.000001"))[0] == 200
+        await fake.wait_for("chat.postEphemeral", 2)
+        assert [c.held for c in fake.calls_to("chat.postEphemeral")] == ["timeout", "answered"]
+    finally:
+        await asyncio.gather(*tasks)
+        await runner.cleanup()
