@@ -2,8 +2,10 @@
 
 Everything that is not Discord-specific (parsing, quotas, the API call, the ledger) is the core's. What is
 Discord's: deferring within 3 s, editing the interaction's response for progress, the 15-minute life of an
-interaction token (after it, the job carries on in a channel message that replies to the original), and the
-guild's upload limit (images over it are re-encoded with the core's `fit_under`).
+interaction token (after it, the job carries on in a channel message that replies to the original), the
+guild's upload limit (images over it are re-encoded with the core's `fit_under`), and a network that
+fails: every Discord call of a job has a deadline, and whatever fails, the requester hears what became of
+their money.
 """
 
 from __future__ import annotations
@@ -80,6 +82,17 @@ def token_gone(exc: discord.HTTPException) -> bool:
 
 def too_large(exc: discord.HTTPException) -> bool:
     return exc.status == 413 or exc.code == 40005
+
+
+def describe(exc: BaseException) -> str:
+    """A failed Discord call, in words for the requester."""
+    if isinstance(exc, discord.HTTPException):
+        return f"Discord refused it (HTTP {exc.status}, code {exc.code}: {exc.text})"
+    if isinstance(exc, TimeoutError):  # before OSError, of which it is one
+        return "Discord did not answer in time"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"the connection to Discord failed ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
 
 
 def imagine_text(prompt: str, **options: object) -> str:
@@ -229,12 +242,13 @@ class DiscordJobView:
         return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
 
     async def _via_interaction(self, edit: Callable[[discord.Interaction[Any]], Awaitable[Any]]) -> bool:
-        """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone."""
+        """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone.
+        Any other failure raises."""
         if self.interaction is None or self.expired:
             return False
         if not self.token_alive:  # about to expire: say where the job went while we still can
             self.expired = True
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(Exception):
                 await self.interaction.edit_original_response(
                     content=f"{quote(self.prompt)}\nStill working. Discord stops edits of this message after 15 "
                             "minutes, so progress and the image continue in a reply to it.",
@@ -254,11 +268,13 @@ class DiscordJobView:
     # -- progress -------------------------------------------------------------------------
 
     async def open(self, first: Progress) -> None:
-        """Without an interaction, post the progress message now (raises if we cannot post here)."""
+        """Without an interaction, post the progress message now (raises if we cannot post here, or Discord
+        does not answer within `post_timeout`)."""
         if self.interaction is None:
-            self.progress_message = await self.channel.send(
-                progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
-                allowed_mentions=NO_PINGS)
+            async with asyncio.timeout(self.adapter.post_timeout):
+                self.progress_message = await self.channel.send(
+                    progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
+                    allowed_mentions=NO_PINGS)
             self._last_edit = time.monotonic()
 
     async def progress(self, progress: Progress) -> None:
@@ -281,30 +297,33 @@ class DiscordJobView:
         if preview is not None and len(preview) <= self.upload_limit:
             attachments = [discord.File(io.BytesIO(preview), "preview.jpg")]
         try:
-            if await self._via_interaction(lambda ix: ix.edit_original_response(
-                    content=content, attachments=attachments, view=cancel_view(self.job_id),
-                    allowed_mentions=NO_PINGS)):
-                return
-            if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
-                attachments = [discord.File(io.BytesIO(preview or b""), "preview.jpg")]
-            if self.progress_message is None:
-                self.progress_message = await self.channel.send(
-                    content, files=attachments, view=cancel_view(self.job_id), reference=self.reference,
-                    allowed_mentions=NO_PINGS)
-            else:
-                await self.progress_message.edit(content=content, attachments=attachments,
-                                                 view=cancel_view(self.job_id), allowed_mentions=NO_PINGS)
+            # A deadline: an edit that hangs would hold up the result (see _drain) and, on the interaction,
+            # every later edit (discord.py sends one webhook call per token at a time).
+            async with asyncio.timeout(self.adapter.post_timeout):
+                if await self._via_interaction(lambda ix: ix.edit_original_response(
+                        content=content, attachments=attachments, view=cancel_view(self.job_id),
+                        allowed_mentions=NO_PINGS)):
+                    return
+                if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
+                    attachments = [discord.File(io.BytesIO(preview or b""), "preview.jpg")]
+                if self.progress_message is None:
+                    self.progress_message = await self.channel.send(
+                        content, files=attachments, view=cancel_view(self.job_id), reference=self.reference,
+                        allowed_mentions=NO_PINGS)
+                else:
+                    await self.progress_message.edit(content=content, attachments=attachments,
+                                                     view=cancel_view(self.job_id), allowed_mentions=NO_PINGS)
         except discord.HTTPException as exc:
             if preview is not None and too_large(exc):
                 # Discord's real limit is below what it told us: remember, so the image is fitted up front.
                 self.upload_limit = min(self.upload_limit, len(preview) - 1)
             log.warning("progress update failed", extra={"job_id": self.job_id, "status": exc.status,
                                                          "code": exc.code})
-        except Exception:
-            log.exception("progress update failed")
+        except Exception as exc:  # a dropped connection, no answer: the next tick tries again
+            log.warning("progress update failed: %s", describe(exc), extra={"job_id": self.job_id})
 
     async def _drain(self) -> None:
-        """Let an edit in flight land first, so it cannot overwrite the result."""
+        """Let an edit in flight land first, so it cannot overwrite the result (it ends by `post_timeout`)."""
         if self._pending is not None:
             with contextlib.suppress(Exception):
                 await self._pending
@@ -313,24 +332,44 @@ class DiscordJobView:
 
     async def _final(self, content: str, uploads: list[tuple[str, bytes]]) -> None:
         """Replace the progress with `content` and `uploads`: in the original response while its token lives,
-        else as a new channel message replying to the original (which pings the requester)."""
+        else as a new channel message replying to the original (which pings the requester). Raises if Discord
+        refuses, drops the connection or does not answer in time."""
 
         def files() -> list[discord.File]:  # a File is read once: fresh ones for every attempt
             return [discord.File(io.BytesIO(data), name) for name, data in uploads]
 
-        if await self._via_interaction(lambda ix: ix.edit_original_response(
-                content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS)):
-            return
-        await self.channel.send(clip(f"<@{self.who.user}>\n{content}"), files=files(), reference=self.reference,
-                                allowed_mentions=pings(self.who.user))
-        if self.progress_message is not None:
-            with contextlib.suppress(discord.HTTPException):
-                await self.progress_message.delete()
-            self.progress_message = None
+        deadline = self.adapter.upload_timeout if uploads else self.adapter.post_timeout
+        async with asyncio.timeout(deadline):
+            if await self._via_interaction(lambda ix: ix.edit_original_response(
+                    content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS)):
+                return
+        async with asyncio.timeout(deadline):
+            await self.channel.send(clip(f"<@{self.who.user}>\n{content}"), files=files(),
+                                    reference=self.reference, allowed_mentions=pings(self.who.user))
+        if self.progress_message is not None:  # posted: a leftover progress message must not fail the job
+            message, self.progress_message = self.progress_message, None
+            try:
+                async with asyncio.timeout(self.adapter.post_timeout):
+                    await message.delete()
+            except Exception as exc:
+                log.warning("could not delete the progress message: %s", describe(exc),
+                            extra={"job_id": self.job_id})
 
-    async def deliver(self, result: JobResult) -> None:
-        """Upload the images with the summary, fitted under the upload limit; never fail a paid image silently."""
-        await self._drain()
+    async def _last_word(self, content: str, request_ids: Sequence[str]) -> None:
+        """Post `content` where the job is shown; if that fails too, in the channel. Never raises."""
+        while True:
+            try:
+                await self._final(content, [])
+                return
+            except Exception:
+                log.exception("could not tell the requester how their job ended",
+                              extra={"job_id": self.job_id, "request_ids": ",".join(request_ids)})
+                if self.expired:
+                    return  # the channel failed as well: the log is all that is left
+                self.expired = True  # the interaction's message cannot be edited: reply to it instead
+
+    async def _upload(self, result: JobResult) -> str | None:
+        """Post the images with the summary, fitted under the upload limit; None, or why it failed."""
         images = [(image.data, image.filename) for image in result.images]
         budget = self.upload_limit // len(images)  # per image, so the whole message fits too
         problem = "no attempt was made"
@@ -342,31 +381,39 @@ class DiscordJobView:
                     uploads, notes = [(name, data) for data, name in images], []
                 await self._final("\n".join([quote(result.request.prompt), escape(result.summary()),
                                              *(escape(note) for note in notes)]), uploads)
-                return
+                return None
             except discord.HTTPException as exc:
                 if not too_large(exc):
-                    problem = f"Discord refused the upload (HTTP {exc.status}, code {exc.code}: {exc.text})"
-                    break
+                    return describe(exc)
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
                 problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
                 log.warning("upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget})
-            except Exception as exc:  # e.g. a network error, or an image that cannot be made small enough
+            except Exception as exc:  # no answer, a dropped connection, an image that cannot be made small
                 log.exception("image upload failed", extra={"job_id": self.job_id})
-                problem = f"{type(exc).__name__}: {exc}"
-                break
-        # Paid for but not shown: say so, with the request ids and what it cost.
+                return describe(exc)
+        return problem
+
+    async def deliver(self, result: JobResult) -> None:
+        """Upload the images with the summary; never fail a paid image silently, and never raise."""
+        await self._drain()
+        request_ids = [i for image in result.images for i in image.request_ids]
         try:
-            await self._final(f"{quote(result.request.prompt)}\nThe image was made but could not be posted: "
-                              f"{escape(problem)}.\n{escape(result.summary())}", [])
-        except Exception:
-            log.exception("could not tell the requester that their image could not be posted",
-                          extra={"job_id": self.job_id, "request_ids": [i for img in result.images
-                                                                        for i in img.request_ids]})
+            problem = await self._upload(result)
+        except Exception as exc:
+            log.exception("image upload failed", extra={"job_id": self.job_id})
+            problem = describe(exc)
+        if problem is None:
+            return
+        # Paid for but not shown: say so, with what it cost and the request ids.
+        await self._last_word(f"{quote(result.request.prompt)}\nThe image was made and charged "
+                              f"({format_usd(result.total_micros)}) but could not be posted: "
+                              f"{escape(problem)}.\n{escape(result.summary())}", request_ids)
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
-        await self._final(f"{quote(failure.request.prompt)}\n{escape(failure.summary())}", [])
+        await self._last_word(f"{quote(failure.request.prompt)}\n{escape(failure.summary())}",
+                              failure.request_ids)
 
 
 class DiscordAdapter:
@@ -388,6 +435,11 @@ class DiscordAdapter:
         # a burst of jobs spends its requests (and our CPU) on images, not on progress bars.
         self.edits = TokenBucket(per_second=10, burst=20)
         self.preview_interval = 6.0  # at least this many seconds between preview uploads of one job
+        # Deadlines for one Discord call of a job (discord.py's own is aiohttp's 5 minutes): Discord answers
+        # a message in well under a second, so past `post_timeout` the progress message counts as failed (and
+        # the job is released); an upload of up to 100 MiB gets longer.
+        self.post_timeout = 30.0
+        self.upload_timeout = 300.0
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
         self._register()
 
@@ -568,7 +620,7 @@ class DiscordAdapter:
             if not original.flags.ephemeral:
                 await interaction.edit_original_response(content="…")  # ends the loading state
                 await interaction.delete_original_response()
-        except discord.HTTPException:
+        except Exception:  # refused or unreachable: the private follow-up is still worth a try
             log.warning("could not clear the deferred response", exc_info=True)
         await interaction.followup.send(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
 
@@ -605,7 +657,7 @@ class DiscordAdapter:
                                who: Requester, request: ImageRequest) -> None:
         original = deferred.message_id if deferred is not None else None
         if original is None:  # the callback answer did not say: ask
-            with contextlib.suppress(discord.HTTPException):
+            with contextlib.suppress(Exception):
                 original = (await interaction.original_response()).id
         view = DiscordJobView(self, who, interaction=interaction, born=born, anchor=original,
                               upload_limit=self._limit(interaction, interaction.guild_id))
@@ -623,24 +675,32 @@ class DiscordAdapter:
         view.job_id, view.prompt = job.id, request.prompt
         try:
             await view.open(runner.first_progress(job))
-        except discord.HTTPException as exc:
-            await runner.abandon(job, f"progress message failed: HTTP {exc.status} code {exc.code}")
-            log.warning("could not post the progress message", extra={"channel": who.channel,
-                                                                       "status": exc.status})
-            with contextlib.suppress(discord.HTTPException):
-                await tell("I could not post in this channel (I need View Channel, Send Messages and Attach "
-                           "Files). Nothing was charged.")
+        except Exception as exc:  # refused, dropped or unanswered: the job never starts, and costs nothing
+            await runner.abandon(job, f"progress message failed: {describe(exc)}")
+            log.warning("could not post the progress message: %s", describe(exc),
+                        extra={"job_id": job.id, "channel": who.channel})
+            why = ("I could not post in this channel (I need View Channel, Send Messages and Attach Files). "
+                   "Nothing was charged." if isinstance(exc, discord.HTTPException) else
+                   f"I could not post the progress message: {describe(exc)}. Nothing was charged; try again.")
+            try:
+                async with asyncio.timeout(self.post_timeout):
+                    await tell(why)
+            except Exception:
+                log.warning("could not tell the requester either", exc_info=True, extra={"job_id": job.id})
             return
         self.core.ledger.set_context(job.id, view.context())
         await runner.execute(job, view)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
-        """The Cancel button: only the requester may press it."""
-        if self.core.runner.cancel(job_id, str(interaction.user.id)):
+        """The Cancel button: only the requester may press it. The press is answered first: cancelling sets
+        off the job's settling and its last edit, which must not race (or delay) the 3-second answer."""
+        try:
             await interaction.response.defer()  # the job's own message turns into "Cancelled"
-            return
-        await interaction.response.send_message(
-            "Only the requester can cancel this job, and only while it runs.", ephemeral=True)
+        except Exception:  # too late or unreachable: the press was still meant, so cancel all the same
+            log.warning("could not answer the Cancel button", exc_info=True, extra={"job_id": job_id})
+        if not self.core.runner.cancel(job_id, str(interaction.user.id)) and interaction.response.is_done():
+            await interaction.followup.send("Only the requester can cancel this job, and only while it runs.",
+                                            ephemeral=True)
 
     # -- reply-to-edit --------------------------------------------------------------------
 

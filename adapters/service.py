@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import signal
 import sys
@@ -68,7 +69,16 @@ def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
         healthy = all(v == "ok" for v in checks.values())
         return web.json_response({"ok": healthy, "checks": checks}, status=200 if healthy else 503)
 
-    async def metrics_view(_: web.Request) -> web.Response:
+    async def metrics_view(request: web.Request) -> web.Response:
+        # Spend is not for everyone: with IMAGEBOT_METRICS_TOKEN set, only a scraper that sends it gets it.
+        token = core.settings.metrics_token
+        if token is not None:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()):
+                return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                                    text="/metrics needs Authorization: Bearer <IMAGEBOT_METRICS_TOKEN>\n")
         return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)

@@ -267,9 +267,10 @@ async def test_cancel_button_works_only_for_the_requester(discord: Any) -> None:
     other = fake.user_id + 1
     press = await fake.send_interaction(type=3, custom_id=button["custom_id"], component_type=2,
                                         target_message=message, user_id=other)
-    [refused] = await fake.wait_for("POST", rf"/interactions/{press['id']}/[^/]+/callback")
-    assert refused.json["type"] == 4 and refused.json["data"]["flags"] & EPHEMERAL
-    assert "Only the requester" in refused.json["data"]["content"]
+    [ack] = await fake.wait_for("POST", rf"/interactions/{press['id']}/[^/]+/callback")
+    assert ack.json["type"] == 6  # answered first, without a word; then, only to the one who pressed:
+    [refused] = await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{press['token']}")
+    assert refused.json["flags"] & EPHEMERAL and "Only the requester" in content(refused)
     press = await fake.send_interaction(type=3, custom_id=button["custom_id"], component_type=2,
                                         target_message=message)
     [rows, cancelled] = await asyncio.gather(bot.settled(1), until(

@@ -9,8 +9,9 @@ by dispatching ``INTERACTION_CREATE`` and ``MESSAGE_CREATE`` over the gateway.
 Shapes follow discord.py 2.7 parsing and the Discord API documentation; the
 behaviours a bot has to cope with are reproduced: 3 s acknowledgement window,
 interaction tokens that expire (401 / 50027), the guild upload limit
-(413 / 40005), signed attachment URLs, the message-content intent, and the
-first follow-up after a "thinking" defer replacing the loading message.
+(413 / 40005), signed attachment URLs, the message-content intent, the
+first follow-up after a "thinking" defer replacing the loading message, and
+a network that fails (a dropped connection, a call never answered, a late answer).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ class RestCall:
     headers: dict[str, str]
     at: float  # time.monotonic() when the request arrived
     query: dict[str, str] = field(default_factory=dict)
-    status: int = 0  # status the fake answered with
+    status: int = 0  # status the fake answered with; 0: no answer (see FakeDiscord.inject_fault)
+    answered: float = 0.0  # time.monotonic() when the answer was sent; 0.0: never
 
 
 @dataclass
@@ -320,6 +322,8 @@ class FakeDiscord:
         self._sessions: list[_GatewaySession] = []
         self._known_sessions: dict[str, _GatewaySession] = {}
         self._injected: list[tuple[str, str, int, dict, list[int]]] = []
+        self._faults: list[tuple[str, str, str, float, Callable[[RestCall], bool] | None, list[int]]] = []
+        self._stopping = asyncio.Event()  # releases calls held by a "hang" fault
         self._ready = asyncio.Event()
         self._changed = asyncio.Condition()
         self._runner: web.AppRunner | None = None
@@ -330,6 +334,7 @@ class FakeDiscord:
 
     async def start(self) -> None:
         """Serve on 127.0.0.1 with an ephemeral port."""
+        self._stopping.clear()
         app = web.Application(client_max_size=1024 * MiB)
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/cdn/attachments/{channel}/{id}/{filename}", self._cdn)
@@ -347,6 +352,7 @@ class FakeDiscord:
 
     async def stop(self) -> None:
         """Close gateway connections and the server (close the client first)."""
+        self._stopping.set()
         for session in list(self._sessions):
             await session.ws.close(code=1001)
         if self._runner is not None:
@@ -428,6 +434,40 @@ class FakeDiscord:
     def inject_error(self, method: str, path_regex: str, status: int, body: dict, times: int = 1) -> None:
         """Answer the next ``times`` matching REST calls with ``status`` and ``body``."""
         self._injected.append((method.upper(), path_regex, status, body, [times]))
+
+    def inject_fault(
+        self,
+        method: str,
+        path_regex: str,
+        fault: str,
+        *,
+        times: int = 1,
+        seconds: float = 0.0,
+        when: Callable[[RestCall], bool] | None = None,
+    ) -> None:
+        """Misbehave on the next ``times`` matching REST calls (``method`` may be ``*``; ``when``, if
+        given, picks among them by their body, e.g. only the edit that carries the image).
+
+        ``"drop"``: read the request, then close the connection without an answer (the client sees
+        a disconnect). ``"hang"``: read it and never answer (until :meth:`stop`), so only a client-side
+        timeout ends the call. Neither acts on the request: it is recorded with status 0. ``"delay"``:
+        act on it and answer as usual, ``seconds`` later.
+        """
+        if fault not in ("drop", "hang", "delay"):
+            raise ValueError(f"unknown fault {fault!r}: drop, hang or delay")
+        self._faults.append((method.upper(), path_regex, fault, seconds, when, [times]))
+
+    def _take_fault(self, call: RestCall) -> tuple[str, float] | None:
+        for method, regex, fault, seconds, when, left in self._faults:
+            if (
+                left[0] > 0
+                and method in (call.method, "*")
+                and re.fullmatch(regex, call.path)
+                and (when is None or when(call))
+            ):
+                left[0] -= 1
+                return fault, seconds
+        return None
 
     # ----------------------------------------------------------------- world building
 
@@ -1124,17 +1164,31 @@ class FakeDiscord:
             query=dict(request.query),
         )
         headers = self._ratelimit_headers(method, path)
+        fault = self._take_fault(call)
+        if fault is not None and fault[0] in ("drop", "hang"):
+            await self._record(call)
+            if fault[0] == "hang":
+                await self._stopping.wait()
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=204)  # never reaches the client: the connection is gone
+        if fault is not None:
+            await asyncio.sleep(fault[1])
         status, answer = await self._handle(request, method, path, body, files)
         call.status = status
-        self.calls.append(call)
-        async with self._changed:
-            self._changed.notify_all()
+        call.answered = time.monotonic()
+        await self._record(call)
         if status == 204 or answer is None:
             return web.Response(status=status if status != 200 else 204, headers=headers)
         # Exactly "application/json": discord.py's json_or_text compares the header verbatim,
         # so aiohttp's json_response ("...; charset=utf-8") would reach the bot as a string.
         headers["Content-Type"] = "application/json"
         return web.Response(body=json.dumps(answer).encode(), status=status, headers=headers)
+
+    async def _record(self, call: RestCall) -> None:
+        self.calls.append(call)
+        async with self._changed:
+            self._changed.notify_all()
 
     async def _handle(
         self, request: web.Request, method: str, path: str, body: Any, files: list[tuple[str, str, bytes]]

@@ -337,3 +337,35 @@ async def test_fetches_edits_and_message_context_menu(make_harness) -> None:
     assert reply["flags"] & 64 and reply["type"] == 23
     with pytest.raises(discord.NotFound):
         await channel.fetch_message(int(reply["id"]))  # ephemeral messages are not fetchable
+
+
+async def test_faults_drop_hang_and_delay_calls(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    fake = h.fake
+    channel = h.client.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    messages = rf"/channels/{fake.channel_id}/messages"
+
+    fake.inject_fault("POST", messages, "drop", when=lambda call: call.json["content"] == "dropped")
+    await channel.send("not this one")
+    with pytest.raises(aiohttp.ClientConnectionError):
+        await channel.send("dropped")
+    fake.inject_fault("POST", messages, "hang")
+    with pytest.raises(TimeoutError):  # only the client's own timeout ends an unanswered call
+        async with asyncio.timeout(0.3):
+            await channel.send("unanswered")
+    fake.inject_fault("*", messages, "delay", seconds=0.5)
+    sending = asyncio.create_task(channel.send("late"))
+    await asyncio.sleep(0.05)
+    await h.client.fetch_channel(fake.channel_id)  # answered while the late one waits
+    await sending
+
+    _, dropped, hung, late = fake.calls_matching("POST", messages)
+    [quick] = fake.calls_matching("GET", rf"/channels/{fake.channel_id}")
+    assert (dropped.status, dropped.answered, hung.status, hung.answered) == (0, 0.0, 0, 0.0)
+    assert late.status == 200 and late.at < quick.at < quick.answered < late.answered
+    # Neither the dropped nor the unanswered call was acted on; the late one was, once.
+    assert [m["content"] for m in fake.messages[fake.channel_id]] == ["not this one", "late"]
+    await channel.send("fine again")
+    assert fake.calls_matching("POST", messages)[-1].status == 200
