@@ -276,7 +276,7 @@ class SlackAdapter:
             await ack()
 
             async def run(who: Requester) -> commands.Reply:
-                platform_admin = await self._is_workspace_admin(who.user)
+                platform_admin = await self._is_workspace_admin(who)
                 return await commands.admin(self.core, who, command.get("text", ""), platform_admin=platform_admin)
 
             self.spawn(self._reply(command, respond, run))
@@ -342,13 +342,15 @@ class SlackAdapter:
         else:
             await respond(text=escape(reply.text), response_type="ephemeral" if reply.private else "in_channel")
 
-    async def _is_workspace_admin(self, user: str) -> bool:
+    async def _is_workspace_admin(self, who: Requester) -> bool:
+        """An admin or owner of this workspace. A Slack Connect guest's is_admin is about their own
+        workspace (their users.info team_id), so it counts only when that is the command's workspace."""
         try:
-            info = await self.client.users_info(user=user)
+            info = await self.client.users_info(user=who.user)
         except SlackApiError:
             return False
         person = info.get("user") or {}
-        return bool(person.get("is_admin") or person.get("is_owner"))
+        return person.get("team_id") == who.workspace and bool(person.get("is_admin") or person.get("is_owner"))
 
     # -- jobs -----------------------------------------------------------------------------
 

@@ -502,3 +502,13 @@ def _fits(path: Path, who: Requester, overrides: dict[tuple[str, str], dict[str,
                                                     DEFAULTS.workspace_monthly_micros)),
     ]
     return all(lim is None or total <= lim for total, lim in checks)
+
+
+async def test_the_console_user_runs_the_local_bot_and_may_set_its_own_limit(make_core: Any, tmp_path: Path) -> None:
+    """Whoever runs `imagebot console` already holds the database file: an operator of the local tenant."""
+    from adapters.console import handle_line
+
+    core = await make_core()
+    who = Requester("console", "local", "console", "console")
+    reply = await handle_line(core, "/imagine-admin quota workspace monthly_usd=3", who, tmp_path)
+    assert reply is not None and "Limits for workspace local set" in reply, reply

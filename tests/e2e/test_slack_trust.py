@@ -326,3 +326,15 @@ async def test_plain_http_file_url_gets_no_token_and_a_clear_refusal(
     [told] = slack.calls_to("chat.postEphemeral")
     assert "x.png is not hosted by Slack" in told.args["text"] and "https" in told.args["text"]
     assert bot.server.calls == [] and await bot.ledger() == []
+
+
+async def test_an_admin_of_another_workspace_in_a_shared_channel_is_not_an_admin_here(
+        slack: FakeSlack, bot: RunningBot) -> None:
+    """Slack Connect: users.info says is_admin for a guest who administers their own workspace, not ours."""
+    slack.admins.add("U7")
+    slack.home_teams["U7"] = "T0999"
+    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text="quota <@U7> daily_usd=unlimited",
+                                   user_id="U7")
+    await slack.wait_for("response_url")
+    assert any("Only admins" in str(e) for e in slack.ephemerals), slack.ephemerals
+    assert await bot.core.ledger.query("SELECT * FROM limits") == []

@@ -161,6 +161,9 @@ class FakeSlack:
         self.ephemerals: list[dict[str, Any]] = []
         self.response_posts: list[dict[str, Any]] = []
         self.admins: set[str] = set()
+        # Users whose home workspace is another one (Slack Connect): users.info answers with that team_id,
+        # and their is_admin/is_owner are about that workspace, not this one.
+        self.home_teams: dict[str, str] = {}
         self.owners: set[str] = set()
         # method -> how its next call(s) fail: {"error": ..., "status": ..., "retry_after": ..., "times": N},
         # or {"drop": True}: close the connection without an answer (the client sees a broken connection).
@@ -625,7 +628,7 @@ class FakeSlack:
         return {
             "user": {
                 "id": user,
-                "team_id": self.team_id,
+                "team_id": self.home_teams.get(user, self.team_id),
                 "name": name,
                 "deleted": False,
                 "real_name": name.title(),
