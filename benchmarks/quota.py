@@ -27,6 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bot import quota  # noqa: E402
 from bot.config import QuotaDefaults  # noqa: E402
 from bot.errors import QuotaExceeded  # noqa: E402
 from bot.ledger import Ledger  # noqa: E402
@@ -123,17 +124,21 @@ def multi(path: Path, procs: int, jobs_each: int) -> tuple[float, list[dict[str,
 
 
 def counters_match(path: Path) -> bool:
-    """The counters equal the SQL sums over the ledger (closed rows: actual; open rows: reserved)."""
-    spend = "CASE WHEN status IN ('reserved','running') THEN reserved_micros ELSE actual_micros END"
-    images = "CASE WHEN status IN ('reserved','running','succeeded') THEN 1 ELSE 0 END"
-    parts = " UNION ALL ".join(
-        f"SELECT '{s}' AS scope, {k} AS key, {p} AS period, {spend} AS m, {images} AS n FROM ledger"
-        for s, k, p in (("user_day", "user", "day"), ("user_month", "user", "month"),
-                        ("channel_month", "channel", "month"), ("workspace_month", "workspace", "month")))
+    """The counters equal the sums over the ledger (closed rows: actual; open rows: reserved), under the
+    tenant-scoped keys the ledger itself uses (quota.counter_keys)."""
+    expected: dict[tuple[str, str, str], tuple[int, int]] = {}
     with sqlite3.connect(path) as conn:
-        expected = set(conn.execute(f"SELECT scope, key, period, sum(m), sum(n) FROM ({parts}) GROUP BY 1, 2, 3"))
-        stored = set(conn.execute("SELECT scope, key, period, micros, images FROM counters"))
-    return {r for r in expected if r[3:] != (0, 0)} == {r for r in stored if r[3:] != (0, 0)}
+        for platform, workspace, channel, user, day, month, status, reserved, actual in conn.execute(
+                "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros "
+                "FROM ledger"):
+            is_open = status in ("reserved", "running")
+            spend, images = (reserved if is_open else actual), int(is_open or status == "succeeded")
+            for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
+                old = expected.get(key, (0, 0))
+                expected[key] = (old[0] + spend, old[1] + images)
+        stored = {(s, k, p): (m, n) for s, k, p, m, n in conn.execute(
+            "SELECT scope, key, period, micros, images FROM counters")}
+    return ({k: v for k, v in expected.items() if v != (0, 0)} == {k: v for k, v in stored.items() if v != (0, 0)})
 
 
 def main() -> None:
