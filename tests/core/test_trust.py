@@ -216,3 +216,27 @@ async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
                                                                                          "thread_ts": "1.2"})
     assert rows(core, "status IN ('reserved', 'running')") == []
     assert_counters_match_ledger(core)
+
+
+# --- item 3: the retry settings themselves ------------------------------------------------------------
+
+
+async def test_a_timeout_below_360_s_is_warned_about_at_start(make_core: MakeCore,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    await make_core(IMAGEBOT_API_TIMEOUT="120")
+    assert any("IMAGEBOT_API_TIMEOUT" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    caplog.clear()
+    await make_core(IMAGEBOT_API_TIMEOUT="360")
+    assert not any("IMAGEBOT_API_TIMEOUT" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_sdk_never_retries_on_its_own() -> None:
+    """Every retry is ours, so the one budget counts every attempt (the SDK would also retry 409s and
+    anything marked x-should-retry)."""
+    from bot.render import Renderer
+
+    renderer = Renderer(base_url="http://127.0.0.1:9/v1", api_key="test", timeout=1, max_retries=2)
+    try:
+        assert renderer.client.max_retries == 0 and renderer.max_retries == 2
+    finally:
+        await renderer.close()
