@@ -29,12 +29,12 @@ from discord.utils import MISSING
 
 from bot import commands
 from bot.app import Core, decode_attachments
+from bot.concurrency import TokenBucket
 from bot.errors import UserError
 from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
-from bot.ratelimit import TokenBucket
 from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.request import clip as clip_to
 from bot.sizes import KNOWN_SIZES

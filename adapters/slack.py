@@ -22,12 +22,12 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands
 from bot.app import Core, decode_attachments
+from bot.concurrency import TokenBucket
 from bot.errors import UserError
 from bot.images import ImageInput, load_image, read_capped
 from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
 from bot.pricing import format_usd
-from bot.ratelimit import TokenBucket
 from bot.request import Requester, clip
 
 log = logging.getLogger("imagebot.slack")

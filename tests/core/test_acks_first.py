@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.jobs import AcksFirst
+from bot.concurrency import AcksFirst
 
 
 async def test_jobs_start_only_after_every_pending_ack() -> None:
