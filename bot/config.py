@@ -122,6 +122,7 @@ class Settings:
     max_in_flight: int = 8
     progress_interval: float = 3.0
     partial_images: int = 2
+    preview_max_share: float = 0.05  # streamed previews cost at most this share of an image's estimate
     default_size: str = "auto"
     default_quality: str = "auto"
     store_prompts: bool = True
@@ -186,6 +187,19 @@ class _Env:
             raise ConfigError(f"{name}={text!r} must be a number >= {minimum:g}")
         if maximum is not None and value > maximum:
             raise ConfigError(f"{name}={text!r} is out of range ({minimum:g}-{maximum:g})")
+        return value
+
+    def share(self, name: str, default: float) -> float:
+        """A share from 0 to 1 (0.05 = 5%)."""
+        text = self.text(name)
+        if text is None:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not 0.0 <= value <= 1.0:  # NaN fails this too
+            raise ConfigError(f"{name}={text!r} must be a share from 0 to 1 (e.g. {default:g} for {default:.0%})")
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
@@ -300,6 +314,7 @@ def _parse(env: _Env) -> Settings:
         max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
         progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
         partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),
+        preview_max_share=env.share("IMAGEBOT_PREVIEW_MAX_SHARE", 0.05),
         default_size=size,
         default_quality=quality,
         store_prompts=env.flag("IMAGEBOT_STORE_PROMPTS", True),

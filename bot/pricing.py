@@ -1,24 +1,47 @@
 """The price table (a data file) and what a request costs: worst case before, real after.
 
-Money is integer micro-dollars (1 USD = 1_000_000) everywhere; never float.
+The same file holds each model's capabilities (sizes, references, mask, input_fidelity, transparency,
+streaming): one place an admin edits to add a gateway's model. Money is integer micro-dollars
+(1 USD = 1_000_000) everywhere; never float.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sized
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from typing import Any, Protocol
 
 from .errors import ConfigError
-from .sizes import Size
+from .sizes import GPT_IMAGE_2, Size, SizeRule
 
 MICRO = 1_000_000
+
+
+class Priced(Protocol):
+    """What an estimate reads of a request (bot.request.ImageRequest is one)."""
+
+    @property
+    def size(self) -> Size: ...
+
+    @property
+    def quality(self) -> str: ...
+
+    @property
+    def prompt(self) -> str: ...
+
+    @property
+    def references(self) -> Sized: ...
+
 QUALITIES = ("low", "medium", "high")
 TABLE_SIZES = ((1024, 1024), (1024, 1536), (1536, 1024))
+INPUT_FIDELITIES = ("low", "high")
+MAX_PARTIAL_IMAGES = 3  # the API streams 0-3 partial images per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +64,25 @@ class Usage:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelCapabilities:
+    """What one model accepts, from the price table; validation (bot/request.py, the offline server) reads it.
+
+    The defaults are gpt-image-2's: a model entry without `capabilities` takes gpt-image-2's rules.
+    """
+
+    sizes: SizeRule = GPT_IMAGE_2
+    max_reference_images: int = 5  # the base image plus references, in all; 0: no edits
+    mask: bool = True
+    input_fidelity: tuple[str, ...] = ()  # the values it accepts; empty: never send `input_fidelity`
+    transparent_background: bool = False
+    max_partial_images: int = MAX_PARTIAL_IMAGES  # streamed previews per call; 0: the model does not stream
+
+    @property
+    def streams(self) -> bool:
+        return self.max_partial_images > 0
+
+
+@dataclass(frozen=True, slots=True)
 class ModelPrices:
     """One model's rates, in USD per token (Decimal) and reference per-image prices."""
 
@@ -55,6 +97,7 @@ class ModelPrices:
     reference_image_max_tokens: int
     flat_per_image: Decimal | None = None
     auto_sizes: tuple[tuple[int, int], ...] = TABLE_SIZES  # what `size=auto` may render (the data file says)
+    capabilities: ModelCapabilities = ModelCapabilities()
 
     def output_tokens_per_pixel(self, quality: str) -> Decimal:
         """The highest output-token rate per pixel among the table's sizes for `quality`."""
@@ -94,6 +137,9 @@ def _model(name: str, raw: dict) -> ModelPrices:
             "and per_million_tokens.image_output"
         )
     zero = Decimal(0)
+    capabilities = _capabilities(name, raw.get("capabilities", {}))
+    # A fixed list of sizes is all `auto` can render; a flexible rule says in `auto_sizes` (or the table's three).
+    default_auto = capabilities.sizes.fixed or TABLE_SIZES
     return ModelPrices(
         name=name,
         text_input=rates.get("text_input", zero),
@@ -105,13 +151,88 @@ def _model(name: str, raw: dict) -> ModelPrices:
         partial_image_output_tokens=int(raw.get("partial_image_output_tokens", 100)),
         reference_image_max_tokens=int(raw.get("reference_image_max_tokens", 6240)),
         flat_per_image=Decimal(flat) if flat is not None else None,
-        auto_sizes=tuple(_size(s) for s in raw.get("auto_sizes", ())) or TABLE_SIZES,
+        auto_sizes=tuple(_size(s) for s in raw.get("auto_sizes", ())) or default_auto,
+        capabilities=capabilities,
     )
 
 
+def _named(name: str, raw: dict) -> ModelPrices:
+    """`_model`, with any error naming the model."""
+    try:
+        return _model(name, raw)
+    except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
+        raise ConfigError(f"model {name}: {exc}") from exc
+
+
 def _size(text: str) -> tuple[int, int]:
-    width, _, height = str(text).partition("x")
+    width, sep, height = str(text).partition("x")
+    if not sep or not width.isdigit() or not height.isdigit() or not int(width) or not int(height):
+        raise ValueError(f"{text!r} is not a size (WxH)")
     return int(width), int(height)
+
+
+_FLEXIBLE_KEYS = {"multiple_of": "multiple", "max_edge": "max_edge", "max_ratio": "max_ratio",
+                  "min_pixels": "min_pixels", "max_pixels": "max_pixels"}
+_CAPABILITY_KEYS = {"sizes", "max_reference_images", "mask", "input_fidelity", "transparent_background",
+                    "max_partial_images"}
+
+
+def _size_rule(name: str, raw: Any) -> SizeRule:
+    """`["auto", "1024x1024", ...]` (a fixed list) or `{"multiple_of": 16, "max_edge": 3840, ...}` (flexible)."""
+    if isinstance(raw, list):
+        listed = [str(s).strip().lower() for s in raw]
+        fixed = tuple(_size(s) for s in listed if s != "auto")
+        if not fixed:
+            raise ConfigError(f"model {name}: capabilities.sizes lists no WxH size")
+        return SizeRule(fixed=fixed, auto="auto" in listed, experimental_above=None)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model {name}: capabilities.sizes must be a list of sizes or an object of bounds")
+    known = {*_FLEXIBLE_KEYS, "auto", "experimental_above"}
+    unknown = sorted(k for k in raw if not k.startswith("_") and k not in known)
+    if unknown:
+        raise ConfigError(f"model {name}: capabilities.sizes has unknown keys {', '.join(unknown)}; use "
+                          f"{', '.join(_FLEXIBLE_KEYS)}, auto, experimental_above")
+    bounds: dict[str, Any] = {attr: getattr(GPT_IMAGE_2, attr) for attr in _FLEXIBLE_KEYS.values()}
+    for key, attr in _FLEXIBLE_KEYS.items():
+        if key in raw:
+            value = raw[key]
+            bounds[attr] = float(value) if attr == "max_ratio" else int(value)
+            if bounds[attr] <= 0:
+                raise ConfigError(f"model {name}: capabilities.sizes.{key} must be positive")
+    auto = raw.get("auto", True)
+    if not isinstance(auto, bool):
+        raise ConfigError(f"model {name}: capabilities.sizes.auto must be true or false")
+    experimental = raw.get("experimental_above", "2560x1440")
+    return SizeRule(auto=auto, experimental_above=_size(experimental) if experimental else None, **bounds)
+
+
+def _capabilities(name: str, raw: Any) -> ModelCapabilities:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"model {name}: capabilities must be an object")
+    unknown = sorted(k for k in raw if not k.startswith("_") and k not in _CAPABILITY_KEYS)
+    if unknown:
+        raise ConfigError(f"model {name}: capabilities has unknown keys {', '.join(unknown)}; use "
+                          f"{', '.join(sorted(_CAPABILITY_KEYS))}")
+    default = ModelCapabilities()
+    fidelity = tuple(str(v) for v in raw.get("input_fidelity", default.input_fidelity))
+    if any(v not in INPUT_FIDELITIES for v in fidelity):
+        raise ConfigError(f"model {name}: capabilities.input_fidelity may list only low and high")
+    references = int(raw.get("max_reference_images", default.max_reference_images))
+    partials = int(raw.get("max_partial_images", default.max_partial_images))
+    if references < 0 or not 0 <= partials <= MAX_PARTIAL_IMAGES:
+        raise ConfigError(f"model {name}: capabilities.max_reference_images must be >= 0 and "
+                          f"max_partial_images 0-{MAX_PARTIAL_IMAGES}")
+    for flag in ("mask", "transparent_background"):
+        if not isinstance(raw.get(flag, False), bool):
+            raise ConfigError(f"model {name}: capabilities.{flag} must be true or false")
+    return ModelCapabilities(
+        sizes=_size_rule(name, raw["sizes"]) if "sizes" in raw else default.sizes,
+        max_reference_images=references,
+        mask=raw.get("mask", default.mask),
+        input_fidelity=fidelity,
+        transparent_background=raw.get("transparent_background", default.transparent_background),
+        max_partial_images=partials,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +253,7 @@ def load_prices(path: str | None = None) -> PriceTable:
             text = resources.files("bot").joinpath("data/prices.json").read_text(encoding="utf-8")
         # Decimal, not float: a price of 0.04 must cost 40,000 micro-dollars, not 40,001.
         raw = json.loads(text, parse_float=Decimal)
-        return PriceTable({name: _model(name, m) for name, m in raw["models"].items()})
+        return PriceTable({name: _named(name, m) for name, m in raw["models"].items()})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, ConfigError) as exc:
         raise ConfigError(f"price table {path or 'bot/data/prices.json'} cannot be read: {exc}") from exc
 
@@ -178,6 +299,32 @@ def estimate_micros(
         + out * prices.image_output
     )
     return to_micros(usd)
+
+
+def request_estimate_micros(prices: ModelPrices, request: Priced, partials: int = 0) -> int:
+    """`estimate_micros` for one image of `request`."""
+    return estimate_micros(prices, size=request.size, quality=request.quality, prompt=request.prompt,
+                           references=len(request.references), partials=partials)
+
+
+def preview_count(prices: ModelPrices, request: Priced, max_partials: int,
+                  max_share: float | Decimal) -> int:
+    """How many streamed previews one image of `request` may have (IMAGEBOT_PREVIEW_MAX_SHARE).
+
+    The largest n <= `max_partials` (and <= what the model streams; 0 if it does not stream) whose extra
+    cost is at most `max_share` of the image's estimate without previews:
+    `estimate(n partials) - estimate(0) <= max_share * estimate(0)`. So a cheap 1K low render streams none
+    and a 2K/4K high render keeps its previews.
+    """
+    limit = min(max_partials, prices.capabilities.max_partial_images)
+    if limit <= 0:
+        return 0
+    share = Decimal(str(max_share))  # via str: 0.05 is 0.05, not 0.05000000000000000277
+    base = request_estimate_micros(prices, request)
+    for n in range(limit, 0, -1):
+        if request_estimate_micros(prices, request, n) - base <= share * base:
+            return n
+    return 0
 
 
 def cost_micros(prices: ModelPrices, usage: Usage) -> int:

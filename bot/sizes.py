@@ -1,4 +1,14 @@
-"""gpt-image-2 size rules, presets and aspect-ratio picking."""
+"""Size rules (a model's flexible bounds, or its fixed list of sizes), presets and aspect-ratio picking.
+
+gpt-image-2's rule is the default everywhere: both edges multiples of 16, longest edge at most 3840,
+long:short at most 3:1, 655,360 to 8,294,400 pixels, or `auto`. Other models bring their own rule from
+the price table (bot/data/prices.json), e.g. gpt-image-1.5's fixed list `auto, 1024x1024, 1536x1024,
+1024x1536`.
+
+On a model with a fixed list, `--size 1k/2k/4k` (with or without `--ar`) picks the listed size nearest
+in shape, and refuses a tier the model cannot reach with at least half its pixels (2k and 4k on a model
+whose largest size is 1536x1024), naming the list.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +31,7 @@ PRESETS: dict[str, tuple[int, int]] = {
     "2k": (2048, 2048),
     "4k": (3840, 2160),
 }
-# Every size OpenAI lists as a preset; all are valid.
+# Every size OpenAI lists as a gpt-image-2 preset; all are valid.
 KNOWN_SIZES: tuple[tuple[int, int], ...] = (
     (1024, 1024), (1536, 1024), (1024, 1536),
     (2048, 1152), (1152, 2048), (2048, 2048),
@@ -48,6 +58,7 @@ class Size:
 
     @property
     def experimental(self) -> bool:
+        """Above gpt-image-2's experimental threshold (see SizeRule.is_experimental for other models)."""
         return self.pixels > EXPERIMENTAL_PIXELS
 
     def __str__(self) -> str:
@@ -57,31 +68,86 @@ class Size:
 AUTO = Size(0, 0)
 
 
-def size_problem(width: int, height: int) -> str | None:
-    """Return why `width`x`height` is not a valid gpt-image-2 size, or None if it is."""
-    for name, edge in (("width", width), ("height", height)):
-        if edge <= 0:
-            return f"{name} {edge} must be positive"
-        if edge % MULTIPLE:
-            return f"{name} {edge} is not a multiple of {MULTIPLE}"
-        if edge > MAX_EDGE:
-            return f"{name} {edge} is over the {MAX_EDGE} limit"
-    long, short = max(width, height), min(width, height)
-    if long > MAX_RATIO * short:
-        return f"aspect ratio {width}:{height} is more elongated than 3:1 (long edge at most 3x the short edge)"
-    pixels = width * height
-    if pixels < MIN_PIXELS:
-        return f"{width}x{height} is {pixels:,} pixels, under the minimum of {MIN_PIXELS:,} (0.65 MP)"
-    if pixels > MAX_PIXELS:
-        return f"{width}x{height} is {pixels:,} pixels, over the maximum of {MAX_PIXELS:,} (8.3 MP)"
-    return None
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1_000_000:.3g} MP"
 
 
-def is_valid(width: int, height: int) -> bool:
-    return size_problem(width, height) is None
+@dataclass(frozen=True, slots=True)
+class SizeRule:
+    """Which sizes one model takes: the sizes in `fixed` if there are any, otherwise every WxH within the
+    flexible bounds below; `auto` too if `auto`. The defaults are gpt-image-2's rule."""
+
+    fixed: tuple[tuple[int, int], ...] = ()
+    auto: bool = True
+    multiple: int = MULTIPLE
+    max_edge: int = MAX_EDGE
+    max_ratio: float = MAX_RATIO
+    min_pixels: int = MIN_PIXELS
+    max_pixels: int = MAX_PIXELS
+    # Above this many pixels the API marks output as experimental (None: never).
+    experimental_above: tuple[int, int] | None = (2560, 1440)
+
+    @property
+    def is_fixed(self) -> bool:
+        return bool(self.fixed)
+
+    def problem(self, width: int, height: int) -> str | None:
+        """Why `width`x`height` is not a size of this rule, or None if it is."""
+        if self.is_fixed:
+            return None if (width, height) in self.fixed else f"{width}x{height} is not one of the listed sizes"
+        for name, edge in (("width", width), ("height", height)):
+            if edge <= 0:
+                return f"{name} {edge} must be positive"
+            if edge % self.multiple:
+                return f"{name} {edge} is not a multiple of {self.multiple}"
+            if edge > self.max_edge:
+                return f"{name} {edge} is over the {self.max_edge} limit"
+        long, short = max(width, height), min(width, height)
+        if long > self.max_ratio * short:
+            ratio = f"{self.max_ratio:g}"
+            return (f"aspect ratio {width}:{height} is more elongated than {ratio}:1 "
+                    f"(long edge at most {ratio}x the short edge)")
+        pixels = width * height
+        if pixels < self.min_pixels:
+            return (f"{width}x{height} is {pixels:,} pixels, under the minimum of {self.min_pixels:,} "
+                    f"({_mp(self.min_pixels)})")
+        if pixels > self.max_pixels:
+            return (f"{width}x{height} is {pixels:,} pixels, over the maximum of {self.max_pixels:,} "
+                    f"({_mp(self.max_pixels)})")
+        return None
+
+    def describe(self, model: str) -> str:
+        """The valid range, for messages: `gpt-image-1.5 takes only these sizes: auto, 1024x1024, ...`."""
+        if self.is_fixed:
+            listed = (["auto"] if self.auto else []) + [f"{w}x{h}" for w, h in self.fixed]
+            return f"{model} takes only these sizes: {', '.join(listed)}"
+        return (f"Valid {model} sizes: edges multiples of {self.multiple} up to {self.max_edge}, "
+                f"long:short at most {self.max_ratio:g}:1, {self.min_pixels:,} to {self.max_pixels:,} pixels")
+
+    def is_experimental(self, size: Size) -> bool:
+        return self.experimental_above is not None and size.pixels > math.prod(self.experimental_above)
+
+    def experimental_note(self, size: Size) -> str | None:
+        """The reply's note for a size the API marks as experimental, or None."""
+        if not self.is_experimental(size) or self.experimental_above is None:
+            return None
+        w, h = self.experimental_above
+        return f"{size} is over {w}x{h} in pixels ({w * h / 1e6:.2f} MP), which the API marks as experimental"
 
 
-def parse_ratio(text: str) -> tuple[int, int]:
+GPT_IMAGE_2 = SizeRule()
+
+
+def size_problem(width: int, height: int, rule: SizeRule = GPT_IMAGE_2) -> str | None:
+    """Return why `width`x`height` is not a valid size (gpt-image-2's rule by default), or None if it is."""
+    return rule.problem(width, height)
+
+
+def is_valid(width: int, height: int, rule: SizeRule = GPT_IMAGE_2) -> bool:
+    return rule.problem(width, height) is None
+
+
+def parse_ratio(text: str, max_ratio: float = MAX_RATIO) -> tuple[int, int]:
     """Parse `W:H` into two positive integers."""
     parts = text.strip().split(":")
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
@@ -89,22 +155,26 @@ def parse_ratio(text: str) -> tuple[int, int]:
     w, h = int(parts[0]), int(parts[1])
     if w == 0 or h == 0:
         raise UserError(f"--ar {text!r} has a zero side; use W:H with whole numbers from 1, e.g. 16:9")
-    if max(w, h) > MAX_RATIO * min(w, h):
-        raise UserError(f"--ar {text} is more elongated than the 3:1 limit; use a ratio between 1:3 and 3:1")
+    if max(w, h) > max_ratio * min(w, h):
+        limit = f"{max_ratio:g}"
+        raise UserError(f"--ar {text} is more elongated than the {limit}:1 limit; "
+                        f"use a ratio between 1:{limit} and {limit}:1")
     return w, h
 
 
 @cache
-def _valid_sizes() -> tuple[tuple[int, int], ...]:
-    edges = range(MULTIPLE, MAX_EDGE + 1, MULTIPLE)
-    return tuple((w, h) for w in edges for h in edges if is_valid(w, h))
+def _valid_sizes(rule: SizeRule) -> tuple[tuple[int, int], ...]:
+    if rule.is_fixed:
+        return rule.fixed
+    edges = range(rule.multiple, rule.max_edge + 1, rule.multiple)
+    return tuple((w, h) for w in edges for h in edges if rule.problem(w, h) is None)
 
 
-def nearest_size(ratio: tuple[int, int], tier: str) -> Size:
-    """The valid size closest to `ratio` whose pixel count is closest to the tier's budget."""
+def nearest_size(ratio: tuple[int, int], tier: str, rule: SizeRule = GPT_IMAGE_2) -> Size:
+    """The valid size closest to `ratio` whose pixel count is closest to the tier's budget (flexible rules)."""
     target_ratio = math.log(ratio[0] / ratio[1])
     # The budget, or less where the shape cannot have that many pixels (3:1 tops out at 3840x1280).
-    budget = min(TIER_PIXELS[tier], MAX_PIXELS, MAX_EDGE * MAX_EDGE / math.exp(abs(target_ratio)))
+    budget = min(TIER_PIXELS[tier], rule.max_pixels, rule.max_edge * rule.max_edge / math.exp(abs(target_ratio)))
 
     def score(wh: tuple[int, int]) -> tuple[float, float]:
         w, h = wh
@@ -112,31 +182,59 @@ def nearest_size(ratio: tuple[int, int], tier: str) -> Size:
 
     # Stay within 20% of the budget: a ratio closer by a fraction of a percent is not worth
     # twice the pixels (and the price) of the tier the user asked for.
-    near = [wh for wh in _valid_sizes() if abs(math.log(wh[0] * wh[1] / budget)) <= math.log(1.2)]
-    w, h = min(near or _valid_sizes(), key=score)
+    valid = _valid_sizes(rule)
+    near = [wh for wh in valid if abs(math.log(wh[0] * wh[1] / budget)) <= math.log(1.2)]
+    w, h = min(near or valid, key=score)
     return Size(w, h)
 
 
-def parse_size(text: str, ratio: str | None = None) -> Size:
-    """Turn a `--size` value (and optional `--ar`) into a valid Size, or raise UserError naming the rule."""
+def nearest_listed(ratio: tuple[int, int], tier: str, rule: SizeRule, model: str) -> Size:
+    """On a fixed list: the listed size nearest in shape (then in pixels) to `ratio` at the tier; refused
+    if it has under half the tier's pixels (the model cannot render that tier)."""
+    target_ratio = math.log(ratio[0] / ratio[1])
+    budget = TIER_PIXELS[tier]
+
+    def score(wh: tuple[int, int]) -> tuple[float, float]:
+        w, h = wh
+        return (round(abs(math.log(w / h) - target_ratio), 3), abs(math.log(w * h / budget)))
+
+    w, h = min(rule.fixed, key=score)
+    if w * h < budget / 2:
+        largest = max(rule.fixed, key=lambda wh: wh[0] * wh[1])
+        raise UserError(
+            f"--size {tier}: {model} cannot render that large (its largest size is {largest[0]}x{largest[1]}); "
+            f"{rule.describe(model)}"
+        )
+    return Size(w, h)
+
+
+def _pick(ratio: tuple[int, int], tier: str, rule: SizeRule, model: str) -> Size:
+    return nearest_listed(ratio, tier, rule, model) if rule.is_fixed else nearest_size(ratio, tier, rule)
+
+
+def parse_size(text: str, ratio: str | None = None, *, rule: SizeRule = GPT_IMAGE_2,
+               model: str = "gpt-image-2") -> Size:
+    """Turn a `--size` value (and optional `--ar`) into a Size valid under `model`'s `rule`, or raise
+    UserError naming the rule and the valid range."""
     value = text.strip().lower()
     if ratio is not None:
-        tier = value if value in PRESETS else None
-        if tier is None:
+        if value not in PRESETS:
             raise UserError(f"--ar needs --size 1k, 2k or 4k to pick a size from; got --size {text}")
-        return nearest_size(parse_ratio(ratio), tier)
+        return _pick(parse_ratio(ratio, rule.max_ratio), value, rule, model)
     if value == "auto":
+        if not rule.auto:
+            raise UserError(f"--size auto: {rule.describe(model)}")
         return AUTO
     if value in PRESETS:
-        return Size(*PRESETS[value])
+        preset = PRESETS[value]
+        return Size(*preset) if rule.problem(*preset) is None else _pick(preset, value, rule, model)
     w_text, sep, h_text = value.partition("x")
     if not sep or not (w_text + h_text).isascii() or not w_text.isdigit() or not h_text.isdigit():
-        raise UserError(f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k")
+        listed = f"; {rule.describe(model)}" if rule.is_fixed else ""
+        raise UserError(f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k{listed}")
     width, height = int(w_text), int(h_text)
-    problem = size_problem(width, height)
+    problem = rule.problem(width, height)
     if problem:
-        raise UserError(
-            f"--size {width}x{height}: {problem}. Valid sizes: edges multiples of 16 up to 3840, "
-            "long:short at most 3:1, 655,360 to 8,294,400 pixels"
-        )
+        reason = "" if rule.is_fixed else f"{problem}. "
+        raise UserError(f"--size {width}x{height}: {reason}{rule.describe(model)}")
     return Size(width, height)

@@ -16,7 +16,7 @@ from openai.types import ImagesResponse
 from PIL import Image
 
 from bot.errors import ConfigError
-from bot.offline_server import OfflineImageServer, parse_faults
+from bot.offline import OfflineImageServer, parse_faults
 from bot.pricing import Usage, cost_micros, estimate_micros, load_prices
 from bot.sizes import parse_size
 

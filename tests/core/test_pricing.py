@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import ConfigError
-from bot.offline_server import OfflineImageServer
+from bot.offline import OfflineImageServer
 from bot.pricing import (
     ModelPrices,
     Usage,

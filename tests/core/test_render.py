@@ -12,7 +12,7 @@ from PIL import Image
 
 from bot.errors import ApiRejected, ModerationRefused, ProviderError
 from bot.images import load_image
-from bot.offline_server import OfflineImageServer
+from bot.offline import OfflineImageServer
 from bot.pricing import load_prices
 from bot.render import Renderer
 from bot.request import parse_request

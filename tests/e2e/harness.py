@@ -12,7 +12,7 @@ from typing import Any
 from adapters.service import build_adapters, serve
 from bot.app import Core
 from bot.config import Settings
-from bot.offline_server import OfflineImageServer
+from bot.offline import OfflineImageServer
 from bot.pricing import Usage, cost_micros, load_prices
 from tests.fakes.slack import FakeSlack
 
