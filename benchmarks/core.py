@@ -2,7 +2,9 @@
 
 For 1024x1024 jpeg and 3840x2160 png: jobs/s, end-to-end time / server latency (the floor; the bare SDK's own ratio is printed beside it),
 event-loop lag p50/p99 and peak RSS. Each scenario runs in its own process so peaks are its own.
-Last line: JSON with ratio_1k, ratio_4k, loop_lag_p99_ms, peak_rss_mb (+ per-scenario detail).
+Last line: JSON with ratio_1k, ratio_4k, loop_lag_p99_ms, peak_rss_mb (+ per-scenario detail), and
+preview_cost_share_max: what streamed previews add to an image's estimate, at most, over benchmarks/previews.py's
+grid of sizes x qualities (target <= IMAGEBOT_PREVIEW_MAX_SHARE, 0.05).
 Targets: ratio <= 1.03 at 4K; loop lag p99 <= 20 ms with 50 concurrent 4K jobs.
 """
 
@@ -18,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._common import LoopLag, offline_server_process, peak_rss_mb, percentile
 
-from benchmarks._common import LoopLag, offline_server_process, peak_rss_mb, percentile  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SCENARIOS = {"1k": ("1024x1024", "jpeg", 2.0), "4k": ("3840x2160", "png", 8.0)}
 ROUNDS = 3
@@ -111,12 +113,17 @@ def main() -> None:
         return
     results = {}
     for name in SCENARIOS:
-        out = subprocess.run([sys.executable, __file__, "--scenario", name, "--jobs", str(args.jobs)],
-                             capture_output=True, text=True, check=True, env=os.environ.copy())
+        out = subprocess.run([sys.executable, "-m", "benchmarks.core", "--scenario", name, "--jobs", str(args.jobs)],
+                             capture_output=True, text=True, check=True, env=os.environ.copy(), cwd=ROOT)
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]}")
+    from benchmarks.previews import preview_shares
+
+    previews = preview_shares()
+    print(f"previews: {previews['preview_cost_share_max']} of the estimate at most")
     print(json.dumps({
         "ratio_1k": results["1k"]["ratio_mean"], "ratio_4k": results["4k"]["ratio_mean"],
+        "preview_cost_share_max": previews["preview_cost_share_max"],
         "loop_lag_p99_ms": results["4k"]["loop_lag_p99_ms"],
         "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
         "jobs_per_s_1k": results["1k"]["jobs_per_s"], "jobs_per_s_4k": results["4k"]["jobs_per_s"],

@@ -36,12 +36,11 @@ from typing import Any
 
 import aiohttp
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from benchmarks._common import free_port, offline_server_process, percentile
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.slack import FakeSlack
 
-from benchmarks._common import free_port, offline_server_process, percentile  # noqa: E402
-from tests.fakes.discord import FakeDiscord  # noqa: E402
-from tests.fakes.slack import FakeSlack  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -62,7 +61,7 @@ class Bot:
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> Bot:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=self.env, cwd=ROOT,
+        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "run"], env=self.env, cwd=ROOT,
                                      stdout=subprocess.DEVNULL, stderr=open(self.env["BENCH_LOG"], "wb"))
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
@@ -83,7 +82,11 @@ class Bot:
         self.proc.wait(60)
 
     async def metric(self, name: str) -> float:
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics") as response:
+        # With IMAGEBOT_METRICS_TOKEN set the bot answers /metrics only to a bearer of it.
+        token = self.env.get("IMAGEBOT_METRICS_TOKEN", "").strip()
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics", headers=headers) as response:
+            response.raise_for_status()  # a refusal is not a zero
             text = await response.text()
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match[1]) if match else 0.0

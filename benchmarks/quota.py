@@ -1,6 +1,6 @@
 """Quota ledger throughput: reserve + settle of a 1-image job, in one process and in several.
 
-    .venv/bin/python benchmarks/quota.py [--jobs 4000] [--procs 4]
+    .venv/bin/python -m benchmarks.quota [--jobs 4000] [--procs 4]      # from the repository root
 
 Each job is `Ledger.reserve_sync` (one BEGIN IMMEDIATE transaction that checks all six limits
 and writes the ledger row and four counters) followed by `Ledger.close_row_sync` (settle to the
@@ -19,20 +19,17 @@ import argparse
 import json
 import multiprocessing
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bot import quota  # noqa: E402
-from bot.config import QuotaDefaults  # noqa: E402
-from bot.errors import QuotaExceeded  # noqa: E402
-from bot.ledger import Ledger  # noqa: E402
-from bot.request import ImageRequest, Requester  # noqa: E402
-from bot.sizes import parse_size  # noqa: E402
+from bot import quota
+from bot.config import QuotaDefaults
+from bot.errors import QuotaExceeded
+from bot.ledger import Ledger, Settlement, Status
+from bot.request import ImageRequest, Requester
+from bot.sizes import parse_size
 
 EACH = 6_000  # a low-quality 1024x1024 image: $0.006
 ACTUAL = 5_200
@@ -54,8 +51,8 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     for i in range(first, first + count):
         try:
             reservation = ledger.reserve_sync(requester(worker, i), REQUEST, EACH)
-            ledger.close_row_sync(reservation.row_ids[0], status="succeeded", actual_micros=ACTUAL, attempts=1,
-                                  request_ids=(f"req_{worker}_{i}",), latency_ms=1000)
+            ledger.close_row_sync(reservation.row_ids[0], Settlement(
+                Status.SUCCEEDED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000))
             stats["jobs"] += 1
         except sqlite3.OperationalError as exc:
             stats["lock_errors"] += 1

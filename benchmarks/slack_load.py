@@ -8,12 +8,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.load import main  # noqa: E402
+from benchmarks.load import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

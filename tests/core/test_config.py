@@ -252,7 +252,7 @@ def test_imagebot_run_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -
     env["IMAGEBOT_API_TIMEOUT"] = "abc"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "bot.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "adapters.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

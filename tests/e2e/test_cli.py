@@ -39,7 +39,7 @@ def environment(db: Path, **extra: str) -> dict[str, str]:
 
 
 def start(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "bot.cli", *args], env=dict(env), cwd=cwd, text=True,
+    return subprocess.Popen([sys.executable, "-m", "adapters.cli", *args], env=dict(env), cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -49,7 +49,7 @@ class BotProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "run"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "run"], env=self.env,
                                      stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
         async with aiohttp.ClientSession() as session:
             for _ in range(200):

@@ -1,5 +1,7 @@
 """`imagebot` command line: run, console, imagine, offline-server, report, quota, manifests.
 
+The CLI is one more adapter: an argparse front end over the core (bot/), like the chat adapters beside it.
+
 `quota` and `report` mirror the library: limits, counters and reports belong to a tenant (bot/quota.py),
 named `--tenant PLATFORM:WORKSPACE` (`slack:T123`, `discord:456`, `cli:local`). With `--user`/`--channel` it
 is that tenant's user or channel; `quota set|show --tenant X` alone is the tenant's own limit. The CLI is
@@ -18,12 +20,12 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from . import logs, quota, report
-from .config import ConfigError, Settings
-from .errors import UserError
-from .ledger import Ledger
-from .quota import Tenant
-from .request import Requester
+from bot import logs, quota, report
+from bot.config import ConfigError, Settings
+from bot.errors import UserError
+from bot.ledger import Ledger
+from bot.quota import Tenant
+from bot.request import Requester
 
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
 
@@ -55,7 +57,7 @@ def _split_imagine(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
 
 
 async def _with_core(settings: Settings, body):  # type: ignore[no-untyped-def]
-    from .app import Core
+    from bot.app import Core
 
     core = await Core.start(settings)
     try:
@@ -65,7 +67,7 @@ async def _with_core(settings: Settings, body):  # type: ignore[no-untyped-def]
 
 
 def cmd_imagine(argv: Sequence[str]) -> int:
-    from adapters import console
+    from . import console
 
     if not argv or argv[0] in ("-h", "--help"):
         print('usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
@@ -84,7 +86,7 @@ def cmd_imagine(argv: Sequence[str]) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from adapters import console
+    from . import console
 
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
@@ -94,7 +96,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from adapters import service
+    from . import service
 
     settings = _settings()
     logs.setup(settings.log_level, settings.secrets())
@@ -102,12 +104,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_offline_server(args: argparse.Namespace) -> int:
-    from .offline_server import main_forever
+    from bot.offline import main_forever
+    from bot.pricing import load_prices
 
     settings = _settings()
     logs.setup(settings.log_level, settings.secrets())
     main_forever(args.host, args.port, settings.offline_latency if args.latency is None else args.latency,
-                 settings.offline_faults)
+                 settings.offline_faults, load_prices(settings.prices_path))
     return 0
 
 
@@ -230,14 +233,14 @@ async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int
 
 
 def cmd_slack_manifest(args: argparse.Namespace) -> int:
-    from adapters.manifests import slack_manifest
+    from .manifests import slack_manifest
 
     print(json.dumps(slack_manifest(socket_mode=not args.http, request_url=args.url), indent=2))
     return 0
 
 
 def cmd_discord_invite(args: argparse.Namespace) -> int:
-    from adapters.manifests import discord_invite_url
+    from .manifests import discord_invite_url
 
     print(discord_invite_url(args.client_id))
     return 0
