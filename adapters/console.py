@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
-from bot import commands
+from bot import commands, texts
 from bot.app import Core
 from bot.errors import UserError
-from bot.jobs import JobFailure, JobResult, Progress
+from bot.outcomes import JobFailure, JobResult, Progress
 from bot.request import Requester
 
-BAR = 30
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
 
 
 class ConsoleView:
     """Draws a progress bar on stderr, writes images to files, prints the summary on stdout."""
+
+    previews = False  # a terminal cannot show a partial image: stream none (each costs output tokens)
 
     def __init__(self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None) -> None:
         self.out = out
@@ -28,13 +29,16 @@ class ConsoleView:
         self.written: list[Path] = []
         self.exit_code = 0
 
+    async def open(self, first: Progress) -> dict[str, Any]:
+        return {"out": str(self.out)}  # the terminal is the message: nothing to post
+
+    async def refused(self, text: str) -> None:
+        self.err.write(f"{text}\n")
+        self.err.flush()
+        self.exit_code = 2
+
     async def progress(self, progress: Progress) -> None:
-        filled = int(BAR * progress.fraction)
-        where = (f"queued #{progress.queue_position}" if progress.state == "queued"
-                 else f"rendering {progress.done}/{progress.count}" if progress.count > 1 else "rendering")
-        preview = " (preview received)" if progress.preview else ""
-        self.err.write(f"\r[{'#' * filled}{'-' * (BAR - filled)}] {progress.elapsed:5.1f} s of ~"
-                       f"{progress.expected:.0f} s  {where}{preview}   ")
+        self.err.write(f"\r{texts.status_line(progress)}   ")
         self.err.flush()
 
     async def deliver(self, result: JobResult) -> None:
@@ -44,11 +48,11 @@ class ConsoleView:
             await asyncio.to_thread(_write, path, image.data)
             self.written.append(path)
         files = ", ".join(str(p) for p in self.written)
-        self.stdout.write(f"Wrote {files}\n{result.summary()}\n")
+        self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n")
         self.stdout.flush()
 
     async def failed(self, failure: JobFailure) -> None:
-        self.err.write(f"\n{failure.summary()}\n")
+        self.err.write(f"\n{texts.summary(failure)}\n")
         self.err.flush()
         self.exit_code = 1
 
@@ -72,11 +76,10 @@ async def imagine(core: Core, text: str, who: Requester, out: Path, *, out_is_fi
     core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
     try:
         request = core.parse(text)
-        job = await core.runner.prepare(request, who)
     except UserError as exc:
-        view.err.write(f"{exc}\n")
+        await view.refused(str(exc))
         return 2
-    outcome = await core.runner.execute(job, view)
+    outcome = await core.submit(request, who, view)
     return 0 if isinstance(outcome, JobResult) else view.exit_code or 1
 
 

@@ -27,14 +27,13 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
-from bot import commands
-from bot.app import Core, decode_attachments
+from bot import commands, texts
+from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import UserError
+from bot.errors import CannotPost, UserError
 from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
-from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
-from bot.pricing import format_usd
+from bot.outcomes import JobFailure, JobResult, Progress
 from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.request import clip as clip_to
 from bot.sizes import KNOWN_SIZES
@@ -95,26 +94,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def imagine_text(prompt: str, **options: object) -> str:
-    """Typed `/imagine` options -> the core's `/imagine` text, so there is one grammar (in the core)."""
-    flags = "".join(f" --{name} {value}" for name, value in options.items() if value is not None)
-    return prompt + flags
-
-
 def progress_text(progress: Progress) -> str:
     """The live progress message: settings, prompt, a bar, elapsed/expected time, queue position."""
     request = progress.request
-    if progress.state == "queued":
-        status = f"Queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
-    else:
-        filled = int(BAR * progress.fraction)
-        status = f"`{'█' * filled}{'░' * (BAR - filled)}` {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
-        if progress.count > 1:
-            status += f" · {progress.done}/{progress.count} done"
-    head = (f"**{'Editing' if request.is_edit else 'Rendering'}** · {request.describe()}"
-            f"{f' · x{request.count}' if request.count > 1 else ''}"
-            f"{' · offline image server' if progress.offline else ''}")
-    return clip(f"{head}\n{quote(request.prompt)}\n{status}")
+    status = texts.status_line(progress, code=lambda bar: f"`{bar}`")  # our own words and numbers: no escaping
+    head = f"**{'Editing' if request.is_edit else 'Rendering'}** · {escape(texts.settings_line(request, progress.offline))}"
+    return clip(f"{head}\n{quote(request.prompt)}\n{status[0].upper()}{status[1:]}")
 
 
 def cancel_view(job_id: str) -> discord.ui.View:
@@ -174,6 +159,9 @@ class EditModal(discord.ui.Modal, title="Edit image"):
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.edit_from_menu(interaction, self.target, self.image, self.instruction.value)
 
+    async def on_error(self, interaction: discord.Interaction[Any], error: Exception, /) -> None:  # type: ignore[override]
+        await self.adapter.on_error(interaction, error)
+
 
 class _Client(discord.Client):
     """discord.py's client, pointed at DISCORD_API_URL's gateway, forwarding messages to the adapter."""
@@ -204,10 +192,14 @@ class DiscordJobView:
     """Shows one job: edits the interaction's original response (or, once the interaction token is past its
     life, a channel message replying to the original), then puts the image there."""
 
-    def __init__(self, adapter: DiscordAdapter, who: Requester, *, interaction: discord.Interaction[Any] | None,
-                 born: float, anchor: int | None, upload_limit: int) -> None:
+    previews = True  # an edit of the message can carry the latest partial image
+
+    def __init__(self, adapter: DiscordAdapter, who: Requester, tell: Callable[[str], Awaitable[Any]], *,
+                 interaction: discord.Interaction[Any] | None, born: float, anchor: int | None,
+                 upload_limit: int) -> None:
         self.adapter = adapter
         self.who = who
+        self.tell = tell  # a reply only the requester sees
         self.interaction = interaction
         self.born = born  # monotonic time the interaction arrived: its token lives 15 minutes from then
         self.anchor = anchor  # the message replies go to: the original response, or the user's message
@@ -237,9 +229,6 @@ class DiscordJobView:
         return discord.MessageReference(message_id=self.anchor, channel_id=int(self.who.channel),
                                         guild_id=int(self.who.workspace), fail_if_not_exists=False)
 
-    def context(self) -> dict[str, Any]:
-        """What a restart needs to tell the user (SPEC §5): the channel and the message to reply to."""
-        return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
 
     async def _via_interaction(self, edit: Callable[[discord.Interaction[Any]], Awaitable[Any]]) -> bool:
         """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone.
@@ -250,9 +239,7 @@ class DiscordJobView:
             self.expired = True
             with contextlib.suppress(Exception):
                 await self.interaction.edit_original_response(
-                    content=f"{quote(self.prompt)}\nStill working. Discord stops edits of this message after 15 "
-                            "minutes, so progress and the image continue in a reply to it.",
-                    allowed_mentions=NO_PINGS)
+                    content=f"{quote(self.prompt)}\n{texts.TOKEN_EXPIRING}", allowed_mentions=NO_PINGS)
             return False
         try:
             await edit(self.interaction)
@@ -267,15 +254,29 @@ class DiscordJobView:
 
     # -- progress -------------------------------------------------------------------------
 
-    async def open(self, first: Progress) -> None:
-        """Without an interaction, post the progress message now (raises if we cannot post here, or Discord
-        does not answer within `post_timeout`)."""
+    async def open(self, first: Progress) -> dict[str, Any]:
+        """The interaction's response is the progress message; without an interaction, post one now (within
+        `post_timeout`). Returns what a restart needs to tell the user: the channel and the message to reply to."""
+        self.job_id, self.prompt = first.job_id, first.request.prompt
         if self.interaction is None:
-            async with asyncio.timeout(self.adapter.post_timeout):
-                self.progress_message = await self.channel.send(
-                    progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
-                    allowed_mentions=NO_PINGS)
+            try:
+                async with asyncio.timeout(self.adapter.post_timeout):
+                    self.progress_message = await self.channel.send(
+                        progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
+                        allowed_mentions=NO_PINGS)
+            except discord.HTTPException as exc:
+                raise CannotPost(f"{describe(exc)}; I need View Channel, Send Messages and Attach Files") from exc
+            except Exception as exc:  # dropped or unanswered
+                raise CannotPost(f"{describe(exc)}; try again") from exc
             self._last_edit = time.monotonic()
+        return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
+
+    async def refused(self, text: str) -> None:
+        try:
+            async with asyncio.timeout(self.adapter.post_timeout):
+                await self.tell(text)
+        except Exception:
+            log.warning("could not tell the requester", exc_info=True, extra={"job_id": self.job_id})
 
     async def progress(self, progress: Progress) -> None:
         if progress.preview is not None:
@@ -379,7 +380,7 @@ class DiscordJobView:
                     uploads, notes = await asyncio.to_thread(fit_images, images, budget)
                 else:
                     uploads, notes = [(name, data) for data, name in images], []
-                await self._final("\n".join([quote(result.request.prompt), escape(result.summary()),
+                await self._final("\n".join([quote(result.request.prompt), escape(texts.summary(result)),
                                              *(escape(note) for note in notes)]), uploads)
                 return None
             except discord.HTTPException as exc:
@@ -406,13 +407,12 @@ class DiscordJobView:
         if problem is None:
             return
         # Paid for but not shown: say so, with what it cost and the request ids.
-        await self._last_word(f"{quote(result.request.prompt)}\nThe image was made and charged "
-                              f"({format_usd(result.total_micros)}) but could not be posted: "
-                              f"{escape(problem)}.\n{escape(result.summary())}", request_ids)
+        await self._last_word(f"{quote(result.request.prompt)}\n"
+                              f"{escape(texts.undelivered(problem, texts.summary(result)))}", request_ids)
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
-        await self._last_word(f"{quote(failure.request.prompt)}\n{escape(failure.summary())}",
+        await self._last_word(f"{quote(failure.request.prompt)}\n{escape(texts.summary(failure))}",
                               failure.request_ids)
 
 
@@ -420,10 +420,9 @@ class DiscordAdapter:
     """Registers app commands and a message listener on a discord.py client; thin: the core decides."""
 
     def __init__(self, core: Core) -> None:
-        settings = core.settings
-        assert settings.discord_token is not None
-        self.core = core
-        self.token = settings.discord_token.reveal()
+        token = core.settings.discord_token
+        assert token is not None, "built only when DISCORD_TOKEN is set"
+        self.core, self.token = core, token.reveal()
         self.client = _Client(self)
         self.tree = self.client.tree
         self.http: aiohttp.ClientSession | None = None
@@ -524,22 +523,19 @@ class DiscordAdapter:
                           ref3: discord.Attachment | None = None, ref4: discord.Attachment | None = None,
                           ref5: discord.Attachment | None = None, mask: discord.Attachment | None = None) -> None:
             born = time.monotonic()
-            async with self.core.runner.acks.acking():
+            async with self.core.acking():
                 deferred = await interaction.response.defer(thinking=True)
-            size = "".join(size.split()) if size else None  # "1536 x 1024" must not spill into the prompt
-            text = imagine_text(prompt, size=size or None, quality=quality, format=format,
-                                compression=compression, count=count)
+            options = {"size": "".join(size.split()) or None if size else None,  # "1536 x 1024" is one size
+                       "quality": quality, "format": format, "compression": compression, "count": count}
             refs = [a for a in (ref1, ref2, ref3, ref4, ref5) if a is not None]
-            await self._imagine(interaction, born, deferred, text, refs, mask)
+            await self._imagine(interaction, born, deferred, prompt, options, refs, mask)
 
         @tree.context_menu(name="Edit image")
         @app_commands.guild_only()
         async def edit_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
             image = next((a for a in message.attachments if is_image(a)), None)
             if image is None:
-                await interaction.response.send_message(
-                    "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image.",
-                    ephemeral=True)
+                await interaction.response.send_message(texts.NOT_AN_IMAGE_MESSAGE, ephemeral=True)
                 return
             await interaction.response.send_modal(EditModal(self, message, image))
 
@@ -578,6 +574,18 @@ class DiscordAdapter:
 
         tree.add_command(admin)
 
+        @tree.error
+        async def on_error(interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
+            await self.on_error(interaction, getattr(error, "original", error))
+
+    async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
+        """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
+        or a button becomes a reply only the requester sees; anything else is logged."""
+        if isinstance(error, UserError):
+            await self._tell_privately(interaction, str(error))
+        else:
+            log.error("discord interaction failed", exc_info=error)
+
     @staticmethod
     def _who(interaction: discord.Interaction[Any]) -> Requester:
         return Requester("discord", str(interaction.guild_id or ""), str(interaction.channel_id or ""),
@@ -594,11 +602,7 @@ class DiscordAdapter:
 
     async def _reply(self, interaction: discord.Interaction[Any],
                      make: Callable[[Requester], Awaitable[commands.Reply]]) -> None:
-        try:
-            reply = await make(self._who(interaction))
-        except UserError as exc:
-            await self._tell_privately(interaction, str(exc))
-            return
+        reply = await make(self._who(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
         await interaction.followup.send(clip(escape(reply.text)), file=file, ephemeral=reply.private,
                                         allowed_mentions=NO_PINGS)
@@ -626,70 +630,36 @@ class DiscordAdapter:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def _imagine(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, text: str,
-                       refs: Sequence[discord.Attachment], mask: discord.Attachment | None) -> None:
-        """`/imagine` after the defer: download and decode attachments, parse, run."""
-        who = self._who(interaction)
-        try:
-            references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
-            decoded_mask = await self._decode(mask) if mask is not None else None
-            request = self.core.parse(text, references, decoded_mask)
-        except UserError as exc:
-            await self._tell_privately(interaction, str(exc))
-            return
-        await self._run_interaction(interaction, born, deferred, who, request)
+    async def _imagine(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, prompt: str,
+                       options: dict[str, str | int | None], refs: Sequence[discord.Attachment],
+                       mask: discord.Attachment | None) -> None:
+        """`/imagine` after the defer: download and decode attachments, build the request, submit."""
+        references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
+        decoded_mask = await self._decode(mask) if mask is not None else None
+        request = self.core.parse(prompt, references, decoded_mask, **options)
+        await self._submit(interaction, born, deferred, request)
 
     async def edit_from_menu(self, interaction: discord.Interaction[Any], target: discord.Message,
                              image: discord.Attachment, instruction: str) -> None:
         """The "Edit image" modal was submitted: edit the target message's image with the instruction."""
         born = time.monotonic()
-        async with self.core.runner.acks.acking():
+        async with self.core.acking():
             deferred = await interaction.response.defer(thinking=True)
-        try:
-            base = await self._decode(image)
-            request = self.core.parse(instruction, [base])
-        except UserError as exc:
-            await self._tell_privately(interaction, str(exc))
-            return
-        await self._run_interaction(interaction, born, deferred, self._who(interaction), request)
+        request = self.core.parse(instruction, [await self._decode(image)])
+        await self._submit(interaction, born, deferred, request)
 
-    async def _run_interaction(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred,
-                               who: Requester, request: ImageRequest) -> None:
+    async def _submit(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred,
+                      request: ImageRequest) -> None:
+        """One job shown in the interaction's response (its original message anchors the replies)."""
         original = deferred.message_id if deferred is not None else None
         if original is None:  # the callback answer did not say: ask
             with contextlib.suppress(Exception):
                 original = (await interaction.original_response()).id
-        view = DiscordJobView(self, who, interaction=interaction, born=born, anchor=original,
+        who = self._who(interaction)
+        view = DiscordJobView(self, who, lambda text: self._tell_privately(interaction, text),
+                              interaction=interaction, born=born, anchor=original,
                               upload_limit=self._limit(interaction, interaction.guild_id))
-        await self._run(who, request, view, lambda text: self._tell_privately(interaction, text))
-
-    async def _run(self, who: Requester, request: ImageRequest, view: DiscordJobView,
-                   tell: Callable[[str], Awaitable[Any]]) -> None:
-        """Reserve, open the progress display, execute. Errors before the job starts go only to the requester."""
-        runner = self.core.runner
-        try:
-            job = await runner.prepare(request, who, previews=True)
-        except UserError as exc:
-            await tell(str(exc))
-            return
-        view.job_id, view.prompt = job.id, request.prompt
-        try:
-            await view.open(runner.first_progress(job))
-        except Exception as exc:  # refused, dropped or unanswered: the job never starts, and costs nothing
-            await runner.abandon(job, f"progress message failed: {describe(exc)}")
-            log.warning("could not post the progress message: %s", describe(exc),
-                        extra={"job_id": job.id, "channel": who.channel})
-            why = ("I could not post in this channel (I need View Channel, Send Messages and Attach Files). "
-                   "Nothing was charged." if isinstance(exc, discord.HTTPException) else
-                   f"I could not post the progress message: {describe(exc)}. Nothing was charged; try again.")
-            try:
-                async with asyncio.timeout(self.post_timeout):
-                    await tell(why)
-            except Exception:
-                log.warning("could not tell the requester either", exc_info=True, extra={"job_id": job.id})
-            return
-        self.core.ledger.set_context(job.id, view.context())
-        await runner.execute(job, view)
+        await self.core.submit(request, who, view)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """The Cancel button: only the requester may press it. The press is answered first: cancelling sets
@@ -698,9 +668,8 @@ class DiscordAdapter:
             await interaction.response.defer()  # the job's own message turns into "Cancelled"
         except Exception:  # too late or unreachable: the press was still meant, so cancel all the same
             log.warning("could not answer the Cancel button", exc_info=True, extra={"job_id": job_id})
-        if not self.core.runner.cancel(job_id, str(interaction.user.id)) and interaction.response.is_done():
-            await interaction.followup.send("Only the requester can cancel this job, and only while it runs.",
-                                            ephemeral=True)
+        if not self.core.cancel(job_id, self._who(interaction)) and interaction.response.is_done():
+            await interaction.followup.send(texts.CANCEL_REFUSED, ephemeral=True)
 
     # -- reply-to-edit --------------------------------------------------------------------
 
@@ -721,25 +690,25 @@ class DiscordAdapter:
         image = next((a for a in target.attachments if is_image(a) and a.filename.startswith("image-")), None)
         if target.author.id != me.id or image is None:
             return  # not about an image we made (a usage chart is not one)
-        if await self.core.ledger.seen(f"discord:{message.id}"):
+        if not await self.core.first_time(f"discord:{message.id}"):
             return
         who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
 
         async def tell(reply: str) -> None:
-            await message.reply(clip(reply), mention_author=False, allowed_mentions=NO_PINGS)
+            await message.reply(clip(escape(reply)), mention_author=False, allowed_mentions=NO_PINGS)
 
         try:
             base = await self._decode(image)
             files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
             references, mask = await decode_attachments(files, base=base)
             request = self.core.parse(text, references, mask)
-        except UserError as exc:
+        except UserError as exc:  # this path has no interaction: the reply to the message is the private word
             await tell(str(exc))
             return
-        view = DiscordJobView(self, who, interaction=None, born=time.monotonic(), anchor=message.id,
+        view = DiscordJobView(self, who, tell, interaction=None, born=time.monotonic(), anchor=message.id,
                               upload_limit=self._limit(None, message.guild.id))
-        await self._run(who, request, view, tell)
+        await self.core.submit(request, who, view)
 
     async def _decode(self, attachment: discord.Attachment) -> ImageInput:
         data = await self.download(attachment)
@@ -766,15 +735,10 @@ class DiscordAdapter:
         message_id = job.context.get("message_id")
         reference = (discord.MessageReference(message_id=int(message_id), channel_id=channel_id,
                                               fail_if_not_exists=False) if message_id else None)
-        money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have "
-                 "been billed" if job.charged_micros else "nothing was charged")
         await self.client.get_partial_messageable(channel_id).send(
-            f"<@{job.user}> this job was interrupted by a restart before it finished; {money}. "
-            "Run /imagine again to retry.", reference=reference if reference else MISSING,
+            f"<@{job.user}> {escape(texts.interrupted(job))}", reference=reference if reference else MISSING,
             allowed_mentions=pings(job.user))
 
 
 def is_image(attachment: discord.Attachment) -> bool:
-    kind = (attachment.content_type or "").split(";")[0]
-    return kind in ("image/png", "image/jpeg", "image/webp") or \
-        attachment.filename.lower().endswith((".png", ".jpg", ".jpeg", ".webp"))
+    return is_image_attachment(attachment.filename, attachment.content_type)

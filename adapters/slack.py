@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,20 +21,18 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import commands
-from bot.app import Core, decode_attachments
+from bot import commands, texts
+from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import UserError
+from bot.errors import CannotPost, UserError
 from bot.images import ImageInput, load_image, read_capped
-from bot.jobs import JobFailure, JobResult, Progress
 from bot.ledger import Interrupted
-from bot.pricing import format_usd
+from bot.outcomes import JobFailure, JobResult, Progress
 from bot.request import Requester, clip
 
 log = logging.getLogger("imagebot.slack")
 
 CANCEL_ACTION = "imagebot_cancel"
-BAR = 20
 PROMPT_SHOWN = 280  # characters of the prompt in a progress message
 # Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
 UPDATES_PER_MINUTE = 45
@@ -45,26 +44,17 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def progress_blocks(progress: Progress, who: Requester, job_id: str) -> list[dict[str, Any]]:
+def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
     """The live progress message: prompt, settings, a bar, time, queue position, Cancel."""
     request = progress.request
-    filled = int(BAR * progress.fraction)
-    bar = "█" * filled + "░" * (BAR - filled)
-    if progress.state == "queued":
-        status = f"queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
-    else:
-        status = f"{bar} {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
-        if progress.count > 1:
-            status += f" · {progress.done}/{progress.count} done"
-    offline = " · offline image server" if progress.offline else ""
     return [
         {"type": "section", "text": {"type": "plain_text", "text": clip(request.prompt, PROMPT_SHOWN), "emoji": True}},
         {"type": "context", "elements": [{"type": "mrkdwn", "text":
-            f"<@{who.user}> · {request.describe()}{' · edit' if request.is_edit else ''}"
-            f"{f' · x{request.count}' if request.count > 1 else ''}{offline}"}]},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": status}]},
+            f"<@{who.user}> · {escape(texts.settings_line(request, progress.offline))}"}]},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(texts.status_line(progress))}]},
         {"type": "actions", "elements": [{"type": "button", "action_id": CANCEL_ACTION, "style": "danger",
-                                          "text": {"type": "plain_text", "text": "Cancel"}, "value": job_id}]},
+                                          "text": {"type": "plain_text", "text": "Cancel"},
+                                          "value": progress.job_id}]},
     ]
 
 
@@ -95,51 +85,93 @@ def why_not(exc: Exception) -> str:
 
 
 @dataclass
-class SlackJobView:
-    """Shows one job in Slack: a progress message, then the image uploaded into its thread."""
+class Privately:
+    """Where to tell one person something only they see: the command's response_url, else an ephemeral."""
 
     adapter: SlackAdapter
-    channel: str
-    ts: str
     who: Requester
-    job_id: str
-    thread_ts: str | None = None  # for edits, the thread the progress message lives in
+    respond: Any = None  # bolt's respond() for a slash command
+    thread_ts: str | None = None
+
+    async def tell(self, text: str) -> None:
+        """An ephemeral reply, where Slack still takes one (a failure here is logged, not raised)."""
+        try:
+            if self.respond is not None:
+                await self.respond(text=escape(text), response_type="ephemeral")
+            else:
+                await self.adapter.client.chat_postEphemeral(channel=self.who.channel, user=self.who.user,
+                                                             text=escape(text), thread_ts=self.thread_ts)
+        except Exception as exc:
+            log.warning("slack private reply failed", extra={"user": self.who.user, "error": why_not(exc)})
+
+
+@dataclass
+class SlackJobView:
+    """Shows one job in Slack: a progress message (in `thread_ts` for edits, else at the channel root), then
+    the image uploaded into its thread."""
+
+    adapter: SlackAdapter
+    asker: Privately
+    thread_ts: str | None = None
+    ts: str = ""
+    job_id: str = ""
+    previews = False  # chat.update cannot show a partial image
+
+    @property
+    def who(self) -> Requester:
+        return self.asker.who
+
+    @property
+    def channel(self) -> str:
+        return self.who.channel
 
     @property
     def thread(self) -> str:
         return self.thread_ts or self.ts
+
+    async def open(self, first: Progress) -> dict[str, Any]:
+        self.job_id = first.job_id
+        try:
+            posted = await self.adapter.client.chat_postMessage(
+                channel=self.channel, thread_ts=self.thread_ts, text=f"Queued: {escape(clip(first.request.prompt, 100))}",
+                blocks=progress_blocks(first, self.who))
+        except SlackApiError as exc:
+            raise CannotPost(f"{why_not(exc)}; invite me with /invite and try again") from exc
+        self.ts = posted["ts"]
+        return {"channel": self.channel, "thread_ts": self.thread}
+
+    async def refused(self, text: str) -> None:
+        await self.asker.tell(text)
 
     async def progress(self, progress: Progress) -> None:
         if not self.adapter.budget.take():
             return  # over the workspace's chat.update budget: skip this tick, the next one catches up
         await self.adapter.client.chat_update(
             channel=self.channel, ts=self.ts, text=f"Rendering: {escape(clip(progress.request.prompt, 100))}",
-            blocks=progress_blocks(progress, self.who, self.job_id))
+            blocks=progress_blocks(progress, self.who))
 
     async def deliver(self, result: JobResult) -> None:
-        summary = escape(result.summary())
+        summary = texts.summary(result)
         uploads = [{"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
                    for image in result.images]
         try:
             await self.adapter.client.files_upload_v2(
                 channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
-                initial_comment=f"<@{self.who.user}> {summary}", request_file_info=False)
+                initial_comment=f"<@{self.who.user}> {escape(summary)}", request_file_info=False)
         except Exception as exc:
             # Paid for but not shown (Slack refused, or the connection broke): never silently. Say so where
             # we still can, with the cost and request ids (in the summary).
             why = (f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)"
                    if isinstance(exc, SlackApiError) else f"the upload to Slack failed ({why_not(exc)})")
             log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
-            text = f"<@{self.who.user}> the image was made and charged, but it could not be posted: {why}. {summary}"
-            await self._say(text)
+            text = escape(texts.undelivered(why, summary))
+            await self._say(f"<@{self.who.user}> {text}")
             self._finish(clip(text, 2900))
             return
-        first = result.images[0]
-        self._finish(f"Done: {first.width}x{first.height} {result.request.quality} · "
-                     f"{format_usd(result.total_micros)} · {result.elapsed:.0f} s · image in the thread")
+        self._finish(escape(texts.done_line(result)))
 
     async def failed(self, failure: JobFailure) -> None:
-        text = escape(failure.summary())
+        text = escape(texts.summary(failure))
         await self._say(f"<@{self.who.user}> {text}")
         self._finish(clip(text, 2900))
 
@@ -223,7 +255,7 @@ class SlackAdapter:
         return [web.post("/slack/events", self._http_events)]
 
     async def _http_events(self, request: web.Request) -> web.Response:
-        async with self.core.runner.acks.acking():  # bolt's answer is the ack: jobs start after it
+        async with self.core.acking():  # bolt's answer is the ack: jobs start after it
             bolt_response = await self.app.async_dispatch(await to_bolt_request(request))
             return await to_aiohttp_response(bolt_response)
 
@@ -239,12 +271,20 @@ class SlackAdapter:
             return not getattr(client, "closed", False)
         return self.bot_user_id is not None
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Work done after the ack; kept so shutdown can wait for it."""
-        task = asyncio.create_task(coro)
+    def spawn(self, coro: Any, asker: Privately | None = None) -> asyncio.Task[Any]:
+        """Work done after the ack; kept so shutdown can wait for it. The one place a UserError (a bad flag,
+        an image we cannot read, ...) becomes a reply that only `asker` sees."""
+        task = asyncio.create_task(self._privately(coro, asker) if asker is not None else coro)
         self.tasks.add(task)
         task.add_done_callback(self._finished)
         return task
+
+    @staticmethod
+    async def _privately(coro: Any, asker: Privately) -> None:
+        try:
+            await coro
+        except UserError as exc:
+            await asker.tell(str(exc))
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -259,27 +299,26 @@ class SlackAdapter:
         @app.command("/imagine")
         async def imagine(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
-            self.spawn(self._imagine(command, respond))
+            asker = Privately(self, self._who(command), respond)
+            self.spawn(self._imagine(asker, command.get("text", "")), asker)
 
         @app.command("/imagine-usage")
         async def usage(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
-            self.spawn(self._reply(command, respond, lambda who: commands.usage(self.core, who, command.get("text", ""))))
+            asker = Privately(self, self._who(command), respond)
+            self.spawn(self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker)
 
         @app.command("/imagine-quota")
         async def my_quota(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
-            self.spawn(self._reply(command, respond, lambda who: commands.my_quota(self.core, who)))
+            asker = Privately(self, self._who(command), respond)
+            self.spawn(self._reply(asker, commands.my_quota(self.core, asker.who)), asker)
 
         @app.command("/imagine-admin")
         async def admin(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
-
-            async def run(who: Requester) -> commands.Reply:
-                platform_admin = await self._is_workspace_admin(who)
-                return await commands.admin(self.core, who, command.get("text", ""), platform_admin=platform_admin)
-
-            self.spawn(self._reply(command, respond, run))
+            asker = Privately(self, self._who(command), respond)
+            self.spawn(self._admin(asker, command.get("text", "")), asker)
 
         @app.action(CANCEL_ACTION)
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
@@ -296,17 +335,19 @@ class SlackAdapter:
             self._on_event(event, body)
 
     async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
-        user = body["user"]["id"]
         channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
-        if not self.core.runner.cancel(action.get("value", ""), user):
-            await self.client.chat_postEphemeral(
-                channel=channel, user=user,
-                text="Only the person who started this job can cancel it, and only while it runs.")
+        team = (body.get("team") or {}).get("id") or body["user"].get("team_id") or ""
+        who = Requester("slack", team, channel, body["user"]["id"])
+        if not self.core.cancel(action.get("value", ""), who):
+            await Privately(self, who).tell(texts.CANCEL_REFUSED)
 
     def _on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""
         if self._mentions_me(event) and self._from_a_person(event):
-            self.spawn(self._on_message(event, body))
+            channel = event.get("channel", "")
+            who = Requester("slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", ""))
+            asker = Privately(self, who, thread_ts=event.get("thread_ts"))
+            self.spawn(self._on_message(asker, event), asker)
 
     def _mentions_me(self, event: dict[str, Any]) -> bool:
         return self.mention is not None and self.mention.search(event.get("text") or "") is not None
@@ -322,13 +363,13 @@ class SlackAdapter:
                          payload.get("channel_id") or payload.get("channel") or "",
                          payload.get("user_id") or payload.get("user") or "")
 
-    async def _reply(self, command: dict[str, Any], respond: Any, make: Any) -> None:
-        who = self._who(command)
-        try:
-            reply: commands.Reply = await make(who)
-        except UserError as exc:
-            await respond(text=str(exc), response_type="ephemeral")
-            return
+    async def _admin(self, asker: Privately, args: str) -> None:
+        platform_admin = await self._is_workspace_admin(asker.who)
+        await self._reply(asker, commands.admin(self.core, asker.who, args, platform_admin=platform_admin))
+
+    async def _reply(self, asker: Privately, make: Awaitable[commands.Reply]) -> None:
+        reply = await make
+        who, respond = asker.who, asker.respond
         if reply.chart and not reply.private:
             try:
                 await self.client.files_upload_v2(channel=who.channel, file=reply.chart, filename="usage.png",
@@ -354,75 +395,31 @@ class SlackAdapter:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def _imagine(self, command: dict[str, Any], respond: Any) -> None:
-        who = self._who(command)
-        try:
-            request = self.core.parse(command.get("text", ""))
-        except UserError as exc:
-            await respond(text=f"{exc}", response_type="ephemeral")
-            return
-        await self._run(who, request, respond=respond)
+    async def _imagine(self, asker: Privately, text: str) -> None:
+        await self.core.submit(self.core.parse(text), asker.who, SlackJobView(self, asker))
 
-    async def _run(self, who: Requester, request: Any, *, respond: Any = None, thread_ts: str | None = None) -> None:
-        """Reserve, post the progress message, execute. Errors before the job starts go only to the requester."""
-        try:
-            job = await self.core.runner.prepare(request, who)
-        except UserError as exc:
-            await self._tell_privately(who, str(exc), respond, thread_ts)
-            return
-        try:
-            posted = await self.client.chat_postMessage(
-                channel=who.channel, thread_ts=thread_ts, text=f"Queued: {escape(clip(request.prompt, 100))}",
-                blocks=progress_blocks(self.core.runner.first_progress(job), who, job.id))
-        except Exception as exc:  # refused, timed out or disconnected: without a message there is no job
-            await self.core.runner.abandon(job, f"progress message failed: {why_not(exc)}")
-            hint = ("invite me with /invite and try again" if isinstance(exc, SlackApiError)
-                    else "Slack did not answer; try again")
-            await self._tell_privately(who, f"I could not post in this channel ({why_not(exc)}); {hint}. "
-                                       "Nothing was charged.", respond, thread_ts)
-            return
-        ts = posted["ts"]
-        self.core.ledger.set_context(job.id, {"channel": who.channel, "thread_ts": thread_ts or ts})
-        await self.core.runner.execute(job, SlackJobView(self, who.channel, ts, who, job.id, thread_ts))
-
-    async def _tell_privately(self, who: Requester, text: str, respond: Any, thread_ts: str | None) -> None:
-        """An ephemeral reply, where Slack still takes one (a failure here is logged, not raised)."""
-        try:
-            if respond is not None:
-                await respond(text=text, response_type="ephemeral")
-            else:
-                await self.client.chat_postEphemeral(channel=who.channel, user=who.user, text=text,
-                                                     thread_ts=thread_ts)
-        except Exception as exc:
-            log.warning("slack private reply failed", extra={"user": who.user, "error": why_not(exc)})
-
-    async def _on_message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
+    async def _on_message(self, asker: Privately, event: dict[str, Any]) -> None:
         """A message that mentions the bot (SPEC §2): in the thread of one of our images, an edit of the latest;
         elsewhere a fusion of its images, or without images a new image. Answers in the message's thread."""
         channel, ts = event.get("channel", ""), event.get("ts", "")
         # Keyed by the message, not the event: its `message` and `app_mention` twins and Slack's retries
         # (X-Slack-Retry-Num) all carry the same channel and ts, so exactly one of them makes the job.
-        if await self.core.ledger.seen(f"slack:{channel}:{ts}"):
+        if not await self.core.first_time(f"slack:{channel}:{ts}"):
             return
-        who = Requester("slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", ""))
         assert self.mention is not None  # _mentions_me() let it through
         text = self.mention.sub("", event.get("text") or "").strip()
         thread_ts = event.get("thread_ts")
-        image_files = [f for f in event.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
+        image_files = [f for f in event.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))]
         try:
             base = await self._thread_base(channel, thread_ts) if thread_ts else None
             files = [(f.get("name") or "image", await self.download(f)) for f in image_files]
-            references, mask = await decode_attachments(files, base=base)
-            request = self.core.parse(text, references, mask)
-        except UserError as exc:
-            await self._tell_privately(who, str(exc), None, thread_ts)
-            return
-        except Exception as exc:  # Slack did not answer (thread or file): nothing is reserved yet
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:  # nothing is reserved yet
             log.warning("slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True)
-            await self._tell_privately(who, f"I could not read this message from Slack ({why_not(exc)}); "
-                                       "try again. Nothing was charged.", None, thread_ts)
-            return
-        await self._run(who, request, thread_ts=thread_ts or ts)
+            raise UserError(f"I could not read this message from Slack ({why_not(exc)}); try again. "
+                            "Nothing was charged.") from None
+        references, mask = await decode_attachments(files, base=base)
+        request = self.core.parse(text, references, mask)
+        await self.core.submit(request, asker.who, SlackJobView(self, asker, thread_ts=thread_ts or ts))
 
     async def _thread_base(self, channel: str, thread_ts: str) -> ImageInput | None:
         """The bot's latest image in the thread, or None if the thread has none."""
@@ -430,7 +427,7 @@ class SlackAdapter:
         for message in reversed(replies.get("messages") or []):
             mine = ((self.bot_id is not None and message.get("bot_id") == self.bot_id)
                     or (self.bot_user_id is not None and message.get("user") == self.bot_user_id))
-            images = [f for f in message.get("files") or [] if str(f.get("mimetype", "")).startswith("image/")]
+            images = [f for f in message.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))]
             if mine and images:
                 data = await self.download(images[0])
                 return await asyncio.to_thread(load_image, images[0].get("name") or "base.png", data)
@@ -454,10 +451,5 @@ class SlackAdapter:
 
     async def tell_interrupted(self, job: Interrupted) -> None:
         channel = job.context.get("channel") or job.channel
-        thread = job.context.get("thread_ts")
-        money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have "
-                 "been billed" if job.charged_micros else "nothing was charged")
-        await self.client.chat_postMessage(
-            channel=channel, thread_ts=thread,
-            text=f"<@{job.user}> this job was interrupted by a restart before it finished; {money}. "
-                 "Run /imagine again to retry.")
+        await self.client.chat_postMessage(channel=channel, thread_ts=job.context.get("thread_ts"),
+                                           text=f"<@{job.user}> {escape(texts.interrupted(job))}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -11,9 +12,10 @@ from datetime import timedelta
 from .config import Settings
 from .errors import ConfigError, UserError
 from .images import ImageInput, load_image
-from .jobs import JobRunner
+from .jobs import JobRunner, JobView
 from .ledger import Interrupted, Ledger
-from .offline_server import OfflineImageServer
+from .offline import OfflineImageServer
+from .outcomes import JobFailure, JobResult
 from .pricing import PriceTable, load_prices
 from .render import Renderer
 from .request import Defaults, ImageRequest, Requester, parse_request
@@ -57,7 +59,9 @@ class Core:
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
             if offline_server is None:
-                offline_server = OfflineImageServer(latency=settings.offline_latency, faults=settings.offline_faults)
+                # The same price table (and model rules) as the bot's, IMAGEBOT_PRICES included.
+                offline_server = OfflineImageServer(latency=settings.offline_latency, faults=settings.offline_faults,
+                                                    prices=prices)
                 await offline_server.start()
             base_url = offline_server.base_url
             log.info("offline image server", extra={"base_url": base_url})
@@ -65,6 +69,7 @@ class Core:
                             max_retries=settings.api_retries)
         runner = JobRunner(ledger=ledger, renderer=renderer, prices=prices, max_in_flight=settings.max_in_flight,
                            progress_interval=settings.progress_interval, partial_images=settings.partial_images,
+                           preview_max_share=settings.preview_max_share,
                            offline_latency=settings.offline_latency if settings.offline else None)
         core = cls(settings, prices, ledger, renderer, runner, offline_server)
         core.heartbeat = asyncio.create_task(core._keep_lease())
@@ -108,9 +113,30 @@ class Core:
         s = self.settings
         return Defaults(size=s.default_size, quality=s.default_quality, model=s.model)
 
-    def parse(self, text: str, references: Sequence[ImageInput] = (), mask: ImageInput | None = None) -> ImageRequest:
-        """`/imagine` text (plus decoded images) -> a validated request. Raises UserError."""
-        return parse_request(text, prices=self.prices, defaults=self.defaults, references=references, mask=mask)
+    # -- what adapters call: one job is one `submit` ------------------------------------------
+
+    async def submit(self, request: ImageRequest, who: Requester, view: JobView) -> JobResult | JobFailure | None:
+        """Run one job for `who`, shown by `view` (bot/jobs.py JobRunner.submit)."""
+        return await self.runner.submit(request, who, view)
+
+    def cancel(self, job_id: str, who: Requester) -> bool:
+        """`who` pressed Cancel on a job: stops its unfinished images if it is theirs (same tenant, same user)."""
+        return self.runner.cancel(job_id, who)
+
+    def acking(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around an adapter's ack: jobs start once a burst of commands has been acknowledged."""
+        return self.runner.acks.acking()
+
+    async def first_time(self, key: str) -> bool:
+        """True the first time a platform event (or message) key is seen, across processes and restarts."""
+        return not await self.ledger.seen(key)
+
+    def parse(self, text: str, references: Sequence[ImageInput] = (), mask: ImageInput | None = None,
+              **options: str | int | None) -> ImageRequest:
+        """`/imagine` text (plus decoded images, plus any typed options a platform has, by flag name) -> a
+        validated request. Raises UserError."""
+        return parse_request(text, prices=self.prices, defaults=self.defaults, references=references, mask=mask,
+                             options=options)
 
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
@@ -127,6 +153,16 @@ class Core:
         if isinstance(who, str):
             return platform_admin or who in self.settings.admins
         return platform_admin or self.is_operator(who)
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif")
+
+
+def is_image_attachment(name: str | None, content_type: str | None) -> bool:
+    """An attached file the bot treats as an image on every platform: an image/* type, or an image file name.
+    (Which formats it can use is decided when it is decoded, with an error that names them.)"""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    return kind.startswith("image/") or (name or "").lower().endswith(IMAGE_EXTENSIONS)
 
 
 def is_mask_name(name: str) -> bool:

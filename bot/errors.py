@@ -71,5 +71,10 @@ class ProviderError(_Attempted, ImagebotError):
         self.attempts = attempts
 
 
+class CannotPost(ImagebotError):
+    """The platform would not take the job's progress message; the text is its reason, for the requester
+    (e.g. "not_in_channel; invite me with /invite"). The job is released: nothing is charged."""
+
+
 class ConfigError(ImagebotError):
     """A bad or contradictory setting; the message is one line naming the setting."""

@@ -1,6 +1,7 @@
-"""One job's lifecycle: validate -> reserve -> render (with progress) -> settle -> deliver.
+"""One job's lifecycle: reserve -> open its message -> render (with progress) -> settle -> deliver.
 
-Adapters implement `JobView` (three callbacks) and call `JobRunner.prepare` then `execute`.
+An adapter builds a request and a `JobView` and calls `JobRunner.submit` once; the view only shows
+things (the progress message, the image, a refusal). Money and job state never leave the core.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from . import metrics
+from . import metrics, texts
 from .concurrency import AcksFirst, Gate
-from .errors import ApiRejected, ProviderError, UserError
+from .errors import ApiRejected, CannotPost, ProviderError, UserError
 from .images import preview_jpeg
-from .ledger import Ledger, Reservation
-from .pricing import PriceTable, cost_micros, estimate_micros, format_usd
+from .ledger import Ledger, Reservation, Settlement, Status
+from .outcomes import Image, JobFailure, JobResult, Progress
+from .pricing import PriceTable, cost_micros, estimate_micros, preview_count
 from .render import Attempt, Renderer, RenderResult
 from .request import ImageRequest, Requester
 
@@ -34,108 +36,28 @@ def expected_seconds(request: ImageRequest, offline_latency: float | None) -> fl
     return BASE_SECONDS.get(request.quality, 90.0) * max(1.0, megapixels) ** 0.45
 
 
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """A snapshot of a running job, sent to the adapter at a steady cadence."""
-
-    job_id: str
-    request: ImageRequest
-    state: str  # queued | rendering
-    elapsed: float
-    expected: float
-    queue_position: int | None
-    done: int
-    count: int
-    preview: bytes | None  # the latest partial image as a small JPEG (images.preview_jpeg), if a new one came
-    offline: bool
-
-    @property
-    def fraction(self) -> float:
-        """0..1, capped below 1 until the image arrives."""
-        if self.state == "queued":
-            return 0.0
-        return min(0.95, (self.done + min(1.0, self.elapsed / self.expected)) / self.count) if self.expected else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Image:
-    """One delivered image."""
-
-    data: bytes
-    width: int
-    height: int
-    format: str
-    cost_micros: int
-    request_ids: tuple[str, ...]
-    elapsed: float
-
-    @property
-    def filename(self) -> str:
-        return f"image-{self.width}x{self.height}.{'jpg' if self.format == 'jpeg' else self.format}"
-
-
-@dataclass(frozen=True, slots=True)
-class JobResult:
-    """What a finished job produced: at least one image, maybe some failures."""
-
-    job_id: str
-    request: ImageRequest
-    requester: Requester
-    images: tuple[Image, ...]
-    failures: tuple[str, ...]
-    total_micros: int
-    elapsed: float
-    quota_left: str
-    offline: bool
-
-    def summary(self) -> str:
-        """Plain text, platform-neutral: size, quality, format, cost, time, quota, request ids."""
-        first = self.images[0]
-        ids = ", ".join(i for img in self.images for i in img.request_ids) or "none"
-        parts = [f"{first.width}x{first.height} {self.request.quality} {self.request.format}",
-                 f"{len(self.images)} image{'s' if len(self.images) != 1 else ''}" if self.request.count > 1 else "",
-                 format_usd(self.total_micros), f"{self.elapsed:.1f} s", self.quota_left, f"request id {ids}"]
-        text = " · ".join(p for p in parts if p)
-        extra = list(self.request.notes) + [f"failed: {f}" for f in self.failures]
-        if self.offline:
-            extra.append("made by the offline image server, not OpenAI")
-        return text + "".join(f"\n{note}" for note in extra)
-
-
-@dataclass(frozen=True, slots=True)
-class JobFailure:
-    """A job that made no image: why, the request ids, and what it cost (usually nothing)."""
-
-    job_id: str
-    request: ImageRequest
-    requester: Requester
-    message: str
-    request_ids: tuple[str, ...]
-    charged_micros: int
-    cancelled: bool
-    offline: bool
-
-    def summary(self) -> str:
-        ids = f" (request id {', '.join(self.request_ids)})" if self.request_ids else ""
-        head = "Cancelled" if self.cancelled else "Failed"
-        if not self.charged_micros:
-            money = "Nothing was charged."
-        elif self.cancelled:
-            money = (f"Charged {format_usd(self.charged_micros)}: its API call had already started, and the API "
-                     "may bill a call even when its answer is never read.")
-        else:
-            money = f"Charged {format_usd(self.charged_micros)}: the API may have billed attempts that gave no image."
-        return f"{head}: {self.message}{ids}. {money}" + (" (offline image server)" if self.offline else "")
-
-
 class JobView(Protocol):
-    """What an adapter shows for one job."""
+    """What an adapter shows for one job. The core calls it; it never touches money or job state.
+
+    `previews`: the platform can show streamed partial images (each costs output tokens).
+    """
+
+    previews: bool
+
+    async def open(self, first: Progress) -> dict[str, Any]:
+        """Post the progress message; return where the job lives (so a restart can tell its user).
+        Raise CannotPost (with the platform's reason) if the platform refuses it."""
+        ...
 
     async def progress(self, progress: Progress) -> None: ...
 
     async def deliver(self, result: JobResult) -> None: ...
 
     async def failed(self, failure: JobFailure) -> None: ...
+
+    async def refused(self, text: str) -> None:
+        """Tell only the requester why no job was started (a quota, a bad value, a channel we cannot post in)."""
+        ...
 
 
 @dataclass
@@ -174,10 +96,7 @@ class Stopped(Exception):
         self.charged = charged
 
     def __str__(self) -> str:
-        verb = "cancelled by the requester" if self.reason == "cancelled" else "interrupted by a shutdown"
-        if self.charged:
-            return (f"1 image {verb} during its API call, charged {format_usd(self.charged)} as possibly billed")
-        return f"1 image {verb} before its API call, nothing charged"
+        return texts.image_stopped(self.reason, self.charged)
 
 
 @dataclass
@@ -195,13 +114,15 @@ class JobRunner:
     """Runs jobs for every adapter; owns the in-flight limit and the table of cancellable jobs."""
 
     def __init__(self, *, ledger: Ledger, renderer: Renderer, prices: PriceTable, max_in_flight: int = 8,
-                 progress_interval: float = 3.0, partial_images: int = 0, offline_latency: float | None = None) -> None:
+                 progress_interval: float = 3.0, partial_images: int = 0, preview_max_share: float = 0.05,
+                 offline_latency: float | None = None) -> None:
         self.ledger = ledger
         self.renderer = renderer
         self.prices = prices
         self.gate = Gate(max_in_flight)
         self.progress_interval = progress_interval
         self.partial_images = partial_images
+        self.preview_max_share = preview_max_share
         self.offline_latency = offline_latency
         self.jobs: dict[str, Job] = {}
         self.accepting = True
@@ -221,12 +142,14 @@ class JobRunner:
     async def prepare(self, request: ImageRequest, requester: Requester, *, previews: bool = False) -> Job:
         """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded).
 
-        `previews`: the adapter can show partial images, so stream them (each costs ~100 output tokens).
+        `previews`: the adapter can show partial images, so stream as many as pay for themselves (each costs
+        ~100 output tokens: at most IMAGEBOT_PREVIEW_MAX_SHARE of the image's estimate in all).
         """
         await self.acks.calm()
         if not self.accepting:
-            raise UserError("the bot is restarting and not taking new jobs; try again in a minute")
-        partials = self.partial_images if previews else 0
+            raise UserError(texts.RESTARTING)
+        partials = (preview_count(self.prices.model(request.model), request, self.partial_images,
+                                  self.preview_max_share) if previews else 0)
         reservation = await self.ledger.reserve(requester, request, self.estimate(request, partials))
         job = Job(reservation.job_id, request, requester, reservation, partials)
         self.jobs[job.id] = job
@@ -238,8 +161,28 @@ class JobRunner:
     async def abandon(self, job: Job, reason: str) -> None:
         """Release a prepared job that will never execute (e.g. its progress message could not be posted)."""
         for row in job.reservation.row_ids:
-            await self._close(job, row, status="cancelled", actual_micros=0, error=reason)
+            await self._close(job, row, Settlement(Status.CANCELLED, 0, error=reason))
         self.jobs.pop(job.id, None)
+
+    async def submit(self, request: ImageRequest, requester: Requester, view: JobView) -> JobResult | JobFailure | None:
+        """The one call an adapter makes for a job: reserve, open the view's message, record where it lives,
+        render, settle, deliver. Whatever goes wrong before the job starts is told to the requester alone
+        (`view.refused`) and costs nothing; None then."""
+        try:
+            job = await self.prepare(request, requester, previews=view.previews)
+        except UserError as exc:
+            await self._safe(view.refused(str(exc)))
+            return None
+        try:
+            context = await view.open(self.first_progress(job))
+        except Exception as exc:  # refused, timed out, disconnected: without a message there is no job
+            reason = str(exc) if isinstance(exc, CannotPost) else type(exc).__name__
+            await self.abandon(job, f"progress message failed: {reason}")
+            log.warning("progress message failed; job released", extra={"job_id": job.id, "error": reason})
+            await self._safe(view.refused(texts.cannot_post(reason)))
+            return None
+        self.ledger.set_context(job.id, context)
+        return await self.execute(job, view)
 
     def first_progress(self, job: Job) -> Progress:
         """What to show before the job's first tick: queued if every slot is taken."""
@@ -261,13 +204,16 @@ class JobRunner:
         if leftover:
             await asyncio.wait(leftover, timeout=10)
 
-    def cancel(self, job_id: str, user: str) -> bool:
-        """Cancel a running job's unfinished images if `user` asked for it; its finished images are still
-        delivered. False if not theirs or already finished."""
+    def cancel(self, job_id: str, who: Requester | str) -> bool:
+        """Cancel a running job's unfinished images if its requester asked (a user id alone matches in any
+        tenant: for local callers); its finished images are still delivered. False if not theirs or done."""
         job = self.jobs.get(job_id)
-        if job is None or job.requester.user != user or job.task is None or job.task.done():
+        if job is None or job.task is None or job.task.done():
             return False
-        return job.stop("cancelled")
+        mine = (job.requester.user == who if isinstance(who, str) else
+                (job.requester.platform, job.requester.workspace, job.requester.user)
+                == (who.platform, who.workspace, who.user))
+        return mine and job.stop("cancelled")
 
     async def execute(self, job: Job, view: JobView) -> JobResult | JobFailure:
         """Render every image of the job, settle each, and hand the outcome to `view`.
@@ -290,8 +236,8 @@ class JobRunner:
             ticker.cancel()
         for seq, outcome in enumerate(outcomes):
             if isinstance(outcome, asyncio.CancelledError):  # stopped before it ever ran: nothing was called
-                await asyncio.shield(self._close(job, job.reservation.row_ids[seq], status=job.stop_reason,
-                                                 actual_micros=0, error=f"{job.stop_reason} before the API call"))
+                await asyncio.shield(self._close(job, job.reservation.row_ids[seq], Settlement(
+                    Status(job.stop_reason), 0, error=f"{job.stop_reason} before the API call")))
                 outcomes[seq] = Stopped(job.stop_reason, 0)
         try:
             return await self._finish(job, view, state, outcomes)
@@ -312,14 +258,14 @@ class JobRunner:
             failure_charge(e, job.reservation.each_micros) for e in errors)
         stopped = [e for e in errors if isinstance(e, Stopped)]
         if images:
-            result = JobResult(job.id, job.request, job.requester, tuple(images), tuple(str(e) for e in errors),
-                               charged, elapsed, await self.ledger.quota_left_text(job.requester), self.offline)
-            await self._safe(view.deliver(result))
+            notes = tuple(str(e) if isinstance(e, Stopped) else texts.image_failed(str(e)) for e in errors)
+            result = JobResult(job.id, job.request, job.requester, tuple(images), notes, charged, elapsed,
+                               await self.ledger.quota_left_text(job.requester), self.offline)
+            await self._deliver(view, result)
             return result
         if stopped and len(stopped) == len(errors):
-            reason = ("cancelled by the requester" if job.stop_reason == "cancelled"
-                      else "interrupted because the bot is shutting down; run it again in a minute")
-            failure = JobFailure(job.id, job.request, job.requester, reason, (), charged, True, self.offline)
+            failure = JobFailure(job.id, job.request, job.requester, texts.stopped_job(job.stop_reason), (),
+                                 charged, True, self.offline)
         else:
             first = next(e for e in errors if not isinstance(e, Stopped))
             ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
@@ -328,16 +274,26 @@ class JobRunner:
         await self._safe(view.failed(failure))
         return failure
 
-    async def _close(self, job: Job, row_id: int, **kwargs: object) -> None:
+    async def _deliver(self, view: JobView, result: JobResult) -> None:
+        """Hand the images over; if the view fails at it, the images are paid for: say so where we can."""
+        try:
+            await view.deliver(result)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("delivery failed", extra={"job_id": result.job_id})
+            await self._safe(view.refused(texts.undelivered(type(exc).__name__, texts.summary(result))))
+
+    async def _close(self, job: Job, row_id: int, settlement: Settlement) -> None:
         """Close a ledger row and count it in the metrics."""
-        if await self.ledger.close_row(row_id, **kwargs):
+        if await self.ledger.close_row(row_id, settlement):
             who = job.requester
             log.info("image settled", extra={
                 "job_id": job.id, "row_id": row_id, "platform": who.platform, "workspace": who.workspace,
-                "channel": who.channel, "user": who.user, "status": kwargs["status"],
-                "actual_micros": kwargs["actual_micros"], "request_ids": ",".join(kwargs.get("request_ids", ()))})  # type: ignore[arg-type]
-            metrics.JOBS.labels(job.requester.platform, kwargs["status"]).inc()
-            metrics.SPEND.labels(job.requester.platform).inc(int(kwargs["actual_micros"]) / 1_000_000)  # type: ignore[call-overload]
+                "channel": who.channel, "user": who.user, "status": str(settlement.status),
+                "actual_micros": settlement.actual_micros, "request_ids": ",".join(settlement.request_ids)})
+            metrics.JOBS.labels(who.platform, str(settlement.status)).inc()
+            metrics.SPEND.labels(who.platform).inc(settlement.actual_micros / 1_000_000)
 
     async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
         """One image: wait for a slot, render (extending the reservation before each retry that follows an
@@ -375,12 +331,12 @@ class JobRunner:
                     raise
                 except (ProviderError, ApiRejected) as exc:
                     charge = failure_charge(exc, each)
-                    await self._close(job, row_id, status="possibly_billed" if charge else "failed",
-                                      actual_micros=charge, request_ids=exc.request_ids, attempts=exc.attempts,
-                                      latency_ms=_ms(state.started), error=str(exc))
+                    await self._close(job, row_id, Settlement(
+                        Status.POSSIBLY_BILLED if charge else Status.FAILED, charge, request_ids=exc.request_ids,
+                        attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc)))
                     raise
                 except BaseException as exc:
-                    await self._close(job, row_id, status="failed", actual_micros=0, error=repr(exc)[:500])
+                    await self._close(job, row_id, Settlement(Status.FAILED, 0, error=repr(exc)[:500]))
                     raise
                 finally:
                     state.rendering -= 1
@@ -391,14 +347,14 @@ class JobRunner:
             charge = billed * each
             note = (f"{job.stop_reason} during the API call; {billed} attempt(s) charged at the estimate as "
                     "possibly billed" if billed else f"{job.stop_reason} before the API call; nothing charged")
-            await asyncio.shield(self._close(
-                job, row_id, status=job.stop_reason, actual_micros=charge, attempts=len(attempts),
-                request_ids=tuple(a.request_id for a in attempts if a.request_id), error=note))
+            await asyncio.shield(self._close(job, row_id, Settlement(
+                Status(job.stop_reason), charge, attempts=len(attempts),
+                request_ids=tuple(a.request_id for a in attempts if a.request_id), error=note)))
             raise Stopped(job.stop_reason, charge) from None
         cost = cost_micros(prices, result.usage) + result.lost_attempts * each
-        settle = asyncio.ensure_future(self._close(
-            job, row_id, status="succeeded", actual_micros=cost, usage=result.usage,
-            request_ids=result.request_ids, attempts=result.attempts, latency_ms=int(result.elapsed * 1000)))
+        settle = asyncio.ensure_future(self._close(job, row_id, Settlement(
+            Status.SUCCEEDED, cost, usage=result.usage, request_ids=result.request_ids, attempts=result.attempts,
+            latency_ms=int(result.elapsed * 1000))))
         try:
             await asyncio.shield(settle)
         except asyncio.CancelledError:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,7 +36,21 @@ from .store import connect, immediate
 
 log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
-OPEN = ("reserved", "running")
+
+
+class Status(StrEnum):
+    """A ledger row's status: open while reserved or running, then closed for good."""
+
+    RESERVED = "reserved"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    POSSIBLY_BILLED = "possibly_billed"
+    INTERRUPTED = "interrupted"
+
+
+OPEN = (Status.RESERVED.value, Status.RUNNING.value)
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
@@ -60,6 +75,20 @@ class Reservation:
     @property
     def total_micros(self) -> int:
         return self.each_micros * len(self.row_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How one row closes: its status, what it is charged, and what the API said (tokens, request ids)."""
+
+    status: Status
+    actual_micros: int
+    usage: Usage | None = None
+    request_ids: tuple[str, ...] = ()
+    attempts: int = 0
+    latency_ms: int | None = None
+    error: str | None = None
+    notice: str | None = None  # "pending": the user is still owed a notice (an interrupted job)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,20 +257,7 @@ class Ledger:
 
     # -- settlement -----------------------------------------------------------------------
 
-    def close_row_sync(
-        self,
-        row_id: int,
-        *,
-        status: str,
-        actual_micros: int,
-        usage: Usage | None = None,
-        request_ids: tuple[str, ...] = (),
-        attempts: int = 0,
-        latency_ms: int | None = None,
-        error: str | None = None,
-        only_if_open: bool = True,
-        notice: str | None = None,
-    ) -> bool:
+    def close_row_sync(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
         """Settle or release one row and move the counters by the difference. False if already closed."""
         with immediate(self.db):
             row = self.db.conn.execute(
@@ -255,21 +271,23 @@ class Ledger:
             if old_status in OPEN:
                 old_micros, old_images = int(reserved), 1
             else:
-                old_micros, old_images = int(old_actual), int(old_status == "succeeded")
+                old_micros, old_images = int(old_actual), int(old_status == Status.SUCCEEDED)
             stamp = _iso(self.clock())
-            usage = usage or Usage()
+            usage = settlement.usage or Usage()
             self.db.conn.execute(
                 "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
                 "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=?, notice=? "
                 "WHERE id=?",
-                [status, actual_micros, usage.text_tokens, usage.image_tokens, usage.output_tokens,
-                 json.dumps(list(request_ids)), attempts, latency_ms, error, stamp, stamp, notice, row_id])
+                [str(settlement.status), settlement.actual_micros, usage.text_tokens, usage.image_tokens,
+                 usage.output_tokens, json.dumps(list(settlement.request_ids)), settlement.attempts,
+                 settlement.latency_ms, settlement.error, stamp, stamp, settlement.notice, row_id])
+            succeeded = int(settlement.status == Status.SUCCEEDED)
             quota.bump(self.db, Requester(platform, workspace, channel, user), day, month,
-                       micros=actual_micros - old_micros, images=int(status == "succeeded") - old_images)
+                       micros=settlement.actual_micros - old_micros, images=succeeded - old_images)
         return True
 
-    async def close_row(self, row_id: int, **kwargs: Any) -> bool:
-        return await self._run(lambda: self.close_row_sync(row_id, **kwargs))
+    async def close_row(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
+        return await self._run(lambda: self.close_row_sync(row_id, settlement, only_if_open=only_if_open))
 
     # -- crash recovery -------------------------------------------------------------------
 
@@ -296,8 +314,7 @@ class Ledger:
             note = ("interrupted: the process running it stopped during the API call; charged at its "
                     "estimate as possibly billed" if charged else
                     "interrupted: the process running it stopped before the API call; nothing charged")
-            if not self.close_row_sync(row_id, status="interrupted", actual_micros=charged, error=note,
-                                       notice="pending"):
+            if not self.close_row_sync(row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending")):
                 continue  # its owner settled it meanwhile
             old = jobs.get(job_id)
             jobs[job_id] = Interrupted(job_id, platform, channel, user, json.loads(context) if context else {},

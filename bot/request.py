@@ -1,14 +1,18 @@
-"""`/imagine` text -> a validated ImageRequest (SPEC §2-3). Nothing here spends money or calls an API."""
+"""`/imagine` text, or typed options -> a validated ImageRequest (SPEC §2-3), by the chosen model's rules.
+
+`parse_request` splits the flags off the text and hands them to `build_request`, which an adapter with typed
+options (Discord) calls directly: one set of rules. Nothing here spends money or calls an API.
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from .errors import UserError
-from .images import MAX_REFERENCES, ImageInput, check_mask
-from .pricing import PriceTable
+from .images import ImageInput, check_mask
+from .pricing import ModelCapabilities, PriceTable, load_prices
 from .sizes import Size, parse_size
 
 MAX_PROMPT = 32_000
@@ -110,13 +114,105 @@ _EXAMPLES = {
 }
 
 
-def _int(name: str, value: str, low: int, high: int) -> int:
+def _whole(name: str, value: str, low: int, high: int) -> int:
+    """A flag's text as a whole number (its range is build_request's to check)."""
     if not (value.isascii() and value.isdigit()):
         raise UserError(f"--{name} {value!r} is not a whole number; use {low}-{high}")
-    number = int(value)
+    return int(value)
+
+
+def _in_range(name: str, number: int, low: int, high: int) -> int:
     if not low <= number <= high:
         raise UserError(f"--{name} {number} is out of range; use {low}-{high}")
     return number
+
+
+def _check_images(model: str, capabilities: ModelCapabilities, references: Sequence[ImageInput],
+                  mask: ImageInput | None) -> None:
+    """The input images against the model's limits: how many, and whether it takes a mask."""
+    most = capabilities.max_reference_images
+    if references and most == 0:
+        raise UserError(f"{model} cannot edit images; use a model that can (--model) or drop the images")
+    if len(references) > most:
+        raise UserError(
+            f"{len(references)} images given; at most {most} in all for {model} (the base image plus references)"
+        )
+    if mask is not None:
+        if not capabilities.mask:
+            raise UserError(f"{model} does not accept a mask; edit without one or use another model (--model)")
+        if not references:
+            raise UserError("a mask needs an image to edit; attach or reply to one")
+        check_mask(mask, references[0])
+
+
+def build_request(
+    prompt: str,
+    *,
+    prices: PriceTable,
+    defaults: Defaults = Defaults(),
+    size: str | None = None,
+    ar: str | None = None,
+    quality: str | None = None,
+    format: str | None = None,
+    compression: int | None = None,
+    count: int | None = None,
+    model: str | None = None,
+    background: str | None = None,
+    references: Sequence[ImageInput] = (),
+    mask: ImageInput | None = None,
+) -> ImageRequest:
+    """Typed options (a Discord command's, or the flags parse_request split off) -> a validated ImageRequest.
+
+    Every rule of SPEC §3, checked against the chosen model's capabilities and prices from `prices`; None
+    means "not given" (the default applies). Raises UserError naming the rule and the valid range.
+    """
+    model = model or defaults.model
+    if model not in prices.models:
+        raise UserError(f"--model {model!r} is not in the price table; use one of {', '.join(prices.models)}")
+    capabilities = prices.model(model).capabilities
+    background = (background or "auto").lower()
+    if background == "transparent":
+        if capabilities.transparent_background:  # the API call does not send `background` (yet)
+            raise UserError(f"transparent backgrounds are not supported by imagebot for {model} yet; "
+                            "use --background opaque or auto")
+        raise UserError(f"transparent backgrounds are not supported by {model}; use --background opaque or auto")
+    if background not in ("auto", "opaque"):
+        raise UserError(f"--background {background!r} is not valid; use opaque or auto")
+    prompt = prompt.strip()
+    if not prompt:
+        raise UserError("the prompt is empty; describe the image, e.g. /imagine a lighthouse at dawn --size 2k")
+    if len(prompt) > MAX_PROMPT:
+        raise UserError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT:,}")
+    picked = parse_size(size or defaults.size, ar, rule=capabilities.sizes, model=model)
+    quality = (quality or defaults.quality).lower()
+    if quality not in QUALITIES:
+        raise UserError(f"--quality {quality!r} is not valid; use low, medium, high or auto")
+    fmt = (format or "jpeg").lower()
+    if fmt == "jpg":
+        fmt = "jpeg"
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not valid; use png, jpeg or webp")
+    if compression is not None:
+        if fmt == "png":
+            raise UserError("--compression only applies to jpeg and webp (0-100); png is lossless")
+        compression = _in_range("compression", compression, 0, 100)
+    elif fmt != "png":
+        compression = DEFAULT_COMPRESSION
+    count = 1 if count is None else _in_range("count", count, 1, MAX_COUNT)
+    _check_images(model, capabilities, references, mask)
+    notes: list[str] = []
+    experimental = capabilities.sizes.experimental_note(picked)
+    if experimental:
+        notes.append(experimental)
+    if _TRANSPARENT.search(prompt):
+        if not capabilities.transparent_background:
+            notes.append(f"{model} cannot make transparent backgrounds; the background will be opaque")
+        elif fmt == "jpeg":
+            notes.append("jpeg has no transparency, so the background will be opaque; use --format png or webp")
+    return ImageRequest(
+        prompt=prompt, size=picked, quality=quality, format=fmt, compression=compression, count=count,
+        model=model, references=tuple(references), mask=mask, notes=tuple(notes),
+    )
 
 
 def parse_request(
@@ -126,65 +222,54 @@ def parse_request(
     defaults: Defaults = Defaults(),
     references: Sequence[ImageInput] = (),
     mask: ImageInput | None = None,
+    options: Mapping[str, str | int | None] | None = None,
 ) -> ImageRequest:
-    """Parse `/imagine` text and validate every rule of SPEC §3; raise UserError naming the rule."""
+    """Parse `/imagine` text: split off the flags, then build_request (one set of rules for both).
+
+    `options`: typed values a platform already has (Discord's command options, by flag name); flags typed
+    into the text still count, and giving one both ways is an error.
+    """
     prompt, flags = split_flags(text)
-    background = flags.get("background", "auto").lower()
-    if background == "transparent":
-        raise UserError("transparent backgrounds are not supported by gpt-image-2; use --background opaque or auto")
-    if background not in ("auto", "opaque"):
-        raise UserError(f"--background {background!r} is not valid; use opaque or auto")
-    if not prompt:
-        raise UserError("the prompt is empty; describe the image, e.g. /imagine a lighthouse at dawn --size 2k")
-    if len(prompt) > MAX_PROMPT:
-        raise UserError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT:,}")
-    size = parse_size(flags.get("size", defaults.size), flags.get("ar"))
-    quality = flags.get("quality", defaults.quality).lower()
-    if quality not in QUALITIES:
-        raise UserError(f"--quality {quality!r} is not valid; use low, medium, high or auto")
-    fmt = flags.get("format", "jpeg").lower()
-    if fmt == "jpg":
-        fmt = "jpeg"
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r} is not valid; use png, jpeg or webp")
-    compression: int | None = None
-    if "compression" in flags:
-        if fmt == "png":
-            raise UserError("--compression only applies to jpeg and webp (0-100); png is lossless")
-        compression = _int("compression", flags["compression"], 0, 100)
-    elif fmt != "png":
-        compression = DEFAULT_COMPRESSION
-    count = _int("count", flags["count"], 1, MAX_COUNT) if "count" in flags else 1
-    model = flags.get("model", defaults.model)
-    if model not in prices.models:
-        raise UserError(f"--model {model!r} is not in the price table; use one of {', '.join(sorted(prices.models))}")
-    if len(references) > MAX_REFERENCES:
-        raise UserError(
-            f"{len(references)} images given; at most {MAX_REFERENCES} in all (the base image plus references)"
-        )
-    if mask is not None:
-        if not references:
-            raise UserError("a mask needs an image to edit; attach or reply to one")
-        check_mask(mask, references[0])
-    notes: list[str] = []
-    if size.experimental:
-        notes.append(f"{size} is over 2560x1440 in pixels (3.69 MP), which the API marks as experimental")
-    if _TRANSPARENT.search(prompt):
-        notes.append("gpt-image-2 cannot make transparent backgrounds; the background will be opaque")
-    return ImageRequest(
-        prompt=prompt, size=size, quality=quality, format=fmt, compression=compression, count=count,
-        model=model, references=tuple(references), mask=mask, notes=tuple(notes),
+    typed = {name: value for name, value in (options or {}).items() if value is not None}
+    for name in sorted(typed.keys() & flags.keys()):
+        raise UserError(f"--{name} is given twice (as an option and in the prompt); give it once")
+
+    def number(name: str, low: int, high: int) -> int | None:
+        if name in typed:
+            return _in_range(name, int(typed[name]), low, high)
+        return _whole(name, flags[name], low, high) if name in flags else None
+
+    def word(name: str) -> str | None:
+        value = typed.get(name, flags.get(name))
+        return None if value is None else str(value)
+
+    return build_request(
+        prompt,
+        prices=prices,
+        defaults=defaults,
+        size=word("size"),
+        ar=word("ar"),
+        quality=word("quality"),
+        format=word("format"),
+        compression=number("compression", 0, 100),
+        count=number("count", 1, MAX_COUNT),
+        model=word("model"),
+        background=word("background"),
+        references=references,
+        mask=mask,
     )
 
 
 def with_images(
-    request: ImageRequest, references: Sequence[ImageInput], mask: ImageInput | None = None
+    request: ImageRequest,
+    references: Sequence[ImageInput],
+    mask: ImageInput | None = None,
+    *,
+    prices: PriceTable | None = None,
 ) -> ImageRequest:
-    """The same request with (re)validated input images."""
-    if len(references) > MAX_REFERENCES:
-        raise UserError(f"{len(references)} images given; at most {MAX_REFERENCES} in all (the base image plus references)")
-    if mask is not None:
-        if not references:
-            raise UserError("a mask needs an image to edit; attach or reply to one")
-        check_mask(mask, references[0])
+    """The same request with (re)validated input images, against its model's limits in `prices` (default:
+    the shipped table; a model it lacks gets gpt-image-2's rules)."""
+    table = prices if prices is not None else load_prices()
+    model = table.models.get(request.model)
+    _check_images(request.model, model.capabilities if model else ModelCapabilities(), references, mask)
     return replace(request, references=tuple(references), mask=mask)

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot import quota
+from bot import quota, texts
 from bot.app import Core
 from bot.config import Settings
 from bot.errors import QuotaExceeded
-from bot.jobs import JobFailure, JobResult, Progress
-from bot.pricing import Usage, cost_micros, format_usd
+from bot.outcomes import JobFailure, JobResult, Progress
+from bot.pricing import Usage, cost_micros, format_usd, preview_count
 from bot.request import Requester
 
 ALICE = Requester("slack", "W1", "C1", "U1")
@@ -129,7 +129,8 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
 
 
 @pytest.mark.parametrize(("flags", "size", "previews"), [
-    ("--size 1536x1024 --quality low --format png", (1536, 1024), True),
+    ("--size 2048x2048 --quality high --format png", (2048, 2048), True),  # dear enough to stream previews
+    ("--size 1536x1024 --quality low --format png", (1536, 1024), False),  # too cheap: previews would not pay
     ("--quality auto", (1024, 1024), True),
     ("--size 1024x1536 --quality medium --format webp", (1024, 1536), False),
 ])
@@ -140,7 +141,8 @@ async def test_settles_to_the_usage_the_server_reported(
     view = RecordingView()
     request = core.parse(f"a red fox in the snow {flags}")
     job = await core.runner.prepare(request, ALICE, previews=previews)
-    partials = core.settings.partial_images if previews else 0
+    partials = preview_count(core.prices.model("gpt-image-2"), request, core.settings.partial_images,
+                             core.settings.preview_max_share) if previews else 0
     reserved = core.runner.estimate(request, partials)
     [row] = rows(core)
     assert (row["status"], row["reserved_micros"], row["actual_micros"]) == ("reserved", reserved, 0)
@@ -165,7 +167,7 @@ async def test_settles_to_the_usage_the_server_reported(
     image = outcome.images[0]
     assert (image.width, image.height) == size and Image.open(io.BytesIO(image.data)).size == size
     assert image.cost_micros == outcome.total_micros == actual
-    summary = outcome.summary()
+    summary = texts.summary(outcome)
     assert format_usd(actual) in summary and call.request_id in summary and "offline" in summary
     assert view.ticks and all(p.job_id == job.id for p in view.ticks)
     assert any(p.preview for p in view.ticks) == previews, "streamed partial images reach the view"
@@ -220,7 +222,7 @@ async def test_500_always_releases_the_reservation_and_keeps_every_request_id(ma
     assert "HTTP 500" in row["error"]
     assert outcome.charged_micros == 0 and not outcome.cancelled
     assert list(outcome.request_ids) == ids
-    assert "Nothing was charged" in outcome.summary() and ids[-1] in outcome.summary()
+    assert "Nothing was charged" in texts.summary(outcome) and ids[-1] in texts.summary(outcome)
     assert user_day(core) == (0, 0)
     assert_counters_match_ledger(core)
 
@@ -241,7 +243,7 @@ async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core
     assert (row["status"], row["actual_micros"], row["reserved_micros"]) == ("possibly_billed", estimate, estimate)
     assert "did not answer within 0.3 s" in row["error"]
     assert outcome.charged_micros == estimate
-    assert f"Charged {format_usd(estimate)}" in outcome.summary()
+    assert f"Charged {format_usd(estimate)}" in texts.summary(outcome)
     assert user_day(core) == (estimate, 0)  # money kept, no image counted
     assert_counters_match_ledger(core)
 
@@ -290,8 +292,8 @@ async def test_a_moderation_refusal_costs_nothing_and_says_why(make_core: MakeCo
     [row] = rows(core)
     assert (row["status"], row["actual_micros"]) == ("failed", 0)
     assert json.loads(row["request_ids"]) == [call.request_id]
-    assert "safety system" in outcome.message and "safety system" in outcome.summary()
-    assert call.request_id in outcome.summary() and "Nothing was charged" in outcome.summary()
+    assert "safety system" in outcome.message and "safety system" in texts.summary(outcome)
+    assert call.request_id in texts.summary(outcome) and "Nothing was charged" in texts.summary(outcome)
     assert outcome.charged_micros == 0
     assert user_day(core) == (0, 0)
     assert_counters_match_ledger(core)

@@ -24,7 +24,7 @@ from PIL import Image
 from bot import quota, store
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
-from bot.ledger import Ledger
+from bot.ledger import Ledger, Settlement, Status
 from bot.pricing import format_usd
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
@@ -135,18 +135,18 @@ async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_led
     await ledger.start(first)
     assert ledger_rows(path, "id=?", (first,))[0]["status"] == "running"
     # Settle to the real cost: the counter drops by the unused part of the estimate.
-    assert await ledger.close_row(first, status="succeeded", actual_micros=41_000, request_ids=("req_1",), attempts=1)
+    assert await ledger.close_row(first, Settlement(Status.SUCCEEDED, 41_000, request_ids=("req_1",), attempts=1))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (141_000, 3)
     # Release on failure: the whole estimate and the image come back.
-    assert await ledger.close_row(second, status="failed", actual_micros=0, attempts=3)
+    assert await ledger.close_row(second, Settlement(Status.FAILED, 0, attempts=3))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 2)
     # A timed-out attempt is kept at its estimate, never free; it made no image.
-    assert await ledger.close_row(third, status="possibly_billed", actual_micros=50_000)
+    assert await ledger.close_row(third, Settlement(Status.POSSIBLY_BILLED, 50_000))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     assert_counters_match(path)
 
     # Closing twice changes nothing.
-    assert not await ledger.close_row(first, status="failed", actual_micros=0)
+    assert not await ledger.close_row(first, Settlement(Status.FAILED, 0))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     row = ledger_rows(path, "id=?", (first,))[0]
     assert (row["status"], row["actual_micros"], row["request_ids"], row["attempts"]) == (
@@ -155,11 +155,11 @@ async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_led
 
     # A deliberate correction of a closed row (only_if_open=False) moves the counters from its
     # current actual amount, not from its long-gone reservation.
-    assert await ledger.close_row(first, status="succeeded", actual_micros=45_000, only_if_open=False)
+    assert await ledger.close_row(first, Settlement(Status.SUCCEEDED, 45_000), only_if_open=False)
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (95_000, 1)
-    assert await ledger.close_row(third, status="failed", actual_micros=0, only_if_open=False)
+    assert await ledger.close_row(third, Settlement(Status.FAILED, 0), only_if_open=False)
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (45_000, 1)
-    assert await ledger.close_row(second, status="succeeded", actual_micros=10_000, only_if_open=False)
+    assert await ledger.close_row(second, Settlement(Status.SUCCEEDED, 10_000), only_if_open=False)
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (55_000, 2)
     assert_counters_match(path)
 
@@ -249,13 +249,13 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
             status, actual = rng.choice([
                 ("succeeded", rng.randint(0, reserved)), ("failed", 0), ("cancelled", reserved),
                 ("cancelled", 0), ("possibly_billed", reserved)])
-            assert await ledger.close_row(row["id"], status=status, actual_micros=actual)
+            assert await ledger.close_row(row["id"], Settlement(Status(status), actual))
             closed += 1
         elif op == "reclose":
             done = ledger_rows(path, f"NOT ({OPEN_SQL})")
             if done:
                 before_counters = stored_counters(path)
-                assert not await ledger.close_row(rng.choice(done)["id"], status="failed", actual_micros=0)
+                assert not await ledger.close_row(rng.choice(done)["id"], Settlement(Status.FAILED, 0))
                 assert stored_counters(path) == before_counters
         elif op == "time":
             clock.advance(hours=rng.uniform(0, 30))
@@ -565,7 +565,7 @@ async def _report_ledger(tmp_path: Path) -> Ledger:
         req = ImageRequest(prompt="p", size=parse_size(size), quality=quality)
         reservation = await ledger.reserve(who, req, 100_000)
         if status != "reserved":
-            await ledger.close_row(reservation.row_ids[0], status=status, actual_micros=actual, latency_ms=latency)
+            await ledger.close_row(reservation.row_ids[0], Settlement(Status(status), actual, latency_ms=latency))
     clock.now = REPORT_NOW
     return ledger
 

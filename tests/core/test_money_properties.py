@@ -29,7 +29,7 @@ from bot import quota
 from bot.app import Core
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded
-from bot.jobs import JobFailure, JobResult
+from bot.outcomes import JobFailure, JobResult
 from bot.pricing import Usage, cost_micros
 from bot.request import ImageRequest, Requester
 from tests.core.test_jobs_money import RecordingView

@@ -18,7 +18,7 @@ from typing import Any
 
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
-from bot.ledger import Interrupted, Ledger
+from bot.ledger import Interrupted, Ledger, Settlement, Status
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
 
@@ -114,7 +114,7 @@ def _crashing_worker(path: str, ready: Any) -> None:
         await ledger.start(running.row_ids[1])
         done = await ledger.reserve(ALICE, request(1), 30_000, job_id="job-done")
         await ledger.start(done.row_ids[0])
-        await ledger.close_row(done.row_ids[0], status="succeeded", actual_micros=25_000)
+        await ledger.close_row(done.row_ids[0], Settlement(Status.SUCCEEDED, 25_000))
         ready.put({"pid": os.getpid(), "instance": ledger.instance_id, "waiting": list(waiting.row_ids),
                    "running": list(running.row_ids), "done": list(done.row_ids)})
         while True:  # alive until killed: its lease runs LEASE past its last heartbeat

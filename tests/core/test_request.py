@@ -4,6 +4,7 @@ every rejection naming its rule and the valid range."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -13,8 +14,8 @@ from PIL import Image
 from bot.errors import UserError
 from bot.images import ImageInput, load_image
 from bot.pricing import load_prices
-from bot.request import Defaults, ImageRequest, parse_request, with_images
-from bot.sizes import AUTO, Size
+from bot.request import Defaults, ImageRequest, build_request, parse_request, with_images
+from bot.sizes import AUTO, Size, parse_size
 
 PRICES = load_prices()
 
@@ -274,3 +275,75 @@ def test_asking_for_a_transparent_background_in_the_prompt_gets_a_note() -> None
     assert request.prompt == "a fox logo on a transparent background"
     (note,) = request.notes
     assert "transparent" in note and "opaque" in note
+
+
+# --- the typed builder: one set of rules for flags and typed options ------------------------------
+
+
+def test_build_request_with_typed_options_equals_parsing_the_same_flags() -> None:
+    refs = [image("base.png", (256, 256))]
+    mask = image("mask.png", (256, 256), mode="RGBA")
+    typed = build_request(
+        "  a red fox  ", prices=PRICES, size="4k", ar="21:9", quality="high", format="webp", compression=60,
+        count=3, model="gpt-image-2", background="opaque", references=refs, mask=mask,
+    )
+    parsed = parse("a red fox --size 4k --ar 21:9 --quality high --format webp --compression 60 --count 3 "
+                   "--model gpt-image-2 --background opaque", references=refs, mask=mask)
+    assert typed == parsed
+    assert typed.prompt == "a red fox" and typed.size == parse_size("4k", "21:9") and typed.count == 3
+
+
+def test_build_request_defaults_equal_parse_request_defaults() -> None:
+    defaults = Defaults(size="1536x1024", quality="medium", model="gpt-image-1.5")
+    assert build_request("a cat", prices=PRICES, defaults=defaults) == parse("a cat", defaults=defaults)
+    assert build_request("a cat", prices=PRICES).model == "gpt-image-2"
+
+
+def _flags(**options: object) -> str:
+    return "".join(f" --{name} {value}" for name, value in options.items() if value is not None)
+
+
+SIZES = [None, "auto", "1k", "2k", "4k", "1536x1024", "2048x1152", "1000x1000", "huge"]
+RATIOS = [None, "16:9", "9:16", "1:1", "5:1"]
+QUALITY_VALUES = [None, "low", "HIGH", "auto", "ultra"]
+FORMAT_VALUES = [None, "png", "jpg", "webp", "gif"]
+MODELS = [None, "gpt-image-2", "gpt-image-1.5", "gpt-image-1-mini", "dall-e-3"]
+BACKGROUNDS = [None, "auto", "opaque", "transparent", "blue"]
+
+
+@given(
+    prompt=st.sampled_from(["a cat", "a logo on a transparent background", "   "]),
+    size=st.sampled_from(SIZES), ar=st.sampled_from(RATIOS), quality=st.sampled_from(QUALITY_VALUES),
+    fmt=st.sampled_from(FORMAT_VALUES), compression=st.one_of(st.none(), st.integers(0, 120)),
+    count=st.one_of(st.none(), st.integers(0, 6)), model=st.sampled_from(MODELS),
+    background=st.sampled_from(BACKGROUNDS),
+)
+def test_both_paths_give_equal_requests_or_equal_refusals(
+    prompt: str, size: str | None, ar: str | None, quality: str | None, fmt: str | None,
+    compression: int | None, count: int | None, model: str | None, background: str | None,
+) -> None:
+    options = {"size": size, "ar": ar, "quality": quality, "format": fmt, "compression": compression,
+               "count": count, "model": model, "background": background}
+
+    def outcome(build: Callable[[], ImageRequest]) -> ImageRequest | str:
+        try:
+            return build()
+        except UserError as exc:
+            return f"refused: {exc}"
+
+    typed = outcome(lambda: build_request(prompt, prices=PRICES, **options))  # type: ignore[arg-type]
+    parsed = outcome(lambda: parse(prompt + _flags(**options)))
+    assert typed == parsed
+
+
+def test_typed_options_make_the_same_request_as_flags_and_may_not_repeat_one() -> None:
+    """Discord's typed options go straight into the request, with no round trip through flag text."""
+    prices = load_prices()
+    typed = parse_request("a fox --ar 16:9", prices=prices,
+                          options={"size": "2k", "quality": "high", "count": 2, "compression": 70, "format": None})
+    flagged = parse_request("a fox --ar 16:9 --size 2k --quality high --count 2 --compression 70", prices=prices)
+    assert typed == flagged and typed.prompt == "a fox"
+    with pytest.raises(UserError, match="--size is given twice"):
+        parse_request("a fox --size 1k", prices=prices, options={"size": "2k"})
+    with pytest.raises(UserError, match="count"):
+        parse_request("a fox", prices=prices, options={"count": 9})

@@ -25,7 +25,7 @@ from bot import commands, config, quota, store
 from bot.app import Core
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
-from bot.ledger import Ledger
+from bot.ledger import Ledger, Settlement, Status
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
 
@@ -62,7 +62,7 @@ async def spend(core: Core, who: Requester, micros: int, count: int = 1) -> None
     """One settled job of `count` images costing `micros` each."""
     reservation = await core.ledger.reserve(who, request(count), micros)
     for row in reservation.row_ids:
-        await core.ledger.close_row(row, status="succeeded", actual_micros=micros)
+        await core.ledger.close_row(row, Settlement(Status.SUCCEEDED, micros))
 
 
 # --- limits: a tenant admin's overrides stay in their tenant -----------------------------------------
@@ -377,7 +377,7 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
         # G1's migrated workspace limit binds there, and only there.
         with pytest.raises(QuotaExceeded, match="this workspace's monthly spend"):
             await ledger.reserve(Requester("discord", "G1", "99", "42"), request(1), 50_001)
-        await ledger.close_row(reservation.row_ids[0], status="succeeded", actual_micros=3_000)
+        await ledger.close_row(reservation.row_ids[0], Settlement(Status.SUCCEEDED, 3_000))
         expected = _expected_counters([*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000,
                                                    "2026-04-15")])
         assert _counters(path) == expected
@@ -443,7 +443,7 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
                         row = open_rows[pick % len(open_rows)]
                         actual = {"succeeded": int(row["reserved_micros"] * share), "failed": 0,
                                   "cancelled": 0, "possibly_billed": row["reserved_micros"]}[status]
-                        assert ledger.close_row_sync(row["id"], status=status, actual_micros=actual)
+                        assert ledger.close_row_sync(row["id"], Settlement(Status(status), actual))
                 elif op[0] == "limit":
                     _, (platform, workspace), (scope, ident), column, value = op
                     tenant = quota.Tenant(platform, workspace)

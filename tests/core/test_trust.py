@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from bot import texts
 from bot.config import QuotaDefaults
-from bot.jobs import JobFailure, JobResult
 from bot.ledger import Interrupted, Ledger
+from bot.outcomes import JobFailure, JobResult
 from bot.pricing import cost_micros, format_usd, load_prices
 from bot.request import parse_request
 from tests.core.test_jobs_money import (
@@ -75,8 +76,8 @@ async def test_a_retry_the_limits_cannot_take_is_not_made(make_core: MakeCore) -
     assert len(server.calls) == 1, "no retry past the limit"
     [row] = rows(core)
     assert (row["status"], row["actual_micros"], row["reserved_micros"]) == ("possibly_billed", each, each)
-    assert "not retried" in outcome.summary() and "daily spend limit" in outcome.summary()
-    assert f"Charged {format_usd(each)}" in outcome.summary()
+    assert "not retried" in texts.summary(outcome) and "daily spend limit" in texts.summary(outcome)
+    assert f"Charged {format_usd(each)}" in texts.summary(outcome)
     assert user_day(core)[0] == each <= each + each // 2
     assert_counters_match_ledger(core)
 
@@ -136,7 +137,7 @@ async def test_cancel_delivers_the_finished_images_and_charges_only_what_may_be_
     [stopped] = [r for r in settled if r["status"] == "cancelled"]
     assert stopped["actual_micros"] == each  # its call had gone out: charged at the estimate
     assert outcome.total_micros == sum(r["actual_micros"] for r in settled)
-    summary = outcome.summary()
+    summary = texts.summary(outcome)
     assert "3 images" in summary and format_usd(outcome.total_micros) in summary
     assert "cancelled by the requester during its API call" in summary and format_usd(each) in summary
     assert "gave no image" not in summary
@@ -152,7 +153,7 @@ async def test_shutdown_past_the_grace_still_delivers_the_finished_images(make_c
     assert isinstance(outcome, JobResult) and view.delivered == [outcome] and len(outcome.images) == 3
     statuses = sorted(r["status"] for r in rows(core))
     assert statuses == ["interrupted", "succeeded", "succeeded", "succeeded"]
-    assert "interrupted by a shutdown" in outcome.summary()
+    assert "interrupted by a shutdown" in texts.summary(outcome)
     assert rows(core, "status IN ('reserved', 'running')") == []
     assert_counters_match_ledger(core)
 

@@ -21,7 +21,8 @@ async def discord(tmp_path: Path) -> AsyncIterator[Any]:
         yield running
 
 
-# Discord streams (for its previews), so a dropped connection is a stream that broke.
+# Discord streams previews where they pay for themselves (a high-quality render here), so a dropped
+# connection is a stream that broke.
 MATRIX = {**FAULT_MATRIX, "drop*": ("possibly_billed", "estimate", 3, "stream broke")}
 
 
@@ -30,8 +31,9 @@ async def test_fault(fault: str, discord: Any) -> None:
     fake, bot = discord
     status, charge, attempts, words = MATRIX[fault]
     bot.server.push_faults(fault)
-    ix = await imagine(fake, f"fault {fault}", size="1024x1024", quality="low")
+    ix = await imagine(fake, f"fault {fault}", size="1024x1024", quality="high")
     [row] = await bot.settled(1, timeout=30)
+    assert bot.server.calls[0].partial_images > 0  # streamed
     assert (row["status"], row["attempts"]) == (status, attempts)
     expected = expected_charge(row, charge)
     assert row["actual_micros"] == expected

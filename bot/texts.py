@@ -1,0 +1,123 @@
+"""Everything the bot says to people, in plain text, in one place (platform markup is the adapters' job:
+they escape these strings for mrkdwn or Discord markdown and add mentions).
+
+Each function takes the core's data (a Progress, a JobResult, ...) and returns the words; nothing here
+knows which platform shows them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .ledger import Interrupted
+from .outcomes import JobFailure, JobResult, Progress
+from .pricing import format_usd
+from .request import ImageRequest
+
+BAR_WIDTH = 20
+OFFLINE = "offline image server"
+RESTARTING = "the bot is restarting and not taking new jobs; try again in a minute"
+CANCEL_REFUSED = "Only the person who started this job can cancel it, and only while it runs."
+NOT_AN_IMAGE_MESSAGE = "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image."
+TOKEN_EXPIRING = ("Still working. Discord stops edits of this message after 15 minutes, so progress and the image "
+                  "continue in a reply to it.")
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def bar(fraction: float, width: int = BAR_WIDTH) -> str:
+    filled = int(width * fraction)
+    return "█" * filled + "░" * (width - filled)
+
+
+def settings_line(request: ImageRequest, offline: bool) -> str:
+    """`1536x1024 high jpeg · edit · x2 · offline image server`."""
+    parts = [request.describe(), "edit" if request.is_edit else "", f"x{request.count}" if request.count > 1 else "",
+             OFFLINE if offline else ""]
+    return " · ".join(p for p in parts if p)
+
+
+def status_line(progress: Progress, code: Callable[[str], str] = str) -> str:
+    """Queue position, or a progress bar with elapsed/expected seconds (`code` marks the bar up)."""
+    if progress.state == "queued":
+        return f"queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
+    status = f"{code(bar(progress.fraction))} {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
+    if progress.count > 1:
+        status += f" · {progress.done}/{progress.count} done"
+    return status
+
+
+def result_summary(result: JobResult) -> str:
+    """Size, quality, format, cost, time, quota and request ids; then notes, what did not finish, offline."""
+    first = result.images[0]
+    ids = ", ".join(i for img in result.images for i in img.request_ids) or "none"
+    parts = [f"{first.width}x{first.height} {result.request.quality} {result.request.format}",
+             plural(len(result.images), "image") if result.request.count > 1 else "",
+             format_usd(result.total_micros), f"{result.elapsed:.1f} s", result.quota_left, f"request id {ids}"]
+    text = " · ".join(p for p in parts if p)
+    extra = list(result.request.notes) + list(result.failures)
+    if result.offline:
+        extra.append(f"made by the {OFFLINE}, not OpenAI")
+    return text + "".join(f"\n{note}" for note in extra)
+
+
+def failure_summary(failure: JobFailure) -> str:
+    """Why no image came, the request ids, and what was charged and why."""
+    ids = f" (request id {', '.join(failure.request_ids)})" if failure.request_ids else ""
+    head = "Cancelled" if failure.cancelled else "Failed"
+    if not failure.charged_micros:
+        money = "Nothing was charged."
+    elif failure.cancelled:
+        money = (f"Charged {format_usd(failure.charged_micros)}: its API call had already started, and the API "
+                 "may bill a call even when its answer is never read.")
+    else:
+        money = f"Charged {format_usd(failure.charged_micros)}: the API may have billed attempts that gave no image."
+    return f"{head}: {failure.message}{ids}. {money}" + (f" ({OFFLINE})" if failure.offline else "")
+
+
+def summary(outcome: JobResult | JobFailure) -> str:
+    """The summary of either outcome."""
+    return result_summary(outcome) if isinstance(outcome, JobResult) else failure_summary(outcome)
+
+
+def image_failed(error: str) -> str:
+    """One image of a job that did not come, beside those that did."""
+    return f"failed: {error}"
+
+
+def image_stopped(reason: str, charged_micros: int) -> str:
+    verb = "cancelled by the requester" if reason == "cancelled" else "interrupted by a shutdown"
+    if charged_micros:
+        return f"1 image {verb} during its API call, charged {format_usd(charged_micros)} as possibly billed"
+    return f"1 image {verb} before its API call, nothing charged"
+
+
+def stopped_job(reason: str) -> str:
+    return ("cancelled by the requester" if reason == "cancelled"
+            else "interrupted because the bot is shutting down; run it again in a minute")
+
+
+def done_line(result: JobResult, where: str = "in the thread") -> str:
+    """The progress message's last state once the image is delivered."""
+    first = result.images[0]
+    return (f"Done: {first.width}x{first.height} {result.request.quality} · {format_usd(result.total_micros)} · "
+            f"{result.elapsed:.0f} s · {plural(len(result.images), 'image')} {where}")
+
+
+def cannot_post(reason: str) -> str:
+    """The progress message could not be posted, so the job never started."""
+    return f"I could not post in this channel ({reason}). Nothing was charged."
+
+
+def undelivered(why: str, summary: str) -> str:
+    """Made and paid for, but the platform did not take the upload: never silently."""
+    return f"The image was made and charged, but it could not be posted: {why}.\n{summary}"
+
+
+def interrupted(job: Interrupted) -> str:
+    """A job a stopped process left unfinished, told by whichever process serves its platform."""
+    money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have been "
+             "billed" if job.charged_micros else "nothing was charged")
+    return f"this job was interrupted by a restart before it finished; {money}. Run /imagine again to retry."
