@@ -70,8 +70,10 @@ def cmd_imagine(argv: Sequence[str]) -> int:
     from . import console
 
     if not argv or argv[0] in ("-h", "--help"):
-        print('usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
-              "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE")
+        print(
+            'usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
+            "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE"
+        )
         return 0
     try:
         text, options = _split_imagine(argv)
@@ -80,9 +82,13 @@ def cmd_imagine(argv: Sequence[str]) -> int:
         return 2
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
-    who = Requester("cli", options.get("workspace", "local"), options.get("channel", "cli"), options.get("user", "cli"))
+    who = Requester(
+        "cli", options.get("workspace", "local"), options.get("channel", "cli"), options.get("user", "cli")
+    )
     out = Path(options.get("out", "imagebot-image.jpg"))
-    return asyncio.run(_with_core(settings, lambda core: console.imagine(core, text, who, out, out_is_file=True)))
+    return asyncio.run(
+        _with_core(settings, lambda core: console.imagine(core, text, who, out, out_is_file=True))
+    )
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -91,7 +97,9 @@ def cmd_console(args: argparse.Namespace) -> int:
     settings = _settings()
     logs.setup("WARNING", settings.secrets())
     who = Requester("console", "local", args.channel, args.user)
-    asyncio.run(_with_core(settings, lambda core: console.loop(core, who, Path(args.out or settings.out_dir))))
+    asyncio.run(
+        _with_core(settings, lambda core: console.loop(core, who, Path(args.out or settings.out_dir)))
+    )
     return 0
 
 
@@ -109,18 +117,26 @@ def cmd_offline_server(args: argparse.Namespace) -> int:
 
     settings = _settings()
     logs.setup(settings.log_level, settings.secrets())
-    main_forever(args.host, args.port, settings.offline_latency if args.latency is None else args.latency,
-                 settings.offline_faults, load_prices(settings.prices_path))
+    main_forever(
+        args.host,
+        args.port,
+        settings.offline_latency if args.latency is None else args.latency,
+        settings.offline_faults,
+        load_prices(settings.prices_path),
+    )
     return 0
 
 
-_NAME_IT = "add --tenant PLATFORM:WORKSPACE (e.g. --tenant slack:T123, --tenant discord:456, --tenant cli:local)"
+_NAME_IT = (
+    "add --tenant PLATFORM:WORKSPACE (e.g. --tenant slack:T123, --tenant discord:456, --tenant cli:local)"
+)
 
 
 async def _seen(ledger: Ledger, where: str = "1", params: Sequence[str] = ()) -> list[Tenant]:
     """The tenants whose ledger rows match `where`, in a stable order."""
-    rows = await ledger.query(f"SELECT DISTINCT platform, workspace FROM ledger WHERE {where} ORDER BY 1, 2",
-                              list(params))
+    rows = await ledger.query(
+        f"SELECT DISTINCT platform, workspace FROM ledger WHERE {where} ORDER BY 1, 2", list(params)
+    )
     return [Tenant(p or "", w or "") for p, w in rows]
 
 
@@ -131,11 +147,16 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
     if args.tenant:
         tenant = Tenant.parse(args.tenant)
         if workspace and workspace != tenant.workspace:
-            raise UserError(f"{command}: --workspace {workspace} is not the workspace of --tenant {tenant}; "
-                            "give --tenant alone")
+            raise UserError(
+                f"{command}: --workspace {workspace} is not the workspace of --tenant {tenant}; "
+                "give --tenant alone"
+            )
         return tenant
-    named = [(column, getattr(args, column)) for column in ("workspace", "user", "channel")
-             if getattr(args, column, None)]
+    named = [
+        (column, getattr(args, column))
+        for column in ("workspace", "user", "channel")
+        if getattr(args, column, None)
+    ]
     if not named:
         return None
     what = " ".join(f"--{column} {value}" for column, value in named)
@@ -143,7 +164,9 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
     if len(found) == 1:
         return found[0]
     if found:
-        raise UserError(f"{command}: {what} is in {len(found)} tenants ({', '.join(map(str, found))}); {_NAME_IT}")
+        raise UserError(
+            f"{command}: {what} is in {len(found)} tenants ({', '.join(map(str, found))}); {_NAME_IT}"
+        )
     everyone = await _seen(ledger)
     if workspace and len({t.platform for t in everyone}) == 1:
         return Tenant(everyone[0].platform, workspace)  # as the schema-5 migration decides, too
@@ -151,8 +174,10 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
         return everyone[0]
     if command == "report":
         return None  # nothing to mix up: the report is simply empty
-    raise UserError(f"{command}: {what} is not in the ledger's {len(everyone)} tenants, so its tenant is "
-                    f"unknown; {_NAME_IT}")
+    raise UserError(
+        f"{command}: {what} is not in the ledger's {len(everyone)} tenants, so its tenant is "
+        f"unknown; {_NAME_IT}"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -162,11 +187,14 @@ def cmd_report(args: argparse.Namespace) -> int:
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
-        built = await report.build(ledger, tenant=tenant, channel=args.channel, user=args.user, days=args.days)
+        built = await report.build(
+            ledger, tenant=tenant, channel=args.channel, user=args.user, days=args.days
+        )
         print(built.text())
         if args.csv:
-            rows = await report.export_csv(ledger, args.csv, tenant=tenant, channel=args.channel, user=args.user,
-                                           days=args.days)
+            rows = await report.export_csv(
+                ledger, args.csv, tenant=tenant, channel=args.channel, user=args.user, days=args.days
+            )
             print(f"Wrote {rows} ledger rows to {args.csv}")
         if args.chart:
             chart = await asyncio.to_thread(report.chart_png, built)
@@ -198,17 +226,26 @@ def cmd_quota(args: argparse.Namespace) -> int:
             if args.user and args.channel and args.action == "set":
                 raise UserError(f"{command}: give one of --user ID or --channel ID (with --tenant), not both")
             if args.action == "set":
-                values = quota.parse_limits(args.limits)  # a bad limit is reported before the tenant is looked up
+                values = quota.parse_limits(
+                    args.limits
+                )  # a bad limit is reported before the tenant is looked up
             elif args.limits:
                 raise UserError(f"{command} takes no limits ({' '.join(args.limits)}); use quota set")
             tenant = await _tenant(ledger, args, command)
             if tenant is None:
-                raise UserError(f"{command} needs a target: --tenant PLATFORM:WORKSPACE for the tenant's own limit, "
-                                "with --user ID or --channel ID for one of its users or channels")
+                raise UserError(
+                    f"{command} needs a target: --tenant PLATFORM:WORKSPACE for the tenant's own limit, "
+                    "with --user ID or --channel ID for one of its users or channels"
+                )
             if args.action == "show":
                 return await _show(ledger, args, tenant)
-            scope, key = (("user", args.user) if args.user else ("channel", args.channel) if args.channel
-                          else ("workspace", tenant.workspace))
+            scope, key = (
+                ("user", args.user)
+                if args.user
+                else ("channel", args.channel)
+                if args.channel
+                else ("workspace", tenant.workspace)
+            )
             await ledger.set_limits(scope, key, values, tenant=tenant)
         except UserError as exc:
             print(exc, file=sys.stderr)
@@ -222,13 +259,18 @@ def cmd_quota(args: argparse.Namespace) -> int:
 async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int:
     """The limits that apply to what is named: the tenant's own, plus the user's or the channel's."""
     who = Requester(tenant.platform, tenant.workspace, args.channel or "", args.user or "")
-    wanted = {"workspace_month"} | ({"user_day", "user_month"} if args.user else set()) | (
-        {"channel_month"} if args.channel else set())
+    wanted = (
+        {"workspace_month"}
+        | ({"user_day", "user_month"} if args.user else set())
+        | ({"channel_month"} if args.channel else set())
+    )
     lines = [line for line in await ledger.quota_lines(who) if quota.LABELS.get(line.label) in wanted]
     if not lines:
         print("no limits apply")
     for line in lines:
-        print(f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}")
+        print(
+            f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}"
+        )
     return 0
 
 
@@ -250,8 +292,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["imagine"]:
         raise SystemExit(cmd_imagine(argv[1:]))
-    parser = argparse.ArgumentParser(prog="imagebot", description="Slack/Discord bot for gpt-image-2 with quotas "
-                                     "and a cost ledger. Configure with environment variables (see README).")
+    parser = argparse.ArgumentParser(
+        prog="imagebot",
+        description="Slack/Discord bot for gpt-image-2 with quotas "
+        "and a cost ledger. Configure with environment variables (see README).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start every adapter whose tokens are set").set_defaults(fn=cmd_run)
     p = sub.add_parser("console", help="a local prompt loop on the same core")
@@ -266,8 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=None)
     p.set_defaults(fn=cmd_offline_server)
     p = sub.add_parser("report", help="usage report from the ledger (every tenant, or --tenant's)")
-    p.add_argument("--tenant", help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 (default: every tenant, "
-                                    "or the only one --channel/--user is in)")
+    p.add_argument(
+        "--tenant",
+        help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 (default: every tenant, "
+        "or the only one --channel/--user is in)",
+    )
     p.add_argument("--channel")
     p.add_argument("--user")
     p.add_argument("--days", type=int, default=30)
@@ -276,17 +324,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("quota", help="show or set quota limits of a tenant, or of its users and channels")
     p.add_argument("action", choices=["show", "set"])
-    p.add_argument("--tenant", help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456; alone: the tenant's own "
-                                    "limit (default: the only tenant the id is in)")
+    p.add_argument(
+        "--tenant",
+        help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456; alone: the tenant's own "
+        "limit (default: the only tenant the id is in)",
+    )
     p.add_argument("--user")
     p.add_argument("--channel")
     p.add_argument("--workspace", help="a workspace id; names the tenant where that is unambiguous")
-    p.add_argument("limits", nargs="*", help="daily_usd=N daily_images=N monthly_usd=N monthly_images=N "
-                                              "(N, unlimited or default)")
+    p.add_argument(
+        "limits",
+        nargs="*",
+        help="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
+    )
     p.set_defaults(fn=cmd_quota)
     p = sub.add_parser("slack-manifest", help="print a Slack app manifest")
     p.add_argument("--http", action="store_true", help="HTTP mode instead of Socket Mode")
-    p.add_argument("--url", default="https://YOUR-HOST/slack/events", help="public URL of /slack/events (HTTP mode)")
+    p.add_argument(
+        "--url", default="https://YOUR-HOST/slack/events", help="public URL of /slack/events (HTTP mode)"
+    )
     p.set_defaults(fn=cmd_slack_manifest)
     p = sub.add_parser("discord-invite", help="print the OAuth2 URL to add the bot to a server")
     p.add_argument("client_id", nargs="?", default="YOUR_APPLICATION_ID")

@@ -21,7 +21,9 @@ class ConsoleView:
 
     previews = False  # a terminal cannot show a partial image: stream none (each costs output tokens)
 
-    def __init__(self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None) -> None:
+    def __init__(
+        self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None
+    ) -> None:
         self.out = out
         self.out_is_file = out_is_file
         self.err = err or sys.stderr
@@ -69,8 +71,9 @@ def _write(path: Path, data: bytes) -> None:
     path.write_bytes(data)
 
 
-async def imagine(core: Core, text: str, who: Requester, out: Path, *, out_is_file: bool,
-                  err: TextIO | None = None) -> int:
+async def imagine(
+    core: Core, text: str, who: Requester, out: Path, *, out_is_file: bool, err: TextIO | None = None
+) -> int:
     """One job: exit 0 on success, 1 on a provider failure, 2 on invalid input or a quota refusal."""
     view = ConsoleView(out, out_is_file=out_is_file, err=err)
     core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
@@ -111,8 +114,10 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
 async def loop(core: Core, who: Requester, out_dir: Path) -> None:
     """Read lines until EOF or `quit`."""
     offline = " (offline image server)" if core.runner.offline else ""
-    print(f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; "
-          f"/imagine-usage, /imagine-quota, quit. Images go to {out_dir}/")
+    print(
+        f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; "
+        f"/imagine-usage, /imagine-quota, quit. Images go to {out_dir}/"
+    )
     while True:
         try:
             line = await asyncio.to_thread(input, "imagine> ")

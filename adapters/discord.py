@@ -70,8 +70,9 @@ def quote(prompt: str, limit: int = 300) -> str:
 
 def pings(user: str) -> discord.AllowedMentions:
     """Ping the requester and nobody else (no @everyone, roles or other users from the prompt)."""
-    return discord.AllowedMentions(everyone=False, roles=False, users=[discord.Object(int(user))],
-                                   replied_user=False)
+    return discord.AllowedMentions(
+        everyone=False, roles=False, users=[discord.Object(int(user))], replied_user=False
+    )
 
 
 def token_gone(exc: discord.HTTPException) -> bool:
@@ -97,7 +98,9 @@ def describe(exc: BaseException) -> str:
 def progress_text(progress: Progress) -> str:
     """The live progress message: settings, prompt, a bar, elapsed/expected time, queue position."""
     request = progress.request
-    status = texts.status_line(progress, code=lambda bar: f"`{bar}`")  # our own words and numbers: no escaping
+    status = texts.status_line(
+        progress, code=lambda bar: f"`{bar}`"
+    )  # our own words and numbers: no escaping
     head = f"**{'Editing' if request.is_edit else 'Rendering'}** · {escape(texts.settings_line(request, progress.offline))}"
     return clip(f"{head}\n{quote(request.prompt)}\n{status[0].upper()}{status[1:]}")
 
@@ -126,17 +129,23 @@ def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[t
     return uploads, notes
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)"):
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)"
+):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
     def __init__(self, job_id: str) -> None:
-        super().__init__(discord.ui.Button(label="Cancel", style=discord.ButtonStyle.danger,
-                                           custom_id=CANCEL_PREFIX + job_id))
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel", style=discord.ButtonStyle.danger, custom_id=CANCEL_PREFIX + job_id
+            )
+        )
         self.job_id = job_id
 
     @classmethod
-    async def from_custom_id(cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any],
-                             match: re.Match[str], /) -> CancelButton:
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> CancelButton:
         return cls(match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
@@ -147,8 +156,11 @@ class EditModal(discord.ui.Modal, title="Edit image"):
     """Asks for the edit instruction of the "Edit image" message command."""
 
     instruction: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-        label="Instruction", style=discord.TextStyle.paragraph, max_length=4000,
-        placeholder="make the sky stormy --quality high")
+        label="Instruction",
+        style=discord.TextStyle.paragraph,
+        max_length=4000,
+        placeholder="make the sky stormy --quality high",
+    )
 
     def __init__(self, adapter: DiscordAdapter, target: discord.Message, image: discord.Attachment) -> None:
         super().__init__(timeout=600)
@@ -194,9 +206,17 @@ class DiscordJobView:
 
     previews = True  # an edit of the message can carry the latest partial image
 
-    def __init__(self, adapter: DiscordAdapter, who: Requester, tell: Callable[[str], Awaitable[Any]], *,
-                 interaction: discord.Interaction[Any] | None, born: float, anchor: int | None,
-                 upload_limit: int) -> None:
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        who: Requester,
+        tell: Callable[[str], Awaitable[Any]],
+        *,
+        interaction: discord.Interaction[Any] | None,
+        born: float,
+        anchor: int | None,
+        upload_limit: int,
+    ) -> None:
         self.adapter = adapter
         self.who = who
         self.tell = tell  # a reply only the requester sees
@@ -218,17 +238,23 @@ class DiscordJobView:
 
     @property
     def token_alive(self) -> bool:
-        return (self.interaction is not None and not self.expired
-                and time.monotonic() - self.born < self.adapter.token_lifetime)
+        return (
+            self.interaction is not None
+            and not self.expired
+            and time.monotonic() - self.born < self.adapter.token_lifetime
+        )
 
     @property
     def reference(self) -> discord.MessageReference:
         """A reply to the anchor that still posts if the anchor was deleted (MISSING: no anchor)."""
         if self.anchor is None:
             return MISSING
-        return discord.MessageReference(message_id=self.anchor, channel_id=int(self.who.channel),
-                                        guild_id=int(self.who.workspace), fail_if_not_exists=False)
-
+        return discord.MessageReference(
+            message_id=self.anchor,
+            channel_id=int(self.who.channel),
+            guild_id=int(self.who.workspace),
+            fail_if_not_exists=False,
+        )
 
     async def _via_interaction(self, edit: Callable[[discord.Interaction[Any]], Awaitable[Any]]) -> bool:
         """Try `edit` with the interaction token; False (and from now on the channel) if the token is gone.
@@ -239,7 +265,8 @@ class DiscordJobView:
             self.expired = True
             with contextlib.suppress(Exception):
                 await self.interaction.edit_original_response(
-                    content=f"{quote(self.prompt)}\n{texts.TOKEN_EXPIRING}", allowed_mentions=NO_PINGS)
+                    content=f"{quote(self.prompt)}\n{texts.TOKEN_EXPIRING}", allowed_mentions=NO_PINGS
+                )
             return False
         try:
             await edit(self.interaction)
@@ -247,8 +274,10 @@ class DiscordJobView:
         except discord.HTTPException as exc:
             if not token_gone(exc):
                 raise
-            log.info("interaction token gone; continuing in the channel",
-                     extra={"job_id": self.job_id, "status": exc.status, "code": exc.code})
+            log.info(
+                "interaction token gone; continuing in the channel",
+                extra={"job_id": self.job_id, "status": exc.status, "code": exc.code},
+            )
             self.expired = True
             return False
 
@@ -262,10 +291,15 @@ class DiscordJobView:
             try:
                 async with asyncio.timeout(self.adapter.post_timeout):
                     self.progress_message = await self.channel.send(
-                        progress_text(first), view=cancel_view(self.job_id), reference=self.reference,
-                        allowed_mentions=NO_PINGS)
+                        progress_text(first),
+                        view=cancel_view(self.job_id),
+                        reference=self.reference,
+                        allowed_mentions=NO_PINGS,
+                    )
             except discord.HTTPException as exc:
-                raise CannotPost(f"{describe(exc)}; I need View Channel, Send Messages and Attach Files") from exc
+                raise CannotPost(
+                    f"{describe(exc)}; I need View Channel, Send Messages and Attach Files"
+                ) from exc
             except Exception as exc:  # dropped or unanswered
                 raise CannotPost(f"{describe(exc)}; try again") from exc
             self._last_edit = time.monotonic()
@@ -282,7 +316,9 @@ class DiscordJobView:
         if progress.preview is not None:
             self._preview = progress.preview
         now = time.monotonic()
-        if (self._pending is not None and not self._pending.done()) or now - self._last_edit < self.adapter.edit_interval:
+        if (
+            self._pending is not None and not self._pending.done()
+        ) or now - self._last_edit < self.adapter.edit_interval:
             return  # Discord rate-limits edits: skip this tick, the next one catches up
         if not self.adapter.edits.take():
             return  # over the bot-wide progress budget (many jobs at once): skip, as above
@@ -301,25 +337,40 @@ class DiscordJobView:
             # A deadline: an edit that hangs would hold up the result (see _drain) and, on the interaction,
             # every later edit (discord.py sends one webhook call per token at a time).
             async with asyncio.timeout(self.adapter.post_timeout):
-                if await self._via_interaction(lambda ix: ix.edit_original_response(
-                        content=content, attachments=attachments, view=cancel_view(self.job_id),
-                        allowed_mentions=NO_PINGS)):
+                if await self._via_interaction(
+                    lambda ix: ix.edit_original_response(
+                        content=content,
+                        attachments=attachments,
+                        view=cancel_view(self.job_id),
+                        allowed_mentions=NO_PINGS,
+                    )
+                ):
                     return
                 if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
                     attachments = [discord.File(io.BytesIO(preview or b""), "preview.jpg")]
                 if self.progress_message is None:
                     self.progress_message = await self.channel.send(
-                        content, files=attachments, view=cancel_view(self.job_id), reference=self.reference,
-                        allowed_mentions=NO_PINGS)
+                        content,
+                        files=attachments,
+                        view=cancel_view(self.job_id),
+                        reference=self.reference,
+                        allowed_mentions=NO_PINGS,
+                    )
                 else:
-                    await self.progress_message.edit(content=content, attachments=attachments,
-                                                     view=cancel_view(self.job_id), allowed_mentions=NO_PINGS)
+                    await self.progress_message.edit(
+                        content=content,
+                        attachments=attachments,
+                        view=cancel_view(self.job_id),
+                        allowed_mentions=NO_PINGS,
+                    )
         except discord.HTTPException as exc:
             if preview is not None and too_large(exc):
                 # Discord's real limit is below what it told us: remember, so the image is fitted up front.
                 self.upload_limit = min(self.upload_limit, len(preview) - 1)
-            log.warning("progress update failed", extra={"job_id": self.job_id, "status": exc.status,
-                                                         "code": exc.code})
+            log.warning(
+                "progress update failed",
+                extra={"job_id": self.job_id, "status": exc.status, "code": exc.code},
+            )
         except Exception as exc:  # a dropped connection, no answer: the next tick tries again
             log.warning("progress update failed: %s", describe(exc), extra={"job_id": self.job_id})
 
@@ -341,20 +392,28 @@ class DiscordJobView:
 
         deadline = self.adapter.upload_timeout if uploads else self.adapter.post_timeout
         async with asyncio.timeout(deadline):
-            if await self._via_interaction(lambda ix: ix.edit_original_response(
-                    content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS)):
+            if await self._via_interaction(
+                lambda ix: ix.edit_original_response(
+                    content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS
+                )
+            ):
                 return
         async with asyncio.timeout(deadline):
-            await self.channel.send(clip(f"<@{self.who.user}>\n{content}"), files=files(),
-                                    reference=self.reference, allowed_mentions=pings(self.who.user))
+            await self.channel.send(
+                clip(f"<@{self.who.user}>\n{content}"),
+                files=files(),
+                reference=self.reference,
+                allowed_mentions=pings(self.who.user),
+            )
         if self.progress_message is not None:  # posted: a leftover progress message must not fail the job
             message, self.progress_message = self.progress_message, None
             try:
                 async with asyncio.timeout(self.adapter.post_timeout):
                     await message.delete()
             except Exception as exc:
-                log.warning("could not delete the progress message: %s", describe(exc),
-                            extra={"job_id": self.job_id})
+                log.warning(
+                    "could not delete the progress message: %s", describe(exc), extra={"job_id": self.job_id}
+                )
 
     async def _last_word(self, content: str, request_ids: Sequence[str]) -> None:
         """Post `content` where the job is shown; if that fails too, in the channel. Never raises."""
@@ -363,8 +422,10 @@ class DiscordJobView:
                 await self._final(content, [])
                 return
             except Exception:
-                log.exception("could not tell the requester how their job ended",
-                              extra={"job_id": self.job_id, "request_ids": ",".join(request_ids)})
+                log.exception(
+                    "could not tell the requester how their job ended",
+                    extra={"job_id": self.job_id, "request_ids": ",".join(request_ids)},
+                )
                 if self.expired:
                     return  # the channel failed as well: the log is all that is left
                 self.expired = True  # the interaction's message cannot be edited: reply to it instead
@@ -380,8 +441,16 @@ class DiscordJobView:
                     uploads, notes = await asyncio.to_thread(fit_images, images, budget)
                 else:
                     uploads, notes = [(name, data) for data, name in images], []
-                await self._final("\n".join([quote(result.request.prompt), escape(texts.summary(result)),
-                                             *(escape(note) for note in notes)]), uploads)
+                await self._final(
+                    "\n".join(
+                        [
+                            quote(result.request.prompt),
+                            escape(texts.summary(result)),
+                            *(escape(note) for note in notes),
+                        ]
+                    ),
+                    uploads,
+                )
                 return None
             except discord.HTTPException as exc:
                 if not too_large(exc):
@@ -389,7 +458,9 @@ class DiscordJobView:
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
                 problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
-                log.warning("upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget})
+                log.warning(
+                    "upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget}
+                )
             except Exception as exc:  # no answer, a dropped connection, an image that cannot be made small
                 log.exception("image upload failed", extra={"job_id": self.job_id})
                 return describe(exc)
@@ -407,13 +478,16 @@ class DiscordJobView:
         if problem is None:
             return
         # Paid for but not shown: say so, with what it cost and the request ids.
-        await self._last_word(f"{quote(result.request.prompt)}\n"
-                              f"{escape(texts.undelivered(problem, texts.summary(result)))}", request_ids)
+        await self._last_word(
+            f"{quote(result.request.prompt)}\n{escape(texts.undelivered(problem, texts.summary(result)))}",
+            request_ids,
+        )
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
-        await self._last_word(f"{quote(failure.request.prompt)}\n{escape(texts.summary(failure))}",
-                              failure.request_ids)
+        await self._last_word(
+            f"{quote(failure.request.prompt)}\n{escape(texts.summary(failure))}", failure.request_ids
+        )
 
 
 class DiscordAdapter:
@@ -497,36 +571,60 @@ class DiscordAdapter:
         quality_choices = [app_commands.Choice(name=q, value=q) for q in QUALITIES]
         format_choices = [app_commands.Choice(name=f, value=f) for f in FORMATS]
 
-        async def size_autocomplete(interaction: discord.Interaction[Any], current: str
-                                    ) -> list[app_commands.Choice[str]]:
+        async def size_autocomplete(
+            interaction: discord.Interaction[Any], current: str
+        ) -> list[app_commands.Choice[str]]:
             typed = current.strip().lower()
             found = [s for s in SIZE_SUGGESTIONS if s.startswith(typed) or typed in s]
             if typed and typed not in found:
                 found.insert(0, typed)  # free text is allowed; the core validates it
             return [app_commands.Choice(name=s, value=s) for s in found[:25]]
 
-        @tree.command(name="imagine", description="Make an image with gpt-image-2 (attach references to edit)")
+        @tree.command(
+            name="imagine", description="Make an image with gpt-image-2 (attach references to edit)"
+        )
         @app_commands.describe(
-            prompt="What to draw (flags like --ar 16:9 work here too)", size="auto, 1k, 2k, 4k or WxH",
-            quality="Render quality", format="Output format", compression="0-100, jpeg/webp only",
-            count="How many images (1-4)", ref1="Reference image (makes it an edit)", ref2="Reference image",
-            ref3="Reference image", ref4="Reference image", ref5="Reference image",
-            mask="PNG with alpha, the size of ref1: transparent pixels mark where to edit")
+            prompt="What to draw (flags like --ar 16:9 work here too)",
+            size="auto, 1k, 2k, 4k or WxH",
+            quality="Render quality",
+            format="Output format",
+            compression="0-100, jpeg/webp only",
+            count="How many images (1-4)",
+            ref1="Reference image (makes it an edit)",
+            ref2="Reference image",
+            ref3="Reference image",
+            ref4="Reference image",
+            ref5="Reference image",
+            mask="PNG with alpha, the size of ref1: transparent pixels mark where to edit",
+        )
         @app_commands.choices(quality=quality_choices, format=format_choices)
         @app_commands.autocomplete(size=size_autocomplete)
         @app_commands.guild_only()
-        async def imagine(interaction: discord.Interaction[Any], prompt: str, size: str | None = None,
-                          quality: str | None = None, format: str | None = None,
-                          compression: app_commands.Range[int, 0, 100] | None = None,
-                          count: app_commands.Range[int, 1, 4] | None = None,
-                          ref1: discord.Attachment | None = None, ref2: discord.Attachment | None = None,
-                          ref3: discord.Attachment | None = None, ref4: discord.Attachment | None = None,
-                          ref5: discord.Attachment | None = None, mask: discord.Attachment | None = None) -> None:
+        async def imagine(
+            interaction: discord.Interaction[Any],
+            prompt: str,
+            size: str | None = None,
+            quality: str | None = None,
+            format: str | None = None,
+            compression: app_commands.Range[int, 0, 100] | None = None,
+            count: app_commands.Range[int, 1, 4] | None = None,
+            ref1: discord.Attachment | None = None,
+            ref2: discord.Attachment | None = None,
+            ref3: discord.Attachment | None = None,
+            ref4: discord.Attachment | None = None,
+            ref5: discord.Attachment | None = None,
+            mask: discord.Attachment | None = None,
+        ) -> None:
             born = time.monotonic()
             async with self.core.acking():
                 deferred = await interaction.response.defer(thinking=True)
-            options = {"size": "".join(size.split()) or None if size else None,  # "1536 x 1024" is one size
-                       "quality": quality, "format": format, "compression": compression, "count": count}
+            options = {
+                "size": "".join(size.split()) or None if size else None,  # "1536 x 1024" is one size
+                "quality": quality,
+                "format": format,
+                "compression": compression,
+                "count": count,
+            }
             refs = [a for a in (ref1, ref2, ref3, ref4, ref5) if a is not None]
             await self._imagine(interaction, born, deferred, prompt, options, refs, mask)
 
@@ -542,7 +640,9 @@ class DiscordAdapter:
         @tree.command(name="imagine-usage", description="This channel's image usage and spend, with a chart")
         @app_commands.describe(days="How many days back (default 30)")
         @app_commands.guild_only()
-        async def usage(interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30) -> None:
+        async def usage(
+            interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
+        ) -> None:
             await interaction.response.defer(thinking=True)
             await self._reply(interaction, lambda who: commands.usage(self.core, who, f"--days {days}"))
 
@@ -552,30 +652,43 @@ class DiscordAdapter:
             await interaction.response.defer(thinking=True, ephemeral=True)
             await self._reply(interaction, lambda who: commands.my_quota(self.core, who))
 
-        admin = app_commands.Group(name="imagine-admin", description="Admin: set quotas, see all spend",
-                                   default_permissions=discord.Permissions(manage_guild=True), guild_only=True)
+        admin = app_commands.Group(
+            name="imagine-admin",
+            description="Admin: set quotas, see all spend",
+            default_permissions=discord.Permissions(manage_guild=True),
+            guild_only=True,
+        )
 
         @admin.command(name="quota", description="Set limits for a user, a channel, or (neither) the server")
-        @app_commands.describe(limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N "
-                                      "(N, unlimited or default)",
-                               user="The user to limit", channel="The channel to limit")
-        async def admin_quota(interaction: discord.Interaction[Any], limits: str, user: discord.User | None = None,
-                              channel: discord.abc.GuildChannel | None = None) -> None:
+        @app_commands.describe(
+            limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
+            user="The user to limit",
+            channel="The channel to limit",
+        )
+        async def admin_quota(
+            interaction: discord.Interaction[Any],
+            limits: str,
+            user: discord.User | None = None,
+            channel: discord.abc.GuildChannel | None = None,
+        ) -> None:
             await interaction.response.defer(thinking=True, ephemeral=True)
             target = f"<@{user.id}>" if user else f"<#{channel.id}>" if channel else "workspace"
             await self._admin(interaction, f"quota {target} {limits}")
 
         @admin.command(name="report", description="Usage and spend across the whole server")
         @app_commands.describe(days="How many days back (default 30)")
-        async def admin_report(interaction: discord.Interaction[Any],
-                               days: app_commands.Range[int, 1, 366] = 30) -> None:
+        async def admin_report(
+            interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
+        ) -> None:
             await interaction.response.defer(thinking=True, ephemeral=True)
             await self._admin(interaction, f"report --all --days {days}")
 
         tree.add_command(admin)
 
         @tree.error
-        async def on_error(interaction: discord.Interaction[Any], error: app_commands.AppCommandError) -> None:
+        async def on_error(
+            interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+        ) -> None:
             await self.on_error(interaction, getattr(error, "original", error))
 
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
@@ -588,8 +701,12 @@ class DiscordAdapter:
 
     @staticmethod
     def _who(interaction: discord.Interaction[Any]) -> Requester:
-        return Requester("discord", str(interaction.guild_id or ""), str(interaction.channel_id or ""),
-                         str(interaction.user.id))
+        return Requester(
+            "discord",
+            str(interaction.guild_id or ""),
+            str(interaction.channel_id or ""),
+            str(interaction.user.id),
+        )
 
     def _limit(self, interaction: discord.Interaction[Any] | None, guild_id: int | None) -> int:
         """The upload limit: our override, else what the interaction says, else the guild's boost tier."""
@@ -600,18 +717,21 @@ class DiscordAdapter:
         guild = self.client.get_guild(guild_id) if guild_id else None
         return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
-    async def _reply(self, interaction: discord.Interaction[Any],
-                     make: Callable[[Requester], Awaitable[commands.Reply]]) -> None:
+    async def _reply(
+        self, interaction: discord.Interaction[Any], make: Callable[[Requester], Awaitable[commands.Reply]]
+    ) -> None:
         reply = await make(self._who(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
-        await interaction.followup.send(clip(escape(reply.text)), file=file, ephemeral=reply.private,
-                                        allowed_mentions=NO_PINGS)
+        await interaction.followup.send(
+            clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
+        )
 
     async def _admin(self, interaction: discord.Interaction[Any], args: str) -> None:
         # Default permissions hide the command, but a server can override them: check again here.
         platform_admin = bool(interaction.permissions.manage_guild)
-        await self._reply(interaction, lambda who: commands.admin(self.core, who, args,
-                                                                  platform_admin=platform_admin))
+        await self._reply(
+            interaction, lambda who: commands.admin(self.core, who, args, platform_admin=platform_admin)
+        )
 
     async def _tell_privately(self, interaction: discord.Interaction[Any], text: str) -> None:
         """Only the requester sees `text`. After a public "thinking" defer the first follow-up would replace the
@@ -630,17 +750,29 @@ class DiscordAdapter:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    async def _imagine(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, prompt: str,
-                       options: dict[str, str | int | None], refs: Sequence[discord.Attachment],
-                       mask: discord.Attachment | None) -> None:
+    async def _imagine(
+        self,
+        interaction: discord.Interaction[Any],
+        born: float,
+        deferred: Deferred,
+        prompt: str,
+        options: dict[str, str | int | None],
+        refs: Sequence[discord.Attachment],
+        mask: discord.Attachment | None,
+    ) -> None:
         """`/imagine` after the defer: download and decode attachments, build the request, submit."""
         references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
         decoded_mask = await self._decode(mask) if mask is not None else None
         request = self.core.parse(prompt, references, decoded_mask, **options)
         await self._submit(interaction, born, deferred, request)
 
-    async def edit_from_menu(self, interaction: discord.Interaction[Any], target: discord.Message,
-                             image: discord.Attachment, instruction: str) -> None:
+    async def edit_from_menu(
+        self,
+        interaction: discord.Interaction[Any],
+        target: discord.Message,
+        image: discord.Attachment,
+        instruction: str,
+    ) -> None:
         """The "Edit image" modal was submitted: edit the target message's image with the instruction."""
         born = time.monotonic()
         async with self.core.acking():
@@ -648,17 +780,24 @@ class DiscordAdapter:
         request = self.core.parse(instruction, [await self._decode(image)])
         await self._submit(interaction, born, deferred, request)
 
-    async def _submit(self, interaction: discord.Interaction[Any], born: float, deferred: Deferred,
-                      request: ImageRequest) -> None:
+    async def _submit(
+        self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, request: ImageRequest
+    ) -> None:
         """One job shown in the interaction's response (its original message anchors the replies)."""
         original = deferred.message_id if deferred is not None else None
         if original is None:  # the callback answer did not say: ask
             with contextlib.suppress(Exception):
                 original = (await interaction.original_response()).id
         who = self._who(interaction)
-        view = DiscordJobView(self, who, lambda text: self._tell_privately(interaction, text),
-                              interaction=interaction, born=born, anchor=original,
-                              upload_limit=self._limit(interaction, interaction.guild_id))
+        view = DiscordJobView(
+            self,
+            who,
+            lambda text: self._tell_privately(interaction, text),
+            interaction=interaction,
+            born=born,
+            anchor=original,
+            upload_limit=self._limit(interaction, interaction.guild_id),
+        )
         await self.core.submit(request, who, view)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
@@ -706,8 +845,15 @@ class DiscordAdapter:
         except UserError as exc:  # this path has no interaction: the reply to the message is the private word
             await tell(str(exc))
             return
-        view = DiscordJobView(self, who, tell, interaction=None, born=time.monotonic(), anchor=message.id,
-                              upload_limit=self._limit(None, message.guild.id))
+        view = DiscordJobView(
+            self,
+            who,
+            tell,
+            interaction=None,
+            born=time.monotonic(),
+            anchor=message.id,
+            upload_limit=self._limit(None, message.guild.id),
+        )
         await self.core.submit(request, who, view)
 
     async def _decode(self, attachment: discord.Attachment) -> ImageInput:
@@ -720,24 +866,35 @@ class DiscordAdapter:
         try:
             async with self.http.get(attachment.url) as response:
                 if response.status != 200:
-                    raise UserError(f"could not download {attachment.filename} from Discord (HTTP "
-                                    f"{response.status}); attach it again")
-                return await read_capped(response.content.iter_chunked(1 << 16), attachment.filename,
-                                         attachment.size)
+                    raise UserError(
+                        f"could not download {attachment.filename} from Discord (HTTP "
+                        f"{response.status}); attach it again"
+                    )
+                return await read_capped(
+                    response.content.iter_chunked(1 << 16), attachment.filename, attachment.size
+                )
         except aiohttp.ClientError as exc:
-            raise UserError(f"could not download {attachment.filename} from Discord ({type(exc).__name__}); "
-                            "try again") from None
+            raise UserError(
+                f"could not download {attachment.filename} from Discord ({type(exc).__name__}); try again"
+            ) from None
 
     # -- crash recovery -------------------------------------------------------------------
 
     async def tell_interrupted(self, job: Interrupted) -> None:
         channel_id = int(job.context.get("channel_id") or job.channel)
         message_id = job.context.get("message_id")
-        reference = (discord.MessageReference(message_id=int(message_id), channel_id=channel_id,
-                                              fail_if_not_exists=False) if message_id else None)
+        reference = (
+            discord.MessageReference(
+                message_id=int(message_id), channel_id=channel_id, fail_if_not_exists=False
+            )
+            if message_id
+            else None
+        )
         await self.client.get_partial_messageable(channel_id).send(
-            f"<@{job.user}> {escape(texts.interrupted(job))}", reference=reference if reference else MISSING,
-            allowed_mentions=pings(job.user))
+            f"<@{job.user}> {escape(texts.interrupted(job))}",
+            reference=reference if reference else MISSING,
+            allowed_mentions=pings(job.user),
+        )
 
 
 def is_image(attachment: discord.Attachment) -> bool:

@@ -8,31 +8,40 @@ SLACK_COMMANDS = [
     ("/imagine", "Make an image with gpt-image-2", "<prompt> [--size 2k] [--quality high] [--count 2]"),
     ("/imagine-usage", "This channel's image usage and spend", "[--days N]"),
     ("/imagine-quota", "Your remaining image quota", ""),
-    ("/imagine-admin", "Admin: set quotas, see all spend", "quota <@user|#channel|workspace> <limits> | report --all"),
+    (
+        "/imagine-admin",
+        "Admin: set quotas, see all spend",
+        "quota <@user|#channel|workspace> <limits> | report --all",
+    ),
 ]
 # Commands whose text names users and channels: Slack sends them escaped, as <@U123|bob> and <#C123|general>,
 # ids the bot can act on (unescaped it sends a plain "@bob", which names nobody for certain). /imagine is left
 # unescaped on purpose: its text is the prompt, verbatim, and "@bob" should reach the image model as typed.
 SLACK_ESCAPED_COMMANDS = frozenset({"/imagine-admin"})
 SLACK_BOT_SCOPES = [
-    "commands",          # slash commands
-    "chat:write",        # progress messages, summaries, ephemeral errors
-    "files:write",       # upload images into threads (files_upload_v2)
-    "files:read",        # download images users attach to edit replies
+    "commands",  # slash commands
+    "chat:write",  # progress messages, summaries, ephemeral errors
+    "files:write",  # upload images into threads (files_upload_v2)
+    "files:read",  # download images users attach to edit replies
     "channels:history",  # thread replies in public channels (reply-to-edit)
-    "groups:history",    # thread replies in private channels
+    "groups:history",  # thread replies in private channels
     "app_mentions:read",  # @imagebot with images attached (fusion)
-    "users:read",        # users.info: is the caller a workspace admin?
+    "users:read",  # users.info: is the caller a workspace admin?
 ]
 SLACK_EVENTS = ["app_mention", "message.channels", "message.groups"]
 
 
-def slack_manifest(*, socket_mode: bool = True, request_url: str = "https://YOUR-HOST/slack/events") -> dict[str, Any]:
+def slack_manifest(
+    *, socket_mode: bool = True, request_url: str = "https://YOUR-HOST/slack/events"
+) -> dict[str, Any]:
     """A Slack app manifest (paste into api.slack.com/apps -> Create New App -> From a manifest)."""
     commands: list[dict[str, Any]] = []
     for name, description, hint in SLACK_COMMANDS:
-        command: dict[str, Any] = {"command": name, "description": description,
-                                   "should_escape": name in SLACK_ESCAPED_COMMANDS}
+        command: dict[str, Any] = {
+            "command": name,
+            "description": description,
+            "should_escape": name in SLACK_ESCAPED_COMMANDS,
+        }
         if hint:
             command["usage_hint"] = hint
         if not socket_mode:
@@ -44,24 +53,33 @@ def slack_manifest(*, socket_mode: bool = True, request_url: str = "https://YOUR
         events["request_url"] = request_url
         interactivity["request_url"] = request_url
     return {
-        "display_information": {"name": "imagebot", "description": "Make and edit images with gpt-image-2",
-                                "background_color": "#2c3e50"},
-        "features": {"bot_user": {"display_name": "imagebot", "always_online": True},
-                     "slash_commands": commands},
+        "display_information": {
+            "name": "imagebot",
+            "description": "Make and edit images with gpt-image-2",
+            "background_color": "#2c3e50",
+        },
+        "features": {
+            "bot_user": {"display_name": "imagebot", "always_online": True},
+            "slash_commands": commands,
+        },
         "oauth_config": {"scopes": {"bot": SLACK_BOT_SCOPES}},
-        "settings": {"event_subscriptions": events, "interactivity": interactivity,
-                     "org_deploy_enabled": False, "socket_mode_enabled": socket_mode,
-                     "token_rotation_enabled": False},
+        "settings": {
+            "event_subscriptions": events,
+            "interactivity": interactivity,
+            "org_deploy_enabled": False,
+            "socket_mode_enabled": socket_mode,
+            "token_rotation_enabled": False,
+        },
     }
 
 
 # Discord: exactly the permissions the bot uses, as bits of the OAuth2 `permissions` integer.
 DISCORD_PERMISSIONS = {
-    "View Channel": 1 << 10,              # see the channels it is used in
-    "Send Messages": 1 << 11,             # progress, images, replies (token past 15 min, reply-to-edit)
-    "Embed Links": 1 << 14,               # link previews in its messages
-    "Attach Files": 1 << 15,              # the images, previews and usage charts
-    "Read Message History": 1 << 16,      # reply to messages and fetch the image a reply points at
+    "View Channel": 1 << 10,  # see the channels it is used in
+    "Send Messages": 1 << 11,  # progress, images, replies (token past 15 min, reply-to-edit)
+    "Embed Links": 1 << 14,  # link previews in its messages
+    "Attach Files": 1 << 15,  # the images, previews and usage charts
+    "Read Message History": 1 << 16,  # reply to messages and fetch the image a reply points at
     "Send Messages in Threads": 1 << 38,  # the same inside threads
 }
 DISCORD_SCOPES = ("bot", "applications.commands")
@@ -72,6 +90,8 @@ def discord_invite_url(client_id: str) -> str:
     from urllib.parse import quote, urlencode
 
     permissions = sum(DISCORD_PERMISSIONS.values())
-    query = urlencode({"client_id": client_id, "permissions": permissions, "scope": " ".join(DISCORD_SCOPES)},
-                      quote_via=quote)
+    query = urlencode(
+        {"client_id": client_id, "permissions": permissions, "scope": " ".join(DISCORD_SCOPES)},
+        quote_via=quote,
+    )
     return f"https://discord.com/oauth2/authorize?{query}"

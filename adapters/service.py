@@ -76,9 +76,13 @@ def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
             if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()):
-                return web.Response(status=401, headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-                                    text="/metrics needs Authorization: Bearer <IMAGEBOT_METRICS_TOKEN>\n")
+                given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()
+            ):
+                return web.Response(
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                    text="/metrics needs Authorization: Bearer <IMAGEBOT_METRICS_TOKEN>\n",
+                )
         return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)
@@ -88,8 +92,9 @@ def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
     return app
 
 
-async def serve(core: Core, adapters: dict[str, Adapter], stop: asyncio.Event,
-                ready: asyncio.Event | None = None) -> None:
+async def serve(
+    core: Core, adapters: dict[str, Adapter], stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
     """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up."""
     settings = core.settings
     runner = web.AppRunner(web_app(core, adapters), handle_signals=False, access_log=None)
@@ -100,6 +105,7 @@ async def serve(core: Core, adapters: dict[str, Adapter], stop: asyncio.Event,
     try:
         for adapter in adapters.values():
             await adapter.start(runner.app)
+
         async def tell(job: Interrupted) -> None:
             await adapters[job.platform].tell_interrupted(job)
 
@@ -123,10 +129,13 @@ async def serve(core: Core, adapters: dict[str, Adapter], stop: asyncio.Event,
 
 async def run(settings: Settings) -> int:
     if not (settings.slack_enabled or settings.discord_enabled):
-        print("imagebot: no chat platform configured. Set SLACK_BOT_TOKEN (+ SLACK_APP_TOKEN for Socket Mode, "
-              "or SLACK_SIGNING_SECRET for HTTP mode) and/or DISCORD_TOKEN.\n"
-              'Try it locally meanwhile: imagebot imagine "a poster for our launch" --out poster.jpg, '
-              "or imagebot console.", file=sys.stderr)
+        print(
+            "imagebot: no chat platform configured. Set SLACK_BOT_TOKEN (+ SLACK_APP_TOKEN for Socket Mode, "
+            "or SLACK_SIGNING_SECRET for HTTP mode) and/or DISCORD_TOKEN.\n"
+            'Try it locally meanwhile: imagebot imagine "a poster for our launch" --out poster.jpg, '
+            "or imagebot console.",
+            file=sys.stderr,
+        )
         if not sys.stdin.isatty():
             return 0
         # At a terminal, the console adapter is the chat platform: same core, same commands

@@ -48,13 +48,32 @@ def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
     """The live progress message: prompt, settings, a bar, time, queue position, Cancel."""
     request = progress.request
     return [
-        {"type": "section", "text": {"type": "plain_text", "text": clip(request.prompt, PROMPT_SHOWN), "emoji": True}},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text":
-            f"<@{who.user}> · {escape(texts.settings_line(request, progress.offline))}"}]},
+        {
+            "type": "section",
+            "text": {"type": "plain_text", "text": clip(request.prompt, PROMPT_SHOWN), "emoji": True},
+        },
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"<@{who.user}> · {escape(texts.settings_line(request, progress.offline))}",
+                }
+            ],
+        },
         {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(texts.status_line(progress))}]},
-        {"type": "actions", "elements": [{"type": "button", "action_id": CANCEL_ACTION, "style": "danger",
-                                          "text": {"type": "plain_text", "text": "Cancel"},
-                                          "value": progress.job_id}]},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": CANCEL_ACTION,
+                    "style": "danger",
+                    "text": {"type": "plain_text", "text": "Cancel"},
+                    "value": progress.job_id,
+                }
+            ],
+        },
     ]
 
 
@@ -73,8 +92,10 @@ def trusted_file_url(url: str, api_url: str) -> bool:
         return False
     if parts.username is not None or parts.password is not None or port is None:
         return False
-    return (parts.scheme, parts.hostname, port) in {("https", "files.slack.com", 443),
-                                                    (api.scheme, api.hostname, api_port)}
+    return (parts.scheme, parts.hostname, port) in {
+        ("https", "files.slack.com", 443),
+        (api.scheme, api.hostname, api_port),
+    }
 
 
 def why_not(exc: Exception) -> str:
@@ -99,8 +120,9 @@ class Privately:
             if self.respond is not None:
                 await self.respond(text=escape(text), response_type="ephemeral")
             else:
-                await self.adapter.client.chat_postEphemeral(channel=self.who.channel, user=self.who.user,
-                                                             text=escape(text), thread_ts=self.thread_ts)
+                await self.adapter.client.chat_postEphemeral(
+                    channel=self.who.channel, user=self.who.user, text=escape(text), thread_ts=self.thread_ts
+                )
         except Exception as exc:
             log.warning("slack private reply failed", extra={"user": self.who.user, "error": why_not(exc)})
 
@@ -133,8 +155,11 @@ class SlackJobView:
         self.job_id = first.job_id
         try:
             posted = await self.adapter.client.chat_postMessage(
-                channel=self.channel, thread_ts=self.thread_ts, text=f"Queued: {escape(clip(first.request.prompt, 100))}",
-                blocks=progress_blocks(first, self.who))
+                channel=self.channel,
+                thread_ts=self.thread_ts,
+                text=f"Queued: {escape(clip(first.request.prompt, 100))}",
+                blocks=progress_blocks(first, self.who),
+            )
         except SlackApiError as exc:
             raise CannotPost(f"{why_not(exc)}; invite me with /invite and try again") from exc
         self.ts = posted["ts"]
@@ -147,22 +172,34 @@ class SlackJobView:
         if not self.adapter.budget.take():
             return  # over the workspace's chat.update budget: skip this tick, the next one catches up
         await self.adapter.client.chat_update(
-            channel=self.channel, ts=self.ts, text=f"Rendering: {escape(clip(progress.request.prompt, 100))}",
-            blocks=progress_blocks(progress, self.who))
+            channel=self.channel,
+            ts=self.ts,
+            text=f"Rendering: {escape(clip(progress.request.prompt, 100))}",
+            blocks=progress_blocks(progress, self.who),
+        )
 
     async def deliver(self, result: JobResult) -> None:
         summary = texts.summary(result)
-        uploads = [{"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
-                   for image in result.images]
+        uploads = [
+            {"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
+            for image in result.images
+        ]
         try:
             await self.adapter.client.files_upload_v2(
-                channel=self.channel, thread_ts=self.thread, file_uploads=uploads,
-                initial_comment=f"<@{self.who.user}> {escape(summary)}", request_file_info=False)
+                channel=self.channel,
+                thread_ts=self.thread,
+                file_uploads=uploads,
+                initial_comment=f"<@{self.who.user}> {escape(summary)}",
+                request_file_info=False,
+            )
         except Exception as exc:
             # Paid for but not shown (Slack refused, or the connection broke): never silently. Say so where
             # we still can, with the cost and request ids (in the summary).
-            why = (f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)"
-                   if isinstance(exc, SlackApiError) else f"the upload to Slack failed ({why_not(exc)})")
+            why = (
+                f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)"
+                if isinstance(exc, SlackApiError)
+                else f"the upload to Slack failed ({why_not(exc)})"
+            )
             log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
             text = escape(texts.undelivered(why, summary))
             await self._say(f"<@{self.who.user}> {text}")
@@ -187,10 +224,13 @@ class SlackJobView:
 
         Runs as its own task: the user already has the image (or the error) in the thread.
         """
+
         async def update() -> None:
             await self.adapter.budget.wait()
-            await self.adapter.client.chat_update(channel=self.channel, ts=self.ts, text=text,
-                                                  blocks=done_blocks(text))
+            await self.adapter.client.chat_update(
+                channel=self.channel, ts=self.ts, text=text, blocks=done_blocks(text)
+            )
+
         self.adapter.spawn(update())
 
 
@@ -204,8 +244,12 @@ class SlackAdapter:
         self.token = settings.slack_bot_token.reveal()
         # One pooled session for every Web API call (slack_sdk otherwise opens a session per call).
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        self.client = AsyncWebClient(token=self.token, base_url=settings.slack_api_url, session=self.http,
-                                     retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)])
+        self.client = AsyncWebClient(
+            token=self.token,
+            base_url=settings.slack_api_url,
+            session=self.http,
+            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+        )
         # Signature verification stays on: bolt skips it only for Socket Mode envelopes (its
         # RequestVerification._can_skip checks req.mode == "socket_mode"), and in Socket Mode there is no
         # HTTP route at all (see routes()), so nothing unsigned ever reaches a listener. "" rather than None:
@@ -235,13 +279,17 @@ class SlackAdapter:
             if self.bot_user_id:
                 self.mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>")
         except Exception as exc:  # keep serving: /healthz says so, and bolt retries auth on each request
-            log.error("slack auth.test failed; check SLACK_BOT_TOKEN and SLACK_API_URL",
-                      extra={"error": type(exc).__name__})
+            log.error(
+                "slack auth.test failed; check SLACK_BOT_TOKEN and SLACK_API_URL",
+                extra={"error": type(exc).__name__},
+            )
         settings = self.core.settings
         if settings.slack_app_token is not None:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
-            self.socket_handler = AsyncSocketModeHandler(self.app, app_token=settings.slack_app_token.reveal())
+            self.socket_handler = AsyncSocketModeHandler(
+                self.app, app_token=settings.slack_app_token.reveal()
+            )
             await self.socket_handler.connect_async()
             log.info("slack socket mode connected")
         elif web_app is not None:
@@ -306,7 +354,9 @@ class SlackAdapter:
         async def usage(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker)
+            self.spawn(
+                self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker
+            )
 
         @app.command("/imagine-quota")
         async def my_quota(ack: Any, command: dict[str, Any], respond: Any) -> None:
@@ -335,7 +385,9 @@ class SlackAdapter:
             self._on_event(event, body)
 
     async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
-        channel = str((body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id"))
+        channel = str(
+            (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
+        )
         team = (body.get("team") or {}).get("id") or body["user"].get("team_id") or ""
         who = Requester("slack", team, channel, body["user"]["id"])
         if not self.core.cancel(action.get("value", ""), who):
@@ -345,7 +397,9 @@ class SlackAdapter:
         """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""
         if self._mentions_me(event) and self._from_a_person(event):
             channel = event.get("channel", "")
-            who = Requester("slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", ""))
+            who = Requester(
+                "slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", "")
+            )
             asker = Privately(self, who, thread_ts=event.get("thread_ts"))
             self.spawn(self._on_message(asker, event), asker)
 
@@ -354,14 +408,20 @@ class SlackAdapter:
 
     def _from_a_person(self, event: dict[str, Any]) -> bool:
         """Skip bots (ourselves included) and edits/deletes; keep plain messages and file shares."""
-        return not event.get("bot_id") and event.get("subtype") in (None, "file_share", "thread_broadcast") \
+        return (
+            not event.get("bot_id")
+            and event.get("subtype") in (None, "file_share", "thread_broadcast")
             and event.get("user") != self.bot_user_id
+        )
 
     @staticmethod
     def _who(payload: dict[str, Any]) -> Requester:
-        return Requester("slack", payload.get("team_id") or payload.get("team") or "",
-                         payload.get("channel_id") or payload.get("channel") or "",
-                         payload.get("user_id") or payload.get("user") or "")
+        return Requester(
+            "slack",
+            payload.get("team_id") or payload.get("team") or "",
+            payload.get("channel_id") or payload.get("channel") or "",
+            payload.get("user_id") or payload.get("user") or "",
+        )
 
     async def _admin(self, asker: Privately, args: str) -> None:
         platform_admin = await self._is_workspace_admin(asker.who)
@@ -372,16 +432,26 @@ class SlackAdapter:
         who, respond = asker.who, asker.respond
         if reply.chart and not reply.private:
             try:
-                await self.client.files_upload_v2(channel=who.channel, file=reply.chart, filename="usage.png",
-                                                  title="Daily spend", initial_comment=escape(reply.text),
-                                                  request_file_info=False)
+                await self.client.files_upload_v2(
+                    channel=who.channel,
+                    file=reply.chart,
+                    filename="usage.png",
+                    title="Daily spend",
+                    initial_comment=escape(reply.text),
+                    request_file_info=False,
+                )
             except SlackApiError as exc:
-                await respond(text=f"{escape(reply.text)}\n(I could not post the chart here: "
-                                   f"{exc.response.get('error')}; invite me with /invite)", response_type="ephemeral")
+                await respond(
+                    text=f"{escape(reply.text)}\n(I could not post the chart here: "
+                    f"{exc.response.get('error')}; invite me with /invite)",
+                    response_type="ephemeral",
+                )
         elif reply.chart:
             await respond(text=escape(reply.text), response_type="ephemeral")
         else:
-            await respond(text=escape(reply.text), response_type="ephemeral" if reply.private else "in_channel")
+            await respond(
+                text=escape(reply.text), response_type="ephemeral" if reply.private else "in_channel"
+            )
 
     async def _is_workspace_admin(self, who: Requester) -> bool:
         """An admin or owner of this workspace. A Slack Connect guest's is_admin is about their own
@@ -391,7 +461,9 @@ class SlackAdapter:
         except SlackApiError:
             return False
         person = info.get("user") or {}
-        return person.get("team_id") == who.workspace and bool(person.get("is_admin") or person.get("is_owner"))
+        return person.get("team_id") == who.workspace and bool(
+            person.get("is_admin") or person.get("is_owner")
+        )
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -409,14 +481,19 @@ class SlackAdapter:
         assert self.mention is not None  # _mentions_me() let it through
         text = self.mention.sub("", event.get("text") or "").strip()
         thread_ts = event.get("thread_ts")
-        image_files = [f for f in event.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))]
+        image_files = [
+            f for f in event.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))
+        ]
         try:
             base = await self._thread_base(channel, thread_ts) if thread_ts else None
             files = [(f.get("name") or "image", await self.download(f)) for f in image_files]
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:  # nothing is reserved yet
-            log.warning("slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True)
-            raise UserError(f"I could not read this message from Slack ({why_not(exc)}); try again. "
-                            "Nothing was charged.") from None
+            log.warning(
+                "slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True
+            )
+            raise UserError(
+                f"I could not read this message from Slack ({why_not(exc)}); try again. Nothing was charged."
+            ) from None
         references, mask = await decode_attachments(files, base=base)
         request = self.core.parse(text, references, mask)
         await self.core.submit(request, asker.who, SlackJobView(self, asker, thread_ts=thread_ts or ts))
@@ -425,9 +502,12 @@ class SlackAdapter:
         """The bot's latest image in the thread, or None if the thread has none."""
         replies = await self.client.conversations_replies(channel=channel, ts=thread_ts, limit=200)
         for message in reversed(replies.get("messages") or []):
-            mine = ((self.bot_id is not None and message.get("bot_id") == self.bot_id)
-                    or (self.bot_user_id is not None and message.get("user") == self.bot_user_id))
-            images = [f for f in message.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))]
+            mine = (self.bot_id is not None and message.get("bot_id") == self.bot_id) or (
+                self.bot_user_id is not None and message.get("user") == self.bot_user_id
+            )
+            images = [
+                f for f in message.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))
+            ]
             if mine and images:
                 data = await self.download(images[0])
                 return await asyncio.to_thread(load_image, images[0].get("name") or "base.png", data)
@@ -437,19 +517,28 @@ class SlackAdapter:
         """Fetch a private file with the bot token, only from Slack's own file host, at most 50 MB."""
         url = file.get("url_private_download") or file.get("url_private") or ""
         if not trusted_file_url(url, self.core.settings.slack_api_url):
-            raise UserError(f"{file.get('name', 'a file')} is not hosted by Slack (the bot fetches files only over "
-                            "https from Slack's file host); attach the image to the message")
-        async with self.http.get(url, headers={"Authorization": f"Bearer {self.token}"},
-                                 allow_redirects=False) as response:
+            raise UserError(
+                f"{file.get('name', 'a file')} is not hosted by Slack (the bot fetches files only over "
+                "https from Slack's file host); attach the image to the message"
+            )
+        async with self.http.get(
+            url, headers={"Authorization": f"Bearer {self.token}"}, allow_redirects=False
+        ) as response:
             if response.status != 200 or response.content_type.startswith("text/html"):
-                raise UserError(f"could not download {file.get('name', 'a file')} from Slack "
-                                f"(HTTP {response.status}); the bot needs the files:read scope")
-            return await read_capped(response.content.iter_chunked(1 << 16), file.get("name", "a file"),
-                                     response.content_length)
+                raise UserError(
+                    f"could not download {file.get('name', 'a file')} from Slack "
+                    f"(HTTP {response.status}); the bot needs the files:read scope"
+                )
+            return await read_capped(
+                response.content.iter_chunked(1 << 16), file.get("name", "a file"), response.content_length
+            )
 
     # -- crash recovery -------------------------------------------------------------------
 
     async def tell_interrupted(self, job: Interrupted) -> None:
         channel = job.context.get("channel") or job.channel
-        await self.client.chat_postMessage(channel=channel, thread_ts=job.context.get("thread_ts"),
-                                           text=f"<@{job.user}> {escape(texts.interrupted(job))}")
+        await self.client.chat_postMessage(
+            channel=channel,
+            thread_ts=job.context.get("thread_ts"),
+            text=f"<@{job.user}> {escape(texts.interrupted(job))}",
+        )

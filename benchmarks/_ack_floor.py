@@ -66,8 +66,12 @@ async def discord_floor(job: dict[str, Any]) -> None:
     client = Client()
 
     @client.tree.command(name="imagine", description="ack floor")
-    async def imagine(interaction: discord.Interaction[Any], prompt: str, size: str | None = None,
-                      quality: str | None = None) -> None:
+    async def imagine(
+        interaction: discord.Interaction[Any],
+        prompt: str,
+        size: str | None = None,
+        quality: str | None = None,
+    ) -> None:
         await interaction.response.defer(thinking=True)
 
     await client.login(job["token"])

@@ -59,8 +59,21 @@ def offline_server_process(latency: float) -> Iterator[str]:
     """The offline image server in its own process (it is the 'API', not part of what is measured)."""
     port = free_port()
     env = {**os.environ, "IMAGEBOT_OFFLINE_FAULTS": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "offline-server", "--port", str(port),
-                             "--latency", str(latency)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "adapters.cli",
+            "offline-server",
+            "--port",
+            str(port),
+            "--latency",
+            str(latency),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

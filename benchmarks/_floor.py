@@ -16,8 +16,9 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 
 async def main(job: dict) -> list[float]:
-    api = openai.AsyncOpenAI(base_url=job["base_url"], api_key="bench-key", timeout=600,
-                             http_client=openai.DefaultAioHttpClient())  # the SDK's fastest pool, as the bot uses
+    api = openai.AsyncOpenAI(
+        base_url=job["base_url"], api_key="bench-key", timeout=600, http_client=openai.DefaultAioHttpClient()
+    )  # the SDK's fastest pool, as the bot uses
     slack = AsyncWebClient(token=job["token"], base_url=job["slack_url"])
     durations: list[float] = []
 
@@ -25,17 +26,30 @@ async def main(job: dict) -> list[float]:
 
     async def slack_one(i: int) -> None:
         start = time.monotonic()
-        response = await api.images.generate(model="gpt-image-2", prompt="load test", size=job["size"],
-                                             quality="low", output_format=job["format"])
+        response = await api.images.generate(
+            model="gpt-image-2",
+            prompt="load test",
+            size=job["size"],
+            quality="low",
+            output_format=job["format"],
+        )
         data = base64.b64decode(response.data[0].b64_json or "")  # type: ignore[index]
-        await slack.files_upload_v2(channel=f"C{i % 8}", file=data, filename=f"floor.{job['format']}",
-                                    initial_comment="floor")
+        await slack.files_upload_v2(
+            channel=f"C{i % 8}", file=data, filename=f"floor.{job['format']}", initial_comment="floor"
+        )
         durations.append(time.monotonic() - start)
 
     async def discord_one(i: int) -> None:
         start = time.monotonic()
-        stream = await api.images.generate(model="gpt-image-2", prompt="load test", size=job["size"], quality="low",
-                                           output_format=job["format"], stream=True, partial_images=2)
+        stream = await api.images.generate(
+            model="gpt-image-2",
+            prompt="load test",
+            size=job["size"],
+            quality="low",
+            output_format=job["format"],
+            stream=True,
+            partial_images=2,
+        )
         b64 = ""
         async for event in stream:
             if event.type.endswith("completed"):

@@ -21,8 +21,11 @@ import urllib.parse
 def sign(secret: str, body: bytes) -> dict[str, str]:
     ts = str(int(time.time()))
     digest = hmac.new(secret.encode(), b"v0:" + ts.encode() + b":" + body, hashlib.sha256).hexdigest()
-    return {"X-Slack-Signature": f"v0={digest}", "X-Slack-Request-Timestamp": ts,
-            "Content-Type": "application/x-www-form-urlencoded"}
+    return {
+        "X-Slack-Signature": f"v0={digest}",
+        "X-Slack-Request-Timestamp": ts,
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
 
 
 def http_request(url: str, secret: str, payload: dict) -> bytes:
@@ -56,8 +59,14 @@ class Connection(asyncio.Protocol):
         if not sep:
             return
         lines = head.decode("latin-1").split("\r\n")
-        length = next((int(v) for k, _, v in (line.partition(":") for line in lines[1:])
-                       if k.strip().lower() == "content-length"), 0)
+        length = next(
+            (
+                int(v)
+                for k, _, v in (line.partition(":") for line in lines[1:])
+                if k.strip().lower() == "content-length"
+            ),
+            0,
+        )
         if len(rest) < length:
             return
         self.buffer = rest[length:]
@@ -73,7 +82,9 @@ async def main(job: dict) -> dict:
     url, secret, payloads, warm = job["url"], job["secret"], job["payloads"], job["warm"]
     parts = urllib.parse.urlsplit(url)
     loop = asyncio.get_running_loop()
-    connections = [(await loop.create_connection(Connection, parts.hostname, parts.port))[1] for _ in payloads]
+    connections = [
+        (await loop.create_connection(Connection, parts.hostname, parts.port))[1] for _ in payloads
+    ]
     # Warm each keep-alive connection with an invalid command (refused privately, no cost).
     for status, _ in await asyncio.gather(*(c.send(http_request(url, secret, warm)) for c in connections)):
         if status != 200:

@@ -46,21 +46,32 @@ async def scenario(name: str, jobs: int) -> dict[str, float]:
 
     size, fmt, latency = SCENARIOS[name]
     with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load(environ={
-            "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url, "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
-            "IMAGEBOT_MAX_IN_FLIGHT": str(jobs), "IMAGEBOT_PROGRESS_INTERVAL": "1", "IMAGEBOT_API_TIMEOUT": "120",
-        }, env_file=None)
+        settings = Settings.load(
+            environ={
+                "OPENAI_API_KEY": "bench-key",
+                "OPENAI_BASE_URL": base_url,
+                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
+                "IMAGEBOT_MAX_IN_FLIGHT": str(jobs),
+                "IMAGEBOT_PROGRESS_INTERVAL": "1",
+                "IMAGEBOT_API_TIMEOUT": "120",
+            },
+            env_file=None,
+        )
         core = await Core.start(settings)
         try:
             # One warm-up job so connection setup and the server's first render are not measured.
-            warm = await core.runner.prepare(core.parse(f"benchmark --size {size} --format {fmt} --quality low"),
-                                             Requester("b", "w", "c", "u"))
+            warm = await core.runner.prepare(
+                core.parse(f"benchmark --size {size} --format {fmt} --quality low"),
+                Requester("b", "w", "c", "u"),
+            )
             await core.runner.execute(warm, NullView())
             durations: list[float] = []
 
             async def one(i: int) -> None:
-                job = await core.runner.prepare(core.parse(f"benchmark --size {size} --format {fmt} --quality low"),
-                                                Requester("bench", "w", f"c{i % 4}", f"u{i}"))
+                job = await core.runner.prepare(
+                    core.parse(f"benchmark --size {size} --format {fmt} --quality low"),
+                    Requester("bench", "w", f"c{i % 4}", f"u{i}"),
+                )
                 start = time.perf_counter()
                 await core.runner.execute(job, NullView())
                 durations.append(time.perf_counter() - start)
@@ -72,30 +83,46 @@ async def scenario(name: str, jobs: int) -> dict[str, float]:
                     wall = time.perf_counter()
                     await asyncio.gather(*(one(i) for i in range(jobs)))
                     wall = time.perf_counter() - wall
-                rounds.append({"jobs_per_s": jobs / wall, "ratio_mean": sum(durations) / len(durations) / latency,
-                               "ratio_max": max(durations) / latency,
-                               "loop_lag_p50_ms": percentile(lag.samples, 50),
-                               "loop_lag_p99_ms": percentile(lag.samples, 99)})
+                rounds.append(
+                    {
+                        "jobs_per_s": jobs / wall,
+                        "ratio_mean": sum(durations) / len(durations) / latency,
+                        "ratio_max": max(durations) / latency,
+                        "loop_lag_p50_ms": percentile(lag.samples, 50),
+                        "loop_lag_p99_ms": percentile(lag.samples, 99),
+                    }
+                )
             sdk = await sdk_floor(base_url, size, fmt, jobs, latency)
         finally:
             await core.close()
     median = sorted(rounds, key=lambda r: r["ratio_mean"])[len(rounds) // 2]
-    return {"jobs": jobs, "latency_s": latency, **{k: round(v, 4) for k, v in median.items()},
-            "sdk_only_ratio": round(sdk, 4), "peak_rss_mb": round(peak_rss_mb(), 1)}
+    return {
+        "jobs": jobs,
+        "latency_s": latency,
+        **{k: round(v, 4) for k, v in median.items()},
+        "sdk_only_ratio": round(sdk, 4),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
 
 
 async def sdk_floor(base_url: str, size: str, fmt: str, jobs: int, latency: float) -> float:
     """The same calls made with the bare SDK (no ledger, no job layer): what the server alone costs."""
     import openai
 
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="bench-key", timeout=120,
-                                http_client=openai.DefaultAioHttpClient())  # the backend the bot uses
+    client = openai.AsyncOpenAI(
+        base_url=base_url, api_key="bench-key", timeout=120, http_client=openai.DefaultAioHttpClient()
+    )  # the backend the bot uses
     durations: list[float] = []
 
     async def one() -> None:
         start = time.perf_counter()
-        await client.images.generate(model="gpt-image-2", prompt="benchmark", size=size,  # type: ignore[arg-type]
-                                     quality="low", output_format=fmt)  # type: ignore[arg-type]
+        await client.images.generate(
+            model="gpt-image-2",
+            prompt="benchmark",
+            size=size,  # type: ignore[arg-type]
+            quality="low",
+            output_format=fmt,
+        )  # type: ignore[arg-type]
         durations.append(time.perf_counter() - start)
 
     await asyncio.gather(*(one() for _ in range(jobs)))
@@ -113,23 +140,37 @@ def main() -> None:
         return
     results = {}
     for name in SCENARIOS:
-        out = subprocess.run([sys.executable, "-m", "benchmarks.core", "--scenario", name, "--jobs", str(args.jobs)],
-                             capture_output=True, text=True, check=True, env=os.environ.copy(), cwd=ROOT)
+        out = subprocess.run(
+            [sys.executable, "-m", "benchmarks.core", "--scenario", name, "--jobs", str(args.jobs)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=os.environ.copy(),
+            cwd=ROOT,
+        )
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]}")
     from benchmarks.previews import preview_shares
 
     previews = preview_shares()
     print(f"previews: {previews['preview_cost_share_max']} of the estimate at most")
-    print(json.dumps({
-        "ratio_1k": results["1k"]["ratio_mean"], "ratio_4k": results["4k"]["ratio_mean"],
-        "preview_cost_share_max": previews["preview_cost_share_max"],
-        "loop_lag_p99_ms": results["4k"]["loop_lag_p99_ms"],
-        "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
-        "jobs_per_s_1k": results["1k"]["jobs_per_s"], "jobs_per_s_4k": results["4k"]["jobs_per_s"],
-        "sdk_only_ratio_1k": results["1k"]["sdk_only_ratio"], "sdk_only_ratio_4k": results["4k"]["sdk_only_ratio"],
-        "loop_lag_p50_ms": results["4k"]["loop_lag_p50_ms"], "detail": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "ratio_1k": results["1k"]["ratio_mean"],
+                "ratio_4k": results["4k"]["ratio_mean"],
+                "preview_cost_share_max": previews["preview_cost_share_max"],
+                "loop_lag_p99_ms": results["4k"]["loop_lag_p99_ms"],
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
+                "jobs_per_s_1k": results["1k"]["jobs_per_s"],
+                "jobs_per_s_4k": results["4k"]["jobs_per_s"],
+                "sdk_only_ratio_1k": results["1k"]["sdk_only_ratio"],
+                "sdk_only_ratio_4k": results["4k"]["sdk_only_ratio"],
+                "loop_lag_p50_ms": results["4k"]["loop_lag_p50_ms"],
+                "detail": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,14 +55,24 @@ class Bot:
 
     def __init__(self, env: dict[str, str]) -> None:
         self.port = free_port()
-        self.env = {**os.environ, **env, "IMAGEBOT_HTTP_HOST": "127.0.0.1", "IMAGEBOT_HTTP_PORT": str(self.port),
-                    "IMAGEBOT_LOG_LEVEL": "WARNING"}
+        self.env = {
+            **os.environ,
+            **env,
+            "IMAGEBOT_HTTP_HOST": "127.0.0.1",
+            "IMAGEBOT_HTTP_PORT": str(self.port),
+            "IMAGEBOT_LOG_LEVEL": "WARNING",
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def __aenter__(self) -> Bot:
-        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "run"], env=self.env, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.env["BENCH_LOG"], "wb"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adapters.cli", "run"],
+            env=self.env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.env["BENCH_LOG"], "wb"),
+        )
         async with aiohttp.ClientSession() as session:
             for _ in range(300):
                 try:
@@ -85,19 +95,26 @@ class Bot:
         # With IMAGEBOT_METRICS_TOKEN set the bot answers /metrics only to a bearer of it.
         token = self.env.get("IMAGEBOT_METRICS_TOKEN", "").strip()
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with aiohttp.ClientSession() as session, session.get(f"{self.url}/metrics", headers=headers) as response:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{self.url}/metrics", headers=headers) as response,
+        ):
             response.raise_for_status()  # a refusal is not a zero
             text = await response.text()
         match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
         return float(match[1]) if match else 0.0
 
 
-async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -> tuple[list[float], list[float]]:
+async def slack_burst(
+    fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str
+) -> tuple[list[float], list[float]]:
     """n signed slash commands at once, from a sender process; (ack seconds, end-to-end seconds) per job."""
     users = [f"U{tag}{i}" for i in range(n)]
     # One prompt for all (the offline server renders it once); the user id tells jobs apart.
-    payloads = [fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}", user_id=user)
-                for i, user in enumerate(users)]
+    payloads = [
+        fake.slash_command_payload(text=f"load test {flags}", channel_id=f"C{i % 8}", user_id=user)
+        for i, user in enumerate(users)
+    ]
     report = await send_slash_commands(fake, f"{bot.url}/slack/events", payloads)
     sent = dict(zip(users, report["sent"], strict=True))
     done: dict[str, float] = {}
@@ -115,10 +132,18 @@ async def slack_burst(fake: FakeSlack, bot: Bot, n: int, flags: str, tag: str) -
 
 async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str, str]]) -> dict[str, Any]:
     """Signed slash commands, all at once, from the sender process: {"sent": [...], "acks": [...]}."""
-    job = {"url": url, "secret": fake.signing_secret, "payloads": payloads,
-           "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm")}
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_sender.py"),
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    job = {
+        "url": url,
+        "secret": fake.signing_secret,
+        "payloads": payloads,
+        "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "benchmarks" / "_sender.py"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate(json.dumps(job).encode())
     return dict(json.loads(out))
 
@@ -126,8 +151,12 @@ async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str
 @contextlib.asynccontextmanager
 async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
     """The platform library alone, acking and nothing else, in its own process (benchmarks/_ack_floor.py)."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_ack_floor.py"),
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "benchmarks" / "_ack_floor.py"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(spec).encode() + b"\n")
     await asyncio.wait_for(proc.stdout.readline(), 60)  # "ready"
@@ -140,10 +169,17 @@ async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
 
 async def slack_ack_floor(fake: FakeSlack, n: int, rounds: int) -> list[list[float]]:
     port = free_port()
-    spec = {"mode": "slack", "port": port, "secret": fake.signing_secret, "token": fake.bot_token,
-            "slack_url": fake.api_url}
-    payloads = [fake.slash_command_payload(text="load test", channel_id=f"C{i % 8}", user_id=f"Ufloor{i}")
-                for i in range(n)]
+    spec = {
+        "mode": "slack",
+        "port": port,
+        "secret": fake.signing_secret,
+        "token": fake.bot_token,
+        "slack_url": fake.api_url,
+    }
+    payloads = [
+        fake.slash_command_payload(text="load test", channel_id=f"C{i % 8}", user_id=f"Ufloor{i}")
+        for i in range(n)
+    ]
     async with ack_floor(spec):
         url = f"http://127.0.0.1:{port}/slack/events"
         return [list((await send_slash_commands(fake, url, payloads))["acks"]) for _ in range(rounds)]
@@ -156,25 +192,41 @@ async def discord_ack_floor(fake: FakeDiscord, n: int, rounds: int) -> list[list
 
 async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
     """The same work done by a plain script in its own process: one SDK call, then files_upload_v2."""
-    job = {"base_url": base_url, "slack_url": fake.api_url, "token": fake.bot_token, "n": n, "size": size,
-           "format": fmt}
+    job = {
+        "base_url": base_url,
+        "slack_url": fake.api_url,
+        "token": fake.bot_token,
+        "n": n,
+        "size": size,
+        "format": fmt,
+    }
     return await _floor(job)
 
 
 async def _floor(job: dict[str, Any]) -> list[float]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, str(ROOT / "benchmarks" / "_floor.py"),
-                                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "benchmarks" / "_floor.py"),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
     out, _ = await proc.communicate(json.dumps(job).encode())
     return list(json.loads(out))
 
 
-async def discord_burst(fake: FakeDiscord, n: int, *, wait_for_images: bool = True) -> tuple[list[float], list[float]]:
+async def discord_burst(
+    fake: FakeDiscord, n: int, *, wait_for_images: bool = True
+) -> tuple[list[float], list[float]]:
     """n /imagine interactions at once over the gateway; (ack seconds, end-to-end seconds) per job."""
-    options = [{"name": "prompt", "type": 3, "value": "load test"},
-               {"name": "size", "type": 3, "value": "1024x1024"}, {"name": "quality", "type": 3, "value": "low"}]
+    options = [
+        {"name": "prompt", "type": 3, "value": "load test"},
+        {"name": "size", "type": 3, "value": "1024x1024"},
+        {"name": "quality", "type": 3, "value": "low"},
+    ]
     # Built first, then written back to back: each is timed from the moment its frame is on the socket.
-    burst = await fake.send_interactions([{"name": "imagine", "options": options, "user_id": 10_000 + i}
-                                          for i in range(n)])
+    burst = await fake.send_interactions(
+        [{"name": "imagine", "options": options, "user_id": 10_000 + i} for i in range(n)]
+    )
     sent = {ix["token"]: at for ix, at in burst}
     acks: dict[str, float] = {}
     done: dict[str, float] = {}
@@ -196,8 +248,16 @@ async def discord_burst(fake: FakeDiscord, n: int, *, wait_for_images: bool = Tr
 
 async def discord_floor(fake: FakeDiscord, base_url: str, n: int) -> list[float]:
     """A plain script in its own process: the same streamed SDK call (2 previews), then a multipart post."""
-    job = {"base_url": base_url, "slack_url": "", "token": "", "n": n, "size": "1024x1024", "format": "jpeg",
-           "discord_token": fake.token, "discord_channel_url": f"{fake.api_url}/channels/{fake.channel_id}/messages"}
+    job = {
+        "base_url": base_url,
+        "slack_url": "",
+        "token": "",
+        "n": n,
+        "size": "1024x1024",
+        "format": "jpeg",
+        "discord_token": fake.token,
+        "discord_channel_url": f"{fake.api_url}/channels/{fake.channel_id}/messages",
+    }
     return await _floor(job)
 
 
@@ -209,7 +269,9 @@ async def until(condition: Callable[[], bool], what: str, timeout: float = 60) -
         await asyncio.sleep(0.05)
 
 
-def summarise(acks: list[float], e2e: list[float], floor: list[float], ack_floor: list[float]) -> dict[str, float]:
+def summarise(
+    acks: list[float], e2e: list[float], floor: list[float], ack_floor: list[float]
+) -> dict[str, float]:
     """One round of one scenario."""
     return {
         "jobs": len(e2e),
@@ -223,8 +285,12 @@ def summarise(acks: list[float], e2e: list[float], floor: list[float], ack_floor
     }
 
 
-async def measure(name: str, burst: Callable[[int], Awaitable[tuple[list[float], list[float]]]],
-                  floor: Callable[[], Awaitable[list[float]]], ack_floors: list[list[float]]) -> dict[str, Any]:
+async def measure(
+    name: str,
+    burst: Callable[[int], Awaitable[tuple[list[float], list[float]]]],
+    floor: Callable[[], Awaitable[list[float]]],
+    ack_floors: list[list[float]],
+) -> dict[str, Any]:
     """One scenario: per round, the bot's burst (acks, end-to-end) then the floor's; medians over rounds."""
     rounds = []
     for r, ack_floor_round in enumerate(ack_floors):
@@ -235,6 +301,7 @@ async def measure(name: str, burst: Callable[[int], Awaitable[tuple[list[float],
 
 def combine(name: str, rounds: list[dict[str, float]]) -> dict[str, Any]:
     """Each figure's median over the rounds (this machine's run-to-run noise is about +-5%), with ranges."""
+
     def median(key: str) -> float:
         return sorted(r[key] for r in rounds)[len(rounds) // 2]
 
@@ -253,38 +320,61 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         await fake.start()
         discord = FakeDiscord(premium_tier=3)
         await discord.start()
-        env = {"DISCORD_TOKEN": discord.token, "DISCORD_API_URL": discord.api_url, "SLACK_BOT_TOKEN": fake.bot_token,
-               "SLACK_SIGNING_SECRET": fake.signing_secret, "SLACK_API_URL": fake.api_url, "OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": base_url,
-               "IMAGEBOT_DB": f"{tmp}/bench.sqlite3", "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k, args.jobs_discord)),
-               "IMAGEBOT_API_TIMEOUT": "600", "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log")}
+        env = {
+            "DISCORD_TOKEN": discord.token,
+            "DISCORD_API_URL": discord.api_url,
+            "SLACK_BOT_TOKEN": fake.bot_token,
+            "SLACK_SIGNING_SECRET": fake.signing_secret,
+            "SLACK_API_URL": fake.api_url,
+            "OPENAI_API_KEY": "bench-key",
+            "OPENAI_BASE_URL": base_url,
+            "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
+            "IMAGEBOT_MAX_IN_FLIGHT": str(max(args.jobs, args.jobs_4k, args.jobs_discord)),
+            "IMAGEBOT_API_TIMEOUT": "600",
+            "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log"),
+        }
         try:
             # The libraries alone first, before the bot connects (the fake gateway sends to every client).
             ack_floor_s = await slack_ack_floor(fake, args.jobs, args.rounds)
-            ack_floor_d = await discord_ack_floor(discord, args.jobs_discord, args.rounds) if args.jobs_discord else []
+            ack_floor_d = (
+                await discord_ack_floor(discord, args.jobs_discord, args.rounds) if args.jobs_discord else []
+            )
             ack_floor_4k = await slack_ack_floor(fake, args.jobs_4k, args.rounds) if args.jobs_4k else []
             await until(lambda: discord.identified_sessions == 0, "the floor client to leave the gateway")
             async with Bot(env) as bot:
                 # Warm the server's render cache and every connection pool once.
                 await slack_burst(fake, bot, 1, "--size 1024x1024 --quality low", "warm")
                 results["slack"] = await measure(
-                    "slack", lambda r: slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", f"s{r}x"),
-                    lambda: slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg"), ack_floor_s)
+                    "slack",
+                    lambda r: slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", f"s{r}x"),
+                    lambda: slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg"),
+                    ack_floor_s,
+                )
                 if args.jobs_discord:
                     await until(lambda: discord.identified_sessions == 1, "the bot's gateway session")
                     await discord.wait_for("PUT", rf"/applications/{discord.application_id}/commands")
                     await discord_burst(discord, 1)  # warm-up
                     results["discord"] = await measure(
-                        "discord", lambda r: discord_burst(discord, args.jobs_discord),
-                        lambda: discord_floor(discord, base_url, args.jobs_discord), ack_floor_d)
+                        "discord",
+                        lambda r: discord_burst(discord, args.jobs_discord),
+                        lambda: discord_floor(discord, base_url, args.jobs_discord),
+                        ack_floor_d,
+                    )
                 png_bytes = 0
                 if args.jobs_4k:
                     results["4k"] = await measure(
-                        "4k", lambda r: slack_burst(fake, bot, args.jobs_4k, "--size 3840x2160 --format png --quality low",
-                                                    f"k{r}x"),
-                        lambda: slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png"), ack_floor_4k)
+                        "4k",
+                        lambda r: slack_burst(
+                            fake, bot, args.jobs_4k, "--size 3840x2160 --format png --quality low", f"k{r}x"
+                        ),
+                        lambda: slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png"),
+                        ack_floor_4k,
+                    )
                     png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
-                results["loop_lag_p99_ms"] = round(await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2)
+                results["loop_lag_p99_ms"] = round(
+                    await bot.metric("imagebot_event_loop_lag_p99_seconds") * 1000, 2
+                )
                 samples = await bot.metric("imagebot_event_loop_lag_seconds_count")
                 late = samples - await bot.metric('imagebot_event_loop_lag_seconds_bucket{le="0.02"}')
                 results["loop_lag_over_20ms_share"] = round(late / samples, 4) if samples else 0.0
@@ -307,14 +397,18 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=3, help="bursts per scenario; figures are medians")
     results = asyncio.run(main(parser.parse_args()))
     scenarios = [results[k] for k in ("slack", "discord", "4k") if k in results]
-    print(json.dumps({
-        "ack_p50_ms": max(s["ack_p50_ms"] for s in scenarios),
-        "ack_p99_ms": max(s["ack_p99_ms"] for s in scenarios),
-        "ack_max_ms": max(s["ack_max_ms"] for s in scenarios),
-        "ratio": max(s["ratio"] for s in scenarios),
-        "ack_p99_over_floor": max(s["ack_p99_over_floor"] for s in scenarios),
-        "loop_lag_p99_ms": results["loop_lag_p99_ms"],
-        "peak_rss_mb": results["peak_rss_mb"],
-        "rss_budget_mb": results["rss_budget_mb"],
-        "detail": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "ack_p50_ms": max(s["ack_p50_ms"] for s in scenarios),
+                "ack_p99_ms": max(s["ack_p99_ms"] for s in scenarios),
+                "ack_max_ms": max(s["ack_max_ms"] for s in scenarios),
+                "ratio": max(s["ratio"] for s in scenarios),
+                "ack_p99_over_floor": max(s["ack_p99_over_floor"] for s in scenarios),
+                "loop_lag_p99_ms": results["loop_lag_p99_ms"],
+                "peak_rss_mb": results["peak_rss_mb"],
+                "rss_budget_mb": results["rss_budget_mb"],
+                "detail": results,
+            }
+        )
+    )

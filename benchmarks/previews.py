@@ -31,7 +31,10 @@ def preview_shares(max_share: float = 0.05, model: str = "gpt-image-2") -> dict[
             partials = preview_count(prices, request, MAX_PARTIALS, max_share)
             base = request_estimate_micros(prices, request)
             extra = request_estimate_micros(prices, request, partials) - base
-            grid[f"{width}x{height} {quality}"] = {"partials": partials, "share": float(Decimal(extra) / base)}
+            grid[f"{width}x{height} {quality}"] = {
+                "partials": partials,
+                "share": float(Decimal(extra) / base),
+            }
     worst = max(cell["share"] for cell in grid.values())
     return {"preview_cost_share_max": round(worst, 5), "max_share": max_share, "grid": grid}
 

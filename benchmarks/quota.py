@@ -34,9 +34,17 @@ from bot.sizes import parse_size
 EACH = 6_000  # a low-quality 1024x1024 image: $0.006
 ACTUAL = 5_200
 BIG = 10**15
-DEFAULTS = QuotaDefaults(user_daily_micros=BIG, user_daily_images=BIG, user_monthly_micros=BIG,
-                         user_monthly_images=BIG, channel_monthly_micros=BIG, workspace_monthly_micros=BIG)
-REQUEST = ImageRequest(prompt="a lighthouse at dawn", size=parse_size("1024x1024"), quality="low", format="png")
+DEFAULTS = QuotaDefaults(
+    user_daily_micros=BIG,
+    user_daily_images=BIG,
+    user_monthly_micros=BIG,
+    user_monthly_images=BIG,
+    channel_monthly_micros=BIG,
+    workspace_monthly_micros=BIG,
+)
+REQUEST = ImageRequest(
+    prompt="a lighthouse at dawn", size=parse_size("1024x1024"), quality="low", format="png"
+)
 WARMUP = 200
 
 
@@ -51,8 +59,12 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     for i in range(first, first + count):
         try:
             reservation = ledger.reserve_sync(requester(worker, i), REQUEST, EACH)
-            ledger.close_row_sync(reservation.row_ids[0], Settlement(
-                Status.SUCCEEDED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000))
+            ledger.close_row_sync(
+                reservation.row_ids[0],
+                Settlement(
+                    Status.SUCCEEDED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000
+                ),
+            )
             stats["jobs"] += 1
         except sqlite3.OperationalError as exc:
             stats["lock_errors"] += 1
@@ -109,7 +121,10 @@ def multi(path: Path, procs: int, jobs_each: int) -> tuple[float, list[dict[str,
     Ledger(path, defaults=DEFAULTS).close()  # create and migrate the file first
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(procs), ctx.Queue()
-    workers = [ctx.Process(target=_worker, args=(str(path), w + 1, jobs_each, barrier, results)) for w in range(procs)]
+    workers = [
+        ctx.Process(target=_worker, args=(str(path), w + 1, jobs_each, barrier, results))
+        for w in range(procs)
+    ]
     for worker in workers:
         worker.start()
     stats = [results.get(timeout=600) for _ in workers]
@@ -126,21 +141,28 @@ def counters_match(path: Path) -> bool:
     expected: dict[tuple[str, str, str], tuple[int, int]] = {}
     with sqlite3.connect(path) as conn:
         for platform, workspace, channel, user, day, month, status, reserved, actual in conn.execute(
-                "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros "
-                "FROM ledger"):
+            "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros "
+            "FROM ledger"
+        ):
             is_open = status in ("reserved", "running")
             spend, images = (reserved if is_open else actual), int(is_open or status == "succeeded")
             for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
                 old = expected.get(key, (0, 0))
                 expected[key] = (old[0] + spend, old[1] + images)
-        stored = {(s, k, p): (m, n) for s, k, p, m, n in conn.execute(
-            "SELECT scope, key, period, micros, images FROM counters")}
-    return ({k: v for k, v in expected.items() if v != (0, 0)} == {k: v for k, v in stored.items() if v != (0, 0)})
+        stored = {
+            (s, k, p): (m, n)
+            for s, k, p, m, n in conn.execute("SELECT scope, key, period, micros, images FROM counters")
+        }
+    return {k: v for k, v in expected.items() if v != (0, 0)} == {
+        k: v for k, v in stored.items() if v != (0, 0)
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--jobs", type=int, default=4000, help="jobs in the single-process run, and per worker")
+    parser.add_argument(
+        "--jobs", type=int, default=4000, help="jobs in the single-process run, and per worker"
+    )
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--dir", help="folder for the SQLite files (default: a temporary folder)")
     args = parser.parse_args()
@@ -149,26 +171,41 @@ def main() -> None:
         one_path, many_path = Path(folder) / "one.sqlite3", Path(folder) / "many.sqlite3"
         elapsed, one = single(one_path, args.jobs)
         per_s_1 = one["jobs"] / elapsed
-        print(f"1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s "
-              f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+settle); "
-              f"lock errors {one['lock_errors']}, other errors {one['other_errors']}")
+        print(
+            f"1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s "
+            f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+settle); "
+            f"lock errors {one['lock_errors']}, other errors {one['other_errors']}"
+        )
 
         wall, many = multi(many_path, args.procs, args.jobs)
         total = sum(s["jobs"] for s in many)
         per_s_n = total / wall
         lock_errors = one["lock_errors"] + sum(s["lock_errors"] for s in many)
         other_errors = one["other_errors"] + sum(s["other_errors"] for s in many)
-        print(f"{args.procs} processes: {total} jobs in {wall:.2f} s wall = {per_s_n:,.0f} jobs/s "
-              f"(per process: {', '.join(str(s['jobs']) for s in many)}); "
-              f"lock errors {sum(s['lock_errors'] for s in many)}, other errors {sum(s['other_errors'] for s in many)}")
+        print(
+            f"{args.procs} processes: {total} jobs in {wall:.2f} s wall = {per_s_n:,.0f} jobs/s "
+            f"(per process: {', '.join(str(s['jobs']) for s in many)}); "
+            f"lock errors {sum(s['lock_errors'] for s in many)}, other errors {sum(s['other_errors'] for s in many)}"
+        )
         for example in [e for s in [one, *many] for e in s["examples"]][:3]:
             print(f"  error: {example}")
         match = counters_match(one_path) and counters_match(many_path)
         print(f"counters equal the ledger's SQL sums afterwards: {'yes' if match else 'NO'}")
-        print(f"target: >= 2,000 jobs/s in one process: {'met' if per_s_1 >= 2000 else 'NOT met'}; "
-              f"0 lock errors: {'met' if lock_errors == 0 else 'NOT met'}")
-    print(json.dumps({"jobs_per_s_1proc": round(per_s_1, 1), "jobs_per_s_4proc": round(per_s_n, 1),
-                      "lock_errors": lock_errors, "other_errors": other_errors, "counters_match": match}))
+        print(
+            f"target: >= 2,000 jobs/s in one process: {'met' if per_s_1 >= 2000 else 'NOT met'}; "
+            f"0 lock errors: {'met' if lock_errors == 0 else 'NOT met'}"
+        )
+    print(
+        json.dumps(
+            {
+                "jobs_per_s_1proc": round(per_s_1, 1),
+                "jobs_per_s_4proc": round(per_s_n, 1),
+                "lock_errors": lock_errors,
+                "other_errors": other_errors,
+                "counters_match": match,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,5 +20,19 @@ if __name__ == "__main__":
     args.jobs_4k = 0
     args.jobs_discord = 0
     slack = asyncio.run(main(args))["slack"]
-    print(json.dumps({k: slack[k] for k in ("ack_p50_ms", "ack_p99_ms", "ack_max_ms", "ack_floor_p99_ms",
-                                            "ack_p99_over_floor", "ratio", "ratio_range")}))
+    print(
+        json.dumps(
+            {
+                k: slack[k]
+                for k in (
+                    "ack_p50_ms",
+                    "ack_p99_ms",
+                    "ack_max_ms",
+                    "ack_floor_p99_ms",
+                    "ack_p99_over_floor",
+                    "ratio",
+                    "ratio_range",
+                )
+            }
+        )
+    )

@@ -47,30 +47,49 @@ class Core:
         """Open the database, start the offline server if there is no API key, build the runner."""
         prices = load_prices(settings.prices_path)
         if settings.model not in prices.models:
-            raise ConfigError(f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
-                              f"({', '.join(sorted(prices.models))})")
+            raise ConfigError(
+                f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
+                f"({', '.join(sorted(prices.models))})"
+            )
         if settings.api_timeout < RECOMMENDED_TIMEOUT:
-            log.warning("IMAGEBOT_API_TIMEOUT is below 360 s: 2K/4K high renders take 3-5 minutes and will time "
-                        "out (charged as possibly billed)", extra={"api_timeout_s": settings.api_timeout})
+            log.warning(
+                "IMAGEBOT_API_TIMEOUT is below 360 s: 2K/4K high renders take 3-5 minutes and will time "
+                "out (charged as possibly billed)",
+                extra={"api_timeout_s": settings.api_timeout},
+            )
         ledger = await asyncio.to_thread(
-            lambda: Ledger(settings.db_path, settings.quotas, settings.timezone, settings.store_prompts,
-                           lease=timedelta(seconds=settings.lease_seconds)))
+            lambda: Ledger(
+                settings.db_path,
+                settings.quotas,
+                settings.timezone,
+                settings.store_prompts,
+                lease=timedelta(seconds=settings.lease_seconds),
+            )
+        )
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
             if offline_server is None:
                 # The same price table (and model rules) as the bot's, IMAGEBOT_PRICES included.
-                offline_server = OfflineImageServer(latency=settings.offline_latency, faults=settings.offline_faults,
-                                                    prices=prices)
+                offline_server = OfflineImageServer(
+                    latency=settings.offline_latency, faults=settings.offline_faults, prices=prices
+                )
                 await offline_server.start()
             base_url = offline_server.base_url
             log.info("offline image server", extra={"base_url": base_url})
-        renderer = Renderer(base_url=base_url, api_key=api_key, timeout=settings.api_timeout,
-                            max_retries=settings.api_retries)
-        runner = JobRunner(ledger=ledger, renderer=renderer, prices=prices, max_in_flight=settings.max_in_flight,
-                           progress_interval=settings.progress_interval, partial_images=settings.partial_images,
-                           preview_max_share=settings.preview_max_share,
-                           offline_latency=settings.offline_latency if settings.offline else None)
+        renderer = Renderer(
+            base_url=base_url, api_key=api_key, timeout=settings.api_timeout, max_retries=settings.api_retries
+        )
+        runner = JobRunner(
+            ledger=ledger,
+            renderer=renderer,
+            prices=prices,
+            max_in_flight=settings.max_in_flight,
+            progress_interval=settings.progress_interval,
+            partial_images=settings.partial_images,
+            preview_max_share=settings.preview_max_share,
+            offline_latency=settings.offline_latency if settings.offline else None,
+        )
         core = cls(settings, prices, ledger, renderer, runner, offline_server)
         core.heartbeat = asyncio.create_task(core._keep_lease())
         return core
@@ -78,15 +97,19 @@ class Core:
     async def sweep(self) -> None:
         """Recover the jobs of processes whose lease expired, then tell the users this process can reach."""
         for job in await self.ledger.recover():
-            log.warning("interrupted job settled", extra={"job_id": job.job_id, "platform": job.platform,
-                                                          "charged_micros": job.charged_micros})
+            log.warning(
+                "interrupted job settled",
+                extra={"job_id": job.job_id, "platform": job.platform, "charged_micros": job.charged_micros},
+            )
         if self.notify is None:
             return
         for job in await self.ledger.claim_notices(self.platforms):
             try:
                 await self.notify(job)
             except Exception:
-                log.exception("could not tell the user about an interrupted job", extra={"job_id": job.job_id})
+                log.exception(
+                    "could not tell the user about an interrupted job", extra={"job_id": job.job_id}
+                )
 
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
@@ -115,7 +138,9 @@ class Core:
 
     # -- what adapters call: one job is one `submit` ------------------------------------------
 
-    async def submit(self, request: ImageRequest, who: Requester, view: JobView) -> JobResult | JobFailure | None:
+    async def submit(
+        self, request: ImageRequest, who: Requester, view: JobView
+    ) -> JobResult | JobFailure | None:
         """Run one job for `who`, shown by `view` (bot/jobs.py JobRunner.submit)."""
         return await self.runner.submit(request, who, view)
 
@@ -131,12 +156,23 @@ class Core:
         """True the first time a platform event (or message) key is seen, across processes and restarts."""
         return not await self.ledger.seen(key)
 
-    def parse(self, text: str, references: Sequence[ImageInput] = (), mask: ImageInput | None = None,
-              **options: str | int | None) -> ImageRequest:
+    def parse(
+        self,
+        text: str,
+        references: Sequence[ImageInput] = (),
+        mask: ImageInput | None = None,
+        **options: str | int | None,
+    ) -> ImageRequest:
         """`/imagine` text (plus decoded images, plus any typed options a platform has, by flag name) -> a
         validated request. Raises UserError."""
-        return parse_request(text, prices=self.prices, defaults=self.defaults, references=references, mask=mask,
-                             options=options)
+        return parse_request(
+            text,
+            prices=self.prices,
+            defaults=self.defaults,
+            references=references,
+            mask=mask,
+            options=options,
+        )
 
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
@@ -170,8 +206,9 @@ def is_mask_name(name: str) -> bool:
     return "mask" in name.lower() and name.lower().endswith(".png")
 
 
-async def decode_attachments(files: Sequence[tuple[str, bytes]],
-                             base: ImageInput | None = None) -> tuple[list[ImageInput], ImageInput | None]:
+async def decode_attachments(
+    files: Sequence[tuple[str, bytes]], base: ImageInput | None = None
+) -> tuple[list[ImageInput], ImageInput | None]:
     """Decode attachments (name, bytes) off the loop; split out the mask; put `base` first."""
     references: list[ImageInput] = [base] if base is not None else []
     mask: ImageInput | None = None
@@ -179,7 +216,9 @@ async def decode_attachments(files: Sequence[tuple[str, bytes]],
         image = await asyncio.to_thread(load_image, name, data)
         if is_mask_name(name):
             if mask is not None:
-                raise UserError(f"two masks attached ({mask.name}, {name}); attach one PNG whose name contains 'mask'")
+                raise UserError(
+                    f"two masks attached ({mask.name}, {name}); attach one PNG whose name contains 'mask'"
+                )
             mask = image
         else:
             references.append(image)

@@ -27,7 +27,9 @@ MAX_DAYS = 366
 _MENTION = re.compile(r"^<(?P<kind>@!?|#)(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
 _ROLE = re.compile(r"^<@&\d+>$")  # Discord role
 _GROUP = re.compile(r"^<!subteam\^[A-Za-z0-9]+(?:\|[^>]*)?>$")  # Slack user group
-_EVERYONE = re.compile(r"^(?:<!(?:here|channel|everyone)(?:\|[^>]*)?>|@(?:here|channel|everyone))$", re.IGNORECASE)
+_EVERYONE = re.compile(
+    r"^(?:<!(?:here|channel|everyone)(?:\|[^>]*)?>|@(?:here|channel|everyone))$", re.IGNORECASE
+)
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _SLACK_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,}$")
 _DISCORD_ID = re.compile(r"^[0-9]{1,20}$")
@@ -46,7 +48,9 @@ class Reply:
 def parse_days(args: str) -> int:
     match = re.fullmatch(r"\s*(?:--days[ =]+(\S+))?\s*", args)
     if not match:
-        raise UserError(f"unknown arguments {args.strip()!r}; use /imagine-usage [--days N] with N 1-{MAX_DAYS}")
+        raise UserError(
+            f"unknown arguments {args.strip()!r}; use /imagine-usage [--days N] with N 1-{MAX_DAYS}"
+        )
     if match[1] is None:
         return 30
     if not match[1].isdigit() or not 1 <= int(match[1]) <= MAX_DAYS:
@@ -67,9 +71,14 @@ async def my_quota(core: Core, who: Requester) -> Reply:
     lines = await core.ledger.quota_lines(who)
     if not lines:
         return Reply("You have no quota limits. Every image is still recorded in the cost ledger.")
-    return Reply("Your quota:\n" + "\n".join(
-        f"- {line.label}: {line.used} used of {line.limit}, {line.left} left "
-        f"(resets {line.resets.strftime('%Y-%m-%d %H:%M %Z')})" for line in lines))
+    return Reply(
+        "Your quota:\n"
+        + "\n".join(
+            f"- {line.label}: {line.used} used of {line.limit}, {line.left} left "
+            f"(resets {line.resets.strftime('%Y-%m-%d %H:%M %Z')})"
+            for line in lines
+        )
+    )
 
 
 def _platform_name(who: Requester) -> str:
@@ -95,36 +104,52 @@ def parse_target(text: str, who: Requester) -> tuple[str, str]:
     if match:
         return ("channel" if match["kind"] == "#" else "user"), match["id"]
     if _ROLE.match(text):
-        raise UserError(f"{text} is a role; {_PER}: name one person (@user) or a channel (#channel), "
-                        f"or use 'workspace'")
+        raise UserError(
+            f"{text} is a role; {_PER}: name one person (@user) or a channel (#channel), or use 'workspace'"
+        )
     if _GROUP.match(text):
         raise UserError(f"{text} is a user group; {_PER}: name one person (@user) or a channel (#channel)")
     if _EVERYONE.match(text):
-        raise UserError(f"{text} means everyone here; {_PER}: for everyone use 'workspace', for this channel "
-                        f"#channel")
+        raise UserError(
+            f"{text} means everyone here; {_PER}: for everyone use 'workspace', for this channel #channel"
+        )
     app = _platform_name(who)
-    example_user, example_channel = (("123456789012345678", "123456789012345678") if who.platform == "discord"
-                                     else ("U012ABCDEF", "C012ABCDEF"))
+    example_user, example_channel = (
+        ("123456789012345678", "123456789012345678")
+        if who.platform == "discord"
+        else ("U012ABCDEF", "C012ABCDEF")
+    )
     if text.startswith("@"):
-        raise UserError(f"{text!r} is plain text, not a mention: pick the person from {app}'s autocomplete so "
-                        f"a mention is sent (or give their user id, e.g. {example_user})")
+        raise UserError(
+            f"{text!r} is plain text, not a mention: pick the person from {app}'s autocomplete so "
+            f"a mention is sent (or give their user id, e.g. {example_user})"
+        )
     if text.startswith("#"):
-        raise UserError(f"{text!r} is plain text, not a channel mention: pick the channel from {app}'s "
-                        f"autocomplete (or give its id, e.g. {example_channel})")
-    slack_user, slack_channel, discord_id = (bool(_SLACK_USER.match(text)), bool(_SLACK_CHANNEL.match(text)),
-                                             bool(_DISCORD_ID.match(text)))
+        raise UserError(
+            f"{text!r} is plain text, not a channel mention: pick the channel from {app}'s "
+            f"autocomplete (or give its id, e.g. {example_channel})"
+        )
+    slack_user, slack_channel, discord_id = (
+        bool(_SLACK_USER.match(text)),
+        bool(_SLACK_CHANNEL.match(text)),
+        bool(_DISCORD_ID.match(text)),
+    )
     if who.platform == "slack":
         if slack_user or slack_channel:
             return ("user" if slack_user else "channel"), text
         if discord_id:
-            raise UserError(f"{text!r} is not a Slack id: Slack user ids start with U or W, channel ids with C "
-                            f"or G; or pick the person from Slack's autocomplete")
+            raise UserError(
+                f"{text!r} is not a Slack id: Slack user ids start with U or W, channel ids with C "
+                f"or G; or pick the person from Slack's autocomplete"
+            )
     elif who.platform == "discord":
         if discord_id:
             return "user", text
         if slack_user or slack_channel:
-            raise UserError(f"{text!r} is not a Discord id: Discord ids are numbers; or pick the person from "
-                            f"Discord's autocomplete")
+            raise UserError(
+                f"{text!r} is not a Discord id: Discord ids are numbers; or pick the person from "
+                f"Discord's autocomplete"
+            )
     elif slack_user or discord_id or slack_channel:  # console, CLI: either kind of id
         return ("channel" if slack_channel else "user"), text
     raise UserError(f"{text!r} is not a target; use @user, #channel or 'workspace'")
@@ -156,9 +181,11 @@ async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) 
         scope, key = parse_target(words[1], who)
         if scope == "workspace" and not operator:
             place = _place(who)
-            return Reply(f"Only operators (IMAGEBOT_ADMINS) can set this {place}'s own limit; as a {place} admin "
-                         f"you set limits for its users (@user) and channels (#channel). Its limit stays the "
-                         f"operators' (IMAGEBOT_WORKSPACE_MONTHLY_USD unless they set one).")
+            return Reply(
+                f"Only operators (IMAGEBOT_ADMINS) can set this {place}'s own limit; as a {place} admin "
+                f"you set limits for its users (@user) and channels (#channel). Its limit stays the "
+                f"operators' (IMAGEBOT_WORKSPACE_MONTHLY_USD unless they set one)."
+            )
         values = quota.parse_limits(words[2:])
         await core.ledger.set_limits(scope, key, values, tenant=tenant)
         return Reply(f"Limits for {scope} {key} set: {_shown(values)} (in {tenant}).")
@@ -167,5 +194,7 @@ async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) 
         built = await report.build(core.ledger, tenant=None if operator else tenant, days=days)
         chart = await asyncio.to_thread(report.chart_png, built)
         return Reply(built.text(), private=True, chart=chart)
-    raise UserError("usage: /imagine-admin quota <@user|#channel|workspace> daily_usd=N daily_images=N "
-                    "monthly_usd=N monthly_images=N  |  /imagine-admin report --all [--days N]")
+    raise UserError(
+        "usage: /imagine-admin quota <@user|#channel|workspace> daily_usd=N daily_images=N "
+        "monthly_usd=N monthly_images=N  |  /imagine-admin report --all [--days N]"
+    )

@@ -53,8 +53,10 @@ def parse_admins(text: str) -> frozenset[str]:
         platform = platform.strip().lower()
         ident = ident.strip()
         if sep and (platform not in PLATFORMS or not ident):
-            raise ConfigError(f"IMAGEBOT_ADMINS has {entry!r}; use user ids, bare (any platform) or as "
-                              f"slack:ID or discord:ID")
+            raise ConfigError(
+                f"IMAGEBOT_ADMINS has {entry!r}; use user ids, bare (any platform) or as "
+                f"slack:ID or discord:ID"
+            )
         found.add(f"{platform}:{ident}" if sep else ident)
     return frozenset(found)
 
@@ -147,8 +149,14 @@ class Settings:
 
     def secrets(self) -> list[str]:
         """Every configured secret value, for log scrubbing and tests."""
-        found = (self.openai_api_key, self.slack_bot_token, self.slack_signing_secret,
-                 self.slack_app_token, self.discord_token, self.metrics_token)
+        found = (
+            self.openai_api_key,
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.discord_token,
+            self.metrics_token,
+        )
         return [s.reveal() for s in found if s is not None and s.reveal()]
 
     @classmethod
@@ -175,7 +183,9 @@ class _Env:
         value = self.text(name)
         return Secret(value) if value else None
 
-    def number(self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None) -> float:
+    def number(
+        self, name: str, default: float, *, minimum: float = 0.0, maximum: float | None = None
+    ) -> float:
         text = self.text(name)
         if text is None:
             return default
@@ -199,7 +209,9 @@ class _Env:
         except ValueError:
             value = float("nan")
         if not 0.0 <= value <= 1.0:  # NaN fails this too
-            raise ConfigError(f"{name}={text!r} must be a share from 0 to 1 (e.g. {default:g} for {default:.0%})")
+            raise ConfigError(
+                f"{name}={text!r} must be a share from 0 to 1 (e.g. {default:g} for {default:.0%})"
+            )
         return value
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
@@ -237,8 +249,9 @@ class _Env:
         if text is None:
             return None
         if not re.fullmatch(r"[0-9]+", text) or int(text) > MAX_LIMIT_IMAGES:
-            raise ConfigError(f"{name}={text!r} is out of range: use a whole number, {IMAGES_RANGE} "
-                              "(unset for unlimited)")
+            raise ConfigError(
+                f"{name}={text!r} is out of range: use a whole number, {IMAGES_RANGE} (unset for unlimited)"
+            )
         return int(text)
 
     def url(self, name: str, default: str) -> str:
@@ -251,10 +264,13 @@ class _Env:
 def _parse(env: _Env) -> Settings:
     api_key = env.secret("OPENAI_API_KEY")
     offline = env.flag("IMAGEBOT_OFFLINE", False) or api_key is None
-    slack_bot, slack_secret, slack_app = (env.secret(n) for n in
-                                         ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN"))
+    slack_bot, slack_secret, slack_app = (
+        env.secret(n) for n in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
+    )
     if slack_bot and not slack_app and not slack_secret:
-        raise ConfigError("Slack HTTP mode (SLACK_BOT_TOKEN without SLACK_APP_TOKEN) needs SLACK_SIGNING_SECRET")
+        raise ConfigError(
+            "Slack HTTP mode (SLACK_BOT_TOKEN without SLACK_APP_TOKEN) needs SLACK_SIGNING_SECRET"
+        )
     if (slack_app or slack_secret) and not slack_bot:
         raise ConfigError("SLACK_APP_TOKEN / SLACK_SIGNING_SECRET are set but SLACK_BOT_TOKEN is not")
     if slack_app and not slack_app.reveal().startswith("xapp-"):
@@ -270,7 +286,9 @@ def _parse(env: _Env) -> Settings:
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise ConfigError(f"IMAGEBOT_TIMEZONE={tz_name!r} is not a known IANA time zone (e.g. Europe/Berlin)") from None
+        raise ConfigError(
+            f"IMAGEBOT_TIMEZONE={tz_name!r} is not a known IANA time zone (e.g. Europe/Berlin)"
+        ) from None
     quality = (env.text("IMAGEBOT_QUALITY", "auto") or "auto").lower()
     if quality not in QUALITIES:
         raise ConfigError(f"IMAGEBOT_QUALITY={quality!r} must be one of {', '.join(QUALITIES)}")

@@ -42,8 +42,9 @@ class ApiRejected(_Attempted, UserError):
     """The provider refused the request as invalid (HTTP 400): the user can change it. That attempt is not
     billed; earlier attempts of the same image (a timeout, then the refusal) may have been."""
 
-    def __init__(self, message: str, request_ids: tuple[str, ...] = (), attempts: int = 1, *,
-                 billed_attempts: int = 0) -> None:
+    def __init__(
+        self, message: str, request_ids: tuple[str, ...] = (), attempts: int = 1, *, billed_attempts: int = 0
+    ) -> None:
         super().__init__(message)
         self.request_ids = request_ids
         self.attempts = attempts

@@ -70,14 +70,18 @@ def load_image(name: str, data: bytes) -> ImageInput:
             if fmt is None:
                 raise UserError(f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP")
             if img.width * img.height > MAX_DECODE_PIXELS:
-                raise UserError(f"{name} is {img.width}x{img.height}, a decompression bomb by our rules: "
-                                f"images must be under {MAX_DECODE_PIXELS // 1_000_000} MP")
+                raise UserError(
+                    f"{name} is {img.width}x{img.height}, a decompression bomb by our rules: "
+                    f"images must be under {MAX_DECODE_PIXELS // 1_000_000} MP"
+                )
             img.load()
             has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
             return ImageInput(name, data, img.width, img.height, fmt, has_alpha)
     except Image.DecompressionBombError:
-        raise UserError(f"{name} is a decompression bomb (too many pixels); images must be under "
-                        f"{MAX_DECODE_PIXELS // 1_000_000} MP") from None
+        raise UserError(
+            f"{name} is a decompression bomb (too many pixels); images must be under "
+            f"{MAX_DECODE_PIXELS // 1_000_000} MP"
+        ) from None
     except UserError:
         raise
     except Exception:
@@ -87,7 +91,9 @@ def load_image(name: str, data: bytes) -> ImageInput:
 def check_mask(mask: ImageInput, first: ImageInput) -> None:
     """A mask must be a PNG with an alpha channel, the same size as the first image."""
     if mask.format != "png":
-        raise UserError(f"mask {mask.name} is {mask.format.upper()}; the mask must be a PNG with an alpha channel")
+        raise UserError(
+            f"mask {mask.name} is {mask.format.upper()}; the mask must be a PNG with an alpha channel"
+        )
     if not mask.has_alpha:
         raise UserError(f"mask {mask.name} has no alpha channel; transparent pixels mark where to edit")
     if (mask.width, mask.height) != (first.width, first.height):
@@ -116,16 +122,23 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
         original = img.convert("RGB")
     scale = 1.0
     while True:
-        frame = original if scale == 1.0 else original.resize(
-            (max(16, int(original.width * scale)), max(16, int(original.height * scale))), Image.Resampling.LANCZOS
+        frame = (
+            original
+            if scale == 1.0
+            else original.resize(
+                (max(16, int(original.width * scale)), max(16, int(original.height * scale))),
+                Image.Resampling.LANCZOS,
+            )
         )
         for quality in (90, 80, 70, 60, 50, 40):
             out = io.BytesIO()
             frame.save(out, "JPEG", quality=quality, optimize=True)
             if out.tell() <= limit:
-                note = (f"re-encoded as JPEG quality {quality}" +
-                        (f" at {frame.width}x{frame.height}" if scale < 1.0 else "") +
-                        f" to fit the {_size_text(limit)} upload limit")
+                note = (
+                    f"re-encoded as JPEG quality {quality}"
+                    + (f" at {frame.width}x{frame.height}" if scale < 1.0 else "")
+                    + f" to fit the {_size_text(limit)} upload limit"
+                )
                 return out.getvalue(), "jpeg", note
         scale /= 2
         if original.width * scale < 16:

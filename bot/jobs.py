@@ -113,9 +113,18 @@ class _State:
 class JobRunner:
     """Runs jobs for every adapter; owns the in-flight limit and the table of cancellable jobs."""
 
-    def __init__(self, *, ledger: Ledger, renderer: Renderer, prices: PriceTable, max_in_flight: int = 8,
-                 progress_interval: float = 3.0, partial_images: int = 0, preview_max_share: float = 0.05,
-                 offline_latency: float | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        renderer: Renderer,
+        prices: PriceTable,
+        max_in_flight: int = 8,
+        progress_interval: float = 3.0,
+        partial_images: int = 0,
+        preview_max_share: float = 0.05,
+        offline_latency: float | None = None,
+    ) -> None:
         self.ledger = ledger
         self.renderer = renderer
         self.prices = prices
@@ -136,8 +145,14 @@ class JobRunner:
 
     def estimate(self, request: ImageRequest, partials: int = 0) -> int:
         """Worst-case micro-dollars for ONE image of `request` (the reservation per image)."""
-        return estimate_micros(self.prices.model(request.model), size=request.size, quality=request.quality,
-                               prompt=request.prompt, references=len(request.references), partials=partials)
+        return estimate_micros(
+            self.prices.model(request.model),
+            size=request.size,
+            quality=request.quality,
+            prompt=request.prompt,
+            references=len(request.references),
+            partials=partials,
+        )
 
     async def prepare(self, request: ImageRequest, requester: Requester, *, previews: bool = False) -> Job:
         """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded).
@@ -148,14 +163,26 @@ class JobRunner:
         await self.acks.calm()
         if not self.accepting:
             raise UserError(texts.RESTARTING)
-        partials = (preview_count(self.prices.model(request.model), request, self.partial_images,
-                                  self.preview_max_share) if previews else 0)
+        partials = (
+            preview_count(
+                self.prices.model(request.model), request, self.partial_images, self.preview_max_share
+            )
+            if previews
+            else 0
+        )
         reservation = await self.ledger.reserve(requester, request, self.estimate(request, partials))
         job = Job(reservation.job_id, request, requester, reservation, partials)
         self.jobs[job.id] = job
-        log.info("job reserved", extra={"job_id": job.id, "platform": requester.platform,
-                                        "channel": requester.channel, "user": requester.user,
-                                        "reserved_micros": reservation.total_micros})
+        log.info(
+            "job reserved",
+            extra={
+                "job_id": job.id,
+                "platform": requester.platform,
+                "channel": requester.channel,
+                "user": requester.user,
+                "reserved_micros": reservation.total_micros,
+            },
+        )
         return job
 
     async def abandon(self, job: Job, reason: str) -> None:
@@ -164,7 +191,9 @@ class JobRunner:
             await self._close(job, row, Settlement(Status.CANCELLED, 0, error=reason))
         self.jobs.pop(job.id, None)
 
-    async def submit(self, request: ImageRequest, requester: Requester, view: JobView) -> JobResult | JobFailure | None:
+    async def submit(
+        self, request: ImageRequest, requester: Requester, view: JobView
+    ) -> JobResult | JobFailure | None:
         """The one call an adapter makes for a job: reserve, open the view's message, record where it lives,
         render, settle, deliver. Whatever goes wrong before the job starts is told to the requester alone
         (`view.refused`) and costs nothing; None then."""
@@ -187,9 +216,18 @@ class JobRunner:
     def first_progress(self, job: Job) -> Progress:
         """What to show before the job's first tick: queued if every slot is taken."""
         queued = self.gate.active >= self.gate.limit
-        return Progress(job.id, job.request, "queued" if queued else "rendering", 0.0,
-                        expected_seconds(job.request, self.offline_latency),
-                        self.gate.queued + 1 if queued else None, 0, job.request.count, None, self.offline)
+        return Progress(
+            job.id,
+            job.request,
+            "queued" if queued else "rendering",
+            0.0,
+            expected_seconds(job.request, self.offline_latency),
+            self.gate.queued + 1 if queued else None,
+            0,
+            job.request.count,
+            None,
+            self.offline,
+        )
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking jobs, let running ones finish for `grace` seconds, then interrupt the rest."""
@@ -210,9 +248,12 @@ class JobRunner:
         job = self.jobs.get(job_id)
         if job is None or job.task is None or job.task.done():
             return False
-        mine = (job.requester.user == who if isinstance(who, str) else
-                (job.requester.platform, job.requester.workspace, job.requester.user)
-                == (who.platform, who.workspace, who.user))
+        mine = (
+            job.requester.user == who
+            if isinstance(who, str)
+            else (job.requester.platform, job.requester.workspace, job.requester.user)
+            == (who.platform, who.workspace, who.user)
+        )
         return mine and job.stop("cancelled")
 
     async def execute(self, job: Job, view: JobView) -> JobResult | JobFailure:
@@ -223,12 +264,16 @@ class JobRunner:
         job.task = asyncio.current_task()  # type: ignore[assignment]
         state = _State(started=time.monotonic(), waiters=[None] * job.request.count)
         ticker = asyncio.create_task(self._tick(job, view, state))
-        job.images = [asyncio.create_task(self._one(job, seq, row, state))
-                      for seq, row in enumerate(job.reservation.row_ids)]
+        job.images = [
+            asyncio.create_task(self._one(job, seq, row, state))
+            for seq, row in enumerate(job.reservation.row_ids)
+        ]
         outer_cancel = False
         try:
             outcomes: list[Image | BaseException] = await asyncio.gather(*job.images, return_exceptions=True)
-        except asyncio.CancelledError:  # the job's own task was cancelled: stop the images, keep what finished
+        except (
+            asyncio.CancelledError
+        ):  # the job's own task was cancelled: stop the images, keep what finished
             outer_cancel = True
             job.stop(job.stop_reason)
             outcomes = await asyncio.shield(asyncio.gather(*job.images, return_exceptions=True))
@@ -236,8 +281,15 @@ class JobRunner:
             ticker.cancel()
         for seq, outcome in enumerate(outcomes):
             if isinstance(outcome, asyncio.CancelledError):  # stopped before it ever ran: nothing was called
-                await asyncio.shield(self._close(job, job.reservation.row_ids[seq], Settlement(
-                    Status(job.stop_reason), 0, error=f"{job.stop_reason} before the API call")))
+                await asyncio.shield(
+                    self._close(
+                        job,
+                        job.reservation.row_ids[seq],
+                        Settlement(
+                            Status(job.stop_reason), 0, error=f"{job.stop_reason} before the API call"
+                        ),
+                    )
+                )
                 outcomes[seq] = Stopped(job.stop_reason, 0)
         try:
             return await self._finish(job, view, state, outcomes)
@@ -246,8 +298,9 @@ class JobRunner:
             if outer_cancel:
                 raise asyncio.CancelledError
 
-    async def _finish(self, job: Job, view: JobView, state: _State,
-                      outcomes: list[Image | BaseException]) -> JobResult | JobFailure:
+    async def _finish(
+        self, job: Job, view: JobView, state: _State, outcomes: list[Image | BaseException]
+    ) -> JobResult | JobFailure:
         elapsed = time.monotonic() - state.started
         images = [o for o in outcomes if isinstance(o, Image)]
         errors = [o for o in outcomes if isinstance(o, BaseException)]
@@ -255,22 +308,42 @@ class JobRunner:
             if not isinstance(error, UserError | ProviderError | Stopped):
                 log.error("job %s image failed unexpectedly", job.id, exc_info=error)
         charged = sum(i.cost_micros for i in images) + sum(
-            failure_charge(e, job.reservation.each_micros) for e in errors)
+            failure_charge(e, job.reservation.each_micros) for e in errors
+        )
         stopped = [e for e in errors if isinstance(e, Stopped)]
         if images:
             notes = tuple(str(e) if isinstance(e, Stopped) else texts.image_failed(str(e)) for e in errors)
-            result = JobResult(job.id, job.request, job.requester, tuple(images), notes, charged, elapsed,
-                               await self.ledger.quota_left_text(job.requester), self.offline)
+            result = JobResult(
+                job.id,
+                job.request,
+                job.requester,
+                tuple(images),
+                notes,
+                charged,
+                elapsed,
+                await self.ledger.quota_left_text(job.requester),
+                self.offline,
+            )
             await self._deliver(view, result)
             return result
         if stopped and len(stopped) == len(errors):
-            failure = JobFailure(job.id, job.request, job.requester, texts.stopped_job(job.stop_reason), (),
-                                 charged, True, self.offline)
+            failure = JobFailure(
+                job.id,
+                job.request,
+                job.requester,
+                texts.stopped_job(job.stop_reason),
+                (),
+                charged,
+                True,
+                self.offline,
+            )
         else:
             first = next(e for e in errors if not isinstance(e, Stopped))
             ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
             message = first.message if isinstance(first, ProviderError | ApiRejected) else str(first)
-            failure = JobFailure(job.id, job.request, job.requester, message, ids, charged, False, self.offline)
+            failure = JobFailure(
+                job.id, job.request, job.requester, message, ids, charged, False, self.offline
+            )
         await self._safe(view.failed(failure))
         return failure
 
@@ -288,10 +361,20 @@ class JobRunner:
         """Close a ledger row and count it in the metrics."""
         if await self.ledger.close_row(row_id, settlement):
             who = job.requester
-            log.info("image settled", extra={
-                "job_id": job.id, "row_id": row_id, "platform": who.platform, "workspace": who.workspace,
-                "channel": who.channel, "user": who.user, "status": str(settlement.status),
-                "actual_micros": settlement.actual_micros, "request_ids": ",".join(settlement.request_ids)})
+            log.info(
+                "image settled",
+                extra={
+                    "job_id": job.id,
+                    "row_id": row_id,
+                    "platform": who.platform,
+                    "workspace": who.workspace,
+                    "channel": who.channel,
+                    "user": who.user,
+                    "status": str(settlement.status),
+                    "actual_micros": settlement.actual_micros,
+                    "request_ids": ",".join(settlement.request_ids),
+                },
+            )
             metrics.JOBS.labels(who.platform, str(settlement.status)).inc()
             metrics.SPEND.labels(who.platform).inc(settlement.actual_micros / 1_000_000)
 
@@ -322,18 +405,31 @@ class JobRunner:
                 try:
                     try:
                         result: RenderResult = await self.renderer.render(
-                            job.request, partials=job.partials, on_preview=preview,
-                            client_request_id=f"imagebot-{job.id}-{seq}", before_retry=before_retry,
-                            attempts=attempts)
+                            job.request,
+                            partials=job.partials,
+                            on_preview=preview,
+                            client_request_id=f"imagebot-{job.id}-{seq}",
+                            before_retry=before_retry,
+                            attempts=attempts,
+                        )
                     finally:
                         await asyncio.shield(marked)  # settle only after the row is marked running
                 except asyncio.CancelledError:
                     raise
                 except (ProviderError, ApiRejected) as exc:
                     charge = failure_charge(exc, each)
-                    await self._close(job, row_id, Settlement(
-                        Status.POSSIBLY_BILLED if charge else Status.FAILED, charge, request_ids=exc.request_ids,
-                        attempts=exc.attempts, latency_ms=_ms(state.started), error=str(exc)))
+                    await self._close(
+                        job,
+                        row_id,
+                        Settlement(
+                            Status.POSSIBLY_BILLED if charge else Status.FAILED,
+                            charge,
+                            request_ids=exc.request_ids,
+                            attempts=exc.attempts,
+                            latency_ms=_ms(state.started),
+                            error=str(exc),
+                        ),
+                    )
                     raise
                 except BaseException as exc:
                     await self._close(job, row_id, Settlement(Status.FAILED, 0, error=repr(exc)[:500]))
@@ -345,24 +441,50 @@ class JobRunner:
             # included: never recorded as free. An image still queued never called the API: released.
             billed = sum(a.possibly_billed for a in attempts)
             charge = billed * each
-            note = (f"{job.stop_reason} during the API call; {billed} attempt(s) charged at the estimate as "
-                    "possibly billed" if billed else f"{job.stop_reason} before the API call; nothing charged")
-            await asyncio.shield(self._close(job, row_id, Settlement(
-                Status(job.stop_reason), charge, attempts=len(attempts),
-                request_ids=tuple(a.request_id for a in attempts if a.request_id), error=note)))
+            note = (
+                f"{job.stop_reason} during the API call; {billed} attempt(s) charged at the estimate as "
+                "possibly billed"
+                if billed
+                else f"{job.stop_reason} before the API call; nothing charged"
+            )
+            await asyncio.shield(
+                self._close(
+                    job,
+                    row_id,
+                    Settlement(
+                        Status(job.stop_reason),
+                        charge,
+                        attempts=len(attempts),
+                        request_ids=tuple(a.request_id for a in attempts if a.request_id),
+                        error=note,
+                    ),
+                )
+            )
             raise Stopped(job.stop_reason, charge) from None
         cost = cost_micros(prices, result.usage) + result.lost_attempts * each
-        settle = asyncio.ensure_future(self._close(job, row_id, Settlement(
-            Status.SUCCEEDED, cost, usage=result.usage, request_ids=result.request_ids, attempts=result.attempts,
-            latency_ms=int(result.elapsed * 1000))))
+        settle = asyncio.ensure_future(
+            self._close(
+                job,
+                row_id,
+                Settlement(
+                    Status.SUCCEEDED,
+                    cost,
+                    usage=result.usage,
+                    request_ids=result.request_ids,
+                    attempts=result.attempts,
+                    latency_ms=int(result.elapsed * 1000),
+                ),
+            )
+        )
         try:
             await asyncio.shield(settle)
         except asyncio.CancelledError:
             await settle  # the image is finished and paid for: a cancel now still delivers it
         state.done += 1
         metrics.RENDER_SECONDS.observe(result.elapsed)
-        return Image(result.data, result.width, result.height, result.format, cost, result.request_ids,
-                     result.elapsed)
+        return Image(
+            result.data, result.width, result.height, result.format, cost, result.request_ids, result.elapsed
+        )
 
     async def _tick(self, job: Job, view: JobView, state: _State) -> None:
         expected = expected_seconds(job.request, self.offline_latency)
@@ -370,10 +492,22 @@ class JobRunner:
             positions = [p for p in (self.gate.position(w) for w in state.waiters) if p is not None]
             queued = not state.rendering and not state.done and bool(positions)
             preview, state.preview = state.preview, None
-            await self._safe(view.progress(Progress(
-                job.id, job.request, "queued" if queued else "rendering", time.monotonic() - state.started,
-                expected, min(positions) if positions else None, state.done, job.request.count, preview,
-                self.offline)))
+            await self._safe(
+                view.progress(
+                    Progress(
+                        job.id,
+                        job.request,
+                        "queued" if queued else "rendering",
+                        time.monotonic() - state.started,
+                        expected,
+                        min(positions) if positions else None,
+                        state.done,
+                        job.request.count,
+                        preview,
+                        self.offline,
+                    )
+                )
+            )
             await asyncio.sleep(self.progress_interval)
 
     @staticmethod

@@ -135,8 +135,12 @@ class Ledger:
         # A reserve+settle writes ~13 WAL pages; at SQLite's default (a checkpoint every 1000 pages) one
         # commit in ~150 pays for a checkpoint's fsyncs, about a third of all ledger time. Checkpoint
         # every 4000 pages instead; the WAL file is reused, and cut back to the limit after a checkpoint.
-        self._sync(lambda: (self.db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"),
-                            self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")))
+        self._sync(
+            lambda: (
+                self.db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}"),
+                self.db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}"),
+            )
+        )
         self.instance_id = uuid.uuid4().hex
         self._sync(self._register)
 
@@ -152,6 +156,7 @@ class Ledger:
         def _close() -> None:
             self.db.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
             self.db.conn.close()
+
         try:
             self._sync(_close)
         finally:
@@ -159,15 +164,26 @@ class Ledger:
 
     def _register(self) -> None:
         now = self.clock()
-        self.db.execute("INSERT INTO instances (id, host, pid, started_at, heartbeat_at, expires_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)", [self.instance_id, socket.gethostname(), os.getpid(),
-                                                      _iso(now), _iso(now), _iso(now + self.lease)])
+        self.db.execute(
+            "INSERT INTO instances (id, host, pid, started_at, heartbeat_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                self.instance_id,
+                socket.gethostname(),
+                os.getpid(),
+                _iso(now),
+                _iso(now),
+                _iso(now + self.lease),
+            ],
+        )
 
     def heartbeat_sync(self) -> None:
         """Renew this process's lease on its jobs (host and pid are only for people reading the table)."""
         now = self.clock()
-        cursor = self.db.execute("UPDATE instances SET heartbeat_at=?, expires_at=? WHERE id=?",
-                                 [_iso(now), _iso(now + self.lease), self.instance_id])
+        cursor = self.db.execute(
+            "UPDATE instances SET heartbeat_at=?, expires_at=? WHERE id=?",
+            [_iso(now), _iso(now + self.lease), self.instance_id],
+        )
         if cursor.rowcount == 0:
             # Another process found our lease expired (we were stalled past it) and recovered our jobs;
             # those rows are closed for good, but the jobs we start from now on are ours again.
@@ -179,17 +195,24 @@ class Ledger:
 
     # -- reservation ----------------------------------------------------------------------
 
-    def reserve_sync(self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None) -> Reservation:
+    def reserve_sync(
+        self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None
+    ) -> Reservation:
         """Check every limit and reserve `count` x `each_micros` in one BEGIN IMMEDIATE transaction."""
         job_id = job_id or uuid.uuid4().hex[:16]
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
         count = request.count
-        what = (f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}")
+        what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         with immediate(self.db):
             limits = quota.effective_limits(self.db, self.defaults, who)
-            quota.enforce(quota.checks(self.db, limits, who, periods), micros=each_micros * count,
-                          images=count, now=now.astimezone(self.timezone), what=what)
+            quota.enforce(
+                quota.checks(self.db, limits, who, periods),
+                micros=each_micros * count,
+                images=count,
+                now=now.astimezone(self.timezone),
+                what=what,
+            )
             stamp = _iso(now)
             prompt = request.prompt if self.store_prompts else None
             ids = []
@@ -198,15 +221,33 @@ class Ledger:
                     "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
                     "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
                     "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?)",
-                    [job_id, seq, who.platform, who.workspace, who.channel, who.user, request.model,
-                     str(request.size), request.quality, request.format, prompt, each_micros,
-                     self.instance_id, periods.day, periods.month, stamp, stamp])
+                    [
+                        job_id,
+                        seq,
+                        who.platform,
+                        who.workspace,
+                        who.channel,
+                        who.user,
+                        request.model,
+                        str(request.size),
+                        request.quality,
+                        request.format,
+                        prompt,
+                        each_micros,
+                        self.instance_id,
+                        periods.day,
+                        periods.month,
+                        stamp,
+                        stamp,
+                    ],
+                )
                 ids.append(int(cursor.lastrowid or 0))
             quota.bump(self.db, who, periods.day, periods.month, micros=each_micros * count, images=count)
         return Reservation(job_id, tuple(ids), each_micros)
 
-    async def reserve(self, who: Requester, request: ImageRequest, each_micros: int,
-                      job_id: str | None = None) -> Reservation:
+    async def reserve(
+        self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None
+    ) -> Reservation:
         return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id))
 
     def extend_sync(self, row_id: int, micros: int) -> None:
@@ -217,17 +258,27 @@ class Ledger:
         with immediate(self.db):
             row = self.db.conn.execute(
                 "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=?",
-                [row_id]).fetchone()
+                [row_id],
+            ).fetchone()
             if row is None or row[0] not in OPEN:
                 raise UserError("this image is no longer running")
             who = Requester(row[1], row[2], row[3], row[4])
             limits = quota.effective_limits(self.db, self.defaults, who)
             # The periods the row counts in (a job that started before midnight still belongs to that day).
-            periods = quota.Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
-            quota.enforce(quota.checks(self.db, limits, who, periods), micros=micros, images=0,
-                          now=now.astimezone(self.timezone), what="another attempt")
-            self.db.conn.execute("UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
-                                 [micros, _iso(now), row_id])
+            periods = quota.Periods.at(
+                datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
+            )
+            quota.enforce(
+                quota.checks(self.db, limits, who, periods),
+                micros=micros,
+                images=0,
+                now=now.astimezone(self.timezone),
+                what="another attempt",
+            )
+            self.db.conn.execute(
+                "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
+                [micros, _iso(now), row_id],
+            )
             quota.bump(self.db, who, row[5], row[6], micros=micros, images=0)
 
     async def extend(self, row_id: int, micros: int) -> None:
@@ -240,8 +291,13 @@ class Ledger:
         queue); the caller awaits the returned future later, keeping the write off the request path.
         """
         stamp = _iso(self.clock())
-        return asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.db.execute(
-            "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'", [stamp, row_id]))
+        return asyncio.get_running_loop().run_in_executor(
+            self._pool,
+            lambda: self.db.execute(
+                "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'",
+                [stamp, row_id],
+            ),
+        )
 
     def set_context(self, job_id: str, context: dict[str, Any]) -> asyncio.Future[Any]:
         """Where the adapter shows this job (thread, message), so a restart can tell the user.
@@ -250,8 +306,9 @@ class Ledger:
         not wait for it before the API call (a failure is logged).
         """
         text = json.dumps(context)
-        future = asyncio.get_running_loop().run_in_executor(self._pool, lambda: self.db.execute(
-            "UPDATE ledger SET context=? WHERE job_id=?", [text, job_id]))
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self.db.execute("UPDATE ledger SET context=? WHERE job_id=?", [text, job_id])
+        )
         future.add_done_callback(_log_failure)
         return future
 
@@ -262,7 +319,9 @@ class Ledger:
         with immediate(self.db):
             row = self.db.conn.execute(
                 "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, actual_micros "
-                "FROM ledger WHERE id=?", [row_id]).fetchone()
+                "FROM ledger WHERE id=?",
+                [row_id],
+            ).fetchone()
             if row is None or (only_if_open and row[0] not in OPEN):
                 return False
             old_status, reserved, workspace, channel, user, day, month, platform, old_actual = row
@@ -278,12 +337,31 @@ class Ledger:
                 "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
                 "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=?, notice=? "
                 "WHERE id=?",
-                [str(settlement.status), settlement.actual_micros, usage.text_tokens, usage.image_tokens,
-                 usage.output_tokens, json.dumps(list(settlement.request_ids)), settlement.attempts,
-                 settlement.latency_ms, settlement.error, stamp, stamp, settlement.notice, row_id])
+                [
+                    str(settlement.status),
+                    settlement.actual_micros,
+                    usage.text_tokens,
+                    usage.image_tokens,
+                    usage.output_tokens,
+                    json.dumps(list(settlement.request_ids)),
+                    settlement.attempts,
+                    settlement.latency_ms,
+                    settlement.error,
+                    stamp,
+                    stamp,
+                    settlement.notice,
+                    row_id,
+                ],
+            )
             succeeded = int(settlement.status == Status.SUCCEEDED)
-            quota.bump(self.db, Requester(platform, workspace, channel, user), day, month,
-                       micros=settlement.actual_micros - old_micros, images=succeeded - old_images)
+            quota.bump(
+                self.db,
+                Requester(platform, workspace, channel, user),
+                day,
+                month,
+                micros=settlement.actual_micros - old_micros,
+                images=succeeded - old_images,
+            )
         return True
 
     async def close_row(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
@@ -300,26 +378,42 @@ class Ledger:
         """
         now = _iso(self.clock())
         with immediate(self.db):
-            dead = [r[0] for r in self.db.conn.execute(
-                "SELECT id FROM instances WHERE expires_at < ? AND id != ?", [now, self.instance_id])]
+            dead = [
+                r[0]
+                for r in self.db.conn.execute(
+                    "SELECT id FROM instances WHERE expires_at < ? AND id != ?", [now, self.instance_id]
+                )
+            ]
             if dead:
                 self.db.conn.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", dead)
             rows = self.db.conn.execute(
                 "SELECT id, job_id, status, reserved_micros, platform, channel, user, context FROM ledger "
                 "WHERE status IN ('reserved', 'running') AND (owner IS NULL OR owner NOT IN "
-                "(SELECT id FROM instances))").fetchall()
+                "(SELECT id FROM instances))"
+            ).fetchall()
         jobs: dict[str, Interrupted] = {}
         for row_id, job_id, status, reserved, platform, channel, user, context in rows:
             charged = int(reserved) if status == "running" else 0
-            note = ("interrupted: the process running it stopped during the API call; charged at its "
-                    "estimate as possibly billed" if charged else
-                    "interrupted: the process running it stopped before the API call; nothing charged")
-            if not self.close_row_sync(row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending")):
+            note = (
+                "interrupted: the process running it stopped during the API call; charged at its "
+                "estimate as possibly billed"
+                if charged
+                else "interrupted: the process running it stopped before the API call; nothing charged"
+            )
+            if not self.close_row_sync(
+                row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending")
+            ):
                 continue  # its owner settled it meanwhile
             old = jobs.get(job_id)
-            jobs[job_id] = Interrupted(job_id, platform, channel, user, json.loads(context) if context else {},
-                                       charged + (old.charged_micros if old else 0),
-                                       1 + (old.images if old else 0))
+            jobs[job_id] = Interrupted(
+                job_id,
+                platform,
+                channel,
+                user,
+                json.loads(context) if context else {},
+                charged + (old.charged_micros if old else 0),
+                1 + (old.images if old else 0),
+            )
         return list(jobs.values())
 
     async def recover(self) -> list[Interrupted]:
@@ -335,15 +429,27 @@ class Ledger:
             rows = self.db.conn.execute(
                 f"SELECT job_id, platform, channel, user, context, sum(actual_micros), count(*) FROM ledger "
                 f"WHERE notice = 'pending' AND platform IN ({marks}) GROUP BY job_id ORDER BY min(id)",
-                list(platforms)).fetchall()
+                list(platforms),
+            ).fetchall()
             if rows:
                 jobs = [r[0] for r in rows]
                 self.db.conn.execute(
                     f"UPDATE ledger SET notice = 'sent' WHERE notice = 'pending' AND job_id IN "
-                    f"({','.join('?' * len(jobs))})", jobs)
-        return [Interrupted(job_id, platform, channel, user, json.loads(context) if context else {},
-                            int(charged), int(images))
-                for job_id, platform, channel, user, context, charged, images in rows]
+                    f"({','.join('?' * len(jobs))})",
+                    jobs,
+                )
+        return [
+            Interrupted(
+                job_id,
+                platform,
+                channel,
+                user,
+                json.loads(context) if context else {},
+                int(charged),
+                int(images),
+            )
+            for job_id, platform, channel, user, context, charged, images in rows
+        ]
 
     async def claim_notices(self, platforms: Collection[str]) -> list[Interrupted]:
         return await self._run(lambda: self.claim_notices_sync(platforms))
@@ -354,8 +460,10 @@ class Ledger:
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
         limits = quota.effective_limits(self.db, self.defaults, who)
-        return [QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
-                for c in quota.checks(self.db, limits, who, periods)]
+        return [
+            QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
+            for c in quota.checks(self.db, limits, who, periods)
+        ]
 
     async def quota_lines(self, who: Requester) -> list[QuotaLine]:
         return await self._run(lambda: self.quota_lines_sync(who))
@@ -367,7 +475,9 @@ class Ledger:
             return "no quota limits"
         return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
 
-    def set_limits_sync(self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant) -> None:
+    def set_limits_sync(
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+    ) -> None:
         """Override limits of user `key`, channel `key` or (scope 'workspace', `key` = its workspace id) the
         tenant itself, in `tenant` only. Who may do which is the caller's rule (bot/commands.py)."""
         if scope not in ("user", "channel", "workspace"):
@@ -376,25 +486,35 @@ class Ledger:
             raise ValueError(f"a workspace limit is its tenant's own: {key!r} is not {tenant}")
         if scope != "user" and any(column != "monthly_micros" for column in values):
             # Only users have daily and image limits; stored for a channel they would be silently ignored.
-            raise UserError(f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)")
+            raise UserError(
+                f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)"
+            )
         quota.check_limit_values(values)
         row_key = quota.limit_key(scope, tenant, key)
         stamp = _iso(self.clock())
         with immediate(self.db):
-            self.db.execute("INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)",
-                            [scope, row_key, stamp])
+            self.db.execute(
+                "INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)",
+                [scope, row_key, stamp],
+            )
             for column, value in values.items():
-                self.db.execute(f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
-                                [value, stamp, scope, row_key])
+                self.db.execute(
+                    f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
+                    [value, stamp, scope, row_key],
+                )
 
-    async def set_limits(self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant) -> None:
+    async def set_limits(
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+    ) -> None:
         await self._run(lambda: self.set_limits_sync(scope, key, values, tenant=tenant))
 
     def seen_sync(self, key: str) -> bool:
         """Remember a platform event id; True if it was already seen (so: do nothing)."""
         now = self.clock()
         with immediate(self.db):
-            cursor = self.db.execute("INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", [key, _iso(now)])
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", [key, _iso(now)]
+            )
             self.db.execute("DELETE FROM seen_events WHERE at < ?", [_iso(now - timedelta(days=1))])
         return cursor.rowcount == 0
 
@@ -404,5 +524,3 @@ class Ledger:
     async def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """A read-only query on the worker thread (reports)."""
         return await self._run(lambda: self.db.execute(sql, params or []).fetchall())
-
-

@@ -41,8 +41,13 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and any `extra=` fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                 "level": record.levelname, "logger": record.name, "msg": record.getMessage()}
+        entry: dict[str, object] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, int | float | bool | type(None)) else str(value)
@@ -61,5 +66,13 @@ def setup(level: str, secrets: Iterable[str], stream: object = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("httpx", "httpx2", "httpcore", "openai", "aiohttp.access", "discord.gateway", "discord.client"):
+    for noisy in (
+        "httpx",
+        "httpx2",
+        "httpcore",
+        "openai",
+        "aiohttp.access",
+        "discord.gateway",
+        "discord.client",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

@@ -9,14 +9,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 REGISTRY = CollectorRegistry()
 
-JOBS = Counter("imagebot_images_total", "Image calls by final status", ["platform", "status"], registry=REGISTRY)
-SPEND = Counter("imagebot_spend_usd_total", "Money settled in the ledger, USD", ["platform"], registry=REGISTRY)
-RENDER_SECONDS = Histogram("imagebot_render_seconds", "Seconds per successful image call",
-                           buckets=(1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 420, 600), registry=REGISTRY)
+JOBS = Counter(
+    "imagebot_images_total", "Image calls by final status", ["platform", "status"], registry=REGISTRY
+)
+SPEND = Counter(
+    "imagebot_spend_usd_total", "Money settled in the ledger, USD", ["platform"], registry=REGISTRY
+)
+RENDER_SECONDS = Histogram(
+    "imagebot_render_seconds",
+    "Seconds per successful image call",
+    buckets=(1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 420, 600),
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge("imagebot_calls_in_flight", "API calls in flight", registry=REGISTRY)
 QUEUED = Gauge("imagebot_calls_queued", "API calls waiting for a slot", registry=REGISTRY)
-ATTEMPTS = Counter("imagebot_api_attempts_total", "HTTP attempts to the image API by outcome", ["outcome"],
-                   registry=REGISTRY)
+ATTEMPTS = Counter(
+    "imagebot_api_attempts_total", "HTTP attempts to the image API by outcome", ["outcome"], registry=REGISTRY
+)
 
 
 def exposition() -> bytes:
@@ -50,7 +59,12 @@ class LoopLagProbe:
         return ordered[int(0.99 * (len(ordered) - 1))]
 
 
-LOOP_LAG = Histogram("imagebot_event_loop_lag_seconds", "How late the event loop ran a 10 ms timer",
-                     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1), registry=REGISTRY)
-LOOP_LAG_P99 = Gauge("imagebot_event_loop_lag_p99_seconds", "p99 of recent event-loop lag samples",
-                     registry=REGISTRY)
+LOOP_LAG = Histogram(
+    "imagebot_event_loop_lag_seconds",
+    "How late the event loop ran a 10 ms timer",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1),
+    registry=REGISTRY,
+)
+LOOP_LAG_P99 = Gauge(
+    "imagebot_event_loop_lag_p99_seconds", "p99 of recent event-loop lag samples", registry=REGISTRY
+)

@@ -30,7 +30,11 @@ class Progress:
         """0..1, capped below 1 until the image arrives."""
         if self.state == "queued":
             return 0.0
-        return min(0.95, (self.done + min(1.0, self.elapsed / self.expected)) / self.count) if self.expected else 0.0
+        return (
+            min(0.95, (self.done + min(1.0, self.elapsed / self.expected)) / self.count)
+            if self.expected
+            else 0.0
+        )
 
 
 @dataclass(frozen=True, slots=True)

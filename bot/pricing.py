@@ -38,6 +38,7 @@ class Priced(Protocol):
     @property
     def references(self) -> Sized: ...
 
+
 QUALITIES = ("low", "medium", "high")
 TABLE_SIZES = ((1024, 1024), (1024, 1536), (1536, 1024))
 INPUT_FIDELITIES = ("low", "high")
@@ -101,9 +102,7 @@ class ModelPrices:
 
     def output_tokens_per_pixel(self, quality: str) -> Decimal:
         """The highest output-token rate per pixel among the table's sizes for `quality`."""
-        return max(
-            self.per_image[quality][f"{w}x{h}"] / self.image_output / (w * h) for w, h in TABLE_SIZES
-        )
+        return max(self.per_image[quality][f"{w}x{h}"] / self.image_output / (w * h) for w, h in TABLE_SIZES)
 
     def image_output_tokens(self, width: int, height: int, quality: str) -> int:
         """Output tokens for one image: exact for table sizes, scaled by pixels otherwise."""
@@ -125,7 +124,9 @@ def format_usd(micros: int) -> str:
 
 def _model(name: str, raw: dict) -> ModelPrices:
     rates = {k: Decimal(v) / MICRO for k, v in raw.get("per_million_tokens", {}).items()}
-    per_image = {q: {s: Decimal(p) for s, p in sizes.items()} for q, sizes in raw.get("per_image", {}).items()}
+    per_image = {
+        q: {s: Decimal(p) for s, p in sizes.items()} for q, sizes in raw.get("per_image", {}).items()
+    }
     flat = raw.get("flat_usd_per_image")
     if flat is None and (
         set(per_image) != set(QUALITIES)
@@ -171,10 +172,21 @@ def _size(text: str) -> tuple[int, int]:
     return int(width), int(height)
 
 
-_FLEXIBLE_KEYS = {"multiple_of": "multiple", "max_edge": "max_edge", "max_ratio": "max_ratio",
-                  "min_pixels": "min_pixels", "max_pixels": "max_pixels"}
-_CAPABILITY_KEYS = {"sizes", "max_reference_images", "mask", "input_fidelity", "transparent_background",
-                    "max_partial_images"}
+_FLEXIBLE_KEYS = {
+    "multiple_of": "multiple",
+    "max_edge": "max_edge",
+    "max_ratio": "max_ratio",
+    "min_pixels": "min_pixels",
+    "max_pixels": "max_pixels",
+}
+_CAPABILITY_KEYS = {
+    "sizes",
+    "max_reference_images",
+    "mask",
+    "input_fidelity",
+    "transparent_background",
+    "max_partial_images",
+}
 
 
 def _size_rule(name: str, raw: Any) -> SizeRule:
@@ -190,8 +202,10 @@ def _size_rule(name: str, raw: Any) -> SizeRule:
     known = {*_FLEXIBLE_KEYS, "auto", "experimental_above"}
     unknown = sorted(k for k in raw if not k.startswith("_") and k not in known)
     if unknown:
-        raise ConfigError(f"model {name}: capabilities.sizes has unknown keys {', '.join(unknown)}; use "
-                          f"{', '.join(_FLEXIBLE_KEYS)}, auto, experimental_above")
+        raise ConfigError(
+            f"model {name}: capabilities.sizes has unknown keys {', '.join(unknown)}; use "
+            f"{', '.join(_FLEXIBLE_KEYS)}, auto, experimental_above"
+        )
     bounds: dict[str, Any] = {attr: getattr(GPT_IMAGE_2, attr) for attr in _FLEXIBLE_KEYS.values()}
     for key, attr in _FLEXIBLE_KEYS.items():
         if key in raw:
@@ -211,8 +225,10 @@ def _capabilities(name: str, raw: Any) -> ModelCapabilities:
         raise ConfigError(f"model {name}: capabilities must be an object")
     unknown = sorted(k for k in raw if not k.startswith("_") and k not in _CAPABILITY_KEYS)
     if unknown:
-        raise ConfigError(f"model {name}: capabilities has unknown keys {', '.join(unknown)}; use "
-                          f"{', '.join(sorted(_CAPABILITY_KEYS))}")
+        raise ConfigError(
+            f"model {name}: capabilities has unknown keys {', '.join(unknown)}; use "
+            f"{', '.join(sorted(_CAPABILITY_KEYS))}"
+        )
     default = ModelCapabilities()
     fidelity = tuple(str(v) for v in raw.get("input_fidelity", default.input_fidelity))
     if any(v not in INPUT_FIDELITIES for v in fidelity):
@@ -220,8 +236,10 @@ def _capabilities(name: str, raw: Any) -> ModelCapabilities:
     references = int(raw.get("max_reference_images", default.max_reference_images))
     partials = int(raw.get("max_partial_images", default.max_partial_images))
     if references < 0 or not 0 <= partials <= MAX_PARTIAL_IMAGES:
-        raise ConfigError(f"model {name}: capabilities.max_reference_images must be >= 0 and "
-                          f"max_partial_images 0-{MAX_PARTIAL_IMAGES}")
+        raise ConfigError(
+            f"model {name}: capabilities.max_reference_images must be >= 0 and "
+            f"max_partial_images 0-{MAX_PARTIAL_IMAGES}"
+        )
     for flag in ("mask", "transparent_background"):
         if not isinstance(raw.get(flag, False), bool):
             raise ConfigError(f"model {name}: capabilities.{flag} must be true or false")
@@ -303,12 +321,17 @@ def estimate_micros(
 
 def request_estimate_micros(prices: ModelPrices, request: Priced, partials: int = 0) -> int:
     """`estimate_micros` for one image of `request`."""
-    return estimate_micros(prices, size=request.size, quality=request.quality, prompt=request.prompt,
-                           references=len(request.references), partials=partials)
+    return estimate_micros(
+        prices,
+        size=request.size,
+        quality=request.quality,
+        prompt=request.prompt,
+        references=len(request.references),
+        partials=partials,
+    )
 
 
-def preview_count(prices: ModelPrices, request: Priced, max_partials: int,
-                  max_share: float | Decimal) -> int:
+def preview_count(prices: ModelPrices, request: Priced, max_partials: int, max_share: float | Decimal) -> int:
     """How many streamed previews one image of `request` may have (IMAGEBOT_PREVIEW_MAX_SHARE).
 
     The largest n <= `max_partials` (and <= what the model streams; 0 if it does not stream) whose extra

@@ -60,8 +60,10 @@ class Tenant:
         """`slack:T123`, `discord:456`, `cli:local` -> a Tenant; UserError naming the form otherwise."""
         platform, sep, workspace = text.strip().partition(":")
         if not sep or platform.lower() not in PLATFORMS or not workspace:
-            raise UserError(f"{text!r} is not a tenant; use PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 "
-                            f"(platforms: {', '.join(PLATFORMS)})")
+            raise UserError(
+                f"{text!r} is not a tenant; use PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 "
+                f"(platforms: {', '.join(PLATFORMS)})"
+            )
         return cls(platform.lower(), workspace)
 
     @property
@@ -138,8 +140,12 @@ class Check:
         return f"{amount} image{'s' if amount != 1 else ''}" if self.is_images else format_usd(amount)
 
 
-LIMIT_FIELDS = {"daily_usd": "daily_micros", "daily_images": "daily_images",
-                "monthly_usd": "monthly_micros", "monthly_images": "monthly_images"}
+LIMIT_FIELDS = {
+    "daily_usd": "daily_micros",
+    "daily_images": "daily_images",
+    "monthly_usd": "monthly_micros",
+    "monthly_images": "monthly_images",
+}
 
 
 def _pick(override: int | None, default: int | None) -> int | None:
@@ -153,10 +159,14 @@ def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Re
     (all three in `who`'s own tenant)."""
     tenant = Tenant.of(who)
     user_key, channel_key = limit_key("user", tenant, who.user), limit_key("channel", tenant, who.channel)
-    rows = {(r[0], r[1]): r for r in db.conn.execute(
-        "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits "
-        "WHERE (scope='user' AND key=?) OR (scope='channel' AND key=?) OR (scope='workspace' AND key=?)",
-        [user_key, channel_key, tenant.key]).fetchall()}
+    rows = {
+        (r[0], r[1]): r
+        for r in db.conn.execute(
+            "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits "
+            "WHERE (scope='user' AND key=?) OR (scope='channel' AND key=?) OR (scope='workspace' AND key=?)",
+            [user_key, channel_key, tenant.key],
+        ).fetchall()
+    }
     none = (None,) * 6
     user = rows.get(("user", user_key), none)
     channel = rows.get(("channel", channel_key), none)
@@ -175,30 +185,43 @@ def counter_keys(who: Requester, day: str, month: str) -> list[tuple[str, str, s
     """(scope, key, period) of every counter a ledger row feeds, keyed inside `who`'s tenant."""
     tenant = Tenant.of(who)
     user = limit_key("user", tenant, who.user)
-    return [("user_day", user, day), ("user_month", user, month),
-            ("channel_month", limit_key("channel", tenant, who.channel), month), ("workspace_month", tenant.key, month)]
+    return [
+        ("user_day", user, day),
+        ("user_month", user, month),
+        ("channel_month", limit_key("channel", tenant, who.channel), month),
+        ("workspace_month", tenant.key, month),
+    ]
 
 
 def _used(db: sqlite_utils.Database, scope: str, key: str, period: str) -> tuple[int, int]:
-    row = db.execute("SELECT micros, images FROM counters WHERE scope=? AND key=? AND period=?",
-                     [scope, key, period]).fetchone()
+    row = db.execute(
+        "SELECT micros, images FROM counters WHERE scope=? AND key=? AND period=?", [scope, key, period]
+    ).fetchone()
     return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
-_COUNTERS_SQL = ("SELECT scope, key, period, micros, images FROM counters WHERE "
-                 + " OR ".join(["(scope=? AND key=? AND period=?)"] * 4))
+_COUNTERS_SQL = "SELECT scope, key, period, micros, images FROM counters WHERE " + " OR ".join(
+    ["(scope=? AND key=? AND period=?)"] * 4
+)
 
 
-def _used_all(db: sqlite_utils.Database, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[int, int]]:
+def _used_all(
+    db: sqlite_utils.Database, keys: list[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(micros, images) of the four counters a requester's limits read, in one primary-key query."""
     found = db.conn.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 
 # The label of each check -> the scope of the counter it reads (the CLI shows a tenant's or a channel's lines).
-LABELS = {"your daily spend": "user_day", "your daily images": "user_day", "your monthly spend": "user_month",
-          "your monthly images": "user_month", "this channel's monthly spend": "channel_month",
-          "this workspace's monthly spend": "workspace_month"}
+LABELS = {
+    "your daily spend": "user_day",
+    "your daily images": "user_day",
+    "your monthly spend": "user_month",
+    "your monthly images": "user_month",
+    "this channel's monthly spend": "channel_month",
+    "this workspace's monthly spend": "workspace_month",
+}
 
 
 def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: Periods) -> list[Check]:
@@ -206,16 +229,60 @@ def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: P
     keys = counter_keys(who, periods.day, periods.month)
     user, channel, workspace = keys[0][1], keys[2][1], keys[3][1]
     spec = [
-        ("your daily spend", "user_day", user, periods.day, limits.user_daily_micros, False, periods.day_resets),
-        ("your daily images", "user_day", user, periods.day, limits.user_daily_images, True, periods.day_resets),
-        ("your monthly spend", "user_month", user, periods.month, limits.user_monthly_micros, False,
-         periods.month_resets),
-        ("your monthly images", "user_month", user, periods.month, limits.user_monthly_images, True,
-         periods.month_resets),
-        ("this channel's monthly spend", "channel_month", channel, periods.month,
-         limits.channel_monthly_micros, False, periods.month_resets),
-        ("this workspace's monthly spend", "workspace_month", workspace, periods.month,
-         limits.workspace_monthly_micros, False, periods.month_resets),
+        (
+            "your daily spend",
+            "user_day",
+            user,
+            periods.day,
+            limits.user_daily_micros,
+            False,
+            periods.day_resets,
+        ),
+        (
+            "your daily images",
+            "user_day",
+            user,
+            periods.day,
+            limits.user_daily_images,
+            True,
+            periods.day_resets,
+        ),
+        (
+            "your monthly spend",
+            "user_month",
+            user,
+            periods.month,
+            limits.user_monthly_micros,
+            False,
+            periods.month_resets,
+        ),
+        (
+            "your monthly images",
+            "user_month",
+            user,
+            periods.month,
+            limits.user_monthly_images,
+            True,
+            periods.month_resets,
+        ),
+        (
+            "this channel's monthly spend",
+            "channel_month",
+            channel,
+            periods.month,
+            limits.channel_monthly_micros,
+            False,
+            periods.month_resets,
+        ),
+        (
+            "this workspace's monthly spend",
+            "workspace_month",
+            workspace,
+            periods.month,
+            limits.workspace_monthly_micros,
+            False,
+            periods.month_resets,
+        ),
     ]
     if all(entry[4] is None for entry in spec):
         return []
@@ -225,7 +292,9 @@ def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: P
         if limit is None:
             continue
         micros, images = used.get((scope, key, period), (0, 0))
-        out.append(Check(label, scope, key, period, limit, images if is_images else micros, is_images, resets))
+        out.append(
+            Check(label, scope, key, period, limit, images if is_images else micros, is_images, resets)
+        )
     return out
 
 
@@ -249,7 +318,9 @@ def enforce(all_checks: list[Check], *, micros: int, images: int, now: datetime,
             )
 
 
-def bump(db: sqlite_utils.Database, who: Requester, day: str, month: str, *, micros: int, images: int) -> None:
+def bump(
+    db: sqlite_utils.Database, who: Requester, day: str, month: str, *, micros: int, images: int
+) -> None:
     """Add to every counter a ledger row feeds (negative amounts release), in one statement."""
     params: list[object] = []
     for scope, key, period in counter_keys(who, day, month):
@@ -257,10 +328,12 @@ def bump(db: sqlite_utils.Database, who: Requester, day: str, month: str, *, mic
     db.execute(_BUMP_SQL, params)
 
 
-_BUMP_SQL = ("INSERT INTO counters (scope, key, period, micros, images) VALUES "
-             + ", ".join(["(?, ?, ?, ?, ?)"] * 4)
-             + " ON CONFLICT(scope, key, period) DO UPDATE SET micros = micros + excluded.micros, "
-             "images = images + excluded.images")
+_BUMP_SQL = (
+    "INSERT INTO counters (scope, key, period, micros, images) VALUES "
+    + ", ".join(["(?, ?, ?, ?, ?)"] * 4)
+    + " ON CONFLICT(scope, key, period) DO UPDATE SET micros = micros + excluded.micros, "
+    "images = images + excluded.images"
+)
 
 
 def check_limit_values(values: dict[str, int | None]) -> None:
@@ -285,8 +358,10 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
         name, sep, value = arg.partition("=")
         name = name.strip().lower().replace("-", "_")
         if not sep or name not in LIMIT_FIELDS:
-            raise UserError(f"{arg!r} is not a limit; use {', '.join(n + '=N' for n in LIMIT_FIELDS)} "
-                            "(N a number, 'unlimited' or 'default')")
+            raise UserError(
+                f"{arg!r} is not a limit; use {', '.join(n + '=N' for n in LIMIT_FIELDS)} "
+                "(N a number, 'unlimited' or 'default')"
+            )
         value = value.strip().lower().lstrip("$")
         column = LIMIT_FIELDS[name]
         if value in ("none", "unlimited"):
@@ -299,7 +374,9 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
             except InvalidOperation:
                 raise UserError(f"{name}={value!r} is not a number; use e.g. {name}=5") from None
             if not number.is_finite() or not 0 <= number <= MAX_LIMIT_IMAGES:
-                raise UserError(f"{name}={value} is out of range: use {IMAGES_RANGE}, 'unlimited' or 'default'")
+                raise UserError(
+                    f"{name}={value} is out of range: use {IMAGES_RANGE}, 'unlimited' or 'default'"
+                )
             if number != number.to_integral_value():
                 raise UserError(f"{name}={value} must be a whole number of images")
             out[column] = int(number)

@@ -76,13 +76,16 @@ class RenderResult:
     elapsed: float
 
 
-_ATTEMPTS: contextvars.ContextVar[list[Attempt] | None] = contextvars.ContextVar("imagebot_attempts", default=None)
+_ATTEMPTS: contextvars.ContextVar[list[Attempt] | None] = contextvars.ContextVar(
+    "imagebot_attempts", default=None
+)
 
 
 # The SDK's aiohttp backend (what openai.DefaultAioHttpClient uses): httpx's pool walks every open
 # connection on each request and release, which costs ~30% of the bot's CPU with 200 calls in flight.
 try:
     from openai._vendor.httpx_aiohttp import AiohttpTransport as _Transport
+
     _HttpClient: Any = openai.DefaultAioHttpClient
 except ImportError:  # an SDK without it: httpx's own transport
     _Transport = httpx2.AsyncHTTPTransport  # type: ignore[assignment,misc]
@@ -119,8 +122,14 @@ class _RecordingTransport(_Transport):
         attempt.status = response.status_code
         attempt.request_id = response.headers.get("x-request-id")
         metrics.ATTEMPTS.labels(f"{response.status_code // 100}xx").inc()
-        log.info("api attempt", extra={"request_id": attempt.request_id, "status": attempt.status,
-                                       "client_request_id": request.headers.get("x-client-request-id")})
+        log.info(
+            "api attempt",
+            extra={
+                "request_id": attempt.request_id,
+                "status": attempt.status,
+                "client_request_id": request.headers.get("x-client-request-id"),
+            },
+        )
         return response
 
 
@@ -153,12 +162,21 @@ def _decode(b64: str) -> tuple[bytes, int, int]:
 class Renderer:
     """Makes one image per call. Owns the AsyncOpenAI client and its HTTP pool."""
 
-    def __init__(self, *, base_url: str | None, api_key: str, timeout: float, max_retries: int,
-                 backoff: float = BACKOFF_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str | None,
+        api_key: str,
+        timeout: float,
+        max_retries: int,
+        backoff: float = BACKOFF_SECONDS,
+    ) -> None:
         self.timeout = timeout
         self.max_retries = max_retries  # retries per image, on top of its first attempt
         self.backoff = backoff
-        transport = _RecordingTransport(limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100))
+        transport = _RecordingTransport(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        )
         self.client = openai.AsyncOpenAI(
             base_url=base_url,
             api_key=api_key,
@@ -222,29 +240,48 @@ class Renderer:
                     try:
                         await before_retry()
                     except QuotaExceeded as refused:
-                        raise _translate(failure, attempts, self.timeout, client_request_id,
-                                         not_retried=str(refused)) from None
+                        raise _translate(
+                            failure, attempts, self.timeout, client_request_id, not_retried=str(refused)
+                        ) from None
                 delay = _delay(failure, retry, self.backoff)
-                log.warning("api attempt failed; retrying", extra={
-                    "request_ids": ",".join(_ids(attempts)), "error": type(failure).__name__,
-                    "retry_in_s": round(delay, 2), "client_request_id": client_request_id})
+                log.warning(
+                    "api attempt failed; retrying",
+                    extra={
+                        "request_ids": ",".join(_ids(attempts)),
+                        "error": type(failure).__name__,
+                        "retry_in_s": round(delay, 2),
+                        "client_request_id": client_request_id,
+                    },
+                )
                 await asyncio.sleep(delay)
             for attempt in reversed(attempts):
                 if attempt.status == 200:
                     attempt.completed = True
                     break
             data, width, height = await asyncio.to_thread(_decode, b64)
-        except (ValueError, TypeError, OSError) as exc:  # unreadable JSON, base64 or image: it may still be billed
+        except (
+            ValueError,
+            TypeError,
+            OSError,
+        ) as exc:  # unreadable JSON, base64 or image: it may still be billed
             raise ProviderError(
                 f"the image API sent an answer that is not an image ({type(exc).__name__})",
-                _ids(attempts), billed_attempts=_billed(attempts), attempts=len(attempts),
+                _ids(attempts),
+                billed_attempts=_billed(attempts),
+                attempts=len(attempts),
             ) from None
         finally:
             _ATTEMPTS.reset(token)
         return RenderResult(
-            data=data, width=width, height=height, format=request.format, usage=usage,
-            request_ids=_ids(attempts), attempts=len(attempts),
-            lost_attempts=_billed(attempts), elapsed=time.monotonic() - started,
+            data=data,
+            width=width,
+            height=height,
+            format=request.format,
+            usage=usage,
+            request_ids=_ids(attempts),
+            attempts=len(attempts),
+            lost_attempts=_billed(attempts),
+            elapsed=time.monotonic() - started,
         )
 
     async def _call(
@@ -258,7 +295,11 @@ class Renderer:
             raw = await (raw_images.edit if request.is_edit else raw_images.generate)(**params)
             big = len(raw.http_response.content) > INLINE_PARSE_BYTES
             response = await asyncio.to_thread(raw.parse) if big else raw.parse()
-            if not isinstance(response, openai.types.ImagesResponse) or not response.data or not response.data[0].b64_json:
+            if (
+                not isinstance(response, openai.types.ImagesResponse)
+                or not response.data
+                or not response.data[0].b64_json
+            ):
                 raise ValueError("no image in the response")
             return response.data[0].b64_json, _usage(response.usage)
         stream = await (images.edit if request.is_edit else images.generate)(**params)
@@ -324,8 +365,13 @@ def _delay(exc: Exception, retry: int, backoff: float) -> float:
     return min(backoff * 2**retry, MAX_BACKOFF_SECONDS) * (1 - 0.25 * random.random())
 
 
-def _translate(exc: Exception, attempts: list[Attempt], timeout: float, client_id: str = "",
-               not_retried: str | None = None) -> Exception:
+def _translate(
+    exc: Exception,
+    attempts: list[Attempt],
+    timeout: float,
+    client_id: str = "",
+    not_retried: str | None = None,
+) -> Exception:
     """The last failure of a render as the error the job reports, with every attempt's request id."""
     # With no answer there is no x-request-id; our X-Client-Request-Id still identifies the call.
     ids = _ids(attempts) or ((client_id,) if client_id else ())
@@ -335,14 +381,23 @@ def _translate(exc: Exception, attempts: list[Attempt], timeout: float, client_i
     if not_retried is not None:
         tries += f"; not retried, because another attempt could be billed too and {not_retried}"
     if isinstance(exc, _StreamBroken):
-        return ProviderError(f"the image stream broke before the image arrived, {tries}", ids,
-                             billed_attempts=billed, attempts=n)
+        return ProviderError(
+            f"the image stream broke before the image arrived, {tries}",
+            ids,
+            billed_attempts=billed,
+            attempts=n,
+        )
     if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(f"the image API did not answer within {timeout:g} s, {tries}", ids,
-                             billed_attempts=billed, attempts=n)
+        return ProviderError(
+            f"the image API did not answer within {timeout:g} s, {tries}",
+            ids,
+            billed_attempts=billed,
+            attempts=n,
+        )
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(f"the connection to the image API failed, {tries}", ids,
-                             billed_attempts=billed, attempts=n)
+        return ProviderError(
+            f"the connection to the image API failed, {tries}", ids, billed_attempts=billed, attempts=n
+        )
     if isinstance(exc, openai.BadRequestError):
         body = exc.body if isinstance(exc.body, dict) else {}
         code = body.get("code") or (body.get("error") or {}).get("code") if isinstance(body, dict) else None
@@ -350,17 +405,33 @@ def _translate(exc: Exception, attempts: list[Attempt], timeout: float, client_i
         if code == "moderation_blocked" or "safety" in message.lower():
             return ModerationRefused(
                 "the image API's safety system refused this request; rephrase the prompt or change the image",
-                ids, n, billed_attempts=billed)
+                ids,
+                n,
+                billed_attempts=billed,
+            )
         return ApiRejected(f"the image API rejected the request: {message}", ids, n, billed_attempts=billed)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return ProviderError("the image API refused the bot's credentials; an admin should check OPENAI_API_KEY",
-                             ids, billed_attempts=billed, attempts=n)
+        return ProviderError(
+            "the image API refused the bot's credentials; an admin should check OPENAI_API_KEY",
+            ids,
+            billed_attempts=billed,
+            attempts=n,
+        )
     if isinstance(exc, openai.RateLimitError):
-        return ProviderError(f"the image API is rate limiting us (HTTP 429), {tries}; try again in a minute",
-                             ids, billed_attempts=billed, attempts=n)
+        return ProviderError(
+            f"the image API is rate limiting us (HTTP 429), {tries}; try again in a minute",
+            ids,
+            billed_attempts=billed,
+            attempts=n,
+        )
     if isinstance(exc, openai.APIStatusError):
-        return ProviderError(f"the image API failed (HTTP {exc.status_code}), {tries}", ids,
-                             billed_attempts=billed, attempts=n)
+        return ProviderError(
+            f"the image API failed (HTTP {exc.status_code}), {tries}", ids, billed_attempts=billed, attempts=n
+        )
     # An answer we could not read (an error event mid-stream, a malformed body): it may have been billed.
-    return ProviderError(f"the image API sent an answer we could not read, {tries}", ids,
-                         billed_attempts=max(billed, 1), attempts=n)
+    return ProviderError(
+        f"the image API sent an answer we could not read, {tries}",
+        ids,
+        billed_attempts=max(billed, 1),
+        attempts=n,
+    )

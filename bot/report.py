@@ -40,19 +40,29 @@ class Report:
 
     def text(self) -> str:
         """Reads well in Slack and Discord (no platform markup)."""
-        lines = [f"Usage for {self.scope}, last {self.days} days: {self.images} images, "
-                 f"{format_usd(self.spend_micros)} spent, {self.failures} failed"
-                 + (f", median render {self.median_render_s:.1f} s" if self.median_render_s is not None else "")]
+        lines = [
+            f"Usage for {self.scope}, last {self.days} days: {self.images} images, "
+            f"{format_usd(self.spend_micros)} spent, {self.failures} failed"
+            + (f", median render {self.median_render_s:.1f} s" if self.median_render_s is not None else "")
+        ]
         if self.top_users:
-            lines.append("Top users: " + ", ".join(
-                f"{user} {n} img {format_usd(m)}" for user, n, m in self.top_users))
+            lines.append(
+                "Top users: " + ", ".join(f"{user} {n} img {format_usd(m)}" for user, n, m in self.top_users)
+            )
         if self.by_size_quality:
-            lines.append("By size and quality: " + ", ".join(
-                f"{size} {quality} {n} img {format_usd(m)}" for size, quality, n, m in self.by_size_quality))
+            lines.append(
+                "By size and quality: "
+                + ", ".join(
+                    f"{size} {quality} {n} img {format_usd(m)}"
+                    for size, quality, n, m in self.by_size_quality
+                )
+            )
         return "\n".join(lines)
 
 
-def _where(tenant: Tenant | None, channel: str | None, user: str | None, since: datetime) -> tuple[str, list[Any]]:
+def _where(
+    tenant: Tenant | None, channel: str | None, user: str | None, since: datetime
+) -> tuple[str, list[Any]]:
     clauses, params = ["created_at >= ?"], [since.isoformat(timespec="milliseconds")]
     if tenant:
         clauses.append("platform = ? AND workspace = ?")
@@ -75,8 +85,15 @@ def _scope(tenant: Tenant | None, channel: str | None, user: str | None) -> str:
     return f"all channels of {tenant}" if tenant else "all tenants"
 
 
-async def build(ledger: Ledger, *, tenant: Tenant | None = None, channel: str | None = None,
-                user: str | None = None, days: int = 30, now: datetime | None = None) -> Report:
+async def build(
+    ledger: Ledger,
+    *,
+    tenant: Tenant | None = None,
+    channel: str | None = None,
+    user: str | None = None,
+    days: int = 30,
+    now: datetime | None = None,
+) -> Report:
     """Every figure is a direct SQL sum over the ledger for the period, in `tenant` (None: every tenant,
     for operators; users are then named with their tenant, as `slack:T1:U1`). A channel or user id is one of
     `tenant`'s; without a tenant it matches that id in every tenant."""
@@ -84,23 +101,48 @@ async def build(ledger: Ledger, *, tenant: Tenant | None = None, channel: str | 
     since = (now - timedelta(days=days)).astimezone(UTC)
     where, params = _where(tenant, channel, user, since)
     q = ledger.query
-    images, spend, failures = (await q(
-        f"SELECT coalesce(sum(status='succeeded'), 0), coalesce(sum(actual_micros), 0), "
-        f"coalesce(sum(status IN {FAILED}), 0) FROM ledger WHERE {where}", params))[0]
+    images, spend, failures = (
+        await q(
+            f"SELECT coalesce(sum(status='succeeded'), 0), coalesce(sum(actual_micros), 0), "
+            f"coalesce(sum(status IN {FAILED}), 0) FROM ledger WHERE {where}",
+            params,
+        )
+    )[0]
     who = "user" if tenant else "platform || ':' || workspace || ':' || user"
-    top = await q(f"SELECT {who}, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
-                  "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5", params)
-    by = await q(f"SELECT size, quality, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
-                 "GROUP BY size, quality ORDER BY sum(actual_micros) DESC", params)
-    latencies = [r[0] for r in await q(
-        f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded' AND latency_ms IS NOT NULL", params)]
-    daily = await q(f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(status='succeeded') FROM ledger "
-                    f"WHERE {where} GROUP BY 1 ORDER BY 1", params)
-    return Report(_scope(tenant, channel, user), days, since, int(images), int(spend), int(failures),
-                  [(u, int(n), int(m)) for u, n, m in top],
-                  [(s, ql, int(n), int(m)) for s, ql, n, m in by],
-                  median(latencies) / 1000 if latencies else None,
-                  [(d, int(m), int(n)) for d, m, n in daily])
+    top = await q(
+        f"SELECT {who}, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
+        "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5",
+        params,
+    )
+    by = await q(
+        f"SELECT size, quality, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} "
+        "GROUP BY size, quality ORDER BY sum(actual_micros) DESC",
+        params,
+    )
+    latencies = [
+        r[0]
+        for r in await q(
+            f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded' AND latency_ms IS NOT NULL",
+            params,
+        )
+    ]
+    daily = await q(
+        f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(status='succeeded') FROM ledger "
+        f"WHERE {where} GROUP BY 1 ORDER BY 1",
+        params,
+    )
+    return Report(
+        _scope(tenant, channel, user),
+        days,
+        since,
+        int(images),
+        int(spend),
+        int(failures),
+        [(u, int(n), int(m)) for u, n, m in top],
+        [(s, ql, int(n), int(m)) for s, ql, n, m in by],
+        median(latencies) / 1000 if latencies else None,
+        [(d, int(m), int(n)) for d, m, n in daily],
+    )
 
 
 def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
@@ -115,8 +157,13 @@ def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
     font = ImageFont.load_default(size=14)
     small = ImageFont.load_default(size=11)
     left, bottom, right, top_pad = 70, height - 40, width - 20, 40
-    draw.text((left, 10), f"Daily spend, {report.scope}, last {report.days} days "
-                          f"(total {format_usd(report.spend_micros)}, {report.images} images)", fill="black", font=font)
+    draw.text(
+        (left, 10),
+        f"Daily spend, {report.scope}, last {report.days} days "
+        f"(total {format_usd(report.spend_micros)}, {report.images} images)",
+        fill="black",
+        font=font,
+    )
     draw.line((left, top_pad, left, bottom), fill="#888")
     draw.line((left, bottom, right, bottom), fill="#888")
     for frac in (0.5, 1.0):
@@ -139,14 +186,43 @@ def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
     return out.getvalue()
 
 
-async def export_csv(ledger: Ledger, path: str, *, tenant: Tenant | None = None, channel: str | None = None,
-                     user: str | None = None, days: int = 30) -> int:
+async def export_csv(
+    ledger: Ledger,
+    path: str,
+    *,
+    tenant: Tenant | None = None,
+    channel: str | None = None,
+    user: str | None = None,
+    days: int = 30,
+) -> int:
     """Write the ledger rows of the period (in `tenant`, or every tenant) to `path`; returns the row count."""
     since = datetime.now(UTC) - timedelta(days=days)
     where, params = _where(tenant, channel, user, since)
-    columns = ["id", "job_id", "seq", "platform", "workspace", "channel", "user", "model", "size", "quality",
-               "format", "status", "reserved_micros", "actual_micros", "text_tokens", "image_tokens",
-               "output_tokens", "request_ids", "attempts", "latency_ms", "error", "created_at", "finished_at"]
+    columns = [
+        "id",
+        "job_id",
+        "seq",
+        "platform",
+        "workspace",
+        "channel",
+        "user",
+        "model",
+        "size",
+        "quality",
+        "format",
+        "status",
+        "reserved_micros",
+        "actual_micros",
+        "text_tokens",
+        "image_tokens",
+        "output_tokens",
+        "request_ids",
+        "attempts",
+        "latency_ms",
+        "error",
+        "created_at",
+        "finished_at",
+    ]
     rows = await ledger.query(f"SELECT {', '.join(columns)} FROM ledger WHERE {where} ORDER BY id", params)
     await asyncio.to_thread(_write_csv, path, columns, rows)
     return len(rows)

@@ -25,7 +25,9 @@ FLAGS = ("size", "ar", "quality", "format", "compression", "count", "model", "ba
 # A flag is `--name value` or `--name=value`, standing alone (not inside a word). Slack and phones
 # like to turn `--` into an em or en dash, so those count too.
 _FLAG = re.compile(
-    r"(?:(?<=\s)|^)(?:--|\u2014|\u2013)(?P<name>" + "|".join(FLAGS) + r")(?![\w-])(?:=|[ \t]+|$)(?P<value>[^\s]*)",
+    r"(?:(?<=\s)|^)(?:--|\u2014|\u2013)(?P<name>"
+    + "|".join(FLAGS)
+    + r")(?![\w-])(?:=|[ \t]+|$)(?P<value>[^\s]*)",
     re.IGNORECASE,
 )
 _TRANSPARENT = re.compile(r"\btransparent\s+(background|bg)\b", re.IGNORECASE)
@@ -90,7 +92,7 @@ def split_flags(text: str) -> tuple[str, dict[str, str]]:
         if name in flags:
             raise UserError(f"--{name} is given twice; give it once")
         flags[name] = value
-        pieces.append(text[last:match.start()])
+        pieces.append(text[last : match.start()])
         last = match.end()
     pieces.append(text[last:])
     # Tidy only the gap each removed flag left behind; the prompt's own spacing stays verbatim.
@@ -127,8 +129,9 @@ def _in_range(name: str, number: int, low: int, high: int) -> int:
     return number
 
 
-def _check_images(model: str, capabilities: ModelCapabilities, references: Sequence[ImageInput],
-                  mask: ImageInput | None) -> None:
+def _check_images(
+    model: str, capabilities: ModelCapabilities, references: Sequence[ImageInput], mask: ImageInput | None
+) -> None:
     """The input images against the model's limits: how many, and whether it takes a mask."""
     most = capabilities.max_reference_images
     if references and most == 0:
@@ -139,7 +142,9 @@ def _check_images(model: str, capabilities: ModelCapabilities, references: Seque
         )
     if mask is not None:
         if not capabilities.mask:
-            raise UserError(f"{model} does not accept a mask; edit without one or use another model (--model)")
+            raise UserError(
+                f"{model} does not accept a mask; edit without one or use another model (--model)"
+            )
         if not references:
             raise UserError("a mask needs an image to edit; attach or reply to one")
         check_mask(mask, references[0])
@@ -173,14 +178,20 @@ def build_request(
     background = (background or "auto").lower()
     if background == "transparent":
         if capabilities.transparent_background:  # the API call does not send `background` (yet)
-            raise UserError(f"transparent backgrounds are not supported by imagebot for {model} yet; "
-                            "use --background opaque or auto")
-        raise UserError(f"transparent backgrounds are not supported by {model}; use --background opaque or auto")
+            raise UserError(
+                f"transparent backgrounds are not supported by imagebot for {model} yet; "
+                "use --background opaque or auto"
+            )
+        raise UserError(
+            f"transparent backgrounds are not supported by {model}; use --background opaque or auto"
+        )
     if background not in ("auto", "opaque"):
         raise UserError(f"--background {background!r} is not valid; use opaque or auto")
     prompt = prompt.strip()
     if not prompt:
-        raise UserError("the prompt is empty; describe the image, e.g. /imagine a lighthouse at dawn --size 2k")
+        raise UserError(
+            "the prompt is empty; describe the image, e.g. /imagine a lighthouse at dawn --size 2k"
+        )
     if len(prompt) > MAX_PROMPT:
         raise UserError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT:,}")
     picked = parse_size(size or defaults.size, ar, rule=capabilities.sizes, model=model)
@@ -208,10 +219,20 @@ def build_request(
         if not capabilities.transparent_background:
             notes.append(f"{model} cannot make transparent backgrounds; the background will be opaque")
         elif fmt == "jpeg":
-            notes.append("jpeg has no transparency, so the background will be opaque; use --format png or webp")
+            notes.append(
+                "jpeg has no transparency, so the background will be opaque; use --format png or webp"
+            )
     return ImageRequest(
-        prompt=prompt, size=picked, quality=quality, format=fmt, compression=compression, count=count,
-        model=model, references=tuple(references), mask=mask, notes=tuple(notes),
+        prompt=prompt,
+        size=picked,
+        quality=quality,
+        format=fmt,
+        compression=compression,
+        count=count,
+        model=model,
+        references=tuple(references),
+        mask=mask,
+        notes=tuple(notes),
     )
 
 

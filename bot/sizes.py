@@ -33,9 +33,14 @@ PRESETS: dict[str, tuple[int, int]] = {
 }
 # Every size OpenAI lists as a gpt-image-2 preset; all are valid.
 KNOWN_SIZES: tuple[tuple[int, int], ...] = (
-    (1024, 1024), (1536, 1024), (1024, 1536),
-    (2048, 1152), (1152, 2048), (2048, 2048),
-    (3840, 2160), (2160, 3840),
+    (1024, 1024),
+    (1536, 1024),
+    (1024, 1536),
+    (2048, 1152),
+    (1152, 2048),
+    (2048, 2048),
+    (3840, 2160),
+    (2160, 3840),
 )
 # The pixel budget each tier aims for when `--ar` picks the shape.
 TIER_PIXELS = {"1k": 1024 * 1024, "2k": 2048 * 2048, "4k": 3840 * 2160}
@@ -94,7 +99,9 @@ class SizeRule:
     def problem(self, width: int, height: int) -> str | None:
         """Why `width`x`height` is not a size of this rule, or None if it is."""
         if self.is_fixed:
-            return None if (width, height) in self.fixed else f"{width}x{height} is not one of the listed sizes"
+            return (
+                None if (width, height) in self.fixed else f"{width}x{height} is not one of the listed sizes"
+            )
         for name, edge in (("width", width), ("height", height)):
             if edge <= 0:
                 return f"{name} {edge} must be positive"
@@ -105,15 +112,21 @@ class SizeRule:
         long, short = max(width, height), min(width, height)
         if long > self.max_ratio * short:
             ratio = f"{self.max_ratio:g}"
-            return (f"aspect ratio {width}:{height} is more elongated than {ratio}:1 "
-                    f"(long edge at most {ratio}x the short edge)")
+            return (
+                f"aspect ratio {width}:{height} is more elongated than {ratio}:1 "
+                f"(long edge at most {ratio}x the short edge)"
+            )
         pixels = width * height
         if pixels < self.min_pixels:
-            return (f"{width}x{height} is {pixels:,} pixels, under the minimum of {self.min_pixels:,} "
-                    f"({_mp(self.min_pixels)})")
+            return (
+                f"{width}x{height} is {pixels:,} pixels, under the minimum of {self.min_pixels:,} "
+                f"({_mp(self.min_pixels)})"
+            )
         if pixels > self.max_pixels:
-            return (f"{width}x{height} is {pixels:,} pixels, over the maximum of {self.max_pixels:,} "
-                    f"({_mp(self.max_pixels)})")
+            return (
+                f"{width}x{height} is {pixels:,} pixels, over the maximum of {self.max_pixels:,} "
+                f"({_mp(self.max_pixels)})"
+            )
         return None
 
     def describe(self, model: str) -> str:
@@ -121,8 +134,10 @@ class SizeRule:
         if self.is_fixed:
             listed = (["auto"] if self.auto else []) + [f"{w}x{h}" for w, h in self.fixed]
             return f"{model} takes only these sizes: {', '.join(listed)}"
-        return (f"Valid {model} sizes: edges multiples of {self.multiple} up to {self.max_edge}, "
-                f"long:short at most {self.max_ratio:g}:1, {self.min_pixels:,} to {self.max_pixels:,} pixels")
+        return (
+            f"Valid {model} sizes: edges multiples of {self.multiple} up to {self.max_edge}, "
+            f"long:short at most {self.max_ratio:g}:1, {self.min_pixels:,} to {self.max_pixels:,} pixels"
+        )
 
     def is_experimental(self, size: Size) -> bool:
         return self.experimental_above is not None and size.pixels > math.prod(self.experimental_above)
@@ -157,8 +172,10 @@ def parse_ratio(text: str, max_ratio: float = MAX_RATIO) -> tuple[int, int]:
         raise UserError(f"--ar {text!r} has a zero side; use W:H with whole numbers from 1, e.g. 16:9")
     if max(w, h) > max_ratio * min(w, h):
         limit = f"{max_ratio:g}"
-        raise UserError(f"--ar {text} is more elongated than the {limit}:1 limit; "
-                        f"use a ratio between 1:{limit} and {limit}:1")
+        raise UserError(
+            f"--ar {text} is more elongated than the {limit}:1 limit; "
+            f"use a ratio between 1:{limit} and {limit}:1"
+        )
     return w, h
 
 
@@ -174,7 +191,9 @@ def nearest_size(ratio: tuple[int, int], tier: str, rule: SizeRule = GPT_IMAGE_2
     """The valid size closest to `ratio` whose pixel count is closest to the tier's budget (flexible rules)."""
     target_ratio = math.log(ratio[0] / ratio[1])
     # The budget, or less where the shape cannot have that many pixels (3:1 tops out at 3840x1280).
-    budget = min(TIER_PIXELS[tier], rule.max_pixels, rule.max_edge * rule.max_edge / math.exp(abs(target_ratio)))
+    budget = min(
+        TIER_PIXELS[tier], rule.max_pixels, rule.max_edge * rule.max_edge / math.exp(abs(target_ratio))
+    )
 
     def score(wh: tuple[int, int]) -> tuple[float, float]:
         w, h = wh
@@ -212,8 +231,9 @@ def _pick(ratio: tuple[int, int], tier: str, rule: SizeRule, model: str) -> Size
     return nearest_listed(ratio, tier, rule, model) if rule.is_fixed else nearest_size(ratio, tier, rule)
 
 
-def parse_size(text: str, ratio: str | None = None, *, rule: SizeRule = GPT_IMAGE_2,
-               model: str = "gpt-image-2") -> Size:
+def parse_size(
+    text: str, ratio: str | None = None, *, rule: SizeRule = GPT_IMAGE_2, model: str = "gpt-image-2"
+) -> Size:
     """Turn a `--size` value (and optional `--ar`) into a Size valid under `model`'s `rule`, or raise
     UserError naming the rule and the valid range."""
     value = text.strip().lower()
@@ -231,7 +251,9 @@ def parse_size(text: str, ratio: str | None = None, *, rule: SizeRule = GPT_IMAG
     w_text, sep, h_text = value.partition("x")
     if not sep or not (w_text + h_text).isascii() or not w_text.isdigit() or not h_text.isdigit():
         listed = f"; {rule.describe(model)}" if rule.is_fixed else ""
-        raise UserError(f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k{listed}")
+        raise UserError(
+            f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k{listed}"
+        )
     width, height = int(w_text), int(h_text)
     problem = rule.problem(width, height)
     if problem:

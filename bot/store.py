@@ -21,25 +21,65 @@ SCHEMA_VERSION = 5
 
 def _v1(db: sqlite_utils.Database) -> None:
     """The first schema: the ledger, limits overrides, counters for quota periods, live instances."""
-    db.table("ledger").create({
-        "id": int, "job_id": str, "seq": int, "platform": str, "workspace": str, "channel": str, "user": str,
-        "model": str, "size": str, "quality": str, "format": str, "prompt": str, "status": str,
-        "reserved_micros": int, "actual_micros": int, "text_tokens": int, "image_tokens": int,
-        "output_tokens": int, "request_ids": str, "attempts": int, "latency_ms": int, "error": str,
-        "owner": str, "day": str, "month": str, "created_at": str, "updated_at": str, "finished_at": str,
-    }, pk="id", not_null={"job_id", "status", "reserved_micros", "actual_micros"},
-        defaults={"actual_micros": 0, "attempts": 0})
+    db.table("ledger").create(
+        {
+            "id": int,
+            "job_id": str,
+            "seq": int,
+            "platform": str,
+            "workspace": str,
+            "channel": str,
+            "user": str,
+            "model": str,
+            "size": str,
+            "quality": str,
+            "format": str,
+            "prompt": str,
+            "status": str,
+            "reserved_micros": int,
+            "actual_micros": int,
+            "text_tokens": int,
+            "image_tokens": int,
+            "output_tokens": int,
+            "request_ids": str,
+            "attempts": int,
+            "latency_ms": int,
+            "error": str,
+            "owner": str,
+            "day": str,
+            "month": str,
+            "created_at": str,
+            "updated_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        not_null={"job_id", "status", "reserved_micros", "actual_micros"},
+        defaults={"actual_micros": 0, "attempts": 0},
+    )
     db.table("ledger").create_index(["job_id"])
     db.table("ledger").create_index(["status"])
     db.table("ledger").create_index(["channel", "created_at"])
     db.table("ledger").create_index(["user", "created_at"])
-    db.table("limits").create({
-        "scope": str, "key": str, "daily_micros": int, "daily_images": int,
-        "monthly_micros": int, "monthly_images": int, "updated_at": str,
-    }, pk=("scope", "key"))
-    db.table("counters").create({"scope": str, "key": str, "period": str, "micros": int, "images": int},
-                          pk=("scope", "key", "period"), not_null={"micros", "images"})
-    db.table("instances").create({"id": str, "host": str, "pid": int, "started_at": str, "heartbeat_at": str}, pk="id")
+    db.table("limits").create(
+        {
+            "scope": str,
+            "key": str,
+            "daily_micros": int,
+            "daily_images": int,
+            "monthly_micros": int,
+            "monthly_images": int,
+            "updated_at": str,
+        },
+        pk=("scope", "key"),
+    )
+    db.table("counters").create(
+        {"scope": str, "key": str, "period": str, "micros": int, "images": int},
+        pk=("scope", "key", "period"),
+        not_null={"micros", "images"},
+    )
+    db.table("instances").create(
+        {"id": str, "host": str, "pid": int, "started_at": str, "heartbeat_at": str}, pk="id"
+    )
 
 
 def _v2(db: sqlite_utils.Database) -> None:
@@ -53,8 +93,10 @@ def _v3(db: sqlite_utils.Database) -> None:
     """Fewer pages written per job: counters as a WITHOUT ROWID table (one b-tree, not two), and an
     index of open rows only (recovery's query) instead of one over every row's status."""
     conn = db.conn
-    conn.execute("CREATE TABLE counters_v3 (scope TEXT NOT NULL, key TEXT NOT NULL, period TEXT NOT NULL, "
-                 "micros INTEGER NOT NULL, images INTEGER NOT NULL, PRIMARY KEY (scope, key, period)) WITHOUT ROWID")
+    conn.execute(
+        "CREATE TABLE counters_v3 (scope TEXT NOT NULL, key TEXT NOT NULL, period TEXT NOT NULL, "
+        "micros INTEGER NOT NULL, images INTEGER NOT NULL, PRIMARY KEY (scope, key, period)) WITHOUT ROWID"
+    )
     conn.execute("INSERT INTO counters_v3 SELECT scope, key, period, micros, images FROM counters")
     conn.execute("DROP TABLE counters")
     conn.execute("ALTER TABLE counters_v3 RENAME TO counters")
@@ -97,48 +139,76 @@ def _v5(db: sqlite_utils.Database) -> None:
     """
     conn = db.conn
     tenant = f"{_v5_sql_part('platform')} || ':' || {_v5_sql_part('workspace')}"
-    spend = "CASE WHEN status IN ('reserved', 'running') THEN reserved_micros ELSE coalesce(actual_micros, 0) END"
+    spend = (
+        "CASE WHEN status IN ('reserved', 'running') THEN reserved_micros ELSE coalesce(actual_micros, 0) END"
+    )
     images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
     conn.execute("DELETE FROM counters")
-    for scope, key, period in (("user_day", f"{tenant} || ':' || {_v5_sql_part('user')}", "day"),
-                               ("user_month", f"{tenant} || ':' || {_v5_sql_part('user')}", "month"),
-                               ("channel_month", f"{tenant} || ':' || {_v5_sql_part('channel')}", "month"),
-                               ("workspace_month", tenant, "month")):
-        conn.execute(f"INSERT INTO counters (scope, key, period, micros, images) "
-                     f"SELECT '{scope}', {key}, {period}, sum({spend}), sum({images}) FROM ledger "
-                     f"WHERE {period} IS NOT NULL GROUP BY 2, 3 HAVING sum({spend}) != 0 OR sum({images}) != 0")
+    for scope, key, period in (
+        ("user_day", f"{tenant} || ':' || {_v5_sql_part('user')}", "day"),
+        ("user_month", f"{tenant} || ':' || {_v5_sql_part('user')}", "month"),
+        ("channel_month", f"{tenant} || ':' || {_v5_sql_part('channel')}", "month"),
+        ("workspace_month", tenant, "month"),
+    ):
+        conn.execute(
+            f"INSERT INTO counters (scope, key, period, micros, images) "
+            f"SELECT '{scope}', {key}, {period}, sum({spend}), sum({images}) FROM ledger "
+            f"WHERE {period} IS NOT NULL GROUP BY 2, 3 HAVING sum({spend}) != 0 OR sum({images}) != 0"
+        )
 
     tenants = [(p or "", w or "") for p, w in conn.execute("SELECT DISTINCT platform, workspace FROM ledger")]
     platforms = {p for p, _ in tenants}
-    old = conn.execute("SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at "
-                       "FROM limits").fetchall()
+    old = conn.execute(
+        "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at "
+        "FROM limits"
+    ).fetchall()
     conn.execute("DELETE FROM limits")
     kept = 0
     for scope, key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at in old:
         column = {"user": "user", "channel": "channel", "workspace": "workspace"}.get(scope)
-        seen = [(p or "", w or "") for p, w in conn.execute(
-            f"SELECT DISTINCT platform, workspace FROM ledger WHERE {column} = ?", [key])] if column else []
+        seen = (
+            [
+                (p or "", w or "")
+                for p, w in conn.execute(
+                    f"SELECT DISTINCT platform, workspace FROM ledger WHERE {column} = ?", [key]
+                )
+            ]
+            if column
+            else []
+        )
         if not seen and scope in ("user", "channel") and len(tenants) == 1:
             seen = tenants
         elif not seen and scope == "workspace" and len(platforms) == 1:
             seen = [(next(iter(platforms)), key)]
         if not seen:
-            log.warning("schema 5: dropped the %s limit of %r (daily_micros=%s daily_images=%s monthly_micros=%s "
-                        "monthly_images=%s): the ledger never saw it in one tenant it could belong to; set it "
-                        "again with its tenant (imagebot quota set --tenant PLATFORM:WORKSPACE ...)",
-                        scope, key, daily_micros, daily_images, monthly_micros, monthly_images)
+            log.warning(
+                "schema 5: dropped the %s limit of %r (daily_micros=%s daily_images=%s monthly_micros=%s "
+                "monthly_images=%s): the ledger never saw it in one tenant it could belong to; set it "
+                "again with its tenant (imagebot quota set --tenant PLATFORM:WORKSPACE ...)",
+                scope,
+                key,
+                daily_micros,
+                daily_images,
+                monthly_micros,
+                monthly_images,
+            )
             continue
         for platform, workspace in seen:
             new_key = f"{_v5_part(platform)}:{_v5_part(workspace)}"
             if scope != "workspace":
                 new_key += f":{_v5_part(key)}"
-            conn.execute("INSERT OR REPLACE INTO limits (scope, key, daily_micros, daily_images, monthly_micros, "
-                         "monthly_images, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         [scope, new_key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at])
+            conn.execute(
+                "INSERT OR REPLACE INTO limits (scope, key, daily_micros, daily_images, monthly_micros, "
+                "monthly_images, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [scope, new_key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at],
+            )
             kept += 1
     if old:
-        log.info("schema 5: %d limits rows moved to %d tenant-scoped rows; counters rebuilt from the ledger",
-                 len(old), kept)
+        log.info(
+            "schema 5: %d limits rows moved to %d tenant-scoped rows; counters rebuilt from the ledger",
+            len(old),
+            kept,
+        )
 
 
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
@@ -148,8 +218,9 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     """Open (creating folder and file) and migrate the database; safe to call from several processes."""
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(
+        str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")

@@ -18,9 +18,13 @@ BAR_WIDTH = 20
 OFFLINE = "offline image server"
 RESTARTING = "the bot is restarting and not taking new jobs; try again in a minute"
 CANCEL_REFUSED = "Only the person who started this job can cancel it, and only while it runs."
-NOT_AN_IMAGE_MESSAGE = "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image."
-TOKEN_EXPIRING = ("Still working. Discord stops edits of this message after 15 minutes, so progress and the image "
-                  "continue in a reply to it.")
+NOT_AN_IMAGE_MESSAGE = (
+    "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image."
+)
+TOKEN_EXPIRING = (
+    "Still working. Discord stops edits of this message after 15 minutes, so progress and the image "
+    "continue in a reply to it."
+)
 
 
 def plural(count: int, word: str) -> str:
@@ -34,8 +38,12 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> str:
 
 def settings_line(request: ImageRequest, offline: bool) -> str:
     """`1536x1024 high jpeg · edit · x2 · offline image server`."""
-    parts = [request.describe(), "edit" if request.is_edit else "", f"x{request.count}" if request.count > 1 else "",
-             OFFLINE if offline else ""]
+    parts = [
+        request.describe(),
+        "edit" if request.is_edit else "",
+        f"x{request.count}" if request.count > 1 else "",
+        OFFLINE if offline else "",
+    ]
     return " · ".join(p for p in parts if p)
 
 
@@ -53,9 +61,14 @@ def result_summary(result: JobResult) -> str:
     """Size, quality, format, cost, time, quota and request ids; then notes, what did not finish, offline."""
     first = result.images[0]
     ids = ", ".join(i for img in result.images for i in img.request_ids) or "none"
-    parts = [f"{first.width}x{first.height} {result.request.quality} {result.request.format}",
-             plural(len(result.images), "image") if result.request.count > 1 else "",
-             format_usd(result.total_micros), f"{result.elapsed:.1f} s", result.quota_left, f"request id {ids}"]
+    parts = [
+        f"{first.width}x{first.height} {result.request.quality} {result.request.format}",
+        plural(len(result.images), "image") if result.request.count > 1 else "",
+        format_usd(result.total_micros),
+        f"{result.elapsed:.1f} s",
+        result.quota_left,
+        f"request id {ids}",
+    ]
     text = " · ".join(p for p in parts if p)
     extra = list(result.request.notes) + list(result.failures)
     if result.offline:
@@ -70,8 +83,10 @@ def failure_summary(failure: JobFailure) -> str:
     if not failure.charged_micros:
         money = "Nothing was charged."
     elif failure.cancelled:
-        money = (f"Charged {format_usd(failure.charged_micros)}: its API call had already started, and the API "
-                 "may bill a call even when its answer is never read.")
+        money = (
+            f"Charged {format_usd(failure.charged_micros)}: its API call had already started, and the API "
+            "may bill a call even when its answer is never read."
+        )
     else:
         money = f"Charged {format_usd(failure.charged_micros)}: the API may have billed attempts that gave no image."
     return f"{head}: {failure.message}{ids}. {money}" + (f" ({OFFLINE})" if failure.offline else "")
@@ -95,15 +110,20 @@ def image_stopped(reason: str, charged_micros: int) -> str:
 
 
 def stopped_job(reason: str) -> str:
-    return ("cancelled by the requester" if reason == "cancelled"
-            else "interrupted because the bot is shutting down; run it again in a minute")
+    return (
+        "cancelled by the requester"
+        if reason == "cancelled"
+        else "interrupted because the bot is shutting down; run it again in a minute"
+    )
 
 
 def done_line(result: JobResult, where: str = "in the thread") -> str:
     """The progress message's last state once the image is delivered."""
     first = result.images[0]
-    return (f"Done: {first.width}x{first.height} {result.request.quality} · {format_usd(result.total_micros)} · "
-            f"{result.elapsed:.0f} s · {plural(len(result.images), 'image')} {where}")
+    return (
+        f"Done: {first.width}x{first.height} {result.request.quality} · {format_usd(result.total_micros)} · "
+        f"{result.elapsed:.0f} s · {plural(len(result.images), 'image')} {where}"
+    )
 
 
 def cannot_post(reason: str) -> str:
@@ -118,6 +138,10 @@ def undelivered(why: str, summary: str) -> str:
 
 def interrupted(job: Interrupted) -> str:
     """A job a stopped process left unfinished, told by whichever process serves its platform."""
-    money = (f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have been "
-             "billed" if job.charged_micros else "nothing was charged")
+    money = (
+        f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have been "
+        "billed"
+        if job.charged_micros
+        else "nothing was charged"
+    )
     return f"this job was interrupted by a restart before it finished; {money}. Run /imagine again to retry."

@@ -183,4 +183,3 @@ def _render_partial(final: Image.Image, params: Params, index: int) -> str:
     )
     blurred = small.resize(final.size, Image.Resampling.BILINEAR)
     return _b64(_encode(blurred, params.output_format, params.compression))
-

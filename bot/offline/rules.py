@@ -241,12 +241,18 @@ def _check_input_fidelity(body: Body, endpoint: str, model: str, capabilities: M
             "unsupported_parameter",
         )
     if endpoint != "edits":
-        raise invalid("input_fidelity", "The 'input_fidelity' parameter applies only to image edits.",
-                      "unsupported_parameter")
+        raise invalid(
+            "input_fidelity",
+            "The 'input_fidelity' parameter applies only to image edits.",
+            "unsupported_parameter",
+        )
     fidelity = _get_str(body, "input_fidelity")
     if fidelity not in capabilities.input_fidelity:
-        raise invalid("input_fidelity", f"Invalid value for 'input_fidelity': {fidelity!r}; {model} accepts "
-                                        f"{', '.join(repr(v) for v in capabilities.input_fidelity)}.")
+        raise invalid(
+            "input_fidelity",
+            f"Invalid value for 'input_fidelity': {fidelity!r}; {model} accepts "
+            f"{', '.join(repr(v) for v in capabilities.input_fidelity)}.",
+        )
 
 
 def _background(body: Body, model: str, capabilities: ModelCapabilities) -> str:
@@ -258,7 +264,11 @@ def _background(body: Body, model: str, capabilities: ModelCapabilities) -> str:
             "unsupported_value",
         )
     if background not in BACKGROUNDS:
-        valid = "'opaque', 'auto' or 'transparent'" if capabilities.transparent_background else "'opaque' or 'auto'"
+        valid = (
+            "'opaque', 'auto' or 'transparent'"
+            if capabilities.transparent_background
+            else "'opaque' or 'auto'"
+        )
         raise invalid("background", f"Invalid value for 'background': {background!r}; use {valid}.")
     return background
 
@@ -270,7 +280,9 @@ def _check_images(body: Body, model: str, capabilities: ModelCapabilities) -> No
     if not body.images:
         raise invalid("image", "Missing required parameter: 'image'.", "missing_required_parameter")
     if len(body.images) > most:
-        raise invalid("image", f"Too many images: {len(body.images)} given, at most {most} are allowed for {model}.")
+        raise invalid(
+            "image", f"Too many images: {len(body.images)} given, at most {most} are allowed for {model}."
+        )
     for index, data in enumerate(body.images):
         if len(data) > MAX_IMAGE_BYTES:
             raise invalid("image", f"Image {index + 1} is {len(data):,} bytes, over the 50 MB limit.")
@@ -393,4 +405,3 @@ def usage(params: Params, prices: ModelPrices, partials_sent: int) -> dict[str, 
         "output_tokens": output,
         "total_tokens": text + image + output,
     }
-

@@ -158,7 +158,9 @@ class OfflineImageServer:
         """Listen on host:port (port 0 picks a free one) and return the base URL."""
         if self._runner is not None:
             return self.base_url
-        app = web.Application(client_max_size=rules.client_max_size(self.prices), middlewares=[self._error_middleware])
+        app = web.Application(
+            client_max_size=rules.client_max_size(self.prices), middlewares=[self._error_middleware]
+        )
         app.router.add_post("/v1/images/generations", self._generations)
         app.router.add_post("/v1/images/edits", self._edits)
         app.on_response_prepare.append(self._add_request_id)
@@ -225,8 +227,11 @@ class OfflineImageServer:
     async def _handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
         request_id = _new_request_id()
         request[_REQUEST_ID_KEY] = request_id
-        record = CallRecord(endpoint=endpoint, request_id=request_id,
-                            client_request_id=request.headers.get("X-Client-Request-Id"))
+        record = CallRecord(
+            endpoint=endpoint,
+            request_id=request_id,
+            client_request_id=request.headers.get("X-Client-Request-Id"),
+        )
         self.calls.append(record)
         task = asyncio.current_task()
         if task is not None:
@@ -345,8 +350,12 @@ class OfflineImageServer:
             raise ApiError(408, "Request timed out.", type_="timeout")
         if fault in ("400", "409"):
             # A client error is never retried, whatever a gateway's headers say (SPEC §4).
-            raise ApiError(int(fault), "The request could not be processed in its current state.",
-                            type_="invalid_request_error", headers={"x-should-retry": "true"})
+            raise ApiError(
+                int(fault),
+                "The request could not be processed in its current state.",
+                type_="invalid_request_error",
+                headers={"x-should-retry": "true"},
+            )
         if fault.startswith("429"):
             _, _, seconds = fault.partition(":")
             raise ApiError(

@@ -22,11 +22,27 @@ from bot.request import Requester, parse_request
 WHO = Requester("slack", "T1", "C1", "U1")
 
 
-def progress(text: str = "a <fox> & *bold* @everyone --size 1536x1024 --quality high --count 2", *,
-             state: str = "rendering", done: int = 1, elapsed: float = 30, offline: bool = False) -> Progress:
+def progress(
+    text: str = "a <fox> & *bold* @everyone --size 1536x1024 --quality high --count 2",
+    *,
+    state: str = "rendering",
+    done: int = 1,
+    elapsed: float = 30,
+    offline: bool = False,
+) -> Progress:
     request = parse_request(text, prices=load_prices())
-    return Progress("job1", request, state, elapsed, 60.0, 3 if state == "queued" else None, done, request.count,
-                    None, offline)
+    return Progress(
+        "job1",
+        request,
+        state,
+        elapsed,
+        60.0,
+        3 if state == "queued" else None,
+        done,
+        request.count,
+        None,
+        offline,
+    )
 
 
 # --- Slack -------------------------------------------------------------------------------------------
@@ -40,7 +56,10 @@ def test_slack_progress_blocks_show_prompt_settings_status_and_a_cancel_button_f
     assert status["elements"][0]["text"].endswith("30 s of ~60 s · 1/2 done")
     [button] = actions["elements"]
     assert (button["action_id"], button["value"], button["text"]["text"]) == (
-        slack_adapter.CANCEL_ACTION, "job1", "Cancel")
+        slack_adapter.CANCEL_ACTION,
+        "job1",
+        "Cancel",
+    )
 
 
 def test_slack_queued_status_names_the_position() -> None:
@@ -48,24 +67,30 @@ def test_slack_queued_status_names_the_position() -> None:
     assert status["elements"][0]["text"] == "queued, position 3 · 30 s"
 
 
-@pytest.mark.parametrize(("text", "escaped"), [
-    ("<!channel> & <@U2>", "&lt;!channel&gt; &amp; &lt;@U2&gt;"),
-    ("<https://evil.example|click>", "&lt;https://evil.example|click&gt;"),
-    ("plain", "plain"),
-])
+@pytest.mark.parametrize(
+    ("text", "escaped"),
+    [
+        ("<!channel> & <@U2>", "&lt;!channel&gt; &amp; &lt;@U2&gt;"),
+        ("<https://evil.example|click>", "&lt;https://evil.example|click&gt;"),
+        ("plain", "plain"),
+    ],
+)
 def test_slack_escape_leaves_no_mention_or_link_in_mrkdwn(text: str, escaped: str) -> None:
     assert slack_adapter.escape(text) == escaped
 
 
-@pytest.mark.parametrize(("url", "api", "trusted"), [
-    ("https://files.slack.com/files-pri/T1-F1/x.png", "https://slack.com/api/", True),
-    ("http://files.slack.com/files-pri/T1-F1/x.png", "https://slack.com/api/", False),
-    ("https://files.slack.com.evil.example/x.png", "https://slack.com/api/", False),
-    ("https://user:pw@files.slack.com/x.png", "https://slack.com/api/", False),
-    ("http://127.0.0.1:8080/files-pri/x.png", "http://127.0.0.1:8080/api/", True),
-    ("http://127.0.0.1:8081/files-pri/x.png", "http://127.0.0.1:8080/api/", False),
-    ("https://127.0.0.1:8080/files-pri/x.png", "http://127.0.0.1:8080/api/", False),
-])
+@pytest.mark.parametrize(
+    ("url", "api", "trusted"),
+    [
+        ("https://files.slack.com/files-pri/T1-F1/x.png", "https://slack.com/api/", True),
+        ("http://files.slack.com/files-pri/T1-F1/x.png", "https://slack.com/api/", False),
+        ("https://files.slack.com.evil.example/x.png", "https://slack.com/api/", False),
+        ("https://user:pw@files.slack.com/x.png", "https://slack.com/api/", False),
+        ("http://127.0.0.1:8080/files-pri/x.png", "http://127.0.0.1:8080/api/", True),
+        ("http://127.0.0.1:8081/files-pri/x.png", "http://127.0.0.1:8080/api/", False),
+        ("https://127.0.0.1:8080/files-pri/x.png", "http://127.0.0.1:8080/api/", False),
+    ],
+)
 def test_the_bot_token_goes_only_to_slacks_file_host_over_https(url: str, api: str, trusted: bool) -> None:
     assert slack_adapter.trusted_file_url(url, api) is trusted
 
@@ -87,24 +112,37 @@ def test_discord_queued_status_is_capitalised() -> None:
 
 
 def attachment(filename: str, content_type: str | None) -> discord.Attachment:
-    data: dict[str, Any] = {"id": 1, "filename": filename, "size": 10, "url": "https://cdn.example/a",
-                            "proxy_url": "https://cdn.example/a"}
+    data: dict[str, Any] = {
+        "id": 1,
+        "filename": filename,
+        "size": 10,
+        "url": "https://cdn.example/a",
+        "proxy_url": "https://cdn.example/a",
+    }
     if content_type is not None:
         data["content_type"] = content_type
     return discord.Attachment(data=data, state=SimpleNamespace(http=None))  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("name", "kind", "image"), [
-    ("photo.png", "image/png", True), ("photo", "image/jpeg", True), ("PHOTO.WEBP", None, True),
-    ("anim.gif", "image/gif", True), ("notes.txt", "text/plain", False), ("doc.pdf", None, False),
-])
+@pytest.mark.parametrize(
+    ("name", "kind", "image"),
+    [
+        ("photo.png", "image/png", True),
+        ("photo", "image/jpeg", True),
+        ("PHOTO.WEBP", None, True),
+        ("anim.gif", "image/gif", True),
+        ("notes.txt", "text/plain", False),
+        ("doc.pdf", None, False),
+    ],
+)
 def test_both_platforms_take_the_same_files_for_images(name: str, kind: str | None, image: bool) -> None:
     assert is_image_attachment(name, kind) is image
     assert discord_adapter.is_image(attachment(name, kind)) is image
 
 
-@pytest.mark.parametrize(("name", "mask"), [("mask.png", True), ("my-MASK.PNG", True), ("mask.jpg", False),
-                                            ("base.png", False)])
+@pytest.mark.parametrize(
+    ("name", "mask"), [("mask.png", True), ("my-MASK.PNG", True), ("mask.jpg", False), ("base.png", False)]
+)
 def test_a_png_named_mask_is_the_mask(name: str, mask: bool) -> None:
     assert is_mask_name(name) is mask
 
@@ -140,5 +178,6 @@ def test_images_over_the_upload_limit_are_reencoded_under_it_and_say_so() -> Non
 def test_the_status_line_is_one_text_for_every_platform() -> None:
     line = texts.status_line(progress())
     assert line in slack_adapter.progress_blocks(progress(), WHO)[2]["elements"][0]["text"]
-    assert line.replace(texts.bar(progress().fraction), f"`{texts.bar(progress().fraction)}`") in \
-        discord_adapter.progress_text(progress())
+    assert line.replace(
+        texts.bar(progress().fraction), f"`{texts.bar(progress().fraction)}`"
+    ) in discord_adapter.progress_text(progress())

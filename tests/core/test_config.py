@@ -122,7 +122,8 @@ def test_slack_http_mode_when_the_app_token_is_not_set() -> None:
 def test_the_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text(
-        "OPENAI_API_KEY=sk-from-file\nIMAGEBOT_HTTP_PORT=4000\nIMAGEBOT_TIMEZONE=Asia/Tokyo\n", encoding="utf-8"
+        "OPENAI_API_KEY=sk-from-file\nIMAGEBOT_HTTP_PORT=4000\nIMAGEBOT_TIMEZONE=Asia/Tokyo\n",
+        encoding="utf-8",
     )
     settings = load(env_file, IMAGEBOT_HTTP_PORT="5000")
     assert settings.openai_api_key == Secret("sk-from-file")
@@ -144,11 +145,14 @@ def test_the_biggest_limits_are_accepted() -> None:
     assert (quotas.user_daily_micros, quotas.user_daily_images) == (1_000_000_000_000, 1_000_000)
 
 
-@pytest.mark.parametrize(("text", "admins"), [
-    ("U1, slack:U2 ,discord:345", {"U1", "slack:U2", "discord:345"}),
-    ("SLACK:U2", {"slack:U2"}),
-    (" , ", set()),
-])
+@pytest.mark.parametrize(
+    ("text", "admins"),
+    [
+        ("U1, slack:U2 ,discord:345", {"U1", "slack:U2", "discord:345"}),
+        ("SLACK:U2", {"slack:U2"}),
+        (" , ", set()),
+    ],
+)
 def test_imagebot_admins_takes_bare_and_platform_qualified_ids(text: str, admins: set[str]) -> None:
     assert load(IMAGEBOT_ADMINS=text).admins == admins
 
@@ -175,14 +179,24 @@ def test_imagebot_admins_refuses_what_it_cannot_read(text: str) -> None:
         ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots"}, ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "not a USD amount"]),
         ({"IMAGEBOT_USER_MONTHLY_IMAGES": "-3"}, ["IMAGEBOT_USER_MONTHLY_IMAGES", "out of range"]),
         # Limits are bounded (a huge one used to crash the first reservation with an OverflowError).
-        ({"IMAGEBOT_USER_DAILY_USD": "1e20"}, ["IMAGEBOT_USER_DAILY_USD", "out of range", "USD 0 to 1,000,000"]),
-        ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "1000000.01"},
-         ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "USD 0 to 1,000,000"]),
+        (
+            {"IMAGEBOT_USER_DAILY_USD": "1e20"},
+            ["IMAGEBOT_USER_DAILY_USD", "out of range", "USD 0 to 1,000,000"],
+        ),
+        (
+            {"IMAGEBOT_WORKSPACE_MONTHLY_USD": "1000000.01"},
+            ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "USD 0 to 1,000,000"],
+        ),
         ({"IMAGEBOT_USER_MONTHLY_USD": "Infinity"}, ["IMAGEBOT_USER_MONTHLY_USD", "USD 0 to 1,000,000"]),
         ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "NaN"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", "USD 0 to 1,000,000"]),
-        ({"IMAGEBOT_USER_DAILY_IMAGES": "1000001"}, ["IMAGEBOT_USER_DAILY_IMAGES", "out of range", "0 to 1,000,000"]),
-        ({"IMAGEBOT_USER_MONTHLY_IMAGES": "99999999999999999999999"},
-         ["IMAGEBOT_USER_MONTHLY_IMAGES", "0 to 1,000,000"]),
+        (
+            {"IMAGEBOT_USER_DAILY_IMAGES": "1000001"},
+            ["IMAGEBOT_USER_DAILY_IMAGES", "out of range", "0 to 1,000,000"],
+        ),
+        (
+            {"IMAGEBOT_USER_MONTHLY_IMAGES": "99999999999999999999999"},
+            ["IMAGEBOT_USER_MONTHLY_IMAGES", "0 to 1,000,000"],
+        ),
         ({"IMAGEBOT_ADMINS": "teams:U1"}, ["IMAGEBOT_ADMINS", "'teams:U1'", "slack:ID or discord:ID"]),
         ({"IMAGEBOT_ADMINS": "U1,slack:"}, ["IMAGEBOT_ADMINS", "'slack:'"]),
         ({"IMAGEBOT_TIMEZONE": "Mars/Olympus_Mons"}, ["IMAGEBOT_TIMEZONE", "IANA time zone"]),
@@ -198,7 +212,9 @@ def test_imagebot_admins_refuses_what_it_cannot_read(text: str) -> None:
         ({"IMAGEBOT_QUALITY": "ultra"}, ["IMAGEBOT_QUALITY", "low, medium, high, auto"]),
     ],
 )
-def test_a_bad_setting_is_a_one_line_error_naming_the_variable(environ: dict[str, str], names: list[str]) -> None:
+def test_a_bad_setting_is_a_one_line_error_naming_the_variable(
+    environ: dict[str, str], names: list[str]
+) -> None:
     message = config_error(**environ)
     for name in names:
         assert name in message
@@ -212,7 +228,9 @@ def test_secrets_never_show_in_the_settings_repr() -> None:
     for text in (repr(settings), str(settings)):
         for value in SECRETS.values():
             assert value not in text
-    assert sorted(settings.secrets()) == sorted(SECRETS.values())  # still usable, for the API and log scrubbing
+    assert sorted(settings.secrets()) == sorted(
+        SECRETS.values()
+    )  # still usable, for the API and log scrubbing
 
 
 @pytest.mark.parametrize(
@@ -248,11 +266,20 @@ def test_a_secret_hides_itself() -> None:
 
 def test_imagebot_run_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -> None:
     prefixes = ("OPENAI_", "SLACK_", "DISCORD_", "IMAGEBOT_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes) and "TOKEN" not in k and "SECRET" not in k}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(prefixes) and "TOKEN" not in k and "SECRET" not in k
+    }
     env["IMAGEBOT_API_TIMEOUT"] = "abc"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "run"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "adapters.cli", "run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

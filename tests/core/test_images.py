@@ -122,7 +122,6 @@ def test_a_decompression_bomb_is_rejected_quickly_without_decoding(edge: int) ->
     assert f"{MAX_DECODE_PIXELS // 1_000_000} MP" in message  # names the limit
 
 
-
 # --- fit_under --------------------------------------------------------------------------------
 
 
@@ -150,7 +149,9 @@ def test_fit_under_leaves_a_small_image_alone() -> None:
     assert fit_under(data, MIB) == (data, "png", None)
 
 
-@pytest.mark.parametrize(("size", "fmt"), [((3840, 2160), "PNG"), ((1024, 1536), "JPEG"), ((300, 200), "WEBP")])
+@pytest.mark.parametrize(
+    ("size", "fmt"), [((3840, 2160), "PNG"), ((1024, 1536), "JPEG"), ((300, 200), "WEBP")]
+)
 def test_a_preview_is_a_small_jpeg_of_the_same_shape(size: tuple[int, int], fmt: str) -> None:
     out = io.BytesIO()
     Image.new("RGB", size, (200, 30, 30)).save(out, fmt)

@@ -105,7 +105,8 @@ def assert_counters_match_ledger(core: Core) -> None:
             old = expected.get(key, (0, 0))
             expected[key] = (old[0] + micros, old[1] + images)
     assert {k: v for k, v in counters(core).items() if v != (0, 0)} == {
-        k: v for k, v in expected.items() if v != (0, 0)}
+        k: v for k, v in expected.items() if v != (0, 0)
+    }
 
 
 def expected_usage(core: Core, call_index: int) -> Usage:
@@ -115,7 +116,10 @@ def expected_usage(core: Core, call_index: int) -> Usage:
     size = "1024x1024" if call.size in (None, "auto") else call.size  # `auto` renders the 1K square
     width, height = (int(n) for n in size.split("x"))
     quality = "medium" if call.quality in (None, "auto") else call.quality  # what `auto` renders as
-    output = prices.image_output_tokens(width, height, quality) + call.partial_images * prices.partial_image_output_tokens
+    output = (
+        prices.image_output_tokens(width, height, quality)
+        + call.partial_images * prices.partial_image_output_tokens
+    )
     return Usage(text_tokens=math.ceil(len(call.prompt or "") / 4), output_tokens=output)
 
 
@@ -128,12 +132,23 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
 # --- success: settle to the real usage --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("flags", "size", "previews"), [
-    ("--size 2048x2048 --quality high --format png", (2048, 2048), True),  # dear enough to stream previews
-    ("--size 1536x1024 --quality low --format png", (1536, 1024), False),  # too cheap: previews would not pay
-    ("--quality auto", (1024, 1024), True),
-    ("--size 1024x1536 --quality medium --format webp", (1024, 1536), False),
-])
+@pytest.mark.parametrize(
+    ("flags", "size", "previews"),
+    [
+        (
+            "--size 2048x2048 --quality high --format png",
+            (2048, 2048),
+            True,
+        ),  # dear enough to stream previews
+        (
+            "--size 1536x1024 --quality low --format png",
+            (1536, 1024),
+            False,
+        ),  # too cheap: previews would not pay
+        ("--quality auto", (1024, 1024), True),
+        ("--size 1024x1536 --quality medium --format webp", (1024, 1536), False),
+    ],
+)
 async def test_settles_to_the_usage_the_server_reported(
     make_core: MakeCore, flags: str, size: tuple[int, int], previews: bool
 ) -> None:
@@ -141,8 +156,16 @@ async def test_settles_to_the_usage_the_server_reported(
     view = RecordingView()
     request = core.parse(f"a red fox in the snow {flags}")
     job = await core.runner.prepare(request, ALICE, previews=previews)
-    partials = preview_count(core.prices.model("gpt-image-2"), request, core.settings.partial_images,
-                             core.settings.preview_max_share) if previews else 0
+    partials = (
+        preview_count(
+            core.prices.model("gpt-image-2"),
+            request,
+            core.settings.partial_images,
+            core.settings.preview_max_share,
+        )
+        if previews
+        else 0
+    )
     reserved = core.runner.estimate(request, partials)
     [row] = rows(core)
     assert (row["status"], row["reserved_micros"], row["actual_micros"]) == ("reserved", reserved, 0)
@@ -159,7 +182,10 @@ async def test_settles_to_the_usage_the_server_reported(
     [row] = rows(core)
     assert row["status"] == "succeeded"
     assert (row["text_tokens"], row["image_tokens"], row["output_tokens"]) == (
-        usage.text_tokens, usage.image_tokens, usage.output_tokens)
+        usage.text_tokens,
+        usage.image_tokens,
+        usage.output_tokens,
+    )
     assert row["actual_micros"] == actual <= reserved == row["reserved_micros"]
     assert json.loads(row["request_ids"]) == [call.request_id] and row["attempts"] == 1
     assert row["latency_ms"] >= 300 and row["finished_at"]
@@ -240,7 +266,11 @@ async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core
     assert isinstance(outcome, JobFailure) and view.failures == [outcome]
     assert len(core.offline_server.calls) == 1  # type: ignore[union-attr]
     [row] = rows(core)
-    assert (row["status"], row["actual_micros"], row["reserved_micros"]) == ("possibly_billed", estimate, estimate)
+    assert (row["status"], row["actual_micros"], row["reserved_micros"]) == (
+        "possibly_billed",
+        estimate,
+        estimate,
+    )
     assert "did not answer within 0.3 s" in row["error"]
     assert outcome.charged_micros == estimate
     assert f"Charged {format_usd(estimate)}" in texts.summary(outcome)
@@ -250,8 +280,10 @@ async def test_a_timeout_is_settled_at_the_estimate_as_possibly_billed(make_core
 
 @pytest.mark.parametrize("hangs_up", [True, False])
 async def test_a_broken_connection_is_charged_only_if_the_request_went_out(
-        make_core: MakeCore, hangs_up: bool) -> None:
+    make_core: MakeCore, hangs_up: bool
+) -> None:
     """The server reads the request and hangs up (it may have billed it), or nothing listens (it cannot have)."""
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -262,8 +294,12 @@ async def test_a_broken_connection_is_charged_only_if_the_request_went_out(
         listener.close()
         await listener.wait_closed()
     try:
-        core = await make_core(IMAGEBOT_OFFLINE="0", OPENAI_API_KEY="sk-test", IMAGEBOT_API_RETRIES="0",
-                               OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1")
+        core = await make_core(
+            IMAGEBOT_OFFLINE="0",
+            OPENAI_API_KEY="sk-test",
+            IMAGEBOT_API_RETRIES="0",
+            OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        )
         request = core.parse("a red fox --quality low --size 1024x1024")
         job = await core.runner.prepare(request, ALICE)
         outcome = await core.runner.execute(job, RecordingView())
@@ -306,8 +342,9 @@ async def test_a_quota_refusal_in_prepare_makes_no_api_call(make_core: MakeCore)
     core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_USER_DAILY_USD="0.10")
     server = core.offline_server
     assert server is not None
-    first = await core.runner.execute(await core.runner.prepare(core.parse("one fox --quality low"), ALICE),
-                                      RecordingView())
+    first = await core.runner.execute(
+        await core.runner.prepare(core.parse("one fox --quality low"), ALICE), RecordingView()
+    )
     assert isinstance(first, JobResult)
     calls, ledger = len(server.calls), rows(core)
     assert calls == 1
@@ -356,8 +393,9 @@ async def test_the_in_flight_limit_queues_the_second_job(make_core: MakeCore) ->
     first = await core.runner.prepare(core.parse("first fox --quality low"), ALICE)
     second = await core.runner.prepare(core.parse("second fox --quality low"), BOB)
 
-    outcomes = await asyncio.gather(core.runner.execute(first, first_view),
-                                    core.runner.execute(second, second_view))
+    outcomes = await asyncio.gather(
+        core.runner.execute(first, first_view), core.runner.execute(second, second_view)
+    )
 
     assert all(isinstance(o, JobResult) for o in outcomes)
     queued = [p for p in second_view.ticks if p.state == "queued"]

@@ -84,14 +84,20 @@ TENANT_SQL = "platform || ':' || workspace"
 
 def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
     """What every counter must hold, summed straight from the ledger rows (test ids have no ':' to escape)."""
-    parts = [f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
-             f"{IMAGES_SQL} AS images FROM ledger"
-             for scope, key, period in (("user_day", f"{TENANT_SQL} || ':' || user", "day"),
-                                        ("user_month", f"{TENANT_SQL} || ':' || user", "month"),
-                                        ("channel_month", f"{TENANT_SQL} || ':' || channel", "month"),
-                                        ("workspace_month", TENANT_SQL, "month"))]
-    sql = (f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) "
-           "GROUP BY scope, key, period")
+    parts = [
+        f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
+        f"{IMAGES_SQL} AS images FROM ledger"
+        for scope, key, period in (
+            ("user_day", f"{TENANT_SQL} || ':' || user", "day"),
+            ("user_month", f"{TENANT_SQL} || ':' || user", "month"),
+            ("channel_month", f"{TENANT_SQL} || ':' || channel", "month"),
+            ("workspace_month", TENANT_SQL, "month"),
+        )
+    ]
+    sql = (
+        f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) "
+        "GROUP BY scope, key, period"
+    )
     with sqlite3.connect(path) as conn:
         rows = conn.execute(sql).fetchall()
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
@@ -116,7 +122,9 @@ def ledger_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> l
 # --- reserve, settle, release -----------------------------------------------------------------
 
 
-async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_ledger: Callable[..., Ledger]) -> None:
+async def test_reserve_settle_release_move_the_counters(
+    tmp_path: Path, open_ledger: Callable[..., Ledger]
+) -> None:
     clock = Clock(LATE_EVENING)
     ledger = open_ledger(clock=clock, timezone=BERLIN)
     path = tmp_path / "ledger.sqlite3"
@@ -135,7 +143,9 @@ async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_led
     await ledger.start(first)
     assert ledger_rows(path, "id=?", (first,))[0]["status"] == "running"
     # Settle to the real cost: the counter drops by the unused part of the estimate.
-    assert await ledger.close_row(first, Settlement(Status.SUCCEEDED, 41_000, request_ids=("req_1",), attempts=1))
+    assert await ledger.close_row(
+        first, Settlement(Status.SUCCEEDED, 41_000, request_ids=("req_1",), attempts=1)
+    )
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (141_000, 3)
     # Release on failure: the whole estimate and the image come back.
     assert await ledger.close_row(second, Settlement(Status.FAILED, 0, attempts=3))
@@ -150,7 +160,11 @@ async def test_reserve_settle_release_move_the_counters(tmp_path: Path, open_led
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     row = ledger_rows(path, "id=?", (first,))[0]
     assert (row["status"], row["actual_micros"], row["request_ids"], row["attempts"]) == (
-        "succeeded", 41_000, '["req_1"]', 1)
+        "succeeded",
+        41_000,
+        '["req_1"]',
+        1,
+    )
     assert row["finished_at"] is not None
 
     # A deliberate correction of a closed row (only_if_open=False) moves the counters from its
@@ -179,9 +193,14 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
     name = f"walk-{seed}.sqlite3"
     path = tmp_path / name
     clock = Clock(datetime(2026, 3, 27, 20, 0, tzinfo=UTC))  # crosses DST (29 March) and a month end
-    defaults = QuotaDefaults(user_daily_micros=150_000, user_daily_images=6, user_monthly_micros=900_000,
-                             user_monthly_images=30, channel_monthly_micros=1_500_000,
-                             workspace_monthly_micros=2_500_000)
+    defaults = QuotaDefaults(
+        user_daily_micros=150_000,
+        user_daily_images=6,
+        user_monthly_micros=900_000,
+        user_monthly_images=30,
+        channel_monthly_micros=1_500_000,
+        workspace_monthly_micros=2_500_000,
+    )
     ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults)
     people = [ALICE, BOB, CAROL, DAVE]
     overrides: dict[tuple[quota.Tenant, str, str], dict[str, int | None]] = {}
@@ -197,10 +216,13 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
         local = clock.now.astimezone(BERLIN)
         day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
         with sqlite3.connect(path) as conn:
+
             def used(where: str, *params: str) -> tuple[int, int]:
-                row = conn.execute(f"SELECT coalesce(sum({SPEND_SQL}), 0), coalesce(sum({IMAGES_SQL}), 0) "
-                                   f"FROM ledger WHERE platform=? AND workspace=? AND {where}",
-                                   (who.platform, who.workspace, *params)).fetchone()
+                row = conn.execute(
+                    f"SELECT coalesce(sum({SPEND_SQL}), 0), coalesce(sum({IMAGES_SQL}), 0) "
+                    f"FROM ledger WHERE platform=? AND workspace=? AND {where}",
+                    (who.platform, who.workspace, *params),
+                ).fetchone()
                 return int(row[0]), int(row[1])
 
             user_day = used("user=? AND day=?", who.user, day)
@@ -208,21 +230,45 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
             channel = used("channel=? AND month=?", who.channel, month)
             workspace = used("workspace=? AND month=?", who.workspace, month)
         checks = [
-            (user_day[0], micros, effective(who, "user", who.user, "daily_micros", defaults.user_daily_micros)),
-            (user_day[1], images, effective(who, "user", who.user, "daily_images", defaults.user_daily_images)),
-            (user_month[0], micros, effective(who, "user", who.user, "monthly_micros",
-                                              defaults.user_monthly_micros)),
-            (user_month[1], images, effective(who, "user", who.user, "monthly_images",
-                                              defaults.user_monthly_images)),
-            (channel[0], micros, effective(who, "channel", who.channel, "monthly_micros",
-                                           defaults.channel_monthly_micros)),
-            (workspace[0], micros, effective(who, "workspace", who.workspace, "monthly_micros",
-                                             defaults.workspace_monthly_micros)),
+            (
+                user_day[0],
+                micros,
+                effective(who, "user", who.user, "daily_micros", defaults.user_daily_micros),
+            ),
+            (
+                user_day[1],
+                images,
+                effective(who, "user", who.user, "daily_images", defaults.user_daily_images),
+            ),
+            (
+                user_month[0],
+                micros,
+                effective(who, "user", who.user, "monthly_micros", defaults.user_monthly_micros),
+            ),
+            (
+                user_month[1],
+                images,
+                effective(who, "user", who.user, "monthly_images", defaults.user_monthly_images),
+            ),
+            (
+                channel[0],
+                micros,
+                effective(who, "channel", who.channel, "monthly_micros", defaults.channel_monthly_micros),
+            ),
+            (
+                workspace[0],
+                micros,
+                effective(
+                    who, "workspace", who.workspace, "monthly_micros", defaults.workspace_monthly_micros
+                ),
+            ),
         ]
         return all(limit is None or used_ + need <= limit for used_, need, limit in checks)
 
     for _ in range(200):
-        op = rng.choices(["reserve", "start", "close", "reclose", "time", "limits"], [40, 10, 30, 4, 10, 6])[0]
+        op = rng.choices(["reserve", "start", "close", "reclose", "time", "limits"], [40, 10, 30, 4, 10, 6])[
+            0
+        ]
         open_rows = [r["id"] for r in ledger_rows(path, OPEN_SQL)]
         if op == "reserve":
             who = rng.choice(people)
@@ -246,9 +292,15 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
         elif op == "close" and open_rows:
             row = ledger_rows(path, "id=?", (rng.choice(open_rows),))[0]
             reserved = row["reserved_micros"]
-            status, actual = rng.choice([
-                ("succeeded", rng.randint(0, reserved)), ("failed", 0), ("cancelled", reserved),
-                ("cancelled", 0), ("possibly_billed", reserved)])
+            status, actual = rng.choice(
+                [
+                    ("succeeded", rng.randint(0, reserved)),
+                    ("failed", 0),
+                    ("cancelled", reserved),
+                    ("cancelled", 0),
+                    ("possibly_billed", reserved),
+                ]
+            )
             assert await ledger.close_row(row["id"], Settlement(Status(status), actual))
             closed += 1
         elif op == "reclose":
@@ -260,8 +312,16 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
         elif op == "time":
             clock.advance(hours=rng.uniform(0, 30))
         elif op == "limits":
-            tenant, scope, key = rng.choice([(W1, "user", "U1"), (W1, "user", "U2"), (W1, "channel", "C1"),
-                                             (W1, "workspace", "W1"), (W2, "user", "U1"), (W2, "workspace", "W2")])
+            tenant, scope, key = rng.choice(
+                [
+                    (W1, "user", "U1"),
+                    (W1, "user", "U2"),
+                    (W1, "channel", "C1"),
+                    (W1, "workspace", "W1"),
+                    (W2, "user", "U1"),
+                    (W2, "workspace", "W2"),
+                ]
+            )
             column = rng.choice(["daily_micros", "monthly_micros"] if scope == "user" else ["monthly_micros"])
             value = rng.choice([None, quota.UNLIMITED, rng.randint(0, 400_000)])
             await ledger.set_limits(scope, key, {column: value}, tenant=tenant)
@@ -283,26 +343,70 @@ MONTH_RESETS = "resets 2026-05-01 00:00 CEST (in 15 d 0 h)"
 @pytest.mark.parametrize(
     ("default", "first", "second", "label", "left", "resets"),
     [
-        ({"user_daily_micros": 100_000}, (ALICE, 1, 60_000), (ALICE, 1, 60_000), "your daily spend",
-         "$0.0400 is left", DAY_RESETS),
-        ({"user_daily_images": 3}, (ALICE, 2, 1_000), (ALICE, 2, 1_000), "your daily images",
-         "1 image is left", DAY_RESETS),
-        ({"user_monthly_micros": 200_000}, (ALICE, 3, 50_000), (ALICE, 2, 50_000), "your monthly spend",
-         "$0.0500 is left", MONTH_RESETS),
-        ({"user_monthly_images": 4}, (ALICE, 4, 1_000), (ALICE, 1, 1_000), "your monthly images",
-         "0 images is left", MONTH_RESETS),
-        ({"channel_monthly_micros": 100_000}, (ALICE, 1, 70_000), (BOB, 1, 40_000), "this channel's monthly spend",
-         "$0.0300 is left", MONTH_RESETS),
-        ({"workspace_monthly_micros": 100_000}, (ALICE, 1, 70_000), (CAROL, 1, 40_000),
-         "this workspace's monthly spend", "$0.0300 is left", MONTH_RESETS),
+        (
+            {"user_daily_micros": 100_000},
+            (ALICE, 1, 60_000),
+            (ALICE, 1, 60_000),
+            "your daily spend",
+            "$0.0400 is left",
+            DAY_RESETS,
+        ),
+        (
+            {"user_daily_images": 3},
+            (ALICE, 2, 1_000),
+            (ALICE, 2, 1_000),
+            "your daily images",
+            "1 image is left",
+            DAY_RESETS,
+        ),
+        (
+            {"user_monthly_micros": 200_000},
+            (ALICE, 3, 50_000),
+            (ALICE, 2, 50_000),
+            "your monthly spend",
+            "$0.0500 is left",
+            MONTH_RESETS,
+        ),
+        (
+            {"user_monthly_images": 4},
+            (ALICE, 4, 1_000),
+            (ALICE, 1, 1_000),
+            "your monthly images",
+            "0 images is left",
+            MONTH_RESETS,
+        ),
+        (
+            {"channel_monthly_micros": 100_000},
+            (ALICE, 1, 70_000),
+            (BOB, 1, 40_000),
+            "this channel's monthly spend",
+            "$0.0300 is left",
+            MONTH_RESETS,
+        ),
+        (
+            {"workspace_monthly_micros": 100_000},
+            (ALICE, 1, 70_000),
+            (CAROL, 1, 40_000),
+            "this workspace's monthly spend",
+            "$0.0300 is left",
+            MONTH_RESETS,
+        ),
     ],
 )
 async def test_each_limit_refuses_naming_itself_what_is_left_and_when_it_resets(
-    tmp_path: Path, open_ledger: Callable[..., Ledger], default: dict[str, int],
-    first: tuple[Requester, int, int], second: tuple[Requester, int, int], label: str, left: str, resets: str,
+    tmp_path: Path,
+    open_ledger: Callable[..., Ledger],
+    default: dict[str, int],
+    first: tuple[Requester, int, int],
+    second: tuple[Requester, int, int],
+    label: str,
+    left: str,
+    resets: str,
 ) -> None:
     settings = Settings.load(environ={"IMAGEBOT_TIMEZONE": "Europe/Berlin"}, env_file=None)
-    ledger = open_ledger(clock=Clock(LATE_EVENING), timezone=settings.timezone, defaults=QuotaDefaults(**default))
+    ledger = open_ledger(
+        clock=Clock(LATE_EVENING), timezone=settings.timezone, defaults=QuotaDefaults(**default)
+    )
     path = tmp_path / "ledger.sqlite3"
     who, count, each = first
     await ledger.reserve(who, request(count), each)
@@ -346,7 +450,8 @@ async def test_the_day_boundary_follows_the_configured_time_zone(open_ledger: Ca
 
     lines = await berlin.quota_lines(ALICE)
     assert [(line.label, line.used, line.limit, line.left) for line in lines] == [
-        ("your daily images", "1 image", "1 image", "0 images")]
+        ("your daily images", "1 image", "1 image", "0 images")
+    ]
     assert lines[0].resets == datetime(2026, 4, 17, tzinfo=BERLIN)
 
 
@@ -377,8 +482,9 @@ async def test_overrides_in_the_database_beat_the_defaults(
         await ledger.reserve(BOB, request(1), 600_000)
 
     # `default` goes back to the configured default.
-    await ledger.set_limits("user", "U1", quota.parse_limits(["daily_usd=default", "monthly_images=default"]),
-                            tenant=W1)
+    await ledger.set_limits(
+        "user", "U1", quota.parse_limits(["daily_usd=default", "monthly_images=default"]), tenant=W1
+    )
     with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$0\.5000 and \$0\.0000 is left"):
         await ledger.reserve(ALICE, request(1), 1_000)
 
@@ -395,7 +501,10 @@ async def test_overrides_in_the_database_beat_the_defaults(
 
     # Overrides live in the file: a second process (here: a second Ledger) sees them.
     other = open_ledger(clock=Clock(LATE_EVENING), defaults=defaults)
-    assert {line.label for line in await other.quota_lines(ALICE)} == {"your daily spend", "your monthly images"}
+    assert {line.label for line in await other.quota_lines(ALICE)} == {
+        "your daily spend",
+        "your monthly images",
+    }
     with pytest.raises(ValueError):
         await ledger.set_limits("planet", "earth", {"daily_micros": 1}, tenant=W1)
     with pytest.raises(ValueError):  # a workspace limit is its tenant's own
@@ -404,9 +513,22 @@ async def test_overrides_in_the_database_beat_the_defaults(
         await ledger.set_limits("user", "U1", {"daily_micros": 1})  # type: ignore[call-arg]
 
 
-@pytest.mark.parametrize("bad", [["daily_usd"], ["weekly_usd=5"], ["daily_usd=-1"], ["daily_images=1.5"],
-                                 ["monthly_usd=lots"], [], ["daily_usd=1e20"], ["monthly_images=1000001"],
-                                 ["daily_usd=nan"], ["daily_usd=sNaN"], ["monthly_usd=-inf"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["daily_usd"],
+        ["weekly_usd=5"],
+        ["daily_usd=-1"],
+        ["daily_images=1.5"],
+        ["monthly_usd=lots"],
+        [],
+        ["daily_usd=1e20"],
+        ["monthly_images=1000001"],
+        ["daily_usd=nan"],
+        ["daily_usd=sNaN"],
+        ["monthly_usd=-inf"],
+    ],
+)
 def test_parse_limits_rejects_nonsense_naming_the_rule(bad: list[str]) -> None:
     with pytest.raises(UserError):
         quota.parse_limits(bad)
@@ -448,12 +570,16 @@ def test_connect_sets_wal_and_busy_timeout_and_records_the_schema_version(tmp_pa
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS >= 5_000
         assert store.schema_version(db) == store.SCHEMA_VERSION
-        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, store.SCHEMA_VERSION + 1))
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+            range(1, store.SCHEMA_VERSION + 1)
+        )
     finally:
         db.conn.close()
     again = store.connect(path)  # idempotent: no second migration
     try:
-        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == list(range(1, store.SCHEMA_VERSION + 1))
+        assert [r[0] for r in again.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+            range(1, store.SCHEMA_VERSION + 1)
+        )
     finally:
         again.conn.close()
 
@@ -469,7 +595,8 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
         "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
         "status, reserved_micros, actual_micros, attempts, day, month, created_at) VALUES "
         "('job1', 0, 'slack', 'W1', 'C1', 'U1', 'gpt-image-2', '1024x1024', 'low', 'png', 'succeeded', "
-        "6000, 5000, 1, '2026-04-15', '2026-04', '2026-04-15T10:00:00.000+00:00')")
+        "6000, 5000, 1, '2026-04-15', '2026-04', '2026-04-15T10:00:00.000+00:00')"
+    )
     old.execute("INSERT INTO counters VALUES ('user_day', 'U1', '2026-04-15', 5000, 1)")
     old.execute("INSERT INTO limits (scope, key, daily_images) VALUES ('user', 'U1', 7)")
     conn.close()
@@ -480,11 +607,16 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
         assert "context" in db["ledger"].columns_dict and "seen_events" in db.table_names()
         # Counters are rebuilt from the ledger under tenant-scoped keys (schema 5).
         assert set(db.execute("SELECT * FROM counters").fetchall()) == {
-            ("user_day", "slack:W1:U1", "2026-04-15", 5000, 1), ("user_month", "slack:W1:U1", "2026-04", 5000, 1),
-            ("channel_month", "slack:W1:C1", "2026-04", 5000, 1), ("workspace_month", "slack:W1", "2026-04", 5000, 1)}
+            ("user_day", "slack:W1:U1", "2026-04-15", 5000, 1),
+            ("user_month", "slack:W1:U1", "2026-04", 5000, 1),
+            ("channel_month", "slack:W1:C1", "2026-04", 5000, 1),
+            ("workspace_month", "slack:W1", "2026-04", 5000, 1),
+        }
         rows = db.execute("SELECT job_id, status, reserved_micros, actual_micros FROM ledger").fetchall()
         assert rows == [("job1", "succeeded", 6000, 5000)]
-        assert db.execute("SELECT scope, key, daily_images FROM limits").fetchall() == [("user", "slack:W1:U1", 7)]
+        assert db.execute("SELECT scope, key, daily_images FROM limits").fetchall() == [
+            ("user", "slack:W1:U1", 7)
+        ]
     finally:
         db.conn.close()
 
@@ -510,7 +642,9 @@ def test_a_failed_transaction_keeps_its_error_and_never_keeps_the_write_lock(tmp
         db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
         db.execute("CREATE TABLE child (parent INTEGER REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)")
         db.execute("CREATE TABLE guarded (x INTEGER)")
-        db.execute("CREATE TRIGGER no_guarded BEFORE INSERT ON guarded BEGIN SELECT RAISE(ROLLBACK, 'nope'); END")
+        db.execute(
+            "CREATE TRIGGER no_guarded BEFORE INSERT ON guarded BEGIN SELECT RAISE(ROLLBACK, 'nope'); END"
+        )
 
         # The statement's error already rolled the transaction back: that error is what the caller sees.
         with pytest.raises(sqlite3.IntegrityError, match="nope"), store.immediate(db):
@@ -539,7 +673,9 @@ async def test_channel_and_workspace_overrides_only_take_a_monthly_spend_limit(
                 await ledger.set_limits(scope, key, quota.parse_limits(limits), tenant=W1)
         await ledger.set_limits(scope, key, quota.parse_limits(["monthly_usd=5"]), tenant=W1)
     assert {line.label for line in await ledger.quota_lines(ALICE)} == {
-        "this channel's monthly spend", "this workspace's monthly spend"}
+        "this channel's monthly spend",
+        "this workspace's monthly spend",
+    }
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -551,7 +687,15 @@ async def _report_ledger(tmp_path: Path) -> Ledger:
     clock = Clock(REPORT_NOW)
     ledger = Ledger(tmp_path / "report.sqlite3", clock=clock)
     plan = [  # when, who, size, quality, status, actual, latency
-        (datetime(2026, 3, 31, 6, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "succeeded", 90_000, 1000),  # too old
+        (
+            datetime(2026, 3, 31, 6, 0, tzinfo=UTC),
+            ALICE,
+            "1024x1024",
+            "low",
+            "succeeded",
+            90_000,
+            1000,
+        ),  # too old
         (datetime(2026, 3, 31, 18, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "succeeded", 40_000, 2000),
         (datetime(2026, 4, 10, 9, 0, tzinfo=UTC), BOB, "1536x1024", "high", "succeeded", 50_000, 8000),
         (datetime(2026, 4, 10, 9, 5, tzinfo=UTC), BOB, "1536x1024", "high", "possibly_billed", 60_000, None),
@@ -565,7 +709,9 @@ async def _report_ledger(tmp_path: Path) -> Ledger:
         req = ImageRequest(prompt="p", size=parse_size(size), quality=quality)
         reservation = await ledger.reserve(who, req, 100_000)
         if status != "reserved":
-            await ledger.close_row(reservation.row_ids[0], Settlement(Status(status), actual, latency_ms=latency))
+            await ledger.close_row(
+                reservation.row_ids[0], Settlement(Status(status), actual, latency_ms=latency)
+            )
     clock.now = REPORT_NOW
     return ledger
 
@@ -575,9 +721,13 @@ def _direct(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         return conn.execute(sql, params).fetchall()
 
 
-@pytest.mark.parametrize(("tenant", "channel"), [(None, None), (None, "C1"), (W1, None), (W1, "C1"), (W2, None)])
+@pytest.mark.parametrize(
+    ("tenant", "channel"), [(None, None), (None, "C1"), (W1, None), (W1, "C1"), (W2, None)]
+)
 async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
-    tmp_path: Path, tenant: quota.Tenant | None, channel: str | None,
+    tmp_path: Path,
+    tenant: quota.Tenant | None,
+    channel: str | None,
 ) -> None:
     from bot import report
 
@@ -589,34 +739,55 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     path = tmp_path / "report.sqlite3"
     where, params = "created_at >= ?", ["2026-03-31T12:00:00.000+00:00"]
     if tenant:
-        where, params = where + " AND platform = ? AND workspace = ?", [*params, tenant.platform, tenant.workspace]
+        where, params = (
+            where + " AND platform = ? AND workspace = ?",
+            [*params, tenant.platform, tenant.workspace],
+        )
     if channel:
         where, params = where + " AND channel = ?", [*params, channel]
-    [(images, spend, failures)] = _direct(path, (
-        "SELECT count(*) FILTER (WHERE status='succeeded'), total(actual_micros), "
-        "count(*) FILTER (WHERE status IN ('failed','possibly_billed','interrupted','cancelled')) "
-        f"FROM ledger WHERE {where}"), *params)
+    [(images, spend, failures)] = _direct(
+        path,
+        (
+            "SELECT count(*) FILTER (WHERE status='succeeded'), total(actual_micros), "
+            "count(*) FILTER (WHERE status IN ('failed','possibly_billed','interrupted','cancelled')) "
+            f"FROM ledger WHERE {where}"
+        ),
+        *params,
+    )
     assert (built.images, built.spend_micros, built.failures) == (images, int(spend), failures)
     expected = 0 if tenant == W2 else 40_000 + 50_000 + 60_000 + (0 if channel else 45_000)
     assert built.spend_micros == expected
     # Across tenants a user is named with its tenant (U1 of one workspace is not U1 of another).
     label = "user" if tenant else "platform || ':' || workspace || ':' || user"
-    users = _direct(path, f"SELECT {label}, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
-                          f"FROM ledger WHERE {where} GROUP BY 1", *params)
+    users = _direct(
+        path,
+        f"SELECT {label}, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
+        f"FROM ledger WHERE {where} GROUP BY 1",
+        *params,
+    )
     assert sorted(built.top_users) == sorted((u, n, int(m)) for u, n, m in users)
-    by = _direct(path, f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
-                       f"FROM ledger WHERE {where} GROUP BY size, quality", *params)
+    by = _direct(
+        path,
+        f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
+        f"FROM ledger WHERE {where} GROUP BY size, quality",
+        *params,
+    )
     assert sorted(built.by_size_quality) == sorted((s, q, n, int(m)) for s, q, n, m in by)
-    latencies = sorted(r[0] for r in _direct(
-        path, f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded'", *params))
+    latencies = sorted(
+        r[0]
+        for r in _direct(path, f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded'", *params)
+    )
     middle = len(latencies) // 2
     if latencies:
         median = latencies[middle] if len(latencies) % 2 else (latencies[middle - 1] + latencies[middle]) / 2
         assert built.median_render_s == median / 1000
     else:
         assert built.median_render_s is None
-    daily = _direct(path, f"SELECT substr(created_at, 1, 10), total(actual_micros) FROM ledger WHERE {where} "
-                          "GROUP BY 1", *params)
+    daily = _direct(
+        path,
+        f"SELECT substr(created_at, 1, 10), total(actual_micros) FROM ledger WHERE {where} GROUP BY 1",
+        *params,
+    )
     assert {d: m for d, m, _ in built.daily} == {d: int(m) for d, m in daily}
     assert sum(m for _, m, _ in built.daily) == built.spend_micros
     assert format_usd(built.spend_micros) in built.text()

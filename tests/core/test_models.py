@@ -68,7 +68,11 @@ def test_the_shipped_table_has_three_models_with_their_capabilities() -> None:
     assert list(PRICES.models) == ["gpt-image-2", "gpt-image-1.5", "gpt-image-1-mini"]
     gpt2 = PRICES.model("gpt-image-2").capabilities
     assert gpt2 == ModelCapabilities()  # gpt-image-2's rules are the defaults, written out in the file too
-    assert gpt2.sizes == GPT_IMAGE_2 == SizeRule(max_edge=3840, max_ratio=3, min_pixels=655_360, max_pixels=8_294_400)
+    assert (
+        gpt2.sizes
+        == GPT_IMAGE_2
+        == SizeRule(max_edge=3840, max_ratio=3, min_pixels=655_360, max_pixels=8_294_400)
+    )
     assert (gpt2.input_fidelity, gpt2.transparent_background, gpt2.max_reference_images) == ((), False, 5)
     for name in FIXED_MODELS:
         caps = PRICES.model(name).capabilities
@@ -86,10 +90,14 @@ def test_every_model_entry_names_its_source() -> None:
 @pytest.mark.parametrize(
     ("model", "quality", "size", "usd"),
     [
-        ("gpt-image-1.5", "low", "1024x1024", "0.009"), ("gpt-image-1.5", "medium", "1536x1024", "0.05"),
-        ("gpt-image-1.5", "high", "1024x1024", "0.133"), ("gpt-image-1.5", "high", "1024x1536", "0.2"),
-        ("gpt-image-1-mini", "low", "1024x1024", "0.005"), ("gpt-image-1-mini", "medium", "1536x1024", "0.015"),
-        ("gpt-image-1-mini", "high", "1024x1024", "0.036"), ("gpt-image-1-mini", "high", "1024x1536", "0.052"),
+        ("gpt-image-1.5", "low", "1024x1024", "0.009"),
+        ("gpt-image-1.5", "medium", "1536x1024", "0.05"),
+        ("gpt-image-1.5", "high", "1024x1024", "0.133"),
+        ("gpt-image-1.5", "high", "1024x1536", "0.2"),
+        ("gpt-image-1-mini", "low", "1024x1024", "0.005"),
+        ("gpt-image-1-mini", "medium", "1536x1024", "0.015"),
+        ("gpt-image-1-mini", "high", "1024x1024", "0.036"),
+        ("gpt-image-1-mini", "high", "1024x1536", "0.052"),
     ],
 )
 def test_each_model_costs_its_own_table_price(model: str, quality: str, size: str, usd: str) -> None:
@@ -122,8 +130,9 @@ def test_auto_size_is_reserved_as_the_dearest_size_the_model_may_render(model: s
         ({"capabilities": {"mask": "yes"}}, "capabilities.mask must be true or false"),
     ],
 )
-def test_a_bad_capability_is_a_config_error_naming_the_model(tmp_path: Path, entry: dict[str, Any],
-                                                             message: str) -> None:
+def test_a_bad_capability_is_a_config_error_naming_the_model(
+    tmp_path: Path, entry: dict[str, Any], message: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         table(tmp_path, broken={"flat_usd_per_image": "0.04", **entry})
     assert "broken" in str(caught.value) and message in str(caught.value)
@@ -172,7 +181,9 @@ def test_a_size_that_is_not_a_size_names_the_list_on_a_fixed_model() -> None:
     ],
 )
 @pytest.mark.parametrize("model", FIXED_MODELS)
-def test_a_tier_on_a_fixed_model_picks_the_listed_size_nearest_in_shape(model: str, flags: str, size: str) -> None:
+def test_a_tier_on_a_fixed_model_picks_the_listed_size_nearest_in_shape(
+    model: str, flags: str, size: str
+) -> None:
     assert str(parse(f"x --model {model} {flags}").size) == size
 
 
@@ -196,8 +207,14 @@ def test_a_tier_on_a_fixed_model_gives_a_listed_size_or_a_refusal(tier: str, rat
 
 
 def test_a_gateway_model_with_its_own_flexible_bounds(tmp_path: Path) -> None:
-    rule = {"multiple_of": 64, "max_edge": 2048, "max_ratio": 2, "min_pixels": 262144, "max_pixels": 4194304,
-            "experimental_above": None}
+    rule = {
+        "multiple_of": 64,
+        "max_edge": 2048,
+        "max_ratio": 2,
+        "min_pixels": 262144,
+        "max_pixels": 4194304,
+        "experimental_above": None,
+    }
     prices = table(tmp_path, small={"flat_usd_per_image": "0.02", "capabilities": {"sizes": rule}})
     assert parse("x --model small --size 2048x1024", prices).size == Size(2048, 1024)
     assert parse("x --model small --size 2048x2048", prices).notes == ()  # never experimental
@@ -213,7 +230,9 @@ def test_a_gateway_model_with_its_own_flexible_bounds(tmp_path: Path) -> None:
 
 
 def test_a_transparent_background_is_refused_naming_the_model() -> None:
-    assert "transparent backgrounds are not supported by gpt-image-2" in rejection("logo --background transparent")
+    assert "transparent backgrounds are not supported by gpt-image-2" in rejection(
+        "logo --background transparent"
+    )
     for model in FIXED_MODELS:
         message = rejection(f"logo --model {model} --background transparent")
         assert model in message and "not supported" in message and "opaque or auto" in message
@@ -236,7 +255,9 @@ def test_references_and_mask_follow_the_model(tmp_path: Path) -> None:
     base, other = image("base.png", (256, 256)), image("other.png")
     mask = image("mask.png", (256, 256), mode="RGBA")
     assert parse("edit --model one", prices, references=[base]).references == (base,)
-    assert "2 images given; at most 1 in all for one" in rejection("edit --model one", prices, references=[base, other])
+    assert "2 images given; at most 1 in all for one" in rejection(
+        "edit --model one", prices, references=[base, other]
+    )
     assert "one does not accept a mask" in rejection("edit --model one", prices, references=[base], mask=mask)
     assert "text_only cannot edit images" in rejection("edit --model text_only", prices, references=[base])
     request = parse("edit --model one", prices)
@@ -247,7 +268,10 @@ def test_references_and_mask_follow_the_model(tmp_path: Path) -> None:
 
 def test_model_choice_comes_first_and_lists_the_table() -> None:
     message = rejection("x --model dall-e-3 --size 99x99")
-    assert message == "--model 'dall-e-3' is not in the price table; use one of gpt-image-2, gpt-image-1.5, gpt-image-1-mini"
+    assert (
+        message
+        == "--model 'dall-e-3' is not in the price table; use one of gpt-image-2, gpt-image-1.5, gpt-image-1-mini"
+    )
 
 
 # --- the offline server follows the same data -----------------------------------------------
@@ -284,8 +308,9 @@ async def bad(call: Any, **kwargs: Any) -> openai.BadRequestError:
 async def test_the_offline_server_takes_only_the_models_sizes(client: openai.AsyncOpenAI, model: str) -> None:
     error = await bad(client.images.generate, model=model, prompt="x", size="2048x1152")
     assert error.param == "size" and f"{model} {LISTED}" in error.message
-    result = await client.images.generate(model=model, prompt="x", size="1536x1024", quality="low",
-                                          output_format="jpeg")
+    result = await client.images.generate(
+        model=model, prompt="x", size="1536x1024", quality="low", output_format="jpeg"
+    )
     assert result.data is not None and result.size == "1536x1024"
     auto = await client.images.generate(model=model, prompt="x", quality="low", output_format="jpeg")
     assert auto.size in ("1024x1024", "1536x1024", "1024x1536")
@@ -303,11 +328,16 @@ async def test_the_offline_server_checks_input_fidelity_by_model(client: openai.
 
 
 async def test_the_offline_server_makes_transparent_backgrounds_only_where_the_model_can(
-        client: openai.AsyncOpenAI) -> None:
+    client: openai.AsyncOpenAI,
+) -> None:
     generate = client.images.generate
-    error = await bad(generate, model="gpt-image-2", prompt="x", background="transparent", output_format="png")
+    error = await bad(
+        generate, model="gpt-image-2", prompt="x", background="transparent", output_format="png"
+    )
     assert error.param == "background" and "gpt-image-2" in error.message
-    error = await bad(generate, model="gpt-image-1.5", prompt="x", background="transparent", output_format="jpeg")
+    error = await bad(
+        generate, model="gpt-image-1.5", prompt="x", background="transparent", output_format="jpeg"
+    )
     assert error.param == "background" and "png" in error.message
     result = await generate(model="gpt-image-1.5", prompt="x", background="transparent", output_format="png")
     assert result.background == "transparent" and result.data is not None
@@ -317,8 +347,13 @@ async def test_the_offline_server_makes_transparent_backgrounds_only_where_the_m
 
 
 async def test_the_offline_server_follows_a_models_reference_mask_and_streaming_rules(tmp_path: Path) -> None:
-    prices = table(tmp_path, plain={"flat_usd_per_image": "0.02", "capabilities": {
-        "max_reference_images": 1, "mask": False, "max_partial_images": 0}})
+    prices = table(
+        tmp_path,
+        plain={
+            "flat_usd_per_image": "0.02",
+            "capabilities": {"max_reference_images": 1, "mask": False, "max_partial_images": 0},
+        },
+    )
     srv = OfflineImageServer(latency=0, prices=prices)
     await srv.start()
     sdk = openai.AsyncOpenAI(base_url=srv.base_url, api_key="test", max_retries=0, timeout=30)
@@ -326,8 +361,13 @@ async def test_the_offline_server_follows_a_models_reference_mask_and_streaming_
         two = [("a.png", png(), "image/png"), ("b.png", png(), "image/png")]
         error = await bad(sdk.images.edit, model="plain", prompt="x", image=two)
         assert error.param == "image" and "at most 1 are allowed for plain" in error.message
-        error = await bad(sdk.images.edit, model="plain", prompt="x", image=two[:1],
-                          mask=("mask.png", png(mode="RGBA"), "image/png"))
+        error = await bad(
+            sdk.images.edit,
+            model="plain",
+            prompt="x",
+            image=two[:1],
+            mask=("mask.png", png(mode="RGBA"), "image/png"),
+        )
         assert error.param == "mask" and "plain does not accept a mask" in error.message
         with pytest.raises(openai.BadRequestError) as caught:
             await sdk.images.generate(model="plain", prompt="x", stream=True, partial_images=1)
@@ -339,15 +379,20 @@ async def test_the_offline_server_follows_a_models_reference_mask_and_streaming_
 
 
 @pytest.mark.parametrize("model", list(PRICES.models))
-async def test_the_bot_never_sends_background_or_input_fidelity(server: OfflineImageServer, model: str) -> None:
+async def test_the_bot_never_sends_background_or_input_fidelity(
+    server: OfflineImageServer, model: str
+) -> None:
     renderer = Renderer(base_url=server.base_url, api_key="test", timeout=30, max_retries=0)
     base = image("base.png", (256, 256))
     mask = image("mask.png", (256, 256), mode="RGBA")
     try:
-        for text, refs in (("a fox on a transparent background --size 1k --format png", []),
-                           ("make it blue --format webp", [base])):
-            request = parse(f"{text} --model {model} --quality low", references=refs,
-                            mask=mask if refs else None)
+        for text, refs in (
+            ("a fox on a transparent background --size 1k --format png", []),
+            ("make it blue --format webp", [base]),
+        ):
+            request = parse(
+                f"{text} --model {model} --quality low", references=refs, mask=mask if refs else None
+            )
             await renderer.render(request, partials=1)
     finally:
         await renderer.close()
@@ -359,20 +404,33 @@ async def test_the_bot_never_sends_background_or_input_fidelity(server: OfflineI
 
 @pytest.mark.parametrize("model", FIXED_MODELS)
 async def test_the_estimate_covers_what_the_offline_server_bills_for_each_model(
-        client: openai.AsyncOpenAI, model: str) -> None:
+    client: openai.AsyncOpenAI, model: str
+) -> None:
     prices = PRICES.model(model)
     prompt = "ünïcødé 海报 🚀 " * 20
     for size in ("auto", "1024x1024", "1536x1024", "1024x1536"):
         for quality in ("low", "medium", "high", "auto"):
-            stream = await client.images.edit(model=model, prompt=prompt, size=size, quality=quality,  # type: ignore[arg-type]
-                                              image=[("a.png", png((1100, 1100)), "image/png")] * 2,
-                                              output_format="jpeg", stream=True, partial_images=2)
+            stream = await client.images.edit(
+                model=model,
+                prompt=prompt,
+                size=size,
+                quality=quality,  # type: ignore[arg-type]
+                image=[("a.png", png((1100, 1100)), "image/png")] * 2,
+                output_format="jpeg",
+                stream=True,
+                partial_images=2,
+            )
             events = [event async for event in stream]
             usage = events[-1].usage  # type: ignore[union-attr]
-            billed = Usage(text_tokens=usage.input_tokens_details.text_tokens,
-                           image_tokens=usage.input_tokens_details.image_tokens, output_tokens=usage.output_tokens)
+            billed = Usage(
+                text_tokens=usage.input_tokens_details.text_tokens,
+                image_tokens=usage.input_tokens_details.image_tokens,
+                output_tokens=usage.output_tokens,
+            )
             size_ = AUTO if size == "auto" else Size(*map(int, size.split("x")))
-            reserved = estimate_micros(prices, size=size_, quality=quality, prompt=prompt, references=2, partials=2)
+            reserved = estimate_micros(
+                prices, size=size_, quality=quality, prompt=prompt, references=2, partials=2
+            )
             assert reserved >= cost_micros(prices, billed), (size, quality)
 
 

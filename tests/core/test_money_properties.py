@@ -37,8 +37,11 @@ from tests.core.test_jobs_money import RecordingView
 EXAMPLES = int(os.environ.get("IMAGEBOT_PROPERTY_EXAMPLES", "25"))
 RETRIES = 2
 FAULTS = ["500", "429:0", "408", "409", "400", "hang", "drop", "moderation", "garbage", "ok"]
-USERS = [Requester("slack", "T1", "C1", "U1"), Requester("slack", "T1", "C2", "U2"),
-         Requester("discord", "G2", "C3", "U1")]  # the same user id in another tenant is another user
+USERS = [
+    Requester("slack", "T1", "C1", "U1"),
+    Requester("slack", "T1", "C2", "U2"),
+    Requester("discord", "G2", "C3", "U1"),
+]  # the same user id in another tenant is another user
 # Limits in micro-dollars: a low 1024x1024 image is reserved at ~6,000 and a medium one at ~53,000.
 USD_LIMITS = st.one_of(st.none(), st.integers(min_value=5_000, max_value=200_000))
 
@@ -52,12 +55,21 @@ class Plan:
     cancel_after: float | None  # seconds after the job starts, or never
 
 
-plans = st.builds(Plan, who=st.integers(0, len(USERS) - 1), count=st.integers(1, 4),
-                  quality=st.sampled_from(["low", "medium"]), previews=st.booleans(),
-                  cancel_after=st.one_of(st.none(), st.floats(0.0, 0.6)))
-limits = st.builds(QuotaDefaults, user_daily_micros=USD_LIMITS,
-                   user_daily_images=st.one_of(st.none(), st.integers(1, 6)),
-                   channel_monthly_micros=USD_LIMITS, workspace_monthly_micros=USD_LIMITS)
+plans = st.builds(
+    Plan,
+    who=st.integers(0, len(USERS) - 1),
+    count=st.integers(1, 4),
+    quality=st.sampled_from(["low", "medium"]),
+    previews=st.booleans(),
+    cancel_after=st.one_of(st.none(), st.floats(0.0, 0.6)),
+)
+limits = st.builds(
+    QuotaDefaults,
+    user_daily_micros=USD_LIMITS,
+    user_daily_images=st.one_of(st.none(), st.integers(1, 6)),
+    channel_monthly_micros=USD_LIMITS,
+    workspace_monthly_micros=USD_LIMITS,
+)
 
 
 def _rows(path: Path) -> list[dict[str, Any]]:
@@ -68,16 +80,20 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 def _counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
     with sqlite3.connect(path) as conn:
-        return {(s, k, p): (m, n) for s, k, p, m, n in conn.execute(
-            "SELECT scope, key, period, micros, images FROM counters")}
+        return {
+            (s, k, p): (m, n)
+            for s, k, p, m, n in conn.execute("SELECT scope, key, period, micros, images FROM counters")
+        }
 
 
 def _limit(defaults: QuotaDefaults, scope: str) -> tuple[int | None, int | None]:
     """(micros, images) limits of a counter scope."""
-    return {"user_day": (defaults.user_daily_micros, defaults.user_daily_images),
-            "user_month": (defaults.user_monthly_micros, defaults.user_monthly_images),
-            "channel_month": (defaults.channel_monthly_micros, None),
-            "workspace_month": (defaults.workspace_monthly_micros, None)}[scope]
+    return {
+        "user_day": (defaults.user_daily_micros, defaults.user_daily_images),
+        "user_month": (defaults.user_monthly_micros, defaults.user_monthly_images),
+        "channel_month": (defaults.channel_monthly_micros, None),
+        "workspace_month": (defaults.workspace_monthly_micros, None),
+    }[scope]
 
 
 def check_moment(path: Path, defaults: QuotaDefaults) -> None:
@@ -90,12 +106,19 @@ def check_moment(path: Path, defaults: QuotaDefaults) -> None:
         assert max_images is None or images <= max_images, (scope, images, max_images)
 
 
-async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults,
-                      in_flight: int) -> None:
-    environ = {"IMAGEBOT_DB": str(tmp / "bot.sqlite3"), "IMAGEBOT_OFFLINE": "1",
-               "IMAGEBOT_OFFLINE_LATENCY": "0.02", "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-               "IMAGEBOT_API_TIMEOUT": "0.25", "IMAGEBOT_API_RETRIES": str(RETRIES),
-               "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight), "IMAGEBOT_PARTIAL_IMAGES": "1"}
+async def run_example(
+    tmp: Path, plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int
+) -> None:
+    environ = {
+        "IMAGEBOT_DB": str(tmp / "bot.sqlite3"),
+        "IMAGEBOT_OFFLINE": "1",
+        "IMAGEBOT_OFFLINE_LATENCY": "0.02",
+        "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+        "IMAGEBOT_API_TIMEOUT": "0.25",
+        "IMAGEBOT_API_RETRIES": str(RETRIES),
+        "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight),
+        "IMAGEBOT_PARTIAL_IMAGES": "1",
+    }
     core = await Core.start(Settings.load(environ=environ, env_file=None))
     path = core.settings.db_path
     try:
@@ -129,7 +152,8 @@ async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defau
         sampler = asyncio.create_task(sample())
         try:
             outcomes = await asyncio.wait_for(
-                asyncio.gather(*(run(plan, job, view) for plan, _request, job, view in prepared)), 60)
+                asyncio.gather(*(run(plan, job, view) for plan, _request, job, view in prepared)), 60
+            )
         finally:
             sampler.cancel()
         check_moment(path, defaults)
@@ -147,7 +171,10 @@ async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defau
                 expected[key] += row["actual_micros"]
                 expected_images[key] += row["status"] == "succeeded"
         assert {k: v for k, v in _counters(path).items() if v != (0, 0)} == {
-            k: (expected[k], expected_images[k]) for k in expected if (expected[k], expected_images[k]) != (0, 0)}
+            k: (expected[k], expected_images[k])
+            for k in expected
+            if (expected[k], expected_images[k]) != (0, 0)
+        }
         prices = core.prices.model("gpt-image-2")
         for (_plan, request, job, view), outcome in zip(prepared, outcomes, strict=True):
             each = core.runner.estimate(request, job.partials)
@@ -164,9 +191,15 @@ async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defau
                 # An attempt may have been billed unless the server answered it with an error status.
                 billed = sum(1 for c in mine if c.status in (0, 200))
                 if row["status"] == "succeeded":
-                    usage = Usage(text_tokens=row["text_tokens"], image_tokens=row["image_tokens"],
-                                  output_tokens=row["output_tokens"])
-                    assert row["actual_micros"] == cost_micros(prices, usage) + (billed - 1) * each, (row, mine)
+                    usage = Usage(
+                        text_tokens=row["text_tokens"],
+                        image_tokens=row["image_tokens"],
+                        output_tokens=row["output_tokens"],
+                    )
+                    assert row["actual_micros"] == cost_micros(prices, usage) + (billed - 1) * each, (
+                        row,
+                        mine,
+                    )
                     assert row["actual_micros"] <= row["reserved_micros"]
                 elif row["status"] in ("cancelled", "interrupted"):
                     # The attempt in flight is charged even if it had not reached the server yet.
@@ -177,12 +210,21 @@ async def run_example(tmp: Path, plan_list: list[Plan], faults: list[str], defau
         await core.close()
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=EXAMPLES <= 25,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(plan_list=st.lists(plans, min_size=1, max_size=5), faults=st.lists(st.sampled_from(FAULTS), max_size=14),
-       defaults=limits, in_flight=st.integers(1, 4))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=EXAMPLES <= 25,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    plan_list=st.lists(plans, min_size=1, max_size=5),
+    faults=st.lists(st.sampled_from(FAULTS), max_size=14),
+    defaults=limits,
+    in_flight=st.integers(1, 4),
+)
 def test_money_and_retry_invariants_hold_under_random_faults_cancels_and_limits(
-        plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int) -> None:
+    plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int
+) -> None:
     random.seed(0)  # the backoff's jitter
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run_example(Path(tmp), plan_list, faults, defaults, in_flight))

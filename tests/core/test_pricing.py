@@ -40,9 +40,15 @@ GPT_IMAGE_2 = PRICES.model("gpt-image-2")
 # One image-output token at $30 per million: the finest step an image's price can take.
 ONE_OUTPUT_TOKEN = 30
 TABLE = {  # USD per image, April 2026
-    ("low", 1024, 1024): "0.006", ("low", 1024, 1536): "0.005", ("low", 1536, 1024): "0.005",
-    ("medium", 1024, 1024): "0.053", ("medium", 1024, 1536): "0.041", ("medium", 1536, 1024): "0.041",
-    ("high", 1024, 1024): "0.211", ("high", 1024, 1536): "0.165", ("high", 1536, 1024): "0.165",
+    ("low", 1024, 1024): "0.006",
+    ("low", 1024, 1536): "0.005",
+    ("low", 1536, 1024): "0.005",
+    ("medium", 1024, 1024): "0.053",
+    ("medium", 1024, 1536): "0.041",
+    ("medium", 1536, 1024): "0.041",
+    ("high", 1024, 1024): "0.211",
+    ("high", 1024, 1536): "0.165",
+    ("high", 1536, 1024): "0.165",
 }
 
 
@@ -102,7 +108,13 @@ def test_fractions_of_a_micro_dollar_round_up() -> None:
 
 @pytest.mark.parametrize(
     ("micros", "text"),
-    [(0, "$0.0000"), (5_000, "$0.0050"), (211_000, "$0.2110"), (1_500_000, "$1.5000"), (12_345_600, "$12.3456")],
+    [
+        (0, "$0.0000"),
+        (5_000, "$0.0050"),
+        (211_000, "$0.2110"),
+        (1_500_000, "$1.5000"),
+        (12_345_600, "$12.3456"),
+    ],
 )
 def test_format_usd(micros: int, text: str) -> None:
     assert format_usd(micros) == text
@@ -139,7 +151,9 @@ def test_the_prompt_is_counted_at_one_token_per_utf8_byte_at_most() -> None:
 valid_sizes = st.builds(
     Size, st.integers(1, 240).map(lambda k: 16 * k), st.integers(1, 240).map(lambda k: 16 * k)
 ).filter(lambda s: is_valid(s.width, s.height))
-off_table_sizes = valid_sizes.filter(lambda s: (s.width, s.height) not in {(1024, 1024), (1024, 1536), (1536, 1024)})
+off_table_sizes = valid_sizes.filter(
+    lambda s: (s.width, s.height) not in {(1024, 1024), (1024, 1536), (1536, 1024)}
+)
 
 
 @given(a=off_table_sizes, b=off_table_sizes, quality=st.sampled_from(["low", "medium", "high"]))
@@ -172,7 +186,10 @@ def test_a_flat_priced_gateway_model_costs_its_flat_price(tmp_path: Path) -> Non
     assert sorted(table.models) == ["apiyi-image", "gpt-image-2"]
     flat = table.model("apiyi-image")
     for size, quality in ((Size(1024, 1024), "low"), (Size(3840, 2160), "high")):
-        assert estimate_micros(flat, size=size, quality=quality, prompt="猫" * 500, references=5, partials=3) == 40_000
+        assert (
+            estimate_micros(flat, size=size, quality=quality, prompt="猫" * 500, references=5, partials=3)
+            == 40_000
+        )
     assert cost_micros(flat, Usage(text_tokens=10_000, image_tokens=30_000, output_tokens=50_000)) == 40_000
     assert format_usd(cost_micros(flat, Usage())) == "$0.0400"
 
@@ -242,11 +259,21 @@ def png(width: int, height: int) -> bytes:
 
 
 async def billed_usage(
-    client: openai.AsyncOpenAI, *, prompt: str, size: Size, quality: str, partials: int, references: list[bytes]
+    client: openai.AsyncOpenAI,
+    *,
+    prompt: str,
+    size: Size,
+    quality: str,
+    partials: int,
+    references: list[bytes],
 ) -> Usage:
     """One call the way the bot makes it; the usage the API reports for it."""
     params: dict[str, Any] = {
-        "model": "gpt-image-2", "prompt": prompt, "size": str(size), "quality": quality, "output_format": "jpeg",
+        "model": "gpt-image-2",
+        "prompt": prompt,
+        "size": str(size),
+        "quality": quality,
+        "output_format": "jpeg",
     }
     if references:
         params["image"] = [(f"ref{i}.png", data, "image/png") for i, data in enumerate(references)]
@@ -261,7 +288,9 @@ async def billed_usage(
         raw = (await call(**params)).usage
     assert raw is not None and raw.output_tokens > 0
     details = raw.input_tokens_details
-    return Usage(text_tokens=details.text_tokens, image_tokens=details.image_tokens, output_tokens=raw.output_tokens)
+    return Usage(
+        text_tokens=details.text_tokens, image_tokens=details.image_tokens, output_tokens=raw.output_tokens
+    )
 
 
 prompts = st.text(
@@ -283,7 +312,13 @@ prompts = st.text(
     partials=st.integers(0, 3),
     reference_sizes=st.lists(st.tuples(st.integers(16, 1600), st.integers(16, 1600)), max_size=5),
 )
-@example(size=Size(3840, 2160), quality="high", prompt="猫" * 32_000, partials=3, reference_sizes=[(1600, 1600)] * 5)
+@example(
+    size=Size(3840, 2160),
+    quality="high",
+    prompt="猫" * 32_000,
+    partials=3,
+    reference_sizes=[(1600, 1600)] * 5,
+)
 @example(size=Size(1024, 1024), quality="high", prompt="a", partials=0, reference_sizes=[])
 def test_the_estimate_covers_what_the_offline_api_bills(
     offline: tuple[Callable[[Awaitable[Any]], Any], openai.AsyncOpenAI],
@@ -296,7 +331,9 @@ def test_the_estimate_covers_what_the_offline_api_bills(
     run, client = offline
     references = [png(w, h) for w, h in reference_sizes]
     usage: Usage = run(
-        billed_usage(client, prompt=prompt, size=size, quality=quality, partials=partials, references=references)
+        billed_usage(
+            client, prompt=prompt, size=size, quality=quality, partials=partials, references=references
+        )
     )
     reserved = estimate_micros(
         GPT_IMAGE_2, size=size, quality=quality, prompt=prompt, references=len(references), partials=partials

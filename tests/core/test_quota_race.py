@@ -44,12 +44,18 @@ def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
     """Every counter as a direct SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
     spend = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
     images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
-    tenant = "platform || ':' || workspace"  # tenant-scoped keys (bot/quota.py); test ids have no ':' to escape
-    parts = [f"SELECT '{scope}', {key}, {period}, {spend}, {images} FROM ledger"
-             for scope, key, period in (("user_day", f"{tenant} || ':' || user", "day"),
-                                        ("user_month", f"{tenant} || ':' || user", "month"),
-                                        ("channel_month", f"{tenant} || ':' || channel", "month"),
-                                        ("workspace_month", tenant, "month"))]
+    tenant = (
+        "platform || ':' || workspace"  # tenant-scoped keys (bot/quota.py); test ids have no ':' to escape
+    )
+    parts = [
+        f"SELECT '{scope}', {key}, {period}, {spend}, {images} FROM ledger"
+        for scope, key, period in (
+            ("user_day", f"{tenant} || ':' || user", "day"),
+            ("user_month", f"{tenant} || ':' || user", "month"),
+            ("channel_month", f"{tenant} || ':' || channel", "month"),
+            ("workspace_month", tenant, "month"),
+        )
+    ]
     with sqlite3.connect(path) as conn:
         rows = conn.execute(f"SELECT * FROM ({' UNION ALL '.join(parts)})").fetchall()
     sums: dict[tuple[str, str, str], tuple[int, int]] = {}
@@ -76,7 +82,13 @@ def rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dic
 
 def _race_worker(path: str, barrier: Any, results: Any) -> None:
     """Open the (fresh) file together with the others, then reserve as fast as possible."""
-    outcome: dict[str, Any] = {"pid": os.getpid(), "granted": 0, "refused": 0, "messages": set(), "errors": []}
+    outcome: dict[str, Any] = {
+        "pid": os.getpid(),
+        "granted": 0,
+        "refused": 0,
+        "messages": set(),
+        "errors": [],
+    }
 
     async def main() -> None:
         barrier.wait(TIMEOUT)  # every process opens (and migrates) the new file at once
@@ -115,8 +127,15 @@ def _crashing_worker(path: str, ready: Any) -> None:
         done = await ledger.reserve(ALICE, request(1), 30_000, job_id="job-done")
         await ledger.start(done.row_ids[0])
         await ledger.close_row(done.row_ids[0], Settlement(Status.SUCCEEDED, 25_000))
-        ready.put({"pid": os.getpid(), "instance": ledger.instance_id, "waiting": list(waiting.row_ids),
-                   "running": list(running.row_ids), "done": list(done.row_ids)})
+        ready.put(
+            {
+                "pid": os.getpid(),
+                "instance": ledger.instance_id,
+                "waiting": list(waiting.row_ids),
+                "running": list(running.row_ids),
+                "done": list(done.row_ids),
+            }
+        )
         while True:  # alive until killed: its lease runs LEASE past its last heartbeat
             await asyncio.sleep(LEASE.total_seconds() / 6)
             await ledger.heartbeat()
@@ -146,7 +165,9 @@ def test_four_processes_never_grant_more_than_the_limit_fits(tmp_path: Path) -> 
     path = tmp_path / "race.sqlite3"  # not created beforehand: the workers create and migrate it together
     barrier = SPAWN.Barrier(PROCESSES)
     results = SPAWN.Queue()
-    workers = [SPAWN.Process(target=_race_worker, args=(str(path), barrier, results)) for _ in range(PROCESSES)]
+    workers = [
+        SPAWN.Process(target=_race_worker, args=(str(path), barrier, results)) for _ in range(PROCESSES)
+    ]
     for worker in workers:
         worker.start()
     try:
@@ -163,8 +184,10 @@ def test_four_processes_never_grant_more_than_the_limit_fits(tmp_path: Path) -> 
     assert sum(o["granted"] for o in outcomes) == FITS
     assert sum(o["refused"] for o in outcomes) == PROCESSES * ATTEMPTS - FITS
     messages = set().union(*(o["messages"] for o in outcomes))
-    assert messages == {"Quota: 1 image at 1024x1024 medium needs up to $0.0530, but your daily spend limit "
-                        "is $1.9610 and $0.0000 is left"}, messages
+    assert messages == {
+        "Quota: 1 image at 1024x1024 medium needs up to $0.0530, but your daily spend limit "
+        "is $1.9610 and $0.0000 is left"
+    }, messages
 
     granted = rows(path)
     assert len(granted) == FITS and {r["status"] for r in granted} == {"reserved"}
@@ -173,7 +196,8 @@ def test_four_processes_never_grant_more_than_the_limit_fits(tmp_path: Path) -> 
     counters = stored_counters(path)
     assert counters == sql_counters(path)
     assert [(k, v) for (scope, k, _), v in counters.items() if scope == "user_day"] == [
-        ("slack:W1:U1", (FITS * EACH, FITS))]
+        ("slack:W1:U1", (FITS * EACH, FITS))
+    ]
 
 
 def test_kill_9_then_recovery_releases_reservations_and_charges_started_calls(tmp_path: Path) -> None:
@@ -219,12 +243,22 @@ def test_kill_9_then_recovery_releases_reservations_and_charges_started_calls(tm
         assert "possibly billed" in after[first]["error"]
         assert all(after[i]["finished_at"] for i in crashed["waiting"] + crashed["running"])
         # Finished work and the live peer's job are untouched.
-        assert (after[crashed["done"][0]]["status"], after[crashed["done"][0]]["actual_micros"]) == ("succeeded", 25_000)
+        assert (after[crashed["done"][0]]["status"], after[crashed["done"][0]]["actual_micros"]) == (
+            "succeeded",
+            25_000,
+        )
         assert [after[i]["status"] for i in alive["rows"]] == ["running"]
 
         assert interrupted == [
-            Interrupted("job-running", "slack", "C2", "U2", {"channel": "C2", "thread_ts": "1714000000.000100"},
-                        40_000, 3),
+            Interrupted(
+                "job-running",
+                "slack",
+                "C2",
+                "U2",
+                {"channel": "C2", "thread_ts": "1714000000.000100"},
+                40_000,
+                3,
+            ),
             Interrupted("job-waiting", "slack", "C1", "U1", {}, 0, 2),
         ]
         assert again == []

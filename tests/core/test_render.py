@@ -37,26 +37,32 @@ def request(text: str = "a fox --size 1536x1024 --quality low", **kwargs):  # ty
     return parse_request(text, prices=load_prices(), **kwargs)
 
 
-async def test_success_returns_the_image_its_size_usage_and_request_id(renderer: Renderer,
-                                                                        server: OfflineImageServer) -> None:
+async def test_success_returns_the_image_its_size_usage_and_request_id(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     result = await renderer.render(request(), client_request_id="job-1")
     assert Image.open(io.BytesIO(result.data)).size == (1536, 1024) == (result.width, result.height)
     assert result.usage.output_tokens > 0 and result.attempts == 1 and result.lost_attempts == 0
     assert result.request_ids == (server.calls[0].request_id,)
 
 
-async def test_a_500_is_retried_and_both_request_ids_are_kept(renderer: Renderer, server: OfflineImageServer) -> None:
+async def test_a_500_is_retried_and_both_request_ids_are_kept(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     server.push_faults("500")
     result = await renderer.render(request())
     assert result.attempts == 2 and result.request_ids == tuple(c.request_id for c in server.calls)
 
 
 async def test_5xx_always_gives_up_after_two_retries_with_every_request_id(
-        renderer: Renderer, server: OfflineImageServer) -> None:
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     server.push_faults("502*")
     with pytest.raises(ProviderError) as caught:
         await renderer.render(request())
-    assert caught.value.attempts == 3 and len(caught.value.request_ids) == 3 and not caught.value.possibly_billed
+    assert (
+        caught.value.attempts == 3 and len(caught.value.request_ids) == 3 and not caught.value.possibly_billed
+    )
     assert "HTTP 502" in str(caught.value) and caught.value.request_ids[0] in str(caught.value)
 
 
@@ -76,7 +82,9 @@ async def test_a_4xx_is_never_retried(renderer: Renderer, server: OfflineImageSe
     assert "safety system" in str(caught.value)
 
 
-async def test_a_hang_times_out_and_may_have_been_billed(renderer: Renderer, server: OfflineImageServer) -> None:
+async def test_a_hang_times_out_and_may_have_been_billed(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     server.push_faults("hang*")
     with pytest.raises(ProviderError) as caught:
         await renderer.render(request(), client_request_id="imagebot-job-0")
@@ -84,7 +92,9 @@ async def test_a_hang_times_out_and_may_have_been_billed(renderer: Renderer, ser
     assert caught.value.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
 
 
-async def test_a_hang_then_success_counts_the_lost_attempt(renderer: Renderer, server: OfflineImageServer) -> None:
+async def test_a_hang_then_success_counts_the_lost_attempt(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     server.push_faults("hang")
     result = await renderer.render(request())
     assert result.attempts == 2 and result.lost_attempts == 1
@@ -106,7 +116,9 @@ async def test_a_dropped_stream_is_retried_by_us(renderer: Renderer, server: Off
     assert result.attempts == 2 and result.lost_attempts == 1
 
 
-async def test_a_stream_that_always_drops_is_possibly_billed(renderer: Renderer, server: OfflineImageServer) -> None:
+async def test_a_stream_that_always_drops_is_possibly_billed(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     server.push_faults("drop*")
     with pytest.raises(ProviderError) as caught:
         await renderer.render(request(), partials=1)
@@ -154,6 +166,7 @@ async def failure_against(port: int) -> ProviderError:
 
 async def test_a_server_that_hangs_up_after_the_request_may_have_billed_it() -> None:
     """Read the whole request, then close without answering: the call went out, so it may have cost money."""
+
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.close()
@@ -179,7 +192,8 @@ async def test_a_refused_connection_never_reached_the_api() -> None:
 
 
 async def test_a_stream_that_breaks_between_5xx_never_exceeds_one_plus_retries_attempts(
-        renderer: Renderer, server: OfflineImageServer) -> None:
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     """The SDK's own retries and our stream re-try share one budget: 3 HTTP attempts in all, not 9."""
     server.push_faults("500,500,drop,500,500,drop,500,500,ok")
     with pytest.raises(ProviderError) as caught:
@@ -190,7 +204,8 @@ async def test_a_stream_that_breaks_between_5xx_never_exceeds_one_plus_retries_a
 
 @pytest.mark.parametrize("fault", ["409", "400"])
 async def test_a_client_error_is_not_retried_even_when_it_says_x_should_retry(
-        renderer: Renderer, server: OfflineImageServer, fault: str) -> None:
+    renderer: Renderer, server: OfflineImageServer, fault: str
+) -> None:
     server.push_faults(fault)
     with pytest.raises(ApiRejected if fault == "400" else ProviderError) as caught:
         await renderer.render(request())
@@ -216,7 +231,8 @@ async def test_no_retries_means_one_attempt(server: OfflineImageServer, fault: s
 
 
 async def test_each_attempt_that_may_have_been_billed_asks_before_the_retry(
-        renderer: Renderer, server: OfflineImageServer) -> None:
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     """Before a retry that follows a possibly-billed attempt, the caller is asked (it extends the reservation);
     a retry after a plain 5xx needs no question, since that attempt cost nothing."""
     asked: list[int] = []
@@ -230,7 +246,8 @@ async def test_each_attempt_that_may_have_been_billed_asks_before_the_retry(
 
 
 async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed(
-        renderer: Renderer, server: OfflineImageServer) -> None:
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
     from bot.errors import QuotaExceeded
 
     async def before_retry() -> None:

@@ -165,7 +165,10 @@ def test_png_has_no_compression_and_webp_defaults_to_85() -> None:
         ("a cat --size 2k --size=4k", "--size is given twice; give it once"),
         ("a cat --size 2k \u2014size 4k", "--size is given twice; give it once"),
         ("a cat --size", "--size needs a value, e.g. --size 1536x1024 (or auto, 1k, 2k, 4k)"),
-        ("a cat --quality --size 2k", "--quality needs a value, e.g. --quality high (low, medium, high, auto)"),
+        (
+            "a cat --quality --size 2k",
+            "--quality needs a value, e.g. --quality high (low, medium, high, auto)",
+        ),
         ("a cat --background blue", "--background 'blue' is not valid; use opaque or auto"),
     ],
 )
@@ -284,11 +287,25 @@ def test_build_request_with_typed_options_equals_parsing_the_same_flags() -> Non
     refs = [image("base.png", (256, 256))]
     mask = image("mask.png", (256, 256), mode="RGBA")
     typed = build_request(
-        "  a red fox  ", prices=PRICES, size="4k", ar="21:9", quality="high", format="webp", compression=60,
-        count=3, model="gpt-image-2", background="opaque", references=refs, mask=mask,
+        "  a red fox  ",
+        prices=PRICES,
+        size="4k",
+        ar="21:9",
+        quality="high",
+        format="webp",
+        compression=60,
+        count=3,
+        model="gpt-image-2",
+        background="opaque",
+        references=refs,
+        mask=mask,
     )
-    parsed = parse("a red fox --size 4k --ar 21:9 --quality high --format webp --compression 60 --count 3 "
-                   "--model gpt-image-2 --background opaque", references=refs, mask=mask)
+    parsed = parse(
+        "a red fox --size 4k --ar 21:9 --quality high --format webp --compression 60 --count 3 "
+        "--model gpt-image-2 --background opaque",
+        references=refs,
+        mask=mask,
+    )
     assert typed == parsed
     assert typed.prompt == "a red fox" and typed.size == parse_size("4k", "21:9") and typed.count == 3
 
@@ -313,17 +330,36 @@ BACKGROUNDS = [None, "auto", "opaque", "transparent", "blue"]
 
 @given(
     prompt=st.sampled_from(["a cat", "a logo on a transparent background", "   "]),
-    size=st.sampled_from(SIZES), ar=st.sampled_from(RATIOS), quality=st.sampled_from(QUALITY_VALUES),
-    fmt=st.sampled_from(FORMAT_VALUES), compression=st.one_of(st.none(), st.integers(0, 120)),
-    count=st.one_of(st.none(), st.integers(0, 6)), model=st.sampled_from(MODELS),
+    size=st.sampled_from(SIZES),
+    ar=st.sampled_from(RATIOS),
+    quality=st.sampled_from(QUALITY_VALUES),
+    fmt=st.sampled_from(FORMAT_VALUES),
+    compression=st.one_of(st.none(), st.integers(0, 120)),
+    count=st.one_of(st.none(), st.integers(0, 6)),
+    model=st.sampled_from(MODELS),
     background=st.sampled_from(BACKGROUNDS),
 )
 def test_both_paths_give_equal_requests_or_equal_refusals(
-    prompt: str, size: str | None, ar: str | None, quality: str | None, fmt: str | None,
-    compression: int | None, count: int | None, model: str | None, background: str | None,
+    prompt: str,
+    size: str | None,
+    ar: str | None,
+    quality: str | None,
+    fmt: str | None,
+    compression: int | None,
+    count: int | None,
+    model: str | None,
+    background: str | None,
 ) -> None:
-    options = {"size": size, "ar": ar, "quality": quality, "format": fmt, "compression": compression,
-               "count": count, "model": model, "background": background}
+    options = {
+        "size": size,
+        "ar": ar,
+        "quality": quality,
+        "format": fmt,
+        "compression": compression,
+        "count": count,
+        "model": model,
+        "background": background,
+    }
 
     def outcome(build: Callable[[], ImageRequest]) -> ImageRequest | str:
         try:
@@ -339,9 +375,14 @@ def test_both_paths_give_equal_requests_or_equal_refusals(
 def test_typed_options_make_the_same_request_as_flags_and_may_not_repeat_one() -> None:
     """Discord's typed options go straight into the request, with no round trip through flag text."""
     prices = load_prices()
-    typed = parse_request("a fox --ar 16:9", prices=prices,
-                          options={"size": "2k", "quality": "high", "count": 2, "compression": 70, "format": None})
-    flagged = parse_request("a fox --ar 16:9 --size 2k --quality high --count 2 --compression 70", prices=prices)
+    typed = parse_request(
+        "a fox --ar 16:9",
+        prices=prices,
+        options={"size": "2k", "quality": "high", "count": 2, "compression": 70, "format": None},
+    )
+    flagged = parse_request(
+        "a fox --ar 16:9 --size 2k --quality high --count 2 --compression 70", prices=prices
+    )
     assert typed == flagged and typed.prompt == "a fox"
     with pytest.raises(UserError, match="--size is given twice"):
         parse_request("a fox --size 1k", prices=prices, options={"size": "2k"})

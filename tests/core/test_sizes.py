@@ -115,7 +115,9 @@ def test_a_zero_edge_is_rejected() -> None:
     assert "width 0 must be positive" in rejection("0x1024")
 
 
-@pytest.mark.parametrize("text", ["big", "1024", "1024x", "x1024", "1024*1024", "-1024x1024", "1024x1024x16", "1024x²"])
+@pytest.mark.parametrize(
+    "text", ["big", "1024", "1024x", "x1024", "1024*1024", "-1024x1024", "1024x1024x16", "1024x²"]
+)
 def test_text_that_is_not_a_size_says_what_is(text: str) -> None:
     message = rejection(text)
     assert "is not a size" in message
@@ -227,9 +229,7 @@ def test_an_accepted_size_round_trips_through_its_text(width: int, height: int) 
     assert parse_size(str(size)) == size
 
 
-ratios = (
-    st.tuples(st.integers(1, 200), st.integers(1, 200)).filter(lambda r: max(r) <= 3 * min(r))
-)
+ratios = st.tuples(st.integers(1, 200), st.integers(1, 200)).filter(lambda r: max(r) <= 3 * min(r))
 
 
 @settings(max_examples=60, deadline=None)

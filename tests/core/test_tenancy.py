@@ -47,8 +47,12 @@ async def make_core(tmp_path: Path) -> AsyncIterator[MakeCore]:
     cores: list[Core] = []
 
     async def make(**env: str) -> Core:
-        environ = {"IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"), "IMAGEBOT_OFFLINE": "1",
-                   "IMAGEBOT_OFFLINE_LATENCY": "0.05", **env}
+        environ = {
+            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
+            **env,
+        }
         core = await Core.start(Settings.load(environ=environ, env_file=None))
         cores.append(core)
         return core
@@ -73,7 +77,9 @@ async def test_a_tenant_admin_of_guild_b_cannot_lift_the_limits_that_bind_them_i
 ) -> None:
     core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_USER_DAILY_USD="1")
     # In B (their own server) they lift their own limits; that is B's business ...
-    reply = await commands.admin(core, IN_B, "quota <@42> daily_images=unlimited daily_usd=500", platform_admin=True)
+    reply = await commands.admin(
+        core, IN_B, "quota <@42> daily_images=unlimited daily_usd=500", platform_admin=True
+    )
     assert "Limits for user 42 set" in reply.text and "discord:222" in reply.text
     await core.ledger.reserve(IN_B, request(3), 1_000)
     # ... but in A the defaults still hold: one image a day.
@@ -84,13 +90,20 @@ async def test_a_tenant_admin_of_guild_b_cannot_lift_the_limits_that_bind_them_i
         await core.ledger.reserve(Requester("discord", "111", "1002", "42"), request(1), 2_000_000)
     # And a channel override in B does nothing to a channel of the same id in A.
     await commands.admin(core, IN_B, "quota <#1001> monthly_usd=0", platform_admin=True)
-    assert {line.label for line in await core.ledger.quota_lines(IN_A)} == {"your daily spend", "your daily images"}
+    assert {line.label for line in await core.ledger.quota_lines(IN_A)} == {
+        "your daily spend",
+        "your daily images",
+    }
 
 
-async def test_a_tenant_admin_cannot_set_their_tenants_own_limit_and_an_operator_can(make_core: MakeCore) -> None:
+async def test_a_tenant_admin_cannot_set_their_tenants_own_limit_and_an_operator_can(
+    make_core: MakeCore,
+) -> None:
     core = await make_core(IMAGEBOT_ADMINS="discord:7", IMAGEBOT_WORKSPACE_MONTHLY_USD="10")
     for target in ("workspace", "guild", "server"):
-        refused = await commands.admin(core, IN_B, f"quota {target} monthly_usd=unlimited", platform_admin=True)
+        refused = await commands.admin(
+            core, IN_B, f"quota {target} monthly_usd=unlimited", platform_admin=True
+        )
         assert "only operators" in refused.text.lower() and "IMAGEBOT_ADMINS" in refused.text
     with sqlite3.connect(core.settings.db_path) as conn:
         assert conn.execute("SELECT count(*) FROM limits").fetchone() == (0,)
@@ -126,14 +139,16 @@ async def test_report_all_covers_the_tenant_for_a_tenant_admin_and_everything_fo
     await spend(core, slack_t2, 200_000, count=2)
     await spend(core, IN_A, 30_000)
 
-    tenant_admin = await commands.admin(core, Requester("slack", "T2", "C9", "UADM"), "report --all",
-                                        platform_admin=True)
+    tenant_admin = await commands.admin(
+        core, Requester("slack", "T2", "C9", "UADM"), "report --all", platform_admin=True
+    )
     assert re.search(r"2 images, \$0\.4000 spent", tenant_admin.text), tenant_admin.text
     assert "$0.5000" not in tenant_admin.text and "$0.0300" not in tenant_admin.text
     assert "slack:T2" in tenant_admin.text
 
-    operator = await commands.admin(core, Requester("slack", "T2", "C9", "UOP"), "report --all --days 7",
-                                    platform_admin=False)
+    operator = await commands.admin(
+        core, Requester("slack", "T2", "C9", "UOP"), "report --all --days 7", platform_admin=False
+    )
     assert re.search(r"4 images, \$0\.9300 spent", operator.text), operator.text
     assert "all tenants" in operator.text
     # The operator's top users name their tenant: U1 of T1 and U1 of T2 are two people.
@@ -149,8 +164,9 @@ async def test_report_all_covers_the_tenant_for_a_tenant_admin_and_everything_fo
 
 
 async def test_the_same_user_id_in_two_tenants_has_separate_counters(make_core: MakeCore) -> None:
-    core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_CHANNEL_MONTHLY_USD="1",
-                           IMAGEBOT_WORKSPACE_MONTHLY_USD="1")
+    core = await make_core(
+        IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_CHANNEL_MONTHLY_USD="1", IMAGEBOT_WORKSPACE_MONTHLY_USD="1"
+    )
     await core.ledger.reserve(Requester("slack", "T1", "C1", "U1"), request(1), 900_000)
     # Another workspace: same user id, same channel id, fresh counters.
     await core.ledger.reserve(Requester("slack", "T2", "C1", "U1"), request(1), 900_000)
@@ -160,16 +176,24 @@ async def test_the_same_user_id_in_two_tenants_has_separate_counters(make_core: 
         await core.ledger.reserve(Requester("slack", "T1", "C1", "U1"), request(1), 1)
     with sqlite3.connect(core.settings.db_path) as conn:
         keys = {(s, k) for s, k in conn.execute("SELECT scope, key FROM counters")}
-    assert keys == {(s, f"{t}:{i}") if i else (s, t)
-                    for t in ("slack:T1", "slack:T2", "discord:T1")
-                    for s, i in (("user_day", "U1"), ("user_month", "U1"), ("channel_month", "C1"),
-                                 ("workspace_month", ""))}
+    assert keys == {
+        (s, f"{t}:{i}") if i else (s, t)
+        for t in ("slack:T1", "slack:T2", "discord:T1")
+        for s, i in (
+            ("user_day", "U1"),
+            ("user_month", "U1"),
+            ("channel_month", "C1"),
+            ("workspace_month", ""),
+        )
+    }
 
 
 # --- operators ---------------------------------------------------------------------------------------
 
 
-async def test_a_platform_qualified_operator_is_an_operator_on_that_platform_only(make_core: MakeCore) -> None:
+async def test_a_platform_qualified_operator_is_an_operator_on_that_platform_only(
+    make_core: MakeCore,
+) -> None:
     core = await make_core(IMAGEBOT_ADMINS="slack:U1, 555")
     on_slack = Requester("slack", "T1", "C1", "U1")
     on_discord = Requester("discord", "999", "1", "U1")
@@ -192,39 +216,47 @@ SLACK = Requester("slack", "T1", "C1", "U1")
 DISCORD = Requester("discord", "111", "1001", "42")
 
 
-@pytest.mark.parametrize(("who", "text", "target"), [
-    (SLACK, "<@U123>", ("user", "U123")),
-    (SLACK, "<@U123|bob>", ("user", "U123")),
-    (SLACK, "<@W123ABC>", ("user", "W123ABC")),
-    (SLACK, "<#C123>", ("channel", "C123")),
-    (SLACK, "<#C123|general>", ("channel", "C123")),
-    (SLACK, "U123ABC", ("user", "U123ABC")),
-    (SLACK, "W123ABC", ("user", "W123ABC")),
-    (SLACK, "C123ABC", ("channel", "C123ABC")),
-    (SLACK, "G123ABC", ("channel", "G123ABC")),
-    (SLACK, "workspace", ("workspace", "T1")),
-    (DISCORD, "<@123>", ("user", "123")),
-    (DISCORD, "<@!123>", ("user", "123")),
-    (DISCORD, "<#456>", ("channel", "456")),
-    (DISCORD, "123456789012345678", ("user", "123456789012345678")),
-    (DISCORD, "server", ("workspace", "111")),
-])
+@pytest.mark.parametrize(
+    ("who", "text", "target"),
+    [
+        (SLACK, "<@U123>", ("user", "U123")),
+        (SLACK, "<@U123|bob>", ("user", "U123")),
+        (SLACK, "<@W123ABC>", ("user", "W123ABC")),
+        (SLACK, "<#C123>", ("channel", "C123")),
+        (SLACK, "<#C123|general>", ("channel", "C123")),
+        (SLACK, "U123ABC", ("user", "U123ABC")),
+        (SLACK, "W123ABC", ("user", "W123ABC")),
+        (SLACK, "C123ABC", ("channel", "C123ABC")),
+        (SLACK, "G123ABC", ("channel", "G123ABC")),
+        (SLACK, "workspace", ("workspace", "T1")),
+        (DISCORD, "<@123>", ("user", "123")),
+        (DISCORD, "<@!123>", ("user", "123")),
+        (DISCORD, "<#456>", ("channel", "456")),
+        (DISCORD, "123456789012345678", ("user", "123456789012345678")),
+        (DISCORD, "server", ("workspace", "111")),
+    ],
+)
 def test_parse_target_reads_mentions_and_bare_ids(who: Requester, text: str, target: tuple[str, str]) -> None:
     assert commands.parse_target(text, who) == target
 
 
-@pytest.mark.parametrize(("who", "text", "message"), [
-    (SLACK, "@bob", r"plain text.*pick the person from Slack's autocomplete so a mention is sent"),
-    (SLACK, "#general", r"plain text.*pick the channel from Slack's autocomplete"),
-    (DISCORD, "@bob", r"plain text.*pick the person from Discord's autocomplete so a mention is sent"),
-    (DISCORD, "<@&123>", r"role.*limits are per user, channel or workspace"),
-    (SLACK, "<!subteam^S123|@designers>", r"group.*limits are per user, channel or workspace"),
-    (SLACK, "<!here>", r"limits are per user, channel or workspace"),
-    (SLACK, "bob", r"'bob' is not a target"),
-    (SLACK, "123456", r"'123456' is not a Slack id"),
-    (DISCORD, "U123ABC", r"'U123ABC' is not a Discord id"),
-])
-def test_parse_target_refuses_what_is_not_one_user_or_channel(who: Requester, text: str, message: str) -> None:
+@pytest.mark.parametrize(
+    ("who", "text", "message"),
+    [
+        (SLACK, "@bob", r"plain text.*pick the person from Slack's autocomplete so a mention is sent"),
+        (SLACK, "#general", r"plain text.*pick the channel from Slack's autocomplete"),
+        (DISCORD, "@bob", r"plain text.*pick the person from Discord's autocomplete so a mention is sent"),
+        (DISCORD, "<@&123>", r"role.*limits are per user, channel or workspace"),
+        (SLACK, "<!subteam^S123|@designers>", r"group.*limits are per user, channel or workspace"),
+        (SLACK, "<!here>", r"limits are per user, channel or workspace"),
+        (SLACK, "bob", r"'bob' is not a target"),
+        (SLACK, "123456", r"'123456' is not a Slack id"),
+        (DISCORD, "U123ABC", r"'U123ABC' is not a Discord id"),
+    ],
+)
+def test_parse_target_refuses_what_is_not_one_user_or_channel(
+    who: Requester, text: str, message: str
+) -> None:
     with pytest.raises(UserError, match=message):
         commands.parse_target(text, who)
 
@@ -232,8 +264,16 @@ def test_parse_target_refuses_what_is_not_one_user_or_channel(who: Requester, te
 # --- limit values: bounded, one USD parser -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("limits", ["daily_usd=1e20", "monthly_usd=1000001", "daily_usd=99999999999999999999999",
-                                    "monthly_images=1000001", "daily_images=1e20"])
+@pytest.mark.parametrize(
+    "limits",
+    [
+        "daily_usd=1e20",
+        "monthly_usd=1000001",
+        "daily_usd=99999999999999999999999",
+        "monthly_images=1000001",
+        "daily_images=1e20",
+    ],
+)
 async def test_a_huge_limit_is_refused_naming_the_range(make_core: MakeCore, limits: str) -> None:
     core = await make_core()
     with pytest.raises(UserError, match="0 to 1,000,000"):
@@ -242,7 +282,9 @@ async def test_a_huge_limit_is_refused_naming_the_range(make_core: MakeCore, lim
 
 def test_the_biggest_limits_are_accepted() -> None:
     assert quota.parse_limits(["daily_usd=1000000", "monthly_images=1000000"]) == {
-        "daily_micros": 1_000_000_000_000, "monthly_images": 1_000_000}
+        "daily_micros": 1_000_000_000_000,
+        "monthly_images": 1_000_000,
+    }
 
 
 def test_one_usd_parser_rounds_limits_down_to_whole_micro_dollars() -> None:
@@ -253,7 +295,12 @@ def test_one_usd_parser_rounds_limits_down_to_whole_micro_dollars() -> None:
         with pytest.raises(ValueError, match="USD 0 to 1,000,000"):
             config.usd_micros(bad)
     assert quota.parse_limits(["daily_usd=0.0000019"]) == {"daily_micros": 1}
-    assert Settings.load(environ={"IMAGEBOT_USER_DAILY_USD": "0.0000019"}, env_file=None).quotas.user_daily_micros == 1
+    assert (
+        Settings.load(
+            environ={"IMAGEBOT_USER_DAILY_USD": "0.0000019"}, env_file=None
+        ).quotas.user_daily_micros
+        == 1
+    )
 
 
 # --- the CLI mirrors the library: --tenant --------------------------------------------------------
@@ -266,8 +313,11 @@ def test_tenant_keys_are_the_documented_ones() -> None:
     assert quota.limit_key("channel", tenant, "C1") == "slack:T1:C1"
     assert quota.limit_key("workspace", tenant, "T1") == "slack:T1"
     assert quota.counter_keys(SLACK, "2026-04-15", "2026-04") == [
-        ("user_day", "slack:T1:U1", "2026-04-15"), ("user_month", "slack:T1:U1", "2026-04"),
-        ("channel_month", "slack:T1:C1", "2026-04"), ("workspace_month", "slack:T1", "2026-04")]
+        ("user_day", "slack:T1:U1", "2026-04-15"),
+        ("user_month", "slack:T1:U1", "2026-04"),
+        ("channel_month", "slack:T1:C1", "2026-04"),
+        ("workspace_month", "slack:T1", "2026-04"),
+    ]
     # An id with a colon in it (console/CLI ids are free text) cannot pose as another tenant's key.
     odd = Requester("cli", "a:b", "c", "d")
     other = Requester("cli", "a", "b:c", "d")
@@ -299,18 +349,40 @@ def _old_file(path: Path, rows: list[tuple[Any, ...]], limits: list[tuple[str, s
             "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
             "status, reserved_micros, actual_micros, attempts, owner, day, month, created_at, updated_at) VALUES "
             "(?, 0, ?, ?, ?, ?, 'gpt-image-2', '1024x1024', 'low', 'jpeg', ?, ?, ?, 1, 'gone', ?, ?, ?, ?)",
-            [f"job{n}", platform, workspace, channel, user, status, reserved, actual, day, day[:7],
-             f"{day}T10:00:00.000+00:00", f"{day}T10:00:00.000+00:00"])
+            [
+                f"job{n}",
+                platform,
+                workspace,
+                channel,
+                user,
+                status,
+                reserved,
+                actual,
+                day,
+                day[:7],
+                f"{day}T10:00:00.000+00:00",
+                f"{day}T10:00:00.000+00:00",
+            ],
+        )
         is_open = status in ("reserved", "running")
         micros, images = (reserved, 1) if is_open else (actual, int(status == "succeeded"))
-        for scope, key, period in (("user_day", user, day), ("user_month", user, day[:7]),
-                                   ("channel_month", channel, day[:7]), ("workspace_month", workspace, day[:7])):
-            db.execute("INSERT INTO counters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
-                       "micros = micros + excluded.micros, images = images + excluded.images",
-                       [scope, key, period, micros, images])
+        for scope, key, period in (
+            ("user_day", user, day),
+            ("user_month", user, day[:7]),
+            ("channel_month", channel, day[:7]),
+            ("workspace_month", workspace, day[:7]),
+        ):
+            db.execute(
+                "INSERT INTO counters VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                "micros = micros + excluded.micros, images = images + excluded.images",
+                [scope, key, period, micros, images],
+            )
     for scope, key, column, value in limits:
-        db.execute(f"INSERT INTO limits (scope, key, {column}, updated_at) VALUES (?, ?, ?, '2026-04-01') "
-                   f"ON CONFLICT DO UPDATE SET {column} = excluded.{column}", [scope, key, value])
+        db.execute(
+            f"INSERT INTO limits (scope, key, {column}, updated_at) VALUES (?, ?, ?, '2026-04-01') "
+            f"ON CONFLICT DO UPDATE SET {column} = excluded.{column}",
+            [scope, key, value],
+        )
     assert store.schema_version(db) == 4
     conn.close()
 
@@ -321,8 +393,12 @@ def _expected_counters(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str, str]
         is_open = status in ("reserved", "running")
         micros, images = (reserved, 1) if is_open else (actual, int(status == "succeeded"))
         tenant = f"{platform}:{workspace}"
-        for key in (("user_day", f"{tenant}:{user}", day), ("user_month", f"{tenant}:{user}", day[:7]),
-                    ("channel_month", f"{tenant}:{channel}", day[:7]), ("workspace_month", tenant, day[:7])):
+        for key in (
+            ("user_day", f"{tenant}:{user}", day),
+            ("user_month", f"{tenant}:{user}", day[:7]),
+            ("channel_month", f"{tenant}:{channel}", day[:7]),
+            ("workspace_month", tenant, day[:7]),
+        ):
             old = out.get(key, (0, 0))
             out[key] = (old[0] + micros, old[1] + images)
     return {k: v for k, v in out.items() if v != (0, 0)}
@@ -336,26 +412,42 @@ def _counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
 
 def _limits(path: Path) -> set[tuple[Any, ...]]:
     with sqlite3.connect(path) as conn:
-        return set(conn.execute("SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images "
-                                "FROM limits"))
+        return set(
+            conn.execute(
+                "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits"
+            )
+        )
 
 
 async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_counters(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     path = tmp_path / "old.sqlite3"
-    _old_file(path, OLD_ROWS, [
-        ("user", "U1", "daily_images", 7),          # U1 is in T1 and T2: a row in each
-        ("user", "U1", "daily_micros", 9_000),
-        ("channel", "C2", "monthly_micros", 8_000),  # only in T2
-        ("workspace", "G1", "monthly_micros", 50_000),
-        ("user", "U404", "daily_images", 1),         # never in the ledger, three tenants: dropped
-        ("channel", "C404", "monthly_micros", 1),     # likewise
-        ("workspace", "T9", "monthly_micros", 1),     # a workspace the ledger never saw, two platforms: dropped
-    ])
+    _old_file(
+        path,
+        OLD_ROWS,
+        [
+            ("user", "U1", "daily_images", 7),  # U1 is in T1 and T2: a row in each
+            ("user", "U1", "daily_micros", 9_000),
+            ("channel", "C2", "monthly_micros", 8_000),  # only in T2
+            ("workspace", "G1", "monthly_micros", 50_000),
+            ("user", "U404", "daily_images", 1),  # never in the ledger, three tenants: dropped
+            ("channel", "C404", "monthly_micros", 1),  # likewise
+            (
+                "workspace",
+                "T9",
+                "monthly_micros",
+                1,
+            ),  # a workspace the ledger never saw, two platforms: dropped
+        ],
+    )
     with caplog.at_level(logging.WARNING, logger="imagebot.store"):
-        ledger = Ledger(path, clock=lambda: datetime(2026, 4, 15, 12, tzinfo=UTC),
-                        defaults=QuotaDefaults(user_daily_images=3))
+        ledger = Ledger(
+            path,
+            clock=lambda: datetime(2026, 4, 15, 12, tzinfo=UTC),
+            defaults=QuotaDefaults(user_daily_images=3),
+        )
     try:
         assert _limits(path) == {
             ("user", "slack:T1:U1", 9_000, 7, None, None),
@@ -378,8 +470,9 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
         with pytest.raises(QuotaExceeded, match="this workspace's monthly spend"):
             await ledger.reserve(Requester("discord", "G1", "99", "42"), request(1), 50_001)
         await ledger.close_row(reservation.row_ids[0], Settlement(Status.SUCCEEDED, 3_000))
-        expected = _expected_counters([*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000,
-                                                   "2026-04-15")])
+        expected = _expected_counters(
+            [*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000, "2026-04-15")]
+        )
         assert _counters(path) == expected
     finally:
         ledger.close()
@@ -388,14 +481,23 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
 async def test_a_single_tenant_file_keeps_overrides_the_ledger_never_saw(tmp_path: Path) -> None:
     path = tmp_path / "one.sqlite3"
     rows = [r for r in OLD_ROWS if r[1] == "T1"]
-    _old_file(path, rows, [("user", "U404", "daily_images", 2), ("channel", "C404", "monthly_micros", 5),
-                           ("workspace", "T9", "monthly_micros", 6)])
+    _old_file(
+        path,
+        rows,
+        [
+            ("user", "U404", "daily_images", 2),
+            ("channel", "C404", "monthly_micros", 5),
+            ("workspace", "T9", "monthly_micros", 6),
+        ],
+    )
     store.connect(path).conn.close()
     # One tenant: the unseen user and channel are that tenant's; the unseen workspace keeps its id on the
     # only platform the ledger has.
-    assert _limits(path) == {("user", "slack:T1:U404", None, 2, None, None),
-                             ("channel", "slack:T1:C404", None, None, 5, None),
-                             ("workspace", "slack:T9", None, None, 6, None)}
+    assert _limits(path) == {
+        ("user", "slack:T1:U404", None, 2, None, None),
+        ("channel", "slack:T1:C404", None, None, 5, None),
+        ("workspace", "slack:T9", None, None, 6, None),
+    }
 
 
 # --- property: random jobs across random tenants -------------------------------------------------------
@@ -403,16 +505,35 @@ async def test_a_single_tenant_file_keeps_overrides_the_ledger_never_saw(tmp_pat
 TENANTS = [("slack", "T1"), ("slack", "T2"), ("discord", "T1")]
 IDS = ["U1", "U2"]  # the same ids in every tenant, on purpose
 CHANNELS = ["C1", "C2"]
-DEFAULTS = QuotaDefaults(user_daily_micros=100_000, user_daily_images=4, user_monthly_micros=300_000,
-                         user_monthly_images=10, channel_monthly_micros=250_000, workspace_monthly_micros=400_000)
-_reserve = st.tuples(st.just("reserve"), st.sampled_from(TENANTS), st.sampled_from(IDS),
-                     st.sampled_from(CHANNELS), st.integers(1, 3), st.integers(1_000, 60_000))
-_close = st.tuples(st.just("close"), st.integers(0, 50),
-                   st.sampled_from(["succeeded", "failed", "cancelled", "possibly_billed"]), st.floats(0, 1))
-_limit = st.tuples(st.just("limit"), st.sampled_from(TENANTS),
-                   st.sampled_from([("user", "U1"), ("user", "U2"), ("channel", "C1"), ("workspace", None)]),
-                   st.sampled_from(["daily_micros", "monthly_micros", "daily_images"]),
-                   st.one_of(st.none(), st.just(quota.UNLIMITED), st.integers(0, 400_000)))
+DEFAULTS = QuotaDefaults(
+    user_daily_micros=100_000,
+    user_daily_images=4,
+    user_monthly_micros=300_000,
+    user_monthly_images=10,
+    channel_monthly_micros=250_000,
+    workspace_monthly_micros=400_000,
+)
+_reserve = st.tuples(
+    st.just("reserve"),
+    st.sampled_from(TENANTS),
+    st.sampled_from(IDS),
+    st.sampled_from(CHANNELS),
+    st.integers(1, 3),
+    st.integers(1_000, 60_000),
+)
+_close = st.tuples(
+    st.just("close"),
+    st.integers(0, 50),
+    st.sampled_from(["succeeded", "failed", "cancelled", "possibly_billed"]),
+    st.floats(0, 1),
+)
+_limit = st.tuples(
+    st.just("limit"),
+    st.sampled_from(TENANTS),
+    st.sampled_from([("user", "U1"), ("user", "U2"), ("channel", "C1"), ("workspace", None)]),
+    st.sampled_from(["daily_micros", "monthly_micros", "daily_images"]),
+    st.one_of(st.none(), st.just(quota.UNLIMITED), st.integers(0, 400_000)),
+)
 _time = st.tuples(st.just("time"), st.integers(1, 30))
 
 
@@ -441,8 +562,12 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
                     open_rows = [r for r in _rows(path) if r["status"] in ("reserved", "running")]
                     if open_rows:
                         row = open_rows[pick % len(open_rows)]
-                        actual = {"succeeded": int(row["reserved_micros"] * share), "failed": 0,
-                                  "cancelled": 0, "possibly_billed": row["reserved_micros"]}[status]
+                        actual = {
+                            "succeeded": int(row["reserved_micros"] * share),
+                            "failed": 0,
+                            "cancelled": 0,
+                            "possibly_billed": row["reserved_micros"],
+                        }[status]
                         assert ledger.close_row_sync(row["id"], Settlement(Status(status), actual))
                 elif op[0] == "limit":
                     _, (platform, workspace), (scope, ident), column, value = op
@@ -450,12 +575,26 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
                     if scope != "user":
                         column = "monthly_micros"
                     ledger.set_limits_sync(scope, ident or workspace, {column: value}, tenant=tenant)
-                    overrides.setdefault((scope, quota.limit_key(scope, tenant, ident or workspace)), {})[column] = value
+                    overrides.setdefault((scope, quota.limit_key(scope, tenant, ident or workspace)), {})[
+                        column
+                    ] = value
                 else:
                     clock["now"] += timedelta(hours=op[1])
                 assert _counters(path) == _expected_counters(
-                    [(r["platform"], r["workspace"], r["channel"], r["user"], r["status"], r["reserved_micros"],
-                      r["actual_micros"], r["day"]) for r in _rows(path)])
+                    [
+                        (
+                            r["platform"],
+                            r["workspace"],
+                            r["channel"],
+                            r["user"],
+                            r["status"],
+                            r["reserved_micros"],
+                            r["actual_micros"],
+                            r["day"],
+                        )
+                        for r in _rows(path)
+                    ]
+                )
         finally:
             ledger.close()
 
@@ -466,8 +605,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
 
 
-def _fits(path: Path, who: Requester, overrides: dict[tuple[str, str], dict[str, int | None]], now: datetime,
-          micros: int, images: int) -> bool:
+def _fits(
+    path: Path,
+    who: Requester,
+    overrides: dict[tuple[str, str], dict[str, int | None]],
+    now: datetime,
+    micros: int,
+    images: int,
+) -> bool:
     """Whether a reservation fits, from the ledger rows of `who`'s own tenant and the test's own overrides."""
     day, month = now.date().isoformat(), now.date().isoformat()[:7]
     tenant = (who.platform, who.workspace)
@@ -477,10 +622,12 @@ def _fits(path: Path, who: Requester, overrides: dict[tuple[str, str], dict[str,
             continue
         is_open = r["status"] in ("reserved", "running")
         m, n = (r["reserved_micros"], 1) if is_open else (r["actual_micros"], int(r["status"] == "succeeded"))
-        for scope, hit in (("user_day", r["user"] == who.user and r["day"] == day),
-                           ("user_month", r["user"] == who.user and r["month"] == month),
-                           ("channel_month", r["channel"] == who.channel and r["month"] == month),
-                           ("workspace_month", r["month"] == month)):
+        for scope, hit in (
+            ("user_day", r["user"] == who.user and r["day"] == day),
+            ("user_month", r["user"] == who.user and r["month"] == month),
+            ("channel_month", r["channel"] == who.channel and r["month"] == month),
+            ("workspace_month", r["month"] == month),
+        ):
             if hit:
                 used[scope][0] += m
                 used[scope][1] += n
@@ -496,15 +643,21 @@ def _fits(path: Path, who: Requester, overrides: dict[tuple[str, str], dict[str,
         (used["user_day"][1] + images, limit("user", user, "daily_images", DEFAULTS.user_daily_images)),
         (used["user_month"][0] + micros, limit("user", user, "monthly_micros", DEFAULTS.user_monthly_micros)),
         (used["user_month"][1] + images, limit("user", user, "monthly_images", DEFAULTS.user_monthly_images)),
-        (used["channel_month"][0] + micros, limit("channel", channel, "monthly_micros",
-                                                  DEFAULTS.channel_monthly_micros)),
-        (used["workspace_month"][0] + micros, limit("workspace", prefix, "monthly_micros",
-                                                    DEFAULTS.workspace_monthly_micros)),
+        (
+            used["channel_month"][0] + micros,
+            limit("channel", channel, "monthly_micros", DEFAULTS.channel_monthly_micros),
+        ),
+        (
+            used["workspace_month"][0] + micros,
+            limit("workspace", prefix, "monthly_micros", DEFAULTS.workspace_monthly_micros),
+        ),
     ]
     return all(lim is None or total <= lim for total, lim in checks)
 
 
-async def test_the_console_user_runs_the_local_bot_and_may_set_its_own_limit(make_core: Any, tmp_path: Path) -> None:
+async def test_the_console_user_runs_the_local_bot_and_may_set_its_own_limit(
+    make_core: Any, tmp_path: Path
+) -> None:
     """Whoever runs `imagebot console` already holds the database file: an operator of the local tenant."""
     from adapters.console import handle_line
 

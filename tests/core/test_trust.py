@@ -39,7 +39,9 @@ CHEAP = "a red fox --quality low --size 1024x1024"
 # --- item 4: charged <= reserved <= limit, through retries ---------------------------------------
 
 
-async def test_a_retry_after_a_possibly_billed_attempt_first_extends_the_reservation(make_core: MakeCore) -> None:
+async def test_a_retry_after_a_possibly_billed_attempt_first_extends_the_reservation(
+    make_core: MakeCore,
+) -> None:
     core = await make_core(IMAGEBOT_API_TIMEOUT="0.3", IMAGEBOT_USER_DAILY_USD="0.02")
     server = core.offline_server
     assert server is not None
@@ -94,7 +96,11 @@ async def test_every_possibly_billed_attempt_of_a_failed_image_is_charged(make_c
 
     assert isinstance(outcome, JobFailure) and len(server.calls) == 3
     [row] = rows(core)
-    assert (row["status"], row["actual_micros"], row["reserved_micros"]) == ("possibly_billed", 3 * each, 3 * each)
+    assert (row["status"], row["actual_micros"], row["reserved_micros"]) == (
+        "possibly_billed",
+        3 * each,
+        3 * each,
+    )
     assert outcome.charged_micros == 3 * each
     assert_counters_match_ledger(core)
 
@@ -119,11 +125,15 @@ async def four_with_one_stuck(core_maker: MakeCore) -> tuple:  # type: ignore[ty
     request = core.parse(CHEAP + " --count 4")
     job = await core.runner.prepare(request, ALICE)
     task = asyncio.create_task(core.runner.execute(job, view))
-    await wait_for(lambda: len([r for r in rows(core) if r["status"] == "succeeded"]) == 3 and len(server.calls) == 4)
+    await wait_for(
+        lambda: len([r for r in rows(core) if r["status"] == "succeeded"]) == 3 and len(server.calls) == 4
+    )
     return core, job, task, view, core.runner.estimate(request)
 
 
-async def test_cancel_delivers_the_finished_images_and_charges_only_what_may_be_billed(make_core: MakeCore) -> None:
+async def test_cancel_delivers_the_finished_images_and_charges_only_what_may_be_billed(
+    make_core: MakeCore,
+) -> None:
     core, job, task, view, each = await four_with_one_stuck(make_core)
 
     assert core.runner.cancel(job.id, "U1")
@@ -168,7 +178,8 @@ def crash(ledger: Ledger) -> None:
 
 
 async def test_a_process_that_comes_back_under_a_new_host_name_recovers_the_old_ones_jobs(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "bot.sqlite3"
     now = datetime.now(UTC)
     monkeypatch.setattr(socket, "gethostname", lambda: "imagebot-7f9c")
@@ -196,7 +207,8 @@ async def test_a_process_that_comes_back_under_a_new_host_name_recovers_the_old_
 
 
 async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
-        make_core: MakeCore, tmp_path: Path) -> None:
+    make_core: MakeCore, tmp_path: Path
+) -> None:
     core = await make_core(IMAGEBOT_LEASE_SECONDS="1")
     told: list[Interrupted] = []
 
@@ -213,8 +225,11 @@ async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
     await wait_for(lambda: bool(told), timeout=10)
 
     [job] = told
-    assert (job.job_id, job.charged_micros, job.context) == (reservation.job_id, 6_000, {"channel": "C1",
-                                                                                         "thread_ts": "1.2"})
+    assert (job.job_id, job.charged_micros, job.context) == (
+        reservation.job_id,
+        6_000,
+        {"channel": "C1", "thread_ts": "1.2"},
+    )
     assert rows(core, "status IN ('reserved', 'running')") == []
     assert_counters_match_ledger(core)
 
@@ -222,8 +237,9 @@ async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
 # --- item 3: the retry settings themselves ------------------------------------------------------------
 
 
-async def test_a_timeout_below_360_s_is_warned_about_at_start(make_core: MakeCore,
-                                                              caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_timeout_below_360_s_is_warned_about_at_start(
+    make_core: MakeCore, caplog: pytest.LogCaptureFixture
+) -> None:
     await make_core(IMAGEBOT_API_TIMEOUT="120")
     assert any("IMAGEBOT_API_TIMEOUT" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     caplog.clear()

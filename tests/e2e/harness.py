@@ -57,7 +57,9 @@ class RunningBot:
 
 
 @contextlib.asynccontextmanager
-async def running_bot(tmp_path: Path, env: dict[str, str], *, latency: float = 0.2) -> AsyncIterator[RunningBot]:
+async def running_bot(
+    tmp_path: Path, env: dict[str, str], *, latency: float = 0.2
+) -> AsyncIterator[RunningBot]:
     """Start core + adapters + HTTP server with `env` (SPEC §7 names) over test defaults."""
     port = free_port()
     base = {
@@ -91,8 +93,12 @@ async def running_bot(tmp_path: Path, env: dict[str, str], *, latency: float = 0
 
 def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
     """The SPEC §7 names that point the bot at a fake Slack in HTTP mode."""
-    return {"SLACK_BOT_TOKEN": fake.bot_token, "SLACK_SIGNING_SECRET": fake.signing_secret,
-            "SLACK_API_URL": fake.api_url, **extra}
+    return {
+        "SLACK_BOT_TOKEN": fake.bot_token,
+        "SLACK_SIGNING_SECRET": fake.signing_secret,
+        "SLACK_API_URL": fake.api_url,
+        **extra,
+    }
 
 
 # Every fault the offline server offers -> (final status, charge: "usage" | "estimate" | "usage+estimate" |
@@ -121,8 +127,21 @@ def expected_charge(row: dict[str, Any], charge: str) -> int:
     """What a fault-matrix row should have cost: `usage` (its tokens), `estimate` (every attempt possibly billed:
     its whole reservation, extended before each retry), `usage+estimate` (an image plus one lost attempt: the
     reservation was extended once, to two estimates) or `zero`."""
-    usage = cost_micros(load_prices().model(row["model"]), Usage(
-        text_tokens=row["text_tokens"] or 0, image_tokens=row["image_tokens"] or 0,
-        output_tokens=row["output_tokens"] or 0)) if row["output_tokens"] else 0
-    return {"usage": usage, "estimate": row["reserved_micros"], "usage+estimate": usage + row["reserved_micros"] // 2,
-            "zero": 0}[charge]
+    usage = (
+        cost_micros(
+            load_prices().model(row["model"]),
+            Usage(
+                text_tokens=row["text_tokens"] or 0,
+                image_tokens=row["image_tokens"] or 0,
+                output_tokens=row["output_tokens"] or 0,
+            ),
+        )
+        if row["output_tokens"]
+        else 0
+    )
+    return {
+        "usage": usage,
+        "estimate": row["reserved_micros"],
+        "usage+estimate": usage + row["reserved_micros"] // 2,
+        "zero": 0,
+    }[charge]

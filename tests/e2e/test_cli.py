@@ -31,16 +31,32 @@ class Run:
 
 def environment(db: Path, **extra: str) -> dict[str, str]:
     """The parent's environment minus anything that would configure the bot, plus the test's settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("IMAGEBOT_", "OPENAI_", "SLACK_", "DISCORD_"))}
-    env.update({"IMAGEBOT_OFFLINE": "1", "IMAGEBOT_OFFLINE_LATENCY": "0.2", "IMAGEBOT_DB": str(db),
-                "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""), **extra})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("IMAGEBOT_", "OPENAI_", "SLACK_", "DISCORD_"))
+    }
+    env.update(
+        {
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_OFFLINE_LATENCY": "0.2",
+            "IMAGEBOT_DB": str(db),
+            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
+            **extra,
+        }
+    )
     return env
 
 
 def start(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "adapters.cli", *args], env=dict(env), cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> Run:
@@ -64,15 +80,23 @@ def ledger(db: Path, sql: str = "SELECT * FROM ledger ORDER BY id") -> list[sqli
 
 def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None:
     db, out = tmp_path / "bot.sqlite3", tmp_path / "fox.png"
-    run = imagebot(["imagine", "a red fox", "--size", "1536x1024", "--format", "png", "--out", str(out)],
-                   environment(db), tmp_path)
+    run = imagebot(
+        ["imagine", "a red fox", "--size", "1536x1024", "--format", "png", "--out", str(out)],
+        environment(db),
+        tmp_path,
+    )
 
     assert run.code == 0, run.stderr
     with Image.open(out) as image:
         image.load()
         assert (image.format, image.size) == ("PNG", (1536, 1024))
     [row] = ledger(db)
-    assert (row["status"], row["platform"], row["size"], row["format"]) == ("succeeded", "cli", "1536x1024", "png")
+    assert (row["status"], row["platform"], row["size"], row["format"]) == (
+        "succeeded",
+        "cli",
+        "1536x1024",
+        "png",
+    )
     [request_id] = json.loads(row["request_ids"])
     assert re.fullmatch(r"req_[0-9a-f]{32}", request_id)
     assert "1536x1024" in run.stdout
@@ -84,7 +108,9 @@ def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None
 
 def test_an_invalid_size_names_the_rule_and_spends_nothing(tmp_path: Path) -> None:
     db, out = tmp_path / "bot.sqlite3", tmp_path / "wide.png"
-    run = imagebot(["imagine", "a red fox", "--size", "4000x1000", "--out", str(out)], environment(db), tmp_path)
+    run = imagebot(
+        ["imagine", "a red fox", "--size", "4000x1000", "--out", str(out)], environment(db), tmp_path
+    )
 
     assert run.code == 2
     assert "4000 is over the 3840 limit" in run.stderr
@@ -99,9 +125,29 @@ def quota_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str,
     home = tmp_path_factory.mktemp("quota")
     db = home / "bot.sqlite3"
     env = environment(db, IMAGEBOT_USER_DAILY_IMAGES="3")
-    runs = [finish(p) for p in [start(["imagine", f"fox number {n}", "--quality", "low", "--user", "u1", "--out",
-                                       str(home / f"fox{n}.jpg")], env, home) for n in range(3)]]
-    fourth = imagebot(["imagine", "one fox too many", "--user", "u1", "--out", str(home / "fox4.jpg")], env, home)
+    runs = [
+        finish(p)
+        for p in [
+            start(
+                [
+                    "imagine",
+                    f"fox number {n}",
+                    "--quality",
+                    "low",
+                    "--user",
+                    "u1",
+                    "--out",
+                    str(home / f"fox{n}.jpg"),
+                ],
+                env,
+                home,
+            )
+            for n in range(3)
+        ]
+    ]
+    fourth = imagebot(
+        ["imagine", "one fox too many", "--user", "u1", "--out", str(home / "fox4.jpg")], env, home
+    )
     return db, env, runs, fourth
 
 
@@ -114,11 +160,16 @@ def test_the_daily_image_quota_refuses_the_fourth_image(
     assert "daily images" in fourth.stderr and "3 images" in fourth.stderr and "resets" in fourth.stderr
     assert not (db.parent / "fox4.jpg").exists()
     rows = ledger(db)
-    assert len(rows) == 3 and {r["user"] for r in rows} == {"u1"} and {r["status"] for r in rows} == {"succeeded"}
+    assert (
+        len(rows) == 3
+        and {r["user"] for r in rows} == {"u1"}
+        and {r["status"] for r in rows} == {"succeeded"}
+    )
 
 
 def test_report_prints_the_sql_total_and_exports_the_rows(
-    quota_run: tuple[Path, dict[str, str], list[Run], Run], tmp_path: Path,
+    quota_run: tuple[Path, dict[str, str], list[Run], Run],
+    tmp_path: Path,
 ) -> None:
     db, env, _, _ = quota_run
     out = tmp_path / "usage.csv"
@@ -126,7 +177,8 @@ def test_report_prints_the_sql_total_and_exports_the_rows(
 
     assert run.code == 0, run.stderr
     [(total, count, images)] = ledger(
-        db, "SELECT sum(actual_micros), count(*), sum(status='succeeded') FROM ledger")
+        db, "SELECT sum(actual_micros), count(*), sum(status='succeeded') FROM ledger"
+    )
     assert total > 0
     match = re.search(r"(\d+) images, (\$\d+\.\d{4}) spent", run.stdout)
     assert match, run.stdout
@@ -143,8 +195,11 @@ def test_quota_set_then_show(quota_run: tuple[Path, dict[str, str], list[Run], R
     db, env, _, _ = quota_run
     before = imagebot(["quota", "show", "--user", "u1"], env, tmp_path)
     assert before.code == 0, before.stderr
-    assert re.search(r"your daily images: 3 images used of 3 images, 0 images left, "
-                     r"resets \d{4}-\d\d-\d\d 00:00 UTC", before.stdout), before.stdout
+    assert re.search(
+        r"your daily images: 3 images used of 3 images, 0 images left, "
+        r"resets \d{4}-\d\d-\d\d 00:00 UTC",
+        before.stdout,
+    ), before.stdout
 
     # No --tenant: u1 is only ever seen in one tenant (`imagebot imagine` runs as cli:local), so that is it.
     set_run = imagebot(["quota", "set", "--user", "u1", "daily_images=5"], env, tmp_path)
@@ -155,13 +210,17 @@ def test_quota_set_then_show(quota_run: tuple[Path, dict[str, str], list[Run], R
     assert after.code == 0, after.stderr
     assert "your daily images: 3 images used of 5 images, 2 images left" in after.stdout, after.stdout
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'").fetchone() == (5,)
+        assert conn.execute(
+            "SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'"
+        ).fetchone() == (5,)
 
     # The limits may also come first; a bad value names the limit and changes nothing.
     bad = imagebot(["quota", "set", "daily_images=lots", "--user", "u1"], env, tmp_path)
     assert bad.code == 2 and "daily_images" in bad.stderr
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'").fetchone() == (5,)
+        assert conn.execute(
+            "SELECT daily_images FROM limits WHERE scope='user' AND key='cli:local:u1'"
+        ).fetchone() == (5,)
 
 
 @pytest.fixture(scope="module")
@@ -170,23 +229,50 @@ def two_tenants(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
     home = tmp_path_factory.mktemp("tenants")
     db = home / "bot.sqlite3"
     env = environment(db)
-    runs = [finish(p) for p in [
-        start(["imagine", "fox", "--quality", "low", "--user", "u1", "--out", str(home / "a.jpg")], env, home),
-        start(["imagine", "fox", "--quality", "low", "--user", "u1", "--workspace", "lab", "--channel", "c9",
-               "--count", "2", "--out", str(home / "b.jpg")], env, home)]]
+    runs = [
+        finish(p)
+        for p in [
+            start(
+                ["imagine", "fox", "--quality", "low", "--user", "u1", "--out", str(home / "a.jpg")],
+                env,
+                home,
+            ),
+            start(
+                [
+                    "imagine",
+                    "fox",
+                    "--quality",
+                    "low",
+                    "--user",
+                    "u1",
+                    "--workspace",
+                    "lab",
+                    "--channel",
+                    "c9",
+                    "--count",
+                    "2",
+                    "--out",
+                    str(home / "b.jpg"),
+                ],
+                env,
+                home,
+            ),
+        ]
+    ]
     assert [r.code for r in runs] == [0, 0], [r.stderr for r in runs]
     return db, env
 
 
 def test_quota_names_its_tenant_and_refuses_to_guess_between_two(
-    two_tenants: tuple[Path, dict[str, str]], tmp_path: Path,
+    two_tenants: tuple[Path, dict[str, str]],
+    tmp_path: Path,
 ) -> None:
     db, env = two_tenants
     for args, missing in [
-        (["quota", "set", "--user", "u1", "daily_images=5"], "--tenant"),      # u1 is in two tenants
+        (["quota", "set", "--user", "u1", "daily_images=5"], "--tenant"),  # u1 is in two tenants
         (["quota", "show", "--user", "u1"], "--tenant"),
-        (["quota", "set", "--user", "u404", "daily_images=5"], "--tenant"),    # never seen, two tenants
-        (["quota", "set", "daily_images=5"], "--tenant"),                     # no target at all
+        (["quota", "set", "--user", "u404", "daily_images=5"], "--tenant"),  # never seen, two tenants
+        (["quota", "set", "daily_images=5"], "--tenant"),  # no target at all
         (["quota", "show"], "--tenant"),
         (["report", "--user", "u1"], "--tenant"),
         (["quota", "set", "--tenant", "lab", "monthly_usd=5"], "PLATFORM:WORKSPACE"),
@@ -213,11 +299,15 @@ def test_quota_names_its_tenant_and_refuses_to_guess_between_two(
     # --workspace is still understood where it names one tenant.
     same = imagebot(["quota", "show", "--workspace", "lab"], env, tmp_path)
     assert same.code == 0, same.stderr
-    assert re.search(r"this workspace's monthly spend: \$\d+\.\d{4} used of \$7\.0000", same.stdout), same.stdout
+    assert re.search(r"this workspace's monthly spend: \$\d+\.\d{4} used of \$7\.0000", same.stdout), (
+        same.stdout
+    )
     assert "your " not in same.stdout
     with sqlite3.connect(db) as conn:
         assert set(conn.execute("SELECT scope, key, daily_images, monthly_micros FROM limits")) == {
-            ("user", "cli:lab:u1", 1, None), ("workspace", "cli:lab", None, 7_000_000)}
+            ("user", "cli:lab:u1", 1, None),
+            ("workspace", "cli:lab", None, 7_000_000),
+        }
 
 
 def test_report_of_one_tenant_and_of_all(two_tenants: tuple[Path, dict[str, str]], tmp_path: Path) -> None:

@@ -44,14 +44,17 @@ async def first_image(fake: FakeDiscord, bot: RunningBot) -> dict[str, Any]:
 
 @pytest.mark.parametrize("fault", ["drop", "hang"])
 async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was_charged(
-        tmp_path: Path, fault: str) -> None:
+    tmp_path: Path, fault: str
+) -> None:
     async with discord_bot(tmp_path) as (fake, bot):
         bot.adapters["discord"].post_timeout = SHORT
         image_message = await first_image(fake, bot)
-        fake.inject_fault("POST", rf"/channels/{fake.channel_id}/messages", fault,
-                          when=lambda c: "Editing" in content(c))
-        reply = await fake.send_message(content="make it blue --quality low", mentions_bot=True,
-                                        referenced_message=image_message)
+        fake.inject_fault(
+            "POST", rf"/channels/{fake.channel_id}/messages", fault, when=lambda c: "Editing" in content(c)
+        )
+        reply = await fake.send_message(
+            content="make it blue --quality low", mentions_bot=True, referenced_message=image_message
+        )
         rows = await bot.settled(2, timeout=10)
         assert (rows[1]["status"], rows[1]["actual_micros"]) == ("cancelled", 0)
         assert len(bot.server.calls) == 1  # the edit never reached the image API
@@ -65,15 +68,21 @@ async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was
 
 
 @pytest.mark.parametrize("fault", ["drop", "hang"])
-async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(tmp_path: Path,
-                                                                          fault: str) -> None:
+async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(
+    tmp_path: Path, fault: str
+) -> None:
     async with discord_bot(tmp_path) as (fake, bot):
         bot.adapters["discord"].upload_timeout = SHORT
         fake.inject_fault("PATCH", ORIGINAL, fault, when=final_result)
         ix = await imagine(fake, "a lighthouse", quality="low")
         [row] = await bot.settled(1)
-        told = await until(fake, lambda c: c in original_edits(fake, ix) and c.status == 200
-                           and "could not be posted" in content(c), within=10)
+        told = await until(
+            fake,
+            lambda c: (
+                c in original_edits(fake, ix) and c.status == 200 and "could not be posted" in content(c)
+            ),
+            within=10,
+        )
         assert row["status"] == "succeeded" and row["actual_micros"] > 0
         assert json.loads(row["request_ids"])[0] in content(told)
         assert format_usd(row["actual_micros"]) in content(told) and "charged" in content(told)
@@ -83,7 +92,8 @@ async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(tmp_p
 
 
 async def test_when_the_response_cannot_be_edited_at_all_the_result_is_told_in_the_channel(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     async with discord_bot(tmp_path) as (fake, bot):
         fake.inject_fault("PATCH", ORIGINAL, "drop", times=10, when=lambda c: "request id" in content(c))
         await imagine(fake, "a lighthouse", quality="low")
@@ -100,8 +110,9 @@ async def test_reply_to_edit_image_that_cannot_be_posted_is_reported_in_the_chan
     async with discord_bot(tmp_path) as (fake, bot):
         image_message = await first_image(fake, bot)
         fake.inject_fault("POST", rf"/channels/{fake.channel_id}/messages", "drop", when=final_result)
-        await fake.send_message(content="make it blue --quality low", referenced_message=image_message,
-                                mentions_bot=True)
+        await fake.send_message(
+            content="make it blue --quality low", referenced_message=image_message, mentions_bot=True
+        )
         rows = await bot.settled(2)
         await until(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=10)
         [told] = channel_posts(fake, "could not be posted")
@@ -115,8 +126,9 @@ async def test_failure_notice_that_cannot_be_edited_in_goes_to_the_channel(tmp_p
     async with discord_bot(tmp_path, IMAGEBOT_API_TIMEOUT="0.6") as (fake, bot):
         bot.server.latency = 0.05
         bot.server.push_faults("500*")
-        fake.inject_fault("PATCH", ORIGINAL, "drop", times=10,
-                          when=lambda c: "Nothing was charged" in content(c))
+        fake.inject_fault(
+            "PATCH", ORIGINAL, "drop", times=10, when=lambda c: "Nothing was charged" in content(c)
+        )
         await imagine(fake, "a storm", quality="low")
         [row] = await bot.settled(1)
         await until(fake, lambda c: bool(channel_posts(fake, "Nothing was charged")), within=10)
@@ -135,8 +147,9 @@ async def test_progress_edit_that_fails_does_not_hold_up_the_image(tmp_path: Pat
         bot.adapters["discord"].post_timeout = SHORT
         fake.inject_fault("PATCH", ORIGINAL, fault, when=lambda c: "Rendering" in content(c))
         ix = await imagine(fake, "a lighthouse", quality="low")
-        final = await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c)
-                            and c.status == 200, within=10)
+        final = await until(
+            fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200, within=10
+        )
         [row] = await bot.settled(1)
         assert row["status"] == "succeeded" and json.loads(row["request_ids"])[0] in content(final)
         await books_balance(tmp_path, bot)
@@ -153,8 +166,12 @@ async def test_cancel_button_is_answered_before_the_job_is_cancelled(tmp_path: P
         button = first.json["components"][0]["components"][0]
         # Discord takes its time over the ack: nothing of the cancel may happen before it is answered.
         fake.inject_fault("POST", r"/interactions/\d+/[^/]+/callback", "delay", seconds=0.5)
-        press = await fake.send_interaction(type=3, custom_id=button["custom_id"], component_type=2,
-                                            target_message=fake.messages[fake.channel_id][0])
+        press = await fake.send_interaction(
+            type=3,
+            custom_id=button["custom_id"],
+            component_type=2,
+            target_message=fake.messages[fake.channel_id][0],
+        )
         [ack] = await fake.wait_for("POST", rf"/interactions/{press['id']}/[^/]+/callback")
         cancelled = await until(fake, lambda c: c in original_edits(fake, ix) and "Cancelled" in content(c))
         assert ack.status == 200 and ack.answered < cancelled.at
@@ -166,11 +183,13 @@ async def test_edit_image_menu_and_its_form_are_answered_before_anything_else(tm
     async with discord_bot(tmp_path) as (fake, bot):
         photo = fake.add_attachment(filename="cat.png", data=png(800, 800), content_type="image/png")
         await fake.send_message(content="my cat", attachments=[photo])
-        menu = await fake.send_interaction(name="Edit image", command_type=3,
-                                           target_message=fake.messages[fake.channel_id][0])
+        menu = await fake.send_interaction(
+            name="Edit image", command_type=3, target_message=fake.messages[fake.channel_id][0]
+        )
         await fake.wait_for("POST", rf"/interactions/{menu['id']}/[^/]+/callback")
-        submit = await fake.send_interaction(type=5,
-                                             modal_values={"Instruction": "give it a hat --quality low"})
+        submit = await fake.send_interaction(
+            type=5, modal_values={"Instruction": "give it a hat --quality low"}
+        )
         await until(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
         [menu_ack] = fake.calls_matching("POST", rf"/interactions/{menu['id']}/[^/]+/callback")
         [submit_ack] = fake.calls_matching("POST", rf"/interactions/{submit['id']}/[^/]+/callback")

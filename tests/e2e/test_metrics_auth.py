@@ -14,11 +14,20 @@ from tests.e2e.harness import running_bot
 TOKEN = "metrics-SECRET-token-4242"
 
 
-async def test_metrics_need_the_bearer_token_and_health_does_not(tmp_path: Path,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_metrics_need_the_bearer_token_and_health_does_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
-    refused = [None, "Bearer wrong", f"Bearer {TOKEN}x", f"Bearer {TOKEN[:-1]}", TOKEN, f"Basic {TOKEN}",
-               "Bearer", "Bearer é"]
+    refused = [
+        None,
+        "Bearer wrong",
+        f"Bearer {TOKEN}x",
+        f"Bearer {TOKEN[:-1]}",
+        TOKEN,
+        f"Basic {TOKEN}",
+        "Bearer",
+        "Bearer é",
+    ]
     env = {"IMAGEBOT_METRICS_TOKEN": TOKEN}
     async with running_bot(tmp_path, env) as bot, aiohttp.ClientSession() as http:
         for authorization in refused:

@@ -19,8 +19,11 @@ from bot import store
 from tests.e2e.harness import free_port
 from tests.fakes.slack import FakeSlack
 
-SECRETS = {"bot": "xoxb-SECRET-bot-token-4242", "signing": "SECRET-signing-secret-4242",
-           "openai": "sk-SECRET-openai-key-4242"}
+SECRETS = {
+    "bot": "xoxb-SECRET-bot-token-4242",
+    "signing": "SECRET-signing-secret-4242",
+    "openai": "sk-SECRET-openai-key-4242",
+}
 
 
 @pytest.fixture
@@ -36,12 +39,24 @@ class BotProcess:
         self.port = free_port()
         self.db = tmp / "imagebot.sqlite3"
         self.log = tmp / f"bot-{self.port}.log"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))}
-        self.env.update({"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_SIGNING_SECRET": slack.signing_secret,
-                         "SLACK_API_URL": slack.api_url, "OPENAI_API_KEY": SECRETS["openai"], "IMAGEBOT_OFFLINE": "1",
-                         "IMAGEBOT_DB": str(self.db), "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-                         "IMAGEBOT_HTTP_PORT": str(self.port), "IMAGEBOT_PROGRESS_INTERVAL": "0.2",
-                         "IMAGEBOT_LOG_LEVEL": "INFO", **env})
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))
+        }
+        self.env.update(
+            {
+                "SLACK_BOT_TOKEN": slack.bot_token,
+                "SLACK_SIGNING_SECRET": slack.signing_secret,
+                "SLACK_API_URL": slack.api_url,
+                "OPENAI_API_KEY": SECRETS["openai"],
+                "IMAGEBOT_OFFLINE": "1",
+                "IMAGEBOT_DB": str(self.db),
+                "IMAGEBOT_HTTP_HOST": "127.0.0.1",
+                "IMAGEBOT_HTTP_PORT": str(self.port),
+                "IMAGEBOT_PROGRESS_INTERVAL": "0.2",
+                "IMAGEBOT_LOG_LEVEL": "INFO",
+                **env,
+            }
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -49,8 +64,12 @@ class BotProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "adapters.cli", "run"], env=self.env,
-                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "adapters.cli", "run"],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),
+        )
         async with aiohttp.ClientSession() as session:
             for _ in range(200):
                 try:
@@ -93,9 +112,11 @@ async def test_kill_9_during_a_render_then_restart(database: str, slack: FakeSla
     if database == "older schema":
         db = store.sqlite_utils.Database(str(bot.db))
         store.migrate(db, target=1)
-        db.execute("INSERT INTO ledger (job_id, status, reserved_micros, actual_micros, user, channel, workspace, "
-                   "platform, day, month, created_at) VALUES ('old', 'succeeded', 5, 5, 'U0', 'C1', 'T0001', "
-                   "'slack', '2026-11-01', '2026-11', '2026-11-01T00:00:00')")
+        db.execute(
+            "INSERT INTO ledger (job_id, status, reserved_micros, actual_micros, user, channel, workspace, "
+            "platform, day, month, created_at) VALUES ('old', 'succeeded', 5, 5, 'U0', 'C1', 'T0001', "
+            "'slack', '2026-11-01', '2026-11', '2026-11-01T00:00:00')"
+        )
         db.conn.close()
     await bot.start()
     await slack.send_slash_command(f"{bot.url}/slack/events", text="a slow one --quality low")
@@ -106,7 +127,9 @@ async def test_kill_9_during_a_render_then_restart(database: str, slack: FakeSla
     await bot.start()
     rows = await bot.wait_rows(lambda rows: any(r["status"] == "interrupted" for r in rows))
     [job] = [r for r in rows if r["job_id"] != "old"]
-    assert job["status"] == "interrupted" and job["actual_micros"] == job["reserved_micros"]  # call had started
+    assert (
+        job["status"] == "interrupted" and job["actual_micros"] == job["reserved_micros"]
+    )  # call had started
     told = await slack.wait_for("chat.postMessage", 2)
     assert told[-1].args["thread_ts"] == thread_ts
     assert "interrupted by a restart" in told[-1].args["text"] and "charged" in told[-1].args["text"]
@@ -141,7 +164,9 @@ async def test_sigterm_past_the_grace_interrupts_and_tells_the_user(slack: FakeS
 
 
 async def test_health_metrics_and_no_secret_in_logs_or_ledger(slack: FakeSlack, tmp_path: Path) -> None:
-    bot = BotProcess(tmp_path, slack, IMAGEBOT_OFFLINE_LATENCY="0.1", IMAGEBOT_OFFLINE_FAULTS="500,ok,moderation")
+    bot = BotProcess(
+        tmp_path, slack, IMAGEBOT_OFFLINE_LATENCY="0.1", IMAGEBOT_OFFLINE_FAULTS="500,ok,moderation"
+    )
     await bot.start()
     events = f"{bot.url}/slack/events"
     await slack.send_slash_command(events, text="first --quality low")  # 500 then success

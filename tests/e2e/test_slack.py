@@ -19,8 +19,12 @@ def png(width: int, height: int, *, alpha: bool = False, color: str = "red") -> 
     return out.getvalue()
 
 
-async def test_imagine_posts_progress_then_uploads_image_into_the_thread(slack: FakeSlack, bot: RunningBot) -> None:
-    status, body, _ = await slack.send_slash_command(bot.events_url, text="a lighthouse at dawn --size 1536x1024 --quality low")
+async def test_imagine_posts_progress_then_uploads_image_into_the_thread(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    status, body, _ = await slack.send_slash_command(
+        bot.events_url, text="a lighthouse at dawn --size 1536x1024 --quality low"
+    )
     assert status == 200
     [post] = await slack.wait_for("chat.postMessage")
     assert post.args["channel"] == "C1"
@@ -41,7 +45,9 @@ async def test_imagine_posts_progress_then_uploads_image_into_the_thread(slack: 
     assert row["platform"] == "slack" and row["channel"] == "C1" and row["user"] == "U1"
 
 
-async def test_invalid_size_is_ephemeral_costs_nothing_and_calls_no_api(slack: FakeSlack, bot: RunningBot) -> None:
+async def test_invalid_size_is_ephemeral_costs_nothing_and_calls_no_api(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
     status, _, _ = await slack.send_slash_command(bot.events_url, text="a cat --size 4000x1000")
     assert status == 200
     await slack.wait_for("response_url")
@@ -61,7 +67,8 @@ async def test_quota_refusal_names_the_limit_privately(slack: FakeSlack, tmp_pat
 
 
 async def test_provider_failure_says_so_in_the_thread_with_request_id_and_charges_nothing(
-        slack: FakeSlack, bot: RunningBot) -> None:
+    slack: FakeSlack, bot: RunningBot
+) -> None:
     bot.server.push_faults("500*")
     await slack.send_slash_command(bot.events_url, text="a storm")
     rows = await bot.settled(1)
@@ -74,33 +81,43 @@ async def test_provider_failure_says_so_in_the_thread_with_request_id_and_charge
 async def test_bad_signature_is_rejected_and_nothing_happens(slack: FakeSlack, bot: RunningBot) -> None:
     status, _, _ = await slack.send_slash_command(bot.events_url, text="a cat", bad_signature=True)
     assert status == 401
-    stale, _, _ = await slack.send_slash_command(bot.events_url, text="a cat", timestamp=int(time.time()) - 600)
+    stale, _, _ = await slack.send_slash_command(
+        bot.events_url, text="a cat", timestamp=int(time.time()) - 600
+    )
     assert stale == 401
     await asyncio.sleep(0.3)
     assert not slack.calls_to("chat.postMessage") and bot.server.calls == []
 
 
 async def test_chinese_prompt_round_trips(slack: FakeSlack, bot: RunningBot) -> None:
-    await slack.send_slash_command(bot.events_url, text="海报：我们的发布会 🚀 \"引号\" --quality low")
+    await slack.send_slash_command(bot.events_url, text='海报：我们的发布会 🚀 "引号" --quality low')
     await slack.wait_for("files.completeUploadExternal")
-    assert bot.server.calls[0].prompt == "海报：我们的发布会 🚀 \"引号\""
+    assert bot.server.calls[0].prompt == '海报：我们的发布会 🚀 "引号"'
 
 
 async def _first_image_thread(slack: FakeSlack, bot: RunningBot) -> str:
-    await slack.send_slash_command(bot.events_url, text="a red square --size 1024x1024 --quality low --format png")
+    await slack.send_slash_command(
+        bot.events_url, text="a red square --size 1024x1024 --quality low --format png"
+    )
     await slack.wait_for("files.completeUploadExternal")
     await bot.settled(1)
     return slack.uploaded[0].thread_ts
 
 
 async def test_mention_in_thread_edits_the_latest_image_with_a_reference_and_a_mask(
-        slack: FakeSlack, bot: RunningBot) -> None:
+    slack: FakeSlack, bot: RunningBot
+) -> None:
     thread = await _first_image_thread(slack, bot)
-    ref = slack.add_file(name="style.png", data=png(512, 512, color="blue"), mimetype="image/png", filetype="png")
-    mask = slack.add_file(name="my-mask.png", data=png(1024, 1024, alpha=True), mimetype="image/png", filetype="png")
+    ref = slack.add_file(
+        name="style.png", data=png(512, 512, color="blue"), mimetype="image/png", filetype="png"
+    )
+    mask = slack.add_file(
+        name="my-mask.png", data=png(1024, 1024, alpha=True), mimetype="image/png", filetype="png"
+    )
     # Only a reply that mentions the bot is an edit (SPEC §2); here its `message` (file_share) event.
-    event = slack.message_event(text=f"<@{slack.bot_user_id}> make it blue --quality low", thread_ts=thread,
-                                files=[ref, mask])
+    event = slack.message_event(
+        text=f"<@{slack.bot_user_id}> make it blue --quality low", thread_ts=thread, files=[ref, mask]
+    )
     status, _ = await slack.send_event(bot.events_url, event)
     assert status == 200
     await slack.wait_for("files.completeUploadExternal", 2)
@@ -135,12 +152,21 @@ async def test_duplicate_and_retried_events_start_one_job(slack: FakeSlack, bot:
     assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
 
 
-async def test_foreign_file_host_is_never_fetched_and_token_never_sent(slack: FakeSlack, bot: RunningBot) -> None:
+async def test_foreign_file_host_is_never_fetched_and_token_never_sent(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
     thread = await _first_image_thread(slack, bot)
-    evil = {"id": "F666", "name": "x.png", "mimetype": "image/png", "filetype": "png",
-            "url_private_download": "http://127.0.0.2:9/steal.png", "url_private": "http://127.0.0.2:9/steal.png"}
-    await slack.send_event(bot.events_url, slack.message_event(text="edit", thread_ts=thread, files=[evil],
-                                                               mention=True))
+    evil = {
+        "id": "F666",
+        "name": "x.png",
+        "mimetype": "image/png",
+        "filetype": "png",
+        "url_private_download": "http://127.0.0.2:9/steal.png",
+        "url_private": "http://127.0.0.2:9/steal.png",
+    }
+    await slack.send_event(
+        bot.events_url, slack.message_event(text="edit", thread_ts=thread, files=[evil], mention=True)
+    )
     await slack.wait_for("chat.postEphemeral")
     assert "not hosted by Slack" in slack.calls_to("chat.postEphemeral")[-1].args["text"]
     assert len(bot.server.calls) == 1
@@ -153,11 +179,13 @@ async def test_cancel_button_only_for_the_requester(slack: FakeSlack, bot: Runni
     await asyncio.sleep(0.3)
     msg = slack.messages["C1"][0]
     job_id = msg["blocks"][-1]["elements"][0]["value"]
-    await slack.send_block_action(bot.events_url, action_id="imagebot_cancel", value=job_id, user_id="U2",
-                                  message_ts=msg["ts"])
+    await slack.send_block_action(
+        bot.events_url, action_id="imagebot_cancel", value=job_id, user_id="U2", message_ts=msg["ts"]
+    )
     await slack.wait_for("chat.postEphemeral")
-    await slack.send_block_action(bot.events_url, action_id="imagebot_cancel", value=job_id, user_id="U1",
-                                  message_ts=msg["ts"])
+    await slack.send_block_action(
+        bot.events_url, action_id="imagebot_cancel", value=job_id, user_id="U1", message_ts=msg["ts"]
+    )
     rows = await bot.settled(1)
     assert rows[0]["status"] == "cancelled"
     assert not slack.uploaded
@@ -178,36 +206,50 @@ async def test_usage_report_posts_chart_and_quota_is_private(slack: FakeSlack, b
 
 
 async def test_admin_command_refused_to_members_and_allowed_to_workspace_admins(
-        slack: FakeSlack, bot: RunningBot) -> None:
-    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text="quota <@U3> daily_images=2",
-                                   user_id="U2")
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    await slack.send_slash_command(
+        bot.events_url, command="/imagine-admin", text="quota <@U3> daily_images=2", user_id="U2"
+    )
     await slack.wait_for("response_url")
     assert any("Only admins" in str(e) for e in slack.ephemerals)
     slack.admins.add("U9")
-    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text="quota <@U3|bob> daily_images=2",
-                                   user_id="U9")
+    await slack.send_slash_command(
+        bot.events_url, command="/imagine-admin", text="quota <@U3|bob> daily_images=2", user_id="U9"
+    )
     await slack.wait_for("response_url", 2)
     assert any("Limits for user U3 set" in str(e) for e in slack.ephemerals)
 
 
 async def test_socket_mode_receives_a_slash_command_and_delivers(slack: FakeSlack, tmp_path: Path) -> None:
-    env = {"SLACK_BOT_TOKEN": slack.bot_token, "SLACK_APP_TOKEN": slack.app_token, "SLACK_API_URL": slack.api_url}
+    env = {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_APP_TOKEN": slack.app_token,
+        "SLACK_API_URL": slack.api_url,
+    }
     async with running_bot(tmp_path, env) as bot:
-        ack = await slack.socket_send("slash_commands",
-                                      slack.slash_command_payload(text="socket cat --size 1024x1024 --quality low"))
+        ack = await slack.socket_send(
+            "slash_commands", slack.slash_command_payload(text="socket cat --size 1024x1024 --quality low")
+        )
         assert "envelope_id" in ack
         await slack.wait_for("files.completeUploadExternal")
         rows = await bot.settled(1)
         assert Image.open(io.BytesIO(slack.uploaded[0].bytes)).size == (1024, 1024)
         assert rows[0]["status"] == "succeeded"
-        assert slack.calls_to("apps.connections.open")[0].headers["Authorization"] == f"Bearer {slack.app_token}"
+        assert (
+            slack.calls_to("apps.connections.open")[0].headers["Authorization"] == f"Bearer {slack.app_token}"
+        )
 
 
-async def test_a_refused_upload_is_reported_with_cost_and_request_id(slack: FakeSlack, bot: RunningBot) -> None:
+async def test_a_refused_upload_is_reported_with_cost_and_request_id(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
     slack.fail_next["files.completeUploadExternal"] = {"error": "not_in_channel"}
     await slack.send_slash_command(bot.events_url, text="paid for --quality low")
     [row] = await bot.settled(1)
     posts = await slack.wait_for("chat.postMessage", 2)
     told = posts[-1].args["text"]
     assert "refused the upload (not_in_channel" in told and "request id req_" in told and "$" in told
-    assert row["status"] == "succeeded" and row["actual_micros"] > 0  # the provider billed it: the ledger says so
+    assert (
+        row["status"] == "succeeded" and row["actual_micros"] > 0
+    )  # the provider billed it: the ledger says so

@@ -20,11 +20,17 @@ def png(width: int, height: int, mode: str = "RGB") -> bytes:
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG whose header claims 900 MP (the pixels compress to almost nothing)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     raw = zlib.compress(b"\x00" * 1024)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
 
 
 async def _image_thread(slack: FakeSlack, bot: RunningBot) -> str:
@@ -36,8 +42,9 @@ async def _image_thread(slack: FakeSlack, bot: RunningBot) -> str:
 
 async def _reply_with(slack: FakeSlack, bot: RunningBot, files: list[dict], text: str = "edit it") -> str:
     thread = await _image_thread(slack, bot)
-    await slack.send_event(bot.events_url, slack.message_event(text=text, thread_ts=thread, files=files,
-                                                               mention=True))
+    await slack.send_event(
+        bot.events_url, slack.message_event(text=text, thread_ts=thread, files=files, mention=True)
+    )
     [ephemeral] = await slack.wait_for("chat.postEphemeral")
     assert len(bot.server.calls) == 1  # only the base image: the hostile reply called no API
     rows = await bot.ledger()
@@ -58,8 +65,9 @@ async def test_file_that_lies_about_its_type(slack: FakeSlack, bot: RunningBot) 
 
 
 async def test_60_mb_attachment_stops_reading_at_the_cap(slack: FakeSlack, bot: RunningBot) -> None:
-    f = slack.add_file(name="huge.png", data=png(8, 8) + b"\0" * (60 * 1024 * 1024), mimetype="image/png",
-                       filetype="png")
+    f = slack.add_file(
+        name="huge.png", data=png(8, 8) + b"\0" * (60 * 1024 * 1024), mimetype="image/png", filetype="png"
+    )
     assert "over 50 MB" in await _reply_with(slack, bot, [f])
 
 
@@ -75,8 +83,10 @@ async def test_mask_without_alpha(slack: FakeSlack, bot: RunningBot) -> None:
 
 
 async def test_six_images(slack: FakeSlack, bot: RunningBot) -> None:
-    files = [slack.add_file(name=f"r{i}.png", data=png(300, 300), mimetype="image/png", filetype="png")
-             for i in range(5)]
+    files = [
+        slack.add_file(name=f"r{i}.png", data=png(300, 300), mimetype="image/png", filetype="png")
+        for i in range(5)
+    ]
     assert "6 images given; at most 5" in await _reply_with(slack, bot, files)
 
 

@@ -357,8 +357,11 @@ async def test_dropped_connections(fake: FakeSlack) -> None:
 async def test_hold_until_answered_shows_work_done_before_the_ack(fake: FakeSlack) -> None:
     """A held method is answered only after the fake's request to the bot was: a listener that calls it
     before returning (process_before_response) holds its own ack until the hold times out."""
-    app = AsyncApp(signing_secret=fake.signing_secret, process_before_response=True,
-                   client=AsyncWebClient(token=fake.bot_token, base_url=fake.api_url))
+    app = AsyncApp(
+        signing_secret=fake.signing_secret,
+        process_before_response=True,
+        client=AsyncWebClient(token=fake.bot_token, base_url=fake.api_url),
+    )
     tasks: set[asyncio.Task[Any]] = set()
 
     @app.action("before")
@@ -375,8 +378,12 @@ async def test_hold_until_answered_shows_work_done_before_the_ack(fake: FakeSlac
     fake.hold_timeout = 0.5
     runner, url = await _serve(app)
     try:
-        assert (await fake.send_block_action(url, action_id="before", value="v", message_ts="1.000001"))[0] == 200
-        assert (await fake.send_block_action(url, action_id="after", value="v", message_ts="1.000001"))[0] == 200
+        assert (await fake.send_block_action(url, action_id="before", value="v", message_ts="1.000001"))[
+            0
+        ] == 200
+        assert (await fake.send_block_action(url, action_id="after", value="v", message_ts="1.000001"))[
+            0
+        ] == 200
         await fake.wait_for("chat.postEphemeral", 2)
         assert [c.held for c in fake.calls_to("chat.postEphemeral")] == ["timeout", "answered"]
     finally:
