@@ -618,6 +618,7 @@ class DiscordAdapter:
             born = time.monotonic()
             async with self.core.acking():
                 deferred = await interaction.response.defer(thinking=True)
+            await self.core.calm()  # every answer of a burst goes out before any work after one
             options = {
                 "size": "".join(size.split()) or None if size else None,  # "1536 x 1024" is one size
                 "quality": quality,
@@ -777,6 +778,7 @@ class DiscordAdapter:
         born = time.monotonic()
         async with self.core.acking():
             deferred = await interaction.response.defer(thinking=True)
+        await self.core.calm()
         request = self.core.parse(instruction, [await self._decode(image)])
         await self._submit(interaction, born, deferred, request)
 

@@ -330,6 +330,7 @@ class SlackAdapter:
     @staticmethod
     async def _privately(coro: Any, asker: Privately) -> None:
         try:
+            await asker.adapter.core.calm()  # every ack of a burst goes out before any work after one
             await coro
         except UserError as exc:
             await asker.tell(str(exc))

@@ -152,6 +152,10 @@ class Core:
         """Around an adapter's ack: jobs start once a burst of commands has been acknowledged."""
         return self.runner.acks.acking()
 
+    async def calm(self) -> None:
+        """Wait until a burst of commands has been acknowledged: work after an ack starts here."""
+        await self.runner.acks.calm()
+
     async def first_time(self, key: str) -> bool:
         """True the first time a platform event (or message) key is seen, across processes and restarts."""
         return not await self.ledger.seen(key)
