@@ -20,7 +20,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bot import logs, quota, report
+import sqlite_utils
+
+from bot import actions, commands, logs, quota, report
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
 from bot.ledger import Ledger
@@ -256,6 +258,31 @@ def cmd_quota(args: argparse.Namespace) -> int:
     return _ledger_only(body)
 
 
+def cmd_settings(args: argparse.Namespace) -> int:
+    """`imagebot settings --tenant slack:T1 --channel C1 confirm=0.10`: a channel's settings, as
+    `/imagine-admin channel <#channel> ...` sets them."""
+
+    async def body(ledger: Ledger) -> int:
+        try:
+            tenant = Tenant.parse(args.tenant)
+            settings = [commands.parse_channel_setting(text) for text in args.settings]
+            if not settings:
+                raise UserError("settings needs at least one setting, e.g. confirm=0.10 (or off, default)")
+
+            def store(db: sqlite_utils.Database) -> None:
+                for name, value in settings:
+                    actions.set_channel_setting(db, tenant.key, args.channel, name, value)
+
+            await ledger.run_db(store)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(f"channel {args.channel} in {tenant}: {' '.join(args.settings)}")
+        return 0
+
+    return _ledger_only(body)
+
+
 async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int:
     """The limits that apply to what is named: the tenant's own, plus the user's or the channel's."""
     who = Requester(tenant.platform, tenant.workspace, args.channel or "", args.user or "")
@@ -322,6 +349,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--csv", help="also export the ledger rows to this CSV file")
     p.add_argument("--chart", help="also write the PNG chart to this file")
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("settings", help="set a channel's settings (confirm=USD|off|default: the price check)")
+    p.add_argument("--tenant", required=True, help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456")
+    p.add_argument("--channel", required=True)
+    p.add_argument("settings", nargs="*", help="confirm=0.10, confirm=off or confirm=default")
+    p.set_defaults(fn=cmd_settings)
     p = sub.add_parser("quota", help="show or set quota limits of a tenant, or of its users and channels")
     p.add_argument("action", choices=["show", "set"])
     p.add_argument(

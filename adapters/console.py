@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot import commands, texts
+from bot.actions import Button, Kind, last_job
 from bot.app import Core
 from bot.errors import UserError
 from bot.outcomes import JobFailure, JobResult, Progress
+from bot.pricing import format_usd
 from bot.request import Requester
 
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
@@ -20,6 +22,7 @@ class ConsoleView:
     """Draws a progress bar on stderr, writes images to files, prints the summary on stdout."""
 
     previews = False  # a terminal cannot show a partial image: stream none (each costs output tokens)
+    confirms = False  # price checks: not yet on this platform
 
     def __init__(
         self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None
@@ -39,19 +42,26 @@ class ConsoleView:
         self.err.flush()
         self.exit_code = 2
 
+    async def confirm(self, text: str, token: str) -> None:
+        raise NotImplementedError  # never called: confirms is False
+
     async def progress(self, progress: Progress) -> None:
         self.err.write(f"\r{texts.status_line(progress)}   ")
         self.err.flush()
 
-    async def deliver(self, result: JobResult) -> None:
+    async def deliver(self, result: JobResult) -> list[dict[str, Any]]:
         self.err.write("\n")
+        paths = []
         for index, image in enumerate(result.images):
             path = self._path(index, image.filename, image.format)
             await asyncio.to_thread(_write, path, image.data)
-            self.written.append(path)
-        files = ", ".join(str(p) for p in self.written)
-        self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n")
+            paths.append(path)
+        self.written += paths
+        files = ", ".join(str(p) for p in paths)
+        actions = "  ".join(_command(b) for b in result.buttons if b.kind != Kind.DELETE)
+        self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n{actions}\n")
         self.stdout.flush()
+        return [{"path": str(path)} for path in paths]
 
     async def failed(self, failure: JobFailure) -> None:
         self.err.write(f"\n{texts.summary(failure)}\n")
@@ -64,6 +74,29 @@ class ConsoleView:
                 return self.out
             return self.out.with_name(f"{self.out.stem}-{index + 1}{self.out.suffix}")
         return self.out / filename.replace("image-", f"image-{index + 1}-")
+
+
+def _command(button: Button) -> str:
+    """The console's spelling of a result button: `/vary 2 ($0.0530)`."""
+    words = (
+        f"/{button.kind}"
+        + (f" {button.index}" if button.index else "")
+        + (" <instruction>" if button.kind == Kind.EDIT else "")
+    )
+    return words + (f" ({format_usd(button.cost_micros)})" if button.cost_micros is not None else "")
+
+
+class Files:
+    """Where the console keeps its images: files (what `/vary 2` starts from, what `/delete 2` removes)."""
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        return await asyncio.to_thread(Path(where["path"]).read_bytes)
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        await asyncio.to_thread(Path(where["path"]).unlink, True)
+
+
+ACTION_COMMANDS = {f"/{kind}": kind for kind in Kind}
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -106,17 +139,45 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
             return (await commands.my_quota(core, who)).text
         if command == "/imagine-admin":
             return (await commands.admin(core, who, rest, platform_admin=True)).text
+        if command in ACTION_COMMANDS:
+            await act(core, ACTION_COMMANDS[command], rest, who, out_dir)
+            return None
     except UserError as exc:
         return str(exc)
-    return f"unknown command {command}; use /imagine, /imagine-usage, /imagine-quota, /imagine-admin or quit"
+    return (
+        f"unknown command {command}; use /imagine, /reroll, /vary N, /upscale N, /edit N <instruction>, "
+        "/delete N, /imagine-usage, /imagine-quota, /imagine-admin or quit"
+    )
+
+
+async def act(core: Core, kind: Kind, args: str, who: Requester, out_dir: Path) -> None:
+    """`/vary 2`, `/upscale 1`, `/edit 1 make it blue`, `/reroll`, `/delete 2` on the last job's images."""
+    number, _, instruction = args.strip().partition(" ")
+    if kind == Kind.REROLL:
+        index = 0
+    elif number.isdigit() and int(number) >= 1:
+        index = int(number)
+    elif not number and kind != Kind.EDIT:
+        index = 1
+    else:
+        raise UserError(
+            f"/{kind} takes the image's number, e.g. /{kind} 1"
+            + (" make the sky stormy" if kind == Kind.EDIT else "")
+        )
+    job_id = await core.ledger.run_db(lambda db: last_job(db, who))
+    view = ConsoleView(out_dir, out_is_file=False)
+    await core.act(Button(kind, job_id, index, "", None).key, who, view, Files(), instruction=instruction)
+    if kind == Kind.DELETE and not view.exit_code:
+        print(texts.DELETED)
 
 
 async def loop(core: Core, who: Requester, out_dir: Path) -> None:
     """Read lines until EOF or `quit`."""
     offline = " (offline image server)" if core.runner.offline else ""
     print(
-        f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; "
-        f"/imagine-usage, /imagine-quota, quit. Images go to {out_dir}/"
+        f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; then /reroll, /vary N, "
+        f"/upscale N, /edit N <instruction>, /delete N; /imagine-usage, /imagine-quota, quit. "
+        f"Images go to {out_dir}/"
     )
     while True:
         try:

@@ -6,6 +6,12 @@ interaction token (after it, the job carries on in a channel message that replie
 guild's upload limit (images over it are re-encoded with the core's `fit_under`), and a network that
 fails: every Discord call of a job has a deadline, and whatever fails, the requester hears what became of
 their money.
+
+Result actions and price checks (SPEC §9, bot/actions.py): every button is a discord.py `DynamicItem` whose
+custom id carries all it needs (`imagebot:act:<key>`, `imagebot:render:<token>`, `imagebot:decline:<token>`),
+and the Edit form's custom id carries its key (`imagebot:edit:<key>`, answered from `on_interaction`), so
+nothing is kept in memory and every button works after a restart. Each press is answered (deferred) before
+any other Discord call; then the core decides.
 """
 
 from __future__ import annotations
@@ -27,7 +33,8 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
-from bot import commands, texts
+from bot import actions, commands, texts
+from bot.actions import Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, UserError
@@ -45,12 +52,24 @@ BAR = 20
 NO_PINGS = discord.AllowedMentions.none()
 SIZE_SUGGESTIONS = ("auto", "1k", "2k", "4k", *(f"{w}x{h}" for w, h in KNOWN_SIZES))
 CANCEL_PREFIX = "imagebot:cancel:"
+ACTION_PREFIX = "imagebot:act:"  # + a result button's key (bot/actions.py Button.key)
+RENDER_PREFIX = "imagebot:render:"  # + a price check's token
+DECLINE_PREFIX = "imagebot:decline:"  # + a price check's token
+EDIT_FORM_PREFIX = "imagebot:edit:"  # + an Edit button's key: the custom id of its form
+ACTION_KEY = r"[a-z]+:[A-Za-z0-9_-]+:[0-9]+"  # kind:job:image
+ROW_WIDTH, MAX_ROWS = 5, 5  # Discord: at most 5 buttons in an action row, 5 rows in a message
+MAX_LABEL = 80
+# Rows of a finished job's buttons by kind (Re-roll leads the Vary row), when one row cannot hold them all.
+ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.DELETE,))
+STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.DELETE: discord.ButtonStyle.danger}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 UPLOAD_ATTEMPTS = 4
 # Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
 # 10008 unknown message (the original response was deleted), 40005 request entity too large.
 TOKEN_GONE_CODES = (50027, 10015, 10008)
 Deferred = discord.InteractionCallbackResponse[Any] | None  # what defer() answers: the original's message id
+# Says `text` (with buttons, if a view is given) to the requester alone, wherever their job came from.
+Tell = Callable[[str, discord.ui.View | None], Awaitable[Any]]
 
 
 def escape(text: str) -> str:
@@ -111,6 +130,52 @@ def cancel_view(job_id: str) -> discord.ui.View:
     return view
 
 
+def button_rows(buttons: Sequence[actions.Button]) -> list[list[actions.Button]]:
+    """A finished job's buttons in action rows: one row if they fit (a single image: Re-roll, Vary, Upscale,
+    Edit, Delete), else a row per kind (Re-roll and Vary 1..N, Upscale 1..N, Edit 1..N, Delete 1..N: 17
+    buttons in 4 rows for four images); five to a row and five rows at most, as Discord allows."""
+    if len(buttons) <= ROW_WIDTH:
+        return [list(buttons)] if buttons else []
+    grouped = [[b for b in buttons if b.kind in kinds] for kinds in ROW_KINDS]
+    grouped.append([b for b in buttons if not any(b.kind in kinds for kinds in ROW_KINDS)])
+    rows = [group[i : i + ROW_WIDTH] for group in grouped for i in range(0, len(group), ROW_WIDTH)]
+    if len(rows) > MAX_ROWS:  # not for up to four images; packed tight rather than dropped
+        rows = [list(buttons[i : i + ROW_WIDTH]) for i in range(0, len(buttons), ROW_WIDTH)]
+    if len(rows) > MAX_ROWS:
+        log.warning("more result buttons than a message can carry", extra={"buttons": len(buttons)})
+    return rows[:MAX_ROWS]
+
+
+def result_view(buttons: Sequence[actions.Button]) -> discord.ui.View | None:
+    """The buttons of a finished job (None if it has none): persistent, nothing to re-send after a restart."""
+    if not buttons:
+        return None
+    view = discord.ui.View(timeout=None)
+    for row, line in enumerate(button_rows(buttons)):
+        for button in line:
+            style = STYLES.get(button.kind, discord.ButtonStyle.secondary)
+            view.add_item(ActionButton(button.key, clip(button.label, MAX_LABEL), style, row=row))
+    return view
+
+
+def confirm_view(token: str) -> discord.ui.View:
+    """Render and Cancel under a price check."""
+    view = discord.ui.View(timeout=None)
+    view.add_item(PriceCheckButton("render", token))
+    view.add_item(PriceCheckButton("decline", token))
+    return view
+
+
+def form_value(data: Any, custom_id: str) -> str:
+    """A text input's value in a modal submit's components (in action rows, or in labels)."""
+    for top in (data or {}).get("components") or []:
+        inner = top.get("components") or ([top["component"]] if top.get("component") else [])
+        for component in inner:
+            if component.get("custom_id") == custom_id:
+                return str(component.get("value") or "")
+    return ""
+
+
 def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[tuple[str, bytes]], list[str]]:
     """(data, filename) pairs -> uploads each at most `budget` bytes, plus notes on what was re-encoded.
 
@@ -150,6 +215,77 @@ class CancelButton(
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await cast(_Client, interaction.client).adapter.cancel(interaction, self.job_id)
+
+
+class ActionButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})"
+):
+    """Re-roll, Vary n, Upscale n, Edit n or Delete n under a finished job: its custom id is the core's key."""
+
+    def __init__(
+        self,
+        key: str,
+        label: str = "Action",
+        style: discord.ButtonStyle = discord.ButtonStyle.secondary,
+        *,
+        row: int | None = None,
+    ) -> None:
+        super().__init__(discord.ui.Button(label=label, style=style, custom_id=ACTION_PREFIX + key), row=row)
+        self.key = key
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ActionButton:
+        return cls(match["key"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await cast(_Client, interaction.client).adapter.on_action(interaction, self.key)
+
+
+class PriceCheckButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)",
+):
+    """Render or Cancel under a price check; the custom id carries the check's token."""
+
+    def __init__(self, verb: str, token: str) -> None:
+        render = verb == "render"
+        super().__init__(
+            discord.ui.Button(
+                label="Render" if render else "Cancel",
+                style=discord.ButtonStyle.success if render else discord.ButtonStyle.secondary,
+                custom_id=(RENDER_PREFIX if render else DECLINE_PREFIX) + token,
+            )
+        )
+        self.render, self.token = render, token
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> PriceCheckButton:
+        return cls(match["verb"], match["token"])
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        await cast(_Client, interaction.client).adapter.on_price_check(interaction, self.token, self.render)
+
+
+class ActionEditForm(discord.ui.Modal, title="Edit image"):
+    """The Edit button's form. Its custom id carries the button's key and its submit is answered by
+    `DiscordAdapter.on_interaction`, so discord.py keeps no copy (stopped at birth): a form submitted after a
+    restart, or by two people at once, still works."""
+
+    instruction: discord.ui.TextInput[ActionEditForm] = discord.ui.TextInput(
+        label="Instruction",
+        custom_id="instruction",
+        style=discord.TextStyle.paragraph,
+        max_length=4000,
+        placeholder="make the sky stormy",
+    )
+
+    def __init__(self, key: str) -> None:
+        super().__init__(custom_id=EDIT_FORM_PREFIX + key, timeout=None)
+        self.stop()
 
 
 class EditModal(discord.ui.Modal, title="Edit image"):
@@ -194,10 +330,13 @@ class _Client(discord.Client):
         # Client.connect dials a built-in gateway address; ask the configured REST base for the real one.
         _shards, url, _limits = await self.http.get_bot_gateway()
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
-        self.add_dynamic_items(CancelButton)
+        self.add_dynamic_items(CancelButton, ActionButton, PriceCheckButton)
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter.on_interaction(interaction)
 
 
 class DiscordJobView:
@@ -205,12 +344,13 @@ class DiscordJobView:
     life, a channel message replying to the original), then puts the image there."""
 
     previews = True  # an edit of the message can carry the latest partial image
+    confirms = True  # an expensive render first asks its requester privately, with Render and Cancel
 
     def __init__(
         self,
         adapter: DiscordAdapter,
         who: Requester,
-        tell: Callable[[str], Awaitable[Any]],
+        tell: Tell,
         *,
         interaction: discord.Interaction[Any] | None,
         born: float,
@@ -220,6 +360,7 @@ class DiscordJobView:
         self.adapter = adapter
         self.who = who
         self.tell = tell  # a reply only the requester sees
+        self.refusals = 0  # how many times the core told the requester why nothing was done
         self.interaction = interaction
         self.born = born  # monotonic time the interaction arrived: its token lives 15 minutes from then
         self.anchor = anchor  # the message replies go to: the original response, or the user's message
@@ -306,11 +447,17 @@ class DiscordJobView:
         return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
 
     async def refused(self, text: str) -> None:
+        self.refusals += 1
         try:
             async with asyncio.timeout(self.adapter.post_timeout):
-                await self.tell(text)
+                await self.tell(text, None)
         except Exception:
             log.warning("could not tell the requester", exc_info=True, extra={"job_id": self.job_id})
+
+    async def confirm(self, text: str, token: str) -> None:
+        """The price check, to the requester alone, with Render and Cancel (nothing is reserved yet)."""
+        async with asyncio.timeout(self.adapter.post_timeout):
+            await self.tell(text, confirm_view(token))
 
     async def progress(self, progress: Progress) -> None:
         if progress.preview is not None:
@@ -382,26 +529,35 @@ class DiscordJobView:
 
     # -- the outcome ----------------------------------------------------------------------
 
-    async def _final(self, content: str, uploads: list[tuple[str, bytes]]) -> None:
-        """Replace the progress with `content` and `uploads`: in the original response while its token lives,
-        else as a new channel message replying to the original (which pings the requester). Raises if Discord
+    async def _final(
+        self, content: str, uploads: list[tuple[str, bytes]], view: discord.ui.View | None = None
+    ) -> discord.Message:
+        """Replace the progress with `content`, `uploads` and `view` (the result's buttons; None: no buttons):
+        in the original response while its token lives, else as a new channel message replying to the
+        original (which pings the requester). Returns the message that carries them. Raises if Discord
         refuses, drops the connection or does not answer in time."""
 
         def files() -> list[discord.File]:  # a File is read once: fresh ones for every attempt
             return [discord.File(io.BytesIO(data), name) for name, data in uploads]
 
+        edited: list[discord.Message] = []
+
+        async def edit(ix: discord.Interaction[Any]) -> None:
+            edited.append(
+                await ix.edit_original_response(
+                    content=clip(content), attachments=files(), view=view, allowed_mentions=NO_PINGS
+                )
+            )
+
         deadline = self.adapter.upload_timeout if uploads else self.adapter.post_timeout
         async with asyncio.timeout(deadline):
-            if await self._via_interaction(
-                lambda ix: ix.edit_original_response(
-                    content=clip(content), attachments=files(), view=None, allowed_mentions=NO_PINGS
-                )
-            ):
-                return
+            if await self._via_interaction(edit):
+                return edited[0]
         async with asyncio.timeout(deadline):
-            await self.channel.send(
+            posted = await self.channel.send(
                 clip(f"<@{self.who.user}>\n{content}"),
                 files=files(),
+                view=view if view is not None else MISSING,
                 reference=self.reference,
                 allowed_mentions=pings(self.who.user),
             )
@@ -414,6 +570,7 @@ class DiscordJobView:
                 log.warning(
                     "could not delete the progress message: %s", describe(exc), extra={"job_id": self.job_id}
                 )
+        return posted
 
     async def _last_word(self, content: str, request_ids: Sequence[str]) -> None:
         """Post `content` where the job is shown; if that fails too, in the channel. Never raises."""
@@ -430,8 +587,9 @@ class DiscordJobView:
                     return  # the channel failed as well: the log is all that is left
                 self.expired = True  # the interaction's message cannot be edited: reply to it instead
 
-    async def _upload(self, result: JobResult) -> str | None:
-        """Post the images with the summary, fitted under the upload limit; None, or why it failed."""
+    async def _upload(self, result: JobResult) -> tuple[discord.Message | None, str]:
+        """Post the images with the summary and the result's buttons, fitted under the upload limit: the
+        message that carries them, or (None) why it failed."""
         images = [(image.data, image.filename) for image in result.images]
         budget = self.upload_limit // len(images)  # per image, so the whole message fits too
         problem = "no attempt was made"
@@ -441,7 +599,7 @@ class DiscordJobView:
                     uploads, notes = await asyncio.to_thread(fit_images, images, budget)
                 else:
                     uploads, notes = [(name, data) for data, name in images], []
-                await self._final(
+                message = await self._final(
                     "\n".join(
                         [
                             quote(result.request.prompt),
@@ -450,11 +608,12 @@ class DiscordJobView:
                         ]
                     ),
                     uploads,
+                    result_view(result.buttons),
                 )
-                return None
+                return message, ""
             except discord.HTTPException as exc:
                 if not too_large(exc):
-                    return describe(exc)
+                    return None, describe(exc)
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
                 problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
@@ -463,25 +622,34 @@ class DiscordJobView:
                 )
             except Exception as exc:  # no answer, a dropped connection, an image that cannot be made small
                 log.exception("image upload failed", extra={"job_id": self.job_id})
-                return describe(exc)
-        return problem
+                return None, describe(exc)
+        return None, problem
 
-    async def deliver(self, result: JobResult) -> None:
-        """Upload the images with the summary; never fail a paid image silently, and never raise."""
+    async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
+        """Upload the images with the summary and their buttons; return where each image lives (the message
+        that carries it, and which of its attachments), for the buttons. Never fail a paid image silently,
+        and never raise: None if it could not be posted (the requester is told, with what it cost)."""
         await self._drain()
         request_ids = [i for image in result.images for i in image.request_ids]
         try:
-            problem = await self._upload(result)
+            message, problem = await self._upload(result)
         except Exception as exc:
             log.exception("image upload failed", extra={"job_id": self.job_id})
-            problem = describe(exc)
-        if problem is None:
-            return
+            message, problem = None, describe(exc)
+        if message is not None:
+            # The attachment's id names the image even after another of the message's images is deleted.
+            ids = [str(a.id) for a in getattr(message, "attachments", [])]
+            return [
+                {"channel_id": str(message.channel.id), "message_id": str(message.id), "index": index}
+                | ({"attachment_id": ids[index]} if index < len(ids) else {})
+                for index in range(len(result.images))
+            ]
         # Paid for but not shown: say so, with what it cost and the request ids.
         await self._last_word(
             f"{quote(result.request.prompt)}\n{escape(texts.undelivered(problem, texts.summary(result)))}",
             request_ids,
         )
+        return None
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
@@ -734,20 +902,29 @@ class DiscordAdapter:
             interaction, lambda who: commands.admin(self.core, who, args, platform_admin=platform_admin)
         )
 
-    async def _tell_privately(self, interaction: discord.Interaction[Any], text: str) -> None:
-        """Only the requester sees `text`. After a public "thinking" defer the first follow-up would replace the
-        loading message in public, whatever its flags: so end that message first, then follow up ephemerally."""
+    async def _tell_privately(
+        self, interaction: discord.Interaction[Any], text: str, view: discord.ui.View | None = None
+    ) -> None:
+        """Only the requester sees `text` (and `view`'s buttons). After a public "thinking" defer the first
+        follow-up would replace the loading message in public, whatever its flags: so end that message first,
+        then follow up ephemerally."""
+        buttons = view if view is not None else MISSING
         if not interaction.response.is_done():
-            await interaction.response.send_message(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+            await interaction.response.send_message(
+                clip(text), view=buttons, ephemeral=True, allowed_mentions=NO_PINGS
+            )
             return
-        try:
-            original = await interaction.original_response()
-            if not original.flags.ephemeral:
-                await interaction.edit_original_response(content="…")  # ends the loading state
-                await interaction.delete_original_response()
-        except Exception:  # refused or unreachable: the private follow-up is still worth a try
-            log.warning("could not clear the deferred response", exc_info=True)
-        await interaction.followup.send(clip(text), ephemeral=True, allowed_mentions=NO_PINGS)
+        # Only a "thinking" answer left a loading message of ours to clear. After a button's silent answer
+        # (type 6) the original response IS the clicked message: never touch it.
+        if interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+            try:
+                original = await interaction.original_response()
+                if not original.flags.ephemeral:
+                    await interaction.edit_original_response(content="…")  # ends the loading state
+                    await interaction.delete_original_response()
+            except Exception:  # refused or unreachable: the private follow-up is still worth a try
+                log.warning("could not clear the deferred response", exc_info=True)
+        await interaction.followup.send(clip(text), view=buttons, ephemeral=True, allowed_mentions=NO_PINGS)
 
     # -- jobs -----------------------------------------------------------------------------
 
@@ -786,21 +963,147 @@ class DiscordAdapter:
         self, interaction: discord.Interaction[Any], born: float, deferred: Deferred, request: ImageRequest
     ) -> None:
         """One job shown in the interaction's response (its original message anchors the replies)."""
+        view = await self._job_view(interaction, born, await self._original(interaction, deferred))
+        await self.core.submit(request, view.who, view)
+
+    @staticmethod
+    async def _original(interaction: discord.Interaction[Any], deferred: Deferred) -> int | None:
+        """The id of the interaction's response message (the "thinking" one)."""
         original = deferred.message_id if deferred is not None else None
         if original is None:  # the callback answer did not say: ask
             with contextlib.suppress(Exception):
                 original = (await interaction.original_response()).id
-        who = self._who(interaction)
-        view = DiscordJobView(
+        return original
+
+    async def _job_view(
+        self, interaction: discord.Interaction[Any], born: float, anchor: int | None
+    ) -> DiscordJobView:
+        """A job shown in the interaction's response; replies past its token's life go to `anchor`."""
+        return DiscordJobView(
             self,
-            who,
-            lambda text: self._tell_privately(interaction, text),
+            self._who(interaction),
+            lambda text, view: self._tell_privately(interaction, text, view),
             interaction=interaction,
             born=born,
-            anchor=original,
+            anchor=anchor,
             upload_limit=self._limit(interaction, interaction.guild_id),
         )
-        await self.core.submit(request, who, view)
+
+    # -- result actions and price checks (SPEC §9) ------------------------------------------
+
+    async def on_action(self, interaction: discord.Interaction[Any], key: str) -> None:
+        """A result button. Edit opens its form (that is the answer); the others are answered with "thinking"
+        (private for Delete, whose only word is private), then the core acts: a new job of the clicker's,
+        shown in this interaction's response (replies past its token's life go to the image's message)."""
+        try:
+            kind = actions.parse_key(key)[0]
+            if kind == Kind.EDIT:
+                await interaction.response.send_modal(ActionEditForm(key))
+                return
+            born = time.monotonic()
+            async with self.core.acking():
+                # Delete answers silently (type 6): the clicked message stays this interaction's to edit, so
+                # one image can be taken off it; its only words are a private follow-up.
+                if kind == Kind.DELETE:
+                    deferred = await interaction.response.defer()
+                else:
+                    deferred = await interaction.response.defer(thinking=True)
+            await self.core.calm()
+            await self._act(interaction, born, deferred, key)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+
+    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
+        """Every interaction passes here (after discord.py's own dispatch): the Edit button's form is ours."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data = cast(dict[str, Any], interaction.data or {})
+        custom_id = str(data.get("custom_id") or "")
+        if not custom_id.startswith(EDIT_FORM_PREFIX):
+            return
+        try:
+            born = time.monotonic()
+            async with self.core.acking():
+                deferred = await interaction.response.defer(thinking=True)
+            await self.core.calm()
+            key = custom_id[len(EDIT_FORM_PREFIX) :]
+            await self._act(interaction, born, deferred, key, form_value(data, "instruction"))
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+
+    async def _act(
+        self,
+        interaction: discord.Interaction[Any],
+        born: float,
+        deferred: Deferred,
+        key: str,
+        instruction: str = "",
+    ) -> None:
+        """After the answer: hand the press to the core, with this adapter as the store of the images."""
+        clicked = interaction.message  # the image's message (a form carries the message of its button)
+        anchor = clicked.id if clicked is not None else await self._original(interaction, deferred)
+        view = await self._job_view(interaction, born, anchor)
+        await self.core.act(
+            key,
+            view.who,
+            view,
+            _ClickedMessage(self, interaction),
+            instruction=instruction,
+            platform_admin=bool(interaction.permissions.manage_guild),
+        )
+        if actions.parse_key(key)[0] == Kind.DELETE and not view.refusals:
+            await self._tell_privately(interaction, texts.DELETED)
+
+    async def on_price_check(self, interaction: discord.Interaction[Any], token: str, render: bool) -> None:
+        """Render (answered with a public "thinking": that message becomes the job's) or Cancel (answered
+        privately); then the core claims the check: its requester's, once, Render within 10 minutes."""
+        try:
+            born = time.monotonic()
+            async with self.core.acking():
+                deferred = await interaction.response.defer(thinking=True, ephemeral=not render)
+            await self.core.calm()
+            view = await self._job_view(interaction, born, await self._original(interaction, deferred))
+            await self.core.price_check(token, view.who, view, render=render)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+
+    # bot.actions.ImageStore: where a finished job's images live is (channel, message, attachment index).
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        """An image we posted, downloaded again from its message (attachment URLs are signed and expire, so
+        the message is fetched for a fresh one). UserError if it is gone."""
+        channel = self.client.get_partial_messageable(int(where["channel_id"]))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                message = await channel.fetch_message(int(where["message_id"]))
+        except discord.NotFound:
+            raise UserError("that image was deleted; run /imagine again") from None
+        except Exception as exc:
+            raise UserError(f"I could not get the image from Discord: {describe(exc)}; try again") from None
+        attachment = _attachment(message, where)
+        if attachment is None:
+            raise UserError("that image is no longer on its message; run /imagine again")
+        return await self.download(attachment)
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        """Delete the image: the attachment, or the whole message when it was the message's only image
+        (gone already counts as done)."""
+        channel = self.client.get_partial_messageable(int(where["channel_id"]))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                message = await channel.fetch_message(int(where["message_id"]))
+                attachment = _attachment(message, where)
+                if attachment is None:
+                    return
+                others = [a for a in message.attachments if a.id != attachment.id]
+                if others:
+                    await message.edit(attachments=others)
+                else:
+                    await message.delete()
+        except discord.NotFound:
+            return
+        except Exception as exc:
+            raise UserError(f"I could not delete it: {describe(exc)}") from None
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """The Cancel button: only the requester may press it. The press is answered first: cancelling sets
@@ -836,8 +1139,13 @@ class DiscordAdapter:
         who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
 
-        async def tell(reply: str) -> None:
-            await message.reply(clip(escape(reply)), mention_author=False, allowed_mentions=NO_PINGS)
+        async def tell(reply: str, buttons: discord.ui.View | None = None) -> None:
+            await message.reply(
+                clip(escape(reply)),
+                view=buttons if buttons is not None else MISSING,
+                mention_author=False,
+                allowed_mentions=NO_PINGS,
+            )
 
         try:
             base = await self._decode(image)
@@ -897,6 +1205,52 @@ class DiscordAdapter:
             reference=reference if reference else MISSING,
             allowed_mentions=pings(job.user),
         )
+
+
+class _ClickedMessage:
+    """The image store for one button press: an image on the very message pressed is taken off it through the
+    press's own interaction (a bot cannot edit an interaction's message through the channel); anything else
+    goes through the adapter."""
+
+    def __init__(self, adapter: DiscordAdapter, interaction: discord.Interaction[Any]) -> None:
+        self.adapter = adapter
+        self.interaction = interaction
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        return await self.adapter.fetch(where)
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        message = self.interaction.message
+        pressed_on_it = message is not None and str(message.id) == str(where.get("message_id"))
+        if (
+            not pressed_on_it
+            or self.interaction.response.type is not discord.InteractionResponseType.deferred_message_update
+        ):
+            await self.adapter.delete(where)
+            return
+        assert message is not None
+        attachment = _attachment(message, where)
+        others = [a for a in message.attachments if attachment is None or a.id != attachment.id]
+        try:
+            async with asyncio.timeout(self.adapter.post_timeout):
+                if attachment is None:
+                    return  # already gone
+                if others:
+                    await self.interaction.edit_original_response(attachments=others)
+                else:
+                    await message.delete()
+        except discord.NotFound:
+            return
+        except Exception as exc:
+            raise UserError(f"I could not delete it: {describe(exc)}") from None
+
+
+def _attachment(message: discord.Message, where: dict[str, Any]) -> discord.Attachment | None:
+    """The attachment `where` names: by its id (stable when others are deleted), else by its position."""
+    if where.get("attachment_id"):
+        return next((a for a in message.attachments if str(a.id) == where["attachment_id"]), None)
+    index = int(where.get("index") or 0)
+    return message.attachments[index] if index < len(message.attachments) else None
 
 
 def is_image(attachment: discord.Attachment) -> bool:

@@ -6,9 +6,10 @@ Everything that is not Slack-specific (parsing, quotas, the API call, the ledger
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -22,6 +23,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
+from bot.actions import Button, Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, UserError
@@ -33,6 +35,18 @@ from bot.request import Requester, clip
 log = logging.getLogger("imagebot.slack")
 
 CANCEL_ACTION = "imagebot_cancel"
+# A result button's action_id is this prefix + its key (unique within the message); its value is the key.
+RESULT_ACTION_PREFIX = "imagebot_action:"
+RESULT_ACTION = re.compile(rf"^{re.escape(RESULT_ACTION_PREFIX)}")
+RENDER_ACTION = "imagebot_render"  # the price check's buttons; value: "<token>:<thread ts or empty>"
+DECLINE_ACTION = "imagebot_decline"
+EDIT_CALLBACK = "imagebot_edit"  # the Edit form (a modal); private_metadata: {"key", "channel", "thread"}
+EDIT_BLOCK = "instruction"
+EDIT_INPUT = "instruction"
+EDIT_MAX_CHARS = 3000  # Slack's limit for a plain_text_input
+ACTIONS_PER_BLOCK = 25  # Slack's limit for one actions block
+RENDER_KINDS = frozenset({Kind.REROLL, Kind.VARY, Kind.UPSCALE})
+GONE_FILE_ERRORS = frozenset({"file_not_found", "file_deleted"})
 PROMPT_SHOWN = 280  # characters of the prompt in a progress message
 # Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
 UPDATES_PER_MINUTE = 45
@@ -77,8 +91,81 @@ def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
     ]
 
 
-def done_blocks(text: str) -> list[dict[str, Any]]:
-    return [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+def button_element(button: Button) -> dict[str, Any]:
+    """One result button: the core's label; the key both in the action_id (unique in the message) and value."""
+    element: dict[str, Any] = {
+        "type": "button",
+        "action_id": f"{RESULT_ACTION_PREFIX}{button.key}",
+        "text": {"type": "plain_text", "text": clip(button.label, 75), "emoji": True},
+        "value": button.key,
+    }
+    if button.kind == Kind.DELETE:
+        element["style"] = "danger"
+    return element
+
+
+def done_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, Any]]:
+    """The progress message's final state: the done (or failed) line, then the result buttons: one row for
+    what renders (Re-roll, Vary, Upscale, with their prices), one for Edit and Delete; a row holds at most 25."""
+    blocks: list[dict[str, Any]] = [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
+    renders = [b for b in buttons if b.kind in RENDER_KINDS]
+    others = [b for b in buttons if b.kind not in RENDER_KINDS]
+    for row in (renders, others):
+        for start in range(0, len(row), ACTIONS_PER_BLOCK):
+            chunk = row[start : start + ACTIONS_PER_BLOCK]
+            blocks.append({"type": "actions", "elements": [button_element(b) for b in chunk]})
+    return blocks
+
+
+def confirm_blocks(text: str, value: str) -> list[dict[str, Any]]:
+    """The private price check: the question, then Render and Cancel (each carrying `value`)."""
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+        {
+            "type": "actions",
+            "elements": [
+                {
+                    "type": "button",
+                    "action_id": RENDER_ACTION,
+                    "style": "primary",
+                    "text": {"type": "plain_text", "text": "Render"},
+                    "value": value,
+                },
+                {
+                    "type": "button",
+                    "action_id": DECLINE_ACTION,
+                    "text": {"type": "plain_text", "text": "Cancel"},
+                    "value": value,
+                },
+            ],
+        },
+    ]
+
+
+def edit_form(title: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    """The Edit button's modal: one multiline input for the instruction."""
+    return {
+        "type": "modal",
+        "callback_id": EDIT_CALLBACK,
+        "title": {"type": "plain_text", "text": clip(title, 24)},
+        "submit": {"type": "plain_text", "text": "Render"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "private_metadata": json.dumps(metadata),
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": EDIT_BLOCK,
+                "label": {"type": "plain_text", "text": "What should change?"},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": EDIT_INPUT,
+                    "multiline": True,
+                    "max_length": EDIT_MAX_CHARS,
+                    "placeholder": {"type": "plain_text", "text": "e.g. make the sky stormy"},
+                },
+            }
+        ],
+    }
 
 
 def trusted_file_url(url: str, api_url: str) -> bool:
@@ -111,17 +198,23 @@ class Privately:
 
     adapter: SlackAdapter
     who: Requester
-    respond: Any = None  # bolt's respond() for a slash command
+    respond: Any = None  # bolt's respond(): a slash command's, or a click's on a private message
     thread_ts: str | None = None
+    replace: bool = False  # `respond` is a click's on our private message: the reply replaces that message
 
-    async def tell(self, text: str) -> None:
+    async def tell(self, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
         """An ephemeral reply, where Slack still takes one (a failure here is logged, not raised)."""
         try:
             if self.respond is not None:
-                await self.respond(text=escape(text), response_type="ephemeral")
+                extra = {"replace_original": True} if self.replace else {}
+                await self.respond(text=escape(text), blocks=blocks, response_type="ephemeral", **extra)
             else:
                 await self.adapter.client.chat_postEphemeral(
-                    channel=self.who.channel, user=self.who.user, text=escape(text), thread_ts=self.thread_ts
+                    channel=self.who.channel,
+                    user=self.who.user,
+                    text=escape(text),
+                    blocks=blocks,
+                    thread_ts=self.thread_ts,
                 )
         except Exception as exc:
             log.warning("slack private reply failed", extra={"user": self.who.user, "error": why_not(exc)})
@@ -129,15 +222,20 @@ class Privately:
 
 @dataclass
 class SlackJobView:
-    """Shows one job in Slack: a progress message (in `thread_ts` for edits, else at the channel root), then
-    the image uploaded into its thread."""
+    """Shows one job in Slack: a progress message (in `thread_ts` for edits and clicks, else at the channel
+    root), then the image uploaded into its thread, and the message's final line with the result buttons.
+
+    `question`: the respond() of a click on a private price check; once the job has its message, the question
+    (with its Render and Cancel buttons) is removed."""
 
     adapter: SlackAdapter
     asker: Privately
     thread_ts: str | None = None
     ts: str = ""
     job_id: str = ""
+    question: Any = None
     previews = False  # chat.update cannot show a partial image
+    confirms = True  # an expensive render asks its requester first, privately, with Render and Cancel
 
     @property
     def who(self) -> Requester:
@@ -163,10 +261,27 @@ class SlackJobView:
         except SlackApiError as exc:
             raise CannotPost(f"{why_not(exc)}; invite me with /invite and try again") from exc
         self.ts = posted["ts"]
+        if self.question is not None:  # a confirmed price check: its question has been answered
+            self.adapter.spawn(self._retire(self.question))
+            self.question = None
+            self.asker = Privately(self.adapter, self.who, thread_ts=self.thread)
         return {"channel": self.channel, "thread_ts": self.thread}
 
+    async def _retire(self, respond: Any) -> None:
+        try:
+            await respond(delete_original=True)
+        except Exception as exc:
+            log.warning("slack price check not removed", extra={"job_id": self.job_id, "error": why_not(exc)})
+
     async def refused(self, text: str) -> None:
+        """Only the requester (or the clicker) sees why: the command's response_url, else an ephemeral in the
+        channel (in the thread of a click); on a price check's Render or Cancel, in place of the question."""
         await self.asker.tell(text)
+
+    async def confirm(self, text: str, token: str) -> None:
+        """The private price check. The buttons carry the token and the thread the render will go to."""
+        value = f"{token}:{self.thread_ts or ''}"
+        await self.asker.tell(text, blocks=confirm_blocks(escape(text), value))
 
     async def progress(self, progress: Progress) -> None:
         if not self.adapter.budget.take():
@@ -178,14 +293,16 @@ class SlackJobView:
             blocks=progress_blocks(progress, self.who),
         )
 
-    async def deliver(self, result: JobResult) -> None:
+    async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
+        """Upload the images into the thread; the progress message becomes the done line with the buttons.
+        Returns where each image lives (its file id, channel and thread), in order; None if not posted."""
         summary = texts.summary(result)
         uploads = [
             {"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
             for image in result.images
         ]
         try:
-            await self.adapter.client.files_upload_v2(
+            response = await self.adapter.client.files_upload_v2(
                 channel=self.channel,
                 thread_ts=self.thread,
                 file_uploads=uploads,
@@ -204,8 +321,12 @@ class SlackJobView:
             text = escape(texts.undelivered(why, summary))
             await self._say(f"<@{self.who.user}> {text}")
             self._finish(clip(text, 2900))
-            return
-        self._finish(escape(texts.done_line(result)))
+            return None
+        self._finish(escape(texts.done_line(result)), result.buttons)
+        files = response.get("files") or []
+        return [
+            {"file_id": f["id"], "channel": self.channel, "thread_ts": self.thread} for f in files
+        ] or None
 
     async def failed(self, failure: JobFailure) -> None:
         text = escape(texts.summary(failure))
@@ -219,19 +340,34 @@ class SlackJobView:
         except Exception as exc:
             log.warning("slack thread message failed", extra={"job_id": self.job_id, "error": why_not(exc)})
 
-    def _finish(self, text: str) -> None:
-        """Turn the progress message into its final line, within the chat.update budget.
-
-        Runs as its own task: the user already has the image (or the error) in the thread.
+    def _finish(self, text: str, buttons: Sequence[Button] = ()) -> None:
+        """Turn the progress message into its final line (with the result buttons), within the chat.update
+        budget. Runs as its own task: the user already has the image (or the error) in the thread.
         """
 
         async def update() -> None:
             await self.adapter.budget.wait()
             await self.adapter.client.chat_update(
-                channel=self.channel, ts=self.ts, text=text, blocks=done_blocks(text)
+                channel=self.channel, ts=self.ts, text=text, blocks=done_blocks(text, buttons)
             )
 
         self.adapter.spawn(update())
+
+
+@dataclass
+class ClickStore:
+    """The adapter's images (bot.actions.ImageStore) as one click sees them: a Delete is confirmed to the
+    clicker, privately."""
+
+    adapter: SlackAdapter
+    asker: Privately
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        return await self.adapter.fetch(where)
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        await self.adapter.delete(where)
+        await self.asker.tell(texts.DELETED)
 
 
 class SlackAdapter:
@@ -376,6 +512,39 @@ class SlackAdapter:
             await ack()
             self.spawn(self._cancel(body, action))
 
+        # Every listener below acks first and hands the rest to a task: no Web API call before the ack.
+        @app.action(RESULT_ACTION)
+        async def result_action(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+            await ack()
+            key = str(action.get("value") or action.get("action_id", "")[len(RESULT_ACTION_PREFIX) :])
+            asker = Privately(self, self._clicker(body), thread_ts=self._click_thread(body))
+            if key.startswith(f"{Kind.EDIT}:"):
+                self.spawn(self._open_edit_form(asker, body, action, key), asker)
+            else:
+                self.spawn(self._act(asker, key), asker)
+
+        @app.view(EDIT_CALLBACK)
+        async def edit_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+            await ack()  # no response_action: the form closes
+            metadata = json.loads(view.get("private_metadata") or "{}")
+            values = (view.get("state") or {}).get("values") or {}
+            instruction = str(((values.get(EDIT_BLOCK) or {}).get(EDIT_INPUT) or {}).get("value") or "")
+            who = Requester(
+                "slack", self._team(body), str(metadata.get("channel") or ""), str(body["user"]["id"])
+            )
+            asker = Privately(self, who, thread_ts=metadata.get("thread") or None)
+            self.spawn(self._act(asker, str(metadata.get("key") or ""), instruction), asker)
+
+        @app.action(RENDER_ACTION)
+        async def render(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+            await ack()
+            self._answer_price_check(body, action, respond, render=True)
+
+        @app.action(DECLINE_ACTION)
+        async def decline(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
+            await ack()
+            self._answer_price_check(body, action, respond, render=False)
+
         # A mention arrives twice, as `message` and as `app_mention`; whichever comes first makes the job.
         @app.event("message")
         async def message(event: dict[str, Any], body: dict[str, Any]) -> None:
@@ -386,13 +555,105 @@ class SlackAdapter:
             self._on_event(event, body)
 
     async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
-        channel = str(
-            (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-        )
-        team = (body.get("team") or {}).get("id") or body["user"].get("team_id") or ""
-        who = Requester("slack", team, channel, body["user"]["id"])
+        who = self._clicker(body)
         if not self.core.cancel(action.get("value", ""), who):
             await Privately(self, who).tell(texts.CANCEL_REFUSED)
+
+    @staticmethod
+    def _team(body: dict[str, Any]) -> str:
+        return str((body.get("team") or {}).get("id") or (body.get("user") or {}).get("team_id") or "")
+
+    def _clicker(self, body: dict[str, Any]) -> Requester:
+        """Who clicked a button, in which workspace and channel."""
+        channel = str(
+            (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id") or ""
+        )
+        return Requester("slack", self._team(body), channel, str(body["user"]["id"]))
+
+    @staticmethod
+    def _click_thread(body: dict[str, Any]) -> str | None:
+        """The thread of the message a button is on (a job's own message: the root of its thread)."""
+        container = body.get("container") or {}
+        message = body.get("message") or {}
+        return (
+            message.get("thread_ts")
+            or container.get("thread_ts")
+            or message.get("ts")
+            or container.get("message_ts")
+            or None
+        )
+
+    # -- result buttons and the price check ---------------------------------------------
+
+    async def _act(self, asker: Privately, key: str, instruction: str = "") -> None:
+        """A result button (or the Edit form) of `asker`: a job of theirs in the same thread, or Delete."""
+        platform_admin = key.startswith(f"{Kind.DELETE}:") and await self._is_workspace_admin(asker.who)
+        view = SlackJobView(self, asker, thread_ts=asker.thread_ts)
+        await self.core.act(
+            key,
+            asker.who,
+            view,
+            store=ClickStore(self, asker),
+            instruction=instruction,
+            platform_admin=platform_admin,
+        )
+
+    async def _open_edit_form(
+        self, asker: Privately, body: dict[str, Any], action: dict[str, Any], key: str
+    ) -> None:
+        """Edit: the form for the instruction. Slack takes views.open only within 3 s of the click, so this is
+        the first call after the ack; the submission (edit_submitted) makes the job."""
+        title = str((action.get("text") or {}).get("text") or "Edit image")
+        metadata = {"key": key, "channel": asker.who.channel, "thread": asker.thread_ts}
+        try:
+            await self.client.views_open(
+                trigger_id=body.get("trigger_id", ""), view=edit_form(title, metadata)
+            )
+        except SlackApiError as exc:
+            log.warning("slack edit form not opened", extra={"user": asker.who.user, "error": why_not(exc)})
+            raise UserError(
+                f"I could not open the edit form ({why_not(exc)}); press Edit again. Nothing was charged."
+            ) from None
+
+    def _answer_price_check(
+        self, body: dict[str, Any], action: dict[str, Any], respond: Any, *, render: bool
+    ) -> None:
+        """Render or Cancel on a private price check. The render goes where the question was asked: the thread
+        the button carries, else a new message at the channel root (like /imagine)."""
+        token, _, thread = str(action.get("value") or "").partition(":")
+        who = self._clicker(body)
+        asker = Privately(self, who, respond, thread_ts=thread or None, replace=True)
+        view = SlackJobView(self, asker, thread_ts=thread or None, question=respond)
+        self.spawn(self.core.price_check(token, who, view, render=render), asker)
+
+    # -- where our images live (bot.actions.ImageStore) ----------------------------------
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        """The bytes of an image the bot uploaded: files.info for its private URL, then the download."""
+        try:
+            info = await self.client.files_info(file=str(where.get("file_id", "")))
+            return await self.download(info.get("file") or {})
+        except SlackApiError as exc:
+            if why_not(exc) in GONE_FILE_ERRORS:
+                raise UserError("that image was deleted from Slack; nothing was charged") from None
+            raise UserError(
+                f"I could not read that image from Slack ({why_not(exc)}); try again. Nothing was charged."
+            ) from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UserError(
+                f"I could not read that image from Slack ({why_not(exc)}); try again. Nothing was charged."
+            ) from None
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        """Delete an uploaded image (files.delete: the bot may delete the files it uploaded)."""
+        try:
+            await self.client.files_delete(file=str(where.get("file_id", "")))
+        except SlackApiError as exc:
+            if why_not(exc) in GONE_FILE_ERRORS:
+                raise UserError("that image was already deleted") from None
+            raise UserError(f"Slack did not delete the image ({why_not(exc)}); try again") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise UserError(f"Slack did not delete the image ({why_not(exc)}); try again") from None
 
     def _on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""

@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from . import actions, metrics, texts
+from .actions import ImageStore
 from .config import Settings
 from .errors import ConfigError, UserError
 from .images import ImageInput, load_image
@@ -88,6 +90,7 @@ class Core:
             progress_interval=settings.progress_interval,
             partial_images=settings.partial_images,
             preview_max_share=settings.preview_max_share,
+            confirm_micros=settings.confirm_micros,
             offline_latency=settings.offline_latency if settings.offline else None,
         )
         core = cls(settings, prices, ledger, renderer, runner, offline_server)
@@ -143,6 +146,59 @@ class Core:
     ) -> JobResult | JobFailure | None:
         """Run one job for `who`, shown by `view` (bot/jobs.py JobRunner.submit)."""
         return await self.runner.submit(request, who, view)
+
+    async def act(
+        self,
+        key: str,
+        who: Requester,
+        view: JobView,
+        store: ImageStore,
+        *,
+        instruction: str = "",
+        platform_admin: bool = False,
+    ) -> None:
+        """A result button (`Button.key`) pressed by `who`: a new job of theirs (their quota, the price check),
+        or Delete (the requester or an admin). Refusals (expired, another's image) go to `view.refused`."""
+        try:
+            kind, job_id, index = actions.parse_key(key)
+            oldest = self.ledger.clock() - timedelta(days=self.settings.actions_days)
+            record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
+            if (record.who.platform, record.who.workspace) != (who.platform, who.workspace):
+                raise UserError(texts.EXPIRED_BUTTON)
+            metrics.ACTIONS.labels(who.platform, str(kind)).inc()
+            image = record.images[index - 1] if 0 < index <= len(record.images) else None
+            if kind != actions.Kind.REROLL and image is None:
+                raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
+            if kind == actions.Kind.DELETE:
+                assert image is not None
+                if record.who.user != who.user and not self.is_admin(who, platform_admin):
+                    raise UserError(texts.DELETE_REFUSED)
+                await store.delete(image["where"])
+                return
+            base = None
+            if image is not None:
+                data = await store.fetch(image["where"])
+                base = await asyncio.to_thread(load_image, f"image-{index}.{image['format']}", data)
+            request = actions.derive(kind, record, base, instruction, self.prices)
+        except UserError as exc:
+            await view.refused(str(exc))
+            return
+        await self.submit(request, who, view)
+
+    async def price_check(self, token: str, who: Requester, view: JobView, *, render: bool) -> None:
+        """Render or Cancel on a price check: Render submits the stored request (once, within 10 minutes)."""
+        now = self.ledger.clock()
+        try:
+            request = await self.ledger.run_db(
+                lambda db: actions.claim_confirmation(db, token, who, now, render)
+            )
+        except UserError as exc:
+            await view.refused(str(exc))
+            return
+        if request is None:
+            await view.refused(texts.CONFIRM_CANCELLED)
+            return
+        await self.runner.submit(request, who, view, confirmed=True)
 
     def cancel(self, job_id: str, who: Requester) -> bool:
         """`who` pressed Cancel on a job: stops its unfinished images if it is theirs (same tenant, same user)."""

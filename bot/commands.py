@@ -16,8 +16,11 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-from . import quota, report
+import sqlite_utils
+
+from . import actions, quota, report
 from .app import Core
+from .config import usd_micros
 from .errors import UserError
 from .pricing import format_usd
 from .request import Requester
@@ -194,7 +197,43 @@ async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) 
         built = await report.build(core.ledger, tenant=None if operator else tenant, days=days)
         chart = await asyncio.to_thread(report.chart_png, built)
         return Reply(built.text(), private=True, chart=chart)
+    if words[:1] == ["channel"] and len(words) >= 3:
+        scope, channel = parse_target(words[1], who)
+        if scope != "channel":
+            raise UserError(f"{words[1]!r} is not a channel; use #channel")
+        settings = [parse_channel_setting(setting) for setting in words[2:]]
+
+        def store(db: sqlite_utils.Database) -> None:
+            for name, value in settings:
+                actions.set_channel_setting(db, tenant.key, channel, name, value)
+
+        await core.ledger.run_db(store)
+        shown = [
+            f"{name}={'default' if value is None else text.partition('=')[2]}"
+            for (name, value), text in zip(settings, words[2:], strict=True)
+        ]
+        return Reply(f"Channel {channel} set: {', '.join(shown)} (in {tenant}).")
     raise UserError(
         "usage: /imagine-admin quota <@user|#channel|workspace> daily_usd=N daily_images=N "
-        "monthly_usd=N monthly_images=N  |  /imagine-admin report --all [--days N]"
+        "monthly_usd=N monthly_images=N  |  /imagine-admin channel <#channel> confirm=USD|off|default  |  "
+        "/imagine-admin report --all [--days N]"
     )
+
+
+def parse_channel_setting(text: str) -> tuple[str, str | None]:
+    """`confirm=0.10` -> ("confirm", "100000"); `confirm=off`; `confirm=default` -> ("confirm", None)."""
+    name, sep, value = text.partition("=")
+    name, value = name.strip().lower(), value.strip().lower()
+    if not sep or name != "confirm":
+        raise UserError(
+            f"{text!r} is not a channel setting; use confirm=USD (ask before renders above it), "
+            "confirm=off or confirm=default"
+        )
+    if value == "default":
+        return name, None
+    if value == "off":
+        return name, "off"
+    try:
+        return name, str(usd_micros(value))
+    except ValueError as exc:
+        raise UserError(f"confirm={value} {exc}, off or default") from None

@@ -134,6 +134,8 @@ class Settings:
     log_level: str = "INFO"
     metrics_token: Secret | None = None
     lease_seconds: float = 60.0
+    actions_days: int = 30
+    confirm_micros: int | None = 250_000  # a render estimated above this asks first; None: never asks
 
     @property
     def slack_enabled(self) -> bool:
@@ -213,6 +215,16 @@ class _Env:
                 f"{name}={text!r} must be a share from 0 to 1 (e.g. {default:g} for {default:.0%})"
             )
         return value
+
+    def confirm(self, name: str, default: str) -> int | None:
+        """A USD threshold, or `off` (never)."""
+        text = self.text(name, default) or default
+        if text.lower() == "off":
+            return None
+        try:
+            return usd_micros(text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}={text!r} {exc}, or off") from None
 
     def integer(self, name: str, default: int, *, minimum: int = 0, maximum: int = 1 << 31) -> int:
         text = self.text(name)
@@ -343,4 +355,6 @@ def _parse(env: _Env) -> Settings:
         metrics_token=env.secret("IMAGEBOT_METRICS_TOKEN"),
         # How long a process's hold on its running jobs lasts without a heartbeat (SPEC §5: at most 60 s).
         lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),
+        actions_days=env.integer("IMAGEBOT_ACTIONS_DAYS", 30, minimum=1, maximum=3650),
+        confirm_micros=env.confirm("IMAGEBOT_CONFIRM_USD", "0.25"),
     )

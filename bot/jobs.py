@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import metrics, texts
+from . import actions, metrics, texts
 from .concurrency import AcksFirst, Gate
 from .errors import ApiRejected, CannotPost, ProviderError, UserError
 from .images import preview_jpeg
@@ -40,9 +40,12 @@ class JobView(Protocol):
     """What an adapter shows for one job. The core calls it; it never touches money or job state.
 
     `previews`: the platform can show streamed partial images (each costs output tokens).
+    `confirms`: the platform can ask the requester to confirm an expensive render (buttons); where it
+    cannot (the terminal, where the user typed the command and pays directly), nothing asks.
     """
 
     previews: bool
+    confirms: bool
 
     async def open(self, first: Progress) -> dict[str, Any]:
         """Post the progress message; return where the job lives (so a restart can tell its user).
@@ -51,12 +54,19 @@ class JobView(Protocol):
 
     async def progress(self, progress: Progress) -> None: ...
 
-    async def deliver(self, result: JobResult) -> None: ...
+    async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
+        """Show the images (with `result.buttons`); return where each one now lives on the platform (what a
+        button needs to find it again), or None if they could not be posted."""
+        ...
 
     async def failed(self, failure: JobFailure) -> None: ...
 
     async def refused(self, text: str) -> None:
         """Tell only the requester why no job was started (a quota, a bad value, a channel we cannot post in)."""
+        ...
+
+    async def confirm(self, text: str, token: str) -> None:
+        """Show only the requester the price check `text`, with Render and Cancel buttons carrying `token`."""
         ...
 
 
@@ -69,6 +79,7 @@ class Job:
     requester: Requester
     reservation: Reservation
     partials: int = 0
+    previews: bool = False  # its platform shows previews (so would a click's job: what its buttons cost)
     stop_reason: str = "cancelled"  # or "interrupted" when shutdown stops it
     created: float = field(default_factory=time.monotonic)
     task: asyncio.Task[JobResult | JobFailure] | None = None
@@ -124,6 +135,7 @@ class JobRunner:
         partial_images: int = 0,
         preview_max_share: float = 0.05,
         offline_latency: float | None = None,
+        confirm_micros: int | None = None,
     ) -> None:
         self.ledger = ledger
         self.renderer = renderer
@@ -133,6 +145,7 @@ class JobRunner:
         self.partial_images = partial_images
         self.preview_max_share = preview_max_share
         self.offline_latency = offline_latency
+        self.confirm_micros = confirm_micros  # IMAGEBOT_CONFIRM_USD; a channel may set its own
         self.jobs: dict[str, Job] = {}
         self.accepting = True
         self.acks = AcksFirst()
@@ -154,6 +167,18 @@ class JobRunner:
             partials=partials,
         )
 
+    def partials(self, request: ImageRequest, previews: bool) -> int:
+        """How many previews one image streams: as many as pay for themselves, where they can be shown."""
+        if not previews:
+            return 0
+        return preview_count(
+            self.prices.model(request.model), request, self.partial_images, self.preview_max_share
+        )
+
+    def reservation(self, request: ImageRequest, previews: bool) -> int:
+        """Exactly what a job of `request` reserves: its worst case per image, times its images."""
+        return self.estimate(request, self.partials(request, previews)) * request.count
+
     async def prepare(self, request: ImageRequest, requester: Requester, *, previews: bool = False) -> Job:
         """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded).
 
@@ -163,15 +188,9 @@ class JobRunner:
         await self.acks.calm()
         if not self.accepting:
             raise UserError(texts.RESTARTING)
-        partials = (
-            preview_count(
-                self.prices.model(request.model), request, self.partial_images, self.preview_max_share
-            )
-            if previews
-            else 0
-        )
+        partials = self.partials(request, previews)
         reservation = await self.ledger.reserve(requester, request, self.estimate(request, partials))
-        job = Job(reservation.job_id, request, requester, reservation, partials)
+        job = Job(reservation.job_id, request, requester, reservation, partials, previews)
         self.jobs[job.id] = job
         log.info(
             "job reserved",
@@ -192,11 +211,24 @@ class JobRunner:
         self.jobs.pop(job.id, None)
 
     async def submit(
-        self, request: ImageRequest, requester: Requester, view: JobView
+        self, request: ImageRequest, requester: Requester, view: JobView, *, confirmed: bool = False
     ) -> JobResult | JobFailure | None:
         """The one call an adapter makes for a job: reserve, open the view's message, record where it lives,
         render, settle, deliver. Whatever goes wrong before the job starts is told to the requester alone
-        (`view.refused`) and costs nothing; None then."""
+        (`view.refused`) and costs nothing; None then. A render estimated above the confirm threshold first
+        asks its requester (`view.confirm`); nothing is reserved until they press Render (None then too)."""
+        if view.confirms and not confirmed:
+            threshold = await self.ledger.run_db(
+                lambda db: actions.confirm_threshold(db, requester, self.confirm_micros)
+            )
+            estimate = self.reservation(request, view.previews)
+            if threshold is not None and estimate > threshold:
+                now = self.ledger.clock()
+                token = await self.ledger.run_db(
+                    lambda db: actions.save_confirmation(db, requester, request, now)
+                )
+                await self._safe(view.confirm(texts.price_check(request, estimate, threshold), token))
+                return None
         try:
             job = await self.prepare(request, requester, previews=view.previews)
         except UserError as exc:
@@ -211,6 +243,11 @@ class JobRunner:
             await self._safe(view.refused(texts.cannot_post(reason)))
             return None
         self.ledger.set_context(job.id, context)
+        now = self.ledger.clock()
+        try:  # what its buttons need; a job is worth rendering even if this fails
+            await self.ledger.run_db(lambda db: actions.save_job(db, job.id, requester, request, now))
+        except Exception:
+            log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
         return await self.execute(job, view)
 
     def first_progress(self, job: Job) -> Progress:
@@ -313,6 +350,13 @@ class JobRunner:
         stopped = [e for e in errors if isinstance(e, Stopped)]
         if images:
             notes = tuple(str(e) if isinstance(e, Stopped) else texts.image_failed(str(e)) for e in errors)
+            buttons = actions.buttons(
+                job.id,
+                job.request,
+                [(i.width, i.height) for i in images],
+                self.prices,
+                lambda request: self.reservation(request, job.previews),
+            )
             result = JobResult(
                 job.id,
                 job.request,
@@ -323,6 +367,7 @@ class JobRunner:
                 elapsed,
                 await self.ledger.quota_left_text(job.requester),
                 self.offline,
+                tuple(buttons),
             )
             await self._deliver(view, result)
             return result
@@ -350,12 +395,22 @@ class JobRunner:
     async def _deliver(self, view: JobView, result: JobResult) -> None:
         """Hand the images over; if the view fails at it, the images are paid for: say so where we can."""
         try:
-            await view.deliver(result)
+            where = await view.deliver(result)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("delivery failed", extra={"job_id": result.job_id})
             await self._safe(view.refused(texts.undelivered(type(exc).__name__, texts.summary(result))))
+            return
+        if where:
+            images = [
+                {"width": i.width, "height": i.height, "format": i.format, "where": w}
+                for i, w in zip(result.images, where, strict=False)
+            ]
+            try:
+                await self.ledger.run_db(lambda db: actions.save_images(db, result.job_id, images))
+            except Exception:
+                log.exception("could not keep where the images live", extra={"job_id": result.job_id})
 
     async def _close(self, job: Job, row_id: int, settlement: Settlement) -> None:
         """Close a ledger row and count it in the metrics."""

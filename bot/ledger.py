@@ -521,6 +521,15 @@ class Ledger:
     async def seen(self, key: str) -> bool:
         return await self._run(lambda: self.seen_sync(key))
 
+    async def run_db(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` on the database thread, inside one write transaction (for the other modules' tables)."""
+
+        def inside() -> T:
+            with immediate(self.db):
+                return fn(self.db)
+
+        return await self._run(inside)
+
     async def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """A read-only query on the worker thread (reports)."""
         return await self._run(lambda: self.db.execute(sql, params or []).fetchall())

@@ -23,6 +23,12 @@ RENDER_SECONDS = Histogram(
 )
 IN_FLIGHT = Gauge("imagebot_calls_in_flight", "API calls in flight", registry=REGISTRY)
 QUEUED = Gauge("imagebot_calls_queued", "API calls waiting for a slot", registry=REGISTRY)
+ACTIONS = Counter(
+    "imagebot_actions_total",
+    "Result buttons pressed, by kind (reroll, vary, upscale, edit, delete)",
+    ["platform", "kind"],
+    registry=REGISTRY,
+)
 ATTEMPTS = Counter(
     "imagebot_api_attempts_total", "HTTP attempts to the image API by outcome", ["outcome"], registry=REGISTRY
 )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .actions import Button
 from .request import ImageRequest, Requester
 
 
@@ -67,6 +68,9 @@ class JobResult:
     elapsed: float
     quota_left: str
     offline: bool
+    buttons: tuple[
+        Button, ...
+    ] = ()  # the actions on it (Re-roll, Vary, ...), each with what a click reserves
 
 
 @dataclass(frozen=True, slots=True)

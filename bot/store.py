@@ -16,7 +16,7 @@ import sqlite_utils
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -211,7 +211,54 @@ def _v5(db: sqlite_utils.Database) -> None:
         )
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4, 5: _v5}
+def _v6(db: sqlite_utils.Database) -> None:
+    """Result actions and price checks (bot/actions.py): each job's request and where its images live (its
+    buttons' state), its input images as blobs, pending price checks, and per-channel settings."""
+    db.table("results").create(
+        {
+            "job_id": str,
+            "platform": str,
+            "workspace": str,
+            "channel": str,
+            "user": str,
+            "request": str,
+            "images": str,
+            "created_at": str,
+        },
+        pk="job_id",
+        not_null={"request", "images", "created_at"},
+    )
+    db.table("results").create_index(["created_at"])
+    db.table("blobs").create({"sha256": str, "data": bytes}, pk="sha256", not_null={"data"})
+    db.table("confirmations").create(
+        {
+            "token": str,
+            "platform": str,
+            "workspace": str,
+            "channel": str,
+            "user": str,
+            "request": str,
+            "created_at": str,
+            "state": str,
+        },
+        pk="token",
+        not_null={"request", "created_at", "state"},
+    )
+    db.table("channel_settings").create(
+        {"tenant": str, "channel": str, "name": str, "value": str},
+        pk=("tenant", "channel", "name"),
+        not_null={"value"},
+    )
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
+    1: _v1,
+    2: _v2,
+    3: _v3,
+    4: _v4,
+    5: _v5,
+    6: _v6,
+}
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:

@@ -136,6 +136,21 @@ def undelivered(why: str, summary: str) -> str:
     return f"The image was made and charged, but it could not be posted: {why}.\n{summary}"
 
 
+def price_check(request: ImageRequest, estimate_micros: int, threshold_micros: int) -> str:
+    """The private question before an expensive render: its settings and exactly what it will reserve."""
+    return (
+        f"This render may cost up to {format_usd(estimate_micros)} ({settings_line(request, False)}), above "
+        f"this channel's {format_usd(threshold_micros)} price check. Nothing is reserved or rendered until you "
+        "press Render; the question expires in 10 minutes."
+    )
+
+
+EXPIRED_BUTTON = "this button has expired or is not known here; run /imagine again"
+DELETED = "Deleted."
+DELETE_REFUSED = "Only the person who made this image (or an admin) can delete it."
+CONFIRM_CANCELLED = "Cancelled: nothing was reserved or charged."
+
+
 def interrupted(job: Interrupted) -> str:
     """A job a stopped process left unfinished, told by whichever process serves its platform."""
     money = (

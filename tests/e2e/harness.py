@@ -70,6 +70,7 @@ async def running_bot(
         "IMAGEBOT_PROGRESS_INTERVAL": "0.1",
         "IMAGEBOT_API_TIMEOUT": "5",
         "IMAGEBOT_SHUTDOWN_GRACE": "2",
+        "IMAGEBOT_CONFIRM_USD": "off",  # the price check has its own tests; elsewhere renders go straight on
     }
     base.update(env)
     settings = Settings.load(environ=base, env_file=None)

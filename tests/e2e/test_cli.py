@@ -326,3 +326,15 @@ def test_report_of_one_tenant_and_of_all(two_tenants: tuple[Path, dict[str, str]
     [(all_total,)] = ledger(db, "SELECT sum(actual_micros) FROM ledger")
     assert f"3 images, {format_usd(all_total)} spent" in everything.stdout, everything.stdout
     assert "all tenants" in everything.stdout and "cli:lab:u1" in everything.stdout
+
+
+def test_settings_sets_a_channels_price_check_and_refuses_nonsense(tmp_path: Path) -> None:
+    db = tmp_path / "bot.sqlite3"
+    env = environment(db)
+    done = imagebot(["settings", "--tenant", "slack:T1", "--channel", "C1", "confirm=0.10"], env, tmp_path)
+    assert done.code == 0 and "confirm=0.10" in done.stdout
+    bad = imagebot(["settings", "--tenant", "slack:T1", "--channel", "C1", "confirm=lots"], env, tmp_path)
+    assert bad.code == 2 and "not a USD amount" in bad.stderr and "off or default" in bad.stderr
+    assert [tuple(r) for r in ledger(db, "SELECT tenant, channel, name, value FROM channel_settings")] == [
+        ("slack:T1", "C1", "confirm", "100000")
+    ]

@@ -107,7 +107,14 @@ async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response
     edits = original_edits(fake, ix)
     assert edits[0].at - callback.at < 2 and "Rendering" in content(edits[0])
     assert edits[0].json["components"][0]["components"][0]["custom_id"].startswith("imagebot:cancel:")
-    assert edits[-1] is final and final.json["components"] == []
+    assert edits[-1] is final and not cancel_buttons(final)  # the progress is over
+    assert [c["label"].split(" · ")[0] for c in buttons(final)] == [
+        "Re-roll",
+        "Vary",
+        "Upscale",
+        "Edit",
+        "Delete",
+    ]
     image = decoded(final)
     assert image.size == (1536, 1024) and image.format == "JPEG"
     assert "1536x1024 low jpeg" in content(final) and "a lighthouse at dawn" in content(final)
@@ -385,3 +392,12 @@ async def test_interrupted_job_is_told_in_the_channel(discord: Any) -> None:
     assert "interrupted" in content(told) and "nothing was charged" in content(told)
     assert str(told.json["message_reference"]["message_id"]) == anchor["id"]
     assert told.json["allowed_mentions"]["parse"] == []
+
+
+def buttons(call: Any) -> list[dict[str, Any]]:
+    """The buttons on a message as sent (every row)."""
+    return [c for row in call.json.get("components") or [] for c in row.get("components", [])]
+
+
+def cancel_buttons(call: Any) -> list[dict[str, Any]]:
+    return [c for c in buttons(call) if str(c.get("custom_id", "")).startswith("imagebot:cancel:")]

@@ -10,8 +10,11 @@ Shapes follow discord.py 2.7 parsing and the Discord API documentation; the
 behaviours a bot has to cope with are reproduced: 3 s acknowledgement window,
 interaction tokens that expire (401 / 50027), the guild upload limit
 (413 / 40005), signed attachment URLs, the message-content intent, the
-first follow-up after a "thinking" defer replacing the loading message, and
-a network that fails (a dropped connection, a call never answered, a late answer).
+first follow-up after a "thinking" defer replacing the loading message,
+Discord's limits on message components (5 action rows of at most 5 buttons,
+custom ids of 1-100 characters, unique in a message; labels of at most 80),
+buttons that can only be pressed on a message that exists and carries them,
+and a network that fails (a dropped connection, a call never answered, a late answer).
 """
 
 from __future__ import annotations
@@ -51,6 +54,14 @@ UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
 FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
 INTENT_MESSAGE_CONTENT = 1 << 15
+MANAGE_MESSAGES = 1 << 13
+ADMINISTRATOR_BIT = 1 << 3
+
+# Message component limits (legacy action-row layout).
+MAX_ACTION_ROWS = 5
+MAX_ROW_COMPONENTS = 5
+MAX_CUSTOM_ID = 100
+MAX_BUTTON_LABEL = 80
 
 # What the bot may do in the channel (VIEW_CHANNEL, SEND_MESSAGES, EMBED_LINKS,
 # ATTACH_FILES, READ_MESSAGE_HISTORY, ADD_REACTIONS, USE_EXTERNAL_EMOJIS,
@@ -426,6 +437,28 @@ class FakeDiscord:
                     return m
         return None
 
+    @staticmethod
+    def buttons(message: dict) -> list[dict]:
+        """The buttons on a message (its action rows flattened, in order)."""
+        return [
+            c
+            for row in message.get("components") or []
+            for c in row.get("components") or []
+            if c.get("type") == 2
+        ]
+
+    async def press_button(self, message: dict, label: str, **spec: Any) -> dict:
+        """Press the first button on ``message`` whose label starts with ``label`` (a type 3 interaction;
+        keyword arguments as for :meth:`_build_interaction`, e.g. ``user_id``); return the interaction."""
+        stored = self.message(int(message["id"])) or message
+        found = [b for b in self.buttons(stored) if str(b.get("label") or "").startswith(label)]
+        if not found:
+            labels = [b.get("label") for b in self.buttons(stored)]
+            raise AssertionError(f"no button labelled {label!r} on message {message['id']}: {labels}")
+        return await self.send_interaction(
+            type=3, custom_id=found[0]["custom_id"], component_type=2, target_message=stored, **spec
+        )
+
     def expire_interaction_tokens(self) -> None:
         """From now on, webhook and callback endpoints of existing tokens answer 401 / 50027."""
         for ix in self._interactions.values():
@@ -578,7 +611,21 @@ class FakeDiscord:
         elif type == 3:
             if target_message is None or custom_id is None:
                 raise ValueError("a component interaction needs target_message and custom_id")
-            message = target_message
+            # Discord sends the message as it is now; a deleted message, or a button it no longer carries,
+            # cannot be pressed.
+            stored = self.message(int(target_message["id"]))
+            if stored is None:
+                raise ValueError(
+                    f"message {target_message['id']} does not exist (deleted?): nothing to press"
+                )
+            on_it = [
+                c.get("custom_id")
+                for row in stored.get("components") or []
+                for c in row.get("components") or []
+            ]
+            if custom_id not in on_it:
+                raise ValueError(f"message {target_message['id']} carries no component {custom_id!r}")
+            message = stored
             data = {"custom_id": custom_id, "component_type": component_type or 2}
             if values is not None:
                 data["values"] = values
@@ -867,6 +914,11 @@ class FakeDiscord:
                 **(
                     {"name": interaction.name, "command_type": interaction.command_type}
                     if interaction.command_type
+                    else {}
+                ),
+                **(
+                    {"interacted_message_id": str(interaction.message_id)}
+                    if interaction.type == 3 and interaction.message_id is not None
                     else {}
                 ),
             }
@@ -1220,7 +1272,61 @@ class FakeDiscord:
         if sum(len(f[2]) for f in files) > self.upload_limit:
             raise _ApiError(413, "Request entity too large", 40005)
 
+    @staticmethod
+    def _check_components(components: Any) -> None:
+        """Discord's limits on message components: 400 / 50035 (Invalid Form Body) naming the field."""
+        errors: dict[str, Any] = {}
+
+        def bad(path: list[str], code: str, message: str) -> None:
+            node = errors
+            for part in path:
+                node = node.setdefault(part, {})
+            node["_errors"] = [{"code": code, "message": message}]
+
+        rows = components or []
+        if len(rows) > MAX_ACTION_ROWS:
+            bad(["components"], "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_ACTION_ROWS} or fewer in length.")
+        seen: set[str] = set()
+        for r, row in enumerate(rows):
+            if row.get("type") != 1:
+                continue  # components v2 are not modelled
+            inner = row.get("components") or []
+            if not 1 <= len(inner) <= MAX_ROW_COMPONENTS:
+                bad(
+                    ["components", str(r), "components"],
+                    "BASE_TYPE_BAD_LENGTH",
+                    f"Must be between 1 and {MAX_ROW_COMPONENTS} in length.",
+                )
+            for c, item in enumerate(inner):
+                where = ["components", str(r), "components", str(c)]
+                custom_id = item.get("custom_id")
+                if item.get("type") == 2 and item.get("style") != 5 and not custom_id:
+                    bad([*where, "custom_id"], "BASE_TYPE_REQUIRED", "This field is required")
+                if custom_id is not None:
+                    if not 1 <= len(str(custom_id)) <= MAX_CUSTOM_ID:
+                        bad(
+                            [*where, "custom_id"],
+                            "BASE_TYPE_BAD_LENGTH",
+                            f"Must be between 1 and {MAX_CUSTOM_ID} in length.",
+                        )
+                    if custom_id in seen:
+                        bad(
+                            [*where, "custom_id"],
+                            "COMPONENT_CUSTOM_ID_DUPLICATED",
+                            "Component custom id cannot be duplicated",
+                        )
+                    seen.add(str(custom_id))
+                if len(str(item.get("label") or "")) > MAX_BUTTON_LABEL:
+                    bad(
+                        [*where, "label"],
+                        "BASE_TYPE_MAX_LENGTH",
+                        f"Must be {MAX_BUTTON_LABEL} or fewer in length.",
+                    )
+        if errors:
+            raise _ApiError(400, "Invalid Form Body", 50035, errors=errors)
+
     def _check_new_message(self, body: dict, files: list) -> None:
+        self._check_components(body.get("components"))
         content = body.get("content") or ""
         if len(content) > 2000:
             raise _ApiError(
@@ -1276,6 +1382,8 @@ class FakeDiscord:
         return result
 
     def _apply_edit(self, msg: dict, body: dict, files: list[tuple[str, str, bytes]]) -> None:
+        if "components" in body:
+            self._check_components(body["components"])
         channel_id = int(msg["channel_id"])
         for key in ("content", "embeds", "components"):
             if key in body:
@@ -1347,6 +1455,15 @@ class FakeDiscord:
             interaction=interaction,
             message_id=message_id,
         )
+
+    async def _remove_message(self, msg: dict) -> None:
+        """Delete a stored message and tell the gateway (MESSAGE_DELETE), as Discord does for visible ones."""
+        self.messages[int(msg["channel_id"])].remove(msg)
+        if not msg["flags"] & FLAG_EPHEMERAL:
+            await self._dispatch(
+                "MESSAGE_DELETE",
+                {"id": msg["id"], "channel_id": msg["channel_id"], "guild_id": str(self.guild_id)},
+            )
 
     # ----------------------------------------------------------------- interaction tokens
 
@@ -1588,7 +1705,7 @@ class FakeDiscord:
         ) -> Any:
             ix = self._interaction_for_token(m.group(2), m.group(1))
             msg = self._interaction_message(ix, m.group(3))
-            self.messages[int(msg["channel_id"])].remove(msg)
+            await self._remove_message(msg)
             return None
 
         @route("POST", rf"/webhooks/{snow}/([^/]+)", auth=False)
@@ -1672,7 +1789,13 @@ class FakeDiscord:
         async def delete_message(request: web.Request, m: re.Match[str], body: Any, files: list) -> Any:
             cid = channel(m.group(1))
             msg = self._find_message(cid, int(m.group(2)))
-            self.messages[cid].remove(msg)
+            if msg["flags"] & FLAG_EPHEMERAL:  # only its interaction's token can reach an ephemeral message
+                raise _unknown("Message", 10008)
+            if msg["author"]["id"] != str(self.bot_user_id) and not int(self.app_permissions) & (
+                MANAGE_MESSAGES | ADMINISTRATOR_BIT
+            ):
+                raise _ApiError(403, "Missing Permissions", 50013)
+            await self._remove_message(msg)
             return None
 
         @route("POST", rf"/channels/{snow}/typing")

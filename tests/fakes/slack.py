@@ -5,8 +5,9 @@ work against it unchanged when pointed at ``base_url=fake.api_url``. It plays bo
 
 * the **Web API** (``/api/<method>``), the upload host, the private file host, response URLs
   and the Socket Mode websocket, recording every call in ``calls``;
-* **Slack's outgoing requests**: signed slash commands, events and block actions sent to the
-  bot's ``/slack/events`` endpoint, and Socket Mode envelopes over the websocket.
+* **Slack's outgoing requests**: signed slash commands, events, block actions (``press`` clicks a
+  button of a posted or ephemeral message by its label) and modal submissions sent to the bot's
+  ``/slack/events`` endpoint, and Socket Mode envelopes over the websocket.
 
 Wire formats mirror what slack_sdk 3.48 / slack_bolt 1.30 send and expect (see the notes on each
 handler); where Slack's behaviour is surprising, the fake copies the surprise.
@@ -20,6 +21,7 @@ import hmac
 import itertools
 import json
 import mimetypes
+import re
 import secrets
 import struct
 import time
@@ -168,11 +170,18 @@ class FakeSlack:
         # method -> how its next call(s) fail: {"error": ..., "status": ..., "retry_after": ..., "times": N},
         # or {"drop": True}: close the connection without an answer (the client sees a broken connection).
         self.fail_next: dict[str, dict[str, Any]] = {}
-        # Web API methods answered only once every request the fake sent to the bot (a command, an event, a
-        # click) has been answered: a bot that calls one of them before its ack is seen waiting (ordering tests).
+        # Web API methods (and "response_url") answered only once every request the fake sent to the bot (a
+        # command, an event, a click, a form) has been answered: a bot that calls one of them before its ack is
+        # seen waiting (ordering tests).
         self.hold_until_answered: set[str] = set()
         self.hold_timeout: float = 5.0
         self.files: dict[str, dict[str, Any]] = {}
+        self.deleted_files: list[UploadedFile] = []  # bot uploads removed with files.delete, in order
+        # Modals opened with views.open: view id -> {"view": the view object, "user": who it opened for,
+        # "closed": whether a submission closed it}.
+        self.views: dict[str, dict[str, Any]] = {}
+        # A trigger_id is good for one views.open within this many seconds of the interaction (Slack: 3).
+        self.trigger_ttl: float = 3.0
         self.channel_names: dict[str, str] = {}
         self.socket_acks: list[dict[str, Any]] = []
         # Slack shares a completed upload into the channel asynchronously; > 0 reproduces the lag.
@@ -187,6 +196,8 @@ class FakeSlack:
         self._upload_keys: dict[str, str] = {}
         self._response_urls: dict[str, dict[str, Any]] = {}
         self._tickets: set[str] = set()
+        self._triggers: dict[str, dict[str, Any]] = {}  # trigger_id -> {"at", "user", "used"}
+        self._gone: set[str] = set()  # ids of deleted files (files.info then answers file_deleted)
         self._sockets: list[web.WebSocketResponse] = []
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._ids = itertools.count(1)
@@ -765,10 +776,102 @@ class FakeSlack:
                 up.message_ts = msg["ts"]
 
     def _m_files_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        obj = self.files.get(args.get("file") or "")
+        file_id = args.get("file") or ""
+        if file_id in self._gone:
+            raise _ApiError("file_deleted")
+        obj = self.files.get(file_id)
         if obj is None:
             raise _ApiError("file_not_found")
         return {"file": dict(obj), "comments": [], "response_metadata": {"next_cursor": ""}}
+
+    def _m_files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A bot token may delete the files its bot uploaded; the file's messages keep a tombstone."""
+        file_id = args.get("file") or ""
+        if file_id in self._gone:
+            raise _ApiError("file_deleted")
+        obj = self.files.get(file_id)
+        if obj is None:
+            raise _ApiError("file_not_found")
+        if obj.get("user") != self.bot_user_id:
+            raise _ApiError("cant_delete_file")
+        del self.files[file_id]
+        self._file_bytes.pop(file_id, None)
+        self._gone.add(file_id)
+        self.deleted_files += [u for u in self.uploaded if u.id == file_id]
+        self.uploaded = [u for u in self.uploaded if u.id != file_id]
+        for msgs in self.messages.values():
+            for msg in msgs:
+                if any(f.get("id") == file_id for f in msg.get("files") or []):
+                    msg["files"] = [
+                        {"id": file_id, "mode": "tombstone"} if f.get("id") == file_id else f
+                        for f in msg["files"]
+                    ]
+        return {}
+
+    def _m_views_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Open a modal for the user whose interaction gave `trigger_id` (once, within `trigger_ttl` s)."""
+        trigger_id = args.get("trigger_id") or ""
+        trigger = self._triggers.get(trigger_id)
+        if trigger is None:
+            raise _ApiError("invalid_trigger_id")
+        if trigger["used"]:
+            raise _ApiError("exchanged_trigger_id")
+        if time.monotonic() - trigger["at"] > self.trigger_ttl:
+            raise _ApiError("expired_trigger_id")
+        view = _jsonish(args.get("view"))
+        problems = self._view_problems(view)
+        if problems:
+            raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
+        trigger["used"] = True
+        view_id = self._new_id("V")
+        blocks = [dict(b) for b in view.get("blocks") or []]
+        for block in blocks:
+            block.setdefault("block_id", secrets.token_hex(3))
+        obj: dict[str, Any] = {
+            "id": view_id,
+            "team_id": self.team_id,
+            "type": view["type"],
+            "title": view["title"],
+            "submit": view.get("submit"),
+            "close": view.get("close"),
+            "blocks": blocks,
+            "private_metadata": view.get("private_metadata") or "",
+            "callback_id": view.get("callback_id") or "",
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{secrets.token_hex(4)}",
+            "clear_on_close": bool(view.get("clear_on_close")),
+            "notify_on_close": bool(view.get("notify_on_close")),
+            "root_view_id": view_id,
+            "previous_view_id": None,
+            "app_id": self.app_id,
+            "external_id": view.get("external_id") or "",
+            "app_installed_team_id": self.team_id,
+            "bot_id": self.bot_id,
+        }
+        self.views[view_id] = {"view": obj, "user": trigger["user"], "closed": False}
+        return {"view": dict(obj)}
+
+    @staticmethod
+    def _view_problems(view: Any) -> list[str]:
+        """What Slack would reject in a modal (a few of its rules)."""
+        if not isinstance(view, dict):
+            return ["[ERROR] view must be a JSON object"]
+        problems = []
+        if view.get("type") != "modal":
+            problems.append("[ERROR] must be a modal [json-pointer:/view/type]")
+        title = (view.get("title") or {}).get("text") or ""
+        if not title or len(title) > 24:
+            problems.append("[ERROR] title must be 1-24 characters [json-pointer:/view/title/text]")
+        if len(view.get("private_metadata") or "") > 3000:
+            problems.append(
+                "[ERROR] private_metadata over 3000 characters [json-pointer:/view/private_metadata]"
+            )
+        blocks = view.get("blocks")
+        if not isinstance(blocks, list) or not 1 <= len(blocks) <= 100:
+            problems.append("[ERROR] a modal has 1-100 blocks [json-pointer:/view/blocks]")
+        elif any(b.get("type") == "input" for b in blocks) and not view.get("submit"):
+            problems.append("[ERROR] a modal with inputs needs submit [json-pointer:/view/submit]")
+        return problems
 
     def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         msg = self._find(args.get("channel") or "", args.get("timestamp") or "")
@@ -817,6 +920,8 @@ class FakeSlack:
         "files.getUploadURLExternal": _m_files_get_upload_url_external,
         "files.completeUploadExternal": _m_files_complete_upload_external,
         "files.info": _m_files_info,
+        "files.delete": _m_files_delete,
+        "views.open": _m_views_open,
         "reactions.add": _m_reactions_add,
         "reactions.remove": _m_reactions_remove,
         "apps.connections.open": _m_apps_connections_open,
@@ -919,6 +1024,13 @@ class FakeSlack:
         }
         return f"{self.host_url}/{kind}/{self.team_id}/{n}/{key}"
 
+    def ephemeral(self, message_ts: str, user: str | None = None) -> dict[str, Any] | None:
+        """The ephemeral message with this ts (shown to `user`, if given), as it is now."""
+        for eph in self.ephemerals:
+            if eph.get("message_ts") == message_ts and (user is None or eph["user"] == user):
+                return eph
+        return None
+
     async def _handle_response_url(self, request: web.Request) -> web.Response:
         at = time.monotonic()
         headers = _headers(request)
@@ -931,6 +1043,7 @@ class FakeSlack:
         args = dict(body) if isinstance(body, dict) else {"body": body}
         url = str(request.url)
         info = self._response_urls.get(request.match_info["key"])
+        held = await self._hold("response_url")
         fail = self._take_failure("response_url")
         if fail is not None:
             resp = self._failure_response(fail)
@@ -947,11 +1060,27 @@ class FakeSlack:
         self.response_posts.append({"url": url, **args})
         text = args.get("text") or ""
         blocks = _jsonish(args.get("blocks"))
-        if _truthy(args.get("delete_original")) and channel and message_ts:
+        # A click on an ephemeral message: its response_url is the only way to change or remove it. Only the
+        # user who sees an ephemeral can click it; a replace_original whose message this URL's user cannot see
+        # (a forged click on someone else's) falls through to a new ephemeral for that user.
+        eph = self.ephemeral(message_ts, info["user"]) if message_ts else None
+        original = _truthy(args.get("delete_original")) or _truthy(args.get("replace_original"))
+        if original and eph is not None:
+            if _truthy(args.get("delete_original")):
+                eph["deleted"] = True
+            else:
+                eph.setdefault("previous", []).append(eph["text"])
+                eph["text"], eph["blocks"] = text, blocks
+        elif _truthy(args.get("delete_original")) and channel and message_ts:
             msg = self._find(channel, message_ts)
             if msg is not None:
                 self.messages[channel].remove(msg)
-        elif _truthy(args.get("replace_original")) and channel and message_ts:
+        elif (
+            _truthy(args.get("replace_original"))
+            and channel
+            and message_ts
+            and self._find(channel, message_ts)
+        ):
             msg = self._find(channel, message_ts)
             if msg is not None:
                 msg["text"] = text
@@ -971,15 +1100,19 @@ class FakeSlack:
                     "blocks": blocks,
                     "thread_ts": args.get("thread_ts"),
                     "response_url": url,
+                    "message_ts": self._next_ts(),
                 }
             )
-        self._record("response_url", args, headers, at, 200)
+        self._record("response_url", args, headers, at, 200).held = held
         return web.json_response({"ok": True})
 
     # ------------------------------------------------------------------ payloads Slack sends
 
-    def _trigger_id(self) -> str:
-        return f"{next(self._ids)}.{int(time.time())}.{secrets.token_hex(16)}"
+    def _trigger_id(self, user_id: str = "") -> str:
+        """A fresh trigger_id for one interaction of `user_id` (views.open exchanges it, once)."""
+        trigger_id = f"{next(self._ids)}.{int(time.time())}.{secrets.token_hex(16)}"
+        self._triggers[trigger_id] = {"at": time.monotonic(), "user": user_id, "used": False}
+        return trigger_id
 
     def slash_command_payload(
         self, *, command: str = "/imagine", text: str = "", user_id: str = "U1", channel_id: str = "C1"
@@ -998,7 +1131,7 @@ class FakeSlack:
             "api_app_id": self.app_id,
             "is_enterprise_install": "false",
             "response_url": self.response_url(channel_id=channel_id, user_id=user_id),
-            "trigger_id": self._trigger_id(),
+            "trigger_id": self._trigger_id(user_id),
         }
 
     def event_envelope(self, event: dict[str, Any], *, event_id: str | None = None) -> dict[str, Any]:
@@ -1029,8 +1162,12 @@ class FakeSlack:
     def block_action_payload(
         self, *, action_id: str, value: str, user_id: str = "U1", channel_id: str = "C1", message_ts: str
     ) -> dict[str, Any]:
-        """A block_actions payload for a button click on a stored message (or a stub if unknown)."""
+        """A block_actions payload for a button click on a stored message (or a stub if unknown).
+
+        On an ephemeral message (one in `ephemerals` with that ts) the payload has no `message`, its
+        container says `is_ephemeral`, and its response_url is the one way to replace or delete it."""
         msg = self._find(channel_id, message_ts)
+        eph = None if msg is not None else self.ephemeral(message_ts)
         message: dict[str, Any] = (
             dict(msg)
             if msg is not None
@@ -1038,8 +1175,9 @@ class FakeSlack:
                 "type": "message",
                 "user": self.bot_user_id,
                 "bot_id": self.bot_id,
-                "text": "",
+                "text": eph["text"] if eph is not None else "",
                 "ts": message_ts,
+                **({"blocks": eph["blocks"]} if eph is not None and eph.get("blocks") else {}),
             }
         )
         block_id: str = "actions"
@@ -1050,18 +1188,22 @@ class FakeSlack:
                     block_id = block.get("block_id", block_id)
                     button_text = el.get("text", button_text)
         user_name = f"user{user_id.lower()}"
-        return {
+        container: dict[str, Any] = {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel_id,
+            "is_ephemeral": eph is not None,
+        }
+        thread_ts = (eph or {}).get("thread_ts") or message.get("thread_ts")
+        if thread_ts:
+            container["thread_ts"] = thread_ts
+        payload: dict[str, Any] = {
             "type": "block_actions",
             "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": self.team_id},
             "api_app_id": self.app_id,
             "token": self.verification_token,
-            "container": {
-                "type": "message",
-                "message_ts": message_ts,
-                "channel_id": channel_id,
-                "is_ephemeral": False,
-            },
-            "trigger_id": self._trigger_id(),
+            "container": container,
+            "trigger_id": self._trigger_id(user_id),
             "team": {"id": self.team_id, "domain": self.team_domain},
             "enterprise": None,
             "is_enterprise_install": False,
@@ -1082,6 +1224,92 @@ class FakeSlack:
                 }
             ],
         }
+        if eph is not None:
+            del payload["message"]
+        return payload
+
+    @staticmethod
+    def buttons(blocks: Any) -> list[dict[str, Any]]:
+        """Every button element in `blocks` (actions blocks and section accessories), in order."""
+        found = []
+        for block in blocks or []:
+            for el in block.get("elements", []) + ([block["accessory"]] if "accessory" in block else []):
+                if isinstance(el, dict) and el.get("type") == "button":
+                    found.append(el)
+        return found
+
+    def button(self, label: str, *, message_ts: str, channel_id: str = "C1") -> dict[str, Any]:
+        """The button labelled `label` (exactly, or followed by " · <price>") on a message or an ephemeral."""
+        msg = self._find(channel_id, message_ts) or self.ephemeral(message_ts)
+        if msg is None:
+            raise LookupError(f"no message {message_ts} in {channel_id}")
+        pattern = re.compile(rf"^{re.escape(label)}(?: ·|$)")
+        for el in self.buttons(msg.get("blocks")):
+            if pattern.match(el["text"]["text"]):
+                return el
+        labels = [el["text"]["text"] for el in self.buttons(msg.get("blocks"))]
+        raise LookupError(f"no button {label!r} on {message_ts}: {labels}")
+
+    async def press(
+        self, events_url: str, label: str, *, message_ts: str, user_id: str = "U1", channel_id: str = "C1"
+    ) -> tuple[int, str]:
+        """Click the button labelled `label` on a message (or an ephemeral) as `user_id`, as Slack would."""
+        el = self.button(label, message_ts=message_ts, channel_id=channel_id)
+        return await self.send_block_action(
+            events_url,
+            action_id=el["action_id"],
+            value=el.get("value", ""),
+            user_id=user_id,
+            channel_id=channel_id,
+            message_ts=message_ts,
+        )
+
+    def view_submission_payload(
+        self, view_id: str, values: dict[str, str], *, user_id: str | None = None
+    ) -> dict[str, Any]:
+        """A view_submission for an opened modal: `values` maps an input's action_id to what was typed.
+        Like Slack's client, refuses to submit a required input left empty or one over its max_length."""
+        opened = self.views[view_id]
+        user_id = user_id or opened["user"]
+        view = json.loads(json.dumps(opened["view"]))
+        state: dict[str, dict[str, Any]] = {}
+        for block in view["blocks"]:
+            if block.get("type") != "input":
+                continue
+            element = block["element"]
+            typed = values.get(element["action_id"])
+            if not typed and not block.get("optional"):
+                raise ValueError(f"Slack would not submit: {element['action_id']} is required")
+            if typed and len(typed) > int(element.get("max_length") or 3000):
+                raise ValueError(f"Slack would not submit: {element['action_id']} is too long")
+            state[block["block_id"]] = {
+                element["action_id"]: {"type": element["type"], "value": typed or None}
+            }
+        view["state"] = {"values": state}
+        user_name = f"user{user_id.lower()}"
+        return {
+            "type": "view_submission",
+            "team": {"id": self.team_id, "domain": self.team_domain},
+            "user": {"id": user_id, "username": user_name, "name": user_name, "team_id": self.team_id},
+            "api_app_id": self.app_id,
+            "token": self.verification_token,
+            "trigger_id": self._trigger_id(user_id),
+            "view": view,
+            "response_urls": [],
+            "is_enterprise_install": False,
+            "enterprise": None,
+        }
+
+    async def send_view_submission(
+        self, events_url: str, view_id: str, values: dict[str, str], *, user_id: str | None = None
+    ) -> tuple[int, str]:
+        """POST a signed view_submission (form-encoded `payload=` JSON, like Slack); an empty 200 closes it."""
+        payload = self.view_submission_payload(view_id, values, user_id=user_id)
+        body = urllib.parse.urlencode({"payload": json.dumps(payload)}).encode()
+        status, text, _ = await self._post_to_bot(events_url, body, "application/x-www-form-urlencoded")
+        if status == 200 and not text.strip():
+            self.views[view_id]["closed"] = True
+        return status, text
 
     def message_event(
         self,

@@ -369,3 +369,100 @@ async def test_faults_drop_hang_and_delay_calls(make_harness) -> None:
     assert [m["content"] for m in fake.messages[fake.channel_id]] == ["not this one", "late"]
     await channel.send("fine again")
     assert fake.calls_matching("POST", messages)[-1].status == 200
+
+
+async def test_component_limits_are_discords(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    fake = h.fake
+
+    def row(*ids: str, label: str = "b") -> dict:
+        return {
+            "type": 1,
+            "components": [{"type": 2, "style": 2, "label": label, "custom_id": i} for i in ids],
+        }
+
+    route = discord.http.Route("POST", "/channels/{channel_id}/messages", channel_id=fake.channel_id)
+    bad = {
+        "six rows": [row(f"r{n}") for n in range(6)],
+        "six in a row": [row(*(f"b{n}" for n in range(6)))],
+        "long custom id": [row("x" * 101)],
+        "duplicated": [row("same", "same")],
+        "long label": [row("ok", label="y" * 81)],
+    }
+    for name, components in bad.items():
+        with pytest.raises(discord.HTTPException) as caught:
+            await h.client.http.request(route, json={"content": name, "components": components})
+        assert (caught.value.status, caught.value.code) == (400, 50035), name
+    # At the limits: 5 rows of 5 buttons, custom ids of 100 characters.
+    full = [row(*(f"{r}{b}".ljust(100, "x") for b in range(5))) for r in range(5)]
+    sent = await h.client.http.request(route, json={"content": "full", "components": full})
+    assert len(FakeDiscord.buttons(fake.message(int(sent["id"])) or {})) == 25
+    # ... and an edit is held to the same rules.
+    edit = discord.http.Route(
+        "PATCH",
+        "/channels/{channel_id}/messages/{message_id}",
+        channel_id=fake.channel_id,
+        message_id=sent["id"],
+    )
+    with pytest.raises(discord.HTTPException) as caught:
+        await h.client.http.request(edit, json={"components": [row(f"r{n}") for n in range(6)]})
+    assert caught.value.code == 50035 and len(FakeDiscord.buttons(fake.message(int(sent["id"])) or {})) == 25
+
+
+async def test_buttons_are_pressed_on_messages_that_carry_them_and_deletes_are_discords(make_harness) -> None:
+    h = await make_harness()
+    pressed: asyncio.Queue[tuple[str, int | None]] = asyncio.Queue()
+    deleted: asyncio.Queue[int] = asyncio.Queue()
+
+    class Persistent(discord.ui.DynamicItem[discord.ui.Button], template=r"keep:(?P<n>\d+)"):  # type: ignore[type-arg]
+        def __init__(self, n: int) -> None:
+            super().__init__(discord.ui.Button(label=f"Keep {n}", custom_id=f"keep:{n}"))
+            self.n = n
+
+        @classmethod
+        async def from_custom_id(cls, interaction, item, match, /):  # type: ignore[no-untyped-def]
+            return cls(int(match["n"]))
+
+        async def callback(self, interaction: discord.Interaction) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            await interaction.followup.send(f"kept {self.n}", ephemeral=True)
+            await pressed.put((f"keep {self.n}", interaction.message.id if interaction.message else None))
+
+    h.client.add_dynamic_items(Persistent)
+
+    @h.client.event
+    async def on_raw_message_delete(payload: discord.RawMessageDeleteEvent) -> None:
+        await deleted.put(payload.message_id)
+
+    await h.connect()
+    fake, client = h.fake, h.client
+    channel = client.get_channel(fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    view = discord.ui.View(timeout=None)
+    view.add_item(Persistent(7))
+    sent = await channel.send("with a button", view=view)
+    message = fake.message(sent.id)
+    assert message is not None and [b["label"] for b in fake.buttons(message)] == ["Keep 7"]
+
+    ix = await fake.press_button(message, "Keep")
+    assert await asyncio.wait_for(pressed.get(), 5) == ("keep 7", sent.id)
+    reply = fake.messages[fake.channel_id][-1]
+    assert reply["content"] == "kept 7" and reply["flags"] & 64
+    assert reply["interaction_metadata"]["interacted_message_id"] == str(sent.id)
+    with pytest.raises(ValueError, match="no component"):
+        await fake.send_interaction(type=3, custom_id="keep:8", component_type=2, target_message=message)
+    with pytest.raises(AssertionError, match="no button labelled"):
+        await fake.press_button(message, "Nope")
+
+    # Ephemeral messages are out of reach of the channel endpoints; others' messages need Manage Messages.
+    with pytest.raises(discord.NotFound):
+        await channel.get_partial_message(int(reply["id"])).delete()
+    theirs = await fake.send_message(content="a member's message")
+    with pytest.raises(discord.Forbidden):
+        await channel.get_partial_message(int(theirs["id"])).delete()
+    await sent.delete()
+    assert await asyncio.wait_for(deleted.get(), 5) == sent.id and fake.message(sent.id) is None
+    with pytest.raises(ValueError, match="does not exist"):
+        await fake.send_interaction(type=3, custom_id="keep:7", component_type=2, target_message=message)
+    assert ix["type"] == 3

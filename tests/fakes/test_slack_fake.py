@@ -389,3 +389,152 @@ async def test_hold_until_answered_shows_work_done_before_the_ack(fake: FakeSlac
     finally:
         await asyncio.gather(*tasks)
         await runner.cleanup()
+
+
+# ---------------------------------------------------------------- buttons, modals, ephemerals, deletes
+
+
+async def test_press_a_labelled_button_open_a_modal_and_submit_it(fake: FakeSlack) -> None:
+    """bolt's app.action / app.view against the fake: a click's trigger_id opens one modal (once, within
+    trigger_ttl), and the view_submission carries what was typed under the input's block and action ids."""
+    app = AsyncApp(
+        signing_secret=fake.signing_secret,
+        process_before_response=True,
+        client=AsyncWebClient(token=fake.bot_token, base_url=fake.api_url),
+    )
+    opened: list[dict[str, Any]] = []
+    errors: list[str] = []
+    submitted: list[dict[str, Any]] = []
+    form = {
+        "type": "modal",
+        "callback_id": "edit",
+        "title": {"type": "plain_text", "text": "Edit 2"},
+        "submit": {"type": "plain_text", "text": "Render"},
+        "private_metadata": '{"key": "edit:abc:2"}',
+        "blocks": [
+            {
+                "type": "input",
+                "block_id": "instruction",
+                "label": {"type": "plain_text", "text": "What should change?"},
+                "element": {"type": "plain_text_input", "action_id": "text", "multiline": True},
+            }
+        ],
+    }
+
+    @app.action("open")
+    async def open_form(ack: Any, body: dict[str, Any], client: AsyncWebClient) -> None:
+        await ack()
+        opened.append((await client.views_open(trigger_id=body["trigger_id"], view=form))["view"])
+        try:  # a trigger is exchanged once
+            await client.views_open(trigger_id=body["trigger_id"], view=form)
+        except SlackApiError as exc:
+            errors.append(exc.response["error"])
+
+    @app.view("edit")
+    async def edit(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+        await ack()
+        submitted.append(body)
+
+    button = {
+        "type": "button",
+        "action_id": "open",
+        "value": "edit:abc:2",
+        "text": {"type": "plain_text", "text": "Edit 2"},
+    }
+    other = {
+        "type": "button",
+        "action_id": "vary",
+        "value": "v",
+        "text": {"type": "plain_text", "text": "Vary · $0.05"},
+    }
+    client = AsyncWebClient(token=fake.bot_token, base_url=fake.api_url)
+    posted = await client.chat_postMessage(
+        channel="C1", text="done", blocks=[{"type": "actions", "elements": [other, button]}]
+    )
+    assert fake.button("Vary", message_ts=posted["ts"])["action_id"] == "vary"
+    with pytest.raises(LookupError):
+        fake.button("Upscale", message_ts=posted["ts"])
+    runner, url = await _serve(app)
+    try:
+        status, _ = await fake.press(url, "Edit 2", message_ts=posted["ts"], user_id="U2")
+        assert status == 200 and errors == ["exchanged_trigger_id"]
+        [view] = opened
+        assert view["id"] in fake.views and fake.views[view["id"]]["user"] == "U2"
+        assert view["private_metadata"] == '{"key": "edit:abc:2"}' and view["callback_id"] == "edit"
+        with pytest.raises(ValueError, match="required"):
+            fake.view_submission_payload(view["id"], {})
+        status, body = await fake.send_view_submission(url, view["id"], {"text": "make it blue"})
+        assert (status, body) == (200, "") and fake.views[view["id"]]["closed"]
+        [sub] = submitted
+        assert sub["type"] == "view_submission" and sub["user"]["id"] == "U2"
+        assert sub["view"]["state"]["values"]["instruction"]["text"]["value"] == "make it blue"
+        # Unknown and stale triggers are refused as Slack refuses them.
+        with pytest.raises(SlackApiError) as unknown:
+            await client.views_open(trigger_id="1.2.nope", view=form)
+        assert unknown.value.response["error"] == "invalid_trigger_id"
+        stale = fake.block_action_payload(action_id="open", value="v", message_ts=posted["ts"])["trigger_id"]
+        fake.trigger_ttl = 0
+        with pytest.raises(SlackApiError) as expired:
+            await client.views_open(trigger_id=stale, view=form)
+        assert expired.value.response["error"] == "expired_trigger_id"
+    finally:
+        await runner.cleanup()
+
+
+async def test_ephemeral_clicks_and_their_response_url(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """A click on an ephemeral message has no `message`; its response_url replaces or deletes it."""
+    buttons = [
+        {
+            "type": "button",
+            "action_id": "go",
+            "value": "t1",
+            "text": {"type": "plain_text", "text": "Render"},
+        },
+        {
+            "type": "button",
+            "action_id": "no",
+            "value": "t1",
+            "text": {"type": "plain_text", "text": "Cancel"},
+        },
+    ]
+    blocks = [{"type": "actions", "elements": buttons}]
+    first = await client.chat_postEphemeral(
+        channel="C1", user="U1", text="sure?", blocks=blocks, thread_ts="1.5"
+    )
+    payload = fake.block_action_payload(action_id="no", value="t1", message_ts=first["message_ts"])
+    assert "message" not in payload and payload["container"]["is_ephemeral"] is True
+    assert payload["container"]["thread_ts"] == "1.5" and payload["actions"][0]["text"]["text"] == "Cancel"
+    second = await client.chat_postEphemeral(channel="C1", user="U1", text="again?", blocks=blocks)
+    again = fake.block_action_payload(action_id="go", value="t1", message_ts=second["message_ts"])
+    async with aiohttp.ClientSession() as http:
+        async with http.post(payload["response_url"], json={"text": "Cancelled", "replace_original": True}):
+            pass
+        async with http.post(again["response_url"], json={"delete_original": True}):
+            pass
+    replaced = fake.ephemeral(first["message_ts"])
+    assert replaced is not None and replaced["text"] == "Cancelled" and replaced["previous"] == ["sure?"]
+    assert not replaced["blocks"]
+    deleted = fake.ephemeral(second["message_ts"])
+    assert deleted is not None and deleted["deleted"] is True
+
+
+async def test_files_delete_only_the_bots_own(fake: FakeSlack, client: AsyncWebClient) -> None:
+    parent = await client.chat_postMessage(channel="C1", text="job")
+    res = await client.files_upload_v2(channel="C1", thread_ts=parent["ts"], file=PNG, filename="x.png")
+    file_id = res["files"][0]["id"]
+    theirs = fake.add_file(name="theirs.png", data=PNG, mimetype="image/png", filetype="png", user="U1")
+    with pytest.raises(SlackApiError) as refused:
+        await client.files_delete(file=theirs["id"])
+    assert refused.value.response["error"] == "cant_delete_file"
+    [up] = fake.uploaded
+    await client.files_delete(file=file_id)
+    assert fake.uploaded == [] and fake.deleted_files == [up]
+    [file_message] = [m for m in fake.messages["C1"] if m.get("files")]
+    assert file_message["files"] == [{"id": file_id, "mode": "tombstone"}]
+    for call in (client.files_info, client.files_delete):
+        with pytest.raises(SlackApiError) as gone:
+            await call(file=file_id)
+        assert gone.value.response["error"] == "file_deleted"
+    with pytest.raises(SlackApiError) as unknown:
+        await client.files_delete(file="F404")
+    assert unknown.value.response["error"] == "file_not_found"

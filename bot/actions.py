@@ -1,0 +1,353 @@
+"""Result actions (Re-roll, Vary, Upscale, Edit, Delete) and the price check before expensive renders.
+
+A finished job leaves a record: its request (input images kept as blobs), who asked and where, and where
+each of its images lives on the platform. A button carries only a short key (`vary:<job>:2`), so buttons
+keep working across restarts for IMAGEBOT_ACTIONS_DAYS days; a click is a new job of whoever clicked.
+A request whose worst case is above the confirm threshold waits, stored, for its requester's Render.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import secrets
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Protocol
+
+import sqlite_utils
+
+from .errors import UserError
+from .images import ImageInput
+from .pricing import PriceTable, format_usd
+from .quota import Tenant
+from .request import Defaults, ImageRequest, Requester, parse_request, split_flags
+from .sizes import GPT_IMAGE_2, Size, SizeRule
+
+CONFIRM_TTL = timedelta(minutes=10)
+VARY_PROMPT = "Make a close variation of this image, keeping its subject, composition and style."
+UPSCALE_PROMPT = "Keep the composition exactly; render it at this larger size with more fine detail."
+
+
+class Kind(StrEnum):
+    REROLL = "reroll"
+    VARY = "vary"
+    UPSCALE = "upscale"
+    EDIT = "edit"
+    DELETE = "delete"
+
+
+LABELS = {
+    Kind.REROLL: "Re-roll",
+    Kind.VARY: "Vary",
+    Kind.UPSCALE: "Upscale",
+    Kind.EDIT: "Edit",
+    Kind.DELETE: "Delete",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Button:
+    """One action on a finished job: what a platform draws (label) and sends back (key)."""
+
+    kind: Kind
+    job_id: str
+    index: int  # 1..N for an image; 0 for Re-roll (the whole request)
+    label: str
+    cost_micros: (
+        int | None
+    )  # the estimate that a click reserves (None: Edit's depends on the instruction, Delete)
+
+    @property
+    def key(self) -> str:
+        """`vary:0123456789abcdef:2`: at most 32 characters, well inside Discord's 100 for a custom id."""
+        return f"{self.kind}:{self.job_id}:{self.index}"
+
+
+def parse_key(key: str) -> tuple[Kind, str, int]:
+    """A button's key back into (kind, job id, image number); UserError if it is not one of ours."""
+    kind, _, rest = key.partition(":")
+    job_id, _, index = rest.partition(":")
+    try:
+        return Kind(kind), job_id, int(index)
+    except ValueError:
+        raise UserError("that button is not one of imagebot's") from None
+
+
+class ImageStore(Protocol):
+    """Where an adapter keeps the images it posted: fetch one again (to vary it), or delete it."""
+
+    async def fetch(self, where: dict[str, Any]) -> bytes: ...
+
+    async def delete(self, where: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A finished job, as its buttons need it."""
+
+    job_id: str
+    who: Requester
+    request: ImageRequest
+    images: tuple[dict[str, Any], ...]  # per image: width, height, format, and `where` (the platform's own)
+    created: datetime
+
+
+def upscale_size(width: int, height: int, rule: SizeRule = GPT_IMAGE_2) -> Size | None:
+    """The largest size of exactly this aspect ratio the rule allows (edges multiples of 16, long edge and
+    pixels within the limits), or None if there is none larger than the image (or the rule is a fixed list)."""
+    if rule.is_fixed:
+        return None
+    g = math.gcd(width, height)
+    a, b = width // g, height // g
+    # w = a*t and h = b*t must both be multiples of the rule's edge multiple.
+    step = math.lcm(rule.multiple // math.gcd(a, rule.multiple), rule.multiple // math.gcd(b, rule.multiple))
+    t = min(rule.max_edge // max(a, b), math.isqrt(rule.max_pixels // (a * b)))
+    t -= t % step
+    while t > 0 and rule.problem(a * t, b * t) is not None:
+        t -= step
+    if t <= 0 or a * t * b * t <= width * height:
+        return None
+    return Size(a * t, b * t)
+
+
+def derive(
+    kind: Kind, record: Record, base: ImageInput | None, instruction: str, prices: PriceTable
+) -> ImageRequest:
+    """The request a click makes: Re-roll repeats it; Vary, Upscale and Edit edit the clicked image."""
+    original = record.request
+    if kind == Kind.REROLL:
+        return original
+    assert base is not None
+    one = replace(original, references=(base,), mask=None, count=1, notes=())
+    if kind == Kind.VARY:
+        return replace(one, prompt=f"{original.prompt}\n\n{VARY_PROMPT}", size=Size(base.width, base.height))
+    if kind == Kind.UPSCALE:
+        rule = prices.model(original.model).capabilities.sizes
+        size = upscale_size(base.width, base.height, rule)
+        if size is None:
+            raise UserError(f"this image is already as large as {original.model} renders its shape")
+        return replace(one, prompt=f"{original.prompt}\n\n{UPSCALE_PROMPT}", size=size, quality="high")
+    if kind == Kind.EDIT:
+        if not instruction.strip():
+            raise UserError("the edit instruction is empty; say what to change, e.g. make the sky stormy")
+        # Flags work in the form as in a message (`make it blue --quality high`); unsaid, the image's own
+        # size and the original settings hold.
+        defaults = Defaults(
+            size=str(Size(base.width, base.height)), quality=original.quality, model=original.model
+        )
+        edit = parse_request(instruction, prices=prices, defaults=defaults, references=[base])
+        given = split_flags(instruction)[1]
+        if "format" not in given and "compression" not in given:
+            edit = replace(edit, format=original.format, compression=original.compression)
+        return edit
+    raise UserError(f"{kind} is not an action that renders")
+
+
+# -- the records, on the ledger's database -------------------------------------------------------------
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds")
+
+
+def _blob(db: sqlite_utils.Database, image: ImageInput) -> dict[str, Any]:
+    digest = hashlib.sha256(image.data).hexdigest()
+    db.conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", [digest, image.data])
+    return {
+        "name": image.name,
+        "sha256": digest,
+        "width": image.width,
+        "height": image.height,
+        "format": image.format,
+        "has_alpha": image.has_alpha,
+    }
+
+
+def _image(db: sqlite_utils.Database, ref: dict[str, Any]) -> ImageInput:
+    row = db.conn.execute("SELECT data FROM blobs WHERE sha256=?", [ref["sha256"]]).fetchone()
+    if row is None:
+        raise UserError("the images this job was made from are no longer stored")
+    return ImageInput(
+        ref["name"], bytes(row[0]), ref["width"], ref["height"], ref["format"], ref["has_alpha"]
+    )
+
+
+def request_json(db: sqlite_utils.Database, request: ImageRequest) -> str:
+    """A request as stored: its settings, and its input images as blob references."""
+    return json.dumps(
+        {
+            "prompt": request.prompt,
+            "size": str(request.size),
+            "quality": request.quality,
+            "format": request.format,
+            "compression": request.compression,
+            "count": request.count,
+            "model": request.model,
+            "references": [_blob(db, r) for r in request.references],
+            "mask": _blob(db, request.mask) if request.mask is not None else None,
+        }
+    )
+
+
+def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
+    raw = json.loads(text)
+    size = raw["size"]
+    width, _, height = size.partition("x")
+    return ImageRequest(
+        prompt=raw["prompt"],
+        size=Size(0, 0) if size == "auto" else Size(int(width), int(height)),
+        quality=raw["quality"],
+        format=raw["format"],
+        compression=raw["compression"],
+        count=raw["count"],
+        model=raw["model"],
+        references=tuple(_image(db, r) for r in raw["references"]),
+        mask=_image(db, raw["mask"]) if raw["mask"] else None,
+    )
+
+
+def save_job(
+    db: sqlite_utils.Database, job_id: str, who: Requester, request: ImageRequest, now: datetime
+) -> None:
+    """Keep a job's request as it starts, so its Re-roll works whatever happens to its delivery."""
+    db.conn.execute(
+        "INSERT OR REPLACE INTO results (job_id, platform, workspace, channel, user, request, images, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, '[]', ?)",
+        [job_id, who.platform, who.workspace, who.channel, who.user, request_json(db, request), _iso(now)],
+    )
+
+
+def save_images(db: sqlite_utils.Database, job_id: str, images: list[dict[str, Any]]) -> None:
+    db.conn.execute("UPDATE results SET images=? WHERE job_id=?", [json.dumps(images), job_id])
+
+
+def load_job(db: sqlite_utils.Database, job_id: str, oldest: datetime) -> Record:
+    """A job's record; UserError (shown privately) if it is unknown or older than the buttons' life."""
+    row = db.conn.execute(
+        "SELECT platform, workspace, channel, user, request, images, created_at FROM results WHERE job_id=?",
+        [job_id],
+    ).fetchone()
+    if row is None:
+        raise UserError(
+            "this button's job is not known here (it may be from another installation); run /imagine again"
+        )
+    created = datetime.fromisoformat(row[6])
+    if created < oldest:
+        raise UserError(
+            f"this button expired: buttons work for {(datetime.now(created.tzinfo) - oldest).days} "
+            "days after their image; run /imagine again"
+        )
+    return Record(
+        job_id,
+        Requester(row[0], row[1], row[2], row[3]),
+        request_from(db, row[4]),
+        tuple(json.loads(row[5])),
+        created,
+    )
+
+
+def last_job(db: sqlite_utils.Database, who: Requester) -> str:
+    """The id of `who`'s latest job with images (the console's actions act on it); UserError if none."""
+    row = db.conn.execute(
+        "SELECT job_id FROM results WHERE platform=? AND workspace=? AND user=? AND images != '[]' "
+        "ORDER BY created_at DESC LIMIT 1",
+        [who.platform, who.workspace, who.user],
+    ).fetchone()
+    if row is None:
+        raise UserError("there is no image yet to act on: make one first")
+    return str(row[0])
+
+
+def save_confirmation(db: sqlite_utils.Database, who: Requester, request: ImageRequest, now: datetime) -> str:
+    token = secrets.token_hex(8)
+    db.conn.execute(
+        "INSERT INTO confirmations (token, platform, workspace, channel, user, request, created_at, state) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
+        [token, who.platform, who.workspace, who.channel, who.user, request_json(db, request), _iso(now)],
+    )
+    return token
+
+
+def claim_confirmation(
+    db: sqlite_utils.Database, token: str, who: Requester, now: datetime, render: bool
+) -> ImageRequest | None:
+    """Render (the stored request, once) or Cancel (None) a pending price check of `who`'s own."""
+    row = db.conn.execute(
+        "SELECT platform, workspace, user, request, created_at, state FROM confirmations WHERE token=?",
+        [token],
+    ).fetchone()
+    if row is None or (row[0], row[1], row[2]) != (who.platform, who.workspace, who.user):
+        raise UserError("only the person who asked for this render can confirm or cancel it")
+    if row[5] != "pending":
+        raise UserError("this render was already confirmed or cancelled")
+    if render and datetime.fromisoformat(row[4]) < now - CONFIRM_TTL:
+        raise UserError(
+            "this price check expired (after 10 minutes): nothing was rendered or charged; run /imagine again"
+        )
+    cursor = db.conn.execute(
+        "UPDATE confirmations SET state=? WHERE token=? AND state='pending'",
+        ["rendered" if render else "cancelled", token],
+    )
+    if cursor.rowcount == 0:
+        raise UserError("this render was already confirmed or cancelled")
+    return request_from(db, row[3]) if render else None
+
+
+def buttons(
+    record_id: str, request: ImageRequest, images: list[tuple[int, int]], prices: PriceTable, estimate: Any
+) -> list[Button]:
+    """The actions of a finished job, each with what a click reserves (`estimate(request)`: the whole job's)."""
+    out = [Button(Kind.REROLL, record_id, 0, "", estimate(request))]
+    rule = prices.model(request.model).capabilities.sizes
+    numbered = len(images) > 1
+    for n, (width, height) in enumerate(images, start=1):
+        base = ImageInput("base.png", b"", width, height, "png", False)
+        vary = replace(request, references=(base,), mask=None, count=1, size=Size(width, height))
+        out.append(Button(Kind.VARY, record_id, n, "", estimate(vary)))
+        big = upscale_size(width, height, rule)
+        if big is not None:
+            out.append(
+                Button(Kind.UPSCALE, record_id, n, "", estimate(replace(vary, size=big, quality="high")))
+            )
+    for n in range(1, len(images) + 1):
+        out.append(Button(Kind.EDIT, record_id, n, "", None))
+        out.append(Button(Kind.DELETE, record_id, n, "", None))
+    return [replace(b, label=_label(b, numbered)) for b in out]
+
+
+def _label(button: Button, numbered: bool) -> str:
+    words = LABELS[button.kind] + (f" {button.index}" if numbered and button.index else "")
+    return words + (f" · {format_usd(button.cost_micros)}" if button.cost_micros is not None else "")
+
+
+# -- per-channel settings (the confirm threshold; [4/6] adds more) ------------------------------------
+
+
+def set_channel_setting(
+    db: sqlite_utils.Database, tenant: str, channel: str, name: str, value: str | None
+) -> None:
+    """Set (or with None, clear) one setting of one channel of a tenant (`Tenant.key`)."""
+    if value is None:
+        db.conn.execute(
+            "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?", [tenant, channel, name]
+        )
+    else:
+        db.conn.execute(
+            "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
+            [tenant, channel, name, value],
+        )
+
+
+def confirm_threshold(db: sqlite_utils.Database, who: Requester, default: int | None) -> int | None:
+    """The price above which `who`'s render asks first: the channel's own (`confirm=`), else the default."""
+    row = db.conn.execute(
+        "SELECT value FROM channel_settings WHERE tenant=? AND channel=? AND name='confirm'",
+        [Tenant.of(who).key, who.channel],
+    ).fetchone()
+    if row is None:
+        return default
+    return None if row[0] == "off" else int(row[0])

@@ -1,0 +1,346 @@
+"""Result actions and the price check in the core (bot/actions.py, Core.act, Core.price_check), through the
+real runner, SQLite file and offline image server, with a recording view and an in-memory image store."""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from bot import actions, texts
+from bot.actions import Kind, parse_key, upscale_size
+from bot.outcomes import JobFailure, JobResult, Progress
+from bot.pricing import load_prices
+from bot.request import Requester
+from bot.sizes import SizeRule
+from tests.core.test_jobs_money import ALICE, BOB, MakeCore, rows
+
+
+class View:
+    """A platform that can show buttons and ask before expensive renders; records everything."""
+
+    previews = False
+
+    def __init__(self, confirms: bool = True) -> None:
+        self.confirms = confirms
+        self.delivered: list[JobResult] = []
+        self.failures: list[JobFailure] = []
+        self.refusals: list[str] = []
+        self.questions: list[tuple[str, str]] = []
+
+    async def open(self, first: Progress) -> dict[str, Any]:
+        return {}
+
+    async def progress(self, progress: Progress) -> None:
+        pass
+
+    async def deliver(self, result: JobResult) -> list[dict[str, Any]]:
+        self.delivered.append(result)
+        return [{"job": result.job_id, "n": n} for n in range(len(result.images))]
+
+    async def failed(self, failure: JobFailure) -> None:
+        self.failures.append(failure)
+
+    async def refused(self, text: str) -> None:
+        self.refusals.append(text)
+
+    async def confirm(self, text: str, token: str) -> None:
+        self.questions.append((text, token))
+
+
+class Store:
+    """The platform's copies of posted images, by `where`."""
+
+    def __init__(self) -> None:
+        self.images: dict[tuple[str, int], bytes] = {}
+        self.deleted: list[dict[str, Any]] = []
+
+    def keep(self, result: JobResult) -> None:
+        for n, image in enumerate(result.images):
+            self.images[(result.job_id, n)] = image.data
+
+    async def fetch(self, where: dict[str, Any]) -> bytes:
+        return self.images[(where["job"], where["n"])]
+
+    async def delete(self, where: dict[str, Any]) -> None:
+        self.deleted.append(where)
+
+
+async def first_job(core: Any, text: str = "a red fox --size 1536x1024 --quality low", **kw: Any) -> tuple:  # type: ignore[type-arg]
+    view, store = View(), Store()
+    result = await core.submit(core.parse(text), ALICE, view)
+    assert isinstance(result, JobResult), (view.refusals, view.failures)
+    store.keep(result)
+    return result, view, store
+
+
+def button(result: JobResult, kind: Kind, index: int = 1) -> actions.Button:
+    return next(b for b in result.buttons if b.kind == kind and (b.index == index or kind == Kind.REROLL))
+
+
+# --- pure rules -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "bigger"),
+    [
+        ((1536, 1024), (3504, 2336)),
+        ((1024, 1024), (2880, 2880)),
+        ((1024, 1536), (2336, 3504)),
+        ((3840, 2160), None),
+        ((2880, 2880), None),
+        ((2048, 1152), (3840, 2160)),
+    ],
+)
+def test_upscale_is_the_largest_valid_size_of_the_same_shape(size: tuple[int, int], bigger: Any) -> None:
+    found = upscale_size(*size)
+    assert (None if found is None else (found.width, found.height)) == bigger
+    if found is not None:
+        assert found.width * size[1] == found.height * size[0]  # exactly the same aspect ratio
+        assert SizeRule().problem(found.width, found.height) is None
+
+
+def test_keys_are_short_and_read_back() -> None:
+    key = actions.Button(Kind.UPSCALE, "0123456789abcdef", 4, "Upscale 4", 1).key
+    assert len(key) <= 32 and parse_key(key) == (Kind.UPSCALE, "0123456789abcdef", 4)
+    with pytest.raises(Exception, match="not one of imagebot's"):
+        parse_key("nonsense")
+
+
+# --- buttons and what each click does --------------------------------------------------------------------
+
+
+async def test_a_finished_job_has_every_action_with_what_a_click_reserves(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off")
+    result, _, _ = await first_job(core, "two foxes --size 1536x1024 --quality low --count 2")
+    labels = [b.label.split(" · ")[0] for b in result.buttons]
+    assert labels == [
+        "Re-roll",
+        "Vary 1",
+        "Upscale 1",
+        "Vary 2",
+        "Upscale 2",
+        "Edit 1",
+        "Delete 1",
+        "Edit 2",
+        "Delete 2",
+    ]
+    reroll = button(result, Kind.REROLL)
+    assert reroll.cost_micros == core.runner.reservation(result.request, False)
+    assert all(
+        b.cost_micros and b.label.endswith(f"${b.cost_micros / 1e6:.4f}")
+        for b in result.buttons
+        if b.kind in (Kind.REROLL, Kind.VARY, Kind.UPSCALE)
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "quality"),
+    [
+        (Kind.REROLL, (1536, 1024), "low"),
+        (Kind.VARY, (1536, 1024), "low"),
+        (Kind.UPSCALE, (3504, 2336), "high"),
+        (Kind.EDIT, (1536, 1024), "low"),
+    ],
+)
+async def test_each_action_is_a_new_job_of_whoever_clicked(
+    make_core: MakeCore, kind: Kind, size: tuple[int, int], quality: str
+) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off")
+    server = core.offline_server
+    assert server is not None
+    result, _, store = await first_job(core)
+    bob_view = View()
+    await core.act(button(result, kind).key, BOB, bob_view, store, instruction="make it blue")
+
+    [again] = bob_view.delivered
+    assert (again.images[0].width, again.images[0].height) == size and again.request.quality == quality
+    call = server.calls[-1]
+    assert call.endpoint == ("generations" if kind == Kind.REROLL else "edits")
+    if kind != Kind.REROLL:
+        assert call.images == 1  # the clicked image is the base
+        assert again.request.references[0].data == result.images[0].data
+    if kind == Kind.EDIT:
+        assert again.request.prompt == "make it blue"
+    [bobs] = rows(core, "user=?", ("U2",))
+    assert bobs["job_id"] == again.job_id and bobs["status"] == "succeeded"  # Bob pays for Bob's click
+
+
+async def test_delete_is_for_the_requester_or_an_admin(make_core: MakeCore) -> None:
+    core = await make_core()
+    result, _, store = await first_job(core)
+    key = button(result, Kind.DELETE).key
+    bob_view = View()
+    await core.act(key, BOB, bob_view, store)
+    assert bob_view.refusals == [texts.DELETE_REFUSED] and store.deleted == []
+    await core.act(key, BOB, View(), store, platform_admin=True)
+    await core.act(key, ALICE, View(), store)
+    assert store.deleted == [{"job": result.job_id, "n": 0}] * 2
+
+
+async def test_an_expired_or_foreign_button_is_refused_privately(make_core: MakeCore) -> None:
+    core = await make_core()
+    result, _, store = await first_job(core)
+    key = button(result, Kind.REROLL).key
+    other_tenant = View()
+    await core.act(key, Requester("slack", "T-other", "C1", "U1"), other_tenant, store)
+    assert other_tenant.refusals == [texts.EXPIRED_BUTTON]
+    with sqlite3.connect(core.settings.db_path) as conn:
+        conn.execute("UPDATE results SET created_at = datetime(created_at, '-31 days')")
+    # sqlite's datetime() drops the offset and the milliseconds: write an ISO moment ourselves.
+    old = (core.ledger.clock() - timedelta(days=31)).isoformat(timespec="milliseconds")
+    with sqlite3.connect(core.settings.db_path) as conn:
+        conn.execute("UPDATE results SET created_at = ?", [old])
+    late = View()
+    await core.act(key, ALICE, late, store)
+    assert late.refusals and "expired" in late.refusals[0] and late.delivered == []
+    assert len(rows(core)) == 1  # nothing reserved for either
+
+
+async def test_a_click_past_the_clickers_quota_is_refused_and_calls_nothing(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1")
+    server = core.offline_server
+    assert server is not None
+    result, _, store = await first_job(core)
+    again = View()
+    await core.act(button(result, Kind.REROLL).key, ALICE, again, store)
+    assert again.refusals and "daily images" in again.refusals[0] and len(server.calls) == 1
+
+
+# --- the price check --------------------------------------------------------------------------------------
+
+
+async def test_an_expensive_render_waits_for_render_and_reserves_nothing_until_then(
+    make_core: MakeCore,
+) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0.10")
+    server = core.offline_server
+    assert server is not None
+    view = View()
+    request = core.parse("a fox --size 1024x1024 --quality high")
+    assert await core.submit(request, ALICE, view) is None
+    [(text, token)] = view.questions
+    estimate = core.runner.reservation(request, False)
+    assert f"${estimate / 1e6:.4f}" in text and rows(core) == [] and server.calls == []
+    cheap = View()
+    assert isinstance(
+        await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, cheap), JobResult
+    )
+    assert cheap.questions == []
+
+    stranger = View()
+    await core.price_check(token, BOB, stranger, render=True)
+    assert stranger.refusals and "only the person" in stranger.refusals[0]
+    await core.price_check(token, ALICE, view, render=True)
+    [done] = view.delivered
+    [row] = rows(core, "job_id=?", (done.job_id,))
+    assert row["user"] == "U1" and row["reserved_micros"] == estimate  # exactly what the question said
+    twice = View()
+    await core.price_check(token, ALICE, twice, render=True)
+    assert twice.refusals and "already" in twice.refusals[0]
+
+
+async def test_cancel_costs_nothing_and_a_late_render_is_refused(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0")
+    view = View()
+    await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, view)
+    await core.submit(core.parse("another fox --size 1024x1024 --quality low"), ALICE, view)
+    (_, first), (_, second) = view.questions
+    await core.price_check(first, ALICE, view, render=False)
+    assert view.refusals == [texts.CONFIRM_CANCELLED]
+    old = (core.ledger.clock() - timedelta(minutes=11)).isoformat(timespec="milliseconds")
+    with sqlite3.connect(core.settings.db_path) as conn:
+        conn.execute("UPDATE confirmations SET created_at = ? WHERE token = ?", [old, second])
+    await core.price_check(second, ALICE, view, render=True)
+    assert "expired" in view.refusals[-1] and rows(core) == []
+
+
+async def test_a_channel_sets_its_own_threshold(make_core: MakeCore) -> None:
+    from bot import commands
+
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off", IMAGEBOT_ADMINS="U9")
+    admin = Requester("slack", "W1", "C1", "U9")
+    reply = await commands.admin(core, admin, "channel <#C1> confirm=0.001", platform_admin=False)
+    assert "confirm" in reply.text, reply.text
+    view = View()
+    assert await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, view) is None
+    assert view.questions
+    elsewhere = View()
+    other = Requester("slack", "W1", "C2", "U1")
+    assert isinstance(
+        await core.submit(core.parse("a fox --size 1024x1024 --quality low"), other, elsewhere), JobResult
+    )
+
+
+async def test_views_that_cannot_ask_never_do(make_core: MakeCore) -> None:
+    """The terminal: whoever typed the command pays directly, and there is nobody to press Render."""
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0")
+    view = View(confirms=False)
+    assert isinstance(
+        await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, view), JobResult
+    )
+
+
+def test_an_image_stored_as_a_blob_comes_back_identical(tmp_path: Any) -> None:
+    import sqlite_utils
+
+    from bot import store
+    from bot.images import load_image
+    from bot.request import parse_request
+
+    db = store.connect(tmp_path / "x.sqlite3")
+    out = io.BytesIO()
+    Image.new("RGB", (1024, 1024), "red").save(out, "PNG")
+    ref = load_image("ref.png", out.getvalue())
+    request = parse_request("blue --quality low", prices=load_prices(), references=[ref])
+    again = actions.request_from(db, actions.request_json(db, request))
+    assert again == request
+    assert isinstance(db, sqlite_utils.Database)
+
+
+async def test_the_console_acts_on_the_last_jobs_images(
+    make_core: MakeCore, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from adapters.console import handle_line
+
+    core = await make_core()
+    server = core.offline_server
+    assert server is not None
+    who = Requester("console", "local", "console", "console")
+    assert await handle_line(core, "a red fox --size 1536x1024 --quality low", who, tmp_path) is None
+    shown = capsys.readouterr().out
+    assert (
+        "/reroll ($" in shown
+        and "/vary 1 ($" in shown
+        and "/upscale 1 ($" in shown
+        and "/edit 1 <instruction>" in shown
+    )
+    assert await handle_line(core, "/upscale 1", who, tmp_path) is None
+    assert server.calls[-1].endpoint == "edits" and server.calls[-1].size == "3504x2336"
+    assert await handle_line(core, "/edit 1 make it blue", who, tmp_path) is None
+    assert server.calls[-1].prompt == "make it blue"
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert any("3504x2336" in name for name in written)
+    assert await handle_line(core, "/delete 1", who, tmp_path) is None
+    assert "Deleted." in capsys.readouterr().out
+    assert "takes the image's number" in (await handle_line(core, "/vary x", who, tmp_path) or "")
+
+
+async def test_flags_in_an_edit_instruction_work_as_in_a_message(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off")
+    result, _, store = await first_job(core, "a red fox --size 1536x1024 --quality low --format png")
+    view = View()
+    await core.act(
+        button(result, Kind.EDIT).key, BOB, view, store, instruction="make it blue --quality medium"
+    )
+    [edit] = view.delivered
+    assert (edit.request.prompt, edit.request.quality, edit.request.format) == (
+        "make it blue",
+        "medium",
+        "png",
+    )
+    assert (edit.images[0].width, edit.images[0].height) == (1536, 1024)
