@@ -25,9 +25,16 @@ class ConsoleView:
     confirms = False  # price checks: not yet on this platform
 
     def __init__(
-        self, out: Path, *, out_is_file: bool, err: TextIO | None = None, stdout: TextIO | None = None
+        self,
+        out: Path,
+        *,
+        out_is_file: bool,
+        err: TextIO | None = None,
+        stdout: TextIO | None = None,
+        actions: bool = False,
     ) -> None:
         self.out = out
+        self.actions = actions  # the console loop offers /reroll, /vary N, ...; a one-shot `imagine` does not
         self.out_is_file = out_is_file
         self.err = err or sys.stderr
         self.stdout = stdout or sys.stdout
@@ -58,8 +65,10 @@ class ConsoleView:
             paths.append(path)
         self.written += paths
         files = ", ".join(str(p) for p in paths)
-        actions = "  ".join(_command(b) for b in result.buttons if b.kind != Kind.DELETE)
-        self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n{actions}\n")
+        offered = (
+            "  ".join(_command(b) for b in result.buttons if b.kind != Kind.DELETE) if self.actions else ""
+        )
+        self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n" + (f"{offered}\n" if offered else ""))
         self.stdout.flush()
         return [{"path": str(path)} for path in paths]
 
@@ -105,10 +114,17 @@ def _write(path: Path, data: bytes) -> None:
 
 
 async def imagine(
-    core: Core, text: str, who: Requester, out: Path, *, out_is_file: bool, err: TextIO | None = None
+    core: Core,
+    text: str,
+    who: Requester,
+    out: Path,
+    *,
+    out_is_file: bool,
+    err: TextIO | None = None,
+    actions: bool = False,
 ) -> int:
     """One job: exit 0 on success, 1 on a provider failure, 2 on invalid input or a quota refusal."""
-    view = ConsoleView(out, out_is_file=out_is_file, err=err)
+    view = ConsoleView(out, out_is_file=out_is_file, err=err, actions=actions)
     core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
     try:
         request = core.parse(text)
@@ -127,7 +143,7 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
     command, _, rest = line.partition(" ") if line.startswith("/") else ("/imagine", "", line)
     try:
         if command == "/imagine":
-            await imagine(core, rest, who, out_dir, out_is_file=False)
+            await imagine(core, rest, who, out_dir, out_is_file=False, actions=True)
             return None
         if command == "/imagine-usage":
             reply = await commands.usage(core, who, rest)
@@ -165,7 +181,7 @@ async def act(core: Core, kind: Kind, args: str, who: Requester, out_dir: Path) 
             + (" make the sky stormy" if kind == Kind.EDIT else "")
         )
     job_id = await core.ledger.run_db(lambda db: last_job(db, who))
-    view = ConsoleView(out_dir, out_is_file=False)
+    view = ConsoleView(out_dir, out_is_file=False, actions=True)
     await core.act(Button(kind, job_id, index, "", None).key, who, view, Files(), instruction=instruction)
     if kind == Kind.DELETE and not view.exit_code:
         print(texts.DELETED)
