@@ -308,9 +308,8 @@ class JobRunner:
         outer_cancel = False
         try:
             outcomes: list[Image | BaseException] = await asyncio.gather(*job.images, return_exceptions=True)
-        except (
-            asyncio.CancelledError
-        ):  # the job's own task was cancelled: stop the images, keep what finished
+        except asyncio.CancelledError:
+            # The job's own task was cancelled: stop the images, keep what finished.
             outer_cancel = True
             job.stop(job.stop_reason)
             outcomes = await asyncio.shield(asyncio.gather(*job.images, return_exceptions=True))
