@@ -11,7 +11,6 @@ import logging
 import re
 import sqlite3
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from bot.errors import QuotaExceeded, UserError
 from bot.ledger import Ledger, Settlement, Status
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
+from tests.core.test_jobs_money import MakeCore
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 # The same member (Discord user 42) in two guilds: A, where they are a plain member, and B, which they own.
@@ -39,27 +39,7 @@ def request(count: int = 1) -> ImageRequest:
     return ImageRequest(prompt="a red fox", size=parse_size("1024x1024"), quality="low", count=count)
 
 
-MakeCore = Callable[..., Awaitable[Core]]
-
-
-@pytest.fixture
-async def make_core(tmp_path: Path) -> AsyncIterator[MakeCore]:
-    cores: list[Core] = []
-
-    async def make(**env: str) -> Core:
-        environ = {
-            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
-            **env,
-        }
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
-        cores.append(core)
-        return core
-
-    yield make
-    for core in cores:
-        await core.close()
+# `make_core` (a Core against the offline server on a real SQLite file) is tests/core/conftest.py's.
 
 
 async def spend(core: Core, who: Requester, micros: int, count: int = 1) -> None:
