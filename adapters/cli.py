@@ -20,8 +20,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-import sqlite_utils
-
 from bot import actions, commands, logs, quota, report
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
@@ -269,11 +267,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
             if not settings:
                 raise UserError("settings needs at least one setting, e.g. confirm=0.10 (or off, default)")
 
-            def store(db: sqlite_utils.Database) -> None:
-                for name, value in settings:
-                    actions.set_channel_setting(db, tenant.key, args.channel, name, value)
-
-            await ledger.run_db(store)
+            await ledger.run_db(
+                lambda db: actions.set_channel_settings(db, tenant.key, args.channel, settings)
+            )
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -326,20 +327,23 @@ def _label(button: Button, numbered: bool) -> str:
 # -- per-channel settings (the confirm threshold; [4/6] adds more) ------------------------------------
 
 
-def set_channel_setting(
-    db: sqlite_utils.Database, tenant: str, channel: str, name: str, value: str | None
+def set_channel_settings(
+    db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
 ) -> None:
-    """Set (or with None, clear) one setting of one channel of a tenant (`Tenant.key`)."""
-    if value is None:
-        db.conn.execute(
-            "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?", [tenant, channel, name]
-        )
-    else:
-        db.conn.execute(
-            "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
-            [tenant, channel, name, value],
-        )
+    """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
+    `/imagine-admin channel` and `imagebot settings` give them (commands.parse_channel_setting)."""
+    for name, value in settings:
+        if value is None:
+            db.conn.execute(
+                "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?",
+                [tenant, channel, name],
+            )
+        else:
+            db.conn.execute(
+                "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
+                [tenant, channel, name, value],
+            )
 
 
 def confirm_threshold(db: sqlite_utils.Database, who: Requester, default: int | None) -> int | None:

@@ -16,8 +16,6 @@ import asyncio
 import re
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from . import actions, quota, report
 from .app import Core
 from .config import usd_micros
@@ -202,12 +200,7 @@ async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) 
         if scope != "channel":
             raise UserError(f"{words[1]!r} is not a channel; use #channel")
         settings = [parse_channel_setting(setting) for setting in words[2:]]
-
-        def store(db: sqlite_utils.Database) -> None:
-            for name, value in settings:
-                actions.set_channel_setting(db, tenant.key, channel, name, value)
-
-        await core.ledger.run_db(store)
+        await core.ledger.run_db(lambda db: actions.set_channel_settings(db, tenant.key, channel, settings))
         shown = [
             f"{name}={'default' if value is None else text.partition('=')[2]}"
             for (name, value), text in zip(settings, words[2:], strict=True)

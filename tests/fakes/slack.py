@@ -775,23 +775,23 @@ class FakeSlack:
             if any(up.id == o["id"] for o in objs):
                 up.message_ts = msg["ts"]
 
-    def _m_files_info(self, args: dict[str, Any]) -> dict[str, Any]:
-        file_id = args.get("file") or ""
+    def _file(self, file_id: str) -> dict[str, Any]:
+        """A stored file, or Slack's error for one deleted or never uploaded."""
         if file_id in self._gone:
             raise _ApiError("file_deleted")
         obj = self.files.get(file_id)
         if obj is None:
             raise _ApiError("file_not_found")
+        return obj
+
+    def _m_files_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        obj = self._file(args.get("file") or "")
         return {"file": dict(obj), "comments": [], "response_metadata": {"next_cursor": ""}}
 
     def _m_files_delete(self, args: dict[str, Any]) -> dict[str, Any]:
         """A bot token may delete the files its bot uploaded; the file's messages keep a tombstone."""
         file_id = args.get("file") or ""
-        if file_id in self._gone:
-            raise _ApiError("file_deleted")
-        obj = self.files.get(file_id)
-        if obj is None:
-            raise _ApiError("file_not_found")
+        obj = self._file(file_id)
         if obj.get("user") != self.bot_user_id:
             raise _ApiError("cant_delete_file")
         del self.files[file_id]
