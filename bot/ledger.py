@@ -205,14 +205,7 @@ class Ledger:
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         with immediate(self.db):
-            limits = quota.effective_limits(self.db, self.defaults, who)
-            quota.enforce(
-                quota.checks(self.db, limits, who, periods),
-                micros=each_micros * count,
-                images=count,
-                now=now.astimezone(self.timezone),
-                what=what,
-            )
+            self._admit(who, periods, micros=each_micros * count, images=count, now=now, what=what)
             stamp = _iso(now)
             prompt = request.prompt if self.store_prompts else None
             ids = []
@@ -242,8 +235,22 @@ class Ledger:
                     ],
                 )
                 ids.append(int(cursor.lastrowid or 0))
-            quota.bump(self.db, who, periods.day, periods.month, micros=each_micros * count, images=count)
         return Reservation(job_id, tuple(ids), each_micros)
+
+    def _admit(
+        self, who: Requester, periods: quota.Periods, *, micros: int, images: int, now: datetime, what: str
+    ) -> None:
+        """Inside a write transaction: refuse (QuotaExceeded) unless every limit of `who` takes `micros` and
+        `images` more in `periods`, then count them in the counters."""
+        limits = quota.effective_limits(self.db, self.defaults, who)
+        quota.enforce(
+            quota.checks(self.db, limits, who, periods),
+            micros=micros,
+            images=images,
+            now=now.astimezone(self.timezone),
+            what=what,
+        )
+        quota.bump(self.db, who, periods.day, periods.month, micros=micros, images=images)
 
     async def reserve(
         self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None
@@ -263,23 +270,15 @@ class Ledger:
             if row is None or row[0] not in OPEN:
                 raise UserError("this image is no longer running")
             who = Requester(row[1], row[2], row[3], row[4])
-            limits = quota.effective_limits(self.db, self.defaults, who)
             # The periods the row counts in (a job that started before midnight still belongs to that day).
             periods = quota.Periods.at(
                 datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
             )
-            quota.enforce(
-                quota.checks(self.db, limits, who, periods),
-                micros=micros,
-                images=0,
-                now=now.astimezone(self.timezone),
-                what="another attempt",
-            )
+            self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
             self.db.conn.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
                 [micros, _iso(now), row_id],
             )
-            quota.bump(self.db, who, row[5], row[6], micros=micros, images=0)
 
     async def extend(self, row_id: int, micros: int) -> None:
         await self._run(lambda: self.extend_sync(row_id, micros))
