@@ -3,21 +3,26 @@ real runner, SQLite file and offline image server, with a recording view and an 
 
 from __future__ import annotations
 
+import asyncio
 import io
 import sqlite3
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from bot import actions, texts
 from bot.actions import Kind, parse_key, upscale_size
+from bot.app import Core
+from bot.config import Settings
 from bot.outcomes import JobFailure, JobResult, Progress
 from bot.pricing import load_prices
 from bot.request import Requester
 from bot.sizes import SizeRule
-from tests.core.test_jobs_money import ALICE, BOB, MakeCore, rows
+from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows
 
 
 class View:
@@ -344,3 +349,72 @@ async def test_flags_in_an_edit_instruction_work_as_in_a_message(make_core: Make
         "png",
     )
     assert (edit.images[0].width, edit.images[0].height) == (1536, 1024)
+
+
+async def test_an_empty_edit_instruction_is_refused_and_calls_nothing(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off")
+    server = core.offline_server
+    assert server is not None
+    result, _, store = await first_job(core)
+    view = View()
+    await core.act(button(result, Kind.EDIT).key, BOB, view, store, instruction="   ")
+    assert view.refusals == ["the edit instruction is empty; say what to change, e.g. make the sky stormy"]
+    assert len(server.calls) == 1 and len(rows(core)) == 1
+
+
+CLICKERS = [ALICE, BOB, Requester("slack", "W1", "C2", "U3"), Requester("discord", "G9", "C1", "U1")]
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    clicks=st.lists(
+        st.tuples(
+            st.sampled_from(range(len(CLICKERS))), st.sampled_from([Kind.REROLL, Kind.VARY, Kind.EDIT])
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    daily_images=st.integers(1, 4),
+)
+def test_every_click_is_charged_to_its_clicker_within_their_limits(
+    tmp_path_factory: pytest.TempPathFactory, clicks: list[tuple[int, Kind]], daily_images: int
+) -> None:
+    """Property: a click is the clicker's job (their ledger rows, their limits); another tenant's click is
+    refused and costs nothing; the requester of the original image is never charged for anyone's click."""
+
+    async def run() -> None:
+        tmp = tmp_path_factory.mktemp("clicks")
+        environ = {
+            "IMAGEBOT_DB": str(tmp / "bot.sqlite3"),
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_OFFLINE_LATENCY": "0.01",
+            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+            "IMAGEBOT_CONFIRM_USD": "off",
+            "IMAGEBOT_USER_DAILY_IMAGES": str(daily_images),
+        }
+        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        try:
+            result, _, store = await first_job(core)
+            expected = {ALICE.user: 1}
+            for index, kind in clicks:
+                who = CLICKERS[index]
+                view = View()
+                await core.act(button(result, kind).key, who, view, store, instruction="make it blue")
+                if who.workspace != ALICE.workspace:
+                    assert view.refusals == [texts.EXPIRED_BUTTON] and not view.delivered
+                elif expected.get(who.user, 0) >= daily_images:
+                    assert view.refusals and "daily images" in view.refusals[0] and not view.delivered
+                else:
+                    [done] = view.delivered
+                    assert done.requester == who
+                    expected[who.user] = expected.get(who.user, 0) + 1
+            charged = {r["user"]: 0 for r in rows(core)}
+            for r in rows(core):
+                assert r["workspace"] == "W1" and r["status"] == "succeeded"
+                charged[r["user"]] += 1
+            assert charged == expected
+            assert_counters_match_ledger(core)
+        finally:
+            await core.close()
+
+    asyncio.run(run())
