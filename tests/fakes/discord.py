@@ -14,7 +14,9 @@ first follow-up after a "thinking" defer replacing the loading message,
 Discord's limits on message components (5 action rows of at most 5 buttons,
 custom ids of 1-100 characters, unique in a message; labels of at most 80),
 buttons that can only be pressed on a message that exists and carries them,
-and a network that fails (a dropped connection, a call never answered, a late answer).
+Discord's rules for registering commands (names, descriptions, 25 options, required
+before optional, at every subcommand level), ``data.resolved`` for user, channel and
+role options wherever they are nested, and a network that fails (a dropped connection, a call never answered, a late answer).
 """
 
 from __future__ import annotations
@@ -56,6 +58,15 @@ FLAG_LOADING = 1 << 7
 INTENT_MESSAGE_CONTENT = 1 << 15
 MANAGE_MESSAGES = 1 << 13
 ADMINISTRATOR_BIT = 1 << 3
+
+# Application command limits (bulk overwrite: PUT .../commands), as Discord validates them.
+MAX_COMMAND_OPTIONS = 25
+MAX_OPTION_CHOICES = 25
+MAX_COMMAND_NAME = 32
+MAX_COMMAND_DESCRIPTION = 100
+OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP = 1, 2
+OPTION_USER, OPTION_CHANNEL, OPTION_ROLE, OPTION_MENTIONABLE = 6, 7, 8, 9
+OPTION_TYPES = range(1, 12)  # SUB_COMMAND .. ATTACHMENT
 
 # Message component limits (legacy action-row layout).
 MAX_ACTION_ROWS = 5
@@ -540,6 +551,40 @@ class FakeDiscord:
             member["permissions"] = permissions
         return member
 
+    def add_role(
+        self,
+        role_id: int,
+        name: str,
+        *,
+        permissions: str = "0",
+        color: int = 0,
+        hoist: bool = False,
+        mentionable: bool = False,
+        position: int | None = None,
+    ) -> dict:
+        """Add a guild role (before the client connects: GUILD_CREATE carries ``roles``, or its cache will not
+        know it); give it to members with ``add_member(..., roles=[role_id])``. Returns Discord's role object."""
+        role = {
+            "id": str(role_id),
+            "name": name,
+            "permissions": permissions,
+            "position": position if position is not None else max(int(r["position"]) for r in self.roles) + 1,
+            "color": color,
+            "colors": {"primary_color": color, "secondary_color": None, "tertiary_color": None},
+            "hoist": hoist,
+            "managed": False,
+            "mentionable": mentionable,
+            "icon": None,
+            "unicode_emoji": None,
+            "flags": 0,
+        }
+        self.roles[:] = [r for r in self.roles if r["id"] != str(role_id)] + [role]
+        return role
+
+    def role(self, role_id: int) -> dict | None:
+        """The guild role with this id (``@everyone`` has the guild's id)."""
+        return next((r for r in self.roles if r["id"] == str(role_id)), None)
+
     def add_attachment(
         self, *, filename: str, data: bytes, content_type: str, channel_id: int | None = None
     ) -> dict:
@@ -593,6 +638,13 @@ class FakeDiscord:
         text-input custom ids or labels to values). ``attachments`` maps an option
         name to an attachment from :meth:`add_attachment` (an option of type 11).
         ``permissions`` defaults to the member's ``permissions`` (see :meth:`add_member`) or "0".
+
+        ``options`` are the command's options as Discord sends them, subcommands (type 1) and groups (type 2)
+        nesting their own ``options``. Values of USER (6), CHANNEL (7), ROLE (8) and MENTIONABLE (9) options
+        are snowflakes (sent as strings) that Discord resolves into ``data.resolved``: ``users`` (and, for
+        guild members, ``members`` without ``user``), ``channels`` (id, name, type, permissions) and ``roles``
+        (full role objects), at whatever depth the option is. A user the fake does not know yet becomes a
+        user who is not a member; an unknown channel or role is a mistake in the test (ValueError).
         """
         user_id = user_id or self.user_id
         channel_id = channel_id or self.channel_id
@@ -607,7 +659,9 @@ class FakeDiscord:
         data: dict[str, Any]
         message: dict | None = None
         if type in (2, 4):
-            data = self._command_data(name, command_type, options, attachments, target_message, guild_command)
+            data = self._command_data(
+                name, command_type, options, attachments, target_message, guild_command, permissions
+            )
         elif type == 3:
             if target_message is None or custom_id is None:
                 raise ValueError("a component interaction needs target_message and custom_id")
@@ -942,6 +996,7 @@ class FakeDiscord:
         attachments: dict[str, dict] | None,
         target_message: dict | None,
         guild_command: bool | None,
+        permissions: str = "0",
     ) -> dict:
         registered = self._find_command(name, command_type, guild_command)
         data: dict[str, Any] = {
@@ -955,8 +1010,9 @@ class FakeDiscord:
         if in_guild:
             data["guild_id"] = str(self.guild_id)
         if command_type == 1:
-            opts = [dict(o) for o in options or []]
+            opts = self._copy_options(options or [])
             resolved: dict[str, Any] = {}
+            self._resolve_options(opts, resolved, permissions)
             for opt_name, att in (attachments or {}).items():
                 for o in opts:
                     if o["name"] == opt_name:
@@ -974,6 +1030,72 @@ class FakeDiscord:
             data["target_id"] = target_message["id"]
             data["resolved"] = {"messages": {target_message["id"]: target_message}}
         return data
+
+    @classmethod
+    def _copy_options(cls, options: list[dict]) -> list[dict]:
+        """A deep enough copy of interaction options (nested subcommand options included)."""
+        copied = []
+        for o in options:
+            c = dict(o)
+            if isinstance(c.get("options"), list):
+                c["options"] = cls._copy_options(c["options"])
+            copied.append(c)
+        return copied
+
+    def _user_object(self, user_id: int) -> dict:
+        """A user Discord knows: one of the fake's, or a new one who is not in the guild."""
+        if user_id not in self.users:
+            self.users[user_id] = {
+                "id": str(user_id),
+                "username": f"user{str(user_id)[-4:]}",
+                "discriminator": "0",
+                "global_name": f"User {str(user_id)[-4:]}",
+                "avatar": None,
+                "public_flags": 0,
+                "bot": False,
+            }
+        return self.users[user_id]
+
+    def _resolve_options(self, options: list[dict], resolved: dict[str, Any], permissions: str) -> None:
+        """Fill ``resolved`` for the USER / CHANNEL / ROLE / MENTIONABLE values in ``options`` (recursively
+        through subcommands and groups), as Discord does; snowflake values become strings."""
+        for opt in options:
+            kind = opt.get("type")
+            if kind in (OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP):
+                self._resolve_options(opt.get("options") or [], resolved, permissions)
+                continue
+            if (
+                kind not in (OPTION_USER, OPTION_CHANNEL, OPTION_ROLE, OPTION_MENTIONABLE)
+                or "value" not in opt
+            ):
+                continue
+            opt["value"] = str(opt["value"])
+            snowflake = int(opt["value"])
+            role = self.role(snowflake)
+            if kind == OPTION_ROLE or (kind == OPTION_MENTIONABLE and role is not None):
+                if role is None:
+                    raise ValueError(f"option {opt.get('name')!r}: no role {snowflake} (add_role first)")
+                resolved.setdefault("roles", {})[str(snowflake)] = role
+            elif kind == OPTION_CHANNEL:
+                channel = self.channels.get(snowflake)
+                if channel is None:
+                    raise ValueError(
+                        f"option {opt.get('name')!r}: no channel {snowflake} (add_channel first)"
+                    )
+                partial = {k: channel[k] for k in ("id", "name", "type")}
+                partial["permissions"] = permissions  # the invoking member's, in that channel
+                if channel["type"] in (10, 11, 12):  # threads also carry these
+                    partial.update(
+                        parent_id=channel.get("parent_id"), thread_metadata=channel.get("thread_metadata")
+                    )
+                resolved.setdefault("channels", {})[str(snowflake)] = partial
+            else:  # a user, or a mentionable that is not a role
+                resolved.setdefault("users", {})[str(snowflake)] = self._user_object(snowflake)
+                member = self.members.get(snowflake)
+                if member is not None:
+                    partial = {k: v for k, v in member.items() if k not in ("user", "deaf", "mute")}
+                    partial["permissions"] = member.get("permissions", "0")
+                    resolved.setdefault("members", {})[str(snowflake)] = partial
 
     def _find_command(self, name: str, command_type: int, guild_command: bool | None) -> dict | None:
         found = [
@@ -1325,6 +1447,125 @@ class FakeDiscord:
         if errors:
             raise _ApiError(400, "Invalid Form Body", 50035, errors=errors)
 
+    @staticmethod
+    def _check_commands(payload: Any) -> None:
+        """Discord's rules for a bulk overwrite of application commands, at every level of subcommands; a
+        breach rejects the whole PUT with 400 / 50035, errors keyed by command index then option path."""
+        errors: dict[str, Any] = {}
+
+        def bad(path: list[str], code: str, message: str) -> None:
+            node = errors
+            for part in path:
+                node = node.setdefault(part, {})
+            node.setdefault("_errors", []).append({"code": code, "message": message})
+
+        def length(path: list[str], value: Any, low: int, high: int) -> bool:
+            if not low <= len(str(value or "")) <= high:
+                bad(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+                return False
+            return True
+
+        def check_name(path: list[str], name: Any, chat_input: bool) -> None:
+            if not length(path, name, 1, MAX_COMMAND_NAME) or not chat_input:
+                return
+            # ^[-_'\p{L}\p{N}\p{sc=Deva}\p{sc=Thai}]{1,32}$, lowercase wherever a letter has a lowercase form
+            if not all(ch.isalnum() or ch in "-_'" for ch in str(name)):
+                bad(path, "STRING_TYPE_REGEX", "String value did not match validation regex.")
+                bad(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+            elif str(name) != str(name).lower():
+                bad(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+
+        def check_options(path: list[str], options: Any, parent: int | None) -> None:
+            if options is None:
+                return
+            if not isinstance(options, list):
+                bad(path, "BASE_TYPE_ARRAY", "Must be an array.")
+                return
+            if len(options) > MAX_COMMAND_OPTIONS:
+                bad(path, "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_COMMAND_OPTIONS} or fewer in length.")
+            subs = (OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP)
+            first_is_sub = bool(options) and isinstance(options[0], dict) and options[0].get("type") in subs
+            seen: set[str] = set()
+            optional_seen = False
+            for i, opt in enumerate(options):
+                where = [*path, str(i)]
+                if not isinstance(opt, dict):
+                    bad(where, "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+                    continue
+                kind = opt.get("type")
+                if kind is None:
+                    bad([*where, "type"], "BASE_TYPE_REQUIRED", "This field is required")
+                    continue
+                if kind not in OPTION_TYPES:
+                    allowed = ", ".join(str(t) for t in OPTION_TYPES)
+                    bad([*where, "type"], "BASE_TYPE_CHOICES", f"Value must be one of {{{allowed}}}.")
+                    continue
+                is_sub = kind in subs
+                if (
+                    is_sub != first_is_sub
+                    or (parent == OPTION_SUB_COMMAND_GROUP and kind != OPTION_SUB_COMMAND)
+                    or (parent == OPTION_SUB_COMMAND and is_sub)
+                ):
+                    bad(
+                        where,
+                        "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID",
+                        "Sub-command and sub-command group option types are mutually exclusive to all other types",
+                    )
+                check_name([*where, "name"], opt.get("name"), True)
+                length([*where, "description"], opt.get("description"), 1, MAX_COMMAND_DESCRIPTION)
+                if str(opt.get("name")) in seen:
+                    bad(
+                        [*where, "name"],
+                        "APPLICATION_COMMAND_OPTIONS_NAME_ALREADY_EXISTS",
+                        "Option name already exists",
+                    )
+                seen.add(str(opt.get("name")))
+                if opt.get("required") and not is_sub and optional_seen:
+                    bad(
+                        where,
+                        "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID",
+                        "Required options must be placed before non-required options",
+                    )
+                if not opt.get("required") and not is_sub:
+                    optional_seen = True
+                choices = opt.get("choices")
+                if isinstance(choices, list) and len(choices) > MAX_OPTION_CHOICES:
+                    bad(
+                        [*where, "choices"],
+                        "BASE_TYPE_MAX_LENGTH",
+                        f"Must be {MAX_OPTION_CHOICES} or fewer in length.",
+                    )
+                if is_sub:
+                    check_options([*where, "options"], opt.get("options"), kind)
+
+        if not isinstance(payload, list):
+            raise _ApiError(
+                400,
+                "Invalid Form Body",
+                50035,
+                errors={"_errors": [{"code": "BASE_TYPE_ARRAY", "message": "Must be an array."}]},
+            )
+        names: set[tuple[int, str]] = set()
+        for c, cmd in enumerate(payload):
+            where = [str(c)]
+            if not isinstance(cmd, dict):
+                bad(where, "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType")
+                continue
+            kind = int(cmd.get("type") or 1)
+            check_name([*where, "name"], cmd.get("name"), kind == 1)
+            if kind == 1:
+                length([*where, "description"], cmd.get("description"), 1, MAX_COMMAND_DESCRIPTION)
+                check_options([*where, "options"], cmd.get("options"), None)
+            if (kind, str(cmd.get("name"))) in names:
+                bad(
+                    [*where, "name"],
+                    "APPLICATION_COMMANDS_DUPLICATE_NAME",
+                    "Application command names must be unique",
+                )
+            names.add((kind, str(cmd.get("name"))))
+        if errors:
+            raise _ApiError(400, "Invalid Form Body", 50035, errors=errors)
+
     def _check_new_message(self, body: dict, files: list) -> None:
         self._check_components(body.get("components"))
         content = body.get("content") or ""
@@ -1558,6 +1799,7 @@ class FakeDiscord:
                 raise _ApiError(403, "Missing Access", 50001)
 
         def upsert(payload: list[dict], guild_id: int | None) -> list[dict]:
+            self._check_commands(payload)
             self.registered_commands[:] = [
                 c
                 for c in self.registered_commands

@@ -36,8 +36,19 @@ __all__ = ["FakeSlack", "RecordedCall", "UploadedFile"]
 
 _DEFAULT_SCOPES = (
     "app_mentions:read,channels:history,chat:write,commands,files:read,files:write,"
-    "groups:history,im:history,reactions:write,users:read"
+    "groups:history,im:history,reactions:write,usergroups:read,users:read"
 )
+
+# Bot scopes a method needs beyond the token itself (only where the fake checks them): without one, Slack
+# answers {"ok": false, "error": "missing_scope", "needed": ..., "provided": ...}.
+_NEEDED_SCOPES = {"usergroups.users.list": "usergroups:read"}
+
+# Block types a modal or a Home tab may carry (Slack's block reference, "Available in surfaces"); "file",
+# "markdown" and "table" are for messages only.
+_VIEW_BLOCK_TYPES = frozenset(
+    {"actions", "context", "divider", "header", "image", "input", "rich_text", "section", "video"}
+)
+_VIEW_MAX_BYTES = 250 * 1024  # views.publish: view_too_large over 250kb
 
 
 @dataclass
@@ -180,6 +191,12 @@ class FakeSlack:
         # Modals opened with views.open: view id -> {"view": the view object, "user": who it opened for,
         # "closed": whether a submission closed it}.
         self.views: dict[str, dict[str, Any]] = {}
+        # Home tabs published with views.publish: user id -> the view object Slack answered (see home_view).
+        self.home_views: dict[str, dict[str, Any]] = {}
+        # False reproduces an app whose Home tab is not enabled: views.publish answers not_enabled.
+        self.home_tab_enabled = True
+        # User groups (add_usergroup): id ("S0123ABC") -> {"id", "handle", "users"}.
+        self.usergroups: dict[str, dict[str, Any]] = {}
         # A trigger_id is good for one views.open within this many seconds of the interaction (Slack: 3).
         self.trigger_ttl: float = 3.0
         self.channel_names: dict[str, str] = {}
@@ -267,6 +284,11 @@ class FakeSlack:
                     f"{method} called {len(found)}/{count} times within {timeout}s; calls: {seen}"
                 )
             await asyncio.sleep(0.01)
+
+    def home_view(self, user_id: str) -> dict[str, Any] | None:
+        """The Home tab view last published for `user_id` with views.publish (as Slack answered it), or None."""
+        view = self.home_views.get(user_id)
+        return json.loads(json.dumps(view)) if view is not None else None
 
     def thread(self, channel: str, ts: str) -> list[dict[str, Any]]:
         """The parent message and its replies, in order (what conversations.replies returns)."""
@@ -395,6 +417,21 @@ class FakeSlack:
         self._file_bytes[file_id] = data
         return dict(obj)
 
+    def add_usergroup(self, group_id: str, users: list[str], handle: str | None = None) -> dict[str, Any]:
+        """Create a user group (ids look like "S0123ABC"), or replace the members (and handle, if given) of an
+        existing one; usergroups.users.list answers with `users` from then on."""
+        group = self.usergroups.get(group_id)
+        if group is None:
+            group = self.usergroups[group_id] = {"id": group_id, "handle": handle or group_id.lower()}
+        elif handle is not None:
+            group["handle"] = handle
+        group["users"] = list(users)
+        return dict(group)
+
+    def usergroup_mention(self, group_id: str) -> str:
+        """How Slack writes a mention of the group in message and slash command text: <!subteam^S123|@handle>."""
+        return f"<!subteam^{group_id}|@{self.usergroups[group_id]['handle']}>"
+
     # ------------------------------------------------------------------ recording and failures
 
     def _record(
@@ -491,8 +528,11 @@ class FakeSlack:
             self._record(method, args, headers, at, resp.status).held = held
             return resp
         error = self._check_auth(method, args, headers)
+        needed = _NEEDED_SCOPES.get(method)
         if error is not None:
             body: dict[str, Any] = {"ok": False, "error": error}
+        elif needed and needed not in self.bot_scopes.split(","):
+            body = {"ok": False, "error": "missing_scope", "needed": needed, "provided": self.bot_scopes}
         else:
             handler = self._methods.get(method)
             if handler is None:
@@ -851,27 +891,173 @@ class FakeSlack:
         self.views[view_id] = {"view": obj, "user": trigger["user"], "closed": False}
         return {"view": dict(obj)}
 
-    @staticmethod
-    def _view_problems(view: Any) -> list[str]:
-        """What Slack would reject in a modal (a few of its rules)."""
+    @classmethod
+    def _view_problems(cls, view: Any, surface: str = "modal") -> list[str]:
+        """What Slack would reject in a modal (views.open) or a Home tab (views.publish): a few of its rules."""
         if not isinstance(view, dict):
             return ["[ERROR] view must be a JSON object"]
         problems = []
-        if view.get("type") != "modal":
-            problems.append("[ERROR] must be a modal [json-pointer:/view/type]")
-        title = (view.get("title") or {}).get("text") or ""
-        if not title or len(title) > 24:
-            problems.append("[ERROR] title must be 1-24 characters [json-pointer:/view/title/text]")
+        if view.get("type") != surface:
+            problems.append(f"[ERROR] must be a {surface} [json-pointer:/view/type]")
+        if surface == "modal":
+            title = (view.get("title") or {}).get("text") or ""
+            if not title or len(title) > 24:
+                problems.append("[ERROR] title must be 1-24 characters [json-pointer:/view/title/text]")
         if len(view.get("private_metadata") or "") > 3000:
             problems.append(
                 "[ERROR] private_metadata over 3000 characters [json-pointer:/view/private_metadata]"
             )
+        if len(view.get("callback_id") or "") > 255:
+            problems.append("[ERROR] must be less than 256 characters [json-pointer:/view/callback_id]")
         blocks = view.get("blocks")
-        if not isinstance(blocks, list) or not 1 <= len(blocks) <= 100:
+        if surface == "modal" and (not isinstance(blocks, list) or not 1 <= len(blocks) <= 100):
             problems.append("[ERROR] a modal has 1-100 blocks [json-pointer:/view/blocks]")
-        elif any(b.get("type") == "input" for b in blocks) and not view.get("submit"):
+        elif not isinstance(blocks, list):
+            problems.append("[ERROR] missing required field: blocks [json-pointer:/view/blocks]")
+        elif len(blocks) > 100:
+            problems.append("[ERROR] no more than 100 items allowed [json-pointer:/view/blocks]")
+        elif (
+            surface == "modal"
+            and any(isinstance(b, dict) and b.get("type") == "input" for b in blocks)
+            and not view.get("submit")
+        ):
             problems.append("[ERROR] a modal with inputs needs submit [json-pointer:/view/submit]")
+        if isinstance(blocks, list):
+            problems += cls._block_problems(blocks)
         return problems
+
+    @staticmethod
+    def _block_problems(blocks: list[Any]) -> list[str]:
+        """Slack's Block Kit limits for the blocks of a view (types, lengths, counts, unique block ids)."""
+        problems: list[str] = []
+        seen: set[str] = set()
+
+        def text_of(obj: Any) -> str:
+            return str(obj.get("text") or "") if isinstance(obj, dict) else ""
+
+        for i, block in enumerate(blocks):
+            at = f"/view/blocks/{i}"
+            if not isinstance(block, dict) or block.get("type") not in _VIEW_BLOCK_TYPES:
+                problems.append(f"[ERROR] failed to match all allowed schemas [json-pointer:{at}]")
+                continue
+            kind = block["type"]
+            block_id = block.get("block_id")
+            if block_id is not None:
+                if not 1 <= len(str(block_id)) <= 255:
+                    problems.append(f"[ERROR] must be less than 256 characters [json-pointer:{at}/block_id]")
+                if block_id in seen:
+                    problems.append(f"[ERROR] duplicate block_id [json-pointer:{at}/block_id]")
+                seen.add(str(block_id))
+            if kind == "section":
+                text, fields = block.get("text"), block.get("fields")
+                if not text and not fields:
+                    problems.append(f"[ERROR] must provide either text or fields [json-pointer:{at}]")
+                if len(text_of(text)) > 3000:
+                    problems.append(
+                        f"[ERROR] must be less than 3001 characters [json-pointer:{at}/text/text]"
+                    )
+                if isinstance(fields, list):
+                    if len(fields) > 10:
+                        problems.append(f"[ERROR] no more than 10 items allowed [json-pointer:{at}/fields]")
+                    for f, item in enumerate(fields):
+                        if len(text_of(item)) > 2000:
+                            problems.append(
+                                f"[ERROR] must be less than 2001 characters [json-pointer:{at}/fields/{f}/text]"
+                            )
+            elif kind == "header":
+                text = block.get("text")
+                if not isinstance(text, dict) or text.get("type") != "plain_text":
+                    problems.append(f"[ERROR] must be a plain_text object [json-pointer:{at}/text]")
+                elif not 1 <= len(text_of(text)) <= 150:
+                    problems.append(f"[ERROR] must be less than 151 characters [json-pointer:{at}/text/text]")
+            elif kind == "actions":
+                elements = block.get("elements")
+                if not isinstance(elements, list) or not 1 <= len(elements) <= 25:
+                    problems.append(f"[ERROR] must provide 1-25 elements [json-pointer:{at}/elements]")
+            elif kind == "context":
+                elements = block.get("elements")
+                if not isinstance(elements, list) or not 1 <= len(elements) <= 10:
+                    problems.append(f"[ERROR] must provide 1-10 elements [json-pointer:{at}/elements]")
+            elif kind == "input":
+                if not isinstance(block.get("element"), dict):
+                    problems.append(f"[ERROR] missing required field: element [json-pointer:{at}/element]")
+                label = text_of(block.get("label"))
+                if not 1 <= len(label) <= 2000:
+                    problems.append(
+                        f"[ERROR] must be less than 2001 characters [json-pointer:{at}/label/text]"
+                    )
+        return problems
+
+    def _m_views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Publish the Home tab of `user_id`: validated like Slack, kept per user (home_view), answered with the
+        view object. A `hash` that is not the current view's is a hash_conflict (a concurrent update won)."""
+        user_id = args.get("user_id") or ""
+        raw = args.get("view")
+        if not user_id or raw in (None, ""):
+            missing = "user_id" if not user_id else "view"
+            raise _ApiError(
+                "invalid_arguments",
+                response_metadata={"messages": [f"[ERROR] missing required field: {missing}"]},
+            )
+        view = _jsonish(raw)
+        if len(json.dumps(view).encode()) > _VIEW_MAX_BYTES:
+            raise _ApiError("view_too_large")
+        problems = self._view_problems(view, "home")
+        if problems:
+            raise _ApiError("invalid_arguments", response_metadata={"messages": problems})
+        if not self.home_tab_enabled:
+            raise _ApiError("not_enabled")
+        current = self.home_views.get(user_id)
+        if args.get("hash") and current is not None and args["hash"] != current["hash"]:
+            raise _ApiError("hash_conflict")
+        external_id = view.get("external_id") or ""
+        if external_id:
+            taken = [v for u, v in self.home_views.items() if u != user_id] + [
+                o["view"] for o in self.views.values()
+            ]
+            if any(v.get("external_id") == external_id for v in taken):
+                raise _ApiError("duplicate_external_id")
+        # A user's Home tab keeps its view id across publishes; each publish gets a new hash.
+        view_id = current["id"] if current is not None else self._new_id("V")
+        blocks = [dict(b) for b in view["blocks"]]
+        for block in blocks:
+            block.setdefault("block_id", secrets.token_hex(3))
+        obj: dict[str, Any] = {
+            "id": view_id,
+            "team_id": self.team_id,
+            "type": "home",
+            "close": None,
+            "submit": None,
+            "blocks": blocks,
+            "private_metadata": view.get("private_metadata") or "",
+            "callback_id": view.get("callback_id") or "",
+            "state": {"values": {}},
+            "hash": f"{int(time.time())}.{secrets.token_hex(4)}",
+            "clear_on_close": False,
+            "notify_on_close": False,
+            "root_view_id": view_id,
+            "previous_view_id": None,
+            "app_id": self.app_id,
+            "external_id": external_id,
+            "app_installed_team_id": self.team_id,
+            "bot_id": self.bot_id,
+        }
+        self.home_views[user_id] = obj
+        return {"view": json.loads(json.dumps(obj))}
+
+    def _m_usergroups_users_list(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The members of a user group (add_usergroup). `team_id` is ignored with a workspace token, as on
+        Slack; `include_disabled` changes nothing here since the fake's groups are never disabled."""
+        group_id = args.get("usergroup") or ""
+        if not group_id:
+            raise _ApiError(
+                "invalid_arguments",
+                response_metadata={"messages": ["[ERROR] missing required field: usergroup"]},
+            )
+        group = self.usergroups.get(group_id)
+        if group is None:
+            raise _ApiError("no_such_subteam")
+        return {"users": list(group["users"])}
 
     def _m_reactions_add(self, args: dict[str, Any]) -> dict[str, Any]:
         msg = self._find(args.get("channel") or "", args.get("timestamp") or "")
@@ -922,6 +1108,8 @@ class FakeSlack:
         "files.info": _m_files_info,
         "files.delete": _m_files_delete,
         "views.open": _m_views_open,
+        "views.publish": _m_views_publish,
+        "usergroups.users.list": _m_usergroups_users_list,
         "reactions.add": _m_reactions_add,
         "reactions.remove": _m_reactions_remove,
         "apps.connections.open": _m_apps_connections_open,
@@ -1361,6 +1549,44 @@ class FakeSlack:
             stored.pop("subtype", None)
             self._store(channel, stored)
         return event
+
+    def app_home_opened_event(
+        self, user: str = "U1", *, tab: str = "home", channel: str | None = None
+    ) -> dict[str, Any]:
+        """The `app_home_opened` event Slack sends when `user` opens the app's Home (`tab` "home") or its
+        Messages tab ("messages"). `channel` is the user's DM with the app (D + the user id's rest, as
+        chat.postMessage to a user id uses). Once a Home view was published for the user, a Home opening
+        carries it in `view`, as on Slack. Wrap it with event_envelope, or use send_app_home_opened /
+        socket_send_app_home_opened."""
+        event: dict[str, Any] = {
+            "type": "app_home_opened",
+            "user": user,
+            "channel": channel or "D" + user[1:],
+            "tab": tab,
+            "event_ts": self._next_ts(),
+        }
+        view = self.home_view(user)
+        if tab == "home" and view is not None:
+            event["view"] = view
+        return event
+
+    async def send_app_home_opened(
+        self, events_url: str, *, user: str = "U1", tab: str = "home", event_id: str | None = None
+    ) -> tuple[int, str]:
+        """POST a signed event_callback carrying app_home_opened for `user` (the Events API over HTTP)."""
+        return await self.send_event(events_url, self.app_home_opened_event(user, tab=tab), event_id=event_id)
+
+    async def socket_send_app_home_opened(
+        self,
+        *,
+        user: str = "U1",
+        tab: str = "home",
+        event_id: str | None = None,
+        timeout: float = 10,  # noqa: ASYNC109
+    ) -> dict[str, Any]:
+        """Send app_home_opened for `user` over Socket Mode (an events_api envelope); returns the ack."""
+        envelope = self.event_envelope(self.app_home_opened_event(user, tab=tab), event_id=event_id)
+        return await self.socket_send("events_api", envelope, timeout=timeout)
 
     # ------------------------------------------------------------------ sending to the bot over HTTP
 

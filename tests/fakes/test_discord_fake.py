@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import discord
@@ -466,3 +467,244 @@ async def test_buttons_are_pressed_on_messages_that_carry_them_and_deletes_are_d
     with pytest.raises(ValueError, match="does not exist"):
         await fake.send_interaction(type=3, custom_id="keep:7", component_type=2, target_message=message)
     assert ix["type"] == 3
+
+
+async def test_subcommands_resolve_users_channels_and_roles(make_harness) -> None:
+    """Options nested in a subcommand (type 1) or a group (type 2) are resolved like top-level ones: users
+    (with members, without their user, in the guild), channels (partial) and roles (full), so discord.py
+    hands the callback real objects; roles given with add_role/add_member are in discord.py's cache."""
+    h = await make_harness()
+    fake = h.fake
+    role_id, member_id, stranger_id, art_id = (
+        1100000000000000100,
+        1100000000000000101,
+        1100000000000000102,
+        1100000000000000103,
+    )
+    role = fake.add_role(role_id, "designers", color=0x3498DB, mentionable=True)
+    assert {
+        "id",
+        "name",
+        "color",
+        "hoist",
+        "position",
+        "permissions",
+        "managed",
+        "mentionable",
+        "flags",
+    } <= set(role)
+    fake.add_member(member_id, roles=[role_id], username="dana")
+    fake.add_member(fake.user_id, roles=[role_id])  # the invoking member has it too
+    fake.add_channel(art_id, "art")
+    got: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    admin = app_commands.Group(name="imagine-admin", description="Admin")
+    grant = app_commands.Group(name="grant", description="Grant things", parent=admin)
+
+    @admin.command(name="channel", description="Switch a channel")
+    async def channel_cmd(
+        interaction: discord.Interaction, channel: discord.abc.GuildChannel, text: str
+    ) -> None:
+        await interaction.response.send_message("ok", ephemeral=True)
+        await got.put(("channel", (channel, text, interaction.user)))
+
+    @admin.command(name="role", description="A role")
+    async def role_cmd(interaction: discord.Interaction, role: discord.Role) -> None:
+        await interaction.response.send_message("ok", ephemeral=True)
+        await got.put(("role", role))
+
+    @admin.command(name="user", description="A user")
+    async def user_cmd(interaction: discord.Interaction, user: discord.User) -> None:
+        await interaction.response.send_message("ok", ephemeral=True)
+        await got.put(("user", user))
+
+    @grant.command(name="quota", description="To a member or a role")
+    async def grant_quota(
+        interaction: discord.Interaction, target: discord.Member | discord.Role, images: int = 5
+    ) -> None:
+        await interaction.response.send_message("ok", ephemeral=True)
+        await got.put(("grant", (target, images)))
+
+    h.tree.add_command(admin, guild=discord.Object(fake.guild_id))
+    await h.connect()
+    guild = h.client.get_guild(fake.guild_id)
+    cached = guild.get_role(role_id) if guild is not None else None
+    assert cached is not None and cached.name == "designers"  # GUILD_CREATE carried the role
+    await h.tree.sync(guild=discord.Object(fake.guild_id))
+    [registered] = fake.registered_commands
+    assert sorted(o["type"] for o in registered["options"]) == [1, 1, 1, 2]
+    [group] = [o for o in registered["options"] if o["type"] == 2]
+    assert group["options"][0]["options"][0]["type"] == 9  # a mentionable, nested twice
+
+    ix = await fake.send_interaction(
+        name="imagine-admin",
+        options=[
+            {
+                "type": 1,
+                "name": "channel",
+                "options": [
+                    {"name": "channel", "type": 7, "value": str(art_id)},
+                    {"name": "text", "type": 3, "value": "off"},
+                ],
+            }
+        ],
+    )
+    kind, (channel, text, invoker) = await asyncio.wait_for(got.get(), 5)
+    assert kind == "channel" and channel.id == art_id and channel.name == "art" and text == "off"
+    assert isinstance(invoker, discord.Member) and [r.id for r in invoker.roles if r.id == role_id] == [
+        role_id
+    ]
+    assert ix["data"]["resolved"]["channels"][str(art_id)].keys() == {"id", "name", "type", "permissions"}
+    assert ix["member"]["roles"] == [str(role_id)]
+
+    ix = await fake.send_interaction(
+        name="imagine-admin",
+        options=[{"type": 1, "name": "role", "options": [{"name": "role", "type": 8, "value": role_id}]}],
+    )
+    kind, resolved_role = await asyncio.wait_for(got.get(), 5)
+    assert kind == "role" and isinstance(resolved_role, discord.Role) and resolved_role.name == "designers"
+    assert resolved_role.color.value == 0x3498DB and resolved_role.mentionable
+    assert ix["data"]["options"][0]["options"][0]["value"] == str(role_id)  # snowflakes are strings
+    assert ix["data"]["resolved"]["roles"][str(role_id)] == fake.role(role_id)
+
+    ix = await fake.send_interaction(
+        name="imagine-admin",
+        options=[
+            {"type": 1, "name": "user", "options": [{"name": "user", "type": 6, "value": str(member_id)}]}
+        ],
+    )
+    kind, user = await asyncio.wait_for(got.get(), 5)
+    assert kind == "user" and isinstance(user, discord.Member) and user.name == "dana"
+    assert [r.name for r in user.roles] == ["@everyone", "designers"]
+    members = ix["data"]["resolved"]["members"]
+    assert "user" not in members[str(member_id)] and members[str(member_id)]["roles"] == [str(role_id)]
+    assert ix["data"]["resolved"]["users"][str(member_id)]["username"] == "dana"
+
+    # Someone who is not in the guild resolves to a user only.
+    ix = await fake.send_interaction(
+        name="imagine-admin",
+        options=[
+            {"type": 1, "name": "user", "options": [{"name": "user", "type": 6, "value": str(stranger_id)}]}
+        ],
+    )
+    kind, stranger = await asyncio.wait_for(got.get(), 5)
+    assert type(stranger) is discord.User and stranger.id == stranger_id
+    assert "members" not in ix["data"]["resolved"]
+
+    # A mentionable inside a subcommand group: a role, then a member.
+    for target in (role_id, member_id):
+        await fake.send_interaction(
+            name="imagine-admin",
+            options=[
+                {
+                    "type": 2,
+                    "name": "grant",
+                    "options": [
+                        {
+                            "type": 1,
+                            "name": "quota",
+                            "options": [{"name": "target", "type": 9, "value": str(target)}],
+                        }
+                    ],
+                }
+            ],
+        )
+        kind, (resolved_target, images) = await asyncio.wait_for(got.get(), 5)
+        assert kind == "grant" and resolved_target.id == target and images == 5
+        assert isinstance(resolved_target, discord.Role if target == role_id else discord.Member)
+
+    with pytest.raises(ValueError, match="no channel"):
+        await fake.send_interaction(
+            name="imagine-admin",
+            options=[
+                {"type": 1, "name": "channel", "options": [{"name": "channel", "type": 7, "value": "42"}]}
+            ],
+        )
+
+
+async def test_guild_messages_carry_the_authors_member_roles(make_harness) -> None:
+    h = await make_harness(intents=discord.Intents.default() | discord.Intents(message_content=True))
+    fake = h.fake
+    role_id, author_id = 1100000000000000200, 1100000000000000201
+    fake.add_role(role_id, "artists")
+    fake.add_member(author_id, roles=[role_id])
+    got: asyncio.Queue[discord.Message] = asyncio.Queue()
+
+    @h.client.event
+    async def on_message(message: discord.Message) -> None:
+        if message.author != h.client.user:
+            await got.put(message)
+
+    await h.connect()
+    await fake.send_message(content="hello", author_id=author_id)
+    msg = await asyncio.wait_for(got.get(), 5)
+    assert isinstance(msg.author, discord.Member) and [r.name for r in msg.author.roles] == [
+        "@everyone",
+        "artists",
+    ]
+    dispatched = fake.messages[fake.channel_id][-1]
+    assert "member" not in dispatched  # the stored message; the gateway copy carries member (checked above)
+
+
+async def test_command_registration_is_validated_at_every_level(make_harness) -> None:
+    h = await make_harness()
+    await h.connect()
+    fake, http = h.fake, h.client.http
+    app, guild = fake.application_id, fake.guild_id
+
+    def opt(name: str, type: int = 3, **extra: object) -> dict:
+        return {"type": type, "name": name, "description": f"the {name}", **extra}
+
+    def sub(name: str, *options: dict, type: int = 1) -> dict:
+        return {"type": type, "name": name, "description": f"the {name}", "options": list(options)}
+
+    good = {
+        "name": "imagine-admin",
+        "description": "Admin",
+        "options": [sub("channel", opt("channel", 7, required=True), opt("text"))],
+    }
+    assert len(await http.bulk_upsert_guild_commands(app, guild, [good])) == 1
+    [before] = fake.registered_commands
+
+    bad = {
+        "upper-case subcommand": sub("Channel"),
+        "33-character subcommand": sub("c" * 33),
+        "a space in a subcommand": sub("two words"),
+        "26 options": sub("many", *(opt(f"o{n}") for n in range(26))),
+        "empty description": sub("x", opt("text", description="")),
+        "101-character description": sub("x", opt("text", description="d" * 101)),
+        "required after optional": sub("x", opt("a"), opt("b", required=True)),
+        "a string beside a subcommand": opt("loose"),
+        "a string in a group": sub("grp", opt("loose"), type=2),
+        "a subcommand in a subcommand": sub("outer", sub("inner")),
+        "a duplicated option": sub("x", opt("a"), opt("a")),
+    }
+    for name, option in bad.items():
+        payload = [{**good, "options": [*good["options"], option]}]
+        with pytest.raises(discord.HTTPException) as refused:
+            await http.bulk_upsert_guild_commands(app, guild, payload)
+        assert (refused.value.status, refused.value.code) == (400, 50035), name
+        assert fake.registered_commands == [before], name  # a rejected overwrite changes nothing
+    # Top-level options follow the same rules.
+    with pytest.raises(discord.HTTPException):
+        await http.bulk_upsert_global_commands(
+            app, [{"name": "imagine", "description": "x", "options": [opt("a"), opt("b", required=True)]}]
+        )
+    with pytest.raises(discord.HTTPException):
+        await http.bulk_upsert_global_commands(app, [{"name": "Imagine", "description": "x"}])
+
+    # The body is Discord's: errors keyed by command index, then by option path.
+    payload = [{**good, "options": [sub("x", opt("a"), opt("b", required=True), opt("c", description=""))]}]
+    headers = {"Authorization": f"Bot {fake.token}"}
+    async with aiohttp.ClientSession() as s:
+        url = f"{fake.api_url}/applications/{app}/guilds/{guild}/commands"
+        async with s.put(url, json=payload, headers=headers) as resp:
+            assert resp.status == 400
+            body = await resp.json()
+    assert body["code"] == 50035 and body["message"] == "Invalid Form Body"
+    nested = body["errors"]["0"]["options"]["0"]["options"]
+    assert nested["1"]["_errors"][0]["code"] == "APPLICATION_COMMAND_OPTIONS_REQUIRED_INVALID"
+    assert nested["2"]["description"]["_errors"][0]["code"] == "BASE_TYPE_BAD_LENGTH"
+    # At the limits: 25 options of 32-character names and 100-character descriptions.
+    full = sub("full", *(opt(f"{n:02d}".ljust(32, "o"), description="d" * 100) for n in range(25)))
+    assert await http.bulk_upsert_guild_commands(app, guild, [{**good, "options": [full]}])

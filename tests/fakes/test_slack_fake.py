@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -538,3 +539,170 @@ async def test_files_delete_only_the_bots_own(fake: FakeSlack, client: AsyncWebC
     with pytest.raises(SlackApiError) as unknown:
         await client.files_delete(file="F404")
     assert unknown.value.response["error"] == "file_not_found"
+
+
+# ---------------------------------------------------------------- user groups, Home tab, admins
+
+
+async def test_usergroups_users_list(fake: FakeSlack, client: AsyncWebClient) -> None:
+    """A registered group answers its members (replaced by a second add_usergroup); any other is
+    no_such_subteam; the bot token and the usergroups:read scope are needed, as on Slack."""
+    fake.add_usergroup("S0123ABC", ["U1", "U2"], handle="designers")
+    res = await client.usergroups_users_list(usergroup="S0123ABC")
+    assert res["users"] == ["U1", "U2"]
+    # slack_sdk sends it as a GET with the arguments in the query string
+    call = fake.calls_to("usergroups.users.list")[0]
+    assert (
+        call.args == {"usergroup": "S0123ABC"} and call.headers["Authorization"] == "Bearer xoxb-test-token"
+    )
+    with_options = await client.usergroups_users_list(
+        usergroup="S0123ABC", include_disabled=True, team_id=fake.team_id
+    )
+    assert with_options["users"] == ["U1", "U2"]
+
+    fake.add_usergroup("S0123ABC", ["U3"])
+    assert (await client.usergroups_users_list(usergroup="S0123ABC"))["users"] == ["U3"]
+    assert fake.usergroup_mention("S0123ABC") == "<!subteam^S0123ABC|@designers>"  # the handle is kept
+
+    with pytest.raises(SlackApiError) as unknown:
+        await client.usergroups_users_list(usergroup="S9999ZZZ")
+    assert unknown.value.response["error"] == "no_such_subteam"
+    with pytest.raises(SlackApiError) as bad_token:
+        await AsyncWebClient(token=fake.app_token, base_url=fake.api_url).usergroups_users_list(
+            usergroup="S0123ABC"
+        )
+    assert bad_token.value.response["error"] == "not_allowed_token_type"
+    fake.bot_scopes = fake.bot_scopes.replace("usergroups:read,", "")
+    with pytest.raises(SlackApiError) as no_scope:
+        await client.usergroups_users_list(usergroup="S0123ABC")
+    assert no_scope.value.response["error"] == "missing_scope"
+    assert no_scope.value.response["needed"] == "usergroups:read"
+    assert len(fake.calls_to("usergroups.users.list")) == 6
+
+    # A slash command's text carries the group mention as the user typed it.
+    payload = fake.slash_command_payload(
+        command="/imagine-admin", text="quota <!subteam^S0123ABC|@designers> 5"
+    )
+    assert payload["text"] == "quota <!subteam^S0123ABC|@designers> 5"
+
+
+async def test_users_info_reports_admins_and_owners(fake: FakeSlack, client: AsyncWebClient) -> None:
+    fake.admins.add("U7")
+    fake.owners.add("U8")
+    admin, owner, member = [(await client.users_info(user=u))["user"] for u in ("U7", "U8", "U1")]
+    assert (admin["is_admin"], admin["is_owner"]) == (True, False)
+    assert (owner["is_admin"], owner["is_owner"]) == (True, True)
+    assert (member["is_admin"], member["is_owner"]) == (False, False)
+
+
+def _home(*blocks: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "home", "blocks": list(blocks)}
+
+
+def _section(text: str) -> dict[str, Any]:
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+async def test_views_publish_keeps_the_latest_home_view(fake: FakeSlack, client: AsyncWebClient) -> None:
+    assert fake.home_view("U1") is None
+    first = (await client.views_publish(user_id="U1", view=_home(_section("Your quota: 5 images"))))["view"]
+    assert first["id"].startswith("V") and first["type"] == "home" and first["team_id"] == fake.team_id
+    assert first["blocks"][0]["block_id"] and first["bot_id"] == fake.bot_id
+    assert first["state"] == {"values": {}} and first["hash"]
+    stored = fake.home_view("U1")
+    assert stored is not None and stored["blocks"][0]["text"]["text"] == "Your quota: 5 images"
+
+    # The view may also come as a JSON string (form-encoded here); the Home tab keeps its id, not its hash.
+    second = await client.api_call(
+        "views.publish",
+        params={
+            "user_id": "U1",
+            "view": json.dumps(_home(_section("Your quota: 4 images"))),
+            "hash": first["hash"],
+        },
+    )
+    assert second["view"]["id"] == first["id"] and second["view"]["hash"] != first["hash"]
+    assert fake.home_view("U1")["blocks"][0]["text"]["text"] == "Your quota: 4 images"  # type: ignore[index]
+    with pytest.raises(SlackApiError) as stale:  # a hash from before the last publish lost the race
+        await client.views_publish(user_id="U1", view=_home(_section("x")), hash=first["hash"])
+    assert stale.value.response["error"] == "hash_conflict"
+    assert fake.home_view("U2") is None and len(fake.calls_to("views.publish")) == 3
+
+    # At the limits: 100 blocks, a section of 3000 characters, a header of 150.
+    header = {"type": "header", "text": {"type": "plain_text", "text": "h" * 150}}
+    full = _home(header, _section("s" * 3000), *[{"type": "divider"}] * 98)
+    assert (await client.views_publish(user_id="U2", view=full))["ok"]
+
+    bad = {
+        "101 blocks": _home(*[{"type": "divider"}] * 101),
+        "long section": _home(_section("s" * 3001)),
+        "long header": _home({"type": "header", "text": {"type": "plain_text", "text": "h" * 151}}),
+        "mrkdwn header": _home({"type": "header", "text": {"type": "mrkdwn", "text": "*h*"}}),
+        "a modal": {**_home(_section("x")), "type": "modal"},
+        "a message-only block": _home({"type": "file", "external_id": "x", "source": "remote"}),
+        "duplicate block ids": _home({**_section("a"), "block_id": "b"}, {**_section("b"), "block_id": "b"}),
+    }
+    for name, view in bad.items():
+        with pytest.raises(SlackApiError) as refused:
+            await client.views_publish(user_id="U3", view=view)
+        assert refused.value.response["error"] == "invalid_arguments", name
+        messages = refused.value.response["response_metadata"]["messages"]
+        assert messages and all(m.startswith("[ERROR]") for m in messages), name
+    assert fake.home_view("U3") is None
+    fake.home_tab_enabled = False
+    with pytest.raises(SlackApiError) as disabled:
+        await client.views_publish(user_id="U3", view=_home(_section("x")))
+    assert disabled.value.response["error"] == "not_enabled"
+
+
+async def test_app_home_opened_over_http_and_socket_mode(fake: FakeSlack) -> None:
+    """bolt's app.event("app_home_opened") gets Slack's event; its views.publish lands in home_view, and the
+    next opening carries the published view, as Slack's does."""
+    app = _bolt_app(fake)
+    opened: list[dict[str, Any]] = []
+
+    @app.event("app_home_opened")
+    async def home(event: dict[str, Any], client: AsyncWebClient) -> None:
+        opened.append(event)
+        if event["tab"] == "home":
+            await client.views_publish(
+                user_id=event["user"], view=_home(_section(f"Hello <@{event['user']}> ({len(opened)})"))
+            )
+
+    event = fake.app_home_opened_event("U5")
+    assert set(event) == {"type", "user", "channel", "tab", "event_ts"}
+    assert (event["type"], event["user"], event["channel"], event["tab"]) == (
+        "app_home_opened",
+        "U5",
+        "D5",
+        "home",
+    )
+    assert fake.event_envelope(event)["event"] is event
+
+    runner, url = await _serve(app)
+    try:
+        status, _ = await fake.send_app_home_opened(url, user="U5", event_id="EvHOME1")
+        assert status == 200
+        await fake.wait_for("views.publish")
+        assert fake.home_view("U5")["blocks"][0]["text"]["text"] == "Hello <@U5> (1)"  # type: ignore[index]
+        assert "view" not in opened[0]
+    finally:
+        await runner.cleanup()
+
+    handler = AsyncSocketModeHandler(app, app_token=fake.app_token)
+    await handler.connect_async()
+    try:
+        await fake.wait_for("socket_connect")
+        ack = await fake.socket_send_app_home_opened(user="U5", timeout=5)
+        assert set(ack) == {"envelope_id"}
+        await fake.wait_for("views.publish", 2)
+        assert opened[1]["view"]["type"] == "home" and opened[1]["view"]["id"] == fake.home_view("U5")["id"]  # type: ignore[index]
+        assert fake.home_view("U5")["blocks"][0]["text"]["text"] == "Hello <@U5> (2)"  # type: ignore[index]
+        await fake.socket_send_app_home_opened(user="U5", tab="messages", timeout=5)
+        async with asyncio.timeout(5):  # bolt runs event listeners after the ack
+            while len(opened) < 3:
+                await asyncio.sleep(0.01)
+        assert opened[2]["tab"] == "messages" and "view" not in opened[2]
+        assert len(fake.calls_to("views.publish")) == 2
+    finally:
+        await handler.close_async()
