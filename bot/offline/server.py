@@ -27,6 +27,7 @@ from aiohttp import BodyPartReader, web
 from ..errors import ConfigError
 from ..pricing import PriceTable, load_prices
 from . import drawing, rules
+from .batch import BATCH_FAULTS, BatchApi
 from .rules import ApiError, Body, Params
 
 MODERATION_MESSAGE = (
@@ -34,7 +35,10 @@ MODERATION_MESSAGE = (
     "contact us at help.openai.com and include the request ID {request_id}."
 )
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
-_FAULT_RE = re.compile(r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|hang|drop|moderation|garbage)\*?$")
+_FAULT_RE = re.compile(
+    r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|hang|drop|moderation|garbage"
+    r"|batch_failed|batch_expired|line_error)\*?$"
+)
 _REQUEST_ID_KEY = web.RequestKey("imagebot_request_id", str)
 
 
@@ -67,6 +71,10 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
     Retry-After), `408` (request timeout), `400` and `409` (client errors that, like a careless gateway, also say
     `x-should-retry: true`), `hang`, `drop`, `moderation` and `garbage`; a trailing `*` makes a token
     permanent (never consumed). Raises ConfigError naming the bad token.
+
+    `batch_failed`, `batch_expired` and `line_error` are for the Batch API (bot/offline/batch.py): only a
+    batch creation takes them, and the image endpoints pass over them (they stay queued), as batches pass
+    over the others.
     """
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
     tokens: list[str] = []
@@ -77,7 +85,8 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
         if not _FAULT_RE.match(token):
             raise ConfigError(
                 f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 400, 408, 409, 500, 502, 503, "
-                "429:N, hang, drop, moderation or garbage, optionally ending in * (always)"
+                "429:N, hang, drop, moderation, garbage, or for batches batch_failed, batch_expired or "
+                "line_error, optionally ending in * (always)"
             )
         tokens.append(token)
     return tokens
@@ -95,7 +104,9 @@ class OfflineImageServer:
     by its own rules (gpt-image-2 by default).
 
     `latency` (seconds per render) and the fault queue may be changed at any time; `calls`
-    records every request in arrival order.
+    records every image request in arrival order. The Files and Batch APIs are `batch_api`
+    (bot/offline/batch.py): a batch takes `batch_latency` seconds from creation to its end, and
+    `batch_calls` records every (method, path) of those endpoints.
     """
 
     def __init__(
@@ -106,8 +117,11 @@ class OfflineImageServer:
         host: str = "127.0.0.1",
         port: int = 0,
         prices: PriceTable | None = None,
+        batch_latency: float = 20.0,
     ) -> None:
         self.latency = latency
+        self.batch_latency = batch_latency
+        self.batch_calls: list[tuple[str, str]] = []
         self.calls: list[CallRecord] = []
         self.host = host
         self.port = port
@@ -116,26 +130,18 @@ class OfflineImageServer:
         self._runner: web.AppRunner | None = None
         self._base_url: str | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.batch_api = BatchApi(self)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OfflineImageServer:
-        """Build from `IMAGEBOT_OFFLINE_LATENCY` (default 3), `IMAGEBOT_OFFLINE_FAULTS` and `IMAGEBOT_PRICES`."""
-        raw_latency = environ.get("IMAGEBOT_OFFLINE_LATENCY", "").strip()
-        latency = 3.0
-        if raw_latency:
-            try:
-                latency = float(raw_latency)
-            except ValueError:
-                latency = math.nan
-            if not math.isfinite(latency) or latency < 0:
-                raise ConfigError(
-                    f"IMAGEBOT_OFFLINE_LATENCY={raw_latency!r} is not a number of seconds; use e.g. 3 or 0.5"
-                )
+        """Build from `IMAGEBOT_OFFLINE_LATENCY` (default 3), `IMAGEBOT_OFFLINE_BATCH_LATENCY` (default 20),
+        `IMAGEBOT_OFFLINE_FAULTS` and `IMAGEBOT_PRICES`."""
         prices_path = environ.get("IMAGEBOT_PRICES") or None
         return cls(
-            latency=latency,
+            latency=_env_seconds(environ, "IMAGEBOT_OFFLINE_LATENCY", 3.0),
             faults=environ.get("IMAGEBOT_OFFLINE_FAULTS", ""),
             prices=load_prices(prices_path) if prices_path else None,
+            batch_latency=_env_seconds(environ, "IMAGEBOT_OFFLINE_BATCH_LATENCY", 20.0),
         )
 
     @property
@@ -163,6 +169,7 @@ class OfflineImageServer:
         )
         app.router.add_post("/v1/images/generations", self._generations)
         app.router.add_post("/v1/images/edits", self._edits)
+        self.batch_api.add_routes(app.router)
         app.on_response_prepare.append(self._add_request_id)
         # handler_cancellation: a client that gives up (timeout) ends its `hang` or render.
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
@@ -189,6 +196,7 @@ class OfflineImageServer:
             task.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.batch_api.stop()
         await runner.cleanup()
         self._base_url = None
 
@@ -210,13 +218,17 @@ class OfflineImageServer:
         request_id = request.get(_REQUEST_ID_KEY) or _new_request_id()
         response.headers.setdefault("x-request-id", request_id)
 
-    def _next_fault(self) -> str | None:
-        if not self._faults:
-            return None
-        token = self._faults[0]
-        if token.endswith("*"):
-            return token[:-1]
-        return self._faults.popleft()
+    def _next_fault(self, *, batch: bool = False) -> str | None:
+        """Take the next fault for an image call, or (`batch`) for a batch creation: each passes over the
+        other's tokens, which stay queued."""
+        for index, token in enumerate(self._faults):
+            if (token.rstrip("*") in BATCH_FAULTS) != batch:
+                continue
+            if token.endswith("*"):
+                return token[:-1]
+            del self._faults[index]
+            return token
+        return None
 
     async def _generations(self, request: web.Request) -> web.StreamResponse:
         return await self._handle(request, "generations")
@@ -397,17 +409,7 @@ class OfflineImageServer:
         started = time.monotonic()
         latency = self.latency
         _, b64 = await asyncio.to_thread(drawing.render_final, params)
-        usage = rules.usage(params, self.prices.model(params.model), 0)
-        usage["output_tokens_details"] = {"image_tokens": usage["output_tokens"], "text_tokens": 0}
-        payload = {
-            "created": int(time.time()),
-            "data": [{"b64_json": b64}],
-            "background": params.background if params.background == "transparent" else "opaque",
-            "output_format": params.output_format,
-            "quality": params.rendered_quality,
-            "size": params.size,
-            "usage": usage,
-        }
+        payload = self.images_response(params, b64)
         raw = await asyncio.to_thread(lambda: json.dumps(payload).encode("utf-8"))
         await self._sleep_until(started + latency)
         record.status = 200
@@ -473,12 +475,40 @@ class OfflineImageServer:
             pass  # the client went away; aiohttp finishes quietly when handed the response back
         return response
 
+    def images_response(self, params: Params, b64: str) -> dict[str, Any]:
+        """The JSON body of a non-streamed answer (an ImagesResponse, `usage` by the price table); a batch
+        output line carries the same body."""
+        usage = rules.usage(params, self.prices.model(params.model), 0)
+        usage["output_tokens_details"] = {"image_tokens": usage["output_tokens"], "text_tokens": 0}
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": b64}],
+            "background": params.background if params.background == "transparent" else "opaque",
+            "output_format": params.output_format,
+            "quality": params.rendered_quality,
+            "size": params.size,
+            "usage": usage,
+        }
+
     def _cut(self, request: web.Request) -> None:
         """Close the connection mid-body: the client sees a truncated response."""
         transport = request.transport
         if transport is not None:
             # close(), not abort(): what was written is flushed first, so the client gets a partial body.
             transport.close()
+
+
+def _env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds; use e.g. 3 or 0.5")
+    return seconds
 
 
 def _sse(event: dict[str, Any]) -> bytes:
@@ -494,8 +524,17 @@ async def _serve_forever(server: OfflineImageServer) -> None:
         await server.stop()
 
 
-def main_forever(host: str, port: int, latency: float, faults: str, prices: PriceTable | None = None) -> None:
+def main_forever(
+    host: str,
+    port: int,
+    latency: float,
+    faults: str,
+    prices: PriceTable | None = None,
+    batch_latency: float = 20.0,
+) -> None:
     """Run the server in the foreground until interrupted (`imagebot offline-server`)."""
-    server = OfflineImageServer(latency=latency, faults=faults, host=host, port=port, prices=prices)
+    server = OfflineImageServer(
+        latency=latency, faults=faults, host=host, port=port, prices=prices, batch_latency=batch_latency
+    )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve_forever(server))
