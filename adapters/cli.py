@@ -20,7 +20,8 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from bot import actions, commands, logs, quota, report
+from bot import commands, logs, quota, report
+from bot.app import Core
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
 from bot.ledger import Ledger
@@ -57,8 +58,6 @@ def _split_imagine(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
 
 
 async def _with_core(settings: Settings, body):  # type: ignore[no-untyped-def]
-    from bot.app import Core
-
     core = await Core.start(settings)
     try:
         return await body(core)
@@ -257,26 +256,27 @@ def cmd_quota(args: argparse.Namespace) -> int:
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
-    """`imagebot settings --tenant slack:T1 --channel C1 confirm=0.10`: a channel's settings, as
-    `/imagine-admin channel <#channel> ...` sets them."""
+    """`imagebot settings --tenant slack:T1 [VERB ...]`: the access rules of one tenant, in the words of
+    `/imagine-admin` (channel, allow, deny, block, unblock, settings), as its operator; no words shows them.
+    `--channel C1 confirm=0.10` is short for `channel C1 confirm=0.10`."""
+    words = list(args.settings)
+    if args.channel:
+        words = ["channel", f"<#{args.channel}>", *words]
+    if not words or "=" in words[0]:
+        words = ["settings", *words]
 
-    async def body(ledger: Ledger) -> int:
+    async def body(core: Core) -> int:
         try:
             tenant = Tenant.parse(args.tenant)
-            settings = [commands.parse_channel_setting(text) for text in args.settings]
-            if not settings:
-                raise UserError("settings needs at least one setting, e.g. confirm=0.10 (or off, default)")
-
-            await ledger.run_db(
-                lambda db: actions.set_channel_settings(db, tenant.key, args.channel, settings)
-            )
+            who = Requester(tenant.platform, tenant.workspace, args.channel or "", "cli")
+            reply = await commands.admin(core, who, " ".join(words), platform_admin=True, operator=True)
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
-        print(f"channel {args.channel} in {tenant}: {' '.join(args.settings)}")
+        print(reply.text)
         return 0
 
-    return _ledger_only(body)
+    return asyncio.run(_with_core(_settings(), body))
 
 
 async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int:
@@ -345,10 +345,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--csv", help="also export the ledger rows to this CSV file")
     p.add_argument("--chart", help="also write the PNG chart to this file")
     p.set_defaults(fn=cmd_report)
-    p = sub.add_parser("settings", help="set a channel's settings (confirm=USD|off|default: the price check)")
+    p = sub.add_parser(
+        "settings",
+        help="a tenant's access rules, as /imagine-admin sets them: channel C1 off, allow <@&1>, block U2, "
+        "settings cooldown=30 max_jobs=2 (no words: show them)",
+    )
     p.add_argument("--tenant", required=True, help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456")
-    p.add_argument("--channel", required=True)
-    p.add_argument("settings", nargs="*", help="confirm=0.10, confirm=off or confirm=default")
+    p.add_argument(
+        "--channel", help="a channel id: the words are that channel's settings (confirm=0.10, off)"
+    )
+    p.add_argument("settings", nargs="*", help="the /imagine-admin words, e.g. channel C1 max_size=2k")
     p.set_defaults(fn=cmd_settings)
     p = sub.add_parser("quota", help="show or set quota limits of a tenant, or of its users and channels")
     p.add_argument("action", choices=["show", "set"])

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -23,7 +22,6 @@ import sqlite_utils
 from .errors import UserError
 from .images import ImageInput
 from .pricing import PriceTable, format_usd
-from .quota import Tenant
 from .request import Defaults, ImageRequest, Requester, parse_request, split_flags
 from .sizes import GPT_IMAGE_2, Size, SizeRule
 
@@ -322,36 +320,3 @@ def buttons(
 def _label(button: Button, numbered: bool) -> str:
     words = LABELS[button.kind] + (f" {button.index}" if numbered and button.index else "")
     return words + (f" · {format_usd(button.cost_micros)}" if button.cost_micros is not None else "")
-
-
-# -- per-channel settings (the confirm threshold; [4/6] adds more) ------------------------------------
-
-
-def set_channel_settings(
-    db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
-) -> None:
-    """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
-    `/imagine-admin channel` and `imagebot settings` give them (commands.parse_channel_setting)."""
-    for name, value in settings:
-        if value is None:
-            db.conn.execute(
-                "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?",
-                [tenant, channel, name],
-            )
-        else:
-            db.conn.execute(
-                "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
-                [tenant, channel, name, value],
-            )
-
-
-def confirm_threshold(db: sqlite_utils.Database, who: Requester, default: int | None) -> int | None:
-    """The price above which `who`'s render asks first: the channel's own (`confirm=`), else the default."""
-    row = db.conn.execute(
-        "SELECT value FROM channel_settings WHERE tenant=? AND channel=? AND name='confirm'",
-        [Tenant.of(who).key, who.channel],
-    ).fetchone()
-    if row is None:
-        return default
-    return None if row[0] == "off" else int(row[0])

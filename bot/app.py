@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from . import actions, metrics, texts
+from . import access, actions, metrics, texts
+from .access import Access, Standing
 from .actions import ImageStore
 from .config import Settings
 from .errors import ConfigError, UserError
@@ -26,7 +27,6 @@ log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
 Notify = Callable[[Interrupted], Awaitable[None]]
-LOCAL_PLATFORMS = frozenset({"console", "cli"})
 
 
 @dataclass
@@ -82,8 +82,16 @@ class Core:
         renderer = Renderer(
             base_url=base_url, api_key=api_key, timeout=settings.api_timeout, max_retries=settings.api_retries
         )
+        rules = Access(
+            prices,
+            admins=settings.admins,
+            channels=settings.channels,
+            cooldown=settings.user_cooldown,
+            max_jobs=settings.user_max_jobs,
+        )
         runner = JobRunner(
             ledger=ledger,
+            access=rules,
             renderer=renderer,
             prices=prices,
             max_in_flight=settings.max_in_flight,
@@ -158,9 +166,12 @@ class Core:
         platform_admin: bool = False,
     ) -> None:
         """A result button (`Button.key`) pressed by `who`: a new job of theirs (their quota, the price check),
-        or Delete (the requester or an admin). Refusals (expired, another's image) go to `view.refused`."""
+        or Delete (the requester or an admin). Refusals (expired, another's image, the access rules) go to
+        `view.refused`."""
         try:
             kind, job_id, index = actions.parse_key(key)
+            if not (kind == actions.Kind.DELETE and self.is_admin(who, platform_admin)):
+                await self.may_render(who, view)
             oldest = self.ledger.clock() - timedelta(days=self.settings.actions_days)
             record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
             if (record.who.platform, record.who.workspace) != (who.platform, who.workspace):
@@ -234,13 +245,24 @@ class Core:
             options=options,
         )
 
+    @property
+    def access(self) -> Access:
+        return self.runner.access
+
+    async def may_render(self, who: Requester, standing: Standing | None, *, person: bool = True) -> None:
+        """The place and person rules of bot/access.py for `who` (UserError if refused), without a request:
+        before a click fetches an image, before an edit form opens. `person=False`: only the place and a
+        block (for commands that render nothing, such as /imagine-usage)."""
+        rules = await self.ledger.run_db(lambda db: access.load(db, who))
+        self.access.check_place(who, rules)
+        if person:
+            await self.access.check_person(who, rules, standing)
+        elif rules.blocked(who.user) and not self.is_operator(who):
+            raise UserError("You are blocked from using imagebot here; ask an admin.")
+
     def is_operator(self, who: Requester) -> bool:
-        """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
-        platform; `slack:U1` / `discord:42` only on that platform."""
-        if who.platform in LOCAL_PLATFORMS:  # whoever runs the console or the CLI already holds the database
-            return True
-        admins = self.settings.admins
-        return who.user in admins or f"{who.platform}:{who.user}" in admins
+        """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/access.py's rule."""
+        return self.access.is_operator(who)
 
     def is_admin(self, who: Requester | str, platform_admin: bool = False) -> bool:
         """May use /imagine-admin at all: an operator, or a tenant admin (the adapter's `platform_admin`: Slack

@@ -13,12 +13,13 @@ Other tenants are the CLI's business (`imagebot quota set --tenant slack:T123 ..
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import dataclass
+from typing import Any
 
-from . import actions, quota, report
+from . import access, quota, report
 from .app import Core
-from .config import usd_micros
 from .errors import UserError
 from .pricing import format_usd
 from .request import Requester
@@ -62,6 +63,7 @@ def parse_days(args: str) -> int:
 async def usage(core: Core, who: Requester, args: str) -> Reply:
     """`/imagine-usage [--days N]`: the channel's report with its chart, posted to the channel."""
     days = parse_days(args)
+    await core.may_render(who, None, person=False)  # a channel that is off (or a blocked user) gets no report
     built = await report.build(core.ledger, tenant=quota.Tenant.of(who), channel=who.channel, days=days)
     chart = await asyncio.to_thread(report.chart_png, built)
     return Reply(built.text(), private=False, chart=chart)
@@ -79,6 +81,61 @@ async def my_quota(core: Core, who: Requester) -> Reply:
             f"(resets {line.resets.strftime('%Y-%m-%d %H:%M %Z')})"
             for line in lines
         )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Recent:
+    """One of a user's recent images, for the Slack Home tab."""
+
+    prompt: str
+    size: str
+    cost: str
+    where: dict[str, Any]  # the job's context as its adapter gave it (Slack: channel, thread_ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    """What the Slack Home tab shows a user: their quota and last images; for admins, settings and spend."""
+
+    quota: str
+    recent: tuple[Recent, ...]
+    settings: str | None = None  # admins only
+    spend: str | None = None  # admins only: this month's spend in the tenant
+
+
+RECENT_IMAGES = 5
+
+
+async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
+    """The Home tab's content for `who` (SPEC §10)."""
+    tenant = quota.Tenant.of(who)
+    month = quota.Periods.at(core.ledger.clock(), core.ledger.timezone).month
+
+    def read(db: Any) -> tuple[list[tuple[Any, ...]], int]:
+        recent = db.conn.execute(
+            "SELECT job_id, MAX(prompt), MAX(size), SUM(actual_micros), MAX(context), MAX(created_at) "
+            "FROM ledger WHERE platform=? AND workspace=? AND user=? AND status='succeeded' "
+            "GROUP BY job_id ORDER BY MAX(created_at) DESC LIMIT ?",
+            [who.platform, who.workspace, who.user, RECENT_IMAGES],
+        ).fetchall()
+        (spent,) = db.conn.execute(
+            "SELECT COALESCE(SUM(actual_micros), 0) FROM ledger WHERE platform=? AND workspace=? AND month=?",
+            [who.platform, who.workspace, month],
+        ).fetchone()
+        return recent, int(spent)
+
+    rows, spent = await core.ledger.run_db(read)
+    recent = tuple(
+        Recent(prompt or "(prompt not stored)", size, format_usd(int(cost or 0)), json.loads(context or "{}"))
+        for _, prompt, size, cost, context, _ in rows
+    )
+    admin = core.is_admin(who, platform_admin)
+    return Home(
+        quota=(await my_quota(core, who)).text,
+        recent=recent,
+        settings=await _settings_text(core, tenant) if admin else None,
+        spend=f"{format_usd(spent)} spent in {tenant} this month ({month})" if admin else None,
     )
 
 
@@ -170,10 +227,12 @@ def _shown(values: dict[str, int | None]) -> str:
     return ", ".join(parts)
 
 
-async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) -> Reply:
-    """`/imagine-admin quota <@user|#channel|workspace> <limits>` and `/imagine-admin report --all`, in the
-    caller's tenant; see the module docstring for who may do which."""
-    operator = core.is_operator(who)
+async def admin(
+    core: Core, who: Requester, args: str, *, platform_admin: bool, operator: bool | None = None
+) -> Reply:
+    """`/imagine-admin <verb> ...` (HELP), in the caller's tenant; see the module docstring for who may do
+    which. `operator`: the CLI acts as an operator of the tenant it names."""
+    operator = core.is_operator(who) if operator is None else operator
     if not operator and not platform_admin:
         return Reply("Only admins can use /imagine-admin (IMAGEBOT_ADMINS, or workspace/server admins).")
     tenant = quota.Tenant.of(who)
@@ -199,34 +258,51 @@ async def admin(core: Core, who: Requester, args: str, *, platform_admin: bool) 
         scope, channel = parse_target(words[1], who)
         if scope != "channel":
             raise UserError(f"{words[1]!r} is not a channel; use #channel")
-        settings = [parse_channel_setting(setting) for setting in words[2:]]
-        await core.ledger.run_db(lambda db: actions.set_channel_settings(db, tenant.key, channel, settings))
-        shown = [
-            f"{name}={'default' if value is None else text.partition('=')[2]}"
-            for (name, value), text in zip(settings, words[2:], strict=True)
-        ]
-        return Reply(f"Channel {channel} set: {', '.join(shown)} (in {tenant}).")
-    raise UserError(
-        "usage: /imagine-admin quota <@user|#channel|workspace> daily_usd=N daily_images=N "
-        "monthly_usd=N monthly_images=N  |  /imagine-admin channel <#channel> confirm=USD|off|default  |  "
-        "/imagine-admin report --all [--days N]"
-    )
-
-
-def parse_channel_setting(text: str) -> tuple[str, str | None]:
-    """`confirm=0.10` -> ("confirm", "100000"); `confirm=off`; `confirm=default` -> ("confirm", None)."""
-    name, sep, value = text.partition("=")
-    name, value = name.strip().lower(), value.strip().lower()
-    if not sep or name != "confirm":
-        raise UserError(
-            f"{text!r} is not a channel setting; use confirm=USD (ask before renders above it), "
-            "confirm=off or confirm=default"
+        changes = [access.parse_channel_setting(word, core.prices.models) for word in words[2:]]
+        await core.ledger.run_db(lambda db: access.set_channel_settings(db, tenant.key, channel, changes))
+        return Reply(
+            f"Channel <#{channel}> set: {', '.join(access.shown_setting(*c) for c in changes)} (in {tenant})."
         )
-    if value == "default":
-        return name, None
-    if value == "off":
-        return name, "off"
-    try:
-        return name, str(usd_micros(value))
-    except ValueError as exc:
-        raise UserError(f"confirm={value} {exc}, off or default") from None
+    if words[:1] in (["allow"], ["deny"]) and len(words) == 2:
+        entry = access.parse_group(words[1], who.platform)
+        await core.ledger.run_db(
+            lambda db: access.set_tenant_settings(db, tenant.key, [(f"who:{entry}", words[0])])
+        )
+        return Reply(
+            f"{words[0].capitalize()}ed: {access.shown_group(entry, who.platform)} (in {tenant}).\n"
+            + await _settings_text(core, tenant)
+        )
+    if words[:1] in (["block"], ["unblock"]) and len(words) == 2:
+        scope, user = parse_target(words[1], who)
+        if scope != "user":
+            raise UserError(f"{words[1]!r} is not a person; use /imagine-admin {words[0]} @user")
+        value = "1" if words[0] == "block" else None
+        await core.ledger.run_db(
+            lambda db: access.set_tenant_settings(db, tenant.key, [(f"block:{user}", value)])
+        )
+        return Reply(f"<@{user}> {'blocked' if value else 'unblocked'} (in {tenant}).")
+    if words[:1] == ["settings"]:
+        changes = [access.parse_tenant_setting(word) for word in words[1:]]
+        if changes:
+            await core.ledger.run_db(lambda db: access.set_tenant_settings(db, tenant.key, changes))
+        return Reply(await _settings_text(core, tenant))
+    if words[:1] == ["help"] or not words:
+        return Reply(HELP)
+    raise UserError(f"unknown or incomplete /imagine-admin command {args.strip()!r}.\n{HELP}")
+
+
+HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):
+- quota <@user|#channel|workspace> daily_usd=N daily_images=N monthly_usd=N monthly_images=N (or =default, =unlimited)
+- report --all [--days N]
+- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low confirm=USD|off (any =default to clear)
+- allow <@role|@usergroup|everyone>  (once anything is allowed, only those members and admins may render)
+- deny <@role|@usergroup|everyone>
+- block <@user>  (refused everywhere, buttons and replies included)
+- unblock <@user>
+- settings [cooldown=SECONDS] [max_jobs=N]  (shows every setting; sets this workspace's pace)
+- help"""
+
+
+async def _settings_text(core: Core, tenant: quota.Tenant) -> str:
+    channels, own = await core.ledger.run_db(lambda db: access.tenant_rules(db, tenant.key))
+    return access.describe(core.access, tenant, channels, own)

@@ -7,36 +7,78 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+
+MAX_REMEMBERED_OWNERS = 10_000
 
 
 class Gate:
-    """A FIFO limit on API calls in flight that can tell a waiter its place in the queue."""
+    """A limit on API calls in flight, with a fair queue that can tell a waiter its place in it.
+
+    When every slot is taken, the next call to start is taken round-robin across owners (users): the
+    waiting owner served longest ago goes next (one never served before anyone served), FIFO within one
+    owner. So everyone's first waiting call starts before anyone's second, and a newcomer waits behind at
+    most one call of each owner already waiting.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.active = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._lines: dict[Hashable, deque[asyncio.Future[None]]] = {}  # in the order owners began waiting
+        self._served: dict[Hashable, int] = {}  # owner -> when they last got a slot (a counter)
+        self._clock = 0
+
+    def order(self) -> list[asyncio.Future[None]]:
+        """Every waiter, in the order the slots will go to them (if nobody else arrives)."""
+        return self._simulate({owner: list(line) for owner, line in self._lines.items()})
+
+    def _simulate(self, lines: dict[Hashable, list[asyncio.Future[None]]]) -> list[asyncio.Future[None]]:
+        served, clock, out = dict(self._served), self._clock, []
+        while lines:
+            owner = self._next(lines, served)
+            line = lines[owner]
+            out.append(line.pop(0))
+            clock += 1
+            served[owner] = clock
+            if not line:
+                del lines[owner]
+        return out
+
+    @staticmethod
+    def _next(lines: Mapping[Hashable, object], served: Mapping[Hashable, int]) -> Hashable:
+        """The waiting owner served longest ago; among those never served, the first to wait."""
+        return min(lines, key=lambda owner: served.get(owner, -1))
 
     def position(self, waiter: asyncio.Future[None] | None) -> int | None:
+        """1 for the next call to start; None if `waiter` is not waiting."""
         if waiter is None or waiter.done():
             return None
         try:
-            return self._waiters.index(waiter) + 1
+            return self.order().index(waiter) + 1
         except ValueError:
             return None
 
+    def next_position(self, owner: Hashable) -> int:
+        """The position a call of `owner` would get if it started waiting now."""
+        probe: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lines = {other: list(line) for other, line in self._lines.items()}
+        lines.setdefault(owner, []).append(probe)
+        return self._simulate(lines).index(probe) + 1
+
     @property
     def queued(self) -> int:
-        return len(self._waiters)
+        return sum(len(line) for line in self._lines.values())
 
     @contextlib.asynccontextmanager
-    async def slot(self, on_wait: Callable[[asyncio.Future[None]], None]) -> AsyncIterator[None]:
-        if self.active < self.limit and not self._waiters:
+    async def slot(
+        self, on_wait: Callable[[asyncio.Future[None]], None], owner: Hashable = None
+    ) -> AsyncIterator[None]:
+        if self.active < self.limit and not self._lines:
             self.active += 1
+            self._serve(owner)
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            self._lines.setdefault(owner, deque()).append(waiter)
             on_wait(waiter)
             try:
                 await waiter
@@ -44,21 +86,39 @@ class Gate:
                 if waiter.done() and not waiter.cancelled():
                     self._release()  # granted just as we were cancelled
                 else:
-                    # A release may have dropped our cancelled waiter from the queue already.
-                    with contextlib.suppress(ValueError):
-                        self._waiters.remove(waiter)
+                    self._forget(owner, waiter)  # a release may have dropped it from its line already
                 raise
         try:
             yield
         finally:
             self._release()
 
+    def _serve(self, owner: Hashable) -> None:
+        self._clock += 1
+        self._served[owner] = self._clock
+        if len(self._served) > MAX_REMEMBERED_OWNERS:  # forget who is not waiting (they count as new again)
+            self._served = {o: t for o, t in self._served.items() if o in self._lines or o == owner}
+
+    def _forget(self, owner: Hashable, waiter: asyncio.Future[None]) -> None:
+        line = self._lines.get(owner)
+        if line is None:
+            return
+        with contextlib.suppress(ValueError):
+            line.remove(waiter)
+        if not line:
+            del self._lines[owner]
+
     def _release(self) -> None:
         self.active -= 1
-        while self._waiters:
-            waiter = self._waiters.popleft()
+        while self._lines:
+            owner = self._next(self._lines, self._served)
+            line = self._lines[owner]
+            waiter = line.popleft()
+            if not line:
+                del self._lines[owner]
             if not waiter.done():
                 self.active += 1
+                self._serve(owner)
                 waiter.set_result(None)
                 break
 

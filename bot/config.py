@@ -42,9 +42,14 @@ def usd_micros(text: str) -> int:
     return int((value * MICRO).to_integral_value(rounding=ROUND_FLOOR))
 
 
-def parse_admins(text: str) -> frozenset[str]:
-    """IMAGEBOT_ADMINS: comma-separated ids, each bare (`U123`: an operator on any platform) or naming its
-    platform (`slack:U123`, `discord:456`). Platform prefixes are kept lower-case; ConfigError if unreadable."""
+MAX_COOLDOWN = 86_400.0  # IMAGEBOT_USER_COOLDOWN and a tenant's cooldown=: at most a day
+MAX_JOBS = 100  # IMAGEBOT_USER_MAX_JOBS and a tenant's max_jobs=
+
+
+def parse_admins(text: str, name: str = "IMAGEBOT_ADMINS") -> frozenset[str]:
+    """IMAGEBOT_ADMINS (and IMAGEBOT_CHANNELS): comma-separated ids, each bare (`U123`: that id on any platform)
+    or naming its platform (`slack:U123`, `discord:456`). Platform prefixes are kept lower-case; ConfigError if
+    unreadable."""
     found: set[str] = set()
     for entry in (part.strip() for part in text.split(",")):
         if not entry:
@@ -54,8 +59,7 @@ def parse_admins(text: str) -> frozenset[str]:
         ident = ident.strip()
         if sep and (platform not in PLATFORMS or not ident):
             raise ConfigError(
-                f"IMAGEBOT_ADMINS has {entry!r}; use user ids, bare (any platform) or as "
-                f"slack:ID or discord:ID"
+                f"{name} has {entry!r}; use ids, bare (any platform) or as slack:ID or discord:ID"
             )
         found.add(f"{platform}:{ident}" if sep else ident)
     return frozenset(found)
@@ -136,6 +140,11 @@ class Settings:
     lease_seconds: float = 60.0
     actions_days: int = 30
     confirm_micros: int | None = 250_000  # a render estimated above this asks first; None: never asks
+    channels: frozenset[str] | None = (
+        None  # IMAGEBOT_CHANNELS: the only channels the bot works in (None: all)
+    )
+    user_cooldown: float = 0.0  # seconds between one user's jobs (a tenant may set its own)
+    user_max_jobs: int = 4  # one user's jobs running or queued at once (a tenant may set its own)
 
     @property
     def slack_enabled(self) -> bool:
@@ -309,6 +318,7 @@ def _parse(env: _Env) -> Settings:
         parse_size(size)
     except UserError as exc:
         raise ConfigError(f"IMAGEBOT_SIZE: {exc}") from None
+    channels = (env.text("IMAGEBOT_CHANNELS", "") or "").strip()
     base_url = env.text("OPENAI_BASE_URL")
     if base_url is not None:
         base_url = env.url("OPENAI_BASE_URL", base_url)
@@ -357,4 +367,7 @@ def _parse(env: _Env) -> Settings:
         lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),
         actions_days=env.integer("IMAGEBOT_ACTIONS_DAYS", 30, minimum=1, maximum=3650),
         confirm_micros=env.confirm("IMAGEBOT_CONFIRM_USD", "0.25"),
+        channels=parse_admins(channels, "IMAGEBOT_CHANNELS") or None,
+        user_cooldown=env.number("IMAGEBOT_USER_COOLDOWN", 0.0, maximum=MAX_COOLDOWN),
+        user_max_jobs=env.integer("IMAGEBOT_USER_MAX_JOBS", 4, minimum=1, maximum=MAX_JOBS),
     )

@@ -15,6 +15,10 @@ class QuotaExceeded(UserError):
     """A limit would be crossed; the message names the limit, what is left and when it resets."""
 
 
+class PaceExceeded(UserError):
+    """A user's cooldown or their most jobs at once (SPEC §10); the message says when they can go again."""
+
+
 class _Attempted:
     """What an error of the image API carries: every attempt's request id, how many attempts were made and
     how many of them may have been billed without giving an image. `str()` names the request ids once."""

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import actions, metrics, texts
+from . import access, actions, metrics, texts
+from .access import Access, Pace
 from .concurrency import AcksFirst, Gate
 from .errors import ApiRejected, CannotPost, ProviderError, UserError
 from .images import preview_jpeg
@@ -68,6 +70,11 @@ class JobView(Protocol):
     async def confirm(self, text: str, token: str) -> None:
         """Show only the requester the price check `text`, with Render and Cancel buttons carrying `token`."""
         ...
+
+    # Who the requester is on the platform, asked only when the tenant's access rules need it (access.Standing).
+    async def platform_admin(self) -> bool: ...
+
+    async def member_of(self, groups: Collection[str]) -> bool: ...
 
 
 @dataclass
@@ -136,8 +143,10 @@ class JobRunner:
         preview_max_share: float = 0.05,
         offline_latency: float | None = None,
         confirm_micros: int | None = None,
+        access: Access | None = None,
     ) -> None:
         self.ledger = ledger
+        self.access = access or Access(prices)  # no settings: every channel open, everyone allowed
         self.renderer = renderer
         self.prices = prices
         self.gate = Gate(max_in_flight)
@@ -179,7 +188,9 @@ class JobRunner:
         """Exactly what a job of `request` reserves: its worst case per image, times its images."""
         return self.estimate(request, self.partials(request, previews)) * request.count
 
-    async def prepare(self, request: ImageRequest, requester: Requester, *, previews: bool = False) -> Job:
+    async def prepare(
+        self, request: ImageRequest, requester: Requester, *, previews: bool = False, pace: Pace | None = None
+    ) -> Job:
         """Reserve the job's worst case against every limit. Raises UserError (e.g. QuotaExceeded).
 
         `previews`: the adapter can show partial images, so stream as many as pay for themselves (each costs
@@ -189,7 +200,9 @@ class JobRunner:
         if not self.accepting:
             raise UserError(texts.RESTARTING)
         partials = self.partials(request, previews)
-        reservation = await self.ledger.reserve(requester, request, self.estimate(request, partials))
+        reservation = await self.ledger.reserve(
+            requester, request, self.estimate(request, partials), pace=pace
+        )
         job = Job(reservation.job_id, request, requester, reservation, partials, previews)
         self.jobs[job.id] = job
         log.info(
@@ -217,10 +230,14 @@ class JobRunner:
         render, settle, deliver. Whatever goes wrong before the job starts is told to the requester alone
         (`view.refused`) and costs nothing; None then. A render estimated above the confirm threshold first
         asks its requester (`view.confirm`); nothing is reserved until they press Render (None then too)."""
+        try:  # the tenant's access rules (bot/access.py): the place, the person, the channel's ceilings
+            rules = await self.ledger.run_db(lambda db: access.load(db, requester))
+            request, pace = await self.access.admit(rules, requester, request, view)
+        except UserError as exc:
+            await self._safe(view.refused(str(exc)))
+            return None
         if view.confirms and not confirmed:
-            threshold = await self.ledger.run_db(
-                lambda db: actions.confirm_threshold(db, requester, self.confirm_micros)
-            )
+            threshold = access.confirm_threshold(rules, self.confirm_micros)
             estimate = self.reservation(request, view.previews)
             if threshold is not None and estimate > threshold:
                 now = self.ledger.clock()
@@ -230,7 +247,7 @@ class JobRunner:
                 await self._safe(view.confirm(texts.price_check(request, estimate, threshold), token))
                 return None
         try:
-            job = await self.prepare(request, requester, previews=view.previews)
+            job = await self.prepare(request, requester, previews=view.previews, pace=pace)
         except UserError as exc:
             await self._safe(view.refused(str(exc)))
             return None
@@ -259,7 +276,7 @@ class JobRunner:
             "queued" if queued else "rendering",
             0.0,
             expected_seconds(job.request, self.offline_latency),
-            self.gate.queued + 1 if queued else None,
+            self.gate.next_position(_owner(job.requester)) if queued else None,
             0,
             job.request.count,
             None,
@@ -452,7 +469,7 @@ class JobRunner:
             await self.ledger.extend(row_id, each)
 
         try:
-            async with self.gate.slot(waiting):
+            async with self.gate.slot(waiting, owner=_owner(job.requester)):
                 state.waiters[seq] = None
                 marked = self.ledger.start(row_id)
                 state.rendering += 1
@@ -580,6 +597,11 @@ def failure_charge(error: BaseException, estimate: int) -> int:
     if isinstance(error, Stopped):
         return error.charged
     return estimate * getattr(error, "billed_attempts", 0)
+
+
+def _owner(who: Requester) -> tuple[str, str, str]:
+    """Whose turn a call is in the fair queue: one user of one tenant."""
+    return (who.platform, who.workspace, who.user)
 
 
 def _ms(started: float) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import socket
 import uuid
@@ -28,8 +29,9 @@ from typing import Any, TypeVar
 import sqlite_utils
 
 from . import quota
+from .access import Pace
 from .config import QuotaDefaults
-from .errors import UserError
+from .errors import PaceExceeded, UserError
 from .pricing import Usage
 from .request import ImageRequest, Requester
 from .store import connect, immediate
@@ -153,6 +155,10 @@ class Ledger:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def close(self) -> None:
+        """Leave (our instance row goes) and close the file; a second call does nothing."""
+        if self._pool._shutdown:
+            return
+
         def _close() -> None:
             self.db.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
             self.db.conn.close()
@@ -196,15 +202,23 @@ class Ledger:
     # -- reservation ----------------------------------------------------------------------
 
     def reserve_sync(
-        self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None
+        self,
+        who: Requester,
+        request: ImageRequest,
+        each_micros: int,
+        job_id: str | None = None,
+        pace: Pace | None = None,
     ) -> Reservation:
-        """Check every limit and reserve `count` x `each_micros` in one BEGIN IMMEDIATE transaction."""
+        """Check the pace and every limit and reserve `count` x `each_micros` in one BEGIN IMMEDIATE
+        transaction."""
         job_id = job_id or uuid.uuid4().hex[:16]
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         with immediate(self.db):
+            if pace is not None:
+                self._keep_pace(who, pace, now)
             self._admit(who, periods, micros=each_micros * count, images=count, now=now, what=what)
             stamp = _iso(now)
             prompt = request.prompt if self.store_prompts else None
@@ -252,10 +266,45 @@ class Ledger:
         )
         quota.bump(self.db, who, periods.day, periods.month, micros=micros, images=images)
 
+    def _keep_pace(self, who: Requester, pace: Pace, now: datetime) -> None:
+        """Inside the reservation's transaction: refuse (PaceExceeded) a user who has `max_jobs` jobs open
+        (reserved or running), or whose last job started less than `cooldown` seconds ago."""
+        mine = [who.platform, who.workspace, who.user]
+        (open_jobs,) = self.db.conn.execute(
+            "SELECT COUNT(DISTINCT job_id) FROM ledger WHERE platform=? AND workspace=? AND user=? "
+            "AND status IN ('reserved', 'running')",
+            mine,
+        ).fetchone()
+        if open_jobs >= pace.max_jobs:
+            raise PaceExceeded(
+                f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
+                f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
+                "one finishes. Nothing was charged."
+            )
+        if pace.cooldown <= 0:
+            return
+        (last,) = self.db.conn.execute(
+            "SELECT MAX(created_at) FROM ledger WHERE platform=? AND workspace=? AND user=? AND created_at > ?",
+            [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
+        ).fetchone()
+        if last is not None:
+            wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
+            again = now + timedelta(seconds=max(wait, 0))
+            raise PaceExceeded(
+                f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
+                f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): this workspace allows one job "
+                f"per user every {pace.cooldown:g} s (cooldown). Nothing was charged."
+            )
+
     async def reserve(
-        self, who: Requester, request: ImageRequest, each_micros: int, job_id: str | None = None
+        self,
+        who: Requester,
+        request: ImageRequest,
+        each_micros: int,
+        job_id: str | None = None,
+        pace: Pace | None = None,
     ) -> Reservation:
-        return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id))
+        return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id, pace))
 
     def extend_sync(self, row_id: int, micros: int) -> None:
         """Reserve `micros` more for an open row (a retry after an attempt that may have been billed), in one

@@ -202,6 +202,8 @@ class Renderer:
         if partials:
             params["stream"] = True
             params["partial_images"] = partials
+        if request.moderation is not None and not request.is_edit:  # the edits endpoint has no such parameter
+            params["moderation"] = request.moderation
         if request.is_edit:
             params["image"] = [(ref.name, ref.data, ref.mime) for ref in request.references]
             if request.mask is not None:

@@ -57,6 +57,7 @@ class ImageRequest:
     references: tuple[ImageInput, ...] = ()
     mask: ImageInput | None = None
     notes: tuple[str, ...] = field(default=())
+    moderation: str | None = None  # a channel's `moderation=` (generations only; None: the API's default)
 
     @property
     def is_edit(self) -> bool:

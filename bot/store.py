@@ -16,7 +16,7 @@ import sqlite_utils
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -251,6 +251,13 @@ def _v6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v7(db: sqlite_utils.Database) -> None:
+    """Access rules (bot/access.py): a tenant's own settings (who may render, who is blocked, its pace)."""
+    db.table("tenant_settings").create(
+        {"tenant": str, "name": str, "value": str}, pk=("tenant", "name"), not_null={"value"}
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -258,6 +265,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     4: _v4,
     5: _v5,
     6: _v6,
+    7: _v7,
 }
 
 

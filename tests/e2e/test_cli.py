@@ -332,7 +332,7 @@ def test_settings_sets_a_channels_price_check_and_refuses_nonsense(tmp_path: Pat
     db = tmp_path / "bot.sqlite3"
     env = environment(db)
     done = imagebot(["settings", "--tenant", "slack:T1", "--channel", "C1", "confirm=0.10"], env, tmp_path)
-    assert done.code == 0 and "confirm=0.10" in done.stdout
+    assert done.code == 0 and "confirm=$0.1000" in done.stdout
     bad = imagebot(["settings", "--tenant", "slack:T1", "--channel", "C1", "confirm=lots"], env, tmp_path)
     assert bad.code == 2 and "not a USD amount" in bad.stderr and "off or default" in bad.stderr
     assert [tuple(r) for r in ledger(db, "SELECT tenant, channel, name, value FROM channel_settings")] == [

@@ -1,0 +1,444 @@
+"""Who may render, where, what, and how often (SPEC §10), per tenant (a Slack workspace or Discord guild).
+
+Every path that starts a job (a command, a mention, a reply, a button, a price check's Render) goes
+through `Access.admit` from JobRunner.submit, so a rule holds everywhere at once. A refusal is a UserError
+that only the requester sees, raised before anything is reserved or called. In order:
+1. the place: IMAGEBOT_CHANNELS (the operators' pin), then the channel's own `on`/`off`;
+2. the person: a blocked user is refused; then the allow/deny entries (Discord roles, Slack user groups,
+   everyone), which admins pass;
+3. the request: the channel's ceilings (`max_size`, `max_quality`, `models`); `--size auto` and
+   `--quality auto` are clamped to a ceiling rather than refused; the channel's `moderation` is set;
+4. the pace: `cooldown` and `max_jobs`, which the ledger checks inside the reservation's transaction
+   (`Pace`), so two commands at once cannot both slip under them.
+The console and the CLI are local (whoever runs them holds the database): no access rule applies there.
+
+Settings live in the database: a channel's in `channel_settings`, the tenant's own (`who:<entry>`,
+`block:<user>`, `cooldown`, `max_jobs`) in `tenant_settings`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import sqlite_utils
+
+from .config import MAX_COOLDOWN, MAX_JOBS, usd_micros
+from .errors import UserError
+from .pricing import PriceTable, format_usd
+from .quota import Tenant
+from .request import ImageRequest, Requester
+from .sizes import PRESETS, Size, parse_size
+
+LOCAL_PLATFORMS = frozenset({"console", "cli"})
+QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
+MODERATION = ("auto", "low")
+EVERYONE = "everyone"
+# `<@&123>` (Discord role), `<!subteam^S123|@designers>` (Slack user group), `everyone`.
+_ROLE = re.compile(r"^<@&(?P<id>\d+)>$")
+_GROUP = re.compile(r"^<!subteam\^(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
+CHANNEL_USAGE = (
+    "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
+    "moderation=auto|low, confirm=USD|off (each =default to clear)"
+)
+TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
+
+
+class Standing(Protocol):
+    """What an adapter knows about the person asking (the core decides what it means)."""
+
+    async def platform_admin(self) -> bool:
+        """A Slack workspace admin/owner (of this workspace), a Discord member with Manage Server."""
+        ...
+
+    async def member_of(self, groups: Collection[str]) -> bool:
+        """In any of these Discord roles / Slack user groups (ids)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pace:
+    """How often one user may start jobs, checked by the ledger when it reserves (bot/ledger.py)."""
+
+    cooldown: float  # seconds between one user's jobs
+    max_jobs: int  # one user's jobs running or queued at once
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """Everything that applies to one requester's channel and tenant, read in one go."""
+
+    channel: dict[str, str]  # name -> value, as stored (`enabled`, `max_size`, `max_quality`, ...)
+    tenant: dict[str, str]  # name -> value (`who:role:1` -> allow|deny, `block:U1`, `cooldown`, ...)
+
+    def entries(self) -> dict[str, str]:
+        """Who may render: `role:1`, `group:S1`, `everyone` -> allow | deny."""
+        return {name[4:]: value for name, value in self.tenant.items() if name.startswith("who:")}
+
+    def blocked(self, user: str) -> bool:
+        return f"block:{user}" in self.tenant
+
+
+def load(db: sqlite_utils.Database, who: Requester) -> Rules:
+    tenant = Tenant.of(who).key
+    channel = db.conn.execute(
+        "SELECT name, value FROM channel_settings WHERE tenant=? AND channel=?", [tenant, who.channel]
+    ).fetchall()
+    own = db.conn.execute("SELECT name, value FROM tenant_settings WHERE tenant=?", [tenant]).fetchall()
+    return Rules(dict(channel), dict(own))
+
+
+def confirm_threshold(rules: Rules, default: int | None) -> int | None:
+    """The price above which a render asks first: the channel's own (`confirm=`), else the default."""
+    value = rules.channel.get("confirm")
+    if value is None:
+        return default
+    return None if value == "off" else int(value)
+
+
+def set_tenant_settings(
+    db: sqlite_utils.Database, tenant: str, settings: Sequence[tuple[str, str | None]]
+) -> None:
+    """Set (a value) or clear (None) a tenant's own settings."""
+    for name, value in settings:
+        if value is None:
+            db.conn.execute("DELETE FROM tenant_settings WHERE tenant=? AND name=?", [tenant, name])
+        else:
+            db.conn.execute(
+                "INSERT INTO tenant_settings (tenant, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT(tenant, name) DO UPDATE SET value=excluded.value",
+                [tenant, name, value],
+            )
+
+
+def set_channel_settings(
+    db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
+) -> None:
+    """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
+    `/imagine-admin channel` and `imagebot settings` give them (`parse_channel_setting`)."""
+    for name, value in settings:
+        if value is None:
+            db.conn.execute(
+                "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?",
+                [tenant, channel, name],
+            )
+        else:
+            db.conn.execute(
+                "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
+                [tenant, channel, name, value],
+            )
+
+
+# -- parsing what admins type (the same words in Slack, Discord's text option, the console and the CLI) --
+
+
+def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str | None]:
+    """One word of `/imagine-admin channel <#channel> ...` -> (name, stored value, or None to clear).
+
+    `on` / `off`; `max_size=2k` (a preset or WxH); `max_quality=medium`; `models=gpt-image-2[,...]`;
+    `moderation=low`; `confirm=0.10` / `confirm=off`; any of them `=default` to clear it.
+    """
+    word = text.strip().lower()
+    if word in ("on", "off"):
+        return "enabled", None if word == "on" else "off"
+    name, sep, value = word.partition("=")
+    if not sep or name not in ("max_size", "max_quality", "models", "moderation", "confirm"):
+        raise UserError(f"{text!r} is not a channel setting; use {CHANNEL_USAGE}")
+    if value == "default":
+        return name, None
+    if name == "max_size":
+        if value == "auto":
+            raise UserError("max_size=auto is not a ceiling; use 1k, 2k, 4k or WxH (e.g. 1536x1024)")
+        try:
+            size = parse_size(value)
+        except UserError as exc:
+            raise UserError(f"max_size={value}: {exc}") from None
+        return name, str(size)
+    if name == "max_quality":
+        if value not in QUALITY_RANK:
+            raise UserError(f"max_quality={value} is not a quality; use low, medium or high")
+        return name, value
+    if name == "models":
+        chosen = [m.strip() for m in value.split(",") if m.strip()]
+        unknown = [m for m in chosen if m not in models]
+        if not chosen or unknown:
+            raise UserError(
+                f"models={value}: {', '.join(unknown) or 'no model'} is not in the price table; "
+                f"use a comma-separated list of {', '.join(sorted(models))}"
+            )
+        return name, ",".join(chosen)
+    if name == "moderation":
+        if value not in MODERATION:
+            raise UserError(f"moderation={value} is not a moderation level; use auto or low")
+        return name, value
+    if value == "off":
+        return name, "off"
+    try:
+        return name, str(usd_micros(value))
+    except ValueError as exc:
+        raise UserError(f"confirm={value} {exc}, off or default") from None
+
+
+def parse_tenant_setting(text: str) -> tuple[str, str | None]:
+    """One word of `/imagine-admin settings ...`: `cooldown=30`, `max_jobs=2`, either `=default`."""
+    name, sep, value = text.strip().lower().partition("=")
+    if not sep or name not in ("cooldown", "max_jobs"):
+        raise UserError(f"{text!r} is not a setting; use {TENANT_USAGE}")
+    if value == "default":
+        return name, None
+    if name == "cooldown":
+        try:
+            seconds = float(value.removesuffix("s"))
+        except ValueError:
+            seconds = -1.0
+        if not 0 <= seconds <= MAX_COOLDOWN:
+            raise UserError(f"cooldown={value} is out of range; use seconds from 0 to {MAX_COOLDOWN:g}")
+        return name, f"{seconds:g}"
+    if not value.isdigit() or not 1 <= int(value) <= MAX_JOBS:
+        raise UserError(f"max_jobs={value} is out of range; use a whole number from 1 to {MAX_JOBS}")
+    return name, str(int(value))
+
+
+def parse_group(text: str, platform: str) -> str:
+    """The target of `allow` / `deny`: a Discord role `<@&1>` -> `role:1`, a Slack user group
+    `<!subteam^S1|@x>` -> `group:S1`, `everyone` -> `everyone`. UserError naming the forms otherwise."""
+    word = text.strip()
+    if word.lower() in ("everyone", "@everyone", "<!everyone>"):
+        return EVERYONE
+    role, group = _ROLE.match(word), _GROUP.match(word)
+    if role and platform != "slack":
+        return f"role:{role['id']}"
+    if group and platform != "discord":
+        return f"group:{group['id']}"
+    kind = "a role (@role)" if platform == "discord" else "a user group (@group)"
+    raise UserError(
+        f"{word!r} is not {kind} or 'everyone'; pick it from the autocomplete so a mention is sent "
+        "(a person is blocked with /imagine-admin block @user instead)"
+    )
+
+
+def shown_group(entry: str, platform: str) -> str:
+    """How a stored entry reads on its platform (a mention there)."""
+    kind, _, ident = entry.partition(":")
+    if kind == "role":
+        return f"<@&{ident}>"
+    if kind == "group":
+        return f"<!subteam^{ident}>"
+    return "everyone"
+
+
+# -- deciding ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Access:
+    """The rules of SPEC §10 for every tenant, with the operators' defaults from the environment."""
+
+    prices: PriceTable
+    admins: frozenset[str] = frozenset()
+    channels: frozenset[str] | None = None  # IMAGEBOT_CHANNELS
+    cooldown: float = 0.0  # IMAGEBOT_USER_COOLDOWN
+    max_jobs: int = 4  # IMAGEBOT_USER_MAX_JOBS
+
+    def is_operator(self, who: Requester) -> bool:
+        """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
+        platform; `slack:U1` / `discord:42` only on that platform. Whoever runs the console or the CLI is one."""
+        if who.platform in LOCAL_PLATFORMS:
+            return True
+        return who.user in self.admins or f"{who.platform}:{who.user}" in self.admins
+
+    def pace(self, rules: Rules) -> Pace:
+        return Pace(
+            float(rules.tenant.get("cooldown", self.cooldown)),
+            int(rules.tenant.get("max_jobs", self.max_jobs)),
+        )
+
+    def check_place(self, who: Requester, rules: Rules) -> None:
+        """IMAGEBOT_CHANNELS, then the channel's `off`."""
+        if who.platform in LOCAL_PLATFORMS:
+            return
+        if self.channels is not None and not (
+            who.channel in self.channels or f"{who.platform}:{who.channel}" in self.channels
+        ):
+            raise UserError(
+                "imagebot does not work in this channel: its operators limited it to certain channels "
+                "(IMAGEBOT_CHANNELS). Nothing was charged."
+            )
+        if rules.channel.get("enabled") == "off":
+            raise UserError(
+                "imagebot is turned off in this channel (an admin can turn it on with "
+                "/imagine-admin channel #this-channel on). Nothing was charged."
+            )
+
+    async def check_person(self, who: Requester, rules: Rules, standing: Standing | None) -> None:
+        """Blocked users, then the allow/deny entries (which admins pass)."""
+        if who.platform in LOCAL_PLATFORMS or self.is_operator(who):
+            return
+        if rules.blocked(who.user):
+            raise UserError("You are blocked from using imagebot here; ask an admin. Nothing was charged.")
+        entries = rules.entries()
+        if not entries:
+            return
+        if standing is not None and await standing.platform_admin():
+            return
+        groups = {e: v for e, v in entries.items() if e != EVERYONE}
+        ids = lambda wanted: [e.partition(":")[2] for e, v in groups.items() if v == wanted]  # noqa: E731
+        denied, allowed = ids("deny"), ids("allow")
+        member = standing.member_of if standing is not None else None
+        if denied and member is not None and await member(denied):
+            raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
+        if allowed and member is not None and await member(allowed):
+            return
+        everyone = entries.get(EVERYONE)
+        if everyone == "allow" or (everyone is None and not allowed):
+            return
+        raise UserError(self._who_text(who, entries, "you are not in any of them"))
+
+    @staticmethod
+    def _who_text(who: Requester, entries: dict[str, str], why: str) -> str:
+        allowed = [shown_group(e, who.platform) for e, v in entries.items() if v == "allow" and e != EVERYONE]
+        if allowed:
+            return (
+                f"Only members of {', '.join(allowed)} (and admins) may render here; {why}. "
+                "Nothing was charged."
+            )
+        return f"Only admins may render here ({why}). Nothing was charged."
+
+    def within(self, request: ImageRequest, rules: Rules) -> ImageRequest:
+        """The channel's ceilings: refuse what is above one (naming it), clamp `auto` to it, set moderation."""
+        ceilings = rules.channel
+        notes: list[str] = []
+        models = [m for m in ceilings.get("models", "").split(",") if m]
+        if models and request.model not in models:
+            raise UserError(
+                f"model {request.model} is not allowed in this channel (models={','.join(models)}); "
+                f"add --model {models[0]}. Nothing was charged."
+            )
+        if "max_size" in ceilings:
+            request, note = self._size_within(request, ceilings["max_size"])
+            notes += note
+        if "max_quality" in ceilings:
+            ceiling = ceilings["max_quality"]
+            if request.quality == "auto":
+                if ceiling != "high":
+                    request = replace(request, quality=ceiling)
+                    notes.append(f"quality auto clamped to {ceiling} (this channel's max_quality)")
+            elif QUALITY_RANK.get(request.quality, 2) > QUALITY_RANK[ceiling]:
+                allowed = [q for q, rank in QUALITY_RANK.items() if rank <= QUALITY_RANK[ceiling]]
+                raise UserError(
+                    f"--quality {request.quality} is above this channel's ceiling max_quality={ceiling}; "
+                    f"use {' or '.join(allowed)}. Nothing was charged."
+                )
+        moderation = ceilings.get("moderation")
+        if moderation and not request.is_edit:  # the edits endpoint takes no moderation parameter
+            request = replace(request, moderation=moderation)
+        if notes:
+            request = replace(request, notes=request.notes + tuple(notes))
+        return request
+
+    def _size_within(self, request: ImageRequest, ceiling_text: str) -> tuple[ImageRequest, list[str]]:
+        ceiling = parse_size(ceiling_text)
+        named = next((n for n, wh in PRESETS.items() if wh == (ceiling.width, ceiling.height)), str(ceiling))
+        shown = f"max_size={named} ({ceiling}, {ceiling.pixels / 1e6:.2f} MP)"
+        if not request.size.is_auto:
+            if request.size.pixels > ceiling.pixels:
+                raise UserError(
+                    f"--size {request.size} is above this channel's ceiling {shown}; use --size "
+                    f"{ceiling} or smaller. Nothing was charged."
+                )
+            return request, []
+        model = self.prices.model(request.model)
+        if max(w * h for w, h in model.auto_sizes) <= ceiling.pixels:
+            return request, []
+        rule = model.capabilities.sizes
+        fits = [Size(w, h) for w, h in (rule.fixed or ((ceiling.width, ceiling.height),))]
+        fits = [s for s in fits if s.pixels <= ceiling.pixels and rule.problem(s.width, s.height) is None]
+        if not fits:
+            raise UserError(
+                f"--size auto may render above this channel's ceiling {shown}. Nothing was charged."
+            )
+        clamped = max(fits, key=lambda s: s.pixels)
+        return replace(request, size=clamped), [f"size auto clamped to {clamped} (this channel's {shown})"]
+
+    async def admit(
+        self, db_rules: Rules, who: Requester, request: ImageRequest, standing: Standing | None
+    ) -> tuple[ImageRequest, Pace | None]:
+        """The request as it may run (clamped, with moderation) and the pace the reservation must respect.
+        Raises UserError, privately for the requester."""
+        self.check_place(who, db_rules)
+        await self.check_person(who, db_rules, standing)
+        if who.platform in LOCAL_PLATFORMS:
+            return request, None
+        return self.within(request, db_rules), self.pace(db_rules)
+
+
+def describe(
+    access: Access, tenant: Tenant, rules_by_channel: dict[str, dict[str, str]], own: dict[str, str]
+) -> str:
+    """`/imagine-admin settings`: the tenant's rules, its channels' settings and the operators' defaults."""
+    platform = tenant.platform
+    lines = [f"Settings for {tenant}:"]
+    if access.channels is not None:
+        lines.append(
+            f"- channels (IMAGEBOT_CHANNELS, set by operators): only {', '.join(sorted(access.channels))}"
+        )
+    entries = {n[4:]: v for n, v in own.items() if n.startswith("who:")}
+    allowed = [shown_group(e, platform) for e, v in entries.items() if v == "allow"]
+    denied = [shown_group(e, platform) for e, v in entries.items() if v == "deny"]
+    if not entries:
+        lines.append("- who may render: everyone")
+    else:
+        if allowed:
+            lines.append(f"- allowed: {', '.join(allowed)} (and admins)")
+        if denied:
+            lines.append(f"- denied: {', '.join(denied)}")
+    blocked = sorted(n[6:] for n in own if n.startswith("block:"))
+    lines.append(f"- blocked: {', '.join(_user(u, platform) for u in blocked) if blocked else 'nobody'}")
+    cooldown = own.get("cooldown")
+    max_jobs = own.get("max_jobs")
+    lines.append(
+        f"- cooldown: {cooldown or f'{access.cooldown:g}'} s between one user's jobs"
+        f"{'' if cooldown else ' (IMAGEBOT_USER_COOLDOWN)'}"
+    )
+    lines.append(
+        f"- max_jobs: {max_jobs or access.max_jobs} running or queued per user"
+        f"{'' if max_jobs else ' (IMAGEBOT_USER_MAX_JOBS)'}"
+    )
+    if rules_by_channel:
+        lines.append("Channels:")
+        for channel, settings in sorted(rules_by_channel.items()):
+            lines.append(
+                f"- <#{channel}>: {', '.join(shown_setting(n, v) for n, v in sorted(settings.items()))}"
+            )
+    else:
+        lines.append("Channels: none has its own settings (all on, no ceilings).")
+    return "\n".join(lines)
+
+
+def _user(user: str, platform: str) -> str:
+    return f"<@{user}>" if platform in ("slack", "discord") else user
+
+
+def shown_setting(name: str, value: str | None) -> str:
+    """A stored channel setting as an admin would type it (None: cleared, back to the default)."""
+    if name == "enabled":
+        return "off" if value == "off" else "on"
+    if value is None:
+        return f"{name}=default"
+    if name == "confirm" and value != "off":
+        return f"confirm={format_usd(int(value))}"
+    return f"{name}={value}"
+
+
+def tenant_rules(db: sqlite_utils.Database, tenant: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Every channel's settings and the tenant's own, for `describe`."""
+    channels: dict[str, dict[str, str]] = {}
+    for channel, name, value in db.conn.execute(
+        "SELECT channel, name, value FROM channel_settings WHERE tenant=?", [tenant]
+    ):
+        channels.setdefault(channel, {})[name] = value
+    own = dict(db.conn.execute("SELECT name, value FROM tenant_settings WHERE tenant=?", [tenant]).fetchall())
+    return channels, own
