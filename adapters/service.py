@@ -20,7 +20,9 @@ from aiohttp import web
 from bot import metrics
 from bot.app import Core
 from bot.config import Settings
+from bot.jobs import JobView
 from bot.ledger import Interrupted
+from bot.request import Requester
 
 log = logging.getLogger("imagebot.service")
 
@@ -38,6 +40,10 @@ class Adapter(Protocol):
     async def close(self) -> None: ...
 
     async def tell_interrupted(self, job: Interrupted) -> None: ...
+
+    def view_for(self, who: Requester, context: dict[str, Any]) -> JobView:
+        """A view of a job that began in another life of the bot, from where it lives (relax delivery)."""
+        ...
 
 
 def build_adapters(core: Core) -> dict[str, Adapter]:
@@ -110,6 +116,12 @@ async def serve(
             await adapters[job.platform].tell_interrupted(job)
 
         core.platforms, core.notify = frozenset(adapters), tell
+
+        def view_for(who: Requester, context: dict[str, Any]) -> JobView | None:
+            adapter = adapters.get(who.platform)
+            return adapter.view_for(who, context) if adapter is not None else None
+
+        core.relax.view_for, core.relax.platforms = view_for, frozenset(adapters)
         await core.sweep()  # and again every few seconds, for as long as we run
         probe = metrics.LoopLagProbe()
         metrics.LOOP_LAG_P99.set_function(probe.p99)

@@ -41,7 +41,7 @@ _ROLE = re.compile(r"^<@&(?P<id>\d+)>$")
 _GROUP = re.compile(r"^<!subteam\^(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
 CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
-    "moderation=auto|low, confirm=USD|off (each =default to clear)"
+    "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
 )
 TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
 
@@ -139,13 +139,13 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
     """One word of `/imagine-admin channel <#channel> ...` -> (name, stored value, or None to clear).
 
     `on` / `off`; `max_size=2k` (a preset or WxH); `max_quality=medium`; `models=gpt-image-2[,...]`;
-    `moderation=low`; `confirm=0.10` / `confirm=off`; any of them `=default` to clear it.
+    `moderation=low`; `relax=on`; `confirm=0.10` / `confirm=off`; any of them `=default` to clear it.
     """
     word = text.strip().lower()
     if word in ("on", "off"):
         return "enabled", None if word == "on" else "off"
     name, sep, value = word.partition("=")
-    if not sep or name not in ("max_size", "max_quality", "models", "moderation", "confirm"):
+    if not sep or name not in ("max_size", "max_quality", "models", "moderation", "relax", "confirm"):
         raise UserError(f"{text!r} is not a channel setting; use {CHANNEL_USAGE}")
     if value == "default":
         return name, None
@@ -170,6 +170,10 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
                 f"use a comma-separated list of {', '.join(sorted(models))}"
             )
         return name, ",".join(chosen)
+    if name == "relax":
+        if value not in ("on", "off"):
+            raise UserError(f"relax={value}: use on (relax mode by default here: half price, later) or off")
+        return name, value
     if name == "moderation":
         if value not in MODERATION:
             raise UserError(f"moderation={value} is not a moderation level; use auto or low")
@@ -332,6 +336,8 @@ class Access:
                     f"--quality {request.quality} is above this channel's ceiling max_quality={ceiling}; "
                     f"use {' or '.join(allowed)}. Nothing was charged."
                 )
+        if request.relax is None:  # the channel's default mode; --relax / --fast say otherwise
+            request = replace(request, relax=ceilings.get("relax") == "on")
         moderation = ceilings.get("moderation")
         if moderation and not request.is_edit:  # the edits endpoint takes no moderation parameter
             request = replace(request, moderation=moderation)

@@ -187,6 +187,7 @@ def request_json(db: sqlite_utils.Database, request: ImageRequest) -> str:
             "model": request.model,
             "references": [_blob(db, r) for r in request.references],
             "mask": _blob(db, request.mask) if request.mask is not None else None,
+            "relax": request.relax,
         }
     )
 
@@ -205,6 +206,7 @@ def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
         model=raw["model"],
         references=tuple(_image(db, r) for r in raw["references"]),
         mask=_image(db, raw["mask"]) if raw["mask"] else None,
+        relax=raw.get("relax"),  # a button on a relax image keeps its mode
     )
 
 

@@ -20,6 +20,7 @@ from .ledger import Interrupted, Ledger
 from .offline import OfflineImageServer
 from .outcomes import JobFailure, JobResult
 from .pricing import PriceTable, load_prices
+from .relax import Relax
 from .render import Renderer
 from .request import Defaults, ImageRequest, Requester, parse_request
 
@@ -39,14 +40,18 @@ class Core:
     renderer: Renderer
     runner: JobRunner
     offline_server: OfflineImageServer | None = None
+    owns_offline_server: bool = False  # started here (not handed in): stopped on close
     heartbeat: asyncio.Task[None] | None = None
     # Who tells the users of interrupted jobs: the platforms this process serves, and how (set by the service).
     platforms: Collection[str] = field(default_factory=frozenset)
     notify: Notify | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
-        """Open the database, start the offline server if there is no API key, build the runner."""
+        """Open the database, start the offline server if there is no API key (unless one is handed in: its
+        owner stops it), build the runner."""
+        given = offline_server
         prices = load_prices(settings.prices_path)
         if settings.model not in prices.models:
             raise ConfigError(
@@ -74,7 +79,10 @@ class Core:
             if offline_server is None:
                 # The same price table (and model rules) as the bot's, IMAGEBOT_PRICES included.
                 offline_server = OfflineImageServer(
-                    latency=settings.offline_latency, faults=settings.offline_faults, prices=prices
+                    latency=settings.offline_latency,
+                    faults=settings.offline_faults,
+                    prices=prices,
+                    batch_latency=settings.offline_batch_latency,
                 )
                 await offline_server.start()
             base_url = offline_server.base_url
@@ -101,7 +109,10 @@ class Core:
             confirm_micros=settings.confirm_micros,
             offline_latency=settings.offline_latency if settings.offline else None,
         )
-        core = cls(settings, prices, ledger, renderer, runner, offline_server)
+        runner.relax = Relax(runner, renderer.client, window=settings.batch_window, poll=settings.batch_poll)
+        runner.relax.start()
+        owns = settings.offline and offline_server is not None and offline_server is not given
+        core = cls(settings, prices, ledger, renderer, runner, offline_server, owns)
         core.heartbeat = asyncio.create_task(core._keep_lease())
         return core
 
@@ -134,11 +145,17 @@ class Core:
             except Exception:
                 log.warning("lease renewal or recovery failed", exc_info=True)
 
+    @property
+    def relax(self) -> Relax:
+        assert self.runner.relax is not None  # Core.start sets it
+        return self.runner.relax
+
     async def close(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.cancel()
+        await self.relax.close()
         await self.renderer.close()
-        if self.offline_server is not None:
+        if self.offline_server is not None and self.owns_offline_server:
             await self.offline_server.stop()
         await asyncio.to_thread(self.ledger.close)
 
@@ -212,8 +229,23 @@ class Core:
         await self.runner.submit(request, who, view, confirmed=True)
 
     def cancel(self, job_id: str, who: Requester) -> bool:
-        """`who` pressed Cancel on a job: stops its unfinished images if it is theirs (same tenant, same user)."""
-        return self.runner.cancel(job_id, who)
+        """`who` pressed Cancel on a job: stops its unfinished images if it is theirs (same tenant, same user).
+        A relax job's cancel tells its requester, privately, what it does (bot/relax.py `Relax.cancel`)."""
+        waiting = self.relax.live.get(job_id)
+        if waiting is None:
+            return self.runner.cancel(job_id, who)
+        mine = waiting.job.requester
+        if (mine.platform, mine.workspace, mine.user) != (who.platform, who.workspace, who.user):
+            return False
+
+        async def cancel_and_say() -> None:
+            said = await self.relax.cancel(job_id)
+            if said:
+                await JobRunner._safe(waiting.view.refused(said))
+
+        self._tasks.add(task := asyncio.create_task(cancel_and_say()))
+        task.add_done_callback(self._tasks.discard)
+        return True
 
     def acking(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Around an adapter's ack: jobs start once a burst of commands has been acknowledged."""

@@ -294,7 +294,7 @@ async def admin(
 HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):
 - quota <@user|#channel|workspace> daily_usd=N daily_images=N monthly_usd=N monthly_images=N (or =default, =unlimited)
 - report --all [--days N]
-- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low confirm=USD|off (any =default to clear)
+- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low relax=on|off confirm=USD|off (any =default to clear)
 - allow <@role|@usergroup|everyone>  (once anything is allowed, only those members and admins may render)
 - deny <@role|@usergroup|everyone>
 - block <@user>  (refused everywhere, buttons and replies included)

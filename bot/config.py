@@ -145,6 +145,9 @@ class Settings:
     )
     user_cooldown: float = 0.0  # seconds between one user's jobs (a tenant may set its own)
     user_max_jobs: int = 4  # one user's jobs running or queued at once (a tenant may set its own)
+    batch_window: float = 30.0  # relax jobs gather this long before a batch is sent
+    batch_poll: float = 60.0  # open batches are checked this often
+    offline_batch_latency: float = 20.0  # the offline server's batches take this long
 
     @property
     def slack_enabled(self) -> bool:
@@ -370,4 +373,7 @@ def _parse(env: _Env) -> Settings:
         channels=parse_admins(channels, "IMAGEBOT_CHANNELS") or None,
         user_cooldown=env.number("IMAGEBOT_USER_COOLDOWN", 0.0, maximum=MAX_COOLDOWN),
         user_max_jobs=env.integer("IMAGEBOT_USER_MAX_JOBS", 4, minimum=1, maximum=MAX_JOBS),
+        batch_window=env.number("IMAGEBOT_BATCH_WINDOW", 30.0, maximum=3600.0),
+        batch_poll=env.number("IMAGEBOT_BATCH_POLL", 60.0, minimum=0.05, maximum=3600.0),
+        offline_batch_latency=env.number("IMAGEBOT_OFFLINE_BATCH_LATENCY", 20.0, maximum=86_400.0),
     )

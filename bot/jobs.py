@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import access, actions, metrics, texts
 from .access import Access, Pace
@@ -20,9 +20,12 @@ from .errors import ApiRejected, CannotPost, ProviderError, UserError
 from .images import preview_jpeg
 from .ledger import Ledger, Reservation, Settlement, Status
 from .outcomes import Image, JobFailure, JobResult, Progress
-from .pricing import PriceTable, cost_micros, estimate_micros, preview_count
+from .pricing import PriceTable, batch_price, cost_micros, estimate_micros, preview_count
 from .render import Attempt, Renderer, RenderResult
 from .request import ImageRequest, Requester
+
+if TYPE_CHECKING:
+    from .relax import Relax
 
 log = logging.getLogger("imagebot.jobs")
 
@@ -90,6 +93,7 @@ class Job:
     stop_reason: str = "cancelled"  # or "interrupted" when shutdown stops it
     created: float = field(default_factory=time.monotonic)
     task: asyncio.Task[JobResult | JobFailure] | None = None
+    batch_id: str | None = None  # relax mode: the batch its lines are in, once sent
     images: list[asyncio.Task[Image]] = field(default_factory=list)  # one per image, while it executes
 
     def stop(self, reason: str) -> bool:
@@ -156,6 +160,7 @@ class JobRunner:
         self.offline_latency = offline_latency
         self.confirm_micros = confirm_micros  # IMAGEBOT_CONFIRM_USD; a channel may set its own
         self.jobs: dict[str, Job] = {}
+        self.relax: Relax | None = None  # relax mode (bot/relax.py), set by Core.start
         self.accepting = True
         self.acks = AcksFirst()
         metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
@@ -166,19 +171,23 @@ class JobRunner:
         return self.offline_latency is not None
 
     def estimate(self, request: ImageRequest, partials: int = 0) -> int:
-        """Worst-case micro-dollars for ONE image of `request` (the reservation per image)."""
-        return estimate_micros(
-            self.prices.model(request.model),
+        """Worst-case micro-dollars for ONE image of `request` (the reservation per image); in relax mode at the
+        batch price."""
+        prices = self.prices.model(request.model)
+        worst = estimate_micros(
+            prices,
             size=request.size,
             quality=request.quality,
             prompt=request.prompt,
             references=len(request.references),
             partials=partials,
         )
+        return batch_price(worst, prices) if request.relax else worst
 
     def partials(self, request: ImageRequest, previews: bool) -> int:
-        """How many previews one image streams: as many as pay for themselves, where they can be shown."""
-        if not previews:
+        """How many previews one image streams: as many as pay for themselves, where they can be shown (none in
+        relax mode: a batch does not stream)."""
+        if not previews or request.relax:
             return 0
         return preview_count(
             self.prices.model(request.model), request, self.partial_images, self.preview_max_share
@@ -265,6 +274,10 @@ class JobRunner:
             await self.ledger.run_db(lambda db: actions.save_job(db, job.id, requester, request, now))
         except Exception:
             log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
+        if request.relax and self.relax is not None:  # rendered by the Batch API, delivered when it is ready
+            self.jobs.pop(job.id, None)
+            await self.relax.enqueue(job, view)
+            return None
         return await self.execute(job, view)
 
     def first_progress(self, job: Job) -> Progress:

@@ -50,9 +50,10 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
     POSSIBLY_BILLED = "possibly_billed"
     INTERRUPTED = "interrupted"
+    BATCHED = "batched"  # relax mode: in a Batch API batch, under no lease; settled when the batch ends
 
 
-OPEN = (Status.RESERVED.value, Status.RUNNING.value)
+OPEN = (Status.RESERVED.value, Status.RUNNING.value, Status.BATCHED.value)
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
@@ -227,7 +228,7 @@ class Ledger:
                 cursor = self.db.conn.execute(  # inside the transaction: straight to sqlite3
                     "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
                     "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
-                    "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?)",
+                    "created_at, updated_at, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?,?)",
                     [
                         job_id,
                         seq,
@@ -246,6 +247,7 @@ class Ledger:
                         periods.month,
                         stamp,
                         stamp,
+                        "relax" if request.relax else "fast",
                     ],
                 )
                 ids.append(int(cursor.lastrowid or 0))
@@ -272,7 +274,7 @@ class Ledger:
         mine = [who.platform, who.workspace, who.user]
         (open_jobs,) = self.db.conn.execute(
             "SELECT COUNT(DISTINCT job_id) FROM ledger WHERE platform=? AND workspace=? AND user=? "
-            "AND status IN ('reserved', 'running')",
+            "AND status IN ('reserved', 'running', 'batched')",
             mine,
         ).fetchone()
         if open_jobs >= pace.max_jobs:

@@ -25,6 +25,7 @@ class Progress:
     count: int
     preview: bytes | None  # the latest partial image as a small JPEG (images.preview_jpeg), if a new one came
     offline: bool
+    detail: str = ""  # state "relax": where the job is (sent to the Batch API at, last checked at)
 
     @property
     def fraction(self) -> float:

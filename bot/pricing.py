@@ -98,6 +98,7 @@ class ModelPrices:
     reference_image_max_tokens: int
     flat_per_image: Decimal | None = None
     auto_sizes: tuple[tuple[int, int], ...] = TABLE_SIZES  # what `size=auto` may render (the data file says)
+    batch_discount: Decimal = Decimal("0.5")  # relax mode (the Batch API) pays this share of every price
     capabilities: ModelCapabilities = ModelCapabilities()
 
     def output_tokens_per_pixel(self, quality: str) -> Decimal:
@@ -154,7 +155,20 @@ def _model(name: str, raw: dict) -> ModelPrices:
         flat_per_image=Decimal(flat) if flat is not None else None,
         auto_sizes=tuple(_size(s) for s in raw.get("auto_sizes", ())) or default_auto,
         capabilities=capabilities,
+        batch_discount=_share(name, raw.get("batch_discount", Decimal("0.5"))),
     )
+
+
+def _share(name: str, value: Any) -> Decimal:
+    share = Decimal(value)
+    if not 0 < share <= 1:
+        raise ConfigError(f"model {name}: batch_discount must be a share above 0 and at most 1, got {value}")
+    return share
+
+
+def batch_price(micros: int, prices: ModelPrices) -> int:
+    """A price in relax mode (the Batch API's discount), rounded up to whole micro-dollars."""
+    return to_micros(Decimal(micros) * prices.batch_discount / MICRO)
 
 
 def _named(name: str, raw: dict) -> ModelPrices:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from statistics import median
 from typing import Any
@@ -37,6 +37,7 @@ class Report:
     by_size_quality: list[tuple[str, str, int, int]]  # size, quality, images, micros
     median_render_s: float | None
     daily: list[tuple[str, int, int]]  # day (UTC date), micros, images
+    by_mode: list[tuple[str, int, int]] = field(default_factory=list)  # fast | relax, images, micros
 
     def text(self) -> str:
         """Reads well in Slack and Discord (no platform markup)."""
@@ -55,6 +56,14 @@ class Report:
                 + ", ".join(
                     f"{size} {quality} {n} img {format_usd(m)}"
                     for size, quality, n, m in self.by_size_quality
+                )
+            )
+        if any(mode == "relax" for mode, _, _ in self.by_mode):  # relax mode bills at the batch price
+            lines.append(
+                "By mode: "
+                + ", ".join(
+                    f"{mode}{' (half price)' if mode == 'relax' else ''} {n} img {format_usd(m)}"
+                    for mode, n, m in self.by_mode
                 )
             )
         return "\n".join(lines)
@@ -119,6 +128,10 @@ async def build(
         "GROUP BY size, quality ORDER BY sum(actual_micros) DESC",
         params,
     )
+    modes = await q(
+        f"SELECT mode, sum(status='succeeded'), sum(actual_micros) FROM ledger WHERE {where} GROUP BY mode ORDER BY mode",
+        params,
+    )
     latencies = [
         r[0]
         for r in await q(
@@ -142,6 +155,7 @@ async def build(
         [(s, ql, int(n), int(m)) for s, ql, n, m in by],
         median(latencies) / 1000 if latencies else None,
         [(d, int(m), int(n)) for d, m, n in daily],
+        [(str(mode), int(n), int(m)) for mode, n, m in modes],
     )
 
 

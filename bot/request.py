@@ -30,6 +30,8 @@ _FLAG = re.compile(
     + r")(?![\w-])(?:=|[ \t]+|$)(?P<value>[^\s]*)",
     re.IGNORECASE,
 )
+# `--relax` and `--fast` take no value (relax mode, SPEC §11).
+_SWITCH = re.compile(r"(?:(?<=\s)|^)(?:--|\u2014|\u2013)(?P<name>relax|fast)(?![\w-])", re.IGNORECASE)
 _TRANSPARENT = re.compile(r"\btransparent\s+(background|bg)\b", re.IGNORECASE)
 
 
@@ -58,6 +60,9 @@ class ImageRequest:
     mask: ImageInput | None = None
     notes: tuple[str, ...] = field(default=())
     moderation: str | None = None  # a channel's `moderation=` (generations only; None: the API's default)
+    relax: bool | None = (
+        None  # relax mode (the Batch API, half price): --relax / --fast; None: the channel's default
+    )
 
     @property
     def is_edit(self) -> bool:
@@ -81,8 +86,14 @@ def clip(text: str, limit: int) -> str:
 
 
 def split_flags(text: str) -> tuple[str, dict[str, str]]:
-    """Separate recognised flags from the prompt; the prompt keeps everything else verbatim."""
+    """Separate recognised flags from the prompt; the prompt keeps everything else verbatim. The switches
+    `--relax` and `--fast` come back as flags with the value "on"."""
     flags: dict[str, str] = {}
+    for match in _SWITCH.finditer(text):
+        flags[match["name"].lower()] = "on"
+    if len(flags) == 2:
+        raise UserError("--relax and --fast are both given; give one (relax: half price, delivered later)")
+    text = _SWITCH.sub("", text)
     pieces: list[str] = []
     last = 0
     for match in _FLAG.finditer(text):
@@ -166,6 +177,7 @@ def build_request(
     background: str | None = None,
     references: Sequence[ImageInput] = (),
     mask: ImageInput | None = None,
+    relax: bool | None = None,
 ) -> ImageRequest:
     """Typed options (a Discord command's, or the flags parse_request split off) -> a validated ImageRequest.
 
@@ -234,6 +246,7 @@ def build_request(
         references=tuple(references),
         mask=mask,
         notes=tuple(notes),
+        relax=relax,
     )
 
 
@@ -253,6 +266,13 @@ def parse_request(
     """
     prompt, flags = split_flags(text)
     typed = {name: value for name, value in (options or {}).items() if value is not None}
+    relax: bool | None = True if "relax" in flags else False if "fast" in flags else None
+    if "relax" in typed:  # Discord's relax: option (true or false)
+        if relax is not None:
+            raise UserError(
+                "relax is given twice (as an option and as --relax/--fast in the prompt); give it once"
+            )
+        relax = bool(typed.pop("relax"))
     for name in sorted(typed.keys() & flags.keys()):
         raise UserError(f"--{name} is given twice (as an option and in the prompt); give it once")
 
@@ -279,6 +299,7 @@ def parse_request(
         background=word("background"),
         references=references,
         mask=mask,
+        relax=relax,
     )
 
 

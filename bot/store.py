@@ -16,7 +16,7 @@ import sqlite_utils
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -258,6 +258,47 @@ def _v7(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v8(db: sqlite_utils.Database) -> None:
+    """Relax mode (bot/relax.py): each row's mode (fast or relax), the batches, their lines, and the relax jobs
+    (where to deliver them, once)."""
+    db.table("ledger").add_column("mode", str, not_null_default="fast")
+    db.table("batches").create(
+        {
+            "id": str,
+            "endpoint": str,
+            "input_file_id": str,
+            "status": str,
+            "created_at": str,
+            "checked_at": str,
+            "finished_at": str,
+        },
+        pk="id",
+        not_null={"endpoint", "status", "created_at"},
+    )
+    db.table("batches").create_index(["status"])
+    db.table("batch_lines").create(
+        {"custom_id": str, "batch_id": str, "job_id": str, "row_id": int, "state": str},
+        pk="custom_id",
+        not_null={"batch_id", "job_id", "row_id", "state"},
+    )
+    db.table("batch_lines").create_index(["batch_id"])
+    db.table("relax_jobs").create(
+        {
+            "job_id": str,
+            "platform": str,
+            "workspace": str,
+            "channel": str,
+            "user": str,
+            "submitted_at": str,
+            "discard": int,
+            "delivered_at": str,
+        },
+        pk="job_id",
+        not_null={"platform", "submitted_at"},
+        defaults={"discard": 0},
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -266,6 +307,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     5: _v5,
     6: _v6,
     7: _v7,
+    8: _v8,
 }
 
 

@@ -49,6 +49,8 @@ def settings_line(request: ImageRequest, offline: bool) -> str:
 
 def status_line(progress: Progress, code: Callable[[str], str] = str) -> str:
     """Queue position, or a progress bar with elapsed/expected seconds (`code` marks the bar up)."""
+    if progress.state == "relax":
+        return progress.detail
     if progress.state == "queued":
         return f"queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
     status = f"{code(bar(progress.fraction))} {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"

@@ -58,9 +58,10 @@ class RunningBot:
 
 @contextlib.asynccontextmanager
 async def running_bot(
-    tmp_path: Path, env: dict[str, str], *, latency: float = 0.2
+    tmp_path: Path, env: dict[str, str], *, latency: float = 0.2, server: OfflineImageServer | None = None
 ) -> AsyncIterator[RunningBot]:
-    """Start core + adapters + HTTP server with `env` (SPEC §7 names) over test defaults."""
+    """Start core + adapters + HTTP server with `env` (SPEC §7 names) over test defaults. `server`: an offline
+    image server that outlives this bot (as OpenAI outlives a restart); else one of its own."""
     port = free_port()
     base = {
         "IMAGEBOT_DB": str(tmp_path / "imagebot.sqlite3"),
@@ -74,8 +75,10 @@ async def running_bot(
     }
     base.update(env)
     settings = Settings.load(environ=base, env_file=None)
-    server = OfflineImageServer(latency=latency)
-    await server.start()
+    own = server is None
+    if server is None:
+        server = OfflineImageServer(latency=latency, batch_latency=settings.offline_batch_latency)
+        await server.start()
     core = await Core.start(settings, offline_server=server)
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
@@ -90,6 +93,8 @@ async def running_bot(
         stop.set()
         await asyncio.wait_for(task, 30)
         await core.close()
+        if own:
+            await server.stop()
 
 
 def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:

@@ -1,0 +1,359 @@
+"""Relax mode (SPEC §11) through the real core, the OpenAI SDK and the offline server's Batch API: jobs
+gathered into one batch, settled at the batch price from each line's usage, delivered once (also after a
+restart), line errors and expired batches released, cancels, quotas at the batch price."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bot import commands
+from bot.app import Core
+from bot.config import Settings
+from bot.offline import OfflineImageServer
+from bot.pricing import Usage, batch_price, cost_micros, load_prices
+from bot.relax import EDITS, GENERATIONS, batch_body, batch_line
+from bot.request import Requester
+from tests.core.test_access import ADMIN, View
+from tests.core.test_actions import Store
+from tests.core.test_jobs_money import ALICE, BOB, assert_counters_match_ledger, rows
+
+FAST_ENV = {
+    "IMAGEBOT_OFFLINE": "1",
+    "IMAGEBOT_OFFLINE_LATENCY": "0.05",
+    "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+    "IMAGEBOT_API_TIMEOUT": "5",
+    "IMAGEBOT_BATCH_WINDOW": "0.2",
+    "IMAGEBOT_BATCH_POLL": "0.1",
+}
+StartCore = Callable[..., Awaitable[Core]]
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[OfflineImageServer]:
+    offline = OfflineImageServer(latency=0.05, batch_latency=0.4)
+    await offline.start()
+    yield offline
+    await offline.stop()
+
+
+@pytest.fixture
+async def start(tmp_path: Path, server: OfflineImageServer) -> AsyncIterator[StartCore]:
+    cores: list[Core] = []
+
+    async def make(**env: str) -> Core:
+        environ = {"IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"), **FAST_ENV, **env}
+        core = await Core.start(Settings.load(environ=environ, env_file=None), offline_server=server)
+        cores.append(core)
+        return core
+
+    yield make
+    for core in cores:
+        await core.close()
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.05)
+
+
+def batches_created(server: OfflineImageServer) -> int:
+    return sum(1 for method, path in server.batch_calls if method == "POST" and path == "/v1/batches")
+
+
+async def test_two_users_relax_jobs_share_one_batch_and_are_settled_at_the_batch_price(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    alice, bob, fast = View(), View(), View()
+    await asyncio.gather(
+        core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, alice),
+        core.submit(core.parse("a crow --relax --size 1024x1024 --quality low"), BOB, bob),
+    )
+    assert not alice.delivered and alice.opened  # the message is open; the image comes later
+    await until(lambda: bool(alice.delivered and bob.delivered))
+    assert batches_created(server) == 1 and server.calls == []  # no synchronous image call at all
+    await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, fast)
+    relax_rows = [r for r in rows(core) if r["mode"] == "relax"]
+    fast_row = next(r for r in rows(core) if r["mode"] == "fast")
+    assert len(relax_rows) == 2 and all(r["status"] == "succeeded" for r in relax_rows)
+    prices = load_prices().model("gpt-image-2")
+    for row in relax_rows:  # settled from each line's usage at the batch price, within the reservation
+        usage = Usage(row["text_tokens"], row["image_tokens"], row["output_tokens"])
+        assert (
+            row["actual_micros"] == batch_price(cost_micros(prices, usage), prices) <= row["reserved_micros"]
+        )
+    alices = next(r for r in relax_rows if r["user"] == "U1")  # the same request as the fast one
+    assert alices["reserved_micros"] == batch_price(fast_row["reserved_micros"], prices)
+    image = alice.delivered[0].images[0]
+    assert (image.width, image.height) == (1024, 1024)
+    assert "relax, half price" in alice.delivered[0].request.notes
+    assert_counters_match_ledger(core)
+    # The usage report shows relax and fast spend apart.
+    report = (await commands.usage(core, ALICE, "")).text
+    assert "relax" in report
+
+
+async def test_a_restart_while_the_batch_runs_delivers_once_from_the_new_process(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 1.0
+    first = await start()
+    view = View()
+    await first.submit(
+        core_request(first, "a lighthouse --relax --size 1024x1024 --quality low"), ALICE, view
+    )
+    await until(lambda: any(r["status"] == "batched" for r in rows(first)))
+    await first.close()  # the bot goes away mid-batch
+    second = await start()
+    rebuilt: list[tuple[Requester, dict[str, Any], View]] = []
+
+    def view_for(who: Requester, context: dict[str, Any]) -> View:
+        rebuilt.append((who, context, View()))
+        return rebuilt[-1][2]
+
+    second.relax.view_for, second.relax.platforms = view_for, {"slack"}
+    await until(lambda: bool(rebuilt and rebuilt[0][2].delivered))
+    await asyncio.sleep(0.4)  # more polls: nothing is delivered twice
+    assert len(rebuilt) == 1 and rebuilt[0][0] == ALICE and not view.delivered
+    (row,) = rows(second)
+    assert row["status"] == "succeeded" and row["actual_micros"] > 0
+    assert_counters_match_ledger(second)
+
+
+def core_request(core: Core, text: str) -> Any:
+    return core.parse(text)
+
+
+async def test_a_line_error_is_released_and_the_rest_delivered(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    server.push_faults("line_error")
+    view = View()
+    await core.submit(core.parse("two foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: bool(view.delivered or view.failures))
+    assert len(view.delivered[0].images) == 1
+    statuses = sorted(r["status"] for r in rows(core))
+    assert statuses == ["failed", "succeeded"]
+    assert next(r for r in rows(core) if r["status"] == "failed")["actual_micros"] == 0
+    assert_counters_match_ledger(core)
+
+
+async def test_an_expired_batch_releases_what_was_never_rendered(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    server.push_faults("batch_expired")
+    view = View()
+    await core.submit(core.parse("foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: bool(view.delivered or view.failures))
+    failed = [r for r in rows(core) if r["status"] == "failed"]
+    assert failed and all(r["actual_micros"] == 0 and "batch_expired" in r["error"] for r in failed)
+    assert_counters_match_ledger(core)
+
+
+async def test_cancel_before_the_batch_is_sent_releases_everything(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start(IMAGEBOT_BATCH_WINDOW="5")
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    job_id = rows(core)[0]["job_id"]
+    assert not core.cancel(job_id, BOB)  # not Bob's
+    assert core.cancel(job_id, ALICE)
+    await until(lambda: bool(view.failures))
+    assert "nothing was charged" in view.refusals[-1]
+    assert rows(core)[0]["status"] == "cancelled" and rows(core)[0]["actual_micros"] == 0
+    assert batches_created(server) == 0
+
+
+async def test_cancel_of_a_job_alone_in_its_batch_cancels_the_batch(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 2.0
+    core = await start()
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: rows(core)[0]["status"] == "batched")
+    assert core.cancel(rows(core)[0]["job_id"], ALICE)
+    await until(lambda: any("Cancelling the batch" in r for r in view.refusals))
+    await until(lambda: rows(core)[0]["status"] != "batched", timeout=15)
+    assert ("POST", f"/v1/batches/{json_batch_id(core)}/cancel") in server.batch_calls
+    assert_counters_match_ledger(core)
+
+
+async def test_cancel_of_a_job_sharing_its_batch_is_charged_and_not_posted(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 1.0
+    core = await start()
+    alice, bob = View(), View()
+    await asyncio.gather(
+        core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, alice),
+        core.submit(core.parse("a crow --relax --size 1024x1024 --quality low"), BOB, bob),
+    )
+    await until(lambda: all(r["status"] == "batched" for r in rows(core)) and len(rows(core)) == 2)
+    alice_job = next(r["job_id"] for r in rows(core) if r["user"] == "U1")
+    assert core.cancel(alice_job, ALICE)
+    await until(lambda: any("cannot be withdrawn" in r for r in alice.refusals))
+    await until(lambda: bool(bob.delivered), timeout=15)
+    await asyncio.sleep(0.3)
+    assert not alice.delivered
+    alice_row = next(r for r in rows(core) if r["user"] == "U1")
+    assert alice_row["status"] == "succeeded" and alice_row["actual_micros"] > 0  # charged: it was made
+    assert_counters_match_ledger(core)
+
+
+def json_batch_id(core: Core) -> str:
+    import sqlite3
+
+    with sqlite3.connect(core.settings.db_path) as conn:
+        return str(conn.execute("SELECT id FROM batches").fetchone()[0])
+
+
+async def test_a_relax_job_is_refused_by_quota_at_its_batch_price(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    request = core.parse("a fox --size 1024x1024 --quality high")
+    fast_price = core.runner.reservation(request, False)
+    relax_price = core.runner.reservation(core.parse("a fox --relax --size 1024x1024 --quality high"), False)
+    assert relax_price == batch_price(fast_price, load_prices().model("gpt-image-2")) < fast_price
+    usd = f"{(relax_price + 1) / 1e6:.6f}"
+    await commands.admin(core, ADMIN, f"quota <@U1> daily_usd={usd}", platform_admin=True)
+    refused = View()
+    await core.submit(request, ALICE, refused)  # fast: above the limit
+    assert refused.refusals and "daily" in refused.refusals[0].lower()
+    taken = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality high"), ALICE, taken)
+    assert not taken.refusals
+    again = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality high"), ALICE, again)
+    assert again.refusals  # the second one no longer fits
+    await until(lambda: bool(taken.delivered))
+    assert_counters_match_ledger(core)
+
+
+async def test_a_channel_default_makes_jobs_relax_and_fast_overrides_it(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    await commands.admin(core, ADMIN, "channel <#C1> relax=on", platform_admin=True)
+    relaxed, fast = View(), View()
+    await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, relaxed)
+    await core.submit(core.parse("a fox --fast --size 1024x1024 --quality low"), ALICE, fast)
+    assert fast.delivered and not relaxed.delivered
+    await until(lambda: bool(relaxed.delivered))
+    assert sorted(r["mode"] for r in rows(core)) == ["fast", "relax"]
+    # A button on a relax image keeps its mode.
+    store = Store()
+    store.keep(relaxed.delivered[0])
+    reroll = next(b for b in relaxed.delivered[0].buttons if b.kind == "reroll")
+    clicked = View()
+    await core.act(reroll.key, ALICE, clicked, store)
+    await until(lambda: bool(clicked.delivered))
+    assert rows(core)[-1]["mode"] == "relax"
+
+
+async def test_an_edit_goes_through_file_ids(start: StartCore, server: OfflineImageServer) -> None:
+    core = await start()
+    first = View()
+    await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, first)
+    store = Store()
+    store.keep(first.delivered[0])
+    vary = next(b for b in first.delivered[0].buttons if b.kind == "vary")
+    relaxed = View()
+    await core.act(vary.key, ALICE, relaxed, store)  # a fast image's button stays fast...
+    assert relaxed.delivered
+    edit = core.parse("make it blue --relax", references=[_image(first)])
+    done = View()
+    await core.submit(edit, ALICE, done)
+    await until(lambda: bool(done.delivered))
+    uploads = [path for method, path in server.batch_calls if method == "POST" and path == "/v1/files"]
+    assert len(uploads) == 2  # the image (purpose vision), then the JSONL (purpose batch)
+    api = server.batch_api
+    (batch,) = list(api.batches.values())
+    assert batch.endpoint == EDITS
+
+
+def _tiny() -> Any:
+    import io
+
+    from PIL import Image as Pillow
+
+    from bot.images import load_image
+
+    data = io.BytesIO()
+    Pillow.new("RGB", (64, 64), "red").save(data, "PNG")
+    return load_image("ref.png", data.getvalue())
+
+
+def _image(view: View) -> Any:
+    from bot.images import load_image
+
+    image = view.delivered[0].images[0]
+    return load_image(image.filename, image.data)
+
+
+def test_batch_lines_match_the_official_request_schema() -> None:
+    """Field names and types of the Images API's request bodies and of a batch input line, from the official
+    OpenAPI description (openai/openai-openapi: CreateImageRequest, EditImageBodyJsonParam with ImageRefParam,
+    BatchRequestInput), checked in below as an excerpt."""
+    schema = json.loads((Path(__file__).parent / "openapi_images_excerpt.json").read_text())
+    prices = load_prices()
+    from bot.request import parse_request
+
+    generation = parse_request("a fox --size 1536x1024 --quality high --format webp", prices=prices)
+    edit_request = parse_request("make it blue --format png", prices=prices, references=[_tiny()])
+    bodies = {
+        GENERATIONS: batch_body(generation),
+        EDITS: batch_body(edit_request, ["file-abc", "file-def"], "file-mask"),
+    }
+    for endpoint, body in bodies.items():
+        spec = schema["CreateImageRequest" if endpoint == GENERATIONS else "EditImageBodyJsonParam"]
+        line = batch_line("job1", 0, endpoint, body)
+        assert set(line) == set(schema["BatchRequestInput"]["properties"]) | {"body"}
+        assert line["method"] in schema["BatchRequestInput"]["properties"]["method"]["enum"]
+        assert set(spec["required"]) <= set(body)
+        for name, value in body.items():
+            assert name in spec["properties"], (endpoint, name)
+            kind = spec["properties"][name]["type"]
+            assert isinstance(value, {"string": str, "integer": int, "array": list, "object": dict}[kind]), (
+                name
+            )
+            if "enum" in spec["properties"][name]:
+                assert value in spec["properties"][name]["enum"], (name, value)
+        if endpoint == EDITS:
+            ref = schema["ImageRefParam"]["properties"]
+            for image in body["images"] + [body["mask"]]:
+                assert set(image) <= set(ref) and isinstance(image["file_id"], str)
+
+
+async def test_the_same_job_in_relax_mode_costs_half(start: StartCore, server: OfflineImageServer) -> None:
+    """The same request, relax then fast: the same usage, and the relax row is charged the batch price."""
+    core = await start()
+    relaxed, fast = View(), View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, relaxed)
+    await until(lambda: bool(relaxed.delivered))
+    await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, fast)
+    relax_row, fast_row = rows(core)
+    columns = ("text_tokens", "image_tokens", "output_tokens")
+    assert [relax_row[c] for c in columns] == [fast_row[c] for c in columns]
+    prices = load_prices().model("gpt-image-2")
+    assert relax_row["actual_micros"] == batch_price(fast_row["actual_micros"], prices)
+    assert relax_row["reserved_micros"] == batch_price(fast_row["reserved_micros"], prices)
+    for row in (relax_row, fast_row):  # shown in the closing note
+        print(
+            {
+                k: row[k]
+                for k in ("mode", "status", "size", "quality", *columns, "reserved_micros", "actual_micros")
+            }
+        )

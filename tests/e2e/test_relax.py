@@ -1,0 +1,95 @@
+"""Relax mode end to end on Slack (SPEC §11): the real bolt app in HTTP mode, the fake Slack, the offline
+server's Files and Batch APIs through the OpenAI SDK. Two users' relax jobs go in one batch and land in their
+own threads once each, settled at the batch price; a bot restarted while its batch runs still delivers."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from bot.offline import OfflineImageServer
+from bot.pricing import Usage, batch_price, cost_micros, load_prices
+from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.test_slack_actions import job_messages, until
+from tests.fakes.slack import FakeSlack
+
+RELAX_ENV = {
+    "IMAGEBOT_BATCH_WINDOW": "0.3",
+    "IMAGEBOT_BATCH_POLL": "0.1",
+    "IMAGEBOT_OFFLINE_BATCH_LATENCY": "0.5",
+}
+
+
+def uploads_in(slack: FakeSlack, thread: str) -> list[dict[str, Any]]:
+    return [m for m in slack.messages.get("C1", []) if m.get("files") and m.get("thread_ts") == thread]
+
+
+async def ledger(bot: RunningBot) -> list[dict[str, Any]]:
+    columns = [
+        "user",
+        "mode",
+        "status",
+        "reserved_micros",
+        "actual_micros",
+        "text_tokens",
+        "image_tokens",
+        "output_tokens",
+    ]
+    found = await bot.core.ledger.query(f"SELECT {', '.join(columns)} FROM ledger ORDER BY id")
+    return [dict(zip(columns, row, strict=True)) for row in found]
+
+
+async def test_two_users_relax_jobs_share_a_batch_and_land_in_their_own_threads(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    async with running_bot(tmp_path, slack_env(slack, **RELAX_ENV), latency=0.05) as bot:
+        await slack.send_slash_command(
+            bot.events_url, text="a fox --relax --size 1024x1024 --quality low", user_id="U1"
+        )
+        await slack.send_slash_command(
+            bot.events_url, text="a crow --relax --size 1024x1024 --quality low", user_id="U2"
+        )
+        posted = await until(lambda: job_messages(slack)[1:2] and job_messages(slack))
+        threads = {m["ts"]: m for m in posted}
+        assert len(threads) == 2
+        await until(lambda: all(uploads_in(slack, ts) for ts in threads), timeout=15)
+        await until(lambda: "relax, half price" in str([uploads_in(slack, ts) for ts in threads]))
+        server = bot.server
+        assert sum(1 for m, p in server.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
+        assert server.calls == []
+        rows = await ledger(bot)
+        prices = load_prices().model("gpt-image-2")
+        assert sorted(r["user"] for r in rows) == ["U1", "U2"]
+        for row in rows:
+            usage = Usage(row["text_tokens"], row["image_tokens"], row["output_tokens"])
+            assert row["mode"] == "relax" and row["status"] == "succeeded"
+            assert row["actual_micros"] == batch_price(cost_micros(prices, usage), prices)
+        for ts, msg in threads.items():  # each user's image in their own job's thread, once
+            [upload] = uploads_in(slack, ts)
+            owner = "U1" if "fox" in str(msg) else "U2"
+            assert f"<@{owner}>" in str(upload)
+        await until(lambda: all("relax" in str(slack.thread("C1", ts)) for ts in threads))
+
+
+async def test_a_bot_restarted_while_its_batch_runs_delivers_once(slack: FakeSlack, tmp_path: Path) -> None:
+    env = slack_env(slack, **RELAX_ENV)
+    openai = OfflineImageServer(latency=0.05, batch_latency=2.0)  # OpenAI outlives the bot's restart
+    await openai.start()
+    try:
+        async with running_bot(tmp_path, env, server=openai) as first:
+            await slack.send_slash_command(
+                first.events_url, text="a lighthouse --relax --size 1024x1024 --quality low"
+            )
+            [job] = await until(lambda: job_messages(slack))
+            await until(lambda: "sent to the Batch API" in str(slack.messages.get("C1")), timeout=10)
+        assert not uploads_in(slack, job["ts"])  # it went away mid-batch
+        async with running_bot(tmp_path, env, server=openai) as second:
+            await until(lambda: uploads_in(slack, job["ts"]), timeout=20)
+            rows = await ledger(second)
+            assert [(r["status"], r["mode"]) for r in rows] == [("succeeded", "relax")]
+            await asyncio.sleep(0.5)  # a few more polls: still one delivery
+        assert len(uploads_in(slack, job["ts"])) == 1
+        assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
+    finally:
+        await openai.stop()
