@@ -10,8 +10,9 @@ SLACK_COMMANDS = [
     ("/imagine-quota", "Your remaining image quota", ""),
     (
         "/imagine-admin",
-        "Admin: set quotas, see all spend",
-        "quota <@user|#channel|workspace> <limits> | report --all",
+        "Admin: quotas, access rules, spend",
+        "help | quota <@user|#channel|workspace> <limits> | report --all | channel <#channel> on|off ... | "
+        "allow|deny <@group|everyone> | block|unblock <@user> | settings",
     ),
 ]
 # Commands whose text names users and channels: Slack sends them escaped, as <@U123|bob> and <#C123|general>,
@@ -27,8 +28,20 @@ SLACK_BOT_SCOPES = [
     "groups:history",  # thread replies in private channels
     "app_mentions:read",  # @imagebot with images attached (fusion)
     "users:read",  # users.info: is the caller a workspace admin?
+    "usergroups:read",  # usergroups.users.list: /imagine-admin allow|deny @usergroup
 ]
-SLACK_EVENTS = ["app_mention", "message.channels", "message.groups"]
+SLACK_EVENTS = [
+    "app_mention",
+    "message.channels",
+    "message.groups",
+    "app_home_opened",  # the Home tab: the user's quota and last images (admins: settings, spend)
+]
+# The Home tab on; the Messages tab stays as Slack makes it (shown, read-only): the bot reads no DMs.
+SLACK_APP_HOME = {
+    "home_tab_enabled": True,
+    "messages_tab_enabled": True,
+    "messages_tab_read_only_enabled": True,
+}
 
 
 def slack_manifest(
@@ -60,6 +73,7 @@ def slack_manifest(
         },
         "features": {
             "bot_user": {"display_name": "imagebot", "always_online": True},
+            "app_home": dict(SLACK_APP_HOME),
             "slash_commands": commands,
         },
         "oauth_config": {"scopes": {"bot": SLACK_BOT_SCOPES}},

@@ -9,7 +9,8 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import Awaitable, Sequence
+import time
+from collections.abc import Awaitable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,12 +46,19 @@ EDIT_BLOCK = "instruction"
 EDIT_INPUT = "instruction"
 EDIT_MAX_CHARS = 3000  # Slack's limit for a plain_text_input
 ACTIONS_PER_BLOCK = 25  # Slack's limit for one actions block
+GROUP_CACHE_SECONDS = 60.0  # how long a user group's members are trusted before usergroups.users.list again
 RENDER_KINDS = frozenset({Kind.REROLL, Kind.VARY, Kind.UPSCALE})
 GONE_FILE_ERRORS = frozenset({"file_not_found", "file_deleted"})
 PROMPT_SHOWN = 280  # characters of the prompt in a progress message
 # Slack's chat.update is Tier 3: ~50 calls a minute per workspace. Stay under it across all jobs.
 UPDATES_PER_MINUTE = 45
 DEFAULT_PORTS = {"https": 443, "http": 80}
+SECTION_MAX = 3000  # Slack's limit for a section's text
+HOME_PROMPT_SHOWN = 200  # characters of a prompt on the Home tab
+# Mentions that name an id and nothing else: safe to keep live on the Home tab (a view notifies nobody).
+_ID_MENTION = re.compile(r"&lt;((?:@[UW]|#[CG]|!subteam\^S)[A-Z0-9]+)&gt;")
+_CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]+$")
+_MESSAGE_TS = re.compile(r"^\d+\.\d+$")
 
 
 def escape(text: str) -> str:
@@ -168,6 +176,52 @@ def edit_form(title: str, metadata: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def mrkdwn(text: str, limit: int = SECTION_MAX) -> str:
+    """`text` escaped for mrkdwn and cut to `limit` characters, never in the middle of an entity (`&amp;`)."""
+    shown = escape(text)
+    if len(shown) <= limit:
+        return shown
+    cut = shown[: limit - 1]
+    amp = cut.rfind("&")
+    if amp != -1 and ";" not in cut[amp:]:
+        cut = cut[:amp]
+    return cut + "…"
+
+
+def message_link(site_url: str, where: Mapping[str, Any]) -> str | None:
+    """A link to the message a job's thread hangs from (`where`: its channel and thread_ts), or None when the
+    workspace's URL or the place is unknown (or not the ids Slack gives: nothing else goes into a link)."""
+    channel, ts = str(where.get("channel") or ""), str(where.get("thread_ts") or "")
+    if not site_url or not _CHANNEL_ID.match(channel) or not _MESSAGE_TS.match(ts):
+        return None
+    return f"{site_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
+
+
+def home_blocks(home: commands.Home, site_url: str) -> list[dict[str, Any]]:
+    """The Home tab (SPEC §10): the user's quota and last images; for admins, the tenant's settings and spend."""
+
+    def section(text: str) -> dict[str, Any]:
+        return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+    def header(text: str) -> dict[str, Any]:
+        return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": True}}
+
+    blocks = [header("imagebot"), section(mrkdwn(home.quota)), header("Your last images")]
+    for image in home.recent:
+        link = message_link(site_url, image.where)
+        facts = " · ".join([escape(image.size), escape(image.cost), *([f"<{link}|open>"] if link else [])])
+        blocks.append(section(f"{mrkdwn(clip(image.prompt, HOME_PROMPT_SHOWN))}\n{facts}"))
+    if not home.recent:
+        blocks.append(section("No images yet: try `/imagine a lighthouse at dusk`."))
+    if home.settings is not None or home.spend is not None:
+        blocks += [{"type": "divider"}, header("Admin")]
+        if home.settings:
+            blocks.append(section(_ID_MENTION.sub(r"<\1>", mrkdwn(home.settings))))
+        if home.spend:
+            blocks.append(section(mrkdwn(home.spend)))
+    return blocks
+
+
 def trusted_file_url(url: str, api_url: str) -> bool:
     """May the bot token go to `url`? Only over https to Slack's file host, or to the Web API's own host with
     the API's own scheme: plain http only when SLACK_API_URL itself is http:// (a loopback fake)."""
@@ -234,6 +288,7 @@ class SlackJobView:
     ts: str = ""
     job_id: str = ""
     question: Any = None
+    admin: bool | None = None  # platform_admin(), once asked (the rules may ask more than once per job)
     previews = False  # chat.update cannot show a partial image
     confirms = True  # an expensive render asks its requester first, privately, with Render and Cancel
 
@@ -265,13 +320,21 @@ class SlackJobView:
             self.adapter.spawn(self._retire(self.question))
             self.question = None
             self.asker = Privately(self.adapter, self.who, thread_ts=self.thread)
-        return {"channel": self.channel, "thread_ts": self.thread}
+        return {"channel": self.channel, "thread_ts": self.thread, "ts": self.ts}
 
     async def _retire(self, respond: Any) -> None:
         try:
             await respond(delete_original=True)
         except Exception as exc:
             log.warning("slack price check not removed", extra={"job_id": self.job_id, "error": why_not(exc)})
+
+    async def platform_admin(self) -> bool:
+        if self.admin is None:
+            self.admin = await self.adapter._is_workspace_admin(self.who)
+        return self.admin
+
+    async def member_of(self, groups: Collection[str]) -> bool:
+        return await self.adapter.in_groups(self.who.user, groups)
 
     async def refused(self, text: str) -> None:
         """Only the requester (or the clicker) sees why: the command's response_url, else an ephemeral in the
@@ -403,6 +466,8 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.mention: re.Pattern[str] | None = None  # <@BOT_USER_ID> (or <@BOT_USER_ID|name>), once known
         self.socket_handler: Any = None
+        self.site_url = ""  # https://<workspace>.slack.com/ from auth.test: links to messages (the Home tab)
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # user group -> (read at, its members)
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -412,6 +477,7 @@ class SlackAdapter:
         try:
             auth = await self.client.auth_test()
             self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+            self.site_url = str(auth.get("url") or "")
             if self.bot_user_id:
                 self.mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>")
         except Exception as exc:  # keep serving: /healthz says so, and bolt retries auth on each request
@@ -554,6 +620,14 @@ class SlackAdapter:
         async def mention(event: dict[str, Any], body: dict[str, Any]) -> None:
             self._on_event(event, body)
 
+        @app.event("app_home_opened")
+        async def home_opened(event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
+            if event.get("tab") != "home" or not event.get("user"):  # the Messages tab sends it too
+                return
+            team = body.get("team_id") or body.get("context_team_id") or context.get("team_id") or ""
+            # The Home tab is in no channel: the quota shown is the person's (and the workspace's).
+            self.spawn(self._publish_home(Requester("slack", str(team), "", str(event["user"]))))
+
     async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
         who = self._clicker(body)
         if not self.core.cancel(action.get("value", ""), who):
@@ -601,8 +675,11 @@ class SlackAdapter:
     async def _open_edit_form(
         self, asker: Privately, body: dict[str, Any], action: dict[str, Any], key: str
     ) -> None:
-        """Edit: the form for the instruction. Slack takes views.open only within 3 s of the click, so this is
-        the first call after the ack; the submission (edit_submitted) makes the job."""
+        """Edit: the form for the instruction, unless the access rules refuse the clicker (then only they are
+        told). Slack takes views.open only within 3 s of the click, so nothing slower than those rules (a
+        database read, users.info and a cached user group) comes before it; the submission (edit_submitted)
+        makes the job."""
+        await self.core.may_render(asker.who, SlackJobView(self, asker, thread_ts=asker.thread_ts))
         title = str((action.get("text") or {}).get("text") or "Edit image")
         metadata = {"key": key, "channel": asker.who.channel, "thread": asker.thread_ts}
         try:
@@ -625,6 +702,24 @@ class SlackAdapter:
         asker = Privately(self, who, respond, thread_ts=thread or None, replace=True)
         view = SlackJobView(self, asker, thread_ts=thread or None, question=respond)
         self.spawn(self.core.price_check(token, who, view, render=render), asker)
+
+    # -- the Home tab -----------------------------------------------------------------------
+
+    async def _publish_home(self, who: Requester) -> None:
+        """Build `who`'s Home tab (bot/commands.py `home`) and publish it. A failure is logged: the tab keeps
+        the view it had."""
+        try:
+            await self.core.calm()  # the event's ack goes out first
+            platform_admin = await self._is_workspace_admin(who)
+            home = await commands.home(self.core, who, platform_admin=platform_admin)
+            view = {"type": "home", "blocks": home_blocks(home, self.site_url)}
+            await self.client.views_publish(user_id=who.user, view=view)
+        except Exception as exc:
+            log.warning(
+                "slack home tab not published",
+                extra={"user": who.user, "error": why_not(exc)},
+                exc_info=not isinstance(exc, SlackApiError),
+            )
 
     # -- where our images live (bot.actions.ImageStore) ----------------------------------
 
@@ -727,6 +822,29 @@ class SlackAdapter:
             person.get("is_admin") or person.get("is_owner")
         )
 
+    async def in_groups(self, user: str, groups: Collection[str]) -> bool:
+        """A member of any of these user groups (usergroups.users.list, each read at most once a minute)."""
+        for group in groups:
+            if user in await self._group_members(group):
+                return True
+        return False
+
+    async def _group_members(self, group: str) -> frozenset[str]:
+        now = time.monotonic()
+        cached = self._groups.get(group)
+        if cached is not None and now - cached[0] < GROUP_CACHE_SECONDS:
+            return cached[1]
+        try:
+            answer = await self.client.usergroups_users_list(usergroup=group)
+            members = frozenset(answer.get("users") or ())
+        except (
+            SlackApiError
+        ) as exc:  # a deleted group, or no usergroups:read: nobody is in it (admins still pass)
+            log.warning("slack user group unreadable", extra={"group": group, "error": why_not(exc)})
+            members = frozenset()
+        self._groups[group] = (now, members)
+        return members
+
     # -- jobs -----------------------------------------------------------------------------
 
     async def _imagine(self, asker: Privately, text: str) -> None:
@@ -740,9 +858,12 @@ class SlackAdapter:
         # (X-Slack-Retry-Num) all carry the same channel and ts, so exactly one of them makes the job.
         if not await self.core.first_time(f"slack:{channel}:{ts}"):
             return
+        thread_ts = event.get("thread_ts")
+        view = SlackJobView(self, asker, thread_ts=thread_ts or ts)
+        # The place and person rules before reading the thread or downloading files that could only be refused.
+        await self.core.may_render(asker.who, view)
         assert self.mention is not None  # _mentions_me() let it through
         text = self.mention.sub("", event.get("text") or "").strip()
-        thread_ts = event.get("thread_ts")
         image_files = [
             f for f in event.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))
         ]
@@ -758,7 +879,7 @@ class SlackAdapter:
             ) from None
         references, mask = await decode_attachments(files, base=base)
         request = self.core.parse(text, references, mask)
-        await self.core.submit(request, asker.who, SlackJobView(self, asker, thread_ts=thread_ts or ts))
+        await self.core.submit(request, asker.who, view)
 
     async def _thread_base(self, channel: str, thread_ts: str) -> ImageInput | None:
         """The bot's latest image in the thread, or None if the thread has none."""
@@ -803,4 +924,12 @@ class SlackAdapter:
             channel=channel,
             thread_ts=job.context.get("thread_ts"),
             text=f"<@{job.user}> {escape(texts.interrupted(job))}",
+        )
+
+    def view_for(self, who: Requester, context: dict[str, Any]) -> SlackJobView:
+        """A relax job from another life of the bot: its message and thread, from where it was posted."""
+        ts = str(context.get("ts") or context.get("thread_ts") or "")
+        thread = context.get("thread_ts")
+        return SlackJobView(
+            self, Privately(self, who, thread_ts=thread), thread_ts=thread if thread != ts else None, ts=ts
         )

@@ -70,8 +70,13 @@ async def usage(core: Core, who: Requester, args: str) -> Reply:
 
 
 async def my_quota(core: Core, who: Requester) -> Reply:
-    """`/imagine-quota`: the caller's own limits and what is left, privately."""
-    lines = await core.ledger.quota_lines(who)
+    """`/imagine-quota`: the caller's own limits and what is left, privately (no channel's lines when asked
+    from no channel, as on the Slack Home tab)."""
+    lines = [
+        line
+        for line in await core.ledger.quota_lines(who)
+        if who.channel or quota.LABELS.get(line.label) != "channel_month"
+    ]
     if not lines:
         return Reply("You have no quota limits. Every image is still recorded in the cost ledger.")
     return Reply(

@@ -1,0 +1,426 @@
+"""Slack access rules and fairness, end to end (SPEC §10): the real bolt app in HTTP mode (Socket Mode where
+said), the fake Slack, the offline image server. Admins set the rules with /imagine-admin as they would in
+Slack; every refusal is private, costs nothing and calls no image API. Then the Home tab."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.manifests import slack_manifest
+from bot import quota
+from bot.pricing import format_usd
+from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.fakes.slack import FakeSlack
+
+ADMIN = "U9"  # a workspace admin (users.info is_admin): a tenant admin of the fake's workspace
+GENERAL = "<#C1|general>"  # how Slack sends a channel picked from the autocomplete (should_escape)
+
+
+@pytest.fixture
+async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
+    """The bot with U9 a workspace admin, without price checks, at 0.05 s a render."""
+    slack.admins.add(ADMIN)
+    async with running_bot(tmp_path, slack_env(slack), latency=0.05) as running:
+        yield running
+
+
+async def until(check: Callable[[], Any], timeout: float = 10) -> Any:  # noqa: ASYNC109
+    """Wait until `check()` is truthy and return it (a safety net against hanging, not a measured duration)."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met")
+        await asyncio.sleep(0.02)
+    return value
+
+
+def private_to(slack: FakeSlack, user: str) -> list[dict[str, Any]]:
+    """What only `user` saw (response_url replies and chat.postEphemeral), oldest first."""
+    return [e for e in slack.ephemerals if e["user"] == user and not e.get("deleted")]
+
+
+async def told(slack: FakeSlack, user: str, before: int) -> dict[str, Any]:
+    """The one private message `user` got after they had `before` of them; its text as a person reads it."""
+    [new] = await until(lambda: private_to(slack, user)[before:])
+    await asyncio.sleep(0.1)  # a second message would show up by now
+    assert len(private_to(slack, user)) == before + 1, private_to(slack, user)
+    return {**new, "text": html.unescape(new["text"])}
+
+
+async def admin(slack: FakeSlack, bot: RunningBot, text: str, user: str = ADMIN) -> str:
+    """`/imagine-admin <text>` as `user`; the private answer, as the admin reads it."""
+    before = len(private_to(slack, user))
+    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text=text, user_id=user)
+    answer = await told(slack, user, before)
+    assert answer["source"] == "response_url"
+    return str(answer["text"])
+
+
+async def imagine(
+    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
+) -> dict[str, Any]:
+    """/imagine that should render: wait for its upload and its ledger row; the row."""
+    uploads = len(slack.uploaded)
+    rows = len(await bot.ledger())
+    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
+    await until(lambda: len(slack.uploaded) > uploads)
+    settled = await bot.settled(rows + 1)
+    assert settled[-1]["user"] == user and settled[-1]["status"] == "succeeded", settled
+    return settled[-1]
+
+
+async def refused(
+    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
+) -> str:
+    """/imagine that the rules refuse: its private answer. Nothing was posted, called or booked."""
+    posts, calls, rows = (
+        len(slack.calls_to("chat.postMessage")),
+        len(bot.server.calls),
+        len(await bot.ledger()),
+    )
+    before = len(private_to(slack, user))
+    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
+    answer = await told(slack, user, before)
+    assert answer["source"] == "response_url" and "Nothing was charged" in answer["text"]
+    assert len(slack.calls_to("chat.postMessage")) == posts
+    assert len(bot.server.calls) == calls and len(await bot.ledger()) == rows
+    return str(answer["text"])
+
+
+def job_message(slack: FakeSlack) -> str:
+    """The ts of the latest job's message: the root of the thread its image was uploaded into."""
+    return str(slack.uploaded[-1].thread_ts)
+
+
+async def buttons_ready(slack: FakeSlack, bot: RunningBot, ts: str) -> None:
+    """The job at `ts` shows its result buttons and the core knows where its image lives."""
+    await until(lambda: "Re-roll" in str(slack.messages["C1"]) and slack.button("Edit", message_ts=ts))
+    job_id = str(slack.button("Re-roll", message_ts=ts)["value"]).split(":")[1]
+    deadline = time.monotonic() + 10
+    while not await bot.core.ledger.query(
+        "SELECT 1 FROM results WHERE job_id=? AND images != '[]'", [job_id]
+    ):
+        assert time.monotonic() < deadline, "the job's images were never recorded"
+        await asyncio.sleep(0.02)
+
+
+def texts_of(view: dict[str, Any]) -> list[str]:
+    """Each block's text of a published view, in order ("---" for a divider)."""
+    return ["---" if block["type"] == "divider" else str(block["text"]["text"]) for block in view["blocks"]]
+
+
+async def home(slack: FakeSlack, bot: RunningBot, user: str) -> dict[str, Any]:
+    """Open the app's Home tab as `user`; the view the bot published for them."""
+    published = len(slack.calls_to("views.publish"))
+    status, _ = await slack.send_app_home_opened(bot.events_url, user=user)
+    assert status == 200
+    [call] = (await slack.wait_for("views.publish", published + 1))[published:]
+    assert call.args["user_id"] == user
+    view = slack.home_view(user)
+    assert view is not None and view["type"] == "home"
+    return view
+
+
+# -- the place: a channel turned off -----------------------------------------------------------------------
+
+
+async def test_a_channel_turned_off_refuses_imagine_privately_and_costs_nothing(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    answer = await admin(slack, bot, f"channel {GENERAL} off")
+    assert answer.startswith("Channel <#C1> set: off")
+    text = await refused(slack, bot, "a lighthouse --quality low")
+    assert "turned off in this channel" in text and "/imagine-admin channel" in text
+    assert not slack.calls_to("chat.postMessage") and bot.server.calls == [] and await bot.ledger() == []
+    # Only that channel: another still renders, and C1 does again once it is back on.
+    row = await imagine(slack, bot, "a lighthouse --quality low", channel="C2")
+    assert row["channel"] == "C2"
+    await admin(slack, bot, f"channel {GENERAL} on")
+    assert (await imagine(slack, bot, "a lighthouse --quality low"))["channel"] == "C1"
+
+
+# -- the person: blocked, allowed groups ---------------------------------------------------------------------
+
+
+async def test_a_blocked_user_is_refused_everywhere_and_costs_nothing(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    await imagine(slack, bot, "a harbour --size 1024x1024 --quality low")  # U1's image, with its buttons
+    ts = job_message(slack)
+    await buttons_ready(slack, bot, ts)
+    assert await admin(slack, bot, "block <@U2|bob>") == "<@U2> blocked (in slack:T0001)."
+    posts, rows = len(slack.calls_to("chat.postMessage")), await bot.ledger()
+
+    text = await refused(slack, bot, "a cat --quality low", user="U2")
+    assert "You are blocked" in text
+    # A mention in the image's thread, with a file attached: refused before the thread or the file is read.
+    photo = slack.add_file(name="ref.png", data=b"\x89PNG not read", mimetype="image/png", filetype="png")
+    mention = slack.message_event(text="make it night", user="U2", thread_ts=ts, files=[photo], mention=True)
+    before = len(private_to(slack, "U2"))
+    assert (await slack.send_event(bot.events_url, mention))[0] == 200
+    answer = await told(slack, "U2", before)
+    assert answer["source"] == "chat.postEphemeral" and "You are blocked" in answer["text"]
+    assert answer["thread_ts"] == ts
+    # The result buttons of someone else's image: Re-roll, and Edit (no form opens).
+    for label in ("Re-roll", "Edit"):
+        before = len(private_to(slack, "U2"))
+        assert (await slack.press(bot.events_url, label, message_ts=ts, user_id="U2"))[0] == 200
+        answer = await told(slack, "U2", before)
+        assert "You are blocked" in answer["text"] and answer["thread_ts"] == ts, label
+
+    assert len(slack.calls_to("chat.postMessage")) == posts and len(bot.server.calls) == 1
+    assert await bot.ledger() == rows
+    for method in ("views.open", "conversations.replies", "file_download", "files.info"):
+        assert not slack.calls_to(method), method
+    # Unblocked, they render again.
+    assert await admin(slack, bot, "unblock <@U2|bob>") == "<@U2> unblocked (in slack:T0001)."
+    await imagine(slack, bot, "a cat --quality low", user="U2")
+
+
+async def test_an_allowed_user_group_admits_its_members_and_admins_only(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    slack.add_usergroup("S0DESIGN", ["U2"], handle="designers")
+    answer = await admin(slack, bot, f"allow {slack.usergroup_mention('S0DESIGN')}")
+    assert answer.startswith("Allowed: <!subteam^S0DESIGN>") and "allowed: <!subteam^S0DESIGN>" in answer
+
+    text = await refused(slack, bot, "a poster --quality low", user="U3")
+    assert "Only members of <!subteam^S0DESIGN> (and admins) may render here" in text
+    assert "not in any of them" in text
+    [lookup] = slack.calls_to("usergroups.users.list")
+    assert lookup.args["usergroup"] == "S0DESIGN"
+
+    await imagine(slack, bot, "a poster --quality low", user="U2")  # a member
+    slack.admins.add("U7")
+    await imagine(slack, bot, "a poster --quality low", user="U7")  # a workspace admin, in no group
+    rows = await bot.ledger()
+    assert [(r["user"], r["status"]) for r in rows] == [("U2", "succeeded"), ("U7", "succeeded")]
+    assert len(bot.server.calls) == 2
+
+
+# -- the request: a channel's ceiling --------------------------------------------------------------------------
+
+
+async def test_a_size_ceiling_refuses_a_larger_size_naming_the_ceiling(
+    slack: FakeSlack, bot: RunningBot
+) -> None:
+    answer = await admin(slack, bot, f"channel {GENERAL} max_size=2k")
+    assert answer.startswith("Channel <#C1> set: max_size=2048x2048")
+    text = await refused(slack, bot, "a castle --size 4k --quality low")
+    assert "--size 3840x2160 is above this channel's ceiling max_size=2k (2048x2048" in text
+    assert "use --size 2048x2048 or smaller" in text
+    row = await imagine(slack, bot, "a castle --size 1024x1024 --quality low")  # under it: renders
+    assert row["size"] == "1024x1024"
+
+
+# -- the pace: a cooldown ---------------------------------------------------------------------------------------
+
+
+async def test_a_cooldown_refuses_a_second_job_with_the_wait(slack: FakeSlack, bot: RunningBot) -> None:
+    answer = await admin(slack, bot, "settings cooldown=60")
+    assert "- cooldown: 60 s between one user's jobs" in answer
+    await imagine(slack, bot, "first --quality low")
+    text = await refused(slack, bot, "second --quality low")
+    wait = re.search(r"You can start your next job in (\d+) s", text)
+    assert wait is not None and 50 <= int(wait[1]) <= 60, text
+    assert "one job per user every 60 s (cooldown)" in text
+    await imagine(slack, bot, "someone else's --quality low", user="U2")  # per user
+    assert [r["user"] for r in await bot.ledger()] == ["U1", "U2"]
+
+
+# -- the admin verbs -------------------------------------------------------------------------------------------
+
+
+async def test_admin_help_lists_the_verbs_and_only_admins_get_it(slack: FakeSlack, bot: RunningBot) -> None:
+    answer = await admin(slack, bot, "help")
+    for verb in ("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"):
+        assert re.search(rf"^- {verb}\b", answer, re.MULTILINE), verb
+    assert await admin(slack, bot, "") == answer
+    assert (await admin(slack, bot, "help", user="U1")).startswith("Only admins can use /imagine-admin")
+
+
+async def test_admin_settings_shows_every_rule(slack: FakeSlack, bot: RunningBot) -> None:
+    assert "max_jobs: 4" in await admin(slack, bot, "settings")  # IMAGEBOT_USER_MAX_JOBS's default
+    slack.add_usergroup("S0DESIGN", ["U2"], handle="designers")
+    slack.add_usergroup("S0INTERN", ["U4"], handle="interns")
+    for text in (
+        f"allow {slack.usergroup_mention('S0DESIGN')}",
+        f"deny {slack.usergroup_mention('S0INTERN')}",
+        "block <@U5|eve>",
+        f"channel {GENERAL} max_quality=medium moderation=low",
+        "channel <#C2|random> off",
+    ):
+        await admin(slack, bot, text)
+    answer = await admin(slack, bot, "settings cooldown=30 max_jobs=2")
+    assert answer.splitlines() == [
+        "Settings for slack:T0001:",
+        "- allowed: <!subteam^S0DESIGN> (and admins)",
+        "- denied: <!subteam^S0INTERN>",
+        "- blocked: <@U5>",
+        "- cooldown: 30 s between one user's jobs",
+        "- max_jobs: 2 running or queued per user",
+        "Channels:",
+        "- <#C1>: max_quality=medium, moderation=low",
+        "- <#C2>: off",
+    ]
+    assert await admin(slack, bot, "settings") == answer  # shown again, unchanged
+
+
+async def test_settings_survive_a_restart(slack: FakeSlack, tmp_path: Path) -> None:
+    slack.admins.add(ADMIN)
+    env = slack_env(slack)
+    async with running_bot(tmp_path, env, latency=0.05) as first:
+        for text in ("settings cooldown=60", "block <@U2|bob>", f"channel {GENERAL} max_quality=low"):
+            await admin(slack, first, text)
+        shown = await admin(slack, first, "settings")
+    async with running_bot(tmp_path, env, latency=0.05) as second:
+        assert await admin(slack, second, "settings") == shown
+        assert "You are blocked" in await refused(slack, second, "a cat --quality low", user="U2")
+        text = await refused(slack, second, "a cat --quality high")
+        assert "above this channel's ceiling max_quality=low" in text
+        await imagine(slack, second, "a cat --quality low")
+        assert "cooldown" in await refused(slack, second, "a cat --quality low")
+
+
+# -- the Home tab ---------------------------------------------------------------------------------------------
+
+
+async def test_home_tab_shows_a_users_quota_and_last_image(slack: FakeSlack, tmp_path: Path) -> None:
+    env = slack_env(slack, IMAGEBOT_USER_DAILY_IMAGES="5")
+    async with running_bot(tmp_path, env, latency=0.05) as bot:
+        # The Messages tab sends app_home_opened too: nothing is published for it.
+        assert (await slack.send_app_home_opened(bot.events_url, user="U1", tab="messages"))[0] == 200
+        row = await imagine(slack, bot, "a lighthouse at dusk <!here> & gulls --size 1536x1024 --quality low")
+        ts = job_message(slack)
+        assert not slack.calls_to("views.publish")
+        view = await home(slack, bot, "U1")
+        shown = texts_of(view)
+        assert shown[:3] == [
+            "imagebot",
+            shown[1],
+            "Your last images",
+        ] and shown[1].startswith("Your quota:\n- your daily images: 1 image used of 5 images, 4 images left")
+        link = f"<https://{slack.team_domain}.slack.com/archives/C1/p{ts.replace('.', '')}|open>"
+        assert shown[3:] == [
+            "a lighthouse at dusk &lt;!here&gt; &amp; gulls\n"
+            f"1536x1024 · {format_usd(row['actual_micros'])} · {link}"
+        ]
+        assert view["blocks"][0]["type"] == "header" and view["blocks"][3]["type"] == "section"
+        # Opened again after another image: the newest first, the same view (Slack keeps its id).
+        await imagine(slack, bot, "a second one --size 1024x1024 --quality low")
+        again = await home(slack, bot, "U1")
+        assert again["id"] == view["id"]
+        assert [t.split("\n")[0] for t in texts_of(again)[3:]] == [
+            "a second one",
+            "a lighthouse at dusk &lt;!here&gt; &amp; gulls",
+        ]
+        # Someone with no images (and not an admin) gets the same tab, empty.
+        assert texts_of(await home(slack, bot, "U2"))[2:] == [
+            "Your last images",
+            "No images yet: try `/imagine a lighthouse at dusk`.",
+        ]
+
+
+async def test_home_tab_for_an_admin_shows_settings_and_spend(slack: FakeSlack, bot: RunningBot) -> None:
+    await admin(slack, bot, f"channel {GENERAL} max_size=2k")
+    slack.add_usergroup("S0DESIGN", ["U1"], handle="designers")
+    await admin(slack, bot, f"allow {slack.usergroup_mention('S0DESIGN')}")
+    first = await imagine(slack, bot, "one --size 1024x1024 --quality low")
+    second = await imagine(slack, bot, "two --size 1024x1024 --quality low")
+    shown = texts_of(await home(slack, bot, ADMIN))
+    assert shown[2:4] == ["Your last images", "No images yet: try `/imagine a lighthouse at dusk`."]
+    divider = shown.index("---")
+    settings, spend = shown[divider + 2 :]
+    assert shown[divider + 1] == "Admin"
+    # The ids in the settings stay live mentions (a Home tab notifies nobody); the rest is escaped text.
+    assert "- allowed: <!subteam^S0DESIGN> (and admins)" in settings
+    assert "- <#C1>: max_size=2048x2048" in settings
+    month = quota.Periods.at(bot.core.ledger.clock(), bot.core.ledger.timezone).month
+    total = first["actual_micros"] + second["actual_micros"]
+    assert spend == f"{format_usd(total)} spent in slack:T0001 this month ({month})"
+    # Not for a member: no settings, no spend.
+    assert "---" not in texts_of(await home(slack, bot, "U1"))
+
+
+async def test_home_tab_over_socket_mode(slack: FakeSlack, tmp_path: Path) -> None:
+    env = {
+        "SLACK_BOT_TOKEN": slack.bot_token,
+        "SLACK_APP_TOKEN": slack.app_token,
+        "SLACK_API_URL": slack.api_url,
+    }
+    async with running_bot(tmp_path, env, latency=0.05):
+        await slack.wait_for("socket_connect")
+        ack = await slack.socket_send_app_home_opened(user="U3")
+        assert "envelope_id" in ack
+        await slack.wait_for("views.publish")
+        view = slack.home_view("U3")
+        assert view is not None
+        assert (
+            texts_of(view)[1] == "You have no quota limits. Every image is still recorded in the cost ledger."
+        )
+
+
+async def test_a_home_tab_that_cannot_be_published_is_logged_and_nothing_breaks(
+    slack: FakeSlack, bot: RunningBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    slack.home_tab_enabled = (
+        False  # the app's Home tab is off in its settings: views.publish says not_enabled
+    )
+    with caplog.at_level(logging.WARNING, logger="imagebot.slack"):
+        assert (await slack.send_app_home_opened(bot.events_url, user="U1"))[0] == 200
+        await slack.wait_for("views.publish")
+        await until(lambda: [r for r in caplog.records if r.getMessage() == "slack home tab not published"])
+    [record] = [r for r in caplog.records if r.getMessage() == "slack home tab not published"]
+    assert getattr(record, "error", None) == "not_enabled"
+    assert slack.home_view("U1") is None
+    await imagine(slack, bot, "still fine --quality low")
+
+
+# -- the manifest -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("socket_mode", [True, False])
+def test_manifest_asks_for_user_groups_and_the_home_tab(socket_mode: bool) -> None:
+    manifest = slack_manifest(socket_mode=socket_mode)
+    assert "usergroups:read" in manifest["oauth_config"]["scopes"]["bot"]
+    assert manifest["features"]["app_home"] == {
+        "home_tab_enabled": True,
+        "messages_tab_enabled": True,
+        "messages_tab_read_only_enabled": True,
+    }
+    assert "app_home_opened" in manifest["settings"]["event_subscriptions"]["bot_events"]
+    admin_command = [c for c in manifest["features"]["slash_commands"] if c["command"] == "/imagine-admin"]
+    hint = admin_command[0]["usage_hint"]
+    for verb in ("channel", "allow", "deny", "block", "unblock", "settings", "help"):
+        assert verb in hint, verb
+
+
+def test_home_blocks_stay_within_slacks_limits_and_link_only_known_places() -> None:
+    from adapters.slack import home_blocks
+    from bot.commands import Home, Recent
+
+    long = "&<>" * 5000
+    recent = (
+        Recent(long, "1024x1024", "$0.0100", {"channel": "C1", "thread_ts": "1700000000.000100"}),
+        Recent("no place", "1024x1024", "$0.0100", {}),
+        Recent("odd place", "1024x1024", "$0.0100", {"channel": "C1|x>", "thread_ts": "1.2"}),
+    )
+    home = Home(quota=long, recent=recent, settings=long, spend="$0.0300 spent")
+    blocks = home_blocks(home, "https://myteam.slack.com/")
+    sections = [b["text"]["text"] for b in blocks if b["type"] == "section"]
+    assert all(len(text) <= 3000 for text in sections)
+    assert all(not re.search(r"&[a-z]*…", text) for text in sections)  # never cut inside an entity
+    assert "<" not in sections[0] and sections[0].startswith("&amp;&lt;&gt;")
+    assert sections[1].endswith("· <https://myteam.slack.com/archives/C1/p1700000000000100|open>")
+    assert sections[2] == "no place\n1024x1024 · $0.0100" and "<" not in sections[3]
+    unlinked = home_blocks(Home("q", recent[:1]), "")  # auth.test gave no URL
+    assert "open>" not in str(unlinked) and "Admin" not in str(unlinked)
