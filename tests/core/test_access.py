@@ -409,3 +409,80 @@ async def test_a_cancelled_waiter_leaves_the_line_and_positions_close_up() -> No
     release.set()
     await asyncio.gather(running, tasks["a1"], tasks["c1"])
     assert gate.active == 0 and gate.queued == 0
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    blocked=st.sets(st.sampled_from(["U1", "U2", "U3"]), max_size=2),
+    off=st.booleans(),
+    max_jobs=st.integers(min_value=1, max_value=3),
+    submissions=st.lists(st.sampled_from(["U1", "U2", "U3"]), min_size=1, max_size=9),
+)
+def test_access_rules_hold_for_concurrent_users(
+    tmp_path_factory: pytest.TempPathFactory,
+    blocked: set[str],
+    off: bool,
+    max_jobs: int,
+    submissions: list[str],
+) -> None:
+    """Any mix of blocked users, a channel switched off or not, and a max_jobs, with users submitting at once:
+    no refused request leaves a ledger row, nobody blocked (or in an off channel) gets one, nobody ever has
+    more than max_jobs jobs open, and every counter equals the ledger."""
+
+    async def scenario() -> None:
+        environ = {
+            "IMAGEBOT_DB": str(tmp_path_factory.mktemp("access") / "bot.sqlite3"),
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
+            "IMAGEBOT_API_TIMEOUT": "5",
+            "IMAGEBOT_USER_MAX_JOBS": str(max_jobs),
+        }
+        from bot.config import Settings
+
+        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        try:
+            for user in blocked:
+                await admin(core, f"block <@{user}>")
+            if off:
+                await admin(core, "channel <#C1> off")
+            views = [(user, View()) for user in submissions]
+            peak: dict[str, int] = {}
+
+            async def watch() -> None:
+                while True:
+                    open_jobs: dict[str, set[str]] = {}
+                    for r in rows(core, "status IN ('reserved','running')"):
+                        open_jobs.setdefault(r["user"], set()).add(r["job_id"])
+                    for user, jobs in open_jobs.items():
+                        peak[user] = max(peak.get(user, 0), len(jobs))
+                    await asyncio.sleep(0.01)
+
+            watcher = asyncio.create_task(watch())
+            await asyncio.gather(
+                *(
+                    core.submit(
+                        core.parse("a fox --size 1024x1024 --quality low"),
+                        Requester("slack", "W1", "C1", u),
+                        v,
+                    )
+                    for u, v in views
+                )
+            )
+            watcher.cancel()
+            made = [r["user"] for r in rows(core)]
+            for _, view in views:
+                assert bool(view.refusals) != bool(view.delivered or view.failures)
+            assert not set(made) & blocked and (not off or not made)
+            assert sum(bool(v.delivered or v.failures) for _, v in views) == len(
+                {r["job_id"] for r in rows(core)}
+            )
+            assert all(n <= max_jobs for n in peak.values()), peak
+            assert_counters_match_ledger(core)
+        finally:
+            await core.close()
+
+    asyncio.run(scenario())
