@@ -22,7 +22,7 @@ import io
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, cast
 
 import aiohttp
@@ -311,6 +311,136 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         await self.adapter.on_error(interaction, error)
 
 
+class Place(app_commands.Transformer[Any]):
+    """A channel option of /imagine-admin: any channel /imagine can run in (text and announcement channels,
+    voice and stage chats, threads), as Discord resolved it: only its id is used, so a thread the bot has not
+    cached works too."""
+
+    @property
+    def type(self) -> discord.AppCommandOptionType:
+        return discord.AppCommandOptionType.channel
+
+    @property
+    def channel_types(self) -> list[discord.ChannelType]:
+        kinds = discord.ChannelType
+        return [
+            kinds.text,
+            kinds.news,
+            kinds.voice,
+            kinds.stage_voice,
+            kinds.public_thread,
+            kinds.private_thread,
+            kinds.news_thread,
+        ]
+
+    async def transform(self, interaction: discord.Interaction[Any], value: Any, /) -> Any:
+        return value
+
+
+Channel = app_commands.Transform[app_commands.AppCommandChannel | app_commands.AppCommandThread, Place]
+
+
+@app_commands.guild_only()
+class AdminCommands(
+    app_commands.Group,
+    name="imagine-admin",
+    description="Admin: quotas, spend, channel rules, who may render, pace",
+    default_permissions=discord.Permissions(manage_guild=True),
+):
+    """`/imagine-admin`, one subcommand per verb (SPEC §10), each with typed options for its target (user,
+    role, channel) and text for the rest. Each only writes the core's text grammar (bot/commands.py HELP) and
+    hands it to `DiscordAdapter.admin`, which answers privately and checks again who may use it."""
+
+    def __init__(self, adapter: DiscordAdapter) -> None:
+        super().__init__()
+        self.adapter = adapter
+
+    @app_commands.command(description="Set limits for a user, a channel, or (neither given) the whole server")
+    @app_commands.describe(
+        limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
+        user="The user to limit",
+        channel="The channel to limit",
+    )
+    async def quota(
+        self,
+        interaction: discord.Interaction[Any],
+        limits: str,
+        user: discord.User | None = None,
+        channel: Channel | None = None,
+    ) -> None:
+        if user is not None and channel is not None:
+            raise UserError("Limits are per user, channel or server: give a user or a channel, not both.")
+        target = f"<@{user.id}>" if user else f"<#{channel.id}>" if channel else "workspace"
+        await self.adapter.admin(interaction, f"quota {target} {limits}")
+
+    @app_commands.command(description="Usage and spend across the whole server")
+    @app_commands.describe(days="How many days back (default 30)")
+    async def report(
+        self, interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
+    ) -> None:
+        await self.adapter.admin(interaction, f"report --all --days {days}")
+
+    @app_commands.command(description="Turn imagebot on or off in a channel, or set the channel's ceilings")
+    @app_commands.describe(
+        channel="The channel",
+        settings="on, off, max_size=2k max_quality=medium models=NAME moderation=low confirm=USD (=default clears)",
+    )
+    async def channel(self, interaction: discord.Interaction[Any], channel: Channel, settings: str) -> None:
+        await self.adapter.admin(interaction, f"channel <#{channel.id}> {settings}")
+
+    @app_commands.command(description="Let a role (or everyone) render; then only they and admins may")
+    @app_commands.describe(role="The role to allow", everyone="Allow everyone (instead of a role)")
+    async def allow(
+        self,
+        interaction: discord.Interaction[Any],
+        role: discord.Role | None = None,
+        everyone: bool | None = None,
+    ) -> None:
+        await self.adapter.admin(interaction, f"allow {self._group('allow', role, everyone)}")
+
+    @app_commands.command(description="Stop a role (or everyone) from rendering; admins still may")
+    @app_commands.describe(role="The role to deny", everyone="Deny everyone (instead of a role)")
+    async def deny(
+        self,
+        interaction: discord.Interaction[Any],
+        role: discord.Role | None = None,
+        everyone: bool | None = None,
+    ) -> None:
+        await self.adapter.admin(interaction, f"deny {self._group('deny', role, everyone)}")
+
+    @app_commands.command(
+        description="Refuse a user everywhere in this server: commands, replies and buttons"
+    )
+    @app_commands.describe(user="The user to block")
+    async def block(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+        await self.adapter.admin(interaction, f"block <@{user.id}>")
+
+    @app_commands.command(description="Let a blocked user render again")
+    @app_commands.describe(user="The user to unblock")
+    async def unblock(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
+        await self.adapter.admin(interaction, f"unblock <@{user.id}>")
+
+    @app_commands.command(description="Show every setting of this server; set its pace")
+    @app_commands.describe(
+        text="cooldown=SECONDS max_jobs=N (each =default to clear); leave out to only show"
+    )
+    async def settings(self, interaction: discord.Interaction[Any], text: str = "") -> None:
+        await self.adapter.admin(interaction, f"settings {text}")
+
+    @app_commands.command(name="help", description="What each /imagine-admin command does")
+    async def help_(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter.admin(interaction, "help")
+
+    @staticmethod
+    def _group(verb: str, role: discord.Role | None, everyone: bool | None) -> str:
+        """The target of allow/deny: exactly one of a role and everyone (the @everyone role counts as that)."""
+        if (role is not None) == bool(everyone):  # both, or neither
+            raise UserError(
+                f"/imagine-admin {verb}: pick a role, or set everyone to True (exactly one of them)."
+            )
+        return "everyone" if role is None or role.is_default() else f"<@&{role.id}>"
+
+
 class _Client(discord.Client):
     """discord.py's client, pointed at DISCORD_API_URL's gateway, forwarding messages to the adapter."""
 
@@ -356,9 +486,13 @@ class DiscordJobView:
         born: float,
         anchor: int | None,
         upload_limit: int,
+        person: discord.abc.User | None = None,
     ) -> None:
         self.adapter = adapter
         self.who = who
+        self.person = (
+            person  # the requester as the gateway sent them (a Member in a guild: roles, permissions)
+        )
         self.tell = tell  # a reply only the requester sees
         self.refusals = 0  # how many times the core told the requester why nothing was done
         self.interaction = interaction
@@ -374,6 +508,21 @@ class DiscordJobView:
         self._last_edit = float("-inf")
         self._last_preview = float("-inf")
         self._preview: bytes | None = None
+
+    # -- who the requester is (access.Standing) -------------------------------------------
+
+    async def platform_admin(self) -> bool:
+        """Manage Server: as the interaction reports it, else from the member's roles."""
+        if self.interaction is not None:
+            return bool(self.interaction.permissions.manage_guild)
+        permissions = getattr(self.person, "guild_permissions", None)
+        return bool(permissions is not None and permissions.manage_guild)
+
+    async def member_of(self, groups: Collection[str]) -> bool:
+        """Holds any of these roles (ids). The payload's role ids, even for roles not (yet) in the cache."""
+        held = {str(role_id) for role_id in getattr(self.person, "_roles", ())}
+        held |= {str(role.id) for role in getattr(self.person, "roles", ())}
+        return not held.isdisjoint(groups)
 
     # -- where to show it -----------------------------------------------------------------
 
@@ -764,6 +913,7 @@ class DiscordAdapter:
             ref4="Reference image",
             ref5="Reference image",
             mask="PNG with alpha, the size of ref1: transparent pixels mark where to edit",
+            relax="Relax mode: half price through the Batch API, delivered when ready (usually minutes)",
         )
         @app_commands.choices(quality=quality_choices, format=format_choices)
         @app_commands.autocomplete(size=size_autocomplete)
@@ -782,6 +932,7 @@ class DiscordAdapter:
             ref4: discord.Attachment | None = None,
             ref5: discord.Attachment | None = None,
             mask: discord.Attachment | None = None,
+            relax: bool | None = None,
         ) -> None:
             born = time.monotonic()
             async with self.core.acking():
@@ -793,6 +944,7 @@ class DiscordAdapter:
                 "format": format,
                 "compression": compression,
                 "count": count,
+                "relax": relax,
             }
             refs = [a for a in (ref1, ref2, ref3, ref4, ref5) if a is not None]
             await self._imagine(interaction, born, deferred, prompt, options, refs, mask)
@@ -804,7 +956,7 @@ class DiscordAdapter:
             if image is None:
                 await interaction.response.send_message(texts.NOT_AN_IMAGE_MESSAGE, ephemeral=True)
                 return
-            await interaction.response.send_modal(EditModal(self, message, image))
+            await self._open_form(interaction, EditModal(self, message, image))
 
         @tree.command(name="imagine-usage", description="This channel's image usage and spend, with a chart")
         @app_commands.describe(days="How many days back (default 30)")
@@ -821,38 +973,7 @@ class DiscordAdapter:
             await interaction.response.defer(thinking=True, ephemeral=True)
             await self._reply(interaction, lambda who: commands.my_quota(self.core, who))
 
-        admin = app_commands.Group(
-            name="imagine-admin",
-            description="Admin: set quotas, see all spend",
-            default_permissions=discord.Permissions(manage_guild=True),
-            guild_only=True,
-        )
-
-        @admin.command(name="quota", description="Set limits for a user, a channel, or (neither) the server")
-        @app_commands.describe(
-            limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
-            user="The user to limit",
-            channel="The channel to limit",
-        )
-        async def admin_quota(
-            interaction: discord.Interaction[Any],
-            limits: str,
-            user: discord.User | None = None,
-            channel: discord.abc.GuildChannel | None = None,
-        ) -> None:
-            await interaction.response.defer(thinking=True, ephemeral=True)
-            target = f"<@{user.id}>" if user else f"<#{channel.id}>" if channel else "workspace"
-            await self._admin(interaction, f"quota {target} {limits}")
-
-        @admin.command(name="report", description="Usage and spend across the whole server")
-        @app_commands.describe(days="How many days back (default 30)")
-        async def admin_report(
-            interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
-        ) -> None:
-            await interaction.response.defer(thinking=True, ephemeral=True)
-            await self._admin(interaction, f"report --all --days {days}")
-
-        tree.add_command(admin)
+        tree.add_command(AdminCommands(self))
 
         @tree.error
         async def on_error(
@@ -895,7 +1016,12 @@ class DiscordAdapter:
             clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
         )
 
-    async def _admin(self, interaction: discord.Interaction[Any], args: str) -> None:
+    async def admin(self, interaction: discord.Interaction[Any], args: str) -> None:
+        """`/imagine-admin <args>` (bot/commands.py's text grammar): answered privately with "thinking" at once,
+        then the core decides, and only the caller sees its reply."""
+        async with self.core.acking():
+            await interaction.response.defer(thinking=True, ephemeral=True)
+        await self.core.calm()
         # Default permissions hide the command, but a server can override them: check again here.
         platform_admin = bool(interaction.permissions.manage_guild)
         await self._reply(
@@ -987,6 +1113,7 @@ class DiscordAdapter:
             born=born,
             anchor=anchor,
             upload_limit=self._limit(interaction, interaction.guild_id),
+            person=interaction.user,
         )
 
     # -- result actions and price checks (SPEC §9) ------------------------------------------
@@ -998,7 +1125,7 @@ class DiscordAdapter:
         try:
             kind = actions.parse_key(key)[0]
             if kind == Kind.EDIT:
-                await interaction.response.send_modal(ActionEditForm(key))
+                await self._open_form(interaction, ActionEditForm(key))
                 return
             born = time.monotonic()
             async with self.core.acking():
@@ -1012,6 +1139,19 @@ class DiscordAdapter:
             await self._act(interaction, born, deferred, key)
         except Exception as exc:
             await self.on_error(interaction, exc)
+
+    async def _open_form(self, interaction: discord.Interaction[Any], form: discord.ui.Modal) -> None:
+        """Open an edit form, unless the place or person rules (bot/access.py) already refuse its submit: then
+        say why privately instead. The form (or the refusal) is the interaction's answer, so the check is part
+        of the ack; it reads the database and nothing of Discord's."""
+        async with self.core.acking():
+            standing = await self._job_view(interaction, time.monotonic(), None)
+            try:
+                await self.core.may_render(standing.who, standing)
+            except UserError as exc:
+                await self._tell_privately(interaction, str(exc))
+                return
+            await interaction.response.send_modal(form)
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Every interaction passes here (after discord.py's own dispatch): the Edit button's form is ours."""
@@ -1147,14 +1287,6 @@ class DiscordAdapter:
                 allowed_mentions=NO_PINGS,
             )
 
-        try:
-            base = await self._decode(image)
-            files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
-            references, mask = await decode_attachments(files, base=base)
-            request = self.core.parse(text, references, mask)
-        except UserError as exc:  # this path has no interaction: the reply to the message is the private word
-            await tell(str(exc))
-            return
         view = DiscordJobView(
             self,
             who,
@@ -1163,7 +1295,17 @@ class DiscordAdapter:
             born=time.monotonic(),
             anchor=message.id,
             upload_limit=self._limit(None, message.guild.id),
+            person=message.author,
         )
+        try:
+            await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
+            base = await self._decode(image)
+            files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
+            references, mask = await decode_attachments(files, base=base)
+            request = self.core.parse(text, references, mask)
+        except UserError as exc:  # this path has no interaction: the reply to the message is the private word
+            await tell(str(exc))
+            return
         await self.core.submit(request, who, view)
 
     async def _decode(self, attachment: discord.Attachment) -> ImageInput:
@@ -1204,6 +1346,35 @@ class DiscordAdapter:
             f"<@{job.user}> {escape(texts.interrupted(job))}",
             reference=reference if reference else MISSING,
             allowed_mentions=pings(job.user),
+        )
+
+    def view_for(self, who: Requester, context: dict[str, Any]) -> DiscordJobView:
+        """A relax job from another life of the bot: its interaction token is long gone, so it is shown by a
+        channel message replying to its original response (SPEC §11)."""
+        anchor = int(context["message_id"]) if context.get("message_id") else None
+        channel = self.client.get_partial_messageable(int(context.get("channel_id") or who.channel))
+
+        async def tell(text: str, buttons: discord.ui.View | None = None) -> None:
+            reference = (
+                discord.MessageReference(message_id=anchor, channel_id=channel.id, fail_if_not_exists=False)
+                if anchor
+                else MISSING
+            )
+            await channel.send(
+                f"<@{who.user}> {clip(escape(text), 1900)}",
+                reference=reference,
+                view=buttons if buttons is not None else MISSING,
+                allowed_mentions=pings(who.user),
+            )
+
+        return DiscordJobView(
+            self,
+            who,
+            tell,
+            interaction=None,
+            born=time.monotonic(),
+            anchor=anchor,
+            upload_limit=self._limit(None, int(who.workspace)),
         )
 
 

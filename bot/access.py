@@ -309,7 +309,9 @@ class Access:
                 f"Only members of {', '.join(allowed)} (and admins) may render here; {why}. "
                 "Nothing was charged."
             )
-        return f"Only admins may render here ({why}). Nothing was charged."
+        if entries.get(EVERYONE) == "deny":
+            return f"Only admins may render here ({why}). Nothing was charged."
+        return f"You may not render here: {why}. Nothing was charged."
 
     def within(self, request: ImageRequest, rules: Rules) -> ImageRequest:
         """The channel's ceilings: refuse what is above one (naming it), clamp `auto` to it, set moderation."""

@@ -274,8 +274,8 @@ async def admin(
             lambda db: access.set_tenant_settings(db, tenant.key, [(f"who:{entry}", words[0])])
         )
         return Reply(
-            f"{words[0].capitalize()}ed: {access.shown_group(entry, who.platform)} (in {tenant}).\n"
-            + await _settings_text(core, tenant)
+            f"{'Allowed' if words[0] == 'allow' else 'Denied'}: {access.shown_group(entry, who.platform)} "
+            f"(in {tenant}).\n" + await _settings_text(core, tenant)
         )
     if words[:1] in (["block"], ["unblock"]) and len(words) == 2:
         scope, user = parse_target(words[1], who)

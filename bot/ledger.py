@@ -294,8 +294,8 @@ class Ledger:
             again = now + timedelta(seconds=max(wait, 0))
             raise PaceExceeded(
                 f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-                f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): this workspace allows one job "
-                f"per user every {pace.cooldown:g} s (cooldown). Nothing was charged."
+                f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
+                f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
             )
 
     async def reserve(

@@ -1,0 +1,298 @@
+"""Discord access rules (SPEC §10), end to end: `/imagine-admin` with one subcommand per verb and typed
+options, set through the real discord.py command tree against the fake Discord, then held on every way a job
+starts (a command, a reply that mentions the bot, a result button, the Edit form). Every refusal is private,
+costs nothing and calls no image API."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import RunningBot
+from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
+from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
+from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
+
+ADMIN = 1100000000000000098  # a member with Manage Server
+OTHER = 1100000000000000099  # a member without any role
+ARTIST = 1100000000000000097  # a member of the artists role
+ARTISTS = 1100000000000000096  # a role
+VERBS = ["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
+# Discord's option types: the typed targets travel as snowflakes, resolved in `data.resolved`.
+TYPES = {"user": 6, "channel": 7, "role": 8, "everyone": 5, "days": 4}
+
+
+# -- helpers -------------------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def guild(tmp_path: Path, **env: str) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
+    """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot."""
+    fake = FakeDiscord()
+    fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
+    fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
+    fake.add_member(ARTIST, roles=[ARTISTS])
+    fake.add_member(OTHER)
+    await fake.start()
+    try:
+        async with bot_on(fake, tmp_path, IMAGEBOT_CONFIRM_USD="off", **env) as bot:
+            yield fake, bot
+    finally:
+        await fake.stop()
+        reset_discord_endpoints()
+    assert not fake.errors, fake.errors
+
+
+async def imagine(
+    fake: FakeDiscord, prompt: str, *, user_id: int | None = None, **options: str | int
+) -> dict[str, Any]:
+    """`/imagine prompt:... <options>` by `user_id` (the default member unless told)."""
+    typed = [{"name": "prompt", "type": 3, "value": prompt}] + [
+        {"name": name, "type": 4 if isinstance(value, int) else 3, "value": value}
+        for name, value in options.items()
+    ]
+    return await fake.send_interaction(name="imagine", options=typed, user_id=user_id)
+
+
+async def image_message(
+    fake: FakeDiscord, bot: RunningBot, prompt: str, rows: int = 1, **options: Any
+) -> dict[str, Any]:
+    """/imagine (low quality unless told) that renders; the message with the image once `rows` rows settled."""
+    ix = await imagine(fake, prompt, **{"quality": "low", **options})
+    return await finished(fake, bot, ix, rows)
+
+
+async def admin(fake: FakeDiscord, verb: str, *, by: int = ADMIN, **options: Any) -> str:
+    """`/imagine-admin <verb>` with typed options, by `by`: what only they see (answered within the ack)."""
+    typed = [
+        {
+            "name": name,
+            "type": TYPES.get(name, 3),
+            "value": str(value) if TYPES.get(name) in (6, 7, 8) else value,
+        }
+        for name, value in options.items()
+    ]
+    ix = await fake.send_interaction(
+        name="imagine-admin", options=[{"type": 1, "name": verb, "options": typed}], user_id=by
+    )
+    return await private_answer(fake, ix)
+
+
+async def private_answer(fake: FakeDiscord, ix: dict[str, Any]) -> str:
+    """What interaction `ix` told its user alone: in its callback (a refusal that is the answer), or in an
+    ephemeral follow-up after a private or public "thinking"."""
+    answered = await until(
+        fake, lambda c: c.method == "POST" and c.path.startswith(f"/interactions/{ix['id']}/")
+    )
+    assert answered.status == 200
+    if answered.json["type"] == 4:
+        assert answered.json["data"]["flags"] & EPHEMERAL
+        return str(answered.json["data"]["content"]).replace("\\", "")
+    told = await private_words(fake, ix)
+    return content(told)
+
+
+async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
+    return [
+        *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
+        *await bot.core.ledger.query("SELECT name, value FROM tenant_settings"),
+    ]
+
+
+async def refused(fake: FakeDiscord, bot: RunningBot, ix: dict[str, Any], words: str, rows: int) -> str:
+    """`ix` was refused privately with `words`, left nothing public, called no image API and wrote no row
+    beyond the `rows` there were."""
+    said = await private_answer(fake, ix)
+    assert words in said, said
+    assert response_of_gone(fake, ix)
+    assert len(bot.server.calls) == rows and len(await bot.ledger()) == rows
+    return said
+
+
+# -- the command ---------------------------------------------------------------------------------------------
+
+
+async def test_admin_command_has_one_subcommand_per_verb_with_typed_targets(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, _bot):
+        [put] = fake.calls_matching("PUT", rf"/applications/{fake.application_id}/commands")
+        assert put.status == 200  # Discord's rules for names, descriptions and option order hold
+        [command] = [c for c in fake.registered_commands if c["name"] == "imagine-admin"]
+        assert int(command["default_member_permissions"]) == MANAGE_GUILD  # hidden from members
+        assert command["contexts"] == [0]  # servers only
+        subcommands = {o["name"]: o for o in command["options"]}
+        assert list(subcommands) == VERBS and {o["type"] for o in command["options"]} == {1}
+
+        def options(verb: str) -> list[tuple[str, int, bool]]:
+            return [
+                (o["name"], o["type"], bool(o.get("required"))) for o in subcommands[verb].get("options", [])
+            ]
+
+        assert options("quota") == [("limits", 3, True), ("user", 6, False), ("channel", 7, False)]
+        assert options("report") == [("days", 4, False)]
+        assert options("channel") == [("channel", 7, True), ("settings", 3, True)]
+        assert options("allow") == options("deny") == [("role", 8, False), ("everyone", 5, False)]
+        assert options("block") == options("unblock") == [("user", 6, True)]
+        assert options("settings") == [("text", 3, False)]
+        assert options("help") == []
+        # Only channels /imagine can run in: no categories (4) or forums (15) to pick.
+        [picker] = [o for o in subcommands["channel"]["options"] if o["name"] == "channel"]
+        assert 0 in picker["channel_types"] and not {4, 15} & set(picker["channel_types"])
+
+
+async def test_help_lists_every_verb_privately(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, _bot):
+        ix = await fake.send_interaction(
+            name="imagine-admin", options=[{"type": 1, "name": "help"}], user_id=ADMIN
+        )
+        said = await private_answer(fake, ix)
+        assert callback(fake, ix).json == {
+            "type": 5,
+            "data": {"flags": EPHEMERAL},
+        }  # private "thinking" first
+        for verb in VERBS:
+            assert f"- {verb}" in said, verb
+        assert not [m for m in fake.messages[fake.channel_id] if not m["flags"] & EPHEMERAL]
+
+
+async def test_a_member_without_manage_server_cannot_use_it(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        for verb, options in [
+            ("channel", {"channel": fake.channel_id, "settings": "off"}),
+            ("block", {"user": ADMIN}),
+            ("settings", {"text": "cooldown=60"}),
+            ("allow", {"role": ARTISTS}),
+        ]:
+            said = await admin(fake, verb, by=OTHER, **options)
+            assert "Only admins" in said, (verb, said)
+        assert await settings_stored(bot) == []
+        await image_message(fake, bot, "still allowed")  # nothing changed
+
+
+# -- the place -----------------------------------------------------------------------------------------------
+
+
+async def test_a_channel_turned_off_refuses_imagine_privately_at_no_cost(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        said = await admin(fake, "channel", channel=fake.channel_id, settings="off")
+        assert f"Channel <#{fake.channel_id}> set: off" in said
+        for user in (fake.user_id, ADMIN):  # admins too: the place is off for everyone
+            ix = await imagine(fake, "a lighthouse", quality="low", user_id=user)
+            await refused(fake, bot, ix, "turned off in this channel", rows=0)
+
+        assert "set: on" in await admin(fake, "channel", channel=fake.channel_id, settings="on")
+        await image_message(fake, bot, "back on")
+
+
+async def test_a_channel_ceiling_refuses_a_larger_size_naming_the_ceiling(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        said = await admin(
+            fake, "channel", channel=fake.channel_id, settings="max_size=2k max_quality=medium"
+        )
+        assert "max_size=2048x2048" in said and "max_quality=medium" in said
+        ix = await imagine(fake, "a wide valley", size="4k", quality="low")
+        said = await refused(fake, bot, ix, "above this channel's ceiling max_size=2k", rows=0)
+        assert "--size 3840x2160" in said and "Nothing was charged" in said
+        ix = await imagine(fake, "a wide valley", size="1k", quality="high")
+        await refused(fake, bot, ix, "max_quality=medium", rows=0)
+
+        await image_message(fake, bot, "a small valley", size="1024x1024")  # within both: renders
+        assert (bot.server.calls[0].size, bot.server.calls[0].quality) == ("1024x1024", "low")
+
+
+# -- the person ----------------------------------------------------------------------------------------------
+
+
+async def test_a_blocked_user_is_refused_on_every_path_and_it_costs_nothing(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        message = await image_message(fake, bot, "a red fox")  # made before the block
+        photo = fake.add_attachment(filename="cat.png", data=png(800, 800), content_type="image/png")
+        upload = await fake.send_message(content="my cat", attachments=[photo])
+        said = await admin(fake, "block", user=fake.user_id)
+        assert f"<@{fake.user_id}> blocked" in said
+
+        # /imagine
+        ix = await imagine(fake, "another fox", quality="low")
+        await refused(fake, bot, ix, "blocked", rows=1)
+
+        # A reply that mentions the bot: no interaction, so the word goes back as a reply to that message.
+        reply = await fake.send_message(
+            content="make it blue --quality low", referenced_message=message, mentions_bot=True
+        )
+        channel = rf"/channels/{fake.channel_id}/messages"
+        told = await until(
+            fake, lambda c: c.method == "POST" and c.path == channel and "blocked" in content(c)
+        )
+        assert str(told.json["message_reference"]["message_id"]) == reply["id"]
+        assert told.json["allowed_mentions"]["parse"] == [] and not told.files
+        assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
+
+        # A result button: answered, then refused privately.
+        press = await fake.press_button(message, "Vary")
+        await refused(fake, bot, press, "blocked", rows=1)
+
+        # The Edit button and the "Edit image" menu: no form opens; the refusal is the answer.
+        forms = len(fake.modals)
+        press = await fake.press_button(message, "Edit")
+        await refused(fake, bot, press, "blocked", rows=1)
+        menu = await fake.send_interaction(name="Edit image", command_type=3, target_message=upload)
+        await refused(fake, bot, menu, "blocked", rows=1)
+        assert callback(fake, press).json["type"] == callback(fake, menu).json["type"] == 4
+        assert len(fake.modals) == forms
+        assert not [r for r in fake.cdn_requests if photo["id"] in r.path]  # nothing downloaded for the menu
+
+        # Someone else still renders; after unblock, so do they.
+        await image_message(fake, bot, "a grey wolf", rows=2, user_id=OTHER)
+        assert f"<@{fake.user_id}> unblocked" in await admin(fake, "unblock", user=fake.user_id)
+        await image_message(fake, bot, "a red fox again", rows=3)
+        assert [r["user"] for r in await bot.ledger()] == [str(fake.user_id), str(OTHER), str(fake.user_id)]
+
+
+async def test_allowing_a_role_lets_its_members_and_admins_render_and_no_one_else(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        # Exactly one of a role and everyone.
+        for options in ({}, {"role": ARTISTS, "everyone": True}):
+            said = await admin(fake, "allow", **options)
+            assert "exactly one" in said, said
+        assert await settings_stored(bot) == []
+
+        said = await admin(fake, "allow", role=ARTISTS)
+        assert f"Allowed: <@&{ARTISTS}>" in said and f"allowed: <@&{ARTISTS}> (and admins)" in said
+
+        ix = await imagine(fake, "a fox", quality="low", user_id=OTHER)
+        await refused(fake, bot, ix, f"Only members of <@&{ARTISTS}> (and admins) may render here", rows=0)
+        message = await image_message(fake, bot, "an artist's fox", user_id=ARTIST)
+        await image_message(fake, bot, "an admin's fox", rows=2, user_id=ADMIN)
+        forms = len(fake.modals)
+        press = await fake.press_button(message, "Edit", user_id=OTHER)  # no form for them either
+        await refused(fake, bot, press, "Only members of", rows=2)
+        assert len(fake.modals) == forms
+        press = await fake.press_button(message, "Edit", user_id=ARTIST)
+        await fake.wait_for("POST", rf"/interactions/{press['id']}/[^/]+/callback")
+        assert callback(fake, press).json["type"] == 9 and len(fake.modals) == forms + 1
+
+        # Denying the role shuts its members out again; picking the @everyone role means everyone.
+        said = await admin(fake, "deny", role=ARTISTS)
+        assert f"<@&{ARTISTS}>" in said and f"denied: <@&{ARTISTS}>" in said
+        ix = await imagine(fake, "a fox", quality="low", user_id=ARTIST)
+        await refused(fake, bot, ix, "you are in a group that may not render", rows=2)
+        said = await admin(fake, "allow", role=fake.guild_id)
+        assert "Allowed: everyone" in said
+        await image_message(fake, bot, "anyone's fox", rows=3, user_id=OTHER)
+        assert [r["user"] for r in await bot.ledger()] == [str(ARTIST), str(ADMIN), str(OTHER)]
+
+
+# -- the pace ------------------------------------------------------------------------------------------------
+
+
+async def test_a_cooldown_set_in_settings_refuses_the_next_job_with_the_wait(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        said = await admin(fake, "settings", text="cooldown=60")
+        assert "cooldown: 60 s between one user's jobs" in said
+        assert "cooldown: 60 s" in await admin(fake, "settings")  # no text: only shows
+        await image_message(fake, bot, "first")
+        ix = await imagine(fake, "second", quality="low")
+        said = await refused(fake, bot, ix, "You can start your next job in", rows=1)
+        assert "every 60 s (cooldown)" in said and "Nothing was charged" in said
+        await image_message(fake, bot, "someone else's", rows=2, user_id=OTHER)  # per user
