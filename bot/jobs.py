@@ -276,7 +276,9 @@ class JobRunner:
             log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
         if request.relax and self.relax is not None:  # rendered by the Batch API, delivered when it is ready
             self.jobs.pop(job.id, None)
-            await self.relax.enqueue(job, view)
+            delivered = await self.relax.enqueue(job, view)
+            if requester.platform in access.LOCAL_PLATFORMS:  # a terminal has no thread to come back to: wait
+                await delivered.wait()
             return None
         return await self.execute(job, view)
 

@@ -23,7 +23,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -85,6 +85,7 @@ def batch_line(job_id: str, seq: int, endpoint: str, body: dict[str, Any]) -> di
 class _Waiting:
     job: Job
     view: JobView
+    done: asyncio.Event = field(default_factory=asyncio.Event)  # delivered, failed or cancelled here
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +136,9 @@ class Relax:
 
     # -- gathering and submitting --------------------------------------------------------------------
 
-    async def enqueue(self, job: Job, view: JobView) -> None:
-        """A reserved relax job whose message is open: it goes out with the next batch."""
+    async def enqueue(self, job: Job, view: JobView) -> asyncio.Event:
+        """A reserved relax job whose message is open: it goes out with the next batch. The event is set once
+        this process has delivered it (or given it up)."""
         job.request = with_note(job.request)
         waiting = _Waiting(job, view)
         self.pending.append(waiting)
@@ -153,6 +155,7 @@ class Relax:
         await self._show(waiting, f"relax mode, half price · waiting to be sent (within {self.window:g} s)")
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
+        return waiting.done
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
@@ -231,6 +234,7 @@ class Relax:
     async def _give_up(self, w: _Waiting, why: str) -> None:
         await self.runner.abandon(w.job, why)
         self.live.pop(w.job.id, None)
+        w.done.set()
         await self.runner._safe(
             w.view.failed(_failure(w.job, why, cancelled=False, offline=self.runner.offline))
         )
@@ -246,6 +250,7 @@ class Relax:
             self.pending.remove(waiting)
             await self.runner.abandon(waiting.job, "cancelled before the batch was sent")
             self.live.pop(job_id, None)
+            waiting.done.set()
             await self.runner._safe(
                 waiting.view.failed(
                     _failure(
@@ -407,6 +412,8 @@ class Relax:
         self.live.pop(job_id, None)
         if discard:
             log.info("relax job discarded on arrival (cancelled)", extra={"job_id": job_id})
+            if waiting is not None:
+                waiting.done.set()
             return
         if waiting is not None:
             job, view = waiting.job, waiting.view
@@ -415,7 +422,11 @@ class Relax:
             if rebuilt is None:
                 return
             job, view = rebuilt
-        await self.runner._finish(job, view, _started(), outcomes)
+        try:
+            await self.runner._finish(job, view, _started(), outcomes)
+        finally:
+            if waiting is not None:
+                waiting.done.set()
 
     def _claim(self, db: Any, job_id: str) -> tuple[Requester, bool] | None:
         row = db.conn.execute(

@@ -357,3 +357,14 @@ async def test_the_same_job_in_relax_mode_costs_half(start: StartCore, server: O
                 for k in ("mode", "status", "size", "quality", *columns, "reserved_micros", "actual_micros")
             }
         )
+
+
+async def test_a_terminal_waits_for_its_relax_job(start: StartCore, server: OfflineImageServer) -> None:
+    """`imagebot imagine --relax` has no thread to come back to: the command returns with the image."""
+    core = await start()
+    view = View()
+    await core.submit(
+        core.parse("a fox --relax --size 1024x1024 --quality low"), Requester("cli", "local", "", "cli"), view
+    )
+    assert view.delivered and "relax, half price" in view.delivered[0].request.notes
+    assert rows(core)[0]["mode"] == "relax"
