@@ -215,8 +215,10 @@ def save_job(
 ) -> None:
     """Keep a job's request as it starts, so its Re-roll works whatever happens to its delivery."""
     db.conn.execute(
-        "INSERT OR REPLACE INTO results (job_id, platform, workspace, channel, user, request, images, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, '[]', ?)",
+        "INSERT INTO results (job_id, platform, workspace, channel, user, request, images, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, '[]', ?) ON CONFLICT (job_id) DO UPDATE SET platform=excluded.platform, "
+        "workspace=excluded.workspace, channel=excluded.channel, user=excluded.user, request=excluded.request, "
+        "images=excluded.images, created_at=excluded.created_at",
         [job_id, who.platform, who.workspace, who.channel, who.user, request_json(db, request), _iso(now)],
     )
 

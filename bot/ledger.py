@@ -16,7 +16,9 @@ import json
 import logging
 import math
 import os
+import random
 import socket
+import time
 import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +30,7 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
-from . import quota
+from . import pg, quota
 from .access import Pace
 from .config import QuotaDefaults
 from .errors import PaceExceeded, UserError
@@ -55,6 +57,7 @@ class Status(StrEnum):
 
 OPEN = (Status.RESERVED.value, Status.RUNNING.value, Status.BATCHED.value)
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
+SERIALIZATION_ATTEMPTS = 50  # PostgreSQL: tries of one transaction that keeps losing races
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
 
@@ -135,6 +138,12 @@ class Ledger:
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
         self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
+        self.postgres = pg.is_url(self.path)
+        self.serialization_retries = 0  # PostgreSQL transactions run again after losing a race
+        if self.postgres:
+            self.instance_id = uuid.uuid4().hex
+            self._sync(self._register)
+            return
         # A reserve+settle writes ~13 WAL pages; at SQLite's default (a checkpoint every 1000 pages) one
         # commit in ~150 pays for a checkpoint's fsyncs, about a third of all ledger time. Checkpoint
         # every 4000 pages instead; the WAL file is reused, and cut back to the limit after a checkpoint.
@@ -150,10 +159,29 @@ class Ledger:
     # -- plumbing -------------------------------------------------------------------------
 
     def _sync(self, fn: Callable[[], T]) -> T:
-        return self._pool.submit(fn).result()
+        return self._pool.submit(self._retrying(fn)).result()
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._retrying(fn))
+
+    def _retrying(self, fn: Callable[[], T]) -> Callable[[], T]:
+        """On PostgreSQL, a transaction that lost a race to another replica (a serialization failure) is run
+        again, up to SERIALIZATION_ATTEMPTS times, after a short random pause: never shown to a user."""
+        if not self.postgres:
+            return fn
+
+        def run() -> T:
+            for attempt in range(1, SERIALIZATION_ATTEMPTS + 1):
+                try:
+                    return fn()
+                except Exception as exc:
+                    if attempt == SERIALIZATION_ATTEMPTS or not pg.is_retryable(exc):
+                        raise
+                    self.serialization_retries += 1
+                    time.sleep(random.uniform(0, 0.002 * attempt))
+            raise AssertionError("unreachable")
+
+        return run
 
     def close(self) -> None:
         """Leave (our instance row goes) and close the file; a second call does nothing."""
@@ -228,7 +256,8 @@ class Ledger:
                 cursor = self.db.conn.execute(  # inside the transaction: straight to sqlite3
                     "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
                     "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
-                    "created_at, updated_at, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?,?)",
+                    "created_at, updated_at, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?,?) "
+                    "RETURNING id",
                     [
                         job_id,
                         seq,
@@ -250,7 +279,7 @@ class Ledger:
                         "relax" if request.relax else "fast",
                     ],
                 )
-                ids.append(int(cursor.lastrowid or 0))
+                ids.append(int(cursor.fetchone()[0]))
         return Reservation(job_id, tuple(ids), each_micros)
 
     def _admit(

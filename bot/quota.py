@@ -331,8 +331,8 @@ def bump(
 _BUMP_SQL = (
     "INSERT INTO counters (scope, key, period, micros, images) VALUES "
     + ", ".join(["(?, ?, ?, ?, ?)"] * 4)
-    + " ON CONFLICT(scope, key, period) DO UPDATE SET micros = micros + excluded.micros, "
-    "images = images + excluded.images"
+    + " ON CONFLICT(scope, key, period) DO UPDATE SET micros = counters.micros + excluded.micros, "
+    "images = counters.images + excluded.images"
 )
 
 

@@ -11,8 +11,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import sqlite_utils
+
+from . import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
@@ -312,7 +315,10 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 
 
 def connect(path: Path | str) -> sqlite_utils.Database:
-    """Open (creating folder and file) and migrate the database; safe to call from several processes."""
+    """Open (creating folder and file) and migrate the database; safe to call from several processes.
+    A `postgresql://` URL opens PostgreSQL instead (bot/pg.py), which takes the same calls."""
+    if pg.is_url(path):
+        return cast(sqlite_utils.Database, pg.connect(str(path)))  # the same surface, duck-typed
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(

@@ -11,9 +11,7 @@ import contextlib
 import io
 import json
 import math
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from bot.errors import QuotaExceeded
 from bot.outcomes import JobFailure, JobResult, Progress
 from bot.pricing import Usage, cost_micros, format_usd, preview_count
 from bot.request import Requester
+from tests import dbs
 
 ALICE = Requester("slack", "W1", "C1", "U1")
 BOB = Requester("slack", "W1", "C1", "U2")
@@ -53,12 +52,13 @@ MakeCore = Callable[..., Awaitable[Core]]
 
 
 @pytest.fixture
-async def make_core(tmp_path: Path) -> AsyncIterator[MakeCore]:
+async def make_core(db_target: str) -> AsyncIterator[MakeCore]:
+    """Cores on one store: a SQLite file, or (for the modules tests/core/conftest.py names) PostgreSQL too."""
     cores: list[Core] = []
 
     async def make(**env: str) -> Core:
         environ = {
-            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
+            "IMAGEBOT_DB": db_target,
             "IMAGEBOT_OFFLINE": "1",
             "IMAGEBOT_OFFLINE_LATENCY": "0.05",
             "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
@@ -74,16 +74,13 @@ async def make_core(tmp_path: Path) -> AsyncIterator[MakeCore]:
         await core.close()
 
 
-def rows(core: Core, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with sqlite3.connect(core.settings.db_path) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)]
+def rows(core: Core, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    return dbs.read(core.settings.db_path, f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)
 
 
 def counters(core: Core) -> dict[tuple[str, str, str], tuple[int, int]]:
-    with sqlite3.connect(core.settings.db_path) as conn:
-        found = conn.execute("SELECT scope, key, period, micros, images FROM counters").fetchall()
-    return {(s, k, p): (m, n) for s, k, p, m, n in found}
+    found = dbs.tuples(core.settings.db_path, "SELECT scope, key, period, micros, images FROM counters")
+    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 
 def user_day(core: Core, who: Requester = ALICE) -> tuple[int, int]:

@@ -21,13 +21,14 @@ import pytest
 import sqlite_utils
 from PIL import Image
 
-from bot import quota, store
+from bot import pg, quota, store
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
 from bot.ledger import Ledger, Settlement, Status
 from bot.pricing import format_usd
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
+from tests import dbs
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # 23:30 in Berlin (CEST, UTC+2) on 15 April 2026: the quota day ends in 30 minutes.
@@ -58,12 +59,27 @@ def request(count: int = 1, prompt: str = "a red fox") -> ImageRequest:
 
 
 @pytest.fixture
-def open_ledger(tmp_path: Path) -> Iterator[Callable[..., Ledger]]:
-    """Open ledgers on tmp_path/ledger.sqlite3 (or another name); all are closed afterwards."""
+def store_named(db_target: str, request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[str], str]:
+    """The store a name stands for: tmp_path/<name> on SQLite; on PostgreSQL one fresh database per name."""
+    made: dict[str, str] = {}
+
+    def named(name: str) -> str:
+        if not pg.is_url(db_target):
+            return str(tmp_path / name)
+        if name not in made:
+            made[name] = request.getfixturevalue("pg_server").create_database()
+        return made[name]
+
+    return named
+
+
+@pytest.fixture
+def open_ledger(store_named: Callable[[str], str]) -> Iterator[Callable[..., Ledger]]:
+    """Open ledgers on the store named ledger.sqlite3 (or another name); all are closed afterwards."""
     opened: list[Ledger] = []
 
     def make(name: str = "ledger.sqlite3", **kwargs: Any) -> Ledger:
-        ledger = Ledger(tmp_path / name, **kwargs)
+        ledger = Ledger(store_named(name), **kwargs)
         opened.append(ledger)
         return ledger
 
@@ -82,7 +98,7 @@ IMAGES_SQL = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 EL
 TENANT_SQL = "platform || ':' || workspace"
 
 
-def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
+def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
     """What every counter must hold, summed straight from the ledger rows (test ids have no ':' to escape)."""
     parts = [
         f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
@@ -95,28 +111,24 @@ def sql_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
         )
     ]
     sql = (
-        f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) "
+        f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) AS every_row "
         "GROUP BY scope, key, period"
     )
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute(sql).fetchall()
+    rows = dbs.tuples(path, sql)
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
 
 
-def stored_counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT scope, key, period, micros, images FROM counters").fetchall()
+def stored_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    rows = dbs.tuples(path, "SELECT scope, key, period, micros, images FROM counters")
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
 
 
-def assert_counters_match(path: Path) -> None:
+def assert_counters_match(path: Path | str) -> None:
     assert stored_counters(path) == sql_counters(path)
 
 
-def ledger_rows(path: Path, where: str = "1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)]
+def ledger_rows(path: Path | str, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    return dbs.read(path, f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)
 
 
 # --- reserve, settle, release -----------------------------------------------------------------
@@ -127,7 +139,7 @@ async def test_reserve_settle_release_move_the_counters(
 ) -> None:
     clock = Clock(LATE_EVENING)
     ledger = open_ledger(clock=clock, timezone=BERLIN)
-    path = tmp_path / "ledger.sqlite3"
+    path = ledger.path
 
     reservation = await ledger.reserve(ALICE, request(count=3), 50_000)
     assert reservation.total_micros == 150_000 and len(reservation.row_ids) == 3
@@ -185,13 +197,12 @@ async def test_counters_equal_sql_sums_after_random_operations(
     checking after every step that the counters equal the SQL sums and that each reservation
     was granted exactly when the SQL sums (not the counters) say it fits."""
     for seed in (1, 2, 3):
-        await _random_walk(tmp_path, open_ledger, seed)
+        await _random_walk(open_ledger, seed)
 
 
-async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed: int) -> None:
+async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
     rng = random.Random(seed)
     name = f"walk-{seed}.sqlite3"
-    path = tmp_path / name
     clock = Clock(datetime(2026, 3, 27, 20, 0, tzinfo=UTC))  # crosses DST (29 March) and a month end
     defaults = QuotaDefaults(
         user_daily_micros=150_000,
@@ -202,6 +213,7 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
         workspace_monthly_micros=2_500_000,
     )
     ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults)
+    path = ledger.path
     people = [ALICE, BOB, CAROL, DAVE]
     overrides: dict[tuple[quota.Tenant, str, str], dict[str, int | None]] = {}
     granted = refused = closed = 0
@@ -215,20 +227,20 @@ async def _random_walk(tmp_path: Path, open_ledger: Callable[..., Ledger], seed:
     def fits(who: Requester, micros: int, images: int) -> bool:
         local = clock.now.astimezone(BERLIN)
         day, month = local.strftime("%Y-%m-%d"), local.strftime("%Y-%m")
-        with sqlite3.connect(path) as conn:
 
-            def used(where: str, *params: str) -> tuple[int, int]:
-                row = conn.execute(
-                    f"SELECT coalesce(sum({SPEND_SQL}), 0), coalesce(sum({IMAGES_SQL}), 0) "
-                    f"FROM ledger WHERE platform=? AND workspace=? AND {where}",
-                    (who.platform, who.workspace, *params),
-                ).fetchone()
-                return int(row[0]), int(row[1])
+        def used(where: str, *params: str) -> tuple[int, int]:
+            [row] = dbs.tuples(
+                path,
+                f"SELECT coalesce(sum({SPEND_SQL}), 0) AS micros, coalesce(sum({IMAGES_SQL}), 0) AS images "
+                f"FROM ledger WHERE platform=? AND workspace=? AND {where}",
+                (who.platform, who.workspace, *params),
+            )
+            return int(row[0]), int(row[1])
 
-            user_day = used("user=? AND day=?", who.user, day)
-            user_month = used("user=? AND month=?", who.user, month)
-            channel = used("channel=? AND month=?", who.channel, month)
-            workspace = used("workspace=? AND month=?", who.workspace, month)
+        user_day = used("user=? AND day=?", who.user, day)
+        user_month = used("user=? AND month=?", who.user, month)
+        channel = used("channel=? AND month=?", who.channel, month)
+        workspace = used("workspace=? AND month=?", who.workspace, month)
         checks = [
             (
                 user_day[0],
@@ -407,7 +419,7 @@ async def test_each_limit_refuses_naming_itself_what_is_left_and_when_it_resets(
     ledger = open_ledger(
         clock=Clock(LATE_EVENING), timezone=settings.timezone, defaults=QuotaDefaults(**default)
     )
-    path = tmp_path / "ledger.sqlite3"
+    path = ledger.path
     who, count, each = first
     await ledger.reserve(who, request(count), each)
     rows_before, counters_before = ledger_rows(path), stored_counters(path)
@@ -497,7 +509,7 @@ async def test_overrides_in_the_database_beat_the_defaults(
     await ledger.set_limits("workspace", "W2", quota.parse_limits(["monthly_usd=0"]), tenant=W2)
     with pytest.raises(QuotaExceeded, match="this workspace's monthly spend limit is"):
         await ledger.reserve(DAVE, request(1), 1)
-    assert_counters_match(tmp_path / "ledger.sqlite3")
+    assert_counters_match(ledger.path)
 
     # Overrides live in the file: a second process (here: a second Ledger) sees them.
     other = open_ledger(clock=Clock(LATE_EVENING), defaults=defaults)
@@ -537,9 +549,9 @@ def test_parse_limits_rejects_nonsense_naming_the_rule(bad: list[str]) -> None:
 # --- seen events ------------------------------------------------------------------------------
 
 
-async def test_seen_dedupes_event_ids_and_survives_reopening(tmp_path: Path) -> None:
+async def test_seen_dedupes_event_ids_and_survives_reopening(store_named: Callable[[str], str]) -> None:
     clock = Clock(LATE_EVENING)
-    ledger = Ledger(tmp_path / "ledger.sqlite3", clock=clock)
+    ledger = Ledger(store_named("ledger.sqlite3"), clock=clock)
     try:
         assert await ledger.seen("slack:Ev1") is False
         assert await ledger.seen("slack:Ev1") is True
@@ -547,7 +559,7 @@ async def test_seen_dedupes_event_ids_and_survives_reopening(tmp_path: Path) -> 
     finally:
         ledger.close()
 
-    reopened = Ledger(tmp_path / "ledger.sqlite3", clock=clock)
+    reopened = Ledger(store_named("ledger.sqlite3"), clock=clock)
     try:
         assert await reopened.seen("slack:Ev1") is True
         assert await reopened.seen("slack:Ev2") is True
@@ -683,9 +695,9 @@ async def test_channel_and_workspace_overrides_only_take_a_monthly_spend_limit(
 REPORT_NOW = datetime(2026, 4, 30, 12, 0, tzinfo=UTC)  # 30 days back: 31 March, 12:00 UTC
 
 
-async def _report_ledger(tmp_path: Path) -> Ledger:
+async def _report_ledger(target: str) -> Ledger:
     clock = Clock(REPORT_NOW)
-    ledger = Ledger(tmp_path / "report.sqlite3", clock=clock)
+    ledger = Ledger(target, clock=clock)
     plan = [  # when, who, size, quality, status, actual, latency
         (
             datetime(2026, 3, 31, 6, 0, tzinfo=UTC),
@@ -716,27 +728,26 @@ async def _report_ledger(tmp_path: Path) -> Ledger:
     return ledger
 
 
-def _direct(path: Path, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as conn:
-        return conn.execute(sql, params).fetchall()
+def _direct(path: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    return dbs.tuples(path, sql, params)
 
 
 @pytest.mark.parametrize(
     ("tenant", "channel"), [(None, None), (None, "C1"), (W1, None), (W1, "C1"), (W2, None)]
 )
 async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
-    tmp_path: Path,
+    store_named: Callable[[str], str],
     tenant: quota.Tenant | None,
     channel: str | None,
 ) -> None:
     from bot import report
 
-    ledger = await _report_ledger(tmp_path)
+    ledger = await _report_ledger(store_named("report.sqlite3"))
     try:
         built = await report.build(ledger, tenant=tenant, channel=channel, days=30, now=REPORT_NOW)
     finally:
         ledger.close()
-    path = tmp_path / "report.sqlite3"
+    path = ledger.path
     where, params = "created_at >= ?", ["2026-03-31T12:00:00.000+00:00"]
     if tenant:
         where, params = (
@@ -748,7 +759,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     [(images, spend, failures)] = _direct(
         path,
         (
-            "SELECT count(*) FILTER (WHERE status='succeeded'), total(actual_micros), "
+            "SELECT count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0), "
             "count(*) FILTER (WHERE status IN ('failed','possibly_billed','interrupted','cancelled')) "
             f"FROM ledger WHERE {where}"
         ),
@@ -761,14 +772,14 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     label = "user" if tenant else "platform || ':' || workspace || ':' || user"
     users = _direct(
         path,
-        f"SELECT {label}, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
+        f"SELECT {label}, count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0) "
         f"FROM ledger WHERE {where} GROUP BY 1",
         *params,
     )
     assert sorted(built.top_users) == sorted((u, n, int(m)) for u, n, m in users)
     by = _direct(
         path,
-        f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), total(actual_micros) "
+        f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0) "
         f"FROM ledger WHERE {where} GROUP BY size, quality",
         *params,
     )
@@ -785,7 +796,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
         assert built.median_render_s is None
     daily = _direct(
         path,
-        f"SELECT substr(created_at, 1, 10), total(actual_micros) FROM ledger WHERE {where} GROUP BY 1",
+        f"SELECT substr(created_at, 1, 10), coalesce(sum(actual_micros), 0) FROM ledger WHERE {where} GROUP BY 1",
         *params,
     )
     assert {d: m for d, m, _ in built.daily} == {d: int(m) for d, m in daily}
@@ -793,10 +804,10 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     assert format_usd(built.spend_micros) in built.text()
 
 
-async def test_the_chart_has_a_bar_for_every_day_the_total_counts(tmp_path: Path) -> None:
+async def test_the_chart_has_a_bar_for_every_day_the_total_counts(store_named: Callable[[str], str]) -> None:
     from bot import report
 
-    ledger = await _report_ledger(tmp_path)
+    ledger = await _report_ledger(store_named("report.sqlite3"))
     try:
         built = await report.build(ledger, days=30, now=REPORT_NOW)
     finally:

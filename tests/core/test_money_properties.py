@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import sqlite3
-import tempfile
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from bot.errors import QuotaExceeded
 from bot.outcomes import JobFailure, JobResult
 from bot.pricing import Usage, cost_micros
 from bot.request import ImageRequest, Requester
+from tests import dbs
 from tests.core.test_jobs_money import RecordingView
 
 EXAMPLES = int(os.environ.get("IMAGEBOT_PROPERTY_EXAMPLES", "25"))
@@ -72,18 +72,13 @@ limits = st.builds(
 )
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
+def _rows(path: Path | str) -> list[dict[str, Any]]:
+    return dbs.read(path, "SELECT * FROM ledger ORDER BY id")
 
 
-def _counters(path: Path) -> dict[tuple[str, str, str], tuple[int, int]]:
-    with sqlite3.connect(path) as conn:
-        return {
-            (s, k, p): (m, n)
-            for s, k, p, m, n in conn.execute("SELECT scope, key, period, micros, images FROM counters")
-        }
+def _counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
+    found = dbs.tuples(path, "SELECT scope, key, period, micros, images FROM counters")
+    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
 
 
 def _limit(defaults: QuotaDefaults, scope: str) -> tuple[int | None, int | None]:
@@ -96,7 +91,7 @@ def _limit(defaults: QuotaDefaults, scope: str) -> tuple[int | None, int | None]
     }[scope]
 
 
-def check_moment(path: Path, defaults: QuotaDefaults) -> None:
+def check_moment(path: Path | str, defaults: QuotaDefaults) -> None:
     """charged <= reserved for every row, and every counter within its limit, right now."""
     for row in _rows(path):
         assert row["actual_micros"] <= row["reserved_micros"], row
@@ -107,10 +102,10 @@ def check_moment(path: Path, defaults: QuotaDefaults) -> None:
 
 
 async def run_example(
-    tmp: Path, plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int
+    store: str, plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int
 ) -> None:
     environ = {
-        "IMAGEBOT_DB": str(tmp / "bot.sqlite3"),
+        "IMAGEBOT_DB": store,
         "IMAGEBOT_OFFLINE": "1",
         "IMAGEBOT_OFFLINE_LATENCY": "0.02",
         "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
@@ -214,7 +209,7 @@ async def run_example(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=EXAMPLES <= 25,
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(
     plan_list=st.lists(plans, min_size=1, max_size=5),
@@ -223,8 +218,12 @@ async def run_example(
     in_flight=st.integers(1, 4),
 )
 def test_money_and_retry_invariants_hold_under_random_faults_cancels_and_limits(
-    plan_list: list[Plan], faults: list[str], defaults: QuotaDefaults, in_flight: int
+    fresh_store: Callable[[], str],
+    plan_list: list[Plan],
+    faults: list[str],
+    defaults: QuotaDefaults,
+    in_flight: int,
 ) -> None:
+    """On SQLite and on PostgreSQL (tests/core/conftest.py): a fresh store for every example."""
     random.seed(0)  # the backoff's jitter
-    with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(run_example(Path(tmp), plan_list, faults, defaults, in_flight))
+    asyncio.run(run_example(fresh_store(), plan_list, faults, defaults, in_flight))

@@ -19,6 +19,7 @@ from bot.offline import OfflineImageServer
 from bot.pricing import Usage, batch_price, cost_micros, load_prices
 from bot.relax import EDITS, GENERATIONS, batch_body, batch_line
 from bot.request import Requester
+from tests import dbs
 from tests.core.test_access import ADMIN, View
 from tests.core.test_actions import Store
 from tests.core.test_jobs_money import ALICE, BOB, assert_counters_match_ledger, rows
@@ -43,11 +44,11 @@ async def server() -> AsyncIterator[OfflineImageServer]:
 
 
 @pytest.fixture
-async def start(tmp_path: Path, server: OfflineImageServer) -> AsyncIterator[StartCore]:
+async def start(db_target: str, server: OfflineImageServer) -> AsyncIterator[StartCore]:
     cores: list[Core] = []
 
     async def make(**env: str) -> Core:
-        environ = {"IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"), **FAST_ENV, **env}
+        environ = {"IMAGEBOT_DB": db_target, **FAST_ENV, **env}
         core = await Core.start(Settings.load(environ=environ, env_file=None), offline_server=server)
         cores.append(core)
         return core
@@ -213,10 +214,8 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_and_not_posted(
 
 
 def json_batch_id(core: Core) -> str:
-    import sqlite3
-
-    with sqlite3.connect(core.settings.db_path) as conn:
-        return str(conn.execute("SELECT id FROM batches").fetchone()[0])
+    [(batch_id,)] = dbs.tuples(core.settings.db_path, "SELECT id FROM batches")
+    return str(batch_id)
 
 
 async def test_a_relax_job_is_refused_by_quota_at_its_batch_price(

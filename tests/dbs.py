@@ -1,0 +1,34 @@
+"""Reading the store in tests, whichever backend it is: a SQLite file or a PostgreSQL URL (bot/pg.py).
+
+The SQL is the core's shared dialect (`?` placeholders); each call opens its own connection, as a person
+inspecting the database would, so tests see only what was committed."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from bot import pg
+
+
+def read(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
+    """Rows of a query, as dicts by column name."""
+    if pg.is_url(target):
+        with psycopg.connect(str(target), row_factory=dict_row) as conn:
+            return [dict(r) for r in conn.execute(pg.translate(sql), list(params) or None)]  # type: ignore[arg-type]
+    with sqlite3.connect(target) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, tuple(params))]
+
+
+def tuples(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
+    """Rows of a query, as tuples (columns may share a name)."""
+    if pg.is_url(target):
+        with psycopg.connect(str(target)) as conn:
+            return [tuple(r) for r in conn.execute(pg.translate(sql), list(params) or None)]  # type: ignore[arg-type]
+    with sqlite3.connect(target) as conn:
+        return [tuple(r) for r in conn.execute(sql, tuple(params))]
