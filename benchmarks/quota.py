@@ -1,6 +1,6 @@
 """Quota ledger throughput: reserve + settle of a 1-image job, in one process and in several.
 
-    .venv/bin/python -m benchmarks.quota [--jobs 4000] [--procs 4]      # from the repository root
+    .venv/bin/python -m benchmarks.quota [--jobs 4000] [--procs 4] [--db postgresql://user@host:5432/db]
 
 Each job is `Ledger.reserve_sync` (one BEGIN IMMEDIATE transaction that checks all six limits
 and writes the ledger row and four counters) followed by `Ledger.close_row_sync` (settle to the
@@ -9,8 +9,12 @@ refuse) so every check runs. The multi-process run starts its workers together o
 all on one SQLite file, and counts total jobs over wall time. Any sqlite3.OperationalError
 (e.g. "database is locked") is counted as a lock error.
 
+With `--db postgresql://...` the same two runs go on PostgreSQL too (two fresh databases created on that
+server), SERIALIZABLE, where a reservation that loses a race is run again (`serialization_retries`).
+
 Prints human-readable lines, then, as its last line, one JSON object with
-`jobs_per_s_1proc`, `jobs_per_s_4proc` and `lock_errors`.
+`jobs_per_s_1proc`, `jobs_per_s_4proc` and `lock_errors` (and with --db `jobs_per_s_pg_1proc`,
+`jobs_per_s_pg_4proc`, `serialization_retries`).
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from bot import quota
+import psycopg
+
+from bot import pg, quota
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
 from bot.ledger import Ledger, Settlement, Status
@@ -79,13 +86,14 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     return stats
 
 
-def single(path: Path, jobs: int) -> tuple[float, dict[str, Any]]:
+def single(path: Path | str, jobs: int) -> tuple[float, dict[str, Any]]:
     ledger = Ledger(path, defaults=DEFAULTS)
     try:
         run_jobs(ledger, 0, 0, WARMUP)
         started = time.perf_counter()
         stats = run_jobs(ledger, 0, WARMUP, jobs)
         elapsed = time.perf_counter() - started
+        stats["retries"] = ledger.serialization_retries
     finally:
         ledger.close()
     return elapsed, stats
@@ -101,6 +109,7 @@ def _worker(path: str, worker: int, jobs: int, barrier: Any, results: Any) -> No
         stats["start"] = time.time()
         stats.update(run_jobs(ledger, worker, WARMUP, jobs))
         stats["end"] = time.time()
+        stats["retries"] = ledger.serialization_retries
     except sqlite3.OperationalError as exc:
         stats["lock_errors"] += 1
         stats["examples"].append(repr(exc))
@@ -117,7 +126,7 @@ def _worker(path: str, worker: int, jobs: int, barrier: Any, results: Any) -> No
         results.put(stats)
 
 
-def multi(path: Path, procs: int, jobs_each: int) -> tuple[float, list[dict[str, Any]]]:
+def multi(path: Path | str, procs: int, jobs_each: int) -> tuple[float, list[dict[str, Any]]]:
     Ledger(path, defaults=DEFAULTS).close()  # create and migrate the file first
     ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(procs), ctx.Queue()
@@ -135,24 +144,31 @@ def multi(path: Path, procs: int, jobs_each: int) -> tuple[float, list[dict[str,
     return wall, stats
 
 
-def counters_match(path: Path) -> bool:
+def _select(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    if pg.is_url(path):
+        with psycopg.connect(str(path)) as conn:
+            return [tuple(r) for r in conn.execute(pg.translate(sql))]  # type: ignore[arg-type]
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def counters_match(path: Path | str) -> bool:
     """The counters equal the sums over the ledger (closed rows: actual; open rows: reserved), under the
     tenant-scoped keys the ledger itself uses (quota.counter_keys)."""
     expected: dict[tuple[str, str, str], tuple[int, int]] = {}
-    with sqlite3.connect(path) as conn:
-        for platform, workspace, channel, user, day, month, status, reserved, actual in conn.execute(
-            "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros "
-            "FROM ledger"
-        ):
-            is_open = status in ("reserved", "running")
-            spend, images = (reserved if is_open else actual), int(is_open or status == "succeeded")
-            for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
-                old = expected.get(key, (0, 0))
-                expected[key] = (old[0] + spend, old[1] + images)
-        stored = {
-            (s, k, p): (m, n)
-            for s, k, p, m, n in conn.execute("SELECT scope, key, period, micros, images FROM counters")
-        }
+    for platform, workspace, channel, user, day, month, status, reserved, actual in _select(
+        path,
+        "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros FROM ledger",
+    ):
+        is_open = status in ("reserved", "running")
+        spend, images = (reserved if is_open else actual), int(is_open or status == "succeeded")
+        for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
+            old = expected.get(key, (0, 0))
+            expected[key] = (old[0] + spend, old[1] + images)
+    stored = {
+        (s, k, p): (int(m), int(n))
+        for s, k, p, m, n in _select(path, "SELECT scope, key, period, micros, images FROM counters")
+    }
     return {k: v for k, v in expected.items() if v != (0, 0)} == {
         k: v for k, v in stored.items() if v != (0, 0)
     }
@@ -165,6 +181,7 @@ def main() -> None:
     )
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--dir", help="folder for the SQLite files (default: a temporary folder)")
+    parser.add_argument("--db", help="also run on this PostgreSQL server (postgresql://user@host:port/db)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
@@ -195,17 +212,58 @@ def main() -> None:
             f"target: >= 2,000 jobs/s in one process: {'met' if per_s_1 >= 2000 else 'NOT met'}; "
             f"0 lock errors: {'met' if lock_errors == 0 else 'NOT met'}"
         )
-    print(
-        json.dumps(
-            {
-                "jobs_per_s_1proc": round(per_s_1, 1),
-                "jobs_per_s_4proc": round(per_s_n, 1),
-                "lock_errors": lock_errors,
-                "other_errors": other_errors,
-                "counters_match": match,
-            }
-        )
+    figures: dict[str, Any] = {
+        "jobs_per_s_1proc": round(per_s_1, 1),
+        "jobs_per_s_4proc": round(per_s_n, 1),
+        "lock_errors": lock_errors,
+        "other_errors": other_errors,
+        "counters_match": match,
+    }
+    if args.db:
+        figures.update(postgres(args.db, args.jobs, args.procs))
+    print(json.dumps(figures))
+
+
+def fresh_database(url: str, name: str) -> str:
+    """A new, empty database on the server of `url`; its URL."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")  # type: ignore[arg-type]
+        conn.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+def postgres(url: str, jobs: int, procs: int) -> dict[str, Any]:
+    """The same two runs on PostgreSQL."""
+    one_url, many_url = fresh_database(url, "imagebot_bench_one"), fresh_database(url, "imagebot_bench_many")
+    elapsed, one = single(one_url, jobs)
+    per_s_1 = one["jobs"] / elapsed
+    print(f"PostgreSQL, 1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s")
+    wall, many = multi(many_url, procs, jobs)
+    total = sum(s["jobs"] for s in many)
+    per_s_n = total / wall
+    retries = one.get("retries", 0) + sum(s.get("retries", 0) for s in many)
+    errors = (
+        one["other_errors"] + one["lock_errors"] + sum(s["other_errors"] + s["lock_errors"] for s in many)
     )
+    print(
+        f"PostgreSQL, {procs} processes: {total} jobs in {wall:.2f} s wall = {per_s_n:,.0f} jobs/s "
+        f"({per_s_n / per_s_1:.2f}x one process); serialization retries {retries}, errors {errors}"
+    )
+    for example in [e for s in [one, *many] for e in s["examples"]][:3]:
+        print(f"  error: {example}")
+    match = counters_match(one_url) and counters_match(many_url)
+    print(
+        f"counters equal the ledger's SQL sums: {'yes' if match else 'NO'}; target: {procs} processes >= 2x one: "
+        f"{'met' if per_s_n >= 2 * per_s_1 else 'NOT met'}; 0 errors: {'met' if errors == 0 else 'NOT met'}"
+    )
+    return {
+        "jobs_per_s_pg_1proc": round(per_s_1, 1),
+        "jobs_per_s_pg_4proc": round(per_s_n, 1),
+        "serialization_retries": retries,
+        "pg_errors": errors,
+        "pg_counters_match": match,
+    }
 
 
 if __name__ == "__main__":

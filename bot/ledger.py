@@ -12,6 +12,7 @@ name or pid it had: a container that comes back under a new name, or never comes
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -117,6 +118,16 @@ class QuotaLine:
     limit: str
     left: str
     resets: datetime
+
+
+def _retried(method: Callable[..., T]) -> Callable[..., T]:
+    """A transaction method that, on PostgreSQL, runs again after losing a race (Ledger._retrying)."""
+
+    @functools.wraps(method)
+    def run(self: Ledger, *args: Any, **kwargs: Any) -> T:
+        return self._retrying(lambda: method(self, *args, **kwargs))()
+
+    return run
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -230,6 +241,7 @@ class Ledger:
 
     # -- reservation ----------------------------------------------------------------------
 
+    @_retried
     def reserve_sync(
         self,
         who: Requester,
@@ -246,6 +258,8 @@ class Ledger:
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         with immediate(self.db):
+            if self.postgres:  # the counters this checks, locked first (bot/pg.py)
+                quota.lock(self.db, who, periods.day, periods.month)
             if pace is not None:
                 self._keep_pace(who, pace, now)
             self._admit(who, periods, micros=each_micros * count, images=count, now=now, what=what)
@@ -337,6 +351,7 @@ class Ledger:
     ) -> Reservation:
         return await self._run(lambda: self.reserve_sync(who, request, each_micros, job_id, pace))
 
+    @_retried
     def extend_sync(self, row_id: int, micros: int) -> None:
         """Reserve `micros` more for an open row (a retry after an attempt that may have been billed), in one
         transaction that checks every limit of the row's requester. Raises QuotaExceeded if they cannot take
@@ -344,7 +359,7 @@ class Ledger:
         now = self.clock()
         with immediate(self.db):
             row = self.db.conn.execute(
-                "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=?",
+                "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=? /*lock*/",
                 [row_id],
             ).fetchone()
             if row is None or row[0] not in OPEN:
@@ -354,6 +369,8 @@ class Ledger:
             periods = quota.Periods.at(
                 datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
             )
+            if self.postgres:
+                quota.lock(self.db, who, periods.day, periods.month)
             self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
             self.db.conn.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
@@ -393,12 +410,13 @@ class Ledger:
 
     # -- settlement -----------------------------------------------------------------------
 
+    @_retried
     def close_row_sync(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
         """Settle or release one row and move the counters by the difference. False if already closed."""
         with immediate(self.db):
             row = self.db.conn.execute(
                 "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, actual_micros "
-                "FROM ledger WHERE id=?",
+                "FROM ledger WHERE id=? /*lock*/",
                 [row_id],
             ).fetchone()
             if row is None or (only_if_open and row[0] not in OPEN):

@@ -4,13 +4,17 @@ The rest of the core speaks one dialect of SQL through `db.conn.execute(sql, par
 SQLite and PostgreSQL share, with `?` placeholders. `PgDatabase` gives the same surface over one psycopg 3
 connection (the ledger's database thread owns it, as it owns the SQLite connection), translating what differs:
 `?` -> `%s`, `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`, the column `user` (a reserved word there)
-quoted, `BEGIN IMMEDIATE` -> a SERIALIZABLE transaction.
+quoted, `BEGIN IMMEDIATE` -> `BEGIN`, and the marker `/*lock*/` -> `FOR UPDATE` (in SQLite a comment: there
+`BEGIN IMMEDIATE` already makes a writer the only one).
 
-Every write that checks a limit runs SERIALIZABLE: PostgreSQL then guarantees the outcome of some serial
-order of the reservations, so two replicas cannot both pass a limit only one fits. A transaction that loses
-that race fails with a serialization failure; the ledger runs it again (`is_retryable`, a bounded number of
-times), so no user ever sees one. Why psycopg 3: a plain synchronous driver fits the ledger's one database
-thread per process, and its binary package needs no compiler.
+Race-free reservations: a reservation first locks the quota counters it checks (creating any missing one),
+always in the same order (sorted by scope, key, period), so two reservations never deadlock and a second
+one that needs a counter waits for the first to commit, then sees its rows (READ COMMITTED: each statement
+reads what is committed). So no two replicas can both pass a limit only one fits. A settlement locks its
+ledger row first, so two replicas recovering the same row cannot both move the counters. Should PostgreSQL
+still abort a transaction (a deadlock, a serialization failure), the ledger runs it again (`is_retryable`, a
+bounded number of times): no user ever sees one. Why psycopg 3: a plain synchronous driver fits the ledger's
+one database thread per process, and its binary package needs no compiler.
 
 The schema is created at start (one set of migrations for this backend, `SCHEMA`), under an advisory lock so
 replicas starting together do not race.
@@ -80,8 +84,8 @@ def is_url(target: object) -> bool:
 def translate(sql: str) -> str:
     """One statement of the shared dialect, as PostgreSQL takes it."""
     if sql.strip().upper() == "BEGIN IMMEDIATE":
-        return "BEGIN ISOLATION LEVEL SERIALIZABLE"
-    text = sql.replace("%", "%%").replace("?", "%s")
+        return "BEGIN"
+    text = sql.replace("%", "%%").replace("?", "%s").replace("/*lock*/", "FOR UPDATE")
     text = _USER.sub('"user"', text)
     if _OR_IGNORE.match(text):
         text = _OR_IGNORE.sub("INSERT INTO", text) + " ON CONFLICT DO NOTHING"

@@ -323,9 +323,27 @@ def bump(
 ) -> None:
     """Add to every counter a ledger row feeds (negative amounts release), in one statement."""
     params: list[object] = []
-    for scope, key, period in counter_keys(who, day, month):
+    for scope, key, period in sorted(counter_keys(who, day, month)):  # the order `lock` takes them in
         params += (scope, key, period, micros, images)
     db.execute(_BUMP_SQL, params)
+
+
+def lock(db: sqlite_utils.Database, who: Requester, day: str, month: str) -> None:
+    """PostgreSQL: lock every counter a reservation of `who` checks (creating any that is missing), in one
+    fixed order, for the rest of the transaction (bot/pg.py). SQLite needs none: one writer at a time."""
+    keys = sorted(counter_keys(who, day, month))
+    params: list[object] = [part for key in keys for part in (*key, 0, 0)]
+    db.execute(
+        "INSERT OR IGNORE INTO counters (scope, key, period, micros, images) VALUES "
+        + ", ".join(["(?, ?, ?, ?, ?)"] * len(keys)),
+        params,
+    )
+    db.execute(
+        "SELECT scope FROM counters WHERE "
+        + " OR ".join(["(scope=? AND key=? AND period=?)"] * len(keys))
+        + " ORDER BY scope, key, period /*lock*/",
+        [part for key in keys for part in key],
+    ).fetchall()
 
 
 _BUMP_SQL = (
