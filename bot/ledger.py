@@ -523,30 +523,25 @@ class Ledger:
             return []
         marks = ",".join("?" * len(platforms))
         with immediate(self.db):
-            rows = self.db.conn.execute(
-                f"SELECT job_id, platform, channel, user, context, sum(actual_micros), count(*) FROM ledger "
-                f"WHERE notice = 'pending' AND platform IN ({marks}) GROUP BY job_id ORDER BY min(id)",
+            # One UPDATE claims the rows: of two processes at once, the second finds them already 'sent'.
+            claimed = self.db.conn.execute(
+                f"UPDATE ledger SET notice = 'sent' WHERE notice = 'pending' AND platform IN ({marks}) "
+                "RETURNING id, job_id, platform, channel, user, context, actual_micros",
                 list(platforms),
             ).fetchall()
-            if rows:
-                jobs = [r[0] for r in rows]
-                self.db.conn.execute(
-                    f"UPDATE ledger SET notice = 'sent' WHERE notice = 'pending' AND job_id IN "
-                    f"({','.join('?' * len(jobs))})",
-                    jobs,
-                )
-        return [
-            Interrupted(
+        jobs: dict[str, Interrupted] = {}
+        for _, job_id, platform, channel, user, context, charged in sorted(claimed):
+            seen = jobs.get(job_id)
+            jobs[job_id] = Interrupted(
                 job_id,
                 platform,
                 channel,
                 user,
                 json.loads(context) if context else {},
-                int(charged),
-                int(images),
+                int(charged) + (seen.charged_micros if seen else 0),
+                1 + (seen.images if seen else 0),
             )
-            for job_id, platform, channel, user, context, charged, images in rows
-        ]
+        return list(jobs.values())
 
     async def claim_notices(self, platforms: Collection[str]) -> list[Interrupted]:
         return await self._run(lambda: self.claim_notices_sync(platforms))
