@@ -444,7 +444,7 @@ class AdminCommands(
 class _Client(discord.Client):
     """discord.py's client, pointed at DISCORD_API_URL's gateway, forwarding messages to the adapter."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: DiscordAdapter, **shards: Any) -> None:
         # No message cache: replies carry the message they answer, and a cache of our own progress messages
         # would only be kept up to date (parsed, then collected) on every edit.
         # Only the events the bot uses: guilds (and their channels) and guild messages (replies that edit an
@@ -452,12 +452,13 @@ class _Client(discord.Client):
         intents = discord.Intents.none()
         intents.guilds = True
         intents.guild_messages = True
-        super().__init__(intents=intents, allowed_mentions=NO_PINGS, max_messages=None)
+        super().__init__(intents=intents, allowed_mentions=NO_PINGS, max_messages=None, **shards)
         self.adapter = adapter
         self.tree = app_commands.CommandTree(self)
 
     async def setup_hook(self) -> None:
-        # Client.connect dials a built-in gateway address; ask the configured REST base for the real one.
+        # Client.connect (and AutoShardedClient, given a shard count) dials a built-in gateway address; ask the
+        # configured REST base for the real one.
         _shards, url, _limits = await self.http.get_bot_gateway()
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         self.add_dynamic_items(CancelButton, ActionButton, PriceCheckButton)
@@ -467,6 +468,19 @@ class _Client(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.on_interaction(interaction)
+
+
+class _ShardedClient(_Client, discord.AutoShardedClient):
+    """The same client running some shards of the bot (SPEC §12): one gateway connection per shard, each
+    identifying as [id, count], so Discord sends it only the events of the guilds on that shard."""
+
+
+def _client(adapter: DiscordAdapter, count: int | None, ids: Sequence[int]) -> _Client:
+    """Unsharded (one connection, as Discord expects of a small bot) unless DISCORD_SHARD_COUNT is set; then
+    the shards DISCORD_SHARD_IDS names, or all of them."""
+    if count is None:
+        return _Client(adapter)
+    return _ShardedClient(adapter, shard_count=count, shard_ids=list(ids) or None)
 
 
 class DiscordJobView:
@@ -814,7 +828,7 @@ class DiscordAdapter:
         token = core.settings.discord_token
         assert token is not None, "built only when DISCORD_TOKEN is set"
         self.core, self.token = core, token.reveal()
-        self.client = _Client(self)
+        self.client = _client(self, core.settings.discord_shard_count, core.settings.discord_shard_ids)
         self.tree = self.client.tree
         self.http: aiohttp.ClientSession | None = None
         self.task: asyncio.Task[None] | None = None

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_FLOOR, Decimal, InvalidOperation
 from pathlib import Path
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
@@ -44,6 +45,7 @@ def usd_micros(text: str) -> int:
 
 MAX_COOLDOWN = 86_400.0  # IMAGEBOT_USER_COOLDOWN and a tenant's cooldown=: at most a day
 MAX_JOBS = 100  # IMAGEBOT_USER_MAX_JOBS and a tenant's max_jobs=
+MAX_SHARDS = 10_000  # DISCORD_SHARD_COUNT
 
 
 def parse_admins(text: str, name: str = "IMAGEBOT_ADMINS") -> frozenset[str]:
@@ -63,6 +65,32 @@ def parse_admins(text: str, name: str = "IMAGEBOT_ADMINS") -> frozenset[str]:
             )
         found.add(f"{platform}:{ident}" if sep else ident)
     return frozenset(found)
+
+
+def parse_shard_ids(text: str, count: int | None) -> tuple[int, ...]:
+    """DISCORD_SHARD_IDS: the comma-separated shards (of DISCORD_SHARD_COUNT) this replica runs; empty: all of
+    them. ConfigError if an id is not a number, repeats, or is not below the count."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        return ()
+    if count is None:
+        raise ConfigError(
+            f"DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total number of shards, 1-{MAX_SHARDS})"
+        )
+    valid = f"use shard ids from 0 to {count - 1}, comma-separated (DISCORD_SHARD_COUNT={count})"
+    ids: list[int] = []
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or int(part) >= count:
+            raise ConfigError(f"DISCORD_SHARD_IDS has {part!r}: {valid}")
+        if int(part) in ids:
+            raise ConfigError(f"DISCORD_SHARD_IDS has {part!r} twice: {valid}")
+        ids.append(int(part))
+    return tuple(ids)
+
+
+def _db(text: str) -> Path | str:
+    """IMAGEBOT_DB: a `postgresql://user:password@host:port/db` URL stays a URL; anything else is a SQLite path."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
 
 
 class Secret:
@@ -117,7 +145,9 @@ class Settings:
     discord_token: Secret | None = None
     discord_guild_ids: tuple[int, ...] = ()
     discord_api_url: str = "https://discord.com/api/v10"
-    db_path: Path = Path("./data/imagebot.sqlite3")
+    discord_shard_count: int | None = None  # None: one connection, no sharding (SPEC §12)
+    discord_shard_ids: tuple[int, ...] = ()  # the shards this replica runs; empty: all of the count
+    db_path: Path | str = Path("./data/imagebot.sqlite3")  # a SQLite file, or a postgresql:// URL (a str)
     http_host: str = "0.0.0.0"
     http_port: int = 3000
     admins: frozenset[str] = frozenset()
@@ -171,7 +201,9 @@ class Settings:
             self.discord_token,
             self.metrics_token,
         )
-        return [s.reveal() for s in found if s is not None and s.reveal()]
+        hidden = [s.reveal() for s in found if s is not None and s.reveal()]
+        password = urlsplit(str(self.db_path)).password if isinstance(self.db_path, str) else None
+        return hidden + ([password] if password else [])
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, env_file: str | Path | None = ".env") -> Settings:
@@ -306,6 +338,11 @@ def _parse(env: _Env) -> Settings:
             if not (part.isascii() and part.isdigit()):
                 raise ConfigError(f"DISCORD_GUILD_IDS has {part!r}, which is not a numeric guild id")
             guilds.append(int(part))
+    shard_count = (
+        env.integer("DISCORD_SHARD_COUNT", 1, minimum=1, maximum=MAX_SHARDS)
+        if env.text("DISCORD_SHARD_COUNT") is not None
+        else None
+    )
     tz_name = env.text("IMAGEBOT_TIMEZONE", "UTC") or "UTC"
     try:
         tz = ZoneInfo(tz_name)
@@ -339,7 +376,9 @@ def _parse(env: _Env) -> Settings:
         discord_token=env.secret("DISCORD_TOKEN"),
         discord_guild_ids=tuple(guilds),
         discord_api_url=env.url("DISCORD_API_URL", "https://discord.com/api/v10").rstrip("/"),
-        db_path=Path(env.text("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
+        discord_shard_count=shard_count,
+        discord_shard_ids=parse_shard_ids(env.text("DISCORD_SHARD_IDS", "") or "", shard_count),
+        db_path=_db(env.text("IMAGEBOT_DB", "./data/imagebot.sqlite3") or "./data/imagebot.sqlite3"),
         http_host=env.text("IMAGEBOT_HTTP_HOST", "0.0.0.0") or "0.0.0.0",
         http_port=env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535),
         admins=parse_admins(env.text("IMAGEBOT_ADMINS", "") or ""),

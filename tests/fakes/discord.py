@@ -17,6 +17,10 @@ buttons that can only be pressed on a message that exists and carries them,
 Discord's rules for registering commands (names, descriptions, 25 options, required
 before optional, at every subcommand level), ``data.resolved`` for user, channel and
 role options wherever they are nested, and a network that fails (a dropped connection, a call never answered, a late answer).
+Sharding works as on Discord: IDENTIFY may carry ``shard: [id, count]`` (recorded in
+:attr:`FakeDiscord.identified_shards`), and the guild's events (READY's guild list,
+GUILD_CREATE, interactions, messages) go only to the session of the shard that owns
+it, ``(guild_id >> 22) % count``; a session without ``shard`` owns every guild.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
 FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
 INTENT_MESSAGE_CONTENT = 1 << 15
+CLOSE_INVALID_SHARD = 4010  # gateway close code: the IDENTIFY's shard is not [id, count] with 0 <= id < count
 MANAGE_MESSAGES = 1 << 13
 ADMINISTRATOR_BIT = 1 << 3
 
@@ -199,13 +204,27 @@ def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard that receives a guild's events, by Discord's formula."""
+    return (guild_id >> 22) % shard_count
+
+
+def _valid_shard(shard: Any) -> bool:
+    return (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(type(n) is int for n in shard)
+        and 0 <= shard[0] < shard[1]
+    )
+
+
 class _GatewaySession:
     def __init__(self, ws: web.WebSocketResponse, compress: str | None) -> None:
         self.ws = ws
         self.seq = 0
         self.session_id: str | None = None
         self.intents = 0
-        self.shard: list[int] | None = None
+        self.shard: list[int] | None = None  # [id, count] from IDENTIFY; None: unsharded
         self.identified = False
         self.lock = asyncio.Lock()
         self._zlib = zlib.compressobj() if compress == "zlib-stream" else None
@@ -279,6 +298,9 @@ class FakeDiscord:
         self.autocomplete_results: list[dict] = []
         self.modals: list[dict] = []  # data of type 9 callbacks, newest last
         self.errors: list[str] = []  # tracebacks of bugs in the fake itself (tests can assert it stays empty)
+        # The ``shard`` of every IDENTIFY, in order ([id, count]; None when it carried none).
+        self.identified_shards: list[list[int] | None] = []
+        self.recommended_shards = 1  # what GET /gateway/bot recommends
 
         self.bot_user: dict = {
             "id": str(self.bot_user_id),
@@ -431,14 +453,30 @@ class FakeDiscord:
         return self.calls_matching(method, path_regex)
 
     async def wait_ready(self, timeout: float = 10) -> None:  # noqa: ASYNC109 - the documented API
-        """Wait until a client has IDENTIFYed and been sent READY and GUILD_CREATE."""
+        """Wait until a client has IDENTIFYed and been sent READY and GUILD_CREATE (on the guild's shard, when
+        sharded: a session of another shard never gets the guild)."""
         async with asyncio.timeout(timeout):
             await self._ready.wait()
+
+    async def wait_identified(self, count: int, timeout: float = 10) -> None:  # noqa: ASYNC109
+        """Wait until at least ``count`` gateway sessions are connected and identified."""
+        try:
+            async with asyncio.timeout(timeout):
+                async with self._changed:
+                    await self._changed.wait_for(lambda: self.identified_sessions >= count)
+        except TimeoutError:
+            raise AssertionError(
+                f"timed out waiting for {count} identified sessions; shards identified: {self.identified_shards}"
+            ) from None
 
     @property
     def identified_sessions(self) -> int:
         """How many gateway clients are connected and identified now."""
         return sum(1 for session in self._sessions if session.identified)
+
+    def owns_guild(self, session: _GatewaySession) -> bool:
+        """Whether the guild's events go to this session: its shard is the guild's (unsharded: always)."""
+        return session.shard is None or shard_of(self.guild_id, session.shard[1]) == session.shard[0]
 
     def message(self, message_id: int) -> dict | None:
         """The stored message with this id, in any channel."""
@@ -1180,15 +1218,21 @@ class FakeDiscord:
             if d.get("token") != self.token and d.get("token") != f"Bot {self.token}":
                 await session.ws.close(code=4004, message=b"Authentication failed.")
                 return
+            shard = d.get("shard")
+            self.identified_shards.append(shard)
+            if shard is not None and not _valid_shard(shard):
+                await session.ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard.")
+                return
             session.intents = int(d.get("intents", 0))
-            session.shard = d.get("shard")
+            session.shard = shard
             session.session_id = secrets.token_hex(16)
             session.identified = True
             self._known_sessions[session.session_id] = session
+            mine = self.owns_guild(session)
             ready: dict[str, Any] = {
                 "v": 10,
                 "user": self.bot_user,
-                "guilds": [{"id": str(self.guild_id), "unavailable": True}],
+                "guilds": [{"id": str(self.guild_id), "unavailable": True}] if mine else [],
                 "session_id": session.session_id,
                 "session_type": "normal",
                 "resume_gateway_url": self.gateway_url,
@@ -1204,8 +1248,11 @@ class FakeDiscord:
             if session.shard is not None:
                 ready["shard"] = session.shard
             await session.send(0, ready, "READY")
-            await session.send(0, self._guild_object(gateway=True), "GUILD_CREATE")
-            self._ready.set()
+            if mine:
+                await session.send(0, self._guild_object(gateway=True), "GUILD_CREATE")
+                self._ready.set()
+            async with self._changed:
+                self._changed.notify_all()
         elif op == 6:  # resume
             old = self._known_sessions.get(d.get("session_id", ""))
             if old is None or d.get("token") != self.token:
@@ -1216,7 +1263,10 @@ class FakeDiscord:
             session.identified = True
             self._known_sessions[old.session_id or ""] = session
             await session.send(0, {"_trace": ["fake-gateway"]}, "RESUMED")
-            self._ready.set()
+            if self.owns_guild(session):
+                self._ready.set()
+            async with self._changed:
+                self._changed.notify_all()
         elif op == 8:  # request guild members
             await session.send(
                 0,
@@ -1234,8 +1284,8 @@ class FakeDiscord:
 
     async def _dispatch(self, event: str, data: dict, *, strip_content: bool = False) -> None:
         for session in list(self._sessions):
-            if not session.identified:
-                continue
+            if not session.identified or not self.owns_guild(session):
+                continue  # every event here is the guild's: only its shard hears it
             payload = data
             if strip_content and not session.intents & INTENT_MESSAGE_CONTENT:
                 payload = {**data, "content": "", "attachments": [], "embeds": [], "components": []}
@@ -1743,10 +1793,10 @@ class FakeDiscord:
         async def gateway_bot(request: web.Request, m: re.Match[str], body: Any, files: list) -> Any:
             return {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {
                     "total": 1000,
-                    "remaining": 999,
+                    "remaining": max(0, 1000 - len(self.identified_shards)),
                     "reset_after": 14400000,
                     "max_concurrency": 1,
                 },
