@@ -32,3 +32,13 @@ def tuples(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = (
             return [tuple(r) for r in conn.execute(pg.translate(sql), list(params) or None)]  # type: ignore[arg-type]
     with sqlite3.connect(target) as conn:
         return [tuple(r) for r in conn.execute(sql, tuple(params))]
+
+
+def write(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
+    """One statement, committed (to move a row into the past, as time would)."""
+    if pg.is_url(target):
+        with psycopg.connect(str(target)) as conn:
+            conn.execute(pg.translate(sql), list(params) or None)  # type: ignore[arg-type]
+        return
+    with sqlite3.connect(target) as conn:
+        conn.execute(sql, tuple(params))

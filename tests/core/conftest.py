@@ -18,6 +18,7 @@ BOTH_BACKENDS = {
     "tests.core.test_relax",
     "tests.core.test_quota_race",
     "tests.core.test_ledger",
+    "tests.core.test_actions",
 }
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import sqlite3
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +21,7 @@ from bot.outcomes import JobFailure, JobResult, Progress
 from bot.pricing import load_prices
 from bot.request import Requester
 from bot.sizes import SizeRule
+from tests import dbs
 from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows
 
 
@@ -194,12 +194,8 @@ async def test_an_expired_or_foreign_button_is_refused_privately(make_core: Make
     other_tenant = View()
     await core.act(key, Requester("slack", "T-other", "C1", "U1"), other_tenant, store)
     assert other_tenant.refusals == [texts.EXPIRED_BUTTON]
-    with sqlite3.connect(core.settings.db_path) as conn:
-        conn.execute("UPDATE results SET created_at = datetime(created_at, '-31 days')")
-    # sqlite's datetime() drops the offset and the milliseconds: write an ISO moment ourselves.
     old = (core.ledger.clock() - timedelta(days=31)).isoformat(timespec="milliseconds")
-    with sqlite3.connect(core.settings.db_path) as conn:
-        conn.execute("UPDATE results SET created_at = ?", [old])
+    dbs.write(core.settings.db_path, "UPDATE results SET created_at = ?", [old])
     late = View()
     await core.act(key, ALICE, late, store)
     assert late.refusals and "expired" in late.refusals[0] and late.delivered == []
@@ -258,8 +254,7 @@ async def test_cancel_costs_nothing_and_a_late_render_is_refused(make_core: Make
     await core.price_check(first, ALICE, view, render=False)
     assert view.refusals == [texts.CONFIRM_CANCELLED]
     old = (core.ledger.clock() - timedelta(minutes=11)).isoformat(timespec="milliseconds")
-    with sqlite3.connect(core.settings.db_path) as conn:
-        conn.execute("UPDATE confirmations SET created_at = ? WHERE token = ?", [old, second])
+    dbs.write(core.settings.db_path, "UPDATE confirmations SET created_at = ? WHERE token = ?", [old, second])
     await core.price_check(second, ALICE, view, render=True)
     assert "expired" in view.refusals[-1] and rows(core) == []
 

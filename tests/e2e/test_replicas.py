@@ -80,10 +80,6 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
         await asyncio.sleep(0.5)
         assert len(openai.calls) == 3 and len(rows()) == 3
         assert len({r["owner"] for r in rows()}) == 2  # both replicas served some
-        refusals = [e for e in slack.ephemerals if "daily images" in e["text"].lower()] + [
-            c for c in slack.calls_to("response_url") if "daily images" in str(c).lower()
-        ]
-        assert refusals or True  # the refusals are private (response_url); the counts above are the contract
 
         # A Slack retry of one event delivered to the other replica makes one job.
         event = slack.message_event(text="a lighthouse --quality low", mention=True, user="U2")
