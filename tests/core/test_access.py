@@ -308,8 +308,20 @@ async def test_the_fair_queue_starts_everyones_first_image_before_anyones_second
     """Three users submit 10, 1 and 1 jobs with one call in flight: the single jobs start within the first
     three calls, and each one's first progress shows its real place."""
     core = await make_core(
-        IMAGEBOT_MAX_IN_FLIGHT="1", IMAGEBOT_OFFLINE_LATENCY="0.3", IMAGEBOT_USER_MAX_JOBS="20"
+        IMAGEBOT_MAX_IN_FLIGHT="1",
+        IMAGEBOT_OFFLINE_LATENCY="1",
+        IMAGEBOT_USER_MAX_JOBS="20",
+        IMAGEBOT_API_TIMEOUT="10",
     )
+    gate = core.runner.gate
+
+    async def waiting(n: int) -> None:  # until n calls wait in the queue (on any backend's speed)
+        for _ in range(400):
+            if gate.queued == n:
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"{gate.queued} waiting, not {n}")
+
     server = core.offline_server
     assert server is not None
     views: dict[str, View] = {}
@@ -318,11 +330,12 @@ async def test_the_fair_queue_starts_everyones_first_image_before_anyones_second
         views[f"alice{n}"] = View()
         tasks.append(asyncio.create_task(imagine(core, ALICE, f"alice {n}", views[f"alice{n}"])))
         await asyncio.sleep(0)
-    await asyncio.sleep(0.02)
-    for name, who in (("bob", BOB), ("carol", CAROL)):
+    await waiting(9)  # Alice's first image is being rendered, her other nine wait
+    for name, who, queued in (("bob", BOB, 10), ("carol", CAROL, 11)):
         views[name] = View()
         tasks.append(asyncio.create_task(imagine(core, who, name, views[name])))
-        await asyncio.sleep(0.01)
+        await waiting(queued)
+    server.latency = 0.05  # the order is settled: finish quickly
     await asyncio.gather(*tasks)
     order = [call.prompt for call in server.calls]
     assert len(order) == 12
