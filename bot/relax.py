@@ -34,7 +34,7 @@ from .errors import ProviderError
 from .images import image_size
 from .ledger import Ledger, Reservation, Settlement, Status, _iso
 from .outcomes import Image, JobFailure, Progress
-from .pricing import PriceTable, batch_price, cost_micros
+from .pricing import PriceTable, batch_price, cost_micros, format_usd
 from .render import _usage
 from .request import ImageRequest, Requester
 
@@ -410,20 +410,29 @@ class Relax:
             return
         who, discard = claim
         self.live.pop(job_id, None)
-        if discard:
-            log.info("relax job discarded on arrival (cancelled)", extra={"job_id": job_id})
-            if waiting is not None:
-                waiting.done.set()
-            return
-        if waiting is not None:
-            job, view = waiting.job, waiting.view
-        else:
-            rebuilt = await self._rebuild(job_id, who, rows)
-            if rebuilt is None:
-                return
-            job, view = rebuilt
         try:
-            await self.runner._finish(job, view, _started(), outcomes)
+            if waiting is not None:
+                job, view = waiting.job, waiting.view
+            else:
+                rebuilt = await self._rebuild(job_id, who, rows)
+                if rebuilt is None:
+                    return
+                job, view = rebuilt
+            if (
+                discard
+            ):  # cancelled while sharing its batch: made and charged, not posted; its message says so
+                log.info("relax job discarded on arrival (cancelled)", extra={"job_id": job_id})
+                images = [o for o in outcomes if isinstance(o, Image)]
+                charged = sum(i.cost_micros for i in images)
+                ids = tuple(i for image in images for i in image.request_ids)
+                text = (
+                    f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
+                    f"charged {format_usd(charged)} at the batch price and not posted"
+                )
+                failure = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
+                await self.runner._safe(view.failed(failure))
+                return
+            await self.runner._finish(job, view, _started(job), outcomes)
         finally:
             if waiting is not None:
                 waiting.done.set()
@@ -457,6 +466,8 @@ class Relax:
             log.warning("relax job has nowhere to be delivered", extra={"job_id": job_id})
             return None
         job = Job(job_id, with_note(record.request), who, Reservation(job_id, tuple(rows), int(each)))
+        age = (self.ledger.clock() - record.created).total_seconds()
+        job.created = time.monotonic() - max(age, 0.0)  # asked for in another life of the bot
         return job, view
 
     async def _sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -493,7 +504,8 @@ def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFa
     return JobFailure(job.id, job.request, job.requester, message, (), 0, cancelled, offline)
 
 
-def _started() -> Any:
+def _started(job: Job) -> Any:
+    """The job's state as its summary reads it: it started when it was asked for (minutes ago, in relax)."""
     from .jobs import _State
 
-    return _State(started=time.monotonic(), waiters=[])
+    return _State(started=job.created, waiters=[])
