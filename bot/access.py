@@ -102,15 +102,7 @@ def set_tenant_settings(
     db: sqlite_utils.Database, tenant: str, settings: Sequence[tuple[str, str | None]]
 ) -> None:
     """Set (a value) or clear (None) a tenant's own settings."""
-    for name, value in settings:
-        if value is None:
-            db.conn.execute("DELETE FROM tenant_settings WHERE tenant=? AND name=?", [tenant, name])
-        else:
-            db.conn.execute(
-                "INSERT INTO tenant_settings (tenant, name, value) VALUES (?, ?, ?) "
-                "ON CONFLICT(tenant, name) DO UPDATE SET value=excluded.value",
-                [tenant, name, value],
-            )
+    _set(db, "tenant_settings", {"tenant": tenant}, settings)
 
 
 def set_channel_settings(
@@ -118,17 +110,23 @@ def set_channel_settings(
 ) -> None:
     """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
     `/imagine-admin channel` and `imagebot settings` give them (`parse_channel_setting`)."""
+    _set(db, "channel_settings", {"tenant": tenant, "channel": channel}, settings)
+
+
+def _set(
+    db: sqlite_utils.Database, table: str, owner: dict[str, str], settings: Sequence[tuple[str, str | None]]
+) -> None:
+    """Name/value rows of one owner (a tenant, or a tenant's channel) in `table`: None deletes the row."""
+    keys = [*owner, "name"]
+    where = " AND ".join(f"{key}=?" for key in keys)
     for name, value in settings:
         if value is None:
-            db.conn.execute(
-                "DELETE FROM channel_settings WHERE tenant=? AND channel=? AND name=?",
-                [tenant, channel, name],
-            )
+            db.conn.execute(f"DELETE FROM {table} WHERE {where}", [*owner.values(), name])
         else:
             db.conn.execute(
-                "INSERT INTO channel_settings (tenant, channel, name, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(tenant, channel, name) DO UPDATE SET value=excluded.value",
-                [tenant, channel, name, value],
+                f"INSERT INTO {table} ({', '.join(keys)}, value) VALUES ({', '.join('?' * (len(keys) + 1))}) "
+                f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET value=excluded.value",
+                [*owner.values(), name, value],
             )
 
 
@@ -393,7 +391,7 @@ def describe(
         lines.append(
             f"- channels (IMAGEBOT_CHANNELS, set by operators): only {', '.join(sorted(access.channels))}"
         )
-    entries = {n[4:]: v for n, v in own.items() if n.startswith("who:")}
+    entries = Rules({}, own).entries()
     allowed = [shown_group(e, platform) for e, v in entries.items() if v == "allow"]
     denied = [shown_group(e, platform) for e, v in entries.items() if v == "deny"]
     if not entries:

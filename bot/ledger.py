@@ -151,6 +151,7 @@ class Ledger:
         self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
         self.postgres = pg.is_url(self.path)
         self.serialization_retries = 0  # PostgreSQL transactions run again after losing a race
+        self._retrying_now = False  # on the database thread: a retrying run is under way (no nesting)
         if self.postgres:
             self.instance_id = uuid.uuid4().hex
             self._sync(self._register)
@@ -182,15 +183,21 @@ class Ledger:
             return fn
 
         def run() -> T:
-            for attempt in range(1, SERIALIZATION_ATTEMPTS + 1):
-                try:
-                    return fn()
-                except Exception as exc:
-                    if attempt == SERIALIZATION_ATTEMPTS or not pg.is_retryable(exc):
-                        raise
-                    self.serialization_retries += 1
-                    time.sleep(random.uniform(0, 0.002 * attempt))
-            raise AssertionError("unreachable")
+            if self._retrying_now:  # inside an outer run (a retried method called by `_run`): it retries
+                return fn()
+            self._retrying_now = True
+            try:
+                for attempt in range(1, SERIALIZATION_ATTEMPTS + 1):
+                    try:
+                        return fn()
+                    except Exception as exc:
+                        if attempt == SERIALIZATION_ATTEMPTS or not pg.is_retryable(exc):
+                            raise
+                        self.serialization_retries += 1
+                        time.sleep(random.uniform(0, 0.002 * attempt))
+                raise AssertionError("unreachable")
+            finally:
+                self._retrying_now = False
 
         return run
 

@@ -113,10 +113,6 @@ class _Cursor:
     def rowcount(self) -> int:
         return self._cursor.rowcount
 
-    @property
-    def lastrowid(self) -> None:
-        return None  # use INSERT ... RETURNING id
-
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
 
@@ -147,12 +143,6 @@ class PgDatabase:
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
         return self.conn.execute(sql, params)
-
-    def table_names(self) -> list[str]:
-        rows = self.conn.execute(
-            "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
-        ).fetchall()
-        return [r[0] for r in rows]
 
 
 def connect(url: str) -> PgDatabase:
