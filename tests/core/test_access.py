@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
-from bot.outcomes import JobFailure, JobResult, Progress
+from bot.outcomes import Progress
 from bot.request import Requester
 from tests.core.test_actions import Store
+from tests.core.test_actions import View as ActionsView
 from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows
 
 CAROL = Requester("slack", "W1", "C1", "U3")
@@ -26,37 +27,19 @@ ADMIN = Requester("slack", "W1", "C1", "UADMIN")
 OTHER_TENANT = Requester("slack", "W2", "C1", "U1")
 
 
-class View:
-    """A platform view that records what it is told; `admin` and `groups` are what the platform says."""
-
-    previews = False
-    confirms = False
+class View(ActionsView):
+    """test_actions' recording view, without price checks; `admin` and `groups` are what the platform says."""
 
     def __init__(self, *, admin: bool = False, groups: Collection[str] = ()) -> None:
+        super().__init__(confirms=False)
         self.admin = admin
         self.groups = set(groups)
-        self.delivered: list[JobResult] = []
-        self.failures: list[JobFailure] = []
-        self.refusals: list[str] = []
         self.opened: list[Progress] = []
         self.asked: list[Collection[str]] = []
 
     async def open(self, first: Progress) -> dict[str, Any]:
         self.opened.append(first)
         return {}
-
-    async def progress(self, progress: Progress) -> None:
-        pass
-
-    async def deliver(self, result: JobResult) -> list[dict[str, Any]]:
-        self.delivered.append(result)
-        return [{"job": result.job_id, "n": n} for n in range(len(result.images))]
-
-    async def failed(self, failure: JobFailure) -> None:
-        self.failures.append(failure)
-
-    async def refused(self, text: str) -> None:
-        self.refusals.append(text)
 
     async def confirm(self, text: str, token: str) -> None:
         raise AssertionError("no price check in these tests")

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bot.offline import OfflineImageServer
 from tests import dbs
 from tests.e2e.test_operations import BotProcess
+from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
 
 
@@ -48,14 +48,6 @@ def replica(tmp: Path, slack: FakeSlack, openai: OfflineImageServer, db: str, **
     )
 
 
-async def until(check: Callable[[], Any], timeout: float = 30) -> Any:  # noqa: ASYNC109
-    for _ in range(int(timeout / 0.05)):
-        if value := check():
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not met")
-
-
 async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
     slack: FakeSlack, openai: OfflineImageServer, pg_url: str, tmp_path: Path
 ) -> None:
@@ -76,7 +68,7 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
                 for i in range(10)
             )
         )
-        await until(lambda: len(rows()) == 3 and all(r["status"] == "succeeded" for r in rows()))
+        await until(lambda: len(rows()) == 3 and all(r["status"] == "succeeded" for r in rows()), timeout=30)
         await asyncio.sleep(0.5)
         assert len(openai.calls) == 3 and len(rows()) == 3
         assert len({r["owner"] for r in rows()}) == 2  # both replicas served some
@@ -88,15 +80,15 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
             f"{b.url}/slack/events", event, event_id="EvR", retry_num=1, retry_reason="http_timeout"
         )
         assert status == 200
-        await until(lambda: len([r for r in rows() if r["user"] == "U2"]) == 1)
-        await until(lambda: all(r["status"] == "succeeded" for r in rows()))
+        await until(lambda: len([r for r in rows() if r["user"] == "U2"]) == 1, timeout=30)
+        await until(lambda: all(r["status"] == "succeeded" for r in rows()), timeout=30)
         await asyncio.sleep(0.5)
         assert len([r for r in rows() if r["user"] == "U2"]) == 1 and len(openai.calls) == 4
 
         # kill -9 of one replica mid-render: the other recovers its job once the lease expires, and says so.
         openai.latency = 60
         await slack.send_slash_command(f"{a.url}/slack/events", text="a slow one --quality low", user_id="U3")
-        await until(lambda: any(r["user"] == "U3" and r["status"] == "running" for r in rows()))
+        await until(lambda: any(r["user"] == "U3" and r["status"] == "running" for r in rows()), timeout=30)
         assert await a.stop(signal.SIGKILL) == -signal.SIGKILL
         [job] = await until(
             lambda: [r for r in rows() if r["user"] == "U3" and r["status"] == "interrupted"], timeout=30
@@ -107,7 +99,8 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
         told = await until(
             lambda: [
                 c for c in slack.calls_to("chat.postMessage") if "interrupted" in str(c.args.get("text"))
-            ]
+            ],
+            timeout=30,
         )
         assert "<@U3>" in told[-1].args["text"]
         counters = dbs.tuples(

@@ -9,7 +9,7 @@ import html
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from adapters.manifests import slack_manifest
 from bot import quota
 from bot.pricing import format_usd
 from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
 
 ADMIN = "U9"  # a workspace admin (users.info is_admin): a tenant admin of the fake's workspace
@@ -31,16 +32,6 @@ async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
     slack.admins.add(ADMIN)
     async with running_bot(tmp_path, slack_env(slack), latency=0.05) as running:
         yield running
-
-
-async def until(check: Callable[[], Any], timeout: float = 10) -> Any:  # noqa: ASYNC109
-    """Wait until `check()` is truthy and return it (a safety net against hanging, not a measured duration)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.02)
-    return value
 
 
 def private_to(slack: FakeSlack, user: str) -> list[dict[str, Any]]:
