@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -84,10 +85,49 @@ def cmd_imagine(argv: Sequence[str]) -> int:
     who = Requester(
         "cli", options.get("workspace", "local"), options.get("channel", "cli"), options.get("user", "cli")
     )
-    out = Path(options.get("out", "imagebot-image.jpg"))
+    raw_out = options.get("out", "imagebot-image.jpg")
+    out = Path(raw_out)
+    # `--out some/dir/` (or an existing folder): the image goes into it, under a name no other job uses.
+    as_file = not (raw_out.endswith(("/", os.sep)) or out.is_dir())
     return asyncio.run(
-        _with_core(settings, lambda core: console.imagine(core, text, who, out, out_is_file=True))
+        _with_core(settings, lambda core: console.imagine(core, text, who, out, out_is_file=as_file))
     )
+
+
+def cmd_redeliver(args: argparse.Namespace) -> int:
+    """`imagebot redeliver JOB`: a paid image that could not be posted (it waits in the outbox) is delivered
+    again: a terminal's job into --out, a chat job by the running bot that serves its platform."""
+    from bot.access import LOCAL_PLATFORMS
+
+    from . import console
+
+    settings = _settings()
+    logs.setup("WARNING", settings.secrets())
+
+    out = Path(args.out or settings.out_dir)
+    as_file = not out.is_dir() and bool(out.suffix)  # a file name (image.png), else a folder
+
+    async def body(core: Core) -> int:
+        if not await core.ledger.outbox(args.job):
+            print(
+                f"job {args.job}: no image of it waits to be delivered (delivered already, unknown here, or "
+                f"older than IMAGEBOT_ACTIONS_DAYS)",
+                file=sys.stderr,
+            )
+            return 2
+        who, _context = await core.ledger.place(args.job)
+        if who.platform in LOCAL_PLATFORMS:
+            view = console.ConsoleView(out, out_is_file=as_file)
+            delivered = await core.runner.redeliver(args.job, view)
+            return view.exit_code or (0 if delivered else 1)
+        rows = await core.ledger.requeue(args.job)
+        print(
+            f"job {args.job}: {len(rows)} image(s) queued again; a running `imagebot run` serving "
+            f"{who.platform} posts them within 30 s"
+        )
+        return 0
+
+    return int(asyncio.run(_with_core(settings, body)))
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -328,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--channel", default="console")
     p.set_defaults(fn=cmd_console)
     sub.add_parser("imagine", help='one job: imagebot imagine "<prompt>" [flags] --out FILE')
+    p = sub.add_parser("redeliver", help="deliver a paid image that could not be posted (it is kept)")
+    p.add_argument("job", help="the job id (in the message that said it could not be posted)")
+    p.add_argument("--out", help="a terminal job's file or folder (default IMAGEBOT_OUT_DIR or ./out)")
+    p.set_defaults(fn=cmd_redeliver)
     p = sub.add_parser("offline-server", help="run the offline OpenAI-compatible image server alone")
     p.add_argument("--port", type=int, default=8089)
     p.add_argument("--host", default="127.0.0.1")

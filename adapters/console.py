@@ -11,8 +11,8 @@ from typing import Any, TextIO
 from bot import commands, texts
 from bot.actions import Button, Kind, last_job
 from bot.app import Core
-from bot.errors import UserError
-from bot.outcomes import JobFailure, JobResult, Progress
+from bot.errors import DeliveryFailed, UserError
+from bot.outcomes import Image, JobFailure, JobResult, Progress
 from bot.pricing import format_usd
 from bot.request import Requester
 
@@ -67,8 +67,13 @@ class ConsoleView:
         self.err.write("\n")
         paths = []
         for index, image in enumerate(result.images):
-            path = self._path(index, image.filename, image.format)
-            await asyncio.to_thread(_write, path, image.data)
+            path = self._path(result.job_id, index, image)
+            try:
+                await asyncio.to_thread(_write, path, image.data)
+            except OSError as exc:  # a folder, a full disk, no permission: the outbox keeps the image
+                raise DeliveryFailed(
+                    f"{path} could not be written ({exc.strerror or type(exc).__name__})", retry=False
+                ) from exc
             paths.append(path)
         self.written += paths
         files = ", ".join(str(p) for p in paths)
@@ -84,12 +89,19 @@ class ConsoleView:
         self.err.flush()
         self.exit_code = 1
 
-    def _path(self, index: int, filename: str, fmt: str) -> Path:
+    async def undelivered(self, text: str) -> None:
+        self.err.write(f"\n{text}\n")
+        self.err.flush()
+        self.exit_code = 1
+
+    def _path(self, job_id: str, index: int, image: Image) -> Path:
+        """Where an image goes: `--out FILE` (its siblings -2, -3...), else a file in the folder whose name
+        carries the job id, so that no later job ever overwrites it."""
         if self.out_is_file:
             if index == 0:
                 return self.out
             return self.out.with_name(f"{self.out.stem}-{index + 1}{self.out.suffix}")
-        return self.out / filename.replace("image-", f"image-{index + 1}-")
+        return self.out / image.filename.replace("image-", f"image-{job_id}-{index + 1}-")
 
 
 def _command(button: Button) -> str:

@@ -37,7 +37,7 @@ from bot import actions, commands, texts
 from bot.actions import Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import CannotPost, UserError
+from bot.errors import CannotPost, DeliveryFailed, UserError
 from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
 from bot.ledger import Interrupted
 from bot.outcomes import JobFailure, JobResult, Progress
@@ -750,9 +750,10 @@ class DiscordJobView:
                     return  # the channel failed as well: the log is all that is left
                 self.expired = True  # the interaction's message cannot be edited: reply to it instead
 
-    async def _upload(self, result: JobResult) -> tuple[discord.Message | None, str]:
+    async def _upload(self, result: JobResult) -> discord.Message:
         """Post the images with the summary and the result's buttons, fitted under the upload limit: the
-        message that carries them, or (None) why it failed."""
+        message that carries them. Raises DeliveryFailed, worth retrying on a 5xx, a 429 or a broken
+        connection (discord.py has waited out its own rate limits by then)."""
         images = [(image.data, image.filename) for image in result.images]
         budget = self.upload_limit // len(images)  # per image, so the whole message fits too
         problem = "no attempt was made"
@@ -773,46 +774,41 @@ class DiscordJobView:
                     uploads,
                     result_view(result.buttons),
                 )
-                return message, ""
+                return message
             except discord.HTTPException as exc:
                 if not too_large(exc):
-                    return None, describe(exc)
+                    raise DeliveryFailed(describe(exc), retry=exc.status >= 500 or exc.status == 429) from exc
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
                 problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
                 log.warning(
                     "upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget}
                 )
-            except Exception as exc:  # no answer, a dropped connection, an image that cannot be made small
+            except (OSError, aiohttp.ClientError, TimeoutError) as exc:  # no answer, a dropped connection
+                raise DeliveryFailed(describe(exc)) from exc
+            except Exception as exc:  # an image that cannot be made small, say: trying again will not help
                 log.exception("image upload failed", extra={"job_id": self.job_id})
-                return None, describe(exc)
-        return None, problem
+                raise DeliveryFailed(describe(exc), retry=False) from exc
+        raise DeliveryFailed(problem, retry=False)
 
     async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
         """Upload the images with the summary and their buttons; return where each image lives (the message
-        that carries it, and which of its attachments), for the buttons. Never fail a paid image silently,
-        and never raise: None if it could not be posted (the requester is told, with what it cost)."""
+        that carries it, and which of its attachments), for the buttons. Raises DeliveryFailed: the core
+        keeps the images, retries, and in the end calls `undelivered`."""
         await self._drain()
-        request_ids = [i for image in result.images for i in image.request_ids]
-        try:
-            message, problem = await self._upload(result)
-        except Exception as exc:
-            log.exception("image upload failed", extra={"job_id": self.job_id})
-            message, problem = None, describe(exc)
-        if message is not None:
-            # The attachment's id names the image even after another of the message's images is deleted.
-            ids = [str(a.id) for a in getattr(message, "attachments", [])]
-            return [
-                {"channel_id": str(message.channel.id), "message_id": str(message.id), "index": index}
-                | ({"attachment_id": ids[index]} if index < len(ids) else {})
-                for index in range(len(result.images))
-            ]
-        # Paid for but not shown: say so, with what it cost and the request ids.
-        await self._last_word(
-            f"{quote(result.request.prompt)}\n{escape(texts.undelivered(problem, texts.summary(result)))}",
-            request_ids,
-        )
-        return None
+        message = await self._upload(result)
+        # The attachment's id names the image even after another of the message's images is deleted.
+        ids = [str(a.id) for a in getattr(message, "attachments", [])]
+        return [
+            {"channel_id": str(message.channel.id), "message_id": str(message.id), "index": index}
+            | ({"attachment_id": ids[index]} if index < len(ids) else {})
+            for index in range(len(result.images))
+        ]
+
+    async def undelivered(self, text: str) -> None:
+        """Paid for but not shown: say so, with what it cost, the request ids and how to get it."""
+        await self._drain()
+        await self._last_word(escape(text), [])
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()

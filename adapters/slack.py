@@ -20,14 +20,18 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
 from bot.actions import Button, Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import CannotPost, UserError
+from bot.errors import CannotPost, DeliveryFailed, UserError
 from bot.images import ImageInput, load_image, read_capped
 from bot.ledger import Interrupted
 from bot.outcomes import JobFailure, JobResult, Progress
@@ -372,24 +376,30 @@ class SlackJobView:
                 initial_comment=f"<@{self.who.user}> {escape(summary)}",
                 request_file_info=False,
             )
-        except Exception as exc:
-            # Paid for but not shown (Slack refused, or the connection broke): never silently. Say so where
-            # we still can, with the cost and request ids (in the summary).
-            why = (
-                f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)"
-                if isinstance(exc, SlackApiError)
-                else f"the upload to Slack failed ({why_not(exc)})"
-            )
+        except SlackApiError as exc:
+            # Slack answered no: worth another try only if it was a 5xx or a rate limit (the client's own
+            # retry handlers have already tried those a few times).
+            status = getattr(exc.response, "status_code", 0) or 0
+            log.warning("slack upload refused", extra={"job_id": self.job_id, "error": why_not(exc)})
+            raise DeliveryFailed(
+                f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)",
+                retry=status >= 500 or status == 429,
+            ) from exc
+        except (
+            Exception
+        ) as exc:  # a broken connection, no answer: the outbox keeps the image, the core retries
             log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
-            text = escape(texts.undelivered(why, summary))
-            await self._say(f"<@{self.who.user}> {text}")
-            self._finish(clip(text, 2900))
-            return None
+            raise DeliveryFailed(f"the upload to Slack failed ({why_not(exc)})") from exc
         self._finish(escape(texts.done_line(result)), result.buttons)
         files = response.get("files") or []
         return [
             {"file_id": f["id"], "channel": self.channel, "thread_ts": self.thread} for f in files
         ] or None
+
+    async def undelivered(self, text: str) -> None:
+        """Paid for but not shown, after every retry: never silently (cost, request ids, how to get it)."""
+        await self._say(f"<@{self.who.user}> {escape(text)}")
+        self._finish(clip(escape(text), 2900))
 
     async def failed(self, failure: JobFailure) -> None:
         text = escape(texts.summary(failure))
@@ -447,7 +457,14 @@ class SlackAdapter:
             token=self.token,
             base_url=settings.slack_api_url,
             session=self.http,
-            retry_handlers=[AsyncRateLimitErrorRetryHandler(max_retry_count=2)],
+            # slack_sdk's own retries: 429 (waiting out Retry-After), a dropped or reset connection, and 500/503.
+            # Handing in a list replaces the client's defaults, so the connection handler is named here too:
+            # without it one dropped files.getUploadURLExternal lost a paid image's upload.
+            retry_handlers=[
+                AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                AsyncServerErrorRetryHandler(max_retry_count=2),
+            ],
         )
         # Signature verification stays on: bolt skips it only for Socket Mode envelopes (its
         # RequestVerification._can_skip checks req.mode == "socket_mode"), and in Socket Mode there is no

@@ -69,7 +69,7 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
             ledger.close_row_sync(
                 reservation.row_ids[0],
                 Settlement(
-                    Status.SUCCEEDED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000
+                    Status.RENDERED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000
                 ),
             )
             stats["jobs"] += 1
@@ -161,7 +161,7 @@ def counters_match(path: Path | str) -> bool:
         "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros FROM ledger",
     ):
         is_open = status in ("reserved", "running")
-        spend, images = (reserved if is_open else actual), int(is_open or status == "succeeded")
+        spend, images = (reserved if is_open else actual), int(is_open or status == "delivered")
         for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
             old = expected.get(key, (0, 0))
             expected[key] = (old[0] + spend, old[1] + images)

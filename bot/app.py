@@ -123,6 +123,7 @@ class Core:
                 "interrupted job settled",
                 extra={"job_id": job.job_id, "platform": job.platform, "charged_micros": job.charged_micros},
             )
+        await self._redeliver_orphans()
         if self.notify is None:
             return
         for job in await self.ledger.claim_notices(self.platforms):
@@ -133,6 +134,29 @@ class Core:
                     "could not tell the user about an interrupted job", extra={"job_id": job.job_id}
                 )
 
+    async def _redeliver_orphans(self) -> None:
+        """Paid images a dead process left in the outbox (or `imagebot redeliver` queued): claimed and delivered
+        here if this process serves their platform (bot/jobstate.py)."""
+        view_for = self.relax.view_for
+        if view_for is None:
+            return
+        for job_id in await self.ledger.claim_orphans(self.platforms):
+            who, context = await self.ledger.place(job_id)
+            view = view_for(who, context)
+            if view is None:
+                log.warning("a waiting image has nowhere to go", extra={"job_id": job_id})
+                continue
+            log.info("delivering a job's waiting images", extra={"job_id": job_id})
+            task = asyncio.create_task(self._deliver_waiting(job_id, view))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver_waiting(self, job_id: str, view: JobView) -> None:
+        try:
+            await self.runner.redeliver(job_id, view)
+        except Exception:
+            log.exception("redelivery failed; the images stay in the outbox", extra={"job_id": job_id})
+
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
         render in `imagebot imagine` outlasts a lease)."""
@@ -140,7 +164,8 @@ class Core:
         while True:
             await asyncio.sleep(interval)
             try:
-                await self.ledger.heartbeat()
+                if not await self.ledger.heartbeat():
+                    self.runner.fence()  # our lease lapsed: its rows are recovered by whoever gets there
                 await self.sweep()
             except Exception:
                 log.warning("lease renewal or recovery failed", exc_info=True)

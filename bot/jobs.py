@@ -7,16 +7,18 @@ things (the progress message, the image, a refusal). Money and job state never l
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import access, actions, metrics, texts
 from .access import Access, Pace
 from .concurrency import AcksFirst, Gate
-from .errors import ApiRejected, CannotPost, ProviderError, UserError
+from .errors import ApiRejected, CannotPost, DeliveryFailed, ProviderError, UserError
 from .images import preview_jpeg
 from .ledger import Ledger, Reservation, Settlement, Status
 from .outcomes import Image, JobFailure, JobResult, Progress
@@ -31,6 +33,8 @@ log = logging.getLogger("imagebot.jobs")
 
 # Typical render seconds at 1 MP by quality; larger sizes scale by pixels^0.45 (4K high ~ 4.7 min).
 BASE_SECONDS = {"low": 25.0, "medium": 60.0, "high": 110.0, "auto": 90.0}
+DELIVERY_DEADLINE_SECONDS = 600.0
+MAX_DELIVERY_BACKOFF_SECONDS = 60.0
 
 
 def expected_seconds(request: ImageRequest, offline_latency: float | None) -> float:
@@ -61,7 +65,14 @@ class JobView(Protocol):
 
     async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
         """Show the images (with `result.buttons`); return where each one now lives on the platform (what a
-        button needs to find it again), or None if they could not be posted."""
+        button needs to find it again), or None if the platform does not say. Raise DeliveryFailed (or any
+        error: taken as worth retrying) if the platform did not take them; the core retries with backoff
+        and, after `delivery_deadline`, calls `undelivered`. The images are kept until one call succeeds."""
+        ...
+
+    async def undelivered(self, text: str) -> None:
+        """Tell the requester their paid images could not be posted (the text has the cost, the request ids
+        and how to get them: `imagebot redeliver JOB`)."""
         ...
 
     async def failed(self, failure: JobFailure) -> None: ...
@@ -148,6 +159,8 @@ class JobRunner:
         offline_latency: float | None = None,
         confirm_micros: int | None = None,
         access: Access | None = None,
+        delivery_deadline: float = DELIVERY_DEADLINE_SECONDS,
+        delivery_backoff: float = 1.0,
     ) -> None:
         self.ledger = ledger
         self.access = access or Access(prices)  # no settings: every channel open, everyone allowed
@@ -159,6 +172,8 @@ class JobRunner:
         self.preview_max_share = preview_max_share
         self.offline_latency = offline_latency
         self.confirm_micros = confirm_micros  # IMAGEBOT_CONFIRM_USD; a channel may set its own
+        self.delivery_deadline = delivery_deadline  # SPEC §5: keep trying to deliver for 10 minutes
+        self.delivery_backoff = delivery_backoff  # the first retry's wait, doubling up to a minute
         self.jobs: dict[str, Job] = {}
         self.relax: Relax | None = None  # relax mode (bot/relax.py), set by Core.start
         self.accepting = True
@@ -311,6 +326,16 @@ class JobRunner:
         if leftover:
             await asyncio.wait(leftover, timeout=10)
 
+    def fence(self) -> int:
+        """This process's lease lapsed (bot/jobstate.py): stop every local job. Their rows are no longer ours:
+        whoever recovers them charges what may have been billed and tells the users. Returns the jobs stopped."""
+        stopped = 0
+        for job in list(self.jobs.values()):
+            if job.task is not None and not job.task.done():
+                stopped += job.stop("interrupted")
+        log.error("lease lapsed: local jobs stopped", extra={"jobs": stopped})
+        return stopped
+
     def cancel(self, job_id: str, who: Requester | str) -> bool:
         """Cancel a running job's unfinished images if its requester asked (a user id alone matches in any
         tenant: for local callers); its finished images are still delivered. False if not theirs or done."""
@@ -423,16 +448,43 @@ class JobRunner:
         await self._safe(view.failed(failure))
         return failure
 
-    async def _deliver(self, view: JobView, result: JobResult) -> None:
-        """Hand the images over; if the view fails at it, the images are paid for: say so where we can."""
-        try:
-            where = await view.deliver(result)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("delivery failed", extra={"job_id": result.job_id})
-            await self._safe(view.refused(texts.undelivered(type(exc).__name__, texts.summary(result))))
-            return
+    async def _deliver(self, view: JobView, result: JobResult) -> bool:
+        """Hand the images over through the outbox (bot/jobstate.py): their bytes are stored with their rows
+        until the platform takes them. A failure is retried with backoff for `delivery_deadline` seconds; then
+        the rows are `undelivered` (kept for `imagebot redeliver`) and the requester is told what they cost.
+        True once delivered."""
+        rows = [i.row_id for i in result.images if i.row_id is not None]
+        deadline = time.monotonic() + self.delivery_deadline
+        wait = self.delivery_backoff
+        while True:
+            try:
+                where = await view.deliver(result)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                retry = exc.retry if isinstance(exc, DeliveryFailed) else True
+                why = str(exc) if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"[:300]
+                left = deadline - time.monotonic()
+                if not retry or left <= 0:
+                    log.error("delivery failed; images kept", extra={"job_id": result.job_id, "error": why})
+                    metrics.DELIVERIES.labels("undelivered").inc()
+                    if rows:
+                        await self.ledger.undelivered(rows, why)
+                    ids = [i for image in result.images for i in image.request_ids]
+                    text = texts.undelivered(why, texts.summary(result), result.job_id, ids)
+                    await self._safe(view.undelivered(text))
+                    return False
+                log.warning(
+                    "delivery failed; retrying",
+                    extra={"job_id": result.job_id, "error": why, "retry_in_s": round(min(wait, left), 2)},
+                )
+                metrics.DELIVERIES.labels("retried").inc()
+                await asyncio.sleep(min(wait, left))
+                wait = min(wait * 2, MAX_DELIVERY_BACKOFF_SECONDS)
+        if rows:
+            await self.ledger.delivered(rows)
+        metrics.DELIVERIES.labels("delivered").inc()
         if where:
             images = [
                 {"width": i.width, "height": i.height, "format": i.format, "where": w}
@@ -442,10 +494,49 @@ class JobRunner:
                 await self.ledger.run_db(lambda db: actions.save_images(db, result.job_id, images))
             except Exception:
                 log.exception("could not keep where the images live", extra={"job_id": result.job_id})
+        return True
 
-    async def _close(self, job: Job, row_id: int, settlement: Settlement) -> None:
-        """Close a ledger row and count it in the metrics."""
-        if await self.ledger.close_row(row_id, settlement):
+    async def redeliver(self, job_id: str, view: JobView) -> bool:
+        """Deliver a job's images that wait in the outbox (a restart took its process, or `imagebot
+        redeliver`), through `view`, with the same retries. False if nothing of it waits there."""
+        waiting = await self.ledger.outbox(job_id)
+        if not waiting:
+            return False
+        oldest = self.ledger.clock() - timedelta(days=3650)
+        record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
+        images = tuple(
+            Image(bytes(data), w, h, fmt, int(cost), tuple(json.loads(ids or "[]")), (ms or 0) / 1000, row_id)
+            for row_id, _seq, data, w, h, fmt, ms, cost, ids, _status in waiting
+        )
+        request = record.request
+        who, _context = await self.ledger.place(job_id)
+        buttons = actions.buttons(
+            job_id, request, [(i.width, i.height) for i in images], self.prices, self._price_of(False)
+        )
+        result = JobResult(
+            job_id,
+            request,
+            who,
+            images,
+            ("delivered late: the first delivery did not go through",),
+            sum(i.cost_micros for i in images),
+            sum(i.elapsed for i in images),
+            await self.ledger.quota_left_text(who),
+            self.offline,
+            tuple(buttons),
+        )
+        metrics.DELIVERIES.labels("redelivered").inc()
+        return await self._deliver(view, result)
+
+    def _price_of(self, previews: bool) -> Callable[[ImageRequest], int]:
+        return lambda request: self.reservation(request, previews)
+
+    async def _close(
+        self, job: Job, row_id: int, settlement: Settlement, keep: tuple[dict[str, Any], bytes] | None = None
+    ) -> bool:
+        """Close a ledger row (under this process's lease) and count it in the metrics. False if the row was
+        no longer ours to close (bot/jobstate.py)."""
+        if await self.ledger.close_row(row_id, settlement, keep=keep):
             who = job.requester
             log.info(
                 "image settled",
@@ -463,6 +554,8 @@ class JobRunner:
             )
             metrics.JOBS.labels(who.platform, str(settlement.status)).inc()
             metrics.SPEND.labels(who.platform).inc(settlement.actual_micros / 1_000_000)
+            return True
+        return False
 
     async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
         """One image: wait for a slot, render (extending the reservation before each retry that follows an
@@ -486,20 +579,21 @@ class JobRunner:
         try:
             async with self.gate.slot(waiting, owner=_owner(job.requester)):
                 state.waiters[seq] = None
-                marked = self.ledger.start(row_id)
+                # Fencing (bot/jobstate.py): no API call unless this process still holds the row, reserved,
+                # under its live lease. Otherwise another process recovered it (or a cancel closed it).
+                if not await asyncio.shield(self.ledger.start(row_id)):
+                    log.error("row no longer ours; no API call", extra={"job_id": job.id, "row_id": row_id})
+                    raise Stopped("interrupted", 0)
                 state.rendering += 1
                 try:
-                    try:
-                        result: RenderResult = await self.renderer.render(
-                            job.request,
-                            partials=job.partials,
-                            on_preview=preview,
-                            client_request_id=f"imagebot-{job.id}-{seq}",
-                            before_retry=before_retry,
-                            attempts=attempts,
-                        )
-                    finally:
-                        await asyncio.shield(marked)  # settle only after the row is marked running
+                    result: RenderResult = await self.renderer.render(
+                        job.request,
+                        partials=job.partials,
+                        on_preview=preview,
+                        client_request_id=f"imagebot-{job.id}-{seq}",
+                        before_retry=before_retry,
+                        attempts=attempts,
+                    )
                 except asyncio.CancelledError:
                     raise
                 except (ProviderError, ApiRejected) as exc:
@@ -517,9 +611,27 @@ class JobRunner:
                         ),
                     )
                     raise
-                except BaseException as exc:
-                    await self._close(job, row_id, Settlement(Status.FAILED, 0, error=repr(exc)[:500]))
-                    raise
+                except Exception as exc:
+                    # Anything else (a database error while extending the reservation, say): every attempt
+                    # that may have reached the provider is still charged, never recorded as free.
+                    billed = sum(a.possibly_billed for a in attempts)
+                    await self._close(
+                        job,
+                        row_id,
+                        Settlement(
+                            Status.POSSIBLY_BILLED if billed else Status.FAILED,
+                            billed * each,
+                            request_ids=tuple(a.request_id for a in attempts if a.request_id),
+                            attempts=len(attempts),
+                            error=repr(exc)[:500],
+                        ),
+                    )
+                    raise ProviderError(
+                        f"the job broke after {len(attempts)} attempt(s) ({type(exc).__name__})",
+                        tuple(a.request_id for a in attempts if a.request_id),
+                        billed_attempts=billed,
+                        attempts=len(attempts),
+                    ) from exc
                 finally:
                     state.rendering -= 1
         except asyncio.CancelledError:
@@ -548,28 +660,48 @@ class JobRunner:
             )
             raise Stopped(job.stop_reason, charge) from None
         cost = cost_micros(prices, result.usage) + result.lost_attempts * each
+        elapsed_ms = int(result.elapsed * 1000)
+        kept = {
+            "width": result.width,
+            "height": result.height,
+            "format": result.format,
+            "elapsed_ms": elapsed_ms,
+        }
         settle = asyncio.ensure_future(
             self._close(
                 job,
                 row_id,
                 Settlement(
-                    Status.SUCCEEDED,
+                    Status.RENDERED,
                     cost,
                     usage=result.usage,
                     request_ids=result.request_ids,
                     attempts=result.attempts,
-                    latency_ms=int(result.elapsed * 1000),
+                    latency_ms=elapsed_ms,
                 ),
+                keep=(kept, result.data),  # the outbox: the bytes stay with the row until delivered
             )
         )
         try:
-            await asyncio.shield(settle)
+            settled = await asyncio.shield(settle)
         except asyncio.CancelledError:
-            await settle  # the image is finished and paid for: a cancel now still delivers it
+            settled = await settle  # the image is finished and paid for: a cancel now still delivers it
+        if not settled:
+            # Fenced: our lease lapsed and another process closed the row as interrupted (charged at its
+            # estimate) and tells the user. The row is no longer ours to deliver.
+            log.error("rendered image for a row no longer ours", extra={"job_id": job.id, "row_id": row_id})
+            raise Stopped("interrupted", each)
         state.done += 1
         metrics.RENDER_SECONDS.observe(result.elapsed)
         return Image(
-            result.data, result.width, result.height, result.format, cost, result.request_ids, result.elapsed
+            result.data,
+            result.width,
+            result.height,
+            result.format,
+            cost,
+            result.request_ids,
+            result.elapsed,
+            row_id,
         )
 
     async def _tick(self, job: Job, view: JobView, state: _State) -> None:

@@ -1,6 +1,6 @@
 """The cost ledger: one row per image call, from reservation to settlement (SPEC §5).
 
-Row statuses: reserved -> running -> succeeded | failed | cancelled | possibly_billed | interrupted.
+A row's statuses and the arrows between them are bot/jobstate.py's: every status write goes through it.
 Every write that moves money also moves the quota counters, in the same transaction.
 All database work runs on one worker thread per Ledger, so the event loop never waits on SQLite.
 
@@ -25,16 +25,16 @@ from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlite_utils
 
-from . import pg, quota
+from . import jobstate, metrics, pg, quota
 from .access import Pace
 from .config import QuotaDefaults
 from .errors import PaceExceeded, UserError
+from .jobstate import OPEN, PAID, Status
 from .pricing import Usage
 from .request import ImageRequest, Requester
 from .store import connect, immediate
@@ -43,20 +43,6 @@ log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
 
 
-class Status(StrEnum):
-    """A ledger row's status: open while reserved or running, then closed for good."""
-
-    RESERVED = "reserved"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    POSSIBLY_BILLED = "possibly_billed"
-    INTERRUPTED = "interrupted"
-    BATCHED = "batched"  # relax mode: in a Batch API batch, under no lease; settled when the batch ends
-
-
-OPEN = (Status.RESERVED.value, Status.RUNNING.value, Status.BATCHED.value)
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
 SERIALIZATION_ATTEMPTS = 50  # PostgreSQL: tries of one transaction that keeps losing races
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
@@ -150,6 +136,8 @@ class Ledger:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
         self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
         self.postgres = pg.is_url(self.path)
+        self.leases = jobstate.Clock(self.postgres)
+        self.fenced = 0  # times this process found its lease lapsed (and stopped its jobs)
         self.serialization_retries = 0  # PostgreSQL transactions run again after losing a race
         self._retrying_now = False  # on the database thread: a retrying run is under way (no nesting)
         if self.postgres:
@@ -215,36 +203,53 @@ class Ledger:
         finally:
             self._pool.shutdown(wait=True)
 
+    def _now(self) -> str:
+        return _iso(self.clock())
+
+    def _expiry_sql(self) -> tuple[str, list[Any]]:
+        """SQL and parameters for a lease that runs `lease` from now, by the database's clock on PostgreSQL."""
+        if self.postgres:
+            return (
+                "to_char((now() + make_interval(secs => ?)) AT TIME ZONE 'UTC', "
+                '\'YYYY-MM-DD"T"HH24:MI:SS.MS"+00:00"\')',
+                [self.lease.total_seconds()],
+            )
+        return "?", [_iso(self.clock() + self.lease)]
+
     def _register(self) -> None:
-        now = self.clock()
+        now = self._now()
+        expiry, params = self._expiry_sql()
         self.db.execute(
             "INSERT INTO instances (id, host, pid, started_at, heartbeat_at, expires_at) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [
-                self.instance_id,
-                socket.gethostname(),
-                os.getpid(),
-                _iso(now),
-                _iso(now),
-                _iso(now + self.lease),
-            ],
+            f"VALUES (?, ?, ?, ?, ?, {expiry})",
+            [self.instance_id, socket.gethostname(), os.getpid(), now, now, *params],
         )
 
-    def heartbeat_sync(self) -> None:
-        """Renew this process's lease on its jobs (host and pid are only for people reading the table)."""
-        now = self.clock()
-        cursor = self.db.execute(
-            "UPDATE instances SET heartbeat_at=?, expires_at=? WHERE id=?",
-            [_iso(now), _iso(now + self.lease), self.instance_id],
-        )
-        if cursor.rowcount == 0:
-            # Another process found our lease expired (we were stalled past it) and recovered our jobs;
-            # those rows are closed for good, but the jobs we start from now on are ours again.
-            log.error("this process's lease had expired and its open jobs were recovered by another")
+    def heartbeat_sync(self) -> bool:
+        """Renew this process's lease on its jobs while it is still live. False if it had lapsed: then its
+        open rows belong to whoever recovers them (SPEC §5, fencing), this process gives up its old identity
+        (its jobs under it can no longer move a row or start an API call), and takes a new lease for the jobs
+        it starts from now on. The caller stops its local jobs."""
+        expiry, params = self._expiry_sql()
+        with immediate(self.db):
+            cursor = self.db.conn.execute(
+                f"UPDATE instances SET heartbeat_at=?, expires_at={expiry} WHERE id=? AND NOT "
+                f"{self.leases.expired()}",
+                [self._now(), *params, self.instance_id, self._now()],
+            )
+            if cursor.rowcount == 1:
+                return True
+            # Lapsed (recovered or not yet): the old lease is dead for good, so its rows are anyone's to recover.
+            self.db.conn.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
+            self.fenced += 1
+            self.instance_id = uuid.uuid4().hex
             self._register()
+        log.error("this process's lease had lapsed: its jobs are stopped and recovered, a new lease is taken")
+        metrics.FENCED.inc()
+        return False
 
-    async def heartbeat(self) -> None:
-        await self._run(self.heartbeat_sync)
+    async def heartbeat(self) -> bool:
+        return await self._run(self.heartbeat_sync)
 
     # -- reservation ----------------------------------------------------------------------
 
@@ -387,20 +392,16 @@ class Ledger:
     async def extend(self, row_id: int, micros: int) -> None:
         await self._run(lambda: self.extend_sync(row_id, micros))
 
-    def start(self, row_id: int) -> asyncio.Future[Any]:
-        """An API call for this row is about to be made: from now on a crash may have cost money.
+    def start_sync(self, row_id: int) -> bool:
+        """An API call for this row is about to be made: reserved -> running, only while this process's lease
+        is live (fencing). False if the row was recovered, cancelled or is not ours: make no call then."""
+        with immediate(self.db):
+            return jobstate.move(
+                self.db.conn, self.leases, row_id, Status.RUNNING, now=self._now(), owner=self.instance_id
+            )
 
-        The write is queued on the database thread at once (so it precedes the request in that
-        queue); the caller awaits the returned future later, keeping the write off the request path.
-        """
-        stamp = _iso(self.clock())
-        return asyncio.get_running_loop().run_in_executor(
-            self._pool,
-            lambda: self.db.execute(
-                "UPDATE ledger SET status='running', updated_at=? WHERE id=? AND status='reserved'",
-                [stamp, row_id],
-            ),
-        )
+    async def start(self, row_id: int) -> bool:
+        return await self._run(lambda: self.start_sync(row_id))
 
     def set_context(self, job_id: str, context: dict[str, Any]) -> asyncio.Future[Any]:
         """Where the adapter shows this job (thread, message), so a restart can tell the user.
@@ -418,58 +419,143 @@ class Ledger:
     # -- settlement -----------------------------------------------------------------------
 
     @_retried
-    def close_row_sync(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
-        """Settle or release one row and move the counters by the difference. False if already closed."""
+    def close_row_sync(
+        self,
+        row_id: int,
+        settlement: Settlement,
+        *,
+        fenced: bool = True,
+        keep: tuple[dict[str, Any], bytes] | None = None,
+    ) -> bool:
+        """Settle or release one open row and move the counters by the difference, by the row's arrow in
+        bot/jobstate.py. `fenced`: a leased row moves only under this process's live lease (False for
+        recovery, which closes the rows of dead leases, and for relax rows, which have none). `keep`: the
+        rendered image (its fields and bytes) goes to the outbox in the same transaction. False if the row
+        could not move (already closed, recovered by another process, or not ours)."""
+        now = self._now()
         with immediate(self.db):
             row = self.db.conn.execute(
-                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, actual_micros "
+                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, job_id, seq "
                 "FROM ledger WHERE id=? /*lock*/",
                 [row_id],
             ).fetchone()
-            if row is None or (only_if_open and row[0] not in OPEN):
+            if row is None or row[0] not in OPEN:
                 return False
-            old_status, reserved, workspace, channel, user, day, month, platform, old_actual = row
-            # What the row counts for now: its reservation while open, else its actual cost (and its
-            # image only if it succeeded). Re-closing a closed row moves the counters from there.
-            if old_status in OPEN:
-                old_micros, old_images = int(reserved), 1
-            else:
-                old_micros, old_images = int(old_actual), int(old_status == Status.SUCCEEDED)
-            stamp = _iso(self.clock())
+            old_status, reserved, workspace, channel, user, day, month, platform, job_id, seq = row
             usage = settlement.usage or Usage()
-            self.db.conn.execute(
-                "UPDATE ledger SET status=?, actual_micros=?, text_tokens=?, image_tokens=?, output_tokens=?, "
-                "request_ids=?, attempts=?, latency_ms=?, error=?, updated_at=?, finished_at=?, notice=? "
-                "WHERE id=?",
-                [
-                    str(settlement.status),
-                    settlement.actual_micros,
-                    usage.text_tokens,
-                    usage.image_tokens,
-                    usage.output_tokens,
-                    json.dumps(list(settlement.request_ids)),
-                    settlement.attempts,
-                    settlement.latency_ms,
-                    settlement.error,
-                    stamp,
-                    stamp,
-                    settlement.notice,
-                    row_id,
-                ],
+            overage = max(0, settlement.actual_micros - int(reserved))
+            moved = jobstate.move(
+                self.db.conn,
+                self.leases,
+                row_id,
+                settlement.status,
+                now=now,
+                owner=self.instance_id if fenced else None,
+                only_from=(old_status,),
+                sets={
+                    "actual_micros": settlement.actual_micros,
+                    "text_tokens": usage.text_tokens,
+                    "image_tokens": usage.image_tokens,
+                    "output_tokens": usage.output_tokens,
+                    "request_ids": json.dumps(list(settlement.request_ids)),
+                    "attempts": settlement.attempts,
+                    "latency_ms": settlement.latency_ms,
+                    "error": settlement.error,
+                    "finished_at": now,
+                    "notice": settlement.notice,
+                    "overage": int(overage > 0),
+                },
             )
-            succeeded = int(settlement.status == Status.SUCCEEDED)
+            if not moved:
+                return False
+            if keep is not None:
+                jobstate.keep(self.db.conn, row_id, job_id, int(seq or 0), keep[0], keep[1], now)
+            # An open row counts its reservation and one image; a closed one its actual cost, and its image
+            # only if it was made (rendered, delivered or not).
             quota.bump(
                 self.db,
                 Requester(platform, workspace, channel, user),
                 day,
                 month,
-                micros=settlement.actual_micros - old_micros,
-                images=succeeded - old_images,
+                micros=settlement.actual_micros - int(reserved),
+                images=int(str(settlement.status) in PAID) - 1,
             )
+        if overage:
+            # The estimate should be a true upper bound (SPEC §5): the real cost is recorded all the same.
+            log.error(
+                "settlement above its reservation (overage)",
+                extra={"row_id": row_id, "reserved_micros": int(reserved), "overage_micros": overage},
+            )
+            metrics.OVERAGE.inc(overage)
         return True
 
-    async def close_row(self, row_id: int, settlement: Settlement, *, only_if_open: bool = True) -> bool:
-        return await self._run(lambda: self.close_row_sync(row_id, settlement, only_if_open=only_if_open))
+    async def close_row(
+        self,
+        row_id: int,
+        settlement: Settlement,
+        *,
+        fenced: bool = True,
+        keep: tuple[dict[str, Any], bytes] | None = None,
+    ) -> bool:
+        return await self._run(lambda: self.close_row_sync(row_id, settlement, fenced=fenced, keep=keep))
+
+    # -- the outbox (bot/jobstate.py) ------------------------------------------------------
+
+    async def delivered(self, row_ids: list[int]) -> None:
+        """The platform confirmed these images: delivered, and their bytes leave the outbox."""
+
+        def run() -> None:
+            with immediate(self.db):
+                jobstate.delivered(self.db.conn, self.leases, row_ids, self._now())
+
+        await self._run(run)
+
+    async def undelivered(self, row_ids: list[int], why: str) -> None:
+        """Delivery gave up: the rows say why, the bytes stay for `imagebot redeliver`."""
+
+        def run() -> None:
+            with immediate(self.db):
+                jobstate.undelivered(self.db.conn, self.leases, row_ids, self._now(), why)
+
+        await self._run(run)
+
+    async def claim_orphans(self, platforms: Collection[str]) -> list[str]:
+        """Jobs with rendered images on `platforms` whose process is gone (or requeued by `imagebot
+        redeliver`), claimed for this process to deliver."""
+
+        def run() -> list[str]:
+            with immediate(self.db):
+                return jobstate.claim_orphans(
+                    self.db.conn, self.leases, platforms, self.instance_id, self._now()
+                )
+
+        return await self._run(run)
+
+    async def outbox(self, job_id: str) -> list[tuple[Any, ...]]:
+        """A job's images still in the outbox (bot/jobstate.waiting)."""
+        return await self._run(lambda: jobstate.waiting(self.db.conn, job_id))
+
+    async def place(self, job_id: str) -> tuple[Requester, dict[str, Any]]:
+        """Who asked for a job and where it is shown (the context its view recorded)."""
+        row = await self._run(
+            lambda: self.db.execute(
+                "SELECT platform, workspace, channel, user, context FROM ledger WHERE job_id=? ORDER BY seq "
+                "LIMIT 1",
+                [job_id],
+            ).fetchone()
+        )
+        if row is None:
+            raise UserError(f"no job {job_id!r} in this ledger")
+        return Requester(row[0], row[1], row[2], row[3]), json.loads(row[4] or "{}")
+
+    async def requeue(self, job_id: str) -> list[int]:
+        """`imagebot redeliver JOB`: its undelivered images go back to the outbox queue."""
+
+        def run() -> list[int]:
+            with immediate(self.db):
+                return jobstate.requeue(self.db.conn, self.leases, job_id, self._now())
+
+        return await self._run(run)
 
     # -- crash recovery -------------------------------------------------------------------
 
@@ -480,12 +566,13 @@ class Ledger:
         have been billed); one still waiting is released. Each closed row owes its user a notice, sent by a
         process that serves its platform (`claim_notices`). Returns the jobs closed here, for the logs.
         """
-        now = _iso(self.clock())
+        now = self._now()
         with immediate(self.db):
             dead = [
                 r[0]
                 for r in self.db.conn.execute(
-                    "SELECT id FROM instances WHERE expires_at < ? AND id != ?", [now, self.instance_id]
+                    f"SELECT id FROM instances WHERE {self.leases.expired()} AND id != ?",
+                    [now, self.instance_id],
                 )
             ]
             if dead:
@@ -505,7 +592,7 @@ class Ledger:
                 else "interrupted: the process running it stopped before the API call; nothing charged"
             )
             if not self.close_row_sync(
-                row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending")
+                row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending"), fenced=False
             ):
                 continue  # its owner settled it meanwhile
             old = jobs.get(job_id)

@@ -21,6 +21,22 @@ RENDER_SECONDS = Histogram(
     buckets=(1, 5, 15, 30, 60, 90, 120, 180, 240, 300, 420, 600),
     registry=REGISTRY,
 )
+FENCED = Counter(
+    "imagebot_lease_lapsed_total",
+    "Times this process found its lease lapsed and stopped its jobs (fencing)",
+    registry=REGISTRY,
+)
+OVERAGE = Counter(
+    "imagebot_settlement_overage_micros_total",
+    "Micro-dollars charged above a row's reservation (the estimate was not an upper bound)",
+    registry=REGISTRY,
+)
+DELIVERIES = Counter(
+    "imagebot_deliveries_total",
+    "Image deliveries by outcome (delivered, retried, undelivered, redelivered)",
+    ["outcome"],
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge("imagebot_calls_in_flight", "API calls in flight", registry=REGISTRY)
 QUEUED = Gauge("imagebot_calls_queued", "API calls waiting for a slot", registry=REGISTRY)
 ACTIONS = Counter(

@@ -50,6 +50,7 @@ class Image:
     cost_micros: int
     request_ids: tuple[str, ...]
     elapsed: float
+    row_id: int | None = None  # its ledger row, whose outbox entry holds these bytes until delivered
 
     @property
     def filename(self) -> str:

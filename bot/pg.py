@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -70,6 +70,15 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_id ON batch_lines (batch_id)",
     """CREATE TABLE IF NOT EXISTS relax_jobs (job_id TEXT PRIMARY KEY, platform TEXT NOT NULL, workspace TEXT,
         channel TEXT, "user" TEXT, submitted_at TEXT NOT NULL, discard INTEGER DEFAULT 0, delivered_at TEXT)""",
+    # Version 2, the job state machine (bot/jobstate.py): every statement above and below is idempotent, so
+    # a database at version 1 runs them all again.
+    "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS overage INTEGER NOT NULL DEFAULT 0",
+    "UPDATE ledger SET status='delivered' WHERE status='succeeded'",
+    """CREATE TABLE IF NOT EXISTS outbox (row_id BIGINT PRIMARY KEY, job_id TEXT NOT NULL, seq INTEGER,
+        data BYTEA NOT NULL, width INTEGER, height INTEGER, format TEXT, elapsed_ms BIGINT, tries INTEGER,
+        created_at TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS idx_outbox_job_id ON outbox (job_id)",
+    "CREATE INDEX IF NOT EXISTS idx_ledger_rendered ON ledger (status) WHERE status='rendered'",
 ]
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal

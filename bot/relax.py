@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from . import actions, texts
+from . import actions, jobstate, texts
 from .errors import ProviderError
 from .images import image_size
 from .ledger import Ledger, Reservation, Settlement, Status, _iso
@@ -395,12 +395,13 @@ class Relax:
         b64 = (parsed.data or [])[0].b64_json or ""
         data = await asyncio.to_thread(base64.b64decode, b64)
         width, height = await asyncio.to_thread(image_size, data)
+        fmt = str(line.body.get("output_format") or "png")
         await self.ledger.close_row(
             row_id,
-            Settlement(Status.SUCCEEDED, cost, usage=usage, request_ids=(line.request_id,), attempts=1),
+            Settlement(Status.RENDERED, cost, usage=usage, request_ids=(line.request_id,), attempts=1),
+            keep=({"width": width, "height": height, "format": fmt, "elapsed_ms": 0}, data),  # the outbox
         )
-        fmt = str(line.body.get("output_format") or "png")
-        return Image(data, width, height, fmt, cost, (line.request_id,), 0.0)
+        return Image(data, width, height, fmt, cost, (line.request_id,), 0.0, row_id)
 
     async def _deliver(self, job_id: str, rows: list[int], outcomes: list[Image | BaseException]) -> None:
         """Deliver a settled job once, if this process serves its platform."""
@@ -430,6 +431,9 @@ class Relax:
                     f"charged {format_usd(charged)} at the batch price and not posted"
                 )
                 failure = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
+                rows_made = [i.row_id for i in images if i.row_id is not None]
+                if rows_made:  # kept, not posted: `imagebot redeliver` can still post them
+                    await self.ledger.undelivered(rows_made, "cancelled while sharing its batch: not posted")
                 await self.runner._safe(view.failed(failure))
                 return
             await self.runner._finish(job, view, _started(job), outcomes)
@@ -448,6 +452,8 @@ class Relax:
             "UPDATE relax_jobs SET delivered_at=? WHERE job_id=? AND delivered_at IS NULL",
             [_iso(self.ledger.clock()), job_id],
         ).rowcount
+        if claimed:  # its images are ours to deliver now: if we die, the outbox sweep takes them over
+            jobstate.own(db.conn, job_id, self.ledger.instance_id, _iso(self.ledger.clock()))
         return (Requester(row[0], row[1], row[2], row[3]), bool(row[4])) if claimed else None
 
     async def _rebuild(self, job_id: str, who: Requester, rows: list[int]) -> tuple[Job, JobView] | None:

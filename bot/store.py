@@ -20,7 +20,7 @@ from . import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -303,6 +303,32 @@ def _v8(db: sqlite_utils.Database) -> None:
     )
 
 
+def _v9_jobstate(db: sqlite_utils.Database) -> None:
+    """The job state machine (bot/jobstate.py): a paid image is `rendered`, then `delivered` (what was
+    `succeeded`); its bytes wait in the outbox until the platform confirms; a settlement above its reservation
+    is flagged `overage`."""
+    db.table("ledger").add_column("overage", int, not_null_default=0)
+    db.execute("UPDATE ledger SET status='delivered' WHERE status='succeeded'")
+    db.table("outbox").create(
+        {
+            "row_id": int,
+            "job_id": str,
+            "seq": int,
+            "data": bytes,
+            "width": int,
+            "height": int,
+            "format": str,
+            "elapsed_ms": int,
+            "tries": int,
+            "created_at": str,
+        },
+        pk="row_id",
+        not_null={"job_id", "data", "created_at"},
+    )
+    db.table("outbox").create_index(["job_id"])
+    db.execute("CREATE INDEX IF NOT EXISTS idx_ledger_rendered ON ledger (status) WHERE status='rendered'")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -312,6 +338,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     6: _v6,
     7: _v7,
     8: _v8,
+    9: _v9_jobstate,
 }
 
 

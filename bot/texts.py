@@ -7,7 +7,7 @@ knows which platform shows them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .ledger import Interrupted
 from .outcomes import JobFailure, JobResult, Progress
@@ -133,9 +133,12 @@ def cannot_post(reason: str) -> str:
     return f"I could not post in this channel ({reason}). Nothing was charged."
 
 
-def undelivered(why: str, summary: str) -> str:
-    """Made and paid for, but the platform did not take the upload: never silently."""
-    return f"The image was made and charged, but it could not be posted: {why}.\n{summary}"
+def undelivered(why: str, summary: str, job_id: str | None = None, request_ids: Sequence[str] = ()) -> str:
+    """Made and paid for, but the platform did not take the upload: never silently, and never lost (the image
+    is kept until `imagebot redeliver` posts it, for IMAGEBOT_ACTIONS_DAYS)."""
+    ids = f" Request ids: {', '.join(request_ids)}." if request_ids else ""
+    kept = f" It is kept: an admin can post it later with `imagebot redeliver {job_id}`." if job_id else ""
+    return f"The image was made and charged, but it could not be posted: {why}.{ids}{kept}\n{summary}"
 
 
 def price_check(request: ImageRequest, estimate_micros: int, threshold_micros: int) -> str:

@@ -172,7 +172,7 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
     if kind == Kind.EDIT:
         assert again.request.prompt == "make it blue"
     [bobs] = rows(core, "user=?", ("U2",))
-    assert bobs["job_id"] == again.job_id and bobs["status"] == "succeeded"  # Bob pays for Bob's click
+    assert bobs["job_id"] == again.job_id and bobs["status"] == "delivered"  # Bob pays for Bob's click
 
 
 async def test_delete_is_for_the_requester_or_an_admin(make_core: MakeCore) -> None:
@@ -405,7 +405,7 @@ def test_every_click_is_charged_to_its_clicker_within_their_limits(
                     expected[who.user] = expected.get(who.user, 0) + 1
             charged = {r["user"]: 0 for r in rows(core)}
             for r in rows(core):
-                assert r["workspace"] == "W1" and r["status"] == "succeeded"
+                assert r["workspace"] == "W1" and r["status"] == "delivered"
                 charged[r["user"]] += 1
             assert charged == expected
             assert_counters_match_ledger(core)

@@ -96,7 +96,7 @@ def assert_counters_match_ledger(core: Core) -> None:
     for row in rows(core):
         is_open = row["status"] in ("reserved", "running")
         micros = row["reserved_micros"] if is_open else row["actual_micros"]
-        images = 1 if is_open or row["status"] == "succeeded" else 0
+        images = 1 if is_open or row["status"] == "delivered" else 0
         who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
         for key in quota.counter_keys(who, row["day"], row["month"]):
             old = expected.get(key, (0, 0))
@@ -177,7 +177,7 @@ async def test_settles_to_the_usage_the_server_reported(
     usage = expected_usage(core, 0)
     actual = cost_micros(core.prices.model("gpt-image-2"), usage)
     [row] = rows(core)
-    assert row["status"] == "succeeded"
+    assert row["status"] == "delivered"
     assert (row["text_tokens"], row["image_tokens"], row["output_tokens"]) == (
         usage.text_tokens,
         usage.image_tokens,
@@ -212,7 +212,7 @@ async def test_count_3_reserves_three_rows_and_settles_three(make_core: MakeCore
 
     assert isinstance(outcome, JobResult) and len(outcome.images) == 3
     settled = rows(core)
-    assert [r["status"] for r in settled] == ["succeeded"] * 3
+    assert [r["status"] for r in settled] == ["delivered"] * 3
     calls = core.offline_server.calls  # type: ignore[union-attr]
     assert len(calls) == 3 and len({c.request_id for c in calls}) == 3
     assert sorted(json.loads(r["request_ids"])[0] for r in settled) == sorted(c.request_id for c in calls)
@@ -401,7 +401,7 @@ async def test_the_in_flight_limit_queues_the_second_job(make_core: MakeCore) ->
     assert all(p.fraction == 0.0 for p in queued)
     assert [p.state for p in first_view.ticks if p.state == "queued"] == []
     assert second_view.ticks[-1].state == "rendering"
-    assert {r["status"] for r in rows(core)} == {"succeeded"}
+    assert {r["status"] for r in rows(core)} == {"delivered"}
     assert_counters_match_ledger(core)
 
 

@@ -92,7 +92,9 @@ def open_ledger(store_named: Callable[[str], str]) -> Iterator[Callable[..., Led
 
 OPEN_SQL = "status IN ('reserved', 'running')"
 SPEND_SQL = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
-IMAGES_SQL = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
+IMAGES_SQL = (
+    "CASE WHEN status IN ('reserved', 'running', 'rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END"
+)
 
 
 TENANT_SQL = "platform || ':' || workspace"
@@ -156,13 +158,14 @@ async def test_reserve_settle_release_move_the_counters(
     assert ledger_rows(path, "id=?", (first,))[0]["status"] == "running"
     # Settle to the real cost: the counter drops by the unused part of the estimate.
     assert await ledger.close_row(
-        first, Settlement(Status.SUCCEEDED, 41_000, request_ids=("req_1",), attempts=1)
+        first, Settlement(Status.RENDERED, 41_000, request_ids=("req_1",), attempts=1)
     )
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (141_000, 3)
     # Release on failure: the whole estimate and the image come back.
     assert await ledger.close_row(second, Settlement(Status.FAILED, 0, attempts=3))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 2)
     # A timed-out attempt is kept at its estimate, never free; it made no image.
+    assert await ledger.start(third)
     assert await ledger.close_row(third, Settlement(Status.POSSIBLY_BILLED, 50_000))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     assert_counters_match(path)
@@ -172,21 +175,33 @@ async def test_reserve_settle_release_move_the_counters(
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     row = ledger_rows(path, "id=?", (first,))[0]
     assert (row["status"], row["actual_micros"], row["request_ids"], row["attempts"]) == (
-        "succeeded",
+        "rendered",
         41_000,
         '["req_1"]',
         1,
     )
     assert row["finished_at"] is not None
 
-    # A deliberate correction of a closed row (only_if_open=False) moves the counters from its
-    # current actual amount, not from its long-gone reservation.
-    assert await ledger.close_row(first, Settlement(Status.SUCCEEDED, 45_000), only_if_open=False)
-    assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (95_000, 1)
-    assert await ledger.close_row(third, Settlement(Status.FAILED, 0), only_if_open=False)
-    assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (45_000, 1)
-    assert await ledger.close_row(second, Settlement(Status.SUCCEEDED, 10_000), only_if_open=False)
-    assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (55_000, 2)
+    assert_counters_match(path)
+
+
+async def test_a_row_moves_only_along_the_state_machine(open_ledger: Callable[..., Ledger]) -> None:
+    """bot/jobstate.py: an image is made only by a running row, a closed row never opens again, and a row
+    rendered is delivered (or undelivered) without moving money again."""
+    ledger = open_ledger(clock=Clock(LATE_EVENING))
+    path = ledger.path
+    first, second = (await ledger.reserve(ALICE, request(count=2), 50_000)).row_ids
+    with pytest.raises(ValueError, match="no arrow into rendered from \\['reserved'\\]"):
+        await ledger.close_row(first, Settlement(Status.RENDERED, 41_000))  # never called the API
+    assert await ledger.start(first) and not await ledger.start(first)  # reserved -> running, once
+    assert await ledger.close_row(first, Settlement(Status.RENDERED, 41_000))
+    assert await ledger.close_row(second, Settlement(Status.CANCELLED, 0))
+    assert not await ledger.start(second)  # a cancelled row makes no API call
+    counters = stored_counters(path)
+    await ledger.delivered([first])
+    assert [r["status"] for r in ledger_rows(path)] == ["delivered", "cancelled"]
+    assert stored_counters(path) == counters  # delivery moves no money
+    assert not await ledger.close_row(first, Settlement(Status.FAILED, 0))
     assert_counters_match(path)
 
 
@@ -212,7 +227,8 @@ async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
         channel_monthly_micros=1_500_000,
         workspace_monthly_micros=2_500_000,
     )
-    ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults)
+    # The walk moves the clock by days; a lease that outlives it keeps its rows ours (fencing is tested apart).
+    ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults, lease=timedelta(days=3650))
     path = ledger.path
     people = [ALICE, BOB, CAROL, DAVE]
     overrides: dict[tuple[quota.Tenant, str, str], dict[str, int | None]] = {}
@@ -306,13 +322,15 @@ async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
             reserved = row["reserved_micros"]
             status, actual = rng.choice(
                 [
-                    ("succeeded", rng.randint(0, reserved)),
+                    ("rendered", rng.randint(0, reserved)),
                     ("failed", 0),
                     ("cancelled", reserved),
                     ("cancelled", 0),
                     ("possibly_billed", reserved),
                 ]
             )
+            if status in ("rendered", "possibly_billed"):  # only a running row called the API
+                await ledger.start(row["id"])
             assert await ledger.close_row(row["id"], Settlement(Status(status), actual))
             closed += 1
         elif op == "reclose":
@@ -625,7 +643,7 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
             ("workspace_month", "slack:W1", "2026-04", 5000, 1),
         }
         rows = db.execute("SELECT job_id, status, reserved_micros, actual_micros FROM ledger").fetchall()
-        assert rows == [("job1", "succeeded", 6000, 5000)]
+        assert rows == [("job1", "delivered", 6000, 5000)]
         assert db.execute("SELECT scope, key, daily_images FROM limits").fetchall() == [
             ("user", "slack:W1:U1", 7)
         ]
@@ -704,15 +722,15 @@ async def _report_ledger(target: str) -> Ledger:
             ALICE,
             "1024x1024",
             "low",
-            "succeeded",
+            "delivered",
             90_000,
             1000,
         ),  # too old
-        (datetime(2026, 3, 31, 18, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "succeeded", 40_000, 2000),
-        (datetime(2026, 4, 10, 9, 0, tzinfo=UTC), BOB, "1536x1024", "high", "succeeded", 50_000, 8000),
+        (datetime(2026, 3, 31, 18, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "delivered", 40_000, 2000),
+        (datetime(2026, 4, 10, 9, 0, tzinfo=UTC), BOB, "1536x1024", "high", "delivered", 50_000, 8000),
         (datetime(2026, 4, 10, 9, 5, tzinfo=UTC), BOB, "1536x1024", "high", "possibly_billed", 60_000, None),
         (datetime(2026, 4, 10, 9, 9, tzinfo=UTC), CAROL, "1024x1024", "medium", "failed", 0, 500),
-        (datetime(2026, 4, 30, 9, 0, tzinfo=UTC), CAROL, "1024x1024", "medium", "succeeded", 45_000, 4000),
+        (datetime(2026, 4, 30, 9, 0, tzinfo=UTC), CAROL, "1024x1024", "medium", "delivered", 45_000, 4000),
         (datetime(2026, 4, 30, 11, 0, tzinfo=UTC), DAVE, "1024x1024", "low", "interrupted", 0, None),
         (datetime(2026, 4, 30, 11, 30, tzinfo=UTC), ALICE, "1024x1024", "low", "reserved", 0, None),  # open
     ]
@@ -720,10 +738,14 @@ async def _report_ledger(target: str) -> Ledger:
         clock.now = when
         req = ImageRequest(prompt="p", size=parse_size(size), quality=quality)
         reservation = await ledger.reserve(who, req, 100_000)
+        row = reservation.row_ids[0]
+        if status in ("delivered", "possibly_billed"):  # the API was called
+            await ledger.start(row)
         if status != "reserved":
-            await ledger.close_row(
-                reservation.row_ids[0], Settlement(Status(status), actual, latency_ms=latency)
-            )
+            made = "rendered" if status == "delivered" else status
+            await ledger.close_row(row, Settlement(Status(made), actual, latency_ms=latency))
+        if status == "delivered":
+            await ledger.delivered([row])
     clock.now = REPORT_NOW
     return ledger
 
@@ -759,7 +781,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     [(images, spend, failures)] = _direct(
         path,
         (
-            "SELECT count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0), "
+            "SELECT count(*) FILTER (WHERE status='delivered'), coalesce(sum(actual_micros), 0), "
             "count(*) FILTER (WHERE status IN ('failed','possibly_billed','interrupted','cancelled')) "
             f"FROM ledger WHERE {where}"
         ),
@@ -772,21 +794,21 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     label = "user" if tenant else "platform || ':' || workspace || ':' || user"
     users = _direct(
         path,
-        f"SELECT {label}, count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0) "
+        f"SELECT {label}, count(*) FILTER (WHERE status='delivered'), coalesce(sum(actual_micros), 0) "
         f"FROM ledger WHERE {where} GROUP BY 1",
         *params,
     )
     assert sorted(built.top_users) == sorted((u, n, int(m)) for u, n, m in users)
     by = _direct(
         path,
-        f"SELECT size, quality, count(*) FILTER (WHERE status='succeeded'), coalesce(sum(actual_micros), 0) "
+        f"SELECT size, quality, count(*) FILTER (WHERE status='delivered'), coalesce(sum(actual_micros), 0) "
         f"FROM ledger WHERE {where} GROUP BY size, quality",
         *params,
     )
     assert sorted(built.by_size_quality) == sorted((s, q, n, int(m)) for s, q, n, m in by)
     latencies = sorted(
         r[0]
-        for r in _direct(path, f"SELECT latency_ms FROM ledger WHERE {where} AND status='succeeded'", *params)
+        for r in _direct(path, f"SELECT latency_ms FROM ledger WHERE {where} AND status='delivered'", *params)
     )
     middle = len(latencies) // 2
     if latencies:

@@ -164,7 +164,7 @@ async def run_example(
             who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
             for key in quota.counter_keys(who, row["day"], row["month"]):
                 expected[key] += row["actual_micros"]
-                expected_images[key] += row["status"] == "succeeded"
+                expected_images[key] += row["status"] == "delivered"
         assert {k: v for k, v in _counters(path).items() if v != (0, 0)} == {
             k: (expected[k], expected_images[k])
             for k in expected
@@ -174,7 +174,7 @@ async def run_example(
         for (_plan, request, job, view), outcome in zip(prepared, outcomes, strict=True):
             each = core.runner.estimate(request, job.partials)
             job_rows = [r for r in rows if r["job_id"] == job.id]
-            succeeded = [r for r in job_rows if r["status"] == "succeeded"]
+            succeeded = [r for r in job_rows if r["status"] == "delivered"]
             # Every finished image is delivered, once, with the job's outcome.
             delivered = [len(r.images) for r in view.delivered]
             assert delivered == ([len(succeeded)] if succeeded else []), (delivered, job_rows)
@@ -185,7 +185,7 @@ async def run_example(
                 mine = [c for c in server.calls if c.client_request_id == f"imagebot-{job.id}-{row['seq']}"]
                 # An attempt may have been billed unless the server answered it with an error status.
                 billed = sum(1 for c in mine if c.status in (0, 200))
-                if row["status"] == "succeeded":
+                if row["status"] == "delivered":
                     usage = Usage(
                         text_tokens=row["text_tokens"],
                         image_tokens=row["image_tokens"],

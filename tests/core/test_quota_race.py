@@ -44,7 +44,7 @@ OPEN_SQL = "status IN ('reserved', 'running')"
 def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
     """Every counter as a direct SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
     spend = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
-    images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
+    images = "CASE WHEN status IN ('reserved', 'running', 'rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END"
     tenant = (
         "platform || ':' || workspace"  # tenant-scoped keys (bot/quota.py); test ids have no ':' to escape
     )
@@ -124,7 +124,7 @@ def _crashing_worker(path: str, ready: Any) -> None:
         await ledger.start(running.row_ids[1])
         done = await ledger.reserve(ALICE, request(1), 30_000, job_id="job-done")
         await ledger.start(done.row_ids[0])
-        await ledger.close_row(done.row_ids[0], Settlement(Status.SUCCEEDED, 25_000))
+        await ledger.close_row(done.row_ids[0], Settlement(Status.RENDERED, 25_000))
         ready.put(
             {
                 "pid": os.getpid(),
@@ -244,7 +244,7 @@ def test_kill_9_then_recovery_releases_reservations_and_charges_started_calls(db
         assert all(after[i]["finished_at"] for i in crashed["waiting"] + crashed["running"])
         # Finished work and the live peer's job are untouched.
         assert (after[crashed["done"][0]]["status"], after[crashed["done"][0]]["actual_micros"]) == (
-            "succeeded",
+            "rendered",
             25_000,
         )
         assert [after[i]["status"] for i in alive["rows"]] == ["running"]

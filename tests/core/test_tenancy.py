@@ -46,7 +46,8 @@ async def spend(core: Core, who: Requester, micros: int, count: int = 1) -> None
     """One settled job of `count` images costing `micros` each."""
     reservation = await core.ledger.reserve(who, request(count), micros)
     for row in reservation.row_ids:
-        await core.ledger.close_row(row, Settlement(Status.SUCCEEDED, micros))
+        await core.ledger.start(row)
+        await core.ledger.close_row(row, Settlement(Status.RENDERED, micros))
 
 
 # --- limits: a tenant admin's overrides stay in their tenant -----------------------------------------
@@ -345,7 +346,11 @@ def _old_file(path: Path, rows: list[tuple[Any, ...]], limits: list[tuple[str, s
             ],
         )
         is_open = status in ("reserved", "running")
-        micros, images = (reserved, 1) if is_open else (actual, int(status == "succeeded"))
+        micros, images = (
+            (reserved, 1)
+            if is_open
+            else (actual, int(status in ("succeeded", "rendered", "delivered", "undelivered")))
+        )
         for scope, key, period in (
             ("user_day", user, day),
             ("user_month", user, day[:7]),
@@ -371,7 +376,11 @@ def _expected_counters(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str, str]
     out: dict[tuple[str, str, str], tuple[int, int]] = {}
     for platform, workspace, channel, user, status, reserved, actual, day in rows:
         is_open = status in ("reserved", "running")
-        micros, images = (reserved, 1) if is_open else (actual, int(status == "succeeded"))
+        micros, images = (
+            (reserved, 1)
+            if is_open
+            else (actual, int(status in ("succeeded", "rendered", "delivered", "undelivered")))
+        )
         tenant = f"{platform}:{workspace}"
         for key in (
             ("user_day", f"{tenant}:{user}", day),
@@ -449,7 +458,8 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
         # G1's migrated workspace limit binds there, and only there.
         with pytest.raises(QuotaExceeded, match="this workspace's monthly spend"):
             await ledger.reserve(Requester("discord", "G1", "99", "42"), request(1), 50_001)
-        await ledger.close_row(reservation.row_ids[0], Settlement(Status.SUCCEEDED, 3_000))
+        await ledger.start(reservation.row_ids[0])
+        await ledger.close_row(reservation.row_ids[0], Settlement(Status.RENDERED, 3_000))
         expected = _expected_counters(
             [*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000, "2026-04-15")]
         )
@@ -504,7 +514,7 @@ _reserve = st.tuples(
 _close = st.tuples(
     st.just("close"),
     st.integers(0, 50),
-    st.sampled_from(["succeeded", "failed", "cancelled", "possibly_billed"]),
+    st.sampled_from(["rendered", "failed", "cancelled", "possibly_billed"]),
     st.floats(0, 1),
 )
 _limit = st.tuples(
@@ -523,7 +533,7 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
     clock = {"now": NOW}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "prop.sqlite3"
-        ledger = Ledger(path, defaults=DEFAULTS, clock=lambda: clock["now"])
+        ledger = Ledger(path, defaults=DEFAULTS, clock=lambda: clock["now"], lease=timedelta(days=3650))
         overrides: dict[tuple[str, str], dict[str, int | None]] = {}  # (scope, tenant-scoped key) -> columns
         try:
             for op in ops:
@@ -543,11 +553,13 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
                     if open_rows:
                         row = open_rows[pick % len(open_rows)]
                         actual = {
-                            "succeeded": int(row["reserved_micros"] * share),
+                            "rendered": int(row["reserved_micros"] * share),
                             "failed": 0,
                             "cancelled": 0,
                             "possibly_billed": row["reserved_micros"],
                         }[status]
+                        if status in ("rendered", "possibly_billed"):  # only a running row called the API
+                            ledger.start_sync(row["id"])
                         assert ledger.close_row_sync(row["id"], Settlement(Status(status), actual))
                 elif op[0] == "limit":
                     _, (platform, workspace), (scope, ident), column, value = op
@@ -601,7 +613,7 @@ def _fits(
         if (r["platform"], r["workspace"]) != tenant:
             continue
         is_open = r["status"] in ("reserved", "running")
-        m, n = (r["reserved_micros"], 1) if is_open else (r["actual_micros"], int(r["status"] == "succeeded"))
+        m, n = (r["reserved_micros"], 1) if is_open else (r["actual_micros"], int(r["status"] == "rendered"))
         for scope, hit in (
             ("user_day", r["user"] == who.user and r["day"] == day),
             ("user_month", r["user"] == who.user and r["month"] == month),

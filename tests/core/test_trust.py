@@ -55,7 +55,7 @@ async def test_a_retry_after_a_possibly_billed_attempt_first_extends_the_reserva
     assert isinstance(outcome, JobResult) and len(server.calls) == 3
     [row] = rows(core)
     usage = cost_micros(core.prices.model("gpt-image-2"), expected_usage(core, 2))
-    assert (row["status"], row["attempts"]) == ("succeeded", 3)
+    assert (row["status"], row["attempts"]) == ("delivered", 3)
     assert row["actual_micros"] == usage + 2 * each  # the image, and both attempts that may have been billed
     assert row["actual_micros"] <= row["reserved_micros"] == 3 * each
     assert user_day(core)[0] == row["actual_micros"] <= 20_000
@@ -126,7 +126,7 @@ async def four_with_one_stuck(core_maker: MakeCore) -> tuple:  # type: ignore[ty
     job = await core.runner.prepare(request, ALICE)
     task = asyncio.create_task(core.runner.execute(job, view))
     await wait_for(
-        lambda: len([r for r in rows(core) if r["status"] == "succeeded"]) == 3 and len(server.calls) == 4
+        lambda: len([r for r in rows(core) if r["status"] == "rendered"]) == 3 and len(server.calls) == 4
     )
     return core, job, task, view, core.runner.estimate(request)
 
@@ -143,7 +143,7 @@ async def test_cancel_delivers_the_finished_images_and_charges_only_what_may_be_
     assert len(outcome.images) == 3
     assert all(Image.open(io.BytesIO(i.data)).size == (1024, 1024) for i in outcome.images)
     settled = rows(core)
-    assert sorted(r["status"] for r in settled) == ["cancelled", "succeeded", "succeeded", "succeeded"]
+    assert sorted(r["status"] for r in settled) == ["cancelled", "delivered", "delivered", "delivered"]
     [stopped] = [r for r in settled if r["status"] == "cancelled"]
     assert stopped["actual_micros"] == each  # its call had gone out: charged at the estimate
     assert outcome.total_micros == sum(r["actual_micros"] for r in settled)
@@ -162,7 +162,7 @@ async def test_shutdown_past_the_grace_still_delivers_the_finished_images(make_c
 
     assert isinstance(outcome, JobResult) and view.delivered == [outcome] and len(outcome.images) == 3
     statuses = sorted(r["status"] for r in rows(core))
-    assert statuses == ["interrupted", "succeeded", "succeeded", "succeeded"]
+    assert statuses == ["delivered", "delivered", "delivered", "interrupted"]
     assert "interrupted by a shutdown" in texts.summary(outcome)
     assert rows(core, "status IN ('reserved', 'running')") == []
     assert_counters_match_ledger(core)

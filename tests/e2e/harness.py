@@ -113,18 +113,18 @@ def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
 # reservation is extended by one estimate before each retry that follows one. The words for "drop*" depend on
 # whether the adapter streams (Discord, for previews) or not (Slack): see each adapter's fault test.
 FAULT_MATRIX = {
-    "500": ("succeeded", "usage", 2, "request id req_"),
+    "500": ("delivered", "usage", 2, "request id req_"),
     "500*": ("failed", "zero", 3, "HTTP 500"),
     "503*": ("failed", "zero", 3, "HTTP 503"),
-    "429:1": ("succeeded", "usage", 2, "request id req_"),
+    "429:1": ("delivered", "usage", 2, "request id req_"),
     "429:1*": ("failed", "zero", 3, "rate limiting"),
-    "hang": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "hang": ("delivered", "usage+estimate", 2, "request id req_"),
     "hang*": ("possibly_billed", "estimate", 3, "did not answer"),
-    "drop": ("succeeded", "usage+estimate", 2, "request id req_"),
+    "drop": ("delivered", "usage+estimate", 2, "request id req_"),
     "drop*": ("possibly_billed", "estimate", 3, "connection"),
     "moderation": ("failed", "zero", 1, "safety system"),
     "garbage": ("possibly_billed", "estimate", 1, "not an image"),
-    "408": ("succeeded", "usage", 2, "request id req_"),
+    "408": ("delivered", "usage", 2, "request id req_"),
     "409": ("failed", "zero", 1, "HTTP 409"),
 }
 

@@ -92,7 +92,7 @@ def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None
         assert (image.format, image.size) == ("PNG", (1536, 1024))
     [row] = ledger(db)
     assert (row["status"], row["platform"], row["size"], row["format"]) == (
-        "succeeded",
+        "delivered",
         "cli",
         "1536x1024",
         "png",
@@ -163,7 +163,7 @@ def test_the_daily_image_quota_refuses_the_fourth_image(
     assert (
         len(rows) == 3
         and {r["user"] for r in rows} == {"u1"}
-        and {r["status"] for r in rows} == {"succeeded"}
+        and {r["status"] for r in rows} == {"delivered"}
     )
 
 
@@ -177,7 +177,7 @@ def test_report_prints_the_sql_total_and_exports_the_rows(
 
     assert run.code == 0, run.stderr
     [(total, count, images)] = ledger(
-        db, "SELECT sum(actual_micros), count(*), sum(status='succeeded') FROM ledger"
+        db, "SELECT sum(actual_micros), count(*), sum(status='delivered') FROM ledger"
     )
     assert total > 0
     match = re.search(r"(\d+) images, (\$\d+\.\d{4}) spent", run.stdout)

@@ -123,7 +123,7 @@ async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response
         bot.server.calls[0].partial_images == 0
     )  # a low 1K render: previews would cost more than they are worth
     [row] = rows
-    assert row["status"] == "succeeded" and 0 < row["actual_micros"] <= row["reserved_micros"]
+    assert row["status"] == "delivered" and 0 < row["actual_micros"] <= row["reserved_micros"]
     assert (row["platform"], row["workspace"], row["channel"], row["user"]) == (
         "discord",
         str(fake.guild_id),
@@ -154,7 +154,7 @@ async def test_edit_with_two_references_and_a_mask(discord: Any) -> None:
     call = bot.server.calls[-1]
     assert call.endpoint == "edits" and call.images == 2 and call.mask
     assert call.prompt == "put the style on the photo"
-    assert row["status"] == "succeeded"
+    assert row["status"] == "delivered"
     assert len(fake.cdn_requests) == 3 and all(
         r.status == 200 and r.query.get("hm") for r in fake.cdn_requests
     )
@@ -187,7 +187,7 @@ async def test_oversize_image_is_re_encoded_before_upload_and_again_on_413(tmp_p
         assert any(c.status == 413 for c in fake.calls if c.path.startswith(channel))
         assert "re-encoded as JPEG" in content(posted) and len(posted.files[0][2]) <= 60_000
         rows = await bot.settled(2)
-        assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+        assert [r["status"] for r in rows] == ["delivered", "delivered"]
 
 
 @pytest.mark.parametrize("expiry", ["token rejected", "token age"])
@@ -213,7 +213,7 @@ async def test_past_the_interaction_token_the_job_finishes_in_the_channel(
         else:
             assert all(c.status == 200 for c in original_edits(fake, ix))
         [row] = await bot.settled(1)
-        assert row["status"] == "succeeded"
+        assert row["status"] == "delivered"
 
 
 async def test_reply_to_an_image_edits_it(discord: Any) -> None:
@@ -242,7 +242,7 @@ async def test_reply_to_an_image_edits_it(discord: Any) -> None:
     assert edit.endpoint == "edits" and edit.images == 2 and edit.prompt == "make it blue"
     assert str(final.json["message_reference"]["message_id"]) == reply["id"]
     assert decoded(final).size == (1024, 1024)
-    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+    assert [r["status"] for r in rows] == ["delivered", "delivered"]
 
 
 async def test_quota_refusal_is_ephemeral_and_costs_nothing(tmp_path: Path) -> None:
@@ -343,7 +343,7 @@ async def test_edit_image_message_command_asks_for_the_instruction(discord: Any)
     [row] = await bot.settled(1)
     call = bot.server.calls[-1]
     assert call.endpoint == "edits" and call.images == 1 and call.prompt == "give it a hat"
-    assert decoded(final).size == (1024, 1024) and row["status"] == "succeeded"
+    assert decoded(final).size == (1024, 1024) and row["status"] == "delivered"
 
 
 async def test_usage_report_with_chart_quota_privately_and_size_suggestions(discord: Any) -> None:

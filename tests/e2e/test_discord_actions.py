@@ -288,7 +288,7 @@ async def test_a_click_is_the_clickers_job_under_their_own_quota(tmp_path: Path)
         await finished(fake, bot, press, rows=2)
         first, second = await bot.ledger()
         assert (first["user"], second["user"]) == (str(fake.user_id), str(OTHER))
-        assert second["channel"] == str(fake.channel_id) and second["status"] == "succeeded"
+        assert second["channel"] == str(fake.channel_id) and second["status"] == "delivered"
 
         # Their one image of the day is spent: refused, privately, with no API call.
         press = await fake.press_button(message, "Vary", user_id=OTHER)
@@ -365,7 +365,7 @@ async def test_an_expensive_render_asks_privately_and_renders_on_render(tmp_path
         press = await fake.press_button(question, "Render")
         result = await finished(fake, bot, press, rows=1)
         [row] = await bot.ledger()
-        assert (row["user"], row["status"], row["quality"]) == (str(fake.user_id), "succeeded", "high")
+        assert (row["user"], row["status"], row["quality"]) == (str(fake.user_id), "delivered", "high")
         assert [c.quality for c in bot.server.calls] == ["high"]
         assert labels(result)[0].startswith("Re-roll")  # a rendered price check is a job like any other
 

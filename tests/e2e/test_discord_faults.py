@@ -41,5 +41,5 @@ async def test_fault(fault: str, discord: Any) -> None:
     final = await until(fake, lambda c: c in original_edits(fake, ix) and ids[-1] in content(c), within=15)
     assert words in content(final)
     assert not cancel_buttons(final)  # no Cancel button left: the progress is over
-    assert ("Nothing was charged" in content(final)) == (status != "succeeded" and charge == "zero")
+    assert ("Nothing was charged" in content(final)) == (status != "delivered" and charge == "zero")
     assert not [r for r in await bot.ledger() if r["status"] in ("reserved", "running")]

@@ -157,7 +157,7 @@ async def test_two_members_relax_jobs_share_one_batch_and_each_lands_once_at_hal
             assert image.size == (1024, 1024) and image.format == "JPEG"
             assert not final.json.get("flags", 0) & EPHEMERAL
             # What it cost: reserved at the batch price, settled from the line's usage at the batch price.
-            assert (row["mode"], row["status"]) == ("relax", "succeeded")
+            assert (row["mode"], row["status"]) == ("relax", "delivered")
             assert row["reserved_micros"] == relax_reservation(prompts[user])
             assert 0 < row["actual_micros"] == batch_cost(row) <= row["reserved_micros"]
             assert row["channel"] == str(fake.channel_id)
@@ -176,7 +176,7 @@ async def test_a_channels_relax_default_makes_imagine_relax_and_fast_overrides_i
         plain = await imagine(fake, "a quiet harbour", **SQUARE)  # no relax option: the channel's default
         final = await delivered(fake, plain)
         [row] = await closed(bot, 1)
-        assert (row["mode"], row["status"]) == ("relax", "succeeded")
+        assert (row["mode"], row["status"]) == ("relax", "delivered")
         assert row["reserved_micros"] == relax_reservation("a quiet harbour")
         assert row["actual_micros"] == batch_cost(row)
         assert HALF_PRICE in content(final) and decoded(final).size == (1024, 1024)
@@ -185,7 +185,7 @@ async def test_a_channels_relax_default_makes_imagine_relax_and_fast_overrides_i
         fast = await imagine(fake, "a busy harbour --fast", **SQUARE)
         final = await delivered(fake, fast)
         _, row = await closed(bot, 2)
-        assert (row["mode"], row["status"]) == ("fast", "succeeded")
+        assert (row["mode"], row["status"]) == ("fast", "delivered")
         assert row["reserved_micros"] == fast_reservation("a busy harbour")
         assert 0 < row["actual_micros"] <= row["reserved_micros"]
         [call] = bot.server.calls  # rendered synchronously, without the flag in its prompt
@@ -206,7 +206,7 @@ async def test_a_relax_line_that_errors_is_released_and_its_member_told(tmp_path
         assert batches_sent(bot) == 1 and bot.server.calls == []
         assert bot.server.pending_faults == ()
         [failed] = [r for r in rows if r["status"] == "failed"]
-        [made] = [r for r in rows if r["status"] == "succeeded"]
+        [made] = [r for r in rows if r["status"] == "delivered"]
         assert failed["mode"] == made["mode"] == "relax"
         assert failed["reserved_micros"] == relax_reservation(prompts[int(failed["user"])])
         assert failed["actual_micros"] == 0  # released, not charged
@@ -244,7 +244,7 @@ async def test_a_relax_job_fits_a_quota_that_refuses_the_same_job_fast(tmp_path:
         ix = await imagine(fake, prompt, relax=True, **SQUARE)
         final = await delivered(fake, ix)
         [row] = await closed(bot, 1)
-        assert (row["mode"], row["status"], row["reserved_micros"]) == ("relax", "succeeded", relax)
+        assert (row["mode"], row["status"], row["reserved_micros"]) == ("relax", "delivered", relax)
         assert row["actual_micros"] == batch_cost(row) <= relax
         assert HALF_PRICE in content(final) and decoded(final).size == (1024, 1024)
         assert bot.server.calls == [] and batches_sent(bot) == 1
@@ -303,8 +303,8 @@ async def test_max_jobs_one_refuses_a_second_imagine_while_the_first_renders(tmp
         await finished(fake, bot, await imagine(fake, "a calm noon", **SQUARE), rows=2)
         rows = await bot.ledger()
         assert [(r["prompt"], r["status"], r["mode"]) for r in rows] == [
-            ("a slow sunrise", "succeeded", "fast"),
-            ("a calm noon", "succeeded", "fast"),
+            ("a slow sunrise", "delivered", "fast"),
+            ("a calm noon", "delivered", "fast"),
         ]
 
 
@@ -324,11 +324,11 @@ async def test_a_relax_job_waiting_on_its_batch_counts_toward_max_jobs(tmp_path:
 
         final = await delivered(fake, waiting)  # the batch comes back; the member may go again
         [row] = await closed(bot, 1)
-        assert (row["mode"], row["status"]) == ("relax", "succeeded") and HALF_PRICE in content(final)
+        assert (row["mode"], row["status"]) == ("relax", "delivered") and HALF_PRICE in content(final)
         await finished(fake, bot, await imagine(fake, "an eager heron", **SQUARE), rows=2)
         assert [(r["mode"], r["status"]) for r in await bot.ledger()] == [
-            ("relax", "succeeded"),
-            ("fast", "succeeded"),
+            ("relax", "delivered"),
+            ("fast", "delivered"),
         ]
 
 
@@ -348,7 +348,7 @@ async def test_moderation_low_is_sent_on_generations_but_not_on_a_vary_edit(tmp_
         assert vary.endpoint == "edits" and vary.images == 1 and vary.status == 200
         assert "moderation" not in vary.fields, vary.fields
         assert result["attachments"] and result["attachments"][0]["width"] == 1024
-        assert [r["status"] for r in await bot.ledger()] == ["succeeded", "succeeded"]
+        assert [r["status"] for r in await bot.ledger()] == ["delivered", "delivered"]
 
 
 async def test_a_denied_role_is_refused_while_another_member_renders(tmp_path: Path) -> None:
@@ -367,5 +367,5 @@ async def test_a_denied_role_is_refused_while_another_member_renders(tmp_path: P
         message = await finished(fake, bot, await imagine(fake, "another's fox", user_id=OTHER, **SQUARE), 1)
         assert message["attachments"] and message["attachments"][0]["width"] == 1024
         [row] = await bot.ledger()
-        assert (row["user"], row["status"], row["mode"]) == (str(OTHER), "succeeded", "fast")
+        assert (row["user"], row["status"], row["mode"]) == (str(OTHER), "delivered", "fast")
         assert 0 < row["actual_micros"] <= row["reserved_micros"]

@@ -79,7 +79,7 @@ async def test_a_replica_identifies_only_its_shard_and_answers_that_shards_guild
         assert (client.shard_count, client.shard_ids) == (2, [0])
         guild = client.get_guild(GUILD_ON_SHARD_0)
         assert guild is not None and guild.shard_id == 0
-        assert [(r["status"], r["platform"]) for r in rows] == [("succeeded", "discord")] * 2
+        assert [(r["status"], r["platform"]) for r in rows] == [("delivered", "discord")] * 2
 
 
 async def test_a_count_without_ids_runs_every_shard_in_this_replica(

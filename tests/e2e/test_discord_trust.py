@@ -83,7 +83,7 @@ async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(
             ),
             within=10,
         )
-        assert row["status"] == "succeeded" and row["actual_micros"] > 0
+        assert row["status"] == "delivered" and row["actual_micros"] > 0
         assert json.loads(row["request_ids"])[0] in content(told)
         assert format_usd(row["actual_micros"]) in content(told) and "charged" in content(told)
         assert told.json["components"] == [] and not told.files  # no Cancel button left behind
@@ -116,7 +116,7 @@ async def test_reply_to_edit_image_that_cannot_be_posted_is_reported_in_the_chan
         rows = await bot.settled(2)
         await until(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=10)
         [told] = channel_posts(fake, "could not be posted")
-        assert rows[1]["status"] == "succeeded" and json.loads(rows[1]["request_ids"])[0] in content(told)
+        assert rows[1]["status"] == "delivered" and json.loads(rows[1]["request_ids"])[0] in content(told)
         # The progress message is gone: nothing is left looking as if it still works.
         assert not [m for m in fake.messages[fake.channel_id] if "Editing" in m["content"]]
         await books_balance(tmp_path, bot)
@@ -151,7 +151,7 @@ async def test_progress_edit_that_fails_does_not_hold_up_the_image(tmp_path: Pat
             fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200, within=10
         )
         [row] = await bot.settled(1)
-        assert row["status"] == "succeeded" and json.loads(row["request_ids"])[0] in content(final)
+        assert row["status"] == "delivered" and json.loads(row["request_ids"])[0] in content(final)
         await books_balance(tmp_path, bot)
 
 

@@ -114,7 +114,7 @@ async def test_kill_9_during_a_render_then_restart(database: str, slack: FakeSla
         store.migrate(db, target=1)
         db.execute(
             "INSERT INTO ledger (job_id, status, reserved_micros, actual_micros, user, channel, workspace, "
-            "platform, day, month, created_at) VALUES ('old', 'succeeded', 5, 5, 'U0', 'C1', 'T0001', "
+            "platform, day, month, created_at) VALUES ('old', 'delivered', 5, 5, 'U0', 'C1', 'T0001', "
             "'slack', '2026-11-01', '2026-11', '2026-11-01T00:00:00')"
         )
         db.conn.close()
@@ -148,7 +148,7 @@ async def test_sigterm_lets_running_jobs_finish_within_the_grace(slack: FakeSlac
     await bot.wait_rows(lambda rows: any(r["status"] == "running" for r in rows))
     assert await bot.stop(signal.SIGTERM) == 0
     [row] = bot.rows()
-    assert row["status"] == "succeeded"
+    assert row["status"] == "delivered"
     assert len(slack.uploaded) == 1
 
 
@@ -170,7 +170,7 @@ async def test_health_metrics_and_no_secret_in_logs_or_ledger(slack: FakeSlack, 
     await bot.start()
     events = f"{bot.url}/slack/events"
     await slack.send_slash_command(events, text="first --quality low")  # 500 then success
-    await bot.wait_rows(lambda rows: len(rows) == 1 and rows[0]["status"] == "succeeded")
+    await bot.wait_rows(lambda rows: len(rows) == 1 and rows[0]["status"] == "delivered")
     await slack.send_slash_command(events, text="second --quality low")  # moderation
     await bot.wait_rows(lambda rows: len(rows) == 2 and rows[1]["status"] == "failed")
     await slack.send_slash_command(events, text="bad --size 1x1")
@@ -181,7 +181,7 @@ async def test_health_metrics_and_no_secret_in_logs_or_ledger(slack: FakeSlack, 
             assert response.status == 200 and health["checks"] == {"database": "ok", "slack": "ok"}
         async with session.get(f"{bot.url}/metrics") as response:
             text = await response.text()
-    assert 'imagebot_images_total{platform="slack",status="succeeded"} 1.0' in text
+    assert 'imagebot_images_total{platform="slack",status="delivered"} 1.0' in text
     assert 'imagebot_images_total{platform="slack",status="failed"} 1.0' in text
     assert 'imagebot_api_attempts_total{outcome="5xx"} 1.0' in text
     assert "imagebot_render_seconds_bucket" in text and "imagebot_calls_in_flight" in text

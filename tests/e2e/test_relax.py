@@ -63,7 +63,7 @@ async def test_two_users_relax_jobs_share_a_batch_and_land_in_their_own_threads(
         assert sorted(r["user"] for r in rows) == ["U1", "U2"]
         for row in rows:
             usage = Usage(row["text_tokens"], row["image_tokens"], row["output_tokens"])
-            assert row["mode"] == "relax" and row["status"] == "succeeded"
+            assert row["mode"] == "relax" and row["status"] == "delivered"
             assert row["actual_micros"] == batch_price(cost_micros(prices, usage), prices)
         for ts, msg in threads.items():  # each user's image in their own job's thread, once
             [upload] = uploads_in(slack, ts)
@@ -87,7 +87,7 @@ async def test_a_bot_restarted_while_its_batch_runs_delivers_once(slack: FakeSla
         async with running_bot(tmp_path, env, server=openai) as second:
             await until(lambda: uploads_in(slack, job["ts"]), timeout=20)
             rows = await ledger(second)
-            assert [(r["status"], r["mode"]) for r in rows] == [("succeeded", "relax")]
+            assert [(r["status"], r["mode"]) for r in rows] == [("delivered", "relax")]
             await asyncio.sleep(0.5)  # a few more polls: still one delivery
         assert len(uploads_in(slack, job["ts"])) == 1
         assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1

@@ -68,7 +68,7 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
                 for i in range(10)
             )
         )
-        await until(lambda: len(rows()) == 3 and all(r["status"] == "succeeded" for r in rows()), timeout=30)
+        await until(lambda: len(rows()) == 3 and all(r["status"] == "delivered" for r in rows()), timeout=30)
         await asyncio.sleep(0.5)
         assert len(openai.calls) == 3 and len(rows()) == 3
         assert len({r["owner"] for r in rows()}) == 2  # both replicas served some
@@ -81,7 +81,7 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
         )
         assert status == 200
         await until(lambda: len([r for r in rows() if r["user"] == "U2"]) == 1, timeout=30)
-        await until(lambda: all(r["status"] == "succeeded" for r in rows()), timeout=30)
+        await until(lambda: all(r["status"] == "delivered" for r in rows()), timeout=30)
         await asyncio.sleep(0.5)
         assert len([r for r in rows() if r["user"] == "U2"]) == 1 and len(openai.calls) == 4
 

@@ -41,7 +41,7 @@ async def test_imagine_posts_progress_then_uploads_image_into_the_thread(
     done = slack.calls_to("chat.update")[-1]
     assert "Done" in str(done.args)
     [row] = rows
-    assert row["status"] == "succeeded" and 0 < row["actual_micros"] <= row["reserved_micros"]
+    assert row["status"] == "delivered" and 0 < row["actual_micros"] <= row["reserved_micros"]
     assert row["platform"] == "slack" and row["channel"] == "C1" and row["user"] == "U1"
 
 
@@ -126,7 +126,7 @@ async def test_mention_in_thread_edits_the_latest_image_with_a_reference_and_a_m
     assert edit.endpoint == "edits" and edit.images == 2 and edit.mask
     assert edit.prompt == "make it blue"
     assert slack.uploaded[1].thread_ts == thread
-    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+    assert [r["status"] for r in rows] == ["delivered", "delivered"]
     downloads = slack.calls_to("file_download")
     assert downloads and all(d.headers.get("Authorization") == f"Bearer {slack.bot_token}" for d in downloads)
 
@@ -235,7 +235,7 @@ async def test_socket_mode_receives_a_slash_command_and_delivers(slack: FakeSlac
         await slack.wait_for("files.completeUploadExternal")
         rows = await bot.settled(1)
         assert Image.open(io.BytesIO(slack.uploaded[0].bytes)).size == (1024, 1024)
-        assert rows[0]["status"] == "succeeded"
+        assert rows[0]["status"] == "delivered"
         assert (
             slack.calls_to("apps.connections.open")[0].headers["Authorization"] == f"Bearer {slack.app_token}"
         )
@@ -251,5 +251,5 @@ async def test_a_refused_upload_is_reported_with_cost_and_request_id(
     told = posts[-1].args["text"]
     assert "refused the upload (not_in_channel" in told and "request id req_" in told and "$" in told
     assert (
-        row["status"] == "succeeded" and row["actual_micros"] > 0
+        row["status"] == "delivered" and row["actual_micros"] > 0
     )  # the provider billed it: the ledger says so

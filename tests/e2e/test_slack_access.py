@@ -65,7 +65,7 @@ async def imagine(
     await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
     await until(lambda: len(slack.uploaded) > uploads)
     settled = await bot.settled(rows + 1)
-    assert settled[-1]["user"] == user and settled[-1]["status"] == "succeeded", settled
+    assert settled[-1]["user"] == user and settled[-1]["status"] == "delivered", settled
     return settled[-1]
 
 
@@ -194,7 +194,7 @@ async def test_an_allowed_user_group_admits_its_members_and_admins_only(
     slack.admins.add("U7")
     await imagine(slack, bot, "a poster --quality low", user="U7")  # a workspace admin, in no group
     rows = await bot.ledger()
-    assert [(r["user"], r["status"]) for r in rows] == [("U2", "succeeded"), ("U7", "succeeded")]
+    assert [(r["user"], r["status"]) for r in rows] == [("U2", "delivered"), ("U7", "delivered")]
     assert len(bot.server.calls) == 2
 
 

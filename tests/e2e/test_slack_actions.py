@@ -172,7 +172,7 @@ async def test_reroll_repeats_the_request_in_the_same_thread(slack: FakeSlack, b
     )
     assert [u.thread_ts for u in slack.uploaded] == [ts, ts]
     assert labels(slack, reply)  # the new job's message has its own buttons
-    assert [r["user"] for r in rows] == ["U1", "U1"] and rows[1]["status"] == "succeeded"
+    assert [r["user"] for r in rows] == ["U1", "U1"] and rows[1]["status"] == "delivered"
 
 
 async def test_vary_edits_the_delivered_image(slack: FakeSlack, bot: RunningBot) -> None:
@@ -303,7 +303,7 @@ async def test_socket_mode_clicks_and_forms(slack: FakeSlack, tmp_path: Path) ->
         assert "payload" not in ack  # an empty ack: the form closes
         await reply_job(slack, bot, ts)
         rows = await bot.settled(2)
-        assert bot.server.calls[-1].prompt == "make it purple" and rows[1]["status"] == "succeeded"
+        assert bot.server.calls[-1].prompt == "make it purple" and rows[1]["status"] == "delivered"
 
 
 # -- whose job a click is ------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ async def test_an_expensive_render_asks_first_and_renders_on_render(slack: FakeS
         status, _ = await slack.press(bot.events_url, "Render", message_ts=question["message_ts"])
         assert status == 200
         [row] = await bot.settled(1)
-        assert row["user"] == "U1" and row["status"] == "succeeded"
+        assert row["user"] == "U1" and row["status"] == "delivered"
         [call] = bot.server.calls
         assert (call.prompt, call.size, call.quality) == ("a cathedral", "1024x1024", "high")
         [progress] = slack.calls_to("chat.postMessage")

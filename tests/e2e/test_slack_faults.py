@@ -25,7 +25,7 @@ async def test_fault(fault: str, slack: FakeSlack, bot: RunningBot) -> None:
     assert row["actual_micros"] == expected
     assert row["request_ids"] not in (None, "[]")
     # What the user sees: the image with its summary, or a failure in the thread; both name a request id.
-    if status == "succeeded":
+    if status == "delivered":
         [upload] = await slack.wait_for("files.completeUploadExternal")
         assert words in upload.args["initial_comment"]
     else:

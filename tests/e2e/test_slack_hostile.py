@@ -48,7 +48,7 @@ async def _reply_with(slack: FakeSlack, bot: RunningBot, files: list[dict], text
     [ephemeral] = await slack.wait_for("chat.postEphemeral")
     assert len(bot.server.calls) == 1  # only the base image: the hostile reply called no API
     rows = await bot.ledger()
-    assert len(rows) == 1 and rows[0]["status"] == "succeeded"
+    assert len(rows) == 1 and rows[0]["status"] == "delivered"
     return str(ephemeral.args["text"])
 
 

@@ -172,8 +172,8 @@ async def test_cancel_of_a_job_alone_in_its_batch_cancels_the_batch(
             relax_reserved("a lone fox"),
         )
         if when != "at once":
-            assert row["status"] == "succeeded", row
-        if row["status"] == "succeeded":  # its line had finished before the cancel: delivered and charged
+            assert row["status"] == "delivered", row
+        if row["status"] == "delivered":  # its line had finished before the cancel: delivered and charged
             assert row["actual_micros"] == relax_price(row) > 0
             [upload] = await until(lambda: uploads_in(slack, ts))
             assert "relax, half price" in html.unescape(str(upload))
@@ -204,7 +204,7 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_but_not_posted(
         assert rows["U1"]["reserved_micros"] == relax_reserved("a shared fox")
         assert rows["U2"]["reserved_micros"] == relax_reserved("a shared crow")
         for row in rows.values():  # both made and charged at the batch price
-            assert (row["mode"], row["status"]) == ("relax", "succeeded")
+            assert (row["mode"], row["status"]) == ("relax", "delivered")
             assert row["actual_micros"] == relax_price(row) > 0
         assert ("POST", f"/v1/batches/{batch_id}/cancel") not in bot.server.batch_calls
         assert bot.server.batch_api.batches[batch_id].status == "completed"
@@ -277,7 +277,7 @@ async def test_an_expired_batch_releases_what_it_did_not_make(slack: FakeSlack, 
         first, second = await closed(bot, 2)
         [batch] = bot.server.batch_api.batches.values()
         assert batch.status == "expired"
-        assert (first["mode"], first["status"]) == ("relax", "succeeded")
+        assert (first["mode"], first["status"]) == ("relax", "delivered")
         assert first["actual_micros"] == relax_price(first) > 0
         assert (second["mode"], second["status"], second["actual_micros"]) == ("relax", "failed", 0)
         assert "batch_expired" in str(second["error"])
@@ -343,7 +343,7 @@ async def test_a_relax_edit_uploads_its_images_and_references_them_by_file_id(
         assert [files[ref["file_id"]].purpose for ref in refs] == ["vision"] * images
         assert files[edit_batch.input_file_id].purpose == "batch"
         edit = rows[-1]
-        assert (edit["mode"], edit["status"]) == ("relax", "succeeded")
+        assert (edit["mode"], edit["status"]) == ("relax", "delivered")
         assert edit["reserved_micros"] == relax_reserved("make it blue", images)
         assert edit["actual_micros"] == relax_price(edit) > 0
         assert "relax, half price" in html.unescape(str(uploads_in(slack, home)[-1]))
@@ -376,7 +376,7 @@ async def test_max_jobs_refuses_a_second_job_while_the_first_runs(slack: FakeSla
         # Per user: someone else still gets in.
         await slack.send_slash_command(bot.events_url, text=f"someone else's {CHEAP}", user_id="U2")
         rows = await bot.settled(2)
-        assert [(r["user"], r["status"]) for r in rows] == [("U1", "succeeded"), ("U2", "succeeded")]
+        assert [(r["user"], r["status"]) for r in rows] == [("U1", "delivered"), ("U2", "delivered")]
         assert all(r["actual_micros"] > 0 for r in rows)
         assert [c.prompt for c in bot.server.calls] == ["a slow one", "someone else's"]
         # Once it finished, the next one goes.
@@ -399,7 +399,7 @@ async def test_a_channels_moderation_goes_on_generations_only(slack: FakeSlack, 
     reroll = bot.server.calls[-1]
     assert reroll.endpoint == "generations" and "moderation" in reroll.fields
     rows = await bot.settled(3)
-    assert [r["status"] for r in rows] == ["succeeded"] * 3 and all(r["actual_micros"] > 0 for r in rows)
+    assert [r["status"] for r in rows] == ["delivered"] * 3 and all(r["actual_micros"] > 0 for r in rows)
     assert [r["mode"] for r in rows] == ["fast"] * 3
     # Elsewhere no moderation is sent.
     await imagine_row(slack, bot, f"a cartoon fox {CHEAP}", channel="C2")
@@ -413,9 +413,9 @@ async def test_a_denied_user_group_is_refused_and_others_render(slack: FakeSlack
     text = await refused(slack, bot, f"a poster {CHEAP}", user="U2")
     assert "in a group that may not render" in text
     row = await imagine_row(slack, bot, f"a poster {CHEAP}", user="U1")
-    assert (row["user"], row["mode"], row["status"]) == ("U1", "fast", "succeeded")
+    assert (row["user"], row["mode"], row["status"]) == ("U1", "fast", "delivered")
     assert row["actual_micros"] > 0
-    assert [(r["user"], r["status"]) for r in await bot.ledger()] == [("U1", "succeeded")]
+    assert [(r["user"], r["status"]) for r in await bot.ledger()] == [("U1", "delivered")]
     assert [c.prompt for c in bot.server.calls] == ["a poster"]
     # A member's mention and relax job are refused too, privately, before anything is read or sent.
     before = len(said_to(slack, "U2"))
@@ -440,6 +440,6 @@ async def test_the_fair_queue_starts_other_users_single_jobs_early(slack: FakeSl
         assert "u2 job" in first_three and "u3 job" in first_three, first_three
         rows = await bot.settled(7, timeout=20)
         assert sorted(r["user"] for r in rows) == ["U1"] * 5 + ["U2", "U3"]
-        assert all(r["status"] == "succeeded" and r["actual_micros"] > 0 for r in rows)
+        assert all(r["status"] == "delivered" and r["actual_micros"] > 0 for r in rows)
         u1 = [c.prompt for c in bot.server.calls if str(c.prompt).startswith("u1")]
         assert u1 == [f"u1 job {n}" for n in range(1, 6)]  # FIFO within a user

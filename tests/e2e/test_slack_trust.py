@@ -52,7 +52,7 @@ async def assert_books_balance(bot: RunningBot) -> None:
     rows = await bot.ledger()
     assert not [r for r in rows if r["status"] in ("reserved", "running")], rows
     charged = sum(r["actual_micros"] for r in rows)
-    images = sum(r["status"] == "succeeded" for r in rows)
+    images = sum(r["status"] == "delivered" for r in rows)
     for scope, micros, count in await bot.core.ledger.query(
         "SELECT scope, sum(micros), sum(images) FROM counters GROUP BY scope"
     ):
@@ -113,7 +113,7 @@ async def test_socket_mode_has_no_http_events_route_and_still_works(slack: FakeS
         await slack.socket_send("events_api", slack.event_envelope(mention))
         await slack.wait_for("files.completeUploadExternal", 2)
         rows = await bot.settled(2)
-        assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+        assert [r["status"] for r in rows] == ["delivered", "delivered"]
         assert [c.prompt for c in bot.server.calls] == ["socket cat", "socket mention"]
         assert await bot.core.ledger.query("SELECT * FROM limits") == []
         assert not slack.calls_to("response_url") and not slack.calls_to("users.info")
@@ -181,7 +181,7 @@ async def test_a_mention_in_someone_elses_thread_is_a_new_image(slack: FakeSlack
     )
     await slack.wait_for("files.completeUploadExternal")
     [row] = await bot.settled(1)
-    assert row["status"] == "succeeded" and bot.server.calls[0].endpoint == "generations"
+    assert row["status"] == "delivered" and bot.server.calls[0].endpoint == "generations"
     assert bot.server.calls[0].prompt == "a lighthouse"
     progress = slack.calls_to("chat.postMessage")[0]
     assert progress.args["thread_ts"] == root["ts"] == slack.uploaded[0].thread_ts
@@ -216,7 +216,7 @@ async def test_either_twin_makes_exactly_one_job_and_a_retry_none(
     await slack.send_event(bot.events_url, slack.message_event(text="sentinel --quality low", mention=True))
     rows = await bot.settled(2)
     assert sorted((c.endpoint, c.images) for c in bot.server.calls) == [("edits", 2), ("generations", 0)]
-    assert [r["status"] for r in rows] == ["succeeded", "succeeded"]
+    assert [r["status"] for r in rows] == ["delivered", "delivered"]
 
 
 # -- 3b. Listeners ack before any Web API call --------------------------------------------------------
@@ -286,7 +286,7 @@ async def test_lost_upload_is_reported_in_the_thread_with_cost_and_request_id(
     assert "made and charged" in text and "could not be posted" in text and "ServerDisconnectedError" in text
     assert "request id req_" in text and format_usd(row["actual_micros"]) in text
     assert told.args["thread_ts"] == slack.messages["C1"][0]["ts"] and "thread_ts" not in progress.args
-    assert row["status"] == "succeeded" and row["actual_micros"] > 0 and not slack.uploaded
+    assert row["status"] == "delivered" and row["actual_micros"] > 0 and not slack.uploaded
     await progress_finished(slack)
     assert "could not be posted" in str(slack.calls_to("chat.update")[-1].args["text"])
     await assert_books_balance(bot)
@@ -298,7 +298,7 @@ async def test_lost_progress_updates_are_harmless(slack: FakeSlack, bot: Running
     await slack.send_slash_command(bot.events_url, text="still fine --quality low")
     await slack.wait_for("files.completeUploadExternal")
     [row] = await bot.settled(1)
-    assert row["status"] == "succeeded" and slack.calls_to("chat.update")[0].status == 0
+    assert row["status"] == "delivered" and slack.calls_to("chat.update")[0].status == 0
     await progress_finished(slack)
     await assert_books_balance(bot)
 
