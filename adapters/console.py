@@ -151,7 +151,8 @@ async def imagine(
         await view.refused(str(exc))
         return 2
     outcome = await core.submit(request, who, view)
-    return 0 if isinstance(outcome, JobResult) else view.exit_code or 1
+    # A result whose images could not be written is kept (the outbox) but is not a success: exit non-zero.
+    return view.exit_code or (0 if isinstance(outcome, JobResult) else 1)
 
 
 async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> str | None:

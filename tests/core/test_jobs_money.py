@@ -96,7 +96,7 @@ def assert_counters_match_ledger(core: Core) -> None:
     for row in rows(core):
         is_open = row["status"] in ("reserved", "running")
         micros = row["reserved_micros"] if is_open else row["actual_micros"]
-        images = 1 if is_open or row["status"] == "delivered" else 0
+        images = 1 if is_open or row["status"] in ("rendered", "delivered", "undelivered") else 0
         who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
         for key in quota.counter_keys(who, row["day"], row["month"]):
             old = expected.get(key, (0, 0))

@@ -52,7 +52,7 @@ async def assert_books_balance(bot: RunningBot) -> None:
     rows = await bot.ledger()
     assert not [r for r in rows if r["status"] in ("reserved", "running")], rows
     charged = sum(r["actual_micros"] for r in rows)
-    images = sum(r["status"] == "delivered" for r in rows)
+    images = sum(r["status"] in ("rendered", "delivered", "undelivered") for r in rows)
     for scope, micros, count in await bot.core.ledger.query(
         "SELECT scope, sum(micros), sum(images) FROM counters GROUP BY scope"
     ):
@@ -274,21 +274,26 @@ async def test_lost_progress_message_for_a_mention_is_told_privately(
 
 
 @pytest.mark.parametrize("step", ["files.getUploadURLExternal", "upload", "files.completeUploadExternal"])
-async def test_lost_upload_is_reported_in_the_thread_with_cost_and_request_id(
+async def test_one_lost_upload_step_is_retried_and_the_paid_image_arrives(
     step: str, slack: FakeSlack, bot: RunningBot
 ) -> None:
+    """[1/6] item 5: one dropped connection at any upload step once lost a paid image (`files uploaded: 0`, the
+    row `succeeded`). slack_sdk's own retry handlers (connection, 5xx, 429) and the outbox's retries now
+    deliver it, once."""
     slack.fail_next[step] = {"drop": True}
     await slack.send_slash_command(bot.events_url, text="paid for --quality low")
+    await slack.wait_for("files.completeUploadExternal")
     [row] = await bot.settled(1)
-    posts = await slack.wait_for("chat.postMessage", 2)
-    progress, told = posts[0], posts[-1]
-    text = told.args["text"]
-    assert "made and charged" in text and "could not be posted" in text and "ServerDisconnectedError" in text
-    assert "request id req_" in text and format_usd(row["actual_micros"]) in text
-    assert told.args["thread_ts"] == slack.messages["C1"][0]["ts"] and "thread_ts" not in progress.args
-    assert row["status"] == "delivered" and row["actual_micros"] > 0 and not slack.uploaded
+    for _ in range(500):
+        [row] = await bot.ledger()
+        if row["status"] == "delivered":
+            break
+        await asyncio.sleep(0.01)
+    assert row["status"] == "delivered" and row["actual_micros"] > 0
+    assert len(slack.uploaded) == 1  # once: no second copy
     await progress_finished(slack)
-    assert "could not be posted" in str(slack.calls_to("chat.update")[-1].args["text"])
+    assert "could not be posted" not in str(slack.calls_to("chat.update")[-1].args["text"])
+    assert await bot.core.ledger.outbox(row["job_id"]) == []  # delivered: its bytes are gone
     await assert_books_balance(bot)
 
 
