@@ -258,3 +258,20 @@ async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed
         await renderer.render(request(), before_retry=before_retry)
     assert len(server.calls) == 1 and caught.value.billed_attempts == 1
     assert "not retried" in str(caught.value) and "daily spend limit" in str(caught.value)
+
+
+# --- an answer with HTTP 200 was billed (issue item 4) ----------------------------------------
+
+
+@pytest.mark.parametrize("partials", [0, 1])
+async def test_a_200_whose_image_is_cut_off_was_billed(
+    renderer: Renderer, server: OfflineImageServer, partials: int
+) -> None:
+    """The provider answered 200 and charged for it; that the image does not decode changes nothing."""
+    server.push_faults("truncated")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), partials=partials)
+    assert len(server.calls) == 1 and caught.value.attempts == 1
+    assert caught.value.billed_attempts == 1 and caught.value.possibly_billed
+    assert "HTTP 200: billed" in str(caught.value) and "cannot be decoded" in str(caught.value)
+    assert server.calls[0].request_id in str(caught.value)
