@@ -10,6 +10,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -414,6 +415,11 @@ async def test_no_retry_starts_after_the_deadline(server: OfflineImageServer) ->
         await renderer.close()
     assert len(server.calls) == 2 == caught.value.attempts and time.monotonic() - started < 1.2
     assert "deadline of 1.2 s" in str(caught.value) and "HTTP 500" in str(caught.value)
+
+
+async def test_the_settings_reach_the_renderer(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_RETRY_AFTER_MAX="5", IMAGEBOT_IMAGE_DEADLINE="30")
+    assert (core.renderer.retry_after_max, core.renderer.image_deadline) == (5, 30)
 
 
 # --- a refused connection is not a timeout (issue [2/6] item 17) ------------------------------
