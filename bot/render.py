@@ -6,7 +6,13 @@ module retries, so every attempt counts, a stream that breaks after it started i
 headers say (the SDK alone would also retry 409 and anything marked `x-should-retry: true`).
 A recording transport sees every HTTP attempt, so each request id is kept and every attempt that
 may have been billed without giving us an image is counted. Before a retry that follows such an
-attempt the caller is asked (`before_retry`), so it can extend the reservation or refuse.
+attempt the caller is asked (`before_retry`), so it can extend the reservation or refuse; if it cannot
+(a limit, or a database error), the image ends there with what may have been billed.
+
+Not retried either: a 429 for an account out of credit (`insufficient_quota`, `billing_hard_limit_reached`),
+and a Retry-After longer than `retry_after_max` (the message says when to try again). One deadline per
+image (`image_deadline`) bounds all its attempts together. An answer with HTTP 200 was billed: if its image
+cannot be decoded, that attempt counts as billed.
 """
 
 from __future__ import annotations
@@ -190,7 +196,9 @@ class Renderer:
             max_retries=0,  # every retry is ours, counted against the one budget
             # trust_env off: proxies from the environment would be mounted as transports that record nothing;
             # our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
-            http_client=openai.DefaultAsyncHttpx2Client(transport=transport, trust_env=False),
+            http_client=httpx2.AsyncClient(
+                transport=transport, timeout=timeout, follow_redirects=True, trust_env=False
+            ),
         )
 
     async def close(self) -> None:
@@ -241,6 +249,8 @@ class Renderer:
         try:
             for retry in range(self.max_retries + 1):
                 left = deadline - time.monotonic()
+                if left <= 0:  # the caller's reservation for the retry took the rest of the time
+                    raise self._past_deadline(attempts, client_request_id)
                 per_attempt = min(self.timeout, left)
                 scope = asyncio.timeout_at(deadline)
                 try:
@@ -257,7 +267,9 @@ class Renderer:
                     if isinstance(exc, openai.APITimeoutError) and per_attempt < self.timeout:
                         raise self._past_deadline(attempts, client_request_id) from None
                     failure = exc
-                await self._before_retry(failure, retry, attempts, deadline, client_request_id, before_retry)
+                await self._retry_or_raise(
+                    failure, retry, attempts, deadline, client_request_id, before_retry
+                )
             try:
                 data, width, height = await asyncio.to_thread(_decode, b64)
             except (ValueError, OSError) as exc:
@@ -308,7 +320,7 @@ class Renderer:
             attempts=n,
         )
 
-    async def _before_retry(
+    async def _retry_or_raise(
         self,
         failure: Exception,
         retry: int,
