@@ -16,13 +16,15 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot import metrics
+from bot import metrics, texts
 from bot.errors import ApiRejected, ModerationRefused, ProviderError
 from bot.images import load_image
 from bot.offline import OfflineImageServer
-from bot.pricing import load_prices
+from bot.outcomes import JobFailure, JobResult, Progress
+from bot.pricing import format_usd, load_prices
 from bot.render import Renderer
-from bot.request import parse_request
+from bot.request import Requester, parse_request
+from tests import dbs
 
 
 @pytest.fixture
@@ -434,3 +436,49 @@ async def test_a_refused_connection_says_so_and_names_the_address() -> None:
     text = str(failure)
     assert "did not answer within" not in text
     assert f"127.0.0.1:{port}" in text and "refused" in text.lower(), text
+
+
+# --- what the requester sees and the ledger keeps ---------------------------------------------
+
+
+class FailureView:
+    """The adapter side of a job: keeps the failures."""
+
+    def __init__(self) -> None:
+        self.failures: list[JobFailure] = []
+
+    async def progress(self, progress: Progress) -> None:
+        pass
+
+    async def deliver(self, result: JobResult) -> None:
+        raise AssertionError(f"delivered {result}")
+
+    async def failed(self, failure: JobFailure) -> None:
+        self.failures.append(failure)
+
+
+async def run_failing_job(core: Any, text: str) -> tuple[JobFailure, dict[str, Any], int]:
+    """Run one job that fails; its failure, its ledger row and its estimate."""
+    request = core.parse(text)
+    job = await core.runner.prepare(request, Requester("slack", "W1", "C1", "U1"))
+    view = FailureView()
+    outcome = await core.runner.execute(job, view)
+    assert isinstance(outcome, JobFailure) and view.failures == [outcome]
+    [row] = dbs.read(core.settings.db_path, "SELECT * FROM ledger")
+    return outcome, row, core.runner.estimate(request)
+
+
+async def test_a_cut_off_image_is_charged_at_its_estimate(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_FAULTS="truncated")
+    outcome, row, estimate = await run_failing_job(core, "a red fox --quality low --size 1024x1024")
+    assert (row["status"], row["actual_micros"]) == ("possibly_billed", estimate)
+    assert "cannot be decoded" in row["error"] and outcome.charged_micros == estimate
+    assert f"Charged {format_usd(estimate)}" in texts.summary(outcome)
+
+
+async def test_an_account_out_of_credit_is_told_to_the_requester_and_costs_nothing(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_FAULTS="insufficient_quota*")
+    outcome, row, _ = await run_failing_job(core, "a red fox --quality low --size 1024x1024")
+    assert (row["status"], row["actual_micros"]) == ("failed", 0) and outcome.charged_micros == 0
+    assert len(core.offline_server.calls) == 1
+    assert "out of credit" in texts.summary(outcome) and "add credit" in texts.summary(outcome)
