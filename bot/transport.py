@@ -13,6 +13,7 @@ TLS handshake; the request never left), `ConnectTimeout` (no connection in time;
 
 from __future__ import annotations
 
+import errno
 import ssl
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,7 +37,7 @@ def _connect_failure(exc: aiohttp.ClientConnectorError, where: str) -> str:
     """`connection refused by 127.0.0.1:9`, `no such host api.example (...)`, in the OS's words."""
     os_error = exc.os_error
     reason = (getattr(os_error, "strerror", None) or str(os_error) or exc.__class__.__name__).rstrip(".")
-    if isinstance(os_error, ConnectionRefusedError):
+    if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
         return f"connection refused by {where}"
     if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
         return f"TLS handshake with {where} failed ({reason})"
