@@ -88,7 +88,12 @@ class Core:
             base_url = offline_server.base_url
             log.info("offline image server", extra={"base_url": base_url})
         renderer = Renderer(
-            base_url=base_url, api_key=api_key, timeout=settings.api_timeout, max_retries=settings.api_retries
+            base_url=base_url,
+            api_key=api_key,
+            timeout=settings.api_timeout,
+            max_retries=settings.api_retries,
+            retry_after_max=settings.retry_after_max,
+            image_deadline=settings.image_deadline,
         )
         rules = Access(
             prices,

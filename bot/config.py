@@ -46,6 +46,8 @@ def usd_micros(text: str) -> int:
 MAX_COOLDOWN = 86_400.0  # IMAGEBOT_USER_COOLDOWN and a tenant's cooldown=: at most a day
 MAX_JOBS = 100  # IMAGEBOT_USER_MAX_JOBS and a tenant's max_jobs=
 MAX_SHARDS = 10_000  # DISCORD_SHARD_COUNT
+MAX_RETRY_AFTER = 3600.0  # IMAGEBOT_RETRY_AFTER_MAX: an hour
+MAX_IMAGE_DEADLINE = 86_400.0  # IMAGEBOT_IMAGE_DEADLINE: a day
 
 
 def parse_admins(text: str, name: str = "IMAGEBOT_ADMINS") -> frozenset[str]:
@@ -155,6 +157,8 @@ class Settings:
     timezone: ZoneInfo = field(default_factory=lambda: ZoneInfo("UTC"))
     api_timeout: float = 360.0
     api_retries: int = 2
+    retry_after_max: float = 60.0  # a longer Retry-After is not waited out: the image fails, saying when
+    image_deadline: float = 900.0  # all attempts of one image together
     max_in_flight: int = 8
     progress_interval: float = 3.0
     partial_images: int = 2
@@ -393,6 +397,8 @@ def _parse(env: _Env) -> Settings:
         timezone=tz,
         api_timeout=env.number("IMAGEBOT_API_TIMEOUT", 360.0, minimum=0.001),
         api_retries=env.integer("IMAGEBOT_API_RETRIES", 2, minimum=0, maximum=2),
+        retry_after_max=env.number("IMAGEBOT_RETRY_AFTER_MAX", 60.0, maximum=MAX_RETRY_AFTER),
+        image_deadline=env.number("IMAGEBOT_IMAGE_DEADLINE", 900.0, minimum=1.0, maximum=MAX_IMAGE_DEADLINE),
         max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
         progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
         partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),

@@ -196,6 +196,7 @@ class JobRunner:
             prompt=request.prompt,
             references=len(request.references),
             partials=partials,
+            mask=request.mask is not None,
         )
         return batch_price(worst, prices) if request.relax else worst
 

@@ -48,6 +48,9 @@ ACTIONS = Counter(
 ATTEMPTS = Counter(
     "imagebot_api_attempts_total", "HTTP attempts to the image API by outcome", ["outcome"], registry=REGISTRY
 )
+OUT_OF_CREDIT = Counter(
+    "imagebot_api_out_of_credit", "Images failed because the API account is out of credit", registry=REGISTRY
+)
 
 
 def exposition() -> bytes:

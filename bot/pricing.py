@@ -38,6 +38,9 @@ class Priced(Protocol):
     @property
     def references(self) -> Sized: ...
 
+    @property
+    def mask(self) -> object | None: ...
+
 
 QUALITIES = ("low", "medium", "high")
 TABLE_SIZES = ((1024, 1024), (1024, 1536), (1536, 1024))
@@ -318,16 +321,21 @@ def estimate_micros(
     prompt: str,
     references: int = 0,
     partials: int = 0,
+    mask: bool = False,
 ) -> int:
-    """Worst-case cost of ONE image call, in micro-dollars; used for the reservation."""
+    """Worst-case cost of ONE image call, in micro-dollars; used for the reservation, so never below what the
+    call can be billed (SPEC §5): the prompt at one token per UTF-8 byte, every input image (each reference,
+    and the mask) at the most image-input tokens one can cost, the dearest size `auto` may render at the
+    dearest quality `auto` may pick, and every partial image's output tokens."""
     if prices.flat_per_image is not None:
         return to_micros(prices.flat_per_image)
     quality = priced_quality(quality)
     out = max(prices.image_output_tokens(w, h, quality) for w, h in rendered_sizes(prices, size))
     out += partials * prices.partial_image_output_tokens
+    input_images = references + (1 if mask else 0)
     usd = (
         prompt_token_bound(prompt) * prices.text_input
-        + references * prices.reference_image_max_tokens * prices.image_input
+        + input_images * prices.reference_image_max_tokens * prices.image_input
         + out * prices.image_output
     )
     return to_micros(usd)
@@ -342,6 +350,7 @@ def request_estimate_micros(prices: ModelPrices, request: Priced, partials: int 
         prompt=request.prompt,
         references=len(request.references),
         partials=partials,
+        mask=request.mask is not None,
     )
 
 

@@ -6,7 +6,13 @@ module retries, so every attempt counts, a stream that breaks after it started i
 headers say (the SDK alone would also retry 409 and anything marked `x-should-retry: true`).
 A recording transport sees every HTTP attempt, so each request id is kept and every attempt that
 may have been billed without giving us an image is counted. Before a retry that follows such an
-attempt the caller is asked (`before_retry`), so it can extend the reservation or refuse.
+attempt the caller is asked (`before_retry`), so it can extend the reservation or refuse; if it cannot
+(a limit, or a database error), the image ends there with what may have been billed.
+
+Not retried either: a 429 for an account out of credit (`insufficient_quota`, `billing_hard_limit_reached`),
+and a Retry-After longer than `retry_after_max` (the message says when to try again). One deadline per
+image (`image_deadline`) bounds all its attempts together. An answer with HTTP 200 was billed: if its image
+cannot be decoded, that attempt counts as billed.
 """
 
 from __future__ import annotations
@@ -14,23 +20,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextvars
+import datetime
 import email.utils
+import io
 import logging
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import httpx2
 import openai
+from PIL import Image
 
 from . import metrics
 from .errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
-from .images import image_size
 from .pricing import Usage
 from .request import ImageRequest
+from .transport import AiohttpTransport
 
 log = logging.getLogger("imagebot.render")
 
@@ -40,7 +49,10 @@ BeforeRetry = Callable[[], Awaitable[None]]
 RETRY_STATUSES = frozenset({408, 429})  # and every 5xx
 BACKOFF_SECONDS = 0.5  # the first retry's wait (doubling, at most MAX_BACKOFF_SECONDS), as the SDK's own
 MAX_BACKOFF_SECONDS = 8.0
-MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is not waited for: the usual backoff applies
+RETRY_AFTER_MAX_SECONDS = 60.0  # IMAGEBOT_RETRY_AFTER_MAX: a longer Retry-After fails the image at once
+IMAGE_DEADLINE_SECONDS = 900.0  # IMAGEBOT_IMAGE_DEADLINE: all attempts of one image together
+# A 429 with one of these error codes is an account out of credit, not a rate limit: no retry can succeed.
+OUT_OF_CREDIT_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached"})
 # Answers above this are parsed on a thread (a 4K image is tens of MB of JSON); below it the thread
 # hop costs more than the parse.
 INLINE_PARSE_BYTES = 1 << 20
@@ -81,22 +93,7 @@ _ATTEMPTS: contextvars.ContextVar[list[Attempt] | None] = contextvars.ContextVar
 )
 
 
-# The SDK's aiohttp backend (what openai.DefaultAioHttpClient uses): httpx's pool walks every open
-# connection on each request and release, which costs ~30% of the bot's CPU with 200 calls in flight.
-try:
-    from openai._vendor.httpx_aiohttp import AiohttpTransport as _Transport
-
-    _HttpClient: Any = openai.DefaultAioHttpClient
-except ImportError:  # an SDK without it: httpx's own transport
-    _Transport = httpx2.AsyncHTTPTransport  # type: ignore[assignment,misc]
-    _HttpClient = openai.DefaultAsyncHttpxClient
-
-
-# aiohttp's errors for a request that never left: no connection could be made (or none in time).
-_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
-
-
-class _RecordingTransport(_Transport):
+class _RecordingTransport(AiohttpTransport):
     """Records every attempt (request id, status, whether it was delivered) for the current render."""
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
@@ -106,18 +103,15 @@ class _RecordingTransport(_Transport):
             attempts.append(attempt)
         try:
             response = await super().handle_async_request(request)
-        except (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout) as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, _NOT_SENT):
-                # The aiohttp backend files every broken connection under "connect" errors, even one that
-                # broke after the request went out (the server hung up, a reset): that may have been billed.
-                metrics.ATTEMPTS.labels("disconnected").inc()
-                raise
-            attempt.delivered = False
+        except (httpx2.ConnectError, httpx2.ConnectTimeout):
+            attempt.delivered = False  # no connection was made: the request never left
             metrics.ATTEMPTS.labels("connect_error").inc()
             raise
         except httpx2.TimeoutException:
             metrics.ATTEMPTS.labels("timeout").inc()
+            raise
+        except httpx2.TransportError:  # broke after the request went out (a hang-up, a reset): may be billed
+            metrics.ATTEMPTS.labels("disconnected").inc()
             raise
         attempt.status = response.status_code
         attempt.request_id = response.headers.get("x-request-id")
@@ -154,8 +148,22 @@ def _usage(raw: Any) -> Usage:
 
 
 def _decode(b64: str) -> tuple[bytes, int, int]:
+    """The image's bytes and size; ValueError or OSError if it is not a whole PNG, JPEG or WebP (an answer
+    cut off half way). Checks the file's structure, not every pixel: a 4K image decodes in ~0.1 s of CPU."""
     data = base64.b64decode(b64)
-    width, height = image_size(data)
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, kind = image.width, image.height, image.format
+            if kind == "PNG":
+                image.verify()  # every chunk's CRC, through IEND
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # Pillow says "broken PNG" with SyntaxError, and has more types besides
+        raise ValueError(f"{exc.__class__.__name__}: {exc}") from exc
+    if kind == "JPEG" and not data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        raise ValueError("the JPEG image ends before its end marker")
+    if kind == "WEBP" and int.from_bytes(data[4:8], "little") + 8 > len(data):
+        raise ValueError("the WebP image is shorter than its header says")
     return data, width, height
 
 
@@ -170,10 +178,14 @@ class Renderer:
         timeout: float,
         max_retries: int,
         backoff: float = BACKOFF_SECONDS,
+        retry_after_max: float = RETRY_AFTER_MAX_SECONDS,
+        image_deadline: float = IMAGE_DEADLINE_SECONDS,
     ) -> None:
-        self.timeout = timeout
+        self.timeout = timeout  # one attempt's, at most
         self.max_retries = max_retries  # retries per image, on top of its first attempt
         self.backoff = backoff
+        self.retry_after_max = retry_after_max
+        self.image_deadline = image_deadline
         transport = _RecordingTransport(
             limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
         )
@@ -182,7 +194,11 @@ class Renderer:
             api_key=api_key,
             timeout=timeout,
             max_retries=0,  # every retry is ours, counted against the one budget
-            http_client=_HttpClient(transport=transport),
+            # trust_env off: proxies from the environment would be mounted as transports that record nothing;
+            # our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
+            http_client=httpx2.AsyncClient(
+                transport=transport, timeout=timeout, follow_redirects=True, trust_env=False
+            ),
         )
 
     async def close(self) -> None:
@@ -229,45 +245,53 @@ class Renderer:
         attempts = [] if attempts is None else attempts
         token = _ATTEMPTS.set(attempts)
         started = time.monotonic()
+        deadline = started + self.image_deadline  # the loop's clock is time.monotonic()
         try:
             for retry in range(self.max_retries + 1):
+                left = deadline - time.monotonic()
+                if left <= 0:  # the caller's reservation for the retry took the rest of the time
+                    raise self._past_deadline(attempts, client_request_id)
+                per_attempt = min(self.timeout, left)
+                scope = asyncio.timeout_at(deadline)
                 try:
-                    b64, usage = await self._call(request, partials, on_preview, client_request_id)
+                    async with scope:
+                        b64, usage = await self._call(
+                            request, partials, on_preview, client_request_id, per_attempt
+                        )
                     break
+                except TimeoutError:
+                    if not scope.expired():
+                        raise
+                    raise self._past_deadline(attempts, client_request_id) from None
                 except (openai.APIError, _StreamBroken) as exc:
-                    if retry == self.max_retries or not _retryable(exc):
-                        raise _translate(exc, attempts, self.timeout, client_request_id) from None
+                    if isinstance(exc, openai.APITimeoutError) and per_attempt < self.timeout:
+                        raise self._past_deadline(attempts, client_request_id) from None
                     failure = exc
-                if attempts and attempts[-1].possibly_billed and before_retry is not None:
-                    try:
-                        await before_retry()
-                    except QuotaExceeded as refused:
-                        raise _translate(
-                            failure, attempts, self.timeout, client_request_id, not_retried=str(refused)
-                        ) from None
-                delay = _delay(failure, retry, self.backoff)
-                log.warning(
-                    "api attempt failed; retrying",
-                    extra={
-                        "request_ids": ",".join(_ids(attempts)),
-                        "error": type(failure).__name__,
-                        "retry_in_s": round(delay, 2),
-                        "client_request_id": client_request_id,
-                    },
+                await self._retry_or_raise(
+                    failure, retry, attempts, deadline, client_request_id, before_retry
                 )
-                await asyncio.sleep(delay)
+            try:
+                data, width, height = await asyncio.to_thread(_decode, b64)
+            except (ValueError, OSError) as exc:
+                raise ProviderError(
+                    "the image API answered (HTTP 200: billed) with an image that cannot be decoded "
+                    f"({exc.__class__.__name__}: {str(exc)[:120]})",
+                    _ids(attempts),
+                    billed_attempts=_billed(attempts),
+                    attempts=len(attempts),
+                ) from None
+            # Only now is the answer an image: until here a 200 counts as billed without one (SPEC §4).
             for attempt in reversed(attempts):
                 if attempt.status == 200:
                     attempt.completed = True
                     break
-            data, width, height = await asyncio.to_thread(_decode, b64)
         except (
             ValueError,
             TypeError,
             OSError,
-        ) as exc:  # unreadable JSON, base64 or image: it may still be billed
+        ) as exc:  # unreadable JSON, base64 or image: billed all the same
             raise ProviderError(
-                f"the image API sent an answer that is not an image ({type(exc).__name__})",
+                f"the image API sent an answer that is not an image ({exc.__class__.__name__})",
                 _ids(attempts),
                 billed_attempts=_billed(attempts),
                 attempts=len(attempts),
@@ -286,10 +310,90 @@ class Renderer:
             elapsed=time.monotonic() - started,
         )
 
+    def _past_deadline(self, attempts: list[Attempt], client_request_id: str) -> ProviderError:
+        n = len(attempts)
+        return ProviderError(
+            f"the image was not finished within its deadline of {self.image_deadline:g} s "
+            f"(IMAGEBOT_IMAGE_DEADLINE), after {n} attempt{'s' if n != 1 else ''}",
+            _ids(attempts) or ((client_request_id,) if client_request_id else ()),
+            billed_attempts=_billed(attempts),
+            attempts=n,
+        )
+
+    async def _retry_or_raise(
+        self,
+        failure: Exception,
+        retry: int,
+        attempts: list[Attempt],
+        deadline: float,
+        client_request_id: str,
+        before_retry: BeforeRetry | None,
+    ) -> None:
+        """Wait for retry number `retry + 1`, or raise the error that ends the image: the failure cannot
+        be retried (a 4xx, an account out of credit, the budget spent), the wait it asks is too long or
+        would pass the deadline, or the caller cannot reserve the retry."""
+
+        def ends(not_retried: str | None = None) -> Exception:
+            return _translate(failure, attempts, self.timeout, client_request_id, not_retried)
+
+        if _out_of_credit(failure):
+            metrics.OUT_OF_CREDIT.inc()
+            log.error(
+                "image API account out of credit: add credit to the account",
+                extra={
+                    "code": getattr(failure, "code", None),
+                    "request_ids": ",".join(_ids(attempts)),
+                    "client_request_id": client_request_id,
+                },
+            )
+            raise ends() from None
+        if retry == self.max_retries or not _retryable(failure):
+            raise ends() from None
+        asked = _retry_after(failure)
+        if asked is not None and asked > self.retry_after_max:
+            raise ends(
+                f"the API asks to wait {math.ceil(asked)} s, longer than the {self.retry_after_max:g} s "
+                f"the bot waits; {_try_again(asked)}"
+            ) from None
+        delay = asked if asked is not None and asked >= 0 else _backoff(retry, self.backoff)
+        if time.monotonic() + delay >= deadline:
+            raise ends(
+                f"the next attempt would start after the image's deadline of {self.image_deadline:g} s "
+                "(IMAGEBOT_IMAGE_DEADLINE)"
+            ) from None
+        if attempts and attempts[-1].possibly_billed and before_retry is not None:
+            try:
+                await before_retry()
+            except QuotaExceeded as refused:
+                raise ends(f"another attempt could be billed too and {refused}") from None
+            except Exception as broken:  # a database error: the retry is not reserved, so it is not made
+                log.error(
+                    "could not reserve a retry",
+                    exc_info=True,
+                    extra={"request_ids": ",".join(_ids(attempts)), "client_request_id": client_request_id},
+                )
+                raise ends(f"the retry could not be reserved ({broken.__class__.__name__})") from None
+        log.warning(
+            "api attempt failed; retrying",
+            extra={
+                "request_ids": ",".join(_ids(attempts)),
+                "error": type(failure).__name__,
+                "retry_in_s": round(delay, 2),
+                "client_request_id": client_request_id,
+            },
+        )
+        await asyncio.sleep(delay)
+
     async def _call(
-        self, request: ImageRequest, partials: int, on_preview: PreviewCallback | None, client_request_id: str
+        self,
+        request: ImageRequest,
+        partials: int,
+        on_preview: PreviewCallback | None,
+        client_request_id: str,
+        attempt_seconds: float,
     ) -> tuple[str, Usage]:
         params = self._params(request, partials, client_request_id)
+        params["timeout"] = attempt_seconds
         images = self.client.images
         if not partials:
             # Read the body on the loop, but parse a 4K answer (tens of MB of JSON) on a thread.
@@ -359,12 +463,35 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
-def _delay(exc: Exception, retry: int, backoff: float) -> float:
-    """How long to wait before retry number `retry + 1`: Retry-After if sane, else exponential with jitter."""
-    asked = _retry_after(exc)
-    if asked is not None and 0 <= asked <= MAX_RETRY_AFTER_SECONDS:
-        return asked
+def _backoff(retry: int, backoff: float) -> float:
+    """The wait before retry number `retry + 1` when the server names none: exponential, with jitter."""
     return min(backoff * 2**retry, MAX_BACKOFF_SECONDS) * (1 - 0.25 * random.random())
+
+
+def _try_again(seconds: float) -> str:
+    """`try again at 14:02:07 UTC (in 120 s)`: the wall time, and how long from now."""
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
+    when = f"{moment:%Y-%m-%d %H:%M:%S}" if seconds > 12 * 3600 else f"{moment:%H:%M:%S}"
+    return f"try again at {when} UTC (in {math.ceil(seconds)} s)"
+
+
+def _out_of_credit(exc: Exception) -> bool:
+    """A 429 that no retry can fix: the API account has no credit left (told apart by its error code)."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code != 429:
+        return False
+    return (
+        getattr(exc, "code", None) in OUT_OF_CREDIT_CODES or getattr(exc, "type", None) in OUT_OF_CREDIT_CODES
+    )
+
+
+def _transport_error(exc: BaseException) -> httpx2.TransportError | None:
+    """The transport's own error under an SDK error: it says what happened and where."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, httpx2.TransportError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _translate(
@@ -381,13 +508,22 @@ def _translate(
     billed = _billed(attempts)
     tries = f"after {n} attempt{'s' if n != 1 else ''}"
     if not_retried is not None:
-        tries += f"; not retried, because another attempt could be billed too and {not_retried}"
+        tries += f"; not retried: {not_retried}"
+    cause = _transport_error(exc)
     if isinstance(exc, _StreamBroken):
+        reason = f" ({cause})" if cause is not None and str(cause) else ""
         return ProviderError(
-            f"the image stream broke before the image arrived, {tries}",
+            f"the image stream broke before the image arrived{reason}, {tries}",
             ids,
             billed_attempts=billed,
             attempts=n,
+        )
+    if isinstance(exc, openai.APIConnectionError) and isinstance(
+        cause, httpx2.ConnectError | httpx2.ConnectTimeout
+    ):
+        # No connection was made (refused, no such host, TLS, none in time): say which, and where.
+        return ProviderError(
+            f"the image API could not be reached: {cause}, {tries}", ids, billed_attempts=billed, attempts=n
         )
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(
@@ -397,8 +533,9 @@ def _translate(
             attempts=n,
         )
     if isinstance(exc, openai.APIConnectionError):
+        reason = f" ({cause})" if cause is not None and str(cause) else ""
         return ProviderError(
-            f"the connection to the image API failed, {tries}", ids, billed_attempts=billed, attempts=n
+            f"the connection to the image API broke{reason}, {tries}", ids, billed_attempts=billed, attempts=n
         )
     if isinstance(exc, openai.BadRequestError):
         body = exc.body if isinstance(exc.body, dict) else {}
@@ -419,9 +556,19 @@ def _translate(
             billed_attempts=billed,
             attempts=n,
         )
-    if isinstance(exc, openai.RateLimitError):
+    if _out_of_credit(exc):
         return ProviderError(
-            f"the image API is rate limiting us (HTTP 429), {tries}; try again in a minute",
+            f"the image API account is out of credit (HTTP 429, {getattr(exc, 'code', None) or 'insufficient_quota'}); "
+            f"an admin should add credit to the API account, {tries}",
+            ids,
+            billed_attempts=billed,
+            attempts=n,
+        )
+    if isinstance(exc, openai.RateLimitError):
+        asked = _retry_after(exc)
+        hint = "" if not_retried else "; " + (_try_again(asked) if asked else "try again in a minute")
+        return ProviderError(
+            f"the image API is rate limiting us (HTTP 429), {tries}{hint}",
             ids,
             billed_attempts=billed,
             attempts=n,

@@ -399,6 +399,8 @@ def usage(params: Params, prices: ModelPrices, partials_sent: int) -> dict[str, 
     output += partials_sent * prices.partial_image_output_tokens
     text = math.ceil(len(params.prompt) / 4)
     image = sum(reference_image_tokens(prices, im.width, im.height) for im in params.images)
+    if params.mask and params.images:  # the mask is an input image too, the size of the first
+        image += reference_image_tokens(prices, params.images[0].width, params.images[0].height)
     return {
         "input_tokens": text + image,
         "input_tokens_details": {"text_tokens": text, "image_tokens": image},

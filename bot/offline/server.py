@@ -36,9 +36,11 @@ MODERATION_MESSAGE = (
 )
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
 _FAULT_RE = re.compile(
-    r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|hang|drop|moderation|garbage"
-    r"|batch_failed|batch_expired|line_error)\*?$"
+    r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|(?:429:)?(?:insufficient_quota|billing_hard_limit_reached)"
+    r"|hang|drop|truncated|moderation|garbage|batch_failed|batch_expired|line_error)\*?$"
 )
+# 429 error codes of an account out of credit (OpenAI's, and some gateways'): no retry can succeed.
+_OUT_OF_CREDIT = ("insufficient_quota", "billing_hard_limit_reached")
 _REQUEST_ID_KEY = web.RequestKey("imagebot_request_id", str)
 
 
@@ -68,9 +70,11 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
     """Split and check a fault queue such as `"500,500,429:2,hang,drop,moderation"`.
 
     Tokens are `ok` (a normal answer: a spacer in the queue), `500`, `502`, `503`, `429:N` (Retry-After N seconds; bare `429` sends no
-    Retry-After), `408` (request timeout), `400` and `409` (client errors that, like a careless gateway, also say
-    `x-should-retry: true`), `hang`, `drop`, `moderation` and `garbage`; a trailing `*` makes a token
-    permanent (never consumed). Raises ConfigError naming the bad token.
+    Retry-After), `insufficient_quota` and `billing_hard_limit_reached` (a 429 for an account out of credit,
+    with that error code; `429:` in front is allowed), `408` (request timeout), `400` and `409` (client errors
+    that, like a careless gateway, also say `x-should-retry: true`), `hang`, `drop`, `truncated` (HTTP 200 whose
+    image is cut off half way: valid JSON and base64, an image that does not decode), `moderation` and
+    `garbage`; a trailing `*` makes a token permanent (never consumed). Raises ConfigError naming the bad token.
 
     `batch_failed`, `batch_expired` and `line_error` are for the Batch API (bot/offline/batch.py): only a
     batch creation takes them, and the image endpoints pass over them (they stay queued), as batches pass
@@ -85,10 +89,11 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
         if not _FAULT_RE.match(token):
             raise ConfigError(
                 f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 400, 408, 409, 500, 502, 503, "
-                "429:N, hang, drop, moderation, garbage, or for batches batch_failed, batch_expired or "
-                "line_error, optionally ending in * (always)"
+                "429:N, insufficient_quota, billing_hard_limit_reached, hang, drop, truncated, moderation, "
+                "garbage, or for batches batch_failed, batch_expired or line_error, optionally ending in * "
+                "(always)"
             )
-        tokens.append(token)
+        tokens.append(token.removeprefix("429:") if token.rstrip("*").endswith(_OUT_OF_CREDIT) else token)
     return tokens
 
 
@@ -334,7 +339,7 @@ class OfflineImageServer:
         if fault == "ok":
             fault = None
         record.fault = fault
-        if fault is not None and fault != "drop":
+        if fault is not None and fault not in ("drop", "truncated"):
             return await self._fault_response(request, record, fault)
         params = rules.validate(body, endpoint, self.prices)
         if endpoint == "edits":
@@ -343,8 +348,12 @@ class OfflineImageServer:
                 rules.check_mask(mask, images[0])
             params = dataclasses.replace(params, images=tuple(images), mask=mask is not None)
         if params.stream:
-            return await self._stream(request, params, record, drop=fault == "drop")
-        return await self._respond(request, params, record, drop=fault == "drop")
+            return await self._stream(
+                request, params, record, drop=fault == "drop", truncated=fault == "truncated"
+            )
+        return await self._respond(
+            request, params, record, drop=fault == "drop", truncated=fault == "truncated"
+        )
 
     async def _fault_response(
         self, request: web.Request, record: CallRecord, fault: str
@@ -377,6 +386,14 @@ class OfflineImageServer:
                 code="rate_limit_exceeded",
                 headers={"Retry-After": seconds} if seconds else None,
             )
+        if fault in _OUT_OF_CREDIT:
+            raise ApiError(
+                429,
+                "You exceeded your current quota, please check your plan and billing details. For more "
+                "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+                type_=fault,
+                code=fault,
+            )
         if fault == "moderation":
             raise ApiError(
                 400,
@@ -404,11 +421,13 @@ class OfflineImageServer:
             await asyncio.sleep(delay)
 
     async def _respond(
-        self, request: web.Request, params: Params, record: CallRecord, *, drop: bool
+        self, request: web.Request, params: Params, record: CallRecord, *, drop: bool, truncated: bool = False
     ) -> web.StreamResponse:
         started = time.monotonic()
         latency = self.latency
         _, b64 = await asyncio.to_thread(drawing.render_final, params)
+        if truncated:
+            b64 = _cut_off(b64)
         payload = self.images_response(params, b64)
         raw = await asyncio.to_thread(lambda: json.dumps(payload).encode("utf-8"))
         await self._sleep_until(started + latency)
@@ -424,11 +443,13 @@ class OfflineImageServer:
         return response
 
     async def _stream(
-        self, request: web.Request, params: Params, record: CallRecord, *, drop: bool
+        self, request: web.Request, params: Params, record: CallRecord, *, drop: bool, truncated: bool = False
     ) -> web.StreamResponse:
         started = time.monotonic()
         latency = self.latency
         final, b64 = await asyncio.to_thread(drawing.render_final, params)
+        if truncated:
+            b64 = _cut_off(b64)
         response = web.StreamResponse(
             status=200,
             headers={"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"},
@@ -509,6 +530,11 @@ def _env_seconds(environ: Mapping[str, str], name: str, default: float) -> float
     if not math.isfinite(seconds) or seconds < 0:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds; use e.g. 3 or 0.5")
     return seconds
+
+
+def _cut_off(b64: str) -> str:
+    """The first half of an image, still valid base64 (whole 4-character groups): it does not decode."""
+    return b64[: len(b64) // 8 * 4]
 
 
 def _sse(event: dict[str, Any]) -> bytes:

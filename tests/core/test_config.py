@@ -49,6 +49,7 @@ def test_defaults_are_the_specs() -> None:
     assert settings.http_port == 3000
     assert settings.api_timeout == 360
     assert settings.api_retries == 2
+    assert (settings.retry_after_max, settings.image_deadline) == (60, 900)
     assert settings.timezone == ZoneInfo("UTC")
     assert settings.model == "gpt-image-2"
     assert settings.openai_base_url is None
@@ -91,6 +92,8 @@ def test_values_are_read_and_typed() -> None:
         IMAGEBOT_TIMEZONE="Europe/Berlin",
         IMAGEBOT_API_TIMEOUT="600",
         IMAGEBOT_API_RETRIES="0",
+        IMAGEBOT_RETRY_AFTER_MAX="5",
+        IMAGEBOT_IMAGE_DEADLINE="1200",
         IMAGEBOT_USER_DAILY_USD="2.50",
         IMAGEBOT_USER_DAILY_IMAGES="10",
         IMAGEBOT_CHANNEL_MONTHLY_USD="$40",
@@ -102,6 +105,7 @@ def test_values_are_read_and_typed() -> None:
     assert settings.http_port == 8080
     assert settings.timezone == ZoneInfo("Europe/Berlin")
     assert (settings.api_timeout, settings.api_retries) == (600, 0)
+    assert (settings.retry_after_max, settings.image_deadline) == (5, 1200)
     assert settings.quotas.user_daily_micros == 2_500_000
     assert settings.quotas.user_daily_images == 10
     assert settings.quotas.channel_monthly_micros == 40_000_000
@@ -174,6 +178,12 @@ def test_imagebot_admins_refuses_what_it_cannot_read(text: str) -> None:
         ({"IMAGEBOT_API_RETRIES": "many"}, ["IMAGEBOT_API_RETRIES", "0-2"]),
         ({"IMAGEBOT_API_RETRIES": "3"}, ["IMAGEBOT_API_RETRIES", "0-2"]),
         ({"IMAGEBOT_LEASE_SECONDS": "61"}, ["IMAGEBOT_LEASE_SECONDS", "1-60"]),
+        ({"IMAGEBOT_RETRY_AFTER_MAX": "a minute"}, ["IMAGEBOT_RETRY_AFTER_MAX", "not a number"]),
+        ({"IMAGEBOT_RETRY_AFTER_MAX": "-1"}, ["IMAGEBOT_RETRY_AFTER_MAX", ">= 0"]),
+        ({"IMAGEBOT_RETRY_AFTER_MAX": "7200"}, ["IMAGEBOT_RETRY_AFTER_MAX", "0-3600"]),
+        ({"IMAGEBOT_IMAGE_DEADLINE": "nan"}, ["IMAGEBOT_IMAGE_DEADLINE", ">= 1"]),
+        ({"IMAGEBOT_IMAGE_DEADLINE": "0"}, ["IMAGEBOT_IMAGE_DEADLINE", ">= 1"]),
+        ({"IMAGEBOT_IMAGE_DEADLINE": "1e9"}, ["IMAGEBOT_IMAGE_DEADLINE", "1-86400"]),
         ({"IMAGEBOT_USER_DAILY_USD": "-1"}, ["IMAGEBOT_USER_DAILY_USD", "USD 0 to 1,000,000"]),
         ({"IMAGEBOT_CHANNEL_MONTHLY_USD": "-0.01"}, ["IMAGEBOT_CHANNEL_MONTHLY_USD", "USD 0 to 1,000,000"]),
         ({"IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots"}, ["IMAGEBOT_WORKSPACE_MONTHLY_USD", "not a USD amount"]),

@@ -428,6 +428,36 @@ async def test_garbage(client: openai.AsyncOpenAI, server: OfflineImageServer) -
             pass
 
 
+@pytest.mark.parametrize("partials", [0, 1])
+async def test_truncated_answers_200_with_an_image_cut_off_half_way(
+    client: openai.AsyncOpenAI, server: OfflineImageServer, partials: int
+) -> None:
+    """Valid JSON and valid base64, but the image stops half way: the bytes decode, the picture does not."""
+    server.push_faults("truncated")
+    params: dict[str, Any] = {"model": MODEL, "prompt": "cut", "quality": "low", "output_format": "png"}
+    if partials:
+        stream = await client.images.generate(**params, stream=True, partial_images=partials)
+        b64 = [event async for event in stream][-1].b64_json
+    else:
+        b64 = (await client.images.generate(**params)).data[0].b64_json  # type: ignore[index]
+    whole = (await client.images.generate(**params)).data[0].b64_json  # type: ignore[index]
+    assert b64 and whole and whole.startswith(b64) and len(b64) < len(whole) * 0.6
+    with pytest.raises(OSError):
+        decode(b64)
+    assert [(c.fault, c.status) for c in server.calls] == [("truncated", 200), (None, 200)]
+
+
+@pytest.mark.parametrize("code", ["insufficient_quota", "billing_hard_limit_reached"])
+async def test_an_account_out_of_credit_is_a_429_with_its_error_code(
+    client: openai.AsyncOpenAI, server: OfflineImageServer, code: str
+) -> None:
+    server.push_faults(code)
+    with pytest.raises(openai.RateLimitError) as caught:
+        await client.images.generate(model=MODEL, prompt="x")
+    assert caught.value.code == code and "retry-after" not in caught.value.response.headers
+    assert "exceeded your current quota" in caught.value.message
+
+
 async def test_sticky_fault_and_queue_order(client: openai.AsyncOpenAI, server: OfflineImageServer) -> None:
     server.push_faults(["503", "500*"])
     for expected in (503, 500, 500):
@@ -438,13 +468,15 @@ async def test_sticky_fault_and_queue_order(client: openai.AsyncOpenAI, server: 
 
 
 def test_fault_parsing() -> None:
-    assert parse_faults(" 500, 429:2 ,hang,drop*,moderation,garbage,") == [
+    assert parse_faults(" 500, 429:2 ,hang,drop*,moderation,garbage,truncated,429:insufficient_quota*") == [
         "500",
         "429:2",
         "hang",
         "drop*",
         "moderation",
         "garbage",
+        "truncated",
+        "insufficient_quota*",
     ]
     with pytest.raises(ConfigError, match="teapot"):
         parse_faults("500,teapot")

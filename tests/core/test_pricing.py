@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import ConfigError
+from bot.images import ImageInput, load_image
 from bot.offline import OfflineImageServer
 from bot.pricing import (
     ModelPrices,
@@ -30,8 +31,10 @@ from bot.pricing import (
     estimate_micros,
     format_usd,
     load_prices,
+    request_estimate_micros,
     to_micros,
 )
+from bot.request import parse_request
 from bot.sizes import AUTO, Size, is_valid
 
 T = TypeVar("T")
@@ -143,6 +146,30 @@ def test_each_reference_image_adds_its_image_input_tokens() -> None:
         assert estimate(references=references) - estimate() == references * 6_240 * 8
 
 
+def test_the_mask_is_an_input_image_too() -> None:
+    # The mask is sent as one more image (the size of the first): reserved at the same 6,240 tokens at $8/M.
+    assert estimate(references=1, mask=True) - estimate(references=1) == 6_240 * 8
+    assert estimate(references=5, mask=True) - estimate() == 6 * 6_240 * 8
+
+
+def test_an_edit_requests_estimate_counts_its_mask() -> None:
+    def png_input(name: str, mode: str) -> ImageInput:
+        return load_image(name, png(1024, 1024, mode))
+
+    base = png_input("base.png", "RGB")
+    plain = parse_request("make it blue --quality low", prices=load_prices(), references=[base])
+    masked = parse_request(
+        "make it blue --quality low",
+        prices=load_prices(),
+        references=[base],
+        mask=png_input("mask.png", "RGBA"),
+    )
+    assert (
+        request_estimate_micros(GPT_IMAGE_2, masked) - request_estimate_micros(GPT_IMAGE_2, plain)
+        == 6_240 * 8
+    )
+
+
 def test_the_prompt_is_counted_at_one_token_per_utf8_byte_at_most() -> None:
     assert estimate(prompt="a" * 1000) - estimate() == 1000 * 5
     assert estimate(prompt="猫" * 1000) - estimate() == 3000 * 5  # three UTF-8 bytes each
@@ -252,9 +279,9 @@ def offline() -> Iterator[tuple[Callable[[Awaitable[T]], T], openai.AsyncOpenAI]
         loop.close()
 
 
-def png(width: int, height: int) -> bytes:
+def png(width: int, height: int, mode: str = "RGB") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (width % 256, height % 256, 128)).save(buffer, "PNG")
+    Image.new(mode, (width, height), (width % 256, height % 256, 128, 0)[: len(mode)]).save(buffer, "PNG")
     return buffer.getvalue()
 
 
@@ -266,6 +293,7 @@ async def billed_usage(
     quality: str,
     partials: int,
     references: list[bytes],
+    mask: bytes | None = None,
 ) -> Usage:
     """One call the way the bot makes it; the usage the API reports for it."""
     params: dict[str, Any] = {
@@ -277,6 +305,8 @@ async def billed_usage(
     }
     if references:
         params["image"] = [(f"ref{i}.png", data, "image/png") for i, data in enumerate(references)]
+    if mask is not None:
+        params["mask"] = ("mask.png", mask, "image/png")
     call = client.images.edit if references else client.images.generate
     raw: Any = None
     if partials:
@@ -304,13 +334,14 @@ prompts = st.text(
 ).filter(lambda s: s.strip())
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     size=st.one_of(st.just(AUTO), valid_sizes),
     quality=st.sampled_from(["low", "medium", "high", "auto"]),
     prompt=prompts,
     partials=st.integers(0, 3),
     reference_sizes=st.lists(st.tuples(st.integers(16, 1600), st.integers(16, 1600)), max_size=5),
+    masked=st.booleans(),
 )
 @example(
     size=Size(3840, 2160),
@@ -318,8 +349,10 @@ prompts = st.text(
     prompt="猫" * 32_000,
     partials=3,
     reference_sizes=[(1600, 1600)] * 5,
+    masked=True,
 )
-@example(size=Size(1024, 1024), quality="high", prompt="a", partials=0, reference_sizes=[])
+@example(size=Size(1024, 1024), quality="high", prompt="a", partials=0, reference_sizes=[], masked=False)
+@example(size=AUTO, quality="auto", prompt="a", partials=0, reference_sizes=[(1536, 1024)], masked=True)
 def test_the_estimate_covers_what_the_offline_api_bills(
     offline: tuple[Callable[[Awaitable[Any]], Any], openai.AsyncOpenAI],
     size: Size,
@@ -327,16 +360,32 @@ def test_the_estimate_covers_what_the_offline_api_bills(
     prompt: str,
     partials: int,
     reference_sizes: list[tuple[int, int]],
+    masked: bool,
 ) -> None:
+    """charged <= reserved (SPEC §5): for any request, references 0-5 and a mask or not, the usage the API
+    reports never costs more than the estimate reserved for it."""
     run, client = offline
     references = [png(w, h) for w, h in reference_sizes]
+    mask = png(*reference_sizes[0], mode="RGBA") if masked and reference_sizes else None
     usage: Usage = run(
         billed_usage(
-            client, prompt=prompt, size=size, quality=quality, partials=partials, references=references
+            client,
+            prompt=prompt,
+            size=size,
+            quality=quality,
+            partials=partials,
+            references=references,
+            mask=mask,
         )
     )
     reserved = estimate_micros(
-        GPT_IMAGE_2, size=size, quality=quality, prompt=prompt, references=len(references), partials=partials
+        GPT_IMAGE_2,
+        size=size,
+        quality=quality,
+        prompt=prompt,
+        references=len(references),
+        partials=partials,
+        mask=mask is not None,
     )
     assert reserved >= cost_micros(GPT_IMAGE_2, usage)
 

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
+import logging
+import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from aiohttp import web
 from PIL import Image
 
+from bot import metrics, texts
 from bot.errors import ApiRejected, ModerationRefused, ProviderError
 from bot.images import load_image
 from bot.offline import OfflineImageServer
-from bot.pricing import load_prices
+from bot.outcomes import JobFailure, JobResult, Progress
+from bot.pricing import format_usd, load_prices
 from bot.render import Renderer
-from bot.request import parse_request
+from bot.request import Requester, parse_request
+from tests import dbs
 
 
 @pytest.fixture
@@ -258,3 +267,218 @@ async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed
         await renderer.render(request(), before_retry=before_retry)
     assert len(server.calls) == 1 and caught.value.billed_attempts == 1
     assert "not retried" in str(caught.value) and "daily spend limit" in str(caught.value)
+
+
+# --- an answer with HTTP 200 was billed (issue item 4) ----------------------------------------
+
+
+@pytest.mark.parametrize("partials", [0, 1])
+async def test_a_200_whose_image_is_cut_off_was_billed(
+    renderer: Renderer, server: OfflineImageServer, partials: int
+) -> None:
+    """The provider answered 200 and charged for it; that the image does not decode changes nothing."""
+    server.push_faults("truncated")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), partials=partials)
+    assert len(server.calls) == 1 and caught.value.attempts == 1
+    assert caught.value.billed_attempts == 1 and caught.value.possibly_billed
+    assert "HTTP 200: billed" in str(caught.value) and "cannot be decoded" in str(caught.value)
+    assert server.calls[0].request_id in str(caught.value)
+
+
+# --- a retry that cannot be reserved (issue item 6) -----------------------------------------
+
+
+async def test_a_database_error_reserving_a_retry_ends_the_image_keeping_what_may_have_been_billed(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
+    """Not a raw exception (the caller closed the row `failed` at 0): a ProviderError, not retried, that
+    carries the possibly-billed attempt."""
+
+    async def before_retry() -> None:
+        raise sqlite3.OperationalError("database is locked")
+
+    server.push_faults("hang*")
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), before_retry=before_retry)
+    assert len(server.calls) == 1 and caught.value.attempts == 1 and caught.value.billed_attempts == 1
+    assert "not retried" in str(caught.value) and "could not be reserved" in str(caught.value)
+    assert "database is locked" not in str(caught.value)  # the user is told what, not the driver's text
+
+
+# --- retries that cannot succeed or come too soon (issue item 7) ------------------------------
+
+
+def out_of_credit_count() -> float:
+    return metrics.REGISTRY.get_sample_value("imagebot_api_out_of_credit_total") or 0.0
+
+
+@pytest.mark.parametrize("code", ["insufficient_quota", "billing_hard_limit_reached"])
+async def test_an_account_out_of_credit_is_never_retried_and_operators_see_it(
+    renderer: Renderer, server: OfflineImageServer, code: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.push_faults(f"{code}*")
+    before = out_of_credit_count()
+    with caplog.at_level(logging.INFO, logger="imagebot.render"), pytest.raises(ProviderError) as caught:
+        await renderer.render(request())
+    assert len(server.calls) == 1 and caught.value.attempts == 1 and not caught.value.possibly_billed
+    assert "out of credit" in str(caught.value) and "an admin should add credit" in str(caught.value)
+    assert out_of_credit_count() == before + 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and "out of credit" in errors[0].getMessage() and getattr(errors[0], "code", None) == code
+
+
+async def test_a_rate_limit_429_is_still_retried(renderer: Renderer, server: OfflineImageServer) -> None:
+    server.push_faults("429")
+    result = await renderer.render(request())
+    assert result.attempts == 2
+
+
+async def test_a_retry_after_longer_than_the_maximum_is_not_waited_out(
+    renderer: Renderer, server: OfflineImageServer
+) -> None:
+    """A 429 asking for 120 s (above IMAGEBOT_RETRY_AFTER_MAX, 60 s): the image fails at once and says when."""
+    server.push_faults("429:120")
+    started, wall = time.monotonic(), time.time()
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request())
+    assert len(server.calls) == 1 and time.monotonic() - started < 5
+    found = re.search(r"try again at (\d\d:\d\d:\d\d) UTC \(in 120 s\)", str(caught.value))
+    assert found, str(caught.value)
+    expected = datetime.datetime.fromtimestamp(wall + 120, datetime.UTC)
+    told = datetime.datetime.combine(expected.date(), datetime.time.fromisoformat(found[1]), datetime.UTC)
+    assert abs((told - expected).total_seconds()) <= 5
+
+
+async def test_a_retry_after_ms_longer_than_the_maximum_is_not_waited_out() -> None:
+    """`retry-after-ms` counts too (a gateway's 90,000 ms); a lower maximum applies as configured."""
+    calls: list[str] = []
+
+    async def busy(request: web.Request) -> web.Response:
+        calls.append(request.headers.get("x-client-request-id", ""))
+        body = {"error": {"message": "Slow down", "type": "requests", "code": "rate_limit_exceeded"}}
+        return web.json_response(body, status=429, headers={"retry-after-ms": "90000"})
+
+    app = web.Application()
+    app.router.add_post("/v1/images/generations", busy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=5, max_retries=2)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await renderer.render(request())
+        assert len(calls) == 1 and "(in 90 s)" in str(caught.value)
+    finally:
+        await renderer.close()
+        await runner.cleanup()
+
+
+async def test_a_retry_after_within_a_configured_maximum_is_waited(server: OfflineImageServer) -> None:
+    server.push_faults("429:2")
+    renderer = Renderer(
+        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, retry_after_max=1.5
+    )
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await renderer.render(request())
+    finally:
+        await renderer.close()
+    assert len(server.calls) == 1 and "(in 2 s)" in str(caught.value)
+
+
+async def test_one_deadline_bounds_every_attempt_of_an_image(server: OfflineImageServer) -> None:
+    """Each attempt may take the client timeout (5 s here), but the image's deadline (1 s) bounds them all."""
+    server.push_faults("hang*")
+    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await renderer.render(request())
+    finally:
+        await renderer.close()
+    assert time.monotonic() - started < 3 and len(server.calls) == 1
+    assert "deadline of 1 s" in str(caught.value) and caught.value.possibly_billed
+
+
+async def test_no_retry_starts_after_the_deadline(server: OfflineImageServer) -> None:
+    """500, 500: the second retry would wait ~1 s, past the 1.2 s deadline, so it is not made."""
+    server.push_faults("500*")
+    renderer = Renderer(
+        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1.2
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await renderer.render(request())
+    finally:
+        await renderer.close()
+    assert len(server.calls) == 2 == caught.value.attempts and time.monotonic() - started < 1.2
+    assert "deadline of 1.2 s" in str(caught.value) and "HTTP 500" in str(caught.value)
+
+
+async def test_the_settings_reach_the_renderer(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_RETRY_AFTER_MAX="5", IMAGEBOT_IMAGE_DEADLINE="30")
+    assert (core.renderer.retry_after_max, core.renderer.image_deadline) == (5, 30)
+
+
+# --- a refused connection is not a timeout (issue [2/6] item 17) ------------------------------
+
+
+async def test_a_refused_connection_says_so_and_names_the_address() -> None:
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    failure = await failure_against(port)
+    text = str(failure)
+    assert "did not answer within" not in text
+    assert f"127.0.0.1:{port}" in text and "refused" in text.lower(), text
+
+
+# --- what the requester sees and the ledger keeps ---------------------------------------------
+
+
+class FailureView:
+    """The adapter side of a job: keeps the failures."""
+
+    def __init__(self) -> None:
+        self.failures: list[JobFailure] = []
+
+    async def progress(self, progress: Progress) -> None:
+        pass
+
+    async def deliver(self, result: JobResult) -> None:
+        raise AssertionError(f"delivered {result}")
+
+    async def failed(self, failure: JobFailure) -> None:
+        self.failures.append(failure)
+
+
+async def run_failing_job(core: Any, text: str) -> tuple[JobFailure, dict[str, Any], int]:
+    """Run one job that fails; its failure, its ledger row and its estimate."""
+    request = core.parse(text)
+    job = await core.runner.prepare(request, Requester("slack", "W1", "C1", "U1"))
+    view = FailureView()
+    outcome = await core.runner.execute(job, view)
+    assert isinstance(outcome, JobFailure) and view.failures == [outcome]
+    [row] = dbs.read(core.settings.db_path, "SELECT * FROM ledger")
+    return outcome, row, core.runner.estimate(request)
+
+
+async def test_a_cut_off_image_is_charged_at_its_estimate(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_FAULTS="truncated")
+    outcome, row, estimate = await run_failing_job(core, "a red fox --quality low --size 1024x1024")
+    assert (row["status"], row["actual_micros"]) == ("possibly_billed", estimate)
+    assert "cannot be decoded" in row["error"] and outcome.charged_micros == estimate
+    assert f"Charged {format_usd(estimate)}" in texts.summary(outcome)
+
+
+async def test_an_account_out_of_credit_is_told_to_the_requester_and_costs_nothing(make_core: Any) -> None:
+    core = await make_core(IMAGEBOT_OFFLINE_FAULTS="insufficient_quota*")
+    outcome, row, _ = await run_failing_job(core, "a red fox --quality low --size 1024x1024")
+    assert (row["status"], row["actual_micros"]) == ("failed", 0) and outcome.charged_micros == 0
+    assert len(core.offline_server.calls) == 1
+    assert "out of credit" in texts.summary(outcome) and "add credit" in texts.summary(outcome)
