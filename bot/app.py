@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from . import access, actions, metrics, texts
 from .access import Access, Standing
@@ -27,6 +27,7 @@ from .request import Defaults, ImageRequest, Requester, parse_request
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
+PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
 Notify = Callable[[Interrupted], Awaitable[None]]
 
 
@@ -46,6 +47,7 @@ class Core:
     platforms: Collection[str] = field(default_factory=frozenset)
     notify: Notify | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _purged_at: datetime | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
@@ -117,7 +119,9 @@ class Core:
         return core
 
     async def sweep(self) -> None:
-        """Recover the jobs of processes whose lease expired, then tell the users this process can reach."""
+        """Recover the jobs of processes whose lease expired, then tell the users this process can reach; every
+        PURGE_EVERY, delete what is stored past its time (bot/actions.py `purge`)."""
+        await self.purge()
         for job in await self.ledger.recover():
             log.warning(
                 "interrupted job settled",
@@ -132,6 +136,30 @@ class Core:
                 log.exception(
                     "could not tell the user about an interrupted job", extra={"job_id": job.job_id}
                 )
+
+    async def purge(self, *, force: bool = False) -> actions.Purged | None:
+        """Stored requests, input images and results after IMAGEBOT_ACTIONS_DAYS, price checks after an hour
+        (at most once per PURGE_EVERY, by the database's clock, unless `force`). A failure is logged."""
+        now = self.ledger.clock()
+        if not force and self._purged_at is not None and now - self._purged_at < PURGE_EVERY:
+            return None
+        self._purged_at = now
+        days = self.settings.actions_days
+        try:
+            purged = await self.ledger.run_db(lambda db: actions.purge(db, now, days))
+        except Exception:
+            log.warning("purging stored requests failed", exc_info=True)
+            return None
+        if purged.results or purged.confirmations or purged.blobs:
+            log.info(
+                "stored requests purged",
+                extra={
+                    "results": purged.results,
+                    "confirmations": purged.confirmations,
+                    "blobs": purged.blobs,
+                },
+            )
+        return purged
 
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
