@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 from . import access, actions, metrics, texts
 from .access import Access, Standing
 from .actions import ImageStore
+from .concurrency import Slots
 from .config import Settings
 from .errors import ConfigError, UserError
-from .images import ImageInput, load_image
+from .images import MAX_FILE_BYTES, ImageInput, load_image, too_large
 from .jobs import JobRunner, JobView
 from .ledger import Interrupted, Ledger
 from .offline import OfflineImageServer
@@ -22,7 +23,7 @@ from .outcomes import JobFailure, JobResult
 from .pricing import PriceTable, load_prices
 from .relax import Relax
 from .render import Renderer
-from .request import Defaults, ImageRequest, Requester, parse_request
+from .request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
@@ -48,6 +49,7 @@ class Core:
     notify: Notify | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _purged_at: datetime | None = None
+    _downloads: Slots | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
@@ -320,6 +322,31 @@ class Core:
         elif rules.blocked(who.user) and not self.is_operator(who):
             raise UserError("You are blocked from using imagebot here; ask an admin.")
 
+    def downloading(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around one file's download (every adapter's `download`; `decode_attachments` holds it over the decode
+        too): at most IMAGEBOT_MAX_DOWNLOADS files at once in this process, the rest wait their turn (FIFO)."""
+        if self._downloads is None:
+            self._downloads = Slots(self.settings.max_downloads)
+        return self._downloads.hold()
+
+    def check_attachments(
+        self, text: str, files: Sequence[Attachment], *, base: bool = False, model: str | None = None
+    ) -> None:
+        """Before any download: how many images (with `base`, the image replied to), at most one mask, and
+        each file's declared size. UserError naming the rule, as the request's own checks would say it later."""
+        masks = [f.name for f in files if is_mask_name(f.name)]
+        if len(masks) > 1:
+            raise UserError(
+                f"two masks attached ({masks[0]}, {masks[1]}); attach one PNG whose name contains 'mask'"
+            )
+        chosen = model or split_flags(text)[1].get("model") or self.settings.model
+        if chosen in self.prices.models:
+            capabilities = self.prices.model(chosen).capabilities
+            check_image_count(chosen, capabilities, len(files) - len(masks) + int(base), bool(masks))
+        for f in files:
+            if f.size is not None and f.size > MAX_FILE_BYTES:
+                raise too_large(f.name)
+
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/access.py's rule."""
         return self.access.is_operator(who)
@@ -348,19 +375,47 @@ def is_mask_name(name: str) -> bool:
     return "mask" in name.lower() and name.lower().endswith(".png")
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a message, before any download: its name, the size its platform declares (None if it
+    declares none), and how to fetch its bytes (the adapter's download, which takes a `Core.downloading` slot)."""
+
+    name: str
+    size: int | None
+    fetch: Callable[[], Awaitable[bytes]]
+
+
 async def decode_attachments(
-    files: Sequence[tuple[str, bytes]], base: ImageInput | None = None
+    files: Sequence[Attachment],
+    base: ImageInput | None = None,
+    *,
+    slot: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
 ) -> tuple[list[ImageInput], ImageInput | None]:
-    """Decode attachments (name, bytes) off the loop; split out the mask; put `base` first."""
+    """Download the attachments (all asked at once) and decode each off the loop inside the same download slot
+    (`Core.downloading`), so a slot bounds a file's bytes and its pixels together; split out the mask; put `base`
+    first. The first failure stops the other downloads. Call `Core.check_attachments` first: nothing should be
+    downloaded that the count or a size would refuse."""
+
+    async def one(file: Attachment) -> ImageInput:
+        async with slot() if slot is not None else contextlib.nullcontext():
+            data = await file.fetch()
+            return await asyncio.to_thread(load_image, file.name, data)
+
+    tasks = [asyncio.ensure_future(one(f)) for f in files]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        images = [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
     references: list[ImageInput] = [base] if base is not None else []
     mask: ImageInput | None = None
-    for name, data in files:
-        image = await asyncio.to_thread(load_image, name, data)
-        if is_mask_name(name):
-            if mask is not None:
-                raise UserError(
-                    f"two masks attached ({mask.name}, {name}); attach one PNG whose name contains 'mask'"
-                )
+    for file, image in zip(files, images, strict=True):
+        if is_mask_name(file.name):
             mask = image
         else:
             references.append(image)

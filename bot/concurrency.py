@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
@@ -159,6 +160,35 @@ class Gate:
                 self._serve(owner)
                 waiter.set_result(None)
                 break
+
+
+class Slots:
+    """At most `limit` holders at once, served in arrival order (IMAGEBOT_MAX_DOWNLOADS: files downloading).
+
+    Re-entrant within one task: code that already holds a slot (downloading a file and decoding it) and calls
+    something that takes one too (the adapter's download) does not take a second one, nor wait for it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._semaphore: asyncio.Semaphore | None = None  # made on first use, on the running loop
+        self._mine: contextvars.ContextVar[bool] = contextvars.ContextVar(f"slot-{id(self)}", default=False)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        if self._mine.get():
+            yield
+            return
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.limit)
+        async with self._semaphore:
+            token = self._mine.set(True)
+            self.held += 1
+            try:
+                yield
+            finally:
+                self.held -= 1
+                self._mine.reset(token)
 
 
 class AcksFirst:

@@ -156,6 +156,7 @@ class Settings:
     api_timeout: float = 360.0
     api_retries: int = 2
     max_in_flight: int = 8
+    max_downloads: int = 8  # attachment downloads at once in this process
     progress_interval: float = 3.0
     partial_images: int = 2
     preview_max_share: float = 0.05  # streamed previews cost at most this share of an image's estimate
@@ -394,6 +395,7 @@ def _parse(env: _Env) -> Settings:
         api_timeout=env.number("IMAGEBOT_API_TIMEOUT", 360.0, minimum=0.001),
         api_retries=env.integer("IMAGEBOT_API_RETRIES", 2, minimum=0, maximum=2),
         max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
+        max_downloads=env.integer("IMAGEBOT_MAX_DOWNLOADS", 8, minimum=1, maximum=256),
         progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
         partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),
         preview_max_share=env.share("IMAGEBOT_PREVIEW_MAX_SHARE", 0.05),
