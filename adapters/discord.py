@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import re
@@ -35,7 +36,7 @@ from discord.utils import MISSING
 
 from bot import actions, commands, texts
 from bot.actions import Kind
-from bot.app import Core, decode_attachments, is_image_attachment
+from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, DeliveryFailed, UserError
 from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
@@ -1075,6 +1076,15 @@ class DiscordAdapter:
         mask: discord.Attachment | None,
     ) -> None:
         """`/imagine` after the defer: download and decode attachments, build the request, submit."""
+        model = options.get("model")
+        self.core.check_attachments(  # counted, sizes checked: before any download
+            prompt,
+            [
+                Attachment(a.filename, a.size, functools.partial(self.download, a))
+                for a in [*refs, *([mask] if mask else [])]
+            ],
+            model=model if isinstance(model, str) else None,
+        )
         references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
         decoded_mask = await self._decode(mask) if mask is not None else None
         request = self.core.parse(prompt, references, decoded_mask, **options)
@@ -1309,9 +1319,14 @@ class DiscordAdapter:
         )
         try:
             await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
+            files = [
+                Attachment(a.filename, a.size, functools.partial(self.download, a))
+                for a in message.attachments
+                if is_image(a)
+            ]
+            self.core.check_attachments(text, files, base=True)  # counted, sizes checked: before any download
             base = await self._decode(image)
-            files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
-            references, mask = await decode_attachments(files, base=base)
+            references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
             request = self.core.parse(text, references, mask)
         except UserError as exc:  # this path has no interaction: the reply to the message is the private word
             await tell(str(exc))
@@ -1326,7 +1341,7 @@ class DiscordAdapter:
         """Fetch an attachment from its (signed) URL, reading at most 50 MB."""
         assert self.http is not None
         try:
-            async with self.http.get(attachment.url) as response:
+            async with self.core.downloading(), self.http.get(attachment.url) as response:
                 if response.status != 200:
                     raise UserError(
                         f"could not download {attachment.filename} from Discord (HTTP "

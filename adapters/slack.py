@@ -6,6 +6,7 @@ Everything that is not Slack-specific (parsing, quotas, the API call, the ledger
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
 from bot.actions import Button, Kind
-from bot.app import Core, decode_attachments, is_image_attachment
+from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, DeliveryFailed, UserError
 from bot.images import ImageInput, load_image, read_capped
@@ -881,12 +882,15 @@ class SlackAdapter:
         await self.core.may_render(asker.who, view)
         assert self.mention is not None  # _mentions_me() let it through
         text = self.mention.sub("", event.get("text") or "").strip()
-        image_files = [
-            f for f in event.get("files") or [] if is_image_attachment(f.get("name"), f.get("mimetype"))
+        files = [
+            Attachment(f.get("name") or "image", f.get("size"), functools.partial(self.download, f))
+            for f in event.get("files") or []
+            if is_image_attachment(f.get("name"), f.get("mimetype"))
         ]
+        self.core.check_attachments(text, files)  # counted, sizes checked: before any download
         try:
             base = await self._thread_base(channel, thread_ts) if thread_ts else None
-            files = [(f.get("name") or "image", await self.download(f)) for f in image_files]
+            references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
         except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:  # nothing is reserved yet
             log.warning(
                 "slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True
@@ -894,7 +898,6 @@ class SlackAdapter:
             raise UserError(
                 f"I could not read this message from Slack ({why_not(exc)}); try again. Nothing was charged."
             ) from None
-        references, mask = await decode_attachments(files, base=base)
         request = self.core.parse(text, references, mask)
         await self.core.submit(request, asker.who, view)
 
@@ -921,9 +924,12 @@ class SlackAdapter:
                 f"{file.get('name', 'a file')} is not hosted by Slack (the bot fetches files only over "
                 "https from Slack's file host); attach the image to the message"
             )
-        async with self.http.get(
-            url, headers={"Authorization": f"Bearer {self.token}"}, allow_redirects=False
-        ) as response:
+        async with (
+            self.core.downloading(),  # at most IMAGEBOT_MAX_DOWNLOADS files at once in this process
+            self.http.get(
+                url, headers={"Authorization": f"Bearer {self.token}"}, allow_redirects=False
+            ) as response,
+        ):
             if response.status != 200 or response.content_type.startswith("text/html"):
                 raise UserError(
                     f"could not download {file.get('name', 'a file')} from Slack "

@@ -6,16 +6,21 @@ Scenarios, each with a floor measured in the same run against the same fakes:
   discord N concurrent /imagine interactions through the Discord fake (when the adapter is there);
           floor = the same SDK call plus a channel file upload with discord.py's HTTP client.
   4k      M concurrent 3840x2160 png jobs through the Slack path.
-Acks have a floor too, measured first (benchmarks/_ack_floor.py): the platform library alone, acking and
-doing nothing else, driven by the same burst. Slack requests come from benchmarks/_sender.py, which
-writes pre-signed requests on open connections; Discord interactions are written back to back by the
-fake's gateway and timed from the moment each frame is on the socket to its callback's arrival.
-Each scenario runs --rounds bursts (each with its own floor); every figure is the median over rounds.
+Acks have a floor too (benchmarks/_ack_floor.py): the platform library alone, acking and doing nothing else,
+driven by the same burst. Slack requests come from benchmarks/_sender.py, which writes pre-signed requests on
+open connections; Discord interactions are written back to back by the fake's gateway and timed from the moment
+each frame is on the socket to its callback's arrival. The Discord ack floor's client has a fake Discord of its
+own (a fake's gateway sends every interaction to every client), so it stays connected beside the bot.
+Each scenario runs --rounds pairs (at least 5), interleaved: the floors (ack, then end-to-end), then the bot's
+burst, then the floors again...: each pair's ratios compare moments seconds apart, not minutes (this machine's
+speed drifts). Every figure is the median over the pairs; `*_spread` is max - min of the per-pair ratios.
 Prints ack p50/p99/max (and p99 over the ack floor), end-to-end / floor ratio, the bot's event-loop
 lag p99 (its /metrics) and peak RSS (VmHWM of the bot process), and the RSS budget (2.5 x image bytes
 in flight + 150 MB).
-Last line: JSON with ack_p99_ms, ratio, loop_lag_p99_ms, peak_rss_mb, rss_budget_mb.
-Targets: ack p99 <= 100 ms, ratio <= 1.05, loop lag p99 <= 20 ms, peak RSS <= budget.
+Last line: JSON with ack_p99_ms, ratio (+ ratio_spread), ack_over_floor_slack / _discord (+ _spread),
+loop_lag_p99_ms, peak_rss_mb, rss_budget_mb and `ok` (every target met).
+Targets: ack p99 over its floor <= 1.15 on Slack and <= 1.30 on Discord (medians of the per-pair ratios),
+end-to-end ratio <= 1.05, loop lag p99 <= 20 ms, peak RSS <= budget.
 """
 
 from __future__ import annotations
@@ -140,7 +145,9 @@ async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "benchmarks" / "_sender.py"),
+        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "benchmarks._sender",
+        cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -153,7 +160,9 @@ async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
     """The platform library alone, acking and nothing else, in its own process (benchmarks/_ack_floor.py)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "benchmarks" / "_ack_floor.py"),
+        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "benchmarks._ack_floor",
+        cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -167,7 +176,9 @@ async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
         await asyncio.wait_for(proc.wait(), 30)
 
 
-async def slack_ack_floor(fake: FakeSlack, n: int, rounds: int) -> list[list[float]]:
+@contextlib.asynccontextmanager
+async def slack_ack_floor(fake: FakeSlack) -> AsyncIterator[Callable[[int], Awaitable[list[float]]]]:
+    """The Slack ack floor's process, kept up beside the bot; yields `burst(n)` -> ack seconds per request."""
     port = free_port()
     spec = {
         "mode": "slack",
@@ -176,18 +187,34 @@ async def slack_ack_floor(fake: FakeSlack, n: int, rounds: int) -> list[list[flo
         "token": fake.bot_token,
         "slack_url": fake.api_url,
     }
-    payloads = [
-        fake.slash_command_payload(text="load test", channel_id=f"C{i % 8}", user_id=f"Ufloor{i}")
-        for i in range(n)
-    ]
+    url = f"http://127.0.0.1:{port}/slack/events"
+
+    async def burst(n: int) -> list[float]:
+        payloads = [
+            fake.slash_command_payload(text="load test", channel_id=f"C{i % 8}", user_id=f"Ufloor{i}")
+            for i in range(n)
+        ]
+        return list((await send_slash_commands(fake, url, payloads))["acks"])
+
     async with ack_floor(spec):
-        url = f"http://127.0.0.1:{port}/slack/events"
-        return [list((await send_slash_commands(fake, url, payloads))["acks"]) for _ in range(rounds)]
+        yield burst
 
 
-async def discord_ack_floor(fake: FakeDiscord, n: int, rounds: int) -> list[list[float]]:
-    async with ack_floor({"mode": "discord", "api_url": fake.api_url, "token": fake.token}):
-        return [(await discord_burst(fake, n, wait_for_images=False))[0] for _ in range(rounds)]
+@contextlib.asynccontextmanager
+async def discord_ack_floor(n: int) -> AsyncIterator[Callable[[], Awaitable[list[float]]]]:
+    """The Discord ack floor's client on a fake Discord of its own, kept connected beside the bot; yields
+    `burst()` -> ack seconds per interaction."""
+    fake = FakeDiscord(premium_tier=3)
+    await fake.start()
+    try:
+        async with ack_floor({"mode": "discord", "api_url": fake.api_url, "token": fake.token}):
+
+            async def burst() -> list[float]:
+                return (await discord_burst(fake, n, wait_for_images=False))[0]
+
+            yield burst
+    finally:
+        await fake.stop()
 
 
 async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: str) -> list[float]:
@@ -206,7 +233,9 @@ async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: st
 async def _floor(job: dict[str, Any]) -> list[float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(ROOT / "benchmarks" / "_floor.py"),
+        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "benchmarks._floor",
+        cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -291,24 +320,39 @@ async def measure(
     name: str,
     burst: Callable[[int], Awaitable[tuple[list[float], list[float]]]],
     floor: Callable[[], Awaitable[list[float]]],
-    ack_floors: list[list[float]],
+    ack_floor: Callable[[], Awaitable[list[float]]],
+    rounds: int,
 ) -> dict[str, Any]:
-    """One scenario: per round, the bot's burst (acks, end-to-end) then the floor's; medians over rounds."""
-    rounds = []
-    for r, ack_floor_round in enumerate(ack_floors):
+    """One scenario, as `rounds` interleaved pairs: the floors (ack, end-to-end), then the bot's burst."""
+    pairs = []
+    for r in range(rounds):
+        acks_floor = await ack_floor()
+        e2e_floor = await floor()
         acks, e2e = await burst(r)
-        rounds.append(summarise(acks, e2e, await floor(), ack_floor_round))
-    return combine(name, rounds)
+        pairs.append(summarise(acks, e2e, e2e_floor, acks_floor))
+        print(
+            f"  {name} pair {r + 1}: ratio {pairs[-1]['ratio']}, ack/floor {pairs[-1]['ack_over_floor']}",
+            flush=True,
+        )
+    return combine(name, pairs)
 
 
 def combine(name: str, rounds: list[dict[str, float]]) -> dict[str, Any]:
-    """Each figure's median over the rounds (this machine's run-to-run noise is about +-5%), with ranges."""
+    """Each figure's median over the pairs, with the spread (max - min) of the per-pair ratios."""
 
     def median(key: str) -> float:
-        return sorted(r[key] for r in rounds)[len(rounds) // 2]
+        ordered = sorted(r[key] for r in rounds)
+        middle = len(ordered) // 2
+        return ordered[middle] if len(ordered) % 2 else round((ordered[middle - 1] + ordered[middle]) / 2, 4)
+
+    def spread(key: str) -> float:
+        return round(max(r[key] for r in rounds) - min(r[key] for r in rounds), 4)
 
     result: dict[str, Any] = {key: median(key) for key in rounds[0]}
+    result["pairs"] = len(rounds)
     result["ack_p99_over_floor"] = round(result["ack_p99_ms"] / result["ack_floor_p99_ms"], 3)
+    result["ratio_spread"] = spread("ratio")
+    result["ack_over_floor_spread"] = spread("ack_over_floor")
     result["ratio_range"] = [min(r["ratio"] for r in rounds), max(r["ratio"] for r in rounds)]
     result["ack_p99_range_ms"] = [min(r["ack_p99_ms"] for r in rounds), max(r["ack_p99_ms"] for r in rounds)]
     print(f"{name}: {result}", flush=True)
@@ -336,21 +380,19 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "BENCH_LOG": os.environ.get("BENCH_LOG", f"{tmp}/bot.log"),
         }
         try:
-            # The libraries alone first, before the bot connects (the fake gateway sends to every client).
-            ack_floor_s = await slack_ack_floor(fake, args.jobs, args.rounds)
-            ack_floor_d = (
-                await discord_ack_floor(discord, args.jobs_discord, args.rounds) if args.jobs_discord else []
-            )
-            ack_floor_4k = await slack_ack_floor(fake, args.jobs_4k, args.rounds) if args.jobs_4k else []
-            await until(lambda: discord.identified_sessions == 0, "the floor client to leave the gateway")
-            async with Bot(env) as bot:
+            async with (
+                slack_ack_floor(fake) as slack_acks,
+                discord_ack_floor(args.jobs_discord or 1) as discord_acks,
+                Bot(env) as bot,
+            ):
                 # Warm the server's render cache and every connection pool once.
                 await slack_burst(fake, bot, 1, "--size 1024x1024 --quality low", "warm")
                 results["slack"] = await measure(
                     "slack",
                     lambda r: slack_burst(fake, bot, args.jobs, "--size 1024x1024 --quality low", f"s{r}x"),
                     lambda: slack_floor(fake, base_url, args.jobs, "1024x1024", "jpeg"),
-                    ack_floor_s,
+                    lambda: slack_acks(args.jobs),
+                    args.rounds,
                 )
                 if args.jobs_discord:
                     await until(lambda: discord.identified_sessions == 1, "the bot's gateway session")
@@ -360,7 +402,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                         "discord",
                         lambda r: discord_burst(discord, args.jobs_discord),
                         lambda: discord_floor(discord, base_url, args.jobs_discord),
-                        ack_floor_d,
+                        discord_acks,
+                        args.rounds,
                     )
                 png_bytes = 0
                 if args.jobs_4k:
@@ -370,7 +413,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                             fake, bot, args.jobs_4k, "--size 3840x2160 --format png --quality low", f"k{r}x"
                         ),
                         lambda: slack_floor(fake, base_url, args.jobs_4k, "3840x2160", "png"),
-                        ack_floor_4k,
+                        lambda: slack_acks(args.jobs_4k),
+                        args.rounds,
                     )
                     png_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".png"))
                 jpeg_bytes = max(len(u.bytes) for u in fake.uploaded if u.name.endswith(".jpg"))
@@ -390,32 +434,46 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def verdict(results: dict[str, Any]) -> dict[str, Any]:
+    """The last line: the figures the targets are about, each a median of per-pair ratios, with spreads."""
+    scenarios = [results[k] for k in ("slack", "discord", "4k") if k in results]
+    slack, discord = results.get("slack"), results.get("discord")
+    out: dict[str, Any] = {
+        "ack_p50_ms": max(s["ack_p50_ms"] for s in scenarios),
+        "ack_p99_ms": max(s["ack_p99_ms"] for s in scenarios),
+        "ack_max_ms": max(s["ack_max_ms"] for s in scenarios),
+        "ratio": max(s["ratio"] for s in scenarios),
+        "ratio_spread": max(s["ratio_spread"] for s in scenarios),
+        "ack_p99_over_floor": max(s["ack_p99_over_floor"] for s in scenarios),
+        # Targets: <= 1.15 on Slack, <= 1.30 on Discord; medians of the per-pair ratios.
+        "ack_over_floor_slack": slack["ack_over_floor"] if slack else None,
+        "ack_over_floor_slack_spread": slack["ack_over_floor_spread"] if slack else None,
+        "ack_over_floor_discord": discord["ack_over_floor"] if discord else None,
+        "ack_over_floor_discord_spread": discord["ack_over_floor_spread"] if discord else None,
+        "loop_lag_p99_ms": results["loop_lag_p99_ms"],
+        "peak_rss_mb": results["peak_rss_mb"],
+        "rss_budget_mb": results["rss_budget_mb"],
+        "pairs": min(s["pairs"] for s in scenarios),
+    }
+    out["ok"] = (
+        (slack is None or slack["ack_over_floor"] <= 1.15)
+        and (discord is None or discord["ack_over_floor"] <= 1.30)
+        and out["ratio"] <= 1.05
+        and out["loop_lag_p99_ms"] <= 20
+        and out["peak_rss_mb"] <= out["rss_budget_mb"]
+    )
+    out["detail"] = results
+    return out
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--jobs-4k", type=int, default=50)
     parser.add_argument("--jobs-discord", type=int, default=200)
     parser.add_argument("--latency", type=float, default=5.0)
-    parser.add_argument("--rounds", type=int, default=3, help="bursts per scenario; figures are medians")
-    results = asyncio.run(main(parser.parse_args()))
-    scenarios = [results[k] for k in ("slack", "discord", "4k") if k in results]
-    print(
-        json.dumps(
-            {
-                "ack_p50_ms": max(s["ack_p50_ms"] for s in scenarios),
-                "ack_p99_ms": max(s["ack_p99_ms"] for s in scenarios),
-                "ack_max_ms": max(s["ack_max_ms"] for s in scenarios),
-                "ratio": max(s["ratio"] for s in scenarios),
-                "ack_p99_over_floor": max(s["ack_p99_over_floor"] for s in scenarios),
-                # Targets ([2/6]): <= 1.15 on Slack, <= 1.30 on Discord; medians of the per-round ratios.
-                "ack_over_floor_slack": results["slack"]["ack_over_floor"] if "slack" in results else None,
-                "ack_over_floor_discord": results["discord"]["ack_over_floor"]
-                if "discord" in results
-                else None,
-                "loop_lag_p99_ms": results["loop_lag_p99_ms"],
-                "peak_rss_mb": results["peak_rss_mb"],
-                "rss_budget_mb": results["rss_budget_mb"],
-                "detail": results,
-            }
-        )
-    )
+    parser.add_argument("--rounds", type=int, default=5, help="floor/bot pairs per scenario (at least 5)")
+    parsed = parser.parse_args()
+    if parsed.rounds < 5:
+        parser.error("--rounds: at least 5 floor/bot pairs (one pair's ratio is noise)")
+    print(json.dumps(verdict(asyncio.run(main(parsed)))))

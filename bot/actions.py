@@ -3,7 +3,11 @@
 A finished job leaves a record: its request (input images kept as blobs), who asked and where, and where
 each of its images lives on the platform. A button carries only a short key (`vary:<job>:2`), so buttons
 keep working across restarts for IMAGEBOT_ACTIONS_DAYS days; a click is a new job of whoever clicked.
-A request whose worst case is above the confirm threshold waits, stored, for its requester's Render.
+A request whose worst case is above the confirm threshold waits, stored, for its requester's Render: it is
+admitted first by the job's own access, pace and quota checks (reserving nothing), and a user has at most
+MAX_PENDING such price checks waiting. Nothing stored lives for ever (`purge`, run by the periodic sweep):
+results and their input images go after IMAGEBOT_ACTIONS_DAYS, price checks an hour after they were asked,
+and an input image (a blob, shared by every request that uses the same bytes) once nobody holds it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import math
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -19,6 +24,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
+from . import pg
 from .errors import UserError
 from .images import ImageInput
 from .pricing import PriceTable, format_usd
@@ -26,6 +32,8 @@ from .request import Defaults, ImageRequest, Requester, parse_request, split_fla
 from .sizes import GPT_IMAGE_2, Size, SizeRule
 
 CONFIRM_TTL = timedelta(minutes=10)
+CONFIRM_KEPT = timedelta(hours=1)  # a price check, answered or not, is deleted after this
+MAX_PENDING = 3  # price checks one user may have waiting for Render or Cancel
 VARY_PROMPT = "Make a close variation of this image, keeping its subject, composition and style."
 UPSCALE_PROMPT = "Keep the composition exactly; render it at this larger size with more fine detail."
 
@@ -152,8 +160,10 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def _blob(db: sqlite_utils.Database, image: ImageInput) -> dict[str, Any]:
+def _blob(db: sqlite_utils.Database, image: ImageInput, holder: str) -> dict[str, Any]:
+    """Store an input image once (by its digest), held by `holder` (`r:<job>`, `c:<token>`) until purged."""
     digest = hashlib.sha256(image.data).hexdigest()
+    db.conn.execute("INSERT OR IGNORE INTO blob_refs (sha256, holder) VALUES (?, ?)", [digest, holder])
     db.conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", [digest, image.data])
     return {
         "name": image.name,
@@ -174,8 +184,8 @@ def _image(db: sqlite_utils.Database, ref: dict[str, Any]) -> ImageInput:
     )
 
 
-def request_json(db: sqlite_utils.Database, request: ImageRequest) -> str:
-    """A request as stored: its settings, and its input images as blob references."""
+def request_json(db: sqlite_utils.Database, request: ImageRequest, holder: str) -> str:
+    """A request as stored: its settings, and its input images as blob references (held by `holder`)."""
     return json.dumps(
         {
             "prompt": request.prompt,
@@ -185,8 +195,8 @@ def request_json(db: sqlite_utils.Database, request: ImageRequest) -> str:
             "compression": request.compression,
             "count": request.count,
             "model": request.model,
-            "references": [_blob(db, r) for r in request.references],
-            "mask": _blob(db, request.mask) if request.mask is not None else None,
+            "references": [_blob(db, r, holder) for r in request.references],
+            "mask": _blob(db, request.mask, holder) if request.mask is not None else None,
             "relax": request.relax,
         }
     )
@@ -219,7 +229,15 @@ def save_job(
         "VALUES (?, ?, ?, ?, ?, ?, '[]', ?) ON CONFLICT (job_id) DO UPDATE SET platform=excluded.platform, "
         "workspace=excluded.workspace, channel=excluded.channel, user=excluded.user, request=excluded.request, "
         "images=excluded.images, created_at=excluded.created_at",
-        [job_id, who.platform, who.workspace, who.channel, who.user, request_json(db, request), _iso(now)],
+        [
+            job_id,
+            who.platform,
+            who.workspace,
+            who.channel,
+            who.user,
+            request_json(db, request, f"r:{job_id}"),
+            _iso(now),
+        ],
     )
 
 
@@ -264,12 +282,43 @@ def last_job(db: sqlite_utils.Database, who: Requester) -> str:
     return str(row[0])
 
 
-def save_confirmation(db: sqlite_utils.Database, who: Requester, request: ImageRequest, now: datetime) -> str:
+def save_confirmation(
+    db: sqlite_utils.Database,
+    who: Requester,
+    request: ImageRequest,
+    now: datetime,
+    admit: Callable[[], None] | None = None,
+) -> str:
+    """Store a price check for `who`'s Render: first `admit` (the job's pace and quota checks, reserving
+    nothing; raises UserError), then at most MAX_PENDING waiting per user; only then the request and its images.
+    Call inside a write transaction (Ledger.run_db), so two at once cannot both slip under the limit."""
+    if admit is not None:
+        admit()
+    waiting = db.conn.execute(
+        "SELECT created_at FROM confirmations WHERE user=? AND platform=? AND workspace=? AND state='pending' "
+        "AND created_at > ? ORDER BY created_at",
+        [who.user, who.platform, who.workspace, _iso(now - CONFIRM_TTL)],
+    ).fetchall()
+    if len(waiting) >= MAX_PENDING:
+        frees = datetime.fromisoformat(waiting[0][0]) + CONFIRM_TTL - now
+        raise UserError(
+            f"You have {len(waiting)} price checks waiting for Render or Cancel, the most one person may have "
+            f"(at most {MAX_PENDING} pending): answer one of them, or wait until the oldest expires in "
+            f"{max(1, math.ceil(frees.total_seconds()))} s. Nothing was charged."
+        )
     token = secrets.token_hex(8)
     db.conn.execute(
         "INSERT INTO confirmations (token, platform, workspace, channel, user, request, created_at, state) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-        [token, who.platform, who.workspace, who.channel, who.user, request_json(db, request), _iso(now)],
+        [
+            token,
+            who.platform,
+            who.workspace,
+            who.channel,
+            who.user,
+            request_json(db, request, f"c:{token}"),
+            _iso(now),
+        ],
     )
     return token
 
@@ -277,12 +326,19 @@ def save_confirmation(db: sqlite_utils.Database, who: Requester, request: ImageR
 def claim_confirmation(
     db: sqlite_utils.Database, token: str, who: Requester, now: datetime, render: bool
 ) -> ImageRequest | None:
-    """Render (the stored request, once) or Cancel (None) a pending price check of `who`'s own."""
+    """Render (the stored request, once) or Cancel (None) a pending price check of `who`'s own. Either way its
+    stored request is let go at once (a Render's job keeps its own copy); the row stays, to answer a second
+    click, until the purge."""
     row = db.conn.execute(
         "SELECT platform, workspace, user, request, created_at, state FROM confirmations WHERE token=?",
         [token],
     ).fetchone()
-    if row is None or (row[0], row[1], row[2]) != (who.platform, who.workspace, who.user):
+    if row is None:
+        raise UserError(
+            "this price check is no longer stored (price checks are kept for an hour): nothing was rendered; "
+            "run /imagine again. Nothing was charged."
+        )
+    if (row[0], row[1], row[2]) != (who.platform, who.workspace, who.user):
         raise UserError("only the person who asked for this render can confirm or cancel it")
     if row[5] != "pending":
         raise UserError("this render was already confirmed or cancelled")
@@ -290,13 +346,47 @@ def claim_confirmation(
         raise UserError(
             "this price check expired (after 10 minutes): nothing was rendered or charged; run /imagine again"
         )
+    request = request_from(db, row[3]) if render else None
     cursor = db.conn.execute(
-        "UPDATE confirmations SET state=? WHERE token=? AND state='pending'",
+        "UPDATE confirmations SET state=?, request='{}' WHERE token=? AND state='pending'",
         ["rendered" if render else "cancelled", token],
     )
     if cursor.rowcount == 0:
         raise UserError("this render was already confirmed or cancelled")
-    return request_from(db, row[3]) if render else None
+    db.conn.execute("DELETE FROM blob_refs WHERE holder=?", [f"c:{token}"])
+    return request
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    results: int
+    confirmations: int
+    blobs: int
+
+
+def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
+    """Delete results (with their requests) older than `days` (IMAGEBOT_ACTIONS_DAYS: their buttons have
+    expired), price checks older than an hour, and the input images nobody holds any more. Call inside a write
+    transaction (Ledger.run_db); on PostgreSQL it waits for the transactions storing images to finish, so an
+    image just taken by a new request is never deleted under it."""
+    if isinstance(db, pg.PgDatabase):
+        db.execute("LOCK TABLE blob_refs IN SHARE ROW EXCLUSIVE MODE")
+    old_results = [_iso(now - timedelta(days=days))]
+    old_checks = [_iso(now - CONFIRM_KEPT)]
+    db.conn.execute(
+        "DELETE FROM blob_refs WHERE holder IN (SELECT 'r:' || job_id FROM results WHERE created_at < ?)",
+        old_results,
+    )
+    results = db.conn.execute("DELETE FROM results WHERE created_at < ?", old_results).rowcount
+    db.conn.execute(
+        "DELETE FROM blob_refs WHERE holder IN (SELECT 'c:' || token FROM confirmations WHERE created_at < ?)",
+        old_checks,
+    )
+    confirmations = db.conn.execute("DELETE FROM confirmations WHERE created_at < ?", old_checks).rowcount
+    blobs = db.conn.execute(
+        "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM blob_refs WHERE blob_refs.sha256 = blobs.sha256)"
+    ).rowcount
+    return Purged(max(results, 0), max(confirmations, 0), max(blobs, 0))
 
 
 def buttons(

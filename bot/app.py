@@ -7,14 +7,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from . import access, actions, metrics, texts
 from .access import Access, Standing
 from .actions import ImageStore
+from .concurrency import Slots
 from .config import Settings
 from .errors import ConfigError, UserError
-from .images import ImageInput, load_image
+from .images import MAX_FILE_BYTES, ImageInput, load_image, too_large
 from .jobs import JobRunner, JobView
 from .ledger import Interrupted, Ledger
 from .offline import OfflineImageServer
@@ -22,11 +23,12 @@ from .outcomes import JobFailure, JobResult
 from .pricing import PriceTable, load_prices
 from .relax import Relax
 from .render import Renderer
-from .request import Defaults, ImageRequest, Requester, parse_request
+from .request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
+PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
 Notify = Callable[[Interrupted], Awaitable[None]]
 
 
@@ -46,6 +48,8 @@ class Core:
     platforms: Collection[str] = field(default_factory=frozenset)
     notify: Notify | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _purged_at: datetime | None = None
+    _downloads: Slots | None = None
 
     @classmethod
     async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
@@ -122,7 +126,9 @@ class Core:
         return core
 
     async def sweep(self) -> None:
-        """Recover the jobs of processes whose lease expired, then tell the users this process can reach."""
+        """Recover the jobs of processes whose lease expired, then tell the users this process can reach; every
+        PURGE_EVERY, delete what is stored past its time (bot/actions.py `purge`)."""
+        await self.purge()
         for job in await self.ledger.recover():
             log.warning(
                 "interrupted job settled",
@@ -161,6 +167,30 @@ class Core:
             await self.runner.redeliver(job_id, view)
         except Exception:
             log.exception("redelivery failed; the images stay in the outbox", extra={"job_id": job_id})
+
+    async def purge(self, *, force: bool = False) -> actions.Purged | None:
+        """Stored requests, input images and results after IMAGEBOT_ACTIONS_DAYS, price checks after an hour
+        (at most once per PURGE_EVERY, by the database's clock, unless `force`). A failure is logged."""
+        now = self.ledger.clock()
+        if not force and self._purged_at is not None and now - self._purged_at < PURGE_EVERY:
+            return None
+        self._purged_at = now
+        days = self.settings.actions_days
+        try:
+            purged = await self.ledger.run_db(lambda db: actions.purge(db, now, days))
+        except Exception:
+            log.warning("purging stored requests failed", exc_info=True)
+            return None
+        if purged.results or purged.confirmations or purged.blobs:
+            log.info(
+                "stored requests purged",
+                extra={
+                    "results": purged.results,
+                    "confirmations": purged.confirmations,
+                    "blobs": purged.blobs,
+                },
+            )
+        return purged
 
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
@@ -322,6 +352,31 @@ class Core:
         elif rules.blocked(who.user) and not self.is_operator(who):
             raise UserError("You are blocked from using imagebot here; ask an admin.")
 
+    def downloading(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Around one file's download (every adapter's `download`; `decode_attachments` holds it over the decode
+        too): at most IMAGEBOT_MAX_DOWNLOADS files at once in this process, the rest wait their turn (FIFO)."""
+        if self._downloads is None:
+            self._downloads = Slots(self.settings.max_downloads)
+        return self._downloads.hold()
+
+    def check_attachments(
+        self, text: str, files: Sequence[Attachment], *, base: bool = False, model: str | None = None
+    ) -> None:
+        """Before any download: how many images (with `base`, the image replied to), at most one mask, and
+        each file's declared size. UserError naming the rule, as the request's own checks would say it later."""
+        masks = [f.name for f in files if is_mask_name(f.name)]
+        if len(masks) > 1:
+            raise UserError(
+                f"two masks attached ({masks[0]}, {masks[1]}); attach one PNG whose name contains 'mask'"
+            )
+        chosen = model or split_flags(text)[1].get("model") or self.settings.model
+        if chosen in self.prices.models:
+            capabilities = self.prices.model(chosen).capabilities
+            check_image_count(chosen, capabilities, len(files) - len(masks) + int(base), bool(masks))
+        for f in files:
+            if f.size is not None and f.size > MAX_FILE_BYTES:
+                raise too_large(f.name)
+
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/access.py's rule."""
         return self.access.is_operator(who)
@@ -350,19 +405,47 @@ def is_mask_name(name: str) -> bool:
     return "mask" in name.lower() and name.lower().endswith(".png")
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a message, before any download: its name, the size its platform declares (None if it
+    declares none), and how to fetch its bytes (the adapter's download, which takes a `Core.downloading` slot)."""
+
+    name: str
+    size: int | None
+    fetch: Callable[[], Awaitable[bytes]]
+
+
 async def decode_attachments(
-    files: Sequence[tuple[str, bytes]], base: ImageInput | None = None
+    files: Sequence[Attachment],
+    base: ImageInput | None = None,
+    *,
+    slot: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None,
 ) -> tuple[list[ImageInput], ImageInput | None]:
-    """Decode attachments (name, bytes) off the loop; split out the mask; put `base` first."""
+    """Download the attachments (all asked at once) and decode each off the loop inside the same download slot
+    (`Core.downloading`), so a slot bounds a file's bytes and its pixels together; split out the mask; put `base`
+    first. The first failure stops the other downloads. Call `Core.check_attachments` first: nothing should be
+    downloaded that the count or a size would refuse."""
+
+    async def one(file: Attachment) -> ImageInput:
+        async with slot() if slot is not None else contextlib.nullcontext():
+            data = await file.fetch()
+            return await asyncio.to_thread(load_image, file.name, data)
+
+    tasks = [asyncio.ensure_future(one(f)) for f in files]
+    try:
+        if tasks:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        images = [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
     references: list[ImageInput] = [base] if base is not None else []
     mask: ImageInput | None = None
-    for name, data in files:
-        image = await asyncio.to_thread(load_image, name, data)
-        if is_mask_name(name):
-            if mask is not None:
-                raise UserError(
-                    f"two masks attached ({mask.name}, {name}); attach one PNG whose name contains 'mask'"
-                )
+    for file, image in zip(files, images, strict=True):
+        if is_mask_name(file.name):
             mask = image
         else:
             references.append(image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Hashable, Mapping
@@ -27,22 +28,46 @@ class Gate:
         self._lines: dict[Hashable, deque[asyncio.Future[None]]] = {}  # in the order owners began waiting
         self._served: dict[Hashable, int] = {}  # owner -> when they last got a slot (a counter)
         self._clock = 0
+        self._queued = 0
+        # Every waiting job's ticker asks its position: the order is worked out once per change of the queue
+        # (O(waiters + owners log owners)), and each position is then a lookup.
+        self._version = 0  # bumped on every enqueue, dequeue and grant
+        self._cached_version = -1
+        self._positions: dict[asyncio.Future[None], int] = {}
+        self._rotation: list[Hashable] = []  # waiting owners, in the order their turns come
+
+    def _changed(self) -> None:
+        self._version += 1
+
+    def _turns(self) -> list[Hashable]:
+        """Waiting owners in the order their next turns come: the one served longest ago first, those never
+        served (in the order they began waiting) before all. Served owners have distinct counters."""
+        return sorted(self._lines, key=lambda owner: self._served.get(owner, -1))  # stable: dict order
+
+    def _refresh(self) -> None:
+        if self._cached_version == self._version:
+            return
+        rotation = self._turns()
+        positions: dict[asyncio.Future[None], int] = {}
+        # Round-robin: each turn an owner takes its next call and goes to the back (it is now the one served
+        # most recently), until its line is empty. Taking round k of every owner still waiting in order is
+        # the same thing: an owner's k-th call comes in round k, after the earlier owners' k-th calls.
+        lines = [self._lines[owner] for owner in rotation]
+        n, rounds = 1, 0
+        while lines:
+            for line in lines:
+                positions[line[rounds]] = n
+                n += 1
+            rounds += 1
+            lines = [line for line in lines if len(line) > rounds]
+        self._positions = positions
+        self._rotation = rotation
+        self._cached_version = self._version
 
     def order(self) -> list[asyncio.Future[None]]:
         """Every waiter, in the order the slots will go to them (if nobody else arrives)."""
-        return self._simulate({owner: list(line) for owner, line in self._lines.items()})
-
-    def _simulate(self, lines: dict[Hashable, list[asyncio.Future[None]]]) -> list[asyncio.Future[None]]:
-        served, clock, out = dict(self._served), self._clock, []
-        while lines:
-            owner = self._next(lines, served)
-            line = lines[owner]
-            out.append(line.pop(0))
-            clock += 1
-            served[owner] = clock
-            if not line:
-                del lines[owner]
-        return out
+        self._refresh()
+        return sorted(self._positions, key=self._positions.__getitem__)
 
     @staticmethod
     def _next(lines: Mapping[Hashable, object], served: Mapping[Hashable, int]) -> Hashable:
@@ -53,21 +78,26 @@ class Gate:
         """1 for the next call to start; None if `waiter` is not waiting."""
         if waiter is None or waiter.done():
             return None
-        try:
-            return self.order().index(waiter) + 1
-        except ValueError:
-            return None
+        self._refresh()
+        return self._positions.get(waiter)
 
     def next_position(self, owner: Hashable) -> int:
-        """The position a call of `owner` would get if it started waiting now."""
-        probe: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        lines = {other: list(line) for other, line in self._lines.items()}
-        lines.setdefault(owner, []).append(probe)
-        return self._simulate(lines).index(probe) + 1
+        """The position a call of `owner` would get if it started waiting now: after every call of the k
+        rounds before its own (k = its calls waiting now), and in round k after the owners ahead of it."""
+        self._refresh()
+        k = len(self._lines.get(owner, ()))
+        ahead = sum(min(len(line), k) for line in self._lines.values())
+        if owner in self._lines:
+            rank = self._rotation.index(owner)
+        else:  # a newcomer's turn: before every owner served after it (never served: behind the others so)
+            mine = self._served.get(owner, -1)
+            rank = sum(1 for other in self._rotation if self._served.get(other, -1) <= mine)
+        ahead += sum(1 for other in self._rotation[:rank] if len(self._lines[other]) > k)
+        return ahead + 1
 
     @property
     def queued(self) -> int:
-        return sum(len(line) for line in self._lines.values())
+        return self._queued
 
     @contextlib.asynccontextmanager
     async def slot(
@@ -79,6 +109,8 @@ class Gate:
         else:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._lines.setdefault(owner, deque()).append(waiter)
+            self._queued += 1
+            self._changed()
             on_wait(waiter)
             try:
                 await waiter
@@ -94,6 +126,7 @@ class Gate:
             self._release()
 
     def _serve(self, owner: Hashable) -> None:
+        self._changed()
         self._clock += 1
         self._served[owner] = self._clock
         if len(self._served) > MAX_REMEMBERED_OWNERS:  # forget who is not waiting (they count as new again)
@@ -103,8 +136,12 @@ class Gate:
         line = self._lines.get(owner)
         if line is None:
             return
-        with contextlib.suppress(ValueError):
+        try:
             line.remove(waiter)
+        except ValueError:
+            return
+        self._queued -= 1
+        self._changed()
         if not line:
             del self._lines[owner]
 
@@ -114,6 +151,8 @@ class Gate:
             owner = self._next(self._lines, self._served)
             line = self._lines[owner]
             waiter = line.popleft()
+            self._queued -= 1
+            self._changed()
             if not line:
                 del self._lines[owner]
             if not waiter.done():
@@ -121,6 +160,35 @@ class Gate:
                 self._serve(owner)
                 waiter.set_result(None)
                 break
+
+
+class Slots:
+    """At most `limit` holders at once, served in arrival order (IMAGEBOT_MAX_DOWNLOADS: files downloading).
+
+    Re-entrant within one task: code that already holds a slot (downloading a file and decoding it) and calls
+    something that takes one too (the adapter's download) does not take a second one, nor wait for it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._semaphore: asyncio.Semaphore | None = None  # made on first use, on the running loop
+        self._mine: contextvars.ContextVar[bool] = contextvars.ContextVar(f"slot-{id(self)}", default=False)
+
+    @contextlib.asynccontextmanager
+    async def hold(self) -> AsyncIterator[None]:
+        if self._mine.get():
+            yield
+            return
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.limit)
+        async with self._semaphore:
+            token = self._mine.set(True)
+            self.held += 1
+            try:
+                yield
+            finally:
+                self.held -= 1
+                self._mine.reset(token)
 
 
 class AcksFirst:

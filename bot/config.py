@@ -160,6 +160,7 @@ class Settings:
     retry_after_max: float = 60.0  # a longer Retry-After is not waited out: the image fails, saying when
     image_deadline: float = 900.0  # all attempts of one image together
     max_in_flight: int = 8
+    max_downloads: int = 8  # attachment downloads at once in this process
     progress_interval: float = 3.0
     partial_images: int = 2
     preview_max_share: float = 0.05  # streamed previews cost at most this share of an image's estimate
@@ -400,6 +401,7 @@ def _parse(env: _Env) -> Settings:
         retry_after_max=env.number("IMAGEBOT_RETRY_AFTER_MAX", 60.0, maximum=MAX_RETRY_AFTER),
         image_deadline=env.number("IMAGEBOT_IMAGE_DEADLINE", 900.0, minimum=1.0, maximum=MAX_IMAGE_DEADLINE),
         max_in_flight=env.integer("IMAGEBOT_MAX_IN_FLIGHT", 8, minimum=1, maximum=1000),
+        max_downloads=env.integer("IMAGEBOT_MAX_DOWNLOADS", 8, minimum=1, maximum=256),
         progress_interval=env.number("IMAGEBOT_PROGRESS_INTERVAL", 3.0, minimum=0.05),
         partial_images=env.integer("IMAGEBOT_PARTIAL_IMAGES", 2, minimum=0, maximum=3),
         preview_max_share=env.share("IMAGEBOT_PREVIEW_MAX_SHARE", 0.05),

@@ -15,6 +15,30 @@ MAX_FILE_BYTES = 50_000_000
 # Pillow's decompression-bomb guard: above this many pixels we refuse to decode.
 MAX_DECODE_PIXELS = 36_000_000
 ACCEPTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "WEBP": "webp"}
+# Every Image.open of bytes from outside passes these: Pillow otherwise runs every format's detector (and
+# possibly its parser) before our allow-list is even consulted.
+OPEN_FORMATS = tuple(ACCEPTED_FORMATS)
+# Only to name a refused file's format in the message (no decoder of theirs ever runs).
+_SIGNATURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\0", "TIFF"),
+    (b"MM\0*", "TIFF"),
+    (b"\0\0\1\0", "ICO"),
+    (b"8BPS", "PSD"),
+    (b"%PDF", "PDF"),
+)
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open encoded bytes with the PNG, JPEG and WebP decoders only (header only; pixels on `load()`)."""
+    return Image.open(io.BytesIO(data), formats=OPEN_FORMATS)
+
+
+def _sniff(data: bytes) -> str | None:
+    """The name of a well-known format that is not ours, from its first bytes; None if unknown."""
+    return next((name for magic, name in _SIGNATURES if data.startswith(magic)), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +89,7 @@ def load_image(name: str, data: bytes) -> ImageInput:
     try:
         # The pixel check below runs on the header, before any pixel is decoded; Pillow's own
         # guard (DecompressionBombError) catches the truly absurd ones already at open.
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             fmt = ACCEPTED_FORMATS.get(img.format or "")
             if fmt is None:
                 raise UserError(f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP")
@@ -84,6 +108,11 @@ def load_image(name: str, data: bytes) -> ImageInput:
         ) from None
     except UserError:
         raise
+    except Image.UnidentifiedImageError:
+        other = _sniff(data)
+        if other is not None:
+            raise UserError(f"{name} is {other}; images must be PNG, JPEG or WebP") from None
+        raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
     except Exception:
         raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
 
@@ -105,7 +134,7 @@ def check_mask(mask: ImageInput, first: ImageInput) -> None:
 
 def image_size(data: bytes) -> tuple[int, int]:
     """Width and height of encoded image bytes (reads the header only)."""
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         return img.width, img.height
 
 
@@ -116,9 +145,9 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
     Tries JPEG at falling quality, then halves the scale. CPU work: run in a thread.
     """
     if len(data) <= limit:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             return data, ACCEPTED_FORMATS.get(img.format or "", "png"), None
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         original = img.convert("RGB")
     scale = 1.0
     while True:
@@ -155,7 +184,7 @@ def preview_jpeg(data: bytes, side: int = PREVIEW_SIDE) -> bytes:
     and slow the result behind them. JPEG partials decode straight at a fraction of their size (draft mode).
     CPU work: run in a thread.
     """
-    with Image.open(io.BytesIO(data)) as img:
+    with open_image(data) as img:
         if img.width * img.height > MAX_DECODE_PIXELS:
             raise ValueError("partial image too large to decode")
         img.draft("RGB", (side, side))

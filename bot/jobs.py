@@ -266,9 +266,14 @@ class JobRunner:
             estimate = self.reservation(request, view.previews)
             if threshold is not None and estimate > threshold:
                 now = self.ledger.clock()
-                token = await self.ledger.run_db(
-                    lambda db: actions.save_confirmation(db, requester, request, now)
-                )
+                admit = lambda: self.ledger.check_sync(requester, request, estimate, pace)  # noqa: E731
+                try:  # the job's own pace and quota checks first, reserving nothing; at most 3 pending
+                    token = await self.ledger.run_db(
+                        lambda db: actions.save_confirmation(db, requester, request, now, admit)
+                    )
+                except UserError as exc:
+                    await self._safe(view.refused(str(exc)))
+                    return None
                 await self._safe(view.confirm(texts.price_check(request, estimate, threshold), token))
                 return None
         try:

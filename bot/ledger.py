@@ -308,6 +308,22 @@ class Ledger:
                 ids.append(int(cursor.fetchone()[0]))
         return Reservation(job_id, tuple(ids), each_micros)
 
+    def check_sync(self, who: Requester, request: ImageRequest, micros: int, pace: Pace | None) -> None:
+        """Refuse (PaceExceeded, QuotaExceeded) as `reserve_sync` would for a job of `micros` in all, reserving
+        nothing: a price check's admission (bot/actions.py). Inside the caller's transaction (run_db)."""
+        now = self.clock()
+        periods = quota.Periods.at(now, self.timezone)
+        if pace is not None:
+            self._keep_pace(who, pace, now)
+        count = request.count
+        quota.enforce(
+            quota.checks(self.db, quota.effective_limits(self.db, self.defaults, who), who, periods),
+            micros=micros,
+            images=count,
+            now=now.astimezone(self.timezone),
+            what=f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}",
+        )
+
     def _admit(
         self, who: Requester, periods: quota.Periods, *, micros: int, images: int, now: datetime, what: str
     ) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 2  # 2: the job state machine and outbox, blob_refs (bot/store.py _v9, _v10)
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -79,6 +79,18 @@ SCHEMA = [
         created_at TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS idx_outbox_job_id ON outbox (job_id)",
     "CREATE INDEX IF NOT EXISTS idx_ledger_rendered ON ledger (status) WHERE status='rendered'",
+    # Version 2 (bot/store.py _v10_resources): who holds each blob; filled from the requests stored before.
+    "CREATE TABLE IF NOT EXISTS blob_refs (sha256 TEXT NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (holder, sha256))",
+    "CREATE INDEX IF NOT EXISTS idx_blob_refs_sha256 ON blob_refs (sha256)",
+    'CREATE INDEX IF NOT EXISTS idx_confirmations_user_created_at ON confirmations ("user", created_at)',
+    """INSERT INTO blob_refs (sha256, holder) SELECT ref->>'sha256', 'r:' || job_id FROM results,
+        jsonb_array_elements(request::jsonb->'references') AS ref ON CONFLICT DO NOTHING""",
+    """INSERT INTO blob_refs (sha256, holder) SELECT request::jsonb->'mask'->>'sha256', 'r:' || job_id
+        FROM results WHERE request::jsonb->'mask'->>'sha256' IS NOT NULL ON CONFLICT DO NOTHING""",
+    """INSERT INTO blob_refs (sha256, holder) SELECT ref->>'sha256', 'c:' || token FROM confirmations,
+        jsonb_array_elements(request::jsonb->'references') AS ref ON CONFLICT DO NOTHING""",
+    """INSERT INTO blob_refs (sha256, holder) SELECT request::jsonb->'mask'->>'sha256', 'c:' || token
+        FROM confirmations WHERE request::jsonb->'mask'->>'sha256' IS NOT NULL ON CONFLICT DO NOTHING""",
 ]
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal

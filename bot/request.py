@@ -141,22 +141,26 @@ def _in_range(name: str, number: int, low: int, high: int) -> int:
     return number
 
 
+def check_image_count(model: str, capabilities: ModelCapabilities, references: int, mask: bool) -> None:
+    """How many input images the model takes, and whether a mask: checked again before any file is downloaded
+    (bot/app.py `Core.check_attachments`), from the count alone."""
+    most = capabilities.max_reference_images
+    if references and most == 0:
+        raise UserError(f"{model} cannot edit images; use a model that can (--model) or drop the images")
+    if references > most:
+        raise UserError(
+            f"{references} images given; at most {most} in all for {model} (the base image plus references)"
+        )
+    if mask and not capabilities.mask:
+        raise UserError(f"{model} does not accept a mask; edit without one or use another model (--model)")
+
+
 def _check_images(
     model: str, capabilities: ModelCapabilities, references: Sequence[ImageInput], mask: ImageInput | None
 ) -> None:
     """The input images against the model's limits: how many, and whether it takes a mask."""
-    most = capabilities.max_reference_images
-    if references and most == 0:
-        raise UserError(f"{model} cannot edit images; use a model that can (--model) or drop the images")
-    if len(references) > most:
-        raise UserError(
-            f"{len(references)} images given; at most {most} in all for {model} (the base image plus references)"
-        )
+    check_image_count(model, capabilities, len(references), mask is not None)
     if mask is not None:
-        if not capabilities.mask:
-            raise UserError(
-                f"{model} does not accept a mask; edit without one or use another model (--model)"
-            )
         if not references:
             raise UserError("a mask needs an image to edit; attach or reply to one")
         check_mask(mask, references[0])

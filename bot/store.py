@@ -20,7 +20,7 @@ from . import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -329,6 +329,30 @@ def _v9_jobstate(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_ledger_rendered ON ledger (status) WHERE status='rendered'")
 
 
+# Who holds each stored input image: `r:<job_id>` (a result's request), `c:<token>` (a price check's). A blob
+# nobody holds any more is deleted by the purge (bot/actions.py); these statements also fill the table from the
+# requests stored before it existed.
+BLOB_REFS_BACKFILL = (
+    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'r:' || job_id "
+    "FROM results, json_each(results.request, '$.references') AS ref",
+    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
+    "'r:' || job_id FROM results WHERE json_extract(request, '$.mask.sha256') IS NOT NULL",
+    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'c:' || token "
+    "FROM confirmations, json_each(confirmations.request, '$.references') AS ref",
+    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
+    "'c:' || token FROM confirmations WHERE json_extract(request, '$.mask.sha256') IS NOT NULL",
+)
+
+
+def _v10_resources(db: sqlite_utils.Database) -> None:
+    """Stored requests are purged (bot/actions.py `purge`): who holds each blob, so an unheld one can go."""
+    db.table("blob_refs").create({"sha256": str, "holder": str}, pk=("holder", "sha256"))
+    db.table("blob_refs").create_index(["sha256"])
+    db.table("confirmations").create_index(["user", "created_at"])
+    for statement in BLOB_REFS_BACKFILL:
+        db.execute(statement)
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -339,6 +363,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     7: _v7,
     8: _v8,
     9: _v9_jobstate,
+    10: _v10_resources,
 }
 
 

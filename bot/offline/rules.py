@@ -109,7 +109,7 @@ class Body:
 
 
 def _open_image(data: bytes) -> Image.Image:
-    image = Image.open(io.BytesIO(data))
+    image = Image.open(io.BytesIO(data), formats=("PNG", "JPEG", "WEBP"))  # what the Images API accepts
     image.load()
     return image
 

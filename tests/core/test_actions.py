@@ -297,7 +297,7 @@ def test_an_image_stored_as_a_blob_comes_back_identical(tmp_path: Any) -> None:
     Image.new("RGB", (1024, 1024), "red").save(out, "PNG")
     ref = load_image("ref.png", out.getvalue())
     request = parse_request("blue --quality low", prices=load_prices(), references=[ref])
-    again = actions.request_from(db, actions.request_json(db, request))
+    again = actions.request_from(db, actions.request_json(db, request, "r:x"))
     assert again == request
     assert isinstance(db, sqlite_utils.Database)
 
@@ -413,3 +413,193 @@ def test_every_click_is_charged_to_its_clicker_within_their_limits(
             await core.close()
 
     asyncio.run(run())
+
+
+# --- price checks are admitted before anything is stored; stored requests do not pile up (item 5) ------------
+
+
+def noise_png(seed: int, side: int = 256) -> bytes:
+    """A PNG that does not compress (so its blob is ~side*side*3 bytes), different for every seed."""
+    import random
+
+    rng = random.Random(seed)
+    out = io.BytesIO()
+    Image.frombytes("RGB", (side, side), rng.randbytes(side * side * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def stored(core: Core) -> dict[str, int]:
+    path = core.settings.db_path
+    count = lambda table: int(dbs.tuples(path, f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: E731
+    return {t: count(t) for t in ("blobs", "confirmations", "results")}
+
+
+def with_images(core: Core, text: str, seed: int, n: int = 5) -> Any:
+    from bot.images import load_image
+
+    return core.parse(
+        text, [load_image(f"ref{seed}-{i}.png", noise_png(seed * 10 + i, 64)) for i in range(n)]
+    )
+
+
+async def test_a_price_check_past_a_limit_or_in_a_cooldown_is_refused_at_once_and_stores_nothing(
+    make_core: MakeCore,
+) -> None:
+    """Seen: 8 price checks by a user with cooldown 3600 s, max_jobs 1 and $0.01 a day wrote 40 blob rows and
+    no ledger row. Each is now refused at once, as the job would be, naming the rule, and nothing is stored."""
+    from bot import commands
+
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0.10", IMAGEBOT_USER_DAILY_USD="0.01", IMAGEBOT_ADMINS="U9")
+    admin = Requester("slack", "W1", "C1", "U9")
+    reply = await commands.admin(core, admin, "settings cooldown=3600 max_jobs=1", platform_admin=False)
+    assert "cooldown" in reply.text, reply.text
+    view = View()
+    for seed in range(8):
+        await core.submit(with_images(core, "a fox --size 1024x1024 --quality high", seed), ALICE, view)
+    assert view.questions == [] and len(view.refusals) == 8, (len(view.questions), view.refusals[:1])
+    assert all("daily spend limit is $0.0100" in r for r in view.refusals), view.refusals[0]
+    assert stored(core) == {"blobs": 0, "confirmations": 0, "results": 0} and rows(core) == []
+
+    # In a cooldown (after a cheap job that asked nothing), and at max_jobs (a job open): refused at once too.
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0.10", IMAGEBOT_USER_COOLDOWN="3600")
+    cheap = View()
+    assert isinstance(
+        await core.submit(core.parse("a fox --quality low --size 1024x1024"), ALICE, cheap), JobResult
+    )
+    before = stored(core)
+    late = View()
+    await core.submit(with_images(core, "a fox --size 1024x1024 --quality high", 1), ALICE, late)
+    assert late.questions == [] and "cooldown" in late.refusals[0] and stored(core) == before
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0.10", IMAGEBOT_USER_MAX_JOBS="1")
+    await core.runner.prepare(core.parse("a fox --quality low --size 1024x1024"), ALICE, pace=None)
+    busy = View()
+    await core.submit(with_images(core, "a fox --size 1024x1024 --quality high", 2), ALICE, busy)
+    assert busy.questions == [] and "max_jobs=1" in busy.refusals[0] and stored(core)["blobs"] == 0
+
+
+async def test_a_user_has_at_most_three_pending_price_checks(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0")
+    view = View()
+    for seed in range(4):
+        await core.submit(with_images(core, "a fox --size 1024x1024 --quality low", seed, 1), ALICE, view)
+    assert len(view.questions) == 3 and len(view.refusals) == 1, view.refusals
+    assert "3 price checks" in view.refusals[0] and "at most 3" in view.refusals[0], view.refusals[0]
+    assert "Nothing was charged" in view.refusals[0] and stored(core)["confirmations"] == 3
+    # Someone else is not held up by them; and answering one makes room.
+    other = View()
+    await core.submit(with_images(core, "a fox --size 1024x1024 --quality low", 9, 1), BOB, other)
+    assert len(other.questions) == 1
+    await core.price_check(view.questions[0][1], ALICE, view, render=False)
+    await core.submit(with_images(core, "a fox --size 1024x1024 --quality low", 5, 1), ALICE, view)
+    assert len(view.questions) == 4
+
+
+async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCore) -> None:
+    """Unanswered price checks go after an hour, results (and their input images) after
+    IMAGEBOT_ACTIONS_DAYS; what is younger keeps working. The periodic sweep does it."""
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0.20", IMAGEBOT_ACTIONS_DAYS="2")
+    start = core.ledger.clock()
+    now = [start]
+    core.ledger.clock = lambda: now[0]
+    result, _, store = await first_job(core, "a red fox --size 1024x1024 --quality low")
+    edit = View()
+    edited = await core.submit(
+        with_images(core, "make it blue --size 1024x1024 --quality low", 1, 2), ALICE, edit
+    )
+    assert isinstance(edited, JobResult), (edit.refusals, edit.questions)
+    asking = View()
+    await core.submit(with_images(core, "a fox --size 1024x1024 --quality high", 2, 3), ALICE, asking)
+    [(_, token)] = asking.questions
+    assert stored(core) == {"blobs": 5, "confirmations": 1, "results": 2}
+
+    now[0] = start + timedelta(minutes=61)
+    await core.sweep()
+    assert stored(core) == {"blobs": 2, "confirmations": 0, "results": 2}  # the edit's two images stay
+    late = View()
+    await core.price_check(token, ALICE, late, render=True)
+    assert late.refusals and "no longer" in late.refusals[0] and "Nothing was charged" in late.refusals[0]
+    again = View()
+    await core.act(button(edited, Kind.REROLL).key, ALICE, again, store)
+    assert len(again.delivered) == 1  # a day old: its Re-roll still works, with its input images
+
+    now[0] = start + timedelta(days=2, minutes=2)
+    await core.sweep()
+    left = stored(core)
+    assert left["blobs"] == 2 and left["results"] == 1  # the Re-roll's own job (a minute old) and its images
+    expired = View()
+    await core.act(button(result, Kind.REROLL).key, ALICE, expired, store)
+    assert expired.refusals and ("expired" in expired.refusals[0] or "not known" in expired.refusals[0])
+
+
+async def test_the_database_stops_growing_under_a_loop_of_price_checks(
+    make_core: MakeCore, db_target: str
+) -> None:
+    """A user asks for price checks with new images every 20 minutes and never answers: the file grows until
+    the first ones are an hour old, then stays the same size (freed pages are reused)."""
+    if not db_target.endswith(".sqlite3"):
+        pytest.skip("the file size is SQLite's")
+    import os
+    import sqlite3
+
+    core = await make_core(IMAGEBOT_CONFIRM_USD="0")
+    start = core.ledger.clock()
+    now = [start]
+    core.ledger.clock = lambda: now[0]
+    sizes = []
+    for i in range(24):
+        view = View()
+        request = core.parse("a fox --size 1024x1024 --quality low", [load_ref(noise_png(i, 300))])
+        await core.submit(request, ALICE, view)
+        assert len(view.questions) == 1, view.refusals
+        now[0] += timedelta(minutes=20)
+        await core.sweep()
+        with sqlite3.connect(db_target) as conn:  # as the next automatic checkpoint would
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        sizes.append(os.path.getsize(db_target))
+    assert stored(core)["blobs"] <= 3, stored(core)
+    assert max(sizes[8:]) <= sizes[7], sizes  # nothing new after the first hours
+    assert sizes[-1] < 6 * 300 * 300 * 3, sizes
+
+
+def load_ref(data: bytes) -> Any:
+    from bot.images import load_image
+
+    return load_image("ref.png", data)
+
+
+def test_images_stored_before_the_purge_existed_are_kept_while_held(tmp_path: Any) -> None:
+    """A database from before blob_refs: the migration finds who holds each stored image, so the first purge
+    deletes only what nobody holds."""
+    import json as _json
+    from datetime import UTC, datetime
+
+    from bot import store
+
+    path = tmp_path / "old.sqlite3"
+    import sqlite3
+
+    import sqlite_utils
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    old = sqlite_utils.Database(conn)
+    store.migrate(old, 8)
+    ref = {"name": "a.png", "sha256": "aa", "width": 1, "height": 1, "format": "png", "has_alpha": False}
+    mask = {**ref, "sha256": "mm"}
+    request = {"prompt": "p", "references": [ref], "mask": mask}
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    old.execute(
+        "INSERT INTO results VALUES ('j1', 'slack', 'W1', 'C1', 'U1', ?, '[]', ?)",
+        [_json.dumps(request), now],
+    )
+    for sha in ("aa", "mm", "orphan"):
+        old.execute("INSERT INTO blobs VALUES (?, x'00')", [sha])
+    conn.close()
+    db = store.connect(path)
+    assert sorted(db.execute("SELECT sha256, holder FROM blob_refs").fetchall()) == [
+        ("aa", "r:j1"),
+        ("mm", "r:j1"),
+    ]
+    with store.immediate(db):
+        purged = actions.purge(db, datetime.now(UTC), 30)
+    assert (purged.results, purged.blobs) == (0, 1)
+    assert sorted(r[0] for r in db.execute("SELECT sha256 FROM blobs")) == ["aa", "mm"]

@@ -158,3 +158,29 @@ def test_a_preview_is_a_small_jpeg_of_the_same_shape(size: tuple[int, int], fmt:
     with Image.open(io.BytesIO(preview_jpeg(out.getvalue()))) as preview:
         assert preview.format == "JPEG" and max(preview.size) == min(512, max(size))
         assert abs(preview.width / preview.height - size[0] / size[1]) < 0.01
+
+
+# --- only the allowed decoders ever see user bytes (item 8) --------------------------------------------
+
+
+def test_user_bytes_are_opened_only_by_the_png_jpeg_and_webp_decoders(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every Image.open on bytes a user (or the API) handed us names the allowed formats, so Pillow never runs
+    its other ~40 format detectors (and their parsers) on them; a GIF is still refused by name."""
+    seen: list[object] = []
+    real_open = Image.open
+
+    def spying_open(fp: object, mode: str = "r", formats: object = None) -> Image.Image:
+        seen.append(formats)
+        return real_open(fp, mode, formats)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image, "open", spying_open)
+    png, jpeg = encode("PNG", (64, 48)), encode("JPEG", (64, 48))
+    load_image("a.png", png)
+    image_size(png)
+    fit_under(png, 10**9)
+    fit_under(png, 400)
+    preview_jpeg(jpeg)
+    assert "cat.png is GIF" in rejection("cat.png", encode("GIF"))
+    assert seen and all(f is not None and sorted(f) == ["JPEG", "PNG", "WEBP"] for f in seen), seen  # type: ignore[call-overload]

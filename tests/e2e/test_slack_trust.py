@@ -19,7 +19,6 @@ import pytest
 from PIL import Image
 
 from adapters.manifests import slack_manifest
-from bot.pricing import format_usd
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
 
