@@ -513,6 +513,7 @@ async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCor
     assert stored(core) == {"blobs": 5, "confirmations": 1, "results": 2}
 
     now[0] = start + timedelta(minutes=61)
+    await core.ledger.heartbeat()  # the clock jumped past the lease: a live process renews it (a new one)
     await core.sweep()
     assert stored(core) == {"blobs": 2, "confirmations": 0, "results": 2}  # the edit's two images stay
     late = View()
@@ -523,6 +524,7 @@ async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCor
     assert len(again.delivered) == 1  # a day old: its Re-roll still works, with its input images
 
     now[0] = start + timedelta(days=2, minutes=2)
+    await core.ledger.heartbeat()
     await core.sweep()
     left = stored(core)
     assert left["blobs"] == 2 and left["results"] == 1  # the Re-roll's own job (a minute old) and its images
