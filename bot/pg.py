@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -71,6 +71,24 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS relax_jobs (job_id TEXT PRIMARY KEY, platform TEXT NOT NULL, workspace TEXT,
         channel TEXT, "user" TEXT, submitted_at TEXT NOT NULL, discard INTEGER DEFAULT 0, delivered_at TEXT)""",
 ]
+# Version 2, batches with a key (bot/relax.py; SQLite's `_v9_relax` in bot/store.py): `key` is the primary key,
+# `id` (the API's) may be unknown while `submitting`, `owner` is the process sending it, file ids once seen; a
+# line belongs to its batch by key.
+RELAX_KEYS = [
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS key TEXT",
+    "UPDATE batches SET key = id WHERE key IS NULL",
+    "ALTER TABLE batches DROP CONSTRAINT IF EXISTS batches_pkey",
+    "ALTER TABLE batches ALTER COLUMN id DROP NOT NULL",
+    "ALTER TABLE batches ADD PRIMARY KEY (key)",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS owner TEXT",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS output_file_id TEXT",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS error_file_id TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_batches_id ON batches (id)",
+    "ALTER TABLE batch_lines RENAME COLUMN batch_id TO batch_key",
+    "DROP INDEX IF EXISTS idx_batch_lines_batch_id",
+    "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)",
+]
+MIGRATIONS = {1: SCHEMA, 2: RELAX_KEYS}
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal
 _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
@@ -156,10 +174,10 @@ def connect(url: str) -> PgDatabase:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
         )
         (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        if current < SCHEMA_VERSION:
-            for statement in SCHEMA:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [SCHEMA_VERSION])
+            conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
