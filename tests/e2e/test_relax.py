@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.offline import OfflineImageServer
-from bot.pricing import Usage, batch_price, cost_micros, load_prices
+from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.e2e.test_slack_actions import job_messages, until
 from tests.fakes.slack import FakeSlack
@@ -68,7 +68,7 @@ async def test_two_users_relax_jobs_share_a_batch_and_land_in_their_own_threads(
         for ts, msg in threads.items():  # each user's image in their own job's thread, once
             [upload] = uploads_in(slack, ts)
             owner = "U1" if "fox" in str(msg) else "U2"
-            assert f"<@{owner}>" in str(upload)
+            assert f"<@{owner}>" in str(upload), str(msg)[:1500]
         await until(lambda: all("relax" in str(slack.thread("C1", ts)) for ts in threads))
 
 
@@ -93,3 +93,76 @@ async def test_a_bot_restarted_while_its_batch_runs_delivers_once(slack: FakeSla
         assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
     finally:
         await openai.stop()
+
+
+def gets_of(server: OfflineImageServer, batch_id: str) -> int:
+    return sum(1 for call in server.batch_calls if call == ("GET", f"/v1/batches/{batch_id}"))
+
+
+async def test_a_lost_answer_to_the_batch_creation_still_lands_in_the_thread(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    """OpenAI creates the batch but the answer to POST /v1/batches is lost: the bot finds the batch by the key
+    in its metadata and delivers the image (it used to release the job while the batch ran and was billed)."""
+    openai = OfflineImageServer(latency=0.05, batch_latency=0.5, faults="batch_dropped")
+    await openai.start()
+    try:
+        async with running_bot(tmp_path, slack_env(slack, **RELAX_ENV), server=openai) as bot:
+            await slack.send_slash_command(
+                bot.events_url, text="a fox --relax --size 1024x1024 --quality low"
+            )
+            [job] = await until(lambda: job_messages(slack))
+            await until(lambda: uploads_in(slack, job["ts"]), timeout=15)
+            rows = await ledger(bot)
+            assert [(r["status"], r["mode"]) for r in rows] == [("succeeded", "relax")]
+            [batch_id] = openai.batch_api.batches
+            stored = await bot.core.ledger.query("SELECT id, status FROM batches")
+            assert [tuple(r) for r in stored] == [(batch_id, "completed")]
+        assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
+        assert "Nothing was charged" not in str(slack.messages.get("C1"))
+    finally:
+        await openai.stop()
+
+
+async def test_a_batch_lost_with_a_restart_of_the_api_is_told_once_and_never_polled_again(
+    slack: FakeSlack, tmp_path: Path
+) -> None:
+    """The bot goes down mid-batch and the (offline) API restarts too, forgetting the batch: the next bot gets
+    404, settles the job from what it knows (charged its reservation as possibly billed at the batch price,
+    the user told in the thread with the batch id), and no later process asks for that batch again."""
+    env = slack_env(slack, **RELAX_ENV)
+    before = OfflineImageServer(latency=0.05, batch_latency=30.0)
+    await before.start()
+    try:
+        async with running_bot(tmp_path, env, server=before) as first:
+            await slack.send_slash_command(
+                first.events_url, text="a fox --relax --size 1024x1024 --quality low"
+            )
+            [job] = await until(lambda: job_messages(slack))
+            await until(lambda: "sent to the Batch API" in str(slack.messages.get("C1")), timeout=10)
+        [batch_id] = before.batch_api.batches
+    finally:
+        await before.stop()
+    after = OfflineImageServer(latency=0.05, batch_latency=0.5)  # a new API process: it never heard of it
+    await after.start()
+    try:
+        async with running_bot(tmp_path, env, server=after) as second:
+            told = await until(
+                lambda: [m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)], timeout=15
+            )
+            [row] = await ledger(second)
+            assert row["status"] == "possibly_billed" and row["actual_micros"] == row["reserved_micros"] > 0
+            assert "may have been billed" in str(told) and format_usd(row["reserved_micros"]) in str(told)
+            assert not uploads_in(slack, job["ts"])
+            seen = gets_of(after, batch_id)
+            assert seen == 1
+        async with running_bot(tmp_path, env, server=after) as third:  # a later process: not polled again
+            await slack.send_slash_command(
+                third.events_url, text="a crow --relax --size 1024x1024 --quality low"
+            )
+            crow = await until(lambda: job_messages(slack)[1:2])
+            await until(lambda: uploads_in(slack, crow[0]["ts"]), timeout=15)
+        assert gets_of(after, batch_id) == seen
+        assert len([m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)]) == len(told)  # told once
+    finally:
+        await after.stop()
