@@ -165,16 +165,21 @@ class Relax:
         self._flusher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._polling = False
+        self._flushing = False
         self._closing = False
 
     def start(self) -> None:
         self._poller = asyncio.create_task(self._poll_forever())
 
     async def close(self) -> None:
-        """Send what is gathered (it is reserved and promised), then stop polling: a poll under way finishes
-        first (it may be settling and delivering a batch: stopped halfway, its batch would be polled again)."""
+        """Send what is gathered (it is reserved and promised; a sending under way finishes), then stop polling:
+        a poll under way finishes first (it may be settling and delivering a batch: stopped halfway, its batch
+        would be polled again)."""
         if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+            if self._flushing:  # a batch is being sent: its answer decides what becomes of its jobs
+                await asyncio.gather(self._flusher, return_exceptions=True)
+            else:
+                self._flusher.cancel()
         if self.pending:
             await self.flush()
         self._closing = True
@@ -210,7 +215,11 @@ class Relax:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
-        await self.flush()
+        self._flushing = True
+        try:
+            await self.flush()
+        finally:
+            self._flushing = False
 
     async def flush(self) -> None:
         """Send every gathered job: one batch for generations, one for edits."""

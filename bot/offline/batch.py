@@ -18,7 +18,8 @@ A batch runs in a background task: `validating` for the first tenth of the serve
 only: `batch_failed` (the batch fails validation), `batch_expired` (it expires with half its lines done),
 `line_error` (its first line gets a 500 in the error file), `batch_dropped` (the batch is created and runs,
 but the connection closes before the answer: the client never learns its id) and `batch_500` (a 500 and no
-batch). `create_delay` (seconds, default 0) holds each `POST /v1/batches` before it is answered.
+batch). `create_delay` (seconds, default 0) holds each answer to `POST /v1/batches` (the batch already exists
+and runs meanwhile).
 `GET /v1/batches` lists newest first with each batch's `metadata`, paged by `after` and `limit` (`has_more`),
 as the real API does: how a client finds a batch whose creation it never heard back from.
 """
@@ -308,7 +309,7 @@ class BatchApi:
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, BatchJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.create_delay = 0.0  # seconds each POST /v1/batches waits before it is answered
+        self.create_delay = 0.0  # seconds each answer to POST /v1/batches is held (the batch already runs)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/files", self._wrap(self._upload_file))
@@ -512,8 +513,6 @@ class BatchApi:
             raise invalid(
                 "input_file_id", f"A batch input file may be at most {MAX_BATCH_FILE_BYTES:,} bytes."
             )
-        if self.create_delay > 0:
-            await asyncio.sleep(self.create_delay)
         fault = self._server._next_fault(batch=True)
         if fault == "batch_500":
             raise ApiError(
@@ -533,6 +532,8 @@ class BatchApi:
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.create_delay > 0:  # created and running; the answer takes its time
+            await asyncio.sleep(self.create_delay)
         if fault == "batch_dropped":  # created and running, but the client never hears of it
             self._server._cut(request)
             return web.Response(status=200)  # written to a closed connection: nobody reads it

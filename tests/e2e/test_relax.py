@@ -8,9 +8,14 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+from bot.app import Core
+from bot.config import Settings
 from bot.offline import OfflineImageServer
 from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
+from tests.core.test_access import View
 from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.test_cli import environment
+from tests.e2e.test_cli import start as start_cli
 from tests.e2e.test_slack_actions import job_messages, until
 from tests.fakes.slack import FakeSlack
 
@@ -25,7 +30,7 @@ def uploads_in(slack: FakeSlack, thread: str) -> list[dict[str, Any]]:
     return [m for m in slack.messages.get("C1", []) if m.get("files") and m.get("thread_ts") == thread]
 
 
-async def ledger(bot: RunningBot) -> list[dict[str, Any]]:
+async def ledger(bot: RunningBot | Core) -> list[dict[str, Any]]:
     columns = [
         "user",
         "mode",
@@ -36,7 +41,8 @@ async def ledger(bot: RunningBot) -> list[dict[str, Any]]:
         "image_tokens",
         "output_tokens",
     ]
-    found = await bot.core.ledger.query(f"SELECT {', '.join(columns)} FROM ledger ORDER BY id")
+    core = bot if isinstance(bot, Core) else bot.core
+    found = await core.ledger.query(f"SELECT {', '.join(columns)} FROM ledger ORDER BY id")
     return [dict(zip(columns, row, strict=True)) for row in found]
 
 
@@ -166,3 +172,69 @@ async def test_a_batch_lost_with_a_restart_of_the_api_is_told_once_and_never_pol
         assert len([m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)]) == len(told)  # told once
     finally:
         await after.stop()
+
+
+async def test_a_process_killed_while_sending_its_batch_leaves_it_to_the_next_one(tmp_path: Path) -> None:
+    """`imagebot imagine --relax` is killed (-9) while the answer to POST /v1/batches is on its way: OpenAI has
+    made the batch. Its rows are `batched` under no lease, the batch `submitting` under its key; once the dead
+    process's lease is over, the next process finds the batch by that key, polls it and delivers the job
+    (it is not released while the batch runs, and not recovered as interrupted)."""
+    openai = OfflineImageServer(latency=0.05, batch_latency=1.0)
+    openai.batch_api.create_delay = 60.0  # the batch exists at once; its answer never arrives in time
+    await openai.start()
+    db = tmp_path / "bot.sqlite3"
+    env = environment(
+        db,
+        IMAGEBOT_OFFLINE="0",
+        OPENAI_API_KEY="sk-test-not-a-secret",
+        OPENAI_BASE_URL=openai.base_url,
+        IMAGEBOT_BATCH_WINDOW="0.1",
+        IMAGEBOT_LEASE_SECONDS="1",
+        IMAGEBOT_API_TIMEOUT="120",
+    )
+    args = [
+        "imagine",
+        "a fox",
+        "--relax",
+        "--size",
+        "1024x1024",
+        "--quality",
+        "low",
+        "--out",
+        str(tmp_path / "f.jpg"),
+    ]
+    process = start_cli(args, env, tmp_path)
+    try:
+        await until(lambda: ("POST", "/v1/batches") in openai.batch_calls, timeout=30)
+        [batch_id] = openai.batch_api.batches
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert not (tmp_path / "f.jpg").exists()
+    settings = Settings.load(
+        environ={
+            "IMAGEBOT_DB": str(db),
+            "IMAGEBOT_OFFLINE": "1",
+            "IMAGEBOT_BATCH_POLL": "0.1",
+            "IMAGEBOT_LEASE_SECONDS": "1",
+            "IMAGEBOT_API_TIMEOUT": "5",
+        },
+        env_file=None,
+    )
+    openai.batch_api.create_delay = 0.0
+    core = await Core.start(settings, offline_server=openai)
+    try:
+        view = View()
+        core.relax.view_for, core.relax.platforms = (lambda who, context: view), {"cli"}
+        await until(lambda: view.delivered or view.failures, timeout=20)
+        assert view.delivered and not view.failures
+        [image] = view.delivered[0].images
+        assert (image.width, image.height) == (1024, 1024)
+        [row] = await ledger(core)
+        assert (row["status"], row["mode"]) == ("succeeded", "relax")
+        stored = await core.ledger.query("SELECT id, finished_at IS NOT NULL FROM batches")
+        assert [tuple(r) for r in stored] == [(batch_id, True)]
+    finally:
+        await core.close()
+        await openai.stop()
+    assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
