@@ -235,7 +235,7 @@ class Relax:
                 for w in group:
                     await self._give_up(
                         w,
-                        f"the Batch API did not take the job ({type(exc).__name__}: {exc}); nothing was charged",
+                        f"the Batch API did not take the job ({type(exc).__name__}: {exc})",
                     )
             finally:
                 for w in group:
@@ -285,7 +285,7 @@ class Relax:
             except openai.APIError as exc:
                 if isinstance(exc, openai.APIStatusError) and _refused(exc):  # it said no: nothing was made
                     log.warning("batch refused; jobs released", extra={"key": key, "error": repr(exc)[:300]})
-                    why = f"the Batch API did not take the job ({type(exc).__name__}: {exc}); nothing was charged"
+                    why = f"the Batch API did not take the job ({type(exc).__name__}: {exc})"
                     await self._not_created(key, why)
                     return
                 # The answer was lost (a dropped connection, a timeout, a 5xx): the batch may exist all the same.
@@ -377,7 +377,7 @@ class Relax:
             return
         log.warning("batch not found by its key; jobs released", extra={"key": batch.key})
         await self._not_created(
-            batch.key, "the Batch API never took the job (its batch was not found); nothing was charged"
+            batch.key, "the Batch API never took the job (its batch was not found by its key)"
         )
 
     async def _not_created(self, key: str, why: str) -> None:
