@@ -297,9 +297,10 @@ class JobRunner:
             log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
         if request.relax and self.relax is not None:  # rendered by the Batch API, delivered when it is ready
             self.jobs.pop(job.id, None)
-            delivered = await self.relax.enqueue(job, view)
+            waiting = await self.relax.enqueue(job, view)
             if requester.platform in access.LOCAL_PLATFORMS:  # a terminal has no thread to come back to: wait
-                await delivered.wait()
+                await waiting.done.wait()
+                return waiting.outcome
             return None
         return await self.execute(job, view)
 

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-SCHEMA_VERSION = 2  # 2: the job state machine and outbox, blob_refs (bot/store.py _v9, _v10)
+SCHEMA_VERSION = 4  # the versions of MIGRATIONS below
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -70,8 +70,11 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_id ON batch_lines (batch_id)",
     """CREATE TABLE IF NOT EXISTS relax_jobs (job_id TEXT PRIMARY KEY, platform TEXT NOT NULL, workspace TEXT,
         channel TEXT, "user" TEXT, submitted_at TEXT NOT NULL, discard INTEGER DEFAULT 0, delivered_at TEXT)""",
-    # Version 2, the job state machine (bot/jobstate.py): every statement above and below is idempotent, so
-    # a database at version 1 runs them all again.
+]
+# Version 2, the job state machine (bot/jobstate.py; SQLite's `_v9_jobstate`): paid images are rendered, then
+# delivered (what was `succeeded`), their bytes kept in the outbox until then; overage flags a settlement above
+# its reservation.
+JOBSTATE = [
     "ALTER TABLE ledger ADD COLUMN IF NOT EXISTS overage INTEGER NOT NULL DEFAULT 0",
     "UPDATE ledger SET status='delivered' WHERE status='succeeded'",
     """CREATE TABLE IF NOT EXISTS outbox (row_id BIGINT PRIMARY KEY, job_id TEXT NOT NULL, seq INTEGER,
@@ -79,7 +82,9 @@ SCHEMA = [
         created_at TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS idx_outbox_job_id ON outbox (job_id)",
     "CREATE INDEX IF NOT EXISTS idx_ledger_rendered ON ledger (status) WHERE status='rendered'",
-    # Version 2 (bot/store.py _v10_resources): who holds each blob; filled from the requests stored before.
+]
+# Version 3 (SQLite's `_v10_resources`): who holds each stored image, filled from the requests stored before.
+RESOURCES = [
     "CREATE TABLE IF NOT EXISTS blob_refs (sha256 TEXT NOT NULL, holder TEXT NOT NULL, PRIMARY KEY (holder, sha256))",
     "CREATE INDEX IF NOT EXISTS idx_blob_refs_sha256 ON blob_refs (sha256)",
     'CREATE INDEX IF NOT EXISTS idx_confirmations_user_created_at ON confirmations ("user", created_at)',
@@ -92,6 +97,24 @@ SCHEMA = [
     """INSERT INTO blob_refs (sha256, holder) SELECT request::jsonb->'mask'->>'sha256', 'c:' || token
         FROM confirmations WHERE request::jsonb->'mask'->>'sha256' IS NOT NULL ON CONFLICT DO NOTHING""",
 ]
+# Version 4, batches with a key (bot/relax.py; SQLite's `_v11_relax` in bot/store.py): `key` is the primary key,
+# `id` (the API's) may be unknown while `submitting`, `owner` is the process sending it, file ids once seen; a
+# line belongs to its batch by key.
+RELAX_KEYS = [
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS key TEXT",
+    "UPDATE batches SET key = id WHERE key IS NULL",
+    "ALTER TABLE batches DROP CONSTRAINT IF EXISTS batches_pkey",
+    "ALTER TABLE batches ALTER COLUMN id DROP NOT NULL",
+    "ALTER TABLE batches ADD PRIMARY KEY (key)",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS owner TEXT",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS output_file_id TEXT",
+    "ALTER TABLE batches ADD COLUMN IF NOT EXISTS error_file_id TEXT",
+    "CREATE UNIQUE INDEX IF NOT EXISTS idx_batches_id ON batches (id)",
+    "ALTER TABLE batch_lines RENAME COLUMN batch_id TO batch_key",
+    "DROP INDEX IF EXISTS idx_batch_lines_batch_id",
+    "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)",
+]
+MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS}
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal
 _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
@@ -177,10 +200,10 @@ def connect(url: str) -> PgDatabase:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
         )
         (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        if current < SCHEMA_VERSION:
-            for statement in SCHEMA:
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
                 conn.execute(statement)
-            conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [SCHEMA_VERSION])
+            conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

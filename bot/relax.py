@@ -4,13 +4,26 @@ A relax job is reserved at the batch price and gets its message like any job (Jo
 waits here. Jobs gather for IMAGEBOT_BATCH_WINDOW seconds; then one JSONL input file per endpoint
 (generations, edits), one line per image with custom_id `<job>:<image>`, goes up with `files.create`
 (purpose batch) and `batches.create` (completion window 24h). An edit's images go up first as files (purpose
-vision) and the line refers to them by file id. The rows are then `batched`: under no lease, so a restart
-never recovers them as interrupted.
+vision) and the line refers to them by file id.
 
-Every IMAGEBOT_BATCH_POLL seconds each process polls the open batches. When one ends, its output and error
-files are read: a line with status 200 is settled from its `usage` at the batch price; any other line
-(an error, `batch_expired`, `batch_cancelled`, or missing) is released. Settling is idempotent (a row closes
-once). A job is delivered once, by the first process serving its platform that claims it (one UPDATE),
+Batches with a key: just before `POST /v1/batches` the batch is stored as `submitting` under a new key (its API
+id unknown yet), with its lines, and its rows become `batched` (one transaction): under no lease, so a restart
+never recovers them as interrupted. The key also goes into the batch's `metadata` (`imagebot_key`). If the
+answer is lost (a dropped connection, a timeout, a 5xx) or the store fails while recording the id, the batch
+is looked for by its key (`GET /v1/batches`, newest first, page by page) instead of its jobs being released;
+every poll does the same for a `submitting` batch that no live process is sending, and only a key still not
+found releases the jobs (nothing was rendered). A 4xx answer is a refusal: the jobs are released at once.
+A Cancel that lands while the batch is being sent waits for the answer, then acts on the batch id (never an
+empty one).
+
+Every IMAGEBOT_BATCH_POLL seconds each process polls the open batches, each on its own (an error on one is
+logged with its id and never stops the others). When one ends, its output and error files are read: a line
+with status 200 is settled from its `usage` at the batch price; any other line (an error, `batch_expired`,
+`batch_cancelled`, or missing) is released. A batch that can no longer be read (404) or is an hour past its
+window is settled from what is known (SPEC §11): lines with output are delivered and charged, the rest are
+charged their reservation as possibly billed and their users told; it is never asked for again (its status
+becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). Every ledger status write of
+relax mode is in `_mark_batched` and `_close_line`. A job is delivered once, by the first process serving its platform that claims it (one UPDATE),
 through its live view if the job began in that process, else through a view rebuilt from where the job
 lives (`Relax.view_for`, set by the service).
 """
@@ -19,9 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -33,7 +48,7 @@ from . import actions, jobstate, texts
 from .errors import ProviderError
 from .images import image_size
 from .ledger import Ledger, Reservation, Settlement, Status, _iso
-from .outcomes import Image, JobFailure, Progress
+from .outcomes import Image, JobFailure, JobResult, Progress
 from .pricing import PriceTable, batch_price, cost_micros, format_usd
 from .render import _usage
 from .request import ImageRequest, Requester
@@ -45,6 +60,11 @@ log = logging.getLogger("imagebot.relax")
 GENERATIONS = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 ENDED = ("completed", "failed", "expired", "cancelled")
+WINDOW = 24 * 3600  # the completion window asked for (24h)
+OVERDUE = 3600  # a batch this long past its window is settled from what is known (SPEC §11)
+UNREADABLE = "unreadable"  # our statuses of a batch settled from what is known
+OVERDUE_STATUS = "overdue"
+GONE = {UNREADABLE: "can no longer be read (404)", OVERDUE_STATUS: "is over an hour past its 24 h window"}
 NOTE = "relax, half price"
 ViewFor = Callable[[Requester, dict[str, Any]], "JobView | None"]
 
@@ -86,6 +106,11 @@ class _Waiting:
     job: Job
     view: JobView
     done: asyncio.Event = field(default_factory=asyncio.Event)  # delivered, failed or cancelled here
+    sent: asyncio.Event = field(default_factory=asyncio.Event)  # its sending is over (taken, lost or refused)
+    key: str | None = None  # its batch's key, from just before `POST /v1/batches`
+    cancel_on_arrival: bool = False  # cancelled while its batch's id was not known yet
+    outcome: JobResult | JobFailure | None = None  # what this process told its requester, once done
+    claimed: bool = False  # this process took on its delivery (done once its batch's bookkeeping is over)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +121,23 @@ class _Line:
     body: dict[str, Any]
     request_id: str
     error: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Open:
+    """An open batch as the store has it (`id` is None while it is `submitting`)."""
+
+    key: str
+    id: str | None
+    status: str
+    owner: str | None
+    created_at: str
+    output_file_id: str | None
+    error_file_id: str | None
+
+    @property
+    def name(self) -> str:
+        return self.id or f"key {self.key}"
 
 
 class Relax:
@@ -119,26 +161,40 @@ class Relax:
         self.live: dict[str, _Waiting] = {}  # jobs this process submitted, until delivered
         self.view_for: ViewFor | None = None  # set by the service: a view from where a job lives
         self.platforms: Collection[str] = ()  # the platforms this process delivers to
+        self._sending: set[str] = set()  # keys of the batches whose POST /v1/batches is in flight here
         self._flusher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self._polling = False
+        self._flushing = False
+        self._closing = False
 
     def start(self) -> None:
         self._poller = asyncio.create_task(self._poll_forever())
 
     async def close(self) -> None:
-        """Send what is gathered (it is reserved and promised), then stop polling."""
+        """Send what is gathered (it is reserved and promised; a sending under way finishes), then stop polling:
+        a poll under way finishes first (it may be settling and delivering a batch: stopped halfway, its batch
+        would be polled again)."""
         if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
+            if self._flushing:  # a batch is being sent: its answer decides what becomes of its jobs
+                await asyncio.gather(self._flusher, return_exceptions=True)
+            else:
+                self._flusher.cancel()
         if self.pending:
             await self.flush()
+        self._closing = True
         if self._poller is not None:
-            self._poller.cancel()
+            if self._polling:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._poller
+            else:
+                self._poller.cancel()
 
     # -- gathering and submitting --------------------------------------------------------------------
 
-    async def enqueue(self, job: Job, view: JobView) -> asyncio.Event:
-        """A reserved relax job whose message is open: it goes out with the next batch. The event is set once
-        this process has delivered it (or given it up)."""
+    async def enqueue(self, job: Job, view: JobView) -> _Waiting:
+        """A reserved relax job whose message is open: it goes out with the next batch. Its `done` event is
+        set once this process has delivered it (or given it up), with its `outcome`."""
         job.request = with_note(job.request)
         waiting = _Waiting(job, view)
         self.pending.append(waiting)
@@ -155,11 +211,15 @@ class Relax:
         await self._show(waiting, f"relax mode, half price · waiting to be sent (within {self.window:g} s)")
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
-        return waiting.done
+        return waiting
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.window)
-        await self.flush()
+        self._flushing = True
+        try:
+            await self.flush()
+        finally:
+            self._flushing = False
 
     async def flush(self) -> None:
         """Send every gathered job: one batch for generations, one for edits."""
@@ -170,14 +230,22 @@ class Relax:
                 continue
             try:
                 await self._submit(endpoint, group)
-            except Exception as exc:  # the Batch API refused or could not be reached: nothing was rendered
-                log.warning("batch submission failed; jobs released", extra={"error": repr(exc)[:300]})
+            except Exception as exc:  # before POST /v1/batches (uploads, the store): nothing was rendered
+                log.warning("batch not sent; jobs released", extra={"error": repr(exc)[:300]})
                 for w in group:
                     await self._give_up(
-                        w, f"the Batch API did not take the job ({type(exc).__name__}: {exc})"
+                        w,
+                        f"the Batch API did not take the job ({type(exc).__name__}: {exc})",
                     )
+            finally:
+                for w in group:
+                    w.sent.set()
 
     async def _submit(self, endpoint: str, group: list[_Waiting]) -> None:
+        """Upload the lines, record the batch as `submitting` under a new key, then create it with that key in
+        its metadata. Raises only before the batch is recorded (nothing was sent: the caller releases the
+        jobs). A lost answer (a dropped connection, a timeout, a 5xx) or a store error after the creation
+        leaves the batch `submitting`: it is looked for by its key, here and by the poll loop."""
         lines: list[dict[str, Any]] = []
         for w in group:
             request = w.job.request
@@ -200,44 +268,138 @@ class Relax:
         upload = await self.client.files.create(
             file=("imagebot-relax.jsonl", data, "application/jsonl"), purpose="batch"
         )
-        batch = await self.client.batches.create(
-            input_file_id=upload.id,
-            endpoint=endpoint,  # type: ignore[arg-type]
-            completion_window="24h",
-            metadata={"made_by": "imagebot"},
-        )
+        key = uuid.uuid4().hex
         now = self.ledger.clock()
-
-        def record(db: Any) -> None:
-            db.conn.execute(
-                "INSERT INTO batches (id, endpoint, input_file_id, status, created_at, checked_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [batch.id, endpoint, upload.id, batch.status, _iso(now), _iso(now)],
-            )
-            for w in group:
-                for seq, row in enumerate(w.job.reservation.row_ids):
-                    db.conn.execute(
-                        "INSERT INTO batch_lines (custom_id, batch_id, job_id, row_id, state) VALUES (?, ?, ?, ?, 'open')",
-                        [f"{w.job.id}:{seq}", batch.id, w.job.id, row],
-                    )
-                    db.conn.execute(
-                        "UPDATE ledger SET status='batched', updated_at=? WHERE id=? AND status='reserved'",
-                        [_iso(now), row],
-                    )
-
-        await self.ledger.run_db(record)  # one transaction
-        log.info("batch submitted", extra={"batch_id": batch.id, "lines": len(lines), "endpoint": endpoint})
+        await self.ledger.run_db(lambda db: self._record_submitting(db, key, endpoint, upload.id, group, now))
         for w in group:
+            w.key = key
+        self._sending.add(key)
+        try:
+            try:
+                batch = await self.client.batches.create(
+                    input_file_id=upload.id,
+                    endpoint=endpoint,  # type: ignore[arg-type]
+                    completion_window="24h",
+                    metadata={"made_by": "imagebot", "imagebot_key": key},
+                )
+            except openai.APIError as exc:
+                if isinstance(exc, openai.APIStatusError) and _refused(exc):  # it said no: nothing was made
+                    log.warning("batch refused; jobs released", extra={"key": key, "error": repr(exc)[:300]})
+                    why = f"the Batch API did not take the job ({type(exc).__name__}: {exc})"
+                    await self._not_created(key, why)
+                    return
+                # The answer was lost (a dropped connection, a timeout, a 5xx): the batch may exist all the same.
+                log.warning(
+                    "the answer to POST /v1/batches was lost; looking for the batch by its key",
+                    extra={"key": key, "error": repr(exc)[:300]},
+                )
+                for w in group:
+                    await self._show(
+                        w, "relax mode, half price · the Batch API's answer was lost; looking for it"
+                    )
+                found = await self._find_quietly(key, now)
+                if found is None:
+                    return  # the poll loop looks again, and releases the jobs if it is truly not there
+                batch = found
+            await self._adopt(key, batch)
+        except Exception:  # e.g. the store failed while recording the id: the poll loop resolves it by key
+            log.warning("batch sent but not recorded; resolved by its key", extra={"key": key}, exc_info=True)
+        finally:
+            self._sending.discard(key)
+
+    def _record_submitting(
+        self, db: Any, key: str, endpoint: str, input_file_id: str, group: list[_Waiting], now: datetime
+    ) -> None:
+        """One transaction: the batch (`submitting`, its id unknown), its lines, and its rows `batched` (from
+        here on they are under no lease: whatever happens to this process, the batch is looked for by key)."""
+        db.conn.execute(
+            "INSERT INTO batches (key, id, endpoint, input_file_id, status, created_at, checked_at, owner) "
+            "VALUES (?, NULL, ?, ?, 'submitting', ?, ?, ?)",
+            [key, endpoint, input_file_id, _iso(now), _iso(now), self.ledger.instance_id],
+        )
+        for w in group:
+            for seq, row in enumerate(w.job.reservation.row_ids):
+                db.conn.execute(
+                    "INSERT INTO batch_lines (custom_id, batch_key, job_id, row_id, state) VALUES (?, ?, ?, ?, 'open')",
+                    [f"{w.job.id}:{seq}", key, w.job.id, row],
+                )
+        _mark_batched(self.ledger, db, [row for w in group for row in w.job.reservation.row_ids], now)
+
+    async def _adopt(self, key: str, batch: Any) -> None:
+        """The batch of `key` is known by its id: record it, tell its jobs here, act on cancels that came
+        while it was being sent."""
+        now = self.ledger.clock()
+        await self.ledger.run_db(
+            lambda db: db.conn.execute(
+                "UPDATE batches SET id=?, status=?, checked_at=? WHERE key=? AND id IS NULL",
+                [batch.id, batch.status, _iso(now), key],
+            )
+        )
+        log.info("batch submitted", extra={"batch_id": batch.id, "key": key})
+        mine = [w for w in self.live.values() if w.key == key]
+        submitted = datetime.fromtimestamp(batch.created_at, now.tzinfo)
+        for w in mine:
             w.job.batch_id = batch.id
-            await self._show(w, self._waiting_text(now, now))
+            await self._show(w, self._waiting_text(submitted, now))
+        for w in mine:
+            if w.cancel_on_arrival:
+                w.cancel_on_arrival = False
+                said = await self._cancel_sent(w)
+                await self.runner._safe(w.view.refused(said))
+
+    async def _find(self, key: str, since: datetime) -> Any | None:
+        """The batch whose metadata carries `key` (`GET /v1/batches`, newest first, page by page), or None.
+        Batches made well before `since` (when the key was made) are not looked through."""
+        oldest = since.timestamp() - 600
+        async for batch in self.client.batches.list(limit=100):
+            if (batch.metadata or {}).get("imagebot_key") == key:
+                return batch
+            if batch.created_at < oldest:
+                break
+        return None
+
+    async def _find_quietly(self, key: str, since: datetime) -> Any | None:
+        try:
+            return await self._find(key, since)
+        except Exception as exc:
+            log.warning(
+                "could not look for the batch by its key", extra={"key": key, "error": repr(exc)[:300]}
+            )
+            return None
+
+    async def _resolve(self, batch: _Open) -> None:
+        """A `submitting` batch nobody is sending any more: adopt it if the API has it, else release its jobs
+        (the Batch API never took them: nothing was rendered)."""
+        since = datetime.fromisoformat(batch.created_at)
+        found = await self._find(batch.key, since)  # an error here: looked for again at the next poll
+        if found is not None:
+            await self._adopt(batch.key, found)
+            return
+        log.warning("batch not found by its key; jobs released", extra={"key": batch.key})
+        await self._not_created(
+            batch.key, "the Batch API never took the job (its batch was not found by its key)"
+        )
+
+    async def _not_created(self, key: str, why: str) -> None:
+        """The batch of `key` was never created: release its rows, tell its users, stop looking for it."""
+        lines = await self._lines(key)
+        for job_id, job_lines in lines.items():
+            for _, row_id in job_lines:
+                await _close_line(self.ledger, row_id, Settlement(Status.CANCELLED, 0, error=f"relax: {why}"))
+            outcomes: list[Image | BaseException] = [ProviderError(why) for _ in job_lines]
+            await self._deliver(job_id, [row for _, row in job_lines], outcomes)
+        await self._finish_batch(key, "not_created")
+        for w in [w for w in self.live.values() if w.key == key]:
+            self.live.pop(w.job.id, None)
+            w.done.set()
 
     async def _give_up(self, w: _Waiting, why: str) -> None:
         await self.runner.abandon(w.job, why)
         self.live.pop(w.job.id, None)
+        failure = _failure(w.job, why, cancelled=False, offline=self.runner.offline)
+        w.outcome = failure
         w.done.set()
-        await self.runner._safe(
-            w.view.failed(_failure(w.job, why, cancelled=False, offline=self.runner.offline))
-        )
+        await self.runner._safe(w.view.failed(failure))
 
     # -- cancel ---------------------------------------------------------------------------------------
 
@@ -250,27 +412,37 @@ class Relax:
             self.pending.remove(waiting)
             await self.runner.abandon(waiting.job, "cancelled before the batch was sent")
             self.live.pop(job_id, None)
-            waiting.done.set()
-            await self.runner._safe(
-                waiting.view.failed(
-                    _failure(
-                        waiting.job,
-                        texts.stopped_job("cancelled"),
-                        cancelled=True,
-                        offline=self.runner.offline,
-                    )
-                )
+            failure = _failure(
+                waiting.job, texts.stopped_job("cancelled"), cancelled=True, offline=self.runner.offline
             )
+            waiting.outcome = failure
+            waiting.done.set()
+            await self.runner._safe(waiting.view.failed(failure))
             return "Cancelled before it was sent to the Batch API: nothing was charged."
-        batch_id = waiting.job.batch_id
+        if waiting.job.batch_id is None:  # its batch is being sent: act once the Batch API has answered
+            await waiting.sent.wait()
+        if self.live.get(job_id) is not waiting:  # the Batch API did not take it (its message says so)
+            return "Its batch was never created: nothing was charged."
+        if waiting.job.batch_id is None:  # the answer was lost and the batch is being looked for
+            waiting.cancel_on_arrival = True
+            return (
+                "Its batch is being sent and the Batch API's answer is not in yet: once the batch is found it "
+                "is cancelled if your job is alone in it (images it finished are still delivered and charged), "
+                "else your job's images are made and charged at the batch price but not posted."
+            )
+        return await self._cancel_sent(waiting)
+
+    async def _cancel_sent(self, waiting: _Waiting) -> str:
+        """Cancel a job whose batch id is known: the batch if the job is alone in it, else discard on arrival."""
+        job_id, batch_id, key = waiting.job.id, waiting.job.batch_id, waiting.key
         others = await self.ledger.run_db(
             lambda db: db.conn.execute(
-                "SELECT COUNT(*) FROM batch_lines WHERE batch_id=? AND job_id<>?", [batch_id, job_id]
+                "SELECT COUNT(*) FROM batch_lines WHERE batch_key=? AND job_id<>?", [key, job_id]
             ).fetchone()[0]
         )
-        if not others:
+        if not others and batch_id:
             try:
-                await self.client.batches.cancel(batch_id or "")
+                await self.client.batches.cancel(batch_id)
             except openai.APIError as exc:
                 return f"The batch could not be cancelled ({exc.__class__.__name__}); the images will come as ready."
             return (
@@ -288,70 +460,150 @@ class Relax:
     # -- polling, settling, delivering ----------------------------------------------------------------
 
     async def _poll_forever(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.poll)
+            self._polling = True
             try:
                 await self.poll_once()
             except Exception:
                 log.warning("batch poll failed", exc_info=True)
+            finally:
+                self._polling = False
 
     async def poll_once(self) -> None:
-        """Check every open batch; settle and deliver those that ended."""
-        open_batches = await self.ledger.run_db(
-            lambda db: [r[0] for r in db.conn.execute("SELECT id FROM batches WHERE finished_at IS NULL")]
-        )
-        for batch_id in open_batches:
-            batch = await self.client.batches.retrieve(batch_id)
-            now = self.ledger.clock()
-            await self._sql(
-                "UPDATE batches SET status=?, checked_at=? WHERE id=?", [batch.status, _iso(now), batch_id]
-            )
-            if batch.status in ENDED:
-                await self._ended(batch)
-            else:
-                for w in list(self.live.values()):
-                    if w.job.batch_id == batch_id:
-                        submitted = datetime.fromtimestamp(batch.created_at, now.tzinfo)
-                        await self._show(w, self._waiting_text(submitted, now))
+        """Check every open batch, each on its own: one batch's error is logged with its id and never stops
+        the others. Settle and deliver those that ended; settle from what is known those that can no longer
+        be read or are an hour past their window; find by key those whose creation was never heard back."""
+        now = _iso(self.ledger.clock())
 
-    async def _ended(self, batch: Any) -> None:
-        results = await self._read(batch)
-        lines = await self.ledger.run_db(
+        def load(db: Any) -> tuple[list[_Open], set[str]]:
+            found = [
+                _Open(*row)
+                for row in db.conn.execute(
+                    "SELECT key, id, status, owner, created_at, output_file_id, error_file_id FROM batches "
+                    "WHERE finished_at IS NULL ORDER BY created_at"
+                )
+            ]
+            alive = {r[0] for r in db.conn.execute("SELECT id FROM instances WHERE expires_at >= ?", [now])}
+            return found, alive
+
+        open_batches, alive = await self.ledger.run_db(load)
+        for batch in open_batches:
+            try:
+                await self._poll_batch(batch, alive)
+            except Exception:
+                log.warning("batch poll failed", extra={"batch_id": batch.name}, exc_info=True)
+
+    async def _poll_batch(self, known: _Open, alive: set[str]) -> None:
+        if known.id is None:
+            sender_alive = known.owner in alive or known.owner == self.ledger.instance_id
+            if known.key in self._sending or (known.owner != self.ledger.instance_id and sender_alive):
+                return  # still being sent (here or by a live process)
+            await self._resolve(known)
+            return
+        if known.status in GONE:  # settled from what is known; delivering what is left (no GET of the batch)
+            await self._ended(known.key, known.id, known.status, known.output_file_id, known.error_file_id)
+            return
+        try:
+            batch = await self.client.batches.retrieve(known.id)
+        except openai.NotFoundError:
+            log.warning(
+                "batch can no longer be read (404); settled from what is known", extra={"batch_id": known.id}
+            )
+            await self._gone(known.key, known.id, UNREADABLE, known.output_file_id, known.error_file_id)
+            return
+        now = self.ledger.clock()
+        await self._sql(
+            "UPDATE batches SET status=?, checked_at=?, output_file_id=?, error_file_id=? WHERE key=?",
+            [batch.status, _iso(now), batch.output_file_id, batch.error_file_id, known.key],
+        )
+        if batch.status in ENDED:
+            await self._ended(known.key, batch.id, batch.status, batch.output_file_id, batch.error_file_id)
+        elif now.timestamp() > (batch.expires_at or batch.created_at + WINDOW) + OVERDUE:
+            log.warning(
+                "batch an hour past its window; settled from what is known", extra={"batch_id": batch.id}
+            )
+            await self._gone(known.key, batch.id, OVERDUE_STATUS, batch.output_file_id, batch.error_file_id)
+        else:
+            for w in list(self.live.values()):
+                if w.job.batch_id == batch.id:
+                    submitted = datetime.fromtimestamp(batch.created_at, now.tzinfo)
+                    await self._show(w, self._waiting_text(submitted, now))
+
+    async def _gone(
+        self, key: str, batch_id: str, status: str, output_file_id: str | None, error_file_id: str | None
+    ) -> None:
+        await self._sql("UPDATE batches SET status=? WHERE key=?", [status, key])
+        await self._ended(key, batch_id, status, output_file_id, error_file_id)
+
+    async def _lines(self, key: str) -> dict[str, list[tuple[str, int]]]:
+        """The batch's lines by job: (custom_id, ledger row id) each."""
+        found = await self.ledger.run_db(
             lambda db: db.conn.execute(
-                "SELECT custom_id, job_id, row_id FROM batch_lines WHERE batch_id=?", [batch.id]
+                "SELECT custom_id, job_id, row_id FROM batch_lines WHERE batch_key=? ORDER BY custom_id",
+                [key],
             ).fetchall()
         )
         jobs: dict[str, list[tuple[str, int]]] = {}
-        for custom_id, job_id, row_id in lines:
-            jobs.setdefault(job_id, []).append((custom_id, row_id))
-        for job_id, job_lines in jobs.items():
-            outcomes = [
-                await self._settle(job_id, row_id, results.get(cid), batch.status)
-                for cid, row_id in job_lines
-            ]
-            await self._deliver(job_id, [row for _, row in job_lines], outcomes)
-        left = await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "SELECT COUNT(*) FROM relax_jobs WHERE delivered_at IS NULL AND job_id IN "
-                "(SELECT job_id FROM batch_lines WHERE batch_id=?)",
-                [batch.id],
-            ).fetchone()[0]
-        )
-        if not left:  # every job of the batch delivered (by us or another process): stop polling it
-            now = self.ledger.clock()
-            await self.ledger.run_db(
-                lambda db: db.conn.execute(
-                    "UPDATE batches SET finished_at=? WHERE id=?", [_iso(now), batch.id]
-                )
-            )
+        for custom_id, job_id, row_id in found:
+            jobs.setdefault(job_id, []).append((custom_id, int(row_id)))
+        return jobs
 
-    async def _read(self, batch: Any) -> dict[str, _Line]:
-        """Every line of the batch's output and error files, by custom_id."""
+    async def _ended(
+        self, key: str, batch_id: str, status: str, output_file_id: str | None, error_file_id: str | None
+    ) -> None:
+        """Settle every line of an ended (or gone) batch and deliver its jobs, each on its own; the batch is
+        finished once all its jobs are delivered (by this process or another). Jobs of this process are done
+        (their terminal is let go) only after that, so a process that exits then leaves nothing behind."""
+        try:
+            results = await self._read(output_file_id, error_file_id, tolerant=status in GONE)
+            for job_id, job_lines in (await self._lines(key)).items():
+                try:
+                    outcomes = [
+                        await self._settle(row_id, results.get(cid), status, batch_id)
+                        for cid, row_id in job_lines
+                    ]
+                    await self._deliver(job_id, [row for _, row in job_lines], outcomes)
+                except Exception:
+                    log.warning(
+                        "relax job not settled", extra={"job_id": job_id, "batch_id": batch_id}, exc_info=True
+                    )
+            left = await self.ledger.run_db(
+                lambda db: db.conn.execute(
+                    "SELECT COUNT(*) FROM relax_jobs WHERE delivered_at IS NULL AND job_id IN "
+                    "(SELECT job_id FROM batch_lines WHERE batch_key=?)",
+                    [key],
+                ).fetchone()[0]
+            )
+            if not left:  # every job of the batch delivered (by us or another process): stop polling it
+                await self._finish_batch(key, None)
+        finally:
+            for w in [w for w in self.live.values() if w.key == key and w.claimed]:
+                self.live.pop(w.job.id, None)
+                w.done.set()
+
+    async def _finish_batch(self, key: str, status: str | None) -> None:
+        now = self.ledger.clock()
+        await self._sql(
+            "UPDATE batches SET finished_at=?, status=COALESCE(?, status) WHERE key=?",
+            [_iso(now), status, key],
+        )
+
+    async def _read(
+        self, output_file_id: str | None, error_file_id: str | None, *, tolerant: bool = False
+    ) -> dict[str, _Line]:
+        """Every line of the batch's output and error files, by custom_id (`tolerant`: a file that can no
+        longer be read counts as no lines)."""
         found: dict[str, _Line] = {}
-        for file_id in (batch.output_file_id, batch.error_file_id):
+        for file_id in (output_file_id, error_file_id):
             if not file_id:
                 continue
-            content = await self.client.files.content(file_id)
+            try:
+                content = await self.client.files.content(file_id)
+            except openai.NotFoundError:
+                if not tolerant:
+                    raise
+                continue
             for raw in content.text.splitlines():
                 if not raw.strip():
                     continue
@@ -369,13 +621,28 @@ class Relax:
         return found
 
     async def _settle(
-        self, job_id: str, row_id: int, line: _Line | None, status: str
+        self, row_id: int, line: _Line | None, status: str, batch_id: str
     ) -> Image | BaseException:
-        """Close one row (once, whichever process gets there first) and return its image or why there is none."""
-        model = await self.ledger.run_db(
-            lambda db: db.conn.execute("SELECT model FROM ledger WHERE id=?", [row_id]).fetchone()[0]
+        """Close one row (once, whichever process gets there first) and return its image or why there is none.
+        A line with no answer in a batch that can no longer be read is charged its reservation: the Batch
+        API may have billed it."""
+        model, reserved = await self.ledger.run_db(
+            lambda db: db.conn.execute(
+                "SELECT model, reserved_micros FROM ledger WHERE id=?", [row_id]
+            ).fetchone()
         )
         prices = self.prices.model(model)
+        if line is None and status in GONE:
+            why = (
+                f"its batch {batch_id} {GONE[status]}, so its image never came; charged at the batch price "
+                f"({format_usd(int(reserved))} an image) because it may have been billed"
+            )
+            await _close_line(
+                self.ledger,
+                row_id,
+                Settlement(Status.POSSIBLY_BILLED, int(reserved), error=f"relax: batch {GONE[status]}"),
+            )
+            return ProviderError(why, billed_attempts=1)
         if line is None or not line.ok:
             why = (
                 line.error
@@ -385,8 +652,8 @@ class Relax:
                 else "no result"
             )
             ids = (line.request_id,) if line is not None and line.request_id else ()
-            await self.ledger.close_row(
-                row_id, Settlement(Status.FAILED, 0, request_ids=ids, error=f"relax: {why}")
+            await _close_line(
+                self.ledger, row_id, Settlement(Status.FAILED, 0, request_ids=ids, error=f"relax: {why}")
             )
             return ProviderError(f"the batch gave no image ({why}); released, nothing charged", ids)
         parsed = openai.types.ImagesResponse.model_validate(line.body)
@@ -396,7 +663,8 @@ class Relax:
         data = await asyncio.to_thread(base64.b64decode, b64)
         width, height = await asyncio.to_thread(image_size, data)
         fmt = str(line.body.get("output_format") or "png")
-        await self.ledger.close_row(
+        await _close_line(
+            self.ledger,
             row_id,
             Settlement(Status.RENDERED, cost, usage=usage, request_ids=(line.request_id,), attempts=1),
             keep=({"width": width, "height": height, "format": fmt, "elapsed_ms": 0}, data),  # the outbox
@@ -404,42 +672,44 @@ class Relax:
         return Image(data, width, height, fmt, cost, (line.request_id,), 0.0, row_id)
 
     async def _deliver(self, job_id: str, rows: list[int], outcomes: list[Image | BaseException]) -> None:
-        """Deliver a settled job once, if this process serves its platform."""
+        """Deliver a settled job once, if this process serves its platform. A job of this process keeps what
+        it was told as its `outcome` (its `done` is set by the caller once the batch's bookkeeping is over)."""
         waiting = self.live.get(job_id)
         claim = await self.ledger.run_db(lambda db: self._claim(db, job_id))
         if claim is None:
             return
         who, discard = claim
-        self.live.pop(job_id, None)
-        try:
-            if waiting is not None:
-                job, view = waiting.job, waiting.view
-            else:
-                rebuilt = await self._rebuild(job_id, who, rows)
-                if rebuilt is None:
-                    return
-                job, view = rebuilt
-            if (
-                discard
-            ):  # cancelled while sharing its batch: made and charged, not posted; its message says so
-                log.info("relax job discarded on arrival (cancelled)", extra={"job_id": job_id})
-                images = [o for o in outcomes if isinstance(o, Image)]
-                charged = sum(i.cost_micros for i in images)
-                ids = tuple(i for image in images for i in image.request_ids)
-                text = (
-                    f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
-                    f"charged {format_usd(charged)} at the batch price and not posted"
-                )
-                failure = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
-                rows_made = [i.row_id for i in images if i.row_id is not None]
-                if rows_made:  # kept, not posted: `imagebot redeliver` can still post them
-                    await self.ledger.undelivered(rows_made, "cancelled while sharing its batch: not posted")
-                await self.runner._safe(view.failed(failure))
+        if waiting is not None:
+            waiting.claimed = True
+            job, view = waiting.job, waiting.view
+        else:
+            rebuilt = await self._rebuild(job_id, who, rows)
+            if rebuilt is None:
                 return
-            await self.runner._finish(job, view, _started(job), outcomes)
-        finally:
-            if waiting is not None:
-                waiting.done.set()
+            job, view = rebuilt
+        outcome: JobResult | JobFailure
+        if discard:  # cancelled while sharing its batch: made and charged, not posted; its message says so
+            log.info("relax job discarded on arrival (cancelled)", extra={"job_id": job_id})
+            images = [o for o in outcomes if isinstance(o, Image)]
+            charged = sum(i.cost_micros for i in images) + sum(
+                job.reservation.each_micros * getattr(o, "billed_attempts", 0)
+                for o in outcomes
+                if isinstance(o, BaseException)
+            )
+            ids = tuple(i for image in images for i in image.request_ids)
+            text = (
+                f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
+                f"charged {format_usd(charged)} at the batch price and not posted"
+            )
+            outcome = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
+            made = [i.row_id for i in images if i.row_id is not None]
+            if made:  # kept, not posted: `imagebot redeliver` can still post them
+                await self.ledger.undelivered(made, "cancelled while sharing its batch: not posted")
+            await self.runner._safe(view.failed(outcome))
+        else:
+            outcome = await self.runner._finish(job, view, _started(job), outcomes)
+        if waiting is not None:
+            waiting.outcome = outcome
 
     def _claim(self, db: Any, job_id: str) -> tuple[Requester, bool] | None:
         row = db.conn.execute(
@@ -504,6 +774,32 @@ class Relax:
             detail,
         )
         await self.runner._safe(w.view.progress(progress))
+
+
+def _refused(exc: openai.APIStatusError) -> bool:
+    """The Batch API answered that it did not create the batch (a 4xx other than a timeout)."""
+    return 400 <= exc.status_code < 500 and exc.status_code != 408
+
+
+# -- the ledger status writes of relax mode (one place, for the job state machine to take over) ----------
+
+
+def _mark_batched(ledger: Ledger, db: Any, row_ids: Collection[int], now: datetime) -> None:
+    """Reserved rows go into a batch: `batched`, from then on under no lease (inside the caller's transaction),
+    by the job state machine's arrow (bot/jobstate.py), while this process still holds them."""
+    for row in row_ids:
+        jobstate.move(db.conn, ledger.leases, row, Status.BATCHED, now=_iso(now), owner=ledger.instance_id)
+
+
+async def _close_line(
+    ledger: Ledger,
+    row_id: int,
+    settlement: Settlement,
+    keep: tuple[dict[str, Any], bytes] | None = None,
+) -> bool:
+    """Close a batch line's row (once: False if it was already closed, by this process or another); a
+    rendered image's bytes go to the outbox with it (bot/jobstate.py)."""
+    return await ledger.close_row(row_id, settlement, keep=keep)
 
 
 def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFailure:

@@ -20,7 +20,7 @@ from . import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -353,6 +353,23 @@ def _v10_resources(db: sqlite_utils.Database) -> None:
         db.execute(statement)
 
 
+def _v11_relax(db: sqlite_utils.Database) -> None:
+    """Batches with a key (bot/relax.py): a batch is recorded as `submitting` under a key (also sent in its
+    metadata) before `POST /v1/batches`, so its API `id` may not be known yet; `key` becomes the primary key
+    (an older row's key is its id), `id` stays unique, `owner` is the process sending it, and the batch's
+    output and error file ids are kept once seen. A line belongs to its batch by key."""
+    db.table("batches").add_column("key", str)
+    db.execute("UPDATE batches SET key = id")
+    db.table("batches").transform(pk="key", not_null={"key", "endpoint", "status", "created_at"})
+    db.table("batches").add_column("owner", str)
+    db.table("batches").add_column("output_file_id", str)
+    db.table("batches").add_column("error_file_id", str)
+    db.execute("CREATE UNIQUE INDEX IF NOT EXISTS idx_batches_id ON batches (id)")
+    db.table("batch_lines").transform(rename={"batch_id": "batch_key"})
+    db.execute("DROP INDEX IF EXISTS idx_batch_lines_batch_id")
+    db.execute("CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)")
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -364,6 +381,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     8: _v8,
     9: _v9_jobstate,
     10: _v10_resources,
+    11: _v11_relax,
 }
 
 

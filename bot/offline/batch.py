@@ -15,8 +15,13 @@ included (`OfflineImageServer.images_response`).
 A batch runs in a background task: `validating` for the first tenth of the server's `batch_latency`, then
 `in_progress` with its lines spread over the next eight tenths, `finalizing`, and `completed` when
 `batch_latency` seconds have passed since creation. Faults from the server's queue, taken by batch creation
-only: `batch_failed` (the batch fails validation), `batch_expired` (it expires with half its lines done) and
-`line_error` (its first line gets a 500 in the error file).
+only: `batch_failed` (the batch fails validation), `batch_expired` (it expires with half its lines done),
+`line_error` (its first line gets a 500 in the error file), `batch_dropped` (the batch is created and runs,
+but the connection closes before the answer: the client never learns its id) and `batch_500` (a 500 and no
+batch). `create_delay` (seconds, default 0) holds each answer to `POST /v1/batches` (the batch already exists
+and runs meanwhile).
+`GET /v1/batches` lists newest first with each batch's `metadata`, paged by `after` and `limit` (`has_more`),
+as the real API does: how a client finds a batch whose creation it never heard back from.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ if TYPE_CHECKING:
     from .server import OfflineImageServer
 
 BATCH_ENDPOINTS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
-BATCH_FAULTS = ("batch_failed", "batch_expired", "line_error")
+BATCH_FAULTS = ("batch_failed", "batch_expired", "line_error", "batch_dropped", "batch_500")
 FILE_PURPOSES = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 IMAGE_PURPOSES = ("vision", "user_data")  # files an image edit line may reference by `file_id`
 COMPLETION_WINDOW = "24h"
@@ -304,6 +309,7 @@ class BatchApi:
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, BatchJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.create_delay = 0.0  # seconds each answer to POST /v1/batches is held (the batch already runs)
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/files", self._wrap(self._upload_file))
@@ -507,6 +513,11 @@ class BatchApi:
             raise invalid(
                 "input_file_id", f"A batch input file may be at most {MAX_BATCH_FILE_BYTES:,} bytes."
             )
+        fault = self._server._next_fault(batch=True)
+        if fault == "batch_500":
+            raise ApiError(
+                500, "The server had an error while processing your request.", type_="server_error"
+            )
         job = BatchJob(
             id=f"batch_{_hex()}",
             endpoint=endpoint,
@@ -515,12 +526,17 @@ class BatchApi:
             metadata=metadata,
             created_at=_now(),
             latency=self._server.batch_latency,
-            fault=self._server._next_fault(batch=True),
+            fault=fault,
         )
         self.batches[job.id] = job
         task = asyncio.create_task(self._run(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if self.create_delay > 0:  # created and running; the answer takes its time
+            await asyncio.sleep(self.create_delay)
+        if fault == "batch_dropped":  # created and running, but the client never hears of it
+            self._server._cut(request)
+            return web.Response(status=200)  # written to a closed connection: nobody reads it
         return web.json_response(job.to_json())
 
     @staticmethod

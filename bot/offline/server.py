@@ -37,7 +37,7 @@ MODERATION_MESSAGE = (
 GARBAGE_BODY = b"<html><body>502 Bad Gateway</body></html>{not json"
 _FAULT_RE = re.compile(
     r"^(ok|400|408|409|500|502|503|429(?::[0-9.]+)?|(?:429:)?(?:insufficient_quota|billing_hard_limit_reached)"
-    r"|hang|drop|truncated|moderation|garbage|batch_failed|batch_expired|line_error)\*?$"
+    r"|hang|drop|truncated|moderation|garbage|batch_failed|batch_expired|line_error|batch_dropped|batch_500)\*?$"
 )
 # 429 error codes of an account out of credit (OpenAI's, and some gateways'): no retry can succeed.
 _OUT_OF_CREDIT = ("insufficient_quota", "billing_hard_limit_reached")
@@ -76,8 +76,9 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
     image is cut off half way: valid JSON and base64, an image that does not decode), `moderation` and
     `garbage`; a trailing `*` makes a token permanent (never consumed). Raises ConfigError naming the bad token.
 
-    `batch_failed`, `batch_expired` and `line_error` are for the Batch API (bot/offline/batch.py): only a
-    batch creation takes them, and the image endpoints pass over them (they stay queued), as batches pass
+    `batch_failed`, `batch_expired`, `line_error`, `batch_dropped` (the batch is created but the answer to
+    `POST /v1/batches` is lost: the connection closes) and `batch_500` (a 500, no batch created) are for the
+    Batch API (bot/offline/batch.py): only a batch creation takes them, and the image endpoints pass over them (they stay queued), as batches pass
     over the others.
     """
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
@@ -90,8 +91,8 @@ def parse_faults(spec: str | Iterable[str]) -> list[str]:
             raise ConfigError(
                 f"IMAGEBOT_OFFLINE_FAULTS: unknown fault {part.strip()!r}; use ok, 400, 408, 409, 500, 502, 503, "
                 "429:N, insufficient_quota, billing_hard_limit_reached, hang, drop, truncated, moderation, "
-                "garbage, or for batches batch_failed, batch_expired or line_error, optionally ending in * "
-                "(always)"
+                "garbage, or for batches batch_failed, batch_expired, line_error, batch_dropped or batch_500, "
+                "optionally ending in * (always)"
             )
         tokens.append(token.removeprefix("429:") if token.rstrip("*").endswith(_OUT_OF_CREDIT) else token)
     return tokens

@@ -549,6 +549,42 @@ async def test_list_batches_paginates_newest_first(
         await client.batches.cancel(batch_id)
 
 
+async def test_a_dropped_answer_still_creates_the_batch_found_by_its_metadata(
+    client: openai.AsyncOpenAI, server: OfflineImageServer
+) -> None:
+    """`batch_dropped`: the batch is created and runs, but the connection closes before the answer; a client
+    finds it by paging `GET /v1/batches` (newest first, `after`, `has_more`) for the metadata it sent.
+    `batch_500`: a 500 and no batch at all."""
+    server.batch_latency = 60.0
+    for i in range(3):  # other batches, newer than the lost one, push it to a later page
+        if i == 1:
+            server.push_faults("batch_dropped")
+            file_id = await upload(client, [line("a", {"prompt": "lost"})])
+            with pytest.raises(openai.APIConnectionError):
+                await client.batches.create(
+                    input_file_id=file_id,
+                    endpoint=GENERATIONS,
+                    completion_window="24h",
+                    metadata={"made_by": "test", "key": "k-1"},
+                )
+        else:
+            await submit(client, [line("a", {"prompt": f"p{i}"})])
+    await submit(client, [line("a", {"prompt": "p3"})])
+    first = await client.batches.list(limit=2)
+    assert first.has_more and all(b.metadata is None for b in first.data)
+    found = [b async for b in client.batches.list(limit=2) if (b.metadata or {}).get("key") == "k-1"]
+    assert len(found) == 1 and found[0].status in ("validating", "in_progress")
+    later = await client.batches.list(limit=2, after=first.data[-1].id)
+    assert found[0].id in [b.id for b in later.data]
+    server.push_faults("batch_500")
+    file_id = await upload(client, [line("a", {"prompt": "none"})])
+    with pytest.raises(openai.InternalServerError):
+        await client.batches.create(input_file_id=file_id, endpoint=GENERATIONS, completion_window="24h")
+    assert len([b async for b in client.batches.list()]) == 4
+    for batch in [b async for b in client.batches.list()]:
+        await client.batches.cancel(batch.id)
+
+
 # --- settings ----------------------------------------------------------------------------------
 
 
@@ -559,7 +595,8 @@ def test_batch_fault_tokens_and_env() -> None:
         "line_error*",
         "500",
     ]
-    with pytest.raises(ConfigError, match="batch_failed"):
+    assert parse_faults("batch_dropped,batch_500") == ["batch_dropped", "batch_500"]
+    with pytest.raises(ConfigError, match="batch_dropped"):
         parse_faults("batch_teapot")
     assert OfflineImageServer().batch_latency == 20.0
     assert OfflineImageServer.from_env({}).batch_latency == 20.0

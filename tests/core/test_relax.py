@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from bot import commands
+from bot import commands, texts
 from bot.app import Core
 from bot.config import Settings
 from bot.offline import OfflineImageServer
-from bot.pricing import Usage, batch_price, cost_micros, load_prices
+from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from bot.relax import EDITS, GENERATIONS, batch_body, batch_line
 from bot.request import Requester
 from tests import dbs
@@ -369,3 +369,220 @@ async def test_a_terminal_waits_for_its_relax_job(start: StartCore, server: Offl
     )
     assert view.delivered and "relax, half price" in view.delivered[0].request.notes
     assert rows(core)[0]["mode"] == "relax"
+
+
+# --- batches with a key: a lost answer, a vanished batch, a cancel while sending (SPEC §11) -----------------
+
+
+def batch_rows(core: Core) -> list[dict[str, Any]]:
+    return dbs.read(core.settings.db_path, "SELECT * FROM batches")
+
+
+def gets_of(server: OfflineImageServer, batch_id: str) -> int:
+    return sum(1 for call in server.batch_calls if call == ("GET", f"/v1/batches/{batch_id}"))
+
+
+def lists(server: OfflineImageServer) -> int:
+    return sum(1 for call in server.batch_calls if call == ("GET", "/v1/batches"))
+
+
+async def test_a_lost_answer_to_the_batch_creation_finds_the_batch_by_its_key(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    """The batch is created but the answer to POST /v1/batches never arrives: the job is not released; its
+    batch is found by the key in its metadata, polled, settled and delivered."""
+    core = await start()
+    server.push_faults("batch_dropped")
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    assert not view.failures, view.failures[0].message
+    (batch,) = list(server.batch_api.batches.values())
+    assert batch.metadata is not None and batches_created(server) == 1 and lists(server) >= 1
+    (row,) = batch_rows(core)
+    assert row["id"] == batch.id and row["key"] == batch.metadata["imagebot_key"]
+    (line,) = rows(core)
+    assert line["status"] == "delivered" and 0 < line["actual_micros"] <= line["reserved_micros"]
+    assert_counters_match_ledger(core)
+
+
+async def test_a_500_from_the_batch_creation_releases_the_job_once_its_key_is_not_found(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    core = await start()
+    server.push_faults("batch_500")
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    assert view.failures and "Nothing was charged" in texts.summary(view.failures[0])
+    assert "never took the job" in view.failures[0].message
+    assert lists(server) >= 1  # looked for by its key before giving up
+    (line,) = rows(core)
+    assert line["status"] == "cancelled" and line["actual_micros"] == 0
+    assert not server.batch_api.batches
+    assert all(b["finished_at"] for b in batch_rows(core))  # not polled any more
+    assert_counters_match_ledger(core)
+
+
+async def test_a_database_error_while_recording_the_batch_is_resolved_by_its_key(
+    start: StartCore, server: OfflineImageServer, db_target: str
+) -> None:
+    if db_target.startswith("postgres"):
+        pytest.skip("the fault is a SQLite trigger")
+    core = await start()
+    target = core.settings.db_path
+    fail = "SELECT RAISE(ABORT, 'disk I/O error (test)')"
+    dbs.write(target, f"CREATE TRIGGER t1 BEFORE INSERT ON batches WHEN NEW.id IS NOT NULL BEGIN {fail}; END")
+    dbs.write(
+        target, f"CREATE TRIGGER t2 BEFORE UPDATE OF id ON batches WHEN NEW.id IS NOT NULL BEGIN {fail}; END"
+    )
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: [b.status for b in server.batch_api.batches.values()] == ["completed"])
+    dbs.write(target, "DROP TRIGGER t1")
+    dbs.write(target, "DROP TRIGGER t2")
+    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    assert not view.failures, view.failures[0].message
+    (line,) = rows(core)
+    assert line["status"] == "delivered"
+    assert [b["id"] for b in batch_rows(core)] == list(server.batch_api.batches)
+
+
+async def test_one_vanished_batch_does_not_stop_the_delivery_of_the_others(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 1.0
+    core = await start()
+    alice, bob = View(), View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, alice)
+    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    server.batch_api.batches.clear()  # e.g. the offline server restarted: GET answers 404
+    await core.submit(core.parse("a crow --relax --size 1024x1024 --quality low"), BOB, bob)
+    await until(lambda: bool(bob.delivered), timeout=15)
+    assert next(r for r in rows(core) if r["user"] == "U2")["status"] == "delivered"
+
+
+async def test_a_batch_that_can_no_longer_be_read_is_charged_as_possibly_billed_and_told(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 2.0
+    core = await start()
+    view = View()
+    await core.submit(core.parse("two foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    (batch_id,) = list(server.batch_api.batches)
+    server.batch_api.batches.clear()
+    await until(lambda: bool(view.failures or view.delivered), timeout=15)
+    (failure,) = view.failures
+    reserved = sum(r["reserved_micros"] for r in rows(core))
+    assert batch_id in failure.message and "may have been billed" in failure.message
+    assert failure.charged_micros == reserved and format_usd(reserved) in texts.summary(failure)
+    assert [(r["status"], r["actual_micros"]) for r in rows(core)] == [
+        ("possibly_billed", r["reserved_micros"]) for r in rows(core)
+    ]
+    assert_counters_match_ledger(core)
+    seen = gets_of(server, batch_id)
+    await asyncio.sleep(0.5)  # five more polls: that batch is not asked for again
+    assert gets_of(server, batch_id) == seen
+    assert all(b["finished_at"] for b in batch_rows(core))
+
+
+async def test_a_batch_an_hour_past_its_window_is_settled_from_what_is_known(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 600.0
+    core = await start()
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    (batch,) = list(server.batch_api.batches.values())
+    batch.created_at -= 25 * 3600 + 60  # its 24 h window ended over an hour ago; it still says in_progress
+    await until(lambda: bool(view.failures or view.delivered), timeout=15)
+    (failure,) = view.failures
+    assert batch.id in failure.message and "may have been billed" in failure.message
+    (line,) = rows(core)
+    assert line["status"] == "possibly_billed" and line["actual_micros"] == line["reserved_micros"]
+    assert_counters_match_ledger(core)
+
+
+async def test_a_cancel_while_the_batch_is_being_sent_is_answered_and_cancels_it(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 2.0
+    server.batch_api.create_delay = 0.5  # the cancel lands while POST /v1/batches is in flight
+    core = await start()
+    view = View()
+    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    await until(lambda: ("POST", "/v1/batches") in server.batch_calls)
+    assert core.cancel(rows(core)[0]["job_id"], ALICE)
+    await until(lambda: bool(view.refusals), timeout=10)
+    assert "Cancelling the batch" in view.refusals[-1]
+    (batch_id,) = list(server.batch_api.batches)
+    assert ("POST", f"/v1/batches/{batch_id}/cancel") in server.batch_calls
+    await until(lambda: rows(core)[0]["status"] != "batched", timeout=15)
+    assert_counters_match_ledger(core)
+
+
+async def test_a_cancel_while_a_shared_batch_is_being_sent_is_not_posted(
+    start: StartCore, server: OfflineImageServer
+) -> None:
+    server.batch_latency = 1.0
+    server.batch_api.create_delay = 0.5
+    core = await start()
+    alice, bob = View(), View()
+    await asyncio.gather(
+        core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, alice),
+        core.submit(core.parse("a crow --relax --size 1024x1024 --quality low"), BOB, bob),
+    )
+    await until(lambda: ("POST", "/v1/batches") in server.batch_calls)
+    assert core.cancel(next(r["job_id"] for r in rows(core) if r["user"] == "U1"), ALICE)
+    await until(lambda: bool(alice.refusals), timeout=10)
+    assert "cannot be withdrawn" in alice.refusals[-1]
+    await until(lambda: bool(bob.delivered and alice.failures), timeout=15)
+    assert not alice.delivered and "not posted" in alice.failures[0].message
+    assert not any(path.endswith("/cancel") for _, path in server.batch_calls)
+    assert_counters_match_ledger(core)
+
+
+def test_an_open_batch_of_the_older_schema_keeps_its_lines_under_a_key(
+    fresh_store: Callable[[], str],
+) -> None:
+    """The migration to batches with a key (SQLite `_v9_relax`, PostgreSQL version 2): an open batch keeps its
+    id, gets it as its key, and its lines follow; a `submitting` batch has no id yet (several at once)."""
+    import sqlite3
+
+    import psycopg
+    import sqlite_utils
+
+    from bot import pg, store
+
+    target = fresh_store()
+    if pg.is_url(target):
+        with psycopg.connect(target, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+            for statement in pg.SCHEMA:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version VALUES (1, 'then')")
+    else:
+        old = sqlite_utils.Database(sqlite3.connect(target, isolation_level=None))
+        store.migrate(old, 8)
+        old.conn.close()
+    dbs.write(
+        target,
+        "INSERT INTO batches (id, endpoint, status, created_at) VALUES ('batch_old', ?, 'in_progress', 'then')",
+        [GENERATIONS],
+    )
+    dbs.write(target, "INSERT INTO batch_lines VALUES ('j:0', 'batch_old', 'j', 1, 'open')")
+    store.connect(target).conn.close()
+    store.connect(target).conn.close()  # a second process starting: nothing more to do
+    assert [(b["key"], b["id"]) for b in dbs.read(target, "SELECT * FROM batches")] == [
+        ("batch_old", "batch_old")
+    ]
+    assert [r["batch_key"] for r in dbs.read(target, "SELECT * FROM batch_lines")] == ["batch_old"]
+    for key in ("k1", "k2"):
+        dbs.write(
+            target,
+            "INSERT INTO batches (key, endpoint, status, created_at) VALUES (?, ?, 'submitting', 'now')",
+            [key, GENERATIONS],
+        )
+    assert len(dbs.read(target, "SELECT * FROM batches WHERE id IS NULL")) == 2

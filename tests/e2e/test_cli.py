@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.pricing import format_usd
+from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
@@ -104,6 +104,35 @@ def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None
     assert request_id in run.stdout
     assert "offline" in run.stdout
     assert str(out) in run.stdout
+
+
+def test_imagine_relax_exits_0_with_the_image_at_the_batch_price_and_its_batch_finished(
+    tmp_path: Path,
+) -> None:
+    """`imagebot imagine --relax`: the terminal waits for its batch, writes the image, exits 0; the ledger row
+    is settled at the batch price and the batch is finished (no later process polls it)."""
+    db, out = tmp_path / "bot.sqlite3", tmp_path / "f.jpg"
+    env = environment(
+        db, IMAGEBOT_OFFLINE_BATCH_LATENCY="0.5", IMAGEBOT_BATCH_WINDOW="0.2", IMAGEBOT_BATCH_POLL="0.2"
+    )
+    run = imagebot(
+        ["imagine", "a fox", "--relax", "--size", "1024x1536", "--quality", "low", "--out", str(out)],
+        env,
+        tmp_path,
+    )
+
+    assert run.code == 0, run.stderr
+    with Image.open(out) as image:
+        image.load()
+        assert (image.format, image.size) == ("JPEG", (1024, 1536))
+    [row] = ledger(db)
+    prices = load_prices().model("gpt-image-2")
+    usage = Usage(row["text_tokens"], row["image_tokens"], row["output_tokens"])
+    assert (row["status"], row["mode"]) == ("delivered", "relax")
+    assert row["actual_micros"] == batch_price(cost_micros(prices, usage), prices) > 0
+    assert format_usd(row["actual_micros"]) in run.stdout
+    [batch] = ledger(db, "SELECT * FROM batches")
+    assert batch["status"] == "completed" and batch["finished_at"]
 
 
 def test_an_invalid_size_names_the_rule_and_spends_nothing(tmp_path: Path) -> None:
