@@ -34,6 +34,7 @@ from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
 from bot import actions, commands, texts
+from bot.access import UNCHECKABLE, MembershipUnknown
 from bot.actions import Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
@@ -63,6 +64,7 @@ MAX_LABEL = 80
 ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.DELETE,))
 STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.DELETE: discord.ButtonStyle.danger}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+MAX_KNOWN_PARENTS = 10_000  # threads whose parent channel was looked up (a thread's parent never changes)
 UPLOAD_ATTEMPTS = 4
 # Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
 # 10008 unknown message (the original response was deleted), 40005 request entity too large.
@@ -312,9 +314,9 @@ class EditModal(discord.ui.Modal, title="Edit image"):
 
 
 class Place(app_commands.Transformer[Any]):
-    """A channel option of /imagine-admin: any channel /imagine can run in (text and announcement channels,
-    voice and stage chats, threads), as Discord resolved it: only its id is used, so a thread the bot has not
-    cached works too."""
+    """A channel option of /imagine-admin: any channel whose rules apply to /imagine (text and announcement
+    channels, voice and stage chats, and forums, whose posts follow them), as Discord resolved it: only its id
+    is used. Threads are not offered: a thread follows its parent channel's rules (SPEC §10)."""
 
     @property
     def type(self) -> discord.AppCommandOptionType:
@@ -328,16 +330,15 @@ class Place(app_commands.Transformer[Any]):
             kinds.news,
             kinds.voice,
             kinds.stage_voice,
-            kinds.public_thread,
-            kinds.private_thread,
-            kinds.news_thread,
+            kinds.forum,
+            kinds.media,
         ]
 
     async def transform(self, interaction: discord.Interaction[Any], value: Any, /) -> Any:
         return value
 
 
-Channel = app_commands.Transform[app_commands.AppCommandChannel | app_commands.AppCommandThread, Place]
+Channel = app_commands.Transform[app_commands.AppCommandChannel, Place]
 
 
 @app_commands.guild_only()
@@ -501,9 +502,13 @@ class DiscordJobView:
         anchor: int | None,
         upload_limit: int,
         person: discord.abc.User | None = None,
+        place: str | None = None,
     ) -> None:
         self.adapter = adapter
         self.who = who
+        # Where the job is shown: a thread or forum post itself, while `who.channel` (whose rules and budget
+        # apply) is its parent channel.
+        self.place = place or who.channel
         self.person = (
             person  # the requester as the gateway sent them (a Member in a guild: roles, permissions)
         )
@@ -513,7 +518,7 @@ class DiscordJobView:
         self.born = born  # monotonic time the interaction arrived: its token lives 15 minutes from then
         self.anchor = anchor  # the message replies go to: the original response, or the user's message
         self.upload_limit = upload_limit
-        self.channel = adapter.client.get_partial_messageable(int(who.channel), guild_id=int(who.workspace))
+        self.channel = adapter.client.get_partial_messageable(int(self.place), guild_id=int(who.workspace))
         self.job_id = ""
         self.prompt = ""
         self.expired = interaction is None
@@ -533,10 +538,13 @@ class DiscordJobView:
         return bool(permissions is not None and permissions.manage_guild)
 
     async def member_of(self, groups: Collection[str]) -> bool:
-        """Holds any of these roles (ids). The payload's role ids, even for roles not (yet) in the cache."""
-        held = {str(role_id) for role_id in getattr(self.person, "_roles", ())}
-        held |= {str(role.id) for role in getattr(self.person, "roles", ())}
-        return not held.isdisjoint(groups)
+        """Holds any of these roles (ids), by the member's roles (`Member.roles`, resolved against the guild's
+        roles, which the gateway keeps current). MembershipUnknown when they cannot be read: the event named a
+        user but not their roles, or the guild is unavailable (its roles may be stale): the rules fail closed."""
+        person = self.person
+        if not isinstance(person, discord.Member) or person.guild.unavailable:
+            raise MembershipUnknown(self.who.user)
+        return not {str(role.id) for role in person.roles}.isdisjoint(groups)
 
     # -- where to show it -----------------------------------------------------------------
 
@@ -555,7 +563,7 @@ class DiscordJobView:
             return MISSING
         return discord.MessageReference(
             message_id=self.anchor,
-            channel_id=int(self.who.channel),
+            channel_id=int(self.place),
             guild_id=int(self.who.workspace),
             fail_if_not_exists=False,
         )
@@ -607,7 +615,7 @@ class DiscordJobView:
             except Exception as exc:  # dropped or unanswered
                 raise CannotPost(f"{describe(exc)}; try again") from exc
             self._last_edit = time.monotonic()
-        return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
+        return {"channel_id": self.place, "message_id": str(self.anchor) if self.anchor else None}
 
     async def refused(self, text: str) -> None:
         self.refusals += 1
@@ -845,6 +853,9 @@ class DiscordAdapter:
         self.post_timeout = 30.0
         self.upload_timeout = 300.0
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
+        # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
+        self.refusal_lifetime = 60.0
+        self._parents: dict[int, str] = {}  # thread id -> its parent channel's id, for uncached threads
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -1005,12 +1016,37 @@ class DiscordAdapter:
 
     @staticmethod
     def _who(interaction: discord.Interaction[Any]) -> Requester:
+        """Who asked, and the channel whose rules and budget apply: a thread's or forum post's parent (the
+        interaction's `channel` object carries its `parent_id`), else the channel itself."""
+        channel = interaction.channel
+        rules = channel.parent_id if isinstance(channel, discord.Thread) else interaction.channel_id
         return Requester(
-            "discord",
-            str(interaction.guild_id or ""),
-            str(interaction.channel_id or ""),
-            str(interaction.user.id),
+            "discord", str(interaction.guild_id or ""), str(rules or ""), str(interaction.user.id)
         )
+
+    async def _rules_channel(self, channel: discord.abc.Messageable) -> str:
+        """The channel whose rules and budget apply to a message in `channel`: a thread's or forum post's parent,
+        else the channel itself. A channel the client has not cached (a thread it was not told of) is asked of
+        Discord once (GET /channels/{id}): a thread's parent never changes. UserError if it cannot be read."""
+        if isinstance(channel, discord.Thread):
+            return str(channel.parent_id)
+        ident = int(getattr(channel, "id", 0))
+        if not isinstance(channel, discord.PartialMessageable):
+            return str(ident)
+        known = self._parents.get(ident)
+        if known is not None:
+            return known
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                fetched = await self.client.fetch_channel(ident)
+        except Exception as exc:
+            log.warning("could not read a channel: %s", describe(exc), extra={"channel": ident})
+            raise UserError(UNCHECKABLE) from None
+        parent = str(fetched.parent_id if isinstance(fetched, discord.Thread) else fetched.id)
+        if len(self._parents) >= MAX_KNOWN_PARENTS:
+            self._parents.clear()
+        self._parents[ident] = parent
+        return parent
 
     def _limit(self, interaction: discord.Interaction[Any] | None, guild_id: int | None) -> int:
         """The upload limit: our override, else what the interaction says, else the guild's boost tier."""
@@ -1128,6 +1164,7 @@ class DiscordAdapter:
             anchor=anchor,
             upload_limit=self._limit(interaction, interaction.guild_id),
             person=interaction.user,
+            place=str(interaction.channel_id or ""),
         )
 
     # -- result actions and price checks (SPEC §9) ------------------------------------------
@@ -1290,17 +1327,23 @@ class DiscordAdapter:
             return  # not about an image we made (a usage chart is not one)
         if not await self.core.first_time(f"discord:{message.id}"):
             return
-        who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
 
         async def tell(reply: str, buttons: discord.ui.View | None = None) -> None:
-            await message.reply(
-                clip(escape(reply)),
-                view=buttons if buttons is not None else MISSING,
-                mention_author=False,
-                allowed_mentions=NO_PINGS,
+            if buttons is None:  # a refusal: this path has no private reply, so it goes by DM
+                await self._tell_by_dm(message, reply)
+                return
+            await message.reply(  # a price check: its Render and Cancel work only here, and only for them
+                clip(escape(reply)), view=buttons, mention_author=False, allowed_mentions=NO_PINGS
             )
 
+        try:
+            # A thread (or forum post) follows its parent channel's rules and counts against its budget.
+            rules_channel = await self._rules_channel(message.channel)
+        except UserError as exc:
+            await tell(str(exc))
+            return
+        who = Requester("discord", str(message.guild.id), rules_channel, str(message.author.id))
         view = DiscordJobView(
             self,
             who,
@@ -1310,6 +1353,7 @@ class DiscordAdapter:
             anchor=message.id,
             upload_limit=self._limit(None, message.guild.id),
             person=message.author,
+            place=str(message.channel.id),
         )
         try:
             await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
@@ -1317,10 +1361,37 @@ class DiscordAdapter:
             files = [(a.filename, await self.download(a)) for a in message.attachments if is_image(a)]
             references, mask = await decode_attachments(files, base=base)
             request = self.core.parse(text, references, mask)
-        except UserError as exc:  # this path has no interaction: the reply to the message is the private word
+        except UserError as exc:  # this path has no interaction: a DM is the private word
             await tell(str(exc))
             return
         await self.core.submit(request, who, view)
+
+    async def _tell_by_dm(self, message: discord.Message, text: str) -> None:
+        """Tell the author of `message` something only they should see, where no ephemeral reply exists: by DM
+        (naming the message it is about); if their DMs are closed (50007) or the DM fails, by a reply that
+        deletes itself after `refusal_lifetime` seconds. Never raises."""
+        words = clip(escape(f"About your message {message.jump_url}:\n{text}"))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                await message.author.send(words, allowed_mentions=NO_PINGS)
+            return
+        except discord.HTTPException as exc:
+            log.info(
+                "could not tell the author by DM; replying briefly instead",
+                extra={"status": exc.status, "code": exc.code},
+            )
+        except Exception as exc:
+            log.warning("could not tell the author by DM: %s", describe(exc))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                await message.reply(
+                    clip(escape(text)),
+                    mention_author=False,
+                    allowed_mentions=NO_PINGS,
+                    delete_after=self.refusal_lifetime,
+                )
+        except Exception as exc:
+            log.warning("could not tell the author: %s", describe(exc))
 
     async def _decode(self, attachment: discord.Attachment) -> ImageInput:
         data = await self.download(attachment)
@@ -1389,6 +1460,7 @@ class DiscordAdapter:
             born=time.monotonic(),
             anchor=anchor,
             upload_limit=self._limit(None, int(who.workspace)),
+            place=str(channel.id),
         )
 
 

@@ -24,6 +24,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
+from bot.access import MembershipUnknown
 from bot.actions import Button, Kind
 from bot.app import Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
@@ -823,13 +824,23 @@ class SlackAdapter:
         )
 
     async def in_groups(self, user: str, groups: Collection[str]) -> bool:
-        """A member of any of these user groups (usergroups.users.list, each read at most once a minute)."""
+        """A member of any of these user groups (usergroups.users.list, each read at most once a minute): True
+        if in one, False if in none. A group that cannot be read proves nothing either way: unless the user is
+        in another one, MembershipUnknown (the rules then refuse, for allow and deny alike)."""
+        unreadable = False
         for group in groups:
-            if user in await self._group_members(group):
-                return True
+            try:
+                if user in await self._group_members(group):
+                    return True
+            except MembershipUnknown:
+                unreadable = True
+        if unreadable:
+            raise MembershipUnknown(user)
         return False
 
     async def _group_members(self, group: str) -> frozenset[str]:
+        """A user group's members, cached for GROUP_CACHE_SECONDS; a failed read raises MembershipUnknown and is
+        never cached (the next request asks again)."""
         now = time.monotonic()
         cached = self._groups.get(group)
         if cached is not None and now - cached[0] < GROUP_CACHE_SECONDS:
@@ -837,11 +848,10 @@ class SlackAdapter:
         try:
             answer = await self.client.usergroups_users_list(usergroup=group)
             members = frozenset(answer.get("users") or ())
-        except (
-            SlackApiError
-        ) as exc:  # a deleted group, or no usergroups:read: nobody is in it (admins still pass)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            # A deleted group, no usergroups:read, a rate limit, a network failure: nobody can tell.
             log.warning("slack user group unreadable", extra={"group": group, "error": why_not(exc)})
-            members = frozenset()
+            raise MembershipUnknown(group) from None
         self._groups[group] = (now, members)
         return members
 

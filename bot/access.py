@@ -43,7 +43,13 @@ CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
     "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
 )
+UNCHECKABLE = "Access cannot be checked right now; nothing was charged. Try again in a minute."
 TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
+
+
+class MembershipUnknown(Exception):
+    """A Standing could not read a membership (a Slack user group, a Discord member's roles): the person rules
+    fail closed on it, for allow and deny alike, and nothing about it may be cached."""
 
 
 class Standing(Protocol):
@@ -54,7 +60,9 @@ class Standing(Protocol):
         ...
 
     async def member_of(self, groups: Collection[str]) -> bool:
-        """In any of these Discord roles / Slack user groups (ids)."""
+        """In any of these Discord roles / Slack user groups (ids): True if in one of them, False if provably in
+        none. Raises MembershipUnknown when that cannot be told (a group that cannot be read, and the person
+        is in none of those that can)."""
         ...
 
 
@@ -290,10 +298,13 @@ class Access:
         ids = lambda wanted: [e.partition(":")[2] for e, v in groups.items() if v == wanted]  # noqa: E731
         denied, allowed = ids("deny"), ids("allow")
         member = standing.member_of if standing is not None else None
-        if denied and member is not None and await member(denied):
-            raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
-        if allowed and member is not None and await member(allowed):
-            return
+        try:  # a membership that cannot be read fails closed: for a deny as for an allow
+            if denied and member is not None and await member(denied):
+                raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
+            if allowed and member is not None and await member(allowed):
+                return
+        except MembershipUnknown:
+            raise UserError(UNCHECKABLE) from None
         everyone = entries.get(EVERYONE)
         if everyone == "allow" or (everyone is None and not allowed):
             return
