@@ -196,8 +196,22 @@ def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[t
     return uploads, notes
 
 
+async def first_time(interaction: discord.Interaction[Any]) -> bool:
+    """Not a replay: the interaction's id has not been seen before (across processes and restarts)."""
+    return await cast(_Client, interaction.client).adapter.first_time(interaction)
+
+
+class _Once:
+    """A persistent button that ignores a replayed press (the same interaction id) before answering it."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await first_time(interaction)
+
+
 class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)"
+    _Once,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)",
 ):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
@@ -220,7 +234,9 @@ class CancelButton(
 
 
 class ActionButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})"
+    _Once,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})",
 ):
     """Re-roll, Vary n, Upscale n, Edit n or Delete n under a finished job: its custom id is the core's key."""
 
@@ -246,6 +262,7 @@ class ActionButton(
 
 
 class PriceCheckButton(
+    _Once,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)",
 ):
@@ -305,6 +322,9 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         self.adapter = adapter
         self.target = target
         self.image = image
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await first_time(interaction)
 
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.edit_from_menu(interaction, self.target, self.image, self.instruction.value)
@@ -455,7 +475,7 @@ class _Client(discord.Client):
         intents.guild_messages = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS, max_messages=None, **shards)
         self.adapter = adapter
-        self.tree = app_commands.CommandTree(self)
+        self.tree: app_commands.CommandTree[_Client] = _Tree(self)
 
     async def setup_hook(self) -> None:
         # Client.connect (and AutoShardedClient, given a shard count) dials a built-in gateway address; ask the
@@ -469,6 +489,15 @@ class _Client(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.on_interaction(interaction)
+
+
+class _Tree(app_commands.CommandTree["_Client"]):
+    """The command tree, which ignores a replayed command (the same interaction id) before answering it."""
+
+    async def interaction_check(self, interaction: discord.Interaction[_Client], /) -> bool:
+        if interaction.type is discord.InteractionType.autocomplete:
+            return True  # answers suggestions only: nothing to repeat, and one per keystroke
+        return await first_time(interaction)
 
 
 class _ShardedClient(_Client, discord.AutoShardedClient):
@@ -1006,6 +1035,14 @@ class DiscordAdapter:
         ) -> None:
             await self.on_error(interaction, getattr(error, "original", error))
 
+    async def first_time(self, interaction: discord.Interaction[Any]) -> bool:
+        """A command, a button press or a form submission is handled once: the same interaction (its id)
+        delivered again is ignored before it is answered (SPEC §10), as the reply path's messages are."""
+        if await self.core.first_time(f"discord:interaction:{interaction.id}"):
+            return True
+        log.info("discord interaction replayed; ignored", extra={"interaction_id": interaction.id})
+        return False
+
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
         or a button becomes a reply only the requester sees; anything else is logged."""
@@ -1210,7 +1247,7 @@ class DiscordAdapter:
             return
         data = cast(dict[str, Any], interaction.data or {})
         custom_id = str(data.get("custom_id") or "")
-        if not custom_id.startswith(EDIT_FORM_PREFIX):
+        if not custom_id.startswith(EDIT_FORM_PREFIX) or not await self.first_time(interaction):
             return
         try:
             born = time.monotonic()

@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -530,6 +530,17 @@ class SlackAdapter:
         task.add_done_callback(self._finished)
         return task
 
+    async def _once(self, payload: Mapping[str, Any], coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` for a slash command, a click or a form submission the first time its `trigger_id` is seen
+        (across processes and restarts, like events): the same signed request replayed within Slack's 5
+        minutes was acked, and is otherwise ignored: no job, no message."""
+        trigger = str(payload.get("trigger_id") or "")
+        if trigger and not await self.core.first_time(f"slack:trigger:{trigger}"):
+            coro.close()
+            log.info("slack request replayed; ignored", extra={"trigger_id": trigger})
+            return
+        await coro
+
     @staticmethod
     async def _privately(coro: Any, asker: Privately) -> None:
         try:
@@ -552,32 +563,33 @@ class SlackAdapter:
         async def imagine(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._imagine(asker, command.get("text", "")), asker)
+            self.spawn(self._once(command, self._imagine(asker, command.get("text", ""))), asker)
 
         @app.command("/imagine-usage")
         async def usage(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(
-                self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker
-            )
+            usage = commands.usage(self.core, asker.who, command.get("text", ""))
+            self.spawn(self._once(command, self._reply(asker, usage)), asker)
 
         @app.command("/imagine-quota")
         async def my_quota(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._reply(asker, commands.my_quota(self.core, asker.who)), asker)
+            self.spawn(
+                self._once(command, self._reply(asker, commands.my_quota(self.core, asker.who))), asker
+            )
 
         @app.command("/imagine-admin")
         async def admin(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._admin(asker, command.get("text", "")), asker)
+            self.spawn(self._once(command, self._admin(asker, command.get("text", ""))), asker)
 
         @app.action(CANCEL_ACTION)
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
             await ack()
-            self.spawn(self._cancel(body, action))
+            self.spawn(self._once(body, self._cancel(body, action)))
 
         # Every listener below acks first and hands the rest to a task: no Web API call before the ack.
         @app.action(RESULT_ACTION)
@@ -586,9 +598,9 @@ class SlackAdapter:
             key = str(action.get("value") or action.get("action_id", "")[len(RESULT_ACTION_PREFIX) :])
             asker = Privately(self, self._clicker(body), thread_ts=self._click_thread(body))
             if key.startswith(f"{Kind.EDIT}:"):
-                self.spawn(self._open_edit_form(asker, body, action, key), asker)
+                self.spawn(self._once(body, self._open_edit_form(asker, body, action, key)), asker)
             else:
-                self.spawn(self._act(asker, key), asker)
+                self.spawn(self._once(body, self._act(asker, key)), asker)
 
         @app.view(EDIT_CALLBACK)
         async def edit_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -600,7 +612,7 @@ class SlackAdapter:
                 "slack", self._team(body), str(metadata.get("channel") or ""), str(body["user"]["id"])
             )
             asker = Privately(self, who, thread_ts=metadata.get("thread") or None)
-            self.spawn(self._act(asker, str(metadata.get("key") or ""), instruction), asker)
+            self.spawn(self._once(body, self._act(asker, str(metadata.get("key") or ""), instruction)), asker)
 
         @app.action(RENDER_ACTION)
         async def render(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
@@ -702,7 +714,7 @@ class SlackAdapter:
         who = self._clicker(body)
         asker = Privately(self, who, respond, thread_ts=thread or None, replace=True)
         view = SlackJobView(self, asker, thread_ts=thread or None, question=respond)
-        self.spawn(self.core.price_check(token, who, view, render=render), asker)
+        self.spawn(self._once(body, self.core.price_check(token, who, view, render=render)), asker)
 
     # -- the Home tab -----------------------------------------------------------------------
 
