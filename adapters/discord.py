@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import hashlib
 import io
+import json
 import logging
 import re
 import time
@@ -33,7 +36,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
-from bot import actions, commands, texts
+from bot import access, actions, commands, texts
 from bot.access import UNCHECKABLE, MembershipUnknown
 from bot.actions import Kind
 from bot.app import Core, decode_attachments, is_image_attachment
@@ -898,18 +901,46 @@ class DiscordAdapter:
         await self._sync_commands(settings.discord_guild_ids)
         self.task = asyncio.create_task(self._connect())
 
-    async def _sync_commands(self, guild_ids: Sequence[int]) -> None:
-        """Per guild when DISCORD_GUILD_IDS is set (instant), else globally (can take an hour to show)."""
-        try:
-            if guild_ids:
-                for guild_id in guild_ids:
-                    guild = discord.Object(guild_id)
-                    self.tree.copy_global_to(guild=guild)
-                    await self.tree.sync(guild=guild)
-            else:
-                await self.tree.sync()
-        except discord.HTTPException:
-            log.exception("discord command sync failed; commands may be missing or stale")
+    async def _sync_commands(self, guild_ids: Sequence[int], *, force: bool = False) -> int:
+        """Sync the commands (per guild when DISCORD_GUILD_IDS is set: instant; else globally: can take an hour
+        to show), but only where they changed since the last sync of any replica, or when forced (`imagebot
+        discord-sync`): discord.py's maintainers advise against a sync on every start. A hash of each scope's
+        commands' JSON is kept in the database (bot/access.py system settings), per application. In guild mode
+        the global scope is empty, so the global commands of an earlier run are cleared (a PUT of []) and no
+        command shows twice. Returns how many scopes were sent; a failure is logged and tried on the next start.
+        """
+        tree, app = self.tree, self.client.application_id
+        scopes: list[discord.Object | None] = [None]
+        for guild_id in guild_ids:
+            guild = discord.Object(guild_id)
+            tree.copy_global_to(guild=guild)
+            scopes.append(guild)
+        if guild_ids:
+            tree.clear_commands(guild=None)  # served per guild; kept globally they would show twice
+        sent = 0
+        for scope in scopes:
+            name = f"discord_commands:{app}:{'global' if scope is None else scope.id}"
+            commands_ = tree.get_commands(guild=scope)
+            translator = tree.translator
+            payload = [
+                await c.get_translated_payload(tree, translator) if translator else c.to_dict(tree)
+                for c in commands_
+            ]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            synced = await self.core.ledger.run_db(functools.partial(access.system_setting, name=name))
+            if synced == digest and not force:
+                continue
+            try:
+                await tree.sync(guild=scope)
+            except discord.HTTPException:
+                log.exception("discord command sync failed; commands may be missing or stale")
+                continue
+            await self.core.ledger.run_db(
+                functools.partial(access.set_system_setting, name=name, value=digest)
+            )
+            log.info("discord commands synced", extra={"scope": name, "commands": len(payload)})
+            sent += 1
+        return sent
 
     async def _connect(self) -> None:
         try:
@@ -1549,3 +1580,19 @@ def _attachment(message: discord.Message, where: dict[str, Any]) -> discord.Atta
 
 def is_image(attachment: discord.Attachment) -> bool:
     return is_image_attachment(attachment.filename, attachment.content_type)
+
+
+async def sync_now(core: Core) -> int:
+    """`imagebot discord-sync`: log in over REST (no gateway connection) and sync the commands now, changed or
+    not. Returns the exit status."""
+    settings = core.settings
+    discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+    adapter = DiscordAdapter(core)
+    try:
+        await adapter.client.login(adapter.token)
+        sent = await adapter._sync_commands(settings.discord_guild_ids, force=True)
+    finally:
+        await adapter.client.close()
+    scopes = 1 + len(settings.discord_guild_ids)
+    print(f"imagebot: synced Discord commands in {sent} of {scopes} scope(s)")
+    return 0 if sent == scopes else 1

@@ -113,6 +113,22 @@ def set_tenant_settings(
     _set(db, "tenant_settings", {"tenant": tenant}, settings)
 
 
+# Rows of `tenant_settings` that belong to the bot itself, not to a tenant (no tenant key has an `@`): what an
+# adapter keeps across restarts and replicas, such as the hash of the Discord commands it last synced.
+SYSTEM = "imagebot:@system"
+
+
+def system_setting(db: sqlite_utils.Database, name: str) -> str | None:
+    rows = db.conn.execute(
+        "SELECT value FROM tenant_settings WHERE tenant=? AND name=?", [SYSTEM, name]
+    ).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def set_system_setting(db: sqlite_utils.Database, name: str, value: str | None) -> None:
+    _set(db, "tenant_settings", {"tenant": SYSTEM}, [(name, value)])
+
+
 def set_channel_settings(
     db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
 ) -> None:

@@ -40,12 +40,11 @@ NO_CHECK = {"IMAGEBOT_CONFIRM_USD": "off"}
 
 @contextlib.asynccontextmanager
 async def bot_on(fake: FakeDiscord, tmp_path: Path, **env: str) -> AsyncIterator[RunningBot]:
-    """The bot against an already running fake Discord (so a second one can follow it: a restart)."""
-    synced = len(fake.calls_matching("PUT", rf"/applications/{fake.application_id}/commands"))
+    """The bot against an already running fake Discord (so a second one can follow it: a restart), once it is
+    connected: its start-up, a command sync included (only when the commands changed), is over."""
     async with running_bot(
         tmp_path, {"DISCORD_TOKEN": fake.token, "DISCORD_API_URL": fake.api_url, **env}
     ) as bot:
-        await fake.wait_for("PUT", rf"/applications/{fake.application_id}/commands", count=synced + 1)
         adapter: DiscordAdapter = bot.adapters["discord"]
         async with asyncio.timeout(10):
             while not (adapter.connected and fake.identified_sessions == 1):
