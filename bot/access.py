@@ -314,17 +314,25 @@ class Access:
         ids = lambda wanted: [e.partition(":")[2] for e, v in groups.items() if v == wanted]  # noqa: E731
         denied, allowed = ids("deny"), ids("allow")
         member = standing.member_of if standing is not None else None
-        try:  # a membership that cannot be read fails closed: for a deny as for an allow
-            if denied and member is not None and await member(denied):
-                raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
-            if allowed and member is not None and await member(allowed):
-                return
-        except MembershipUnknown:
-            raise UserError(UNCHECKABLE) from None
         everyone = entries.get(EVERYONE)
-        if everyone == "allow" or (everyone is None and not allowed):
-            return
-        raise UserError(self._who_text(who, entries, "you are not in any of them"))
+        # A membership that cannot be read (MembershipUnknown) fails closed, for a deny as for an allow, whenever
+        # it could change the answer: the refusal then says access cannot be checked, not a guess.
+        unsure = False
+        if denied and member is not None:
+            try:
+                if await member(denied):
+                    raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
+            except MembershipUnknown:
+                unsure = True
+        if not (everyone == "allow" or (everyone is None and not allowed)):  # only members of `allowed` pass
+            try:
+                inside = bool(allowed) and member is not None and await member(allowed)
+            except MembershipUnknown:
+                raise UserError(UNCHECKABLE) from None
+            if not inside:
+                raise UserError(self._who_text(who, entries, "you are not in any of them"))
+        if unsure:
+            raise UserError(UNCHECKABLE)
 
     @staticmethod
     def _who_text(who: Requester, entries: dict[str, str], why: str) -> str:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from bot import access
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
 from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
@@ -102,7 +103,9 @@ async def private_answer(fake: FakeDiscord, ix: dict[str, Any]) -> str:
 async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
     return [
         *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
-        *await bot.core.ledger.query("SELECT name, value FROM tenant_settings"),
+        *await bot.core.ledger.query(
+            "SELECT name, value FROM tenant_settings WHERE tenant != ?", [access.SYSTEM]
+        ),
     ]
 
 
