@@ -26,6 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -1092,6 +1093,15 @@ class DiscordAdapter:
             "discord", str(interaction.guild_id or ""), str(rules or ""), str(interaction.user.id)
         )
 
+    async def _requester(self, interaction: discord.Interaction[Any]) -> Requester:
+        """`_who`, also for a channel discord.py could not type (a PartialMessageable): asked of Discord, so a
+        thread never escapes its parent's rules. UserError if that cannot be read."""
+        who = self._who(interaction)
+        channel = interaction.channel
+        if isinstance(channel, discord.PartialMessageable):
+            who = replace(who, channel=await self._rules_channel(channel))
+        return who
+
     async def _rules_channel(self, channel: discord.abc.Messageable) -> str:
         """The channel whose rules and budget apply to a message in `channel`: a thread's or forum post's parent,
         else the channel itself. A channel the client has not cached (a thread it was not told of) is asked of
@@ -1128,7 +1138,7 @@ class DiscordAdapter:
     async def _reply(
         self, interaction: discord.Interaction[Any], make: Callable[[Requester], Awaitable[commands.Reply]]
     ) -> None:
-        reply = await make(self._who(interaction))
+        reply = await make(await self._requester(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
         await interaction.followup.send(
             clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
@@ -1225,7 +1235,7 @@ class DiscordAdapter:
         """A job shown in the interaction's response; replies past its token's life go to `anchor`."""
         return DiscordJobView(
             self,
-            self._who(interaction),
+            await self._requester(interaction),
             lambda text, view: self._tell_privately(interaction, text, view),
             interaction=interaction,
             born=born,

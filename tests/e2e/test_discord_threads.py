@@ -72,12 +72,15 @@ async def test_a_thread_and_a_forum_post_follow_their_parents_rules_on_every_pat
             )
             await until(fake, lambda c, r=reply: told_by_dm(fake, "turned off in this channel", r))
         assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
+        # The client was never told of the post: it asked Discord for its parent, once.
+        assert len(fake.calls_matching("GET", rf"/channels/{POST}")) == 1
 
 
 def told_by_dm(fake: FakeDiscord, words: str, about: dict[str, Any]) -> bool:
-    """The user who wrote `about` was told `words` by DM."""
+    """The user who wrote `about` was told `words` about it (the DM links it) by DM."""
     author = int(about["author"]["id"])
-    return any(words in str(m["content"]).replace("\\", "") for m in fake.dm_messages(author))
+    said = [str(m["content"]).replace("\\", "") for m in fake.dm_messages(author)]
+    return any(words in text and about["id"] in text for text in said)
 
 
 async def test_threads_count_against_their_parents_channel_budget(tmp_path: Path) -> None:
