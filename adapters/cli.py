@@ -166,6 +166,17 @@ def cmd_offline_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_discord_sync(args: argparse.Namespace) -> int:
+    from . import discord
+
+    settings = _settings()
+    logs.setup(settings.log_level, settings.secrets())
+    if settings.discord_token is None:
+        print("imagebot: discord-sync needs DISCORD_TOKEN", file=sys.stderr)
+        return 2
+    return int(asyncio.run(_with_core(settings, discord.sync_now)))
+
+
 _NAME_IT = (
     "add --tenant PLATFORM:WORKSPACE (e.g. --tenant slack:T123, --tenant discord:456, --tenant cli:local)"
 )
@@ -425,6 +436,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("discord-invite", help="print the OAuth2 URL to add the bot to a server")
     p.add_argument("client_id", nargs="?", default="YOUR_APPLICATION_ID")
     p.set_defaults(fn=cmd_discord_invite)
+    p = sub.add_parser(
+        "discord-sync", help="sync the Discord commands now (a start syncs only when they changed)"
+    )
+    p.set_defaults(fn=cmd_discord_sync)
     # Limits may come before or after --user/--channel (`quota set --user U1 daily_images=5`):
     # argparse would match the empty positional list early, so leftovers are gathered here.
     args, extra = parser.parse_known_args(argv)

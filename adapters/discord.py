@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import io
+import json
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 import aiohttp
@@ -34,7 +37,8 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
-from bot import actions, commands, texts
+from bot import access, actions, commands, texts
+from bot.access import UNCHECKABLE, MembershipUnknown
 from bot.actions import Kind
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
@@ -64,6 +68,7 @@ MAX_LABEL = 80
 ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.DELETE,))
 STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.DELETE: discord.ButtonStyle.danger}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+MAX_KNOWN_PARENTS = 10_000  # threads whose parent channel was looked up (a thread's parent never changes)
 UPLOAD_ATTEMPTS = 4
 # Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
 # 10008 unknown message (the original response was deleted), 40005 request entity too large.
@@ -195,8 +200,22 @@ def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[t
     return uploads, notes
 
 
+async def first_time(interaction: discord.Interaction[Any]) -> bool:
+    """Not a replay: the interaction's id has not been seen before (across processes and restarts)."""
+    return await cast(_Client, interaction.client).adapter.first_time(interaction)
+
+
+class _Once:
+    """A persistent button that ignores a replayed press (the same interaction id) before answering it."""
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await first_time(interaction)
+
+
 class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)"
+    _Once,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)",
 ):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
@@ -219,7 +238,9 @@ class CancelButton(
 
 
 class ActionButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})"
+    _Once,
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})",
 ):
     """Re-roll, Vary n, Upscale n, Edit n or Delete n under a finished job: its custom id is the core's key."""
 
@@ -245,6 +266,7 @@ class ActionButton(
 
 
 class PriceCheckButton(
+    _Once,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)",
 ):
@@ -305,6 +327,9 @@ class EditModal(discord.ui.Modal, title="Edit image"):
         self.target = target
         self.image = image
 
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        return await first_time(interaction)
+
     async def on_submit(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.edit_from_menu(interaction, self.target, self.image, self.instruction.value)
 
@@ -313,9 +338,9 @@ class EditModal(discord.ui.Modal, title="Edit image"):
 
 
 class Place(app_commands.Transformer[Any]):
-    """A channel option of /imagine-admin: any channel /imagine can run in (text and announcement channels,
-    voice and stage chats, threads), as Discord resolved it: only its id is used, so a thread the bot has not
-    cached works too."""
+    """A channel option of /imagine-admin: any channel whose rules apply to /imagine (text and announcement
+    channels, voice and stage chats, and forums, whose posts follow them), as Discord resolved it: only its id
+    is used. Threads are not offered: a thread follows its parent channel's rules (SPEC §10)."""
 
     @property
     def type(self) -> discord.AppCommandOptionType:
@@ -329,16 +354,15 @@ class Place(app_commands.Transformer[Any]):
             kinds.news,
             kinds.voice,
             kinds.stage_voice,
-            kinds.public_thread,
-            kinds.private_thread,
-            kinds.news_thread,
+            kinds.forum,
+            kinds.media,
         ]
 
     async def transform(self, interaction: discord.Interaction[Any], value: Any, /) -> Any:
         return value
 
 
-Channel = app_commands.Transform[app_commands.AppCommandChannel | app_commands.AppCommandThread, Place]
+Channel = app_commands.Transform[app_commands.AppCommandChannel, Place]
 
 
 @app_commands.guild_only()
@@ -455,7 +479,7 @@ class _Client(discord.Client):
         intents.guild_messages = True
         super().__init__(intents=intents, allowed_mentions=NO_PINGS, max_messages=None, **shards)
         self.adapter = adapter
-        self.tree = app_commands.CommandTree(self)
+        self.tree: app_commands.CommandTree[_Client] = _Tree(self)
 
     async def setup_hook(self) -> None:
         # Client.connect (and AutoShardedClient, given a shard count) dials a built-in gateway address; ask the
@@ -469,6 +493,15 @@ class _Client(discord.Client):
 
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.on_interaction(interaction)
+
+
+class _Tree(app_commands.CommandTree["_Client"]):
+    """The command tree, which ignores a replayed command (the same interaction id) before answering it."""
+
+    async def interaction_check(self, interaction: discord.Interaction[_Client], /) -> bool:
+        if interaction.type is discord.InteractionType.autocomplete:
+            return True  # answers suggestions only: nothing to repeat, and one per keystroke
+        return await first_time(interaction)
 
 
 class _ShardedClient(_Client, discord.AutoShardedClient):
@@ -502,9 +535,13 @@ class DiscordJobView:
         anchor: int | None,
         upload_limit: int,
         person: discord.abc.User | None = None,
+        place: str | None = None,
     ) -> None:
         self.adapter = adapter
         self.who = who
+        # Where the job is shown: a thread or forum post itself, while `who.channel` (whose rules and budget
+        # apply) is its parent channel.
+        self.place = place or who.channel
         self.person = (
             person  # the requester as the gateway sent them (a Member in a guild: roles, permissions)
         )
@@ -514,7 +551,7 @@ class DiscordJobView:
         self.born = born  # monotonic time the interaction arrived: its token lives 15 minutes from then
         self.anchor = anchor  # the message replies go to: the original response, or the user's message
         self.upload_limit = upload_limit
-        self.channel = adapter.client.get_partial_messageable(int(who.channel), guild_id=int(who.workspace))
+        self.channel = adapter.client.get_partial_messageable(int(self.place), guild_id=int(who.workspace))
         self.job_id = ""
         self.prompt = ""
         self.expired = interaction is None
@@ -534,10 +571,13 @@ class DiscordJobView:
         return bool(permissions is not None and permissions.manage_guild)
 
     async def member_of(self, groups: Collection[str]) -> bool:
-        """Holds any of these roles (ids). The payload's role ids, even for roles not (yet) in the cache."""
-        held = {str(role_id) for role_id in getattr(self.person, "_roles", ())}
-        held |= {str(role.id) for role in getattr(self.person, "roles", ())}
-        return not held.isdisjoint(groups)
+        """Holds any of these roles (ids), by the member's roles (`Member.roles`, resolved against the guild's
+        roles, which the gateway keeps current). MembershipUnknown when they cannot be read: the event named a
+        user but not their roles, or the guild is unavailable (its roles may be stale): the rules fail closed."""
+        person = self.person
+        if not isinstance(person, discord.Member) or person.guild.unavailable:
+            raise MembershipUnknown(self.who.user)
+        return not {str(role.id) for role in person.roles}.isdisjoint(groups)
 
     # -- where to show it -----------------------------------------------------------------
 
@@ -556,7 +596,7 @@ class DiscordJobView:
             return MISSING
         return discord.MessageReference(
             message_id=self.anchor,
-            channel_id=int(self.who.channel),
+            channel_id=int(self.place),
             guild_id=int(self.who.workspace),
             fail_if_not_exists=False,
         )
@@ -608,7 +648,7 @@ class DiscordJobView:
             except Exception as exc:  # dropped or unanswered
                 raise CannotPost(f"{describe(exc)}; try again") from exc
             self._last_edit = time.monotonic()
-        return {"channel_id": self.who.channel, "message_id": str(self.anchor) if self.anchor else None}
+        return {"channel_id": self.place, "message_id": str(self.anchor) if self.anchor else None}
 
     async def refused(self, text: str) -> None:
         self.refusals += 1
@@ -842,6 +882,9 @@ class DiscordAdapter:
         self.post_timeout = 30.0
         self.upload_timeout = 300.0
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
+        # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
+        self.refusal_lifetime = 60.0
+        self._parents: dict[int, str] = {}  # thread id -> its parent channel's id, for uncached threads
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -855,18 +898,46 @@ class DiscordAdapter:
         await self._sync_commands(settings.discord_guild_ids)
         self.task = asyncio.create_task(self._connect())
 
-    async def _sync_commands(self, guild_ids: Sequence[int]) -> None:
-        """Per guild when DISCORD_GUILD_IDS is set (instant), else globally (can take an hour to show)."""
-        try:
-            if guild_ids:
-                for guild_id in guild_ids:
-                    guild = discord.Object(guild_id)
-                    self.tree.copy_global_to(guild=guild)
-                    await self.tree.sync(guild=guild)
-            else:
-                await self.tree.sync()
-        except discord.HTTPException:
-            log.exception("discord command sync failed; commands may be missing or stale")
+    async def _sync_commands(self, guild_ids: Sequence[int], *, force: bool = False) -> int:
+        """Sync the commands (per guild when DISCORD_GUILD_IDS is set: instant; else globally: can take an hour
+        to show), but only where they changed since the last sync of any replica, or when forced (`imagebot
+        discord-sync`): discord.py's maintainers advise against a sync on every start. A hash of each scope's
+        commands' JSON is kept in the database (bot/access.py system settings), per application. In guild mode
+        the global scope is empty, so the global commands of an earlier run are cleared (a PUT of []) and no
+        command shows twice. Returns how many scopes were sent; a failure is logged and tried on the next start.
+        """
+        tree, app = self.tree, self.client.application_id
+        scopes: list[discord.Object | None] = [None]
+        for guild_id in guild_ids:
+            guild = discord.Object(guild_id)
+            tree.copy_global_to(guild=guild)
+            scopes.append(guild)
+        if guild_ids:
+            tree.clear_commands(guild=None)  # served per guild; kept globally they would show twice
+        sent = 0
+        for scope in scopes:
+            name = f"discord_commands:{app}:{'global' if scope is None else scope.id}"
+            commands_ = tree.get_commands(guild=scope)
+            translator = tree.translator
+            payload = [
+                await c.get_translated_payload(tree, translator) if translator else c.to_dict(tree)
+                for c in commands_
+            ]
+            digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+            synced = await self.core.ledger.run_db(functools.partial(access.system_setting, name=name))
+            if synced == digest and not force:
+                continue
+            try:
+                await tree.sync(guild=scope)
+            except discord.HTTPException:
+                log.exception("discord command sync failed; commands may be missing or stale")
+                continue
+            await self.core.ledger.run_db(
+                functools.partial(access.set_system_setting, name=name, value=digest)
+            )
+            log.info("discord commands synced", extra={"scope": name, "commands": len(payload)})
+            sent += 1
+        return sent
 
     async def _connect(self) -> None:
         try:
@@ -992,6 +1063,14 @@ class DiscordAdapter:
         ) -> None:
             await self.on_error(interaction, getattr(error, "original", error))
 
+    async def first_time(self, interaction: discord.Interaction[Any]) -> bool:
+        """A command, a button press or a form submission is handled once: the same interaction (its id)
+        delivered again is ignored before it is answered (SPEC §10), as the reply path's messages are."""
+        if await self.core.first_time(f"discord:interaction:{interaction.id}"):
+            return True
+        log.info("discord interaction replayed; ignored", extra={"interaction_id": interaction.id})
+        return False
+
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
         or a button becomes a reply only the requester sees; anything else is logged."""
@@ -1002,12 +1081,46 @@ class DiscordAdapter:
 
     @staticmethod
     def _who(interaction: discord.Interaction[Any]) -> Requester:
+        """Who asked, and the channel whose rules and budget apply: a thread's or forum post's parent (the
+        interaction's `channel` object carries its `parent_id`), else the channel itself."""
+        channel = interaction.channel
+        rules = channel.parent_id if isinstance(channel, discord.Thread) else interaction.channel_id
         return Requester(
-            "discord",
-            str(interaction.guild_id or ""),
-            str(interaction.channel_id or ""),
-            str(interaction.user.id),
+            "discord", str(interaction.guild_id or ""), str(rules or ""), str(interaction.user.id)
         )
+
+    async def _requester(self, interaction: discord.Interaction[Any]) -> Requester:
+        """`_who`, also for a channel discord.py could not type (a PartialMessageable): asked of Discord, so a
+        thread never escapes its parent's rules. UserError if that cannot be read."""
+        who = self._who(interaction)
+        channel = interaction.channel
+        if isinstance(channel, discord.PartialMessageable):
+            who = replace(who, channel=await self._rules_channel(channel))
+        return who
+
+    async def _rules_channel(self, channel: discord.abc.Messageable) -> str:
+        """The channel whose rules and budget apply to a message in `channel`: a thread's or forum post's parent,
+        else the channel itself. A channel the client has not cached (a thread it was not told of) is asked of
+        Discord once (GET /channels/{id}): a thread's parent never changes. UserError if it cannot be read."""
+        if isinstance(channel, discord.Thread):
+            return str(channel.parent_id)
+        ident = int(getattr(channel, "id", 0))
+        if not isinstance(channel, discord.PartialMessageable):
+            return str(ident)
+        known = self._parents.get(ident)
+        if known is not None:
+            return known
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                fetched = await self.client.fetch_channel(ident)
+        except Exception as exc:
+            log.warning("could not read a channel: %s", describe(exc), extra={"channel": ident})
+            raise UserError(UNCHECKABLE) from None
+        parent = str(fetched.parent_id if isinstance(fetched, discord.Thread) else fetched.id)
+        if len(self._parents) >= MAX_KNOWN_PARENTS:
+            self._parents.clear()
+        self._parents[ident] = parent
+        return parent
 
     def _limit(self, interaction: discord.Interaction[Any] | None, guild_id: int | None) -> int:
         """The upload limit: our override, else what the interaction says, else the guild's boost tier."""
@@ -1021,7 +1134,7 @@ class DiscordAdapter:
     async def _reply(
         self, interaction: discord.Interaction[Any], make: Callable[[Requester], Awaitable[commands.Reply]]
     ) -> None:
-        reply = await make(self._who(interaction))
+        reply = await make(await self._requester(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
         await interaction.followup.send(
             clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
@@ -1127,13 +1240,14 @@ class DiscordAdapter:
         """A job shown in the interaction's response; replies past its token's life go to `anchor`."""
         return DiscordJobView(
             self,
-            self._who(interaction),
+            await self._requester(interaction),
             lambda text, view: self._tell_privately(interaction, text, view),
             interaction=interaction,
             born=born,
             anchor=anchor,
             upload_limit=self._limit(interaction, interaction.guild_id),
             person=interaction.user,
+            place=str(interaction.channel_id or ""),
         )
 
     # -- result actions and price checks (SPEC §9) ------------------------------------------
@@ -1179,7 +1293,7 @@ class DiscordAdapter:
             return
         data = cast(dict[str, Any], interaction.data or {})
         custom_id = str(data.get("custom_id") or "")
-        if not custom_id.startswith(EDIT_FORM_PREFIX):
+        if not custom_id.startswith(EDIT_FORM_PREFIX) or not await self.first_time(interaction):
             return
         try:
             born = time.monotonic()
@@ -1296,17 +1410,23 @@ class DiscordAdapter:
             return  # not about an image we made (a usage chart is not one)
         if not await self.core.first_time(f"discord:{message.id}"):
             return
-        who = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
 
         async def tell(reply: str, buttons: discord.ui.View | None = None) -> None:
-            await message.reply(
-                clip(escape(reply)),
-                view=buttons if buttons is not None else MISSING,
-                mention_author=False,
-                allowed_mentions=NO_PINGS,
+            if buttons is None:  # a refusal: this path has no private reply, so it goes by DM
+                await self._tell_by_dm(message, reply)
+                return
+            await message.reply(  # a price check: its Render and Cancel work only here, and only for them
+                clip(escape(reply)), view=buttons, mention_author=False, allowed_mentions=NO_PINGS
             )
 
+        try:
+            # A thread (or forum post) follows its parent channel's rules and counts against its budget.
+            rules_channel = await self._rules_channel(message.channel)
+        except UserError as exc:
+            await tell(str(exc))
+            return
+        who = Requester("discord", str(message.guild.id), rules_channel, str(message.author.id))
         view = DiscordJobView(
             self,
             who,
@@ -1316,6 +1436,7 @@ class DiscordAdapter:
             anchor=message.id,
             upload_limit=self._limit(None, message.guild.id),
             person=message.author,
+            place=str(message.channel.id),
         )
         try:
             await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
@@ -1328,10 +1449,37 @@ class DiscordAdapter:
             base = await self._decode(image)
             references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
             request = self.core.parse(text, references, mask)
-        except UserError as exc:  # this path has no interaction: the reply to the message is the private word
+        except UserError as exc:  # this path has no interaction: a DM is the private word
             await tell(str(exc))
             return
         await self.core.submit(request, who, view)
+
+    async def _tell_by_dm(self, message: discord.Message, text: str) -> None:
+        """Tell the author of `message` something only they should see, where no ephemeral reply exists: by DM
+        (naming the message it is about); if their DMs are closed (50007) or the DM fails, by a reply that
+        deletes itself after `refusal_lifetime` seconds. Never raises."""
+        words = clip(escape(f"About your message {message.jump_url}:\n{text}"))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                await message.author.send(words, allowed_mentions=NO_PINGS)
+            return
+        except discord.HTTPException as exc:
+            log.info(
+                "could not tell the author by DM; replying briefly instead",
+                extra={"status": exc.status, "code": exc.code},
+            )
+        except Exception as exc:
+            log.warning("could not tell the author by DM: %s", describe(exc))
+        try:
+            async with asyncio.timeout(self.post_timeout):
+                await message.reply(
+                    clip(escape(text)),
+                    mention_author=False,
+                    allowed_mentions=NO_PINGS,
+                    delete_after=self.refusal_lifetime,
+                )
+        except Exception as exc:
+            log.warning("could not tell the author: %s", describe(exc))
 
     async def _decode(self, attachment: discord.Attachment) -> ImageInput:
         data = await self.download(attachment)
@@ -1400,6 +1548,7 @@ class DiscordAdapter:
             born=time.monotonic(),
             anchor=anchor,
             upload_limit=self._limit(None, int(who.workspace)),
+            place=str(channel.id),
         )
 
 
@@ -1451,3 +1600,19 @@ def _attachment(message: discord.Message, where: dict[str, Any]) -> discord.Atta
 
 def is_image(attachment: discord.Attachment) -> bool:
     return is_image_attachment(attachment.filename, attachment.content_type)
+
+
+async def sync_now(core: Core) -> int:
+    """`imagebot discord-sync`: log in over REST (no gateway connection) and sync the commands now, changed or
+    not. Returns the exit status."""
+    settings = core.settings
+    discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
+    adapter = DiscordAdapter(core)
+    try:
+        await adapter.client.login(adapter.token)
+        sent = await adapter._sync_commands(settings.discord_guild_ids, force=True)
+    finally:
+        await adapter.client.close()
+    scopes = 1 + len(settings.discord_guild_ids)
+    print(f"imagebot: synced Discord commands in {sent} of {scopes} scope(s)")
+    return 0 if sent == scopes else 1

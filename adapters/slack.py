@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
+from bot.access import MembershipUnknown
 from bot.actions import Button, Kind
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
@@ -547,6 +548,17 @@ class SlackAdapter:
         task.add_done_callback(self._finished)
         return task
 
+    async def _once(self, payload: Mapping[str, Any], coro: Coroutine[Any, Any, Any]) -> None:
+        """Run `coro` for a slash command, a click or a form submission the first time its `trigger_id` is seen
+        (across processes and restarts, like events): the same signed request replayed within Slack's 5
+        minutes was acked, and is otherwise ignored: no job, no message."""
+        trigger = str(payload.get("trigger_id") or "")
+        if trigger and not await self.core.first_time(f"slack:trigger:{trigger}"):
+            coro.close()
+            log.info("slack request replayed; ignored", extra={"trigger_id": trigger})
+            return
+        await coro
+
     @staticmethod
     async def _privately(coro: Any, asker: Privately) -> None:
         try:
@@ -569,32 +581,33 @@ class SlackAdapter:
         async def imagine(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._imagine(asker, command.get("text", "")), asker)
+            self.spawn(self._once(command, self._imagine(asker, command.get("text", ""))), asker)
 
         @app.command("/imagine-usage")
         async def usage(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(
-                self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker
-            )
+            usage = commands.usage(self.core, asker.who, command.get("text", ""))
+            self.spawn(self._once(command, self._reply(asker, usage)), asker)
 
         @app.command("/imagine-quota")
         async def my_quota(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._reply(asker, commands.my_quota(self.core, asker.who)), asker)
+            self.spawn(
+                self._once(command, self._reply(asker, commands.my_quota(self.core, asker.who))), asker
+            )
 
         @app.command("/imagine-admin")
         async def admin(ack: Any, command: dict[str, Any], respond: Any) -> None:
             await ack()
             asker = Privately(self, self._who(command), respond)
-            self.spawn(self._admin(asker, command.get("text", "")), asker)
+            self.spawn(self._once(command, self._admin(asker, command.get("text", ""))), asker)
 
         @app.action(CANCEL_ACTION)
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
             await ack()
-            self.spawn(self._cancel(body, action))
+            self.spawn(self._once(body, self._cancel(body, action)))
 
         # Every listener below acks first and hands the rest to a task: no Web API call before the ack.
         @app.action(RESULT_ACTION)
@@ -603,9 +616,9 @@ class SlackAdapter:
             key = str(action.get("value") or action.get("action_id", "")[len(RESULT_ACTION_PREFIX) :])
             asker = Privately(self, self._clicker(body), thread_ts=self._click_thread(body))
             if key.startswith(f"{Kind.EDIT}:"):
-                self.spawn(self._open_edit_form(asker, body, action, key), asker)
+                self.spawn(self._once(body, self._open_edit_form(asker, body, action, key)), asker)
             else:
-                self.spawn(self._act(asker, key), asker)
+                self.spawn(self._once(body, self._act(asker, key)), asker)
 
         @app.view(EDIT_CALLBACK)
         async def edit_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
@@ -617,7 +630,7 @@ class SlackAdapter:
                 "slack", self._team(body), str(metadata.get("channel") or ""), str(body["user"]["id"])
             )
             asker = Privately(self, who, thread_ts=metadata.get("thread") or None)
-            self.spawn(self._act(asker, str(metadata.get("key") or ""), instruction), asker)
+            self.spawn(self._once(body, self._act(asker, str(metadata.get("key") or ""), instruction)), asker)
 
         @app.action(RENDER_ACTION)
         async def render(ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
@@ -719,7 +732,7 @@ class SlackAdapter:
         who = self._clicker(body)
         asker = Privately(self, who, respond, thread_ts=thread or None, replace=True)
         view = SlackJobView(self, asker, thread_ts=thread or None, question=respond)
-        self.spawn(self.core.price_check(token, who, view, render=render), asker)
+        self.spawn(self._once(body, self.core.price_check(token, who, view, render=render)), asker)
 
     # -- the Home tab -----------------------------------------------------------------------
 
@@ -841,13 +854,23 @@ class SlackAdapter:
         )
 
     async def in_groups(self, user: str, groups: Collection[str]) -> bool:
-        """A member of any of these user groups (usergroups.users.list, each read at most once a minute)."""
+        """A member of any of these user groups (usergroups.users.list, each read at most once a minute): True
+        if in one, False if in none. A group that cannot be read proves nothing either way: unless the user is
+        in another one, MembershipUnknown (the rules then refuse, for allow and deny alike)."""
+        unreadable = False
         for group in groups:
-            if user in await self._group_members(group):
-                return True
+            try:
+                if user in await self._group_members(group):
+                    return True
+            except MembershipUnknown:
+                unreadable = True
+        if unreadable:
+            raise MembershipUnknown(user)
         return False
 
     async def _group_members(self, group: str) -> frozenset[str]:
+        """A user group's members, cached for GROUP_CACHE_SECONDS; a failed read raises MembershipUnknown and is
+        never cached (the next request asks again)."""
         now = time.monotonic()
         cached = self._groups.get(group)
         if cached is not None and now - cached[0] < GROUP_CACHE_SECONDS:
@@ -855,11 +878,10 @@ class SlackAdapter:
         try:
             answer = await self.client.usergroups_users_list(usergroup=group)
             members = frozenset(answer.get("users") or ())
-        except (
-            SlackApiError
-        ) as exc:  # a deleted group, or no usergroups:read: nobody is in it (admins still pass)
+        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+            # A deleted group, no usergroups:read, a rate limit, a network failure: nobody can tell.
             log.warning("slack user group unreadable", extra={"group": group, "error": why_not(exc)})
-            members = frozenset()
+            raise MembershipUnknown(group) from None
         self._groups[group] = (now, members)
         return members
 

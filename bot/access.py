@@ -43,7 +43,13 @@ CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
     "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
 )
+UNCHECKABLE = "Access cannot be checked right now; nothing was charged. Try again in a minute."
 TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
+
+
+class MembershipUnknown(Exception):
+    """A Standing could not read a membership (a Slack user group, a Discord member's roles): the person rules
+    fail closed on it, for allow and deny alike, and nothing about it may be cached."""
 
 
 class Standing(Protocol):
@@ -54,7 +60,9 @@ class Standing(Protocol):
         ...
 
     async def member_of(self, groups: Collection[str]) -> bool:
-        """In any of these Discord roles / Slack user groups (ids)."""
+        """In any of these Discord roles / Slack user groups (ids): True if in one of them, False if provably in
+        none. Raises MembershipUnknown when that cannot be told (a group that cannot be read, and the person
+        is in none of those that can)."""
         ...
 
 
@@ -103,6 +111,22 @@ def set_tenant_settings(
 ) -> None:
     """Set (a value) or clear (None) a tenant's own settings."""
     _set(db, "tenant_settings", {"tenant": tenant}, settings)
+
+
+# Rows of `tenant_settings` that belong to the bot itself, not to a tenant (no tenant key has an `@`): what an
+# adapter keeps across restarts and replicas, such as the hash of the Discord commands it last synced.
+SYSTEM = "imagebot:@system"
+
+
+def system_setting(db: sqlite_utils.Database, name: str) -> str | None:
+    rows = db.conn.execute(
+        "SELECT value FROM tenant_settings WHERE tenant=? AND name=?", [SYSTEM, name]
+    ).fetchall()
+    return str(rows[0][0]) if rows else None
+
+
+def set_system_setting(db: sqlite_utils.Database, name: str, value: str | None) -> None:
+    _set(db, "tenant_settings", {"tenant": SYSTEM}, [(name, value)])
 
 
 def set_channel_settings(
@@ -290,14 +314,25 @@ class Access:
         ids = lambda wanted: [e.partition(":")[2] for e, v in groups.items() if v == wanted]  # noqa: E731
         denied, allowed = ids("deny"), ids("allow")
         member = standing.member_of if standing is not None else None
-        if denied and member is not None and await member(denied):
-            raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
-        if allowed and member is not None and await member(allowed):
-            return
         everyone = entries.get(EVERYONE)
-        if everyone == "allow" or (everyone is None and not allowed):
-            return
-        raise UserError(self._who_text(who, entries, "you are not in any of them"))
+        # A membership that cannot be read (MembershipUnknown) fails closed, for a deny as for an allow, whenever
+        # it could change the answer: the refusal then says access cannot be checked, not a guess.
+        unsure = False
+        if denied and member is not None:
+            try:
+                if await member(denied):
+                    raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
+            except MembershipUnknown:
+                unsure = True
+        if not (everyone == "allow" or (everyone is None and not allowed)):  # only members of `allowed` pass
+            try:
+                inside = bool(allowed) and member is not None and await member(allowed)
+            except MembershipUnknown:
+                raise UserError(UNCHECKABLE) from None
+            if not inside:
+                raise UserError(self._who_text(who, entries, "you are not in any of them"))
+        if unsure:
+            raise UserError(UNCHECKABLE)
 
     @staticmethod
     def _who_text(who: Requester, entries: dict[str, str], why: str) -> str:

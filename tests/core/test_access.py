@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 from collections.abc import Collection
 from typing import Any
 
@@ -13,10 +14,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import commands
+from bot import access, commands
 from bot.app import Core
 from bot.concurrency import Gate
+from bot.errors import UserError
 from bot.outcomes import Progress
+from bot.pricing import load_prices
 from bot.request import Requester
 from tests.core.test_actions import Store
 from tests.core.test_actions import View as ActionsView
@@ -482,3 +485,67 @@ def test_access_rules_hold_for_concurrent_users(
             await core.close()
 
     asyncio.run(scenario())
+
+
+class Partly:
+    """A Standing that can read some groups and not others (as Slack answers usergroups.users.list for one group
+    and errors for another): True if in a readable one, else MembershipUnknown if any asked one is unreadable."""
+
+    def __init__(self, held: Collection[str], unreadable: Collection[str]) -> None:
+        self.held, self.unreadable = set(held), set(unreadable)
+
+    async def platform_admin(self) -> bool:
+        return False
+
+    async def member_of(self, groups: Collection[str]) -> bool:
+        if not self.held.isdisjoint(groups):
+            return True
+        if not self.unreadable.isdisjoint(groups):
+            raise access.MembershipUnknown()
+        return False
+
+
+GROUPS = ["S1", "S2", "S3"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    verdicts=st.lists(st.sampled_from([None, "allow", "deny"]), min_size=4, max_size=4),
+    held=st.sets(st.sampled_from(GROUPS)),
+    unreadable=st.sets(st.sampled_from(GROUPS)),
+)
+def test_an_unreadable_group_never_lets_anyone_in_on_a_guess(
+    verdicts: list[str | None], held: set[str], unreadable: set[str]
+) -> None:
+    """Any allow/deny entries (three groups and everyone), any membership, any groups unreadable: the answer is
+    the one every possible membership of the unreadable groups agrees on, and where they disagree, a refusal
+    saying access cannot be checked (never a guess either way)."""
+    tenant = {f"who:group:{g}": v for g, v in zip(GROUPS, verdicts, strict=False) if v}
+    if verdicts[3]:
+        tenant["who:everyone"] = verdicts[3]
+    rules = access.Rules({}, tenant)
+    rule = access.Access(prices=load_prices())
+    who = Requester("slack", "W1", "C1", "U1")
+    known = held - unreadable  # what can be read of the person's groups
+
+    async def admitted(standing: Any) -> bool | str:
+        try:
+            await rule.check_person(who, rules, standing)
+        except UserError as exc:
+            return str(exc)
+        return True
+
+    partly = asyncio.run(admitted(Partly(known, unreadable)))
+    completions = [
+        asyncio.run(
+            admitted(Partly(known | {g for g, bit in zip(sorted(unreadable), bits, strict=True) if bit}, ()))
+        )
+        for bits in itertools.product([False, True], repeat=len(unreadable))
+    ]
+    admits = {c is True for c in completions}
+    if partly == access.UNCHECKABLE:
+        assert admits == {True, False} and "nothing was charged" in partly
+    else:  # what the readable groups prove, whatever the rest hold
+        assert admits == {partly is True}, (partly, completions)
+    if not unreadable:
+        assert partly == completions[0]

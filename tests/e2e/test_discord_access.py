@@ -6,10 +6,11 @@ costs nothing and calls no image API."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from bot import access
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
 from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
@@ -28,9 +29,14 @@ TYPES = {"user": 6, "channel": 7, "role": 8, "everyone": 5, "days": 4}
 
 
 @contextlib.asynccontextmanager
-async def guild(tmp_path: Path, **env: str) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
-    """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot."""
+async def guild(
+    tmp_path: Path, setup: Callable[[FakeDiscord], None] | None = None, **env: str
+) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
+    """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot;
+    `setup` adds to the guild before the bot connects."""
     fake = FakeDiscord()
+    if setup is not None:
+        setup(fake)
     fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
     fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
     fake.add_member(ARTIST, roles=[ARTISTS])
@@ -97,7 +103,9 @@ async def private_answer(fake: FakeDiscord, ix: dict[str, Any]) -> str:
 async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
     return [
         *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
-        *await bot.core.ledger.query("SELECT name, value FROM tenant_settings"),
+        *await bot.core.ledger.query(
+            "SELECT name, value FROM tenant_settings WHERE tenant != ?", [access.SYSTEM]
+        ),
     ]
 
 
@@ -136,9 +144,10 @@ async def test_admin_command_has_one_subcommand_per_verb_with_typed_targets(tmp_
         assert options("block") == options("unblock") == [("user", 6, True)]
         assert options("settings") == [("text", 3, False)]
         assert options("help") == []
-        # Only channels /imagine can run in: no categories (4) or forums (15) to pick.
+        # Only channels whose rules apply: no categories (4), and no threads (10-12), which follow their
+        # parent's rules; forums (15) hold rules for their posts.
         [picker] = [o for o in subcommands["channel"]["options"] if o["name"] == "channel"]
-        assert 0 in picker["channel_types"] and not {4, 15} & set(picker["channel_types"])
+        assert {0, 15} <= set(picker["channel_types"]) and not {4, 10, 11, 12} & set(picker["channel_types"])
 
 
 async def test_help_lists_every_verb_privately(tmp_path: Path) -> None:
@@ -216,16 +225,21 @@ async def test_a_blocked_user_is_refused_on_every_path_and_it_costs_nothing(tmp_
         ix = await imagine(fake, "another fox", quality="low")
         await refused(fake, bot, ix, "blocked", rows=1)
 
-        # A reply that mentions the bot: no interaction, so the word goes back as a reply to that message.
+        # A reply that mentions the bot: no interaction, so no private reply: the word goes by DM, naming it.
         reply = await fake.send_message(
             content="make it blue --quality low", referenced_message=message, mentions_bot=True
         )
-        channel = rf"/channels/{fake.channel_id}/messages"
         told = await until(
-            fake, lambda c: c.method == "POST" and c.path == channel and "blocked" in content(c)
+            fake,
+            lambda c: (
+                c.method == "POST" and c.path.startswith("/channels/") and "You are blocked" in content(c)
+            ),
         )
-        assert str(told.json["message_reference"]["message_id"]) == reply["id"]
+        [dm] = fake.dm_messages(fake.user_id)
+        assert told.path == f"/channels/{dm['channel_id']}/messages" and reply["id"] in content(told)
         assert told.json["allowed_mentions"]["parse"] == [] and not told.files
+        answers = [m for m in fake.messages[fake.channel_id] if m.get("referenced_message") == reply]
+        assert not answers  # nothing public
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
 
         # A result button: answered, then refused privately.
@@ -283,6 +297,24 @@ async def test_allowing_a_role_lets_its_members_and_admins_render_and_no_one_els
         assert [r["user"] for r in await bot.ledger()] == [str(ARTIST), str(ADMIN), str(OTHER)]
 
 
+async def test_roles_that_cannot_be_read_fail_closed(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        message = await image_message(fake, bot, "a red fox", user_id=ARTIST)
+        assert f"<@&{ARTISTS}>" in await admin(fake, "deny", role=ARTISTS)
+        # The event names a user but not their roles: whether they are in the denied role cannot be told.
+        await fake.send_message(
+            content="make it blue --quality low",
+            referenced_message=message,
+            mentions_bot=True,
+            author_id=ARTIST,
+            with_member=False,
+        )
+        words = "Access cannot be checked right now; nothing was charged"
+        await until(fake, lambda c: c.method == "POST" and words in content(c))
+        assert [words in m["content"] for m in fake.dm_messages(ARTIST)] == [True]
+        assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
+
+
 # -- the pace ------------------------------------------------------------------------------------------------
 
 
@@ -296,3 +328,28 @@ async def test_a_cooldown_set_in_settings_refuses_the_next_job_with_the_wait(tmp
         said = await refused(fake, bot, ix, "You can start your next job in", rows=1)
         assert "every 60 s (cooldown)" in said and "Nothing was charged" in said
         await image_message(fake, bot, "someone else's", rows=2, user_id=OTHER)  # per user
+
+
+async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        message = await image_message(fake, bot, "a red fox")
+        assert f"<@{fake.user_id}> blocked" in await admin(fake, "block", user=fake.user_id)
+        fake.close_dms(fake.user_id)
+        bot.adapters["discord"].refusal_lifetime = 0.5  # 60 s in production
+        reply = await fake.send_message(
+            content="make it blue --quality low", referenced_message=message, mentions_bot=True
+        )
+        channel = f"/channels/{fake.channel_id}/messages"
+        told = await until(
+            fake, lambda c: c.method == "POST" and c.path == channel and "You are blocked" in content(c)
+        )
+        assert told.status == 200 and str(told.json["message_reference"]["message_id"]) == reply["id"]
+        assert told.json["allowed_mentions"]["parse"] == [] and not told.files
+        [refused_dm] = [c for c in fake.calls if c.status == 403 and "You are blocked" in content(c)]
+        assert refused_dm.json["content"].startswith("About your message")
+        assert refused_dm.at < told.at  # the DM was tried first, and Discord said 50007
+        posted = [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
+        [gone] = posted
+        await until(fake, lambda c: c.method == "DELETE" and c.path == f"{channel}/{gone['id']}")
+        assert not [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
+        assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1

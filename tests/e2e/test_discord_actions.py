@@ -40,12 +40,11 @@ NO_CHECK = {"IMAGEBOT_CONFIRM_USD": "off"}
 
 @contextlib.asynccontextmanager
 async def bot_on(fake: FakeDiscord, tmp_path: Path, **env: str) -> AsyncIterator[RunningBot]:
-    """The bot against an already running fake Discord (so a second one can follow it: a restart)."""
-    synced = len(fake.calls_matching("PUT", rf"/applications/{fake.application_id}/commands"))
+    """The bot against an already running fake Discord (so a second one can follow it: a restart), once it is
+    connected: its start-up, a command sync included (only when the commands changed), is over."""
     async with running_bot(
         tmp_path, {"DISCORD_TOKEN": fake.token, "DISCORD_API_URL": fake.api_url, **env}
     ) as bot:
-        await fake.wait_for("PUT", rf"/applications/{fake.application_id}/commands", count=synced + 1)
         adapter: DiscordAdapter = bot.adapters["discord"]
         async with asyncio.timeout(10):
             while not (adapter.connected and fake.identified_sessions == 1):
@@ -484,3 +483,37 @@ async def test_delete_of_one_of_several_images_removes_that_image_only(tmp_path:
         press = await fake.press_button(after, "Vary 3")
         await until(fake, lambda c: len(bot.server.calls) > calls)
         assert bot.server.calls[-1].endpoint == "edits" and bot.server.calls[-1].images == 1
+
+
+async def test_a_replayed_interaction_is_no_new_job(tmp_path: Path) -> None:
+    """The same interaction (the same id) delivered again is ignored before any answer: one callback, one job,
+    one API call for a command, a button and a form, and the replays say nothing."""
+    async with discord_bot(tmp_path, **NO_CHECK) as (fake, bot):
+        ix = await imagine(fake, "a red fox", size="1024x1024", quality="low")
+        for _ in range(2):
+            await fake.replay_interaction(ix)
+        message = await finished(fake, bot, ix, rows=1)
+
+        press = await fake.press_button(message, "Re-roll")
+        for _ in range(2):
+            await fake.replay_interaction(press)
+        await finished(fake, bot, press, rows=2)
+
+        edit = await fake.press_button(message, "Edit")
+        await fake.wait_for("POST", rf"/interactions/{edit['id']}/[^/]+/callback")
+        submit = await fake.send_interaction(
+            type=5, modal_values={"Instruction": "make the fox blue"}, target_message=message
+        )
+        for _ in range(2):
+            await fake.replay_interaction(submit)
+        await finished(fake, bot, submit, rows=3)
+
+        # A positive signal that the replays above were handled: a new command after them renders.
+        last = await imagine(fake, "a grey wolf", size="1024x1024", quality="low")
+        rows = await bot.settled(4)
+        await finished(fake, bot, last, rows=4)
+        assert [r["status"] for r in rows] == ["delivered"] * 4, rows
+        assert len(bot.server.calls) == 4
+        for each in (ix, press, edit, submit, last):
+            assert len(fake.calls_matching("POST", rf"/interactions/{each['id']}/[^/]+/callback")) == 1
+            assert len(fake.calls_matching("POST", rf"/webhooks/{fake.application_id}/{each['token']}")) == 0

@@ -58,9 +58,10 @@ async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was
         rows = await bot.settled(2, timeout=10)
         assert (rows[1]["status"], rows[1]["actual_micros"]) == ("cancelled", 0)
         assert len(bot.server.calls) == 1  # the edit never reached the image API
-        told = await until(fake, lambda c: bool(channel_posts(fake, "Nothing was charged")), within=10)
-        [told] = channel_posts(fake, "Nothing was charged")
-        assert str(told.json["message_reference"]["message_id"]) == reply["id"]
+        # The reply path has no private reply: the word goes by DM, naming the message it is about.
+        await until(fake, lambda c: "Nothing was charged" in content(c) and c.status == 200, within=10)
+        [told] = [m for m in fake.dm_messages(fake.user_id) if "Nothing was charged" in m["content"]]
+        assert reply["id"] in told["content"] and not channel_posts(fake, "Nothing was charged")
         await books_balance(tmp_path, bot)
 
 

@@ -81,7 +81,7 @@ async def refused(
     before = len(private_to(slack, user))
     await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
     answer = await told(slack, user, before)
-    assert answer["source"] == "response_url" and "Nothing was charged" in answer["text"]
+    assert answer["source"] == "response_url" and "nothing was charged" in answer["text"].lower()
     assert len(slack.calls_to("chat.postMessage")) == posts
     assert len(bot.server.calls) == calls and len(await bot.ledger()) == rows
     return str(answer["text"])
@@ -196,6 +196,31 @@ async def test_an_allowed_user_group_admits_its_members_and_admins_only(
     rows = await bot.ledger()
     assert [(r["user"], r["status"]) for r in rows] == [("U2", "delivered"), ("U7", "delivered")]
     assert len(bot.server.calls) == 2
+
+
+@pytest.mark.parametrize("verb", ["deny", "allow"])
+async def test_a_user_group_that_cannot_be_read_fails_closed_and_is_not_cached(
+    slack: FakeSlack, bot: RunningBot, verb: str
+) -> None:
+    slack.add_usergroup("S0GROUP", ["U2"], handle="group")
+    await admin(slack, bot, f"{verb} {slack.usergroup_mention('S0GROUP')}")
+    # A denied member and an allowed outsider would both slip through an unreadable group read as empty;
+    # whoever asks, nobody is let through on a guess.
+    slack.fail_next["usergroups.users.list"] = {"error": "ratelimited", "status": 200}
+    text = await refused(slack, bot, "a poster --quality low", user="U2" if verb == "deny" else "U3")
+    assert "Access cannot be checked right now; nothing was charged" in text, text
+    # Not cached: the next request reads the group again and the rule holds as it is.
+    lookups = len(slack.calls_to("usergroups.users.list"))
+    if verb == "deny":
+        text = await refused(slack, bot, "a poster --quality low", user="U2")
+        assert "may not render" in text
+        await imagine(slack, bot, "a poster --quality low", user="U3")
+    else:
+        text = await refused(slack, bot, "a poster --quality low", user="U3")
+        assert "Only members of" in text
+        await imagine(slack, bot, "a poster --quality low", user="U2")
+    assert len(slack.calls_to("usergroups.users.list")) == lookups + 1  # once, then from the cache
+    assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
 
 
 # -- the request: a channel's ceiling --------------------------------------------------------------------------

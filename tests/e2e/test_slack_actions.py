@@ -487,3 +487,36 @@ async def test_every_click_and_form_is_acked_before_slack_is_called(slack: FakeS
         calls = [c for c in slack.calls if c.method in held]
         assert {c.method for c in calls} == held
         assert [c for c in calls if c.held != "answered"] == []
+
+
+async def test_a_replayed_command_click_or_form_is_no_new_job(slack: FakeSlack, bot: RunningBot) -> None:
+    """The same signed request sent again within Slack's 5 minutes (same trigger_id) is acked and ignored: one
+    job, one API call, one message each, and the replays get no word of their own."""
+    await slack.send_slash_command(bot.events_url, text="a red fox --size 1024x1024 --quality low")
+    for _ in range(2):
+        assert (await slack.replay())[0] == 200
+    posted = await until(lambda: job_messages(slack))
+    ts = str(posted[0]["ts"])
+    await finished(slack, bot, ts)
+
+    await slack.press(bot.events_url, "Re-roll", message_ts=ts)
+    for _ in range(2):
+        assert (await slack.replay())[0] == 200
+    await reply_job(slack, bot, ts)
+
+    await slack.press(bot.events_url, "Edit", message_ts=ts)
+    await slack.wait_for("views.open")
+    [view_id] = slack.views
+    await slack.send_view_submission(bot.events_url, view_id, {"instruction": "make the sky stormy"})
+    for _ in range(2):
+        assert (await slack.replay())[0] == 200
+    await reply_job(slack, bot, ts, nth=2)
+
+    # A positive signal that every replay above was handled: a new command after them renders.
+    await slack.send_slash_command(bot.events_url, text="a grey wolf --size 1024x1024 --quality low")
+    await until(lambda: len(job_messages(slack)) >= 4)
+    rows = await bot.settled(4)
+    assert [r["status"] for r in rows] == ["delivered"] * 4, rows
+    assert len(bot.server.calls) == 4 and len(slack.calls_to("views.open")) == 1
+    assert len(slack.calls_to("chat.postMessage")) == 4 and len(slack.uploaded) == 4
+    assert private_to(slack, "U1") == []  # and no replay got a word of its own

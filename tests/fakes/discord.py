@@ -59,6 +59,7 @@ UPLOAD_LIMITS = {0: 10 * MiB, 1: 10 * MiB, 2: 50 * MiB, 3: 100 * MiB}
 # Message flags and intents that matter here.
 FLAG_EPHEMERAL = 1 << 6
 FLAG_LOADING = 1 << 7
+THREAD_TYPES = (10, 11, 12)  # announcement, public and private threads (a forum post is a public thread)
 INTENT_MESSAGE_CONTENT = 1 << 15
 CLOSE_INVALID_SHARD = 4010  # gateway close code: the IDENTIFY's shard is not [id, count] with 0 <= id < count
 MANAGE_MESSAGES = 1 << 13
@@ -353,6 +354,10 @@ class FakeDiscord:
             },
         ]
         self.channels: dict[int, dict] = {}
+        self._uncached_threads: set[int] = set()  # threads GUILD_CREATE does not announce
+        self._dms: dict[int, dict] = {}  # user id -> the bot's DM channel with them
+        self._closed_dms: set[int] = set()  # users whose DMs are closed to the bot
+        self._memberless: set[int] = set()  # messages whose MESSAGE_CREATE carries no `member`
         self.add_channel(channel_id, "general")
         self.members: dict[int, dict] = {}
         self.members[self.bot_user_id] = self._member_object(self.bot_user_id, roles=[self.bot_role_id])
@@ -504,6 +509,7 @@ class FakeDiscord:
         if not found:
             labels = [b.get("label") for b in self.buttons(stored)]
             raise AssertionError(f"no button labelled {label!r} on message {message['id']}: {labels}")
+        spec.setdefault("channel_id", int(stored["channel_id"]))  # pressed where the message is
         return await self.send_interaction(
             type=3, custom_id=found[0]["custom_id"], component_type=2, target_message=stored, **spec
         )
@@ -572,6 +578,55 @@ class FakeDiscord:
         self.channels[channel_id] = channel
         self.messages.setdefault(channel_id, [])
         return channel
+
+    def add_thread(
+        self, thread_id: int, name: str, *, parent_id: int, type: int = 11, cached: bool = True
+    ) -> dict:
+        """Add a thread (type 11 public, 12 private, 10 announcement) under `parent_id` (a text channel, or a
+        forum / media channel (15 / 16), where a thread is a post). As on Discord, interaction payloads'
+        ``channel`` and ``GET /channels/{id}`` carry its ``parent_id``. ``cached``: announced in GUILD_CREATE's
+        ``threads`` (so the client knows it); otherwise the client learns of it only from what it is sent."""
+        if parent_id not in self.channels:
+            raise ValueError(f"no channel {parent_id} to hold thread {thread_id}")
+        thread = {
+            "id": str(thread_id),
+            "type": type,
+            "guild_id": str(self.guild_id),
+            "parent_id": str(parent_id),
+            "owner_id": str(self.user_id),
+            "name": name,
+            "last_message_id": None,
+            "rate_limit_per_user": 0,
+            "message_count": 0,
+            "member_count": 1,
+            "total_message_sent": 0,
+            "flags": 0,
+            "thread_metadata": {
+                "archived": False,
+                "auto_archive_duration": 1440,
+                "archive_timestamp": _now_iso(),
+                "locked": False,
+                "create_timestamp": _now_iso(),
+            },
+        }
+        self.channels[thread_id] = thread
+        self.messages.setdefault(thread_id, [])
+        if not cached:
+            self._uncached_threads.add(thread_id)
+        return thread
+
+    def close_dms(self, user_id: int) -> None:
+        """The user does not take DMs from the bot: a message to their DM channel gets 403, code 50007."""
+        self._closed_dms.add(user_id)
+
+    def dm_messages(self, user_id: int) -> list[dict]:
+        """What the bot sent `user_id` by DM, oldest first."""
+        channel = self._dms.get(user_id)
+        return list(self.messages.get(int(channel["id"]), [])) if channel is not None else []
+
+    async def replay_interaction(self, payload: dict) -> None:
+        """Dispatch INTERACTION_CREATE again with the very same payload (id and token): a replayed delivery."""
+        await self._dispatch("INTERACTION_CREATE", payload)
 
     def add_member(
         self,
@@ -775,8 +830,12 @@ class FakeDiscord:
         attachments: list[dict] | None = None,
         referenced_message: dict | None = None,
         mentions_bot: bool = False,
+        with_member: bool = True,
     ) -> dict:
         """Store a user's message and dispatch MESSAGE_CREATE; return the stored message.
+
+        ``with_member=False`` leaves the author's ``member`` (their roles) out of the event, as Discord can
+        for a member it could not resolve: the client then knows a user, not a member.
 
         ``mentions_bot`` puts the bot in ``mentions`` (for a message that is not a
         reply it also prefixes ``<@bot>`` to the content when missing); a reply
@@ -802,6 +861,8 @@ class FakeDiscord:
             referenced_message=referenced_message,
             mentions=mentions,
         )
+        if not with_member:
+            self._memberless.add(int(msg["id"]))
         await self._dispatch_message("MESSAGE_CREATE", msg)
         return msg
 
@@ -903,9 +964,15 @@ class FakeDiscord:
                     "member_count": len(self.members),
                     "members": [self._plain_member(m) for m in self.members.values()],
                     "channels": [
-                        {k: v for k, v in c.items() if k != "guild_id"} for c in self.channels.values()
+                        {k: v for k, v in c.items() if k != "guild_id"}
+                        for c in self.channels.values()
+                        if c["type"] not in THREAD_TYPES
                     ],
-                    "threads": [],
+                    "threads": [
+                        c
+                        for cid, c in self.channels.items()
+                        if c["type"] in THREAD_TYPES and cid not in self._uncached_threads
+                    ],
                     "voice_states": [],
                     "presences": [],
                     "stage_instances": [],
@@ -1306,7 +1373,7 @@ class FakeDiscord:
         author_id = int(msg["author"]["id"])
         data = {**msg, "guild_id": str(self.guild_id)}
         member = self.members.get(author_id)
-        if member is not None and not msg.get("webhook_id"):
+        if member is not None and not msg.get("webhook_id") and int(msg["id"]) not in self._memberless:
             data["member"] = {k: v for k, v in member.items() if k not in ("user", "permissions")}
         data["mentions"] = [
             {
@@ -2031,13 +2098,33 @@ class FakeDiscord:
         # channels and messages --------------------------------------------------
 
         def channel(cid: str) -> int:
-            if int(cid) not in self.channels:
+            if int(cid) not in self.channels and not any(d["id"] == cid for d in self._dms.values()):
                 raise _unknown("Channel", 10003)
             return int(cid)
 
         @route("GET", rf"/channels/{snow}")
         async def get_channel(request: web.Request, m: re.Match[str], body: Any, files: list) -> Any:
-            return self.channels[channel(m.group(1))]
+            cid = channel(m.group(1))
+            return self.channels.get(cid) or next(d for d in self._dms.values() if d["id"] == str(cid))
+
+        @route("POST", r"/users/@me/channels")
+        async def create_dm(request: web.Request, m: re.Match[str], body: Any, files: list) -> Any:
+            """Open (or find) the bot's DM channel with a user: Discord answers it even when their DMs are
+            closed; only a message sent there is refused (50007)."""
+            user_id = int((body or {}).get("recipient_id") or 0)
+            if user_id not in self.users:
+                raise _unknown("User", 10013)
+            if user_id not in self._dms:
+                dm_id = self._snowflake()
+                self._dms[user_id] = {
+                    "id": str(dm_id),
+                    "type": 1,
+                    "last_message_id": None,
+                    "flags": 0,
+                    "recipients": [self.users[user_id]],
+                }
+                self.messages.setdefault(dm_id, [])
+            return self._dms[user_id]
 
         @route("POST", rf"/channels/{snow}/messages")
         async def create_message(request: web.Request, m: re.Match[str], body: Any, files: list) -> Any:
@@ -2045,8 +2132,12 @@ class FakeDiscord:
             body = body or {}
             self._check_new_message(body, files)
             self._check_upload(files)
+            dm_with = next((u for u, d in self._dms.items() if d["id"] == str(cid)), None)
+            if dm_with is not None and dm_with in self._closed_dms:
+                raise _ApiError(403, "Cannot send messages to this user", 50007)
             msg = self._create_bot_message(cid, body, files, flags=int(body.get("flags") or 0) & 4)
-            await self._dispatch_message("MESSAGE_CREATE", msg)
+            if dm_with is None:  # a DM is not the guild's: its shard's gateway does not hear it
+                await self._dispatch_message("MESSAGE_CREATE", msg)
             return msg
 
         @route("GET", rf"/channels/{snow}/messages")

@@ -181,6 +181,8 @@ class FakeSlack:
         # method -> how its next call(s) fail: {"error": ..., "status": ..., "retry_after": ..., "times": N},
         # or {"drop": True}: close the connection without an answer (the client sees a broken connection).
         self.fail_next: dict[str, dict[str, Any]] = {}
+        # Every request the fake sent to the bot: (url, body, headers), for replay().
+        self.sent_to_bot: list[tuple[str, bytes, dict[str, str]]] = []
         # Web API methods (and "response_url") answered only once every request the fake sent to the bot (a
         # command, an event, a click, a form) has been answered: a bot that calls one of them before its ack is
         # seen waiting (ordering tests).
@@ -1618,6 +1620,7 @@ class FakeSlack:
         }
         if bad_signature:
             headers["X-Slack-Signature"] = "v0=" + "0" * 64
+        self.sent_to_bot.append((url, body, headers))
         start = time.monotonic()
         self._to_bot += 1
         try:
@@ -1626,6 +1629,13 @@ class FakeSlack:
                 return resp.status, text, time.monotonic() - start
         finally:
             self._to_bot -= 1
+
+    async def replay(self, index: int = -1) -> tuple[int, str]:
+        """POST a request sent to the bot before (the last unless told) again, byte for byte with its signature
+        and timestamp: a replay, valid for Slack's 5 minutes, as a network or an attacker could send it."""
+        url, body, headers = self.sent_to_bot[index]
+        status, text, _ = await self._post_to_bot(url, body, headers["Content-Type"], extra=headers)
+        return status, text
 
     async def send_slash_command(
         self,
