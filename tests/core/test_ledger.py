@@ -624,7 +624,7 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
     old.execute(
         "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
         "status, reserved_micros, actual_micros, attempts, day, month, created_at) VALUES "
-        "('job1', 0, 'slack', 'W1', 'C1', 'U1', 'gpt-image-2', '1024x1024', 'low', 'png', 'delivered', "
+        "('job1', 0, 'slack', 'W1', 'C1', 'U1', 'gpt-image-2', '1024x1024', 'low', 'png', 'succeeded', "
         "6000, 5000, 1, '2026-04-15', '2026-04', '2026-04-15T10:00:00.000+00:00')"
     )
     old.execute("INSERT INTO counters VALUES ('user_day', 'U1', '2026-04-15', 5000, 1)")

@@ -311,12 +311,12 @@ def test_tenant_keys_are_the_documented_ones() -> None:
 # --- migration of a schema-4 file ------------------------------------------------------------------------
 
 OLD_ROWS = [  # platform, workspace, channel, user, status, reserved, actual, day
-    ("slack", "T1", "C1", "U1", "delivered", 6_000, 5_000, "2026-04-15"),
+    ("slack", "T1", "C1", "U1", "succeeded", 6_000, 5_000, "2026-04-15"),
     ("slack", "T1", "C1", "U1", "possibly_billed", 6_000, 6_000, "2026-04-14"),
     ("slack", "T2", "C1", "U1", "running", 7_000, 0, "2026-04-15"),
     ("slack", "T2", "C2", "U2", "reserved", 2_000, 0, "2026-04-15"),
     ("discord", "G1", "99", "42", "failed", 3_000, 0, "2026-04-15"),
-    ("discord", "G1", "99", "42", "delivered", 4_000, 4_000, "2026-03-31"),
+    ("discord", "G1", "99", "42", "succeeded", 4_000, 4_000, "2026-03-31"),
 ]
 
 
@@ -349,7 +349,7 @@ def _old_file(path: Path, rows: list[tuple[Any, ...]], limits: list[tuple[str, s
         micros, images = (
             (reserved, 1)
             if is_open
-            else (actual, int(status in ("delivered", "rendered", "delivered", "undelivered")))
+            else (actual, int(status in ("succeeded", "rendered", "delivered", "undelivered")))
         )
         for scope, key, period in (
             ("user_day", user, day),
@@ -379,7 +379,7 @@ def _expected_counters(rows: list[tuple[Any, ...]]) -> dict[tuple[str, str, str]
         micros, images = (
             (reserved, 1)
             if is_open
-            else (actual, int(status in ("delivered", "rendered", "delivered", "undelivered")))
+            else (actual, int(status in ("succeeded", "rendered", "delivered", "undelivered")))
         )
         tenant = f"{platform}:{workspace}"
         for key in (
@@ -461,7 +461,7 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
         await ledger.start(reservation.row_ids[0])
         await ledger.close_row(reservation.row_ids[0], Settlement(Status.RENDERED, 3_000))
         expected = _expected_counters(
-            [*OLD_ROWS, ("slack", "T1", "C1", "U1", "delivered", 4_000, 3_000, "2026-04-15")]
+            [*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000, "2026-04-15")]
         )
         assert _counters(path) == expected
     finally:
