@@ -461,6 +461,10 @@ class JobRunner:
         the rows are `undelivered` (kept for `imagebot redeliver`) and the requester is told what they cost.
         True once delivered."""
         rows = [i.row_id for i in result.images if i.row_id is not None]
+        if rows and self.ledger.fenced and not await self.ledger.take(result.job_id):
+            # Our lease lapsed since these rows were rendered, and another process holds them now: it delivers.
+            log.warning("another process delivers this job's images", extra={"job_id": result.job_id})
+            return False
         deadline = time.monotonic() + self.delivery_deadline
         wait = self.delivery_backoff
         while True:

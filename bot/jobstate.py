@@ -202,6 +202,20 @@ def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: st
     return jobs
 
 
+def take(conn: Any, clock: Clock, job_id: str, owner: str, now: str) -> bool:
+    """Make a job's rendered rows `owner`'s unless another live process holds them (it is delivering them).
+    True if `owner` now holds every rendered row of the job."""
+    orphaned = f"(owner IS NULL OR owner=? OR NOT {clock.live('ledger.owner')})"
+    conn.execute(
+        f"UPDATE ledger SET owner=?, updated_at=? WHERE job_id=? AND status='rendered' AND {orphaned}",
+        [owner, now, job_id, owner, now],
+    )
+    (others,) = conn.execute(
+        "SELECT COUNT(*) FROM ledger WHERE job_id=? AND status='rendered' AND owner<>?", [job_id, owner]
+    ).fetchone()
+    return bool(others == 0)
+
+
 def own(conn: Any, job_id: str, owner: str, now: str) -> None:
     """A job's rendered rows are now `owner`'s to deliver (relax: the process that claimed its delivery)."""
     conn.execute(

@@ -547,6 +547,16 @@ class Ledger:
 
         return await self._run(run)
 
+    async def take(self, job_id: str) -> bool:
+        """Hold a job's rendered rows for delivery under this process's current lease (after a fence, the old
+        lease is gone); False if another live process holds them (it delivers them)."""
+
+        def run() -> bool:
+            with immediate(self.db):
+                return jobstate.take(self.db.conn, self.leases, job_id, self.instance_id, self._now())
+
+        return await self._run(run)
+
     async def outbox(self, job_id: str) -> list[tuple[Any, ...]]:
         """A job's images still in the outbox (bot/jobstate.waiting)."""
         return await self._run(lambda: jobstate.waiting(self.db.conn, job_id))
