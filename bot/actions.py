@@ -362,6 +362,7 @@ class Purged:
     results: int
     confirmations: int
     blobs: int
+    undelivered: int = 0  # kept images of undelivered rows, past IMAGEBOT_ACTIONS_DAYS
 
 
 def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
@@ -386,7 +387,12 @@ def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
     blobs = db.conn.execute(
         "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM blob_refs WHERE blob_refs.sha256 = blobs.sha256)"
     ).rowcount
-    return Purged(max(results, 0), max(confirmations, 0), max(blobs, 0))
+    # Images that were never posted are kept for `imagebot redeliver` as long as buttons live (SPEC §5).
+    kept = db.conn.execute(
+        "DELETE FROM outbox WHERE created_at < ? AND row_id IN (SELECT id FROM ledger WHERE status='undelivered')",
+        old_results,
+    ).rowcount
+    return Purged(max(results, 0), max(confirmations, 0), max(blobs, 0), max(kept, 0))
 
 
 def buttons(

@@ -276,3 +276,18 @@ def test_an_out_folder_gets_files_named_by_job_so_none_overwrites_another(tmp_pa
     assert len(files) == 2 and all(Image.open(f).size == (1024, 1024) for f in files)
     jobs = {job_id for job_id, _status, _charged in _ledger(tmp_path)}
     assert {f.name.split("-")[1] for f in files} == jobs
+
+
+async def test_an_undelivered_image_is_kept_for_the_buttons_life_then_purged(make_core: MakeCore) -> None:
+    core = await make_core(IMAGEBOT_ACTIONS_DAYS="2")
+    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.01, 0.05
+    outcome = await core.runner.submit(core.parse(CHEAP), ALICE, View(fails=10**6))  # type: ignore[arg-type]
+    assert isinstance(outcome, JobResult)
+    start = core.ledger.clock()
+    core.ledger.clock = lambda: start + timedelta(days=1)
+    await core.purge(force=True)
+    assert len(await core.ledger.outbox(outcome.job_id)) == 1  # a day old: `imagebot redeliver` still works
+    core.ledger.clock = lambda: start + timedelta(days=2, minutes=1)
+    await core.purge(force=True)
+    assert await core.ledger.outbox(outcome.job_id) == []
+    assert [r["status"] for r in rows(core)] == ["undelivered"]  # the ledger row stays: it was charged
