@@ -21,6 +21,7 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry import HttpRequest, HttpResponse, RetryState
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -445,6 +446,25 @@ class ClickStore:
         await self.asker.tell(texts.DELETED)
 
 
+class SafeConnectionErrorRetryHandler(AsyncConnectionErrorRetryHandler):
+    """slack_sdk's retry of a dropped or reset connection, for the methods that are safe to send twice (the
+    upload steps, reads, edits): a repeated chat.postMessage whose answer was lost would post twice."""
+
+    POSTS = ("chat.postMessage", "chat.postEphemeral", "chat.meMessage", "views.open", "views.push")
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if request.url.rstrip("/").endswith(self.POSTS):
+            return False
+        return await super()._can_retry_async(state=state, request=request, response=response, error=error)
+
+
 class SlackAdapter:
     """Registers bolt listeners; runs in HTTP mode (a route on our aiohttp app) or Socket Mode."""
 
@@ -464,7 +484,7 @@ class SlackAdapter:
             # without it one dropped files.getUploadURLExternal lost a paid image's upload.
             retry_handlers=[
                 AsyncRateLimitErrorRetryHandler(max_retry_count=2),
-                AsyncConnectionErrorRetryHandler(max_retry_count=2),
+                SafeConnectionErrorRetryHandler(max_retry_count=2),
                 AsyncServerErrorRetryHandler(max_retry_count=2),
             ],
         )

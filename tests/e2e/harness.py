@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,29 @@ class RunningBot:
         columns = [c[1] for c in await self.core.ledger.query("PRAGMA table_info(ledger)")]
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
+    async def wait_rows(
+        self,
+        check: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 15,  # noqa: ASYNC109
+    ) -> list[dict[str, Any]]:
+        """Wait until `check(rows)` holds for the ledger rows (in id order); return them."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            rows = await self.ledger()
+            if rows and check(rows):
+                return rows
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"ledger rows never matched: {rows}")
+            await asyncio.sleep(0.05)
+
     async def settled(self, count: int = 1, timeout: float = 15) -> list[dict[str, Any]]:  # noqa: ASYNC109
         """Wait until `count` ledger rows are closed (not reserved/running); return all rows."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             rows = await self.ledger()
-            closed = [r for r in rows if r["status"] not in ("reserved", "running")]
+            closed = [
+                r for r in rows if r["status"] not in ("reserved", "running", "rendered")
+            ]  # rendered: on its way
             if len(closed) >= count and len(closed) == len(rows):
                 return rows
             if asyncio.get_running_loop().time() > deadline:
@@ -80,6 +97,8 @@ async def running_bot(
         server = OfflineImageServer(latency=latency, batch_latency=settings.offline_batch_latency)
         await server.start()
     core = await Core.start(settings, offline_server=server)
+    # A platform that keeps failing an upload is retried for 10 minutes in production; here for 2 s.
+    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.05, 2.0
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(core, adapters, stop, ready))

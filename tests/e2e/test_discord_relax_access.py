@@ -108,7 +108,7 @@ async def closed(bot: RunningBot, count: int, within: float = 15) -> list[dict[s
         while True:
             rows = await bot.ledger()
             if len(rows) >= count and all(
-                r["status"] not in ("reserved", "running", "batched") for r in rows
+                r["status"] not in ("reserved", "running", "batched", "rendered") for r in rows
             ):
                 return rows
             await asyncio.sleep(0.05)

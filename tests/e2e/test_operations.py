@@ -181,7 +181,7 @@ async def test_health_metrics_and_no_secret_in_logs_or_ledger(slack: FakeSlack, 
             assert response.status == 200 and health["checks"] == {"database": "ok", "slack": "ok"}
         async with session.get(f"{bot.url}/metrics") as response:
             text = await response.text()
-    assert 'imagebot_images_total{platform="slack",status="delivered"} 1.0' in text
+    assert 'imagebot_images_total{platform="slack",status="rendered"} 1.0' in text
     assert 'imagebot_images_total{platform="slack",status="failed"} 1.0' in text
     assert 'imagebot_api_attempts_total{outcome="5xx"} 1.0' in text
     assert "imagebot_render_seconds_bucket" in text and "imagebot_calls_in_flight" in text
