@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from . import pg
 from .errors import ConfigError, UserError
 from .pricing import MICRO
 from .sizes import parse_size
@@ -91,8 +92,12 @@ def parse_shard_ids(text: str, count: int | None) -> tuple[int, ...]:
 
 
 def _db(text: str) -> Path | str:
-    """IMAGEBOT_DB: a `postgresql://user:password@host:port/db` URL stays a URL; anything else is a SQLite path."""
-    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
+    """IMAGEBOT_DB: a `postgresql://user:password@host:port/db` URL stays a URL (ConfigError without psycopg, the
+    `[postgres]` extra); anything else is a SQLite path."""
+    if not pg.is_url(text):
+        return Path(text)
+    pg.require_driver()
+    return text
 
 
 class Secret:

@@ -18,17 +18,28 @@ one database thread per process, and its binary package needs no compiler.
 
 The schema is created at start (one set of migrations for this backend, `SCHEMA`), under an advisory lock so
 replicas starting together do not race.
+
+psycopg is the optional `[postgres]` extra: this module imports it only when a PostgreSQL database is opened,
+so a SQLite-only install never needs it. Without it, a PostgreSQL `IMAGEBOT_DB` is a configuration error
+(`require_driver`, checked when the settings load: exit 2, one line).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterator, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg import errors
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    import psycopg
+
+MISSING_DRIVER = (
+    "IMAGEBOT_DB is a PostgreSQL URL, but psycopg is not installed: pip install 'imagebot[postgres]'"
+)
 
 SCHEMA_VERSION = 4  # the versions of MIGRATIONS below
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
@@ -124,6 +135,14 @@ def is_url(target: object) -> bool:
     return str(target).startswith(("postgresql://", "postgres://"))
 
 
+def require_driver() -> None:
+    """ConfigError (MISSING_DRIVER) when psycopg, the `[postgres]` extra, cannot be imported."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        raise ConfigError(MISSING_DRIVER) from None
+
+
 @lru_cache(maxsize=512)
 def translate(sql: str) -> str:
     """One statement of the shared dialect, as PostgreSQL takes it."""
@@ -138,6 +157,10 @@ def translate(sql: str) -> str:
 
 def is_retryable(exc: BaseException) -> bool:
     """A transaction that lost a race (serialization failure, deadlock): run it again."""
+    if "psycopg" not in sys.modules:  # no PostgreSQL connection was ever opened: a SQLite error
+        return False
+    from psycopg import errors
+
     return isinstance(exc, errors.SerializationFailure | errors.DeadlockDetected)
 
 
@@ -165,6 +188,9 @@ class PgConnection:
     """A psycopg connection that takes the shared dialect (autocommit; transactions are explicit)."""
 
     def __init__(self, url: str) -> None:
+        require_driver()
+        import psycopg
+
         self._conn = psycopg.connect(url, autocommit=True)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
@@ -172,7 +198,9 @@ class PgConnection:
 
     @property
     def in_transaction(self) -> bool:
-        return self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        from psycopg import pq
+
+        return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
 
     def close(self) -> None:
         self._conn.close()

@@ -8,12 +8,18 @@ import pytest
 
 from tests.pg import PgServer
 
+_started: list[str] = []  # one line per server this session started, for the summary
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """One real PostgreSQL server for the whole session; raises (never skips) when it cannot start."""
     server = PgServer()
     server.start()
+    _started.append(
+        f"PostgreSQL test server: {server.bindir} ({'copied, ' if server.copied else ''}"
+        f"started in {server.start_seconds:.2f} s)"
+    )
     try:
         yield server
     finally:
@@ -24,3 +30,9 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh, empty database for this test: `postgresql://imagebot@127.0.0.1:PORT/test_N`."""
     return pg_server.create_database()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # Which binaries the PostgreSQL tests ran on, and what the server cost (CI logs show it).
+    for line in _started:
+        terminalreporter.write_line(line)

