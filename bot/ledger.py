@@ -444,8 +444,8 @@ class Ledger:
         keep: tuple[dict[str, Any], bytes] | None = None,
     ) -> bool:
         """Settle or release one open row and move the counters by the difference, by the row's arrow in
-        bot/jobstate.py. `fenced`: a leased row moves only under this process's live lease (False for
-        recovery, which closes the rows of dead leases, and for relax rows, which have none). `keep`: the
+        bot/jobstate.py. `fenced`: a leased row (reserved, running) moves only under this process's live lease
+        (False for recovery, which closes the rows of dead leases; a batched row has no lease). `keep`: the
         rendered image (its fields and bytes) goes to the outbox in the same transaction. False if the row
         could not move (already closed, recovered by another process, or not ours)."""
         now = self._now()
