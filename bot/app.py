@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from . import access, actions, metrics, texts
 from .access import Access, Standing
@@ -28,6 +29,57 @@ log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
 Notify = Callable[[Interrupted], Awaitable[None]]
+
+
+class DatabaseUnavailable(Exception):
+    """The database does not answer (no such host yet, connection refused, timed out): worth trying again. The
+    message is one line, names IMAGEBOT_DB and carries no password."""
+
+
+# PostgreSQL answers these when the URL itself is wrong: trying again cannot help (a configuration error).
+_PG_REFUSALS = ("authentication failed", "password", "does not exist", "pg_hba.conf", "permission denied")
+
+
+def database_problem(exc: BaseException, settings: Settings) -> ConfigError | DatabaseUnavailable | None:
+    """What opening IMAGEBOT_DB failed with, as one line: a ConfigError (the URL or path is wrong), a
+    DatabaseUnavailable (try again later), or None (not a database problem: a bug, raised as it is)."""
+    import sqlite3
+
+    import psycopg
+
+    where = str(settings.db_path)
+    for secret in settings.secrets():
+        where = where.replace(secret, "***")
+    reason = " ".join(str(exc).split())
+    for secret in settings.secrets():
+        reason = reason.replace(secret, "***")
+    if isinstance(exc, psycopg.OperationalError):
+        if any(word in reason.lower() for word in _PG_REFUSALS):
+            return ConfigError(f"IMAGEBOT_DB={where}: PostgreSQL refused it: {reason}")
+        return DatabaseUnavailable(f"IMAGEBOT_DB={where} does not answer: {reason}")
+    if isinstance(exc, psycopg.Error):
+        return ConfigError(f"IMAGEBOT_DB={where}: {type(exc).__name__}: {reason}")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
+        return DatabaseUnavailable(f"IMAGEBOT_DB={where} is locked by another process: {reason}")
+    if isinstance(exc, sqlite3.Error | OSError):
+        return ConfigError(f"IMAGEBOT_DB={where} cannot be opened as a SQLite database: {reason}")
+    return None
+
+
+async def open_ledger(settings: Settings, **options: Any) -> Ledger:
+    """Open (and migrate) the ledger of IMAGEBOT_DB. Raises ConfigError or DatabaseUnavailable (one line each,
+    see `database_problem`) when the database cannot be opened."""
+    try:
+        return await asyncio.to_thread(
+            lambda: Ledger(
+                settings.db_path, settings.quotas, settings.timezone, settings.store_prompts, **options
+            )
+        )
+    except Exception as exc:
+        problem = database_problem(exc, settings)
+        if problem is None:
+            raise
+        raise problem from None
 
 
 @dataclass
@@ -52,7 +104,10 @@ class Core:
         """Open the database, start the offline server if there is no API key (unless one is handed in: its
         owner stops it), build the runner."""
         given = offline_server
-        prices = load_prices(settings.prices_path)
+        try:
+            prices = load_prices(settings.prices_path)
+        except ConfigError as exc:
+            raise ConfigError(f"IMAGEBOT_PRICES: {exc}" if settings.prices_path else str(exc)) from None
         if settings.model not in prices.models:
             raise ConfigError(
                 f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
@@ -64,15 +119,7 @@ class Core:
                 "out (charged as possibly billed)",
                 extra={"api_timeout_s": settings.api_timeout},
             )
-        ledger = await asyncio.to_thread(
-            lambda: Ledger(
-                settings.db_path,
-                settings.quotas,
-                settings.timezone,
-                settings.store_prompts,
-                lease=timedelta(seconds=settings.lease_seconds),
-            )
-        )
+        ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
