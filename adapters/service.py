@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from bot import metrics, pg
-from bot.app import Core, DatabaseUnavailable
+from bot.app import Core, DatabaseUnavailable, ledger_connection_lost
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.jobs import JobView
@@ -206,7 +206,12 @@ class Service:
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
-        checks["database"] = await self.probe.check() if self.core is not None else self.database
+        if self.core is None:
+            checks["database"] = self.database
+        elif ledger_connection_lost(self.core.ledger):
+            checks["database"] = "the ledger's connection was lost; opening it again"
+        else:
+            checks["database"] = await self.probe.check()
         for name in platforms(self.settings):
             adapter = self.adapters.get(name)
             if adapter is None:
@@ -261,15 +266,6 @@ class Service:
         app.router.add_get("/healthz", readyz)  # the old name: an alias of /readyz
         app.router.add_get("/metrics", metrics_view)
         return app
-
-
-def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
-    """The HTTP app of a core and its adapters (for tests and embedding; `serve` builds its own)."""
-    service = Service(core.settings)
-    service.core, service.adapters = core, dict(adapters)
-    for adapter in adapters.values():
-        service.add_routes(adapter.routes())
-    return service.app
 
 
 async def _start_adapters(adapters: dict[str, Adapter], app: web.Application, stop: asyncio.Event) -> bool:

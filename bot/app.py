@@ -82,6 +82,21 @@ async def open_ledger(settings: Settings, **options: Any) -> Ledger:
         raise problem from None
 
 
+def ledger_connection_lost(ledger: Ledger) -> bool:
+    """On PostgreSQL: the ledger's connection is closed or broken (psycopg marks it so after a failed query);
+    read without queueing behind the ledger's thread. Always False on SQLite (a file does not go away)."""
+    inner = getattr(getattr(ledger.db, "conn", None), "_conn", None)  # bot/pg.py PgConnection's psycopg one
+    return bool(ledger.postgres and inner is not None and (inner.closed or inner.broken))
+
+
+def _reconnect(db: Any) -> None:
+    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/pg.py PgConnection)."""
+    import psycopg
+
+    db.conn._conn.close()
+    db.conn._conn = psycopg.connect(db.url, autocommit=True)
+
+
 @dataclass
 class Core:
     """Everything the adapters share. Build with `Core.start(settings)`; close with `close()`."""
@@ -182,15 +197,24 @@ class Core:
 
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
-        render in `imagebot imagine` outlasts a lease)."""
+        render in `imagebot imagine` outlasts a lease). On PostgreSQL, a ledger connection that broke (the
+        server restarted, the network dropped it) is opened again first, so the replica recovers by itself."""
         interval = min(MAX_SWEEP_SECONDS, self.ledger.lease.total_seconds() / 3)
         while True:
             await asyncio.sleep(interval)
             try:
+                if ledger_connection_lost(self.ledger):
+                    # On the ledger's own thread, outside a transaction (run_db would BEGIN on the dead one).
+                    await self.ledger._run(lambda: _reconnect(self.ledger.db))
+                    log.warning("database connection lost; opened again")
                 await self.ledger.heartbeat()
                 await self.sweep()
-            except Exception:
-                log.warning("lease renewal or recovery failed", exc_info=True)
+            except Exception as exc:
+                problem = database_problem(exc, self.settings)
+                if problem is None:
+                    log.warning("lease renewal or recovery failed", exc_info=True)
+                else:  # an outage: one line each time, no traceback
+                    log.warning("lease renewal or recovery failed", extra={"error": str(problem)})
 
     @property
     def relax(self) -> Relax:
@@ -204,7 +228,16 @@ class Core:
         await self.renderer.close()
         if self.offline_server is not None and self.owns_offline_server:
             await self.offline_server.stop()
-        await asyncio.to_thread(self.ledger.close)
+        try:
+            await asyncio.to_thread(self.ledger.close)
+        except Exception as exc:  # the database went away: our lease simply expires
+            problem = database_problem(exc, self.settings)
+            if problem is None:
+                raise
+            log.warning(
+                "could not leave the database cleanly; this process's lease expires",
+                extra={"error": str(problem)},
+            )
 
     @property
     def defaults(self) -> Defaults:

@@ -176,6 +176,11 @@ async def test_sigterm_lets_running_jobs_finish_within_the_grace(slack: FakeSlac
     await bot.start()
     await slack.send_slash_command(f"{bot.url}/slack/events", text="finish me --quality low")
     await bot.wait_rows(lambda rows: any(r["status"] == "running" for r in rows))
+    bot.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    # Draining: not ready (a load balancer stops sending work), still live, while the job finishes.
+    status, body = await bot.until(lambda status, _: status == 503)
+    assert body["checks"]["process"] == "shutting down" and body["not_ready"] == ["process"], body
+    assert (await bot.get("/livez"))[0] == 200
     assert await bot.stop(signal.SIGTERM) == 0
     [row] = bot.rows()
     assert row["status"] == "succeeded"
@@ -458,3 +463,108 @@ def test_the_dockerfile_health_check_asks_readyz() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text(encoding="utf-8")
     [check] = [line for line in dockerfile.splitlines() if line.startswith("HEALTHCHECK")]
     assert "/readyz" in check and "/healthz" not in check
+
+
+class Gate:
+    """A TCP forwarder on loopback to `port` that, while shut, hangs up on every connection (and cuts the
+    ones it carries): PostgreSQL as a replica sees it during an outage."""
+
+    def __init__(self, port: int) -> None:
+        self.target, self.is_open, self.port = port, False, 0
+        self.carried: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def shut(self) -> None:
+        self.is_open = False
+        for writer in self.carried:
+            writer.close()
+        self.carried.clear()
+
+    async def stop(self) -> None:
+        self.shut()
+        assert self.server is not None
+        self.server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.is_open:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.carried += [writer, up_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def test_postgresql_down_at_start_then_up_becomes_ready_and_a_later_outage_shows(
+    slack: FakeSlack, tmp_path: Path, pg_url: str
+) -> None:
+    """PostgreSQL refuses at start: the bot retries, not ready; once it answers, the bot is ready and renders.
+    When it goes away again /readyz says so (its own connection), and SIGTERM still ends the process cleanly."""
+    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    gate = Gate(port)
+    await gate.start()
+    try:
+        bot = BotProcess(
+            tmp_path,
+            slack,
+            IMAGEBOT_DB=pg_url.replace(f":{port}/", f":{gate.port}/"),
+            IMAGEBOT_LEASE_SECONDS="3",  # the lease loop (which reopens a lost connection) runs every second
+        )
+        await bot.start(ready=False)
+        status, body = await bot.until(lambda status, _: status != 0)
+        assert status == 503 and body["not_ready"][0] == "database", (
+            body
+        )  # slack: "starting" (it needs the core)
+        await bot.until(lambda *_: "database not reachable; retrying" in bot.log.read_text(), "/livez")
+        gate.is_open = True
+        await bot.until(lambda status, _: status == 200, timeout=30)
+        await slack.send_slash_command(f"{bot.url}/slack/events", text="a fox --quality low")
+        await slack.wait_for("files.completeUploadExternal", timeout=20)
+        gate.shut()
+        status, body = await bot.until(lambda status, _: status == 503)
+        assert body["not_ready"] == ["database"], body
+        assert (await bot.get("/livez"))[0] == 200
+        # A command during the outage fails (and says so); the ledger's connection is now known to be broken.
+        await slack.send_slash_command(f"{bot.url}/slack/events", text="in the outage --quality low")
+        await bot.until(lambda *_: "lease renewal or recovery failed" in bot.log.read_text(), "/livez")
+        gate.is_open = True
+        await bot.until(lambda status, _: status == 200, timeout=30)  # the probe and the ledger reconnected
+        await slack.send_slash_command(f"{bot.url}/slack/events", text="after it --quality low")
+        await slack.wait_for("files.completeUploadExternal", 2, timeout=20)
+        gate.shut()  # and stopping while the database is away is still clean
+        await bot.until(lambda status, _: status == 503)
+        assert await bot.stop() == 0, bot.log.read_text()[-1500:]
+        # Start-up, the lease loop and shutdown say an outage in one line each. (A job caught by the outage
+        # logs its own traceback: that is the job's story, not this test's.)
+        lines = [json.loads(line) for line in bot.log_lines()]  # every line is JSON: no raw traceback
+        ops = [line for line in lines if line["logger"] in ("imagebot.app", "imagebot.service")]
+        assert [line for line in ops if "exc" in line] == []
+        assert any(line["msg"] == "database connection lost; opened again" for line in ops)
+    finally:
+        await gate.stop()
+
+
+async def test_a_postgresql_database_that_does_not_exist_exits_2_with_one_line(
+    slack: FakeSlack, tmp_path: Path, pg_url: str
+) -> None:
+    bot = BotProcess(tmp_path, slack, IMAGEBOT_DB=pg_url.rsplit("/", 1)[0] + "/no_such_database")
+    await bot.start(ready=False)
+    code = await bot.exited(30)
+    lines = bot.log_lines()
+    assert code == 2, lines[-5:]
+    assert "Traceback" not in bot.log.read_text()
+    assert "IMAGEBOT_DB" in lines[-1] and "no_such_database" in lines[-1], lines[-1]
