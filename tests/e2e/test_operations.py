@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -331,8 +332,11 @@ async def test_socket_mode_with_no_route_to_slack_is_not_ready_and_stops_on_sigt
     status, body = await bot.until(lambda status, _: status != 0)
     assert status == 503 and body["checks"]["slack"] != "ok", body
     assert (await bot.get("/livez"))[0] == 200
-    await asyncio.sleep(1.5)  # a few retries
-    assert (await bot.get("/readyz"))[0] == 503
+    await bot.until(lambda *_: bot.log.read_text().count("slack start-up: retrying") >= 3, "/livez")
+    status, body = await bot.get("/readyz")
+    assert (
+        status == 503 and "auth.test" in body["checks"]["slack"] and "retrying" in body["checks"]["slack"]
+    ), body
     began = time.monotonic()
     assert await bot.stop(signal.SIGTERM, timeout=15) == 0
     assert time.monotonic() - began < 7  # within the grace (5 s)
@@ -568,3 +572,23 @@ async def test_a_postgresql_database_that_does_not_exist_exits_2_with_one_line(
     assert code == 2, lines[-5:]
     assert "Traceback" not in bot.log.read_text()
     assert "IMAGEBOT_DB" in lines[-1] and "no_such_database" in lines[-1], lines[-1]
+
+
+@pytest.mark.parametrize("where", ["port taken", "no such host"])
+async def test_an_address_that_cannot_be_listened_on_exits_2_with_one_line(
+    where: str, slack: FakeSlack, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bot = BotProcess(tmp_path, slack)
+        if where == "port taken":
+            bot.env["IMAGEBOT_HTTP_PORT"] = str(taken.getsockname()[1])
+        else:
+            bot.env["IMAGEBOT_HTTP_HOST"] = "imagebot-test-no-such-host.invalid"
+        await bot.start(ready=False)
+        code = await bot.exited(30)
+    lines = bot.log_lines()
+    assert code == 2, lines[-5:]
+    assert "Traceback" not in bot.log.read_text()
+    assert "IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT" in lines[-1], lines[-1]
