@@ -227,9 +227,19 @@ class Service:
     def _app(self) -> web.Application:
         # The adapters' routes are added once they exist (after the database is up): a middleware looks them up
         # first. In Socket Mode there is no /slack/events at all (SPEC §7): Slack's adapter gives no route.
+        # Slack's HTTP mode posts here; until the adapter exists (the database is not up yet) the answer is 503,
+        # which Slack retries, not a 404.
+        coming = (
+            {("POST", "/slack/events")}
+            if self.settings.slack_enabled and not self.settings.slack_socket_mode
+            else set()
+        )
+
         @web.middleware
         async def late_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
             late = self.routes.get((request.method, request.path))
+            if late is None and (request.method, request.path) in coming:
+                return web.json_response({"ok": False, "error": "starting: not ready yet"}, status=503)
             return await (late or handler)(request)
 
         app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[late_routes])

@@ -530,9 +530,11 @@ async def test_postgresql_down_at_start_then_up_becomes_ready_and_a_later_outage
         )
         await bot.start(ready=False)
         status, body = await bot.until(lambda status, _: status != 0)
-        assert status == 503 and body["not_ready"][0] == "database", (
-            body
-        )  # slack: "starting" (it needs the core)
+        # Slack's check says "starting" (its adapter needs the core, which needs the database).
+        assert status == 503 and body["not_ready"][0] == "database", body
+        async with aiohttp.ClientSession() as session:  # Slack is told to try again later, not "no such page"
+            async with session.post(f"{bot.url}/slack/events", data=b"{}") as response:
+                assert response.status == 503
         await bot.until(lambda *_: "database not reachable; retrying" in bot.log.read_text(), "/livez")
         gate.is_open = True
         await bot.until(lambda status, _: status == 200, timeout=30)
