@@ -15,5 +15,6 @@ RUN pip install --no-cache-dir '.[postgres]' \
 USER imagebot
 VOLUME ["/data"]
 EXPOSE 3000
-HEALTHCHECK --interval=30s --timeout=5s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:3000/healthz').status != 200)"
+# Ready: the database answers on its own connection and every adapter is connected (/livez: the process answers).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:3000/readyz', timeout=4).status != 200)"
 ENTRYPOINT ["imagebot", "run"]

@@ -20,9 +20,10 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from bot import commands, logs, quota, report
-from bot.app import Core
+from bot.app import Core, DatabaseUnavailable, open_ledger
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
 from bot.ledger import Ledger
@@ -72,7 +73,8 @@ def cmd_imagine(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             'usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
-            "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE"
+            "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE\n\n"
+            "examples:\n" + "\n".join(f"  {line}" for line in IMAGINE_EXAMPLES)
         )
         return 0
     try:
@@ -260,7 +262,7 @@ def _ledger_only(body: Callable[[Ledger], Awaitable[int]]) -> int:
     settings = _settings()
 
     async def main() -> int:
-        ledger = await asyncio.to_thread(Ledger, settings.db_path, settings.quotas, settings.timezone)
+        ledger = await open_ledger(settings)
         try:
             return await body(ledger)
         finally:
@@ -306,13 +308,29 @@ def cmd_quota(args: argparse.Namespace) -> int:
     return _ledger_only(body)
 
 
+def settings_words(words: Sequence[str], platform: str) -> list[str]:
+    """`imagebot settings` words -> `/imagine-admin` words. At a shell an id is typed bare: `channel C012AB`,
+    `block U02ABC`, `allow S0ABC` (a Slack user group) or `allow 789` (a Discord role) become the mentions a
+    chat platform would send."""
+    words = list(words)
+    if len(words) >= 2 and "<" not in words[1] and words[1].lower() not in ("everyone", "workspace"):
+        target = words[1].lstrip("#@")
+        if words[0] == "channel":
+            words[1] = f"<#{target}>"
+        elif words[0] in ("block", "unblock"):
+            words[1] = f"<@{target}>"
+        elif words[0] in ("allow", "deny"):
+            words[1] = f"<!subteam^{target}>" if platform == "slack" else f"<@&{target}>"
+    return words
+
+
 def cmd_settings(args: argparse.Namespace) -> int:
     """`imagebot settings --tenant slack:T1 [VERB ...]`: the access rules of one tenant, in the words of
     `/imagine-admin` (channel, allow, deny, block, unblock, settings), as its operator; no words shows them.
     `--channel C1 confirm=0.10` is short for `channel C1 confirm=0.10`."""
     words = list(args.settings)
     if args.channel:
-        words = ["channel", f"<#{args.channel}>", *words]
+        words = ["channel", args.channel, *words]
     if not words or "=" in words[0]:
         words = ["settings", *words]
 
@@ -320,7 +338,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
         try:
             tenant = Tenant.parse(args.tenant)
             who = Requester(tenant.platform, tenant.workspace, args.channel or "", "cli")
-            reply = await commands.admin(core, who, " ".join(words), platform_admin=True, operator=True)
+            said = " ".join(settings_words(words, tenant.platform))
+            reply = await commands.admin(core, who, said, platform_admin=True, operator=True)
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -362,7 +381,34 @@ def cmd_discord_invite(args: argparse.Namespace) -> int:
     return 0
 
 
+def _examples(*lines: str) -> dict[str, Any]:
+    """An `examples:` epilog; tests/e2e/test_cli.py runs every line of it."""
+    return {
+        "epilog": "examples:\n" + "\n".join(f"  {line}" for line in lines),
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+
+IMAGINE_EXAMPLES = (
+    'imagebot imagine "a poster for our launch" --size 2k --out poster.jpg',
+    'imagebot imagine "a red fox, watercolour" --size 1536x1024 --quality low --format png --out fox.png',
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `imagebot` command. A configuration error, wherever it is found (settings, the price table, the
+    database), is one line on stderr and exit status 2."""
+    try:
+        return _main(argv)
+    except ConfigError as exc:
+        print(f"imagebot: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except DatabaseUnavailable as exc:  # a one-shot command does not wait: `imagebot run` does (service.py)
+        print(f"imagebot: {exc}; try again when it is up", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["imagine"]:
         raise SystemExit(cmd_imagine(argv[1:]))
@@ -370,10 +416,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="imagebot",
         description="Slack/Discord bot for gpt-image-2 with quotas "
         "and a cost ledger. Configure with environment variables (see README).",
+        **_examples(IMAGINE_EXAMPLES[0], "imagebot report --days 7", "imagebot slack-manifest"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("run", help="start every adapter whose tokens are set").set_defaults(fn=cmd_run)
-    p = sub.add_parser("console", help="a local prompt loop on the same core")
+    p = sub.add_parser(
+        "console",
+        help="a local prompt loop on the same core",
+        **_examples("imagebot console --out images --user alice"),
+    )
     p.add_argument("--out", help="folder for images (default IMAGEBOT_OUT_DIR or ./out)")
     p.add_argument("--user", default="console")
     p.add_argument("--channel", default="console")
@@ -388,7 +439,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--latency", type=float, default=None)
     p.set_defaults(fn=cmd_offline_server)
-    p = sub.add_parser("report", help="usage report from the ledger (every tenant, or --tenant's)")
+    p = sub.add_parser(
+        "report",
+        help="usage report from the ledger (every tenant, or --tenant's)",
+        **_examples(
+            "imagebot report --days 7",
+            "imagebot report --tenant slack:T123 --channel C123 --csv spend.csv --chart spend.png",
+        ),
+    )
     p.add_argument(
         "--tenant",
         help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 (default: every tenant, "
@@ -402,16 +460,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser(
         "settings",
-        help="a tenant's access rules, as /imagine-admin sets them: channel C1 off, allow <@&1>, block U2, "
-        "settings cooldown=30 max_jobs=2 (no words: show them)",
+        help="a tenant's access rules, in /imagine-admin's words (no words: show them)",
+        description="A tenant's access rules, in the words of /imagine-admin; ids go bare (C012AB, "
+        "U02ABC; for allow/deny a Slack user group id or a Discord role id). No words: show them.",
+        **_examples(
+            "imagebot settings --tenant slack:T123",
+            "imagebot settings --tenant slack:T123 channel C012AB max_size=2k",
+            "imagebot settings --tenant slack:T123 channel C012AB off",
+            "imagebot settings --tenant slack:T123 --channel C012AB confirm=0.10",
+            "imagebot settings --tenant slack:T123 block U02ABC",
+            "imagebot settings --tenant slack:T123 unblock U02ABC",
+            "imagebot settings --tenant slack:T123 allow S0DESIGN",
+            "imagebot settings --tenant discord:456 deny 789",
+            "imagebot settings --tenant slack:T123 settings cooldown=30 max_jobs=2",
+        ),
     )
-    p.add_argument("--tenant", required=True, help="PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456")
+    p.add_argument("--tenant", required=True, help="PLATFORM:WORKSPACE (slack:T123, discord:456)")
     p.add_argument(
         "--channel", help="a channel id: the words are that channel's settings (confirm=0.10, off)"
     )
-    p.add_argument("settings", nargs="*", help="the /imagine-admin words, e.g. channel C1 max_size=2k")
+    p.add_argument("settings", nargs="*", help="the /imagine-admin words (see the examples)")
     p.set_defaults(fn=cmd_settings)
-    p = sub.add_parser("quota", help="show or set quota limits of a tenant, or of its users and channels")
+    p = sub.add_parser(
+        "quota",
+        help="show or set quota limits of a tenant, or of its users and channels",
+        **_examples(
+            "imagebot quota set --tenant slack:T123 --user U123 daily_usd=2 monthly_images=100",
+            "imagebot quota set --tenant discord:456 monthly_usd=50",
+            "imagebot quota show --tenant slack:T123 --user U123",
+        ),
+    )
     p.add_argument("action", choices=["show", "set"])
     p.add_argument(
         "--tenant",
@@ -427,13 +505,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
     )
     p.set_defaults(fn=cmd_quota)
-    p = sub.add_parser("slack-manifest", help="print a Slack app manifest")
+    p = sub.add_parser(
+        "slack-manifest",
+        help="print a Slack app manifest",
+        **_examples(
+            "imagebot slack-manifest",
+            "imagebot slack-manifest --http --url https://bot.example.com/slack/events",
+        ),
+    )
     p.add_argument("--http", action="store_true", help="HTTP mode instead of Socket Mode")
     p.add_argument(
         "--url", default="https://YOUR-HOST/slack/events", help="public URL of /slack/events (HTTP mode)"
     )
     p.set_defaults(fn=cmd_slack_manifest)
-    p = sub.add_parser("discord-invite", help="print the OAuth2 URL to add the bot to a server")
+    p = sub.add_parser(
+        "discord-invite",
+        help="print the OAuth2 URL to add the bot to a server",
+        **_examples("imagebot discord-invite 123456789012345678"),
+    )
     p.add_argument("client_id", nargs="?", default="YOUR_APPLICATION_ID")
     p.set_defaults(fn=cmd_discord_invite)
     p = sub.add_parser(

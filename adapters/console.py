@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Collection
 from pathlib import Path
@@ -16,6 +17,7 @@ from bot.outcomes import Image, JobFailure, JobResult, Progress
 from bot.pricing import format_usd
 from bot.request import Requester
 
+log = logging.getLogger("imagebot.console")
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
 
 
@@ -115,10 +117,19 @@ def _command(button: Button) -> str:
 
 
 class Files:
-    """Where the console keeps its images: files (what `/vary 2` starts from, what `/delete 2` removes)."""
+    """Where the console keeps its images: files (what `/vary 2` starts from, what `/delete 2` removes).
+    `name` says which image, for the line a missing file gets."""
+
+    def __init__(self, name: str = "that image") -> None:
+        self.name = name
 
     async def fetch(self, where: dict[str, Any]) -> bytes:
-        return await asyncio.to_thread(Path(where["path"]).read_bytes)
+        try:
+            return await asyncio.to_thread(Path(where["path"]).read_bytes)
+        except FileNotFoundError:
+            raise UserError(
+                f"{self.name} was deleted (no file at {where['path']}); /reroll makes a new one"
+            ) from None
 
     async def delete(self, where: dict[str, Any]) -> None:
         await asyncio.to_thread(Path(where["path"]).unlink, True)
@@ -202,7 +213,8 @@ async def act(core: Core, kind: Kind, args: str, who: Requester, out_dir: Path) 
         )
     job_id = await core.ledger.run_db(lambda db: last_job(db, who))
     view = ConsoleView(out_dir, out_is_file=False, actions=True)
-    await core.act(Button(kind, job_id, index, "", None).key, who, view, Files(), instruction=instruction)
+    store = Files(f"image {index} of your last job")
+    await core.act(Button(kind, job_id, index, "", None).key, who, view, store, instruction=instruction)
     if kind == Kind.DELETE and not view.exit_code:
         print(texts.DELETED)
 
@@ -222,6 +234,10 @@ async def loop(core: Core, who: Requester, out_dir: Path) -> None:
             return
         if line.strip() in ("quit", "exit", "/quit"):
             return
-        text = await handle_line(core, line, who, out_dir)
+        try:
+            text = await handle_line(core, line, who, out_dir)
+        except Exception as exc:  # one line, and the next command still runs
+            log.debug("console line failed", exc_info=True)
+            text = f"that did not work ({type(exc).__name__}: {exc})"
         if text:
-            print(text)
+            print(text, flush=True)

@@ -42,13 +42,15 @@ from bot.access import UNCHECKABLE, MembershipUnknown
 from bot.actions import Kind
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import CannotPost, DeliveryFailed, UserError
+from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
 from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
 from bot.ledger import Interrupted
 from bot.outcomes import JobFailure, JobResult, Progress
 from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.request import clip as clip_to
 from bot.sizes import KNOWN_SIZES
+
+from .service import backoff
 
 log = logging.getLogger("imagebot.discord")
 
@@ -885,16 +887,44 @@ class DiscordAdapter:
         # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
         self.refusal_lifetime = 60.0
         self._parents: dict[int, str] = {}  # thread id -> its parent channel's id, for uncached threads
+        self.state = "logging in"  # why not connected yet, for /readyz
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    # -- start-up (ops: retried with backoff; a refused token is fatal) ----------------------------------
+
     async def start(self, web_app: web.Application | None) -> None:
-        """Point discord.py at DISCORD_API_URL, log in, sync commands, connect to the gateway in the background."""
+        """Point discord.py at DISCORD_API_URL, log in, sync commands, connect to the gateway in the background.
+        An outage at login (no DNS, connection refused, a 5xx) is retried with backoff, one log line each, while
+        /readyz says so; a token Discord refuses raises ConfigError (one line, exit 2)."""
         settings = self.core.settings
         discord.http.Route.BASE = settings.discord_api_url.rstrip("/")
         self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
-        await self.client.login(self.token)
+        pause = backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self.client.login(self.token)
+                break
+            except discord.LoginFailure:
+                raise ConfigError("DISCORD_TOKEN was refused by Discord (401 Unauthorized)") from None
+            except discord.HTTPException as exc:
+                if exc.status < 500:
+                    raise ConfigError(
+                        f"Discord refused the login at DISCORD_API_URL: HTTP {exc.status} {exc.text}"[:300]
+                    ) from None
+                reason = f"Discord answered HTTP {exc.status}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            self.state = f"login failed: {reason} (attempt {attempt}); retrying"
+            log.warning("discord login: retrying", extra={"error": reason, "attempt": attempt})
+            # login() opened a session of its own: close it, and let the next attempt make a new connector.
+            await self.client.http.close()
+            self.client.http.connector = MISSING
+            await pause()
+        self.state = "connecting to the gateway"
         await self._sync_commands(settings.discord_guild_ids)
         self.task = asyncio.create_task(self._connect())
 

@@ -1,7 +1,15 @@
 """`imagebot run`: the core, every adapter whose tokens are set, one HTTP server, graceful shutdown.
 
-The HTTP server (IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT) carries /healthz and /metrics, and Slack's
-/slack/events in HTTP mode.
+The HTTP server (IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT) carries /livez, /readyz (and /healthz, its alias),
+/metrics, and Slack's /slack/events in HTTP mode. It is up before anything else, so that while the database
+or a chat platform is not reachable yet the process says so (/readyz 503, naming what is not ready) and keeps
+trying, and SIGTERM stops it whatever it is waiting for.
+
+Start-up errors come in two kinds. A configuration error (a token or a password refused, a URL that cannot
+work) is fatal: one line and exit status 2 (bot.errors.ConfigError, raised by an adapter's `start` or by
+opening the database). An outage (no DNS, connection refused, a 5xx) is retried with backoff, one log line per
+attempt, while /readyz says what it is waiting for: the database at start (here), Slack's auth.test and
+Socket Mode connection, Discord's login (in each adapter's `start`).
 """
 
 from __future__ import annotations
@@ -12,30 +20,46 @@ import gc
 import hmac
 import logging
 import signal
+import sqlite3
 import sys
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
-from bot import metrics
-from bot.app import Core
+from bot import metrics, pg
+from bot.app import Core, DatabaseUnavailable, ledger_connection_lost
 from bot.config import Settings
+from bot.errors import ConfigError
 from bot.jobs import JobView
 from bot.ledger import Interrupted
 from bot.request import Requester
 
 log = logging.getLogger("imagebot.service")
 
+PROBE_TIMEOUT = 2.0  # seconds /readyz waits for the database's answer
+PROBE_CONNECT_TIMEOUT = 2  # seconds to open the probe's own PostgreSQL connection
+CLOSE_TIMEOUT = 5.0  # seconds an adapter gets to close (a Socket Mode client may be mid-reconnect)
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0  # seconds between start-up attempts: doubling, capped
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 
 class Adapter(Protocol):
     """What `imagebot run` needs of a chat adapter."""
 
     @property
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        """Ready for events: logged in and (Socket Mode, Discord) the socket is up."""
+        ...
 
     def routes(self) -> list[web.RouteDef]: ...
 
-    async def start(self, web_app: web.Application | None) -> None: ...
+    async def start(self, web_app: web.Application | None) -> None:
+        """Log in and connect, retrying outages with backoff (see `backoff`); return once connected (or
+        connecting in the background). Raise ConfigError when the platform refuses the token."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -44,6 +68,25 @@ class Adapter(Protocol):
     def view_for(self, who: Requester, context: dict[str, Any]) -> JobView:
         """A view of a job that began in another life of the bot, from where it lives (relax delivery)."""
         ...
+
+
+def backoff() -> Callable[[], Awaitable[float]]:
+    """`await pause()` sleeps 0.5, 1, 2, 4 ... 15, 15 s and returns how long it slept: start-up retries."""
+    delay = BACKOFF_FIRST
+
+    async def pause() -> float:
+        nonlocal delay
+        slept = delay
+        await asyncio.sleep(slept)
+        delay = min(delay * 2, BACKOFF_MAX)
+        return slept
+
+    return pause
+
+
+def next_delay(attempt: int) -> float:
+    """The pause before start-up attempt `attempt + 1` (same schedule as `backoff`)."""
+    return min(BACKOFF_FIRST * 2 ** max(attempt - 1, 0), BACKOFF_MAX)
 
 
 def build_adapters(core: Core) -> dict[str, Adapter]:
@@ -60,127 +103,329 @@ def build_adapters(core: Core) -> dict[str, Adapter]:
     return adapters
 
 
-def web_app(core: Core, adapters: dict[str, Adapter]) -> web.Application:
-    app = web.Application(client_max_size=4 * 1024 * 1024)
+def platforms(settings: Settings) -> list[str]:
+    """The adapters `imagebot run` starts with these settings."""
+    return [
+        name for name, on in (("slack", settings.slack_enabled), ("discord", settings.discord_enabled)) if on
+    ]
 
-    async def healthz(_: web.Request) -> web.Response:
-        checks: dict[str, Any] = {}
+
+class DatabaseProbe:
+    """`SELECT 1` on a connection (and a thread) of its own: the ledger's single queue may hold thousands of
+    jobs' queries, and a health check behind them would time out under load while telling nothing. One check
+    at a time; concurrent requests share its answer. The connection is opened on first use and again after a
+    failure."""
+
+    def __init__(self, target: Path | str) -> None:
+        self.target = target
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-probe")
+        self._conn: Any = None
+        self._running: asyncio.Future[None] | None = None
+
+    def _open(self) -> Any:
+        if pg.is_url(self.target):
+            import psycopg
+
+            return psycopg.connect(str(self.target), autocommit=True, connect_timeout=PROBE_CONNECT_TIMEOUT)
+        # mode=rw: never create the file (the ledger does, with its schema); a missing file is not ready.
+        uri = f"{Path(self.target).resolve().as_uri()}?mode=rw"
+        return sqlite3.connect(uri, uri=True, timeout=PROBE_TIMEOUT, check_same_thread=False)
+
+    def _check(self) -> None:
+        if self._conn is None:
+            self._conn = self._open()
         try:
-            await core.ledger.query("SELECT 1")
-            checks["database"] = "ok"
-        except Exception as exc:  # the point of a health check is to say so, not to raise
-            checks["database"] = f"error: {type(exc).__name__}"
-        for name, adapter in adapters.items():
-            checks[name] = "ok" if adapter.connected else "disconnected"
-        healthy = all(v == "ok" for v in checks.values())
-        return web.json_response({"ok": healthy, "checks": checks}, status=200 if healthy else 503)
+            self._conn.execute("SELECT 1").fetchone()
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+            raise
 
-    async def metrics_view(request: web.Request) -> web.Response:
-        # Spend is not for everyone: with IMAGEBOT_METRICS_TOKEN set, only a scraper that sends it gets it.
-        token = core.settings.metrics_token
-        if token is not None:
-            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-            # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
-            if scheme.lower() != "bearer" or not hmac.compare_digest(
-                given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()
-            ):
-                return web.Response(
-                    status=401,
-                    headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-                    text="/metrics needs Authorization: Bearer <IMAGEBOT_METRICS_TOKEN>\n",
-                )
-        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+    async def check(self) -> str:
+        """ "ok", or one line saying what is wrong (no secret: the exception's type only)."""
+        if self._running is None or self._running.done():
+            self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._check)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._running), PROBE_TIMEOUT)
+        except TimeoutError:
+            return f"no answer within {PROBE_TIMEOUT:g} s"
+        except Exception as exc:
+            return f"error: {type(exc).__name__}"
+        return "ok"
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics_view)
-    for adapter in adapters.values():  # Slack's /slack/events in HTTP mode
-        app.router.add_routes(adapter.routes())
-    return app
+    def close(self) -> None:
+        def close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+
+        with contextlib.suppress(Exception):
+            self._pool.submit(close)
+        self._pool.shutdown(wait=False)
+
+
+class Service:
+    """The HTTP side of `imagebot run`, up from the first moment: health, metrics, and the adapters' routes
+    once they exist. /readyz: 200 when the database answers on the probe's own connection, every started
+    adapter is connected and the process is not stopping; else 503 naming what is not ready."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.core: Core | None = None
+        self.adapters: dict[str, Adapter] = {}
+        self.database = "connecting"  # until the core is up: what opening the database says
+        self.stopping = False
+        self.probe = DatabaseProbe(settings.db_path)
+        self.routes: dict[tuple[str, str], Handler] = {}  # added after start-up (the adapters' routes)
+        self.app = self._app()
+        self.runner: web.AppRunner | None = None
+
+    def add_routes(self, routes: list[web.RouteDef]) -> None:
+        for route in routes:
+            self.routes[(route.method.upper(), route.path)] = route.handler  # type: ignore[assignment]
+
+    async def open(self) -> None:
+        """Listen on IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT (ConfigError, one line, if that cannot be bound)."""
+        settings = self.settings
+        self.runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
+        await self.runner.setup()
+        try:
+            await web.TCPSite(self.runner, settings.http_host, settings.http_port).start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            raise ConfigError(
+                f"IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT={settings.http_host}:{settings.http_port} cannot be "
+                f"listened on: {exc.strerror or exc}"
+            ) from None
+        log.info("http server listening", extra={"host": settings.http_host, "port": settings.http_port})
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+        self.probe.close()
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        if self.core is None:
+            checks["database"] = self.database
+        elif ledger_connection_lost(self.core.ledger):
+            checks["database"] = "the ledger's connection was lost; opening it again"
+        else:
+            checks["database"] = await self.probe.check()
+        for name in platforms(self.settings):
+            adapter = self.adapters.get(name)
+            if adapter is None:
+                checks[name] = "starting"
+            elif adapter.connected:
+                checks[name] = "ok"
+            else:
+                checks[name] = str(getattr(adapter, "state", "") or "not connected")
+        if self.stopping:
+            checks["process"] = "shutting down"
+        return checks
+
+    def _app(self) -> web.Application:
+        # The adapters' routes are added once they exist (after the database is up): a middleware looks them up
+        # first. In Socket Mode there is no /slack/events at all (SPEC §7): Slack's adapter gives no route.
+        # Slack's HTTP mode posts here; until the adapter exists (the database is not up yet) the answer is 503,
+        # which Slack retries, not a 404.
+        coming = (
+            {("POST", "/slack/events")}
+            if self.settings.slack_enabled and not self.settings.slack_socket_mode
+            else set()
+        )
+
+        @web.middleware
+        async def late_routes(request: web.Request, handler: Handler) -> web.StreamResponse:
+            late = self.routes.get((request.method, request.path))
+            if late is None and (request.method, request.path) in coming:
+                return web.json_response({"ok": False, "error": "starting: not ready yet"}, status=503)
+            return await (late or handler)(request)
+
+        app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[late_routes])
+
+        async def livez(_: web.Request) -> web.Response:
+            return web.json_response({"ok": True})  # the process answers: no I/O at all
+
+        async def readyz(_: web.Request) -> web.Response:
+            checks = await self.readiness()
+            not_ready = [name for name, state in checks.items() if state != "ok"]
+            body: dict[str, Any] = {"ok": not not_ready, "checks": checks}
+            if not_ready:
+                body["not_ready"] = not_ready
+            return web.json_response(body, status=503 if not_ready else 200)
+
+        async def metrics_view(request: web.Request) -> web.Response:
+            # Spend is not for everyone: with IMAGEBOT_METRICS_TOKEN set, only a scraper that sends it gets it.
+            token = self.settings.metrics_token
+            if token is not None:
+                scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+                # Bytes: compare_digest refuses non-ASCII str, and a header may carry anything.
+                if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    given.strip().encode("utf-8", "surrogateescape"), token.reveal().encode()
+                ):
+                    return web.Response(
+                        status=401,
+                        headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+                        text="/metrics needs Authorization: Bearer <IMAGEBOT_METRICS_TOKEN>\n",
+                    )
+            return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+        app.router.add_get("/livez", livez)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/healthz", readyz)  # the old name: an alias of /readyz
+        app.router.add_get("/metrics", metrics_view)
+        return app
+
+
+async def _start_adapters(adapters: dict[str, Adapter], app: web.Application, stop: asyncio.Event) -> bool:
+    """Start every adapter at once; True when all are started, False when `stop` came first (the starts still
+    under way are cancelled). A ConfigError from one (a refused token) cancels the others and is raised."""
+    starting = {
+        asyncio.create_task(adapter.start(app), name=f"start {name}") for name, adapter in adapters.items()
+    }
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        while starting:
+            done, _ = await asyncio.wait({*starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping in done:
+                return False
+            for task in done:
+                starting.discard(task)
+                task.result()  # a ConfigError (or a bug) ends the start here
+        return True
+    finally:
+        stopping.cancel()
+        for task in starting:
+            task.cancel()
+        if starting:
+            await asyncio.wait(starting)
 
 
 async def serve(
-    core: Core, adapters: dict[str, Adapter], stop: asyncio.Event, ready: asyncio.Event | None = None
+    core: Core,
+    adapters: dict[str, Adapter],
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    service: Service | None = None,
 ) -> None:
-    """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up."""
+    """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up. `service`:
+    an HTTP server already listening (`run` opens it before the database); else one is opened here."""
     settings = core.settings
-    runner = web.AppRunner(web_app(core, adapters), handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.http_host, settings.http_port)
-    await site.start()
-    log.info("http server listening", extra={"host": settings.http_host, "port": settings.http_port})
+    own = service is None
+    if service is None:
+        service = Service(settings)
+        await service.open()
+    service.core, service.adapters = core, adapters
+    for adapter in adapters.values():  # Slack's /slack/events in HTTP mode
+        service.add_routes(adapter.routes())
+    lag_task: asyncio.Task[None] | None = None
     try:
-        for adapter in adapters.values():
-            await adapter.start(runner.app)
+        if await _start_adapters(adapters, service.app, stop):
 
-        async def tell(job: Interrupted) -> None:
-            await adapters[job.platform].tell_interrupted(job)
+            async def tell(job: Interrupted) -> None:
+                await adapters[job.platform].tell_interrupted(job)
 
-        core.platforms, core.notify = frozenset(adapters), tell
+            core.platforms, core.notify = frozenset(adapters), tell
 
-        def view_for(who: Requester, context: dict[str, Any]) -> JobView | None:
-            adapter = adapters.get(who.platform)
-            return adapter.view_for(who, context) if adapter is not None else None
+            def view_for(who: Requester, context: dict[str, Any]) -> JobView | None:
+                adapter = adapters.get(who.platform)
+                return adapter.view_for(who, context) if adapter is not None else None
 
-        core.relax.view_for, core.relax.platforms = view_for, frozenset(adapters)
-        await core.sweep()  # and again every few seconds, for as long as we run
-        probe = metrics.LoopLagProbe()
-        metrics.LOOP_LAG_P99.set_function(probe.p99)
-        lag_task = asyncio.create_task(probe.run())
-        if ready is not None:
-            ready.set()
-        await stop.wait()
-        lag_task.cancel()
+            core.relax.view_for, core.relax.platforms = view_for, frozenset(adapters)
+            await core.sweep()  # and again every few seconds, for as long as we run
+            probe = metrics.LoopLagProbe()
+            metrics.LOOP_LAG_P99.set_function(probe.p99)
+            lag_task = asyncio.create_task(probe.run())
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+        service.stopping = True  # /readyz says so at once: a load balancer stops sending new work
         log.info("shutting down", extra={"grace_s": settings.shutdown_grace})
         await core.runner.shutdown(settings.shutdown_grace)
     finally:
+        service.stopping = True
+        if lag_task is not None:
+            lag_task.cancel()
         for adapter in adapters.values():
             with contextlib.suppress(Exception):
-                await adapter.close()
-        await runner.cleanup()
+                await asyncio.wait_for(adapter.close(), CLOSE_TIMEOUT)
+        if own:
+            await service.close()
+
+
+NO_PLATFORM = (
+    "imagebot: no chat platform configured: set SLACK_BOT_TOKEN with SLACK_SIGNING_SECRET (Slack HTTP mode) "
+    "or with SLACK_APP_TOKEN (Socket Mode), and/or DISCORD_TOKEN. To try it without one: imagebot console, "
+    'or imagebot imagine "a poster for our launch" --out poster.jpg'
+)
 
 
 async def run(settings: Settings) -> int:
-    if not (settings.slack_enabled or settings.discord_enabled):
-        print(
-            "imagebot: no chat platform configured. Set SLACK_BOT_TOKEN (+ SLACK_APP_TOKEN for Socket Mode, "
-            "or SLACK_SIGNING_SECRET for HTTP mode) and/or DISCORD_TOKEN.\n"
-            'Try it locally meanwhile: imagebot imagine "a poster for our launch" --out poster.jpg, '
-            "or imagebot console.",
-            file=sys.stderr,
-        )
+    if not platforms(settings):
         if not sys.stdin.isatty():
-            return 0
+            # A container (no terminal) with a mistyped env file must not look finished: exit 2.
+            print(NO_PLATFORM, file=sys.stderr)
+            return 2
         # At a terminal, the console adapter is the chat platform: same core, same commands
         # (and JSON log lines would only get in the way of the prompt).
-        from bot.request import Requester
-
+        print(f"{NO_PLATFORM}. Starting the console.", file=sys.stderr)
         logging.getLogger().setLevel(max(logging.WARNING, logging.getLogger().level))
         from . import console
 
-        core = await Core.start(settings)
+        local = await Core.start(settings)
         try:
-            await console.loop(core, Requester("console", "local", "console", "console"), settings.out_dir)
+            await console.loop(local, Requester("console", "local", "console", "console"), settings.out_dir)
         finally:
-            await core.close()
+            await local.close()
         return 0
-    core = await Core.start(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    ready = asyncio.Event()
-
-    async def settle_heap() -> None:
-        await ready.wait()
-        # Everything made so far (modules, the SDKs' models, caches) lives as long as the process: keep it
-        # out of the collector's full passes, which otherwise stall the loop ~100 ms at a time under load.
-        gc.freeze()
-
-    freezer = asyncio.create_task(settle_heap())
+    service = Service(settings)
+    await service.open()  # /livez and /readyz answer while the database is not reachable yet
     try:
-        await serve(core, build_adapters(core), stop, ready)
+        core = await _open_core(settings, service, stop)
+        if core is None:
+            return 0  # stopped while waiting for the database
+        ready = asyncio.Event()
+
+        async def settle_heap() -> None:
+            await ready.wait()
+            # Everything made so far (modules, the SDKs' models, caches) lives as long as the process: keep it
+            # out of the collector's full passes, which otherwise stall the loop ~100 ms at a time under load.
+            gc.freeze()
+
+        freezer = asyncio.create_task(settle_heap())
+        try:
+            await serve(core, build_adapters(core), stop, ready, service=service)
+        finally:
+            freezer.cancel()
+            await core.close()
     finally:
-        freezer.cancel()
-        await core.close()
+        await service.close()
     return 0
+
+
+async def _open_core(settings: Settings, service: Service, stop: asyncio.Event) -> Core | None:
+    """Core.start, again and again while the database does not answer (DatabaseUnavailable: no such host yet,
+    connection refused), with backoff and one log line per attempt; None if `stop` comes first. A
+    configuration error (a refused password, a bad path) is raised: one line, exit 2."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await Core.start(settings)
+        except DatabaseUnavailable as exc:
+            delay = next_delay(attempt)
+            service.database = f"connecting (attempt {attempt}): {exc}"
+            log.warning(
+                "database not reachable; retrying",
+                extra={"error": str(exc), "attempt": attempt, "retry_in_s": delay},
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+            return None

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Awaitable, Collection, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,13 +34,29 @@ from bot.access import MembershipUnknown
 from bot.actions import Button, Kind
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
-from bot.errors import CannotPost, DeliveryFailed, UserError
+from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
 from bot.images import ImageInput, load_image, read_capped
 from bot.ledger import Interrupted
 from bot.outcomes import JobFailure, JobResult, Progress
 from bot.request import Requester, clip
 
+from .service import backoff
+
 log = logging.getLogger("imagebot.slack")
+
+# Start-up (ops): Slack's answers that mean the token itself is wrong. Trying again cannot help: exit 2.
+REFUSED_TOKEN_ERRORS = frozenset(
+    {
+        "invalid_auth",
+        "not_authed",
+        "account_inactive",
+        "token_revoked",
+        "token_expired",
+        "not_allowed_token_type",
+        "team_disabled",
+        "invalid_token",
+    }
+)
 
 CANCEL_ACTION = "imagebot_cancel"
 # A result button's action_id is this prefix + its key (unique within the message); its value is the key.
@@ -505,36 +521,66 @@ class SlackAdapter:
         self.bot_id: str | None = None
         self.mention: re.Pattern[str] | None = None  # <@BOT_USER_ID> (or <@BOT_USER_ID|name>), once known
         self.socket_handler: Any = None
+        self.state = "starting"  # why not connected yet, for /readyz ("" once connected)
         self.site_url = ""  # https://<workspace>.slack.com/ from auth.test: links to messages (the Home tab)
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # user group -> (read at, its members)
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def start(self, web_app: web.Application | None) -> None:
-        """Learn who we are (auth.test), then listen: Socket Mode if an app token is set, else HTTP."""
-        try:
-            auth = await self.client.auth_test()
-            self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
-            self.site_url = str(auth.get("url") or "")
-            if self.bot_user_id:
-                self.mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>")
-        except Exception as exc:  # keep serving: /healthz says so, and bolt retries auth on each request
-            log.error(
-                "slack auth.test failed; check SLACK_BOT_TOKEN and SLACK_API_URL",
-                extra={"error": type(exc).__name__},
-            )
-        settings = self.core.settings
-        if settings.slack_app_token is not None:
-            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+    # -- start-up (ops: retried with backoff; a refused token is fatal) ----------------------------------
 
-            self.socket_handler = AsyncSocketModeHandler(
-                self.app, app_token=settings.slack_app_token.reveal()
-            )
-            await self.socket_handler.connect_async()
-            log.info("slack socket mode connected")
-        elif web_app is not None:
+    async def start(self, web_app: web.Application | None) -> None:
+        """Learn who we are (auth.test), then listen: Socket Mode if an app token is set, else HTTP. An outage
+        (no route, DNS, a 5xx) is retried with backoff while `connected` is False (/readyz: not ready); a token
+        Slack refuses raises ConfigError (one line, exit 2). Returns once events can arrive."""
+        auth = await self._until_answered("auth.test", "SLACK_BOT_TOKEN", self.client.auth_test)
+        self.bot_user_id, self.bot_id = auth.get("user_id"), auth.get("bot_id")
+        self.site_url = str(auth.get("url") or "")
+        if self.bot_user_id:
+            self.mention = re.compile(rf"<@{re.escape(self.bot_user_id)}(?:\|[^>]*)?>")
+        settings = self.core.settings
+        if settings.slack_app_token is None:
+            self.state = ""
             log.info("slack http mode at /slack/events")
+            return
+        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+        app_token = settings.slack_app_token.reveal()
+        # Ask for the socket's address ourselves first: the SDK's own loop would retry a refused app token
+        # every 10 s forever, with a traceback each time, and never give up.
+        opened = await self._until_answered(
+            "apps.connections.open",
+            "SLACK_APP_TOKEN",
+            lambda: self.client.apps_connections_open(app_token=app_token),
+        )
+        self.socket_handler = AsyncSocketModeHandler(self.app, app_token=app_token)
+        self.socket_handler.client.wss_uri = opened["url"]
+        self.state = "connecting the Socket Mode websocket"
+        await self.socket_handler.connect_async()
+        self.state = ""
+        log.info("slack socket mode connected")
+
+    async def _until_answered(self, method: str, token_name: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()` (a Web API method) until Slack answers it: a refused token is a ConfigError naming
+        `token_name`; anything else (no answer, 5xx, an error that may pass) is logged (one line) and tried
+        again with backoff, with `state` saying so for /readyz."""
+        pause = backoff()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await call()
+            except SlackApiError as exc:
+                error = str(exc.response.get("error") or exc.response.status_code)
+                if error in REFUSED_TOKEN_ERRORS:
+                    raise ConfigError(f"{token_name} was refused by Slack ({method}: {error})") from None
+                reason = f"Slack answered {method} with {error}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = f"{method} failed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            self.state = f"{reason} (attempt {attempt}); retrying"
+            log.warning("slack start-up: retrying", extra={"error": reason, "attempt": attempt})
+            await pause()
 
     def routes(self) -> list[web.RouteDef]:
         """Slack's HTTP mode posts events, commands and actions here. In Socket Mode nothing is served: the
@@ -555,10 +601,20 @@ class SlackAdapter:
 
     @property
     def connected(self) -> bool:
-        if self.socket_handler is not None:
-            client = self.socket_handler.client
-            return not getattr(client, "closed", False)
-        return self.bot_user_id is not None
+        """auth.test answered and, in Socket Mode, the websocket is open (not merely being retried)."""
+        if self.bot_user_id is None:
+            return False
+        if not self.core.settings.slack_socket_mode:
+            return True
+        client = self.socket_handler.client if self.socket_handler is not None else None
+        session = getattr(client, "current_session", None)
+        return (
+            client is not None
+            and not client.closed
+            and not getattr(client, "stale", False)
+            and session is not None
+            and not session.closed
+        )
 
     def spawn(self, coro: Any, asker: Privately | None = None) -> asyncio.Task[Any]:
         """Work done after the ack; kept so shutdown can wait for it. The one place a UserError (a bad flag,

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from . import access, actions, metrics, texts
 from .access import Access, Standing
@@ -30,6 +31,72 @@ RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPE
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
 PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
 Notify = Callable[[Interrupted], Awaitable[None]]
+
+
+class DatabaseUnavailable(Exception):
+    """The database does not answer (no such host yet, connection refused, timed out): worth trying again. The
+    message is one line, names IMAGEBOT_DB and carries no password."""
+
+
+# PostgreSQL answers these when the URL itself is wrong: trying again cannot help (a configuration error).
+_PG_REFUSALS = ("authentication failed", "password", "does not exist", "pg_hba.conf", "permission denied")
+
+
+def database_problem(exc: BaseException, settings: Settings) -> ConfigError | DatabaseUnavailable | None:
+    """What opening IMAGEBOT_DB failed with, as one line: a ConfigError (the URL or path is wrong), a
+    DatabaseUnavailable (try again later), or None (not a database problem: a bug, raised as it is)."""
+    import sqlite3
+
+    import psycopg
+
+    where = str(settings.db_path)
+    for secret in settings.secrets():
+        where = where.replace(secret, "***")
+    reason = " ".join(str(exc).split())
+    for secret in settings.secrets():
+        reason = reason.replace(secret, "***")
+    if isinstance(exc, psycopg.OperationalError):
+        if any(word in reason.lower() for word in _PG_REFUSALS):
+            return ConfigError(f"IMAGEBOT_DB={where}: PostgreSQL refused it: {reason}")
+        return DatabaseUnavailable(f"IMAGEBOT_DB={where} does not answer: {reason}")
+    if isinstance(exc, psycopg.Error):
+        return ConfigError(f"IMAGEBOT_DB={where}: {type(exc).__name__}: {reason}")
+    if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
+        return DatabaseUnavailable(f"IMAGEBOT_DB={where} is locked by another process: {reason}")
+    if isinstance(exc, sqlite3.Error | OSError):
+        return ConfigError(f"IMAGEBOT_DB={where} cannot be opened as a SQLite database: {reason}")
+    return None
+
+
+async def open_ledger(settings: Settings, **options: Any) -> Ledger:
+    """Open (and migrate) the ledger of IMAGEBOT_DB. Raises ConfigError or DatabaseUnavailable (one line each,
+    see `database_problem`) when the database cannot be opened."""
+    try:
+        return await asyncio.to_thread(
+            lambda: Ledger(
+                settings.db_path, settings.quotas, settings.timezone, settings.store_prompts, **options
+            )
+        )
+    except Exception as exc:
+        problem = database_problem(exc, settings)
+        if problem is None:
+            raise
+        raise problem from None
+
+
+def ledger_connection_lost(ledger: Ledger) -> bool:
+    """On PostgreSQL: the ledger's connection is closed or broken (psycopg marks it so after a failed query);
+    read without queueing behind the ledger's thread. Always False on SQLite (a file does not go away)."""
+    inner = getattr(getattr(ledger.db, "conn", None), "_conn", None)  # bot/pg.py PgConnection's psycopg one
+    return bool(ledger.postgres and inner is not None and (inner.closed or inner.broken))
+
+
+def _reconnect(db: Any) -> None:
+    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/pg.py PgConnection)."""
+    import psycopg
+
+    db.conn._conn.close()
+    db.conn._conn = psycopg.connect(db.url, autocommit=True)
 
 
 @dataclass
@@ -56,7 +123,10 @@ class Core:
         """Open the database, start the offline server if there is no API key (unless one is handed in: its
         owner stops it), build the runner."""
         given = offline_server
-        prices = load_prices(settings.prices_path)
+        try:
+            prices = load_prices(settings.prices_path)
+        except ConfigError as exc:
+            raise ConfigError(f"IMAGEBOT_PRICES: {exc}" if settings.prices_path else str(exc)) from None
         if settings.model not in prices.models:
             raise ConfigError(
                 f"IMAGEBOT_MODEL={settings.model!r} is not in the price table "
@@ -68,15 +138,7 @@ class Core:
                 "out (charged as possibly billed)",
                 extra={"api_timeout_s": settings.api_timeout},
             )
-        ledger = await asyncio.to_thread(
-            lambda: Ledger(
-                settings.db_path,
-                settings.quotas,
-                settings.timezone,
-                settings.store_prompts,
-                lease=timedelta(seconds=settings.lease_seconds),
-            )
-        )
+        ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
@@ -194,16 +256,25 @@ class Core:
 
     async def _keep_lease(self) -> None:
         """Renew this process's lease and recover expired ones, in every command (not just `run`: a 4K
-        render in `imagebot imagine` outlasts a lease)."""
+        render in `imagebot imagine` outlasts a lease). On PostgreSQL, a ledger connection that broke (the
+        server restarted, the network dropped it) is opened again first, so the replica recovers by itself."""
         interval = min(MAX_SWEEP_SECONDS, self.ledger.lease.total_seconds() / 3)
         while True:
             await asyncio.sleep(interval)
             try:
+                if ledger_connection_lost(self.ledger):
+                    # On the ledger's own thread, outside a transaction (run_db would BEGIN on the dead one).
+                    await self.ledger._run(lambda: _reconnect(self.ledger.db))
+                    log.warning("database connection lost; opened again")
                 if not await self.ledger.heartbeat():
                     self.runner.fence()  # our lease lapsed: its rows are recovered by whoever gets there
                 await self.sweep()
-            except Exception:
-                log.warning("lease renewal or recovery failed", exc_info=True)
+            except Exception as exc:
+                problem = database_problem(exc, self.settings)
+                if problem is None:
+                    log.warning("lease renewal or recovery failed", exc_info=True)
+                else:  # an outage: one line each time, no traceback
+                    log.warning("lease renewal or recovery failed", extra={"error": str(problem)})
 
     @property
     def relax(self) -> Relax:
@@ -217,7 +288,16 @@ class Core:
         await self.renderer.close()
         if self.offline_server is not None and self.owns_offline_server:
             await self.offline_server.stop()
-        await asyncio.to_thread(self.ledger.close)
+        try:
+            await asyncio.to_thread(self.ledger.close)
+        except Exception as exc:  # the database went away: our lease simply expires
+            problem = database_problem(exc, self.settings)
+            if problem is None:
+                raise
+            log.warning(
+                "could not leave the database cleanly; this process's lease expires",
+                extra={"error": str(problem)},
+            )
 
     @property
     def defaults(self) -> Defaults:

@@ -91,13 +91,28 @@ def parse_shard_ids(text: str, count: int | None) -> tuple[int, ...]:
     return tuple(ids)
 
 
+PG_CONNECT_TIMEOUT = 10  # seconds, unless IMAGEBOT_DB's URL sets connect_timeout itself
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def _db(text: str) -> Path | str:
-    """IMAGEBOT_DB: a `postgresql://user:password@host:port/db` URL stays a URL (ConfigError without psycopg, the
-    `[postgres]` extra); anything else is a SQLite path."""
-    if not pg.is_url(text):
+    """IMAGEBOT_DB: a `postgresql://user:password@host:port/db` URL stays a URL; a path without a scheme is a SQLite
+    file. Any other URL (`mysql://...`, `sqlite:///...`) is refused: it used to become a file named after it."""
+    scheme = _URL_SCHEME.match(text)
+    if scheme is None:
         return Path(text)
-    pg.require_driver()
-    return text
+    if scheme[1] in ("postgresql", "postgres"):
+        pg.require_driver()  # psycopg is the `[postgres]` extra: without it, one line naming the extra
+        # libpq waits for an unanswered connection as long as the OS does (minutes); a replica that cannot reach
+        # its database must find out sooner, say so (/readyz) and try again.
+        if "connect_timeout=" not in text:
+            text += ("&" if "?" in text else "?") + f"connect_timeout={PG_CONNECT_TIMEOUT}"
+        return text
+    raise ConfigError(  # the scheme only: the rest of a URL may carry a password
+        f"IMAGEBOT_DB uses {scheme[1]}://, which imagebot does not speak; use a SQLite file path "
+        "(e.g. ./data/imagebot.sqlite3) or a postgresql://user:password@host:5432/db URL"
+    )
 
 
 class Secret:
@@ -320,6 +335,13 @@ class _Env:
             )
         return int(text)
 
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        """One of `choices` (upper case), whatever the case it is written in."""
+        text = (self.text(name, default) or default).upper()
+        if text not in choices:
+            raise ConfigError(f"{name}={text.lower()!r} must be one of {', '.join(choices)}")
+        return text
+
     def url(self, name: str, default: str) -> str:
         value = self.text(name, default) or default
         if not value.startswith(("http://", "https://")):
@@ -416,7 +438,7 @@ def _parse(env: _Env) -> Settings:
         prices_path=env.text("IMAGEBOT_PRICES"),
         out_dir=Path(env.text("IMAGEBOT_OUT_DIR", "./out") or "./out"),
         shutdown_grace=env.number("IMAGEBOT_SHUTDOWN_GRACE", 30.0),
-        log_level=(env.text("IMAGEBOT_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_level=env.choice("IMAGEBOT_LOG_LEVEL", "INFO", LOG_LEVELS),
         metrics_token=env.secret("IMAGEBOT_METRICS_TOKEN"),
         # How long a process's hold on its running jobs lasts without a heartbeat (SPEC §5: at most 60 s).
         lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),

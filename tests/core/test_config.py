@@ -4,6 +4,7 @@ one-line errors that name the variable and never show a secret."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -296,3 +297,172 @@ def test_imagebot_run_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -
     assert len(lines) == 1, result.stderr
     assert "IMAGEBOT_API_TIMEOUT" in lines[0]
     assert "Traceback" not in result.stderr
+
+
+# --- every variable the code reads: documented, and a bad value is one line and exit 2 ----------------
+
+# What reads the environment: the typed readers of bot/config.py (`env.integer("NAME", ...)`), mappings
+# (`environ.get("NAME")`, `os.environ["NAME"]`, `os.getenv("NAME")`, `_env_seconds(environ, "NAME")`), and
+# in bot/config.py any bare literal name (`for n in ("SLACK_BOT_TOKEN", ...)`).
+_READERS = re.compile(
+    r"""(?:\benv\.\w+|\benviron\.get|\bgetenv|\b_env_\w+)\(\s*(?:\w+\s*,\s*)?["']([A-Z][A-Z0-9_]+)["']"""
+    r"""|\benviron\[\s*["']([A-Z][A-Z0-9_]+)["']\s*\]"""
+)
+_LITERAL = re.compile(r"""["']((?:IMAGEBOT|SLACK|DISCORD|OPENAI)_[A-Z0-9_]+)["']""")
+
+# A value of each variable that has a format, and one it must refuse. Anything the code reads and that is not
+# here must be in FREE_TEXT (tokens, paths, host names): a new variable fails this test until it is sorted.
+BAD_VALUES = {
+    "DISCORD_API_URL": "discord.example/api",
+    "DISCORD_GUILD_IDS": "123,abc",
+    "DISCORD_SHARD_COUNT": "0",
+    "DISCORD_SHARD_IDS": "x",
+    "IMAGEBOT_ACTIONS_DAYS": "0",
+    "IMAGEBOT_ADMINS": "teams:U1",
+    "IMAGEBOT_API_RETRIES": "3",
+    "IMAGEBOT_API_TIMEOUT": "abc",
+    "IMAGEBOT_BATCH_POLL": "0",
+    "IMAGEBOT_BATCH_WINDOW": "-1",
+    "IMAGEBOT_CHANNELS": "teams:C1",
+    "IMAGEBOT_CHANNEL_MONTHLY_USD": "lots",
+    "IMAGEBOT_CONFIRM_USD": "lots",
+    "IMAGEBOT_DB": "mysql://x",
+    "IMAGEBOT_HTTP_PORT": "70000",
+    "IMAGEBOT_LEASE_SECONDS": "61",
+    "IMAGEBOT_LOG_LEVEL": "verbose",
+    "IMAGEBOT_MAX_IN_FLIGHT": "0",
+    "IMAGEBOT_MODEL": "gpt-9000",
+    "IMAGEBOT_OFFLINE": "maybe",
+    "IMAGEBOT_OFFLINE_BATCH_LATENCY": "-1",
+    "IMAGEBOT_OFFLINE_FAULTS": "explode",
+    "IMAGEBOT_OFFLINE_LATENCY": "slow",
+    "IMAGEBOT_PARTIAL_IMAGES": "4",
+    "IMAGEBOT_PREVIEW_MAX_SHARE": "2",
+    "IMAGEBOT_PRICES": "/nonexistent/prices.json",
+    "IMAGEBOT_PROGRESS_INTERVAL": "0",
+    "IMAGEBOT_QUALITY": "ultra",
+    "IMAGEBOT_SHUTDOWN_GRACE": "-1",
+    "IMAGEBOT_SIZE": "4000x4000",
+    "IMAGEBOT_STORE_PROMPTS": "maybe",
+    "IMAGEBOT_TIMEZONE": "Mars/Olympus_Mons",
+    "IMAGEBOT_USER_COOLDOWN": "-1",
+    "IMAGEBOT_USER_DAILY_IMAGES": "many",
+    "IMAGEBOT_USER_DAILY_USD": "-1",
+    "IMAGEBOT_USER_MAX_JOBS": "0",
+    "IMAGEBOT_USER_MONTHLY_IMAGES": "-3",
+    "IMAGEBOT_USER_MONTHLY_USD": "NaN",
+    "IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots",
+    "OPENAI_BASE_URL": "gateway.example/v1",
+    "SLACK_API_URL": "slack.example/api",
+    "SLACK_APP_TOKEN": "xoxb-not-an-app-token",
+}
+FREE_TEXT = {
+    "OPENAI_API_KEY",
+    "SLACK_BOT_TOKEN",
+    "SLACK_SIGNING_SECRET",
+    "DISCORD_TOKEN",
+    "IMAGEBOT_METRICS_TOKEN",
+    "IMAGEBOT_OUT_DIR",  # any folder: created on the first image
+    "IMAGEBOT_HTTP_HOST",  # an address to bind: checked when `imagebot run` binds it (one line, exit 2)
+}
+
+
+def variables_read() -> set[str]:
+    names: set[str] = set()
+    for path in [*ROOT.joinpath("bot").rglob("*.py"), *ROOT.joinpath("adapters").rglob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        for match in _READERS.finditer(text):
+            names.add(match[1] or match[2])
+        if path == ROOT / "bot" / "config.py":
+            names.update(_LITERAL.findall(text))
+    return names
+
+
+def readme_configuration() -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Configuration")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_every_variable_the_code_reads_is_documented_and_sorted() -> None:
+    names = variables_read()
+    assert {
+        "IMAGEBOT_DB",
+        "SLACK_BOT_TOKEN",
+        "IMAGEBOT_OUT_DIR",
+        "IMAGEBOT_LOG_LEVEL",
+    } <= names  # the scan works
+    table = readme_configuration()
+    undocumented = sorted(name for name in names if f"`{name}`" not in table)
+    assert undocumented == [], f"not in README.md's configuration table: {undocumented}"
+    unsorted = sorted(names - set(BAD_VALUES) - FREE_TEXT)
+    assert unsorted == [], f"give these a bad value in BAD_VALUES (or list them in FREE_TEXT): {unsorted}"
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    prefixes = ("OPENAI_", "SLACK_", "DISCORD_", "IMAGEBOT_")
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(prefixes) and "TOKEN" not in k and "SECRET" not in k
+    }
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["IMAGEBOT_DB"] = str(tmp_path / "bot.sqlite3")
+    return env
+
+
+def test_a_bad_value_of_every_variable_exits_2_with_one_line_naming_it(tmp_path: Path) -> None:
+    """`imagebot imagine` (settings, then the core: the price table, the model, the offline server) with each
+    bad value alone: exit 2, one line on stderr naming the variable, no traceback, no file, no database."""
+    runs: dict[str, subprocess.Popen[str]] = {}
+    results: dict[str, tuple[int, str]] = {}
+    pending = sorted(BAD_VALUES)
+    while pending or runs:
+        while pending and len(runs) < 6:
+            name = pending.pop()
+            home = tmp_path / name
+            home.mkdir()
+            env = {**_clean_env(home), name: BAD_VALUES[name]}
+            runs[name] = subprocess.Popen(
+                [sys.executable, "-m", "adapters.cli", "imagine", "a fox", "--out", str(home / "fox.jpg")],
+                cwd=home,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        name = next(iter(runs))
+        _, stderr = runs[name].communicate(timeout=60)
+        results[name] = (runs.pop(name).returncode, stderr)
+    wrong = {
+        name: (code, stderr[-300:])
+        for name, (code, stderr) in results.items()
+        if code != 2
+        or len(stderr.strip().splitlines()) != 1
+        or name not in stderr
+        or "Traceback" in stderr
+        or (tmp_path / name / "fox.jpg").exists()
+    }
+    assert wrong == {}
+
+
+def test_imagebot_db_takes_a_path_or_a_postgresql_url_and_nothing_else() -> None:
+    assert (
+        load(IMAGEBOT_DB="postgresql://u:p@h:5432/d").db_path
+        == "postgresql://u:p@h:5432/d?connect_timeout=10"
+    )
+    assert (
+        load(IMAGEBOT_DB="postgres://u:p@h/d?connect_timeout=3").db_path
+        == "postgres://u:p@h/d?connect_timeout=3"
+    )
+    assert load(IMAGEBOT_DB="data/x.sqlite3").db_path == Path("data/x.sqlite3")
+    for url in ("mysql://x", "sqlite:///tmp/x.db", "MySQL://root:hunter2@db/x"):
+        message = config_error(IMAGEBOT_DB=url)
+        assert "IMAGEBOT_DB" in message and "postgresql://" in message and "hunter2" not in message
+
+
+def test_imagebot_log_level_names_its_levels() -> None:
+    assert load(IMAGEBOT_LOG_LEVEL="debug").log_level == "DEBUG"
+    message = config_error(IMAGEBOT_LOG_LEVEL="verbose")
+    assert "IMAGEBOT_LOG_LEVEL" in message and "DEBUG, INFO, WARNING, ERROR" in message

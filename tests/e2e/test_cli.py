@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import re
+import shlex
 import sqlite3
 import subprocess
 import sys
@@ -367,3 +369,175 @@ def test_settings_sets_a_channels_price_check_and_refuses_nonsense(tmp_path: Pat
     assert [tuple(r) for r in ledger(db, "SELECT tenant, channel, name, value FROM channel_settings")] == [
         ("slack:T1", "C1", "confirm", "100000")
     ]
+
+
+# --- `imagebot run` with no chat platform -----------------------------------------------------------------
+
+
+def test_run_without_tokens_and_without_a_terminal_exits_2_naming_the_variables(tmp_path: Path) -> None:
+    """A container whose env file is mistyped must not look finished (exit 0): it exits 2 and says what to set."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        env=environment(tmp_path / "bot.sqlite3"),
+        cwd=tmp_path,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run = finish(process)
+    assert run.code == 2, run.stderr
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "DISCORD_TOKEN"):
+        assert name in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "bot.sqlite3").exists()  # nothing was started
+
+
+def test_run_without_tokens_at_a_terminal_is_the_console(tmp_path: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        env=environment(tmp_path / "bot.sqlite3", IMAGEBOT_OFFLINE_LATENCY="0.05", TERM="dumb"),
+        cwd=tmp_path,
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+    )
+    os.close(follower)
+    seen = b""
+    try:
+        while b"imagine> " not in seen:
+            chunk = os.read(leader, 4096)
+            assert chunk, seen
+            seen += chunk
+        os.write(leader, b"/imagine-quota\n")
+        os.write(leader, b"quit\n")
+        assert process.wait(timeout=TIMEOUT) == 0, seen
+    finally:
+        with contextlib.suppress(OSError):
+            while chunk := os.read(leader, 4096):
+                seen += chunk
+        os.close(leader)
+        if process.poll() is None:
+            process.kill()
+    assert b"imagebot console" in seen and b"no limits" in seen.lower() or b"quota" in seen.lower(), seen
+
+
+# --- the console keeps going after a refusal -------------------------------------------------------------
+
+
+def test_console_vary_of_a_deleted_image_is_a_clear_line_and_the_console_goes_on(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", "console", "--out", str(tmp_path / "out")],
+        env=environment(tmp_path / "bot.sqlite3", IMAGEBOT_OFFLINE_LATENCY="0.05"),
+        cwd=tmp_path,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = process.communicate(
+        "a red fox --quality low\n/delete 1\n/vary 1\n/imagine-quota\nquit\n", timeout=TIMEOUT
+    )
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "FileNotFoundError" not in stderr
+    assert "Deleted." in stdout, (stdout, stderr)
+    assert "image 1 of your last job was deleted" in stdout + stderr
+    assert "quota" in stdout.lower()  # the line after it ran
+    assert [r["status"] for r in ledger(tmp_path / "bot.sqlite3")] == ["succeeded"]  # the vary cost nothing
+
+
+# --- every example in a help text and in README.md runs --------------------------------------------------
+
+EXAMPLE = re.compile(r"^\s+(imagebot\s.+?)\s*(?:#.*)?$", re.MULTILINE)
+# Placeholders in examples -> a value a user might type.
+PLACEHOLDERS = {"<application id>": "123456789012345678", "<the same words>": "settings"}
+
+
+def _argv(command: str) -> tuple[dict[str, str], list[str]]:
+    """`VAR=1 .venv/bin/imagebot quota show ...` -> ({VAR: 1}, [quota, show, ...])."""
+    for placeholder, value in PLACEHOLDERS.items():
+        command = command.replace(placeholder, value)
+    assert "<" not in command.replace("<#", "").replace("<@", ""), f"unknown placeholder in {command!r}"
+    words = shlex.split(command)
+    env: dict[str, str] = {}
+    while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    assert words and words[0].rsplit("/", 1)[-1] == "imagebot", command
+    return env, words[1:]
+
+
+def _runs_as_documented(command: str, tmp_path: Path) -> None:
+    extra, args = _argv(command)
+    env = environment(tmp_path / "bot.sqlite3", IMAGEBOT_OFFLINE_LATENCY="0.05", **extra)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapters.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    run = finish(process)
+    assert "Traceback" not in run.stderr, (command, run.stderr)
+    if args[:1] == ["run"] and "--help" not in args:
+        # No chat token in a test: the settings were accepted, and it says which tokens to set.
+        assert run.code == 2 and "SLACK_BOT_TOKEN" in run.stderr, (command, run.stderr)
+    else:
+        assert run.code == 0, (command, run.stdout, run.stderr)
+
+
+def help_examples() -> list[str]:
+    top = imagebot(["--help"], environment(Path("/nonexistent/db")), ROOT)
+    commands = re.search(r"\{([a-z,-]+)\}", top.stdout)
+    assert commands, top.stdout
+    found = EXAMPLE.findall(top.stdout)
+    for command in commands[1].split(","):
+        found += EXAMPLE.findall(
+            imagebot([command, "--help"], environment(Path("/nonexistent/db")), ROOT).stdout
+        )
+    return found
+
+
+def test_every_example_in_a_help_text_runs(tmp_path: Path) -> None:
+    examples = help_examples()
+    assert any("settings" in e and "max_size=2k" in e for e in examples), examples
+    assert any("block" in e for e in examples), examples
+    for n, command in enumerate(examples):
+        home = tmp_path / str(n)
+        home.mkdir()
+        _runs_as_documented(command, home)
+
+
+def readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    found: list[str] = []
+    for block in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL):
+        for line in block.splitlines():
+            line = line.split("#", 1)[0].strip() if " #" in line else line.strip()
+            command = line.rsplit("&&", 1)[-1].strip()
+            if re.match(r"^(?:[A-Z_][A-Z0-9_]*=\S*\s+)*(?:\.venv/bin/)?imagebot\s", command + " "):
+                found.append(command)
+    for code in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", readme, flags=re.DOTALL)):
+        code = " ".join(code.split())
+        if re.match(r"^(?:\.venv/bin/)?imagebot \S", code):
+            found.append(code)
+    return found
+
+
+def test_every_command_in_the_readme_runs(tmp_path: Path) -> None:
+    commands = readme_commands()
+    assert any("imagine" in c and "poster.jpg" in c for c in commands), commands  # the quickstart
+    assert any(c.startswith("imagebot quota set") and "daily_usd" in c for c in commands), commands
+    for n, command in enumerate(commands):
+        home = tmp_path / str(n)
+        home.mkdir()
+        _, args = _argv(command)
+        if len(args) == 1 or args[:2] in (["quota", "set"], ["quota", "show"]) and len(args) == 2:
+            # A command named in prose (`imagebot quota set` lives in the database): it exists.
+            args, command = [*args, "--help"], f"{command} --help"
+        _runs_as_documented(command, home)
