@@ -629,7 +629,12 @@ class SlackAdapter:
         (across processes and restarts, like events): the same signed request replayed within Slack's 5
         minutes was acked, and is otherwise ignored: no job, no message."""
         trigger = str(payload.get("trigger_id") or "")
-        if trigger and not await self.core.first_time(f"slack:trigger:{trigger}"):
+        try:
+            first = not trigger or await self.core.first_time(f"slack:trigger:{trigger}")
+        except BaseException:
+            coro.close()  # the dedupe store could not answer (a database outage): no work, and no leak
+            raise
+        if not first:
             coro.close()
             log.info("slack request replayed; ignored", extra={"trigger_id": trigger})
             return

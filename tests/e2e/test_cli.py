@@ -446,7 +446,7 @@ def test_console_vary_of_a_deleted_image_is_a_clear_line_and_the_console_goes_on
     assert "Deleted." in stdout, (stdout, stderr)
     assert "image 1 of your last job was deleted" in stdout + stderr
     assert "quota" in stdout.lower()  # the line after it ran
-    assert [r["status"] for r in ledger(tmp_path / "bot.sqlite3")] == ["succeeded"]  # the vary cost nothing
+    assert [r["status"] for r in ledger(tmp_path / "bot.sqlite3")] == ["delivered"]  # the vary cost nothing
 
 
 # --- every example in a help text and in README.md runs --------------------------------------------------
@@ -487,6 +487,9 @@ def _runs_as_documented(command: str, tmp_path: Path) -> None:
     if args[:1] == ["run"] and "--help" not in args:
         # No chat token in a test: the settings were accepted, and it says which tokens to set.
         assert run.code == 2 and "SLACK_BOT_TOKEN" in run.stderr, (command, run.stderr)
+    elif args[:1] == ["redeliver"] and "--help" not in args:
+        # A fresh database holds no job: it says so in one line (tests/core/test_paid_work.py delivers one).
+        assert run.code == 2 and "no image of it waits to be delivered" in run.stderr, (command, run.stderr)
     else:
         assert run.code == 0, (command, run.stdout, run.stderr)
 
