@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from . import pg
+from . import jobstate, pg
 from .errors import UserError
 from .images import ImageInput
 from .pricing import PriceTable, format_usd
@@ -387,7 +387,9 @@ def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
     blobs = db.conn.execute(
         "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM blob_refs WHERE blob_refs.sha256 = blobs.sha256)"
     ).rowcount
-    # Images that were never posted are kept for `imagebot redeliver` as long as buttons live (SPEC §5).
+    # Delivered images' bytes go (bot/jobstate.py); those never posted are kept for `imagebot redeliver` as
+    # long as buttons live (SPEC §5).
+    jobstate.forget_delivered(db.conn)
     kept = db.conn.execute(
         "DELETE FROM outbox WHERE created_at < ? AND row_id IN (SELECT id FROM ledger WHERE status='undelivered')",
         old_results,

@@ -142,12 +142,18 @@ def keep(conn: Any, row_id: int, job_id: str, seq: int, image: dict[str, Any], d
 
 
 def delivered(conn: Any, clock: Clock, row_ids: Sequence[int], now: str) -> int:
-    """The platform confirmed these images: their rows are delivered and their bytes go."""
-    moved = 0
-    for row_id in row_ids:
-        moved += move(conn, clock, row_id, Status.DELIVERED, now=now, owner=None)
-        conn.execute("DELETE FROM outbox WHERE row_id=?", [row_id])
-    return moved
+    """The platform confirmed these images: their rows are delivered. Their bytes are no longer needed; they
+    go with the next sweep (`forget_delivered`), off the job's path: a delete of an image costs as much as
+    its insert."""
+    return sum(move(conn, clock, row_id, Status.DELIVERED, now=now, owner=None) for row_id in row_ids)
+
+
+def forget_delivered(conn: Any) -> int:
+    """Delete the outbox bytes of delivered images (the periodic sweep)."""
+    cursor = conn.execute(
+        "DELETE FROM outbox WHERE row_id IN (SELECT id FROM ledger WHERE status='delivered')"
+    )
+    return max(int(cursor.rowcount), 0)
 
 
 def undelivered(conn: Any, clock: Clock, row_ids: Sequence[int], now: str, why: str) -> int:
@@ -224,13 +230,13 @@ def own(conn: Any, job_id: str, owner: str, now: str) -> None:
 
 
 def waiting(conn: Any, job_id: str) -> list[tuple[Any, ...]]:
-    """A job's images in the outbox: (row_id, seq, data, width, height, format, elapsed_ms, actual_micros,
-    request_ids, status), in order."""
+    """A job's images waiting in the outbox (not delivered): (row_id, seq, data, width, height, format,
+    elapsed_ms, actual_micros, request_ids, status), in order."""
     return list(
         conn.execute(
             "SELECT o.row_id, o.seq, o.data, o.width, o.height, o.format, o.elapsed_ms, l.actual_micros, "
             "l.request_ids, l.status FROM outbox o JOIN ledger l ON l.id = o.row_id WHERE o.job_id=? "
-            "ORDER BY o.seq",
+            "AND l.status IN ('rendered', 'undelivered') ORDER BY o.seq",
             [job_id],
         ).fetchall()
     )
