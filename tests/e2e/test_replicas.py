@@ -70,8 +70,9 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
         )
         await until(lambda: len(rows()) == 3 and all(r["status"] == "delivered" for r in rows()), timeout=30)
         await asyncio.sleep(0.5)
+        # Which replica won each of the 3 places is a race (both answered 5 commands); the rest of the test
+        # has each serve a job for certain.
         assert len(openai.calls) == 3 and len(rows()) == 3
-        assert len({r["owner"] for r in rows()}) == 2  # both replicas served some
 
         # A Slack retry of one event delivered to the other replica makes one job.
         event = slack.message_event(text="a lighthouse --quality low", mention=True, user="U2")
