@@ -533,13 +533,12 @@ async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCor
     assert expired.refusals and ("expired" in expired.refusals[0] or "not known" in expired.refusals[0])
 
 
+@pytest.mark.sqlite_only  # the file size is SQLite's
 async def test_the_database_stops_growing_under_a_loop_of_price_checks(
     make_core: MakeCore, db_target: str
 ) -> None:
     """A user asks for price checks with new images every 20 minutes and never answers: the file grows until
     the first ones are an hour old, then stays the same size (freed pages are reused)."""
-    if not db_target.endswith(".sqlite3"):
-        pytest.skip("the file size is SQLite's")
     import os
     import sqlite3
 

@@ -424,11 +424,10 @@ async def test_a_500_from_the_batch_creation_releases_the_job_once_its_key_is_no
     assert_counters_match_ledger(core)
 
 
+@pytest.mark.sqlite_only  # the fault is a SQLite trigger
 async def test_a_database_error_while_recording_the_batch_is_resolved_by_its_key(
     start: StartCore, server: OfflineImageServer, db_target: str
 ) -> None:
-    if db_target.startswith("postgres"):
-        pytest.skip("the fault is a SQLite trigger")
     core = await start()
     target = core.settings.db_path
     fail = "SELECT RAISE(ABORT, 'disk I/O error (test)')"
