@@ -25,6 +25,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Any, cast
@@ -54,6 +55,7 @@ from .service import backoff
 
 log = logging.getLogger("imagebot.discord")
 
+RECENT_INTERACTIONS = 10_000  # interaction ids remembered for replays (Discord replays within a session)
 MAX_CONTENT = 2000  # Discord's message length limit
 BAR = 20
 NO_PINGS = discord.AllowedMentions.none()
@@ -887,6 +889,8 @@ class DiscordAdapter:
         # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
         self.refusal_lifetime = 60.0
         self._parents: dict[int, str] = {}  # thread id -> its parent channel's id, for uncached threads
+        self._recent: OrderedDict[int, None] = OrderedDict()  # interaction ids answered here (replays)
+        self._records: set[asyncio.Task[Any]] = set()
         self.state = "logging in"  # why not connected yet, for /readyz
         self._register()
 
@@ -1096,10 +1100,24 @@ class DiscordAdapter:
     async def first_time(self, interaction: discord.Interaction[Any]) -> bool:
         """A command, a button press or a form submission is handled once: the same interaction (its id)
         delivered again is ignored before it is answered (SPEC §10), as the reply path's messages are."""
-        if await self.core.first_time(f"discord:interaction:{interaction.id}"):
-            return True
-        log.info("discord interaction replayed; ignored", extra={"interaction_id": interaction.id})
-        return False
+        # Discord delivers an interaction again only to the session that had it (a resumed gateway), so a
+        # memory of the ids answered here decides at once: awaiting the database before every acknowledgement
+        # delayed all of them under a burst. The id is still recorded in the store, after the answer.
+        if interaction.id in self._recent:
+            log.info("discord interaction replayed; ignored", extra={"interaction_id": interaction.id})
+            return False
+        self._recent[interaction.id] = None
+        while len(self._recent) > RECENT_INTERACTIONS:
+            self._recent.popitem(last=False)
+        record = asyncio.create_task(self.core.first_time(f"discord:interaction:{interaction.id}"))
+        self._records.add(record)
+        record.add_done_callback(self._recorded)
+        return True
+
+    def _recorded(self, task: asyncio.Task[Any]) -> None:
+        self._records.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record an interaction id", exc_info=task.exception())
 
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
