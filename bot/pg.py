@@ -192,9 +192,16 @@ class PgConnection:
         import psycopg
 
         self._conn = psycopg.connect(url, autocommit=True)
+        self.round_trips = 0  # statements sent, each one network round trip (benchmarks/quota.py reads it)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
+        self.round_trips += 1
         return _Cursor(self._conn.execute(translate(sql), list(params) if params else None))  # type: ignore[arg-type]
+
+    def native(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
+        """One statement in PostgreSQL's own dialect (`%s` placeholders, nothing translated)."""
+        self.round_trips += 1
+        return _Cursor(self._conn.execute(sql, list(params) if params is not None else None))  # type: ignore[arg-type]
 
     @property
     def in_transaction(self) -> bool:
