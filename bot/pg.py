@@ -429,8 +429,9 @@ class PgDatabase:
         return self.conn.execute(sql, params)
 
 
-def connect(url: str) -> PgDatabase:
-    """Open the database and bring its schema up to date (safe when several replicas start at once)."""
+def connect(url: str, target: int = SCHEMA_VERSION) -> PgDatabase:
+    """Open the database and bring its schema up to date (safe when several replicas start at once).
+    `target`: stop at that version (the migration tests build databases of earlier versions)."""
     db = PgDatabase(url)
     conn = db.conn
     conn.execute("BEGIN")
@@ -440,7 +441,7 @@ def connect(url: str) -> PgDatabase:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
         )
         (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        for version in range(current + 1, target + 1):
             for statement in MIGRATIONS[version]:
                 conn.native(statement)  # PostgreSQL's own dialect: nothing translated
             conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
