@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
+RESERVED_KEPT = 100_000  # PostgreSQL: reservations remembered for settlements without a read (a bound)
 SERIALIZATION_ATTEMPTS = 50  # PostgreSQL: tries of one transaction that keeps losing races
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
@@ -117,6 +118,24 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
+    """The columns a settlement writes with its row's status."""
+    usage = settlement.usage or Usage()
+    return {
+        "actual_micros": settlement.actual_micros,
+        "text_tokens": usage.text_tokens,
+        "image_tokens": usage.image_tokens,
+        "output_tokens": usage.output_tokens,
+        "request_ids": json.dumps(list(settlement.request_ids)),
+        "attempts": settlement.attempts,
+        "latency_ms": settlement.latency_ms,
+        "error": settlement.error,
+        "finished_at": now,
+        "notice": settlement.notice,
+        "overage": int(overage > 0),
+    }
+
+
 def _too_many(open_jobs: int, pace: Pace) -> PaceExceeded:
     """The max_jobs refusal: the user has `open_jobs` jobs open."""
     return PaceExceeded(
@@ -141,6 +160,9 @@ class Ledger:
     store_prompts: bool = True
     clock: Callable[[], datetime] = utcnow
     lease: timedelta = LEASE
+    # PostgreSQL: the reservation of each row this process reserved and has not closed (a lower bound: an
+    # extension only adds), so a settlement within it needs no read first (`close_row_sync`).
+    _reserved: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
@@ -384,6 +406,9 @@ class Ledger:
                 request.count,
                 what,
             )
+        if len(self._reserved) > RESERVED_KEPT:  # rows closed elsewhere (recovered, relaxed) are never popped
+            self._reserved.clear()
+        self._reserved.update((int(i), each_micros) for i in ids)
         return Reservation(job_id, tuple(int(i) for i in ids), each_micros)
 
     def _native(self, sql: str, params: list[Any]) -> Any:
@@ -583,6 +608,22 @@ class Ledger:
         rendered image (its fields and bytes) goes to the outbox in the same transaction. False if the row
         could not move (already closed, recovered by another process, or not ours)."""
         now = self._now()
+        reserved_at_least = self._reserved.pop(row_id, None)
+        if keep is None and reserved_at_least is not None and settlement.actual_micros <= reserved_at_least:
+            # PostgreSQL, a row reserved here and charged within its reservation (no overage): its state
+            # machine UPDATE from whichever open state it is in is the whole settlement (the trigger moves the
+            # counters). If the row did not move, the path below reads it and answers as it always did.
+            if jobstate.move(
+                self.db.conn,
+                self.leases,
+                row_id,
+                settlement.status,
+                now=now,
+                owner=self.instance_id if fenced else None,
+                only_from=OPEN,
+                sets=_closing(settlement, now, overage=0),
+            ):
+                return True
         # On PostgreSQL the ledger's trigger moves the counters with the row's UPDATE (bot/pg.py), so without
         # an image to keep, the conditional UPDATE is the whole settlement: no transaction around it.
         single = keep is None and self.postgres  # (a lock outside a transaction would only cost a write)
@@ -595,7 +636,6 @@ class Ledger:
             if row is None or row[0] not in OPEN:
                 return False
             old_status, reserved, workspace, channel, user, day, month, platform, job_id, seq = row
-            usage = settlement.usage or Usage()
             overage = max(0, settlement.actual_micros - int(reserved))
             moved = jobstate.move(
                 self.db.conn,
@@ -605,19 +645,7 @@ class Ledger:
                 now=now,
                 owner=self.instance_id if fenced else None,
                 only_from=(old_status,),
-                sets={
-                    "actual_micros": settlement.actual_micros,
-                    "text_tokens": usage.text_tokens,
-                    "image_tokens": usage.image_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "request_ids": json.dumps(list(settlement.request_ids)),
-                    "attempts": settlement.attempts,
-                    "latency_ms": settlement.latency_ms,
-                    "error": settlement.error,
-                    "finished_at": now,
-                    "notice": settlement.notice,
-                    "overage": int(overage > 0),
-                },
+                sets=_closing(settlement, now, overage),
             )
             if not moved:
                 return False
