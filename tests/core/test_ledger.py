@@ -918,3 +918,40 @@ async def test_postgres_reservations_refuse_in_the_same_words_as_sqlite(tmp_path
         "this channel's monthly spend",
     ]
     assert on_sqlite[-1] == "UserError: this image is no longer running"
+
+
+async def test_a_settlement_answers_as_before_when_it_skips_the_read(
+    open_ledger: Callable[..., Ledger],
+) -> None:
+    """On PostgreSQL a settlement within the reservation is one UPDATE (no read first); every answer is the
+    same as the read-then-move path's: settled, already closed, overage flagged, closed by another process
+    (recovery), no arrow from `reserved` to `rendered`; the counters equal the ledger's sums."""
+    ledger, other = open_ledger(), open_ledger()
+    path = ledger.path
+    sent = getattr(ledger.db.conn, "round_trips", 0)
+    job = await ledger.reserve(ALICE, request(3), 10_000, pace=Pace(cooldown=5, max_jobs=3))
+    assert await ledger.start(job.row_ids[0])
+    if ledger.postgres:  # pace, six limits, three rows and their counters: one statement; the start another
+        assert ledger.db.conn.round_trips - sent == 2  # type: ignore[attr-defined]
+    for row_id in job.row_ids[1:]:
+        assert await ledger.start(row_id)
+    first, second, third = job.row_ids
+    sent = getattr(ledger.db.conn, "round_trips", 0)
+    assert await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))
+    if ledger.postgres:
+        assert ledger.db.conn.round_trips - sent == 1  # type: ignore[attr-defined]
+    assert not await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))  # already closed
+    assert await ledger.close_row(second, Settlement(Status.RENDERED, 12_000))  # above its reservation
+    assert await other.close_row(third, Settlement(Status.INTERRUPTED, 10_000), fenced=False)
+    assert not await ledger.close_row(third, Settlement(Status.RENDERED, 9_000))  # recovered meanwhile
+    waiting = await ledger.reserve(BOB, request(1), 10_000)
+    with pytest.raises(ValueError, match="no arrow into rendered"):
+        await ledger.close_row(waiting.row_ids[0], Settlement(Status.RENDERED, 9_000))  # never started
+    rows = {r["id"]: r for r in ledger_rows(path)}
+    assert [(rows[i]["status"], rows[i]["actual_micros"], rows[i]["overage"]) for i in job.row_ids] == [
+        ("rendered", 9_000, 0),
+        ("rendered", 12_000, 1),
+        ("interrupted", 10_000, 0),
+    ]
+    assert rows[waiting.row_ids[0]]["status"] == "reserved"
+    assert_counters_match(path)
