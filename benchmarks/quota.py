@@ -1,4 +1,4 @@
-"""Quota ledger throughput: reserve + settle of a 1-image job, in one process and in several.
+"""Quota ledger throughput: reserve + start + settle of a 1-image job, in one process and in several.
 
     .venv/bin/python -m benchmarks.quota [--jobs 4000] [--procs 4] [--db postgresql://user@host:5432/db]
 
@@ -220,7 +220,7 @@ def main() -> None:
         per_s_1 = one["jobs"] / elapsed
         print(
             f"1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s "
-            f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+settle); "
+            f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+start+settle); "
             f"lock errors {one['lock_errors']}, other errors {one['other_errors']}"
         )
 
