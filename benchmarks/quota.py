@@ -1,20 +1,23 @@
-"""Quota ledger throughput: reserve + settle of a 1-image job, in one process and in several.
+"""Quota ledger throughput: reserve + start + settle of a 1-image job, in one process and in several.
 
     .venv/bin/python -m benchmarks.quota [--jobs 4000] [--procs 4] [--db postgresql://user@host:5432/db]
 
-Each job is `Ledger.reserve_sync` (one BEGIN IMMEDIATE transaction that checks all six limits
-and writes the ledger row and four counters) followed by `Ledger.close_row_sync` (settle to the
-real cost). Users, channels and workspaces vary; every limit is set (high enough never to
-refuse) so every check runs. The multi-process run starts its workers together on a barrier,
-all on one SQLite file, and counts total jobs over wall time. Any sqlite3.OperationalError
+Each job is what a 1-image job does to the ledger: `Ledger.reserve_sync` (checks all six limits and the
+pace, writes the ledger row and bumps four counters), `Ledger.start_sync` (reserved -> running) and
+`Ledger.close_row_sync` (settle to the real cost). Users, channels and workspaces vary; every limit is set
+(high enough never to refuse) so every check runs. The multi-process run starts its workers together on a
+barrier, all on one SQLite file, and counts total jobs over wall time. Any sqlite3.OperationalError
 (e.g. "database is locked") is counted as a lock error.
 
 With `--db postgresql://...` the same two runs go on PostgreSQL too (two fresh databases created on that
-server), SERIALIZABLE, where a reservation that loses a race is run again (`serialization_retries`).
+server); a transaction that loses a race is run again (`serialization_retries`). Round trips are counted at
+the driver (`PgConnection.round_trips`: one per statement sent) over the single-process run.
 
 Prints human-readable lines, then, as its last line, one JSON object with
 `jobs_per_s_1proc`, `jobs_per_s_4proc` and `lock_errors` (and with --db `jobs_per_s_pg_1proc`,
-`jobs_per_s_pg_4proc`, `serialization_retries`).
+`jobs_per_s_pg_4proc`, `serialization_retries`, `pg_round_trips_per_job` (reserve + start + settle),
+`pg_round_trips_reserve_settle`, `pg4_over_sqlite1` = pg 4 processes / SQLite 1 process and
+`pg_scaling` = pg 4 processes / pg 1 process, all from the same run).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import psycopg
 from bot import pg, quota
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
+from bot.jobstate import OPEN, PAID
 from bot.ledger import Ledger, Settlement, Status
 from bot.request import ImageRequest, Requester
 from bot.sizes import parse_size
@@ -66,6 +70,8 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     for i in range(first, first + count):
         try:
             reservation = ledger.reserve_sync(requester(worker, i), REQUEST, EACH)
+            if not ledger.start_sync(reservation.row_ids[0]):  # reserved -> running (bot/jobstate.py)
+                raise RuntimeError(f"row {reservation.row_ids[0]} could not start")
             ledger.close_row_sync(
                 reservation.row_ids[0],
                 Settlement(
@@ -86,13 +92,37 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     return stats
 
 
+def round_trips(ledger: Ledger) -> int:
+    """Statements this ledger's PostgreSQL connection has sent so far (0 on SQLite)."""
+    return int(getattr(ledger.db.conn, "round_trips", 0))
+
+
+def phases(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, float]:
+    """Round trips per reserve, start and settle, counted at the driver over `count` jobs."""
+    spent = {"reserve": 0, "start": 0, "settle": 0}
+    for i in range(first, first + count):
+        before = round_trips(ledger)
+        reservation = ledger.reserve_sync(requester(worker, i), REQUEST, EACH)
+        spent["reserve"] += round_trips(ledger) - before
+        before = round_trips(ledger)
+        ledger.start_sync(reservation.row_ids[0])
+        spent["start"] += round_trips(ledger) - before
+        before = round_trips(ledger)
+        ledger.close_row_sync(reservation.row_ids[0], Settlement(Status.RENDERED, ACTUAL, attempts=1))
+        spent["settle"] += round_trips(ledger) - before
+    return {name: value / count for name, value in spent.items()}
+
+
 def single(path: Path | str, jobs: int) -> tuple[float, dict[str, Any]]:
     ledger = Ledger(path, defaults=DEFAULTS)
     try:
         run_jobs(ledger, 0, 0, WARMUP)
+        trips = round_trips(ledger)
         started = time.perf_counter()
         stats = run_jobs(ledger, 0, WARMUP, jobs)
         elapsed = time.perf_counter() - started
+        stats["round_trips"] = round_trips(ledger) - trips
+        stats["phases"] = phases(ledger, 0, WARMUP + jobs, 100)
         stats["retries"] = ledger.serialization_retries
     finally:
         ledger.close()
@@ -160,8 +190,8 @@ def counters_match(path: Path | str) -> bool:
         path,
         "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros FROM ledger",
     ):
-        is_open = status in ("reserved", "running")
-        spend, images = (reserved if is_open else actual), int(is_open or status == "delivered")
+        is_open = status in OPEN
+        spend, images = (reserved if is_open else actual), int(is_open or status in PAID)
         for key in quota.counter_keys(Requester(platform, workspace, channel, user), day, month):
             old = expected.get(key, (0, 0))
             expected[key] = (old[0] + spend, old[1] + images)
@@ -190,7 +220,7 @@ def main() -> None:
         per_s_1 = one["jobs"] / elapsed
         print(
             f"1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s "
-            f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+settle); "
+            f"({elapsed / max(1, one['jobs']) * 1e6:.0f} us per reserve+start+settle); "
             f"lock errors {one['lock_errors']}, other errors {one['other_errors']}"
         )
 
@@ -221,6 +251,12 @@ def main() -> None:
     }
     if args.db:
         figures.update(postgres(args.db, args.jobs, args.procs))
+        figures["pg4_over_sqlite1"] = round(figures["jobs_per_s_pg_4proc"] / per_s_1, 3)
+        figures["pg_scaling"] = round(figures["jobs_per_s_pg_4proc"] / figures["jobs_per_s_pg_1proc"], 3)
+        print(
+            f"PostgreSQL {args.procs} processes / SQLite 1 process: {figures['pg4_over_sqlite1']:.2f} "
+            f"(target >= 0.5); PostgreSQL {args.procs} / 1 process: {figures['pg_scaling']:.2f} (target >= 2.0)"
+        )
     print(json.dumps(figures))
 
 
@@ -238,7 +274,12 @@ def postgres(url: str, jobs: int, procs: int) -> dict[str, Any]:
     one_url, many_url = fresh_database(url, "imagebot_bench_one"), fresh_database(url, "imagebot_bench_many")
     elapsed, one = single(one_url, jobs)
     per_s_1 = one["jobs"] / elapsed
-    print(f"PostgreSQL, 1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s")
+    trips = one["round_trips"] / max(1, one["jobs"])
+    print(
+        f"PostgreSQL, 1 process : {one['jobs']} jobs in {elapsed:.2f} s = {per_s_1:,.0f} jobs/s; "
+        f"{trips:.2f} round trips per job (reserve {one['phases']['reserve']:.2f}, start "
+        f"{one['phases']['start']:.2f}, settle {one['phases']['settle']:.2f}; target <= 3)"
+    )
     wall, many = multi(many_url, procs, jobs)
     total = sum(s["jobs"] for s in many)
     per_s_n = total / wall
@@ -248,7 +289,7 @@ def postgres(url: str, jobs: int, procs: int) -> dict[str, Any]:
     )
     print(
         f"PostgreSQL, {procs} processes: {total} jobs in {wall:.2f} s wall = {per_s_n:,.0f} jobs/s "
-        f"({per_s_n / per_s_1:.2f}x one process); serialization retries {retries}, errors {errors}"
+        f"({per_s_n / max(per_s_1, 1e-9):.2f}x one process); serialization retries {retries}, errors {errors}"
     )
     for example in [e for s in [one, *many] for e in s["examples"]][:3]:
         print(f"  error: {example}")
@@ -260,6 +301,8 @@ def postgres(url: str, jobs: int, procs: int) -> dict[str, Any]:
     return {
         "jobs_per_s_pg_1proc": round(per_s_1, 1),
         "jobs_per_s_pg_4proc": round(per_s_n, 1),
+        "pg_round_trips_per_job": round(trips, 2),
+        "pg_round_trips_reserve_settle": round(one["phases"]["reserve"] + one["phases"]["settle"], 2),
         "serialization_retries": retries,
         "pg_errors": errors,
         "pg_counters_match": match,

@@ -12,6 +12,7 @@ name or pid it had: a container that comes back under a new name, or never comes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlite_utils
 
@@ -44,6 +45,7 @@ T = TypeVar("T")
 
 
 LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
+RESERVED_KEPT = 100_000  # PostgreSQL: reservations remembered for settlements without a read (a bound)
 SERIALIZATION_ATTEMPTS = 50  # PostgreSQL: tries of one transaction that keeps losing races
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
 WAL_SIZE_LIMIT = 32 * 1024 * 1024
@@ -116,6 +118,33 @@ def _retried(method: Callable[..., T]) -> Callable[..., T]:
     return run
 
 
+def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
+    """The columns a settlement writes with its row's status."""
+    usage = settlement.usage or Usage()
+    return {
+        "actual_micros": settlement.actual_micros,
+        "text_tokens": usage.text_tokens,
+        "image_tokens": usage.image_tokens,
+        "output_tokens": usage.output_tokens,
+        "request_ids": json.dumps(list(settlement.request_ids)),
+        "attempts": settlement.attempts,
+        "latency_ms": settlement.latency_ms,
+        "error": settlement.error,
+        "finished_at": now,
+        "notice": settlement.notice,
+        "overage": int(overage > 0),
+    }
+
+
+def _too_many(open_jobs: int, pace: Pace) -> PaceExceeded:
+    """The max_jobs refusal: the user has `open_jobs` jobs open."""
+    return PaceExceeded(
+        f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
+        f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
+        "one finishes. Nothing was charged."
+    )
+
+
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("ledger write failed", exc_info=future.exception())
@@ -131,6 +160,9 @@ class Ledger:
     store_prompts: bool = True
     clock: Callable[[], datetime] = utcnow
     lease: timedelta = LEASE
+    # PostgreSQL: the reservation of each row this process reserved and has not closed (a lower bound: an
+    # extension only adds), so a settlement within it needs no read first (`close_row_sync`).
+    _reserved: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
@@ -203,6 +235,13 @@ class Ledger:
         finally:
             self._pool.shutdown(wait=True)
 
+    def _transaction(self, *, single: bool = False) -> contextlib.AbstractContextManager[Any]:
+        """A write transaction (`store.immediate`). `single`: the block's only write is one conditional
+        UPDATE, which PostgreSQL runs as a transaction of its own: no BEGIN and COMMIT round trips there."""
+        if single and self.postgres:
+            return contextlib.nullcontext()
+        return immediate(self.db)
+
     def _now(self) -> str:
         return _iso(self.clock())
 
@@ -263,15 +302,15 @@ class Ledger:
         pace: Pace | None = None,
     ) -> Reservation:
         """Check the pace and every limit and reserve `count` x `each_micros` in one BEGIN IMMEDIATE
-        transaction."""
+        transaction (on PostgreSQL: in one statement, `_reserve_postgres`)."""
         job_id = job_id or uuid.uuid4().hex[:16]
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
+        if self.postgres:
+            return self._reserve_postgres(who, request, each_micros, job_id, pace, now, periods, what)
         with immediate(self.db):
-            if self.postgres:  # the counters this checks, locked first (bot/pg.py)
-                quota.lock(self.db, who, periods.day, periods.month)
             if pace is not None:
                 self._keep_pace(who, pace, now)
             self._admit(who, periods, micros=each_micros * count, images=count, now=now, what=what)
@@ -307,6 +346,115 @@ class Ledger:
                 )
                 ids.append(int(cursor.fetchone()[0]))
         return Reservation(job_id, tuple(ids), each_micros)
+
+    def _reserve_postgres(
+        self,
+        who: Requester,
+        request: ImageRequest,
+        each_micros: int,
+        job_id: str,
+        pace: Pace | None,
+        now: datetime,
+        periods: quota.Periods,
+        what: str,
+    ) -> Reservation:
+        """`reserve_sync` on PostgreSQL: one statement, `imagebot_reserve` (bot/pg.py), which locks the
+        counters, checks the pace and every limit and inserts the rows (its trigger bumps the counters)."""
+        tenant = quota.Tenant.of(who)
+        stamp = _iso(now)
+        refused, used, limit, last_at, ids = self._native(
+            "SELECT refused, used, lim, last_at, ids FROM imagebot_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s)",
+            [
+                job_id,
+                request.count,
+                each_micros,
+                who.platform,
+                who.workspace,
+                who.channel,
+                who.user,
+                request.model,
+                str(request.size),
+                request.quality,
+                request.format,
+                request.prompt if self.store_prompts else None,
+                self.instance_id,
+                periods.day,
+                periods.month,
+                stamp,
+                "relax" if request.relax else "fast",
+                quota.limit_key("user", tenant, who.user),
+                quota.limit_key("channel", tenant, who.channel),
+                tenant.key,
+                self._defaults(),
+                pace.max_jobs if pace is not None else None,
+                _iso(now - timedelta(seconds=pace.cooldown))
+                if pace is not None and pace.cooldown > 0
+                else None,
+            ],
+        ).fetchone()
+        if refused is not None:
+            self._refused(
+                refused,
+                used,
+                limit,
+                last_at,
+                pace,
+                periods,
+                now,
+                request.count * each_micros,
+                request.count,
+                what,
+            )
+        if len(self._reserved) > RESERVED_KEPT:  # rows closed elsewhere (recovered, relaxed) are never popped
+            self._reserved.clear()
+        self._reserved.update((int(i), each_micros) for i in ids)
+        return Reservation(job_id, tuple(int(i) for i in ids), each_micros)
+
+    def _native(self, sql: str, params: list[Any]) -> Any:
+        """One statement in PostgreSQL's own dialect (bot/pg.py `PgConnection.native`)."""
+        return cast(pg.PgConnection, self.db.conn).native(sql, params)
+
+    def _defaults(self) -> list[int | None]:
+        """The configured limits in `imagebot_admit`'s order (bot/pg.py)."""
+        d = self.defaults
+        return [
+            d.user_daily_micros,
+            d.user_daily_images,
+            d.user_monthly_micros,
+            d.user_monthly_images,
+            d.channel_monthly_micros,
+            d.workspace_monthly_micros,
+        ]
+
+    def _refused(
+        self,
+        refused: str,
+        used: int | None,
+        limit: int | None,
+        last_at: str | None,
+        pace: Pace | None,
+        periods: quota.Periods,
+        now: datetime,
+        micros: int,
+        images: int,
+        what: str,
+    ) -> None:
+        """Raise the refusal PostgreSQL returned as data, worded as the SQLite path words it."""
+        if refused == "max_jobs" and pace is not None and used is not None:
+            raise _too_many(int(used), pace)
+        if refused == "cooldown" and pace is not None and last_at is not None:
+            raise self._too_soon(last_at, pace, now)
+        quota.refuse(
+            refused,
+            int(used or 0),
+            int(limit or 0),
+            periods,
+            micros=micros,
+            images=images,
+            now=now.astimezone(self.timezone),
+            what=what,
+        )
 
     def check_sync(self, who: Requester, request: ImageRequest, micros: int, pace: Pace | None) -> None:
         """Refuse (PaceExceeded, QuotaExceeded) as `reserve_sync` would for a job of `micros` in all, reserving
@@ -349,11 +497,7 @@ class Ledger:
             mine,
         ).fetchone()
         if open_jobs >= pace.max_jobs:
-            raise PaceExceeded(
-                f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-                f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
-                "one finishes. Nothing was charged."
-            )
+            raise _too_many(open_jobs, pace)
         if pace.cooldown <= 0:
             return
         (last,) = self.db.conn.execute(
@@ -361,13 +505,17 @@ class Ledger:
             [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
         ).fetchone()
         if last is not None:
-            wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-            again = now + timedelta(seconds=max(wait, 0))
-            raise PaceExceeded(
-                f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-                f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
-                f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
-            )
+            raise self._too_soon(last, pace, now)
+
+    def _too_soon(self, last: str, pace: Pace, now: datetime) -> PaceExceeded:
+        """The cooldown's refusal: the user's last job started at `last`."""
+        wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
+        again = now + timedelta(seconds=max(wait, 0))
+        return PaceExceeded(
+            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
+            f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
+            f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
+        )
 
     async def reserve(
         self,
@@ -385,6 +533,19 @@ class Ledger:
         transaction that checks every limit of the row's requester. Raises QuotaExceeded if they cannot take
         it; nothing changes then."""
         now = self.clock()
+        if self.postgres:  # one statement: imagebot_extend (bot/pg.py) locks, checks and extends
+            refused, used, limit, day = self._native(
+                "SELECT refused, used, lim, row_day FROM imagebot_extend(%s, %s, %s, %s::bigint[])",
+                [row_id, micros, _iso(now), self._defaults()],
+            ).fetchone()
+            if refused == "closed":
+                raise UserError("this image is no longer running")
+            if refused is not None:
+                periods = quota.Periods.at(
+                    datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone
+                )
+                self._refused(refused, used, limit, None, None, periods, now, micros, 0, "another attempt")
+            return
         with immediate(self.db):
             row = self.db.conn.execute(
                 "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=? /*lock*/",
@@ -397,8 +558,6 @@ class Ledger:
             periods = quota.Periods.at(
                 datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
             )
-            if self.postgres:
-                quota.lock(self.db, who, periods.day, periods.month)
             self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
             self.db.conn.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
@@ -411,7 +570,7 @@ class Ledger:
     def start_sync(self, row_id: int) -> bool:
         """An API call for this row is about to be made: reserved -> running, only while this process's lease
         is live (fencing). False if the row was recovered, cancelled or is not ours: make no call then."""
-        with immediate(self.db):
+        with self._transaction(single=True):
             return jobstate.move(
                 self.db.conn, self.leases, row_id, Status.RUNNING, now=self._now(), owner=self.instance_id
             )
@@ -449,16 +608,34 @@ class Ledger:
         rendered image (its fields and bytes) goes to the outbox in the same transaction. False if the row
         could not move (already closed, recovered by another process, or not ours)."""
         now = self._now()
-        with immediate(self.db):
+        reserved_at_least = self._reserved.pop(row_id, None)
+        if keep is None and reserved_at_least is not None and settlement.actual_micros <= reserved_at_least:
+            # PostgreSQL, a row reserved here and charged within its reservation (no overage): its state
+            # machine UPDATE from whichever open state it is in is the whole settlement (the trigger moves the
+            # counters). If the row did not move, the path below reads it and answers as it always did.
+            if jobstate.move(
+                self.db.conn,
+                self.leases,
+                row_id,
+                settlement.status,
+                now=now,
+                owner=self.instance_id if fenced else None,
+                only_from=OPEN,
+                sets=_closing(settlement, now, overage=0),
+            ):
+                return True
+        # On PostgreSQL the ledger's trigger moves the counters with the row's UPDATE (bot/pg.py), so without
+        # an image to keep, the conditional UPDATE is the whole settlement: no transaction around it.
+        single = keep is None and self.postgres  # (a lock outside a transaction would only cost a write)
+        with self._transaction(single=single):
             row = self.db.conn.execute(
                 "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, job_id, seq "
-                "FROM ledger WHERE id=? /*lock*/",
+                f"FROM ledger WHERE id=?{'' if single else ' /*lock*/'}",
                 [row_id],
             ).fetchone()
             if row is None or row[0] not in OPEN:
                 return False
             old_status, reserved, workspace, channel, user, day, month, platform, job_id, seq = row
-            usage = settlement.usage or Usage()
             overage = max(0, settlement.actual_micros - int(reserved))
             moved = jobstate.move(
                 self.db.conn,
@@ -468,34 +645,23 @@ class Ledger:
                 now=now,
                 owner=self.instance_id if fenced else None,
                 only_from=(old_status,),
-                sets={
-                    "actual_micros": settlement.actual_micros,
-                    "text_tokens": usage.text_tokens,
-                    "image_tokens": usage.image_tokens,
-                    "output_tokens": usage.output_tokens,
-                    "request_ids": json.dumps(list(settlement.request_ids)),
-                    "attempts": settlement.attempts,
-                    "latency_ms": settlement.latency_ms,
-                    "error": settlement.error,
-                    "finished_at": now,
-                    "notice": settlement.notice,
-                    "overage": int(overage > 0),
-                },
+                sets=_closing(settlement, now, overage),
             )
             if not moved:
                 return False
             if keep is not None:
                 jobstate.keep(self.db.conn, row_id, job_id, int(seq or 0), keep[0], keep[1], now)
             # An open row counts its reservation and one image; a closed one its actual cost, and its image
-            # only if it was made (rendered, delivered or not).
-            quota.bump(
-                self.db,
-                Requester(platform, workspace, channel, user),
-                day,
-                month,
-                micros=settlement.actual_micros - int(reserved),
-                images=int(str(settlement.status) in PAID) - 1,
-            )
+            # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/pg.py).
+            if not self.postgres:
+                quota.bump(
+                    self.db,
+                    Requester(platform, workspace, channel, user),
+                    day,
+                    month,
+                    micros=settlement.actual_micros - int(reserved),
+                    images=int(str(settlement.status) in PAID) - 1,
+                )
         if overage:
             # The estimate should be a true upper bound (SPEC §5): the real cost is recorded all the same.
             log.error(

@@ -7,17 +7,21 @@ connection (the ledger's database thread owns it, as it owns the SQLite connecti
 quoted, `BEGIN IMMEDIATE` -> `BEGIN`, and the marker `/*lock*/` -> `FOR UPDATE` (in SQLite a comment: there
 `BEGIN IMMEDIATE` already makes a writer the only one).
 
-Race-free reservations: a reservation first locks the quota counters it checks (creating any missing one),
-always in the same order (sorted by scope, key, period), so two reservations never deadlock and a second
-one that needs a counter waits for the first to commit, then sees its rows (READ COMMITTED: each statement
-reads what is committed). So no two replicas can both pass a limit only one fits. A settlement locks its
-ledger row first, so two replicas recovering the same row cannot both move the counters. Should PostgreSQL
-still abort a transaction (a deadlock, a serialization failure), the ledger runs it again (`is_retryable`, a
-bounded number of times): no user ever sees one. Why psycopg 3: a plain synchronous driver fits the ledger's
-one database thread per process, and its binary package needs no compiler.
+Race-free reservations in one round trip: a reservation is one statement, `imagebot_reserve` (schema version
+5, below), which locks the quota counters it checks (creating any missing one) always in the same order
+(scope, key, period), so two reservations never deadlock and a second one that needs a counter waits for the
+first to commit, then sees its rows (READ COMMITTED); it checks the pace and every limit and inserts the rows
+in that one statement, so it holds its locks only as long as that. No two replicas can both pass a limit
+only one fits. The counters follow the ledger by a trigger (`ledger_counters`), so a settlement is the state
+machine's one conditional UPDATE (bot/jobstate.py), and its counters move in the same statement: two replicas
+recovering the same row cannot both move them. Should PostgreSQL still abort a transaction (a deadlock, a
+serialization failure), the ledger runs it again (`is_retryable`, a bounded number of times): no user ever
+sees one. `PgConnection.round_trips` counts the statements sent (benchmarks/quota.py). Why psycopg 3: a plain
+synchronous driver fits the ledger's one database thread per process, and its binary package needs no
+compiler.
 
-The schema is created at start (one set of migrations for this backend, `SCHEMA`), under an advisory lock so
-replicas starting together do not race.
+The schema is created at start (this backend's MIGRATIONS, each version's statements in PostgreSQL's own
+dialect, sent untranslated), under an advisory lock so replicas starting together do not race.
 
 psycopg is the optional `[postgres]` extra: this module imports it only when a PostgreSQL database is opened,
 so a SQLite-only install never needs it. Without it, a PostgreSQL `IMAGEBOT_DB` is a configuration error
@@ -41,7 +45,7 @@ MISSING_DRIVER = (
     "IMAGEBOT_DB is a PostgreSQL URL, but psycopg is not installed: pip install 'imagebot[postgres]'"
 )
 
-SCHEMA_VERSION = 4  # the versions of MIGRATIONS below
+SCHEMA_VERSION = 5  # the versions of MIGRATIONS below
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -125,7 +129,208 @@ RELAX_KEYS = [
     "DROP INDEX IF EXISTS idx_batch_lines_batch_id",
     "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)",
 ]
-MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS}
+# Version 5, reservations in one round trip (bot/ledger.py; no SQLite counterpart: SQLite keeps its in-process
+# code). The counters follow the ledger by a trigger: a row counts its reservation and one image while open
+# (reserved, running, batched), its actual cost and one image if paid once closed, so any write of a row's
+# status or amounts moves its four counters in the same statement (settlement is one UPDATE). A reservation is
+# one call of `imagebot_reserve`: it locks the four counters in one fixed order (creating any missing one),
+# checks the pace and every limit (the tenant's overrides, then the defaults it is given), and inserts the
+# rows; a refusal comes back as data (which limit, what is used), and the caller words it (bot/quota.py).
+FAST_RESERVE = [
+    """CREATE OR REPLACE FUNCTION imagebot_part(t text) RETURNS text LANGUAGE sql IMMUTABLE AS
+        $$ SELECT replace(replace(coalesce(t, ''), '%', '%25'), ':', '%3A') $$""",
+    """CREATE OR REPLACE FUNCTION imagebot_ledger_counters() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        dm bigint;
+        di bigint;
+        tenant text;
+        who text;
+        stage integer;
+    BEGIN
+        IF NEW.status IN ('reserved', 'running', 'batched') THEN
+            dm := NEW.reserved_micros; di := 1;
+        ELSE
+            dm := NEW.actual_micros;
+            di := CASE WHEN NEW.status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END;
+        END IF;
+        IF TG_OP = 'UPDATE' THEN
+            IF OLD.status IN ('reserved', 'running', 'batched') THEN
+                dm := dm - OLD.reserved_micros; di := di - 1;
+            ELSE
+                dm := dm - OLD.actual_micros;
+                di := di - CASE WHEN OLD.status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END;
+            END IF;
+        END IF;
+        IF (dm = 0 AND di = 0) OR NEW.day IS NULL OR NEW.month IS NULL THEN
+            RETURN NULL;
+        END IF;
+        tenant := imagebot_part(NEW.platform) || ':' || imagebot_part(NEW.workspace);
+        who := tenant || ':' || imagebot_part(NEW."user");
+        -- The counters exist (the reservation made them): plain updates, in the order every writer takes.
+        stage := 0;
+        UPDATE counters SET micros = micros + dm, images = images + di
+            WHERE scope = 'channel_month' AND key = tenant || ':' || imagebot_part(NEW.channel)
+            AND period = NEW.month;
+        IF FOUND THEN
+            stage := 1;
+            UPDATE counters SET micros = micros + dm, images = images + di
+                WHERE scope = 'user_day' AND key = who AND period = NEW.day;
+        END IF;
+        IF FOUND THEN
+            stage := 2;
+            UPDATE counters SET micros = micros + dm, images = images + di
+                WHERE scope = 'user_month' AND key = who AND period = NEW.month;
+        END IF;
+        IF FOUND THEN
+            stage := 3;
+            UPDATE counters SET micros = micros + dm, images = images + di
+                WHERE scope = 'workspace_month' AND key = tenant AND period = NEW.month;
+        END IF;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
+        -- One was missing (a row written before this version, say): it and the ones after it, upserted.
+        INSERT INTO counters AS c (scope, key, period, micros, images)
+            SELECT v.s, v.k, v.p, dm, di FROM (VALUES
+                (1, 'channel_month', tenant || ':' || imagebot_part(NEW.channel), NEW.month),
+                (2, 'user_day', who, NEW.day), (3, 'user_month', who, NEW.month),
+                (4, 'workspace_month', tenant, NEW.month)) AS v(n, s, k, p)
+            WHERE v.n > stage ORDER BY v.n
+            ON CONFLICT (scope, key, period) DO UPDATE
+                SET micros = c.micros + excluded.micros, images = c.images + excluded.images;
+        RETURN NULL;
+    END $$""",
+    "DROP TRIGGER IF EXISTS ledger_counters ON ledger",
+    """CREATE TRIGGER ledger_counters AFTER INSERT OR UPDATE OF status, reserved_micros, actual_micros
+        ON ledger FOR EACH ROW EXECUTE FUNCTION imagebot_ledger_counters()""",
+    # Lock the counters of one requester in the order every writer takes them (scope, key, period), check the
+    # pace (when max_jobs / since are given) and every limit for `need_m` / `need_i` more. `defaults`: the six
+    # configured limits (user daily USD, daily images, monthly USD, monthly images, channel monthly USD,
+    # workspace monthly USD), NULL for none; an override of -1 lifts one. `refused` names what refused.
+    """CREATE OR REPLACE FUNCTION imagebot_admit(
+        p_platform text, p_workspace text, p_user text, user_key text, channel_key text, tenant_key text,
+        p_day text, p_month text, need_m bigint, need_i bigint, defaults bigint[], max_jobs bigint,
+        since text, OUT refused text, OUT used bigint, OUT lim bigint, OUT last_at text)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        cm bigint; ud_m bigint; ud_i bigint; um_m bigint; um_i bigint; wm bigint;
+        lu record; lc record; lw record;
+        lims bigint[];
+        uses bigint[];
+        needs bigint[];
+        labels text[] := ARRAY['your daily spend', 'your daily images', 'your monthly spend',
+            'your monthly images', 'this channel''s monthly spend', 'this workspace''s monthly spend'];
+    BEGIN
+        -- Lock the four counters (creating any missing one) in the order every writer takes them.
+        SELECT c.micros INTO cm FROM counters c
+            WHERE c.scope = 'channel_month' AND c.key = channel_key AND c.period = p_month FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO counters VALUES ('channel_month', channel_key, p_month, 0, 0) ON CONFLICT DO NOTHING;
+            SELECT c.micros INTO cm FROM counters c
+                WHERE c.scope = 'channel_month' AND c.key = channel_key AND c.period = p_month FOR UPDATE;
+        END IF;
+        SELECT c.micros, c.images INTO ud_m, ud_i FROM counters c
+            WHERE c.scope = 'user_day' AND c.key = user_key AND c.period = p_day FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO counters VALUES ('user_day', user_key, p_day, 0, 0) ON CONFLICT DO NOTHING;
+            SELECT c.micros, c.images INTO ud_m, ud_i FROM counters c
+                WHERE c.scope = 'user_day' AND c.key = user_key AND c.period = p_day FOR UPDATE;
+        END IF;
+        SELECT c.micros, c.images INTO um_m, um_i FROM counters c
+            WHERE c.scope = 'user_month' AND c.key = user_key AND c.period = p_month FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO counters VALUES ('user_month', user_key, p_month, 0, 0) ON CONFLICT DO NOTHING;
+            SELECT c.micros, c.images INTO um_m, um_i FROM counters c
+                WHERE c.scope = 'user_month' AND c.key = user_key AND c.period = p_month FOR UPDATE;
+        END IF;
+        SELECT c.micros INTO wm FROM counters c
+            WHERE c.scope = 'workspace_month' AND c.key = tenant_key AND c.period = p_month FOR UPDATE;
+        IF NOT FOUND THEN
+            INSERT INTO counters VALUES ('workspace_month', tenant_key, p_month, 0, 0) ON CONFLICT DO NOTHING;
+            SELECT c.micros INTO wm FROM counters c
+                WHERE c.scope = 'workspace_month' AND c.key = tenant_key AND c.period = p_month FOR UPDATE;
+        END IF;
+        IF max_jobs IS NOT NULL THEN
+            SELECT count(DISTINCT job_id) INTO used FROM ledger WHERE platform = p_platform
+                AND workspace = p_workspace AND "user" = p_user AND status IN ('reserved', 'running', 'batched');
+            IF used >= max_jobs THEN
+                refused := 'max_jobs'; RETURN;
+            END IF;
+            used := NULL;
+        END IF;
+        IF since IS NOT NULL THEN
+            SELECT max(created_at) INTO last_at FROM ledger WHERE platform = p_platform
+                AND workspace = p_workspace AND "user" = p_user AND created_at > since;
+            IF last_at IS NOT NULL THEN
+                refused := 'cooldown'; RETURN;
+            END IF;
+        END IF;
+        SELECT * INTO lu FROM limits WHERE scope = 'user' AND key = user_key;
+        SELECT * INTO lc FROM limits WHERE scope = 'channel' AND key = channel_key;
+        SELECT * INTO lw FROM limits WHERE scope = 'workspace' AND key = tenant_key;
+        lims := ARRAY[coalesce(lu.daily_micros, defaults[1]), coalesce(lu.daily_images, defaults[2]),
+            coalesce(lu.monthly_micros, defaults[3]), coalesce(lu.monthly_images, defaults[4]),
+            coalesce(lc.monthly_micros, defaults[5]), coalesce(lw.monthly_micros, defaults[6])];
+        uses := ARRAY[ud_m, ud_i, um_m, um_i, cm, wm];
+        needs := ARRAY[need_m, need_i, need_m, need_i, need_m, need_m];
+        FOR n IN 1..6 LOOP
+            IF lims[n] IS NOT NULL AND lims[n] <> -1 AND uses[n] + needs[n] > lims[n] THEN
+                refused := labels[n]; used := uses[n]; lim := lims[n]; RETURN;
+            END IF;
+        END LOOP;
+    END $$""",
+    """CREATE OR REPLACE FUNCTION imagebot_reserve(
+        p_job_id text, p_count integer, p_each bigint, p_platform text, p_workspace text, p_channel text,
+        p_user text, p_model text, p_size text, p_quality text, p_format text, p_prompt text, p_owner text,
+        p_day text, p_month text, p_stamp text, p_mode text, user_key text, channel_key text, tenant_key text,
+        defaults bigint[], max_jobs bigint, since text,
+        OUT refused text, OUT used bigint, OUT lim bigint, OUT last_at text, OUT ids bigint[])
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        rid bigint;
+    BEGIN
+        SELECT a.refused, a.used, a.lim, a.last_at INTO refused, used, lim, last_at FROM imagebot_admit(
+            p_platform, p_workspace, p_user, user_key, channel_key, tenant_key, p_day, p_month,
+            p_each * p_count, p_count, defaults, max_jobs, since) AS a;
+        IF refused IS NOT NULL THEN
+            RETURN;
+        END IF;
+        ids := ARRAY[]::bigint[];
+        FOR seq IN 0..p_count - 1 LOOP
+            INSERT INTO ledger (job_id, seq, platform, workspace, channel, "user", model, size, quality, format,
+                prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, created_at,
+                updated_at, mode)
+            VALUES (p_job_id, seq, p_platform, p_workspace, p_channel, p_user, p_model, p_size, p_quality,
+                p_format, p_prompt, 'reserved', p_each, 0, 0, p_owner, p_day, p_month, p_stamp, p_stamp, p_mode)
+            RETURNING id INTO rid;
+            ids := ids || rid;
+        END LOOP;
+    END $$""",
+    # A retry's extension of an open row: `refused` is 'closed' when the row is no longer open.
+    """CREATE OR REPLACE FUNCTION imagebot_extend(p_row bigint, p_micros bigint, p_stamp text, defaults bigint[],
+        OUT refused text, OUT used bigint, OUT lim bigint, OUT row_day text)
+    LANGUAGE plpgsql AS $$
+    DECLARE
+        r record;
+        tenant text;
+    BEGIN
+        SELECT * INTO r FROM ledger WHERE id = p_row FOR UPDATE;
+        IF NOT FOUND OR r.status NOT IN ('reserved', 'running', 'batched') THEN
+            refused := 'closed'; RETURN;
+        END IF;
+        row_day := r.day;
+        tenant := imagebot_part(r.platform) || ':' || imagebot_part(r.workspace);
+        SELECT a.refused, a.used, a.lim INTO refused, used, lim FROM imagebot_admit(
+            r.platform, r.workspace, r."user", tenant || ':' || imagebot_part(r."user"),
+            tenant || ':' || imagebot_part(r.channel), tenant, r.day, r.month, p_micros, 0, defaults, NULL,
+            NULL) AS a;
+        IF refused IS NOT NULL THEN
+            RETURN;
+        END IF;
+        UPDATE ledger SET reserved_micros = reserved_micros + p_micros, updated_at = p_stamp WHERE id = p_row;
+    END $$""",
+]
+MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS, 5: FAST_RESERVE}
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal
 _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
@@ -192,9 +397,16 @@ class PgConnection:
         import psycopg
 
         self._conn = psycopg.connect(url, autocommit=True)
+        self.round_trips = 0  # statements sent, each one network round trip (benchmarks/quota.py reads it)
 
     def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
+        self.round_trips += 1
         return _Cursor(self._conn.execute(translate(sql), list(params) if params else None))  # type: ignore[arg-type]
+
+    def native(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
+        """One statement in PostgreSQL's own dialect (`%s` placeholders, nothing translated)."""
+        self.round_trips += 1
+        return _Cursor(self._conn.execute(sql, list(params) if params is not None else None))  # type: ignore[arg-type]
 
     @property
     def in_transaction(self) -> bool:
@@ -217,8 +429,9 @@ class PgDatabase:
         return self.conn.execute(sql, params)
 
 
-def connect(url: str) -> PgDatabase:
-    """Open the database and bring its schema up to date (safe when several replicas start at once)."""
+def connect(url: str, target: int = SCHEMA_VERSION) -> PgDatabase:
+    """Open the database and bring its schema up to date (safe when several replicas start at once).
+    `target`: stop at that version (the migration tests build databases of earlier versions)."""
     db = PgDatabase(url)
     conn = db.conn
     conn.execute("BEGIN")
@@ -228,9 +441,9 @@ def connect(url: str) -> PgDatabase:
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
         )
         (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        for version in range(current + 1, target + 1):
             for statement in MIGRATIONS[version]:
-                conn.execute(statement)
+                conn.native(statement)  # PostgreSQL's own dialect: nothing translated
             conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
         conn.execute("COMMIT")
     except BaseException:

@@ -318,32 +318,26 @@ def enforce(all_checks: list[Check], *, micros: int, images: int, now: datetime,
             )
 
 
+def refuse(
+    label: str, used: int, limit: int, periods: Periods, *, micros: int, images: int, now: datetime, what: str
+) -> None:
+    """Raise QuotaExceeded for the limit `label` (a key of LABELS), as `enforce` words it: a refusal that
+    PostgreSQL's `imagebot_admit` returned as data (bot/pg.py)."""
+    scope = LABELS[label]
+    resets = periods.day_resets if scope == "user_day" else periods.month_resets
+    check = Check(label, scope, "", "", int(limit), int(used), label.endswith("images"), resets)
+    enforce([check], micros=micros, images=images, now=now, what=what)
+    raise AssertionError(f"{label}: {used} + {micros}/{images} fits {limit}")  # the database said it did not
+
+
 def bump(
     db: sqlite_utils.Database, who: Requester, day: str, month: str, *, micros: int, images: int
 ) -> None:
     """Add to every counter a ledger row feeds (negative amounts release), in one statement."""
     params: list[object] = []
-    for scope, key, period in sorted(counter_keys(who, day, month)):  # the order `lock` takes them in
+    for scope, key, period in sorted(counter_keys(who, day, month)):  # one order for every writer
         params += (scope, key, period, micros, images)
     db.execute(_BUMP_SQL, params)
-
-
-def lock(db: sqlite_utils.Database, who: Requester, day: str, month: str) -> None:
-    """PostgreSQL: lock every counter a reservation of `who` checks (creating any that is missing), in one
-    fixed order, for the rest of the transaction (bot/pg.py). SQLite needs none: one writer at a time."""
-    keys = sorted(counter_keys(who, day, month))
-    params: list[object] = [part for key in keys for part in (*key, 0, 0)]
-    db.execute(
-        "INSERT OR IGNORE INTO counters (scope, key, period, micros, images) VALUES "
-        + ", ".join(["(?, ?, ?, ?, ?)"] * len(keys)),
-        params,
-    )
-    db.execute(
-        "SELECT scope FROM counters WHERE "
-        + " OR ".join(["(scope=? AND key=? AND period=?)"] * len(keys))
-        + " ORDER BY scope, key, period /*lock*/",
-        [part for key in keys for part in key],
-    ).fetchall()
 
 
 _BUMP_SQL = (

@@ -22,6 +22,7 @@ import sqlite_utils
 from PIL import Image
 
 from bot import pg, quota, store
+from bot.access import Pace
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
 from bot.ledger import Ledger, Settlement, Status
@@ -844,3 +845,113 @@ async def test_the_chart_has_a_bar_for_every_day_the_total_counts(store_named: C
 
 
 BAR_BLUE = (0x4A, 0x7B, 0xD0)
+
+
+# --- PostgreSQL's one-statement reservation words its refusals as SQLite does -------------------------
+
+
+async def _refusals(target: str) -> list[str]:
+    """Every kind of refusal a reservation or an extension gives, in order, on one store."""
+    clock = Clock(LATE_EVENING)
+    defaults = QuotaDefaults(
+        user_daily_micros=100_000,
+        user_daily_images=6,
+        user_monthly_micros=1_000_000,
+        user_monthly_images=40,
+        channel_monthly_micros=400_000,
+        workspace_monthly_micros=600_000,
+    )
+    ledger = Ledger(target, clock=clock, timezone=BERLIN, defaults=defaults)
+    seen: list[str] = []
+
+    async def refused(call: Any) -> None:
+        with pytest.raises(UserError) as refusal:
+            await call
+        seen.append(f"{type(refusal.value).__name__}: {refusal.value}")
+
+    try:
+        pace = Pace(cooldown=0, max_jobs=1)
+        first = await ledger.reserve(ALICE, request(2), 20_000, pace=pace)
+        await refused(ledger.reserve(ALICE, request(1), 1_000, pace=pace))  # max_jobs
+        await ledger.reserve(BOB, request(1), 1_000, pace=Pace(cooldown=30, max_jobs=5))
+        clock.advance(seconds=12.5)
+        await refused(ledger.reserve(BOB, request(1), 1_000, pace=Pace(cooldown=30, max_jobs=5)))  # cooldown
+        await refused(ledger.reserve(ALICE, request(2), 40_000))  # daily spend: 40,000 left
+        await refused(ledger.reserve(ALICE, request(5), 1))  # daily images: 4 left (2 of Alice, ...)
+        await ledger.set_limits("user", "U1", {"daily_micros": quota.UNLIMITED}, tenant=W1)
+        await refused(ledger.reserve(ALICE, request(5), 1))  # daily images still
+        await ledger.set_limits("user", "U1", {"daily_images": 100}, tenant=W1)
+        await refused(ledger.reserve(ALICE, request(1), 990_000))  # monthly spend, daily lifted
+        await ledger.set_limits("user", "U3", {"daily_micros": quota.UNLIMITED}, tenant=W1)
+        await ledger.set_limits("channel", "C2", {"monthly_micros": quota.UNLIMITED}, tenant=W1)
+        await refused(ledger.reserve(CAROL, request(1), 560_000))  # the workspace: 41,000 + 560,000
+        await ledger.set_limits("channel", "C1", {"monthly_micros": 50_000}, tenant=W1)
+        await refused(ledger.reserve(BOB, request(1), 10_000))  # the channel's own override
+        await refused(ledger.extend(first.row_ids[0], 20_000))  # another attempt, past the channel
+        await ledger.set_limits("channel", "C1", {"monthly_micros": quota.UNLIMITED}, tenant=W1)
+        await ledger.extend(first.row_ids[0], 20_000)  # fits now
+        await ledger.close_row(first.row_ids[1], Settlement(Status.CANCELLED, 0))
+        await refused(ledger.extend(first.row_ids[1], 1_000))  # the row is closed
+        assert stored_counters(target) == sql_counters(target)
+    finally:
+        ledger.close()
+    return seen
+
+
+async def test_postgres_reservations_refuse_in_the_same_words_as_sqlite(tmp_path: Path, pg_url: str) -> None:
+    """PostgreSQL checks and bumps in one statement (bot/pg.py `imagebot_reserve`); SQLite in Python. Every
+    refusal (max_jobs, cooldown, each limit, overrides, a lifted limit, an extension, a closed row) reads the
+    same, and the counters equal the ledger's sums on both."""
+    on_sqlite = await _refusals(str(tmp_path / "ledger.sqlite3"))
+    on_postgres = await _refusals(pg_url)
+    assert len(on_sqlite) == 10, on_sqlite
+    assert on_postgres == on_sqlite
+    assert on_sqlite[0].startswith("PaceExceeded: You have 1 job running or queued"), on_sqlite[0]
+    assert on_sqlite[1].startswith("PaceExceeded: You can start your next job in 18 s"), on_sqlite[1]
+    assert [text.split(" limit is")[0].split("but ")[-1] for text in on_sqlite[2:9]] == [
+        "your daily spend",
+        "your daily images",
+        "your daily images",
+        "your monthly spend",
+        "this workspace's monthly spend",
+        "this channel's monthly spend",
+        "this channel's monthly spend",
+    ]
+    assert on_sqlite[-1] == "UserError: this image is no longer running"
+
+
+async def test_a_settlement_answers_as_before_when_it_skips_the_read(
+    open_ledger: Callable[..., Ledger],
+) -> None:
+    """On PostgreSQL a settlement within the reservation is one UPDATE (no read first); every answer is the
+    same as the read-then-move path's: settled, already closed, overage flagged, closed by another process
+    (recovery), no arrow from `reserved` to `rendered`; the counters equal the ledger's sums."""
+    ledger, other = open_ledger(), open_ledger()
+    path = ledger.path
+    sent = getattr(ledger.db.conn, "round_trips", 0)
+    job = await ledger.reserve(ALICE, request(3), 10_000, pace=Pace(cooldown=5, max_jobs=3))
+    assert await ledger.start(job.row_ids[0])
+    if ledger.postgres:  # pace, six limits, three rows and their counters: one statement; the start another
+        assert ledger.db.conn.round_trips - sent == 2  # type: ignore[attr-defined]
+    for row_id in job.row_ids[1:]:
+        assert await ledger.start(row_id)
+    first, second, third = job.row_ids
+    sent = getattr(ledger.db.conn, "round_trips", 0)
+    assert await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))
+    if ledger.postgres:
+        assert ledger.db.conn.round_trips - sent == 1  # type: ignore[attr-defined]
+    assert not await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))  # already closed
+    assert await ledger.close_row(second, Settlement(Status.RENDERED, 12_000))  # above its reservation
+    assert await other.close_row(third, Settlement(Status.INTERRUPTED, 10_000), fenced=False)
+    assert not await ledger.close_row(third, Settlement(Status.RENDERED, 9_000))  # recovered meanwhile
+    waiting = await ledger.reserve(BOB, request(1), 10_000)
+    with pytest.raises(ValueError, match="no arrow into rendered"):
+        await ledger.close_row(waiting.row_ids[0], Settlement(Status.RENDERED, 9_000))  # never started
+    rows = {r["id"]: r for r in ledger_rows(path)}
+    assert [(rows[i]["status"], rows[i]["actual_micros"], rows[i]["overage"]) for i in job.row_ids] == [
+        ("rendered", 9_000, 0),
+        ("rendered", 12_000, 1),
+        ("interrupted", 10_000, 0),
+    ]
+    assert rows[waiting.row_ids[0]]["status"] == "reserved"
+    assert_counters_match(path)
