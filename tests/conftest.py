@@ -2,9 +2,9 @@
 
 The suite runs under pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`). Each worker is its own
 process with its own session, so `pg_server` is one server per worker (its own temp directory and free
-port: tests/pg.py), started only by a worker that runs a PostgreSQL test. A test that uses a module-scoped
-fixture is kept on one worker with the rest of its module's users (`xdist_group`), so that the fixture is
-built once, as it is without xdist.
+port: tests/pg.py), started only by a worker that runs a PostgreSQL test. The tests that use a module-scoped
+fixture are kept on one worker (`xdist_group`, named after the module), so that the fixture is built once,
+as it is without xdist. `-n 0` runs everything in this process (`-p no:xdist` would refuse addopts' `-n`).
 """
 
 from __future__ import annotations
@@ -43,21 +43,40 @@ def pg_url(pg_server: PgServer) -> str:
     return pg_server.create_database()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # A module-scoped fixture (e.g. tests/e2e/test_cli.py's CLI runs) is set up once per worker that runs one
-    # of its users: keep its users together so that it is set up once in all.
+def _group(item: pytest.Item) -> str | None:
+    """The `xdist_group` of `item`: its own mark, else its module's name when it uses a module-scoped fixture
+    (e.g. tests/e2e/test_cli.py's CLI runs), which is set up once per worker that runs one of its users: kept
+    together, it is set up once in all."""
+    for mark in item.iter_markers("xdist_group"):
+        return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(item, "module", None)
+    if info is None or module is None:
+        return None
+    for name in info.names_closure:
+        if any(d.scope == "module" for d in info.name2fixturedefs.get(name, ())):
+            return str(module.__name__)
+    return None
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which should have done this
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # --dist loadgroup sends the tests whose node ids end in the same `@group` to one worker. xdist 3.8 writes
+    # that suffix to `item._nodeid`, which pytest 9.2's structured node ids no longer read (pytest-xdist#1386:
+    # the groups are silently ignored), so write it where this pytest keeps the id.
+    if not config.getoption("loadgroup", default=False):
+        return
     for item in items:
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
+        group = _group(item)
+        if group is None or item.nodeid.endswith(f"@{group}"):
             continue
-        scoped = sorted(
-            name
-            for name in info.names_closure
-            if any(d.scope == "module" for d in info.name2fixturedefs.get(name, ()))
-        )
-        if scoped and not any(True for _ in item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+        item.add_marker(pytest.mark.xdist_group(group))
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id  # pytest >= 9.2
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
+        else:
+            item._nodeid = f"{item.nodeid}@{group}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
