@@ -5,10 +5,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     IMAGEBOT_DB=/data/imagebot.sqlite3 IMAGEBOT_HTTP_HOST=0.0.0.0 IMAGEBOT_HTTP_PORT=3000
 
 WORKDIR /app
+# The locked dependencies first (hash-checked; requirements.lock is compiled from pyproject.toml with the
+# postgres extra, see README's Development section), then the app itself without resolving anything again.
+COPY requirements.lock ./
+RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY adapters ./adapters
-RUN pip install --no-cache-dir '.[postgres]' \
+RUN pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin imagebot \
     && mkdir -p /data && chown imagebot /data
 

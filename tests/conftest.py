@@ -1,23 +1,34 @@
-"""Fixtures for every test: a throwaway PostgreSQL server (tests/pg.py), started on first use."""
+"""Fixtures for every test: a throwaway PostgreSQL server (tests/pg.py), started on first use.
+
+The suite runs under pytest-xdist (pyproject's addopts: `-n auto --dist loadgroup`). Each worker is its own
+process with its own session, so `pg_server` is one server per worker (its own temp directory and free
+port: tests/pg.py), started only by a worker that runs a PostgreSQL test. The tests that use a module-scoped
+fixture are kept on one worker (`xdist_group`, named after the module), so that the fixture is built once,
+as it is without xdist. `-n 0` runs everything in this process (`-p no:xdist` would refuse addopts' `-n`).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from tests.pg import PgServer
 
-_started: list[str] = []  # one line per server this session started, for the summary
+_started: list[str] = []  # one line per server this process started, for the summary
+_WORKER_KEY = "imagebot_pg_started"  # the lines a worker hands to the controller (config.workeroutput)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    """One real PostgreSQL server for the whole session; raises (never skips) when it cannot start."""
+    """One real PostgreSQL server per session (per xdist worker); raises (never skips) when it cannot
+    start."""
     server = PgServer()
     server.start()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")  # gw0, gw1, ... under xdist
     _started.append(
-        f"PostgreSQL test server: {server.bindir} ({'copied, ' if server.copied else ''}"
+        f"PostgreSQL test server ({worker}): {server.bindir} ({'copied, ' if server.copied else ''}"
         f"started in {server.start_seconds:.2f} s)"
     )
     try:
@@ -30,6 +41,54 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """A fresh, empty database for this test: `postgresql://imagebot@127.0.0.1:PORT/test_N`."""
     return pg_server.create_database()
+
+
+def _group(item: pytest.Item) -> str | None:
+    """The `xdist_group` of `item`: its own mark, else its module's name when it uses a module-scoped fixture
+    (e.g. tests/e2e/test_cli.py's CLI runs), which is set up once per worker that runs one of its users: kept
+    together, it is set up once in all."""
+    for mark in item.iter_markers("xdist_group"):
+        return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+    info = getattr(item, "_fixtureinfo", None)
+    module = getattr(item, "module", None)
+    if info is None or module is None:
+        return None
+    for name in info.names_closure:
+        if any(d.scope == "module" for d in info.name2fixturedefs.get(name, ())):
+            return str(module.__name__)
+    return None
+
+
+@pytest.hookimpl(trylast=True)  # after xdist's own hook, which should have done this
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # --dist loadgroup sends the tests whose node ids end in the same `@group` to one worker. xdist 3.8 writes
+    # that suffix to `item._nodeid`, which pytest 9.2's structured node ids no longer read (pytest-xdist#1386:
+    # the groups are silently ignored), so write it where this pytest keeps the id.
+    if not config.getoption("loadgroup", default=False):
+        return
+    for item in items:
+        group = _group(item)
+        if group is None or item.nodeid.endswith(f"@{group}"):
+            continue
+        item.add_marker(pytest.mark.xdist_group(group))
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id  # pytest >= 9.2
+
+            item._id = coerce_node_id(f"{item.nodeid}@{group}")
+        else:
+            item._nodeid = f"{item.nodeid}@{group}"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller prints the summary
+        workeroutput[_WORKER_KEY] = list(_started)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: object, error: object) -> None:
+    # The controller collects each worker's lines (xdist hook; absent without xdist).
+    _started.extend(getattr(node, "workeroutput", {}).get(_WORKER_KEY, []))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

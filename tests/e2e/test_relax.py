@@ -233,7 +233,13 @@ async def test_a_process_killed_while_sending_its_batch_leaves_it_to_the_next_on
         assert (image.width, image.height) == (1024, 1024)
         [row] = await ledger(core)
         assert (row["status"], row["mode"]) == ("delivered", "relax")
-        stored = await core.ledger.query("SELECT id, finished_at IS NOT NULL FROM batches")
+        # The batch is finished just after its jobs are delivered (bot/relax.py `_ended`): wait for that write
+        # rather than read at once (under load the read came first: finished_at still NULL).
+        for _ in range(200):
+            stored = await core.ledger.query("SELECT id, finished_at IS NOT NULL FROM batches")
+            if all(finished for _, finished in stored):
+                break
+            await asyncio.sleep(0.05)
         assert [tuple(r) for r in stored] == [(batch_id, True)]
     finally:
         await core.close()
