@@ -21,6 +21,7 @@ from typing import Any
 from . import access, quota, report
 from .app import Core
 from .errors import UserError
+from .jobstate import SQL_PAID
 from .pricing import format_usd
 from .request import Requester
 
@@ -120,7 +121,7 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
     def read(db: Any) -> tuple[list[tuple[Any, ...]], int]:
         recent = db.conn.execute(
             "SELECT job_id, MAX(prompt), MAX(size), SUM(actual_micros), MAX(context), MAX(created_at) "
-            "FROM ledger WHERE platform=? AND workspace=? AND user=? AND status IN ('rendered', 'delivered', 'undelivered') "
+            f"FROM ledger WHERE platform=? AND workspace=? AND user=? AND status IN {SQL_PAID} "
             "GROUP BY job_id ORDER BY MAX(created_at) DESC LIMIT ?",
             [who.platform, who.workspace, who.user, RECENT_IMAGES],
         ).fetchall()

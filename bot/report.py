@@ -16,6 +16,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .jobstate import SQL_PAID
 from .ledger import Ledger
 from .pricing import format_usd
 from .quota import Tenant
@@ -112,35 +113,35 @@ async def build(
     q = ledger.query
     images, spend, failures = (
         await q(
-            f"SELECT coalesce(sum(CASE WHEN status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END), 0), coalesce(sum(actual_micros), 0), "
+            f"SELECT coalesce(sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), 0), coalesce(sum(actual_micros), 0), "
             f"coalesce(sum(CASE WHEN status IN {FAILED} THEN 1 ELSE 0 END), 0) FROM ledger WHERE {where}",
             params,
         )
     )[0]
     who = "user" if tenant else "platform || ':' || workspace || ':' || user"
     top = await q(
-        f"SELECT {who}, sum(CASE WHEN status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
+        f"SELECT {who}, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
         "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5",
         params,
     )
     by = await q(
-        f"SELECT size, quality, sum(CASE WHEN status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
+        f"SELECT size, quality, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
         "GROUP BY size, quality ORDER BY sum(actual_micros) DESC",
         params,
     )
     modes = await q(
-        f"SELECT mode, sum(CASE WHEN status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} GROUP BY mode ORDER BY mode",
+        f"SELECT mode, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} GROUP BY mode ORDER BY mode",
         params,
     )
     latencies = [
         r[0]
         for r in await q(
-            f"SELECT latency_ms FROM ledger WHERE {where} AND status IN ('rendered', 'delivered', 'undelivered') AND latency_ms IS NOT NULL",
+            f"SELECT latency_ms FROM ledger WHERE {where} AND status IN {SQL_PAID} AND latency_ms IS NOT NULL",
             params,
         )
     ]
     daily = await q(
-        f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(CASE WHEN status IN ('rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END) FROM ledger "
+        f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END) FROM ledger "
         f"WHERE {where} GROUP BY 1 ORDER BY 1",
         params,
     )
