@@ -166,20 +166,19 @@ def undelivered(conn: Any, clock: Clock, row_ids: Sequence[int], now: str, why: 
 
 
 def requeue(conn: Any, clock: Clock, job_id: str, now: str) -> list[int]:
-    """`imagebot redeliver JOB`: its undelivered rows are rendered again, owned by nobody, so the next sweep of
-    a process serving its platform delivers them. Returns the rows requeued."""
-    rows = [
-        int(r[0])
-        for r in conn.execute(
-            "SELECT l.id FROM ledger l JOIN outbox o ON o.row_id = l.id WHERE l.job_id=? AND l.status IN "
-            "('undelivered', 'rendered') ORDER BY l.seq",
-            [job_id],
-        ).fetchall()
+    """`imagebot redeliver JOB`: its undelivered rows are rendered again and owned by nobody (one UPDATE each),
+    so the next sweep of a process serving its platform delivers them. A rendered row is left alone: its live
+    owner is delivering it, or, if its owner is gone, the sweep takes it anyway. Returns the rows requeued."""
+    rows = conn.execute(
+        "SELECT l.id FROM ledger l JOIN outbox o ON o.row_id = l.id WHERE l.job_id=? AND l.status='undelivered' "
+        "ORDER BY l.seq",
+        [job_id],
+    ).fetchall()
+    return [
+        int(row_id)
+        for (row_id,) in rows
+        if move(conn, clock, int(row_id), Status.RENDERED, now=now, owner=None, sets={"owner": None})
     ]
-    for row_id in rows:
-        move(conn, clock, row_id, Status.RENDERED, now=now, owner=None, only_from=(Status.UNDELIVERED,))
-        conn.execute("UPDATE ledger SET owner=NULL WHERE id=? AND status='rendered'", [row_id])
-    return rows
 
 
 def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: str, now: str) -> list[str]:

@@ -291,3 +291,19 @@ async def test_an_undelivered_image_is_kept_for_the_buttons_life_then_purged(mak
     await core.purge(force=True)
     assert await core.ledger.outbox(outcome.job_id) == []
     assert [r["status"] for r in rows(core)] == ["undelivered"]  # the ledger row stays: it was charged
+
+
+async def test_redeliver_leaves_an_image_its_live_process_is_delivering_alone(make_core: MakeCore) -> None:
+    """`imagebot redeliver` on a job whose image is still on its way must not hand it to a second process."""
+    from bot.ledger import Settlement, Status
+
+    core = await make_core()
+    reservation = await core.ledger.reserve(ALICE, core.parse(CHEAP), 6_000)
+    [row_id] = reservation.row_ids
+    assert await core.ledger.start(row_id)
+    image = {"width": 1024, "height": 1024, "format": "jpeg", "elapsed_ms": 10}
+    assert await core.ledger.close_row(row_id, Settlement(Status.RENDERED, 5_000), keep=(image, b"jpeg"))
+    assert await core.ledger.requeue(reservation.job_id) == []
+    [row] = rows(core)
+    assert (row["status"], row["owner"]) == ("rendered", core.ledger.instance_id)
+    assert await core.ledger.claim_orphans({"slack"}) == []  # its owner is live: nobody else takes it
