@@ -418,7 +418,7 @@ class JobRunner:
                 job.request,
                 [(i.width, i.height) for i in images],
                 self.prices,
-                lambda request: self.reservation(request, job.previews),
+                self._price_of(job.previews),
             )
             result = JobResult(
                 job.id,

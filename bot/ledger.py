@@ -684,44 +684,26 @@ class Ledger:
     # -- the outbox (bot/jobstate.py) ------------------------------------------------------
 
     async def delivered(self, row_ids: list[int]) -> None:
-        """The platform confirmed these images: delivered, and their bytes leave the outbox."""
-
-        def run() -> None:
-            with immediate(self.db):
-                jobstate.delivered(self.db.conn, self.leases, row_ids, self._now())
-
-        await self._run(run)
+        """The platform confirmed these images: delivered (their bytes go with the next purge)."""
+        await self.run_db(lambda db: jobstate.delivered(db.conn, self.leases, row_ids, self._now()))
 
     async def undelivered(self, row_ids: list[int], why: str) -> None:
         """Delivery gave up: the rows say why, the bytes stay for `imagebot redeliver`."""
-
-        def run() -> None:
-            with immediate(self.db):
-                jobstate.undelivered(self.db.conn, self.leases, row_ids, self._now(), why)
-
-        await self._run(run)
+        await self.run_db(lambda db: jobstate.undelivered(db.conn, self.leases, row_ids, self._now(), why))
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[str]:
         """Jobs with rendered images on `platforms` whose process is gone (or requeued by `imagebot
         redeliver`), claimed for this process to deliver."""
-
-        def run() -> list[str]:
-            with immediate(self.db):
-                return jobstate.claim_orphans(
-                    self.db.conn, self.leases, platforms, self.instance_id, self._now()
-                )
-
-        return await self._run(run)
+        return await self.run_db(
+            lambda db: jobstate.claim_orphans(db.conn, self.leases, platforms, self.instance_id, self._now())
+        )
 
     async def take(self, job_id: str) -> bool:
         """Hold a job's rendered rows for delivery under this process's current lease (after a fence, the old
         lease is gone); False if another live process holds them (it delivers them)."""
-
-        def run() -> bool:
-            with immediate(self.db):
-                return jobstate.take(self.db.conn, self.leases, job_id, self.instance_id, self._now())
-
-        return await self._run(run)
+        return await self.run_db(
+            lambda db: jobstate.take(db.conn, self.leases, job_id, self.instance_id, self._now())
+        )
 
     async def outbox(self, job_id: str) -> list[tuple[Any, ...]]:
         """A job's images still in the outbox (bot/jobstate.waiting)."""
@@ -742,12 +724,7 @@ class Ledger:
 
     async def requeue(self, job_id: str) -> list[int]:
         """`imagebot redeliver JOB`: its undelivered images go back to the outbox queue."""
-
-        def run() -> list[int]:
-            with immediate(self.db):
-                return jobstate.requeue(self.db.conn, self.leases, job_id, self._now())
-
-        return await self._run(run)
+        return await self.run_db(lambda db: jobstate.requeue(db.conn, self.leases, job_id, self._now()))
 
     # -- crash recovery -------------------------------------------------------------------
 
