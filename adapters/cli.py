@@ -2,7 +2,7 @@
 
 The CLI is one more adapter: an argparse front end over the core (bot/), like the chat adapters beside it.
 
-`quota` and `report` mirror the library: limits, counters and reports belong to a tenant (bot/quota.py),
+`quota` and `report` mirror the library: limits, counters and reports belong to a tenant (bot/policy/quota.py),
 named `--tenant PLATFORM:WORKSPACE` (`slack:T123`, `discord:456`, `cli:local`). With `--user`/`--channel` it
 is that tenant's user or channel; `quota set|show --tenant X` alone is the tenant's own limit. The CLI is
 the operators' tool (it has the database): it may set any tenant's limits, and `report` without a tenant
@@ -22,13 +22,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot import commands, logs, quota, report
+from bot import commands, logs, report
 from bot.app import Core, DatabaseUnavailable, open_ledger
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
-from bot.ledger import Ledger
-from bot.quota import Tenant
-from bot.request import Requester
+from bot.model.request import Requester
+from bot.policy import quota
+from bot.policy.quota import Tenant
+from bot.store.ledger import Ledger
 
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
 
@@ -99,7 +100,7 @@ def cmd_imagine(argv: Sequence[str]) -> int:
 def cmd_redeliver(args: argparse.Namespace) -> int:
     """`imagebot redeliver JOB`: a paid image that could not be posted (it waits in the outbox) is delivered
     again: a terminal's job into --out, a chat job by the running bot that serves its platform."""
-    from bot.access import LOCAL_PLATFORMS
+    from bot.policy.access import LOCAL_PLATFORMS
 
     from . import console
 
@@ -153,8 +154,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_offline_server(args: argparse.Namespace) -> int:
+    from bot.model.pricing import load_prices
     from bot.offline import main_forever
-    from bot.pricing import load_prices
 
     settings = _settings()
     logs.setup(settings.log_level, settings.secrets())

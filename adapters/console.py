@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bot import commands, texts
-from bot.actions import Button, Kind, last_job
 from bot.app import Core
 from bot.errors import DeliveryFailed, UserError
-from bot.outcomes import Image, JobFailure, JobResult, Progress
-from bot.pricing import format_usd
-from bot.request import Requester
+from bot.jobs.actions import Button, Kind, last_job
+from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
+from bot.model.pricing import format_usd
+from bot.model.request import Requester
 
 log = logging.getLogger("imagebot.console")
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message

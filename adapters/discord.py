@@ -7,7 +7,7 @@ guild's upload limit (images over it are re-encoded with the core's `fit_under`)
 fails: every Discord call of a job has a deadline, and whatever fails, the requester hears what became of
 their money.
 
-Result actions and price checks (SPEC §9, bot/actions.py): every button is a discord.py `DynamicItem` whose
+Result actions and price checks (SPEC §9, bot/jobs/actions.py): every button is a discord.py `DynamicItem` whose
 custom id carries all it needs (`imagebot:act:<key>`, `imagebot:render:<token>`, `imagebot:decline:<token>`),
 and the Edit form's custom id carries its key (`imagebot:edit:<key>`, answered from `on_interaction`), so
 nothing is kept in memory and every button works after a restart. Each press is answered (deferred) before
@@ -38,18 +38,20 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.utils import MISSING
 
-from bot import access, actions, commands, texts
-from bot.access import UNCHECKABLE, MembershipUnknown
-from bot.actions import Kind
+from bot import commands, texts
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
-from bot.images import ImageInput, fit_under, image_size, load_image, read_capped
-from bot.ledger import Interrupted
-from bot.outcomes import JobFailure, JobResult, Progress
-from bot.request import FORMATS, QUALITIES, ImageRequest, Requester
-from bot.request import clip as clip_to
-from bot.sizes import KNOWN_SIZES
+from bot.jobs import actions
+from bot.jobs.actions import Kind
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.model.images import ImageInput, fit_under, image_size, load_image, read_capped
+from bot.model.request import FORMATS, QUALITIES, ImageRequest, Requester
+from bot.model.request import clip as clip_to
+from bot.model.sizes import KNOWN_SIZES
+from bot.policy import access
+from bot.policy.access import UNCHECKABLE, MembershipUnknown
+from bot.store.ledger import Interrupted
 
 from .service import backoff
 
@@ -61,7 +63,7 @@ BAR = 20
 NO_PINGS = discord.AllowedMentions.none()
 SIZE_SUGGESTIONS = ("auto", "1k", "2k", "4k", *(f"{w}x{h}" for w, h in KNOWN_SIZES))
 CANCEL_PREFIX = "imagebot:cancel:"
-ACTION_PREFIX = "imagebot:act:"  # + a result button's key (bot/actions.py Button.key)
+ACTION_PREFIX = "imagebot:act:"  # + a result button's key (bot/jobs/actions.py Button.key)
 RENDER_PREFIX = "imagebot:render:"  # + a price check's token
 DECLINE_PREFIX = "imagebot:decline:"  # + a price check's token
 EDIT_FORM_PREFIX = "imagebot:edit:"  # + an Edit button's key: the custom id of its form
@@ -936,7 +938,7 @@ class DiscordAdapter:
         """Sync the commands (per guild when DISCORD_GUILD_IDS is set: instant; else globally: can take an hour
         to show), but only where they changed since the last sync of any replica, or when forced (`imagebot
         discord-sync`): discord.py's maintainers advise against a sync on every start. A hash of each scope's
-        commands' JSON is kept in the database (bot/access.py system settings), per application. In guild mode
+        commands' JSON is kept in the database (bot/policy/access.py system settings), per application. In guild mode
         the global scope is empty, so the global commands of an earlier run are cleared (a PUT of []) and no
         command shows twice. Returns how many scopes were sent; a failure is logged and tried on the next start.
         """
@@ -1323,7 +1325,7 @@ class DiscordAdapter:
             await self.on_error(interaction, exc)
 
     async def _open_form(self, interaction: discord.Interaction[Any], form: discord.ui.Modal) -> None:
-        """Open an edit form, unless the place or person rules (bot/access.py) already refuse its submit: then
+        """Open an edit form, unless the place or person rules (bot/policy/access.py) already refuse its submit: then
         say why privately instead. The form (or the refusal) is the interaction's answer, so the check is part
         of the ack; it reads the database and nothing of Discord's."""
         async with self.core.acking():
@@ -1389,7 +1391,7 @@ class DiscordAdapter:
         except Exception as exc:
             await self.on_error(interaction, exc)
 
-    # bot.actions.ImageStore: where a finished job's images live is (channel, message, attachment index).
+    # bot.jobs.actions.ImageStore: where a finished job's images live is (channel, message, attachment index).
 
     async def fetch(self, where: dict[str, Any]) -> bytes:
         """An image we posted, downloaded again from its message (attachment URLs are signed and expire, so

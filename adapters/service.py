@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from bot import metrics, pg
+from bot import metrics
 from bot.app import Core, DatabaseUnavailable, ledger_connection_lost
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.jobs import JobView
-from bot.ledger import Interrupted
-from bot.request import Requester
+from bot.jobs.runner import JobView
+from bot.model.request import Requester
+from bot.store import pg
+from bot.store.ledger import Interrupted
 
 log = logging.getLogger("imagebot.service")
 

@@ -30,15 +30,15 @@ from slack_sdk.http_retry.builtin_async_handlers import (
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import commands, texts
-from bot.access import MembershipUnknown
-from bot.actions import Button, Kind
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
-from bot.images import ImageInput, load_image, read_capped
-from bot.ledger import Interrupted
-from bot.outcomes import JobFailure, JobResult, Progress
-from bot.request import Requester, clip
+from bot.jobs.actions import Button, Kind
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.model.images import ImageInput, load_image, read_capped
+from bot.model.request import Requester, clip
+from bot.policy.access import MembershipUnknown
+from bot.store.ledger import Interrupted
 
 from .service import backoff
 
@@ -448,7 +448,7 @@ class SlackJobView:
 
 @dataclass
 class ClickStore:
-    """The adapter's images (bot.actions.ImageStore) as one click sees them: a Delete is confirmed to the
+    """The adapter's images (bot.jobs.actions.ImageStore) as one click sees them: a Delete is confirmed to the
     clicker, privately."""
 
     adapter: SlackAdapter
@@ -833,7 +833,7 @@ class SlackAdapter:
                 exc_info=not isinstance(exc, SlackApiError),
             )
 
-    # -- where our images live (bot.actions.ImageStore) ----------------------------------
+    # -- where our images live (bot.jobs.actions.ImageStore) ----------------------------------
 
     async def fetch(self, where: dict[str, Any]) -> bytes:
         """The bytes of an image the bot uploaded: files.info for its private URL, then the download."""

@@ -42,7 +42,7 @@ class NullView:
 async def scenario(name: str, jobs: int) -> dict[str, float]:
     from bot.app import Core
     from bot.config import Settings
-    from bot.request import Requester
+    from bot.model.request import Requester
 
     size, fmt, latency = SCENARIOS[name]
     with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:

@@ -81,7 +81,7 @@ async def run(users: int, files: int, megabytes: int) -> dict[str, Any]:
 
     from bot.app import Attachment, Core, decode_attachments
     from bot.config import Settings
-    from bot.images import read_capped
+    from bot.model.images import read_capped
 
     port = free_port()
     server = subprocess.Popen(

@@ -1,7 +1,7 @@
 """What streamed previews cost, as a share of each image's estimate (IMAGEBOT_PREVIEW_MAX_SHARE).
 
 Over a grid of sizes x qualities (gpt-image-2, a short prompt, no references): how many partial images
-`bot.pricing.preview_count` lets a job stream (at most 3, the API's limit) and what they add to the image's
+`bot.model.pricing.preview_count` lets a job stream (at most 3, the API's limit) and what they add to the image's
 estimate without previews. Last line: JSON with `preview_cost_share_max` (target <= the share, 0.05) and
 the grid. `python -m benchmarks.previews`; benchmarks/core.py prints the same figure in its last line.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 
-from bot.pricing import load_prices, preview_count, request_estimate_micros
-from bot.request import ImageRequest
-from bot.sizes import Size
+from bot.model.pricing import load_prices, preview_count, request_estimate_micros
+from bot.model.request import ImageRequest
+from bot.model.sizes import Size
 
 SIZES = ((1024, 1024), (1536, 1024), (2048, 1152), (2048, 2048), (3840, 2160))
 QUALITIES = ("low", "medium", "high", "auto")

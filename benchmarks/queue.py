@@ -89,7 +89,7 @@ class Bench:
 async def run(users: int, count: int, in_flight: int, latency: float, interval: float) -> dict[str, Any]:
     from bot.app import Core
     from bot.config import Settings
-    from bot.request import Requester
+    from bot.model.request import Requester
 
     bench = Bench()
     with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:

@@ -34,13 +34,14 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from bot import pg, quota
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
-from bot.jobstate import OPEN, PAID
-from bot.ledger import Ledger, Settlement, Status
-from bot.request import ImageRequest, Requester
-from bot.sizes import parse_size
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import parse_size
+from bot.policy import quota
+from bot.store import pg
+from bot.store.jobstate import OPEN, PAID
+from bot.store.ledger import Ledger, Settlement, Status
 
 EACH = 6_000  # a low-quality 1024x1024 image: $0.006
 ACTUAL = 5_200
@@ -70,7 +71,7 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
     for i in range(first, first + count):
         try:
             reservation = ledger.reserve_sync(requester(worker, i), REQUEST, EACH)
-            if not ledger.start_sync(reservation.row_ids[0]):  # reserved -> running (bot/jobstate.py)
+            if not ledger.start_sync(reservation.row_ids[0]):  # reserved -> running (bot/store/jobstate.py)
                 raise RuntimeError(f"row {reservation.row_ids[0]} could not start")
             ledger.close_row_sync(
                 reservation.row_ids[0],

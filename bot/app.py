@@ -10,21 +10,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import access, actions, metrics, texts
-from .access import Access, Standing
-from .actions import ImageStore
-from .concurrency import Slots
-from .config import Settings
-from .errors import ConfigError, UserError
-from .images import MAX_FILE_BYTES, ImageInput, load_image, too_large
-from .jobs import JobRunner, JobView
-from .ledger import Interrupted, Ledger
-from .offline import OfflineImageServer
-from .outcomes import JobFailure, JobResult
-from .pricing import PriceTable, load_prices
-from .relax import Relax
-from .render import Renderer
-from .request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
+from bot import metrics, texts
+from bot.concurrency import Slots
+from bot.config import Settings
+from bot.errors import ConfigError, UserError
+from bot.jobs import actions
+from bot.jobs.actions import ImageStore
+from bot.jobs.outcomes import JobFailure, JobResult
+from bot.jobs.relax import Relax
+from bot.jobs.render import Renderer
+from bot.jobs.runner import JobRunner, JobView
+from bot.model.images import MAX_FILE_BYTES, ImageInput, load_image, too_large
+from bot.model.pricing import PriceTable, load_prices
+from bot.model.request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
+from bot.offline import OfflineImageServer
+from bot.policy import access
+from bot.policy.access import Access, Standing
+from bot.store.ledger import Interrupted, Ledger
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
@@ -87,12 +89,14 @@ async def open_ledger(settings: Settings, **options: Any) -> Ledger:
 def ledger_connection_lost(ledger: Ledger) -> bool:
     """On PostgreSQL: the ledger's connection is closed or broken (psycopg marks it so after a failed query);
     read without queueing behind the ledger's thread. Always False on SQLite (a file does not go away)."""
-    inner = getattr(getattr(ledger.db, "conn", None), "_conn", None)  # bot/pg.py PgConnection's psycopg one
+    inner = getattr(
+        getattr(ledger.db, "conn", None), "_conn", None
+    )  # bot/store/pg.py PgConnection's psycopg one
     return bool(ledger.postgres and inner is not None and (inner.closed or inner.broken))
 
 
 def _reconnect(db: Any) -> None:
-    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/pg.py PgConnection)."""
+    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/store/pg.py PgConnection)."""
     import psycopg
 
     db.conn._conn.close()
@@ -189,7 +193,7 @@ class Core:
 
     async def sweep(self) -> None:
         """Recover the jobs of processes whose lease expired, then tell the users this process can reach; every
-        PURGE_EVERY, delete what is stored past its time (bot/actions.py `purge`)."""
+        PURGE_EVERY, delete what is stored past its time (bot/jobs/actions.py `purge`)."""
         await self.purge()
         for job in await self.ledger.recover():
             log.warning(
@@ -209,7 +213,7 @@ class Core:
 
     async def _redeliver_orphans(self) -> None:
         """Paid images a dead process left in the outbox (or `imagebot redeliver` queued): claimed and delivered
-        here if this process serves their platform (bot/jobstate.py)."""
+        here if this process serves their platform (bot/store/jobstate.py)."""
         view_for = self.relax.view_for
         if view_for is None:
             return
@@ -309,7 +313,7 @@ class Core:
     async def submit(
         self, request: ImageRequest, who: Requester, view: JobView
     ) -> JobResult | JobFailure | None:
-        """Run one job for `who`, shown by `view` (bot/jobs.py JobRunner.submit)."""
+        """Run one job for `who`, shown by `view` (bot/jobs/runner.py JobRunner.submit)."""
         return await self.runner.submit(request, who, view)
 
     async def act(
@@ -370,7 +374,7 @@ class Core:
 
     def cancel(self, job_id: str, who: Requester) -> bool:
         """`who` pressed Cancel on a job: stops its unfinished images if it is theirs (same tenant, same user).
-        A relax job's cancel tells its requester, privately, what it does (bot/relax.py `Relax.cancel`)."""
+        A relax job's cancel tells its requester, privately, what it does (bot/jobs/relax.py `Relax.cancel`)."""
         waiting = self.relax.live.get(job_id)
         if waiting is None:
             return self.runner.cancel(job_id, who)
@@ -422,7 +426,7 @@ class Core:
         return self.runner.access
 
     async def may_render(self, who: Requester, standing: Standing | None, *, person: bool = True) -> None:
-        """The place and person rules of bot/access.py for `who` (UserError if refused), without a request:
+        """The place and person rules of bot/policy/access.py for `who` (UserError if refused), without a request:
         before a click fetches an image, before an edit form opens. `person=False`: only the place and a
         block (for commands that render nothing, such as /imagine-usage)."""
         rules = await self.ledger.run_db(lambda db: access.load(db, who))
@@ -458,7 +462,7 @@ class Core:
                 raise too_large(f.name)
 
     def is_operator(self, who: Requester) -> bool:
-        """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/access.py's rule."""
+        """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/policy/access.py's rule."""
         return self.access.is_operator(who)
 
     def is_admin(self, who: Requester | str, platform_admin: bool = False) -> bool:

@@ -18,12 +18,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import access, quota, report
-from .app import Core
-from .errors import UserError
-from .jobstate import SQL_PAID
-from .pricing import format_usd
-from .request import Requester
+from bot import report
+from bot.app import Core
+from bot.errors import UserError
+from bot.model.pricing import format_usd
+from bot.model.request import Requester
+from bot.policy import access, quota
+from bot.store.jobstate import SQL_PAID
 
 MAX_DAYS = 366
 # <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123>, <#C123|name>.

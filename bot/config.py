@@ -13,10 +13,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
-from . import pg
-from .errors import ConfigError, UserError
-from .pricing import MICRO
-from .sizes import parse_size
+from bot.errors import ConfigError, UserError
+from bot.model.pricing import MICRO
+from bot.model.sizes import parse_size
+from bot.store import pg
 
 QUALITIES = ("low", "medium", "high", "auto")
 # Bounds of every limit, from the environment or an admin command: far above any real budget, far below

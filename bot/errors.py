@@ -84,7 +84,7 @@ class CannotPost(ImagebotError):
 class DeliveryFailed(ImagebotError):
     """The platform did not take a finished job's images. `retry`: worth trying again (a 5xx, a 429, a broken
     connection); False when it never will (a file that cannot be written, a channel the bot was removed
-    from). The images stay in the outbox either way (bot/jobstate.py); the text is the reason."""
+    from). The images stay in the outbox either way (bot/store/jobstate.py); the text is the reason."""
 
     def __init__(self, reason: str, *, retry: bool = True) -> None:
         super().__init__(reason)

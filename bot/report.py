@@ -16,10 +16,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .jobstate import SQL_PAID
-from .ledger import Ledger
-from .pricing import format_usd
-from .quota import Tenant
+from bot.model.pricing import format_usd
+from bot.policy.quota import Tenant
+from bot.store.jobstate import SQL_PAID
+from bot.store.ledger import Ledger
 
 FAILED = ("failed", "possibly_billed", "interrupted", "cancelled")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .ledger import Interrupted
-from .outcomes import JobFailure, JobResult, Progress
-from .pricing import format_usd
-from .request import ImageRequest
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.model.pricing import format_usd
+from bot.model.request import ImageRequest
+from bot.store.ledger import Interrupted
 
 BAR_WIDTH = 20
 OFFLINE = "offline image server"

@@ -1,4 +1,4 @@
-"""Reading the store in tests, whichever backend it is: a SQLite file or a PostgreSQL URL (bot/pg.py).
+"""Reading the store in tests, whichever backend it is: a SQLite file or a PostgreSQL URL (bot/store/pg.py).
 
 The SQL is the core's shared dialect (`?` placeholders); each call opens its own connection, as a person
 inspecting the database would, so tests see only what was committed."""
@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from bot import pg
+from bot.store import pg
 
 
 def read(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:

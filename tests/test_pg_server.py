@@ -157,7 +157,7 @@ def test_sqlite_needs_no_psycopg(tmp_path: Path) -> None:
     # The whole bot imports, and a SQLite ledger opens and migrates, with psycopg absent.
     result = _without_psycopg(
         "import adapters.cli, adapters.service, adapters.console\n"
-        "from bot import store\n"
+        "from bot.store import schema as store\n"
         "db = store.connect('ledger.sqlite3')\n"
         "print(db.execute('SELECT count(*) FROM ledger').fetchone()[0])\n"
         "print(sorted(name for name in sys.modules if name.startswith('psycopg')))\n",

@@ -8,6 +8,6 @@ same OpenAI SDK code path as in production.
 
 from __future__ import annotations
 
-from .server import CallRecord, OfflineImageServer, main_forever, parse_faults
+from bot.offline.server import CallRecord, OfflineImageServer, main_forever, parse_faults
 
 __all__ = ["CallRecord", "OfflineImageServer", "main_forever", "parse_faults"]

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import BodyPartReader, web
 
-from . import drawing, rules
-from .rules import ApiError, Body, Params, invalid
+from bot.offline import drawing, rules
+from bot.offline.rules import ApiError, Body, Params, invalid
 
 if TYPE_CHECKING:
-    from .server import OfflineImageServer
+    from bot.offline.server import OfflineImageServer
 
 BATCH_ENDPOINTS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
 BATCH_FAULTS = ("batch_failed", "batch_expired", "line_error", "batch_dropped", "batch_500")

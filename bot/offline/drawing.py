@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
-from .rules import DEFAULT_COMPRESSION, Params
+from bot.offline.rules import DEFAULT_COMPRESSION, Params
 
 
 def _prompt_colours(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:

@@ -1,5 +1,5 @@
 """The Images API's rules as the offline server applies them: a request body validated against the
-model's capabilities in the price table (bot/data/prices.json), and `usage` computed by its price model.
+model's capabilities in the price table (bot/model/data/prices.json), and `usage` computed by its price model.
 
 Errors are OpenAI-style JSON (`ApiError`); every rejection names the parameter and, for a model's rule,
 the model and the valid range.
@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image
 
-from ..pricing import ModelCapabilities, ModelPrices, PriceTable, reference_image_tokens
-from ..sizes import AUTO
+from bot.model.pricing import ModelCapabilities, ModelPrices, PriceTable, reference_image_tokens
+from bot.model.sizes import AUTO
 
 DEFAULT_MODEL = "gpt-image-2"
 MAX_PROMPT_CHARS = 32_000

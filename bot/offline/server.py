@@ -24,11 +24,11 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from ..errors import ConfigError
-from ..pricing import PriceTable, load_prices
-from . import drawing, rules
-from .batch import BATCH_FAULTS, BatchApi
-from .rules import ApiError, Body, Params
+from bot.errors import ConfigError
+from bot.model.pricing import PriceTable, load_prices
+from bot.offline import drawing, rules
+from bot.offline.batch import BATCH_FAULTS, BatchApi
+from bot.offline.rules import ApiError, Body, Params
 
 MODERATION_MESSAGE = (
     "Your request was rejected by the safety system. If you believe this is an error, "

@@ -15,9 +15,9 @@ from adapters import discord as discord_adapter
 from adapters import slack as slack_adapter
 from bot import texts
 from bot.app import is_image_attachment, is_mask_name
-from bot.outcomes import Progress
-from bot.pricing import load_prices
-from bot.request import Requester, parse_request
+from bot.jobs.outcomes import Progress
+from bot.model.pricing import load_prices
+from bot.model.request import Requester, parse_request
 
 WHO = Requester("slack", "T1", "C1", "U1")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot import pg
+from bot.store import pg
 from tests.core.test_jobs_money import make_core  # noqa: F401  (a fixture: a Core against the offline server)
 
 BOTH_BACKENDS = {

@@ -14,13 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import access, commands
+from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
 from bot.errors import UserError
-from bot.outcomes import Progress
-from bot.pricing import load_prices
-from bot.request import Requester
+from bot.jobs.outcomes import Progress
+from bot.model.pricing import load_prices
+from bot.model.request import Requester
+from bot.policy import access
 from tests.core.test_actions import Store
 from tests.core.test_actions import View as ActionsView
 from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows

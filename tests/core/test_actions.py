@@ -1,4 +1,4 @@
-"""Result actions and the price check in the core (bot/actions.py, Core.act, Core.price_check), through the
+"""Result actions and the price check in the core (bot/jobs/actions.py, Core.act, Core.price_check), through the
 real runner, SQLite file and offline image server, with a recording view and an in-memory image store."""
 
 from __future__ import annotations
@@ -13,14 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bot import actions, texts
-from bot.actions import Kind, parse_key, upscale_size
+from bot import texts
 from bot.app import Core
 from bot.config import Settings
-from bot.outcomes import JobFailure, JobResult, Progress
-from bot.pricing import load_prices
-from bot.request import Requester
-from bot.sizes import SizeRule
+from bot.jobs import actions
+from bot.jobs.actions import Kind, parse_key, upscale_size
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.model.pricing import load_prices
+from bot.model.request import Requester
+from bot.model.sizes import SizeRule
 from tests import dbs
 from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows
 
@@ -288,9 +289,9 @@ async def test_views_that_cannot_ask_never_do(make_core: MakeCore) -> None:
 def test_an_image_stored_as_a_blob_comes_back_identical(tmp_path: Any) -> None:
     import sqlite_utils
 
-    from bot import store
-    from bot.images import load_image
-    from bot.request import parse_request
+    from bot.model.images import load_image
+    from bot.model.request import parse_request
+    from bot.store import schema as store
 
     db = store.connect(tmp_path / "x.sqlite3")
     out = io.BytesIO()
@@ -435,7 +436,7 @@ def stored(core: Core) -> dict[str, int]:
 
 
 def with_images(core: Core, text: str, seed: int, n: int = 5) -> Any:
-    from bot.images import load_image
+    from bot.model.images import load_image
 
     return core.parse(
         text, [load_image(f"ref{seed}-{i}.png", noise_png(seed * 10 + i, 64)) for i in range(n)]
@@ -563,7 +564,7 @@ async def test_the_database_stops_growing_under_a_loop_of_price_checks(
 
 
 def load_ref(data: bytes) -> Any:
-    from bot.images import load_image
+    from bot.model.images import load_image
 
     return load_image("ref.png", data)
 
@@ -574,7 +575,7 @@ def test_images_stored_before_the_purge_existed_are_kept_while_held(tmp_path: An
     import json as _json
     from datetime import UTC, datetime
 
-    from bot import store
+    from bot.store import schema as store
 
     path = tmp_path / "old.sqlite3"
     import sqlite3

@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from bot.errors import UserError
-from bot.images import MAX_DECODE_PIXELS, MAX_FILE_BYTES, fit_under, image_size, load_image, preview_jpeg
+from bot.model.images import (
+    MAX_DECODE_PIXELS,
+    MAX_FILE_BYTES,
+    fit_under,
+    image_size,
+    load_image,
+    preview_jpeg,
+)
 
 MIB = 1024 * 1024
 

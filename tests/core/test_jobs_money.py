@@ -17,13 +17,14 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot import quota, texts
+from bot import texts
 from bot.app import Core
 from bot.config import Settings
 from bot.errors import QuotaExceeded
-from bot.outcomes import JobFailure, JobResult, Progress
-from bot.pricing import Usage, cost_micros, format_usd, preview_count
-from bot.request import Requester
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.model.pricing import Usage, cost_micros, format_usd, preview_count
+from bot.model.request import Requester
+from bot.policy import quota
 from tests import dbs
 
 ALICE = Requester("slack", "W1", "C1", "U1")

@@ -3,7 +3,7 @@
 The central invariant: every quota counter equals a direct SQL sum over the ledger rows it
 is fed by (an open row counts its reserved amount, a closed row its actual amount; an image
 counts while its row is open or succeeded). Counters and limits are keyed per tenant
-(`platform:workspace`, users and channels `platform:workspace:id`; see bot/quota.py).
+(`platform:workspace`, users and channels `platform:workspace:id`; see bot/policy/quota.py).
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ import pytest
 import sqlite_utils
 from PIL import Image
 
-from bot import pg, quota, store
-from bot.access import Pace
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
-from bot.ledger import Ledger, Settlement, Status
-from bot.pricing import format_usd
-from bot.request import ImageRequest, Requester
-from bot.sizes import parse_size
+from bot.model.pricing import format_usd
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import parse_size
+from bot.policy import quota
+from bot.policy.access import Pace
+from bot.store import pg
+from bot.store import schema as store
+from bot.store.ledger import Ledger, Settlement, Status
 from tests import dbs
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -187,7 +189,7 @@ async def test_reserve_settle_release_move_the_counters(
 
 
 async def test_a_row_moves_only_along_the_state_machine(open_ledger: Callable[..., Ledger]) -> None:
-    """bot/jobstate.py: an image is made only by a running row, a closed row never opens again, and a row
+    """bot/store/jobstate.py: an image is made only by a running row, a closed row never opens again, and a row
     rendered is delivered (or undelivered) without moving money again."""
     ledger = open_ledger(clock=Clock(LATE_EVENING))
     path = ledger.path
@@ -899,7 +901,7 @@ async def _refusals(target: str) -> list[str]:
 
 
 async def test_postgres_reservations_refuse_in_the_same_words_as_sqlite(tmp_path: Path, pg_url: str) -> None:
-    """PostgreSQL checks and bumps in one statement (bot/pg.py `imagebot_reserve`); SQLite in Python. Every
+    """PostgreSQL checks and bumps in one statement (bot/store/pg.py `imagebot_reserve`); SQLite in Python. Every
     refusal (max_jobs, cooldown, each limit, overrides, a lifted limit, an extension, a closed row) reads the
     same, and the counters equal the ledger's sums on both."""
     on_sqlite = await _refusals(str(tmp_path / "ledger.sqlite3"))

@@ -22,18 +22,19 @@ import psycopg
 import pytest
 import sqlite_utils
 
-from bot import pg, store
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
-from bot.ledger import Ledger, Settlement, Status
-from bot.request import ImageRequest, Requester
-from bot.sizes import parse_size
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import parse_size
+from bot.store import pg
+from bot.store import schema as store
+from bot.store.ledger import Ledger, Settlement, Status
 from tests.pg import PgServer
 
 DAY, MONTH = "2026-04-15", "2026-04"
 NOON = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 STAMP = "2026-04-15T11:00:00.000+00:00"
-# What each PostgreSQL schema version holds, as the SQLite version with the same tables (bot/pg.py): version 1
+# What each PostgreSQL schema version holds, as the SQLite version with the same tables (bot/store/pg.py): version 1
 # was written after SQLite's schema 8, and each later one mirrors one SQLite migration.
 PG_LEVEL = {1: 8, 2: 9, 3: 10, 4: 11, 5: 11}
 OPEN = ("reserved", "running", "batched")

@@ -1,5 +1,5 @@
-"""Models as data (bot/data/prices.json): each model's capabilities sit beside its prices, and validation
-(bot/request.py, bot/sizes.py), the reservation and the offline server all follow the chosen model's rules.
+"""Models as data (bot/model/data/prices.json): each model's capabilities sit beside its prices, and validation
+(bot/model/request.py, bot/model/sizes.py), the reservation and the offline server all follow the chosen model's rules.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from bot.errors import ConfigError, UserError
-from bot.images import ImageInput, load_image
-from bot.offline import OfflineImageServer
-from bot.pricing import (
+from bot.jobs.render import Renderer
+from bot.model.images import ImageInput, load_image
+from bot.model.pricing import (
     ModelCapabilities,
     PriceTable,
     Usage,
@@ -28,12 +28,14 @@ from bot.pricing import (
     load_prices,
     to_micros,
 )
-from bot.render import Renderer
-from bot.request import ImageRequest, parse_request, with_images
-from bot.sizes import AUTO, GPT_IMAGE_2, PRESETS, Size, SizeRule
+from bot.model.request import ImageRequest, parse_request, with_images
+from bot.model.sizes import AUTO, GPT_IMAGE_2, PRESETS, Size, SizeRule
+from bot.offline import OfflineImageServer
 
 PRICES = load_prices()
-SHIPPED = json.loads((Path(__file__).parents[2] / "bot" / "data" / "prices.json").read_text(encoding="utf-8"))
+SHIPPED = json.loads(
+    (Path(__file__).parents[2] / "bot" / "model" / "data" / "prices.json").read_text(encoding="utf-8")
+)
 FIXED_MODELS = ("gpt-image-1.5", "gpt-image-1-mini")
 LISTED = "takes only these sizes: auto, 1024x1024, 1536x1024, 1024x1536"
 

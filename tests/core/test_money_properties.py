@@ -7,7 +7,7 @@ After every run: HTTP attempts per image <= 1 + retries; charged <= reserved for
 every attempt that may have been billed charged at the estimate.
 
 The fault model also has platform deliveries that fail (transient, then fine; or for good) and a database
-stall past the lease (another process recovers this one's open rows while its jobs run: bot/jobstate.py's
+stall past the lease (another process recovers this one's open rows while its jobs run: bot/store/jobstate.py's
 fencing). Then: every image the provider completed is delivered exactly once, or its row says `undelivered`
 (its user told, with the cost) or `interrupted` (recovered, charged at the estimate); no API call is ever made
 for a row that was recovered before its call.
@@ -30,14 +30,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import quota
 from bot.app import Core
 from bot.config import QuotaDefaults, Settings
 from bot.errors import DeliveryFailed, QuotaExceeded
-from bot.ledger import Ledger
-from bot.outcomes import JobFailure, JobResult
-from bot.pricing import Usage, cost_micros
-from bot.request import ImageRequest, Requester
+from bot.jobs.outcomes import JobFailure, JobResult
+from bot.model.pricing import Usage, cost_micros
+from bot.model.request import ImageRequest, Requester
+from bot.policy import quota
+from bot.store.ledger import Ledger
 from tests import dbs
 from tests.core.test_jobs_money import RecordingView
 

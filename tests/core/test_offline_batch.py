@@ -17,8 +17,8 @@ from openai.types import Batch, ImagesResponse
 from PIL import Image
 
 from bot.errors import ConfigError
+from bot.model.pricing import load_prices
 from bot.offline import OfflineImageServer, parse_faults
-from bot.pricing import load_prices
 
 MODEL = "gpt-image-2"
 GENERATIONS: Any = "/v1/images/generations"

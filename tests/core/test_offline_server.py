@@ -16,9 +16,9 @@ from openai.types import ImagesResponse
 from PIL import Image
 
 from bot.errors import ConfigError
+from bot.model.pricing import Usage, cost_micros, estimate_micros, load_prices
+from bot.model.sizes import parse_size
 from bot.offline import OfflineImageServer, parse_faults
-from bot.pricing import Usage, cost_micros, estimate_micros, load_prices
-from bot.sizes import parse_size
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 MODEL = "gpt-image-2"

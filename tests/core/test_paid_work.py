@@ -18,7 +18,7 @@ from typing import Any
 from PIL import Image
 
 from bot.errors import DeliveryFailed
-from bot.outcomes import JobFailure, JobResult, Progress
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from tests.core.test_jobs_money import ALICE, MakeCore, assert_counters_match_ledger, rows, user_day, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -208,7 +208,7 @@ async def test_a_database_error_while_extending_before_a_retry_charges_the_bille
 
 
 async def test_a_settlement_above_its_reservation_is_charged_in_full_and_flagged(make_core: MakeCore) -> None:
-    from bot.ledger import Settlement, Status
+    from bot.store.ledger import Settlement, Status
 
     core = await make_core()
     [row_id] = (await core.ledger.reserve(ALICE, core.parse(CHEAP), 5_000)).row_ids
@@ -295,7 +295,7 @@ async def test_an_undelivered_image_is_kept_for_the_buttons_life_then_purged(mak
 
 async def test_redeliver_leaves_an_image_its_live_process_is_delivering_alone(make_core: MakeCore) -> None:
     """`imagebot redeliver` on a job whose image is still on its way must not hand it to a second process."""
-    from bot.ledger import Settlement, Status
+    from bot.store.ledger import Settlement, Status
 
     core = await make_core()
     reservation = await core.ledger.reserve(ALICE, core.parse(CHEAP), 6_000)

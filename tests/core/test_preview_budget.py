@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.pricing import ModelPrices, load_prices, preview_count, request_estimate_micros
-from bot.request import ImageRequest
-from bot.sizes import AUTO, Size
+from bot.model.pricing import ModelPrices, load_prices, preview_count, request_estimate_micros
+from bot.model.request import ImageRequest
+from bot.model.sizes import AUTO, Size
 
 PRICES = load_prices()
 GPT_IMAGE_2 = PRICES.model("gpt-image-2")
@@ -93,7 +93,7 @@ def test_a_share_of_zero_or_no_partials_asked_means_no_previews() -> None:
 
 def test_a_model_that_does_not_stream_gets_none(tmp_path: Path) -> None:
     shipped = json.loads(
-        (Path(__file__).parents[2] / "bot" / "data" / "prices.json").read_text(encoding="utf-8")
+        (Path(__file__).parents[2] / "bot" / "model" / "data" / "prices.json").read_text(encoding="utf-8")
     )
     entry = {**shipped["models"]["gpt-image-2"], "capabilities": {"max_partial_images": 0}}
     path = tmp_path / "prices.json"

@@ -22,9 +22,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import ConfigError
-from bot.images import ImageInput, load_image
-from bot.offline import OfflineImageServer
-from bot.pricing import (
+from bot.model.images import ImageInput, load_image
+from bot.model.pricing import (
     ModelPrices,
     Usage,
     cost_micros,
@@ -34,8 +33,9 @@ from bot.pricing import (
     request_estimate_micros,
     to_micros,
 )
-from bot.request import parse_request
-from bot.sizes import AUTO, Size, is_valid
+from bot.model.request import parse_request
+from bot.model.sizes import AUTO, Size, is_valid
+from bot.offline import OfflineImageServer
 
 T = TypeVar("T")
 PRICES = load_prices()
@@ -203,7 +203,7 @@ def test_4k_high_costs_more_than_1k_high() -> None:
 
 
 def test_a_flat_priced_gateway_model_costs_its_flat_price(tmp_path: Path) -> None:
-    shipped = json.loads((Path(__file__).parents[2] / "bot" / "data" / "prices.json").read_text())
+    shipped = json.loads((Path(__file__).parents[2] / "bot" / "model" / "data" / "prices.json").read_text())
     path = tmp_path / "gateway.json"
     # The flat price written as a JSON number, the way an admin would: 0.04 must cost $0.04, not $0.040001.
     models = {"gpt-image-2": shipped["models"]["gpt-image-2"], "apiyi-image": {"flat_usd_per_image": 0.04}}

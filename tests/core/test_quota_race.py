@@ -15,12 +15,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bot import pg
 from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
-from bot.ledger import Interrupted, Ledger, Settlement, Status
-from bot.request import ImageRequest, Requester
-from bot.sizes import parse_size
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import parse_size
+from bot.store import pg
+from bot.store.ledger import Interrupted, Ledger, Settlement, Status
 from tests import dbs
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -45,9 +45,7 @@ def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]
     """Every counter as a direct SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
     spend = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
     images = "CASE WHEN status IN ('reserved', 'running', 'rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END"
-    tenant = (
-        "platform || ':' || workspace"  # tenant-scoped keys (bot/quota.py); test ids have no ':' to escape
-    )
+    tenant = "platform || ':' || workspace"  # tenant-scoped keys (bot/policy/quota.py); test ids have no ':' to escape
     parts = [
         f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {spend} AS micros, {images} AS images "
         "FROM ledger"

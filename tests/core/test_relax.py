@@ -15,10 +15,10 @@ import pytest
 from bot import commands, texts
 from bot.app import Core
 from bot.config import Settings
+from bot.jobs.relax import EDITS, GENERATIONS, batch_body, batch_line
+from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
+from bot.model.request import Requester
 from bot.offline import OfflineImageServer
-from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
-from bot.relax import EDITS, GENERATIONS, batch_body, batch_line
-from bot.request import Requester
 from tests import dbs
 from tests.core.test_access import ADMIN, View
 from tests.core.test_actions import Store
@@ -290,7 +290,7 @@ def _tiny() -> Any:
 
     from PIL import Image as Pillow
 
-    from bot.images import load_image
+    from bot.model.images import load_image
 
     data = io.BytesIO()
     Pillow.new("RGB", (64, 64), "red").save(data, "PNG")
@@ -298,7 +298,7 @@ def _tiny() -> Any:
 
 
 def _image(view: View) -> Any:
-    from bot.images import load_image
+    from bot.model.images import load_image
 
     image = view.delivered[0].images[0]
     return load_image(image.filename, image.data)
@@ -310,7 +310,7 @@ def test_batch_lines_match_the_official_request_schema() -> None:
     BatchRequestInput), checked in below as an excerpt."""
     schema = json.loads((Path(__file__).parent / "openapi_images_excerpt.json").read_text())
     prices = load_prices()
-    from bot.request import parse_request
+    from bot.model.request import parse_request
 
     generation = parse_request("a fox --size 1536x1024 --quality high --format webp", prices=prices)
     edit_request = parse_request("make it blue --format png", prices=prices, references=[_tiny()])
@@ -553,7 +553,8 @@ def test_an_open_batch_of_the_older_schema_keeps_its_lines_under_a_key(
     import psycopg
     import sqlite_utils
 
-    from bot import pg, store
+    from bot.store import pg
+    from bot.store import schema as store
 
     target = fresh_store()
     if pg.is_url(target):

@@ -1,4 +1,4 @@
-"""Our API client (bot.render.Renderer) against the offline server on loopback, fault by fault."""
+"""Our API client (bot.jobs.render.Renderer) against the offline server on loopback, fault by fault."""
 
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from PIL import Image
 
 from bot import metrics, texts
 from bot.errors import ApiRejected, ModerationRefused, ProviderError
-from bot.images import load_image
+from bot.jobs.outcomes import JobFailure, JobResult, Progress
+from bot.jobs.render import Renderer
+from bot.model.images import load_image
+from bot.model.pricing import format_usd, load_prices
+from bot.model.request import Requester, parse_request
 from bot.offline import OfflineImageServer
-from bot.outcomes import JobFailure, JobResult, Progress
-from bot.pricing import format_usd, load_prices
-from bot.render import Renderer
-from bot.request import Requester, parse_request
 from tests import dbs
 
 

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import UserError
-from bot.images import ImageInput, load_image
-from bot.pricing import load_prices
-from bot.request import Defaults, ImageRequest, build_request, parse_request, with_images
-from bot.sizes import AUTO, Size, parse_size
+from bot.model.images import ImageInput, load_image
+from bot.model.pricing import load_prices
+from bot.model.request import Defaults, ImageRequest, build_request, parse_request, with_images
+from bot.model.sizes import AUTO, Size, parse_size
 
 PRICES = load_prices()
 

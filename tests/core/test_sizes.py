@@ -13,13 +13,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.errors import UserError
-from bot.sizes import AUTO, KNOWN_SIZES, PRESETS, TIER_PIXELS, Size, nearest_size, parse_size, size_problem
+from bot.model.sizes import (
+    AUTO,
+    KNOWN_SIZES,
+    PRESETS,
+    TIER_PIXELS,
+    Size,
+    nearest_size,
+    parse_size,
+    size_problem,
+)
 
 VALID_RANGE = "edges multiples of 16 up to 3840, long:short at most 3:1, 655,360 to 8,294,400 pixels"
 
 
 def meets_every_rule(width: int, height: int) -> bool:
-    """SPEC §3, written out again here so the tests do not trust bot.sizes to check itself."""
+    """SPEC §3, written out again here so the tests do not trust bot.model.sizes to check itself."""
     long, short = max(width, height), min(width, height)
     return (
         short > 0

@@ -20,13 +20,15 @@ import sqlite_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot import commands, config, quota, store
+from bot import commands, config
 from bot.app import Core
 from bot.config import QuotaDefaults, Settings
 from bot.errors import QuotaExceeded, UserError
-from bot.ledger import Ledger, Settlement, Status
-from bot.request import ImageRequest, Requester
-from bot.sizes import parse_size
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import parse_size
+from bot.policy import quota
+from bot.store import schema as store
+from bot.store.ledger import Ledger, Settlement, Status
 from tests.core.test_jobs_money import MakeCore
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)

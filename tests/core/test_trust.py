@@ -18,10 +18,10 @@ from PIL import Image
 
 from bot import texts
 from bot.config import QuotaDefaults
-from bot.ledger import Interrupted, Ledger
-from bot.outcomes import JobFailure, JobResult
-from bot.pricing import cost_micros, format_usd, load_prices
-from bot.request import parse_request
+from bot.jobs.outcomes import JobFailure, JobResult
+from bot.model.pricing import cost_micros, format_usd, load_prices
+from bot.model.request import parse_request
+from bot.store.ledger import Interrupted, Ledger
 from tests.core.test_jobs_money import (
     ALICE,
     MakeCore,
@@ -250,7 +250,7 @@ async def test_a_timeout_below_360_s_is_warned_about_at_start(
 async def test_the_sdk_never_retries_on_its_own() -> None:
     """Every retry is ours, so the one budget counts every attempt (the SDK would also retry 409s and
     anything marked x-should-retry)."""
-    from bot.render import Renderer
+    from bot.jobs.render import Renderer
 
     renderer = Renderer(base_url="http://127.0.0.1:9/v1", api_key="test", timeout=1, max_retries=2)
     try:

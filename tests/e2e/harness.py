@@ -12,8 +12,8 @@ from typing import Any
 from adapters.service import build_adapters, serve
 from bot.app import Core
 from bot.config import Settings
+from bot.model.pricing import Usage, cost_micros, load_prices
 from bot.offline import OfflineImageServer
-from bot.pricing import Usage, cost_micros, load_prices
 from tests.fakes.slack import FakeSlack
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
+from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60

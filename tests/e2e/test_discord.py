@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from adapters.discord import DiscordAdapter
-from bot.ledger import Interrupted
+from bot.store.ledger import Interrupted
 from tests.e2e.harness import RunningBot, running_bot
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from bot import access
+from bot.policy import access
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
 from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
@@ -260,7 +260,11 @@ async def test_a_blocked_user_is_refused_on_every_path_and_it_costs_nothing(tmp_
         await image_message(fake, bot, "a grey wolf", rows=2, user_id=OTHER)
         assert f"<@{fake.user_id}> unblocked" in await admin(fake, "unblock", user=fake.user_id)
         await image_message(fake, bot, "a red fox again", rows=3)
-        assert [r["user"] for r in await bot.ledger()] == [str(fake.user_id), str(OTHER), str(fake.user_id)]
+        assert [r["user"] for r in await bot.ledger()] == [
+            str(fake.user_id),
+            str(OTHER),
+            str(fake.user_id),
+        ]
 
 
 async def test_allowing_a_role_lets_its_members_and_admins_render_and_no_one_else(tmp_path: Path) -> None:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
-from bot.sizes import Size
+from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
+from bot.model.sizes import Size
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import EPHEMERAL, content, decoded, final_result, original_edits, until
 from tests.e2e.test_discord_access import ADMIN, ARTIST, ARTISTS, OTHER, admin, guild, private_answer, refused

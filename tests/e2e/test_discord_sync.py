@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from adapters.cli import main as cli
-from bot import access
+from bot.policy import access
 from tests.e2e.test_discord_actions import bot_on
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 

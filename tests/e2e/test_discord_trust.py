@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.pricing import format_usd
+from bot.model.pricing import format_usd
 from tests.core.test_ledger import assert_counters_match
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import content, discord_bot, final_result, imagine, original_edits, png, until

@@ -18,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bot import store
+from bot.store import schema as store
 from tests.e2e.harness import free_port, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
 

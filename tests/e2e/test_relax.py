@@ -10,8 +10,8 @@ from typing import Any
 
 from bot.app import Core
 from bot.config import Settings
+from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from bot.offline import OfflineImageServer
-from bot.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from tests.core.test_access import View
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.e2e.test_cli import environment
@@ -233,7 +233,7 @@ async def test_a_process_killed_while_sending_its_batch_leaves_it_to_the_next_on
         assert (image.width, image.height) == (1024, 1024)
         [row] = await ledger(core)
         assert (row["status"], row["mode"]) == ("delivered", "relax")
-        # The batch is finished just after its jobs are delivered (bot/relax.py `_ended`): wait for that write
+        # The batch is finished just after its jobs are delivered (bot/jobs/relax.py `_ended`): wait for that write
         # rather than read at once (under load the read came first: finished_at still NULL).
         for _ in range(200):
             stored = await core.ledger.query("SELECT id, finished_at IS NOT NULL FROM batches")

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from adapters.manifests import slack_manifest
-from bot import quota
-from bot.pricing import format_usd
+from bot.model.pricing import format_usd
+from bot.policy import quota
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack

@@ -16,9 +16,9 @@ import pytest
 from PIL import Image
 
 from bot import texts
-from bot.ledger import OPEN
-from bot.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
-from bot.sizes import parse_size
+from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
+from bot.model.sizes import parse_size
+from bot.store.ledger import OPEN
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.e2e.test_slack_access import ADMIN, GENERAL, admin, refused
 from tests.e2e.test_slack_access import imagine as imagine_row

@@ -184,7 +184,7 @@ def requeue(conn: Any, clock: Clock, job_id: str, now: str) -> list[int]:
 def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: str, now: str) -> list[str]:
     """Jobs on `platforms` with rendered images in the outbox whose owner's lease is gone (a restart, a crash)
     or that nobody owns (requeued), each claimed whole for `owner` by one UPDATE, so that of several processes
-    exactly one delivers it. A relax job still waiting for its batch's delivery claim (bot/relax.py) is not an
+    exactly one delivers it. A relax job still waiting for its batch's delivery claim (bot/jobs/relax.py) is not an
     orphan. Returns the job ids claimed."""
     if not platforms:
         return []

@@ -16,7 +16,7 @@ from typing import cast
 
 import sqlite_utils
 
-from . import pg
+from bot.store import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
@@ -118,7 +118,7 @@ def _v4(db: sqlite_utils.Database) -> None:
 
 
 def _v5_part(text: str | None) -> str:
-    """One part of a tenant-scoped key, escaped as bot/quota.py does (frozen here, as migrations are)."""
+    """One part of a tenant-scoped key, escaped as bot/policy/quota.py does (frozen here, as migrations are)."""
     return (text or "").replace("%", "%25").replace(":", "%3A")
 
 
@@ -128,7 +128,7 @@ def _v5_sql_part(column: str) -> str:
 
 def _v5(db: sqlite_utils.Database) -> None:
     """Tenancy: limits and counters keyed inside their tenant (`slack:T1`, `slack:T1:U1`, `slack:T1:C1`; see
-    bot/quota.py) instead of by bare ids that every Slack workspace and Discord guild shared.
+    bot/policy/quota.py) instead of by bare ids that every Slack workspace and Discord guild shared.
 
     Counters are rebuilt from the ledger under the new keys, periods from each row's day/month columns: an
     open row (reserved, running) counts its reserved_micros and 1 image, a closed row its actual_micros and
@@ -216,7 +216,7 @@ def _v5(db: sqlite_utils.Database) -> None:
 
 
 def _v6(db: sqlite_utils.Database) -> None:
-    """Result actions and price checks (bot/actions.py): each job's request and where its images live (its
+    """Result actions and price checks (bot/jobs/actions.py): each job's request and where its images live (its
     buttons' state), its input images as blobs, pending price checks, and per-channel settings."""
     db.table("results").create(
         {
@@ -256,14 +256,14 @@ def _v6(db: sqlite_utils.Database) -> None:
 
 
 def _v7(db: sqlite_utils.Database) -> None:
-    """Access rules (bot/access.py): a tenant's own settings (who may render, who is blocked, its pace)."""
+    """Access rules (bot/policy/access.py): a tenant's own settings (who may render, who is blocked, its pace)."""
     db.table("tenant_settings").create(
         {"tenant": str, "name": str, "value": str}, pk=("tenant", "name"), not_null={"value"}
     )
 
 
 def _v8(db: sqlite_utils.Database) -> None:
-    """Relax mode (bot/relax.py): each row's mode (fast or relax), the batches, their lines, and the relax jobs
+    """Relax mode (bot/jobs/relax.py): each row's mode (fast or relax), the batches, their lines, and the relax jobs
     (where to deliver them, once)."""
     db.table("ledger").add_column("mode", str, not_null_default="fast")
     db.table("batches").create(
@@ -304,7 +304,7 @@ def _v8(db: sqlite_utils.Database) -> None:
 
 
 def _v9_jobstate(db: sqlite_utils.Database) -> None:
-    """The job state machine (bot/jobstate.py): a paid image is `rendered`, then `delivered` (what was
+    """The job state machine (bot/store/jobstate.py): a paid image is `rendered`, then `delivered` (what was
     `succeeded`); its bytes wait in the outbox until the platform confirms; a settlement above its reservation
     is flagged `overage`."""
     db.table("ledger").add_column("overage", int, not_null_default=0)
@@ -330,7 +330,7 @@ def _v9_jobstate(db: sqlite_utils.Database) -> None:
 
 
 # Who holds each stored input image: `r:<job_id>` (a result's request), `c:<token>` (a price check's). A blob
-# nobody holds any more is deleted by the purge (bot/actions.py); these statements also fill the table from the
+# nobody holds any more is deleted by the purge (bot/jobs/actions.py); these statements also fill the table from the
 # requests stored before it existed.
 BLOB_REFS_BACKFILL = (
     "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'r:' || job_id "
@@ -345,7 +345,7 @@ BLOB_REFS_BACKFILL = (
 
 
 def _v10_resources(db: sqlite_utils.Database) -> None:
-    """Stored requests are purged (bot/actions.py `purge`): who holds each blob, so an unheld one can go."""
+    """Stored requests are purged (bot/jobs/actions.py `purge`): who holds each blob, so an unheld one can go."""
     db.table("blob_refs").create({"sha256": str, "holder": str}, pk=("holder", "sha256"))
     db.table("blob_refs").create_index(["sha256"])
     db.table("confirmations").create_index(["user", "created_at"])
@@ -354,7 +354,7 @@ def _v10_resources(db: sqlite_utils.Database) -> None:
 
 
 def _v11_relax(db: sqlite_utils.Database) -> None:
-    """Batches with a key (bot/relax.py): a batch is recorded as `submitting` under a key (also sent in its
+    """Batches with a key (bot/jobs/relax.py): a batch is recorded as `submitting` under a key (also sent in its
     metadata) before `POST /v1/batches`, so its API `id` may not be known yet; `key` becomes the primary key
     (an older row's key is its id), `id` stays unique, `owner` is the process sending it, and the batch's
     output and error file ids are kept once seen. A line belongs to its batch by key."""
@@ -387,7 +387,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 
 def connect(path: Path | str) -> sqlite_utils.Database:
     """Open (creating folder and file) and migrate the database; safe to call from several processes.
-    A `postgresql://` URL opens PostgreSQL instead (bot/pg.py), which takes the same calls."""
+    A `postgresql://` URL opens PostgreSQL instead (bot/store/pg.py), which takes the same calls."""
     if pg.is_url(path):
         return cast(sqlite_utils.Database, pg.connect(str(path)))  # the same surface, duck-typed
     if str(path) != ":memory:":

@@ -15,7 +15,7 @@ inside its tenant, so nothing set or spent in one tenant is seen in another:
 
 (`discord:123:456` for Discord.) Each part is escaped (`%` -> `%25`, then `:` -> `%3A`) so a free-text
 console/CLI id holding a colon cannot pose as another tenant's key; Slack and Discord ids never need it.
-Schema 5 (`bot/store.py`, `_v5`) moved older files from bare ids to these keys. The scoping happens
+Schema 5 (`bot/store/schema.py`, `_v5`) moved older files from bare ids to these keys. The scoping happens
 inside `effective_limits`, `checks`, `counter_keys` and `bump`, from `who.platform` and `who.workspace`.
 """
 
@@ -31,10 +31,17 @@ import sqlite_utils
 
 # usd_micros is the one USD parser (limits and config defaults alike); it lives in config, which cannot import
 # this module (this module imports QuotaDefaults from there).
-from .config import IMAGES_RANGE, MAX_LIMIT_IMAGES, MAX_LIMIT_USD, PLATFORMS, QuotaDefaults, usd_micros
-from .errors import QuotaExceeded, UserError
-from .pricing import MICRO, format_usd
-from .request import Requester
+from bot.config import (
+    IMAGES_RANGE,
+    MAX_LIMIT_IMAGES,
+    MAX_LIMIT_USD,
+    PLATFORMS,
+    QuotaDefaults,
+    usd_micros,
+)
+from bot.errors import QuotaExceeded, UserError
+from bot.model.pricing import MICRO, format_usd
+from bot.model.request import Requester
 
 UNLIMITED = -1  # an override that lifts a default limit
 
@@ -322,7 +329,7 @@ def refuse(
     label: str, used: int, limit: int, periods: Periods, *, micros: int, images: int, now: datetime, what: str
 ) -> None:
     """Raise QuotaExceeded for the limit `label` (a key of LABELS), as `enforce` words it: a refusal that
-    PostgreSQL's `imagebot_admit` returned as data (bot/pg.py)."""
+    PostgreSQL's `imagebot_admit` returned as data (bot/store/pg.py)."""
     scope = LABELS[label]
     resets = periods.day_resets if scope == "user_day" else periods.month_resets
     check = Check(label, scope, "", "", int(limit), int(used), label.endswith("images"), resets)

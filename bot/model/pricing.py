@@ -17,14 +17,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError
-from .sizes import GPT_IMAGE_2, Size, SizeRule
+from bot.errors import ConfigError
+from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
 
 MICRO = 1_000_000
 
 
 class Priced(Protocol):
-    """What an estimate reads of a request (bot.request.ImageRequest is one)."""
+    """What an estimate reads of a request (bot.model.request.ImageRequest is one)."""
 
     @property
     def size(self) -> Size: ...
@@ -69,7 +69,7 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class ModelCapabilities:
-    """What one model accepts, from the price table; validation (bot/request.py, the offline server) reads it.
+    """What one model accepts, from the price table; validation (bot/model/request.py, the offline server) reads it.
 
     The defaults are gpt-image-2's: a model entry without `capabilities` takes gpt-image-2's rules.
     """
@@ -285,12 +285,14 @@ def load_prices(path: str | None = None) -> PriceTable:
         if path:
             text = Path(path).read_text(encoding="utf-8")
         else:
-            text = resources.files("bot").joinpath("data/prices.json").read_text(encoding="utf-8")
+            text = resources.files("bot.model").joinpath("data/prices.json").read_text(encoding="utf-8")
         # Decimal, not float: a price of 0.04 must cost 40,000 micro-dollars, not 40,001.
         raw = json.loads(text, parse_float=Decimal)
         return PriceTable({name: _named(name, m) for name, m in raw["models"].items()})
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ArithmeticError, ConfigError) as exc:
-        raise ConfigError(f"price table {path or 'bot/data/prices.json'} cannot be read: {exc}") from exc
+        raise ConfigError(
+            f"price table {path or 'bot/model/data/prices.json'} cannot be read: {exc}"
+        ) from exc
 
 
 def rendered_sizes(prices: ModelPrices, size: Size) -> tuple[tuple[int, int], ...]:

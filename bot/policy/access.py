@@ -25,12 +25,12 @@ from typing import Protocol
 
 import sqlite_utils
 
-from .config import MAX_COOLDOWN, MAX_JOBS, usd_micros
-from .errors import UserError
-from .pricing import PriceTable, format_usd
-from .quota import Tenant
-from .request import ImageRequest, Requester
-from .sizes import PRESETS, Size, parse_size
+from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
+from bot.errors import UserError
+from bot.model.pricing import PriceTable, format_usd
+from bot.model.request import ImageRequest, Requester
+from bot.model.sizes import PRESETS, Size, parse_size
+from bot.policy.quota import Tenant
 
 LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -68,7 +68,7 @@ class Standing(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Pace:
-    """How often one user may start jobs, checked by the ledger when it reserves (bot/ledger.py)."""
+    """How often one user may start jobs, checked by the ledger when it reserves (bot/store/ledger.py)."""
 
     cooldown: float  # seconds between one user's jobs
     max_jobs: int  # one user's jobs running or queued at once

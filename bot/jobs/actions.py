@@ -24,12 +24,12 @@ from typing import Any, Protocol
 
 import sqlite_utils
 
-from . import jobstate, pg
-from .errors import UserError
-from .images import ImageInput
-from .pricing import PriceTable, format_usd
-from .request import Defaults, ImageRequest, Requester, parse_request, split_flags
-from .sizes import GPT_IMAGE_2, Size, SizeRule
+from bot.errors import UserError
+from bot.model.images import ImageInput
+from bot.model.pricing import PriceTable, format_usd
+from bot.model.request import Defaults, ImageRequest, Requester, parse_request, split_flags
+from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
+from bot.store import jobstate, pg
 
 CONFIRM_TTL = timedelta(minutes=10)
 CONFIRM_KEPT = timedelta(hours=1)  # a price check, answered or not, is deleted after this
@@ -387,7 +387,7 @@ def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
     blobs = db.conn.execute(
         "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM blob_refs WHERE blob_refs.sha256 = blobs.sha256)"
     ).rowcount
-    # Delivered images' bytes go (bot/jobstate.py); those never posted are kept for `imagebot redeliver` as
+    # Delivered images' bytes go (bot/store/jobstate.py); those never posted are kept for `imagebot redeliver` as
     # long as buttons live (SPEC §5).
     jobstate.forget_delivered(db.conn)
     kept = db.conn.execute(

@@ -15,19 +15,21 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import access, actions, metrics, texts
-from .access import Access, Pace
-from .concurrency import AcksFirst, Gate
-from .errors import ApiRejected, CannotPost, DeliveryFailed, ProviderError, UserError
-from .images import preview_jpeg
-from .ledger import Ledger, Reservation, Settlement, Status
-from .outcomes import Image, JobFailure, JobResult, Progress
-from .pricing import PriceTable, batch_price, cost_micros, estimate_micros, preview_count
-from .render import Attempt, Renderer, RenderResult
-from .request import ImageRequest, Requester
+from bot import metrics, texts
+from bot.concurrency import AcksFirst, Gate
+from bot.errors import ApiRejected, CannotPost, DeliveryFailed, ProviderError, UserError
+from bot.jobs import actions
+from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
+from bot.jobs.render import Attempt, Renderer, RenderResult
+from bot.model.images import preview_jpeg
+from bot.model.pricing import PriceTable, batch_price, cost_micros, estimate_micros, preview_count
+from bot.model.request import ImageRequest, Requester
+from bot.policy import access
+from bot.policy.access import Access, Pace
+from bot.store.ledger import Ledger, Reservation, Settlement, Status
 
 if TYPE_CHECKING:
-    from .relax import Relax
+    from bot.jobs.relax import Relax
 
 log = logging.getLogger("imagebot.jobs")
 
@@ -175,7 +177,7 @@ class JobRunner:
         self.delivery_deadline = delivery_deadline  # SPEC §5: keep trying to deliver for 10 minutes
         self.delivery_backoff = delivery_backoff  # the first retry's wait, doubling up to a minute
         self.jobs: dict[str, Job] = {}
-        self.relax: Relax | None = None  # relax mode (bot/relax.py), set by Core.start
+        self.relax: Relax | None = None  # relax mode (bot/jobs/relax.py), set by Core.start
         self.accepting = True
         self.acks = AcksFirst()
         metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
@@ -255,7 +257,7 @@ class JobRunner:
         render, settle, deliver. Whatever goes wrong before the job starts is told to the requester alone
         (`view.refused`) and costs nothing; None then. A render estimated above the confirm threshold first
         asks its requester (`view.confirm`); nothing is reserved until they press Render (None then too)."""
-        try:  # the tenant's access rules (bot/access.py): the place, the person, the channel's ceilings
+        try:  # the tenant's access rules (bot/policy/access.py): the place, the person, the channel's ceilings
             rules = await self.ledger.run_db(lambda db: access.load(db, requester))
             request, pace = await self.access.admit(rules, requester, request, view)
         except UserError as exc:
@@ -334,7 +336,7 @@ class JobRunner:
             await asyncio.wait(leftover, timeout=10)
 
     def fence(self) -> int:
-        """This process's lease lapsed (bot/jobstate.py): stop every local job. Their rows are no longer ours:
+        """This process's lease lapsed (bot/store/jobstate.py): stop every local job. Their rows are no longer ours:
         whoever recovers them charges what may have been billed and tells the users. Returns the jobs stopped."""
         stopped = 0
         for job in list(self.jobs.values()):
@@ -456,7 +458,7 @@ class JobRunner:
         return failure
 
     async def _deliver(self, view: JobView, result: JobResult) -> bool:
-        """Hand the images over through the outbox (bot/jobstate.py): their bytes are stored with their rows
+        """Hand the images over through the outbox (bot/store/jobstate.py): their bytes are stored with their rows
         until the platform takes them. A failure is retried with backoff for `delivery_deadline` seconds; then
         the rows are `undelivered` (kept for `imagebot redeliver`) and the requester is told what they cost.
         True once delivered."""
@@ -546,7 +548,7 @@ class JobRunner:
         self, job: Job, row_id: int, settlement: Settlement, keep: tuple[dict[str, Any], bytes] | None = None
     ) -> bool:
         """Close a ledger row (under this process's lease) and count it in the metrics. False if the row was
-        no longer ours to close (bot/jobstate.py)."""
+        no longer ours to close (bot/store/jobstate.py)."""
         if await self.ledger.close_row(row_id, settlement, keep=keep):
             who = job.requester
             log.info(
@@ -590,7 +592,7 @@ class JobRunner:
         try:
             async with self.gate.slot(waiting, owner=_owner(job.requester)):
                 state.waiters[seq] = None
-                # Fencing (bot/jobstate.py): no API call unless this process still holds the row, reserved,
+                # Fencing (bot/store/jobstate.py): no API call unless this process still holds the row, reserved,
                 # under its live lease. Otherwise another process recovered it (or a cancel closed it).
                 if not await asyncio.shield(self.ledger.start(row_id)):
                     log.error("row no longer ours; no API call", extra={"job_id": job.id, "row_id": row_id})

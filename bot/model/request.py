@@ -10,10 +10,10 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from .errors import UserError
-from .images import ImageInput, check_mask
-from .pricing import ModelCapabilities, PriceTable, load_prices
-from .sizes import Size, parse_size
+from bot.errors import UserError
+from bot.model.images import ImageInput, check_mask
+from bot.model.pricing import ModelCapabilities, PriceTable, load_prices
+from bot.model.sizes import Size, parse_size
 
 MAX_PROMPT = 32_000
 QUALITIES = ("low", "medium", "high", "auto")

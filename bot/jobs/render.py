@@ -35,11 +35,11 @@ import httpx2
 import openai
 from PIL import Image
 
-from . import metrics
-from .errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
-from .pricing import Usage
-from .request import ImageRequest
-from .transport import AiohttpTransport
+from bot import metrics
+from bot.errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
+from bot.model.pricing import Usage
+from bot.model.request import ImageRequest
+from bot.transport import AiohttpTransport
 
 log = logging.getLogger("imagebot.render")
 

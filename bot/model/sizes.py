@@ -2,7 +2,7 @@
 
 gpt-image-2's rule is the default everywhere: both edges multiples of 16, longest edge at most 3840,
 long:short at most 3:1, 655,360 to 8,294,400 pixels, or `auto`. Other models bring their own rule from
-the price table (bot/data/prices.json), e.g. gpt-image-1.5's fixed list `auto, 1024x1024, 1536x1024,
+the price table (bot/model/data/prices.json), e.g. gpt-image-1.5's fixed list `auto, 1024x1024, 1536x1024,
 1024x1536`.
 
 On a model with a fixed list, `--size 1k/2k/4k` (with or without `--ar`) picks the listed size nearest
@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from functools import cache
 
-from .errors import UserError
+from bot.errors import UserError
 
 MULTIPLE = 16
 MAX_EDGE = 3840

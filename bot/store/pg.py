@@ -13,7 +13,7 @@ Race-free reservations in one round trip: a reservation is one statement, `image
 first to commit, then sees its rows (READ COMMITTED); it checks the pace and every limit and inserts the rows
 in that one statement, so it holds its locks only as long as that. No two replicas can both pass a limit
 only one fits. The counters follow the ledger by a trigger (`ledger_counters`), so a settlement is the state
-machine's one conditional UPDATE (bot/jobstate.py), and its counters move in the same statement: two replicas
+machine's one conditional UPDATE (bot/store/jobstate.py), and its counters move in the same statement: two replicas
 recovering the same row cannot both move them. Should PostgreSQL still abort a transaction (a deadlock, a
 serialization failure), the ledger runs it again (`is_retryable`, a bounded number of times): no user ever
 sees one. `PgConnection.round_trips` counts the statements sent (benchmarks/quota.py). Why psycopg 3: a plain
@@ -36,7 +36,7 @@ from collections.abc import Iterator, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from bot.errors import ConfigError
 
 if TYPE_CHECKING:
     import psycopg
@@ -86,7 +86,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS relax_jobs (job_id TEXT PRIMARY KEY, platform TEXT NOT NULL, workspace TEXT,
         channel TEXT, "user" TEXT, submitted_at TEXT NOT NULL, discard INTEGER DEFAULT 0, delivered_at TEXT)""",
 ]
-# Version 2, the job state machine (bot/jobstate.py; SQLite's `_v9_jobstate`): paid images are rendered, then
+# Version 2, the job state machine (bot/store/jobstate.py; SQLite's `_v9_jobstate`): paid images are rendered, then
 # delivered (what was `succeeded`), their bytes kept in the outbox until then; overage flags a settlement above
 # its reservation.
 JOBSTATE = [
@@ -112,7 +112,7 @@ RESOURCES = [
     """INSERT INTO blob_refs (sha256, holder) SELECT request::jsonb->'mask'->>'sha256', 'c:' || token
         FROM confirmations WHERE request::jsonb->'mask'->>'sha256' IS NOT NULL ON CONFLICT DO NOTHING""",
 ]
-# Version 4, batches with a key (bot/relax.py; SQLite's `_v11_relax` in bot/store.py): `key` is the primary key,
+# Version 4, batches with a key (bot/jobs/relax.py; SQLite's `_v11_relax` in bot/store/schema.py): `key` is the primary key,
 # `id` (the API's) may be unknown while `submitting`, `owner` is the process sending it, file ids once seen; a
 # line belongs to its batch by key.
 RELAX_KEYS = [
@@ -129,13 +129,13 @@ RELAX_KEYS = [
     "DROP INDEX IF EXISTS idx_batch_lines_batch_id",
     "CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)",
 ]
-# Version 5, reservations in one round trip (bot/ledger.py; no SQLite counterpart: SQLite keeps its in-process
+# Version 5, reservations in one round trip (bot/store/ledger.py; no SQLite counterpart: SQLite keeps its in-process
 # code). The counters follow the ledger by a trigger: a row counts its reservation and one image while open
 # (reserved, running, batched), its actual cost and one image if paid once closed, so any write of a row's
 # status or amounts moves its four counters in the same statement (settlement is one UPDATE). A reservation is
 # one call of `imagebot_reserve`: it locks the four counters in one fixed order (creating any missing one),
 # checks the pace and every limit (the tenant's overrides, then the defaults it is given), and inserts the
-# rows; a refusal comes back as data (which limit, what is used), and the caller words it (bot/quota.py).
+# rows; a refusal comes back as data (which limit, what is used), and the caller words it (bot/policy/quota.py).
 FAST_RESERVE = [
     """CREATE OR REPLACE FUNCTION imagebot_part(t text) RETURNS text LANGUAGE sql IMMUTABLE AS
         $$ SELECT replace(replace(coalesce(t, ''), '%', '%25'), ':', '%3A') $$""",

@@ -1,6 +1,6 @@
 """The cost ledger: one row per image call, from reservation to settlement (SPEC §5).
 
-A row's statuses and the arrows between them are bot/jobstate.py's: every status write goes through it.
+A row's statuses and the arrows between them are bot/store/jobstate.py's: every status write goes through it.
 Every write that moves money also moves the quota counters, in the same transaction.
 All database work runs on one worker thread per Ledger, so the event loop never waits on SQLite.
 
@@ -31,14 +31,16 @@ from typing import Any, TypeVar, cast
 
 import sqlite_utils
 
-from . import jobstate, metrics, pg, quota
-from .access import Pace
-from .config import QuotaDefaults
-from .errors import PaceExceeded, UserError
-from .jobstate import OPEN, PAID, Status
-from .pricing import Usage
-from .request import ImageRequest, Requester
-from .store import connect, immediate
+from bot import metrics
+from bot.config import QuotaDefaults
+from bot.errors import PaceExceeded, UserError
+from bot.model.pricing import Usage
+from bot.model.request import ImageRequest, Requester
+from bot.policy import quota
+from bot.policy.access import Pace
+from bot.store import jobstate, pg
+from bot.store.jobstate import OPEN, PAID, Status
+from bot.store.schema import connect, immediate
 
 log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
@@ -358,7 +360,7 @@ class Ledger:
         periods: quota.Periods,
         what: str,
     ) -> Reservation:
-        """`reserve_sync` on PostgreSQL: one statement, `imagebot_reserve` (bot/pg.py), which locks the
+        """`reserve_sync` on PostgreSQL: one statement, `imagebot_reserve` (bot/store/pg.py), which locks the
         counters, checks the pace and every limit and inserts the rows (its trigger bumps the counters)."""
         tenant = quota.Tenant.of(who)
         stamp = _iso(now)
@@ -412,11 +414,11 @@ class Ledger:
         return Reservation(job_id, tuple(int(i) for i in ids), each_micros)
 
     def _native(self, sql: str, params: list[Any]) -> Any:
-        """One statement in PostgreSQL's own dialect (bot/pg.py `PgConnection.native`)."""
+        """One statement in PostgreSQL's own dialect (bot/store/pg.py `PgConnection.native`)."""
         return cast(pg.PgConnection, self.db.conn).native(sql, params)
 
     def _defaults(self) -> list[int | None]:
-        """The configured limits in `imagebot_admit`'s order (bot/pg.py)."""
+        """The configured limits in `imagebot_admit`'s order (bot/store/pg.py)."""
         d = self.defaults
         return [
             d.user_daily_micros,
@@ -458,7 +460,7 @@ class Ledger:
 
     def check_sync(self, who: Requester, request: ImageRequest, micros: int, pace: Pace | None) -> None:
         """Refuse (PaceExceeded, QuotaExceeded) as `reserve_sync` would for a job of `micros` in all, reserving
-        nothing: a price check's admission (bot/actions.py). Inside the caller's transaction (run_db)."""
+        nothing: a price check's admission (bot/jobs/actions.py). Inside the caller's transaction (run_db)."""
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
         if pace is not None:
@@ -533,7 +535,7 @@ class Ledger:
         transaction that checks every limit of the row's requester. Raises QuotaExceeded if they cannot take
         it; nothing changes then."""
         now = self.clock()
-        if self.postgres:  # one statement: imagebot_extend (bot/pg.py) locks, checks and extends
+        if self.postgres:  # one statement: imagebot_extend (bot/store/pg.py) locks, checks and extends
             refused, used, limit, day = self._native(
                 "SELECT refused, used, lim, row_day FROM imagebot_extend(%s, %s, %s, %s::bigint[])",
                 [row_id, micros, _iso(now), self._defaults()],
@@ -603,7 +605,7 @@ class Ledger:
         keep: tuple[dict[str, Any], bytes] | None = None,
     ) -> bool:
         """Settle or release one open row and move the counters by the difference, by the row's arrow in
-        bot/jobstate.py. `fenced`: a leased row (reserved, running) moves only under this process's live lease
+        bot/store/jobstate.py. `fenced`: a leased row (reserved, running) moves only under this process's live lease
         (False for recovery, which closes the rows of dead leases; a batched row has no lease). `keep`: the
         rendered image (its fields and bytes) goes to the outbox in the same transaction. False if the row
         could not move (already closed, recovered by another process, or not ours)."""
@@ -624,7 +626,7 @@ class Ledger:
                 sets=_closing(settlement, now, overage=0),
             ):
                 return True
-        # On PostgreSQL the ledger's trigger moves the counters with the row's UPDATE (bot/pg.py), so without
+        # On PostgreSQL the ledger's trigger moves the counters with the row's UPDATE (bot/store/pg.py), so without
         # an image to keep, the conditional UPDATE is the whole settlement: no transaction around it.
         single = keep is None and self.postgres  # (a lock outside a transaction would only cost a write)
         with self._transaction(single=single):
@@ -652,7 +654,7 @@ class Ledger:
             if keep is not None:
                 jobstate.keep(self.db.conn, row_id, job_id, int(seq or 0), keep[0], keep[1], now)
             # An open row counts its reservation and one image; a closed one its actual cost, and its image
-            # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/pg.py).
+            # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/store/pg.py).
             if not self.postgres:
                 quota.bump(
                     self.db,
@@ -681,7 +683,7 @@ class Ledger:
     ) -> bool:
         return await self._run(lambda: self.close_row_sync(row_id, settlement, fenced=fenced, keep=keep))
 
-    # -- the outbox (bot/jobstate.py) ------------------------------------------------------
+    # -- the outbox (bot/store/jobstate.py) ------------------------------------------------------
 
     async def delivered(self, row_ids: list[int]) -> None:
         """The platform confirmed these images: delivered (their bytes go with the next purge)."""

@@ -44,17 +44,19 @@ from typing import TYPE_CHECKING, Any
 
 import openai
 
-from . import actions, jobstate, texts
-from .errors import ProviderError
-from .images import image_size
-from .ledger import Ledger, Reservation, Settlement, Status, _iso
-from .outcomes import Image, JobFailure, JobResult, Progress
-from .pricing import PriceTable, batch_price, cost_micros, format_usd
-from .render import _usage
-from .request import ImageRequest, Requester
+from bot import texts
+from bot.errors import ProviderError
+from bot.jobs import actions
+from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
+from bot.jobs.render import _usage
+from bot.model.images import image_size
+from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
+from bot.model.request import ImageRequest, Requester
+from bot.store import jobstate
+from bot.store.ledger import Ledger, Reservation, Settlement, Status, _iso
 
 if TYPE_CHECKING:
-    from .jobs import Job, JobRunner, JobView
+    from bot.jobs.runner import Job, JobRunner, JobView
 
 log = logging.getLogger("imagebot.relax")
 GENERATIONS = "/v1/images/generations"
@@ -728,7 +730,7 @@ class Relax:
 
     async def _rebuild(self, job_id: str, who: Requester, rows: list[int]) -> tuple[Job, JobView] | None:
         """A job from another life of the bot: its request, its rows, and a view from where it lives."""
-        from .jobs import Job
+        from bot.jobs.runner import Job
 
         oldest = self.ledger.clock() - timedelta(days=3650)
         record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
@@ -786,7 +788,7 @@ def _refused(exc: openai.APIStatusError) -> bool:
 
 def _mark_batched(ledger: Ledger, db: Any, row_ids: Collection[int], now: datetime) -> None:
     """Reserved rows go into a batch: `batched`, from then on under no lease (inside the caller's transaction),
-    by the job state machine's arrow (bot/jobstate.py), while this process still holds them."""
+    by the job state machine's arrow (bot/store/jobstate.py), while this process still holds them."""
     for row in row_ids:
         jobstate.move(db.conn, ledger.leases, row, Status.BATCHED, now=_iso(now), owner=ledger.instance_id)
 
@@ -798,7 +800,7 @@ async def _close_line(
     keep: tuple[dict[str, Any], bytes] | None = None,
 ) -> bool:
     """Close a batch line's row (once: False if it was already closed, by this process or another); a
-    rendered image's bytes go to the outbox with it (bot/jobstate.py)."""
+    rendered image's bytes go to the outbox with it (bot/store/jobstate.py)."""
     return await ledger.close_row(row_id, settlement, keep=keep)
 
 
@@ -808,6 +810,6 @@ def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFa
 
 def _started(job: Job) -> Any:
     """The job's state as its summary reads it: it started when it was asked for (minutes ago, in relax)."""
-    from .jobs import _State
+    from bot.jobs.runner import _State
 
     return _State(started=job.created, waiters=[])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from .errors import UserError
+from bot.errors import UserError
 
 MAX_REFERENCES = 5
 MAX_FILE_BYTES = 50_000_000

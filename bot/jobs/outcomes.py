@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .actions import Button
-from .request import ImageRequest, Requester
+from bot.jobs.actions import Button
+from bot.model.request import ImageRequest, Requester
 
 
 @dataclass(frozen=True, slots=True)
