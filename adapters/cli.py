@@ -74,7 +74,10 @@ def cmd_imagine(argv: Sequence[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(
             'usage: imagebot imagine "<prompt>" [--size WxH|auto|1k|2k|4k] [--ar W:H] [--quality q] '
-            "[--format f] [--compression N] [--count N] [--model M] [--user ID] [--channel ID] --out FILE\n\n"
+            "[--format f] [--compression N] [--count N] [--model M] [--relax | --fast] [--user ID] "
+            "[--channel ID] --out FILE\n\n"
+            "--relax: half price through the Batch API, delivered when the batch ends (up to 24 h); --fast "
+            "(the default): now\n\n"
             "examples:\n" + "\n".join(f"  {line}" for line in IMAGINE_EXAMPLES)
         )
         return 0
@@ -420,7 +423,15 @@ def _main(argv: Sequence[str] | None = None) -> int:
         **_examples(IMAGINE_EXAMPLES[0], "imagebot report --days 7", "imagebot slack-manifest"),
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="start every adapter whose tokens are set").set_defaults(fn=cmd_run)
+    sub.add_parser(
+        "run",
+        help="start every adapter whose tokens are set",
+        description="Start the bot: every adapter whose tokens are set, and the HTTP port ("
+        "IMAGEBOT_HTTP_PORT, default 3000: health, metrics, Slack's HTTP mode). Slack: SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) or "
+        "SLACK_SIGNING_SECRET (HTTP mode). Discord: DISCORD_TOKEN. With no chat token set, the console "
+        "adapter runs in this terminal (when it is one). Without OPENAI_API_KEY the offline image server answers, at no cost. "
+        "Every setting: README, Configuration.",
+    ).set_defaults(fn=cmd_run)
     p = sub.add_parser(
         "console",
         help="a local prompt loop on the same core",

@@ -15,10 +15,42 @@ from bot.errors import DeliveryFailed, UserError
 from bot.jobs.actions import Button, Kind, last_job
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.pricing import format_usd
-from bot.model.request import Requester
+from bot.model.request import ImageRequest, Requester, split_flags
 
 log = logging.getLogger("imagebot.console")
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
+
+
+class Terminal:
+    """stderr as the console shares it: a progress bar redrawn in place (a write that starts with a carriage
+    return and ends without a newline) and log lines. A log line that comes while the bar is drawn starts on
+    a line of its own instead of being printed onto the bar; the bar's next tick draws it again below."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.partial = False  # the cursor is at the end of a drawn progress bar
+
+    def write(self, text: str) -> int:
+        if self.partial and not text.startswith(("\r", "\n")):
+            self.stream.write("\n")
+        self.stream.write(text)
+        if text:
+            self.partial = text.startswith("\r") and not text.endswith("\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def share_terminal() -> Terminal:
+    """One Terminal over stderr, for the progress bar and for every log handler that wrote to stderr."""
+    terminal = Terminal(sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and (
+            handler.stream is sys.stderr or isinstance(handler.stream, Terminal)
+        ):
+            handler.setStream(terminal)  # type: ignore[arg-type]
+    return terminal
 
 
 class ConsoleView:
@@ -39,7 +71,7 @@ class ConsoleView:
         self.out = out
         self.actions = actions  # the console loop offers /reroll, /vary N, ...; a one-shot `imagine` does not
         self.out_is_file = out_is_file
-        self.err = err or sys.stderr
+        self.err: TextIO | Terminal = err or share_terminal()
         self.stdout = stdout or sys.stdout
         self.written: list[Path] = []
         self.exit_code = 0
@@ -158,12 +190,32 @@ async def imagine(
     core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
     try:
         request = core.parse(text)
+        if out_is_file:
+            request = _format_of_the_file(core, text, request, out)
     except UserError as exc:
         await view.refused(str(exc))
         return 2
     outcome = await core.submit(request, who, view)
     # A result whose images could not be written is kept (the outbox) but is not a success: exit non-zero.
     return view.exit_code or (0 if isinstance(outcome, JobResult) else 1)
+
+
+FILE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def _format_of_the_file(core: Core, text: str, request: ImageRequest, out: Path) -> ImageRequest:
+    """`--out fox.png` names a format: without --format it is the one made; with a --format that differs
+    the job is refused before anything is spent (PNG bytes in a file called .jpg open nowhere)."""
+    named = FILE_FORMATS.get(out.suffix.lower())
+    if named is None or named == request.format:
+        return request
+    if "format" in split_flags(text)[1]:
+        raise UserError(
+            f"--format {request.format} does not match --out {out.name} ({named}); use --out "
+            f"{out.with_suffix('.' + ('jpg' if request.format == 'jpeg' else request.format)).name} "
+            f"or --format {named}"
+        )
+    return core.parse(text, format=named)
 
 
 async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> str | None:

@@ -339,13 +339,18 @@ class Core:
                 raise UserError(texts.EXPIRED_BUTTON)
             metrics.ACTIONS.labels(who.platform, str(kind)).inc()
             image = record.images[index - 1] if 0 < index <= len(record.images) else None
+            if kind != actions.Kind.REROLL and not 0 < index <= record.request.count:
+                raise UserError(texts.no_such_image(index, record.request.count))
             if kind != actions.Kind.REROLL and image is None:
                 raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
+            if image is not None and image.get("deleted") and kind != actions.Kind.REROLL:
+                raise UserError(texts.already_deleted(index))
             if kind == actions.Kind.DELETE:
                 assert image is not None
                 if record.who.user != who.user and not self.is_admin(who, platform_admin):
                     raise UserError(texts.DELETE_REFUSED)
                 await store.delete(image["where"])
+                await self.ledger.run_db(lambda db: actions.mark_deleted(db, job_id, index))
                 return
             base = None
             if image is not None:

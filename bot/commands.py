@@ -57,8 +57,10 @@ def parse_days(args: str) -> int:
         )
     if match[1] is None:
         return 30
-    if not match[1].isdigit() or not 1 <= int(match[1]) <= MAX_DAYS:
-        raise UserError(f"--days {match[1]!r} is out of range; use a whole number 1-{MAX_DAYS}")
+    if not match[1].isdigit():
+        raise UserError(f"--days {match[1]!r} is not a whole number; use one from 1-{MAX_DAYS}")
+    if not 1 <= int(match[1]) <= MAX_DAYS:
+        raise UserError(f"--days {match[1]} is out of range; use a whole number 1-{MAX_DAYS}")
     return int(match[1])
 
 

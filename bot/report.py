@@ -95,6 +95,18 @@ def _scope(tenant: Tenant | None, channel: str | None, user: str | None) -> str:
     return f"all channels of {tenant}" if tenant else "all tenants"
 
 
+def chart_days(report: Report) -> list[str]:
+    """The chart's bars: every day the figures sum over (whole UTC days ending today, period_start)."""
+    return [(report.since + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(report.days)]
+
+
+def period_start(now: datetime, days: int) -> datetime:
+    """ "The last N days" of a report, its chart and its export: N calendar days in UTC, today the last of
+    them (so far), from the midnight that starts the first. The chart draws one bar per day: N bars."""
+    today = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - timedelta(days=days - 1)
+
+
 async def build(
     ledger: Ledger,
     *,
@@ -107,8 +119,7 @@ async def build(
     """Every figure is a direct SQL sum over the ledger for the period, in `tenant` (None: every tenant,
     for operators; users are then named with their tenant, as `slack:T1:U1`). A channel or user id is one of
     `tenant`'s; without a tenant it matches that id in every tenant."""
-    now = now or datetime.now(UTC)
-    since = (now - timedelta(days=days)).astimezone(UTC)
+    since = period_start(now or datetime.now(UTC), days)
     where, params = _where(tenant, channel, user, since)
     q = ledger.query
     images, spend, failures = (
@@ -162,8 +173,7 @@ async def build(
 
 def chart_png(report: Report, width: int = 900, height: int = 360) -> bytes:
     """Daily spend bars with image counts on top, as PNG bytes. CPU work: run in a thread."""
-    # From the (partial) day `since` falls on to today: every day the figures sum over gets its bar.
-    days = [(report.since + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(report.days + 1)]
+    days = chart_days(report)
     by_day = {d: (m, n) for d, m, n in report.daily}
     values = [by_day.get(d, (0, 0)) for d in days]
     top = max([m for m, _ in values] + [1])
@@ -211,7 +221,7 @@ async def export_csv(
     days: int = 30,
 ) -> int:
     """Write the ledger rows of the period (in `tenant`, or every tenant) to `path`; returns the row count."""
-    since = datetime.now(UTC) - timedelta(days=days)
+    since = period_start(datetime.now(UTC), days)
     where, params = _where(tenant, channel, user, since)
     columns = [
         "id",

@@ -152,6 +152,16 @@ def price_check(request: ImageRequest, estimate_micros: int, threshold_micros: i
 
 EXPIRED_BUTTON = "this button has expired or is not known here; run /imagine again"
 DELETED = "Deleted."
+
+
+def already_deleted(index: int) -> str:
+    return f"image {index} of this job was deleted; a re-roll makes a new one"
+
+
+def no_such_image(index: int, count: int) -> str:
+    return f"this job has no image {index}; it has {count} image{'s' if count != 1 else ''} (1-{count})"
+
+
 DELETE_REFUSED = "Only the person who made this image (or an admin) can delete it."
 CONFIRM_CANCELLED = "Cancelled: nothing was reserved or charged."
 

@@ -27,7 +27,7 @@ import sqlite_utils
 from bot.errors import UserError
 from bot.model.images import ImageInput
 from bot.model.pricing import PriceTable, format_usd
-from bot.model.request import Defaults, ImageRequest, Requester, parse_request, split_flags
+from bot.model.request import Defaults, ImageRequest, Requester, notes_for, parse_request, split_flags
 from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
 from bot.store import jobstate, pg
 
@@ -128,15 +128,25 @@ def derive(
     if kind == Kind.REROLL:
         return original
     assert base is not None
-    one = replace(original, references=(base,), mask=None, count=1, notes=())
+    capabilities = prices.model(original.model).capabilities
+
+    def one(size: Size, **changes: Any) -> ImageRequest:
+        notes = notes_for(
+            prompt=original.prompt,
+            size=size,
+            format=original.format,
+            model=original.model,
+            capabilities=capabilities,
+        )
+        return replace(original, references=(base,), mask=None, count=1, size=size, notes=notes, **changes)
+
     if kind == Kind.VARY:
-        return replace(one, prompt=f"{original.prompt}\n\n{VARY_PROMPT}", size=Size(base.width, base.height))
+        return one(Size(base.width, base.height), prompt=f"{original.prompt}\n\n{VARY_PROMPT}")
     if kind == Kind.UPSCALE:
-        rule = prices.model(original.model).capabilities.sizes
-        size = upscale_size(base.width, base.height, rule)
+        size = upscale_size(base.width, base.height, capabilities.sizes)
         if size is None:
             raise UserError(f"this image is already as large as {original.model} renders its shape")
-        return replace(one, prompt=f"{original.prompt}\n\n{UPSCALE_PROMPT}", size=size, quality="high")
+        return one(size, prompt=f"{original.prompt}\n\n{UPSCALE_PROMPT}", quality="high")
     if kind == Kind.EDIT:
         if not instruction.strip():
             raise UserError("the edit instruction is empty; say what to change, e.g. make the sky stormy")
@@ -243,6 +253,17 @@ def save_job(
 
 def save_images(db: sqlite_utils.Database, job_id: str, images: list[dict[str, Any]]) -> None:
     db.conn.execute("UPDATE results SET images=? WHERE job_id=?", [json.dumps(images), job_id])
+
+
+def mark_deleted(db: sqlite_utils.Database, job_id: str, index: int) -> None:
+    """Image `index` (1-based) of a job was deleted where it was posted: its buttons say so from now on."""
+    row = db.conn.execute("SELECT images FROM results WHERE job_id=?", [job_id]).fetchone()
+    if row is None:
+        return
+    images = json.loads(row[0])
+    if 0 < index <= len(images):
+        images[index - 1]["deleted"] = True
+        save_images(db, job_id, images)
 
 
 def load_job(db: sqlite_utils.Database, job_id: str, oldest: datetime) -> Record:

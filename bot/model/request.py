@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from bot.errors import UserError
 from bot.model.images import ImageInput, check_mask
 from bot.model.pricing import ModelCapabilities, PriceTable, load_prices
-from bot.model.sizes import Size, parse_size
+from bot.model.sizes import PRESETS, Size, parse_size
 
 MAX_PROMPT = 32_000
 QUALITIES = ("low", "medium", "high", "auto")
@@ -211,6 +211,9 @@ def build_request(
         )
     if len(prompt) > MAX_PROMPT:
         raise UserError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT:,}")
+    if ar is not None and size is None and defaults.size.strip().lower() not in PRESETS:
+        # The size the rule needs was never typed: name what to add, not the default the user never saw.
+        raise UserError(f"--ar needs --size 1k, 2k or 4k to pick a size from, e.g. --size 2k --ar {ar}")
     picked = parse_size(size or defaults.size, ar, rule=capabilities.sizes, model=model)
     quality = (quality or defaults.quality).lower()
     if quality not in QUALITIES:
@@ -228,17 +231,6 @@ def build_request(
         compression = DEFAULT_COMPRESSION
     count = 1 if count is None else _in_range("count", count, 1, MAX_COUNT)
     _check_images(model, capabilities, references, mask)
-    notes: list[str] = []
-    experimental = capabilities.sizes.experimental_note(picked)
-    if experimental:
-        notes.append(experimental)
-    if _TRANSPARENT.search(prompt):
-        if not capabilities.transparent_background:
-            notes.append(f"{model} cannot make transparent backgrounds; the background will be opaque")
-        elif fmt == "jpeg":
-            notes.append(
-                "jpeg has no transparency, so the background will be opaque; use --format png or webp"
-            )
     return ImageRequest(
         prompt=prompt,
         size=picked,
@@ -249,9 +241,29 @@ def build_request(
         model=model,
         references=tuple(references),
         mask=mask,
-        notes=tuple(notes),
+        notes=notes_for(prompt=prompt, size=picked, format=fmt, model=model, capabilities=capabilities),
         relax=relax,
     )
+
+
+def notes_for(
+    *, prompt: str, size: Size, format: str, model: str, capabilities: ModelCapabilities
+) -> tuple[str, ...]:
+    """What a request's summary tells about it beyond its settings: a size the API marks as experimental, a
+    transparency the model or the format cannot give. One function, so that a request made by a click
+    (bot/jobs/actions.py `derive`: Vary, Upscale) tells the same as one typed."""
+    notes: list[str] = []
+    experimental = capabilities.sizes.experimental_note(size)
+    if experimental:
+        notes.append(experimental)
+    if _TRANSPARENT.search(prompt):
+        if not capabilities.transparent_background:
+            notes.append(f"{model} cannot make transparent backgrounds; the background will be opaque")
+        elif format == "jpeg":
+            notes.append(
+                "jpeg has no transparency, so the background will be opaque; use --format png or webp"
+            )
+    return tuple(notes)
 
 
 def parse_request(

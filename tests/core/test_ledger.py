@@ -713,7 +713,7 @@ async def test_channel_and_workspace_overrides_only_take_a_monthly_spend_limit(
 
 # --- reports ----------------------------------------------------------------------------------
 
-REPORT_NOW = datetime(2026, 4, 30, 12, 0, tzinfo=UTC)  # 30 days back: 31 March, 12:00 UTC
+REPORT_NOW = datetime(2026, 4, 30, 12, 0, tzinfo=UTC)  # the last 30 days: 1-30 April, whole UTC days
 
 
 async def _report_ledger(target: str) -> Ledger:
@@ -729,7 +729,24 @@ async def _report_ledger(target: str) -> Ledger:
             90_000,
             1000,
         ),  # too old
-        (datetime(2026, 3, 31, 18, 0, tzinfo=UTC), ALICE, "1024x1024", "low", "delivered", 40_000, 2000),
+        (
+            datetime(2026, 3, 31, 23, 59, tzinfo=UTC),
+            ALICE,
+            "1024x1024",
+            "low",
+            "delivered",
+            40_000,
+            2000,
+        ),  # too
+        (
+            datetime(2026, 4, 1, 0, 0, tzinfo=UTC),
+            ALICE,
+            "1024x1024",
+            "low",
+            "failed",
+            0,
+            2000,
+        ),  # the first day
         (datetime(2026, 4, 10, 9, 0, tzinfo=UTC), BOB, "1536x1024", "high", "delivered", 50_000, 8000),
         (datetime(2026, 4, 10, 9, 5, tzinfo=UTC), BOB, "1536x1024", "high", "possibly_billed", 60_000, None),
         (datetime(2026, 4, 10, 9, 9, tzinfo=UTC), CAROL, "1024x1024", "medium", "failed", 0, 500),
@@ -773,7 +790,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     finally:
         ledger.close()
     path = ledger.path
-    where, params = "created_at >= ?", ["2026-03-31T12:00:00.000+00:00"]
+    where, params = "created_at >= ?", ["2026-04-01T00:00:00.000+00:00"]
     if tenant:
         where, params = (
             where + " AND platform = ? AND workspace = ?",
@@ -791,7 +808,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
         *params,
     )
     assert (built.images, built.spend_micros, built.failures) == (images, int(spend), failures)
-    expected = 0 if tenant == W2 else 40_000 + 50_000 + 60_000 + (0 if channel else 45_000)
+    expected = 0 if tenant == W2 else 50_000 + 60_000 + (0 if channel else 45_000)
     assert built.spend_micros == expected
     # Across tenants a user is named with its tenant (U1 of one workspace is not U1 of another).
     label = "user" if tenant else "platform || ':' || workspace || ':' || user"
@@ -838,7 +855,8 @@ async def test_the_chart_has_a_bar_for_every_day_the_total_counts(store_named: C
     finally:
         ledger.close()
     days_with_spend = [d for d, m, _ in built.daily if m]
-    assert days_with_spend == ["2026-03-31", "2026-04-10", "2026-04-30"]  # the first day is a partial one
+    assert days_with_spend == ["2026-04-10", "2026-04-30"]  # 31 March is before the period's first day
+    assert report.chart_days(built) == [f"2026-04-{d:02d}" for d in range(1, 31)]  # 30 days, 30 bars
     chart = Image.open(io.BytesIO(report.chart_png(built)))
     assert chart.format == "PNG"
     row = [chart.getpixel((x, chart.height - 42)) for x in range(chart.width)]

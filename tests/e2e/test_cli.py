@@ -444,7 +444,7 @@ def test_console_vary_of_a_deleted_image_is_a_clear_line_and_the_console_goes_on
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr and "FileNotFoundError" not in stderr
     assert "Deleted." in stdout, (stdout, stderr)
-    assert "image 1 of your last job was deleted" in stdout + stderr
+    assert "image 1 of this job was deleted" in stdout + stderr
     assert "quota" in stdout.lower()  # the line after it ran
     assert [r["status"] for r in ledger(tmp_path / "bot.sqlite3")] == ["delivered"]  # the vary cost nothing
 
