@@ -44,7 +44,7 @@ class Kind(StrEnum):
     VARY = "vary"
     UPSCALE = "upscale"
     EDIT = "edit"
-    DELETE = "delete"
+    REMOVE = "delete"  # the Delete button (not named after the SQL keyword: only the store holds SQL)
 
 
 LABELS = {
@@ -52,7 +52,7 @@ LABELS = {
     Kind.VARY: "Vary",
     Kind.UPSCALE: "Upscale",
     Kind.EDIT: "Edit",
-    Kind.DELETE: "Delete",
+    Kind.REMOVE: "Delete",
 }
 
 
@@ -329,7 +329,7 @@ def buttons(
             )
     for n in range(1, len(images) + 1):
         out.append(Button(Kind.EDIT, record_id, n, "", None))
-        out.append(Button(Kind.DELETE, record_id, n, "", None))
+        out.append(Button(Kind.REMOVE, record_id, n, "", None))
     return [replace(b, label=_label(b, numbered)) for b in out]
 
 

@@ -179,7 +179,7 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
 async def test_delete_is_for_the_requester_or_an_admin(make_core: MakeCore) -> None:
     core = await make_core()
     result, _, store = await first_job(core)
-    key = button(result, Kind.DELETE).key
+    key = button(result, Kind.REMOVE).key
     bob_view = View()
     await core.act(key, BOB, bob_view, store)
     assert bob_view.refusals == [texts.DELETE_REFUSED] and store.deleted == []
