@@ -112,7 +112,7 @@ class ConsoleView:
         self.written += paths
         files = ", ".join(str(p) for p in paths)
         offered = (
-            "  ".join(_command(b) for b in result.buttons if b.kind != Kind.DELETE) if self.actions else ""
+            "  ".join(_command(b) for b in result.buttons if b.kind != Kind.REMOVE) if self.actions else ""
         )
         self.stdout.write(f"Wrote {files}\n{texts.summary(result)}\n" + (f"{offered}\n" if offered else ""))
         self.stdout.flush()
@@ -267,7 +267,7 @@ async def act(core: Core, kind: Kind, args: str, who: Requester, out_dir: Path) 
     view = ConsoleView(out_dir, out_is_file=False, actions=True)
     store = Files(f"image {index} of your last job")
     await core.act(Button(kind, job_id, index, "", None).key, who, view, store, instruction=instruction)
-    if kind == Kind.DELETE and not view.exit_code:
+    if kind == Kind.REMOVE and not view.exit_code:
         print(texts.DELETED)
 
 

@@ -71,8 +71,8 @@ ACTION_KEY = r"[a-z]+:[A-Za-z0-9_-]+:[0-9]+"  # kind:job:image
 ROW_WIDTH, MAX_ROWS = 5, 5  # Discord: at most 5 buttons in an action row, 5 rows in a message
 MAX_LABEL = 80
 # Rows of a finished job's buttons by kind (Re-roll leads the Vary row), when one row cannot hold them all.
-ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.DELETE,))
-STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.DELETE: discord.ButtonStyle.danger}
+ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.REMOVE,))
+STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.REMOVE: discord.ButtonStyle.danger}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
 MAX_KNOWN_PARENTS = 10_000  # threads whose parent channel was looked up (a thread's parent never changes)
 UPLOAD_ATTEMPTS = 4
@@ -1315,7 +1315,7 @@ class DiscordAdapter:
             async with self.core.acking():
                 # Delete answers silently (type 6): the clicked message stays this interaction's to edit, so
                 # one image can be taken off it; its only words are a private follow-up.
-                if kind == Kind.DELETE:
+                if kind == Kind.REMOVE:
                     deferred = await interaction.response.defer()
                 else:
                     deferred = await interaction.response.defer(thinking=True)
@@ -1375,7 +1375,7 @@ class DiscordAdapter:
             instruction=instruction,
             platform_admin=bool(interaction.permissions.manage_guild),
         )
-        if actions.parse_key(key)[0] == Kind.DELETE and not view.refusals:
+        if actions.parse_key(key)[0] == Kind.REMOVE and not view.refusals:
             await self._tell_privately(interaction, texts.DELETED)
 
     async def on_price_check(self, interaction: discord.Interaction[Any], token: str, render: bool) -> None:

@@ -130,7 +130,7 @@ def button_element(button: Button) -> dict[str, Any]:
         "text": {"type": "plain_text", "text": clip(button.label, 75), "emoji": True},
         "value": button.key,
     }
-    if button.kind == Kind.DELETE:
+    if button.kind == Kind.REMOVE:
         element["style"] = "danger"
     return element
 
@@ -773,7 +773,7 @@ class SlackAdapter:
 
     async def _act(self, asker: Privately, key: str, instruction: str = "") -> None:
         """A result button (or the Edit form) of `asker`: a job of theirs in the same thread, or Delete."""
-        platform_admin = key.startswith(f"{Kind.DELETE}:") and await self._is_workspace_admin(asker.who)
+        platform_admin = key.startswith(f"{Kind.REMOVE}:") and await self._is_workspace_admin(asker.who)
         view = SlackJobView(self, asker, thread_ts=asker.thread_ts)
         await self.core.act(
             key,

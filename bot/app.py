@@ -331,7 +331,7 @@ class Core:
         `view.refused`."""
         try:
             kind, job_id, index = actions.parse_key(key)
-            if not (kind == actions.Kind.DELETE and self.is_admin(who, platform_admin)):
+            if not (kind == actions.Kind.REMOVE and self.is_admin(who, platform_admin)):
                 await self.may_render(who, view)
             oldest = self.ledger.clock() - timedelta(days=self.settings.actions_days)
             record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
@@ -345,7 +345,7 @@ class Core:
                 raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
             if image is not None and image.get("deleted") and kind != actions.Kind.REROLL:
                 raise UserError(texts.already_deleted(index))
-            if kind == actions.Kind.DELETE:
+            if kind == actions.Kind.REMOVE:
                 assert image is not None
                 if record.who.user != who.user and not self.is_admin(who, platform_admin):
                     raise UserError(texts.DELETE_REFUSED)

@@ -8,6 +8,7 @@ admitted first by the job's own access, pace and quota checks (reserving nothing
 MAX_PENDING such price checks waiting. Nothing stored lives for ever (`purge`, run by the periodic sweep):
 results and their input images go after IMAGEBOT_ACTIONS_DAYS, price checks an hour after they were asked,
 and an input image (a blob, shared by every request that uses the same bytes) once nobody holds it.
+The tables and their rules are bot/store/results.py's; this module decides what a record means to a user.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from bot.errors import UserError
 from bot.model.images import ImageInput
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import Defaults, ImageRequest, Requester, notes_for, parse_request, split_flags
 from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
-from bot.store import jobstate, pg
+from bot.store import results
+from bot.store.results import Database, Results
+from bot.store.results import Purged as Purged  # the sweep's counts, as callers of `purge` know them
 
 CONFIRM_TTL = timedelta(minutes=10)
 CONFIRM_KEPT = timedelta(hours=1)  # a price check, answered or not, is deleted after this
@@ -43,7 +44,7 @@ class Kind(StrEnum):
     VARY = "vary"
     UPSCALE = "upscale"
     EDIT = "edit"
-    DELETE = "delete"
+    REMOVE = "delete"  # the Delete button (not named after the SQL keyword: only the store holds SQL)
 
 
 LABELS = {
@@ -51,7 +52,7 @@ LABELS = {
     Kind.VARY: "Vary",
     Kind.UPSCALE: "Upscale",
     Kind.EDIT: "Edit",
-    Kind.DELETE: "Delete",
+    Kind.REMOVE: "Delete",
 }
 
 
@@ -163,18 +164,13 @@ def derive(
     raise UserError(f"{kind} is not an action that renders")
 
 
-# -- the records, on the ledger's database -------------------------------------------------------------
+# -- the records, on the ledger's database (bot/store/results.py) ------------------------------------------
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds")
-
-
-def _blob(db: sqlite_utils.Database, image: ImageInput, holder: str) -> dict[str, Any]:
+def _blob(db: Database, image: ImageInput, holder: str) -> dict[str, Any]:
     """Store an input image once (by its digest), held by `holder` (`r:<job>`, `c:<token>`) until purged."""
     digest = hashlib.sha256(image.data).hexdigest()
-    db.conn.execute("INSERT OR IGNORE INTO blob_refs (sha256, holder) VALUES (?, ?)", [digest, holder])
-    db.conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", [digest, image.data])
+    Results(db).hold_blob(sha256=digest, data=image.data, holder=holder)
     return {
         "name": image.name,
         "sha256": digest,
@@ -185,16 +181,14 @@ def _blob(db: sqlite_utils.Database, image: ImageInput, holder: str) -> dict[str
     }
 
 
-def _image(db: sqlite_utils.Database, ref: dict[str, Any]) -> ImageInput:
-    row = db.conn.execute("SELECT data FROM blobs WHERE sha256=?", [ref["sha256"]]).fetchone()
-    if row is None:
+def _image(db: Database, ref: dict[str, Any]) -> ImageInput:
+    data = Results(db).blob(ref["sha256"])
+    if data is None:
         raise UserError("the images this job was made from are no longer stored")
-    return ImageInput(
-        ref["name"], bytes(row[0]), ref["width"], ref["height"], ref["format"], ref["has_alpha"]
-    )
+    return ImageInput(ref["name"], data, ref["width"], ref["height"], ref["format"], ref["has_alpha"])
 
 
-def request_json(db: sqlite_utils.Database, request: ImageRequest, holder: str) -> str:
+def request_json(db: Database, request: ImageRequest, holder: str) -> str:
     """A request as stored: its settings, and its input images as blob references (held by `holder`)."""
     return json.dumps(
         {
@@ -212,7 +206,7 @@ def request_json(db: sqlite_utils.Database, request: ImageRequest, holder: str) 
     )
 
 
-def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
+def request_from(db: Database, text: str) -> ImageRequest:
     raw = json.loads(text)
     size = raw["size"]
     width, _, height = size.partition("x")
@@ -230,81 +224,51 @@ def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
     )
 
 
-def save_job(
-    db: sqlite_utils.Database, job_id: str, who: Requester, request: ImageRequest, now: datetime
-) -> None:
+def save_job(db: Database, job_id: str, who: Requester, request: ImageRequest, now: datetime) -> None:
     """Keep a job's request as it starts, so its Re-roll works whatever happens to its delivery."""
-    db.conn.execute(
-        "INSERT INTO results (job_id, platform, workspace, channel, user, request, images, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, '[]', ?) ON CONFLICT (job_id) DO UPDATE SET platform=excluded.platform, "
-        "workspace=excluded.workspace, channel=excluded.channel, user=excluded.user, request=excluded.request, "
-        "images=excluded.images, created_at=excluded.created_at",
-        [
-            job_id,
-            who.platform,
-            who.workspace,
-            who.channel,
-            who.user,
-            request_json(db, request, f"r:{job_id}"),
-            _iso(now),
-        ],
-    )
+    text = request_json(db, request, f"r:{job_id}")
+    Results(db).save(job_id=job_id, who=who, request=text, created=now)
 
 
-def save_images(db: sqlite_utils.Database, job_id: str, images: list[dict[str, Any]]) -> None:
-    db.conn.execute("UPDATE results SET images=? WHERE job_id=?", [json.dumps(images), job_id])
+def save_images(db: Database, job_id: str, images: list[dict[str, Any]]) -> None:
+    Results(db).set_images(job_id=job_id, images=images)
 
 
-def mark_deleted(db: sqlite_utils.Database, job_id: str, index: int) -> None:
+def mark_deleted(db: Database, job_id: str, index: int) -> None:
     """Image `index` (1-based) of a job was deleted where it was posted: its buttons say so from now on."""
-    row = db.conn.execute("SELECT images FROM results WHERE job_id=?", [job_id]).fetchone()
-    if row is None:
-        return
-    images = json.loads(row[0])
-    if 0 < index <= len(images):
+    found = Results(db).get(job_id)
+    if found is not None and 0 < index <= len(found.images):
+        images = [dict(image) for image in found.images]
         images[index - 1]["deleted"] = True
         save_images(db, job_id, images)
 
 
-def load_job(db: sqlite_utils.Database, job_id: str, oldest: datetime) -> Record:
+def load_job(db: Database, job_id: str, oldest: datetime) -> Record:
     """A job's record; UserError (shown privately) if it is unknown or older than the buttons' life."""
-    row = db.conn.execute(
-        "SELECT platform, workspace, channel, user, request, images, created_at FROM results WHERE job_id=?",
-        [job_id],
-    ).fetchone()
-    if row is None:
+    found = Results(db).get(job_id)
+    if found is None:
         raise UserError(
             "this button's job is not known here (it may be from another installation); run /imagine again"
         )
-    created = datetime.fromisoformat(row[6])
+    created = found.created
     if created < oldest:
         raise UserError(
             f"this button expired: buttons work for {(datetime.now(created.tzinfo) - oldest).days} "
             "days after their image; run /imagine again"
         )
-    return Record(
-        job_id,
-        Requester(row[0], row[1], row[2], row[3]),
-        request_from(db, row[4]),
-        tuple(json.loads(row[5])),
-        created,
-    )
+    return Record(job_id, found.who, request_from(db, found.request), found.images, created)
 
 
-def last_job(db: sqlite_utils.Database, who: Requester) -> str:
+def last_job(db: Database, who: Requester) -> str:
     """The id of `who`'s latest job with images (the console's actions act on it); UserError if none."""
-    row = db.conn.execute(
-        "SELECT job_id FROM results WHERE platform=? AND workspace=? AND user=? AND images != '[]' "
-        "ORDER BY created_at DESC LIMIT 1",
-        [who.platform, who.workspace, who.user],
-    ).fetchone()
-    if row is None:
+    job_id = Results(db).latest_with_images(who)
+    if job_id is None:
         raise UserError("there is no image yet to act on: make one first")
-    return str(row[0])
+    return job_id
 
 
 def save_confirmation(
-    db: sqlite_utils.Database,
+    db: Database,
     who: Requester,
     request: ImageRequest,
     now: datetime,
@@ -315,107 +279,55 @@ def save_confirmation(
     Call inside a write transaction (Ledger.run_db), so two at once cannot both slip under the limit."""
     if admit is not None:
         admit()
-    waiting = db.conn.execute(
-        "SELECT created_at FROM confirmations WHERE user=? AND platform=? AND workspace=? AND state='pending' "
-        "AND created_at > ? ORDER BY created_at",
-        [who.user, who.platform, who.workspace, _iso(now - CONFIRM_TTL)],
-    ).fetchall()
+    store = Results(db)
+    waiting = store.waiting_checks(who, since=now - CONFIRM_TTL)
     if len(waiting) >= MAX_PENDING:
-        frees = datetime.fromisoformat(waiting[0][0]) + CONFIRM_TTL - now
+        frees = waiting[0] + CONFIRM_TTL - now
         raise UserError(
             f"You have {len(waiting)} price checks waiting for Render or Cancel, the most one person may have "
             f"(at most {MAX_PENDING} pending): answer one of them, or wait until the oldest expires in "
             f"{max(1, math.ceil(frees.total_seconds()))} s. Nothing was charged."
         )
     token = secrets.token_hex(8)
-    db.conn.execute(
-        "INSERT INTO confirmations (token, platform, workspace, channel, user, request, created_at, state) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
-        [
-            token,
-            who.platform,
-            who.workspace,
-            who.channel,
-            who.user,
-            request_json(db, request, f"c:{token}"),
-            _iso(now),
-        ],
-    )
+    store.add_check(token=token, who=who, request=request_json(db, request, f"c:{token}"), created=now)
     return token
 
 
 def claim_confirmation(
-    db: sqlite_utils.Database, token: str, who: Requester, now: datetime, render: bool
+    db: Database, token: str, who: Requester, now: datetime, render: bool
 ) -> ImageRequest | None:
     """Render (the stored request, once) or Cancel (None) a pending price check of `who`'s own. Either way its
     stored request is let go at once (a Render's job keeps its own copy); the row stays, to answer a second
     click, until the purge."""
-    row = db.conn.execute(
-        "SELECT platform, workspace, user, request, created_at, state FROM confirmations WHERE token=?",
-        [token],
-    ).fetchone()
-    if row is None:
+    store = Results(db)
+    check = store.get_check(token)
+    if check is None:
         raise UserError(
             "this price check is no longer stored (price checks are kept for an hour): nothing was rendered; "
             "run /imagine again. Nothing was charged."
         )
-    if (row[0], row[1], row[2]) != (who.platform, who.workspace, who.user):
+    owner = check.who
+    if (owner.platform, owner.workspace, owner.user) != (who.platform, who.workspace, who.user):
         raise UserError("only the person who asked for this render can confirm or cancel it")
-    if row[5] != "pending":
+    if check.state != results.PENDING:
         raise UserError("this render was already confirmed or cancelled")
-    if render and datetime.fromisoformat(row[4]) < now - CONFIRM_TTL:
+    if render and check.created < now - CONFIRM_TTL:
         raise UserError(
             "this price check expired (after 10 minutes): nothing was rendered or charged; run /imagine again"
         )
-    request = request_from(db, row[3]) if render else None
-    cursor = db.conn.execute(
-        "UPDATE confirmations SET state=?, request='{}' WHERE token=? AND state='pending'",
-        ["rendered" if render else "cancelled", token],
-    )
-    if cursor.rowcount == 0:
+    request = request_from(db, check.request) if render else None
+    if not store.answer_check(token=token, render=render):
         raise UserError("this render was already confirmed or cancelled")
-    db.conn.execute("DELETE FROM blob_refs WHERE holder=?", [f"c:{token}"])
     return request
 
 
-@dataclass(frozen=True, slots=True)
-class Purged:
-    results: int
-    confirmations: int
-    blobs: int
-    undelivered: int = 0  # kept images of undelivered rows, past IMAGEBOT_ACTIONS_DAYS
-
-
-def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
+def purge(db: Database, now: datetime, days: int) -> Purged:
     """Delete results (with their requests) older than `days` (IMAGEBOT_ACTIONS_DAYS: their buttons have
-    expired), price checks older than an hour, and the input images nobody holds any more. Call inside a write
-    transaction (Ledger.run_db); on PostgreSQL it waits for the transactions storing images to finish, so an
-    image just taken by a new request is never deleted under it."""
-    if isinstance(db, pg.PgDatabase):
-        db.execute("LOCK TABLE blob_refs IN SHARE ROW EXCLUSIVE MODE")
-    old_results = [_iso(now - timedelta(days=days))]
-    old_checks = [_iso(now - CONFIRM_KEPT)]
-    db.conn.execute(
-        "DELETE FROM blob_refs WHERE holder IN (SELECT 'r:' || job_id FROM results WHERE created_at < ?)",
-        old_results,
-    )
-    results = db.conn.execute("DELETE FROM results WHERE created_at < ?", old_results).rowcount
-    db.conn.execute(
-        "DELETE FROM blob_refs WHERE holder IN (SELECT 'c:' || token FROM confirmations WHERE created_at < ?)",
-        old_checks,
-    )
-    confirmations = db.conn.execute("DELETE FROM confirmations WHERE created_at < ?", old_checks).rowcount
-    blobs = db.conn.execute(
-        "DELETE FROM blobs WHERE NOT EXISTS (SELECT 1 FROM blob_refs WHERE blob_refs.sha256 = blobs.sha256)"
-    ).rowcount
-    # Delivered images' bytes go (bot/store/jobstate.py); those never posted are kept for `imagebot redeliver` as
-    # long as buttons live (SPEC §5).
-    jobstate.forget_delivered(db.conn)
-    kept = db.conn.execute(
-        "DELETE FROM outbox WHERE created_at < ? AND row_id IN (SELECT id FROM ledger WHERE status='undelivered')",
-        old_results,
-    ).rowcount
-    return Purged(max(results, 0), max(confirmations, 0), max(blobs, 0), max(kept, 0))
+    expired), price checks older than an hour, and the input images nobody holds any more; the outbox bytes of
+    delivered images go, and those never posted are kept for `imagebot redeliver` as long as buttons live.
+    Call inside a write transaction (Ledger.run_db); on PostgreSQL it waits for the transactions storing
+    images to finish, so an image just taken by a new request is never deleted under it."""
+    return Results(db).purge(results_before=now - timedelta(days=days), checks_before=now - CONFIRM_KEPT)
 
 
 def buttons(
@@ -436,7 +348,7 @@ def buttons(
             )
     for n in range(1, len(images) + 1):
         out.append(Button(Kind.EDIT, record_id, n, "", None))
-        out.append(Button(Kind.DELETE, record_id, n, "", None))
+        out.append(Button(Kind.REMOVE, record_id, n, "", None))
     return [replace(b, label=_label(b, numbered)) for b in out]
 
 

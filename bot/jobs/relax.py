@@ -23,7 +23,8 @@ with status 200 is settled from its `usage` at the batch price; any other line (
 window is settled from what is known (SPEC §11): lines with output are delivered and charged, the rest are
 charged their reservation as possibly billed and their users told; it is never asked for again (its status
 becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). Every ledger status write of
-relax mode is in `_mark_batched` and `_close_line`. A job is delivered once, by the first process serving its platform that claims it (one UPDATE),
+relax mode is in `_mark_batched` and `_close_line`. A job is delivered once, by the first process serving its
+platform that claims it (one conditional write; the tables and their rules are bot/store/batches.py's),
 through its live view if the job began in that process, else through a view rebuilt from where the job
 lives (`Relax.view_for`, set by the service).
 """
@@ -40,7 +41,7 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import openai
 
@@ -53,6 +54,7 @@ from bot.model.images import image_size
 from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.store import jobstate
+from bot.store.batches import Batches, Line, OpenBatch
 from bot.store.ledger import Ledger, Reservation, Settlement, Status, _iso
 
 if TYPE_CHECKING:
@@ -69,6 +71,7 @@ OVERDUE_STATUS = "overdue"
 GONE = {UNREADABLE: "can no longer be read (404)", OVERDUE_STATUS: "is over an hour past its 24 h window"}
 NOTE = "relax, half price"
 ViewFor = Callable[[Requester, dict[str, Any]], "JobView | None"]
+T = TypeVar("T")
 
 
 def with_note(request: ImageRequest) -> ImageRequest:
@@ -123,23 +126,6 @@ class _Line:
     body: dict[str, Any]
     request_id: str
     error: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Open:
-    """An open batch as the store has it (`id` is None while it is `submitting`)."""
-
-    key: str
-    id: str | None
-    status: str
-    owner: str | None
-    created_at: str
-    output_file_id: str | None
-    error_file_id: str | None
-
-    @property
-    def name(self) -> str:
-        return self.id or f"key {self.key}"
 
 
 class Relax:
@@ -203,13 +189,7 @@ class Relax:
         self.live[job.id] = waiting
         who = job.requester
         now = self.ledger.clock()
-        await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "INSERT OR IGNORE INTO relax_jobs (job_id, platform, workspace, channel, user, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [job.id, who.platform, who.workspace, who.channel, who.user, _iso(now)],
-            )
-        )
+        await self._store(lambda batches: batches.add_job(job_id=job.id, who=who, submitted=now))
         await self._show(waiting, f"relax mode, half price · waiting to be sent (within {self.window:g} s)")
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
@@ -314,29 +294,26 @@ class Relax:
     ) -> None:
         """One transaction: the batch (`submitting`, its id unknown), its lines, and its rows `batched` (from
         here on they are under no lease: whatever happens to this process, the batch is looked for by key)."""
-        db.conn.execute(
-            "INSERT INTO batches (key, id, endpoint, input_file_id, status, created_at, checked_at, owner) "
-            "VALUES (?, NULL, ?, ?, 'submitting', ?, ?, ?)",
-            [key, endpoint, input_file_id, _iso(now), _iso(now), self.ledger.instance_id],
+        lines = [
+            Line(f"{w.job.id}:{seq}", w.job.id, row)
+            for w in group
+            for seq, row in enumerate(w.job.reservation.row_ids)
+        ]
+        Batches(db).add_submitting(
+            key=key,
+            endpoint=endpoint,
+            input_file_id=input_file_id,
+            lines=lines,
+            owner=self.ledger.instance_id,
+            now=now,
         )
-        for w in group:
-            for seq, row in enumerate(w.job.reservation.row_ids):
-                db.conn.execute(
-                    "INSERT INTO batch_lines (custom_id, batch_key, job_id, row_id, state) VALUES (?, ?, ?, ?, 'open')",
-                    [f"{w.job.id}:{seq}", key, w.job.id, row],
-                )
         _mark_batched(self.ledger, db, [row for w in group for row in w.job.reservation.row_ids], now)
 
     async def _adopt(self, key: str, batch: Any) -> None:
         """The batch of `key` is known by its id: record it, tell its jobs here, act on cancels that came
         while it was being sent."""
         now = self.ledger.clock()
-        await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "UPDATE batches SET id=?, status=?, checked_at=? WHERE key=? AND id IS NULL",
-                [batch.id, batch.status, _iso(now), key],
-            )
-        )
+        await self._store(lambda b: b.adopt(key=key, batch_id=batch.id, status=batch.status, now=now))
         log.info("batch submitted", extra={"batch_id": batch.id, "key": key})
         mine = [w for w in self.live.values() if w.key == key]
         submitted = datetime.fromtimestamp(batch.created_at, now.tzinfo)
@@ -369,11 +346,10 @@ class Relax:
             )
             return None
 
-    async def _resolve(self, batch: _Open) -> None:
+    async def _resolve(self, batch: OpenBatch) -> None:
         """A `submitting` batch nobody is sending any more: adopt it if the API has it, else release its jobs
         (the Batch API never took them: nothing was rendered)."""
-        since = datetime.fromisoformat(batch.created_at)
-        found = await self._find(batch.key, since)  # an error here: looked for again at the next poll
+        found = await self._find(batch.key, batch.created)  # an error here: looked for again at the next poll
         if found is not None:
             await self._adopt(batch.key, found)
             return
@@ -437,11 +413,7 @@ class Relax:
     async def _cancel_sent(self, waiting: _Waiting) -> str:
         """Cancel a job whose batch id is known: the batch if the job is alone in it, else discard on arrival."""
         job_id, batch_id, key = waiting.job.id, waiting.job.batch_id, waiting.key
-        others = await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "SELECT COUNT(*) FROM batch_lines WHERE batch_key=? AND job_id<>?", [key, job_id]
-            ).fetchone()[0]
-        )
+        others = await self._store(lambda b: b.others_in_batch(key=key, job_id=job_id))
         if not others and batch_id:
             try:
                 await self.client.batches.cancel(batch_id)
@@ -451,9 +423,7 @@ class Relax:
                 "Cancelling the batch: images it finished before the cancel are delivered and charged, "
                 "the rest are released."
             )
-        await self.ledger.run_db(
-            lambda db: db.conn.execute("UPDATE relax_jobs SET discard=1 WHERE job_id=?", [job_id])
-        )
+        await self._store(lambda b: b.discard(job_id))
         return (
             "This job shares its batch with other people's jobs, and a batch line cannot be withdrawn: "
             "its images will still be made and charged at the batch price, but not posted."
@@ -476,27 +446,15 @@ class Relax:
         """Check every open batch, each on its own: one batch's error is logged with its id and never stops
         the others. Settle and deliver those that ended; settle from what is known those that can no longer
         be read or are an hour past their window; find by key those whose creation was never heard back."""
-        now = _iso(self.ledger.clock())
-
-        def load(db: Any) -> tuple[list[_Open], set[str]]:
-            found = [
-                _Open(*row)
-                for row in db.conn.execute(
-                    "SELECT key, id, status, owner, created_at, output_file_id, error_file_id FROM batches "
-                    "WHERE finished_at IS NULL ORDER BY created_at"
-                )
-            ]
-            alive = {r[0] for r in db.conn.execute("SELECT id FROM instances WHERE expires_at >= ?", [now])}
-            return found, alive
-
-        open_batches, alive = await self.ledger.run_db(load)
+        now = self.ledger.clock()
+        open_batches, alive = await self._store(lambda b: (b.open_batches(), b.live_instances(now)))
         for batch in open_batches:
             try:
                 await self._poll_batch(batch, alive)
             except Exception:
                 log.warning("batch poll failed", extra={"batch_id": batch.name}, exc_info=True)
 
-    async def _poll_batch(self, known: _Open, alive: set[str]) -> None:
+    async def _poll_batch(self, known: OpenBatch, alive: set[str]) -> None:
         if known.id is None:
             sender_alive = known.owner in alive or known.owner == self.ledger.instance_id
             if known.key in self._sending or (known.owner != self.ledger.instance_id and sender_alive):
@@ -515,9 +473,14 @@ class Relax:
             await self._gone(known.key, known.id, UNREADABLE, known.output_file_id, known.error_file_id)
             return
         now = self.ledger.clock()
-        await self._sql(
-            "UPDATE batches SET status=?, checked_at=?, output_file_id=?, error_file_id=? WHERE key=?",
-            [batch.status, _iso(now), batch.output_file_id, batch.error_file_id, known.key],
+        await self._store(
+            lambda b: b.checked(
+                key=known.key,
+                status=batch.status,
+                now=now,
+                output_file_id=batch.output_file_id,
+                error_file_id=batch.error_file_id,
+            )
         )
         if batch.status in ENDED:
             await self._ended(known.key, batch.id, batch.status, batch.output_file_id, batch.error_file_id)
@@ -535,20 +498,14 @@ class Relax:
     async def _gone(
         self, key: str, batch_id: str, status: str, output_file_id: str | None, error_file_id: str | None
     ) -> None:
-        await self._sql("UPDATE batches SET status=? WHERE key=?", [status, key])
+        await self._store(lambda b: b.set_status(key=key, status=status))
         await self._ended(key, batch_id, status, output_file_id, error_file_id)
 
     async def _lines(self, key: str) -> dict[str, list[tuple[str, int]]]:
         """The batch's lines by job: (custom_id, ledger row id) each."""
-        found = await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "SELECT custom_id, job_id, row_id FROM batch_lines WHERE batch_key=? ORDER BY custom_id",
-                [key],
-            ).fetchall()
-        )
         jobs: dict[str, list[tuple[str, int]]] = {}
-        for custom_id, job_id, row_id in found:
-            jobs.setdefault(job_id, []).append((custom_id, int(row_id)))
+        for line in await self._store(lambda b: b.lines(key)):
+            jobs.setdefault(line.job_id, []).append((line.custom_id, line.row_id))
         return jobs
 
     async def _ended(
@@ -570,13 +527,7 @@ class Relax:
                     log.warning(
                         "relax job not settled", extra={"job_id": job_id, "batch_id": batch_id}, exc_info=True
                     )
-            left = await self.ledger.run_db(
-                lambda db: db.conn.execute(
-                    "SELECT COUNT(*) FROM relax_jobs WHERE delivered_at IS NULL AND job_id IN "
-                    "(SELECT job_id FROM batch_lines WHERE batch_key=?)",
-                    [key],
-                ).fetchone()[0]
-            )
+            left = await self._store(lambda b: b.undelivered_jobs(key))
             if not left:  # every job of the batch delivered (by us or another process): stop polling it
                 await self._finish_batch(key, None)
         finally:
@@ -586,10 +537,7 @@ class Relax:
 
     async def _finish_batch(self, key: str, status: str | None) -> None:
         now = self.ledger.clock()
-        await self._sql(
-            "UPDATE batches SET finished_at=?, status=COALESCE(?, status) WHERE key=?",
-            [_iso(now), status, key],
-        )
+        await self._store(lambda b: b.finish(key=key, now=now, status=status))
 
     async def _read(
         self, output_file_id: str | None, error_file_id: str | None, *, tolerant: bool = False
@@ -628,11 +576,7 @@ class Relax:
         """Close one row (once, whichever process gets there first) and return its image or why there is none.
         A line with no answer in a batch that can no longer be read is charged its reservation: the Batch
         API may have billed it."""
-        model, reserved = await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "SELECT model, reserved_micros FROM ledger WHERE id=?", [row_id]
-            ).fetchone()
-        )
+        model, reserved = await self._store(lambda b: b.row_price(row_id))
         prices = self.prices.model(model)
         if line is None and status in GONE:
             why = (
@@ -714,19 +658,16 @@ class Relax:
             waiting.outcome = outcome
 
     def _claim(self, db: Any, job_id: str) -> tuple[Requester, bool] | None:
-        row = db.conn.execute(
-            "SELECT platform, workspace, channel, user, discard FROM relax_jobs WHERE job_id=? AND delivered_at IS NULL",
-            [job_id],
-        ).fetchone()
-        if row is None or (row[0] not in self.platforms and job_id not in self.live):
+        """Claim a job's delivery if this process serves its platform (or began it); one transaction. Its
+        images are then ours to deliver: if we die, the outbox sweep takes them over."""
+        batches = Batches(db)
+        waiting = batches.waiting_job(job_id)
+        if waiting is None or (waiting.who.platform not in self.platforms and job_id not in self.live):
             return None
-        claimed = db.conn.execute(
-            "UPDATE relax_jobs SET delivered_at=? WHERE job_id=? AND delivered_at IS NULL",
-            [_iso(self.ledger.clock()), job_id],
-        ).rowcount
-        if claimed:  # its images are ours to deliver now: if we die, the outbox sweep takes them over
-            jobstate.own(db.conn, job_id, self.ledger.instance_id, _iso(self.ledger.clock()))
-        return (Requester(row[0], row[1], row[2], row[3]), bool(row[4])) if claimed else None
+        now = self.ledger.clock()
+        if not batches.claim_delivery(job_id=job_id, owner=self.ledger.instance_id, now=now):
+            return None
+        return waiting.who, waiting.discard
 
     async def _rebuild(self, job_id: str, who: Requester, rows: list[int]) -> tuple[Job, JobView] | None:
         """A job from another life of the bot: its request, its rows, and a view from where it lives."""
@@ -734,12 +675,8 @@ class Relax:
 
         oldest = self.ledger.clock() - timedelta(days=3650)
         record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
-        context, each = await self.ledger.run_db(
-            lambda db: db.conn.execute(
-                "SELECT context, reserved_micros FROM ledger WHERE job_id=? ORDER BY seq LIMIT 1", [job_id]
-            ).fetchone()
-        )
-        view = self.view_for(who, json.loads(context or "{}")) if self.view_for is not None else None
+        context, each = await self._store(lambda b: b.job_place(job_id))
+        view = self.view_for(who, context) if self.view_for is not None else None
         if view is None:
             log.warning("relax job has nowhere to be delivered", extra={"job_id": job_id})
             return None
@@ -748,8 +685,9 @@ class Relax:
         job.created = time.monotonic() - max(age, 0.0)  # asked for in another life of the bot
         return job, view
 
-    async def _sql(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        return await self.ledger.run_db(lambda db: db.conn.execute(sql, params).fetchall())
+    async def _store(self, fn: Callable[[Batches], T]) -> T:
+        """Run `fn` on the batches' repository (bot/store/batches.py), in one write transaction."""
+        return await self.ledger.run_db(lambda db: fn(Batches(db)))
 
     # -- showing --------------------------------------------------------------------------------------
 

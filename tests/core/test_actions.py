@@ -179,7 +179,7 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
 async def test_delete_is_for_the_requester_or_an_admin(make_core: MakeCore) -> None:
     core = await make_core()
     result, _, store = await first_job(core)
-    key = button(result, Kind.DELETE).key
+    key = button(result, Kind.REMOVE).key
     bob_view = View()
     await core.act(key, BOB, bob_view, store)
     assert bob_view.refusals == [texts.DELETE_REFUSED] and store.deleted == []
@@ -605,3 +605,71 @@ def test_images_stored_before_the_purge_existed_are_kept_while_held(tmp_path: An
         purged = actions.purge(db, datetime.now(UTC), 30)
     assert (purged.results, purged.blobs) == (0, 1)
     assert sorted(r[0] for r in db.execute("SELECT sha256 FROM blobs")) == ["aa", "mm"]
+
+
+# --- the repository (bot/store/results.py), on both backends ------------------------------------------------
+
+
+async def test_a_price_check_is_answered_once_and_lets_go_of_its_images(db_target: str) -> None:
+    """Render or Cancel moves a pending check out of `pending` once; its request and image holds go at once, so
+    the next sweep deletes an image nobody else holds, and one a result still holds stays."""
+    from datetime import UTC, datetime
+
+    from bot.store.ledger import Ledger
+    from bot.store.results import Results
+
+    ledger = Ledger(db_target)
+    now = datetime.now(UTC)
+    try:
+        await ledger.run_db(
+            lambda db: (
+                Results(db).hold_blob(sha256="shared", data=b"s", holder="c:t1"),
+                Results(db).hold_blob(sha256="shared", data=b"s", holder="r:j1"),
+                Results(db).hold_blob(sha256="own", data=b"o", holder="c:t1"),
+                Results(db).add_check(token="t1", who=ALICE, request='{"prompt": "p"}', created=now),
+                Results(db).save(job_id="j1", who=ALICE, request='{"prompt": "q"}', created=now),
+            )
+        )
+        answers = [
+            await ledger.run_db(lambda db, r=render: Results(db).answer_check(token="t1", render=r))
+            for render in (True, False, True)
+        ]
+        assert answers == [True, False, False]
+        check = await ledger.run_db(lambda db: Results(db).get_check("t1"))
+        assert check is not None and (check.state, check.request, check.who) == ("rendered", "{}", ALICE)
+
+        early = now - timedelta(days=1)
+        purged = await ledger.run_db(lambda db: Results(db).purge(results_before=early, checks_before=early))
+        assert (purged.results, purged.confirmations, purged.blobs) == (0, 0, 1)
+        blobs = await ledger.run_db(lambda db: (Results(db).blob("shared"), Results(db).blob("own")))
+        assert blobs == (b"s", None)
+    finally:
+        ledger.close()
+
+
+async def test_a_job_saved_again_is_replaced_and_only_jobs_with_images_are_acted_on(db_target: str) -> None:
+    from datetime import UTC, datetime
+
+    from bot.store.ledger import Ledger
+    from bot.store.results import Results
+
+    ledger = Ledger(db_target)
+    now = datetime.now(UTC)
+    elsewhere = Requester(ALICE.platform, ALICE.workspace, "C-other", ALICE.user)
+    try:
+        await ledger.run_db(
+            lambda db: (
+                Results(db).save(job_id="old", who=ALICE, request="{}", created=now - timedelta(minutes=2)),
+                Results(db).set_images(job_id="old", images=[{"n": 0}]),
+                Results(db).save(job_id="new", who=ALICE, request="{}", created=now - timedelta(minutes=1)),
+                Results(db).set_images(job_id="new", images=[{"n": 1}]),
+                Results(db).save(job_id="new", who=elsewhere, request='{"a": 1}', created=now),
+            )
+        )
+        found = await ledger.run_db(lambda db: Results(db).get("new"))
+        assert found is not None and (found.who, found.request, found.images) == (elsewhere, '{"a": 1}', ())
+        latest = await ledger.run_db(lambda db: Results(db).latest_with_images(ALICE))
+        assert latest == "old"  # "new" was saved again as it started: no images yet
+        assert await ledger.run_db(lambda db: Results(db).latest_with_images(BOB)) is None
+    finally:
+        ledger.close()

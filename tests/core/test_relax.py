@@ -586,3 +586,89 @@ def test_an_open_batch_of_the_older_schema_keeps_its_lines_under_a_key(
             [key, GENERATIONS],
         )
     assert len(dbs.read(target, "SELECT * FROM batches WHERE id IS NULL")) == 2
+
+
+# --- the repository (bot/store/batches.py), on both backends ------------------------------------------------
+
+
+async def test_a_batch_is_found_by_its_key_and_takes_its_api_id_once(db_target: str) -> None:
+    from datetime import UTC, datetime
+
+    from bot.store.batches import Batches, Line
+    from bot.store.ledger import Ledger
+
+    ledger = Ledger(db_target)
+    now = datetime.now(UTC)
+    lines = [Line("j2:0", "j2", 7), Line("j1:1", "j1", 6), Line("j1:0", "j1", 5)]
+    try:
+        await ledger.run_db(
+            lambda db: Batches(db).add_submitting(
+                key="k1", endpoint=GENERATIONS, input_file_id="file-1", lines=lines, owner="me", now=now
+            )
+        )
+        [sending] = await ledger.run_db(lambda db: Batches(db).open_batches())
+        assert (sending.key, sending.id, sending.status, sending.owner, sending.name) == (
+            "k1",
+            None,
+            "submitting",
+            "me",
+            "key k1",
+        )
+        assert abs((sending.created - now).total_seconds()) < 0.01
+        adopted = [
+            await ledger.run_db(
+                lambda db, i=i: Batches(db).adopt(key="k1", batch_id=i, status="validating", now=now)
+            )
+            for i in ("batch_a", "batch_b")
+        ]
+        assert adopted == [True, False]  # a second answer (or a late lookup) never renames it
+        [known] = await ledger.run_db(lambda db: Batches(db).open_batches())
+        assert (known.id, known.status) == ("batch_a", "validating")
+        found = await ledger.run_db(lambda db: Batches(db).lines("k1"))
+        assert [(x.custom_id, x.row_id) for x in found] == [("j1:0", 5), ("j1:1", 6), ("j2:0", 7)]
+        assert await ledger.run_db(lambda db: Batches(db).others_in_batch(key="k1", job_id="j1")) == 1
+        await ledger.run_db(lambda db: Batches(db).finish(key="k1", now=now, status="not_created"))
+        assert await ledger.run_db(lambda db: Batches(db).open_batches()) == []
+        assert dbs.tuples(db_target, "SELECT status FROM batches WHERE key='k1'") == [("not_created",)]
+    finally:
+        ledger.close()
+
+
+async def test_a_relax_job_is_recorded_once_and_claimed_for_delivery_once(db_target: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from bot.store.batches import Batches, Line
+    from bot.store.ledger import Ledger
+
+    ledger = Ledger(db_target)
+    now = datetime.now(UTC)
+    try:
+        await ledger.run_db(
+            lambda db: (
+                Batches(db).add_job(job_id="j1", who=ALICE, submitted=now),
+                Batches(db).add_job(job_id="j1", who=BOB, submitted=now + timedelta(seconds=1)),
+                Batches(db).add_job(job_id="j2", who=BOB, submitted=now),
+                Batches(db).add_submitting(
+                    key="k1",
+                    endpoint=GENERATIONS,
+                    input_file_id="f",
+                    lines=[Line("j1:0", "j1", 1), Line("j2:0", "j2", 2)],
+                    owner="me",
+                    now=now,
+                ),
+                Batches(db).discard("j2"),
+            )
+        )
+        waiting = await ledger.run_db(lambda db: Batches(db).waiting_job("j1"))
+        assert waiting is not None and (waiting.who, waiting.discard) == (ALICE, False)
+        claims = [
+            await ledger.run_db(lambda db, o=o: Batches(db).claim_delivery(job_id="j1", owner=o, now=now))
+            for o in ("p1", "p2")
+        ]
+        assert claims == [True, False]
+        assert await ledger.run_db(lambda db: Batches(db).waiting_job("j1")) is None
+        assert await ledger.run_db(lambda db: Batches(db).undelivered_jobs("k1")) == 1
+        other = await ledger.run_db(lambda db: Batches(db).waiting_job("j2"))
+        assert other is not None and other.discard
+    finally:
+        ledger.close()
