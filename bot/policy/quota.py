@@ -16,18 +16,18 @@ inside its tenant, so nothing set or spent in one tenant is seen in another:
 (`discord:123:456` for Discord.) Each part is escaped (`%` -> `%25`, then `:` -> `%3A`) so a free-text
 console/CLI id holding a colon cannot pose as another tenant's key; Slack and Discord ids never need it.
 Schema 5 (`bot/store/schema.py`, `_v5`) moved older files from bare ids to these keys. The scoping happens
-inside `effective_limits`, `checks`, `counter_keys` and `bump`, from `who.platform` and `who.workspace`.
+in `limit_keys` and `counter_keys`, from `who.platform` and `who.workspace`; bot/store/counters.py reads and
+writes the rows of those keys, and this module decides what the numbers mean (`effective_limits`, `checks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from zoneinfo import ZoneInfo
-
-import sqlite_utils
 
 # usd_micros is the one USD parser (limits and config defaults alike); it lives in config, which cannot import
 # this module (this module imports QuotaDefaults from there).
@@ -42,6 +42,7 @@ from bot.config import (
 from bot.errors import QuotaExceeded, UserError
 from bot.model.pricing import MICRO, format_usd
 from bot.model.request import Requester
+from bot.store.counters import LimitRow
 
 UNLIMITED = -1  # an override that lifts a default limit
 
@@ -125,6 +126,20 @@ class Limits:
     channel_monthly_micros: int | None
     workspace_monthly_micros: int | None
 
+    def any(self) -> bool:
+        """Some limit applies (else there is nothing to check, nor any counter to read)."""
+        return any(
+            value is not None
+            for value in (
+                self.user_daily_micros,
+                self.user_daily_images,
+                self.user_monthly_micros,
+                self.user_monthly_images,
+                self.channel_monthly_micros,
+                self.workspace_monthly_micros,
+            )
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Check:
@@ -161,30 +176,33 @@ def _pick(override: int | None, default: int | None) -> int | None:
     return None if override == UNLIMITED else override
 
 
-def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Requester) -> Limits:
-    """Defaults from config, overridden by the rows in `limits` of `who`'s user, channel and tenant
-    (all three in `who`'s own tenant)."""
+def limit_keys(who: Requester) -> list[tuple[str, str]]:
+    """(scope, key) of the `limits` rows that may override `who`'s limits: its user, channel and tenant."""
     tenant = Tenant.of(who)
-    user_key, channel_key = limit_key("user", tenant, who.user), limit_key("channel", tenant, who.channel)
-    rows = {
-        (r[0], r[1]): r
-        for r in db.conn.execute(
-            "SELECT scope, key, daily_micros, daily_images, monthly_micros, monthly_images FROM limits "
-            "WHERE (scope='user' AND key=?) OR (scope='channel' AND key=?) OR (scope='workspace' AND key=?)",
-            [user_key, channel_key, tenant.key],
-        ).fetchall()
-    }
-    none = (None,) * 6
-    user = rows.get(("user", user_key), none)
-    channel = rows.get(("channel", channel_key), none)
-    workspace = rows.get(("workspace", tenant.key), none)
+    return [
+        ("user", limit_key("user", tenant, who.user)),
+        ("channel", limit_key("channel", tenant, who.channel)),
+        ("workspace", tenant.key),
+    ]
+
+
+def effective_limits(
+    defaults: QuotaDefaults, who: Requester, overrides: Mapping[tuple[str, str], LimitRow]
+) -> Limits:
+    """Defaults from config, overridden by the `limits` rows (bot/store/counters.py `limit_rows`) of `who`'s
+    user, channel and tenant (`limit_keys`: all three in `who`'s own tenant)."""
+    user_key, channel_key, tenant_key = limit_keys(who)
+    none = LimitRow()
+    user = overrides.get(user_key, none)
+    channel = overrides.get(channel_key, none)
+    workspace = overrides.get(tenant_key, none)
     return Limits(
-        user_daily_micros=_pick(user[2], defaults.user_daily_micros),
-        user_daily_images=_pick(user[3], defaults.user_daily_images),
-        user_monthly_micros=_pick(user[4], defaults.user_monthly_micros),
-        user_monthly_images=_pick(user[5], defaults.user_monthly_images),
-        channel_monthly_micros=_pick(channel[4], defaults.channel_monthly_micros),
-        workspace_monthly_micros=_pick(workspace[4], defaults.workspace_monthly_micros),
+        user_daily_micros=_pick(user.daily_micros, defaults.user_daily_micros),
+        user_daily_images=_pick(user.daily_images, defaults.user_daily_images),
+        user_monthly_micros=_pick(user.monthly_micros, defaults.user_monthly_micros),
+        user_monthly_images=_pick(user.monthly_images, defaults.user_monthly_images),
+        channel_monthly_micros=_pick(channel.monthly_micros, defaults.channel_monthly_micros),
+        workspace_monthly_micros=_pick(workspace.monthly_micros, defaults.workspace_monthly_micros),
     )
 
 
@@ -200,26 +218,6 @@ def counter_keys(who: Requester, day: str, month: str) -> list[tuple[str, str, s
     ]
 
 
-def _used(db: sqlite_utils.Database, scope: str, key: str, period: str) -> tuple[int, int]:
-    row = db.execute(
-        "SELECT micros, images FROM counters WHERE scope=? AND key=? AND period=?", [scope, key, period]
-    ).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
-_COUNTERS_SQL = "SELECT scope, key, period, micros, images FROM counters WHERE " + " OR ".join(
-    ["(scope=? AND key=? AND period=?)"] * 4
-)
-
-
-def _used_all(
-    db: sqlite_utils.Database, keys: list[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], tuple[int, int]]:
-    """(micros, images) of the four counters a requester's limits read, in one primary-key query."""
-    found = db.conn.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
-    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
-
-
 # The label of each check -> the scope of the counter it reads (the CLI shows a tenant's or a channel's lines).
 LABELS = {
     "your daily spend": "user_day",
@@ -231,8 +229,14 @@ LABELS = {
 }
 
 
-def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: Periods) -> list[Check]:
-    """Every limit that applies to `who`, with its current use in `who`'s tenant. Unlimited ones are left out."""
+def checks(
+    limits: Limits,
+    who: Requester,
+    periods: Periods,
+    used: Mapping[tuple[str, str, str], tuple[int, int]],
+) -> list[Check]:
+    """Every limit that applies to `who`, with its current use in `who`'s tenant (`used`: (micros, images) by
+    counter key, bot/store/counters.py `used`, of `counter_keys`). Unlimited ones are left out."""
     keys = counter_keys(who, periods.day, periods.month)
     user, channel, workspace = keys[0][1], keys[2][1], keys[3][1]
     spec = [
@@ -291,9 +295,6 @@ def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: P
             periods.month_resets,
         ),
     ]
-    if all(entry[4] is None for entry in spec):
-        return []
-    used = _used_all(db, keys)
     out = []
     for label, scope, key, period, limit, is_images, resets in spec:
         if limit is None:
@@ -335,24 +336,6 @@ def refuse(
     check = Check(label, scope, "", "", int(limit), int(used), label.endswith("images"), resets)
     enforce([check], micros=micros, images=images, now=now, what=what)
     raise AssertionError(f"{label}: {used} + {micros}/{images} fits {limit}")  # the database said it did not
-
-
-def bump(
-    db: sqlite_utils.Database, who: Requester, day: str, month: str, *, micros: int, images: int
-) -> None:
-    """Add to every counter a ledger row feeds (negative amounts release), in one statement."""
-    params: list[object] = []
-    for scope, key, period in sorted(counter_keys(who, day, month)):  # one order for every writer
-        params += (scope, key, period, micros, images)
-    db.execute(_BUMP_SQL, params)
-
-
-_BUMP_SQL = (
-    "INSERT INTO counters (scope, key, period, micros, images) VALUES "
-    + ", ".join(["(?, ?, ?, ?, ?)"] * 4)
-    + " ON CONFLICT(scope, key, period) DO UPDATE SET micros = counters.micros + excluded.micros, "
-    "images = counters.images + excluded.images"
-)
 
 
 def check_limit_values(values: dict[str, int | None]) -> None:

@@ -38,7 +38,9 @@ from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
 from bot.policy import quota
 from bot.policy.access import Pace
-from bot.store import jobstate, pg
+from bot.store import counters, dedupe, jobstate, pg
+from bot.store import settings as settings_repo
+from bot.store import usage as usage_repo
 from bot.store.jobstate import OPEN, PAID, Status
 from bot.store.schema import connect, immediate
 
@@ -236,6 +238,18 @@ class Ledger:
             self._sync(_close)
         finally:
             self._pool.shutdown(wait=True)
+
+    @property
+    def connection_lost(self) -> bool:
+        """On PostgreSQL: the connection is closed or broken (read without queueing behind the database
+        thread). Always False on SQLite (a file does not go away)."""
+        return self.postgres and cast(pg.PgConnection, self.db.conn).lost
+
+    async def reconnect(self) -> None:
+        """On PostgreSQL: open the lost connection again, on the database thread and outside a transaction
+        (`run_db` would BEGIN on the dead one). Nothing to do on SQLite."""
+        if self.postgres:
+            await self._run(cast(pg.PgConnection, self.db.conn).reconnect)
 
     def _transaction(self, *, single: bool = False) -> contextlib.AbstractContextManager[Any]:
         """A write transaction (`store.immediate`). `single`: the block's only write is one conditional
@@ -467,7 +481,7 @@ class Ledger:
             self._keep_pace(who, pace, now)
         count = request.count
         quota.enforce(
-            quota.checks(self.db, quota.effective_limits(self.db, self.defaults, who), who, periods),
+            self._checks(who, periods),
             micros=micros,
             images=count,
             now=now.astimezone(self.timezone),
@@ -479,15 +493,25 @@ class Ledger:
     ) -> None:
         """Inside a write transaction: refuse (QuotaExceeded) unless every limit of `who` takes `micros` and
         `images` more in `periods`, then count them in the counters."""
-        limits = quota.effective_limits(self.db, self.defaults, who)
         quota.enforce(
-            quota.checks(self.db, limits, who, periods),
+            self._checks(who, periods),
             micros=micros,
             images=images,
             now=now.astimezone(self.timezone),
             what=what,
         )
-        quota.bump(self.db, who, periods.day, periods.month, micros=micros, images=images)
+        counters.bump(
+            self.db, keys=quota.counter_keys(who, periods.day, periods.month), micros=micros, images=images
+        )
+
+    def _checks(self, who: Requester, periods: quota.Periods) -> list[quota.Check]:
+        """Every limit of `who` with its use in `periods`, read from `limits` and `counters`."""
+        overrides = counters.limit_rows(self.db, keys=quota.limit_keys(who))
+        limits = quota.effective_limits(self.defaults, who, overrides)
+        if not limits.any():
+            return []
+        keys = quota.counter_keys(who, periods.day, periods.month)
+        return quota.checks(limits, who, periods, counters.used(self.db, keys=keys))
 
     def _keep_pace(self, who: Requester, pace: Pace, now: datetime) -> None:
         """Inside the reservation's transaction: refuse (PaceExceeded) a user who has `max_jobs` jobs open
@@ -656,11 +680,9 @@ class Ledger:
             # An open row counts its reservation and one image; a closed one its actual cost, and its image
             # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/store/pg.py).
             if not self.postgres:
-                quota.bump(
+                counters.bump(
                     self.db,
-                    Requester(platform, workspace, channel, user),
-                    day,
-                    month,
+                    keys=quota.counter_keys(Requester(platform, workspace, channel, user), day, month),
                     micros=settlement.actual_micros - int(reserved),
                     images=int(str(settlement.status) in PAID) - 1,
                 )
@@ -816,10 +838,9 @@ class Ledger:
     def quota_lines_sync(self, who: Requester) -> list[QuotaLine]:
         now = self.clock()
         periods = quota.Periods.at(now, self.timezone)
-        limits = quota.effective_limits(self.db, self.defaults, who)
         return [
             QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
-            for c in quota.checks(self.db, limits, who, periods)
+            for c in self._checks(who, periods)
         ]
 
     async def quota_lines(self, who: Requester) -> list[QuotaLine]:
@@ -850,15 +871,7 @@ class Ledger:
         row_key = quota.limit_key(scope, tenant, key)
         stamp = _iso(self.clock())
         with immediate(self.db):
-            self.db.execute(
-                "INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)",
-                [scope, row_key, stamp],
-            )
-            for column, value in values.items():
-                self.db.execute(
-                    f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
-                    [value, stamp, scope, row_key],
-                )
+            counters.set_limits(self.db, scope=scope, key=row_key, values=values, stamp=stamp)
 
     async def set_limits(
         self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
@@ -869,11 +882,9 @@ class Ledger:
         """Remember a platform event id; True if it was already seen (so: do nothing)."""
         now = self.clock()
         with immediate(self.db):
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", [key, _iso(now)]
+            return not dedupe.first_time(
+                self.db, key=key, now=_iso(now), forget_before=_iso(now - timedelta(days=1))
             )
-            self.db.execute("DELETE FROM seen_events WHERE at < ?", [_iso(now - timedelta(days=1))])
-        return cursor.rowcount == 0
 
     async def seen(self, key: str) -> bool:
         return await self._run(lambda: self.seen_sync(key))
@@ -886,6 +897,22 @@ class Ledger:
                 return fn(self.db)
 
         return await self._run(inside)
+
+    async def read_db(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` on the database thread, outside a transaction (reads that need no snapshot: reports)."""
+        return await self._run(lambda: fn(self.db))
+
+    # The repositories of the other tables, on this ledger's database thread.
+
+    @functools.cached_property
+    def settings(self) -> settings_repo.Settings:
+        """Tenant and channel settings (bot/store/settings.py)."""
+        return settings_repo.Settings(self.run_db)
+
+    @functools.cached_property
+    def usage(self) -> usage_repo.Usage:
+        """The ledger read back: reports, recent jobs, spend, tenants (bot/store/usage.py)."""
+        return usage_repo.Usage(self.read_db)
 
     async def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """A read-only query on the worker thread (reports)."""
