@@ -31,6 +31,9 @@ from bot.model.sizes import PRESETS, Size, parse_size
 from bot.policy.quota import Tenant
 from bot.store import settings
 
+# How often one user may start jobs: `Access.pace` decides it, the ledger checks it when it reserves.
+from bot.store.admission import Pace as Pace
+
 LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
 MODERATION = ("auto", "low")
@@ -63,14 +66,6 @@ class Standing(Protocol):
         none. Raises MembershipUnknown when that cannot be told (a group that cannot be read, and the person
         is in none of those that can)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class Pace:
-    """How often one user may start jobs, checked by the ledger when it reserves (bot/store/ledger.py)."""
-
-    cooldown: float  # seconds between one user's jobs
-    max_jobs: int  # one user's jobs running or queued at once
 
 
 @dataclass(frozen=True, slots=True)

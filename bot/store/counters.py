@@ -1,5 +1,5 @@
-"""Limit overrides and the spend counters they are checked against, by key (bot/policy/quota.py makes the keys
-and decides what the numbers mean).
+"""Limit overrides and the spend counters they are checked against, by key (bot/store/admission.py makes the keys
+and the arithmetic).
 
 `limits` holds one row per overridden (scope, key): a user, a channel or a tenant, each column a limit or NULL
 (the default applies). `counters` holds the reserved-plus-settled spend and images per (scope, key, period);
@@ -10,22 +10,11 @@ keys however long the ledger grows.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
+from bot.store.admission import LIMIT_COLUMNS, LimitRow
 from bot.store.repo import Db
 
 CounterKey = tuple[str, str, str]  # scope, key, period
-LIMIT_COLUMNS = ("daily_micros", "daily_images", "monthly_micros", "monthly_images")
-
-
-@dataclass(frozen=True, slots=True)
-class LimitRow:
-    """One `limits` row: None where the default applies."""
-
-    daily_micros: int | None = None
-    daily_images: int | None = None
-    monthly_micros: int | None = None
-    monthly_images: int | None = None
 
 
 def limit_rows(db: Db, *, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], LimitRow]:

@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -32,15 +31,13 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 
 from bot import metrics
-from bot.config import QuotaDefaults
-from bot.errors import PaceExceeded, UserError
+from bot.errors import UserError
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
-from bot.policy import quota
-from bot.policy.access import Pace
-from bot.store import counters, dedupe, jobstate, pg
+from bot.store import admission, counters, dedupe, jobstate, pg
 from bot.store import settings as settings_repo
 from bot.store import usage as usage_repo
+from bot.store.admission import Pace, Periods, QuotaDefaults
 from bot.store.jobstate import OPEN, PAID, Status
 from bot.store.schema import connect, immediate
 
@@ -138,15 +135,6 @@ def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
         "notice": settlement.notice,
         "overage": int(overage > 0),
     }
-
-
-def _too_many(open_jobs: int, pace: Pace) -> PaceExceeded:
-    """The max_jobs refusal: the user has `open_jobs` jobs open."""
-    return PaceExceeded(
-        f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-        f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
-        "one finishes. Nothing was charged."
-    )
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -321,7 +309,7 @@ class Ledger:
         transaction (on PostgreSQL: in one statement, `_reserve_postgres`)."""
         job_id = job_id or uuid.uuid4().hex[:16]
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
+        periods = Periods.at(now, self.timezone)
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         if self.postgres:
@@ -371,12 +359,12 @@ class Ledger:
         job_id: str,
         pace: Pace | None,
         now: datetime,
-        periods: quota.Periods,
+        periods: Periods,
         what: str,
     ) -> Reservation:
         """`reserve_sync` on PostgreSQL: one statement, `imagebot_reserve` (bot/store/pg.py), which locks the
         counters, checks the pace and every limit and inserts the rows (its trigger bumps the counters)."""
-        tenant = quota.Tenant.of(who)
+        tenant = admission.tenant_key(who.platform, who.workspace)
         stamp = _iso(now)
         refused, used, limit, last_at, ids = self._native(
             "SELECT refused, used, lim, last_at, ids FROM imagebot_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
@@ -399,10 +387,10 @@ class Ledger:
                 periods.month,
                 stamp,
                 "relax" if request.relax else "fast",
-                quota.limit_key("user", tenant, who.user),
-                quota.limit_key("channel", tenant, who.channel),
-                tenant.key,
-                self._defaults(),
+                admission.scoped_key("user", tenant, who.user),
+                admission.scoped_key("channel", tenant, who.channel),
+                tenant,
+                self.defaults.as_list(),
                 pace.max_jobs if pace is not None else None,
                 _iso(now - timedelta(seconds=pace.cooldown))
                 if pace is not None and pace.cooldown > 0
@@ -431,18 +419,6 @@ class Ledger:
         """One statement in PostgreSQL's own dialect (bot/store/pg.py `PgConnection.native`)."""
         return cast(pg.PgConnection, self.db.conn).native(sql, params)
 
-    def _defaults(self) -> list[int | None]:
-        """The configured limits in `imagebot_admit`'s order (bot/store/pg.py)."""
-        d = self.defaults
-        return [
-            d.user_daily_micros,
-            d.user_daily_images,
-            d.user_monthly_micros,
-            d.user_monthly_images,
-            d.channel_monthly_micros,
-            d.workspace_monthly_micros,
-        ]
-
     def _refused(
         self,
         refused: str,
@@ -450,7 +426,7 @@ class Ledger:
         limit: int | None,
         last_at: str | None,
         pace: Pace | None,
-        periods: quota.Periods,
+        periods: Periods,
         now: datetime,
         micros: int,
         images: int,
@@ -458,10 +434,10 @@ class Ledger:
     ) -> None:
         """Raise the refusal PostgreSQL returned as data, worded as the SQLite path words it."""
         if refused == "max_jobs" and pace is not None and used is not None:
-            raise _too_many(int(used), pace)
+            raise pace.too_many(int(used))
         if refused == "cooldown" and pace is not None and last_at is not None:
-            raise self._too_soon(last_at, pace, now)
-        quota.refuse(
+            raise pace.too_soon(last_at, now, self.timezone)
+        admission.refuse(
             refused,
             int(used or 0),
             int(limit or 0),
@@ -476,11 +452,11 @@ class Ledger:
         """Refuse (PaceExceeded, QuotaExceeded) as `reserve_sync` would for a job of `micros` in all, reserving
         nothing: a price check's admission (bot/jobs/actions.py). Inside the caller's transaction (run_db)."""
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
+        periods = Periods.at(now, self.timezone)
         if pace is not None:
             self._keep_pace(who, pace, now)
         count = request.count
-        quota.enforce(
+        admission.enforce(
             self._checks(who, periods),
             micros=micros,
             images=count,
@@ -489,11 +465,11 @@ class Ledger:
         )
 
     def _admit(
-        self, who: Requester, periods: quota.Periods, *, micros: int, images: int, now: datetime, what: str
+        self, who: Requester, periods: Periods, *, micros: int, images: int, now: datetime, what: str
     ) -> None:
         """Inside a write transaction: refuse (QuotaExceeded) unless every limit of `who` takes `micros` and
         `images` more in `periods`, then count them in the counters."""
-        quota.enforce(
+        admission.enforce(
             self._checks(who, periods),
             micros=micros,
             images=images,
@@ -501,17 +477,20 @@ class Ledger:
             what=what,
         )
         counters.bump(
-            self.db, keys=quota.counter_keys(who, periods.day, periods.month), micros=micros, images=images
+            self.db,
+            keys=admission.counter_keys(who, periods.day, periods.month),
+            micros=micros,
+            images=images,
         )
 
-    def _checks(self, who: Requester, periods: quota.Periods) -> list[quota.Check]:
+    def _checks(self, who: Requester, periods: Periods) -> list[admission.Check]:
         """Every limit of `who` with its use in `periods`, read from `limits` and `counters`."""
-        overrides = counters.limit_rows(self.db, keys=quota.limit_keys(who))
-        limits = quota.effective_limits(self.defaults, who, overrides)
+        overrides = counters.limit_rows(self.db, keys=admission.limit_keys(who))
+        limits = admission.effective_limits(self.defaults, who, overrides)
         if not limits.any():
             return []
-        keys = quota.counter_keys(who, periods.day, periods.month)
-        return quota.checks(limits, who, periods, counters.used(self.db, keys=keys))
+        keys = admission.counter_keys(who, periods.day, periods.month)
+        return admission.checks(limits, who, periods, counters.used(self.db, keys=keys))
 
     def _keep_pace(self, who: Requester, pace: Pace, now: datetime) -> None:
         """Inside the reservation's transaction: refuse (PaceExceeded) a user who has `max_jobs` jobs open
@@ -523,7 +502,7 @@ class Ledger:
             mine,
         ).fetchone()
         if open_jobs >= pace.max_jobs:
-            raise _too_many(open_jobs, pace)
+            raise pace.too_many(open_jobs)
         if pace.cooldown <= 0:
             return
         (last,) = self.db.conn.execute(
@@ -531,17 +510,7 @@ class Ledger:
             [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
         ).fetchone()
         if last is not None:
-            raise self._too_soon(last, pace, now)
-
-    def _too_soon(self, last: str, pace: Pace, now: datetime) -> PaceExceeded:
-        """The cooldown's refusal: the user's last job started at `last`."""
-        wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-        again = now + timedelta(seconds=max(wait, 0))
-        return PaceExceeded(
-            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-            f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
-            f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
-        )
+            raise pace.too_soon(last, now, self.timezone)
 
     async def reserve(
         self,
@@ -562,14 +531,12 @@ class Ledger:
         if self.postgres:  # one statement: imagebot_extend (bot/store/pg.py) locks, checks and extends
             refused, used, limit, day = self._native(
                 "SELECT refused, used, lim, row_day FROM imagebot_extend(%s, %s, %s, %s::bigint[])",
-                [row_id, micros, _iso(now), self._defaults()],
+                [row_id, micros, _iso(now), self.defaults.as_list()],
             ).fetchone()
             if refused == "closed":
                 raise UserError("this image is no longer running")
             if refused is not None:
-                periods = quota.Periods.at(
-                    datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone
-                )
+                periods = Periods.at(datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone)
                 self._refused(refused, used, limit, None, None, periods, now, micros, 0, "another attempt")
             return
         with immediate(self.db):
@@ -581,9 +548,7 @@ class Ledger:
                 raise UserError("this image is no longer running")
             who = Requester(row[1], row[2], row[3], row[4])
             # The periods the row counts in (a job that started before midnight still belongs to that day).
-            periods = quota.Periods.at(
-                datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
-            )
+            periods = Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
             self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
             self.db.conn.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
@@ -682,7 +647,7 @@ class Ledger:
             if not self.postgres:
                 counters.bump(
                     self.db,
-                    keys=quota.counter_keys(Requester(platform, workspace, channel, user), day, month),
+                    keys=admission.counter_keys(Requester(platform, workspace, channel, user), day, month),
                     micros=settlement.actual_micros - int(reserved),
                     images=int(str(settlement.status) in PAID) - 1,
                 )
@@ -837,7 +802,7 @@ class Ledger:
 
     def quota_lines_sync(self, who: Requester) -> list[QuotaLine]:
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
+        periods = Periods.at(now, self.timezone)
         return [
             QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
             for c in self._checks(who, periods)
@@ -854,7 +819,7 @@ class Ledger:
         return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
 
     def set_limits_sync(
-        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: admission.TenantLike
     ) -> None:
         """Override limits of user `key`, channel `key` or (scope 'workspace', `key` = its workspace id) the
         tenant itself, in `tenant` only. Who may do which is the caller's rule (bot/commands.py)."""
@@ -867,14 +832,14 @@ class Ledger:
             raise UserError(
                 f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)"
             )
-        quota.check_limit_values(values)
-        row_key = quota.limit_key(scope, tenant, key)
+        admission.check_limit_values(values)
+        row_key = admission.scoped_key(scope, tenant.key, key)
         stamp = _iso(self.clock())
         with immediate(self.db):
             counters.set_limits(self.db, scope=scope, key=row_key, values=values, stamp=stamp)
 
     async def set_limits(
-        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: admission.TenantLike
     ) -> None:
         await self._run(lambda: self.set_limits_sync(scope, key, values, tenant=tenant))
 
