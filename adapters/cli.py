@@ -188,12 +188,9 @@ _NAME_IT = (
 )
 
 
-async def _seen(ledger: Ledger, where: str = "1", params: Sequence[str] = ()) -> list[Tenant]:
-    """The tenants whose ledger rows match `where`, in a stable order."""
-    rows = await ledger.query(
-        f"SELECT DISTINCT platform, workspace FROM ledger WHERE {where} ORDER BY 1, 2", list(params)
-    )
-    return [Tenant(p or "", w or "") for p, w in rows]
+async def _seen(ledger: Ledger, **named: str) -> list[Tenant]:
+    """The tenants with ledger rows (of the `workspace`, `channel` and `user` named), in a stable order."""
+    return [Tenant(p, w) for p, w in await ledger.usage.tenants(**named)]
 
 
 async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Tenant | None:
@@ -216,7 +213,7 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
     if not named:
         return None
     what = " ".join(f"--{column} {value}" for column, value in named)
-    found = await _seen(ledger, " AND ".join(f"{column} = ?" for column, _ in named), [v for _, v in named])
+    found = await _seen(ledger, **dict(named))
     if len(found) == 1:
         return found[0]
     if found:

@@ -49,7 +49,6 @@ from bot.model.images import ImageInput, fit_under, image_size, load_image, read
 from bot.model.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.model.request import clip as clip_to
 from bot.model.sizes import KNOWN_SIZES
-from bot.policy import access
 from bot.policy.access import UNCHECKABLE, MembershipUnknown
 from bot.store.ledger import Interrupted
 
@@ -938,7 +937,7 @@ class DiscordAdapter:
         """Sync the commands (per guild when DISCORD_GUILD_IDS is set: instant; else globally: can take an hour
         to show), but only where they changed since the last sync of any replica, or when forced (`imagebot
         discord-sync`): discord.py's maintainers advise against a sync on every start. A hash of each scope's
-        commands' JSON is kept in the database (bot/policy/access.py system settings), per application. In guild mode
+        commands' JSON is kept in the database (bot/store/settings.py system settings), per application. In guild mode
         the global scope is empty, so the global commands of an earlier run are cleared (a PUT of []) and no
         command shows twice. Returns how many scopes were sent; a failure is logged and tried on the next start.
         """
@@ -960,7 +959,7 @@ class DiscordAdapter:
                 for c in commands_
             ]
             digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-            synced = await self.core.ledger.run_db(functools.partial(access.system_setting, name=name))
+            synced = await self.core.ledger.settings.system(name=name)
             if synced == digest and not force:
                 continue
             try:
@@ -968,9 +967,7 @@ class DiscordAdapter:
             except discord.HTTPException:
                 log.exception("discord command sync failed; commands may be missing or stale")
                 continue
-            await self.core.ledger.run_db(
-                functools.partial(access.set_system_setting, name=name, value=digest)
-            )
+            await self.core.ledger.settings.set_system(name=name, value=digest)
             log.info("discord commands synced", extra={"scope": name, "commands": len(payload)})
             sent += 1
         return sent

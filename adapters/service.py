@@ -20,7 +20,6 @@ import gc
 import hmac
 import logging
 import signal
-import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,13 +29,13 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from bot import metrics
-from bot.app import Core, DatabaseUnavailable, ledger_connection_lost
+from bot.app import Core, DatabaseUnavailable
 from bot.config import Settings
 from bot.errors import ConfigError
 from bot.jobs.runner import JobView
 from bot.model.request import Requester
-from bot.store import pg
 from bot.store.ledger import Interrupted
+from bot.store.probe import Probe
 
 log = logging.getLogger("imagebot.service")
 
@@ -112,41 +111,20 @@ def platforms(settings: Settings) -> list[str]:
 
 
 class DatabaseProbe:
-    """`SELECT 1` on a connection (and a thread) of its own: the ledger's single queue may hold thousands of
-    jobs' queries, and a health check behind them would time out under load while telling nothing. One check
-    at a time; concurrent requests share its answer. The connection is opened on first use and again after a
-    failure."""
+    """A trivial query on a connection (and a thread) of its own (bot/store/probe.py): the ledger's single queue
+    may hold thousands of jobs' queries, and a health check behind them would time out under load while
+    telling nothing. One check at a time; concurrent requests share its answer."""
 
     def __init__(self, target: Path | str) -> None:
         self.target = target
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-probe")
-        self._conn: Any = None
+        self._probe = Probe(target, timeout=PROBE_TIMEOUT, connect_timeout=PROBE_CONNECT_TIMEOUT)
         self._running: asyncio.Future[None] | None = None
-
-    def _open(self) -> Any:
-        if pg.is_url(self.target):
-            import psycopg
-
-            return psycopg.connect(str(self.target), autocommit=True, connect_timeout=PROBE_CONNECT_TIMEOUT)
-        # mode=rw: never create the file (the ledger does, with its schema); a missing file is not ready.
-        uri = f"{Path(self.target).resolve().as_uri()}?mode=rw"
-        return sqlite3.connect(uri, uri=True, timeout=PROBE_TIMEOUT, check_same_thread=False)
-
-    def _check(self) -> None:
-        if self._conn is None:
-            self._conn = self._open()
-        try:
-            self._conn.execute("SELECT 1").fetchone()
-        except Exception:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-            raise
 
     async def check(self) -> str:
         """ "ok", or one line saying what is wrong (no secret: the exception's type only)."""
         if self._running is None or self._running.done():
-            self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._check)
+            self._running = asyncio.get_running_loop().run_in_executor(self._pool, self._probe.ping)
         try:
             await asyncio.wait_for(asyncio.shield(self._running), PROBE_TIMEOUT)
         except TimeoutError:
@@ -156,12 +134,8 @@ class DatabaseProbe:
         return "ok"
 
     def close(self) -> None:
-        def close() -> None:
-            if self._conn is not None:
-                self._conn.close()
-
         with contextlib.suppress(Exception):
-            self._pool.submit(close)
+            self._pool.submit(self._probe.close)
         self._pool.shutdown(wait=False)
 
 
@@ -209,7 +183,7 @@ class Service:
         checks: dict[str, str] = {}
         if self.core is None:
             checks["database"] = self.database
-        elif ledger_connection_lost(self.core.ledger):
+        elif self.core.ledger.connection_lost:
             checks["database"] = "the ledger's connection was lost; opening it again"
         else:
             checks["database"] = await self.probe.check()

@@ -86,23 +86,6 @@ async def open_ledger(settings: Settings, **options: Any) -> Ledger:
         raise problem from None
 
 
-def ledger_connection_lost(ledger: Ledger) -> bool:
-    """On PostgreSQL: the ledger's connection is closed or broken (psycopg marks it so after a failed query);
-    read without queueing behind the ledger's thread. Always False on SQLite (a file does not go away)."""
-    inner = getattr(
-        getattr(ledger.db, "conn", None), "_conn", None
-    )  # bot/store/pg.py PgConnection's psycopg one
-    return bool(ledger.postgres and inner is not None and (inner.closed or inner.broken))
-
-
-def _reconnect(db: Any) -> None:
-    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/store/pg.py PgConnection)."""
-    import psycopg
-
-    db.conn._conn.close()
-    db.conn._conn = psycopg.connect(db.url, autocommit=True)
-
-
 @dataclass
 class Core:
     """Everything the adapters share. Build with `Core.start(settings)`; close with `close()`."""
@@ -266,9 +249,8 @@ class Core:
         while True:
             await asyncio.sleep(interval)
             try:
-                if ledger_connection_lost(self.ledger):
-                    # On the ledger's own thread, outside a transaction (run_db would BEGIN on the dead one).
-                    await self.ledger._run(lambda: _reconnect(self.ledger.db))
+                if self.ledger.connection_lost:
+                    await self.ledger.reconnect()
                     log.warning("database connection lost; opened again")
                 if not await self.ledger.heartbeat():
                     self.runner.fence()  # our lease lapsed: its rows are recovered by whoever gets there
@@ -434,7 +416,7 @@ class Core:
         """The place and person rules of bot/policy/access.py for `who` (UserError if refused), without a request:
         before a click fetches an image, before an edit form opens. `person=False`: only the place and a
         block (for commands that render nothing, such as /imagine-usage)."""
-        rules = await self.ledger.run_db(lambda db: access.load(db, who))
+        rules = access.Rules.of(await self.ledger.settings.place(**access.where(who)))
         self.access.check_place(who, rules)
         if person:
             await self.access.check_person(who, rules, standing)

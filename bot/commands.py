@@ -24,7 +24,6 @@ from bot.errors import UserError
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy import access, quota
-from bot.store.jobstate import SQL_PAID
 
 MAX_DAYS = 366
 # <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123>, <#C123|name>.
@@ -121,23 +120,17 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
     tenant = quota.Tenant.of(who)
     month = quota.Periods.at(core.ledger.clock(), core.ledger.timezone).month
 
-    def read(db: Any) -> tuple[list[tuple[Any, ...]], int]:
-        recent = db.conn.execute(
-            "SELECT job_id, MAX(prompt), MAX(size), SUM(actual_micros), MAX(context), MAX(created_at) "
-            f"FROM ledger WHERE platform=? AND workspace=? AND user=? AND status IN {SQL_PAID} "
-            "GROUP BY job_id ORDER BY MAX(created_at) DESC LIMIT ?",
-            [who.platform, who.workspace, who.user, RECENT_IMAGES],
-        ).fetchall()
-        (spent,) = db.conn.execute(
-            "SELECT COALESCE(SUM(actual_micros), 0) FROM ledger WHERE platform=? AND workspace=? AND month=?",
-            [who.platform, who.workspace, month],
-        ).fetchone()
-        return recent, int(spent)
-
-    rows, spent = await core.ledger.run_db(read)
+    jobs, spent = await core.ledger.usage.home(
+        platform=who.platform, workspace=who.workspace, user=who.user, month=month, limit=RECENT_IMAGES
+    )
     recent = tuple(
-        Recent(prompt or "(prompt not stored)", size, format_usd(int(cost or 0)), json.loads(context or "{}"))
-        for _, prompt, size, cost, context, _ in rows
+        Recent(
+            job.prompt or "(prompt not stored)",
+            job.size,
+            format_usd(job.micros),
+            json.loads(job.context or "{}"),
+        )
+        for job in jobs
     )
     admin = core.is_admin(who, platform_admin)
     return Home(
@@ -268,15 +261,13 @@ async def admin(
         if scope != "channel":
             raise UserError(f"{words[1]!r} is not a channel; use #channel")
         changes = [access.parse_channel_setting(word, core.prices.models) for word in words[2:]]
-        await core.ledger.run_db(lambda db: access.set_channel_settings(db, tenant.key, channel, changes))
+        await core.ledger.settings.set_channel(tenant=tenant.key, channel=channel, changes=changes)
         return Reply(
             f"Channel <#{channel}> set: {', '.join(access.shown_setting(*c) for c in changes)} (in {tenant})."
         )
     if words[:1] in (["allow"], ["deny"]) and len(words) == 2:
         entry = access.parse_group(words[1], who.platform)
-        await core.ledger.run_db(
-            lambda db: access.set_tenant_settings(db, tenant.key, [(f"who:{entry}", words[0])])
-        )
+        await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"who:{entry}", words[0])])
         return Reply(
             f"{'Allowed' if words[0] == 'allow' else 'Denied'}: {access.shown_group(entry, who.platform)} "
             f"(in {tenant}).\n" + await _settings_text(core, tenant)
@@ -286,14 +277,12 @@ async def admin(
         if scope != "user":
             raise UserError(f"{words[1]!r} is not a person; use /imagine-admin {words[0]} @user")
         value = "1" if words[0] == "block" else None
-        await core.ledger.run_db(
-            lambda db: access.set_tenant_settings(db, tenant.key, [(f"block:{user}", value)])
-        )
+        await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"block:{user}", value)])
         return Reply(f"<@{user}> {'blocked' if value else 'unblocked'} (in {tenant}).")
     if words[:1] == ["settings"]:
         changes = [access.parse_tenant_setting(word) for word in words[1:]]
         if changes:
-            await core.ledger.run_db(lambda db: access.set_tenant_settings(db, tenant.key, changes))
+            await core.ledger.settings.set_tenant(tenant=tenant.key, changes=changes)
         return Reply(await _settings_text(core, tenant))
     if words[:1] == ["help"] or not words:
         return Reply(HELP)
@@ -313,5 +302,5 @@ HELP = """/imagine-admin commands (admins only; everything applies to this works
 
 
 async def _settings_text(core: Core, tenant: quota.Tenant) -> str:
-    channels, own = await core.ledger.run_db(lambda db: access.tenant_rules(db, tenant.key))
-    return access.describe(core.access, tenant, channels, own)
+    found = await core.ledger.settings.of_tenant(tenant=tenant.key)
+    return access.describe(core.access, tenant, found.channels, found.own)

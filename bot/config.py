@@ -18,11 +18,12 @@ from bot.model.pricing import MICRO
 from bot.model.sizes import parse_size
 from bot.store import pg
 
+# The bounds of every limit and the limits as numbers are the store's (it checks them); the settings build them.
+from bot.store.admission import MAX_LIMIT_IMAGES as MAX_LIMIT_IMAGES
+from bot.store.admission import MAX_LIMIT_USD as MAX_LIMIT_USD
+from bot.store.admission import QuotaDefaults as QuotaDefaults
+
 QUALITIES = ("low", "medium", "high", "auto")
-# Bounds of every limit, from the environment or an admin command: far above any real budget, far below
-# what SQLite's 64-bit integers hold (a $1e20 limit used to crash the first reservation).
-MAX_LIMIT_USD = 1_000_000
-MAX_LIMIT_IMAGES = 1_000_000
 USD_RANGE = f"USD 0 to {MAX_LIMIT_USD:,}"
 IMAGES_RANGE = f"0 to {MAX_LIMIT_IMAGES:,} images"
 # Platforms an IMAGEBOT_ADMINS entry may name (`slack:U123`); a bare id is an operator on every platform.
@@ -136,18 +137,6 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
-
-
-@dataclass(frozen=True)
-class QuotaDefaults:
-    """Default limits; None means unlimited. USD limits are micro-dollars."""
-
-    user_daily_micros: int | None = None
-    user_daily_images: int | None = None
-    user_monthly_micros: int | None = None
-    user_monthly_images: int | None = None
-    channel_monthly_micros: int | None = None
-    workspace_monthly_micros: int | None = None
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Usage reports (SPEC §6): data from direct SQL over the ledger, as text, as a PNG chart, as CSV.
+"""Usage reports (SPEC §6): sums over the ledger rows of a period (bot/store/usage.py), as text, as a PNG
+chart, as CSV.
 
 The chart is drawn with Pillow: it is already a dependency, starts instantly, and a bar chart
 needs nothing more (matplotlib would add ~40 MB and a second of import time for one picture).
@@ -18,10 +19,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bot.model.pricing import format_usd
 from bot.policy.quota import Tenant
-from bot.store.jobstate import SQL_PAID
+from bot.store import usage
 from bot.store.ledger import Ledger
-
-FAILED = ("failed", "possibly_billed", "interrupted", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,20 +69,14 @@ class Report:
         return "\n".join(lines)
 
 
-def _where(
-    tenant: Tenant | None, channel: str | None, user: str | None, since: datetime
-) -> tuple[str, list[Any]]:
-    clauses, params = ["created_at >= ?"], [since.isoformat(timespec="milliseconds")]
-    if tenant:
-        clauses.append("platform = ? AND workspace = ?")
-        params += [tenant.platform, tenant.workspace]
-    if channel:
-        clauses.append("channel = ?")
-        params.append(channel)
-    if user:
-        clauses.append("user = ?")
-        params.append(user)
-    return " AND ".join(clauses), params
+def _rows(tenant: Tenant | None, channel: str | None, user: str | None, since: datetime) -> usage.Scope:
+    return usage.Scope(
+        since.isoformat(timespec="milliseconds"),
+        tenant.platform if tenant else None,
+        tenant.workspace if tenant else None,
+        channel,
+        user,
+    )
 
 
 def _scope(tenant: Tenant | None, channel: str | None, user: str | None) -> str:
@@ -120,54 +113,25 @@ async def build(
     for operators; users are then named with their tenant, as `slack:T1:U1`). A channel or user id is one of
     `tenant`'s; without a tenant it matches that id in every tenant."""
     since = period_start(now or datetime.now(UTC), days)
-    where, params = _where(tenant, channel, user, since)
-    q = ledger.query
-    images, spend, failures = (
-        await q(
-            f"SELECT coalesce(sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), 0), coalesce(sum(actual_micros), 0), "
-            f"coalesce(sum(CASE WHEN status IN {FAILED} THEN 1 ELSE 0 END), 0) FROM ledger WHERE {where}",
-            params,
-        )
-    )[0]
-    who = "user" if tenant else "platform || ':' || workspace || ':' || user"
-    top = await q(
-        f"SELECT {who}, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
-        "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5",
-        params,
-    )
-    by = await q(
-        f"SELECT size, quality, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
-        "GROUP BY size, quality ORDER BY sum(actual_micros) DESC",
-        params,
-    )
-    modes = await q(
-        f"SELECT mode, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} GROUP BY mode ORDER BY mode",
-        params,
-    )
-    latencies = [
-        r[0]
-        for r in await q(
-            f"SELECT latency_ms FROM ledger WHERE {where} AND status IN {SQL_PAID} AND latency_ms IS NOT NULL",
-            params,
-        )
-    ]
-    daily = await q(
-        f"SELECT substr(created_at, 1, 10), sum(actual_micros), sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END) FROM ledger "
-        f"WHERE {where} GROUP BY 1 ORDER BY 1",
-        params,
-    )
+    figures = await ledger.usage.figures(scope=_rows(tenant, channel, user, since))
+    return summarize(figures, scope=_scope(tenant, channel, user), days=days, since=since)
+
+
+def summarize(figures: usage.Figures, *, scope: str, days: int, since: datetime) -> Report:
+    """The report of the sums of a scope (bot/store/usage.py `figures`)."""
+    latencies = figures.latencies_ms
     return Report(
-        _scope(tenant, channel, user),
+        scope,
         days,
         since,
-        int(images),
-        int(spend),
-        int(failures),
-        [(u, int(n), int(m)) for u, n, m in top],
-        [(s, ql, int(n), int(m)) for s, ql, n, m in by],
+        figures.images,
+        figures.spend_micros,
+        figures.failures,
+        figures.top_users,
+        figures.by_size_quality,
         median(latencies) / 1000 if latencies else None,
-        [(d, int(m), int(n)) for d, m, n in daily],
-        [(str(mode), int(n), int(m)) for mode, n, m in modes],
+        figures.daily,
+        figures.by_mode,
     )
 
 
@@ -222,34 +186,8 @@ async def export_csv(
 ) -> int:
     """Write the ledger rows of the period (in `tenant`, or every tenant) to `path`; returns the row count."""
     since = period_start(datetime.now(UTC), days)
-    where, params = _where(tenant, channel, user, since)
-    columns = [
-        "id",
-        "job_id",
-        "seq",
-        "platform",
-        "workspace",
-        "channel",
-        "user",
-        "model",
-        "size",
-        "quality",
-        "format",
-        "status",
-        "reserved_micros",
-        "actual_micros",
-        "text_tokens",
-        "image_tokens",
-        "output_tokens",
-        "request_ids",
-        "attempts",
-        "latency_ms",
-        "error",
-        "created_at",
-        "finished_at",
-    ]
-    rows = await ledger.query(f"SELECT {', '.join(columns)} FROM ledger WHERE {where} ORDER BY id", params)
-    await asyncio.to_thread(_write_csv, path, columns, rows)
+    rows = await ledger.usage.export_rows(scope=_rows(tenant, channel, user, since))
+    await asyncio.to_thread(_write_csv, path, list(usage.EXPORT_COLUMNS), rows)
     return len(rows)
 
 

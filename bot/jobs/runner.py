@@ -258,7 +258,7 @@ class JobRunner:
         (`view.refused`) and costs nothing; None then. A render estimated above the confirm threshold first
         asks its requester (`view.confirm`); nothing is reserved until they press Render (None then too)."""
         try:  # the tenant's access rules (bot/policy/access.py): the place, the person, the channel's ceilings
-            rules = await self.ledger.run_db(lambda db: access.load(db, requester))
+            rules = access.Rules.of(await self.ledger.settings.place(**access.where(requester)))
             request, pace = await self.access.admit(rules, requester, request, view)
         except UserError as exc:
             await self._safe(view.refused(str(exc)))

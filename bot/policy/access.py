@@ -12,18 +12,16 @@ that only the requester sees, raised before anything is reserved or called. In o
    (`Pace`), so two commands at once cannot both slip under them.
 The console and the CLI are local (whoever runs them holds the database): no access rule applies there.
 
-Settings live in the database: a channel's in `channel_settings`, the tenant's own (`who:<entry>`,
-`block:<user>`, `cooldown`, `max_jobs`) in `tenant_settings`.
+Settings live in the database (bot/store/settings.py reads and writes them): a channel's, and the tenant's own
+(`who:<entry>`, `block:<user>`, `cooldown`, `max_jobs`). This module only reads them as plain dicts (`Rules`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
-
-import sqlite_utils
 
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
@@ -31,6 +29,10 @@ from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
 from bot.policy.quota import Tenant
+from bot.store import settings
+
+# How often one user may start jobs: `Access.pace` decides it, the ledger checks it when it reserves.
+from bot.store.admission import Pace as Pace
 
 LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -67,14 +69,6 @@ class Standing(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Pace:
-    """How often one user may start jobs, checked by the ledger when it reserves (bot/store/ledger.py)."""
-
-    cooldown: float  # seconds between one user's jobs
-    max_jobs: int  # one user's jobs running or queued at once
-
-
-@dataclass(frozen=True, slots=True)
 class Rules:
     """Everything that applies to one requester's channel and tenant, read in one go."""
 
@@ -88,14 +82,16 @@ class Rules:
     def blocked(self, user: str) -> bool:
         return f"block:{user}" in self.tenant
 
+    @classmethod
+    def of(cls, place: settings.Place) -> Rules:
+        """The rules in the settings of a channel and its tenant (bot/store/settings.py)."""
+        return cls(place.channel, place.tenant)
 
-def load(db: sqlite_utils.Database, who: Requester) -> Rules:
-    tenant = Tenant.of(who).key
-    channel = db.conn.execute(
-        "SELECT name, value FROM channel_settings WHERE tenant=? AND channel=?", [tenant, who.channel]
-    ).fetchall()
-    own = db.conn.execute("SELECT name, value FROM tenant_settings WHERE tenant=?", [tenant]).fetchall()
-    return Rules(dict(channel), dict(own))
+
+def where(who: Requester) -> dict[str, str]:
+    """The settings rows that apply to `who`: its tenant's (`Tenant.key`) and its channel's there, as the
+    keyword arguments of `Settings.place` (bot/store/settings.py)."""
+    return {"tenant": Tenant.of(who).key, "channel": who.channel}
 
 
 def confirm_threshold(rules: Rules, default: int | None) -> int | None:
@@ -104,54 +100,6 @@ def confirm_threshold(rules: Rules, default: int | None) -> int | None:
     if value is None:
         return default
     return None if value == "off" else int(value)
-
-
-def set_tenant_settings(
-    db: sqlite_utils.Database, tenant: str, settings: Sequence[tuple[str, str | None]]
-) -> None:
-    """Set (a value) or clear (None) a tenant's own settings."""
-    _set(db, "tenant_settings", {"tenant": tenant}, settings)
-
-
-# Rows of `tenant_settings` that belong to the bot itself, not to a tenant (no tenant key has an `@`): what an
-# adapter keeps across restarts and replicas, such as the hash of the Discord commands it last synced.
-SYSTEM = "imagebot:@system"
-
-
-def system_setting(db: sqlite_utils.Database, name: str) -> str | None:
-    rows = db.conn.execute(
-        "SELECT value FROM tenant_settings WHERE tenant=? AND name=?", [SYSTEM, name]
-    ).fetchall()
-    return str(rows[0][0]) if rows else None
-
-
-def set_system_setting(db: sqlite_utils.Database, name: str, value: str | None) -> None:
-    _set(db, "tenant_settings", {"tenant": SYSTEM}, [(name, value)])
-
-
-def set_channel_settings(
-    db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
-) -> None:
-    """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
-    `/imagine-admin channel` and `imagebot settings` give them (`parse_channel_setting`)."""
-    _set(db, "channel_settings", {"tenant": tenant, "channel": channel}, settings)
-
-
-def _set(
-    db: sqlite_utils.Database, table: str, owner: dict[str, str], settings: Sequence[tuple[str, str | None]]
-) -> None:
-    """Name/value rows of one owner (a tenant, or a tenant's channel) in `table`: None deletes the row."""
-    keys = [*owner, "name"]
-    where = " AND ".join(f"{key}=?" for key in keys)
-    for name, value in settings:
-        if value is None:
-            db.conn.execute(f"DELETE FROM {table} WHERE {where}", [*owner.values(), name])
-        else:
-            db.conn.execute(
-                f"INSERT INTO {table} ({', '.join(keys)}, value) VALUES ({', '.join('?' * (len(keys) + 1))}) "
-                f"ON CONFLICT({', '.join(keys)}) DO UPDATE SET value=excluded.value",
-                [*owner.values(), name, value],
-            )
 
 
 # -- parsing what admins type (the same words in Slack, Discord's text option, the console and the CLI) --
@@ -450,9 +398,9 @@ def describe(
     )
     if rules_by_channel:
         lines.append("Channels:")
-        for channel, settings in sorted(rules_by_channel.items()):
+        for channel, chosen in sorted(rules_by_channel.items()):
             lines.append(
-                f"- <#{channel}>: {', '.join(shown_setting(n, v) for n, v in sorted(settings.items()))}"
+                f"- <#{channel}>: {', '.join(shown_setting(n, v) for n, v in sorted(chosen.items()))}"
             )
     else:
         lines.append("Channels: none has its own settings (all on, no ceilings).")
@@ -472,14 +420,3 @@ def shown_setting(name: str, value: str | None) -> str:
     if name == "confirm" and value != "off":
         return f"confirm={format_usd(int(value))}"
     return f"{name}={value}"
-
-
-def tenant_rules(db: sqlite_utils.Database, tenant: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """Every channel's settings and the tenant's own, for `describe`."""
-    channels: dict[str, dict[str, str]] = {}
-    for channel, name, value in db.conn.execute(
-        "SELECT channel, name, value FROM channel_settings WHERE tenant=?", [tenant]
-    ):
-        channels.setdefault(channel, {})[name] = value
-    own = dict(db.conn.execute("SELECT name, value FROM tenant_settings WHERE tenant=?", [tenant]).fetchall())
-    return channels, own

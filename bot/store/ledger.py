@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -32,13 +31,13 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 
 from bot import metrics
-from bot.config import QuotaDefaults
-from bot.errors import PaceExceeded, UserError
+from bot.errors import UserError
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
-from bot.policy import quota
-from bot.policy.access import Pace
-from bot.store import jobstate, pg
+from bot.store import admission, counters, dedupe, jobstate, pg
+from bot.store import settings as settings_repo
+from bot.store import usage as usage_repo
+from bot.store.admission import Pace, Periods, QuotaDefaults
 from bot.store.jobstate import OPEN, PAID, Status
 from bot.store.schema import connect, immediate
 
@@ -138,15 +137,6 @@ def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
     }
 
 
-def _too_many(open_jobs: int, pace: Pace) -> PaceExceeded:
-    """The max_jobs refusal: the user has `open_jobs` jobs open."""
-    return PaceExceeded(
-        f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-        f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
-        "one finishes. Nothing was charged."
-    )
-
-
 def _log_failure(future: asyncio.Future[Any]) -> None:
     if not future.cancelled() and future.exception() is not None:
         log.error("ledger write failed", exc_info=future.exception())
@@ -237,6 +227,18 @@ class Ledger:
         finally:
             self._pool.shutdown(wait=True)
 
+    @property
+    def connection_lost(self) -> bool:
+        """On PostgreSQL: the connection is closed or broken (read without queueing behind the database
+        thread). Always False on SQLite (a file does not go away)."""
+        return self.postgres and cast(pg.PgConnection, self.db.conn).lost
+
+    async def reconnect(self) -> None:
+        """On PostgreSQL: open the lost connection again, on the database thread and outside a transaction
+        (`run_db` would BEGIN on the dead one). Nothing to do on SQLite."""
+        if self.postgres:
+            await self._run(cast(pg.PgConnection, self.db.conn).reconnect)
+
     def _transaction(self, *, single: bool = False) -> contextlib.AbstractContextManager[Any]:
         """A write transaction (`store.immediate`). `single`: the block's only write is one conditional
         UPDATE, which PostgreSQL runs as a transaction of its own: no BEGIN and COMMIT round trips there."""
@@ -307,7 +309,7 @@ class Ledger:
         transaction (on PostgreSQL: in one statement, `_reserve_postgres`)."""
         job_id = job_id or uuid.uuid4().hex[:16]
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
+        periods = Periods.at(now, self.timezone)
         count = request.count
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         if self.postgres:
@@ -357,12 +359,12 @@ class Ledger:
         job_id: str,
         pace: Pace | None,
         now: datetime,
-        periods: quota.Periods,
+        periods: Periods,
         what: str,
     ) -> Reservation:
         """`reserve_sync` on PostgreSQL: one statement, `imagebot_reserve` (bot/store/pg.py), which locks the
         counters, checks the pace and every limit and inserts the rows (its trigger bumps the counters)."""
-        tenant = quota.Tenant.of(who)
+        tenant = admission.tenant_key(who.platform, who.workspace)
         stamp = _iso(now)
         refused, used, limit, last_at, ids = self._native(
             "SELECT refused, used, lim, last_at, ids FROM imagebot_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
@@ -385,10 +387,10 @@ class Ledger:
                 periods.month,
                 stamp,
                 "relax" if request.relax else "fast",
-                quota.limit_key("user", tenant, who.user),
-                quota.limit_key("channel", tenant, who.channel),
-                tenant.key,
-                self._defaults(),
+                admission.scoped_key("user", tenant, who.user),
+                admission.scoped_key("channel", tenant, who.channel),
+                tenant,
+                self.defaults.as_list(),
                 pace.max_jobs if pace is not None else None,
                 _iso(now - timedelta(seconds=pace.cooldown))
                 if pace is not None and pace.cooldown > 0
@@ -417,18 +419,6 @@ class Ledger:
         """One statement in PostgreSQL's own dialect (bot/store/pg.py `PgConnection.native`)."""
         return cast(pg.PgConnection, self.db.conn).native(sql, params)
 
-    def _defaults(self) -> list[int | None]:
-        """The configured limits in `imagebot_admit`'s order (bot/store/pg.py)."""
-        d = self.defaults
-        return [
-            d.user_daily_micros,
-            d.user_daily_images,
-            d.user_monthly_micros,
-            d.user_monthly_images,
-            d.channel_monthly_micros,
-            d.workspace_monthly_micros,
-        ]
-
     def _refused(
         self,
         refused: str,
@@ -436,7 +426,7 @@ class Ledger:
         limit: int | None,
         last_at: str | None,
         pace: Pace | None,
-        periods: quota.Periods,
+        periods: Periods,
         now: datetime,
         micros: int,
         images: int,
@@ -444,10 +434,10 @@ class Ledger:
     ) -> None:
         """Raise the refusal PostgreSQL returned as data, worded as the SQLite path words it."""
         if refused == "max_jobs" and pace is not None and used is not None:
-            raise _too_many(int(used), pace)
+            raise pace.too_many(int(used))
         if refused == "cooldown" and pace is not None and last_at is not None:
-            raise self._too_soon(last_at, pace, now)
-        quota.refuse(
+            raise pace.too_soon(last_at, now, self.timezone)
+        admission.refuse(
             refused,
             int(used or 0),
             int(limit or 0),
@@ -462,12 +452,12 @@ class Ledger:
         """Refuse (PaceExceeded, QuotaExceeded) as `reserve_sync` would for a job of `micros` in all, reserving
         nothing: a price check's admission (bot/jobs/actions.py). Inside the caller's transaction (run_db)."""
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
+        periods = Periods.at(now, self.timezone)
         if pace is not None:
             self._keep_pace(who, pace, now)
         count = request.count
-        quota.enforce(
-            quota.checks(self.db, quota.effective_limits(self.db, self.defaults, who), who, periods),
+        admission.enforce(
+            self._checks(who, periods),
             micros=micros,
             images=count,
             now=now.astimezone(self.timezone),
@@ -475,19 +465,32 @@ class Ledger:
         )
 
     def _admit(
-        self, who: Requester, periods: quota.Periods, *, micros: int, images: int, now: datetime, what: str
+        self, who: Requester, periods: Periods, *, micros: int, images: int, now: datetime, what: str
     ) -> None:
         """Inside a write transaction: refuse (QuotaExceeded) unless every limit of `who` takes `micros` and
         `images` more in `periods`, then count them in the counters."""
-        limits = quota.effective_limits(self.db, self.defaults, who)
-        quota.enforce(
-            quota.checks(self.db, limits, who, periods),
+        admission.enforce(
+            self._checks(who, periods),
             micros=micros,
             images=images,
             now=now.astimezone(self.timezone),
             what=what,
         )
-        quota.bump(self.db, who, periods.day, periods.month, micros=micros, images=images)
+        counters.bump(
+            self.db,
+            keys=admission.counter_keys(who, periods.day, periods.month),
+            micros=micros,
+            images=images,
+        )
+
+    def _checks(self, who: Requester, periods: Periods) -> list[admission.Check]:
+        """Every limit of `who` with its use in `periods`, read from `limits` and `counters`."""
+        overrides = counters.limit_rows(self.db, keys=admission.limit_keys(who))
+        limits = admission.effective_limits(self.defaults, who, overrides)
+        if not limits.any():
+            return []
+        keys = admission.counter_keys(who, periods.day, periods.month)
+        return admission.checks(limits, who, periods, counters.used(self.db, keys=keys))
 
     def _keep_pace(self, who: Requester, pace: Pace, now: datetime) -> None:
         """Inside the reservation's transaction: refuse (PaceExceeded) a user who has `max_jobs` jobs open
@@ -499,7 +502,7 @@ class Ledger:
             mine,
         ).fetchone()
         if open_jobs >= pace.max_jobs:
-            raise _too_many(open_jobs, pace)
+            raise pace.too_many(open_jobs)
         if pace.cooldown <= 0:
             return
         (last,) = self.db.conn.execute(
@@ -507,17 +510,7 @@ class Ledger:
             [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
         ).fetchone()
         if last is not None:
-            raise self._too_soon(last, pace, now)
-
-    def _too_soon(self, last: str, pace: Pace, now: datetime) -> PaceExceeded:
-        """The cooldown's refusal: the user's last job started at `last`."""
-        wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-        again = now + timedelta(seconds=max(wait, 0))
-        return PaceExceeded(
-            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-            f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
-            f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
-        )
+            raise pace.too_soon(last, now, self.timezone)
 
     async def reserve(
         self,
@@ -538,14 +531,12 @@ class Ledger:
         if self.postgres:  # one statement: imagebot_extend (bot/store/pg.py) locks, checks and extends
             refused, used, limit, day = self._native(
                 "SELECT refused, used, lim, row_day FROM imagebot_extend(%s, %s, %s, %s::bigint[])",
-                [row_id, micros, _iso(now), self._defaults()],
+                [row_id, micros, _iso(now), self.defaults.as_list()],
             ).fetchone()
             if refused == "closed":
                 raise UserError("this image is no longer running")
             if refused is not None:
-                periods = quota.Periods.at(
-                    datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone
-                )
+                periods = Periods.at(datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone)
                 self._refused(refused, used, limit, None, None, periods, now, micros, 0, "another attempt")
             return
         with immediate(self.db):
@@ -557,9 +548,7 @@ class Ledger:
                 raise UserError("this image is no longer running")
             who = Requester(row[1], row[2], row[3], row[4])
             # The periods the row counts in (a job that started before midnight still belongs to that day).
-            periods = quota.Periods.at(
-                datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone
-            )
+            periods = Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
             self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
             self.db.conn.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
@@ -656,11 +645,9 @@ class Ledger:
             # An open row counts its reservation and one image; a closed one its actual cost, and its image
             # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/store/pg.py).
             if not self.postgres:
-                quota.bump(
+                counters.bump(
                     self.db,
-                    Requester(platform, workspace, channel, user),
-                    day,
-                    month,
+                    keys=admission.counter_keys(Requester(platform, workspace, channel, user), day, month),
                     micros=settlement.actual_micros - int(reserved),
                     images=int(str(settlement.status) in PAID) - 1,
                 )
@@ -815,11 +802,10 @@ class Ledger:
 
     def quota_lines_sync(self, who: Requester) -> list[QuotaLine]:
         now = self.clock()
-        periods = quota.Periods.at(now, self.timezone)
-        limits = quota.effective_limits(self.db, self.defaults, who)
+        periods = Periods.at(now, self.timezone)
         return [
             QuotaLine(c.label, c.show(c.used), c.show(c.limit), c.show(c.left), c.resets)
-            for c in quota.checks(self.db, limits, who, periods)
+            for c in self._checks(who, periods)
         ]
 
     async def quota_lines(self, who: Requester) -> list[QuotaLine]:
@@ -833,7 +819,7 @@ class Ledger:
         return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
 
     def set_limits_sync(
-        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: admission.TenantLike
     ) -> None:
         """Override limits of user `key`, channel `key` or (scope 'workspace', `key` = its workspace id) the
         tenant itself, in `tenant` only. Who may do which is the caller's rule (bot/commands.py)."""
@@ -846,22 +832,14 @@ class Ledger:
             raise UserError(
                 f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)"
             )
-        quota.check_limit_values(values)
-        row_key = quota.limit_key(scope, tenant, key)
+        admission.check_limit_values(values)
+        row_key = admission.scoped_key(scope, tenant.key, key)
         stamp = _iso(self.clock())
         with immediate(self.db):
-            self.db.execute(
-                "INSERT OR IGNORE INTO limits (scope, key, updated_at) VALUES (?, ?, ?)",
-                [scope, row_key, stamp],
-            )
-            for column, value in values.items():
-                self.db.execute(
-                    f"UPDATE limits SET {column}=?, updated_at=? WHERE scope=? AND key=?",
-                    [value, stamp, scope, row_key],
-                )
+            counters.set_limits(self.db, scope=scope, key=row_key, values=values, stamp=stamp)
 
     async def set_limits(
-        self, scope: str, key: str, values: dict[str, int | None], *, tenant: quota.Tenant
+        self, scope: str, key: str, values: dict[str, int | None], *, tenant: admission.TenantLike
     ) -> None:
         await self._run(lambda: self.set_limits_sync(scope, key, values, tenant=tenant))
 
@@ -869,11 +847,9 @@ class Ledger:
         """Remember a platform event id; True if it was already seen (so: do nothing)."""
         now = self.clock()
         with immediate(self.db):
-            cursor = self.db.execute(
-                "INSERT OR IGNORE INTO seen_events (key, at) VALUES (?, ?)", [key, _iso(now)]
+            return not dedupe.first_time(
+                self.db, key=key, now=_iso(now), forget_before=_iso(now - timedelta(days=1))
             )
-            self.db.execute("DELETE FROM seen_events WHERE at < ?", [_iso(now - timedelta(days=1))])
-        return cursor.rowcount == 0
 
     async def seen(self, key: str) -> bool:
         return await self._run(lambda: self.seen_sync(key))
@@ -886,6 +862,22 @@ class Ledger:
                 return fn(self.db)
 
         return await self._run(inside)
+
+    async def read_db(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+        """Run `fn(db)` on the database thread, outside a transaction (reads that need no snapshot: reports)."""
+        return await self._run(lambda: fn(self.db))
+
+    # The repositories of the other tables, on this ledger's database thread.
+
+    @functools.cached_property
+    def settings(self) -> settings_repo.Settings:
+        """Tenant and channel settings (bot/store/settings.py)."""
+        return settings_repo.Settings(self.run_db)
+
+    @functools.cached_property
+    def usage(self) -> usage_repo.Usage:
+        """The ledger read back: reports, recent jobs, spend, tenants (bot/store/usage.py)."""
+        return usage_repo.Usage(self.read_db)
 
     async def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """A read-only query on the worker thread (reports)."""

@@ -396,6 +396,7 @@ class PgConnection:
         require_driver()
         import psycopg
 
+        self.url = url
         self._conn = psycopg.connect(url, autocommit=True)
         self.round_trips = 0  # statements sent, each one network round trip (benchmarks/quota.py reads it)
 
@@ -413,6 +414,20 @@ class PgConnection:
         from psycopg import pq
 
         return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
+
+    @property
+    def lost(self) -> bool:
+        """Closed or broken (psycopg marks it so after a failed query: the server restarted, the network
+        dropped it). Safe to read from any thread."""
+        return bool(self._conn.closed or self._conn.broken)
+
+    def reconnect(self) -> None:
+        """Replace the connection with a new one to the same database (on the thread that owns it, outside a
+        transaction: whatever the old one had open is gone with it)."""
+        import psycopg
+
+        self._conn.close()
+        self._conn = psycopg.connect(self.url, autocommit=True)
 
     def close(self) -> None:
         self._conn.close()

@@ -19,6 +19,7 @@ BOTH_BACKENDS = {
     "tests.core.test_quota_race",
     "tests.core.test_ledger",
     "tests.core.test_actions",
+    "tests.core.test_store",
 }
 
 

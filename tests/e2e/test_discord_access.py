@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from bot.policy import access
+from bot.store import settings
 from tests.e2e.harness import RunningBot
 from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
 from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
@@ -104,7 +104,7 @@ async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
     return [
         *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
         *await bot.core.ledger.query(
-            "SELECT name, value FROM tenant_settings WHERE tenant != ?", [access.SYSTEM]
+            "SELECT name, value FROM tenant_settings WHERE tenant != ?", [settings.SYSTEM]
         ),
     ]
 

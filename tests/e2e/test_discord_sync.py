@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from adapters.cli import main as cli
-from bot.policy import access
 from tests.e2e.test_discord_actions import bot_on
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 
@@ -41,12 +40,8 @@ async def test_commands_are_synced_only_when_they_changed(tmp_path: Path) -> Non
 
         # A build with other commands left another hash behind: the next start syncs once.
         async with bot_on(fake, tmp_path) as bot:
-
-            def other_build(db: object) -> None:
-                name = f"discord_commands:{fake.application_id}:global"
-                access.set_system_setting(db, name, "0" * 64)  # type: ignore[arg-type]
-
-            await bot.core.ledger.run_db(other_build)
+            name = f"discord_commands:{fake.application_id}:global"
+            await bot.core.ledger.settings.set_system(name=name, value="0" * 64)
         async with bot_on(fake, tmp_path):
             assert len(puts(fake)) == 2 and puts(fake)[-1].status == 200
         async with bot_on(fake, tmp_path):
