@@ -23,7 +23,7 @@ with status 200 is settled from its `usage` at the batch price; any other line (
 window is settled from what is known (SPEC §11): lines with output are delivered and charged, the rest are
 charged their reservation as possibly billed and their users told; it is never asked for again (its status
 becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). Every ledger status write of
-relax mode is in `_mark_batched` and `_close_line`. A job is delivered once, by the first process serving its
+relax mode is in `Ledger.mark_batched` and `_close_line`. A job is delivered once, by the first process serving its
 platform that claims it (one conditional write; the tables and their rules are bot/store/batches.py's),
 through its live view if the job began in that process, else through a view rebuilt from where the job
 lives (`Relax.view_for`, set by the service).
@@ -53,9 +53,8 @@ from bot.jobs.render import _usage
 from bot.model.images import image_size
 from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
 from bot.model.request import ImageRequest, Requester
-from bot.store import jobstate
 from bot.store.batches import Batches, Line, OpenBatch
-from bot.store.ledger import Ledger, Reservation, Settlement, Status, _iso
+from bot.store.ledger import Ledger, Reservation, Settlement, Status
 
 if TYPE_CHECKING:
     from bot.jobs.runner import Job, JobRunner, JobView
@@ -307,7 +306,7 @@ class Relax:
             owner=self.ledger.instance_id,
             now=now,
         )
-        _mark_batched(self.ledger, db, [row for w in group for row in w.job.reservation.row_ids], now)
+        self.ledger.mark_batched(db, [row for w in group for row in w.job.reservation.row_ids], now)
 
     async def _adopt(self, key: str, batch: Any) -> None:
         """The batch of `key` is known by its id: record it, tell its jobs here, act on cancels that came
@@ -722,13 +721,6 @@ def _refused(exc: openai.APIStatusError) -> bool:
 
 
 # -- the ledger status writes of relax mode (one place, for the job state machine to take over) ----------
-
-
-def _mark_batched(ledger: Ledger, db: Any, row_ids: Collection[int], now: datetime) -> None:
-    """Reserved rows go into a batch: `batched`, from then on under no lease (inside the caller's transaction),
-    by the job state machine's arrow (bot/store/jobstate.py), while this process still holds them."""
-    for row in row_ids:
-        jobstate.move(db.conn, ledger.leases, row, Status.BATCHED, now=_iso(now), owner=ledger.instance_id)
 
 
 async def _close_line(

@@ -558,6 +558,12 @@ class Ledger:
     async def extend(self, row_id: int, micros: int) -> None:
         await self._run(lambda: self.extend_sync(row_id, micros))
 
+    def mark_batched(self, db: Any, row_ids: Collection[int], now: datetime) -> None:
+        """Reserved rows go into a relax batch: `batched`, from then on under no lease, by the job state
+        machine's arrow while this process still holds them. Inside the caller's transaction (run_db)."""
+        for row in row_ids:
+            jobstate.move(db.conn, self.leases, row, Status.BATCHED, now=_iso(now), owner=self.instance_id)
+
     def start_sync(self, row_id: int) -> bool:
         """An API call for this row is about to be made: reserved -> running, only while this process's lease
         is live (fencing). False if the row was recovered, cancelled or is not ours: make no call then."""
