@@ -222,11 +222,11 @@ def effective_limits(
 ) -> Limits:
     """Defaults from config, overridden by the `limits` rows (bot/store/counters.py `limit_rows`) of `who`'s
     user, channel and tenant (`limit_keys`: all three in `who`'s own tenant)."""
-    user_key, channel_key, tenant_key = limit_keys(who)
+    user_key, channel_key, workspace_key = limit_keys(who)
     none = LimitRow()
     user = overrides.get(user_key, none)
     channel = overrides.get(channel_key, none)
-    workspace = overrides.get(tenant_key, none)
+    workspace = overrides.get(workspace_key, none)
     return Limits(
         user_daily_micros=_pick(user.daily_micros, defaults.user_daily_micros),
         user_daily_images=_pick(user.daily_images, defaults.user_daily_images),
