@@ -189,7 +189,7 @@ def counters_match(path: Path | str) -> bool:
     expected: dict[tuple[str, str, str], tuple[int, int]] = {}
     for platform, workspace, channel, user, day, month, status, reserved, actual in _select(
         path,
-        "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros FROM ledger",
+        'SELECT platform, workspace, channel, "user", day, month, status, reserved_micros, actual_micros FROM ledger',
     ):
         is_open = status in OPEN
         spend, images = (reserved if is_open else actual), int(is_open or status in PAID)

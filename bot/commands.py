@@ -122,7 +122,7 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
     def read(db: Any) -> tuple[list[tuple[Any, ...]], int]:
         recent = db.conn.execute(
             "SELECT job_id, MAX(prompt), MAX(size), SUM(actual_micros), MAX(context), MAX(created_at) "
-            f"FROM ledger WHERE platform=? AND workspace=? AND user=? AND status IN {SQL_PAID} "
+            f'FROM ledger WHERE platform=? AND workspace=? AND "user"=? AND status IN {SQL_PAID} '
             "GROUP BY job_id ORDER BY MAX(created_at) DESC LIMIT ?",
             [who.platform, who.workspace, who.user, RECENT_IMAGES],
         ).fetchall()

@@ -81,7 +81,7 @@ def _where(
         clauses.append("channel = ?")
         params.append(channel)
     if user:
-        clauses.append("user = ?")
+        clauses.append('"user" = ?')
         params.append(user)
     return " AND ".join(clauses), params
 
@@ -118,7 +118,7 @@ async def build(
             params,
         )
     )[0]
-    who = "user" if tenant else "platform || ':' || workspace || ':' || user"
+    who = '"user"' if tenant else "platform || ':' || workspace || ':' || \"user\""
     top = await q(
         f"SELECT {who}, sum(CASE WHEN status IN {SQL_PAID} THEN 1 ELSE 0 END), sum(actual_micros) FROM ledger WHERE {where} "
         "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT 5",
@@ -238,7 +238,8 @@ async def export_csv(
         "created_at",
         "finished_at",
     ]
-    rows = await ledger.query(f"SELECT {', '.join(columns)} FROM ledger WHERE {where} ORDER BY id", params)
+    names = ", ".join(f'"{c}"' for c in columns)
+    rows = await ledger.query(f"SELECT {names} FROM ledger WHERE {where} ORDER BY id", params)
     await asyncio.to_thread(_write_csv, path, columns, rows)
     return len(rows)
 

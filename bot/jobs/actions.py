@@ -22,14 +22,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
-import sqlite_utils
-
 from bot.errors import UserError
 from bot.model.images import ImageInput
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import Defaults, ImageRequest, Requester, parse_request, split_flags
 from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
-from bot.store import jobstate, pg
+from bot.store import jobstate
+from bot.store.db import Database
 
 CONFIRM_TTL = timedelta(minutes=10)
 CONFIRM_KEPT = timedelta(hours=1)  # a price check, answered or not, is deleted after this
@@ -160,11 +159,15 @@ def _iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds")
 
 
-def _blob(db: sqlite_utils.Database, image: ImageInput, holder: str) -> dict[str, Any]:
+def _blob(db: Database, image: ImageInput, holder: str) -> dict[str, Any]:
     """Store an input image once (by its digest), held by `holder` (`r:<job>`, `c:<token>`) until purged."""
     digest = hashlib.sha256(image.data).hexdigest()
-    db.conn.execute("INSERT OR IGNORE INTO blob_refs (sha256, holder) VALUES (?, ?)", [digest, holder])
-    db.conn.execute("INSERT OR IGNORE INTO blobs (sha256, data) VALUES (?, ?)", [digest, image.data])
+    db.conn.execute(
+        "INSERT INTO blob_refs (sha256, holder) VALUES (?, ?) ON CONFLICT DO NOTHING", [digest, holder]
+    )
+    db.conn.execute(
+        "INSERT INTO blobs (sha256, data) VALUES (?, ?) ON CONFLICT DO NOTHING", [digest, image.data]
+    )
     return {
         "name": image.name,
         "sha256": digest,
@@ -175,7 +178,7 @@ def _blob(db: sqlite_utils.Database, image: ImageInput, holder: str) -> dict[str
     }
 
 
-def _image(db: sqlite_utils.Database, ref: dict[str, Any]) -> ImageInput:
+def _image(db: Database, ref: dict[str, Any]) -> ImageInput:
     row = db.conn.execute("SELECT data FROM blobs WHERE sha256=?", [ref["sha256"]]).fetchone()
     if row is None:
         raise UserError("the images this job was made from are no longer stored")
@@ -184,7 +187,7 @@ def _image(db: sqlite_utils.Database, ref: dict[str, Any]) -> ImageInput:
     )
 
 
-def request_json(db: sqlite_utils.Database, request: ImageRequest, holder: str) -> str:
+def request_json(db: Database, request: ImageRequest, holder: str) -> str:
     """A request as stored: its settings, and its input images as blob references (held by `holder`)."""
     return json.dumps(
         {
@@ -202,7 +205,7 @@ def request_json(db: sqlite_utils.Database, request: ImageRequest, holder: str) 
     )
 
 
-def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
+def request_from(db: Database, text: str) -> ImageRequest:
     raw = json.loads(text)
     size = raw["size"]
     width, _, height = size.partition("x")
@@ -220,14 +223,12 @@ def request_from(db: sqlite_utils.Database, text: str) -> ImageRequest:
     )
 
 
-def save_job(
-    db: sqlite_utils.Database, job_id: str, who: Requester, request: ImageRequest, now: datetime
-) -> None:
+def save_job(db: Database, job_id: str, who: Requester, request: ImageRequest, now: datetime) -> None:
     """Keep a job's request as it starts, so its Re-roll works whatever happens to its delivery."""
     db.conn.execute(
-        "INSERT INTO results (job_id, platform, workspace, channel, user, request, images, created_at) "
+        'INSERT INTO results (job_id, platform, workspace, channel, "user", request, images, created_at) '
         "VALUES (?, ?, ?, ?, ?, ?, '[]', ?) ON CONFLICT (job_id) DO UPDATE SET platform=excluded.platform, "
-        "workspace=excluded.workspace, channel=excluded.channel, user=excluded.user, request=excluded.request, "
+        'workspace=excluded.workspace, channel=excluded.channel, "user"=excluded."user", request=excluded.request, '
         "images=excluded.images, created_at=excluded.created_at",
         [
             job_id,
@@ -241,14 +242,14 @@ def save_job(
     )
 
 
-def save_images(db: sqlite_utils.Database, job_id: str, images: list[dict[str, Any]]) -> None:
+def save_images(db: Database, job_id: str, images: list[dict[str, Any]]) -> None:
     db.conn.execute("UPDATE results SET images=? WHERE job_id=?", [json.dumps(images), job_id])
 
 
-def load_job(db: sqlite_utils.Database, job_id: str, oldest: datetime) -> Record:
+def load_job(db: Database, job_id: str, oldest: datetime) -> Record:
     """A job's record; UserError (shown privately) if it is unknown or older than the buttons' life."""
     row = db.conn.execute(
-        "SELECT platform, workspace, channel, user, request, images, created_at FROM results WHERE job_id=?",
+        'SELECT platform, workspace, channel, "user", request, images, created_at FROM results WHERE job_id=?',
         [job_id],
     ).fetchone()
     if row is None:
@@ -270,10 +271,10 @@ def load_job(db: sqlite_utils.Database, job_id: str, oldest: datetime) -> Record
     )
 
 
-def last_job(db: sqlite_utils.Database, who: Requester) -> str:
+def last_job(db: Database, who: Requester) -> str:
     """The id of `who`'s latest job with images (the console's actions act on it); UserError if none."""
     row = db.conn.execute(
-        "SELECT job_id FROM results WHERE platform=? AND workspace=? AND user=? AND images != '[]' "
+        "SELECT job_id FROM results WHERE platform=? AND workspace=? AND \"user\"=? AND images != '[]' "
         "ORDER BY created_at DESC LIMIT 1",
         [who.platform, who.workspace, who.user],
     ).fetchone()
@@ -283,7 +284,7 @@ def last_job(db: sqlite_utils.Database, who: Requester) -> str:
 
 
 def save_confirmation(
-    db: sqlite_utils.Database,
+    db: Database,
     who: Requester,
     request: ImageRequest,
     now: datetime,
@@ -295,7 +296,7 @@ def save_confirmation(
     if admit is not None:
         admit()
     waiting = db.conn.execute(
-        "SELECT created_at FROM confirmations WHERE user=? AND platform=? AND workspace=? AND state='pending' "
+        "SELECT created_at FROM confirmations WHERE \"user\"=? AND platform=? AND workspace=? AND state='pending' "
         "AND created_at > ? ORDER BY created_at",
         [who.user, who.platform, who.workspace, _iso(now - CONFIRM_TTL)],
     ).fetchall()
@@ -308,7 +309,7 @@ def save_confirmation(
         )
     token = secrets.token_hex(8)
     db.conn.execute(
-        "INSERT INTO confirmations (token, platform, workspace, channel, user, request, created_at, state) "
+        'INSERT INTO confirmations (token, platform, workspace, channel, "user", request, created_at, state) '
         "VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')",
         [
             token,
@@ -324,13 +325,13 @@ def save_confirmation(
 
 
 def claim_confirmation(
-    db: sqlite_utils.Database, token: str, who: Requester, now: datetime, render: bool
+    db: Database, token: str, who: Requester, now: datetime, render: bool
 ) -> ImageRequest | None:
     """Render (the stored request, once) or Cancel (None) a pending price check of `who`'s own. Either way its
     stored request is let go at once (a Render's job keeps its own copy); the row stays, to answer a second
     click, until the purge."""
     row = db.conn.execute(
-        "SELECT platform, workspace, user, request, created_at, state FROM confirmations WHERE token=?",
+        'SELECT platform, workspace, "user", request, created_at, state FROM confirmations WHERE token=?',
         [token],
     ).fetchone()
     if row is None:
@@ -365,12 +366,12 @@ class Purged:
     undelivered: int = 0  # kept images of undelivered rows, past IMAGEBOT_ACTIONS_DAYS
 
 
-def purge(db: sqlite_utils.Database, now: datetime, days: int) -> Purged:
+def purge(db: Database, now: datetime, days: int) -> Purged:
     """Delete results (with their requests) older than `days` (IMAGEBOT_ACTIONS_DAYS: their buttons have
     expired), price checks older than an hour, and the input images nobody holds any more. Call inside a write
     transaction (Ledger.run_db); on PostgreSQL it waits for the transactions storing images to finish, so an
     image just taken by a new request is never deleted under it."""
-    if isinstance(db, pg.PgDatabase):
+    if db.postgres:
         db.execute("LOCK TABLE blob_refs IN SHARE ROW EXCLUSIVE MODE")
     old_results = [_iso(now - timedelta(days=days))]
     old_checks = [_iso(now - CONFIRM_KEPT)]

@@ -205,8 +205,8 @@ class Relax:
         now = self.ledger.clock()
         await self.ledger.run_db(
             lambda db: db.conn.execute(
-                "INSERT OR IGNORE INTO relax_jobs (job_id, platform, workspace, channel, user, submitted_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                'INSERT INTO relax_jobs (job_id, platform, workspace, channel, "user", submitted_at) '
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [job.id, who.platform, who.workspace, who.channel, who.user, _iso(now)],
             )
         )
@@ -715,7 +715,7 @@ class Relax:
 
     def _claim(self, db: Any, job_id: str) -> tuple[Requester, bool] | None:
         row = db.conn.execute(
-            "SELECT platform, workspace, channel, user, discard FROM relax_jobs WHERE job_id=? AND delivered_at IS NULL",
+            'SELECT platform, workspace, channel, "user", discard FROM relax_jobs WHERE job_id=? AND delivered_at IS NULL',
             [job_id],
         ).fetchone()
         if row is None or (row[0] not in self.platforms and job_id not in self.live):

@@ -23,14 +23,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-import sqlite_utils
-
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
 from bot.policy.quota import Tenant
+from bot.store.db import Database
 
 LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -89,7 +88,7 @@ class Rules:
         return f"block:{user}" in self.tenant
 
 
-def load(db: sqlite_utils.Database, who: Requester) -> Rules:
+def load(db: Database, who: Requester) -> Rules:
     tenant = Tenant.of(who).key
     channel = db.conn.execute(
         "SELECT name, value FROM channel_settings WHERE tenant=? AND channel=?", [tenant, who.channel]
@@ -106,9 +105,7 @@ def confirm_threshold(rules: Rules, default: int | None) -> int | None:
     return None if value == "off" else int(value)
 
 
-def set_tenant_settings(
-    db: sqlite_utils.Database, tenant: str, settings: Sequence[tuple[str, str | None]]
-) -> None:
+def set_tenant_settings(db: Database, tenant: str, settings: Sequence[tuple[str, str | None]]) -> None:
     """Set (a value) or clear (None) a tenant's own settings."""
     _set(db, "tenant_settings", {"tenant": tenant}, settings)
 
@@ -118,28 +115,26 @@ def set_tenant_settings(
 SYSTEM = "imagebot:@system"
 
 
-def system_setting(db: sqlite_utils.Database, name: str) -> str | None:
+def system_setting(db: Database, name: str) -> str | None:
     rows = db.conn.execute(
         "SELECT value FROM tenant_settings WHERE tenant=? AND name=?", [SYSTEM, name]
     ).fetchall()
     return str(rows[0][0]) if rows else None
 
 
-def set_system_setting(db: sqlite_utils.Database, name: str, value: str | None) -> None:
+def set_system_setting(db: Database, name: str, value: str | None) -> None:
     _set(db, "tenant_settings", {"tenant": SYSTEM}, [(name, value)])
 
 
 def set_channel_settings(
-    db: sqlite_utils.Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
+    db: Database, tenant: str, channel: str, settings: Sequence[tuple[str, str | None]]
 ) -> None:
     """Set (a value) or clear (None) settings of one channel of a tenant (`Tenant.key`), as
     `/imagine-admin channel` and `imagebot settings` give them (`parse_channel_setting`)."""
     _set(db, "channel_settings", {"tenant": tenant, "channel": channel}, settings)
 
 
-def _set(
-    db: sqlite_utils.Database, table: str, owner: dict[str, str], settings: Sequence[tuple[str, str | None]]
-) -> None:
+def _set(db: Database, table: str, owner: dict[str, str], settings: Sequence[tuple[str, str | None]]) -> None:
     """Name/value rows of one owner (a tenant, or a tenant's channel) in `table`: None deletes the row."""
     keys = [*owner, "name"]
     where = " AND ".join(f"{key}=?" for key in keys)
@@ -474,7 +469,7 @@ def shown_setting(name: str, value: str | None) -> str:
     return f"{name}={value}"
 
 
-def tenant_rules(db: sqlite_utils.Database, tenant: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+def tenant_rules(db: Database, tenant: str) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
     """Every channel's settings and the tenant's own, for `describe`."""
     channels: dict[str, dict[str, str]] = {}
     for channel, name, value in db.conn.execute(

@@ -27,8 +27,6 @@ from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
-import sqlite_utils
-
 # usd_micros is the one USD parser (limits and config defaults alike); it lives in config, which cannot import
 # this module (this module imports QuotaDefaults from there).
 from bot.config import (
@@ -42,6 +40,7 @@ from bot.config import (
 from bot.errors import QuotaExceeded, UserError
 from bot.model.pricing import MICRO, format_usd
 from bot.model.request import Requester
+from bot.store.db import Database
 
 UNLIMITED = -1  # an override that lifts a default limit
 
@@ -161,7 +160,7 @@ def _pick(override: int | None, default: int | None) -> int | None:
     return None if override == UNLIMITED else override
 
 
-def effective_limits(db: sqlite_utils.Database, defaults: QuotaDefaults, who: Requester) -> Limits:
+def effective_limits(db: Database, defaults: QuotaDefaults, who: Requester) -> Limits:
     """Defaults from config, overridden by the rows in `limits` of `who`'s user, channel and tenant
     (all three in `who`'s own tenant)."""
     tenant = Tenant.of(who)
@@ -200,7 +199,7 @@ def counter_keys(who: Requester, day: str, month: str) -> list[tuple[str, str, s
     ]
 
 
-def _used(db: sqlite_utils.Database, scope: str, key: str, period: str) -> tuple[int, int]:
+def _used(db: Database, scope: str, key: str, period: str) -> tuple[int, int]:
     row = db.execute(
         "SELECT micros, images FROM counters WHERE scope=? AND key=? AND period=?", [scope, key, period]
     ).fetchone()
@@ -212,9 +211,7 @@ _COUNTERS_SQL = "SELECT scope, key, period, micros, images FROM counters WHERE "
 )
 
 
-def _used_all(
-    db: sqlite_utils.Database, keys: list[tuple[str, str, str]]
-) -> dict[tuple[str, str, str], tuple[int, int]]:
+def _used_all(db: Database, keys: list[tuple[str, str, str]]) -> dict[tuple[str, str, str], tuple[int, int]]:
     """(micros, images) of the four counters a requester's limits read, in one primary-key query."""
     found = db.conn.execute(_COUNTERS_SQL, [part for key in keys for part in key]).fetchall()
     return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
@@ -231,7 +228,7 @@ LABELS = {
 }
 
 
-def checks(db: sqlite_utils.Database, limits: Limits, who: Requester, periods: Periods) -> list[Check]:
+def checks(db: Database, limits: Limits, who: Requester, periods: Periods) -> list[Check]:
     """Every limit that applies to `who`, with its current use in `who`'s tenant. Unlimited ones are left out."""
     keys = counter_keys(who, periods.day, periods.month)
     user, channel, workspace = keys[0][1], keys[2][1], keys[3][1]
@@ -337,9 +334,7 @@ def refuse(
     raise AssertionError(f"{label}: {used} + {micros}/{images} fits {limit}")  # the database said it did not
 
 
-def bump(
-    db: sqlite_utils.Database, who: Requester, day: str, month: str, *, micros: int, images: int
-) -> None:
+def bump(db: Database, who: Requester, day: str, month: str, *, micros: int, images: int) -> None:
     """Add to every counter a ledger row feeds (negative amounts release), in one statement."""
     params: list[object] = []
     for scope, key, period in sorted(counter_keys(who, day, month)):  # one order for every writer

@@ -172,7 +172,7 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
         assert again.request.references[0].data == result.images[0].data
     if kind == Kind.EDIT:
         assert again.request.prompt == "make it blue"
-    [bobs] = rows(core, "user=?", ("U2",))
+    [bobs] = rows(core, '"user"=?', ("U2",))
     assert bobs["job_id"] == again.job_id and bobs["status"] == "delivered"  # Bob pays for Bob's click
 
 
