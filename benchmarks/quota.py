@@ -178,7 +178,7 @@ def multi(path: Path | str, procs: int, jobs_each: int) -> tuple[float, list[dic
 def _select(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
     if pg.is_url(path):
         with psycopg.connect(str(path)) as conn:
-            return [tuple(r) for r in conn.execute(pg.translate(sql))]  # type: ignore[arg-type]
+            return [tuple(r) for r in conn.execute(sql)]  # type: ignore[arg-type]
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchall()
 

@@ -300,7 +300,7 @@ def test_an_image_stored_as_a_blob_comes_back_identical(tmp_path: Any) -> None:
     request = parse_request("blue --quality low", prices=load_prices(), references=[ref])
     again = actions.request_from(db, actions.request_json(db, request, "r:x"))
     assert again == request
-    assert isinstance(db, sqlite_utils.Database)
+    assert isinstance(db.utils, sqlite_utils.Database)  # type: ignore[attr-defined]
 
 
 async def test_the_console_acts_on_the_last_jobs_images(
