@@ -26,7 +26,9 @@ from bot.model.request import Defaults, ImageRequest, Requester, check_image_cou
 from bot.offline import OfflineImageServer
 from bot.policy import access
 from bot.policy.access import Access, Standing
+from bot.store.db import Database
 from bot.store.ledger import Interrupted, Ledger
+from bot.store.pg import PgDatabase
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
@@ -89,18 +91,13 @@ async def open_ledger(settings: Settings, **options: Any) -> Ledger:
 def ledger_connection_lost(ledger: Ledger) -> bool:
     """On PostgreSQL: the ledger's connection is closed or broken (psycopg marks it so after a failed query);
     read without queueing behind the ledger's thread. Always False on SQLite (a file does not go away)."""
-    inner = getattr(
-        getattr(ledger.db, "conn", None), "_conn", None
-    )  # bot/store/pg.py PgConnection's psycopg one
-    return bool(ledger.postgres and inner is not None and (inner.closed or inner.broken))
+    return isinstance(ledger.db, PgDatabase) and ledger.db.broken
 
 
-def _reconnect(db: Any) -> None:
-    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/store/pg.py PgConnection)."""
-    import psycopg
-
-    db.conn._conn.close()
-    db.conn._conn = psycopg.connect(db.url, autocommit=True)
+def _reconnect(db: Database) -> None:
+    """On the ledger's thread: replace a lost PostgreSQL connection with a new one (bot/store/pg.py)."""
+    if isinstance(db, PgDatabase):
+        db.reconnect()
 
 
 @dataclass
