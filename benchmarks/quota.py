@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import sqlite3
 import tempfile
 import time
@@ -133,6 +134,7 @@ def single(path: Path | str, jobs: int) -> tuple[float, dict[str, Any]]:
 def _worker(path: str, worker: int, jobs: int, barrier: Any, results: Any) -> None:
     stats: dict[str, Any] = {"jobs": 0, "lock_errors": 0, "refused": 0, "other_errors": 0, "examples": []}
     ledger = None
+    os.setsid()  # a replica of its own (see the module docstring: autogroup scheduling)
     try:
         ledger = Ledger(path, defaults=DEFAULTS)
         run_jobs(ledger, worker, 0, WARMUP // 4)
@@ -178,7 +180,7 @@ def multi(path: Path | str, procs: int, jobs_each: int) -> tuple[float, list[dic
 def _select(path: Path | str, sql: str) -> list[tuple[Any, ...]]:
     if pg.is_url(path):
         with psycopg.connect(str(path)) as conn:
-            return [tuple(r) for r in conn.execute(pg.translate(sql))]  # type: ignore[arg-type]
+            return [tuple(r) for r in conn.execute(sql)]  # type: ignore[arg-type]
     with sqlite3.connect(path) as conn:
         return conn.execute(sql).fetchall()
 
@@ -189,7 +191,7 @@ def counters_match(path: Path | str) -> bool:
     expected: dict[tuple[str, str, str], tuple[int, int]] = {}
     for platform, workspace, channel, user, day, month, status, reserved, actual in _select(
         path,
-        "SELECT platform, workspace, channel, user, day, month, status, reserved_micros, actual_micros FROM ledger",
+        'SELECT platform, workspace, channel, "user", day, month, status, reserved_micros, actual_micros FROM ledger',
     ):
         is_open = status in OPEN
         spend, images = (reserved if is_open else actual), int(is_open or status in PAID)
@@ -214,6 +216,7 @@ def main() -> None:
     parser.add_argument("--dir", help="folder for the SQLite files (default: a temporary folder)")
     parser.add_argument("--db", help="also run on this PostgreSQL server (postgresql://user@host:port/db)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         one_path, many_path = Path(folder) / "one.sqlite3", Path(folder) / "many.sqlite3"
@@ -249,6 +252,7 @@ def main() -> None:
         "lock_errors": lock_errors,
         "other_errors": other_errors,
         "counters_match": match,
+        "autogroup": _autogroup(),
     }
     if args.db:
         figures.update(postgres(args.db, args.jobs, args.procs))
@@ -258,7 +262,28 @@ def main() -> None:
             f"PostgreSQL {args.procs} processes / SQLite 1 process: {figures['pg4_over_sqlite1']:.2f} "
             f"(target >= 0.5); PostgreSQL {args.procs} / 1 process: {figures['pg_scaling']:.2f} (target >= 2.0)"
         )
+    figures["loadavg_1min"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]  # before, after
+    print(
+        f"load average (1 min) before {load_before:.1f}, after {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+    )
     print(json.dumps(figures))
+
+
+def _autogroup() -> str:
+    """Whether the kernel shares the CPU between sessions (autogroup) rather than processes."""
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def server_settings(url: str) -> dict[str, str]:
+    """The PostgreSQL settings that change commit cost, as the server has them."""
+    with psycopg.connect(url) as conn:
+        return {
+            name: str(conn.execute(f"SHOW {name}").fetchone()[0])  # type: ignore[index]
+            for name in ("synchronous_commit", "fsync", "full_page_writes", "max_connections")
+        }
 
 
 def fresh_database(url: str, name: str) -> str:
@@ -307,6 +332,7 @@ def postgres(url: str, jobs: int, procs: int) -> dict[str, Any]:
         "serialization_retries": retries,
         "pg_errors": errors,
         "pg_counters_match": match,
+        "pg_settings": server_settings(one_url),
     }
 
 

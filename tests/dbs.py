@@ -18,8 +18,8 @@ from bot.store import pg
 def read(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[dict[str, Any]]:
     """Rows of a query, as dicts by column name."""
     if pg.is_url(target):
-        with psycopg.connect(str(target), row_factory=dict_row) as conn:
-            return [dict(r) for r in conn.execute(pg.translate(sql), list(params) or None)]  # type: ignore[arg-type]
+        with psycopg.connect(str(target), row_factory=dict_row, cursor_factory=psycopg.RawCursor) as conn:
+            return [dict(r) for r in conn.execute(pg.placeholders(sql), list(params) or None)]  # type: ignore[arg-type]
     with sqlite3.connect(target) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute(sql, tuple(params))]
@@ -28,8 +28,8 @@ def read(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ())
 def tuples(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of a query, as tuples (columns may share a name)."""
     if pg.is_url(target):
-        with psycopg.connect(str(target)) as conn:
-            return [tuple(r) for r in conn.execute(pg.translate(sql), list(params) or None)]  # type: ignore[arg-type]
+        with psycopg.connect(str(target), cursor_factory=psycopg.RawCursor) as conn:
+            return [tuple(r) for r in conn.execute(pg.placeholders(sql), list(params) or None)]  # type: ignore[arg-type]
     with sqlite3.connect(target) as conn:
         return [tuple(r) for r in conn.execute(sql, tuple(params))]
 
@@ -37,8 +37,8 @@ def tuples(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = (
 def write(target: Path | str, sql: str, params: tuple[Any, ...] | list[Any] = ()) -> None:
     """One statement, committed (to move a row into the past, as time would)."""
     if pg.is_url(target):
-        with psycopg.connect(str(target)) as conn:
-            conn.execute(pg.translate(sql), list(params) or None)  # type: ignore[arg-type]
+        with psycopg.connect(str(target), cursor_factory=psycopg.RawCursor) as conn:
+            conn.execute(pg.placeholders(sql), list(params) or None)  # type: ignore[arg-type]
         return
     with sqlite3.connect(target) as conn:
         conn.execute(sql, tuple(params))

@@ -28,6 +28,8 @@ from collections.abc import Collection, Sequence
 from enum import StrEnum
 from typing import Any
 
+from bot.store.db import Database
+
 
 class Status(StrEnum):
     """A ledger row's status (see the module docstring for its arrows)."""
@@ -91,7 +93,7 @@ class Clock:
 
 
 def move(
-    conn: Any,
+    db: Database,
     clock: Clock,
     row_id: int,
     to: Status,
@@ -115,16 +117,18 @@ def move(
         leased = ",".join(f"'{s}'" for s in LEASED)
         where += f" AND (status NOT IN ({leased}) OR (owner=? AND {clock.live('owner')}))"
         params += [owner, now]
-    cursor = conn.execute(f"UPDATE ledger SET {assignments} WHERE {where}", params)
+    cursor = db.execute(f"UPDATE ledger SET {assignments} WHERE {where}", params)
     return bool(cursor.rowcount == 1)
 
 
 # -- the outbox ----------------------------------------------------------------------------------------
 
 
-def keep(conn: Any, row_id: int, job_id: str, seq: int, image: dict[str, Any], data: bytes, now: str) -> None:
+def keep(
+    db: Database, row_id: int, job_id: str, seq: int, image: dict[str, Any], data: bytes, now: str
+) -> None:
     """Keep a rendered image's bytes until its delivery is confirmed."""
-    conn.execute(
+    db.execute(
         "INSERT INTO outbox (row_id, job_id, seq, data, width, height, format, elapsed_ms, tries, "
         "created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?) ON CONFLICT (row_id) DO NOTHING",
         [
@@ -141,35 +145,33 @@ def keep(conn: Any, row_id: int, job_id: str, seq: int, image: dict[str, Any], d
     )
 
 
-def delivered(conn: Any, clock: Clock, row_ids: Sequence[int], now: str) -> int:
+def delivered(db: Database, clock: Clock, row_ids: Sequence[int], now: str) -> int:
     """The platform confirmed these images: their rows are delivered. Their bytes are no longer needed; they
     go with the next sweep (`forget_delivered`), off the job's path: a delete of an image costs as much as
     its insert."""
-    return sum(move(conn, clock, row_id, Status.DELIVERED, now=now, owner=None) for row_id in row_ids)
+    return sum(move(db, clock, row_id, Status.DELIVERED, now=now, owner=None) for row_id in row_ids)
 
 
-def forget_delivered(conn: Any) -> int:
+def forget_delivered(db: Database) -> int:
     """Delete the outbox bytes of delivered images (the periodic sweep)."""
-    cursor = conn.execute(
-        "DELETE FROM outbox WHERE row_id IN (SELECT id FROM ledger WHERE status='delivered')"
-    )
+    cursor = db.execute("DELETE FROM outbox WHERE row_id IN (SELECT id FROM ledger WHERE status='delivered')")
     return max(int(cursor.rowcount), 0)
 
 
-def undelivered(conn: Any, clock: Clock, row_ids: Sequence[int], now: str, why: str) -> int:
+def undelivered(db: Database, clock: Clock, row_ids: Sequence[int], now: str, why: str) -> int:
     """Delivery gave up: the rows say so; the bytes stay for `imagebot redeliver`."""
     moved = 0
     for row_id in row_ids:
-        moved += move(conn, clock, row_id, Status.UNDELIVERED, now=now, owner=None, sets={"error": why[:500]})
-        conn.execute("UPDATE outbox SET tries = tries + 1 WHERE row_id=?", [row_id])
+        moved += move(db, clock, row_id, Status.UNDELIVERED, now=now, owner=None, sets={"error": why[:500]})
+        db.execute("UPDATE outbox SET tries = tries + 1 WHERE row_id=?", [row_id])
     return moved
 
 
-def requeue(conn: Any, clock: Clock, job_id: str, now: str) -> list[int]:
+def requeue(db: Database, clock: Clock, job_id: str, now: str) -> list[int]:
     """`imagebot redeliver JOB`: its undelivered rows are rendered again and owned by nobody (one UPDATE each),
     so the next sweep of a process serving its platform delivers them. A rendered row is left alone: its live
     owner is delivering it, or, if its owner is gone, the sweep takes it anyway. Returns the rows requeued."""
-    rows = conn.execute(
+    rows = db.execute(
         "SELECT l.id FROM ledger l JOIN outbox o ON o.row_id = l.id WHERE l.job_id=? AND l.status='undelivered' "
         "ORDER BY l.seq",
         [job_id],
@@ -177,11 +179,11 @@ def requeue(conn: Any, clock: Clock, job_id: str, now: str) -> list[int]:
     return [
         int(row_id)
         for (row_id,) in rows
-        if move(conn, clock, int(row_id), Status.RENDERED, now=now, owner=None, sets={"owner": None})
+        if move(db, clock, int(row_id), Status.RENDERED, now=now, owner=None, sets={"owner": None})
     ]
 
 
-def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: str, now: str) -> list[str]:
+def claim_orphans(db: Database, clock: Clock, platforms: Collection[str], owner: str, now: str) -> list[str]:
     """Jobs on `platforms` with rendered images in the outbox whose owner's lease is gone (a restart, a crash)
     or that nobody owns (requeued), each claimed whole for `owner` by one UPDATE, so that of several processes
     exactly one delivers it. A relax job still waiting for its batch's delivery claim (bot/jobs/relax.py) is not an
@@ -190,7 +192,7 @@ def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: st
         return []
     marks = ",".join("?" * len(platforms))
     orphaned = f"(owner IS NULL OR NOT {clock.live('ledger.owner')})"
-    candidates = conn.execute(
+    candidates = db.execute(
         f"SELECT DISTINCT job_id FROM ledger WHERE status='rendered' AND platform IN ({marks}) AND {orphaned} "
         "AND id IN (SELECT row_id FROM outbox) "
         "AND job_id NOT IN (SELECT job_id FROM relax_jobs WHERE delivered_at IS NULL)",
@@ -198,7 +200,7 @@ def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: st
     ).fetchall()
     jobs: list[str] = []
     for (job_id,) in candidates:
-        cursor = conn.execute(
+        cursor = db.execute(
             f"UPDATE ledger SET owner=?, updated_at=? WHERE job_id=? AND status='rendered' AND {orphaned}",
             [owner, now, job_id, now],
         )
@@ -207,32 +209,32 @@ def claim_orphans(conn: Any, clock: Clock, platforms: Collection[str], owner: st
     return jobs
 
 
-def take(conn: Any, clock: Clock, job_id: str, owner: str, now: str) -> bool:
+def take(db: Database, clock: Clock, job_id: str, owner: str, now: str) -> bool:
     """Make a job's rendered rows `owner`'s unless another live process holds them (it is delivering them).
     True if `owner` now holds every rendered row of the job."""
     orphaned = f"(owner IS NULL OR owner=? OR NOT {clock.live('ledger.owner')})"
-    conn.execute(
+    db.execute(
         f"UPDATE ledger SET owner=?, updated_at=? WHERE job_id=? AND status='rendered' AND {orphaned}",
         [owner, now, job_id, owner, now],
     )
-    (others,) = conn.execute(
+    (others,) = db.execute(
         "SELECT COUNT(*) FROM ledger WHERE job_id=? AND status='rendered' AND owner<>?", [job_id, owner]
     ).fetchone()
     return bool(others == 0)
 
 
-def own(conn: Any, job_id: str, owner: str, now: str) -> None:
+def own(db: Database, job_id: str, owner: str, now: str) -> None:
     """A job's rendered rows are now `owner`'s to deliver (relax: the process that claimed its delivery)."""
-    conn.execute(
+    db.execute(
         "UPDATE ledger SET owner=?, updated_at=? WHERE job_id=? AND status='rendered'", [owner, now, job_id]
     )
 
 
-def waiting(conn: Any, job_id: str) -> list[tuple[Any, ...]]:
+def waiting(db: Database, job_id: str) -> list[tuple[Any, ...]]:
     """A job's images waiting in the outbox (not delivered): (row_id, seq, data, width, height, format,
     elapsed_ms, actual_micros, request_ids, status), in order."""
     return list(
-        conn.execute(
+        db.execute(
             "SELECT o.row_id, o.seq, o.data, o.width, o.height, o.format, o.elapsed_ms, l.actual_micros, "
             "l.request_ids, l.status FROM outbox o JOIN ledger l ON l.id = o.row_id WHERE o.job_id=? "
             "AND l.status IN ('rendered', 'undelivered') ORDER BY o.seq",

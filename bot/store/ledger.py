@@ -26,9 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar, cast
-
-import sqlite_utils
+from typing import Any, TypeVar
 
 from bot import metrics
 from bot.errors import UserError
@@ -38,8 +36,9 @@ from bot.store import admission, counters, dedupe, jobstate, pg
 from bot.store import settings as settings_repo
 from bot.store import usage as usage_repo
 from bot.store.admission import Pace, Periods, QuotaDefaults
+from bot.store.db import Database
 from bot.store.jobstate import OPEN, PAID, Status
-from bot.store.schema import connect, immediate
+from bot.store.schema import connect
 
 log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
@@ -158,8 +157,8 @@ class Ledger:
 
     def __post_init__(self) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imagebot-db")
-        self.db: sqlite_utils.Database = self._pool.submit(connect, self.path).result()
-        self.postgres = pg.is_url(self.path)
+        self.db: Database = self._pool.submit(connect, self.path).result()
+        self.postgres = self.db.postgres
         self.leases = jobstate.Clock(self.postgres)
         self.fenced = 0  # times this process found its lease lapsed (and stopped its jobs)
         self.serialization_retries = 0  # PostgreSQL transactions run again after losing a race
@@ -220,7 +219,7 @@ class Ledger:
 
         def _close() -> None:
             self.db.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
-            self.db.conn.close()
+            self.db.close()
 
         try:
             self._sync(_close)
@@ -231,20 +230,20 @@ class Ledger:
     def connection_lost(self) -> bool:
         """On PostgreSQL: the connection is closed or broken (read without queueing behind the database
         thread). Always False on SQLite (a file does not go away)."""
-        return self.postgres and cast(pg.PgConnection, self.db.conn).lost
+        return isinstance(self.db, pg.PgDatabase) and self.db.broken
 
     async def reconnect(self) -> None:
         """On PostgreSQL: open the lost connection again, on the database thread and outside a transaction
         (`run_db` would BEGIN on the dead one). Nothing to do on SQLite."""
-        if self.postgres:
-            await self._run(cast(pg.PgConnection, self.db.conn).reconnect)
+        if isinstance(self.db, pg.PgDatabase):
+            await self._run(self.db.reconnect)
 
     def _transaction(self, *, single: bool = False) -> contextlib.AbstractContextManager[Any]:
-        """A write transaction (`store.immediate`). `single`: the block's only write is one conditional
+        """A write transaction (`db.transaction()`). `single`: the block's only write is one conditional
         UPDATE, which PostgreSQL runs as a transaction of its own: no BEGIN and COMMIT round trips there."""
         if single and self.postgres:
             return contextlib.nullcontext()
-        return immediate(self.db)
+        return self.db.transaction()
 
     def _now(self) -> str:
         return _iso(self.clock())
@@ -274,8 +273,8 @@ class Ledger:
         (its jobs under it can no longer move a row or start an API call), and takes a new lease for the jobs
         it starts from now on. The caller stops its local jobs."""
         expiry, params = self._expiry_sql()
-        with immediate(self.db):
-            cursor = self.db.conn.execute(
+        with self.db.transaction():
+            cursor = self.db.execute(
                 f"UPDATE instances SET heartbeat_at=?, expires_at={expiry} WHERE id=? AND NOT "
                 f"{self.leases.expired()}",
                 [self._now(), *params, self.instance_id, self._now()],
@@ -283,7 +282,7 @@ class Ledger:
             if cursor.rowcount == 1:
                 return True
             # Lapsed (recovered or not yet): the old lease is dead for good, so its rows are anyone's to recover.
-            self.db.conn.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
+            self.db.execute("DELETE FROM instances WHERE id=?", [self.instance_id])
             self.fenced += 1
             self.instance_id = uuid.uuid4().hex
             self._register()
@@ -314,7 +313,7 @@ class Ledger:
         what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
         if self.postgres:
             return self._reserve_postgres(who, request, each_micros, job_id, pace, now, periods, what)
-        with immediate(self.db):
+        with self.db.transaction():
             if pace is not None:
                 self._keep_pace(who, pace, now)
             self._admit(who, periods, micros=each_micros * count, images=count, now=now, what=what)
@@ -322,8 +321,8 @@ class Ledger:
             prompt = request.prompt if self.store_prompts else None
             ids = []
             for seq in range(count):
-                cursor = self.db.conn.execute(  # inside the transaction: straight to sqlite3
-                    "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, "
+                cursor = self.db.execute(
+                    'INSERT INTO ledger (job_id, seq, platform, workspace, channel, "user", model, size, quality, '
                     "format, prompt, status, reserved_micros, actual_micros, attempts, owner, day, month, "
                     "created_at, updated_at, mode) VALUES (?,?,?,?,?,?,?,?,?,?,?,'reserved',?,0,0,?,?,?,?,?,?) "
                     "RETURNING id",
@@ -366,9 +365,9 @@ class Ledger:
         counters, checks the pace and every limit and inserts the rows (its trigger bumps the counters)."""
         tenant = admission.tenant_key(who.platform, who.workspace)
         stamp = _iso(now)
-        refused, used, limit, last_at, ids = self._native(
-            "SELECT refused, used, lim, last_at, ids FROM imagebot_reserve(%s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::bigint[], %s, %s)",
+        refused, used, limit, last_at, ids = self.db.execute(
+            "SELECT refused, used, lim, last_at, ids FROM imagebot_reserve(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "?, ?, ?, ?, ?, ?, CAST(? AS bigint[]), ?, ?)",
             [
                 job_id,
                 request.count,
@@ -414,10 +413,6 @@ class Ledger:
             self._reserved.clear()
         self._reserved.update((int(i), each_micros) for i in ids)
         return Reservation(job_id, tuple(int(i) for i in ids), each_micros)
-
-    def _native(self, sql: str, params: list[Any]) -> Any:
-        """One statement in PostgreSQL's own dialect (bot/store/pg.py `PgConnection.native`)."""
-        return cast(pg.PgConnection, self.db.conn).native(sql, params)
 
     def _refused(
         self,
@@ -496,8 +491,8 @@ class Ledger:
         """Inside the reservation's transaction: refuse (PaceExceeded) a user who has `max_jobs` jobs open
         (reserved or running), or whose last job started less than `cooldown` seconds ago."""
         mine = [who.platform, who.workspace, who.user]
-        (open_jobs,) = self.db.conn.execute(
-            "SELECT COUNT(DISTINCT job_id) FROM ledger WHERE platform=? AND workspace=? AND user=? "
+        (open_jobs,) = self.db.execute(
+            'SELECT COUNT(DISTINCT job_id) FROM ledger WHERE platform=? AND workspace=? AND "user"=? '
             "AND status IN ('reserved', 'running', 'batched')",
             mine,
         ).fetchone()
@@ -505,8 +500,8 @@ class Ledger:
             raise pace.too_many(open_jobs)
         if pace.cooldown <= 0:
             return
-        (last,) = self.db.conn.execute(
-            "SELECT MAX(created_at) FROM ledger WHERE platform=? AND workspace=? AND user=? AND created_at > ?",
+        (last,) = self.db.execute(
+            'SELECT MAX(created_at) FROM ledger WHERE platform=? AND workspace=? AND "user"=? AND created_at > ?',
             [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
         ).fetchone()
         if last is not None:
@@ -529,8 +524,8 @@ class Ledger:
         it; nothing changes then."""
         now = self.clock()
         if self.postgres:  # one statement: imagebot_extend (bot/store/pg.py) locks, checks and extends
-            refused, used, limit, day = self._native(
-                "SELECT refused, used, lim, row_day FROM imagebot_extend(%s, %s, %s, %s::bigint[])",
+            refused, used, limit, day = self.db.execute(
+                "SELECT refused, used, lim, row_day FROM imagebot_extend(?, ?, ?, CAST(? AS bigint[]))",
                 [row_id, micros, _iso(now), self.defaults.as_list()],
             ).fetchone()
             if refused == "closed":
@@ -539,9 +534,9 @@ class Ledger:
                 periods = Periods.at(datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone)
                 self._refused(refused, used, limit, None, None, periods, now, micros, 0, "another attempt")
             return
-        with immediate(self.db):
-            row = self.db.conn.execute(
-                "SELECT status, platform, workspace, channel, user, day, month FROM ledger WHERE id=? /*lock*/",
+        with self.db.transaction():
+            row = self.db.execute(
+                f'SELECT status, platform, workspace, channel, "user", day, month FROM ledger WHERE id=?{self.db.for_update}',
                 [row_id],
             ).fetchone()
             if row is None or row[0] not in OPEN:
@@ -550,7 +545,7 @@ class Ledger:
             # The periods the row counts in (a job that started before midnight still belongs to that day).
             periods = Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
             self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
-            self.db.conn.execute(
+            self.db.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
                 [micros, _iso(now), row_id],
             )
@@ -569,7 +564,7 @@ class Ledger:
         is live (fencing). False if the row was recovered, cancelled or is not ours: make no call then."""
         with self._transaction(single=True):
             return jobstate.move(
-                self.db.conn, self.leases, row_id, Status.RUNNING, now=self._now(), owner=self.instance_id
+                self.db, self.leases, row_id, Status.RUNNING, now=self._now(), owner=self.instance_id
             )
 
     async def start(self, row_id: int) -> bool:
@@ -611,7 +606,7 @@ class Ledger:
             # machine UPDATE from whichever open state it is in is the whole settlement (the trigger moves the
             # counters). If the row did not move, the path below reads it and answers as it always did.
             if jobstate.move(
-                self.db.conn,
+                self.db,
                 self.leases,
                 row_id,
                 settlement.status,
@@ -625,9 +620,9 @@ class Ledger:
         # an image to keep, the conditional UPDATE is the whole settlement: no transaction around it.
         single = keep is None and self.postgres  # (a lock outside a transaction would only cost a write)
         with self._transaction(single=single):
-            row = self.db.conn.execute(
-                "SELECT status, reserved_micros, workspace, channel, user, day, month, platform, job_id, seq "
-                f"FROM ledger WHERE id=?{'' if single else ' /*lock*/'}",
+            row = self.db.execute(
+                'SELECT status, reserved_micros, workspace, channel, "user", day, month, platform, job_id, seq '
+                f"FROM ledger WHERE id=?{'' if single else self.db.for_update}",
                 [row_id],
             ).fetchone()
             if row is None or row[0] not in OPEN:
@@ -635,7 +630,7 @@ class Ledger:
             old_status, reserved, workspace, channel, user, day, month, platform, job_id, seq = row
             overage = max(0, settlement.actual_micros - int(reserved))
             moved = jobstate.move(
-                self.db.conn,
+                self.db,
                 self.leases,
                 row_id,
                 settlement.status,
@@ -647,7 +642,7 @@ class Ledger:
             if not moved:
                 return False
             if keep is not None:
-                jobstate.keep(self.db.conn, row_id, job_id, int(seq or 0), keep[0], keep[1], now)
+                jobstate.keep(self.db, row_id, job_id, int(seq or 0), keep[0], keep[1], now)
             # An open row counts its reservation and one image; a closed one its actual cost, and its image
             # only if it was made (rendered, delivered or not). PostgreSQL: the trigger did it (bot/store/pg.py).
             if not self.postgres:
@@ -680,35 +675,35 @@ class Ledger:
 
     async def delivered(self, row_ids: list[int]) -> None:
         """The platform confirmed these images: delivered (their bytes go with the next purge)."""
-        await self.run_db(lambda db: jobstate.delivered(db.conn, self.leases, row_ids, self._now()))
+        await self.run_db(lambda db: jobstate.delivered(db, self.leases, row_ids, self._now()))
 
     async def undelivered(self, row_ids: list[int], why: str) -> None:
         """Delivery gave up: the rows say why, the bytes stay for `imagebot redeliver`."""
-        await self.run_db(lambda db: jobstate.undelivered(db.conn, self.leases, row_ids, self._now(), why))
+        await self.run_db(lambda db: jobstate.undelivered(db, self.leases, row_ids, self._now(), why))
 
     async def claim_orphans(self, platforms: Collection[str]) -> list[str]:
         """Jobs with rendered images on `platforms` whose process is gone (or requeued by `imagebot
         redeliver`), claimed for this process to deliver."""
         return await self.run_db(
-            lambda db: jobstate.claim_orphans(db.conn, self.leases, platforms, self.instance_id, self._now())
+            lambda db: jobstate.claim_orphans(db, self.leases, platforms, self.instance_id, self._now())
         )
 
     async def take(self, job_id: str) -> bool:
         """Hold a job's rendered rows for delivery under this process's current lease (after a fence, the old
         lease is gone); False if another live process holds them (it delivers them)."""
         return await self.run_db(
-            lambda db: jobstate.take(db.conn, self.leases, job_id, self.instance_id, self._now())
+            lambda db: jobstate.take(db, self.leases, job_id, self.instance_id, self._now())
         )
 
     async def outbox(self, job_id: str) -> list[tuple[Any, ...]]:
         """A job's images still in the outbox (bot/jobstate.waiting)."""
-        return await self._run(lambda: jobstate.waiting(self.db.conn, job_id))
+        return await self._run(lambda: jobstate.waiting(self.db, job_id))
 
     async def place(self, job_id: str) -> tuple[Requester, dict[str, Any]]:
         """Who asked for a job and where it is shown (the context its view recorded)."""
         row = await self._run(
             lambda: self.db.execute(
-                "SELECT platform, workspace, channel, user, context FROM ledger WHERE job_id=? ORDER BY seq "
+                'SELECT platform, workspace, channel, "user", context FROM ledger WHERE job_id=? ORDER BY seq '
                 "LIMIT 1",
                 [job_id],
             ).fetchone()
@@ -719,7 +714,7 @@ class Ledger:
 
     async def requeue(self, job_id: str) -> list[int]:
         """`imagebot redeliver JOB`: its undelivered images go back to the outbox queue."""
-        return await self.run_db(lambda db: jobstate.requeue(db.conn, self.leases, job_id, self._now()))
+        return await self.run_db(lambda db: jobstate.requeue(db, self.leases, job_id, self._now()))
 
     # -- crash recovery -------------------------------------------------------------------
 
@@ -731,18 +726,18 @@ class Ledger:
         process that serves its platform (`claim_notices`). Returns the jobs closed here, for the logs.
         """
         now = self._now()
-        with immediate(self.db):
+        with self.db.transaction():
             dead = [
                 r[0]
-                for r in self.db.conn.execute(
+                for r in self.db.execute(
                     f"SELECT id FROM instances WHERE {self.leases.expired()} AND id != ?",
                     [now, self.instance_id],
                 )
             ]
             if dead:
-                self.db.conn.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", dead)
-            rows = self.db.conn.execute(
-                "SELECT id, job_id, status, reserved_micros, platform, channel, user, context FROM ledger "
+                self.db.execute(f"DELETE FROM instances WHERE id IN ({','.join('?' * len(dead))})", dead)
+            rows = self.db.execute(
+                'SELECT id, job_id, status, reserved_micros, platform, channel, "user", context FROM ledger '
                 "WHERE status IN ('reserved', 'running') AND (owner IS NULL OR owner NOT IN "
                 "(SELECT id FROM instances))"
             ).fetchall()
@@ -780,11 +775,11 @@ class Ledger:
         if not platforms:
             return []
         marks = ",".join("?" * len(platforms))
-        with immediate(self.db):
+        with self.db.transaction():
             # One UPDATE claims the rows: of two processes at once, the second finds them already 'sent'.
-            claimed = self.db.conn.execute(
+            claimed = self.db.execute(
                 f"UPDATE ledger SET notice = 'sent' WHERE notice = 'pending' AND platform IN ({marks}) "
-                "RETURNING id, job_id, platform, channel, user, context, actual_micros",
+                'RETURNING id, job_id, platform, channel, "user", context, actual_micros',
                 list(platforms),
             ).fetchall()
         jobs: dict[str, Interrupted] = {}
@@ -841,7 +836,7 @@ class Ledger:
         admission.check_limit_values(values)
         row_key = admission.scoped_key(scope, tenant.key, key)
         stamp = _iso(self.clock())
-        with immediate(self.db):
+        with self.db.transaction():
             counters.set_limits(self.db, scope=scope, key=row_key, values=values, stamp=stamp)
 
     async def set_limits(
@@ -852,7 +847,7 @@ class Ledger:
     def seen_sync(self, key: str) -> bool:
         """Remember a platform event id; True if it was already seen (so: do nothing)."""
         now = self.clock()
-        with immediate(self.db):
+        with self.db.transaction():
             return not dedupe.first_time(
                 self.db, key=key, now=_iso(now), forget_before=_iso(now - timedelta(days=1))
             )
@@ -860,16 +855,16 @@ class Ledger:
     async def seen(self, key: str) -> bool:
         return await self._run(lambda: self.seen_sync(key))
 
-    async def run_db(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    async def run_db(self, fn: Callable[[Database], T]) -> T:
         """Run `fn(db)` on the database thread, inside one write transaction (for the other modules' tables)."""
 
         def inside() -> T:
-            with immediate(self.db):
+            with self.db.transaction():
                 return fn(self.db)
 
         return await self._run(inside)
 
-    async def read_db(self, fn: Callable[[sqlite_utils.Database], T]) -> T:
+    async def read_db(self, fn: Callable[[Database], T]) -> T:
         """Run `fn(db)` on the database thread, outside a transaction (reads that need no snapshot: reports)."""
         return await self._run(lambda: fn(self.db))
 

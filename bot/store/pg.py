@@ -1,11 +1,11 @@
-"""PostgreSQL as the shared store of several replicas (SPEC §12): `IMAGEBOT_DB=postgresql://...`.
+"""PostgreSQL as the shared store of several replicas: `IMAGEBOT_DB=postgresql://...`.
 
-The rest of the core speaks one dialect of SQL through `db.conn.execute(sql, params)`: the subset that
-SQLite and PostgreSQL share, with `?` placeholders. `PgDatabase` gives the same surface over one psycopg 3
-connection (the ledger's database thread owns it, as it owns the SQLite connection), translating what differs:
-`?` -> `%s`, `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`, the column `user` (a reserved word there)
-quoted, `BEGIN IMMEDIATE` -> `BEGIN`, and the marker `/*lock*/` -> `FOR UPDATE` (in SQLite a comment: there
-`BEGIN IMMEDIATE` already makes a writer the only one).
+The store speaks one dialect of SQL: the subset SQLite and PostgreSQL share, with `?` placeholders, written
+once (`ON CONFLICT`, `"user"` quoted; bot/store/db.py). `PgDatabase` satisfies the same `Database` protocol
+as the SQLite connection, over one psycopg 3 connection (the ledger's database thread owns it, as it owns
+the SQLite one). It converts the placeholders and nothing else: `placeholders` turns each `?` outside string
+literals, quoted identifiers, comments and dollar-quoted bodies into `$1`, `$2`, ... (psycopg's raw cursor
+sends those as they are, so a `%` or a `?` inside a literal stays what it is).
 
 Race-free reservations in one round trip: a reservation is one statement, `imagebot_reserve` (schema version
 5, below), which locks the quota counters it checks (creating any missing one) always in the same order
@@ -16,12 +16,15 @@ only one fits. The counters follow the ledger by a trigger (`ledger_counters`), 
 machine's one conditional UPDATE (bot/store/jobstate.py), and its counters move in the same statement: two replicas
 recovering the same row cannot both move them. Should PostgreSQL still abort a transaction (a deadlock, a
 serialization failure), the ledger runs it again (`is_retryable`, a bounded number of times): no user ever
-sees one. `PgConnection.round_trips` counts the statements sent (benchmarks/quota.py). Why psycopg 3: a plain
+sees one. `PgDatabase.round_trips` counts the statements sent (benchmarks/quota.py). Why psycopg 3: a plain
 synchronous driver fits the ledger's one database thread per process, and its binary package needs no
 compiler.
 
-The schema is created at start (this backend's MIGRATIONS, each version's statements in PostgreSQL's own
-dialect, sent untranslated), under an advisory lock so replicas starting together do not race.
+The schema: tables, columns and indexes are bot/store/tables.py's (`postgres_ddl`); the functions and the
+trigger, which only PostgreSQL has, are written here as versioned steps (`OBJECTS`). A new database gets
+today's tables from the declaration and then those steps; one of an earlier version runs its missing steps
+(`MIGRATIONS`: versions 1-4 are the tables' history, frozen as they shipped) and then the sync with the
+declaration. All of it under an advisory lock, so replicas starting together do not race.
 
 psycopg is the optional `[postgres]` extra: this module imports it only when a PostgreSQL database is opened,
 so a SQLite-only install never needs it. Without it, a PostgreSQL `IMAGEBOT_DB` is a configuration error
@@ -30,13 +33,15 @@ so a SQLite-only install never needs it. Without it, a PostgreSQL `IMAGEBOT_DB` 
 
 from __future__ import annotations
 
-import re
+import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from bot.errors import ConfigError
+from bot.store import tables
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,8 +50,11 @@ MISSING_DRIVER = (
     "IMAGEBOT_DB is a PostgreSQL URL, but psycopg is not installed: pip install 'imagebot[postgres]'"
 )
 
+log = logging.getLogger("imagebot.store")
 SCHEMA_VERSION = 5  # the versions of MIGRATIONS below
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
+# Versions 1-4: the tables' history, each step as it shipped (never edit one: databases of that version
+# exist). Today's tables are bot/store/tables.py's; a new database skips these steps.
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
         id BIGSERIAL PRIMARY KEY, job_id TEXT NOT NULL, seq INTEGER, platform TEXT, workspace TEXT, channel TEXT,
@@ -331,9 +339,9 @@ FAST_RESERVE = [
     END $$""",
 ]
 MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS, 5: FAST_RESERVE}
-
-_USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal
-_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)
+OBJECTS = frozenset(
+    {5}
+)  # the steps that make PostgreSQL-only objects (functions, trigger): every database runs them
 
 
 def is_url(target: object) -> bool:
@@ -348,16 +356,58 @@ def require_driver() -> None:
         raise ConfigError(MISSING_DRIVER) from None
 
 
-@lru_cache(maxsize=512)
-def translate(sql: str) -> str:
-    """One statement of the shared dialect, as PostgreSQL takes it."""
-    if sql.strip().upper() == "BEGIN IMMEDIATE":
-        return "BEGIN"
-    text = sql.replace("%", "%%").replace("?", "%s").replace("/*lock*/", "FOR UPDATE")
-    text = _USER.sub('"user"', text)
-    if _OR_IGNORE.match(text):
-        text = _OR_IGNORE.sub("INSERT INTO", text) + " ON CONFLICT DO NOTHING"
-    return text
+@lru_cache(maxsize=1024)
+def placeholders(sql: str) -> str:
+    """The statement with each `?` placeholder as `$1`, `$2`, ...; nothing else changes. A `?` inside a
+    string literal ('...'), a quoted identifier ("..."), a comment (-- or /* */) or a dollar-quoted body
+    ($$...$$, $tag$...$tag$) is text, and stays."""
+    out: list[str] = []
+    n = 0
+    i = 0
+    length = len(sql)
+    while i < length:
+        ch = sql[i]
+        if ch == "?":
+            n += 1
+            out.append(f"${n}")
+            i += 1
+            continue
+        if ch in "'\"":  # a literal or a quoted identifier; a doubled quote inside is an escaped one
+            end = i + 1
+            while end < length:
+                if sql[end] == ch:
+                    if end + 1 < length and sql[end + 1] == ch:
+                        end += 2
+                        continue
+                    break
+                end += 1
+            end += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = length if end < 0 else end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = length if end < 0 else end + 2
+        elif ch == "$" and (tag := _dollar_tag(sql, i)):
+            end = sql.find(tag, i + len(tag))
+            end = length if end < 0 else end + len(tag)
+        else:  # plain text up to the next character that may start one of the above
+            end = i + 1
+            while end < length and sql[end] not in "?'\"-/$":
+                end += 1
+        out.append(sql[i:end])
+        i = end
+    return "".join(out)
+
+
+def _dollar_tag(sql: str, i: int) -> str:
+    """The opening `$tag$` of a dollar-quoted string at `i`, or '' (`$1`, a parameter, is not one)."""
+    end = i + 1
+    while end < len(sql) and (sql[end].isalnum() or sql[end] == "_"):
+        end += 1
+    if end < len(sql) and sql[end] == "$" and not sql[i + 1 : end].isdigit() or sql.startswith("$$", i):
+        return sql[i : end + 1]
+    return ""
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -370,9 +420,9 @@ def is_retryable(exc: BaseException) -> bool:
 
 
 class _Cursor:
-    """What callers use of a sqlite3 cursor: fetchone, fetchall, rowcount, iteration."""
+    """A statement's result (bot/store/db.py `Cursor`): fetchone, fetchall, rowcount, iteration."""
 
-    def __init__(self, cursor: psycopg.Cursor[Any]) -> None:
+    def __init__(self, cursor: psycopg.RawCursor[Any]) -> None:
         self._cursor = cursor
 
     def fetchone(self) -> Any:
@@ -389,25 +439,45 @@ class _Cursor:
         return iter(self.fetchall())
 
 
-class PgConnection:
-    """A psycopg connection that takes the shared dialect (autocommit; transactions are explicit)."""
+class PgDatabase:
+    """One psycopg connection as a `Database` (bot/store/db.py): autocommit, transactions explicit."""
+
+    postgres = True
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         require_driver()
+        self.url = url
+        self.round_trips = 0  # statements sent, each one network round trip (benchmarks/quota.py reads it)
+        self._conn = self._open()
+
+    def _open(self) -> psycopg.Connection[Any]:
         import psycopg
 
-        self.url = url
-        self._conn = psycopg.connect(url, autocommit=True)
-        self.round_trips = 0  # statements sent, each one network round trip (benchmarks/quota.py reads it)
+        return psycopg.connect(self.url, autocommit=True, cursor_factory=psycopg.RawCursor)
 
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
-        self.round_trips += 1
-        return _Cursor(self._conn.execute(translate(sql), list(params) if params else None))  # type: ignore[arg-type]
+    @property
+    def conn(self) -> PgDatabase:
+        return self
 
-    def native(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
-        """One statement in PostgreSQL's own dialect (`%s` placeholders, nothing translated)."""
+    @property
+    def broken(self) -> bool:
+        """The connection is closed or broken (psycopg marks it so after a failed query)."""
+        return bool(self._conn.closed or self._conn.broken)
+
+    def reconnect(self) -> None:
+        """Replace a lost connection with a new one."""
+        self._conn.close()
+        self._conn = self._open()
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         self.round_trips += 1
-        return _Cursor(self._conn.execute(sql, list(params) if params is not None else None))  # type: ignore[arg-type]
+        return _Cursor(self._conn.execute(placeholders(sql), list(params) if params else None))  # type: ignore[arg-type]
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.round_trips += 1  # psycopg sends them in one pipeline
+        with self._conn.cursor() as cursor:
+            cursor.executemany(placeholders(sql), [list(r) for r in rows])  # type: ignore[arg-type]
 
     @property
     def in_transaction(self) -> bool:
@@ -415,53 +485,44 @@ class PgConnection:
 
         return self._conn.info.transaction_status != pq.TransactionStatus.IDLE
 
-    @property
-    def lost(self) -> bool:
-        """Closed or broken (psycopg marks it so after a failed query: the server restarted, the network
-        dropped it). Safe to read from any thread."""
-        return bool(self._conn.closed or self._conn.broken)
-
-    def reconnect(self) -> None:
-        """Replace the connection with a new one to the same database (on the thread that owns it, outside a
-        transaction: whatever the old one had open is gone with it)."""
-        import psycopg
-
-        self._conn.close()
-        self._conn = psycopg.connect(self.url, autocommit=True)
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN ... COMMIT (READ COMMITTED: the statements that check limits lock the rows they read)."""
+        self.execute("BEGIN")
+        try:
+            yield
+            self.execute("COMMIT")
+        except BaseException:
+            if not self.broken and self.in_transaction:
+                self.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self._conn.close()
-
-
-class PgDatabase:
-    """The surface of sqlite_utils.Database the core uses, over PostgreSQL."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.conn = PgConnection(url)
-
-    def execute(self, sql: str, params: Sequence[Any] | None = None) -> _Cursor:
-        return self.conn.execute(sql, params)
 
 
 def connect(url: str, target: int = SCHEMA_VERSION) -> PgDatabase:
     """Open the database and bring its schema up to date (safe when several replicas start at once).
     `target`: stop at that version (the migration tests build databases of earlier versions)."""
     db = PgDatabase(url)
-    conn = db.conn
-    conn.execute("BEGIN")
-    try:
-        conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)"
-        )
-        (current,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-        for version in range(current + 1, target + 1):
+    with db.transaction():
+        db.execute(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+        (current,) = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+        steps = range(current + 1, target + 1)
+        if current == 0 and target == SCHEMA_VERSION:  # a new database: today's tables, then the objects
+            for table in tables.TABLES:
+                for statement in tables.postgres_ddl(table):
+                    db.execute(statement)
+            steps = range(1, target + 1)
+        for version in steps:
+            if current == 0 and target == SCHEMA_VERSION and version not in OBJECTS:
+                continue
             for statement in MIGRATIONS[version]:
-                conn.native(statement)  # PostgreSQL's own dialect: nothing translated
-            conn.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
+                db.execute(statement)
+        for version in steps:
+            db.execute("INSERT INTO schema_version VALUES (?, now()::text)", [version])
+        if target == SCHEMA_VERSION:
+            for change in tables.postgres_sync(db):
+                log.info("schema: %s", change)
     return db

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-import sqlite_utils
+from bot.store.db import Database
 
 T = TypeVar("T")
 
-# The open database: a sqlite_utils.Database, or bot/store/pg.py's PgDatabase with the same surface.
-Db = sqlite_utils.Database
+# The open database (bot/store/db.py): SQLite's or PostgreSQL's, both the same Protocol.
+Db = Database
 
 
 class Runner(Protocol):

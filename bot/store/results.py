@@ -21,12 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlite_utils
-
 from bot.model.request import Requester
 from bot.store import jobstate, pg
+from bot.store.db import Database  # what Ledger.run_db hands its function
 
-Database = sqlite_utils.Database | pg.PgDatabase  # what Ledger.run_db hands its function
 PENDING = "pending"
 RENDERED = "rendered"
 CANCELLED = "cancelled"

@@ -2,6 +2,11 @@
 
 Several processes may share one file: WAL mode, a busy timeout, and writes that check limits
 run inside `BEGIN IMMEDIATE` so that only one writer decides at a time.
+
+The schema is the one bot/store/tables.py declares. A new file is created from it at once. A file of an
+earlier version first runs the versioned steps below from its version on (`MIGRATIONS`: the history of
+this schema, frozen as each version shipped, so a file of any version upgrades), then the sync creates
+whatever the declaration has and the file lacks (tables, columns, indexes).
 """
 
 from __future__ import annotations
@@ -9,18 +14,18 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import cast
 
 import sqlite_utils
 
-from bot.store import pg
+from bot.store import pg, tables
+from bot.store.db import Database, SqliteDatabase
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 11  # the last versioned step (a new table needs none: bot/store/tables.py)
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -122,6 +127,9 @@ def _v5_part(text: str | None) -> str:
     return (text or "").replace("%", "%25").replace(":", "%3A")
 
 
+USER = '"user"'  # the column, quoted (a reserved word in PostgreSQL)
+
+
 def _v5_sql_part(column: str) -> str:
     return f"replace(replace(coalesce({column}, ''), '%', '%25'), ':', '%3A')"
 
@@ -149,8 +157,8 @@ def _v5(db: sqlite_utils.Database) -> None:
     images = "CASE WHEN status IN ('reserved', 'running', 'succeeded') THEN 1 ELSE 0 END"
     conn.execute("DELETE FROM counters")
     for scope, key, period in (
-        ("user_day", f"{tenant} || ':' || {_v5_sql_part('user')}", "day"),
-        ("user_month", f"{tenant} || ':' || {_v5_sql_part('user')}", "month"),
+        ("user_day", f"{tenant} || ':' || {_v5_sql_part(USER)}", "day"),
+        ("user_month", f"{tenant} || ':' || {_v5_sql_part(USER)}", "month"),
         ("channel_month", f"{tenant} || ':' || {_v5_sql_part('channel')}", "month"),
         ("workspace_month", tenant, "month"),
     ):
@@ -202,8 +210,11 @@ def _v5(db: sqlite_utils.Database) -> None:
             if scope != "workspace":
                 new_key += f":{_v5_part(key)}"
             conn.execute(
-                "INSERT OR REPLACE INTO limits (scope, key, daily_micros, daily_images, monthly_micros, "
-                "monthly_images, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO limits (scope, key, daily_micros, daily_images, monthly_micros, "
+                "monthly_images, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (scope, key) DO UPDATE "
+                "SET daily_micros=excluded.daily_micros, daily_images=excluded.daily_images, "
+                "monthly_micros=excluded.monthly_micros, monthly_images=excluded.monthly_images, "
+                "updated_at=excluded.updated_at",
                 [scope, new_key, daily_micros, daily_images, monthly_micros, monthly_images, updated_at],
             )
             kept += 1
@@ -332,15 +343,17 @@ def _v9_jobstate(db: sqlite_utils.Database) -> None:
 # Who holds each stored input image: `r:<job_id>` (a result's request), `c:<token>` (a price check's). A blob
 # nobody holds any more is deleted by the purge (bot/jobs/actions.py); these statements also fill the table from the
 # requests stored before it existed.
-BLOB_REFS_BACKFILL = (
-    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'r:' || job_id "
-    "FROM results, json_each(results.request, '$.references') AS ref",
-    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
-    "'r:' || job_id FROM results WHERE json_extract(request, '$.mask.sha256') IS NOT NULL",
-    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'c:' || token "
-    "FROM confirmations, json_each(confirmations.request, '$.references') AS ref",
-    "INSERT OR IGNORE INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
-    "'c:' || token FROM confirmations WHERE json_extract(request, '$.mask.sha256') IS NOT NULL",
+BLOB_REFS_BACKFILL = (  # (`WHERE true`: SQLite needs it to read ON CONFLICT after INSERT ... SELECT)
+    "INSERT INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'r:' || job_id "
+    "FROM results, json_each(results.request, '$.references') AS ref WHERE true ON CONFLICT DO NOTHING",
+    "INSERT INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
+    "'r:' || job_id FROM results WHERE json_extract(request, '$.mask.sha256') IS NOT NULL ON CONFLICT DO NOTHING",
+    "INSERT INTO blob_refs (sha256, holder) SELECT json_extract(ref.value, '$.sha256'), 'c:' || token "
+    "FROM confirmations, json_each(confirmations.request, '$.references') AS ref WHERE true "
+    "ON CONFLICT DO NOTHING",
+    "INSERT INTO blob_refs (sha256, holder) SELECT json_extract(request, '$.mask.sha256'), "
+    "'c:' || token FROM confirmations WHERE json_extract(request, '$.mask.sha256') IS NOT NULL "
+    "ON CONFLICT DO NOTHING",
 )
 
 
@@ -370,6 +383,8 @@ def _v11_relax(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)")
 
 
+# The history: each version's step as it shipped (never edit one: files of that version exist). A step
+# creates the tables of its time; today's tables are bot/store/tables.py's.
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -385,11 +400,11 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
 }
 
 
-def connect(path: Path | str) -> sqlite_utils.Database:
+def connect(path: Path | str) -> Database:
     """Open (creating folder and file) and migrate the database; safe to call from several processes.
-    A `postgresql://` URL opens PostgreSQL instead (bot/store/pg.py), which takes the same calls."""
+    A `postgresql://` URL opens PostgreSQL instead (bot/store/pg.py)."""
     if pg.is_url(path):
-        return cast(sqlite_utils.Database, pg.connect(str(path)))  # the same surface, duck-typed
+        return pg.connect(str(path))
     if str(path) != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(
@@ -398,7 +413,7 @@ def connect(path: Path | str) -> sqlite_utils.Database:
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     _wal(conn)
     conn.execute("PRAGMA synchronous = NORMAL")
-    db = sqlite_utils.Database(conn)
+    db = SqliteDatabase(conn)
     migrate(db)
     return db
 
@@ -417,36 +432,44 @@ def _wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.01)
 
 
-def schema_version(db: sqlite_utils.Database) -> int:
-    if "schema_version" not in db.table_names():
+def schema_version(db: Database | sqlite_utils.Database) -> int:
+    if not db.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name='schema_version'"
+    ).fetchone():
         return 0
     row = db.execute("SELECT max(version) FROM schema_version").fetchone()
     return int(row[0] or 0)
 
 
-def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> None:
-    """Bring the schema up to `target`, one version per transaction."""
-    with immediate(db):
+def migrate(db: SqliteDatabase | sqlite_utils.Database, target: int = SCHEMA_VERSION) -> None:
+    """Bring the schema up to `target`, one version per transaction, then (at the current version) sync it
+    with the declaration. A new file is created from the declaration at once. `target` below the current
+    version: stop there (the migration tests build files of earlier versions)."""
+    if isinstance(db, sqlite_utils.Database):
+        db = SqliteDatabase(db.conn)
+    with db.transaction():
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+        if (
+            target == SCHEMA_VERSION
+            and schema_version(db) == 0
+            and db.utils.table_names() == ["schema_version"]
+        ):
+            for table in tables.TABLES:
+                tables.sqlite_create(db.utils, table)
+            for version in range(1, SCHEMA_VERSION + 1):  # each step's outcome is in the declaration
+                db.execute("INSERT INTO schema_version VALUES (?, datetime('now'))", [version])
     while (current := schema_version(db)) < target:
-        with immediate(db):
+        with db.transaction():
             if schema_version(db) != current:  # another process migrated meanwhile
                 continue
-            MIGRATIONS[current + 1](db)
+            MIGRATIONS[current + 1](db.utils)
             db.execute("INSERT INTO schema_version VALUES (?, datetime('now'))", [current + 1])
+    if target == SCHEMA_VERSION:
+        with db.transaction():
+            for change in tables.sqlite_sync(db.utils):
+                log.info("schema: %s", change)
 
 
-@contextmanager
-def immediate(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """A write transaction that takes the write lock at once (`BEGIN IMMEDIATE`)."""
-    conn = db.conn  # straight to sqlite3: this is the hot path of every reservation and settlement
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        conn.execute("COMMIT")
-    except BaseException:
-        # SQLite may already have rolled back (disk full, I/O error, RAISE(ROLLBACK)): a second ROLLBACK
-        # would hide the real error. And a failed COMMIT must not keep the write lock for good.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+def immediate(db: Database) -> AbstractContextManager[None]:
+    """A write transaction that takes the write lock at once (`db.transaction()`)."""
+    return db.transaction()

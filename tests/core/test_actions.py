@@ -172,7 +172,7 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
         assert again.request.references[0].data == result.images[0].data
     if kind == Kind.EDIT:
         assert again.request.prompt == "make it blue"
-    [bobs] = rows(core, "user=?", ("U2",))
+    [bobs] = rows(core, '"user"=?', ("U2",))
     assert bobs["job_id"] == again.job_id and bobs["status"] == "delivered"  # Bob pays for Bob's click
 
 
@@ -300,7 +300,7 @@ def test_an_image_stored_as_a_blob_comes_back_identical(tmp_path: Any) -> None:
     request = parse_request("blue --quality low", prices=load_prices(), references=[ref])
     again = actions.request_from(db, actions.request_json(db, request, "r:x"))
     assert again == request
-    assert isinstance(db, sqlite_utils.Database)
+    assert isinstance(db.utils, sqlite_utils.Database)  # type: ignore[attr-defined]
 
 
 async def test_the_console_acts_on_the_last_jobs_images(

@@ -109,8 +109,8 @@ def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]
         f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
         f"{IMAGES_SQL} AS images FROM ledger"
         for scope, key, period in (
-            ("user_day", f"{TENANT_SQL} || ':' || user", "day"),
-            ("user_month", f"{TENANT_SQL} || ':' || user", "month"),
+            ("user_day", f"{TENANT_SQL} || ':' || \"user\"", "day"),
+            ("user_month", f"{TENANT_SQL} || ':' || \"user\"", "month"),
             ("channel_month", f"{TENANT_SQL} || ':' || channel", "month"),
             ("workspace_month", TENANT_SQL, "month"),
         )
@@ -256,8 +256,8 @@ async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
             )
             return int(row[0]), int(row[1])
 
-        user_day = used("user=? AND day=?", who.user, day)
-        user_month = used("user=? AND month=?", who.user, month)
+        user_day = used('"user"=? AND day=?', who.user, day)
+        user_month = used('"user"=? AND month=?', who.user, month)
         channel = used("channel=? AND month=?", who.channel, month)
         workspace = used("workspace=? AND month=?", who.workspace, month)
         checks = [
@@ -625,7 +625,7 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
     assert store.schema_version(old) == 1
     assert "seen_events" not in old.table_names() and "context" not in old["ledger"].columns_dict
     old.execute(
-        "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
+        'INSERT INTO ledger (job_id, seq, platform, workspace, channel, "user", model, size, quality, format, '
         "status, reserved_micros, actual_micros, attempts, day, month, created_at) VALUES "
         "('job1', 0, 'slack', 'W1', 'C1', 'U1', 'gpt-image-2', '1024x1024', 'low', 'png', 'succeeded', "
         "6000, 5000, 1, '2026-04-15', '2026-04', '2026-04-15T10:00:00.000+00:00')"
@@ -637,7 +637,7 @@ async def test_migrating_a_v1_file_keeps_its_rows_and_reaches_the_current_schema
     db = store.connect(path)
     try:
         assert store.schema_version(db) == store.SCHEMA_VERSION
-        assert "context" in db["ledger"].columns_dict and "seen_events" in db.table_names()
+        assert "context" in db.utils["ledger"].columns_dict and "seen_events" in db.utils.table_names()
         # Counters are rebuilt from the ledger under tenant-scoped keys (schema 5).
         assert set(db.execute("SELECT * FROM counters").fetchall()) == {
             ("user_day", "slack:W1:U1", "2026-04-15", 5000, 1),
@@ -811,7 +811,7 @@ async def test_every_report_figure_is_a_direct_sql_sum_over_the_ledger(
     expected = 0 if tenant == W2 else 50_000 + 60_000 + (0 if channel else 45_000)
     assert built.spend_micros == expected
     # Across tenants a user is named with its tenant (U1 of one workspace is not U1 of another).
-    label = "user" if tenant else "platform || ':' || workspace || ':' || user"
+    label = '"user"' if tenant else "platform || ':' || workspace || ':' || \"user\""
     users = _direct(
         path,
         f"SELECT {label}, count(*) FILTER (WHERE status='delivered'), coalesce(sum(actual_micros), 0) "

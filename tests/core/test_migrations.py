@@ -9,6 +9,10 @@ new store gets, and every row must keep its meaning: `succeeded` reads `delivere
 ledger's sums, a limit still refuses what it refused, the blobs a request holds are known to be held, a batch's
 lines still belong to it. Finally the current ledger works on the migrated rows: it recovers the old open rows
 and the counters still equal the sums.
+
+Every database, migrated or new, is also compared with the declaration itself (bot/store/tables.py,
+introspected: columns, types, NOT NULL, defaults, keys, indexes), and a table added to the declaration
+reaches an existing database of either backend at its next start.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from bot.config import QuotaDefaults
 from bot.errors import QuotaExceeded
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import parse_size
-from bot.store import pg
+from bot.store import pg, tables
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
 from tests.pg import PgServer
@@ -392,6 +396,8 @@ def test_a_sqlite_file_of_every_earlier_version_migrates_with_its_rows(tmp_path:
     fresh = str(tmp_path / "fresh.sqlite3")
     store.connect(fresh).conn.close()
     assert _sqlite_schema(path) == _sqlite_schema(fresh)
+    for built in (path, fresh):
+        assert tables.sqlite_differences(sqlite_utils.Database(built)) == []
     assert Store(path).select("SELECT max(version) FROM schema_version") == [(store.SCHEMA_VERSION,)]
     _check(Store(path), version)
     _use(path)
@@ -439,6 +445,91 @@ def test_a_postgres_database_of_every_earlier_version_migrates_with_its_rows(
     fresh = pg_server.create_database()
     pg.connect(fresh).conn.close()
     assert _pg_schema(url) == _pg_schema(fresh)
+    for built in (url, fresh):
+        db = pg.PgDatabase(built)
+        try:
+            assert tables.postgres_differences(db) == []
+        finally:
+            db.close()
     assert Store(url).select("SELECT max(version) FROM schema_version") == [(pg.SCHEMA_VERSION,)]
     _check(Store(url), level)
     _use(url)
+
+
+# --- the declaration ---------------------------------------------------------------------------------
+
+NOTES = tables.Table(  # what a helper adds: one entry, nothing else
+    "notes",
+    (
+        tables.Column("id", "text"),
+        tables.Column("body", "text", not_null=True),
+        tables.Column("n", "int", default=0),
+    ),
+    pk=("id",),
+    indexes=(tables.Index(("body",)),),
+)
+NOTE_COLUMN = tables.Column("note", "text")  # and a column added to an existing table
+
+
+def _declare_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    ledger = tables.table("ledger")
+    more = tables.Table(ledger.name, (*ledger.columns, NOTE_COLUMN), ledger.pk, ledger.indexes)
+    declared = tuple(more if t.name == "ledger" else t for t in tables.TABLES) + (NOTES,)
+    monkeypatch.setattr(tables, "TABLES", declared)
+
+
+def test_a_table_declared_later_reaches_an_existing_sqlite_file_and_a_new_one(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = str(tmp_path / "old.sqlite3")
+    store.connect(old).close()
+    _write(Store(old), store.SCHEMA_VERSION)
+    _declare_more(monkeypatch)
+    assert tables.sqlite_differences(sqlite_utils.Database(old)) == [
+        "ledger.note: (type, notnull, default, pk) is None, declared ('TEXT', 0, None, 0)",
+        "table notes is missing",
+    ]
+
+    store.connect(old).close()  # the next start
+    new = str(tmp_path / "new.sqlite3")
+    store.connect(new).close()
+    for built in (old, new):
+        assert tables.sqlite_differences(sqlite_utils.Database(built)) == []
+        Store(built).insert("notes", {"id": "a", "body": "kept"})
+        assert Store(built).select("SELECT id, body, n FROM notes") == [("a", "kept", 0)]
+    _check(Store(old), store.SCHEMA_VERSION)
+
+
+def test_a_table_declared_later_reaches_an_existing_postgres_database_and_a_new_one(
+    pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = pg_server.create_database()
+    pg.connect(old).close()
+    Store(old).insert("limits", {"scope": "user", "key": "slack:T1:U1", "daily_micros": U1_DAILY})
+    _declare_more(monkeypatch)
+
+    pg.connect(old).close()  # the next start
+    new = pg_server.create_database()
+    pg.connect(new).close()
+    for built in (old, new):
+        db = pg.PgDatabase(built)
+        try:
+            assert tables.postgres_differences(db) == []
+        finally:
+            db.close()
+        Store(built).insert("notes", {"id": "a", "body": "kept"})
+        assert Store(built).select("SELECT id, body, n FROM notes") == [("a", "kept", 0)]
+    assert _pg_schema(old) == _pg_schema(new)
+    assert Store(old).select("SELECT key, daily_micros FROM limits") == [("slack:T1:U1", U1_DAILY)]
+
+
+def test_a_not_null_column_without_a_default_needs_a_versioned_step(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(tmp_path / "old.sqlite3")
+    store.connect(path).close()
+    ledger = tables.table("ledger")
+    strict = tables.Table("ledger", (*ledger.columns, tables.Column("x", "text", not_null=True)), ledger.pk)
+    monkeypatch.setattr(tables, "TABLES", tuple(strict if t.name == "ledger" else t for t in tables.TABLES))
+    with pytest.raises(tables.SchemaError, match="ledger.x is NOT NULL without a default"):
+        store.connect(path)

@@ -50,8 +50,8 @@ def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]
         f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {spend} AS micros, {images} AS images "
         "FROM ledger"
         for scope, key, period in (
-            ("user_day", f"{tenant} || ':' || user", "day"),
-            ("user_month", f"{tenant} || ':' || user", "month"),
+            ("user_day", f"{tenant} || ':' || \"user\"", "day"),
+            ("user_month", f"{tenant} || ':' || \"user\"", "month"),
             ("channel_month", f"{tenant} || ':' || channel", "month"),
             ("workspace_month", tenant, "month"),
         )

@@ -329,7 +329,7 @@ def _old_file(path: Path, rows: list[tuple[Any, ...]], limits: list[tuple[str, s
     store.migrate(db, target=4)
     for n, (platform, workspace, channel, user, status, reserved, actual, day) in enumerate(rows):
         db.execute(
-            "INSERT INTO ledger (job_id, seq, platform, workspace, channel, user, model, size, quality, format, "
+            'INSERT INTO ledger (job_id, seq, platform, workspace, channel, "user", model, size, quality, format, '
             "status, reserved_micros, actual_micros, attempts, owner, day, month, created_at, updated_at) VALUES "
             "(?, 0, ?, ?, ?, ?, 'gpt-image-2', '1024x1024', 'low', 'jpeg', ?, ?, ?, 1, 'gone', ?, ?, ?, ?)",
             [

@@ -144,7 +144,7 @@ async def test_kill_9_during_a_render_then_restart(database: str, slack: FakeSla
         db = store.sqlite_utils.Database(str(bot.db))
         store.migrate(db, target=1)
         db.execute(
-            "INSERT INTO ledger (job_id, status, reserved_micros, actual_micros, user, channel, workspace, "
+            'INSERT INTO ledger (job_id, status, reserved_micros, actual_micros, "user", channel, workspace, '
             "platform, day, month, created_at) VALUES ('old', 'delivered', 5, 5, 'U0', 'C1', 'T0001', "
             "'slack', '2026-11-01', '2026-11', '2026-11-01T00:00:00')"
         )
