@@ -1,4 +1,5 @@
-# One image that runs `imagebot run`. Configure with an env file (see README).
+# One image that runs `imagebot run` on port 3000. Configure with an env file: cp .env.example .env, then
+# docker run --env-file .env ... (see README, "Docker").
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \

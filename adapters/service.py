@@ -199,6 +199,10 @@ class Service:
             checks["process"] = "shutting down"
         return checks
 
+    def _database_lost(self) -> bool:
+        """The ledger's connection is known broken (PostgreSQL; read without I/O, so cheap per request)."""
+        return self.core is not None and self.core.ledger.connection_lost
+
     def _app(self) -> web.Application:
         # The adapters' routes are added once they exist (after the database is up): a middleware looks them up
         # first. In Socket Mode there is no /slack/events at all (SPEC §7): Slack's adapter gives no route.
@@ -215,6 +219,13 @@ class Service:
             late = self.routes.get((request.method, request.path))
             if late is None and (request.method, request.path) in coming:
                 return web.json_response({"ok": False, "error": "starting: not ready yet"}, status=503)
+            if late is not None and (request.method, request.path) in coming and self._database_lost():
+                # Nothing could be reserved or recorded: a 503 before bolt sees the event lets a load balancer
+                # send it to another replica (deploy/compose.yaml's nginx does, and then skips this one for a
+                # while); with no other replica, Slack retries events later.
+                return web.json_response(
+                    {"ok": False, "error": "not ready: the database connection was lost"}, status=503
+                )
             return await (late or handler)(request)
 
         app = web.Application(client_max_size=4 * 1024 * 1024, middlewares=[late_routes])

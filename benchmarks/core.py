@@ -144,10 +144,12 @@ def main() -> None:
             [sys.executable, "-m", "benchmarks.core", "--scenario", name, "--jobs", str(args.jobs)],
             capture_output=True,
             text=True,
-            check=True,
             env=os.environ.copy(),
             cwd=ROOT,
         )
+        if out.returncode != 0:  # say what the scenario's process said, not a bare CalledProcessError
+            tail = "\n".join(out.stderr.strip().splitlines()[-15:])
+            sys.exit(f"benchmarks.core: scenario {name} exited with status {out.returncode}:\n{tail}")
         results[name] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{name}: {results[name]}")
     from benchmarks.previews import preview_shares

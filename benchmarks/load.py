@@ -145,7 +145,7 @@ async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
         "benchmarks._sender",
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
@@ -160,7 +160,7 @@ async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
     """The platform library alone, acking and nothing else, in its own process (benchmarks/_ack_floor.py)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
         "benchmarks._ack_floor",
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
@@ -233,7 +233,7 @@ async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: st
 async def _floor(job: dict[str, Any]) -> list[float]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",  # as a module: run by path, benchmarks/queue.py would shadow the standard library's queue
+        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
         "benchmarks._floor",
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,

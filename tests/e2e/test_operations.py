@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -462,6 +463,18 @@ def test_compose_keeps_metrics_private_requires_a_password_and_waits_for_ready_r
     )
     nginx = compose["configs"]["lb_conf"]["content"]
     assert "/metrics" not in nginx and "/readyz" in nginx
+    # Open-source nginx has no active health checks: a replica that answers 503 (starting, its database lost)
+    # or cannot be reached is skipped for a while, and Slack's POST is sent to the other replica instead.
+    servers = re.findall(r"^\s*server (imagebot-\d+):3000 (.*);$", nginx, re.MULTILINE)
+    assert sorted(host for host, _ in servers) == sorted(replicas), servers
+    for _, options in servers:
+        assert "max_fails=1" in options and "fail_timeout=" in options, options
+    events = nginx[nginx.index("location = /slack/events") :]
+    events = events[: events.index("location", 1)]
+    [retry] = re.findall(r"proxy_next_upstream (.*);", events)
+    assert {"error", "timeout", "http_503", "non_idempotent"} <= set(retry.split()), retry
+    # The replicas serve Slack only (HTTP mode), and the file says so.
+    assert text.startswith("# Slack only:"), text[:80]
 
 
 def test_the_dockerfile_health_check_asks_readyz() -> None:
@@ -548,9 +561,17 @@ async def test_postgresql_down_at_start_then_up_becomes_ready_and_a_later_outage
         # A command during the outage fails (and says so); the ledger's connection is now known to be broken.
         await slack.send_slash_command(f"{bot.url}/slack/events", text="in the outage --quality low")
         await bot.until(lambda *_: "lease renewal or recovery failed" in bot.log.read_text(), "/livez")
+        # Known broken: Slack's events get a 503 (a load balancer sends them to another replica), not an ack.
+        status, _, _ = await slack.send_slash_command(
+            f"{bot.url}/slack/events", text="elsewhere --quality low"
+        )
+        assert status == 503
         gate.is_open = True
         await bot.until(lambda status, _: status == 200, timeout=30)  # the probe and the ledger reconnected
-        await slack.send_slash_command(f"{bot.url}/slack/events", text="after it --quality low")
+        status, _, _ = await slack.send_slash_command(
+            f"{bot.url}/slack/events", text="after it --quality low"
+        )
+        assert status == 200
         await slack.wait_for("files.completeUploadExternal", 2, timeout=20)
         gate.shut()  # and stopping while the database is away is still clean
         await bot.until(lambda status, _: status == 503)

@@ -3,7 +3,7 @@ against the offline server (its own process) at a fixed, small latency; every jo
 position every IMAGEBOT_PROGRESS_INTERVAL.
 
 Measured: event-loop lag p50/p99 while the queue drains (target p99 <= 20 ms; positions cost O(waiters) per
-tick, SPEC §10), and every position a job was shown, checked against a reference simulation of the
+tick, docs/rules.md §10), and every position a job was shown, checked against a reference simulation of the
 round-robin rule (each waiting owner in turn, served longest ago first, FIFO within an owner) run from the
 queue as it stood once everyone had arrived. Every call is held at the gate until all 2,000 wait (so no
 later arrival changes the order), then the slots open. Last line: JSON.
