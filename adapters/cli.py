@@ -121,7 +121,7 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
         who, _context = await core.ledger.place(args.job)
         if who.platform in LOCAL_PLATFORMS:
             view = console.ConsoleView(out, out_is_file=as_file)
-            delivered = await core.runner.redeliver(args.job, view)
+            delivered = await core.redeliver(args.job, view)
             return view.exit_code or (0 if delivered else 1)
         rows = await core.ledger.requeue(args.job)
         print(

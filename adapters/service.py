@@ -33,7 +33,7 @@ from bot import metrics
 from bot.app import Core, DatabaseUnavailable, ledger_connection_lost
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.jobs.runner import JobView
+from bot.jobs.job import JobView
 from bot.model.request import Requester
 from bot.store import pg
 from bot.store.ledger import Interrupted

@@ -184,7 +184,9 @@ class Core:
             confirm_micros=settings.confirm_micros,
             offline_latency=settings.offline_latency if settings.offline else None,
         )
-        runner.relax = Relax(runner, renderer.client, window=settings.batch_window, poll=settings.batch_poll)
+        runner.relax = Relax(
+            runner.delivery, renderer.client, window=settings.batch_window, poll=settings.batch_poll
+        )
         runner.relax.start()
         owns = settings.offline and offline_server is not None and offline_server is not given
         core = cls(settings, prices, ledger, renderer, runner, offline_server, owns)
@@ -230,9 +232,13 @@ class Core:
 
     async def _deliver_waiting(self, job_id: str, view: JobView) -> None:
         try:
-            await self.runner.redeliver(job_id, view)
+            await self.redeliver(job_id, view)
         except Exception:
             log.exception("redelivery failed; the images stay in the outbox", extra={"job_id": job_id})
+
+    async def redeliver(self, job_id: str, view: JobView) -> bool:
+        """Deliver a job's images that wait in the outbox through `view` (bot/jobs/delivery.py). False if none wait."""
+        return await self.runner.delivery.redeliver(job_id, view)
 
     async def purge(self, *, force: bool = False) -> actions.Purged | None:
         """Stored requests, input images and results after IMAGEBOT_ACTIONS_DAYS, price checks after an hour
@@ -385,7 +391,7 @@ class Core:
         async def cancel_and_say() -> None:
             said = await self.relax.cancel(job_id)
             if said:
-                await JobRunner._safe(waiting.view.refused(said))
+                await self.runner.delivery.safe(waiting.view.refused(said))
 
         self._tasks.add(task := asyncio.create_task(cancel_and_say()))
         task.add_done_callback(self._tasks.discard)

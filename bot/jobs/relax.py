@@ -40,13 +40,15 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import openai
 
 from bot import texts
 from bot.errors import ProviderError
 from bot.jobs import actions
+from bot.jobs.delivery import Delivery
+from bot.jobs.job import Job, JobView
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.jobs.render import _usage
 from bot.model.images import image_size
@@ -54,9 +56,6 @@ from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.store import jobstate
 from bot.store.ledger import Ledger, Reservation, Settlement, Status, _iso
-
-if TYPE_CHECKING:
-    from bot.jobs.runner import Job, JobRunner, JobView
 
 log = logging.getLogger("imagebot.relax")
 GENERATIONS = "/v1/images/generations"
@@ -147,15 +146,15 @@ class Relax:
 
     def __init__(
         self,
-        runner: JobRunner,
+        delivery: Delivery,
         client: openai.AsyncOpenAI,
         *,
         window: float = 30.0,
         poll: float = 60.0,
     ) -> None:
-        self.runner = runner
-        self.ledger: Ledger = runner.ledger
-        self.prices: PriceTable = runner.prices
+        self.delivery = delivery  # settles and delivers, as for the fast path
+        self.ledger: Ledger = delivery.ledger
+        self.prices: PriceTable = delivery.prices
         self.client = client
         self.window = window
         self.poll = poll
@@ -347,7 +346,7 @@ class Relax:
             if w.cancel_on_arrival:
                 w.cancel_on_arrival = False
                 said = await self._cancel_sent(w)
-                await self.runner._safe(w.view.refused(said))
+                await self.delivery.safe(w.view.refused(said))
 
     async def _find(self, key: str, since: datetime) -> Any | None:
         """The batch whose metadata carries `key` (`GET /v1/batches`, newest first, page by page), or None.
@@ -396,12 +395,12 @@ class Relax:
             w.done.set()
 
     async def _give_up(self, w: _Waiting, why: str) -> None:
-        await self.runner.abandon(w.job, why)
+        await self.delivery.abandon(w.job, why)
         self.live.pop(w.job.id, None)
-        failure = _failure(w.job, why, cancelled=False, offline=self.runner.offline)
+        failure = _failure(w.job, why, cancelled=False, offline=self.delivery.offline)
         w.outcome = failure
         w.done.set()
-        await self.runner._safe(w.view.failed(failure))
+        await self.delivery.safe(w.view.failed(failure))
 
     # -- cancel ---------------------------------------------------------------------------------------
 
@@ -412,14 +411,14 @@ class Relax:
             return None
         if waiting in self.pending:
             self.pending.remove(waiting)
-            await self.runner.abandon(waiting.job, "cancelled before the batch was sent")
+            await self.delivery.abandon(waiting.job, "cancelled before the batch was sent")
             self.live.pop(job_id, None)
             failure = _failure(
-                waiting.job, texts.stopped_job("cancelled"), cancelled=True, offline=self.runner.offline
+                waiting.job, texts.stopped_job("cancelled"), cancelled=True, offline=self.delivery.offline
             )
             waiting.outcome = failure
             waiting.done.set()
-            await self.runner._safe(waiting.view.failed(failure))
+            await self.delivery.safe(waiting.view.failed(failure))
             return "Cancelled before it was sent to the Batch API: nothing was charged."
         if waiting.job.batch_id is None:  # its batch is being sent: act once the Batch API has answered
             await waiting.sent.wait()
@@ -703,13 +702,15 @@ class Relax:
                 f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
                 f"charged {format_usd(charged)} at the batch price and not posted"
             )
-            outcome = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
+            outcome = JobFailure(job.id, job.request, who, text, ids, charged, True, self.delivery.offline)
             made = [i.row_id for i in images if i.row_id is not None]
             if made:  # kept, not posted: `imagebot redeliver` can still post them
                 await self.ledger.undelivered(made, "cancelled while sharing its batch: not posted")
-            await self.runner._safe(view.failed(outcome))
+            await self.delivery.safe(view.failed(outcome))
         else:
-            outcome = await self.runner._finish(job, view, _started(job), outcomes)
+            outcome = await self.delivery.finish(
+                job, view, job.created, outcomes
+            )  # it started when asked for
         if waiting is not None:
             waiting.outcome = outcome
 
@@ -730,8 +731,6 @@ class Relax:
 
     async def _rebuild(self, job_id: str, who: Requester, rows: list[int]) -> tuple[Job, JobView] | None:
         """A job from another life of the bot: its request, its rows, and a view from where it lives."""
-        from bot.jobs.runner import Job
-
         oldest = self.ledger.clock() - timedelta(days=3650)
         record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
         context, each = await self.ledger.run_db(
@@ -772,10 +771,10 @@ class Relax:
             0,
             job.request.count,
             None,
-            self.runner.offline,
+            self.delivery.offline,
             detail,
         )
-        await self.runner._safe(w.view.progress(progress))
+        await self.delivery.safe(w.view.progress(progress))
 
 
 def _refused(exc: openai.APIStatusError) -> bool:
@@ -806,10 +805,3 @@ async def _close_line(
 
 def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFailure:
     return JobFailure(job.id, job.request, job.requester, message, (), 0, cancelled, offline)
-
-
-def _started(job: Job) -> Any:
-    """The job's state as its summary reads it: it started when it was asked for (minutes ago, in relax)."""
-    from bot.jobs.runner import _State
-
-    return _State(started=job.created, waiters=[])

@@ -111,7 +111,7 @@ async def test_a_process_whose_lease_lapsed_calls_nothing_for_rows_another_proce
 
 async def test_a_delivery_that_fails_twice_is_retried_and_delivered_once(make_core: MakeCore) -> None:
     core = await make_core()
-    core.runner.delivery_backoff = 0.01
+    core.runner.delivery.backoff = 0.01
     view = View(fails=2)
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult) and view.tries == 3 and view.delivered == [outcome]
@@ -126,7 +126,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
     make_core: MakeCore,
 ) -> None:
     core = await make_core()
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.01, 0.2
+    core.runner.delivery.backoff, core.runner.delivery.deadline = 0.01, 0.2
     view = View(fails=10**6)
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult) and view.delivered == [] and view.tries >= 2
@@ -141,7 +141,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
 
     # Later (the platform is back): redelivered from the outbox, charged once.
     again = View()
-    assert await core.runner.redeliver(outcome.job_id, again)  # type: ignore[arg-type]
+    assert await core.redeliver(outcome.job_id, again)  # type: ignore[arg-type]
     [result] = again.delivered
     assert result.images[0].data == outcome.images[0].data and result.total_micros == outcome.total_micros
     [row] = rows(core)
@@ -151,7 +151,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
 
 async def test_a_permanent_refusal_is_not_retried(make_core: MakeCore) -> None:
     core = await make_core()
-    core.runner.delivery_backoff = 0.01
+    core.runner.delivery.backoff = 0.01
     view = View(fails=1, retry=False)
     await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert view.tries == 1 and len(view.told) == 1
@@ -163,7 +163,7 @@ async def test_images_a_dead_process_left_in_the_outbox_are_delivered_by_another
 ) -> None:
     """A restart between the render and the upload: the next process serving the platform delivers it."""
     first = await make_core()
-    first.runner.delivery_backoff, first.runner.delivery_deadline = 0.01, 0.05
+    first.runner.delivery.backoff, first.runner.delivery.deadline = 0.01, 0.05
     outcome = await first.runner.submit(first.parse(CHEAP), ALICE, View(fails=10**6))  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult)
     await first.ledger.requeue(outcome.job_id)  # as `imagebot redeliver` does for a chat job
@@ -280,7 +280,7 @@ def test_an_out_folder_gets_files_named_by_job_so_none_overwrites_another(tmp_pa
 
 async def test_an_undelivered_image_is_kept_for_the_buttons_life_then_purged(make_core: MakeCore) -> None:
     core = await make_core(IMAGEBOT_ACTIONS_DAYS="2")
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.01, 0.05
+    core.runner.delivery.backoff, core.runner.delivery.deadline = 0.01, 0.05
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, View(fails=10**6))  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult)
     start = core.ledger.clock()

@@ -98,7 +98,7 @@ async def running_bot(
         await server.start()
     core = await Core.start(settings, offline_server=server)
     # A platform that keeps failing an upload is retried for 10 minutes in production; here for 2 s.
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.05, 2.0
+    core.runner.delivery.backoff, core.runner.delivery.deadline = 0.05, 2.0
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(core, adapters, stop, ready))
