@@ -25,7 +25,7 @@ charged their reservation as possibly billed and their users told; it is never a
 becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). Every ledger status write of
 relax mode is in `_mark_batched` and `_close_line`. A job is delivered once, by the first process serving its platform that claims it (one UPDATE),
 through its live view if the job began in that process, else through a view rebuilt from where the job
-lives (`Relax.view_for`, set by the service).
+lives (`Places.view_for`, bot/jobs/delivery.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,7 +47,7 @@ import openai
 from bot import texts
 from bot.errors import ProviderError
 from bot.jobs import actions
-from bot.jobs.delivery import Delivery
+from bot.jobs.delivery import Delivery, Places
 from bot.jobs.job import Job, JobView
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.jobs.render import _usage
@@ -67,7 +67,6 @@ UNREADABLE = "unreadable"  # our statuses of a batch settled from what is known
 OVERDUE_STATUS = "overdue"
 GONE = {UNREADABLE: "can no longer be read (404)", OVERDUE_STATUS: "is over an hour past its 24 h window"}
 NOTE = "relax, half price"
-ViewFor = Callable[[Requester, dict[str, Any]], "JobView | None"]
 
 
 def with_note(request: ImageRequest) -> ImageRequest:
@@ -148,6 +147,7 @@ class Relax:
         self,
         delivery: Delivery,
         client: openai.AsyncOpenAI,
+        places: Places,
         *,
         window: float = 30.0,
         poll: float = 60.0,
@@ -160,8 +160,7 @@ class Relax:
         self.poll = poll
         self.pending: list[_Waiting] = []
         self.live: dict[str, _Waiting] = {}  # jobs this process submitted, until delivered
-        self.view_for: ViewFor | None = None  # set by the service: a view from where a job lives
-        self.platforms: Collection[str] = ()  # the platforms this process delivers to
+        self.places = places  # the platforms this process delivers to, and a view from where a job lives
         self._sending: set[str] = set()  # keys of the batches whose POST /v1/batches is in flight here
         self._flusher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -719,7 +718,7 @@ class Relax:
             "SELECT platform, workspace, channel, user, discard FROM relax_jobs WHERE job_id=? AND delivered_at IS NULL",
             [job_id],
         ).fetchone()
-        if row is None or (row[0] not in self.platforms and job_id not in self.live):
+        if row is None or (row[0] not in self.places.platforms and job_id not in self.live):
             return None
         claimed = db.conn.execute(
             "UPDATE relax_jobs SET delivered_at=? WHERE job_id=? AND delivered_at IS NULL",
@@ -738,7 +737,7 @@ class Relax:
                 "SELECT context, reserved_micros FROM ledger WHERE job_id=? ORDER BY seq LIMIT 1", [job_id]
             ).fetchone()
         )
-        view = self.view_for(who, json.loads(context or "{}")) if self.view_for is not None else None
+        view = self.places.view_for(who, json.loads(context or "{}"))
         if view is None:
             log.warning("relax job has nowhere to be delivered", extra={"job_id": job_id})
             return None

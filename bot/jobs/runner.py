@@ -11,26 +11,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from bot import metrics, texts
 from bot.concurrency import AcksFirst, Gate
 from bot.errors import ApiRejected, CannotPost, ProviderError, UserError
 from bot.jobs import actions
-from bot.jobs.delivery import DELIVERY_DEADLINE_SECONDS, Delivery
+from bot.jobs.delivery import Delivery
 from bot.jobs.job import Job, JobView, Stopped, failure_charge
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
+from bot.jobs.relax import Relax
 from bot.jobs.render import Attempt, Renderer, RenderResult
 from bot.model.images import preview_jpeg
-from bot.model.pricing import PriceTable, cost_micros
+from bot.model.pricing import cost_micros
 from bot.model.request import ImageRequest, Requester
 from bot.policy import access
 from bot.policy.access import Access, Pace
 from bot.policy.price_check import JobPrices
 from bot.store.ledger import Ledger, Settlement, Status
-
-if TYPE_CHECKING:
-    from bot.jobs.relax import Relax
 
 log = logging.getLogger("imagebot.jobs")
 
@@ -65,38 +62,27 @@ class JobRunner:
         *,
         ledger: Ledger,
         renderer: Renderer,
-        prices: PriceTable,
+        job_prices: JobPrices,
+        delivery: Delivery,
+        relax: Relax,
+        access: Access,
         max_in_flight: int = 8,
         progress_interval: float = 3.0,
-        partial_images: int = 0,
-        preview_max_share: float = 0.05,
         offline_latency: float | None = None,
         confirm_micros: int | None = None,
-        access: Access | None = None,
-        delivery_deadline: float = DELIVERY_DEADLINE_SECONDS,
-        delivery_backoff: float = 1.0,
     ) -> None:
         self.ledger = ledger
-        self.access = access or Access(prices)  # no settings: every channel open, everyone allowed
+        self.access = access
         self.renderer = renderer
-        self.prices = prices
+        self.prices = job_prices.prices
         self.gate = Gate(max_in_flight)
         self.progress_interval = progress_interval
-        self.job_prices = JobPrices(
-            prices, partial_images=partial_images, preview_max_share=preview_max_share
-        )
+        self.job_prices = job_prices
         self.offline_latency = offline_latency
         self.confirm_micros = confirm_micros  # IMAGEBOT_CONFIRM_USD; a channel may set its own
-        self.delivery = Delivery(
-            ledger=ledger,
-            prices=prices,
-            job_prices=self.job_prices,
-            offline=offline_latency is not None,
-            deadline=delivery_deadline,
-            backoff=delivery_backoff,
-        )
+        self.delivery = delivery  # settles and delivers (bot/jobs/delivery.py), as for relax mode
         self.jobs: dict[str, Job] = {}
-        self.relax: Relax | None = None  # relax mode (bot/jobs/relax.py), set by Core.start
+        self.relax = relax  # relax mode (bot/jobs/relax.py): rendered by the Batch API
         self.accepting = True
         self.acks = AcksFirst()
         metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
@@ -198,7 +184,7 @@ class JobRunner:
             await self.ledger.run_db(lambda db: actions.save_job(db, job.id, requester, request, now))
         except Exception:
             log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
-        if request.relax and self.relax is not None:  # rendered by the Batch API, delivered when it is ready
+        if request.relax:  # rendered by the Batch API, delivered when it is ready
             self.jobs.pop(job.id, None)
             waiting = await self.relax.enqueue(job, view)
             if requester.platform in access.LOCAL_PLATFORMS:  # a terminal has no thread to come back to: wait

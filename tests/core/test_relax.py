@@ -8,6 +8,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -120,7 +121,7 @@ async def test_a_restart_while_the_batch_runs_delivers_once_from_the_new_process
         rebuilt.append((who, context, View()))
         return rebuilt[-1][2]
 
-    second.relax.view_for, second.relax.platforms = view_for, {"slack"}
+    second.places.serve({"slack": SimpleNamespace(view_for=view_for)})
     await until(lambda: bool(rebuilt and rebuilt[0][2].delivered))
     await asyncio.sleep(0.4)  # more polls: nothing is delivered twice
     assert len(rebuilt) == 1 and rebuilt[0][0] == ALICE and not view.delivered
