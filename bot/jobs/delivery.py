@@ -94,7 +94,7 @@ class Delivery:
     async def abandon(self, job: Job, reason: str) -> None:
         """Release a prepared job that will never execute (e.g. its progress message could not be posted)."""
         for row in job.reservation.row_ids:
-            await self.close(job, row, Settlement(Status.CANCELLED, 0, error=reason))
+            await self.close(job, row, Settlement(status=Status.CANCELLED, actual_micros=0, error=reason))
 
     async def finish(
         self, job: Job, view: JobView, started: float, outcomes: list[Image | BaseException]
@@ -121,36 +121,43 @@ class Delivery:
                 self._price_of(job.previews),
             )
             result = JobResult(
-                job.id,
-                job.request,
-                job.requester,
-                tuple(images),
-                notes,
-                charged,
-                elapsed,
-                await self.ledger.quota_left_text(job.requester),
-                self.offline,
-                tuple(buttons),
+                job_id=job.id,
+                request=job.request,
+                requester=job.requester,
+                images=tuple(images),
+                failures=notes,
+                total_micros=charged,
+                elapsed=elapsed,
+                quota_left=await self.ledger.quota_left_text(job.requester),
+                offline=self.offline,
+                buttons=tuple(buttons),
             )
             await self.deliver(view, result)
             return result
         if stopped and len(stopped) == len(errors):
             failure = JobFailure(
-                job.id,
-                job.request,
-                job.requester,
-                texts.stopped_job(job.stop_reason),
-                (),
-                charged,
-                True,
-                self.offline,
+                job_id=job.id,
+                request=job.request,
+                requester=job.requester,
+                message=texts.stopped_job(job.stop_reason),
+                request_ids=(),
+                charged_micros=charged,
+                cancelled=True,
+                offline=self.offline,
             )
         else:
             first = next(e for e in errors if not isinstance(e, Stopped))
             ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
             message = first.message if isinstance(first, ProviderError | ApiRejected) else str(first)
             failure = JobFailure(
-                job.id, job.request, job.requester, message, ids, charged, False, self.offline
+                job_id=job.id,
+                request=job.request,
+                requester=job.requester,
+                message=message,
+                request_ids=ids,
+                charged_micros=charged,
+                cancelled=False,
+                offline=self.offline,
             )
         await self.safe(view.failed(failure))
         return failure
@@ -216,7 +223,16 @@ class Delivery:
         oldest = self.ledger.clock() - timedelta(days=3650)
         record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
         images = tuple(
-            Image(bytes(data), w, h, fmt, int(cost), tuple(json.loads(ids or "[]")), (ms or 0) / 1000, row_id)
+            Image(
+                data=bytes(data),
+                width=w,
+                height=h,
+                format=fmt,
+                cost_micros=int(cost),
+                request_ids=tuple(json.loads(ids or "[]")),
+                elapsed=(ms or 0) / 1000,
+                row_id=row_id,
+            )
             for row_id, _seq, data, w, h, fmt, ms, cost, ids, _status in waiting
         )
         request = record.request
@@ -225,16 +241,16 @@ class Delivery:
             job_id, request, [(i.width, i.height) for i in images], self.prices, self._price_of(False)
         )
         result = JobResult(
-            job_id,
-            request,
-            who,
-            images,
-            ("delivered late: the first delivery did not go through",),
-            sum(i.cost_micros for i in images),
-            sum(i.elapsed for i in images),
-            await self.ledger.quota_left_text(who),
-            self.offline,
-            tuple(buttons),
+            job_id=job_id,
+            request=request,
+            requester=who,
+            images=images,
+            failures=("delivered late: the first delivery did not go through",),
+            total_micros=sum(i.cost_micros for i in images),
+            elapsed=sum(i.elapsed for i in images),
+            quota_left=await self.ledger.quota_left_text(who),
+            offline=self.offline,
+            buttons=tuple(buttons),
         )
         metrics.DELIVERIES.labels("redelivered").inc()
         return await self.deliver(view, result)

@@ -113,7 +113,7 @@ class _Waiting:
     claimed: bool = False  # this process took on its delivery (done once its batch's bookkeeping is over)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Line:
     """What came back for one line: status 200 and the images response, or why not."""
 
@@ -385,7 +385,11 @@ class Relax:
         lines = await self._lines(key)
         for job_id, job_lines in lines.items():
             for _, row_id in job_lines:
-                await _close_line(self.ledger, row_id, Settlement(Status.CANCELLED, 0, error=f"relax: {why}"))
+                await _close_line(
+                    self.ledger,
+                    row_id,
+                    Settlement(status=Status.CANCELLED, actual_micros=0, error=f"relax: {why}"),
+                )
             outcomes: list[Image | BaseException] = [ProviderError(why) for _ in job_lines]
             await self._deliver(job_id, [row for _, row in job_lines], outcomes)
         await self._finish_batch(key, "not_created")
@@ -613,10 +617,10 @@ class Relax:
                 ok = response.get("status_code") == 200 and bool(body.get("data"))
                 error = item.get("error") or body.get("error") or {}
                 found[item["custom_id"]] = _Line(
-                    ok,
-                    body,
-                    str(response.get("request_id") or ""),
-                    str(error.get("code") or error.get("message") or ""),
+                    ok=ok,
+                    body=body,
+                    request_id=str(response.get("request_id") or ""),
+                    error=str(error.get("code") or error.get("message") or ""),
                 )
         return found
 
@@ -640,7 +644,11 @@ class Relax:
             await _close_line(
                 self.ledger,
                 row_id,
-                Settlement(Status.POSSIBLY_BILLED, int(reserved), error=f"relax: batch {GONE[status]}"),
+                Settlement(
+                    status=Status.POSSIBLY_BILLED,
+                    actual_micros=int(reserved),
+                    error=f"relax: batch {GONE[status]}",
+                ),
             )
             return ProviderError(why, billed_attempts=1)
         if line is None or not line.ok:
@@ -653,7 +661,9 @@ class Relax:
             )
             ids = (line.request_id,) if line is not None and line.request_id else ()
             await _close_line(
-                self.ledger, row_id, Settlement(Status.FAILED, 0, request_ids=ids, error=f"relax: {why}")
+                self.ledger,
+                row_id,
+                Settlement(status=Status.FAILED, actual_micros=0, request_ids=ids, error=f"relax: {why}"),
             )
             return ProviderError(f"the batch gave no image ({why}); released, nothing charged", ids)
         parsed = openai.types.ImagesResponse.model_validate(line.body)
@@ -666,10 +676,25 @@ class Relax:
         await _close_line(
             self.ledger,
             row_id,
-            Settlement(Status.RENDERED, cost, usage=usage, request_ids=(line.request_id,), attempts=1),
+            Settlement(
+                status=Status.RENDERED,
+                actual_micros=cost,
+                usage=usage,
+                request_ids=(line.request_id,),
+                attempts=1,
+            ),
             keep=({"width": width, "height": height, "format": fmt, "elapsed_ms": 0}, data),  # the outbox
         )
-        return Image(data, width, height, fmt, cost, (line.request_id,), 0.0, row_id)
+        return Image(
+            data=data,
+            width=width,
+            height=height,
+            format=fmt,
+            cost_micros=cost,
+            request_ids=(line.request_id,),
+            elapsed=0.0,
+            row_id=row_id,
+        )
 
     async def _deliver(self, job_id: str, rows: list[int], outcomes: list[Image | BaseException]) -> None:
         """Deliver a settled job once, if this process serves its platform. A job of this process keeps what
@@ -701,7 +726,16 @@ class Relax:
                 f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
                 f"charged {format_usd(charged)} at the batch price and not posted"
             )
-            outcome = JobFailure(job.id, job.request, who, text, ids, charged, True, self.delivery.offline)
+            outcome = JobFailure(
+                job_id=job.id,
+                request=job.request,
+                requester=who,
+                message=text,
+                request_ids=ids,
+                charged_micros=charged,
+                cancelled=True,
+                offline=self.delivery.offline,
+            )
             made = [i.row_id for i in images if i.row_id is not None]
             if made:  # kept, not posted: `imagebot redeliver` can still post them
                 await self.ledger.undelivered(made, "cancelled while sharing its batch: not posted")
@@ -761,17 +795,17 @@ class Relax:
     async def _show(self, w: _Waiting, detail: str) -> None:
         job = w.job
         progress = Progress(
-            job.id,
-            job.request,
-            "relax",
-            0.0,
-            0.0,
-            None,
-            0,
-            job.request.count,
-            None,
-            self.delivery.offline,
-            detail,
+            job_id=job.id,
+            request=job.request,
+            state="relax",
+            elapsed=0.0,
+            expected=0.0,
+            queue_position=None,
+            done=0,
+            count=job.request.count,
+            preview=None,
+            offline=self.delivery.offline,
+            detail=detail,
         )
         await self.delivery.safe(w.view.progress(progress))
 
@@ -803,4 +837,13 @@ async def _close_line(
 
 
 def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFailure:
-    return JobFailure(job.id, job.request, job.requester, message, (), 0, cancelled, offline)
+    return JobFailure(
+        job_id=job.id,
+        request=job.request,
+        requester=job.requester,
+        message=message,
+        request_ids=(),
+        charged_micros=0,
+        cancelled=cancelled,
+        offline=offline,
+    )

@@ -197,16 +197,16 @@ class JobRunner:
         """What to show before the job's first tick: queued if every slot is taken."""
         queued = self.gate.active >= self.gate.limit
         return Progress(
-            job.id,
-            job.request,
-            "queued" if queued else "rendering",
-            0.0,
-            expected_seconds(job.request, self.offline_latency),
-            self.gate.next_position(_owner(job.requester)) if queued else None,
-            0,
-            job.request.count,
-            None,
-            self.offline,
+            job_id=job.id,
+            request=job.request,
+            state="queued" if queued else "rendering",
+            elapsed=0.0,
+            expected=expected_seconds(job.request, self.offline_latency),
+            queue_position=self.gate.next_position(_owner(job.requester)) if queued else None,
+            done=0,
+            count=job.request.count,
+            preview=None,
+            offline=self.offline,
         )
 
     async def shutdown(self, grace: float) -> None:
@@ -275,7 +275,9 @@ class JobRunner:
                         job,
                         job.reservation.row_ids[seq],
                         Settlement(
-                            Status(job.stop_reason), 0, error=f"{job.stop_reason} before the API call"
+                            status=Status(job.stop_reason),
+                            actual_micros=0,
+                            error=f"{job.stop_reason} before the API call",
                         ),
                     )
                 )
@@ -332,8 +334,8 @@ class JobRunner:
                         job,
                         row_id,
                         Settlement(
-                            Status.POSSIBLY_BILLED if charge else Status.FAILED,
-                            charge,
+                            status=Status.POSSIBLY_BILLED if charge else Status.FAILED,
+                            actual_micros=charge,
                             request_ids=exc.request_ids,
                             attempts=exc.attempts,
                             latency_ms=_ms(state.started),
@@ -349,8 +351,8 @@ class JobRunner:
                         job,
                         row_id,
                         Settlement(
-                            Status.POSSIBLY_BILLED if billed else Status.FAILED,
-                            billed * each,
+                            status=Status.POSSIBLY_BILLED if billed else Status.FAILED,
+                            actual_micros=billed * each,
                             request_ids=tuple(a.request_id for a in attempts if a.request_id),
                             attempts=len(attempts),
                             error=repr(exc)[:500],
@@ -380,8 +382,8 @@ class JobRunner:
                     job,
                     row_id,
                     Settlement(
-                        Status(job.stop_reason),
-                        charge,
+                        status=Status(job.stop_reason),
+                        actual_micros=charge,
                         attempts=len(attempts),
                         request_ids=tuple(a.request_id for a in attempts if a.request_id),
                         error=note,
@@ -402,8 +404,8 @@ class JobRunner:
                 job,
                 row_id,
                 Settlement(
-                    Status.RENDERED,
-                    cost,
+                    status=Status.RENDERED,
+                    actual_micros=cost,
                     usage=result.usage,
                     request_ids=result.request_ids,
                     attempts=result.attempts,
@@ -424,14 +426,14 @@ class JobRunner:
         state.done += 1
         metrics.RENDER_SECONDS.observe(result.elapsed)
         return Image(
-            result.data,
-            result.width,
-            result.height,
-            result.format,
-            cost,
-            result.request_ids,
-            result.elapsed,
-            row_id,
+            data=result.data,
+            width=result.width,
+            height=result.height,
+            format=result.format,
+            cost_micros=cost,
+            request_ids=result.request_ids,
+            elapsed=result.elapsed,
+            row_id=row_id,
         )
 
     async def _tick(self, job: Job, view: JobView, state: _State) -> None:
@@ -443,16 +445,16 @@ class JobRunner:
             await self.delivery.safe(
                 view.progress(
                     Progress(
-                        job.id,
-                        job.request,
-                        "queued" if queued else "rendering",
-                        time.monotonic() - state.started,
-                        expected,
-                        min(positions) if positions else None,
-                        state.done,
-                        job.request.count,
-                        preview,
-                        self.offline,
+                        job_id=job.id,
+                        request=job.request,
+                        state="queued" if queued else "rendering",
+                        elapsed=time.monotonic() - state.started,
+                        expected=expected,
+                        queue_position=min(positions) if positions else None,
+                        done=state.done,
+                        count=job.request.count,
+                        preview=preview,
+                        offline=self.offline,
                     )
                 )
             )

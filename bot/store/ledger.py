@@ -74,7 +74,7 @@ class Reservation:
         return self.each_micros * len(self.row_ids)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settlement:
     """How one row closes: its status, what it is charged, and what the API said (tokens, request ids)."""
 
@@ -763,7 +763,9 @@ class Ledger:
                 else "interrupted: the process running it stopped before the API call; nothing charged"
             )
             if not self.close_row_sync(
-                row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending"), fenced=False
+                row_id,
+                Settlement(status=Status.INTERRUPTED, actual_micros=charged, error=note, notice="pending"),
+                fenced=False,
             ):
                 continue  # its owner settled it meanwhile
             old = jobs.get(job_id)

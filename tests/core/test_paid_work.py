@@ -213,7 +213,7 @@ async def test_a_settlement_above_its_reservation_is_charged_in_full_and_flagged
     core = await make_core()
     [row_id] = (await core.ledger.reserve(ALICE, core.parse(CHEAP), 5_000)).row_ids
     assert await core.ledger.start(row_id)
-    assert await core.ledger.close_row(row_id, Settlement(Status.RENDERED, 7_500))
+    assert await core.ledger.close_row(row_id, Settlement(status=Status.RENDERED, actual_micros=7_500))
     [row] = rows(core)
     assert (row["actual_micros"], row["overage"]) == (7_500, 1)
     assert user_day(core) == (7_500, 1)
@@ -302,7 +302,9 @@ async def test_redeliver_leaves_an_image_its_live_process_is_delivering_alone(ma
     [row_id] = reservation.row_ids
     assert await core.ledger.start(row_id)
     image = {"width": 1024, "height": 1024, "format": "jpeg", "elapsed_ms": 10}
-    assert await core.ledger.close_row(row_id, Settlement(Status.RENDERED, 5_000), keep=(image, b"jpeg"))
+    assert await core.ledger.close_row(
+        row_id, Settlement(status=Status.RENDERED, actual_micros=5_000), keep=(image, b"jpeg")
+    )
     assert await core.ledger.requeue(reservation.job_id) == []
     [row] = rows(core)
     assert (row["status"], row["owner"]) == ("rendered", core.ledger.instance_id)

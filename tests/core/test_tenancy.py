@@ -49,7 +49,7 @@ async def spend(core: Core, who: Requester, micros: int, count: int = 1) -> None
     reservation = await core.ledger.reserve(who, request(count), micros)
     for row in reservation.row_ids:
         await core.ledger.start(row)
-        await core.ledger.close_row(row, Settlement(Status.RENDERED, micros))
+        await core.ledger.close_row(row, Settlement(status=Status.RENDERED, actual_micros=micros))
 
 
 # --- limits: a tenant admin's overrides stay in their tenant -----------------------------------------
@@ -461,7 +461,9 @@ async def test_a_schema_4_file_migrates_limits_per_tenant_and_rebuilds_the_count
         with pytest.raises(QuotaExceeded, match="this workspace's monthly spend"):
             await ledger.reserve(Requester("discord", "G1", "99", "42"), request(1), 50_001)
         await ledger.start(reservation.row_ids[0])
-        await ledger.close_row(reservation.row_ids[0], Settlement(Status.RENDERED, 3_000))
+        await ledger.close_row(
+            reservation.row_ids[0], Settlement(status=Status.RENDERED, actual_micros=3_000)
+        )
         expected = _expected_counters(
             [*OLD_ROWS, ("slack", "T1", "C1", "U1", "succeeded", 4_000, 3_000, "2026-04-15")]
         )
@@ -562,7 +564,9 @@ def test_random_jobs_across_tenants_never_pass_a_tenant_scoped_limit(ops: list[t
                         }[status]
                         if status in ("rendered", "possibly_billed"):  # only a running row called the API
                             ledger.start_sync(row["id"])
-                        assert ledger.close_row_sync(row["id"], Settlement(Status(status), actual))
+                        assert ledger.close_row_sync(
+                            row["id"], Settlement(status=Status(status), actual_micros=actual)
+                        )
                 elif op[0] == "limit":
                     _, (platform, workspace), (scope, ident), column, value = op
                     tenant = quota.Tenant(platform, workspace)
