@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from bot import metrics, texts
+from bot import metrics, platforms, texts
 from bot.concurrency import AcksFirst, Gate
 from bot.errors import ApiRejected, CannotPost, ProviderError, UserError
 from bot.jobs import actions
@@ -187,7 +187,7 @@ class JobRunner:
         if request.relax:  # rendered by the Batch API, delivered when it is ready
             self.jobs.pop(job.id, None)
             waiting = await self.relax.enqueue(job, view)
-            if requester.platform in access.LOCAL_PLATFORMS:  # a terminal has no thread to come back to: wait
+            if platforms.is_local(requester.platform):  # a terminal has no thread to come back to: wait
                 await waiting.done.wait()
                 return waiting.outcome
             return None

@@ -18,13 +18,13 @@ Settings live in the database: a channel's in `channel_settings`, the tenant's o
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
 import sqlite_utils
 
+from bot import platforms
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
 from bot.model.pricing import PriceTable, format_usd
@@ -32,13 +32,9 @@ from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
 from bot.policy.quota import Tenant
 
-LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
 MODERATION = ("auto", "low")
 EVERYONE = "everyone"
-# `<@&123>` (Discord role), `<!subteam^S123|@designers>` (Slack user group), `everyone`.
-_ROLE = re.compile(r"^<@&(?P<id>\d+)>$")
-_GROUP = re.compile(r"^<!subteam\^(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
 CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
     "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
@@ -228,25 +224,13 @@ def parse_tenant_setting(text: str) -> tuple[str, str | None]:
     return name, str(int(value))
 
 
-def parse_group(text: str, platform: str) -> str:
-    """The target of `allow` / `deny`: a Discord role `<@&1>` -> `role:1`, a Slack user group
-    `<!subteam^S1|@x>` -> `group:S1`, `everyone` -> `everyone`. UserError naming the forms otherwise."""
-    word = text.strip()
-    if word.lower() in ("everyone", "@everyone", "<!everyone>"):
-        return EVERYONE
-    role, group = _ROLE.match(word), _GROUP.match(word)
-    if role and platform != "slack":
-        return f"role:{role['id']}"
-    if group and platform != "discord":
-        return f"group:{group['id']}"
-    kind = "a role (@role)" if platform == "discord" else "a user group (@group)"
-    raise UserError(
-        f"{word!r} is not {kind} or 'everyone'; pick it from the autocomplete so a mention is sent "
-        "(a person is blocked with /imagine-admin block @user instead)"
-    )
+def entry(kind: str, ident: str) -> str:
+    """How an allow/deny target is stored: a role -> `role:1`, a user group -> `group:S1`, everyone -> `everyone`
+    (the adapter read it from its platform's mention: adapters/mentions.py)."""
+    return EVERYONE if kind == EVERYONE else f"{kind}:{ident}"
 
 
-def shown_group(entry: str, platform: str) -> str:
+def shown_group(entry: str) -> str:
     """How a stored entry reads on its platform (a mention there)."""
     kind, _, ident = entry.partition(":")
     if kind == "role":
@@ -272,7 +256,7 @@ class Access:
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
         platform; `slack:U1` / `discord:42` only on that platform. Whoever runs the console or the CLI is one."""
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return True
         return who.user in self.admins or f"{who.platform}:{who.user}" in self.admins
 
@@ -284,7 +268,7 @@ class Access:
 
     def check_place(self, who: Requester, rules: Rules) -> None:
         """IMAGEBOT_CHANNELS, then the channel's `off`."""
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return
         if self.channels is not None and not (
             who.channel in self.channels or f"{who.platform}:{who.channel}" in self.channels
@@ -301,7 +285,7 @@ class Access:
 
     async def check_person(self, who: Requester, rules: Rules, standing: Standing | None) -> None:
         """Blocked users, then the allow/deny entries (which admins pass)."""
-        if who.platform in LOCAL_PLATFORMS or self.is_operator(who):
+        if self.is_operator(who):  # the console and the CLI are local: operators
             return
         if rules.blocked(who.user):
             raise UserError("You are blocked from using imagebot here; ask an admin. Nothing was charged.")
@@ -336,7 +320,7 @@ class Access:
 
     @staticmethod
     def _who_text(who: Requester, entries: dict[str, str], why: str) -> str:
-        allowed = [shown_group(e, who.platform) for e, v in entries.items() if v == "allow" and e != EVERYONE]
+        allowed = [shown_group(e) for e, v in entries.items() if v == "allow" and e != EVERYONE]
         if allowed:
             return (
                 f"Only members of {', '.join(allowed)} (and admins) may render here; {why}. "
@@ -411,7 +395,7 @@ class Access:
         Raises UserError, privately for the requester."""
         self.check_place(who, db_rules)
         await self.check_person(who, db_rules, standing)
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return request, None
         return self.within(request, db_rules), self.pace(db_rules)
 
@@ -427,8 +411,8 @@ def describe(
             f"- channels (IMAGEBOT_CHANNELS, set by operators): only {', '.join(sorted(access.channels))}"
         )
     entries = Rules({}, own).entries()
-    allowed = [shown_group(e, platform) for e, v in entries.items() if v == "allow"]
-    denied = [shown_group(e, platform) for e, v in entries.items() if v == "deny"]
+    allowed = [shown_group(e) for e, v in entries.items() if v == "allow"]
+    denied = [shown_group(e) for e, v in entries.items() if v == "deny"]
     if not entries:
         lines.append("- who may render: everyone")
     else:
@@ -460,7 +444,7 @@ def describe(
 
 
 def _user(user: str, platform: str) -> str:
-    return f"<@{user}>" if platform in ("slack", "discord") else user
+    return f"<@{user}>" if platforms.of(platform).mentions else user
 
 
 def shown_setting(name: str, value: str | None) -> str:
