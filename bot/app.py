@@ -28,7 +28,7 @@ from bot.model.images import MAX_FILE_BYTES, ImageInput, load_image, too_large
 from bot.model.pricing import PriceTable, load_prices
 from bot.model.request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
 from bot.offline import OfflineImageServer
-from bot.policy import access
+from bot.policy import access, clicks
 from bot.policy.access import Access, Standing
 from bot.policy.price_check import JobPrices
 from bot.store.ledger import Ledger
@@ -363,24 +363,25 @@ class Core:
         instruction: str = "",
         platform_admin: bool = False,
     ) -> None:
-        """A result button (`Button.key`) pressed by `who`: a new job of theirs (their quota, the price check),
-        or Delete (the requester or an admin). Refusals (expired, another's image, the access rules) go to
+        """A result button (`Button.key`) pressed by `who`, by the rules of a click (bot/policy/clicks.py): a new
+        job of theirs (their quota, the price check), or Delete (the requester or an admin). Refusals (expired, another's image, the access rules) go to
         `view.refused`."""
         try:
             kind, job_id, index = actions.parse_key(key)
-            if not (kind == actions.Kind.DELETE and self.is_admin(who, platform_admin)):
+            deleting, admin = kind == actions.Kind.DELETE, self.is_admin(who, platform_admin)
+            if clicks.access_applies(deleting=deleting, admin=admin):
                 await self.may_render(who, view)
             oldest = self.ledger.clock() - timedelta(days=self.settings.actions_days)
             record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
-            if (record.who.platform, record.who.workspace) != (who.platform, who.workspace):
+            if not clicks.same_tenant(record.who, who):
                 raise UserError(texts.EXPIRED_BUTTON)
             metrics.ACTIONS.labels(who.platform, str(kind)).inc()
             image = record.images[index - 1] if 0 < index <= len(record.images) else None
             if kind != actions.Kind.REROLL and image is None:
                 raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
-            if kind == actions.Kind.DELETE:
+            if deleting:
                 assert image is not None
-                if record.who.user != who.user and not self.is_admin(who, platform_admin):
+                if not clicks.may_delete(record.who, who, admin=admin):
                     raise UserError(texts.DELETE_REFUSED)
                 await store.delete(image["where"])
                 return

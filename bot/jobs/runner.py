@@ -24,8 +24,9 @@ from bot.jobs.render import Attempt, Renderer, RenderResult
 from bot.model.images import preview_jpeg
 from bot.model.pricing import cost_micros
 from bot.model.request import ImageRequest, Requester
-from bot.policy import access
-from bot.policy.access import Access, Pace
+from bot.policy import access, price_check
+from bot.policy.access import Access
+from bot.policy.pace import Pace
 from bot.policy.price_check import JobPrices
 from bot.store.ledger import Ledger, Settlement, Status
 
@@ -151,12 +152,14 @@ class JobRunner:
             await self.delivery.safe(view.refused(str(exc)))
             return None
         if view.confirms and not confirmed:
-            threshold = access.confirm_threshold(rules, self.confirm_micros)
             estimate = self.reservation(request, view.previews)
-            if threshold is not None and estimate > threshold:
+            threshold = price_check.crossed(
+                estimate, price_check.confirm_threshold(rules, self.confirm_micros)
+            )
+            if threshold is not None:
                 now = self.ledger.clock()
                 admit = lambda: self.ledger.check_sync(requester, request, estimate, pace)  # noqa: E731
-                try:  # the job's own pace and quota checks first, reserving nothing; at most 3 pending
+                try:  # the job's own pace and quota checks first, reserving nothing; at most MAX_PENDING waiting
                     token = await self.ledger.run_db(
                         lambda db: actions.save_confirmation(db, requester, request, now, admit)
                     )

@@ -9,7 +9,7 @@ that only the requester sees, raised before anything is reserved or called. In o
 3. the request: the channel's ceilings (`max_size`, `max_quality`, `models`); `--size auto` and
    `--quality auto` are clamped to a ceiling rather than refused; the channel's `moderation` is set;
 4. the pace: `cooldown` and `max_jobs`, which the ledger checks inside the reservation's transaction
-   (`Pace`), so two commands at once cannot both slip under them.
+   (bot/policy/pace.py), so two commands at once cannot both slip under them.
 The console and the CLI are local (whoever runs them holds the database): no access rule applies there.
 
 Settings live in the database: a channel's in `channel_settings`, the tenant's own (`who:<entry>`,
@@ -30,6 +30,7 @@ from bot.errors import UserError
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
+from bot.policy.pace import Pace
 from bot.policy.quota import Tenant
 
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
@@ -63,14 +64,6 @@ class Standing(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Pace:
-    """How often one user may start jobs, checked by the ledger when it reserves (bot/store/ledger.py)."""
-
-    cooldown: float  # seconds between one user's jobs
-    max_jobs: int  # one user's jobs running or queued at once
-
-
-@dataclass(frozen=True, slots=True)
 class Rules:
     """Everything that applies to one requester's channel and tenant, read in one go."""
 
@@ -92,14 +85,6 @@ def load(db: sqlite_utils.Database, who: Requester) -> Rules:
     ).fetchall()
     own = db.conn.execute("SELECT name, value FROM tenant_settings WHERE tenant=?", [tenant]).fetchall()
     return Rules(dict(channel), dict(own))
-
-
-def confirm_threshold(rules: Rules, default: int | None) -> int | None:
-    """The price above which a render asks first: the channel's own (`confirm=`), else the default."""
-    value = rules.channel.get("confirm")
-    if value is None:
-        return default
-    return None if value == "off" else int(value)
 
 
 def set_tenant_settings(
@@ -262,8 +247,8 @@ class Access:
 
     def pace(self, rules: Rules) -> Pace:
         return Pace(
-            float(rules.tenant.get("cooldown", self.cooldown)),
-            int(rules.tenant.get("max_jobs", self.max_jobs)),
+            cooldown=float(rules.tenant.get("cooldown", self.cooldown)),
+            max_jobs=int(rules.tenant.get("max_jobs", self.max_jobs)),
         )
 
     def check_place(self, who: Requester, rules: Rules) -> None:

@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import math
 import os
 import random
 import socket
@@ -25,9 +24,9 @@ import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import sqlite_utils
 
@@ -37,7 +36,6 @@ from bot.errors import PaceExceeded, UserError
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
 from bot.policy import quota
-from bot.policy.access import Pace
 from bot.store import jobstate, pg
 from bot.store.jobstate import OPEN, PAID, Status
 from bot.store.schema import connect, immediate
@@ -138,13 +136,21 @@ def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
     }
 
 
-def _too_many(open_jobs: int, pace: Pace) -> PaceExceeded:
-    """The max_jobs refusal: the user has `open_jobs` jobs open."""
-    return PaceExceeded(
-        f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-        f"person may have at once here (max_jobs={pace.max_jobs}); you can start another as soon as "
-        "one finishes. Nothing was charged."
-    )
+class Pace(Protocol):
+    """The pace rule as the ledger applies it (bot/policy/pace.py decides and words it; the counting is here)."""
+
+    @property
+    def max_jobs(self) -> int: ...
+
+    def since(self, now: datetime) -> datetime | None: ...
+
+    def check_open(self, open_jobs: int) -> None: ...
+
+    def check_recent(self, last: str | None, now: datetime, tz: tzinfo) -> None: ...
+
+    def too_many(self, open_jobs: int) -> PaceExceeded: ...
+
+    def too_soon(self, last: str, now: datetime, tz: tzinfo) -> PaceExceeded: ...
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -390,9 +396,7 @@ class Ledger:
                 tenant.key,
                 self._defaults(),
                 pace.max_jobs if pace is not None else None,
-                _iso(now - timedelta(seconds=pace.cooldown))
-                if pace is not None and pace.cooldown > 0
-                else None,
+                _iso(since) if pace is not None and (since := pace.since(now)) is not None else None,
             ],
         ).fetchone()
         if refused is not None:
@@ -444,9 +448,9 @@ class Ledger:
     ) -> None:
         """Raise the refusal PostgreSQL returned as data, worded as the SQLite path words it."""
         if refused == "max_jobs" and pace is not None and used is not None:
-            raise _too_many(int(used), pace)
+            raise pace.too_many(int(used))
         if refused == "cooldown" and pace is not None and last_at is not None:
-            raise self._too_soon(last_at, pace, now)
+            raise pace.too_soon(last_at, now, self.timezone)
         quota.refuse(
             refused,
             int(used or 0),
@@ -498,26 +502,15 @@ class Ledger:
             "AND status IN ('reserved', 'running', 'batched')",
             mine,
         ).fetchone()
-        if open_jobs >= pace.max_jobs:
-            raise _too_many(open_jobs, pace)
-        if pace.cooldown <= 0:
+        pace.check_open(open_jobs)
+        since = pace.since(now)
+        if since is None:
             return
         (last,) = self.db.conn.execute(
             "SELECT MAX(created_at) FROM ledger WHERE platform=? AND workspace=? AND user=? AND created_at > ?",
-            [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
+            [*mine, _iso(since)],
         ).fetchone()
-        if last is not None:
-            raise self._too_soon(last, pace, now)
-
-    def _too_soon(self, last: str, pace: Pace, now: datetime) -> PaceExceeded:
-        """The cooldown's refusal: the user's last job started at `last`."""
-        wait = pace.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-        again = now + timedelta(seconds=max(wait, 0))
-        return PaceExceeded(
-            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-            f"{again.astimezone(self.timezone).strftime('%H:%M:%S %Z')}): one job per user every "
-            f"{pace.cooldown:g} s (cooldown) here. Nothing was charged."
-        )
+        pace.check_recent(last, now, self.timezone)
 
     async def reserve(
         self,

@@ -27,7 +27,7 @@ from bot.model.pricing import format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import parse_size
 from bot.policy import quota
-from bot.policy.access import Pace
+from bot.policy.pace import Pace
 from bot.store import pg
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
