@@ -45,8 +45,8 @@ class Destination(Protocol):
 
 
 class Places:
-    """The platforms this process delivers to: none until its adapters are up (`serve`), none again after
-    `leave`. Built before the core (the adapters need the core, the core needs to reach them)."""
+    """The platforms this process delivers to: none until its adapters are up (`serve`). Built with the core
+    (the adapters need the core, the core needs to reach them)."""
 
     def __init__(self) -> None:
         self._destinations: Mapping[str, Destination] = {}
@@ -54,9 +54,6 @@ class Places:
     def serve(self, destinations: Mapping[str, Destination]) -> None:
         """The adapters are started: jobs of their platforms are delivered and their users told from now on."""
         self._destinations = dict(destinations)
-
-    def leave(self) -> None:
-        self._destinations = {}
 
     @property
     def platforms(self) -> frozenset[str]:
