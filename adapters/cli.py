@@ -31,6 +31,8 @@ from bot.policy import quota
 from bot.policy.quota import Tenant
 from bot.store.ledger import Ledger
 
+from .mentions import read_admin
+
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
 
 
@@ -103,7 +105,7 @@ def cmd_imagine(argv: Sequence[str]) -> int:
 def cmd_redeliver(args: argparse.Namespace) -> int:
     """`imagebot redeliver JOB`: a paid image that could not be posted (it waits in the outbox) is delivered
     again: a terminal's job into --out, a chat job by the running bot that serves its platform."""
-    from bot.policy.access import LOCAL_PLATFORMS
+    from bot import platforms
 
     from . import console
 
@@ -122,9 +124,9 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
             )
             return 2
         who, _context = await core.ledger.place(args.job)
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             view = console.ConsoleView(out, out_is_file=as_file)
-            delivered = await core.runner.redeliver(args.job, view)
+            delivered = await core.redeliver(args.job, view)
             return view.exit_code or (0 if delivered else 1)
         rows = await core.ledger.requeue(args.job)
         print(
@@ -340,7 +342,8 @@ def cmd_settings(args: argparse.Namespace) -> int:
             tenant = Tenant.parse(args.tenant)
             who = Requester(tenant.platform, tenant.workspace, args.channel or "", "cli")
             said = " ".join(settings_words(words, tenant.platform))
-            reply = await commands.admin(core, who, said, platform_admin=True, operator=True)
+            request = read_admin(said, who.platform)
+            reply = await commands.admin(core, who, request, platform_admin=True, operator=True)
         except UserError as exc:
             print(exc, file=sys.stderr)
             return 2

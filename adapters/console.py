@@ -17,6 +17,8 @@ from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.pricing import format_usd
 from bot.model.request import ImageRequest, Requester, split_flags
 
+from .mentions import read_admin
+
 log = logging.getLogger("imagebot.console")
 TERMINAL_TICK = 0.5  # a terminal line costs nothing to redraw, unlike a chat message
 
@@ -237,7 +239,7 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
         if command == "/imagine-quota":
             return (await commands.my_quota(core, who)).text
         if command == "/imagine-admin":
-            return (await commands.admin(core, who, rest, platform_admin=True)).text
+            return (await commands.admin(core, who, read_admin(rest, who.platform), platform_admin=True)).text
         if command in ACTION_COMMANDS:
             await act(core, ACTION_COMMANDS[command], rest, who, out_dir)
             return None

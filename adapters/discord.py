@@ -40,6 +40,7 @@ from discord.utils import MISSING
 
 from bot import commands, texts
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
+from bot.commands import AdminRequest, Target
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
 from bot.jobs import actions
@@ -400,15 +401,23 @@ class AdminCommands(
     ) -> None:
         if user is not None and channel is not None:
             raise UserError("Limits are per user, channel or server: give a user or a channel, not both.")
-        target = f"<@{user.id}>" if user else f"<#{channel.id}>" if channel else "workspace"
-        await self.adapter.admin(interaction, f"quota {target} {limits}")
+        target = (
+            _user(user)
+            if user
+            else _channel(channel)
+            if channel
+            else Target(kind="workspace", shown="workspace")
+        )
+        await self.adapter.admin(
+            interaction, AdminRequest(verb="quota", target=target, words=tuple(limits.split()))
+        )
 
     @app_commands.command(description="Usage and spend across the whole server")
     @app_commands.describe(days="How many days back (default 30)")
     async def report(
         self, interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
     ) -> None:
-        await self.adapter.admin(interaction, f"report --all --days {days}")
+        await self.adapter.admin(interaction, AdminRequest(verb="report", days=days))
 
     @app_commands.command(description="Turn imagebot on or off in a channel, or set the channel's ceilings")
     @app_commands.describe(
@@ -416,7 +425,8 @@ class AdminCommands(
         settings="on, off, max_size=2k max_quality=medium models=NAME moderation=low confirm=USD (=default clears)",
     )
     async def channel(self, interaction: discord.Interaction[Any], channel: Channel, settings: str) -> None:
-        await self.adapter.admin(interaction, f"channel <#{channel.id}> {settings}")
+        request = AdminRequest(verb="channel", target=_channel(channel), words=tuple(settings.split()))
+        await self.adapter.admin(interaction, request)
 
     @app_commands.command(description="Let a role (or everyone) render; then only they and admins may")
     @app_commands.describe(role="The role to allow", everyone="Allow everyone (instead of a role)")
@@ -426,7 +436,9 @@ class AdminCommands(
         role: discord.Role | None = None,
         everyone: bool | None = None,
     ) -> None:
-        await self.adapter.admin(interaction, f"allow {self._group('allow', role, everyone)}")
+        await self.adapter.admin(
+            interaction, AdminRequest(verb="allow", target=self._group("allow", role, everyone))
+        )
 
     @app_commands.command(description="Stop a role (or everyone) from rendering; admins still may")
     @app_commands.describe(role="The role to deny", everyone="Deny everyone (instead of a role)")
@@ -436,39 +448,52 @@ class AdminCommands(
         role: discord.Role | None = None,
         everyone: bool | None = None,
     ) -> None:
-        await self.adapter.admin(interaction, f"deny {self._group('deny', role, everyone)}")
+        await self.adapter.admin(
+            interaction, AdminRequest(verb="deny", target=self._group("deny", role, everyone))
+        )
 
     @app_commands.command(
         description="Refuse a user everywhere in this server: commands, replies and buttons"
     )
     @app_commands.describe(user="The user to block")
     async def block(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
-        await self.adapter.admin(interaction, f"block <@{user.id}>")
+        await self.adapter.admin(interaction, AdminRequest(verb="block", target=_user(user)))
 
     @app_commands.command(description="Let a blocked user render again")
     @app_commands.describe(user="The user to unblock")
     async def unblock(self, interaction: discord.Interaction[Any], user: discord.User) -> None:
-        await self.adapter.admin(interaction, f"unblock <@{user.id}>")
+        await self.adapter.admin(interaction, AdminRequest(verb="unblock", target=_user(user)))
 
     @app_commands.command(description="Show every setting of this server; set its pace")
     @app_commands.describe(
         text="cooldown=SECONDS max_jobs=N (each =default to clear); leave out to only show"
     )
     async def settings(self, interaction: discord.Interaction[Any], text: str = "") -> None:
-        await self.adapter.admin(interaction, f"settings {text}")
+        await self.adapter.admin(interaction, AdminRequest(verb="settings", words=tuple(text.split())))
 
     @app_commands.command(name="help", description="What each /imagine-admin command does")
     async def help_(self, interaction: discord.Interaction[Any]) -> None:
-        await self.adapter.admin(interaction, "help")
+        await self.adapter.admin(interaction, AdminRequest(verb="help"))
 
     @staticmethod
-    def _group(verb: str, role: discord.Role | None, everyone: bool | None) -> str:
+    def _group(verb: str, role: discord.Role | None, everyone: bool | None) -> Target:
         """The target of allow/deny: exactly one of a role and everyone (the @everyone role counts as that)."""
         if (role is not None) == bool(everyone):  # both, or neither
             raise UserError(
                 f"/imagine-admin {verb}: pick a role, or set everyone to True (exactly one of them)."
             )
-        return "everyone" if role is None or role.is_default() else f"<@&{role.id}>"
+        if role is None or role.is_default():
+            return Target(kind="everyone", shown="everyone")
+        return Target(kind="role", id=str(role.id), shown=f"<@&{role.id}>")
+
+
+def _user(user: discord.abc.Snowflake) -> Target:
+    """A typed user option as the core's target (no mention text to read back)."""
+    return Target(kind="user", id=str(user.id), shown=f"<@{user.id}>")
+
+
+def _channel(channel: discord.abc.Snowflake) -> Target:
+    return Target(kind="channel", id=str(channel.id), shown=f"<#{channel.id}>")
 
 
 class _Client(discord.Client):
@@ -1187,8 +1212,8 @@ class DiscordAdapter:
             clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
         )
 
-    async def admin(self, interaction: discord.Interaction[Any], args: str) -> None:
-        """`/imagine-admin <args>` (bot/commands.py's text grammar): answered privately with "thinking" at once,
+    async def admin(self, interaction: discord.Interaction[Any], request: AdminRequest) -> None:
+        """`/imagine-admin <verb>` with its typed options (bot/commands.py `AdminRequest`): answered privately with "thinking" at once,
         then the core decides, and only the caller sees its reply."""
         async with self.core.acking():
             await interaction.response.defer(thinking=True, ephemeral=True)
@@ -1196,7 +1221,7 @@ class DiscordAdapter:
         # Default permissions hide the command, but a server can override them: check again here.
         platform_admin = bool(interaction.permissions.manage_guild)
         await self._reply(
-            interaction, lambda who: commands.admin(self.core, who, args, platform_admin=platform_admin)
+            interaction, lambda who: commands.admin(self.core, who, request, platform_admin=platform_admin)
         )
 
     async def _tell_privately(

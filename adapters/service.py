@@ -32,7 +32,7 @@ from bot import metrics
 from bot.app import Core, DatabaseUnavailable
 from bot.config import Settings
 from bot.errors import ConfigError
-from bot.jobs.runner import JobView
+from bot.jobs.job import JobView
 from bot.model.request import Requester
 from bot.store.ledger import Interrupted
 from bot.store.probe import Probe
@@ -309,17 +309,7 @@ async def serve(
     lag_task: asyncio.Task[None] | None = None
     try:
         if await _start_adapters(adapters, service.app, stop):
-
-            async def tell(job: Interrupted) -> None:
-                await adapters[job.platform].tell_interrupted(job)
-
-            core.platforms, core.notify = frozenset(adapters), tell
-
-            def view_for(who: Requester, context: dict[str, Any]) -> JobView | None:
-                adapter = adapters.get(who.platform)
-                return adapter.view_for(who, context) if adapter is not None else None
-
-            core.relax.view_for, core.relax.platforms = view_for, frozenset(adapters)
+            core.places.serve(adapters)  # the core delivers to them and tells their users from now on
             await core.sweep()  # and again every few seconds, for as long as we run
             probe = metrics.LoopLagProbe()
             metrics.LOOP_LAG_P99.set_function(probe.p99)

@@ -40,6 +40,7 @@ from bot.model.request import Requester, clip
 from bot.policy.access import MembershipUnknown
 from bot.store.ledger import Interrupted
 
+from .mentions import read_admin
 from .service import backoff
 
 log = logging.getLogger("imagebot.slack")
@@ -894,7 +895,8 @@ class SlackAdapter:
 
     async def _admin(self, asker: Privately, args: str) -> None:
         platform_admin = await self._is_workspace_admin(asker.who)
-        await self._reply(asker, commands.admin(self.core, asker.who, args, platform_admin=platform_admin))
+        request = read_admin(args, asker.who.platform)
+        await self._reply(asker, commands.admin(self.core, asker.who, request, platform_admin=platform_admin))
 
     async def _reply(self, asker: Privately, make: Awaitable[commands.Reply]) -> None:
         reply = await make

@@ -77,7 +77,11 @@ def run_jobs(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, A
             ledger.close_row_sync(
                 reservation.row_ids[0],
                 Settlement(
-                    Status.RENDERED, ACTUAL, attempts=1, request_ids=(f"req_{worker}_{i}",), latency_ms=1000
+                    status=Status.RENDERED,
+                    actual_micros=ACTUAL,
+                    attempts=1,
+                    request_ids=(f"req_{worker}_{i}",),
+                    latency_ms=1000,
                 ),
             )
             stats["jobs"] += 1
@@ -110,7 +114,9 @@ def phases(ledger: Ledger, worker: int, first: int, count: int) -> dict[str, flo
         ledger.start_sync(reservation.row_ids[0])
         spent["start"] += round_trips(ledger) - before
         before = round_trips(ledger)
-        ledger.close_row_sync(reservation.row_ids[0], Settlement(Status.RENDERED, ACTUAL, attempts=1))
+        ledger.close_row_sync(
+            reservation.row_ids[0], Settlement(status=Status.RENDERED, actual_micros=ACTUAL, attempts=1)
+        )
         spent["settle"] += round_trips(ledger) - before
     return {name: value / count for name, value in spent.items()}
 

@@ -1,11 +1,14 @@
-"""The core, assembled from settings: ledger, price table, renderer (online or offline), job runner."""
+"""The core, assembled from settings in one place (`Core.start`), each part given what it needs when it is built:
+ledger, price table, renderer (online or offline), what a job reserves, the settle-and-deliver service, relax
+mode, the job runner. The adapters are built on the core; once they are up, `Core.places.serve` lets the core
+reach them (to deliver a job that outlived its process, to tell the user of an interrupted one)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +19,7 @@ from bot.config import Settings
 from bot.errors import ConfigError, UserError
 from bot.jobs import actions
 from bot.jobs.actions import ImageStore
+from bot.jobs.delivery import DELIVERY_DEADLINE_SECONDS, Delivery, Places
 from bot.jobs.outcomes import JobFailure, JobResult
 from bot.jobs.relax import Relax
 from bot.jobs.render import Renderer
@@ -24,15 +28,15 @@ from bot.model.images import MAX_FILE_BYTES, ImageInput, load_image, too_large
 from bot.model.pricing import PriceTable, load_prices
 from bot.model.request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
 from bot.offline import OfflineImageServer
-from bot.policy import access
+from bot.policy import access, clicks
 from bot.policy.access import Access, Standing
-from bot.store.ledger import Interrupted, Ledger
+from bot.policy.price_check import JobPrices
+from bot.store.ledger import Ledger
 
 log = logging.getLogger("imagebot.app")
 RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
 MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
 PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
-Notify = Callable[[Interrupted], Awaitable[None]]
 
 
 class DatabaseUnavailable(Exception):
@@ -94,21 +98,34 @@ class Core:
     prices: PriceTable
     ledger: Ledger
     renderer: Renderer
+    places: Places  # the platforms this process serves (none until the service's adapters are up)
+    delivery: Delivery
+    relax: Relax
     runner: JobRunner
     offline_server: OfflineImageServer | None = None
     owns_offline_server: bool = False  # started here (not handed in): stopped on close
-    heartbeat: asyncio.Task[None] | None = None
-    # Who tells the users of interrupted jobs: the platforms this process serves, and how (set by the service).
-    platforms: Collection[str] = field(default_factory=frozenset)
-    notify: Notify | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _purged_at: datetime | None = None
-    _downloads: Slots | None = None
+    heartbeat: asyncio.Task[None] = field(init=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, init=False)
+    _purged_at: datetime | None = field(default=None, init=False)
+    _downloads: Slots = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._downloads = Slots(self.settings.max_downloads)
+        self.relax.start()
+        self.heartbeat = asyncio.create_task(self._keep_lease())
 
     @classmethod
-    async def start(cls, settings: Settings, *, offline_server: OfflineImageServer | None = None) -> Core:
+    async def start(
+        cls,
+        settings: Settings,
+        *,
+        offline_server: OfflineImageServer | None = None,
+        delivery_deadline: float = DELIVERY_DEADLINE_SECONDS,
+        delivery_backoff: float = 1.0,
+    ) -> Core:
         """Open the database, start the offline server if there is no API key (unless one is handed in: its
-        owner stops it), build the runner."""
+        owner stops it), build the rest in order. `delivery_deadline`/`delivery_backoff`: how long a platform that
+        does not take a job's images is retried, and the first wait (bot/jobs/delivery.py)."""
         given = offline_server
         try:
             prices = load_prices(settings.prices_path)
@@ -155,24 +172,47 @@ class Core:
             cooldown=settings.user_cooldown,
             max_jobs=settings.user_max_jobs,
         )
+        job_prices = JobPrices(
+            prices, partial_images=settings.partial_images, preview_max_share=settings.preview_max_share
+        )
+        delivery = Delivery(
+            ledger=ledger,
+            prices=prices,
+            job_prices=job_prices,
+            offline=settings.offline,
+            deadline=delivery_deadline,
+            backoff=delivery_backoff,
+        )
+        places = Places()
+        relax = Relax(
+            delivery, renderer.client, places, window=settings.batch_window, poll=settings.batch_poll
+        )
         runner = JobRunner(
             ledger=ledger,
-            access=rules,
             renderer=renderer,
-            prices=prices,
+            job_prices=job_prices,
+            delivery=delivery,
+            relax=relax,
+            access=rules,
             max_in_flight=settings.max_in_flight,
             progress_interval=settings.progress_interval,
-            partial_images=settings.partial_images,
-            preview_max_share=settings.preview_max_share,
             confirm_micros=settings.confirm_micros,
             offline_latency=settings.offline_latency if settings.offline else None,
         )
-        runner.relax = Relax(runner, renderer.client, window=settings.batch_window, poll=settings.batch_poll)
-        runner.relax.start()
-        owns = settings.offline and offline_server is not None and offline_server is not given
-        core = cls(settings, prices, ledger, renderer, runner, offline_server, owns)
-        core.heartbeat = asyncio.create_task(core._keep_lease())
-        return core
+        return cls(
+            settings=settings,
+            prices=prices,
+            ledger=ledger,
+            renderer=renderer,
+            places=places,
+            delivery=delivery,
+            relax=relax,
+            runner=runner,
+            offline_server=offline_server,
+            owns_offline_server=settings.offline
+            and offline_server is not None
+            and offline_server is not given,
+        )
 
     async def sweep(self) -> None:
         """Recover the jobs of processes whose lease expired, then tell the users this process can reach; every
@@ -184,11 +224,11 @@ class Core:
                 extra={"job_id": job.job_id, "platform": job.platform, "charged_micros": job.charged_micros},
             )
         await self._redeliver_orphans()
-        if self.notify is None:
+        if not self.places.platforms:
             return
-        for job in await self.ledger.claim_notices(self.platforms):
+        for job in await self.ledger.claim_notices(self.places.platforms):
             try:
-                await self.notify(job)
+                await self.places.tell_interrupted(job)
             except Exception:
                 log.exception(
                     "could not tell the user about an interrupted job", extra={"job_id": job.job_id}
@@ -197,12 +237,11 @@ class Core:
     async def _redeliver_orphans(self) -> None:
         """Paid images a dead process left in the outbox (or `imagebot redeliver` queued): claimed and delivered
         here if this process serves their platform (bot/store/jobstate.py)."""
-        view_for = self.relax.view_for
-        if view_for is None:
+        if not self.places.platforms:
             return
-        for job_id in await self.ledger.claim_orphans(self.platforms):
+        for job_id in await self.ledger.claim_orphans(self.places.platforms):
             who, context = await self.ledger.place(job_id)
-            view = view_for(who, context)
+            view = self.places.view_for(who, context)
             if view is None:
                 log.warning("a waiting image has nowhere to go", extra={"job_id": job_id})
                 continue
@@ -213,9 +252,13 @@ class Core:
 
     async def _deliver_waiting(self, job_id: str, view: JobView) -> None:
         try:
-            await self.runner.redeliver(job_id, view)
+            await self.redeliver(job_id, view)
         except Exception:
             log.exception("redelivery failed; the images stay in the outbox", extra={"job_id": job_id})
+
+    async def redeliver(self, job_id: str, view: JobView) -> bool:
+        """Deliver a job's images that wait in the outbox through `view` (bot/jobs/delivery.py). False if none wait."""
+        return await self.delivery.redeliver(job_id, view)
 
     async def purge(self, *, force: bool = False) -> actions.Purged | None:
         """Stored requests, input images and results after IMAGEBOT_ACTIONS_DAYS, price checks after an hour
@@ -262,14 +305,8 @@ class Core:
                 else:  # an outage: one line each time, no traceback
                     log.warning("lease renewal or recovery failed", extra={"error": str(problem)})
 
-    @property
-    def relax(self) -> Relax:
-        assert self.runner.relax is not None  # Core.start sets it
-        return self.runner.relax
-
     async def close(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
+        self.heartbeat.cancel()
         await self.relax.close()
         await self.renderer.close()
         if self.offline_server is not None and self.owns_offline_server:
@@ -308,16 +345,17 @@ class Core:
         instruction: str = "",
         platform_admin: bool = False,
     ) -> None:
-        """A result button (`Button.key`) pressed by `who`: a new job of theirs (their quota, the price check),
-        or Delete (the requester or an admin). Refusals (expired, another's image, the access rules) go to
+        """A result button (`Button.key`) pressed by `who`, by the rules of a click (bot/policy/clicks.py): a new
+        job of theirs (their quota, the price check), or Delete (the requester or an admin). Refusals (expired, another's image, the access rules) go to
         `view.refused`."""
         try:
             kind, job_id, index = actions.parse_key(key)
-            if not (kind == actions.Kind.REMOVE and self.is_admin(who, platform_admin)):
+            deleting, admin = kind == actions.Kind.REMOVE, self.is_admin(who, platform_admin)
+            if clicks.access_applies(deleting=deleting, admin=admin):
                 await self.may_render(who, view)
             oldest = self.ledger.clock() - timedelta(days=self.settings.actions_days)
             record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
-            if (record.who.platform, record.who.workspace) != (who.platform, who.workspace):
+            if not clicks.same_tenant(record.who, who):
                 raise UserError(texts.EXPIRED_BUTTON)
             metrics.ACTIONS.labels(who.platform, str(kind)).inc()
             image = record.images[index - 1] if 0 < index <= len(record.images) else None
@@ -327,9 +365,9 @@ class Core:
                 raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
             if image is not None and image.get("deleted") and kind != actions.Kind.REROLL:
                 raise UserError(texts.already_deleted(index))
-            if kind == actions.Kind.REMOVE:
+            if deleting:
                 assert image is not None
-                if record.who.user != who.user and not self.is_admin(who, platform_admin):
+                if not clicks.may_delete(record.who, who, admin=admin):
                     raise UserError(texts.DELETE_REFUSED)
                 await store.delete(image["where"])
                 await self.ledger.run_db(lambda db: actions.mark_deleted(db, job_id, index))
@@ -372,7 +410,7 @@ class Core:
         async def cancel_and_say() -> None:
             said = await self.relax.cancel(job_id)
             if said:
-                await JobRunner._safe(waiting.view.refused(said))
+                await self.delivery.safe(waiting.view.refused(said))
 
         self._tasks.add(task := asyncio.create_task(cancel_and_say()))
         task.add_done_callback(self._tasks.discard)
@@ -426,8 +464,6 @@ class Core:
     def downloading(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Around one file's download (every adapter's `download`; `decode_attachments` holds it over the decode
         too): at most IMAGEBOT_MAX_DOWNLOADS files at once in this process, the rest wait their turn (FIFO)."""
-        if self._downloads is None:
-            self._downloads = Slots(self.settings.max_downloads)
         return self._downloads.hold()
 
     def check_attachments(

@@ -16,9 +16,9 @@ import asyncio
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, Protocol, cast
 
-from bot import report
+from bot import platforms, report
 from bot.app import Core
 from bot.errors import UserError
 from bot.model.pricing import format_usd
@@ -26,17 +26,6 @@ from bot.model.request import Requester
 from bot.policy import access, quota
 
 MAX_DAYS = 366
-# <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123>, <#C123|name>.
-_MENTION = re.compile(r"^<(?P<kind>@!?|#)(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
-_ROLE = re.compile(r"^<@&\d+>$")  # Discord role
-_GROUP = re.compile(r"^<!subteam\^[A-Za-z0-9]+(?:\|[^>]*)?>$")  # Slack user group
-_EVERYONE = re.compile(
-    r"^(?:<!(?:here|channel|everyone)(?:\|[^>]*)?>|@(?:here|channel|everyone))$", re.IGNORECASE
-)
-_SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
-_SLACK_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,}$")
-_DISCORD_ID = re.compile(r"^[0-9]{1,20}$")
-_PER = "limits are per user, channel or workspace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,78 +130,78 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
     )
 
 
-def _platform_name(who: Requester) -> str:
-    return {"slack": "Slack", "discord": "Discord"}.get(who.platform, "the")
+TargetKind = Literal["user", "channel", "workspace", "role", "group", "everyone"]
+EVERYONE: Literal["everyone"] = "everyone"
+Verb = Literal["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
 
 
-def _place(who: Requester) -> str:
-    return "server" if who.platform == "discord" else "workspace"
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Target:
+    """Whom or what an admin command names, as the adapter read it from its platform's mention or typed option:
+    a user, a channel, the caller's own tenant (`workspace`), a role, a user group, or everyone. `shown`: as the
+    admin wrote it (for the replies that quote it)."""
+
+    kind: TargetKind
+    id: str = ""  # empty for `workspace` (the caller's) and `everyone`
+    shown: str = ""
 
 
-def parse_target(text: str, who: Requester) -> tuple[str, str]:
-    """The target of `/imagine-admin quota`: `<@U1>`, `<@U1|bob>`, `<@!1>` -> ("user", id); `<#C1>`,
-    `<#C1|general>` -> ("channel", id); `workspace`/`guild`/`server` -> ("workspace", the caller's).
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdminRequest:
+    """One `/imagine-admin` command, typed. `words`: its settings or limits as typed (`name=value`).
+    `refusal`: why the adapter could not read it (said once the caller is known to be an admin)."""
 
-    A bare id: on Slack `U…`/`W…` is a user, `C…`/`G…` a channel; on Discord a number is a user. Roles, user
-    groups, @here and plain `@name` text are refused with what to do instead. The id is one inside the
-    caller's tenant: the caller (commands.admin) keys it there.
-    """
-    text = text.strip()
-    if text.lower() in ("workspace", "guild", "server"):
-        return "workspace", who.workspace
-    match = _MENTION.match(text)
-    if match:
-        return ("channel" if match["kind"] == "#" else "user"), match["id"]
-    if _ROLE.match(text):
-        raise UserError(
-            f"{text} is a role; {_PER}: name one person (@user) or a channel (#channel), or use 'workspace'"
-        )
-    if _GROUP.match(text):
-        raise UserError(f"{text} is a user group; {_PER}: name one person (@user) or a channel (#channel)")
-    if _EVERYONE.match(text):
-        raise UserError(
-            f"{text} means everyone here; {_PER}: for everyone use 'workspace', for this channel #channel"
-        )
-    app = _platform_name(who)
-    example_user, example_channel = (
-        ("123456789012345678", "123456789012345678")
-        if who.platform == "discord"
-        else ("U012ABCDEF", "C012ABCDEF")
-    )
-    if text.startswith("@"):
-        raise UserError(
-            f"{text!r} is plain text, not a mention: pick the person from {app}'s autocomplete so "
-            f"a mention is sent (or give their user id, e.g. {example_user})"
-        )
-    if text.startswith("#"):
-        raise UserError(
-            f"{text!r} is plain text, not a channel mention: pick the channel from {app}'s "
-            f"autocomplete (or give its id, e.g. {example_channel})"
-        )
-    slack_user, slack_channel, discord_id = (
-        bool(_SLACK_USER.match(text)),
-        bool(_SLACK_CHANNEL.match(text)),
-        bool(_DISCORD_ID.match(text)),
-    )
-    if who.platform == "slack":
-        if slack_user or slack_channel:
-            return ("user" if slack_user else "channel"), text
-        if discord_id:
-            raise UserError(
-                f"{text!r} is not a Slack id: Slack user ids start with U or W, channel ids with C "
-                f"or G; or pick the person from Slack's autocomplete"
+    verb: Verb
+    target: Target | None = None
+    words: tuple[str, ...] = ()
+    days: int = 30
+    refusal: str | None = None
+
+    @property
+    def text(self) -> str:
+        shown = self.target.shown if self.target is not None else ""
+        return " ".join(part for part in (self.verb, shown, *self.words) if part)
+
+
+class Mentions(Protocol):
+    """An adapter's reader of its platform's mentions (adapters/mentions.py). Raises UserError."""
+
+    def target(self, text: str) -> Target:
+        """A user, a channel, or the caller's tenant (`workspace`)."""
+        ...
+
+    def group(self, text: str) -> Target:
+        """A role, a user group, or everyone (for allow/deny)."""
+        ...
+
+
+def parse_admin(args: str, mentions: Mentions) -> AdminRequest:
+    """`/imagine-admin` text (HELP's grammar) -> its typed request, the targets read by the platform's
+    `mentions`. What cannot be read comes back as a `refusal`, said only to an admin (`admin`)."""
+    words = args.split()
+    verb = cast(Verb, words[0] if words else "help")
+    try:
+        if verb in ("quota", "channel") and len(words) >= 3:
+            return AdminRequest(verb=verb, target=mentions.target(words[1]), words=tuple(words[2:]))
+        if verb == "report":
+            return AdminRequest(
+                verb="report", days=parse_days(" ".join(w for w in words[1:] if w != "--all"))
             )
-    elif who.platform == "discord":
-        if discord_id:
-            return "user", text
-        if slack_user or slack_channel:
-            raise UserError(
-                f"{text!r} is not a Discord id: Discord ids are numbers; or pick the person from "
-                f"Discord's autocomplete"
-            )
-    elif slack_user or discord_id or slack_channel:  # console, CLI: either kind of id
-        return ("channel" if slack_channel else "user"), text
-    raise UserError(f"{text!r} is not a target; use @user, #channel or 'workspace'")
+        if verb in ("allow", "deny") and len(words) == 2:
+            return AdminRequest(verb=verb, target=mentions.group(words[1]))
+        if verb in ("block", "unblock") and len(words) == 2:
+            return AdminRequest(verb=verb, target=mentions.target(words[1]))
+        if verb == "settings":
+            return AdminRequest(verb="settings", words=tuple(words[1:]))
+        if verb == "help":
+            return AdminRequest(verb="help")
+        raise UserError(_unknown(args))
+    except UserError as exc:
+        return AdminRequest(verb="help", refusal=str(exc))
+
+
+def _unknown(args: str) -> str:
+    return f"unknown or incomplete /imagine-admin command {args.strip()!r}.\n{HELP}"
 
 
 def _shown(values: dict[str, int | None]) -> str:
@@ -230,63 +219,65 @@ def _shown(values: dict[str, int | None]) -> str:
 
 
 async def admin(
-    core: Core, who: Requester, args: str, *, platform_admin: bool, operator: bool | None = None
+    core: Core, who: Requester, request: AdminRequest, *, platform_admin: bool, operator: bool | None = None
 ) -> Reply:
-    """`/imagine-admin <verb> ...` (HELP), in the caller's tenant; see the module docstring for who may do
-    which. `operator`: the CLI acts as an operator of the tenant it names."""
+    """`/imagine-admin <verb> ...` (HELP), typed by the adapter (`parse_admin`, or its typed options), in the
+    caller's tenant; see the module docstring for who may do which. `operator`: the CLI acts as an operator of
+    the tenant it names."""
     operator = core.is_operator(who) if operator is None else operator
     if not operator and not platform_admin:
         return Reply("Only admins can use /imagine-admin (IMAGEBOT_ADMINS, or workspace/server admins).")
+    if request.refusal is not None:
+        raise UserError(request.refusal)
     tenant = quota.Tenant.of(who)
-    words = args.split()
-    if words[:1] == ["quota"] and len(words) >= 3:
-        scope, key = parse_target(words[1], who)
+    verb, target, words = request.verb, request.target, request.words
+    if verb in ("quota", "channel") and not words:
+        raise UserError(_unknown(request.text))
+    if verb == "quota" and target is not None:
+        scope, key = target.kind, target.id if target.kind != "workspace" else who.workspace
         if scope == "workspace" and not operator:
-            place = _place(who)
+            place = platforms.of(who.platform).tenant
             return Reply(
                 f"Only operators (IMAGEBOT_ADMINS) can set this {place}'s own limit; as a {place} admin "
                 f"you set limits for its users (@user) and channels (#channel). Its limit stays the "
                 f"operators' (IMAGEBOT_WORKSPACE_MONTHLY_USD unless they set one)."
             )
-        values = quota.parse_limits(words[2:])
+        values = quota.parse_limits(list(words))
         await core.ledger.set_limits(scope, key, values, tenant=tenant)
         return Reply(f"Limits for {scope} {key} set: {_shown(values)} (in {tenant}).")
-    if words[:1] == ["report"]:
-        days = parse_days(" ".join(w for w in words[1:] if w != "--all"))
-        built = await report.build(core.ledger, tenant=None if operator else tenant, days=days)
+    if verb == "report":
+        built = await report.build(core.ledger, tenant=None if operator else tenant, days=request.days)
         chart = await asyncio.to_thread(report.chart_png, built)
         return Reply(built.text(), private=True, chart=chart)
-    if words[:1] == ["channel"] and len(words) >= 3:
-        scope, channel = parse_target(words[1], who)
-        if scope != "channel":
-            raise UserError(f"{words[1]!r} is not a channel; use #channel")
-        changes = [access.parse_channel_setting(word, core.prices.models) for word in words[2:]]
+    if verb == "channel" and target is not None:
+        if target.kind != "channel":
+            raise UserError(f"{target.shown!r} is not a channel; use #channel")
+        channel = target.id
+        changes = [access.parse_channel_setting(word, core.prices.models) for word in words]
         await core.ledger.settings.set_channel(tenant=tenant.key, channel=channel, changes=changes)
         return Reply(
             f"Channel <#{channel}> set: {', '.join(access.shown_setting(*c) for c in changes)} (in {tenant})."
         )
-    if words[:1] in (["allow"], ["deny"]) and len(words) == 2:
-        entry = access.parse_group(words[1], who.platform)
-        await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"who:{entry}", words[0])])
+    if verb in ("allow", "deny") and target is not None:
+        entry = access.entry(target.kind, target.id)
+        await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"who:{entry}", verb)])
         return Reply(
-            f"{'Allowed' if words[0] == 'allow' else 'Denied'}: {access.shown_group(entry, who.platform)} "
+            f"{'Allowed' if verb == 'allow' else 'Denied'}: {access.shown_group(entry)} "
             f"(in {tenant}).\n" + await _settings_text(core, tenant)
         )
-    if words[:1] in (["block"], ["unblock"]) and len(words) == 2:
-        scope, user = parse_target(words[1], who)
-        if scope != "user":
-            raise UserError(f"{words[1]!r} is not a person; use /imagine-admin {words[0]} @user")
-        value = "1" if words[0] == "block" else None
+    if verb in ("block", "unblock") and target is not None:
+        if target.kind != "user":
+            raise UserError(f"{target.shown!r} is not a person; use /imagine-admin {verb} @user")
+        user = target.id
+        value = "1" if verb == "block" else None
         await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"block:{user}", value)])
         return Reply(f"<@{user}> {'blocked' if value else 'unblocked'} (in {tenant}).")
-    if words[:1] == ["settings"]:
-        changes = [access.parse_tenant_setting(word) for word in words[1:]]
+    if verb == "settings":
+        changes = [access.parse_tenant_setting(word) for word in words]
         if changes:
             await core.ledger.settings.set_tenant(tenant=tenant.key, changes=changes)
         return Reply(await _settings_text(core, tenant))
-    if words[:1] == ["help"] or not words:
-        return Reply(HELP)
-    raise UserError(f"unknown or incomplete /imagine-admin command {args.strip()!r}.\n{HELP}")
+    return Reply(HELP)
 
 
 HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):

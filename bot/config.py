@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+from bot import platforms
 from bot.errors import ConfigError, UserError
 from bot.model.pricing import MICRO
 from bot.model.sizes import parse_size
@@ -27,7 +28,7 @@ QUALITIES = ("low", "medium", "high", "auto")
 USD_RANGE = f"USD 0 to {MAX_LIMIT_USD:,}"
 IMAGES_RANGE = f"0 to {MAX_LIMIT_IMAGES:,} images"
 # Platforms an IMAGEBOT_ADMINS entry may name (`slack:U123`); a bare id is an operator on every platform.
-PLATFORMS = ("slack", "discord", "console", "cli")
+PLATFORMS = tuple(platforms.PLATFORMS)
 
 
 def usd_micros(text: str) -> int:

@@ -28,13 +28,11 @@ from bot.model.images import ImageInput
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import Defaults, ImageRequest, Requester, notes_for, parse_request, split_flags
 from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
+from bot.policy.price_check import CONFIRM_KEPT, CONFIRM_TTL, MAX_PENDING
 from bot.store import results
 from bot.store.results import Database, Results
 from bot.store.results import Purged as Purged  # the sweep's counts, as callers of `purge` know them
 
-CONFIRM_TTL = timedelta(minutes=10)
-CONFIRM_KEPT = timedelta(hours=1)  # a price check, answered or not, is deleted after this
-MAX_PENDING = 3  # price checks one user may have waiting for Render or Cancel
 VARY_PROMPT = "Make a close variation of this image, keeping its subject, composition and style."
 UPSCALE_PROMPT = "Keep the composition exactly; render it at this larger size with more fine detail."
 

@@ -11,7 +11,7 @@ from bot.jobs.actions import Button
 from bot.model.request import ImageRequest, Requester
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Progress:
     """A snapshot of a running job, sent to the adapter at a steady cadence."""
 
@@ -39,7 +39,7 @@ class Progress:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Image:
     """One delivered image."""
 
@@ -57,7 +57,7 @@ class Image:
         return f"image-{self.width}x{self.height}.{'jpg' if self.format == 'jpeg' else self.format}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobResult:
     """What a finished job produced: at least one image, maybe some failures."""
 
@@ -75,7 +75,7 @@ class JobResult:
     ] = ()  # the actions on it (Re-roll, Vary, ...), each with what a click reserves
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class JobFailure:
     """A job that made no image: why, the request ids, and what it cost (usually nothing)."""
 

@@ -26,7 +26,7 @@ becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). 
 relax mode is in `Ledger.mark_batched` and `_close_line`. A job is delivered once, by the first process serving its
 platform that claims it (one conditional write; the tables and their rules are bot/store/batches.py's),
 through its live view if the job began in that process, else through a view rebuilt from where the job
-lives (`Relax.view_for`, set by the service).
+lives (`Places.view_for`, bot/jobs/delivery.py).
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import openai
 
 from bot import texts
 from bot.errors import ProviderError
 from bot.jobs import actions
+from bot.jobs.delivery import Delivery, Places
+from bot.jobs.job import Job, JobView
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.jobs.render import _usage
 from bot.model.images import image_size
@@ -55,9 +57,6 @@ from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.store.batches import Batches, Line, OpenBatch
 from bot.store.ledger import Ledger, Reservation, Settlement, Status
-
-if TYPE_CHECKING:
-    from bot.jobs.runner import Job, JobRunner, JobView
 
 log = logging.getLogger("imagebot.relax")
 GENERATIONS = "/v1/images/generations"
@@ -69,7 +68,6 @@ UNREADABLE = "unreadable"  # our statuses of a batch settled from what is known
 OVERDUE_STATUS = "overdue"
 GONE = {UNREADABLE: "can no longer be read (404)", OVERDUE_STATUS: "is over an hour past its 24 h window"}
 NOTE = "relax, half price"
-ViewFor = Callable[[Requester, dict[str, Any]], "JobView | None"]
 T = TypeVar("T")
 
 
@@ -117,7 +115,7 @@ class _Waiting:
     claimed: bool = False  # this process took on its delivery (done once its batch's bookkeeping is over)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _Line:
     """What came back for one line: status 200 and the images response, or why not."""
 
@@ -132,22 +130,22 @@ class Relax:
 
     def __init__(
         self,
-        runner: JobRunner,
+        delivery: Delivery,
         client: openai.AsyncOpenAI,
+        places: Places,
         *,
         window: float = 30.0,
         poll: float = 60.0,
     ) -> None:
-        self.runner = runner
-        self.ledger: Ledger = runner.ledger
-        self.prices: PriceTable = runner.prices
+        self.delivery = delivery  # settles and delivers, as for the fast path
+        self.ledger: Ledger = delivery.ledger
+        self.prices: PriceTable = delivery.prices
         self.client = client
         self.window = window
         self.poll = poll
         self.pending: list[_Waiting] = []
         self.live: dict[str, _Waiting] = {}  # jobs this process submitted, until delivered
-        self.view_for: ViewFor | None = None  # set by the service: a view from where a job lives
-        self.platforms: Collection[str] = ()  # the platforms this process delivers to
+        self.places = places  # the platforms this process delivers to, and a view from where a job lives
         self._sending: set[str] = set()  # keys of the batches whose POST /v1/batches is in flight here
         self._flusher: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -323,7 +321,7 @@ class Relax:
             if w.cancel_on_arrival:
                 w.cancel_on_arrival = False
                 said = await self._cancel_sent(w)
-                await self.runner._safe(w.view.refused(said))
+                await self.delivery.safe(w.view.refused(said))
 
     async def _find(self, key: str, since: datetime) -> Any | None:
         """The batch whose metadata carries `key` (`GET /v1/batches`, newest first, page by page), or None.
@@ -362,7 +360,11 @@ class Relax:
         lines = await self._lines(key)
         for job_id, job_lines in lines.items():
             for _, row_id in job_lines:
-                await _close_line(self.ledger, row_id, Settlement(Status.CANCELLED, 0, error=f"relax: {why}"))
+                await _close_line(
+                    self.ledger,
+                    row_id,
+                    Settlement(status=Status.CANCELLED, actual_micros=0, error=f"relax: {why}"),
+                )
             outcomes: list[Image | BaseException] = [ProviderError(why) for _ in job_lines]
             await self._deliver(job_id, [row for _, row in job_lines], outcomes)
         await self._finish_batch(key, "not_created")
@@ -371,12 +373,12 @@ class Relax:
             w.done.set()
 
     async def _give_up(self, w: _Waiting, why: str) -> None:
-        await self.runner.abandon(w.job, why)
+        await self.delivery.abandon(w.job, why)
         self.live.pop(w.job.id, None)
-        failure = _failure(w.job, why, cancelled=False, offline=self.runner.offline)
+        failure = _failure(w.job, why, cancelled=False, offline=self.delivery.offline)
         w.outcome = failure
         w.done.set()
-        await self.runner._safe(w.view.failed(failure))
+        await self.delivery.safe(w.view.failed(failure))
 
     # -- cancel ---------------------------------------------------------------------------------------
 
@@ -387,14 +389,14 @@ class Relax:
             return None
         if waiting in self.pending:
             self.pending.remove(waiting)
-            await self.runner.abandon(waiting.job, "cancelled before the batch was sent")
+            await self.delivery.abandon(waiting.job, "cancelled before the batch was sent")
             self.live.pop(job_id, None)
             failure = _failure(
-                waiting.job, texts.stopped_job("cancelled"), cancelled=True, offline=self.runner.offline
+                waiting.job, texts.stopped_job("cancelled"), cancelled=True, offline=self.delivery.offline
             )
             waiting.outcome = failure
             waiting.done.set()
-            await self.runner._safe(waiting.view.failed(failure))
+            await self.delivery.safe(waiting.view.failed(failure))
             return "Cancelled before it was sent to the Batch API: nothing was charged."
         if waiting.job.batch_id is None:  # its batch is being sent: act once the Batch API has answered
             await waiting.sent.wait()
@@ -562,10 +564,10 @@ class Relax:
                 ok = response.get("status_code") == 200 and bool(body.get("data"))
                 error = item.get("error") or body.get("error") or {}
                 found[item["custom_id"]] = _Line(
-                    ok,
-                    body,
-                    str(response.get("request_id") or ""),
-                    str(error.get("code") or error.get("message") or ""),
+                    ok=ok,
+                    body=body,
+                    request_id=str(response.get("request_id") or ""),
+                    error=str(error.get("code") or error.get("message") or ""),
                 )
         return found
 
@@ -585,7 +587,11 @@ class Relax:
             await _close_line(
                 self.ledger,
                 row_id,
-                Settlement(Status.POSSIBLY_BILLED, int(reserved), error=f"relax: batch {GONE[status]}"),
+                Settlement(
+                    status=Status.POSSIBLY_BILLED,
+                    actual_micros=int(reserved),
+                    error=f"relax: batch {GONE[status]}",
+                ),
             )
             return ProviderError(why, billed_attempts=1)
         if line is None or not line.ok:
@@ -598,7 +604,9 @@ class Relax:
             )
             ids = (line.request_id,) if line is not None and line.request_id else ()
             await _close_line(
-                self.ledger, row_id, Settlement(Status.FAILED, 0, request_ids=ids, error=f"relax: {why}")
+                self.ledger,
+                row_id,
+                Settlement(status=Status.FAILED, actual_micros=0, request_ids=ids, error=f"relax: {why}"),
             )
             return ProviderError(f"the batch gave no image ({why}); released, nothing charged", ids)
         parsed = openai.types.ImagesResponse.model_validate(line.body)
@@ -611,10 +619,25 @@ class Relax:
         await _close_line(
             self.ledger,
             row_id,
-            Settlement(Status.RENDERED, cost, usage=usage, request_ids=(line.request_id,), attempts=1),
+            Settlement(
+                status=Status.RENDERED,
+                actual_micros=cost,
+                usage=usage,
+                request_ids=(line.request_id,),
+                attempts=1,
+            ),
             keep=({"width": width, "height": height, "format": fmt, "elapsed_ms": 0}, data),  # the outbox
         )
-        return Image(data, width, height, fmt, cost, (line.request_id,), 0.0, row_id)
+        return Image(
+            data=data,
+            width=width,
+            height=height,
+            format=fmt,
+            cost_micros=cost,
+            request_ids=(line.request_id,),
+            elapsed=0.0,
+            row_id=row_id,
+        )
 
     async def _deliver(self, job_id: str, rows: list[int], outcomes: list[Image | BaseException]) -> None:
         """Deliver a settled job once, if this process serves its platform. A job of this process keeps what
@@ -646,13 +669,24 @@ class Relax:
                 f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
                 f"charged {format_usd(charged)} at the batch price and not posted"
             )
-            outcome = JobFailure(job.id, job.request, who, text, ids, charged, True, self.runner.offline)
+            outcome = JobFailure(
+                job_id=job.id,
+                request=job.request,
+                requester=who,
+                message=text,
+                request_ids=ids,
+                charged_micros=charged,
+                cancelled=True,
+                offline=self.delivery.offline,
+            )
             made = [i.row_id for i in images if i.row_id is not None]
             if made:  # kept, not posted: `imagebot redeliver` can still post them
                 await self.ledger.undelivered(made, "cancelled while sharing its batch: not posted")
-            await self.runner._safe(view.failed(outcome))
+            await self.delivery.safe(view.failed(outcome))
         else:
-            outcome = await self.runner._finish(job, view, _started(job), outcomes)
+            outcome = await self.delivery.finish(
+                job, view, job.created, outcomes
+            )  # it started when asked for
         if waiting is not None:
             waiting.outcome = outcome
 
@@ -661,7 +695,7 @@ class Relax:
         images are then ours to deliver: if we die, the outbox sweep takes them over."""
         batches = Batches(db)
         waiting = batches.waiting_job(job_id)
-        if waiting is None or (waiting.who.platform not in self.platforms and job_id not in self.live):
+        if waiting is None or (waiting.who.platform not in self.places.platforms and job_id not in self.live):
             return None
         now = self.ledger.clock()
         if not batches.claim_delivery(job_id=job_id, owner=self.ledger.instance_id, now=now):
@@ -670,12 +704,10 @@ class Relax:
 
     async def _rebuild(self, job_id: str, who: Requester, rows: list[int]) -> tuple[Job, JobView] | None:
         """A job from another life of the bot: its request, its rows, and a view from where it lives."""
-        from bot.jobs.runner import Job
-
         oldest = self.ledger.clock() - timedelta(days=3650)
         record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
         context, each = await self._store(lambda b: b.job_place(job_id))
-        view = self.view_for(who, context) if self.view_for is not None else None
+        view = self.places.view_for(who, context)
         if view is None:
             log.warning("relax job has nowhere to be delivered", extra={"job_id": job_id})
             return None
@@ -700,19 +732,19 @@ class Relax:
     async def _show(self, w: _Waiting, detail: str) -> None:
         job = w.job
         progress = Progress(
-            job.id,
-            job.request,
-            "relax",
-            0.0,
-            0.0,
-            None,
-            0,
-            job.request.count,
-            None,
-            self.runner.offline,
-            detail,
+            job_id=job.id,
+            request=job.request,
+            state="relax",
+            elapsed=0.0,
+            expected=0.0,
+            queue_position=None,
+            done=0,
+            count=job.request.count,
+            preview=None,
+            offline=self.delivery.offline,
+            detail=detail,
         )
-        await self.runner._safe(w.view.progress(progress))
+        await self.delivery.safe(w.view.progress(progress))
 
 
 def _refused(exc: openai.APIStatusError) -> bool:
@@ -735,11 +767,13 @@ async def _close_line(
 
 
 def _failure(job: Job, message: str, *, cancelled: bool, offline: bool) -> JobFailure:
-    return JobFailure(job.id, job.request, job.requester, message, (), 0, cancelled, offline)
-
-
-def _started(job: Job) -> Any:
-    """The job's state as its summary reads it: it started when it was asked for (minutes ago, in relax)."""
-    from bot.jobs.runner import _State
-
-    return _State(started=job.created, waiters=[])
+    return JobFailure(
+        job_id=job.id,
+        request=job.request,
+        requester=job.requester,
+        message=message,
+        request_ids=(),
+        charged_micros=0,
+        cancelled=cancelled,
+        offline=offline,
+    )

@@ -73,7 +73,7 @@ class Attempt:
         return self.delivered and not self.completed and (self.status is None or self.status < 300)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RenderResult:
     """One rendered image and what it took."""
 

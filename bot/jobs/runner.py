@@ -2,41 +2,38 @@
 
 An adapter builds a request and a `JobView` and calls `JobRunner.submit` once; the view only shows
 things (the progress message, the image, a refusal). Money and job state never leave the core.
+Settling and delivering what a job made is bot/jobs/delivery.py's, shared with relax mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
 
-from bot import metrics, texts
+from bot import metrics, platforms, texts
 from bot.concurrency import AcksFirst, Gate
-from bot.errors import ApiRejected, CannotPost, DeliveryFailed, ProviderError, UserError
+from bot.errors import ApiRejected, CannotPost, ProviderError, UserError
 from bot.jobs import actions
+from bot.jobs.delivery import Delivery
+from bot.jobs.job import Job, JobView, Stopped, failure_charge
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
+from bot.jobs.relax import Relax
 from bot.jobs.render import Attempt, Renderer, RenderResult
 from bot.model.images import preview_jpeg
-from bot.model.pricing import PriceTable, batch_price, cost_micros, estimate_micros, preview_count
+from bot.model.pricing import cost_micros
 from bot.model.request import ImageRequest, Requester
-from bot.policy import access
-from bot.policy.access import Access, Pace
-from bot.store.ledger import Ledger, Reservation, Settlement, Status
-
-if TYPE_CHECKING:
-    from bot.jobs.relax import Relax
+from bot.policy import access, price_check
+from bot.policy.access import Access
+from bot.policy.pace import Pace
+from bot.policy.price_check import JobPrices
+from bot.store.ledger import Ledger, Settlement, Status
 
 log = logging.getLogger("imagebot.jobs")
 
 # Typical render seconds at 1 MP by quality; larger sizes scale by pixels^0.45 (4K high ~ 4.7 min).
 BASE_SECONDS = {"low": 25.0, "medium": 60.0, "high": 110.0, "auto": 90.0}
-DELIVERY_DEADLINE_SECONDS = 600.0
-MAX_DELIVERY_BACKOFF_SECONDS = 60.0
 
 
 def expected_seconds(request: ImageRequest, offline_latency: float | None) -> float:
@@ -45,93 +42,6 @@ def expected_seconds(request: ImageRequest, offline_latency: float | None) -> fl
         return max(offline_latency, 0.1)
     megapixels = (request.size.pixels or 1024 * 1024) / (1024 * 1024)
     return BASE_SECONDS.get(request.quality, 90.0) * max(1.0, megapixels) ** 0.45
-
-
-class JobView(Protocol):
-    """What an adapter shows for one job. The core calls it; it never touches money or job state.
-
-    `previews`: the platform can show streamed partial images (each costs output tokens).
-    `confirms`: the platform can ask the requester to confirm an expensive render (buttons); where it
-    cannot (the terminal, where the user typed the command and pays directly), nothing asks.
-    """
-
-    previews: bool
-    confirms: bool
-
-    async def open(self, first: Progress) -> dict[str, Any]:
-        """Post the progress message; return where the job lives (so a restart can tell its user).
-        Raise CannotPost (with the platform's reason) if the platform refuses it."""
-        ...
-
-    async def progress(self, progress: Progress) -> None: ...
-
-    async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
-        """Show the images (with `result.buttons`); return where each one now lives on the platform (what a
-        button needs to find it again), or None if the platform does not say. Raise DeliveryFailed (or any
-        error: taken as worth retrying) if the platform did not take them; the core retries with backoff
-        and, after `delivery_deadline`, calls `undelivered`. The images are kept until one call succeeds."""
-        ...
-
-    async def undelivered(self, text: str) -> None:
-        """Tell the requester their paid images could not be posted (the text has the cost, the request ids
-        and how to get them: `imagebot redeliver JOB`)."""
-        ...
-
-    async def failed(self, failure: JobFailure) -> None: ...
-
-    async def refused(self, text: str) -> None:
-        """Tell only the requester why no job was started (a quota, a bad value, a channel we cannot post in)."""
-        ...
-
-    async def confirm(self, text: str, token: str) -> None:
-        """Show only the requester the price check `text`, with Render and Cancel buttons carrying `token`."""
-        ...
-
-    # Who the requester is on the platform, asked only when the tenant's access rules need it (access.Standing).
-    async def platform_admin(self) -> bool: ...
-
-    async def member_of(self, groups: Collection[str]) -> bool: ...
-
-
-@dataclass
-class Job:
-    """A validated, reserved job, ready to execute."""
-
-    id: str
-    request: ImageRequest
-    requester: Requester
-    reservation: Reservation
-    partials: int = 0
-    previews: bool = False  # its platform shows previews (so would a click's job: what its buttons cost)
-    stop_reason: str = "cancelled"  # or "interrupted" when shutdown stops it
-    created: float = field(default_factory=time.monotonic)
-    task: asyncio.Task[JobResult | JobFailure] | None = None
-    batch_id: str | None = None  # relax mode: the batch its lines are in, once sent
-    images: list[asyncio.Task[Image]] = field(default_factory=list)  # one per image, while it executes
-
-    def stop(self, reason: str) -> bool:
-        """Stop the images that are not finished (finished ones are kept and delivered). False if none was left."""
-        unfinished = [task for task in self.images if not task.done()]
-        if self.images and not unfinished:
-            return False
-        self.stop_reason = reason
-        for task in unfinished:
-            task.cancel()
-        if not self.images and self.task is not None:  # not executing yet: stop it as a whole
-            self.task.cancel()
-        return True
-
-
-class Stopped(Exception):
-    """An image stopped by a cancel or a shutdown, settled: `charged` if its API call may have been billed."""
-
-    def __init__(self, reason: str, charged: int) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.charged = charged
-
-    def __str__(self) -> str:
-        return texts.image_stopped(self.reason, self.charged)
 
 
 @dataclass
@@ -153,31 +63,27 @@ class JobRunner:
         *,
         ledger: Ledger,
         renderer: Renderer,
-        prices: PriceTable,
+        job_prices: JobPrices,
+        delivery: Delivery,
+        relax: Relax,
+        access: Access,
         max_in_flight: int = 8,
         progress_interval: float = 3.0,
-        partial_images: int = 0,
-        preview_max_share: float = 0.05,
         offline_latency: float | None = None,
         confirm_micros: int | None = None,
-        access: Access | None = None,
-        delivery_deadline: float = DELIVERY_DEADLINE_SECONDS,
-        delivery_backoff: float = 1.0,
     ) -> None:
         self.ledger = ledger
-        self.access = access or Access(prices)  # no settings: every channel open, everyone allowed
+        self.access = access
         self.renderer = renderer
-        self.prices = prices
+        self.prices = job_prices.prices
         self.gate = Gate(max_in_flight)
         self.progress_interval = progress_interval
-        self.partial_images = partial_images
-        self.preview_max_share = preview_max_share
+        self.job_prices = job_prices
         self.offline_latency = offline_latency
         self.confirm_micros = confirm_micros  # IMAGEBOT_CONFIRM_USD; a channel may set its own
-        self.delivery_deadline = delivery_deadline  # SPEC §5: keep trying to deliver for 10 minutes
-        self.delivery_backoff = delivery_backoff  # the first retry's wait, doubling up to a minute
+        self.delivery = delivery  # settles and delivers (bot/jobs/delivery.py), as for relax mode
         self.jobs: dict[str, Job] = {}
-        self.relax: Relax | None = None  # relax mode (bot/jobs/relax.py), set by Core.start
+        self.relax = relax  # relax mode (bot/jobs/relax.py): rendered by the Batch API
         self.accepting = True
         self.acks = AcksFirst()
         metrics.IN_FLIGHT.set_function(lambda: self.gate.active)
@@ -188,32 +94,15 @@ class JobRunner:
         return self.offline_latency is not None
 
     def estimate(self, request: ImageRequest, partials: int = 0) -> int:
-        """Worst-case micro-dollars for ONE image of `request` (the reservation per image); in relax mode at the
-        batch price."""
-        prices = self.prices.model(request.model)
-        worst = estimate_micros(
-            prices,
-            size=request.size,
-            quality=request.quality,
-            prompt=request.prompt,
-            references=len(request.references),
-            partials=partials,
-            mask=request.mask is not None,
-        )
-        return batch_price(worst, prices) if request.relax else worst
+        """Worst-case micro-dollars for ONE image of `request` (bot/policy/price_check.py)."""
+        return self.job_prices.estimate(request, partials)
 
     def partials(self, request: ImageRequest, previews: bool) -> int:
-        """How many previews one image streams: as many as pay for themselves, where they can be shown (none in
-        relax mode: a batch does not stream)."""
-        if not previews or request.relax:
-            return 0
-        return preview_count(
-            self.prices.model(request.model), request, self.partial_images, self.preview_max_share
-        )
+        return self.job_prices.partials(request, previews)
 
     def reservation(self, request: ImageRequest, previews: bool) -> int:
-        """Exactly what a job of `request` reserves: its worst case per image, times its images."""
-        return self.estimate(request, self.partials(request, previews)) * request.count
+        """Exactly what a job of `request` reserves (bot/policy/price_check.py)."""
+        return self.job_prices.reservation(request, previews)
 
     async def prepare(
         self, request: ImageRequest, requester: Requester, *, previews: bool = False, pace: Pace | None = None
@@ -246,8 +135,7 @@ class JobRunner:
 
     async def abandon(self, job: Job, reason: str) -> None:
         """Release a prepared job that will never execute (e.g. its progress message could not be posted)."""
-        for row in job.reservation.row_ids:
-            await self._close(job, row, Settlement(Status.CANCELLED, 0, error=reason))
+        await self.delivery.abandon(job, reason)
         self.jobs.pop(job.id, None)
 
     async def submit(
@@ -261,27 +149,29 @@ class JobRunner:
             rules = access.Rules.of(await self.ledger.settings.place(**access.where(requester)))
             request, pace = await self.access.admit(rules, requester, request, view)
         except UserError as exc:
-            await self._safe(view.refused(str(exc)))
+            await self.delivery.safe(view.refused(str(exc)))
             return None
         if view.confirms and not confirmed:
-            threshold = access.confirm_threshold(rules, self.confirm_micros)
             estimate = self.reservation(request, view.previews)
-            if threshold is not None and estimate > threshold:
+            threshold = price_check.crossed(
+                estimate, price_check.confirm_threshold(rules, self.confirm_micros)
+            )
+            if threshold is not None:
                 now = self.ledger.clock()
                 admit = lambda: self.ledger.check_sync(requester, request, estimate, pace)  # noqa: E731
-                try:  # the job's own pace and quota checks first, reserving nothing; at most 3 pending
+                try:  # the job's own pace and quota checks first, reserving nothing; at most MAX_PENDING waiting
                     token = await self.ledger.run_db(
                         lambda db: actions.save_confirmation(db, requester, request, now, admit)
                     )
                 except UserError as exc:
-                    await self._safe(view.refused(str(exc)))
+                    await self.delivery.safe(view.refused(str(exc)))
                     return None
-                await self._safe(view.confirm(texts.price_check(request, estimate, threshold), token))
+                await self.delivery.safe(view.confirm(texts.price_check(request, estimate, threshold), token))
                 return None
         try:
             job = await self.prepare(request, requester, previews=view.previews, pace=pace)
         except UserError as exc:
-            await self._safe(view.refused(str(exc)))
+            await self.delivery.safe(view.refused(str(exc)))
             return None
         try:
             context = await view.open(self.first_progress(job))
@@ -289,7 +179,7 @@ class JobRunner:
             reason = str(exc) if isinstance(exc, CannotPost) else type(exc).__name__
             await self.abandon(job, f"progress message failed: {reason}")
             log.warning("progress message failed; job released", extra={"job_id": job.id, "error": reason})
-            await self._safe(view.refused(texts.cannot_post(reason)))
+            await self.delivery.safe(view.refused(texts.cannot_post(reason)))
             return None
         self.ledger.set_context(job.id, context)
         now = self.ledger.clock()
@@ -297,10 +187,10 @@ class JobRunner:
             await self.ledger.run_db(lambda db: actions.save_job(db, job.id, requester, request, now))
         except Exception:
             log.exception("could not keep the job's request for its buttons", extra={"job_id": job.id})
-        if request.relax and self.relax is not None:  # rendered by the Batch API, delivered when it is ready
+        if request.relax:  # rendered by the Batch API, delivered when it is ready
             self.jobs.pop(job.id, None)
             waiting = await self.relax.enqueue(job, view)
-            if requester.platform in access.LOCAL_PLATFORMS:  # a terminal has no thread to come back to: wait
+            if platforms.is_local(requester.platform):  # a terminal has no thread to come back to: wait
                 await waiting.done.wait()
                 return waiting.outcome
             return None
@@ -310,16 +200,16 @@ class JobRunner:
         """What to show before the job's first tick: queued if every slot is taken."""
         queued = self.gate.active >= self.gate.limit
         return Progress(
-            job.id,
-            job.request,
-            "queued" if queued else "rendering",
-            0.0,
-            expected_seconds(job.request, self.offline_latency),
-            self.gate.next_position(_owner(job.requester)) if queued else None,
-            0,
-            job.request.count,
-            None,
-            self.offline,
+            job_id=job.id,
+            request=job.request,
+            state="queued" if queued else "rendering",
+            elapsed=0.0,
+            expected=expected_seconds(job.request, self.offline_latency),
+            queue_position=self.gate.next_position(_owner(job.requester)) if queued else None,
+            done=0,
+            count=job.request.count,
+            preview=None,
+            offline=self.offline,
         )
 
     async def shutdown(self, grace: float) -> None:
@@ -384,191 +274,23 @@ class JobRunner:
         for seq, outcome in enumerate(outcomes):
             if isinstance(outcome, asyncio.CancelledError):  # stopped before it ever ran: nothing was called
                 await asyncio.shield(
-                    self._close(
+                    self.delivery.close(
                         job,
                         job.reservation.row_ids[seq],
                         Settlement(
-                            Status(job.stop_reason), 0, error=f"{job.stop_reason} before the API call"
+                            status=Status(job.stop_reason),
+                            actual_micros=0,
+                            error=f"{job.stop_reason} before the API call",
                         ),
                     )
                 )
                 outcomes[seq] = Stopped(job.stop_reason, 0)
         try:
-            return await self._finish(job, view, state, outcomes)
+            return await self.delivery.finish(job, view, state.started, outcomes)
         finally:
             self.jobs.pop(job.id, None)
             if outer_cancel:
                 raise asyncio.CancelledError
-
-    async def _finish(
-        self, job: Job, view: JobView, state: _State, outcomes: list[Image | BaseException]
-    ) -> JobResult | JobFailure:
-        elapsed = time.monotonic() - state.started
-        images = [o for o in outcomes if isinstance(o, Image)]
-        errors = [o for o in outcomes if isinstance(o, BaseException)]
-        for error in errors:
-            if not isinstance(error, UserError | ProviderError | Stopped):
-                log.error("job %s image failed unexpectedly", job.id, exc_info=error)
-        charged = sum(i.cost_micros for i in images) + sum(
-            failure_charge(e, job.reservation.each_micros) for e in errors
-        )
-        stopped = [e for e in errors if isinstance(e, Stopped)]
-        if images:
-            notes = tuple(str(e) if isinstance(e, Stopped) else texts.image_failed(str(e)) for e in errors)
-            buttons = actions.buttons(
-                job.id,
-                job.request,
-                [(i.width, i.height) for i in images],
-                self.prices,
-                self._price_of(job.previews),
-            )
-            result = JobResult(
-                job.id,
-                job.request,
-                job.requester,
-                tuple(images),
-                notes,
-                charged,
-                elapsed,
-                await self.ledger.quota_left_text(job.requester),
-                self.offline,
-                tuple(buttons),
-            )
-            await self._deliver(view, result)
-            return result
-        if stopped and len(stopped) == len(errors):
-            failure = JobFailure(
-                job.id,
-                job.request,
-                job.requester,
-                texts.stopped_job(job.stop_reason),
-                (),
-                charged,
-                True,
-                self.offline,
-            )
-        else:
-            first = next(e for e in errors if not isinstance(e, Stopped))
-            ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
-            message = first.message if isinstance(first, ProviderError | ApiRejected) else str(first)
-            failure = JobFailure(
-                job.id, job.request, job.requester, message, ids, charged, False, self.offline
-            )
-        await self._safe(view.failed(failure))
-        return failure
-
-    async def _deliver(self, view: JobView, result: JobResult) -> bool:
-        """Hand the images over through the outbox (bot/store/jobstate.py): their bytes are stored with their rows
-        until the platform takes them. A failure is retried with backoff for `delivery_deadline` seconds; then
-        the rows are `undelivered` (kept for `imagebot redeliver`) and the requester is told what they cost.
-        True once delivered."""
-        rows = [i.row_id for i in result.images if i.row_id is not None]
-        if rows and self.ledger.fenced and not await self.ledger.take(result.job_id):
-            # Our lease lapsed since these rows were rendered, and another process holds them now: it delivers.
-            log.warning("another process delivers this job's images", extra={"job_id": result.job_id})
-            return False
-        deadline = time.monotonic() + self.delivery_deadline
-        wait = self.delivery_backoff
-        while True:
-            try:
-                where = await view.deliver(result)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                retry = exc.retry if isinstance(exc, DeliveryFailed) else True
-                why = str(exc) if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"[:300]
-                left = deadline - time.monotonic()
-                if not retry or left <= 0:
-                    log.error("delivery failed; images kept", extra={"job_id": result.job_id, "error": why})
-                    metrics.DELIVERIES.labels("undelivered").inc()
-                    if rows:
-                        await self.ledger.undelivered(rows, why)
-                    ids = [i for image in result.images for i in image.request_ids]
-                    text = texts.undelivered(why, texts.summary(result), result.job_id, ids)
-                    await self._safe(view.undelivered(text))
-                    return False
-                log.warning(
-                    "delivery failed; retrying",
-                    extra={"job_id": result.job_id, "error": why, "retry_in_s": round(min(wait, left), 2)},
-                )
-                metrics.DELIVERIES.labels("retried").inc()
-                await asyncio.sleep(min(wait, left))
-                wait = min(wait * 2, MAX_DELIVERY_BACKOFF_SECONDS)
-        if rows:
-            await self.ledger.delivered(rows)
-        metrics.DELIVERIES.labels("delivered").inc()
-        if where:
-            images = [
-                {"width": i.width, "height": i.height, "format": i.format, "where": w}
-                for i, w in zip(result.images, where, strict=False)
-            ]
-            try:
-                await self.ledger.run_db(lambda db: actions.save_images(db, result.job_id, images))
-            except Exception:
-                log.exception("could not keep where the images live", extra={"job_id": result.job_id})
-        return True
-
-    async def redeliver(self, job_id: str, view: JobView) -> bool:
-        """Deliver a job's images that wait in the outbox (a restart took its process, or `imagebot
-        redeliver`), through `view`, with the same retries. False if nothing of it waits there."""
-        waiting = await self.ledger.outbox(job_id)
-        if not waiting:
-            return False
-        oldest = self.ledger.clock() - timedelta(days=3650)
-        record = await self.ledger.run_db(lambda db: actions.load_job(db, job_id, oldest))
-        images = tuple(
-            Image(bytes(data), w, h, fmt, int(cost), tuple(json.loads(ids or "[]")), (ms or 0) / 1000, row_id)
-            for row_id, _seq, data, w, h, fmt, ms, cost, ids, _status in waiting
-        )
-        request = record.request
-        who, _context = await self.ledger.place(job_id)
-        buttons = actions.buttons(
-            job_id, request, [(i.width, i.height) for i in images], self.prices, self._price_of(False)
-        )
-        result = JobResult(
-            job_id,
-            request,
-            who,
-            images,
-            ("delivered late: the first delivery did not go through",),
-            sum(i.cost_micros for i in images),
-            sum(i.elapsed for i in images),
-            await self.ledger.quota_left_text(who),
-            self.offline,
-            tuple(buttons),
-        )
-        metrics.DELIVERIES.labels("redelivered").inc()
-        return await self._deliver(view, result)
-
-    def _price_of(self, previews: bool) -> Callable[[ImageRequest], int]:
-        return lambda request: self.reservation(request, previews)
-
-    async def _close(
-        self, job: Job, row_id: int, settlement: Settlement, keep: tuple[dict[str, Any], bytes] | None = None
-    ) -> bool:
-        """Close a ledger row (under this process's lease) and count it in the metrics. False if the row was
-        no longer ours to close (bot/store/jobstate.py)."""
-        if await self.ledger.close_row(row_id, settlement, keep=keep):
-            who = job.requester
-            log.info(
-                "image settled",
-                extra={
-                    "job_id": job.id,
-                    "row_id": row_id,
-                    "platform": who.platform,
-                    "workspace": who.workspace,
-                    "channel": who.channel,
-                    "user": who.user,
-                    "status": str(settlement.status),
-                    "actual_micros": settlement.actual_micros,
-                    "request_ids": ",".join(settlement.request_ids),
-                },
-            )
-            metrics.JOBS.labels(who.platform, str(settlement.status)).inc()
-            metrics.SPEND.labels(who.platform).inc(settlement.actual_micros / 1_000_000)
-            return True
-        return False
 
     async def _one(self, job: Job, seq: int, row_id: int, state: _State) -> Image:
         """One image: wait for a slot, render (extending the reservation before each retry that follows an
@@ -611,12 +333,12 @@ class JobRunner:
                     raise
                 except (ProviderError, ApiRejected) as exc:
                     charge = failure_charge(exc, each)
-                    await self._close(
+                    await self.delivery.close(
                         job,
                         row_id,
                         Settlement(
-                            Status.POSSIBLY_BILLED if charge else Status.FAILED,
-                            charge,
+                            status=Status.POSSIBLY_BILLED if charge else Status.FAILED,
+                            actual_micros=charge,
                             request_ids=exc.request_ids,
                             attempts=exc.attempts,
                             latency_ms=_ms(state.started),
@@ -628,12 +350,12 @@ class JobRunner:
                     # Anything else (a database error while extending the reservation, say): every attempt
                     # that may have reached the provider is still charged, never recorded as free.
                     billed = sum(a.possibly_billed for a in attempts)
-                    await self._close(
+                    await self.delivery.close(
                         job,
                         row_id,
                         Settlement(
-                            Status.POSSIBLY_BILLED if billed else Status.FAILED,
-                            billed * each,
+                            status=Status.POSSIBLY_BILLED if billed else Status.FAILED,
+                            actual_micros=billed * each,
                             request_ids=tuple(a.request_id for a in attempts if a.request_id),
                             attempts=len(attempts),
                             error=repr(exc)[:500],
@@ -659,12 +381,12 @@ class JobRunner:
                 else f"{job.stop_reason} before the API call; nothing charged"
             )
             await asyncio.shield(
-                self._close(
+                self.delivery.close(
                     job,
                     row_id,
                     Settlement(
-                        Status(job.stop_reason),
-                        charge,
+                        status=Status(job.stop_reason),
+                        actual_micros=charge,
                         attempts=len(attempts),
                         request_ids=tuple(a.request_id for a in attempts if a.request_id),
                         error=note,
@@ -681,12 +403,12 @@ class JobRunner:
             "elapsed_ms": elapsed_ms,
         }
         settle = asyncio.ensure_future(
-            self._close(
+            self.delivery.close(
                 job,
                 row_id,
                 Settlement(
-                    Status.RENDERED,
-                    cost,
+                    status=Status.RENDERED,
+                    actual_micros=cost,
                     usage=result.usage,
                     request_ids=result.request_ids,
                     attempts=result.attempts,
@@ -707,14 +429,14 @@ class JobRunner:
         state.done += 1
         metrics.RENDER_SECONDS.observe(result.elapsed)
         return Image(
-            result.data,
-            result.width,
-            result.height,
-            result.format,
-            cost,
-            result.request_ids,
-            result.elapsed,
-            row_id,
+            data=result.data,
+            width=result.width,
+            height=result.height,
+            format=result.format,
+            cost_micros=cost,
+            request_ids=result.request_ids,
+            elapsed=result.elapsed,
+            row_id=row_id,
         )
 
     async def _tick(self, job: Job, view: JobView, state: _State) -> None:
@@ -723,40 +445,23 @@ class JobRunner:
             positions = [p for p in (self.gate.position(w) for w in state.waiters) if p is not None]
             queued = not state.rendering and not state.done and bool(positions)
             preview, state.preview = state.preview, None
-            await self._safe(
+            await self.delivery.safe(
                 view.progress(
                     Progress(
-                        job.id,
-                        job.request,
-                        "queued" if queued else "rendering",
-                        time.monotonic() - state.started,
-                        expected,
-                        min(positions) if positions else None,
-                        state.done,
-                        job.request.count,
-                        preview,
-                        self.offline,
+                        job_id=job.id,
+                        request=job.request,
+                        state="queued" if queued else "rendering",
+                        elapsed=time.monotonic() - state.started,
+                        expected=expected,
+                        queue_position=min(positions) if positions else None,
+                        done=state.done,
+                        count=job.request.count,
+                        preview=preview,
+                        offline=self.offline,
                     )
                 )
             )
             await asyncio.sleep(self.progress_interval)
-
-    @staticmethod
-    async def _safe(awaitable: object) -> None:
-        """An adapter's display failing must never fail (or double-charge) a job."""
-        try:
-            await awaitable  # type: ignore[misc]
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("adapter callback failed")
-
-
-def failure_charge(error: BaseException, estimate: int) -> int:
-    """A failed image costs its estimate once for every attempt the provider may have billed, else nothing."""
-    if isinstance(error, Stopped):
-        return error.charged
-    return estimate * getattr(error, "billed_attempts", 0)
 
 
 def _owner(who: Requester) -> tuple[str, str, str]:

@@ -9,7 +9,7 @@ that only the requester sees, raised before anything is reserved or called. In o
 3. the request: the channel's ceilings (`max_size`, `max_quality`, `models`); `--size auto` and
    `--quality auto` are clamped to a ceiling rather than refused; the channel's `moderation` is set;
 4. the pace: `cooldown` and `max_jobs`, which the ledger checks inside the reservation's transaction
-   (`Pace`), so two commands at once cannot both slip under them.
+   (bot/policy/pace.py), so two commands at once cannot both slip under them.
 The console and the CLI are local (whoever runs them holds the database): no access rule applies there.
 
 Settings live in the database (bot/store/settings.py reads and writes them): a channel's, and the tenant's own
@@ -18,29 +18,23 @@ Settings live in the database (bot/store/settings.py reads and writes them): a c
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from bot import platforms
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
+from bot.policy.pace import Pace
 from bot.policy.quota import Tenant
 from bot.store import settings
 
-# How often one user may start jobs: `Access.pace` decides it, the ledger checks it when it reserves.
-from bot.store.admission import Pace as Pace
-
-LOCAL_PLATFORMS = frozenset({"console", "cli"})
 QUALITY_RANK = {"low": 0, "medium": 1, "high": 2}
 MODERATION = ("auto", "low")
 EVERYONE = "everyone"
-# `<@&123>` (Discord role), `<!subteam^S123|@designers>` (Slack user group), `everyone`.
-_ROLE = re.compile(r"^<@&(?P<id>\d+)>$")
-_GROUP = re.compile(r"^<!subteam\^(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
 CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
     "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
@@ -92,14 +86,6 @@ def where(who: Requester) -> dict[str, str]:
     """The settings rows that apply to `who`: its tenant's (`Tenant.key`) and its channel's there, as the
     keyword arguments of `Settings.place` (bot/store/settings.py)."""
     return {"tenant": Tenant.of(who).key, "channel": who.channel}
-
-
-def confirm_threshold(rules: Rules, default: int | None) -> int | None:
-    """The price above which a render asks first: the channel's own (`confirm=`), else the default."""
-    value = rules.channel.get("confirm")
-    if value is None:
-        return default
-    return None if value == "off" else int(value)
 
 
 # -- parsing what admins type (the same words in Slack, Discord's text option, the console and the CLI) --
@@ -176,25 +162,13 @@ def parse_tenant_setting(text: str) -> tuple[str, str | None]:
     return name, str(int(value))
 
 
-def parse_group(text: str, platform: str) -> str:
-    """The target of `allow` / `deny`: a Discord role `<@&1>` -> `role:1`, a Slack user group
-    `<!subteam^S1|@x>` -> `group:S1`, `everyone` -> `everyone`. UserError naming the forms otherwise."""
-    word = text.strip()
-    if word.lower() in ("everyone", "@everyone", "<!everyone>"):
-        return EVERYONE
-    role, group = _ROLE.match(word), _GROUP.match(word)
-    if role and platform != "slack":
-        return f"role:{role['id']}"
-    if group and platform != "discord":
-        return f"group:{group['id']}"
-    kind = "a role (@role)" if platform == "discord" else "a user group (@group)"
-    raise UserError(
-        f"{word!r} is not {kind} or 'everyone'; pick it from the autocomplete so a mention is sent "
-        "(a person is blocked with /imagine-admin block @user instead)"
-    )
+def entry(kind: str, ident: str) -> str:
+    """How an allow/deny target is stored: a role -> `role:1`, a user group -> `group:S1`, everyone -> `everyone`
+    (the adapter read it from its platform's mention: adapters/mentions.py)."""
+    return EVERYONE if kind == EVERYONE else f"{kind}:{ident}"
 
 
-def shown_group(entry: str, platform: str) -> str:
+def shown_group(entry: str) -> str:
     """How a stored entry reads on its platform (a mention there)."""
     kind, _, ident = entry.partition(":")
     if kind == "role":
@@ -220,19 +194,19 @@ class Access:
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS): every tenant, every limit. A bare id there matches that user id on any
         platform; `slack:U1` / `discord:42` only on that platform. Whoever runs the console or the CLI is one."""
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return True
         return who.user in self.admins or f"{who.platform}:{who.user}" in self.admins
 
     def pace(self, rules: Rules) -> Pace:
         return Pace(
-            float(rules.tenant.get("cooldown", self.cooldown)),
-            int(rules.tenant.get("max_jobs", self.max_jobs)),
+            cooldown=float(rules.tenant.get("cooldown", self.cooldown)),
+            max_jobs=int(rules.tenant.get("max_jobs", self.max_jobs)),
         )
 
     def check_place(self, who: Requester, rules: Rules) -> None:
         """IMAGEBOT_CHANNELS, then the channel's `off`."""
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return
         if self.channels is not None and not (
             who.channel in self.channels or f"{who.platform}:{who.channel}" in self.channels
@@ -249,7 +223,7 @@ class Access:
 
     async def check_person(self, who: Requester, rules: Rules, standing: Standing | None) -> None:
         """Blocked users, then the allow/deny entries (which admins pass)."""
-        if who.platform in LOCAL_PLATFORMS or self.is_operator(who):
+        if self.is_operator(who):  # the console and the CLI are local: operators
             return
         if rules.blocked(who.user):
             raise UserError("You are blocked from using imagebot here; ask an admin. Nothing was charged.")
@@ -284,7 +258,7 @@ class Access:
 
     @staticmethod
     def _who_text(who: Requester, entries: dict[str, str], why: str) -> str:
-        allowed = [shown_group(e, who.platform) for e, v in entries.items() if v == "allow" and e != EVERYONE]
+        allowed = [shown_group(e) for e, v in entries.items() if v == "allow" and e != EVERYONE]
         if allowed:
             return (
                 f"Only members of {', '.join(allowed)} (and admins) may render here; {why}. "
@@ -359,7 +333,7 @@ class Access:
         Raises UserError, privately for the requester."""
         self.check_place(who, db_rules)
         await self.check_person(who, db_rules, standing)
-        if who.platform in LOCAL_PLATFORMS:
+        if platforms.is_local(who.platform):
             return request, None
         return self.within(request, db_rules), self.pace(db_rules)
 
@@ -375,8 +349,8 @@ def describe(
             f"- channels (IMAGEBOT_CHANNELS, set by operators): only {', '.join(sorted(access.channels))}"
         )
     entries = Rules({}, own).entries()
-    allowed = [shown_group(e, platform) for e, v in entries.items() if v == "allow"]
-    denied = [shown_group(e, platform) for e, v in entries.items() if v == "deny"]
+    allowed = [shown_group(e) for e, v in entries.items() if v == "allow"]
+    denied = [shown_group(e) for e, v in entries.items() if v == "deny"]
     if not entries:
         lines.append("- who may render: everyone")
     else:
@@ -408,7 +382,7 @@ def describe(
 
 
 def _user(user: str, platform: str) -> str:
-    return f"<@{user}>" if platform in ("slack", "discord") else user
+    return f"<@{user}>" if platforms.of(platform).mentions else user
 
 
 def shown_setting(name: str, value: str | None) -> str:

@@ -3,7 +3,7 @@ bot/store/pg.py): the store runs it inside the reservation's transaction, so tha
 cannot both slip under a limit or a pace.
 
 The policy (bot/policy/quota.py, bot/policy/access.py, the configuration) decides what to check: the
-configured limits (`QuotaDefaults`), the pace of a channel (`Pace`), the time zone the quota days follow
+configured limits (`QuotaDefaults`), the time zone the quota days follow
 (`Periods`). The store keeps the rows and the arithmetic: the keys its `limits` and `counters` rows are
 stored under (`tenant_key`, `scoped_key`, `counter_keys`, `limit_keys`), a stored override over a default
 (`effective_limits`: None keeps the default, `UNLIMITED` lifts it), and whether `micros`/`images` more fit
@@ -23,7 +23,6 @@ pose as another tenant's key; Slack and Discord ids never need it.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -31,7 +30,7 @@ from functools import lru_cache
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from bot.errors import PaceExceeded, QuotaExceeded
+from bot.errors import QuotaExceeded
 from bot.model.pricing import MICRO, format_usd
 from bot.model.request import Requester
 
@@ -64,32 +63,6 @@ class QuotaDefaults:
             self.channel_monthly_micros,
             self.workspace_monthly_micros,
         ]
-
-
-@dataclass(frozen=True, slots=True)
-class Pace:
-    """How often one user may start jobs (bot/policy/access.py decides it per tenant)."""
-
-    cooldown: float  # seconds between one user's jobs
-    max_jobs: int  # one user's jobs running or queued at once
-
-    def too_many(self, open_jobs: int) -> PaceExceeded:
-        """The max_jobs refusal: the user has `open_jobs` jobs open."""
-        return PaceExceeded(
-            f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-            f"person may have at once here (max_jobs={self.max_jobs}); you can start another as soon as "
-            "one finishes. Nothing was charged."
-        )
-
-    def too_soon(self, last: str, now: datetime, tz: ZoneInfo) -> PaceExceeded:
-        """The cooldown's refusal: the user's last job started at `last` (ISO 8601)."""
-        wait = self.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-        again = now + timedelta(seconds=max(wait, 0))
-        return PaceExceeded(
-            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-            f"{again.astimezone(tz).strftime('%H:%M:%S %Z')}): one job per user every "
-            f"{self.cooldown:g} s (cooldown) here. Nothing was charged."
-        )
 
 
 def _part(text: str) -> str:

@@ -24,18 +24,18 @@ import uuid
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bot import metrics
-from bot.errors import UserError
+from bot.errors import PaceExceeded, UserError
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
 from bot.store import admission, counters, dedupe, jobstate, pg
 from bot.store import settings as settings_repo
 from bot.store import usage as usage_repo
-from bot.store.admission import Pace, Periods, QuotaDefaults
+from bot.store.admission import Periods, QuotaDefaults
 from bot.store.db import Database
 from bot.store.jobstate import OPEN, PAID, Status
 from bot.store.schema import connect
@@ -72,7 +72,7 @@ class Reservation:
         return self.each_micros * len(self.row_ids)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Settlement:
     """How one row closes: its status, what it is charged, and what the API said (tokens, request ids)."""
 
@@ -134,6 +134,23 @@ def _closing(settlement: Settlement, now: str, overage: int) -> dict[str, Any]:
         "notice": settlement.notice,
         "overage": int(overage > 0),
     }
+
+
+class Pace(Protocol):
+    """The pace rule as the ledger applies it (bot/policy/pace.py decides and words it; the counting is here)."""
+
+    @property
+    def max_jobs(self) -> int: ...
+
+    def since(self, now: datetime) -> datetime | None: ...
+
+    def check_open(self, open_jobs: int) -> None: ...
+
+    def check_recent(self, last: str | None, now: datetime, tz: tzinfo) -> None: ...
+
+    def too_many(self, open_jobs: int) -> PaceExceeded: ...
+
+    def too_soon(self, last: str, now: datetime, tz: tzinfo) -> PaceExceeded: ...
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -391,9 +408,7 @@ class Ledger:
                 tenant,
                 self.defaults.as_list(),
                 pace.max_jobs if pace is not None else None,
-                _iso(now - timedelta(seconds=pace.cooldown))
-                if pace is not None and pace.cooldown > 0
-                else None,
+                _iso(since) if pace is not None and (since := pace.since(now)) is not None else None,
             ],
         ).fetchone()
         if refused is not None:
@@ -496,16 +511,15 @@ class Ledger:
             "AND status IN ('reserved', 'running', 'batched')",
             mine,
         ).fetchone()
-        if open_jobs >= pace.max_jobs:
-            raise pace.too_many(open_jobs)
-        if pace.cooldown <= 0:
+        pace.check_open(open_jobs)
+        since = pace.since(now)
+        if since is None:
             return
         (last,) = self.db.execute(
             'SELECT MAX(created_at) FROM ledger WHERE platform=? AND workspace=? AND "user"=? AND created_at > ?',
-            [*mine, _iso(now - timedelta(seconds=pace.cooldown))],
+            [*mine, _iso(since)],
         ).fetchone()
-        if last is not None:
-            raise pace.too_soon(last, now, self.timezone)
+        pace.check_recent(last, now, self.timezone)
 
     async def reserve(
         self,
@@ -751,7 +765,9 @@ class Ledger:
                 else "interrupted: the process running it stopped before the API call; nothing charged"
             )
             if not self.close_row_sync(
-                row_id, Settlement(Status.INTERRUPTED, charged, error=note, notice="pending"), fenced=False
+                row_id,
+                Settlement(status=Status.INTERRUPTED, actual_micros=charged, error=note, notice="pending"),
+                fenced=False,
             ):
                 continue  # its owner settled it meanwhile
             old = jobs.get(job_id)

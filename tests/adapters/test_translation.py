@@ -32,16 +32,16 @@ def progress(
 ) -> Progress:
     request = parse_request(text, prices=load_prices())
     return Progress(
-        "job1",
-        request,
-        state,
-        elapsed,
-        60.0,
-        3 if state == "queued" else None,
-        done,
-        request.count,
-        None,
-        offline,
+        job_id="job1",
+        request=request,
+        state=state,
+        elapsed=elapsed,
+        expected=60.0,
+        queue_position=3 if state == "queued" else None,
+        done=done,
+        count=request.count,
+        preview=None,
+        offline=offline,
     )
 
 

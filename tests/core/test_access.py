@@ -14,6 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.mentions import read_admin
 from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
@@ -57,7 +58,7 @@ class View(ActionsView):
 
 
 async def admin(core: Core, text: str, who: Requester = ADMIN) -> str:
-    return (await commands.admin(core, who, text, platform_admin=True)).text
+    return (await commands.admin(core, who, read_admin(text, who.platform), platform_admin=True)).text
 
 
 async def imagine(core: Core, who: Requester, text: str = "a fox", view: View | None = None) -> View:
@@ -283,7 +284,7 @@ async def test_help_lists_the_grammar(make_core: MakeCore) -> None:
 
 async def test_only_admins_change_access_rules(make_core: MakeCore) -> None:
     core = await make_core()
-    reply = await commands.admin(core, ALICE, "block <@U2>", platform_admin=False)
+    reply = await commands.admin(core, ALICE, read_admin("block <@U2>", ALICE.platform), platform_admin=False)
     assert "Only admins" in reply.text
     assert (await imagine(core, BOB)).delivered
 

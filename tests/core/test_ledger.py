@@ -27,7 +27,7 @@ from bot.model.pricing import format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import parse_size
 from bot.policy import quota
-from bot.policy.access import Pace
+from bot.policy.pace import Pace
 from bot.store import pg
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
@@ -161,20 +161,20 @@ async def test_reserve_settle_release_move_the_counters(
     assert ledger_rows(path, "id=?", (first,))[0]["status"] == "running"
     # Settle to the real cost: the counter drops by the unused part of the estimate.
     assert await ledger.close_row(
-        first, Settlement(Status.RENDERED, 41_000, request_ids=("req_1",), attempts=1)
+        first, Settlement(status=Status.RENDERED, actual_micros=41_000, request_ids=("req_1",), attempts=1)
     )
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (141_000, 3)
     # Release on failure: the whole estimate and the image come back.
-    assert await ledger.close_row(second, Settlement(Status.FAILED, 0, attempts=3))
+    assert await ledger.close_row(second, Settlement(status=Status.FAILED, actual_micros=0, attempts=3))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 2)
     # A timed-out attempt is kept at its estimate, never free; it made no image.
     assert await ledger.start(third)
-    assert await ledger.close_row(third, Settlement(Status.POSSIBLY_BILLED, 50_000))
+    assert await ledger.close_row(third, Settlement(status=Status.POSSIBLY_BILLED, actual_micros=50_000))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     assert_counters_match(path)
 
     # Closing twice changes nothing.
-    assert not await ledger.close_row(first, Settlement(Status.FAILED, 0))
+    assert not await ledger.close_row(first, Settlement(status=Status.FAILED, actual_micros=0))
     assert stored_counters(path)[("user_day", "slack:W1:U1", "2026-04-15")] == (91_000, 1)
     row = ledger_rows(path, "id=?", (first,))[0]
     assert (row["status"], row["actual_micros"], row["request_ids"], row["attempts"]) == (
@@ -195,16 +195,18 @@ async def test_a_row_moves_only_along_the_state_machine(open_ledger: Callable[..
     path = ledger.path
     first, second = (await ledger.reserve(ALICE, request(count=2), 50_000)).row_ids
     with pytest.raises(ValueError, match="no arrow into rendered from \\['reserved'\\]"):
-        await ledger.close_row(first, Settlement(Status.RENDERED, 41_000))  # never called the API
+        await ledger.close_row(
+            first, Settlement(status=Status.RENDERED, actual_micros=41_000)
+        )  # never called the API
     assert await ledger.start(first) and not await ledger.start(first)  # reserved -> running, once
-    assert await ledger.close_row(first, Settlement(Status.RENDERED, 41_000))
-    assert await ledger.close_row(second, Settlement(Status.CANCELLED, 0))
+    assert await ledger.close_row(first, Settlement(status=Status.RENDERED, actual_micros=41_000))
+    assert await ledger.close_row(second, Settlement(status=Status.CANCELLED, actual_micros=0))
     assert not await ledger.start(second)  # a cancelled row makes no API call
     counters = stored_counters(path)
     await ledger.delivered([first])
     assert [r["status"] for r in ledger_rows(path)] == ["delivered", "cancelled"]
     assert stored_counters(path) == counters  # delivery moves no money
-    assert not await ledger.close_row(first, Settlement(Status.FAILED, 0))
+    assert not await ledger.close_row(first, Settlement(status=Status.FAILED, actual_micros=0))
     assert_counters_match(path)
 
 
@@ -334,13 +336,15 @@ async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
             )
             if status in ("rendered", "possibly_billed"):  # only a running row called the API
                 await ledger.start(row["id"])
-            assert await ledger.close_row(row["id"], Settlement(Status(status), actual))
+            assert await ledger.close_row(row["id"], Settlement(status=Status(status), actual_micros=actual))
             closed += 1
         elif op == "reclose":
             done = ledger_rows(path, f"NOT ({OPEN_SQL})")
             if done:
                 before_counters = stored_counters(path)
-                assert not await ledger.close_row(rng.choice(done)["id"], Settlement(Status.FAILED, 0))
+                assert not await ledger.close_row(
+                    rng.choice(done)["id"], Settlement(status=Status.FAILED, actual_micros=0)
+                )
                 assert stored_counters(path) == before_counters
         elif op == "time":
             clock.advance(hours=rng.uniform(0, 30))
@@ -763,7 +767,9 @@ async def _report_ledger(target: str) -> Ledger:
             await ledger.start(row)
         if status != "reserved":
             made = "rendered" if status == "delivered" else status
-            await ledger.close_row(row, Settlement(Status(made), actual, latency_ms=latency))
+            await ledger.close_row(
+                row, Settlement(status=Status(made), actual_micros=actual, latency_ms=latency)
+            )
         if status == "delivered":
             await ledger.delivered([row])
     clock.now = REPORT_NOW
@@ -910,7 +916,7 @@ async def _refusals(target: str) -> list[str]:
         await refused(ledger.extend(first.row_ids[0], 20_000))  # another attempt, past the channel
         await ledger.set_limits("channel", "C1", {"monthly_micros": quota.UNLIMITED}, tenant=W1)
         await ledger.extend(first.row_ids[0], 20_000)  # fits now
-        await ledger.close_row(first.row_ids[1], Settlement(Status.CANCELLED, 0))
+        await ledger.close_row(first.row_ids[1], Settlement(status=Status.CANCELLED, actual_micros=0))
         await refused(ledger.extend(first.row_ids[1], 1_000))  # the row is closed
         assert stored_counters(target) == sql_counters(target)
     finally:
@@ -957,16 +963,26 @@ async def test_a_settlement_answers_as_before_when_it_skips_the_read(
         assert await ledger.start(row_id)
     first, second, third = job.row_ids
     sent = getattr(ledger.db.conn, "round_trips", 0)
-    assert await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))
+    assert await ledger.close_row(first, Settlement(status=Status.RENDERED, actual_micros=9_000))
     if ledger.postgres:
         assert ledger.db.conn.round_trips - sent == 1  # type: ignore[attr-defined]
-    assert not await ledger.close_row(first, Settlement(Status.RENDERED, 9_000))  # already closed
-    assert await ledger.close_row(second, Settlement(Status.RENDERED, 12_000))  # above its reservation
-    assert await other.close_row(third, Settlement(Status.INTERRUPTED, 10_000), fenced=False)
-    assert not await ledger.close_row(third, Settlement(Status.RENDERED, 9_000))  # recovered meanwhile
+    assert not await ledger.close_row(
+        first, Settlement(status=Status.RENDERED, actual_micros=9_000)
+    )  # already closed
+    assert await ledger.close_row(
+        second, Settlement(status=Status.RENDERED, actual_micros=12_000)
+    )  # above its reservation
+    assert await other.close_row(
+        third, Settlement(status=Status.INTERRUPTED, actual_micros=10_000), fenced=False
+    )
+    assert not await ledger.close_row(
+        third, Settlement(status=Status.RENDERED, actual_micros=9_000)
+    )  # recovered meanwhile
     waiting = await ledger.reserve(BOB, request(1), 10_000)
     with pytest.raises(ValueError, match="no arrow into rendered"):
-        await ledger.close_row(waiting.row_ids[0], Settlement(Status.RENDERED, 9_000))  # never started
+        await ledger.close_row(
+            waiting.row_ids[0], Settlement(status=Status.RENDERED, actual_micros=9_000)
+        )  # never started
     rows = {r["id"]: r for r in ledger_rows(path)}
     assert [(rows[i]["status"], rows[i]["actual_micros"], rows[i]["overage"]) for i in job.row_ids] == [
         ("rendered", 9_000, 0),

@@ -357,7 +357,9 @@ def _use(target: str) -> None:
             ledger.reserve_sync(alice, request, U1_DAILY - used + 1)
         reservation = ledger.reserve_sync(alice, request, U1_DAILY - used)
         assert ledger.start_sync(reservation.row_ids[0])
-        assert ledger.close_row_sync(reservation.row_ids[0], Settlement(Status.RENDERED, 40_000))
+        assert ledger.close_row_sync(
+            reservation.row_ids[0], Settlement(status=Status.RENDERED, actual_micros=40_000)
+        )
         assert _stored_counters(db) == _sums(db)
     finally:
         ledger.close()

@@ -151,7 +151,7 @@ async def run_example(
     try:
         core.ledger.defaults = defaults
         core.renderer.backoff = 0.005
-        core.runner.delivery_backoff, core.runner.delivery_deadline = 0.005, 0.05
+        core.delivery.backoff, core.delivery.deadline = 0.005, 0.05
         server = core.offline_server
         assert server is not None
         server.push_faults(faults)

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from PIL import Image
@@ -111,7 +112,7 @@ async def test_a_process_whose_lease_lapsed_calls_nothing_for_rows_another_proce
 
 async def test_a_delivery_that_fails_twice_is_retried_and_delivered_once(make_core: MakeCore) -> None:
     core = await make_core()
-    core.runner.delivery_backoff = 0.01
+    core.delivery.backoff = 0.01
     view = View(fails=2)
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult) and view.tries == 3 and view.delivered == [outcome]
@@ -126,7 +127,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
     make_core: MakeCore,
 ) -> None:
     core = await make_core()
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.01, 0.2
+    core.delivery.backoff, core.delivery.deadline = 0.01, 0.2
     view = View(fails=10**6)
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult) and view.delivered == [] and view.tries >= 2
@@ -141,7 +142,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
 
     # Later (the platform is back): redelivered from the outbox, charged once.
     again = View()
-    assert await core.runner.redeliver(outcome.job_id, again)  # type: ignore[arg-type]
+    assert await core.redeliver(outcome.job_id, again)  # type: ignore[arg-type]
     [result] = again.delivered
     assert result.images[0].data == outcome.images[0].data and result.total_micros == outcome.total_micros
     [row] = rows(core)
@@ -151,7 +152,7 @@ async def test_a_delivery_that_keeps_failing_is_kept_told_with_its_cost_and_rede
 
 async def test_a_permanent_refusal_is_not_retried(make_core: MakeCore) -> None:
     core = await make_core()
-    core.runner.delivery_backoff = 0.01
+    core.delivery.backoff = 0.01
     view = View(fails=1, retry=False)
     await core.runner.submit(core.parse(CHEAP), ALICE, view)  # type: ignore[arg-type]
     assert view.tries == 1 and len(view.told) == 1
@@ -163,15 +164,14 @@ async def test_images_a_dead_process_left_in_the_outbox_are_delivered_by_another
 ) -> None:
     """A restart between the render and the upload: the next process serving the platform delivers it."""
     first = await make_core()
-    first.runner.delivery_backoff, first.runner.delivery_deadline = 0.01, 0.05
+    first.delivery.backoff, first.delivery.deadline = 0.01, 0.05
     outcome = await first.runner.submit(first.parse(CHEAP), ALICE, View(fails=10**6))  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult)
     await first.ledger.requeue(outcome.job_id)  # as `imagebot redeliver` does for a chat job
 
     second = await make_core()
     arrived = View()
-    second.platforms = frozenset({"slack"})
-    second.relax.view_for = lambda who, context: arrived  # type: ignore[assignment,return-value]
+    second.places.serve({"slack": SimpleNamespace(view_for=lambda who, context: arrived)})
     await second.sweep()
     await wait_for(lambda: bool(arrived.delivered))
     assert [r["status"] for r in rows(second)] == ["delivered"]
@@ -213,7 +213,7 @@ async def test_a_settlement_above_its_reservation_is_charged_in_full_and_flagged
     core = await make_core()
     [row_id] = (await core.ledger.reserve(ALICE, core.parse(CHEAP), 5_000)).row_ids
     assert await core.ledger.start(row_id)
-    assert await core.ledger.close_row(row_id, Settlement(Status.RENDERED, 7_500))
+    assert await core.ledger.close_row(row_id, Settlement(status=Status.RENDERED, actual_micros=7_500))
     [row] = rows(core)
     assert (row["actual_micros"], row["overage"]) == (7_500, 1)
     assert user_day(core) == (7_500, 1)
@@ -280,7 +280,7 @@ def test_an_out_folder_gets_files_named_by_job_so_none_overwrites_another(tmp_pa
 
 async def test_an_undelivered_image_is_kept_for_the_buttons_life_then_purged(make_core: MakeCore) -> None:
     core = await make_core(IMAGEBOT_ACTIONS_DAYS="2")
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.01, 0.05
+    core.delivery.backoff, core.delivery.deadline = 0.01, 0.05
     outcome = await core.runner.submit(core.parse(CHEAP), ALICE, View(fails=10**6))  # type: ignore[arg-type]
     assert isinstance(outcome, JobResult)
     start = core.ledger.clock()
@@ -302,7 +302,9 @@ async def test_redeliver_leaves_an_image_its_live_process_is_delivering_alone(ma
     [row_id] = reservation.row_ids
     assert await core.ledger.start(row_id)
     image = {"width": 1024, "height": 1024, "format": "jpeg", "elapsed_ms": 10}
-    assert await core.ledger.close_row(row_id, Settlement(Status.RENDERED, 5_000), keep=(image, b"jpeg"))
+    assert await core.ledger.close_row(
+        row_id, Settlement(status=Status.RENDERED, actual_micros=5_000), keep=(image, b"jpeg")
+    )
     assert await core.ledger.requeue(reservation.job_id) == []
     [row] = rows(core)
     assert (row["status"], row["owner"]) == ("rendered", core.ledger.instance_id)

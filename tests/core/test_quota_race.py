@@ -122,7 +122,7 @@ def _crashing_worker(path: str, ready: Any) -> None:
         await ledger.start(running.row_ids[1])
         done = await ledger.reserve(ALICE, request(1), 30_000, job_id="job-done")
         await ledger.start(done.row_ids[0])
-        await ledger.close_row(done.row_ids[0], Settlement(Status.RENDERED, 25_000))
+        await ledger.close_row(done.row_ids[0], Settlement(status=Status.RENDERED, actual_micros=25_000))
         ready.put(
             {
                 "pid": os.getpid(),

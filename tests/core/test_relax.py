@@ -8,10 +8,12 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from adapters.mentions import read_admin
 from bot import commands, texts
 from bot.app import Core
 from bot.config import Settings
@@ -120,7 +122,7 @@ async def test_a_restart_while_the_batch_runs_delivers_once_from_the_new_process
         rebuilt.append((who, context, View()))
         return rebuilt[-1][2]
 
-    second.relax.view_for, second.relax.platforms = view_for, {"slack"}
+    second.places.serve({"slack": SimpleNamespace(view_for=view_for)})
     await until(lambda: bool(rebuilt and rebuilt[0][2].delivered))
     await asyncio.sleep(0.4)  # more polls: nothing is delivered twice
     assert len(rebuilt) == 1 and rebuilt[0][0] == ALICE and not view.delivered
@@ -229,7 +231,9 @@ async def test_a_relax_job_is_refused_by_quota_at_its_batch_price(
     relax_price = core.runner.reservation(core.parse("a fox --relax --size 1024x1024 --quality high"), False)
     assert relax_price == batch_price(fast_price, load_prices().model("gpt-image-2")) < fast_price
     usd = f"{(relax_price + 1) / 1e6:.6f}"
-    await commands.admin(core, ADMIN, f"quota <@U1> daily_usd={usd}", platform_admin=True)
+    await commands.admin(
+        core, ADMIN, read_admin(f"quota <@U1> daily_usd={usd}", ADMIN.platform), platform_admin=True
+    )
     refused = View()
     await core.submit(request, ALICE, refused)  # fast: above the limit
     assert refused.refusals and "daily" in refused.refusals[0].lower()
@@ -247,7 +251,9 @@ async def test_a_channel_default_makes_jobs_relax_and_fast_overrides_it(
     start: StartCore, server: OfflineImageServer
 ) -> None:
     core = await start()
-    await commands.admin(core, ADMIN, "channel <#C1> relax=on", platform_admin=True)
+    await commands.admin(
+        core, ADMIN, read_admin("channel <#C1> relax=on", ADMIN.platform), platform_admin=True
+    )
     relaxed, fast = View(), View()
     await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, relaxed)
     await core.submit(core.parse("a fox --fast --size 1024x1024 --quality low"), ALICE, fast)

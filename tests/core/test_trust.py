@@ -12,6 +12,7 @@ import io
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
@@ -215,7 +216,7 @@ async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
     async def tell(job: Interrupted) -> None:
         told.append(job)
 
-    core.platforms, core.notify = frozenset({"slack"}), tell
+    core.places.serve({"slack": SimpleNamespace(tell_interrupted=tell)})
     other = Ledger(core.settings.db_path, lease=timedelta(seconds=1))
     reservation = await other.reserve(ALICE, core.parse(CHEAP), 6_000)
     await other.set_context(reservation.job_id, {"channel": "C1", "thread_ts": "1.2"})

@@ -96,9 +96,8 @@ async def running_bot(
     if server is None:
         server = OfflineImageServer(latency=latency, batch_latency=settings.offline_batch_latency)
         await server.start()
-    core = await Core.start(settings, offline_server=server)
     # A platform that keeps failing an upload is retried for 10 minutes in production; here for 2 s.
-    core.runner.delivery_backoff, core.runner.delivery_deadline = 0.05, 2.0
+    core = await Core.start(settings, offline_server=server, delivery_backoff=0.05, delivery_deadline=2.0)
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(core, adapters, stop, ready))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from bot.app import Core
@@ -226,7 +227,7 @@ async def test_a_process_killed_while_sending_its_batch_leaves_it_to_the_next_on
     core = await Core.start(settings, offline_server=openai)
     try:
         view = View()
-        core.relax.view_for, core.relax.platforms = (lambda who, context: view), {"cli"}
+        core.places.serve({"cli": SimpleNamespace(view_for=lambda who, context: view)})
         await until(lambda: view.delivered or view.failures, timeout=20)
         assert view.delivered and not view.failures
         [image] = view.delivered[0].images
