@@ -45,7 +45,7 @@ MISSING_DRIVER = (
     "IMAGEBOT_DB is a PostgreSQL URL, but psycopg is not installed: pip install 'imagebot[postgres]'"
 )
 
-SCHEMA_VERSION = 5  # the versions of MIGRATIONS below
+SCHEMA_VERSION = 6  # the versions of MIGRATIONS below
 MIGRATION_LOCK = 72_710_001  # pg_advisory_xact_lock key for schema changes
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS ledger (
@@ -330,7 +330,12 @@ FAST_RESERVE = [
         UPDATE ledger SET reserved_micros = reserved_micros + p_micros, updated_at = p_stamp WHERE id = p_row;
     END $$""",
 ]
-MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS, 5: FAST_RESERVE}
+# Version 6 (SQLite's `_v12_people`): each person's own defaults per tenant (bot/store/people.py).
+PEOPLE = [
+    """CREATE TABLE IF NOT EXISTS user_settings (tenant TEXT, "user" TEXT, name TEXT, value TEXT NOT NULL,
+        PRIMARY KEY (tenant, "user", name))""",
+]
+MIGRATIONS = {1: SCHEMA, 2: JOBSTATE, 3: RESOURCES, 4: RELAX_KEYS, 5: FAST_RESERVE, 6: PEOPLE}
 
 _USER = re.compile(r"""(?<![\w."'])user(?![\w"'])""")  # the column, not 'user' in a string literal
 _OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO", re.IGNORECASE)

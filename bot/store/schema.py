@@ -20,7 +20,7 @@ from bot.store import pg
 
 log = logging.getLogger("imagebot.store")
 BUSY_TIMEOUT_MS = 30_000
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def _v1(db: sqlite_utils.Database) -> None:
@@ -370,6 +370,15 @@ def _v11_relax(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_batch_lines_batch_key ON batch_lines (batch_key)")
 
 
+def _v12_people(db: sqlite_utils.Database) -> None:
+    """Each person's own defaults per tenant (bot/store/people.py, /imagine-settings): name/value rows."""
+    db.table("user_settings").create(
+        {"tenant": str, "user": str, "name": str, "value": str},
+        pk=("tenant", "user", "name"),
+        not_null={"value"},
+    )
+
+
 MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     1: _v1,
     2: _v2,
@@ -382,6 +391,7 @@ MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {
     9: _v9_jobstate,
     10: _v10_resources,
     11: _v11_relax,
+    12: _v12_people,
 }
 
 
