@@ -192,7 +192,6 @@ SETTINGS_USAGE = (
 )
 SIZE_VALUES = "auto, 1k, 2k, 4k or WxH (e.g. 1536x1024)"
 AR_VALUES = "W:H with whole numbers, e.g. 16:9 (it shapes a 1k, 2k or 4k size)"
-INFO_USAGE = "Which job? /imagine-info N (N from /imagine-history, 1 is your latest) or /imagine-info JOB_ID"
 SHOW_LABEL = "Show"
 SPOILER_HIDDEN = "The image is hidden in this channel (spoiler=on): press Show to see it (only you will)."
 SPOILER_GONE = "That image is no longer here (deleted, or kept no longer); nothing to show."

@@ -106,9 +106,10 @@ def _visible(card_who: Requester, who: Requester, admin: bool) -> bool:
 
 
 async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False) -> JobCard:
-    """The card of job `ref` (its id, or N: the Nth of `who`'s history, 1 the latest) for `who`: theirs, or any
-    of their tenant's for an admin. UserError `texts.NO_SUCH_JOB` for anything else, whatever the reason."""
-    ref = ref.strip()
+    """The card of job `ref` (its id, or N: the Nth of `who`'s history, 1 the latest; nothing: the latest) for
+    `who`: theirs, or any of their tenant's for an admin. UserError `texts.no_such_job` for anything else,
+    whatever the reason."""
+    ref = ref.strip() or "1"
     if ref.isascii() and ref.isdigit() and 1 <= int(ref) <= 1000:
         ids = await ledger.run_db(
             lambda db: people.recent_jobs(db, who.platform, who.workspace, who.user, 1, int(ref) - 1)
@@ -116,8 +117,6 @@ async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False)
         job_id = ids[0] if ids else ""
     elif _JOB_ID.match(ref.lower()):
         job_id = ref.lower()
-    elif not ref:
-        raise UserError(texts.INFO_USAGE)
     else:
         raise UserError(texts.no_such_job(ref))
     found = await ledger.run_db(lambda db: _load(db, who, job_id)) if job_id else None
