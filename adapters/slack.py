@@ -289,6 +289,17 @@ def hidden_blocks(text: str, file_ids: Sequence[str]) -> list[dict[str, Any]]:
     ]
 
 
+def _hidden_files(message: Mapping[str, Any]) -> list[str]:
+    """The file ids behind a hidden image message's Show buttons (`hidden_blocks`), in order."""
+    return [
+        str(element.get("value") or "")
+        for block in message.get("blocks") or []
+        if block.get("type") == "actions"
+        for element in block.get("elements") or []
+        if str(element.get("action_id") or "").startswith(f"{SHOW_ACTION}:")
+    ]
+
+
 def mrkdwn(text: str, limit: int = SECTION_MAX) -> str:
     """`text` escaped for mrkdwn and cut to `limit` characters, never in the middle of an entity (`&amp;`)."""
     shown = escape(text)
@@ -1214,6 +1225,10 @@ class SlackAdapter:
             if mine and images:
                 data = await self.download(images[0])
                 return await asyncio.to_thread(load_image, images[0].get("name") or "base.png", data)
+            hidden = _hidden_files(message) if mine else []  # a spoiler=on channel's image, behind Show
+            if hidden:
+                data = await self.fetch({"file_id": hidden[0]})
+                return await asyncio.to_thread(load_image, "base.png", data)
         return None
 
     async def download(self, file: dict[str, Any]) -> bytes:

@@ -85,11 +85,26 @@ async def test_info_and_history(tmp_path: Path) -> None:
         admin = await command(fake, "imagine-info", ADMIN, job=job_id)
         assert f"charged {format_usd(row['actual_micros'])}" in admin
 
-        theirs = await imagine(fake, "theirs", size="1024x1024", quality="low")  # noqa: F841
+        second = await image_message(fake, bot, "a second one", rows=2)
+        await fake.send_interaction(
+            name="imagine",
+            user_id=OTHER,
+            options=[option("prompt", "theirs"), option("size", "1024x1024"), option("quality", "low")],
+        )
+        done = await bot.wait_rows(lambda rows: len(rows) == 3 and rows[-1]["status"] == "delivered")
+        theirs = done[-1]
+        assert theirs["user"] == str(OTHER)
         listed = await command(fake, "imagine-history")
-        assert job_id in listed and format_usd(row["actual_micros"]) in listed
+        lines = [line for line in listed.splitlines() if " job " in line]
+        assert [line.split(" job ")[-1] for line in lines] == [
+            job_of(second),
+            job_id,
+        ]  # newest first, only mine
+        assert theirs["job_id"] not in listed and "theirs" not in listed
+        assert format_usd(row["actual_micros"]) in lines[1]
         link = f"https://discord.com/channels/{fake.guild_id}/{message['channel_id']}/{message['id']}"
-        assert link in listed
+        assert link in lines[1]
+        assert "theirs" in await command(fake, "imagine-history", OTHER)
 
 
 async def test_spoiler_on_posts_the_image_as_a_spoiler(tmp_path: Path) -> None:

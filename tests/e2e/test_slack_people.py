@@ -218,6 +218,16 @@ async def test_spoiler_on_hides_the_image_behind_show(slack: FakeSlack, bot: Run
     [eph] = [e for e in slack.ephemerals if e["user"] == "U2"][-1:]
     images = [b for b in eph["blocks"] or [] if b["type"] == "image"]
     assert [b["slack_file"]["id"] for b in images] == [upload.id]
+    assert not any(
+        e["user"] == "U1" and e.get("blocks") and "image" in str(e["blocks"]) for e in slack.ephemerals
+    )
+
+    # A reply in the thread still edits that image, and the edit is hidden too.
+    event = slack.message_event(text=f"<@{slack.bot_user_id}> make it green --quality low", thread_ts=ts)
+    await slack.send_event(bot.events_url, event)
+    await bot.settled(2)
+    assert bot.server.calls[-1].endpoint == "edits"
+    assert all(u.channel_id is None for u in slack.uploaded)
 
 
 def test_the_manifest_has_the_new_commands() -> None:
