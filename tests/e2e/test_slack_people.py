@@ -234,3 +234,9 @@ def test_the_manifest_has_the_new_commands() -> None:
     for socket_mode in (True, False):
         names = {c["command"] for c in slack_manifest(socket_mode=socket_mode)["features"]["slash_commands"]}
         assert {"/imagine-settings", "/imagine-info", "/imagine-history"} <= names
+
+
+async def test_slack_sends_only_the_commands_the_manifest_declares(slack: FakeSlack, bot: RunningBot) -> None:
+    with pytest.raises(ValueError, match="manifest does not declare it"):
+        await slack.send_slash_command(bot.events_url, command="/imagine-nothing", text="")
+    assert (await command(slack, bot, "/imagine-history")).startswith("You have no jobs here yet")

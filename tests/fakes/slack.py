@@ -209,6 +209,9 @@ class FakeSlack:
         # when no token is sent) or "forbidden" (403).
         self.unauthorized_download: str = "redirect"
         self.response_url_max_posts = 5
+        # The slash commands the app's manifest declares (None: any). Slack sends only those: a command the
+        # manifest lacks never reaches the app (send_slash_command refuses to send it).
+        self.slash_commands: set[str] | None = None
 
         self._file_bytes: dict[str, bytes] = {}
         self._pending_uploads: dict[str, dict[str, Any]] = {}
@@ -1330,6 +1333,8 @@ class FakeSlack:
         self, *, command: str = "/imagine", text: str = "", user_id: str = "U1", channel_id: str = "C1"
     ) -> dict[str, str]:
         """The fields of a slash command, in Slack's order (form-encoded over HTTP, a dict over Socket Mode)."""
+        if self.slash_commands is not None and command not in self.slash_commands:
+            raise ValueError(f"Slack would not send {command}: the app's manifest does not declare it")
         return {
             "token": self.verification_token,
             "team_id": self.team_id,
