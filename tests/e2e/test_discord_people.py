@@ -84,6 +84,13 @@ async def test_info_and_history(tmp_path: Path) -> None:
         assert (await command(fake, "imagine-info", OTHER, job=job_id)).startswith("No such job")
         admin = await command(fake, "imagine-info", ADMIN, job=job_id)
         assert f"charged {format_usd(row['actual_micros'])}" in admin
+        # From another server, even its admin (the same person) finds nothing.
+        home, fake.guild_id = fake.guild_id, fake.guild_id + 1
+        try:
+            elsewhere = await command(fake, "imagine-info", ADMIN, job=job_id)
+        finally:
+            fake.guild_id = home
+        assert elsewhere.startswith("No such job") and "lighthouse" not in elsewhere
 
         second = await image_message(fake, bot, "a second one", rows=2)
         await fake.send_interaction(
@@ -134,3 +141,29 @@ async def test_the_new_commands_are_registered(tmp_path: Path) -> None:
     async with discord_bot(tmp_path, **NO_CHECK) as (fake, _bot):
         names = {c["name"] for c in fake.registered_commands}
         assert {"imagine-settings", "imagine-info", "imagine-history"} <= names
+
+
+async def test_a_default_a_channel_forbids_is_refused_privately_as_the_flag_would_be(tmp_path: Path) -> None:
+    async with discord_bot(tmp_path, **NO_CHECK) as (fake, bot):
+        fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
+        ix = await fake.send_interaction(
+            name="imagine-admin",
+            user_id=ADMIN,
+            options=[
+                {
+                    "name": "channel",
+                    "type": 1,
+                    "options": [
+                        {"name": "channel", "type": 7, "value": str(fake.channel_id)},
+                        {"name": "settings", "type": 3, "value": "max_quality=medium"},
+                    ],
+                }
+            ],
+        )
+        assert "max_quality=medium" in await told(fake, ix)
+        await command(fake, "imagine-settings", quality="high")
+        refused = await told(fake, await imagine(fake, "a lighthouse"))
+        assert "max_quality=medium" in refused and "your default" in refused
+        typed = await told(fake, await imagine(fake, "a lighthouse", quality="high"))
+        assert "max_quality=medium" in typed and "your default" not in typed
+        assert await bot.ledger() == [] and bot.server.calls == []
