@@ -1107,7 +1107,7 @@ class DiscordAdapter:
 
         def choices(values: Sequence[str]) -> list[app_commands.Choice[str]]:
             return [app_commands.Choice(name=v, value=v) for v in values] + [
-                app_commands.Choice(name="default (not set)", value=DEFAULT_CHOICE)
+                app_commands.Choice(name=texts.SETTING_NOT_SET, value=DEFAULT_CHOICE)
             ]
 
         @tree.command(

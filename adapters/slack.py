@@ -80,7 +80,7 @@ SETTING_CHOICES = {
     "mode": ("fast", "relax"),
     "language": ("en", "zh-CN"),
 }
-SETTING_TEXTS = {"size": "auto, 1k, 2k, 4k or WxH", "ar": "W:H, e.g. 16:9 (with 1k, 2k or 4k)"}
+SETTING_TEXTS = texts.SETTING_HINTS
 DEFAULT_CHOICE = "default"
 ACTIONS_PER_BLOCK = 25  # Slack's limit for one actions block
 GROUP_CACHE_SECONDS = 60.0  # how long a user group's members are trusted before usergroups.users.list again
@@ -228,7 +228,7 @@ def settings_form(mine: Preferences, metadata: dict[str, Any]) -> dict[str, Any]
             element["initial_value"] = str(getattr(mine, name))
         blocks.append(_input(name, element))
     for name, values in SETTING_CHOICES.items():
-        options = [_option(v, v) for v in values] + [_option("default (not set)", DEFAULT_CHOICE)]
+        options = [_option(v, v) for v in values] + [_option(texts.SETTING_NOT_SET, DEFAULT_CHOICE)]
         element = {"type": "static_select", "action_id": name, "options": options}
         current = getattr(mine, name)
         if current is not None:
@@ -237,9 +237,9 @@ def settings_form(mine: Preferences, metadata: dict[str, Any]) -> dict[str, Any]
     return {
         "type": "modal",
         "callback_id": SETTINGS_CALLBACK,
-        "title": {"type": "plain_text", "text": "Your imagebot defaults"},
-        "submit": {"type": "plain_text", "text": "Save"},
-        "close": {"type": "plain_text", "text": "Cancel"},
+        "title": {"type": "plain_text", "text": clip(texts.SETTINGS_FORM_TITLE, 24)},
+        "submit": {"type": "plain_text", "text": texts.SETTINGS_FORM_SAVE},
+        "close": {"type": "plain_text", "text": texts.SETTINGS_FORM_CANCEL},
         "private_metadata": json.dumps(metadata),
         "blocks": blocks,
     }

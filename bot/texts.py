@@ -193,6 +193,11 @@ SETTINGS_USAGE = (
 SIZE_VALUES = "auto, 1k, 2k, 4k or WxH (e.g. 1536x1024)"
 AR_VALUES = "W:H with whole numbers, e.g. 16:9 (it shapes a 1k, 2k or 4k size)"
 SHOW_LABEL = "Show"
+SETTINGS_FORM_TITLE = "Your imagebot defaults"  # at most 24 characters (a Slack modal's title)
+SETTINGS_FORM_SAVE = "Save"
+SETTINGS_FORM_CANCEL = "Cancel"
+SETTING_NOT_SET = "default (not set)"
+SETTING_HINTS = {"size": "auto, 1k, 2k, 4k or WxH", "ar": "W:H, e.g. 16:9 (with 1k, 2k or 4k)"}
 SPOILER_HIDDEN = "The image is hidden in this channel (spoiler=on): press Show to see it (only you will)."
 SPOILER_GONE = "That image is no longer here (deleted, or kept no longer); nothing to show."
 SETTING_LABELS = {
@@ -204,6 +209,11 @@ SETTING_LABELS = {
     "mode": "mode",
     "language": "language",
 }
+
+
+def bad_spoiler(value: str) -> str:
+    """`/imagine-admin channel #c spoiler=...` with a value other than on or off."""
+    return f"spoiler={value}: use on (images posted hidden until clicked) or off"
 
 
 def unknown_setting(word: str) -> str:

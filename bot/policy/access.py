@@ -151,7 +151,7 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
         return name, ",".join(chosen)
     if name == "spoiler":
         if value not in ("on", "off"):
-            raise UserError(f"spoiler={value}: use on (images posted hidden until clicked) or off")
+            raise UserError(texts.bad_spoiler(value))
         return name, value
     if name == "relax":
         if value not in ("on", "off"):
