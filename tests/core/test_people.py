@@ -221,3 +221,25 @@ async def test_history_lists_exactly_the_callers_jobs_newest_first(make_core: Ma
     with pytest.raises(UserError, match="1 to 50"):
         await commands.my_history(core, ALICE, "51")
     assert "no jobs" in (await commands.my_history(core, ELSEWHERE, "")).text
+
+
+async def test_the_console_has_settings_history_and_info(make_core: MakeCore, tmp_path: Any) -> None:
+    from adapters.console import handle_line
+
+    core = await make_core()
+    who = Requester("console", "local", "console", "console")
+    said = await handle_line(core, "/settings --size 1536x1024 --quality low", who, tmp_path)
+    assert said is not None and "size: 1536x1024 (yours)" in said
+    assert await handle_line(core, "a red fox", who, tmp_path) is None
+    [row] = rows(core)
+    assert (row["size"], row["quality"]) == ("1536x1024", "low")
+    listed = await handle_line(core, "/history", who, tmp_path)
+    assert listed is not None and row["job_id"] in listed and format_usd(row["actual_micros"]) in listed
+    written = next(tmp_path.glob("image-*"))
+    assert str(written) in listed
+    shown = await handle_line(core, "/info 1", who, tmp_path)
+    assert shown is not None and f"charged {format_usd(row['actual_micros'])}" in shown
+    assert "not one of your settings" in (
+        await handle_line(core, "/settings colour=red", who, tmp_path) or ""
+    )
+    assert (await core.preferences(who)).size == "1536x1024"
