@@ -319,9 +319,8 @@ class Core:
             if kind == actions.Kind.INFO:  # the job's card: renders nothing; a blocked person still sees none
                 await self.may_render(who, None, person=False)
                 found = await card.card(self.ledger, who, job_id, admin=self.is_admin(who, platform_admin))
-                await view.refused(
-                    texts.job_card(found)
-                )  # `refused` is the view's private word to the clicker
+                # `refused` is the view's private word to the clicker: the card goes there.
+                await view.refused(texts.job_card(found))
                 return
             if not (kind == actions.Kind.REMOVE and self.is_admin(who, platform_admin)):
                 await self.may_render(who, view)

@@ -236,10 +236,9 @@ def build_request(
         | ({"mode"} if relax is not None else set())
     )
     chosen_size = size or defaults.size
+    # A default aspect ratio shapes a preset size (typed or default) unless --ar is typed.
     if ar is None and defaults.ar is not None and chosen_size.strip().lower() in PRESETS:
-        ar = (
-            defaults.ar
-        )  # a default aspect ratio shapes a preset size, typed or default, unless --ar is typed
+        ar = defaults.ar
     picked = parse_size(chosen_size, ar, rule=capabilities.sizes, model=model)
     quality = (quality or defaults.quality).lower()
     if quality not in QUALITIES:
