@@ -22,10 +22,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot import commands, logs, report
+from bot import commands, logs, report, texts
 from bot.app import Core, DatabaseUnavailable, open_ledger
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
+from bot.jobs import card
 from bot.model.request import Requester
 from bot.policy import quota
 from bot.policy.quota import Tenant
@@ -340,6 +341,10 @@ def cmd_settings(args: argparse.Namespace) -> int:
     async def body(core: Core) -> int:
         try:
             tenant = Tenant.parse(args.tenant)
+            if args.user:  # one person's own defaults, in the words of /imagine-settings
+                person = Requester(tenant.platform, tenant.workspace, args.channel or "", args.user)
+                print((await commands.my_settings(core, person, " ".join(args.settings))).text)
+                return 0
             who = Requester(tenant.platform, tenant.workspace, args.channel or "", "cli")
             said = " ".join(settings_words(words, tenant.platform))
             request = read_admin(said, who.platform)
@@ -369,6 +374,59 @@ async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int
             f"{line.label}: {line.used} used of {line.limit}, {line.left} left, resets {line.resets:%Y-%m-%d %H:%M %Z}"
         )
     return 0
+
+
+async def _person(ledger: Ledger, args: argparse.Namespace, command: str) -> Requester:
+    """Whose history or card: `--tenant` and `--user`, the tenant found from the user alone where the ledger
+    makes it unambiguous; nothing named: the terminal's own (`imagebot imagine`'s cli:local, user cli)."""
+    tenant = await _tenant(ledger, args, command) if (args.tenant or args.user) else None
+    if tenant is None:
+        tenant = Tenant("cli", "local")
+    return Requester(tenant.platform, tenant.workspace, "", args.user or "cli")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """`imagebot history [--tenant T] [--user U] [-n N]`: a person's last N jobs, as /imagine-history shows
+    them, with each one's cost (the terminal is an operator: anyone's, in any tenant)."""
+
+    async def body(ledger: Ledger) -> int:
+        try:
+            who = await _person(ledger, args, "history")
+            count = card.parse_count(str(args.n))
+            cards = await card.history(ledger, who, count)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(texts.history(cards, _cli_link))
+        return 0
+
+    return _ledger_only(body)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """`imagebot info JOB`: a job's card (any tenant's: the terminal is an operator); `JOB` may also be N, the
+    Nth of `--user`'s history."""
+
+    async def body(ledger: Ledger) -> int:
+        try:
+            if args.job.strip().isdigit():
+                who = await _person(ledger, args, "info")
+            else:
+                owner, _context = await ledger.place(args.job.strip().lower())
+                who = owner if owner.platform else Requester("cli", "local", "", "cli")
+            found = await card.card(ledger, who, args.job, admin=True)
+        except UserError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        print(texts.job_card(found, _cli_link))
+        return 0
+
+    return _ledger_only(body)
+
+
+def _cli_link(where: dict[str, Any]) -> str | None:
+    images = where.get("images") or []
+    return str(images[0]["path"]) if images and images[0].get("path") else None
 
 
 def cmd_slack_manifest(args: argparse.Namespace) -> int:
@@ -410,6 +468,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DatabaseUnavailable as exc:  # a one-shot command does not wait: `imagebot run` does (service.py)
         print(f"imagebot: {exc}; try again when it is up", file=sys.stderr)
         raise SystemExit(1) from None
+
+
+def _own_words(words: Sequence[str]) -> list[str]:
+    """`settings --user`'s words as typed, without its own options (--tenant, --user, --channel and values)."""
+    kept: list[str] = []
+    skip = False
+    for word in words:
+        if skip:
+            skip = False
+        elif word in ("--tenant", "--user", "--channel"):
+            skip = True
+        elif not word.startswith(("--tenant=", "--user=", "--channel=")):
+            kept.append(word)
+    return kept
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -491,8 +563,31 @@ def _main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--channel", help="a channel id: the words are that channel's settings (confirm=0.10, off)"
     )
+    p.add_argument(
+        "--user", help="a user id: the words are that person's own defaults, as /imagine-settings takes them"
+    )
     p.add_argument("settings", nargs="*", help="the /imagine-admin words (see the examples)")
     p.set_defaults(fn=cmd_settings)
+    p = sub.add_parser(
+        "history",
+        help="a person's last jobs with their cost (default: the terminal's own)",
+        **_examples("imagebot history", "imagebot history --tenant slack:T123 --user U123 -n 20"),
+    )
+    p.add_argument(
+        "--tenant", help="PLATFORM:WORKSPACE (default: the only tenant --user is in, else cli:local)"
+    )
+    p.add_argument("--user", help="a user id (default: cli, as imagebot imagine uses)")
+    p.add_argument("-n", type=int, default=card.DEFAULT_HISTORY, help="how many jobs (1-50, default 10)")
+    p.set_defaults(fn=cmd_history)
+    p = sub.add_parser(
+        "info",
+        help="a job's card: prompt, settings, cost reserved and charged, request ids, who and when",
+        **_examples("imagebot info 0123456789abcdef", "imagebot info 1 --tenant slack:T123 --user U123"),
+    )
+    p.add_argument("job", help="the job id (from imagebot history), or N: the Nth of --user's history")
+    p.add_argument("--tenant", help="PLATFORM:WORKSPACE, with N")
+    p.add_argument("--user", help="a user id, with N")
+    p.set_defaults(fn=cmd_info)
     p = sub.add_parser(
         "quota",
         help="show or set quota limits of a tenant, or of its users and channels",
@@ -546,6 +641,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "quota":
         args.limits = [*args.limits, *extra]
+    elif args.command == "settings" and args.user:  # /imagine-settings words may be flags: keep them in order
+        args.settings = _own_words(argv[argv.index("settings") + 1 :])
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.fn(args))

@@ -169,7 +169,13 @@ class Files:
         await asyncio.to_thread(Path(where["path"]).unlink, True)
 
 
-ACTION_COMMANDS = {f"/{kind}": kind for kind in Kind}
+ACTION_COMMANDS = {f"/{kind}": kind for kind in Kind if kind != Kind.INFO}  # /info N is the card (below)
+
+
+def _path_of(where: dict[str, Any]) -> str | None:
+    """Where a console job's first image was written (its card's and history's link), if it was."""
+    images = where.get("images") or []
+    return str(images[0].get("path")) if images and images[0].get("path") else None
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -191,9 +197,9 @@ async def imagine(
     view = ConsoleView(out, out_is_file=out_is_file, err=err, actions=actions)
     core.runner.progress_interval = min(core.runner.progress_interval, TERMINAL_TICK)
     try:
-        request = core.parse(text)
+        request = await core.parse_for(who, text)
         if out_is_file:
-            request = _format_of_the_file(core, text, request, out)
+            request = await _format_of_the_file(core, who, text, request, out)
     except UserError as exc:
         await view.refused(str(exc))
         return 2
@@ -205,7 +211,9 @@ async def imagine(
 FILE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
-def _format_of_the_file(core: Core, text: str, request: ImageRequest, out: Path) -> ImageRequest:
+async def _format_of_the_file(
+    core: Core, who: Requester, text: str, request: ImageRequest, out: Path
+) -> ImageRequest:
     """`--out fox.png` names a format: without --format it is the one made; with a --format that differs
     the job is refused before anything is spent (PNG bytes in a file called .jpg open nowhere)."""
     named = FILE_FORMATS.get(out.suffix.lower())
@@ -217,7 +225,7 @@ def _format_of_the_file(core: Core, text: str, request: ImageRequest, out: Path)
             f"{out.with_suffix('.' + ('jpg' if request.format == 'jpeg' else request.format)).name} "
             f"or --format {named}"
         )
-    return core.parse(text, format=named)
+    return await core.parse_for(who, text, format=named)  # the file's format over a default one
 
 
 async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> str | None:
@@ -240,6 +248,12 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
             return (await commands.my_quota(core, who)).text
         if command == "/imagine-admin":
             return (await commands.admin(core, who, read_admin(rest, who.platform), platform_admin=True)).text
+        if command in ("/settings", "/imagine-settings"):
+            return (await commands.my_settings(core, who, rest)).text
+        if command in ("/history", "/imagine-history"):
+            return (await commands.my_history(core, who, rest, link=_path_of)).text
+        if command in ("/info", "/imagine-info"):
+            return (await commands.info(core, who, rest, platform_admin=True, link=_path_of)).text
         if command in ACTION_COMMANDS:
             await act(core, ACTION_COMMANDS[command], rest, who, out_dir)
             return None
@@ -247,7 +261,7 @@ async def handle_line(core: Core, line: str, who: Requester, out_dir: Path) -> s
         return str(exc)
     return (
         f"unknown command {command}; use /imagine, /reroll, /vary N, /upscale N, /edit N <instruction>, "
-        "/delete N, /imagine-usage, /imagine-quota, /imagine-admin or quit"
+        "/delete N, /settings, /history [N], /info [N], /imagine-usage, /imagine-quota, /imagine-admin or quit"
     )
 
 
@@ -278,7 +292,8 @@ async def loop(core: Core, who: Requester, out_dir: Path) -> None:
     offline = " (offline image server)" if core.runner.offline else ""
     print(
         f"imagebot console{offline}: type a prompt or /imagine <prompt> --size 2k; then /reroll, /vary N, "
-        f"/upscale N, /edit N <instruction>, /delete N; /imagine-usage, /imagine-quota, quit. "
+        f"/upscale N, /edit N <instruction>, /delete N; /settings, /history, /info N; /imagine-usage, "
+        f"/imagine-quota, quit. "
         f"Images go to {out_dir}/"
     )
     while True:

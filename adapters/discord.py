@@ -50,6 +50,7 @@ from bot.model.images import ImageInput, fit_under, image_size, load_image, read
 from bot.model.request import FORMATS, QUALITIES, ImageRequest, Requester
 from bot.model.request import clip as clip_to
 from bot.model.sizes import KNOWN_SIZES
+from bot.policy import preferences
 from bot.policy.access import UNCHECKABLE, MembershipUnknown
 from bot.store.ledger import Interrupted
 
@@ -74,6 +75,8 @@ MAX_LABEL = 80
 ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.REMOVE,))
 STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.REMOVE: discord.ButtonStyle.danger}
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+SPOILER = "SPOILER_"  # Discord's own marker: an attachment named so is blurred until clicked
+DEFAULT_CHOICE = "default"  # a /imagine-settings choice that clears the setting
 MAX_KNOWN_PARENTS = 10_000  # threads whose parent channel was looked up (a thread's parent never changes)
 UPLOAD_ATTEMPTS = 4
 # Discord codes: 50027 invalid webhook token (interaction past 15 min), 10015 unknown webhook,
@@ -145,7 +148,18 @@ def cancel_view(job_id: str) -> discord.ui.View:
 def button_rows(buttons: Sequence[actions.Button]) -> list[list[actions.Button]]:
     """A finished job's buttons in action rows: one row if they fit (a single image: Re-roll, Vary, Upscale,
     Edit, Delete), else a row per kind (Re-roll and Vary 1..N, Upscale 1..N, Edit 1..N, Delete 1..N: 17
-    buttons in 4 rows for four images); five to a row and five rows at most, as Discord allows."""
+    buttons in 4 rows for four images); five to a row and five rows at most, as Discord allows. Info (the
+    job's card) ends the last row where it has room, else it starts a row of its own."""
+    info = [b for b in buttons if b.kind == Kind.INFO]
+    rows = _rows([b for b in buttons if b.kind != Kind.INFO])
+    if info and rows and len(rows[-1]) < ROW_WIDTH:
+        rows[-1] = [*rows[-1], *info]
+    elif info and len(rows) < MAX_ROWS:
+        rows.append(info)
+    return rows
+
+
+def _rows(buttons: Sequence[actions.Button]) -> list[list[actions.Button]]:
     if len(buttons) <= ROW_WIDTH:
         return [list(buttons)] if buttons else []
     grouped = [[b for b in buttons if b.kind in kinds] for kinds in ROW_KINDS]
@@ -827,6 +841,8 @@ class DiscordJobView:
         connection (discord.py has waited out its own rate limits by then)."""
         images = [(image.data, image.filename) for image in result.images]
         budget = self.upload_limit // len(images)  # per image, so the whole message fits too
+        # The channel's spoiler=on: Discord blurs an attachment whose file name starts with SPOILER_.
+        hide = (lambda name: f"{SPOILER}{name}") if result.request.spoiler else (lambda name: name)
         problem = "no attempt was made"
         for _ in range(UPLOAD_ATTEMPTS):
             try:
@@ -834,6 +850,7 @@ class DiscordJobView:
                     uploads, notes = await asyncio.to_thread(fit_images, images, budget)
                 else:
                     uploads, notes = [(name, data) for data, name in images], []
+                uploads = [(hide(name), data) for name, data in uploads]
                 message = await self._final(
                     "\n".join(
                         [
@@ -1113,6 +1130,81 @@ class DiscordAdapter:
             await interaction.response.defer(thinking=True, ephemeral=True)
             await self._reply(interaction, lambda who: commands.my_quota(self.core, who))
 
+        def choices(values: Sequence[str]) -> list[app_commands.Choice[str]]:
+            return [app_commands.Choice(name=v, value=v) for v in values] + [
+                app_commands.Choice(name=texts.SETTING_NOT_SET, value=DEFAULT_CHOICE)
+            ]
+
+        @tree.command(
+            name="imagine-settings",
+            description="Your own defaults for /imagine (only you see them); options given change them",
+        )
+        @app_commands.describe(
+            size="auto, 1k, 2k, 4k or WxH (default: clear)",
+            ar="Aspect ratio W:H for a 1k/2k/4k size, e.g. 16:9 (default: clear)",
+            quality="Render quality",
+            format="Output format",
+            count="Images per request (1-4; 0 clears it)",
+            mode="Fast, or relax (half price, delivered later)",
+            language="The language the bot answers you in",
+            reset="Clear all of your defaults",
+        )
+        @app_commands.choices(
+            quality=choices(QUALITIES),
+            format=choices(FORMATS),
+            mode=choices(preferences.MODES),
+            language=choices(preferences.LANGUAGES),
+        )
+        @app_commands.autocomplete(size=size_autocomplete)
+        @app_commands.guild_only()
+        async def my_settings(
+            interaction: discord.Interaction[Any],
+            size: str | None = None,
+            ar: str | None = None,
+            quality: str | None = None,
+            format: str | None = None,
+            count: app_commands.Range[int, 0, 4] | None = None,
+            mode: str | None = None,
+            language: str | None = None,
+            reset: bool | None = None,
+        ) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            given = {"size": size, "ar": ar, "quality": quality, "format": format, "mode": mode}
+            given |= {"language": language, "count": None if count is None else str(count or DEFAULT_CHOICE)}
+            words = " ".join(
+                [*(["reset"] if reset else []), *(f"{n}={''.join(v.split())}" for n, v in given.items() if v)]
+            )
+            await self._reply(interaction, lambda who: commands.my_settings(self.core, who, words))
+
+        @tree.command(
+            name="imagine-info", description="A job's card: prompt, settings, cost (only you see it)"
+        )
+        @app_commands.describe(job="N from /imagine-history (1: your latest), or a job id")
+        @app_commands.guild_only()
+        async def info(interaction: discord.Interaction[Any], job: str = "1") -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            admin = bool(interaction.permissions.manage_guild)
+            await self._reply(
+                interaction,
+                lambda who: commands.info(
+                    self.core, who, job, platform_admin=admin, link=self._linker(interaction)
+                ),
+            )
+
+        @tree.command(
+            name="imagine-history", description="Your last jobs with links and costs (only you see it)"
+        )
+        @app_commands.describe(count="How many (1-50, default 10)")
+        @app_commands.guild_only()
+        async def history(
+            interaction: discord.Interaction[Any], count: app_commands.Range[int, 1, 50] = 10
+        ) -> None:
+            await interaction.response.defer(thinking=True, ephemeral=True)
+            await self._reply(
+                interaction,
+                lambda who: commands.my_history(self.core, who, str(count), link=self._linker(interaction)),
+            )
+
         tree.add_command(AdminCommands(self))
 
         @tree.error
@@ -1212,6 +1304,21 @@ class DiscordAdapter:
             clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
         )
 
+    @staticmethod
+    def _linker(interaction: discord.Interaction[Any]) -> Callable[[dict[str, Any]], str | None]:
+        """A job's message on this server (where its images are, else its progress message), for cards."""
+        guild = interaction.guild_id
+
+        def link(where: dict[str, Any]) -> str | None:
+            images = [i for i in where.get("images") or [] if i.get("message_id")]
+            place = images[0] if images else where
+            channel, message = place.get("channel_id"), place.get("message_id")
+            if not (guild and str(channel or "").isdigit() and str(message or "").isdigit()):
+                return None
+            return f"https://discord.com/channels/{guild}/{channel}/{message}"
+
+        return link
+
     async def admin(self, interaction: discord.Interaction[Any], request: AdminRequest) -> None:
         """`/imagine-admin <verb>` with its typed options (bot/commands.py `AdminRequest`): answered privately with "thinking" at once,
         then the core decides, and only the caller sees its reply."""
@@ -1272,7 +1379,8 @@ class DiscordAdapter:
         )
         references = list(await asyncio.gather(*(self._decode(a) for a in refs)))
         decoded_mask = await self._decode(mask) if mask is not None else None
-        request = self.core.parse(prompt, references, decoded_mask, **options)
+        who = await self._requester(interaction)
+        request = await self.core.parse_for(who, prompt, references, decoded_mask, **options)
         await self._submit(interaction, born, deferred, request)
 
     async def edit_from_menu(
@@ -1287,7 +1395,8 @@ class DiscordAdapter:
         async with self.core.acking():
             deferred = await interaction.response.defer(thinking=True)
         await self.core.calm()
-        request = self.core.parse(instruction, [await self._decode(image)])
+        who = await self._requester(interaction)
+        request = await self.core.parse_for(who, instruction, [await self._decode(image)])
         await self._submit(interaction, born, deferred, request)
 
     async def _submit(
@@ -1339,6 +1448,8 @@ class DiscordAdapter:
                 # one image can be taken off it; its only words are a private follow-up.
                 if kind == Kind.REMOVE:
                     deferred = await interaction.response.defer()
+                elif kind == Kind.INFO:  # the card is the clicker's alone
+                    deferred = await interaction.response.defer(thinking=True, ephemeral=True)
                 else:
                     deferred = await interaction.response.defer(thinking=True)
             await self.core.calm()
@@ -1520,7 +1631,7 @@ class DiscordAdapter:
             self.core.check_attachments(text, files, base=True)  # counted, sizes checked: before any download
             base = await self._decode(image)
             references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
-            request = self.core.parse(text, references, mask)
+            request = await self.core.parse_for(who, text, references, mask)
         except UserError as exc:  # this path has no interaction: a DM is the private word
             await tell(str(exc))
             return

@@ -9,6 +9,17 @@ SLACK_COMMANDS = [
     ("/imagine-usage", "This channel's image usage and spend", "[--days N]"),
     ("/imagine-quota", "Your remaining image quota", ""),
     (
+        "/imagine-settings",
+        "Your own defaults: size, quality, format, count, mode, language",
+        "[size=2k quality=high ... | NAME=default | reset]  (alone: a form)",
+    ),
+    (
+        "/imagine-info",
+        "A job's card: prompt, settings, cost, request ids",
+        "[N from /imagine-history | job id]",
+    ),
+    ("/imagine-history", "Your last jobs, with links and costs", "[N]"),
+    (
         "/imagine-admin",
         "Admin: quotas, access rules, spend",
         "help | quota <@user|#channel|workspace> <limits> | report --all | channel <#channel> on|off ... | "

@@ -37,7 +37,9 @@ from bot.jobs.actions import Button, Kind
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.model.images import ImageInput, load_image, read_capped
 from bot.model.request import Requester, clip
+from bot.policy import preferences
 from bot.policy.access import MembershipUnknown
+from bot.policy.preferences import Preferences
 from bot.store.ledger import Interrupted
 
 from .mentions import read_admin
@@ -69,6 +71,18 @@ EDIT_CALLBACK = "imagebot_edit"  # the Edit form (a modal); private_metadata: {"
 EDIT_BLOCK = "instruction"
 EDIT_INPUT = "instruction"
 EDIT_MAX_CHARS = 3000  # Slack's limit for a plain_text_input
+SETTINGS_CALLBACK = "imagebot_settings"  # /imagine-settings' form (a modal); private_metadata: {"channel"}
+SHOW_ACTION = "imagebot_show"  # a hidden image's Show button (a channel with spoiler=on); value: its file id
+# The settings form: free text for the size and the ratio, a choice for the others ("default": not set).
+SETTING_CHOICES = {
+    "quality": ("low", "medium", "high", "auto"),
+    "format": ("png", "jpeg", "webp"),
+    "count": ("1", "2", "3", "4"),
+    "mode": ("fast", "relax"),
+    "language": ("en", "zh-CN"),
+}
+SETTING_TEXTS = texts.SETTING_HINTS
+DEFAULT_CHOICE = "default"
 ACTIONS_PER_BLOCK = 25  # Slack's limit for one actions block
 GROUP_CACHE_SECONDS = 60.0  # how long a user group's members are trusted before usergroups.users.list again
 RENDER_KINDS = frozenset({Kind.REROLL, Kind.VARY, Kind.UPSCALE})
@@ -198,6 +212,93 @@ def edit_form(title: str, metadata: dict[str, Any]) -> dict[str, Any]:
             }
         ],
     }
+
+
+def settings_form(mine: Preferences, metadata: dict[str, Any]) -> dict[str, Any]:
+    """`/imagine-settings`' modal: the caller's own defaults, each shown as it is and changeable; a field left
+    empty (or "default") goes back to the bot's default."""
+    blocks: list[dict[str, Any]] = []
+    for name, hint in SETTING_TEXTS.items():
+        element: dict[str, Any] = {
+            "type": "plain_text_input",
+            "action_id": name,
+            "max_length": 40,
+            "placeholder": {"type": "plain_text", "text": hint},
+        }
+        if getattr(mine, name):
+            element["initial_value"] = str(getattr(mine, name))
+        blocks.append(_input(name, element))
+    for name, values in SETTING_CHOICES.items():
+        options = [_option(v, v) for v in values] + [_option(texts.SETTING_NOT_SET, DEFAULT_CHOICE)]
+        element = {"type": "static_select", "action_id": name, "options": options}
+        current = getattr(mine, name)
+        if current is not None:
+            element["initial_option"] = _option(str(current), str(current))
+        blocks.append(_input(name, element))
+    return {
+        "type": "modal",
+        "callback_id": SETTINGS_CALLBACK,
+        "title": {"type": "plain_text", "text": clip(texts.SETTINGS_FORM_TITLE, 24)},
+        "submit": {"type": "plain_text", "text": texts.SETTINGS_FORM_SAVE},
+        "close": {"type": "plain_text", "text": texts.SETTINGS_FORM_CANCEL},
+        "private_metadata": json.dumps(metadata),
+        "blocks": blocks,
+    }
+
+
+def _input(name: str, element: dict[str, Any]) -> dict[str, Any]:
+    label = texts.SETTING_LABELS[name]
+    return {
+        "type": "input",
+        "block_id": name,
+        "optional": True,
+        "label": {"type": "plain_text", "text": label[:1].upper() + label[1:]},
+        "element": element,
+    }
+
+
+def _option(text: str, value: str) -> dict[str, Any]:
+    return {"text": {"type": "plain_text", "text": text}, "value": value}
+
+
+def settings_words(values: Mapping[str, Any]) -> str:
+    """A settings form's submitted state as /imagine-settings words (`size=2k quality=default ...`)."""
+    words = []
+    for name in [*SETTING_TEXTS, *SETTING_CHOICES]:
+        state = (values.get(name) or {}).get(name) or {}
+        chosen = state.get("selected_option") or {}
+        value = str(state.get("value") or chosen.get("value") or "").strip()
+        words.append(f"{name}={''.join(value.split()) or DEFAULT_CHOICE}")
+    return " ".join(words)
+
+
+def hidden_blocks(text: str, file_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """A hidden image's message (spoiler=on): the summary, then Show (one per image) for whoever wants to see it."""
+    numbered = len(file_ids) > 1
+    buttons = [
+        {
+            "type": "button",
+            "action_id": f"{SHOW_ACTION}:{n}",
+            "text": {"type": "plain_text", "text": texts.SHOW_LABEL + (f" {n}" if numbered else "")},
+            "value": file_id,
+        }
+        for n, file_id in enumerate(file_ids, start=1)
+    ]
+    return [
+        {"type": "section", "text": {"type": "mrkdwn", "text": clip(text, SECTION_MAX)}},
+        {"type": "actions", "elements": buttons[:ACTIONS_PER_BLOCK]},
+    ]
+
+
+def _hidden_files(message: Mapping[str, Any]) -> list[str]:
+    """The file ids behind a hidden image message's Show buttons (`hidden_blocks`), in order."""
+    return [
+        str(element.get("value") or "")
+        for block in message.get("blocks") or []
+        if block.get("type") == "actions"
+        for element in block.get("elements") or []
+        if str(element.get("action_id") or "").startswith(f"{SHOW_ACTION}:")
+    ]
 
 
 def mrkdwn(text: str, limit: int = SECTION_MAX) -> str:
@@ -388,14 +489,25 @@ class SlackJobView:
             {"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
             for image in result.images
         ]
+        hidden = result.request.spoiler  # the channel's spoiler=on: uploaded unshared, shown on Show
         try:
-            response = await self.adapter.client.files_upload_v2(
-                channel=self.channel,
-                thread_ts=self.thread,
-                file_uploads=uploads,
-                initial_comment=f"<@{self.who.user}> {escape(summary)}",
-                request_file_info=False,
-            )
+            if hidden:
+                response = await self.adapter.client.files_upload_v2(
+                    file_uploads=uploads, request_file_info=False
+                )
+                said = f"<@{self.who.user}> {escape(summary)}\n{escape(texts.SPOILER_HIDDEN)}"
+                ids = [str(f["id"]) for f in response.get("files") or []]
+                await self.adapter.client.chat_postMessage(
+                    channel=self.channel, thread_ts=self.thread, text=said, blocks=hidden_blocks(said, ids)
+                )
+            else:
+                response = await self.adapter.client.files_upload_v2(
+                    channel=self.channel,
+                    thread_ts=self.thread,
+                    file_uploads=uploads,
+                    initial_comment=f"<@{self.who.user}> {escape(summary)}",
+                    request_file_info=False,
+                )
         except SlackApiError as exc:
             # Slack answered no: worth another try only if it was a 5xx or a rate limit (the client's own
             # retry handlers have already tried those a few times).
@@ -686,6 +798,53 @@ class SlackAdapter:
             asker = Privately(self, self._who(command), respond)
             self.spawn(self._once(command, self._admin(asker, command.get("text", ""))), asker)
 
+        @app.command("/imagine-settings")
+        async def my_settings(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            asker = Privately(self, self._who(command), respond)
+            text = str(command.get("text") or "")
+            if text.strip():
+                reply = commands.my_settings(self.core, asker.who, text)
+                self.spawn(self._once(command, self._reply(asker, reply)), asker)
+            else:
+                self.spawn(self._once(command, self._open_settings_form(asker, command)), asker)
+
+        @app.command("/imagine-info")
+        async def info(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            asker = Privately(self, self._who(command), respond)
+            self.spawn(self._once(command, self._info(asker, str(command.get("text") or ""))), asker)
+
+        @app.command("/imagine-history")
+        async def history(ack: Any, command: dict[str, Any], respond: Any) -> None:
+            await ack()
+            asker = Privately(self, self._who(command), respond)
+            reply = commands.my_history(self.core, asker.who, str(command.get("text") or ""), link=self._link)
+            self.spawn(self._once(command, self._reply(asker, reply)), asker)
+
+        @app.view(SETTINGS_CALLBACK)
+        async def settings_submitted(ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+            words = settings_words((view.get("state") or {}).get("values") or {})
+            problems = self._settings_problems(words)
+            if problems:  # the form stays open and says what is wrong, by the field
+                await ack(response_action="errors", errors=problems)
+                return
+            await ack()
+            metadata = json.loads(view.get("private_metadata") or "{}")
+            who = Requester(
+                "slack", self._team(body), str(metadata.get("channel") or ""), str(body["user"]["id"])
+            )
+            asker = Privately(self, who)
+            self.spawn(
+                self._once(body, self._reply(asker, commands.my_settings(self.core, who, words))), asker
+            )
+
+        @app.action(re.compile(rf"^{SHOW_ACTION}:"))
+        async def show(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
+            await ack()
+            asker = Privately(self, self._clicker(body), thread_ts=self._click_thread(body))
+            self.spawn(self._once(body, self._show(asker, str(action.get("value") or ""))), asker)
+
         @app.action(CANCEL_ACTION)
         async def cancel(ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
             await ack()
@@ -774,7 +933,9 @@ class SlackAdapter:
 
     async def _act(self, asker: Privately, key: str, instruction: str = "") -> None:
         """A result button (or the Edit form) of `asker`: a job of theirs in the same thread, or Delete."""
-        platform_admin = key.startswith(f"{Kind.REMOVE}:") and await self._is_workspace_admin(asker.who)
+        platform_admin = key.startswith(
+            (f"{Kind.REMOVE}:", f"{Kind.INFO}:")
+        ) and await self._is_workspace_admin(asker.who)
         view = SlackJobView(self, asker, thread_ts=asker.thread_ts)
         await self.core.act(
             key,
@@ -784,6 +945,50 @@ class SlackAdapter:
             instruction=instruction,
             platform_admin=platform_admin,
         )
+
+    async def _info(self, asker: Privately, args: str) -> None:
+        platform_admin = await self._is_workspace_admin(asker.who)
+        reply = commands.info(self.core, asker.who, args, platform_admin=platform_admin, link=self._link)
+        await self._reply(asker, reply)
+
+    def _link(self, where: dict[str, Any]) -> str | None:
+        """A job's message (the root of its thread), for its card and the history."""
+        return message_link(self.site_url, where)
+
+    async def _open_settings_form(self, asker: Privately, command: dict[str, Any]) -> None:
+        """`/imagine-settings` alone: the form with the caller's own defaults (views.open within Slack's 3 s of
+        the command: one database read comes first). The submission (settings_submitted) saves them."""
+        mine = await self.core.preferences(asker.who)
+        form = settings_form(mine, {"channel": asker.who.channel})
+        try:
+            await self.client.views_open(trigger_id=str(command.get("trigger_id") or ""), view=form)
+        except SlackApiError as exc:
+            log.warning(
+                "slack settings form not opened", extra={"user": asker.who.user, "error": why_not(exc)}
+            )
+            await self._reply(asker, commands.my_settings(self.core, asker.who, ""))  # the text instead
+
+    def _settings_problems(self, words: str) -> dict[str, str]:
+        """What is wrong with a settings form's fields, by field (Slack shows each under its field): the same
+        checks as /imagine-settings' words, one field at a time. Empty when all of them are good."""
+        problems = {}
+        for word in words.split():
+            try:
+                preferences.parse_changes(word, self.core.prices, self.core.settings.model)
+            except UserError as exc:
+                problems[word.partition("=")[0]] = clip(str(exc), 2000)
+        return problems
+
+    async def _show(self, asker: Privately, file_id: str) -> None:
+        """Show: a hidden image (spoiler=on) to the clicker alone, as an image block of its uploaded file."""
+        try:
+            info = await self.client.files_info(file=file_id)
+            title = str((info.get("file") or {}).get("title") or "image")
+        except SlackApiError:
+            await asker.tell(texts.SPOILER_GONE)
+            return
+        block = {"type": "image", "slack_file": {"id": file_id}, "alt_text": clip(title, 2000)}
+        await asker.tell(title, blocks=[block])
 
     async def _open_edit_form(
         self, asker: Privately, body: dict[str, Any], action: dict[str, Any], key: str
@@ -901,7 +1106,9 @@ class SlackAdapter:
     async def _reply(self, asker: Privately, make: Awaitable[commands.Reply]) -> None:
         reply = await make
         who, respond = asker.who, asker.respond
-        if reply.chart and not reply.private:
+        if respond is None:  # no command to answer (a form's submission): an ephemeral in the channel
+            await asker.tell(reply.text)
+        elif reply.chart and not reply.private:
             try:
                 await self.client.files_upload_v2(
                     channel=who.channel,
@@ -971,7 +1178,8 @@ class SlackAdapter:
     # -- jobs -----------------------------------------------------------------------------
 
     async def _imagine(self, asker: Privately, text: str) -> None:
-        await self.core.submit(self.core.parse(text), asker.who, SlackJobView(self, asker))
+        request = await self.core.parse_for(asker.who, text)
+        await self.core.submit(request, asker.who, SlackJobView(self, asker))
 
     async def _on_message(self, asker: Privately, event: dict[str, Any]) -> None:
         """A message that mentions the bot (SPEC §2): in the thread of one of our images, an edit of the latest;
@@ -1003,7 +1211,7 @@ class SlackAdapter:
             raise UserError(
                 f"I could not read this message from Slack ({why_not(exc)}); try again. Nothing was charged."
             ) from None
-        request = self.core.parse(text, references, mask)
+        request = await self.core.parse_for(asker.who, text, references, mask)
         await self.core.submit(request, asker.who, view)
 
     async def _thread_base(self, channel: str, thread_ts: str) -> ImageInput | None:
@@ -1019,6 +1227,10 @@ class SlackAdapter:
             if mine and images:
                 data = await self.download(images[0])
                 return await asyncio.to_thread(load_image, images[0].get("name") or "base.png", data)
+            hidden = _hidden_files(message) if mine else []  # a spoiler=on channel's image, behind Show
+            if hidden:
+                data = await self.fetch({"file_id": hidden[0]})
+                return await asyncio.to_thread(load_image, "base.png", data)
         return None
 
     async def download(self, file: dict[str, Any]) -> bytes:

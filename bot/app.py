@@ -17,7 +17,7 @@ from bot import metrics, texts
 from bot.concurrency import Slots
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
-from bot.jobs import actions
+from bot.jobs import actions, card
 from bot.jobs.actions import ImageStore
 from bot.jobs.delivery import DELIVERY_DEADLINE_SECONDS, Delivery, Places
 from bot.jobs.outcomes import JobFailure, JobResult
@@ -28,9 +28,12 @@ from bot.model.images import MAX_FILE_BYTES, ImageInput, load_image, too_large
 from bot.model.pricing import PriceTable, load_prices
 from bot.model.request import Defaults, ImageRequest, Requester, check_image_count, parse_request, split_flags
 from bot.offline import OfflineImageServer
-from bot.policy import access, clicks
+from bot.policy import access, clicks, preferences
 from bot.policy.access import Access, Standing
+from bot.policy.preferences import Preferences
 from bot.policy.price_check import JobPrices
+from bot.policy.quota import Tenant
+from bot.store import people
 from bot.store.ledger import Ledger
 
 log = logging.getLogger("imagebot.app")
@@ -350,6 +353,12 @@ class Core:
         `view.refused`."""
         try:
             kind, job_id, index = actions.parse_key(key)
+            if kind == actions.Kind.INFO:  # the job's card: renders nothing; a blocked person still sees none
+                await self.may_render(who, None, person=False)
+                found = await card.card(self.ledger, who, job_id, admin=self.is_admin(who, platform_admin))
+                # `refused` is the view's private word to the clicker: the card goes there.
+                await view.refused(texts.job_card(found))
+                return
             deleting, admin = kind == actions.Kind.REMOVE, self.is_admin(who, platform_admin)
             if clicks.access_applies(deleting=deleting, admin=admin):
                 await self.may_render(who, view)
@@ -427,6 +436,50 @@ class Core:
     async def first_time(self, key: str) -> bool:
         """True the first time a platform event (or message) key is seen, across processes and restarts."""
         return not await self.ledger.seen(key)
+
+    async def preferences(self, who: Requester) -> Preferences:
+        """`who`'s own defaults in their tenant (/imagine-settings); the language among them is what the words
+        they are told should be in."""
+        tenant = Tenant.of(who).key
+        stored = await self.ledger.run_db(lambda db: people.load_settings(db, tenant, who.user))
+        return Preferences.from_stored(stored)
+
+    async def set_preferences(self, who: Requester, text: str) -> Preferences:
+        """Change `who`'s defaults by the words of `/imagine-settings` (bot/policy/preferences.py): all of them
+        or, on any bad word, none (UserError naming the valid settings and values). Returns them as saved."""
+        changes = preferences.parse_changes(text, self.prices, self.settings.model)
+        tenant = Tenant.of(who).key
+
+        def write(db: Any) -> Preferences:
+            current = Preferences.from_stored(people.load_settings(db, tenant, who.user))
+            chosen = preferences.changed(current, changes, self.defaults, self.prices)
+            people.save_settings(db, tenant, who.user, list(chosen.stored().items()))
+            return chosen
+
+        return await self.ledger.run_db(write)
+
+    async def defaults_for(self, who: Requester) -> Defaults:
+        """The defaults of `who`'s requests: the operators', with `who`'s own on top."""
+        return (await self.preferences(who)).over(self.defaults)
+
+    async def parse_for(
+        self,
+        who: Requester,
+        text: str,
+        references: Sequence[ImageInput] = (),
+        mask: ImageInput | None = None,
+        **options: str | int | None,
+    ) -> ImageRequest:
+        """`parse`, with `who`'s own defaults filling in what the request leaves unsaid (flags and typed options
+        always win; the channel's rules then apply to the result as to a typed value)."""
+        return parse_request(
+            text,
+            prices=self.prices,
+            defaults=await self.defaults_for(who),
+            references=references,
+            mask=mask,
+            options=options,
+        )
 
     def parse(
         self,

@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
-from bot import platforms, report
+from bot import platforms, report, texts
 from bot.app import Core
 from bot.errors import UserError
+from bot.jobs import card
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy import access, quota
@@ -133,6 +135,55 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
 TargetKind = Literal["user", "channel", "workspace", "role", "group", "everyone"]
 EVERYONE: Literal["everyone"] = "everyone"
 Verb = Literal["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
+
+
+# -- your settings, a job's card, your history ---------------------------------------------------------------
+
+
+def _here(who: Requester) -> str:
+    place = platforms.of(who.platform)
+    if place.local:
+        return "here"
+    return f"on this {place.tenant}" if place.tenant == "server" else f"in this {place.tenant}"
+
+
+async def my_settings(core: Core, who: Requester, args: str) -> Reply:
+    """`/imagine-settings [NAME=VALUE ...]`: the caller's own defaults in this tenant, privately; with words,
+    change them first (all or, on a bad word, none: the refusal names the valid settings and values)."""
+    words = args.strip()
+    if words and words.lower() not in ("show", "list"):
+        mine = await core.set_preferences(who, words)
+        return Reply(texts.your_settings(mine, core.defaults, _here(who), saved=True))
+    return Reply(texts.your_settings(await core.preferences(who), core.defaults, _here(who)))
+
+
+Link = Callable[[dict[str, Any]], str | None]
+
+
+async def info(
+    core: Core, who: Requester, args: str, *, platform_admin: bool, link: Link | None = None
+) -> Reply:
+    """`/imagine-info <job>`: a job's card (bot/jobs/card.py), privately: the caller's own, or any of their
+    tenant's for an admin; "no such job" for everything else. `link`: the adapter's link to where it is shown."""
+    await core.may_render(who, None, person=False)  # a channel that is off, or a blocked person: no card
+    found = await card.card(core.ledger, who, args, admin=core.is_admin(who, platform_admin))
+    return Reply(texts.job_card(found, link or _no_link))
+
+
+async def my_history(core: Core, who: Requester, args: str, *, link: Link | None = None) -> Reply:
+    """`/imagine-history [N]`: the caller's own last N jobs in this tenant (default 10), privately, each with
+    its cost and (where the adapter can make one) a link to where it was posted."""
+    count = card.parse_count(args)
+    await core.may_render(who, None, person=False)
+    return Reply(texts.history(await card.history(core.ledger, who, count), link or _no_link))
+
+
+def _no_link(where: dict[str, Any]) -> str | None:
+    return None
+
+
+def _platform_name(who: Requester) -> str:
+    return platforms.of(who.platform).name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -283,7 +334,7 @@ async def admin(
 HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):
 - quota <@user|#channel|workspace> daily_usd=N daily_images=N monthly_usd=N monthly_images=N (or =default, =unlimited)
 - report --all [--days N]
-- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low relax=on|off confirm=USD|off (any =default to clear)
+- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low relax=on|off confirm=USD|off spoiler=on|off (any =default to clear)
 - allow <@role|@usergroup|everyone>  (once anything is allowed, only those members and admins may render)
 - deny <@role|@usergroup|everyone>
 - block <@user>  (refused everywhere, buttons and replies included)

@@ -43,6 +43,7 @@ class Kind(StrEnum):
     UPSCALE = "upscale"
     EDIT = "edit"
     REMOVE = "delete"  # the Delete button (not named after the SQL keyword: only the store holds SQL)
+    INFO = "info"  # the job's card, privately (bot/jobs/card.py)
 
 
 LABELS = {
@@ -51,6 +52,7 @@ LABELS = {
     Kind.UPSCALE: "Upscale",
     Kind.EDIT: "Edit",
     Kind.REMOVE: "Delete",
+    Kind.INFO: "Info",
 }
 
 
@@ -200,6 +202,7 @@ def request_json(db: Database, request: ImageRequest, holder: str) -> str:
             "references": [_blob(db, r, holder) for r in request.references],
             "mask": _blob(db, request.mask, holder) if request.mask is not None else None,
             "relax": request.relax,
+            "spoiler": request.spoiler,
         }
     )
 
@@ -219,6 +222,7 @@ def request_from(db: Database, text: str) -> ImageRequest:
         references=tuple(_image(db, r) for r in raw["references"]),
         mask=_image(db, raw["mask"]) if raw["mask"] else None,
         relax=raw.get("relax"),  # a button on a relax image keeps its mode
+        spoiler=bool(raw.get("spoiler")),  # a late delivery is hidden as the first would have been
     )
 
 
@@ -347,6 +351,7 @@ def buttons(
     for n in range(1, len(images) + 1):
         out.append(Button(Kind.EDIT, record_id, n, "", None))
         out.append(Button(Kind.REMOVE, record_id, n, "", None))
+    out.append(Button(Kind.INFO, record_id, 0, "", None))
     return [replace(b, label=_label(b, numbered)) for b in out]
 
 

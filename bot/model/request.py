@@ -63,6 +63,10 @@ class ImageRequest:
     relax: bool | None = (
         None  # relax mode (the Batch API, half price): --relax / --fast; None: the channel's default
     )
+    # Which settings came from the requester's own defaults (/imagine-settings) rather than what they typed:
+    # a channel's refusal of one says so (bot/policy/access.py).
+    defaulted: tuple[str, ...] = ()
+    spoiler: bool = False  # the channel's `spoiler=on`: posted hidden until clicked (bot/policy/access.py)
 
     @property
     def is_edit(self) -> bool:
@@ -75,9 +79,17 @@ class ImageRequest:
 
 @dataclass(frozen=True, slots=True)
 class Defaults:
+    """What a request that leaves a setting unsaid gets: the operators' defaults (IMAGEBOT_DEFAULT_SIZE, ...),
+    with a person's own on top (bot/policy/preferences.py); `given` names the settings that are that person's."""
+
     size: str = "auto"
     quality: str = "auto"
     model: str = "gpt-image-2"
+    format: str = "jpeg"
+    count: int = 1
+    ar: str | None = None  # shapes a 1k/2k/4k size (the given one or the default) when no --ar is typed
+    relax: bool | None = None  # None: the channel's default mode
+    given: frozenset[str] = frozenset()
 
 
 def clip(text: str, limit: int) -> str:
@@ -214,11 +226,24 @@ def build_request(
     if ar is not None and size is None and defaults.size.strip().lower() not in PRESETS:
         # The size the rule needs was never typed: name what to add, not the default the user never saw.
         raise UserError(f"--ar needs --size 1k, 2k or 4k to pick a size from, e.g. --size 2k --ar {ar}")
-    picked = parse_size(size or defaults.size, ar, rule=capabilities.sizes, model=model)
+    typed = (
+        {
+            name
+            for name, value in (("size", size), ("ar", ar), ("quality", quality), ("format", format))
+            if value is not None
+        }
+        | ({"count"} if count is not None else set())
+        | ({"mode"} if relax is not None else set())
+    )
+    chosen_size = size or defaults.size
+    # A default aspect ratio shapes a preset size (typed or default) unless --ar is typed.
+    if ar is None and defaults.ar is not None and chosen_size.strip().lower() in PRESETS:
+        ar = defaults.ar
+    picked = parse_size(chosen_size, ar, rule=capabilities.sizes, model=model)
     quality = (quality or defaults.quality).lower()
     if quality not in QUALITIES:
         raise UserError(f"--quality {quality!r} is not valid; use low, medium, high or auto")
-    fmt = (format or "jpeg").lower()
+    fmt = (format or defaults.format).lower()
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in FORMATS:
@@ -229,7 +254,9 @@ def build_request(
         compression = _in_range("compression", compression, 0, 100)
     elif fmt != "png":
         compression = DEFAULT_COMPRESSION
-    count = 1 if count is None else _in_range("count", count, 1, MAX_COUNT)
+    count = defaults.count if count is None else _in_range("count", count, 1, MAX_COUNT)
+    if relax is None:
+        relax = defaults.relax
     _check_images(model, capabilities, references, mask)
     return ImageRequest(
         prompt=prompt,
@@ -243,6 +270,7 @@ def build_request(
         mask=mask,
         notes=notes_for(prompt=prompt, size=picked, format=fmt, model=model, capabilities=capabilities),
         relax=relax,
+        defaulted=tuple(sorted(defaults.given - typed)),
     )
 
 

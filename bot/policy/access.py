@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bot import platforms
+from bot import platforms, texts
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
 from bot.model.pricing import PriceTable, format_usd
@@ -37,7 +37,7 @@ MODERATION = ("auto", "low")
 EVERYONE = "everyone"
 CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
-    "moderation=auto|low, relax=on|off, confirm=USD|off (each =default to clear)"
+    "moderation=auto|low, relax=on|off, confirm=USD|off, spoiler=on|off (each =default to clear)"
 )
 UNCHECKABLE = "Access cannot be checked right now; nothing was charged. Try again in a minute."
 TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
@@ -101,7 +101,15 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
     if word in ("on", "off"):
         return "enabled", None if word == "on" else "off"
     name, sep, value = word.partition("=")
-    if not sep or name not in ("max_size", "max_quality", "models", "moderation", "relax", "confirm"):
+    if not sep or name not in (
+        "max_size",
+        "max_quality",
+        "models",
+        "moderation",
+        "relax",
+        "confirm",
+        "spoiler",
+    ):
         raise UserError(f"{text!r} is not a channel setting; use {CHANNEL_USAGE}")
     if value == "default":
         return name, None
@@ -126,6 +134,10 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
                 f"use a comma-separated list of {', '.join(sorted(models))}"
             )
         return name, ",".join(chosen)
+    if name == "spoiler":
+        if value not in ("on", "off"):
+            raise UserError(texts.bad_spoiler(value))
+        return name, value
     if name == "relax":
         if value not in ("on", "off"):
             raise UserError(f"relax={value}: use on (relax mode by default here: half price, later) or off")
@@ -279,7 +291,10 @@ class Access:
                 f"add --model {models[0]}. Nothing was charged."
             )
         if "max_size" in ceilings:
-            request, note = self._size_within(request, ceilings["max_size"])
+            try:
+                request, note = self._size_within(request, ceilings["max_size"])
+            except UserError as exc:
+                raise _yours(exc, request, "size") from None
             notes += note
         if "max_quality" in ceilings:
             ceiling = ceilings["max_quality"]
@@ -289,10 +304,15 @@ class Access:
                     notes.append(f"quality auto clamped to {ceiling} (this channel's max_quality)")
             elif QUALITY_RANK.get(request.quality, 2) > QUALITY_RANK[ceiling]:
                 allowed = [q for q, rank in QUALITY_RANK.items() if rank <= QUALITY_RANK[ceiling]]
-                raise UserError(
-                    f"--quality {request.quality} is above this channel's ceiling max_quality={ceiling}; "
-                    f"use {' or '.join(allowed)}. Nothing was charged."
+                raise _yours(
+                    UserError(
+                        f"--quality {request.quality} is above this channel's ceiling max_quality={ceiling}; "
+                        f"use {' or '.join(allowed)}. Nothing was charged."
+                    ),
+                    request,
+                    "quality",
                 )
+        request = replace(request, spoiler=ceilings.get("spoiler") == "on")
         if request.relax is None:  # the channel's default mode; --relax / --fast say otherwise
             request = replace(request, relax=ceilings.get("relax") == "on")
         moderation = ceilings.get("moderation")
@@ -336,6 +356,14 @@ class Access:
         if platforms.is_local(who.platform):
             return request, None
         return self.within(request, db_rules), self.pace(db_rules)
+
+
+def _yours(refusal: UserError, request: ImageRequest, name: str) -> UserError:
+    """A channel's refusal of a value; when that value was the requester's own default (/imagine-settings),
+    the refusal says so, since they did not type it."""
+    if name not in request.defaulted:
+        return refusal
+    return UserError(f"{refusal} {texts.from_your_default(name)}")
 
 
 def describe(

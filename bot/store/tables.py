@@ -146,6 +146,12 @@ TABLES: tuple[Table, ...] = (
     ),
     # Platform events already handled (a retried delivery is ignored).
     Table("seen_events", _texts("key", "at"), pk=("key",), indexes=(Index(("at",)),)),
+    # Each person's own defaults in a tenant, name/value (bot/store/people.py, /imagine-settings).
+    Table(
+        "user_settings",
+        (*_texts("tenant", "user", "name"), _text("value", not_null=True)),
+        pk=("tenant", "user", "name"),
+    ),
     # Each job's request and where its images live: its result buttons' state (bot/jobs/actions.py).
     Table(
         "results",

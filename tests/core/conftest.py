@@ -20,6 +20,7 @@ BOTH_BACKENDS = {
     "tests.core.test_ledger",
     "tests.core.test_actions",
     "tests.core.test_store",
+    "tests.core.test_people",
 }
 
 

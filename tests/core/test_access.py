@@ -112,7 +112,7 @@ async def test_a_blocked_user_is_refused_on_commands_buttons_and_the_usage_repor
     store.keep(first.delivered[0])
     assert "<@U1> blocked" in await admin(core, "block <@U1>")
     refused_for_nothing(core, await imagine(core, ALICE), "blocked")
-    for button in first.delivered[0].buttons:  # Re-roll, Vary, Upscale, Delete: none works
+    for button in first.delivered[0].buttons:  # Re-roll, Vary, Upscale, Delete, Info: none works
         clicked = View()
         await core.act(button.key, ALICE, clicked, store)
         assert clicked.refusals and "blocked" in clicked.refusals[0], button

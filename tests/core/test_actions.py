@@ -134,6 +134,7 @@ async def test_a_finished_job_has_every_action_with_what_a_click_reserves(make_c
         "Delete 1",
         "Edit 2",
         "Delete 2",
+        "Info",
     ]
     reroll = button(result, Kind.REROLL)
     assert reroll.cost_micros == core.runner.reservation(result.request, False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.manifests import slack_manifest
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
 
@@ -14,6 +15,8 @@ from tests.fakes.slack import FakeSlack
 @pytest.fixture
 async def slack() -> AsyncIterator[FakeSlack]:
     fake = FakeSlack()
+    # As Slack does: only the commands the manifest declares reach the bot.
+    fake.slash_commands = {c["command"] for c in slack_manifest()["features"]["slash_commands"]}
     await fake.start()
     yield fake
     await fake.stop()

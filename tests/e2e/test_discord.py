@@ -114,6 +114,7 @@ async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response
         "Upscale",
         "Edit",
         "Delete",
+        "Info",
     ]
     image = decoded(final)
     assert image.size == (1536, 1024) and image.format == "JPEG"

@@ -124,29 +124,31 @@ def answered_first(fake: FakeDiscord, ix: dict[str, Any], since: float) -> None:
 async def test_the_result_carries_buttons_with_prices_that_know_where_each_image_is(tmp_path: Path) -> None:
     async with discord_bot(tmp_path, **NO_CHECK) as (fake, bot):
         message = await image_message(fake, bot)
-        [row] = message["components"]  # one image: five buttons in one row
+        [row, info] = message["components"]  # one image: five buttons in one row, then Info
         assert [re.sub(r" · \$\d+\.\d{4}$", " · $", label) for label in labels(message)] == [
             "Re-roll · $",
             "Vary · $",
             "Upscale · $",
             "Edit",
             "Delete",
+            "Info",
         ]
         ids = [b["custom_id"] for b in FakeDiscord.buttons(message)]
         assert all(i.startswith("imagebot:act:") and len(i) <= 100 for i in ids)
         assert [b["style"] for b in row["components"]] == [1, 2, 2, 2, 4]
+        assert [b["style"] for b in info["components"]] == [2]
 
-        # Four images: 17 buttons in rows of at most five, Re-roll leading the Vary row.
+        # Four images: 18 buttons in rows of at most five, Re-roll leading the Vary row, Info ending the last.
         many = await image_message(fake, bot, "four of them", rows=5, count=4, size="1024x1024")
         rows = [[b["label"].split(" · ")[0] for b in r["components"]] for r in many["components"]]
         assert rows == [
             ["Re-roll", "Vary 1", "Vary 2", "Vary 3", "Vary 4"],
             ["Upscale 1", "Upscale 2", "Upscale 3", "Upscale 4"],
             ["Edit 1", "Edit 2", "Edit 3", "Edit 4"],
-            ["Delete 1", "Delete 2", "Delete 3", "Delete 4"],
+            ["Delete 1", "Delete 2", "Delete 3", "Delete 4", "Info"],
         ]
         ids = [b["custom_id"] for b in FakeDiscord.buttons(many)]
-        assert len(set(ids)) == 17 and all(len(i) <= 100 for i in ids)
+        assert len(set(ids)) == 18 and all(len(i) <= 100 for i in ids)
 
         # Where each image lives: the message that carries it, and which of its attachments.
         [(images,)] = await bot.core.ledger.query(

@@ -127,7 +127,7 @@ async def test_the_finished_message_carries_priced_buttons(slack: FakeSlack, bot
     ts = await imagine(slack, bot, "a lighthouse --size 1536x1024 --quality low")
     [renders, others] = labels(slack, ts)
     assert [label.split(" · ")[0] for label in renders] == ["Re-roll", "Vary", "Upscale"]
-    assert all(" · $" in label for label in renders) and others == ["Edit", "Delete"]
+    assert all(" · $" in label for label in renders) and others == ["Edit", "Delete", "Info"]
     blocks = message(slack, ts)["blocks"]
     assert blocks[0]["type"] == "context" and "Done: 1536x1024 low" in blocks[0]["elements"][0]["text"]
     assert "Cancel" not in str(blocks)
@@ -152,7 +152,7 @@ async def test_several_images_get_numbered_buttons(slack: FakeSlack, bot: Runnin
         "Vary 2",
         "Upscale 2",
     ]
-    assert others == ["Edit 1", "Delete 1", "Edit 2", "Delete 2"]
+    assert others == ["Edit 1", "Delete 1", "Edit 2", "Delete 2", "Info"]
     job_id = await finished(slack, bot, ts)
     [[images]] = await bot.core.ledger.query("SELECT images FROM results WHERE job_id=?", [job_id])
     assert [i["where"]["file_id"] for i in json.loads(images)] == [u.id for u in slack.uploaded]

@@ -209,6 +209,9 @@ class FakeSlack:
         # when no token is sent) or "forbidden" (403).
         self.unauthorized_download: str = "redirect"
         self.response_url_max_posts = 5
+        # The slash commands the app's manifest declares (None: any). Slack sends only those: a command the
+        # manifest lacks never reaches the app (send_slash_command refuses to send it).
+        self.slash_commands: set[str] | None = None
 
         self._file_bytes: dict[str, bytes] = {}
         self._pending_uploads: dict[str, dict[str, Any]] = {}
@@ -617,6 +620,16 @@ class FakeSlack:
         blocks = _jsonish(args.get("blocks"))
         if not text and not blocks and not _jsonish(args.get("attachments")):
             raise _ApiError("no_text")
+        for block in blocks or []:
+            file_id = ((block or {}).get("slack_file") or {}).get("id") if isinstance(block, dict) else None
+            if (
+                block.get("type") == "image"
+                and file_id is not None
+                and (file_id not in self.files or file_id in self._gone)
+            ):
+                raise _ApiError(
+                    "invalid_blocks", response_metadata={"messages": [f"[ERROR] no file {file_id}"]}
+                )
         ts = self._next_ts()
         self.ephemerals.append(
             {
@@ -988,6 +1001,18 @@ class FakeSlack:
                     problems.append(
                         f"[ERROR] must be less than 2001 characters [json-pointer:{at}/label/text]"
                     )
+                element = block.get("element") or {}
+                if isinstance(element, dict) and element.get("type") == "static_select":
+                    options = element.get("options") or []
+                    if not 1 <= len(options) <= 100:
+                        problems.append(
+                            f"[ERROR] must provide 1-100 options [json-pointer:{at}/element/options]"
+                        )
+                    initial = element.get("initial_option")
+                    if initial is not None and initial not in options:
+                        problems.append(
+                            f"[ERROR] initial_option must match an option [json-pointer:{at}/element/initial_option]"
+                        )
         return problems
 
     def _m_views_publish(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -1308,6 +1333,8 @@ class FakeSlack:
         self, *, command: str = "/imagine", text: str = "", user_id: str = "U1", channel_id: str = "C1"
     ) -> dict[str, str]:
         """The fields of a slash command, in Slack's order (form-encoded over HTTP, a dict over Socket Mode)."""
+        if self.slash_commands is not None and command not in self.slash_commands:
+            raise ValueError(f"Slack would not send {command}: the app's manifest does not declare it")
         return {
             "token": self.verification_token,
             "team_id": self.team_id,
@@ -1468,8 +1495,26 @@ class FakeSlack:
                 continue
             element = block["element"]
             typed = values.get(element["action_id"])
+            if typed is None and element["type"] == "static_select" and element.get("initial_option"):
+                typed = element["initial_option"]["value"]  # a select keeps its initial choice
+            elif typed is None and element.get("initial_value"):
+                typed = element["initial_value"]  # a text input keeps its initial text
             if not typed and not block.get("optional"):
                 raise ValueError(f"Slack would not submit: {element['action_id']} is required")
+            if element["type"] == "static_select":
+                # A select submits one of its options (or nothing), never free text.
+                chosen = [o for o in element.get("options") or [] if o.get("value") == typed]
+                if typed and not chosen:
+                    raise ValueError(
+                        f"Slack would not submit: {typed!r} is not an option of {element['action_id']}"
+                    )
+                state[block["block_id"]] = {
+                    element["action_id"]: {
+                        "type": "static_select",
+                        "selected_option": chosen[0] if chosen else None,
+                    }
+                }
+                continue
             if typed and len(typed) > int(element.get("max_length") or 3000):
                 raise ValueError(f"Slack would not submit: {element['action_id']} is too long")
             state[block["block_id"]] = {
