@@ -37,12 +37,13 @@ CARD_COLUMNS = (
     "context",
     "mode",
 )
+_CARD_SELECT = ", ".join(f'"{c}"' for c in CARD_COLUMNS)  # quoted: "user" is a keyword on PostgreSQL
 
 
 def load_settings(db: Database, tenant: str, user: str) -> dict[str, str]:
     """One person's stored defaults in one tenant (`Tenant.key`): name -> value."""
     rows = db.conn.execute(
-        "SELECT name, value FROM user_settings WHERE tenant=? AND user=?", [tenant, user]
+        'SELECT name, value FROM user_settings WHERE tenant=? AND "user"=?', [tenant, user]
     ).fetchall()
     return {str(name): str(value) for name, value in rows}
 
@@ -53,12 +54,12 @@ def save_settings(db: Database, tenant: str, user: str, values: Sequence[tuple[s
     for name, value in values:
         if value is None:
             db.conn.execute(
-                "DELETE FROM user_settings WHERE tenant=? AND user=? AND name=?", [tenant, user, name]
+                'DELETE FROM user_settings WHERE tenant=? AND "user"=? AND name=?', [tenant, user, name]
             )
         else:
             db.conn.execute(
-                "INSERT INTO user_settings (tenant, user, name, value) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(tenant, user, name) DO UPDATE SET value=excluded.value",
+                'INSERT INTO user_settings (tenant, "user", name, value) VALUES (?, ?, ?, ?) '
+                'ON CONFLICT(tenant, "user", name) DO UPDATE SET value=excluded.value',
                 [tenant, user, name, value],
             )
 
@@ -66,8 +67,7 @@ def save_settings(db: Database, tenant: str, user: str, values: Sequence[tuple[s
 def job_rows(db: Database, platform: str, workspace: str, job_id: str) -> list[dict[str, Any]]:
     """The ledger rows of one job of one tenant (one per image, by seq); [] if the tenant has no such job."""
     rows = db.conn.execute(
-        f"SELECT {', '.join(CARD_COLUMNS)} FROM ledger WHERE platform=? AND workspace=? AND job_id=? "
-        "ORDER BY seq, id",
+        f"SELECT {_CARD_SELECT} FROM ledger WHERE platform=? AND workspace=? AND job_id=? ORDER BY seq, id",
         [platform, workspace, job_id],
     ).fetchall()
     return [dict(zip(CARD_COLUMNS, row, strict=True)) for row in rows]
@@ -87,7 +87,7 @@ def recent_jobs(
 ) -> list[str]:
     """The ids of one person's latest jobs in one tenant, newest first."""
     rows = db.conn.execute(
-        "SELECT job_id FROM ledger WHERE platform=? AND workspace=? AND user=? GROUP BY job_id "
+        'SELECT job_id FROM ledger WHERE platform=? AND workspace=? AND "user"=? GROUP BY job_id '
         "ORDER BY MIN(created_at) DESC, MIN(id) DESC LIMIT ? OFFSET ?",
         [platform, workspace, user, count, skip],
     ).fetchall()

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adapters.mentions import read_admin
 from bot import commands, texts
 from bot.errors import UserError
 from bot.model.pricing import format_usd, load_prices
@@ -112,7 +113,9 @@ async def test_a_default_above_a_ceiling_is_refused_as_the_flag_would_be_and_say
     make_core: MakeCore,
 ) -> None:
     core = await make_core()
-    await commands.admin(core, ADMIN, "channel <#C1> max_quality=medium max_size=1k", platform_admin=True)
+    await commands.admin(
+        core, ADMIN, read_admin("channel <#C1> max_quality=medium max_size=1k", "slack"), platform_admin=True
+    )
     await core.set_preferences(ALICE, "quality=high")
     view = View()
     await core.submit(await core.parse_for(ALICE, "a lighthouse"), ALICE, view)
