@@ -2,7 +2,7 @@
 their CSRF tokens.
 
 - A link is what `/imagine-admin dashboard` answers an admin, privately. It names the admin's tenant, works
-  for LINK_TTL (15 minutes) and only once: redeeming it is one conditional UPDATE (unused and unexpired), so
+  for LINK_TTL (15 minutes) and only once: redeeming it is one conditional update (unused and unexpired), so
   two browsers racing with the same link cannot both get a session.
 - A session lasts SESSION_TTL (8 hours). A link's session sees its tenant only. Operators sign in with
   IMAGEBOT_DASHBOARD_TOKEN instead; their sessions name no tenant: they see every one.
@@ -116,7 +116,7 @@ def peek_link(db: Any, secret: str, now: datetime) -> tuple[Tenant, str]:
 
 
 def redeem_link(db: Any, secret: str, now: datetime) -> Session:
-    """Use the link up (once: a conditional UPDATE) and open its tenant's session; SignInRefused otherwise."""
+    """Use the link up (once: a conditional update) and open its tenant's session; SignInRefused otherwise."""
     tenant, user, operator = _link(db, secret, now)
     if not tokens.use_link(db, digest=digest(secret), now=_iso(now)):
         raise SignInRefused(_REUSED)  # another request used it between the read and here
