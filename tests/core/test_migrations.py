@@ -40,7 +40,7 @@ NOON = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 STAMP = "2026-04-15T11:00:00.000+00:00"
 # What each PostgreSQL schema version holds, as the SQLite version with the same tables (bot/store/pg.py): version 1
 # was written after SQLite's schema 8, and each later one mirrors one SQLite migration.
-PG_LEVEL = {1: 8, 2: 9, 3: 10, 4: 11, 5: 11, 6: 12}
+PG_LEVEL = {1: 8, 2: 9, 3: 10, 4: 11, 5: 11}
 OPEN = ("reserved", "running", "batched")
 PAID = ("rendered", "delivered", "undelivered", "succeeded")
 U1_DAILY = 200_000  # Alice's own daily limit, set before the migration
@@ -159,14 +159,13 @@ def _counters(rows: list[dict[str, Any]], scoped: bool) -> dict[tuple[str, str, 
     return {k: v for k, v in sums.items() if v != (0, 0)}
 
 
-def _write(db: Store, level: int, *, counters: bool = True) -> None:
-    """Representative rows of SQLite schema `level` (PostgreSQL: its twin), written as that version did.
-    `counters=False`: the version's own trigger keeps the counters (PostgreSQL from version 5 on)."""
+def _write(db: Store, level: int) -> None:
+    """Representative rows of SQLite schema `level` (PostgreSQL: its twin), written as that version did."""
     rows = _ledger_rows(level)
     for r in rows:
         db.insert("ledger", r)
     scoped = level >= 5
-    for (scope, key, period), (micros, images) in _counters(rows, scoped).items() if counters else ():
+    for (scope, key, period), (micros, images) in _counters(rows, scoped).items():
         db.insert(
             "counters", {"scope": scope, "key": key, "period": period, "micros": micros, "images": images}
         )
@@ -440,9 +439,7 @@ def test_a_postgres_database_of_every_earlier_version_migrates_with_its_rows(
     url = pg_server.create_database()
     pg.connect(url, target=version).conn.close()
     level = PG_LEVEL[version]
-    _write(
-        Store(url), level, counters=version < 5
-    )  # version 5's trigger keeps the counters (pg.FAST_RESERVE)
+    _write(Store(url), level)
     Store(url).select("SELECT setval('ledger_id_seq', (SELECT max(id) FROM ledger))")
 
     pg.connect(url).conn.close()  # as the bot opens it
