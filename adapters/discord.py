@@ -473,7 +473,7 @@ class AdminCommands(
 
     @app_commands.command(description="A one-time link, only for you, to this server's web dashboard")
     async def dashboard(self, interaction: discord.Interaction[Any]) -> None:
-        await self.adapter.admin(interaction, "dashboard")
+        await self.adapter.admin(interaction, AdminRequest(verb="dashboard"))
 
     @app_commands.command(name="help", description="What each /imagine-admin command does")
     async def help_(self, interaction: discord.Interaction[Any]) -> None:

@@ -7,8 +7,9 @@ decides nothing the chat commands decide differently.
   days or a date range, a channel, a user; the ledger CSV is `bot.report.ledger_rows`, as `imagebot report
   --csv` writes it.
 - Limits and rules: `bot.policy.quota.standings` (who is near which limit) and `/imagine-admin settings`'
-  text; every change is `bot.commands.admin_words`, the very call `/imagine-admin` makes, so the checks,
-  the refusals' words and the log lines are the chat command's.
+  text; every change is `/imagine-admin`'s own words, read as the tenant's platform reads them
+  (adapters/mentions.py) and run by `bot.commands.admin`, so the checks, the refusals' words and the log line
+  are the chat command's.
 - Gallery: the tenant's recent jobs with their cards (`cards.card`); an image is fetched from where its
   platform keeps it (the adapter's own image store); Delete is `Core.act` with the Delete button's key.
 
@@ -45,6 +46,7 @@ from aiohttp import web
 from markupsafe import Markup, escape
 
 from adapters.dashboard.cards import Card, card, daily_chart
+from adapters.mentions import read_admin
 from bot import commands, report, texts
 from bot.app import Core
 from bot.errors import UserError
@@ -472,10 +474,10 @@ class Dashboard:
         form = await _form(request)
         try:
             words = _admin_words(form)
-            reply = await commands.admin_words(
+            reply = await commands.admin(
                 visit.core,
                 visit.who(visit.tenant),
-                words,
+                read_admin(" ".join(words), visit.tenant.platform),
                 platform_admin=True,
                 operator=visit.operator,
             )
@@ -610,6 +612,9 @@ def _admin_words(form: dict[str, str]) -> list[str]:
     target is read exactly as in chat (a bare Discord number is otherwise a user)."""
     verb = form.get("verb", "")
     target = form.get("target", "").strip()
+    for name, value in form.items():
+        if name not in ("words", "csrf") and len(value.split()) > 1:
+            raise UserError(f"{name}={value.strip()!r}: one value, without spaces")
 
     def mention(kind: str) -> str:
         return f"<{kind}{target}>" if _ID.match(target) else target
