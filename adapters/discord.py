@@ -485,6 +485,10 @@ class AdminCommands(
     async def settings(self, interaction: discord.Interaction[Any], text: str = "") -> None:
         await self.adapter.admin(interaction, AdminRequest(verb="settings", words=tuple(text.split())))
 
+    @app_commands.command(description="A one-time link, only for you, to this server's web dashboard")
+    async def dashboard(self, interaction: discord.Interaction[Any]) -> None:
+        await self.adapter.admin(interaction, AdminRequest(verb="dashboard"))
+
     @app_commands.command(name="help", description="What each /imagine-admin command does")
     async def help_(self, interaction: discord.Interaction[Any]) -> None:
         await self.adapter.admin(interaction, AdminRequest(verb="help"))

@@ -23,7 +23,7 @@ SLACK_COMMANDS = [
         "/imagine-admin",
         "Admin: quotas, access rules, spend",
         "help | quota <@user|#channel|workspace> <limits> | report --all | channel <#channel> on|off ... | "
-        "allow|deny <@group|everyone> | block|unblock <@user> | settings",
+        "allow|deny <@group|everyone> | block|unblock <@user> | settings | dashboard",
     ),
 ]
 # Commands whose text names users and channels: Slack sends them escaped, as <@U123|bob> and <#C123|general>,

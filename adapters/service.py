@@ -1,7 +1,7 @@
 """`imagebot run`: the core, every adapter whose tokens are set, one HTTP server, graceful shutdown.
 
 The HTTP server (IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT) carries /livez, /readyz (and /healthz, its alias),
-/metrics, and Slack's /slack/events in HTTP mode. It is up before anything else, so that while the database
+/metrics, the web dashboard under /dashboard (adapters/dashboard), and Slack's /slack/events in HTTP mode. It is up before anything else, so that while the database
 or a chat platform is not reachable yet the process says so (/readyz 503, naming what is not ready) and keeps
 trying, and SIGTERM stops it whatever it is waiting for.
 
@@ -24,14 +24,17 @@ import sys
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 
+from adapters.console import Files
+from adapters.dashboard import Dashboard
 from bot import metrics
 from bot.app import Core, DatabaseUnavailable
 from bot.config import Settings
 from bot.errors import ConfigError
+from bot.jobs.actions import ImageStore
 from bot.jobs.job import JobView
 from bot.model.request import Requester
 from bot.store.ledger import Interrupted
@@ -261,7 +264,17 @@ class Service:
         app.router.add_get("/readyz", readyz)
         app.router.add_get("/healthz", readyz)  # the old name: an alias of /readyz
         app.router.add_get("/metrics", metrics_view)
+        # The web dashboard: its pages answer 503 until the core is up.
+        app.router.add_routes(Dashboard(self.settings, lambda: self.core, self.image_store).routes())
         return app
+
+    def image_store(self, platform: str) -> ImageStore | None:
+        """Where the images of `platform`'s jobs live, for the dashboard: the chat adapter this process runs
+        for it; console and CLI images are files on this host. None: not served here."""
+        if platform in ("console", "cli"):
+            return Files()
+        adapter = self.adapters.get(platform)
+        return cast(ImageStore, adapter) if adapter is not None else None
 
 
 async def _start_adapters(adapters: dict[str, Adapter], app: web.Application, stop: asyncio.Event) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,8 +26,9 @@ from bot.errors import UserError
 from bot.jobs import card
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
-from bot.policy import access, quota
+from bot.policy import access, quota, signin
 
+log = logging.getLogger("imagebot.commands")
 MAX_DAYS = 366
 
 
@@ -134,7 +136,10 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
 
 TargetKind = Literal["user", "channel", "workspace", "role", "group", "everyone"]
 EVERYONE: Literal["everyone"] = "everyone"
-Verb = Literal["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
+Verb = Literal[
+    "quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"
+]
+CHANGES = frozenset({"quota", "channel", "allow", "deny", "block", "unblock", "settings"})
 
 
 # -- your settings, a job's card, your history ---------------------------------------------------------------
@@ -244,6 +249,8 @@ def parse_admin(args: str, mentions: Mentions) -> AdminRequest:
             return AdminRequest(verb=verb, target=mentions.target(words[1]))
         if verb == "settings":
             return AdminRequest(verb="settings", words=tuple(words[1:]))
+        if verb == "dashboard" and len(words) == 1:
+            return AdminRequest(verb="dashboard")
         if verb == "help":
             return AdminRequest(verb="help")
         raise UserError(_unknown(args))
@@ -282,6 +289,8 @@ async def admin(
         raise UserError(request.refusal)
     tenant = quota.Tenant.of(who)
     verb, target, words = request.verb, request.target, request.words
+    if verb == "dashboard":
+        return await dashboard_link(core, who, operator=operator)
     if verb in ("quota", "channel") and not words:
         raise UserError(_unknown(request.text))
     if verb == "quota" and target is not None:
@@ -295,6 +304,7 @@ async def admin(
             )
         values = quota.parse_limits(list(words))
         await core.ledger.set_limits(scope, key, values, tenant=tenant)
+        _changed(who, request, operator)
         return Reply(f"Limits for {scope} {key} set: {_shown(values)} (in {tenant}).")
     if verb == "report":
         built = await report.build(core.ledger, tenant=None if operator else tenant, days=request.days)
@@ -306,12 +316,14 @@ async def admin(
         channel = target.id
         changes = [access.parse_channel_setting(word, core.prices.models) for word in words]
         await core.ledger.settings.set_channel(tenant=tenant.key, channel=channel, changes=changes)
+        _changed(who, request, operator)
         return Reply(
             f"Channel <#{channel}> set: {', '.join(access.shown_setting(*c) for c in changes)} (in {tenant})."
         )
     if verb in ("allow", "deny") and target is not None:
         entry = access.entry(target.kind, target.id)
         await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"who:{entry}", verb)])
+        _changed(who, request, operator)
         return Reply(
             f"{'Allowed' if verb == 'allow' else 'Denied'}: {access.shown_group(entry)} "
             f"(in {tenant}).\n" + await _settings_text(core, tenant)
@@ -322,13 +334,44 @@ async def admin(
         user = target.id
         value = "1" if verb == "block" else None
         await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"block:{user}", value)])
+        _changed(who, request, operator)
         return Reply(f"<@{user}> {'blocked' if value else 'unblocked'} (in {tenant}).")
     if verb == "settings":
         changes = [access.parse_tenant_setting(word) for word in words]
         if changes:
             await core.ledger.settings.set_tenant(tenant=tenant.key, changes=changes)
+            _changed(who, request, operator)
         return Reply(await _settings_text(core, tenant))
     return Reply(HELP)
+
+
+def _changed(who: Requester, request: AdminRequest, operator: bool) -> None:
+    """The one log line of a change an admin made, in chat or on the dashboard (both come through `admin`)."""
+    log.info(
+        "admin command",
+        extra={
+            "tenant": str(quota.Tenant.of(who)),
+            "user": who.user,
+            "verb": request.verb,
+            "words": request.text,
+            "operator": operator,
+        },
+    )
+
+
+async def dashboard_link(core: Core, who: Requester, *, operator: bool) -> Reply:
+    """`/imagine-admin dashboard`: a one-time sign-in link to the tenant's web dashboard, only for the asker
+    (bot/policy/signin.py: 15 minutes, once). The link is never logged."""
+    now = core.ledger.clock()
+    secret = await core.ledger.run_db(lambda db: signin.issue_link(db, who, operator=operator, now=now))
+    log.info("dashboard link issued", extra={"tenant": str(quota.Tenant.of(who)), "user": who.user})
+    minutes = int(signin.LINK_TTL.total_seconds() // 60)
+    return Reply(
+        f"Your sign-in link to imagebot's dashboard for {quota.Tenant.of(who)} (only you can see this; it works "
+        f"once, within {minutes} minutes, and signs you in for 8 hours):\n"
+        f"{core.settings.public_url}/dashboard/signin/{secret}",
+        private=True,
+    )
 
 
 HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):
@@ -340,7 +383,13 @@ HELP = """/imagine-admin commands (admins only; everything applies to this works
 - block <@user>  (refused everywhere, buttons and replies included)
 - unblock <@user>
 - settings [cooldown=SECONDS] [max_jobs=N]  (shows every setting; sets this workspace's pace)
+- dashboard  (a one-time link, only for you, to this workspace's web dashboard: spend, limits, images)
 - help"""
+
+
+async def settings_text(core: Core, tenant: quota.Tenant) -> str:
+    """`/imagine-admin settings`' text: the tenant's access rules, its channels' settings, the defaults."""
+    return await _settings_text(core, tenant)
 
 
 async def _settings_text(core: Core, tenant: quota.Tenant) -> str:

@@ -182,6 +182,8 @@ class Settings:
     shutdown_grace: float = 30.0
     log_level: str = "INFO"
     metrics_token: Secret | None = None
+    dashboard_token: Secret | None = None  # operators' sign-in to /dashboard (None: links only)
+    public_url: str = "http://localhost:3000"  # where people reach the bot: dashboard links start here
     lease_seconds: float = 60.0
     actions_days: int = 30
     confirm_micros: int | None = 250_000  # a render estimated above this asks first; None: never asks
@@ -215,6 +217,7 @@ class Settings:
             self.slack_app_token,
             self.discord_token,
             self.metrics_token,
+            self.dashboard_token,
         )
         hidden = [s.reveal() for s in found if s is not None and s.reveal()]
         password = urlsplit(str(self.db_path)).password if isinstance(self.db_path, str) else None
@@ -339,6 +342,21 @@ class _Env:
         return value
 
 
+def _public_url(env: _Env, port: int) -> str:
+    """IMAGEBOT_PUBLIC_URL: where people reach the bot (behind a load balancer, its address), which the links
+    the dashboard sends start with; default http://localhost:<IMAGEBOT_HTTP_PORT>. No trailing slash."""
+    text = env.text("IMAGEBOT_PUBLIC_URL")
+    if text is None:
+        return f"http://localhost:{port}"
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(
+            f"IMAGEBOT_PUBLIC_URL={text!r} must be an http:// or https:// address such as "
+            "https://imagebot.example.com (a path is fine; no query)"
+        )
+    return text.rstrip("/")
+
+
 def _parse(env: _Env) -> Settings:
     api_key = env.secret("OPENAI_API_KEY")
     offline = env.flag("IMAGEBOT_OFFLINE", False) or api_key is None
@@ -430,6 +448,8 @@ def _parse(env: _Env) -> Settings:
         shutdown_grace=env.number("IMAGEBOT_SHUTDOWN_GRACE", 30.0),
         log_level=env.choice("IMAGEBOT_LOG_LEVEL", "INFO", LOG_LEVELS),
         metrics_token=env.secret("IMAGEBOT_METRICS_TOKEN"),
+        dashboard_token=env.secret("IMAGEBOT_DASHBOARD_TOKEN"),
+        public_url=_public_url(env, env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535)),
         # How long a process's hold on its running jobs lasts without a heartbeat (SPEC §5: at most 60 s).
         lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),
         actions_days=env.integer("IMAGEBOT_ACTIONS_DAYS", 30, minimum=1, maximum=3650),

@@ -38,6 +38,8 @@ class Report:
     median_render_s: float | None
     daily: list[tuple[str, int, int]]  # day (UTC date), micros, images
     by_mode: list[tuple[str, int, int]] = field(default_factory=list)  # fast | relax, images, micros
+    by_channel: list[tuple[str, int, int]] = field(default_factory=list)  # channel, images, micros
+    by_model: list[tuple[str, int, int]] = field(default_factory=list)  # model, images, micros
 
     def text(self) -> str:
         """Reads well in Slack and Discord (no platform markup)."""
@@ -69,13 +71,20 @@ class Report:
         return "\n".join(lines)
 
 
-def _rows(tenant: Tenant | None, channel: str | None, user: str | None, since: datetime) -> usage.Scope:
+def _rows(
+    tenant: Tenant | None,
+    channel: str | None,
+    user: str | None,
+    since: datetime,
+    until: datetime | None = None,
+) -> usage.Scope:
     return usage.Scope(
         since.isoformat(timespec="milliseconds"),
         tenant.platform if tenant else None,
         tenant.workspace if tenant else None,
         channel,
         user,
+        until.astimezone(UTC).isoformat(timespec="milliseconds") if until is not None else None,
     )
 
 
@@ -108,12 +117,16 @@ async def build(
     user: str | None = None,
     days: int = 30,
     now: datetime | None = None,
+    until: datetime | None = None,
+    top: int | None = 5,
 ) -> Report:
     """Every figure is a direct SQL sum over the ledger for the period, in `tenant` (None: every tenant,
     for operators; users are then named with their tenant, as `slack:T1:U1`). A channel or user id is one of
-    `tenant`'s; without a tenant it matches that id in every tenant."""
+    `tenant`'s; without a tenant it matches that id in every tenant. The period is the `days` days up to `now`
+    (`period_start`); with `until` (the dashboard's date range) nothing from `until` on counts. `top`: how many
+    users to name (None: every one)."""
     since = period_start(now or datetime.now(UTC), days)
-    figures = await ledger.usage.figures(scope=_rows(tenant, channel, user, since))
+    figures = await ledger.usage.figures(scope=_rows(tenant, channel, user, since, until), top=top)
     return summarize(figures, scope=_scope(tenant, channel, user), days=days, since=since)
 
 
@@ -132,6 +145,8 @@ def summarize(figures: usage.Figures, *, scope: str, days: int, since: datetime)
         median(latencies) / 1000 if latencies else None,
         figures.daily,
         figures.by_mode,
+        figures.by_channel,
+        figures.by_model,
     )
 
 
@@ -185,10 +200,54 @@ async def export_csv(
     days: int = 30,
 ) -> int:
     """Write the ledger rows of the period (in `tenant`, or every tenant) to `path`; returns the row count."""
-    since = period_start(datetime.now(UTC), days)
-    rows = await ledger.usage.export_rows(scope=_rows(tenant, channel, user, since))
-    await asyncio.to_thread(_write_csv, path, list(usage.EXPORT_COLUMNS), rows)
+    columns, rows = await ledger_rows(ledger, tenant=tenant, channel=channel, user=user, days=days)
+    await asyncio.to_thread(_write_csv, path, columns, rows)
     return len(rows)
+
+
+async def ledger_rows(
+    ledger: Ledger,
+    *,
+    tenant: Tenant | None = None,
+    channel: str | None = None,
+    user: str | None = None,
+    days: int = 30,
+    now: datetime | None = None,
+    until: datetime | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The CSV export's columns and the ledger rows of the period (as `build` takes it), in id order."""
+    since = period_start(now or datetime.now(UTC), days)
+    rows = await ledger.usage.export_rows(scope=_rows(tenant, channel, user, since, until))
+    return list(usage.EXPORT_COLUMNS), rows
+
+
+Rows = list[dict[str, Any]]
+
+
+async def recent_jobs(ledger: Ledger, *, tenant: Tenant | None, limit: int = 24) -> list[tuple[Rows, Rows]]:
+    """The latest `limit` jobs of `tenant` (None: of every tenant), newest first: each job's ledger rows and its
+    stored images (bot/store/usage.py `jobs`)."""
+    return await ledger.usage.jobs(
+        platform=tenant.platform if tenant else None,
+        workspace=tenant.workspace if tenant else None,
+        limit=limit,
+    )
+
+
+async def job(ledger: Ledger, *, tenant: Tenant | None, job_id: str) -> tuple[Rows, Rows] | None:
+    """One job of `tenant` (None: of any tenant), or None if `tenant` has no such job: another tenant's job id
+    is as unknown as one that never existed."""
+    found = await ledger.usage.jobs(
+        platform=tenant.platform if tenant else None,
+        workspace=tenant.workspace if tenant else None,
+        job_ids=[job_id],
+    )
+    return found[0] if found else None
+
+
+async def tenants(ledger: Ledger) -> list[Tenant]:
+    """Every tenant with rows in the ledger, in order (the operators' tenant picker)."""
+    return [Tenant(p, w) for p, w in await ledger.usage.tenants()]
 
 
 def _write_csv(path: str, columns: list[str], rows: list[tuple[Any, ...]]) -> None:

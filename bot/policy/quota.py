@@ -15,17 +15,28 @@ settled spend per period that move in the same transaction as the ledger rows (b
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo
 
 # usd_micros is the one USD parser (limits and config defaults alike).
 from bot.config import IMAGES_RANGE, PLATFORMS, usd_micros
 from bot.errors import UserError
 from bot.model.request import Requester
+from bot.store import counters
 
 # What the store checks, as plain data, re-exported here where the rest of the core looks for quota things.
 from bot.store.admission import LABELS as LABELS
-from bot.store.admission import MAX_LIMIT_IMAGES, scoped_key, tenant_key
+from bot.store.admission import (
+    MAX_LIMIT_IMAGES,
+    QuotaDefaults,
+    checks,
+    effective_limits,
+    scoped_key,
+    tenant_key,
+)
 from bot.store.admission import UNLIMITED as UNLIMITED
 from bot.store.admission import Check as Check
 from bot.store.admission import Limits as Limits
@@ -33,6 +44,7 @@ from bot.store.admission import Periods as Periods
 from bot.store.admission import check_limit_values as check_limit_values
 from bot.store.admission import counter_keys as counter_keys
 from bot.store.admission import limit_keys as limit_keys
+from bot.store.repo import Db
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,4 +131,61 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
                 raise UserError(f"{name}={value} {exc}, 'unlimited' or 'default'") from None
     if not out:
         raise UserError("give at least one limit, e.g. daily_usd=5 monthly_images=200")
+    return out
+
+
+_SHORT = re.compile(r"^(your|this channel's|this workspace's) ")
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """One limit of one user, channel or the tenant itself, and how much of it is used (the dashboard's "who is
+    near a limit"). `used`, `limit`, `left` as `/imagine-quota` shows them."""
+
+    kind: str  # user | channel | workspace
+    ident: str  # the user's or channel's id; the tenant's key for the workspace
+    label: str  # "daily spend", as in /imagine-quota without "your"
+    used: str
+    limit: str
+    left: str
+    share: float  # used / limit, 0..1 (1 for a limit of 0)
+    resets: str
+
+
+def standings(db: Db, defaults: QuotaDefaults, tenant: Tenant, now: datetime, tz: ZoneInfo) -> list[Standing]:
+    """Every limit that applies in `tenant` to a user or channel that has used something this month or has a
+    limit of its own, and the tenant's own, with its use: the same `effective_limits` and `checks` that a
+    reservation reads, most used first. On the database thread (`Ledger.run_db`)."""
+    periods = Periods.at(now, tz)
+    users, channels = counters.known(db, tenant=tenant.key, month=periods.month)
+    people = [("user", i, Requester(tenant.platform, tenant.workspace, "", i)) for i in sorted(users)]
+    places = [("channel", i, Requester(tenant.platform, tenant.workspace, i, "")) for i in sorted(channels)]
+    own = [("workspace", tenant.key, Requester(tenant.platform, tenant.workspace, "", ""))]
+    wanted = {
+        "user": ("user_day", "user_month"),
+        "channel": ("channel_month",),
+        "workspace": ("workspace_month",),
+    }
+    out: list[Standing] = []
+    for kind, ident, who in people + places + own:
+        limits = effective_limits(defaults, who, counters.limit_rows(db, keys=limit_keys(who)))
+        used = counters.used(db, keys=counter_keys(who, periods.day, periods.month))
+        for check in checks(limits, who, periods, used):
+            if check.scope not in wanted[kind]:
+                continue
+            share = 1.0 if check.limit <= 0 else min(1.0, check.used / check.limit)
+            resets = f"{check.resets.strftime('%Y-%m-%d %H:%M')} {check.resets.tzname()}"
+            out.append(
+                Standing(
+                    kind,
+                    ident,
+                    _SHORT.sub("", check.label),
+                    check.show(check.used),
+                    check.show(check.limit),
+                    check.show(check.left),
+                    share,
+                    resets,
+                )
+            )
+    out.sort(key=lambda s: (-s.share, s.kind, s.ident, s.label))
     return out

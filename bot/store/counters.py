@@ -68,3 +68,26 @@ def bump(db: Db, *, keys: Sequence[CounterKey], micros: int, images: int) -> Non
         "images = counters.images + excluded.images",
         params,
     )
+
+
+def _unpart(text: str) -> str:
+    return text.replace("%3A", ":").replace("%25", "%")
+
+
+def known(db: Db, *, tenant: str, month: str) -> tuple[set[str], set[str]]:
+    """The users and the channels (their ids) of `tenant` (its key) that spent in `month` (`YYYY-MM`) or have a
+    limit of their own (the dashboard's "who is near a limit")."""
+    prefix = tenant + ":"
+    found: dict[str, set[str]] = {"user": set(), "channel": set()}
+    for scope, kind in (("user_month", "user"), ("channel_month", "channel")):
+        for (key,) in db.conn.execute(
+            "SELECT key FROM counters WHERE scope=? AND period=? AND substr(key, 1, ?)=?",
+            [scope, month, len(prefix), prefix],
+        ).fetchall():
+            found[kind].add(_unpart(str(key)[len(prefix) :]))
+    for scope, key in db.conn.execute(
+        "SELECT scope, key FROM limits WHERE scope IN ('user', 'channel') AND substr(key, 1, ?)=?",
+        [len(prefix), prefix],
+    ).fetchall():
+        found[str(scope)].add(_unpart(str(key)[len(prefix) :]))
+    return found["user"], found["channel"]

@@ -242,6 +242,22 @@ TABLES: tuple[Table, ...] = (
         pk=("row_id",),
         indexes=(Index(("job_id",)),),
     ),
+    # The web dashboard's one-time sign-in links and sessions, by the SHA-256 digest of each secret
+    # (bot/store/signin.py; the secrets themselves are never stored).
+    Table(
+        "dashboard_tokens",
+        (
+            _text("digest"),
+            _text("kind", not_null=True),  # link | session
+            *_texts("platform", "workspace", "user_id"),  # no platform: an operator's session
+            _int("operator", not_null=True, default=0),
+            _text("created_at", not_null=True),
+            _text("expires_at", not_null=True),
+            _text("used_at"),
+        ),
+        pk=("digest",),
+        indexes=(Index(("expires_at",)),),
+    ),
 )
 INTERNAL = ("schema_version",)  # the migrations' own table, outside the definition
 

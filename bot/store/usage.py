@@ -4,7 +4,9 @@ period (the counters are for admission, bot/store/counters.py); a paid image is 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.store.jobstate import SQL_PAID
@@ -49,10 +51,14 @@ class Scope:
     workspace: str | None = None
     channel: str | None = None
     user: str | None = None
+    until: str | None = None  # a closed range (the dashboard's from/to): rows before this only
 
     def sql(self) -> tuple[str, list[Any]]:
         clauses = ["created_at >= ?"]
         params: list[Any] = [self.since]
+        if self.until is not None:
+            clauses.append("created_at < ?")
+            params.append(self.until)
         if self.platform is not None:
             clauses.append("platform = ? AND workspace = ?")
             params += [self.platform, self.workspace]
@@ -77,6 +83,8 @@ class Figures:
     by_mode: list[tuple[str, int, int]]  # fast | relax, images, micros
     latencies_ms: list[int]  # of paid images
     daily: list[tuple[str, int, int]]  # day (UTC date), micros, images
+    by_channel: list[tuple[str, int, int]] = field(default_factory=list)  # channel, images, micros
+    by_model: list[tuple[str, int, int]] = field(default_factory=list)  # model, images, micros
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,8 @@ class RecentJob:
     created_at: str
 
 
-def figures(db: Db, *, scope: Scope, top: int = 5) -> Figures:
+def figures(db: Db, *, scope: Scope, top: int | None = 5) -> Figures:
+    """The sums of `scope`; `top`: how many users to name, the biggest spenders first (None: every one)."""
     where, params = scope.sql()
 
     def rows(sql: str) -> list[tuple[Any, ...]]:
@@ -105,7 +114,16 @@ def figures(db: Db, *, scope: Scope, top: int = 5) -> Figures:
     who = '"user"' if scope.platform is not None else "platform || ':' || workspace || ':' || \"user\""
     top_users = rows(
         f"SELECT {who}, {_IMAGES}, sum(actual_micros) FROM ledger WHERE {where} "
-        f"GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1 LIMIT {int(top)}"
+        f"GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1" + (f" LIMIT {int(top)}" if top is not None else "")
+    )
+    place = "channel" if scope.platform is not None else "platform || ':' || workspace || ':' || channel"
+    channels = rows(
+        f"SELECT {place}, {_IMAGES}, sum(actual_micros) FROM ledger WHERE {where} "
+        "GROUP BY 1 ORDER BY sum(actual_micros) DESC, 1"
+    )
+    models = rows(
+        f"SELECT model, {_IMAGES}, sum(actual_micros) FROM ledger WHERE {where} "
+        "GROUP BY model ORDER BY sum(actual_micros) DESC, model"
     )
     by = rows(
         f"SELECT size, quality, {_IMAGES}, sum(actual_micros) FROM ledger WHERE {where} "
@@ -130,6 +148,8 @@ def figures(db: Db, *, scope: Scope, top: int = 5) -> Figures:
         [(str(mode), int(n), int(m)) for mode, n, m in modes],
         [r[0] for r in latencies],
         [(d, int(m), int(n)) for d, m, n in daily],
+        [(str(c or ""), int(n), int(m)) for c, n, m in channels],
+        [(str(model or ""), int(n), int(m)) for model, n, m in models],
     )
 
 
@@ -173,14 +193,97 @@ def tenants(
     return [(p or "", w or "") for p, w in rows]
 
 
+# A job as the dashboard's card shows it: its ledger rows (one per image) with these columns.
+CARD_COLUMNS = (
+    "job_id",
+    "seq",
+    "platform",
+    "workspace",
+    "channel",
+    "user",
+    "model",
+    "size",
+    "quality",
+    "format",
+    "mode",
+    "prompt",
+    "status",
+    "reserved_micros",
+    "actual_micros",
+    "request_ids",
+    "latency_ms",
+    "created_at",
+)
+
+
+def latest_jobs(db: Db, *, platform: str | None, workspace: str | None, limit: int) -> list[str]:
+    """The ids of a tenant's latest jobs (None: of every tenant), newest first."""
+    where, params = (
+        ("platform = ? AND workspace = ?", [platform, workspace]) if platform is not None else ("1=1", [])
+    )
+    rows = db.execute(
+        f"SELECT job_id FROM ledger WHERE {where} GROUP BY job_id ORDER BY max(id) DESC LIMIT ?",
+        [*params, limit],
+    ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def jobs(
+    db: Db, *, job_ids: Sequence[str], platform: str | None, workspace: str | None
+) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+    """Each of `job_ids` that is the tenant's (None: any tenant's), in that order: its ledger rows (`seq` order,
+    CARD_COLUMNS) and its stored images (where each lives on its platform; none once purged). Another tenant's
+    job is left out, as one that does not exist."""
+    if not job_ids:
+        return []
+    marks = ", ".join("?" * len(job_ids))
+    scope, params = (
+        ("AND platform = ? AND workspace = ?", [platform, workspace]) if platform is not None else ("", [])
+    )
+    columns = ", ".join('"user"' if c == "user" else c for c in CARD_COLUMNS)
+    rows = db.execute(
+        f"SELECT {columns} FROM ledger WHERE job_id IN ({marks}) {scope} ORDER BY job_id, seq, id",
+        [*job_ids, *params],
+    ).fetchall()
+    stored = db.execute(
+        f"SELECT job_id, images FROM results WHERE job_id IN ({marks}) {scope}", [*job_ids, *params]
+    ).fetchall()
+    images = {str(job_id): json.loads(text or "[]") for job_id, text in stored}
+    by_job: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        entry = dict(zip(CARD_COLUMNS, row, strict=True))
+        by_job.setdefault(str(entry["job_id"]), []).append(entry)
+    return [(by_job[j], images.get(j, [])) for j in job_ids if j in by_job]
+
+
 class Usage:
     """The functions above on the ledger's database thread (`Ledger.usage`)."""
 
     def __init__(self, run: Runner) -> None:
         self._run = run
 
-    async def figures(self, *, scope: Scope) -> Figures:
-        return await self._run(lambda db: figures(db, scope=scope))
+    async def figures(self, *, scope: Scope, top: int | None = 5) -> Figures:
+        return await self._run(lambda db: figures(db, scope=scope, top=top))
+
+    async def jobs(
+        self,
+        *,
+        platform: str | None,
+        workspace: str | None,
+        job_ids: Sequence[str] | None = None,
+        limit: int = 24,
+    ) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+        """`jobs` of these ids, or (None) of the tenant's `limit` latest."""
+
+        def read(db: Db) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+            ids = (
+                job_ids
+                if job_ids is not None
+                else latest_jobs(db, platform=platform, workspace=workspace, limit=limit)
+            )
+            return jobs(db, job_ids=ids, platform=platform, workspace=workspace)
+
+        return await self._run(read)
 
     async def export_rows(self, *, scope: Scope) -> list[tuple[Any, ...]]:
         return await self._run(lambda db: export_rows(db, scope=scope))

@@ -356,6 +356,7 @@ BAD_VALUES = {
     "IMAGEBOT_USER_MONTHLY_USD": "NaN",
     "IMAGEBOT_WORKSPACE_MONTHLY_USD": "lots",
     "OPENAI_BASE_URL": "gateway.example/v1",
+    "IMAGEBOT_PUBLIC_URL": "imagebot.example.com/dashboard",
     "SLACK_API_URL": "slack.example/api",
     "SLACK_APP_TOKEN": "xoxb-not-an-app-token",
 }
@@ -365,6 +366,7 @@ FREE_TEXT = {
     "SLACK_SIGNING_SECRET",
     "DISCORD_TOKEN",
     "IMAGEBOT_METRICS_TOKEN",
+    "IMAGEBOT_DASHBOARD_TOKEN",
     "IMAGEBOT_OUT_DIR",  # any folder: created on the first image
     "IMAGEBOT_HTTP_HOST",  # an address to bind: checked when `imagebot run` binds it (one line, exit 2)
 }

@@ -6,9 +6,12 @@ costs nothing and calls no image API."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from bot.store import settings
 from tests.e2e.harness import RunningBot
@@ -20,7 +23,7 @@ ADMIN = 1100000000000000098  # a member with Manage Server
 OTHER = 1100000000000000099  # a member without any role
 ARTIST = 1100000000000000097  # a member of the artists role
 ARTISTS = 1100000000000000096  # a role
-VERBS = ["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
+VERBS = ["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"]
 # Discord's option types: the typed targets travel as snowflakes, resolved in `data.resolved`.
 TYPES = {"user": 6, "channel": 7, "role": 8, "everyone": 5, "days": 4}
 
@@ -177,6 +180,22 @@ async def test_a_member_without_manage_server_cannot_use_it(tmp_path: Path) -> N
             assert "Only admins" in said, (verb, said)
         assert await settings_stored(bot) == []
         await image_message(fake, bot, "still allowed")  # nothing changed
+
+
+async def test_dashboard_answers_the_admin_alone_with_a_link_that_signs_in(tmp_path: Path) -> None:
+    async with guild(tmp_path) as (fake, bot):
+        said = await admin(fake, "dashboard")
+        link = re.search(r"(http://\S+/dashboard/signin/)([0-9a-f]{64})", said)
+        assert link and f"discord:{fake.guild_id}" in said, said
+        assert not [m for m in fake.messages[fake.channel_id] if not m["flags"] & EPHEMERAL]
+        assert "Only admins" in await admin(fake, "dashboard", by=OTHER)
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:  # an IP address
+            signed = await http.post(
+                f"{bot.url}/dashboard/signin/link", data={"link": link[2]}, allow_redirects=False
+            )
+            assert signed.status == 303 and "HttpOnly" in signed.headers["Set-Cookie"]
+            page = await http.get(f"{bot.url}/dashboard/limits")
+            assert page.status == 200 and f"discord:{fake.guild_id}" in await page.text()
 
 
 # -- the place -----------------------------------------------------------------------------------------------
