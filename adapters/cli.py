@@ -26,6 +26,7 @@ from bot import commands, logs, report, texts
 from bot.app import Core, DatabaseUnavailable, open_ledger
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
+from bot.i18n import msg
 from bot.jobs import card
 from bot.model.request import Requester
 from bot.policy import quota
@@ -56,7 +57,7 @@ def _split_imagine(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
             if not eq:
                 value = next(items, "")
             if not value:
-                raise UserError(f"{name} needs a value")
+                raise UserError(msg("cli.needs_value", name=name))
             options[name[2:]] = value
         else:
             rest.append(arg)
@@ -186,9 +187,7 @@ def cmd_discord_sync(args: argparse.Namespace) -> int:
     return int(asyncio.run(_with_core(settings, discord.sync_now)))
 
 
-_NAME_IT = (
-    "add --tenant PLATFORM:WORKSPACE (e.g. --tenant slack:T123, --tenant discord:456, --tenant cli:local)"
-)
+_NAME_IT = msg("cli.name_it")
 
 
 async def _seen(ledger: Ledger, **named: str) -> list[Tenant]:
@@ -204,8 +203,7 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
         tenant = Tenant.parse(args.tenant)
         if workspace and workspace != tenant.workspace:
             raise UserError(
-                f"{command}: --workspace {workspace} is not the workspace of --tenant {tenant}; "
-                "give --tenant alone"
+                msg("cli.workspace_mismatch", command=command, workspace=workspace, tenant=str(tenant))
             )
         return tenant
     named = [
@@ -221,7 +219,14 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
         return found[0]
     if found:
         raise UserError(
-            f"{command}: {what} is in {len(found)} tenants ({', '.join(map(str, found))}); {_NAME_IT}"
+            msg(
+                "cli.ambiguous",
+                command=command,
+                what=what,
+                n=len(found),
+                found=", ".join(map(str, found)),
+                name_it=_NAME_IT,
+            )
         )
     everyone = await _seen(ledger)
     if workspace and len({t.platform for t in everyone}) == 1:
@@ -230,10 +235,7 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
         return everyone[0]
     if command == "report":
         return None  # nothing to mix up: the report is simply empty
-    raise UserError(
-        f"{command}: {what} is not in the ledger's {len(everyone)} tenants, so its tenant is "
-        f"unknown; {_NAME_IT}"
-    )
+    raise UserError(msg("cli.unknown_tenant", command=command, what=what, n=len(everyone), name_it=_NAME_IT))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -280,19 +282,16 @@ def cmd_quota(args: argparse.Namespace) -> int:
         command = f"quota {args.action}"
         try:
             if args.user and args.channel and args.action == "set":
-                raise UserError(f"{command}: give one of --user ID or --channel ID (with --tenant), not both")
+                raise UserError(msg("cli.user_or_channel", command=command))
             if args.action == "set":
                 values = quota.parse_limits(
                     args.limits
                 )  # a bad limit is reported before the tenant is looked up
             elif args.limits:
-                raise UserError(f"{command} takes no limits ({' '.join(args.limits)}); use quota set")
+                raise UserError(msg("cli.no_limits_here", command=command, limits=" ".join(args.limits)))
             tenant = await _tenant(ledger, args, command)
             if tenant is None:
-                raise UserError(
-                    f"{command} needs a target: --tenant PLATFORM:WORKSPACE for the tenant's own limit, "
-                    "with --user ID or --channel ID for one of its users or channels"
-                )
+                raise UserError(msg("cli.needs_target", command=command))
             if args.action == "show":
                 return await _show(ledger, args, tenant)
             scope, key = (

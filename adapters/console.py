@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from bot import commands, texts
 from bot.app import Core
 from bot.errors import DeliveryFailed, UserError
+from bot.i18n import msg
 from bot.jobs.actions import Button, Kind, last_job
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.pricing import format_usd
@@ -108,7 +109,8 @@ class ConsoleView:
                 await asyncio.to_thread(_write, path, image.data)
             except OSError as exc:  # a folder, a full disk, no permission: the outbox keeps the image
                 raise DeliveryFailed(
-                    f"{path} could not be written ({exc.strerror or type(exc).__name__})", retry=False
+                    msg("console.not_written", path=str(path), why=exc.strerror or type(exc).__name__),
+                    retry=False,
                 ) from exc
             paths.append(path)
         self.written += paths
@@ -161,9 +163,7 @@ class Files:
         try:
             return await asyncio.to_thread(Path(where["path"]).read_bytes)
         except FileNotFoundError:
-            raise UserError(
-                f"{self.name} was deleted (no file at {where['path']}); /reroll makes a new one"
-            ) from None
+            raise UserError(msg("console.file_gone", name=self.name, path=where["path"])) from None
 
     async def delete(self, where: dict[str, Any]) -> None:
         await asyncio.to_thread(Path(where["path"]).unlink, True)
@@ -220,10 +220,15 @@ async def _format_of_the_file(
     if named is None or named == request.format:
         return request
     if "format" in split_flags(text)[1]:
+        suffix = "." + ("jpg" if request.format == "jpeg" else request.format)
         raise UserError(
-            f"--format {request.format} does not match --out {out.name} ({named}); use --out "
-            f"{out.with_suffix('.' + ('jpg' if request.format == 'jpeg' else request.format)).name} "
-            f"or --format {named}"
+            msg(
+                "console.format_mismatch",
+                format=request.format,
+                out=out.name,
+                named=named,
+                fits=out.with_suffix(suffix).name,
+            )
         )
     return await core.parse_for(who, text, format=named)  # the file's format over a default one
 
@@ -276,8 +281,7 @@ async def act(core: Core, kind: Kind, args: str, who: Requester, out_dir: Path) 
         index = 1
     else:
         raise UserError(
-            f"/{kind} takes the image's number, e.g. /{kind} 1"
-            + (" make the sky stormy" if kind == Kind.EDIT else "")
+            msg("console.needs_number_edit" if kind == Kind.EDIT else "console.needs_number", kind=str(kind))
         )
     job_id = await core.ledger.run_db(lambda db: last_job(db, who))
     view = ConsoleView(out_dir, out_is_file=False, actions=True)

@@ -43,6 +43,7 @@ from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.commands import AdminRequest, Target
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
+from bot.i18n import CATALOGS, ENGLISH, Msg, msg, say, supported, translate
 from bot.jobs import actions
 from bot.jobs.actions import Kind
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
@@ -119,29 +120,30 @@ def too_large(exc: discord.HTTPException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A failed Discord call, in words for the requester."""
+    """A failed Discord call, in words for the requester (a Text: logged in English, shown in theirs)."""
     if isinstance(exc, discord.HTTPException):
-        return f"Discord refused it (HTTP {exc.status}, code {exc.code}: {exc.text})"
+        return msg("discord.http_refused", status=exc.status, code=exc.code, text=exc.text)
     if isinstance(exc, TimeoutError):  # before OSError, of which it is one
-        return "Discord did not answer in time"
+        return msg("discord.no_answer")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return f"the connection to Discord failed ({type(exc).__name__})"
+        return msg("discord.connection_failed", error=type(exc).__name__)
     return f"{type(exc).__name__}: {exc}"
 
 
-def progress_text(progress: Progress) -> str:
+def progress_text(progress: Progress, locale: str = ENGLISH) -> str:
     """The live progress message: settings, prompt, a bar, elapsed/expected time, queue position."""
     request = progress.request
     status = texts.status_line(
-        progress, code=lambda bar: f"`{bar}`"
+        progress, code=lambda bar: f"`{bar}`", locale=locale
     )  # our own words and numbers: no escaping
-    head = f"**{'Editing' if request.is_edit else 'Rendering'}** · {escape(texts.settings_line(request, progress.offline))}"
+    settings = escape(texts.settings_line(request, progress.offline, locale))
+    head = f"**{texts.heading(request, locale)}** · {settings}"
     return clip(f"{head}\n{quote(request.prompt)}\n{status[0].upper()}{status[1:]}")
 
 
-def cancel_view(job_id: str) -> discord.ui.View:
+def cancel_view(job_id: str, locale: str = ENGLISH) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job_id))
+    view.add_item(CancelButton(job_id, locale))
     return view
 
 
@@ -172,7 +174,7 @@ def _rows(buttons: Sequence[actions.Button]) -> list[list[actions.Button]]:
     return rows[:MAX_ROWS]
 
 
-def result_view(buttons: Sequence[actions.Button]) -> discord.ui.View | None:
+def result_view(buttons: Sequence[actions.Button], locale: str = ENGLISH) -> discord.ui.View | None:
     """The buttons of a finished job (None if it has none): persistent, nothing to re-send after a restart."""
     if not buttons:
         return None
@@ -180,15 +182,16 @@ def result_view(buttons: Sequence[actions.Button]) -> discord.ui.View | None:
     for row, line in enumerate(button_rows(buttons)):
         for button in line:
             style = STYLES.get(button.kind, discord.ButtonStyle.secondary)
-            view.add_item(ActionButton(button.key, clip(button.label, MAX_LABEL), style, row=row))
+            label = clip(translate(button.label, locale), MAX_LABEL)
+            view.add_item(ActionButton(button.key, label, style, row=row))
     return view
 
 
-def confirm_view(token: str) -> discord.ui.View:
+def confirm_view(token: str, locale: str = ENGLISH) -> discord.ui.View:
     """Render and Cancel under a price check."""
     view = discord.ui.View(timeout=None)
-    view.add_item(PriceCheckButton("render", token))
-    view.add_item(PriceCheckButton("decline", token))
+    view.add_item(PriceCheckButton("render", token, locale))
+    view.add_item(PriceCheckButton("decline", token, locale))
     return view
 
 
@@ -202,13 +205,13 @@ def form_value(data: Any, custom_id: str) -> str:
     return ""
 
 
-def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[tuple[str, bytes]], list[str]]:
+def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[tuple[str, bytes]], list[Msg]]:
     """(data, filename) pairs -> uploads each at most `budget` bytes, plus notes on what was re-encoded.
 
     CPU work: run in a thread.
     """
     uploads: list[tuple[str, bytes]] = []
-    notes: list[str] = []
+    notes: list[Msg] = []
     for data, filename in images:
         fitted, fmt, note = fit_under(data, budget)
         if note is None:
@@ -216,7 +219,7 @@ def fit_images(images: Sequence[tuple[bytes, str]], budget: int) -> tuple[list[t
             continue
         width, height = image_size(fitted)
         uploads.append((f"image-{width}x{height}.{'jpg' if fmt == 'jpeg' else fmt}", fitted))
-        notes.append(f"{filename} {note}")
+        notes.append(msg("discord.refitted", filename=filename, note=note))
     return uploads, notes
 
 
@@ -239,10 +242,12 @@ class CancelButton(
 ):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
-    def __init__(self, job_id: str) -> None:
+    def __init__(self, job_id: str, locale: str = ENGLISH) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Cancel", style=discord.ButtonStyle.danger, custom_id=CANCEL_PREFIX + job_id
+                label=say(locale, "discord.cancel"),
+                style=discord.ButtonStyle.danger,
+                custom_id=CANCEL_PREFIX + job_id,
             )
         )
         self.job_id = job_id
@@ -292,11 +297,11 @@ class PriceCheckButton(
 ):
     """Render or Cancel under a price check; the custom id carries the check's token."""
 
-    def __init__(self, verb: str, token: str) -> None:
+    def __init__(self, verb: str, token: str, locale: str = ENGLISH) -> None:
         render = verb == "render"
         super().__init__(
             discord.ui.Button(
-                label="Render" if render else "Cancel",
+                label=say(locale, "discord.render" if render else "discord.cancel"),
                 style=discord.ButtonStyle.success if render else discord.ButtonStyle.secondary,
                 custom_id=(RENDER_PREFIX if render else DECLINE_PREFIX) + token,
             )
@@ -313,36 +318,44 @@ class PriceCheckButton(
         await cast(_Client, interaction.client).adapter.on_price_check(interaction, self.token, self.render)
 
 
+def _instruction(locale: str, placeholder: str, **extra: Any) -> discord.ui.TextInput[Any]:
+    """The text input of an edit form, in the reader's language."""
+    return discord.ui.TextInput(
+        label=say(locale, "discord.instruction"),
+        style=discord.TextStyle.paragraph,
+        max_length=4000,
+        placeholder=say(locale, placeholder),
+        **extra,
+    )
+
+
 class ActionEditForm(discord.ui.Modal, title="Edit image"):
     """The Edit button's form. Its custom id carries the button's key and its submit is answered by
     `DiscordAdapter.on_interaction`, so discord.py keeps no copy (stopped at birth): a form submitted after a
-    restart, or by two people at once, still works."""
+    restart, or by two people at once, still works. Its words are in the presser's language."""
 
-    instruction: discord.ui.TextInput[ActionEditForm] = discord.ui.TextInput(
-        label="Instruction",
-        custom_id="instruction",
-        style=discord.TextStyle.paragraph,
-        max_length=4000,
-        placeholder="make the sky stormy",
-    )
-
-    def __init__(self, key: str) -> None:
-        super().__init__(custom_id=EDIT_FORM_PREFIX + key, timeout=None)
+    def __init__(self, key: str, locale: str = ENGLISH) -> None:
+        super().__init__(
+            title=say(locale, "discord.edit_image"), custom_id=EDIT_FORM_PREFIX + key, timeout=None
+        )
+        self.instruction = _instruction(locale, "discord.edit_placeholder", custom_id="instruction")
+        self.add_item(self.instruction)
         self.stop()
 
 
 class EditModal(discord.ui.Modal, title="Edit image"):
     """Asks for the edit instruction of the "Edit image" message command."""
 
-    instruction: discord.ui.TextInput[EditModal] = discord.ui.TextInput(
-        label="Instruction",
-        style=discord.TextStyle.paragraph,
-        max_length=4000,
-        placeholder="make the sky stormy --quality high",
-    )
-
-    def __init__(self, adapter: DiscordAdapter, target: discord.Message, image: discord.Attachment) -> None:
-        super().__init__(timeout=600)
+    def __init__(
+        self,
+        adapter: DiscordAdapter,
+        target: discord.Message,
+        image: discord.Attachment,
+        locale: str = ENGLISH,
+    ) -> None:
+        super().__init__(title=say(locale, "discord.edit_image"), timeout=600)
+        self.instruction = _instruction(locale, "discord.edit_placeholder_flags")
+        self.add_item(self.instruction)
         self.adapter = adapter
         self.target = target
         self.image = image
@@ -414,7 +427,7 @@ class AdminCommands(
         channel: Channel | None = None,
     ) -> None:
         if user is not None and channel is not None:
-            raise UserError("Limits are per user, channel or server: give a user or a channel, not both.")
+            raise UserError(msg("discord.user_or_channel"))
         target = (
             _user(user)
             if user
@@ -497,9 +510,7 @@ class AdminCommands(
     def _group(verb: str, role: discord.Role | None, everyone: bool | None) -> Target:
         """The target of allow/deny: exactly one of a role and everyone (the @everyone role counts as that)."""
         if (role is not None) == bool(everyone):  # both, or neither
-            raise UserError(
-                f"/imagine-admin {verb}: pick a role, or set everyone to True (exactly one of them)."
-            )
+            raise UserError(msg("discord.role_or_everyone", verb=verb))
         if role is None or role.is_default():
             return Target(kind="everyone", shown="everyone")
         return Target(kind="role", id=str(role.id), shown=f"<@&{role.id}>")
@@ -512,6 +523,42 @@ def _user(user: discord.abc.Snowflake) -> Target:
 
 def _channel(channel: discord.abc.Snowflake) -> Target:
     return Target(kind="channel", id=str(channel.id), shown=f"<#{channel.id}>")
+
+
+def command_key(context: app_commands.TranslationContextTypes) -> str | None:
+    """The catalog id of a command's (or option's) name or description: `discord.cmd.<command path>[.<option>]`
+    + `.name` / `.description`, the path lowercased with dots for spaces
+    (`discord.cmd.imagine-admin.quota.limits.description`, the context menu `discord.cmd.edit.image.name`).
+    None for what we do not translate (choices are flag values, typed as they are)."""
+    where = context.location
+    data: Any = context.data
+    kinds = app_commands.TranslationContextLocation
+    if where in (kinds.command_name, kinds.group_name, kinds.command_description, kinds.group_description):
+        path = data.qualified_name
+    elif where in (kinds.parameter_name, kinds.parameter_description):
+        path = f"{data.command.qualified_name} {data.name}"
+    else:
+        return None
+    part = "name" if where in (kinds.command_name, kinds.group_name, kinds.parameter_name) else "description"
+    return f"discord.cmd.{path.lower().replace(' ', '.')}.{part}"
+
+
+class CommandTranslator(app_commands.Translator):
+    """Command and option names and descriptions in every language we have a catalog for (discord.py's own
+    way: the tree sends them as `name_localizations` / `description_localizations`, so a zh-CN client shows
+    the Chinese ones). None where the catalog has none: Discord then shows the English of the code."""
+
+    async def translate(
+        self,
+        string: app_commands.locale_str,
+        locale: discord.Locale,
+        context: app_commands.TranslationContextTypes,
+    ) -> str | None:
+        language = supported(locale.value)
+        key = command_key(context)
+        if language is None or language == ENGLISH or key is None:
+            return None
+        return CATALOGS.own(language, key)
 
 
 class _Client(discord.Client):
@@ -535,6 +582,7 @@ class _Client(discord.Client):
         _shards, url, _limits = await self.http.get_bot_gateway()
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         self.add_dynamic_items(CancelButton, ActionButton, PriceCheckButton)
+        await self.tree.set_translator(CommandTranslator())
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
@@ -584,9 +632,11 @@ class DiscordJobView:
         upload_limit: int,
         person: discord.abc.User | None = None,
         place: str | None = None,
+        locale: str = ENGLISH,
     ) -> None:
         self.adapter = adapter
         self.who = who
+        self.locale = locale  # the requester's language: everything this job says is in it (bot/i18n.py)
         # Where the job is shown: a thread or forum post itself, while `who.channel` (whose rules and budget
         # apply) is its parent channel.
         self.place = place or who.channel
@@ -658,7 +708,8 @@ class DiscordJobView:
             self.expired = True
             with contextlib.suppress(Exception):
                 await self.interaction.edit_original_response(
-                    content=f"{quote(self.prompt)}\n{texts.TOKEN_EXPIRING}", allowed_mentions=NO_PINGS
+                    content=f"{quote(self.prompt)}\n{texts.TOKEN_EXPIRING.render(self.locale)}",
+                    allowed_mentions=NO_PINGS,
                 )
             return False
         try:
@@ -684,32 +735,35 @@ class DiscordJobView:
             try:
                 async with asyncio.timeout(self.adapter.post_timeout):
                     self.progress_message = await self.channel.send(
-                        progress_text(first),
-                        view=cancel_view(self.job_id),
+                        progress_text(first, self.locale),
+                        view=cancel_view(self.job_id, self.locale),
                         reference=self.reference,
                         allowed_mentions=NO_PINGS,
                     )
             except discord.HTTPException as exc:
-                raise CannotPost(
-                    f"{describe(exc)}; I need View Channel, Send Messages and Attach Files"
-                ) from exc
+                raise CannotPost(msg("discord.cannot_post_permissions", why=describe(exc))) from exc
             except Exception as exc:  # dropped or unanswered
-                raise CannotPost(f"{describe(exc)}; try again") from exc
+                raise CannotPost(msg("discord.try_again", why=describe(exc))) from exc
             self._last_edit = time.monotonic()
-        return {"channel_id": self.place, "message_id": str(self.anchor) if self.anchor else None}
+        # The language goes with the job: a restart that delivers it (or tells of it) speaks the same one.
+        return {
+            "channel_id": self.place,
+            "message_id": str(self.anchor) if self.anchor else None,
+            "locale": self.locale,
+        }
 
     async def refused(self, text: str) -> None:
         self.refusals += 1
         try:
             async with asyncio.timeout(self.adapter.post_timeout):
-                await self.tell(text, None)
+                await self.tell(translate(text, self.locale), None)
         except Exception:
             log.warning("could not tell the requester", exc_info=True, extra={"job_id": self.job_id})
 
     async def confirm(self, text: str, token: str) -> None:
         """The price check, to the requester alone, with Render and Cancel (nothing is reserved yet)."""
         async with asyncio.timeout(self.adapter.post_timeout):
-            await self.tell(text, confirm_view(token))
+            await self.tell(translate(text, self.locale), confirm_view(token, self.locale))
 
     async def progress(self, progress: Progress) -> None:
         if progress.preview is not None:
@@ -726,7 +780,9 @@ class DiscordJobView:
             preview, self._preview, self._last_preview = self._preview, None, now
         self._last_edit = now
         # Its own task: the core cancels its ticker when the image arrives, which must not cut an edit in half.
-        self._pending = asyncio.create_task(self._show_progress(progress_text(progress), progress, preview))
+        self._pending = asyncio.create_task(
+            self._show_progress(progress_text(progress, self.locale), progress, preview)
+        )
 
     async def _show_progress(self, content: str, progress: Progress, preview: bytes | None) -> None:
         attachments: list[discord.File] = MISSING
@@ -740,7 +796,7 @@ class DiscordJobView:
                     lambda ix: ix.edit_original_response(
                         content=content,
                         attachments=attachments,
-                        view=cancel_view(self.job_id),
+                        view=cancel_view(self.job_id, self.locale),
                         allowed_mentions=NO_PINGS,
                     )
                 ):
@@ -751,7 +807,7 @@ class DiscordJobView:
                     self.progress_message = await self.channel.send(
                         content,
                         files=attachments,
-                        view=cancel_view(self.job_id),
+                        view=cancel_view(self.job_id, self.locale),
                         reference=self.reference,
                         allowed_mentions=NO_PINGS,
                     )
@@ -759,7 +815,7 @@ class DiscordJobView:
                     await self.progress_message.edit(
                         content=content,
                         attachments=attachments,
-                        view=cancel_view(self.job_id),
+                        view=cancel_view(self.job_id, self.locale),
                         allowed_mentions=NO_PINGS,
                     )
         except discord.HTTPException as exc:
@@ -859,12 +915,12 @@ class DiscordJobView:
                     "\n".join(
                         [
                             quote(result.request.prompt),
-                            escape(texts.summary(result)),
-                            *(escape(note) for note in notes),
+                            escape(texts.summary(result, self.locale)),
+                            *(escape(translate(note, self.locale)) for note in notes),
                         ]
                     ),
                     uploads,
-                    result_view(result.buttons),
+                    result_view(result.buttons, self.locale),
                 )
                 return message
             except discord.HTTPException as exc:
@@ -872,7 +928,7 @@ class DiscordJobView:
                     raise DeliveryFailed(describe(exc), retry=exc.status >= 500 or exc.status == 429) from exc
                 # Discord's limit is lower than it told us: re-encode smaller and try again.
                 budget = max(len(data) for _name, data in uploads) // 2
-                problem = f"Discord refused it as too large even at {budget * 2 / 1024:.0f} KiB"
+                problem = msg("discord.too_large", kib=f"{budget * 2 / 1024:.0f}")
                 log.warning(
                     "upload too large, re-encoding smaller", extra={"job_id": self.job_id, "budget": budget}
                 )
@@ -900,12 +956,13 @@ class DiscordJobView:
     async def undelivered(self, text: str) -> None:
         """Paid for but not shown: say so, with what it cost, the request ids and how to get it."""
         await self._drain()
-        await self._last_word(escape(text), [])
+        await self._last_word(escape(translate(text, self.locale)), [])
 
     async def failed(self, failure: JobFailure) -> None:
         await self._drain()
         await self._last_word(
-            f"{quote(failure.request.prompt)}\n{escape(texts.summary(failure))}", failure.request_ids
+            f"{quote(failure.request.prompt)}\n{escape(texts.summary(failure, self.locale))}",
+            failure.request_ids,
         )
 
 
@@ -1115,9 +1172,11 @@ class DiscordAdapter:
         async def edit_image(interaction: discord.Interaction[Any], message: discord.Message) -> None:
             image = next((a for a in message.attachments if is_image(a)), None)
             if image is None:
-                await interaction.response.send_message(texts.NOT_AN_IMAGE_MESSAGE, ephemeral=True)
+                await self._tell_privately(interaction, texts.NOT_AN_IMAGE_MESSAGE)
                 return
-            await self._open_form(interaction, EditModal(self, message, image))
+            await self._open_form(
+                interaction, EditModal(self, message, image, await self.language(interaction))
+            )
 
         @tree.command(name="imagine-usage", description="This channel's image usage and spend, with a chart")
         @app_commands.describe(days="How many days back (default 30)")
@@ -1243,9 +1302,15 @@ class DiscordAdapter:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
         or a button becomes a reply only the requester sees; anything else is logged."""
         if isinstance(error, UserError):
-            await self._tell_privately(interaction, str(error))
+            await self._tell_privately(interaction, error.text)
         else:
             log.error("discord interaction failed", exc_info=error)
+
+    async def language(self, interaction: discord.Interaction[Any]) -> str:
+        """The language to answer this interaction in: the user's own setting, else the locale of their
+        Discord client (`interaction.locale`), else English (bot/i18n.py `language_for`)."""
+        locale = getattr(interaction, "locale", None)
+        return await self.core.language(self._who(interaction), getattr(locale, "value", locale))
 
     @staticmethod
     def _who(interaction: discord.Interaction[Any]) -> Requester:
@@ -1304,8 +1369,9 @@ class DiscordAdapter:
     ) -> None:
         reply = await make(await self._requester(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
+        text = translate(reply.text, await self.language(interaction))
         await interaction.followup.send(
-            clip(escape(reply.text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
+            clip(escape(text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
         )
 
     @staticmethod
@@ -1340,7 +1406,8 @@ class DiscordAdapter:
     ) -> None:
         """Only the requester sees `text` (and `view`'s buttons). After a public "thinking" defer the first
         follow-up would replace the loading message in public, whatever its flags: so end that message first,
-        then follow up ephemerally."""
+        then follow up ephemerally. `text` is said in the requester's language."""
+        text = translate(text, await self.language(interaction))
         buttons = view if view is not None else MISSING
         if not interaction.response.is_done():
             await interaction.response.send_message(
@@ -1433,6 +1500,7 @@ class DiscordAdapter:
             upload_limit=self._limit(interaction, interaction.guild_id),
             person=interaction.user,
             place=str(interaction.channel_id or ""),
+            locale=await self.language(interaction),
         )
 
     # -- result actions and price checks (SPEC §9) ------------------------------------------
@@ -1444,7 +1512,7 @@ class DiscordAdapter:
         try:
             kind = actions.parse_key(key)[0]
             if kind == Kind.EDIT:
-                await self._open_form(interaction, ActionEditForm(key))
+                await self._open_form(interaction, ActionEditForm(key, await self.language(interaction)))
                 return
             born = time.monotonic()
             async with self.core.acking():
@@ -1470,7 +1538,7 @@ class DiscordAdapter:
             try:
                 await self.core.may_render(standing.who, standing)
             except UserError as exc:
-                await self._tell_privately(interaction, str(exc))
+                await self._tell_privately(interaction, exc.text)
                 return
             await interaction.response.send_modal(form)
 
@@ -1538,12 +1606,12 @@ class DiscordAdapter:
             async with asyncio.timeout(self.post_timeout):
                 message = await channel.fetch_message(int(where["message_id"]))
         except discord.NotFound:
-            raise UserError("that image was deleted; run /imagine again") from None
+            raise UserError(msg("discord.image_deleted")) from None
         except Exception as exc:
-            raise UserError(f"I could not get the image from Discord: {describe(exc)}; try again") from None
+            raise UserError(msg("discord.cannot_fetch", why=describe(exc))) from None
         attachment = _attachment(message, where)
         if attachment is None:
-            raise UserError("that image is no longer on its message; run /imagine again")
+            raise UserError(msg("discord.image_gone"))
         return await self.download(attachment)
 
     async def delete(self, where: dict[str, Any]) -> None:
@@ -1564,7 +1632,7 @@ class DiscordAdapter:
         except discord.NotFound:
             return
         except Exception as exc:
-            raise UserError(f"I could not delete it: {describe(exc)}") from None
+            raise UserError(msg("discord.cannot_delete", why=describe(exc))) from None
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """The Cancel button: only the requester may press it. The press is answered first: cancelling sets
@@ -1574,7 +1642,8 @@ class DiscordAdapter:
         except Exception:  # too late or unreachable: the press was still meant, so cancel all the same
             log.warning("could not answer the Cancel button", exc_info=True, extra={"job_id": job_id})
         if not self.core.cancel(job_id, self._who(interaction)) and interaction.response.is_done():
-            await interaction.followup.send(texts.CANCEL_REFUSED, ephemeral=True)
+            text = texts.CANCEL_REFUSED.render(await self.language(interaction))
+            await interaction.followup.send(text, ephemeral=True)
 
     # -- reply-to-edit --------------------------------------------------------------------
 
@@ -1598,10 +1667,15 @@ class DiscordAdapter:
         if not await self.core.first_time(f"discord:{message.id}"):
             return
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+        # A message carries no locale of its author's: their own setting, else the server's language.
+        asker = Requester("discord", str(message.guild.id), str(message.channel.id), str(message.author.id))
+        server = getattr(message.guild, "preferred_locale", None)
+        locale = await self.core.language(asker, getattr(server, "value", server))
 
         async def tell(reply: str, buttons: discord.ui.View | None = None) -> None:
+            reply = translate(reply, locale)
             if buttons is None:  # a refusal: this path has no private reply, so it goes by DM
-                await self._tell_by_dm(message, reply)
+                await self._tell_by_dm(message, reply, locale)
                 return
             await message.reply(  # a price check: its Render and Cancel work only here, and only for them
                 clip(escape(reply)), view=buttons, mention_author=False, allowed_mentions=NO_PINGS
@@ -1611,7 +1685,7 @@ class DiscordAdapter:
             # A thread (or forum post) follows its parent channel's rules and counts against its budget.
             rules_channel = await self._rules_channel(message.channel)
         except UserError as exc:
-            await tell(str(exc))
+            await tell(exc.text)
             return
         who = Requester("discord", str(message.guild.id), rules_channel, str(message.author.id))
         view = DiscordJobView(
@@ -1624,6 +1698,7 @@ class DiscordAdapter:
             upload_limit=self._limit(None, message.guild.id),
             person=message.author,
             place=str(message.channel.id),
+            locale=locale,
         )
         try:
             await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
@@ -1637,15 +1712,15 @@ class DiscordAdapter:
             references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
             request = await self.core.parse_for(who, text, references, mask)
         except UserError as exc:  # this path has no interaction: a DM is the private word
-            await tell(str(exc))
+            await tell(exc.text)
             return
         await self.core.submit(request, who, view)
 
-    async def _tell_by_dm(self, message: discord.Message, text: str) -> None:
+    async def _tell_by_dm(self, message: discord.Message, text: str, locale: str = ENGLISH) -> None:
         """Tell the author of `message` something only they should see, where no ephemeral reply exists: by DM
         (naming the message it is about); if their DMs are closed (50007) or the DM fails, by a reply that
         deletes itself after `refusal_lifetime` seconds. Never raises."""
-        words = clip(escape(f"About your message {message.jump_url}:\n{text}"))
+        words = clip(escape(say(locale, "discord.about_message", url=message.jump_url, text=text)))
         try:
             async with asyncio.timeout(self.post_timeout):
                 await message.author.send(words, allowed_mentions=NO_PINGS)
@@ -1679,15 +1754,14 @@ class DiscordAdapter:
             async with self.core.downloading(), self.http.get(attachment.url) as response:
                 if response.status != 200:
                     raise UserError(
-                        f"could not download {attachment.filename} from Discord (HTTP "
-                        f"{response.status}); attach it again"
+                        msg("discord.download_http", name=attachment.filename, status=response.status)
                     )
                 return await read_capped(
                     response.content.iter_chunked(1 << 16), attachment.filename, attachment.size
                 )
         except aiohttp.ClientError as exc:
             raise UserError(
-                f"could not download {attachment.filename} from Discord ({type(exc).__name__}); try again"
+                msg("discord.download_failed", name=attachment.filename, error=type(exc).__name__)
             ) from None
 
     # -- crash recovery -------------------------------------------------------------------
@@ -1702,8 +1776,9 @@ class DiscordAdapter:
             if message_id
             else None
         )
+        locale = str(job.context.get("locale") or ENGLISH)
         await self.client.get_partial_messageable(channel_id).send(
-            f"<@{job.user}> {escape(texts.interrupted(job))}",
+            f"<@{job.user}> {escape(texts.interrupted(job).render(locale))}",
             reference=reference if reference else MISSING,
             allowed_mentions=pings(job.user),
         )
@@ -1713,8 +1788,10 @@ class DiscordAdapter:
         channel message replying to its original response (SPEC §11)."""
         anchor = int(context["message_id"]) if context.get("message_id") else None
         channel = self.client.get_partial_messageable(int(context.get("channel_id") or who.channel))
+        locale = str(context.get("locale") or ENGLISH)  # the job's language, kept with it (`open`)
 
         async def tell(text: str, buttons: discord.ui.View | None = None) -> None:
+            text = translate(text, locale)
             reference = (
                 discord.MessageReference(message_id=anchor, channel_id=channel.id, fail_if_not_exists=False)
                 if anchor
@@ -1736,6 +1813,7 @@ class DiscordAdapter:
             anchor=anchor,
             upload_limit=self._limit(None, int(who.workspace)),
             place=str(channel.id),
+            locale=locale,
         )
 
 
@@ -1774,7 +1852,7 @@ class _ClickedMessage:
         except discord.NotFound:
             return
         except Exception as exc:
-            raise UserError(f"I could not delete it: {describe(exc)}") from None
+            raise UserError(msg("discord.cannot_delete", why=describe(exc))) from None
 
 
 def _attachment(message: discord.Message, where: dict[str, Any]) -> discord.Attachment | None:

@@ -15,6 +15,7 @@ import re
 from bot import platforms
 from bot.commands import EVERYONE, AdminRequest, Mentions, Target, parse_admin
 from bot.errors import UserError
+from bot.i18n import msg
 
 # <@U123>, <@U123|name>, <@!123> (Discord nick), <#C123>, <#C123|name>.
 _MENTION = re.compile(r"^<(?P<kind>@!?|#)(?P<id>[A-Za-z0-9]+)(?:\|[^>]*)?>$")
@@ -26,7 +27,7 @@ _EVERYONE = re.compile(
 _SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 _SLACK_CHANNEL = re.compile(r"^[CG][A-Z0-9]{2,}$")
 _DISCORD_ID = re.compile(r"^[0-9]{1,20}$")
-_PER = "limits are per user, channel or workspace"
+_PER = msg("commands.per")
 
 
 class PlatformMentions(Mentions):
@@ -47,31 +48,19 @@ class PlatformMentions(Mentions):
         if match:
             return Target(kind="channel" if match["kind"] == "#" else "user", id=match["id"], shown=text)
         if _ROLE.match(text):
-            raise UserError(
-                f"{text} is a role; {_PER}: name one person (@user) or a channel (#channel), or use 'workspace'"
-            )
+            raise UserError(msg("commands.target_role", text=text, per=_PER))
         if _GROUP.match(text):
-            raise UserError(
-                f"{text} is a user group; {_PER}: name one person (@user) or a channel (#channel)"
-            )
+            raise UserError(msg("commands.target_group", text=text, per=_PER))
         if _EVERYONE.match(text):
-            raise UserError(
-                f"{text} means everyone here; {_PER}: for everyone use 'workspace', for this channel #channel"
-            )
+            raise UserError(msg("commands.target_everyone", text=text, per=_PER))
         app = platforms.of(self.platform).name
         example_user, example_channel = (
             ("123456789012345678", "123456789012345678") if self.discord else ("U012ABCDEF", "C012ABCDEF")
         )
         if text.startswith("@"):
-            raise UserError(
-                f"{text!r} is plain text, not a mention: pick the person from {app}'s autocomplete so "
-                f"a mention is sent (or give their user id, e.g. {example_user})"
-            )
+            raise UserError(msg("commands.plain_user", text=repr(text), app=app, example=example_user))
         if text.startswith("#"):
-            raise UserError(
-                f"{text!r} is plain text, not a channel mention: pick the channel from {app}'s "
-                f"autocomplete (or give its id, e.g. {example_channel})"
-            )
+            raise UserError(msg("commands.plain_channel", text=repr(text), app=app, example=example_channel))
         slack_user, slack_channel, discord_id = (
             bool(_SLACK_USER.match(text)),
             bool(_SLACK_CHANNEL.match(text)),
@@ -81,21 +70,15 @@ class PlatformMentions(Mentions):
             if slack_user or slack_channel:
                 return Target(kind="user" if slack_user else "channel", id=text, shown=text)
             if discord_id:
-                raise UserError(
-                    f"{text!r} is not a Slack id: Slack user ids start with U or W, channel ids with C "
-                    f"or G; or pick the person from Slack's autocomplete"
-                )
+                raise UserError(msg("commands.not_slack_id", text=repr(text)))
         elif self.discord:
             if discord_id:
                 return Target(kind="user", id=text, shown=text)
             if slack_user or slack_channel:
-                raise UserError(
-                    f"{text!r} is not a Discord id: Discord ids are numbers; or pick the person from "
-                    f"Discord's autocomplete"
-                )
+                raise UserError(msg("commands.not_discord_id", text=repr(text)))
         elif slack_user or discord_id or slack_channel:  # console, CLI: either kind of id
             return Target(kind="channel" if slack_channel else "user", id=text, shown=text)
-        raise UserError(f"{text!r} is not a target; use @user, #channel or 'workspace'")
+        raise UserError(msg("commands.not_a_target", text=repr(text)))
 
     def group(self, text: str) -> Target:
         """The target of `allow` / `deny`: a Discord role `<@&1>`, a Slack user group `<!subteam^S1|@x>`, or
@@ -108,11 +91,8 @@ class PlatformMentions(Mentions):
             return Target(kind="role", id=role["id"], shown=word)
         if group and not self.discord:
             return Target(kind="group", id=group["id"], shown=word)
-        kind = "a role (@role)" if self.discord else "a user group (@group)"
-        raise UserError(
-            f"{word!r} is not {kind} or 'everyone'; pick it from the autocomplete so a mention is sent "
-            "(a person is blocked with /imagine-admin block @user instead)"
-        )
+        kind = msg("access.a_role") if self.discord else msg("access.a_user_group")
+        raise UserError(msg("access.not_a_group", word=repr(word), kind=kind))
 
 
 def read_admin(text: str, platform: str) -> AdminRequest:

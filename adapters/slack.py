@@ -11,6 +11,7 @@ import json
 import logging
 import re
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,7 @@ from bot import commands, texts
 from bot.app import Attachment, Core, decode_attachments, is_image_attachment
 from bot.concurrency import TokenBucket
 from bot.errors import CannotPost, ConfigError, DeliveryFailed, UserError
+from bot.i18n import ENGLISH, msg, say, translate
 from bot.jobs.actions import Button, Kind
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.model.images import ImageInput, load_image, read_capped
@@ -84,6 +86,8 @@ SETTING_CHOICES = {
 SETTING_TEXTS = texts.SETTING_HINTS
 DEFAULT_CHOICE = "default"
 ACTIONS_PER_BLOCK = 25  # Slack's limit for one actions block
+LOCALE_CACHE_SECONDS = 3600.0  # how long a user's Slack locale is trusted before users.info again
+MAX_KNOWN_LOCALES = 10_000  # users whose locale is kept (the oldest is forgotten first)
 GROUP_CACHE_SECONDS = 60.0  # how long a user group's members are trusted before usergroups.users.list again
 RENDER_KINDS = frozenset({Kind.REROLL, Kind.VARY, Kind.UPSCALE})
 GONE_FILE_ERRORS = frozenset({"file_not_found", "file_deleted"})
@@ -104,9 +108,10 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
+def progress_blocks(progress: Progress, who: Requester, locale: str = ENGLISH) -> list[dict[str, Any]]:
     """The live progress message: prompt, settings, a bar, time, queue position, Cancel."""
     request = progress.request
+    settings = escape(texts.settings_line(request, progress.offline, locale))
     return [
         {
             "type": "section",
@@ -117,11 +122,14 @@ def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
             "elements": [
                 {
                     "type": "mrkdwn",
-                    "text": f"<@{who.user}> · {escape(texts.settings_line(request, progress.offline))}",
+                    "text": f"<@{who.user}> · {settings}",
                 }
             ],
         },
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": escape(texts.status_line(progress))}]},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": escape(texts.status_line(progress, locale=locale))}],
+        },
         {
             "type": "actions",
             "elements": [
@@ -129,7 +137,7 @@ def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
                     "type": "button",
                     "action_id": CANCEL_ACTION,
                     "style": "danger",
-                    "text": {"type": "plain_text", "text": "Cancel"},
+                    "text": {"type": "plain_text", "text": say(locale, "discord.cancel")},
                     "value": progress.job_id,
                 }
             ],
@@ -137,12 +145,12 @@ def progress_blocks(progress: Progress, who: Requester) -> list[dict[str, Any]]:
     ]
 
 
-def button_element(button: Button) -> dict[str, Any]:
+def button_element(button: Button, locale: str = ENGLISH) -> dict[str, Any]:
     """One result button: the core's label; the key both in the action_id (unique in the message) and value."""
     element: dict[str, Any] = {
         "type": "button",
         "action_id": f"{RESULT_ACTION_PREFIX}{button.key}",
-        "text": {"type": "plain_text", "text": clip(button.label, 75), "emoji": True},
+        "text": {"type": "plain_text", "text": clip(translate(button.label, locale), 75), "emoji": True},
         "value": button.key,
     }
     if button.kind == Kind.REMOVE:
@@ -150,7 +158,7 @@ def button_element(button: Button) -> dict[str, Any]:
     return element
 
 
-def done_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, Any]]:
+def done_blocks(text: str, buttons: Sequence[Button] = (), locale: str = ENGLISH) -> list[dict[str, Any]]:
     """The progress message's final state: the done (or failed) line, then the result buttons: one row for
     what renders (Re-roll, Vary, Upscale, with their prices), one for Edit and Delete; a row holds at most 25."""
     blocks: list[dict[str, Any]] = [{"type": "context", "elements": [{"type": "mrkdwn", "text": text}]}]
@@ -159,11 +167,11 @@ def done_blocks(text: str, buttons: Sequence[Button] = ()) -> list[dict[str, Any
     for row in (renders, others):
         for start in range(0, len(row), ACTIONS_PER_BLOCK):
             chunk = row[start : start + ACTIONS_PER_BLOCK]
-            blocks.append({"type": "actions", "elements": [button_element(b) for b in chunk]})
+            blocks.append({"type": "actions", "elements": [button_element(b, locale) for b in chunk]})
     return blocks
 
 
-def confirm_blocks(text: str, value: str) -> list[dict[str, Any]]:
+def confirm_blocks(text: str, value: str, locale: str = ENGLISH) -> list[dict[str, Any]]:
     """The private price check: the question, then Render and Cancel (each carrying `value`)."""
     return [
         {"type": "section", "text": {"type": "mrkdwn", "text": text}},
@@ -174,13 +182,13 @@ def confirm_blocks(text: str, value: str) -> list[dict[str, Any]]:
                     "type": "button",
                     "action_id": RENDER_ACTION,
                     "style": "primary",
-                    "text": {"type": "plain_text", "text": "Render"},
+                    "text": {"type": "plain_text", "text": say(locale, "discord.render")},
                     "value": value,
                 },
                 {
                     "type": "button",
                     "action_id": DECLINE_ACTION,
-                    "text": {"type": "plain_text", "text": "Cancel"},
+                    "text": {"type": "plain_text", "text": say(locale, "discord.cancel")},
                     "value": value,
                 },
             ],
@@ -188,26 +196,26 @@ def confirm_blocks(text: str, value: str) -> list[dict[str, Any]]:
     ]
 
 
-def edit_form(title: str, metadata: dict[str, Any]) -> dict[str, Any]:
+def edit_form(title: str, metadata: dict[str, Any], locale: str = ENGLISH) -> dict[str, Any]:
     """The Edit button's modal: one multiline input for the instruction."""
     return {
         "type": "modal",
         "callback_id": EDIT_CALLBACK,
         "title": {"type": "plain_text", "text": clip(title, 24)},
-        "submit": {"type": "plain_text", "text": "Render"},
-        "close": {"type": "plain_text", "text": "Cancel"},
+        "submit": {"type": "plain_text", "text": say(locale, "discord.render")},
+        "close": {"type": "plain_text", "text": say(locale, "discord.cancel")},
         "private_metadata": json.dumps(metadata),
         "blocks": [
             {
                 "type": "input",
                 "block_id": EDIT_BLOCK,
-                "label": {"type": "plain_text", "text": "What should change?"},
+                "label": {"type": "plain_text", "text": say(locale, "slack.what_should_change")},
                 "element": {
                     "type": "plain_text_input",
                     "action_id": EDIT_INPUT,
                     "multiline": True,
                     "max_length": EDIT_MAX_CHARS,
-                    "placeholder": {"type": "plain_text", "text": "e.g. make the sky stormy"},
+                    "placeholder": {"type": "plain_text", "text": say(locale, "slack.edit_placeholder")},
                 },
             }
         ],
@@ -322,7 +330,7 @@ def message_link(site_url: str, where: Mapping[str, Any]) -> str | None:
     return f"{site_url.rstrip('/')}/archives/{channel}/p{ts.replace('.', '')}"
 
 
-def home_blocks(home: commands.Home, site_url: str) -> list[dict[str, Any]]:
+def home_blocks(home: commands.Home, site_url: str, locale: str = ENGLISH) -> list[dict[str, Any]]:
     """The Home tab (SPEC §10): the user's quota and last images; for admins, the tenant's settings and spend."""
 
     def section(text: str) -> dict[str, Any]:
@@ -331,19 +339,24 @@ def home_blocks(home: commands.Home, site_url: str) -> list[dict[str, Any]]:
     def header(text: str) -> dict[str, Any]:
         return {"type": "header", "text": {"type": "plain_text", "text": text, "emoji": True}}
 
-    blocks = [header("imagebot"), section(mrkdwn(home.quota)), header("Your last images")]
+    blocks = [
+        header("imagebot"),
+        section(mrkdwn(translate(home.quota, locale))),
+        header(say(locale, "slack.home_last_images")),
+    ]
     for image in home.recent:
         link = message_link(site_url, image.where)
-        facts = " · ".join([escape(image.size), escape(image.cost), *([f"<{link}|open>"] if link else [])])
-        blocks.append(section(f"{mrkdwn(clip(image.prompt, HOME_PROMPT_SHOWN))}\n{facts}"))
+        opened = [f"<{link}|{escape(say(locale, 'slack.home_open'))}>"] if link else []
+        facts = " · ".join([escape(image.size), escape(translate(image.cost, locale)), *opened])
+        blocks.append(section(f"{mrkdwn(clip(translate(image.prompt, locale), HOME_PROMPT_SHOWN))}\n{facts}"))
     if not home.recent:
-        blocks.append(section("No images yet: try `/imagine a lighthouse at dusk`."))
+        blocks.append(section(say(locale, "slack.home_no_images")))
     if home.settings is not None or home.spend is not None:
-        blocks += [{"type": "divider"}, header("Admin")]
+        blocks += [{"type": "divider"}, header(say(locale, "slack.home_admin"))]
         if home.settings:
-            blocks.append(section(_ID_MENTION.sub(r"<\1>", mrkdwn(home.settings))))
+            blocks.append(section(_ID_MENTION.sub(r"<\1>", mrkdwn(translate(home.settings, locale)))))
         if home.spend:
-            blocks.append(section(mrkdwn(home.spend)))
+            blocks.append(section(mrkdwn(translate(home.spend, locale))))
     return blocks
 
 
@@ -380,9 +393,18 @@ class Privately:
     respond: Any = None  # bolt's respond(): a slash command's, or a click's on a private message
     thread_ts: str | None = None
     replace: bool = False  # `respond` is a click's on our private message: the reply replaces that message
+    locale: str | None = None  # their language, once known (`language`)
+
+    async def language(self) -> str:
+        """The person's language (bot/i18n.py): asked once (their setting, else their Slack locale), then kept."""
+        if self.locale is None:
+            self.locale = await self.adapter.language(self.who)
+        return self.locale
 
     async def tell(self, text: str, blocks: list[dict[str, Any]] | None = None) -> None:
-        """An ephemeral reply, where Slack still takes one (a failure here is logged, not raised)."""
+        """An ephemeral reply in the person's language, where Slack still takes one (a failure here is logged,
+        not raised)."""
+        text = translate(text, await self.language())
         try:
             if self.respond is not None:
                 extra = {"replace_original": True} if self.replace else {}
@@ -431,21 +453,23 @@ class SlackJobView:
 
     async def open(self, first: Progress) -> dict[str, Any]:
         self.job_id = first.job_id
+        locale = await self.asker.language()
         try:
             posted = await self.adapter.client.chat_postMessage(
                 channel=self.channel,
                 thread_ts=self.thread_ts,
-                text=f"Queued: {escape(clip(first.request.prompt, 100))}",
-                blocks=progress_blocks(first, self.who),
+                text=say(locale, "slack.queued", prompt=escape(clip(first.request.prompt, 100))),
+                blocks=progress_blocks(first, self.who, locale),
             )
         except SlackApiError as exc:
-            raise CannotPost(f"{why_not(exc)}; invite me with /invite and try again") from exc
+            raise CannotPost(msg("slack.cannot_post", why=why_not(exc))) from exc
         self.ts = posted["ts"]
         if self.question is not None:  # a confirmed price check: its question has been answered
             self.adapter.spawn(self._retire(self.question))
             self.question = None
-            self.asker = Privately(self.adapter, self.who, thread_ts=self.thread)
-        return {"channel": self.channel, "thread_ts": self.thread, "ts": self.ts}
+            self.asker = Privately(self.adapter, self.who, thread_ts=self.thread, locale=locale)
+        # The language goes with the job: a restart that delivers it (or tells of it) speaks the same one.
+        return {"channel": self.channel, "thread_ts": self.thread, "ts": self.ts, "locale": locale}
 
     async def _retire(self, respond: Any) -> None:
         try:
@@ -469,22 +493,26 @@ class SlackJobView:
     async def confirm(self, text: str, token: str) -> None:
         """The private price check. The buttons carry the token and the thread the render will go to."""
         value = f"{token}:{self.thread_ts or ''}"
-        await self.asker.tell(text, blocks=confirm_blocks(escape(text), value))
+        locale = await self.asker.language()
+        text = translate(text, locale)
+        await self.asker.tell(text, blocks=confirm_blocks(escape(text), value, locale))
 
     async def progress(self, progress: Progress) -> None:
         if not self.adapter.budget.take():
             return  # over the workspace's chat.update budget: skip this tick, the next one catches up
+        locale = await self.asker.language()
         await self.adapter.client.chat_update(
             channel=self.channel,
             ts=self.ts,
-            text=f"Rendering: {escape(clip(progress.request.prompt, 100))}",
-            blocks=progress_blocks(progress, self.who),
+            text=say(locale, "slack.rendering", prompt=escape(clip(progress.request.prompt, 100))),
+            blocks=progress_blocks(progress, self.who, locale),
         )
 
     async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
         """Upload the images into the thread; the progress message becomes the done line with the buttons.
         Returns where each image lives (its file id, channel and thread), in order; None if not posted."""
-        summary = texts.summary(result)
+        locale = await self.asker.language()
+        summary = texts.summary(result, locale)
         uploads = [
             {"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
             for image in result.images
@@ -514,15 +542,14 @@ class SlackJobView:
             status = getattr(exc.response, "status_code", 0) or 0
             log.warning("slack upload refused", extra={"job_id": self.job_id, "error": why_not(exc)})
             raise DeliveryFailed(
-                f"Slack refused the upload ({why_not(exc)}; the bot needs files:write)",
-                retry=status >= 500 or status == 429,
+                msg("slack.upload_refused", why=why_not(exc)), retry=status >= 500 or status == 429
             ) from exc
         except (
             Exception
         ) as exc:  # a broken connection, no answer: the outbox keeps the image, the core retries
             log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
-            raise DeliveryFailed(f"the upload to Slack failed ({why_not(exc)})") from exc
-        self._finish(escape(texts.done_line(result)), result.buttons)
+            raise DeliveryFailed(msg("slack.upload_failed", why=why_not(exc))) from exc
+        self._finish(escape(texts.done_line(result, locale=locale)), result.buttons, locale)
         files = response.get("files") or []
         return [
             {"file_id": f["id"], "channel": self.channel, "thread_ts": self.thread} for f in files
@@ -530,11 +557,12 @@ class SlackJobView:
 
     async def undelivered(self, text: str) -> None:
         """Paid for but not shown, after every retry: never silently (cost, request ids, how to get it)."""
+        text = translate(text, await self.asker.language())
         await self._say(f"<@{self.who.user}> {escape(text)}")
         self._finish(clip(escape(text), 2900))
 
     async def failed(self, failure: JobFailure) -> None:
-        text = escape(texts.summary(failure))
+        text = escape(texts.summary(failure, await self.asker.language()))
         await self._say(f"<@{self.who.user}> {text}")
         self._finish(clip(text, 2900))
 
@@ -545,7 +573,7 @@ class SlackJobView:
         except Exception as exc:
             log.warning("slack thread message failed", extra={"job_id": self.job_id, "error": why_not(exc)})
 
-    def _finish(self, text: str, buttons: Sequence[Button] = ()) -> None:
+    def _finish(self, text: str, buttons: Sequence[Button] = (), locale: str = ENGLISH) -> None:
         """Turn the progress message into its final line (with the result buttons), within the chat.update
         budget. Runs as its own task: the user already has the image (or the error) in the thread.
         """
@@ -553,7 +581,7 @@ class SlackJobView:
         async def update() -> None:
             await self.adapter.budget.wait()
             await self.adapter.client.chat_update(
-                channel=self.channel, ts=self.ts, text=text, blocks=done_blocks(text, buttons)
+                channel=self.channel, ts=self.ts, text=text, blocks=done_blocks(text, buttons, locale)
             )
 
         self.adapter.spawn(update())
@@ -637,6 +665,8 @@ class SlackAdapter:
         self.state = "starting"  # why not connected yet, for /readyz ("" once connected)
         self.site_url = ""  # https://<workspace>.slack.com/ from auth.test: links to messages (the Home tab)
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}  # user group -> (read at, its members)
+        # (workspace, user) -> (read at, their Slack locale): `slack_locale`, oldest first.
+        self._locales: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
         self._register()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -759,7 +789,7 @@ class SlackAdapter:
             await asker.adapter.core.calm()  # every ack of a burst goes out before any work after one
             await coro
         except UserError as exc:
-            await asker.tell(str(exc))
+            await asker.tell(exc.text)
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self.tasks.discard(task)
@@ -998,17 +1028,16 @@ class SlackAdapter:
         database read, users.info and a cached user group) comes before it; the submission (edit_submitted)
         makes the job."""
         await self.core.may_render(asker.who, SlackJobView(self, asker, thread_ts=asker.thread_ts))
-        title = str((action.get("text") or {}).get("text") or "Edit image")
+        locale = await asker.language()
+        title = str((action.get("text") or {}).get("text") or say(locale, "discord.edit_image"))
         metadata = {"key": key, "channel": asker.who.channel, "thread": asker.thread_ts}
         try:
             await self.client.views_open(
-                trigger_id=body.get("trigger_id", ""), view=edit_form(title, metadata)
+                trigger_id=body.get("trigger_id", ""), view=edit_form(title, metadata, locale)
             )
         except SlackApiError as exc:
             log.warning("slack edit form not opened", extra={"user": asker.who.user, "error": why_not(exc)})
-            raise UserError(
-                f"I could not open the edit form ({why_not(exc)}); press Edit again. Nothing was charged."
-            ) from None
+            raise UserError(msg("slack.form_not_opened", why=why_not(exc))) from None
 
     def _answer_price_check(
         self, body: dict[str, Any], action: dict[str, Any], respond: Any, *, render: bool
@@ -1030,7 +1059,7 @@ class SlackAdapter:
             await self.core.calm()  # the event's ack goes out first
             platform_admin = await self._is_workspace_admin(who)
             home = await commands.home(self.core, who, platform_admin=platform_admin)
-            view = {"type": "home", "blocks": home_blocks(home, self.site_url)}
+            view = {"type": "home", "blocks": home_blocks(home, self.site_url, await self.language(who))}
             await self.client.views_publish(user_id=who.user, view=view)
         except Exception as exc:
             log.warning(
@@ -1048,14 +1077,10 @@ class SlackAdapter:
             return await self.download(info.get("file") or {})
         except SlackApiError as exc:
             if why_not(exc) in GONE_FILE_ERRORS:
-                raise UserError("that image was deleted from Slack; nothing was charged") from None
-            raise UserError(
-                f"I could not read that image from Slack ({why_not(exc)}); try again. Nothing was charged."
-            ) from None
+                raise UserError(msg("slack.image_deleted")) from None
+            raise UserError(msg("slack.cannot_read_image", why=why_not(exc))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UserError(
-                f"I could not read that image from Slack ({why_not(exc)}); try again. Nothing was charged."
-            ) from None
+            raise UserError(msg("slack.cannot_read_image", why=why_not(exc))) from None
 
     async def delete(self, where: dict[str, Any]) -> None:
         """Delete an uploaded image (files.delete: the bot may delete the files it uploaded)."""
@@ -1063,10 +1088,10 @@ class SlackAdapter:
             await self.client.files_delete(file=str(where.get("file_id", "")))
         except SlackApiError as exc:
             if why_not(exc) in GONE_FILE_ERRORS:
-                raise UserError("that image was already deleted") from None
-            raise UserError(f"Slack did not delete the image ({why_not(exc)}); try again") from None
+                raise UserError(msg("slack.already_deleted")) from None
+            raise UserError(msg("slack.not_deleted", why=why_not(exc))) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UserError(f"Slack did not delete the image ({why_not(exc)}); try again") from None
+            raise UserError(msg("slack.not_deleted", why=why_not(exc))) from None
 
     def _on_event(self, event: dict[str, Any], body: dict[str, Any]) -> None:
         """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""
@@ -1106,30 +1131,52 @@ class SlackAdapter:
     async def _reply(self, asker: Privately, make: Awaitable[commands.Reply]) -> None:
         reply = await make
         who, respond = asker.who, asker.respond
+        text = translate(reply.text, await asker.language())
         if respond is None:  # no command to answer (a form's submission): an ephemeral in the channel
-            await asker.tell(reply.text)
+            await asker.tell(text)
         elif reply.chart and not reply.private:
             try:
                 await self.client.files_upload_v2(
                     channel=who.channel,
                     file=reply.chart,
                     filename="usage.png",
-                    title="Daily spend",
-                    initial_comment=escape(reply.text),
+                    title=say(asker.locale or ENGLISH, "slack.chart_title"),
+                    initial_comment=escape(text),
                     request_file_info=False,
                 )
             except SlackApiError as exc:
-                await respond(
-                    text=f"{escape(reply.text)}\n(I could not post the chart here: "
-                    f"{exc.response.get('error')}; invite me with /invite)",
-                    response_type="ephemeral",
-                )
+                failed = say(asker.locale or ENGLISH, "slack.chart_not_posted", why=exc.response.get("error"))
+                await respond(text=f"{escape(text)}\n{escape(failed)}", response_type="ephemeral")
         elif reply.chart:
-            await respond(text=escape(reply.text), response_type="ephemeral")
+            await respond(text=escape(text), response_type="ephemeral")
         else:
-            await respond(
-                text=escape(reply.text), response_type="ephemeral" if reply.private else "in_channel"
-            )
+            await respond(text=escape(text), response_type="ephemeral" if reply.private else "in_channel")
+
+    async def language(self, who: Requester) -> str:
+        """The language to speak to `who` in: their own setting, else their Slack locale, else English
+        (bot/i18n.py `language_for`)."""
+        return await self.core.language(who, await self.slack_locale(who))
+
+    async def slack_locale(self, who: Requester) -> str | None:
+        """The person's Slack locale (`users.info` with include_locale, e.g. `zh-CN`), or None if Slack does not
+        say. Asked after the ack, never before it; kept per user for LOCALE_CACHE_SECONDS in a bounded cache,
+        so a burst of jobs asks once. A failed call is not kept: the next message asks again."""
+        key = (who.workspace, who.user)
+        now = time.monotonic()
+        known = self._locales.get(key)
+        if known is not None and now - known[0] < LOCALE_CACHE_SECONDS:
+            return known[1]
+        try:
+            info = await self.client.users_info(user=who.user, include_locale=True)
+        except Exception as exc:
+            log.info("slack locale not read", extra={"user": who.user, "error": why_not(exc)})
+            return None
+        locale = (info.get("user") or {}).get("locale")
+        self._locales[key] = (now, str(locale) if locale else None)
+        self._locales.move_to_end(key)
+        while len(self._locales) > MAX_KNOWN_LOCALES:
+            self._locales.popitem(last=False)
+        return self._locales[key][1]
 
     async def _is_workspace_admin(self, who: Requester) -> bool:
         """An admin or owner of this workspace. A Slack Connect guest's is_admin is about their own
@@ -1208,9 +1255,7 @@ class SlackAdapter:
             log.warning(
                 "slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True
             )
-            raise UserError(
-                f"I could not read this message from Slack ({why_not(exc)}); try again. Nothing was charged."
-            ) from None
+            raise UserError(msg("slack.cannot_read_message", why=why_not(exc))) from None
         request = await self.core.parse_for(asker.who, text, references, mask)
         await self.core.submit(request, asker.who, view)
 
@@ -1237,10 +1282,7 @@ class SlackAdapter:
         """Fetch a private file with the bot token, only from Slack's own file host, at most 50 MB."""
         url = file.get("url_private_download") or file.get("url_private") or ""
         if not trusted_file_url(url, self.core.settings.slack_api_url):
-            raise UserError(
-                f"{file.get('name', 'a file')} is not hosted by Slack (the bot fetches files only over "
-                "https from Slack's file host); attach the image to the message"
-            )
+            raise UserError(msg("slack.not_hosted", name=file.get("name") or msg("slack.a_file")))
         async with (
             self.core.downloading(),  # at most IMAGEBOT_MAX_DOWNLOADS files at once in this process
             self.http.get(
@@ -1249,8 +1291,11 @@ class SlackAdapter:
         ):
             if response.status != 200 or response.content_type.startswith("text/html"):
                 raise UserError(
-                    f"could not download {file.get('name', 'a file')} from Slack "
-                    f"(HTTP {response.status}); the bot needs the files:read scope"
+                    msg(
+                        "slack.download_http",
+                        name=file.get("name") or msg("slack.a_file"),
+                        status=response.status,
+                    )
                 )
             return await read_capped(
                 response.content.iter_chunked(1 << 16), file.get("name", "a file"), response.content_length
@@ -1260,16 +1305,16 @@ class SlackAdapter:
 
     async def tell_interrupted(self, job: Interrupted) -> None:
         channel = job.context.get("channel") or job.channel
+        locale = str(job.context.get("locale") or ENGLISH)  # the job's language, kept with it (`open`)
         await self.client.chat_postMessage(
             channel=channel,
             thread_ts=job.context.get("thread_ts"),
-            text=f"<@{job.user}> {escape(texts.interrupted(job))}",
+            text=f"<@{job.user}> {escape(texts.interrupted(job).render(locale))}",
         )
 
     def view_for(self, who: Requester, context: dict[str, Any]) -> SlackJobView:
         """A relax job from another life of the bot: its message and thread, from where it was posted."""
         ts = str(context.get("ts") or context.get("thread_ts") or "")
         thread = context.get("thread_ts")
-        return SlackJobView(
-            self, Privately(self, who, thread_ts=thread), thread_ts=thread if thread != ts else None, ts=ts
-        )
+        asker = Privately(self, who, thread_ts=thread, locale=context.get("locale"))
+        return SlackJobView(self, asker, thread_ts=thread if thread != ts else None, ts=ts)

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot import metrics, texts
+from bot import i18n, metrics, texts
 from bot.concurrency import Slots
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
+from bot.i18n import msg
 from bot.jobs import actions, card
 from bot.jobs.actions import ImageStore
 from bot.jobs.delivery import DELIVERY_DEADLINE_SECONDS, Delivery, Places
@@ -371,7 +372,7 @@ class Core:
             if kind != actions.Kind.REROLL and not 0 < index <= record.request.count:
                 raise UserError(texts.no_such_image(index, record.request.count))
             if kind != actions.Kind.REROLL and image is None:
-                raise UserError("that image is not ready yet (or could not be posted); try again in a moment")
+                raise UserError(msg("app.image_not_ready"))
             if image is not None and image.get("deleted") and kind != actions.Kind.REROLL:
                 raise UserError(texts.already_deleted(index))
             if deleting:
@@ -387,7 +388,7 @@ class Core:
                 base = await asyncio.to_thread(load_image, f"image-{index}.{image['format']}", data)
             request = actions.derive(kind, record, base, instruction, self.prices)
         except UserError as exc:
-            await view.refused(str(exc))
+            await view.refused(exc.text)
             return
         await self.submit(request, who, view)
 
@@ -399,7 +400,7 @@ class Core:
                 lambda db: actions.claim_confirmation(db, token, who, now, render)
             )
         except UserError as exc:
-            await view.refused(str(exc))
+            await view.refused(exc.text)
             return
         if request is None:
             await view.refused(texts.CONFIRM_CANCELLED)
@@ -499,6 +500,13 @@ class Core:
             options=options,
         )
 
+    async def language(self, who: Requester, platform_locale: str | None = None) -> str:
+        """The language to speak to `who` in (bot/i18n.py: `en` or `zh-CN`): their own `language` setting,
+        else their platform's locale as the adapter read it (Discord's `interaction.locale`, Slack's
+        `users.info` locale), else English. Every adapter asks here, so the setting is read in one place."""
+        setting = (await self.preferences(who)).language  # /imagine-settings language=
+        return i18n.language_for(setting, platform_locale)
+
     @property
     def access(self) -> Access:
         return self.runner.access
@@ -512,7 +520,7 @@ class Core:
         if person:
             await self.access.check_person(who, rules, standing)
         elif rules.blocked(who.user) and not self.is_operator(who):
-            raise UserError("You are blocked from using imagebot here; ask an admin.")
+            raise UserError(msg("app.blocked"))
 
     def downloading(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Around one file's download (every adapter's `download`; `decode_attachments` holds it over the decode
@@ -526,9 +534,7 @@ class Core:
         each file's declared size. UserError naming the rule, as the request's own checks would say it later."""
         masks = [f.name for f in files if is_mask_name(f.name)]
         if len(masks) > 1:
-            raise UserError(
-                f"two masks attached ({masks[0]}, {masks[1]}); attach one PNG whose name contains 'mask'"
-            )
+            raise UserError(msg("app.two_masks", first=masks[0], second=masks[1]))
         chosen = model or split_flags(text)[1].get("model") or self.settings.model
         if chosen in self.prices.models:
             capabilities = self.prices.model(chosen).capabilities

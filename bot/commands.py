@@ -23,10 +23,12 @@ from typing import Any, Literal, Protocol, cast
 from bot import platforms, report, texts
 from bot.app import Core
 from bot.errors import UserError
+from bot.i18n import ENGLISH, lazy, msg, say, usd
 from bot.jobs import card
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy import access, quota, signin
+from bot.store.ledger import QuotaLine
 
 log = logging.getLogger("imagebot.commands")
 MAX_DAYS = 366
@@ -36,7 +38,7 @@ MAX_DAYS = 366
 class Reply:
     """What to show: text, whether only the caller sees it, and an optional PNG chart."""
 
-    text: str
+    text: str  # a Text (bot/i18n.py): the adapter says it in the reader's language
     private: bool = True
     chart: bytes | None = None
 
@@ -44,15 +46,13 @@ class Reply:
 def parse_days(args: str) -> int:
     match = re.fullmatch(r"\s*(?:--days[ =]+(\S+))?\s*", args)
     if not match:
-        raise UserError(
-            f"unknown arguments {args.strip()!r}; use /imagine-usage [--days N] with N 1-{MAX_DAYS}"
-        )
+        raise UserError(msg("commands.usage_args", args=repr(args.strip()), most=MAX_DAYS))
     if match[1] is None:
         return 30
     if not match[1].isdigit():
-        raise UserError(f"--days {match[1]!r} is not a whole number; use one from 1-{MAX_DAYS}")
+        raise UserError(msg("commands.days_not_whole", value=repr(match[1]), most=MAX_DAYS))
     if not 1 <= int(match[1]) <= MAX_DAYS:
-        raise UserError(f"--days {match[1]} is out of range; use a whole number 1-{MAX_DAYS}")
+        raise UserError(msg("commands.days_range", value=match[1], most=MAX_DAYS))
     return int(match[1])
 
 
@@ -62,7 +62,7 @@ async def usage(core: Core, who: Requester, args: str) -> Reply:
     await core.may_render(who, None, person=False)  # a channel that is off (or a blocked user) gets no report
     built = await report.build(core.ledger, tenant=quota.Tenant.of(who), channel=who.channel, days=days)
     chart = await asyncio.to_thread(report.chart_png, built)
-    return Reply(built.text(), private=False, chart=chart)
+    return Reply(lazy(built.text), private=False, chart=chart)
 
 
 async def my_quota(core: Core, who: Requester) -> Reply:
@@ -74,14 +74,24 @@ async def my_quota(core: Core, who: Requester) -> Reply:
         if who.channel or quota.LABELS.get(line.label) != "channel_month"
     ]
     if not lines:
-        return Reply("You have no quota limits. Every image is still recorded in the cost ledger.")
-    return Reply(
-        "Your quota:\n"
-        + "\n".join(
-            f"- {line.label}: {line.used} used of {line.limit}, {line.left} left "
-            f"(resets {line.resets.strftime('%Y-%m-%d %H:%M %Z')})"
-            for line in lines
+        return Reply(msg("commands.no_limits"))
+    return Reply(lazy(_quota_text, tuple(lines)))
+
+
+def _quota_text(lines: tuple[QuotaLine, ...], locale: str = ENGLISH) -> str:
+    """`/imagine-quota`'s answer: each limit, what is used and left, when it resets."""
+    return say(locale, "commands.your_quota") + "".join(
+        "\n"
+        + say(
+            locale,
+            "commands.quota_line",
+            label=quota.label_text(line.label),
+            used=line.used,
+            limit=line.limit,
+            left=line.left,
+            resets=line.resets.strftime("%Y-%m-%d %H:%M %Z"),
         )
+        for line in lines
     )
 
 
@@ -118,9 +128,9 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
     )
     recent = tuple(
         Recent(
-            job.prompt or "(prompt not stored)",
+            job.prompt or msg("commands.prompt_not_stored"),
             job.size,
-            format_usd(job.micros),
+            usd(job.micros),
             json.loads(job.context or "{}"),
         )
         for job in jobs
@@ -130,7 +140,9 @@ async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
         quota=(await my_quota(core, who)).text,
         recent=recent,
         settings=await _settings_text(core, tenant) if admin else None,
-        spend=f"{format_usd(spent)} spent in {tenant} this month ({month})" if admin else None,
+        spend=msg("commands.home_spend", spent=usd(spent), tenant=str(tenant), month=month)
+        if admin
+        else None,
     )
 
 
@@ -284,7 +296,7 @@ async def admin(
     the tenant it names."""
     operator = core.is_operator(who) if operator is None else operator
     if not operator and not platform_admin:
-        return Reply("Only admins can use /imagine-admin (IMAGEBOT_ADMINS, or workspace/server admins).")
+        return Reply(msg("commands.admins_only"))
     if request.refusal is not None:
         raise UserError(request.refusal)
     tenant = quota.Tenant.of(who)
@@ -297,45 +309,60 @@ async def admin(
         scope, key = target.kind, target.id if target.kind != "workspace" else who.workspace
         if scope == "workspace" and not operator:
             place = platforms.of(who.platform).tenant
-            return Reply(
-                f"Only operators (IMAGEBOT_ADMINS) can set this {place}'s own limit; as a {place} admin "
-                f"you set limits for its users (@user) and channels (#channel). Its limit stays the "
-                f"operators' (IMAGEBOT_WORKSPACE_MONTHLY_USD unless they set one)."
-            )
+            return Reply(msg("commands.operators_only", place=msg(f"commands.place.{place}")))
         values = quota.parse_limits(list(words))
         await core.ledger.set_limits(scope, key, values, tenant=tenant)
         _changed(who, request, operator)
-        return Reply(f"Limits for {scope} {key} set: {_shown(values)} (in {tenant}).")
+        return Reply(
+            msg(
+                "commands.limits_set",
+                scope=msg(f"ledger.scope.{scope}"),
+                key=key,
+                shown=_shown(values),
+                tenant=str(tenant),
+            )
+        )
     if verb == "report":
         built = await report.build(core.ledger, tenant=None if operator else tenant, days=request.days)
         chart = await asyncio.to_thread(report.chart_png, built)
-        return Reply(built.text(), private=True, chart=chart)
+        return Reply(lazy(built.text), private=True, chart=chart)
     if verb == "channel" and target is not None:
         if target.kind != "channel":
-            raise UserError(f"{target.shown!r} is not a channel; use #channel")
+            raise UserError(msg("commands.not_a_channel", text=repr(target.shown)))
         channel = target.id
         changes = [access.parse_channel_setting(word, core.prices.models) for word in words]
         await core.ledger.settings.set_channel(tenant=tenant.key, channel=channel, changes=changes)
         _changed(who, request, operator)
         return Reply(
-            f"Channel <#{channel}> set: {', '.join(access.shown_setting(*c) for c in changes)} (in {tenant})."
+            msg(
+                "commands.channel_set",
+                channel=f"<#{channel}>",
+                shown=", ".join(access.shown_setting(*c) for c in changes),
+                tenant=str(tenant),
+            )
         )
     if verb in ("allow", "deny") and target is not None:
         entry = access.entry(target.kind, target.id)
         await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"who:{entry}", verb)])
         _changed(who, request, operator)
         return Reply(
-            f"{'Allowed' if verb == 'allow' else 'Denied'}: {access.shown_group(entry)} "
-            f"(in {tenant}).\n" + await _settings_text(core, tenant)
+            msg(
+                "commands.allowed" if verb == "allow" else "commands.denied",
+                group=access.shown_group(entry),
+                tenant=str(tenant),
+                settings=await _settings_text(core, tenant),
+            )
         )
     if verb in ("block", "unblock") and target is not None:
         if target.kind != "user":
-            raise UserError(f"{target.shown!r} is not a person; use /imagine-admin {verb} @user")
+            raise UserError(msg("commands.not_a_person", text=repr(target.shown), verb=verb))
         user = target.id
         value = "1" if verb == "block" else None
         await core.ledger.settings.set_tenant(tenant=tenant.key, changes=[(f"block:{user}", value)])
         _changed(who, request, operator)
-        return Reply(f"<@{user}> {'blocked' if value else 'unblocked'} (in {tenant}).")
+        return Reply(
+            msg("commands.blocked" if value else "commands.unblocked", user=f"<@{user}>", tenant=str(tenant))
+        )
     if verb == "settings":
         changes = [access.parse_tenant_setting(word) for word in words]
         if changes:
@@ -367,24 +394,17 @@ async def dashboard_link(core: Core, who: Requester, *, operator: bool) -> Reply
     log.info("dashboard link issued", extra={"tenant": str(quota.Tenant.of(who)), "user": who.user})
     minutes = int(signin.LINK_TTL.total_seconds() // 60)
     return Reply(
-        f"Your sign-in link to imagebot's dashboard for {quota.Tenant.of(who)} (only you can see this; it works "
-        f"once, within {minutes} minutes, and signs you in for 8 hours):\n"
-        f"{core.settings.public_url}/dashboard/signin/{secret}",
+        msg(
+            "commands.dashboard_link",
+            tenant=str(quota.Tenant.of(who)),
+            minutes=minutes,
+            link=f"{core.settings.public_url}/dashboard/signin/{secret}",
+        ),
         private=True,
     )
 
 
-HELP = """/imagine-admin commands (admins only; everything applies to this workspace/server):
-- quota <@user|#channel|workspace> daily_usd=N daily_images=N monthly_usd=N monthly_images=N (or =default, =unlimited)
-- report --all [--days N]
-- channel <#channel> on|off max_size=1k|2k|4k|WxH max_quality=low|medium|high models=NAME[,NAME] moderation=auto|low relax=on|off confirm=USD|off spoiler=on|off (any =default to clear)
-- allow <@role|@usergroup|everyone>  (once anything is allowed, only those members and admins may render)
-- deny <@role|@usergroup|everyone>
-- block <@user>  (refused everywhere, buttons and replies included)
-- unblock <@user>
-- settings [cooldown=SECONDS] [max_jobs=N]  (shows every setting; sets this workspace's pace)
-- dashboard  (a one-time link, only for you, to this workspace's web dashboard: spend, limits, images)
-- help"""
+HELP = msg("commands.help")
 
 
 async def settings_text(core: Core, tenant: quota.Tenant) -> str:

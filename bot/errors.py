@@ -1,10 +1,26 @@
-"""The error hierarchy: what went wrong, and who can fix it."""
+"""The error hierarchy: what went wrong, and who can fix it.
+
+An error meant for people is raised with a catalog sentence (`UserError(msg("sizes.not_a_size", ...))`,
+bot/i18n.py): `str(error)` is its English text (logs, the CLI), `error.text` says it in any language.
+"""
 
 from __future__ import annotations
+
+from bot.i18n import ENGLISH, Text, lazy, msg, translate
 
 
 class ImagebotError(Exception):
     """Base of every error the core raises on purpose."""
+
+    @property
+    def text(self) -> Text:
+        """The message for people, in whichever language it is rendered (bot/i18n.py `translate`)."""
+        return lazy(self.said)
+
+    def said(self, locale: str = ENGLISH) -> str:
+        """The message in `locale`."""
+        first = self.args[0] if self.args else ""
+        return translate(first, locale)
 
 
 class UserError(ImagebotError):
@@ -33,13 +49,19 @@ class _Attempted:
 
     @property
     def message(self) -> str:
-        """The text without the request ids."""
-        return str(self.args[0]) if self.args else ""  # type: ignore[attr-defined]
+        """The text without the request ids (a Text when it is ours, the provider's words otherwise)."""
+        first = self.args[0] if self.args else ""  # type: ignore[attr-defined]
+        return first if isinstance(first, Text) else str(first)
+
+    def said(self, locale: str = ENGLISH) -> str:
+        if self.request_ids:
+            return msg("errors.request_ids", message=self.message, ids=", ".join(self.request_ids)).render(
+                locale
+            )
+        return translate(self.message, locale)
 
     def __str__(self) -> str:
-        if self.request_ids:
-            return f"{self.message} (request id {', '.join(self.request_ids)})"
-        return self.message
+        return self.said(ENGLISH)
 
 
 class ApiRejected(_Attempted, UserError):

@@ -17,6 +17,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
+from bot.i18n import ENGLISH, money, msg, number, say, translate
 from bot.model.pricing import format_usd
 from bot.policy.quota import Tenant
 from bot.store import usage
@@ -41,33 +42,45 @@ class Report:
     by_channel: list[tuple[str, int, int]] = field(default_factory=list)  # channel, images, micros
     by_model: list[tuple[str, int, int]] = field(default_factory=list)  # model, images, micros
 
-    def text(self) -> str:
-        """Reads well in Slack and Discord (no platform markup)."""
+    def text(self, locale: str = ENGLISH) -> str:
+        """Reads well in Slack and Discord (no platform markup), in the reader's language."""
+        median = (
+            say(locale, "report.median", seconds=number(self.median_render_s, locale, 1))
+            if self.median_render_s is not None
+            else ""
+        )
         lines = [
-            f"Usage for {self.scope}, last {self.days} days: {self.images} images, "
-            f"{format_usd(self.spend_micros)} spent, {self.failures} failed"
-            + (f", median render {self.median_render_s:.1f} s" if self.median_render_s is not None else "")
+            say(
+                locale,
+                "report.head",
+                scope=translate(self.scope, locale),
+                days=self.days,
+                images=self.images,
+                spent=money(self.spend_micros, locale),
+                failed=self.failures,
+                median=median,
+            )
         ]
+        comma = say(locale, "report.comma")
+
+        def used(n: int, m: int) -> str:
+            return say(locale, "report.used", n=n, cost=money(m, locale))
+
         if self.top_users:
-            lines.append(
-                "Top users: " + ", ".join(f"{user} {n} img {format_usd(m)}" for user, n, m in self.top_users)
-            )
+            users = comma.join(f"{user} {used(n, m)}" for user, n, m in self.top_users)
+            lines.append(say(locale, "report.top_users", users=users))
         if self.by_size_quality:
-            lines.append(
-                "By size and quality: "
-                + ", ".join(
-                    f"{size} {quality} {n} img {format_usd(m)}"
-                    for size, quality, n, m in self.by_size_quality
-                )
+            sizes = comma.join(
+                f"{size} {quality} {used(n, m)}" for size, quality, n, m in self.by_size_quality
             )
+            lines.append(say(locale, "report.by_size", sizes=sizes))
         if any(mode == "relax" for mode, _, _ in self.by_mode):  # relax mode bills at the batch price
-            lines.append(
-                "By mode: "
-                + ", ".join(
-                    f"{mode}{' (half price)' if mode == 'relax' else ''} {n} img {format_usd(m)}"
-                    for mode, n, m in self.by_mode
-                )
+            modes = comma.join(
+                say(locale, "report.relax_mode" if mode == "relax" else "report.mode", mode=mode)
+                + f" {used(n, m)}"
+                for mode, n, m in self.by_mode
             )
+            lines.append(say(locale, "report.by_mode", modes=modes))
         return "\n".join(lines)
 
 
@@ -89,12 +102,16 @@ def _rows(
 
 
 def _scope(tenant: Tenant | None, channel: str | None, user: str | None) -> str:
-    where = f"of {tenant}" if tenant else "(all tenants)"
+    where = msg("report.of_tenant", tenant=str(tenant)) if tenant else msg("report.all_tenants_where")
     if channel and user:
-        return f"user {user} in channel {channel} {where}"
+        return msg("report.user_in_channel", user=user, channel=channel, where=where)
     if channel or user:
-        return f"channel {channel} {where}" if channel else f"user {user} {where}"
-    return f"all channels of {tenant}" if tenant else "all tenants"
+        return (
+            msg("report.channel", channel=channel, where=where)
+            if channel
+            else msg("report.user", user=user, where=where)
+        )
+    return msg("report.all_channels", tenant=str(tenant)) if tenant else msg("report.all_tenants")
 
 
 def chart_days(report: Report) -> list[str]:

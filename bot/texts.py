@@ -1,8 +1,10 @@
-"""Everything the bot says to people, in plain text, in one place (platform markup is the adapters' job:
-they escape these strings for mrkdwn or Discord markdown and add mentions).
+"""Everything the bot says about a job, in plain text, in the reader's language (platform markup is the
+adapters' job: they escape these strings for mrkdwn or Discord markdown and add mentions).
 
-Each function takes the core's data (a Progress, a JobResult, ...) and returns the words; nothing here
-knows which platform shows them.
+Each function takes the core's data (a Progress, a JobResult, ...) and a `locale` (bot/i18n.py: `en` or
+`zh-CN`), and returns the words from the catalogs; nothing here knows which platform shows them. The core,
+which does not know who reads, passes `i18n.lazy(texts.fn, ...)` or a `Msg` to its views; the adapter says it
+in the reader's language with `i18n.translate`.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from bot import platforms
+from bot.i18n import ENGLISH, Msg, Text, lazy, msg, say, translate, usd
+from bot.i18n import money as _money
+from bot.i18n import number as _number
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
-from bot.model.pricing import format_usd
 from bot.model.request import Defaults, ImageRequest, Requester, clip
 
 if TYPE_CHECKING:
@@ -22,20 +26,25 @@ if TYPE_CHECKING:
     from bot.store.ledger import Interrupted
 
 BAR_WIDTH = 20
-OFFLINE = "offline image server"
-RESTARTING = "the bot is restarting and not taking new jobs; try again in a minute"
-CANCEL_REFUSED = "Only the person who started this job can cancel it, and only while it runs."
-NOT_AN_IMAGE_MESSAGE = (
-    "That message has no image to edit; use it on a message with a PNG, JPEG or WebP image."
-)
-TOKEN_EXPIRING = (
-    "Still working. Discord stops edits of this message after 15 minutes, so progress and the image "
-    "continue in a reply to it."
-)
+OFFLINE = msg("texts.offline")
+RESTARTING = msg("jobs.restarting")
+CANCEL_REFUSED = msg("cancel.refused")
+NOT_AN_IMAGE_MESSAGE = msg("edit.not_an_image_message")
+TOKEN_EXPIRING = msg("discord.token_expiring")
+EXPIRED_BUTTON = msg("actions.expired_button")
+DELETED = msg("actions.deleted")
+DELETE_REFUSED = msg("actions.delete_refused")
+CONFIRM_CANCELLED = msg("actions.confirm_cancelled")
 
 
-def plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+def images(count: int) -> Msg:
+    """`1 image`, `3 images`."""
+    return msg("texts.images", n=count)
+
+
+def seconds(value: float, locale: str = ENGLISH, decimals: int = 0) -> str:
+    """`12 s`."""
+    return say(locale, "texts.seconds", seconds=_number(value, locale, decimals))
 
 
 def bar(fraction: float, width: int = BAR_WIDTH) -> str:
@@ -43,241 +52,256 @@ def bar(fraction: float, width: int = BAR_WIDTH) -> str:
     return "█" * filled + "░" * (width - filled)
 
 
-def settings_line(request: ImageRequest, offline: bool) -> str:
-    """`1536x1024 high jpeg · edit · x2 · offline image server`."""
+def settings_line(request: ImageRequest, offline: bool, locale: str = ENGLISH) -> str:
+    """`1536x1024 high jpeg · edit · x2 · offline image server` (sizes and flag values as typed)."""
     parts = [
         request.describe(),
-        "edit" if request.is_edit else "",
+        say(locale, "texts.edit") if request.is_edit else "",
         f"x{request.count}" if request.count > 1 else "",
-        OFFLINE if offline else "",
+        OFFLINE.render(locale) if offline else "",
     ]
     return " · ".join(p for p in parts if p)
 
 
-def status_line(progress: Progress, code: Callable[[str], str] = str) -> str:
+def status_line(progress: Progress, code: Callable[[str], str] = str, locale: str = ENGLISH) -> str:
     """Queue position, or a progress bar with elapsed/expected seconds (`code` marks the bar up)."""
     if progress.state == "relax":
-        return progress.detail
+        return translate(progress.detail, locale)
     if progress.state == "queued":
-        return f"queued, position {progress.queue_position} · {progress.elapsed:.0f} s"
-    status = f"{code(bar(progress.fraction))} {progress.elapsed:.0f} s of ~{progress.expected:.0f} s"
+        return say(
+            locale,
+            "progress.queued",
+            position=progress.queue_position,
+            elapsed=_number(progress.elapsed, locale),
+        )
+    status = say(
+        locale,
+        "progress.running",
+        bar=code(bar(progress.fraction)),
+        elapsed=_number(progress.elapsed, locale),
+        expected=_number(progress.expected, locale),
+    )
     if progress.count > 1:
-        status += f" · {progress.done}/{progress.count} done"
+        status += " · " + say(locale, "progress.done_of", done=progress.done, count=progress.count)
     return status
 
 
-def result_summary(result: JobResult) -> str:
+def heading(request: ImageRequest, locale: str = ENGLISH) -> str:
+    """`Rendering` or `Editing`: what the progress message is doing."""
+    return say(locale, "progress.editing" if request.is_edit else "progress.rendering")
+
+
+def result_summary(result: JobResult, locale: str = ENGLISH) -> str:
     """Size, quality, format, cost, time, quota and request ids; then notes, what did not finish, offline."""
     first = result.images[0]
-    ids = ", ".join(i for img in result.images for i in img.request_ids) or "none"
+    ids = ", ".join(i for img in result.images for i in img.request_ids) or say(locale, "texts.no_request_id")
     parts = [
         f"{first.width}x{first.height} {result.request.quality} {result.request.format}",
-        plural(len(result.images), "image") if result.request.count > 1 else "",
-        format_usd(result.total_micros),
-        f"{result.elapsed:.1f} s",
-        result.quota_left,
-        f"request id {ids}",
+        images(len(result.images)).render(locale) if result.request.count > 1 else "",
+        _money(result.total_micros, locale),
+        seconds(result.elapsed, locale, 1),
+        translate(result.quota_left, locale),
+        say(locale, "texts.request_ids", ids=ids),
     ]
     text = " · ".join(p for p in parts if p)
-    extra = list(result.request.notes) + list(result.failures)
+    extra = [translate(note, locale) for note in (*result.request.notes, *result.failures)]
     if result.offline:
-        extra.append(f"made by the {OFFLINE}, not OpenAI")
+        extra.append(say(locale, "texts.made_offline", offline=OFFLINE))
     return text + "".join(f"\n{note}" for note in extra)
 
 
-def failure_summary(failure: JobFailure) -> str:
+def failure_summary(failure: JobFailure, locale: str = ENGLISH) -> str:
     """Why no image came, the request ids, and what was charged and why."""
-    ids = f" (request id {', '.join(failure.request_ids)})" if failure.request_ids else ""
-    head = "Cancelled" if failure.cancelled else "Failed"
+    ids = say(locale, "texts.failure_ids", ids=", ".join(failure.request_ids)) if failure.request_ids else ""
     if not failure.charged_micros:
-        money = "Nothing was charged."
+        money = say(locale, "texts.nothing_charged")
     elif failure.cancelled:
-        money = (
-            f"Charged {format_usd(failure.charged_micros)}: its API call had already started, and the API "
-            "may bill a call even when its answer is never read."
-        )
+        money = say(locale, "texts.charged_cancelled", cost=usd(failure.charged_micros))
     else:
-        money = f"Charged {format_usd(failure.charged_micros)}: the API may have billed attempts that gave no image."
-    return f"{head}: {failure.message}{ids}. {money}" + (f" ({OFFLINE})" if failure.offline else "")
+        money = say(locale, "texts.charged_failed", cost=usd(failure.charged_micros))
+    return say(
+        locale,
+        "texts.cancelled" if failure.cancelled else "texts.failed",
+        why=translate(failure.message, locale),
+        ids=ids,
+        money=money,
+    ) + (say(locale, "texts.offline_suffix", offline=OFFLINE) if failure.offline else "")
 
 
-def summary(outcome: JobResult | JobFailure) -> str:
+def summary(outcome: JobResult | JobFailure, locale: str = ENGLISH) -> str:
     """The summary of either outcome."""
-    return result_summary(outcome) if isinstance(outcome, JobResult) else failure_summary(outcome)
+    if isinstance(outcome, JobResult):
+        return result_summary(outcome, locale)
+    return failure_summary(outcome, locale)
 
 
-def image_failed(error: str) -> str:
+def image_failed(error: object) -> Msg:
     """One image of a job that did not come, beside those that did."""
-    return f"failed: {error}"
+    return msg("texts.image_failed", error=error)
 
 
-def image_stopped(reason: str, charged_micros: int) -> str:
-    verb = "cancelled by the requester" if reason == "cancelled" else "interrupted by a shutdown"
+def image_stopped(reason: str, charged_micros: int) -> Msg:
+    cancelled = reason == "cancelled"
     if charged_micros:
-        return f"1 image {verb} during its API call, charged {format_usd(charged_micros)} as possibly billed"
-    return f"1 image {verb} before its API call, nothing charged"
+        key = "texts.image_cancelled_charged" if cancelled else "texts.image_interrupted_charged"
+        return msg(key, cost=usd(charged_micros))
+    return msg("texts.image_cancelled_free" if cancelled else "texts.image_interrupted_free")
 
 
-def stopped_job(reason: str) -> str:
-    return (
-        "cancelled by the requester"
-        if reason == "cancelled"
-        else "interrupted because the bot is shutting down; run it again in a minute"
-    )
+def stopped_job(reason: str) -> Msg:
+    return msg("texts.stopped_cancelled" if reason == "cancelled" else "texts.stopped_interrupted")
 
 
-def done_line(result: JobResult, where: str = "in the thread") -> str:
-    """The progress message's last state once the image is delivered."""
+def done_line(result: JobResult, where: str | None = None, locale: str = ENGLISH) -> str:
+    """The progress message's last state once the image is delivered (`where`: a catalog id for where the
+    images are; in the thread by default)."""
     first = result.images[0]
-    return (
-        f"Done: {first.width}x{first.height} {result.request.quality} · {format_usd(result.total_micros)} · "
-        f"{result.elapsed:.0f} s · {plural(len(result.images), 'image')} {where}"
+    return say(
+        locale,
+        "texts.done",
+        size=f"{first.width}x{first.height}",
+        quality=result.request.quality,
+        cost=usd(result.total_micros),
+        seconds=seconds(result.elapsed, locale),
+        images=images(len(result.images)),
+        where=say(locale, where or "texts.in_the_thread"),
     )
 
 
-def cannot_post(reason: str) -> str:
+def cannot_post(reason: object) -> Msg:
     """The progress message could not be posted, so the job never started."""
-    return f"I could not post in this channel ({reason}). Nothing was charged."
+    return msg("texts.cannot_post", reason=reason)
 
 
-def undelivered(why: str, summary: str, job_id: str | None = None, request_ids: Sequence[str] = ()) -> str:
+def undelivered(
+    why: object, summary: object, job_id: str | None = None, request_ids: Sequence[str] = ()
+) -> Msg:
     """Made and paid for, but the platform did not take the upload: never silently, and never lost (the image
     is kept until `imagebot redeliver` posts it, for IMAGEBOT_ACTIONS_DAYS)."""
-    ids = f" Request ids: {', '.join(request_ids)}." if request_ids else ""
-    kept = f" It is kept: an admin can post it later with `imagebot redeliver {job_id}`." if job_id else ""
-    return f"The image was made and charged, but it could not be posted: {why}.{ids}{kept}\n{summary}"
-
-
-def price_check(request: ImageRequest, estimate_micros: int, threshold_micros: int) -> str:
-    """The private question before an expensive render: its settings and exactly what it will reserve."""
-    return (
-        f"This render may cost up to {format_usd(estimate_micros)} ({settings_line(request, False)}), above "
-        f"this channel's {format_usd(threshold_micros)} price check. Nothing is reserved or rendered until you "
-        "press Render; the question expires in 10 minutes."
+    return msg(
+        "texts.undelivered",
+        why=why,
+        ids=msg("texts.undelivered_ids", ids=", ".join(request_ids)) if request_ids else "",
+        kept=msg("texts.undelivered_kept", job_id=job_id) if job_id else "",
+        summary=summary,
     )
 
 
-EXPIRED_BUTTON = "this button has expired or is not known here; run /imagine again"
-DELETED = "Deleted."
+def price_check(request: ImageRequest, estimate_micros: int, threshold_micros: int) -> Msg:
+    """The private question before an expensive render: its settings and exactly what it will reserve."""
+    return msg(
+        "texts.price_check",
+        estimate=usd(estimate_micros),
+        settings=lazy(settings_line, request, False),
+        threshold=usd(threshold_micros),
+    )
 
 
-def already_deleted(index: int) -> str:
-    return f"image {index} of this job was deleted; a re-roll makes a new one"
-
-
-def no_such_image(index: int, count: int) -> str:
-    return f"this job has no image {index}; it has {count} image{'s' if count != 1 else ''} (1-{count})"
-
-
-DELETE_REFUSED = "Only the person who made this image (or an admin) can delete it."
-CONFIRM_CANCELLED = "Cancelled: nothing was reserved or charged."
-
-
-def interrupted(job: Interrupted) -> str:
+def interrupted(job: Interrupted) -> Msg:
     """A job a stopped process left unfinished, told by whichever process serves its platform."""
     money = (
-        f"it was charged {format_usd(job.charged_micros)} because the API call had started and may have been "
-        "billed"
+        msg("texts.interrupted_charged", cost=usd(job.charged_micros))
         if job.charged_micros
-        else "nothing was charged"
+        else msg("texts.nothing_charged_lower")
     )
-    return f"this job was interrupted by a restart before it finished; {money}. Run /imagine again to retry."
+    return msg("texts.interrupted", money=money)
+
+
+def already_deleted(index: int) -> Msg:
+    return msg("texts.already_deleted", index=index)
+
+
+def no_such_image(index: int, count: int) -> Msg:
+    return msg("texts.no_such_image", n=count, index=index)
 
 
 # -- your settings, a job's card, your history, spoilers -----------------------------------------------------
 
-SETTINGS_USAGE = (
-    "size=auto|1k|2k|4k|WxH, ar=W:H (with size 1k, 2k or 4k), quality=low|medium|high|auto, "
-    "format=png|jpeg|webp, count=1-4, mode=fast|relax, language=en|zh-CN "
-    "(NAME=default clears one, reset clears them all)"
-)
-SIZE_VALUES = "auto, 1k, 2k, 4k or WxH (e.g. 1536x1024)"
-AR_VALUES = "W:H with whole numbers, e.g. 16:9 (it shapes a 1k, 2k or 4k size)"
-SHOW_LABEL = "Show"
-SETTINGS_FORM_TITLE = "Your imagebot defaults"  # at most 24 characters (a Slack modal's title)
-SETTINGS_FORM_SAVE = "Save"
-SETTINGS_FORM_CANCEL = "Cancel"
-SETTING_NOT_SET = "default (not set)"
-SETTING_HINTS = {"size": "auto, 1k, 2k, 4k or WxH", "ar": "W:H, e.g. 16:9 (with 1k, 2k or 4k)"}
-SPOILER_HIDDEN = "The image is hidden in this channel (spoiler=on): press Show to see it (only you will)."
-SPOILER_GONE = "That image is no longer here (deleted, or kept no longer); nothing to show."
+SETTINGS_USAGE = msg("people.settings_usage")
+SIZE_VALUES = msg("people.size_values")
+AR_VALUES = msg("people.ar_values")
+SHOW_LABEL = msg("people.show")
+SETTINGS_FORM_TITLE = msg("people.form_title")  # at most 24 characters (a Slack modal's title)
+SETTINGS_FORM_SAVE = msg("people.form_save")
+SETTINGS_FORM_CANCEL = msg("people.form_cancel")
+SETTING_NOT_SET = msg("people.not_set")
+SETTING_HINTS = {"size": msg("people.hint.size"), "ar": msg("people.hint.ar")}
+SPOILER_HIDDEN = msg("people.spoiler_hidden")
+SPOILER_GONE = msg("people.spoiler_gone")
 SETTING_LABELS = {
-    "size": "size",
-    "ar": "aspect ratio",
-    "quality": "quality",
-    "format": "format",
-    "count": "images per request",
-    "mode": "mode",
-    "language": "language",
+    name: msg(f"people.label.{name}")
+    for name in ("size", "ar", "quality", "format", "count", "mode", "language")
 }
 
 
-def bad_spoiler(value: str) -> str:
+def bad_spoiler(value: str) -> Msg:
     """`/imagine-admin channel #c spoiler=...` with a value other than on or off."""
-    return f"spoiler={value}: use on (images posted hidden until clicked) or off"
+    return msg("people.bad_spoiler", value=value)
 
 
-def unknown_setting(word: str) -> str:
+def unknown_setting(word: str) -> Msg:
     """A word of /imagine-settings that names no setting."""
-    return f"{word!r} is not one of your settings; use {SETTINGS_USAGE}. Nothing was changed."
+    return msg("people.unknown_setting", word=repr(word), usage=SETTINGS_USAGE)
 
 
-def bad_setting(name: str, value: str, valid: str, why: str = "") -> str:
+def bad_setting(name: str, value: str, valid: str, why: str = "") -> Msg:
     """A setting given a value it cannot take."""
-    because = f" ({why})" if why else ""
-    return f"{name}={value} is not a valid {name}{because}; use {valid}. Nothing was changed."
+    return msg("people.bad_setting", name=name, value=value, valid=valid, because=f" ({why})" if why else "")
 
 
-def settings_conflict(why: str) -> str:
+def settings_conflict(why: str) -> Msg:
     """Settings that are each fine but together would not make a request."""
-    return f"Together these defaults would not make a valid request: {why}. Nothing was changed."
+    return msg("people.settings_conflict", why=why)
 
 
-def your_settings(mine: Preferences, base: Defaults, place: str, saved: bool = False) -> str:
+def your_settings(mine: Preferences, base: Defaults, place: str, saved: bool = False) -> Text:
     """`/imagine-settings`: each of the caller's defaults here, and where the ones they did not set come from."""
-    head = "Saved. Your defaults" if saved else "Your defaults"
-    lines = [f"{head} {place} (a flag in a request overrides each; channel ceilings still apply):"]
+    return lazy(_your_settings, mine, base, place, saved)
+
+
+def _your_settings(mine: Preferences, base: Defaults, place: str, saved: bool, *, locale: str) -> str:
+    lines = [say(locale, "people.saved_head" if saved else "people.head", place=place)]
     bot = {
         "size": base.size,
-        "ar": "none",
+        "ar": say(locale, "people.bot.ar"),
         "quality": base.quality,
         "format": base.format,
         "count": str(base.count),
-        "mode": "the channel's (fast unless it says relax=on)",
-        "language": "your platform's, else English",
+        "mode": say(locale, "people.bot.mode"),
+        "language": say(locale, "people.bot.language"),
     }
     for name, label in SETTING_LABELS.items():
         value = getattr(mine, name)
-        if value is None:
-            lines.append(f"- {label}: {bot[name]} (not set: the bot's default)")
-        else:
-            lines.append(f"- {label}: {value} (yours)")
-    lines.append(
-        f"Change them: /imagine-settings size=2k quality=high (or --size 2k --quality high); {SETTINGS_USAGE}"
-    )
+        key = "people.not_yours" if value is None else "people.yours"
+        lines.append(
+            say(locale, key, label=label.render(locale), value=bot[name] if value is None else value)
+        )
+    lines.append(say(locale, "people.change", usage=SETTINGS_USAGE.render(locale)))
     return "\n".join(lines)
 
 
-def from_your_default(name: str) -> str:
+def from_your_default(name: str) -> Msg:
     """Added to a channel's refusal when the refused value was the requester's own default."""
-    return f"(That {name} is your default from /imagine-settings: give --{name} to override it, or change it there.)"
+    return msg("people.from_your_default", name=name)
 
 
-def no_such_job(ref: str) -> str:
+def no_such_job(ref: str) -> Msg:
     """Any job the caller may not see, or that does not exist: the same words, so nothing leaks."""
-    return f"No such job: {ref!r}. /imagine-history lists yours (use its number or the job id)."
+    return msg("people.no_such_job", ref=repr(ref))
 
 
-def history_usage(text: str, most: int) -> str:
-    return f"{text!r} is not a number of jobs; use /imagine-history [N] with N from 1 to {most}"
+def history_usage(text: str, most: int) -> Msg:
+    return msg("people.history_usage", text=repr(text), most=most)
 
 
 def _person(who: Requester) -> str:
     return f"<@{who.user}>" if platforms.of(who.platform).mentions else who.user
 
 
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M %Z").strip() if moment is not None else "unknown"
+def _when(moment: datetime | None, locale: str) -> str:
+    if moment is None:
+        return say(locale, "people.unknown_time")
+    return moment.strftime("%Y-%m-%d %H:%M %Z").strip()
 
 
 def _status(statuses: Sequence[str]) -> str:
@@ -289,51 +313,94 @@ def _status(statuses: Sequence[str]) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.items())
 
 
-def job_card(card: JobCard, link: Callable[[dict[str, Any]], str | None] = lambda where: None) -> str:
+Link = Callable[[dict[str, Any]], "str | None"]
+
+
+def _no_link(where: dict[str, Any]) -> str | None:
+    return None
+
+
+def job_card(card: JobCard, link: Link = _no_link) -> Text:
     """A job's card: prompt, model and settings, input images, money, request ids, render time, who and when
     (`link`: the adapter's link to where it is shown, if it can make one)."""
+    return lazy(_job_card, card, link)
+
+
+def _job_card(card: JobCard, link: Link, *, locale: str) -> str:
     sizes = ", ".join(dict.fromkeys(card.sizes))
-    size = sizes if sizes and sizes != card.size else card.size
+    size = card.size
     if sizes and sizes != card.size:
-        size += f" (asked {card.size})"
+        size = say(locale, "people.card.asked", sizes=sizes, size=card.size)
+    none = say(locale, "people.card.none" if card.kept else "people.card.gone")
+    seconds = card.render_seconds
     lines = [
-        f"Job {card.job_id} · asked by {_person(card.who)} on {_when(card.asked_at)}",
-        f"Prompt: {card.prompt if card.prompt is not None else '(not stored)'}",
-        f"Model: {card.model} · size {size} · quality {card.quality} · format {card.format} · "
-        f"{plural(card.count, 'image')} · {card.mode}",
-        "References: "
-        + (", ".join(card.references) if card.references else "none" if card.kept else "no longer kept"),
-        f"Mask: {card.mask or ('none' if card.kept else 'no longer kept')}",
-        f"Cost: reserved {format_usd(card.reserved_micros)}, charged {format_usd(card.charged_micros)}",
-        f"Request ids: {', '.join(card.request_ids) or 'none'}",
-        "Render time: " + (f"{card.render_seconds:.1f} s" if card.render_seconds is not None else "none"),
-        f"Status: {_status(card.statuses)}",
+        say(
+            locale,
+            "people.card.head",
+            job=card.job_id,
+            who=_person(card.who),
+            when=_when(card.asked_at, locale),
+        ),
+        say(
+            locale,
+            "people.card.prompt",
+            prompt=card.prompt if card.prompt is not None else say(locale, "people.card.not_stored"),
+        ),
+        say(
+            locale,
+            "people.card.model",
+            model=card.model,
+            size=size,
+            quality=card.quality,
+            format=card.format,
+            images=say(locale, "people.images", n=card.count),
+            mode=card.mode,
+        ),
+        say(locale, "people.card.references", refs=", ".join(card.references) if card.references else none),
+        say(locale, "people.card.mask", mask=card.mask or none),
+        say(
+            locale,
+            "people.card.cost",
+            reserved=_money(card.reserved_micros, locale),
+            charged=_money(card.charged_micros, locale),
+        ),
+        say(locale, "people.card.ids", ids=", ".join(card.request_ids) or say(locale, "people.card.none")),
+        say(
+            locale,
+            "people.card.render",
+            time=say(locale, "people.card.seconds", s=_number(seconds, locale, 1))
+            if seconds is not None
+            else say(locale, "people.card.none"),
+        ),
+        say(locale, "people.card.status", status=_status(card.statuses)),
     ]
     where = link(card.where)
     if where:
-        lines.append(f"Link: {where}")
+        lines.append(say(locale, "people.card.link", link=where))
     return "\n".join(lines)
 
 
-def history(
-    cards: Sequence[JobCard], link: Callable[[dict[str, Any]], str | None] = lambda where: None
-) -> str:
+def history(cards: Sequence[JobCard], link: Link = _no_link) -> Text:
     """`/imagine-history`: the caller's latest jobs, newest first, numbered for /imagine-info N."""
+    return lazy(_history, tuple(cards), link)
+
+
+def _history(cards: tuple[JobCard, ...], link: Link, *, locale: str) -> str:
     if not cards:
-        return "You have no jobs here yet: try /imagine a lighthouse at dusk."
-    lines = [f"Your last {plural(len(cards), 'job')} here (newest first; /imagine-info N for a card):"]
+        return say(locale, "people.history.none")
+    lines = [say(locale, "people.history.head", n=len(cards))]
     for n, card in enumerate(cards, start=1):
-        prompt = card.prompt if card.prompt is not None else "(prompt not stored)"
+        prompt = card.prompt if card.prompt is not None else say(locale, "people.history.prompt_gone")
         size = card.sizes[0] if card.sizes else card.size
         where = link(card.where)
         parts = [
-            f"{n}. {_when(card.asked_at)}",
+            f"{n}. {_when(card.asked_at, locale)}",
             f"{size} {card.quality}",
-            plural(card.count, "image"),
-            format_usd(card.charged_micros),
+            say(locale, "people.images", n=card.count),
+            _money(card.charged_micros, locale),
             _status(card.statuses),
             *([where] if where else []),
-            f"job {card.job_id}",
+            say(locale, "people.history.job", job=card.job_id),
         ]
         lines.append(" · ".join(parts) + f"\n   {clip(' '.join(prompt.split()), 80)}")
     return "\n".join(lines)

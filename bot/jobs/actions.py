@@ -24,8 +24,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from bot.errors import UserError
+from bot.i18n import ENGLISH, lazy, money, msg
 from bot.model.images import ImageInput
-from bot.model.pricing import PriceTable, format_usd
+from bot.model.pricing import PriceTable
 from bot.model.request import Defaults, ImageRequest, Requester, notes_for, parse_request, split_flags
 from bot.model.sizes import GPT_IMAGE_2, Size, SizeRule
 from bot.policy.price_check import CONFIRM_KEPT, CONFIRM_TTL, MAX_PENDING
@@ -47,12 +48,12 @@ class Kind(StrEnum):
 
 
 LABELS = {
-    Kind.REROLL: "Re-roll",
-    Kind.VARY: "Vary",
-    Kind.UPSCALE: "Upscale",
-    Kind.EDIT: "Edit",
-    Kind.REMOVE: "Delete",
-    Kind.INFO: "Info",
+    Kind.REROLL: msg("actions.reroll"),
+    Kind.VARY: msg("actions.vary"),
+    Kind.UPSCALE: msg("actions.upscale"),
+    Kind.EDIT: msg("actions.edit"),
+    Kind.REMOVE: msg("actions.delete"),
+    Kind.INFO: msg("actions.info"),
 }
 
 
@@ -63,7 +64,7 @@ class Button:
     kind: Kind
     job_id: str
     index: int  # 1..N for an image; 0 for Re-roll (the whole request)
-    label: str
+    label: str  # a Text: drawn in the reader's language (bot/i18n.py)
     cost_micros: (
         int | None
     )  # the estimate that a click reserves (None: Edit's depends on the instruction, Delete)
@@ -81,7 +82,7 @@ def parse_key(key: str) -> tuple[Kind, str, int]:
     try:
         return Kind(kind), job_id, int(index)
     except ValueError:
-        raise UserError("that button is not one of imagebot's") from None
+        raise UserError(msg("actions.not_ours")) from None
 
 
 class ImageStore(Protocol):
@@ -146,11 +147,11 @@ def derive(
     if kind == Kind.UPSCALE:
         size = upscale_size(base.width, base.height, capabilities.sizes)
         if size is None:
-            raise UserError(f"this image is already as large as {original.model} renders its shape")
+            raise UserError(msg("actions.already_largest", model=original.model))
         return one(size, prompt=f"{original.prompt}\n\n{UPSCALE_PROMPT}", quality="high")
     if kind == Kind.EDIT:
         if not instruction.strip():
-            raise UserError("the edit instruction is empty; say what to change, e.g. make the sky stormy")
+            raise UserError(msg("actions.empty_instruction"))
         # Flags work in the form as in a message (`make it blue --quality high`); unsaid, the image's own
         # size and the original settings hold.
         defaults = Defaults(
@@ -161,7 +162,7 @@ def derive(
         if "format" not in given and "compression" not in given:
             edit = replace(edit, format=original.format, compression=original.compression)
         return edit
-    raise UserError(f"{kind} is not an action that renders")
+    raise UserError(msg("actions.does_not_render", kind=str(kind)))
 
 
 # -- the records, on the ledger's database (bot/store/results.py) ------------------------------------------
@@ -184,7 +185,7 @@ def _blob(db: Database, image: ImageInput, holder: str) -> dict[str, Any]:
 def _image(db: Database, ref: dict[str, Any]) -> ImageInput:
     data = Results(db).blob(ref["sha256"])
     if data is None:
-        raise UserError("the images this job was made from are no longer stored")
+        raise UserError(msg("actions.inputs_gone"))
     return ImageInput(ref["name"], data, ref["width"], ref["height"], ref["format"], ref["has_alpha"])
 
 
@@ -249,15 +250,10 @@ def load_job(db: Database, job_id: str, oldest: datetime) -> Record:
     """A job's record; UserError (shown privately) if it is unknown or older than the buttons' life."""
     found = Results(db).get(job_id)
     if found is None:
-        raise UserError(
-            "this button's job is not known here (it may be from another installation); run /imagine again"
-        )
+        raise UserError(msg("actions.unknown_job"))
     created = found.created
     if created < oldest:
-        raise UserError(
-            f"this button expired: buttons work for {(datetime.now(created.tzinfo) - oldest).days} "
-            "days after their image; run /imagine again"
-        )
+        raise UserError(msg("actions.button_expired", n=(datetime.now(created.tzinfo) - oldest).days))
     return Record(job_id, found.who, request_from(db, found.request), found.images, created)
 
 
@@ -265,7 +261,7 @@ def last_job(db: Database, who: Requester) -> str:
     """The id of `who`'s latest job with images (the console's actions act on it); UserError if none."""
     job_id = Results(db).latest_with_images(who)
     if job_id is None:
-        raise UserError("there is no image yet to act on: make one first")
+        raise UserError(msg("actions.no_image_yet"))
     return job_id
 
 
@@ -286,9 +282,12 @@ def save_confirmation(
     if len(waiting) >= MAX_PENDING:
         frees = waiting[0] + CONFIRM_TTL - now
         raise UserError(
-            f"You have {len(waiting)} price checks waiting for Render or Cancel, the most one person may have "
-            f"(at most {MAX_PENDING} pending): answer one of them, or wait until the oldest expires in "
-            f"{max(1, math.ceil(frees.total_seconds()))} s. Nothing was charged."
+            msg(
+                "actions.too_many_pending",
+                waiting=len(waiting),
+                most=MAX_PENDING,
+                seconds=max(1, math.ceil(frees.total_seconds())),
+            )
         )
     token = secrets.token_hex(8)
     store.add_check(token=token, who=who, request=request_json(db, request, f"c:{token}"), created=now)
@@ -304,22 +303,17 @@ def claim_confirmation(
     store = Results(db)
     check = store.get_check(token)
     if check is None:
-        raise UserError(
-            "this price check is no longer stored (price checks are kept for an hour): nothing was rendered; "
-            "run /imagine again. Nothing was charged."
-        )
+        raise UserError(msg("actions.check_gone"))
     owner = check.who
     if (owner.platform, owner.workspace, owner.user) != (who.platform, who.workspace, who.user):
-        raise UserError("only the person who asked for this render can confirm or cancel it")
+        raise UserError(msg("actions.not_your_check"))
     if check.state != results.PENDING:
-        raise UserError("this render was already confirmed or cancelled")
+        raise UserError(msg("actions.already_answered"))
     if render and check.created < now - CONFIRM_TTL:
-        raise UserError(
-            "this price check expired (after 10 minutes): nothing was rendered or charged; run /imagine again"
-        )
+        raise UserError(msg("actions.check_expired"))
     request = request_from(db, check.request) if render else None
     if not store.answer_check(token=token, render=render):
-        raise UserError("this render was already confirmed or cancelled")
+        raise UserError(msg("actions.already_answered"))
     return request
 
 
@@ -352,9 +346,10 @@ def buttons(
         out.append(Button(Kind.EDIT, record_id, n, "", None))
         out.append(Button(Kind.REMOVE, record_id, n, "", None))
     out.append(Button(Kind.INFO, record_id, 0, "", None))
-    return [replace(b, label=_label(b, numbered)) for b in out]
+    return [replace(b, label=lazy(_label, b, numbered)) for b in out]
 
 
-def _label(button: Button, numbered: bool) -> str:
-    words = LABELS[button.kind] + (f" {button.index}" if numbered and button.index else "")
-    return words + (f" · {format_usd(button.cost_micros)}" if button.cost_micros is not None else "")
+def _label(button: Button, numbered: bool, locale: str = ENGLISH) -> str:
+    """`Vary 2 · $0.0420`: the action, the image's number when there are several, what a click reserves."""
+    words = LABELS[button.kind].render(locale) + (f" {button.index}" if numbered and button.index else "")
+    return words + (f" · {money(button.cost_micros, locale)}" if button.cost_micros is not None else "")

@@ -20,7 +20,8 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from bot import metrics, texts
-from bot.errors import ApiRejected, DeliveryFailed, ProviderError, UserError
+from bot.errors import ApiRejected, DeliveryFailed, ImagebotError, ProviderError, UserError
+from bot.i18n import lazy
 from bot.jobs import actions
 from bot.jobs.job import Job, JobView, Stopped, failure_charge
 from bot.jobs.outcomes import Image, JobFailure, JobResult
@@ -109,7 +110,7 @@ class Delivery:
         )
         stopped = [e for e in errors if isinstance(e, Stopped)]
         if images:
-            notes = tuple(str(e) if isinstance(e, Stopped) else texts.image_failed(str(e)) for e in errors)
+            notes = tuple(e.text if isinstance(e, Stopped) else texts.image_failed(e) for e in errors)
             buttons = actions.buttons(
                 job.id,
                 job.request,
@@ -145,7 +146,13 @@ class Delivery:
         else:
             first = next(e for e in errors if not isinstance(e, Stopped))
             ids = tuple(i for e in errors for i in getattr(e, "request_ids", ()))
-            message = first.message if isinstance(first, ProviderError | ApiRejected) else str(first)
+            message = (
+                first.message
+                if isinstance(first, ProviderError | ApiRejected)
+                else first.text
+                if isinstance(first, ImagebotError)
+                else str(first)
+            )
             failure = JobFailure(
                 job_id=job.id,
                 request=job.request,
@@ -179,7 +186,7 @@ class Delivery:
                 raise
             except Exception as exc:
                 retry = exc.retry if isinstance(exc, DeliveryFailed) else True
-                why = str(exc) if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"[:300]
+                why = exc.text if isinstance(exc, DeliveryFailed) else f"{type(exc).__name__}: {exc}"[:300]
                 left = deadline - time.monotonic()
                 if not retry or left <= 0:
                     log.error("delivery failed; images kept", extra={"job_id": result.job_id, "error": why})
@@ -187,7 +194,7 @@ class Delivery:
                     if rows:
                         await self.ledger.undelivered(rows, why)
                     ids = [i for image in result.images for i in image.request_ids]
-                    text = texts.undelivered(why, texts.summary(result), result.job_id, ids)
+                    text = texts.undelivered(why, lazy(texts.summary, result), result.job_id, ids)
                     await self.safe(view.undelivered(text))
                     return False
                 log.warning(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from bot import texts
+from bot.i18n import Msg
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.request import ImageRequest, Requester
 from bot.store.ledger import Reservation
@@ -44,7 +45,8 @@ class JobView(Protocol):
 
     async def undelivered(self, text: str) -> None:
         """Tell the requester their paid images could not be posted (the text has the cost, the request ids
-        and how to get them: `imagebot redeliver JOB`)."""
+        and how to get them: `imagebot redeliver JOB`). Every `text` the core hands a view is a Text
+        (bot/i18n.py): the view says it in its reader's language with `i18n.translate`."""
         ...
 
     async def failed(self, failure: JobFailure) -> None: ...
@@ -100,8 +102,12 @@ class Stopped(Exception):
         self.reason = reason
         self.charged = charged
 
-    def __str__(self) -> str:
+    @property
+    def text(self) -> Msg:
         return texts.image_stopped(self.reason, self.charged)
+
+    def __str__(self) -> str:
+        return str.__str__(self.text)
 
 
 def failure_charge(error: BaseException, estimate: int) -> int:

@@ -47,13 +47,14 @@ import openai
 
 from bot import texts
 from bot.errors import ProviderError
+from bot.i18n import msg, usd
 from bot.jobs import actions
 from bot.jobs.delivery import Delivery, Places
 from bot.jobs.job import Job, JobView
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.jobs.render import _usage
 from bot.model.images import image_size
-from bot.model.pricing import PriceTable, batch_price, cost_micros, format_usd
+from bot.model.pricing import PriceTable, batch_price, cost_micros
 from bot.model.request import ImageRequest, Requester
 from bot.store.batches import Batches, Line, OpenBatch
 from bot.store.ledger import Ledger, Reservation, Settlement, Status
@@ -66,8 +67,8 @@ WINDOW = 24 * 3600  # the completion window asked for (24h)
 OVERDUE = 3600  # a batch this long past its window is settled from what is known (SPEC §11)
 UNREADABLE = "unreadable"  # our statuses of a batch settled from what is known
 OVERDUE_STATUS = "overdue"
-GONE = {UNREADABLE: "can no longer be read (404)", OVERDUE_STATUS: "is over an hour past its 24 h window"}
-NOTE = "relax, half price"
+GONE = {UNREADABLE: msg("relax.gone_unreadable"), OVERDUE_STATUS: msg("relax.gone_overdue")}
+NOTE = msg("relax.note")
 T = TypeVar("T")
 
 
@@ -187,7 +188,7 @@ class Relax:
         who = job.requester
         now = self.ledger.clock()
         await self._store(lambda batches: batches.add_job(job_id=job.id, who=who, submitted=now))
-        await self._show(waiting, f"relax mode, half price · waiting to be sent (within {self.window:g} s)")
+        await self._show(waiting, msg("relax.waiting_to_send", window=f"{self.window:g}"))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_later())
         return waiting
@@ -212,10 +213,7 @@ class Relax:
             except Exception as exc:  # before POST /v1/batches (uploads, the store): nothing was rendered
                 log.warning("batch not sent; jobs released", extra={"error": repr(exc)[:300]})
                 for w in group:
-                    await self._give_up(
-                        w,
-                        f"the Batch API did not take the job ({type(exc).__name__}: {exc})",
-                    )
+                    await self._give_up(w, msg("relax.not_taken", error=f"{type(exc).__name__}: {exc}"))
             finally:
                 for w in group:
                     w.sent.set()
@@ -264,7 +262,7 @@ class Relax:
             except openai.APIError as exc:
                 if isinstance(exc, openai.APIStatusError) and _refused(exc):  # it said no: nothing was made
                     log.warning("batch refused; jobs released", extra={"key": key, "error": repr(exc)[:300]})
-                    why = f"the Batch API did not take the job ({type(exc).__name__}: {exc})"
+                    why = msg("relax.not_taken", error=f"{type(exc).__name__}: {exc}")
                     await self._not_created(key, why)
                     return
                 # The answer was lost (a dropped connection, a timeout, a 5xx): the batch may exist all the same.
@@ -273,9 +271,7 @@ class Relax:
                     extra={"key": key, "error": repr(exc)[:300]},
                 )
                 for w in group:
-                    await self._show(
-                        w, "relax mode, half price · the Batch API's answer was lost; looking for it"
-                    )
+                    await self._show(w, msg("relax.answer_lost"))
                 found = await self._find_quietly(key, now)
                 if found is None:
                     return  # the poll loop looks again, and releases the jobs if it is truly not there
@@ -351,9 +347,7 @@ class Relax:
             await self._adopt(batch.key, found)
             return
         log.warning("batch not found by its key; jobs released", extra={"key": batch.key})
-        await self._not_created(
-            batch.key, "the Batch API never took the job (its batch was not found by its key)"
-        )
+        await self._not_created(batch.key, msg("relax.never_taken"))
 
     async def _not_created(self, key: str, why: str) -> None:
         """The batch of `key` was never created: release its rows, tell its users, stop looking for it."""
@@ -397,18 +391,14 @@ class Relax:
             waiting.outcome = failure
             waiting.done.set()
             await self.delivery.safe(waiting.view.failed(failure))
-            return "Cancelled before it was sent to the Batch API: nothing was charged."
+            return msg("relax.cancelled_before_sent")
         if waiting.job.batch_id is None:  # its batch is being sent: act once the Batch API has answered
             await waiting.sent.wait()
         if self.live.get(job_id) is not waiting:  # the Batch API did not take it (its message says so)
-            return "Its batch was never created: nothing was charged."
+            return msg("relax.batch_never_created")
         if waiting.job.batch_id is None:  # the answer was lost and the batch is being looked for
             waiting.cancel_on_arrival = True
-            return (
-                "Its batch is being sent and the Batch API's answer is not in yet: once the batch is found it "
-                "is cancelled if your job is alone in it (images it finished are still delivered and charged), "
-                "else your job's images are made and charged at the batch price but not posted."
-            )
+            return msg("relax.cancel_while_sending")
         return await self._cancel_sent(waiting)
 
     async def _cancel_sent(self, waiting: _Waiting) -> str:
@@ -419,16 +409,10 @@ class Relax:
             try:
                 await self.client.batches.cancel(batch_id)
             except openai.APIError as exc:
-                return f"The batch could not be cancelled ({exc.__class__.__name__}); the images will come as ready."
-            return (
-                "Cancelling the batch: images it finished before the cancel are delivered and charged, "
-                "the rest are released."
-            )
+                return msg("relax.cancel_failed", error=exc.__class__.__name__)
+            return msg("relax.cancelling")
         await self._store(lambda b: b.discard(job_id))
-        return (
-            "This job shares its batch with other people's jobs, and a batch line cannot be withdrawn: "
-            "its images will still be made and charged at the batch price, but not posted."
-        )
+        return msg("relax.shared_batch")
 
     # -- polling, settling, delivering ----------------------------------------------------------------
 
@@ -580,10 +564,7 @@ class Relax:
         model, reserved = await self._store(lambda b: b.row_price(row_id))
         prices = self.prices.model(model)
         if line is None and status in GONE:
-            why = (
-                f"its batch {batch_id} {GONE[status]}, so its image never came; charged at the batch price "
-                f"({format_usd(int(reserved))} an image) because it may have been billed"
-            )
+            gone: str = msg("relax.batch_gone", batch_id=batch_id, gone=GONE[status], each=usd(int(reserved)))
             await _close_line(
                 self.ledger,
                 row_id,
@@ -593,7 +574,7 @@ class Relax:
                     error=f"relax: batch {GONE[status]}",
                 ),
             )
-            return ProviderError(why, billed_attempts=1)
+            return ProviderError(gone, billed_attempts=1)
         if line is None or not line.ok:
             why = (
                 line.error
@@ -608,7 +589,7 @@ class Relax:
                 row_id,
                 Settlement(status=Status.FAILED, actual_micros=0, request_ids=ids, error=f"relax: {why}"),
             )
-            return ProviderError(f"the batch gave no image ({why}); released, nothing charged", ids)
+            return ProviderError(msg("relax.no_image", why=why), ids)
         parsed = openai.types.ImagesResponse.model_validate(line.body)
         usage = _usage(parsed.usage)
         cost = batch_price(cost_micros(prices, usage), prices)
@@ -665,10 +646,7 @@ class Relax:
                 if isinstance(o, BaseException)
             )
             ids = tuple(i for image in images for i in image.request_ids)
-            text = (
-                f"its batch made {len(images)} image(s) anyway (a batch line cannot be withdrawn), "
-                f"charged {format_usd(charged)} at the batch price and not posted"
-            )
+            text = msg("relax.made_anyway", n=len(images), cost=usd(charged))
             outcome = JobFailure(
                 job_id=job.id,
                 request=job.request,
@@ -724,9 +702,10 @@ class Relax:
 
     def _waiting_text(self, submitted: datetime, checked: datetime) -> str:
         tz = self.ledger.timezone
-        return (
-            f"relax mode, half price · sent to the Batch API at {submitted.astimezone(tz):%H:%M} · "
-            f"last checked {checked.astimezone(tz):%H:%M:%S} · usually within minutes, at most 24 h"
+        return msg(
+            "relax.sent_at",
+            sent=f"{submitted.astimezone(tz):%H:%M}",
+            checked=f"{checked.astimezone(tz):%H:%M:%S}",
         )
 
     async def _show(self, w: _Waiting, detail: str) -> None:

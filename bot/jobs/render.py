@@ -37,6 +37,7 @@ from PIL import Image
 
 from bot import metrics
 from bot.errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
+from bot.i18n import Msg, msg
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest
 from bot.transport import AiohttpTransport
@@ -274,8 +275,7 @@ class Renderer:
                 data, width, height = await asyncio.to_thread(_decode, b64)
             except (ValueError, OSError) as exc:
                 raise ProviderError(
-                    "the image API answered (HTTP 200: billed) with an image that cannot be decoded "
-                    f"({exc.__class__.__name__}: {str(exc)[:120]})",
+                    msg("render.undecodable", error=f"{exc.__class__.__name__}: {str(exc)[:120]}"),
                     _ids(attempts),
                     billed_attempts=_billed(attempts),
                     attempts=len(attempts),
@@ -291,7 +291,7 @@ class Renderer:
             OSError,
         ) as exc:  # unreadable JSON, base64 or image: billed all the same
             raise ProviderError(
-                f"the image API sent an answer that is not an image ({exc.__class__.__name__})",
+                msg("render.not_an_image", error=exc.__class__.__name__),
                 _ids(attempts),
                 billed_attempts=_billed(attempts),
                 attempts=len(attempts),
@@ -313,8 +313,7 @@ class Renderer:
     def _past_deadline(self, attempts: list[Attempt], client_request_id: str) -> ProviderError:
         n = len(attempts)
         return ProviderError(
-            f"the image was not finished within its deadline of {self.image_deadline:g} s "
-            f"(IMAGEBOT_IMAGE_DEADLINE), after {n} attempt{'s' if n != 1 else ''}",
+            msg("render.past_deadline", n=n, deadline=f"{self.image_deadline:g}"),
             _ids(attempts) or ((client_request_id,) if client_request_id else ()),
             billed_attempts=_billed(attempts),
             attempts=n,
@@ -333,7 +332,7 @@ class Renderer:
         be retried (a 4xx, an account out of credit, the budget spent), the wait it asks is too long or
         would pass the deadline, or the caller cannot reserve the retry."""
 
-        def ends(not_retried: str | None = None) -> Exception:
+        def ends(not_retried: Msg | None = None) -> Exception:
             return _translate(failure, attempts, self.timeout, client_request_id, not_retried)
 
         if _out_of_credit(failure):
@@ -352,27 +351,28 @@ class Renderer:
         asked = _retry_after(failure)
         if asked is not None and asked > self.retry_after_max:
             raise ends(
-                f"the API asks to wait {math.ceil(asked)} s, longer than the {self.retry_after_max:g} s "
-                f"the bot waits; {_try_again(asked)}"
+                msg(
+                    "render.wait_too_long",
+                    asked=math.ceil(asked),
+                    most=f"{self.retry_after_max:g}",
+                    again=_try_again(asked),
+                )
             ) from None
         delay = asked if asked is not None and asked >= 0 else _backoff(retry, self.backoff)
         if time.monotonic() + delay >= deadline:
-            raise ends(
-                f"the next attempt would start after the image's deadline of {self.image_deadline:g} s "
-                "(IMAGEBOT_IMAGE_DEADLINE)"
-            ) from None
+            raise ends(msg("render.after_deadline", deadline=f"{self.image_deadline:g}")) from None
         if attempts and attempts[-1].possibly_billed and before_retry is not None:
             try:
                 await before_retry()
             except QuotaExceeded as refused:
-                raise ends(f"another attempt could be billed too and {refused}") from None
+                raise ends(msg("render.retry_refused", refused=refused.text)) from None
             except Exception as broken:  # a database error: the retry is not reserved, so it is not made
                 log.error(
                     "could not reserve a retry",
                     exc_info=True,
                     extra={"request_ids": ",".join(_ids(attempts)), "client_request_id": client_request_id},
                 )
-                raise ends(f"the retry could not be reserved ({broken.__class__.__name__})") from None
+                raise ends(msg("render.retry_not_reserved", error=broken.__class__.__name__)) from None
         log.warning(
             "api attempt failed; retrying",
             extra={
@@ -468,11 +468,11 @@ def _backoff(retry: int, backoff: float) -> float:
     return min(backoff * 2**retry, MAX_BACKOFF_SECONDS) * (1 - 0.25 * random.random())
 
 
-def _try_again(seconds: float) -> str:
+def _try_again(seconds: float) -> Msg:
     """`try again at 14:02:07 UTC (in 120 s)`: the wall time, and how long from now."""
     moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=seconds)
     when = f"{moment:%Y-%m-%d %H:%M:%S}" if seconds > 12 * 3600 else f"{moment:%H:%M:%S}"
-    return f"try again at {when} UTC (in {math.ceil(seconds)} s)"
+    return msg("render.try_again_at", when=when, seconds=math.ceil(seconds))
 
 
 def _out_of_credit(exc: Exception) -> bool:
@@ -499,21 +499,19 @@ def _translate(
     attempts: list[Attempt],
     timeout: float,
     client_id: str = "",
-    not_retried: str | None = None,
+    not_retried: Msg | None = None,
 ) -> Exception:
     """The last failure of a render as the error the job reports, with every attempt's request id."""
     # With no answer there is no x-request-id; our X-Client-Request-Id still identifies the call.
     ids = _ids(attempts) or ((client_id,) if client_id else ())
     n = len(attempts)
     billed = _billed(attempts)
-    tries = f"after {n} attempt{'s' if n != 1 else ''}"
-    if not_retried is not None:
-        tries += f"; not retried: {not_retried}"
+    tries = msg("render.tries", n=n, why=msg("render.not_retried", why=not_retried) if not_retried else "")
     cause = _transport_error(exc)
     if isinstance(exc, _StreamBroken):
         reason = f" ({cause})" if cause is not None and str(cause) else ""
         return ProviderError(
-            f"the image stream broke before the image arrived{reason}, {tries}",
+            msg("render.stream_broke", reason=reason, tries=tries),
             ids,
             billed_attempts=billed,
             attempts=n,
@@ -523,11 +521,11 @@ def _translate(
     ):
         # No connection was made (refused, no such host, TLS, none in time): say which, and where.
         return ProviderError(
-            f"the image API could not be reached: {cause}, {tries}", ids, billed_attempts=billed, attempts=n
+            msg("render.unreachable", cause=str(cause), tries=tries), ids, billed_attempts=billed, attempts=n
         )
     if isinstance(exc, openai.APITimeoutError):
         return ProviderError(
-            f"the image API did not answer within {timeout:g} s, {tries}",
+            msg("render.timeout", timeout=f"{timeout:g}", tries=tries),
             ids,
             billed_attempts=billed,
             attempts=n,
@@ -535,7 +533,10 @@ def _translate(
     if isinstance(exc, openai.APIConnectionError):
         reason = f" ({cause})" if cause is not None and str(cause) else ""
         return ProviderError(
-            f"the connection to the image API broke{reason}, {tries}", ids, billed_attempts=billed, attempts=n
+            msg("render.connection_broke", reason=reason, tries=tries),
+            ids,
+            billed_attempts=billed,
+            attempts=n,
         )
     if isinstance(exc, openai.BadRequestError):
         body = exc.body if isinstance(exc.body, dict) else {}
@@ -543,43 +544,46 @@ def _translate(
         message = str(body.get("message") or exc.message)[:300]
         if code == "moderation_blocked" or "safety" in message.lower():
             return ModerationRefused(
-                "the image API's safety system refused this request; rephrase the prompt or change the image",
+                msg("render.moderation"),
                 ids,
                 n,
                 billed_attempts=billed,
             )
-        return ApiRejected(f"the image API rejected the request: {message}", ids, n, billed_attempts=billed)
+        return ApiRejected(msg("render.rejected", message=message), ids, n, billed_attempts=billed)
     if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
         return ProviderError(
-            "the image API refused the bot's credentials; an admin should check OPENAI_API_KEY",
+            msg("render.credentials"),
             ids,
             billed_attempts=billed,
             attempts=n,
         )
     if _out_of_credit(exc):
         return ProviderError(
-            f"the image API account is out of credit (HTTP 429, {getattr(exc, 'code', None) or 'insufficient_quota'}); "
-            f"an admin should add credit to the API account, {tries}",
+            msg("render.out_of_credit", code=getattr(exc, "code", None) or "insufficient_quota", tries=tries),
             ids,
             billed_attempts=billed,
             attempts=n,
         )
     if isinstance(exc, openai.RateLimitError):
         asked = _retry_after(exc)
-        hint = "" if not_retried else "; " + (_try_again(asked) if asked else "try again in a minute")
+        hint = (
+            ""
+            if not_retried
+            else msg("render.hint", hint=_try_again(asked) if asked else msg("render.in_a_minute"))
+        )
         return ProviderError(
-            f"the image API is rate limiting us (HTTP 429), {tries}{hint}",
+            msg("render.rate_limited", tries=tries, hint=hint),
             ids,
             billed_attempts=billed,
             attempts=n,
         )
     if isinstance(exc, openai.APIStatusError):
         return ProviderError(
-            f"the image API failed (HTTP {exc.status_code}), {tries}", ids, billed_attempts=billed, attempts=n
+            msg("render.failed", status=exc.status_code, tries=tries), ids, billed_attempts=billed, attempts=n
         )
     # An answer we could not read (an error event mid-stream, a malformed body): it may have been billed.
     return ProviderError(
-        f"the image API sent an answer we could not read, {tries}",
+        msg("render.unreadable", tries=tries),
         ids,
         billed_attempts=max(billed, 1),
         attempts=n,

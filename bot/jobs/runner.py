@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from bot import metrics, platforms, texts
 from bot.concurrency import AcksFirst, Gate
 from bot.errors import ApiRejected, CannotPost, ProviderError, UserError
+from bot.i18n import msg
 from bot.jobs import actions
 from bot.jobs.delivery import Delivery
 from bot.jobs.job import Job, JobView, Stopped, failure_charge
@@ -149,7 +150,7 @@ class JobRunner:
             rules = access.Rules.of(await self.ledger.settings.place(**access.where(requester)))
             request, pace = await self.access.admit(rules, requester, request, view)
         except UserError as exc:
-            await self.delivery.safe(view.refused(str(exc)))
+            await self.delivery.safe(view.refused(exc.text))
             return None
         if view.confirms and not confirmed:
             estimate = self.reservation(request, view.previews)
@@ -164,19 +165,19 @@ class JobRunner:
                         lambda db: actions.save_confirmation(db, requester, request, now, admit)
                     )
                 except UserError as exc:
-                    await self.delivery.safe(view.refused(str(exc)))
+                    await self.delivery.safe(view.refused(exc.text))
                     return None
                 await self.delivery.safe(view.confirm(texts.price_check(request, estimate, threshold), token))
                 return None
         try:
             job = await self.prepare(request, requester, previews=view.previews, pace=pace)
         except UserError as exc:
-            await self.delivery.safe(view.refused(str(exc)))
+            await self.delivery.safe(view.refused(exc.text))
             return None
         try:
             context = await view.open(self.first_progress(job))
         except Exception as exc:  # refused, timed out, disconnected: without a message there is no job
-            reason = str(exc) if isinstance(exc, CannotPost) else type(exc).__name__
+            reason = exc.text if isinstance(exc, CannotPost) else type(exc).__name__
             await self.abandon(job, f"progress message failed: {reason}")
             log.warning("progress message failed; job released", extra={"job_id": job.id, "error": reason})
             await self.delivery.safe(view.refused(texts.cannot_post(reason)))
@@ -362,7 +363,7 @@ class JobRunner:
                         ),
                     )
                     raise ProviderError(
-                        f"the job broke after {len(attempts)} attempt(s) ({type(exc).__name__})",
+                        msg("jobs.broke", n=len(attempts), error=type(exc).__name__),
                         tuple(a.request_id for a in attempts if a.request_id),
                         billed_attempts=billed,
                         attempts=len(attempts),

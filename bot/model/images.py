@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from bot.errors import UserError
+from bot.i18n import msg
 
 MAX_REFERENCES = 5
 MAX_FILE_BYTES = 50_000_000
@@ -61,7 +62,7 @@ class ImageInput:
 
 
 def too_large(name: str) -> UserError:
-    return UserError(f"{name} is over 50 MB; each image must be at most 50 MB")
+    return UserError(msg("images.over_50mb", name=name))
 
 
 async def read_capped(chunks: AsyncIterator[bytes], name: str, declared: int | None = None) -> bytes:
@@ -83,52 +84,57 @@ def load_image(name: str, data: bytes) -> ImageInput:
     CPU work: call it through `asyncio.to_thread` from async code.
     """
     if len(data) > MAX_FILE_BYTES:
-        raise UserError(f"{name} is {len(data) / 1e6:.1f} MB; each image must be at most 50 MB")
+        raise UserError(msg("images.too_large", name=name, mb=f"{len(data) / 1e6:.1f}"))
     if not data:
-        raise UserError(f"{name} is empty; attach a PNG, JPEG or WebP image")
+        raise UserError(msg("images.empty", name=name))
     try:
         # The pixel check below runs on the header, before any pixel is decoded; Pillow's own
         # guard (DecompressionBombError) catches the truly absurd ones already at open.
         with open_image(data) as img:
             fmt = ACCEPTED_FORMATS.get(img.format or "")
             if fmt is None:
-                raise UserError(f"{name} is {img.format or 'not an image'}; images must be PNG, JPEG or WebP")
+                raise UserError(
+                    msg("images.wrong_format", name=name, format=img.format or msg("images.not_an_image"))
+                )
             if img.width * img.height > MAX_DECODE_PIXELS:
                 raise UserError(
-                    f"{name} is {img.width}x{img.height}, a decompression bomb by our rules: "
-                    f"images must be under {MAX_DECODE_PIXELS // 1_000_000} MP"
+                    msg(
+                        "images.bomb_size",
+                        name=name,
+                        size=f"{img.width}x{img.height}",
+                        mp=MAX_DECODE_PIXELS // 1_000_000,
+                    )
                 )
             img.load()
             has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
             return ImageInput(name, data, img.width, img.height, fmt, has_alpha)
     except Image.DecompressionBombError:
-        raise UserError(
-            f"{name} is a decompression bomb (too many pixels); images must be under "
-            f"{MAX_DECODE_PIXELS // 1_000_000} MP"
-        ) from None
+        raise UserError(msg("images.bomb", name=name, mp=MAX_DECODE_PIXELS // 1_000_000)) from None
     except UserError:
         raise
     except Image.UnidentifiedImageError:
         other = _sniff(data)
         if other is not None:
-            raise UserError(f"{name} is {other}; images must be PNG, JPEG or WebP") from None
-        raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
+            raise UserError(msg("images.wrong_format", name=name, format=other)) from None
+        raise UserError(msg("images.undecodable", name=name)) from None
     except Exception:
-        raise UserError(f"{name} could not be decoded as an image; attach a PNG, JPEG or WebP") from None
+        raise UserError(msg("images.undecodable", name=name)) from None
 
 
 def check_mask(mask: ImageInput, first: ImageInput) -> None:
     """A mask must be a PNG with an alpha channel, the same size as the first image."""
     if mask.format != "png":
-        raise UserError(
-            f"mask {mask.name} is {mask.format.upper()}; the mask must be a PNG with an alpha channel"
-        )
+        raise UserError(msg("images.mask_not_png", name=mask.name, format=mask.format.upper()))
     if not mask.has_alpha:
-        raise UserError(f"mask {mask.name} has no alpha channel; transparent pixels mark where to edit")
+        raise UserError(msg("images.mask_no_alpha", name=mask.name))
     if (mask.width, mask.height) != (first.width, first.height):
         raise UserError(
-            f"mask {mask.name} is {mask.width}x{mask.height} but the first image is "
-            f"{first.width}x{first.height}; they must be the same size"
+            msg(
+                "images.mask_size",
+                name=mask.name,
+                size=f"{mask.width}x{mask.height}",
+                first=f"{first.width}x{first.height}",
+            )
         )
 
 
@@ -163,10 +169,13 @@ def fit_under(data: bytes, limit: int) -> tuple[bytes, str, str | None]:
             out = io.BytesIO()
             frame.save(out, "JPEG", quality=quality, optimize=True)
             if out.tell() <= limit:
-                note = (
-                    f"re-encoded as JPEG quality {quality}"
-                    + (f" at {frame.width}x{frame.height}" if scale < 1.0 else "")
-                    + f" to fit the {_size_text(limit)} upload limit"
+                note = msg(
+                    "images.reencoded",
+                    quality=quality,
+                    size=msg("images.reencoded_size", size=f"{frame.width}x{frame.height}")
+                    if scale < 1.0
+                    else "",
+                    limit=_size_text(limit),
                 )
                 return out.getvalue(), "jpeg", note
         scale /= 2

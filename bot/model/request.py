@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from bot.errors import UserError
+from bot.i18n import Msg, msg
 from bot.model.images import ImageInput, check_mask
 from bot.model.pricing import ModelCapabilities, PriceTable, load_prices
 from bot.model.sizes import PRESETS, Size, parse_size
@@ -58,7 +59,7 @@ class ImageRequest:
     model: str = "gpt-image-2"
     references: tuple[ImageInput, ...] = ()
     mask: ImageInput | None = None
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[Msg, ...] = field(default=())  # said under the summary, in the reader's language
     moderation: str | None = None  # a channel's `moderation=` (generations only; None: the API's default)
     relax: bool | None = (
         None  # relax mode (the Batch API, half price): --relax / --fast; None: the channel's default
@@ -104,7 +105,7 @@ def split_flags(text: str) -> tuple[str, dict[str, str]]:
     for match in _SWITCH.finditer(text):
         flags[match["name"].lower()] = "on"
     if len(flags) == 2:
-        raise UserError("--relax and --fast are both given; give one (relax: half price, delivered later)")
+        raise UserError(msg("request.relax_and_fast"))
     text = _SWITCH.sub("", text)
     pieces: list[str] = []
     last = 0
@@ -112,9 +113,9 @@ def split_flags(text: str) -> tuple[str, dict[str, str]]:
         name = match["name"].lower()
         value = match["value"]
         if not value or value.startswith("--"):
-            raise UserError(f"--{name} needs a value, e.g. {_EXAMPLES[name]}")
+            raise UserError(msg("request.needs_value", name=name, example=_EXAMPLES[name]))
         if name in flags:
-            raise UserError(f"--{name} is given twice; give it once")
+            raise UserError(msg("request.given_twice", name=name))
         flags[name] = value
         pieces.append(text[last : match.start()])
         last = match.end()
@@ -129,7 +130,7 @@ def split_flags(text: str) -> tuple[str, dict[str, str]]:
 
 
 _EXAMPLES = {
-    "size": "--size 1536x1024 (or auto, 1k, 2k, 4k)",
+    "size": msg("request.example_size"),
     "ar": "--ar 16:9",
     "quality": "--quality high (low, medium, high, auto)",
     "format": "--format png (png, jpeg, webp)",
@@ -143,13 +144,13 @@ _EXAMPLES = {
 def _whole(name: str, value: str, low: int, high: int) -> int:
     """A flag's text as a whole number (its range is build_request's to check)."""
     if not (value.isascii() and value.isdigit()):
-        raise UserError(f"--{name} {value!r} is not a whole number; use {low}-{high}")
+        raise UserError(msg("request.not_whole", name=name, value=repr(value), low=low, high=high))
     return int(value)
 
 
 def _in_range(name: str, number: int, low: int, high: int) -> int:
     if not low <= number <= high:
-        raise UserError(f"--{name} {number} is out of range; use {low}-{high}")
+        raise UserError(msg("request.out_of_range", name=name, value=number, low=low, high=high))
     return number
 
 
@@ -158,13 +159,11 @@ def check_image_count(model: str, capabilities: ModelCapabilities, references: i
     (bot/app.py `Core.check_attachments`), from the count alone."""
     most = capabilities.max_reference_images
     if references and most == 0:
-        raise UserError(f"{model} cannot edit images; use a model that can (--model) or drop the images")
+        raise UserError(msg("request.cannot_edit", model=model))
     if references > most:
-        raise UserError(
-            f"{references} images given; at most {most} in all for {model} (the base image plus references)"
-        )
+        raise UserError(msg("request.too_many_images", given=references, most=most, model=model))
     if mask and not capabilities.mask:
-        raise UserError(f"{model} does not accept a mask; edit without one or use another model (--model)")
+        raise UserError(msg("request.no_mask", model=model))
 
 
 def _check_images(
@@ -174,7 +173,7 @@ def _check_images(
     check_image_count(model, capabilities, len(references), mask is not None)
     if mask is not None:
         if not references:
-            raise UserError("a mask needs an image to edit; attach or reply to one")
+            raise UserError(msg("request.mask_alone"))
         check_mask(mask, references[0])
 
 
@@ -202,30 +201,23 @@ def build_request(
     """
     model = model or defaults.model
     if model not in prices.models:
-        raise UserError(f"--model {model!r} is not in the price table; use one of {', '.join(prices.models)}")
+        raise UserError(msg("request.unknown_model", model=repr(model), models=", ".join(prices.models)))
     capabilities = prices.model(model).capabilities
     background = (background or "auto").lower()
     if background == "transparent":
         if capabilities.transparent_background:  # the API call does not send `background` (yet)
-            raise UserError(
-                f"transparent backgrounds are not supported by imagebot for {model} yet; "
-                "use --background opaque or auto"
-            )
-        raise UserError(
-            f"transparent backgrounds are not supported by {model}; use --background opaque or auto"
-        )
+            raise UserError(msg("request.transparent_not_yet", model=model))
+        raise UserError(msg("request.transparent_unsupported", model=model))
     if background not in ("auto", "opaque"):
-        raise UserError(f"--background {background!r} is not valid; use opaque or auto")
+        raise UserError(msg("request.background_bad", value=repr(background)))
     prompt = prompt.strip()
     if not prompt:
-        raise UserError(
-            "the prompt is empty; describe the image, e.g. /imagine a lighthouse at dawn --size 2k"
-        )
+        raise UserError(msg("request.empty_prompt"))
     if len(prompt) > MAX_PROMPT:
-        raise UserError(f"the prompt is {len(prompt):,} characters; the limit is {MAX_PROMPT:,}")
+        raise UserError(msg("request.prompt_too_long", length=f"{len(prompt):,}", most=f"{MAX_PROMPT:,}"))
     if ar is not None and size is None and defaults.size.strip().lower() not in PRESETS:
         # The size the rule needs was never typed: name what to add, not the default the user never saw.
-        raise UserError(f"--ar needs --size 1k, 2k or 4k to pick a size from, e.g. --size 2k --ar {ar}")
+        raise UserError(msg("request.ar_needs_size", ar=ar))
     typed = (
         {
             name
@@ -242,15 +234,15 @@ def build_request(
     picked = parse_size(chosen_size, ar, rule=capabilities.sizes, model=model)
     quality = (quality or defaults.quality).lower()
     if quality not in QUALITIES:
-        raise UserError(f"--quality {quality!r} is not valid; use low, medium, high or auto")
+        raise UserError(msg("request.quality_bad", value=repr(quality)))
     fmt = (format or defaults.format).lower()
     if fmt == "jpg":
         fmt = "jpeg"
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt!r} is not valid; use png, jpeg or webp")
+        raise UserError(msg("request.format_bad", value=repr(fmt)))
     if compression is not None:
         if fmt == "png":
-            raise UserError("--compression only applies to jpeg and webp (0-100); png is lossless")
+            raise UserError(msg("request.compression_png"))
         compression = _in_range("compression", compression, 0, 100)
     elif fmt != "png":
         compression = DEFAULT_COMPRESSION
@@ -276,21 +268,19 @@ def build_request(
 
 def notes_for(
     *, prompt: str, size: Size, format: str, model: str, capabilities: ModelCapabilities
-) -> tuple[str, ...]:
+) -> tuple[Msg, ...]:
     """What a request's summary tells about it beyond its settings: a size the API marks as experimental, a
     transparency the model or the format cannot give. One function, so that a request made by a click
     (bot/jobs/actions.py `derive`: Vary, Upscale) tells the same as one typed."""
-    notes: list[str] = []
+    notes: list[Msg] = []
     experimental = capabilities.sizes.experimental_note(size)
     if experimental:
         notes.append(experimental)
     if _TRANSPARENT.search(prompt):
         if not capabilities.transparent_background:
-            notes.append(f"{model} cannot make transparent backgrounds; the background will be opaque")
+            notes.append(msg("request.no_transparency_model", model=model))
         elif format == "jpeg":
-            notes.append(
-                "jpeg has no transparency, so the background will be opaque; use --format png or webp"
-            )
+            notes.append(msg("request.no_transparency_jpeg"))
     return tuple(notes)
 
 
@@ -313,12 +303,10 @@ def parse_request(
     relax: bool | None = True if "relax" in flags else False if "fast" in flags else None
     if "relax" in typed:  # Discord's relax: option (true or false)
         if relax is not None:
-            raise UserError(
-                "relax is given twice (as an option and as --relax/--fast in the prompt); give it once"
-            )
+            raise UserError(msg("request.relax_twice"))
         relax = bool(typed.pop("relax"))
     for name in sorted(typed.keys() & flags.keys()):
-        raise UserError(f"--{name} is given twice (as an option and in the prompt); give it once")
+        raise UserError(msg("request.option_twice", name=name))
 
     def number(name: str, low: int, high: int) -> int | None:
         if name in typed:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from bot.errors import UserError
+from bot.i18n import Msg, msg
 
 MULTIPLE = 16
 MAX_EDGE = 3840
@@ -96,64 +97,70 @@ class SizeRule:
     def is_fixed(self) -> bool:
         return bool(self.fixed)
 
-    def problem(self, width: int, height: int) -> str | None:
+    def problem(self, width: int, height: int) -> Msg | None:
         """Why `width`x`height` is not a size of this rule, or None if it is."""
+        size = f"{width}x{height}"
         if self.is_fixed:
-            return (
-                None if (width, height) in self.fixed else f"{width}x{height} is not one of the listed sizes"
-            )
-        for name, edge in (("width", width), ("height", height)):
+            return None if (width, height) in self.fixed else msg("sizes.not_listed", size=size)
+        for name, edge in ((msg("sizes.width"), width), (msg("sizes.height"), height)):
             if edge <= 0:
-                return f"{name} {edge} must be positive"
+                return msg("sizes.edge_not_positive", name=name, edge=edge)
             if edge % self.multiple:
-                return f"{name} {edge} is not a multiple of {self.multiple}"
+                return msg("sizes.edge_not_multiple", name=name, edge=edge, multiple=self.multiple)
             if edge > self.max_edge:
-                return f"{name} {edge} is over the {self.max_edge} limit"
+                return msg("sizes.edge_too_long", name=name, edge=edge, most=self.max_edge)
         long, short = max(width, height), min(width, height)
         if long > self.max_ratio * short:
-            ratio = f"{self.max_ratio:g}"
-            return (
-                f"aspect ratio {width}:{height} is more elongated than {ratio}:1 "
-                f"(long edge at most {ratio}x the short edge)"
-            )
+            return msg("sizes.too_elongated", w=width, h=height, ratio=f"{self.max_ratio:g}")
         pixels = width * height
         if pixels < self.min_pixels:
-            return (
-                f"{width}x{height} is {pixels:,} pixels, under the minimum of {self.min_pixels:,} "
-                f"({_mp(self.min_pixels)})"
+            return msg(
+                "sizes.too_few_pixels",
+                size=size,
+                pixels=f"{pixels:,}",
+                least=f"{self.min_pixels:,}",
+                mp=_mp(self.min_pixels),
             )
         if pixels > self.max_pixels:
-            return (
-                f"{width}x{height} is {pixels:,} pixels, over the maximum of {self.max_pixels:,} "
-                f"({_mp(self.max_pixels)})"
+            return msg(
+                "sizes.too_many_pixels",
+                size=size,
+                pixels=f"{pixels:,}",
+                most=f"{self.max_pixels:,}",
+                mp=_mp(self.max_pixels),
             )
         return None
 
-    def describe(self, model: str) -> str:
+    def describe(self, model: str) -> Msg:
         """The valid range, for messages: `gpt-image-1.5 takes only these sizes: auto, 1024x1024, ...`."""
         if self.is_fixed:
             listed = (["auto"] if self.auto else []) + [f"{w}x{h}" for w, h in self.fixed]
-            return f"{model} takes only these sizes: {', '.join(listed)}"
-        return (
-            f"Valid {model} sizes: edges multiples of {self.multiple} up to {self.max_edge}, "
-            f"long:short at most {self.max_ratio:g}:1, {self.min_pixels:,} to {self.max_pixels:,} pixels"
+            return msg("sizes.only_these", model=model, sizes=", ".join(listed))
+        return msg(
+            "sizes.valid_range",
+            model=model,
+            multiple=self.multiple,
+            max_edge=self.max_edge,
+            ratio=f"{self.max_ratio:g}",
+            least=f"{self.min_pixels:,}",
+            most=f"{self.max_pixels:,}",
         )
 
     def is_experimental(self, size: Size) -> bool:
         return self.experimental_above is not None and size.pixels > math.prod(self.experimental_above)
 
-    def experimental_note(self, size: Size) -> str | None:
+    def experimental_note(self, size: Size) -> Msg | None:
         """The reply's note for a size the API marks as experimental, or None."""
         if not self.is_experimental(size) or self.experimental_above is None:
             return None
         w, h = self.experimental_above
-        return f"{size} is over {w}x{h} in pixels ({w * h / 1e6:.2f} MP), which the API marks as experimental"
+        return msg("sizes.experimental", size=str(size), over=f"{w}x{h}", mp=f"{w * h / 1e6:.2f}")
 
 
 GPT_IMAGE_2 = SizeRule()
 
 
-def size_problem(width: int, height: int, rule: SizeRule = GPT_IMAGE_2) -> str | None:
+def size_problem(width: int, height: int, rule: SizeRule = GPT_IMAGE_2) -> Msg | None:
     """Return why `width`x`height` is not a valid size (gpt-image-2's rule by default), or None if it is."""
     return rule.problem(width, height)
 
@@ -166,16 +173,12 @@ def parse_ratio(text: str, max_ratio: float = MAX_RATIO) -> tuple[int, int]:
     """Parse `W:H` into two positive integers."""
     parts = text.strip().split(":")
     if len(parts) != 2 or not all(p.isascii() and p.isdigit() for p in parts):
-        raise UserError(f"--ar {text!r} is not an aspect ratio; use W:H with whole numbers, e.g. 16:9")
+        raise UserError(msg("sizes.ar_not_ratio", text=repr(text)))
     w, h = int(parts[0]), int(parts[1])
     if w == 0 or h == 0:
-        raise UserError(f"--ar {text!r} has a zero side; use W:H with whole numbers from 1, e.g. 16:9")
+        raise UserError(msg("sizes.ar_zero", text=repr(text)))
     if max(w, h) > max_ratio * min(w, h):
-        limit = f"{max_ratio:g}"
-        raise UserError(
-            f"--ar {text} is more elongated than the {limit}:1 limit; "
-            f"use a ratio between 1:{limit} and {limit}:1"
-        )
+        raise UserError(msg("sizes.ar_too_elongated", text=text, limit=f"{max_ratio:g}"))
     return w, h
 
 
@@ -221,8 +224,13 @@ def nearest_listed(ratio: tuple[int, int], tier: str, rule: SizeRule, model: str
     if w * h < budget / 2:
         largest = max(rule.fixed, key=lambda wh: wh[0] * wh[1])
         raise UserError(
-            f"--size {tier}: {model} cannot render that large (its largest size is {largest[0]}x{largest[1]}); "
-            f"{rule.describe(model)}"
+            msg(
+                "sizes.tier_too_large",
+                tier=tier,
+                model=model,
+                largest=f"{largest[0]}x{largest[1]}",
+                rule=rule.describe(model),
+            )
         )
     return Size(w, h)
 
@@ -239,24 +247,24 @@ def parse_size(
     value = text.strip().lower()
     if ratio is not None:
         if value not in PRESETS:
-            raise UserError(f"--ar needs --size 1k, 2k or 4k to pick a size from; got --size {text}")
+            raise UserError(msg("sizes.ar_needs_tier", text=text))
         return _pick(parse_ratio(ratio, rule.max_ratio), value, rule, model)
     if value == "auto":
         if not rule.auto:
-            raise UserError(f"--size auto: {rule.describe(model)}")
+            raise UserError(msg("sizes.auto_not_taken", rule=rule.describe(model)))
         return AUTO
     if value in PRESETS:
         preset = PRESETS[value]
         return Size(*preset) if rule.problem(*preset) is None else _pick(preset, value, rule, model)
     w_text, sep, h_text = value.partition("x")
     if not sep or not (w_text + h_text).isascii() or not w_text.isdigit() or not h_text.isdigit():
-        listed = f"; {rule.describe(model)}" if rule.is_fixed else ""
-        raise UserError(
-            f"--size {text!r} is not a size; use WxH (e.g. 1536x1024), auto, 1k, 2k or 4k{listed}"
-        )
+        listed = msg("sizes.listed_suffix", rule=rule.describe(model)) if rule.is_fixed else ""
+        raise UserError(msg("sizes.not_a_size", text=repr(text), listed=listed))
     width, height = int(w_text), int(h_text)
     problem = rule.problem(width, height)
     if problem:
-        reason = "" if rule.is_fixed else f"{problem}. "
-        raise UserError(f"--size {width}x{height}: {reason}{rule.describe(model)}")
+        reason = "" if rule.is_fixed else msg("sizes.reason", problem=problem)
+        raise UserError(
+            msg("sizes.invalid", size=f"{width}x{height}", reason=reason, rule=rule.describe(model))
+        )
     return Size(width, height)

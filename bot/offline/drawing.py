@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 from dataclasses import replace
+from pathlib import Path
 
 from PIL import Image, ImageChops, ImageDraw, ImageFont
 
@@ -41,10 +42,58 @@ def _gradient(width: int, height: int, prompt: str) -> Image.Image:
     )
 
 
+# Chinese (and kana, full-width punctuation) in the prompt: Pillow's own font has no such glyphs and would
+# draw boxes, so those runs use a subset of Droid Sans Fallback (fonts/README.md: its source and licence).
+CJK_FONT = Path(__file__).parent / "fonts" / "DroidSansFallback-GB2312.ttf"
+
+
+def is_cjk(char: str) -> bool:
+    """A character the CJK font draws: CJK punctuation, kana, ideographs, full-width forms."""
+    code = ord(char)
+    return (
+        0x3000 <= code <= 0x30FF
+        or 0x3400 <= code <= 0x9FFF
+        or 0xF900 <= code <= 0xFAFF
+        or 0xFF00 <= code <= 0xFFEF
+    )
+
+
+class Fonts:
+    """Pillow's font for everything but CJK, the CJK font for CJK: text is drawn and measured run by run."""
+
+    def __init__(self, size: int) -> None:
+        self.latin: ImageFont.FreeTypeFont | ImageFont.ImageFont = ImageFont.load_default(size=size)
+        self.cjk = _cjk_font(size)
+
+    def runs(self, text: str) -> list[tuple[str, ImageFont.FreeTypeFont | ImageFont.ImageFont]]:
+        out: list[tuple[str, ImageFont.FreeTypeFont | ImageFont.ImageFont]] = []
+        for char in text:
+            font = self.cjk if is_cjk(char) else self.latin
+            if out and out[-1][1] is font:
+                out[-1] = (out[-1][0] + char, font)
+            else:
+                out.append((char, font))
+        return out
+
+    def length(self, draw: ImageDraw.ImageDraw, text: str) -> float:
+        return sum(draw.textlength(run, font=font) for run, font in self.runs(text))
+
+    def draw(self, draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, **style: object) -> None:
+        x, y = xy
+        for run, font in self.runs(text):
+            draw.text((x, y), run, font=font, **style)  # type: ignore[arg-type]
+            x += draw.textlength(run, font=font)
+
+
+@functools.lru_cache(maxsize=32)
+def _cjk_font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.truetype(str(CJK_FONT), size)
+
+
 def _wrap(
     draw: ImageDraw.ImageDraw,
     text: str,
-    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    fonts: Fonts,
     max_width: float,
     max_lines: int,
 ) -> list[str]:
@@ -53,14 +102,14 @@ def _wrap(
     current = ""
     for word in text.split():
         candidate = f"{current} {word}" if current else word
-        if draw.textlength(candidate, font=font) <= max_width:
+        if fonts.length(draw, candidate) <= max_width:
             current = candidate
             continue
         if current:
             lines.append(current)
             current = ""
         for char in word:
-            if current and draw.textlength(current + char, font=font) > max_width:
+            if current and fonts.length(draw, current + char) > max_width:
                 lines.append(current)
                 current = ""
                 if len(lines) > max_lines:
@@ -101,15 +150,13 @@ def _render(params: Params) -> Image.Image:
         image.paste(thumb, (margin, margin), thumb)
         top = margin + thumb.height + 2 * frame + margin // 2
     font_size = max(12, short // 18)
-    font = ImageFont.load_default(size=font_size)
+    fonts = Fonts(font_size)
     line_height = round(font_size * 1.25)
     max_lines = max(1, (height - top - 3 * margin) // line_height)
     stroke = max(1, font_size // 14)
     y = top
-    for line in _wrap(draw, params.prompt, font, width - 2 * margin, max_lines):
-        draw.text(
-            (margin, y), line, font=font, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0)
-        )
+    for line in _wrap(draw, params.prompt, fonts, width - 2 * margin, max_lines):
+        fonts.draw(draw, (margin, y), line, fill=(255, 255, 255), stroke_width=stroke, stroke_fill=(0, 0, 0))
         y += line_height
     label_font = ImageFont.load_default(size=max(10, font_size // 2))
     label = f"offline {params.model} · {params.size} · {params.rendered_quality} · {params.output_format}"

@@ -25,6 +25,7 @@ from typing import Protocol
 from bot import platforms, texts
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
+from bot.i18n import Msg, Text, alternatives, lines, msg
 from bot.model.pricing import PriceTable, format_usd
 from bot.model.request import ImageRequest, Requester
 from bot.model.sizes import PRESETS, Size, parse_size
@@ -39,7 +40,7 @@ CHANNEL_USAGE = (
     "on, off, max_size=1k|2k|4k|WxH, max_quality=low|medium|high, models=NAME[,NAME], "
     "moderation=auto|low, relax=on|off, confirm=USD|off, spoiler=on|off (each =default to clear)"
 )
-UNCHECKABLE = "Access cannot be checked right now; nothing was charged. Try again in a minute."
+UNCHECKABLE = msg("access.uncheckable")
 TENANT_USAGE = f"cooldown=SECONDS (0-{MAX_COOLDOWN:g}), max_jobs=N (1-{MAX_JOBS}) (each =default to clear)"
 
 
@@ -110,28 +111,32 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
         "confirm",
         "spoiler",
     ):
-        raise UserError(f"{text!r} is not a channel setting; use {CHANNEL_USAGE}")
+        raise UserError(msg("access.not_a_channel_setting", text=repr(text), usage=CHANNEL_USAGE))
     if value == "default":
         return name, None
     if name == "max_size":
         if value == "auto":
-            raise UserError("max_size=auto is not a ceiling; use 1k, 2k, 4k or WxH (e.g. 1536x1024)")
+            raise UserError(msg("access.max_size_auto"))
         try:
             size = parse_size(value)
         except UserError as exc:
-            raise UserError(f"max_size={value}: {exc}") from None
+            raise UserError(msg("access.max_size_bad", value=value, error=exc)) from None
         return name, str(size)
     if name == "max_quality":
         if value not in QUALITY_RANK:
-            raise UserError(f"max_quality={value} is not a quality; use low, medium or high")
+            raise UserError(msg("access.max_quality_bad", value=value))
         return name, value
     if name == "models":
         chosen = [m.strip() for m in value.split(",") if m.strip()]
         unknown = [m for m in chosen if m not in models]
         if not chosen or unknown:
             raise UserError(
-                f"models={value}: {', '.join(unknown) or 'no model'} is not in the price table; "
-                f"use a comma-separated list of {', '.join(sorted(models))}"
+                msg(
+                    "access.models_unknown",
+                    value=value,
+                    unknown=", ".join(unknown) or msg("access.no_model"),
+                    models=", ".join(sorted(models)),
+                )
             )
         return name, ",".join(chosen)
     if name == "spoiler":
@@ -140,25 +145,25 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
         return name, value
     if name == "relax":
         if value not in ("on", "off"):
-            raise UserError(f"relax={value}: use on (relax mode by default here: half price, later) or off")
+            raise UserError(msg("access.relax_bad", value=value))
         return name, value
     if name == "moderation":
         if value not in MODERATION:
-            raise UserError(f"moderation={value} is not a moderation level; use auto or low")
+            raise UserError(msg("access.moderation_bad", value=value))
         return name, value
     if value == "off":
         return name, "off"
     try:
         return name, str(usd_micros(value))
     except ValueError as exc:
-        raise UserError(f"confirm={value} {exc}, off or default") from None
+        raise UserError(msg("access.confirm_bad", value=value, error=exc)) from None
 
 
 def parse_tenant_setting(text: str) -> tuple[str, str | None]:
     """One word of `/imagine-admin settings ...`: `cooldown=30`, `max_jobs=2`, either `=default`."""
     name, sep, value = text.strip().lower().partition("=")
     if not sep or name not in ("cooldown", "max_jobs"):
-        raise UserError(f"{text!r} is not a setting; use {TENANT_USAGE}")
+        raise UserError(msg("access.not_a_setting", text=repr(text), usage=TENANT_USAGE))
     if value == "default":
         return name, None
     if name == "cooldown":
@@ -167,10 +172,10 @@ def parse_tenant_setting(text: str) -> tuple[str, str | None]:
         except ValueError:
             seconds = -1.0
         if not 0 <= seconds <= MAX_COOLDOWN:
-            raise UserError(f"cooldown={value} is out of range; use seconds from 0 to {MAX_COOLDOWN:g}")
+            raise UserError(msg("access.cooldown_range", value=value, most=f"{MAX_COOLDOWN:g}"))
         return name, f"{seconds:g}"
     if not value.isdigit() or not 1 <= int(value) <= MAX_JOBS:
-        raise UserError(f"max_jobs={value} is out of range; use a whole number from 1 to {MAX_JOBS}")
+        raise UserError(msg("access.max_jobs_range", value=value, most=MAX_JOBS))
     return name, str(int(value))
 
 
@@ -223,22 +228,16 @@ class Access:
         if self.channels is not None and not (
             who.channel in self.channels or f"{who.platform}:{who.channel}" in self.channels
         ):
-            raise UserError(
-                "imagebot does not work in this channel: its operators limited it to certain channels "
-                "(IMAGEBOT_CHANNELS). Nothing was charged."
-            )
+            raise UserError(msg("access.channel_not_listed"))
         if rules.channel.get("enabled") == "off":
-            raise UserError(
-                "imagebot is turned off in this channel (an admin can turn it on with "
-                "/imagine-admin channel #this-channel on). Nothing was charged."
-            )
+            raise UserError(msg("access.channel_off"))
 
     async def check_person(self, who: Requester, rules: Rules, standing: Standing | None) -> None:
         """Blocked users, then the allow/deny entries (which admins pass)."""
         if self.is_operator(who):  # the console and the CLI are local: operators
             return
         if rules.blocked(who.user):
-            raise UserError("You are blocked from using imagebot here; ask an admin. Nothing was charged.")
+            raise UserError(msg("access.blocked"))
         entries = rules.entries()
         if not entries:
             return
@@ -255,7 +254,7 @@ class Access:
         if denied and member is not None:
             try:
                 if await member(denied):
-                    raise UserError(self._who_text(who, entries, "you are in a group that may not render"))
+                    raise UserError(self._who_text(who, entries, msg("access.in_denied_group")))
             except MembershipUnknown:
                 unsure = True
         if not (everyone == "allow" or (everyone is None and not allowed)):  # only members of `allowed` pass
@@ -264,7 +263,7 @@ class Access:
             except MembershipUnknown:
                 raise UserError(UNCHECKABLE) from None
             if not inside:
-                raise UserError(self._who_text(who, entries, "you are not in any of them"))
+                raise UserError(self._who_text(who, entries, msg("access.in_no_allowed_group")))
         if unsure:
             raise UserError(UNCHECKABLE)
 
@@ -283,12 +282,11 @@ class Access:
     def within(self, request: ImageRequest, rules: Rules) -> ImageRequest:
         """The channel's ceilings: refuse what is above one (naming it), clamp `auto` to it, set moderation."""
         ceilings = rules.channel
-        notes: list[str] = []
+        notes: list[Msg] = []
         models = [m for m in ceilings.get("models", "").split(",") if m]
         if models and request.model not in models:
             raise UserError(
-                f"model {request.model} is not allowed in this channel (models={','.join(models)}); "
-                f"add --model {models[0]}. Nothing was charged."
+                msg("access.model_not_allowed", model=request.model, models=",".join(models), first=models[0])
             )
         if "max_size" in ceilings:
             try:
@@ -301,13 +299,17 @@ class Access:
             if request.quality == "auto":
                 if ceiling != "high":
                     request = replace(request, quality=ceiling)
-                    notes.append(f"quality auto clamped to {ceiling} (this channel's max_quality)")
+                    notes.append(msg("access.quality_clamped", ceiling=ceiling))
             elif QUALITY_RANK.get(request.quality, 2) > QUALITY_RANK[ceiling]:
                 allowed = [q for q, rank in QUALITY_RANK.items() if rank <= QUALITY_RANK[ceiling]]
                 raise _yours(
                     UserError(
-                        f"--quality {request.quality} is above this channel's ceiling max_quality={ceiling}; "
-                        f"use {' or '.join(allowed)}. Nothing was charged."
+                        msg(
+                            "access.quality_above",
+                            quality=request.quality,
+                            ceiling=ceiling,
+                            allowed=alternatives(allowed),
+                        )
                     ),
                     request,
                     "quality",
@@ -322,15 +324,14 @@ class Access:
             request = replace(request, notes=request.notes + tuple(notes))
         return request
 
-    def _size_within(self, request: ImageRequest, ceiling_text: str) -> tuple[ImageRequest, list[str]]:
+    def _size_within(self, request: ImageRequest, ceiling_text: str) -> tuple[ImageRequest, list[Msg]]:
         ceiling = parse_size(ceiling_text)
         named = next((n for n, wh in PRESETS.items() if wh == (ceiling.width, ceiling.height)), str(ceiling))
         shown = f"max_size={named} ({ceiling}, {ceiling.pixels / 1e6:.2f} MP)"
         if not request.size.is_auto:
             if request.size.pixels > ceiling.pixels:
                 raise UserError(
-                    f"--size {request.size} is above this channel's ceiling {shown}; use --size "
-                    f"{ceiling} or smaller. Nothing was charged."
+                    msg("access.size_above", size=str(request.size), shown=shown, ceiling=str(ceiling))
                 )
             return request, []
         model = self.prices.model(request.model)
@@ -340,11 +341,9 @@ class Access:
         fits = [Size(w, h) for w, h in (rule.fixed or ((ceiling.width, ceiling.height),))]
         fits = [s for s in fits if s.pixels <= ceiling.pixels and rule.problem(s.width, s.height) is None]
         if not fits:
-            raise UserError(
-                f"--size auto may render above this channel's ceiling {shown}. Nothing was charged."
-            )
+            raise UserError(msg("access.size_auto_above", shown=shown))
         clamped = max(fits, key=lambda s: s.pixels)
-        return replace(request, size=clamped), [f"size auto clamped to {clamped} (this channel's {shown})"]
+        return replace(request, size=clamped), [msg("access.size_clamped", size=str(clamped), shown=shown)]
 
     async def admit(
         self, db_rules: Rules, who: Requester, request: ImageRequest, standing: Standing | None
@@ -368,45 +367,50 @@ def _yours(refusal: UserError, request: ImageRequest, name: str) -> UserError:
 
 def describe(
     access: Access, tenant: Tenant, rules_by_channel: dict[str, dict[str, str]], own: dict[str, str]
-) -> str:
+) -> Text:
     """`/imagine-admin settings`: the tenant's rules, its channels' settings and the operators' defaults."""
     platform = tenant.platform
-    lines = [f"Settings for {tenant}:"]
+    said: list[object] = [msg("access.settings_for", tenant=str(tenant))]
     if access.channels is not None:
-        lines.append(
-            f"- channels (IMAGEBOT_CHANNELS, set by operators): only {', '.join(sorted(access.channels))}"
-        )
+        said.append(msg("access.settings_channels", channels=", ".join(sorted(access.channels))))
     entries = Rules({}, own).entries()
     allowed = [shown_group(e) for e, v in entries.items() if v == "allow"]
     denied = [shown_group(e) for e, v in entries.items() if v == "deny"]
     if not entries:
-        lines.append("- who may render: everyone")
+        said.append(msg("access.settings_everyone"))
     else:
         if allowed:
-            lines.append(f"- allowed: {', '.join(allowed)} (and admins)")
+            said.append(msg("access.settings_allowed", groups=", ".join(allowed)))
         if denied:
-            lines.append(f"- denied: {', '.join(denied)}")
+            said.append(msg("access.settings_denied", groups=", ".join(denied)))
     blocked = sorted(n[6:] for n in own if n.startswith("block:"))
-    lines.append(f"- blocked: {', '.join(_user(u, platform) for u in blocked) if blocked else 'nobody'}")
+    who = ", ".join(_user(u, platform) for u in blocked) if blocked else msg("access.settings_nobody")
+    said.append(msg("access.settings_blocked", users=who))
     cooldown = own.get("cooldown")
     max_jobs = own.get("max_jobs")
-    lines.append(
-        f"- cooldown: {cooldown or f'{access.cooldown:g}'} s between one user's jobs"
-        f"{'' if cooldown else ' (IMAGEBOT_USER_COOLDOWN)'}"
+    said.append(
+        msg(
+            "access.settings_cooldown",
+            seconds=cooldown or f"{access.cooldown:g}",
+            default="" if cooldown else " (IMAGEBOT_USER_COOLDOWN)",
+        )
     )
-    lines.append(
-        f"- max_jobs: {max_jobs or access.max_jobs} running or queued per user"
-        f"{'' if max_jobs else ' (IMAGEBOT_USER_MAX_JOBS)'}"
+    said.append(
+        msg(
+            "access.settings_max_jobs",
+            most=max_jobs or access.max_jobs,
+            default="" if max_jobs else " (IMAGEBOT_USER_MAX_JOBS)",
+        )
     )
     if rules_by_channel:
-        lines.append("Channels:")
-        for channel, chosen in sorted(rules_by_channel.items()):
-            lines.append(
-                f"- <#{channel}>: {', '.join(shown_setting(n, v) for n, v in sorted(chosen.items()))}"
+        said.append(msg("access.settings_channels_head"))
+        for channel, settings in sorted(rules_by_channel.items()):
+            said.append(
+                f"- <#{channel}>: {', '.join(shown_setting(n, v) for n, v in sorted(settings.items()))}"
             )
     else:
-        lines.append("Channels: none has its own settings (all on, no ceilings).")
-    return "\n".join(lines)
+        said.append(msg("access.settings_no_channels"))
+    return lines(said)
 
 
 def _user(user: str, platform: str) -> str:

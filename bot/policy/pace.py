@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
 from bot.errors import PaceExceeded
+from bot.i18n import lazy, msg, time_of_day
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,18 +41,17 @@ class Pace:
 
     def too_many(self, open_jobs: int) -> PaceExceeded:
         """The max_jobs refusal: the user has `open_jobs` jobs open."""
-        return PaceExceeded(
-            f"You have {open_jobs} job{'s' if open_jobs != 1 else ''} running or queued, the most one "
-            f"person may have at once here (max_jobs={self.max_jobs}); you can start another as soon as "
-            "one finishes. Nothing was charged."
-        )
+        return PaceExceeded(msg("ledger.too_many_jobs", n=open_jobs, most=self.max_jobs))
 
     def too_soon(self, last: str, now: datetime, tz: tzinfo) -> PaceExceeded:
         """The cooldown's refusal: the user's last job started at `last` (ISO)."""
         wait = self.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
         again = now + timedelta(seconds=max(wait, 0))
         return PaceExceeded(
-            f"You can start your next job in {math.ceil(max(wait, 1)):d} s (at "
-            f"{again.astimezone(tz).strftime('%H:%M:%S %Z')}): one job per user every "
-            f"{self.cooldown:g} s (cooldown) here. Nothing was charged."
+            msg(
+                "ledger.cooldown",
+                wait=math.ceil(max(wait, 1)),
+                at=lazy(time_of_day, again.astimezone(tz)),
+                cooldown=f"{self.cooldown:g}",
+            )
         )

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 # usd_micros is the one USD parser (limits and config defaults alike).
 from bot.config import IMAGES_RANGE, PLATFORMS, usd_micros
 from bot.errors import UserError
+from bot.i18n import msg
 from bot.model.request import Requester
 from bot.store import counters
 
@@ -43,6 +44,7 @@ from bot.store.admission import Limits as Limits
 from bot.store.admission import Periods as Periods
 from bot.store.admission import check_limit_values as check_limit_values
 from bot.store.admission import counter_keys as counter_keys
+from bot.store.admission import label_text as label_text
 from bot.store.admission import limit_keys as limit_keys
 from bot.store.repo import Db
 
@@ -63,10 +65,7 @@ class Tenant:
         """`slack:T123`, `discord:456`, `cli:local` -> a Tenant; UserError naming the form otherwise."""
         platform, sep, workspace = text.strip().partition(":")
         if not sep or platform.lower() not in PLATFORMS or not workspace:
-            raise UserError(
-                f"{text!r} is not a tenant; use PLATFORM:WORKSPACE, e.g. slack:T123 or discord:456 "
-                f"(platforms: {', '.join(PLATFORMS)})"
-            )
+            raise UserError(msg("quota.not_a_tenant", text=repr(text), platforms=", ".join(PLATFORMS)))
         return cls(platform.lower(), workspace)
 
     @property
@@ -103,8 +102,7 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
         name = name.strip().lower().replace("-", "_")
         if not sep or name not in LIMIT_FIELDS:
             raise UserError(
-                f"{arg!r} is not a limit; use {', '.join(n + '=N' for n in LIMIT_FIELDS)} "
-                "(N a number, 'unlimited' or 'default')"
+                msg("quota.not_a_limit", arg=repr(arg), fields=", ".join(n + "=N" for n in LIMIT_FIELDS))
             )
         value = value.strip().lower().lstrip("$")
         column = LIMIT_FIELDS[name]
@@ -116,21 +114,19 @@ def parse_limits(args: list[str]) -> dict[str, int | None]:
             try:
                 number = Decimal(value)
             except InvalidOperation:
-                raise UserError(f"{name}={value!r} is not a number; use e.g. {name}=5") from None
+                raise UserError(msg("quota.not_a_number", name=name, value=repr(value))) from None
             if not number.is_finite() or not 0 <= number <= MAX_LIMIT_IMAGES:
-                raise UserError(
-                    f"{name}={value} is out of range: use {IMAGES_RANGE}, 'unlimited' or 'default'"
-                )
+                raise UserError(msg("quota.images_range", name=name, value=value, range=IMAGES_RANGE))
             if number != number.to_integral_value():
-                raise UserError(f"{name}={value} must be a whole number of images")
+                raise UserError(msg("quota.images_whole", name=name, value=value))
             out[column] = int(number)
         else:
             try:
                 out[column] = usd_micros(value)
             except ValueError as exc:
-                raise UserError(f"{name}={value} {exc}, 'unlimited' or 'default'") from None
+                raise UserError(msg("quota.usd_bad", name=name, value=value, error=exc)) from None
     if not out:
-        raise UserError("give at least one limit, e.g. daily_usd=5 monthly_images=200")
+        raise UserError(msg("quota.no_limit"))
     return out
 
 

@@ -31,7 +31,8 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from bot.errors import QuotaExceeded
-from bot.model.pricing import MICRO, format_usd
+from bot.i18n import ENGLISH, Msg, Text, lazy, msg, say, usd
+from bot.model.pricing import MICRO
 from bot.model.request import Requester
 
 UNLIMITED = -1  # a stored override that lifts a default limit
@@ -170,8 +171,9 @@ class Check:
     def left(self) -> int:
         return max(0, self.limit - self.used)
 
-    def show(self, amount: int) -> str:
-        return f"{amount} image{'s' if amount != 1 else ''}" if self.is_images else format_usd(amount)
+    def show(self, amount: int) -> Text:
+        """An amount of this limit: `3 images` or `$0.2110`, in the reader's language."""
+        return msg("texts.images", n=amount) if self.is_images else usd(amount)
 
 
 def _pick(override: int | None, default: int | None) -> int | None:
@@ -310,12 +312,41 @@ def checks(
     return out
 
 
-def _until(resets: datetime, now: datetime) -> str:
+def label_text(label: str) -> Msg:
+    """A limit's label (a key of LABELS, stored and compared in English) as the reader says it."""
+    return msg(_LABEL_IDS[label])
+
+
+_LABEL_IDS = {
+    "your daily spend": "quota.label.your_daily_spend",
+    "your daily images": "quota.label.your_daily_images",
+    "your monthly spend": "quota.label.your_monthly_spend",
+    "your monthly images": "quota.label.your_monthly_images",
+    "this channel's monthly spend": "quota.label.channel_monthly_spend",
+    "this workspace's monthly spend": "quota.label.workspace_monthly_spend",
+}
+
+
+def short_label_text(label: str) -> Msg:
+    """A limit's label without `your` (`daily spend`), for the one-line quota of a summary."""
+    return msg(_LABEL_IDS[label] + ".short")
+
+
+def _until(resets: datetime, now: datetime, locale: str = ENGLISH) -> str:
     minutes = max(1, int((resets - now).total_seconds() // 60))
     days, rest = divmod(minutes, 1440)
     hours, mins = divmod(rest, 60)
-    span = f"{days} d {hours} h" if days else (f"{hours} h {mins} min" if hours else f"{mins} min")
-    return f"{resets.strftime('%Y-%m-%d %H:%M')} {resets.tzname()} (in {span})"
+    if days:
+        span = say(locale, "quota.span_days", days=days, hours=hours)
+    else:
+        span = (
+            say(locale, "quota.span_hours", hours=hours, mins=mins)
+            if hours
+            else say(locale, "quota.span_minutes", mins=mins)
+        )
+    return say(
+        locale, "quota.resets_at", when=f"{resets.strftime('%Y-%m-%d %H:%M')} {resets.tzname()}", span=span
+    )
 
 
 def enforce(all_checks: list[Check], *, micros: int, images: int, now: datetime, what: str) -> None:
@@ -324,9 +355,15 @@ def enforce(all_checks: list[Check], *, micros: int, images: int, now: datetime,
         need = images if check.is_images else micros
         if check.used + need > check.limit:
             raise QuotaExceeded(
-                f"Quota: {what} needs up to {check.show(need)}, but {check.label} limit is "
-                f"{check.show(check.limit)} and {check.show(check.left)} is left. "
-                f"It resets {_until(check.resets, now)}."
+                msg(
+                    "quota.exceeded",
+                    what=what,
+                    need=check.show(need),
+                    label=label_text(check.label),
+                    limit=check.show(check.limit),
+                    left=check.show(check.left),
+                    resets=lazy(_until, check.resets, now),
+                )
             )
 
 

@@ -30,6 +30,7 @@ from typing import Any, Protocol, TypeVar
 
 from bot import metrics
 from bot.errors import PaceExceeded, UserError
+from bot.i18n import ENGLISH, Msg, Text, lazy, msg, say
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest, Requester
 from bot.store import admission, counters, dedupe, jobstate, pg
@@ -151,6 +152,19 @@ class Pace(Protocol):
     def too_many(self, open_jobs: int) -> PaceExceeded: ...
 
     def too_soon(self, last: str, now: datetime, tz: tzinfo) -> PaceExceeded: ...
+
+
+def _what(request: ImageRequest) -> Msg:
+    """What a job asks for, in a quota refusal: `2 images at 1024x1024 high`."""
+    return msg("ledger.what", n=request.count, size=str(request.size), quality=request.quality)
+
+
+def _left_text(lines: tuple[QuotaLine, ...], locale: str = ENGLISH) -> str:
+    """`$4.2000 left of daily spend; 18 images left of monthly images` for a summary."""
+    return say(locale, "list.semicolon").join(
+        say(locale, "ledger.left_of", left=line.left, label=admission.short_label_text(line.label))
+        for line in lines
+    )
 
 
 def _log_failure(future: asyncio.Future[Any]) -> None:
@@ -327,7 +341,7 @@ class Ledger:
         now = self.clock()
         periods = Periods.at(now, self.timezone)
         count = request.count
-        what = f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}"
+        what = _what(request)
         if self.postgres:
             return self._reserve_postgres(who, request, each_micros, job_id, pace, now, periods, what)
         with self.db.transaction():
@@ -471,7 +485,7 @@ class Ledger:
             micros=micros,
             images=count,
             now=now.astimezone(self.timezone),
-            what=f"{count} image{'s' if count != 1 else ''} at {request.size} {request.quality}",
+            what=_what(request),
         )
 
     def _admit(
@@ -543,7 +557,7 @@ class Ledger:
                 [row_id, micros, _iso(now), self.defaults.as_list()],
             ).fetchone()
             if refused == "closed":
-                raise UserError("this image is no longer running")
+                raise UserError(msg("ledger.not_running"))
             if refused is not None:
                 periods = Periods.at(datetime.fromisoformat(day).replace(tzinfo=self.timezone), self.timezone)
                 self._refused(refused, used, limit, None, None, periods, now, micros, 0, "another attempt")
@@ -554,11 +568,11 @@ class Ledger:
                 [row_id],
             ).fetchone()
             if row is None or row[0] not in OPEN:
-                raise UserError("this image is no longer running")
+                raise UserError(msg("ledger.not_running"))
             who = Requester(row[1], row[2], row[3], row[4])
             # The periods the row counts in (a job that started before midnight still belongs to that day).
             periods = Periods.at(datetime.fromisoformat(row[5]).replace(tzinfo=self.timezone), self.timezone)
-            self._admit(who, periods, micros=micros, images=0, now=now, what="another attempt")
+            self._admit(who, periods, micros=micros, images=0, now=now, what=msg("ledger.another_attempt"))
             self.db.execute(
                 "UPDATE ledger SET reserved_micros = reserved_micros + ?, updated_at=? WHERE id=?",
                 [micros, _iso(now), row_id],
@@ -723,7 +737,7 @@ class Ledger:
             ).fetchone()
         )
         if row is None:
-            raise UserError(f"no job {job_id!r} in this ledger")
+            raise UserError(msg("ledger.no_such_job", job_id=repr(job_id)))
         return Requester(row[0], row[1], row[2], row[3]), json.loads(row[4] or "{}")
 
     async def requeue(self, job_id: str) -> list[int]:
@@ -828,12 +842,12 @@ class Ledger:
     async def quota_lines(self, who: Requester) -> list[QuotaLine]:
         return await self._run(lambda: self.quota_lines_sync(who))
 
-    async def quota_left_text(self, who: Requester) -> str:
+    async def quota_left_text(self, who: Requester) -> Text:
         """One short line: what is left of the tightest limits, for summaries."""
         lines = await self.quota_lines(who)
         if not lines:
-            return "no quota limits"
-        return "; ".join(f"{line.left} left of {line.label.replace('your ', '')}" for line in lines[:2])
+            return msg("ledger.no_limits")
+        return lazy(_left_text, tuple(lines[:2]))
 
     def set_limits_sync(
         self, scope: str, key: str, values: dict[str, int | None], *, tenant: admission.TenantLike
@@ -846,9 +860,7 @@ class Ledger:
             raise ValueError(f"a workspace limit is its tenant's own: {key!r} is not {tenant}")
         if scope != "user" and any(column != "monthly_micros" for column in values):
             # Only users have daily and image limits; stored for a channel they would be silently ignored.
-            raise UserError(
-                f"a {scope} has only a monthly spend limit; use monthly_usd=N (or unlimited, default)"
-            )
+            raise UserError(msg("ledger.monthly_only", scope=msg(f"ledger.scope.{scope}")))
         admission.check_limit_values(values)
         row_key = admission.scoped_key(scope, tenant.key, key)
         stamp = _iso(self.clock())

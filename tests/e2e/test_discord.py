@@ -136,6 +136,7 @@ async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response
     assert original is not None and json.loads(row["context"]) == {
         "channel_id": str(fake.channel_id),
         "message_id": original["id"],
+        "locale": "en",  # the requester's language goes with the job (a restart speaks it too)
     }
 
 

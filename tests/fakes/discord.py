@@ -73,6 +73,11 @@ MAX_COMMAND_DESCRIPTION = 100
 OPTION_SUB_COMMAND, OPTION_SUB_COMMAND_GROUP = 1, 2
 OPTION_USER, OPTION_CHANNEL, OPTION_ROLE, OPTION_MENTIONABLE = 6, 7, 8, 9
 OPTION_TYPES = range(1, 12)  # SUB_COMMAND .. ATTACHMENT
+# The locales Discord accepts as keys of name_localizations / description_localizations (its Locales table).
+LOCALES = frozenset(
+    "id da de en-GB en-US es-ES es-419 fr hr it lt hu nl no pl pt-BR ro fi sv-SE vi tr cs el bg ru uk hi th "
+    "zh-CN ja zh-TW ko".split()
+)
 
 # Message component limits (legacy action-row layout).
 MAX_ACTION_ROWS = 5
@@ -1592,6 +1597,25 @@ class FakeDiscord:
             elif str(name) != str(name).lower():
                 bad(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
 
+        def check_localizations(path: list[str], item: dict, chat_input: bool) -> None:
+            """name_localizations / description_localizations: a map of Discord locales to a name (the
+            name's rules) or a description (1-100); null or absent is none."""
+            for key in ("name_localizations", "description_localizations"):
+                found = item.get(key)
+                if found is None:
+                    continue
+                if not isinstance(found, dict):
+                    bad([*path, key], "DICT_TYPE_CONVERT", "Only dictionaries may be used in a DictType")
+                    continue
+                for locale, value in found.items():
+                    where = [*path, key, locale]
+                    if locale not in LOCALES:
+                        bad(where, "LOCALE_INVALID", f"Invalid locale {locale!r}.")
+                    elif key == "name_localizations":
+                        check_name(where, value, chat_input)
+                    else:
+                        length(where, value, 1, MAX_COMMAND_DESCRIPTION)
+
         def check_options(path: list[str], options: Any, parent: int | None) -> None:
             if options is None:
                 return
@@ -1630,6 +1654,7 @@ class FakeDiscord:
                     )
                 check_name([*where, "name"], opt.get("name"), True)
                 length([*where, "description"], opt.get("description"), 1, MAX_COMMAND_DESCRIPTION)
+                check_localizations(where, opt, True)
                 if str(opt.get("name")) in seen:
                     bad(
                         [*where, "name"],
@@ -1670,6 +1695,7 @@ class FakeDiscord:
                 continue
             kind = int(cmd.get("type") or 1)
             check_name([*where, "name"], cmd.get("name"), kind == 1)
+            check_localizations(where, cmd, kind == 1)
             if kind == 1:
                 length([*where, "description"], cmd.get("description"), 1, MAX_COMMAND_DESCRIPTION)
                 check_options([*where, "options"], cmd.get("options"), None)

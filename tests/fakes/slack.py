@@ -178,6 +178,9 @@ class FakeSlack:
         # and their is_admin/is_owner are about that workspace, not this one.
         self.home_teams: dict[str, str] = {}
         self.owners: set[str] = set()
+        # Each user's Slack language (users.info answers it as `locale` only when asked with include_locale,
+        # as Slack does); a user not listed is en-US.
+        self.locales: dict[str, str] = {}
         # method -> how its next call(s) fail: {"error": ..., "status": ..., "retry_after": ..., "times": N},
         # or {"drop": True}: close the connection without an answer (the client sees a broken connection).
         self.fail_next: dict[str, dict[str, Any]] = {}
@@ -709,6 +712,10 @@ class FakeSlack:
                 "is_bot": is_bot,
                 "is_app_user": False,
                 "updated": int(time.time()),
+                # Slack adds the user's locale only when asked (users.info include_locale=true).
+                **(
+                    {"locale": self.locales.get(user, "en-US")} if _truthy(args.get("include_locale")) else {}
+                ),
             }
         }
 

@@ -678,6 +678,11 @@ async def test_command_registration_is_validated_at_every_level(make_harness) ->
         "a string in a group": sub("grp", opt("loose"), type=2),
         "a subcommand in a subcommand": sub("outer", sub("inner")),
         "a duplicated option": sub("x", opt("a"), opt("a")),
+        "a locale Discord does not know": sub("x", opt("a", name_localizations={"zh": "甲"})),
+        "an upper-case localized name": sub("x", opt("a", name_localizations={"de": "Name"})),
+        "a space in a localized name": sub("x", opt("a", name_localizations={"zh-CN": "两 个"})),
+        "an empty localized description": sub("x", opt("a", description_localizations={"zh-CN": ""})),
+        "localizations that are not a map": sub("x", opt("a", name_localizations=["zh-CN"])),
     }
     for name, option in bad.items():
         payload = [{**good, "options": [*good["options"], option]}]
@@ -692,6 +697,16 @@ async def test_command_registration_is_validated_at_every_level(make_harness) ->
         )
     with pytest.raises(discord.HTTPException):
         await http.bulk_upsert_global_commands(app, [{"name": "Imagine", "description": "x"}])
+
+    # Localized names follow the name rules (letters of any script), descriptions the description rules.
+    localized = {
+        **sub(
+            "x",
+            opt("a", name_localizations={"zh-CN": "提示词"}, description_localizations={"zh-CN": "要画什么"}),
+        ),
+        "name_localizations": {"zh-CN": "频道"},
+    }
+    assert await http.bulk_upsert_guild_commands(app, guild, [{**good, "options": [localized]}])
 
     # The body is Discord's: errors keyed by command index, then by option path.
     payload = [{**good, "options": [sub("x", opt("a"), opt("b", required=True), opt("c", description=""))]}]
