@@ -20,9 +20,9 @@ from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_
 from bot.model.request import Requester
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.core.test_access import ADMIN, View
-from tests.core.test_actions import Store
-from tests.core.test_jobs_money import ALICE, BOB, assert_counters_match_ledger, rows
+from tests.support.core import ADMIN, ALICE, BOB, Store, assert_counters_match_ledger, rows
+from tests.support.core import AccessView as View
+from tests.support.waits import until
 
 FAST_ENV = {
     "IMAGEBOT_OFFLINE": "1",
@@ -56,13 +56,6 @@ async def start(db_target: str, server: OfflineImageServer) -> AsyncIterator[Sta
     yield make
     for core in cores:
         await core.close()
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
 
 
 def batches_created(server: OfflineImageServer) -> int:

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
+from tests.support.processes import ROOT, environment, start
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 60
 
 
@@ -29,36 +29,6 @@ class Run:
     code: int
     stdout: str
     stderr: str
-
-
-def environment(db: Path, **extra: str) -> dict[str, str]:
-    """The parent's environment minus anything that would configure the bot, plus the test's settings."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("IMAGEBOT_", "OPENAI_", "SLACK_", "DISCORD_"))
-    }
-    env.update(
-        {
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.2",
-            "IMAGEBOT_DB": str(db),
-            "PYTHONPATH": str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""),
-            **extra,
-        }
-    )
-    return env
-
-
-def start(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", *args],
-        env=dict(env),
-        cwd=cwd,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def finish(process: subprocess.Popen[str]) -> Run:

@@ -5,50 +5,34 @@ costs nothing and calls no image API."""
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from bot.policy import access
 from tests.e2e.harness import RunningBot
-from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
-from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
-from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
+from tests.fakes.discord import FakeDiscord
+from tests.support.discord import (
+    ADMIN,
+    ARTIST,
+    ARTISTS,
+    EPHEMERAL,
+    MANAGE_GUILD,
+    OTHER,
+    admin,
+    callback,
+    content,
+    finished,
+    first_call,
+    guild,
+    private_answer,
+    refused,
+)
+from tests.support.images import png
 
-ADMIN = 1100000000000000098  # a member with Manage Server
-OTHER = 1100000000000000099  # a member without any role
-ARTIST = 1100000000000000097  # a member of the artists role
-ARTISTS = 1100000000000000096  # a role
 VERBS = ["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help"]
-# Discord's option types: the typed targets travel as snowflakes, resolved in `data.resolved`.
-TYPES = {"user": 6, "channel": 7, "role": 8, "everyone": 5, "days": 4}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def guild(
-    tmp_path: Path, setup: Callable[[FakeDiscord], None] | None = None, **env: str
-) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
-    """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot;
-    `setup` adds to the guild before the bot connects."""
-    fake = FakeDiscord()
-    if setup is not None:
-        setup(fake)
-    fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
-    fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
-    fake.add_member(ARTIST, roles=[ARTISTS])
-    fake.add_member(OTHER)
-    await fake.start()
-    try:
-        async with bot_on(fake, tmp_path, IMAGEBOT_CONFIRM_USD="off", **env) as bot:
-            yield fake, bot
-    finally:
-        await fake.stop()
-        reset_discord_endpoints()
-    assert not fake.errors, fake.errors
 
 
 async def imagine(
@@ -70,36 +54,6 @@ async def image_message(
     return await finished(fake, bot, ix, rows)
 
 
-async def admin(fake: FakeDiscord, verb: str, *, by: int = ADMIN, **options: Any) -> str:
-    """`/imagine-admin <verb>` with typed options, by `by`: what only they see (answered within the ack)."""
-    typed = [
-        {
-            "name": name,
-            "type": TYPES.get(name, 3),
-            "value": str(value) if TYPES.get(name) in (6, 7, 8) else value,
-        }
-        for name, value in options.items()
-    ]
-    ix = await fake.send_interaction(
-        name="imagine-admin", options=[{"type": 1, "name": verb, "options": typed}], user_id=by
-    )
-    return await private_answer(fake, ix)
-
-
-async def private_answer(fake: FakeDiscord, ix: dict[str, Any]) -> str:
-    """What interaction `ix` told its user alone: in its callback (a refusal that is the answer), or in an
-    ephemeral follow-up after a private or public "thinking"."""
-    answered = await until(
-        fake, lambda c: c.method == "POST" and c.path.startswith(f"/interactions/{ix['id']}/")
-    )
-    assert answered.status == 200
-    if answered.json["type"] == 4:
-        assert answered.json["data"]["flags"] & EPHEMERAL
-        return str(answered.json["data"]["content"]).replace("\\", "")
-    told = await private_words(fake, ix)
-    return content(told)
-
-
 async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
     return [
         *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
@@ -107,16 +61,6 @@ async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
             "SELECT name, value FROM tenant_settings WHERE tenant != ?", [access.SYSTEM]
         ),
     ]
-
-
-async def refused(fake: FakeDiscord, bot: RunningBot, ix: dict[str, Any], words: str, rows: int) -> str:
-    """`ix` was refused privately with `words`, left nothing public, called no image API and wrote no row
-    beyond the `rows` there were."""
-    said = await private_answer(fake, ix)
-    assert words in said, said
-    assert response_of_gone(fake, ix)
-    assert len(bot.server.calls) == rows and len(await bot.ledger()) == rows
-    return said
 
 
 # -- the command ---------------------------------------------------------------------------------------------
@@ -229,7 +173,7 @@ async def test_a_blocked_user_is_refused_on_every_path_and_it_costs_nothing(tmp_
         reply = await fake.send_message(
             content="make it blue --quality low", referenced_message=message, mentions_bot=True
         )
-        told = await until(
+        told = await first_call(
             fake,
             lambda c: (
                 c.method == "POST" and c.path.startswith("/channels/") and "You are blocked" in content(c)
@@ -314,7 +258,7 @@ async def test_roles_that_cannot_be_read_fail_closed(tmp_path: Path) -> None:
             with_member=False,
         )
         words = "Access cannot be checked right now; nothing was charged"
-        await until(fake, lambda c: c.method == "POST" and words in content(c))
+        await first_call(fake, lambda c: c.method == "POST" and words in content(c))
         assert [words in m["content"] for m in fake.dm_messages(ARTIST)] == [True]
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
 
@@ -344,7 +288,7 @@ async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself
             content="make it blue --quality low", referenced_message=message, mentions_bot=True
         )
         channel = f"/channels/{fake.channel_id}/messages"
-        told = await until(
+        told = await first_call(
             fake, lambda c: c.method == "POST" and c.path == channel and "You are blocked" in content(c)
         )
         assert told.status == 200 and str(told.json["message_reference"]["message_id"]) == reply["id"]
@@ -354,6 +298,6 @@ async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself
         assert refused_dm.at < told.at  # the DM was tried first, and Discord said 50007
         posted = [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
         [gone] = posted
-        await until(fake, lambda c: c.method == "DELETE" and c.path == f"{channel}/{gone['id']}")
+        await first_call(fake, lambda c: c.method == "DELETE" and c.path == f"{channel}/{gone['id']}")
         assert not [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1

@@ -14,10 +14,25 @@ from typing import Any
 from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
 from bot.model.sizes import Size
 from tests.e2e.harness import RunningBot
-from tests.e2e.test_discord import EPHEMERAL, content, decoded, final_result, original_edits, until
-from tests.e2e.test_discord_access import ADMIN, ARTIST, ARTISTS, OTHER, admin, guild, private_answer, refused
-from tests.e2e.test_discord_actions import finished, response_of_gone
 from tests.fakes.discord import FakeDiscord, RestCall
+from tests.support.discord import (
+    ADMIN,
+    ARTIST,
+    ARTISTS,
+    EPHEMERAL,
+    OTHER,
+    admin,
+    content,
+    decoded,
+    final_result,
+    finished,
+    first_call,
+    guild,
+    original_edits,
+    private_answer,
+    refused,
+    response_of_gone,
+)
 
 RELAX_ENV = {
     "IMAGEBOT_BATCH_WINDOW": "0.3",
@@ -54,7 +69,7 @@ async def delivered(fake: FakeDiscord, ix: dict[str, Any]) -> RestCall:
     def is_it(call: RestCall) -> bool:
         return call.status == 200 and final_result(call) and call in deliveries(fake, ix)
 
-    return await until(fake, is_it, within=20)
+    return await first_call(fake, is_it, within=20)
 
 
 def deliveries(fake: FakeDiscord, ix: dict[str, Any]) -> list[RestCall]:
@@ -214,7 +229,7 @@ async def test_a_relax_line_that_errors_is_released_and_its_member_told(tmp_path
 
         # The member whose line failed is told so, on their job's message, with no image.
         ix = jobs[int(failed["user"])]
-        told = await until(
+        told = await first_call(
             fake, lambda c: c in original_edits(fake, ix) and c.status == 200 and "Failed" in content(c)
         )
         said = content(told)

@@ -11,8 +11,8 @@ import pytest
 
 from adapters.cli import main as cli
 from bot.policy import access
-from tests.e2e.test_discord_actions import bot_on
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
+from tests.support.discord import bot_on
 
 
 def puts(fake: FakeDiscord) -> list[RestCall]:

@@ -12,12 +12,13 @@ from bot.app import Core
 from bot.config import Settings
 from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from bot.offline import OfflineImageServer
-from tests.core.test_access import View
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_cli import environment
-from tests.e2e.test_cli import start as start_cli
-from tests.e2e.test_slack_actions import job_messages, until
 from tests.fakes.slack import FakeSlack
+from tests.support.core import AccessView as View
+from tests.support.processes import environment
+from tests.support.processes import start as start_cli
+from tests.support.slack import job_messages
+from tests.support.waits import until
 
 RELAX_ENV = {
     "IMAGEBOT_BATCH_WINDOW": "0.3",

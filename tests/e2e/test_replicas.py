@@ -13,9 +13,9 @@ import pytest
 
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.e2e.test_operations import BotProcess
-from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
+from tests.support.processes import BotProcess
+from tests.support.waits import until
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ Slack; every refusal is private, costs nothing and calls no image API. Then the 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import re
 import time
@@ -19,11 +18,10 @@ from adapters.manifests import slack_manifest
 from bot.model.pricing import format_usd
 from bot.policy import quota
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
-
-ADMIN = "U9"  # a workspace admin (users.info is_admin): a tenant admin of the fake's workspace
-GENERAL = "<#C1|general>"  # how Slack sends a channel picked from the autocomplete (should_escape)
+from tests.support.slack import ADMIN, GENERAL, admin, private_to, refused, told
+from tests.support.slack import imagine_row as imagine
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -32,59 +30,6 @@ async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
     slack.admins.add(ADMIN)
     async with running_bot(tmp_path, slack_env(slack), latency=0.05) as running:
         yield running
-
-
-def private_to(slack: FakeSlack, user: str) -> list[dict[str, Any]]:
-    """What only `user` saw (response_url replies and chat.postEphemeral), oldest first."""
-    return [e for e in slack.ephemerals if e["user"] == user and not e.get("deleted")]
-
-
-async def told(slack: FakeSlack, user: str, before: int) -> dict[str, Any]:
-    """The one private message `user` got after they had `before` of them; its text as a person reads it."""
-    [new] = await until(lambda: private_to(slack, user)[before:])
-    await asyncio.sleep(0.1)  # a second message would show up by now
-    assert len(private_to(slack, user)) == before + 1, private_to(slack, user)
-    return {**new, "text": html.unescape(new["text"])}
-
-
-async def admin(slack: FakeSlack, bot: RunningBot, text: str, user: str = ADMIN) -> str:
-    """`/imagine-admin <text>` as `user`; the private answer, as the admin reads it."""
-    before = len(private_to(slack, user))
-    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text=text, user_id=user)
-    answer = await told(slack, user, before)
-    assert answer["source"] == "response_url"
-    return str(answer["text"])
-
-
-async def imagine(
-    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
-) -> dict[str, Any]:
-    """/imagine that should render: wait for its upload and its ledger row; the row."""
-    uploads = len(slack.uploaded)
-    rows = len(await bot.ledger())
-    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
-    await until(lambda: len(slack.uploaded) > uploads)
-    settled = await bot.settled(rows + 1)
-    assert settled[-1]["user"] == user and settled[-1]["status"] == "delivered", settled
-    return settled[-1]
-
-
-async def refused(
-    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
-) -> str:
-    """/imagine that the rules refuse: its private answer. Nothing was posted, called or booked."""
-    posts, calls, rows = (
-        len(slack.calls_to("chat.postMessage")),
-        len(bot.server.calls),
-        len(await bot.ledger()),
-    )
-    before = len(private_to(slack, user))
-    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
-    answer = await told(slack, user, before)
-    assert answer["source"] == "response_url" and "nothing was charged" in answer["text"].lower()
-    assert len(slack.calls_to("chat.postMessage")) == posts
-    assert len(bot.server.calls) == calls and len(await bot.ledger()) == rows
-    return str(answer["text"])
 
 
 def job_message(slack: FakeSlack) -> str:

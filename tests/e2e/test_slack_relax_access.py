@@ -20,11 +20,19 @@ from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, 
 from bot.model.sizes import parse_size
 from bot.store.ledger import OPEN
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_slack_access import ADMIN, GENERAL, admin, refused
-from tests.e2e.test_slack_access import imagine as imagine_row
-from tests.e2e.test_slack_actions import imagine as imagine_ts
-from tests.e2e.test_slack_actions import job_messages, message, reply_job, until
 from tests.fakes.slack import FakeSlack
+from tests.support.slack import (
+    ADMIN,
+    GENERAL,
+    admin,
+    imagine_row,
+    imagine_ts,
+    job_messages,
+    message,
+    refused,
+    reply_job,
+)
+from tests.support.waits import until
 
 CANCEL_ENV = {  # a batch that runs long enough to be cancelled
     "IMAGEBOT_BATCH_WINDOW": "0.3",
