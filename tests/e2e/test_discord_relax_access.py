@@ -49,7 +49,12 @@ HALF_PRICE = "relax, half price"
 
 
 async def imagine(
-    fake: FakeDiscord, prompt: str, *, user_id: int | None = None, **options: str | int | bool
+    fake: FakeDiscord,
+    prompt: str,
+    *,
+    user_id: int | None = None,
+    channel_id: int | None = None,
+    **options: str | int | bool,
 ) -> dict[str, Any]:
     """`/imagine prompt:... <options>` by `user_id` (the default member unless told). `relax` is Discord's
     boolean option (type 5), so it travels as `true`/`false`, not as an integer."""
@@ -59,7 +64,9 @@ async def imagine(
         return {"name": name, "type": kind, "value": value}
 
     options_sent = [typed("prompt", prompt)] + [typed(n, v) for n, v in options.items()]
-    return await fake.send_interaction(name="imagine", options=options_sent, user_id=user_id)
+    return await fake.send_interaction(
+        name="imagine", options=options_sent, user_id=user_id, channel_id=channel_id
+    )
 
 
 async def delivered(fake: FakeDiscord, ix: dict[str, Any]) -> RestCall:
@@ -129,9 +136,15 @@ async def closed(bot: RunningBot, count: int, within: float = 15) -> list[dict[s
             await asyncio.sleep(0.05)
 
 
-async def settle_polls(bot: RunningBot) -> None:
-    """A few more batch polls (0.1 s each): time for a second delivery, if the bot were to make one."""
-    await asyncio.sleep(0.6)
+async def a_later_relax_job_delivered(
+    fake: FakeDiscord, bot: RunningBot, user_id: int = ADMIN, channel_id: int | None = None
+) -> None:
+    """A positive signal for a negative check: a later relax job (`user_id`'s) is batched, polled and delivered,
+    so the bot's poller has gone round several times since every earlier batch ended (a second delivery or a
+    gathered job would show by then)."""
+    bot.server.batch_latency = 0.1
+    ix = await imagine(fake, "a marker", user_id=user_id, channel_id=channel_id, relax=True, **SQUARE)
+    await delivered(fake, ix)
 
 
 # -- relax mode ----------------------------------------------------------------------------------------------
@@ -148,7 +161,6 @@ async def test_two_members_relax_jobs_share_one_batch_and_each_lands_once_at_hal
         }
         finals = {user: await delivered(fake, ix) for user, ix in jobs.items()}
         rows = await closed(bot, 2)
-        await settle_polls(bot)
 
         # One batch for both, through the Files and Batch APIs; no synchronous image call at all.
         assert batches_sent(bot) == 1
@@ -181,6 +193,9 @@ async def test_two_members_relax_jobs_share_one_batch_and_each_lands_once_at_hal
         assert len(carrying) == 2
         assert {m["interaction_metadata"]["user"]["id"] for m in carrying} == {str(u) for u in prompts}
         assert all(m["components"] for m in carrying)
+        await a_later_relax_job_delivered(fake, bot)  # more polls: still once each, and no second batch
+        assert all(deliveries(fake, ix) == [finals[user]] for user, ix in jobs.items())
+        assert batches_sent(bot) == 2  # theirs and the marker's
 
 
 async def test_a_channels_relax_default_makes_imagine_relax_and_fast_overrides_it(tmp_path: Path) -> None:
@@ -235,7 +250,7 @@ async def test_a_relax_line_that_errors_is_released_and_its_member_told(tmp_path
         said = content(told)
         assert prompts[int(failed["user"])] in said and "Nothing was charged" in said, said
         assert not told.files
-        await settle_polls(bot)
+        await a_later_relax_job_delivered(fake, bot)
         assert deliveries(fake, ix) == []
         # The other member's image still came, once.
         other = jobs[int(made["user"])]
@@ -284,7 +299,11 @@ async def test_a_relax_images_summary_does_not_say_it_took_no_time(tmp_path: Pat
 
 
 async def test_channels_pinned_elsewhere_refuse_imagine_privately_fast_or_relax(tmp_path: Path) -> None:
-    async with guild(tmp_path, IMAGEBOT_CHANNELS=f"discord:{ELSEWHERE}", **RELAX_ENV) as (fake, bot):
+    elsewhere = lambda fake: fake.add_channel(ELSEWHERE, "elsewhere")  # noqa: E731
+    async with guild(tmp_path, elsewhere, IMAGEBOT_CHANNELS=f"discord:{ELSEWHERE}", **RELAX_ENV) as (
+        fake,
+        bot,
+    ):
         ix = await imagine(fake, "a lighthouse", **SQUARE)
         said = await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
         assert "Nothing was charged" in said
@@ -292,9 +311,10 @@ async def test_channels_pinned_elsewhere_refuse_imagine_privately_fast_or_relax(
         await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
         ix = await imagine(fake, "an admin's lighthouse", user_id=ADMIN, **SQUARE)  # admins too
         await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
-        await asyncio.sleep(0.5)  # past a batch window: nothing was gathered either
-        assert bot.server.calls == [] and bot.server.batch_calls == []
-        assert await bot.ledger() == []
+        # Past a batch window nothing was gathered either: a later relax job in the pinned channel goes alone.
+        await a_later_relax_job_delivered(fake, bot, channel_id=ELSEWHERE)
+        assert bot.server.calls == [] and batches_sent(bot) == 1
+        assert [r["channel"] for r in await bot.ledger()] == [str(ELSEWHERE)]
         assert not [m for m in public_messages(fake) if m["attachments"]]
 
 
@@ -376,11 +396,16 @@ async def test_a_denied_role_is_refused_while_another_member_renders(tmp_path: P
         assert "Nothing was charged" in said
         ix = await imagine(fake, "an artist's relaxed fox", user_id=ARTIST, relax=True, **SQUARE)
         await refused(fake, bot, ix, "you are in a group that may not render", rows=0)
-        await asyncio.sleep(0.5)  # past a batch window
-        assert bot.server.batch_calls == []
 
         message = await finished(fake, bot, await imagine(fake, "another's fox", user_id=OTHER, **SQUARE), 1)
         assert message["attachments"] and message["attachments"][0]["width"] == 1024
         [row] = await bot.ledger()
         assert (row["user"], row["status"], row["mode"]) == (str(OTHER), "delivered", "fast")
         assert 0 < row["actual_micros"] <= row["reserved_micros"]
+        # Past a batch window the artist's relax job was never gathered: a later one goes alone in its batch.
+        await a_later_relax_job_delivered(fake, bot, user_id=OTHER)
+        assert batches_sent(bot) == 1
+        assert [(r["user"], r["mode"]) for r in await bot.ledger()] == [
+            (str(OTHER), "fast"),
+            (str(OTHER), "relax"),
+        ]

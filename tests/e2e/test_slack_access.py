@@ -101,16 +101,16 @@ async def test_a_blocked_user_is_refused_everywhere_and_costs_nothing(
     # A mention in the image's thread, with a file attached: refused before the thread or the file is read.
     photo = slack.add_file(name="ref.png", data=b"\x89PNG not read", mimetype="image/png", filetype="png")
     mention = slack.message_event(text="make it night", user="U2", thread_ts=ts, files=[photo], mention=True)
-    before = len(private_to(slack, "U2"))
+    before, work = len(private_to(slack, "U2")), bot.work()
     assert (await slack.send_event(bot.events_url, mention))[0] == 200
-    answer = await told(slack, "U2", before)
+    answer = await told(slack, bot, "U2", before, work)
     assert answer["source"] == "chat.postEphemeral" and "You are blocked" in answer["text"]
     assert answer["thread_ts"] == ts
     # The result buttons of someone else's image: Re-roll, and Edit (no form opens).
     for label in ("Re-roll", "Edit"):
-        before = len(private_to(slack, "U2"))
+        before, work = len(private_to(slack, "U2")), bot.work()
         assert (await slack.press(bot.events_url, label, message_ts=ts, user_id="U2"))[0] == 200
-        answer = await told(slack, "U2", before)
+        answer = await told(slack, bot, "U2", before, work)
         assert "You are blocked" in answer["text"] and answer["thread_ts"] == ts, label
 
     assert len(slack.calls_to("chat.postMessage")) == posts and len(bot.server.calls) == 1

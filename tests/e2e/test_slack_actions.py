@@ -3,7 +3,6 @@ offline image server (SPEC §9). Buttons are pressed by their labels, as a perso
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -255,7 +254,7 @@ async def test_a_click_over_the_clickers_quota_is_refused_privately(slack: FakeS
         await slack.press(bot.events_url, "Vary", message_ts=ts, user_id="U2")
         [told] = await until(lambda: private_to(slack, "U2"))
         assert "daily images" in told
-        await asyncio.sleep(0.2)  # give a wrongly started job its chance to show
+        await bot.idle()  # whatever the click set off has ended
         assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
         assert [m for m in job_messages(slack) if m.get("thread_ts") == ts and m["ts"] != ts] == []
 
@@ -277,7 +276,7 @@ async def test_buttons_work_after_a_restart_and_expire_privately(slack: FakeSlac
         await slack.press(second.events_url, "Re-roll", message_ts=old)
         [told] = await until(lambda: private_to(slack, "U1"))
         assert "expired" in told
-        await asyncio.sleep(0.2)
+        await second.idle()
         assert len(second.server.calls) == 1 and len(await second.ledger()) == 3
 
 
@@ -302,7 +301,7 @@ async def test_an_expensive_render_asks_first_and_renders_on_render(slack: FakeS
         assert question["user"] == "U1" and question["source"] == "response_url"
         assert "up to $0.21" in question["text"] and "$0.1000" in question["text"]
         assert [b["text"]["text"] for b in slack.buttons(question["blocks"])] == ["Render", "Cancel"]
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == [] and not slack.calls_to("chat.postMessage")
         status, _ = await slack.press(bot.events_url, "Render", message_ts=question["message_ts"])
         assert status == 200
@@ -327,7 +326,7 @@ async def test_cancel_says_nothing_was_charged(slack: FakeSlack, tmp_path: Path)
             lambda: (e := slack.ephemeral(question["message_ts"], "U1")) and e.get("previous") and e
         )
         assert answered["text"] == texts.CONFIRM_CANCELLED and not answered["blocks"]
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == []
 
 
@@ -343,7 +342,7 @@ async def test_render_by_another_user_or_too_late_is_refused(slack: FakeSlack, t
         await until(
             lambda: "expired" in (slack.ephemeral(question["message_ts"], "U1") or {}).get("text", "")
         )
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == [] and not slack.calls_to("chat.postMessage")
 
 

@@ -24,6 +24,7 @@ from tests.fakes.slack import FakeSlack
 from tests.support.slack import (
     ADMIN,
     GENERAL,
+    a_later_relax_job_delivered,
     admin,
     imagine_row,
     imagine_ts,
@@ -221,7 +222,7 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_but_not_posted(
             assert row["actual_micros"] == relax_price(row) > 0
         assert ("POST", f"/v1/batches/{batch_id}/cancel") not in bot.server.batch_calls
         assert bot.server.batch_api.batches[batch_id].status == "completed"
-        await asyncio.sleep(0.5)  # a few more polls: the cancelled job is still never posted
+        await a_later_relax_job_delivered(slack, bot)  # more polls: the cancelled job is still never posted
         assert not uploads_in(slack, mine)  # never posted; the thread says what happened and what it cost
         assert "cannot be withdrawn" in html.unescape(thread_text(slack, mine))
         [upload] = uploads_in(slack, theirs)
@@ -436,7 +437,7 @@ async def test_a_denied_user_group_is_refused_and_others_render(slack: FakeSlack
     await slack.send_event(bot.events_url, event)
     await until(lambda: said_to(slack, "U2")[before:])
     assert "in a group that may not render" in said_to(slack, "U2")[-1]
-    await asyncio.sleep(0.2)
+    await bot.idle()  # the mention's work has ended (a job it had gathered would hold a reserved row)
     assert bot.server.batch_calls == [] and len(await bot.ledger()) == 1
 
 

@@ -74,6 +74,18 @@ async def reply_job(slack: FakeSlack, bot: RunningBot, thread: str, nth: int = 1
     return str(ts[0])
 
 
+async def a_later_relax_job_delivered(slack: FakeSlack, bot: RunningBot, user: str = "U8") -> None:
+    """A positive signal for a negative check on relax mode: a later relax job (`user`'s, in C1) is batched,
+    polled and delivered, so the bot's poller has gone round several times since every earlier batch ended."""
+    bot.server.batch_latency = 0.1
+    await slack.send_slash_command(
+        bot.events_url, text="a marker --relax --size 1024x1024 --quality low", user_id=user
+    )
+    await until(
+        lambda: bot.ledger("user=? AND status='delivered'", [user]), 20, "the marker was never delivered"
+    )
+
+
 ADMIN = "U9"  # a workspace admin (users.info is_admin): a tenant admin of the fake's workspace
 GENERAL = "<#C1|general>"  # how Slack sends a channel picked from the autocomplete (should_escape)
 
@@ -83,19 +95,22 @@ def private_to(slack: FakeSlack, user: str) -> list[dict[str, Any]]:
     return [e for e in slack.ephemerals if e["user"] == user and not e.get("deleted")]
 
 
-async def told(slack: FakeSlack, user: str, before: int) -> dict[str, Any]:
-    """The one private message `user` got after they had `before` of them; its text as a person reads it."""
-    [new] = await until(lambda: private_to(slack, user)[before:])
-    await asyncio.sleep(0.1)  # a second message would show up by now
+async def told(
+    slack: FakeSlack, bot: RunningBot, user: str, before: int, work: set[asyncio.Task[Any]]
+) -> dict[str, Any]:
+    """The one private message `user` got after they had `before` of them, once the work the request set off
+    has ended (`work`: the bot's work before it was sent); its text as a person reads it."""
+    [new, *_] = await until(lambda: private_to(slack, user)[before:])
+    await bot.idle(since=work)  # a second message would show by now
     assert len(private_to(slack, user)) == before + 1, private_to(slack, user)
     return {**new, "text": html.unescape(new["text"])}
 
 
 async def admin(slack: FakeSlack, bot: RunningBot, text: str, user: str = ADMIN) -> str:
     """`/imagine-admin <text>` as `user`; the private answer, as the admin reads it."""
-    before = len(private_to(slack, user))
+    before, work = len(private_to(slack, user)), bot.work()
     await slack.send_slash_command(bot.events_url, command="/imagine-admin", text=text, user_id=user)
-    answer = await told(slack, user, before)
+    answer = await told(slack, bot, user, before, work)
     assert answer["source"] == "response_url"
     return str(answer["text"])
 
@@ -122,9 +137,9 @@ async def refused(
         len(bot.server.calls),
         len(await bot.ledger()),
     )
-    before = len(private_to(slack, user))
+    before, work = len(private_to(slack, user)), bot.work()
     await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
-    answer = await told(slack, user, before)
+    answer = await told(slack, bot, user, before, work)
     assert answer["source"] == "response_url" and "nothing was charged" in answer["text"].lower()
     assert len(slack.calls_to("chat.postMessage")) == posts
     assert len(bot.server.calls) == calls and len(await bot.ledger()) == rows
