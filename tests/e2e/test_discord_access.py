@@ -123,37 +123,6 @@ async def test_a_member_without_manage_server_cannot_use_it(tmp_path: Path) -> N
         await image_message(fake, bot, "still allowed")  # nothing changed
 
 
-# -- the place -----------------------------------------------------------------------------------------------
-
-
-async def test_a_channel_turned_off_refuses_imagine_privately_at_no_cost(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(fake, "channel", channel=fake.channel_id, settings="off")
-        assert f"Channel <#{fake.channel_id}> set: off" in said
-        for user in (fake.user_id, ADMIN):  # admins too: the place is off for everyone
-            ix = await imagine(fake, "a lighthouse", quality="low", user_id=user)
-            await refused(fake, bot, ix, "turned off in this channel", rows=0)
-
-        assert "set: on" in await admin(fake, "channel", channel=fake.channel_id, settings="on")
-        await image_message(fake, bot, "back on")
-
-
-async def test_a_channel_ceiling_refuses_a_larger_size_naming_the_ceiling(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(
-            fake, "channel", channel=fake.channel_id, settings="max_size=2k max_quality=medium"
-        )
-        assert "max_size=2048x2048" in said and "max_quality=medium" in said
-        ix = await imagine(fake, "a wide valley", size="4k", quality="low")
-        said = await refused(fake, bot, ix, "above this channel's ceiling max_size=2k", rows=0)
-        assert "--size 3840x2160" in said and "Nothing was charged" in said
-        ix = await imagine(fake, "a wide valley", size="1k", quality="high")
-        await refused(fake, bot, ix, "max_quality=medium", rows=0)
-
-        await image_message(fake, bot, "a small valley", size="1024x1024")  # within both: renders
-        assert (bot.server.calls[0].size, bot.server.calls[0].quality) == ("1024x1024", "low")
-
-
 # -- the person ----------------------------------------------------------------------------------------------
 
 
@@ -261,21 +230,6 @@ async def test_roles_that_cannot_be_read_fail_closed(tmp_path: Path) -> None:
         await first_call(fake, lambda c: c.method == "POST" and words in content(c))
         assert [words in m["content"] for m in fake.dm_messages(ARTIST)] == [True]
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
-
-
-# -- the pace ------------------------------------------------------------------------------------------------
-
-
-async def test_a_cooldown_set_in_settings_refuses_the_next_job_with_the_wait(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(fake, "settings", text="cooldown=60")
-        assert "cooldown: 60 s between one user's jobs" in said
-        assert "cooldown: 60 s" in await admin(fake, "settings")  # no text: only shows
-        await image_message(fake, bot, "first")
-        ix = await imagine(fake, "second", quality="low")
-        said = await refused(fake, bot, ix, "You can start your next job in", rows=1)
-        assert "every 60 s (cooldown)" in said and "Nothing was charged" in said
-        await image_message(fake, bot, "someone else's", rows=2, user_id=OTHER)  # per user
 
 
 async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself(tmp_path: Path) -> None:

@@ -66,24 +66,6 @@ async def home(slack: FakeSlack, bot: RunningBot, user: str) -> dict[str, Any]:
     return view
 
 
-# -- the place: a channel turned off -----------------------------------------------------------------------
-
-
-async def test_a_channel_turned_off_refuses_imagine_privately_and_costs_nothing(
-    slack: FakeSlack, bot: RunningBot
-) -> None:
-    answer = await admin(slack, bot, f"channel {GENERAL} off")
-    assert answer.startswith("Channel <#C1> set: off")
-    text = await refused(slack, bot, "a lighthouse --quality low")
-    assert "turned off in this channel" in text and "/imagine-admin channel" in text
-    assert not slack.calls_to("chat.postMessage") and bot.server.calls == [] and await bot.ledger() == []
-    # Only that channel: another still renders, and C1 does again once it is back on.
-    row = await imagine(slack, bot, "a lighthouse --quality low", channel="C2")
-    assert row["channel"] == "C2"
-    await admin(slack, bot, f"channel {GENERAL} on")
-    assert (await imagine(slack, bot, "a lighthouse --quality low"))["channel"] == "C1"
-
-
 # -- the person: blocked, allowed groups ---------------------------------------------------------------------
 
 
@@ -166,36 +148,6 @@ async def test_a_user_group_that_cannot_be_read_fails_closed_and_is_not_cached(
         await imagine(slack, bot, "a poster --quality low", user="U2")
     assert len(slack.calls_to("usergroups.users.list")) == lookups + 1  # once, then from the cache
     assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
-
-
-# -- the request: a channel's ceiling --------------------------------------------------------------------------
-
-
-async def test_a_size_ceiling_refuses_a_larger_size_naming_the_ceiling(
-    slack: FakeSlack, bot: RunningBot
-) -> None:
-    answer = await admin(slack, bot, f"channel {GENERAL} max_size=2k")
-    assert answer.startswith("Channel <#C1> set: max_size=2048x2048")
-    text = await refused(slack, bot, "a castle --size 4k --quality low")
-    assert "--size 3840x2160 is above this channel's ceiling max_size=2k (2048x2048" in text
-    assert "use --size 2048x2048 or smaller" in text
-    row = await imagine(slack, bot, "a castle --size 1024x1024 --quality low")  # under it: renders
-    assert row["size"] == "1024x1024"
-
-
-# -- the pace: a cooldown ---------------------------------------------------------------------------------------
-
-
-async def test_a_cooldown_refuses_a_second_job_with_the_wait(slack: FakeSlack, bot: RunningBot) -> None:
-    answer = await admin(slack, bot, "settings cooldown=60")
-    assert "- cooldown: 60 s between one user's jobs" in answer
-    await imagine(slack, bot, "first --quality low")
-    text = await refused(slack, bot, "second --quality low")
-    wait = re.search(r"You can start your next job in (\d+) s", text)
-    assert wait is not None and 50 <= int(wait[1]) <= 60, text
-    assert "one job per user every 60 s (cooldown)" in text
-    await imagine(slack, bot, "someone else's --quality low", user="U2")  # per user
-    assert [r["user"] for r in await bot.ledger()] == ["U1", "U2"]
 
 
 # -- the admin verbs -------------------------------------------------------------------------------------------

@@ -1,0 +1,59 @@
+"""Access rules that are the same on Slack and Discord, written once and run on each (tests/support/platforms.py
+drives the platform): a channel turned off, a channel's size and quality ceiling, a cooldown. Every refusal is
+private, costs nothing, posts nothing in public and calls no image API. What only one platform has (Slack's
+Home tab, Discord's typed subcommands, replies and DMs) stays in that platform's own test files."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.platforms import Driver, driver
+
+
+@pytest.fixture(params=["slack", "discord"])
+async def on(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
+    async with driver(request.param, tmp_path) as platform:
+        yield platform
+
+
+async def test_a_channel_turned_off_refuses_imagine_privately_and_costs_nothing(on: Driver) -> None:
+    here = on.channels["here"]
+    assert (await on.set_channel("off")).startswith(f"Channel <#{here}> set: off")
+    for user in ("member", "admin"):  # admins too: the place is off for everyone
+        text = await on.refuse("a lighthouse", user=user)
+        assert "turned off in this channel" in text and "/imagine-admin channel" in text
+    assert on.bot.server.calls == [] and await on.bot.ledger() == []
+    # Only that channel: another still renders, and this one does again once it is back on.
+    assert (await on.render("a lighthouse", where="elsewhere"))["channel"] == on.channels["elsewhere"]
+    assert "set: on" in await on.set_channel("on")
+    assert (await on.render("back on"))["channel"] == here
+
+
+async def test_a_channel_ceiling_refuses_a_larger_size_or_quality_naming_the_ceiling(on: Driver) -> None:
+    answer = await on.set_channel("max_size=2k max_quality=medium")
+    assert answer.startswith(f"Channel <#{on.channels['here']}> set: max_size=2048x2048"), answer
+    assert "max_quality=medium" in answer
+    text = await on.refuse("a wide valley", size="4k")
+    assert "--size 3840x2160 is above this channel's ceiling max_size=2k (2048x2048" in text
+    assert "use --size 2048x2048 or smaller" in text
+    assert "max_quality=medium" in await on.refuse("a wide valley", size="1k", quality="high")
+    row = await on.render("a small valley", size="1024x1024")  # within both: renders
+    assert row["size"] == "1024x1024"
+    [call] = on.bot.server.calls
+    assert (call.size, call.quality) == ("1024x1024", "low")
+
+
+async def test_a_cooldown_refuses_a_users_next_job_with_the_wait(on: Driver) -> None:
+    assert "- cooldown: 60 s between one user's jobs" in await on.settings("cooldown=60")
+    assert "cooldown: 60 s" in await on.settings()  # no text: only shows
+    await on.render("first")
+    text = await on.refuse("second")
+    wait = re.search(r"You can start your next job in (\d+) s", text)
+    assert wait is not None and 50 <= int(wait[1]) <= 60, text
+    assert "one job per user every 60 s (cooldown)" in text
+    await on.render("someone else's", user="other")  # per user
+    assert [r["user"] for r in await on.bot.ledger()] == [on.users["member"], on.users["other"]]
