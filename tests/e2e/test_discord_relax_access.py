@@ -40,7 +40,6 @@ RELAX_ENV = {
     "IMAGEBOT_OFFLINE_BATCH_LATENCY": "0.5",
 }
 SQUARE = {"size": "1024x1024", "quality": "low"}
-ELSEWHERE = 1100000000000000077  # a channel id the operators pinned that is not this one
 PRICES = load_prices().model("gpt-image-2")
 HALF_PRICE = "relax, half price"
 
@@ -136,14 +135,12 @@ async def closed(bot: RunningBot, count: int, within: float = 15) -> list[dict[s
             await asyncio.sleep(0.05)
 
 
-async def a_later_relax_job_delivered(
-    fake: FakeDiscord, bot: RunningBot, user_id: int = ADMIN, channel_id: int | None = None
-) -> None:
+async def a_later_relax_job_delivered(fake: FakeDiscord, bot: RunningBot, user_id: int = ADMIN) -> None:
     """A positive signal for a negative check: a later relax job (`user_id`'s) is batched, polled and delivered,
     so the bot's poller has gone round several times since every earlier batch ended (a second delivery or a
     gathered job would show by then)."""
     bot.server.batch_latency = 0.1
-    ix = await imagine(fake, "a marker", user_id=user_id, channel_id=channel_id, relax=True, **SQUARE)
+    ix = await imagine(fake, "a marker", user_id=user_id, relax=True, **SQUARE)
     await delivered(fake, ix)
 
 
@@ -296,26 +293,6 @@ async def test_a_relax_images_summary_does_not_say_it_took_no_time(tmp_path: Pat
 
 
 # -- access gaps ---------------------------------------------------------------------------------------------
-
-
-async def test_channels_pinned_elsewhere_refuse_imagine_privately_fast_or_relax(tmp_path: Path) -> None:
-    elsewhere = lambda fake: fake.add_channel(ELSEWHERE, "elsewhere")  # noqa: E731
-    async with guild(tmp_path, elsewhere, IMAGEBOT_CHANNELS=f"discord:{ELSEWHERE}", **RELAX_ENV) as (
-        fake,
-        bot,
-    ):
-        ix = await imagine(fake, "a lighthouse", **SQUARE)
-        said = await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
-        assert "Nothing was charged" in said
-        ix = await imagine(fake, "a lighthouse", relax=True, **SQUARE)
-        await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
-        ix = await imagine(fake, "an admin's lighthouse", user_id=ADMIN, **SQUARE)  # admins too
-        await refused(fake, bot, ix, "IMAGEBOT_CHANNELS", rows=0)
-        # Past a batch window nothing was gathered either: a later relax job in the pinned channel goes alone.
-        await a_later_relax_job_delivered(fake, bot, channel_id=ELSEWHERE)
-        assert bot.server.calls == [] and batches_sent(bot) == 1
-        assert [r["channel"] for r in await bot.ledger()] == [str(ELSEWHERE)]
-        assert not [m for m in public_messages(fake) if m["attachments"]]
 
 
 async def test_max_jobs_one_refuses_a_second_imagine_while_the_first_renders(tmp_path: Path) -> None:

@@ -13,6 +13,15 @@ import pytest
 
 from tests.support.platforms import Driver, driver
 
+RELAX_ENV = {  # a relax job is gathered for 0.3 s, its batch polled every 0.1 s
+    "IMAGEBOT_BATCH_WINDOW": "0.3",
+    "IMAGEBOT_BATCH_POLL": "0.1",
+    "IMAGEBOT_OFFLINE_BATCH_LATENCY": "0.5",
+}
+# IMAGEBOT_CHANNELS, as each platform's operators would write it: only the other channel.
+SQUARE = "1024x1024"  # at low quality: the cheapest image
+PINNED = {"slack": "{elsewhere}", "discord": "discord:{elsewhere}"}
+
 
 @pytest.fixture(params=["slack", "discord"])
 async def on(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
@@ -57,3 +66,36 @@ async def test_a_cooldown_refuses_a_users_next_job_with_the_wait(on: Driver) -> 
     assert "one job per user every 60 s (cooldown)" in text
     await on.render("someone else's", user="other")  # per user
     assert [r["user"] for r in await on.bot.ledger()] == [on.users["member"], on.users["other"]]
+
+
+@pytest.fixture(params=["slack", "discord"])
+async def pinned(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
+    """The bot with IMAGEBOT_CHANNELS naming only the other channel, and quick relax batches."""
+    async with driver(
+        request.param, tmp_path, IMAGEBOT_CHANNELS=PINNED[request.param], **RELAX_ENV
+    ) as platform:
+        yield platform
+
+
+async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_relax(pinned: Driver) -> None:
+    on = pinned
+    text = await on.refuse("a lighthouse", size=SQUARE)
+    assert "IMAGEBOT_CHANNELS" in text and "does not work in this channel" in text
+    assert "IMAGEBOT_CHANNELS" in await on.refuse("a lighthouse", size=SQUARE, relax=True)  # relax jobs too
+    assert "IMAGEBOT_CHANNELS" in await on.refuse(
+        "an admin's lighthouse", size=SQUARE, user="admin"
+    )  # admins too
+    assert on.bot.server.calls == [] and on.bot.server.batch_calls == [] and await on.bot.ledger() == []
+    # The pinned channel works, fast and relax; past a batch window nothing else was gathered: its batch
+    # holds its own job alone.
+    assert (await on.render("a lighthouse", size=SQUARE, where="elsewhere"))["channel"] == on.channels[
+        "elsewhere"
+    ]
+    on.bot.server.batch_latency = 0.1
+    await on.render("a relaxed lighthouse", size=SQUARE, where="elsewhere", relax=True)
+    assert sum(1 for call in on.bot.server.batch_calls if call == ("POST", "/v1/batches")) == 1
+    rows = await on.bot.ledger()
+    assert [(r["channel"], r["mode"]) for r in rows] == [
+        (on.channels["elsewhere"], m) for m in ("fast", "relax")
+    ]
+    assert on.images_posted("here") == []

@@ -367,20 +367,6 @@ async def test_a_relax_edit_uploads_its_images_and_references_them_by_file_id(
 # -- 4. Access rules on Slack --------------------------------------------------------------------------------
 
 
-async def test_a_channel_outside_imagebot_channels_is_refused_privately(
-    slack: FakeSlack, tmp_path: Path
-) -> None:
-    async with running_bot(tmp_path, slack_env(slack, IMAGEBOT_CHANNELS="C2"), latency=0.05) as bot:
-        text = await refused(slack, bot, f"a lighthouse {CHEAP}")
-        assert "IMAGEBOT_CHANNELS" in text and "does not work in this channel" in text
-        assert bot.server.calls == [] and await bot.ledger() == []
-        relaxed = await refused(slack, bot, f"a lighthouse --relax {CHEAP}")  # relax jobs too
-        assert "IMAGEBOT_CHANNELS" in relaxed
-        assert bot.server.batch_calls == [] and await bot.ledger() == []
-        row = await imagine_row(slack, bot, f"a lighthouse {CHEAP}", channel="C2")  # the pinned one works
-        assert row["channel"] == "C2"
-
-
 async def test_max_jobs_refuses_a_second_job_while_the_first_runs(slack: FakeSlack, tmp_path: Path) -> None:
     async with running_bot(tmp_path, slack_env(slack, IMAGEBOT_USER_MAX_JOBS="1"), latency=1.0) as bot:
         await slack.send_slash_command(bot.events_url, text=f"a slow one {CHEAP}", user_id="U1")

@@ -18,6 +18,7 @@ from tests.fakes.slack import FakeSlack
 from tests.support import discord as on_discord
 from tests.support import slack as on_slack
 
+HERE = 1100000000000000003  # the fake Discord's own channel (FakeDiscord's default channel_id)
 ELSEWHERE = 1100000000000000077  # a second text channel of the Discord guild
 
 
@@ -32,6 +33,10 @@ class Driver(Protocol):
         """`/imagine-admin channel <here> <settings>` by the admin: what only they were told."""
         ...
 
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        """The public messages in the channel that carry an image."""
+        ...
+
     async def settings(self, text: str = "") -> str:
         """`/imagine-admin settings [text]` by the admin: what only they were told."""
         ...
@@ -44,6 +49,7 @@ class Driver(Protocol):
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> dict[str, Any]:
         """/imagine that renders: its ledger row, once delivered."""
         ...
@@ -56,6 +62,7 @@ class Driver(Protocol):
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> str:
         """/imagine that the rules refuse: what only its user was told. Nothing was posted in public, no image
         API was called and no ledger row was written."""
@@ -71,14 +78,21 @@ class SlackDriver:
     def __init__(self, slack: FakeSlack, bot: RunningBot) -> None:
         self.slack, self.bot = slack, bot
 
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        return [m for m in self.slack.messages.get(self.channels[where], []) if m.get("files")]
+
     async def set_channel(self, settings: str) -> str:
         return await on_slack.admin(self.slack, self.bot, f"channel {on_slack.GENERAL} {settings}")
 
     async def settings(self, text: str = "") -> str:
         return await on_slack.admin(self.slack, self.bot, f"settings {text}".strip())
 
-    def _text(self, prompt: str, size: str | None, quality: str) -> str:
-        return f"{prompt} --quality {quality}" + (f" --size {size}" if size else "")
+    def _text(self, prompt: str, size: str | None, quality: str, relax: bool) -> str:
+        return (
+            f"{prompt} --quality {quality}"
+            + (f" --size {size}" if size else "")
+            + (" --relax" if relax else "")
+        )
 
     async def render(
         self,
@@ -88,8 +102,9 @@ class SlackDriver:
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> dict[str, Any]:
-        text = self._text(prompt, size, quality)
+        text = self._text(prompt, size, quality, relax)
         return await on_slack.imagine_row(
             self.slack, self.bot, text, user=self.users[user], channel=self.channels[where]
         )
@@ -102,8 +117,9 @@ class SlackDriver:
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> str:
-        text = self._text(prompt, size, quality)
+        text = self._text(prompt, size, quality, relax)
         return await on_slack.refused(
             self.slack, self.bot, text, user=self.users[user], channel=self.channels[where]
         )
@@ -122,6 +138,13 @@ class DiscordDriver:
         }
         self.channels = {"here": str(fake.channel_id), "elsewhere": str(ELSEWHERE)}
 
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        return [
+            m
+            for m in self.fake.messages.get(int(self.channels[where]), [])
+            if not m["flags"] & on_discord.EPHEMERAL and m["attachments"]
+        ]
+
     async def set_channel(self, settings: str) -> str:
         return await on_discord.admin(self.fake, "channel", channel=self.fake.channel_id, settings=settings)
 
@@ -129,7 +152,7 @@ class DiscordDriver:
         return await on_discord.admin(self.fake, "settings", **({"text": text} if text else {}))
 
     async def _imagine(
-        self, prompt: str, user: str, size: str | None, quality: str, where: str
+        self, prompt: str, user: str, size: str | None, quality: str, where: str, relax: bool
     ) -> dict[str, Any]:
         options = [
             {"name": "prompt", "type": 3, "value": prompt},
@@ -137,6 +160,8 @@ class DiscordDriver:
         ]
         if size:
             options.append({"name": "size", "type": 3, "value": size})
+        if relax:  # Discord's boolean option
+            options.append({"name": "relax", "type": 5, "value": True})
         return await self.fake.send_interaction(
             name="imagine",
             options=options,
@@ -152,9 +177,10 @@ class DiscordDriver:
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> dict[str, Any]:
         rows = len(await self.bot.ledger())
-        ix = await self._imagine(prompt, user, size, quality, where)
+        ix = await self._imagine(prompt, user, size, quality, where, relax)
         await on_discord.finished(self.fake, self.bot, ix, rows + 1)
         row = (await self.bot.ledger())[-1]
         assert row["user"] == self.users[user] and row["status"] == "delivered", row
@@ -168,27 +194,32 @@ class DiscordDriver:
         size: str | None = None,
         quality: str = "low",
         where: str = "here",
+        relax: bool = False,
     ) -> str:
         rows = len(await self.bot.ledger())
-        ix = await self._imagine(prompt, user, size, quality, where)
+        ix = await self._imagine(prompt, user, size, quality, where, relax)
         said = await on_discord.refused(self.fake, self.bot, ix, "", rows)
         assert "Nothing was charged" in said, said
         return said
 
 
 @contextlib.asynccontextmanager
-async def driver(platform: str, tmp_path: Path) -> AsyncIterator[Driver]:
-    """The bot on `platform` ("slack" or "discord") against its fake, with price checks off."""
+async def driver(platform: str, tmp_path: Path, **env: str) -> AsyncIterator[Driver]:
+    """The bot on `platform` ("slack" or "discord") against its fake, with price checks off and `env` (in a
+    value, "{here}" and "{elsewhere}" stand for the platform's channel ids)."""
+    here, elsewhere_id = {"slack": ("C1", "C2"), "discord": (str(HERE), str(ELSEWHERE))}[platform]
+    env = {name: value.format(here=here, elsewhere=elsewhere_id) for name, value in env.items()}
     if platform == "slack":
         slack = FakeSlack()
         await slack.start()
         slack.admins.add(on_slack.ADMIN)
         try:
-            async with running_bot(tmp_path, slack_env(slack), latency=0.05) as bot:
+            async with running_bot(tmp_path, slack_env(slack, **env), latency=0.05) as bot:
                 yield SlackDriver(slack, bot)
         finally:
             await slack.stop()
         return
     elsewhere = lambda fake: fake.add_channel(ELSEWHERE, "elsewhere")  # noqa: E731
-    async with on_discord.guild(tmp_path, elsewhere) as (fake, bot):
+    async with on_discord.guild(tmp_path, elsewhere, **env) as (fake, bot):
+        assert str(fake.channel_id) == here
         yield DiscordDriver(fake, bot)
