@@ -295,31 +295,6 @@ async def test_a_relax_images_summary_does_not_say_it_took_no_time(tmp_path: Pat
 # -- access gaps ---------------------------------------------------------------------------------------------
 
 
-async def test_max_jobs_one_refuses_a_second_imagine_while_the_first_renders(tmp_path: Path) -> None:
-    async with guild(tmp_path, IMAGEBOT_USER_MAX_JOBS="1") as (fake, bot):
-        bot.server.latency = 2.0
-        first = await imagine(fake, "a slow sunrise", **SQUARE)
-        async with asyncio.timeout(10):
-            while not bot.server.calls:  # its API call is out: the job is running
-                await asyncio.sleep(0.02)
-        second = await imagine(fake, "an impatient sunset", **SQUARE)
-        said = await refused(fake, bot, second, "max_jobs=1", rows=1)
-        assert "You have 1 job running or queued" in said and "Nothing was charged" in said
-        [row] = await bot.ledger()
-        assert row["status"] in ("reserved", "running") and row["prompt"] == "a slow sunrise"
-
-        bot.server.latency = 0.2
-        message = await finished(fake, bot, first, rows=1)  # the first one still lands
-        assert message["attachments"] and message["attachments"][0]["width"] == 1024
-        # Someone else was never held up by this member's limit, and once it finished, they may go again.
-        await finished(fake, bot, await imagine(fake, "a calm noon", **SQUARE), rows=2)
-        rows = await bot.ledger()
-        assert [(r["prompt"], r["status"], r["mode"]) for r in rows] == [
-            ("a slow sunrise", "delivered", "fast"),
-            ("a calm noon", "delivered", "fast"),
-        ]
-
-
 async def test_a_relax_job_waiting_on_its_batch_counts_toward_max_jobs(tmp_path: Path) -> None:
     env = {**RELAX_ENV, "IMAGEBOT_OFFLINE_BATCH_LATENCY": "1.5"}
     async with guild(tmp_path, IMAGEBOT_USER_MAX_JOBS="1", **env) as (fake, bot):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.platforms import Driver, driver
+from tests.support.waits import until
 
 RELAX_ENV = {  # a relax job is gathered for 0.3 s, its batch polled every 0.1 s
     "IMAGEBOT_BATCH_WINDOW": "0.3",
@@ -99,3 +100,39 @@ async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_rel
         (on.channels["elsewhere"], m) for m in ("fast", "relax")
     ]
     assert on.images_posted("here") == []
+
+
+@pytest.fixture(params=["slack", "discord"])
+async def one_job_each(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
+    """The bot with IMAGEBOT_USER_MAX_JOBS=1."""
+    async with driver(request.param, tmp_path, IMAGEBOT_USER_MAX_JOBS="1") as platform:
+        yield platform
+
+
+async def test_max_jobs_refuses_a_users_second_job_while_the_first_runs(one_job_each: Driver) -> None:
+    on = one_job_each
+    on.bot.server.latency = 2.0
+    first = await on.start("a slow one", size=SQUARE)
+    await until(lambda: on.bot.server.calls)  # its API call is out: the job is running
+    text = await on.refuse("another one", size=SQUARE)
+    assert "max_jobs=1" in text and "You have 1 job running or queued" in text
+    [row] = await on.bot.ledger()
+    assert row["status"] in ("reserved", "running") and row["prompt"] == "a slow one"
+    # Per user: someone else still gets in while it runs; the first one still lands.
+    await on.render("someone else's", size=SQUARE, user="other")
+    assert (await on.finish(first))["size"] == SQUARE
+    rows = await on.bot.ledger()
+    assert [(r["user"], r["status"]) for r in rows] == [
+        (on.users["member"], "delivered"),
+        (on.users["other"], "delivered"),
+    ]
+    assert all(r["actual_micros"] > 0 for r in rows)
+    assert [c.prompt for c in on.bot.server.calls] == ["a slow one", "someone else's"]
+    # Once it finished, the member may go again.
+    on.bot.server.latency = 0.05
+    assert (await on.render("another one", size=SQUARE))["prompt"] == "another one"
+    assert [(r["prompt"], r["status"], r["mode"]) for r in await on.bot.ledger()] == [
+        ("a slow one", "delivered", "fast"),
+        ("someone else's", "delivered", "fast"),
+        ("another one", "delivered", "fast"),
+    ]

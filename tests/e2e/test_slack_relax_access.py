@@ -367,23 +367,6 @@ async def test_a_relax_edit_uploads_its_images_and_references_them_by_file_id(
 # -- 4. Access rules on Slack --------------------------------------------------------------------------------
 
 
-async def test_max_jobs_refuses_a_second_job_while_the_first_runs(slack: FakeSlack, tmp_path: Path) -> None:
-    async with running_bot(tmp_path, slack_env(slack, IMAGEBOT_USER_MAX_JOBS="1"), latency=1.0) as bot:
-        await slack.send_slash_command(bot.events_url, text=f"a slow one {CHEAP}", user_id="U1")
-        await until(lambda: bot.server.calls)  # rendering now
-        text = await refused(slack, bot, f"another one {CHEAP}")
-        assert "max_jobs=1" in text and "You have 1 job running or queued" in text
-        # Per user: someone else still gets in.
-        await slack.send_slash_command(bot.events_url, text=f"someone else's {CHEAP}", user_id="U2")
-        rows = await bot.settled(2)
-        assert [(r["user"], r["status"]) for r in rows] == [("U1", "delivered"), ("U2", "delivered")]
-        assert all(r["actual_micros"] > 0 for r in rows)
-        assert [c.prompt for c in bot.server.calls] == ["a slow one", "someone else's"]
-        # Once it finished, the next one goes.
-        bot.server.latency = 0.05
-        await imagine_row(slack, bot, f"another one {CHEAP}")
-
-
 async def test_a_channels_moderation_goes_on_generations_only(slack: FakeSlack, bot: RunningBot) -> None:
     answer = await admin(slack, bot, f"channel {GENERAL} moderation=low")
     assert answer.startswith("Channel <#C1> set: moderation=low")

@@ -8,6 +8,7 @@ workspace admin on Slack, Manage Server on Discord). Channels: "here" (the one t
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,6 +18,7 @@ from tests.fakes.discord import FakeDiscord
 from tests.fakes.slack import FakeSlack
 from tests.support import discord as on_discord
 from tests.support import slack as on_slack
+from tests.support.waits import until
 
 HERE = 1100000000000000003  # the fake Discord's own channel (FakeDiscord's default channel_id)
 ELSEWHERE = 1100000000000000077  # a second text channel of the Discord guild
@@ -52,6 +54,14 @@ class Driver(Protocol):
         relax: bool = False,
     ) -> dict[str, Any]:
         """/imagine that renders: its ledger row, once delivered."""
+        ...
+
+    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
+        """/imagine at low quality, without waiting for it: a handle for `finish`."""
+        ...
+
+    async def finish(self, handle: Any) -> dict[str, Any]:
+        """Wait until the job `start` began has posted its image and its row is delivered: the row."""
         ...
 
     async def refuse(
@@ -108,6 +118,17 @@ class SlackDriver:
         return await on_slack.imagine_row(
             self.slack, self.bot, text, user=self.users[user], channel=self.channels[where]
         )
+
+    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
+        text = self._text(prompt, size, "low", False)
+        await self.slack.send_slash_command(self.bot.events_url, text=text, user_id=self.users[user])
+        return prompt
+
+    async def finish(self, handle: Any) -> dict[str, Any]:
+        rows = await until(lambda: self.bot.ledger("prompt=? AND status='delivered'", [handle]), 20)
+        thread = json.loads(rows[0]["context"])["ts"]  # its job message: the image goes in its thread
+        assert [u for u in self.slack.uploaded if u.thread_ts == thread], self.slack.uploaded
+        return rows[0]
 
     async def refuse(
         self,
@@ -184,6 +205,16 @@ class DiscordDriver:
         await on_discord.finished(self.fake, self.bot, ix, rows + 1)
         row = (await self.bot.ledger())[-1]
         assert row["user"] == self.users[user] and row["status"] == "delivered", row
+        return row
+
+    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
+        return prompt, await self._imagine(prompt, user, size, "low", "here", False)
+
+    async def finish(self, handle: Any) -> dict[str, Any]:
+        prompt, ix = handle
+        row = (await until(lambda: self.bot.ledger("prompt=? AND status='delivered'", [prompt]), 20))[0]
+        message = await on_discord.finished(self.fake, self.bot, ix, 1)
+        assert message["attachments"] and message["attachments"][0]["width"] == int(row["size"].split("x")[0])
         return row
 
     async def refuse(
