@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests import dbs
 from tests.pg import PgServer
 
 _started: list[str] = []  # one line per server this process started, for the summary
@@ -35,6 +36,13 @@ def pg_server() -> Iterator[PgServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _close_test_connections() -> Iterator[None]:
+    """tests/dbs.py keeps one PostgreSQL connection per database during a test; none outlives it."""
+    yield
+    dbs.close_all()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.store import pg
-from tests.core.test_jobs_money import make_core  # noqa: F401  (a fixture: a Core against the offline server)
+from tests.support.core import make_core  # noqa: F401  (a fixture: a Core against the offline server)
 
 BOTH_BACKENDS = {
     "tests.core.test_jobs_money",

@@ -19,42 +19,14 @@ from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
 from bot.errors import UserError
-from bot.jobs.outcomes import Progress
 from bot.model.pricing import load_prices
 from bot.model.request import Requester
 from bot.policy import access
-from tests.core.test_actions import Store
-from tests.core.test_actions import View as ActionsView
-from tests.core.test_jobs_money import ALICE, BOB, MakeCore, assert_counters_match_ledger, rows
+from tests.support.core import ADMIN, ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
+from tests.support.core import AccessView as View
 
 CAROL = Requester("slack", "W1", "C1", "U3")
-ADMIN = Requester("slack", "W1", "C1", "UADMIN")
 OTHER_TENANT = Requester("slack", "W2", "C1", "U1")
-
-
-class View(ActionsView):
-    """test_actions' recording view, without price checks; `admin` and `groups` are what the platform says."""
-
-    def __init__(self, *, admin: bool = False, groups: Collection[str] = ()) -> None:
-        super().__init__(confirms=False)
-        self.admin = admin
-        self.groups = set(groups)
-        self.opened: list[Progress] = []
-        self.asked: list[Collection[str]] = []
-
-    async def open(self, first: Progress) -> dict[str, Any]:
-        self.opened.append(first)
-        return {}
-
-    async def confirm(self, text: str, token: str) -> None:
-        raise AssertionError("no price check in these tests")
-
-    async def platform_admin(self) -> bool:
-        return self.admin
-
-    async def member_of(self, groups: Collection[str]) -> bool:
-        self.asked.append(groups)
-        return not self.groups.isdisjoint(groups)
 
 
 async def admin(core: Core, text: str, who: Requester = ADMIN) -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.console import handle_line
 from bot.model.request import Requester
-from tests.core.test_jobs_money import MakeCore
+from tests.support.core import MakeCore
 
 WHO = Requester("console", "local", "console", "console")
 

@@ -10,8 +10,8 @@ import pytest
 from bot.app import Attachment, decode_attachments
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
-from tests.core.test_images import encode
-from tests.core.test_jobs_money import MakeCore
+from tests.support.core import MakeCore
+from tests.support.images import encode
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "many", "257"])

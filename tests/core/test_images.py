@@ -20,14 +20,9 @@ from bot.model.images import (
     load_image,
     preview_jpeg,
 )
+from tests.support.images import encode
 
 MIB = 1024 * 1024
-
-
-def encode(fmt: str, size: tuple[int, int] = (320, 200), mode: str = "RGB") -> bytes:
-    buffer = io.BytesIO()
-    Image.new(mode, size, "teal" if mode != "1" else 1).save(buffer, fmt)
-    return buffer.getvalue()
 
 
 def rejection(name: str, data: bytes) -> str:

@@ -10,122 +10,25 @@ import asyncio
 import contextlib
 import io
 import json
-import math
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import pytest
 from PIL import Image
 
 from bot import texts
-from bot.app import Core
-from bot.config import Settings
 from bot.errors import QuotaExceeded
-from bot.jobs.outcomes import JobFailure, JobResult, Progress
-from bot.model.pricing import Usage, cost_micros, format_usd, preview_count
-from bot.model.request import Requester
-from bot.policy import quota
-from tests import dbs
-
-ALICE = Requester("slack", "W1", "C1", "U1")
-BOB = Requester("slack", "W1", "C1", "U2")
-
-
-class RecordingView:
-    """The adapter side of a job: records every callback."""
-
-    def __init__(self) -> None:
-        self.ticks: list[Progress] = []
-        self.delivered: list[JobResult] = []
-        self.failures: list[JobFailure] = []
-
-    async def progress(self, progress: Progress) -> None:
-        self.ticks.append(progress)
-
-    async def deliver(self, result: JobResult) -> None:
-        self.delivered.append(result)
-
-    async def failed(self, failure: JobFailure) -> None:
-        self.failures.append(failure)
-
-
-MakeCore = Callable[..., Awaitable[Core]]
-
-
-@pytest.fixture
-async def make_core(db_target: str) -> AsyncIterator[MakeCore]:
-    """Cores on one store: a SQLite file, or (for the modules tests/core/conftest.py names) PostgreSQL too."""
-    cores: list[Core] = []
-
-    async def make(**env: str) -> Core:
-        environ = {
-            "IMAGEBOT_DB": db_target,
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "1",
-            **env,
-        }
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
-        cores.append(core)
-        return core
-
-    yield make
-    for core in cores:
-        await core.close()
-
-
-def rows(core: Core, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-    return dbs.read(core.settings.db_path, f"SELECT * FROM ledger WHERE {where} ORDER BY id", params)
-
-
-def counters(core: Core) -> dict[tuple[str, str, str], tuple[int, int]]:
-    found = dbs.tuples(core.settings.db_path, "SELECT scope, key, period, micros, images FROM counters")
-    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in found}
-
-
-def user_day(core: Core, who: Requester = ALICE) -> tuple[int, int]:
-    """(micros, images) of `who`'s counter for today."""
-    periods = quota.Periods.at(core.ledger.clock(), core.ledger.timezone)
-    key = quota.counter_keys(who, periods.day, periods.month)[0]
-    return counters(core).get(key, (0, 0))
-
-
-def assert_counters_match_ledger(core: Core) -> None:
-    """Every counter equals the SQL sum over the ledger (open rows: reserved; closed rows: actual)."""
-    expected: dict[tuple[str, str, str], tuple[int, int]] = {}
-    for row in rows(core):
-        is_open = row["status"] in ("reserved", "running")
-        micros = row["reserved_micros"] if is_open else row["actual_micros"]
-        images = 1 if is_open or row["status"] in ("rendered", "delivered", "undelivered") else 0
-        who = Requester(row["platform"], row["workspace"], row["channel"], row["user"])
-        for key in quota.counter_keys(who, row["day"], row["month"]):
-            old = expected.get(key, (0, 0))
-            expected[key] = (old[0] + micros, old[1] + images)
-    assert {k: v for k, v in counters(core).items() if v != (0, 0)} == {
-        k: v for k, v in expected.items() if v != (0, 0)
-    }
-
-
-def expected_usage(core: Core, call_index: int) -> Usage:
-    """What the offline server billed for one of its calls, from what it recorded about the call."""
-    call = core.offline_server.calls[call_index]  # type: ignore[union-attr]
-    prices = core.prices.model(call.model or "gpt-image-2")
-    size = "1024x1024" if call.size in (None, "auto") else call.size  # `auto` renders the 1K square
-    width, height = (int(n) for n in size.split("x"))
-    quality = "medium" if call.quality in (None, "auto") else call.quality  # what `auto` renders as
-    output = (
-        prices.image_output_tokens(width, height, quality)
-        + call.partial_images * prices.partial_image_output_tokens
-    )
-    return Usage(text_tokens=math.ceil(len(call.prompt or "") / 4), output_tokens=output)
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
-
+from bot.jobs.outcomes import JobFailure, JobResult
+from bot.model.pricing import cost_micros, format_usd, preview_count
+from tests.support.core import (
+    ALICE,
+    BOB,
+    MakeCore,
+    RecordingView,
+    assert_counters_match_ledger,
+    expected_usage,
+    rows,
+    user_day,
+)
+from tests.support.waits import until
 
 # --- success: settle to the real usage --------------------------------------------------------
 
@@ -366,7 +269,7 @@ async def test_cancelling_a_running_job_leaves_nothing_open(make_core: MakeCore)
     view = RecordingView()
     job = await core.runner.prepare(core.parse("a slow fox --quality low"), ALICE)
     task = asyncio.create_task(core.runner.execute(job, view))
-    await wait_for(lambda: len(server.calls) == 1 and rows(core)[0]["status"] == "running")
+    await until(lambda: len(server.calls) == 1 and rows(core)[0]["status"] == "running")
     assert core.runner.cancel(job.id, "someone-else") is False  # only the requester may cancel
 
     task.cancel()
@@ -415,7 +318,7 @@ async def test_cancelling_a_queued_job_releases_it_in_full(make_core: MakeCore) 
     queued = await core.runner.prepare(core.parse("second fox --quality low"), BOB)
     running_task = asyncio.create_task(core.runner.execute(running, running_view))
     queued_task = asyncio.create_task(core.runner.execute(queued, queued_view))
-    await wait_for(lambda: any(p.state == "queued" for p in queued_view.ticks) and len(server.calls) == 1)
+    await until(lambda: any(p.state == "queued" for p in queued_view.ticks) and len(server.calls) == 1)
 
     assert core.runner.cancel(queued.id, "U2")
     with contextlib.suppress(asyncio.CancelledError):

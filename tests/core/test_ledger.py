@@ -32,6 +32,14 @@ from bot.store import pg
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
 from tests import dbs
+from tests.support.ledger import (
+    IMAGES_SQL,
+    OPEN_SQL,
+    SPEND_SQL,
+    assert_counters_match,
+    sql_counters,
+    stored_counters,
+)
 
 BERLIN = ZoneInfo("Europe/Berlin")
 # 23:30 in Berlin (CEST, UTC+2) on 15 April 2026: the quota day ends in 30 minutes.
@@ -92,44 +100,6 @@ def open_ledger(store_named: Callable[[str], str]) -> Iterator[Callable[..., Led
 
 
 # --- the invariant ----------------------------------------------------------------------------
-
-OPEN_SQL = "status IN ('reserved', 'running')"
-SPEND_SQL = f"CASE WHEN {OPEN_SQL} THEN reserved_micros ELSE actual_micros END"
-IMAGES_SQL = (
-    "CASE WHEN status IN ('reserved', 'running', 'rendered', 'delivered', 'undelivered') THEN 1 ELSE 0 END"
-)
-
-
-TENANT_SQL = "platform || ':' || workspace"
-
-
-def sql_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
-    """What every counter must hold, summed straight from the ledger rows (test ids have no ':' to escape)."""
-    parts = [
-        f"SELECT '{scope}' AS scope, {key} AS key, {period} AS period, {SPEND_SQL} AS micros, "
-        f"{IMAGES_SQL} AS images FROM ledger"
-        for scope, key, period in (
-            ("user_day", f"{TENANT_SQL} || ':' || \"user\"", "day"),
-            ("user_month", f"{TENANT_SQL} || ':' || \"user\"", "month"),
-            ("channel_month", f"{TENANT_SQL} || ':' || channel", "month"),
-            ("workspace_month", TENANT_SQL, "month"),
-        )
-    ]
-    sql = (
-        f"SELECT scope, key, period, sum(micros), sum(images) FROM ({' UNION ALL '.join(parts)}) AS every_row "
-        "GROUP BY scope, key, period"
-    )
-    rows = dbs.tuples(path, sql)
-    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
-
-
-def stored_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, int]]:
-    rows = dbs.tuples(path, "SELECT scope, key, period, micros, images FROM counters")
-    return {(s, k, p): (int(m), int(n)) for s, k, p, m, n in rows if (m, n) != (0, 0)}
-
-
-def assert_counters_match(path: Path | str) -> None:
-    assert stored_counters(path) == sql_counters(path)
 
 
 def ledger_rows(path: Path | str, where: str = "1=1", params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:

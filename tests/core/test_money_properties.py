@@ -39,7 +39,7 @@ from bot.model.request import ImageRequest, Requester
 from bot.policy import quota
 from bot.store.ledger import Ledger
 from tests import dbs
-from tests.core.test_jobs_money import RecordingView
+from tests.support.core import RecordingView
 
 EXAMPLES = int(os.environ.get("IMAGEBOT_PROPERTY_EXAMPLES", "25"))
 RETRIES = 2

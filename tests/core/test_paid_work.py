@@ -20,7 +20,8 @@ from PIL import Image
 
 from bot.errors import DeliveryFailed
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
-from tests.core.test_jobs_money import ALICE, MakeCore, assert_counters_match_ledger, rows, user_day, wait_for
+from tests.support.core import ALICE, MakeCore, assert_counters_match_ledger, rows, user_day
+from tests.support.waits import until
 
 ROOT = Path(__file__).resolve().parents[2]
 CHEAP = "a lighthouse --size 1024x1024 --quality low"
@@ -83,7 +84,7 @@ async def test_a_process_whose_lease_lapsed_calls_nothing_for_rows_another_proce
     view = View()
     job = await stalled.runner.prepare(stalled.parse(CHEAP + " --count 2"), ALICE)
     task = asyncio.create_task(stalled.runner.execute(job, view))
-    await wait_for(lambda: len(server.calls) == 1)  # the first image is in its API call, the second queued
+    await until(lambda: len(server.calls) == 1)  # the first image is in its API call, the second queued
 
     # `stalled`'s database thread stalls past its lease: to the other process, its lease has run out.
     later = other.ledger.clock() + timedelta(minutes=5)
@@ -173,7 +174,7 @@ async def test_images_a_dead_process_left_in_the_outbox_are_delivered_by_another
     arrived = View()
     second.places.serve({"slack": SimpleNamespace(view_for=lambda who, context: arrived)})
     await second.sweep()
-    await wait_for(lambda: bool(arrived.delivered))
+    await until(lambda: bool(arrived.delivered))
     assert [r["status"] for r in rows(second)] == ["delivered"]
     await second.sweep()  # claimed once: a second sweep finds nothing to deliver
     await asyncio.sleep(0.05)

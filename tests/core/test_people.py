@@ -18,8 +18,8 @@ from bot.model.request import Defaults, ImageRequest, Requester, parse_request
 from bot.model.sizes import parse_size
 from bot.policy.access import QUALITY_RANK, Access, Rules
 from bot.policy.preferences import Preferences
-from tests.core.test_access import View
-from tests.core.test_jobs_money import ALICE, BOB, MakeCore, rows
+from tests.support.core import ALICE, BOB, MakeCore, rows
+from tests.support.core import AccessView as View
 
 PRICES = load_prices()
 ADMIN = Requester("slack", "W1", "C1", "UADMIN")

@@ -22,9 +22,9 @@ from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_
 from bot.model.request import Requester
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.core.test_access import ADMIN, View
-from tests.core.test_actions import Store
-from tests.core.test_jobs_money import ALICE, BOB, assert_counters_match_ledger, rows
+from tests.support.core import ADMIN, ALICE, BOB, Store, assert_counters_match_ledger, rows
+from tests.support.core import AccessView as View
+from tests.support.waits import until
 
 FAST_ENV = {
     "IMAGEBOT_OFFLINE": "1",
@@ -35,6 +35,7 @@ FAST_ENV = {
     "IMAGEBOT_BATCH_POLL": "0.1",
 }
 StartCore = Callable[..., Awaitable[Core]]
+CAROL = Requester("slack", "W1", "C1", "U3")  # the marker: a later job whose delivery shows time has passed
 
 
 @pytest.fixture
@@ -60,11 +61,13 @@ async def start(db_target: str, server: OfflineImageServer) -> AsyncIterator[Sta
         await core.close()
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.05)
+async def a_later_batch_delivered(core: Core, server: OfflineImageServer) -> None:
+    """A positive signal for a negative check: a later relax job (CAROL's) is batched, polled and delivered,
+    so the poller has gone round several times since every earlier batch ended. Its row is CAROL's."""
+    server.batch_latency = 0.1
+    marker = View()
+    await core.submit(core.parse("a marker --relax --size 1024x1024 --quality low"), CAROL, marker)
+    await until(lambda: bool(marker.delivered), timeout=15)
 
 
 def batches_created(server: OfflineImageServer) -> int:
@@ -124,9 +127,10 @@ async def test_a_restart_while_the_batch_runs_delivers_once_from_the_new_process
 
     second.places.serve({"slack": SimpleNamespace(view_for=view_for)})
     await until(lambda: bool(rebuilt and rebuilt[0][2].delivered))
-    await asyncio.sleep(0.4)  # more polls: nothing is delivered twice
+    await a_later_batch_delivered(second, server)  # more polls: nothing is delivered twice
     assert len(rebuilt) == 1 and rebuilt[0][0] == ALICE and not view.delivered
-    (row,) = rows(second)
+    assert len(rebuilt[0][2].delivered) == 1
+    (row,) = rows(second, "user=?", ("U1",))
     assert row["status"] == "delivered" and row["actual_micros"] > 0
     assert_counters_match_ledger(second)
 
@@ -208,7 +212,8 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_and_not_posted(
     assert core.cancel(alice_job, ALICE)
     await until(lambda: any("cannot be withdrawn" in r for r in alice.refusals))
     await until(lambda: bool(bob.delivered), timeout=15)
-    await asyncio.sleep(0.3)
+    await until(lambda: rows(core, "user=?", ("U1",))[0]["status"] == "undelivered")  # her line is settled
+    await a_later_batch_delivered(core, server)
     assert not alice.delivered
     alice_row = next(r for r in rows(core) if r["user"] == "U1")
     assert (
@@ -487,9 +492,9 @@ async def test_a_batch_that_can_no_longer_be_read_is_charged_as_possibly_billed_
     ]
     assert_counters_match_ledger(core)
     seen = gets_of(server, batch_id)
-    await asyncio.sleep(0.5)  # five more polls: that batch is not asked for again
+    await a_later_batch_delivered(core, server)  # more polls: that batch is not asked for again
     assert gets_of(server, batch_id) == seen
-    assert all(b["finished_at"] for b in batch_rows(core))
+    assert [bool(b["finished_at"]) for b in batch_rows(core) if b["id"] == batch_id] == [True]
 
 
 async def test_a_batch_an_hour_past_its_window_is_settled_from_what_is_known(

@@ -30,7 +30,7 @@ from bot.model.sizes import parse_size
 from bot.policy import quota
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
-from tests.core.test_jobs_money import MakeCore
+from tests.support.core import MakeCore
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 # The same member (Discord user 42) in two guilds: A, where they are a plain member, and B, which they own.

@@ -23,7 +23,7 @@ from bot.jobs.outcomes import JobFailure, JobResult
 from bot.model.pricing import cost_micros, format_usd, load_prices
 from bot.model.request import parse_request
 from bot.store.ledger import Interrupted, Ledger
-from tests.core.test_jobs_money import (
+from tests.support.core import (
     ALICE,
     MakeCore,
     RecordingView,
@@ -31,8 +31,8 @@ from tests.core.test_jobs_money import (
     expected_usage,
     rows,
     user_day,
-    wait_for,
 )
+from tests.support.waits import until
 
 CHEAP = "a red fox --quality low --size 1024x1024"
 
@@ -126,7 +126,7 @@ async def four_with_one_stuck(core_maker: MakeCore) -> tuple:  # type: ignore[ty
     request = core.parse(CHEAP + " --count 4")
     job = await core.runner.prepare(request, ALICE)
     task = asyncio.create_task(core.runner.execute(job, view))
-    await wait_for(
+    await until(
         lambda: len([r for r in rows(core) if r["status"] == "rendered"]) == 3 and len(server.calls) == 4
     )
     return core, job, task, view, core.runner.estimate(request)
@@ -223,7 +223,7 @@ async def test_a_running_bot_recovers_an_expired_lease_without_a_restart(
     await other.start(reservation.row_ids[0])
     crash(other)
 
-    await wait_for(lambda: bool(told), timeout=10)
+    await until(lambda: bool(told), timeout=10)
 
     [job] = told
     assert (job.job_id, job.charged_micros, job.context) == (

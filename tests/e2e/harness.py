@@ -15,6 +15,7 @@ from bot.config import Settings
 from bot.model.pricing import Usage, cost_micros, load_prices
 from bot.offline import OfflineImageServer
 from tests.fakes.slack import FakeSlack
+from tests.support.waits import until
 
 
 def free_port() -> int:
@@ -71,6 +72,32 @@ class RunningBot:
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"ledger not settled: {rows}")
             await asyncio.sleep(0.05)
+
+    def work(self) -> set[asyncio.Task[Any]]:
+        """The work the adapters have spawned after their acks and not finished yet (the Slack adapter keeps
+        it in `tasks`): take it before a request, then `idle(since=...)` waits for what that request set off."""
+        return {task for adapter in self.adapters.values() for task in getattr(adapter, "tasks", ())}
+
+    async def idle(self, timeout: float = 15, *, since: set[asyncio.Task[Any]] | None = None) -> None:  # noqa: ASYNC109
+        """Wait for a deterministic drain: every piece of work an adapter spawned after an ack has ended (only
+        what was spawned after the `since` snapshot, if given), and, without `since`, no job runs in the runner
+        or waits for its slot and no ledger row is open (reserved, running, rendered). A negative check waits
+        for its positive signal (what the user was told), then for this, then checks that nothing else
+        happened: whatever the request set off has finished, and shows, by then."""
+        runner = self.core.runner
+
+        async def drained() -> bool:
+            if self.work() - (since or set()):
+                return False
+            if since is not None:
+                return True
+            if any(job.task is not None and not job.task.done() for job in list(runner.jobs.values())):
+                return False
+            if runner.gate.active or runner.gate.queued:
+                return False
+            return not await self.ledger("status IN ('reserved', 'running', 'rendered')")
+
+        await until(drained, timeout, "the bot never went idle", interval=0.01)
 
 
 @contextlib.asynccontextmanager

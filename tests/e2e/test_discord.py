@@ -3,45 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 
-from adapters.discord import DiscordAdapter
 from bot.store.ledger import Interrupted
-from tests.e2e.harness import RunningBot, running_bot
-from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
-
-EPHEMERAL = 1 << 6
-MANAGE_GUILD = 1 << 5
-
-
-@contextlib.asynccontextmanager
-async def discord_bot(
-    tmp_path: Path, *, fake_kwargs: dict[str, Any] | None = None, **env: str
-) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
-    """A fake Discord and the bot connected to it, with its commands synced."""
-    fake = FakeDiscord(**(fake_kwargs or {}))
-    await fake.start()
-    try:
-        async with running_bot(
-            tmp_path, {"DISCORD_TOKEN": fake.token, "DISCORD_API_URL": fake.api_url, **env}
-        ) as bot:
-            await fake.wait_ready()
-            await fake.wait_for("PUT", rf"/applications/{fake.application_id}/commands")
-            adapter: DiscordAdapter = bot.adapters["discord"]
-            adapter.edit_interval, adapter.preview_interval = 0.05, 0.1  # a 0.2 s render still shows progress
-            yield fake, bot
-    finally:
-        await fake.stop()
-        reset_discord_endpoints()
-    assert not fake.errors, fake.errors
+from tests.e2e.harness import RunningBot
+from tests.fakes.discord import FakeDiscord
+from tests.support.discord import (
+    EPHEMERAL,
+    MANAGE_GUILD,
+    buttons,
+    cancel_buttons,
+    content,
+    decoded,
+    discord_bot,
+    final_result,
+    first_call,
+    imagine,
+    original_edits,
+)
+from tests.support.images import png
 
 
 @pytest.fixture
@@ -50,56 +35,12 @@ async def discord(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, RunningBot
         yield running
 
 
-def png(width: int, height: int, *, alpha: bool = False, color: str = "red") -> bytes:
-    out = io.BytesIO()
-    Image.new("RGBA" if alpha else "RGB", (width, height), color).save(out, "PNG")
-    return out.getvalue()
-
-
-async def imagine(
-    fake: FakeDiscord, prompt: str, *, attachments: dict[str, dict] | None = None, **options: str | int
-) -> dict[str, Any]:
-    """Dispatch `/imagine prompt:... <options>` as the default member."""
-    typed = [{"name": "prompt", "type": 3, "value": prompt}] + [
-        {"name": name, "type": 4 if isinstance(value, int) else 3, "value": value}
-        for name, value in options.items()
-    ]
-    return await fake.send_interaction(name="imagine", options=typed, attachments=attachments)
-
-
-async def until(fake: FakeDiscord, found: Callable[[RestCall], bool], within: float = 30) -> RestCall:
-    """The first recorded call for which `found` is true, waiting for it."""
-    async with asyncio.timeout(within):
-        while True:
-            hits = [c for c in fake.calls if found(c)]
-            if hits:
-                return hits[0]
-            await asyncio.sleep(0.02)
-
-
-def content(call: RestCall) -> str:
-    body = call.json if isinstance(call.json, dict) else {}
-    return str(body.get("content") or "").replace("\\", "")  # without markdown escapes
-
-
-def final_result(call: RestCall) -> bool:
-    """The image with its summary, not a progress update carrying a preview: only the result names a request id."""
-    return bool(call.files) and "request id" in content(call)
-
-
-def original_edits(fake: FakeDiscord, ix: dict[str, Any]) -> list[RestCall]:
-    return fake.calls_matching("PATCH", rf"/webhooks/{fake.application_id}/{ix['token']}/messages/@original")
-
-
-def decoded(call: RestCall) -> Image.Image:
-    [(_, _, data)] = call.files
-    return Image.open(io.BytesIO(data))
-
-
 async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "a lighthouse at dawn", size="1536x1024", quality="low")
-    final = await until(fake, lambda c: c.method == "PATCH" and bool(c.files) and "request id" in content(c))
+    final = await first_call(
+        fake, lambda c: c.method == "PATCH" and bool(c.files) and "request id" in content(c)
+    )
     rows = await bot.settled(1)
 
     [callback] = fake.calls_matching("POST", rf"/interactions/{ix['id']}/{ix['token']}/callback")
@@ -160,7 +101,7 @@ async def test_edit_with_two_references_and_a_mask(discord: Any) -> None:
     assert len(fake.cdn_requests) == 3 and all(
         r.status == 200 and r.query.get("hm") for r in fake.cdn_requests
     )
-    final = await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    final = await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     assert "Editing" in content(original_edits(fake, ix)[0]) and decoded(final).size == (1024, 1024)
 
 
@@ -168,7 +109,7 @@ async def test_oversize_image_is_re_encoded_before_upload_and_again_on_413(tmp_p
     # The interaction says 60 kB (and so does the upload check); the guild's boost tier says 10 MiB.
     async with discord_bot(tmp_path, fake_kwargs={"filesize_limit_override": 60_000}) as (fake, bot):
         ix = await imagine(fake, "a detailed map", size="1024x1024", quality="low", format="png")
-        final = await until(
+        final = await first_call(
             fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200
         )
         assert "re-encoded as JPEG" in content(final)
@@ -182,7 +123,7 @@ async def test_oversize_image_is_re_encoded_before_upload_and_again_on_413(tmp_p
             referenced_message=fake.messages[fake.channel_id][0],
         )
         channel = rf"/channels/{fake.channel_id}/messages"
-        posted = await until(
+        posted = await first_call(
             fake, lambda c: c.method == "POST" and c.path == channel and final_result(c) and c.status == 200
         )
         # Discord said 413 (to a preview, or to the image): the image was fitted under what it refused.
@@ -201,12 +142,12 @@ async def test_past_the_interaction_token_the_job_finishes_in_the_channel(
         if expiry == "token age":
             bot.adapters["discord"].token_lifetime = 0.3
         ix = await imagine(fake, "a slow render", quality="low")
-        await until(fake, lambda c: c in original_edits(fake, ix))
+        await first_call(fake, lambda c: c in original_edits(fake, ix))
         original = fake.messages[fake.channel_id][0]
         if expiry == "token rejected":
             fake.expire_interaction_tokens()
         channel = rf"/channels/{fake.channel_id}/messages"
-        final = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
+        final = await first_call(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
         assert final.status == 200 and str(final.json["message_reference"]["message_id"]) == original["id"]
         assert f"<@{fake.user_id}>" in content(final) and final.json["allowed_mentions"]["parse"] == []
         assert decoded(final).size == (1024, 1024)
@@ -221,7 +162,7 @@ async def test_past_the_interaction_token_the_job_finishes_in_the_channel(
 async def test_reply_to_an_image_edits_it(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "a red square", size="1024x1024", quality="low", format="png")
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     image_message = fake.messages[fake.channel_id][0]
 
@@ -237,7 +178,7 @@ async def test_reply_to_an_image_edits_it(discord: Any) -> None:
         attachments=[ref],
     )
     channel = rf"/channels/{fake.channel_id}/messages"
-    final = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
+    final = await first_call(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
     rows = await bot.settled(2)
     edit = bot.server.calls[-1]
     assert len(bot.server.calls) == 2
@@ -267,7 +208,7 @@ async def test_provider_failure_says_so_with_the_request_id_and_charges_nothing(
     bot.server.push_faults("500*")
     ix = await imagine(fake, "a storm", quality="low")
     [row] = await bot.settled(1)
-    failure = await until(
+    failure = await first_call(
         fake, lambda c: c in original_edits(fake, ix) and "Nothing was charged" in content(c)
     )
     assert "HTTP 500" in content(failure) and json.loads(row["request_ids"])[-1] in content(failure)
@@ -296,7 +237,7 @@ async def test_admin_commands_are_hidden_refused_to_members_and_allowed_to_manag
 async def test_everyone_in_a_prompt_pings_nobody(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "hello @everyone and <@&123> **loud**", quality="low")
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     echoed = [c for c in fake.calls if "@everyone" in content(c)]
     assert len(echoed) >= 2 and all(c.json["allowed_mentions"]["parse"] == [] for c in echoed)
@@ -307,7 +248,7 @@ async def test_cancel_button_works_only_for_the_requester(discord: Any) -> None:
     fake, bot = discord
     bot.server.latency = 5
     ix = await imagine(fake, "a slow one", quality="low")
-    first = await until(fake, lambda c: c in original_edits(fake, ix))
+    first = await first_call(fake, lambda c: c in original_edits(fake, ix))
     button = first.json["components"][0]["components"][0]
     message = fake.messages[fake.channel_id][0]
     other = fake.user_id + 1
@@ -323,7 +264,7 @@ async def test_cancel_button_works_only_for_the_requester(discord: Any) -> None:
     )
     [rows, cancelled] = await asyncio.gather(
         bot.settled(1),
-        until(
+        first_call(
             fake, lambda c: c in original_edits(fake, ix) and content(c).startswith("> a slow one\nCancelled")
         ),
     )
@@ -341,7 +282,7 @@ async def test_edit_image_message_command_asks_for_the_instruction(discord: Any)
     await fake.wait_for("POST", r"/interactions/\d+/[^/]+/callback")
     assert fake.modals[-1]["title"] == "Edit image"
     submit = await fake.send_interaction(type=5, modal_values={"Instruction": "give it a hat --quality low"})
-    final = await until(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
+    final = await first_call(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
     [row] = await bot.settled(1)
     call = bot.server.calls[-1]
     assert call.endpoint == "edits" and call.images == 1 and call.prompt == "give it a hat"
@@ -351,7 +292,7 @@ async def test_edit_image_message_command_asks_for_the_instruction(discord: Any)
 async def test_usage_report_with_chart_quota_privately_and_size_suggestions(discord: Any) -> None:
     fake, bot = discord
     ix = await imagine(fake, "one", quality="low")
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     usage = await fake.send_interaction(
         name="imagine-usage", options=[{"name": "days", "type": 4, "value": 7}]
@@ -394,12 +335,3 @@ async def test_interrupted_job_is_told_in_the_channel(discord: Any) -> None:
     assert "interrupted" in content(told) and "nothing was charged" in content(told)
     assert str(told.json["message_reference"]["message_id"]) == anchor["id"]
     assert told.json["allowed_mentions"]["parse"] == []
-
-
-def buttons(call: Any) -> list[dict[str, Any]]:
-    """The buttons on a message as sent (every row)."""
-    return [c for row in call.json.get("components") or [] for c in row.get("components", [])]
-
-
-def cancel_buttons(call: Any) -> list[dict[str, Any]]:
-    return [c for c in buttons(call) if str(c.get("custom_id", "")).startswith("imagebot:cancel:")]

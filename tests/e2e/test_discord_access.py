@@ -5,9 +5,7 @@ costs nothing and calls no image API."""
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +13,29 @@ import aiohttp
 
 from bot.store import settings
 from tests.e2e.harness import RunningBot
-from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, content, png, until
-from tests.e2e.test_discord_actions import bot_on, callback, finished, private_words, response_of_gone
-from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
+from tests.fakes.discord import FakeDiscord
+from tests.support.discord import (
+    ADMIN,
+    ARTIST,
+    ARTISTS,
+    EPHEMERAL,
+    MANAGE_GUILD,
+    OTHER,
+    admin,
+    callback,
+    content,
+    finished,
+    first_call,
+    guild,
+    private_answer,
+    refused,
+)
+from tests.support.images import png
 
-ADMIN = 1100000000000000098  # a member with Manage Server
-OTHER = 1100000000000000099  # a member without any role
-ARTIST = 1100000000000000097  # a member of the artists role
-ARTISTS = 1100000000000000096  # a role
 VERBS = ["quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"]
-# Discord's option types: the typed targets travel as snowflakes, resolved in `data.resolved`.
-TYPES = {"user": 6, "channel": 7, "role": 8, "everyone": 5, "days": 4}
 
 
 # -- helpers -------------------------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def guild(
-    tmp_path: Path, setup: Callable[[FakeDiscord], None] | None = None, **env: str
-) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
-    """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot;
-    `setup` adds to the guild before the bot connects."""
-    fake = FakeDiscord()
-    if setup is not None:
-        setup(fake)
-    fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
-    fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
-    fake.add_member(ARTIST, roles=[ARTISTS])
-    fake.add_member(OTHER)
-    await fake.start()
-    try:
-        async with bot_on(fake, tmp_path, IMAGEBOT_CONFIRM_USD="off", **env) as bot:
-            yield fake, bot
-    finally:
-        await fake.stop()
-        reset_discord_endpoints()
-    assert not fake.errors, fake.errors
 
 
 async def imagine(
@@ -73,36 +57,6 @@ async def image_message(
     return await finished(fake, bot, ix, rows)
 
 
-async def admin(fake: FakeDiscord, verb: str, *, by: int = ADMIN, **options: Any) -> str:
-    """`/imagine-admin <verb>` with typed options, by `by`: what only they see (answered within the ack)."""
-    typed = [
-        {
-            "name": name,
-            "type": TYPES.get(name, 3),
-            "value": str(value) if TYPES.get(name) in (6, 7, 8) else value,
-        }
-        for name, value in options.items()
-    ]
-    ix = await fake.send_interaction(
-        name="imagine-admin", options=[{"type": 1, "name": verb, "options": typed}], user_id=by
-    )
-    return await private_answer(fake, ix)
-
-
-async def private_answer(fake: FakeDiscord, ix: dict[str, Any]) -> str:
-    """What interaction `ix` told its user alone: in its callback (a refusal that is the answer), or in an
-    ephemeral follow-up after a private or public "thinking"."""
-    answered = await until(
-        fake, lambda c: c.method == "POST" and c.path.startswith(f"/interactions/{ix['id']}/")
-    )
-    assert answered.status == 200
-    if answered.json["type"] == 4:
-        assert answered.json["data"]["flags"] & EPHEMERAL
-        return str(answered.json["data"]["content"]).replace("\\", "")
-    told = await private_words(fake, ix)
-    return content(told)
-
-
 async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
     return [
         *await bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
@@ -110,16 +64,6 @@ async def settings_stored(bot: RunningBot) -> list[tuple[Any, ...]]:
             "SELECT name, value FROM tenant_settings WHERE tenant != ?", [settings.SYSTEM]
         ),
     ]
-
-
-async def refused(fake: FakeDiscord, bot: RunningBot, ix: dict[str, Any], words: str, rows: int) -> str:
-    """`ix` was refused privately with `words`, left nothing public, called no image API and wrote no row
-    beyond the `rows` there were."""
-    said = await private_answer(fake, ix)
-    assert words in said, said
-    assert response_of_gone(fake, ix)
-    assert len(bot.server.calls) == rows and len(await bot.ledger()) == rows
-    return said
 
 
 # -- the command ---------------------------------------------------------------------------------------------
@@ -198,37 +142,6 @@ async def test_dashboard_answers_the_admin_alone_with_a_link_that_signs_in(tmp_p
             assert page.status == 200 and f"discord:{fake.guild_id}" in await page.text()
 
 
-# -- the place -----------------------------------------------------------------------------------------------
-
-
-async def test_a_channel_turned_off_refuses_imagine_privately_at_no_cost(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(fake, "channel", channel=fake.channel_id, settings="off")
-        assert f"Channel <#{fake.channel_id}> set: off" in said
-        for user in (fake.user_id, ADMIN):  # admins too: the place is off for everyone
-            ix = await imagine(fake, "a lighthouse", quality="low", user_id=user)
-            await refused(fake, bot, ix, "turned off in this channel", rows=0)
-
-        assert "set: on" in await admin(fake, "channel", channel=fake.channel_id, settings="on")
-        await image_message(fake, bot, "back on")
-
-
-async def test_a_channel_ceiling_refuses_a_larger_size_naming_the_ceiling(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(
-            fake, "channel", channel=fake.channel_id, settings="max_size=2k max_quality=medium"
-        )
-        assert "max_size=2048x2048" in said and "max_quality=medium" in said
-        ix = await imagine(fake, "a wide valley", size="4k", quality="low")
-        said = await refused(fake, bot, ix, "above this channel's ceiling max_size=2k", rows=0)
-        assert "--size 3840x2160" in said and "Nothing was charged" in said
-        ix = await imagine(fake, "a wide valley", size="1k", quality="high")
-        await refused(fake, bot, ix, "max_quality=medium", rows=0)
-
-        await image_message(fake, bot, "a small valley", size="1024x1024")  # within both: renders
-        assert (bot.server.calls[0].size, bot.server.calls[0].quality) == ("1024x1024", "low")
-
-
 # -- the person ----------------------------------------------------------------------------------------------
 
 
@@ -248,7 +161,7 @@ async def test_a_blocked_user_is_refused_on_every_path_and_it_costs_nothing(tmp_
         reply = await fake.send_message(
             content="make it blue --quality low", referenced_message=message, mentions_bot=True
         )
-        told = await until(
+        told = await first_call(
             fake,
             lambda c: (
                 c.method == "POST" and c.path.startswith("/channels/") and "You are blocked" in content(c)
@@ -333,24 +246,9 @@ async def test_roles_that_cannot_be_read_fail_closed(tmp_path: Path) -> None:
             with_member=False,
         )
         words = "Access cannot be checked right now; nothing was charged"
-        await until(fake, lambda c: c.method == "POST" and words in content(c))
+        await first_call(fake, lambda c: c.method == "POST" and words in content(c))
         assert [words in m["content"] for m in fake.dm_messages(ARTIST)] == [True]
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
-
-
-# -- the pace ------------------------------------------------------------------------------------------------
-
-
-async def test_a_cooldown_set_in_settings_refuses_the_next_job_with_the_wait(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(fake, "settings", text="cooldown=60")
-        assert "cooldown: 60 s between one user's jobs" in said
-        assert "cooldown: 60 s" in await admin(fake, "settings")  # no text: only shows
-        await image_message(fake, bot, "first")
-        ix = await imagine(fake, "second", quality="low")
-        said = await refused(fake, bot, ix, "You can start your next job in", rows=1)
-        assert "every 60 s (cooldown)" in said and "Nothing was charged" in said
-        await image_message(fake, bot, "someone else's", rows=2, user_id=OTHER)  # per user
 
 
 async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself(tmp_path: Path) -> None:
@@ -363,7 +261,7 @@ async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself
             content="make it blue --quality low", referenced_message=message, mentions_bot=True
         )
         channel = f"/channels/{fake.channel_id}/messages"
-        told = await until(
+        told = await first_call(
             fake, lambda c: c.method == "POST" and c.path == channel and "You are blocked" in content(c)
         )
         assert told.status == 200 and str(told.json["message_reference"]["message_id"]) == reply["id"]
@@ -373,6 +271,6 @@ async def test_a_reply_path_refusal_to_closed_dms_is_a_reply_that_deletes_itself
         assert refused_dm.at < told.at  # the DM was tried first, and Discord said 50007
         posted = [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
         [gone] = posted
-        await until(fake, lambda c: c.method == "DELETE" and c.path == f"{channel}/{gone['id']}")
+        await first_call(fake, lambda c: c.method == "DELETE" and c.path == f"{channel}/{gone['id']}")
         assert not [m for m in fake.messages[fake.channel_id] if "You are blocked" in m["content"]]
         assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1

@@ -4,97 +4,43 @@ are persistent custom ids, a click is the clicker's own job, and an expensive re
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import re
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from adapters.discord import DiscordAdapter
 from bot import texts
-from tests.e2e.harness import RunningBot, running_bot
-from tests.e2e.test_discord import (
+from tests.e2e.harness import RunningBot
+from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
+from tests.support.discord import (
+    ADMIN,
     EPHEMERAL,
     MANAGE_GUILD,
+    NO_CHECK,
+    OTHER,
+    bot_on,
+    callback,
     content,
     decoded,
     discord_bot,
     final_result,
+    finished,
+    first_call,
+    image_message,
     imagine,
     original_edits,
-    until,
+    private_words,
+    response_of,
+    response_of_gone,
 )
-from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
-
-OTHER = 1100000000000000099  # a second member of the guild
-ADMIN = 1100000000000000098  # a member with Manage Server
-NO_CHECK = {"IMAGEBOT_CONFIRM_USD": "off"}
-
 
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def bot_on(fake: FakeDiscord, tmp_path: Path, **env: str) -> AsyncIterator[RunningBot]:
-    """The bot against an already running fake Discord (so a second one can follow it: a restart), once it is
-    connected: its start-up, a command sync included (only when the commands changed), is over."""
-    async with running_bot(
-        tmp_path, {"DISCORD_TOKEN": fake.token, "DISCORD_API_URL": fake.api_url, **env}
-    ) as bot:
-        adapter: DiscordAdapter = bot.adapters["discord"]
-        async with asyncio.timeout(10):
-            while not (adapter.connected and fake.identified_sessions == 1):
-                await asyncio.sleep(0.02)
-        adapter.edit_interval, adapter.preview_interval = 0.05, 0.1
-        yield bot
-
-
-def response_of(fake: FakeDiscord, ix: dict[str, Any]) -> dict[str, Any]:
-    """The public message that answers interaction `ix` (its "thinking" message, then its job's)."""
-    [message] = [
-        m
-        for messages in fake.messages.values()
-        for m in messages
-        if (m.get("interaction_metadata") or {}).get("id") == ix["id"] and not m["flags"] & EPHEMERAL
-    ]
-    return message
-
-
-async def finished(fake: FakeDiscord, bot: RunningBot, ix: dict[str, Any], rows: int) -> dict[str, Any]:
-    """Wait for `ix`'s job to deliver (its response edited into the image and buttons, `rows` ledger rows
-    settled in all); return the message that carries the image."""
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200)
-    await bot.settled(rows)
-    return response_of(fake, ix)
-
-
-async def image_message(
-    fake: FakeDiscord, bot: RunningBot, prompt: str = "a lighthouse", rows: int = 1, **options: str | int
-) -> dict[str, Any]:
-    """/imagine (low quality, 1536x1024 unless told) as the default member; the message with the image."""
-    ix = await imagine(fake, prompt, **{"size": "1536x1024", "quality": "low", **options})
-    return await finished(fake, bot, ix, rows)
-
-
 def labels(message: dict[str, Any]) -> list[str]:
     return [b["label"] for b in FakeDiscord.buttons(message)]
-
-
-async def private_words(fake: FakeDiscord, ix: dict[str, Any]) -> RestCall:
-    """The ephemeral follow-up that tells the clicker (and only them) something."""
-    calls = await fake.wait_for("POST", rf"/webhooks/{fake.application_id}/{ix['token']}")
-    [told] = [c for c in calls if c.status == 200]
-    assert told.json["flags"] & EPHEMERAL
-    return told
-
-
-def callback(fake: FakeDiscord, ix: dict[str, Any]) -> RestCall:
-    [answer] = fake.calls_matching("POST", rf"/interactions/{ix['id']}/[^/]+/callback")
-    return answer
 
 
 async def backdate(bot: RunningBot, table: str, by: timedelta) -> None:
@@ -202,7 +148,7 @@ async def test_upscale_renders_the_largest_size_at_high_quality_and_not_beyond(t
     async with discord_bot(tmp_path, **NO_CHECK) as (fake, bot):
         message = await image_message(fake, bot, "a wide valley")
         press = await fake.press_button(message, "Upscale")
-        final = await until(
+        final = await first_call(
             fake, lambda c: c in original_edits(fake, press) and final_result(c) and c.status == 200
         )
         await bot.settled(2)
@@ -261,10 +207,10 @@ async def test_past_the_token_the_channel_reply_carries_the_buttons_and_they_wor
     async with discord_bot(tmp_path, **NO_CHECK) as (fake, bot):
         bot.server.latency = 1.0
         ix = await imagine(fake, "a slow render", size="1536x1024", quality="low")
-        await until(fake, lambda c: c in original_edits(fake, ix))
+        await first_call(fake, lambda c: c in original_edits(fake, ix))
         fake.expire_interaction_tokens()
         channel = rf"/channels/{fake.channel_id}/messages"
-        posted = await until(
+        posted = await first_call(
             fake, lambda c: c.method == "POST" and c.path == channel and final_result(c) and c.status == 200
         )
         await bot.settled(1)
@@ -297,16 +243,6 @@ async def test_a_click_is_the_clickers_job_under_their_own_quota(tmp_path: Path)
         assert "daily images" in content(refused)
         assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
         assert response_of_gone(fake, press)
-
-
-def response_of_gone(fake: FakeDiscord, ix: dict[str, Any]) -> bool:
-    """The public "thinking" message of a refused click is gone: only the clicker saw why."""
-    return not [
-        m
-        for messages in fake.messages.values()
-        for m in messages
-        if (m.get("interaction_metadata") or {}).get("id") == ix["id"] and not m["flags"] & EPHEMERAL
-    ]
 
 
 async def test_buttons_work_after_a_restart_without_resending_anything(tmp_path: Path) -> None:
@@ -406,7 +342,7 @@ async def test_a_cheap_render_does_not_ask_and_a_reply_to_edit_asks_in_a_reply(t
             content="make it glow --quality high", referenced_message=image, mentions_bot=True
         )
         channel = rf"/channels/{fake.channel_id}/messages"
-        asked = await until(fake, lambda c: c.method == "POST" and c.path == channel and c.status == 200)
+        asked = await first_call(fake, lambda c: c.method == "POST" and c.path == channel and c.status == 200)
         assert str(asked.json["message_reference"]["message_id"]) == reply["id"]
         question = fake.messages[fake.channel_id][-1]
         assert labels(question) == ["Render", "Cancel"] and len(bot.server.calls) == 1
@@ -483,7 +419,7 @@ async def test_delete_of_one_of_several_images_removes_that_image_only(tmp_path:
         assert after is not None and [a["id"] for a in after["attachments"]] == [ids[0], ids[2], ids[3]]
         calls = len(bot.server.calls)
         press = await fake.press_button(after, "Vary 3")
-        await until(fake, lambda c: len(bot.server.calls) > calls)
+        await first_call(fake, lambda c: len(bot.server.calls) > calls)
         assert bot.server.calls[-1].endpoint == "edits" and bot.server.calls[-1].images == 1
 
 

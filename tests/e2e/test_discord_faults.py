@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import FAULT_MATRIX, expected_charge
-from tests.e2e.test_discord import cancel_buttons, content, discord_bot, imagine, original_edits, until
+from tests.support.discord import cancel_buttons, content, discord_bot, first_call, imagine, original_edits
 
 
 @pytest.fixture
@@ -38,7 +38,9 @@ async def test_fault(fault: str, discord: Any) -> None:
     expected = expected_charge(row, charge)
     assert row["actual_micros"] == expected
     ids = json.loads(row["request_ids"])
-    final = await until(fake, lambda c: c in original_edits(fake, ix) and ids[-1] in content(c), within=15)
+    final = await first_call(
+        fake, lambda c: c in original_edits(fake, ix) and ids[-1] in content(c), within=15
+    )
     assert words in content(final)
     assert not cancel_buttons(final)  # no Cancel button left: the progress is over
     assert ("Nothing was charged" in content(final)) == (status != "delivered" and charge == "zero")

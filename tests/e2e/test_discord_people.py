@@ -8,9 +8,17 @@ from pathlib import Path
 from typing import Any
 
 from bot.model.pricing import format_usd
-from tests.e2e.test_discord import EPHEMERAL, MANAGE_GUILD, discord_bot, imagine
-from tests.e2e.test_discord_actions import NO_CHECK, OTHER, finished, image_message
 from tests.fakes.discord import FakeDiscord
+from tests.support.discord import (
+    EPHEMERAL,
+    MANAGE_GUILD,
+    NO_CHECK,
+    OTHER,
+    discord_bot,
+    finished,
+    image_message,
+    imagine,
+)
 
 ADMIN = 1100000000000000098
 

@@ -19,8 +19,8 @@ from adapters.discord import DiscordAdapter
 from bot.config import Settings
 from bot.errors import ConfigError
 from tests.e2e.harness import RunningBot, running_bot
-from tests.e2e.test_discord import discord_bot, final_result, imagine, until
 from tests.fakes.discord import FakeDiscord, reset_discord_endpoints, shard_of
+from tests.support.discord import discord_bot, final_result, first_call, imagine
 
 ROOT = Path(__file__).resolve().parents[2]
 GUILD = 1100000000000000002  # the fake's guild: on shard 1 of 2
@@ -37,7 +37,9 @@ def client_of(bot: RunningBot) -> discord.Client:
 async def rendered(fake: FakeDiscord, prompt: str) -> dict[str, Any]:
     """/imagine `prompt` in the fake's guild, waiting for its image; the interaction."""
     ix = await imagine(fake, prompt, size="1024x1024", quality="low")
-    await until(fake, lambda c: c.path.endswith(f"/{ix['token']}/messages/@original") and final_result(c))
+    await first_call(
+        fake, lambda c: c.path.endswith(f"/{ix['token']}/messages/@original") and final_result(c)
+    )
     return ix
 
 
@@ -68,7 +70,9 @@ async def test_a_replica_identifies_only_its_shard_and_answers_that_shards_guild
             mentions_bot=True,
         )
         channel = rf"/channels/{fake.channel_id}/messages"
-        edited = await until(fake, lambda c: c.method == "POST" and c.path == channel and final_result(c))
+        edited = await first_call(
+            fake, lambda c: c.method == "POST" and c.path == channel and final_result(c)
+        )
         assert str(edited.json["message_reference"]["message_id"]) == reply["id"]
         rows = await bot.settled(2)
         assert fake.identified_shards == [[0, 2]]

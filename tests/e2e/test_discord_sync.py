@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from adapters.cli import main as cli
-from tests.e2e.test_discord_actions import bot_on
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
+from tests.support.discord import bot_on
 
 
 def puts(fake: FakeDiscord) -> list[RestCall]:

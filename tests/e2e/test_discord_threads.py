@@ -9,10 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.test_discord import until
-from tests.e2e.test_discord_access import admin, guild, refused
-from tests.e2e.test_discord_actions import finished
 from tests.fakes.discord import FakeDiscord
+from tests.support.discord import admin, finished, first_call, guild, refused
 
 THREAD = 1100000000000000201  # a thread under #general, known to the client from GUILD_CREATE
 OTHER_THREAD = 1100000000000000202  # another thread under #general
@@ -70,7 +68,7 @@ async def test_a_thread_and_a_forum_post_follow_their_parents_rules_on_every_pat
                 mentions_bot=True,
                 channel_id=int(image["channel_id"]),
             )
-            await until(fake, lambda c, r=reply: told_by_dm(fake, "turned off in this channel", r))
+            await first_call(fake, lambda c, r=reply: told_by_dm(fake, "turned off in this channel", r))
         assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
         # The client was never told of the post: it asked Discord for its parent, once.
         assert len(fake.calls_matching("GET", rf"/channels/{POST}")) == 1

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from bot.model.pricing import format_usd
-from tests.core.test_ledger import assert_counters_match
 from tests.e2e.harness import RunningBot
-from tests.e2e.test_discord import content, discord_bot, final_result, imagine, original_edits, png, until
 from tests.fakes.discord import FakeDiscord, RestCall
+from tests.support.discord import content, discord_bot, final_result, first_call, imagine, original_edits
+from tests.support.images import png
+from tests.support.ledger import assert_counters_match
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 SHORT = 0.5  # seconds the adapter waits on one Discord call here, so an unanswered one ends quickly
@@ -34,7 +35,7 @@ def channel_posts(fake: FakeDiscord, words: str) -> list[RestCall]:
 async def first_image(fake: FakeDiscord, bot: RunningBot) -> dict[str, Any]:
     """Make one image with /imagine and return the message that carries it."""
     ix = await imagine(fake, "a red square", size="1024x1024", quality="low", format="png")
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     return fake.messages[fake.channel_id][0]
 
@@ -59,7 +60,7 @@ async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was
         assert (rows[1]["status"], rows[1]["actual_micros"]) == ("cancelled", 0)
         assert len(bot.server.calls) == 1  # the edit never reached the image API
         # The reply path has no private reply: the word goes by DM, naming the message it is about.
-        await until(fake, lambda c: "Nothing was charged" in content(c) and c.status == 200, within=10)
+        await first_call(fake, lambda c: "Nothing was charged" in content(c) and c.status == 200, within=10)
         [told] = [m for m in fake.dm_messages(fake.user_id) if "Nothing was charged" in m["content"]]
         assert reply["id"] in told["content"] and not channel_posts(fake, "Nothing was charged")
         await books_balance(tmp_path, bot)
@@ -76,7 +77,7 @@ async def test_one_failed_upload_is_retried_and_the_paid_image_arrives(tmp_path:
         fake.inject_fault("PATCH", ORIGINAL, fault, when=final_result)
         await imagine(fake, "a lighthouse", quality="low")
         [row] = await bot.settled(1)
-        await until(fake, lambda c: final_result(c) and c.status == 200, within=10)
+        await first_call(fake, lambda c: final_result(c) and c.status == 200, within=10)
         rows = await bot.wait_rows(lambda rows: rows[0]["status"] == "delivered")
         assert rows[0]["actual_micros"] > 0 and not [
             c for c in fake.calls if "could not be posted" in content(c)
@@ -93,7 +94,7 @@ async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(
         fake.inject_fault("PATCH", ORIGINAL, fault, times=100, when=final_result)
         ix = await imagine(fake, "a lighthouse", quality="low")
         [row] = await bot.settled(1)
-        told = await until(
+        told = await first_call(
             fake,
             lambda c: (
                 c in original_edits(fake, ix) and c.status == 200 and "could not be posted" in content(c)
@@ -116,7 +117,7 @@ async def test_when_the_response_cannot_be_edited_at_all_the_result_is_told_in_t
         fake.inject_fault("PATCH", ORIGINAL, "drop", times=10, when=lambda c: "request id" in content(c))
         await imagine(fake, "a lighthouse", quality="low")
         [row] = await bot.settled(1)
-        await until(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=10)
+        await first_call(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=10)
         [told] = channel_posts(fake, "could not be posted")
         assert f"<@{fake.user_id}>" in content(told) and json.loads(row["request_ids"])[0] in content(told)
         original = fake.messages[fake.channel_id][0]
@@ -134,7 +135,7 @@ async def test_reply_to_edit_image_that_cannot_be_posted_is_reported_in_the_chan
             content="make it blue --quality low", referenced_message=image_message, mentions_bot=True
         )
         rows = await bot.settled(2)
-        await until(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=15)
+        await first_call(fake, lambda c: bool(channel_posts(fake, "could not be posted")), within=15)
         [told] = channel_posts(fake, "could not be posted")
         rows = await bot.wait_rows(lambda rows: rows[1]["status"] == "undelivered")
         assert json.loads(rows[1]["request_ids"])[0] in content(told)
@@ -152,7 +153,7 @@ async def test_failure_notice_that_cannot_be_edited_in_goes_to_the_channel(tmp_p
         )
         await imagine(fake, "a storm", quality="low")
         [row] = await bot.settled(1)
-        await until(fake, lambda c: bool(channel_posts(fake, "Nothing was charged")), within=10)
+        await first_call(fake, lambda c: bool(channel_posts(fake, "Nothing was charged")), within=10)
         [told] = channel_posts(fake, "Nothing was charged")
         assert "HTTP 500" in content(told) and json.loads(row["request_ids"])[-1] in content(told)
         assert (row["status"], row["actual_micros"]) == ("failed", 0)
@@ -168,7 +169,7 @@ async def test_progress_edit_that_fails_does_not_hold_up_the_image(tmp_path: Pat
         bot.adapters["discord"].post_timeout = SHORT
         fake.inject_fault("PATCH", ORIGINAL, fault, when=lambda c: "Rendering" in content(c))
         ix = await imagine(fake, "a lighthouse", quality="low")
-        final = await until(
+        final = await first_call(
             fake, lambda c: c in original_edits(fake, ix) and final_result(c) and c.status == 200, within=10
         )
         [row] = await bot.settled(1)
@@ -183,7 +184,7 @@ async def test_cancel_button_is_answered_before_the_job_is_cancelled(tmp_path: P
     async with discord_bot(tmp_path) as (fake, bot):
         bot.server.latency = 5
         ix = await imagine(fake, "a slow one", quality="low")
-        first = await until(fake, lambda c: c in original_edits(fake, ix))
+        first = await first_call(fake, lambda c: c in original_edits(fake, ix))
         button = first.json["components"][0]["components"][0]
         # Discord takes its time over the ack: nothing of the cancel may happen before it is answered.
         fake.inject_fault("POST", r"/interactions/\d+/[^/]+/callback", "delay", seconds=0.5)
@@ -194,7 +195,9 @@ async def test_cancel_button_is_answered_before_the_job_is_cancelled(tmp_path: P
             target_message=fake.messages[fake.channel_id][0],
         )
         [ack] = await fake.wait_for("POST", rf"/interactions/{press['id']}/[^/]+/callback")
-        cancelled = await until(fake, lambda c: c in original_edits(fake, ix) and "Cancelled" in content(c))
+        cancelled = await first_call(
+            fake, lambda c: c in original_edits(fake, ix) and "Cancelled" in content(c)
+        )
         assert ack.status == 200 and ack.answered < cancelled.at
         [row] = await bot.settled(1)
         assert row["status"] == "cancelled"
@@ -211,7 +214,7 @@ async def test_edit_image_menu_and_its_form_are_answered_before_anything_else(tm
         submit = await fake.send_interaction(
             type=5, modal_values={"Instruction": "give it a hat --quality low"}
         )
-        await until(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
+        await first_call(fake, lambda c: c in original_edits(fake, submit) and final_result(c))
         [menu_ack] = fake.calls_matching("POST", rf"/interactions/{menu['id']}/[^/]+/callback")
         [submit_ack] = fake.calls_matching("POST", rf"/interactions/{submit['id']}/[^/]+/callback")
         assert menu_ack.json["type"] == 9 and submit_ack.json["type"] == 5  # the form, then "thinking"

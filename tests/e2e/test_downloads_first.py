@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from tests.e2e.harness import RunningBot
-from tests.e2e.test_discord import discord_bot, final_result, imagine, original_edits, until
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.slack import FakeSlack
+from tests.support.discord import discord_bot, final_result, first_call, imagine, original_edits
 
 
 @pytest.fixture
@@ -66,7 +66,7 @@ async def test_discord_counts_a_replys_files_before_downloading_any(
 ) -> None:
     fake, bot = on_discord
     ix = await imagine(fake, "a red square", size="1024x1024", quality="low", format="png")
-    await until(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
+    await first_call(fake, lambda c: c in original_edits(fake, ix) and final_result(c))
     await bot.settled(1)
     image_message = fake.messages[fake.channel_id][0]
     before = len(fake.cdn_requests)
@@ -77,7 +77,9 @@ async def test_discord_counts_a_replys_files_before_downloading_any(
         content="fuse them", referenced_message=image_message, mentions_bot=True, attachments=files
     )
     # The reply path has no private reply: the refusal goes by DM, naming the message it is about.
-    await until(fake, lambda c: any("images given" in m["content"] for m in fake.dm_messages(fake.user_id)))
+    await first_call(
+        fake, lambda c: any("images given" in m["content"] for m in fake.dm_messages(fake.user_id))
+    )
     [told] = [m for m in fake.dm_messages(fake.user_id) if "images given" in m["content"]]
     assert reply["id"] in told["content"]
     assert "13 images given; at most 5" in told["content"]  # the image replied to, and 12 more

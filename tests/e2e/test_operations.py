@@ -22,12 +22,7 @@ import pytest
 from bot.store import schema as store
 from tests.e2e.harness import free_port, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
-
-SECRETS = {
-    "bot": "xoxb-SECRET-bot-token-4242",
-    "signing": "SECRET-signing-secret-4242",
-    "openai": "sk-SECRET-openai-key-4242",
-}
+from tests.support.processes import SECRETS, BotProcess
 
 
 @pytest.fixture
@@ -36,105 +31,6 @@ async def slack() -> AsyncIterator[FakeSlack]:
     await fake.start()
     yield fake
     await fake.stop()
-
-
-class BotProcess:
-    def __init__(self, tmp: Path, slack: FakeSlack, **env: str) -> None:
-        self.port = free_port()
-        self.db = tmp / "imagebot.sqlite3"
-        self.log = tmp / f"bot-{self.port}.log"
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))
-        }
-        self.env.update(
-            {
-                "SLACK_BOT_TOKEN": slack.bot_token,
-                "SLACK_SIGNING_SECRET": slack.signing_secret,
-                "SLACK_API_URL": slack.api_url,
-                "OPENAI_API_KEY": SECRETS["openai"],
-                "IMAGEBOT_OFFLINE": "1",
-                "IMAGEBOT_DB": str(self.db),
-                "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-                "IMAGEBOT_HTTP_PORT": str(self.port),
-                "IMAGEBOT_PROGRESS_INTERVAL": "0.2",
-                "IMAGEBOT_LOG_LEVEL": "INFO",
-                **env,
-            }
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self, *, ready: bool = True) -> None:
-        """Start `imagebot run`; with `ready`, wait until /readyz answers 200."""
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "adapters.cli", "run"],
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.log, "ab"),
-        )
-        if ready:
-            await self.until(lambda status, _: status == 200, "/readyz")
-
-    async def get(self, path: str) -> tuple[int, dict]:
-        """(status, JSON body) of GET `path`; (0, {}) while nothing answers."""
-        try:
-            async with aiohttp.ClientSession() as session:
-                async with session.get(
-                    f"{self.url}{path}", timeout=aiohttp.ClientTimeout(total=5)
-                ) as response:
-                    body = await response.json(content_type=None) if response.status != 404 else {}
-                    return response.status, body
-        except (aiohttp.ClientError, TimeoutError):
-            return 0, {}
-
-    async def until(self, predicate, path: str = "/readyz", timeout: float = 20) -> tuple[int, dict]:  # type: ignore[no-untyped-def]
-        """Poll `path` until predicate(status, body); fail if the process ends first."""
-        assert self.proc is not None
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            status, body = await self.get(path)
-            if predicate(status, body):
-                return status, body
-            assert self.proc.poll() is None, self.log.read_text()
-            assert asyncio.get_running_loop().time() < deadline, (path, status, body, self.log.read_text())
-            await asyncio.sleep(0.05)
-
-    async def exited(self, timeout: float) -> int | None:
-        """The exit status within `timeout` seconds, or None if it is still running."""
-        assert self.proc is not None
-        try:
-            return await asyncio.to_thread(self.proc.wait, timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def log_lines(self) -> list[str]:
-        return [line for line in self.log.read_text().splitlines() if line.strip()]
-
-    def rows(self) -> list[dict]:
-        conn = sqlite3.connect(self.db)
-        conn.row_factory = sqlite3.Row
-        try:
-            return [dict(r) for r in conn.execute("SELECT * FROM ledger ORDER BY id")]
-        finally:
-            conn.close()
-
-    async def wait_rows(self, predicate, timeout: float = 20) -> list[dict]:  # type: ignore[no-untyped-def]
-        for _ in range(int(timeout / 0.05)):
-            rows = self.rows()
-            if predicate(rows):
-                return rows
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"ledger never matched: {self.rows()}")
-
-    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        """Signal the bot and wait off the loop (the fakes it talks to live on this loop)."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.to_thread(self.proc.wait, timeout)
 
 
 @pytest.mark.parametrize("database", ["fresh", "older schema"])

@@ -13,12 +13,13 @@ from bot.app import Core
 from bot.config import Settings
 from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from bot.offline import OfflineImageServer
-from tests.core.test_access import View
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_cli import environment
-from tests.e2e.test_cli import start as start_cli
-from tests.e2e.test_slack_actions import job_messages, until
 from tests.fakes.slack import FakeSlack
+from tests.support.core import AccessView as View
+from tests.support.processes import environment
+from tests.support.processes import start as start_cli
+from tests.support.slack import a_later_relax_job_delivered, job_messages
+from tests.support.waits import until
 
 RELAX_ENV = {
     "IMAGEBOT_BATCH_WINDOW": "0.3",
@@ -96,9 +97,10 @@ async def test_a_bot_restarted_while_its_batch_runs_delivers_once(slack: FakeSla
             await until(lambda: uploads_in(slack, job["ts"]), timeout=20)
             rows = await ledger(second)
             assert [(r["status"], r["mode"]) for r in rows] == [("delivered", "relax")]
-            await asyncio.sleep(0.5)  # a few more polls: still one delivery
+            await a_later_relax_job_delivered(slack, second)  # more polls: still one delivery
         assert len(uploads_in(slack, job["ts"])) == 1
-        assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 1
+        # One batch for the job (never sent again after the restart), one for the marker.
+        assert sum(1 for m, p in openai.batch_calls if (m, p) == ("POST", "/v1/batches")) == 2
     finally:
         await openai.stop()
 

@@ -13,9 +13,9 @@ import pytest
 
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.e2e.test_operations import BotProcess
-from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
+from tests.support.processes import BotProcess
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -69,7 +69,10 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
             )
         )
         await until(lambda: len(rows()) == 3 and all(r["status"] == "delivered" for r in rows()), timeout=30)
-        await asyncio.sleep(0.5)
+        # Every command has had its answer: 3 images, and 7 private refusals naming the daily limit.
+        await until(
+            lambda: len([e for e in slack.ephemerals if "daily images" in e["text"]]) == 7, timeout=30
+        )
         # Which replica won each of the 3 places is a race (both answered 5 commands); the rest of the test
         # has each serve a job for certain.
         assert len(openai.calls) == 3 and len(rows()) == 3
@@ -83,8 +86,13 @@ async def test_two_replicas_share_quota_dedupe_and_recover_each_other(
         assert status == 200
         await until(lambda: len([r for r in rows() if r["user"] == "U2"]) == 1, timeout=30)
         await until(lambda: all(r["status"] == "delivered" for r in rows()), timeout=30)
-        await asyncio.sleep(0.5)
-        assert len([r for r in rows() if r["user"] == "U2"]) == 1 and len(openai.calls) == 4
+        # A later event to the replica that got the retry, rendered to the end: it has handled the retry too.
+        marker = slack.message_event(text="a marker --quality low", mention=True, user="U4")
+        assert (await slack.send_event(f"{b.url}/slack/events", marker, event_id="EvM"))[0] == 200
+        await until(
+            lambda: [r for r in rows() if r["user"] == "U4" and r["status"] == "delivered"], timeout=30
+        )
+        assert len([r for r in rows() if r["user"] == "U2"]) == 1 and len(openai.calls) == 5  # 4 + the marker
 
         # kill -9 of one replica mid-render: the other recovers its job once the lease expires, and says so.
         openai.latency = 60

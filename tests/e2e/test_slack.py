@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ async def test_imagine_posts_progress_then_uploads_image_into_the_thread(
     assert post.args["channel"] == "C1"
     [upload] = await slack.wait_for("files.completeUploadExternal")
     rows = await bot.settled(1)
+    await bot.idle()  # the job's work is over: its message ends with the done line
     [uploaded] = slack.uploaded
     image = Image.open(io.BytesIO(uploaded.bytes))
     assert image.size == (1536, 1024) and image.format == "JPEG"
@@ -85,7 +85,7 @@ async def test_bad_signature_is_rejected_and_nothing_happens(slack: FakeSlack, b
         bot.events_url, text="a cat", timestamp=int(time.time()) - 600
     )
     assert stale == 401
-    await asyncio.sleep(0.3)
+    await bot.idle()  # nothing was set off; whatever had been has ended
     assert not slack.calls_to("chat.postMessage") and bot.server.calls == []
 
 
@@ -148,7 +148,7 @@ async def test_duplicate_and_retried_events_start_one_job(slack: FakeSlack, bot:
     twin = slack.message_event(text="now green --quality low", thread_ts=thread, ts=event["ts"], mention=True)
     await slack.send_event(bot.events_url, twin, event_id="Ev2")
     await bot.settled(2)
-    await asyncio.sleep(0.3)
+    await bot.idle()  # every copy of the event has been handled to its end
     assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
 
 
@@ -176,7 +176,7 @@ async def test_cancel_button_only_for_the_requester(slack: FakeSlack, bot: Runni
     bot.server.latency = 5
     await slack.send_slash_command(bot.events_url, text="slow one --quality low")
     [post] = await slack.wait_for("chat.postMessage")
-    await asyncio.sleep(0.3)
+    await bot.wait_rows(lambda rows: rows[0]["status"] == "running")  # the job is under way: cancellable
     msg = slack.messages["C1"][0]
     job_id = msg["blocks"][-1]["elements"][0]["value"]
     await slack.send_block_action(

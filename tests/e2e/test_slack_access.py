@@ -5,7 +5,6 @@ Slack; every refusal is private, costs nothing and calls no image API. Then the 
 from __future__ import annotations
 
 import asyncio
-import html
 import logging
 import re
 import time
@@ -19,11 +18,10 @@ from adapters.manifests import slack_manifest
 from bot.model.pricing import format_usd
 from bot.policy import quota
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_slack_actions import until
 from tests.fakes.slack import FakeSlack
-
-ADMIN = "U9"  # a workspace admin (users.info is_admin): a tenant admin of the fake's workspace
-GENERAL = "<#C1|general>"  # how Slack sends a channel picked from the autocomplete (should_escape)
+from tests.support.slack import ADMIN, GENERAL, admin, private_to, refused, told
+from tests.support.slack import imagine_row as imagine
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -32,59 +30,6 @@ async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
     slack.admins.add(ADMIN)
     async with running_bot(tmp_path, slack_env(slack), latency=0.05) as running:
         yield running
-
-
-def private_to(slack: FakeSlack, user: str) -> list[dict[str, Any]]:
-    """What only `user` saw (response_url replies and chat.postEphemeral), oldest first."""
-    return [e for e in slack.ephemerals if e["user"] == user and not e.get("deleted")]
-
-
-async def told(slack: FakeSlack, user: str, before: int) -> dict[str, Any]:
-    """The one private message `user` got after they had `before` of them; its text as a person reads it."""
-    [new] = await until(lambda: private_to(slack, user)[before:])
-    await asyncio.sleep(0.1)  # a second message would show up by now
-    assert len(private_to(slack, user)) == before + 1, private_to(slack, user)
-    return {**new, "text": html.unescape(new["text"])}
-
-
-async def admin(slack: FakeSlack, bot: RunningBot, text: str, user: str = ADMIN) -> str:
-    """`/imagine-admin <text>` as `user`; the private answer, as the admin reads it."""
-    before = len(private_to(slack, user))
-    await slack.send_slash_command(bot.events_url, command="/imagine-admin", text=text, user_id=user)
-    answer = await told(slack, user, before)
-    assert answer["source"] == "response_url"
-    return str(answer["text"])
-
-
-async def imagine(
-    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
-) -> dict[str, Any]:
-    """/imagine that should render: wait for its upload and its ledger row; the row."""
-    uploads = len(slack.uploaded)
-    rows = len(await bot.ledger())
-    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
-    await until(lambda: len(slack.uploaded) > uploads)
-    settled = await bot.settled(rows + 1)
-    assert settled[-1]["user"] == user and settled[-1]["status"] == "delivered", settled
-    return settled[-1]
-
-
-async def refused(
-    slack: FakeSlack, bot: RunningBot, text: str, *, user: str = "U1", channel: str = "C1"
-) -> str:
-    """/imagine that the rules refuse: its private answer. Nothing was posted, called or booked."""
-    posts, calls, rows = (
-        len(slack.calls_to("chat.postMessage")),
-        len(bot.server.calls),
-        len(await bot.ledger()),
-    )
-    before = len(private_to(slack, user))
-    await slack.send_slash_command(bot.events_url, text=text, user_id=user, channel_id=channel)
-    answer = await told(slack, user, before)
-    assert answer["source"] == "response_url" and "nothing was charged" in answer["text"].lower()
-    assert len(slack.calls_to("chat.postMessage")) == posts
-    assert len(bot.server.calls) == calls and len(await bot.ledger()) == rows
-    return str(answer["text"])
 
 
 def job_message(slack: FakeSlack) -> str:
@@ -121,24 +66,6 @@ async def home(slack: FakeSlack, bot: RunningBot, user: str) -> dict[str, Any]:
     return view
 
 
-# -- the place: a channel turned off -----------------------------------------------------------------------
-
-
-async def test_a_channel_turned_off_refuses_imagine_privately_and_costs_nothing(
-    slack: FakeSlack, bot: RunningBot
-) -> None:
-    answer = await admin(slack, bot, f"channel {GENERAL} off")
-    assert answer.startswith("Channel <#C1> set: off")
-    text = await refused(slack, bot, "a lighthouse --quality low")
-    assert "turned off in this channel" in text and "/imagine-admin channel" in text
-    assert not slack.calls_to("chat.postMessage") and bot.server.calls == [] and await bot.ledger() == []
-    # Only that channel: another still renders, and C1 does again once it is back on.
-    row = await imagine(slack, bot, "a lighthouse --quality low", channel="C2")
-    assert row["channel"] == "C2"
-    await admin(slack, bot, f"channel {GENERAL} on")
-    assert (await imagine(slack, bot, "a lighthouse --quality low"))["channel"] == "C1"
-
-
 # -- the person: blocked, allowed groups ---------------------------------------------------------------------
 
 
@@ -156,16 +83,16 @@ async def test_a_blocked_user_is_refused_everywhere_and_costs_nothing(
     # A mention in the image's thread, with a file attached: refused before the thread or the file is read.
     photo = slack.add_file(name="ref.png", data=b"\x89PNG not read", mimetype="image/png", filetype="png")
     mention = slack.message_event(text="make it night", user="U2", thread_ts=ts, files=[photo], mention=True)
-    before = len(private_to(slack, "U2"))
+    before, work = len(private_to(slack, "U2")), bot.work()
     assert (await slack.send_event(bot.events_url, mention))[0] == 200
-    answer = await told(slack, "U2", before)
+    answer = await told(slack, bot, "U2", before, work)
     assert answer["source"] == "chat.postEphemeral" and "You are blocked" in answer["text"]
     assert answer["thread_ts"] == ts
     # The result buttons of someone else's image: Re-roll, and Edit (no form opens).
     for label in ("Re-roll", "Edit"):
-        before = len(private_to(slack, "U2"))
+        before, work = len(private_to(slack, "U2")), bot.work()
         assert (await slack.press(bot.events_url, label, message_ts=ts, user_id="U2"))[0] == 200
-        answer = await told(slack, "U2", before)
+        answer = await told(slack, bot, "U2", before, work)
         assert "You are blocked" in answer["text"] and answer["thread_ts"] == ts, label
 
     assert len(slack.calls_to("chat.postMessage")) == posts and len(bot.server.calls) == 1
@@ -221,36 +148,6 @@ async def test_a_user_group_that_cannot_be_read_fails_closed_and_is_not_cached(
         await imagine(slack, bot, "a poster --quality low", user="U2")
     assert len(slack.calls_to("usergroups.users.list")) == lookups + 1  # once, then from the cache
     assert len(bot.server.calls) == 1 and len(await bot.ledger()) == 1
-
-
-# -- the request: a channel's ceiling --------------------------------------------------------------------------
-
-
-async def test_a_size_ceiling_refuses_a_larger_size_naming_the_ceiling(
-    slack: FakeSlack, bot: RunningBot
-) -> None:
-    answer = await admin(slack, bot, f"channel {GENERAL} max_size=2k")
-    assert answer.startswith("Channel <#C1> set: max_size=2048x2048")
-    text = await refused(slack, bot, "a castle --size 4k --quality low")
-    assert "--size 3840x2160 is above this channel's ceiling max_size=2k (2048x2048" in text
-    assert "use --size 2048x2048 or smaller" in text
-    row = await imagine(slack, bot, "a castle --size 1024x1024 --quality low")  # under it: renders
-    assert row["size"] == "1024x1024"
-
-
-# -- the pace: a cooldown ---------------------------------------------------------------------------------------
-
-
-async def test_a_cooldown_refuses_a_second_job_with_the_wait(slack: FakeSlack, bot: RunningBot) -> None:
-    answer = await admin(slack, bot, "settings cooldown=60")
-    assert "- cooldown: 60 s between one user's jobs" in answer
-    await imagine(slack, bot, "first --quality low")
-    text = await refused(slack, bot, "second --quality low")
-    wait = re.search(r"You can start your next job in (\d+) s", text)
-    assert wait is not None and 50 <= int(wait[1]) <= 60, text
-    assert "one job per user every 60 s (cooldown)" in text
-    await imagine(slack, bot, "someone else's --quality low", user="U2")  # per user
-    assert [r["user"] for r in await bot.ledger()] == ["U1", "U2"]
 
 
 # -- the admin verbs -------------------------------------------------------------------------------------------

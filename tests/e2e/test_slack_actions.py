@@ -3,10 +3,8 @@ offline image server (SPEC §9). Buttons are pressed by their labels, as a perso
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,8 +14,9 @@ import pytest
 from bot import texts
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
-
-RESULT = "imagebot_action:"
+from tests.support.slack import RESULT, finished, job_messages, labels, message, reply_job
+from tests.support.slack import imagine_ts as imagine
+from tests.support.waits import until
 
 
 @pytest.fixture
@@ -26,78 +25,6 @@ async def bot(slack: FakeSlack, tmp_path: Path) -> AsyncIterator[RunningBot]:
     env = slack_env(slack, IMAGEBOT_CONFIRM_USD="off")
     async with running_bot(tmp_path, env, latency=0.05) as running:
         yield running
-
-
-async def until(check: Callable[[], Any], timeout: float = 10) -> Any:  # noqa: ASYNC109
-    """Wait until `check()` is truthy and return it (a safety net against hanging, not a measured duration)."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.02)
-    return value
-
-
-def message(slack: FakeSlack, ts: str, channel: str = "C1") -> dict[str, Any]:
-    [found] = [m for m in slack.messages.get(channel, []) if m["ts"] == ts]
-    return found
-
-
-def job_messages(slack: FakeSlack, channel: str = "C1") -> list[dict[str, Any]]:
-    """The bot's job messages (progress, then done line), in order: bot messages with blocks and no files."""
-    return [
-        m
-        for m in slack.messages.get(channel, [])
-        if m.get("bot_id") and m.get("blocks") and not m.get("files")
-    ]
-
-
-def labels(slack: FakeSlack, ts: str) -> list[list[str]]:
-    """The result buttons on a job's message, row by row."""
-    return [
-        [el["text"]["text"] for el in block["elements"]]
-        for block in message(slack, ts).get("blocks") or []
-        if block["type"] == "actions" and block["elements"][0]["action_id"].startswith(RESULT)
-    ]
-
-
-async def finished(slack: FakeSlack, bot: RunningBot, ts: str) -> str:
-    """Wait until the job of the message at `ts` shows its result buttons and the core has recorded where its
-    images live (what a click needs); return the job id."""
-    await until(lambda: labels(slack, ts))
-    key = str(slack.button("Re-roll", message_ts=ts)["value"])
-    job_id = key.split(":")[1]
-
-    async def recorded() -> bool:
-        rows = await bot.core.ledger.query("SELECT images FROM results WHERE job_id=?", [job_id])
-        return bool(rows and json.loads(rows[0][0]))
-
-    deadline = time.monotonic() + 10
-    while not await recorded():
-        assert time.monotonic() < deadline, "the job's images were never recorded"
-        await asyncio.sleep(0.02)
-    return job_id
-
-
-async def imagine(slack: FakeSlack, bot: RunningBot, text: str, user: str = "U1") -> str:
-    """Run /imagine to the end; return its job message's ts (the root of its thread)."""
-    before = len(job_messages(slack))
-    await slack.send_slash_command(bot.events_url, text=text, user_id=user)
-    posted = await until(lambda: job_messages(slack)[before:])
-    ts = str(posted[0]["ts"])
-    await finished(slack, bot, ts)
-    return ts
-
-
-async def reply_job(slack: FakeSlack, bot: RunningBot, thread: str, nth: int = 1) -> str:
-    """The `nth` job message a click made in `thread`, once it has finished; its ts."""
-    ts = await until(
-        lambda: [m["ts"] for m in job_messages(slack) if m.get("thread_ts") == thread and m["ts"] != thread][
-            nth - 1 : nth
-        ]
-    )
-    await finished(slack, bot, ts[0])
-    return str(ts[0])
 
 
 async def answered(slack: FakeSlack, message_ts: str, how: str) -> None:
@@ -327,7 +254,7 @@ async def test_a_click_over_the_clickers_quota_is_refused_privately(slack: FakeS
         await slack.press(bot.events_url, "Vary", message_ts=ts, user_id="U2")
         [told] = await until(lambda: private_to(slack, "U2"))
         assert "daily images" in told
-        await asyncio.sleep(0.2)  # give a wrongly started job its chance to show
+        await bot.idle()  # whatever the click set off has ended
         assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
         assert [m for m in job_messages(slack) if m.get("thread_ts") == ts and m["ts"] != ts] == []
 
@@ -349,7 +276,7 @@ async def test_buttons_work_after_a_restart_and_expire_privately(slack: FakeSlac
         await slack.press(second.events_url, "Re-roll", message_ts=old)
         [told] = await until(lambda: private_to(slack, "U1"))
         assert "expired" in told
-        await asyncio.sleep(0.2)
+        await second.idle()
         assert len(second.server.calls) == 1 and len(await second.ledger()) == 3
 
 
@@ -374,7 +301,7 @@ async def test_an_expensive_render_asks_first_and_renders_on_render(slack: FakeS
         assert question["user"] == "U1" and question["source"] == "response_url"
         assert "up to $0.21" in question["text"] and "$0.1000" in question["text"]
         assert [b["text"]["text"] for b in slack.buttons(question["blocks"])] == ["Render", "Cancel"]
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == [] and not slack.calls_to("chat.postMessage")
         status, _ = await slack.press(bot.events_url, "Render", message_ts=question["message_ts"])
         assert status == 200
@@ -399,7 +326,7 @@ async def test_cancel_says_nothing_was_charged(slack: FakeSlack, tmp_path: Path)
             lambda: (e := slack.ephemeral(question["message_ts"], "U1")) and e.get("previous") and e
         )
         assert answered["text"] == texts.CONFIRM_CANCELLED and not answered["blocks"]
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == []
 
 
@@ -415,7 +342,7 @@ async def test_render_by_another_user_or_too_late_is_refused(slack: FakeSlack, t
         await until(
             lambda: "expired" in (slack.ephemeral(question["message_ts"], "U1") or {}).get("text", "")
         )
-        await asyncio.sleep(0.2)
+        await bot.idle()
         assert await bot.ledger() == [] and bot.server.calls == [] and not slack.calls_to("chat.postMessage")
 
 

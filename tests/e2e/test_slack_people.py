@@ -16,8 +16,10 @@ from PIL import Image
 from adapters.manifests import slack_manifest
 from bot.model.pricing import format_usd
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_slack_actions import imagine, private_to, until
 from tests.fakes.slack import FakeSlack
+from tests.support.slack import imagine_ts as imagine
+from tests.support.slack import private_to
+from tests.support.waits import until
 
 ADMIN = "UADMIN"
 

@@ -20,11 +20,20 @@ from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, 
 from bot.model.sizes import parse_size
 from bot.store.ledger import OPEN
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.e2e.test_slack_access import ADMIN, GENERAL, admin, refused
-from tests.e2e.test_slack_access import imagine as imagine_row
-from tests.e2e.test_slack_actions import imagine as imagine_ts
-from tests.e2e.test_slack_actions import job_messages, message, reply_job, until
 from tests.fakes.slack import FakeSlack
+from tests.support.slack import (
+    ADMIN,
+    GENERAL,
+    a_later_relax_job_delivered,
+    admin,
+    imagine_row,
+    imagine_ts,
+    job_messages,
+    message,
+    refused,
+    reply_job,
+)
+from tests.support.waits import until
 
 CANCEL_ENV = {  # a batch that runs long enough to be cancelled
     "IMAGEBOT_BATCH_WINDOW": "0.3",
@@ -213,7 +222,7 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_but_not_posted(
             assert row["actual_micros"] == relax_price(row) > 0
         assert ("POST", f"/v1/batches/{batch_id}/cancel") not in bot.server.batch_calls
         assert bot.server.batch_api.batches[batch_id].status == "completed"
-        await asyncio.sleep(0.5)  # a few more polls: the cancelled job is still never posted
+        await a_later_relax_job_delivered(slack, bot)  # more polls: the cancelled job is still never posted
         assert not uploads_in(slack, mine)  # never posted; the thread says what happened and what it cost
         assert "cannot be withdrawn" in html.unescape(thread_text(slack, mine))
         [upload] = uploads_in(slack, theirs)
@@ -358,37 +367,6 @@ async def test_a_relax_edit_uploads_its_images_and_references_them_by_file_id(
 # -- 4. Access rules on Slack --------------------------------------------------------------------------------
 
 
-async def test_a_channel_outside_imagebot_channels_is_refused_privately(
-    slack: FakeSlack, tmp_path: Path
-) -> None:
-    async with running_bot(tmp_path, slack_env(slack, IMAGEBOT_CHANNELS="C2"), latency=0.05) as bot:
-        text = await refused(slack, bot, f"a lighthouse {CHEAP}")
-        assert "IMAGEBOT_CHANNELS" in text and "does not work in this channel" in text
-        assert bot.server.calls == [] and await bot.ledger() == []
-        relaxed = await refused(slack, bot, f"a lighthouse --relax {CHEAP}")  # relax jobs too
-        assert "IMAGEBOT_CHANNELS" in relaxed
-        assert bot.server.batch_calls == [] and await bot.ledger() == []
-        row = await imagine_row(slack, bot, f"a lighthouse {CHEAP}", channel="C2")  # the pinned one works
-        assert row["channel"] == "C2"
-
-
-async def test_max_jobs_refuses_a_second_job_while_the_first_runs(slack: FakeSlack, tmp_path: Path) -> None:
-    async with running_bot(tmp_path, slack_env(slack, IMAGEBOT_USER_MAX_JOBS="1"), latency=1.0) as bot:
-        await slack.send_slash_command(bot.events_url, text=f"a slow one {CHEAP}", user_id="U1")
-        await until(lambda: bot.server.calls)  # rendering now
-        text = await refused(slack, bot, f"another one {CHEAP}")
-        assert "max_jobs=1" in text and "You have 1 job running or queued" in text
-        # Per user: someone else still gets in.
-        await slack.send_slash_command(bot.events_url, text=f"someone else's {CHEAP}", user_id="U2")
-        rows = await bot.settled(2)
-        assert [(r["user"], r["status"]) for r in rows] == [("U1", "delivered"), ("U2", "delivered")]
-        assert all(r["actual_micros"] > 0 for r in rows)
-        assert [c.prompt for c in bot.server.calls] == ["a slow one", "someone else's"]
-        # Once it finished, the next one goes.
-        bot.server.latency = 0.05
-        await imagine_row(slack, bot, f"another one {CHEAP}")
-
-
 async def test_a_channels_moderation_goes_on_generations_only(slack: FakeSlack, bot: RunningBot) -> None:
     answer = await admin(slack, bot, f"channel {GENERAL} moderation=low")
     assert answer.startswith("Channel <#C1> set: moderation=low")
@@ -428,7 +406,7 @@ async def test_a_denied_user_group_is_refused_and_others_render(slack: FakeSlack
     await slack.send_event(bot.events_url, event)
     await until(lambda: said_to(slack, "U2")[before:])
     assert "in a group that may not render" in said_to(slack, "U2")[-1]
-    await asyncio.sleep(0.2)
+    await bot.idle()  # the mention's work has ended (a job it had gathered would hold a reserved row)
     assert bot.server.batch_calls == [] and len(await bot.ledger()) == 1
 
 

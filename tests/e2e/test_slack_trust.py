@@ -6,27 +6,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import io
 import time
 import urllib.parse
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from PIL import Image
 
 from adapters.manifests import slack_manifest
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
-
-
-def png(width: int, height: int, color: str = "red") -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height), color).save(out, "PNG")
-    return out.getvalue()
+from tests.support.images import png
+from tests.support.waits import until
 
 
 def admin_checks(slack: FakeSlack) -> list[Any]:
@@ -36,15 +29,6 @@ def admin_checks(slack: FakeSlack) -> list[Any]:
         for c in slack.calls_to("users.info")
         if str(c.args.get("include_locale")).lower() not in ("1", "true")
     ]
-
-
-async def until(check: Callable[[], Any], timeout: float = 10) -> None:  # noqa: ASYNC109
-    """Wait until `check()` is truthy (a safety net against hanging, not a measured duration)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met")
-        await asyncio.sleep(0.02)
 
 
 async def image_thread(slack: FakeSlack, bot: RunningBot) -> str:
@@ -205,7 +189,7 @@ async def test_either_twin_makes_exactly_one_job_and_a_retry_none(
     """Slack sends a mention as `message` and `app_mention`: whichever comes first makes the one job."""
     root = slack.message_event(text="our two logos", user="U2")
     a = slack.add_file(name="a.png", data=png(600, 600), mimetype="image/png", filetype="png")
-    b = slack.add_file(name="b.png", data=png(600, 600, "green"), mimetype="image/png", filetype="png")
+    b = slack.add_file(name="b.png", data=png(600, 600, color="green"), mimetype="image/png", filetype="png")
     message = slack.message_event(
         text=f"<@{slack.bot_user_id}> blend these --quality low", thread_ts=root["ts"], files=[a, b]
     )

@@ -18,6 +18,7 @@ from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetry
 from slack_sdk.web.async_client import AsyncWebClient
 
 from tests.fakes.slack import FakeSlack
+from tests.support.waits import until
 
 PNG = (
     b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (64).to_bytes(4, "big") + (32).to_bytes(4, "big") + b"rest"
@@ -322,7 +323,7 @@ async def test_share_delay_and_response_url_limits(fake: FakeSlack, client: Asyn
     res = await client.files_upload_v2(channel="C2", file=b"data", filename="a.txt")
     # Like Slack, the upload is complete before its message exists and its shares are filled in.
     assert res["file"]["shares"] == {} and "C2" not in fake.messages
-    await asyncio.sleep(0.4)
+    await until(lambda: fake.messages.get("C2"))  # after share_delay
     assert fake.messages["C2"][0]["files"][0]["id"] == res["file"]["id"]
 
     url = fake.response_url(channel_id="C1", user_id="U1")
