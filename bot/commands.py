@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, cast
 from bot import platforms, report, texts
 from bot.app import Core
 from bot.errors import UserError
-from bot.i18n import ENGLISH, lazy, msg, say, usd
+from bot.i18n import ENGLISH, Msg, lazy, msg, say, usd
 from bot.jobs import card
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
@@ -157,11 +157,9 @@ CHANGES = frozenset({"quota", "channel", "allow", "deny", "block", "unblock", "s
 # -- your settings, a job's card, your history ---------------------------------------------------------------
 
 
-def _here(who: Requester) -> str:
+def _here(who: Requester) -> Msg:
     place = platforms.of(who.platform)
-    if place.local:
-        return "here"
-    return f"on this {place.tenant}" if place.tenant == "server" else f"in this {place.tenant}"
+    return msg("people.here.local" if place.local else f"people.here.{place.tenant}")
 
 
 async def my_settings(core: Core, who: Requester, args: str) -> Reply:

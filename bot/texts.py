@@ -260,7 +260,8 @@ def your_settings(mine: Preferences, base: Defaults, place: str, saved: bool = F
 
 
 def _your_settings(mine: Preferences, base: Defaults, place: str, saved: bool, *, locale: str) -> str:
-    lines = [say(locale, "people.saved_head" if saved else "people.head", place=place)]
+    here = place.render(locale) if isinstance(place, Text) else place
+    lines = [say(locale, "people.saved_head" if saved else "people.head", place=here)]
     bot = {
         "size": base.size,
         "ar": say(locale, "people.bot.ar"),

@@ -130,7 +130,7 @@ async def test_a_restart_while_the_batch_runs_delivers_once_from_the_new_process
     await a_later_batch_delivered(second, server)  # more polls: nothing is delivered twice
     assert len(rebuilt) == 1 and rebuilt[0][0] == ALICE and not view.delivered
     assert len(rebuilt[0][2].delivered) == 1
-    (row,) = rows(second, "user=?", ("U1",))
+    (row,) = rows(second, '"user"=?', ("U1",))
     assert row["status"] == "delivered" and row["actual_micros"] > 0
     assert_counters_match_ledger(second)
 
@@ -212,7 +212,7 @@ async def test_cancel_of_a_job_sharing_its_batch_is_charged_and_not_posted(
     assert core.cancel(alice_job, ALICE)
     await until(lambda: any("cannot be withdrawn" in r for r in alice.refusals))
     await until(lambda: bool(bob.delivered), timeout=15)
-    await until(lambda: rows(core, "user=?", ("U1",))[0]["status"] == "undelivered")  # her line is settled
+    await until(lambda: rows(core, '"user"=?', ("U1",))[0]["status"] == "undelivered")  # her line is settled
     await a_later_batch_delivered(core, server)
     assert not alice.delivered
     alice_row = next(r for r in rows(core) if r["user"] == "U1")

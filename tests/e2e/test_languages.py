@@ -98,6 +98,7 @@ async def test_a_chinese_discord_user_hears_chinese_while_an_english_one_hears_e
             "放大",
             "编辑",
             "删除",
+            "信息",
         ]
         assert [label.split(" · ")[0] for label in _labels(final_en)] == [
             "Re-roll",
@@ -105,6 +106,7 @@ async def test_a_chinese_discord_user_hears_chinese_while_an_english_one_hears_e
             "Upscale",
             "Edit",
             "Delete",
+            "Info",
         ]
         # The prompt is never translated: the image API got it as typed, and the summary quotes it so.
         assert [c.prompt for c in bot.server.calls] == ["灯塔，黎明", "a lighthouse at dawn"]

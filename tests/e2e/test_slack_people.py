@@ -18,10 +18,15 @@ from bot.model.pricing import format_usd
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.slack import FakeSlack
 from tests.support.slack import imagine_ts as imagine
-from tests.support.slack import private_to
+from tests.support.slack import private_to as private_messages
 from tests.support.waits import until
 
 ADMIN = "UADMIN"
+
+
+def private_to(slack: FakeSlack, user: str) -> list[str]:
+    """The texts only `user` saw, oldest first."""
+    return [e["text"] for e in private_messages(slack, user)]
 
 
 @pytest.fixture
@@ -132,7 +137,9 @@ async def test_the_settings_modal_shows_and_saves_the_defaults(slack: FakeSlack,
     )
     assert status == 200 and not body.strip()
     saved = await until(lambda: private_to(slack, "U1")[before:])
-    assert "size: 2k (yours)" in saved[-1] and "language: zh-CN (yours)" in saved[-1]
+    # Saved with language=zh-CN: the answer is already in the language just chosen.
+    assert "尺寸：2k（你的）" in saved[-1] and "语言：zh-CN（你的）" in saved[-1], saved[-1]
+    assert "已保存。你在此工作区的默认设置" in saved[-1]
     bare = await imagine(slack, bot, "a lighthouse")
     assert image_of(slack, bare).size == (2048, 2048) and image_of(slack, bare).format == "PNG"
 

@@ -42,7 +42,14 @@ async def finished(slack: FakeSlack, bot: RunningBot, ts: str) -> str:
     """Wait until the job of the message at `ts` shows its result buttons and the core has recorded where its
     images live (what a click needs); return the job id."""
     await until(lambda: labels(slack, ts))
-    key = str(slack.button("Re-roll", message_ts=ts)["value"])
+    # The Re-roll button by its key (`reroll:<job>:0`), whatever language its label is in.
+    [key] = [
+        str(el["value"])
+        for block in message(slack, ts).get("blocks") or []
+        if block["type"] == "actions"
+        for el in block["elements"]
+        if str(el.get("value", "")).startswith("reroll:")
+    ]
     job_id = key.split(":")[1]
 
     async def recorded() -> bool:
@@ -82,7 +89,7 @@ async def a_later_relax_job_delivered(slack: FakeSlack, bot: RunningBot, user: s
         bot.events_url, text="a marker --relax --size 1024x1024 --quality low", user_id=user
     )
     await until(
-        lambda: bot.ledger("user=? AND status='delivered'", [user]), 20, "the marker was never delivered"
+        lambda: bot.ledger("\"user\"=? AND status='delivered'", [user]), 20, "the marker was never delivered"
     )
 
 
