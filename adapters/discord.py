@@ -1,4 +1,4 @@
-"""The Discord adapter: app commands and replies that parse, hand to the core, and render (SPEC §2, Discord).
+"""The Discord adapter: app commands and replies that parse, hand to the core, and render (docs/rules.md §2, Discord).
 
 Everything that is not Discord-specific (parsing, quotas, the API call, the ledger) is the core's. What is
 Discord's: deferring within 3 s, editing the interaction's response for progress, the 15-minute life of an
@@ -7,7 +7,7 @@ guild's upload limit (images over it are re-encoded with the core's `fit_under`)
 fails: every Discord call of a job has a deadline, and whatever fails, the requester hears what became of
 their money.
 
-Result actions and price checks (SPEC §9, bot/jobs/actions.py): every button is a discord.py `DynamicItem` whose
+Result actions and price checks (docs/rules.md §9, bot/jobs/actions.py): every button is a discord.py `DynamicItem` whose
 custom id carries all it needs (`imagebot:act:<key>`, `imagebot:render:<token>`, `imagebot:decline:<token>`),
 and the Edit form's custom id carries its key (`imagebot:edit:<key>`, answered from `on_interaction`), so
 nothing is kept in memory and every button works after a restart. Each press is answered (deferred) before
@@ -373,7 +373,7 @@ class EditModal(discord.ui.Modal, title="Edit image"):
 class Place(app_commands.Transformer[Any]):
     """A channel option of /imagine-admin: any channel whose rules apply to /imagine (text and announcement
     channels, voice and stage chats, and forums, whose posts follow them), as Discord resolved it: only its id
-    is used. Threads are not offered: a thread follows its parent channel's rules (SPEC §10)."""
+    is used. Threads are not offered: a thread follows its parent channel's rules (docs/rules.md §10)."""
 
     @property
     def type(self) -> discord.AppCommandOptionType:
@@ -405,7 +405,7 @@ class AdminCommands(
     description="Admin: quotas, spend, channel rules, who may render, pace",
     default_permissions=discord.Permissions(manage_guild=True),
 ):
-    """`/imagine-admin`, one subcommand per verb (SPEC §10), each with typed options for its target (user,
+    """`/imagine-admin`, one subcommand per verb (docs/rules.md §10), each with typed options for its target (user,
     role, channel) and text for the rest. Each only writes the core's text grammar (bot/commands.py HELP) and
     hands it to `DiscordAdapter.admin`, which answers privately and checks again who may use it."""
 
@@ -601,7 +601,7 @@ class _Tree(app_commands.CommandTree["_Client"]):
 
 
 class _ShardedClient(_Client, discord.AutoShardedClient):
-    """The same client running some shards of the bot (SPEC §12): one gateway connection per shard, each
+    """The same client running some shards of the bot (docs/rules.md §12): one gateway connection per shard, each
     identifying as [id, count], so Discord sends it only the events of the guilds on that shard."""
 
 
@@ -1278,7 +1278,7 @@ class DiscordAdapter:
 
     async def first_time(self, interaction: discord.Interaction[Any]) -> bool:
         """A command, a button press or a form submission is handled once: the same interaction (its id)
-        delivered again is ignored before it is answered (SPEC §10), as the reply path's messages are."""
+        delivered again is ignored before it is answered (docs/rules.md §10), as the reply path's messages are."""
         # Discord delivers an interaction again only to the session that had it (a resumed gateway), so a
         # memory of the ids answered here decides at once: awaiting the database before every acknowledgement
         # delayed all of them under a burst. The id is still recorded in the store, after the answer.
@@ -1503,7 +1503,7 @@ class DiscordAdapter:
             locale=await self.language(interaction),
         )
 
-    # -- result actions and price checks (SPEC §9) ------------------------------------------
+    # -- result actions and price checks (docs/rules.md §9) ------------------------------------------
 
     async def on_action(self, interaction: discord.Interaction[Any], key: str) -> None:
         """A result button. Edit opens its form (that is the answer); the others are answered with "thinking"
@@ -1785,7 +1785,7 @@ class DiscordAdapter:
 
     def view_for(self, who: Requester, context: dict[str, Any]) -> DiscordJobView:
         """A relax job from another life of the bot: its interaction token is long gone, so it is shown by a
-        channel message replying to its original response (SPEC §11)."""
+        channel message replying to its original response (docs/rules.md §11)."""
         anchor = int(context["message_id"]) if context.get("message_id") else None
         channel = self.client.get_partial_messageable(int(context.get("channel_id") or who.channel))
         locale = str(context.get("locale") or ENGLISH)  # the job's language, kept with it (`open`)

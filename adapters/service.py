@@ -208,7 +208,7 @@ class Service:
 
     def _app(self) -> web.Application:
         # The adapters' routes are added once they exist (after the database is up): a middleware looks them up
-        # first. In Socket Mode there is no /slack/events at all (SPEC §7): Slack's adapter gives no route.
+        # first. In Socket Mode there is no /slack/events at all (docs/rules.md §7): Slack's adapter gives no route.
         # Slack's HTTP mode posts here; until the adapter exists (the database is not up yet) the answer is 503,
         # which Slack retries, not a 404.
         coming = (

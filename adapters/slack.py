@@ -1,4 +1,4 @@
-"""The Slack adapter: bolt listeners that parse, hand to the core, and render (SPEC §2, Slack).
+"""The Slack adapter: bolt listeners that parse, hand to the core, and render (docs/rules.md §2, Slack).
 
 Everything that is not Slack-specific (parsing, quotas, the API call, the ledger) is the core's.
 """
@@ -331,7 +331,7 @@ def message_link(site_url: str, where: Mapping[str, Any]) -> str | None:
 
 
 def home_blocks(home: commands.Home, site_url: str, locale: str = ENGLISH) -> list[dict[str, Any]]:
-    """The Home tab (SPEC §10): the user's quota and last images; for admins, the tenant's settings and spend."""
+    """The Home tab (docs/rules.md §10): the user's quota and last images; for admins, the tenant's settings and spend."""
 
     def section(text: str) -> dict[str, Any]:
         return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
@@ -727,7 +727,7 @@ class SlackAdapter:
 
     def routes(self) -> list[web.RouteDef]:
         """Slack's HTTP mode posts events, commands and actions here. In Socket Mode nothing is served: the
-        app has no signing secret to check, so the route could only be open to anyone (SPEC §7)."""
+        app has no signing secret to check, so the route could only be open to anyone (docs/rules.md §7)."""
         if self.core.settings.slack_socket_mode:
             return []
         return [web.post("/slack/events", self._http_events)]
@@ -1229,7 +1229,7 @@ class SlackAdapter:
         await self.core.submit(request, asker.who, SlackJobView(self, asker))
 
     async def _on_message(self, asker: Privately, event: dict[str, Any]) -> None:
-        """A message that mentions the bot (SPEC §2): in the thread of one of our images, an edit of the latest;
+        """A message that mentions the bot (docs/rules.md §2): in the thread of one of our images, an edit of the latest;
         elsewhere a fusion of its images, or without images a new image. Answers in the message's thread."""
         channel, ts = event.get("channel", ""), event.get("ts", "")
         # Keyed by the message, not the event: its `message` and `app_mention` twins and Slack's retries

@@ -38,8 +38,10 @@ from bot.store import people
 from bot.store.ledger import Ledger
 
 log = logging.getLogger("imagebot.app")
-RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (SPEC §4)
-MAX_SWEEP_SECONDS = 20.0  # renew our lease and look for expired ones at least this often (SPEC §5: 30 s)
+RECOMMENDED_TIMEOUT = 360.0  # seconds: 2K/4K high renders take 3-5 minutes (docs/rules.md §4)
+MAX_SWEEP_SECONDS = (
+    20.0  # renew our lease and look for expired ones at least this often (docs/rules.md §5: 30 s)
+)
 PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
 
 
@@ -567,7 +569,7 @@ def is_image_attachment(name: str | None, content_type: str | None) -> bool:
 
 
 def is_mask_name(name: str) -> bool:
-    """An attached PNG whose file name contains `mask` is the mask (SPEC §2)."""
+    """An attached PNG whose file name contains `mask` is the mask (docs/rules.md §2)."""
     return "mask" in name.lower() and name.lower().endswith(".png")
 
 

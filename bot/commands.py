@@ -1,6 +1,6 @@
-"""The non-image commands every adapter offers: usage reports, quota, admin (SPEC §2, §6).
+"""The non-image commands every adapter offers: usage reports, quota, admin (docs/rules.md §2, §6).
 
-Who may do what (SPEC §2), always inside the caller's tenant (its Slack workspace or Discord guild):
+Who may do what (docs/rules.md §2), always inside the caller's tenant (its Slack workspace or Discord guild):
 - operators (IMAGEBOT_ADMINS, `Core.is_operator`): users, channels and the tenant's own limit;
   `report --all` covers every tenant;
 - tenant admins (the adapter passes `platform_admin=True` for Slack workspace admins/owners and Discord
@@ -119,7 +119,7 @@ RECENT_IMAGES = 5
 
 
 async def home(core: Core, who: Requester, *, platform_admin: bool) -> Home:
-    """The Home tab's content for `who` (SPEC §10)."""
+    """The Home tab's content for `who` (docs/rules.md §10)."""
     tenant = quota.Tenant.of(who)
     month = quota.Periods.at(core.ledger.clock(), core.ledger.timezone).month
 

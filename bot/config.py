@@ -1,4 +1,4 @@
-"""Settings from the environment and a `.env` file (SPEC §7), validated once at start."""
+"""Settings from the environment and a `.env` file (docs/rules.md §7), validated once at start."""
 
 from __future__ import annotations
 
@@ -157,7 +157,7 @@ class Settings:
     discord_token: Secret | None = None
     discord_guild_ids: tuple[int, ...] = ()
     discord_api_url: str = "https://discord.com/api/v10"
-    discord_shard_count: int | None = None  # None: one connection, no sharding (SPEC §12)
+    discord_shard_count: int | None = None  # None: one connection, no sharding (docs/rules.md §12)
     discord_shard_ids: tuple[int, ...] = ()  # the shards this replica runs; empty: all of the count
     db_path: Path | str = Path("./data/imagebot.sqlite3")  # a SQLite file, or a postgresql:// URL (a str)
     http_host: str = "0.0.0.0"
@@ -450,7 +450,7 @@ def _parse(env: _Env) -> Settings:
         metrics_token=env.secret("IMAGEBOT_METRICS_TOKEN"),
         dashboard_token=env.secret("IMAGEBOT_DASHBOARD_TOKEN"),
         public_url=_public_url(env, env.integer("IMAGEBOT_HTTP_PORT", 3000, minimum=0, maximum=65535)),
-        # How long a process's hold on its running jobs lasts without a heartbeat (SPEC §5: at most 60 s).
+        # How long a process's hold on its running jobs lasts without a heartbeat (docs/rules.md §5: at most 60 s).
         lease_seconds=env.number("IMAGEBOT_LEASE_SECONDS", 60.0, minimum=1.0, maximum=60.0),
         actions_days=env.integer("IMAGEBOT_ACTIONS_DAYS", 30, minimum=1, maximum=3650),
         confirm_micros=env.confirm("IMAGEBOT_CONFIRM_USD", "0.25"),

@@ -32,7 +32,7 @@ class QuotaExceeded(UserError):
 
 
 class PaceExceeded(UserError):
-    """A user's cooldown or their most jobs at once (SPEC §10); the message says when they can go again."""
+    """A user's cooldown or their most jobs at once (docs/rules.md §10); the message says when they can go again."""
 
 
 class _Attempted:

@@ -1,4 +1,4 @@
-"""Usage reports (SPEC §6): sums over the ledger rows of a period (bot/store/usage.py), as text, as a PNG
+"""Usage reports (docs/rules.md §6): sums over the ledger rows of a period (bot/store/usage.py), as text, as a PNG
 chart, as CSV.
 
 The chart is drawn with Pillow: it is already a dependency, starts instantly, and a bar chart

@@ -38,7 +38,7 @@ def test_pg_url_fixture_is_per_test(pg_url: str, pg_server: PgServer) -> None:
         assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'marker'").fetchone() == (0,)
 
 
-# -- a fresh machine: the binaries come from the dev extra, and root is no obstacle (SPEC §12) -------------
+# -- a fresh machine: the binaries come from the dev extra, and root is no obstacle (docs/rules.md §12) -------------
 
 
 def test_binaries_come_from_the_dev_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,7 +104,7 @@ def test_no_binaries_anywhere_is_an_error_naming_the_dev_extra(monkeypatch: pyte
         find_bindir()
 
 
-# -- psycopg is the optional [postgres] extra (SPEC §12) ----------------------------------------------------
+# -- psycopg is the optional [postgres] extra (docs/rules.md §12) ----------------------------------------------------
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_PSYCOPG = """

@@ -1,4 +1,4 @@
-"""Relax mode (SPEC §11): jobs rendered through the Batch API at its discount, delivered when ready.
+"""Relax mode (docs/rules.md §11): jobs rendered through the Batch API at its discount, delivered when ready.
 
 A relax job is reserved at the batch price and gets its message like any job (JobRunner.submit), then
 waits here. Jobs gather for IMAGEBOT_BATCH_WINDOW seconds; then one JSONL input file per endpoint
@@ -20,7 +20,7 @@ Every IMAGEBOT_BATCH_POLL seconds each process polls the open batches, each on i
 logged with its id and never stops the others). When one ends, its output and error files are read: a line
 with status 200 is settled from its `usage` at the batch price; any other line (an error, `batch_expired`,
 `batch_cancelled`, or missing) is released. A batch that can no longer be read (404) or is an hour past its
-window is settled from what is known (SPEC §11): lines with output are delivered and charged, the rest are
+window is settled from what is known (docs/rules.md §11): lines with output are delivered and charged, the rest are
 charged their reservation as possibly billed and their users told; it is never asked for again (its status
 becomes `unreadable` or `overdue`). Settling is idempotent (a row closes once). Every ledger status write of
 relax mode is in `Ledger.mark_batched` and `_close_line`. A job is delivered once, by the first process serving its
@@ -64,7 +64,7 @@ GENERATIONS = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 ENDED = ("completed", "failed", "expired", "cancelled")
 WINDOW = 24 * 3600  # the completion window asked for (24h)
-OVERDUE = 3600  # a batch this long past its window is settled from what is known (SPEC §11)
+OVERDUE = 3600  # a batch this long past its window is settled from what is known (docs/rules.md §11)
 UNREADABLE = "unreadable"  # our statuses of a batch settled from what is known
 OVERDUE_STATUS = "overdue"
 GONE = {UNREADABLE: msg("relax.gone_unreadable"), OVERDUE_STATUS: msg("relax.gone_overdue")}

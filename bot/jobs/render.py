@@ -1,4 +1,4 @@
-"""The API call: AsyncOpenAI against OpenAI, a gateway, or the offline server (SPEC §4).
+"""The API call: AsyncOpenAI against OpenAI, a gateway, or the offline server (docs/rules.md §4).
 
 One retry budget per image: the SDK makes exactly one HTTP attempt per call (`max_retries=0`) and this
 module retries, so every attempt counts, a stream that breaks after it started included. Retried: 5xx,
@@ -280,7 +280,7 @@ class Renderer:
                     billed_attempts=_billed(attempts),
                     attempts=len(attempts),
                 ) from None
-            # Only now is the answer an image: until here a 200 counts as billed without one (SPEC §4).
+            # Only now is the answer an image: until here a 200 counts as billed without one (docs/rules.md §4).
             for attempt in reversed(attempts):
                 if attempt.status == 200:
                     attempt.completed = True

@@ -326,7 +326,7 @@ def estimate_micros(
     mask: bool = False,
 ) -> int:
     """Worst-case cost of ONE image call, in micro-dollars; used for the reservation, so never below what the
-    call can be billed (SPEC §5): the prompt at one token per UTF-8 byte, every input image (each reference,
+    call can be billed (docs/rules.md §5): the prompt at one token per UTF-8 byte, every input image (each reference,
     and the mask) at the most image-input tokens one can cost, the dearest size `auto` may render at the
     dearest quality `auto` may pick, and every partial image's output tokens."""
     if prices.flat_per_image is not None:

@@ -1,4 +1,4 @@
-"""`/imagine` text, or typed options -> a validated ImageRequest (SPEC §2-3), by the chosen model's rules.
+"""`/imagine` text, or typed options -> a validated ImageRequest (docs/rules.md §2-3), by the chosen model's rules.
 
 `parse_request` splits the flags off the text and hands them to `build_request`, which an adapter with typed
 options (Discord) calls directly: one set of rules. Nothing here spends money or calls an API.
@@ -31,7 +31,7 @@ _FLAG = re.compile(
     + r")(?![\w-])(?:=|[ \t]+|$)(?P<value>[^\s]*)",
     re.IGNORECASE,
 )
-# `--relax` and `--fast` take no value (relax mode, SPEC §11).
+# `--relax` and `--fast` take no value (relax mode, docs/rules.md §11).
 _SWITCH = re.compile(r"(?:(?<=\s)|^)(?:--|\u2014|\u2013)(?P<name>relax|fast)(?![\w-])", re.IGNORECASE)
 _TRANSPARENT = re.compile(r"\btransparent\s+(background|bg)\b", re.IGNORECASE)
 
@@ -196,7 +196,7 @@ def build_request(
 ) -> ImageRequest:
     """Typed options (a Discord command's, or the flags parse_request split off) -> a validated ImageRequest.
 
-    Every rule of SPEC §3, checked against the chosen model's capabilities and prices from `prices`; None
+    Every rule of docs/rules.md §3, checked against the chosen model's capabilities and prices from `prices`; None
     means "not given" (the default applies). Raises UserError naming the rule and the valid range.
     """
     model = model or defaults.model

@@ -1,4 +1,4 @@
-"""The offline image server (SPEC §8): an OpenAI-compatible Images API for offline use and for tests.
+"""The offline image server (docs/rules.md §8): an OpenAI-compatible Images API for offline use and for tests.
 
 It validates a request by its model's rules from the price table (`rules`), renders a real image with
 Pillow at the requested size and format and streams partial images (`drawing`), reports `usage` by the

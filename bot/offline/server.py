@@ -371,7 +371,7 @@ class OfflineImageServer:
         if fault == "408":
             raise ApiError(408, "Request timed out.", type_="timeout")
         if fault in ("400", "409"):
-            # A client error is never retried, whatever a gateway's headers say (SPEC §4).
+            # A client error is never retried, whatever a gateway's headers say (docs/rules.md §4).
             raise ApiError(
                 int(fault),
                 "The request could not be processed in its current state.",

@@ -1,4 +1,4 @@
-"""Who may render, where, what, and how often (SPEC §10), per tenant (a Slack workspace or Discord guild).
+"""Who may render, where, what, and how often (docs/rules.md §10), per tenant (a Slack workspace or Discord guild).
 
 Every path that starts a job (a command, a mention, a reply, a button, a price check's Render) goes
 through `Access.admit` from JobRunner.submit, so a rule holds everywhere at once. A refusal is a UserError
@@ -200,7 +200,7 @@ def shown_group(entry: str) -> str:
 
 @dataclass
 class Access:
-    """The rules of SPEC §10 for every tenant, with the operators' defaults from the environment."""
+    """The rules of docs/rules.md §10 for every tenant, with the operators' defaults from the environment."""
 
     prices: PriceTable
     admins: frozenset[str] = frozenset()

@@ -1,4 +1,4 @@
-"""Quota: the rules that decide which limits apply to whom (SPEC §5), each scoped to its tenant (§2).
+"""Quota: the rules that decide which limits apply to whom (docs/rules.md §5), each scoped to its tenant (§2).
 
 Tenancy. A tenant is one Slack workspace (team id) or one Discord guild (guild id), together with the
 platform: `Requester.platform` + `Requester.workspace`. Console and CLI jobs are tenants of their own

@@ -12,7 +12,7 @@ process's live lease"), and the number of rows it changed is checked:
 
 - `rendered`, `delivered` and `undelivered` are paid images: the API made them and they are charged.
   `possibly_billed` is a failure that is charged (an attempt that may have cost money, and gave no image).
-- Fencing: a row under a lease moves only while its owner's lease is live (SPEC §5). A process whose lease
+- Fencing: a row under a lease moves only while its owner's lease is live (docs/rules.md §5). A process whose lease
   lapsed (its database thread stalled, say) may find its rows already recovered as `interrupted` by another
   process; then `start` refuses, and no API call is made for them.
 - The outbox: a `rendered` row keeps its image's bytes in `outbox` until the platform confirms the upload

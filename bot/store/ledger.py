@@ -1,11 +1,11 @@
-"""The cost ledger: one row per image call, from reservation to settlement (SPEC §5).
+"""The cost ledger: one row per image call, from reservation to settlement (docs/rules.md §5).
 
 A row's statuses and the arrows between them are bot/store/jobstate.py's: every status write goes through it.
 Every write that moves money also moves the quota counters, in the same transaction.
 All database work runs on one worker thread per Ledger, so the event loop never waits on SQLite.
 
 Each process holds a lease on the rows it reserved: its `instances` row expires `lease` seconds after
-its last heartbeat. Any process recovers the open rows of an expired lease (SPEC §5), whatever host
+its last heartbeat. Any process recovers the open rows of an expired lease (docs/rules.md §5), whatever host
 name or pid it had: a container that comes back under a new name, or never comes back, frees its money.
 """
 
@@ -45,7 +45,7 @@ log = logging.getLogger("imagebot.ledger")
 T = TypeVar("T")
 
 
-LEASE = timedelta(seconds=60)  # SPEC §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
+LEASE = timedelta(seconds=60)  # docs/rules.md §5: at most 60 s; IMAGEBOT_LEASE_SECONDS
 RESERVED_KEPT = 100_000  # PostgreSQL: reservations remembered for settlements without a read (a bound)
 SERIALIZATION_ATTEMPTS = 50  # PostgreSQL: tries of one transaction that keeps losing races
 WAL_AUTOCHECKPOINT_PAGES = 4000  # ~16 MB of WAL between checkpoints (SQLite's default: 1000 pages)
@@ -300,7 +300,7 @@ class Ledger:
 
     def heartbeat_sync(self) -> bool:
         """Renew this process's lease on its jobs while it is still live. False if it had lapsed: then its
-        open rows belong to whoever recovers them (SPEC §5, fencing), this process gives up its old identity
+        open rows belong to whoever recovers them (docs/rules.md §5, fencing), this process gives up its old identity
         (its jobs under it can no longer move a row or start an API call), and takes a new lease for the jobs
         it starts from now on. The caller stops its local jobs."""
         expiry, params = self._expiry_sql()
@@ -681,7 +681,7 @@ class Ledger:
                     images=int(str(settlement.status) in PAID) - 1,
                 )
         if overage:
-            # The estimate should be a true upper bound (SPEC §5): the real cost is recorded all the same.
+            # The estimate should be a true upper bound (docs/rules.md §5): the real cost is recorded all the same.
             log.error(
                 "settlement above its reservation (overage)",
                 extra={"row_id": row_id, "reserved_micros": int(reserved), "overage_micros": overage},

@@ -1,5 +1,5 @@
 """Fixtures shared by the core tests: `make_core` (a Core against the offline server) on a store chosen by
-`db_target`. The modules in BOTH_BACKENDS run twice, on SQLite and on a real PostgreSQL server (SPEC §12)."""
+`db_target`. The modules in BOTH_BACKENDS run twice, on SQLite and on a real PostgreSQL server (docs/rules.md §12)."""
 
 from __future__ import annotations
 

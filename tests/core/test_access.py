@@ -1,4 +1,4 @@
-"""Access rules and fairness (SPEC §10) through the real core: channels, who may render, blocks, ceilings,
+"""Access rules and fairness (docs/rules.md §10) through the real core: channels, who may render, blocks, ceilings,
 pace, the fair queue, `/imagine-admin` settings. Against the offline image server and a real SQLite file;
 a refusal is private, costs nothing and calls no API."""
 

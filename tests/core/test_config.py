@@ -1,4 +1,4 @@
-"""Settings from the environment and `.env` (SPEC §7): the defaults, what overrides what, and
+"""Settings from the environment and `.env` (docs/rules.md §7): the defaults, what overrides what, and
 one-line errors that name the variable and never show a secret."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Attachments before download (SPEC §10): the count and declared sizes are checked from what the platform
+"""Attachments before download (docs/rules.md §10): the count and declared sizes are checked from what the platform
 declares, and one process downloads at most IMAGEBOT_MAX_DOWNLOADS files at once."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The fair queue's positions (SPEC §10): what every waiting job's progress shows costs O(waiters) per tick in
+"""The fair queue's positions (docs/rules.md §10): what every waiting job's progress shows costs O(waiters) per tick in
 all, not O(waiters^2 x users); and it stays the order the slots really go in, as the queue changes."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reference images and masks (SPEC §3): PNG/JPEG/WebP only, at most 50 MB, decoded with the
+"""Reference images and masks (docs/rules.md §3): PNG/JPEG/WebP only, at most 50 MB, decoded with the
 decompression-bomb guard; and re-encoding a result to fit an upload limit."""
 
 from __future__ import annotations

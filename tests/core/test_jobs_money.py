@@ -1,4 +1,4 @@
-"""Money through the real JobRunner: reserve, render against the offline server, settle (SPEC §4-5).
+"""Money through the real JobRunner: reserve, render against the offline server, settle (docs/rules.md §4-5).
 
 Everything is real: the SQLite file, the OpenAI SDK, HTTP on loopback, the offline image
 server. Only the adapter is a small recording view.

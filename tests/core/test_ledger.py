@@ -1,4 +1,4 @@
-"""The ledger and its quota counters, on real SQLite files (SPEC §5).
+"""The ledger and its quota counters, on real SQLite files (docs/rules.md §5).
 
 The central invariant: every quota counter equals a direct SQL sum over the ledger rows it
 is fed by (an open row counts its reserved amount, a closed row its actual amount; an image

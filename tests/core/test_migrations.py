@@ -1,4 +1,4 @@
-"""Migrations from every earlier schema version of both backends (SPEC §12).
+"""Migrations from every earlier schema version of both backends (docs/rules.md §12).
 
 For each earlier version N a real store is built at N (SQLite: `store.migrate(db, target=N)` on a file;
 PostgreSQL: `pg.connect(url, target=N)` on a fresh database), representative rows are written as the code of

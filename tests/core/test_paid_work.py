@@ -1,4 +1,4 @@
-"""[1/6] Paid work is never lost and never free (SPEC §4-5): fencing, the outbox, charged failures.
+"""[1/6] Paid work is never lost and never free (docs/rules.md §4-5): fencing, the outbox, charged failures.
 
 Real parts throughout: SQLite files in WAL, the OpenAI SDK against the offline image server on loopback,
 the JobRunner and the ledger. The views are small recording adapters.

@@ -1,4 +1,4 @@
-"""Prices (SPEC §5, docs/gpt-image-2.md): the April 2026 table, worst-case estimates for the
+"""Prices (docs/rules.md §5, docs/gpt-image-2.md): the April 2026 table, worst-case estimates for the
 reservation, real costs from `usage`, and the price file an admin can edit.
 
 Money is integer micro-dollars (1 USD = 1,000,000) everywhere.
@@ -362,7 +362,7 @@ def test_the_estimate_covers_what_the_offline_api_bills(
     reference_sizes: list[tuple[int, int]],
     masked: bool,
 ) -> None:
-    """charged <= reserved (SPEC §5): for any request, references 0-5 and a mask or not, the usage the API
+    """charged <= reserved (docs/rules.md §5): for any request, references 0-5 and a mask or not, the usage the API
     reports never costs more than the estimate reserved for it."""
     run, client = offline
     references = [png(w, h) for w, h in reference_sizes]

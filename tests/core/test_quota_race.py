@@ -1,4 +1,4 @@
-"""Several OS processes on one SQLite file: quota races and crash recovery (SPEC §5).
+"""Several OS processes on one SQLite file: quota races and crash recovery (docs/rules.md §5).
 
 The workers run in real processes started with multiprocessing's "spawn" context, so each
 has its own interpreter, its own connection and its own pid, as separate bot processes would.

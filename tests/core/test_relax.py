@@ -1,4 +1,4 @@
-"""Relax mode (SPEC §11) through the real core, the OpenAI SDK and the offline server's Batch API: jobs
+"""Relax mode (docs/rules.md §11) through the real core, the OpenAI SDK and the offline server's Batch API: jobs
 gathered into one batch, settled at the batch price from each line's usage, delivered once (also after a
 restart), line errors and expired batches released, cancels, quotas at the batch price."""
 
@@ -382,7 +382,7 @@ async def test_a_terminal_waits_for_its_relax_job(start: StartCore, server: Offl
     assert rows(core)[0]["mode"] == "relax"
 
 
-# --- batches with a key: a lost answer, a vanished batch, a cancel while sending (SPEC §11) -----------------
+# --- batches with a key: a lost answer, a vanished batch, a cancel while sending (docs/rules.md §11) -----------------
 
 
 def batch_rows(core: Core) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`/imagine` text -> ImageRequest (SPEC §2-3): the flag grammar, the prompt kept verbatim, and
+"""`/imagine` text -> ImageRequest (docs/rules.md §2-3): the flag grammar, the prompt kept verbatim, and
 every rejection naming its rule and the valid range."""
 
 from __future__ import annotations

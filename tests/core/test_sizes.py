@@ -1,4 +1,4 @@
-"""gpt-image-2 sizes (SPEC §3): what `--size` and `--ar` accept, and what a user is told when not.
+"""gpt-image-2 sizes (docs/rules.md §3): what `--size` and `--ar` accept, and what a user is told when not.
 
 The rules: both edges multiples of 16, no edge over 3840, long:short at most 3:1,
 655,360 to 8,294,400 pixels, or `auto`.
@@ -28,7 +28,7 @@ VALID_RANGE = "edges multiples of 16 up to 3840, long:short at most 3:1, 655,360
 
 
 def meets_every_rule(width: int, height: int) -> bool:
-    """SPEC §3, written out again here so the tests do not trust bot.model.sizes to check itself."""
+    """docs/rules.md §3, written out again here so the tests do not trust bot.model.sizes to check itself."""
     long, short = max(width, height), min(width, height)
     return (
         short > 0

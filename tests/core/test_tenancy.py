@@ -1,4 +1,4 @@
-"""Tenancy (SPEC §2 admins, §5 quotas): every limit, override, counter and report belongs to one tenant,
+"""Tenancy (docs/rules.md §2 admins, §5 quotas): every limit, override, counter and report belongs to one tenant,
 a Slack workspace or a Discord guild (plus the platform); operators (IMAGEBOT_ADMINS) act on every tenant,
 tenant admins only on their own tenant's users and channels.
 

@@ -104,7 +104,7 @@ class RunningBot:
 async def running_bot(
     tmp_path: Path, env: dict[str, str], *, latency: float = 0.2, server: OfflineImageServer | None = None
 ) -> AsyncIterator[RunningBot]:
-    """Start core + adapters + HTTP server with `env` (SPEC §7 names) over test defaults. `server`: an offline
+    """Start core + adapters + HTTP server with `env` (docs/rules.md §7 names) over test defaults. `server`: an offline
     image server that outlives this bot (as OpenAI outlives a restart); else one of its own."""
     port = free_port()
     base = {
@@ -143,7 +143,7 @@ async def running_bot(
 
 
 def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
-    """The SPEC §7 names that point the bot at a fake Slack in HTTP mode."""
+    """The docs/rules.md §7 names that point the bot at a fake Slack in HTTP mode."""
     return {
         "SLACK_BOT_TOKEN": fake.bot_token,
         "SLACK_SIGNING_SECRET": fake.signing_secret,

@@ -1,4 +1,4 @@
-"""Discord access rules (SPEC §10), end to end: `/imagine-admin` with one subcommand per verb and typed
+"""Discord access rules (docs/rules.md §10), end to end: `/imagine-admin` with one subcommand per verb and typed
 options, set through the real discord.py command tree against the fake Discord, then held on every way a job
 starts (a command, a reply that mentions the bot, a result button, the Edit form). Every refusal is private,
 costs nothing and calls no image API."""

@@ -1,4 +1,4 @@
-"""Discord result actions and the price check (SPEC §9), end to end: the real discord.py client, the fake Discord,
+"""Discord result actions and the price check (docs/rules.md §9), end to end: the real discord.py client, the fake Discord,
 the offline image server and the SQLite file. Buttons under a finished job (Re-roll, Vary, Upscale, Edit, Delete)
 are persistent custom ids, a click is the clicker's own job, and an expensive render asks its requester first."""
 

@@ -1,4 +1,4 @@
-"""Relax mode (SPEC §11) and the access rules' gaps (SPEC §10) on Discord, end to end: the real discord.py client
+"""Relax mode (docs/rules.md §11) and the access rules' gaps (docs/rules.md §10) on Discord, end to end: the real discord.py client
 and command tree against the fake Discord, the offline image server's Images, Files and Batch APIs, and the
 SQLite ledger. Each test looks at what a member sees (the interaction's response, private answers, the image's
 size) and at the ledger's rows (status, mode, reserved and actual micro-dollars)."""

@@ -1,4 +1,4 @@
-"""Discord sharding (SPEC §12): DISCORD_SHARD_COUNT and DISCORD_SHARD_IDS choose the shards one replica runs, so
+"""Discord sharding (docs/rules.md §12): DISCORD_SHARD_COUNT and DISCORD_SHARD_IDS choose the shards one replica runs, so
 replicas split the guilds between them. End to end against the fake Discord, which sends a guild's events only to
 the session of the shard that owns it, `(guild_id >> 22) % count`, as Discord does."""
 

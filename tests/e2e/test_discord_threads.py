@@ -1,4 +1,4 @@
-"""Discord threads and forum posts (SPEC §10): a thread follows its parent channel's rules and counts against
+"""Discord threads and forum posts (docs/rules.md §10): a thread follows its parent channel's rules and counts against
 its parent's channel budget, on every way a job starts there (a command, a reply that mentions the bot, a
 result button), while the job itself is still shown in the thread. The fake Discord models threads as Discord
 does: type 11 with a `parent_id`, in an interaction's `channel` object and in GET /channels/{id}."""

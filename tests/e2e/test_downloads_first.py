@@ -1,4 +1,4 @@
-"""Attachments are counted and their declared sizes checked before any download (SPEC §10), on Slack and on
+"""Attachments are counted and their declared sizes checked before any download (docs/rules.md §10), on Slack and on
 Discord: too many files, or one declared over 50 MB, is refused privately with nothing downloaded at all."""
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 @pytest.mark.parametrize("database", ["fresh", "older schema"])
 async def test_kill_9_during_a_render_then_restart(database: str, slack: FakeSlack, tmp_path: Path) -> None:
-    # A short lease: the restarted bot recovers the killed one's job once its lease expired (SPEC §5).
+    # A short lease: the restarted bot recovers the killed one's job once its lease expired (docs/rules.md §5).
     bot = BotProcess(tmp_path, slack, IMAGEBOT_OFFLINE_LATENCY="30", IMAGEBOT_LEASE_SECONDS="2")
     if database == "older schema":
         db = store.sqlite_utils.Database(str(bot.db))

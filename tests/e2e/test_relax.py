@@ -1,4 +1,4 @@
-"""Relax mode end to end on Slack (SPEC §11): the real bolt app in HTTP mode, the fake Slack, the offline
+"""Relax mode end to end on Slack (docs/rules.md §11): the real bolt app in HTTP mode, the fake Slack, the offline
 server's Files and Batch APIs through the OpenAI SDK. Two users' relax jobs go in one batch and land in their
 own threads once each, settled at the batch price; a bot restarted while its batch runs still delivers."""
 

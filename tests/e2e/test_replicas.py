@@ -1,4 +1,4 @@
-"""Two `imagebot run` replicas on one PostgreSQL server (SPEC §12), as real processes behind no load balancer
+"""Two `imagebot run` replicas on one PostgreSQL server (docs/rules.md §12), as real processes behind no load balancer
 but the test itself: a quota shared exactly, a Slack retry deduplicated across replicas, and a replica killed
 mid-render whose job the other recovers once the lease expires, telling the user."""
 

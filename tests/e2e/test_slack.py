@@ -114,7 +114,7 @@ async def test_mention_in_thread_edits_the_latest_image_with_a_reference_and_a_m
     mask = slack.add_file(
         name="my-mask.png", data=png(1024, 1024, alpha=True), mimetype="image/png", filetype="png"
     )
-    # Only a reply that mentions the bot is an edit (SPEC §2); here its `message` (file_share) event.
+    # Only a reply that mentions the bot is an edit (docs/rules.md §2); here its `message` (file_share) event.
     event = slack.message_event(
         text=f"<@{slack.bot_user_id}> make it blue --quality low", thread_ts=thread, files=[ref, mask]
     )

@@ -1,4 +1,4 @@
-"""Slack access rules and fairness, end to end (SPEC §10): the real bolt app in HTTP mode (Socket Mode where
+"""Slack access rules and fairness, end to end (docs/rules.md §10): the real bolt app in HTTP mode (Socket Mode where
 said), the fake Slack, the offline image server. Admins set the rules with /imagine-admin as they would in
 Slack; every refusal is private, costs nothing and calls no image API. Then the Home tab."""
 

@@ -1,5 +1,5 @@
 """Slack result actions and the price check, end to end: the real bolt app in HTTP mode, the fake Slack, the
-offline image server (SPEC §9). Buttons are pressed by their labels, as a person would."""
+offline image server (docs/rules.md §9). Buttons are pressed by their labels, as a person would."""
 
 from __future__ import annotations
 

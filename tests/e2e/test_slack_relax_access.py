@@ -1,4 +1,4 @@
-"""Relax mode's Cancel, expiry and edits, and the access rules' less trodden paths, end to end on Slack (SPEC §10,
+"""Relax mode's Cancel, expiry and edits, and the access rules' less trodden paths, end to end on Slack (docs/rules.md §10,
 §11): the real bolt app in HTTP mode, the fake Slack, the offline server's image, Files and Batch APIs. Each test
 checks what the person sees (privately and in the thread) and what the ledger booked."""
 
