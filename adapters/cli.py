@@ -497,11 +497,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser(
         "run",
         help="start every adapter whose tokens are set",
-        description="Start the bot: every adapter whose tokens are set, and the HTTP port ("
-        "IMAGEBOT_HTTP_PORT, default 3000: health, metrics, Slack's HTTP mode). Slack: SLACK_BOT_TOKEN with SLACK_APP_TOKEN (Socket Mode) or "
-        "SLACK_SIGNING_SECRET (HTTP mode). Discord: DISCORD_TOKEN. With no chat token set, the console "
-        "adapter runs in this terminal (when it is one). Without OPENAI_API_KEY the offline image server answers, at no cost. "
-        "Every setting: README, Configuration.",
+        description="Start the bot: every adapter whose tokens are set, and the HTTP port (IMAGEBOT_HTTP_PORT, "
+        "default 3000: health, metrics, Slack's HTTP mode). Slack: SLACK_BOT_TOKEN with SLACK_APP_TOKEN "
+        "(Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode). Discord: DISCORD_TOKEN. With no chat token set, "
+        "the console adapter runs in this terminal (when it is one). Without OPENAI_API_KEY the offline image "
+        "server answers, at no cost. Every setting: README, Configuration.",
     ).set_defaults(fn=cmd_run)
     p = sub.add_parser(
         "console",

@@ -444,7 +444,7 @@ class Core:
         """`who`'s own defaults in their tenant (/imagine-settings); the language among them is what the words
         they are told should be in."""
         tenant = Tenant.of(who).key
-        stored = await self.ledger.run_db(lambda db: people.load_settings(db, tenant, who.user))
+        stored = await self.ledger.read_db(lambda db: people.load_settings(db, tenant, who.user))
         return Preferences.from_stored(stored)
 
     async def set_preferences(self, who: Requester, text: str) -> Preferences:

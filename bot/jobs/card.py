@@ -111,7 +111,7 @@ async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False)
     whatever the reason."""
     ref = ref.strip() or "1"
     if ref.isascii() and ref.isdigit() and 1 <= int(ref) <= 1000:
-        ids = await ledger.run_db(
+        ids = await ledger.read_db(
             lambda db: people.recent_jobs(db, who.platform, who.workspace, who.user, 1, int(ref) - 1)
         )
         job_id = ids[0] if ids else ""
@@ -119,7 +119,7 @@ async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False)
         job_id = ref.lower()
     else:
         raise UserError(texts.no_such_job(ref))
-    found = await ledger.run_db(lambda db: _load(db, who, job_id)) if job_id else None
+    found = await ledger.read_db(lambda db: _load(db, who, job_id)) if job_id else None
     if found is None or not _visible(found.who, who, admin):
         raise UserError(texts.no_such_job(ref))
     return found
@@ -148,4 +148,4 @@ async def history(ledger: Ledger, who: Requester, count: int = DEFAULT_HISTORY) 
         cards = [_load(db, who, job_id) for job_id in ids]
         return [c for c in cards if c is not None]
 
-    return await ledger.run_db(read)
+    return await ledger.read_db(read)

@@ -12,7 +12,8 @@ from typing import Any
 
 from bot.store.db import Database
 
-# The ledger columns a card is made of (bot/jobs/card.py `compose`), in this order.
+# The ledger columns a job's card is made of, in chat (bot/jobs/card.py `compose`) and on the dashboard
+# (adapters/dashboard/cards.py, through bot/store/usage.py `jobs`), in this order.
 CARD_COLUMNS = (
     "job_id",
     "seq",
@@ -37,7 +38,7 @@ CARD_COLUMNS = (
     "context",
     "mode",
 )
-_CARD_SELECT = ", ".join(f'"{c}"' for c in CARD_COLUMNS)  # quoted: "user" is a keyword on PostgreSQL
+CARD_SELECT = ", ".join(f'"{c}"' for c in CARD_COLUMNS)  # quoted: "user" is a keyword on PostgreSQL
 
 
 def load_settings(db: Database, tenant: str, user: str) -> dict[str, str]:
@@ -67,7 +68,7 @@ def save_settings(db: Database, tenant: str, user: str, values: Sequence[tuple[s
 def job_rows(db: Database, platform: str, workspace: str, job_id: str) -> list[dict[str, Any]]:
     """The ledger rows of one job of one tenant (one per image, by seq); [] if the tenant has no such job."""
     rows = db.conn.execute(
-        f"SELECT {_CARD_SELECT} FROM ledger WHERE platform=? AND workspace=? AND job_id=? ORDER BY seq, id",
+        f"SELECT {CARD_SELECT} FROM ledger WHERE platform=? AND workspace=? AND job_id=? ORDER BY seq, id",
         [platform, workspace, job_id],
     ).fetchall()
     return [dict(zip(CARD_COLUMNS, row, strict=True)) for row in rows]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.store.jobstate import SQL_PAID
+from bot.store.people import CARD_COLUMNS, CARD_SELECT
 from bot.store.repo import Db, Runner
 
 FAILED = ("failed", "possibly_billed", "interrupted", "cancelled")
@@ -193,29 +194,6 @@ def tenants(
     return [(p or "", w or "") for p, w in rows]
 
 
-# A job as the dashboard's card shows it: its ledger rows (one per image) with these columns.
-CARD_COLUMNS = (
-    "job_id",
-    "seq",
-    "platform",
-    "workspace",
-    "channel",
-    "user",
-    "model",
-    "size",
-    "quality",
-    "format",
-    "mode",
-    "prompt",
-    "status",
-    "reserved_micros",
-    "actual_micros",
-    "request_ids",
-    "latency_ms",
-    "created_at",
-)
-
-
 def latest_jobs(db: Db, *, platform: str | None, workspace: str | None, limit: int) -> list[str]:
     """The ids of a tenant's latest jobs (None: of every tenant), newest first."""
     where, params = (
@@ -232,17 +210,16 @@ def jobs(
     db: Db, *, job_ids: Sequence[str], platform: str | None, workspace: str | None
 ) -> list[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Each of `job_ids` that is the tenant's (None: any tenant's), in that order: its ledger rows (`seq` order,
-    CARD_COLUMNS) and its stored images (where each lives on its platform; none once purged). Another tenant's
-    job is left out, as one that does not exist."""
+    bot/store/people.py CARD_COLUMNS, the same as the chat's card) and its stored images (where each lives on its
+    platform; none once purged). Another tenant's job is left out, as one that does not exist."""
     if not job_ids:
         return []
     marks = ", ".join("?" * len(job_ids))
     scope, params = (
         ("AND platform = ? AND workspace = ?", [platform, workspace]) if platform is not None else ("", [])
     )
-    columns = ", ".join('"user"' if c == "user" else c for c in CARD_COLUMNS)
     rows = db.execute(
-        f"SELECT {columns} FROM ledger WHERE job_id IN ({marks}) {scope} ORDER BY job_id, seq, id",
+        f"SELECT {CARD_SELECT} FROM ledger WHERE job_id IN ({marks}) {scope} ORDER BY job_id, seq, id",
         [*job_ids, *params],
     ).fetchall()
     stored = db.execute(
