@@ -370,13 +370,9 @@ class Core:
             if not clicks.same_tenant(record.who, who):
                 raise UserError(texts.EXPIRED_BUTTON)
             metrics.ACTIONS.labels(who.platform, str(kind)).inc()
-            image = record.images[index - 1] if 0 < index <= len(record.images) else None
-            if kind != actions.Kind.REROLL and not 0 < index <= record.request.count:
-                raise UserError(texts.no_such_image(index, record.request.count))
-            if kind != actions.Kind.REROLL and image is None:
-                raise UserError(msg("app.image_not_ready"))
-            if image is not None and image.get("deleted") and kind != actions.Kind.REROLL:
-                raise UserError(texts.already_deleted(index))
+            image = clicks.clicked_image(
+                record.images, index, record.request.count, rerolling=kind == actions.Kind.REROLL
+            )
             if deleting:
                 assert image is not None
                 if not clicks.may_delete(record.who, who, admin=admin):

@@ -2,12 +2,18 @@
 
 A click that renders is a new job of whoever clicked: their quota, their access rules, the price check, as if
 they had typed it. A button works only inside the tenant its job was made in (elsewhere it reads as expired).
-Delete removes a posted image: its requester or an admin may; an admin's Delete skips the access rules (an
-admin cleans up even where they may not render). Core.act applies these; the refusals' words are texts.py's.
+A click names one of its job's posted images (`clicked_image`): one it has, posted, not deleted. Delete removes
+it: its requester or an admin may; an admin's Delete skips the access rules (an admin cleans up even where they
+may not render). Core.act applies these; the refusals' words are the catalogs' (bot/texts.py).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from bot import texts
+from bot.errors import UserError
+from bot.i18n import msg
 from bot.model.request import Requester
 
 
@@ -24,3 +30,21 @@ def same_tenant(owner: Requester, who: Requester) -> bool:
 def may_delete(owner: Requester, who: Requester, *, admin: bool) -> bool:
     """The job's requester, or an admin, may delete its image."""
     return owner.user == who.user or admin
+
+
+def clicked_image(
+    images: tuple[dict[str, Any], ...], index: int, count: int, *, rerolling: bool
+) -> dict[str, Any] | None:
+    """The posted image a click acts on (image `index` of a job of `count`; None for a Re-roll, which acts on
+    the request). UserError naming the job's images for a number it has not, one not posted yet, or one that
+    was deleted."""
+    if rerolling:
+        return None
+    if not 0 < index <= count:
+        raise UserError(texts.no_such_image(index, count))
+    image = images[index - 1] if index <= len(images) else None
+    if image is None:
+        raise UserError(msg("app.image_not_ready"))
+    if image.get("deleted"):
+        raise UserError(texts.already_deleted(index))
+    return image
