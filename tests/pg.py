@@ -234,14 +234,17 @@ class PgServer:
     # -- databases ---------------------------------------------------------------------------------
 
     def create_database(self, name: str | None = None) -> str:
-        """CREATE DATABASE `name` (default: `test_N`, N counting up) and return its URL."""
+        """CREATE DATABASE `name` (default: `test_N`, N counting up) and return its URL. FILE_COPY copies the
+        template's files (with fsync off, its checkpoint is cheap): about half the time of the default WAL_LOG,
+        which writes every page of the template through the WAL (PostgreSQL 15 and later)."""
         if name is None:
             self._databases += 1
             name = f"test_{self._databases}"
         if not _DB_NAME.match(name):
             raise ValueError(f"database name {name!r}: lower-case letters, digits and _ only (max 63)")
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            strategy = sql.SQL(" STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else "")
+            conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), strategy))
         return self.url_for(name)
 
     # -- internals ---------------------------------------------------------------------------------

@@ -41,11 +41,9 @@ import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import openai
-
-from bot import texts
+from bot import lazy, texts
 from bot.errors import ProviderError
 from bot.i18n import msg, usd
 from bot.jobs import actions
@@ -58,6 +56,11 @@ from bot.model.pricing import PriceTable, batch_price, cost_micros
 from bot.model.request import ImageRequest, Requester
 from bot.store.batches import Batches, Line, OpenBatch
 from bot.store.ledger import Ledger, Reservation, Settlement, Status
+
+if TYPE_CHECKING:
+    import openai
+else:
+    openai = lazy.module("openai")  # imported by the first render or batch (bot/lazy.py)
 
 log = logging.getLogger("imagebot.relax")
 GENERATIONS = "/v1/images/generations"

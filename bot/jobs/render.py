@@ -29,18 +29,22 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 from PIL import Image
 
-from bot import metrics
+from bot import lazy, metrics
 from bot.errors import ApiRejected, ModerationRefused, ProviderError, QuotaExceeded
 from bot.i18n import Msg, msg
 from bot.model.pricing import Usage
 from bot.model.request import ImageRequest
 from bot.transport import AiohttpTransport
+
+if TYPE_CHECKING:
+    import openai
+else:
+    openai = lazy.module("openai")  # imported by the first render or batch (bot/lazy.py)
 
 log = logging.getLogger("imagebot.render")
 
