@@ -464,9 +464,9 @@ def _runs_as_documented(command: str, tmp_path: Path) -> None:
         assert run.code == 2 and "SLACK_BOT_TOKEN" in run.stderr, (command, run.stderr)
     elif args[:1] == ["info"] and "--help" not in args:
         # A fresh database holds no job: it says so in one line (tests/e2e/test_*_people.py show cards). A job
-        # id is looked up in the ledger first; a number N is the Nth of the person's history.
+        # id (ids are lower-case hex) is looked up in the ledger first; a number N is the Nth of the history.
         job = args[1]
-        said = f"No such job: '{job}'." if job.isdigit() else f"no job '{job}' in this ledger"
+        said = f"No such job: '{job}'." if job.isdigit() else f"no job '{job.lower()}' in this ledger"
         assert run.code == 2 and said in run.stderr, (command, run.stderr)
     elif args[:1] == ["redeliver"] and "--help" not in args:
         # A fresh database holds no job: it says so in one line (tests/core/test_paid_work.py delivers one).
@@ -513,10 +513,10 @@ def test_every_example_in_a_help_text_runs(tmp_path: Path) -> None:
 
 
 def readme_commands() -> list[str]:
-    """Every `imagebot ...` command in README.md and in the operators' and design docs it links."""
+    """Every `imagebot ...` command in README.md and in the docs it links (usage, operations, design, testing)."""
     readme = "\n".join(
         (ROOT / name).read_text(encoding="utf-8")
-        for name in ("README.md", "docs/operations.md", "docs/design.md")
+        for name in ("README.md", "docs/usage.md", "docs/operations.md", "docs/design.md", "docs/testing.md")
     )
     found: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL):
