@@ -7,7 +7,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 
 WORKDIR /app
 # The locked dependencies first (hash-checked; requirements.lock is compiled from pyproject.toml with the
-# postgres extra, see README's Development section), then the app itself without resolving anything again.
+# postgres extra, see docs/testing.md, Locked installs), then the app itself without resolving anything again.
 COPY requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes -r requirements.lock
 COPY pyproject.toml README.md ./

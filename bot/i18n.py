@@ -227,7 +227,7 @@ def translate(text: object, locale: str) -> str:
 
 def money(micros: int, locale: str = ENGLISH) -> str:
     """Micro-dollars as US dollars with four decimals, enough for the cheapest image (`$0.2110`; in
-    Chinese `US$0.2110`)."""
+    Chinese `US$0.2110`); a half is rounded to even, as `bot.model.pricing.format_usd` does (docs/rules.md §5)."""
     return format_currency(
         Decimal(micros) / _MICRO,
         "USD",

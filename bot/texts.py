@@ -19,10 +19,10 @@ from bot.i18n import money as _money
 from bot.i18n import number as _number
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.model.request import Defaults, ImageRequest, Requester, clip
+from bot.policy.preferences import SETTINGS_USAGE, Preferences
 
 if TYPE_CHECKING:
     from bot.jobs.card import JobCard
-    from bot.policy.preferences import Preferences
     from bot.store.ledger import Interrupted
 
 BAR_WIDTH = 20
@@ -207,19 +207,8 @@ def interrupted(job: Interrupted) -> Msg:
     return msg("texts.interrupted", money=money)
 
 
-def already_deleted(index: int) -> Msg:
-    return msg("texts.already_deleted", index=index)
-
-
-def no_such_image(index: int, count: int) -> Msg:
-    return msg("texts.no_such_image", n=count, index=index)
-
-
 # -- your settings, a job's card, your history, spoilers -----------------------------------------------------
 
-SETTINGS_USAGE = msg("people.settings_usage")
-SIZE_VALUES = msg("people.size_values")
-AR_VALUES = msg("people.ar_values")
 SHOW_LABEL = msg("people.show")
 SETTINGS_FORM_TITLE = msg("people.form_title")  # at most 24 characters (a Slack modal's title)
 SETTINGS_FORM_SAVE = msg("people.form_save")
@@ -232,26 +221,6 @@ SETTING_LABELS = {
     name: msg(f"people.label.{name}")
     for name in ("size", "ar", "quality", "format", "count", "mode", "language")
 }
-
-
-def bad_spoiler(value: str) -> Msg:
-    """`/imagine-admin channel #c spoiler=...` with a value other than on or off."""
-    return msg("people.bad_spoiler", value=value)
-
-
-def unknown_setting(word: str) -> Msg:
-    """A word of /imagine-settings that names no setting."""
-    return msg("people.unknown_setting", word=repr(word), usage=SETTINGS_USAGE)
-
-
-def bad_setting(name: str, value: str, valid: str, why: str = "") -> Msg:
-    """A setting given a value it cannot take."""
-    return msg("people.bad_setting", name=name, value=value, valid=valid, because=f" ({why})" if why else "")
-
-
-def settings_conflict(why: str) -> Msg:
-    """Settings that are each fine but together would not make a request."""
-    return msg("people.settings_conflict", why=why)
 
 
 def your_settings(mine: Preferences, base: Defaults, place: str, saved: bool = False) -> Text:
@@ -279,20 +248,6 @@ def _your_settings(mine: Preferences, base: Defaults, place: str, saved: bool, *
         )
     lines.append(say(locale, "people.change", usage=SETTINGS_USAGE.render(locale)))
     return "\n".join(lines)
-
-
-def from_your_default(name: str) -> Msg:
-    """Added to a channel's refusal when the refused value was the requester's own default."""
-    return msg("people.from_your_default", name=name)
-
-
-def no_such_job(ref: str) -> Msg:
-    """Any job the caller may not see, or that does not exist: the same words, so nothing leaks."""
-    return msg("people.no_such_job", ref=repr(ref))
-
-
-def history_usage(text: str, most: int) -> Msg:
-    return msg("people.history_usage", text=repr(text), most=most)
 
 
 def _person(who: Requester) -> str:

@@ -3,7 +3,7 @@ and the job's stored request: one composition (`compose`) for every place that s
 platforms, the console, the CLI, the dashboard).
 
 Who may see a card: the person who asked, and the tenant's admins; nobody across tenants. Whoever may not
-gets the same answer as for a job that does not exist (`texts.NO_SUCH_JOB`), so a card leaks nothing, not
+gets the same answer as for a job that does not exist (``no_such_job``), so a card leaks nothing, not
 even that the job exists.
 """
 
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot import texts
 from bot.errors import UserError
+from bot.i18n import Msg, msg
 from bot.model.request import Requester
 from bot.store import people
 from bot.store.ledger import Ledger
@@ -107,7 +107,7 @@ def _visible(card_who: Requester, who: Requester, admin: bool) -> bool:
 
 async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False) -> JobCard:
     """The card of job `ref` (its id, or N: the Nth of `who`'s history, 1 the latest; nothing: the latest) for
-    `who`: theirs, or any of their tenant's for an admin. UserError `texts.no_such_job` for anything else,
+    `who`: theirs, or any of their tenant's for an admin. UserError `no_such_job` for anything else,
     whatever the reason."""
     ref = ref.strip() or "1"
     if ref.isascii() and ref.isdigit() and 1 <= int(ref) <= 1000:
@@ -118,10 +118,10 @@ async def card(ledger: Ledger, who: Requester, ref: str, *, admin: bool = False)
     elif _JOB_ID.match(ref.lower()):
         job_id = ref.lower()
     else:
-        raise UserError(texts.no_such_job(ref))
+        raise UserError(no_such_job(ref))
     found = await ledger.read_db(lambda db: _load(db, who, job_id)) if job_id else None
     if found is None or not _visible(found.who, who, admin):
-        raise UserError(texts.no_such_job(ref))
+        raise UserError(no_such_job(ref))
     return found
 
 
@@ -136,7 +136,7 @@ def parse_count(args: str) -> int:
     if not text:
         return DEFAULT_HISTORY
     if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_HISTORY:
-        raise UserError(texts.history_usage(text, MAX_HISTORY))
+        raise UserError(history_usage(text, MAX_HISTORY))
     return int(text)
 
 
@@ -149,3 +149,12 @@ async def history(ledger: Ledger, who: Requester, count: int = DEFAULT_HISTORY) 
         return [c for c in cards if c is not None]
 
     return await ledger.read_db(read)
+
+
+def no_such_job(ref: str) -> Msg:
+    """Any job the caller may not see, or that does not exist: the same words, so nothing leaks."""
+    return msg("people.no_such_job", ref=repr(ref))
+
+
+def history_usage(text: str, most: int) -> Msg:
+    return msg("people.history_usage", text=repr(text), most=most)

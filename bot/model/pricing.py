@@ -122,7 +122,8 @@ def to_micros(usd: Decimal) -> int:
 
 
 def format_usd(micros: int) -> str:
-    """`$0.2110` style: four decimals, enough for the cheapest image."""
+    """`$0.2110` style: dollars to four decimals, enough for the cheapest image; a half is rounded to even
+    (7,050 micro-dollars: `$0.0070`), as `bot.i18n.money` says it (docs/rules.md §5)."""
     return f"${Decimal(micros) / MICRO:.4f}"
 
 

@@ -10,7 +10,8 @@ is an array of `ImageRefParam` (`{"file_id"}` or `{"image_url"}`, exactly one) a
 
 Each line is checked by the same model rules as the synchronous endpoints (bot/offline/rules.py), drawn by
 the same code in a worker thread (bot/offline/drawing.py), and answered with the same body, `usage`
-included (`OfflineImageServer.images_response`).
+included (the server's `images_response`). It knows its server only as a `BatchHost`, so the server
+builds it and it never imports the server back.
 
 A batch runs in a background task: `validating` for the first tenth of the server's `batch_latency`, then
 `in_progress` with its lines spread over the next eight tenths, `finalizing`, and `completed` when
@@ -36,15 +37,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import BodyPartReader, web
 
+from bot.model.pricing import PriceTable
 from bot.offline import drawing, rules
 from bot.offline.rules import ApiError, Body, Params, invalid
-
-if TYPE_CHECKING:
-    from bot.offline.server import OfflineImageServer
 
 BATCH_ENDPOINTS = {"/v1/images/generations": "generations", "/v1/images/edits": "edits"}
 BATCH_FAULTS = ("batch_failed", "batch_expired", "line_error", "batch_dropped", "batch_500")
@@ -65,6 +64,21 @@ LINE_ERROR_MESSAGE = (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BatchHost(Protocol):
+    """What the Batch API takes from the server it is mounted on (bot/offline/server.py's
+    OfflineImageServer), read live: a test may change `batch_latency` or queue a fault at any time."""
+
+    prices: PriceTable
+    batch_latency: float
+    batch_calls: list[tuple[str, str]]
+
+    def next_fault(self, *, batch: bool = False) -> str | None: ...
+
+    def cut(self, request: web.Request) -> None: ...
+
+    def images_response(self, params: Params, b64: str) -> dict[str, Any]: ...
 
 
 def _now() -> int:
@@ -301,10 +315,10 @@ def _jsonl(entries: list[dict[str, Any]]) -> bytes:
 
 
 class BatchApi:
-    """The `/v1/files` and `/v1/batches` routes of an OfflineImageServer, with their files and batches in
+    """The `/v1/files` and `/v1/batches` routes of a server (a `BatchHost`), with their files and batches in
     memory (`files`, `batches`, by id in creation order)."""
 
-    def __init__(self, server: OfflineImageServer) -> None:
+    def __init__(self, server: BatchHost) -> None:
         self._server = server
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, BatchJob] = {}
@@ -513,7 +527,7 @@ class BatchApi:
             raise invalid(
                 "input_file_id", f"A batch input file may be at most {MAX_BATCH_FILE_BYTES:,} bytes."
             )
-        fault = self._server._next_fault(batch=True)
+        fault = self._server.next_fault(batch=True)
         if fault == "batch_500":
             raise ApiError(
                 500, "The server had an error while processing your request.", type_="server_error"
@@ -535,7 +549,7 @@ class BatchApi:
         if self.create_delay > 0:  # created and running; the answer takes its time
             await asyncio.sleep(self.create_delay)
         if fault == "batch_dropped":  # created and running, but the client never hears of it
-            self._server._cut(request)
+            self._server.cut(request)
             return web.Response(status=200)  # written to a closed connection: nobody reads it
         return web.json_response(job.to_json())
 

@@ -224,7 +224,7 @@ class OfflineImageServer:
         request_id = request.get(_REQUEST_ID_KEY) or _new_request_id()
         response.headers.setdefault("x-request-id", request_id)
 
-    def _next_fault(self, *, batch: bool = False) -> str | None:
+    def next_fault(self, *, batch: bool = False) -> str | None:
         """Take the next fault for an image call, or (`batch`) for a batch creation: each passes over the
         other's tokens, which stay queued."""
         for index, token in enumerate(self._faults):
@@ -336,7 +336,7 @@ class OfflineImageServer:
     async def _serve(self, request: web.Request, endpoint: str, record: CallRecord) -> web.StreamResponse:
         body = await self._read_body(request, endpoint)
         self._fill_record(record, body)
-        fault = self._next_fault()
+        fault = self.next_fault()
         if fault == "ok":
             fault = None
         record.fault = fault
@@ -440,7 +440,7 @@ class OfflineImageServer:
         with contextlib.suppress(ConnectionError):
             await response.prepare(request)
             await response.write(raw[: len(raw) // 2])
-            self._cut(request)
+            self.cut(request)
         return response
 
     async def _stream(
@@ -481,7 +481,7 @@ class OfflineImageServer:
                 if drop:
                     break
             if drop:
-                self._cut(request)
+                self.cut(request)
                 return response
             await self._sleep_until(started + latency)
             completed = {
@@ -512,7 +512,7 @@ class OfflineImageServer:
             "usage": usage,
         }
 
-    def _cut(self, request: web.Request) -> None:
+    def cut(self, request: web.Request) -> None:
         """Close the connection mid-body: the client sees a truncated response."""
         transport = request.transport
         if transport is not None:

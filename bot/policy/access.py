@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Protocol
 
-from bot import platforms, texts
+from bot import platforms
 from bot.config import MAX_COOLDOWN, MAX_JOBS, usd_micros
 from bot.errors import UserError
 from bot.i18n import Msg, Text, alternatives, lines, msg
@@ -141,7 +141,7 @@ def parse_channel_setting(text: str, models: Collection[str]) -> tuple[str, str 
         return name, ",".join(chosen)
     if name == "spoiler":
         if value not in ("on", "off"):
-            raise UserError(texts.bad_spoiler(value))
+            raise UserError(bad_spoiler(value))
         return name, value
     if name == "relax":
         if value not in ("on", "off"):
@@ -362,7 +362,7 @@ def _yours(refusal: UserError, request: ImageRequest, name: str) -> UserError:
     the refusal says so, since they did not type it."""
     if name not in request.defaulted:
         return refusal
-    return UserError(f"{refusal} {texts.from_your_default(name)}")
+    return UserError(f"{refusal} {from_your_default(name)}")
 
 
 def describe(
@@ -426,3 +426,13 @@ def shown_setting(name: str, value: str | None) -> str:
     if name == "confirm" and value != "off":
         return f"confirm={format_usd(int(value))}"
     return f"{name}={value}"
+
+
+def bad_spoiler(value: str) -> Msg:
+    """`/imagine-admin channel #c spoiler=...` with a value other than on or off."""
+    return msg("people.bad_spoiler", value=value)
+
+
+def from_your_default(name: str) -> Msg:
+    """Added to a channel's refusal when the refused value was the requester's own default."""
+    return msg("people.from_your_default", name=name)

@@ -4,16 +4,16 @@ A click that renders is a new job of whoever clicked: their quota, their access 
 they had typed it. A button works only inside the tenant its job was made in (elsewhere it reads as expired).
 A click names one of its job's posted images (`clicked_image`): one it has, posted, not deleted. Delete removes
 it: its requester or an admin may; an admin's Delete skips the access rules (an admin cleans up even where they
-may not render). Core.act applies these; the refusals' words are the catalogs' (bot/texts.py).
+may not render). Core.act applies these; the refusals' words are the catalogs'
+(bot/locale/), named by the functions at the end of this module.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot import texts
 from bot.errors import UserError
-from bot.i18n import msg
+from bot.i18n import Msg, msg
 from bot.model.request import Requester
 
 
@@ -41,10 +41,18 @@ def clicked_image(
     if rerolling:
         return None
     if not 0 < index <= count:
-        raise UserError(texts.no_such_image(index, count))
+        raise UserError(no_such_image(index, count))
     image = images[index - 1] if index <= len(images) else None
     if image is None:
         raise UserError(msg("app.image_not_ready"))
     if image.get("deleted"):
-        raise UserError(texts.already_deleted(index))
+        raise UserError(already_deleted(index))
     return image
+
+
+def already_deleted(index: int) -> Msg:
+    return msg("texts.already_deleted", index=index)
+
+
+def no_such_image(index: int, count: int) -> Msg:
+    return msg("texts.no_such_image", n=count, index=index)

@@ -43,14 +43,21 @@ class Pace:
         """The max_jobs refusal: the user has `open_jobs` jobs open."""
         return PaceExceeded(msg("ledger.too_many_jobs", n=open_jobs, most=self.max_jobs))
 
+    def seconds_left(self, last: str, now: datetime) -> int:
+        """The seconds the refusal says are left of the cooldown of a job started at `last` (ISO): rounded up
+        to a whole second and at least 1, so it never says sooner than is true (15.2 s left: "16 s")."""
+        left = self.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
+        return max(math.ceil(left), 1)
+
     def too_soon(self, last: str, now: datetime, tz: tzinfo) -> PaceExceeded:
-        """The cooldown's refusal: the user's last job started at `last` (ISO)."""
-        wait = self.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
-        again = now + timedelta(seconds=max(wait, 0))
+        """The cooldown's refusal: the user's last job started at `last` (ISO); it says the seconds left
+        (`seconds_left`) and the time of day the cooldown ends."""
+        left = self.cooldown - (now - datetime.fromisoformat(last)).total_seconds()
+        again = now + timedelta(seconds=max(left, 0))
         return PaceExceeded(
             msg(
                 "ledger.cooldown",
-                wait=math.ceil(max(wait, 1)),
+                wait=self.seconds_left(last, now),
                 at=lazy(time_of_day, again.astimezone(tz)),
                 cooldown=f"{self.cooldown:g}",
             )

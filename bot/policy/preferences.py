@@ -16,14 +16,35 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 
-from bot import texts
 from bot.errors import UserError
+from bot.i18n import Msg, msg
 from bot.model.pricing import PriceTable
 from bot.model.request import FORMATS, MAX_COUNT, QUALITIES, Defaults, build_request, split_flags
 from bot.model.sizes import parse_ratio, parse_size
 
 LANGUAGES = ("en", "zh-CN")
 MODES = ("fast", "relax")
+# The words of this rule's refusals (the sentences are the catalogs', bot/locale/).
+SETTINGS_USAGE = msg("people.settings_usage")
+SIZE_VALUES = msg("people.size_values")
+AR_VALUES = msg("people.ar_values")
+
+
+def unknown_setting(word: str) -> Msg:
+    """A word of /imagine-settings that names no setting."""
+    return msg("people.unknown_setting", word=repr(word), usage=SETTINGS_USAGE)
+
+
+def bad_setting(name: str, value: str, valid: str, why: str = "") -> Msg:
+    """A setting given a value it cannot take."""
+    return msg("people.bad_setting", name=name, value=value, valid=valid, because=f" ({why})" if why else "")
+
+
+def settings_conflict(why: str) -> Msg:
+    """Settings that are each fine but together would not make a request."""
+    return msg("people.settings_conflict", why=why)
+
+
 # The flags a request takes that are also settings; any other flag in /imagine-settings is refused.
 _FLAG_SETTINGS = ("size", "ar", "quality", "format", "count")
 
@@ -92,7 +113,7 @@ def parse_changes(text: str, prices: PriceTable, model: str) -> list[tuple[str, 
         elif name in _FLAG_SETTINGS:
             changes.append((name, value))
         else:
-            raise UserError(texts.unknown_setting(f"--{name}"))
+            raise UserError(unknown_setting(f"--{name}"))
     for word in rest.split():
         if word.lower() == "reset":
             changes += [(name, "default") for name in Preferences.names()]
@@ -103,7 +124,7 @@ def parse_changes(text: str, prices: PriceTable, model: str) -> list[tuple[str, 
         name, sep, value = word.partition("=")
         name = name.strip().lower()
         if not sep or name not in Preferences.names():
-            raise UserError(texts.unknown_setting(word))
+            raise UserError(unknown_setting(word))
         changes.append((name, value))
     return [(name, _value(name, value, prices, model)) for name, value in changes]
 
@@ -118,13 +139,13 @@ def _value(name: str, value: str, prices: PriceTable, model: str) -> str | None:
         try:
             size = parse_size(word, rule=prices.model(model).capabilities.sizes, model=model)
         except UserError as exc:
-            raise UserError(texts.bad_setting(name, text, texts.SIZE_VALUES, str(exc))) from None
+            raise UserError(bad_setting(name, text, SIZE_VALUES, str(exc))) from None
         return word if word == "auto" or word in ("1k", "2k", "4k") else str(size)
     if name == "ar":
         try:
             parse_ratio(word)
         except UserError as exc:
-            raise UserError(texts.bad_setting(name, text, texts.AR_VALUES, str(exc))) from None
+            raise UserError(bad_setting(name, text, AR_VALUES, str(exc))) from None
         return word
     if name == "quality" and word in QUALITIES:
         return word
@@ -146,7 +167,7 @@ def _value(name: str, value: str, prices: PriceTable, model: str) -> str | None:
         "mode": ", ".join(MODES),
         "language": ", ".join(LANGUAGES),
     }[name]
-    raise UserError(texts.bad_setting(name, text, valid))
+    raise UserError(bad_setting(name, text, valid))
 
 
 def changed(
@@ -161,5 +182,5 @@ def changed(
     try:
         build_request("x", prices=prices, defaults=chosen.over(base))
     except UserError as exc:
-        raise UserError(texts.settings_conflict(str(exc))) from None
+        raise UserError(settings_conflict(str(exc))) from None
     return chosen

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 from collections.abc import Collection
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from bot.errors import UserError
 from bot.model.pricing import load_prices
 from bot.model.request import Requester
 from bot.policy import access
+from bot.policy.pace import Pace
+from tests.support.clock import Clock
 from tests.support.core import ADMIN, ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
 from tests.support.core import AccessView as View
 
@@ -208,16 +211,38 @@ async def test_max_jobs_refuses_the_job_past_the_limit_and_says_when(make_core: 
 
 async def test_a_tenant_sets_its_own_pace_and_a_cooldown_says_when_to_come_back(make_core: MakeCore) -> None:
     core = await make_core()
-    reply = await admin(core, "settings cooldown=60 max_jobs=3")
-    assert "cooldown: 60 s" in reply and "max_jobs: 3" in reply
+    # The cooldown is measured by the ledger's clock; moved by hand here, less than a lease (60 s) in all.
+    clock = core.ledger.clock = Clock(core.ledger.clock())  # type: ignore[misc]
+    reply = await admin(core, "settings cooldown=30 max_jobs=3")
+    assert "cooldown: 30 s" in reply and "max_jobs: 3" in reply
     assert (await imagine(core, ALICE)).delivered
     again = await imagine(core, ALICE)
     refused_for_nothing(core, again, "cooldown", "next job in")
-    assert "in 60 s" in again.refusals[0] or "in 59 s" in again.refusals[0]
+    assert "next job in 30 s" in again.refusals[0]
+    clock.advance(seconds=14.2)  # 15.8 s left: said rounded up, never sooner than it is true
+    assert "next job in 16 s" in (await imagine(core, ALICE)).refusals[0]
+    clock.advance(seconds=15.79)  # 0.01 s left: still at least 1 s
+    assert "next job in 1 s" in (await imagine(core, ALICE)).refusals[0]
+    clock.advance(seconds=0.02)
+    assert (await imagine(core, ALICE)).delivered  # 30 s have passed
     assert (await imagine(core, BOB)).delivered  # one user's cooldown is theirs alone
     assert (await imagine(core, OTHER_TENANT)).delivered  # another tenant keeps the default (0)
     await admin(core, "settings cooldown=default")
     assert (await imagine(core, ALICE)).delivered
+
+
+@given(
+    cooldown=st.floats(min_value=0.001, max_value=86_400, allow_nan=False),
+    elapsed_ms=st.integers(min_value=0, max_value=86_400_000),
+)
+def test_a_cooldowns_seconds_left_are_rounded_up_and_never_say_too_soon(
+    cooldown: float, elapsed_ms: int
+) -> None:
+    start = datetime(2026, 12, 6, 10, 0, tzinfo=UTC)
+    now = start + timedelta(milliseconds=elapsed_ms)
+    left = cooldown - elapsed_ms / 1000
+    said = Pace(cooldown=cooldown, max_jobs=1).seconds_left(start.isoformat(), now)
+    assert said >= 1 and said >= left and (left <= 0 or said - 1 < left)
 
 
 async def test_pace_holds_under_concurrent_submissions(make_core: MakeCore) -> None:

@@ -22,6 +22,7 @@ from bot.jobs.outcomes import JobResult
 from bot.model.pricing import load_prices
 from bot.model.request import Requester
 from bot.model.sizes import SizeRule
+from bot.policy.clicks import already_deleted
 from tests import dbs
 from tests.support.core import ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
 from tests.support.core import ActionsView as View
@@ -139,7 +140,7 @@ async def test_delete_is_for_the_requester_or_an_admin(make_core: MakeCore) -> N
     assert store.deleted == [{"job": result.job_id, "n": 0}]
     alice_view = View()
     await core.act(key, ALICE, alice_view, store)  # already gone: said so, nothing deleted twice
-    assert alice_view.refusals == [texts.already_deleted(1)] and len(store.deleted) == 1
+    assert alice_view.refusals == [already_deleted(1)] and len(store.deleted) == 1
 
 
 async def test_an_expired_or_foreign_button_is_refused_privately(make_core: MakeCore) -> None:

@@ -1,4 +1,7 @@
-"""The core's layers, read from its imports: model <- store <- policy <- jobs <- app, no circle in between."""
+"""The core's layers, read from its imports: model <- store <- policy <- jobs <- app, no circle in between.
+
+The offline image server (bot/offline/) is a leaf service: none of the core's layers imports it except the
+app that starts it, and it takes nothing from them above the model (its price table)."""
 
 from __future__ import annotations
 
@@ -51,13 +54,60 @@ def test_no_module_of_a_layer_imports_one_of_a_layer_above() -> None:
         f"{module} -> {target}"
         for module, targets in imports().items()
         for target in targets
-        if (low := layer(module)) is not None
-        and (high := layer(target)) is not None
-        and high > low
-        # the ledger still keys and refuses quotas by bot/policy/quota.py (its SQL moves to the store)
-        and not (module == "bot.store.ledger" and target == "bot.policy.quota")
+        if (low := layer(module)) is not None and (high := layer(target)) is not None and high > low
     ]
     assert upward == []
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected group of two or more modules (Tarjan), each sorted; a module that imports
+    itself does not count (`imports` leaves it out)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in graph.get(module, set()):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == module:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(found)
+
+
+def test_circles_finds_a_loop_of_imports_and_nothing_else() -> None:
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_modules_of_bot_import_each_other_in_a_circle() -> None:
+    assert circles(imports()) == []
+
+
+def test_the_offline_server_is_a_leaf_the_core_does_not_build_on() -> None:
+    graph = imports()
+    offline = {module for module in graph if module.startswith("bot.offline")}
+    users = {module for module, targets in graph.items() if targets & offline} - offline
+    assert users <= {"bot.app"}
+    core = {target for module in offline for target in graph[module]} - offline
+    assert {target for target in core if layer(target) is not None and layer(target) > 0} == set()
 
 
 def test_relax_and_the_runner_do_not_import_each_other() -> None:

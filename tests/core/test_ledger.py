@@ -32,6 +32,7 @@ from bot.store import pg
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
 from tests import dbs
+from tests.support.clock import Clock
 from tests.support.ledger import (
     IMAGES_SQL,
     OPEN_SQL,
@@ -50,19 +51,6 @@ CAROL = Requester("slack", "W1", "C2", "U3")  # same workspace, other channel
 DAVE = Requester("discord", "W2", "C3", "U4")  # another workspace
 W1 = quota.Tenant("slack", "W1")
 W2 = quota.Tenant("discord", "W2")
-
-
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
 
 
 def request(count: int = 1, prompt: str = "a red fox") -> ImageRequest:

@@ -11,12 +11,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from adapters.mentions import read_admin
-from bot import commands, texts
+from bot import commands
 from bot.errors import UserError
+from bot.jobs.card import no_such_job
 from bot.model.pricing import format_usd, load_prices
 from bot.model.request import Defaults, ImageRequest, Requester, parse_request
 from bot.model.sizes import parse_size
-from bot.policy.access import QUALITY_RANK, Access, Rules
+from bot.policy.access import QUALITY_RANK, Access, Rules, from_your_default
 from bot.policy.preferences import Preferences
 from tests.support.core import ALICE, BOB, MakeCore, rows
 from tests.support.core import AccessView as View
@@ -122,10 +123,10 @@ async def test_a_default_above_a_ceiling_is_refused_as_the_flag_would_be_and_say
     [mine] = view.refusals
     await core.submit(await core.parse_for(BOB, "a lighthouse --quality high"), BOB, (typed := View()))
     [theirs] = typed.refusals
-    assert mine.startswith(theirs) and texts.from_your_default("quality") in mine
+    assert mine.startswith(theirs) and from_your_default("quality") in mine
     await core.set_preferences(ALICE, "quality=default size=2k")
     await core.submit(await core.parse_for(ALICE, "a lighthouse"), ALICE, (big := View()))
-    assert "max_size=1k" in big.refusals[0] and texts.from_your_default("size") in big.refusals[0]
+    assert "max_size=1k" in big.refusals[0] and from_your_default("size") in big.refusals[0]
     assert rows(core) == []  # nothing reserved
 
 
@@ -199,10 +200,10 @@ async def test_the_card_shows_the_ledgers_money_to_the_asker_and_admins_only(mak
     for who, admin in ((BOB, False), (ELSEWHERE, False), (ELSEWHERE, True)):
         with pytest.raises(UserError) as refused:
             await commands.info(core, who, job, platform_admin=admin)
-        assert str(refused.value) == texts.no_such_job(job)
+        assert str(refused.value) == no_such_job(job)
     with pytest.raises(UserError) as unknown:
         await commands.info(core, BOB, "0123456789abcdef", platform_admin=False)
-    assert str(unknown.value) == texts.no_such_job("0123456789abcdef")
+    assert str(unknown.value) == no_such_job("0123456789abcdef")
 
 
 async def test_history_lists_exactly_the_callers_jobs_newest_first(make_core: MakeCore) -> None:

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.errors import ConfigError
+from bot.i18n import money
 from bot.model.images import ImageInput, load_image
 from bot.model.pricing import (
     ModelPrices,
@@ -117,10 +118,18 @@ def test_fractions_of_a_micro_dollar_round_up() -> None:
         (211_000, "$0.2110"),
         (1_500_000, "$1.5000"),
         (12_345_600, "$12.3456"),
+        (7_050, "$0.0070"),  # a half rounds to even
+        (7_150, "$0.0072"),
+        (7_051, "$0.0071"),
     ],
 )
 def test_format_usd(micros: int, text: str) -> None:
     assert format_usd(micros) == text
+
+
+@given(st.integers(min_value=0, max_value=999_999_999))
+def test_every_amount_is_shown_the_same_in_replies_and_in_the_readers_language(micros: int) -> None:
+    assert money(micros) == format_usd(micros)  # below $1,000, where the reader's grouping adds no comma
 
 
 # --- what the estimate counts ---------------------------------------------------------------

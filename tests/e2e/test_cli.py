@@ -463,11 +463,11 @@ def _runs_as_documented(command: str, tmp_path: Path) -> None:
         # No chat token in a test: the settings were accepted, and it says which tokens to set.
         assert run.code == 2 and "SLACK_BOT_TOKEN" in run.stderr, (command, run.stderr)
     elif args[:1] == ["info"] and "--help" not in args:
-        # A fresh database holds no job: it says so in one line (tests/e2e/test_*_people.py show cards).
-        assert run.code == 2 and ("No such job" in run.stderr or "no job" in run.stderr), (
-            command,
-            run.stderr,
-        )
+        # A fresh database holds no job: it says so in one line (tests/e2e/test_*_people.py show cards). A job
+        # id (ids are lower-case hex) is looked up in the ledger first; a number N is the Nth of the history.
+        job = args[1]
+        said = f"No such job: '{job}'." if job.isdigit() else f"no job '{job.lower()}' in this ledger"
+        assert run.code == 2 and said in run.stderr, (command, run.stderr)
     elif args[:1] == ["redeliver"] and "--help" not in args:
         # A fresh database holds no job: it says so in one line (tests/core/test_paid_work.py delivers one).
         assert run.code == 2 and "no image of it waits to be delivered" in run.stderr, (command, run.stderr)
@@ -513,10 +513,10 @@ def test_every_example_in_a_help_text_runs(tmp_path: Path) -> None:
 
 
 def readme_commands() -> list[str]:
-    """Every `imagebot ...` command in README.md and in the operators' and design docs it links."""
+    """Every `imagebot ...` command in README.md and in the docs it links (usage, operations, design, testing)."""
     readme = "\n".join(
         (ROOT / name).read_text(encoding="utf-8")
-        for name in ("README.md", "docs/operations.md", "docs/design.md")
+        for name in ("README.md", "docs/usage.md", "docs/operations.md", "docs/design.md", "docs/testing.md")
     )
     found: list[str] = []
     for block in re.findall(r"```sh\n(.*?)```", readme, re.DOTALL):
