@@ -4,7 +4,6 @@ then hands its work to a task; whatever only the clicker may see is told to them
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from .blocks import (
     edit_form,
 )
 from .client import why_not
-from .payloads import click_thread, clicker, team
+from .middleware import Once, metadata
 from .view import ClickStore, Privately, SlackJobView
 
 if TYPE_CHECKING:
@@ -56,47 +55,39 @@ class Actions:
         app.action(RENDER_ACTION)(self.render)
         app.action(DECLINE_ACTION)(self.decline)
 
-    async def show(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        asker = Privately(self.slack, clicker(body), thread_ts=click_thread(body))
-        self.slack.spawn(self.slack.once(body, self._show(asker, str(action.get("value") or ""))), asker)
+    async def show(self, action: dict[str, Any], asker: Privately, run: Once) -> None:
+        run(self._show(asker, str(action.get("value") or "")), asker)
 
-    async def cancel(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
-        self.slack.spawn(self.slack.once(body, self._cancel(body, action)))
+    async def cancel(self, action: dict[str, Any], who: Requester, run: Once) -> None:
+        run(self._cancel(who, str(action.get("value", ""))))
 
-    async def result_action(self, ack: Any, body: dict[str, Any], action: dict[str, Any]) -> None:
-        await ack()
+    async def result_action(
+        self, body: dict[str, Any], action: dict[str, Any], asker: Privately, run: Once
+    ) -> None:
         key = str(action.get("value") or action.get("action_id", "")[len(RESULT_ACTION_PREFIX) :])
-        asker = Privately(self.slack, clicker(body), thread_ts=click_thread(body))
         if key.startswith(f"{Kind.EDIT}:"):
-            self.slack.spawn(self.slack.once(body, self._open_edit_form(asker, body, action, key)), asker)
+            run(self._open_edit_form(asker, body, action, key), asker)
         else:
-            self.slack.spawn(self.slack.once(body, self._act(asker, key)), asker)
+            run(self._act(asker, key), asker)
 
-    async def edit_submitted(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def edit_submitted(
+        self, ack: Any, body: dict[str, Any], view: dict[str, Any], asker: Privately, run: Once
+    ) -> None:
         await ack()  # no response_action: the form closes
-        metadata = json.loads(view.get("private_metadata") or "{}")
         values = (view.get("state") or {}).get("values") or {}
         instruction = str(((values.get(EDIT_BLOCK) or {}).get(EDIT_INPUT) or {}).get("value") or "")
-        who = Requester("slack", team(body), str(metadata.get("channel") or ""), str(body["user"]["id"]))
-        asker = Privately(self.slack, who, thread_ts=metadata.get("thread") or None)
-        work = self._act(asker, str(metadata.get("key") or ""), instruction)
-        self.slack.spawn(self.slack.once(body, work), asker)
+        run(self._act(asker, str(metadata(body).get("key") or ""), instruction), asker)
 
-    async def render(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        await ack()
-        self._answer_price_check(body, action, respond, render=True)
+    async def render(self, action: dict[str, Any], who: Requester, respond: Any, run: Once) -> None:
+        self._answer_price_check(action, who, respond, run, render=True)
 
-    async def decline(self, ack: Any, body: dict[str, Any], action: dict[str, Any], respond: Any) -> None:
-        await ack()
-        self._answer_price_check(body, action, respond, render=False)
+    async def decline(self, action: dict[str, Any], who: Requester, respond: Any, run: Once) -> None:
+        self._answer_price_check(action, who, respond, run, render=False)
 
     # -- the work, after the ack -------------------------------------------------------------
 
-    async def _cancel(self, body: dict[str, Any], action: dict[str, Any]) -> None:
-        who = clicker(body)
-        if not self.core.cancel(action.get("value", ""), who):
+    async def _cancel(self, who: Requester, job_id: str) -> None:
+        if not self.core.cancel(job_id, who):
             await Privately(self.slack, who).tell(texts.CANCEL_REFUSED)
 
     async def _act(self, asker: Privately, key: str, instruction: str = "") -> None:
@@ -145,12 +136,11 @@ class Actions:
             raise UserError(msg("slack.form_not_opened", why=why_not(exc))) from None
 
     def _answer_price_check(
-        self, body: dict[str, Any], action: dict[str, Any], respond: Any, *, render: bool
+        self, action: dict[str, Any], who: Requester, respond: Any, run: Once, *, render: bool
     ) -> None:
         """Render or Cancel on a private price check. The render goes where the question was asked: the thread
         the button carries, else a new message at the channel root (like /imagine)."""
         token, _, thread = str(action.get("value") or "").partition(":")
-        who = clicker(body)
         asker = Privately(self.slack, who, respond, thread_ts=thread or None, replace=True)
         view = SlackJobView(self.slack, asker, thread_ts=thread or None, question=respond)
-        self.slack.spawn(self.slack.once(body, self.core.price_check(token, who, view, render=render)), asker)
+        run(self.core.price_check(token, who, view, render=render), asker)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import aiohttp
@@ -22,6 +21,7 @@ from bot.i18n import ENGLISH
 from bot.model.request import Requester
 from bot.store.ledger import Interrupted
 
+from . import middleware
 from .actions import Actions
 from .blocks import escape, message_link
 from .client import until_answered, web_client
@@ -68,6 +68,7 @@ class SlackAdapter:
         self.socket_handler: Any = None
         self.state = "starting"  # why not connected yet, for /readyz ("" once connected)
         self.site_url = ""  # https://<workspace>.slack.com/ from auth.test: links to messages (the Home tab)
+        middleware.install(self.app, self)
         for listeners in (Commands(self), Actions(self), Events(self)):
             listeners.register(self.app)
 
@@ -149,22 +150,6 @@ class SlackAdapter:
         self.tasks.add(task)
         task.add_done_callback(self._finished)
         return task
-
-    async def once(self, payload: Mapping[str, Any], coro: Coroutine[Any, Any, Any]) -> None:
-        """Run `coro` for a slash command, a click or a form submission the first time its `trigger_id` is seen
-        (across processes and restarts, like events): the same signed request replayed within Slack's 5
-        minutes was acked, and is otherwise ignored: no job, no message."""
-        trigger = str(payload.get("trigger_id") or "")
-        try:
-            first = not trigger or await self.core.first_time(f"slack:trigger:{trigger}")
-        except BaseException:
-            coro.close()  # the dedupe store could not answer (a database outage): no work, and no leak
-            raise
-        if not first:
-            coro.close()
-            log.info("slack request replayed; ignored", extra={"trigger_id": trigger})
-            return
-        await coro
 
     @staticmethod
     async def _privately(coro: Any, asker: Privately) -> None:

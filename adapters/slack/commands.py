@@ -4,7 +4,6 @@ hands its work to a task; the answer goes to the caller (or the channel, where t
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
@@ -15,13 +14,13 @@ from slack_sdk.errors import SlackApiError
 from bot import commands
 from bot.errors import UserError
 from bot.i18n import ENGLISH, say, translate
-from bot.model.request import Requester, clip
+from bot.model.request import clip
 from bot.policy import preferences
 
 from ..mentions import read_admin
 from .blocks import SETTINGS_CALLBACK, escape, settings_form, settings_words
 from .client import why_not
-from .payloads import commander, team
+from .middleware import Once
 from .view import Privately, SlackJobView
 
 if TYPE_CHECKING:
@@ -47,65 +46,42 @@ class Commands:
         app.command("/imagine-history")(self.history)
         app.view(SETTINGS_CALLBACK)(self.settings_submitted)
 
-    async def imagine(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        self.slack.spawn(self.slack.once(command, self._imagine(asker, command.get("text", ""))), asker)
+    async def imagine(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        run(self._imagine(asker, command.get("text", "")), asker)
 
-    async def usage(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        usage = commands.usage(self.core, asker.who, command.get("text", ""))
-        self.slack.spawn(self.slack.once(command, self._reply(asker, usage)), asker)
+    async def usage(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        run(self._reply(asker, commands.usage(self.core, asker.who, command.get("text", ""))), asker)
 
-    async def my_quota(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        self.slack.spawn(
-            self.slack.once(command, self._reply(asker, commands.my_quota(self.core, asker.who))), asker
-        )
+    async def my_quota(self, asker: Privately, run: Once) -> None:
+        run(self._reply(asker, commands.my_quota(self.core, asker.who)), asker)
 
-    async def admin(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        self.slack.spawn(self.slack.once(command, self._admin(asker, command.get("text", ""))), asker)
+    async def admin(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        run(self._admin(asker, command.get("text", "")), asker)
 
-    async def my_settings(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
+    async def my_settings(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        """`/imagine-settings` with words changes the caller's defaults; alone, it opens the form."""
         text = str(command.get("text") or "")
         if text.strip():
-            reply = commands.my_settings(self.core, asker.who, text)
-            self.slack.spawn(self.slack.once(command, self._reply(asker, reply)), asker)
+            run(self._reply(asker, commands.my_settings(self.core, asker.who, text)), asker)
         else:
-            self.slack.spawn(self.slack.once(command, self._open_settings_form(asker, command)), asker)
+            run(self._open_settings_form(asker, command), asker)
 
-    async def info(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        self.slack.spawn(self.slack.once(command, self._info(asker, str(command.get("text") or ""))), asker)
+    async def info(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        run(self._info(asker, str(command.get("text") or "")), asker)
 
-    async def history(self, ack: Any, command: dict[str, Any], respond: Any) -> None:
-        await ack()
-        asker = Privately(self.slack, commander(command), respond)
-        reply = commands.my_history(
-            self.core, asker.who, str(command.get("text") or ""), link=self.slack.link
-        )
-        self.slack.spawn(self.slack.once(command, self._reply(asker, reply)), asker)
+    async def history(self, command: dict[str, Any], asker: Privately, run: Once) -> None:
+        args = str(command.get("text") or "")
+        run(self._reply(asker, commands.my_history(self.core, asker.who, args, link=self.slack.link)), asker)
 
-    async def settings_submitted(self, ack: Any, body: dict[str, Any], view: dict[str, Any]) -> None:
+    async def settings_submitted(self, ack: Any, view: dict[str, Any], asker: Privately, run: Once) -> None:
+        """The settings form saved: the caller's new defaults, or (the form stays open) what is wrong, by field."""
         words = settings_words((view.get("state") or {}).get("values") or {})
         problems = self._settings_problems(words)
-        if problems:  # the form stays open and says what is wrong, by the field
+        if problems:
             await ack(response_action="errors", errors=problems)
             return
         await ack()
-        metadata = json.loads(view.get("private_metadata") or "{}")
-        who = Requester("slack", team(body), str(metadata.get("channel") or ""), str(body["user"]["id"]))
-        asker = Privately(self.slack, who)
-        self.slack.spawn(
-            self.slack.once(body, self._reply(asker, commands.my_settings(self.core, who, words))), asker
-        )
+        run(self._reply(asker, commands.my_settings(self.core, asker.who, words)), asker)
 
     # -- the work, after the ack -------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -21,6 +22,7 @@ from bot.model.request import Requester
 
 from .blocks import hidden_files, home_blocks
 from .client import why_not
+from .middleware import Middleware, Once
 from .view import Privately, SlackJobView
 
 if TYPE_CHECKING:
@@ -38,38 +40,20 @@ class Events:
 
     def register(self, app: AsyncApp) -> None:
         # A mention arrives twice, as `message` and as `app_mention`; whichever comes first makes the job.
-        app.event("message")(self.message)
-        app.event("app_mention")(self.message)
+        people_only = [Middleware(self.slack).people_only]
+        app.event("message", middleware=people_only)(self.message)
+        app.event("app_mention", middleware=people_only)(self.message)
         app.event("app_home_opened")(self.home_opened)
 
-    async def message(self, event: dict[str, Any], body: dict[str, Any]) -> None:
-        """Hand a message that mentions the bot to a task; anything else is not a job and calls nothing."""
-        if self._mentions_me(event) and self._from_a_person(event):
-            channel = event.get("channel", "")
-            who = Requester(
-                "slack", body.get("team_id") or event.get("team") or "", channel, event.get("user", "")
-            )
-            asker = Privately(self.slack, who, thread_ts=event.get("thread_ts"))
-            self.slack.spawn(self._on_message(asker, event), asker)
+    async def message(self, event: dict[str, Any], asker: Privately, run: Once) -> None:
+        """A person's message that mentions the bot (middleware: `people_only`): a job, made by a task."""
+        run(self._on_message(asker, event), asker)
 
-    async def home_opened(self, event: dict[str, Any], body: dict[str, Any], context: Any) -> None:
-        if event.get("tab") != "home" or not event.get("user"):  # the Messages tab sends it too
+    async def home_opened(self, event: dict[str, Any], who: Requester | None, run: Once) -> None:
+        if event.get("tab") != "home" or who is None or not who.user:  # the Messages tab sends it too
             return
-        team = body.get("team_id") or body.get("context_team_id") or context.get("team_id") or ""
         # The Home tab is in no channel: the quota shown is the person's (and the workspace's).
-        self.slack.spawn(self._publish_home(Requester("slack", str(team), "", str(event["user"]))))
-
-    def _mentions_me(self, event: dict[str, Any]) -> bool:
-        mention = self.slack.mention
-        return mention is not None and mention.search(event.get("text") or "") is not None
-
-    def _from_a_person(self, event: dict[str, Any]) -> bool:
-        """Skip bots (ourselves included) and edits/deletes; keep plain messages and file shares."""
-        return (
-            not event.get("bot_id")
-            and event.get("subtype") in (None, "file_share", "thread_broadcast")
-            and event.get("user") != self.slack.bot_user_id
-        )
+        run(self._publish_home(replace(who, channel="")))
 
     # -- the work, after the ack -------------------------------------------------------------
 
