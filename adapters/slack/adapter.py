@@ -59,6 +59,9 @@ class SlackAdapter:
             # Listeners ack and hand the work to a task at once, so bolt can answer as soon as they return
             # (without it bolt polls for the ack every 10 ms). So no listener may await Slack before returning.
             process_before_response=True,
+            # An event the bot itself caused (its user id or bot id, which bolt learns from auth.test) is acked
+            # and dropped before any listener: bolt's IgnoringSelfEvents, on by default, named here as relied on.
+            ignoring_self_events_enabled=True,
         )
         self.budget = TokenBucket(per_second=UPDATES_PER_MINUTE / 60, burst=10)
         self.tasks: set[asyncio.Task[Any]] = set()

@@ -74,13 +74,10 @@ class Middleware:
 
     async def people_only(self, event: dict[str, Any], ack: Any, next: Next) -> BoltResponse | None:
         """Listener middleware for messages: on to the listener only a message a person wrote that mentions
-        the bot; anything else (another bot's, an edit, a deletion, no mention) is acked and calls nothing."""
+        the bot; anything else (another bot's, an edit, a deletion, no mention) is acked and calls nothing.
+        The bot's own never get here: bolt's IgnoringSelfEvents dropped them (its user id or bot id)."""
         mention = self.slack.mention
-        by_a_person = (
-            not event.get("bot_id")
-            and event.get("subtype") in PERSON_SUBTYPES
-            and event.get("user") != self.slack.bot_user_id
-        )
+        by_a_person = not event.get("bot_id") and event.get("subtype") in PERSON_SUBTYPES
         if by_a_person and mention is not None and mention.search(event.get("text") or ""):
             return await next()
         return await ack()
