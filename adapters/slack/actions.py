@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -30,22 +30,16 @@ from .blocks import (
     edit_form,
 )
 from .client import why_not
+from .listeners import Listeners
 from .middleware import Once, metadata
 from .view import ClickStore, Privately, SlackJobView
-
-if TYPE_CHECKING:
-    from .adapter import SlackAdapter
 
 log = logging.getLogger("imagebot.slack")
 SHOW = re.compile(rf"^{SHOW_ACTION}:")
 
 
-class Actions:
+class Actions(Listeners):
     """The buttons' and the Edit form's listeners, and their work."""
-
-    def __init__(self, slack: SlackAdapter) -> None:
-        self.slack = slack
-        self.core = slack.core
 
     def register(self, app: AsyncApp) -> None:
         app.action(SHOW)(self.show)

@@ -56,8 +56,9 @@ class SlackAdapter:
         self.app = AsyncApp(
             client=self.client,
             signing_secret=settings.slack_signing_secret.reveal() if settings.slack_signing_secret else "",
-            # Listeners ack and hand the work to a task at once, so bolt can answer as soon as they return
-            # (without it bolt polls for the ack every 10 ms). So no listener may await Slack before returning.
+            # The middleware acks and the listeners hand the work to a task (`run`) at once, so bolt can answer
+            # as soon as they return (without it bolt polls for the ack every 10 ms). So no listener (and no
+            # middleware) may await Slack before returning.
             process_before_response=True,
             # An event the bot itself caused (its user id or bot id, which bolt learns from auth.test) is acked
             # and dropped before any listener: bolt's IgnoringSelfEvents, on by default, named here as relied on.

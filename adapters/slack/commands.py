@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
@@ -20,21 +20,15 @@ from bot.policy import preferences
 from ..mentions import read_admin
 from .blocks import SETTINGS_CALLBACK, escape, settings_form, settings_words
 from .client import why_not
+from .listeners import Listeners
 from .middleware import Once
 from .view import Privately, SlackJobView
-
-if TYPE_CHECKING:
-    from .adapter import SlackAdapter
 
 log = logging.getLogger("imagebot.slack")
 
 
-class Commands:
+class Commands(Listeners):
     """The slash commands' listeners and their work."""
-
-    def __init__(self, slack: SlackAdapter) -> None:
-        self.slack = slack
-        self.core = slack.core
 
     def register(self, app: AsyncApp) -> None:
         app.command("/imagine")(self.imagine)

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 from slack_bolt.app.async_app import AsyncApp
@@ -22,21 +22,15 @@ from bot.model.request import Requester
 
 from .blocks import hidden_files, home_blocks
 from .client import why_not
+from .listeners import Listeners
 from .middleware import Middleware, Once
 from .view import Privately, SlackJobView
-
-if TYPE_CHECKING:
-    from .adapter import SlackAdapter
 
 log = logging.getLogger("imagebot.slack")
 
 
-class Events:
+class Events(Listeners):
     """The listeners of Slack's events, and their work."""
-
-    def __init__(self, slack: SlackAdapter) -> None:
-        self.slack = slack
-        self.core = slack.core
 
     def register(self, app: AsyncApp) -> None:
         # A mention arrives twice, as `message` and as `app_mention`; whichever comes first makes the job.

@@ -19,6 +19,7 @@ from bot.model.images import read_capped
 from .client import why_not
 
 GONE_FILE_ERRORS = frozenset({"file_not_found", "file_deleted"})
+FAILURES = (SlackApiError, aiohttp.ClientError, TimeoutError)  # Slack said no, or never answered
 DEFAULT_PORTS = {"https": 443, "http": 80}
 
 
@@ -37,6 +38,11 @@ def trusted_file_url(url: str, api_url: str) -> bool:
         ("https", "files.slack.com", 443),
         (api.scheme, api.hostname, api_port),
     }
+
+
+def is_gone(exc: Exception) -> bool:
+    """Slack says the file is no more (deleted, or never was)."""
+    return isinstance(exc, SlackApiError) and why_not(exc) in GONE_FILE_ERRORS
 
 
 class Files:
@@ -59,23 +65,17 @@ class Files:
         try:
             info = await self.client.files_info(file=str(where.get("file_id", "")))
             return await self.download(info.get("file") or {})
-        except SlackApiError as exc:
-            if why_not(exc) in GONE_FILE_ERRORS:
-                raise UserError(msg("slack.image_deleted")) from None
-            raise UserError(msg("slack.cannot_read_image", why=why_not(exc))) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UserError(msg("slack.cannot_read_image", why=why_not(exc))) from None
+        except FAILURES as exc:
+            gone, why = msg("slack.image_deleted"), msg("slack.cannot_read_image", why=why_not(exc))
+            raise UserError(gone if is_gone(exc) else why) from None
 
     async def delete(self, where: dict[str, Any]) -> None:
         """Delete an uploaded image (files.delete: the bot may delete the files it uploaded)."""
         try:
             await self.client.files_delete(file=str(where.get("file_id", "")))
-        except SlackApiError as exc:
-            if why_not(exc) in GONE_FILE_ERRORS:
-                raise UserError(msg("slack.already_deleted")) from None
-            raise UserError(msg("slack.not_deleted", why=why_not(exc))) from None
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise UserError(msg("slack.not_deleted", why=why_not(exc))) from None
+        except FAILURES as exc:
+            gone, why = msg("slack.already_deleted"), msg("slack.not_deleted", why=why_not(exc))
+            raise UserError(gone if is_gone(exc) else why) from None
 
     async def download(self, file: dict[str, Any]) -> bytes:
         """Fetch a private file with the bot token, only from Slack's own file host, at most 50 MB."""
