@@ -1,6 +1,7 @@
 """Clicks and the forms they open: a job's Cancel, its result buttons (Re-roll, Vary, Upscale, Edit, Delete,
-Info), the Edit form, a private price check's Render and Cancel, and a hidden image's Show. Each listener acks,
-then hands its work to a task; whatever only the clicker may see is told to them alone."""
+Info), the Edit form, a private price check's Render and Cancel, and a hidden image's Show. A click comes acked
+(middleware.py; the Edit form acks itself); each listener hands its work to `run`, and whatever only the clicker
+may see is told to them alone."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The slash commands (`/imagine`, `/imagine-usage`, `/imagine-quota`, `/imagine-admin`, `/imagine-settings`,
-`/imagine-info`, `/imagine-history`) and the settings form `/imagine-settings` opens: each listener acks, then
-hands its work to a task; the answer goes to the caller (or the channel, where the core says so)."""
+`/imagine-info`, `/imagine-history`) and the settings form `/imagine-settings` opens. A command comes acked
+(middleware.py; the form acks itself, perhaps with errors); each listener hands its work to `run`, and the answer
+goes to the caller (or the channel, where the core says so)."""
 
 from __future__ import annotations
 

@@ -154,30 +154,13 @@ class SlackJobView:
         """Upload the images into the thread; the progress message becomes the done line with the buttons.
         Returns where each image lives (its file id, channel and thread), in order; None if not posted."""
         locale = await self.asker.language()
-        summary = texts.summary(result, locale)
+        said = f"<@{self.who.user}> {escape(texts.summary(result, locale))}"
         uploads = [
             {"file": image.data, "filename": image.filename, "title": clip(result.request.prompt, 100)}
             for image in result.images
         ]
-        hidden = result.request.spoiler  # the channel's spoiler=on: uploaded unshared, shown on Show
         try:
-            if hidden:
-                response = await self.adapter.client.files_upload_v2(
-                    file_uploads=uploads, request_file_info=False
-                )
-                said = f"<@{self.who.user}> {escape(summary)}\n{escape(texts.SPOILER_HIDDEN)}"
-                ids = [str(f["id"]) for f in response.get("files") or []]
-                await self.adapter.client.chat_postMessage(
-                    channel=self.channel, thread_ts=self.thread, text=said, blocks=hidden_blocks(said, ids)
-                )
-            else:
-                response = await self.adapter.client.files_upload_v2(
-                    channel=self.channel,
-                    thread_ts=self.thread,
-                    file_uploads=uploads,
-                    initial_comment=f"<@{self.who.user}> {escape(summary)}",
-                    request_file_info=False,
-                )
+            files = await self._upload(uploads, said, hidden=result.request.spoiler)
         except SlackApiError as exc:
             # Slack answered no: worth another try only if it was a 5xx or a rate limit (the client's own
             # retry handlers have already tried those a few times).
@@ -192,10 +175,32 @@ class SlackJobView:
             log.warning("slack upload failed", extra={"job_id": self.job_id, "error": why_not(exc)})
             raise DeliveryFailed(msg("slack.upload_failed", why=why_not(exc))) from exc
         self._finish(escape(texts.done_line(result, locale=locale)), result.buttons, locale)
-        files = response.get("files") or []
         return [
             {"file_id": f["id"], "channel": self.channel, "thread_ts": self.thread} for f in files
         ] or None
+
+    async def _upload(
+        self, uploads: list[dict[str, Any]], said: str, *, hidden: bool
+    ) -> list[dict[str, Any]]:
+        """The images into the job's thread with `said` beside them, and the files Slack made of them. `hidden`
+        (the channel's spoiler=on): uploaded unshared, then a message whose Show buttons show them."""
+        client = self.adapter.client
+        if not hidden:
+            response = await client.files_upload_v2(
+                channel=self.channel,
+                thread_ts=self.thread,
+                file_uploads=uploads,
+                initial_comment=said,
+                request_file_info=False,
+            )
+            return list(response.get("files") or [])
+        response = await client.files_upload_v2(file_uploads=uploads, request_file_info=False)
+        said = f"{said}\n{escape(texts.SPOILER_HIDDEN)}"
+        ids = [str(f["id"]) for f in response.get("files") or []]
+        await client.chat_postMessage(
+            channel=self.channel, thread_ts=self.thread, text=said, blocks=hidden_blocks(said, ids)
+        )
+        return list(response.get("files") or [])
 
     async def undelivered(self, text: str) -> None:
         """Paid for but not shown, after every retry: never silently (cost, request ids, how to get it)."""
