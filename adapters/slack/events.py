@@ -23,7 +23,7 @@ from bot.model.request import Requester
 from .blocks import hidden_files, home_blocks
 from .client import why_not
 from .listeners import Listeners
-from .middleware import Middleware, Once
+from .middleware import Once, PeopleOnly
 from .view import Privately, SlackJobView
 
 log = logging.getLogger("imagebot.slack")
@@ -34,13 +34,13 @@ class Events(Listeners):
 
     def register(self, app: AsyncApp) -> None:
         # A mention arrives twice, as `message` and as `app_mention`; whichever comes first makes the job.
-        people_only = [Middleware(self.slack).people_only]
+        people_only = [PeopleOnly(self.slack)]
         app.event("message", middleware=people_only)(self.message)
         app.event("app_mention", middleware=people_only)(self.message)
         app.event("app_home_opened")(self.home_opened)
 
     async def message(self, event: dict[str, Any], asker: Privately, run: Once) -> None:
-        """A person's message that mentions the bot (middleware: `people_only`): a job, made by a task."""
+        """A person's message that mentions the bot (middleware: `PeopleOnly`): a job, made by a task."""
         run(self._on_message(asker, event), asker)
 
     async def home_opened(self, event: dict[str, Any], who: Requester | None, run: Once) -> None:

@@ -4,15 +4,15 @@ Bolt's own run first: the request's signature is checked, auth.test tells bolt w
 IgnoringSelfEvents acks and drops every event the bot itself caused (its user id or its bot id) before any
 listener sees it. Then ours (`install`), for every request:
 
-- `acknowledge`: a slash command or a click is acked at once, before its listener runs (Slack wants the ack
+- `Acknowledge`: a slash command or a click is acked at once, before its listener runs (Slack wants the ack
   within 3 s, and no Web API call may come before it). A form's submission acks itself: the settings form may
   answer with the errors to show under its fields.
-- `identify`: the listeners' `who` (the requester: workspace, channel, person) and `asker` (how to tell them
+- `Identify`: the listeners' `who` (the requester: workspace, channel, person) and `asker` (how to tell them
   something only they see).
-- `once`: the listeners' `run(work, asker)`: the work as a task after the ack, the first time the request's
+- `RunOnce`: the listeners' `run(work, asker)`: the work as a task after the ack, the first time the request's
   trigger_id is seen (`Once`).
 
-And on messages, as listener middleware, `people_only`: a message is a job only if a person (not a bot) wrote
+And on messages, as listener middleware, `PeopleOnly`: a message is a job only if a person (not a bot) wrote
 it, mentioning the bot; an edit or a deletion is none.
 """
 
@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from slack_bolt.app.async_app import AsyncApp
+from slack_bolt.middleware.async_middleware import AsyncMiddleware
+from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_bolt.response import BoltResponse
 
 from bot.model.request import Requester
@@ -36,51 +38,78 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("imagebot.slack")
 
-Next = Callable[[], Awaitable[Any]]
+Next = Callable[[], Awaitable[BoltResponse]]
 # The subtypes of a message a person wrote: a plain one has none; the others are edits, deletions, joins...
 PERSON_SUBTYPES = (None, "file_share", "thread_broadcast")
 
 
 def install(app: AsyncApp, slack: SlackAdapter) -> None:
-    """Our global middleware, after bolt's own."""
-    middleware = Middleware(slack)
-    app.use(middleware.acknowledge)
-    app.use(middleware.identify)
-    app.use(middleware.once)
+    """Our global middleware, after bolt's own. Each is an AsyncMiddleware, as bolt's own are: a function's
+    keyword arguments would be rebuilt by inspection on every request, a cost paid by every ack of a burst."""
+    app.use(Acknowledge())
+    app.use(Identify(slack))
+    app.use(RunOnce(slack))
+
+
+class Acknowledge(AsyncMiddleware):
+    """A slash command or a click is acked before its listener runs; a form acks itself."""
+
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
+    ) -> BoltResponse | None:
+        if "command" in req.body or req.body.get("type") == "block_actions":
+            await req.context.ack()
+        return await next()
 
 
 @dataclass
-class Middleware:
+class Identify(AsyncMiddleware):
+    """The listeners' `who` (the requester) and `asker`: how to tell them something only they see (a command's
+    response_url; else an ephemeral, in the thread of the click, the form or the message)."""
+
     slack: SlackAdapter
 
-    async def acknowledge(self, body: dict[str, Any], ack: Any, next: Next) -> None:
-        if "command" in body or body.get("type") == "block_actions":
-            await ack()
-        await next()
-
-    async def identify(self, body: dict[str, Any], context: Any, next: Next) -> None:
-        """`who` sent the request, and `asker`: how to tell them something only they see (a command's
-        response_url; else an ephemeral, in the thread of the click, the form or the message)."""
-        who = requester(body)
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
+    ) -> BoltResponse | None:
+        who = requester(req.body)
         if who is not None:
-            respond = context.get("respond") if "command" in body else None
-            context["who"] = who
-            context["asker"] = Privately(self.slack, who, respond, thread_ts=thread(body))
-        await next()
+            respond = req.context.respond if "command" in req.body else None
+            req.context["who"] = who
+            req.context["asker"] = Privately(self.slack, who, respond, thread_ts=thread(req.body))
+        return await next()
 
-    async def once(self, body: dict[str, Any], context: Any, next: Next) -> None:
-        context["run"] = Once(self.slack, str(body.get("trigger_id") or ""))
-        await next()
 
-    async def people_only(self, event: dict[str, Any], ack: Any, next: Next) -> BoltResponse | None:
-        """Listener middleware for messages: on to the listener only a message a person wrote that mentions
-        the bot; anything else (another bot's, an edit, a deletion, no mention) is acked and calls nothing.
-        The bot's own never get here: bolt's IgnoringSelfEvents dropped them (its user id or bot id)."""
+@dataclass
+class RunOnce(AsyncMiddleware):
+    """The listeners' `run`: the request's work as a task after the ack, once per trigger_id (`Once`)."""
+
+    slack: SlackAdapter
+
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
+    ) -> BoltResponse | None:
+        req.context["run"] = Once(self.slack, str(req.body.get("trigger_id") or ""))
+        return await next()
+
+
+@dataclass
+class PeopleOnly(AsyncMiddleware):
+    """Listener middleware for messages: on to the listener only a message a person wrote that mentions the
+    bot; anything else (another bot's, an edit, a deletion, no mention) is acked and calls nothing. The bot's
+    own never get here: bolt's IgnoringSelfEvents dropped them (its user id or bot id)."""
+
+    slack: SlackAdapter
+
+    async def async_process(
+        self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
+    ) -> BoltResponse | None:
+        event = req.body.get("event") or {}
         mention = self.slack.mention
         by_a_person = not event.get("bot_id") and event.get("subtype") in PERSON_SUBTYPES
         if by_a_person and mention is not None and mention.search(event.get("text") or ""):
             return await next()
-        return await ack()
+        return await req.context.ack()
 
 
 @dataclass
