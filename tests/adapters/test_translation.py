@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from adapters import discord as discord_adapter
-from adapters import slack as slack_adapter
+from adapters.slack import blocks as slack_blocks
+from adapters.slack.files import trusted_file_url
 from bot import texts
 from bot.app import is_image_attachment, is_mask_name
 from bot.jobs.outcomes import Progress
@@ -49,21 +50,21 @@ def progress(
 
 
 def test_slack_progress_blocks_show_prompt_settings_status_and_a_cancel_button_for_the_job() -> None:
-    blocks = slack_adapter.progress_blocks(progress(offline=True), WHO)
+    blocks = slack_blocks.progress_blocks(progress(offline=True), WHO)
     section, settings, status, actions = blocks
     assert section["text"] == {"type": "plain_text", "emoji": True, "text": progress().request.prompt}
     assert settings["elements"][0]["text"] == "<@U1> · 1536x1024 high jpeg · x2 · offline image server"
     assert status["elements"][0]["text"].endswith("30 s of ~60 s · 1/2 done")
     [button] = actions["elements"]
     assert (button["action_id"], button["value"], button["text"]["text"]) == (
-        slack_adapter.CANCEL_ACTION,
+        slack_blocks.CANCEL_ACTION,
         "job1",
         "Cancel",
     )
 
 
 def test_slack_queued_status_names_the_position() -> None:
-    [_, _, status, _] = slack_adapter.progress_blocks(progress(state="queued"), WHO)
+    [_, _, status, _] = slack_blocks.progress_blocks(progress(state="queued"), WHO)
     assert status["elements"][0]["text"] == "queued, position 3 · 30 s"
 
 
@@ -76,7 +77,7 @@ def test_slack_queued_status_names_the_position() -> None:
     ],
 )
 def test_slack_escape_leaves_no_mention_or_link_in_mrkdwn(text: str, escaped: str) -> None:
-    assert slack_adapter.escape(text) == escaped
+    assert slack_blocks.escape(text) == escaped
 
 
 @pytest.mark.parametrize(
@@ -92,7 +93,7 @@ def test_slack_escape_leaves_no_mention_or_link_in_mrkdwn(text: str, escaped: st
     ],
 )
 def test_the_bot_token_goes_only_to_slacks_file_host_over_https(url: str, api: str, trusted: bool) -> None:
-    assert slack_adapter.trusted_file_url(url, api) is trusted
+    assert trusted_file_url(url, api) is trusted
 
 
 # --- Discord -----------------------------------------------------------------------------------------
@@ -177,7 +178,7 @@ def test_images_over_the_upload_limit_are_reencoded_under_it_and_say_so() -> Non
 
 def test_the_status_line_is_one_text_for_every_platform() -> None:
     line = texts.status_line(progress())
-    assert line in slack_adapter.progress_blocks(progress(), WHO)[2]["elements"][0]["text"]
+    assert line in slack_blocks.progress_blocks(progress(), WHO)[2]["elements"][0]["text"]
     assert line.replace(
         texts.bar(progress().fraction), f"`{texts.bar(progress().fraction)}`"
     ) in discord_adapter.progress_text(progress())

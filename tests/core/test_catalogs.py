@@ -16,9 +16,13 @@ from bot import i18n
 from bot.i18n import CATALOGS, CHINESE, ENGLISH, Catalogs, language_for, msg, placeholders
 
 ROOT = Path(__file__).resolve().parents[2]
-# The code people's words could come from (bot/config.py speaks to the operator at start-up, in English).
+# The code people's words could come from (bot/config.py speaks to the operator at start-up, in English): the
+# core and the chat adapters, modules or packages (the dashboard is not among them).
+CHAT = ("adapters/*.py", "adapters/slack/*.py", "adapters/discord/*.py")
 SOURCES = sorted(
-    p for p in [*ROOT.glob("bot/**/*.py"), *ROOT.glob("adapters/*.py")] if p != ROOT / "bot" / "config.py"
+    p
+    for p in [*ROOT.glob("bot/**/*.py"), *(f for pattern in CHAT for f in ROOT.glob(pattern))]
+    if p != ROOT / "bot" / "config.py"
 )
 # Errors and replies whose words reach a person: their text must come from the catalogs. (ConfigError and
 # DatabaseUnavailable are the operator's one line at start-up, in English like the logs.)

@@ -152,6 +152,29 @@ async def test_duplicate_and_retried_events_start_one_job(slack: FakeSlack, bot:
     assert len(bot.server.calls) == 2 and len(await bot.ledger()) == 2
 
 
+async def test_the_bots_own_messages_and_other_bots_make_no_job(slack: FakeSlack, bot: RunningBot) -> None:
+    """Slack sends the bot its own posts back as events. One that mentions the bot makes no job, whether it
+    carries the bot's user id alone (an app_mention, a file share) or its bot id too (a chat.postMessage); nor
+    does another bot's. A person's mention, sent after them, is the one job."""
+    me = f"<@{slack.bot_user_id}>"
+    as_its_user = slack.message_event(text="a fox --quality low", user=slack.bot_user_id, mention=True)
+    with_its_bot_id = {
+        **slack.message_event(text=f"{me} a wolf --quality low", user=slack.bot_user_id),
+        "bot_id": slack.bot_id,
+    }
+    another_bot = {
+        **slack.message_event(text=f"{me} a crow --quality low", user="U0OTHER"),
+        "bot_id": "B0OTHER",
+    }
+    for event in (as_its_user, with_its_bot_id, another_bot):
+        assert (await slack.send_event(bot.events_url, event))[0] == 200
+    await slack.send_event(bot.events_url, slack.message_event(text="a heron --quality low", mention=True))
+    await bot.settled(1)
+    await bot.idle()  # whatever any of the four set off has ended
+    assert [(row["user"], row["prompt"]) for row in await bot.ledger()] == [("U1", "a heron")]
+    assert [call.prompt for call in bot.server.calls] == ["a heron"]
+
+
 async def test_foreign_file_host_is_never_fetched_and_token_never_sent(
     slack: FakeSlack, bot: RunningBot
 ) -> None:

@@ -318,7 +318,7 @@ def test_manifest_asks_for_user_groups_and_the_home_tab(socket_mode: bool) -> No
 
 
 def test_home_blocks_stay_within_slacks_limits_and_link_only_known_places() -> None:
-    from adapters.slack import home_blocks
+    from adapters.slack.blocks import home_blocks
     from bot.commands import Home, Recent
 
     long = "&<>" * 5000

@@ -314,7 +314,7 @@ def test_manifest_asks_slack_to_escape_mentions_in_admin_commands() -> None:
 
 
 def test_trusted_file_urls() -> None:
-    from adapters.slack import trusted_file_url
+    from adapters.slack.files import trusted_file_url
 
     slack_api = "https://slack.com/api/"
     assert trusted_file_url("https://files.slack.com/files-pri/T1-F1/download/a.png", slack_api)
