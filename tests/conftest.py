@@ -16,6 +16,9 @@ import pytest
 
 from tests import dbs
 from tests.pg import PgServer
+from tests.support.scratch import use_memory_for_temp_files
+
+use_memory_for_temp_files()  # before pytest picks its tmp_path root, and before xdist starts its workers
 
 _started: list[str] = []  # one line per server this process started, for the summary
 _WORKER_KEY = "imagebot_pg_started"  # the lines a worker hands to the controller (config.workeroutput)
@@ -46,9 +49,13 @@ def _close_test_connections() -> Iterator[None]:
 
 
 @pytest.fixture
-def pg_url(pg_server: PgServer) -> str:
-    """A fresh, empty database for this test: `postgresql://imagebot@127.0.0.1:PORT/test_N`."""
-    return pg_server.create_database()
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty database for this test: `postgresql://imagebot@127.0.0.1:PORT/test_N`; dropped after it,
+    so a worker's cluster holds only the databases of the tests it is running."""
+    url = pg_server.create_database()
+    yield url
+    dbs.close_all()
+    pg_server.drop_database(url.rsplit("/", 1)[1].split("?", 1)[0])
 
 
 def _group(item: pytest.Item) -> str | None:

@@ -247,6 +247,12 @@ class PgServer:
             conn.execute(sql.SQL("CREATE DATABASE {}{}").format(sql.Identifier(name), strategy))
         return self.url_for(name)
 
+    def drop_database(self, name: str) -> None:
+        """DROP DATABASE `name`, closing whatever is still connected to it (a bot that a test left running)."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            force = sql.SQL(" WITH (FORCE)" if conn.info.server_version >= 130000 else "")
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}{}").format(sql.Identifier(name), force))
+
     # -- internals ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -262,9 +268,12 @@ class PgServer:
     def _make_tmpdir(self) -> str:
         if self._os_user is None:
             return tempfile.mkdtemp(prefix="imagebot-pg-")
-        # /tmp rather than $TMPDIR: the OS user must be able to reach the directory, and the Unix socket path
-        # (SOCKDIR/.s.PGSQL.PORT) must stay under ~100 characters.
-        path = tempfile.mkdtemp(prefix="imagebot-pg-", dir="/tmp" if os.path.isdir("/tmp") else None)
+        # The temp folder (in memory: tests/support/scratch.py) when the OS user can reach it, else /tmp; the Unix
+        # socket path (SOCKDIR/.s.PGSQL.PORT) must stay under ~100 characters.
+        temp = Path(tempfile.gettempdir())
+        reachable = all(os.stat(p).st_mode & stat.S_IXOTH for p in [temp, *temp.resolve().parents])
+        folder = temp if reachable and len(str(temp)) < 60 else Path("/tmp")
+        path = tempfile.mkdtemp(prefix="imagebot-pg-", dir=folder if folder.is_dir() else None)
         os.chown(path, self._os_user.pw_uid, self._os_user.pw_gid)
         return path
 
