@@ -1,20 +1,30 @@
 """One scenario, both platforms: a small driver per platform that does what a person does there (an admin sets
-a rule, a member runs /imagine, reads what only they were told) through the fake Slack or the fake Discord, so a
-rule that is the same on both is written once (tests/e2e/test_rules_on_both_platforms.py) and run on each.
+a rule, a member runs /imagine, clicks a button under a result, fills in the Edit form, reads what only they were
+told) through the fake Slack or the fake Discord, so a rule that is the same on both is written once
+(tests/e2e/test_*_rules.py) and run on each.
 
-Users are named by their part: "member" (the one who usually asks), "other" (a second member), "admin" (a
-workspace admin on Slack, Manage Server on Discord). Channels: "here" (the one the tests use) and "elsewhere"."""
+Users are named by their part: "member" (the one who usually asks), "other" (a second member), "artist" (the one
+member of the "artists" group: a Slack user group, a Discord role), "admin" (a workspace admin on Slack, Manage
+Server on Discord). Channels: "here" (the one the tests use) and "elsewhere".
+
+What a scenario holds: a `Shown` (a message the bot posted: a result with its ledger row, or a private price
+question) and a `Sent` (what a person sent: a command, a click, a submitted form), which the driver reads back
+(`delivered`, `told`). Where the two platforms genuinely differ, the driver says so in an attribute."""
 
 from __future__ import annotations
 
 import contextlib
+import html
 import json
+import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
 from tests.e2e.harness import RunningBot, running_bot, slack_env
-from tests.fakes.discord import FakeDiscord
+from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
 from tests.fakes.slack import FakeSlack
 from tests.support import discord as on_discord
 from tests.support import slack as on_slack
@@ -22,6 +32,31 @@ from tests.support.waits import until
 
 HERE = 1100000000000000003  # the fake Discord's own channel (FakeDiscord's default channel_id)
 ELSEWHERE = 1100000000000000077  # a second text channel of the Discord guild
+ARTISTS_GROUP = "S0ART"  # the Slack user group of the artists
+PRICED = re.compile(r" · \$\d+\.\d+$")  # a render button's price
+
+
+@dataclass
+class Shown:
+    """A message the bot posted: `ref` finds it on the platform; a result has its ledger `row`, a question its
+    `text`."""
+
+    ref: Any
+    row: dict[str, Any] = field(default_factory=dict)
+    text: str = ""
+
+
+@dataclass
+class Sent:
+    """What `user` sent (a command, a click, a form): `ref` is the platform's handle; the rest is what there was
+    before it, so that what it set off can be told apart."""
+
+    user: str
+    ref: Any
+    rows: int  # ledger rows
+    jobs: int = 0  # Slack's job messages
+    said: dict[str, str] = field(default_factory=dict)  # what the sender had been told, on Slack
+    work: Any = None  # the bot's work in flight, on Slack
 
 
 class Driver(Protocol):
@@ -30,134 +65,374 @@ class Driver(Protocol):
     bot: RunningBot
     users: dict[str, str]  # part -> the user id in the ledger
     channels: dict[str, str]  # "here" / "elsewhere" -> the channel id in the ledger
+    tenant: str  # "slack:T0001", "discord:<guild>": where settings and ledger rows belong
+    artists: str  # how the bot writes the artists group in its answers
+    admin_verbs: tuple[str, ...]  # what `/imagine-admin help` lists on this platform
+
+    async def admin(
+        self,
+        verb: str,
+        *,
+        by: str = "admin",
+        user: str | None = None,
+        group: bool = False,
+        where: str | None = None,
+        settings: str | None = None,
+    ) -> str:
+        """`/imagine-admin <verb>` by `by`, naming a user (a part), the artists group, a channel and settings as
+        the platform lets an admin pick them: what only they were told."""
+        ...
 
     async def set_channel(self, settings: str) -> str:
         """`/imagine-admin channel <here> <settings>` by the admin: what only they were told."""
-        ...
-
-    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
-        """The public messages in the channel that carry an image."""
         ...
 
     async def settings(self, text: str = "") -> str:
         """`/imagine-admin settings [text]` by the admin: what only they were told."""
         ...
 
-    async def render(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
-    ) -> dict[str, Any]:
-        """/imagine that renders: its ledger row, once delivered."""
+    async def my_settings(self, user: str = "member", **values: str) -> str:
+        """`/imagine-settings name=value ...` (nothing: only shows): what only `user` was told."""
         ...
 
-    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
-        """/imagine at low quality, without waiting for it: a handle for `finish`."""
+    async def command(self, name: str, value: str = "", *, user: str = "member") -> str:
+        """`/imagine-info <value>` or `/imagine-history <value>` (`name` without its slash): the private answer."""
         ...
 
-    async def finish(self, handle: Any) -> dict[str, Any]:
-        """Wait until the job `start` began has posted its image and its row is delivered: the row."""
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        """The public messages in the channel that carry an image."""
         ...
 
-    async def refuse(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
-    ) -> str:
+    async def render(self, prompt: str, **how: Any) -> dict[str, Any]:
+        """/imagine that renders (`how`: user, size, quality, where, relax, count): its ledger row, once
+        delivered."""
+        ...
+
+    async def result(self, prompt: str, **how: Any) -> Shown:
+        """/imagine that renders: the message with its image and buttons, and its ledger row."""
+        ...
+
+    async def refuse(self, prompt: str, **how: Any) -> str:
         """/imagine that the rules refuse: what only its user was told. Nothing was posted in public, no image
         API was called and no ledger row was written."""
         ...
 
+    async def start(self, prompt: str, **how: Any) -> Sent:
+        """/imagine, without waiting for it: a handle for `finish`, `told` or `replay`."""
+        ...
 
-class SlackDriver:
-    """The bolt app in HTTP mode against the fake Slack; U9 is a workspace admin."""
+    async def finish(self, sent: Sent) -> dict[str, Any]:
+        """Wait until the job `start` began has posted its image and its row is delivered: the row."""
+        ...
 
-    users = {"member": "U1", "other": "U2", "admin": on_slack.ADMIN}
+    def labels(self, shown: Shown) -> list[str]:
+        """The buttons under a message, in order, without their prices."""
+        ...
+
+    async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
+        """Press the button labelled `label` (exactly, or with its price) under `shown` as `user`."""
+        ...
+
+    async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
+        """Press Edit under `shown`, see the form open for `user`, and submit `instruction`."""
+        ...
+
+    def forms_opened(self) -> int:
+        """How many forms (Edit, ...) the bot has opened so far."""
+        ...
+
+    async def delivered(self, sent: Sent) -> Shown:
+        """The job that `sent` (a click, a form, a Render) started, once its image is posted and its row
+        delivered."""
+        ...
+
+    async def told(self, sent: Sent) -> str:
+        """What only the sender was told about `sent` (a new private message, or the private message they
+        clicked, changed), once what it set off has ended."""
+        ...
+
+    def private_to(self, user: str = "member") -> list[str]:
+        """Everything only `user` has been told, oldest first."""
+        ...
+
+    def answers(self, new: Shown, old: Shown) -> bool:
+        """`new` (a click's result) is posted as an answer to `old`: in its thread, or as the response to a
+        click on it."""
+        ...
+
+    def gone(self, shown: Shown) -> bool:
+        """The image of `shown` is deleted from the platform."""
+        ...
+
+    async def ask(self, prompt: str, **how: Any) -> Shown:
+        """/imagine above the price check: the private question (with Render and Cancel) only its user sees."""
+        ...
+
+    def question_open(self, question: Shown) -> bool:
+        """The private question still shows its Render and Cancel."""
+        ...
+
+    async def replay(self, sent: Sent) -> None:
+        """Deliver `sent` again, as the platform may (Slack's retries within 5 minutes, Discord's redelivered
+        interaction): the last request sent, for Slack."""
+        ...
+
+    async def restart(self) -> None:
+        """Stop the bot and start it again on the same database and platform (a deploy)."""
+        ...
+
+
+class _Driver:
+    """What both drivers do the same way over their platform's primitives."""
+
+    bot: RunningBot
+    users: dict[str, str]
+    channels: dict[str, str]
+
+    async def render(self, prompt: str, **how: Any) -> dict[str, Any]:
+        return (await self.result(prompt, **how)).row
+
+    async def result(self, prompt: str, **how: Any) -> Shown:
+        raise NotImplementedError
+
+    async def set_channel(self, settings: str) -> str:
+        return await self.admin("channel", where="here", settings=settings)
+
+    async def settings(self, text: str = "") -> str:
+        return await self.admin("settings", settings=text or None)
+
+    async def admin(self, verb: str, **named: Any) -> str:
+        raise NotImplementedError
+
+    stack: contextlib.AsyncExitStack
+
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        raise NotImplementedError
+
+    async def restart(self) -> None:
+        """Stop the bot (if it runs) and start it on the same database, against the same fake platform."""
+        await self.stack.aclose()
+        self.bot = await self.stack.enter_async_context(self._bot())
+
+    def labels(self, shown: Shown) -> list[str]:
+        return [PRICED.sub("", label) for label in self._labels(shown)]
+
+    def _labels(self, shown: Shown) -> list[str]:
+        raise NotImplementedError
+
+
+class SlackDriver(_Driver):
+    """The bolt app in HTTP mode against the fake Slack; U9 is a workspace admin, U4 the artists group."""
+
+    users = {"member": "U1", "other": "U2", "artist": "U4", "admin": on_slack.ADMIN}
     channels = {"here": "C1", "elsewhere": "C2"}
+    names = {"C1": "general", "C2": "random"}
+    tenant = "slack:T0001"
+    artists = f"<!subteam^{ARTISTS_GROUP}>"
+    admin_verbs = ("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help")
 
-    def __init__(self, slack: FakeSlack, bot: RunningBot) -> None:
-        self.slack, self.bot = slack, bot
+    def __init__(self, slack: FakeSlack, tmp_path: Path, env: dict[str, str]) -> None:
+        self.slack, self.tmp_path, self.env = slack, tmp_path, env
+        self.stack = contextlib.AsyncExitStack()
 
     def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
         return [m for m in self.slack.messages.get(self.channels[where], []) if m.get("files")]
 
-    async def set_channel(self, settings: str) -> str:
-        return await on_slack.admin(self.slack, self.bot, f"channel {on_slack.GENERAL} {settings}")
-
-    async def settings(self, text: str = "") -> str:
-        return await on_slack.admin(self.slack, self.bot, f"settings {text}".strip())
-
-    def _text(self, prompt: str, size: str | None, quality: str, relax: bool) -> str:
-        return (
-            f"{prompt} --quality {quality}"
-            + (f" --size {size}" if size else "")
-            + (" --relax" if relax else "")
-        )
-
-    async def render(
+    async def admin(
         self,
-        prompt: str,
+        verb: str,
         *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
-    ) -> dict[str, Any]:
-        text = self._text(prompt, size, quality, relax)
-        return await on_slack.imagine_row(
-            self.slack, self.bot, text, user=self.users[user], channel=self.channels[where]
-        )
-
-    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
-        text = self._text(prompt, size, "low", False)
-        await self.slack.send_slash_command(self.bot.events_url, text=text, user_id=self.users[user])
-        return prompt
-
-    async def finish(self, handle: Any) -> dict[str, Any]:
-        rows = await until(lambda: self.bot.ledger("prompt=? AND status='delivered'", [handle]), 20)
-        thread = json.loads(rows[0]["context"])["ts"]  # its job message: the image goes in its thread
-        assert [u for u in self.slack.uploaded if u.thread_ts == thread], self.slack.uploaded
-        return rows[0]
-
-    async def refuse(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
+        by: str = "admin",
+        user: str | None = None,
+        group: bool = False,
+        where: str | None = None,
+        settings: str | None = None,
     ) -> str:
-        text = self._text(prompt, size, quality, relax)
-        return await on_slack.refused(
-            self.slack, self.bot, text, user=self.users[user], channel=self.channels[where]
+        words = [verb]
+        if user is not None:  # as Slack escapes a picked user (should_escape)
+            words.append(f"<@{self.users[user]}|{user}>")
+        if group:
+            words.append(self.slack.usergroup_mention(ARTISTS_GROUP))
+        if where is not None:
+            channel = self.channels[where]
+            words.append(f"<#{channel}|{self.names[channel]}>")
+        if settings is not None:
+            words.append(settings)
+        return await on_slack.admin(self.slack, self.bot, " ".join(words), user=self.users[by])
+
+    async def command(self, name: str, value: str = "", *, user: str = "member") -> str:
+        before, work = self._said(user), self.bot.work()
+        await self.slack.send_slash_command(
+            self.bot.events_url, command=f"/{name}", text=value, user_id=self.users[user]
+        )
+        return await self._told(user, before, work)
+
+    async def my_settings(self, user: str = "member", **values: str) -> str:
+        text = " ".join(f"{name}={value}" for name, value in values.items()) or "show"
+        return await self.command("imagine-settings", text, user=user)
+
+    def _text(
+        self,
+        prompt: str,
+        size: str | None = None,
+        quality: str | None = "low",
+        relax: bool = False,
+        count: int | None = None,
+        **_: Any,
+    ) -> str:
+        flags = {"quality": quality, "size": size, "count": count}
+        return " ".join(
+            [prompt, *(f"--{name} {value}" for name, value in flags.items() if value)]
+            + (["--relax"] if relax else [])
         )
 
+    async def start(self, prompt: str, *, user: str = "member", where: str = "here", **how: Any) -> Sent:
+        sent = await self._sent(user, None)
+        await self.slack.send_slash_command(
+            self.bot.events_url,
+            text=self._text(prompt, **how),
+            user_id=self.users[user],
+            channel_id=self.channels[where],
+        )
+        return sent
 
-class DiscordDriver:
-    """The discord.py client against the fake Discord: a guild with an admin, another member and a second
-    channel."""
+    async def finish(self, sent: Sent) -> dict[str, Any]:
+        return (await self.delivered(sent)).row
 
-    def __init__(self, fake: FakeDiscord, bot: RunningBot) -> None:
-        self.fake, self.bot = fake, bot
+    async def result(self, prompt: str, *, where: str = "here", **how: Any) -> Shown:
+        if where != "here":  # no buttons to read elsewhere: the upload and the row
+            row = await on_slack.imagine_row(
+                self.slack,
+                self.bot,
+                self._text(prompt, **how),
+                user=self.users[how.get("user", "member")],
+                channel=self.channels[where],
+            )
+            return Shown(json.loads(row["context"])["ts"], row)
+        return await self.delivered(await self.start(prompt, **how))
+
+    async def refuse(self, prompt: str, *, user: str = "member", where: str = "here", **how: Any) -> str:
+        return await on_slack.refused(
+            self.slack,
+            self.bot,
+            self._text(prompt, **how),
+            user=self.users[user],
+            channel=self.channels[where],
+        )
+
+    def _message(self, ts: str) -> dict[str, Any]:
+        found = self.slack.ephemeral(ts) or on_slack.message(self.slack, ts)
+        return found
+
+    def _labels(self, shown: Shown) -> list[str]:
+        return [el["text"]["text"] for el in self.slack.buttons(self._message(shown.ref).get("blocks"))]
+
+    def _said(self, user: str) -> dict[str, str]:
+        return {e["message_ts"]: e["text"] for e in on_slack.private_to(self.slack, self.users[user])}
+
+    def private_to(self, user: str = "member") -> list[str]:
+        return [html.unescape(text) for text in self._said(user).values()]
+
+    async def _sent(self, user: str, ref: Any) -> Sent:
+        rows, jobs = len(await self.bot.ledger()), len(on_slack.job_messages(self.slack))
+        return Sent(user, ref, rows, jobs, self._said(user), self.bot.work())
+
+    async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
+        sent = await self._sent(user, shown.ref)
+        status, _ = await self.slack.press(
+            self.bot.events_url, label, message_ts=shown.ref, user_id=self.users[user]
+        )
+        assert status == 200
+        return sent
+
+    async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
+        forms = self.forms_opened()
+        sent = await self.click(shown, "Edit", user=user)
+        await self.slack.wait_for("views.open", forms + 1)
+        view_id = list(self.slack.views)[-1]
+        assert self.slack.views[view_id]["user"] == self.users[user]
+        assert self.slack.views[view_id]["view"]["callback_id"] == "imagebot_edit"
+        status, body = await self.slack.send_view_submission(
+            self.bot.events_url, view_id, {"instruction": instruction}
+        )
+        assert (status, body.strip()) == (200, "") and self.slack.views[view_id]["closed"]
+        return sent
+
+    def forms_opened(self) -> int:
+        return len(self.slack.calls_to("views.open"))
+
+    async def delivered(self, sent: Sent) -> Shown:
+        [posted, *_] = await until(lambda: on_slack.job_messages(self.slack)[sent.jobs :], 20)
+        ts = str(posted["ts"])
+        await on_slack.finished(self.slack, self.bot, ts)
+        rows = await self.bot.settled(sent.rows + 1)
+        row = [r for r in rows if json.loads(r["context"]).get("ts") == ts][-1]
+        assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
+        return Shown(ts, row)
+
+    async def told(self, sent: Sent) -> str:
+        return await self._told(sent.user, sent.said, sent.work)
+
+    async def _told(self, user: str, said: dict[str, str], work: Any) -> str:
+        def news() -> list[str]:
+            return [text for ts, text in self._said(user).items() if said.get(ts) != text]
+
+        [new, *_] = await until(news, message=f"{user} was never told anything")
+        await self.bot.idle(since=work)  # a second word would show by now
+        assert len(news()) == 1, news()
+        return html.unescape(new)
+
+    def answers(self, new: Shown, old: Shown) -> bool:
+        thread = on_slack.message(self.slack, new.ref).get("thread_ts")
+        uploads = [u for u in self.slack.uploaded if u.thread_ts == old.ref]
+        return thread == old.ref and bool(uploads) and str(uploads[-1].initial_comment).startswith(
+            f"<@{new.row['user']}>"
+        )
+
+    def gone(self, shown: Shown) -> bool:
+        files = [u for u in self.slack.deleted_files if u.thread_ts == shown.ref]
+        return bool(files) and not [u for u in self.slack.uploaded if u.thread_ts == shown.ref]
+
+    async def ask(self, prompt: str, *, user: str = "member", **how: Any) -> Shown:
+        before = len(self.slack.ephemerals)
+        await self.slack.send_slash_command(
+            self.bot.events_url, text=self._text(prompt, **how), user_id=self.users[user]
+        )
+        [question] = await until(lambda: [e for e in self.slack.ephemerals[before:] if e.get("blocks")])
+        assert question["user"] == self.users[user] and question["source"] == "response_url"
+        return Shown(question["message_ts"], text=html.unescape(question["text"]))
+
+    def question_open(self, question: Shown) -> bool:
+        shown = self.slack.ephemeral(question.ref)
+        return shown is not None and not shown.get("deleted") and bool(self.slack.buttons(shown["blocks"]))
+
+    async def replay(self, sent: Sent) -> None:
+        assert (await self.slack.replay())[0] == 200
+
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        return running_bot(self.tmp_path, slack_env(self.slack, **self.env), latency=0.05)
+
+
+class DiscordDriver(_Driver):
+    """The discord.py client against the fake Discord: a guild with an admin, another member, an artist (of the
+    artists role) and a second channel."""
+
+    admin_verbs = (
+        *("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"),
+    )
+
+    def __init__(self, fake: FakeDiscord, tmp_path: Path, env: dict[str, str]) -> None:
+        self.fake, self.tmp_path, self.env = fake, tmp_path, env
+        self.stack = contextlib.AsyncExitStack()
         self.users = {
             "member": str(fake.user_id),
             "other": str(on_discord.OTHER),
+            "artist": str(on_discord.ARTIST),
             "admin": str(on_discord.ADMIN),
         }
         self.channels = {"here": str(fake.channel_id), "elsewhere": str(ELSEWHERE)}
+        self.tenant = f"discord:{fake.guild_id}"
+        self.artists = f"<@&{on_discord.ARTISTS}>"
 
     def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
         return [
@@ -166,21 +441,58 @@ class DiscordDriver:
             if not m["flags"] & on_discord.EPHEMERAL and m["attachments"]
         ]
 
-    async def set_channel(self, settings: str) -> str:
-        return await on_discord.admin(self.fake, "channel", channel=self.fake.channel_id, settings=settings)
+    async def admin(
+        self,
+        verb: str,
+        *,
+        by: str = "admin",
+        user: str | None = None,
+        group: bool = False,
+        where: str | None = None,
+        settings: str | None = None,
+    ) -> str:
+        options: dict[str, Any] = {}
+        if user is not None:
+            options["user"] = int(self.users[user])
+        if group:
+            options["role"] = on_discord.ARTISTS
+        if where is not None:
+            options["channel"] = int(self.channels[where])
+        if settings is not None:  # the channel verb's settings, the settings verb's text
+            options["settings" if verb == "channel" else "text"] = settings
+        return await on_discord.admin(self.fake, verb, by=int(self.users[by]), **options)
 
-    async def settings(self, text: str = "") -> str:
-        return await on_discord.admin(self.fake, "settings", **({"text": text} if text else {}))
+    async def command(self, name: str, value: str = "", *, user: str = "member", **options: Any) -> str:
+        option = {"imagine-info": "job", "imagine-history": "count"}.get(name)
+        if value and option:
+            options[option] = int(value) if value.isdigit() and option == "count" else value
+        typed = [
+            {"name": k, "type": 5 if isinstance(v, bool) else 4 if isinstance(v, int) else 3, "value": v}
+            for k, v in options.items()
+        ]
+        ix = await self.fake.send_interaction(name=name, options=typed, user_id=int(self.users[user]))
+        return await on_discord.private_answer(self.fake, ix)
+
+    async def my_settings(self, user: str = "member", **values: str) -> str:
+        return await self.command("imagine-settings", user=user, **values)
 
     async def _imagine(
-        self, prompt: str, user: str, size: str | None, quality: str, where: str, relax: bool
+        self,
+        prompt: str,
+        *,
+        user: str = "member",
+        size: str | None = None,
+        quality: str | None = "low",
+        where: str = "here",
+        relax: bool = False,
+        count: int | None = None,
     ) -> dict[str, Any]:
-        options = [
-            {"name": "prompt", "type": 3, "value": prompt},
-            {"name": "quality", "type": 3, "value": quality},
-        ]
-        if size:
-            options.append({"name": "size", "type": 3, "value": size})
+        options: list[dict[str, Any]] = [{"name": "prompt", "type": 3, "value": prompt}]
+        for name, value in (("quality", quality), ("size", size)):
+            if value:
+                options.append({"name": name, "type": 3, "value": value})
+        if count:
+            options.append({"name": "count", "type": 4, "value": count})
         if relax:  # Discord's boolean option
             options.append({"name": "relax", "type": 5, "value": True})
         return await self.fake.send_interaction(
@@ -190,67 +502,143 @@ class DiscordDriver:
             channel_id=int(self.channels[where]),
         )
 
-    async def render(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
-    ) -> dict[str, Any]:
+    async def start(self, prompt: str, **how: Any) -> Sent:
         rows = len(await self.bot.ledger())
-        ix = await self._imagine(prompt, user, size, quality, where, relax)
-        await on_discord.finished(self.fake, self.bot, ix, rows + 1)
-        row = (await self.bot.ledger())[-1]
-        assert row["user"] == self.users[user] and row["status"] == "delivered", row
-        return row
+        return Sent(how.get("user", "member"), await self._imagine(prompt, **how), rows)
 
-    async def start(self, prompt: str, *, user: str = "member", size: str | None = None) -> Any:
-        return prompt, await self._imagine(prompt, user, size, "low", "here", False)
+    async def finish(self, sent: Sent) -> dict[str, Any]:
+        return (await self.delivered(sent)).row
 
-    async def finish(self, handle: Any) -> dict[str, Any]:
-        prompt, ix = handle
-        row = (await until(lambda: self.bot.ledger("prompt=? AND status='delivered'", [prompt]), 20))[0]
-        message = await on_discord.finished(self.fake, self.bot, ix, 1)
-        assert message["attachments"] and message["attachments"][0]["width"] == int(row["size"].split("x")[0])
-        return row
+    async def result(self, prompt: str, **how: Any) -> Shown:
+        return await self.delivered(await self.start(prompt, **how), how.get("count") or 1)
 
-    async def refuse(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str = "low",
-        where: str = "here",
-        relax: bool = False,
-    ) -> str:
+    async def refuse(self, prompt: str, **how: Any) -> str:
         rows = len(await self.bot.ledger())
-        ix = await self._imagine(prompt, user, size, quality, where, relax)
+        ix = await self._imagine(prompt, **how)
         said = await on_discord.refused(self.fake, self.bot, ix, "", rows)
         assert "Nothing was charged" in said, said
         return said
 
+    def _labels(self, shown: Shown) -> list[str]:
+        message = self.fake.message(int(shown.ref["id"])) or shown.ref
+        return [str(b["label"]) for b in FakeDiscord.buttons(message)]
+
+    def private_to(self, user: str = "member") -> list[str]:
+        return [
+            on_discord.content_of(m)
+            for messages in self.fake.messages.values()
+            for m in messages
+            if m["flags"] & on_discord.EPHEMERAL
+            and m["content"]
+            and (m.get("interaction_metadata") or {}).get("user", {}).get("id") == self.users[user]
+        ]
+
+    async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
+        rows = len(await self.bot.ledger())
+        press = await self.fake.press_button(shown.ref, label, user_id=int(self.users[user]))
+        return Sent(user, press, rows)
+
+    async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
+        forms = self.forms_opened()
+        press = await self.click(shown, "Edit", user=user)
+        await self.fake.wait_for("POST", rf"/interactions/{press.ref['id']}/[^/]+/callback")
+        assert on_discord.callback(self.fake, press.ref).json["type"] == 9  # the form is the answer
+        assert self.forms_opened() == forms + 1
+        form = self.fake.modals[-1]
+        assert form["custom_id"].startswith("imagebot:edit:edit:") and len(form["custom_id"]) <= 100
+        submit = await self.fake.send_interaction(
+            type=5,
+            modal_values={"Instruction": instruction},
+            target_message=shown.ref,
+            user_id=int(self.users[user]),
+        )
+        return Sent(user, submit, press.rows)
+
+    def forms_opened(self) -> int:
+        return len(self.fake.modals)
+
+    async def delivered(self, sent: Sent, images: int = 1) -> Shown:
+        message = await on_discord.finished(self.fake, self.bot, sent.ref, sent.rows + images)
+        [row, *_] = [
+            r for r in await self.bot.ledger() if json.loads(r["context"]).get("message_id") == message["id"]
+        ]
+        assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
+        return Shown(message, row)
+
+    async def told(self, sent: Sent) -> str:
+        return await on_discord.private_answer(self.fake, sent.ref)
+
+    def answers(self, new: Shown, old: Shown) -> bool:
+        return bool(new.ref["interaction_metadata"].get("interacted_message_id") == old.ref["id"])
+
+    def gone(self, shown: Shown) -> bool:
+        return self.fake.message(int(shown.ref["id"])) is None
+
+    async def ask(self, prompt: str, **how: Any) -> Shown:
+        ix = await self._imagine(prompt, **how)
+        await on_discord.private_words(self.fake, ix)
+        [question] = [
+            m
+            for m in self.fake.messages[self.fake.channel_id]
+            if m["flags"] & on_discord.EPHEMERAL
+            and m["components"]
+            and m["interaction_metadata"]["id"] == ix["id"]
+        ]
+        assert on_discord.response_of_gone(self.fake, ix)  # nothing public was left of the /imagine
+        return Shown(question, text=on_discord.content_of(question))
+
+    def question_open(self, question: Shown) -> bool:
+        shown = self.fake.message(int(question.ref["id"]))
+        return shown is not None and bool(FakeDiscord.buttons(shown))
+
+    async def replay(self, sent: Sent) -> None:
+        await self.fake.replay_interaction(sent.ref)
+
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        return on_discord.bot_on(self.fake, self.tmp_path, **self.env)
+
+
+async def backdate(bot: RunningBot, table: str, by: timedelta) -> None:
+    """Move every row of `table` (results, confirmations) `by` into the past, as if that much time had gone
+    by."""
+
+    def shift(db: Any) -> None:
+        for rowid, created in db.conn.execute(f"SELECT rowid, created_at FROM {table}").fetchall():
+            older = (datetime.fromisoformat(created) - by).isoformat(timespec="milliseconds")
+            db.conn.execute(f"UPDATE {table} SET created_at=? WHERE rowid=?", [older, rowid])
+
+    await bot.core.ledger.run_db(shift)
+
 
 @contextlib.asynccontextmanager
 async def driver(platform: str, tmp_path: Path, **env: str) -> AsyncIterator[Driver]:
-    """The bot on `platform` ("slack" or "discord") against its fake, with price checks off and `env` (in a
-    value, "{here}" and "{elsewhere}" stand for the platform's channel ids)."""
-    here, elsewhere_id = {"slack": ("C1", "C2"), "discord": (str(HERE), str(ELSEWHERE))}[platform]
-    env = {name: value.format(here=here, elsewhere=elsewhere_id) for name, value in env.items()}
+    """The bot on `platform` ("slack" or "discord") against its fake, with price checks off unless `env` says
+    (in a value, "{here}" and "{elsewhere}" stand for the platform's channel ids, "{elsewhere_entry}" for the
+    other channel as an operator lists it in IMAGEBOT_CHANNELS)."""
+    here, elsewhere, entry = {
+        "slack": ("C1", "C2", "C2"),
+        "discord": (str(HERE), str(ELSEWHERE), f"discord:{ELSEWHERE}"),
+    }[platform]
+    env = {"IMAGEBOT_CONFIRM_USD": "off"} | {
+        name: value.format(here=here, elsewhere=elsewhere, elsewhere_entry=entry) for name, value in env.items()
+    }
+    on: SlackDriver | DiscordDriver
     if platform == "slack":
         slack = FakeSlack()
-        await slack.start()
         slack.admins.add(on_slack.ADMIN)
-        try:
-            async with running_bot(tmp_path, slack_env(slack, **env), latency=0.05) as bot:
-                yield SlackDriver(slack, bot)
-        finally:
-            await slack.stop()
-        return
-    elsewhere = lambda fake: fake.add_channel(ELSEWHERE, "elsewhere")  # noqa: E731
-    async with on_discord.guild(tmp_path, elsewhere, **env) as (fake, bot):
-        assert str(fake.channel_id) == here
-        yield DiscordDriver(fake, bot)
+        slack.add_usergroup(ARTISTS_GROUP, [SlackDriver.users["artist"]], handle="artists")
+        fake: FakeSlack | FakeDiscord = slack
+        on = SlackDriver(slack, tmp_path, env)
+    else:
+        fake = on_discord.guild_fake(lambda fake: fake.add_channel(ELSEWHERE, "elsewhere"))
+        on = DiscordDriver(fake, tmp_path, env)
+    await fake.start()
+    try:
+        async with on.stack:
+            await on.restart()
+            yield on
+    finally:
+        await fake.stop()
+        if platform == "discord":
+            reset_discord_endpoints()
+    assert not getattr(fake, "errors", None), fake

@@ -6,12 +6,9 @@ Home tab, Discord's typed subcommands, replies and DMs) stays in that platform's
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
 
-from tests.support.platforms import Driver, driver
+from tests.support.platforms import Driver
 from tests.support.waits import until
 
 RELAX_ENV = {  # a relax job is gathered for 0.3 s, its batch polled every 0.1 s
@@ -19,15 +16,7 @@ RELAX_ENV = {  # a relax job is gathered for 0.3 s, its batch polled every 0.1 s
     "IMAGEBOT_BATCH_POLL": "0.1",
     "IMAGEBOT_OFFLINE_BATCH_LATENCY": "0.5",
 }
-# IMAGEBOT_CHANNELS, as each platform's operators would write it: only the other channel.
 SQUARE = "1024x1024"  # at low quality: the cheapest image
-PINNED = {"slack": "{elsewhere}", "discord": "discord:{elsewhere}"}
-
-
-@pytest.fixture(params=["slack", "discord"])
-async def on(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
-    async with driver(request.param, tmp_path) as platform:
-        yield platform
 
 
 async def test_a_channel_turned_off_refuses_imagine_privately_and_costs_nothing(on: Driver) -> None:
@@ -69,17 +58,8 @@ async def test_a_cooldown_refuses_a_users_next_job_with_the_wait(on: Driver) -> 
     assert [r["user"] for r in await on.bot.ledger()] == [on.users["member"], on.users["other"]]
 
 
-@pytest.fixture(params=["slack", "discord"])
-async def pinned(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
-    """The bot with IMAGEBOT_CHANNELS naming only the other channel, and quick relax batches."""
-    async with driver(
-        request.param, tmp_path, IMAGEBOT_CHANNELS=PINNED[request.param], **RELAX_ENV
-    ) as platform:
-        yield platform
-
-
-async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_relax(pinned: Driver) -> None:
-    on = pinned
+@pytest.mark.env(IMAGEBOT_CHANNELS="{elsewhere_entry}", **RELAX_ENV)  # only the other channel; quick relax batches
+async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_relax(on: Driver) -> None:
     text = await on.refuse("a lighthouse", size=SQUARE)
     assert "IMAGEBOT_CHANNELS" in text and "does not work in this channel" in text
     assert "IMAGEBOT_CHANNELS" in await on.refuse("a lighthouse", size=SQUARE, relax=True)  # relax jobs too
@@ -102,15 +82,8 @@ async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_rel
     assert on.images_posted("here") == []
 
 
-@pytest.fixture(params=["slack", "discord"])
-async def one_job_each(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
-    """The bot with IMAGEBOT_USER_MAX_JOBS=1."""
-    async with driver(request.param, tmp_path, IMAGEBOT_USER_MAX_JOBS="1") as platform:
-        yield platform
-
-
-async def test_max_jobs_refuses_a_users_second_job_while_the_first_runs(one_job_each: Driver) -> None:
-    on = one_job_each
+@pytest.mark.env(IMAGEBOT_USER_MAX_JOBS="1")
+async def test_max_jobs_refuses_a_users_second_job_while_the_first_runs(on: Driver) -> None:
     on.bot.server.latency = 2.0
     first = await on.start("a slow one", size=SQUARE)
     await until(lambda: on.bot.server.calls)  # its API call is out: the job is running
