@@ -6,6 +6,7 @@ Home tab, Discord's typed subcommands, replies and DMs) stays in that platform's
 from __future__ import annotations
 
 import re
+
 import pytest
 
 from tests.support.platforms import Driver
@@ -58,7 +59,9 @@ async def test_a_cooldown_refuses_a_users_next_job_with_the_wait(on: Driver) -> 
     assert [r["user"] for r in await on.bot.ledger()] == [on.users["member"], on.users["other"]]
 
 
-@pytest.mark.env(IMAGEBOT_CHANNELS="{elsewhere_entry}", **RELAX_ENV)  # only the other channel; quick relax batches
+@pytest.mark.env(
+    IMAGEBOT_CHANNELS="{elsewhere_entry}", **RELAX_ENV
+)  # only the other channel; quick relax batches
 async def test_a_channel_outside_imagebot_channels_refuses_privately_fast_or_relax(on: Driver) -> None:
     text = await on.refuse("a lighthouse", size=SQUARE)
     assert "IMAGEBOT_CHANNELS" in text and "does not work in this channel" in text

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import io
 import json
 import re
 from collections.abc import AsyncIterator
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+
+from PIL import Image
 
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
@@ -54,6 +57,7 @@ class Sent:
     user: str
     ref: Any
     rows: int  # ledger rows
+    calls: int = 0  # image API calls
     jobs: int = 0  # Slack's job messages
     said: dict[str, str] = field(default_factory=dict)  # what the sender had been told, on Slack
     work: Any = None  # the bot's work in flight, on Slack
@@ -68,6 +72,11 @@ class Driver(Protocol):
     tenant: str  # "slack:T0001", "discord:<guild>": where settings and ledger rows belong
     artists: str  # how the bot writes the artists group in its answers
     admin_verbs: tuple[str, ...]  # what `/imagine-admin help` lists on this platform
+    # Where the platforms differ: on Slack a deleted image leaves its job message (and buttons) behind, on
+    # Discord the message that carried it goes; Slack takes an answered price question away, Discord cannot
+    # edit an ephemeral message it did not send with the clicking interaction, so it stays.
+    buttons_outlive_their_image: bool
+    answered_questions_close: bool
 
     async def admin(
         self,
@@ -151,8 +160,25 @@ class Driver(Protocol):
         clicked, changed), once what it set off has ended."""
         ...
 
+    async def refused(self, sent: Sent) -> str:
+        """What only the sender was told about `sent`, which set nothing off: no image API call, no ledger row,
+        nothing public left behind."""
+        ...
+
+    async def asked(self, sent: Sent) -> Shown:
+        """The private price question `sent` (a command or a click above the price check) got."""
+        ...
+
     def private_to(self, user: str = "member") -> list[str]:
         """Everything only `user` has been told, oldest first."""
+        ...
+
+    async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
+        """The width and height of each image `shown` carries, as posted."""
+        ...
+
+    async def fetched(self, shown: Shown, index: int = 0) -> bool:
+        """The bot downloaded the `index`th image of `shown` from the platform (to edit it)."""
         ...
 
     def answers(self, new: Shown, old: Shown) -> bool:
@@ -206,6 +232,32 @@ class _Driver:
 
     stack: contextlib.AsyncExitStack
 
+    async def told(self, sent: Sent) -> str:
+        raise NotImplementedError
+
+    async def refused(self, sent: Sent) -> str:
+        said = await self.told(sent)
+        await self.bot.idle()
+        assert len(self.bot.server.calls) == sent.calls and len(await self.bot.ledger()) == sent.rows
+        await until(lambda: self._left_nothing(sent), message="something public was left")
+        return said
+
+    def _left_nothing(self, sent: Sent) -> bool:
+        raise NotImplementedError
+
+    async def ask(self, prompt: str, **how: Any) -> Shown:
+        question = await self.asked(await self.start(prompt, **how))
+        assert (
+            await self.bot.ledger() == [] and self.bot.server.calls == []
+        )  # nothing reserved, nothing called
+        return question
+
+    async def asked(self, sent: Sent) -> Shown:
+        raise NotImplementedError
+
+    async def start(self, prompt: str, **how: Any) -> Sent:
+        raise NotImplementedError
+
     def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
         raise NotImplementedError
 
@@ -230,6 +282,7 @@ class SlackDriver(_Driver):
     tenant = "slack:T0001"
     artists = f"<!subteam^{ARTISTS_GROUP}>"
     admin_verbs = ("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help")
+    buttons_outlive_their_image = answered_questions_close = True
 
     def __init__(self, slack: FakeSlack, tmp_path: Path, env: dict[str, str]) -> None:
         self.slack, self.tmp_path, self.env = slack, tmp_path, env
@@ -327,15 +380,19 @@ class SlackDriver(_Driver):
     def _labels(self, shown: Shown) -> list[str]:
         return [el["text"]["text"] for el in self.slack.buttons(self._message(shown.ref).get("blocks"))]
 
+    def _private(self, user: str) -> list[dict[str, Any]]:
+        """Every private message `user` was sent, a deleted one too (a click on it may still change it)."""
+        return [e for e in self.slack.ephemerals if e["user"] == self.users[user]]
+
     def _said(self, user: str) -> dict[str, str]:
-        return {e["message_ts"]: e["text"] for e in on_slack.private_to(self.slack, self.users[user])}
+        return {e["message_ts"]: e["text"] for e in self._private(user)}
 
     def private_to(self, user: str = "member") -> list[str]:
-        return [html.unescape(text) for text in self._said(user).values()]
+        return [html.unescape(e["text"]) for e in on_slack.private_to(self.slack, self.users[user])]
 
     async def _sent(self, user: str, ref: Any) -> Sent:
         rows, jobs = len(await self.bot.ledger()), len(on_slack.job_messages(self.slack))
-        return Sent(user, ref, rows, jobs, self._said(user), self.bot.work())
+        return Sent(user, ref, rows, len(self.bot.server.calls), jobs, self._said(user), self.bot.work())
 
     async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
         sent = await self._sent(user, shown.ref)
@@ -348,7 +405,8 @@ class SlackDriver(_Driver):
     async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
         forms = self.forms_opened()
         sent = await self.click(shown, "Edit", user=user)
-        await self.slack.wait_for("views.open", forms + 1)
+        opened = (await self.slack.wait_for("views.open", forms + 1))[-1]
+        assert opened.args["trigger_id"] and len(self.bot.server.calls) == sent.calls  # a form is not a job
         view_id = list(self.slack.views)[-1]
         assert self.slack.views[view_id]["user"] == self.users[user]
         assert self.slack.views[view_id]["view"]["callback_id"] == "imagebot_edit"
@@ -371,36 +429,71 @@ class SlackDriver(_Driver):
         return Shown(ts, row)
 
     async def told(self, sent: Sent) -> str:
-        return await self._told(sent.user, sent.said, sent.work)
+        return await self._told(sent.user, sent.said, sent.work, sent.ref)
 
-    async def _told(self, user: str, said: dict[str, str], work: Any) -> str:
-        def news() -> list[str]:
-            return [text for ts, text in self._said(user).items() if said.get(ts) != text]
+    async def _told(self, user: str, said: dict[str, str], work: Any, about: str | None = None) -> str:
+        def news() -> list[dict[str, Any]]:
+            return [e for e in self._private(user) if said.get(e["message_ts"]) != e["text"]]
 
         [new, *_] = await until(news, message=f"{user} was never told anything")
         await self.bot.idle(since=work)  # a second word would show by now
         assert len(news()) == 1, news()
-        return html.unescape(new)
+        if about is not None and self.slack.ephemeral(about) is None:  # a click on a result: in its thread
+            assert new["thread_ts"] == about, new
+        return html.unescape(new["text"])
 
     def answers(self, new: Shown, old: Shown) -> bool:
         thread = on_slack.message(self.slack, new.ref).get("thread_ts")
         uploads = [u for u in self.slack.uploaded if u.thread_ts == old.ref]
-        return thread == old.ref and bool(uploads) and str(uploads[-1].initial_comment).startswith(
-            f"<@{new.row['user']}>"
+        return (
+            thread == old.ref
+            and bool(uploads)
+            and str(uploads[-1].initial_comment).startswith(f"<@{new.row['user']}>")
         )
 
     def gone(self, shown: Shown) -> bool:
         files = [u for u in self.slack.deleted_files if u.thread_ts == shown.ref]
         return bool(files) and not [u for u in self.slack.uploaded if u.thread_ts == shown.ref]
 
-    async def ask(self, prompt: str, *, user: str = "member", **how: Any) -> Shown:
-        before = len(self.slack.ephemerals)
-        await self.slack.send_slash_command(
-            self.bot.events_url, text=self._text(prompt, **how), user_id=self.users[user]
+    async def asked(self, sent: Sent) -> Shown:
+        def questions() -> list[dict[str, Any]]:
+            return [
+                e
+                for e in on_slack.private_to(self.slack, self.users[sent.user])
+                if e["message_ts"] not in sent.said and e.get("blocks")
+            ]
+
+        [question] = await until(questions)
+        # A command's question answers it (response_url); a click's is said in the clicked result's thread.
+        assert (question["source"], question["thread_ts"]) in (
+            ("response_url", None),
+            ("chat.postEphemeral", sent.ref),
         )
-        [question] = await until(lambda: [e for e in self.slack.ephemerals[before:] if e.get("blocks")])
-        assert question["user"] == self.users[user] and question["source"] == "response_url"
         return Shown(question["message_ts"], text=html.unescape(question["text"]))
+
+    def _left_nothing(self, sent: Sent) -> bool:
+        return len(on_slack.job_messages(self.slack)) == sent.jobs
+
+    async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
+        files = {u.id: u for u in [*self.slack.uploaded, *self.slack.deleted_files]}
+        return [
+            Image.open(io.BytesIO(files[where["file_id"]].bytes)).size for where in await self._where(shown)
+        ]
+
+    async def _where(self, shown: Shown) -> list[dict[str, Any]]:
+        """Where the core recorded the images of `shown`'s job (the uploaded files)."""
+        [[images]] = await self.bot.core.ledger.query(
+            "SELECT images FROM results WHERE job_id=?", [shown.row["job_id"]]
+        )
+        return [image["where"] for image in json.loads(images)]
+
+    async def fetched(self, shown: Shown, index: int = 0) -> bool:
+        file_id = (await self._where(shown))[index]["file_id"]
+        infos = [c for c in self.slack.calls_to("files.info") if c.args.get("file") == file_id]
+        downloads = self.slack.calls_to("file_download")
+        return bool(infos and downloads) and all(
+            d.headers["Authorization"] == f"Bearer {self.slack.bot_token}" for d in downloads
+        )
 
     def question_open(self, question: Shown) -> bool:
         shown = self.slack.ephemeral(question.ref)
@@ -420,10 +513,12 @@ class DiscordDriver(_Driver):
     admin_verbs = (
         *("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"),
     )
+    buttons_outlive_their_image = answered_questions_close = False
 
     def __init__(self, fake: FakeDiscord, tmp_path: Path, env: dict[str, str]) -> None:
         self.fake, self.tmp_path, self.env = fake, tmp_path, env
         self.stack = contextlib.AsyncExitStack()
+        self.targets: dict[str, str] = {}  # an interaction's id -> the message it was made on
         self.users = {
             "member": str(fake.user_id),
             "other": str(on_discord.OTHER),
@@ -503,8 +598,8 @@ class DiscordDriver(_Driver):
         )
 
     async def start(self, prompt: str, **how: Any) -> Sent:
-        rows = len(await self.bot.ledger())
-        return Sent(how.get("user", "member"), await self._imagine(prompt, **how), rows)
+        rows, calls = len(await self.bot.ledger()), len(self.bot.server.calls)
+        return Sent(how.get("user", "member"), await self._imagine(prompt, **how), rows, calls)
 
     async def finish(self, sent: Sent) -> dict[str, Any]:
         return (await self.delivered(sent)).row
@@ -534,16 +629,17 @@ class DiscordDriver(_Driver):
         ]
 
     async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
-        rows = len(await self.bot.ledger())
+        rows, calls = len(await self.bot.ledger()), len(self.bot.server.calls)
         press = await self.fake.press_button(shown.ref, label, user_id=int(self.users[user]))
-        return Sent(user, press, rows)
+        self.targets[press["id"]] = shown.ref["id"]
+        return Sent(user, press, rows, calls)
 
     async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
         forms = self.forms_opened()
         press = await self.click(shown, "Edit", user=user)
         await self.fake.wait_for("POST", rf"/interactions/{press.ref['id']}/[^/]+/callback")
         assert on_discord.callback(self.fake, press.ref).json["type"] == 9  # the form is the answer
-        assert self.forms_opened() == forms + 1
+        assert self.forms_opened() == forms + 1 and len(self.bot.server.calls) == press.calls  # not a job
         form = self.fake.modals[-1]
         assert form["custom_id"].startswith("imagebot:edit:edit:") and len(form["custom_id"]) <= 100
         submit = await self.fake.send_interaction(
@@ -552,16 +648,16 @@ class DiscordDriver(_Driver):
             target_message=shown.ref,
             user_id=int(self.users[user]),
         )
-        return Sent(user, submit, press.rows)
+        self.targets[submit["id"]] = shown.ref["id"]
+        return Sent(user, submit, press.rows, press.calls)
 
     def forms_opened(self) -> int:
         return len(self.fake.modals)
 
     async def delivered(self, sent: Sent, images: int = 1) -> Shown:
         message = await on_discord.finished(self.fake, self.bot, sent.ref, sent.rows + images)
-        [row, *_] = [
-            r for r in await self.bot.ledger() if json.loads(r["context"]).get("message_id") == message["id"]
-        ]
+        job = str(FakeDiscord.buttons(message)[0]["custom_id"]).split(":")[3]
+        [row, *_] = await self.bot.ledger("job_id=?", [job])
         assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
         return Shown(message, row)
 
@@ -569,23 +665,39 @@ class DiscordDriver(_Driver):
         return await on_discord.private_answer(self.fake, sent.ref)
 
     def answers(self, new: Shown, old: Shown) -> bool:
-        return bool(new.ref["interaction_metadata"].get("interacted_message_id") == old.ref["id"])
+        """`new` is the response to a click, or to a form opened by a click, on `old`."""
+        return self.targets.get(new.ref["interaction_metadata"]["id"]) == old.ref["id"]
 
     def gone(self, shown: Shown) -> bool:
         return self.fake.message(int(shown.ref["id"])) is None
 
-    async def ask(self, prompt: str, **how: Any) -> Shown:
-        ix = await self._imagine(prompt, **how)
-        await on_discord.private_words(self.fake, ix)
+    async def asked(self, sent: Sent) -> Shown:
+        await on_discord.private_words(self.fake, sent.ref)
         [question] = [
             m
             for m in self.fake.messages[self.fake.channel_id]
             if m["flags"] & on_discord.EPHEMERAL
             and m["components"]
-            and m["interaction_metadata"]["id"] == ix["id"]
+            and m["interaction_metadata"]["id"] == sent.ref["id"]
         ]
-        assert on_discord.response_of_gone(self.fake, ix)  # nothing public was left of the /imagine
+        assert self._left_nothing(sent)  # nothing public was left of what asked
         return Shown(question, text=on_discord.content_of(question))
+
+    def _left_nothing(self, sent: Sent) -> bool:
+        return on_discord.response_of_gone(self.fake, sent.ref)
+
+    async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
+        message = self.fake.message(int(shown.ref["id"])) or shown.ref
+        return [(a["width"], a["height"]) for a in message["attachments"]]
+
+    async def fetched(self, shown: Shown, index: int = 0) -> bool:
+        message = shown.ref
+        fetched = self.fake.calls_matching(
+            "GET", rf"/channels/{message['channel_id']}/messages/{message['id']}"
+        )
+        attachment = message["attachments"][index]["id"]
+        downloads = [r for r in self.fake.cdn_requests if attachment in r.path and r.status == 200]
+        return bool(fetched and downloads)
 
     def question_open(self, question: Shown) -> bool:
         shown = self.fake.message(int(question.ref["id"]))
@@ -620,7 +732,8 @@ async def driver(platform: str, tmp_path: Path, **env: str) -> AsyncIterator[Dri
         "discord": (str(HERE), str(ELSEWHERE), f"discord:{ELSEWHERE}"),
     }[platform]
     env = {"IMAGEBOT_CONFIRM_USD": "off"} | {
-        name: value.format(here=here, elsewhere=elsewhere, elsewhere_entry=entry) for name, value in env.items()
+        name: value.format(here=here, elsewhere=elsewhere, elsewhere_entry=entry)
+        for name, value in env.items()
     }
     on: SlackDriver | DiscordDriver
     if platform == "slack":
