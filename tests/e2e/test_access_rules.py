@@ -1,14 +1,18 @@
-"""Access rules that are the same on Slack and Discord, written once and run on each (tests/support/platforms.py
-drives the platform): a channel turned off, a channel's size and quality ceiling, a cooldown. Every refusal is
-private, costs nothing, posts nothing in public and calls no image API. What only one platform has (Slack's
-Home tab, Discord's typed subcommands, replies and DMs) stays in that platform's own test files."""
+"""Access rules (docs/rules.md §10) that are the same on Slack and Discord, written once and run on each
+(tests/support/platforms.py drives the platform): a channel turned off, a channel's size and quality ceiling and
+moderation, a cooldown, IMAGEBOT_CHANNELS, max_jobs, a blocked user, an allowed or a denied group (a Slack user
+group, a Discord role), who may use /imagine-admin. Every refusal is private, costs nothing, posts nothing in
+public and calls no image API. What only one platform has (Slack's Home tab, mentions and user-group lookups,
+Discord's typed subcommands, replies and DMs, the Edit image menu) stays in that platform's own test files."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
+from bot.store import settings
 from tests.support.platforms import Driver
 from tests.support.waits import until
 
@@ -112,3 +116,114 @@ async def test_max_jobs_refuses_a_users_second_job_while_the_first_runs(on: Driv
         ("someone else's", "delivered", "fast"),
         ("another one", "delivered", "fast"),
     ]
+
+
+# -- the person: blocked, allowed and denied groups ------------------------------------------------------------
+
+
+async def test_a_blocked_user_is_refused_on_every_button_and_it_costs_nothing(on: Driver) -> None:
+    other = on.users["other"]
+    mine = await on.result("a harbour", size=SQUARE)  # made before the block, with its buttons
+    assert (await on.admin("block", user="other")).startswith(f"<@{other}> blocked (in {on.tenant})")
+    assert "You are blocked" in await on.refuse("a cat", user="other")
+    forms = on.forms_opened()
+    for label in ("Re-roll", "Vary", "Edit"):  # someone else's result: no job, and no form opens
+        assert "You are blocked" in await on.refused(await on.click(mine, label, user="other")), label
+    assert on.forms_opened() == forms and len(on.bot.server.calls) == 1
+    # Someone else still renders; unblocked, so do they.
+    await on.render("a grey wolf", size=SQUARE)
+    assert (await on.admin("unblock", user="other")).startswith(f"<@{other}> unblocked (in {on.tenant})")
+    await on.render("a cat", user="other", size=SQUARE)
+    assert [r["user"] for r in await on.bot.ledger()] == [on.users["member"], on.users["member"], other]
+
+
+async def test_allowing_a_group_admits_its_members_and_admins_and_no_one_else(on: Driver) -> None:
+    answer = await on.admin("allow", group=True)
+    assert answer.startswith(f"Allowed: {on.artists}") and f"allowed: {on.artists} (and admins)" in answer
+    text = await on.refuse("a poster", user="other", size=SQUARE)
+    assert (
+        f"Only members of {on.artists} (and admins) may render here" in text and "not in any of them" in text
+    )
+    theirs = await on.result("an artist's poster", user="artist", size=SQUARE)
+    await on.render("an admin's poster", user="admin", size=SQUARE)  # an admin, in no group
+    forms = on.forms_opened()  # an outsider's Edit opens no form; a member's does
+    assert "Only members of" in await on.refused(await on.click(theirs, "Edit", user="other"))
+    assert on.forms_opened() == forms
+    await on.delivered(await on.edit(theirs, "make it blue", user="artist"))
+    assert [(r["user"], r["status"]) for r in await on.bot.ledger()] == [
+        (on.users[part], "delivered") for part in ("artist", "admin", "artist")
+    ]
+
+
+@pytest.mark.env(**RELAX_ENV)
+async def test_a_denied_group_is_refused_fast_or_relax_while_others_render(on: Driver) -> None:
+    assert f"denied: {on.artists}" in await on.admin("deny", group=True)
+    for relax in (False, True):
+        text = await on.refuse("an artist's fox", user="artist", size=SQUARE, relax=relax)
+        assert "you are in a group that may not render" in text, text
+    shown = await on.result("another's fox", user="other", size=SQUARE)
+    assert (shown.row["mode"], shown.row["status"]) == ("fast", "delivered")
+    assert 0 < shown.row["actual_micros"] <= shown.row["reserved_micros"]
+    assert await on.image_sizes(shown) == [(1024, 1024)]
+    assert [c.prompt for c in on.bot.server.calls] == ["another's fox"]
+    # Past a batch window the artist's relax job was never gathered: a later one goes alone in its batch.
+    on.bot.server.batch_latency = 0.1
+    await on.render("a marker", user="other", size=SQUARE, relax=True)
+    assert sum(1 for call in on.bot.server.batch_calls if call == ("POST", "/v1/batches")) == 1
+    assert [(r["user"], r["mode"]) for r in await on.bot.ledger()] == [
+        (on.users["other"], "fast"),
+        (on.users["other"], "relax"),
+    ]
+
+
+# -- the channel's moderation, the admin verbs ------------------------------------------------------------------
+
+
+async def test_a_channels_moderation_goes_on_generations_only(on: Driver) -> None:
+    answer = await on.set_channel("moderation=low")
+    assert answer.startswith(f"Channel <#{on.channels['here']}> set: moderation=low"), answer
+    first = await on.result("a cartoon fox", size=SQUARE)
+    generation = on.bot.server.calls[-1]
+    assert generation.endpoint == "generations" and "moderation" in generation.fields
+    assert generation.status == 200
+    varied = await on.delivered(await on.click(first, "Vary"))
+    vary = on.bot.server.calls[-1]
+    assert (vary.endpoint, vary.images, vary.status) == ("edits", 1, 200) and "moderation" not in vary.fields
+    assert await on.image_sizes(varied) == [(1024, 1024)]
+    await on.delivered(await on.click(first, "Re-roll"))
+    reroll = on.bot.server.calls[-1]
+    assert reroll.endpoint == "generations" and "moderation" in reroll.fields
+    rows = await on.bot.ledger()
+    assert [(r["status"], r["mode"]) for r in rows] == [("delivered", "fast")] * 3
+    assert all(r["actual_micros"] > 0 for r in rows)
+    # Elsewhere no moderation is sent.
+    await on.render("a cartoon fox", size=SQUARE, where="elsewhere")
+    assert "moderation" not in on.bot.server.calls[-1].fields
+
+
+async def stored_settings(on: Driver) -> list[tuple[Any, ...]]:
+    """Every rule an admin has set, as stored."""
+    return [
+        *await on.bot.core.ledger.query("SELECT channel, name, value FROM channel_settings"),
+        *await on.bot.core.ledger.query(
+            "SELECT name, value FROM tenant_settings WHERE tenant != ?", [settings.SYSTEM]
+        ),
+    ]
+
+
+async def test_admin_help_lists_the_verbs_and_only_admins_may_use_any(on: Driver) -> None:
+    answer = await on.admin("help")
+    for verb in on.admin_verbs:
+        assert re.search(rf"^- {verb}\b", answer, re.MULTILINE), verb
+    tries: list[tuple[str, dict[str, Any]]] = [
+        ("help", {}),
+        ("channel", {"where": "here", "settings": "off"}),
+        ("block", {"user": "admin"}),
+        ("settings", {"settings": "cooldown=60"}),
+        ("allow", {"group": True}),
+    ]
+    for verb, named in tries:
+        said = await on.admin(verb, by="member", **named)
+        assert said.startswith("Only admins can use /imagine-admin"), (verb, said)
+    assert await stored_settings(on) == []
+    await on.render("still allowed", size=SQUARE)  # nothing changed

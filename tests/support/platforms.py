@@ -18,7 +18,7 @@ import html
 import io
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -196,6 +196,14 @@ class Driver(Protocol):
 
     def question_open(self, question: Shown) -> bool:
         """The private question still shows its Render and Cancel."""
+        ...
+
+    def link(self, shown: Shown) -> str:
+        """The link to `shown` a person can open (its history's link)."""
+        ...
+
+    def another_workspace(self) -> contextlib.AbstractContextManager[None]:
+        """While it lasts, the people send from another workspace (Slack) or server (Discord)."""
         ...
 
     async def replay(self, sent: Sent) -> None:
@@ -502,6 +510,18 @@ class SlackDriver(_Driver):
     async def replay(self, sent: Sent) -> None:
         assert (await self.slack.replay())[0] == 200
 
+    def link(self, shown: Shown) -> str:
+        channel = json.loads(shown.row["context"])["channel"]
+        return f"https://{self.slack.team_domain}.slack.com/archives/{channel}/p{shown.ref.replace('.', '')}"
+
+    @contextlib.contextmanager
+    def another_workspace(self) -> Iterator[None]:
+        home, self.slack.team_id = self.slack.team_id, "T0002"
+        try:
+            yield
+        finally:
+            self.slack.team_id = home
+
     def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
         return running_bot(self.tmp_path, slack_env(self.slack, **self.env), latency=0.05)
 
@@ -705,6 +725,18 @@ class DiscordDriver(_Driver):
 
     async def replay(self, sent: Sent) -> None:
         await self.fake.replay_interaction(sent.ref)
+
+    def link(self, shown: Shown) -> str:
+        message = shown.ref
+        return f"https://discord.com/channels/{self.fake.guild_id}/{message['channel_id']}/{message['id']}"
+
+    @contextlib.contextmanager
+    def another_workspace(self) -> Iterator[None]:
+        home, self.fake.guild_id = self.fake.guild_id, self.fake.guild_id + 1
+        try:
+            yield
+        finally:
+            self.fake.guild_id = home
 
     def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
         return on_discord.bot_on(self.fake, self.tmp_path, **self.env)
