@@ -132,10 +132,6 @@ async def sent(slack: FakeSlack, ts: str) -> None:
     await until(lambda: "sent to the Batch API" in str(message(slack, ts)), timeout=10)
 
 
-def batch_posts(bot: RunningBot) -> list[tuple[str, str]]:
-    return [(m, p) for m, p in bot.server.batch_calls if m == "POST"]
-
-
 # -- 1. Cancel on a relax job ------------------------------------------------------------------------------
 
 
