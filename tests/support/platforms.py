@@ -36,6 +36,8 @@ from tests.support.waits import until
 HERE = 1100000000000000003  # the fake Discord's own channel (FakeDiscord's default channel_id)
 ELSEWHERE = 1100000000000000077  # a second text channel of the Discord guild
 ARTISTS_GROUP = "S0ART"  # the Slack user group of the artists
+ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"  # an interaction's response, edited
+SHORT = 0.5  # seconds the Discord adapter waits on one call when a test makes it hang
 PRICED = re.compile(r" · \$\d+\.\d+$")  # a render button's price
 
 
@@ -77,6 +79,11 @@ class Driver(Protocol):
     # edit an ephemeral message it did not send with the clicking interaction, so it stays.
     buttons_outlive_their_image: bool
     answered_questions_close: bool
+    # The faults a connection to the platform can have on the way to posting an image, and on a progress edit:
+    # Slack's upload takes three calls, each of which can drop; Discord's is one edit, which can drop or hang.
+    upload_faults: tuple[str, ...]
+    progress_faults: tuple[str, ...]
+    tmp_path: Path  # where the bot's SQLite file is
 
     async def admin(
         self,
@@ -198,6 +205,22 @@ class Driver(Protocol):
         """The private question still shows its Render and Cancel."""
         ...
 
+    def fail_next_upload(self, fault: str) -> None:
+        """The next image upload meets `fault` (one of `upload_faults`) once."""
+        ...
+
+    def fail_next_progress(self, fault: str) -> None:
+        """The next progress edit meets `fault` (one of `progress_faults`) once."""
+        ...
+
+    def failed_calls(self) -> int:
+        """How many calls to the platform a fault ended without an answer."""
+        ...
+
+    async def summary(self, shown: Shown) -> str:
+        """The words posted with a result's image."""
+        ...
+
     def link(self, shown: Shown) -> str:
         """The link to `shown` a person can open (its history's link)."""
         ...
@@ -291,6 +314,8 @@ class SlackDriver(_Driver):
     artists = f"<!subteam^{ARTISTS_GROUP}>"
     admin_verbs = ("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "help")
     buttons_outlive_their_image = answered_questions_close = True
+    upload_faults = ("files.getUploadURLExternal", "upload", "files.completeUploadExternal")
+    progress_faults = ("chat.update",)
 
     def __init__(self, slack: FakeSlack, tmp_path: Path, env: dict[str, str]) -> None:
         self.slack, self.tmp_path, self.env = slack, tmp_path, env
@@ -510,6 +535,19 @@ class SlackDriver(_Driver):
     async def replay(self, sent: Sent) -> None:
         assert (await self.slack.replay())[0] == 200
 
+    def fail_next_upload(self, fault: str) -> None:
+        self.slack.fail_next[fault] = {"drop": True}
+
+    def fail_next_progress(self, fault: str) -> None:
+        self.slack.fail_next[fault] = {"drop": True}
+
+    def failed_calls(self) -> int:
+        return len([c for c in self.slack.calls if c.status == 0])
+
+    async def summary(self, shown: Shown) -> str:
+        files = {where["file_id"] for where in await self._where(shown)}
+        return html.unescape(" ".join(str(u.initial_comment) for u in self.slack.uploaded if u.id in files))
+
     def link(self, shown: Shown) -> str:
         channel = json.loads(shown.row["context"])["channel"]
         return f"https://{self.slack.team_domain}.slack.com/archives/{channel}/p{shown.ref.replace('.', '')}"
@@ -534,6 +572,7 @@ class DiscordDriver(_Driver):
         *("quota", "report", "channel", "allow", "deny", "block", "unblock", "settings", "dashboard", "help"),
     )
     buttons_outlive_their_image = answered_questions_close = False
+    upload_faults = progress_faults = ("drop", "hang")
 
     def __init__(self, fake: FakeDiscord, tmp_path: Path, env: dict[str, str]) -> None:
         self.fake, self.tmp_path, self.env = fake, tmp_path, env
@@ -725,6 +764,20 @@ class DiscordDriver(_Driver):
 
     async def replay(self, sent: Sent) -> None:
         await self.fake.replay_interaction(sent.ref)
+
+    def fail_next_upload(self, fault: str) -> None:
+        self.bot.adapters["discord"].upload_timeout = SHORT
+        self.fake.inject_fault("PATCH", ORIGINAL, fault, when=on_discord.final_result)
+
+    def fail_next_progress(self, fault: str) -> None:
+        self.bot.adapters["discord"].post_timeout = SHORT
+        self.fake.inject_fault("PATCH", ORIGINAL, fault, when=lambda c: "Rendering" in on_discord.content(c))
+
+    def failed_calls(self) -> int:
+        return len([c for c in self.fake.calls if c.status == 0])
+
+    async def summary(self, shown: Shown) -> str:
+        return on_discord.content_of(self.fake.message(int(shown.ref["id"])) or shown.ref)
 
     def link(self, shown: Shown) -> str:
         message = shown.ref
