@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from PIL import Image
 
@@ -60,15 +60,43 @@ class Sent:
     ref: Any
     rows: int  # ledger rows
     calls: int = 0  # image API calls
+    images: int = 1  # how many images it asked for
     jobs: int = 0  # Slack's job messages
     said: dict[str, str] = field(default_factory=dict)  # what the sender had been told, on Slack
     work: Any = None  # the bot's work in flight, on Slack
 
 
-class Driver(Protocol):
-    """What a scenario may do on a platform, and the ids the ledger stores for its people and places."""
+@dataclass(frozen=True)
+class Ask:
+    """One /imagine: by the `user` part, in the `where` channel, with these options (None: not given)."""
+
+    prompt: str
+    user: str = "member"
+    size: str | None = None
+    quality: str | None = "low"
+    where: str = "here"
+    relax: bool = False
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Pick:
+    """What an /imagine-admin verb names, as ids: a user, the artists group, a channel, its settings (or the
+    settings verb's text)."""
+
+    user: str | None
+    group: bool
+    channel: str | None
+    settings: str | None
+
+
+class Driver:
+    """What a scenario may do on a platform (a driver per platform implements the rest), and the ids the ledger
+    stores for its people and places."""
 
     bot: RunningBot
+    stack: contextlib.AsyncExitStack
+    tmp_path: Path  # where the bot's SQLite file is
     users: dict[str, str]  # part -> the user id in the ledger
     channels: dict[str, str]  # "here" / "elsewhere" -> the channel id in the ledger
     tenant: str  # "slack:T0001", "discord:<guild>": where settings and ledger rows belong
@@ -83,7 +111,19 @@ class Driver(Protocol):
     # Slack's upload takes three calls, each of which can drop; Discord's is one edit, which can drop or hang.
     upload_faults: tuple[str, ...]
     progress_faults: tuple[str, ...]
-    tmp_path: Path  # where the bot's SQLite file is
+
+    # -- the bot ------------------------------------------------------------------------------------------
+
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        raise NotImplementedError
+
+    async def restart(self) -> None:
+        """Stop the bot (if it runs) and start it on the same database, against the same fake platform (a
+        deploy)."""
+        await self.stack.aclose()
+        self.bot = await self.stack.enter_async_context(self._bot())
+
+    # -- an admin, a person's commands --------------------------------------------------------------------
 
     async def admin(
         self,
@@ -97,176 +137,120 @@ class Driver(Protocol):
     ) -> str:
         """`/imagine-admin <verb>` by `by`, naming a user (a part), the artists group, a channel and settings as
         the platform lets an admin pick them: what only they were told."""
-        ...
+        pick = Pick(
+            self.users[user] if user else None, group, self.channels[where] if where else None, settings
+        )
+        return await self._admin(verb, self.users[by], pick)
+
+    async def _admin(self, verb: str, by: str, pick: Pick) -> str:
+        raise NotImplementedError
 
     async def set_channel(self, settings: str) -> str:
         """`/imagine-admin channel <here> <settings>` by the admin: what only they were told."""
-        ...
+        return await self.admin("channel", where="here", settings=settings)
 
     async def settings(self, text: str = "") -> str:
         """`/imagine-admin settings [text]` by the admin: what only they were told."""
-        ...
+        return await self.admin("settings", settings=text or None)
 
     async def my_settings(self, user: str = "member", **values: str) -> str:
         """`/imagine-settings name=value ...` (nothing: only shows): what only `user` was told."""
-        ...
+        raise NotImplementedError
 
     async def command(self, name: str, value: str = "", *, user: str = "member") -> str:
         """`/imagine-info <value>` or `/imagine-history <value>` (`name` without its slash): the private answer."""
-        ...
+        raise NotImplementedError
 
-    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
-        """The public messages in the channel that carry an image."""
-        ...
+    @contextlib.contextmanager
+    def another_workspace(self) -> Iterator[None]:
+        """While it lasts, the people send from another workspace (Slack) or server (Discord)."""
+        holder, name, other = self._another_workspace()
+        home = getattr(holder, name)
+        setattr(holder, name, other)
+        try:
+            yield
+        finally:
+            setattr(holder, name, home)
 
-    async def render(self, prompt: str, **how: Any) -> dict[str, Any]:
-        """/imagine that renders (`how`: user, size, quality, where, relax, count): its ledger row, once
-        delivered."""
-        ...
+    def _another_workspace(self) -> tuple[Any, str, Any]:
+        """Where the fake keeps the workspace people send from (object, attribute), and another one."""
+        raise NotImplementedError
+
+    # -- /imagine -----------------------------------------------------------------------------------------
+
+    async def start(self, prompt: str, **how: Any) -> Sent:
+        """/imagine (`how`: user, size, quality, where, relax, count, as in `Ask`), without waiting for it: a
+        handle for `delivered`, `told`, `asked` or `replay`."""
+        return await self._start(Ask(prompt, **how))
+
+    async def _start(self, ask: Ask) -> Sent:
+        raise NotImplementedError
 
     async def result(self, prompt: str, **how: Any) -> Shown:
         """/imagine that renders: the message with its image and buttons, and its ledger row."""
-        ...
+        return await self.delivered(await self.start(prompt, **how))
+
+    async def render(self, prompt: str, **how: Any) -> dict[str, Any]:
+        """/imagine that renders: its ledger row, once delivered."""
+        return (await self.result(prompt, **how)).row
+
+    async def finish(self, sent: Sent) -> dict[str, Any]:
+        """Wait until the job `start` began has posted its image and its row is delivered: the row."""
+        return (await self.delivered(sent)).row
 
     async def refuse(self, prompt: str, **how: Any) -> str:
         """/imagine that the rules refuse: what only its user was told. Nothing was posted in public, no image
         API was called and no ledger row was written."""
-        ...
+        raise NotImplementedError
 
-    async def start(self, prompt: str, **how: Any) -> Sent:
-        """/imagine, without waiting for it: a handle for `finish`, `told` or `replay`."""
-        ...
+    async def ask(self, prompt: str, **how: Any) -> Shown:
+        """/imagine above the price check: the private question (with Render and Cancel) only its user sees;
+        nothing is reserved or called yet."""
+        question = await self.asked(await self.start(prompt, **how))
+        assert await self.bot.ledger() == [] and self.bot.server.calls == []
+        return question
 
-    async def finish(self, sent: Sent) -> dict[str, Any]:
-        """Wait until the job `start` began has posted its image and its row is delivered: the row."""
-        ...
+    # -- buttons and forms --------------------------------------------------------------------------------
 
     def labels(self, shown: Shown) -> list[str]:
         """The buttons under a message, in order, without their prices."""
-        ...
+        return [PRICED.sub("", label) for label in self._labels(shown)]
+
+    def _labels(self, shown: Shown) -> list[str]:
+        raise NotImplementedError
 
     async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
         """Press the button labelled `label` (exactly, or with its price) under `shown` as `user`."""
-        ...
+        raise NotImplementedError
 
     async def edit(self, shown: Shown, instruction: str, *, user: str = "member") -> Sent:
-        """Press Edit under `shown`, see the form open for `user`, and submit `instruction`."""
-        ...
+        """Press Edit under `shown`, see the form open for `user` (no job yet), and submit `instruction`."""
+        raise NotImplementedError
 
     def forms_opened(self) -> int:
         """How many forms (Edit, ...) the bot has opened so far."""
-        ...
-
-    async def delivered(self, sent: Sent) -> Shown:
-        """The job that `sent` (a click, a form, a Render) started, once its image is posted and its row
-        delivered."""
-        ...
-
-    async def told(self, sent: Sent) -> str:
-        """What only the sender was told about `sent` (a new private message, or the private message they
-        clicked, changed), once what it set off has ended."""
-        ...
-
-    async def refused(self, sent: Sent) -> str:
-        """What only the sender was told about `sent`, which set nothing off: no image API call, no ledger row,
-        nothing public left behind."""
-        ...
-
-    async def asked(self, sent: Sent) -> Shown:
-        """The private price question `sent` (a command or a click above the price check) got."""
-        ...
-
-    def private_to(self, user: str = "member") -> list[str]:
-        """Everything only `user` has been told, oldest first."""
-        ...
-
-    async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
-        """The width and height of each image `shown` carries, as posted."""
-        ...
-
-    async def fetched(self, shown: Shown, index: int = 0) -> bool:
-        """The bot downloaded the `index`th image of `shown` from the platform (to edit it)."""
-        ...
-
-    def answers(self, new: Shown, old: Shown) -> bool:
-        """`new` (a click's result) is posted as an answer to `old`: in its thread, or as the response to a
-        click on it."""
-        ...
-
-    def gone(self, shown: Shown) -> bool:
-        """The image of `shown` is deleted from the platform."""
-        ...
-
-    async def ask(self, prompt: str, **how: Any) -> Shown:
-        """/imagine above the price check: the private question (with Render and Cancel) only its user sees."""
-        ...
-
-    def question_open(self, question: Shown) -> bool:
-        """The private question still shows its Render and Cancel."""
-        ...
-
-    def fail_next_upload(self, fault: str) -> None:
-        """The next image upload meets `fault` (one of `upload_faults`) once."""
-        ...
-
-    def fail_next_progress(self, fault: str) -> None:
-        """The next progress edit meets `fault` (one of `progress_faults`) once."""
-        ...
-
-    def failed_calls(self) -> int:
-        """How many calls to the platform a fault ended without an answer."""
-        ...
-
-    async def summary(self, shown: Shown) -> str:
-        """The words posted with a result's image."""
-        ...
-
-    def link(self, shown: Shown) -> str:
-        """The link to `shown` a person can open (its history's link)."""
-        ...
-
-    def another_workspace(self) -> contextlib.AbstractContextManager[None]:
-        """While it lasts, the people send from another workspace (Slack) or server (Discord)."""
-        ...
+        raise NotImplementedError
 
     async def replay(self, sent: Sent) -> None:
         """Deliver `sent` again, as the platform may (Slack's retries within 5 minutes, Discord's redelivered
         interaction): the last request sent, for Slack."""
-        ...
-
-    async def restart(self) -> None:
-        """Stop the bot and start it again on the same database and platform (a deploy)."""
-        ...
-
-
-class _Driver:
-    """What both drivers do the same way over their platform's primitives."""
-
-    bot: RunningBot
-    users: dict[str, str]
-    channels: dict[str, str]
-
-    async def render(self, prompt: str, **how: Any) -> dict[str, Any]:
-        return (await self.result(prompt, **how)).row
-
-    async def result(self, prompt: str, **how: Any) -> Shown:
         raise NotImplementedError
 
-    async def set_channel(self, settings: str) -> str:
-        return await self.admin("channel", where="here", settings=settings)
+    # -- what came of it ----------------------------------------------------------------------------------
 
-    async def settings(self, text: str = "") -> str:
-        return await self.admin("settings", settings=text or None)
-
-    async def admin(self, verb: str, **named: Any) -> str:
+    async def delivered(self, sent: Sent) -> Shown:
+        """The job that `sent` (a command, a click, a form, a Render) started, once its image is posted and its
+        row delivered."""
         raise NotImplementedError
-
-    stack: contextlib.AsyncExitStack
 
     async def told(self, sent: Sent) -> str:
+        """What only the sender was told about `sent` (a new private message, or the private message they
+        clicked, changed), once what it set off has ended."""
         raise NotImplementedError
 
     async def refused(self, sent: Sent) -> str:
+        """What only the sender was told about `sent`, which set nothing off: no image API call, no ledger row,
+        nothing public left behind."""
         said = await self.told(sent)
         await self.bot.idle()
         assert len(self.bot.server.calls) == sent.calls and len(await self.bot.ledger()) == sent.rows
@@ -276,35 +260,63 @@ class _Driver:
     def _left_nothing(self, sent: Sent) -> bool:
         raise NotImplementedError
 
-    async def ask(self, prompt: str, **how: Any) -> Shown:
-        question = await self.asked(await self.start(prompt, **how))
-        assert (
-            await self.bot.ledger() == [] and self.bot.server.calls == []
-        )  # nothing reserved, nothing called
-        return question
-
     async def asked(self, sent: Sent) -> Shown:
+        """The private price question `sent` (a command or a click above the price check) got."""
         raise NotImplementedError
 
-    async def start(self, prompt: str, **how: Any) -> Sent:
+    def question_open(self, question: Shown) -> bool:
+        """The private question still shows its Render and Cancel."""
         raise NotImplementedError
 
-    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+    def private_to(self, user: str = "member") -> list[str]:
+        """Everything only `user` has been told, oldest first."""
         raise NotImplementedError
 
-    async def restart(self) -> None:
-        """Stop the bot (if it runs) and start it on the same database, against the same fake platform."""
-        await self.stack.aclose()
-        self.bot = await self.stack.enter_async_context(self._bot())
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        """The public messages in the channel that carry an image."""
+        raise NotImplementedError
 
-    def labels(self, shown: Shown) -> list[str]:
-        return [PRICED.sub("", label) for label in self._labels(shown)]
+    async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
+        """The width and height of each image `shown` carries, as posted."""
+        raise NotImplementedError
 
-    def _labels(self, shown: Shown) -> list[str]:
+    async def summary(self, shown: Shown) -> str:
+        """The words posted with a result's image."""
+        raise NotImplementedError
+
+    async def fetched(self, shown: Shown, index: int = 0) -> bool:
+        """The bot downloaded the `index`th image of `shown` from the platform (to edit it)."""
+        raise NotImplementedError
+
+    def answers(self, new: Shown, old: Shown) -> bool:
+        """`new` (a click's result) is posted as an answer to `old`: in its thread, or as the response to a
+        click (or a form opened by a click) on it."""
+        raise NotImplementedError
+
+    def gone(self, shown: Shown) -> bool:
+        """The image of `shown` is deleted from the platform."""
+        raise NotImplementedError
+
+    def link(self, shown: Shown) -> str:
+        """The link to `shown` a person can open (its history's link)."""
+        raise NotImplementedError
+
+    # -- faults -------------------------------------------------------------------------------------------
+
+    def fail_next_upload(self, fault: str) -> None:
+        """The next image upload meets `fault` (one of `upload_faults`) once."""
+        raise NotImplementedError
+
+    def fail_next_progress(self, fault: str) -> None:
+        """The next progress edit meets `fault` (one of `progress_faults`) once."""
+        raise NotImplementedError
+
+    def failed_calls(self) -> int:
+        """How many calls to the platform a fault ended without an answer."""
         raise NotImplementedError
 
 
-class SlackDriver(_Driver):
+class SlackDriver(Driver):
     """The bolt app in HTTP mode against the fake Slack; U9 is a workspace admin, U4 the artists group."""
 
     users = {"member": "U1", "other": "U2", "artist": "U4", "admin": on_slack.ADMIN}
@@ -321,30 +333,20 @@ class SlackDriver(_Driver):
         self.slack, self.tmp_path, self.env = slack, tmp_path, env
         self.stack = contextlib.AsyncExitStack()
 
-    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
-        return [m for m in self.slack.messages.get(self.channels[where], []) if m.get("files")]
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        return running_bot(self.tmp_path, slack_env(self.slack, **self.env), latency=0.05)
 
-    async def admin(
-        self,
-        verb: str,
-        *,
-        by: str = "admin",
-        user: str | None = None,
-        group: bool = False,
-        where: str | None = None,
-        settings: str | None = None,
-    ) -> str:
+    async def _admin(self, verb: str, by: str, pick: Pick) -> str:
         words = [verb]
-        if user is not None:  # as Slack escapes a picked user (should_escape)
-            words.append(f"<@{self.users[user]}|{user}>")
-        if group:
+        if pick.user is not None:  # as Slack escapes a picked user (should_escape)
+            words.append(f"<@{pick.user}|someone>")
+        if pick.group:
             words.append(self.slack.usergroup_mention(ARTISTS_GROUP))
-        if where is not None:
-            channel = self.channels[where]
-            words.append(f"<#{channel}|{self.names[channel]}>")
-        if settings is not None:
-            words.append(settings)
-        return await on_slack.admin(self.slack, self.bot, " ".join(words), user=self.users[by])
+        if pick.channel is not None:
+            words.append(f"<#{pick.channel}|{self.names[pick.channel]}>")
+        if pick.settings is not None:
+            words.append(pick.settings)
+        return await on_slack.admin(self.slack, self.bot, " ".join(words), user=by)
 
     async def command(self, name: str, value: str = "", *, user: str = "member") -> str:
         before, work = self._said(user), self.bot.work()
@@ -357,61 +359,44 @@ class SlackDriver(_Driver):
         text = " ".join(f"{name}={value}" for name, value in values.items()) or "show"
         return await self.command("imagine-settings", text, user=user)
 
-    def _text(
-        self,
-        prompt: str,
-        size: str | None = None,
-        quality: str | None = "low",
-        relax: bool = False,
-        count: int | None = None,
-        **_: Any,
-    ) -> str:
-        flags = {"quality": quality, "size": size, "count": count}
-        return " ".join(
-            [prompt, *(f"--{name} {value}" for name, value in flags.items() if value)]
-            + (["--relax"] if relax else [])
-        )
+    def _another_workspace(self) -> tuple[Any, str, Any]:
+        return self.slack, "team_id", "T0002"
 
-    async def start(self, prompt: str, *, user: str = "member", where: str = "here", **how: Any) -> Sent:
-        sent = await self._sent(user, None)
+    @staticmethod
+    def _text(ask: Ask) -> str:
+        flags = {"quality": ask.quality, "size": ask.size, "count": ask.count}
+        words = [ask.prompt, *(f"--{name} {value}" for name, value in flags.items() if value)]
+        return " ".join(words + (["--relax"] if ask.relax else []))
+
+    async def _start(self, ask: Ask) -> Sent:
+        sent = await self._sent(ask.user, None, ask.count or 1)
         await self.slack.send_slash_command(
             self.bot.events_url,
-            text=self._text(prompt, **how),
-            user_id=self.users[user],
-            channel_id=self.channels[where],
+            text=self._text(ask),
+            user_id=self.users[ask.user],
+            channel_id=self.channels[ask.where],
         )
         return sent
 
-    async def finish(self, sent: Sent) -> dict[str, Any]:
-        return (await self.delivered(sent)).row
+    async def result(self, prompt: str, **how: Any) -> Shown:
+        ask = Ask(prompt, **how)
+        if ask.where == "here":
+            return await self.delivered(await self._start(ask))
+        # No buttons to read elsewhere (the helpers read C1's): the upload and the row.
+        row = await on_slack.imagine_row(
+            self.slack, self.bot, self._text(ask), user=self.users[ask.user], channel=self.channels[ask.where]
+        )
+        return Shown(json.loads(row["context"])["ts"], row)
 
-    async def result(self, prompt: str, *, where: str = "here", **how: Any) -> Shown:
-        if where != "here":  # no buttons to read elsewhere: the upload and the row
-            row = await on_slack.imagine_row(
-                self.slack,
-                self.bot,
-                self._text(prompt, **how),
-                user=self.users[how.get("user", "member")],
-                channel=self.channels[where],
-            )
-            return Shown(json.loads(row["context"])["ts"], row)
-        return await self.delivered(await self.start(prompt, **how))
-
-    async def refuse(self, prompt: str, *, user: str = "member", where: str = "here", **how: Any) -> str:
+    async def refuse(self, prompt: str, **how: Any) -> str:
+        ask = Ask(prompt, **how)
         return await on_slack.refused(
-            self.slack,
-            self.bot,
-            self._text(prompt, **how),
-            user=self.users[user],
-            channel=self.channels[where],
+            self.slack, self.bot, self._text(ask), user=self.users[ask.user], channel=self.channels[ask.where]
         )
 
-    def _message(self, ts: str) -> dict[str, Any]:
-        found = self.slack.ephemeral(ts) or on_slack.message(self.slack, ts)
-        return found
-
     def _labels(self, shown: Shown) -> list[str]:
-        return [el["text"]["text"] for el in self.slack.buttons(self._message(shown.ref).get("blocks"))]
+        message = self.slack.ephemeral(shown.ref) or on_slack.message(self.slack, shown.ref)
+        return [el["text"]["text"] for el in self.slack.buttons(message.get("blocks"))]
 
     def _private(self, user: str) -> list[dict[str, Any]]:
         """Every private message `user` was sent, a deleted one too (a click on it may still change it)."""
@@ -423,9 +408,15 @@ class SlackDriver(_Driver):
     def private_to(self, user: str = "member") -> list[str]:
         return [html.unescape(e["text"]) for e in on_slack.private_to(self.slack, self.users[user])]
 
-    async def _sent(self, user: str, ref: Any) -> Sent:
-        rows, jobs = len(await self.bot.ledger()), len(on_slack.job_messages(self.slack))
-        return Sent(user, ref, rows, len(self.bot.server.calls), jobs, self._said(user), self.bot.work())
+    async def _sent(self, user: str, ref: Any, images: int = 1) -> Sent:
+        rows, calls, jobs = len(await self.bot.ledger()), len(self.bot.server.calls), len(self._jobs())
+        return Sent(user, ref, rows, calls, images, jobs, self._said(user), self.bot.work())
+
+    def _jobs(self) -> list[dict[str, Any]]:
+        return on_slack.job_messages(self.slack)
+
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        return [m for m in self.slack.messages.get(self.channels[where], []) if m.get("files")]
 
     async def click(self, shown: Shown, label: str, *, user: str = "member") -> Sent:
         sent = await self._sent(user, shown.ref)
@@ -453,10 +444,10 @@ class SlackDriver(_Driver):
         return len(self.slack.calls_to("views.open"))
 
     async def delivered(self, sent: Sent) -> Shown:
-        [posted, *_] = await until(lambda: on_slack.job_messages(self.slack)[sent.jobs :], 20)
+        [posted, *_] = await until(lambda: self._jobs()[sent.jobs :], 20)
         ts = str(posted["ts"])
         await on_slack.finished(self.slack, self.bot, ts)
-        rows = await self.bot.settled(sent.rows + 1)
+        rows = await self.bot.settled(sent.rows + sent.images)
         row = [r for r in rows if json.loads(r["context"]).get("ts") == ts][-1]
         assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
         return Shown(ts, row)
@@ -505,7 +496,7 @@ class SlackDriver(_Driver):
         return Shown(question["message_ts"], text=html.unescape(question["text"]))
 
     def _left_nothing(self, sent: Sent) -> bool:
-        return len(on_slack.job_messages(self.slack)) == sent.jobs
+        return len(self._jobs()) == sent.jobs
 
     async def image_sizes(self, shown: Shown) -> list[tuple[int, int]]:
         files = {u.id: u for u in [*self.slack.uploaded, *self.slack.deleted_files]}
@@ -532,9 +523,6 @@ class SlackDriver(_Driver):
         shown = self.slack.ephemeral(question.ref)
         return shown is not None and not shown.get("deleted") and bool(self.slack.buttons(shown["blocks"]))
 
-    async def replay(self, sent: Sent) -> None:
-        assert (await self.slack.replay())[0] == 200
-
     def fail_next_upload(self, fault: str) -> None:
         self.slack.fail_next[fault] = {"drop": True}
 
@@ -552,19 +540,11 @@ class SlackDriver(_Driver):
         channel = json.loads(shown.row["context"])["channel"]
         return f"https://{self.slack.team_domain}.slack.com/archives/{channel}/p{shown.ref.replace('.', '')}"
 
-    @contextlib.contextmanager
-    def another_workspace(self) -> Iterator[None]:
-        home, self.slack.team_id = self.slack.team_id, "T0002"
-        try:
-            yield
-        finally:
-            self.slack.team_id = home
-
-    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
-        return running_bot(self.tmp_path, slack_env(self.slack, **self.env), latency=0.05)
+    async def replay(self, sent: Sent) -> None:
+        assert (await self.slack.replay())[0] == 200
 
 
-class DiscordDriver(_Driver):
+class DiscordDriver(Driver):
     """The discord.py client against the fake Discord: a guild with an admin, another member, an artist (of the
     artists role) and a second channel."""
 
@@ -588,33 +568,20 @@ class DiscordDriver(_Driver):
         self.tenant = f"discord:{fake.guild_id}"
         self.artists = f"<@&{on_discord.ARTISTS}>"
 
-    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
-        return [
-            m
-            for m in self.fake.messages.get(int(self.channels[where]), [])
-            if not m["flags"] & on_discord.EPHEMERAL and m["attachments"]
-        ]
+    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
+        return on_discord.bot_on(self.fake, self.tmp_path, **self.env)
 
-    async def admin(
-        self,
-        verb: str,
-        *,
-        by: str = "admin",
-        user: str | None = None,
-        group: bool = False,
-        where: str | None = None,
-        settings: str | None = None,
-    ) -> str:
+    async def _admin(self, verb: str, by: str, pick: Pick) -> str:
         options: dict[str, Any] = {}
-        if user is not None:
-            options["user"] = int(self.users[user])
-        if group:
+        if pick.user is not None:
+            options["user"] = int(pick.user)
+        if pick.group:
             options["role"] = on_discord.ARTISTS
-        if where is not None:
-            options["channel"] = int(self.channels[where])
-        if settings is not None:  # the channel verb's settings, the settings verb's text
-            options["settings" if verb == "channel" else "text"] = settings
-        return await on_discord.admin(self.fake, verb, by=int(self.users[by]), **options)
+        if pick.channel is not None:
+            options["channel"] = int(pick.channel)
+        if pick.settings is not None:  # the channel verb's settings, the settings verb's text
+            options["settings" if verb == "channel" else "text"] = pick.settings
+        return await on_discord.admin(self.fake, verb, by=int(by), **options)
 
     async def command(self, name: str, value: str = "", *, user: str = "member", **options: Any) -> str:
         option = {"imagine-info": "job", "imagine-history": "count"}.get(name)
@@ -630,45 +597,39 @@ class DiscordDriver(_Driver):
     async def my_settings(self, user: str = "member", **values: str) -> str:
         return await self.command("imagine-settings", user=user, **values)
 
-    async def _imagine(
-        self,
-        prompt: str,
-        *,
-        user: str = "member",
-        size: str | None = None,
-        quality: str | None = "low",
-        where: str = "here",
-        relax: bool = False,
-        count: int | None = None,
-    ) -> dict[str, Any]:
-        options: list[dict[str, Any]] = [{"name": "prompt", "type": 3, "value": prompt}]
-        for name, value in (("quality", quality), ("size", size)):
+    def _another_workspace(self) -> tuple[Any, str, Any]:
+        return self.fake, "guild_id", self.fake.guild_id + 1
+
+    def images_posted(self, where: str = "here") -> list[dict[str, Any]]:
+        return [
+            m
+            for m in self.fake.messages.get(int(self.channels[where]), [])
+            if not m["flags"] & on_discord.EPHEMERAL and m["attachments"]
+        ]
+
+    async def _imagine(self, ask: Ask) -> dict[str, Any]:
+        options: list[dict[str, Any]] = [{"name": "prompt", "type": 3, "value": ask.prompt}]
+        for name, value in (("quality", ask.quality), ("size", ask.size)):
             if value:
                 options.append({"name": name, "type": 3, "value": value})
-        if count:
-            options.append({"name": "count", "type": 4, "value": count})
-        if relax:  # Discord's boolean option
+        if ask.count:
+            options.append({"name": "count", "type": 4, "value": ask.count})
+        if ask.relax:  # Discord's boolean option
             options.append({"name": "relax", "type": 5, "value": True})
         return await self.fake.send_interaction(
             name="imagine",
             options=options,
-            user_id=int(self.users[user]),
-            channel_id=int(self.channels[where]),
+            user_id=int(self.users[ask.user]),
+            channel_id=int(self.channels[ask.where]),
         )
 
-    async def start(self, prompt: str, **how: Any) -> Sent:
+    async def _start(self, ask: Ask) -> Sent:
         rows, calls = len(await self.bot.ledger()), len(self.bot.server.calls)
-        return Sent(how.get("user", "member"), await self._imagine(prompt, **how), rows, calls)
-
-    async def finish(self, sent: Sent) -> dict[str, Any]:
-        return (await self.delivered(sent)).row
-
-    async def result(self, prompt: str, **how: Any) -> Shown:
-        return await self.delivered(await self.start(prompt, **how), how.get("count") or 1)
+        return Sent(ask.user, await self._imagine(ask), rows, calls, ask.count or 1)
 
     async def refuse(self, prompt: str, **how: Any) -> str:
         rows = len(await self.bot.ledger())
-        ix = await self._imagine(prompt, **how)
+        ix = await self._imagine(Ask(prompt, **how))
         said = await on_discord.refused(self.fake, self.bot, ix, "", rows)
         assert "Nothing was charged" in said, said
         return said
@@ -713,8 +674,8 @@ class DiscordDriver(_Driver):
     def forms_opened(self) -> int:
         return len(self.fake.modals)
 
-    async def delivered(self, sent: Sent, images: int = 1) -> Shown:
-        message = await on_discord.finished(self.fake, self.bot, sent.ref, sent.rows + images)
+    async def delivered(self, sent: Sent) -> Shown:
+        message = await on_discord.finished(self.fake, self.bot, sent.ref, sent.rows + sent.images)
         job = str(FakeDiscord.buttons(message)[0]["custom_id"]).split(":")[3]
         [row, *_] = await self.bot.ledger("job_id=?", [job])
         assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
@@ -782,17 +743,6 @@ class DiscordDriver(_Driver):
     def link(self, shown: Shown) -> str:
         message = shown.ref
         return f"https://discord.com/channels/{self.fake.guild_id}/{message['channel_id']}/{message['id']}"
-
-    @contextlib.contextmanager
-    def another_workspace(self) -> Iterator[None]:
-        home, self.fake.guild_id = self.fake.guild_id, self.fake.guild_id + 1
-        try:
-            yield
-        finally:
-            self.fake.guild_id = home
-
-    def _bot(self) -> contextlib.AbstractAsyncContextManager[RunningBot]:
-        return on_discord.bot_on(self.fake, self.tmp_path, **self.env)
 
 
 async def backdate(bot: RunningBot, table: str, by: timedelta) -> None:
