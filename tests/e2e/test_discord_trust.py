@@ -4,7 +4,9 @@ upload or progress edit, the same on Slack, is in tests/e2e/test_trust_rules.py.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,15 @@ from tests.support.ledger import assert_counters_match
 
 ORIGINAL = r"/webhooks/\d+/[^/]+/messages/@original"
 SHORT = 0.5  # seconds the adapter waits on one Discord call here, so an unanswered one ends quickly
+FAULTS = pytest.mark.parametrize("fault", ["drop", "hang"])  # a call Discord drops, or never answers
+
+
+@contextlib.asynccontextmanager
+async def impatient_bot(tmp_path: Path) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
+    """The bot against the fake Discord, waiting SHORT on a post, an edit or an upload."""
+    async with discord_bot(tmp_path) as (fake, bot):
+        bot.adapters["discord"].post_timeout = bot.adapters["discord"].upload_timeout = SHORT
+        yield fake, bot
 
 
 async def books_balance(tmp_path: Path, bot: RunningBot) -> None:
@@ -44,12 +55,11 @@ async def first_image(fake: FakeDiscord, bot: RunningBot) -> dict[str, Any]:
 # -- the progress message of a reply-to-edit -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["drop", "hang"])
+@FAULTS
 async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was_charged(
     tmp_path: Path, fault: str
 ) -> None:
-    async with discord_bot(tmp_path) as (fake, bot):
-        bot.adapters["discord"].post_timeout = SHORT
+    async with impatient_bot(tmp_path) as (fake, bot):
         image_message = await first_image(fake, bot)
         fake.inject_fault(
             "POST", rf"/channels/{fake.channel_id}/messages", fault, when=lambda c: "Editing" in content(c)
@@ -70,12 +80,11 @@ async def test_progress_message_that_fails_releases_the_job_and_says_nothing_was
 # -- delivering the image ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", ["drop", "hang"])
+@FAULTS
 async def test_image_that_cannot_be_posted_is_reported_as_made_and_charged(
     tmp_path: Path, fault: str
 ) -> None:
-    async with discord_bot(tmp_path) as (fake, bot):
-        bot.adapters["discord"].upload_timeout = SHORT
+    async with impatient_bot(tmp_path) as (fake, bot):
         fake.inject_fault("PATCH", ORIGINAL, fault, times=100, when=final_result)
         ix = await imagine(fake, "a lighthouse", quality="low")
         [row] = await bot.settled(1)

@@ -18,7 +18,7 @@ import pytest
 from adapters.manifests import slack_manifest
 from bot.model.pricing import format_usd
 from bot.policy import quota
-from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.harness import RunningBot, running_bot, slack_env, socket_env
 from tests.fakes.slack import FakeSlack
 from tests.support.slack import ADMIN, GENERAL, admin, private_to, refused, told
 from tests.support.slack import imagine_row as imagine
@@ -235,11 +235,7 @@ async def test_home_tab_for_an_admin_shows_settings_and_spend(slack: FakeSlack, 
 
 
 async def test_home_tab_over_socket_mode(slack: FakeSlack, tmp_path: Path) -> None:
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_APP_TOKEN": slack.app_token,
-        "SLACK_API_URL": slack.api_url,
-    }
+    env = socket_env(slack)
     async with running_bot(tmp_path, env, latency=0.05):
         await slack.wait_for("socket_connect")
         ack = await slack.socket_send_app_home_opened(user="U3")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.harness import RunningBot, running_bot, slack_env, socket_env
 from tests.fakes.slack import FakeSlack
 from tests.support import slack as on_slack
 from tests.support.slack import RESULT, finished, job_messages, labels, message, reply_job
@@ -94,12 +94,7 @@ async def test_a_click_on_a_message_inside_a_thread_stays_in_that_thread(
 
 
 async def test_socket_mode_clicks_and_forms(slack: FakeSlack, tmp_path: Path) -> None:
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_APP_TOKEN": slack.app_token,
-        "SLACK_API_URL": slack.api_url,
-        "IMAGEBOT_CONFIRM_USD": "off",
-    }
+    env = socket_env(slack, IMAGEBOT_CONFIRM_USD="off")
     async with running_bot(tmp_path, env, latency=0.05) as bot:
         await slack.socket_send(
             "slash_commands", slack.slash_command_payload(text="a socket cat --size 1024x1024 --quality low")

@@ -290,12 +290,8 @@ async def test_an_expired_batch_with_nothing_made_releases_every_row(
         bot.server.push_faults("batch_expired")
         ts = await relax(slack, bot, "an expiring fox")
         [row] = await closed(bot, 1)
-        assert (row["mode"], row["status"], row["reserved_micros"], row["actual_micros"]) == (
-            "relax",
-            "failed",
-            relax_reserved("an expiring fox"),
-            0,
-        )
+        assert (row["mode"], row["status"], row["actual_micros"]) == ("relax", "failed", 0)
+        assert row["reserved_micros"] == relax_reserved("an expiring fox")
         await until(lambda: "batch_expired" in thread_text(slack, ts))
         told = thread_text(slack, ts)
         assert told.startswith("<@U1> Failed") and "Nothing was charged" in told

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from adapters.manifests import slack_manifest
-from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.harness import RunningBot, running_bot, slack_env, socket_env
 from tests.fakes.slack import FakeSlack
 from tests.support.images import png
 from tests.support.waits import until
@@ -80,12 +80,7 @@ async def forge(url: str, fields: dict[str, str], secret: str | None) -> int:
 async def test_socket_mode_has_no_http_events_route_and_still_works(slack: FakeSlack, tmp_path: Path) -> None:
     # No SLACK_SIGNING_SECRET: a Socket Mode app has none, so a served route could only be unsigned or
     # "signed" with the empty secret, which anybody can compute.
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_APP_TOKEN": slack.app_token,
-        "SLACK_API_URL": slack.api_url,
-        "IMAGEBOT_ADMINS": "U9",
-    }
+    env = socket_env(slack, IMAGEBOT_ADMINS="U9")
     async with running_bot(tmp_path, env, latency=0.05) as bot:
         await slack.wait_for("socket_connect")
         forged = [

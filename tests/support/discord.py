@@ -18,6 +18,7 @@ from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 from tests.support.waits import until
 
 EPHEMERAL = 1 << 6
+RESULT_LABELS = ["Re-roll", "Vary", "Upscale", "Edit", "Delete", "Info"]  # one image's buttons, in English
 MANAGE_GUILD = 1 << 5
 
 
