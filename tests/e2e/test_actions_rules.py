@@ -135,8 +135,9 @@ async def test_a_replayed_command_click_or_form_is_no_new_job(on: Driver) -> Non
     for _ in range(2):
         await on.replay(form)
     await on.delivered(form)
-    # A positive signal that every replay above was handled: a new command after them renders.
+    # A positive signal that every replay above was handled: a new command after them renders; then the drain.
     await on.render("a grey wolf", size="1024x1024")
+    await on.bot.idle()
     rows = await on.bot.ledger()
     assert [r["status"] for r in rows] == ["delivered"] * 4, rows
     assert len(on.bot.server.calls) == 4 and on.forms_opened() == 1
