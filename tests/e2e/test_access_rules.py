@@ -1,7 +1,7 @@
 """Access rules (docs/rules.md §10) that are the same on Slack and Discord, written once and run on each
 (tests/support/platforms.py drives the platform): a channel turned off, a channel's size and quality ceiling and
 moderation, a cooldown, IMAGEBOT_CHANNELS, max_jobs, a blocked user, an allowed or a denied group (a Slack user
-group, a Discord role), who may use /imagine-admin. Every refusal is private, costs nothing, posts nothing in
+group, a Discord role), who may use /imagine-admin, settings across a restart. Every refusal is private, costs nothing, posts nothing in
 public and calls no image API. What only one platform has (Slack's Home tab, mentions and user-group lookups,
 Discord's typed subcommands, replies and DMs, the Edit image menu) stays in that platform's own test files."""
 
@@ -227,3 +227,16 @@ async def test_admin_help_lists_the_verbs_and_only_admins_may_use_any(on: Driver
         assert said.startswith("Only admins can use /imagine-admin"), (verb, said)
     assert await stored_settings(on) == []
     await on.render("still allowed", size=SQUARE)  # nothing changed
+
+
+async def test_settings_survive_a_restart(on: Driver) -> None:
+    await on.settings("cooldown=60")
+    await on.admin("block", user="other")
+    await on.set_channel("max_quality=low")
+    shown = await on.settings()
+    await on.restart()
+    assert await on.settings() == shown
+    assert "You are blocked" in await on.refuse("a cat", user="other")
+    assert "above this channel's ceiling max_quality=low" in await on.refuse("a cat", quality="high")
+    await on.render("a cat")
+    assert "cooldown" in await on.refuse("a cat")

@@ -1,6 +1,6 @@
 """Slack access rules, what only Slack has, end to end (docs/rules.md §10): the real bolt app in HTTP mode (Socket
 Mode where said), the fake Slack, the offline image server. A mention refused in its thread, a user group that
-cannot be read, every rule in /imagine-admin settings and across a restart, then the Home tab and the manifest.
+cannot be read, every rule in /imagine-admin settings, then the Home tab and the manifest.
 The rules the same on Discord are in tests/e2e/test_access_rules.py."""
 
 from __future__ import annotations
@@ -156,22 +156,6 @@ async def test_admin_settings_shows_every_rule(slack: FakeSlack, bot: RunningBot
         "- <#C2>: off",
     ]
     assert await admin(slack, bot, "settings") == answer  # shown again, unchanged
-
-
-async def test_settings_survive_a_restart(slack: FakeSlack, tmp_path: Path) -> None:
-    slack.admins.add(ADMIN)
-    env = slack_env(slack)
-    async with running_bot(tmp_path, env, latency=0.05) as first:
-        for text in ("settings cooldown=60", "block <@U2|bob>", f"channel {GENERAL} max_quality=low"):
-            await admin(slack, first, text)
-        shown = await admin(slack, first, "settings")
-    async with running_bot(tmp_path, env, latency=0.05) as second:
-        assert await admin(slack, second, "settings") == shown
-        assert "You are blocked" in await refused(slack, second, "a cat --quality low", user="U2")
-        text = await refused(slack, second, "a cat --quality high")
-        assert "above this channel's ceiling max_quality=low" in text
-        await imagine(slack, second, "a cat --quality low")
-        assert "cooldown" in await refused(slack, second, "a cat --quality low")
 
 
 # -- the Home tab ---------------------------------------------------------------------------------------------
