@@ -676,6 +676,8 @@ class DiscordDriver(Driver):
 
     async def delivered(self, sent: Sent) -> Shown:
         message = await on_discord.finished(self.fake, self.bot, sent.ref, sent.rows + sent.images)
+        acks = self.fake.calls_matching("POST", rf"/interactions/{sent.ref['id']}/[^/]+/callback")
+        assert len(acks) == 1, acks  # answered once, however often Discord delivered it
         job = str(FakeDiscord.buttons(message)[0]["custom_id"]).split(":")[3]
         [row, *_] = await self.bot.ledger("job_id=?", [job])
         assert row["user"] == self.users[sent.user] and row["status"] == "delivered", row
