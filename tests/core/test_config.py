@@ -14,6 +14,7 @@ import pytest
 
 from bot.config import Secret, Settings
 from bot.errors import ConfigError
+from tests.support.processes import run_once
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -284,14 +285,7 @@ def test_imagebot_run_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path) -
     }
     env["IMAGEBOT_API_TIMEOUT"] = "abc"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_once(tmp_path, env)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

@@ -101,6 +101,17 @@ class RunningBot:
 
 
 @contextlib.asynccontextmanager
+async def offline_server(**options: Any) -> AsyncIterator[OfflineImageServer]:
+    """The offline image server (OfflineImageServer's `options`: latency, batch_latency), started, then stopped."""
+    server = OfflineImageServer(**options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@contextlib.asynccontextmanager
 async def running_bot(
     tmp_path: Path, env: dict[str, str], *, latency: float = 0.2, server: OfflineImageServer | None = None
 ) -> AsyncIterator[RunningBot]:
@@ -142,6 +153,16 @@ async def running_bot(
             await server.stop()
 
 
+def socket_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
+    """The names that point the bot at a fake Slack in Socket Mode (no signing secret: a socket app has none)."""
+    return {
+        "SLACK_BOT_TOKEN": fake.bot_token,
+        "SLACK_APP_TOKEN": fake.app_token,
+        "SLACK_API_URL": fake.api_url,
+        **extra,
+    }
+
+
 def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
     """The docs/rules.md §7 names that point the bot at a fake Slack in HTTP mode."""
     return {
@@ -156,21 +177,28 @@ def slack_env(fake: FakeSlack, **extra: str) -> dict[str, str]:
 # "zero", attempts, words the user sees). One budget covers every HTTP attempt, a broken stream's re-try
 # included; every attempt that may have been billed without an image is charged at the estimate, and the
 # reservation is extended by one estimate before each retry that follows one. The words for "drop*" depend on
-# whether the adapter streams (Discord, for previews) or not (Slack): see each adapter's fault test.
+# whether the adapter streams (Discord, for previews) or not (Slack): see each adapter's fault test. One line a
+# fault: the fault, the final status, the charge, the attempts, the words.
 FAULT_MATRIX = {
-    "500": ("delivered", "usage", 2, "request id req_"),
-    "500*": ("failed", "zero", 3, "HTTP 500"),
-    "503*": ("failed", "zero", 3, "HTTP 503"),
-    "429:1": ("delivered", "usage", 2, "request id req_"),
-    "429:1*": ("failed", "zero", 3, "rate limiting"),
-    "hang": ("delivered", "usage+estimate", 2, "request id req_"),
-    "hang*": ("possibly_billed", "estimate", 3, "did not answer"),
-    "drop": ("delivered", "usage+estimate", 2, "request id req_"),
-    "drop*": ("possibly_billed", "estimate", 3, "connection"),
-    "moderation": ("failed", "zero", 1, "safety system"),
-    "garbage": ("possibly_billed", "estimate", 1, "not an image"),
-    "408": ("delivered", "usage", 2, "request id req_"),
-    "409": ("failed", "zero", 1, "HTTP 409"),
+    fault: (status, charge, int(attempts), words)
+    for fault, status, charge, attempts, words in (
+        line.split(maxsplit=4)
+        for line in """
+500        delivered       usage          2  request id req_
+500*       failed          zero           3  HTTP 500
+503*       failed          zero           3  HTTP 503
+429:1      delivered       usage          2  request id req_
+429:1*     failed          zero           3  rate limiting
+hang       delivered       usage+estimate 2  request id req_
+hang*      possibly_billed estimate       3  did not answer
+drop       delivered       usage+estimate 2  request id req_
+drop*      possibly_billed estimate       3  connection
+moderation failed          zero           1  safety system
+garbage    possibly_billed estimate       1  not an image
+408        delivered       usage          2  request id req_
+409        failed          zero           1  HTTP 409
+""".strip().splitlines()
+    )
 }
 
 

@@ -44,6 +44,13 @@ def imagebot(args: list[str], env: Mapping[str, str], cwd: Path) -> Run:
     return finish(start(args, env, cwd))
 
 
+def image_of(path: Path) -> tuple[str | None, tuple[int, int]]:
+    """The format and size of the image file at `path`, read whole."""
+    with Image.open(path) as image:
+        image.load()
+        return image.format, image.size
+
+
 def ledger(db: Path, sql: str = "SELECT * FROM ledger ORDER BY id") -> list[sqlite3.Row]:
     if not db.exists():
         return []
@@ -63,9 +70,7 @@ def test_imagine_writes_the_image_and_prints_the_summary(tmp_path: Path) -> None
     )
 
     assert run.code == 0, run.stderr
-    with Image.open(out) as image:
-        image.load()
-        assert (image.format, image.size) == ("PNG", (1536, 1024))
+    assert image_of(out) == ("PNG", (1536, 1024))
     [row] = ledger(db)
     assert (row["status"], row["platform"], row["size"], row["format"]) == (
         "delivered",
@@ -98,9 +103,7 @@ def test_imagine_relax_exits_0_with_the_image_at_the_batch_price_and_its_batch_f
     )
 
     assert run.code == 0, run.stderr
-    with Image.open(out) as image:
-        image.load()
-        assert (image.format, image.size) == ("JPEG", (1024, 1536))
+    assert image_of(out) == ("JPEG", (1024, 1536))
     [row] = ledger(db)
     prices = load_prices().model("gpt-image-2")
     usage = Usage(row["text_tokens"], row["image_tokens"], row["output_tokens"])
@@ -350,16 +353,7 @@ def test_settings_sets_a_channels_price_check_and_refuses_nonsense(tmp_path: Pat
 
 def test_run_without_tokens_and_without_a_terminal_exits_2_naming_the_variables(tmp_path: Path) -> None:
     """A container whose env file is mistyped must not look finished (exit 0): it exits 2 and says what to set."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", "run"],
-        env=environment(tmp_path / "bot.sqlite3"),
-        cwd=tmp_path,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    run = finish(process)
+    run = finish(start(["run"], environment(tmp_path / "bot.sqlite3"), tmp_path, stdin=subprocess.DEVNULL))
     assert run.code == 2, run.stderr
     for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN", "DISCORD_TOKEN"):
         assert name in run.stderr
@@ -448,16 +442,7 @@ def _argv(command: str) -> tuple[dict[str, str], list[str]]:
 def _runs_as_documented(command: str, tmp_path: Path) -> None:
     extra, args = _argv(command)
     env = environment(tmp_path / "bot.sqlite3", IMAGEBOT_OFFLINE_LATENCY="0.05", **extra)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "adapters.cli", *args],
-        env=env,
-        cwd=tmp_path,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    run = finish(process)
+    run = finish(start(args, env, tmp_path, stdin=subprocess.DEVNULL))
     assert "Traceback" not in run.stderr, (command, run.stderr)
     if args[:1] == ["run"] and "--help" not in args:
         # No chat token in a test: the settings were accepted, and it says which tokens to set.

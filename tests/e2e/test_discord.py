@@ -16,6 +16,7 @@ from tests.fakes.discord import FakeDiscord
 from tests.support.discord import (
     EPHEMERAL,
     MANAGE_GUILD,
+    RESULT_LABELS,
     buttons,
     cancel_buttons,
     content,
@@ -49,14 +50,7 @@ async def test_imagine_defers_shows_progress_then_puts_the_image_in_the_response
     assert edits[0].at - callback.at < 2 and "Rendering" in content(edits[0])
     assert edits[0].json["components"][0]["components"][0]["custom_id"].startswith("imagebot:cancel:")
     assert edits[-1] is final and not cancel_buttons(final)  # the progress is over
-    assert [c["label"].split(" · ")[0] for c in buttons(final)] == [
-        "Re-roll",
-        "Vary",
-        "Upscale",
-        "Edit",
-        "Delete",
-        "Info",
-    ]
+    assert [c["label"].split(" · ")[0] for c in buttons(final)] == RESULT_LABELS
     image = decoded(final)
     assert image.size == (1536, 1024) and image.format == "JPEG"
     assert "1536x1024 low jpeg" in content(final) and "a lighthouse at dawn" in content(final)

@@ -1,7 +1,8 @@
-"""Relax mode (docs/rules.md §11) and the access rules' gaps (docs/rules.md §10) on Discord, end to end: the real discord.py client
-and command tree against the fake Discord, the offline image server's Images, Files and Batch APIs, and the
-SQLite ledger. Each test looks at what a member sees (the interaction's response, private answers, the image's
-size) and at the ledger's rows (status, mode, reserved and actual micro-dollars)."""
+"""Relax mode (docs/rules.md §11) and max_jobs while a batch waits (docs/rules.md §10) on Discord, end to end: the
+real discord.py client and command tree against the fake Discord, the offline image server's Images, Files and
+Batch APIs, and the SQLite ledger. Each test looks at what a member sees (the interaction's response, private
+answers, the image's size) and at the ledger's rows (status, mode, reserved and actual micro-dollars). The access
+rules the same on Slack (a channel's moderation, a denied group) are in tests/e2e/test_access_rules.py."""
 
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from tests.e2e.harness import RunningBot
 from tests.fakes.discord import FakeDiscord, RestCall
 from tests.support.discord import (
     ADMIN,
-    ARTIST,
-    ARTISTS,
     EPHEMERAL,
     OTHER,
     admin,
@@ -316,48 +315,4 @@ async def test_a_relax_job_waiting_on_its_batch_counts_toward_max_jobs(tmp_path:
         assert [(r["mode"], r["status"]) for r in await bot.ledger()] == [
             ("relax", "delivered"),
             ("fast", "delivered"),
-        ]
-
-
-async def test_moderation_low_is_sent_on_generations_but_not_on_a_vary_edit(tmp_path: Path) -> None:
-    async with guild(tmp_path) as (fake, bot):
-        said = await admin(fake, "channel", channel=fake.channel_id, settings="moderation=low")
-        assert "moderation=low" in said, said
-        ix = await imagine(fake, "a playground", **SQUARE)
-        message = await finished(fake, bot, ix, rows=1)
-        generation = bot.server.calls[-1]
-        assert generation.endpoint == "generations" and "moderation" in generation.fields
-        assert generation.status == 200
-
-        press = await fake.press_button(message, "Vary")
-        result = await finished(fake, bot, press, rows=2)
-        vary = bot.server.calls[-1]
-        assert vary.endpoint == "edits" and vary.images == 1 and vary.status == 200
-        assert "moderation" not in vary.fields, vary.fields
-        assert result["attachments"] and result["attachments"][0]["width"] == 1024
-        assert [r["status"] for r in await bot.ledger()] == ["delivered", "delivered"]
-
-
-async def test_a_denied_role_is_refused_while_another_member_renders(tmp_path: Path) -> None:
-    async with guild(tmp_path, **RELAX_ENV) as (fake, bot):
-        said = await admin(fake, "deny", role=ARTISTS)
-        assert f"denied: <@&{ARTISTS}>" in said, said
-
-        ix = await imagine(fake, "an artist's fox", user_id=ARTIST, **SQUARE)
-        said = await refused(fake, bot, ix, "you are in a group that may not render", rows=0)
-        assert "Nothing was charged" in said
-        ix = await imagine(fake, "an artist's relaxed fox", user_id=ARTIST, relax=True, **SQUARE)
-        await refused(fake, bot, ix, "you are in a group that may not render", rows=0)
-
-        message = await finished(fake, bot, await imagine(fake, "another's fox", user_id=OTHER, **SQUARE), 1)
-        assert message["attachments"] and message["attachments"][0]["width"] == 1024
-        [row] = await bot.ledger()
-        assert (row["user"], row["status"], row["mode"]) == (str(OTHER), "delivered", "fast")
-        assert 0 < row["actual_micros"] <= row["reserved_micros"]
-        # Past a batch window the artist's relax job was never gathered: a later one goes alone in its batch.
-        await a_later_relax_job_delivered(fake, bot, user_id=OTHER)
-        assert batches_sent(bot) == 1
-        assert [(r["user"], r["mode"]) for r in await bot.ledger()] == [
-            (str(OTHER), "fast"),
-            (str(OTHER), "relax"),
         ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from bot.errors import ConfigError
 from tests.e2e.harness import RunningBot, running_bot
 from tests.fakes.discord import FakeDiscord, reset_discord_endpoints, shard_of
 from tests.support.discord import discord_bot, final_result, first_call, imagine
+from tests.support.processes import run_once
 
 ROOT = Path(__file__).resolve().parents[2]
 GUILD = 1100000000000000002  # the fake's guild: on shard 1 of 2
@@ -198,14 +197,7 @@ def test_imagebot_run_with_a_bad_shard_id_exits_2(tmp_path: Path) -> None:
         if not k.startswith(("OPENAI_", "SLACK_", "DISCORD_", "IMAGEBOT_")) and "TOKEN" not in k
     }
     env.update({"DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": "2", "PYTHONPATH": str(ROOT)})
-    result = subprocess.run(
-        [sys.executable, "-m", "adapters.cli", "run"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_once(tmp_path, env)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.strip().splitlines()
     assert "DISCORD_SHARD_IDS" in line and "0 to 1" in line

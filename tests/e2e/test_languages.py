@@ -13,6 +13,7 @@ from typing import Any
 from tests.e2e.harness import RunningBot, running_bot, slack_env
 from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 from tests.fakes.slack import FakeSlack
+from tests.support.discord import RESULT_LABELS
 
 
 @contextlib.asynccontextmanager
@@ -100,14 +101,7 @@ async def test_a_chinese_discord_user_hears_chinese_while_an_english_one_hears_e
             "删除",
             "信息",
         ]
-        assert [label.split(" · ")[0] for label in _labels(final_en)] == [
-            "Re-roll",
-            "Vary",
-            "Upscale",
-            "Edit",
-            "Delete",
-            "Info",
-        ]
+        assert [label.split(" · ")[0] for label in _labels(final_en)] == RESULT_LABELS
         # The prompt is never translated: the image API got it as typed, and the summary quotes it so.
         assert [c.prompt for c in bot.server.calls] == ["灯塔，黎明", "a lighthouse at dawn"]
         assert "灯塔，黎明" in _text(final_zh)

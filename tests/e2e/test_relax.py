@@ -48,6 +48,15 @@ async def ledger(bot: RunningBot | Core) -> list[dict[str, Any]]:
     return [dict(zip(columns, row, strict=True)) for row in found]
 
 
+async def sent_to_the_batch_api(slack: FakeSlack, bot: RunningBot, prompt: str) -> dict[str, Any]:
+    """/imagine `prompt` --relax (the cheapest image), once its job message says its batch was sent: that
+    message."""
+    await slack.send_slash_command(bot.events_url, text=f"{prompt} --relax --size 1024x1024 --quality low")
+    [job] = await until(lambda: job_messages(slack))
+    await until(lambda: "sent to the Batch API" in str(slack.messages.get("C1")), timeout=10)
+    return job
+
+
 async def test_two_users_relax_jobs_share_a_batch_and_land_in_their_own_threads(
     slack: FakeSlack, tmp_path: Path
 ) -> None:
@@ -87,11 +96,7 @@ async def test_a_bot_restarted_while_its_batch_runs_delivers_once(slack: FakeSla
     await openai.start()
     try:
         async with running_bot(tmp_path, env, server=openai) as first:
-            await slack.send_slash_command(
-                first.events_url, text="a lighthouse --relax --size 1024x1024 --quality low"
-            )
-            [job] = await until(lambda: job_messages(slack))
-            await until(lambda: "sent to the Batch API" in str(slack.messages.get("C1")), timeout=10)
+            job = await sent_to_the_batch_api(slack, first, "a lighthouse")
         assert not uploads_in(slack, job["ts"])  # it went away mid-batch
         async with running_bot(tmp_path, env, server=openai) as second:
             await until(lambda: uploads_in(slack, job["ts"]), timeout=20)
@@ -145,11 +150,7 @@ async def test_a_batch_lost_with_a_restart_of_the_api_is_told_once_and_never_pol
     await before.start()
     try:
         async with running_bot(tmp_path, env, server=before) as first:
-            await slack.send_slash_command(
-                first.events_url, text="a fox --relax --size 1024x1024 --quality low"
-            )
-            [job] = await until(lambda: job_messages(slack))
-            await until(lambda: "sent to the Batch API" in str(slack.messages.get("C1")), timeout=10)
+            job = await sent_to_the_batch_api(slack, first, "a fox")
         [batch_id] = before.batch_api.batches
     finally:
         await before.stop()

@@ -13,6 +13,7 @@ import pytest
 
 from bot.offline import OfflineImageServer
 from tests import dbs
+from tests.e2e.harness import offline_server
 from tests.fakes.slack import FakeSlack
 from tests.support.processes import BotProcess
 from tests.support.waits import until
@@ -29,10 +30,8 @@ async def slack() -> AsyncIterator[FakeSlack]:
 @pytest.fixture
 async def openai() -> AsyncIterator[OfflineImageServer]:
     """One image API for both replicas (as OpenAI is), so its calls can be counted."""
-    server = OfflineImageServer(latency=0.3)
-    await server.start()
-    yield server
-    await server.stop()
+    async with offline_server(latency=0.3) as server:
+        yield server
 
 
 def replica(tmp: Path, slack: FakeSlack, openai: OfflineImageServer, db: str, **env: str) -> BotProcess:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.harness import RunningBot, running_bot, slack_env, socket_env
 from tests.fakes.slack import FakeSlack
 
 
@@ -245,11 +245,7 @@ async def test_admin_command_refused_to_members_and_allowed_to_workspace_admins(
 
 
 async def test_socket_mode_receives_a_slash_command_and_delivers(slack: FakeSlack, tmp_path: Path) -> None:
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_APP_TOKEN": slack.app_token,
-        "SLACK_API_URL": slack.api_url,
-    }
+    env = socket_env(slack)
     async with running_bot(tmp_path, env) as bot:
         ack = await slack.socket_send(
             "slash_commands", slack.slash_command_payload(text="socket cat --size 1024x1024 --quality low")

@@ -1,9 +1,10 @@
-"""Trust at the edges of the Slack adapter: who may start a job, exactly once, and what a broken Slack
-connection leaves behind (the real bolt app against the fake Slack, the offline image server)."""
+"""Trust at the edges of the Slack adapter: who may start a job (signatures, Socket Mode, mentions), exactly once
+(twin events and retries), acks before Web API calls, and what a lost progress message leaves behind (the real
+bolt app against the fake Slack, the offline image server). A lost upload or progress edit, the same on Discord,
+is in tests/e2e/test_trust_rules.py."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import time
@@ -16,7 +17,7 @@ import aiohttp
 import pytest
 
 from adapters.manifests import slack_manifest
-from tests.e2e.harness import RunningBot, running_bot, slack_env
+from tests.e2e.harness import RunningBot, running_bot, slack_env, socket_env
 from tests.fakes.slack import FakeSlack
 from tests.support.images import png
 from tests.support.waits import until
@@ -79,12 +80,7 @@ async def forge(url: str, fields: dict[str, str], secret: str | None) -> int:
 async def test_socket_mode_has_no_http_events_route_and_still_works(slack: FakeSlack, tmp_path: Path) -> None:
     # No SLACK_SIGNING_SECRET: a Socket Mode app has none, so a served route could only be unsigned or
     # "signed" with the empty secret, which anybody can compute.
-    env = {
-        "SLACK_BOT_TOKEN": slack.bot_token,
-        "SLACK_APP_TOKEN": slack.app_token,
-        "SLACK_API_URL": slack.api_url,
-        "IMAGEBOT_ADMINS": "U9",
-    }
+    env = socket_env(slack, IMAGEBOT_ADMINS="U9")
     async with running_bot(tmp_path, env, latency=0.05) as bot:
         await slack.wait_for("socket_connect")
         forged = [
@@ -262,41 +258,6 @@ async def test_lost_progress_message_for_a_mention_is_told_privately(
     assert "Nothing was charged" in told.args["text"] and told.args["user"] == "U1"
     [row] = await bot.settled(1)
     assert row["actual_micros"] == 0 and bot.server.calls == []
-    await assert_books_balance(bot)
-
-
-@pytest.mark.parametrize("step", ["files.getUploadURLExternal", "upload", "files.completeUploadExternal"])
-async def test_one_lost_upload_step_is_retried_and_the_paid_image_arrives(
-    step: str, slack: FakeSlack, bot: RunningBot
-) -> None:
-    """[1/6] item 5: one dropped connection at any upload step once lost a paid image (`files uploaded: 0`, the
-    row `succeeded`). slack_sdk's own retry handlers (connection, 5xx, 429) and the outbox's retries now
-    deliver it, once."""
-    slack.fail_next[step] = {"drop": True}
-    await slack.send_slash_command(bot.events_url, text="paid for --quality low")
-    await slack.wait_for("files.completeUploadExternal")
-    [row] = await bot.settled(1)
-    for _ in range(500):
-        [row] = await bot.ledger()
-        if row["status"] == "delivered":
-            break
-        await asyncio.sleep(0.01)
-    assert row["status"] == "delivered" and row["actual_micros"] > 0
-    assert len(slack.uploaded) == 1  # once: no second copy
-    await progress_finished(slack)
-    assert "could not be posted" not in str(slack.calls_to("chat.update")[-1].args["text"])
-    assert await bot.core.ledger.outbox(row["job_id"]) == []  # delivered: its bytes are gone
-    await assert_books_balance(bot)
-
-
-async def test_lost_progress_updates_are_harmless(slack: FakeSlack, bot: RunningBot) -> None:
-    bot.server.latency = 0.5
-    slack.fail_next["chat.update"] = {"drop": True}
-    await slack.send_slash_command(bot.events_url, text="still fine --quality low")
-    await slack.wait_for("files.completeUploadExternal")
-    [row] = await bot.settled(1)
-    assert row["status"] == "delivered" and slack.calls_to("chat.update")[0].status == 0
-    await progress_finished(slack)
     await assert_books_balance(bot)
 
 

@@ -1859,6 +1859,11 @@ class FakeDiscord:
             raise _ApiError(401, "Invalid Webhook Token", 50027)
         return ix
 
+    def _interaction_reply(self, ix: _Interaction, body: dict, files: list) -> dict:
+        """A new message answering `ix` (its response or a follow-up), ephemeral and silent as `body` says."""
+        flags = int(body.get("flags") or 0) & (FLAG_EPHEMERAL | 4)
+        return self._create_bot_message(ix.channel_id, body, files, interaction=ix, flags=flags)
+
     def _interaction_message(self, ix: _Interaction, message_ref: str) -> dict:
         if message_ref == "@original":
             if ix.response_type is None:
@@ -2017,13 +2022,7 @@ class FakeDiscord:
             if rtype == 4:
                 self._check_new_message(data, files)
                 self._check_upload(files)
-                msg = self._create_bot_message(
-                    ix.channel_id,
-                    data,
-                    files,
-                    interaction=ix,
-                    flags=int(data.get("flags") or 0) & (FLAG_EPHEMERAL | 4),
-                )
+                msg = self._interaction_reply(ix, data, files)
                 ix.original_id = int(msg["id"])
                 await self._dispatch_message("MESSAGE_CREATE", msg)
                 resource = {"type": 4, "message": msg}
@@ -2109,13 +2108,7 @@ class FakeDiscord:
                 ix.loading = False
                 await self._dispatch_message("MESSAGE_UPDATE", msg)
             else:
-                msg = self._create_bot_message(
-                    ix.channel_id,
-                    body,
-                    files,
-                    interaction=ix,
-                    flags=int(body.get("flags") or 0) & (FLAG_EPHEMERAL | 4),
-                )
+                msg = self._interaction_reply(ix, body, files)
                 ix.message_ids.add(int(msg["id"]))
                 await self._dispatch_message("MESSAGE_CREATE", msg)
             wait = request.query.get("wait", "false").lower() in ("1", "true")

@@ -768,19 +768,10 @@ class FakeSlack:
             self.files[file_id] = obj
             self._file_bytes[file_id] = data
             objs.append(obj)
-            self.uploaded.append(
-                UploadedFile(
-                    id=file_id,
-                    name=name,
-                    title=obj["title"],
-                    bytes=data,
-                    channel_id=channel,
-                    thread_ts=thread_ts,
-                    initial_comment=comment,
-                    mimetype=mimetype,
-                    file=obj,
-                )
-            )
+            # In the dataclass's order: id, name, title, bytes, channel, thread, comment, mimetype.
+            upload = UploadedFile(file_id, name, obj["title"], data, channel, thread_ts, comment, mimetype)
+            upload.file = obj
+            self.uploaded.append(upload)
         if channel:
             if self.share_delay > 0:
                 loop = asyncio.get_running_loop()

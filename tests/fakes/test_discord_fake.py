@@ -45,6 +45,27 @@ class Harness:
             await asyncio.wait_for(self.task, 5)
 
 
+async def connected(make_harness: Callable[..., Any]) -> tuple[Harness, discord.TextChannel]:
+    """A harness whose client is connected, and the fake's text channel as the client sees it."""
+    h = await make_harness()
+    await h.connect()
+    channel = h.client.get_channel(h.fake.channel_id)
+    assert isinstance(channel, discord.TextChannel)
+    return h, channel
+
+
+def messages_from_others(h: Harness) -> asyncio.Queue[discord.Message]:
+    """The messages the client's on_message sees from anyone but itself, in order."""
+    got: asyncio.Queue[discord.Message] = asyncio.Queue()
+
+    @h.client.event
+    async def on_message(message: discord.Message) -> None:
+        if message.author != h.client.user:
+            await got.put(message)
+
+    return got
+
+
 @pytest.fixture
 async def make_harness() -> AsyncIterator[Callable[..., asyncio.Future[Harness]]]:
     made: list[Harness] = []
@@ -158,13 +179,7 @@ async def test_first_followup_after_thinking_replaces_the_loading_message(make_h
 
 async def test_message_create_reaches_on_message(make_harness) -> None:
     h = await make_harness()
-    got: asyncio.Queue[discord.Message] = asyncio.Queue()
-
-    @h.client.event
-    async def on_message(message: discord.Message) -> None:
-        if message.author != h.client.user:
-            await got.put(message)
-
+    got = messages_from_others(h)
     await h.connect()
     fake = h.fake
     pic = fake.add_attachment(filename="a.png", data=png_bytes(), content_type="image/png")
@@ -191,11 +206,7 @@ async def test_message_create_reaches_on_message(make_harness) -> None:
 
 
 async def test_upload_over_the_guild_limit_is_413(make_harness) -> None:
-    h = await make_harness()
-    await h.connect()
-    fake = h.fake
-    channel = h.client.get_channel(fake.channel_id)
-    assert isinstance(channel, discord.TextChannel)
+    _, channel = await connected(make_harness)
     assert channel.guild.filesize_limit == 10 * 1024 * 1024
     big = discord.File(io.BytesIO(b"\0" * (10 * 1024 * 1024 + 1)), "big.png")
     with pytest.raises(discord.HTTPException) as err:
@@ -341,11 +352,8 @@ async def test_fetches_edits_and_message_context_menu(make_harness) -> None:
 
 
 async def test_faults_drop_hang_and_delay_calls(make_harness) -> None:
-    h = await make_harness()
-    await h.connect()
+    h, channel = await connected(make_harness)
     fake = h.fake
-    channel = h.client.get_channel(fake.channel_id)
-    assert isinstance(channel, discord.TextChannel)
     messages = rf"/channels/{fake.channel_id}/messages"
 
     fake.inject_fault("POST", messages, "drop", when=lambda call: call.json["content"] == "dropped")
@@ -628,13 +636,7 @@ async def test_guild_messages_carry_the_authors_member_roles(make_harness) -> No
     role_id, author_id = 1100000000000000200, 1100000000000000201
     fake.add_role(role_id, "artists")
     fake.add_member(author_id, roles=[role_id])
-    got: asyncio.Queue[discord.Message] = asyncio.Queue()
-
-    @h.client.event
-    async def on_message(message: discord.Message) -> None:
-        if message.author != h.client.user:
-            await got.put(message)
-
+    got = messages_from_others(h)
     await h.connect()
     await fake.send_message(content="hello", author_id=author_id)
     msg = await asyncio.wait_for(got.get(), 5)

@@ -18,6 +18,7 @@ from tests.fakes.discord import FakeDiscord, RestCall, reset_discord_endpoints
 from tests.support.waits import until
 
 EPHEMERAL = 1 << 6
+RESULT_LABELS = ["Re-roll", "Vary", "Upscale", "Edit", "Delete", "Info"]  # one image's buttons, in English
 MANAGE_GUILD = 1 << 5
 
 
@@ -159,13 +160,7 @@ async def guild(
 ) -> AsyncIterator[tuple[FakeDiscord, RunningBot]]:
     """A guild with an admin (Manage Server), an artists role with one member, another member, and the bot;
     `setup` adds to the guild before the bot connects."""
-    fake = FakeDiscord()
-    if setup is not None:
-        setup(fake)
-    fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
-    fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
-    fake.add_member(ARTIST, roles=[ARTISTS])
-    fake.add_member(OTHER)
+    fake = guild_fake(setup)
     await fake.start()
     try:
         async with bot_on(fake, tmp_path, IMAGEBOT_CONFIRM_USD="off", **env) as bot:
@@ -174,6 +169,19 @@ async def guild(
         await fake.stop()
         reset_discord_endpoints()
     assert not fake.errors, fake.errors
+
+
+def guild_fake(setup: Callable[[FakeDiscord], None] | None = None) -> FakeDiscord:
+    """A fake Discord (not started) whose guild has an admin (Manage Server), an artists role with one member and
+    another member; `setup` adds to it."""
+    fake = FakeDiscord()
+    if setup is not None:
+        setup(fake)
+    fake.add_role(ARTISTS, "artists")  # before the bot connects: GUILD_CREATE carries the roles
+    fake.add_member(ADMIN, permissions=str(MANAGE_GUILD))
+    fake.add_member(ARTIST, roles=[ARTISTS])
+    fake.add_member(OTHER)
+    return fake
 
 
 async def admin(fake: FakeDiscord, verb: str, *, by: int = ADMIN, **options: Any) -> str:
@@ -225,3 +233,8 @@ async def image_message(
     """/imagine (low quality, 1536x1024 unless told) as the default member; the message with the image."""
     ix = await imagine(fake, prompt, **{"size": "1536x1024", "quality": "low", **options})
     return await finished(fake, bot, ix, rows)
+
+
+def content_of(message: dict[str, Any]) -> str:
+    """A message's text as a member reads it (without markdown escapes)."""
+    return str(message.get("content") or "").replace("\\", "")

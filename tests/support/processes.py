@@ -20,6 +20,19 @@ from tests.support.waits import until
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_once(cwd: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    """`imagebot run` as its own process in `cwd` with exactly `env`, to its end (a minute at most): what a
+    setting it refuses does to it."""
+    return subprocess.run(
+        [sys.executable, "-m", "adapters.cli", "run"],
+        cwd=cwd,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def environment(db: Path, **extra: str) -> dict[str, str]:
     """The parent's environment minus anything that would configure the bot, plus the test's settings."""
     env = {
@@ -39,12 +52,16 @@ def environment(db: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def start(args: list[str], env: Mapping[str, str], cwd: Path) -> subprocess.Popen[str]:
+def start(
+    args: list[str], env: Mapping[str, str], cwd: Path, *, stdin: int | None = None
+) -> subprocess.Popen[str]:
+    """`imagebot <args>` as its own process (`stdin=subprocess.DEVNULL`: not at a terminal)."""
     return subprocess.Popen(
         [sys.executable, "-m", "adapters.cli", *args],
         env=dict(env),
         cwd=cwd,
         text=True,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
