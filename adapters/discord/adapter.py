@@ -12,10 +12,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import discord
 from aiohttp import web
+from discord import app_commands
 from discord.utils import MISSING
 
 from bot import commands, texts
@@ -148,6 +149,16 @@ class DiscordAdapter:
                 thinking=thinking, ephemeral=private
             )
         await self.core.calm()
+
+    async def answer_command(self, interaction: discord.Interaction[Any], *, private: bool) -> bool:
+        """The `interaction_check` of a command answered with "thinking": the answer comes before its options
+        are read or its callback runs. A failure to answer is the command's, for the tree's `on_error`."""
+        try:
+            await self.answer(interaction, private=private)
+        except Exception as exc:
+            command = cast(app_commands.Command[Any, ..., Any], interaction.command)
+            raise app_commands.CommandInvokeError(command, exc) from exc
+        return True
 
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form

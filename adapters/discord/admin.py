@@ -60,6 +60,10 @@ class AdminCommands(
         super().__init__()
         self.adapter = adapter
 
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """Every subcommand is answered at once, privately ("thinking": only the caller sees what follows)."""
+        return await self.adapter.answer_command(interaction, private=True)
+
     @app_commands.command(description="Set limits for a user, a channel, or (neither given) the whole server")
     @app_commands.describe(
         limits="daily_usd=N daily_images=N monthly_usd=N monthly_images=N (N, unlimited or default)",
@@ -148,9 +152,8 @@ class AdminCommands(
         await self._ask(interaction, AdminRequest(verb="help"))
 
     async def _ask(self, interaction: discord.Interaction[Any], request: AdminRequest) -> None:
-        """Answered privately with "thinking" at once; then the core decides, and only the caller sees its
-        reply. Default permissions hide the command, but a server can override them: the core checks again."""
-        await self.adapter.answer(interaction, private=True)
+        """After the answer the core decides, and only the caller sees its reply. Default permissions hide the
+        command, but a server can override them: the core checks again."""
         admin = bool(interaction.permissions.manage_guild)
         core = self.adapter.core
         await self.adapter.reply(

@@ -6,7 +6,7 @@ options into the core's words, hands them to the core, and shows its answer."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands as ext
 
 from bot import commands, texts
+from bot.app import Core
 from bot.model.request import FORMATS, QUALITIES
 from bot.model.sizes import KNOWN_SIZES
 from bot.policy import preferences
@@ -64,6 +65,18 @@ def settings_words(reset: bool | None, given: dict[str, str | None]) -> str:
     )
 
 
+def member_command(name: str, description: str, *, private: bool = False) -> Callable[[Any], Any]:
+    """A command of a server's members: in a server only (Discord offers it nowhere else), answered for the
+    requester alone when `private` (its extras say so to `ImageCommands.interaction_check`)."""
+
+    def command(callback: Any) -> Any:
+        return app_commands.command(name=name, description=description, extras={"private": private})(
+            app_commands.guild_only()(callback)
+        )
+
+    return command
+
+
 class ImageCommands(ext.Cog):
     """The commands of a server's members, each in a server only. The "Edit image" message command is one of
     them (a context menu cannot be a cog's method in discord.py: it is made here, and `install` puts it on the
@@ -75,9 +88,19 @@ class ImageCommands(ext.Cog):
             app_commands.ContextMenu(name="Edit image", callback=self.edit_image)
         )
 
-    @app_commands.command(
-        name="imagine", description="Make an image with gpt-image-2 (attach references to edit)"
-    )
+    @property
+    def core(self) -> Core:
+        return self.adapter.core
+
+    async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
+        """Every command here is answered at once, before its options are read: "thinking", only for the
+        requester where the command's extras say `private` (its answer is theirs alone)."""
+        command = interaction.command
+        return await self.adapter.answer_command(
+            interaction, private=bool(command and command.extras.get("private"))
+        )
+
+    @member_command("imagine", "Make an image with gpt-image-2 (attach references to edit)")
     @app_commands.describe(
         prompt="What to draw (flags like --ar 16:9 work here too)",
         size="auto, 1k, 2k, 4k or WxH",
@@ -95,7 +118,6 @@ class ImageCommands(ext.Cog):
     )
     @app_commands.choices(quality=QUALITY_CHOICES, format=FORMAT_CHOICES)
     @app_commands.autocomplete(size=size_autocomplete)
-    @app_commands.guild_only()
     async def imagine(
         self,
         interaction: discord.Interaction[Any],
@@ -113,7 +135,6 @@ class ImageCommands(ext.Cog):
         mask: discord.Attachment | None = None,
         relax: bool | None = None,
     ) -> None:
-        await self.adapter.answer(interaction)
         options = {
             "size": "".join(size.split()) or None if size else None,  # "1536 x 1024" is one size
             "quality": quality,
@@ -134,9 +155,9 @@ class ImageCommands(ext.Cog):
         mask: discord.Attachment | None,
     ) -> None:
         """`/imagine` after the answer: download and decode attachments, build the request, submit."""
-        core, images = self.adapter.core, self.adapter.images
+        images = self.adapter.images
         model = options.get("model")
-        core.check_attachments(  # counted, sizes checked: before any download
+        self.core.check_attachments(  # counted, sizes checked: before any download
             prompt,
             images.attachments([*refs, *([mask] if mask else [])]),
             model=model if isinstance(model, str) else None,
@@ -144,7 +165,7 @@ class ImageCommands(ext.Cog):
         references = list(await asyncio.gather(*(images.decode(a) for a in refs)))
         decoded_mask = await images.decode(mask) if mask is not None else None
         who = await self.adapter.requester(interaction)
-        request = await core.parse_for(who, prompt, references, decoded_mask, **options)
+        request = await self.core.parse_for(who, prompt, references, decoded_mask, **options)
         await self.adapter.submit(interaction, request)
 
     async def edit_image(self, interaction: discord.Interaction[Any], message: discord.Message) -> None:
@@ -157,35 +178,27 @@ class ImageCommands(ext.Cog):
         async def submit(interaction: discord.Interaction[Any], instruction: str) -> None:
             await self.adapter.answer(interaction)
             who = await self.adapter.requester(interaction)
-            core = self.adapter.core
-            request = await core.parse_for(who, instruction, [await self.adapter.images.decode(image)])
+            request = await self.core.parse_for(who, instruction, [await self.adapter.images.decode(image)])
             await self.adapter.submit(interaction, request)
 
         language = await self.adapter.language(interaction)
         await self.adapter.presses.open_form(interaction, EditModal(submit, language))
 
-    @app_commands.command(
-        name="imagine-usage", description="This channel's image usage and spend, with a chart"
-    )
+    @member_command("imagine-usage", "This channel's image usage and spend, with a chart")
     @app_commands.describe(days="How many days back (default 30)")
-    @app_commands.guild_only()
     async def usage(
         self, interaction: discord.Interaction[Any], days: app_commands.Range[int, 1, 366] = 30
     ) -> None:
-        await self.adapter.answer(interaction)
-        core = self.adapter.core
-        await self.adapter.reply(interaction, lambda who: commands.usage(core, who, f"--days {days}"))
+        await self.adapter.reply(interaction, lambda who: commands.usage(self.core, who, f"--days {days}"))
 
-    @app_commands.command(name="imagine-quota", description="Your remaining image quota (only you see it)")
-    @app_commands.guild_only()
+    @member_command("imagine-quota", "Your remaining image quota (only you see it)", private=True)
     async def my_quota(self, interaction: discord.Interaction[Any]) -> None:
-        await self.adapter.answer(interaction, private=True)
-        core = self.adapter.core
-        await self.adapter.reply(interaction, lambda who: commands.my_quota(core, who))
+        await self.adapter.reply(interaction, lambda who: commands.my_quota(self.core, who))
 
-    @app_commands.command(
-        name="imagine-settings",
-        description="Your own defaults for /imagine (only you see them); options given change them",
+    @member_command(
+        "imagine-settings",
+        "Your own defaults for /imagine (only you see them); options given change them",
+        private=True,
     )
     @app_commands.describe(
         size="auto, 1k, 2k, 4k or WxH (default: clear)",
@@ -204,7 +217,6 @@ class ImageCommands(ext.Cog):
         language=unset_or(preferences.LANGUAGES),
     )
     @app_commands.autocomplete(size=size_autocomplete)
-    @app_commands.guild_only()
     async def my_settings(
         self,
         interaction: discord.Interaction[Any],
@@ -217,38 +229,25 @@ class ImageCommands(ext.Cog):
         language: str | None = None,
         reset: bool | None = None,
     ) -> None:
-        await self.adapter.answer(interaction, private=True)
         given = {"size": size, "ar": ar, "quality": quality, "format": format, "mode": mode}
         given |= {"language": language, "count": None if count is None else str(count or DEFAULT_CHOICE)}
-        words, core = settings_words(reset, given), self.adapter.core
-        await self.adapter.reply(interaction, lambda who: commands.my_settings(core, who, words))
+        words = settings_words(reset, given)
+        await self.adapter.reply(interaction, lambda who: commands.my_settings(self.core, who, words))
 
-    @app_commands.command(
-        name="imagine-info", description="A job's card: prompt, settings, cost (only you see it)"
-    )
+    @member_command("imagine-info", "A job's card: prompt, settings, cost (only you see it)", private=True)
     @app_commands.describe(job="N from /imagine-history (1: your latest), or a job id")
-    @app_commands.guild_only()
     async def info(self, interaction: discord.Interaction[Any], job: str = "1") -> None:
-        await self.adapter.answer(interaction, private=True)
-        admin, link, core = (
-            bool(interaction.permissions.manage_guild),
-            self.adapter.linker(interaction),
-            self.adapter.core,
-        )
+        admin, link = bool(interaction.permissions.manage_guild), self.adapter.linker(interaction)
         await self.adapter.reply(
-            interaction, lambda who: commands.info(core, who, job, platform_admin=admin, link=link)
+            interaction, lambda who: commands.info(self.core, who, job, platform_admin=admin, link=link)
         )
 
-    @app_commands.command(
-        name="imagine-history", description="Your last jobs with links and costs (only you see it)"
-    )
+    @member_command("imagine-history", "Your last jobs with links and costs (only you see it)", private=True)
     @app_commands.describe(count="How many (1-50, default 10)")
-    @app_commands.guild_only()
     async def history(
         self, interaction: discord.Interaction[Any], count: app_commands.Range[int, 1, 50] = 10
     ) -> None:
-        await self.adapter.answer(interaction, private=True)
-        link, core = self.adapter.linker(interaction), self.adapter.core
+        link = self.adapter.linker(interaction)
         await self.adapter.reply(
-            interaction, lambda who: commands.my_history(core, who, str(count), link=link)
+            interaction, lambda who: commands.my_history(self.core, who, str(count), link=link)
         )

@@ -226,43 +226,20 @@ class DiscordJobView:
         self._last_edit = now
         # Its own task: the core cancels its ticker when the image arrives, which must not cut an edit in half.
         self._pending = asyncio.create_task(
-            self._show_progress(progress_text(progress, self.locale), progress, preview)
+            self._show_progress(progress_text(progress, self.locale), preview)
         )
 
-    async def _show_progress(self, content: str, progress: Progress, preview: bytes | None) -> None:
-        attachments: list[discord.File] = MISSING
-        if preview is not None and len(preview) <= self.upload_limit:
-            attachments = [discord.File(io.BytesIO(preview), "preview.jpg")]
+    async def _show_progress(self, content: str, preview: bytes | None) -> None:
+        shown = preview is not None and len(preview) <= self.upload_limit
+
+        def files() -> list[discord.File]:  # a File is read once: fresh ones for every call
+            return [discord.File(io.BytesIO(preview or b""), "preview.jpg")] if shown else MISSING
+
         try:
             # A deadline: an edit that hangs would hold up the result (see _drain) and, on the interaction,
             # every later edit (discord.py sends one webhook call per token at a time).
             async with asyncio.timeout(self.adapter.post_timeout):
-                if await self._via_interaction(
-                    lambda ix: ix.edit_original_response(
-                        content=content,
-                        attachments=attachments,
-                        view=cancel_view(self.job_id, self.locale),
-                        allowed_mentions=NO_PINGS,
-                    )
-                ):
-                    return
-                if attachments is not MISSING:  # a File is read once: make a fresh one for the channel
-                    attachments = [discord.File(io.BytesIO(preview or b""), "preview.jpg")]
-                if self.progress_message is None:
-                    self.progress_message = await self.channel.send(
-                        content,
-                        files=attachments,
-                        view=cancel_view(self.job_id, self.locale),
-                        reference=self.reference,
-                        allowed_mentions=NO_PINGS,
-                    )
-                else:
-                    await self.progress_message.edit(
-                        content=content,
-                        attachments=attachments,
-                        view=cancel_view(self.job_id, self.locale),
-                        allowed_mentions=NO_PINGS,
-                    )
+                await self._put_progress(content, files)
         except discord.HTTPException as exc:
             if preview is not None and too_large(exc):
                 # Discord's real limit is below what it told us: remember, so the image is fitted up front.
@@ -273,6 +250,21 @@ class DiscordJobView:
             )
         except Exception as exc:  # a dropped connection, no answer: the next tick tries again
             log.warning("progress update failed: %s", describe(exc), extra={"job_id": self.job_id})
+
+    async def _put_progress(self, content: str, files: Callable[[], list[discord.File]]) -> None:
+        """`content` and `files()` with Cancel: on the interaction's response while its token lives, else on a
+        channel message of the job's own (posted the first time)."""
+
+        def look() -> dict[str, Any]:
+            view = cancel_view(self.job_id, self.locale)
+            return {"content": content, "view": view, "allowed_mentions": NO_PINGS}
+
+        if await self._via_interaction(lambda ix: ix.edit_original_response(attachments=files(), **look())):
+            return
+        if self.progress_message is None:
+            self.progress_message = await self.channel.send(files=files(), reference=self.reference, **look())
+        else:
+            await self.progress_message.edit(attachments=files(), **look())
 
     async def _drain(self) -> None:
         """Let an edit in flight land first, so it cannot overwrite the result (it ends by `post_timeout`)."""
@@ -314,16 +306,21 @@ class DiscordJobView:
                 reference=self.reference,
                 allowed_mentions=pings(self.who.user),
             )
-        if self.progress_message is not None:  # posted: a leftover progress message must not fail the job
-            message, self.progress_message = self.progress_message, None
-            try:
-                async with asyncio.timeout(self.adapter.post_timeout):
-                    await message.delete()
-            except Exception as exc:
-                log.warning(
-                    "could not delete the progress message: %s", describe(exc), extra={"job_id": self.job_id}
-                )
+        await self._drop_progress_message()  # posted: a leftover progress message must not fail the job
         return posted
+
+    async def _drop_progress_message(self) -> None:
+        """Delete the job's own progress message in the channel, if it has one. Never raises."""
+        if self.progress_message is None:
+            return
+        message, self.progress_message = self.progress_message, None
+        try:
+            async with asyncio.timeout(self.adapter.post_timeout):
+                await message.delete()
+        except Exception as exc:
+            log.warning(
+                "could not delete the progress message: %s", describe(exc), extra={"job_id": self.job_id}
+            )
 
     async def _last_word(self, content: str, request_ids: Sequence[str]) -> None:
         """Post `content` where the job is shown; if that fails too, in the channel. Never raises."""
@@ -346,28 +343,13 @@ class DiscordJobView:
         connection (discord.py has waited out its own rate limits by then)."""
         images = [(image.data, image.filename) for image in result.images]
         budget = self.upload_limit // len(images)  # per image, so the whole message fits too
-        # The channel's spoiler=on: Discord blurs an attachment whose file name starts with SPOILER_.
-        hide = (lambda name: f"{SPOILER}{name}") if result.request.spoiler else (lambda name: name)
         problem = "no attempt was made"
         for _ in range(UPLOAD_ATTEMPTS):
             try:
-                if max(len(data) for data, _name in images) > budget:
-                    uploads, notes = await asyncio.to_thread(fit_images, images, budget)
-                else:
-                    uploads, notes = [(name, data) for data, name in images], []
-                uploads = [(hide(name), data) for name, data in uploads]
-                message = await self._final(
-                    "\n".join(
-                        [
-                            quote(result.request.prompt),
-                            escape(texts.summary(result, self.locale)),
-                            *(escape(translate(note, self.locale)) for note in notes),
-                        ]
-                    ),
-                    uploads,
-                    result_view(result.buttons, self.locale),
-                )
-                return message
+                uploads, notes = await self._fitted(images, budget, spoiler=result.request.spoiler)
+                lines = [quote(result.request.prompt), escape(texts.summary(result, self.locale))]
+                lines += [escape(translate(note, self.locale)) for note in notes]
+                return await self._final("\n".join(lines), uploads, result_view(result.buttons, self.locale))
             except discord.HTTPException as exc:
                 if not too_large(exc):
                     raise DeliveryFailed(describe(exc), retry=exc.status >= 500 or exc.status == 429) from exc
@@ -383,6 +365,18 @@ class DiscordJobView:
                 log.exception("image upload failed", extra={"job_id": self.job_id})
                 raise DeliveryFailed(describe(exc), retry=False) from exc
         raise DeliveryFailed(problem, retry=False)
+
+    @staticmethod
+    async def _fitted(
+        images: list[tuple[bytes, str]], budget: int, *, spoiler: bool
+    ) -> tuple[list[tuple[str, bytes]], list[Msg]]:
+        """(name, data) uploads each at most `budget` bytes, and notes on what was re-encoded. The channel's
+        spoiler=on: Discord blurs an attachment whose file name starts with SPOILER_."""
+        if max(len(data) for data, _name in images) > budget:
+            uploads, notes = await asyncio.to_thread(fit_images, images, budget)
+        else:
+            uploads, notes = [(name, data) for data, name in images], []
+        return [(f"{SPOILER}{name}" if spoiler else name, data) for name, data in uploads], notes
 
     async def deliver(self, result: JobResult) -> list[dict[str, Any]] | None:
         """Upload the images with the summary and their buttons; return where each image lives (the message
