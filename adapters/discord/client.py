@@ -67,14 +67,11 @@ class Client(ext.Bot):
         DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(url)
         self.add_dynamic_items(CancelButton, ActionButton, PriceCheckButton)
         await install(self, self.adapter)
+        await self.add_cog(self.adapter.listeners)
         await self.tree.set_translator(CommandTranslator())
 
-    async def on_message(self, message: discord.Message) -> None:
-        """Instead of a Bot's prefix commands (there are none): a reply that edits an image (listeners.py)."""
-        await self.adapter.listeners.on_message(message)
-
-    async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
-        await self.adapter.listeners.on_interaction(interaction)
+    async def on_message(self, message: discord.Message, /) -> None:
+        """Not a Bot's prefix commands (the bot has none): messages are for the listeners (listeners.py)."""
 
     async def log_in(self, token: str, retrying: Callable[[str], None]) -> None:
         """Log in over REST. An outage (no DNS, connection refused, a 5xx) is retried with backoff, one log line

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import discord
 
@@ -27,6 +27,7 @@ from .text import clip, escape, quote
 
 if TYPE_CHECKING:
     from .adapter import DiscordAdapter
+    from .client import Client
 
 log = logging.getLogger("imagebot.discord")
 
@@ -45,7 +46,7 @@ STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.REMOVE: discord.ButtonS
 
 def adapter_of(interaction: discord.Interaction[Any]) -> DiscordAdapter:
     """The adapter whose client received `interaction` (client.py's client carries it)."""
-    return cast("DiscordAdapter", cast(Any, interaction.client).adapter)
+    return cast("Client", interaction.client).adapter
 
 
 def progress_text(progress: Progress, locale: str = ENGLISH) -> str:
@@ -123,17 +124,24 @@ def form_value(data: Any, custom_id: str) -> str:
     return ""
 
 
-class _Once:
-    """A persistent button that ignores a replayed press (the same interaction id) before answering it."""
+class _Persistent:
+    """A button whose custom id carries all it needs: discord.py rebuilds it from the id's named groups (its
+    constructor's arguments), and a replayed press (the same interaction id) is ignored before it is answered."""
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> Self:
+        return cast(Any, cls)(**match.groupdict())
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         return await adapter_of(interaction).first_time(interaction)
 
 
 class CancelButton(
-    _Once,
+    _Persistent,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=CANCEL_PREFIX + r"(?P<job>[A-Za-z0-9]+)",
+    template=CANCEL_PREFIX + r"(?P<job_id>[A-Za-z0-9]+)",
 ):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
@@ -147,18 +155,12 @@ class CancelButton(
         )
         self.job_id = job_id
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> CancelButton:
-        return cls(match["job"])
-
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.cancel(interaction, self.job_id)
 
 
 class ActionButton(
-    _Once,
+    _Persistent,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})",
 ):
@@ -175,18 +177,12 @@ class ActionButton(
         super().__init__(discord.ui.Button(label=label, style=style, custom_id=ACTION_PREFIX + key), row=row)
         self.key = key
 
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> ActionButton:
-        return cls(match["key"])
-
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.action(interaction, self.key)
 
 
 class PriceCheckButton(
-    _Once,
+    _Persistent,
     discord.ui.DynamicItem[discord.ui.Button[Any]],
     template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)",
 ):
@@ -202,12 +198,6 @@ class PriceCheckButton(
             )
         )
         self.render, self.token = render, token
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
-    ) -> PriceCheckButton:
-        return cls(match["verb"], match["token"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.price_check(interaction, self.token, self.render)

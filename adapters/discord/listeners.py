@@ -9,6 +9,7 @@ import re
 from typing import TYPE_CHECKING, Any, cast
 
 import discord
+from discord.ext import commands as ext
 
 from bot.app import decode_attachments
 from bot.errors import UserError
@@ -26,13 +27,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("imagebot.discord")
 
 
-class Listeners:
+class Listeners(ext.Cog):
     """`on_message` (reply-to-edit) and `on_interaction` (the Edit button's form), for one adapter."""
 
     def __init__(self, adapter: DiscordAdapter) -> None:
         self.adapter = adapter
         self.core = adapter.core
 
+    @ext.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[Any]) -> None:
         """Every interaction passes here (after discord.py's own dispatch): the Edit button's form is ours."""
         if interaction.type is not discord.InteractionType.modal_submit:
@@ -44,6 +46,7 @@ class Listeners:
         key = custom_id[len(EDIT_FORM_PREFIX) :]
         await self.adapter.presses.edit_form(interaction, key, form_value(data, "instruction"))
 
+    @ext.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
         """A reply (with the mention on) to one of our image messages is an edit of that image."""
         me = self.adapter.client.user
