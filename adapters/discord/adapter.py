@@ -297,6 +297,7 @@ class DiscordAdapter:
     # -- after a restart ------------------------------------------------------------------
 
     async def tell_interrupted(self, job: Interrupted) -> None:
+        """A job a restart cut short: its requester hears so, replying to the job's message, in its language."""
         channel_id = int(job.context.get("channel_id") or job.channel)
         message_id = job.context.get("message_id")
         reference = (

@@ -126,7 +126,8 @@ def form_value(data: Any, custom_id: str) -> str:
 
 class _Persistent:
     """A button whose custom id carries all it needs: discord.py rebuilds it from the id's named groups (its
-    constructor's arguments), and a replayed press (the same interaction id) is ignored before it is answered."""
+    constructor's arguments). A replayed press (the same interaction id) is ignored before it is answered; what
+    a press does (`pressed`) is presses.py's, and a refusal it raises is told to the presser alone."""
 
     @classmethod
     async def from_custom_id(
@@ -136,6 +137,15 @@ class _Persistent:
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         return await adapter_of(interaction).first_time(interaction)
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        try:
+            await self.pressed(interaction)
+        except Exception as exc:
+            await adapter_of(interaction).on_error(interaction, exc)
+
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
+        raise NotImplementedError
 
 
 class CancelButton(
@@ -155,7 +165,7 @@ class CancelButton(
         )
         self.job_id = job_id
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.cancel(interaction, self.job_id)
 
 
@@ -177,7 +187,7 @@ class ActionButton(
         super().__init__(discord.ui.Button(label=label, style=style, custom_id=ACTION_PREFIX + key), row=row)
         self.key = key
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.action(interaction, self.key)
 
 
@@ -199,7 +209,7 @@ class PriceCheckButton(
         )
         self.render, self.token = render, token
 
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def pressed(self, interaction: discord.Interaction[Any]) -> None:
         await adapter_of(interaction).presses.price_check(interaction, self.token, self.render)
 
 

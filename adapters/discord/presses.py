@@ -36,17 +36,12 @@ class Presses:
         stays this interaction's to edit, so one image can be taken off it; its only words are a private
         follow-up). Then the core acts: a new job of the clicker's, shown in this interaction's response
         (replies past its token's life go to the image's message)."""
-        try:
-            kind = actions.parse_key(key)[0]
-            if kind == Kind.EDIT:
-                await self.open_form(
-                    interaction, ActionEditForm(key, await self.adapter.language(interaction))
-                )
-                return
-            await self.adapter.answer(interaction, thinking=kind != Kind.REMOVE, private=kind == Kind.INFO)
-            await self._act(interaction, key)
-        except Exception as exc:
-            await self.adapter.on_error(interaction, exc)
+        kind = actions.parse_key(key)[0]
+        if kind == Kind.EDIT:
+            await self.open_form(interaction, ActionEditForm(key, await self.adapter.language(interaction)))
+            return
+        await self.adapter.answer(interaction, thinking=kind != Kind.REMOVE, private=kind == Kind.INFO)
+        await self._act(interaction, key)
 
     async def edit_form(self, interaction: discord.Interaction[Any], key: str, instruction: str) -> None:
         """The Edit button's form, submitted with its instruction: answered with "thinking", then acted on."""
@@ -88,12 +83,9 @@ class Presses:
     async def price_check(self, interaction: discord.Interaction[Any], token: str, render: bool) -> None:
         """Render (answered with a public "thinking": that message becomes the job's) or Cancel (answered
         privately); then the core claims the check: its requester's, once, Render within 10 minutes."""
-        try:
-            await self.adapter.answer(interaction, private=not render)
-            view = await self.adapter.job_view(interaction, await self.adapter.original(interaction))
-            await self.core.price_check(token, view.who, view, render=render)
-        except Exception as exc:
-            await self.adapter.on_error(interaction, exc)
+        await self.adapter.answer(interaction, private=not render)
+        view = await self.adapter.job_view(interaction, await self.adapter.original(interaction))
+        await self.core.price_check(token, view.who, view, render=render)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
         """A job's Cancel button: only the requester may press it. The press is answered first: cancelling sets
