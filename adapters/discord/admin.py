@@ -17,6 +17,8 @@ from bot.i18n import msg
 if TYPE_CHECKING:
     from .adapter import DiscordAdapter
 
+Ix = discord.Interaction[Any]
+
 
 class Place(app_commands.Transformer[Any]):
     """A channel option of /imagine-admin: any channel whose rules apply to /imagine (text and announcement
@@ -107,20 +109,14 @@ class AdminCommands(
     @app_commands.command(description="Let a role (or everyone) render; then only they and admins may")
     @app_commands.describe(role="The role to allow", everyone="Allow everyone (instead of a role)")
     async def allow(
-        self,
-        interaction: discord.Interaction[Any],
-        role: discord.Role | None = None,
-        everyone: bool | None = None,
+        self, interaction: Ix, role: discord.Role | None = None, everyone: bool | None = None
     ) -> None:
         await self._ask(interaction, AdminRequest(verb="allow", target=self._group("allow", role, everyone)))
 
     @app_commands.command(description="Stop a role (or everyone) from rendering; admins still may")
     @app_commands.describe(role="The role to deny", everyone="Deny everyone (instead of a role)")
     async def deny(
-        self,
-        interaction: discord.Interaction[Any],
-        role: discord.Role | None = None,
-        everyone: bool | None = None,
+        self, interaction: Ix, role: discord.Role | None = None, everyone: bool | None = None
     ) -> None:
         await self._ask(interaction, AdminRequest(verb="deny", target=self._group("deny", role, everyone)))
 

@@ -124,6 +124,9 @@ def form_value(data: Any, custom_id: str) -> str:
     return ""
 
 
+Button = discord.ui.DynamicItem[discord.ui.Button[Any]]  # a button discord.py rebuilds from its custom id
+
+
 class _Persistent:
     """A button whose custom id carries all it needs: discord.py rebuilds it from the id's named groups (its
     constructor's arguments). A replayed press (the same interaction id) is ignored before it is answered; what
@@ -148,11 +151,7 @@ class _Persistent:
         raise NotImplementedError
 
 
-class CancelButton(
-    _Persistent,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=CANCEL_PREFIX + r"(?P<job_id>[A-Za-z0-9]+)",
-):
+class CancelButton(_Persistent, Button, template=CANCEL_PREFIX + r"(?P<job_id>[A-Za-z0-9]+)"):
     """The Cancel button of a progress message; its custom id carries the job id, so it survives restarts."""
 
     def __init__(self, job_id: str, locale: str = ENGLISH) -> None:
@@ -169,11 +168,7 @@ class CancelButton(
         await adapter_of(interaction).presses.cancel(interaction, self.job_id)
 
 
-class ActionButton(
-    _Persistent,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})",
-):
+class ActionButton(_Persistent, Button, template=ACTION_PREFIX + rf"(?P<key>{ACTION_KEY})"):
     """Re-roll, Vary n, Upscale n, Edit n or Delete n under a finished job: its custom id is the core's key."""
 
     def __init__(
@@ -192,9 +187,7 @@ class ActionButton(
 
 
 class PriceCheckButton(
-    _Persistent,
-    discord.ui.DynamicItem[discord.ui.Button[Any]],
-    template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)",
+    _Persistent, Button, template=r"imagebot:(?P<verb>render|decline):(?P<token>[A-Za-z0-9_-]+)"
 ):
     """Render or Cancel under a price check; the custom id carries the check's token."""
 
