@@ -5,7 +5,7 @@ Slack sends `<@U1|bob>`, `<#C1|general>`, `<!subteam^S1|@designers>`; Discord `<
 A bare id is read by its platform's shape: on Slack `U…`/`W…` is a user and `C…`/`G…` a channel, on Discord a
 number is a user; the console and the CLI take either. Roles, user groups, @here and plain `@name` text are
 refused as targets with what to do instead. Discord's slash commands need none of this: their typed options
-are Targets already (adapters/discord.py).
+are Targets already (adapters/discord/).
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ async def run(users: int, files: int, megabytes: int) -> dict[str, Any]:
                 core = await Core.start(settings)
                 start_rss = peak_rss_mb()
 
-                async def download(url: str, name: str) -> bytes:  # as adapters/discord.py's download reads
+                async def download(url: str, name: str) -> bytes:  # as discord/images.py's download reads
                     async with core.downloading(), http.get(url) as response:
                         response.raise_for_status()
                         return await read_capped(response.content.iter_chunked(1 << 16), name, declared)

@@ -7,8 +7,10 @@ from typing import Any
 
 import discord
 from discord import app_commands
+from discord.ext import commands as ext
 
 from adapters.discord import CommandTranslator, DiscordAdapter, command_key
+from adapters.discord.commands import install
 from bot.i18n import CATALOGS, CHINESE, ENGLISH
 
 
@@ -24,15 +26,14 @@ class Recorder(app_commands.Translator):
             self.seen[key] = string.message
 
 
-def _tree() -> app_commands.CommandTree[Any]:
-    adapter = DiscordAdapter.__new__(DiscordAdapter)  # the commands only: no client, no core
-    adapter.tree = app_commands.CommandTree(discord.Client(intents=discord.Intents.none()))
-    adapter._register()
-    return adapter.tree
+async def _tree() -> app_commands.CommandTree[Any]:
+    client = ext.Bot(ext.when_mentioned, help_command=None, intents=discord.Intents.none())
+    await install(client, DiscordAdapter.__new__(DiscordAdapter))  # the commands only: no core, no login
+    return client.tree
 
 
 async def test_every_command_and_option_has_a_chinese_name_and_description() -> None:
-    tree, recorder = _tree(), Recorder()
+    tree, recorder = await _tree(), Recorder()
     for command in tree.get_commands():
         await command.get_translated_payload(tree, recorder)
     assert len(recorder.seen) > 60  # /imagine's options, the admin group's subcommands, the context menu
@@ -42,7 +43,7 @@ async def test_every_command_and_option_has_a_chinese_name_and_description() -> 
 
 
 async def test_the_payload_carries_zh_cn_only_where_we_speak_it() -> None:
-    tree = _tree()
+    tree = await _tree()
     imagine = next(c for c in tree.get_commands() if c.name == "imagine")
     payload = await imagine.get_translated_payload(tree, CommandTranslator())
     assert payload["name_localizations"] == {"zh-CN": "画图"}
