@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import discord
 from aiohttp import web
@@ -43,6 +43,11 @@ BORN, DEFERRED = "imagebot:born", "imagebot:deferred"  # what `answer` keeps in 
 
 class DiscordAdapter:
     """Commands, buttons and a message listener on a discord.py client; thin: the core decides."""
+
+    # How long discord.py waits after the last guild arrived (GUILD_CREATE) before it calls the bot ready and
+    # /readyz says so: its own default. Commands are served meanwhile. Tests, whose fake sends every guild at
+    # once, turn it down (tests/e2e/harness.py).
+    guild_ready_timeout: ClassVar[float] = 2.0
 
     def __init__(self, core: Core) -> None:
         token = core.settings.discord_token

@@ -55,6 +55,7 @@ class Client(ext.Bot):
             intents=intents,
             allowed_mentions=NO_PINGS,
             max_messages=None,
+            guild_ready_timeout=adapter.guild_ready_timeout,
             **shards,
         )
         self.adapter = adapter

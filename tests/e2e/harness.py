@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from adapters.discord import DiscordAdapter
 from adapters.service import build_adapters, serve
 from bot.app import Core
 from bot.config import Settings
@@ -136,6 +137,8 @@ async def running_bot(
         await server.start()
     # A platform that keeps failing an upload is retried for 10 minutes in production; here for 2 s.
     core = await Core.start(settings, offline_server=server, delivery_backoff=0.05, delivery_deadline=2.0)
+    # discord.py calls the bot ready 2 s after the last guild arrives; the fake sends all of them at once.
+    DiscordAdapter.guild_ready_timeout = 0.05
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(core, adapters, stop, ready))

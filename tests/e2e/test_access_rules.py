@@ -97,7 +97,7 @@ async def test_max_jobs_refuses_a_users_second_job_while_the_first_runs(on: Driv
     text = await on.refuse("another one", size=SQUARE)
     assert "max_jobs=1" in text and "You have 1 job running or queued" in text
     [row] = await on.bot.ledger()
-    assert row["status"] in ("reserved", "running") and row["prompt"] == "a slow one"
+    assert row["status"] == "running" and row["prompt"] == "a slow one"  # moved to running before its call
     # Per user: someone else still gets in while it runs; the first one still lands.
     await on.render("someone else's", size=SQUARE, user="other")
     assert (await on.finish(first))["size"] == SQUARE
