@@ -148,7 +148,6 @@ class Core:
                 "out (charged as possibly billed)",
                 extra={"api_timeout_s": settings.api_timeout},
             )
-        ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
         if settings.offline:
@@ -171,6 +170,15 @@ class Core:
             retry_after_max=settings.retry_after_max,
             image_deadline=settings.image_deadline,
         )
+        # The database last: its lease runs from here, and the renderer's first use of the SDK (bot/lazy.py,
+        # most of a second of CPU) or the offline server's start must not eat into it before the first renewal.
+        try:
+            ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
+        except BaseException:
+            await renderer.close()
+            if offline_server is not None and offline_server is not given:
+                await offline_server.stop()
+            raise
         rules = Access(
             prices,
             admins=settings.admins,
