@@ -127,7 +127,7 @@ def test_format_usd(micros: int, text: str) -> None:
     assert format_usd(micros) == text
 
 
-@given(st.integers(min_value=0, max_value=999_999_999))
+@given(st.integers(min_value=0, max_value=999_999_949))  # $999.999949 shows as $999.9999; one more is $1,000
 def test_every_amount_is_shown_the_same_in_replies_and_in_the_readers_language(micros: int) -> None:
     assert money(micros) == format_usd(micros)  # below $1,000, where the reader's grouping adds no comma
 

@@ -413,13 +413,12 @@ async def test_no_retry_starts_after_the_deadline(server: OfflineImageServer) ->
     renderer = Renderer(
         base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1.2
     )
-    started = time.monotonic()
     try:
         with pytest.raises(ProviderError) as caught:
             await renderer.render(request())
     finally:
         await renderer.close()
-    assert len(server.calls) == 2 == caught.value.attempts and time.monotonic() - started < 1.2
+    assert len(server.calls) == 2 == caught.value.attempts  # the third would start past the deadline
     assert "deadline of 1.2 s" in str(caught.value) and "HTTP 500" in str(caught.value)
 
 

@@ -347,8 +347,10 @@ async def test_a_relax_edit_uploads_its_images_and_references_them_by_file_id(
 async def test_the_fair_queue_starts_other_users_single_jobs_early(slack: FakeSlack, tmp_path: Path) -> None:
     env = slack_env(slack, IMAGEBOT_MAX_IN_FLIGHT="1", IMAGEBOT_USER_MAX_JOBS="10")
     async with running_bot(tmp_path, env, latency=0.8) as bot:
-        for n in range(1, 6):
+        gate = bot.core.runner.gate
+        for n in range(1, 6):  # each in the queue before the next is sent: FIFO is about the queue's order
             await slack.send_slash_command(bot.events_url, text=f"u1 job {n} {CHEAP}", user_id="U1")
+            await until(lambda n=n: gate.active + gate.queued == n)
         await slack.send_slash_command(bot.events_url, text=f"u2 job {CHEAP}", user_id="U2")
         await slack.send_slash_command(bot.events_url, text=f"u3 job {CHEAP}", user_id="U3")
         await until(lambda: len(bot.server.calls) >= 3, timeout=10)
