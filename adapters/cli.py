@@ -22,12 +22,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bot import commands, logs, report, texts
+from bot import commands, logs, report
 from bot.app import Core, DatabaseUnavailable, open_ledger
 from bot.config import ConfigError, Settings
 from bot.errors import UserError
 from bot.i18n import msg
-from bot.jobs import card
+from bot.jobs import card, texts
 from bot.model.request import Requester
 from bot.policy import quota
 from bot.policy.quota import Tenant

@@ -9,10 +9,11 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TextIO
 
-from bot import commands, texts
+from bot import commands
 from bot.app import Core
 from bot.errors import DeliveryFailed, UserError
 from bot.i18n import msg
+from bot.jobs import texts
 from bot.jobs.actions import Button, Kind, last_job
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.pricing import format_usd

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot import i18n, metrics, texts
+from bot import i18n, metrics
 from bot.concurrency import Slots
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
 from bot.i18n import msg
-from bot.jobs import actions, card
+from bot.jobs import actions, card, texts
 from bot.jobs.actions import ImageStore
 from bot.jobs.delivery import DELIVERY_DEADLINE_SECONDS, Delivery, Places
 from bot.jobs.outcomes import JobFailure, JobResult

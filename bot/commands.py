@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
 
-from bot import platforms, report, texts
+from bot import platforms, report
 from bot.app import Core
 from bot.errors import UserError
 from bot.i18n import ENGLISH, Msg, lazy, msg, say, usd
-from bot.jobs import card
+from bot.jobs import card, texts
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy import access, quota, signin

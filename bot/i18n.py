@@ -18,7 +18,7 @@ remember and no compiled file to go stale.
 The core rarely knows who will read a sentence, so it builds a `Msg` (`msg("sizes.not_a_size", ...)`): a
 `str` whose value is the English text (logs, `str(exc)` and the console read as before) that can say itself
 in another language with `.render(locale)`. An adapter, which knows the reader, calls `translate(text,
-locale)` on whatever it shows. `lazy(fn, ...)` does the same for a function of bot/texts.py that takes a
+locale)` on whatever it shows. `lazy(fn, ...)` does the same for a function of bot/jobs/texts.py that takes a
 `locale`.
 """
 
@@ -175,7 +175,7 @@ class Msg(Text):
 
 
 class Lazy(Text):
-    """A function's words (one of bot/texts.py's, which takes `locale=`), said when it is known to whom."""
+    """A function's words (one of bot/jobs/texts.py's, which takes `locale=`), said when it is known to whom."""
 
     fn: Callable[..., str]
     args: tuple[Any, ...]

@@ -47,9 +47,10 @@ from markupsafe import Markup, escape
 
 from adapters.dashboard.cards import Card, card, daily_chart
 from adapters.mentions import read_admin
-from bot import commands, report, texts
+from bot import commands, report
 from bot.app import Core
 from bot.errors import UserError
+from bot.jobs import texts
 from bot.jobs.actions import Button, ImageStore, Kind
 from bot.model.pricing import format_usd
 from bot.model.request import Requester

@@ -19,11 +19,12 @@ from aiohttp import web
 from discord import app_commands
 from discord.utils import MISSING
 
-from bot import commands, texts
+from bot import commands
 from bot.app import Core
 from bot.concurrency import TokenBucket
 from bot.errors import UserError
 from bot.i18n import ENGLISH, translate
+from bot.jobs import texts
 from bot.model.request import ImageRequest, Requester
 from bot.store.ledger import Interrupted
 

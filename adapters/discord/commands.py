@@ -13,8 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands as ext
 
-from bot import commands, texts
+from bot import commands
 from bot.app import Core
+from bot.jobs import texts
 from bot.model.request import FORMATS, QUALITIES
 from bot.model.sizes import KNOWN_SIZES
 from bot.policy import preferences

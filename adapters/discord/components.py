@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, Self, cast
 
 import discord
 
-from bot import texts
 from bot.i18n import ENGLISH, say, translate
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.actions import Kind
 from bot.jobs.outcomes import Progress
 

@@ -9,9 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
-from bot import texts
 from bot.errors import UserError
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.actions import Kind
 
 from .components import ActionEditForm

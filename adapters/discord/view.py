@@ -18,9 +18,9 @@ import aiohttp
 import discord
 from discord.utils import MISSING
 
-from bot import texts
 from bot.errors import CannotPost, DeliveryFailed
 from bot.i18n import ENGLISH, Msg, msg, translate
+from bot.jobs import texts
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.model.images import fit_under, image_size
 from bot.model.request import Requester

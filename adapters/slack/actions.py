@@ -12,9 +12,9 @@ from typing import Any
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
-from bot import texts
 from bot.errors import UserError
 from bot.i18n import msg, say
+from bot.jobs import texts
 from bot.jobs.actions import Kind
 from bot.model.request import Requester, clip
 

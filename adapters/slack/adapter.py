@@ -13,11 +13,11 @@ from aiohttp import web
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.app.async_app import AsyncApp
 
-from bot import texts
 from bot.app import Core
 from bot.concurrency import TokenBucket
 from bot.errors import UserError
 from bot.i18n import ENGLISH
+from bot.jobs import texts
 from bot.model.request import Requester
 from bot.store.ledger import Interrupted
 

@@ -9,8 +9,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from bot import commands, texts
+from bot import commands
 from bot.i18n import ENGLISH, say, translate
+from bot.jobs import texts
 from bot.jobs.actions import Button, Kind
 from bot.jobs.outcomes import Progress
 from bot.model.request import Requester, clip

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from slack_sdk.errors import SlackApiError
 
-from bot import texts
 from bot.errors import CannotPost, DeliveryFailed
 from bot.i18n import ENGLISH, msg, say, translate
+from bot.jobs import texts
 from bot.jobs.actions import Button
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.model.request import Requester, clip

@@ -19,10 +19,10 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, Protocol
 
-from bot import metrics, texts
+from bot import metrics
 from bot.errors import ApiRejected, DeliveryFailed, ImagebotError, ProviderError, UserError
 from bot.i18n import lazy
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.job import Job, JobView, Stopped, failure_charge
 from bot.jobs.outcomes import Image, JobFailure, JobResult
 from bot.model.pricing import PriceTable

@@ -11,8 +11,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bot import texts
 from bot.i18n import Msg
+from bot.jobs import texts
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress
 from bot.model.request import ImageRequest, Requester
 from bot.store.ledger import Reservation

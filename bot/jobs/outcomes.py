@@ -1,6 +1,6 @@
 """What a job reports to its view: progress snapshots while it runs, then its result or its failure.
 
-Plain data; the words shown for them are bot/texts.py's.
+Plain data; the words shown for them are bot/jobs/texts.py's.
 """
 
 from __future__ import annotations

@@ -43,10 +43,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from bot import lazy, texts
+from bot import lazy
 from bot.errors import ProviderError
 from bot.i18n import msg, usd
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.delivery import Delivery, Places
 from bot.jobs.job import Job, JobView
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress

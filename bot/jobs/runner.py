@@ -12,11 +12,11 @@ import logging
 import time
 from dataclasses import dataclass
 
-from bot import metrics, platforms, texts
+from bot import metrics, platforms
 from bot.concurrency import AcksFirst, Gate
 from bot.errors import ApiRejected, CannotPost, ProviderError, UserError
 from bot.i18n import msg
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.delivery import Delivery
 from bot.jobs.job import Job, JobView, Stopped, failure_charge
 from bot.jobs.outcomes import Image, JobFailure, JobResult, Progress

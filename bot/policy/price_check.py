@@ -6,7 +6,7 @@ above the threshold (the channel's own `confirm=`, else IMAGEBOT_CONFIRM_USD; `o
 requester, on platforms that can show Render and Cancel buttons, and reserves nothing until they press Render.
 It admits the job's pace and quota first, holds at most MAX_PENDING checks per user, lets a Render through for
 CONFIRM_TTL, and keeps the check (answered or not) for CONFIRM_KEPT to answer a late click. The stored checks
-live in the database (bot/jobs/actions.py), their words in bot/texts.py.
+live in the database (bot/jobs/actions.py), their words in bot/jobs/texts.py.
 """
 
 from __future__ import annotations

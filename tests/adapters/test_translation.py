@@ -14,8 +14,8 @@ from PIL import Image
 from adapters import discord as discord_adapter
 from adapters.slack import blocks as slack_blocks
 from adapters.slack.files import trusted_file_url
-from bot import texts
 from bot.app import is_image_attachment, is_mask_name
+from bot.jobs import texts
 from bot.jobs.outcomes import Progress
 from bot.model.pricing import load_prices
 from bot.model.request import Requester, parse_request
@@ -173,7 +173,7 @@ def test_images_over_the_upload_limit_are_reencoded_under_it_and_say_so() -> Non
     assert notes and "image-1024x1024.png" in notes[0]
 
 
-# --- the words themselves (bot/texts.py), as both platforms show them -------------------------------------
+# --- the words themselves (bot/jobs/texts.py), as both platforms show them -------------------------------------
 
 
 def test_the_status_line_is_one_text_for_every_platform() -> None:

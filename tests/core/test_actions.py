@@ -13,10 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bot import texts
 from bot.app import Core
 from bot.config import Settings
-from bot.jobs import actions
+from bot.jobs import actions, texts
 from bot.jobs.actions import Kind, parse_key, upscale_size
 from bot.jobs.outcomes import JobResult
 from bot.model.pricing import load_prices

@@ -14,8 +14,8 @@ import json
 import pytest
 from PIL import Image
 
-from bot import texts
 from bot.errors import QuotaExceeded
+from bot.jobs import texts
 from bot.jobs.outcomes import JobFailure, JobResult
 from bot.model.pricing import cost_micros, format_usd, preview_count
 from tests.support.core import (

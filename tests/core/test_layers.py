@@ -1,4 +1,5 @@
-"""The core's layers, read from its imports: model <- store <- policy <- jobs <- app, no circle in between.
+"""The core's layers, read from its imports: model <- store <- policy <- jobs <- app (with the commands and the
+report it serves), no circle in between.
 
 The offline image server (bot/offline/) is a leaf service: none of the core's layers imports it except the
 app that starts it, and it takes nothing from them above the model (its price table)."""
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-ORDER = ["bot.model", "bot.store", "bot.policy", "bot.jobs", "bot.app"]
+ORDER = ["bot.model", "bot.store", "bot.policy", "bot.jobs", ("bot.app", "bot.commands", "bot.report")]
 
 
 def imports() -> dict[str, set[str]]:
@@ -45,7 +46,13 @@ def imports() -> dict[str, set[str]]:
 
 def layer(module: str) -> int | None:
     return next(
-        (i for i, prefix in enumerate(ORDER) if module == prefix or module.startswith(prefix + ".")), None
+        (
+            i
+            for i, prefixes in enumerate(ORDER)
+            for prefix in ([prefixes] if isinstance(prefixes, str) else prefixes)
+            if module == prefix or module.startswith(prefix + ".")
+        ),
+        None,
     )
 
 
@@ -121,3 +128,26 @@ def test_no_platform_name_is_written_in_the_core_outside_its_table() -> None:
         [sys.executable, ".ci/platform_names.py"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert scan.returncode == 0, scan.stderr
+
+
+def test_no_layer_reaches_a_layer_above_through_a_module_of_none() -> None:
+    """A module outside the layers (config, i18n, errors, ...) is a path too: policy -> texts -> jobs was an
+    arrow up that the direct check did not see while texts sat at the top of bot/."""
+    graph = imports()
+    upward = []
+    for module, targets in graph.items():
+        low = layer(module)
+        if low is None:
+            continue
+        seen, todo = set(), [t for t in targets if layer(t) is None]
+        while todo:
+            via = todo.pop()
+            if via in seen:
+                continue
+            seen.add(via)
+            for target in graph.get(via, set()):
+                if (high := layer(target)) is None:
+                    todo.append(target)
+                elif high > low:
+                    upward.append(f"{module} -> {via} -> ... {target}")
+    assert upward == []

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from adapters.mentions import read_admin
-from bot import commands, texts
+from bot import commands
 from bot.app import Core
 from bot.config import Settings
+from bot.jobs import texts
 from bot.jobs.relax import EDITS, GENERATIONS, batch_body, batch_line
 from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_prices
 from bot.model.request import Requester

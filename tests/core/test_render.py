@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 from PIL import Image
 
-from bot import metrics, texts
+from bot import metrics
 from bot.errors import ApiRejected, ModerationRefused, ProviderError
+from bot.jobs import texts
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
 from bot.jobs.render import Renderer
 from bot.model.images import load_image

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from bot import texts
 from bot.config import QuotaDefaults
+from bot.jobs import texts
 from bot.jobs.outcomes import JobFailure, JobResult
 from bot.model.pricing import cost_micros, format_usd, load_prices
 from bot.model.request import parse_request

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import pytest
 
-from bot import texts
+from bot.jobs import texts
 from tests.support.platforms import Driver, backdate
 
 CHECK = {"IMAGEBOT_CONFIRM_USD": "0.10"}  # a price check above $0.10: a high 1024x1024 image asks first

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bot import texts
+from bot.jobs import texts
 from tests.fakes.discord import FakeDiscord, reset_discord_endpoints
 from tests.support.discord import (
     EPHEMERAL,

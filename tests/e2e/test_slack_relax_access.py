@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from bot import texts
+from bot.jobs import texts
 from bot.model.pricing import Usage, batch_price, cost_micros, estimate_micros, format_usd, load_prices
 from bot.model.sizes import parse_size
 from bot.store.ledger import OPEN
