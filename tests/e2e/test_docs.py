@@ -55,3 +55,22 @@ def test_a_benchmark_without_the_dependencies_says_what_is_missing_and_how_to_ru
     assert "Traceback" not in run.stderr and "CalledProcessError" not in run.stderr, run.stderr
     [line] = run.stderr.strip().splitlines()
     assert "cannot import openai" in line and ".venv/bin/python -m benchmarks.core" in line, line
+
+
+def test_where_things_live_names_files_that_exist_and_the_code_tree_every_folder() -> None:
+    """README's "Where things live": each file it points to is there (a newcomer's guess lands), and the tree in
+    docs/design.md names every package of bot/ and adapters/."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n## Where things live")
+    table = readme[start : readme.index("\n## ", start + 1)]
+    paths = re.findall(r"`((?:bot|adapters)/[^`]+)`", table)
+    assert len(paths) >= 6, table
+    assert [p for p in paths if not (ROOT / p.removesuffix("...")).exists()] == []
+    tree = (ROOT / "docs" / "design.md").read_text(encoding="utf-8")
+    tree = tree[tree.index("## The code tree") :]
+    packages = [
+        p.parent.relative_to(ROOT / top).parts[-1]
+        for top in ("bot", "adapters")
+        for p in (ROOT / top).glob("*/__init__.py")
+    ]
+    assert [name for name in packages if f"{name}/" not in tree] == []
