@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import functools
@@ -483,18 +484,28 @@ def help_examples() -> list[str]:
     return found
 
 
-def test_every_example_in_a_help_text_runs(tmp_path: Path) -> None:
-    examples = list(dict.fromkeys(help_examples()))  # an example two help texts give runs once
-    assert any("settings" in e and "max_size=2k" in e for e in examples), examples
-    assert any("block" in e for e in examples), examples
-    for n in range(len(examples)):
-        (tmp_path / str(n)).mkdir()
-    side_by_side(
-        [
-            functools.partial(_runs_as_documented, command, tmp_path / str(n))
-            for n, command in enumerate(examples)
-        ]
-    )
+def written_examples() -> list[str]:
+    """The example lines adapters/cli.py gives its help texts (`_examples(...)` and IMAGINE_EXAMPLES), read from
+    its source, so that each can be its own test; test_every_help_text_prints_the_examples_written_for_it checks
+    that these are what `--help` prints."""
+    tree = ast.parse((ROOT / "adapters" / "cli.py").read_text(encoding="utf-8"))
+    found: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "_examples":
+            found += [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+        elif isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "IMAGINE_EXAMPLES" for t in node.targets
+        ):
+            assert isinstance(node.value, ast.Tuple), "IMAGINE_EXAMPLES is a tuple of lines"
+            found += [item.value for item in node.value.elts if isinstance(item, ast.Constant)]
+    return found
+
+
+def test_every_help_text_prints_the_examples_written_for_it() -> None:
+    printed = set(help_examples())
+    assert any("settings" in e and "max_size=2k" in e for e in printed), printed
+    assert any("block" in e for e in printed), printed
+    assert printed == set(written_examples())
 
 
 def readme_commands() -> list[str]:
@@ -517,19 +528,27 @@ def readme_commands() -> list[str]:
     return found
 
 
-def test_every_command_in_the_readme_runs(tmp_path: Path) -> None:
-    commands = list(dict.fromkeys(readme_commands()))  # a command the docs give twice runs once
+def documented_commands() -> list[str]:
+    """Every example a help text gives and every `imagebot` command in the docs, once each; a command named in
+    prose (`imagebot run`, `imagebot quota set`) as its `--help`: it exists."""
+    commands = []
+    for command in [*written_examples(), *readme_commands()]:
+        _, args = _argv(command)
+        if len(args) == 1 or args[:2] in (["quota", "set"], ["quota", "show"]) and len(args) == 2:
+            command = f"{command} --help"
+        commands.append(command)
+    return list(dict.fromkeys(commands))
+
+
+def test_the_docs_give_the_commands_people_start_with() -> None:
+    commands = readme_commands()
     assert any("imagine" in c and "poster.jpg" in c for c in commands), commands  # the quickstart
     bare = [c.removeprefix(".venv/bin/") for c in commands]
     assert any(c.startswith("imagebot quota set") and "daily_usd" in c for c in bare), commands
     assert any(c.startswith("DISCORD_SHARD_COUNT=") and "imagebot run" in c for c in bare), commands  # docs/
-    runs = []
-    for n, command in enumerate(commands):
-        home = tmp_path / str(n)
-        home.mkdir()
-        _, args = _argv(command)
-        if len(args) == 1 or args[:2] in (["quota", "set"], ["quota", "show"]) and len(args) == 2:
-            # A command named in prose (`imagebot quota set` lives in the database): it exists.
-            args, command = [*args, "--help"], f"{command} --help"
-        runs.append(functools.partial(_runs_as_documented, command, home))
-    side_by_side(runs)
+
+
+@pytest.mark.parametrize("command", documented_commands())
+def test_every_documented_command_runs(command: str, tmp_path: Path) -> None:
+    """Each its own test (they spread over the xdist workers), in a folder of its own."""
+    _runs_as_documented(command, tmp_path)
