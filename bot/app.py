@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot import i18n, metrics
+from bot import i18n, lazy, metrics
 from bot.concurrency import Slots
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
@@ -162,6 +162,9 @@ class Core:
                 await offline_server.start()
             base_url = offline_server.base_url
             log.info("offline image server", extra={"base_url": base_url})
+        await asyncio.to_thread(
+            lazy.load, "openai"
+        )  # the SDK's import, most of a second of CPU, off the loop
         renderer = Renderer(
             base_url=base_url,
             api_key=api_key,

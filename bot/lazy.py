@@ -30,3 +30,12 @@ def module(name: str) -> ModuleType:
     sys.modules[name] = lazy
     loader.exec_module(lazy)
     return lazy
+
+
+def load(name: str) -> None:
+    """Finish importing `name` now (its first attribute read runs the import). Called in a thread by whoever is
+    about to need it (`await asyncio.to_thread(lazy.load, "openai")`), so the event loop keeps answering
+    meanwhile, as for any other CPU work."""
+    target = sys.modules.get(name) or module(name)
+    if target.__name__ != name:  # reading any attribute of a lazy module runs its import
+        raise ModuleNotFoundError(f"{name!r} loaded as {target.__name__!r}", name=name)
