@@ -30,6 +30,7 @@ from aiohttp import web
 
 from adapters.console import Files
 from adapters.dashboard import Dashboard
+from adapters.startup import Stopped, until_up
 from bot import metrics
 from bot.app import Core, DatabaseUnavailable
 from bot.config import Settings
@@ -45,7 +46,6 @@ log = logging.getLogger("imagebot.service")
 PROBE_TIMEOUT = 2.0  # seconds /readyz waits for the database's answer
 PROBE_CONNECT_TIMEOUT = 2  # seconds to open the probe's own PostgreSQL connection
 CLOSE_TIMEOUT = 5.0  # seconds an adapter gets to close (a Socket Mode client may be mid-reconnect)
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 15.0  # seconds between start-up attempts: doubling, capped
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,7 +60,7 @@ class Adapter(Protocol):
     def routes(self) -> list[web.RouteDef]: ...
 
     async def start(self, web_app: web.Application | None) -> None:
-        """Log in and connect, retrying outages with backoff (see `backoff`); return once connected (or
+        """Log in and connect, retrying outages with backoff (adapters/startup.py); return once connected (or
         connecting in the background). Raise ConfigError when the platform refuses the token."""
         ...
 
@@ -71,25 +71,6 @@ class Adapter(Protocol):
     def view_for(self, who: Requester, context: dict[str, Any]) -> JobView:
         """A view of a job that began in another life of the bot, from where it lives (relax delivery)."""
         ...
-
-
-def backoff() -> Callable[[], Awaitable[float]]:
-    """`await pause()` sleeps 0.5, 1, 2, 4 ... 15, 15 s and returns how long it slept: start-up retries."""
-    delay = BACKOFF_FIRST
-
-    async def pause() -> float:
-        nonlocal delay
-        slept = delay
-        await asyncio.sleep(slept)
-        delay = min(delay * 2, BACKOFF_MAX)
-        return slept
-
-    return pause
-
-
-def next_delay(attempt: int) -> float:
-    """The pause before start-up attempt `attempt + 1` (same schedule as `backoff`)."""
-    return min(BACKOFF_FIRST * 2 ** max(attempt - 1, 0), BACKOFF_MAX)
 
 
 def build_adapters(core: Core) -> dict[str, Adapter]:
@@ -401,20 +382,20 @@ async def run(settings: Settings) -> int:
 
 async def _open_core(settings: Settings, service: Service, stop: asyncio.Event) -> Core | None:
     """Core.start, again and again while the database does not answer (DatabaseUnavailable: no such host yet,
-    connection refused), with backoff and one log line per attempt; None if `stop` comes first. A
-    configuration error (a refused password, a bad path) is raised: one line, exit 2."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await Core.start(settings)
-        except DatabaseUnavailable as exc:
-            delay = next_delay(attempt)
-            service.database = f"connecting (attempt {attempt}): {exc}"
-            log.warning(
-                "database not reachable; retrying",
-                extra={"error": str(exc), "attempt": attempt, "retry_in_s": delay},
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-            return None
+    connection refused), with backoff and one log line per attempt (adapters/startup.py); None if `stop` comes
+    first. A configuration error (a refused password, a bad path) is raised: one line, exit 2."""
+
+    def outage(exc: Exception) -> str | None:
+        return str(exc) if isinstance(exc, DatabaseUnavailable) else None
+
+    def retrying(reason: str, attempt: int, delay: float) -> None:
+        service.database = f"connecting (attempt {attempt}): {reason}"
+        log.warning(
+            "database not reachable; retrying",
+            extra={"error": reason, "attempt": attempt, "retry_in_s": delay},
+        )
+
+    try:
+        return await until_up(lambda: Core.start(settings), outage, retrying, stop=stop)
+    except Stopped:
+        return None

@@ -552,6 +552,32 @@ class Core:
             if f.size is not None and f.size > MAX_FILE_BYTES:
                 raise too_large(f.name)
 
+    async def from_message(
+        self,
+        who: Requester,
+        view: JobView,
+        text: str,
+        files: Sequence[Attachment],
+        *,
+        base: Callable[[], Awaitable[ImageInput | None]] | None = None,
+        base_known: bool = False,
+    ) -> JobResult | JobFailure | None:
+        """A message that asks for an image, as plain data (docs/rules.md §2): a mention with its attachments (a
+        new image, or a fusion of them), or a reply to one of the bot's images (an edit of `base`, put first).
+        The one order on every platform, so that nothing is downloaded that could only be refused: the place
+        and person rules; then the attachments that are images, counted (with `base` when `base_known`: it is
+        sure to exist; an image the platform may not find is not counted) and each declared size checked; only
+        then `base()` and the attachments are fetched and decoded; then the request is parsed and submitted.
+        A refusal before the job is a UserError (the adapter tells the requester privately); `files`' fetches
+        raise UserError in the platform's own words."""
+        await self.may_render(who, view)  # before any download: a refusal costs nothing at all
+        images = [f for f in files if is_image_attachment(f.name, f.mime)]
+        self.check_attachments(text, images, base=base_known)  # counted, sizes checked: before any download
+        first = await base() if base is not None else None
+        references, mask = await decode_attachments(images, base=first, slot=self.downloading)
+        request = await self.parse_for(who, text, references, mask)
+        return await self.submit(request, who, view)
+
     def is_operator(self, who: Requester) -> bool:
         """An operator (IMAGEBOT_ADMINS; whoever runs the console or the CLI): bot/policy/access.py's rule."""
         return self.access.is_operator(who)
@@ -583,11 +609,13 @@ def is_mask_name(name: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class Attachment:
     """A file attached to a message, before any download: its name, the size its platform declares (None if it
-    declares none), and how to fetch its bytes (the adapter's download, which takes a `Core.downloading` slot)."""
+    declares none), how to fetch its bytes (the adapter's download, which takes a `Core.downloading` slot) and
+    its declared type (None if none: `is_image_attachment` then goes by the name)."""
 
     name: str
     size: int | None
     fetch: Callable[[], Awaitable[bytes]]
+    mime: str | None = None
 
 
 async def decode_attachments(

@@ -28,6 +28,7 @@ from bot.jobs import texts
 from bot.model.request import ImageRequest, Requester
 from bot.store.ledger import Interrupted
 
+from ..tasks import Tasks
 from .client import make_client
 from .images import Images
 from .listeners import Listeners
@@ -76,7 +77,7 @@ class DiscordAdapter:
         # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
         self.refusal_lifetime = 60.0
         self._recent: OrderedDict[int, None] = OrderedDict()  # interaction ids answered here (replays)
-        self._records: set[asyncio.Task[Any]] = set()
+        self._records = Tasks(log, "could not record an interaction id", logging.WARNING)
         self.state = "logging in"  # why not connected yet, for /readyz
 
     # -- start-up (ops: retried with backoff; a refused token is fatal) ----------------------------------
@@ -133,15 +134,8 @@ class DiscordAdapter:
         self._recent[interaction.id] = None
         while len(self._recent) > RECENT_INTERACTIONS:
             self._recent.popitem(last=False)
-        record = asyncio.create_task(self.core.first_time(f"discord:interaction:{interaction.id}"))
-        self._records.add(record)
-        record.add_done_callback(self._recorded)
+        self._records.spawn(self.core.first_time(f"discord:interaction:{interaction.id}"))
         return True
-
-    def _recorded(self, task: asyncio.Task[Any]) -> None:
-        self._records.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not record an interaction id", exc_info=task.exception())
 
     async def answer(
         self, interaction: discord.Interaction[Any], *, thinking: bool = True, private: bool = False

@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import discord
 import yarl
 from discord import app_commands
@@ -22,7 +21,7 @@ from bot.errors import ConfigError, UserError
 from bot.policy.access import UNCHECKABLE
 from bot.store.settings import Settings
 
-from ..service import backoff
+from ..startup import unreachable, until_up
 from .commands import install
 from .components import ActionButton, CancelButton, PriceCheckButton
 from .localizations import CommandTranslator
@@ -75,31 +74,29 @@ class Client(ext.Bot):
         """Not a Bot's prefix commands (the bot has none): messages are for the listeners (listeners.py)."""
 
     async def log_in(self, token: str, retrying: Callable[[str], None]) -> None:
-        """Log in over REST. An outage (no DNS, connection refused, a 5xx) is retried with backoff, one log line
-        and one `retrying(why)` each; a token Discord refuses raises ConfigError (one line, exit 2)."""
-        pause = backoff()
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await self.login(token)
-                return
-            except discord.LoginFailure:
+        """Log in over REST (adapters/startup.py). An outage (no DNS, connection refused, a 5xx) is retried with
+        backoff, one log line and one `retrying(why)` each; a token Discord refuses raises ConfigError (one line,
+        exit 2)."""
+
+        def outage(exc: Exception) -> str | None:
+            if isinstance(exc, discord.LoginFailure):
                 raise ConfigError("DISCORD_TOKEN was refused by Discord (401 Unauthorized)") from None
-            except discord.HTTPException as exc:
+            if isinstance(exc, discord.HTTPException):
                 if exc.status < 500:
                     raise ConfigError(
                         f"Discord refused the login at DISCORD_API_URL: HTTP {exc.status} {exc.text}"[:300]
                     ) from None
-                reason = f"Discord answered HTTP {exc.status}"
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+                return f"Discord answered HTTP {exc.status}"
+            return unreachable(exc)
+
+        async def again(reason: str, attempt: int, _delay: float) -> None:
             retrying(f"login failed: {reason} (attempt {attempt}); retrying")
             log.warning("discord login: retrying", extra={"error": reason, "attempt": attempt})
             # login() opened a session of its own: close it, and let the next attempt make a new connector.
             await self.http.close()
             self.http.connector = MISSING
-            await pause()
+
+        await until_up(lambda: self.login(token), outage, again)
 
     async def sync_commands(self, store: Settings, guild_ids: Sequence[int], *, force: bool = False) -> int:
         """Sync the commands (per guild when DISCORD_GUILD_IDS is set: instant; else globally: can take an hour

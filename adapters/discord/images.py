@@ -49,7 +49,10 @@ class Images:
 
     def attachments(self, attachments: Sequence[discord.Attachment]) -> list[Attachment]:
         """The core's view of attachments: name, size, and how to download each (not yet)."""
-        return [Attachment(a.filename, a.size, functools.partial(self.download, a)) for a in attachments]
+        return [
+            Attachment(a.filename, a.size, functools.partial(self.download, a), a.content_type)
+            for a in attachments
+        ]
 
     async def decode(self, attachment: discord.Attachment) -> ImageInput:
         data = await self.download(attachment)

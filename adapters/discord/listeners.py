@@ -4,6 +4,7 @@ mentions the bot is an edit of that image, and the Edit button's form comes back
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
 from typing import TYPE_CHECKING, Any, cast
@@ -11,10 +12,9 @@ from typing import TYPE_CHECKING, Any, cast
 import discord
 from discord.ext import commands as ext
 
-from bot.app import decode_attachments
 from bot.errors import UserError
 from bot.i18n import ENGLISH, say, translate
-from bot.model.request import ImageRequest, Requester
+from bot.model.request import Requester
 
 from .components import EDIT_FORM_PREFIX, form_value
 from .images import is_image
@@ -74,12 +74,13 @@ class Listeners(ext.Cog):
                 place=str(message.channel.id),
                 locale=locale,
             )
-            await self.core.may_render(who, view)  # before any download: a refusal costs nothing at all
-            request = await self._request(message, image, who, text)
+            # The edit: the replied-to image as the base (sure to exist: counted), the reply's images as references.
+            images = self.adapter.images
+            base = functools.partial(images.decode, image)
+            files = images.attachments(message.attachments)
+            await self.core.from_message(who, view, text, files, base=base, base_known=True)
         except UserError as exc:  # this path has no interaction: a DM is the private word
             await tell(exc.text, None)
-            return
-        await self.core.submit(request, who, view)
 
     @staticmethod
     async def _our_image_replied_to(
@@ -101,17 +102,6 @@ class Listeners(ext.Cog):
         # Not about an image we made (a usage chart is not one): nothing.
         image = next((a for a in target.attachments if is_image(a) and a.filename.startswith("image-")), None)
         return image if target.author.id == me.id else None
-
-    async def _request(
-        self, message: discord.Message, image: discord.Attachment, who: Requester, text: str
-    ) -> ImageRequest:
-        """The edit the reply asks for: the replied-to image as the base, the reply's images as references."""
-        images = self.adapter.images
-        files = images.attachments([a for a in message.attachments if is_image(a)])
-        self.core.check_attachments(text, files, base=True)  # counted, sizes checked: before any download
-        base = await images.decode(image)
-        references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
-        return await self.core.parse_for(who, text, references, mask)
 
     def _teller(self, message: discord.Message, locale: str) -> Tell:
         """How the reply's author is told something: a refusal privately (by DM), a price check in a reply."""

@@ -21,6 +21,7 @@ from bot.jobs import texts
 from bot.model.request import Requester
 from bot.store.ledger import Interrupted
 
+from ..tasks import Tasks
 from . import middleware
 from .actions import Actions
 from .blocks import escape, message_link
@@ -65,7 +66,7 @@ class SlackAdapter:
             ignoring_self_events_enabled=True,
         )
         self.budget = TokenBucket(per_second=UPDATES_PER_MINUTE / 60, burst=10)
-        self.tasks: set[asyncio.Task[Any]] = set()
+        self.tasks = Tasks(log, "slack task failed")  # the work after the acks
         self.bot_user_id: str | None = None
         self.bot_id: str | None = None
         self.mention: re.Pattern[str] | None = None  # <@BOT_USER_ID> (or <@BOT_USER_ID|name>), once known
@@ -150,10 +151,7 @@ class SlackAdapter:
     def spawn(self, coro: Any, asker: Privately | None = None) -> asyncio.Task[Any]:
         """Work done after the ack; kept so shutdown can wait for it. The one place a UserError (a bad flag,
         an image we cannot read, ...) becomes a reply that only `asker` sees."""
-        task = asyncio.create_task(self._privately(coro, asker) if asker is not None else coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._finished)
-        return task
+        return self.tasks.spawn(self._privately(coro, asker) if asker is not None else coro)
 
     @staticmethod
     async def _privately(coro: Any, asker: Privately) -> None:
@@ -162,11 +160,6 @@ class SlackAdapter:
             await coro
         except UserError as exc:
             await asker.tell(exc.text)
-
-    def _finished(self, task: asyncio.Task[Any]) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("slack task failed", exc_info=task.exception())
 
     async def language(self, who: Requester) -> str:
         """The language to speak to `who` in: their own setting, else their Slack locale, else English

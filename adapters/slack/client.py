@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.errors import ConfigError
 
-from ..service import backoff
+from ..startup import unreachable, until_up
 
 log = logging.getLogger("imagebot.slack")
 
@@ -84,22 +84,20 @@ def web_client(token: str, base_url: str, http: aiohttp.ClientSession) -> AsyncW
 async def until_answered(
     method: str, token_name: str, call: Callable[[], Awaitable[Any]], waiting: Callable[[str], None]
 ) -> Any:
-    """`call()` (a Web API method) until Slack answers it: a refused token is a ConfigError naming `token_name`
-    (one line, exit 2); anything else (no answer, 5xx, an error that may pass) is logged (one line), told to
-    `waiting` (for /readyz) and tried again with backoff."""
-    pause = backoff()
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return await call()
-        except SlackApiError as exc:
+    """`call()` (a Web API method) until Slack answers it (adapters/startup.py): a refused token is a ConfigError
+    naming `token_name` (one line, exit 2); anything else (no answer, 5xx, an error that may pass) is logged (one
+    line), told to `waiting` (for /readyz) and tried again with backoff."""
+
+    def outage(exc: Exception) -> str | None:
+        if isinstance(exc, SlackApiError):
             error = str(exc.response.get("error") or exc.response.status_code)
             if error in REFUSED_TOKEN_ERRORS:
                 raise ConfigError(f"{token_name} was refused by Slack ({method}: {error})") from None
-            reason = f"Slack answered {method} with {error}"
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            reason = f"{method} failed: {type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+            return f"Slack answered {method} with {error}"
+        return unreachable(exc, f"{method} failed: ")
+
+    def retrying(reason: str, attempt: int, _delay: float) -> None:
         waiting(f"{reason} (attempt {attempt}); retrying")
         log.warning("slack start-up: retrying", extra={"error": reason, "attempt": attempt})
-        await pause()
+
+    return await until_up(call, outage, retrying)

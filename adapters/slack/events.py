@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from slack_bolt.app.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 
 from bot import commands
-from bot.app import Attachment, decode_attachments, is_image_attachment
+from bot.app import Attachment, is_image_attachment
 from bot.errors import UserError
 from bot.i18n import msg
 from bot.model.images import ImageInput, load_image
@@ -27,6 +28,7 @@ from .middleware import Once, PeopleOnly
 from .view import Privately, SlackJobView
 
 log = logging.getLogger("imagebot.slack")
+T = TypeVar("T")
 
 
 class Events(Listeners):
@@ -61,28 +63,40 @@ class Events(Listeners):
             return
         thread_ts = event.get("thread_ts")
         view = SlackJobView(self.slack, asker, thread_ts=thread_ts or ts)
-        # The place and person rules before reading the thread or downloading files that could only be refused.
-        await self.core.may_render(asker.who, view)
         assert self.slack.mention is not None  # _mentions_me() let it through
         text = self.slack.mention.sub("", event.get("text") or "").strip()
         files = [
             Attachment(
-                f.get("name") or "image", f.get("size"), functools.partial(self.slack.files.download, f)
+                f.get("name") or "image",
+                f.get("size"),
+                self._read(channel, functools.partial(self.slack.files.download, f)),
+                f.get("mimetype"),
             )
             for f in event.get("files") or []
-            if is_image_attachment(f.get("name"), f.get("mimetype"))
         ]
-        self.core.check_attachments(text, files)  # counted, sizes checked: before any download
-        try:
-            base = await self._thread_base(channel, thread_ts) if thread_ts else None
-            references, mask = await decode_attachments(files, base=base, slot=self.core.downloading)
-        except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:  # nothing is reserved yet
-            log.warning(
-                "slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True
-            )
-            raise UserError(msg("slack.cannot_read_message", why=why_not(exc))) from None
-        request = await self.core.parse_for(asker.who, text, references, mask)
-        await self.core.submit(request, asker.who, view)
+        base = (
+            self._read(channel, functools.partial(self._thread_base, channel, thread_ts))
+            if thread_ts
+            else None
+        )
+        # The thread's image is not counted before the download: the thread may have none.
+        await self.core.from_message(asker.who, view, text, files, base=base)
+
+    @staticmethod
+    def _read(channel: str, fetch: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+        """`fetch` (a file's download, the thread's image), with Slack's failure told to the requester in a few
+        words (nothing is reserved yet) and logged."""
+
+        async def read() -> T:
+            try:
+                return await fetch()
+            except (SlackApiError, aiohttp.ClientError, TimeoutError) as exc:
+                log.warning(
+                    "slack message not read", extra={"channel": channel, "error": why_not(exc)}, exc_info=True
+                )
+                raise UserError(msg("slack.cannot_read_message", why=why_not(exc))) from None
+
+        return read
 
     async def _thread_base(self, channel: str, thread_ts: str) -> ImageInput | None:
         """The bot's latest image in the thread, or None if the thread has none."""
