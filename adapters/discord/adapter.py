@@ -70,7 +70,7 @@ class DiscordAdapter:
         # Deadlines for one Discord call of a job (discord.py's own is aiohttp's 5 minutes): Discord answers
         # a message in well under a second, so past `post_timeout` the progress message counts as failed (and
         # the job is released); an upload of up to 100 MiB gets longer.
-        self.post_timeout = 30.0
+        self.post_timeout: float = 30.0
         self.upload_timeout = 300.0
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
         # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.

@@ -15,7 +15,7 @@ from bot.errors import UserError
 from bot.i18n import msg
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 Ix = discord.Interaction[Any]
 
@@ -58,7 +58,7 @@ class AdminCommands(
     """`/imagine-admin`, one subcommand per verb (docs/rules.md §10), each with typed options for its target (user,
     role, channel) and text for the rest, and hands the core an `AdminRequest`, answered privately."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         super().__init__()
         self.adapter = adapter
 

@@ -25,7 +25,7 @@ from .components import EditModal
 from .images import is_image
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 SIZE_SUGGESTIONS = ("auto", "1k", "2k", "4k", *(f"{w}x{h}" for w, h in KNOWN_SIZES))
 DEFAULT_CHOICE = "default"  # a /imagine-settings choice that clears the setting
@@ -33,7 +33,7 @@ QUALITY_CHOICES = [app_commands.Choice(name=q, value=q) for q in QUALITIES]
 FORMAT_CHOICES = [app_commands.Choice(name=f, value=f) for f in FORMATS]
 
 
-async def install(client: ext.Bot, adapter: DiscordAdapter) -> None:
+async def install(client: ext.Bot, adapter: AdapterSide) -> None:
     """The bot's commands on `client`'s tree, in the order they are sent to Discord."""
     cog = ImageCommands(adapter)
     await client.add_cog(cog)
@@ -83,7 +83,7 @@ class ImageCommands(ext.Cog):
     them (a context menu cannot be a cog's method in discord.py: it is made here, and `install` puts it on the
     tree)."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         self.adapter = adapter
         self.edit_menu = app_commands.guild_only(
             app_commands.ContextMenu(name="Edit image", callback=self.edit_image)

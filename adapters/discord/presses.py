@@ -17,7 +17,7 @@ from .components import ActionEditForm
 from .images import ClickedMessage
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 log = logging.getLogger("imagebot.discord")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("imagebot.discord")
 class Presses:
     """The handlers the buttons of components.py call, for one adapter."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         self.adapter = adapter
         self.core = adapter.core
 
