@@ -10,7 +10,9 @@ is the core's.
 - components.py: how messages look and the buttons and forms they carry; presses.py: what a press does;
 - listeners.py: gateway events (a reply that edits an image, the Edit button's form);
 - view.py: how a job is shown, progressed and delivered; images.py: downloads, and our images found again;
-- text.py: Discord's message text (escaping, length, mentions) and its errors in words.
+- text.py: Discord's message text (escaping, length, mentions) and its errors in words;
+- parts.py: what the parts above ask of the adapter (`AdapterSide`, a protocol): the adapter builds its parts
+  and hands itself in, and no part imports adapter.py.
 """
 
 from .adapter import DiscordAdapter, sync_now
