@@ -2,8 +2,9 @@
 (docs/rules.md §2, Discord). Everything that is not Discord-specific (parsing, quotas, the API call, the ledger)
 is the core's.
 
-- adapter.py: `DiscordAdapter`, what `imagebot run` starts, and what every interaction needs (who asked, the
-  answer within 3 s, a private word, the job's view);
+- adapter.py: `DiscordAdapter`, what `imagebot run` starts, and what an interaction needs of it (answered once,
+  a private word, the job's view); interactions.py: what reads only the interaction (who asked, the answer
+  within 3 s, its language, links);
 - client.py: the discord.py client and its command tree (gateway, shards, login, command sync, threads);
 - commands.py: the members' slash commands (a cog) and the "Edit image" message command; admin.py:
   `/imagine-admin` (a Group); localizations.py: their names and descriptions in the reader's language;

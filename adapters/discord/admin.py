@@ -14,6 +14,8 @@ from bot.commands import AdminRequest, Target
 from bot.errors import UserError
 from bot.i18n import msg
 
+from .interactions import answer_command
+
 if TYPE_CHECKING:
     from .parts import AdapterSide
 
@@ -64,7 +66,7 @@ class AdminCommands(
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         """Every subcommand is answered at once, privately ("thinking": only the caller sees what follows)."""
-        return await self.adapter.answer_command(interaction, private=True)
+        return await answer_command(self.adapter.core, interaction, private=True)
 
     @app_commands.command(description="Set limits for a user, a channel, or (neither given) the whole server")
     @app_commands.describe(
