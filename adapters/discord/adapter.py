@@ -1,6 +1,8 @@
 """`DiscordAdapter`: the Discord side of `imagebot run`. It builds the client, its commands, listeners and button
-handlers, starts and stops them, and holds what every interaction needs: who asked and in which channel's
-rules, in which language to answer, a private word to the requester, and the job view that shows their job."""
+handlers, handing itself in (they know it as parts.py's `AdapterSide`), starts and stops them, and holds what
+an interaction needs of it: answered once, who asked under which channel's rules (asking Discord where it must),
+a private word to the requester, and the job view that shows their job (interactions.py: what reads only the
+interaction)."""
 
 from __future__ import annotations
 
@@ -8,15 +10,13 @@ import asyncio
 import contextlib
 import io
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import discord
 from aiohttp import web
-from discord import app_commands
 from discord.utils import MISSING
 
 from bot import commands
@@ -31,6 +31,7 @@ from bot.store.ledger import Interrupted
 from ..tasks import Tasks
 from .client import make_client
 from .images import Images
+from .interactions import BORN, language, original, who
 from .listeners import Listeners
 from .presses import Presses
 from .text import NO_PINGS, clip, escape, pings
@@ -40,7 +41,6 @@ log = logging.getLogger("imagebot.discord")
 
 RECENT_INTERACTIONS = 10_000  # interaction ids remembered for replays (Discord replays within a session)
 DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
-BORN, DEFERRED = "imagebot:born", "imagebot:deferred"  # what `answer` keeps in an interaction's extras
 
 
 class DiscordAdapter:
@@ -71,7 +71,7 @@ class DiscordAdapter:
         # Deadlines for one Discord call of a job (discord.py's own is aiohttp's 5 minutes): Discord answers
         # a message in well under a second, so past `post_timeout` the progress message counts as failed (and
         # the job is released); an upload of up to 100 MiB gets longer.
-        self.post_timeout = 30.0
+        self.post_timeout: float = 30.0
         self.upload_timeout = 300.0
         self.upload_limit: int | None = None  # override the guild's upload limit (bytes)
         # A refusal on the reply path to someone whose DMs are closed is a reply deleted after this long.
@@ -137,29 +137,6 @@ class DiscordAdapter:
         self._records.spawn(self.core.first_time(f"discord:interaction:{interaction.id}"))
         return True
 
-    async def answer(
-        self, interaction: discord.Interaction[Any], *, thinking: bool = True, private: bool = False
-    ) -> None:
-        """Answer within Discord's 3 seconds, before any other work: "thinking" (a loading message, the job's
-        own message later; `private`: only the requester sees it), or silently (`thinking=False`: a button
-        whose message stays as it is). Work after an answer waits until a burst of them has gone out."""
-        interaction.extras[BORN] = time.monotonic()  # the interaction token lives 15 minutes from about now
-        async with self.core.acking():
-            interaction.extras[DEFERRED] = await interaction.response.defer(
-                thinking=thinking, ephemeral=private
-            )
-        await self.core.calm()
-
-    async def answer_command(self, interaction: discord.Interaction[Any], *, private: bool) -> bool:
-        """The `interaction_check` of a command answered with "thinking": the answer comes before its options
-        are read or its callback runs. A failure to answer is the command's, for the tree's `on_error`."""
-        try:
-            await self.answer(interaction, private=private)
-        except Exception as exc:
-            command = cast(app_commands.Command[Any, ..., Any], interaction.command)
-            raise app_commands.CommandInvokeError(command, exc) from exc
-        return True
-
     async def on_error(self, interaction: discord.Interaction[Any], error: BaseException) -> None:
         """The one place a UserError (a bad option, an image we cannot read, a quota) from a command, a form
         or a button becomes a reply only the requester sees; anything else is logged."""
@@ -168,30 +145,14 @@ class DiscordAdapter:
         else:
             log.error("discord interaction failed", exc_info=error)
 
-    async def language(self, interaction: discord.Interaction[Any]) -> str:
-        """The language to answer this interaction in: the user's own setting, else the locale of their
-        Discord client (`interaction.locale`), else English (bot/i18n.py `language_for`)."""
-        locale = getattr(interaction, "locale", None)
-        return await self.core.language(self.who(interaction), getattr(locale, "value", locale))
-
-    @staticmethod
-    def who(interaction: discord.Interaction[Any]) -> Requester:
-        """Who asked, and the channel whose rules and budget apply: a thread's or forum post's parent (the
-        interaction's `channel` object carries its `parent_id`), else the channel itself."""
-        channel = interaction.channel
-        rules = channel.parent_id if isinstance(channel, discord.Thread) else interaction.channel_id
-        return Requester(
-            "discord", str(interaction.guild_id or ""), str(rules or ""), str(interaction.user.id)
-        )
-
     async def requester(self, interaction: discord.Interaction[Any]) -> Requester:
         """`who`, also for a channel discord.py could not type (a PartialMessageable): asked of Discord, so a
         thread never escapes its parent's rules. UserError if that cannot be read."""
-        who = self.who(interaction)
+        asker = who(interaction)
         channel = interaction.channel
         if isinstance(channel, discord.PartialMessageable):
-            who = replace(who, channel=await self.client.rules_channel(channel, self.post_timeout))
-        return who
+            asker = replace(asker, channel=await self.client.rules_channel(channel, self.post_timeout))
+        return asker
 
     def upload_limit_for(self, interaction: discord.Interaction[Any] | None, guild_id: int | None) -> int:
         """The upload limit: our override, else what the interaction says, else the guild's boost tier."""
@@ -210,25 +171,10 @@ class DiscordAdapter:
         """A command's answer from the core (`make`), after `answer`: privately if the reply says so."""
         reply = await make(await self.requester(interaction))
         file = discord.File(io.BytesIO(reply.chart), "usage.png") if reply.chart else MISSING
-        text = translate(reply.text, await self.language(interaction))
+        text = translate(reply.text, await language(self.core, interaction))
         await interaction.followup.send(
             clip(escape(text)), file=file, ephemeral=reply.private, allowed_mentions=NO_PINGS
         )
-
-    @staticmethod
-    def linker(interaction: discord.Interaction[Any]) -> Callable[[dict[str, Any]], str | None]:
-        """A job's message on this server (where its images are, else its progress message), for cards."""
-        guild = interaction.guild_id
-
-        def link(where: dict[str, Any]) -> str | None:
-            images = [i for i in where.get("images") or [] if i.get("message_id")]
-            place = images[0] if images else where
-            channel, message = place.get("channel_id"), place.get("message_id")
-            if not (guild and str(channel or "").isdigit() and str(message or "").isdigit()):
-                return None
-            return f"https://discord.com/channels/{guild}/{channel}/{message}"
-
-        return link
 
     async def tell_privately(
         self, interaction: discord.Interaction[Any], text: str, view: discord.ui.View | None = None
@@ -236,7 +182,7 @@ class DiscordAdapter:
         """Only the requester sees `text` (and `view`'s buttons). After a public "thinking" defer the first
         follow-up would replace the loading message in public, whatever its flags: so end that message first,
         then follow up ephemerally. `text` is said in the requester's language."""
-        text = translate(text, await self.language(interaction))
+        text = translate(text, await language(self.core, interaction))
         buttons = view if view is not None else MISSING
         if not interaction.response.is_done():
             await interaction.response.send_message(
@@ -259,18 +205,8 @@ class DiscordAdapter:
 
     async def submit(self, interaction: discord.Interaction[Any], request: ImageRequest) -> None:
         """One job shown in the interaction's response (its original message anchors the replies)."""
-        view = await self.job_view(interaction, await self.original(interaction))
+        view = await self.job_view(interaction, await original(interaction))
         await self.core.submit(request, view.who, view)
-
-    @staticmethod
-    async def original(interaction: discord.Interaction[Any]) -> int | None:
-        """The id of the interaction's response message (the "thinking" one `answer` made)."""
-        deferred = interaction.extras.get(DEFERRED)
-        original = deferred.message_id if deferred is not None else None
-        if original is None:  # the callback answer did not say: ask
-            with contextlib.suppress(Exception):
-                original = (await interaction.original_response()).id
-        return original
 
     async def job_view(self, interaction: discord.Interaction[Any], anchor: int | None) -> DiscordJobView:
         """A job shown in the interaction's response; replies past its token's life go to `anchor`."""
@@ -283,7 +219,7 @@ class DiscordAdapter:
             anchor=anchor,
             person=interaction.user,
             place=str(interaction.channel_id or ""),
-            locale=await self.language(interaction),
+            locale=await language(self.core, interaction),
         )
 
     # -- bot.jobs.actions.ImageStore: where a finished job's images live --------------------------------

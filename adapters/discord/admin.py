@@ -14,8 +14,10 @@ from bot.commands import AdminRequest, Target
 from bot.errors import UserError
 from bot.i18n import msg
 
+from .interactions import answer_command
+
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 Ix = discord.Interaction[Any]
 
@@ -58,13 +60,13 @@ class AdminCommands(
     """`/imagine-admin`, one subcommand per verb (docs/rules.md §10), each with typed options for its target (user,
     role, channel) and text for the rest, and hands the core an `AdminRequest`, answered privately."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         super().__init__()
         self.adapter = adapter
 
     async def interaction_check(self, interaction: discord.Interaction[Any], /) -> bool:
         """Every subcommand is answered at once, privately ("thinking": only the caller sees what follows)."""
-        return await self.adapter.answer_command(interaction, private=True)
+        return await answer_command(self.adapter.core, interaction, private=True)
 
     @app_commands.command(description="Set limits for a user, a channel, or (neither given) the whole server")
     @app_commands.describe(

@@ -28,7 +28,7 @@ from .localizations import CommandTranslator
 from .text import NO_PINGS, describe
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 log = logging.getLogger("imagebot.discord")
 
@@ -39,7 +39,7 @@ class Client(ext.Bot):
     """discord.py's client (a `Bot`, for its cogs: the bot has no prefix commands), pointed at DISCORD_API_URL's
     gateway, carrying the adapter its handlers answer to."""
 
-    def __init__(self, adapter: DiscordAdapter, **shards: Any) -> None:
+    def __init__(self, adapter: AdapterSide, **shards: Any) -> None:
         # No message cache: replies carry the message they answer, and a cache of our own progress messages
         # would only be kept up to date (parsed, then collected) on every edit.
         # Only the events the bot uses: guilds (and their channels) and guild messages (replies that edit an
@@ -182,7 +182,7 @@ class ShardedClient(Client, ext.AutoShardedBot):
     identifying as [id, count], so Discord sends it only the events of the guilds on that shard."""
 
 
-def make_client(adapter: DiscordAdapter, count: int | None, ids: Sequence[int]) -> Client:
+def make_client(adapter: AdapterSide, count: int | None, ids: Sequence[int]) -> Client:
     """Unsharded (one connection, as Discord expects of a small bot) unless DISCORD_SHARD_COUNT is set; then
     the shards DISCORD_SHARD_IDS names, or all of them."""
     if count is None:

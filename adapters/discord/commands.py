@@ -23,9 +23,10 @@ from bot.policy import preferences
 from .admin import AdminCommands
 from .components import EditModal
 from .images import is_image
+from .interactions import answer, answer_command, language, linker
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 SIZE_SUGGESTIONS = ("auto", "1k", "2k", "4k", *(f"{w}x{h}" for w, h in KNOWN_SIZES))
 DEFAULT_CHOICE = "default"  # a /imagine-settings choice that clears the setting
@@ -33,7 +34,7 @@ QUALITY_CHOICES = [app_commands.Choice(name=q, value=q) for q in QUALITIES]
 FORMAT_CHOICES = [app_commands.Choice(name=f, value=f) for f in FORMATS]
 
 
-async def install(client: ext.Bot, adapter: DiscordAdapter) -> None:
+async def install(client: ext.Bot, adapter: AdapterSide) -> None:
     """The bot's commands on `client`'s tree, in the order they are sent to Discord."""
     cog = ImageCommands(adapter)
     await client.add_cog(cog)
@@ -83,7 +84,7 @@ class ImageCommands(ext.Cog):
     them (a context menu cannot be a cog's method in discord.py: it is made here, and `install` puts it on the
     tree)."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         self.adapter = adapter
         self.edit_menu = app_commands.guild_only(
             app_commands.ContextMenu(name="Edit image", callback=self.edit_image)
@@ -97,8 +98,8 @@ class ImageCommands(ext.Cog):
         """Every command here is answered at once, before its options are read: "thinking", only for the
         requester where the command's extras say `private` (its answer is theirs alone)."""
         command = interaction.command
-        return await self.adapter.answer_command(
-            interaction, private=bool(command and command.extras.get("private"))
+        return await answer_command(
+            self.core, interaction, private=bool(command and command.extras.get("private"))
         )
 
     @member_command("imagine", "Make an image with gpt-image-2 (attach references to edit)")
@@ -177,13 +178,13 @@ class ImageCommands(ext.Cog):
             return
 
         async def submit(interaction: discord.Interaction[Any], instruction: str) -> None:
-            await self.adapter.answer(interaction)
+            await answer(self.core, interaction)
             who = await self.adapter.requester(interaction)
             request = await self.core.parse_for(who, instruction, [await self.adapter.images.decode(image)])
             await self.adapter.submit(interaction, request)
 
-        language = await self.adapter.language(interaction)
-        await self.adapter.presses.open_form(interaction, EditModal(submit, language))
+        locale = await language(self.core, interaction)
+        await self.adapter.presses.open_form(interaction, EditModal(submit, locale))
 
     @member_command("imagine-usage", "This channel's image usage and spend, with a chart")
     @app_commands.describe(days="How many days back (default 30)")
@@ -238,7 +239,7 @@ class ImageCommands(ext.Cog):
     @member_command("imagine-info", "A job's card: prompt, settings, cost (only you see it)", private=True)
     @app_commands.describe(job="N from /imagine-history (1: your latest), or a job id")
     async def info(self, interaction: discord.Interaction[Any], job: str = "1") -> None:
-        admin, link = bool(interaction.permissions.manage_guild), self.adapter.linker(interaction)
+        admin, link = bool(interaction.permissions.manage_guild), linker(interaction)
         await self.adapter.reply(
             interaction, lambda who: commands.info(self.core, who, job, platform_admin=admin, link=link)
         )
@@ -248,7 +249,7 @@ class ImageCommands(ext.Cog):
     async def history(
         self, interaction: discord.Interaction[Any], count: app_commands.Range[int, 1, 50] = 10
     ) -> None:
-        link = self.adapter.linker(interaction)
+        link = linker(interaction)
         await self.adapter.reply(
             interaction, lambda who: commands.my_history(self.core, who, str(count), link=link)
         )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import Any, Self, cast
 
 import discord
 
@@ -22,11 +22,8 @@ from bot.jobs import actions, texts
 from bot.jobs.actions import Kind
 from bot.jobs.outcomes import Progress
 
+from .parts import adapter_of
 from .text import clip, escape, quote
-
-if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
-    from .client import Client
 
 log = logging.getLogger("imagebot.discord")
 
@@ -41,11 +38,6 @@ MAX_LABEL = 80
 # Rows of a finished job's buttons by kind (Re-roll leads the Vary row), when one row cannot hold them all.
 ROW_KINDS = ((Kind.REROLL, Kind.VARY), (Kind.UPSCALE,), (Kind.EDIT,), (Kind.REMOVE,))
 STYLES = {Kind.REROLL: discord.ButtonStyle.primary, Kind.REMOVE: discord.ButtonStyle.danger}
-
-
-def adapter_of(interaction: discord.Interaction[Any]) -> DiscordAdapter:
-    """The adapter whose client received `interaction` (client.py's client carries it)."""
-    return cast("Client", interaction.client).adapter
 
 
 def progress_text(progress: Progress, locale: str = ENGLISH) -> str:

@@ -22,7 +22,7 @@ from .text import NO_PINGS, clip, describe, escape
 from .view import DiscordJobView, Tell
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 log = logging.getLogger("imagebot.discord")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("imagebot.discord")
 class Listeners(ext.Cog):
     """`on_message` (reply-to-edit) and `on_interaction` (the Edit button's form), for one adapter."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         self.adapter = adapter
         self.core = adapter.core
 

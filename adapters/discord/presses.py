@@ -15,9 +15,10 @@ from bot.jobs.actions import Kind
 
 from .components import ActionEditForm
 from .images import ClickedMessage
+from .interactions import answer, language, original, who
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 log = logging.getLogger("imagebot.discord")
 
@@ -25,7 +26,7 @@ log = logging.getLogger("imagebot.discord")
 class Presses:
     """The handlers the buttons of components.py call, for one adapter."""
 
-    def __init__(self, adapter: DiscordAdapter) -> None:
+    def __init__(self, adapter: AdapterSide) -> None:
         self.adapter = adapter
         self.core = adapter.core
 
@@ -37,15 +38,15 @@ class Presses:
         (replies past its token's life go to the image's message)."""
         kind = actions.parse_key(key)[0]
         if kind == Kind.EDIT:
-            await self.open_form(interaction, ActionEditForm(key, await self.adapter.language(interaction)))
+            await self.open_form(interaction, ActionEditForm(key, await language(self.core, interaction)))
             return
-        await self.adapter.answer(interaction, thinking=kind != Kind.REMOVE, private=kind == Kind.INFO)
+        await answer(self.core, interaction, thinking=kind != Kind.REMOVE, private=kind == Kind.INFO)
         await self._act(interaction, key)
 
     async def edit_form(self, interaction: discord.Interaction[Any], key: str, instruction: str) -> None:
         """The Edit button's form, submitted with its instruction: answered with "thinking", then acted on."""
         try:
-            await self.adapter.answer(interaction)
+            await answer(self.core, interaction)
             await self._act(interaction, key, instruction)
         except Exception as exc:
             await self.adapter.on_error(interaction, exc)
@@ -66,7 +67,7 @@ class Presses:
     async def _act(self, interaction: discord.Interaction[Any], key: str, instruction: str = "") -> None:
         """After the answer: hand the press to the core, with the pressed message as the store of the images."""
         clicked = interaction.message  # the image's message (a form carries the message of its button)
-        anchor = clicked.id if clicked is not None else await self.adapter.original(interaction)
+        anchor = clicked.id if clicked is not None else await original(interaction)
         view = await self.adapter.job_view(interaction, anchor)
         await self.core.act(
             key,
@@ -82,8 +83,8 @@ class Presses:
     async def price_check(self, interaction: discord.Interaction[Any], token: str, render: bool) -> None:
         """Render (answered with a public "thinking": that message becomes the job's) or Cancel (answered
         privately); then the core claims the check: its requester's, once, Render within 10 minutes."""
-        await self.adapter.answer(interaction, private=not render)
-        view = await self.adapter.job_view(interaction, await self.adapter.original(interaction))
+        await answer(self.core, interaction, private=not render)
+        view = await self.adapter.job_view(interaction, await original(interaction))
         await self.core.price_check(token, view.who, view, render=render)
 
     async def cancel(self, interaction: discord.Interaction[Any], job_id: str) -> None:
@@ -93,6 +94,6 @@ class Presses:
             await interaction.response.defer()  # the job's own message turns into "Cancelled"
         except Exception:  # too late or unreachable: the press was still meant, so cancel all the same
             log.warning("could not answer the Cancel button", exc_info=True, extra={"job_id": job_id})
-        if not self.core.cancel(job_id, self.adapter.who(interaction)) and interaction.response.is_done():
-            text = texts.CANCEL_REFUSED.render(await self.adapter.language(interaction))
+        if not self.core.cancel(job_id, who(interaction)) and interaction.response.is_done():
+            text = texts.CANCEL_REFUSED.render(await language(self.core, interaction))
             await interaction.followup.send(text, ephemeral=True)

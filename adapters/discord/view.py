@@ -30,7 +30,7 @@ from .components import cancel_view, confirm_view, progress_text, result_view
 from .text import NO_PINGS, clip, describe, escape, pings, quote, token_gone, too_large
 
 if TYPE_CHECKING:
-    from .adapter import DiscordAdapter
+    from .parts import AdapterSide
 
 log = logging.getLogger("imagebot.discord")
 
@@ -67,7 +67,7 @@ class DiscordJobView:
 
     def __init__(
         self,
-        adapter: DiscordAdapter,
+        adapter: AdapterSide,
         who: Requester,
         tell: Tell,
         *,

@@ -9,6 +9,8 @@ is the core's.
   messages and the Home tab), each with the work it hands to a task after the ack.
 - `view.py`: how a job and a private answer are shown; `blocks.py`: the Block Kit they are built from.
 - `client.py`: the Web API client and its retries; `people.py`: users and user groups; `files.py`: our images.
+- `parts.py`: what the parts ask of the adapter (`SlackSide`, a protocol): the adapter builds its parts and
+  hands itself in, and no part imports `adapter.py`.
 """
 
 from .adapter import SlackAdapter

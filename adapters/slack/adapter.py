@@ -29,6 +29,7 @@ from .client import until_answered, web_client
 from .commands import Commands
 from .events import Events
 from .files import Files
+from .parts import Asker
 from .people import People
 from .view import Privately, SlackJobView
 
@@ -148,13 +149,13 @@ class SlackAdapter:
             and not session.closed
         )
 
-    def spawn(self, coro: Any, asker: Privately | None = None) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any, asker: Asker | None = None) -> asyncio.Task[Any]:
         """Work done after the ack; kept so shutdown can wait for it. The one place a UserError (a bad flag,
         an image we cannot read, ...) becomes a reply that only `asker` sees."""
         return self.tasks.spawn(self._privately(coro, asker) if asker is not None else coro)
 
     @staticmethod
-    async def _privately(coro: Any, asker: Privately) -> None:
+    async def _privately(coro: Any, asker: Asker) -> None:
         try:
             await asker.adapter.core.calm()  # every ack of a burst goes out before any work after one
             await coro

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 from slack_bolt.app.async_app import AsyncApp
 
 if TYPE_CHECKING:
-    from .adapter import SlackAdapter
+    from .parts import SlackSide
 
 
 class Listeners:
-    def __init__(self, slack: SlackAdapter) -> None:
+    def __init__(self, slack: SlackSide) -> None:
         self.slack = slack
         self.core = slack.core
 

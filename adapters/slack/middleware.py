@@ -34,7 +34,7 @@ from bot.model.request import Requester
 from .view import Privately
 
 if TYPE_CHECKING:
-    from .adapter import SlackAdapter
+    from .parts import SlackSide
 
 log = logging.getLogger("imagebot.slack")
 
@@ -43,7 +43,7 @@ Next = Callable[[], Awaitable[BoltResponse]]
 PERSON_SUBTYPES = (None, "file_share", "thread_broadcast")
 
 
-def install(app: AsyncApp, slack: SlackAdapter) -> None:
+def install(app: AsyncApp, slack: SlackSide) -> None:
     """Our global middleware, after bolt's own. Each is an AsyncMiddleware, as bolt's own are: a function's
     keyword arguments would be rebuilt by inspection on every request, a cost paid by every ack of a burst."""
     app.use(Acknowledge())
@@ -67,7 +67,7 @@ class Identify(AsyncMiddleware):
     """The listeners' `who` (the requester) and `asker`: how to tell them something only they see (a command's
     response_url; else an ephemeral, in the thread of the click, the form or the message)."""
 
-    slack: SlackAdapter
+    slack: SlackSide
 
     async def async_process(
         self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
@@ -84,7 +84,7 @@ class Identify(AsyncMiddleware):
 class RunOnce(AsyncMiddleware):
     """The listeners' `run`: the request's work as a task after the ack, once per trigger_id (`Once`)."""
 
-    slack: SlackAdapter
+    slack: SlackSide
 
     async def async_process(
         self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
@@ -99,7 +99,7 @@ class PeopleOnly(AsyncMiddleware):
     bot; anything else (another bot's, an edit, a deletion, no mention) is acked and calls nothing. The bot's
     own never get here: bolt's IgnoringSelfEvents dropped them (its user id or bot id)."""
 
-    slack: SlackAdapter
+    slack: SlackSide
 
     async def async_process(
         self, *, req: AsyncBoltRequest, resp: BoltResponse, next: Next
@@ -119,7 +119,7 @@ class Once:
     the same signed request replayed within Slack's 5 minutes was acked, and is otherwise ignored (no job, no
     message). An event has no trigger_id: a message is made a job once by its channel and ts instead."""
 
-    slack: SlackAdapter
+    slack: SlackSide
     trigger: str
 
     def __call__(self, work: Coroutine[Any, Any, Any], asker: Privately | None = None) -> None:

@@ -21,7 +21,7 @@ from .blocks import confirm_blocks, done_blocks, escape, hidden_blocks, progress
 from .client import why_not
 
 if TYPE_CHECKING:
-    from .adapter import SlackAdapter
+    from .parts import SlackSide
 
 log = logging.getLogger("imagebot.slack")
 
@@ -30,7 +30,7 @@ log = logging.getLogger("imagebot.slack")
 class Privately:
     """Where to tell one person something only they see: the command's response_url, else an ephemeral."""
 
-    adapter: SlackAdapter
+    adapter: SlackSide
     who: Requester
     respond: Any = None  # bolt's respond(): a slash command's, or a click's on a private message
     thread_ts: str | None = None
@@ -71,7 +71,7 @@ class SlackJobView:
     `question`: the respond() of a click on a private price check; once the job has its message, the question
     (with its Render and Cancel buttons) is removed."""
 
-    adapter: SlackAdapter
+    adapter: SlackSide
     asker: Privately
     thread_ts: str | None = None
     ts: str = ""
@@ -239,7 +239,7 @@ class ClickStore:
     """The adapter's images (bot.jobs.actions.ImageStore) as one click sees them: a Delete is confirmed to the
     clicker, privately."""
 
-    adapter: SlackAdapter
+    adapter: SlackSide
     asker: Privately
 
     async def fetch(self, where: dict[str, Any]) -> bytes:
