@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mentions import read_admin
 from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
@@ -25,7 +24,16 @@ from bot.model.request import Requester
 from bot.policy import access
 from bot.policy.pace import Pace
 from tests.support.clock import Clock
-from tests.support.core import ADMIN, ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
+from tests.support.core import (
+    ADMIN,
+    ALICE,
+    BOB,
+    MakeCore,
+    Store,
+    admin_chat,
+    assert_counters_match_ledger,
+    rows,
+)
 from tests.support.core import AccessView as View
 
 CAROL = Requester("slack", "W1", "C1", "U3")
@@ -33,7 +41,7 @@ OTHER_TENANT = Requester("slack", "W2", "C1", "U1")
 
 
 async def admin(core: Core, text: str, who: Requester = ADMIN) -> str:
-    return (await commands.admin(core, who, read_admin(text, who.platform), platform_admin=True)).text
+    return (await admin_chat(core, who, text, platform_admin=True)).text
 
 
 async def imagine(core: Core, who: Requester, text: str = "a fox", view: View | None = None) -> View:
@@ -281,7 +289,7 @@ async def test_help_lists_the_grammar(make_core: MakeCore) -> None:
 
 async def test_only_admins_change_access_rules(make_core: MakeCore) -> None:
     core = await make_core()
-    reply = await commands.admin(core, ALICE, read_admin("block <@U2>", ALICE.platform), platform_admin=False)
+    reply = await admin_chat(core, ALICE, "block <@U2>", platform_admin=False)
     assert "Only admins" in reply.text
     assert (await imagine(core, BOB)).delivered
 

@@ -23,7 +23,7 @@ from bot.model.request import Requester
 from bot.model.sizes import SizeRule
 from bot.policy.clicks import already_deleted
 from tests import dbs
-from tests.support.core import ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
+from tests.support.core import ALICE, BOB, MakeCore, Store, admin_chat, assert_counters_match_ledger, rows
 from tests.support.core import ActionsView as View
 
 
@@ -215,14 +215,10 @@ async def test_cancel_costs_nothing_and_a_late_render_is_refused(make_core: Make
 
 
 async def test_a_channel_sets_its_own_threshold(make_core: MakeCore) -> None:
-    from adapters.mentions import read_admin
-    from bot import commands
 
     core = await make_core(IMAGEBOT_CONFIRM_USD="off", IMAGEBOT_ADMINS="U9")
     admin = Requester("slack", "W1", "C1", "U9")
-    reply = await commands.admin(
-        core, admin, read_admin("channel <#C1> confirm=0.001", admin.platform), platform_admin=False
-    )
+    reply = await admin_chat(core, admin, "channel <#C1> confirm=0.001", platform_admin=False)
     assert "confirm" in reply.text, reply.text
     view = View()
     assert await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, view) is None
@@ -405,14 +401,10 @@ async def test_a_price_check_past_a_limit_or_in_a_cooldown_is_refused_at_once_an
 ) -> None:
     """Seen: 8 price checks by a user with cooldown 3600 s, max_jobs 1 and $0.01 a day wrote 40 blob rows and
     no ledger row. Each is now refused at once, as the job would be, naming the rule, and nothing is stored."""
-    from adapters.mentions import read_admin
-    from bot import commands
 
     core = await make_core(IMAGEBOT_CONFIRM_USD="0.10", IMAGEBOT_USER_DAILY_USD="0.01", IMAGEBOT_ADMINS="U9")
     admin = Requester("slack", "W1", "C1", "U9")
-    reply = await commands.admin(
-        core, admin, read_admin("settings cooldown=3600 max_jobs=1", admin.platform), platform_admin=False
-    )
+    reply = await admin_chat(core, admin, "settings cooldown=3600 max_jobs=1", platform_admin=False)
     assert "cooldown" in reply.text, reply.text
     view = View()
     for seed in range(8):

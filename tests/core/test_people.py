@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mentions import read_admin
 from bot import commands
 from bot.errors import UserError
 from bot.jobs.card import no_such_job
@@ -19,7 +18,7 @@ from bot.model.request import Defaults, ImageRequest, Requester, parse_request
 from bot.model.sizes import parse_size
 from bot.policy.access import QUALITY_RANK, Access, Rules, from_your_default
 from bot.policy.preferences import Preferences
-from tests.support.core import ALICE, BOB, MakeCore, rows
+from tests.support.core import ALICE, BOB, MakeCore, admin_chat, rows
 from tests.support.core import AccessView as View
 
 PRICES = load_prices()
@@ -114,9 +113,7 @@ async def test_a_default_above_a_ceiling_is_refused_as_the_flag_would_be_and_say
     make_core: MakeCore,
 ) -> None:
     core = await make_core()
-    await commands.admin(
-        core, ADMIN, read_admin("channel <#C1> max_quality=medium max_size=1k", "slack"), platform_admin=True
-    )
+    await admin_chat(core, ADMIN, "channel <#C1> max_quality=medium max_size=1k", platform_admin=True)
     await core.set_preferences(ALICE, "quality=high")
     view = View()
     await core.submit(await core.parse_for(ALICE, "a lighthouse"), ALICE, view)

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from adapters.mentions import read_admin
+from bot import commands
 from bot.app import Core
 from bot.config import Settings
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
@@ -189,3 +191,12 @@ class AccessView(ActionsView):
     async def member_of(self, groups: Collection[str]) -> bool:
         self.asked.append(groups)
         return not self.groups.isdisjoint(groups)
+
+
+async def admin_chat(
+    core: Core, who: Requester, text: str, *, platform_admin: bool, operator: bool | None = None
+) -> commands.Reply:
+    """`/imagine-admin <text>` as the chat adapters run it: read as `who`'s platform writes it, then the core."""
+    return await commands.admin(
+        core, who, read_admin(text, who.platform), platform_admin=platform_admin, operator=operator
+    )
