@@ -163,15 +163,21 @@ async def test_an_invalid_request_the_api_rejects_is_a_user_error(renderer: Rend
     assert "rejected the request" in str(caught.value)
 
 
-async def failure_against(port: int) -> ProviderError:
-    """What rendering against 127.0.0.1:`port` raises (one retry)."""
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=2, max_retries=1)
+async def render_failure(base_url: str, *, partials: int = 0, **options: Any) -> ProviderError:
+    """What rendering one image against `base_url` raises, with the Renderer's `options` (timeout, retries,
+    deadlines); the renderer is closed either way."""
+    renderer = Renderer(base_url=base_url, api_key="test", **options)
     try:
         with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
+            await renderer.render(request(), partials=partials)
     finally:
         await renderer.close()
     return caught.value
+
+
+async def failure_against(port: int) -> ProviderError:
+    """What rendering against 127.0.0.1:`port` raises (one retry)."""
+    return await render_failure(f"http://127.0.0.1:{port}/v1", timeout=2, max_retries=1)
 
 
 async def test_a_server_that_hangs_up_after_the_request_may_have_billed_it() -> None:
@@ -235,12 +241,8 @@ async def test_a_408_is_retried(renderer: Renderer, server: OfflineImageServer) 
 @pytest.mark.parametrize("fault", ["500*", "hang*", "drop*", "429:0*", "408*"])
 async def test_no_retries_means_one_attempt(server: OfflineImageServer, fault: str) -> None:
     server.push_faults(fault)
-    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=0.5, max_retries=0)
-    try:
-        with pytest.raises(ProviderError):
-            await renderer.render(request(), partials=1 if fault.startswith("drop") else 0)
-    finally:
-        await renderer.close()
+    partials = 1 if fault.startswith("drop") else 0
+    await render_failure(server.base_url, timeout=0.5, max_retries=0, partials=partials)
     assert len(server.calls) == 1
 
 
@@ -371,56 +373,34 @@ async def test_a_retry_after_ms_longer_than_the_maximum_is_not_waited_out() -> N
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=5, max_retries=2)
     try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-        assert len(calls) == 1 and "(in 90 s)" in str(caught.value)
+        failure = await render_failure(f"http://127.0.0.1:{port}/v1", timeout=5, max_retries=2)
+        assert len(calls) == 1 and "(in 90 s)" in str(failure)
     finally:
-        await renderer.close()
         await runner.cleanup()
 
 
 async def test_a_retry_after_within_a_configured_maximum_is_waited(server: OfflineImageServer) -> None:
     server.push_faults("429:2")
-    renderer = Renderer(
-        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, retry_after_max=1.5
-    )
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
-    assert len(server.calls) == 1 and "(in 2 s)" in str(caught.value)
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, retry_after_max=1.5)
+    assert len(server.calls) == 1 and "(in 2 s)" in str(failure)
 
 
 async def test_one_deadline_bounds_every_attempt_of_an_image(server: OfflineImageServer) -> None:
     """Each attempt may take the client timeout (5 s here), but the image's deadline (1 s) bounds them all."""
     server.push_faults("hang*")
-    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1)
     started = time.monotonic()
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, image_deadline=1)
     assert time.monotonic() - started < 3 and len(server.calls) == 1
-    assert "deadline of 1 s" in str(caught.value) and caught.value.possibly_billed
+    assert "deadline of 1 s" in str(failure) and failure.possibly_billed
 
 
 async def test_no_retry_starts_after_the_deadline(server: OfflineImageServer) -> None:
     """500, 500: the second retry would wait ~1 s, past the 1.2 s deadline, so it is not made."""
     server.push_faults("500*")
-    renderer = Renderer(
-        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1.2
-    )
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
-    assert len(server.calls) == 2 == caught.value.attempts  # the third would start past the deadline
-    assert "deadline of 1.2 s" in str(caught.value) and "HTTP 500" in str(caught.value)
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, image_deadline=1.2)
+    assert len(server.calls) == 2 == failure.attempts  # the third would start past the deadline
+    assert "deadline of 1.2 s" in str(failure) and "HTTP 500" in str(failure)
 
 
 async def test_the_settings_reach_the_renderer(make_core: Any) -> None:
