@@ -24,13 +24,12 @@ from adapters.console import ConsoleView
 from adapters.service import Service
 from bot import commands, report
 from bot.app import Core
-from bot.config import Settings
 from bot.errors import UserError
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy.quota import Tenant
 from tests import dbs
-from tests.support.core import admin_chat
+from tests.support.core import admin_chat, offline_settings
 
 TOKEN = "operator-secret-token-1234567890"
 ADMIN_A = Requester("console", "A", "C1", "UADMIN")
@@ -92,17 +91,12 @@ async def _job(core: Core, who: Requester, text: str, out: Path) -> str:
 
 @pytest.fixture
 async def site(target: str, tmp_path: Path) -> AsyncIterator[Site]:
-    settings = Settings.load(
-        environ={
-            "IMAGEBOT_DB": target,
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.01",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_DASHBOARD_TOKEN": TOKEN,
-            "IMAGEBOT_PUBLIC_URL": "http://dash.example",
-        },
-        env_file=None,
+    settings = offline_settings(
+        target,
+        IMAGEBOT_OFFLINE_LATENCY="0.01",
+        IMAGEBOT_API_TIMEOUT="5",
+        IMAGEBOT_DASHBOARD_TOKEN=TOKEN,
+        IMAGEBOT_PUBLIC_URL="http://dash.example",
     )
     core = await Core.start(settings)
     service = Service(settings)

@@ -21,11 +21,10 @@ from adapters.console import ConsoleView
 from adapters.service import Service
 from bot import commands
 from bot.app import Core
-from bot.config import Settings
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from tests import dbs
-from tests.support.core import admin_chat
+from tests.support.core import admin_chat, offline_settings
 
 pytestmark = pytest.mark.browser
 
@@ -66,18 +65,13 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
     port = _free_port()
-    settings = Settings.load(
-        environ={
-            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.1",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-            "IMAGEBOT_HTTP_PORT": str(port),
-            "IMAGEBOT_USER_MONTHLY_USD": "2",
-        },
-        env_file=None,
+    settings = offline_settings(
+        str(tmp_path / "bot.sqlite3"),
+        IMAGEBOT_OFFLINE_LATENCY="0.1",
+        IMAGEBOT_API_TIMEOUT="5",
+        IMAGEBOT_HTTP_HOST="127.0.0.1",
+        IMAGEBOT_HTTP_PORT=str(port),
+        IMAGEBOT_USER_MONTHLY_USD="2",
     )
     core = await Core.start(settings)
     service = Service(settings)

@@ -32,6 +32,7 @@ from tests.support.core import (
     Store,
     admin_chat,
     assert_counters_match_ledger,
+    offline_settings,
     rows,
 )
 from tests.support.core import AccessView as View
@@ -440,16 +441,15 @@ def test_access_rules_hold_for_concurrent_users(
     more than max_jobs jobs open, and every counter equals the ledger."""
 
     async def scenario() -> None:
-        environ = {
-            "IMAGEBOT_DB": str(tmp_path_factory.mktemp("access") / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_USER_MAX_JOBS": str(max_jobs),
-        }
-        from bot.config import Settings
-
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        db = str(tmp_path_factory.mktemp("access") / "bot.sqlite3")
+        core = await Core.start(
+            offline_settings(
+                db,
+                IMAGEBOT_PROGRESS_INTERVAL="3",
+                IMAGEBOT_API_TIMEOUT="5",
+                IMAGEBOT_USER_MAX_JOBS=str(max_jobs),
+            )
+        )
         try:
             for user in blocked:
                 await admin(core, f"block <@{user}>")

@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.app import Core
-from bot.config import Settings
 from bot.jobs import actions, texts
 from bot.jobs.actions import Kind, parse_key, upscale_size
 from bot.jobs.outcomes import JobResult
@@ -23,7 +22,16 @@ from bot.model.request import Requester
 from bot.model.sizes import SizeRule
 from bot.policy.clicks import already_deleted
 from tests import dbs
-from tests.support.core import ALICE, BOB, MakeCore, Store, admin_chat, assert_counters_match_ledger, rows
+from tests.support.core import (
+    ALICE,
+    BOB,
+    MakeCore,
+    Store,
+    admin_chat,
+    assert_counters_match_ledger,
+    offline_settings,
+    rows,
+)
 from tests.support.core import ActionsView as View
 
 
@@ -333,15 +341,14 @@ def test_every_click_is_charged_to_its_clicker_within_their_limits(
 
     async def run() -> None:
         tmp = tmp_path_factory.mktemp("clicks")
-        environ = {
-            "IMAGEBOT_DB": str(tmp / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.01",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_CONFIRM_USD": "off",
-            "IMAGEBOT_USER_DAILY_IMAGES": str(daily_images),
-        }
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        settings = offline_settings(
+            str(tmp / "bot.sqlite3"),
+            IMAGEBOT_OFFLINE_LATENCY="0.01",
+            IMAGEBOT_API_TIMEOUT="360",  # the default
+            IMAGEBOT_CONFIRM_USD="off",
+            IMAGEBOT_USER_DAILY_IMAGES=str(daily_images),
+        )
+        core = await Core.start(settings)
         try:
             result, _, store = await first_job(core)
             expected = {ALICE.user: 1}
