@@ -7,7 +7,6 @@ import base64
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -19,42 +18,10 @@ from bot.errors import ConfigError
 from bot.model.pricing import Usage, cost_micros, estimate_micros, load_prices
 from bot.model.sizes import parse_size
 from bot.offline import OfflineImageServer, parse_faults
+from tests.support.offline import ClientFactory
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 MODEL = "gpt-image-2"
-
-ClientFactory = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(latency=0.05)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest.fixture
-async def make_client(server: OfflineImageServer) -> AsyncIterator[ClientFactory]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(*, max_retries: int = 0, timeout: float = 20.0) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="test", max_retries=max_retries, timeout=timeout
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-def client(make_client: ClientFactory) -> openai.AsyncOpenAI:
-    return make_client()
 
 
 def decode(b64: str | None) -> Image.Image:

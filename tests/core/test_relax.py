@@ -39,11 +39,8 @@ CAROL = Requester("slack", "W1", "C1", "U3")  # the marker: a later job whose de
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    offline = OfflineImageServer(latency=0.05, batch_latency=0.4)
-    await offline.start()
-    yield offline
-    await offline.stop()
+def server_options() -> dict[str, Any]:
+    return {"latency": 0.05, "batch_latency": 0.4}
 
 
 @pytest.fixture

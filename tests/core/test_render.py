@@ -29,14 +29,6 @@ from tests import dbs
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(latency=0.05)
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
 async def renderer(server: OfflineImageServer) -> AsyncIterator[Renderer]:
     r = Renderer(base_url=server.base_url, api_key="test", timeout=0.8, max_retries=2)
     yield r
