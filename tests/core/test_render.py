@@ -39,6 +39,16 @@ def request(text: str = "a fox --size 1536x1024 --quality low", **kwargs):  # ty
     return parse_request(text, prices=load_prices(), **kwargs)
 
 
+async def fails_after(
+    renderer: Renderer, server: OfflineImageServer, faults: str, **render: Any
+) -> ProviderError:
+    """`faults` queued on the server, then one render (with `render`'s keywords): the ProviderError it raises."""
+    server.push_faults(faults)
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), **render)
+    return caught.value
+
+
 async def test_success_returns_the_image_its_size_usage_and_request_id(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
@@ -59,13 +69,9 @@ async def test_a_500_is_retried_and_both_request_ids_are_kept(
 async def test_5xx_always_gives_up_after_two_retries_with_every_request_id(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("502*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request())
-    assert (
-        caught.value.attempts == 3 and len(caught.value.request_ids) == 3 and not caught.value.possibly_billed
-    )
-    assert "HTTP 502" in str(caught.value) and caught.value.request_ids[0] in str(caught.value)
+    failure = await fails_after(renderer, server, "502*")
+    assert failure.attempts == 3 and len(failure.request_ids) == 3 and not failure.possibly_billed
+    assert "HTTP 502" in str(failure) and failure.request_ids[0] in str(failure)
 
 
 async def test_429_waits_for_retry_after(renderer: Renderer, server: OfflineImageServer) -> None:
@@ -87,11 +93,9 @@ async def test_a_4xx_is_never_retried(renderer: Renderer, server: OfflineImageSe
 async def test_a_hang_times_out_and_may_have_been_billed(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), client_request_id="imagebot-job-0")
-    assert caught.value.possibly_billed and caught.value.attempts == 3
-    assert caught.value.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
+    failure = await fails_after(renderer, server, "hang*", client_request_id="imagebot-job-0")
+    assert failure.possibly_billed and failure.attempts == 3
+    assert failure.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
 
 
 async def test_a_hang_then_success_counts_the_lost_attempt(
@@ -121,17 +125,13 @@ async def test_a_dropped_stream_is_retried_by_us(renderer: Renderer, server: Off
 async def test_a_stream_that_always_drops_is_possibly_billed(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("drop*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=1)
-    assert caught.value.possibly_billed and "stream broke" in str(caught.value)
+    failure = await fails_after(renderer, server, "drop*", partials=1)
+    assert failure.possibly_billed and "stream broke" in str(failure)
 
 
 async def test_a_garbage_answer_is_possibly_billed(renderer: Renderer, server: OfflineImageServer) -> None:
-    server.push_faults("garbage")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request())
-    assert caught.value.possibly_billed and len(server.calls) == 1
+    failure = await fails_after(renderer, server, "garbage")
+    assert failure.possibly_billed and len(server.calls) == 1
 
 
 async def test_an_edit_sends_references_and_mask(renderer: Renderer, server: OfflineImageServer) -> None:
@@ -203,11 +203,9 @@ async def test_a_stream_that_breaks_between_5xx_never_exceeds_one_plus_retries_a
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
     """The SDK's own retries and our stream re-try share one budget: 3 HTTP attempts in all, not 9."""
-    server.push_faults("500,500,drop,500,500,drop,500,500,ok")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=1)
-    assert len(server.calls) == 3 == caught.value.attempts
-    assert caught.value.possibly_billed and caught.value.billed_attempts == 1  # the broken stream
+    failure = await fails_after(renderer, server, "500,500,drop,500,500,drop,500,500,ok", partials=1)
+    assert len(server.calls) == 3 == failure.attempts
+    assert failure.possibly_billed and failure.billed_attempts == 1  # the broken stream
 
 
 @pytest.mark.parametrize("fault", ["409", "400"])
@@ -261,11 +259,9 @@ async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed
     async def before_retry() -> None:
         raise QuotaExceeded("Quota: your daily spend limit is $0.0100 and $0.0010 is left.")
 
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), before_retry=before_retry)
-    assert len(server.calls) == 1 and caught.value.billed_attempts == 1
-    assert "not retried" in str(caught.value) and "daily spend limit" in str(caught.value)
+    failure = await fails_after(renderer, server, "hang*", before_retry=before_retry)
+    assert len(server.calls) == 1 and failure.billed_attempts == 1
+    assert "not retried" in str(failure) and "daily spend limit" in str(failure)
 
 
 # --- an answer with HTTP 200 was billed (issue item 4) ----------------------------------------
@@ -276,13 +272,11 @@ async def test_a_200_whose_image_is_cut_off_was_billed(
     renderer: Renderer, server: OfflineImageServer, partials: int
 ) -> None:
     """The provider answered 200 and charged for it; that the image does not decode changes nothing."""
-    server.push_faults("truncated")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=partials)
-    assert len(server.calls) == 1 and caught.value.attempts == 1
-    assert caught.value.billed_attempts == 1 and caught.value.possibly_billed
-    assert "HTTP 200: billed" in str(caught.value) and "cannot be decoded" in str(caught.value)
-    assert server.calls[0].request_id in str(caught.value)
+    failure = await fails_after(renderer, server, "truncated", partials=partials)
+    assert len(server.calls) == 1 and failure.attempts == 1
+    assert failure.billed_attempts == 1 and failure.possibly_billed
+    assert "HTTP 200: billed" in str(failure) and "cannot be decoded" in str(failure)
+    assert server.calls[0].request_id in str(failure)
 
 
 # --- a retry that cannot be reserved (issue item 6) -----------------------------------------
@@ -297,12 +291,10 @@ async def test_a_database_error_reserving_a_retry_ends_the_image_keeping_what_ma
     async def before_retry() -> None:
         raise sqlite3.OperationalError("database is locked")
 
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), before_retry=before_retry)
-    assert len(server.calls) == 1 and caught.value.attempts == 1 and caught.value.billed_attempts == 1
-    assert "not retried" in str(caught.value) and "could not be reserved" in str(caught.value)
-    assert "database is locked" not in str(caught.value)  # the user is told what, not the driver's text
+    failure = await fails_after(renderer, server, "hang*", before_retry=before_retry)
+    assert len(server.calls) == 1 and failure.attempts == 1 and failure.billed_attempts == 1
+    assert "not retried" in str(failure) and "could not be reserved" in str(failure)
+    assert "database is locked" not in str(failure)  # the user is told what, not the driver's text
 
 
 # --- retries that cannot succeed or come too soon (issue item 7) ------------------------------
