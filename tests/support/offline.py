@@ -1,11 +1,13 @@
-"""The offline image server and OpenAI SDK clients against it, as fixtures for the core tests.
+"""The offline image server and OpenAI SDK clients against it.
 
-`server` is an offline image server started for the test and stopped after it; a module whose tests want
-other options (latency, batch latency) overrides `server_options`. `make_client` gives SDK clients on that
-server (closed after the test), and `client` is one with no retries."""
+`offline_server` starts an offline image server and stops it after. As fixtures (for the core tests, through
+tests/core/conftest.py): `server`, one started for the test (a module that wants other options, such as a
+latency or batch latency, overrides `server_options`); `make_client`, SDK clients on it, closed after the
+test; and `client`, one with no retries."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,14 +25,21 @@ def server_options() -> dict[str, Any]:
     return {"latency": 0.05}
 
 
+@contextlib.asynccontextmanager
+async def offline_server(**options: Any) -> AsyncIterator[OfflineImageServer]:
+    """The offline image server (OfflineImageServer's `options`: latency, batch_latency), started, then stopped."""
+    server = OfflineImageServer(**options)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest.fixture
 async def server(server_options: dict[str, Any]) -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(**server_options)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
+    async with offline_server(**server_options) as started:
+        yield started
 
 
 @pytest.fixture
