@@ -31,6 +31,7 @@ from bot.policy import quota
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
 from tests.support.core import MakeCore, admin_chat
+from tests.support.ledger import every_limit
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 # The same member (Discord user 42) in two guilds: A, where they are a plain member, and B, which they own.
@@ -499,14 +500,7 @@ async def test_a_single_tenant_file_keeps_overrides_the_ledger_never_saw(tmp_pat
 TENANTS = [("slack", "T1"), ("slack", "T2"), ("discord", "T1")]
 IDS = ["U1", "U2"]  # the same ids in every tenant, on purpose
 CHANNELS = ["C1", "C2"]
-DEFAULTS = QuotaDefaults(
-    user_daily_micros=100_000,
-    user_daily_images=4,
-    user_monthly_micros=300_000,
-    user_monthly_images=10,
-    channel_monthly_micros=250_000,
-    workspace_monthly_micros=400_000,
-)
+DEFAULTS = every_limit(day=(100_000, 4), month=(300_000, 10), channel=250_000, workspace=400_000)
 _reserve = st.tuples(
     st.just("reserve"),
     st.sampled_from(TENANTS),
