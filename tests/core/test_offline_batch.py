@@ -576,12 +576,8 @@ async def test_a_dropped_answer_still_creates_the_batch_found_by_its_metadata(
 
 
 def test_batch_fault_tokens_and_env() -> None:
-    assert parse_faults("batch_failed, batch_expired,line_error*,500") == [
-        "batch_failed",
-        "batch_expired",
-        "line_error*",
-        "500",
-    ]
+    tokens = "batch_failed, batch_expired,line_error*,500"  # spaces around commas are allowed
+    assert parse_faults(tokens) == ["batch_failed", "batch_expired", "line_error*", "500"]
     assert parse_faults("batch_dropped,batch_500") == ["batch_dropped", "batch_500"]
     with pytest.raises(ConfigError, match="batch_dropped"):
         parse_faults("batch_teapot")
