@@ -9,8 +9,13 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bot.config import Settings
 
 
 def free_port() -> int:
@@ -84,3 +89,21 @@ def offline_server_process(latency: float) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def bench_settings(latency: float, in_flight: int, **env: str) -> Iterator[Settings]:
+    """A benchmark core's settings: the offline image server in its own process (`latency` s a render), a new
+    SQLite file, `in_flight` renders at once, a long API timeout; `env` (IMAGEBOT_... names) on top."""
+    from bot.config import Settings
+
+    with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
+        environ = {
+            "OPENAI_API_KEY": "bench-key",
+            "OPENAI_BASE_URL": base_url,
+            "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
+            "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight),
+            "IMAGEBOT_API_TIMEOUT": "120",
+            **env,
+        }
+        yield Settings.load(environ=environ, env_file=None)

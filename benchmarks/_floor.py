@@ -21,18 +21,19 @@ async def main(job: dict) -> list[float]:
     )  # the SDK's fastest pool, as the bot uses
     slack = AsyncWebClient(token=job["token"], base_url=job["slack_url"])
     durations: list[float] = []
+    image = {
+        "model": "gpt-image-2",
+        "prompt": "load test",
+        "size": job["size"],
+        "quality": "low",
+        "output_format": job["format"],
+    }  # what each call asks for: the bot's job, without the bot
 
     discord = aiohttp.ClientSession(headers={"Authorization": f"Bot {job.get('discord_token')}"})
 
     async def slack_one(i: int) -> None:
         start = time.monotonic()
-        response = await api.images.generate(
-            model="gpt-image-2",
-            prompt="load test",
-            size=job["size"],
-            quality="low",
-            output_format=job["format"],
-        )
+        response = await api.images.generate(**image)
         data = base64.b64decode(response.data[0].b64_json or "")  # type: ignore[index]
         await slack.files_upload_v2(
             channel=f"C{i % 8}", file=data, filename=f"floor.{job['format']}", initial_comment="floor"
@@ -41,15 +42,7 @@ async def main(job: dict) -> list[float]:
 
     async def discord_one(i: int) -> None:
         start = time.monotonic()
-        stream = await api.images.generate(
-            model="gpt-image-2",
-            prompt="load test",
-            size=job["size"],
-            quality="low",
-            output_format=job["format"],
-            stream=True,
-            partial_images=2,
-        )
+        stream = await api.images.generate(**image, stream=True, partial_images=2)
         b64 = ""
         async for event in stream:
             if event.type.endswith("completed"):

@@ -16,11 +16,10 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import LoopLag, offline_server_process, peak_rss_mb, percentile
+from benchmarks._common import LoopLag, bench_settings, peak_rss_mb, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,22 +40,10 @@ class NullView:
 
 async def scenario(name: str, jobs: int) -> dict[str, float]:
     from bot.app import Core
-    from bot.config import Settings
     from bot.model.request import Requester
 
     size, fmt, latency = SCENARIOS[name]
-    with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load(
-            environ={
-                "OPENAI_API_KEY": "bench-key",
-                "OPENAI_BASE_URL": base_url,
-                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
-                "IMAGEBOT_MAX_IN_FLIGHT": str(jobs),
-                "IMAGEBOT_PROGRESS_INTERVAL": "1",
-                "IMAGEBOT_API_TIMEOUT": "120",
-            },
-            env_file=None,
-        )
+    with bench_settings(latency, jobs, IMAGEBOT_PROGRESS_INTERVAL="1") as settings:
         core = await Core.start(settings)
         try:
             # One warm-up job so connection setup and the server's first render are not measured.
@@ -92,7 +79,8 @@ async def scenario(name: str, jobs: int) -> dict[str, float]:
                         "loop_lag_p99_ms": percentile(lag.samples, 99),
                     }
                 )
-            sdk = await sdk_floor(base_url, size, fmt, jobs, latency)
+            assert settings.openai_base_url is not None
+            sdk = await sdk_floor(settings.openai_base_url, size, fmt, jobs, latency)
         finally:
             await core.close()
     median = sorted(rounds, key=lambda r: r["ratio_mean"])[len(rounds) // 2]

@@ -15,12 +15,11 @@ import argparse
 import asyncio
 import json
 import sys
-import tempfile
 import time
 from collections.abc import Hashable
 from typing import Any
 
-from benchmarks._common import LoopLag, offline_server_process, peak_rss_mb, percentile
+from benchmarks._common import LoopLag, bench_settings, peak_rss_mb, percentile
 
 
 def reference_order(lines: dict[Hashable, int], served: dict[Hashable, int]) -> list[Hashable]:
@@ -88,24 +87,15 @@ class Bench:
 
 async def run(users: int, count: int, in_flight: int, latency: float, interval: float) -> dict[str, Any]:
     from bot.app import Core
-    from bot.config import Settings
     from bot.model.request import Requester
 
     bench = Bench()
-    with offline_server_process(latency) as base_url, tempfile.TemporaryDirectory() as tmp:
-        settings = Settings.load(
-            environ={
-                "OPENAI_API_KEY": "bench-key",
-                "OPENAI_BASE_URL": base_url,
-                "IMAGEBOT_DB": f"{tmp}/bench.sqlite3",
-                "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight),
-                "IMAGEBOT_PROGRESS_INTERVAL": str(interval),
-                "IMAGEBOT_API_TIMEOUT": "120",
-                "IMAGEBOT_CONFIRM_USD": "off",
-                "IMAGEBOT_USER_MAX_JOBS": "10",
-            },
-            env_file=None,
-        )
+    settings_env = {
+        "IMAGEBOT_PROGRESS_INTERVAL": str(interval),
+        "IMAGEBOT_CONFIRM_USD": "off",
+        "IMAGEBOT_USER_MAX_JOBS": "10",
+    }
+    with bench_settings(latency, in_flight, **settings_env) as settings:
         core = await Core.start(settings)
         gate = core.runner.gate
         serve = gate._serve

@@ -135,6 +135,26 @@ async def slack_burst(
     return report["acks"], [done[k] - sent[k] for k in done]
 
 
+async def _module_process(name: str) -> asyncio.subprocess.Process:
+    """benchmarks.`name` in a process of its own, run as a module from the root (so the bot and tests/fakes
+    import as packages), its stdin and stdout piped to us."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        f"benchmarks.{name}",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def _run_module(name: str, job: dict[str, Any]) -> Any:
+    """benchmarks.`name` given `job` as JSON on its stdin; what it prints, read as JSON."""
+    proc = await _module_process(name)
+    out, _ = await proc.communicate(json.dumps(job).encode())
+    return json.loads(out)
+
+
 async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str, str]]) -> dict[str, Any]:
     """Signed slash commands, all at once, from the sender process: {"sent": [...], "acks": [...]}."""
     job = {
@@ -143,29 +163,13 @@ async def send_slash_commands(fake: FakeSlack, url: str, payloads: list[dict[str
         "payloads": payloads,
         "warm": fake.slash_command_payload(text="--size 1x1", channel_id="C0", user_id="Uwarm"),
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
-        "benchmarks._sender",
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate(json.dumps(job).encode())
-    return dict(json.loads(out))
+    return dict(await _run_module("_sender", job))
 
 
 @contextlib.asynccontextmanager
 async def ack_floor(spec: dict[str, Any]) -> AsyncIterator[None]:
     """The platform library alone, acking and nothing else, in its own process (benchmarks/_ack_floor.py)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
-        "benchmarks._ack_floor",
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await _module_process("_ack_floor")
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps(spec).encode() + b"\n")
     await asyncio.wait_for(proc.stdout.readline(), 60)  # "ready"
@@ -231,16 +235,7 @@ async def slack_floor(fake: FakeSlack, base_url: str, n: int, size: str, fmt: st
 
 
 async def _floor(job: dict[str, Any]) -> list[float]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",  # as a module, from the root: the bot and tests/fakes import as packages
-        "benchmarks._floor",
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    out, _ = await proc.communicate(json.dumps(job).encode())
-    return list(json.loads(out))
+    return list(await _run_module("_floor", job))
 
 
 async def discord_burst(

@@ -29,6 +29,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,14 +48,7 @@ from bot.store.ledger import Ledger, Settlement, Status
 EACH = 6_000  # a low-quality 1024x1024 image: $0.006
 ACTUAL = 5_200
 BIG = 10**15
-DEFAULTS = QuotaDefaults(
-    user_daily_micros=BIG,
-    user_daily_images=BIG,
-    user_monthly_micros=BIG,
-    user_monthly_images=BIG,
-    channel_monthly_micros=BIG,
-    workspace_monthly_micros=BIG,
-)
+DEFAULTS = QuotaDefaults(**{limit.name: BIG for limit in fields(QuotaDefaults)})  # every limit out of reach
 REQUEST = ImageRequest(
     prompt="a lighthouse at dawn", size=parse_size("1024x1024"), quality="low", format="png"
 )

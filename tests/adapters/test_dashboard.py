@@ -21,22 +21,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from adapters.console import ConsoleView
-from adapters.mentions import read_admin
 from adapters.service import Service
 from bot import commands, report
 from bot.app import Core
-from bot.config import Settings
 from bot.errors import UserError
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from bot.policy.quota import Tenant
 from tests import dbs
-
-
-async def chat(core: Core, who: Requester, text: str, **options: Any) -> commands.Reply:
-    """`/imagine-admin <text>` as the chat adapters run it: read as `who`'s platform writes it, then the core."""
-    return await commands.admin(core, who, read_admin(text, who.platform), **options)
-
+from tests.support.core import admin_chat, offline_settings
 
 TOKEN = "operator-secret-token-1234567890"
 ADMIN_A = Requester("console", "A", "C1", "UADMIN")
@@ -66,7 +59,7 @@ class Site:
     jobs: dict[str, str]  # name -> job id
 
     async def link(self, who: Requester = ADMIN_A) -> str:
-        reply = await chat(self.core, who, "dashboard", platform_admin=True)
+        reply = await admin_chat(self.core, who, "dashboard", platform_admin=True)
         assert reply.private
         match = LINK.search(reply.text)
         assert match, reply.text
@@ -98,17 +91,12 @@ async def _job(core: Core, who: Requester, text: str, out: Path) -> str:
 
 @pytest.fixture
 async def site(target: str, tmp_path: Path) -> AsyncIterator[Site]:
-    settings = Settings.load(
-        environ={
-            "IMAGEBOT_DB": target,
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.01",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_DASHBOARD_TOKEN": TOKEN,
-            "IMAGEBOT_PUBLIC_URL": "http://dash.example",
-        },
-        env_file=None,
+    settings = offline_settings(
+        target,
+        IMAGEBOT_OFFLINE_LATENCY="0.01",
+        IMAGEBOT_API_TIMEOUT="5",
+        IMAGEBOT_DASHBOARD_TOKEN=TOKEN,
+        IMAGEBOT_PUBLIC_URL="http://dash.example",
     )
     core = await Core.start(settings)
     service = Service(settings)
@@ -182,9 +170,9 @@ async def test_an_expired_or_unknown_link_signs_nobody_in(
 
 
 async def test_the_link_is_for_admins_only_and_private(site: Site) -> None:
-    refused = await chat(site.core, SLACK_MEMBER, "dashboard", platform_admin=False)
+    refused = await admin_chat(site.core, SLACK_MEMBER, "dashboard", platform_admin=False)
     assert refused.private and "Only admins" in refused.text and "/dashboard/" not in refused.text
-    reply = await chat(site.core, ADMIN_A, "dashboard", platform_admin=True)
+    reply = await admin_chat(site.core, ADMIN_A, "dashboard", platform_admin=True)
     assert reply.private and reply.text.count("http://dash.example/dashboard/signin/") == 1
 
 
@@ -335,14 +323,16 @@ async def test_limits_use_the_chat_commands_rules_and_words(
         target = {"UALICE": "<@UALICE>", "C1": "<#C1>"}.get(fields["target"], fields["target"])
         words = ["quota", target] + [f"{k}={v}" for k, v in fields.items() if k not in ("scope", "target")]
         with pytest.raises(UserError) as refusal:
-            await chat(site.core, SLACK_ADMIN, " ".join(words), platform_admin=True)
+            await admin_chat(site.core, SLACK_ADMIN, " ".join(words), platform_admin=True)
         response = await site.client.post(
             "/dashboard/limits", data={"csrf": token, "verb": "quota", **fields}
         )
         assert response.status == 400
         assert str(refusal.value) in _unescape(await response.text()), str(refusal.value)
     # A workspace admin does not set the workspace's own limit (the form does not offer it): the chat's refusal.
-    chat_reply = await chat(site.core, SLACK_ADMIN, "quota workspace monthly_usd=5", platform_admin=True)
+    chat_reply = await admin_chat(
+        site.core, SLACK_ADMIN, "quota workspace monthly_usd=5", platform_admin=True
+    )
     assert "Only operators" in chat_reply.text
     own = await site.client.post(
         "/dashboard/limits", data={"csrf": token, "verb": "quota", "scope": "workspace", "monthly_usd": "5"}
@@ -358,7 +348,7 @@ async def test_limits_use_the_chat_commands_rules_and_words(
         "/dashboard/limits",
         data={"csrf": token, "verb": "quota", "scope": "user", "target": "UBOB", "daily_images": "3"},
     )
-    await chat(site.core, ADMIN_A, "quota <@UALICE> daily_images=3", platform_admin=True)
+    await admin_chat(site.core, ADMIN_A, "quota <@UALICE> daily_images=3", platform_admin=True)
     changes = [r for r in caplog.records if r.getMessage() == "admin command"]
     assert [(r.tenant, r.user, r.verb) for r in changes] == [("console:A", "UADMIN", "quota")] * 2  # type: ignore[attr-defined]
     quota_text = (await commands.my_quota(site.core, BOB)).text

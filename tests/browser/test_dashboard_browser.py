@@ -14,25 +14,17 @@ import re
 import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from adapters.console import ConsoleView
-from adapters.mentions import read_admin
 from adapters.service import Service
 from bot import commands
 from bot.app import Core
-from bot.config import Settings
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from tests import dbs
-
-
-async def chat(core: Core, who: Requester, text: str, **options: Any) -> commands.Reply:
-    """`/imagine-admin <text>` as the chat adapters run it: read as `who`'s platform writes it, then the core."""
-    return await commands.admin(core, who, read_admin(text, who.platform), **options)
-
+from tests.support.core import admin_chat, offline_settings
 
 pytestmark = pytest.mark.browser
 
@@ -73,18 +65,13 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
     port = _free_port()
-    settings = Settings.load(
-        environ={
-            "IMAGEBOT_DB": str(tmp_path / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.1",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-            "IMAGEBOT_HTTP_PORT": str(port),
-            "IMAGEBOT_USER_MONTHLY_USD": "2",
-        },
-        env_file=None,
+    settings = offline_settings(
+        str(tmp_path / "bot.sqlite3"),
+        IMAGEBOT_OFFLINE_LATENCY="0.1",
+        IMAGEBOT_API_TIMEOUT="5",
+        IMAGEBOT_HTTP_HOST="127.0.0.1",
+        IMAGEBOT_HTTP_PORT=str(port),
+        IMAGEBOT_USER_MONTHLY_USD="2",
     )
     core = await Core.start(settings)
     service = Service(settings)
@@ -110,7 +97,7 @@ async def test_dashboard_in_chromium(tmp_path: Path) -> None:
         spent = sum(r["actual_micros"] for r in rows)
         assert spent > 0
 
-        reply = await chat(core, ADMIN, "dashboard", platform_admin=True)
+        reply = await admin_chat(core, ADMIN, "dashboard", platform_admin=True)
         link = re.search(r"http://\S+", reply.text)
         assert reply.private and link, reply.text
         assert link[0].startswith(f"http://localhost:{port}/dashboard/signin/")

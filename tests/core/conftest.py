@@ -1,5 +1,5 @@
 """Fixtures shared by the core tests: `make_core` (a Core against the offline server) on a store chosen by
-`db_target`. The modules in BOTH_BACKENDS run twice, on SQLite and on a real PostgreSQL server (docs/rules.md §12)."""
+`db_target`; `server`, `make_client` and `client` (tests/support/offline.py). The modules in BOTH_BACKENDS run twice, on SQLite and on a real PostgreSQL server (docs/rules.md §12)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from bot.store import pg
 from tests.support.core import make_core  # noqa: F401  (a fixture: a Core against the offline server)
+from tests.support.offline import client, make_client, server, server_options  # noqa: F401  (fixtures)
 
 BOTH_BACKENDS = {
     "tests.core.test_jobs_money",

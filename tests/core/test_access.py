@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mentions import read_admin
 from bot import commands
 from bot.app import Core
 from bot.concurrency import Gate
@@ -25,7 +24,17 @@ from bot.model.request import Requester
 from bot.policy import access
 from bot.policy.pace import Pace
 from tests.support.clock import Clock
-from tests.support.core import ADMIN, ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
+from tests.support.core import (
+    ADMIN,
+    ALICE,
+    BOB,
+    MakeCore,
+    Store,
+    admin_chat,
+    assert_counters_match_ledger,
+    offline_settings,
+    rows,
+)
 from tests.support.core import AccessView as View
 
 CAROL = Requester("slack", "W1", "C1", "U3")
@@ -33,7 +42,7 @@ OTHER_TENANT = Requester("slack", "W2", "C1", "U1")
 
 
 async def admin(core: Core, text: str, who: Requester = ADMIN) -> str:
-    return (await commands.admin(core, who, read_admin(text, who.platform), platform_admin=True)).text
+    return (await admin_chat(core, who, text, platform_admin=True)).text
 
 
 async def imagine(core: Core, who: Requester, text: str = "a fox", view: View | None = None) -> View:
@@ -281,7 +290,7 @@ async def test_help_lists_the_grammar(make_core: MakeCore) -> None:
 
 async def test_only_admins_change_access_rules(make_core: MakeCore) -> None:
     core = await make_core()
-    reply = await commands.admin(core, ALICE, read_admin("block <@U2>", ALICE.platform), platform_admin=False)
+    reply = await admin_chat(core, ALICE, "block <@U2>", platform_admin=False)
     assert "Only admins" in reply.text
     assert (await imagine(core, BOB)).delivered
 
@@ -432,16 +441,15 @@ def test_access_rules_hold_for_concurrent_users(
     more than max_jobs jobs open, and every counter equals the ledger."""
 
     async def scenario() -> None:
-        environ = {
-            "IMAGEBOT_DB": str(tmp_path_factory.mktemp("access") / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "5",
-            "IMAGEBOT_USER_MAX_JOBS": str(max_jobs),
-        }
-        from bot.config import Settings
-
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        db = str(tmp_path_factory.mktemp("access") / "bot.sqlite3")
+        core = await Core.start(
+            offline_settings(
+                db,
+                IMAGEBOT_PROGRESS_INTERVAL="3",
+                IMAGEBOT_API_TIMEOUT="5",
+                IMAGEBOT_USER_MAX_JOBS=str(max_jobs),
+            )
+        )
         try:
             for user in blocked:
                 await admin(core, f"block <@{user}>")

@@ -14,15 +14,16 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bot.app import Core
-from bot.config import Settings
 from bot.jobs import actions, texts
 from bot.jobs.actions import Kind, parse_key, upscale_size
 from bot.jobs.outcomes import JobResult
 from bot.model.pricing import load_prices
 from bot.model.request import Requester
 from bot.model.sizes import SizeRule
+from bot.offline import OfflineImageServer
 from bot.policy.clicks import already_deleted
 from tests import dbs
+from tests.support import core as support
 from tests.support.core import ALICE, BOB, MakeCore, Store, assert_counters_match_ledger, rows
 from tests.support.core import ActionsView as View
 
@@ -37,6 +38,21 @@ async def first_job(core: Any, text: str = "a red fox --size 1536x1024 --quality
 
 def button(result: JobResult, kind: Kind, index: int = 1) -> actions.Button:
     return next(b for b in result.buttons if b.kind == kind and (b.index == index or kind == Kind.REROLL))
+
+
+async def click(
+    core: Core, store: Store, result: JobResult, kind: Kind, who: Requester = ALICE, **kw: Any
+) -> View:
+    """`who` clicks the `kind` button of `result` (kept in `store`); the view it is answered in."""
+    view = View()
+    await core.act(button(result, kind).key, who, view, store, **kw)
+    return view
+
+
+def image_server(core: Core) -> OfflineImageServer:
+    """The offline image server the core renders against (its calls are what was asked of the API)."""
+    assert core.offline_server is not None
+    return core.offline_server
 
 
 # --- pure rules -----------------------------------------------------------------------------------------
@@ -109,11 +125,9 @@ async def test_each_action_is_a_new_job_of_whoever_clicked(
     make_core: MakeCore, kind: Kind, size: tuple[int, int], quality: str
 ) -> None:
     core = await make_core(IMAGEBOT_CONFIRM_USD="off")
-    server = core.offline_server
-    assert server is not None
+    server = image_server(core)
     result, _, store = await first_job(core)
-    bob_view = View()
-    await core.act(button(result, kind).key, BOB, bob_view, store, instruction="make it blue")
+    bob_view = await click(core, store, result, kind, BOB, instruction="make it blue")
 
     [again] = bob_view.delivered
     assert (again.images[0].width, again.images[0].height) == size and again.request.quality == quality
@@ -159,11 +173,9 @@ async def test_an_expired_or_foreign_button_is_refused_privately(make_core: Make
 
 async def test_a_click_past_the_clickers_quota_is_refused_and_calls_nothing(make_core: MakeCore) -> None:
     core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1")
-    server = core.offline_server
-    assert server is not None
+    server = image_server(core)
     result, _, store = await first_job(core)
-    again = View()
-    await core.act(button(result, Kind.REROLL).key, ALICE, again, store)
+    again = await click(core, store, result, Kind.REROLL)
     assert again.refusals and "daily images" in again.refusals[0] and len(server.calls) == 1
 
 
@@ -174,8 +186,7 @@ async def test_an_expensive_render_waits_for_render_and_reserves_nothing_until_t
     make_core: MakeCore,
 ) -> None:
     core = await make_core(IMAGEBOT_CONFIRM_USD="0.10")
-    server = core.offline_server
-    assert server is not None
+    server = image_server(core)
     view = View()
     request = core.parse("a fox --size 1024x1024 --quality high")
     assert await core.submit(request, ALICE, view) is None
@@ -215,14 +226,10 @@ async def test_cancel_costs_nothing_and_a_late_render_is_refused(make_core: Make
 
 
 async def test_a_channel_sets_its_own_threshold(make_core: MakeCore) -> None:
-    from adapters.mentions import read_admin
-    from bot import commands
 
     core = await make_core(IMAGEBOT_CONFIRM_USD="off", IMAGEBOT_ADMINS="U9")
     admin = Requester("slack", "W1", "C1", "U9")
-    reply = await commands.admin(
-        core, admin, read_admin("channel <#C1> confirm=0.001", admin.platform), platform_admin=False
-    )
+    reply = await support.admin_chat(core, admin, "channel <#C1> confirm=0.001", platform_admin=False)
     assert "confirm" in reply.text, reply.text
     view = View()
     assert await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, view) is None
@@ -266,8 +273,7 @@ async def test_the_console_acts_on_the_last_jobs_images(
     from adapters.console import handle_line
 
     core = await make_core()
-    server = core.offline_server
-    assert server is not None
+    server = image_server(core)
     who = Requester("console", "local", "console", "console")
     assert await handle_line(core, "a red fox --size 1536x1024 --quality low", who, tmp_path) is None
     shown = capsys.readouterr().out
@@ -306,11 +312,9 @@ async def test_flags_in_an_edit_instruction_work_as_in_a_message(make_core: Make
 
 async def test_an_empty_edit_instruction_is_refused_and_calls_nothing(make_core: MakeCore) -> None:
     core = await make_core(IMAGEBOT_CONFIRM_USD="off")
-    server = core.offline_server
-    assert server is not None
+    server = image_server(core)
     result, _, store = await first_job(core)
-    view = View()
-    await core.act(button(result, Kind.EDIT).key, BOB, view, store, instruction="   ")
+    view = await click(core, store, result, Kind.EDIT, BOB, instruction="   ")
     assert view.refusals == ["the edit instruction is empty; say what to change, e.g. make the sky stormy"]
     assert len(server.calls) == 1 and len(rows(core)) == 1
 
@@ -337,22 +341,20 @@ def test_every_click_is_charged_to_its_clicker_within_their_limits(
 
     async def run() -> None:
         tmp = tmp_path_factory.mktemp("clicks")
-        environ = {
-            "IMAGEBOT_DB": str(tmp / "bot.sqlite3"),
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.01",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_CONFIRM_USD": "off",
-            "IMAGEBOT_USER_DAILY_IMAGES": str(daily_images),
-        }
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        settings = support.offline_settings(
+            str(tmp / "bot.sqlite3"),
+            IMAGEBOT_OFFLINE_LATENCY="0.01",
+            IMAGEBOT_API_TIMEOUT="360",  # the default
+            IMAGEBOT_CONFIRM_USD="off",
+            IMAGEBOT_USER_DAILY_IMAGES=str(daily_images),
+        )
+        core = await Core.start(settings)
         try:
             result, _, store = await first_job(core)
             expected = {ALICE.user: 1}
             for index, kind in clicks:
                 who = CLICKERS[index]
-                view = View()
-                await core.act(button(result, kind).key, who, view, store, instruction="make it blue")
+                view = await click(core, store, result, kind, who, instruction="make it blue")
                 if who.workspace != ALICE.workspace:
                     assert view.refusals == [texts.EXPIRED_BUTTON] and not view.delivered
                 elif expected.get(who.user, 0) >= daily_images:
@@ -405,14 +407,10 @@ async def test_a_price_check_past_a_limit_or_in_a_cooldown_is_refused_at_once_an
 ) -> None:
     """Seen: 8 price checks by a user with cooldown 3600 s, max_jobs 1 and $0.01 a day wrote 40 blob rows and
     no ledger row. Each is now refused at once, as the job would be, naming the rule, and nothing is stored."""
-    from adapters.mentions import read_admin
-    from bot import commands
 
     core = await make_core(IMAGEBOT_CONFIRM_USD="0.10", IMAGEBOT_USER_DAILY_USD="0.01", IMAGEBOT_ADMINS="U9")
     admin = Requester("slack", "W1", "C1", "U9")
-    reply = await commands.admin(
-        core, admin, read_admin("settings cooldown=3600 max_jobs=1", admin.platform), platform_admin=False
-    )
+    reply = await support.admin_chat(core, admin, "settings cooldown=3600 max_jobs=1", platform_admin=False)
     assert "cooldown" in reply.text, reply.text
     view = View()
     for seed in range(8):
@@ -480,8 +478,7 @@ async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCor
     late = View()
     await core.price_check(token, ALICE, late, render=True)
     assert late.refusals and "no longer" in late.refusals[0] and "Nothing was charged" in late.refusals[0]
-    again = View()
-    await core.act(button(edited, Kind.REROLL).key, ALICE, again, store)
+    again = await click(core, store, edited, Kind.REROLL)
     assert len(again.delivered) == 1  # a day old: its Re-roll still works, with its input images
 
     now[0] = start + timedelta(days=2, minutes=2)
@@ -489,8 +486,7 @@ async def test_stored_requests_and_images_go_after_their_time(make_core: MakeCor
     await core.sweep()
     left = stored(core)
     assert left["blobs"] == 2 and left["results"] == 1  # the Re-roll's own job (a minute old) and its images
-    expired = View()
-    await core.act(button(result, Kind.REROLL).key, ALICE, expired, store)
+    expired = await click(core, store, result, Kind.REROLL)
     # Its result row was swept with the buttons' life (results: 1 left above): the job is no longer known.
     assert len(expired.refusals) == 1 and "not known here" in expired.refusals[0], expired.refusals
 

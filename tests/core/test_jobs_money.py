@@ -26,6 +26,7 @@ from tests.support.core import (
     assert_counters_match_ledger,
     expected_usage,
     rows,
+    run_job,
     user_day,
 )
 from tests.support.waits import until
@@ -133,11 +134,8 @@ async def test_count_3_reserves_three_rows_and_settles_three(make_core: MakeCore
 
 async def test_500_always_releases_the_reservation_and_keeps_every_request_id(make_core: MakeCore) -> None:
     core = await make_core()
-    core.offline_server.push_faults("500*")  # type: ignore[union-attr]
-    view = RecordingView()
-    job = await core.runner.prepare(core.parse("a red fox --quality low"), ALICE)
 
-    outcome = await core.runner.execute(job, view)
+    outcome, view = await run_job(core, "a red fox --quality low", fault="500*")
 
     assert isinstance(outcome, JobFailure) and view.failures == [outcome] and view.delivered == []
     calls = core.offline_server.calls  # type: ignore[union-attr]
@@ -217,11 +215,10 @@ async def test_a_broken_connection_is_charged_only_if_the_request_went_out(
 
 async def test_a_moderation_refusal_costs_nothing_and_says_why(make_core: MakeCore) -> None:
     core = await make_core()
-    core.offline_server.push_faults("moderation")  # type: ignore[union-attr]
-    view = RecordingView()
-    job = await core.runner.prepare(core.parse("something the safety system refuses --quality low"), ALICE)
 
-    outcome = await core.runner.execute(job, view)
+    outcome, view = await run_job(
+        core, "something the safety system refuses --quality low", fault="moderation"
+    )
 
     assert isinstance(outcome, JobFailure) and view.failures == [outcome]
     [call] = core.offline_server.calls  # type: ignore[union-attr]  # a 400 is never retried

@@ -38,6 +38,7 @@ from tests.support.ledger import (
     OPEN_SQL,
     SPEND_SQL,
     assert_counters_match,
+    every_limit,
     sql_counters,
     stored_counters,
 )
@@ -182,14 +183,7 @@ async def _random_walk(open_ledger: Callable[..., Ledger], seed: int) -> None:
     rng = random.Random(seed)
     name = f"walk-{seed}.sqlite3"
     clock = Clock(datetime(2026, 3, 27, 20, 0, tzinfo=UTC))  # crosses DST (29 March) and a month end
-    defaults = QuotaDefaults(
-        user_daily_micros=150_000,
-        user_daily_images=6,
-        user_monthly_micros=900_000,
-        user_monthly_images=30,
-        channel_monthly_micros=1_500_000,
-        workspace_monthly_micros=2_500_000,
-    )
+    defaults = every_limit(day=(150_000, 6), month=(900_000, 30), channel=1_500_000, workspace=2_500_000)
     # The walk moves the clock by days; a lease that outlives it keeps its rows ours (fencing is tested apart).
     ledger = open_ledger(name, clock=clock, timezone=BERLIN, defaults=defaults, lease=timedelta(days=3650))
     path = ledger.path
@@ -837,14 +831,7 @@ BAR_BLUE = (0x4A, 0x7B, 0xD0)
 async def _refusals(target: str) -> list[str]:
     """Every kind of refusal a reservation or an extension gives, in order, on one store."""
     clock = Clock(LATE_EVENING)
-    defaults = QuotaDefaults(
-        user_daily_micros=100_000,
-        user_daily_images=6,
-        user_monthly_micros=1_000_000,
-        user_monthly_images=40,
-        channel_monthly_micros=400_000,
-        workspace_monthly_micros=600_000,
-    )
+    defaults = every_limit(day=(100_000, 6), month=(1_000_000, 40), channel=400_000, workspace=600_000)
     ledger = Ledger(target, clock=clock, timezone=BERLIN, defaults=defaults)
     seen: list[str] = []
 

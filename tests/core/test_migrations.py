@@ -412,6 +412,15 @@ def test_a_sqlite_file_of_every_earlier_version_migrates_with_its_rows(tmp_path:
 # --- PostgreSQL -------------------------------------------------------------------------------------
 
 
+def _pg_differences(url: str) -> list[str]:
+    """How the PostgreSQL database at `url` differs from the declared tables (none: it matches)."""
+    db = pg.PgDatabase(url)
+    try:
+        return tables.postgres_differences(db)
+    finally:
+        db.close()
+
+
 def _pg_schema(url: str) -> dict[str, Any]:
     db = Store(url)
     return {
@@ -452,11 +461,7 @@ def test_a_postgres_database_of_every_earlier_version_migrates_with_its_rows(
     pg.connect(fresh).conn.close()
     assert _pg_schema(url) == _pg_schema(fresh)
     for built in (url, fresh):
-        db = pg.PgDatabase(built)
-        try:
-            assert tables.postgres_differences(db) == []
-        finally:
-            db.close()
+        assert _pg_differences(built) == []
     assert Store(url).select("SELECT max(version) FROM schema_version") == [(pg.SCHEMA_VERSION,)]
     _check(Store(url), level)
     _use(url)
@@ -518,11 +523,7 @@ def test_a_table_declared_later_reaches_an_existing_postgres_database_and_a_new_
     new = pg_server.create_database()
     pg.connect(new).close()
     for built in (old, new):
-        db = pg.PgDatabase(built)
-        try:
-            assert tables.postgres_differences(db) == []
-        finally:
-            db.close()
+        assert _pg_differences(built) == []
         Store(built).insert("notes", {"id": "a", "body": "kept"})
         assert Store(built).select("SELECT id, body, n FROM notes") == [("a", "kept", 0)]
     assert _pg_schema(old) == _pg_schema(new)

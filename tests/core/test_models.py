@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -280,18 +279,8 @@ def test_model_choice_comes_first_and_lists_the_table() -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(latency=0)
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
-async def client(server: OfflineImageServer) -> AsyncIterator[openai.AsyncOpenAI]:
-    sdk = openai.AsyncOpenAI(base_url=server.base_url, api_key="test", max_retries=0, timeout=30)
-    yield sdk
-    await sdk.close()
+def server_options() -> dict[str, Any]:
+    return {"latency": 0}
 
 
 def png(size: tuple[int, int] = (640, 640), mode: str = "RGB") -> bytes:

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.app import Core
-from bot.config import QuotaDefaults, Settings
+from bot.config import QuotaDefaults
 from bot.errors import DeliveryFailed, QuotaExceeded
 from bot.jobs.outcomes import JobFailure, JobResult
 from bot.model.pricing import Usage, cost_micros
@@ -39,7 +39,7 @@ from bot.model.request import ImageRequest, Requester
 from bot.policy import quota
 from bot.store.ledger import Ledger
 from tests import dbs
-from tests.support.core import RecordingView
+from tests.support.core import RecordingView, offline_settings
 
 EXAMPLES = int(os.environ.get("IMAGEBOT_PROPERTY_EXAMPLES", "25"))
 RETRIES = 2
@@ -136,17 +136,15 @@ async def run_example(
     in_flight: int,
     stall_at: float | None = None,
 ) -> None:
-    environ = {
-        "IMAGEBOT_DB": store,
-        "IMAGEBOT_OFFLINE": "1",
-        "IMAGEBOT_OFFLINE_LATENCY": "0.02",
-        "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-        "IMAGEBOT_API_TIMEOUT": "0.25",
-        "IMAGEBOT_API_RETRIES": str(RETRIES),
-        "IMAGEBOT_MAX_IN_FLIGHT": str(in_flight),
-        "IMAGEBOT_PARTIAL_IMAGES": "1",
-    }
-    core = await Core.start(Settings.load(environ=environ, env_file=None))
+    settings = offline_settings(
+        store,
+        IMAGEBOT_OFFLINE_LATENCY="0.02",
+        IMAGEBOT_API_TIMEOUT="0.25",
+        IMAGEBOT_API_RETRIES=str(RETRIES),
+        IMAGEBOT_MAX_IN_FLIGHT=str(in_flight),
+        IMAGEBOT_PARTIAL_IMAGES="1",
+    )
+    core = await Core.start(settings)
     path = core.settings.db_path
     try:
         core.ledger.defaults = defaults

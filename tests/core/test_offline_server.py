@@ -7,7 +7,6 @@ import base64
 import io
 import re
 import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
@@ -19,42 +18,10 @@ from bot.errors import ConfigError
 from bot.model.pricing import Usage, cost_micros, estimate_micros, load_prices
 from bot.model.sizes import parse_size
 from bot.offline import OfflineImageServer, parse_faults
+from tests.support.offline import ClientFactory
 
 REQUEST_ID = re.compile(r"^req_[0-9a-f]{32}$")
 MODEL = "gpt-image-2"
-
-ClientFactory = Callable[..., openai.AsyncOpenAI]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(latency=0.05)
-    await srv.start()
-    try:
-        yield srv
-    finally:
-        await srv.stop()
-
-
-@pytest.fixture
-async def make_client(server: OfflineImageServer) -> AsyncIterator[ClientFactory]:
-    clients: list[openai.AsyncOpenAI] = []
-
-    def make(*, max_retries: int = 0, timeout: float = 20.0) -> openai.AsyncOpenAI:
-        client = openai.AsyncOpenAI(
-            base_url=server.base_url, api_key="test", max_retries=max_retries, timeout=timeout
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        await client.close()
-
-
-@pytest.fixture
-def client(make_client: ClientFactory) -> openai.AsyncOpenAI:
-    return make_client()
 
 
 def decode(b64: str | None) -> Image.Image:
@@ -315,12 +282,21 @@ async def test_edit_validation(client: openai.AsyncOpenAI, param: str, kwargs: d
 # --- faults -------------------------------------------------------------------------------
 
 
-async def test_500_then_success_is_retried(make_client: ClientFactory, server: OfflineImageServer) -> None:
-    server.push_faults("500")
+@pytest.mark.parametrize(
+    ("fault", "status"),
+    [
+        pytest.param("500", 500, id="500_then_success_is_retried"),
+        pytest.param("429:1", 429, id="429_retry_after_is_honoured"),
+    ],
+)
+async def test_a_retryable_fault_then_success_is_retried(
+    make_client: ClientFactory, server: OfflineImageServer, fault: str, status: int
+) -> None:
+    server.push_faults(fault)
     client = make_client(max_retries=2)
     result = await client.images.generate(model=MODEL, prompt="retry me", quality="low")
     assert result.data is not None
-    assert [(c.fault, c.status) for c in server.calls] == [("500", 500), (None, 200)]
+    assert [(c.fault, c.status) for c in server.calls] == [(fault, status), (None, 200)]
 
 
 @pytest.mark.parametrize("status", [500, 502, 503])
@@ -333,14 +309,6 @@ async def test_server_errors_have_openai_bodies(
     assert caught.value.status_code == status
     assert isinstance(caught.value.body, dict) and caught.value.body["type"] == "server_error"
     assert caught.value.request_id == server.calls[-1].request_id
-
-
-async def test_429_retry_after_is_honoured(make_client: ClientFactory, server: OfflineImageServer) -> None:
-    server.push_faults("429:1")
-    client = make_client(max_retries=2)
-    result = await client.images.generate(model=MODEL, prompt="busy", quality="low")
-    assert result.data is not None
-    assert [(c.fault, c.status) for c in server.calls] == [("429:1", 429), (None, 200)]
 
 
 async def test_429_headers(client: openai.AsyncOpenAI, server: OfflineImageServer) -> None:

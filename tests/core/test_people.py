@@ -10,7 +10,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mentions import read_admin
 from bot import commands
 from bot.errors import UserError
 from bot.jobs.card import no_such_job
@@ -19,7 +18,7 @@ from bot.model.request import Defaults, ImageRequest, Requester, parse_request
 from bot.model.sizes import parse_size
 from bot.policy.access import QUALITY_RANK, Access, Rules, from_your_default
 from bot.policy.preferences import Preferences
-from tests.support.core import ALICE, BOB, MakeCore, rows
+from tests.support.core import ALICE, BOB, MakeCore, admin_chat, rows
 from tests.support.core import AccessView as View
 
 PRICES = load_prices()
@@ -31,6 +30,11 @@ async def settings_of(core: Any, who: Requester, text: str = "") -> str:
     return (await commands.my_settings(core, who, text)).text
 
 
+def shape(request: ImageRequest) -> tuple[str, str, str, int, bool]:
+    """What a request asks for: size, quality, format, count, and whether it is relax."""
+    return (str(request.size), request.quality, request.format, request.count, request.relax)
+
+
 # -- defaults -------------------------------------------------------------------------------------------------
 
 
@@ -39,27 +43,15 @@ async def test_a_default_fills_in_what_the_request_leaves_unsaid(make_core: Make
     said = await settings_of(core, ALICE, "--size 2k --quality high --relax format=png count=2")
     assert "size: 2k (yours)" in said and "mode: relax (yours)" in said
     bare = await core.parse_for(ALICE, "a lighthouse")
-    assert (str(bare.size), bare.quality, bare.format, bare.count, bare.relax) == (
-        "2048x2048",
-        "high",
-        "png",
-        2,
-        True,
-    )
+    assert shape(bare) == ("2048x2048", "high", "png", 2, True)
     assert set(bare.defaulted) == {"size", "quality", "format", "count", "mode"}
     typed = await core.parse_for(ALICE, "a fox --size 1k --quality low --format jpeg --count 1 --fast")
-    assert (str(typed.size), typed.quality, typed.format, typed.count, typed.relax) == (
-        "1024x1024",
-        "low",
-        "jpeg",
-        1,
-        False,
-    )
+    assert shape(typed) == ("1024x1024", "low", "jpeg", 1, False)
     assert typed.defaulted == ()
     # Bob, and Alice in another workspace, have their own (none).
     for other in (BOB, ELSEWHERE):
         plain = await core.parse_for(other, "a cat")
-        assert (str(plain.size), plain.quality, plain.format, plain.count) == ("auto", "auto", "jpeg", 1)
+        assert shape(plain)[:4] == ("auto", "auto", "jpeg", 1)
 
 
 async def test_an_aspect_ratio_default_shapes_a_preset_size(make_core: MakeCore) -> None:
@@ -114,9 +106,7 @@ async def test_a_default_above_a_ceiling_is_refused_as_the_flag_would_be_and_say
     make_core: MakeCore,
 ) -> None:
     core = await make_core()
-    await commands.admin(
-        core, ADMIN, read_admin("channel <#C1> max_quality=medium max_size=1k", "slack"), platform_admin=True
-    )
+    await admin_chat(core, ADMIN, "channel <#C1> max_quality=medium max_size=1k", platform_admin=True)
     await core.set_preferences(ALICE, "quality=high")
     view = View()
     await core.submit(await core.parse_for(ALICE, "a lighthouse"), ALICE, view)

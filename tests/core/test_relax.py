@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from adapters.mentions import read_admin
 from bot import commands
 from bot.app import Core
 from bot.config import Settings
@@ -23,7 +22,7 @@ from bot.model.pricing import Usage, batch_price, cost_micros, format_usd, load_
 from bot.model.request import Requester
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.support.core import ADMIN, ALICE, BOB, Store, assert_counters_match_ledger, rows
+from tests.support.core import ADMIN, ALICE, BOB, Store, admin_chat, assert_counters_match_ledger, rows
 from tests.support.core import AccessView as View
 from tests.support.waits import until
 
@@ -40,11 +39,8 @@ CAROL = Requester("slack", "W1", "C1", "U3")  # the marker: a later job whose de
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    offline = OfflineImageServer(latency=0.05, batch_latency=0.4)
-    await offline.start()
-    yield offline
-    await offline.stop()
+def server_options() -> dict[str, Any]:
+    return {"latency": 0.05, "batch_latency": 0.4}
 
 
 @pytest.fixture
@@ -69,6 +65,40 @@ async def a_later_batch_delivered(core: Core, server: OfflineImageServer) -> Non
     marker = View()
     await core.submit(core.parse("a marker --relax --size 1024x1024 --quality low"), CAROL, marker)
     await until(lambda: bool(marker.delivered), timeout=15)
+
+
+async def relax(core: Core, text: str = "a fox", who: Requester = ALICE) -> View:
+    """`text` as a small relax job (1024x1024, low) from `who`; the view it is answered in."""
+    view = View()
+    await core.submit(core.parse(f"{text} --relax --size 1024x1024 --quality low"), who, view)
+    return view
+
+
+async def settled(view: View) -> None:
+    """Until the job is delivered or has failed."""
+    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+
+
+async def relax_after_fault(
+    start: StartCore, server: OfflineImageServer, fault: str, text: str
+) -> tuple[Core, View]:
+    """A fresh core's relax job, with `fault` queued on the offline server first, once it has settled."""
+    core = await start()
+    server.push_faults(fault)
+    view = await relax(core, text)
+    await settled(view)
+    return core, view
+
+
+async def batch_in_flight(
+    start: StartCore, server: OfflineImageServer, latency: float, text: str = "a fox"
+) -> tuple[Core, View]:
+    """A relax job whose batch takes `latency` seconds, once the batch is recorded with its id."""
+    server.batch_latency = latency
+    core = await start()
+    view = await relax(core, text)
+    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    return core, view
 
 
 def batches_created(server: OfflineImageServer) -> int:
@@ -143,11 +173,7 @@ def core_request(core: Core, text: str) -> Any:
 async def test_a_line_error_is_released_and_the_rest_delivered(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    core = await start()
-    server.push_faults("line_error")
-    view = View()
-    await core.submit(core.parse("two foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: bool(view.delivered or view.failures))
+    core, view = await relax_after_fault(start, server, "line_error", "two foxes --count 2")
     assert len(view.delivered[0].images) == 1
     statuses = sorted(r["status"] for r in rows(core))
     assert statuses == ["delivered", "failed"]
@@ -158,11 +184,7 @@ async def test_a_line_error_is_released_and_the_rest_delivered(
 async def test_an_expired_batch_releases_what_was_never_rendered(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    core = await start()
-    server.push_faults("batch_expired")
-    view = View()
-    await core.submit(core.parse("foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: bool(view.delivered or view.failures))
+    core, view = await relax_after_fault(start, server, "batch_expired", "foxes --count 2")
     failed = [r for r in rows(core) if r["status"] == "failed"]
     assert failed and all(r["actual_micros"] == 0 and "batch_expired" in r["error"] for r in failed)
     assert_counters_match_ledger(core)
@@ -172,8 +194,7 @@ async def test_cancel_before_the_batch_is_sent_releases_everything(
     start: StartCore, server: OfflineImageServer
 ) -> None:
     core = await start(IMAGEBOT_BATCH_WINDOW="5")
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    view = await relax(core)
     job_id = rows(core)[0]["job_id"]
     assert not core.cancel(job_id, BOB)  # not Bob's
     assert core.cancel(job_id, ALICE)
@@ -188,8 +209,7 @@ async def test_cancel_of_a_job_alone_in_its_batch_cancels_the_batch(
 ) -> None:
     server.batch_latency = 2.0
     core = await start()
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    view = await relax(core)
     await until(lambda: rows(core)[0]["status"] == "batched")
     assert core.cancel(rows(core)[0]["job_id"], ALICE)
     await until(lambda: any("Cancelling the batch" in r for r in view.refusals))
@@ -237,9 +257,7 @@ async def test_a_relax_job_is_refused_by_quota_at_its_batch_price(
     relax_price = core.runner.reservation(core.parse("a fox --relax --size 1024x1024 --quality high"), False)
     assert relax_price == batch_price(fast_price, load_prices().model("gpt-image-2")) < fast_price
     usd = f"{(relax_price + 1) / 1e6:.6f}"
-    await commands.admin(
-        core, ADMIN, read_admin(f"quota <@U1> daily_usd={usd}", ADMIN.platform), platform_admin=True
-    )
+    await admin_chat(core, ADMIN, f"quota <@U1> daily_usd={usd}", platform_admin=True)
     refused = View()
     await core.submit(request, ALICE, refused)  # fast: above the limit
     assert refused.refusals and "daily" in refused.refusals[0].lower()
@@ -257,9 +275,7 @@ async def test_a_channel_default_makes_jobs_relax_and_fast_overrides_it(
     start: StartCore, server: OfflineImageServer
 ) -> None:
     core = await start()
-    await commands.admin(
-        core, ADMIN, read_admin("channel <#C1> relax=on", ADMIN.platform), platform_admin=True
-    )
+    await admin_chat(core, ADMIN, "channel <#C1> relax=on", platform_admin=True)
     relaxed, fast = View(), View()
     await core.submit(core.parse("a fox --size 1024x1024 --quality low"), ALICE, relaxed)
     await core.submit(core.parse("a fox --fast --size 1024x1024 --quality low"), ALICE, fast)
@@ -403,11 +419,7 @@ async def test_a_lost_answer_to_the_batch_creation_finds_the_batch_by_its_key(
 ) -> None:
     """The batch is created but the answer to POST /v1/batches never arrives: the job is not released; its
     batch is found by the key in its metadata, polled, settled and delivered."""
-    core = await start()
-    server.push_faults("batch_dropped")
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    core, view = await relax_after_fault(start, server, "batch_dropped", "a fox")
     assert not view.failures, view.failures[0].message
     (batch,) = list(server.batch_api.batches.values())
     assert batch.metadata is not None and batches_created(server) == 1 and lists(server) >= 1
@@ -421,11 +433,7 @@ async def test_a_lost_answer_to_the_batch_creation_finds_the_batch_by_its_key(
 async def test_a_500_from_the_batch_creation_releases_the_job_once_its_key_is_not_found(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    core = await start()
-    server.push_faults("batch_500")
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    core, view = await relax_after_fault(start, server, "batch_500", "a fox")
     assert view.failures and "Nothing was charged" in texts.summary(view.failures[0])
     assert "never took the job" in view.failures[0].message
     assert lists(server) >= 1  # looked for by its key before giving up
@@ -447,12 +455,11 @@ async def test_a_database_error_while_recording_the_batch_is_resolved_by_its_key
     dbs.write(
         target, f"CREATE TRIGGER t2 BEFORE UPDATE OF id ON batches WHEN NEW.id IS NOT NULL BEGIN {fail}; END"
     )
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    view = await relax(core)
     await until(lambda: [b.status for b in server.batch_api.batches.values()] == ["completed"])
     dbs.write(target, "DROP TRIGGER t1")
     dbs.write(target, "DROP TRIGGER t2")
-    await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    await settled(view)
     assert not view.failures, view.failures[0].message
     (line,) = rows(core)
     assert line["status"] == "delivered"
@@ -462,13 +469,9 @@ async def test_a_database_error_while_recording_the_batch_is_resolved_by_its_key
 async def test_one_vanished_batch_does_not_stop_the_delivery_of_the_others(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    server.batch_latency = 1.0
-    core = await start()
-    alice, bob = View(), View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, alice)
-    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    core, _ = await batch_in_flight(start, server, 1.0)
     server.batch_api.batches.clear()  # e.g. the offline server restarted: GET answers 404
-    await core.submit(core.parse("a crow --relax --size 1024x1024 --quality low"), BOB, bob)
+    bob = await relax(core, "a crow", BOB)
     await until(lambda: bool(bob.delivered), timeout=15)
     assert next(r for r in rows(core) if r["user"] == "U2")["status"] == "delivered"
 
@@ -476,14 +479,10 @@ async def test_one_vanished_batch_does_not_stop_the_delivery_of_the_others(
 async def test_a_batch_that_can_no_longer_be_read_is_charged_as_possibly_billed_and_told(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    server.batch_latency = 2.0
-    core = await start()
-    view = View()
-    await core.submit(core.parse("two foxes --relax --count 2 --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    core, view = await batch_in_flight(start, server, 2.0, "two foxes --count 2")
     (batch_id,) = list(server.batch_api.batches)
     server.batch_api.batches.clear()
-    await until(lambda: bool(view.failures or view.delivered), timeout=15)
+    await settled(view)
     (failure,) = view.failures
     reserved = sum(r["reserved_micros"] for r in rows(core))
     assert batch_id in failure.message and "may have been billed" in failure.message
@@ -501,14 +500,10 @@ async def test_a_batch_that_can_no_longer_be_read_is_charged_as_possibly_billed_
 async def test_a_batch_an_hour_past_its_window_is_settled_from_what_is_known(
     start: StartCore, server: OfflineImageServer
 ) -> None:
-    server.batch_latency = 600.0
-    core = await start()
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
-    await until(lambda: any(b["id"] for b in batch_rows(core)))
+    core, view = await batch_in_flight(start, server, 600.0)
     (batch,) = list(server.batch_api.batches.values())
     batch.created_at -= 25 * 3600 + 60  # its 24 h window ended over an hour ago; it still says in_progress
-    await until(lambda: bool(view.failures or view.delivered), timeout=15)
+    await settled(view)
     (failure,) = view.failures
     assert batch.id in failure.message and "may have been billed" in failure.message
     (line,) = rows(core)
@@ -522,8 +517,7 @@ async def test_a_cancel_while_the_batch_is_being_sent_is_answered_and_cancels_it
     server.batch_latency = 2.0
     server.batch_api.create_delay = 0.5  # the cancel lands while POST /v1/batches is in flight
     core = await start()
-    view = View()
-    await core.submit(core.parse("a fox --relax --size 1024x1024 --quality low"), ALICE, view)
+    view = await relax(core)
     await until(lambda: ("POST", "/v1/batches") in server.batch_calls)
     assert core.cancel(rows(core)[0]["job_id"], ALICE)
     await until(lambda: bool(view.refusals), timeout=10)

@@ -29,14 +29,6 @@ from tests import dbs
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[OfflineImageServer]:
-    srv = OfflineImageServer(latency=0.05)
-    await srv.start()
-    yield srv
-    await srv.stop()
-
-
-@pytest.fixture
 async def renderer(server: OfflineImageServer) -> AsyncIterator[Renderer]:
     r = Renderer(base_url=server.base_url, api_key="test", timeout=0.8, max_retries=2)
     yield r
@@ -45,6 +37,16 @@ async def renderer(server: OfflineImageServer) -> AsyncIterator[Renderer]:
 
 def request(text: str = "a fox --size 1536x1024 --quality low", **kwargs):  # type: ignore[no-untyped-def]
     return parse_request(text, prices=load_prices(), **kwargs)
+
+
+async def fails_after(
+    renderer: Renderer, server: OfflineImageServer, faults: str, **render: Any
+) -> ProviderError:
+    """`faults` queued on the server, then one render (with `render`'s keywords): the ProviderError it raises."""
+    server.push_faults(faults)
+    with pytest.raises(ProviderError) as caught:
+        await renderer.render(request(), **render)
+    return caught.value
 
 
 async def test_success_returns_the_image_its_size_usage_and_request_id(
@@ -67,13 +69,9 @@ async def test_a_500_is_retried_and_both_request_ids_are_kept(
 async def test_5xx_always_gives_up_after_two_retries_with_every_request_id(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("502*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request())
-    assert (
-        caught.value.attempts == 3 and len(caught.value.request_ids) == 3 and not caught.value.possibly_billed
-    )
-    assert "HTTP 502" in str(caught.value) and caught.value.request_ids[0] in str(caught.value)
+    failure = await fails_after(renderer, server, "502*")
+    assert failure.attempts == 3 and len(failure.request_ids) == 3 and not failure.possibly_billed
+    assert "HTTP 502" in str(failure) and failure.request_ids[0] in str(failure)
 
 
 async def test_429_waits_for_retry_after(renderer: Renderer, server: OfflineImageServer) -> None:
@@ -95,11 +93,9 @@ async def test_a_4xx_is_never_retried(renderer: Renderer, server: OfflineImageSe
 async def test_a_hang_times_out_and_may_have_been_billed(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), client_request_id="imagebot-job-0")
-    assert caught.value.possibly_billed and caught.value.attempts == 3
-    assert caught.value.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
+    failure = await fails_after(renderer, server, "hang*", client_request_id="imagebot-job-0")
+    assert failure.possibly_billed and failure.attempts == 3
+    assert failure.request_ids == ("imagebot-job-0",)  # no answer: our client request id identifies it
 
 
 async def test_a_hang_then_success_counts_the_lost_attempt(
@@ -129,17 +125,13 @@ async def test_a_dropped_stream_is_retried_by_us(renderer: Renderer, server: Off
 async def test_a_stream_that_always_drops_is_possibly_billed(
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
-    server.push_faults("drop*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=1)
-    assert caught.value.possibly_billed and "stream broke" in str(caught.value)
+    failure = await fails_after(renderer, server, "drop*", partials=1)
+    assert failure.possibly_billed and "stream broke" in str(failure)
 
 
 async def test_a_garbage_answer_is_possibly_billed(renderer: Renderer, server: OfflineImageServer) -> None:
-    server.push_faults("garbage")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request())
-    assert caught.value.possibly_billed and len(server.calls) == 1
+    failure = await fails_after(renderer, server, "garbage")
+    assert failure.possibly_billed and len(server.calls) == 1
 
 
 async def test_an_edit_sends_references_and_mask(renderer: Renderer, server: OfflineImageServer) -> None:
@@ -163,15 +155,21 @@ async def test_an_invalid_request_the_api_rejects_is_a_user_error(renderer: Rend
     assert "rejected the request" in str(caught.value)
 
 
-async def failure_against(port: int) -> ProviderError:
-    """What rendering against 127.0.0.1:`port` raises (one retry)."""
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=2, max_retries=1)
+async def render_failure(base_url: str, *, partials: int = 0, **options: Any) -> ProviderError:
+    """What rendering one image against `base_url` raises, with the Renderer's `options` (timeout, retries,
+    deadlines); the renderer is closed either way."""
+    renderer = Renderer(base_url=base_url, api_key="test", **options)
     try:
         with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
+            await renderer.render(request(), partials=partials)
     finally:
         await renderer.close()
     return caught.value
+
+
+async def failure_against(port: int) -> ProviderError:
+    """What rendering against 127.0.0.1:`port` raises (one retry)."""
+    return await render_failure(f"http://127.0.0.1:{port}/v1", timeout=2, max_retries=1)
 
 
 async def test_a_server_that_hangs_up_after_the_request_may_have_billed_it() -> None:
@@ -205,11 +203,9 @@ async def test_a_stream_that_breaks_between_5xx_never_exceeds_one_plus_retries_a
     renderer: Renderer, server: OfflineImageServer
 ) -> None:
     """The SDK's own retries and our stream re-try share one budget: 3 HTTP attempts in all, not 9."""
-    server.push_faults("500,500,drop,500,500,drop,500,500,ok")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=1)
-    assert len(server.calls) == 3 == caught.value.attempts
-    assert caught.value.possibly_billed and caught.value.billed_attempts == 1  # the broken stream
+    failure = await fails_after(renderer, server, "500,500,drop,500,500,drop,500,500,ok", partials=1)
+    assert len(server.calls) == 3 == failure.attempts
+    assert failure.possibly_billed and failure.billed_attempts == 1  # the broken stream
 
 
 @pytest.mark.parametrize("fault", ["409", "400"])
@@ -235,12 +231,8 @@ async def test_a_408_is_retried(renderer: Renderer, server: OfflineImageServer) 
 @pytest.mark.parametrize("fault", ["500*", "hang*", "drop*", "429:0*", "408*"])
 async def test_no_retries_means_one_attempt(server: OfflineImageServer, fault: str) -> None:
     server.push_faults(fault)
-    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=0.5, max_retries=0)
-    try:
-        with pytest.raises(ProviderError):
-            await renderer.render(request(), partials=1 if fault.startswith("drop") else 0)
-    finally:
-        await renderer.close()
+    partials = 1 if fault.startswith("drop") else 0
+    await render_failure(server.base_url, timeout=0.5, max_retries=0, partials=partials)
     assert len(server.calls) == 1
 
 
@@ -267,11 +259,9 @@ async def test_a_refused_retry_stops_at_once_and_keeps_what_may_have_been_billed
     async def before_retry() -> None:
         raise QuotaExceeded("Quota: your daily spend limit is $0.0100 and $0.0010 is left.")
 
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), before_retry=before_retry)
-    assert len(server.calls) == 1 and caught.value.billed_attempts == 1
-    assert "not retried" in str(caught.value) and "daily spend limit" in str(caught.value)
+    failure = await fails_after(renderer, server, "hang*", before_retry=before_retry)
+    assert len(server.calls) == 1 and failure.billed_attempts == 1
+    assert "not retried" in str(failure) and "daily spend limit" in str(failure)
 
 
 # --- an answer with HTTP 200 was billed (issue item 4) ----------------------------------------
@@ -282,13 +272,11 @@ async def test_a_200_whose_image_is_cut_off_was_billed(
     renderer: Renderer, server: OfflineImageServer, partials: int
 ) -> None:
     """The provider answered 200 and charged for it; that the image does not decode changes nothing."""
-    server.push_faults("truncated")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), partials=partials)
-    assert len(server.calls) == 1 and caught.value.attempts == 1
-    assert caught.value.billed_attempts == 1 and caught.value.possibly_billed
-    assert "HTTP 200: billed" in str(caught.value) and "cannot be decoded" in str(caught.value)
-    assert server.calls[0].request_id in str(caught.value)
+    failure = await fails_after(renderer, server, "truncated", partials=partials)
+    assert len(server.calls) == 1 and failure.attempts == 1
+    assert failure.billed_attempts == 1 and failure.possibly_billed
+    assert "HTTP 200: billed" in str(failure) and "cannot be decoded" in str(failure)
+    assert server.calls[0].request_id in str(failure)
 
 
 # --- a retry that cannot be reserved (issue item 6) -----------------------------------------
@@ -303,12 +291,10 @@ async def test_a_database_error_reserving_a_retry_ends_the_image_keeping_what_ma
     async def before_retry() -> None:
         raise sqlite3.OperationalError("database is locked")
 
-    server.push_faults("hang*")
-    with pytest.raises(ProviderError) as caught:
-        await renderer.render(request(), before_retry=before_retry)
-    assert len(server.calls) == 1 and caught.value.attempts == 1 and caught.value.billed_attempts == 1
-    assert "not retried" in str(caught.value) and "could not be reserved" in str(caught.value)
-    assert "database is locked" not in str(caught.value)  # the user is told what, not the driver's text
+    failure = await fails_after(renderer, server, "hang*", before_retry=before_retry)
+    assert len(server.calls) == 1 and failure.attempts == 1 and failure.billed_attempts == 1
+    assert "not retried" in str(failure) and "could not be reserved" in str(failure)
+    assert "database is locked" not in str(failure)  # the user is told what, not the driver's text
 
 
 # --- retries that cannot succeed or come too soon (issue item 7) ------------------------------
@@ -371,56 +357,34 @@ async def test_a_retry_after_ms_longer_than_the_maximum_is_not_waited_out() -> N
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
-    renderer = Renderer(base_url=f"http://127.0.0.1:{port}/v1", api_key="test", timeout=5, max_retries=2)
     try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-        assert len(calls) == 1 and "(in 90 s)" in str(caught.value)
+        failure = await render_failure(f"http://127.0.0.1:{port}/v1", timeout=5, max_retries=2)
+        assert len(calls) == 1 and "(in 90 s)" in str(failure)
     finally:
-        await renderer.close()
         await runner.cleanup()
 
 
 async def test_a_retry_after_within_a_configured_maximum_is_waited(server: OfflineImageServer) -> None:
     server.push_faults("429:2")
-    renderer = Renderer(
-        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, retry_after_max=1.5
-    )
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
-    assert len(server.calls) == 1 and "(in 2 s)" in str(caught.value)
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, retry_after_max=1.5)
+    assert len(server.calls) == 1 and "(in 2 s)" in str(failure)
 
 
 async def test_one_deadline_bounds_every_attempt_of_an_image(server: OfflineImageServer) -> None:
     """Each attempt may take the client timeout (5 s here), but the image's deadline (1 s) bounds them all."""
     server.push_faults("hang*")
-    renderer = Renderer(base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1)
     started = time.monotonic()
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, image_deadline=1)
     assert time.monotonic() - started < 3 and len(server.calls) == 1
-    assert "deadline of 1 s" in str(caught.value) and caught.value.possibly_billed
+    assert "deadline of 1 s" in str(failure) and failure.possibly_billed
 
 
 async def test_no_retry_starts_after_the_deadline(server: OfflineImageServer) -> None:
     """500, 500: the second retry would wait ~1 s, past the 1.2 s deadline, so it is not made."""
     server.push_faults("500*")
-    renderer = Renderer(
-        base_url=server.base_url, api_key="test", timeout=5, max_retries=2, image_deadline=1.2
-    )
-    try:
-        with pytest.raises(ProviderError) as caught:
-            await renderer.render(request())
-    finally:
-        await renderer.close()
-    assert len(server.calls) == 2 == caught.value.attempts  # the third would start past the deadline
-    assert "deadline of 1.2 s" in str(caught.value) and "HTTP 500" in str(caught.value)
+    failure = await render_failure(server.base_url, timeout=5, max_retries=2, image_deadline=1.2)
+    assert len(server.calls) == 2 == failure.attempts  # the third would start past the deadline
+    assert "deadline of 1.2 s" in str(failure) and "HTTP 500" in str(failure)
 
 
 async def test_the_settings_reach_the_renderer(make_core: Any) -> None:

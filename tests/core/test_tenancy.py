@@ -20,7 +20,7 @@ import sqlite_utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapters.mentions import PlatformMentions, read_admin
+from adapters.mentions import PlatformMentions
 from bot import commands, config
 from bot.app import Core
 from bot.config import QuotaDefaults, Settings
@@ -30,7 +30,8 @@ from bot.model.sizes import parse_size
 from bot.policy import quota
 from bot.store import schema as store
 from bot.store.ledger import Ledger, Settlement, Status
-from tests.support.core import MakeCore
+from tests.support.core import MakeCore, admin_chat
+from tests.support.ledger import every_limit
 
 NOW = datetime(2026, 4, 15, 12, 0, tzinfo=UTC)
 # The same member (Discord user 42) in two guilds: A, where they are a plain member, and B, which they own.
@@ -61,11 +62,8 @@ async def test_a_tenant_admin_of_guild_b_cannot_lift_the_limits_that_bind_them_i
 ) -> None:
     core = await make_core(IMAGEBOT_USER_DAILY_IMAGES="1", IMAGEBOT_USER_DAILY_USD="1")
     # In B (their own server) they lift their own limits; that is B's business ...
-    reply = await commands.admin(
-        core,
-        IN_B,
-        read_admin("quota <@42> daily_images=unlimited daily_usd=500", IN_B.platform),
-        platform_admin=True,
+    reply = await admin_chat(
+        core, IN_B, "quota <@42> daily_images=unlimited daily_usd=500", platform_admin=True
     )
     assert "Limits for user 42 set" in reply.text and "discord:222" in reply.text
     await core.ledger.reserve(IN_B, request(3), 1_000)
@@ -76,9 +74,7 @@ async def test_a_tenant_admin_of_guild_b_cannot_lift_the_limits_that_bind_them_i
     with pytest.raises(QuotaExceeded, match=r"your daily spend limit is \$1\.0000"):
         await core.ledger.reserve(Requester("discord", "111", "1002", "42"), request(1), 2_000_000)
     # And a channel override in B does nothing to a channel of the same id in A.
-    await commands.admin(
-        core, IN_B, read_admin("quota <#1001> monthly_usd=0", IN_B.platform), platform_admin=True
-    )
+    await admin_chat(core, IN_B, "quota <#1001> monthly_usd=0", platform_admin=True)
     assert {line.label for line in await core.ledger.quota_lines(IN_A)} == {
         "your daily spend",
         "your daily images",
@@ -90,12 +86,7 @@ async def test_a_tenant_admin_cannot_set_their_tenants_own_limit_and_an_operator
 ) -> None:
     core = await make_core(IMAGEBOT_ADMINS="discord:7", IMAGEBOT_WORKSPACE_MONTHLY_USD="10")
     for target in ("workspace", "guild", "server"):
-        refused = await commands.admin(
-            core,
-            IN_B,
-            read_admin(f"quota {target} monthly_usd=unlimited", IN_B.platform),
-            platform_admin=True,
-        )
+        refused = await admin_chat(core, IN_B, f"quota {target} monthly_usd=unlimited", platform_admin=True)
         assert "only operators" in refused.text.lower() and "IMAGEBOT_ADMINS" in refused.text
     with sqlite3.connect(core.settings.db_path) as conn:
         assert conn.execute("SELECT count(*) FROM limits").fetchone() == (0,)
@@ -103,12 +94,7 @@ async def test_a_tenant_admin_cannot_set_their_tenants_own_limit_and_an_operator
         await core.ledger.reserve(IN_B, request(1), 11_000_000)
 
     operator_in_b = Requester("discord", "222", "2001", "7")
-    done = await commands.admin(
-        core,
-        operator_in_b,
-        read_admin("quota workspace monthly_usd=20", operator_in_b.platform),
-        platform_admin=False,
-    )
+    done = await admin_chat(core, operator_in_b, "quota workspace monthly_usd=20", platform_admin=False)
     assert "Limits for workspace 222 set" in done.text
     await core.ledger.reserve(IN_B, request(1), 11_000_000)  # B's limit is now $20 ...
     with pytest.raises(QuotaExceeded, match=r"this workspace's monthly spend limit is \$10\.0000"):
@@ -117,9 +103,7 @@ async def test_a_tenant_admin_cannot_set_their_tenants_own_limit_and_an_operator
 
 async def test_members_are_not_admins(make_core: MakeCore) -> None:
     core = await make_core(IMAGEBOT_ADMINS="99")
-    reply = await commands.admin(
-        core, IN_A, read_admin("quota <@42> daily_images=5", IN_A.platform), platform_admin=False
-    )
+    reply = await admin_chat(core, IN_A, "quota <@42> daily_images=5", platform_admin=False)
     assert "Only admins" in reply.text
     with sqlite3.connect(core.settings.db_path) as conn:
         assert conn.execute("SELECT count(*) FROM limits").fetchone() == (0,)
@@ -138,21 +122,15 @@ async def test_report_all_covers_the_tenant_for_a_tenant_admin_and_everything_fo
     await spend(core, slack_t2, 200_000, count=2)
     await spend(core, IN_A, 30_000)
 
-    tenant_admin = await commands.admin(
-        core,
-        Requester("slack", "T2", "C9", "UADM"),
-        read_admin("report --all", Requester("slack", "T2", "C9", "UADM").platform),
-        platform_admin=True,
+    tenant_admin = await admin_chat(
+        core, Requester("slack", "T2", "C9", "UADM"), "report --all", platform_admin=True
     )
     assert re.search(r"2 images, \$0\.4000 spent", tenant_admin.text), tenant_admin.text
     assert "$0.5000" not in tenant_admin.text and "$0.0300" not in tenant_admin.text
     assert "slack:T2" in tenant_admin.text
 
-    operator = await commands.admin(
-        core,
-        Requester("slack", "T2", "C9", "UOP"),
-        read_admin("report --all --days 7", Requester("slack", "T2", "C9", "UOP").platform),
-        platform_admin=False,
+    operator = await admin_chat(
+        core, Requester("slack", "T2", "C9", "UOP"), "report --all --days 7", platform_admin=False
     )
     assert re.search(r"4 images, \$0\.9300 spent", operator.text), operator.text
     assert "all tenants" in operator.text
@@ -202,24 +180,12 @@ async def test_a_platform_qualified_operator_is_an_operator_on_that_platform_onl
     core = await make_core(IMAGEBOT_ADMINS="slack:U1, 555")
     on_slack = Requester("slack", "T1", "C1", "U1")
     on_discord = Requester("discord", "999", "1", "U1")
-    reply = await commands.admin(
-        core, on_slack, read_admin("quota workspace monthly_usd=3", on_slack.platform), platform_admin=False
-    )
+    reply = await admin_chat(core, on_slack, "quota workspace monthly_usd=3", platform_admin=False)
     assert "Limits for workspace T1 set" in reply.text
-    refused = await commands.admin(
-        core,
-        on_discord,
-        read_admin("quota workspace monthly_usd=3", on_discord.platform),
-        platform_admin=False,
-    )
+    refused = await admin_chat(core, on_discord, "quota workspace monthly_usd=3", platform_admin=False)
     assert "Only admins" in refused.text
     # With Manage Server they are that guild's tenant admin, still not an operator.
-    tenant_only = await commands.admin(
-        core,
-        on_discord,
-        read_admin("quota workspace monthly_usd=3", on_discord.platform),
-        platform_admin=True,
-    )
+    tenant_only = await admin_chat(core, on_discord, "quota workspace monthly_usd=3", platform_admin=True)
     assert "only operators" in tenant_only.text.lower()
     assert core.is_operator(on_slack) and not core.is_operator(on_discord)
     # A bare id is an operator on every platform.
@@ -295,9 +261,7 @@ def test_parse_target_refuses_what_is_not_one_user_or_channel(
 async def test_a_huge_limit_is_refused_naming_the_range(make_core: MakeCore, limits: str) -> None:
     core = await make_core()
     with pytest.raises(UserError, match="0 to 1,000,000"):
-        await commands.admin(
-            core, SLACK, read_admin(f"quota <@U2> {limits}", SLACK.platform), platform_admin=True
-        )
+        await admin_chat(core, SLACK, f"quota <@U2> {limits}", platform_admin=True)
 
 
 def test_the_biggest_limits_are_accepted() -> None:
@@ -536,14 +500,7 @@ async def test_a_single_tenant_file_keeps_overrides_the_ledger_never_saw(tmp_pat
 TENANTS = [("slack", "T1"), ("slack", "T2"), ("discord", "T1")]
 IDS = ["U1", "U2"]  # the same ids in every tenant, on purpose
 CHANNELS = ["C1", "C2"]
-DEFAULTS = QuotaDefaults(
-    user_daily_micros=100_000,
-    user_daily_images=4,
-    user_monthly_micros=300_000,
-    user_monthly_images=10,
-    channel_monthly_micros=250_000,
-    workspace_monthly_micros=400_000,
-)
+DEFAULTS = every_limit(day=(100_000, 4), month=(300_000, 10), channel=250_000, workspace=400_000)
 _reserve = st.tuples(
     st.just("reserve"),
     st.sampled_from(TENANTS),

@@ -102,17 +102,6 @@ class RunningBot:
 
 
 @contextlib.asynccontextmanager
-async def offline_server(**options: Any) -> AsyncIterator[OfflineImageServer]:
-    """The offline image server (OfflineImageServer's `options`: latency, batch_latency), started, then stopped."""
-    server = OfflineImageServer(**options)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@contextlib.asynccontextmanager
 async def running_bot(
     tmp_path: Path, env: dict[str, str], *, latency: float = 0.2, server: OfflineImageServer | None = None
 ) -> AsyncIterator[RunningBot]:

@@ -33,16 +33,7 @@ def uploads_in(slack: FakeSlack, thread: str) -> list[dict[str, Any]]:
 
 
 async def ledger(bot: RunningBot | Core) -> list[dict[str, Any]]:
-    columns = [
-        "user",
-        "mode",
-        "status",
-        "reserved_micros",
-        "actual_micros",
-        "text_tokens",
-        "image_tokens",
-        "output_tokens",
-    ]
+    columns = "user mode status reserved_micros actual_micros text_tokens image_tokens output_tokens".split()
     core = bot if isinstance(bot, Core) else bot.core
     found = await core.ledger.query(f"SELECT {', '.join(columns)} FROM ledger ORDER BY id")
     return [dict(zip(columns, row, strict=True)) for row in found]

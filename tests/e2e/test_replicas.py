@@ -13,8 +13,8 @@ import pytest
 
 from bot.offline import OfflineImageServer
 from tests import dbs
-from tests.e2e.harness import offline_server
 from tests.fakes.slack import FakeSlack
+from tests.support.offline import offline_server
 from tests.support.processes import BotProcess
 from tests.support.waits import until
 

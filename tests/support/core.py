@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from adapters.mentions import read_admin
+from bot import commands
 from bot.app import Core
 from bot.config import Settings
 from bot.jobs.outcomes import JobFailure, JobResult, Progress
@@ -44,21 +46,27 @@ class RecordingView:
 MakeCore = Callable[..., Awaitable[Core]]
 
 
+def offline_settings(db: str, **env: str) -> Settings:
+    """A test core's settings: the store `db`, the offline image server with short latency, progress and API
+    timeout, then `env` (IMAGEBOT_... names) on top; no env file is read."""
+    environ = {
+        "IMAGEBOT_DB": db,
+        "IMAGEBOT_OFFLINE": "1",
+        "IMAGEBOT_OFFLINE_LATENCY": "0.05",
+        "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
+        "IMAGEBOT_API_TIMEOUT": "1",
+        **env,
+    }
+    return Settings.load(environ=environ, env_file=None)
+
+
 @pytest.fixture
 async def make_core(db_target: str) -> AsyncIterator[MakeCore]:
     """Cores on one store: a SQLite file, or (for the modules tests/core/conftest.py names) PostgreSQL too."""
     cores: list[Core] = []
 
     async def make(**env: str) -> Core:
-        environ = {
-            "IMAGEBOT_DB": db_target,
-            "IMAGEBOT_OFFLINE": "1",
-            "IMAGEBOT_OFFLINE_LATENCY": "0.05",
-            "IMAGEBOT_PROGRESS_INTERVAL": "0.05",
-            "IMAGEBOT_API_TIMEOUT": "1",
-            **env,
-        }
-        core = await Core.start(Settings.load(environ=environ, env_file=None))
+        core = await Core.start(offline_settings(db_target, **env))
         cores.append(core)
         return core
 
@@ -189,3 +197,25 @@ class AccessView(ActionsView):
     async def member_of(self, groups: Collection[str]) -> bool:
         self.asked.append(groups)
         return not self.groups.isdisjoint(groups)
+
+
+async def admin_chat(
+    core: Core, who: Requester, text: str, *, platform_admin: bool, operator: bool | None = None
+) -> commands.Reply:
+    """`/imagine-admin <text>` as the chat adapters run it: read as `who`'s platform writes it, then the core."""
+    return await commands.admin(
+        core, who, read_admin(text, who.platform), platform_admin=platform_admin, operator=operator
+    )
+
+
+async def run_job(
+    core: Core, text: str, who: Requester = ALICE, *, fault: str | None = None
+) -> tuple[JobResult | JobFailure, RecordingView]:
+    """`text` prepared and run by the core's JobRunner for `who` (with `fault` queued on the offline server
+    first): the outcome, and the view that recorded what the user was shown."""
+    if fault is not None:
+        assert core.offline_server is not None
+        core.offline_server.push_faults(fault)
+    view = RecordingView()
+    job = await core.runner.prepare(core.parse(text), who)
+    return await core.runner.execute(job, view), view

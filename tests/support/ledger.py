@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.config import QuotaDefaults
 from tests import dbs
 
 OPEN_SQL = "status IN ('reserved', 'running')"
@@ -49,3 +50,18 @@ def stored_counters(path: Path | str) -> dict[tuple[str, str, str], tuple[int, i
 
 def assert_counters_match(path: Path | str) -> None:
     assert stored_counters(path) == sql_counters(path)
+
+
+def every_limit(
+    *, day: tuple[int, int], month: tuple[int, int], channel: int, workspace: int
+) -> QuotaDefaults:
+    """Default limits with every one set: a user's `day` and `month` as (micro-dollars, images), a channel's
+    and a workspace's month in micro-dollars."""
+    return QuotaDefaults(
+        user_daily_micros=day[0],
+        user_daily_images=day[1],
+        user_monthly_micros=month[0],
+        user_monthly_images=month[1],
+        channel_monthly_micros=channel,
+        workspace_monthly_micros=workspace,
+    )
