@@ -124,7 +124,8 @@ async def test_a_finished_job_has_every_action_with_what_a_click_reserves(make_c
 async def test_each_action_is_a_new_job_of_whoever_clicked(
     make_core: MakeCore, kind: Kind, size: tuple[int, int], quality: str
 ) -> None:
-    core = await make_core(IMAGEBOT_CONFIRM_USD="off")
+    # An upscale draws a 3504x2336 image: on a busy machine that takes the offline server more than 1 s.
+    core = await make_core(IMAGEBOT_CONFIRM_USD="off", IMAGEBOT_API_TIMEOUT="60")
     server = image_server(core)
     result, _, store = await first_job(core)
     bob_view = await click(core, store, result, kind, BOB, instruction="make it blue")
@@ -272,7 +273,7 @@ async def test_the_console_acts_on_the_last_jobs_images(
 ) -> None:
     from adapters.console import handle_line
 
-    core = await make_core()
+    core = await make_core(IMAGEBOT_API_TIMEOUT="60")  # its upscale draws a 3504x2336 image
     server = image_server(core)
     who = Requester("console", "local", "console", "console")
     assert await handle_line(core, "a red fox --size 1536x1024 --quality low", who, tmp_path) is None
