@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from bot import i18n, lazy, metrics
+from bot import i18n, metrics
 from bot.concurrency import Slots
 from bot.config import Settings
 from bot.errors import ConfigError, UserError
@@ -162,9 +162,6 @@ class Core:
                 await offline_server.start()
             base_url = offline_server.base_url
             log.info("offline image server", extra={"base_url": base_url})
-        await asyncio.to_thread(
-            lazy.load, "openai"
-        )  # the SDK's import, most of a second of CPU, off the loop
         renderer = Renderer(
             base_url=base_url,
             api_key=api_key,
@@ -173,8 +170,8 @@ class Core:
             retry_after_max=settings.retry_after_max,
             image_deadline=settings.image_deadline,
         )
-        # The database last: its lease runs from here, and the renderer's first use of the SDK (bot/lazy.py,
-        # most of a second of CPU) or the offline server's start must not eat into it before the first renewal.
+        # The database last: its lease runs from here, and the offline server's start must not eat into it
+        # before the first renewal.
         try:
             ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         except BaseException:
@@ -201,9 +198,7 @@ class Core:
             backoff=delivery_backoff,
         )
         places = Places()
-        relax = Relax(
-            delivery, renderer.client, places, window=settings.batch_window, poll=settings.batch_poll
-        )
+        relax = Relax(delivery, renderer.sdk, places, window=settings.batch_window, poll=settings.batch_poll)
         runner = JobRunner(
             ledger=ledger,
             renderer=renderer,

@@ -38,7 +38,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -135,7 +135,7 @@ class Relax:
     def __init__(
         self,
         delivery: Delivery,
-        client: openai.AsyncOpenAI,
+        sdk: Callable[[], Awaitable[openai.AsyncOpenAI]],
         places: Places,
         *,
         window: float = 30.0,
@@ -144,7 +144,7 @@ class Relax:
         self.delivery = delivery  # settles and delivers, as for the fast path
         self.ledger: Ledger = delivery.ledger
         self.prices: PriceTable = delivery.prices
-        self.client = client
+        self.sdk = sdk  # the SDK's client, made on first use (bot/jobs/render.py Renderer.sdk)
         self.window = window
         self.poll = poll
         self.pending: list[_Waiting] = []
@@ -233,19 +233,25 @@ class Relax:
             mask_id = None
             for ref in request.references:
                 image_ids.append(
-                    (await self.client.files.create(file=(ref.name, ref.data, ref.mime), purpose="vision")).id
+                    (
+                        await (await self.sdk()).files.create(
+                            file=(ref.name, ref.data, ref.mime), purpose="vision"
+                        )
+                    ).id
                 )
             if request.mask is not None:
                 mask = request.mask
                 mask_id = (
-                    await self.client.files.create(file=(mask.name, mask.data, "image/png"), purpose="vision")
+                    await (await self.sdk()).files.create(
+                        file=(mask.name, mask.data, "image/png"), purpose="vision"
+                    )
                 ).id
             body = batch_body(request, image_ids, mask_id)
             lines += [
                 batch_line(w.job.id, seq, endpoint, body) for seq in range(len(w.job.reservation.row_ids))
             ]
         data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
-        upload = await self.client.files.create(
+        upload = await (await self.sdk()).files.create(
             file=("imagebot-relax.jsonl", data, "application/jsonl"), purpose="batch"
         )
         key = uuid.uuid4().hex
@@ -256,7 +262,7 @@ class Relax:
         self._sending.add(key)
         try:
             try:
-                batch = await self.client.batches.create(
+                batch = await (await self.sdk()).batches.create(
                     input_file_id=upload.id,
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",
@@ -326,7 +332,7 @@ class Relax:
         """The batch whose metadata carries `key` (`GET /v1/batches`, newest first, page by page), or None.
         Batches made well before `since` (when the key was made) are not looked through."""
         oldest = since.timestamp() - 600
-        async for batch in self.client.batches.list(limit=100):
+        async for batch in (await self.sdk()).batches.list(limit=100):
             if (batch.metadata or {}).get("imagebot_key") == key:
                 return batch
             if batch.created_at < oldest:
@@ -410,7 +416,7 @@ class Relax:
         others = await self._store(lambda b: b.others_in_batch(key=key, job_id=job_id))
         if not others and batch_id:
             try:
-                await self.client.batches.cancel(batch_id)
+                await (await self.sdk()).batches.cancel(batch_id)
             except openai.APIError as exc:
                 return msg("relax.cancel_failed", error=exc.__class__.__name__)
             return msg("relax.cancelling")
@@ -453,7 +459,7 @@ class Relax:
             await self._ended(known.key, known.id, known.status, known.output_file_id, known.error_file_id)
             return
         try:
-            batch = await self.client.batches.retrieve(known.id)
+            batch = await (await self.sdk()).batches.retrieve(known.id)
         except openai.NotFoundError:
             log.warning(
                 "batch can no longer be read (404); settled from what is known", extra={"batch_id": known.id}
@@ -537,7 +543,7 @@ class Relax:
             if not file_id:
                 continue
             try:
-                content = await self.client.files.content(file_id)
+                content = await (await self.sdk()).files.content(file_id)
             except openai.NotFoundError:
                 if not tolerant:
                     raise

@@ -191,23 +191,35 @@ class Renderer:
         self.backoff = backoff
         self.retry_after_max = retry_after_max
         self.image_deadline = image_deadline
-        transport = _RecordingTransport(
-            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-        )
-        self.client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=api_key,
-            timeout=timeout,
-            max_retries=0,  # every retry is ours, counted against the one budget
-            # trust_env off: proxies from the environment would be mounted as transports that record nothing;
-            # our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
-            http_client=httpx2.AsyncClient(
-                transport=transport, timeout=timeout, follow_redirects=True, trust_env=False
-            ),
-        )
+        self._base_url, self._api_key = base_url, api_key
+        self._client: openai.AsyncOpenAI | None = None
+
+    async def sdk(self) -> openai.AsyncOpenAI:
+        """The SDK's client, made on first use. Its import (bot/lazy.py: most of a second of CPU) runs in a
+        thread then, so the event loop keeps answering; a process that never calls the API (`imagebot
+        settings`, a bot with no job yet) never pays it."""
+        if self._client is None:
+            await asyncio.to_thread(lazy.load, "openai")
+        if self._client is None:  # not made by another task while this one waited
+            transport = _RecordingTransport(
+                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+            )
+            self._client = openai.AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                timeout=self.timeout,
+                max_retries=0,  # every retry is ours, counted against the one budget
+                # trust_env off: proxies from the environment would be mounted as transports that record
+                # nothing; our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
+                http_client=httpx2.AsyncClient(
+                    transport=transport, timeout=self.timeout, follow_redirects=True, trust_env=False
+                ),
+            )
+        return self._client
 
     async def close(self) -> None:
-        await self.client.close()
+        if self._client is not None:
+            await self._client.close()
 
     def _params(self, request: ImageRequest, partials: int, client_request_id: str) -> dict[str, Any]:
         params: dict[str, Any] = {
@@ -398,7 +410,7 @@ class Renderer:
     ) -> tuple[str, Usage]:
         params = self._params(request, partials, client_request_id)
         params["timeout"] = attempt_seconds
-        images = self.client.images
+        images = (await self.sdk()).images
         if not partials:
             # Read the body on the loop, but parse a 4K answer (tens of MB of JSON) on a thread.
             raw_images = images.with_raw_response

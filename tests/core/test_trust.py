@@ -255,6 +255,6 @@ async def test_the_sdk_never_retries_on_its_own() -> None:
 
     renderer = Renderer(base_url="http://127.0.0.1:9/v1", api_key="test", timeout=1, max_retries=2)
     try:
-        assert renderer.client.max_retries == 0 and renderer.max_retries == 2
+        assert (await renderer.sdk()).max_retries == 0 and renderer.max_retries == 2
     finally:
         await renderer.close()

@@ -149,9 +149,9 @@ async def test_a_batch_lost_with_a_restart_of_the_api_is_told_once_and_never_pol
     await after.start()
     try:
         async with running_bot(tmp_path, env, server=after) as second:
-            told = await until(
-                lambda: [m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)], timeout=15
-            )
+            await until(lambda: [m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)], timeout=15)
+            await second.idle()  # the notice and the job message's own edit both name the batch: both sent
+            told = [m for m in slack.thread("C1", job["ts"]) if batch_id in str(m)]
             [row] = await ledger(second)
             assert row["status"] == "possibly_billed" and row["actual_micros"] == row["reserved_micros"] > 0
             assert "may have been billed" in str(told) and format_usd(row["reserved_micros"]) in str(told)
