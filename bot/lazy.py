@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import threading
 from types import ModuleType
 
 
@@ -32,10 +33,15 @@ def module(name: str) -> ModuleType:
     return lazy
 
 
+_loading = threading.Lock()  # a lazy module run from two threads at once would be seen half made by one
+
+
 def load(name: str) -> None:
     """Finish importing `name` now (its first attribute read runs the import). Called in a thread by whoever is
     about to need it (`await asyncio.to_thread(lazy.load, "openai")`), so the event loop keeps answering
     meanwhile, as for any other CPU work."""
-    target = sys.modules.get(name) or module(name)
-    if target.__name__ != name:  # reading any attribute of a lazy module runs its import
-        raise ModuleNotFoundError(f"{name!r} loaded as {target.__name__!r}", name=name)
+    with _loading:
+        target = sys.modules.get(name) or module(name)
+        loaded = target.__name__  # reading any attribute of a lazy module runs its import
+    if loaded != name:
+        raise ModuleNotFoundError(f"{name!r} loaded as {loaded!r}", name=name)

@@ -14,12 +14,17 @@ import sys
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from tests import dbs
 from tests.pg import PgServer
 from tests.support.scratch import use_memory_for_temp_files
 
 use_memory_for_temp_files()  # before pytest picks its tmp_path root, and before xdist starts its workers
+# Tests assert no wall-clock time (benchmarks/ measures speed): hypothesis's 200 ms deadline per example would,
+# and a busy machine (four workers on two cores) exceeds it with nothing wrong.
+hypothesis_settings.register_profile("imagebot", deadline=None)
+hypothesis_settings.load_profile("imagebot")
 # Let Python keep compiled bytecode (and pytest its rewritten test modules) even where the environment says
 # not to (PYTHONDONTWRITEBYTECODE, as some images set): each of the suite's ~250 `imagebot` processes and each
 # xdist worker would otherwise compile bot/, adapters/ and tests/ again, about 0.15 s of CPU a process.

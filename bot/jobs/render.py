@@ -193,29 +193,33 @@ class Renderer:
         self.image_deadline = image_deadline
         self._base_url, self._api_key = base_url, api_key
         self._client: openai.AsyncOpenAI | None = None
+        self._making = asyncio.Lock()
 
     async def sdk(self) -> openai.AsyncOpenAI:
         """The SDK's client, made on first use. Its import (bot/lazy.py: most of a second of CPU) runs in a
         thread then, so the event loop keeps answering; a process that never calls the API (`imagebot
         settings`, a bot with no job yet) never pays it."""
-        if self._client is None:
-            await asyncio.to_thread(lazy.load, "openai")
-        if self._client is None:  # not made by another task while this one waited
-            transport = _RecordingTransport(
-                limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
-            )
-            self._client = openai.AsyncOpenAI(
-                base_url=self._base_url,
-                api_key=self._api_key,
-                timeout=self.timeout,
-                max_retries=0,  # every retry is ours, counted against the one budget
-                # trust_env off: proxies from the environment would be mounted as transports that record
-                # nothing; our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
-                http_client=httpx2.AsyncClient(
-                    transport=transport, timeout=self.timeout, follow_redirects=True, trust_env=False
-                ),
-            )
+        async with self._making:  # one import at a time: a lazy module is not safe to load from two threads
+            if self._client is None:
+                await asyncio.to_thread(lazy.load, "openai")
+                self._client = self._new_client()
         return self._client
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        transport = _RecordingTransport(
+            limits=httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+        )
+        return openai.AsyncOpenAI(
+            base_url=self._base_url,
+            api_key=self._api_key,
+            timeout=self.timeout,
+            max_retries=0,  # every retry is ours, counted against the one budget
+            # trust_env off: proxies from the environment would be mounted as transports that record
+            # nothing; our transport's aiohttp session reads HTTP(S)_PROXY and NO_PROXY itself.
+            http_client=httpx2.AsyncClient(
+                transport=transport, timeout=self.timeout, follow_redirects=True, trust_env=False
+            ),
+        )
 
     async def close(self) -> None:
         if self._client is not None:
