@@ -77,6 +77,7 @@ def test_cached_positions_follow_every_change_of_the_queue(steps: list[tuple[str
         served: dict[int, int] = {}
         clock = 0
         counter = 0
+        began: dict[int, int] = {}  # owner -> the call whose wait began its present line
 
         async def call(owner: int, n: int) -> None:
             nonlocal clock
@@ -104,9 +105,13 @@ def test_cached_positions_follow_every_change_of_the_queue(steps: list[tuple[str
             for _ in range(5):
                 await asyncio.sleep(0)
             still = {w: key for w, key in waiting.items() if not w.done()}
-            lines: dict[int, list[int]] = {}
+            by_owner: dict[int, list[int]] = {}
             for owner, n in sorted(still.values(), key=lambda key: key[1]):
-                lines.setdefault(owner, []).append(n)
+                by_owner.setdefault(owner, []).append(n)
+            # An owner began waiting when its line last went from empty to not: a cancelled first call does
+            # not move it behind owners who came after it while it kept waiting.
+            began = {owner: began.get(owner, line[0]) for owner, line in by_owner.items()}
+            lines = {owner: by_owner[owner] for owner in sorted(by_owner, key=began.__getitem__)}
             expected = reference_order(lines, served)
             shown = {still[w][1]: gate.position(w) for w in still}
             assert [n for n, _ in sorted(shown.items(), key=lambda kv: kv[1] or 0)] == expected
