@@ -26,7 +26,7 @@ def how_to_run() -> str:
     return (
         "run the benchmarks from the repository root with its virtual environment: "
         ".venv/bin/python -m benchmarks.core (create it with the Quickstart's test command: "
-        "python3 -m venv .venv && .venv/bin/pip install -q -r requirements-dev.lock "
+        "python3 -m venv .venv && .venv/bin/pip install -q --no-compile -r requirements-dev.lock "
         "&& .venv/bin/pip install -q --no-deps -e .)"
     )
 
