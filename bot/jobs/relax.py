@@ -226,32 +226,25 @@ class Relax:
         its metadata. Raises only before the batch is recorded (nothing was sent: the caller releases the
         jobs). A lost answer (a dropped connection, a timeout, a 5xx) or a store error after the creation
         leaves the batch `submitting`: it is looked for by its key, here and by the poll loop."""
+        client = await self.sdk()
         lines: list[dict[str, Any]] = []
         for w in group:
             request = w.job.request
             image_ids: list[str] = []
             mask_id = None
             for ref in request.references:
-                image_ids.append(
-                    (
-                        await (await self.sdk()).files.create(
-                            file=(ref.name, ref.data, ref.mime), purpose="vision"
-                        )
-                    ).id
-                )
+                image = await client.files.create(file=(ref.name, ref.data, ref.mime), purpose="vision")
+                image_ids.append(image.id)
             if request.mask is not None:
                 mask = request.mask
-                mask_id = (
-                    await (await self.sdk()).files.create(
-                        file=(mask.name, mask.data, "image/png"), purpose="vision"
-                    )
-                ).id
+                made = await client.files.create(file=(mask.name, mask.data, "image/png"), purpose="vision")
+                mask_id = made.id
             body = batch_body(request, image_ids, mask_id)
             lines += [
                 batch_line(w.job.id, seq, endpoint, body) for seq in range(len(w.job.reservation.row_ids))
             ]
         data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
-        upload = await (await self.sdk()).files.create(
+        upload = await client.files.create(
             file=("imagebot-relax.jsonl", data, "application/jsonl"), purpose="batch"
         )
         key = uuid.uuid4().hex
@@ -262,7 +255,7 @@ class Relax:
         self._sending.add(key)
         try:
             try:
-                batch = await (await self.sdk()).batches.create(
+                batch = await client.batches.create(
                     input_file_id=upload.id,
                     endpoint=endpoint,  # type: ignore[arg-type]
                     completion_window="24h",

@@ -87,6 +87,8 @@ async def relax_after_fault(
     server.push_faults(fault)
     view = await relax(core, text)
     await settled(view)
+    # The view hears of the images before the rows record their delivery: wait for the rows too.
+    await until(lambda: not rows(core, "status IN ('reserved', 'running', 'rendered')"))
     return core, view
 
 
