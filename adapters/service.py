@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import hmac
+import importlib
 import logging
 import signal
 import sys
@@ -85,6 +86,14 @@ def build_adapters(core: Core) -> dict[str, Adapter]:
 
         adapters["discord"] = DiscordAdapter(core)
     return adapters
+
+
+def import_adapters(settings: Settings) -> None:
+    """Import the adapters `run` will build (slack_bolt, discord.py: up to a second of CPU each, more when their
+    bytecode is not compiled yet), in a thread before the core starts: imported in build_adapters, they held
+    the event loop while the core's lease was running, and a short lease lapsed before its first renewal."""
+    for name in platforms(settings):
+        importlib.import_module(f"{__package__}.{name}")
 
 
 def platforms(settings: Settings) -> list[str]:
@@ -357,6 +366,7 @@ async def run(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
     service = Service(settings)
     await service.open()  # /livez and /readyz answer while the database is not reachable yet
+    await asyncio.to_thread(import_adapters, settings)
     try:
         core = await _open_core(settings, service, stop)
         if core is None:

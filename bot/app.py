@@ -170,8 +170,10 @@ class Core:
             retry_after_max=settings.retry_after_max,
             image_deadline=settings.image_deadline,
         )
-        # The database last: its lease runs from here, and the offline server's start must not eat into it
-        # before the first renewal.
+        # The SDK's client now (its import runs in a thread: most of a second of CPU, seconds on a busy machine),
+        # and the database last: its lease runs from there, and neither must eat into it before the first
+        # renewal (a 2 s lease lapsed during the first render's import and the process fenced its own job).
+        await renderer.sdk()
         try:
             ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         except BaseException:

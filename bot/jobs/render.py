@@ -196,9 +196,9 @@ class Renderer:
         self._making = asyncio.Lock()
 
     async def sdk(self) -> openai.AsyncOpenAI:
-        """The SDK's client, made on first use. Its import (bot/lazy.py: most of a second of CPU) runs in a
-        thread then, so the event loop keeps answering; a process that never calls the API (`imagebot
-        settings`, a bot with no job yet) never pays it."""
+        """The SDK's client, made on first use (Core.start asks for it before the lease starts). Its import
+        (bot/lazy.py: most of a second of CPU) runs in a thread, so the event loop keeps answering; one-shot
+        commands that build no core (`imagebot --help`, `report`, `quota`) never pay it."""
         async with self._making:  # one import at a time: a lazy module is not safe to load from two threads
             if self._client is None:
                 await asyncio.to_thread(lazy.load, "openai")
