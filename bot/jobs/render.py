@@ -199,7 +199,9 @@ class Renderer:
         """The SDK's client, made on first use (Core.start asks for it before the lease starts). Its import
         (bot/lazy.py: most of a second of CPU) runs in a thread, so the event loop keeps answering; one-shot
         commands that build no core (`imagebot --help`, `report`, `quota`) never pay it."""
-        async with self._making:  # one import at a time: a lazy module is not safe to load from two threads
+        if self._client is not None:  # every attempt asks: no lock once the client is made
+            return self._client
+        async with self._making:  # one client, even when two images of one job ask at once
             if self._client is None:
                 await asyncio.to_thread(lazy.load, "openai")
                 self._client = self._new_client()
