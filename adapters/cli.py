@@ -20,20 +20,23 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot import commands, logs, report
-from bot.app import Core, DatabaseUnavailable, open_ledger
+from bot import logs
 from bot.config import ConfigError, Settings
+from bot.database import DatabaseUnavailable, open_ledger
 from bot.errors import UserError
 from bot.i18n import msg
-from bot.jobs import card, texts
 from bot.model.request import Requester
-from bot.policy import quota
 from bot.policy.quota import Tenant
-from bot.store.ledger import Ledger
 
-from .mentions import read_admin
+if TYPE_CHECKING:
+    from bot.app import Core
+    from bot.store.ledger import Ledger
+
+# Each command imports what it needs when it runs: the core (bot.app: the renderer, the SDK, aiohttp, the offline
+# server) is most of a second of CPU to import, which `quota`, `report`, `history`, `info`, `--help` and a
+# configuration error do not need (docs/design.md, "Start-up").
 
 IMAGINE_OPTIONS = ("--out", "--user", "--channel", "--workspace")
 
@@ -64,8 +67,12 @@ def _split_imagine(argv: Sequence[str]) -> tuple[str, dict[str, str]]:
     return " ".join(rest), options
 
 
-async def _with_core(settings: Settings, body):  # type: ignore[no-untyped-def]
-    core = await Core.start(settings)
+async def _with_core(settings: Settings, body, *, renders: bool = True):  # type: ignore[no-untyped-def]
+    """`body(core)` on a started core; `renders=False` for a command that makes no image (no offline server,
+    no SDK client: bot/app.py `Core.start`)."""
+    from bot.app import Core
+
+    core = await Core.start(settings, renders=renders)
     try:
         return await body(core)
     finally:
@@ -137,7 +144,7 @@ def cmd_redeliver(args: argparse.Namespace) -> int:
         )
         return 0
 
-    return int(asyncio.run(_with_core(settings, body)))
+    return int(asyncio.run(_with_core(settings, body, renders=False)))
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -184,7 +191,7 @@ def cmd_discord_sync(args: argparse.Namespace) -> int:
     if settings.discord_token is None:
         print("imagebot: discord-sync needs DISCORD_TOKEN", file=sys.stderr)
         return 2
-    return int(asyncio.run(_with_core(settings, discord.sync_now)))
+    return int(asyncio.run(_with_core(settings, discord.sync_now, renders=False)))
 
 
 _NAME_IT = msg("cli.name_it")
@@ -239,6 +246,8 @@ async def _tenant(ledger: Ledger, args: argparse.Namespace, command: str) -> Ten
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from bot import report
+
     async def body(ledger: Ledger) -> int:
         try:
             tenant = await _tenant(ledger, args, "report")
@@ -278,6 +287,8 @@ def _ledger_only(body: Callable[[Ledger], Awaitable[int]]) -> int:
 
 
 def cmd_quota(args: argparse.Namespace) -> int:
+    from bot.policy import quota
+
     async def body(ledger: Ledger) -> int:
         command = f"quota {args.action}"
         try:
@@ -336,6 +347,9 @@ def cmd_settings(args: argparse.Namespace) -> int:
         words = ["channel", args.channel, *words]
     if not words or "=" in words[0]:
         words = ["settings", *words]
+    from bot import commands
+
+    from .mentions import read_admin
 
     async def body(core: Core) -> int:
         try:
@@ -354,11 +368,13 @@ def cmd_settings(args: argparse.Namespace) -> int:
         print(reply.text)
         return 0
 
-    return asyncio.run(_with_core(_settings(), body))
+    return asyncio.run(_with_core(_settings(), body, renders=False))
 
 
 async def _show(ledger: Ledger, args: argparse.Namespace, tenant: Tenant) -> int:
     """The limits that apply to what is named: the tenant's own, plus the user's or the channel's."""
+    from bot.policy import quota
+
     who = Requester(tenant.platform, tenant.workspace, args.channel or "", args.user or "")
     wanted = (
         {"workspace_month"}
@@ -387,11 +403,12 @@ async def _person(ledger: Ledger, args: argparse.Namespace, command: str) -> Req
 def cmd_history(args: argparse.Namespace) -> int:
     """`imagebot history [--tenant T] [--user U] [-n N]`: a person's last N jobs, as /imagine-history shows
     them, with each one's cost (the terminal is an operator: anyone's, in any tenant)."""
+    from bot.jobs import card, texts
 
     async def body(ledger: Ledger) -> int:
         try:
             who = await _person(ledger, args, "history")
-            count = card.parse_count(str(args.n))
+            count = card.parse_count("" if args.n is None else str(args.n))  # none given: the default
             cards = await card.history(ledger, who, count)
         except UserError as exc:
             print(exc, file=sys.stderr)
@@ -405,6 +422,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     """`imagebot info JOB`: a job's card (any tenant's: the terminal is an operator); `JOB` may also be N, the
     Nth of `--user`'s history."""
+    from bot.jobs import card, texts
 
     async def body(ledger: Ledger) -> int:
         try:
@@ -576,7 +594,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
         "--tenant", help="PLATFORM:WORKSPACE (default: the only tenant --user is in, else cli:local)"
     )
     p.add_argument("--user", help="a user id (default: cli, as imagebot imagine uses)")
-    p.add_argument("-n", type=int, default=card.DEFAULT_HISTORY, help="how many jobs (1-50, default 10)")
+    p.add_argument("-n", type=int, help="how many jobs (1-50, default 10)")
     p.set_defaults(fn=cmd_history)
     p = sub.add_parser(
         "info",

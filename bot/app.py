@@ -16,6 +16,8 @@ from typing import Any
 from bot import i18n, metrics
 from bot.concurrency import Slots
 from bot.config import Settings
+from bot.database import DatabaseUnavailable as DatabaseUnavailable
+from bot.database import database_problem, open_ledger
 from bot.errors import ConfigError, UserError
 from bot.i18n import msg
 from bot.jobs import actions, card, texts
@@ -43,57 +45,6 @@ MAX_SWEEP_SECONDS = (
     20.0  # renew our lease and look for expired ones at least this often (docs/rules.md §5: 30 s)
 )
 PURGE_EVERY = timedelta(minutes=5)  # how often the sweep deletes what is stored past its time
-
-
-class DatabaseUnavailable(Exception):
-    """The database does not answer (no such host yet, connection refused, timed out): worth trying again. The
-    message is one line, names IMAGEBOT_DB and carries no password."""
-
-
-# PostgreSQL answers these when the URL itself is wrong: trying again cannot help (a configuration error).
-_PG_REFUSALS = ("authentication failed", "password", "does not exist", "pg_hba.conf", "permission denied")
-
-
-def database_problem(exc: BaseException, settings: Settings) -> ConfigError | DatabaseUnavailable | None:
-    """What opening IMAGEBOT_DB failed with, as one line: a ConfigError (the URL or path is wrong), a
-    DatabaseUnavailable (try again later), or None (not a database problem: a bug, raised as it is)."""
-    import sqlite3
-
-    import psycopg
-
-    where = str(settings.db_path)
-    for secret in settings.secrets():
-        where = where.replace(secret, "***")
-    reason = " ".join(str(exc).split())
-    for secret in settings.secrets():
-        reason = reason.replace(secret, "***")
-    if isinstance(exc, psycopg.OperationalError):
-        if any(word in reason.lower() for word in _PG_REFUSALS):
-            return ConfigError(f"IMAGEBOT_DB={where}: PostgreSQL refused it: {reason}")
-        return DatabaseUnavailable(f"IMAGEBOT_DB={where} does not answer: {reason}")
-    if isinstance(exc, psycopg.Error):
-        return ConfigError(f"IMAGEBOT_DB={where}: {type(exc).__name__}: {reason}")
-    if isinstance(exc, sqlite3.OperationalError) and "locked" in reason:
-        return DatabaseUnavailable(f"IMAGEBOT_DB={where} is locked by another process: {reason}")
-    if isinstance(exc, sqlite3.Error | OSError):
-        return ConfigError(f"IMAGEBOT_DB={where} cannot be opened as a SQLite database: {reason}")
-    return None
-
-
-async def open_ledger(settings: Settings, **options: Any) -> Ledger:
-    """Open (and migrate) the ledger of IMAGEBOT_DB. Raises ConfigError or DatabaseUnavailable (one line each,
-    see `database_problem`) when the database cannot be opened."""
-    try:
-        return await asyncio.to_thread(
-            lambda: Ledger(
-                settings.db_path, settings.quotas, settings.timezone, settings.store_prompts, **options
-            )
-        )
-    except Exception as exc:
-        problem = database_problem(exc, settings)
-        if problem is None:
-            raise
-        raise problem from None
 
 
 @dataclass
@@ -128,10 +79,13 @@ class Core:
         offline_server: OfflineImageServer | None = None,
         delivery_deadline: float = DELIVERY_DEADLINE_SECONDS,
         delivery_backoff: float = 1.0,
+        renders: bool = True,
     ) -> Core:
         """Open the database, start the offline server if there is no API key (unless one is handed in: its
         owner stops it), build the rest in order. `delivery_deadline`/`delivery_backoff`: how long a platform that
-        does not take a job's images is retried, and the first wait (bot/jobs/delivery.py)."""
+        does not take a job's images is retried, and the first wait (bot/jobs/delivery.py). `renders=False`: a
+        command that makes no image (`imagebot settings`, `redeliver`, `discord-sync`) starts no offline server
+        and no SDK client; the renderer makes its client if it is ever asked to."""
         given = offline_server
         try:
             prices = load_prices(settings.prices_path)
@@ -150,7 +104,7 @@ class Core:
             )
         base_url = settings.openai_base_url
         api_key = settings.openai_api_key.reveal() if settings.openai_api_key else "offline"
-        if settings.offline:
+        if settings.offline and renders:
             if offline_server is None:
                 # The same price table (and model rules) as the bot's, IMAGEBOT_PRICES included.
                 offline_server = OfflineImageServer(
@@ -173,7 +127,8 @@ class Core:
         # The SDK's client now (its import runs in a thread: most of a second of CPU, seconds on a busy machine),
         # and the database last: its lease runs from there, and neither must eat into it before the first
         # renewal (a 2 s lease lapsed during the first render's import and the process fenced its own job).
-        await renderer.sdk()
+        if renders:
+            await renderer.sdk()
         try:
             ledger = await open_ledger(settings, lease=timedelta(seconds=settings.lease_seconds))
         except BaseException:

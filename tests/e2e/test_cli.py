@@ -552,3 +552,41 @@ def test_the_docs_give_the_commands_people_start_with() -> None:
 def test_every_documented_command_runs(command: str, tmp_path: Path) -> None:
     """Each its own test (they spread over the xdist workers), in a folder of its own."""
     _runs_as_documented(command, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "forbidden"),
+    [
+        (["--help"], ("bot.app", "aiohttp", "openai")),
+        (["quota", "show", "--tenant", "cli:local"], ("bot.app", "aiohttp", "openai")),
+        (["report", "--days", "1"], ("bot.app", "aiohttp", "openai")),
+        (["history"], ("bot.app", "aiohttp", "openai")),
+        (["settings", "--tenant", "slack:T1"], ("openai",)),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_a_command_imports_only_what_it_needs(
+    args: list[str], forbidden: tuple[str, ...], tmp_path: Path
+) -> None:
+    """Each run of a one-shot command pays for its imports (docs/design.md, Start-up): the ledger's commands never
+    import the core (the renderer, aiohttp, the SDK), and `settings` makes no SDK client (so never imports it;
+    bot/lazy.py leaves a module in sys.modules that is imported only when first read: not counted)."""
+    script = (
+        "import sys, runpy\n"
+        f"sys.argv = ['imagebot', *{args!r}]\n"
+        "try:\n    runpy.run_module('adapters.cli', run_name='__main__')\n"
+        "except SystemExit as exc:\n    code = exc.code\n"
+        f"print('IMPORTED', sorted(m for m in sys.modules if m.split('.')[0] in {{'bot', 'aiohttp', 'openai'}}"
+        f" and any(m == f or m.startswith(f + '.') for f in {forbidden!r})"
+        " and type(sys.modules[m]).__name__ != '_LazyModule'))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=environment(tmp_path / "bot.sqlite3"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert "Traceback" not in run.stderr, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "IMPORTED []", run.stdout[-500:]
