@@ -33,8 +33,9 @@ from adapters.console import Files
 from adapters.dashboard import Dashboard
 from adapters.startup import Stopped, until_up
 from bot import metrics
-from bot.app import Core, DatabaseUnavailable
+from bot.app import Core
 from bot.config import Settings
+from bot.database import DatabaseUnavailable
 from bot.errors import ConfigError
 from bot.jobs.actions import ImageStore
 from bot.jobs.job import JobView

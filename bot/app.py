@@ -16,7 +16,6 @@ from typing import Any
 from bot import i18n, metrics
 from bot.concurrency import Slots
 from bot.config import Settings
-from bot.database import DatabaseUnavailable as DatabaseUnavailable
 from bot.database import database_problem, open_ledger
 from bot.errors import ConfigError, UserError
 from bot.i18n import msg
