@@ -148,6 +148,9 @@ class Service:
         self.routes: dict[tuple[str, str], Handler] = {}  # added after start-up (the adapters' routes)
         self.app = self._app()
         self.runner: web.AppRunner | None = None
+        self.port = (
+            settings.http_port
+        )  # once open, the port it listens on (IMAGEBOT_HTTP_PORT=0: any free one)
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         for route in routes:
@@ -166,7 +169,8 @@ class Service:
                 f"IMAGEBOT_HTTP_HOST:IMAGEBOT_HTTP_PORT={settings.http_host}:{settings.http_port} cannot be "
                 f"listened on: {exc.strerror or exc}"
             ) from None
-        log.info("http server listening", extra={"host": settings.http_host, "port": settings.http_port})
+        self.port = next((int(address[1]) for address in self.runner.addresses), settings.http_port)
+        log.info("http server listening", extra={"host": settings.http_host, "port": self.port})
 
     async def close(self) -> None:
         if self.runner is not None:

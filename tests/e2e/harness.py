@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters.discord import DiscordAdapter
-from adapters.service import build_adapters, serve
+from adapters.service import Service, build_adapters, serve
 from bot.app import Core
 from bot.config import Settings
 from bot.model.pricing import Usage, cost_micros, load_prices
@@ -107,12 +107,13 @@ async def running_bot(
 ) -> AsyncIterator[RunningBot]:
     """Start core + adapters + HTTP server with `env` (docs/rules.md §7 names) over test defaults. `server`: an offline
     image server that outlives this bot (as OpenAI outlives a restart); else one of its own."""
-    port = free_port()
     base = {
         "IMAGEBOT_DB": str(tmp_path / "imagebot.sqlite3"),
         "IMAGEBOT_OFFLINE": "1",
         "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-        "IMAGEBOT_HTTP_PORT": str(port),
+        # Any free port, taken when the server opens (adapters/service.py `Service.port`): a port picked free
+        # beforehand can be taken by another worker's connection before the bot binds it.
+        "IMAGEBOT_HTTP_PORT": "0",
         "IMAGEBOT_PROGRESS_INTERVAL": "0.1",
         "IMAGEBOT_API_TIMEOUT": "5",
         "IMAGEBOT_SHUTDOWN_GRACE": "2",
@@ -124,22 +125,25 @@ async def running_bot(
     if server is None:
         server = OfflineImageServer(latency=latency, batch_latency=settings.offline_batch_latency)
         await server.start()
+    service = Service(settings)  # listening first, as `imagebot run` does
+    await service.open()
     # A platform that keeps failing an upload is retried for 10 minutes in production; here for 2 s.
     core = await Core.start(settings, offline_server=server, delivery_backoff=0.05, delivery_deadline=2.0)
     # discord.py calls the bot ready 2 s after the last guild arrives; the fake sends all of them at once.
     DiscordAdapter.guild_ready_timeout = 0.05
     adapters = build_adapters(core)
     stop, ready = asyncio.Event(), asyncio.Event()
-    task = asyncio.create_task(serve(core, adapters, stop, ready))
+    task = asyncio.create_task(serve(core, adapters, stop, ready, service=service))
     waiter = asyncio.create_task(ready.wait())
     await asyncio.wait([task, waiter], timeout=20, return_when=asyncio.FIRST_COMPLETED)
     if task.done():
         task.result()
     try:
-        yield RunningBot(core, adapters, port, server)
+        yield RunningBot(core, adapters, service.port, server)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+        await service.close()
         await core.close()
         if own:
             await server.stop()

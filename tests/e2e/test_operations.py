@@ -96,6 +96,18 @@ async def test_sigterm_past_the_grace_interrupts_and_tells_the_user(slack: FakeS
     assert "shutting down" in slack.calls_to("chat.postMessage")[-1].args["text"]
 
 
+async def test_port_0_listens_on_a_free_port_and_the_log_names_it(slack: FakeSlack, tmp_path: Path) -> None:
+    """IMAGEBOT_HTTP_PORT=0 (docs/operations.md): the server takes any free port, and its `http server listening`
+    line names that port, not 0 (BotProcess reads it from there; every test of this file runs so)."""
+    bot = BotProcess(tmp_path, slack)
+    assert bot.env["IMAGEBOT_HTTP_PORT"] == "0"
+    await bot.start()
+    [line] = [json.loads(line) for line in bot.log_lines() if "http server listening" in line]
+    assert line["port"] == bot.port and 0 < line["port"] < 65536, line
+    assert (await bot.get("/livez"))[0] == 200
+    assert await bot.stop() == 0
+
+
 async def test_health_metrics_and_no_secret_in_logs_or_ledger(slack: FakeSlack, tmp_path: Path) -> None:
     bot = BotProcess(
         tmp_path, slack, IMAGEBOT_OFFLINE_LATENCY="0.1", IMAGEBOT_OFFLINE_FAULTS="500,ok,moderation"

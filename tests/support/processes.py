@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import json
 import os
 import signal
 import sqlite3
@@ -13,7 +16,6 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.e2e.harness import free_port
 from tests.fakes.slack import FakeSlack
 from tests.support.waits import until
 
@@ -75,10 +77,16 @@ SECRETS = {
 
 
 class BotProcess:
+    """`imagebot run` as its own process. It listens on any free port (IMAGEBOT_HTTP_PORT=0), which `start`
+    reads from its `http server listening` log line: a port picked free beforehand could be taken by another
+    worker's connection, or another bot, in the second before this one binds it."""
+
+    _count = itertools.count(1)
+
     def __init__(self, tmp: Path, slack: FakeSlack, **env: str) -> None:
-        self.port = free_port()
+        self.port: int | None = None  # known once the process listens
         self.db = tmp / "imagebot.sqlite3"
-        self.log = tmp / f"bot-{self.port}.log"
+        self.log = tmp / f"bot-{next(self._count)}.log"
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "DISCORD_", "OPENAI_"))
         }
@@ -91,7 +99,7 @@ class BotProcess:
                 "IMAGEBOT_OFFLINE": "1",
                 "IMAGEBOT_DB": str(self.db),
                 "IMAGEBOT_HTTP_HOST": "127.0.0.1",
-                "IMAGEBOT_HTTP_PORT": str(self.port),
+                "IMAGEBOT_HTTP_PORT": "0",
                 "IMAGEBOT_PROGRESS_INTERVAL": "0.2",
                 "IMAGEBOT_LOG_LEVEL": "INFO",
                 **env,
@@ -101,10 +109,14 @@ class BotProcess:
 
     @property
     def url(self) -> str:
+        assert self.port is not None, f"the bot is not listening; its log: {self.log.read_text()[-600:]}"
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self, *, ready: bool = True) -> None:
-        """Start `imagebot run`; with `ready`, wait until /readyz answers 200."""
+        """Start `imagebot run` and wait until it listens (or ends: a refused setting); with `ready`, wait until
+        /readyz answers 200."""
+        before = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
+        self.port = None
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "adapters.cli", "run"],
             env=self.env,
@@ -112,11 +124,24 @@ class BotProcess:
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),
         )
+        proc = self.proc
+
+        def listening() -> bool:
+            for line in self.log.read_bytes()[before:].decode(errors="replace").splitlines():
+                if '"http server listening"' in line:
+                    with contextlib.suppress(ValueError):  # a line still being written: read it next time
+                        self.port = int(json.loads(line)["port"])
+                        return True
+            return proc.poll() is not None
+
+        await until(listening, 30, interval=0.02)
         if ready:
             await self.until(lambda status, _: status == 200, "/readyz")
 
     async def get(self, path: str) -> tuple[int, dict]:
         """(status, JSON body) of GET `path`; (0, {}) while nothing answers."""
+        if self.port is None:  # it ended before it listened
+            return 0, {}
         try:
             async with aiohttp.ClientSession() as session:
                 async with session.get(
