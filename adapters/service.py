@@ -148,9 +148,8 @@ class Service:
         self.routes: dict[tuple[str, str], Handler] = {}  # added after start-up (the adapters' routes)
         self.app = self._app()
         self.runner: web.AppRunner | None = None
-        self.port = (
-            settings.http_port
-        )  # once open, the port it listens on (IMAGEBOT_HTTP_PORT=0: any free one)
+        # Once open, the port it listens on (IMAGEBOT_HTTP_PORT=0: any free one, named in the log).
+        self.port = settings.http_port
 
     def add_routes(self, routes: list[web.RouteDef]) -> None:
         for route in routes:
