@@ -74,9 +74,11 @@ async def relax(core: Core, text: str = "a fox", who: Requester = ALICE) -> View
     return view
 
 
-async def settled(view: View) -> None:
-    """Until the job is delivered or has failed."""
+async def settled(view: View, core: Core) -> None:
+    """Until the job is delivered or has failed, and its rows say so: the view hears of the images before the
+    rows record their delivery (a moment later)."""
     await until(lambda: bool(view.delivered or view.failures), timeout=15)
+    await until(lambda: not rows(core, "status IN ('reserved', 'running', 'rendered')"))
 
 
 async def relax_after_fault(
@@ -86,9 +88,7 @@ async def relax_after_fault(
     core = await start()
     server.push_faults(fault)
     view = await relax(core, text)
-    await settled(view)
-    # The view hears of the images before the rows record their delivery: wait for the rows too.
-    await until(lambda: not rows(core, "status IN ('reserved', 'running', 'rendered')"))
+    await settled(view, core)
     return core, view
 
 
@@ -461,7 +461,7 @@ async def test_a_database_error_while_recording_the_batch_is_resolved_by_its_key
     await until(lambda: [b.status for b in server.batch_api.batches.values()] == ["completed"])
     dbs.write(target, "DROP TRIGGER t1")
     dbs.write(target, "DROP TRIGGER t2")
-    await settled(view)
+    await settled(view, core)
     assert not view.failures, view.failures[0].message
     (line,) = rows(core)
     assert line["status"] == "delivered"
@@ -485,7 +485,7 @@ async def test_a_batch_that_can_no_longer_be_read_is_charged_as_possibly_billed_
     core, view = await batch_in_flight(start, server, 2.0, "two foxes --count 2")
     (batch_id,) = list(server.batch_api.batches)
     server.batch_api.batches.clear()
-    await settled(view)
+    await settled(view, core)
     (failure,) = view.failures
     reserved = sum(r["reserved_micros"] for r in rows(core))
     assert batch_id in failure.message and "may have been billed" in failure.message
@@ -506,7 +506,7 @@ async def test_a_batch_an_hour_past_its_window_is_settled_from_what_is_known(
     core, view = await batch_in_flight(start, server, 600.0)
     (batch,) = list(server.batch_api.batches.values())
     batch.created_at -= 25 * 3600 + 60  # its 24 h window ended over an hour ago; it still says in_progress
-    await settled(view)
+    await settled(view, core)
     (failure,) = view.failures
     assert batch.id in failure.message and "may have been billed" in failure.message
     (line,) = rows(core)
