@@ -301,15 +301,11 @@ async def serve(
     stop: asyncio.Event,
     ready: asyncio.Event | None = None,
     *,
-    service: Service | None = None,
+    service: Service,
 ) -> None:
     """Run until `stop` is set, then shut down gracefully. `ready` is set once every adapter is up. `service`:
-    an HTTP server already listening (`run` opens it before the database); else one is opened here."""
+    the HTTP server, already listening (`run` opens it before the database); its opener closes it."""
     settings = core.settings
-    own = service is None
-    if service is None:
-        service = Service(settings)
-        await service.open()
     service.core, service.adapters = core, adapters
     for adapter in adapters.values():  # Slack's /slack/events in HTTP mode
         service.add_routes(adapter.routes())
@@ -334,8 +330,6 @@ async def serve(
         for adapter in adapters.values():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(adapter.close(), CLOSE_TIMEOUT)
-        if own:
-            await service.close()
 
 
 NO_PLATFORM = (
