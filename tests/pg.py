@@ -123,6 +123,8 @@ def others_can_use(paths: list[Path]) -> bool:
 
 
 def free_port() -> int:
+    """A port nothing listens on now (the tests' one helper for it). Something else may take it before its
+    caller binds it: a bot under test listens on port 0 instead (tests/support/processes.py)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

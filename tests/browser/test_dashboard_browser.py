@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import re
-import socket
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bot.app import Core
 from bot.model.pricing import format_usd
 from bot.model.request import Requester
 from tests import dbs
+from tests.pg import free_port
 from tests.support.core import admin_chat, offline_settings
 
 pytestmark = pytest.mark.browser
@@ -54,17 +54,11 @@ PROMPTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_dashboard_in_chromium(tmp_path: Path) -> None:
     from playwright.async_api import async_playwright
 
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-    port = _free_port()
+    port = free_port()
     settings = offline_settings(
         str(tmp_path / "bot.sqlite3"),
         IMAGEBOT_OFFLINE_LATENCY="0.1",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,12 +16,6 @@ from bot.model.pricing import Usage, cost_micros, load_prices
 from bot.offline import OfflineImageServer
 from tests.fakes.slack import FakeSlack
 from tests.support.waits import until
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RunningBot:

@@ -20,8 +20,9 @@ import aiohttp
 import pytest
 
 from bot.store import schema as store
-from tests.e2e.harness import free_port, running_bot, slack_env
+from tests.e2e.harness import running_bot, slack_env
 from tests.fakes.slack import FakeSlack
+from tests.pg import free_port
 from tests.support.processes import SECRETS, BotProcess
 
 
